@@ -1,0 +1,1 @@
+//! Proc-macros of attnforge (the DSL issue fills this crate in).

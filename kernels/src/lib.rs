@@ -1,1 +1,42 @@
-//! Work in progress: filled in by its issue.
+//! attnforge kernel toolchain: NVRTC compilation, ptxas resource reports, SASS and CUDA launch.
+//!
+//! The CUDA compilers come from NVIDIA's PyPI wheels installed by `cargo xtask setup` into
+//! `.toolchain/cuda` ([`Toolchain`]); no GPU and no system CUDA are needed to compile,
+//! inspect resources or disassemble. Launching needs a GPU and is detected at run time
+//! ([`gpu_available`]).
+//!
+//! - [`compile`] / [`compile_with`]: CUDA source to PTX + CUBIN with NVRTC (via cudarc).
+//! - [`build_kernel`] / [`build_many`]: compile plus the ptxas report of the kernel
+//!   ([`ResourceUsage`]: registers, shared memory, stack frame, spills).
+//! - [`run_ptxas`]: standalone `ptxas -v` on PTX; [`parse_ptxas_log`] parses either output.
+//! - [`sass`]: CUBIN to SASS text; [`sass_opcode_count`] counts e.g. `HMMA`.
+//! - [`Gpu`], [`GpuKernel`]: load and launch (checked against a declared signature, or
+//!   `unsafe` unchecked).
+//!
+//! ```no_run
+//! use attnforge_kernels::{build_kernel, Arch};
+//! let src = r#"extern "C" __global__ void k(float* o) { o[threadIdx.x] = 2.0f; }"#;
+//! let b = build_kernel(src, "k", Arch::Sm90)?;
+//! assert_eq!(b.resources.stack_frame_bytes, 0);
+//! # Ok::<(), attnforge_kernels::BuildError>(())
+//! ```
+
+mod launch;
+mod nvrtc;
+mod ptxas;
+mod report;
+mod sass;
+mod toolchain;
+
+pub use launch::{
+    check_args, device_ptr, gpu_available, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
+    LaunchConfig, LaunchError, DEFAULT_MAX_DYNAMIC_SMEM,
+};
+pub use nvrtc::{compile, compile_with, Arch, CompileError, CompileOptions, Compiled, Compiler};
+pub use ptxas::{
+    parse_ptxas_log, run_ptxas, FunctionFrame, PtxasReport, ReportParseError, ResourceUsage,
+    SpillError, ToolError,
+};
+pub use report::{build_kernel, build_many, build_with, BuildError, KernelBuild, KernelSource};
+pub use sass::{sass, sass_opcode_count, sass_with};
+pub use toolchain::{Toolchain, ToolchainError, CUDA_HOME_ENV, SETUP_HINT};

@@ -1,1 +1,380 @@
-//! Work in progress: filled in by its issue.
+//! `attnforge-sim`: a CPU SIMT simulator that runs the exact CUDA text attnforge emits.
+//!
+//! The source is compiled by g++ (C++20) together with a header-only shim
+//! (`kernels/sim/shim/afsim.hpp`, see [`SHIM`]) into a shared object, loaded with
+//! libloading, and launched with host buffers. Every CUDA thread is a fiber; each block
+//! runs on one OS worker, blocks run in parallel. Barriers, warp collectives, shared
+//! memory (poisoned, bounds-checked), atomics, `mma.sync` / `ldmatrix` / `cp.async`
+//! emulations and work counters are provided by the shim. Errors inside the kernel
+//! (deadlock, divergent barrier, out-of-bounds or uninitialised shared memory, a missing
+//! `cp.async` wait) become [`SimError::Launch`], never a hang.
+//!
+//! ```no_run
+//! use attnforge_sim::{Schedule, SimArg, SimConfig, SimKernel};
+//! let src = r#"
+//! extern "C" __global__ void scale(const float* x, float* y, float a, int n) {
+//!   int i = blockIdx.x * blockDim.x + threadIdx.x;
+//!   if (i < n) y[i] = a * x[i];
+//! }"#;
+//! let k = SimKernel::build(src, "scale")?;
+//! let x = vec![1.0f32; 100];
+//! let mut y = vec![0.0f32; 100];
+//! let mut args = [SimArg::input(&x), SimArg::output(&mut y), SimArg::F32(2.0), SimArg::I32(100)];
+//! k.launch(4, 32, 0, &mut args, &SimConfig::new(Schedule::Reverse))?;
+//! # Ok::<(), attnforge_sim::SimError>(())
+//! ```
+//!
+//! # Emulated PTX wrappers (exact C++ signatures)
+//! The codegen prelude defines these with real `asm` under `__CUDA_ARCH__`; under
+//! `ATTNFORGE_SIM` the shim defines them (a trailing defaulted `std::source_location`
+//! parameter is added by the shim for error messages and is invisible to callers):
+//! ```text
+//! void af_mma_m16n8k16_f16 (float* d, const unsigned* a, const unsigned* b, const float* c);
+//! void af_mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b, const float* c);
+//! void af_ldmatrix_x4      (unsigned* r, const void* smem_row);   // r[4]
+//! void af_ldmatrix_x2      (unsigned* r, const void* smem_row);   // r[2]
+//! void af_ldmatrix_x4_trans(unsigned* r, const void* smem_row);   // r[4]
+//! void af_cp_async_16(void* smem_dst, const void* gmem_src);
+//! void af_cp_async_commit();
+//! template <int N> void af_cp_async_wait();
+//! ```
+//! `a[4]`, `b[2]` hold packed 16-bit pairs (the lower element index in the low half),
+//! `c[4]`/`d[4]` f32 accumulators (`d` may alias `c`), all in the PTX ISA fragment layouts
+//! of `mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32`.
+//! See `kernels/sim/README.md` for the supported CUDA subset and the blind spots.
+
+mod args;
+mod compile;
+mod error;
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::path::{Path, PathBuf};
+
+pub use args::{BufferArg, Elem, SimArg, SimElem};
+pub use compile::{cache_dir, BuildOptions, SHIM};
+pub use error::SimError;
+
+/// Order in which blocks, and threads inside a block, are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Schedule {
+    /// Blocks and threads in ascending order.
+    Forward,
+    /// Blocks and threads in descending order.
+    Reverse,
+    /// A seeded random permutation of blocks, and of threads at every scheduling round.
+    Random(u64),
+}
+
+impl Schedule {
+    /// The three schedules every simulator test should run: forward, reverse, random.
+    pub fn standard(seed: u64) -> [Schedule; 3] {
+        [Schedule::Forward, Schedule::Reverse, Schedule::Random(seed)]
+    }
+}
+
+/// Launch settings of the simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Block and thread order.
+    pub schedule: Schedule,
+    /// OS worker threads running blocks in parallel; 0 = available parallelism. With 1
+    /// worker the block order is exactly the schedule's.
+    pub workers: usize,
+}
+
+impl SimConfig {
+    /// A config with the given schedule and automatic worker count.
+    pub fn new(schedule: Schedule) -> SimConfig {
+        SimConfig { schedule, workers: 0 }
+    }
+    /// Sets the worker count (0 = available parallelism).
+    pub fn with_workers(mut self, workers: usize) -> SimConfig {
+        self.workers = workers;
+        self
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig::new(Schedule::Forward)
+    }
+}
+
+/// Grid or block extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dim3 {
+    /// x extent
+    pub x: u32,
+    /// y extent
+    pub y: u32,
+    /// z extent
+    pub z: u32,
+}
+
+impl From<u32> for Dim3 {
+    fn from(x: u32) -> Self {
+        Dim3 { x, y: 1, z: 1 }
+    }
+}
+impl From<(u32, u32)> for Dim3 {
+    fn from((x, y): (u32, u32)) -> Self {
+        Dim3 { x, y, z: 1 }
+    }
+}
+impl From<(u32, u32, u32)> for Dim3 {
+    fn from((x, y, z): (u32, u32, u32)) -> Self {
+        Dim3 { x, y, z }
+    }
+}
+impl From<[u32; 3]> for Dim3 {
+    fn from([x, y, z]: [u32; 3]) -> Self {
+        Dim3 { x, y, z }
+    }
+}
+
+/// Work counters summed over a launch (`AF_COUNT`; ids from docs/conventions.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimCounters {
+    /// `AF_CTR_TILE_FULL` (0): full tiles visited.
+    pub tiles_full: u64,
+    /// `AF_CTR_TILE_PARTIAL` (1): partial tiles visited.
+    pub tiles_partial: u64,
+    /// `AF_CTR_MASK_EVAL` (2): mask evaluations.
+    pub mask_evals: u64,
+    /// `AF_CTR_KEYS_GATHERED` (3): keys gathered by selection.
+    pub keys_gathered: u64,
+    /// `AF_CTR_SELECT_WORK` (4): selection work units.
+    pub select_work: u64,
+    /// All 8 counters.
+    pub raw: [u64; 8],
+}
+
+impl SimCounters {
+    fn from_raw(raw: [u64; 8]) -> SimCounters {
+        SimCounters {
+            tiles_full: raw[0],
+            tiles_partial: raw[1],
+            mask_evals: raw[2],
+            keys_gathered: raw[3],
+            select_work: raw[4],
+            raw,
+        }
+    }
+}
+
+#[repr(C)]
+struct LaunchCfg {
+    grid: [u32; 3],
+    block: [u32; 3],
+    dynamic_smem_bytes: u64,
+    schedule: c_int,
+    seed: u64,
+    workers: c_int,
+}
+
+#[repr(C)]
+struct LaunchResult {
+    status: c_int,
+    counters: [u64; 8],
+    message: [c_char; 1024],
+}
+
+type EntryFn = unsafe extern "C" fn(*mut *mut c_void, *const LaunchCfg, *mut LaunchResult) -> c_int;
+type SigFn = unsafe extern "C" fn() -> *const c_char;
+
+/// A kernel compiled for the simulator and loaded into this process.
+#[derive(Debug)]
+pub struct SimKernel {
+    name: String,
+    so: PathBuf,
+    cached: bool,
+    build_seconds: f64,
+    params: Vec<String>,
+    entry: libloading::os::unix::Symbol<EntryFn>,
+    _lib: libloading::Library,
+}
+
+fn check_name(name: &str) -> Result<(), SimError> {
+    let bad = |reason: &str| SimError::InvalidName { name: name.to_string(), reason: reason.to_string() };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(bad("it is empty; pass the kernel's `extern \"C\"` function name")),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return Err(bad("it must start with an ASCII letter or `_`"))
+        }
+        _ => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(bad("use only ASCII letters, digits and `_` (a C identifier)"));
+    }
+    Ok(())
+}
+
+impl SimKernel {
+    /// Compiles `source` (the exact emitted CUDA text) for the simulator with the default
+    /// [`BuildOptions`] and loads it. `kernel_name` is the `extern "C" __global__` function.
+    /// Builds are cached under [`cache_dir`] by a hash of shim, source, flags and name.
+    pub fn build(source: &str, kernel_name: &str) -> Result<SimKernel, SimError> {
+        SimKernel::build_with(source, kernel_name, &BuildOptions::default())
+    }
+
+    /// As [`SimKernel::build`] with explicit options.
+    pub fn build_with(source: &str, kernel_name: &str, opts: &BuildOptions) -> Result<SimKernel, SimError> {
+        check_name(kernel_name)?;
+        let built = compile::build_so(source, kernel_name, opts)?;
+        let load_err = |message: String| SimError::Load {
+            kernel: kernel_name.to_string(),
+            path: built.so.clone(),
+            message,
+        };
+        // SAFETY: the library is our own g++ output; its initialisers only set up statics.
+        let lib = unsafe { libloading::Library::new(&built.so) }.map_err(|e| load_err(e.to_string()))?;
+        let sym = format!("{kernel_name}__afsim");
+        // SAFETY: AFSIM_EXPORT_KERNEL defines this symbol with exactly this signature.
+        let entry: libloading::Symbol<'_, EntryFn> =
+            unsafe { lib.get(sym.as_bytes()) }.map_err(|e| load_err(format!("{sym}: {e}")))?;
+        // SAFETY: the raw symbol is kept together with (and dropped before) the library.
+        let entry = unsafe { entry.into_raw() };
+        let sig_name = format!("{kernel_name}__afsim_sig");
+        // SAFETY: AFSIM_EXPORT_KERNEL defines this symbol with exactly this signature.
+        let sig: libloading::Symbol<'_, SigFn> =
+            unsafe { lib.get(sig_name.as_bytes()) }.map_err(|e| load_err(format!("{sig_name}: {e}")))?;
+        // SAFETY: returns a pointer to a static NUL-terminated string.
+        let sig = unsafe { CStr::from_ptr(sig()) }.to_string_lossy().into_owned();
+        let params = if sig.is_empty() { Vec::new() } else { sig.split(',').map(str::to_string).collect() };
+        Ok(SimKernel {
+            name: kernel_name.to_string(),
+            so: built.so,
+            cached: built.cached,
+            build_seconds: built.seconds,
+            params,
+            entry,
+            _lib: lib,
+        })
+    }
+
+    /// The kernel name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The built shared object.
+    pub fn so_path(&self) -> &Path {
+        &self.so
+    }
+    /// Whether the `.so` came from the cache.
+    pub fn was_cached(&self) -> bool {
+        self.cached
+    }
+    /// Seconds spent building (or finding) the `.so`.
+    pub fn build_seconds(&self) -> f64 {
+        self.build_seconds
+    }
+    /// The kernel's parameter types as C++ spellings, e.g. `["const float*", "int"]`.
+    pub fn param_types(&self) -> Vec<String> {
+        self.params.iter().map(|p| args::cpp_type(p)).collect()
+    }
+
+    /// Runs the kernel on `grid` x `block` simulated threads with `dynamic_smem_bytes` of
+    /// dynamic shared memory. `args` must match the kernel's parameters one to one (checked:
+    /// count, pointer element types, scalar types). Output buffers are copied back, also
+    /// when the launch fails.
+    pub fn launch(
+        &self,
+        grid: impl Into<Dim3>,
+        block: impl Into<Dim3>,
+        dynamic_smem_bytes: usize,
+        args: &mut [SimArg<'_>],
+        cfg: &SimConfig,
+    ) -> Result<SimCounters, SimError> {
+        let (grid, block) = (grid.into(), block.into());
+        let cfg_err = |field: &'static str, message: String| SimError::Config {
+            kernel: self.name.clone(),
+            field,
+            message,
+        };
+        for (field, v) in [
+            ("grid.x", grid.x),
+            ("grid.y", grid.y),
+            ("grid.z", grid.z),
+            ("block.x", block.x),
+            ("block.y", block.y),
+            ("block.z", block.z),
+        ] {
+            if v == 0 {
+                return Err(cfg_err(field, "is 0; every extent must be at least 1".into()));
+            }
+        }
+        let threads = u64::from(block.x) * u64::from(block.y) * u64::from(block.z);
+        if threads > 1024 {
+            return Err(cfg_err("block", format!("has {threads} threads; CUDA allows at most 1024 per block")));
+        }
+        if grid.y > 65535 || grid.z > 65535 {
+            return Err(cfg_err("grid", "y and z extents must be at most 65535".into()));
+        }
+        if dynamic_smem_bytes > 1 << 30 {
+            return Err(cfg_err("dynamic_smem_bytes", "is over 1 GiB; is it a byte count?".into()));
+        }
+        let codes: Vec<&str> = self.params.iter().map(String::as_str).collect();
+        args::check(&codes, args).map_err(|message| SimError::Args { kernel: self.name.clone(), message })?;
+
+        // Stage buffers, then build the parameter value array (one slot per argument).
+        let staged: Vec<Option<args::Staged>> = args
+            .iter()
+            .map(|a| match a {
+                SimArg::Buffer(b) => Some(b.stage()),
+                _ => None,
+            })
+            .collect();
+        #[derive(Clone, Copy)]
+        #[repr(C)]
+        union Slot {
+            ptr: *mut c_void,
+            i32: i32,
+            i64: i64,
+            u32: u32,
+            f32: f32,
+        }
+        let mut slots: Vec<Slot> = args
+            .iter()
+            .zip(&staged)
+            .map(|(a, s)| match a {
+                SimArg::Buffer(_) => Slot { ptr: s.as_ref().map_or(std::ptr::null_mut(), |s| s.ptr()) },
+                SimArg::Null => Slot { ptr: std::ptr::null_mut() },
+                SimArg::I32(v) => Slot { i32: *v },
+                SimArg::I64(v) => Slot { i64: *v },
+                SimArg::U32(v) => Slot { u32: *v },
+                SimArg::F32(v) => Slot { f32: *v },
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut Slot).cast()).collect();
+        let (schedule, seed) = match cfg.schedule {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Random(s) => (2, s),
+        };
+        let lc = LaunchCfg {
+            grid: [grid.x, grid.y, grid.z],
+            block: [block.x, block.y, block.z],
+            dynamic_smem_bytes: dynamic_smem_bytes as u64,
+            schedule,
+            seed,
+            workers: c_int::try_from(cfg.workers).unwrap_or(c_int::MAX),
+        };
+        let mut res = LaunchResult { status: 0, counters: [0; 8], message: [0; 1024] };
+        // SAFETY: `params` has one pointer per kernel parameter (checked against the
+        // kernel's signature above), each pointing at a value of the parameter's type;
+        // pointer parameters point at staged buffers that live until after the call.
+        let rc = unsafe { (self.entry)(params.as_mut_ptr(), &lc, &mut res) };
+        for (a, s) in args.iter_mut().zip(&staged) {
+            if let (SimArg::Buffer(b), Some(s)) = (a, s) {
+                b.unstage(s);
+            }
+        }
+        if rc != 0 || res.status != 0 {
+            // SAFETY: the shim always NUL-terminates the message within the array.
+            let message = unsafe { CStr::from_ptr(res.message.as_ptr()) }.to_string_lossy().into_owned();
+            return Err(SimError::Launch { kernel: self.name.clone(), message });
+        }
+        Ok(SimCounters::from_raw(res.counters))
+    }
+}

@@ -1,1 +1,301 @@
-//! placeholder
+//! Translator of attnforge mask and score functions, written in a subset of Rust, to CUDA
+//! device functions.
+//!
+//! The researcher writes a plain Rust function; the `#[attnforge::mask]` / `#[attnforge::score]`
+//! attribute macros (crate `attnforge-macros`) keep it callable (the f64 reference and the host
+//! block-list builder call it) and use this crate to translate its body to CUDA, so the spec and
+//! the oracle cannot drift. A TOML spec reader can use [`parse_mask_fn`] / [`parse_score_fn`] on
+//! the same source text.
+//!
+//! ```
+//! let def = attnforge_dsl::parse_mask_fn(
+//!     "fn doc_causal(q: u32, kv: u32, doc: &[u32]) -> bool {
+//!          kv <= q && doc[q as usize] == doc[kv as usize]
+//!      }",
+//! )
+//! .unwrap();
+//! assert_eq!(def.name, "doc_causal");
+//! assert!(def.cuda.contains("bool doc_causal(int b, int h, long long q_pos, long long kv_pos, const unsigned* doc)"));
+//! ```
+//!
+//! # Pipeline
+//! `parse` (syn -> spanned AST, rejects everything outside the subset) -> `check` (type
+//! inference as rustc does it for the subset) -> `lower` (C statements/expressions with Rust
+//! semantics made explicit) -> `emit` (CUDA text). All errors of a function are collected.
+//!
+//! # Signature rule
+//! Mask: `fn name([b], [h], q, kv, params...) -> bool`; score:
+//! `fn name(score: f32, [b], [h], q, kv, params...) -> f32`. After the score, leading parameters
+//! named `b`/`batch` (optionally `_`-prefixed) and then `h`/`head` are the batch and head
+//! indices; each is optional. The next two parameters, whatever their names, are the query and
+//! key **positions** (variants.md section 0). Index parameters are `u32`, `i32` or `i64`.
+//! The remaining parameters are user parameters: scalars `u32`, `i32`, `i64`, `u64`, `f32`,
+//! `bool`, or read-only per-token arrays `&[u32]`, `&[i32]`, `&[f32]`.
+//!
+//! # Emitted C signature
+//! `bool name(int b, int h, long long q_pos, long long kv_pos, <params>)` for masks and
+//! `float name(float score, int b, int h, long long q_pos, long long kv_pos, <params>)` for
+//! scores; the positions are converted to the declared Rust types inside (`(unsigned)q_pos`).
+//! Parameters map to `unsigned`, `int`, `long long`, `unsigned long long`, `float`, `bool`,
+//! `const unsigned*`, `const int*`, `const float*`. The text starts with a guarded block of
+//! helpers (`AF_DSL_HELPERS`), so several translated functions can share one `.cu` file.
+//!
+//! # Semantics
+//! - Integer `+ - *` wrap (Rust's release-mode semantics; debug Rust would panic instead):
+//!   signed arithmetic is done in the unsigned type so CUDA has no undefined overflow.
+//! - `/` and `%` truncate toward zero as in Rust. Division by zero, `MIN / -1` and
+//!   out-of-bounds array indices panic in Rust; the CUDA result is then unspecified.
+//! - Shifts mask the shift amount by the bit width (Rust release semantics).
+//! - `as` casts follow Rust: integer casts wrap, float-to-integer casts saturate and map NaN
+//!   to 0 (through helpers), `bool as` integer gives 0/1.
+//! - Unsuffixed integer literals default to `i32`, float literals to `f32` (`f64` is not
+//!   supported).
+//! - `f32` math: `exp exp2 ln log2 log10 sqrt tanh sin cos floor ceil abs powf min max` map to
+//!   `expf ... fminf fmaxf`; on a GPU these may differ from Rust's libm by a few ulps.
+
+mod check;
+mod emit;
+mod lower;
+mod parse;
+
+use proc_macro2::Span;
+use std::fmt;
+
+/// Whether a user function is an element mask or a score modification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FnKind {
+    /// `fn(b, h, q, kv, params...) -> bool`: is key `kv` visible to query `q`.
+    Mask,
+    /// `fn(score, b, h, q, kv, params...) -> f32`: the modified score.
+    Score,
+}
+
+impl FnKind {
+    /// `"mask"` or `"score"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FnKind::Mask => "mask",
+            FnKind::Score => "score",
+        }
+    }
+}
+
+/// The type of a user parameter (after the index parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    /// `u32` scalar (`unsigned`).
+    U32,
+    /// `i32` scalar (`int`).
+    I32,
+    /// `i64` scalar (`long long`).
+    I64,
+    /// `u64` scalar (`unsigned long long`).
+    U64,
+    /// `f32` scalar (`float`).
+    F32,
+    /// `bool` scalar (`bool`).
+    Bool,
+    /// Per-token array `&[u32]` (`const unsigned*`).
+    SliceU32,
+    /// Per-token array `&[i32]` (`const int*`).
+    SliceI32,
+    /// Per-token array `&[f32]` (`const float*`).
+    SliceF32,
+}
+
+impl ParamKind {
+    /// The Rust spelling of the type, e.g. `"&[u32]"`.
+    pub fn rust_type(self) -> &'static str {
+        match self {
+            ParamKind::U32 => "u32",
+            ParamKind::I32 => "i32",
+            ParamKind::I64 => "i64",
+            ParamKind::U64 => "u64",
+            ParamKind::F32 => "f32",
+            ParamKind::Bool => "bool",
+            ParamKind::SliceU32 => "&[u32]",
+            ParamKind::SliceI32 => "&[i32]",
+            ParamKind::SliceF32 => "&[f32]",
+        }
+    }
+
+    /// The C type of the parameter in the emitted signature, e.g. `"const unsigned*"`.
+    pub fn c_type(self) -> &'static str {
+        match self {
+            ParamKind::U32 => "unsigned",
+            ParamKind::I32 => "int",
+            ParamKind::I64 => "long long",
+            ParamKind::U64 => "unsigned long long",
+            ParamKind::F32 => "float",
+            ParamKind::Bool => "bool",
+            ParamKind::SliceU32 => "const unsigned*",
+            ParamKind::SliceI32 => "const int*",
+            ParamKind::SliceF32 => "const float*",
+        }
+    }
+
+    /// Whether this is a per-token array (a device pointer in CUDA).
+    pub fn is_array(self) -> bool {
+        matches!(
+            self,
+            ParamKind::SliceU32 | ParamKind::SliceI32 | ParamKind::SliceF32
+        )
+    }
+
+    /// Inverse of [`ParamKind::rust_type`].
+    pub fn from_rust_type(s: &str) -> Option<ParamKind> {
+        ALL_PARAM_KINDS.iter().copied().find(|k| k.rust_type() == s)
+    }
+}
+
+const ALL_PARAM_KINDS: [ParamKind; 9] = [
+    ParamKind::U32,
+    ParamKind::I32,
+    ParamKind::I64,
+    ParamKind::U64,
+    ParamKind::F32,
+    ParamKind::Bool,
+    ParamKind::SliceU32,
+    ParamKind::SliceI32,
+    ParamKind::SliceF32,
+];
+
+/// A user parameter: its Rust name (also its C name in the signature) and its type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamDef {
+    /// The parameter name, as written in Rust.
+    pub name: String,
+    /// Its type.
+    pub kind: ParamKind,
+}
+
+/// Which optional index parameters the Rust function declares (positions are always there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IndexParams {
+    /// The function takes a batch index (`b`/`batch`).
+    pub batch: bool,
+    /// The function takes a head index (`h`/`head`).
+    pub head: bool,
+}
+
+/// A translated mask or score function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserFnDef {
+    /// Function name: the Rust name and the CUDA symbol.
+    pub name: String,
+    /// Mask or score.
+    pub kind: FnKind,
+    /// Self-contained CUDA text: the guarded helper block and the `__device__` function.
+    pub cuda: String,
+    /// User parameters, in order, after the fixed index parameters of the C signature.
+    pub params: Vec<ParamDef>,
+    /// Which optional index parameters the Rust function declares.
+    pub index: IndexParams,
+}
+
+/// An error in a function given as source text, with a 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceError {
+    /// 1-based line in the source text.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// Translates a parsed function. Returns every error found, each with the span of the
+/// offending expression (for `syn::Error::to_compile_error`).
+pub fn translate_fn(item: &syn::ItemFn, kind: FnKind) -> Result<UserFnDef, Vec<syn::Error>> {
+    let mut errors = Errors::default();
+    let ast = parse::parse_fn(item, kind, &mut errors);
+    if !ast.sig_complete {
+        return Err(errors.into_vec());
+    }
+    let typed = check::check(&ast, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors.into_vec());
+    }
+    let lowered = lower::lower(&ast, &typed);
+    Ok(UserFnDef {
+        name: ast.name.clone(),
+        kind,
+        cuda: emit::emit(&lowered),
+        params: ast
+            .params
+            .iter()
+            .map(|p| ParamDef {
+                name: p.name.clone(),
+                kind: p.kind,
+            })
+            .collect(),
+        index: IndexParams {
+            batch: ast.index.iter().any(|p| p.role == parse::Role::Batch),
+            head: ast.index.iter().any(|p| p.role == parse::Role::Head),
+        },
+    })
+}
+
+/// Parses and translates a mask function given as Rust source text
+/// (`fn name(q: u32, kv: u32, ...) -> bool { ... }`).
+pub fn parse_mask_fn(src: &str) -> Result<UserFnDef, Vec<SourceError>> {
+    parse_src(src, FnKind::Mask)
+}
+
+/// Parses and translates a score function given as Rust source text
+/// (`fn name(score: f32, q: u32, kv: u32, ...) -> f32 { ... }`).
+pub fn parse_score_fn(src: &str) -> Result<UserFnDef, Vec<SourceError>> {
+    parse_src(src, FnKind::Score)
+}
+
+fn parse_src(src: &str, kind: FnKind) -> Result<UserFnDef, Vec<SourceError>> {
+    let item: syn::ItemFn = syn::parse_str(src).map_err(|e| to_source_errors(&e))?;
+    translate_fn(&item, kind).map_err(|errs| errs.iter().flat_map(to_source_errors).collect())
+}
+
+fn to_source_errors(e: &syn::Error) -> Vec<SourceError> {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let start = e.span().start();
+            SourceError {
+                line: start.line,
+                column: start.column + 1,
+                message: e.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Error collector (serde's `Ctxt`): every check reports here and goes on.
+#[derive(Default, Debug)]
+pub(crate) struct Errors(Vec<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, span: Span, msg: impl fmt::Display) {
+        self.0.push(syn::Error::new(span, msg));
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub(crate) fn into_vec(self) -> Vec<syn::Error> {
+        self.0
+    }
+}
+
+/// What the subset allows, appended to "not supported" messages.
+pub(crate) const ALLOWED: &str =
+    "mask/score functions allow arithmetic, comparisons, `&&`/`||`/`!`, \
+`if`/`else`, immutable `let`, `as` casts, literals, `min`/`max`/`abs`, f32 math \
+(`exp`, `ln`, `sqrt`, `tanh`, ...), parameters and indexing of array parameters";

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup().map(|_| ()),
-        Some("test") => test(),
+        Some("test") => test(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_usage();
@@ -101,7 +101,8 @@ fn print_usage() {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          setup        install the CUDA compiler wheels into .toolchain/cuda (idempotent)\n  \
-         test         setup, then fmt --check, clippy -D warnings, and all workspace tests\n  \
+         test [ARGS]  setup, then fmt --check, clippy -D warnings, and all workspace tests\n               \
+                      (ARGS such as `-p CRATE` replace --workspace)\n  \
          run [ARGS]   setup, then the main job: cargo {} {}",
         MAIN_JOB.join(" "),
         MAIN_JOB_DEFAULT_ARGS.join(" ")
@@ -297,32 +298,38 @@ fn run_step(label: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+/// `cargo xtask test [CARGO_ARGS..]`: with no arguments, the whole workspace; arguments
+/// (e.g. `-p attnforge-kernels`) replace `--workspace` for clippy and test (fmt always checks all).
+fn test(scope: &[String]) -> Result<()> {
     let dir = setup()?;
-    let steps: [(&str, &[&str]); 3] = [
-        (
-            "cargo fmt --all -- --check",
-            &["fmt", "--all", "--", "--check"],
-        ),
-        (
-            "cargo clippy --workspace --all-targets -- -D warnings",
-            &[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-        ),
-        ("cargo test --workspace", &["test", "--workspace"]),
+    let scope: Vec<String> = if scope.is_empty() {
+        vec!["--workspace".to_owned()]
+    } else {
+        scope.to_vec()
+    };
+    let steps: [Vec<String>; 3] = [
+        to_args(&["fmt", "--all", "--", "--check"], &[]),
+        [
+            to_args(&["clippy"], &scope),
+            to_args(&["--all-targets", "--", "-D", "warnings"], &[]),
+        ]
+        .concat(),
+        to_args(&["test"], &scope),
     ];
-    for (i, (label, args)) in steps.iter().enumerate() {
-        let label = format!("[{}/{}] {label}", i + 1, steps.len());
-        run_step(&label, cargo().args(*args).env("ATTNFORGE_CUDA_HOME", &dir))?;
+    for (i, args) in steps.iter().enumerate() {
+        let label = format!("[{}/{}] cargo {}", i + 1, steps.len(), args.join(" "));
+        run_step(&label, cargo().args(args).env("ATTNFORGE_CUDA_HOME", &dir))?;
     }
     println!("\nxtask: all steps passed");
     Ok(())
+}
+
+fn to_args(fixed: &[&str], extra: &[String]) -> Vec<String> {
+    fixed
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(extra.iter().cloned())
+        .collect()
 }
 
 fn run(extra: &[String]) -> Result<()> {

@@ -1,0 +1,130 @@
+// attnforge attention helpers: conversions, warp reductions, element masks, closed-form
+// tile classifiers, score modifications and RoPE. Positions are absolute (query row i sits
+// at i + seq_k - seq_q); a tile is query positions [p_lo, p_hi] x key positions [c0, c1],
+// all in range. The classifiers mirror attnforge_codegen::blocks::classify_tile (Rust) and
+// are exact: SKIP iff no element is allowed, FULL iff every element is.
+
+#define AF_TILE_SKIP 0
+#define AF_TILE_FULL 1
+#define AF_TILE_PARTIAL 2
+#define AF_LOG2E 1.4426950408889634f
+#define AF_LN2 0.6931471805599453f
+
+// ---- element conversions ----
+__device__ __forceinline__ float af_to_float(float x) { return x; }
+__device__ __forceinline__ float af_to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float af_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void af_store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void af_store(__half* p, float x) { *p = __float2half_rn(x); }
+__device__ __forceinline__ void af_store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+
+// ---- warp reductions (all 32 lanes participate) ----
+__device__ __forceinline__ float af_warp_max(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+    return x;
+}
+__device__ __forceinline__ float af_warp_sum(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    return x;
+}
+
+// ---- element masks: allowed(q_pos, kv_pos) ----
+__device__ __forceinline__ bool af_mask_causal(long long q, long long kv) { return kv <= q; }
+// local(left, right): q - left <= kv <= q + right; a negative bound is unbounded.
+__device__ __forceinline__ bool af_mask_local(long long q, long long kv, int left, int right) {
+    return (left < 0 || kv >= q - left) && (right < 0 || kv <= q + right);
+}
+__device__ __forceinline__ bool af_mask_prefix_lm(long long q, long long kv, int prefix) {
+    return kv <= q || kv < prefix;
+}
+__device__ __forceinline__ bool af_mask_document(const int* doc, long long q, long long kv) {
+    return q >= 0 && doc[q] == doc[kv];
+}
+__device__ __forceinline__ bool af_mask_causal_document(const int* doc, long long q, long long kv) {
+    return kv <= q && doc[q] == doc[kv];
+}
+// Doc id 0 is the shared question prefix.
+__device__ __forceinline__ bool af_mask_share_question(const int* doc, long long q, long long kv) {
+    if (q < 0) return false;
+    const int dq = doc[q], dk = doc[kv];
+    return (dq != 0 && dk == 0) || (dq == dk && kv <= q);
+}
+__device__ __forceinline__ bool af_mask_global_local(long long q, long long kv, int w, int g) {
+    const long long d = q - kv;
+    return (d <= w && -d <= w) || q < g || kv < g;
+}
+__device__ __forceinline__ bool af_mask_block_causal_document(const int* doc, long long q, long long kv, int bc) {
+    return q >= 0 && doc[q] == doc[kv] && kv / bc <= q / bc;
+}
+__device__ __forceinline__ bool af_mask_lambda(long long q, long long kv, int g, int l) {
+    return kv <= q && (kv < g || q - kv < l);
+}
+
+// ---- closed-form tile classifiers ----
+__device__ __forceinline__ int af_tile_causal(long long p_lo, long long p_hi, long long c0, long long c1) {
+    if (c0 > p_hi) return AF_TILE_SKIP;
+    return c1 <= p_lo ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+__device__ __forceinline__ int af_tile_local(long long p_lo, long long p_hi, long long c0, long long c1, int left, int right) {
+    if ((right >= 0 && c0 > p_hi + right) || (left >= 0 && c1 < p_lo - left)) return AF_TILE_SKIP;
+    const bool full = (left < 0 || c0 >= p_hi - left) && (right < 0 || c1 <= p_lo + right);
+    return full ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+__device__ __forceinline__ int af_tile_prefix_lm(long long p_lo, long long p_hi, long long c0, long long c1, int prefix) {
+    if (c0 > p_hi && c0 >= prefix) return AF_TILE_SKIP;
+    return (c1 <= p_lo || c1 < prefix) ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+__device__ __forceinline__ int af_tile_global_local(long long p_lo, long long p_hi, long long c0, long long c1, int w, int g) {
+    long long gap = c0 - p_hi;
+    if (p_lo - c1 > gap) gap = p_lo - c1;
+    if (gap < 0) gap = 0;
+    if (p_lo >= g && c0 >= g && gap > w) return AF_TILE_SKIP;
+    const long long rp = p_lo > g ? p_lo : g, rc = c0 > g ? c0 : g;
+    const long long span = (p_hi - rc) > (c1 - rp) ? (p_hi - rc) : (c1 - rp);
+    return (rp > p_hi || rc > c1 || span <= w) ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+__device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, long long c0, long long c1, int g, int l) {
+    const bool any_global = c0 < g && c0 <= p_hi;
+    const bool any_window = p_hi - c0 >= 0 && p_lo - c1 <= (long long)l - 1;
+    if (!(any_global || any_window)) return AF_TILE_SKIP;
+    const long long rc = c0 > g ? c0 : g;
+    return (c1 <= p_lo && (rc > c1 || p_hi - rc < l)) ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+
+// ---- score modifications (before the mask) ----
+__device__ __forceinline__ float af_score_softcap(float s, float cap) { return cap * tanhf(s / cap); }
+__device__ __forceinline__ float af_score_alibi(float s, float slope, long long q, long long kv) {
+    return s - slope * fabsf((float)(q - kv));
+}
+
+// ---- LM-Infinite (variants.md section 5) ----
+// Which score branches a tile needs: bit 0 = near branch (q - kv < L, true-distance RoPE),
+// bit 1 = far branch (kv < G, q - kv >= L, query rotated at Deff, key un-rotated).
+__device__ __forceinline__ int af_lminf_branches(long long p_lo, long long p_hi, long long c0, long long c1, int g, int l) {
+    const bool near = p_hi - c0 >= 0 && p_lo - c1 <= (long long)l - 1;
+    const bool far = c0 < g && p_hi - c0 >= l;
+    return (near ? 1 : 0) | (far ? 2 : 0);
+}
+// FULL when every element takes the same branch (no per-element selection).
+__device__ __forceinline__ int af_tile_lminf(long long p_lo, long long p_hi, long long c0, long long c1, int g, int l) {
+    const int br = af_lminf_branches(p_lo, p_hi, c0, c1, g, l);
+    if (br == 0) return AF_TILE_SKIP;
+    const bool all_near = c1 <= p_lo && p_hi - c0 < l;
+    const bool all_far = c1 < g && p_lo - c1 >= l;
+    return (all_near || all_far) ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+// RoPE frequency f_m = theta^(-2m/D) (half-split convention, m < D/2).
+__device__ __forceinline__ float af_rope_freq(int m, int d, float log2_theta) {
+    return exp2f(-(float)(2 * m) / (float)d * log2_theta);
+}
+// Rotate the pair (x0, x1) = (x_m, x_{m+D/2}) by angle pos * f.
+__device__ __forceinline__ void af_rope_pair(float& x0, float& x1, long long pos, float f) {
+    float sn, cs;
+    sincosf((float)pos * f, &sn, &cs);
+    const float y0 = x0 * cs - x1 * sn;
+    const float y1 = x1 * cs + x0 * sn;
+    x0 = y0;
+    x1 = y1;
+}

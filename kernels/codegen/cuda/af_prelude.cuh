@@ -1,0 +1,91 @@
+// attnforge device prelude: the platform layer shared by every generated kernel.
+// Under NVRTC (no ATTNFORGE_SIM) it includes the CUDA half/bfloat16 headers and defines
+// the shared-memory macros, the work counters (no-ops) and the af_* PTX wrappers with
+// real inline asm. Under the CPU simulator (g++ -include afsim.hpp, which defines
+// ATTNFORGE_SIM) the shim provides all of these and this block is skipped.
+#ifndef ATTNFORGE_SIM
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+// NVRTC has no <math.h>: +infinity as a bit pattern.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+// Static shared array: AF_SHARED(float, tile, 64 * 65);
+#define AF_SHARED(type, name, count) __shared__ type name[count]
+// Dynamic shared memory (size given at launch), 16-byte aligned for cp.async.
+#define AF_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+
+// Work counters are summed per launch by the simulator; on a GPU they cost nothing.
+enum af_counter {
+    AF_CTR_TILE_FULL = 0,
+    AF_CTR_TILE_PARTIAL = 1,
+    AF_CTR_MASK_EVAL = 2,
+    AF_CTR_KEYS_GATHERED = 3,
+    AF_CTR_SELECT_WORK = 4
+};
+#define AF_COUNT(counter, n) ((void)0)
+
+// ---- PTX wrappers (real asm; the simulator emulates the same signatures) ----
+
+// D = A * B + C, m16n8k16, row.col, f16 inputs, f32 accumulators (PTX ISA fragment layout).
+__device__ __forceinline__ void af_mma_m16n8k16_f16(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+          "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+// Same with bf16 inputs.
+__device__ __forceinline__ void af_mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+          "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+__device__ __forceinline__ unsigned af_smem_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 b16 matrices from shared memory; lane l supplies the row address of matrix l/8.
+__device__ __forceinline__ void af_ldmatrix_x4(unsigned* r, const void* smem_row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(af_smem_addr(smem_row)));
+}
+
+// Same, transposed.
+__device__ __forceinline__ void af_ldmatrix_x4_trans(unsigned* r, const void* smem_row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(af_smem_addr(smem_row)));
+}
+
+// Two 8x8 b16 matrices (lanes 0-15 supply row addresses).
+__device__ __forceinline__ void af_ldmatrix_x2(unsigned* r, const void* smem_row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(af_smem_addr(smem_row)));
+}
+
+// Asynchronous 16-byte global -> shared copy (L2 only), completed by af_cp_async_wait.
+__device__ __forceinline__ void af_cp_async_16(void* smem_dst, const void* gmem_src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(af_smem_addr(smem_dst)), "l"(gmem_src));
+}
+
+__device__ __forceinline__ void af_cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// Wait until at most N committed groups are still pending.
+template <int N>
+__device__ __forceinline__ void af_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#endif  // ATTNFORGE_SIM

@@ -1,0 +1,476 @@
+//! Host-side masks, tile classification and runtime block lists (FlexAttention BlockMask
+//! semantics, variants.md section 4).
+//!
+//! * [`HostMask`] evaluates every built-in mask by its definition (positions, not rows).
+//! * [`classify_tile`] is the closed-form tile classifier of the analytic masks; the CUDA
+//!   classifiers in `cuda/af_attn.cuh` are transliterations of it.
+//! * [`build_block_lists`] builds lists from any predicate (a Rust closure for user masks),
+//!   [`validate_block_lists`] checks lists given by a caller.
+//!
+//! ```
+//! use attnforge_codegen::blocks::{build_block_lists, HostMask};
+//! use attnforge_codegen::spec::BlockSize;
+//! let m = HostMask::Causal;
+//! let l = build_block_lists(1, 1, 256, 256, BlockSize { q: 128, k: 128 }, |b, h, i, j| m.allowed(b, h, i, j));
+//! assert_eq!(l.full(0, 0, 1), &[0]);
+//! assert_eq!(l.partial(0, 0, 1), &[1]);
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::{Errors, SpecError};
+use crate::spec::BlockSize;
+
+/// Classification of a tile (or block) of the score matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TileKind {
+    /// No element allowed: never visited.
+    Skip,
+    /// Every element allowed: visited without evaluating the mask.
+    Full,
+    /// Some elements allowed: the mask is evaluated per element.
+    Partial,
+}
+
+/// A built-in mask with its runtime data, evaluated on the host by its definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HostMask {
+    /// Every key.
+    Full,
+    /// `j <= p`.
+    Causal,
+    /// `p - left <= j <= p + right`, negative = unbounded.
+    Local {
+        /// Left extent.
+        left: i64,
+        /// Right extent.
+        right: i64,
+    },
+    /// `j <= p or j < prefix_len`.
+    PrefixLm {
+        /// `P`.
+        prefix_len: i64,
+    },
+    /// `doc[p] == doc[j]`; `doc` holds `Sk` ids per batch entry (or one row, broadcast).
+    Document {
+        /// Ids, `[1 or B, seq_k]` row-major.
+        doc: Vec<i32>,
+        /// `Sk`.
+        seq_k: usize,
+    },
+    /// Document and `j <= p`.
+    CausalDocument {
+        /// Ids, `[1 or B, seq_k]`.
+        doc: Vec<i32>,
+        /// `Sk`.
+        seq_k: usize,
+    },
+    /// `(doc[p] != 0 and doc[j] == 0) or (doc[p] == doc[j] and j <= p)`.
+    ShareQuestion {
+        /// Ids, `[1 or B, seq_k]`.
+        doc: Vec<i32>,
+        /// `Sk`.
+        seq_k: usize,
+    },
+    /// `|p - j| <= window or p < global or j < global`.
+    GlobalLocal {
+        /// `w`.
+        window: i64,
+        /// `G`.
+        global_tokens: i64,
+    },
+    /// Same document and `j / Bc <= p / Bc`.
+    BlockCausalDocument {
+        /// Ids, `[1 or B, seq_k]`.
+        doc: Vec<i32>,
+        /// `Sk`.
+        seq_k: usize,
+        /// `Bc`.
+        doc_block: i64,
+    },
+    /// `j <= p and (j < G or p - j < L)`; also the allowed set of LM-Infinite.
+    LambdaMask {
+        /// `G`.
+        global_tokens: i64,
+        /// `L`.
+        local_window: i64,
+    },
+}
+
+fn doc_at(doc: &[i32], seq_k: usize, b: usize, pos: i64) -> i32 {
+    let row = if doc.len() > seq_k { b * seq_k } else { 0 };
+    doc[row + pos as usize]
+}
+
+impl HostMask {
+    /// `allowed(b, h, p, j)` at query position `p` and key position `j` (both in range).
+    pub fn allowed(&self, b: usize, _h: usize, p: i64, j: i64) -> bool {
+        match self {
+            HostMask::Full => true,
+            HostMask::Causal => j <= p,
+            HostMask::Local { left, right } => {
+                (*left < 0 || j >= p - left) && (*right < 0 || j <= p + right)
+            }
+            HostMask::PrefixLm { prefix_len } => j <= p || j < *prefix_len,
+            HostMask::Document { doc, seq_k } => {
+                p >= 0 && doc_at(doc, *seq_k, b, p) == doc_at(doc, *seq_k, b, j)
+            }
+            HostMask::CausalDocument { doc, seq_k } => {
+                j <= p && doc_at(doc, *seq_k, b, p) == doc_at(doc, *seq_k, b, j)
+            }
+            HostMask::ShareQuestion { doc, seq_k } => {
+                if p < 0 {
+                    return false;
+                }
+                let (di, dj) = (doc_at(doc, *seq_k, b, p), doc_at(doc, *seq_k, b, j));
+                (di != 0 && dj == 0) || (di == dj && j <= p)
+            }
+            HostMask::GlobalLocal {
+                window,
+                global_tokens,
+            } => (p - j).abs() <= *window || p < *global_tokens || j < *global_tokens,
+            HostMask::BlockCausalDocument {
+                doc,
+                seq_k,
+                doc_block,
+            } => {
+                p >= 0
+                    && doc_at(doc, *seq_k, b, p) == doc_at(doc, *seq_k, b, j)
+                    && j.div_euclid(*doc_block) <= p.div_euclid(*doc_block)
+            }
+            HostMask::LambdaMask {
+                global_tokens,
+                local_window,
+            } => j <= p && (j < *global_tokens || p - j < *local_window),
+        }
+    }
+
+    /// Whether [`classify_tile`] has a closed form for this mask (otherwise lists are used).
+    pub fn is_analytic(&self) -> bool {
+        matches!(
+            self,
+            HostMask::Full
+                | HostMask::Causal
+                | HostMask::Local { .. }
+                | HostMask::PrefixLm { .. }
+                | HostMask::GlobalLocal { .. }
+                | HostMask::LambdaMask { .. }
+        )
+    }
+}
+
+/// Closed-form classification of the tile of query positions `plo..=phi` and key positions
+/// `c0..=c1` (all in range, non-empty) for the analytic masks; `None` for list-driven masks.
+/// Exact: `Skip` iff no element is allowed, `Full` iff every element is.
+pub fn classify_tile(mask: &HostMask, plo: i64, phi: i64, c0: i64, c1: i64) -> Option<TileKind> {
+    use TileKind::*;
+    let k = match *mask {
+        HostMask::Full => Full,
+        HostMask::Causal => {
+            if c0 > phi {
+                Skip
+            } else if c1 <= plo {
+                Full
+            } else {
+                Partial
+            }
+        }
+        HostMask::Local { left, right } => {
+            let skip = (right >= 0 && c0 > phi + right) || (left >= 0 && c1 < plo - left);
+            let full = (left < 0 || c0 >= phi - left) && (right < 0 || c1 <= plo + right);
+            if skip {
+                Skip
+            } else if full {
+                Full
+            } else {
+                Partial
+            }
+        }
+        HostMask::PrefixLm { prefix_len } => {
+            if c0 > phi && c0 >= prefix_len {
+                Skip
+            } else if c1 <= plo || c1 < prefix_len {
+                Full
+            } else {
+                Partial
+            }
+        }
+        HostMask::GlobalLocal {
+            window,
+            global_tokens: g,
+        } => {
+            let gap = (c0 - phi).max(plo - c1).max(0);
+            if plo >= g && c0 >= g && gap > window {
+                Skip
+            } else {
+                let (rp, rc) = (plo.max(g), c0.max(g));
+                let full = rp > phi || rc > c1 || (phi - rc).max(c1 - rp) <= window;
+                if full {
+                    Full
+                } else {
+                    Partial
+                }
+            }
+        }
+        HostMask::LambdaMask {
+            global_tokens: g,
+            local_window: l,
+        } => lambda_kind(plo, phi, c0, c1, g, l),
+        _ => return None,
+    };
+    Some(k)
+}
+
+fn lambda_kind(plo: i64, phi: i64, c0: i64, c1: i64, g: i64, l: i64) -> TileKind {
+    let any_global = c0 < g && c0 <= phi;
+    let any_window = phi - c0 >= 0 && plo - c1 <= l - 1;
+    if !(any_global || any_window) {
+        TileKind::Skip
+    } else {
+        let rc = c0.max(g);
+        let full = c1 <= plo && (rc > c1 || phi - rc < l);
+        if full {
+            TileKind::Full
+        } else {
+            TileKind::Partial
+        }
+    }
+}
+
+/// Runtime block lists (FlexAttention `BlockMask`): for each `(b, h, r)`, ascending lists of
+/// full and partial key blocks. Arrays are row-major with extents
+/// `[batches, heads, rows]` (counts) and `[batches, heads, rows, width]` (indices; entries
+/// past the count are padding, -1). `batches`/`heads` may be 1 (broadcast).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockLists {
+    /// Batch extent (1 or B).
+    pub batches: usize,
+    /// Head extent (1 or Hq).
+    pub heads: usize,
+    /// Query blocks `ceil(Sq / BQ)`.
+    pub rows: usize,
+    /// Key blocks `ceil(Sk / BK)` (indices are below it).
+    pub cols: usize,
+    /// Row width of the index arrays.
+    pub width: usize,
+    /// Full-block counts.
+    pub full_num: Vec<i32>,
+    /// Full-block indices.
+    pub full_idx: Vec<i32>,
+    /// Partial-block counts.
+    pub partial_num: Vec<i32>,
+    /// Partial-block indices.
+    pub partial_idx: Vec<i32>,
+}
+
+impl BlockLists {
+    fn row(&self, b: usize, h: usize, r: usize) -> usize {
+        (b * self.heads + h) * self.rows + r
+    }
+    /// Full blocks of `(b, h, r)` (b/h taken modulo a broadcast extent of 1).
+    pub fn full(&self, b: usize, h: usize, r: usize) -> &[i32] {
+        let i = self.row(
+            if self.batches == 1 { 0 } else { b },
+            if self.heads == 1 { 0 } else { h },
+            r,
+        );
+        &self.full_idx[i * self.width..i * self.width + self.full_num[i] as usize]
+    }
+    /// Partial blocks of `(b, h, r)`.
+    pub fn partial(&self, b: usize, h: usize, r: usize) -> &[i32] {
+        let i = self.row(
+            if self.batches == 1 { 0 } else { b },
+            if self.heads == 1 { 0 } else { h },
+            r,
+        );
+        &self.partial_idx[i * self.width..i * self.width + self.partial_num[i] as usize]
+    }
+    /// Assemble from per-row lists `lists[(b * heads + h) * rows + r] = (full, partial)`.
+    pub fn from_rows(
+        batches: usize,
+        heads: usize,
+        rows: usize,
+        cols: usize,
+        lists: &[(Vec<i32>, Vec<i32>)],
+    ) -> Self {
+        let width = cols.max(1);
+        let n = batches * heads * rows;
+        let mut l = BlockLists {
+            batches,
+            heads,
+            rows,
+            cols,
+            width,
+            full_num: vec![0; n],
+            full_idx: vec![-1; n * width],
+            partial_num: vec![0; n],
+            partial_idx: vec![-1; n * width],
+        };
+        for (i, (f, p)) in lists.iter().enumerate().take(n) {
+            l.full_num[i] = f.len().min(width) as i32;
+            l.partial_num[i] = p.len().min(width) as i32;
+            for (k, c) in f.iter().take(width).enumerate() {
+                l.full_idx[i * width + k] = *c;
+            }
+            for (k, c) in p.iter().take(width).enumerate() {
+                l.partial_idx[i * width + k] = *c;
+            }
+        }
+        l
+    }
+}
+
+/// Build block lists by evaluating `allowed(b, h, q_pos, kv_pos)` on every element:
+/// a block is full when all `BQ x BK` elements are in range and allowed, partial when some
+/// are allowed, absent otherwise. Query row `i` is at position `i + seq_k - seq_q`.
+/// `batches`/`heads` are the extents to build (pass 1 to broadcast a mask that does not
+/// depend on them).
+pub fn build_block_lists(
+    batches: usize,
+    heads: usize,
+    seq_q: usize,
+    seq_k: usize,
+    block: BlockSize,
+    allowed: impl Fn(usize, usize, i64, i64) -> bool,
+) -> BlockLists {
+    let (bq, bk) = (block.q.max(1), block.k.max(1));
+    let rows = seq_q.div_ceil(bq);
+    let cols = seq_k.div_ceil(bk);
+    let shift = seq_k as i64 - seq_q as i64;
+    let mut lists = Vec::with_capacity(batches * heads * rows);
+    for b in 0..batches {
+        for h in 0..heads {
+            for r in 0..rows {
+                let (mut f, mut p) = (Vec::new(), Vec::new());
+                for c in 0..cols {
+                    let (i0, i1) = (r * bq, ((r + 1) * bq).min(seq_q));
+                    let (j0, j1) = (c * bk, ((c + 1) * bk).min(seq_k));
+                    let mut n = 0usize;
+                    for i in i0..i1 {
+                        for j in j0..j1 {
+                            n += usize::from(allowed(b, h, i as i64 + shift, j as i64));
+                        }
+                    }
+                    if n == bq * bk {
+                        f.push(c as i32);
+                    } else if n > 0 {
+                        p.push(c as i32);
+                    }
+                }
+                lists.push((f, p));
+            }
+        }
+    }
+    BlockLists::from_rows(batches, heads, rows, cols, &lists)
+}
+
+/// Check lists against a problem: extents (batches 1 or B, heads 1 or Hq, rows =
+/// ceil(Sq/BQ)), array lengths, counts within the width, indices in `0..ceil(Sk/BK)`,
+/// strictly ascending (no duplicates), and no block in both lists. Returns every error.
+pub fn validate_block_lists(
+    l: &BlockLists,
+    batch: usize,
+    heads_q: usize,
+    seq_q: usize,
+    seq_k: usize,
+    block: BlockSize,
+) -> Result<(), Vec<SpecError>> {
+    let mut e = Errors::default();
+    let (rows, cols) = (
+        seq_q.div_ceil(block.q.max(1)),
+        seq_k.div_ceil(block.k.max(1)),
+    );
+    if l.batches != 1 && l.batches != batch {
+        e.push(
+            "block_lists.batches",
+            format!(
+                "batch extent {} is neither 1 nor batch ({batch})",
+                l.batches
+            ),
+            "build the lists per batch entry or once (extent 1) for all",
+        );
+    }
+    if l.heads != 1 && l.heads != heads_q {
+        e.push(
+            "block_lists.heads",
+            format!(
+                "head extent {} is neither 1 nor heads_q ({heads_q})",
+                l.heads
+            ),
+            "build the lists per query head or once (extent 1) for all",
+        );
+    }
+    if l.rows != rows {
+        e.push(
+            "block_lists.rows",
+            format!(
+                "{} query blocks given, ceil(seq_q / {}) = {rows} needed",
+                l.rows, block.q
+            ),
+            "build the lists for this seq_q and block size",
+        );
+    }
+    let n = l.batches * l.heads * l.rows;
+    for (f, v, want) in [
+        ("full_num", &l.full_num, n),
+        ("partial_num", &l.partial_num, n),
+        ("full_idx", &l.full_idx, n * l.width),
+        ("partial_idx", &l.partial_idx, n * l.width),
+    ] {
+        if v.len() != want {
+            e.push(
+                format!("block_lists.{f}"),
+                format!("has {} entries, {want} expected", v.len()),
+                "size counts [batches, heads, rows] and indices [batches, heads, rows, width]",
+            );
+        }
+    }
+    if !e.0.is_empty() {
+        return e.finish();
+    }
+    for i in 0..n {
+        let (b, h, r) = (i / (l.heads * l.rows), (i / l.rows) % l.heads, i % l.rows);
+        let mut seen: Vec<(&str, i32)> = Vec::new();
+        for (name, num, idx) in [
+            ("full", &l.full_num, &l.full_idx),
+            ("partial", &l.partial_num, &l.partial_idx),
+        ] {
+            let cnt = num[i];
+            let path = format!("block_lists.{name}_idx[{b}][{h}][{r}]");
+            if cnt < 0 || cnt as usize > l.width {
+                e.push(
+                    format!("block_lists.{name}_num[{b}][{h}][{r}]"),
+                    format!("count {cnt} outside 0..={}", l.width),
+                    "counts must not exceed the index row width",
+                );
+                continue;
+            }
+            let list = &idx[i * l.width..i * l.width + cnt as usize];
+            for (k, &c) in list.iter().enumerate() {
+                if c < 0 || c as usize >= cols {
+                    e.push(
+                        format!("{path}[{k}]"),
+                        format!("key block {c} outside 0..{cols}"),
+                        "use key block indices below ceil(seq_k / BK)",
+                    );
+                }
+                if k > 0 && list[k - 1] >= c {
+                    e.push(
+                        format!("{path}[{k}]"),
+                        format!("not strictly ascending: {} then {c}", list[k - 1]),
+                        "sort each list ascending and remove duplicates",
+                    );
+                }
+                if let Some((other, _)) = seen.iter().find(|(n, x)| *n != name && *x == c) {
+                    e.push(
+                        format!("{path}[{k}]"),
+                        format!("key block {c} is in both the {other} and the {name} list"),
+                        "list a block once: full when all elements are allowed, else partial",
+                    );
+                }
+            }
+            seen.extend(list.iter().map(|&c| (name, c)));
+        }
+    }
+    e.finish()
+}

@@ -1,0 +1,76 @@
+//! The built-in catalog of static variants, each with a unique canonical name. Tests, the
+//! CLI and the benches iterate over it.
+//!
+//! ```
+//! let names: Vec<String> = attnforge_codegen::catalog().iter().map(|s| s.canonical_name()).collect();
+//! assert!(names.contains(&"flash_fwd_lminf_d128_bf16".to_string()));
+//! ```
+
+use crate::spec::{
+    DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamKind, UserSource,
+};
+
+/// Example user predicate: causal, dilated by `stride` (keys at distance multiple of it).
+pub fn example_mask_fn() -> UserFunction {
+    UserFunction {
+        name: "dilated".into(),
+        source: UserSource::Body(
+            "    return kv_pos <= q_pos && (q_pos - kv_pos) % stride == 0;".into(),
+        ),
+        params: vec![UserParam {
+            name: "stride".into(),
+            kind: UserParamKind::I32,
+        }],
+    }
+}
+
+/// Example user score function: per-head bias table plus a linear distance decay,
+/// `score + bias[h] - decay * |q_pos - kv_pos|`.
+pub fn example_score_fn() -> UserFunction {
+    UserFunction {
+        name: "headbias".into(),
+        source: UserSource::Body(
+            "    const float dist = (float)(q_pos > kv_pos ? q_pos - kv_pos : kv_pos - q_pos);\n    return score + bias[h] - decay * dist;".into(),
+        ),
+        params: vec![
+            UserParam { name: "bias".into(), kind: UserParamKind::ArrayF32 },
+            UserParam { name: "decay".into(), kind: UserParamKind::F32 },
+        ],
+    }
+}
+
+/// The catalog (dense, GQA, every static mask of variants.md section 2, block-sparse,
+/// softcap, ALiBi, user examples, LM-Infinite; a spread of dtypes and head dims).
+pub fn catalog() -> Vec<KernelSpec> {
+    use DType::*;
+    use HeadDim::*;
+    let s = KernelSpec::new;
+    vec![
+        s(Bf16, D128, Mask::Full, ScoreMod::None),
+        s(F16, D256, Mask::Full, ScoreMod::None),
+        s(F32, D64, Mask::Full, ScoreMod::None),
+        s(Bf16, D128, Mask::Causal, ScoreMod::None),
+        s(F16, D64, Mask::Causal, ScoreMod::None),
+        s(Bf16, D128, Mask::Causal, ScoreMod::None).with_gqa(),
+        s(Bf16, D128, Mask::Local, ScoreMod::None),
+        s(F16, D64, Mask::Local, ScoreMod::Softcap),
+        s(Bf16, D128, Mask::PrefixLm, ScoreMod::None),
+        s(Bf16, D128, Mask::Document, ScoreMod::None),
+        s(Bf16, D128, Mask::CausalDocument, ScoreMod::None),
+        s(F16, D128, Mask::ShareQuestion, ScoreMod::None),
+        s(Bf16, D128, Mask::GlobalLocal, ScoreMod::None),
+        s(Bf16, D128, Mask::BlockCausalDocument, ScoreMod::None),
+        s(Bf16, D128, Mask::LambdaMask, ScoreMod::None),
+        s(Bf16, D128, Mask::BlockSparse { mask: None }, ScoreMod::None),
+        s(Bf16, D128, Mask::Full, ScoreMod::Softcap),
+        s(F16, D128, Mask::Causal, ScoreMod::Alibi),
+        s(F16, D64, Mask::Predicate(example_mask_fn()), ScoreMod::None),
+        s(F32, D64, Mask::Causal, ScoreMod::User(example_score_fn())),
+        s(Bf16, D128, Mask::LmInfinite, ScoreMod::None),
+    ]
+}
+
+/// The catalog entry with this canonical name.
+pub fn find(name: &str) -> Option<KernelSpec> {
+    catalog().into_iter().find(|s| s.canonical_name() == name)
+}

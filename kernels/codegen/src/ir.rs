@@ -1,0 +1,268 @@
+//! Lowering: `KernelSpec + TileConfig -> KernelIr`, a small tile IR of the one forward
+//! skeleton with its hooks filled in. The emitter only prints it.
+//!
+//! The skeleton (per thread block: `block_m` query rows of one `(b, h)`):
+//! ```text
+//! prologue hooks; load Q (scaled) to shared
+//! for each key tile in the schedule (analytic range + classifier, or block lists):
+//!     count it; load K, V to shared
+//!     S = Q K^T            (mainloop; two branches for LM-Infinite)
+//!     S = score_mod(S)     (hook)
+//!     mask partial tiles   (hook: element mask device function)
+//!     online softmax; O += P V
+//! epilogue: O / l, lse = ln(l) + m
+//! ```
+//!
+//! ```
+//! use attnforge_codegen::{ir::lower, spec::*, tile::{Arch, TileConfig}};
+//! let spec = KernelSpec::new(DType::F16, HeadDim::D64, Mask::Causal, ScoreMod::None);
+//! let ir = lower(&spec, &TileConfig::new(64, 64, 4, 1), Arch::Sm80).unwrap();
+//! assert!(matches!(ir.schedule, attnforge_codegen::ir::TileSchedule::Analytic { .. }));
+//! ```
+
+use crate::args::{kernel_args, user_arg_name, KernelArg};
+use crate::check::{validate_spec, SpecError};
+use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind, UserSource};
+use crate::tile::{Arch, SmemLayout, TileConfig};
+
+/// How S = Q K^T and O += P V are computed. Only the FMA mainloop exists; the tensor-core
+/// (`mma.sync`) mainloop is a second variant of this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mainloop {
+    /// Scalar FMA, f32 accumulation: lanes split key columns for S and output columns for O.
+    Fma,
+}
+
+/// Which key tiles a block visits and how each is classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TileSchedule {
+    /// Loop over key tiles in `[lo, hi)` (C expressions over `p_lo`, `p_hi`, `seq_k`),
+    /// classifying each with `classifier` (a C expression over `p_lo, p_hi, c0, c1`;
+    /// `None` means every in-range tile is full).
+    Analytic {
+        /// First key position that may be allowed.
+        lo: String,
+        /// One past the last key position that may be allowed.
+        hi: String,
+        /// Tile classifier call.
+        classifier: Option<String>,
+    },
+    /// Runtime block lists (full then partial), `block_q x block_k` blocks split into
+    /// kernel tiles.
+    Lists {
+        /// Query rows per list block.
+        block_q: usize,
+        /// Key columns per list block.
+        block_k: usize,
+    },
+}
+
+/// How a tile's raw scores are formed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scoring {
+    /// `s = scale * dot(q, k)`.
+    Dot,
+    /// LM-Infinite: near branch with RoPE at true positions, far branch with the query
+    /// rotated at `Deff` and the key un-rotated, merged per element.
+    LmInfinite,
+}
+
+/// A user device function to paste before the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFn {
+    /// Full function text.
+    pub text: String,
+}
+
+/// The lowered kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelIr {
+    /// CUDA symbol.
+    pub symbol: String,
+    /// The spec (for the header comment).
+    pub spec: KernelSpec,
+    /// The tile config.
+    pub tile: TileConfig,
+    /// Shared-memory layout.
+    pub smem: SmemLayout,
+    /// Element type.
+    pub dtype: DType,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Flat arguments.
+    pub args: Vec<KernelArg>,
+    /// Mainloop.
+    pub mainloop: Mainloop,
+    /// Tile schedule.
+    pub schedule: TileSchedule,
+    /// Score formation.
+    pub scoring: Scoring,
+    /// Per-block setup statements (e.g. the doc row of batch `b`).
+    pub prologue: Vec<String>,
+    /// Element mask: a C boolean expression over `b, h, q_pos, kv_pos` (partial tiles only).
+    pub element_mask: Option<String>,
+    /// Score modification: a C expression over `x` (the score) and `b, h, q_pos, kv_pos`.
+    pub score_mod: Option<String>,
+    /// User device functions.
+    pub device_fns: Vec<DeviceFn>,
+}
+
+fn user_fn_text(f: &UserFunction, is_score: bool) -> String {
+    match &f.source {
+        UserSource::Function(t) => t.clone(),
+        UserSource::Body(body) => {
+            let mut sig = if is_score {
+                format!("__device__ __forceinline__ float {}(float score, int b, int h, long long q_pos, long long kv_pos", f.name)
+            } else {
+                format!("__device__ __forceinline__ bool {}(int b, int h, long long q_pos, long long kv_pos", f.name)
+            };
+            for p in &f.params {
+                sig.push_str(&format!(", {} {}", p.kind.device_type(), p.name));
+            }
+            format!("{sig}) {{\n{}\n}}", body.trim_end())
+        }
+    }
+}
+
+fn user_call(f: &UserFunction, prefix: &str, lead: &str) -> String {
+    let mut s = format!("{}({lead}b, h, q_pos, kv_pos", f.name);
+    for p in &f.params {
+        let a = user_arg_name(prefix, &p.name);
+        let e = match p.kind {
+            UserParamKind::I32
+            | UserParamKind::F32
+            | UserParamKind::ArrayI32
+            | UserParamKind::ArrayF32 => a,
+            UserParamKind::U32 => format!("(unsigned){a}"),
+            UserParamKind::Bool => format!("({a} != 0)"),
+            UserParamKind::ArrayU32 => format!("(const unsigned*){a}"),
+        };
+        s.push_str(", ");
+        s.push_str(&e);
+    }
+    s.push(')');
+    s
+}
+
+/// Lower a spec and tile config (both validated first; every error is returned).
+pub fn lower(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> Result<KernelIr, Vec<SpecError>> {
+    lower_with_symbol(spec, tile, arch, crate::name::canonical_name(spec))
+}
+
+/// [`lower`] with an explicit CUDA symbol.
+pub fn lower_with_symbol(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    arch: Arch,
+    symbol: String,
+) -> Result<KernelIr, Vec<SpecError>> {
+    let mut errs = validate_spec(spec).err().unwrap_or_default();
+    if let Err(e) = tile.valid(spec, arch) {
+        errs.extend(e);
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let full_range = ("0".to_string(), "(long long)seq_k".to_string());
+    let causal_hi = "min((long long)seq_k, p_hi + 1)".to_string();
+    let analytic = |lo: String, hi: String, c: Option<&str>| TileSchedule::Analytic {
+        lo,
+        hi,
+        classifier: c.map(str::to_string),
+    };
+    let lists = TileSchedule::Lists {
+        block_q: spec.sparse_block.q,
+        block_k: spec.sparse_block.k,
+    };
+    let mut prologue = Vec::new();
+    let mut device_fns = Vec::new();
+    let doc_row =
+        "const int* doc_b = doc + (long long)b * doc_batch_stride;  // doc ids of batch b"
+            .to_string();
+    let (schedule, element_mask, scoring) = match &spec.mask {
+        Mask::Full => (analytic(full_range.0, full_range.1, None), None, Scoring::Dot),
+        Mask::Causal => (analytic("0".into(), causal_hi, Some("af_tile_causal(p_lo, p_hi, c0, c1)")), Some("af_mask_causal(q_pos, kv_pos)".into()), Scoring::Dot),
+        Mask::Local => (
+            analytic(
+                "window_left < 0 ? 0LL : max(0LL, p_lo - window_left)".into(),
+                "window_right < 0 ? (long long)seq_k : min((long long)seq_k, p_hi + window_right + 1)".into(),
+                Some("af_tile_local(p_lo, p_hi, c0, c1, window_left, window_right)"),
+            ),
+            Some("af_mask_local(q_pos, kv_pos, window_left, window_right)".into()),
+            Scoring::Dot,
+        ),
+        Mask::PrefixLm => (
+            analytic(full_range.0, full_range.1, Some("af_tile_prefix_lm(p_lo, p_hi, c0, c1, prefix_len)")),
+            Some("af_mask_prefix_lm(q_pos, kv_pos, prefix_len)".into()),
+            Scoring::Dot,
+        ),
+        Mask::GlobalLocal => (
+            analytic(full_range.0, full_range.1, Some("af_tile_global_local(p_lo, p_hi, c0, c1, window, global_tokens)")),
+            Some("af_mask_global_local(q_pos, kv_pos, window, global_tokens)".into()),
+            Scoring::Dot,
+        ),
+        Mask::LambdaMask => (
+            analytic("0".into(), causal_hi, Some("af_tile_lambda(p_lo, p_hi, c0, c1, global_tokens, local_window)")),
+            Some("af_mask_lambda(q_pos, kv_pos, global_tokens, local_window)".into()),
+            Scoring::Dot,
+        ),
+        Mask::LmInfinite => (
+            analytic("0".into(), causal_hi, Some("af_tile_lminf(p_lo, p_hi, c0, c1, global_tokens, local_window)")),
+            Some("af_mask_lambda(q_pos, kv_pos, global_tokens, local_window)".into()),
+            Scoring::LmInfinite,
+        ),
+        Mask::Document => {
+            prologue.push(doc_row);
+            (lists, Some("af_mask_document(doc_b, q_pos, kv_pos)".into()), Scoring::Dot)
+        }
+        Mask::CausalDocument => {
+            prologue.push(doc_row);
+            (lists, Some("af_mask_causal_document(doc_b, q_pos, kv_pos)".into()), Scoring::Dot)
+        }
+        Mask::ShareQuestion => {
+            prologue.push(doc_row);
+            (lists, Some("af_mask_share_question(doc_b, q_pos, kv_pos)".into()), Scoring::Dot)
+        }
+        Mask::BlockCausalDocument => {
+            prologue.push(doc_row);
+            (lists, Some("af_mask_block_causal_document(doc_b, q_pos, kv_pos, doc_block)".into()), Scoring::Dot)
+        }
+        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => {
+            device_fns.push(DeviceFn { text: user_fn_text(f, false) });
+            (lists, Some(user_call(f, "um", "")), Scoring::Dot)
+        }
+        Mask::BlockSparse { mask: None } => (lists, None, Scoring::Dot),
+    };
+    let score_mod = match &spec.score {
+        ScoreMod::None => None,
+        ScoreMod::Softcap => Some("af_score_softcap(x, softcap)".to_string()),
+        ScoreMod::Alibi => {
+            prologue.push(
+                "const float slope = alibi_slopes[h];  // ALiBi slope of query head h".into(),
+            );
+            Some("af_score_alibi(x, slope, q_pos, kv_pos)".to_string())
+        }
+        ScoreMod::User(f) => {
+            device_fns.push(DeviceFn {
+                text: user_fn_text(f, true),
+            });
+            Some(user_call(f, "us", "x, "))
+        }
+    };
+    Ok(KernelIr {
+        symbol,
+        spec: spec.clone(),
+        tile: *tile,
+        smem: SmemLayout::new(spec, tile),
+        dtype: spec.dtype,
+        head_dim: spec.head_dim.get(),
+        args: kernel_args(spec),
+        mainloop: Mainloop::Fma,
+        schedule,
+        scoring,
+        prologue,
+        element_mask,
+        score_mod,
+        device_fns,
+    })
+}

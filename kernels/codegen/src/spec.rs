@@ -1,0 +1,370 @@
+//! Kernel specification: *what* a kernel computes (serde, no tuning choices).
+//!
+//! A [`KernelSpec`] fixes everything that is compiled into the kernel (dtype, head dim,
+//! mask kind, score modification). Every numeric parameter of a mask or score function
+//! (window sizes, prefix length, `G`/`L`/`Dlim`, doc-id arrays, ALiBi slopes, block lists,
+//! user parameters, the softmax scale) is a *kernel argument*: changing it never recompiles.
+//!
+//! ```
+//! use attnforge_codegen::spec::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
+//! let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None);
+//! assert_eq!(spec.canonical_name(), "flash_fwd_causal_d128_bf16");
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Element type of q, k, v and o. Accumulation is always f32; lse is always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DType {
+    /// IEEE half (`__half`).
+    F16,
+    /// bfloat16 (`__nv_bfloat16`).
+    Bf16,
+    /// single precision (`float`).
+    F32,
+}
+
+impl DType {
+    /// Short lower-case name used in canonical names (`f16`, `bf16`, `f32`).
+    pub fn short(self) -> &'static str {
+        match self {
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+            DType::F32 => "f32",
+        }
+    }
+    /// CUDA element type.
+    pub fn cuda(self) -> &'static str {
+        match self {
+            DType::F16 => "__half",
+            DType::Bf16 => "__nv_bfloat16",
+            DType::F32 => "float",
+        }
+    }
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            DType::F16 | DType::Bf16 => 2,
+            DType::F32 => 4,
+        }
+    }
+}
+
+/// Head dimension `D` (the value head dimension `Dv` equals `D`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HeadDim {
+    /// D = 64.
+    #[serde(rename = "64")]
+    D64,
+    /// D = 128.
+    #[serde(rename = "128")]
+    D128,
+    /// D = 256.
+    #[serde(rename = "256")]
+    D256,
+}
+
+impl HeadDim {
+    /// The dimension as a number.
+    pub fn get(self) -> usize {
+        match self {
+            HeadDim::D64 => 64,
+            HeadDim::D128 => 128,
+            HeadDim::D256 => 256,
+        }
+    }
+}
+
+/// Kind of a user-function parameter. Scalars travel as `int`/`float` kernel arguments
+/// (u32 and bool reinterpreted from `int`), arrays as `const int*` / `const float*`
+/// (u32 arrays reinterpreted); the device function sees the natural C type
+/// (`int`, `unsigned`, `float`, `bool`, `const int*`, `const unsigned*`, `const float*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserParamKind {
+    /// `int`.
+    I32,
+    /// `unsigned`.
+    U32,
+    /// `float`.
+    F32,
+    /// `bool`.
+    Bool,
+    /// `const int*` (read-only device array).
+    ArrayI32,
+    /// `const unsigned*` (read-only device array).
+    ArrayU32,
+    /// `const float*` (read-only device array).
+    ArrayF32,
+}
+
+impl UserParamKind {
+    /// The C type the user device function receives.
+    pub fn device_type(self) -> &'static str {
+        match self {
+            UserParamKind::I32 => "int",
+            UserParamKind::U32 => "unsigned",
+            UserParamKind::F32 => "float",
+            UserParamKind::Bool => "bool",
+            UserParamKind::ArrayI32 => "const int*",
+            UserParamKind::ArrayU32 => "const unsigned*",
+            UserParamKind::ArrayF32 => "const float*",
+        }
+    }
+}
+
+/// One parameter of a user mask or score function.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserParam {
+    /// C identifier (lower-case ASCII, digits, `_`).
+    pub name: String,
+    /// Its type.
+    pub kind: UserParamKind,
+}
+
+/// Source of a user device function.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserSource {
+    /// Only the body (statements between the braces); codegen writes the signature.
+    Body(String),
+    /// The complete `__device__` function text; it must define a function called `name`
+    /// with the documented signature.
+    Function(String),
+}
+
+/// A user mask predicate or score function given as CUDA device code.
+///
+/// Signatures (the device function is called with these arguments, in this order):
+/// - mask:  `__device__ bool NAME(int b, int h, long long q_pos, long long kv_pos, PARAMS...)`
+/// - score: `__device__ float NAME(float score, int b, int h, long long q_pos, long long kv_pos, PARAMS...)`
+///
+/// `q_pos`/`kv_pos` are absolute positions (query row `i` sits at `i + Sk - Sq`), `h` is
+/// the query head, `score` is `scale * dot(q, k)`. Parameters follow in the declared order
+/// with the C types of [`UserParamKind::device_type`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserFunction {
+    /// Function name: a lower-case C identifier; it also appears in the canonical name.
+    pub name: String,
+    /// The CUDA code.
+    pub source: UserSource,
+    /// Runtime parameters (kernel arguments).
+    #[serde(default)]
+    pub params: Vec<UserParam>,
+}
+
+/// Block size of runtime block lists (FlexAttention `BLOCK_SIZE`): query rows x key columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockSize {
+    /// Query rows per block (`BQ`).
+    pub q: usize,
+    /// Key columns per block (`BK`).
+    pub k: usize,
+}
+
+impl Default for BlockSize {
+    fn default() -> Self {
+        BlockSize { q: 128, k: 128 }
+    }
+}
+
+/// The element mask (variants.md sections 1, 2, 4, 5). Runtime parameters are kernel
+/// arguments; their names are listed per variant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mask {
+    /// Every key.
+    Full,
+    /// `j <= p(i)`.
+    Causal,
+    /// `p - left <= j <= p + right`, negative = unbounded (args `window_left`, `window_right`).
+    Local,
+    /// `j <= p or j < P` (arg `prefix_len`).
+    PrefixLm,
+    /// `doc[p] == doc[j]` (args `doc`, `doc_batch_stride`; block lists).
+    Document,
+    /// Document and causal (block lists).
+    CausalDocument,
+    /// Shared question prefix (doc id 0) (block lists).
+    ShareQuestion,
+    /// `|p-j| <= w or p < G or j < G` (args `window`, `global_tokens`).
+    GlobalLocal,
+    /// Same document and `j/Bc <= p/Bc` (args `doc`, `doc_batch_stride`, `doc_block`; block lists).
+    BlockCausalDocument,
+    /// `j <= p and (j < G or p - j < L)` (args `global_tokens`, `local_window`).
+    LambdaMask,
+    /// A user predicate (block lists; partial blocks evaluate it).
+    Predicate(UserFunction),
+    /// Explicit runtime block lists; partial blocks evaluate `mask` when given, otherwise
+    /// every in-range element of a partial block is allowed.
+    BlockSparse {
+        /// Optional predicate for partial blocks (FlexAttention `mask_mod`).
+        #[serde(default)]
+        mask: Option<UserFunction>,
+    },
+    /// LM-Infinite Lambda attention with RoPE and distance limit (section 5); inputs are
+    /// un-rotated q/k (args `global_tokens`, `local_window`, `dist_limit`, `rope_theta`).
+    LmInfinite,
+}
+
+impl Mask {
+    /// Short name used in canonical names.
+    pub fn short(&self) -> String {
+        match self {
+            Mask::Full => "full".into(),
+            Mask::Causal => "causal".into(),
+            Mask::Local => "local".into(),
+            Mask::PrefixLm => "prefixlm".into(),
+            Mask::Document => "document".into(),
+            Mask::CausalDocument => "causaldoc".into(),
+            Mask::ShareQuestion => "sharequestion".into(),
+            Mask::GlobalLocal => "globallocal".into(),
+            Mask::BlockCausalDocument => "blockcausaldoc".into(),
+            Mask::LambdaMask => "lambda".into(),
+            Mask::Predicate(f) => format!("mask_{}", f.name),
+            Mask::BlockSparse { mask: None } => "blocksparse".into(),
+            Mask::BlockSparse { mask: Some(f) } => format!("blocksparse_{}", f.name),
+            Mask::LmInfinite => "lminf".into(),
+        }
+    }
+
+    /// Whether tiles are classified from runtime block lists (otherwise analytically).
+    pub fn uses_block_lists(&self) -> bool {
+        matches!(
+            self,
+            Mask::Document
+                | Mask::CausalDocument
+                | Mask::ShareQuestion
+                | Mask::BlockCausalDocument
+                | Mask::Predicate(_)
+                | Mask::BlockSparse { .. }
+        )
+    }
+
+    /// Whether `Sq > Sk` is defined (only `full` and `causal`, variants.md section 0).
+    pub fn allows_sq_gt_sk(&self) -> bool {
+        matches!(self, Mask::Full | Mask::Causal)
+    }
+
+    /// Serde tag path segment used in error paths (`mask.local`, ...).
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Mask::Full => "full",
+            Mask::Causal => "causal",
+            Mask::Local => "local",
+            Mask::PrefixLm => "prefix_lm",
+            Mask::Document => "document",
+            Mask::CausalDocument => "causal_document",
+            Mask::ShareQuestion => "share_question",
+            Mask::GlobalLocal => "global_local",
+            Mask::BlockCausalDocument => "block_causal_document",
+            Mask::LambdaMask => "lambda_mask",
+            Mask::Predicate(_) => "predicate",
+            Mask::BlockSparse { .. } => "block_sparse",
+            Mask::LmInfinite => "lm_infinite",
+        }
+    }
+}
+
+/// Score modification applied before the mask (variants.md section 3).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMod {
+    /// No modification.
+    #[default]
+    None,
+    /// `c * tanh(s / c)` (arg `softcap`).
+    Softcap,
+    /// `s - slope[h] * |p - j|` (arg `alibi_slopes`, `[Hq]` floats).
+    Alibi,
+    /// A user score function.
+    User(UserFunction),
+}
+
+impl ScoreMod {
+    /// Short name for canonical names (`None` has none).
+    pub fn short(&self) -> Option<String> {
+        match self {
+            ScoreMod::None => None,
+            ScoreMod::Softcap => Some("softcap".into()),
+            ScoreMod::Alibi => Some("alibi".into()),
+            ScoreMod::User(f) => Some(format!("score_{}", f.name)),
+        }
+    }
+}
+
+/// A complete forward-attention kernel specification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    /// Input/output element type.
+    pub dtype: DType,
+    /// Head dimension (D = Dv).
+    pub head_dim: HeadDim,
+    /// Grouped-query attention (`Hkv` divides `Hq`; MQA is `Hkv = 1`). Without it the
+    /// launch requires `Hq == Hkv`. The group ratio itself is a runtime argument.
+    #[serde(default)]
+    pub gqa: bool,
+    /// Element mask.
+    pub mask: Mask,
+    /// Score modification.
+    #[serde(default)]
+    pub score: ScoreMod,
+    /// Default softmax scale used by launch helpers (`1/sqrt(D)` when absent). The kernel
+    /// itself takes the scale as the `scale` argument.
+    #[serde(default)]
+    pub scale: Option<f32>,
+    /// Block size of runtime block lists (only used by list-driven masks).
+    #[serde(default)]
+    pub sparse_block: BlockSize,
+}
+
+impl KernelSpec {
+    /// A spec with defaults (no GQA, default scale, 128x128 sparse blocks).
+    pub fn new(dtype: DType, head_dim: HeadDim, mask: Mask, score: ScoreMod) -> Self {
+        KernelSpec {
+            dtype,
+            head_dim,
+            gqa: false,
+            mask,
+            score,
+            scale: None,
+            sparse_block: BlockSize::default(),
+        }
+    }
+
+    /// Builder: enable GQA/MQA.
+    pub fn with_gqa(mut self) -> Self {
+        self.gqa = true;
+        self
+    }
+
+    /// The scale to pass as the `scale` argument.
+    pub fn effective_scale(&self) -> f32 {
+        self.scale
+            .unwrap_or(1.0 / (self.head_dim.get() as f32).sqrt())
+    }
+
+    /// Canonical name (see [`crate::name::canonical_name`]).
+    pub fn canonical_name(&self) -> String {
+        crate::name::canonical_name(self)
+    }
+
+    /// Every user function of the spec, with the field path that holds it.
+    pub fn user_functions(&self) -> Vec<(&'static str, &UserFunction)> {
+        let mut v = Vec::new();
+        match &self.mask {
+            Mask::Predicate(f) => v.push(("mask.predicate", f)),
+            Mask::BlockSparse { mask: Some(f) } => v.push(("mask.block_sparse.mask", f)),
+            _ => {}
+        }
+        if let ScoreMod::User(f) = &self.score {
+            v.push(("score.user", f));
+        }
+        v
+    }
+}

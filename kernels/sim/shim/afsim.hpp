@@ -164,10 +164,15 @@ struct Site {
   size_t bytes;
 };
 
-struct Warp {
+/// A pending warp collective: lanes in `expected` meet at the same op with the same mask.
+/// Several may be pending in one warp (disjoint masks in divergent branches).
+struct WarpGroup {
   unsigned arrived = 0;
   unsigned expected = 0;
   WarpOp op = WarpOp::None;
+};
+struct Warp {
+  std::vector<WarpGroup> groups;
 };
 
 struct Launch;
@@ -615,7 +620,7 @@ inline void syncthreads(std::source_location loc) {
 }
 
 // --- warp collectives ---------------------------------------------------------
-void complete_warp(Block* b, unsigned w);
+void complete_warp(Block* b, unsigned w, const WarpGroup& G);
 
 inline void warp_op(Fiber* f, WarpOp op, unsigned mask) {
   Block* b = f->blk;
@@ -635,21 +640,23 @@ inline void warp_op(Fiber* f, WarpOp op, unsigned mask) {
              mask, w, nlanes);
     fail(s);
   }
-  Warp& W = b->warps[w];
-  if (W.arrived == 0) {
-    W.expected = mask;
-    W.op = op;
-  } else if (W.expected != mask || W.op != op) {
-    char s[200];
-    snprintf(s, sizeof s, "warp %u: lane %u calls %s with mask 0x%08x while lanes 0x%08x wait in %s with mask 0x%08x",
-             w, lane, warp_op_name(op), mask, W.arrived, warp_op_name(W.op), W.expected);
-    fail(s);
+  auto& gs = b->warps[w].groups;
+  size_t gi = 0;
+  while (gi < gs.size() && !(gs[gi].expected == mask && gs[gi].op == op)) gi++;
+  if (gi == gs.size()) {
+    // overlapping masks may still resolve (a full-warp __syncwarp waiting for lanes that
+    // first finish a half-warp shuffle); a true mismatch shows up as a deadlock
+    gs.push_back({0, mask, op});
   }
   f->op = op;
   f->mask = mask;
   f->st = St::Warp;
-  W.arrived |= 1u << lane;
-  if (W.arrived == W.expected) complete_warp(b, w);
+  gs[gi].arrived |= 1u << lane;
+  if (gs[gi].arrived == gs[gi].expected) {
+    WarpGroup G = gs[gi];
+    gs.erase(gs.begin() + long(gi));
+    complete_warp(b, w, G);
+  }
   to_sched(f);
 }
 
@@ -868,8 +875,7 @@ T shfl(unsigned mask, T v, int arg, int width, ShflKind kind, std::source_locati
   return r;
 }
 
-inline void complete_warp(Block* b, unsigned w) {
-  Warp& W = b->warps[w];
+inline void complete_warp(Block* b, unsigned w, const WarpGroup& W) {
   Fiber* lanes = &b->fibers[w * 32];
   unsigned m = W.expected;
   auto in_mask = [&](unsigned l) { return l < 32 && (m >> l & 1u); };
@@ -986,9 +992,6 @@ inline void complete_warp(Block* b, unsigned w) {
   }
   for (unsigned l = 0; l < 32; l++)
     if (in_mask(l)) lanes[l].st = St::Ready;
-  W.arrived = 0;
-  W.expected = 0;
-  W.op = WarpOp::None;
 }
 }  // namespace afsim
 
@@ -1295,9 +1298,8 @@ inline std::string deadlock_report(Block* b) {
       s += "threads " + ranges(ids) + " wait at __syncthreads " + fmt_site(f.site) + "; ";
     }
   }
-  for (unsigned w = 0; w < b->warps.size(); w++) {
-    Warp& W = b->warps[w];
-    if (!W.arrived) continue;
+  for (unsigned w = 0; w < b->warps.size(); w++)
+    for (auto& W : b->warps[w].groups) {
     char buf[200];
     std::vector<unsigned> ids;
     for (unsigned l = 0; l < 32; l++)
@@ -1323,7 +1325,7 @@ inline void run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
   memset(b.poison, 0xCD, b.dyn_bytes);
   memcpy(b.mem, b.poison, b.dyn_bytes);
   memset(b.shadow, 0, b.dyn_bytes);
-  for (auto& w : b.warps) w = Warp{};
+  for (auto& w : b.warps) w.groups.clear();
   for (unsigned i = 0; i < n; i++) {
     Fiber& f = b.fibers[i];
     f.blk = &b;

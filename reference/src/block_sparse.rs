@@ -74,7 +74,10 @@ impl BlockGeometry {
             (self.k_len, "BlockGeometry::k_len"),
         ] {
             if v == 0 {
-                return Err(RefError::ZeroSize { field, fix: "block sizes, B, Hq and Sk must be >= 1" });
+                return Err(RefError::ZeroSize {
+                    field,
+                    fix: "block sizes, B, Hq and Sk must be >= 1",
+                });
             }
         }
         if self.q_len > self.k_len {
@@ -110,7 +113,11 @@ impl BlockLists {
     pub fn validate(&self, batch: usize, hq: usize, sq: usize, sk: usize) -> Result<(), RefError> {
         if self.block_q == 0 || self.block_k == 0 {
             return Err(RefError::ZeroSize {
-                field: if self.block_q == 0 { "BlockLists::block_q" } else { "BlockLists::block_k" },
+                field: if self.block_q == 0 {
+                    "BlockLists::block_q"
+                } else {
+                    "BlockLists::block_k"
+                },
                 fix: "block sizes must be >= 1",
             });
         }
@@ -140,7 +147,10 @@ impl BlockLists {
             });
         }
         let rows = self.batch * self.heads * self.q_blocks;
-        for (list, field) in [(&self.full, "BlockLists::full"), (&self.partial, "BlockLists::partial")] {
+        for (list, field) in [
+            (&self.full, "BlockLists::full"),
+            (&self.partial, "BlockLists::partial"),
+        ] {
             if list.len() != rows {
                 return Err(RefError::ShapeMismatch {
                     field,
@@ -152,7 +162,11 @@ impl BlockLists {
         }
         let nk = sk.div_ceil(self.block_k);
         for idx in 0..rows {
-            let (b, h, r) = (idx / (self.heads * self.q_blocks), (idx / self.q_blocks) % self.heads, idx % self.q_blocks);
+            let (b, h, r) = (
+                idx / (self.heads * self.q_blocks),
+                (idx / self.q_blocks) % self.heads,
+                idx % self.q_blocks,
+            );
             for (l, name) in [(&self.full[idx], "full"), (&self.partial[idx], "partial")] {
                 for w in l.windows(2) {
                     if w[1] <= w[0] {
@@ -167,10 +181,20 @@ impl BlockLists {
                     }
                 }
                 if let Some(&c) = l.iter().find(|&&c| c >= nk) {
-                    return Err(RefError::BlockOutOfRange { list: name, b, h, r, index: c, n_blocks: nk });
+                    return Err(RefError::BlockOutOfRange {
+                        list: name,
+                        b,
+                        h,
+                        r,
+                        index: c,
+                        n_blocks: nk,
+                    });
                 }
             }
-            if let Some(&c) = self.full[idx].iter().find(|c| self.partial[idx].binary_search(c).is_ok()) {
+            if let Some(&c) = self.full[idx]
+                .iter()
+                .find(|c| self.partial[idx].binary_search(c).is_ok())
+            {
                 return Err(RefError::BlockInBothLists { b, h, r, c });
             }
         }
@@ -198,7 +222,7 @@ impl BlockLists {
                     fix: "pass one count per (batch, head, query block)",
                 });
             }
-            let stride = if rows == 0 { 0 } else { idx.len() / rows };
+            let stride = idx.len().checked_div(rows).unwrap_or(0);
             if stride * rows != idx.len() {
                 return Err(RefError::ShapeMismatch {
                     field: fidx,
@@ -337,8 +361,11 @@ pub fn random_block_lists(
     seed: u64,
 ) -> Result<BlockLists, RefError> {
     geom.check()?;
-    if kv_heads == 0 || geom.q_heads % kv_heads != 0 {
-        return Err(RefError::HeadsNotDivisible { hq: geom.q_heads, hkv: kv_heads });
+    if kv_heads == 0 || geom.q_heads / kv_heads * kv_heads != geom.q_heads {
+        return Err(RefError::HeadsNotDivisible {
+            hq: geom.q_heads,
+            hkv: kv_heads,
+        });
     }
     if !(0.0..=1.0).contains(&rho) {
         return Err(RefError::InvalidParam {
@@ -434,6 +461,7 @@ pub fn bigbird_block_lists(
     })
 }
 
+#[allow(clippy::too_many_arguments)] // mirrors the public signature plus the checked dims
 fn block_sparse_impl<T: Element, A: Acc>(
     q: &Tensor4<T>,
     k: &Tensor4<T>,
@@ -476,5 +504,8 @@ pub fn block_sparse_attention<T: Element>(
     mask.validate(dims.b, dims.sq, dims.sk)?;
     score_mod.validate(dims.hq)?;
     let scale = opts.scale_or(dims.default_scale())?;
-    Ok(dispatch!(opts, block_sparse_impl::<T>(q, k, v, &dims, lists, mask, score_mod, scale)))
+    Ok(dispatch!(
+        opts,
+        block_sparse_impl::<T>(q, k, v, &dims, lists, mask, score_mod, scale)
+    ))
 }

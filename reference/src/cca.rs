@@ -26,7 +26,10 @@ pub struct CcaParams {
 impl Default for CcaParams {
     /// `g = 16`, `w = 1024`.
     fn default() -> Self {
-        Self { group: 16, window: 1024 }
+        Self {
+            group: 16,
+            window: 1024,
+        }
     }
 }
 
@@ -60,8 +63,9 @@ fn cca_impl<T: Element, A: Acc>(
             let per_head = (0..groups)
                 .map(|p| {
                     let ql = qa.row(b, h, (p + 1) * g - 1);
-                    let sc: Vec<A> =
-                        (0..g).map(|t| pool_scale * dot(ql, ka.row(b, kh, p * g + t))).collect();
+                    let sc: Vec<A> = (0..g)
+                        .map(|t| pool_scale * dot(ql, ka.row(b, kh, p * g + t)))
+                        .collect();
                     let m = sc.iter().fold(A::NEG_INF, |a, x| a.max(*x));
                     let z = sc.iter().fold(A::ZERO, |a, x| a + (*x - m).exp());
                     let (mut kbar, mut vbar) = (vec![A::ZERO; dims.d], vec![A::ZERO; dims.dv]);
@@ -85,8 +89,10 @@ fn cca_impl<T: Element, A: Acc>(
         let qr = qa.row(b, h, i);
         let n = cca_core_count(i, params);
         let core = &pooled[b * dims.hq + h];
-        let mut entries: Vec<(A, &[A])> =
-            core[..n].iter().map(|(kb, vb)| (scale * dot(qr, kb), vb.as_slice())).collect();
+        let mut entries: Vec<(A, &[A])> = core[..n]
+            .iter()
+            .map(|(kb, vb)| (scale * dot(qr, kb), vb.as_slice()))
+            .collect();
         entries.extend((n * g..=i).map(|c| (scale * dot(qr, ka.row(b, kh, c)), va.row(b, kh, c))));
         softmax_row::<A, T>(&entries, dims.dv)
     })
@@ -114,5 +120,8 @@ pub fn cca_attention<T: Element>(
         });
     }
     let scale = opts.scale_or(dims.default_scale())?;
-    Ok(dispatch!(opts, cca_impl::<T>(q, k, v, &dims, params, scale)))
+    Ok(dispatch!(
+        opts,
+        cca_impl::<T>(q, k, v, &dims, params, scale)
+    ))
 }

@@ -49,14 +49,22 @@ impl Dims {
 
     pub fn require_sq_le_sk(&self, variant: &'static str) -> Result<(), RefError> {
         if self.sq > self.sk {
-            return Err(RefError::QueryLongerThanKeys { variant, sq: self.sq, sk: self.sk });
+            return Err(RefError::QueryLongerThanKeys {
+                variant,
+                sq: self.sq,
+                sk: self.sk,
+            });
         }
         Ok(())
     }
 
     pub fn require_sq_eq_sk(&self, variant: &'static str) -> Result<(), RefError> {
         if self.sq != self.sk {
-            return Err(RefError::LengthsDiffer { variant, sq: self.sq, sk: self.sk });
+            return Err(RefError::LengthsDiffer {
+                variant,
+                sq: self.sq,
+                sk: self.sk,
+            });
         }
         Ok(())
     }
@@ -69,9 +77,19 @@ fn nonzero(x: usize, field: &'static str, fix: &'static str) -> Result<(), RefEr
     Ok(())
 }
 
-fn same(got: usize, expected: usize, field: &'static str, fix: &'static str) -> Result<(), RefError> {
+fn same(
+    got: usize,
+    expected: usize,
+    field: &'static str,
+    fix: &'static str,
+) -> Result<(), RefError> {
     if got != expected {
-        return Err(RefError::ShapeMismatch { field, expected: expected.to_string(), got, fix });
+        return Err(RefError::ShapeMismatch {
+            field,
+            expected: expected.to_string(),
+            got,
+            fix,
+        });
     }
     Ok(())
 }
@@ -94,14 +112,46 @@ pub(crate) fn check_qkv<T: Element>(
     nonzero(ks.heads, "k.heads", "pass at least one kv head")?;
     nonzero(qs.dim, "q.dim", "the head dimension D must be >= 1")?;
     nonzero(vs.dim, "v.dim", "the value dimension Dv must be >= 1")?;
-    nonzero(ks.seq, "k.seq", "attention needs at least one key (Sk >= 1); Sq = 0 is allowed")?;
-    same(ks.batch, qs.batch, "k.batch", "k must have the batch size of q")?;
-    same(vs.batch, qs.batch, "v.batch", "v must have the batch size of q")?;
-    same(vs.heads, ks.heads, "v.heads", "v must have as many heads as k")?;
-    same(vs.seq, ks.seq, "v.seq", "v must have as many positions as k")?;
-    same(ks.dim, qs.dim, "k.dim", "k must have the head dimension of q")?;
+    nonzero(
+        ks.seq,
+        "k.seq",
+        "attention needs at least one key (Sk >= 1); Sq = 0 is allowed",
+    )?;
+    same(
+        ks.batch,
+        qs.batch,
+        "k.batch",
+        "k must have the batch size of q",
+    )?;
+    same(
+        vs.batch,
+        qs.batch,
+        "v.batch",
+        "v must have the batch size of q",
+    )?;
+    same(
+        vs.heads,
+        ks.heads,
+        "v.heads",
+        "v must have as many heads as k",
+    )?;
+    same(
+        vs.seq,
+        ks.seq,
+        "v.seq",
+        "v must have as many positions as k",
+    )?;
+    same(
+        ks.dim,
+        qs.dim,
+        "k.dim",
+        "k must have the head dimension of q",
+    )?;
     if qs.heads % ks.heads != 0 {
-        return Err(RefError::HeadsNotDivisible { hq: qs.heads, hkv: ks.heads });
+        return Err(RefError::HeadsNotDivisible {
+            hq: qs.heads,
+            hkv: ks.heads,
+        });
     }
     Ok(Dims {
         b: qs.batch,
@@ -245,7 +295,10 @@ pub fn attention<T: Element>(
     mask.validate(dims.b, dims.sq, dims.sk)?;
     score_mod.validate(dims.hq)?;
     let scale = opts.scale_or(dims.default_scale())?;
-    Ok(dispatch!(opts, attention_impl::<T>(q, k, v, &dims, mask, score_mod, scale)))
+    Ok(dispatch!(
+        opts,
+        attention_impl::<T>(q, k, v, &dims, mask, score_mod, scale)
+    ))
 }
 
 /// Section 1 convenience: `full` (`causal == false`) or bottom-right `causal` attention.
@@ -276,7 +329,11 @@ pub(crate) fn check_key_sets(dims: &Dims, keys: &KeySets) -> Result<(), RefError
     }
     let mut seen = vec![false; dims.sk];
     for (r, set) in keys.iter().enumerate() {
-        let (b, h, i) = (r / (dims.hq * dims.sq), (r / dims.sq) % dims.hq, r % dims.sq);
+        let (b, h, i) = (
+            r / (dims.hq * dims.sq),
+            (r / dims.sq) % dims.hq,
+            r % dims.sq,
+        );
         for &j in set {
             let problem = if j >= dims.sk {
                 "is out of range"
@@ -286,7 +343,13 @@ pub(crate) fn check_key_sets(dims: &Dims, keys: &KeySets) -> Result<(), RefError
                 seen[j] = true;
                 continue;
             };
-            return Err(RefError::BadKeySet { b, h, i, key: j, problem });
+            return Err(RefError::BadKeySet {
+                b,
+                h,
+                i,
+                key: j,
+                problem,
+            });
         }
         for &j in set {
             seen[j] = false;

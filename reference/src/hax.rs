@@ -51,7 +51,12 @@ pub struct HaxParams {
 impl Default for HaxParams {
     /// `k_lsh = k_ks = 32`, everything shared.
     fn default() -> Self {
-        Self { k_lsh: 32, k_ks: 32, hyperplane_sharing: Sharing::Shared, ks_sharing: Sharing::Shared }
+        Self {
+            k_lsh: 32,
+            k_ks: 32,
+            hyperplane_sharing: Sharing::Shared,
+            ks_sharing: Sharing::Shared,
+        }
     }
 }
 
@@ -123,7 +128,12 @@ fn check_param<U: Element>(
         });
     }
     if sh.seq != seq {
-        return Err(RefError::ShapeMismatch { field, expected: seq.to_string(), got: sh.seq, fix: seq_fix });
+        return Err(RefError::ShapeMismatch {
+            field,
+            expected: seq.to_string(),
+            got: sh.seq,
+            fix: seq_fix,
+        });
     }
     Ok(())
 }
@@ -150,7 +160,14 @@ fn check_hax<T: Element, U: Element>(
             fix: "use between 1 and 31 hyperplanes (official default 8)",
         });
     }
-    check_param(inp.ks, params.ks_sharing, &dims, "ks", dims.sk, "ks is [_, _, S, 1]: one score per key")?;
+    check_param(
+        inp.ks,
+        params.ks_sharing,
+        &dims,
+        "ks",
+        dims.sk,
+        "ks is [_, _, S, 1]: one score per key",
+    )?;
     if inp.ks.shape.dim != 1 {
         return Err(RefError::ShapeMismatch {
             field: "ks.dim",
@@ -185,7 +202,11 @@ fn normalise<A: Acc>(x: &Dense<A>, b: usize, h: usize) -> Vec<Vec<A>> {
         for r in rows.iter_mut() {
             r[c] = r[c] - mean;
         }
-        let norm = rows.iter().fold(A::ZERO, |a, r| a + r[c] * r[c]).sqrt().max(A::of(1e-12));
+        let norm = rows
+            .iter()
+            .fold(A::ZERO, |a, r| a + r[c] * r[c])
+            .sqrt()
+            .max(A::of(1e-12));
         for r in rows.iter_mut() {
             r[c] = r[c] / norm;
         }
@@ -216,7 +237,10 @@ fn codes_impl<T: Element, U: Element, A: Acc>(
     let (qa, ka) = (inp.q2.to_acc::<A>(), inp.k2.to_acc::<A>());
     let hp = inp.hyperplanes.to_acc::<A>();
     let s = dims.sq;
-    let mut codes = HaxCodes { q: Vec::with_capacity(dims.b * dims.hq * s), k: Vec::new() };
+    let mut codes = HaxCodes {
+        q: Vec::with_capacity(dims.b * dims.hq * s),
+        k: Vec::new(),
+    };
     for b in 0..dims.b {
         let hb = if hp.shape.batch == 1 { 0 } else { b };
         for h in 0..dims.hq {
@@ -248,7 +272,9 @@ fn sets_impl<T: Element, U: Element, A: Acc>(
             let ks = |j: usize| inp.ks.get(kb, ksh, j, 0);
             for i in 0..s {
                 let mut keep = vec![false; i + 1];
-                let lsh = (0..=i).rev().filter(|&j| codes.q[base + i] == codes.k[base + j]);
+                let lsh = (0..=i)
+                    .rev()
+                    .filter(|&j| codes.q[base + i] == codes.k[base + j]);
                 for j in lsh.take(params.k_lsh) {
                     keep[j] = true;
                 }

@@ -39,10 +39,18 @@ pub struct LandmarkParams {
 }
 
 /// Indices of the `k` largest `score(x)` over `items` (ties: earlier item), in ascending order.
-pub(crate) fn top_k_by<A: Acc>(items: &[usize], k: usize, score: impl Fn(usize) -> A) -> Vec<usize> {
+pub(crate) fn top_k_by<A: Acc>(
+    items: &[usize],
+    k: usize,
+    score: impl Fn(usize) -> A,
+) -> Vec<usize> {
     let mut idx: Vec<usize> = items.to_vec();
     // Stable sort by descending score keeps lower indices first among ties.
-    idx.sort_by(|&a, &b| score(b).partial_cmp(&score(a)).unwrap_or(std::cmp::Ordering::Equal));
+    idx.sort_by(|&a, &b| {
+        score(b)
+            .partial_cmp(&score(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     idx.truncate(k);
     idx.sort_unstable();
     idx
@@ -63,7 +71,9 @@ fn landmark_impl<T: Element, A: Acc>(
         let kh = dims.kv_head(h);
         let pos = dims.qpos(i) as usize;
         let qr = qa.row(b, h, i);
-        let s: Vec<A> = (0..=pos).map(|j| scale * dot(qr, ka.row(b, kh, j))).collect();
+        let s: Vec<A> = (0..=pos)
+            .map(|j| scale * dot(qr, ka.row(b, kh, j)))
+            .collect();
         let c = pos / bl;
         let lmk = |blk: usize| blk * bl + bl - 1;
         let earlier: Vec<usize> = (0..c).collect();
@@ -135,5 +145,8 @@ pub fn landmark_attention<T: Element>(
         });
     }
     let scale = opts.scale_or(dims.default_scale())?;
-    Ok(dispatch!(opts, landmark_impl::<T>(q, k, v, &dims, params, scale)))
+    Ok(dispatch!(
+        opts,
+        landmark_impl::<T>(q, k, v, &dims, params, scale)
+    ))
 }

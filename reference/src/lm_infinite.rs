@@ -29,7 +29,12 @@ pub struct LmInfiniteParams {
 impl Default for LmInfiniteParams {
     /// The official code's defaults: `G = 10`, `L = Dlim = 4096`, `theta = 10000`.
     fn default() -> Self {
-        Self { global: 10, local: 4096, dist_limit: 4096, theta: 10000.0 }
+        Self {
+            global: 10,
+            local: 4096,
+            dist_limit: 4096,
+            theta: 10000.0,
+        }
     }
 }
 
@@ -63,7 +68,7 @@ pub fn rope_tensor<T: Element>(
     theta: f64,
 ) -> Result<Tensor4<f64>, RefError> {
     x.check_len("x")?;
-    if x.shape.dim % 2 != 0 {
+    if x.shape.dim & 1 == 1 {
         return Err(RefError::InvalidParam {
             field: "x.dim",
             value: x.shape.dim.to_string(),
@@ -139,7 +144,7 @@ pub fn lm_infinite_attention<T: Element>(
 ) -> Result<AttnOutput, RefError> {
     let dims = check_qkv(q, k, v)?;
     dims.require_sq_le_sk("lm_infinite")?;
-    if dims.d % 2 != 0 {
+    if dims.d & 1 == 1 {
         return Err(RefError::InvalidParam {
             field: "q.dim",
             value: dims.d.to_string(),

@@ -123,18 +123,14 @@ fn doc_at(doc: &[i32], b: usize, pos: i64, sk: usize) -> i32 {
     }
 }
 
-fn check_doc(
-    doc: &[i32],
-    field: &'static str,
-    batch: usize,
-    sk: usize,
-) -> Result<(), RefError> {
+fn check_doc(doc: &[i32], field: &'static str, batch: usize, sk: usize) -> Result<(), RefError> {
     if doc.len() != sk && doc.len() != batch * sk {
         return Err(RefError::ShapeMismatch {
             field,
             expected: format!("Sk = {sk} or B * Sk = {}", batch * sk),
             got: doc.len(),
-            fix: "pass one id per key position (shared by all batches) or one per (batch, position)",
+            fix:
+                "pass one id per key position (shared by all batches) or one per (batch, position)",
         });
     }
     Ok(())
@@ -177,7 +173,11 @@ impl Mask {
     /// Validate parameters against `(B, Sq, Sk)`.
     pub fn validate(&self, batch: usize, sq: usize, sk: usize) -> Result<(), RefError> {
         if sq > sk && !self.supports_sq_gt_sk() {
-            return Err(RefError::QueryLongerThanKeys { variant: self.name(), sq, sk });
+            return Err(RefError::QueryLongerThanKeys {
+                variant: self.name(),
+                sq,
+                sk,
+            });
         }
         match self {
             Mask::Document { doc } => check_doc(doc, "Mask::Document::doc", batch, sk),
@@ -187,7 +187,10 @@ impl Mask {
                 for (bi, ids) in doc.chunks(sk.max(1)).enumerate() {
                     let prefix = ids.iter().take_while(|&&d| d == 0).count();
                     if let Some(off) = ids[prefix..].iter().position(|&d| d == 0) {
-                        return Err(RefError::QuestionNotPrefix { batch: bi, pos: prefix + off });
+                        return Err(RefError::QuestionNotPrefix {
+                            batch: bi,
+                            pos: prefix + off,
+                        });
                     }
                 }
                 Ok(())
@@ -202,9 +205,7 @@ impl Mask {
                 }
                 check_doc(doc, "Mask::BlockCausalDocument::doc", batch, sk)
             }
-            Mask::All(ms) | Mask::Any(ms) => {
-                ms.iter().try_for_each(|m| m.validate(batch, sq, sk))
-            }
+            Mask::All(ms) | Mask::Any(ms) => ms.iter().try_for_each(|m| m.validate(batch, sq, sk)),
             _ => Ok(()),
         }
     }
@@ -296,13 +297,11 @@ impl ScoreMod {
                 got: s.len(),
                 fix: "pass one slope per query head, e.g. alibi_slopes(Hq)",
             }),
-            ScoreMod::Alibi(s) if s.iter().any(|x| !x.is_finite()) => {
-                Err(RefError::InvalidParam {
-                    field: "ScoreMod::Alibi slopes",
-                    value: format!("{s:?}"),
-                    fix: "every slope must be finite",
-                })
-            }
+            ScoreMod::Alibi(s) if s.iter().any(|x| !x.is_finite()) => Err(RefError::InvalidParam {
+                field: "ScoreMod::Alibi slopes",
+                value: format!("{s:?}"),
+                fix: "every slope must be finite",
+            }),
             ScoreMod::Chain(c) => c.iter().try_for_each(|m| m.validate(hq)),
             _ => Ok(()),
         }
@@ -332,7 +331,9 @@ pub fn alibi_slopes(hq: usize) -> Vec<f64> {
         return Vec::new();
     }
     let pow2 = |n: usize| -> Vec<f64> {
-        (0..n).map(|h| 2f64.powf(-8.0 * (h as f64 + 1.0) / n as f64)).collect()
+        (0..n)
+            .map(|h| 2f64.powf(-8.0 * (h as f64 + 1.0) / n as f64))
+            .collect()
     };
     if hq.is_power_of_two() {
         return pow2(hq);

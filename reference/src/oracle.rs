@@ -162,9 +162,18 @@ fn check_shape(which: &'static str, r: &AttnOutput, x: &AttnOutput) -> Result<()
     Ok(())
 }
 
-fn finish(which: &'static str, mut st: ErrorStat, rtol: f64, atol: f64) -> Result<ErrorStat, CloseError> {
+fn finish(
+    which: &'static str,
+    mut st: ErrorStat,
+    rtol: f64,
+    atol: f64,
+) -> Result<ErrorStat, CloseError> {
     st.bound = rtol * st.naive_err + atol;
-    st.ratio = if st.max_err == 0.0 { 0.0 } else { st.max_err / st.naive_err };
+    st.ratio = if st.max_err == 0.0 {
+        0.0
+    } else {
+        st.max_err / st.naive_err
+    };
     if st.max_err <= st.bound {
         Ok(st)
     } else {
@@ -196,23 +205,41 @@ pub fn assert_close(
     let mut rep = CloseReport::default();
     let (mut so, mut sl) = (ErrorStat::default(), ErrorStat::default());
     for r in 0..reference.lse.len() {
-        let loc = Location { b: r / (sh.heads * sh.seq), h: (r / sh.seq) % sh.heads, row: r % sh.seq, col: None };
+        let loc = Location {
+            b: r / (sh.heads * sh.seq),
+            h: (r / sh.seq) % sh.heads,
+            row: r % sh.seq,
+            col: None,
+        };
         let (kr, rr, nr) = (
             &kernel.out[r * sh.dim..(r + 1) * sh.dim],
             &reference.out[r * sh.dim..(r + 1) * sh.dim],
             &naive.out[r * sh.dim..(r + 1) * sh.dim],
         );
         if kernel.lse[r].is_nan() {
-            return Err(CloseError::NaN { which: "lse", at: loc });
+            return Err(CloseError::NaN {
+                which: "lse",
+                at: loc,
+            });
         }
         if let Some(c) = kr.iter().position(|x| x.is_nan()) {
-            return Err(CloseError::NaN { which: "out", at: Location { col: Some(c), ..loc } });
+            return Err(CloseError::NaN {
+                which: "out",
+                at: Location {
+                    col: Some(c),
+                    ..loc
+                },
+            });
         }
         if reference.lse[r] == f64::NEG_INFINITY {
             rep.empty_rows += 1;
             let max_out = kr.iter().fold(0.0f64, |a, x| a.max(x.abs()));
             if kernel.lse[r] != f64::NEG_INFINITY || max_out != 0.0 {
-                return Err(CloseError::EmptyRow { at: loc, lse: kernel.lse[r], max_out });
+                return Err(CloseError::EmptyRow {
+                    at: loc,
+                    lse: kernel.lse[r],
+                    max_out,
+                });
             }
             continue;
         }
@@ -221,7 +248,10 @@ pub fn assert_close(
             let e = (kr[c] - rr[c]).abs();
             if e > so.max_err || (e.is_infinite() && so.max_err.is_finite()) {
                 so.max_err = e;
-                so.at = Location { col: Some(c), ..loc };
+                so.at = Location {
+                    col: Some(c),
+                    ..loc
+                };
             }
             let ne = (nr[c] - rr[c]).abs();
             if ne.is_finite() {

@@ -25,7 +25,12 @@ pub struct Shape4 {
 impl Shape4 {
     /// `[batch, heads, seq, dim]`.
     pub fn new(batch: usize, heads: usize, seq: usize, dim: usize) -> Self {
-        Self { batch, heads, seq, dim }
+        Self {
+            batch,
+            heads,
+            seq,
+            dim,
+        }
     }
 
     /// Number of elements.
@@ -35,7 +40,12 @@ impl Shape4 {
 
     /// Contiguous row-major strides.
     pub fn contiguous_strides(&self) -> [usize; 4] {
-        [self.heads * self.seq * self.dim, self.seq * self.dim, self.dim, 1]
+        [
+            self.heads * self.seq * self.dim,
+            self.seq * self.dim,
+            self.dim,
+            1,
+        ]
     }
 }
 
@@ -61,12 +71,24 @@ impl<T: Element> Tensor4<T> {
                 got: data.len(),
             });
         }
-        Ok(Self { shape, strides: shape.contiguous_strides(), data })
+        Ok(Self {
+            shape,
+            strides: shape.contiguous_strides(),
+            data,
+        })
     }
 
     /// A tensor with explicit strides; errors when the largest index is outside `data`.
-    pub fn with_strides(shape: Shape4, strides: [usize; 4], data: Vec<T>) -> Result<Self, RefError> {
-        let t = Self { shape, strides, data };
+    pub fn with_strides(
+        shape: Shape4,
+        strides: [usize; 4],
+        data: Vec<T>,
+    ) -> Result<Self, RefError> {
+        let t = Self {
+            shape,
+            strides,
+            data,
+        };
         t.check_len("Tensor4::data")?;
         Ok(t)
     }
@@ -83,7 +105,11 @@ impl<T: Element> Tensor4<T> {
                 }
             }
         }
-        Self { shape, strides: shape.contiguous_strides(), data }
+        Self {
+            shape,
+            strides: shape.contiguous_strides(),
+            data,
+        }
     }
 
     /// A contiguous tensor converted element-wise from f64 (rounded to `T`).
@@ -108,7 +134,11 @@ impl<T: Element> Tensor4<T> {
         }
         let last = self.offset(sh.batch - 1, sh.heads - 1, sh.seq - 1, sh.dim - 1);
         if last >= self.data.len() {
-            return Err(RefError::DataLength { field, expected: last + 1, got: self.data.len() });
+            return Err(RefError::DataLength {
+                field,
+                expected: last + 1,
+                got: self.data.len(),
+            });
         }
         Ok(())
     }
@@ -172,17 +202,26 @@ pub struct AttnOptions {
 impl AttnOptions {
     /// f64 reference with the default scale.
     pub fn reference() -> Self {
-        Self { scale: None, precision: Precision::F64 }
+        Self {
+            scale: None,
+            precision: Precision::F64,
+        }
     }
 
     /// Naive same-precision path with the default scale.
     pub fn naive() -> Self {
-        Self { scale: None, precision: Precision::Naive }
+        Self {
+            scale: None,
+            precision: Precision::Naive,
+        }
     }
 
     /// The same options with an explicit scale.
     pub fn with_scale(self, scale: f64) -> Self {
-        Self { scale: Some(scale), ..self }
+        Self {
+            scale: Some(scale),
+            ..self
+        }
     }
 
     pub(crate) fn scale_or(&self, default: f64) -> Result<f64, RefError> {
@@ -238,7 +277,11 @@ impl AttnOutput {
         }
         let rows = shape.batch * shape.heads * shape.seq;
         if lse.len() != rows {
-            return Err(RefError::DataLength { field: "kernel lse", expected: rows, got: lse.len() });
+            return Err(RefError::DataLength {
+                field: "kernel lse",
+                expected: rows,
+                got: lse.len(),
+            });
         }
         Ok(Self {
             out: out.iter().map(|x| x.to_f64()).collect(),

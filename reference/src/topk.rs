@@ -47,7 +47,10 @@ fn sets_impl<T: Element, A: Acc>(
 ) -> TopkSets {
     let (qa, ka) = (q.to_acc::<A>(), k.to_acc::<A>());
     let rows = dims.b * dims.hq * dims.sq;
-    let mut sets = TopkSets { static_keys: Vec::with_capacity(rows), retrieved: Vec::with_capacity(rows) };
+    let mut sets = TopkSets {
+        static_keys: Vec::with_capacity(rows),
+        retrieved: Vec::with_capacity(rows),
+    };
     for b in 0..dims.b {
         for h in 0..dims.hq {
             let kh = dims.kv_head(h);

@@ -1,4 +1,6 @@
 //! Section 4: block-sparse semantics, builders and the section 10 identities.
+// Brute forces index arrays exactly as the formulas of variants.md do.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
@@ -7,7 +9,14 @@ use common::*;
 use proptest::prelude::*;
 
 fn geom(b: usize, hq: usize, sq: usize, sk: usize, bq: usize, bk: usize) -> BlockGeometry {
-    BlockGeometry { batch: b, q_heads: hq, q_len: sq, k_len: sk, block_q: bq, block_k: bk }
+    BlockGeometry {
+        batch: b,
+        q_heads: hq,
+        q_len: sq,
+        k_len: sk,
+        block_q: bq,
+        block_k: bk,
+    }
 }
 
 proptest! {

@@ -1,5 +1,7 @@
 //! Sections 1-3 and 10: dense, static masks, user predicates, score mods, GQA, checked
 //! against a brute-force softmax whose masks are re-written here from variants.md.
+// Brute forces index arrays exactly as the formulas of variants.md do.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
@@ -10,6 +12,7 @@ use rand::Rng;
 use std::sync::Arc;
 
 type Allowed = Arc<dyn Fn(usize, i64, i64) -> bool>;
+type ScoreText = Box<dyn Fn(f64, usize, i64, i64) -> f64>;
 
 /// A mask and the same mask written independently from the text (`i` is the position).
 fn mask_case(kind: usize, seed: u64, batch: usize, sk: usize) -> (Mask, Allowed) {
@@ -22,17 +25,30 @@ fn mask_case(kind: usize, seed: u64, batch: usize, sk: usize) -> (Mask, Allowed)
     doc.chunks_mut(sk).for_each(|c| c.sort_unstable());
     let d2 = doc.clone();
     let at = move |b: usize, p: i64| -> i32 {
-        if d2.len() == sk { d2[p as usize] } else { d2[b * sk + p as usize] }
+        if d2.len() == sk {
+            d2[p as usize]
+        } else {
+            d2[b * sk + p as usize]
+        }
     };
     match kind {
         0 => (Mask::Full, Arc::new(|_, _, _| true)),
         1 => (Mask::Causal, Arc::new(|_, i, j| j <= i)),
         2 => (
-            Mask::Local { left: bnd, right: a - 2 },
+            Mask::Local {
+                left: bnd,
+                right: a - 2,
+            },
             Arc::new(move |_, i, j| (bnd < 0 || i - bnd <= j) && (a - 2 < 0 || j <= i + a - 2)),
         ),
-        3 => (Mask::PrefixLm { prefix: a as usize }, Arc::new(move |_, i, j| j <= i || j < a)),
-        4 => (Mask::Document { doc }, Arc::new(move |b, i, j| at(b, i) == at(b, j))),
+        3 => (
+            Mask::PrefixLm { prefix: a as usize },
+            Arc::new(move |_, i, j| j <= i || j < a),
+        ),
+        4 => (
+            Mask::Document { doc },
+            Arc::new(move |b, i, j| at(b, i) == at(b, j)),
+        ),
         5 => (
             Mask::CausalDocument { doc },
             Arc::new(move |b, i, j| at(b, i) == at(b, j) && j <= i),
@@ -46,23 +62,33 @@ fn mask_case(kind: usize, seed: u64, batch: usize, sk: usize) -> (Mask, Allowed)
         7 => {
             let (w, g) = (bnd.max(0), a / 2);
             (
-                Mask::GlobalLocal { window: w as usize, global: g as usize },
+                Mask::GlobalLocal {
+                    window: w as usize,
+                    global: g as usize,
+                },
                 Arc::new(move |_, i, j| (i - j).abs() <= w || i < g || j < g),
             )
         }
         8 => {
             let bc = bnd.max(0) + 1;
             (
-                Mask::BlockCausalDocument { doc, block: bc as usize },
+                Mask::BlockCausalDocument {
+                    doc,
+                    block: bc as usize,
+                },
                 Arc::new(move |b, i, j| {
-                    at(b, i) == at(b, j) && (j as f64 / bc as f64).floor() <= (i as f64 / bc as f64).floor()
+                    at(b, i) == at(b, j)
+                        && (j as f64 / bc as f64).floor() <= (i as f64 / bc as f64).floor()
                 }),
             )
         }
         9 => {
             let (g, l) = (bnd.max(0), a);
             (
-                Mask::Lambda { global: g as usize, local: l as usize },
+                Mask::Lambda {
+                    global: g as usize,
+                    local: l as usize,
+                },
                 Arc::new(move |_, i, j| j <= i && (j < g || i - j < l)),
             )
         }
@@ -77,7 +103,15 @@ fn mask_case(kind: usize, seed: u64, batch: usize, sk: usize) -> (Mask, Allowed)
 }
 
 fn dims() -> impl Strategy<Value = (usize, usize, usize, usize, usize, usize, u64)> {
-    (1..=2usize, 1..=2usize, 1..=3usize, 1..=6usize, 1..=8usize, 1..=5usize, any::<u64>())
+    (
+        1..=2usize,
+        1..=2usize,
+        1..=3usize,
+        1..=6usize,
+        1..=8usize,
+        1..=5usize,
+        any::<u64>(),
+    )
 }
 
 proptest! {
@@ -97,7 +131,7 @@ proptest! {
         let (mask, allowed) = mask_case(kind, seed ^ 0x5eed, b, sk);
         let slopes = alibi_slopes(hq);
         let cap = 0.7;
-        let (sm, f): (ScoreMod, Box<dyn Fn(f64, usize, i64, i64) -> f64>) = match smod {
+        let (sm, f): (ScoreMod, ScoreText) = match smod {
             0 => (ScoreMod::None, Box::new(|s, _, _, _| s)),
             1 => (ScoreMod::Softcap(cap), Box::new(move |s, _, _, _| cap * (s / cap).tanh())),
             2 => {
@@ -245,24 +279,45 @@ fn tiny_hand_formulas() {
 
     let k2 = Tensor4::from_vec(Shape4::new(1, 1, 2, 2), vec![1.0f32, 0.0, 0.0, 1.0]).unwrap();
     let v2 = Tensor4::from_vec(Shape4::new(1, 1, 2, 1), vec![10.0f32, 20.0]).unwrap();
-    let r = dense_attention(&q, &k2, &v2, false, &AttnOptions::reference().with_scale(1.0)).unwrap();
+    let r = dense_attention(
+        &q,
+        &k2,
+        &v2,
+        false,
+        &AttnOptions::reference().with_scale(1.0),
+    )
+    .unwrap();
     // s0 = 1, s1 = 2: w1 = sigmoid(1).
     let w1 = 1.0 / (1.0 + (-1.0f64).exp());
     assert!((r.out[0] - (10.0 * (1.0 - w1) + 20.0 * w1)).abs() < 1e-12);
     assert!((r.lse[0] - (1f64.exp() + 2f64.exp()).ln()).abs() < 1e-12);
     // Causal with Sq = 1 < Sk = 2: the query sits at position 1 and sees both keys.
-    let c = dense_attention(&q, &k2, &v2, true, &AttnOptions::reference().with_scale(1.0)).unwrap();
+    let c = dense_attention(
+        &q,
+        &k2,
+        &v2,
+        true,
+        &AttnOptions::reference().with_scale(1.0),
+    )
+    .unwrap();
     assert_eq!(c, r);
 }
 
 #[test]
 fn alibi_slopes_follow_the_paper() {
-    assert_eq!(alibi_slopes(6), vec![0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]);
+    assert_eq!(
+        alibi_slopes(6),
+        vec![0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]
+    );
     assert_eq!(alibi_slopes(1), vec![2f64.powi(-8)]);
     for hq in 1..=40usize {
         let s = alibi_slopes(hq);
         assert_eq!(s.len(), hq);
-        let n = (0..).map(|e| 1usize << e).take_while(|&p| p <= hq).last().unwrap();
+        let n = (0..)
+            .map(|e| 1usize << e)
+            .take_while(|&p| p <= hq)
+            .last()
+            .unwrap();
         for (h, x) in s.iter().enumerate() {
             let want = if h < n {
                 2f64.powf(-8.0 * (h + 1) as f64 / n as f64)
@@ -280,9 +335,15 @@ fn strided_input_equals_contiguous() {
     let q = rand_tensor(&mut r, Shape4::new(2, 3, 4, 5), 1.0);
     // Same logical tensor stored as [B, S, H, D].
     let mut data = vec![0f32; q.data.len()];
-    for b in 0..2 { for h in 0..3 { for s in 0..4 { for d in 0..5 {
-        data[((b * 4 + s) * 3 + h) * 5 + d] = q.data[((b * 3 + h) * 4 + s) * 5 + d];
-    }}}}
+    for b in 0..2 {
+        for h in 0..3 {
+            for s in 0..4 {
+                for d in 0..5 {
+                    data[((b * 4 + s) * 3 + h) * 5 + d] = q.data[((b * 3 + h) * 4 + s) * 5 + d];
+                }
+            }
+        }
+    }
     let qs = Tensor4::with_strides(q.shape, [60, 5, 15, 1], data).unwrap();
     let a = dense_attention(&q, &q, &q, true, &AttnOptions::reference()).unwrap();
     let b = dense_attention(&qs, &qs, &qs, true, &AttnOptions::reference()).unwrap();
@@ -295,11 +356,27 @@ fn empty_rows_are_zero_and_neg_inf() {
     let q = rand_tensor(&mut r, Shape4::new(1, 2, 3, 4), 1.0);
     let k = rand_tensor(&mut r, Shape4::new(1, 1, 5, 4), 1.0);
     for o in [AttnOptions::reference(), AttnOptions::naive()] {
-        let res = attention(&q, &k, &k, &Mask::predicate(|_, _, _, _| false), &ScoreMod::None, &o).unwrap();
+        let res = attention(
+            &q,
+            &k,
+            &k,
+            &Mask::predicate(|_, _, _, _| false),
+            &ScoreMod::None,
+            &o,
+        )
+        .unwrap();
         assert!(res.out.iter().all(|x| *x == 0.0));
         assert!(res.lse.iter().all(|x| *x == f64::NEG_INFINITY));
         // A score function returning -inf everywhere also gives empty rows, not NaN.
-        let res = attention(&q, &k, &k, &Mask::Full, &ScoreMod::function(|_, _, _, _, _| f64::NEG_INFINITY), &o).unwrap();
+        let res = attention(
+            &q,
+            &k,
+            &k,
+            &Mask::Full,
+            &ScoreMod::function(|_, _, _, _, _| f64::NEG_INFINITY),
+            &o,
+        )
+        .unwrap();
         assert!(res.out.iter().all(|x| *x == 0.0));
     }
     // Sq = 0 is a well-defined empty result.

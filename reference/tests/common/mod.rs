@@ -23,7 +23,13 @@ pub fn int_tensor(rng: &mut ChaCha8Rng, shape: Shape4, r: i32) -> Tensor4<f32> {
 
 /// `v[b, h, j] = e_j` with `Dv = Sk`: the output row is then the weight vector.
 pub fn one_hot(batch: usize, heads: usize, sk: usize) -> Tensor4<f32> {
-    Tensor4::from_fn(Shape4::new(batch, heads, sk, sk), |_, _, s, d| if s == d { 1.0 } else { 0.0 })
+    Tensor4::from_fn(Shape4::new(batch, heads, sk, sk), |_, _, s, d| {
+        if s == d {
+            1.0
+        } else {
+            0.0
+        }
+    })
 }
 
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -40,7 +46,10 @@ pub fn softmax_out(entries: &[(f64, Vec<f64>)], dv: usize) -> (Vec<f64>, f64) {
     if entries.is_empty() {
         return (vec![0.0; dv], f64::NEG_INFINITY);
     }
-    let m = entries.iter().map(|e| e.0).fold(f64::NEG_INFINITY, f64::max);
+    let m = entries
+        .iter()
+        .map(|e| e.0)
+        .fold(f64::NEG_INFINITY, f64::max);
     let z: f64 = entries.iter().map(|e| (e.0 - m).exp()).sum();
     let mut out = vec![0.0; dv];
     for (s, v) in entries {
@@ -85,11 +94,17 @@ pub fn assert_same(a: &AttnOutput, b: &AttnOutput, tol: f64, ctx: &str) {
         if *x == f64::NEG_INFINITY || *y == f64::NEG_INFINITY {
             assert_eq!(x, y, "{ctx}: lse row {r} emptiness");
         } else {
-            assert!((x - y).abs() <= tol * x.abs().max(1.0), "{ctx}: lse row {r}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= tol * x.abs().max(1.0),
+                "{ctx}: lse row {r}: {x} vs {y}"
+            );
         }
     }
     for (n, (x, y)) in a.out.iter().zip(&b.out).enumerate() {
         assert!(!x.is_nan() && !y.is_nan(), "{ctx}: NaN at {n}");
-        assert!((x - y).abs() <= tol * x.abs().max(1.0), "{ctx}: out[{n}]: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= tol * x.abs().max(1.0),
+            "{ctx}: out[{n}]: {x} vs {y}"
+        );
     }
 }

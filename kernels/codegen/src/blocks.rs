@@ -237,6 +237,30 @@ fn lambda_kind(plo: i64, phi: i64, c0: i64, c1: i64, g: i64, l: i64) -> TileKind
     }
 }
 
+/// LM-Infinite tile classification (mirrors `af_tile_lminf`): allowed set of the lambda
+/// mask, but `Full` only when every element takes the same score branch (all near:
+/// `p - j < L`, or all far: `j < G` and `p - j >= L`), since choosing the branch per element
+/// is mask work.
+pub fn classify_lminf_tile(
+    plo: i64,
+    phi: i64,
+    c0: i64,
+    c1: i64,
+    global_tokens: i64,
+    local_window: i64,
+) -> TileKind {
+    let (g, l) = (global_tokens, local_window);
+    let near = phi - c0 >= 0 && plo - c1 <= l - 1;
+    let far = c0 < g && phi - c0 >= l;
+    if !(near || far) {
+        TileKind::Skip
+    } else if (c1 <= plo && phi - c0 < l) || (c1 < g && plo - c1 >= l) {
+        TileKind::Full
+    } else {
+        TileKind::Partial
+    }
+}
+
 /// Runtime block lists (FlexAttention `BlockMask`): for each `(b, h, r)`, ascending lists of
 /// full and partial key blocks. Arrays are row-major with extents
 /// `[batches, heads, rows]` (counts) and `[batches, heads, rows, width]` (indices; entries

@@ -398,8 +398,13 @@ fn kernel_text(o: &mut String, ir: &KernelIr) {
         o.push_str("        // S = Q K^T: lane owns key columns lane + 32 c\n        float s[ROWS][CPL];\n#pragma unroll\n        for (int r = 0; r < ROWS; ++r)\n#pragma unroll\n            for (int c = 0; c < CPL; ++c) s[r][c] = 0.f;\n");
         dot_loop(o, "s", "sQ", "sK");
     }
+    let pick_note = if lminf {
+        "near or far branch"
+    } else {
+        "raw score"
+    };
     let pick = if lminf {
-        "(q_pos - kv_pos < local_window) ? sa[r][c] : sb[r][c]  // near or far branch"
+        "(q_pos - kv_pos < local_window) ? sa[r][c] : sb[r][c]"
     } else {
         "s[r][c]"
     };
@@ -416,7 +421,7 @@ fn kernel_text(o: &mut String, ir: &KernelIr) {
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {{
                 const long long kv_pos = n0 + lane + 32 * c;
-                float x = {pick};
+                float x = {pick};  // {pick_note}
                 bool ok = row < seq_q && kv_pos < seq_k;
 "#
     );

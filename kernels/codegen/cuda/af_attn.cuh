@@ -87,7 +87,7 @@ __device__ __forceinline__ int af_tile_global_local(long long p_lo, long long p_
 }
 __device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, long long c0, long long c1, int g, int l) {
     const bool any_global = c0 < g && c0 <= p_hi;
-    const bool any_window = p_hi - c0 >= 0 && p_lo - c1 <= (long long)l - 1;
+    const bool any_window = l > 0 && p_hi - c0 >= 0 && p_lo - c1 <= (long long)l - 1;
     if (!(any_global || any_window)) return AF_TILE_SKIP;
     const long long rc = c0 > g ? c0 : g;
     return (c1 <= p_lo && (rc > c1 || p_hi - rc < l)) ? AF_TILE_FULL : AF_TILE_PARTIAL;
@@ -103,7 +103,7 @@ __device__ __forceinline__ float af_score_alibi(float s, float slope, long long 
 // Which score branches a tile needs: bit 0 = near branch (q - kv < L, true-distance RoPE),
 // bit 1 = far branch (kv < G, q - kv >= L, query rotated at Deff, key un-rotated).
 __device__ __forceinline__ int af_lminf_branches(long long p_lo, long long p_hi, long long c0, long long c1, int g, int l) {
-    const bool near = p_hi - c0 >= 0 && p_lo - c1 <= (long long)l - 1;
+    const bool near = l > 0 && p_hi - c0 >= 0 && p_lo - c1 <= (long long)l - 1;
     const bool far = c0 < g && p_hi - c0 >= l;
     return (near ? 1 : 0) | (far ? 2 : 0);
 }

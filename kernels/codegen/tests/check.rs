@@ -1,0 +1,223 @@
+//! Validation: every error carries its field path, message and fix; all errors at once.
+
+use attnforge_codegen::prelude::*;
+
+fn user(name: &str, body: &str, params: &[(&str, UserParamKind)]) -> UserFunction {
+    UserFunction {
+        name: name.into(),
+        source: UserSource::Body(body.into()),
+        params: params
+            .iter()
+            .map(|(n, k)| UserParam {
+                name: (*n).into(),
+                kind: *k,
+            })
+            .collect(),
+    }
+}
+
+fn paths(e: &[SpecError]) -> Vec<&str> {
+    e.iter().map(|e| e.path.as_str()).collect()
+}
+
+#[test]
+fn catalog_specs_are_valid() {
+    for s in catalog() {
+        validate_spec(&s).unwrap_or_else(|e| panic!("{}: {e:?}", s.canonical_name()));
+    }
+}
+
+#[test]
+fn several_spec_errors_at_once_with_paths() {
+    let mut s = KernelSpec::new(
+        DType::F16,
+        HeadDim::D64,
+        Mask::Predicate(user(
+            "Bad-Name",
+            "  ",
+            &[
+                ("b", UserParamKind::I32),
+                ("w", UserParamKind::F32),
+                ("w", UserParamKind::Bool),
+            ],
+        )),
+        ScoreMod::User(user(
+            "for",
+            "return score;",
+            &[("af_x", UserParamKind::ArrayF32)],
+        )),
+    );
+    s.scale = Some(f32::NAN);
+    s.sparse_block = BlockSize { q: 48, k: 4096 };
+    let e = validate_spec(&s).unwrap_err();
+    let p = paths(&e);
+    for want in [
+        "scale",
+        "sparse_block.q",
+        "sparse_block.k",
+        "mask.predicate.name",
+        "mask.predicate.source.body",
+        "mask.predicate.params[0].name",
+        "mask.predicate.params[2].name",
+        "score.user.name",
+        "score.user.params[0].name",
+    ] {
+        assert!(p.contains(&want), "missing {want} in {p:?}");
+    }
+    for err in &e {
+        assert!(!err.message.is_empty() && !err.fix.is_empty(), "{err:?}");
+        assert!(err.to_string().starts_with(&err.path), "{err}");
+    }
+}
+
+#[test]
+fn same_mask_and_score_function_names_rejected() {
+    let f = user("foo", "return true;", &[]);
+    let g = user("foo", "return score;", &[]);
+    let s = KernelSpec::new(
+        DType::F32,
+        HeadDim::D64,
+        Mask::Predicate(f),
+        ScoreMod::User(g),
+    );
+    assert_eq!(paths(&validate_spec(&s).unwrap_err()), ["score.user.name"]);
+}
+
+#[test]
+fn function_source_must_define_the_name() {
+    let mut f = user("mine", "", &[]);
+    f.source = UserSource::Function(
+        "__device__ bool other(int b, int h, long long q_pos, long long kv_pos) { return true; }"
+            .into(),
+    );
+    let s = KernelSpec::new(
+        DType::F32,
+        HeadDim::D64,
+        Mask::BlockSparse { mask: Some(f) },
+        ScoreMod::None,
+    );
+    assert_eq!(
+        paths(&validate_spec(&s).unwrap_err()),
+        ["mask.block_sparse.mask.source.function"]
+    );
+}
+
+#[test]
+fn user_names_must_not_shadow_kernel_locals_or_args() {
+    for bad in ["lane", "q", "seq_k", "acc", "scale"] {
+        let s = KernelSpec::new(
+            DType::F32,
+            HeadDim::D64,
+            Mask::Predicate(user(bad, "return true;", &[])),
+            ScoreMod::None,
+        );
+        assert_eq!(
+            paths(&validate_spec(&s).unwrap_err()),
+            ["mask.predicate.name"],
+            "{bad}"
+        );
+    }
+}
+
+fn problem(mask: MaskParams) -> Problem {
+    Problem {
+        batch: 2,
+        heads_q: 8,
+        heads_kv: 8,
+        seq_q: 100,
+        seq_k: 100,
+        mask,
+        softcap: None,
+    }
+}
+
+#[test]
+fn problem_errors_name_the_field() {
+    let s = KernelSpec::new(DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Softcap);
+    let mut p = problem(MaskParams::Local {
+        left: 1 << 40,
+        right: -(1 << 40),
+    });
+    p.seq_q = 200;
+    p.heads_kv = 3;
+    p.softcap = Some(-1.0);
+    let e = validate_problem(&s, &p).unwrap_err();
+    let ps = paths(&e);
+    for want in [
+        "heads_kv",
+        "seq_q",
+        "mask.local.left",
+        "mask.local.right",
+        "softcap",
+    ] {
+        assert!(ps.contains(&want), "missing {want} in {ps:?}");
+    }
+    p = problem(MaskParams::Local { left: 3, right: -1 });
+    p.softcap = Some(30.0);
+    validate_problem(&s, &p).unwrap();
+}
+
+#[test]
+fn sq_gt_sk_only_for_full_and_causal() {
+    for (mask, params, ok) in [
+        (Mask::Full, MaskParams::None, true),
+        (Mask::Causal, MaskParams::None, true),
+        (
+            Mask::PrefixLm,
+            MaskParams::PrefixLm { prefix_len: 3 },
+            false,
+        ),
+        (Mask::Document, MaskParams::None, false),
+    ] {
+        let s = KernelSpec::new(DType::F32, HeadDim::D64, mask, ScoreMod::None);
+        let mut p = problem(params);
+        p.seq_q = 101;
+        assert_eq!(validate_problem(&s, &p).is_ok(), ok, "{s:?}");
+    }
+}
+
+#[test]
+fn mismatched_and_bad_mask_params() {
+    let s = KernelSpec::new(DType::F32, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);
+    let e = validate_problem(&s, &problem(MaskParams::None)).unwrap_err();
+    assert_eq!(paths(&e), ["mask"]);
+    let p = problem(MaskParams::LmInfinite {
+        global_tokens: -1,
+        local_window: 4,
+        dist_limit: -5,
+        rope_theta: 0.5,
+    });
+    let e = validate_problem(&s, &p).unwrap_err();
+    assert_eq!(
+        paths(&e),
+        [
+            "mask.lm_infinite.global_tokens",
+            "mask.lm_infinite.dist_limit",
+            "mask.lm_infinite.rope_theta"
+        ]
+    );
+    let s = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let mut p = problem(MaskParams::None);
+    p.heads_kv = 4;
+    p.batch = 0;
+    assert_eq!(
+        paths(&validate_problem(&s, &p).unwrap_err()),
+        ["batch", "heads_kv"]
+    );
+}
+
+#[test]
+fn spec_round_trips_through_serde() {
+    for s in catalog() {
+        let j = serde_json::to_string(&s).unwrap();
+        let back: KernelSpec = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, s);
+    }
+    let s: KernelSpec =
+        serde_json::from_str(r#"{"dtype":"bf16","head_dim":"128","mask":"causal"}"#).unwrap();
+    assert_eq!(s.canonical_name(), "flash_fwd_causal_d128_bf16");
+    assert!(serde_json::from_str::<KernelSpec>(
+        r#"{"dtype":"bf16","head_dim":"96","mask":"causal"}"#
+    )
+    .is_err());
+}

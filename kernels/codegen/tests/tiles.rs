@@ -1,0 +1,112 @@
+//! Tile configs: `valid()` errors and search-space properties.
+
+use attnforge_codegen::prelude::*;
+use attnforge_codegen::tile::SmemLayout;
+use proptest::prelude::*;
+
+fn any_spec() -> impl Strategy<Value = KernelSpec> {
+    let cat = catalog();
+    (0..cat.len()).prop_map(move |i| cat[i].clone())
+}
+
+fn any_arch() -> impl Strategy<Value = Arch> {
+    prop_oneof![Just(Arch::Sm80), Just(Arch::Sm90)]
+}
+
+proptest! {
+    #[test]
+    fn search_space_is_valid_and_within_budgets(spec in any_spec(), arch in any_arch()) {
+        let space = default_search_space(&spec, arch);
+        prop_assert!(!space.is_empty(), "{} has no valid config", spec.canonical_name());
+        for t in &space {
+            prop_assert!(t.valid(&spec, arch).is_ok());
+            prop_assert!(t.smem_bytes(&spec) <= arch.max_dynamic_smem());
+            prop_assert!(t.estimated_registers(&spec) <= t.register_limit(arch));
+            prop_assert_eq!(t.block_m % t.warps, 0);
+            prop_assert_eq!(t.block_n % 32, 0);
+            if spec.mask.uses_block_lists() {
+                prop_assert_eq!(spec.sparse_block.q % t.block_m, 0);
+                prop_assert_eq!(spec.sparse_block.k % t.block_n, 0);
+            }
+        }
+        prop_assert!(default_tile(&spec, arch).is_some_and(|t| space.contains(&t)));
+    }
+
+    #[test]
+    fn valid_agrees_with_its_estimates(spec in any_spec(), arch in any_arch(),
+                                       bm in 0usize..300, bn in 0usize..300, w in 0usize..12, st in 0usize..3) {
+        let t = TileConfig::new(bm, bn, w, st);
+        let ok = t.valid(&spec, arch).is_ok();
+        let shape_ok = [16, 32, 64, 128].contains(&bm) && [32, 64, 128].contains(&bn)
+            && [1, 2, 4, 8].contains(&w) && bm % w == 0 && st == 1
+            && (!spec.mask.uses_block_lists() || (spec.sparse_block.q % bm == 0 && spec.sparse_block.k % bn == 0));
+        if ok {
+            prop_assert!(shape_ok);
+            prop_assert!(t.smem_bytes(&spec) <= arch.max_dynamic_smem());
+        }
+        if shape_ok && t.smem_bytes(&spec) <= arch.max_dynamic_smem()
+            && t.estimated_registers(&spec) * 100 <= t.register_limit(arch) * 80 {
+            prop_assert!(ok, "{:?}", t.valid(&spec, arch));
+        }
+    }
+
+    #[test]
+    fn smem_layout_matches_formula(spec in any_spec(), bm in prop::sample::select(vec![16usize, 32, 64, 128]),
+                                   bn in prop::sample::select(vec![32usize, 64, 128])) {
+        let d = spec.head_dim.get();
+        let two = usize::from(matches!(spec.mask, Mask::LmInfinite)) + 1;
+        let t = TileConfig::new(bm, bn, 4, 1);
+        let l = SmemLayout::new(&spec, &t);
+        prop_assert_eq!(l.bytes(), 4 * (two * bm * d + two * bn * (d + 1) + bn * d + bm * bn));
+    }
+}
+
+#[test]
+fn tile_errors_have_paths_and_all_are_reported() {
+    let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Document, ScoreMod::None);
+    let e = TileConfig::new(40, 48, 3, 2)
+        .valid(&spec, Arch::Sm80)
+        .unwrap_err();
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "tile.block_m",
+            "tile.block_n",
+            "tile.warps",
+            "tile.stages",
+            "tile.block_m",
+            "tile.block_n"
+        ]
+    );
+    assert!(e[0].message.contains("40") && !e[0].fix.is_empty());
+    let e = TileConfig::new(64, 64, 8, 1).valid(&spec, Arch::Sm80);
+    assert!(e.is_ok());
+    let e = TileConfig::new(16, 32, 32, 1)
+        .valid(&spec, Arch::Sm80)
+        .unwrap_err();
+    assert_eq!(e[0].path, "tile.warps");
+}
+
+#[test]
+fn budgets_reject_big_tiles() {
+    // D = 256 with 128 x 128 tiles: 4 * (128*256 + 128*257 + 128*256 + 128*128) bytes > 163 KiB
+    let spec = KernelSpec::new(DType::F16, HeadDim::D256, Mask::Full, ScoreMod::None);
+    let t = TileConfig::new(128, 128, 8, 1);
+    assert!(t.smem_bytes(&spec) > Arch::Sm80.max_dynamic_smem());
+    let e = t.valid(&spec, Arch::Sm80).unwrap_err();
+    assert!(e
+        .iter()
+        .any(|e| e.path == "tile" && e.message.contains("shared memory")));
+    // 128 rows on one warp: 128 * 8 accumulators per lane, far over any register budget
+    let t = TileConfig::new(128, 32, 1, 1);
+    let e = t.valid(&spec, Arch::Sm90).unwrap_err();
+    assert!(e.iter().any(|e| e.message.contains("registers")));
+    // sm_90 has more shared memory than sm_80: some configs are valid only there
+    let lminf = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::LmInfinite, ScoreMod::None);
+    let t = TileConfig::new(64, 64, 8, 1);
+    let bytes = t.smem_bytes(&lminf);
+    assert!(bytes > Arch::Sm80.max_dynamic_smem() && bytes <= Arch::Sm90.max_dynamic_smem());
+    assert!(t.valid(&lminf, Arch::Sm80).is_err());
+    assert!(t.valid(&lminf, Arch::Sm90).is_ok());
+}

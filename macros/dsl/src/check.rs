@@ -3,8 +3,7 @@
 //! expression and binding id, and the binding each variable refers to.
 
 use crate::parse::{BinOp, Block, Const, Expr, ExprKind, FnAst, Func, Lit, Stmt, Ty, UnOp};
-use crate::{Errors, ParamKind};
-use proc_macro2::Span;
+use crate::{Errors, ParamKind, Rng};
 use std::collections::HashMap;
 
 /// What a name refers to.
@@ -58,8 +57,8 @@ struct Checker<'a, 'e> {
     slots: Vec<Slot>,
     scopes: Vec<Vec<(String, Binding, usize)>>,
     vars: HashMap<usize, Binding>,
-    deferred: Vec<(usize, Class, Span, String)>,
-    casts: Vec<(usize, Ty, Span)>,
+    deferred: Vec<(usize, Class, Rng, String)>,
+    casts: Vec<(usize, Ty, Rng)>,
 }
 
 pub(crate) fn check(ast: &FnAst, errors: &mut Errors) -> Typed {
@@ -73,7 +72,7 @@ pub(crate) fn check(ast: &FnAst, errors: &mut Errors) -> Typed {
         casts: Vec::new(),
     };
     for (i, p) in ast.index.iter().enumerate() {
-        let s = c.fresh(Slot::Known(p.ty));
+        let s = c.fresh(if p.ok { Slot::Known(p.ty) } else { Slot::Any });
         c.scopes[0].push((p.name.clone(), Binding::Index(i), s));
     }
     for (i, p) in ast.params.iter().enumerate() {
@@ -100,8 +99,10 @@ pub(crate) fn check(ast: &FnAst, errors: &mut Errors) -> Typed {
         .tail
         .as_ref()
         .map(|t| t.span)
-        .unwrap_or_else(Span::call_site);
-    c.unify(body, ret, span);
+        .unwrap_or_else(|| Rng::from(proc_macro2::Span::call_site()));
+    if ast.ret_ok {
+        c.unify(body, ret, span);
+    }
     c.finish()
 }
 
@@ -129,7 +130,7 @@ impl Checker<'_, '_> {
     }
 
     /// Makes `a` and `b` the same type; reports a mismatch at `span`.
-    fn unify(&mut self, a: usize, b: usize, span: Span) {
+    fn unify(&mut self, a: usize, b: usize, span: Rng) {
         let (ra, rb) = (self.find(a), self.find(b));
         if ra == rb {
             return;
@@ -160,7 +161,7 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn known(&mut self, id: usize, t: Ty, span: Span) {
+    fn known(&mut self, id: usize, t: Ty, span: Rng) {
         let k = self.fresh(Slot::Known(t));
         self.unify(id, k, span);
     }
@@ -227,7 +228,7 @@ impl Checker<'_, '_> {
         r
     }
 
-    fn defer(&mut self, id: usize, class: Class, span: Span, what: impl Into<String>) {
+    fn defer(&mut self, id: usize, class: Class, span: Rng, what: impl Into<String>) {
         self.deferred.push((id, class, span, what.into()));
     }
 
@@ -381,18 +382,25 @@ impl Checker<'_, '_> {
     }
 
     fn resolve(&mut self, i: usize) -> Ty {
+        self.try_resolve(i).unwrap_or(Ty::Unit)
+    }
+
+    /// The type of slot `i` after defaulting; `None` if it depends only on rejected syntax.
+    fn try_resolve(&mut self, i: usize) -> Option<Ty> {
         let r = self.find(i);
         match self.slots[r] {
-            Slot::Known(t) => t,
-            Slot::Int => Ty::I32,
-            Slot::Float => Ty::F32,
-            _ => Ty::Unit,
+            Slot::Known(t) => Some(t),
+            Slot::Int => Some(Ty::I32),
+            Slot::Float => Some(Ty::F32),
+            _ => None,
         }
     }
 
     fn finish(mut self) -> Typed {
         for (id, class, span, what) in std::mem::take(&mut self.deferred) {
-            let t = self.resolve(id);
+            let Some(t) = self.try_resolve(id) else {
+                continue;
+            };
             let ok = match class {
                 Class::Numeric => t.is_int() || t == Ty::F32,
                 Class::Integer => t.is_int(),
@@ -414,7 +422,9 @@ impl Checker<'_, '_> {
             }
         }
         for (v, to, span) in std::mem::take(&mut self.casts) {
-            let from = self.resolve(v);
+            let Some(from) = self.try_resolve(v) else {
+                continue;
+            };
             if to == Ty::Bool && from != Ty::Bool {
                 self.errors.push(
                     span,

@@ -275,13 +275,39 @@ fn to_source_errors(e: &syn::Error) -> Vec<SourceError> {
         .collect()
 }
 
+/// A source range: the spans of its first and last tokens.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rng(pub Span, pub Span);
+
+impl From<Span> for Rng {
+    fn from(s: Span) -> Rng {
+        Rng(s, s)
+    }
+}
+
+/// The range covered by a syntax node.
+pub(crate) fn rng(node: &impl quote::ToTokens) -> Rng {
+    let mut it = node.to_token_stream().into_iter();
+    let first = it.next().map(|t| t.span()).unwrap_or_else(Span::call_site);
+    let last = it.last().map(|t| t.span()).unwrap_or(first);
+    Rng(first, last)
+}
+
 /// Error collector (serde's `Ctxt`): every check reports here and goes on.
 #[derive(Default, Debug)]
 pub(crate) struct Errors(Vec<syn::Error>);
 
 impl Errors {
-    pub(crate) fn push(&mut self, span: Span, msg: impl fmt::Display) {
-        self.0.push(syn::Error::new(span, msg));
+    pub(crate) fn push(&mut self, span: impl Into<Rng>, msg: impl fmt::Display) {
+        let Rng(start, end) = span.into();
+        let tokens: proc_macro2::TokenStream = [
+            proc_macro2::TokenTree::Ident(proc_macro2::Ident::new("start", start)),
+            proc_macro2::TokenTree::Ident(proc_macro2::Ident::new("end", end)),
+        ]
+        .into_iter()
+        .collect();
+        // `new_spanned` underlines from the first to the last token, also on stable.
+        self.0.push(syn::Error::new_spanned(tokens, msg));
     }
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()

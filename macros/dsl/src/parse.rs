@@ -1,9 +1,7 @@
 //! Parse: `syn::ItemFn` -> spanned AST of the supported subset. Everything outside the subset
 //! is reported here with the span of the offending syntax.
 
-use crate::{Errors, FnKind, ParamKind, ALLOWED};
-use proc_macro2::Span;
-use syn::spanned::Spanned;
+use crate::{rng, Errors, FnKind, ParamKind, Rng, ALLOWED};
 
 /// Scalar types of the subset (plus `()` and `!` for statements and `return`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,6 +78,8 @@ pub(crate) struct IndexParam {
     pub name: String,
     pub ty: Ty,
     pub role: Role,
+    /// False when the declared type was rejected (the body then sees an unknown type).
+    pub ok: bool,
 }
 
 #[derive(Debug)]
@@ -95,6 +95,8 @@ pub(crate) struct FnAst {
     pub index: Vec<IndexParam>,
     pub params: Vec<UserParam>,
     pub ret: Ty,
+    /// False when the declared return type was rejected (the body is not matched against it).
+    pub ret_ok: bool,
     pub body: Block,
     /// Parameters whose type is unsupported (already reported); bound to an unknown type.
     pub bad_params: Vec<String>,
@@ -115,7 +117,7 @@ pub(crate) enum Stmt {
     Let {
         id: usize,
         name: String,
-        span: Span,
+        span: Rng,
         ty: Option<Ty>,
         init: Expr,
     },
@@ -126,7 +128,7 @@ pub(crate) enum Stmt {
 #[derive(Debug)]
 pub(crate) struct Expr {
     pub id: usize,
-    pub span: Span,
+    pub span: Rng,
     pub kind: ExprKind,
 }
 
@@ -196,7 +198,7 @@ pub(crate) enum ExprKind {
     If(Box<Expr>, Block, Option<Box<Expr>>),
     Block(Block),
     /// `array[index]`; the span of the array name is kept for errors.
-    Index(String, Span, Box<Expr>),
+    Index(String, Rng, Box<Expr>),
     /// Call with an optional type from a path prefix (`u32::min`).
     Call(Func, Vec<Expr>, Option<Ty>),
     Return(Box<Expr>),
@@ -237,33 +239,33 @@ pub(crate) fn parse_fn(item: &syn::ItemFn, kind: FnKind, errors: &mut Errors) ->
     };
     let sig = &item.sig;
     if let Some(c) = &sig.constness {
-        p.err(c.span(), "`const fn` is not supported: write a plain `fn`");
+        p.err(rng(&c), "`const fn` is not supported: write a plain `fn`");
     }
     if let Some(a) = &sig.asyncness {
-        p.err(a.span(), "`async fn` is not supported: write a plain `fn`");
+        p.err(rng(&a), "`async fn` is not supported: write a plain `fn`");
     }
     if let Some(u) = &sig.unsafety {
-        p.err(u.span(), "`unsafe fn` is not supported: write a plain `fn`");
+        p.err(rng(&u), "`unsafe fn` is not supported: write a plain `fn`");
     }
     if let Some(a) = &sig.abi {
         p.err(
-            a.span(),
+            rng(&a),
             "`extern` functions are not supported: write a plain `fn`",
         );
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         p.err(
-            sig.generics.span(),
+            rng(&sig.generics),
             "generic parameters are not supported: use concrete types (`u32`, `f32`, `&[u32]`, ...)",
         );
     }
     if let Some(v) = &sig.variadic {
-        p.err(v.span(), "variadic parameters are not supported");
+        p.err(rng(&v), "variadic parameters are not supported");
     }
     let name = sig.ident.to_string();
     if crate::emit::is_reserved(&name) {
         p.err(
-            sig.ident.span(),
+            rng(&sig.ident),
             format!("`{name}` is a reserved word in CUDA C++ or of attnforge; rename the function"),
         );
     }
@@ -273,17 +275,18 @@ pub(crate) fn parse_fn(item: &syn::ItemFn, kind: FnKind, errors: &mut Errors) ->
     } else {
         Ty::F32
     };
+    let errors_before = p.errors.len();
     match &sig.output {
         syn::ReturnType::Type(_, ty) => {
             if scalar_type(ty) != Some(ret) {
                 p.err(
-                    ty.span(),
+                    rng(&ty),
                     format!("a {} function must return `{}`", kind.as_str(), ret.name()),
                 );
             }
         }
         syn::ReturnType::Default => p.err(
-            sig.paren_token.span.join(),
+            Rng::from(sig.paren_token.span.join()),
             format!(
                 "a {} function must return `{r}`: add `-> {r}`",
                 kind.as_str(),
@@ -291,6 +294,7 @@ pub(crate) fn parse_fn(item: &syn::ItemFn, kind: FnKind, errors: &mut Errors) ->
             ),
         ),
     }
+    let ret_ok = p.errors.len() == errors_before;
 
     let (index, params) = p.params(sig, kind);
     let body = p.block(&item.block);
@@ -300,6 +304,7 @@ pub(crate) fn parse_fn(item: &syn::ItemFn, kind: FnKind, errors: &mut Errors) ->
         index,
         params,
         ret,
+        ret_ok,
         body,
         bad_params: p.bad_params,
         sig_complete: p.sig_complete,
@@ -351,7 +356,7 @@ fn is_named(name: &str, names: &[&str]) -> bool {
 }
 
 impl Parser<'_> {
-    fn err(&mut self, span: Span, msg: impl std::fmt::Display) {
+    fn err(&mut self, span: Rng, msg: impl std::fmt::Display) {
         self.errors.push(span, msg);
     }
 
@@ -365,19 +370,19 @@ impl Parser<'_> {
         for arg in &sig.inputs {
             match arg {
                 syn::FnArg::Receiver(r) => self.err(
-                    r.span(),
+                    rng(&r),
                     "`self` is not supported: mask/score functions are free functions",
                 ),
                 syn::FnArg::Typed(pt) => {
                     match &*pt.pat {
                         syn::Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                             if let Some(m) = &pi.mutability {
-                                self.err(m.span(), "mutable parameters are not supported: parameters are read-only");
+                                self.err(rng(&m), "mutable parameters are not supported: parameters are read-only");
                             }
-                            plain.push((pi.ident.to_string(), pi.ident.span(), &*pt.ty));
+                            plain.push((pi.ident.to_string(), rng(&pi.ident), &*pt.ty));
                         }
                         other => self.err(
-                            other.span(),
+                            rng(&other),
                             "only plain identifiers are supported as parameter patterns",
                         ),
                     }
@@ -393,24 +398,25 @@ impl Parser<'_> {
         let mut index = Vec::new();
         let mut rest = plain.as_slice();
         let index_ty =
-            |p: &mut Parser<'_>, (name, _, ty): &(String, Span, &syn::Type), what: &str| {
+            |p: &mut Parser<'_>, (name, _, ty): &(String, Rng, &syn::Type), what: &str| {
                 match scalar_type(ty) {
-                    Some(t @ (Ty::U32 | Ty::I32 | Ty::I64)) => t,
+                    Some(t @ (Ty::U32 | Ty::I32 | Ty::I64)) => (t, true),
                     _ => {
                         p.err(
-                            ty.span(),
+                            rng(&ty),
                             format!("the {what} parameter `{name}` must be `u32`, `i32` or `i64`"),
                         );
-                        Ty::U32
+                        (Ty::U32, false)
                     }
                 }
             };
         if kind == FnKind::Score {
             match rest.split_first() {
                 Some((first, tail)) => {
-                    if scalar_type(first.2) != Some(Ty::F32) {
+                    let ok = scalar_type(first.2) == Some(Ty::F32);
+                    if !ok {
                         self.err(
-                            first.2.span(),
+                            rng(&first.2),
                             format!("the first parameter of a score function is the score and must be `f32`: {shape}"),
                         );
                     }
@@ -418,12 +424,13 @@ impl Parser<'_> {
                         name: first.0.clone(),
                         ty: Ty::F32,
                         role: Role::Score,
+                        ok,
                     });
                     rest = tail;
                 }
                 None => {
                     self.err(
-                        sig.paren_token.span.join(),
+                        Rng::from(sig.paren_token.span.join()),
                         format!("missing parameters: a score function has the shape {shape}"),
                     );
                     self.sig_complete = false;
@@ -437,11 +444,12 @@ impl Parser<'_> {
         ] {
             if let Some((first, tail)) = rest.split_first() {
                 if is_named(&first.0, names) {
-                    let ty = index_ty(self, first, what);
+                    let (ty, ok) = index_ty(self, first, what);
                     index.push(IndexParam {
                         name: first.0.clone(),
                         ty,
                         role,
+                        ok,
                     });
                     rest = tail;
                 }
@@ -451,7 +459,7 @@ impl Parser<'_> {
             let span = rest
                 .first()
                 .map(|p| p.1)
-                .unwrap_or_else(|| sig.paren_token.span.join());
+                .unwrap_or_else(|| Rng::from(sig.paren_token.span.join()));
             self.err(
                 span,
                 format!(
@@ -464,11 +472,12 @@ impl Parser<'_> {
         }
         for (role, what) in [(Role::Query, "query position"), (Role::Key, "key position")] {
             let (first, tail) = rest.split_first().expect("checked length");
-            let ty = index_ty(self, first, what);
+            let (ty, ok) = index_ty(self, first, what);
             index.push(IndexParam {
                 name: first.0.clone(),
                 ty,
                 role,
+                ok,
             });
             rest = tail;
         }
@@ -481,7 +490,7 @@ impl Parser<'_> {
                 }),
                 None => {
                     self.err(
-                        ty.span(),
+                        rng(&ty),
                         "unsupported parameter type: allowed are the scalars `u32`, `i32`, `i64`, `u64`, \
                          `f32`, `bool` and the per-token arrays `&[u32]`, `&[i32]`, `&[f32]`",
                     );
@@ -518,7 +527,7 @@ impl Parser<'_> {
                         let _ = self.expr(e);
                         if before == self.errors.len() {
                             self.err(
-                                e.span(),
+                                rng(&e),
                                 "this statement has no effect: only `let`, `if` and `return` \
                                  statements are supported; the result is the block's final expression",
                             );
@@ -526,7 +535,7 @@ impl Parser<'_> {
                     }
                 }
                 syn::Stmt::Item(it) => self.err(
-                    it.span(),
+                    rng(&it),
                     "items (fn, use, const, struct, ...) are not supported inside mask/score functions",
                 ),
                 syn::Stmt::Macro(m) => self.macro_err(&m.mac),
@@ -543,7 +552,7 @@ impl Parser<'_> {
             .map(|s| s.ident.to_string())
             .unwrap_or_default();
         self.err(
-            mac.span(),
+            rng(&mac),
             format!("macro invocations (`{name}!`) are not supported; {ALLOWED}"),
         );
     }
@@ -557,7 +566,7 @@ impl Parser<'_> {
             syn::Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                 if let Some(m) = &pi.mutability {
                     self.err(
-                        m.span(),
+                        rng(&m),
                         "mutable bindings are not supported: bindings are immutable; use a new `let`",
                     );
                 }
@@ -565,7 +574,7 @@ impl Parser<'_> {
             }
             other => {
                 self.err(
-                    other.span(),
+                    rng(&other),
                     "only `let name = ...;` or `let name: type = ...;` bindings are supported",
                 );
                 return None;
@@ -575,7 +584,7 @@ impl Parser<'_> {
             Some(t) => Some(t),
             None => {
                 self.err(
-                    t.span(),
+                    rng(&t),
                     "unsupported type: `let` bindings may be `bool`, `i32`, `u32`, `i64`, `u64`, `isize`, `usize` or `f32`",
                 );
                 None
@@ -583,25 +592,25 @@ impl Parser<'_> {
         });
         let Some(init) = &l.init else {
             self.err(
-                l.span(),
+                rng(&l),
                 "a `let` binding needs an initial value: `let x = ...;`",
             );
             return None;
         };
         if let Some((_, d)) = &init.diverge {
-            self.err(d.span(), "`let ... else` is not supported");
+            self.err(rng(&d), "`let ... else` is not supported");
         }
         let init = self.expr(&init.expr);
         Some(Stmt::Let {
             id: self.id(),
             name: ident.to_string(),
-            span: ident.span(),
+            span: rng(&ident),
             ty,
             init,
         })
     }
 
-    fn mk(&mut self, span: Span, kind: ExprKind) -> Expr {
+    fn mk(&mut self, span: Rng, kind: ExprKind) -> Expr {
         Expr {
             id: self.id(),
             span,
@@ -610,13 +619,13 @@ impl Parser<'_> {
     }
 
     /// A placeholder for an erroneous expression, so that checking can continue.
-    fn bad(&mut self, span: Span, msg: impl std::fmt::Display) -> Expr {
+    fn bad(&mut self, span: Rng, msg: impl std::fmt::Display) -> Expr {
         self.err(span, msg);
         self.mk(span, ExprKind::Error)
     }
 
     fn expr(&mut self, e: &syn::Expr) -> Expr {
-        let span = e.span();
+        let span = rng(&e);
         match e {
             syn::Expr::Paren(p) => self.expr(&p.expr),
             syn::Expr::Group(g) => self.expr(&g.expr),
@@ -674,7 +683,7 @@ impl Parser<'_> {
                 match scalar_type(&c.ty) {
                     Some(t) => self.mk(span, ExprKind::Cast(Box::new(inner), t)),
                     None => self.bad(
-                        c.ty.span(),
+                        rng(&c.ty),
                         "unsupported cast target: `as` may convert to the scalar types `i32`, `u32`, `i64`, `u64`, `isize`, `usize`, `f32`",
                     ),
                 }
@@ -682,7 +691,7 @@ impl Parser<'_> {
             syn::Expr::If(i) => self.if_expr(i),
             syn::Expr::Block(b) => {
                 if let Some(l) = &b.label {
-                    self.err(l.span(), "labels are not supported");
+                    self.err(rng(&l), "labels are not supported");
                 }
                 let blk = self.block(&b.block);
                 self.mk(span, ExprKind::Block(blk))
@@ -694,11 +703,11 @@ impl Parser<'_> {
                         let id = p.path.get_ident().expect("checked");
                         self.mk(
                             span,
-                            ExprKind::Index(id.to_string(), id.span(), Box::new(idx)),
+                            ExprKind::Index(id.to_string(), rng(&id), Box::new(idx)),
                         )
                     }
                     other => self.bad(
-                        other.span(),
+                        rng(&other),
                         "only array parameters can be indexed, by name: `doc[q as usize]`",
                     ),
                 }
@@ -710,7 +719,7 @@ impl Parser<'_> {
                 }
                 let Some(func) = func_by_name(&name) else {
                     return self.bad(
-                        m.method.span(),
+                        rng(&m.method),
                         format!("method `{name}` is not supported; allowed methods: {METHODS}"),
                     );
                 };
@@ -755,14 +764,7 @@ impl Parser<'_> {
         }
     }
 
-    fn call(
-        &mut self,
-        span: Span,
-        func: Func,
-        args: Vec<Expr>,
-        ty: Option<Ty>,
-        name: &str,
-    ) -> Expr {
+    fn call(&mut self, span: Rng, func: Func, args: Vec<Expr>, ty: Option<Ty>, name: &str) -> Expr {
         let want = match func {
             Func::Min | Func::Max | Func::Powf => 2,
             Func::Abs | Func::Math(_) => 1,
@@ -777,10 +779,10 @@ impl Parser<'_> {
     }
 
     fn call_expr(&mut self, c: &syn::ExprCall) -> Expr {
-        let span = c.span();
+        let span = rng(&c);
         let syn::Expr::Path(p) = strip(&c.func) else {
             return self.bad(
-                c.func.span(),
+                rng(&c.func),
                 "only calls of `min`, `max` and f32 math functions are supported",
             );
         };
@@ -815,7 +817,7 @@ impl Parser<'_> {
         let Some(func) = func else {
             let shown = segs.join("::");
             return self.bad(
-                c.func.span(),
+                rng(&c.func),
                 format!(
                     "function `{shown}` is not supported; allowed calls: `min(a, b)`, `max(a, b)`, \
                      `<type>::min/max/abs(..)` and `f32::<f>(..)` for {METHODS}"
@@ -827,10 +829,10 @@ impl Parser<'_> {
     }
 
     fn if_expr(&mut self, i: &syn::ExprIf) -> Expr {
-        let span = i.span();
+        let span = rng(&i);
         if let syn::Expr::Let(l) = &*i.cond {
             return self.bad(
-                l.span(),
+                rng(&l),
                 "`if let` is not supported: use a boolean condition",
             );
         }
@@ -841,7 +843,7 @@ impl Parser<'_> {
     }
 
     fn lit(&mut self, l: &syn::Lit) -> Expr {
-        let span = l.span();
+        let span = rng(&l);
         match l {
             syn::Lit::Bool(b) => self.mk(span, ExprKind::Lit(Lit::Bool(b.value))),
             syn::Lit::Int(i) => {
@@ -891,7 +893,7 @@ impl Parser<'_> {
     }
 
     fn path_expr(&mut self, p: &syn::ExprPath) -> Expr {
-        let span = p.span();
+        let span = rng(&p);
         if p.qself.is_some() {
             return self.bad(span, "qualified paths are not supported");
         }

@@ -1,0 +1,6 @@
+#[attnforge_macros::mask(fast)]
+fn causal(q: u32, kv: u32) -> bool {
+    kv <= q
+}
+
+fn main() {}

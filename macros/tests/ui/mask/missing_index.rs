@@ -1,0 +1,6 @@
+#[attnforge_macros::mask]
+fn only_query(q: u32) -> bool {
+    q > 3
+}
+
+fn main() {}

@@ -167,9 +167,15 @@ pub(crate) fn emit(f: &CFn) -> String {
 fn stmt(s: &mut String, st: &CStmt, depth: usize) {
     let ind = "    ".repeat(depth);
     match st {
-        CStmt::Decl { ty, name, init } => match init {
+        CStmt::Decl {
+            ty,
+            name,
+            init,
+            mutable,
+        } => match init {
             Some(e) => {
-                let _ = writeln!(s, "{ind}const {ty} {name} = {};", expr(e));
+                let c = if *mutable { "" } else { "const " };
+                let _ = writeln!(s, "{ind}{c}{ty} {name} = {};", expr(e));
             }
             None => {
                 let _ = writeln!(s, "{ind}{ty} {name};");
@@ -177,6 +183,9 @@ fn stmt(s: &mut String, st: &CStmt, depth: usize) {
         },
         CStmt::Assign(n, e) => {
             let _ = writeln!(s, "{ind}{n} = {};", expr(e));
+        }
+        CStmt::Void(n) => {
+            let _ = writeln!(s, "{ind}(void){n};");
         }
         CStmt::Return(e) => {
             let _ = writeln!(s, "{ind}return {};", expr(e));

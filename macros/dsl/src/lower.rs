@@ -21,14 +21,18 @@ pub(crate) enum CExpr {
 
 #[derive(Debug)]
 pub(crate) enum CStmt {
+    /// A declaration; `const` when `mutable` is false.
     Decl {
         ty: &'static str,
         name: String,
         init: Option<CExpr>,
+        mutable: bool,
     },
     Assign(String, CExpr),
     If(CExpr, Vec<CStmt>, Vec<CStmt>),
     Return(CExpr),
+    /// `(void)name;`: marks a converted index parameter as possibly unused.
+    Void(String),
 }
 
 /// A lowered function, ready to print.
@@ -106,7 +110,9 @@ pub(crate) fn lower(ast: &FnAst, typed: &Typed) -> CFn {
             ty: want,
             name: n.clone(),
             init: Some(init),
+            mutable: false,
         });
+        body.push(CStmt::Void(n.clone()));
         l.names.insert(Binding::Index(i), n);
     }
     if let Some(v) = l.block(&ast.body, &mut body) {
@@ -204,6 +210,7 @@ impl Lowerer<'_> {
                             ty: c_type(t),
                             name: n.clone(),
                             init: Some(v),
+                            mutable: false,
                         });
                     }
                     self.names.insert(Binding::Let(*id), n);
@@ -276,6 +283,7 @@ impl Lowerer<'_> {
                     ty: c_type(t),
                     name: r.clone(),
                     init: None,
+                    mutable: true,
                 });
                 let mut ts = Vec::new();
                 if let Some(v) = self.block(then, &mut ts) {
@@ -296,6 +304,7 @@ impl Lowerer<'_> {
                     ty: "bool",
                     name: r.clone(),
                     init: Some(av),
+                    mutable: true,
                 });
                 let mut rs = Vec::new();
                 let bv = self.value(b, &mut rs);

@@ -1,15 +1,21 @@
 //! Proc-macros of attnforge: `#[mask]` and `#[score]` turn a plain Rust function into a CUDA
 //! device function at `cargo build` time while keeping the Rust function callable.
 //!
-//! ```ignore
-//! #[attnforge::mask]
+//! ```
+//! // (Through the facade: `#[attnforge::mask]`.)
+//! #[attnforge_macros::mask]
 //! fn doc_causal(q: u32, kv: u32, doc: &[u32]) -> bool {
 //!     kv <= q && doc[q as usize] == doc[kv as usize]
 //! }
-//! // The function is unchanged: the reference and the block-list builder call it.
-//! assert!(doc_causal(3, 1, &[0, 0, 0, 0]));
-//! // A companion module with the same name holds the translation.
-//! assert!(doc_causal::CUDA.contains("bool doc_causal(int b, int h, long long q_pos"));
+//!
+//! fn main() {
+//!     // The function is unchanged: the reference and the block-list builder call it.
+//!     assert!(doc_causal(3, 1, &[0, 0, 0, 0]));
+//!     // A companion module with the same name holds the translation.
+//!     assert!(doc_causal::CUDA.contains("bool doc_causal(int b, int h, long long q_pos"));
+//!     let p = doc_causal::Params::new(&[0, 0, 1, 1]);
+//!     assert!(!doc_causal::eval(0, 0, 2, 1, &p));
+//! }
 //! ```
 //!
 //! # Expansion contract

@@ -3,6 +3,9 @@
 //! every decision and score must equal the Rust function's, bit for bit. This is the seed of
 //! "the same user function gives identical decisions in Rust, the block-list builder and CUDA".
 
+// The functions below are written to exercise the translator (`let` then return, `!(a > b)`).
+#![allow(clippy::let_and_return, clippy::nonminimal_bool)]
+
 use attnforge_dsl::{parse_mask_fn, parse_score_fn, UserFnDef};
 use std::fmt::Write;
 use std::process::Command;
@@ -225,7 +228,15 @@ fn emitted_cuda_matches_rust_bit_for_bit() {
     let exe = dir.join("dsl_check");
     std::fs::write(&cpp, program(&masks, &scores)).expect("write cpp");
     let out = Command::new("g++")
-        .args(["-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Wno-unused-parameter", "-Werror", "-o"])
+        .args([
+            "-std=c++17",
+            "-O1",
+            "-ffp-contract=off",
+            "-Wall",
+            "-Wno-unused-parameter",
+            "-Werror",
+            "-o",
+        ])
         .arg(&exe)
         .arg(&cpp)
         .output()
@@ -257,7 +268,11 @@ fn emitted_cuda_matches_rust_bit_for_bit() {
             }
         }
         // A mask that is constant over the grid would not test much.
-        assert!(allowed > 0 && allowed < (2 * 3 * N * N) as usize, "{}", d.name);
+        assert!(
+            allowed > 0 && allowed < (2 * 3 * N * N) as usize,
+            "{}",
+            d.name
+        );
     }
     for (i, d) in scores.iter().enumerate() {
         for b in 0..2 {
@@ -265,7 +280,8 @@ fn emitted_cuda_matches_rust_bit_for_bit() {
                 for q in 0..N {
                     for kv in 0..N {
                         for &s in &SCORES {
-                            let bits = u32::from_str_radix(lines.next().expect("line"), 16).unwrap();
+                            let bits =
+                                u32::from_str_radix(lines.next().expect("line"), 16).unwrap();
                             let c = f32::from_bits(bits);
                             let r = rust_score(i, s, b, h, q, kv);
                             assert!(
@@ -281,7 +297,10 @@ fn emitted_cuda_matches_rust_bit_for_bit() {
         }
     }
     assert!(lines.next().is_none());
-    assert_eq!(checked, (MASKS.len() + SCORE_FNS.len() * SCORES.len()) * (6 * N * N) as usize);
+    assert_eq!(
+        checked,
+        (MASKS.len() + SCORE_FNS.len() * SCORES.len()) * (6 * N * N) as usize
+    );
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -4,34 +4,23 @@
 use attnforge_sim::{Schedule, SimArg, SimConfig, SimKernel};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-const SRC: &str = r#"
-extern "C" __global__ void bench_barriers(const float* x, float* out) {
-  AF_SHARED(float, s, 128);
-  int t = threadIdx.x;
-  float v = x[blockIdx.x * 128 + t];
-  for (int r = 0; r < 10; r++) {
-    s[t] = v;
-    __syncthreads();
-    v = 0.5f * (v + s[(t + 1) & 127]);
-    v += __shfl_xor_sync(0xffffffffu, v, 1 << (r % 5)) * 0.25f;
-    __syncthreads();
-    if (r == 9) break;
-  }
-  __syncthreads();
-  out[blockIdx.x * 128 + t] = v;
-}
-"#;
+const SRC: &str = include_str!("kernel_11_barriers.cu");
 
 fn bench(c: &mut Criterion) {
     let k = SimKernel::build(SRC, "bench_barriers").expect("build");
     let x: Vec<f32> = (0..64 * 128).map(|i| (i % 13) as f32).collect();
     let mut out = vec![0.0f32; 64 * 128];
     let mut g = c.benchmark_group("sim_64x128_11bar_10shfl");
-    for (label, sched) in [("forward", Schedule::Forward), ("reverse", Schedule::Reverse), ("random", Schedule::Random(7))] {
+    for (label, sched) in [
+        ("forward", Schedule::Forward),
+        ("reverse", Schedule::Reverse),
+        ("random", Schedule::Random(7)),
+    ] {
         g.bench_function(label, |b| {
             b.iter(|| {
                 let mut args = [SimArg::input(&x), SimArg::output(&mut out)];
-                k.launch(64, 128, 0, &mut args, &SimConfig::new(sched)).expect("launch")
+                k.launch(64, 128, 0, &mut args, &SimConfig::new(sched))
+                    .expect("launch")
             })
         });
     }

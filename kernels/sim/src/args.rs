@@ -89,7 +89,8 @@ pub(crate) struct Staged {
 
 impl Staged {
     fn new(bytes: &[u8]) -> Staged {
-        let layout = Layout::from_size_align(bytes.len().max(1), 256).expect("buffer size overflows Layout");
+        let layout =
+            Layout::from_size_align(bytes.len().max(1), 256).expect("buffer size overflows Layout");
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         if ptr.is_null() {
@@ -203,7 +204,11 @@ impl<'a> SimArg<'a> {
                 "a {} buffer of {} elements ({})",
                 b.elem.rust_name(),
                 b.len,
-                if b.bytes_out.is_some() { "output" } else { "input" }
+                if b.bytes_out.is_some() {
+                    "output"
+                } else {
+                    "input"
+                }
             ),
             SimArg::Null => "a null pointer".into(),
             SimArg::I32(_) => "SimArg::I32".into(),

@@ -26,7 +26,11 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { opt_level: 1, defines: Vec::new(), precompiled_header: true }
+        BuildOptions {
+            opt_level: 1,
+            defines: Vec::new(),
+            precompiled_header: true,
+        }
     }
 }
 
@@ -68,7 +72,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> SimError + 'p {
-    move |source| SimError::Io { action, path: path.to_path_buf(), source }
+    move |source| SimError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -94,8 +102,10 @@ fn write_atomic(path: &Path, text: &[u8]) -> Result<(), SimError> {
 }
 
 fn run(cmd: &mut Command, cxx: &str) -> Result<std::process::Output, SimError> {
-    cmd.output()
-        .map_err(|e| SimError::Toolchain { compiler: cxx.to_string(), message: e.to_string() })
+    cmd.output().map_err(|e| SimError::Toolchain {
+        compiler: cxx.to_string(),
+        message: e.to_string(),
+    })
 }
 
 fn cmdline(cmd: &Command) -> String {
@@ -132,7 +142,12 @@ fn ensure_shim(dir: &Path, opts: &BuildOptions, cxx: &str) -> Result<PathBuf, Si
         if !gch.exists() {
             let tmp = tmp_name(&gch);
             let mut cmd = Command::new(cxx);
-            cmd.args(&flags).arg("-x").arg("c++-header").arg(&hpp).arg("-o").arg(&tmp);
+            cmd.args(&flags)
+                .arg("-x")
+                .arg("c++-header")
+                .arg(&hpp)
+                .arg("-o")
+                .arg(&tmp);
             let out = run(&mut cmd, cxx)?;
             if out.status.success() {
                 std::fs::rename(&tmp, &gch).map_err(io("rename into", &gch))?;
@@ -161,7 +176,11 @@ pub(crate) fn build_so(source: &str, name: &str, opts: &BuildOptions) -> Result<
     let key = hex(&h.finalize())[..32].to_string();
     let so = dir.join(format!("{name}-{key}.so"));
     if so.exists() {
-        return Ok(Built { so, cached: true, seconds: start.elapsed().as_secs_f64() });
+        return Ok(Built {
+            so,
+            cached: true,
+            seconds: start.elapsed().as_secs_f64(),
+        });
     }
     let shim = ensure_shim(&dir, opts, &cxx)?;
     let cu = dir.join(format!("{name}-{key}.cu"));
@@ -190,5 +209,9 @@ pub(crate) fn build_so(source: &str, name: &str, opts: &BuildOptions) -> Result<
         });
     }
     std::fs::rename(&tmp, &so).map_err(io("rename into", &so))?;
-    Ok(Built { so, cached: false, seconds: start.elapsed().as_secs_f64() })
+    Ok(Built {
+        so,
+        cached: false,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }

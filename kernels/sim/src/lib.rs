@@ -85,7 +85,10 @@ pub struct SimConfig {
 impl SimConfig {
     /// A config with the given schedule and automatic worker count.
     pub fn new(schedule: Schedule) -> SimConfig {
-        SimConfig { schedule, workers: 0 }
+        SimConfig {
+            schedule,
+            workers: 0,
+        }
     }
     /// Sets the worker count (0 = available parallelism).
     pub fn with_workers(mut self, workers: usize) -> SimConfig {
@@ -195,17 +198,26 @@ pub struct SimKernel {
 }
 
 fn check_name(name: &str) -> Result<(), SimError> {
-    let bad = |reason: &str| SimError::InvalidName { name: name.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| SimError::InvalidName {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
     let mut chars = name.chars();
     match chars.next() {
-        None => return Err(bad("it is empty; pass the kernel's `extern \"C\"` function name")),
+        None => {
+            return Err(bad(
+                "it is empty; pass the kernel's `extern \"C\"` function name",
+            ))
+        }
         Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
             return Err(bad("it must start with an ASCII letter or `_`"))
         }
         _ => {}
     }
     if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(bad("use only ASCII letters, digits and `_` (a C identifier)"));
+        return Err(bad(
+            "use only ASCII letters, digits and `_` (a C identifier)",
+        ));
     }
     Ok(())
 }
@@ -219,7 +231,11 @@ impl SimKernel {
     }
 
     /// As [`SimKernel::build`] with explicit options.
-    pub fn build_with(source: &str, kernel_name: &str, opts: &BuildOptions) -> Result<SimKernel, SimError> {
+    pub fn build_with(
+        source: &str,
+        kernel_name: &str,
+        opts: &BuildOptions,
+    ) -> Result<SimKernel, SimError> {
         check_name(kernel_name)?;
         let built = compile::build_so(source, kernel_name, opts)?;
         let load_err = |message: String| SimError::Load {
@@ -228,7 +244,8 @@ impl SimKernel {
             message,
         };
         // SAFETY: the library is our own g++ output; its initialisers only set up statics.
-        let lib = unsafe { libloading::Library::new(&built.so) }.map_err(|e| load_err(e.to_string()))?;
+        let lib =
+            unsafe { libloading::Library::new(&built.so) }.map_err(|e| load_err(e.to_string()))?;
         let sym = format!("{kernel_name}__afsim");
         // SAFETY: AFSIM_EXPORT_KERNEL defines this symbol with exactly this signature.
         let entry: libloading::Symbol<'_, EntryFn> =
@@ -237,11 +254,17 @@ impl SimKernel {
         let entry = unsafe { entry.into_raw() };
         let sig_name = format!("{kernel_name}__afsim_sig");
         // SAFETY: AFSIM_EXPORT_KERNEL defines this symbol with exactly this signature.
-        let sig: libloading::Symbol<'_, SigFn> =
-            unsafe { lib.get(sig_name.as_bytes()) }.map_err(|e| load_err(format!("{sig_name}: {e}")))?;
+        let sig: libloading::Symbol<'_, SigFn> = unsafe { lib.get(sig_name.as_bytes()) }
+            .map_err(|e| load_err(format!("{sig_name}: {e}")))?;
         // SAFETY: returns a pointer to a static NUL-terminated string.
-        let sig = unsafe { CStr::from_ptr(sig()) }.to_string_lossy().into_owned();
-        let params = if sig.is_empty() { Vec::new() } else { sig.split(',').map(str::to_string).collect() };
+        let sig = unsafe { CStr::from_ptr(sig()) }
+            .to_string_lossy()
+            .into_owned();
+        let params = if sig.is_empty() {
+            Vec::new()
+        } else {
+            sig.split(',').map(str::to_string).collect()
+        };
         Ok(SimKernel {
             name: kernel_name.to_string(),
             so: built.so,
@@ -301,21 +324,36 @@ impl SimKernel {
             ("block.z", block.z),
         ] {
             if v == 0 {
-                return Err(cfg_err(field, "is 0; every extent must be at least 1".into()));
+                return Err(cfg_err(
+                    field,
+                    "is 0; every extent must be at least 1".into(),
+                ));
             }
         }
         let threads = u64::from(block.x) * u64::from(block.y) * u64::from(block.z);
         if threads > 1024 {
-            return Err(cfg_err("block", format!("has {threads} threads; CUDA allows at most 1024 per block")));
+            return Err(cfg_err(
+                "block",
+                format!("has {threads} threads; CUDA allows at most 1024 per block"),
+            ));
         }
         if grid.y > 65535 || grid.z > 65535 {
-            return Err(cfg_err("grid", "y and z extents must be at most 65535".into()));
+            return Err(cfg_err(
+                "grid",
+                "y and z extents must be at most 65535".into(),
+            ));
         }
         if dynamic_smem_bytes > 1 << 30 {
-            return Err(cfg_err("dynamic_smem_bytes", "is over 1 GiB; is it a byte count?".into()));
+            return Err(cfg_err(
+                "dynamic_smem_bytes",
+                "is over 1 GiB; is it a byte count?".into(),
+            ));
         }
         let codes: Vec<&str> = self.params.iter().map(String::as_str).collect();
-        args::check(&codes, args).map_err(|message| SimError::Args { kernel: self.name.clone(), message })?;
+        args::check(&codes, args).map_err(|message| SimError::Args {
+            kernel: self.name.clone(),
+            message,
+        })?;
 
         // Stage buffers, then build the parameter value array (one slot per argument).
         let staged: Vec<Option<args::Staged>> = args
@@ -338,15 +376,20 @@ impl SimKernel {
             .iter()
             .zip(&staged)
             .map(|(a, s)| match a {
-                SimArg::Buffer(_) => Slot { ptr: s.as_ref().map_or(std::ptr::null_mut(), |s| s.ptr()) },
-                SimArg::Null => Slot { ptr: std::ptr::null_mut() },
+                SimArg::Buffer(_) => Slot {
+                    ptr: s.as_ref().map_or(std::ptr::null_mut(), |s| s.ptr()),
+                },
+                SimArg::Null => Slot {
+                    ptr: std::ptr::null_mut(),
+                },
                 SimArg::I32(v) => Slot { i32: *v },
                 SimArg::I64(v) => Slot { i64: *v },
                 SimArg::U32(v) => Slot { u32: *v },
                 SimArg::F32(v) => Slot { f32: *v },
             })
             .collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut Slot).cast()).collect();
+        let mut params: Vec<*mut c_void> =
+            slots.iter_mut().map(|s| (s as *mut Slot).cast()).collect();
         let (schedule, seed) = match cfg.schedule {
             Schedule::Forward => (0, 0),
             Schedule::Reverse => (1, 0),
@@ -360,7 +403,11 @@ impl SimKernel {
             seed,
             workers: c_int::try_from(cfg.workers).unwrap_or(c_int::MAX),
         };
-        let mut res = LaunchResult { status: 0, counters: [0; 8], message: [0; 1024] };
+        let mut res = LaunchResult {
+            status: 0,
+            counters: [0; 8],
+            message: [0; 1024],
+        };
         // SAFETY: `params` has one pointer per kernel parameter (checked against the
         // kernel's signature above), each pointing at a value of the parameter's type;
         // pointer parameters point at staged buffers that live until after the call.
@@ -372,8 +419,13 @@ impl SimKernel {
         }
         if rc != 0 || res.status != 0 {
             // SAFETY: the shim always NUL-terminates the message within the array.
-            let message = unsafe { CStr::from_ptr(res.message.as_ptr()) }.to_string_lossy().into_owned();
-            return Err(SimError::Launch { kernel: self.name.clone(), message });
+            let message = unsafe { CStr::from_ptr(res.message.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+            return Err(SimError::Launch {
+                kernel: self.name.clone(),
+                message,
+            });
         }
         Ok(SimCounters::from_raw(res.counters))
     }

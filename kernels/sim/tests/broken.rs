@@ -10,13 +10,22 @@ fn build(src: &str, name: &str) -> SimKernel {
     SimKernel::build(src, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn launch_err(k: &SimKernel, grid: u32, block: u32, args: &mut [SimArg<'_>], sched: Schedule) -> String {
+fn launch_err(
+    k: &SimKernel,
+    grid: u32,
+    block: u32,
+    args: &mut [SimArg<'_>],
+    sched: Schedule,
+) -> String {
     match k.launch(grid, block, 0, args, &SimConfig::new(sched)) {
         Err(SimError::Launch { kernel, message }) => {
             assert_eq!(kernel, k.name());
             message
         }
-        other => panic!("{}: expected a launch error under {sched:?}, got {other:?}", k.name()),
+        other => panic!(
+            "{}: expected a launch error under {sched:?}, got {other:?}",
+            k.name()
+        ),
     }
 }
 
@@ -94,7 +103,10 @@ extern "C" __global__ void divergent(float* out) {
         let mut args = [SimArg::output(&mut out)];
         let msg = launch_err(&k, 2, 128, &mut args, sched);
         assert!(msg.contains("divergent __syncthreads"), "{msg}");
-        assert!(msg.contains("threads 0-39") || msg.contains("threads 40-127"), "{msg}");
+        assert!(
+            msg.contains("threads 0-39") || msg.contains("threads 40-127"),
+            "{msg}"
+        );
     }
     assert!(start.elapsed().as_secs() < 30);
 }
@@ -156,16 +168,30 @@ extern "C" __global__ void cp_tile(const __half* src, __half* dst, int wait_mode
 fn missing_cp_async_wait_is_reported() {
     let k = build(CP_ASYNC, "cp_tile");
     let src: Vec<f16> = (0..512).map(|i| f16::from_f32(i as f32)).collect();
-    for (mode, sched) in [(2, Schedule::Forward), (1, Schedule::Reverse), (2, Schedule::Random(3)), (1, Schedule::Random(4))] {
+    for (mode, sched) in [
+        (2, Schedule::Forward),
+        (1, Schedule::Reverse),
+        (2, Schedule::Random(3)),
+        (1, Schedule::Random(4)),
+    ] {
         let mut dst = vec![f16::ZERO; 512];
-        let mut args = [SimArg::input(&src), SimArg::output(&mut dst), SimArg::I32(mode)];
+        let mut args = [
+            SimArg::input(&src),
+            SimArg::output(&mut dst),
+            SimArg::I32(mode),
+        ];
         let msg = launch_err(&k, 1, 32, &mut args, sched);
         assert!(msg.contains("cp.async"), "mode {mode}: {msg}");
     }
     // the correct wait passes
     let mut dst = vec![f16::ZERO; 512];
-    let mut args = [SimArg::input(&src), SimArg::output(&mut dst), SimArg::I32(0)];
-    k.launch(1, 32, 0, &mut args, &SimConfig::default()).unwrap();
+    let mut args = [
+        SimArg::input(&src),
+        SimArg::output(&mut dst),
+        SimArg::I32(0),
+    ];
+    k.launch(1, 32, 0, &mut args, &SimConfig::default())
+        .unwrap();
     assert_eq!(dst, src);
 }
 
@@ -209,7 +235,10 @@ extern "C" __global__ void oob(float* out) {
         let mut out = vec![0f32; 128];
         let mut args = [SimArg::output(&mut out)];
         let msg = launch_err(&k, 2, 128, &mut args, sched);
-        assert!(msg.contains("shared-memory index 128 out of bounds for s[128]"), "{msg}");
+        assert!(
+            msg.contains("shared-memory index 128 out of bounds for s[128]"),
+            "{msg}"
+        );
         assert!(msg.contains("thread (127,0,0)"), "{msg}");
     }
 }
@@ -225,7 +254,10 @@ extern "C" __global__ void oob_dyn(float* out, int idx) {
 }
 "#;
     let k = build(src, "oob_dyn");
-    for (idx, want) in [(-1, "index -1 out of bounds for d[32]"), (32, "index 32 out of bounds for d[32]")] {
+    for (idx, want) in [
+        (-1, "index -1 out of bounds for d[32]"),
+        (32, "index 32 out of bounds for d[32]"),
+    ] {
         let mut out = vec![0f32; 32];
         let mut args = [SimArg::output(&mut out), SimArg::I32(idx)];
         let msg = match k.launch(1, 32, 32 * 4, &mut args, &SimConfig::default()) {
@@ -236,7 +268,8 @@ extern "C" __global__ void oob_dyn(float* out, int idx) {
     }
     let mut out = vec![0f32; 32];
     let mut args = [SimArg::output(&mut out), SimArg::I32(31)];
-    k.launch(1, 32, 32 * 4, &mut args, &SimConfig::default()).unwrap();
+    k.launch(1, 32, 32 * 4, &mut args, &SimConfig::default())
+        .unwrap();
 }
 
 #[test]
@@ -273,7 +306,10 @@ extern "C" __global__ void ldm_uninit(unsigned* out) {
     let mut out = vec![0u32; 32];
     let mut args = [SimArg::output(&mut out)];
     let msg = launch_err(&k, 1, 32, &mut args, Schedule::Forward);
-    assert!(msg.contains("af_ldmatrix_x4 reads uninitialised shared memory"), "{msg}");
+    assert!(
+        msg.contains("af_ldmatrix_x4 reads uninitialised shared memory"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -284,28 +320,81 @@ extern "C" __global__ void args_k(const float* x, __half* y, int n, long long m,
 }
 "#;
     let k = build(src, "args_k");
-    assert_eq!(k.param_types(), ["const float*", "__half*", "int", "long long", "float"]);
+    assert_eq!(
+        k.param_types(),
+        ["const float*", "__half*", "int", "long long", "float"]
+    );
     let x = vec![1.0f32];
     let mut y = vec![f16::ZERO];
     let mut y32 = vec![0f32];
     // wrong count
-    let err = k.launch(1, 1, 0, &mut [SimArg::input(&x)], &SimConfig::default()).unwrap_err();
-    assert!(matches!(&err, SimError::Args { message, .. } if message.contains("takes 5 arguments")), "{err}");
+    let err = k
+        .launch(1, 1, 0, &mut [SimArg::input(&x)], &SimConfig::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, SimError::Args { message, .. } if message.contains("takes 5 arguments")),
+        "{err}"
+    );
     // wrong pointee type
-    let mut args = [SimArg::input(&x), SimArg::output(&mut y32), SimArg::I32(1), SimArg::I64(1), SimArg::F32(1.0)];
-    let err = k.launch(1, 1, 0, &mut args, &SimConfig::default()).unwrap_err();
+    let mut args = [
+        SimArg::input(&x),
+        SimArg::output(&mut y32),
+        SimArg::I32(1),
+        SimArg::I64(1),
+        SimArg::F32(1.0),
+    ];
+    let err = k
+        .launch(1, 1, 0, &mut args, &SimConfig::default())
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("argument 1 is `__half*`") && msg.contains("SimArg::output(&mut [half::f16])"), "{msg}");
+    assert!(
+        msg.contains("argument 1 is `__half*`") && msg.contains("SimArg::output(&mut [half::f16])"),
+        "{msg}"
+    );
     // wrong scalar type
-    let mut args = [SimArg::input(&x), SimArg::output(&mut y), SimArg::I64(1), SimArg::I64(1), SimArg::F32(1.0)];
-    let msg = k.launch(1, 1, 0, &mut args, &SimConfig::default()).unwrap_err().to_string();
-    assert!(msg.contains("argument 2 is `int`") && msg.contains("SimArg::I32"), "{msg}");
+    let mut args = [
+        SimArg::input(&x),
+        SimArg::output(&mut y),
+        SimArg::I64(1),
+        SimArg::I64(1),
+        SimArg::F32(1.0),
+    ];
+    let msg = k
+        .launch(1, 1, 0, &mut args, &SimConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("argument 2 is `int`") && msg.contains("SimArg::I32"),
+        "{msg}"
+    );
     // bad config
-    let mut args = [SimArg::input(&x), SimArg::output(&mut y), SimArg::I32(1), SimArg::I64(1), SimArg::F32(3.0)];
-    let err = k.launch((1, 0), 1, 0, &mut args, &SimConfig::default()).unwrap_err();
-    assert!(matches!(err, SimError::Config { field: "grid.y", .. }), "{err}");
-    let err = k.launch(1, (32, 33), 0, &mut args, &SimConfig::default()).unwrap_err();
-    assert!(matches!(err, SimError::Config { field: "block", .. }), "{err}");
+    let mut args = [
+        SimArg::input(&x),
+        SimArg::output(&mut y),
+        SimArg::I32(1),
+        SimArg::I64(1),
+        SimArg::F32(3.0),
+    ];
+    let err = k
+        .launch((1, 0), 1, 0, &mut args, &SimConfig::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SimError::Config {
+                field: "grid.y",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = k
+        .launch(1, (32, 33), 0, &mut args, &SimConfig::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, SimError::Config { field: "block", .. }),
+        "{err}"
+    );
     // and the right arguments work
     k.launch(1, 1, 0, &mut args, &SimConfig::default()).unwrap();
     assert_eq!(y[0].to_f32(), 3.0);
@@ -313,10 +402,18 @@ extern "C" __global__ void args_k(const float* x, __half* y, int n, long long m,
 
 #[test]
 fn compile_errors_carry_the_compiler_log() {
-    let err = SimKernel::build("extern \"C\" __global__ void bad(float* x) { x[0] = undefined_thing; }", "bad")
-        .unwrap_err();
+    let err = SimKernel::build(
+        "extern \"C\" __global__ void bad(float* x) { x[0] = undefined_thing; }",
+        "bad",
+    )
+    .unwrap_err();
     match &err {
-        SimError::Compile { kernel, log, source_path, .. } => {
+        SimError::Compile {
+            kernel,
+            log,
+            source_path,
+            ..
+        } => {
             assert_eq!(kernel, "bad");
             assert!(log.contains("undefined_thing"), "{log}");
             assert!(source_path.exists());
@@ -324,12 +421,22 @@ fn compile_errors_carry_the_compiler_log() {
         other => panic!("{other:?}"),
     }
     // raw __shared__ is rejected with a hint
-    let err = SimKernel::build("extern \"C\" __global__ void raw(float* x) { __shared__ float s[4]; x[0] = s[0]; }", "raw")
-        .unwrap_err();
+    let err = SimKernel::build(
+        "extern \"C\" __global__ void raw(float* x) { __shared__ float s[4]; x[0] = s[0]; }",
+        "raw",
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("use_AF_SHARED"), "{err}");
     // an invalid name never reaches the compiler
-    assert!(matches!(SimKernel::build("", "1abc"), Err(SimError::InvalidName { .. })));
+    assert!(matches!(
+        SimKernel::build("", "1abc"),
+        Err(SimError::InvalidName { .. })
+    ));
     // a name that is not in the source
-    let err = SimKernel::build("extern \"C\" __global__ void there(float* x) {}", "not_there").unwrap_err();
+    let err = SimKernel::build(
+        "extern \"C\" __global__ void there(float* x) {}",
+        "not_there",
+    )
+    .unwrap_err();
     assert!(matches!(err, SimError::Compile { .. }), "{err}");
 }

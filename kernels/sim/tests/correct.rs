@@ -38,8 +38,14 @@ fn block_reduction_with_barriers_and_shuffles() {
         .collect();
     for sched in Schedule::standard(11) {
         let mut out = vec![f32::NAN; 37];
-        let mut args = [SimArg::input(&x), SimArg::output(&mut out), SimArg::I32(n as i32)];
-        let c = k.launch(37, 128, 0, &mut args, &SimConfig::new(sched)).unwrap();
+        let mut args = [
+            SimArg::input(&x),
+            SimArg::output(&mut out),
+            SimArg::I32(n as i32),
+        ];
+        let c = k
+            .launch(37, 128, 0, &mut args, &SimConfig::new(sched))
+            .unwrap();
         assert_eq!(out, want, "{sched:?}");
         assert_eq!(c.tiles_full, 37 * 128);
         assert_eq!(c.mask_evals, 37 * 3);
@@ -78,18 +84,34 @@ extern "C" __global__ void warp_ops(const int* x, int* out) {
         let warp = &x[w..w + 32];
         let o = &mut want[t * 8..t * 8 + 8];
         o[0] = warp.iter().sum();
-        o[1] = if lane >= 3 { warp[lane - 3] } else { warp[lane] };
+        o[1] = if lane >= 3 {
+            warp[lane - 3]
+        } else {
+            warp[lane]
+        };
         o[2] = warp[lane ^ 5];
         o[3] = warp[(lane & !3) + 2];
-        o[4] = warp.iter().enumerate().fold(0u32, |m, (l, v)| m | (u32::from(*v > 0) << l)) as i32;
+        o[4] = warp
+            .iter()
+            .enumerate()
+            .fold(0u32, |m, (l, v)| m | (u32::from(*v > 0) << l)) as i32;
         o[5] = i32::from(warp.iter().any(|v| *v > 40));
         o[6] = i32::from(warp.iter().all(|v| *v > -100));
-        o[7] = if lane < 16 { if lane + 1 < 16 { warp[lane + 1] } else { warp[lane] } } else { -1 };
+        o[7] = if lane < 16 {
+            if lane + 1 < 16 {
+                warp[lane + 1]
+            } else {
+                warp[lane]
+            }
+        } else {
+            -1
+        };
     }
     for sched in Schedule::standard(3) {
         let mut out = vec![0i32; 128 * 8];
         let mut args = [SimArg::input(&x), SimArg::output(&mut out)];
-        k.launch(2, 64, 0, &mut args, &SimConfig::new(sched)).unwrap();
+        k.launch(2, 64, 0, &mut args, &SimConfig::new(sched))
+            .unwrap();
         assert_eq!(out, want, "{sched:?}");
     }
 }
@@ -112,7 +134,14 @@ extern "C" __global__ void atomics(float* fsum, int* isum, int* imax, int* imin,
     let k = build(src, "atomics");
     let n = 50 * 96;
     for sched in Schedule::standard(5) {
-        let (mut f, mut s, mut mx, mut mn, mut c, mut e) = (vec![0f32], vec![0i32], vec![i32::MIN], vec![i32::MAX], vec![0u32], vec![0i32]);
+        let (mut f, mut s, mut mx, mut mn, mut c, mut e) = (
+            vec![0f32],
+            vec![0i32],
+            vec![i32::MIN],
+            vec![i32::MAX],
+            vec![0u32],
+            vec![0i32],
+        );
         let mut args = [
             SimArg::output(&mut f),
             SimArg::output(&mut s),
@@ -121,11 +150,12 @@ extern "C" __global__ void atomics(float* fsum, int* isum, int* imax, int* imin,
             SimArg::output(&mut c),
             SimArg::output(&mut e),
         ];
-        k.launch(50, 96, 0, &mut args, &SimConfig::new(sched).with_workers(2)).unwrap();
+        k.launch(50, 96, 0, &mut args, &SimConfig::new(sched).with_workers(2))
+            .unwrap();
         assert_eq!(f[0], 0.5 * n as f32);
-        assert_eq!(s[0], (0..n as i32).sum::<i32>());
-        assert_eq!(mx[0], (0..n as i32).map(|g| g * 3 % 1001).max().unwrap());
-        assert_eq!(mn[0], 1000 - (n as i32 - 1));
+        assert_eq!(s[0], (0..n).sum::<i32>());
+        assert_eq!(mx[0], (0..n).map(|g| g * 3 % 1001).max().unwrap());
+        assert_eq!(mn[0], 1000 - (n - 1));
         assert_eq!(c[0], n as u32);
         assert_eq!(e[0], 7);
     }
@@ -148,7 +178,12 @@ fn matmul(a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
 
 fn close(got: &[f32], want: &[f32], what: &str) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what}: element {i} (row {}, col {}): got {g}, want {w}", i / 8, i % 8);
+        assert!(
+            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "{what}: element {i} (row {}, col {}): got {g}, want {w}",
+            i / 8,
+            i % 8
+        );
     }
 }
 
@@ -219,22 +254,37 @@ extern "C" __global__ void mma_bf16(const __nv_bfloat16* A, const __nv_bfloat16*
 }
 "#;
 
-fn check_mma<T: attnforge_sim::SimElem>(name: &str, conv: impl Fn(f32) -> T, back: impl Fn(T) -> f32) {
+fn check_mma<T: attnforge_sim::SimElem>(
+    name: &str,
+    conv: impl Fn(f32) -> T,
+    back: impl Fn(T) -> f32,
+) {
     let k = build(MMA_SRC, name);
     // distinct, non-symmetric values so that any transposition or swap shows
-    let a: Vec<T> = (0..256).map(|i| conv(((i * 37 % 29) as f32 - 14.0) / 8.0)).collect();
-    let b16: Vec<T> = (0..256).map(|i| conv(((i * 53 % 31) as f32 - 15.0) / 16.0)).collect();
+    let a: Vec<T> = (0..256)
+        .map(|i| conv(((i * 37 % 29) as f32 - 14.0) / 8.0))
+        .collect();
+    let b16: Vec<T> = (0..256)
+        .map(|i| conv(((i * 53 % 31) as f32 - 15.0) / 16.0))
+        .collect();
     let c: Vec<f32> = (0..128).map(|i| (i as f32) * 0.25 - 3.0).collect();
     // B8 = first n-tile of B16 ([k][0..8]); B8' = second tile; Bt = B8^T
     let b8: Vec<T> = (0..128).map(|i| b16[(i / 8) * 16 + i % 8]).collect();
-    let b8b: Vec<f32> = (0..128).map(|i| back(b16[(i / 8) * 16 + 8 + i % 8])).collect();
+    let b8b: Vec<f32> = (0..128)
+        .map(|i| back(b16[(i / 8) * 16 + 8 + i % 8]))
+        .collect();
     let bt: Vec<T> = (0..128).map(|i| b8[(i % 16) * 8 + i / 16]).collect();
     let af: Vec<f32> = a.iter().map(|v| back(*v)).collect();
     let bf: Vec<f32> = b8.iter().map(|v| back(*v)).collect();
     let want0 = matmul(&af, &bf, &c);
     let want1 = matmul(&af, &b8b, &c);
     for sched in Schedule::standard(9) {
-        let (mut dr, mut d0, mut d1, mut d2) = (vec![0f32; 128], vec![0f32; 128], vec![0f32; 128], vec![0f32; 128]);
+        let (mut dr, mut d0, mut d1, mut d2) = (
+            vec![0f32; 128],
+            vec![0f32; 128],
+            vec![0f32; 128],
+            vec![0f32; 128],
+        );
         let mut args = [
             SimArg::input(&a),
             SimArg::input(&b8),
@@ -246,7 +296,8 @@ fn check_mma<T: attnforge_sim::SimElem>(name: &str, conv: impl Fn(f32) -> T, bac
             SimArg::output(&mut d1),
             SimArg::output(&mut d2),
         ];
-        k.launch(1, 32, 0, &mut args, &SimConfig::new(sched)).unwrap();
+        k.launch(1, 32, 0, &mut args, &SimConfig::new(sched))
+            .unwrap();
         close(&dr, &want0, "register fragments");
         close(&d0, &want0, "ldmatrix x4 (A) + x2 (B^T)");
         close(&d1, &want0, "ldmatrix x4.trans (B) tile 0");
@@ -283,11 +334,18 @@ extern "C" __global__ void cp_tile(const __half* src, __half* dst, int wait_mode
 #[test]
 fn cp_async_copies_a_tile() {
     let k = build(CP_ASYNC, "cp_tile");
-    let src: Vec<f16> = (0..512).map(|i| f16::from_f32(i as f32 * 0.5 - 100.0)).collect();
+    let src: Vec<f16> = (0..512)
+        .map(|i| f16::from_f32(i as f32 * 0.5 - 100.0))
+        .collect();
     for sched in Schedule::standard(1) {
         let mut dst = vec![f16::ZERO; 512];
-        let mut args = [SimArg::input(&src), SimArg::output(&mut dst), SimArg::I32(0)];
-        k.launch(3, 32, 0, &mut args, &SimConfig::new(sched)).unwrap();
+        let mut args = [
+            SimArg::input(&src),
+            SimArg::output(&mut dst),
+            SimArg::I32(0),
+        ];
+        k.launch(3, 32, 0, &mut args, &SimConfig::new(sched))
+            .unwrap();
         assert_eq!(dst, src, "{sched:?}");
     }
 }
@@ -323,7 +381,14 @@ extern "C" __global__ void dyn3d(int* out) {
     for sched in Schedule::standard(2) {
         let mut out = vec![0i32; nb * n];
         let mut args = [SimArg::output(&mut out)];
-        k.launch((gx, gy, gz), (bx, by, bz), n * 4, &mut args, &SimConfig::new(sched)).unwrap();
+        k.launch(
+            (gx, gy, gz),
+            (bx, by, bz),
+            n * 4,
+            &mut args,
+            &SimConfig::new(sched),
+        )
+        .unwrap();
         assert_eq!(out, want, "{sched:?}");
     }
 }
@@ -342,8 +407,29 @@ extern "C" __global__ void convert(const float* x, __half* h, __nv_bfloat16* b, 
 "#;
     let k = build(src, "convert");
     let mut x: Vec<f32> = vec![
-        0.0, -0.0, 1.0, -1.0, 65504.0, 65519.0, 65520.0, 1e6, -1e6, 5.96e-8, 2.98e-8, 2.99e-8, 1e-7, 3e-5, 6.1e-5,
-        f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE, 1.0009765625, 1.00048828125, 3.0e38, f32::MAX,
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65519.0,
+        65520.0,
+        1e6,
+        -1e6,
+        5.96e-8,
+        2.98e-8,
+        2.99e-8,
+        1e-7,
+        3e-5,
+        6.1e-5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE,
+        1.0 + 1.0 / 1024.0,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        3.0e38,
+        f32::MAX,
     ];
     let mut s = 0x1234_5678u32;
     for _ in 0..4000 {
@@ -357,7 +443,12 @@ extern "C" __global__ void convert(const float* x, __half* h, __nv_bfloat16* b, 
         x.push((s % 100_000) as f32 / 997.0 - 50.0);
     }
     let n = x.len();
-    let (mut h, mut b, mut hb, mut bb) = (vec![f16::ZERO; n], vec![bf16::ZERO; n], vec![0f32; n], vec![0f32; n]);
+    let (mut h, mut b, mut hb, mut bb) = (
+        vec![f16::ZERO; n],
+        vec![bf16::ZERO; n],
+        vec![0f32; n],
+        vec![0f32; n],
+    );
     let mut args = [
         SimArg::input(&x),
         SimArg::output(&mut h),
@@ -366,16 +457,35 @@ extern "C" __global__ void convert(const float* x, __half* h, __nv_bfloat16* b, 
         SimArg::output(&mut bb),
         SimArg::I32(n as i32),
     ];
-    k.launch(n.div_ceil(128) as u32, 128, 0, &mut args, &SimConfig::default()).unwrap();
+    k.launch(
+        n.div_ceil(128) as u32,
+        128,
+        0,
+        &mut args,
+        &SimConfig::default(),
+    )
+    .unwrap();
     for i in 0..n {
-        assert_eq!(h[i].to_bits(), f16::from_f32(x[i]).to_bits(), "f16 of {:e} ({:#x})", x[i], x[i].to_bits());
-        assert_eq!(b[i].to_bits(), bf16::from_f32(x[i]).to_bits(), "bf16 of {:e}", x[i]);
+        assert_eq!(
+            h[i].to_bits(),
+            f16::from_f32(x[i]).to_bits(),
+            "f16 of {:e} ({:#x})",
+            x[i],
+            x[i].to_bits()
+        );
+        assert_eq!(
+            b[i].to_bits(),
+            bf16::from_f32(x[i]).to_bits(),
+            "bf16 of {:e}",
+            x[i]
+        );
         assert_eq!(hb[i].to_bits(), f16::from_f32(x[i]).to_f32().to_bits());
         assert_eq!(bb[i].to_bits(), bf16::from_f32(x[i]).to_f32().to_bits());
     }
     // NaN stays NaN
     let nan = [f32::NAN];
-    let (mut h, mut b, mut hb, mut bb) = (vec![f16::ZERO], vec![bf16::ZERO], vec![0f32], vec![0f32]);
+    let (mut h, mut b, mut hb, mut bb) =
+        (vec![f16::ZERO], vec![bf16::ZERO], vec![0f32], vec![0f32]);
     let mut args = [
         SimArg::input(&nan),
         SimArg::output(&mut h),
@@ -384,7 +494,8 @@ extern "C" __global__ void convert(const float* x, __half* h, __nv_bfloat16* b, 
         SimArg::output(&mut bb),
         SimArg::I32(1),
     ];
-    k.launch(1, 32, 0, &mut args, &SimConfig::default()).unwrap();
+    k.launch(1, 32, 0, &mut args, &SimConfig::default())
+        .unwrap();
     assert!(h[0].is_nan() && b[0].is_nan() && hb[0].is_nan() && bb[0].is_nan());
 }
 
@@ -404,8 +515,13 @@ extern "C" __global__ void tickets(int* counter, int* thread_ticket, int* block_
     let run = |sched: Schedule| {
         let (mut c, mut tt, mut bt) = (vec![0i32; 2], vec![0i32; 4 * 64], vec![0i32; 4]);
         // the tickets are only comparable when blocks run one at a time
-        let mut args = [SimArg::output(&mut c), SimArg::output(&mut tt), SimArg::output(&mut bt)];
-        k.launch(4, 64, 0, &mut args, &SimConfig::new(sched).with_workers(1)).unwrap();
+        let mut args = [
+            SimArg::output(&mut c),
+            SimArg::output(&mut tt),
+            SimArg::output(&mut bt),
+        ];
+        k.launch(4, 64, 0, &mut args, &SimConfig::new(sched).with_workers(1))
+            .unwrap();
         (tt, bt)
     };
     let (ft, fb) = run(Schedule::Forward);
@@ -416,10 +532,18 @@ extern "C" __global__ void tickets(int* counter, int* thread_ticket, int* block_
     assert_eq!(fb, vec![0, 1, 2, 3]);
     assert_eq!(rb, vec![3, 2, 1, 0]);
     let b0: Vec<i32> = ft[..64].to_vec();
-    assert_eq!(b0, (0..64).collect::<Vec<_>>(), "forward runs threads in ascending order");
+    assert_eq!(
+        b0,
+        (0..64).collect::<Vec<_>>(),
+        "forward runs threads in ascending order"
+    );
     // block 3 ran first under Reverse, so its tickets are offset by -3*64 + 0
     let r3: Vec<i32> = rt[3 * 64..].iter().map(|v| v + 3 * 64).collect();
-    assert_eq!(r3, (0..64).rev().collect::<Vec<_>>(), "reverse runs threads in descending order");
+    assert_eq!(
+        r3,
+        (0..64).rev().collect::<Vec<_>>(),
+        "reverse runs threads in descending order"
+    );
     assert_ne!(xt, ft);
     assert_ne!(xt, rt);
     assert_ne!(xt, yt, "different seeds give different orders");
@@ -428,12 +552,20 @@ extern "C" __global__ void tickets(int* counter, int* thread_ticket, int* block_
 
 #[test]
 fn ucontext_fallback_runs_the_same_kernel() {
-    let opts = attnforge_sim::BuildOptions { defines: vec!["AFSIM_FORCE_UCONTEXT".into()], ..Default::default() };
+    let opts = attnforge_sim::BuildOptions {
+        defines: vec!["AFSIM_FORCE_UCONTEXT".into()],
+        ..Default::default()
+    };
     let k = SimKernel::build_with(BLOCK_REDUCE, "block_reduce", &opts).unwrap();
     let x: Vec<f32> = (0..512).map(|i| (i % 9) as f32).collect();
     let mut out = vec![0f32; 4];
-    let mut args = [SimArg::input(&x), SimArg::output(&mut out), SimArg::I32(512)];
-    k.launch(4, 128, 0, &mut args, &SimConfig::new(Schedule::Random(4))).unwrap();
+    let mut args = [
+        SimArg::input(&x),
+        SimArg::output(&mut out),
+        SimArg::I32(512),
+    ];
+    k.launch(4, 128, 0, &mut args, &SimConfig::new(Schedule::Random(4)))
+        .unwrap();
     let want: Vec<f32> = x.chunks(128).map(|c| c.iter().sum()).collect();
     assert_eq!(out, want);
 }

@@ -223,7 +223,7 @@ pub fn classify_tile(mask: &HostMask, plo: i64, phi: i64, c0: i64, c1: i64) -> O
 
 fn lambda_kind(plo: i64, phi: i64, c0: i64, c1: i64, g: i64, l: i64) -> TileKind {
     let any_global = c0 < g && c0 <= phi;
-    let any_window = l > 0 && phi - c0 >= 0 && plo - c1 <= l - 1;
+    let any_window = l > 0 && phi - c0 >= 0 && plo - c1 < l;
     if !(any_global || any_window) {
         TileKind::Skip
     } else {
@@ -250,7 +250,7 @@ pub fn classify_lminf_tile(
     local_window: i64,
 ) -> TileKind {
     let (g, l) = (global_tokens, local_window);
-    let near = l > 0 && phi - c0 >= 0 && plo - c1 <= l - 1;
+    let near = l > 0 && phi - c0 >= 0 && plo - c1 < l;
     let far = c0 < g && phi - c0 >= l;
     if !(near || far) {
         TileKind::Skip

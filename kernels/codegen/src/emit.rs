@@ -159,34 +159,36 @@ fn dot_loop(o: &mut String, s: &str, q: &str, k: &str) {
 fn kernel(out: &mut String, ir: &KernelIr) {
     let mut body = String::new();
     kernel_text(&mut body, ir);
-    // declare tile bounds only where a classifier uses them (no unused-variable warnings)
-    let c0c1 = if body.contains("c0, c1") {
-        "        const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;\n"
-    } else {
-        ""
+    // Declare derived values only where used (NVRTC warns on unused variables); each
+    // placeholder is resolved after the ones that may use it.
+    let decl = |body: &str, used: &[&str], text: &'static str| {
+        if used.iter().any(|u| body.contains(u)) {
+            text
+        } else {
+            ""
+        }
     };
-    let plohi = if body.contains("p_lo") || body.contains("p_hi") {
-        "    const long long p_lo = m0 + shift, p_hi = m0 + rows_valid - 1 + shift;  // query positions of the block\n"
-    } else {
-        ""
-    };
-    let rows = if !plohi.is_empty() || body.contains("rows_valid") {
-        "    const long long rows_valid = min((long long)BM, (long long)seq_q - m0);  // query rows in range\n"
-    } else {
-        ""
-    };
-    let qpos = if body.contains("q_pos") {
-        "            const long long q_pos = row + shift;\n"
-    } else {
-        ""
-    };
-    out.push_str(
-        &body
-            .replace("@@QPOS@@", qpos)
-            .replace("@@C0C1@@", c0c1)
-            .replace("@@PLOHI@@", plohi)
-            .replace("@@ROWS@@", rows),
+    let c0c1 = decl(
+        &body,
+        &["c0, c1"],
+        "        const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;\n",
     );
+    let qpos = decl(
+        &body,
+        &["q_pos"],
+        "            const long long q_pos = row + shift;\n",
+    );
+    let body = body.replace("@@C0C1@@", c0c1).replace("@@QPOS@@", qpos);
+    let plohi = decl(
+        &body,
+        &["p_lo", "p_hi"],
+        "    const long long p_lo = m0 + shift, p_hi = m0 + rows_valid - 1 + shift;  // query positions of the block\n",
+    );
+    let body = body.replace("@@PLOHI@@", plohi);
+    let rows = decl(&body, &["rows_valid"], "    const long long rows_valid = min((long long)BM, (long long)seq_q - m0);  // query rows in range\n");
+    let body = body.replace("@@ROWS@@", rows);
+    let shift = decl(&body, &["shift"], "    const long long shift = (long long)seq_k - seq_q;  // query row i sits at position i + shift\n");
+    out.push_str(&body.replace("@@SHIFT@@", shift));
 }
 
 fn kernel_text(o: &mut String, ir: &KernelIr) {
@@ -238,8 +240,7 @@ fn kernel_text(o: &mut String, ir: &KernelIr) {
     const int b = blockIdx.z, h = blockIdx.y;
     const int hkv = h / (heads_q / heads_kv);  // GQA: query head h reads kv head h / group
     const long long m0 = (long long)blockIdx.x * BM;
-    const long long shift = (long long)seq_k - seq_q;  // query row i sits at position i + shift
-@@ROWS@@@@PLOHI@@    const {ty}* qb = q + (long long)b * q_stride_b + (long long)h * q_stride_h;
+@@SHIFT@@@@ROWS@@@@PLOHI@@    const {ty}* qb = q + (long long)b * q_stride_b + (long long)h * q_stride_h;
     const {ty}* kb = k + (long long)b * k_stride_b + (long long)hkv * k_stride_h;
     const {ty}* vb = v + (long long)b * v_stride_b + (long long)hkv * v_stride_h;
     {ty}* ob = o + (long long)b * o_stride_b + (long long)h * o_stride_h;

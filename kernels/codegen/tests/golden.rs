@@ -105,7 +105,7 @@ fn emission_is_deterministic_and_self_contained() {
         for arg in kernel_args(&spec) {
             let needle = format!(" {}", arg.name);
             let pos = a.source[at..]
-                .find(&format!("{}", arg.kind.c_type()))
+                .find(&arg.kind.c_type())
                 .map(|p| p + at)
                 .unwrap();
             let npos = a.source[pos..].find(&needle).unwrap() + pos;

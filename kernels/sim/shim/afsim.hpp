@@ -22,6 +22,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <setjmp.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <array>
@@ -1359,6 +1361,94 @@ inline void run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
   }
 }
 
+// --- stack overflow: a fault in a guard page fails the block instead of the process ----
+struct Recover {
+  sigjmp_buf jb;
+  const Stacks* st = nullptr;
+  Fiber* culprit = nullptr;
+};
+inline thread_local Recover* tl_recover = nullptr;
+inline struct sigaction g_old_segv, g_old_bus;
+
+inline void on_fault(int sig, siginfo_t* si, void* uc) {
+  Recover* r = tl_recover;
+  if (r && r->st) {
+    auto a = static_cast<unsigned char*>(si->si_addr);
+    const Stacks* st = r->st;
+    size_t page = st->stride - kStack;
+    if (a >= st->base && a < st->base + st->stride * st->n && size_t(a - st->base) % st->stride < page) {
+      r->culprit = tl_cur;
+      tl_recover = nullptr;
+      siglongjmp(r->jb, 1);
+    }
+  }
+  // not ours: hand over to the previous handler (Rust's stack-overflow handler, ...)
+  struct sigaction* old = sig == SIGSEGV ? &g_old_segv : &g_old_bus;
+  if (old->sa_flags & SA_SIGINFO) {
+    if (old->sa_sigaction) return old->sa_sigaction(sig, si, uc);
+  } else if (old->sa_handler == SIG_IGN) {
+    return;
+  } else if (old->sa_handler != SIG_DFL) {
+    return old->sa_handler(sig);
+  }
+  signal(sig, SIG_DFL);  // returning re-executes the fault with the default action
+}
+
+inline void install_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = &on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+    sigaction(SIGBUS, &sa, &g_old_bus);
+  });
+}
+
+/// An alternate signal stack for this thread while it runs fibers (restored afterwards).
+struct AltStack {
+  std::vector<unsigned char> mem;
+  stack_t old{};
+  bool set = false;
+  AltStack() : mem(size_t(64) * 1024) {
+    stack_t ss{};
+    ss.ss_sp = mem.data();
+    ss.ss_size = mem.size();
+    ss.ss_flags = 0;
+    set = sigaltstack(&ss, &old) == 0;
+  }
+  ~AltStack() {
+    if (!set) return;
+    if (old.ss_flags & SS_DISABLE) {
+      stack_t ss{};
+      ss.ss_flags = SS_DISABLE;
+      sigaltstack(&ss, nullptr);
+    } else {
+      sigaltstack(&old, nullptr);
+    }
+  }
+  AltStack(const AltStack&) = delete;
+  AltStack& operator=(const AltStack&) = delete;
+};
+
+/// run_block with guard-page faults turned into a block error.
+inline void guarded_run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
+  Recover rec;
+  rec.st = &st;
+  if (sigsetjmp(rec.jb, 1)) {
+    tl_cur = nullptr;
+    b.failed = true;
+    b.err = "fiber stack overflow (a thread used more than 128 KiB of stack: large local arrays or recursion)";
+    if (rec.culprit) b.err += " [block " + fmt_tid(b.bid) + " thread " + fmt_tid(rec.culprit->tid) + "]";
+    return;
+  }
+  tl_recover = &rec;
+  run_block(L, b, st, rng);
+  tl_recover = nullptr;
+}
+
 inline void worker(Launch* L, const std::vector<unsigned>* order, std::atomic<size_t>* next,
                    unsigned long long* counters) {
   unsigned n = L->block.x * L->block.y * L->block.z;
@@ -1369,6 +1459,7 @@ inline void worker(Launch* L, const std::vector<unsigned>* order, std::atomic<si
     L->abort = true;
     return;
   }
+  AltStack alt;
   Block b;
   b.L = L;
   b.nthreads = n;
@@ -1388,7 +1479,7 @@ inline void worker(Launch* L, const std::vector<unsigned>* order, std::atomic<si
     unsigned id = (*order)[k];
     b.bid = {id % gx, (id / gx) % gy, id / (gx * gy)};
     uint64_t rng = L->seed ^ (0xD1B54A32D192ED03ULL * (id + 1));
-    run_block(L, b, st, rng);
+    guarded_run_block(L, b, st, rng);
     if (b.failed) {
       std::lock_guard<std::mutex> g(L->mu);
       if (L->err.empty()) L->err = b.err;
@@ -1437,6 +1528,7 @@ int launch(void (*k)(A...), void** params, const afsim_launch_cfg* cfg, afsim_re
   if (cfg->grid[1] > 65535 || cfg->grid[2] > 65535) return bad("grid y and z must be <= 65535");
   if (cfg->schedule < 0 || cfg->schedule > 2) return bad("schedule must be 0 (forward), 1 (reverse) or 2 (random)");
   if (cfg->dynamic_smem_bytes > (1ull << 30)) return bad("dynamic_smem_bytes is larger than 1 GiB");
+  install_fault_handler();
   auto args = make_args(k, params, std::index_sequence_for<A...>{});
   Launch L;
   L.grid = dim3(cfg->grid[0], cfg->grid[1], cfg->grid[2]);

@@ -189,6 +189,8 @@ pub(crate) fn build_so(source: &str, name: &str, opts: &BuildOptions) -> Result<
     let mut cmd = Command::new(&cxx);
     cmd.args(&flags)
         .arg("-shared")
+        // never unload: the shim installs a chained SIGSEGV handler for fiber stack guards
+        .arg("-Wl,-z,nodelete")
         .arg("-x")
         .arg("c++")
         .arg("-include")

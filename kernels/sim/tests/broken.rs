@@ -440,3 +440,45 @@ fn compile_errors_carry_the_compiler_log() {
     .unwrap_err();
     assert!(matches!(err, SimError::Compile { .. }), "{err}");
 }
+
+#[test]
+fn fiber_stack_overflow_is_an_error_not_a_crash() {
+    let src = r#"
+__device__ int deep(int n, volatile char* prev) {
+  volatile char buf[2048];
+  buf[0] = (char)n;
+  buf[2047] = prev ? prev[0] : 0;
+  return n == 0 ? buf[0] : deep(n - 1, buf) + buf[2047];
+}
+extern "C" __global__ void overflow(int* out, int depth) {
+  out[threadIdx.x] = deep(depth, nullptr);
+}
+"#;
+    let k = build(src, "overflow");
+    for workers in [1, 2] {
+        let mut out = vec![0i32; 64];
+        let mut args = [SimArg::output(&mut out), SimArg::I32(1000)];
+        let msg = match k.launch(
+            2,
+            32,
+            0,
+            &mut args,
+            &SimConfig::default().with_workers(workers),
+        ) {
+            Err(SimError::Launch { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(msg.contains("stack overflow"), "{msg}");
+        // a shallow call still works afterwards
+        let mut args = [SimArg::output(&mut out), SimArg::I32(3)];
+        k.launch(
+            2,
+            32,
+            0,
+            &mut args,
+            &SimConfig::default().with_workers(workers),
+        )
+        .unwrap();
+        assert_eq!(out[0], 3 + 2, "deep(3) sums the depths 3 and 2");
+    }
+}

@@ -3,7 +3,10 @@
 use attnforge_sim::{SimArg, SimConfig, SimKernel};
 
 fn unique_source(tag: &str) -> String {
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!(
         "// {tag} {nonce}\nextern \"C\" __global__ void add_one(int* x) {{ x[threadIdx.x] += 1; }}\n"
     )
@@ -12,7 +15,8 @@ fn unique_source(tag: &str) -> String {
 fn run(k: &SimKernel) -> Vec<i32> {
     let mut x: Vec<i32> = (0..32).collect();
     let mut args = [SimArg::output(&mut x)];
-    k.launch(1, 32, 0, &mut args, &SimConfig::default()).unwrap();
+    k.launch(1, 32, 0, &mut args, &SimConfig::default())
+        .unwrap();
     x
 }
 
@@ -25,7 +29,11 @@ fn second_build_is_a_cache_hit_and_sources_are_keyed() {
     assert!(b.was_cached());
     assert_eq!(a.so_path(), b.so_path());
     let c = SimKernel::build(&format!("{src}\n"), "add_one").unwrap();
-    assert_ne!(a.so_path(), c.so_path(), "a different source is a different cache entry");
+    assert_ne!(
+        a.so_path(),
+        c.so_path(),
+        "a different source is a different cache entry"
+    );
     assert!(a.so_path().starts_with(attnforge_sim::cache_dir()));
     let want: Vec<i32> = (1..33).collect();
     assert_eq!(run(&a), want);
@@ -36,7 +44,9 @@ fn second_build_is_a_cache_hit_and_sources_are_keyed() {
 fn parallel_builds_of_one_kernel_all_succeed() {
     let src = unique_source("parallel");
     let paths: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| SimKernel::build(&src, "add_one").unwrap())).collect();
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| SimKernel::build(&src, "add_one").unwrap()))
+            .collect();
         hs.into_iter()
             .map(|h| {
                 let k = h.join().unwrap();

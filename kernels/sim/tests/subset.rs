@@ -67,12 +67,16 @@ fn documented_subset_compiles_and_computes() {
             SimArg::I32(64),
             SimArg::I64(1 << 40),
         ];
-        k.launch(1, 64, 0, &mut args, &SimConfig::new(sched)).unwrap();
+        k.launch(1, 64, 0, &mut args, &SimConfig::new(sched))
+            .unwrap();
         for t in 0..64usize {
             let o = &out[t * 16..t * 16 + 16];
             let xt = x[t];
             let near = |got: f32, want: f32, what: &str| {
-                assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "t={t} {what}: {got} vs {want}")
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "t={t} {what}: {got} vs {want}"
+                )
             };
             near(o[0], xt * xt + 4.0 + 1.0 + 0.25, "dot4");
             near(o[1], x[(t + 1) % 64] + 2.0 - 1.0 + 0.5, "float4 load");
@@ -82,8 +86,16 @@ fn documented_subset_compiles_and_computes() {
             near(o[5], (xt.abs() + 1.0).ln() + 2f32.ln(), "log");
             near(o[6], (xt * 0.05).tanh() + 0.5 + 3.0, "tanh/rsqrt/sqrt");
             near(o[7], 1.0, "sincos");
-            near(o[8], xt.max(0.0) + xt.min(0.0) + 8.0 + 0.25, "fmax/fmin/pow/fdivide");
-            near(o[9], (t.max(10) + t.min(10) + t.max(3) + 5) as f32, "min/max");
+            near(
+                o[8],
+                xt.max(0.0) + xt.min(0.0) + 8.0 + 0.25,
+                "fmax/fmin/pow/fdivide",
+            );
+            near(
+                o[9],
+                (t.max(10) + t.min(10) + t.max(3) + 5) as f32,
+                "min/max",
+            );
             near(o[10], 1.0, "INFINITY");
             near(o[11], x[(t + 1) % 64], "struct element");
             let hh = f16::from_f32(f16::from_f32(xt).to_f32() * 2.0).to_f32() + 1.0;

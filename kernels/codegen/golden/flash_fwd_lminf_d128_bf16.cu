@@ -221,10 +221,14 @@ __device__ __forceinline__ int af_tile_lminf(long long p_lo, long long p_hi, lon
 __device__ __forceinline__ float af_rope_freq(int m, int d, float log2_theta) {
     return exp2f(-(float)(2 * m) / (float)d * log2_theta);
 }
-// Rotate the pair (x0, x1) = (x_m, x_{m+D/2}) by angle pos * f.
+// Rotate the pair (x0, x1) = (x_m, x_{m+D/2}) by angle pos * f (pos >= 0). The angle is
+// reduced to [-pi, pi] here (2*pi split in two constants) so that the fast __sinf/__cosf
+// apply: sincosf's slow path for large arguments needs a local-memory stack frame.
 __device__ __forceinline__ void af_rope_pair(float& x0, float& x1, long long pos, float f) {
-    float sn, cs;
-    sincosf((float)pos * f, &sn, &cs);
+    const float a = (float)pos * f;
+    const float k = (float)(long long)(a * 0.15915494309189535f + 0.5f);
+    const float r = (a - k * 6.28125f) - k * 1.9353071795864769e-3f;
+    const float sn = __sinf(r), cs = __cosf(r);
     const float y0 = x0 * cs - x1 * sn;
     const float y1 = x1 * cs + x0 * sn;
     x0 = y0;

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Errors, SpecError};
-use crate::spec::{KernelSpec, Mask};
+use crate::spec::{KernelSpec, Mask, ScoreMod};
 
 /// Target architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,15 +115,18 @@ impl SmemLayout {
     }
 }
 
-/// Registers ptxas needs beyond the accumulator arrays: addresses, loop counters, row
-/// indices, the K/V load loop and the epilogue. Calibrated on ptxas 12.9 (sm_80): the
-/// smallest configs use 40-56 registers with near-empty arrays.
+/// Registers needed beyond the arrays: 64-bit base pointers and strides of q/k/v/o
+/// (2 registers each), block/row/position indices, loop counters and the temporaries of
+/// the load and epilogue loops. An estimate, not a measurement: ptxas under
+/// `__launch_bounds__(threads, 1)` spends whatever the limit allows (a config estimated at
+/// 105 used 145 on sm_80 and 162 on sm_90), so only spills and stack frames are evidence.
 const REG_OVERHEAD: usize = 48;
 
 /// Fraction (in percent) of the per-thread register limit the estimate may reach. The
-/// estimate counts live arrays only; ptxas needs slack for temporaries of the unrolled
-/// FMA chains, and the configs between 80% and 100% were the ones that spilled when
-/// calibrated against ptxas.
+/// estimate counts live arrays only; ptxas needs slack for the temporaries of the unrolled
+/// FMA chains and the per-element mask/score code. With 80% every config of the default
+/// space of the catalog compiled without spills or stack frame on sm_80 and sm_90
+/// (ptxas 12.9; `ATTNFORGE_FULL_SPACE=1 cargo test -p attnforge-codegen --test nvrtc`).
 const REG_BUDGET_PERCENT: usize = 80;
 
 impl TileConfig {
@@ -156,8 +159,9 @@ impl TileConfig {
     }
 
     /// Estimated registers per thread: the per-thread arrays (output accumulators
-    /// `rows * D/32`, scores `rows * block_n/32` (twice for LM-Infinite), running max and
-    /// sum `2 * rows`, the cached K column `block_n/32`) plus [`REG_OVERHEAD`].
+    /// `rows * D/32`, scores `rows * block_n/32` (twice for LM-Infinite and for user score
+    /// functions), running max and sum `2 * rows`, the cached K column `block_n/32`) plus
+    /// [`REG_OVERHEAD`].
     pub fn estimated_registers(&self, spec: &KernelSpec) -> usize {
         let rows = (self.block_m / self.warps.max(1)).max(1);
         let dpl = spec.head_dim.get() / 32;
@@ -167,7 +171,17 @@ impl TileConfig {
         } else {
             1
         };
-        rows * dpl + branches * rows * cpl + 2 * rows + cpl + REG_OVERHEAD
+        // A user score function runs per score element with its own temporaries (64-bit
+        // positions, array loads) live across the unrolled row loop: count the score array
+        // twice. Calibration (ptxas 12.9): the catalog's `headbias` score at 16 rows x 4
+        // columns per lane (estimate 180 without this term) spilled 324 bytes on sm_80,
+        // while built-in softcap at the same shape stayed spill-free (195 registers).
+        let user_score = if matches!(spec.score, ScoreMod::User(_)) {
+            rows * cpl
+        } else {
+            0
+        };
+        rows * dpl + branches * rows * cpl + user_score + 2 * rows + cpl + REG_OVERHEAD
     }
 
     /// Per-thread register limit under `__launch_bounds__(threads, 1)`: the register file

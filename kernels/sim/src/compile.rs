@@ -42,6 +42,10 @@ impl BuildOptions {
             "-fPIC".into(),
             "-pthread".into(),
             "-w".into(),
+            // each .so keeps its own copy of the shim's state (no GNU-unique sharing
+            // between kernels built from different shim versions)
+            "-fvisibility=hidden".into(),
+            "-fno-gnu-unique".into(),
         ];
         f.extend(self.defines.iter().map(|d| format!("-D{d}")));
         f

@@ -430,3 +430,9 @@ impl SimKernel {
         Ok(SimCounters::from_raw(res.counters))
     }
 }
+
+// A built kernel can be shared across test threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<SimKernel>();
+};

@@ -636,3 +636,40 @@ pub fn validate_problem(spec: &KernelSpec, p: &Problem) -> Result<(), Vec<SpecEr
     }
     errs.finish()
 }
+
+/// Validate a doc-id array for the document-style masks: `seq_k` ids (broadcast over the
+/// batch, pass `doc_batch_stride = 0`) or `batch * seq_k` ids (stride `seq_k`); for
+/// `share_question` the question (id 0) must be a prefix of every row.
+pub fn validate_doc_ids(
+    spec: &KernelSpec,
+    doc: &[i32],
+    batch: usize,
+    seq_k: usize,
+) -> Result<(), Vec<SpecError>> {
+    let mut errs = Errors::default();
+    if doc.len() != seq_k && doc.len() != batch * seq_k {
+        errs.push(
+            "doc",
+            format!(
+                "{} doc ids given; seq_k ({seq_k}) or batch * seq_k ({}) expected",
+                doc.len(),
+                batch * seq_k
+            ),
+            "pass one id per key position, once (broadcast) or per batch entry",
+        );
+        return errs.finish();
+    }
+    if matches!(spec.mask, Mask::ShareQuestion) {
+        for (b, row) in doc.chunks(seq_k.max(1)).enumerate() {
+            let prefix = row.iter().take_while(|&&d| d == 0).count();
+            if let Some(j) = row[prefix..].iter().position(|&d| d == 0) {
+                errs.push(
+                    format!("doc[{b}][{}]", prefix + j),
+                    format!("doc id 0 (the question) reappears at position {} after the question prefix of length {prefix}", prefix + j),
+                    "put the question (id 0) first and give the answers ids other than 0",
+                );
+            }
+        }
+    }
+    errs.finish()
+}

@@ -35,7 +35,9 @@ pub mod prelude {
         build_block_lists, classify_tile, validate_block_lists, BlockLists, HostMask, TileKind,
     };
     pub use crate::catalog::catalog;
-    pub use crate::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
+    pub use crate::check::{
+        validate_doc_ids, validate_problem, validate_spec, MaskParams, Problem, SpecError,
+    };
     pub use crate::emit::{emit, emit_with, EmittedKernel, SymbolStyle};
     pub use crate::name::{canonical_name, canonical_name_with_tile};
     pub use crate::spec::{

@@ -221,3 +221,25 @@ fn spec_round_trips_through_serde() {
     )
     .is_err());
 }
+
+#[test]
+fn doc_ids_are_checked() {
+    use attnforge_codegen::check::validate_doc_ids;
+    let sq = KernelSpec::new(
+        DType::F32,
+        HeadDim::D64,
+        Mask::ShareQuestion,
+        ScoreMod::None,
+    );
+    validate_doc_ids(&sq, &[0, 0, 1, 1, 2], 3, 5).unwrap();
+    validate_doc_ids(&sq, &[0, 1, 1, 0, 2, 0, 0, 3, 3, 3], 2, 5)
+        .map(|_| ())
+        .unwrap_err();
+    let e = validate_doc_ids(&sq, &[0, 1, 1, 0, 2, 0, 0, 3, 3, 3], 2, 5).unwrap_err();
+    assert_eq!(paths(&e), ["doc[0][3]"]);
+    let e = validate_doc_ids(&sq, &[0, 0, 1], 2, 5).unwrap_err();
+    assert_eq!(paths(&e), ["doc"]);
+    // plain document masks accept any ids
+    let d = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Document, ScoreMod::None);
+    validate_doc_ids(&d, &[3, 0, 3, 0, 1], 1, 5).unwrap();
+}

@@ -175,7 +175,20 @@ struct WarpGroup {
 };
 struct Warp {
   std::vector<WarpGroup> groups;
+  uint16_t sync = 0;  // completed __syncwarp count (orders memory between its lanes)
 };
+
+/// Access record of a 2-byte granule of shared memory, for the race and poison checks.
+/// Epochs are per-worker barrier intervals, increasing across blocks (no reset needed).
+struct Rec {
+  uint32_t wbar;   // epoch of the last checked write (< block_start: not written in this block)
+  uint16_t wtid;   // its thread
+  uint16_t wsync;  // the writer's warp __syncwarp count at the write
+  uint32_t rbar;   // epoch of the last checked read
+  uint16_t rtid;   // the reader: a thread id, kWarpReader | warp, or kMulti
+  uint16_t rsync;  // the reader warp's __syncwarp count at the last read
+};
+inline constexpr uint16_t kMulti = 0xFFFF, kWarpReader = 0x8000;
 
 struct Launch;
 
@@ -193,7 +206,9 @@ struct Block {
   // shared memory arena
   unsigned char* mem = nullptr;
   unsigned char* poison = nullptr;
-  unsigned char* shadow = nullptr;  // 1 = written since poisoned
+  Rec* recs = nullptr;  // one per 2 bytes of the arena
+  uint32_t epoch = 1;        // current barrier interval (per worker, never reset)
+  uint32_t block_start = 1;  // first epoch of the running block
   size_t cap = 0;
   size_t dyn_bytes = 0;
   size_t static_top = 0;  // static allocations live after the dynamic region
@@ -381,6 +396,13 @@ inline std::string ranges(const std::vector<unsigned>& ids) {
   __builtin_unreachable();
 }
 
+inline std::string describe_reader(uint16_t c) {
+  if (c == kMulti) return "several threads";
+  if (c & kWarpReader) return "warp " + std::to_string(c & 0x7FFF) + " (af_ldmatrix or several lanes)";
+  return "thread " + std::to_string(c);
+}
+[[noreturn]] inline void race(const std::string& msg) { fail(msg); }
+
 inline uint64_t splitmix(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ULL);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -410,16 +432,74 @@ inline void fill16(unsigned char* p, size_t bytes, uint16_t v) {
   if (bytes & 1) p[bytes - 1] = 0xCD;
 }
 
-/// Still-poisoned test: every byte unwritten and equal to the poison image.
+inline size_t off_of(Block* b, const void* p) { return size_t(static_cast<const unsigned char*>(p) - b->mem); }
+
+/// Still-poisoned test: every byte equal to the poison image and never written (through a
+/// checked access or a completed cp.async) in this block.
 inline bool is_poisoned(Block* b, const void* p, size_t n) {
-  size_t off = static_cast<const unsigned char*>(p) - b->mem;
+  size_t off = off_of(b, p);
   if (memcmp(b->mem + off, b->poison + off, n) != 0) return false;
-  for (size_t i = 0; i < n; i++)
-    if (b->shadow[off + i]) return false;
+  for (size_t g = off >> 1; g <= (off + n - 1) >> 1; g++)
+    if (b->recs[g].wbar >= b->block_start) return false;
   return true;
 }
-inline void mark_written(Block* b, const void* p, size_t n) {
-  memset(b->shadow + (static_cast<const unsigned char*>(p) - b->mem), 1, n);
+inline void mark_unwritten(Block* b, const void* p, size_t n) {
+  size_t off = off_of(b, p);
+  for (size_t g = off >> 1; g <= (off + n - 1) >> 1; g++) b->recs[g].wbar = 0;
+}
+inline unsigned warp_of_code(uint16_t c) { return (c & kWarpReader) ? unsigned(c & 0x7FFFu) : unsigned(c) >> 5; }
+
+/// Checked read of `n` bytes at `p` by thread `t` (as the whole warp for ldmatrix):
+/// a value written by another thread since the last __syncthreads (and, for a thread of
+/// the same warp, since the last __syncwarp) is a race.
+inline void on_read(Block* b, const void* p, size_t n, unsigned t, bool warp_reader, const char* what, long long idx) {
+  size_t off = off_of(b, p);
+  unsigned w = t >> 5;
+  uint16_t sync = b->warps[w].sync;
+  uint16_t code = warp_reader ? uint16_t(kWarpReader | w) : uint16_t(t);
+  for (size_t g = off >> 1; g <= (off + n - 1) >> 1; g++) {
+    Rec& r = b->recs[g];
+    if (r.wbar == b->epoch && r.wtid != t && !((r.wtid >> 5) == w && r.wsync != sync)) {
+      bool same_warp = (r.wtid >> 5) == w;
+      race("race: thread " + std::to_string(t) + " reads " + what +
+           (idx >= 0 ? "[" + std::to_string(idx) + "]" : std::string()) + " written by thread " +
+           std::to_string(r.wtid) + " since the last __syncthreads" +
+           (same_warp ? " and __syncwarp (missing __syncwarp or __syncthreads)" : " (missing __syncthreads)"));
+    }
+    if (r.rbar != b->epoch) {
+      r.rbar = b->epoch;
+      r.rtid = code;
+    } else if (r.rtid != code) {
+      r.rtid = (r.rtid != kMulti && warp_of_code(r.rtid) == w) ? uint16_t(kWarpReader | w) : kMulti;
+    }
+    r.rsync = sync;
+  }
+}
+
+/// Checked write: overwriting a value another thread read since the last __syncthreads
+/// (or, within a warp, since the last __syncwarp) is a race. `check` = false for the
+/// completion of a cp.async (checked at issue).
+inline void on_write(Block* b, const void* p, size_t n, unsigned t, bool check, const char* what, long long idx) {
+  size_t off = off_of(b, p);
+  unsigned w = t >> 5;
+  uint16_t sync = b->warps[w].sync;
+  for (size_t g = off >> 1; g <= (off + n - 1) >> 1; g++) {
+    Rec& r = b->recs[g];
+    if (check && r.rbar == b->epoch && r.rtid != t &&
+        !(r.rtid != kMulti && warp_of_code(r.rtid) == w && r.rsync != sync)) {
+      race("race: thread " + std::to_string(t) + " overwrites " + what +
+           (idx >= 0 ? "[" + std::to_string(idx) + "]" : std::string()) + " read by " + describe_reader(r.rtid) +
+           " since the last __syncthreads" +
+           (r.rtid != kMulti && warp_of_code(r.rtid) == w ? " and __syncwarp (missing __syncwarp or __syncthreads)"
+                                                           : " (missing __syncthreads)"));
+    }
+    r.wbar = b->epoch;
+    r.wtid = uint16_t(t);
+    r.wsync = sync;
+  }
+}
+inline void mark_written(Block* b, const void* p, size_t n, unsigned t) {
+  on_write(b, p, n, t, false, "", -1);
 }
 inline bool in_arena(Block* b, const void* p, size_t n) {
   auto a = reinterpret_cast<uintptr_t>(p), lo = reinterpret_cast<uintptr_t>(b->mem);
@@ -465,7 +545,7 @@ struct shared_array {
   }
 };
 
-/// Element reference: reads check for poison, writes mark the shadow.
+/// Element reference: reads check for poison and races, writes record the writer.
 template <class T>
 struct sref {
   T* p;
@@ -474,11 +554,12 @@ struct sref {
     if (is_poisoned(a->b, p, sizeof(T)))
       fail(std::string("read of uninitialised shared memory ") + a->name + "[" + std::to_string(p - a->p) +
            "] (never written in this block, or a cp.async into it not yet waited for)");
+    on_read(a->b, p, sizeof(T), tl_cur->linear, false, a->name, p - a->p);
     return *p;
   }
   void put(T v) const {
+    on_write(a->b, p, sizeof(T), tl_cur->linear, true, a->name, p - a->p);
     *p = v;
-    mark_written(a->b, p, sizeof(T));
   }
   operator T() const { return get(); }
   /// half/bf16 elements also read as float, like `float x = s_half[i];` on CUDA.
@@ -561,7 +642,7 @@ inline unsigned char* alloc_static(const void* key, size_t bytes, size_t align, 
   b->sites.push_back({key, off, bytes});
   fill(b->poison + off, bytes);
   memcpy(b->mem + off, b->poison + off, bytes);
-  memset(b->shadow + off, 0, bytes);
+  mark_unwritten(b, b->mem + off, bytes);
   return b->mem + off;
 }
 
@@ -615,6 +696,7 @@ inline void syncthreads(std::source_location loc) {
              fmt_site(b->bar_site) + ", threads " + ranges(other) + " at " + fmt_site(g.site));
       }
     b->at_barrier = 0;
+    b->epoch++;
     for (auto& g : b->fibers) g.st = St::Ready;
   }
   // every scheduling point yields, so threads pass a barrier in schedule order
@@ -914,7 +996,7 @@ inline void complete_warp(Block* b, unsigned w, const WarpGroup& W) {
         if (in_mask(l)) lanes[l].outv[0] = r;
       break;
     }
-    case WarpOp::Sync: break;
+    case WarpOp::Sync: b->warps[w].sync++; break;
     case WarpOp::Mma16:
     case WarpOp::MmaBf16: {
       // PTX ISA, mma.m16n8k16 .row.col, f16/bf16 inputs, f32 accumulators.
@@ -978,6 +1060,12 @@ inline void complete_warp(Block* b, unsigned w, const WarpGroup& W) {
               fail(std::string(warp_op_name(W.op)) +
                    " reads uninitialised shared memory (never written, or a cp.async not yet waited for)");
             }
+          {
+            Fiber* saved = tl_cur;
+            tl_cur = &src;
+            on_read(b, p, 16, src.linear, true, "shared memory row of af_ldmatrix", -1);
+            tl_cur = saved;
+          }
           memcpy(M[q][r], p, 16);
         }
       for (unsigned l = 0; l < 32; l++) {
@@ -1103,8 +1191,9 @@ inline void af_cp_async_16(void* smem_dst, const void* gmem_src) {
   memcpy(c.data, gmem_src, 16);
   c.group = -1;
   size_t off = c.dst - b->mem;
+  afsim::on_write(b, c.dst, 16, f->linear, true, "the af_cp_async_16 destination", -1);
   memcpy(b->mem + off, b->poison + off, 16);
-  memset(b->shadow + off, 0, 16);
+  afsim::mark_unwritten(b, c.dst, 16);
   f->cp.push_back(c);
 }
 /// cp.async.commit_group: closes the current group of this thread's copies.
@@ -1130,7 +1219,7 @@ inline void af_cp_async_wait() {
     auto& c = f->cp[i];
     if (c.group >= 0 && c.group < limit) {
       memcpy(c.dst, c.data, 16);
-      afsim::mark_written(b, c.dst, 16);
+      afsim::mark_written(b, c.dst, 16, f->linear);
     } else {
       f->cp[k++] = c;
     }
@@ -1326,7 +1415,8 @@ inline void run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
   // poison the dynamic region with 0xCD until a declaration gives it a type
   memset(b.poison, 0xCD, b.dyn_bytes);
   memcpy(b.mem, b.poison, b.dyn_bytes);
-  memset(b.shadow, 0, b.dyn_bytes);
+  b.epoch++;
+  b.block_start = b.epoch;
   for (auto& w : b.warps) w.groups.clear();
   for (unsigned i = 0; i < n; i++) {
     Fiber& f = b.fibers[i];
@@ -1467,10 +1557,11 @@ inline void worker(Launch* L, const std::vector<unsigned>* order, std::atomic<si
   b.warps.resize((n + 31) / 32);
   b.dyn_bytes = L->dyn_bytes;
   b.cap = ((L->dyn_bytes + 15) & ~size_t(15)) + kSharedCap;
-  std::vector<unsigned char> mem(b.cap + 64), poison(b.cap), shadow(b.cap);
+  std::vector<unsigned char> mem(b.cap + 64), poison(b.cap);
+  std::vector<Rec> recs(b.cap / 2 + 1, Rec{0, 0, 0, 0, 0, 0});
   b.mem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(mem.data()) + 63) & ~uintptr_t(63));
   b.poison = poison.data();
-  b.shadow = shadow.data();
+  b.recs = recs.data();
   b.counters = counters;
   unsigned gx = L->grid.x, gy = L->grid.y;
   while (!L->abort.load(std::memory_order_relaxed)) {

@@ -653,6 +653,19 @@ shared_array<T> static_shared(const void* key, long long count, const char* name
   return {reinterpret_cast<T*>(p), size_t(count), name, tl_blk};
 }
 
+template <class T, class U>
+shared_array<T> shared_view(const shared_array<U>& base, long long offset, long long count, const char* name) {
+  if (offset < 0 || count < 0 ||
+      (unsigned long long)offset * sizeof(U) + (unsigned long long)count * sizeof(T) > base.n * sizeof(U))
+    fail(std::string("AF_SHARED_VIEW ") + name + ": " + std::to_string(count) + " elements of " +
+         std::to_string(sizeof(T)) + " bytes at element " + std::to_string(offset) + " of " + base.name + "[" +
+         std::to_string(base.n) + "] do not fit (is the dynamic shared memory size large enough?)");
+  auto* p = reinterpret_cast<unsigned char*>(base.p) + size_t(offset) * sizeof(U);
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T))
+    fail(std::string("AF_SHARED_VIEW ") + name + " is not aligned to " + std::to_string(alignof(T)) + " bytes");
+  return {reinterpret_cast<T*>(p), size_t(count), name, base.b};
+}
+
 template <class T>
 shared_array<T> dynamic_shared(const char* name) {
   Block* b = tl_blk;
@@ -1238,6 +1251,11 @@ inline void af_cp_async_wait_all() {
 #define AF_SHARED(type, name, count)   \
   static const char afsim_site_##name = 0; \
   const ::afsim::shared_array<type> name = ::afsim::static_shared<type>(&afsim_site_##name, (count), #name)
+/// Carves a typed, checked view out of a shared array (typically the dynamic region):
+/// `count` elements of `type` starting at element `offset` of `base` (in base's elements).
+/// On CUDA: `type* name = reinterpret_cast<type*>(&(base)[offset])`.
+#define AF_SHARED_VIEW(type, name, base, offset, count) \
+  const ::afsim::shared_array<type> name = ::afsim::shared_view<type>((base), (offset), (count), #name)
 #define AF_DYNAMIC_SHARED(type, name) \
   const ::afsim::shared_array<type> name = ::afsim::dynamic_shared<type>(#name)
 

@@ -482,3 +482,43 @@ extern "C" __global__ void overflow(int* out, int depth) {
         assert_eq!(out[0], 3 + 2, "deep(3) sums the depths 3 and 2");
     }
 }
+
+#[test]
+fn views_of_dynamic_shared_memory_keep_the_checks() {
+    let src = r#"
+extern "C" __global__ void views(const float* x, float* out, int read_at, int view_len) {
+  AF_DYNAMIC_SHARED(float, smem);
+  AF_SHARED_VIEW(float, sA, smem, 0, 64);
+  AF_SHARED_VIEW(float, sB, smem, 64, view_len);
+  int t = threadIdx.x;
+  sA[t] = x[t];
+  sB[t] = 2.0f * x[t];
+  __syncthreads();
+  out[t] = sA[t] + sB[read_at + t];
+}
+"#;
+    let k = build(src, "views");
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let run = |read_at: i32, view_len: i32, smem: usize| {
+        let mut out = vec![0f32; 64];
+        let mut args = [
+            SimArg::input(&x),
+            SimArg::output(&mut out),
+            SimArg::I32(read_at),
+            SimArg::I32(view_len),
+        ];
+        k.launch(1, 64, smem, &mut args, &SimConfig::default())
+            .map(|_| out)
+    };
+    let out = run(0, 64, 128 * 4).unwrap();
+    assert_eq!(out, x.iter().map(|v| 3.0 * v).collect::<Vec<_>>());
+    let msg = run(1, 64, 128 * 4).unwrap_err().to_string();
+    assert!(msg.contains("index 64 out of bounds for sB[64]"), "{msg}");
+    let msg = run(0, 65, 128 * 4).unwrap_err().to_string();
+    assert!(
+        msg.contains("AF_SHARED_VIEW sB") && msg.contains("do not fit"),
+        "{msg}"
+    );
+    let msg = run(0, 64, 100 * 4).unwrap_err().to_string();
+    assert!(msg.contains("do not fit"), "{msg}");
+}

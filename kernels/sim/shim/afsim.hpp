@@ -1474,9 +1474,12 @@ struct Recover {
   sigjmp_buf jb;
   const Stacks* st = nullptr;
   Fiber* culprit = nullptr;
+  void* addr = nullptr;
+  int sig = 0;
+  bool guard = false;
 };
 inline thread_local Recover* tl_recover = nullptr;
-inline struct sigaction g_old_segv, g_old_bus;
+inline struct sigaction g_old_segv, g_old_bus, g_old_fpe;
 
 inline void on_fault(int sig, siginfo_t* si, void* uc) {
   Recover* r = tl_recover;
@@ -1484,14 +1487,20 @@ inline void on_fault(int sig, siginfo_t* si, void* uc) {
     auto a = static_cast<unsigned char*>(si->si_addr);
     const Stacks* st = r->st;
     size_t page = st->stride - kStack;
-    if (a >= st->base && a < st->base + st->stride * st->n && size_t(a - st->base) % st->stride < page) {
+    bool guard = sig != SIGFPE && a >= st->base && a < st->base + st->stride * st->n &&
+                 size_t(a - st->base) % st->stride < page;
+    // a guard-page hit, or any fault while a kernel thread runs: the fiber is abandoned
+    if (guard || tl_cur) {
       r->culprit = tl_cur;
+      r->addr = si->si_addr;
+      r->sig = sig;
+      r->guard = guard;
       tl_recover = nullptr;
       siglongjmp(r->jb, 1);
     }
   }
   // not ours: hand over to the previous handler (Rust's stack-overflow handler, ...)
-  struct sigaction* old = sig == SIGSEGV ? &g_old_segv : &g_old_bus;
+  struct sigaction* old = sig == SIGSEGV ? &g_old_segv : sig == SIGBUS ? &g_old_bus : &g_old_fpe;
   if (old->sa_flags & SA_SIGINFO) {
     if (old->sa_sigaction) return old->sa_sigaction(sig, si, uc);
   } else if (old->sa_handler == SIG_IGN) {
@@ -1512,6 +1521,7 @@ inline void install_fault_handler() {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &g_old_segv);
     sigaction(SIGBUS, &sa, &g_old_bus);
+    sigaction(SIGFPE, &sa, &g_old_fpe);
   });
 }
 
@@ -1548,7 +1558,16 @@ inline void guarded_run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
   if (sigsetjmp(rec.jb, 1)) {
     tl_cur = nullptr;
     b.failed = true;
-    b.err = "fiber stack overflow (a thread used more than 128 KiB of stack: large local arrays or recursion)";
+    char buf[160];
+    if (rec.guard)
+      b.err = "fiber stack overflow (a thread used more than 128 KiB of stack: large local arrays or recursion)";
+    else if (rec.sig == SIGFPE)
+      b.err = "arithmetic exception (SIGFPE: integer division by zero or overflow) in kernel code";
+    else {
+      snprintf(buf, sizeof buf, "invalid memory access at %p (%s) in kernel code: a global pointer or index out of range?",
+               rec.addr, rec.sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
+      b.err = buf;
+    }
     if (rec.culprit) b.err += " [block " + fmt_tid(b.bid) + " thread " + fmt_tid(rec.culprit->tid) + "]";
     return;
   }

@@ -522,3 +522,41 @@ extern "C" __global__ void views(const float* x, float* out, int read_at, int vi
     let msg = run(0, 64, 100 * 4).unwrap_err().to_string();
     assert!(msg.contains("do not fit"), "{msg}");
 }
+
+#[test]
+fn faults_in_kernel_code_are_errors_not_crashes() {
+    let src = r#"
+extern "C" __global__ void faulty(int* out, int mode, int zero) {
+  int t = threadIdx.x;
+  if (mode == 1 && t == 5) out[t] = 100 / zero;                      // SIGFPE
+  else if (mode == 2 && t == 7) out[t] = *(volatile int*)(16 + zero); // null-page read
+  else out[t] = t;
+}
+"#;
+    let k = build(src, "faulty");
+    for (mode, want, thread) in [
+        (1, "SIGFPE", "thread (5,0,0)"),
+        (2, "invalid memory access at 0x10", "thread (7,0,0)"),
+    ] {
+        for workers in [1, 2] {
+            let mut out = vec![0i32; 32];
+            let mut args = [SimArg::output(&mut out), SimArg::I32(mode), SimArg::I32(0)];
+            let msg = match k.launch(
+                2,
+                32,
+                0,
+                &mut args,
+                &SimConfig::default().with_workers(workers),
+            ) {
+                Err(SimError::Launch { message, .. }) => message,
+                other => panic!("{other:?}"),
+            };
+            assert!(msg.contains(want) && msg.contains(thread), "{msg}");
+        }
+    }
+    let mut out = vec![0i32; 32];
+    let mut args = [SimArg::output(&mut out), SimArg::I32(0), SimArg::I32(0)];
+    k.launch(1, 32, 0, &mut args, &SimConfig::default())
+        .unwrap();
+    assert_eq!(out, (0..32).collect::<Vec<_>>());
+}

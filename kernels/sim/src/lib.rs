@@ -6,8 +6,14 @@
 //! runs on one OS worker, blocks run in parallel. Barriers, warp collectives, shared
 //! memory (poisoned, bounds-checked), atomics, `mma.sync` / `ldmatrix` / `cp.async`
 //! emulations and work counters are provided by the shim. Errors inside the kernel
-//! (deadlock, divergent barrier, out-of-bounds or uninitialised shared memory, a missing
-//! `cp.async` wait) become [`SimError::Launch`], never a hang.
+//! (deadlock, divergent barrier, out-of-bounds or uninitialised shared memory, a
+//! shared-memory race between barriers, a missing `cp.async` wait, a fault such as a wild
+//! pointer) become [`SimError::Launch`], never a hang or a crash of the host process.
+//!
+//! Shared memory is declared with `AF_SHARED(type, name, count)`,
+//! `AF_DYNAMIC_SHARED(type, name)` and (an addition proposed to the conventions)
+//! `AF_SHARED_VIEW(type, name, base, offset, count)`; indexing these accessors is
+//! bounds-checked, poison-checked and race-checked, raw pointers taken from them are not.
 //!
 //! ```no_run
 //! use attnforge_sim::{Schedule, SimArg, SimConfig, SimKernel};

@@ -66,3 +66,41 @@ fn parallel_builds_of_one_kernel_all_succeed() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn other_optimisation_levels_build_and_run() {
+    let src = r#"
+extern "C" __global__ void opt_levels(const float* x, float* out) {
+  AF_SHARED(float, s, 64);
+  int t = threadIdx.x;
+  s[t] = x[t];
+  __syncthreads();
+  float v = s[63 - t];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  out[t] = v;
+}
+"#;
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    for opt_level in [0u8, 2] {
+        let opts = attnforge_sim::BuildOptions {
+            opt_level,
+            ..Default::default()
+        };
+        let k = SimKernel::build_with(src, "opt_levels", &opts).unwrap();
+        let mut out = vec![0f32; 64];
+        let mut args = [SimArg::input(&x), SimArg::output(&mut out)];
+        k.launch(
+            1,
+            64,
+            0,
+            &mut args,
+            &SimConfig::new(attnforge_sim::Schedule::Random(1)),
+        )
+        .unwrap();
+        // warp 0 reads s[63..32], warp 1 s[31..0]
+        let w0: f32 = (32..64).map(|i| i as f32).sum();
+        let w1: f32 = (0..32).map(|i| i as f32).sum();
+        let want: Vec<f32> = (0..64).map(|t| if t < 32 { w0 } else { w1 }).collect();
+        assert_eq!(out, want, "-O{opt_level}");
+    }
+}

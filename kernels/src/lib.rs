@@ -21,6 +21,8 @@
 //! # Ok::<(), attnforge_kernels::BuildError>(())
 //! ```
 
+pub mod exec;
+mod exec_cuda;
 mod launch;
 mod nvrtc;
 mod ptxas;
@@ -28,6 +30,10 @@ mod report;
 mod sass;
 mod toolchain;
 
+/// The code generator (specs, validation, emission), re-exported.
+pub use attnforge_codegen as codegen;
+/// The CPU SIMT simulator, re-exported.
+pub use attnforge_sim as sim;
 pub use launch::{
     check_args, device_ptr, gpu_available, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
     LaunchConfig, LaunchError, DEFAULT_MAX_DYNAMIC_SMEM,

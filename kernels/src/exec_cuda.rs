@@ -1,0 +1,130 @@
+//! The GPU backend of [`crate::exec`]: compile with NVRTC for the device's architecture,
+//! copy the inputs, launch through the checked [`GpuKernel::launch`], copy the outputs back.
+
+use attnforge_codegen::args::{kernel_args, ArgKind as CgArgKind, LaunchGeometry};
+use attnforge_codegen::emit::emit;
+use attnforge_codegen::spec::KernelSpec;
+use attnforge_codegen::tile::{Arch as CgArch, TileConfig};
+use attnforge_reference::{AttnOutput, Element, Shape4};
+use cudarc::driver::CudaSlice;
+
+use crate::exec::host::HostArg;
+use crate::exec::{Dims, ExecError, Inputs};
+use crate::{
+    compile, device_ptr, Arch, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue, LaunchConfig,
+};
+
+fn cuda_err(e: impl std::fmt::Display) -> ExecError {
+    ExecError::Cuda(e.to_string())
+}
+
+fn bytes_of<T: Copy>(data: &[T]) -> &[u8] {
+    // SAFETY: T is a plain numeric type (f32, f16, bf16, i32); reading its bytes is sound.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+/// Map codegen's argument kinds onto the launcher's.
+pub(crate) fn signature(spec: &KernelSpec) -> Vec<ArgDecl> {
+    kernel_args(spec)
+        .into_iter()
+        .map(|a| {
+            let kind = match a.kind {
+                CgArgKind::Ptr { .. } => ArgKind::DevPtr,
+                CgArgKind::Scalar(attnforge_codegen::args::Scalar::I32) => ArgKind::I32,
+                CgArgKind::Scalar(attnforge_codegen::args::Scalar::I64) => ArgKind::I64,
+                CgArgKind::Scalar(attnforge_codegen::args::Scalar::F32) => ArgKind::F32,
+            };
+            ArgDecl::new(a.name, kind)
+        })
+        .collect()
+}
+
+pub(crate) fn run<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    args: &[HostArg],
+    d: Dims,
+    ordinal: usize,
+) -> Result<AttnOutput, ExecError> {
+    let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
+    let (major, minor) = gpu.compute_capability();
+    let (arch, cg_arch) = if major >= 9 {
+        (Arch::Sm90, CgArch::Sm90)
+    } else {
+        (Arch::Sm80, CgArch::Sm80)
+    };
+    let _ = minor;
+    let k = emit(spec, tile, cg_arch).map_err(ExecError::Spec)?;
+    let compiled = compile(&k.source, &k.name, arch).map_err(cuda_err)?;
+    let kernel = GpuKernel::load(&gpu, &compiled, signature(spec)).map_err(cuda_err)?;
+    let stream = gpu.stream().clone();
+    let up = |b: &[u8]| -> Result<CudaSlice<u8>, ExecError> {
+        // Never allocate zero bytes: keep a valid (unused) address for empty arrays.
+        let mut v = b.to_vec();
+        if v.is_empty() {
+            v.push(0);
+        }
+        stream.clone_htod(&v).map_err(cuda_err)
+    };
+    let out_elems = d.batch * d.heads_q * d.seq_q * d.dim;
+    let rows = d.batch * d.heads_q * d.seq_q;
+    let q = up(bytes_of(&x.q.data))?;
+    let kk = up(bytes_of(&x.k.data))?;
+    let v = up(bytes_of(&x.v.data))?;
+    let o = up(&vec![0u8; out_elems * std::mem::size_of::<T>()])?;
+    let lse = up(&vec![0u8; rows * 4])?;
+    let mut keep: Vec<CudaSlice<u8>> = Vec::new();
+    let mut values = Vec::with_capacity(args.len());
+    for a in args {
+        values.push(match a {
+            HostArg::Q => KernelArgValue::DevPtr(device_ptr(&gpu, &q)),
+            HostArg::K => KernelArgValue::DevPtr(device_ptr(&gpu, &kk)),
+            HostArg::V => KernelArgValue::DevPtr(device_ptr(&gpu, &v)),
+            HostArg::O => KernelArgValue::DevPtr(device_ptr(&gpu, &o)),
+            HostArg::Lse => KernelArgValue::DevPtr(device_ptr(&gpu, &lse)),
+            HostArg::Ints(a) => {
+                let s = up(bytes_of(a))?;
+                let p = device_ptr(&gpu, &s);
+                keep.push(s);
+                KernelArgValue::DevPtr(p)
+            }
+            HostArg::Floats(a) => {
+                let s = up(bytes_of(a))?;
+                let p = device_ptr(&gpu, &s);
+                keep.push(s);
+                KernelArgValue::DevPtr(p)
+            }
+            HostArg::I32(v) => KernelArgValue::I32(*v),
+            HostArg::I64(v) => KernelArgValue::I64(*v),
+            HostArg::F32(v) => KernelArgValue::F32(*v),
+        });
+    }
+    let geo = LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
+    let cfg = LaunchConfig {
+        grid: geo.grid,
+        block: geo.block,
+        dynamic_smem_bytes: geo.dynamic_smem_bytes,
+    };
+    kernel.launch(&cfg, &values).map_err(cuda_err)?;
+    gpu.synchronize().map_err(cuda_err)?;
+    let o_bytes = stream.clone_dtoh(&o).map_err(cuda_err)?;
+    let lse_bytes = stream.clone_dtoh(&lse).map_err(cuda_err)?;
+    drop(keep);
+    let o_vals: Vec<T> = o_bytes
+        .chunks_exact(std::mem::size_of::<T>())
+        .take(out_elems)
+        // SAFETY: the chunk holds exactly one T written by the kernel.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
+        .collect();
+    let lse_vals: Vec<f32> = lse_bytes
+        .chunks_exact(4)
+        .take(rows)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(AttnOutput::from_kernel(
+        Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim),
+        &o_vals,
+        &lse_vals,
+    )?)
+}

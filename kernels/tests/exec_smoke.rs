@@ -1,0 +1,30 @@
+//! Smoke test of the exec layer: a few catalog kernels on the simulator vs the reference.
+use attnforge_kernels::codegen::prelude::*;
+use attnforge_kernels::exec::{check, Backend, Inputs, RunParams};
+use attnforge_reference::{Shape4, Tensor4};
+
+fn t(b: usize, h: usize, s: usize, d: usize, seed: u64) -> Tensor4<f32> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    Tensor4::from_fn(Shape4::new(b, h, s, d), |_, _, _, _| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+    })
+}
+
+#[test]
+fn causal_and_local_f32() {
+    for (mask, mp) in [
+        (Mask::Causal, None),
+        (Mask::Local, Some(MaskParams::Local { left: 5, right: 2 })),
+    ] {
+        let spec = KernelSpec::new(DType::F32, HeadDim::D64, mask, ScoreMod::None);
+        let tile = default_tile(&spec, Arch::Sm80).unwrap();
+        let x = Inputs::new(t(1, 2, 37, 64, 1), t(1, 2, 45, 64, 2), t(1, 2, 45, 64, 3));
+        let mut p = RunParams::default();
+        p.mask = mp;
+        let r = check(&spec, &tile, &x, &p, &Backend::sim()).unwrap();
+        assert!(r.close.out.max_err < 1e-4, "{r:?}");
+    }
+}

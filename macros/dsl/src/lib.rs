@@ -55,6 +55,7 @@
 
 mod check;
 mod emit;
+pub mod eval;
 mod lower;
 mod parse;
 

@@ -1,0 +1,697 @@
+//! Host evaluation of a mask or score function given as source text.
+//!
+//! A spec file (TOML) carries its user functions as Rust text, which cannot be compiled into
+//! the host program. [`compile_eval`] checks the text exactly as [`crate::parse_mask_fn`] /
+//! [`crate::parse_score_fn`] do and turns the typed AST into a small tree that is evaluated
+//! with Rust's release-mode semantics (wrapping integer arithmetic, truncating division,
+//! masked shift amounts, saturating float-to-integer casts, `f32` math). The f64 reference
+//! then calls the *same* function the kernel was generated from.
+//!
+//! ```
+//! use attnforge_dsl::eval::{compile_eval, Value};
+//! use attnforge_dsl::FnKind;
+//! let f = compile_eval("fn band(q: i64, kv: i64, w: i64) -> bool { (q - kv).abs() <= w }", FnKind::Mask).unwrap();
+//! assert!(f.mask(0, 0, 5, 3, &[Value::Int(2)]).unwrap());
+//! assert!(!f.mask(0, 0, 5, 2, &[Value::Int(2)]).unwrap());
+//! ```
+
+use crate::check::{Binding, Typed};
+use crate::parse::{BinOp, Block, Const, Expr, ExprKind, Func, Lit, Role, Stmt, Ty, UnOp};
+use crate::{FnKind, ParamKind, SourceError, UserFnDef};
+
+/// A runtime value of a user parameter (scalars of every integer kind travel as `i64`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Any integer or bool scalar (`bool`: 0 or 1).
+    Int(i64),
+    /// `f32` scalar.
+    Float(f32),
+    /// `&[u32]` / `&[i32]` array (u32 elements reinterpreted from `i32` bits).
+    Ints(Vec<i32>),
+    /// `&[f32]` array.
+    Floats(Vec<f32>),
+}
+
+/// An evaluation error (a Rust panic of the same function: out-of-bounds index, division
+/// by zero, a missing or mistyped parameter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvalError(pub String);
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+/// A scalar during evaluation: integers are kept as the bit pattern of their type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum V {
+    I(i128),
+    F(f32),
+    B(bool),
+}
+
+#[derive(Clone, Debug)]
+enum N {
+    Lit(V),
+    Index(usize),
+    Param(usize, ParamKind),
+    Local(usize),
+    Un(UnOp, Ty, Box<N>),
+    Bin(BinOp, Ty, Box<N>, Box<N>),
+    Cast(Ty, Ty, Box<N>),
+    If(Box<N>, Box<Blk>, Option<Box<N>>),
+    Block(Box<Blk>),
+    Elem(usize, Ty, Box<N>),
+    Call(Func, Ty, Vec<N>),
+    Return(Box<N>),
+}
+
+#[derive(Clone, Debug)]
+struct Blk {
+    lets: Vec<(Option<usize>, N)>,
+    tail: Option<N>,
+}
+
+/// A checked user function ready to be evaluated on the host (`Send + Sync`, cheap to clone).
+#[derive(Clone, Debug)]
+pub struct EvalFn {
+    kind: FnKind,
+    /// Role and declared type of every index parameter, in order.
+    index: Vec<(Role, Ty)>,
+    params: Vec<ParamKind>,
+    n_locals: usize,
+    body: Blk,
+}
+
+/// Parse, check and prepare `src` for host evaluation. Errors are the translator's own
+/// (the same list [`crate::parse_mask_fn`] would give).
+pub fn compile_eval(src: &str, kind: FnKind) -> Result<EvalFn, Vec<SourceError>> {
+    let item: syn::ItemFn = syn::parse_str(src).map_err(|e| crate::to_source_errors(&e))?;
+    let mut errors = crate::Errors::default();
+    let ast = crate::parse::parse_fn(&item, kind, &mut errors);
+    if !ast.sig_complete {
+        return Err(conv(errors));
+    }
+    let typed = crate::check::check(&ast, &mut errors);
+    if !errors.is_empty() {
+        return Err(conv(errors));
+    }
+    let mut b = Builder {
+        typed: &typed,
+        params: ast.params.iter().map(|p| p.kind).collect(),
+        locals: Vec::new(),
+    };
+    let body = b.block(&ast.body);
+    Ok(EvalFn {
+        kind,
+        index: ast.index.iter().map(|p| (p.role, p.ty)).collect(),
+        params: ast.params.iter().map(|p| p.kind).collect(),
+        n_locals: b.locals.len(),
+        body,
+    })
+}
+
+/// Both halves at once: the CUDA translation and the host evaluator of the same text.
+pub fn translate_and_compile(
+    src: &str,
+    kind: FnKind,
+) -> Result<(UserFnDef, EvalFn), Vec<SourceError>> {
+    let def = crate::parse_src(src, kind)?;
+    Ok((def, compile_eval(src, kind)?))
+}
+
+fn conv(e: crate::Errors) -> Vec<SourceError> {
+    e.into_vec()
+        .iter()
+        .flat_map(crate::to_source_errors)
+        .collect()
+}
+
+struct Builder<'a> {
+    typed: &'a Typed,
+    params: Vec<ParamKind>,
+    locals: Vec<usize>,
+}
+
+impl Builder<'_> {
+    fn block(&mut self, b: &Block) -> Blk {
+        let mut lets = Vec::new();
+        for s in &b.stmts {
+            match s {
+                Stmt::Let { id, init, .. } => {
+                    let e = self.expr(init);
+                    self.locals.push(*id);
+                    lets.push((Some(self.locals.len() - 1), e));
+                }
+                Stmt::Expr(e) => lets.push((None, self.expr(e))),
+            }
+        }
+        let tail = b.tail.as_ref().map(|e| self.expr(e));
+        Blk { lets, tail }
+    }
+
+    fn ty(&self, e: &Expr) -> Ty {
+        self.typed.ty(e.id)
+    }
+
+    fn expr(&mut self, e: &Expr) -> N {
+        let t = self.ty(e);
+        match &e.kind {
+            ExprKind::Lit(Lit::Bool(b)) => N::Lit(V::B(*b)),
+            ExprKind::Lit(Lit::Float(f)) => N::Lit(V::F(*f)),
+            ExprKind::Lit(Lit::Int(v, _)) => {
+                if t == Ty::F32 {
+                    N::Lit(V::F(*v as f32))
+                } else {
+                    N::Lit(V::I(wrap(t, *v as i128)))
+                }
+            }
+            ExprKind::Var(_) => match self.typed.vars.get(&e.id) {
+                Some(Binding::Index(i)) => N::Index(*i),
+                Some(Binding::Param(i)) => N::Param(*i, self.params[*i]),
+                Some(Binding::Let(id)) => {
+                    let slot = self
+                        .locals
+                        .iter()
+                        .rposition(|l| l == id)
+                        .expect("checked binding");
+                    N::Local(slot)
+                }
+                _ => N::Lit(V::I(0)),
+            },
+            ExprKind::Const(c) => N::Lit(match c {
+                Const::Max(ty) => int_bound(*ty, true),
+                Const::Min(ty) => int_bound(*ty, false),
+                Const::Infinity => V::F(f32::INFINITY),
+                Const::NegInfinity => V::F(f32::NEG_INFINITY),
+                Const::Epsilon => V::F(f32::EPSILON),
+            }),
+            ExprKind::Unary(op, a) => N::Un(*op, t, Box::new(self.expr(a))),
+            ExprKind::Binary(op, a, b) => {
+                let ot = self.ty(a);
+                N::Bin(*op, ot, Box::new(self.expr(a)), Box::new(self.expr(b)))
+            }
+            ExprKind::Cast(a, to) => N::Cast(self.ty(a), *to, Box::new(self.expr(a))),
+            ExprKind::If(c, then, els) => N::If(
+                Box::new(self.expr(c)),
+                Box::new(self.block(then)),
+                els.as_ref().map(|e| Box::new(self.expr(e))),
+            ),
+            ExprKind::Block(b) => N::Block(Box::new(self.block(b))),
+            ExprKind::Index(_, _, idx) => {
+                let p = match self.typed.vars.get(&e.id) {
+                    Some(Binding::Param(i)) => *i,
+                    _ => usize::MAX,
+                };
+                N::Elem(p, t, Box::new(self.expr(idx)))
+            }
+            ExprKind::Call(f, args, _) => {
+                let at = args.first().map(|a| self.ty(a)).unwrap_or(t);
+                N::Call(*f, at, args.iter().map(|a| self.expr(a)).collect())
+            }
+            ExprKind::Return(a) => N::Return(Box::new(self.expr(a))),
+            ExprKind::Error => N::Lit(V::I(0)),
+        }
+    }
+}
+
+fn int_bound(t: Ty, max: bool) -> V {
+    let bits = t.bits();
+    V::I(match (t.is_signed_int(), max) {
+        (true, true) => (1i128 << (bits - 1)) - 1,
+        (true, false) => -(1i128 << (bits - 1)),
+        (false, true) => (1i128 << bits) - 1,
+        (false, false) => 0,
+    })
+}
+
+/// Reduce an integer to the value range of `t` (two's-complement wrap).
+fn wrap(t: Ty, v: i128) -> i128 {
+    let bits = t.bits();
+    let m = v & ((1i128 << bits) - 1);
+    if t.is_signed_int() && m >= (1i128 << (bits - 1)) {
+        m - (1i128 << bits)
+    } else {
+        m
+    }
+}
+
+enum Flow {
+    Val(V),
+    Ret(V),
+}
+
+struct Frame<'a> {
+    index: Vec<V>,
+    params: &'a [Value],
+    locals: Vec<V>,
+}
+
+macro_rules! val {
+    ($e:expr) => {
+        match $e? {
+            Flow::Val(v) => v,
+            r @ Flow::Ret(_) => return Ok(r),
+        }
+    };
+}
+
+impl EvalFn {
+    /// Mask or score.
+    pub fn kind(&self) -> FnKind {
+        self.kind
+    }
+
+    /// Kinds of the user parameters, in declaration order.
+    pub fn param_kinds(&self) -> &[ParamKind] {
+        &self.params
+    }
+
+    /// Evaluate a mask function at `(b, h, q_pos, kv_pos)` with user parameter values.
+    pub fn mask(
+        &self,
+        b: usize,
+        h: usize,
+        q: i64,
+        kv: i64,
+        params: &[Value],
+    ) -> Result<bool, EvalError> {
+        match self.run(0.0, b, h, q, kv, params)? {
+            V::B(x) => Ok(x),
+            other => Err(EvalError(format!("mask returned {other:?}"))),
+        }
+    }
+
+    /// Evaluate a score function (the score is rounded to `f32` first, as the Rust function
+    /// takes an `f32`; the result is the function's `f32` result).
+    pub fn score(
+        &self,
+        s: f64,
+        b: usize,
+        h: usize,
+        q: i64,
+        kv: i64,
+        params: &[Value],
+    ) -> Result<f32, EvalError> {
+        match self.run(s as f32, b, h, q, kv, params)? {
+            V::F(x) => Ok(x),
+            other => Err(EvalError(format!("score returned {other:?}"))),
+        }
+    }
+
+    fn run(
+        &self,
+        s: f32,
+        b: usize,
+        h: usize,
+        q: i64,
+        kv: i64,
+        params: &[Value],
+    ) -> Result<V, EvalError> {
+        if params.len() != self.params.len() {
+            return Err(EvalError(format!(
+                "expected {} parameter values, got {}",
+                self.params.len(),
+                params.len()
+            )));
+        }
+        let index = self
+            .index
+            .iter()
+            .map(|(role, ty)| match role {
+                Role::Score => V::F(s),
+                Role::Batch => V::I(wrap(*ty, b as i128)),
+                Role::Head => V::I(wrap(*ty, h as i128)),
+                Role::Query => V::I(wrap(*ty, q as i128)),
+                Role::Key => V::I(wrap(*ty, kv as i128)),
+            })
+            .collect();
+        let mut f = Frame {
+            index,
+            params,
+            locals: vec![V::I(0); self.n_locals],
+        };
+        match eval_block(&self.body, &mut f)? {
+            Flow::Val(v) | Flow::Ret(v) => Ok(v),
+        }
+    }
+}
+
+fn eval_block(b: &Blk, f: &mut Frame<'_>) -> Result<Flow, EvalError> {
+    for (slot, e) in &b.lets {
+        let v = val!(eval(e, f));
+        if let Some(s) = slot {
+            f.locals[*s] = v;
+        }
+    }
+    match &b.tail {
+        Some(t) => eval(t, f),
+        None => Ok(Flow::Val(V::I(0))),
+    }
+}
+
+fn param_scalar(p: &[Value], i: usize, kind: ParamKind) -> Result<V, EvalError> {
+    let bad = || EvalError(format!("parameter {i} is not a {}", kind.rust_type()));
+    let t = match kind {
+        ParamKind::U32 => Ty::U32,
+        ParamKind::I32 => Ty::I32,
+        ParamKind::I64 => Ty::I64,
+        ParamKind::U64 => Ty::U64,
+        ParamKind::Bool => Ty::Bool,
+        ParamKind::F32 => Ty::F32,
+        _ => return Err(bad()),
+    };
+    match (p.get(i), t) {
+        (Some(Value::Float(x)), Ty::F32) => Ok(V::F(*x)),
+        (Some(Value::Int(x)), Ty::Bool) => Ok(V::B(*x != 0)),
+        (Some(Value::Int(x)), t) if t != Ty::F32 => Ok(V::I(wrap(t, i128::from(*x)))),
+        _ => Err(bad()),
+    }
+}
+
+fn int(v: V) -> i128 {
+    match v {
+        V::I(x) => x,
+        V::B(b) => i128::from(b),
+        V::F(x) => x as i128,
+    }
+}
+
+fn flt(v: V) -> f32 {
+    match v {
+        V::F(x) => x,
+        V::I(x) => x as f32,
+        V::B(b) => f32::from(u8::from(b)),
+    }
+}
+
+fn boolean(v: V) -> bool {
+    match v {
+        V::B(b) => b,
+        V::I(x) => x != 0,
+        V::F(x) => x != 0.0,
+    }
+}
+
+fn cast(from: Ty, to: Ty, v: V) -> V {
+    match to {
+        Ty::F32 => V::F(match v {
+            V::F(x) => x,
+            V::I(x) => {
+                if from.is_signed_int() {
+                    x as i64 as f32
+                } else {
+                    x as u64 as f32
+                }
+            }
+            V::B(b) => f32::from(u8::from(b)),
+        }),
+        Ty::Bool => V::B(boolean(v)),
+        t => V::I(match v {
+            // Rust: saturating, NaN -> 0.
+            V::F(x) => {
+                let (lo, hi) = match (int_bound(t, false), int_bound(t, true)) {
+                    (V::I(a), V::I(b)) => (a, b),
+                    _ => (0, 0),
+                };
+                if x.is_nan() {
+                    0
+                } else {
+                    (x.trunc() as f64).clamp(lo as f64, hi as f64) as i128
+                }
+            }
+            other => wrap(t, int(other)),
+        }),
+    }
+}
+
+fn eval(n: &N, f: &mut Frame<'_>) -> Result<Flow, EvalError> {
+    Ok(Flow::Val(match n {
+        N::Lit(v) => *v,
+        N::Index(i) => f.index[*i],
+        N::Param(i, k) => param_scalar(f.params, *i, *k)?,
+        N::Local(s) => f.locals[*s],
+        N::Un(op, t, a) => {
+            let x = val!(eval(a, f));
+            match (op, x) {
+                (UnOp::Not, V::B(b)) => V::B(!b),
+                (UnOp::Not, V::I(i)) => V::I(wrap(*t, !i)),
+                (UnOp::Neg, V::F(x)) => V::F(-x),
+                (UnOp::Neg, V::I(i)) => V::I(wrap(*t, -i)),
+                (_, v) => v,
+            }
+        }
+        N::Bin(op, t, a, b) => {
+            let x = val!(eval(a, f));
+            match op {
+                BinOp::And if !boolean(x) => return Ok(Flow::Val(V::B(false))),
+                BinOp::Or if boolean(x) => return Ok(Flow::Val(V::B(true))),
+                _ => {}
+            }
+            let y = val!(eval(b, f));
+            binary(*op, *t, x, y)?
+        }
+        N::Cast(from, to, a) => cast(*from, *to, val!(eval(a, f))),
+        N::If(c, then, els) => {
+            if boolean(val!(eval(c, f))) {
+                return eval_block(then, f);
+            }
+            match els {
+                Some(e) => return eval(e, f),
+                None => V::I(0),
+            }
+        }
+        N::Block(b) => return eval_block(b, f),
+        N::Elem(p, t, idx) => {
+            let i = int(val!(eval(idx, f)));
+            let oob = |len: usize| {
+                EvalError(format!(
+                    "index {i} out of bounds for an array parameter of length {len}"
+                ))
+            };
+            match f.params.get(*p) {
+                Some(Value::Ints(a)) => {
+                    let x = *usize::try_from(i)
+                        .ok()
+                        .and_then(|u| a.get(u))
+                        .ok_or_else(|| oob(a.len()))?;
+                    V::I(wrap(*t, i128::from(x)))
+                }
+                Some(Value::Floats(a)) => V::F(
+                    *usize::try_from(i)
+                        .ok()
+                        .and_then(|u| a.get(u))
+                        .ok_or_else(|| oob(a.len()))?,
+                ),
+                _ => return Err(EvalError(format!("parameter {p} is not an array"))),
+            }
+        }
+        N::Call(func, t, args) => {
+            let mut v = Vec::with_capacity(args.len());
+            for a in args {
+                v.push(val!(eval(a, f)));
+            }
+            call(*func, *t, &v)
+        }
+        N::Return(a) => return Ok(Flow::Ret(val!(eval(a, f)))),
+    }))
+}
+
+fn call(func: Func, t: Ty, a: &[V]) -> V {
+    match func {
+        Func::Min | Func::Max if t == Ty::F32 => {
+            let (x, y) = (flt(a[0]), flt(a[1]));
+            V::F(if func == Func::Min {
+                x.min(y)
+            } else {
+                x.max(y)
+            })
+        }
+        Func::Min => V::I(int(a[0]).min(int(a[1]))),
+        Func::Max => V::I(int(a[0]).max(int(a[1]))),
+        Func::Abs if t == Ty::F32 => V::F(flt(a[0]).abs()),
+        Func::Abs => V::I(wrap(t, int(a[0]).abs())),
+        Func::Powf => V::F(flt(a[0]).powf(flt(a[1]))),
+        Func::Math(name) => {
+            let x = flt(a[0]);
+            V::F(match name {
+                "expf" => x.exp(),
+                "exp2f" => x.exp2(),
+                "logf" => x.ln(),
+                "log2f" => x.log2(),
+                "log10f" => x.log10(),
+                "sqrtf" => x.sqrt(),
+                "tanhf" => x.tanh(),
+                "sinf" => x.sin(),
+                "cosf" => x.cos(),
+                "floorf" => x.floor(),
+                "ceilf" => x.ceil(),
+                _ => f32::NAN,
+            })
+        }
+    }
+}
+
+fn binary(op: BinOp, t: Ty, x: V, y: V) -> Result<V, EvalError> {
+    use BinOp::*;
+    if let (V::F(a), V::F(b)) = (x, y) {
+        return Ok(match op {
+            Add => V::F(a + b),
+            Sub => V::F(a - b),
+            Mul => V::F(a * b),
+            Div => V::F(a / b),
+            Rem => V::F(a % b),
+            Eq => V::B(a == b),
+            Ne => V::B(a != b),
+            Lt => V::B(a < b),
+            Le => V::B(a <= b),
+            Gt => V::B(a > b),
+            Ge => V::B(a >= b),
+            _ => return Err(EvalError(format!("{op:?} on f32"))),
+        });
+    }
+    if let (V::B(a), V::B(b)) = (x, y) {
+        return Ok(V::B(match op {
+            And | BitAnd => a & b,
+            Or | BitOr => a | b,
+            BitXor | Ne => a ^ b,
+            Eq => a == b,
+            Lt => !a & b,
+            Le => a <= b,
+            Gt => a & !b,
+            Ge => a >= b,
+            _ => return Err(EvalError(format!("{op:?} on bool"))),
+        }));
+    }
+    let (a, b) = (int(x), int(y));
+    let bits = t.bits();
+    Ok(match op {
+        Add => V::I(wrap(t, a + b)),
+        Sub => V::I(wrap(t, a - b)),
+        Mul => V::I(wrap(t, a.wrapping_mul(b))),
+        Div | Rem => {
+            if b == 0 {
+                return Err(EvalError("attempt to divide by zero".into()));
+            }
+            V::I(wrap(t, if op == Div { a / b } else { a % b }))
+        }
+        BitAnd => V::I(wrap(t, a & b)),
+        BitOr => V::I(wrap(t, a | b)),
+        BitXor => V::I(wrap(t, a ^ b)),
+        Shl => V::I(wrap(t, a << (b & i128::from(bits - 1)))),
+        Shr => {
+            let s = b & i128::from(bits - 1);
+            // `a` holds the value of its type: arithmetic shift for signed, logical for
+            // unsigned (non-negative) values.
+            V::I(wrap(t, a >> s))
+        }
+        Eq => V::B(a == b),
+        Ne => V::B(a != b),
+        Lt => V::B(a < b),
+        Le => V::B(a <= b),
+        Gt => V::B(a > b),
+        Ge => V::B(a >= b),
+        And | Or => V::B(match op {
+            And => a != 0 && b != 0,
+            _ => a != 0 || b != 0,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(src: &str) -> EvalFn {
+        compile_eval(src, FnKind::Mask).expect("valid mask")
+    }
+
+    #[test]
+    fn matches_native_rust_on_a_grid() {
+        let f = mask(
+            "fn m(q: u32, kv: u32, w: u32, doc: &[i32]) -> bool {
+                 let same = doc[q as usize] == doc[kv as usize];
+                 if kv > q { return false; }
+                 same && (q - kv) % 3 != 1 && (kv < w || (q >> 1) <= kv + 2)
+             }",
+        );
+        let _ = &f;
+        let native = |q: u32, kv: u32, w: u32, doc: &[i32]| -> bool {
+            let same = doc[q as usize] == doc[kv as usize];
+            if kv > q {
+                return false;
+            }
+            same && (q - kv) % 3 != 1 && (kv < w || (q >> 1) <= kv + 2)
+        };
+        let doc: Vec<i32> = (0..20).map(|i| i / 7).collect();
+        for q in 0..20i64 {
+            for kv in 0..20i64 {
+                let got = f
+                    .mask(0, 0, q, kv, &[Value::Int(4), Value::Ints(doc.clone())])
+                    .unwrap();
+                assert_eq!(got, native(q as u32, kv as u32, 4, &doc), "q={q} kv={kv}");
+            }
+        }
+    }
+
+    #[test]
+    fn score_wrapping_and_casts() {
+        let f = compile_eval(
+            "fn s(score: f32, h: u32, q: i32, kv: i32, c: f32) -> f32 {
+                 let d = (q - kv) as f32;
+                 let big = (h as i32).wrapping_mul(1) * 2147483647;
+                 c * (score / c).tanh() - 0.5 * d.abs() + (big as f32) * 0.0 + (-1.5f32 as u32) as f32
+             }",
+            FnKind::Score,
+        );
+        // `wrapping_mul` is outside the subset: the evaluator reports the same error.
+        assert!(f.is_err());
+        let f = compile_eval(
+            "fn s(score: f32, h: u32, q: i32, kv: i32, c: f32) -> f32 {
+                 let d = (q - kv) as f32;
+                 let big = (h as i32) * 2147483647;
+                 c * (score / c).tanh() - 0.5 * d.abs() + (big as f32) * 0.0 + (-1.5f32 as u32) as f32 + (3.7f32 as i32) as f32
+             }",
+            FnKind::Score,
+        )
+        .unwrap();
+        let native = |score: f32, h: u32, q: i32, kv: i32, c: f32| -> f32 {
+            let d = (q - kv) as f32;
+            let big = (h as i32).wrapping_mul(2147483647);
+            c * (score / c).tanh() - 0.5 * d.abs()
+                + (big as f32) * 0.0
+                + (-1.5f32 as u32) as f32
+                + (3.7f32 as i32) as f32
+        };
+        for (s, h, q, kv) in [
+            (1.5f64, 3usize, 7i64, 2i64),
+            (-20.0, 0, 0, 9),
+            (0.25, 5, 100, 100),
+        ] {
+            let got = f.score(s, 0, h, q, kv, &[Value::Float(30.0)]).unwrap();
+            use std::hint::black_box as bb;
+            let want = native(
+                bb(s as f32),
+                bb(h as u32),
+                bb(q as i32),
+                bb(kv as i32),
+                bb(30.0f32),
+            );
+            assert_eq!(got.to_bits(), want.to_bits());
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_is_an_error_not_a_panic() {
+        let f = mask(
+            "fn m(q: u32, kv: u32, doc: &[u32]) -> bool { doc[q as usize] == doc[kv as usize] }",
+        );
+        let e = f.mask(0, 0, 5, 0, &[Value::Ints(vec![1, 2])]).unwrap_err();
+        assert!(e.0.contains("out of bounds"), "{e}");
+        let e = f.mask(0, 0, 0, 0, &[Value::Float(1.0)]).unwrap_err();
+        assert!(e.0.contains("not an array"), "{e}");
+    }
+}

@@ -18,6 +18,7 @@ pub mod args;
 pub mod blocks;
 pub mod catalog;
 pub mod check;
+pub mod dynamic;
 pub mod emit;
 pub mod ir;
 pub mod name;

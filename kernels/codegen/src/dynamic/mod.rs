@@ -1,0 +1,428 @@
+//! Data-dependent sparsity (variants.md sections 6-9): landmark attention, HAX, CCA,
+//! top-k retrieval and the log-sum-exp merge, as spec families emitted as pipelines of
+//! selection + gather-attention kernels.
+//!
+//! A [`DynamicSpec`] names the family, its dtype and head dimension and its parameters.
+//! The parameters are validated here ([`validate_dynamic`], errors with field paths) but
+//! travel as kernel *arguments*: the CUDA text, and so the canonical name, depends only on
+//! family, mode, `D` and dtype. [`emit_dynamic`] gives the pipeline's kernels in launch order
+//! ([`DynamicKernel`], one self-contained `.cu` each); [`Stage::geometry`] their launch.
+//!
+//! ```
+//! use attnforge_codegen::dynamic::*;
+//! use attnforge_codegen::spec::{DType, HeadDim};
+//! let spec = DynamicSpec::Landmark {
+//!     dtype: DType::F16, head_dim: HeadDim::D64, mem_freq: 63,
+//!     mode: LandmarkMode::Retrieval { top_k: 4 },
+//! };
+//! assert_eq!(spec.canonical_name(), "landmark_retrieval_d64_f16");
+//! let kernels = emit_dynamic(&spec).unwrap();
+//! let names: Vec<_> = kernels.iter().map(|k| k.name.as_str()).collect();
+//! assert_eq!(names, ["landmark_select_d64_f16", "landmark_attn_d64_f16"]);
+//! assert!(kernels[0].source.contains("extern \"C\" __global__"));
+//! ```
+
+mod kernels;
+
+pub use kernels::{emit_dynamic, emit_stage, DynProblem, DynamicKernel, Stage};
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::SpecError;
+use crate::spec::{DType, HeadDim};
+
+/// Landmark attention mode (variants.md section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandmarkMode {
+    /// Grouped softmax over every earlier block (one kernel).
+    Train,
+    /// Only the `top_k` earlier blocks with the largest landmark scores per query token
+    /// and head (selection kernel + attention kernel).
+    Retrieval {
+        /// Blocks retrieved per query token and head (1..=1024).
+        top_k: usize,
+    },
+}
+
+/// A data-dependent sparse attention variant: family, dtype, head dimension, parameters.
+/// `Dv == D`; GQA/MQA (`Hq % Hkv == 0`) is handled at run time by every kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DynamicSpec {
+    /// Landmark attention, causal; block size `mem_freq + 1`.
+    Landmark {
+        /// Element type of q, k, v, o.
+        dtype: DType,
+        /// Head dimension.
+        head_dim: HeadDim,
+        /// Tokens per block before its landmark (>= 1).
+        mem_freq: usize,
+        /// Training or retrieval.
+        mode: LandmarkMode,
+    },
+    /// HAX: hash preprocessing, LSH set, key-selection set, attention over their union.
+    Hax {
+        /// Element type of q2, k2, x, o (hyperplanes and ks travel as f32).
+        dtype: DType,
+        /// Feature dimension N of q2/k2 (and Dv).
+        head_dim: HeadDim,
+        /// LSH budget: most recent same-bucket keys (official default 32).
+        k_lsh: usize,
+        /// Key-selection budget (official default 32).
+        k_ks: usize,
+        /// Hyperplanes `nb` (1..=12; official default 8: 256 buckets).
+        hash_bits: usize,
+    },
+    /// Core Context Aware attention (pooling kernel + joint-softmax kernel).
+    Cca {
+        /// Element type.
+        dtype: DType,
+        /// Head dimension.
+        head_dim: HeadDim,
+        /// Group size g (>= 1, default 16).
+        group: usize,
+        /// Local window w (default 1024).
+        window: usize,
+    },
+    /// Top-k retrieval attention for decoding: static sink + recent window plus the `k`
+    /// best keys by q.k (selection kernel + attention kernel).
+    Topk {
+        /// Element type.
+        dtype: DType,
+        /// Head dimension.
+        head_dim: HeadDim,
+        /// `S_start`: leading keys always attended.
+        sink: usize,
+        /// `S_end`: keys ending at the query position always attended.
+        recent: usize,
+        /// Retrieved keys per query head and row (1..=1024).
+        k: usize,
+        /// Compute W and R as separate partial results (f32) and combine them with the
+        /// log-sum-exp merge kernel instead of one fused pass.
+        split: bool,
+    },
+    /// Log-sum-exp merge of two partial results `(o_a, lse_a)`, `(o_b, lse_b)` (f32) into
+    /// one output of `dtype`.
+    LseMerge {
+        /// Output element type.
+        dtype: DType,
+        /// Row length.
+        head_dim: HeadDim,
+    },
+}
+
+/// Largest `top_k` / `k` of the selection kernels (their list lives in shared memory).
+pub const MAX_SELECT_K: usize = 1024;
+/// Largest HAX key-selection budget (its list lives in shared memory).
+pub const MAX_K_KS: usize = 4096;
+/// Largest number of HAX hash bits (a table of `2^bits` buckets lives in shared memory).
+pub const MAX_HASH_BITS: usize = 12;
+
+impl DynamicSpec {
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        match *self {
+            DynamicSpec::Landmark { dtype, .. }
+            | DynamicSpec::Hax { dtype, .. }
+            | DynamicSpec::Cca { dtype, .. }
+            | DynamicSpec::Topk { dtype, .. }
+            | DynamicSpec::LseMerge { dtype, .. } => dtype,
+        }
+    }
+
+    /// Head dimension.
+    pub fn head_dim(&self) -> HeadDim {
+        match *self {
+            DynamicSpec::Landmark { head_dim, .. }
+            | DynamicSpec::Hax { head_dim, .. }
+            | DynamicSpec::Cca { head_dim, .. }
+            | DynamicSpec::Topk { head_dim, .. }
+            | DynamicSpec::LseMerge { head_dim, .. } => head_dim,
+        }
+    }
+
+    /// Family and mode part of the name (`landmark_train`, `topk_split`, ...).
+    pub fn family(&self) -> &'static str {
+        match self {
+            DynamicSpec::Landmark {
+                mode: LandmarkMode::Train,
+                ..
+            } => "landmark_train",
+            DynamicSpec::Landmark { .. } => "landmark_retrieval",
+            DynamicSpec::Hax { .. } => "hax",
+            DynamicSpec::Cca { .. } => "cca",
+            DynamicSpec::Topk { split: false, .. } => "topk",
+            DynamicSpec::Topk { split: true, .. } => "topk_split",
+            DynamicSpec::LseMerge { .. } => "lse_merge",
+        }
+    }
+
+    /// `<family>[_<mode>]_d<D>_<dtype>` (docs/conventions.md), e.g. `landmark_train_d64_f16`.
+    /// Parameters are kernel arguments and not part of the name.
+    pub fn canonical_name(&self) -> String {
+        format!(
+            "{}_d{}_{}",
+            self.family(),
+            self.head_dim().get(),
+            self.dtype().short()
+        )
+    }
+
+    /// The pipeline's stages in launch order.
+    pub fn stages(&self) -> Vec<Stage> {
+        match self {
+            DynamicSpec::Landmark {
+                mode: LandmarkMode::Train,
+                ..
+            } => vec![Stage::LandmarkAttn],
+            DynamicSpec::Landmark { .. } => vec![Stage::LandmarkSelect, Stage::LandmarkAttn],
+            DynamicSpec::Hax { .. } => vec![Stage::HaxHash, Stage::HaxKeySelect, Stage::HaxAttn],
+            DynamicSpec::Cca { .. } => vec![Stage::CcaPool, Stage::CcaAttn],
+            DynamicSpec::Topk { split: false, .. } => vec![Stage::TopkSelect, Stage::TopkAttn],
+            DynamicSpec::Topk { split: true, .. } => {
+                vec![Stage::TopkSelect, Stage::TopkAttnPart, Stage::LseMerge]
+            }
+            DynamicSpec::LseMerge { .. } => vec![Stage::LseMerge],
+        }
+    }
+}
+
+fn limit(errs: &mut Vec<SpecError>, path: &str, v: usize, lo: usize, hi: usize, fix: &str) {
+    if v < lo || v > hi {
+        errs.push(SpecError::new(
+            path,
+            format!("{v} is outside {lo}..={hi}"),
+            fix,
+        ));
+    }
+}
+
+/// Check a spec's parameters; every error, each with its field path and fix.
+pub fn validate_dynamic(spec: &DynamicSpec) -> Result<(), Vec<SpecError>> {
+    let mut e = Vec::new();
+    let big = i32::MAX as usize;
+    match *spec {
+        DynamicSpec::Landmark { mem_freq, mode, .. } => {
+            limit(
+                &mut e,
+                "landmark.mem_freq",
+                mem_freq,
+                1,
+                big - 1,
+                "mem_freq >= 1 (block size mem_freq + 1; the paper uses 63)",
+            );
+            if let LandmarkMode::Retrieval { top_k } = mode {
+                limit(
+                    &mut e,
+                    "landmark.mode.retrieval.top_k",
+                    top_k,
+                    1,
+                    MAX_SELECT_K,
+                    "retrieve between 1 and 1024 blocks, or use mode = \"train\"",
+                );
+            }
+        }
+        DynamicSpec::Hax {
+            k_lsh,
+            k_ks,
+            hash_bits,
+            ..
+        } => {
+            limit(
+                &mut e,
+                "hax.k_lsh",
+                k_lsh,
+                0,
+                big,
+                "k_lsh must fit an i32 (official default 32)",
+            );
+            limit(
+                &mut e,
+                "hax.k_ks",
+                k_ks,
+                0,
+                MAX_K_KS,
+                "k_ks between 0 and 4096 (official default 32)",
+            );
+            if k_lsh == 0 && k_ks == 0 {
+                e.push(SpecError::new(
+                    "hax.k_lsh",
+                    "k_lsh + k_ks is 0",
+                    "at least one budget must be >= 1 (official default 32 + 32)",
+                ));
+            }
+            limit(
+                &mut e,
+                "hax.hash_bits",
+                hash_bits,
+                1,
+                MAX_HASH_BITS,
+                "use between 1 and 12 hyperplanes (official default 8)",
+            );
+        }
+        DynamicSpec::Cca { group, window, .. } => {
+            limit(
+                &mut e,
+                "cca.group",
+                group,
+                1,
+                big,
+                "the group size g must be >= 1 (default 16)",
+            );
+            limit(
+                &mut e,
+                "cca.window",
+                window,
+                0,
+                big,
+                "the window must fit an i32 (default 1024)",
+            );
+        }
+        DynamicSpec::Topk {
+            sink, recent, k, ..
+        } => {
+            limit(&mut e, "topk.k", k, 1, MAX_SELECT_K,
+                "retrieve between 1 and 1024 keys; for the static window alone use attention_over_keys");
+            limit(&mut e, "topk.sink", sink, 0, big, "sink must fit an i32");
+            limit(
+                &mut e,
+                "topk.recent",
+                recent,
+                0,
+                big,
+                "recent must fit an i32",
+            );
+        }
+        DynamicSpec::LseMerge { .. } => {}
+    }
+    if e.is_empty() {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// The built-in dynamic variants: every family and mode, f16 and bf16, `D = 64` and `128`,
+/// with the papers' default parameters.
+pub fn dynamic_catalog() -> Vec<DynamicSpec> {
+    let mut v = Vec::new();
+    for dtype in [DType::F16, DType::Bf16] {
+        for head_dim in [HeadDim::D64, HeadDim::D128] {
+            v.push(DynamicSpec::Landmark {
+                dtype,
+                head_dim,
+                mem_freq: 63,
+                mode: LandmarkMode::Train,
+            });
+            v.push(DynamicSpec::Landmark {
+                dtype,
+                head_dim,
+                mem_freq: 63,
+                mode: LandmarkMode::Retrieval { top_k: 4 },
+            });
+            v.push(DynamicSpec::Hax {
+                dtype,
+                head_dim,
+                k_lsh: 32,
+                k_ks: 32,
+                hash_bits: 8,
+            });
+            v.push(DynamicSpec::Cca {
+                dtype,
+                head_dim,
+                group: 16,
+                window: 1024,
+            });
+            v.push(DynamicSpec::Topk {
+                dtype,
+                head_dim,
+                sink: 4,
+                recent: 64,
+                k: 64,
+                split: false,
+            });
+            v.push(DynamicSpec::Topk {
+                dtype,
+                head_dim,
+                sink: 4,
+                recent: 64,
+                k: 64,
+                split: true,
+            });
+            v.push(DynamicSpec::LseMerge { dtype, head_dim });
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_canonical() {
+        let names: std::collections::BTreeSet<_> = dynamic_catalog()
+            .iter()
+            .map(|s| s.canonical_name())
+            .collect();
+        assert_eq!(names.len(), dynamic_catalog().len());
+        assert!(names.contains("landmark_train_d64_f16"));
+        assert!(names.contains("topk_split_d128_bf16"));
+        for n in &names {
+            assert!(n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        }
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        let bad = DynamicSpec::Hax {
+            dtype: DType::F16,
+            head_dim: HeadDim::D64,
+            k_lsh: 0,
+            k_ks: 0,
+            hash_bits: 13,
+        };
+        let errs = validate_dynamic(&bad).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["hax.k_lsh", "hax.hash_bits"]);
+        let bad = DynamicSpec::Landmark {
+            dtype: DType::F16,
+            head_dim: HeadDim::D64,
+            mem_freq: 0,
+            mode: LandmarkMode::Retrieval { top_k: 0 },
+        };
+        let errs = validate_dynamic(&bad).unwrap_err();
+        assert_eq!(errs[0].path, "landmark.mem_freq");
+        assert_eq!(errs[1].path, "landmark.mode.retrieval.top_k");
+        assert!(errs[1].to_string().contains("fix:"));
+        let bad = DynamicSpec::Topk {
+            dtype: DType::F16,
+            head_dim: HeadDim::D64,
+            sink: 0,
+            recent: 0,
+            k: 0,
+            split: false,
+        };
+        assert_eq!(validate_dynamic(&bad).unwrap_err()[0].path, "topk.k");
+        for s in dynamic_catalog() {
+            validate_dynamic(&s).unwrap();
+        }
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        for s in dynamic_catalog() {
+            let j = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<DynamicSpec>(&j).unwrap(), s, "{j}");
+        }
+        let j = r#"{"family":"landmark","dtype":"bf16","head_dim":"128","mem_freq":31,"mode":{"retrieval":{"top_k":2}}}"#;
+        let s: DynamicSpec = serde_json::from_str(j).unwrap();
+        assert_eq!(s.canonical_name(), "landmark_retrieval_d128_bf16");
+        let unknown =
+            r#"{"family":"cca","dtype":"f16","head_dim":"64","group":4,"window":8,"extra":1}"#;
+        assert!(serde_json::from_str::<DynamicSpec>(unknown).is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! The real [`Tunable`]: a generated kernel of `attnforge-codegen`, compiled with NVRTC +
+//! ptxas (`attnforge_kernels::build_many`), gated on the CPU simulator against the f64
+//! reference (`attnforge_kernels::exec::check`), predicted by [`crate::model`].
+
+use std::path::Path;
+
+use attnforge_codegen::emit::emit;
+use attnforge_codegen::spec::{DType, KernelSpec};
+use attnforge_codegen::tile::{default_search_space, TileConfig};
+use attnforge_kernels::exec::{check, Backend, ExecError};
+use attnforge_kernels::{build_many, CompileOptions, KernelSource};
+use half::{bf16, f16};
+
+use crate::measure::{BenchConfig, Estimate};
+use crate::model::{predict, ModelInput, Prediction};
+use crate::occupancy::{ArchLimits, Occupancy};
+use crate::tuner::{Gate, Resources, Status, Tunable};
+use crate::workload::{default_params, inputs, Shape};
+use crate::Arch;
+
+/// A generated kernel to tune at `shape`, gated at `gate_shape` on the simulator.
+#[derive(Clone, Debug)]
+pub struct KernelTunable {
+    /// The spec.
+    pub spec: KernelSpec,
+    /// Tuning shape (model and GPU timing).
+    pub shape: Shape,
+    /// Small shape of the simulator gate.
+    pub gate_shape: Shape,
+}
+
+impl KernelTunable {
+    /// Tune `spec` at `B x H x seq`; gate at `1 x 2 x gate_seq` (GQA: 4 query heads, 1 kv).
+    pub fn new(spec: KernelSpec, batch: usize, heads: usize, seq: usize, gate_seq: usize) -> Self {
+        let shape = Shape::for_spec(&spec, batch, heads, seq);
+        let gate_shape = Shape::for_spec(&spec, 1, if spec.gqa { 4 } else { 2 }, gate_seq);
+        KernelTunable {
+            spec,
+            shape,
+            gate_shape,
+        }
+    }
+}
+
+fn kernels_arch(a: Arch) -> attnforge_kernels::Arch {
+    match a {
+        Arch::Sm80 => attnforge_kernels::Arch::Sm80,
+        Arch::Sm90 => attnforge_kernels::Arch::Sm90,
+    }
+}
+
+fn elem_bytes(d: DType) -> usize {
+    match d {
+        DType::F32 => 4,
+        DType::F16 | DType::Bf16 => 2,
+    }
+}
+
+impl Tunable for KernelTunable {
+    fn variant(&self) -> String {
+        self.spec.canonical_name()
+    }
+
+    fn space(&self, arch: Arch) -> Vec<TileConfig> {
+        default_search_space(&self.spec, arch)
+    }
+
+    fn valid(&self, tile: &TileConfig, arch: Arch) -> Result<(), String> {
+        tile.valid(&self.spec, arch).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    fn fingerprint(&self, tile: &TileConfig, arch: Arch) -> String {
+        match emit(&self.spec, tile, arch) {
+            Ok(k) => k.source,
+            Err(e) => format!("emit error: {e:?}"),
+        }
+    }
+
+    fn build(&self, tiles: &[TileConfig], arch: Arch) -> Vec<Result<Resources, String>> {
+        let emitted: Vec<Result<_, String>> = tiles
+            .iter()
+            .map(|t| emit(&self.spec, t, arch).map_err(|e| format!("emit: {e:?}")))
+            .collect();
+        let ok: Vec<usize> = (0..tiles.len()).filter(|&i| emitted[i].is_ok()).collect();
+        let sources: Vec<KernelSource<'_>> = ok
+            .iter()
+            .filter_map(|&i| emitted[i].as_ref().ok())
+            .map(|k| KernelSource {
+                source: &k.source,
+                name: &k.name,
+                options: CompileOptions::new(kernels_arch(arch)),
+            })
+            .collect();
+        let mut out: Vec<Result<Resources, String>> = emitted
+            .iter()
+            .map(|e| match e {
+                Err(m) => Err(m.clone()),
+                Ok(_) => Err("not built".to_owned()),
+            })
+            .collect();
+        match build_many(&sources) {
+            Err(e) => {
+                for &i in &ok {
+                    out[i] = Err(format!("NVRTC unavailable: {e}"));
+                }
+            }
+            Ok(results) => {
+                for (&i, r) in ok.iter().zip(results) {
+                    out[i] = r.map_err(|e| e.to_string()).map(|b| Resources {
+                        registers: b.resources.registers,
+                        smem_bytes: b.resources.shared_bytes
+                            + tiles[i].smem_bytes(&self.spec) as u64,
+                        stack_frame_bytes: b.resources.stack_frame_bytes,
+                        spill_bytes: b.resources.spill_store_bytes
+                            + b.resources.spill_load_bytes,
+                        threads: tiles[i].threads() as u32,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn predict(&self, tile: &TileConfig, occ: &Occupancy, arch: Arch) -> Prediction {
+        let m = ModelInput {
+            block_m: tile.block_m,
+            block_n: tile.block_n,
+            warps: tile.warps,
+            head_dim: self.spec.head_dim.get(),
+            elem_bytes: elem_bytes(self.spec.dtype),
+        };
+        predict(&ArchLimits::of(arch), occ, &m, &self.shape)
+    }
+
+    fn gate(&self, tile: &TileConfig) -> Result<Gate, Status> {
+        let s = &self.gate_shape;
+        let p = default_params(&self.spec, s);
+        let b = Backend::sim();
+        let r = match self.spec.dtype {
+            DType::F32 => check(&self.spec, tile, &inputs::<f32>(&self.spec, s, 7), &p, &b),
+            DType::F16 => check(&self.spec, tile, &inputs::<f16>(&self.spec, s, 7), &p, &b),
+            DType::Bf16 => check(&self.spec, tile, &inputs::<bf16>(&self.spec, s, 7), &p, &b),
+        };
+        match r {
+            Ok(rep) => Ok(Gate {
+                backend: "sim".to_owned(),
+                shape: s.to_string(),
+                max_err: rep.close.out.max_err,
+            }),
+            Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string())),
+            Err(e) => Err(Status::GateFailed(e.to_string())),
+        }
+    }
+
+    fn can_measure(&self) -> bool {
+        false
+    }
+
+    fn measure(
+        &self,
+        _tile: &TileConfig,
+        _cfg: &BenchConfig,
+        _dir: &Path,
+    ) -> Result<Estimate, String> {
+        Err("timing generated kernels needs a GPU launch plan (not wired yet)".to_owned())
+    }
+
+    fn device(&self) -> String {
+        "sim+model".to_owned()
+    }
+
+    fn shape(&self) -> (String, String) {
+        (self.shape.to_string(), self.shape.bucket())
+    }
+}

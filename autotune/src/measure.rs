@@ -347,8 +347,17 @@ mod tests {
     fn criterion_estimates_follow_the_routine() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = BenchConfig::quick();
-        let fast = bench_custom(&cfg, dir.path(), "fast", |n| Duration::from_nanos(100 * n)).unwrap();
-        let slow = bench_custom(&cfg, dir.path(), "slow", |n| Duration::from_nanos(5000 * n)).unwrap();
+        // The routine's wall time grows with `iters` (criterion's warm-up sizes the batches
+        // by wall time); the reported value is exact.
+        let timed = |ns: u64| {
+            move |n: u64| {
+                let d = Duration::from_nanos(ns.saturating_mul(n));
+                std::thread::sleep(d);
+                d
+            }
+        };
+        let fast = bench_custom(&cfg, dir.path(), "fast", timed(100)).unwrap();
+        let slow = bench_custom(&cfg, dir.path(), "slow", timed(5000)).unwrap();
         assert!((fast.mean_ns - 100.0).abs() < 1.0, "{fast:?}");
         assert!((slow.mean_ns - 5000.0).abs() < 10.0, "{slow:?}");
         assert!(slow.mean_lo_ns <= slow.mean_ns && slow.mean_ns <= slow.mean_hi_ns);

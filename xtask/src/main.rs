@@ -50,9 +50,17 @@ const EXECUTABLES: &[&str] = &[
 
 /// The main job run by `cargo xtask run`: the arguments after `cargo`. Extra arguments given
 /// to `cargo xtask run` replace [`MAIN_JOB_DEFAULT_ARGS`]. Change the job here, in one place.
-const MAIN_JOB: &[&str] = &["run", "--release", "-p", "attnforge", "--"];
+const MAIN_JOB: &[&str] = &[
+    "run",
+    "--release",
+    "-p",
+    "attnforge-autotune",
+    "--bin",
+    "attnforge-tune",
+    "--",
+];
 /// Default CLI arguments of the main job (the built-in catalog).
-const MAIN_JOB_DEFAULT_ARGS: &[&str] = &["catalog"];
+const MAIN_JOB_DEFAULT_ARGS: &[&str] = &["--catalog", "--out", "reports"];
 
 /// Stamp file name inside the toolchain folder.
 const STAMP: &str = ".attnforge-stamp";

@@ -132,3 +132,23 @@ __device__ __forceinline__ void af_rope_pair(float& x0, float& x1, long long pos
     x0 = y0;
     x1 = y1;
 }
+
+// ---- tensor-core mainloop (mma.sync m16n8k16, ldmatrix, cp.async) ----
+// Element offset of (row, col) in a [rows][D] tile of 16-bit elements whose 16-byte chunks
+// are XOR-swizzled by row: the 8 rows an ldmatrix reads at one logical chunk land in 8
+// distinct chunks, so the 8 x 16 bytes cover all 32 banks (no conflicts for D >= 64).
+template <int D>
+__device__ __forceinline__ int af_swz(int row, int col) {
+    constexpr int MASK = D / 8 < 8 ? D / 8 - 1 : 7;
+    const int c = col >> 3;
+    return row * D + (((c ^ row) & MASK) | (c & ~MASK)) * 8 + (col & 7);
+}
+// Two f32 values -> packed 16-bit pair (lower element index in the low half), the register
+// format of mma A/B fragments.
+__device__ __forceinline__ unsigned af_pack_f16(float lo, float hi) {
+    return (unsigned)__half_as_ushort(__float2half_rn(lo)) | ((unsigned)__half_as_ushort(__float2half_rn(hi)) << 16);
+}
+__device__ __forceinline__ unsigned af_pack_bf16(float lo, float hi) {
+    return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}

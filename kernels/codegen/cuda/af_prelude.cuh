@@ -16,6 +16,9 @@
 #define AF_SHARED(type, name, count) __shared__ type name[count]
 // Dynamic shared memory (size given at launch), 16-byte aligned for cp.async.
 #define AF_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+// A typed view of `count` elements of `type` at element `offset` of a shared array (carves
+// the dynamic region into tiles). The simulator bounds-, poison- and race-checks `name[i]`.
+#define AF_SHARED_VIEW(type, name, base, offset, count) type* name = reinterpret_cast<type*>(&(base)[offset])
 
 // Work counters are summed per launch by the simulator; on a GPU they cost nothing.
 enum af_counter {

@@ -24,6 +24,9 @@
 #define AF_SHARED(type, name, count) __shared__ type name[count]
 // Dynamic shared memory (size given at launch), 16-byte aligned for cp.async.
 #define AF_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+// A typed view of `count` elements of `type` at element `offset` of a shared array (carves
+// the dynamic region into tiles). The simulator bounds-, poison- and race-checks `name[i]`.
+#define AF_SHARED_VIEW(type, name, base, offset, count) type* name = reinterpret_cast<type*>(&(base)[offset])
 
 // Work counters are summed per launch by the simulator; on a GPU they cost nothing.
 enum af_counter {
@@ -234,6 +237,26 @@ __device__ __forceinline__ void af_rope_pair(float& x0, float& x1, long long pos
     x0 = y0;
     x1 = y1;
 }
+
+// ---- tensor-core mainloop (mma.sync m16n8k16, ldmatrix, cp.async) ----
+// Element offset of (row, col) in a [rows][D] tile of 16-bit elements whose 16-byte chunks
+// are XOR-swizzled by row: the 8 rows an ldmatrix reads at one logical chunk land in 8
+// distinct chunks, so the 8 x 16 bytes cover all 32 banks (no conflicts for D >= 64).
+template <int D>
+__device__ __forceinline__ int af_swz(int row, int col) {
+    constexpr int MASK = D / 8 < 8 ? D / 8 - 1 : 7;
+    const int c = col >> 3;
+    return row * D + (((c ^ row) & MASK) | (c & ~MASK)) * 8 + (col & 7);
+}
+// Two f32 values -> packed 16-bit pair (lower element index in the low half), the register
+// format of mma A/B fragments.
+__device__ __forceinline__ unsigned af_pack_f16(float lo, float hi) {
+    return (unsigned)__half_as_ushort(__float2half_rn(lo)) | ((unsigned)__half_as_ushort(__float2half_rn(hi)) << 16);
+}
+__device__ __forceinline__ unsigned af_pack_bf16(float lo, float hi) {
+    return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
 // ---- end af_attn.cuh ----
 
 extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
@@ -272,12 +295,12 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
     constexpr int DPL = D / 32;    // output columns per lane (O += P V)
     constexpr int KS = 129;        // padded K row stride (conflict-free column reads)
     AF_DYNAMIC_SHARED(float, af_smem);
-    float* sQ = af_smem;             // [BM][D]  rope(q, p) * scale
-    float* sQg = sQ + BM * D;        // [BM][D]  rope(q, Deff) * scale
-    float* sK = sQg + BM * D;        // [BN][KS] rope(k, j)
-    float* sKr = sK + BN * KS;       // [BN][KS] k un-rotated
-    float* sV = sKr + BN * KS;       // [BN][D]
-    float* sP = sV + BN * D;         // [BM][BN] probabilities
+    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  rope(q, p) * scale
+    AF_SHARED_VIEW(float, sQg, af_smem, 4096, BM * D);              // [BM][D]  rope(q, Deff) * scale
+    AF_SHARED_VIEW(float, sK, af_smem, 8192, BN * KS);                // [BN][KS] rope(k, j)
+    AF_SHARED_VIEW(float, sKr, af_smem, 16448, BN * KS);               // [BN][KS] k un-rotated
+    AF_SHARED_VIEW(float, sV, af_smem, 24704, BN * D);                 // [BN][D]
+    AF_SHARED_VIEW(float, sP, af_smem, 32896, BM * BN);                // [BM][BN] probabilities
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int b = blockIdx.z, h = blockIdx.y;
     const int hkv = h / (heads_q / heads_kv);  // GQA: query head h reads kv head h / group
@@ -324,10 +347,21 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
     // key tiles that can hold allowed keys; each is classified skip / full / partial
     const long long kv_lo = 0;
     const long long kv_hi = min((long long)seq_k, p_hi + 1);
-    for (long long n0 = (kv_lo / BN) * BN; n0 < kv_hi; n0 += BN) {
+    auto next_tile = [&](long long& cur, long long& n0, int& kind) -> bool {
+        while (cur < kv_hi) {
+            n0 = cur;
+            cur += BN;
+            const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
+            kind = af_tile_lminf(p_lo, p_hi, c0, c1, global_tokens, local_window);
+            if (kind != AF_TILE_SKIP) return true;  // skipped tiles are never visited
+        }
+        return false;
+    };
+    const long long cur0 = (kv_lo / BN) * BN;
+    long long cur = cur0, n0;
+    int kind;
+    while (next_tile(cur, n0, kind)) {
         const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
-        const int kind = af_tile_lminf(p_lo, p_hi, c0, c1, global_tokens, local_window);
-        if (kind == AF_TILE_SKIP) continue;  // never visited
         const int br = af_lminf_branches(p_lo, p_hi, c0, c1, global_tokens, local_window);  // bit0 near, bit1 far
         if (tid == 0) {
             if (kind == AF_TILE_FULL) AF_COUNT(AF_CTR_TILE_FULL, 1);
@@ -366,7 +400,6 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
             for (int c = 0; c < CPL; ++c) sa[r][c] = sb[r][c] = 0.f;
         if (br & 1)
         {
-            const float* q_w = sQ + warp * ROWS * D;
 #pragma unroll 4
             for (int d = 0; d < D; ++d) {
                 float kk[CPL];
@@ -374,7 +407,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
                 for (int c = 0; c < CPL; ++c) kk[c] = sK[(lane + 32 * c) * KS + d];
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) {
-                    const float qv = q_w[r * D + d];
+                    const float qv = sQ[(warp * ROWS + r) * D + d];
 #pragma unroll
                     for (int c = 0; c < CPL; ++c) sa[r][c] += qv * kk[c];
                 }
@@ -382,7 +415,6 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
         }
         if (br & 2)
         {
-            const float* q_w = sQg + warp * ROWS * D;
 #pragma unroll 4
             for (int d = 0; d < D; ++d) {
                 float kk[CPL];
@@ -390,7 +422,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
                 for (int c = 0; c < CPL; ++c) kk[c] = sKr[(lane + 32 * c) * KS + d];
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) {
-                    const float qv = q_w[r * D + d];
+                    const float qv = sQg[(warp * ROWS + r) * D + d];
 #pragma unroll
                     for (int c = 0; c < CPL; ++c) sb[r][c] += qv * kk[c];
                 }
@@ -398,7 +430,6 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
         }
 
         // score mod, mask (partial tiles only), online softmax; P -> shared
-        float* p_w = sP + warp * ROWS * BN;
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             const long long row = m0 + warp * ROWS + r;
@@ -428,7 +459,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
             for (int c = 0; c < CPL; ++c) {
                 const float p = exp2f(x_c[c] - m_use);
                 rs += p;
-                p_w[r * BN + lane + 32 * c] = p;
+                sP[(warp * ROWS + r) * BN + lane + 32 * c] = p;
             }
             l_i[r] = l_i[r] * alpha + af_warp_sum(rs);
             m_i[r] = m_new;
@@ -445,7 +476,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
             for (int t = 0; t < DPL; ++t) vv[t] = sV[j * D + lane + 32 * t];
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) {
-                const float pj = p_w[r * BN + j];
+                const float pj = sP[(warp * ROWS + r) * BN + j];
 #pragma unroll
                 for (int t = 0; t < DPL; ++t) acc[r][t] += pj * vv[t];
             }

@@ -1,10 +1,13 @@
 //! Lowering: `KernelSpec + TileConfig -> KernelIr`, a small tile IR of the one forward
 //! skeleton with its hooks filled in. The emitter only prints it.
 //!
-//! The skeleton (per thread block: `block_m` query rows of one `(b, h)`):
+//! The skeleton (per thread block: `block_m` query rows of one `(b, h)`), shared by both
+//! mainloops ([`Mainloop::Fma`], [`Mainloop::TensorCore`]):
 //! ```text
-//! prologue hooks; load Q (scaled) to shared
-//! for each key tile in the schedule (analytic range + classifier, or block lists):
+//! prologue hooks; load Q to shared
+//! for each key tile in the schedule (analytic range + classifier, or block lists),
+//! walked by one cursor (`next_tile`; the tensor-core path runs a second cursor
+//! `stages - 1` tiles ahead to prefetch K/V with cp.async):
 //!     count it; load K, V to shared
 //!     S = Q K^T            (mainloop; two branches for LM-Infinite)
 //!     S = score_mod(S)     (hook)
@@ -25,13 +28,8 @@ use crate::check::{validate_spec, SpecError};
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind, UserSource};
 use crate::tile::{Arch, SmemLayout, TileConfig};
 
-/// How S = Q K^T and O += P V are computed. Only the FMA mainloop exists; the tensor-core
-/// (`mma.sync`) mainloop is a second variant of this enum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mainloop {
-    /// Scalar FMA, f32 accumulation: lanes split key columns for S and output columns for O.
-    Fma,
-}
+/// The mainloop kinds (defined next to the tile config, which selects one).
+pub use crate::tile::Mainloop;
 
 /// Which key tiles a block visits and how each is classified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,7 +255,7 @@ pub fn lower_with_symbol(
         dtype: spec.dtype,
         head_dim: spec.head_dim.get(),
         args: kernel_args(spec),
-        mainloop: Mainloop::Fma,
+        mainloop: Mainloop::select(spec, tile),
         schedule,
         scoring,
         prologue,

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Errors, SpecError};
-use crate::spec::{KernelSpec, Mask, ScoreMod};
+use crate::spec::{DType, KernelSpec, Mask, ScoreMod};
 
 /// Target architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,24 +70,61 @@ pub struct TileConfig {
     pub block_n: usize,
     /// Warps per block (each warp owns `block_m / warps` query rows).
     pub warps: usize,
-    /// Pipeline stages of K/V tiles (the FMA mainloop supports 1).
+    /// Pipeline stages of K/V tiles: `cp.async` buffers of the tensor-core mainloop
+    /// (1..=3); the FMA mainloop supports 1.
     pub stages: usize,
 }
 
-/// Shared-memory layout of the FMA mainloop, in `float` elements. The emitter computes the
-/// offsets from this struct, so estimate and kernel cannot disagree.
+/// How S = Q K^T and O += P V are computed (selected by [`Mainloop::select`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mainloop {
+    /// Scalar FMA, f32 accumulation: lanes split key columns for S and output columns for O.
+    /// Tiles are staged in shared memory as f32. Single-stage.
+    Fma,
+    /// Tensor cores (sm_80+): `mma.sync.m16n8k16` with f32 accumulation for both products,
+    /// fragments from XOR-swizzled shared memory with `ldmatrix`, K/V tiles staged by
+    /// `cp.async` in `stages` buffers, P kept in registers (the C fragment of S is the A
+    /// fragment of P). Each warp owns a 16-row slab of the query tile.
+    TensorCore,
+}
+
+impl Mainloop {
+    /// The mainloop of a spec and tile: tensor cores for f16/bf16 when each warp owns one
+    /// 16-row slab (`block_m == 16 * warps`), FMA otherwise (f32, or other shapes).
+    pub fn select(spec: &KernelSpec, t: &TileConfig) -> Self {
+        if spec.dtype != DType::F32 && t.warps > 0 && t.block_m == 16 * t.warps {
+            Mainloop::TensorCore
+        } else {
+            Mainloop::Fma
+        }
+    }
+}
+
+/// Shared-memory layout of a kernel, in elements of `elem_bytes` bytes (f32 staging for the
+/// FMA mainloop, the 16-bit input type for the tensor-core mainloop). The emitter computes
+/// the offsets from this struct, so estimate and kernel cannot disagree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SmemLayout {
-    /// Row stride of K tiles (`D + 1`: the pad makes lanes reading different key rows at
-    /// the same column hit distinct banks).
+    /// The mainloop this layout serves.
+    pub mainloop: Mainloop,
+    /// Bytes per element (4 for FMA, 2 for tensor cores).
+    pub elem_bytes: usize,
+    /// K/V stage buffers (1 for FMA).
+    pub stages: usize,
+    /// Row stride of K tiles: FMA `D + 1` (the pad makes lanes reading different key rows
+    /// at the same column hit distinct banks); tensor cores `D` (16-byte chunks are
+    /// XOR-swizzled by row instead, `af_swz`, so `ldmatrix` rows hit distinct banks).
     pub k_stride: usize,
-    /// Floats of the Q tile (`block_m * D`, doubled for LM-Infinite's second rotation).
+    /// Elements of the Q tile (`block_m * D`, doubled for LM-Infinite's second rotation).
     pub q: usize,
-    /// Floats of the K tile (`block_n * k_stride`, doubled for LM-Infinite raw + rotated).
+    /// Elements of all K stages (`stages * block_n * k_stride`, doubled for LM-Infinite
+    /// raw + rotated).
     pub k: usize,
-    /// Floats of the V tile (`block_n * D`; lanes read consecutive columns, no pad).
+    /// Elements of all V stages (`stages * block_n * D`).
     pub v: usize,
-    /// Floats of the probability tile (`block_m * block_n`).
+    /// Elements of the probability tile (`block_m * block_n` for FMA; 0 for tensor cores,
+    /// which keep P in registers).
     pub p: usize,
 }
 
@@ -100,18 +137,38 @@ impl SmemLayout {
         } else {
             1
         };
-        let k_stride = d + 1;
-        SmemLayout {
-            k_stride,
-            q: two * t.block_m * d,
-            k: two * t.block_n * k_stride,
-            v: t.block_n * d,
-            p: t.block_m * t.block_n,
+        match Mainloop::select(spec, t) {
+            Mainloop::Fma => {
+                let k_stride = d + 1;
+                SmemLayout {
+                    mainloop: Mainloop::Fma,
+                    elem_bytes: 4,
+                    stages: 1,
+                    k_stride,
+                    q: two * t.block_m * d,
+                    k: two * t.block_n * k_stride,
+                    v: t.block_n * d,
+                    p: t.block_m * t.block_n,
+                }
+            }
+            Mainloop::TensorCore => {
+                let st = t.stages.max(1);
+                SmemLayout {
+                    mainloop: Mainloop::TensorCore,
+                    elem_bytes: 2,
+                    stages: st,
+                    k_stride: d,
+                    q: two * t.block_m * d,
+                    k: two * st * t.block_n * d,
+                    v: st * t.block_n * d,
+                    p: 0,
+                }
+            }
         }
     }
     /// Total bytes of dynamic shared memory.
     pub fn bytes(&self) -> usize {
-        4 * (self.q + self.k + self.v + self.p)
+        self.elem_bytes * (self.q + self.k + self.v + self.p)
     }
 }
 
@@ -121,6 +178,11 @@ impl SmemLayout {
 /// `__launch_bounds__(threads, 1)` spends whatever the limit allows (a config estimated at
 /// 105 used 145 on sm_80 and 162 on sm_90), so only spills and stack frames are evidence.
 const REG_OVERHEAD: usize = 48;
+
+/// [`REG_OVERHEAD`] of the tensor-core mainloop: fewer temporaries (no cached K column, no
+/// per-row loops; the fragment loads are 32-bit shared addresses). Checked by the NVRTC
+/// evidence test: every default-space config compiles without spills or stack frame.
+const TC_REG_OVERHEAD: usize = 40;
 
 /// Fraction (in percent) of the per-thread register limit the estimate may reach. The
 /// estimate counts live arrays only; ptxas needs slack for the temporaries of the unrolled
@@ -181,6 +243,19 @@ impl TileConfig {
         } else {
             0
         };
+        if Mainloop::select(spec, self) == Mainloop::TensorCore {
+            // Per thread: O accumulators D/8 n8-tiles x 4 floats, S fragments block_n/8 x 4
+            // (per branch, plus the user-score term), m and l for its 2 rows, A/B fragments
+            // (4 + 4 + 4 registers) and the pipeline cursors.
+            let s = spec.head_dim.get() / 2;
+            let sc = self.block_n / 2;
+            let user = if matches!(spec.score, ScoreMod::User(_)) {
+                sc
+            } else {
+                0
+            };
+            return s + branches * sc + user + 4 + 12 + TC_REG_OVERHEAD;
+        }
         rows * dpl + branches * rows * cpl + user_score + 2 * rows + cpl + REG_OVERHEAD
     }
 
@@ -193,7 +268,7 @@ impl TileConfig {
     /// Check the config against the spec and the architecture. Returns every error.
     pub fn valid(&self, spec: &KernelSpec, arch: Arch) -> Result<(), Vec<SpecError>> {
         let mut e = Errors::default();
-        // 16..128: a block below 16 rows cannot feed the m16n8k16 mainloop of the next issue;
+        // 16..128: a block below 16 rows cannot feed the m16n8k16 tensor-core mainloop;
         // above 128 rows the accumulators of one warp no longer fit (rows x D/32 registers).
         if !(self.block_m.is_power_of_two() && (16..=128).contains(&self.block_m)) {
             e.push(
@@ -232,15 +307,31 @@ impl TileConfig {
                 "use a warp count that divides block_m",
             );
         }
-        if self.stages != 1 {
-            e.push(
-                "tile.stages",
-                format!(
-                    "the FMA mainloop is single-stage: got stages = {}",
-                    self.stages
-                ),
-                "use stages = 1 (multi-stage needs the cp.async mainloop)",
-            );
+        match Mainloop::select(spec, self) {
+            Mainloop::TensorCore => {
+                if !(1..=3).contains(&self.stages) {
+                    e.push(
+                        "tile.stages",
+                        format!(
+                            "the tensor-core mainloop pipelines 1..=3 K/V stages: got stages = {}",
+                            self.stages
+                        ),
+                        "use stages = 2 (double buffering) or 3",
+                    );
+                }
+            }
+            Mainloop::Fma => {
+                if self.stages != 1 {
+                    e.push(
+                        "tile.stages",
+                        format!(
+                            "the FMA mainloop (f32, or warps not owning 16-row slabs) is single-stage: got stages = {}",
+                            self.stages
+                        ),
+                        "use stages = 1, or for f16/bf16 block_m = 16 * warps (tensor cores, stages 1..=3)",
+                    );
+                }
+            }
         }
         if spec.mask.uses_block_lists() {
             if self.block_m > 0 && spec.sparse_block.q % self.block_m.max(1) != 0 {
@@ -287,30 +378,47 @@ impl TileConfig {
     }
 }
 
-/// Every valid config of the default grid: block_m in {16, 32, 64, 128}, block_n in
-/// {32, 64, 128}, warps in {1, 2, 4, 8}, stages = 1. Ordered by (block_m, block_n, warps).
+/// Every valid config of the default grid, ordered by (block_m, block_n, warps, stages).
+/// f32 (FMA mainloop): block_m in {16, 32, 64, 128}, block_n in {32, 64, 128}, warps in
+/// {1, 2, 4, 8}, stages = 1. f16/bf16 (tensor cores): block_m in {16, 32, 64, 128} with
+/// warps = block_m / 16 (one 16-row slab per warp), block_n in {32, 64, 128}, stages 1..=3.
 pub fn default_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig> {
     let mut v = Vec::new();
     for bm in [16, 32, 64, 128] {
         for bn in [32, 64, 128] {
-            for w in [1, 2, 4, 8] {
-                let t = TileConfig::new(bm, bn, w, 1);
-                if t.valid(spec, arch).is_ok() {
-                    v.push(t);
+            if spec.dtype == DType::F32 {
+                for w in [1, 2, 4, 8] {
+                    v.push(TileConfig::new(bm, bn, w, 1));
+                }
+            } else {
+                for st in 1..=3 {
+                    v.push(TileConfig::new(bm, bn, bm / 16, st));
                 }
             }
         }
     }
+    v.retain(|t| t.valid(spec, arch).is_ok());
     v
 }
 
-/// A sensible default config (the first valid of 64x64x4, 32x64x4, 16x32x2).
+/// A sensible default config. f32: the first valid of 64x64x4, 32x64x4, 16x32x2 (one
+/// stage). f16/bf16: the first valid of 64x64 (4 warps, 2 stages), 64x32 (2 stages),
+/// 32x32 (2 warps, 2 stages), 16x32 (1 warp, 1 stage): double buffering hides the
+/// global-load latency of the next K/V tile behind the two products of the current one.
 pub fn default_tile(spec: &KernelSpec, arch: Arch) -> Option<TileConfig> {
-    [
-        TileConfig::new(64, 64, 4, 1),
-        TileConfig::new(32, 64, 4, 1),
-        TileConfig::new(16, 32, 2, 1),
-    ]
-    .into_iter()
-    .find(|t| t.valid(spec, arch).is_ok())
+    let cands: &[TileConfig] = if spec.dtype == DType::F32 {
+        &[
+            TileConfig::new(64, 64, 4, 1),
+            TileConfig::new(32, 64, 4, 1),
+            TileConfig::new(16, 32, 2, 1),
+        ]
+    } else {
+        &[
+            TileConfig::new(64, 64, 4, 2),
+            TileConfig::new(64, 32, 4, 2),
+            TileConfig::new(32, 32, 2, 2),
+            TileConfig::new(16, 32, 1, 1),
+        ]
+    };
+    cands.iter().copied().find(|t| t.valid(spec, arch).is_ok())
 }

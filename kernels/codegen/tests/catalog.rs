@@ -79,10 +79,10 @@ fn metadata_and_geometry() {
     let g = LaunchGeometry::new(&s, &t, 3, 16, 1000);
     assert_eq!(g.grid, [16, 16, 3]);
     assert_eq!(g.block, [128, 1, 1]);
-    // Q (64x128) + K (64x129) + V (64x128) + P (64x64) floats
+    // tensor-core mainloop (bf16, one 16-row slab per warp): Q (64x128) + K, V (64x128) bf16
     assert_eq!(
         g.dynamic_smem_bytes as usize,
-        4 * (64 * 128 + 64 * 129 + 64 * 128 + 64 * 64)
+        2 * (64 * 128 + 64 * 128 + 64 * 128)
     );
     let m = LaunchMetadata::new(&s, &t, Arch::Sm80, "x");
     assert!(m.needs_smem_opt_in);

@@ -1,7 +1,7 @@
 //! Tile configs: `valid()` errors and search-space properties.
 
 use attnforge_codegen::prelude::*;
-use attnforge_codegen::tile::SmemLayout;
+use attnforge_codegen::tile::{Mainloop, SmemLayout};
 use proptest::prelude::*;
 
 fn any_spec() -> impl Strategy<Value = KernelSpec> {
@@ -34,11 +34,13 @@ proptest! {
 
     #[test]
     fn valid_agrees_with_its_estimates(spec in any_spec(), arch in any_arch(),
-                                       bm in 0usize..300, bn in 0usize..300, w in 0usize..12, st in 0usize..3) {
+                                       bm in 0usize..300, bn in 0usize..300, w in 0usize..12, st in 0usize..5) {
         let t = TileConfig::new(bm, bn, w, st);
         let ok = t.valid(&spec, arch).is_ok();
+        let tc = spec.dtype != DType::F32 && bm == 16 * w;
+        let stages_ok = if tc { (1..=3).contains(&st) } else { st == 1 };
         let shape_ok = [16, 32, 64, 128].contains(&bm) && [32, 64, 128].contains(&bn)
-            && [1, 2, 4, 8].contains(&w) && bm % w == 0 && st == 1
+            && [1, 2, 4, 8].contains(&w) && bm % w == 0 && stages_ok
             && (!spec.mask.uses_block_lists() || (spec.sparse_block.q % bm == 0 && spec.sparse_block.k % bn == 0));
         if ok {
             prop_assert!(shape_ok);
@@ -55,9 +57,34 @@ proptest! {
                                    bn in prop::sample::select(vec![32usize, 64, 128])) {
         let d = spec.head_dim.get();
         let two = usize::from(matches!(spec.mask, Mask::LmInfinite)) + 1;
-        let t = TileConfig::new(bm, bn, 4, 1);
+        // FMA (f32 staging, padded K, P in shared memory)
+        let t = TileConfig::new(bm, bn, bm.min(8) / 2, 1);
         let l = SmemLayout::new(&spec, &t);
+        prop_assert_eq!(l.mainloop, Mainloop::Fma);
         prop_assert_eq!(l.bytes(), 4 * (two * bm * d + two * bn * (d + 1) + bn * d + bm * bn));
+        // tensor cores for 16-bit inputs (16-bit staging, swizzled, `stages` K/V buffers, P in registers)
+        for st in 1..=3 {
+            let t = TileConfig::new(bm, bn, bm / 16, st);
+            let l = SmemLayout::new(&spec, &t);
+            if spec.dtype == DType::F32 {
+                prop_assert_eq!(l.mainloop, Mainloop::Fma);
+            } else {
+                prop_assert_eq!(l.mainloop, Mainloop::TensorCore);
+                prop_assert_eq!(l.bytes(), 2 * (two * bm * d + two * st * bn * d + st * bn * d));
+            }
+        }
+    }
+
+    #[test]
+    fn half_precision_space_is_tensor_core_only(spec in any_spec(), arch in any_arch()) {
+        let space = default_search_space(&spec, arch);
+        if spec.dtype != DType::F32 {
+            prop_assert!(space.iter().all(|t| Mainloop::select(&spec, t) == Mainloop::TensorCore));
+            prop_assert!(space.iter().any(|t| t.stages > 1), "no pipelined config for {}", spec.canonical_name());
+            prop_assert!(default_tile(&spec, arch).is_some_and(|t| Mainloop::select(&spec, &t) == Mainloop::TensorCore));
+        } else {
+            prop_assert!(space.iter().all(|t| t.stages == 1));
+        }
     }
 }
 
@@ -90,9 +117,9 @@ fn tile_errors_have_paths_and_all_are_reported() {
 
 #[test]
 fn budgets_reject_big_tiles() {
-    // D = 256 with 128 x 128 tiles: 4 * (128*256 + 128*257 + 128*256 + 128*128) bytes > 163 KiB
+    // D = 256 with 128 x 128 tiles, 3 stages: 2 * (128*256 + 3*128*256 + 3*128*256) bytes > 163 KiB
     let spec = KernelSpec::new(DType::F16, HeadDim::D256, Mask::Full, ScoreMod::None);
-    let t = TileConfig::new(128, 128, 8, 1);
+    let t = TileConfig::new(128, 128, 8, 3);
     assert!(t.smem_bytes(&spec) > Arch::Sm80.max_dynamic_smem());
     let e = t.valid(&spec, Arch::Sm80).unwrap_err();
     assert!(e
@@ -104,7 +131,7 @@ fn budgets_reject_big_tiles() {
     assert!(e.iter().any(|e| e.message.contains("registers")));
     // sm_90 has more shared memory than sm_80: some configs are valid only there
     let lminf = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::LmInfinite, ScoreMod::None);
-    let t = TileConfig::new(64, 64, 8, 1);
+    let t = TileConfig::new(128, 64, 8, 3);
     let bytes = t.smem_bytes(&lminf);
     assert!(bytes > Arch::Sm80.max_dynamic_smem() && bytes <= Arch::Sm90.max_dynamic_smem());
     assert!(t.valid(&lminf, Arch::Sm80).is_err());

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use attnforge_kernels::codegen::blocks::{build_block_lists, BlockLists};
 use attnforge_kernels::codegen::prelude::*;
-use attnforge_kernels::exec::{self, Backend, CheckReport, ExecError, Inputs, RunParams, UserValue};
+use attnforge_kernels::exec::{
+    self, Backend, CheckReport, ExecError, Inputs, RunParams, UserValue,
+};
 use attnforge_kernels::sim::{Schedule, SimConfig, SimElem};
 use attnforge_reference::{Element, Shape4, Tensor4};
 use half::{bf16, f16};
@@ -31,7 +33,10 @@ fn dilated(stride: i32) -> impl Fn(usize, usize, i64, i64) -> bool + Send + Sync
 
 /// Host twin of the catalog's example user score `headbias`:
 /// `score + bias[h] - decay * |q - kv|`.
-fn headbias(bias: Vec<f32>, decay: f32) -> impl Fn(f64, usize, usize, i64, i64) -> f64 + Send + Sync {
+fn headbias(
+    bias: Vec<f32>,
+    decay: f32,
+) -> impl Fn(f64, usize, usize, i64, i64) -> f64 + Send + Sync {
     move |s, _, h, q, kv| s + f64::from(bias[h]) - f64::from(decay) * (q - kv).abs() as f64
 }
 
@@ -68,7 +73,11 @@ fn case_strategy(spec: &KernelSpec) -> impl Strategy<Value = Case> {
         prop::array::uniform6(0i64..64),
     )
         .prop_map(move |(dtype, batch, hkv, group, a, b, sch, seed, knobs)| {
-            let (sq, sk) = if sq_gt_sk { (a, b) } else { (a.min(b), a.max(b)) };
+            let (sq, sk) = if sq_gt_sk {
+                (a, b)
+            } else {
+                (a.min(b), a.max(b))
+            };
             let schedule = match sch {
                 0 => Schedule::Forward,
                 1 => Schedule::Reverse,
@@ -240,9 +249,13 @@ fn expected_counters(
                         let bs = spec.sparse_block;
                         let r = m0 / bs.q;
                         let mut t = Vec::new();
-                        for (is_full, list) in [(true, l.full(b, h, r)), (false, l.partial(b, h, r))] {
+                        for (is_full, list) in
+                            [(true, l.full(b, h, r)), (false, l.partial(b, h, r))]
+                        {
                             for &blk in list {
-                                for n0 in (blk as usize * bs.k..(blk as usize + 1) * bs.k).step_by(bn) {
+                                for n0 in
+                                    (blk as usize * bs.k..(blk as usize + 1) * bs.k).step_by(bn)
+                                {
                                     if n0 < c.sk {
                                         t.push((n0, Some(is_full)));
                                     }
@@ -289,7 +302,11 @@ fn expected_counters(
 }
 
 /// The element mask of the case as a closure (built-in masks by their reference definition).
-fn element_mask(spec: &KernelSpec, c: &Case, p: &RunParams) -> Box<dyn Fn(usize, usize, i64, i64) -> bool> {
+fn element_mask(
+    spec: &KernelSpec,
+    c: &Case,
+    p: &RunParams,
+) -> Box<dyn Fn(usize, usize, i64, i64) -> bool> {
     use attnforge_reference::Mask as R;
     let sk = c.sk;
     let get = |f: fn(&MaskParams) -> Option<i64>| p.mask.as_ref().and_then(f).unwrap_or(0);
@@ -310,21 +327,31 @@ fn element_mask(spec: &KernelSpec, c: &Case, p: &RunParams) -> Box<dyn Fn(usize,
             }) as usize,
         },
         Mask::GlobalLocal => match p.mask {
-            Some(MaskParams::GlobalLocal { window, global_tokens }) => R::GlobalLocal {
+            Some(MaskParams::GlobalLocal {
+                window,
+                global_tokens,
+            }) => R::GlobalLocal {
                 window: window as usize,
                 global: global_tokens as usize,
             },
             _ => R::Full,
         },
         Mask::LambdaMask => match p.mask {
-            Some(MaskParams::LambdaMask { global_tokens, local_window }) => R::Lambda {
+            Some(MaskParams::LambdaMask {
+                global_tokens,
+                local_window,
+            }) => R::Lambda {
                 global: global_tokens as usize,
                 local: local_window as usize,
             },
             _ => R::Full,
         },
         Mask::LmInfinite => match p.mask {
-            Some(MaskParams::LmInfinite { global_tokens, local_window, .. }) => R::Lambda {
+            Some(MaskParams::LmInfinite {
+                global_tokens,
+                local_window,
+                ..
+            }) => R::Lambda {
                 global: global_tokens as usize,
                 local: local_window as usize,
             },
@@ -364,7 +391,11 @@ fn run_typed<T: Element + SimElem>(
         let m = doc_mask(spec, &p, c);
         p.block_lists = Some(build_block_lists(
             c.batch,
-            if matches!(spec.mask, Mask::Predicate(_)) { hq } else { 1 },
+            if matches!(spec.mask, Mask::Predicate(_)) {
+                hq
+            } else {
+                1
+            },
             c.sq,
             c.sk,
             spec.sparse_block,
@@ -378,7 +409,11 @@ fn run_typed<T: Element + SimElem>(
     if let Some(counters) = &report.counters {
         let allowed = element_mask(spec, c, &p);
         let want = expected_counters(spec, &tile, c, p.block_lists.as_ref(), &*allowed);
-        let got = (counters.tiles_full, counters.tiles_partial, counters.mask_evals);
+        let got = (
+            counters.tiles_full,
+            counters.tiles_partial,
+            counters.mask_evals,
+        );
         prop_assert_eq!(
             got,
             want,
@@ -390,7 +425,11 @@ fn run_typed<T: Element + SimElem>(
 }
 
 /// Element mask of the list-driven built-in masks (doc ids), by the reference definitions.
-fn doc_mask(spec: &KernelSpec, p: &RunParams, c: &Case) -> Box<dyn Fn(usize, usize, i64, i64) -> bool> {
+fn doc_mask(
+    spec: &KernelSpec,
+    p: &RunParams,
+    c: &Case,
+) -> Box<dyn Fn(usize, usize, i64, i64) -> bool> {
     use attnforge_reference::Mask as R;
     let doc = p.doc.clone().unwrap_or_default();
     let m = match spec.mask {
@@ -484,7 +523,10 @@ macro_rules! backend_suite {
 
 mod sim {
     use super::*;
-    backend_suite!(Backend::Sim(SimConfig::new(Schedule::Forward)), Ok::<(), String>(()));
+    backend_suite!(
+        Backend::Sim(SimConfig::new(Schedule::Forward)),
+        Ok::<(), String>(())
+    );
 }
 
 mod gpu {

@@ -23,6 +23,7 @@
 
 pub mod exec;
 mod exec_cuda;
+pub mod exec_dynamic;
 mod launch;
 mod nvrtc;
 mod ptxas;

@@ -1,0 +1,207 @@
+//! `attnforge check`: kernel vs the f64 reference on a backend, with random inputs.
+
+use attnforge::codegen::catalog;
+use attnforge::codegen::spec::DType;
+use attnforge::exec::{check, Backend, ExecError, Inputs};
+use attnforge::reference::{Element, Shape4, Tensor4};
+use attnforge::sim::SimElem;
+use attnforge::specfile::{self, SpecFile};
+use clap::{Args, ValueEnum};
+use half::{bf16, f16};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::common::{random_values, resolve_spec};
+use super::CliError;
+
+pub const AFTER_HELP: &str = "\
+Each kernel runs on random inputs of the spec's [problem] sizes (catalog entries: B=1, Hq=2
+(4 with GQA, Hkv=1), S=80) and is compared with the f64 reference using the relative oracle
+of variants.md section 0: pass when max|K-R| <= rtol * max|N-R| + atol, N being the naive
+same-precision path. Exit code 1 when any kernel fails.
+
+Examples:
+  attnforge check flash_fwd_causal_d64_f16
+  attnforge check examples/specs/*.toml --seed 7
+  attnforge check --all --backend sim
+  attnforge check --all --backend cuda     # needs a GPU";
+
+/// Backend of `check`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CheckBackend {
+    /// The CPU SIMT simulator running the exact generated CUDA.
+    Sim,
+    /// A GPU (device 0).
+    Cuda,
+}
+
+/// Options of `attnforge check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Catalog names or spec files.
+    specs: Vec<String>,
+    /// Check every catalog entry.
+    #[arg(long)]
+    all: bool,
+    /// Where the kernel runs.
+    #[arg(long, value_enum, default_value = "sim")]
+    backend: CheckBackend,
+    /// Override the problem's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object per kernel instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Verdict {
+    name: String,
+    ok: bool,
+    out_err: f64,
+    out_ratio: f64,
+    lse_err: f64,
+    detail: String,
+}
+
+fn inputs<T: Element>(sf: &SpecFile, seed: u64) -> Inputs<T> {
+    let p = sf.problem;
+    let d = sf.spec.head_dim.get();
+    let mk = |h, s, stream| {
+        let shape = Shape4::new(p.batch, h, s, d);
+        let v = random_values(shape.numel(), seed, stream);
+        Tensor4::from_vec(shape, v.into_iter().map(T::from_f32).collect()).expect("sized")
+    };
+    Inputs::new(
+        mk(p.heads_q, p.seq_q, 1),
+        mk(p.heads_kv, p.seq_k, 2),
+        mk(p.heads_kv, p.seq_k, 3),
+    )
+}
+
+fn check_one<T: Element + SimElem>(
+    sf: &SpecFile,
+    backend: &Backend,
+    seed: u64,
+) -> Result<Verdict, CliError> {
+    let tile = sf.tile().map_err(CliError::input)?;
+    let mut rp = sf
+        .run_params(sf.problem.seq_k, None)
+        .map_err(CliError::input)?;
+    specfile::catalog_twins(sf, &mut rp);
+    let x = inputs::<T>(sf, seed);
+    let name = attnforge::codegen::name::canonical_name_with_tile(&sf.spec, &tile);
+    match check(&sf.spec, &tile, &x, &rp, backend) {
+        Ok(r) => Ok(Verdict {
+            name,
+            ok: true,
+            out_err: r.close.out.max_err,
+            out_ratio: r.close.out.ratio,
+            lse_err: r.close.lse.max_err,
+            detail: String::new(),
+        }),
+        Err(ExecError::Mismatch { detail, .. }) => Ok(Verdict {
+            name,
+            ok: false,
+            out_err: f64::NAN,
+            out_ratio: f64::NAN,
+            lse_err: f64::NAN,
+            detail,
+        }),
+        Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
+            Err(CliError::input(format!("{}: {e}", where_(sf))))
+        }
+        Err(e) => Ok(Verdict {
+            name,
+            ok: false,
+            out_err: f64::NAN,
+            out_ratio: f64::NAN,
+            lse_err: f64::NAN,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn where_(sf: &SpecFile) -> String {
+    sf.path
+        .as_ref()
+        .map_or_else(|| sf.spec.canonical_name(), |p| p.display().to_string())
+}
+
+pub fn run(a: CheckArgs) -> Result<(), CliError> {
+    let mut files: Vec<SpecFile> = Vec::new();
+    if a.all {
+        files.extend(catalog().into_iter().map(specfile::from_catalog));
+    }
+    for s in &a.specs {
+        files.push(resolve_spec(s)?);
+    }
+    if files.is_empty() {
+        return Err(CliError::input(
+            "nothing to check\n  fix: give catalog names or spec files, or --all",
+        ));
+    }
+    let backend = match a.backend {
+        CheckBackend::Sim => Backend::sim(),
+        CheckBackend::Cuda => Backend::Cuda(0),
+    };
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut failed = 0;
+    for sf in &files {
+        bar.set_message(sf.spec.canonical_name());
+        let seed = a.seed.unwrap_or(sf.problem.seed);
+        let v = match sf.spec.dtype {
+            DType::F32 => check_one::<f32>(sf, &backend, seed),
+            DType::F16 => check_one::<f16>(sf, &backend, seed),
+            DType::Bf16 => check_one::<bf16>(sf, &backend, seed),
+        };
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e);
+            }
+        };
+        if !v.ok {
+            failed += 1;
+        }
+        let line = if a.json {
+            serde_json::json!({
+                "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
+                "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
+                "detail": v.detail,
+            })
+            .to_string()
+        } else if v.ok {
+            format!(
+                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}",
+                v.name, v.out_err, v.out_ratio, v.lse_err
+            )
+        } else {
+            format!("FAIL {:<56} {}", v.name, v.detail)
+        };
+        bar.suspend(|| println!("{line}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if failed > 0 {
+        return Err(CliError::failed(format!(
+            "{failed} of {} kernels failed the check",
+            files.len()
+        )));
+    }
+    if !a.json {
+        println!("{} kernels passed", files.len());
+    }
+    Ok(())
+}
+
+fn finite(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        x.into()
+    } else {
+        serde_json::Value::Null
+    }
+}

@@ -1,0 +1,109 @@
+//! `attnforge emit`: `.cu` + launch metadata JSON + ptxas report.
+
+use std::path::PathBuf;
+
+use attnforge::codegen::emit::emit;
+use attnforge::codegen::tile::Arch;
+use attnforge::npy::write_bytes_atomic;
+use clap::Args;
+
+use super::common::{parse_arch, resolve_spec};
+use super::CliError;
+
+pub const AFTER_HELP: &str = "\
+Writes <kernel>.cu (self-contained CUDA, `extern \"C\" __global__`) and <kernel>.json (kernel
+name, argument order with C types, grid formula, block threads, dynamic shared memory, the
+ptxas resource report for --arch). Load them from Python with examples/python/run_cupy.py.
+
+Examples:
+  attnforge emit flash_fwd_causal_d128_bf16 --out-dir build/
+  attnforge emit examples/specs/softcap.toml --arch sm_90 --out-dir build/
+  attnforge emit examples/specs/causal.toml --no-ptxas   # without the CUDA toolchain";
+
+/// Options of `attnforge emit`.
+#[derive(Debug, Args)]
+pub struct EmitArgs {
+    /// Catalog names or spec files.
+    #[arg(required = true)]
+    specs: Vec<String>,
+    /// Target architecture (sm_80 or sm_90); default: the spec file's [tune] arch, else sm_80.
+    #[arg(long, value_parser = parse_arch)]
+    arch: Option<Arch>,
+    /// Output folder (created if missing).
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+    /// Skip NVRTC/ptxas (no CUDA toolchain needed; the JSON then has `"ptxas": null`).
+    #[arg(long)]
+    no_ptxas: bool,
+}
+
+pub fn run(a: EmitArgs) -> Result<(), CliError> {
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| {
+        CliError::input(format!(
+            "{}: cannot create the output folder: {e}\n  fix: pass a writable --out-dir",
+            a.out_dir.display()
+        ))
+    })?;
+    for s in &a.specs {
+        let mut sf = resolve_spec(s)?;
+        if let Some(arch) = a.arch {
+            sf.tune.arch = arch;
+        }
+        let tile = sf.tile().map_err(CliError::input)?;
+        let k = emit(&sf.spec, &tile, sf.tune.arch).map_err(|errs| {
+            CliError::input(format!(
+                "{s}: {}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })?;
+        let ptxas = if a.no_ptxas {
+            serde_json::Value::Null
+        } else {
+            let arch = match sf.tune.arch {
+                Arch::Sm80 => attnforge::kernels::Arch::Sm80,
+                Arch::Sm90 => attnforge::kernels::Arch::Sm90,
+            };
+            let b = attnforge::kernels::build_kernel(&k.source, &k.name, arch).map_err(|e| {
+                CliError::failed(format!(
+                    "{s}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
+                    k.name
+                ))
+            })?;
+            serde_json::to_value(&b.resources).map_err(CliError::failed)?
+        };
+        let mut meta = serde_json::to_value(&k.metadata).map_err(CliError::failed)?;
+        let signature: Vec<serde_json::Value> = k
+            .metadata
+            .args
+            .iter()
+            .map(|x| serde_json::json!({"name": x.name, "c_type": x.kind.c_type()}))
+            .collect();
+        if let serde_json::Value::Object(m) = &mut meta {
+            m.insert("signature".into(), signature.into());
+            m.insert("ptxas".into(), ptxas);
+            m.insert("arch_name".into(), sf.tune.arch.sm_name().into());
+        }
+        let cu = a.out_dir.join(format!("{}.cu", k.name));
+        let js = a.out_dir.join(format!("{}.json", k.name));
+        let text = serde_json::to_string_pretty(&meta).map_err(CliError::failed)?;
+        write_bytes_atomic(&cu, k.source.as_bytes()).map_err(CliError::input)?;
+        write_bytes_atomic(&js, text.as_bytes()).map_err(CliError::input)?;
+        let regs = meta
+            .get("ptxas")
+            .and_then(|p| p.get("registers"))
+            .map_or("-".to_string(), |r| r.to_string());
+        println!(
+            "{}  -> {} ({} args, {} threads, {} B smem, {} registers)",
+            k.name,
+            cu.display(),
+            k.metadata.args.len(),
+            k.metadata.block_threads,
+            k.metadata.dynamic_smem_bytes,
+            regs
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Argument parsing (clap derive) and dispatch. Exit codes: 0 success, 1 a check failed or a
+//! backend failed, 2 a usage or input error (bad file, field, shape, dtype).
+
+mod check;
+mod common;
+mod emit;
+mod list;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code of a failed check or backend run.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code of a usage or input error.
+pub const EXIT_INPUT: i32 = 2;
+
+/// A CLI error: the message (already naming file, field and fix) and its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn input(m: impl std::fmt::Display) -> Self {
+        CliError {
+            code: EXIT_INPUT,
+            message: m.to_string(),
+        }
+    }
+    pub fn failed(m: impl std::fmt::Display) -> Self {
+        CliError {
+            code: EXIT_FAILED,
+            message: m.to_string(),
+        }
+    }
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  attnforge list
+  attnforge emit examples/specs/causal.toml --out-dir build/ --arch sm_90
+  attnforge check examples/specs/*.toml
+  attnforge check --all --backend sim
+  attnforge run examples/specs/causal.toml --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
+
+A SPEC is a catalog canonical name (see `attnforge list`) or a path to a TOML spec file
+(docs/spec-files.md).";
+
+/// attnforge: generate, verify and run attention kernels.
+#[derive(Debug, Parser)]
+#[command(name = "attnforge", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the built-in catalog with canonical names.
+    #[command(after_help = "Examples:\n  attnforge list\n  attnforge list --json > catalog.json")]
+    List(list::ListArgs),
+    /// Write the CUDA source, launch metadata (JSON) and the ptxas report of a kernel.
+    #[command(after_help = emit::AFTER_HELP)]
+    Emit(emit::EmitArgs),
+    /// Run kernels on a backend and compare them with the f64 reference.
+    #[command(after_help = check::AFTER_HELP)]
+    Check(check::CheckArgs),
+    /// Run one spec on q/k/v from .npy files and write out and lse as .npy.
+    #[command(after_help = run::AFTER_HELP)]
+    Run(run::RunArgs),
+}
+
+/// Parse the arguments, run, print errors; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_INPUT } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let r = match cli.command {
+        Command::List(a) => list::run(a),
+        Command::Emit(a) => emit::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Run(a) => run::run(a),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}

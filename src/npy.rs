@@ -1,0 +1,283 @@
+//! `.npy` input and output for the CLI (through the `npyz` crate).
+//!
+//! Supported: little-endian `<f4` (f32), `<f2` (f16), `<u2` (raw bf16 bits; NumPy has no
+//! bfloat16) and `<i4` (document ids), C order only. A bf16 spec reads `<u2` bits as they
+//! are, or `<f4` rounded to nearest-even bf16. Outputs are written atomically (a temporary
+//! file in the same folder, then a rename): a failed run leaves nothing behind.
+//!
+//! ```no_run
+//! let ids = attnforge::npy::read_i32(std::path::Path::new("doc.npy")).unwrap();
+//! # let _ = ids;
+//! ```
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use attnforge_kernels::codegen::spec::DType;
+use attnforge_reference::{Shape4, Tensor4};
+use half::{bf16, f16};
+use npyz::WriterBuilder;
+
+/// An `.npy` problem: the file, what is wrong, how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpyError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for NpyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}\n  fix: {}",
+            self.file.display(),
+            self.message,
+            self.fix
+        )
+    }
+}
+
+impl std::error::Error for NpyError {}
+
+fn err(file: &Path, message: impl Into<String>, fix: impl Into<String>) -> NpyError {
+    NpyError {
+        file: file.to_path_buf(),
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// A 4-D input tensor in one of the kernel element types.
+#[derive(Clone, Debug)]
+pub enum AnyTensor {
+    /// f32.
+    F32(Tensor4<f32>),
+    /// f16.
+    F16(Tensor4<f16>),
+    /// bf16.
+    Bf16(Tensor4<bf16>),
+}
+
+impl AnyTensor {
+    /// The shape.
+    pub fn shape(&self) -> Shape4 {
+        match self {
+            AnyTensor::F32(t) => t.shape,
+            AnyTensor::F16(t) => t.shape,
+            AnyTensor::Bf16(t) => t.shape,
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
+    let f = File::open(path).map_err(|e| {
+        err(
+            path,
+            format!("cannot open: {e}"),
+            "check the path (relative paths are relative to the working directory)",
+        )
+    })?;
+    let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| {
+        err(
+            path,
+            format!("not a valid .npy file: {e}"),
+            "write it with numpy.save",
+        )
+    })?;
+    if npy.order() != npyz::Order::C {
+        return Err(err(
+            path,
+            "array is in Fortran order",
+            "save a C-contiguous array (numpy.ascontiguousarray(x))",
+        ));
+    }
+    Ok(npy)
+}
+
+fn descr(npy: &npyz::NpyFile<BufReader<File>>) -> String {
+    match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn read_vec<T: npyz::Deserialize>(
+    path: &Path,
+    npy: npyz::NpyFile<BufReader<File>>,
+) -> Result<Vec<T>, NpyError> {
+    npy.into_vec::<T>().map_err(|e| {
+        err(
+            path,
+            format!("cannot read data: {e}"),
+            "rewrite the file with numpy.save",
+        )
+    })
+}
+
+/// Read a `[B, H, S, D]` tensor for a kernel of element type `dtype`.
+pub fn read_tensor(path: &Path, dtype: DType) -> Result<AnyTensor, NpyError> {
+    let npy = open(path)?;
+    let shape: Vec<u64> = npy.shape().to_vec();
+    if shape.len() != 4 {
+        return Err(err(
+            path,
+            format!("shape {shape:?} has {} dimensions", shape.len()),
+            "pass a 4-D array [batch, heads, seq, head_dim]",
+        ));
+    }
+    let s = Shape4::new(
+        shape[0] as usize,
+        shape[1] as usize,
+        shape[2] as usize,
+        shape[3] as usize,
+    );
+    let d = descr(&npy);
+    let check_finite = |bad: Option<usize>| match bad {
+        Some(i) => Err(err(
+            path,
+            format!("element {i} (flat, C order) is NaN or Inf"),
+            "clean the input: attention of non-finite values is undefined",
+        )),
+        None => Ok(()),
+    };
+    let wrong = |want: &str| {
+        err(
+            path,
+            format!("dtype {d} does not match the kernel's {}", dtype.short()),
+            format!("save the array as {want}"),
+        )
+    };
+    Ok(match (dtype, d.as_str()) {
+        (DType::F32, "<f4") => {
+            let v: Vec<f32> = read_vec(path, npy)?;
+            check_finite(v.iter().position(|x| !x.is_finite()))?;
+            AnyTensor::F32(tensor(path, s, v)?)
+        }
+        (DType::F16, "<f2") => {
+            let v: Vec<f16> = read_vec(path, npy)?;
+            check_finite(v.iter().position(|x| !x.is_finite()))?;
+            AnyTensor::F16(tensor(path, s, v)?)
+        }
+        (DType::Bf16, "<u2") => {
+            let v: Vec<u16> = read_vec(path, npy)?;
+            let v: Vec<bf16> = v.into_iter().map(bf16::from_bits).collect();
+            check_finite(v.iter().position(|x| !x.is_finite()))?;
+            AnyTensor::Bf16(tensor(path, s, v)?)
+        }
+        (DType::Bf16, "<f4") => {
+            let v: Vec<f32> = read_vec(path, npy)?;
+            check_finite(v.iter().position(|x| !x.is_finite()))?;
+            AnyTensor::Bf16(tensor(
+                path,
+                s,
+                v.into_iter().map(bf16::from_f32).collect(),
+            )?)
+        }
+        (DType::F32, _) => return Err(wrong("float32 ('<f4')")),
+        (DType::F16, _) => return Err(wrong("float16 ('<f2')")),
+        (DType::Bf16, _) => {
+            return Err(wrong(
+                "uint16 raw bfloat16 bits ('<u2') or float32 ('<f4', rounded to bf16)",
+            ))
+        }
+    })
+}
+
+fn tensor<T: attnforge_reference::Element>(
+    path: &Path,
+    s: Shape4,
+    v: Vec<T>,
+) -> Result<Tensor4<T>, NpyError> {
+    Tensor4::from_vec(s, v)
+        .map_err(|e| err(path, e.to_string(), "rewrite the file with numpy.save"))
+}
+
+/// Read a 1-D or 2-D int32 array (document ids), flattened in C order.
+pub fn read_i32(path: &Path) -> Result<Vec<i32>, NpyError> {
+    let npy = open(path)?;
+    let d = descr(&npy);
+    if d != "<i4" {
+        return Err(err(
+            path,
+            format!("dtype {d}, expected int32"),
+            "save the ids as numpy int32 ('<i4')",
+        ));
+    }
+    if npy.shape().len() > 2 {
+        return Err(err(
+            path,
+            format!("shape {:?}: ids must be [Sk] or [B, Sk]", npy.shape()),
+            "pass a 1-D or 2-D array",
+        ));
+    }
+    read_vec(path, npy)
+}
+
+/// Write `data` with `shape` to `path` atomically (temp file + rename).
+pub fn write_atomic<T: npyz::AutoSerialize + Clone>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+) -> Result<(), NpyError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out.npy".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        let f = File::create(&tmp)?;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(BufWriter::new(f))
+            .begin_nd()?;
+        w.extend(data.iter().cloned())?;
+        w.finish()?;
+        Ok(())
+    })();
+    let res = res.and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(
+            path,
+            format!("cannot write: {e}"),
+            "check that the folder exists and is writable",
+        ));
+    }
+    Ok(())
+}
+
+/// Write bytes atomically (temp file + rename), for `.cu` and `.json` outputs.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), NpyError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(
+            path,
+            format!("cannot write: {e}"),
+            "check that the folder exists and is writable",
+        ));
+    }
+    Ok(())
+}

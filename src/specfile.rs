@@ -1,0 +1,1033 @@
+//! Spec files: a kernel variant, its runtime parameters, a test problem and a tile in TOML.
+//!
+//! The file carries the same information as the Rust macro spec and goes through the same
+//! library code: the `KernelSpec` part is deserialized with serde and checked with
+//! [`attnforge_codegen::check::validate_spec`]; mask and score functions are Rust-subset
+//! source text translated by `attnforge-dsl` (the same translator the `#[mask]`/`#[score]`
+//! macros use) and evaluated on the host by [`attnforge_dsl::eval`] for the reference.
+//! The format is documented in `docs/spec-files.md`.
+//!
+//! ```
+//! let f = attnforge::specfile::SpecFile::parse(
+//!     "dtype = \"f16\"\nhead_dim = 64\nmask = \"local\"\n[params]\nwindow_left = 16\nwindow_right = 0\n",
+//!     None,
+//! )
+//! .unwrap();
+//! assert_eq!(f.spec.canonical_name(), "flash_fwd_local_d64_f16");
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use attnforge_dsl::eval::{EvalFn, Value};
+use attnforge_dsl::{FnKind, ParamKind};
+use attnforge_kernels::codegen::blocks::BlockLists;
+use attnforge_kernels::codegen::check::{validate_spec, MaskParams};
+use attnforge_kernels::codegen::spec::{
+    BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamKind,
+    UserSource,
+};
+use attnforge_kernels::codegen::tile::{default_tile, Arch, TileConfig};
+use attnforge_kernels::exec::{RunParams, UserValue};
+use serde::Deserialize;
+
+/// An error in a spec file: which file, which field, what is wrong and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecFileError {
+    /// The file (or `<catalog>` / `<input>`).
+    pub file: String,
+    /// Dotted field path (`params.window_left`, `mask.function.source`), or `toml` for
+    /// syntax errors.
+    pub field: String,
+    /// What is wrong (with line/column where known).
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for SpecFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: field `{}`: {}\n  fix: {}",
+            self.file, self.field, self.message, self.fix
+        )
+    }
+}
+
+impl std::error::Error for SpecFileError {}
+
+/// Test problem used by `attnforge check` (random inputs of these sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Problem {
+    /// Batch `B`.
+    #[serde(default = "one")]
+    pub batch: usize,
+    /// Query heads `Hq`.
+    #[serde(default)]
+    pub heads_q: usize,
+    /// Key/value heads `Hkv`.
+    #[serde(default)]
+    pub heads_kv: usize,
+    /// Query length `Sq`.
+    #[serde(default = "default_seq")]
+    pub seq_q: usize,
+    /// Key length `Sk`.
+    #[serde(default = "default_seq")]
+    pub seq_k: usize,
+    /// Seed of the random inputs.
+    #[serde(default = "one_u64")]
+    pub seed: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_u64() -> u64 {
+    1
+}
+fn default_seq() -> usize {
+    80
+}
+
+/// The `[tune]` table: the architecture, the tile used by `emit`/`check`/`run`, and the
+/// candidate tiles of a tuning run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tune {
+    /// Target architecture.
+    pub arch: Arch,
+    /// Tile for emit/check/run (default: `default_tile(spec, arch)`).
+    pub tile: Option<TileConfig>,
+    /// Candidate tiles for tuning (empty: the default search space).
+    pub space: Vec<TileConfig>,
+}
+
+/// Where the document ids of the document masks come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DocSource {
+    /// Explicit ids.
+    Ids(Vec<i32>),
+    /// Segment lengths: ids 0, 1, 2, ... repeated by length (must sum to `Sk`).
+    Segments(Vec<usize>),
+    /// An `.npy` file of i32 (relative paths are relative to the spec file).
+    File(PathBuf),
+}
+
+/// A user function parsed from source text: the CUDA for the kernel and the host evaluator.
+#[derive(Clone, Debug)]
+pub struct HostFn {
+    /// Function name.
+    pub name: String,
+    /// Parameter names and DSL kinds, in order.
+    pub params: Vec<(String, ParamKind)>,
+    /// Host evaluator of the same text.
+    pub eval: EvalFn,
+}
+
+/// A parsed, validated spec file.
+#[derive(Clone, Debug)]
+pub struct SpecFile {
+    /// Where it came from (`None` for catalog entries and text).
+    pub path: Option<PathBuf>,
+    /// Free text.
+    pub description: Option<String>,
+    /// The kernel spec (validated).
+    pub spec: KernelSpec,
+    /// Scalar mask parameters.
+    pub mask_params: MaskParams,
+    /// Softcap value.
+    pub softcap: Option<f32>,
+    /// ALiBi slopes (default: the standard slopes).
+    pub alibi_slopes: Option<Vec<f32>>,
+    /// Document ids.
+    pub doc: Option<DocSource>,
+    /// Explicit block lists.
+    pub block_lists: Option<BlockLists>,
+    /// User parameter values.
+    pub user: BTreeMap<String, UserValue>,
+    /// Host twin of a user mask given as source.
+    pub host_mask: Option<HostFn>,
+    /// Host twin of a user score given as source.
+    pub host_score: Option<HostFn>,
+    /// The `[problem]` table.
+    pub problem: Problem,
+    /// The `[tune]` table.
+    pub tune: Tune,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    description: Option<String>,
+    dtype: DType,
+    head_dim: u32,
+    #[serde(default)]
+    gqa: bool,
+    scale: Option<f32>,
+    sparse_block: Option<BlockSize>,
+    mask: MaskRaw,
+    score: Option<ScoreRaw>,
+    #[serde(default)]
+    params: ParamsRaw,
+    problem: Option<Problem>,
+    tune: Option<TuneRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MaskRaw {
+    Name(String),
+    Table(FnTable),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScoreRaw {
+    Name(String),
+    Table(FnTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FnTable {
+    kind: Option<String>,
+    function: Option<FnSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FnSource {
+    source: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ParamsRaw {
+    window_left: Option<i64>,
+    window_right: Option<i64>,
+    prefix_len: Option<i64>,
+    window: Option<i64>,
+    global_tokens: Option<i64>,
+    local_window: Option<i64>,
+    dist_limit: Option<i64>,
+    rope_theta: Option<f32>,
+    doc_block: Option<i64>,
+    softcap: Option<f32>,
+    alibi_slopes: Option<Vec<f32>>,
+    doc: Option<Vec<i32>>,
+    doc_segments: Option<Vec<usize>>,
+    doc_file: Option<String>,
+    block_lists: Option<BlockLists>,
+    #[serde(default)]
+    user: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TuneRaw {
+    arch: Option<String>,
+    tile: Option<TileConfig>,
+    #[serde(default)]
+    space: Vec<TileConfig>,
+}
+
+const MASK_KINDS: &str = "full, causal, local, prefix_lm, document, causal_document, \
+share_question, global_local, block_causal_document, lambda_mask, lm_infinite, predicate, block_sparse";
+
+impl SpecFile {
+    /// Read and parse a spec file.
+    pub fn load(path: &Path) -> Result<SpecFile, SpecFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecFileError {
+            file: path.display().to_string(),
+            field: "-".into(),
+            message: format!("cannot read the spec file: {e}"),
+            fix: "give the path of an existing TOML spec file or a catalog name (`attnforge list`)"
+                .into(),
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    /// Parse spec-file text (`path` is used in errors and to resolve relative file names).
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<SpecFile, SpecFileError> {
+        let file = path.map_or("<input>".to_string(), |p| p.display().to_string());
+        let err = |field: &str, message: String, fix: &str| SpecFileError {
+            file: file.clone(),
+            field: field.into(),
+            message,
+            fix: fix.into(),
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let field = toml_field(&e);
+            let msg = e.to_string().replace('\n', " ").trim().to_string();
+            err(
+                &field,
+                msg,
+                "see docs/spec-files.md for the fields and their types",
+            )
+        })?;
+        let head_dim = match raw.head_dim {
+            64 => HeadDim::D64,
+            128 => HeadDim::D128,
+            256 => HeadDim::D256,
+            d => {
+                return Err(err(
+                    "head_dim",
+                    format!("unsupported head dimension {d}"),
+                    "use 64, 128 or 256",
+                ))
+            }
+        };
+        let (mask, host_mask) = match raw.mask {
+            MaskRaw::Name(n) => (simple_mask(&n).ok_or_else(|| {
+                err(
+                    "mask",
+                    format!("unknown mask `{n}`"),
+                    &format!("use one of: {MASK_KINDS} (predicate and block_sparse with a [mask.function] table)"),
+                )
+            })?, None),
+            MaskRaw::Table(t) => {
+                let kind = t.kind.as_deref().unwrap_or(if t.function.is_some() {
+                    "predicate"
+                } else {
+                    ""
+                });
+                let func = match &t.function {
+                    Some(f) => Some(user_fn(&f.source, FnKind::Mask, "mask.function.source")
+                        .map_err(|(field, m, fix)| err(&field, m, &fix))?),
+                    None => None,
+                };
+                match (kind, func) {
+                    ("predicate", Some((uf, h))) => (Mask::Predicate(uf), Some(h)),
+                    ("predicate", None) => {
+                        return Err(err(
+                            "mask.function",
+                            "a predicate mask needs its function".into(),
+                            "add [mask.function] with `source = '''fn name(q: i64, kv: i64) -> bool { .. }'''`",
+                        ))
+                    }
+                    ("block_sparse", f) => {
+                        let (m, h) = match f {
+                            Some((uf, h)) => (Some(uf), Some(h)),
+                            None => (None, None),
+                        };
+                        (Mask::BlockSparse { mask: m }, h)
+                    }
+                    (k, None) if simple_mask(k).is_some() => (simple_mask(k).unwrap_or(Mask::Full), None),
+                    (k, _) => {
+                        return Err(err(
+                            "mask.kind",
+                            format!("mask kind `{k}` does not take a function (or is unknown)"),
+                            &format!("use `predicate` or `block_sparse` with [mask.function]; kinds: {MASK_KINDS}"),
+                        ))
+                    }
+                }
+            }
+        };
+        let (score, host_score) = match raw.score {
+            None => (ScoreMod::None, None),
+            Some(ScoreRaw::Name(n)) => (
+                match n.as_str() {
+                    "none" => ScoreMod::None,
+                    "softcap" => ScoreMod::Softcap,
+                    "alibi" => ScoreMod::Alibi,
+                    _ => {
+                        return Err(err(
+                            "score",
+                            format!("unknown score modification `{n}`"),
+                            "use none, softcap, alibi, or a [score.function] table",
+                        ))
+                    }
+                },
+                None,
+            ),
+            Some(ScoreRaw::Table(t)) => {
+                if let Some(k) = t.kind.as_deref().filter(|k| *k != "user") {
+                    return Err(err(
+                        "score.kind",
+                        format!("score kind `{k}` does not take a function"),
+                        "use kind = \"user\" (or omit kind) with [score.function]",
+                    ));
+                }
+                let f = t.function.ok_or_else(|| {
+                    err(
+                        "score.function",
+                        "a user score needs its function".into(),
+                        "add [score.function] with `source = '''fn name(score: f32, q: i64, kv: i64) -> f32 { .. }'''`",
+                    )
+                })?;
+                let (uf, h) = user_fn(&f.source, FnKind::Score, "score.function.source")
+                    .map_err(|(field, m, fix)| err(&field, m, &fix))?;
+                (ScoreMod::User(uf), Some(h))
+            }
+        };
+        let spec = KernelSpec {
+            dtype: raw.dtype,
+            head_dim,
+            gqa: raw.gqa,
+            mask,
+            score,
+            scale: raw.scale,
+            sparse_block: raw.sparse_block.unwrap_or_default(),
+        };
+        validate_spec(&spec).map_err(|errs| {
+            let first = &errs[0];
+            err(
+                &first.path.to_string(),
+                errs.iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                &first.fix,
+            )
+        })?;
+        let p = raw.params;
+        let mask_params = mask_params(&spec.mask, &p).map_err(|(f, m, fix)| err(&f, m, &fix))?;
+        if !matches!(spec.score, ScoreMod::Softcap) && p.softcap.is_some() {
+            return Err(err(
+                "params.softcap",
+                "softcap is given but the score is not `softcap`".into(),
+                "remove it or set score = \"softcap\"",
+            ));
+        }
+        if matches!(spec.score, ScoreMod::Softcap) && p.softcap.is_none() {
+            return Err(err(
+                "params.softcap",
+                "the softcap score needs its cap `c`".into(),
+                "add `softcap = 30.0` to [params]",
+            ));
+        }
+        if !matches!(spec.score, ScoreMod::Alibi) && p.alibi_slopes.is_some() {
+            return Err(err(
+                "params.alibi_slopes",
+                "slopes given but the score is not `alibi`".into(),
+                "remove them or set score = \"alibi\"",
+            ));
+        }
+        let needs_doc = matches!(
+            spec.mask,
+            Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
+        );
+        let docs: Vec<DocSource> = [
+            p.doc.map(DocSource::Ids),
+            p.doc_segments.map(DocSource::Segments),
+            p.doc_file.map(|f| {
+                let fp = PathBuf::from(&f);
+                DocSource::File(match path.and_then(Path::parent) {
+                    Some(dir) if fp.is_relative() => dir.join(fp),
+                    _ => fp,
+                })
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if docs.len() > 1 {
+            return Err(err(
+                "params.doc",
+                "more than one of doc, doc_segments, doc_file".into(),
+                "give the document ids one way",
+            ));
+        }
+        if !needs_doc && !docs.is_empty() {
+            return Err(err(
+                "params.doc",
+                format!(
+                    "document ids given but mask `{}` does not use them",
+                    spec.mask.tag()
+                ),
+                "remove them",
+            ));
+        }
+        if p.block_lists.is_some() && !spec.mask.uses_block_lists() {
+            return Err(err(
+                "params.block_lists",
+                format!(
+                    "block lists given but mask `{}` does not use them",
+                    spec.mask.tag()
+                ),
+                "remove [params.block_lists]",
+            ));
+        }
+        let user = user_values(&spec, &p.user).map_err(|(f, m, fix)| err(&f, m, &fix))?;
+        let mut problem = raw.problem.unwrap_or(Problem {
+            batch: 1,
+            heads_q: 0,
+            heads_kv: 0,
+            seq_q: default_seq(),
+            seq_k: default_seq(),
+            seed: 1,
+        });
+        if problem.heads_q == 0 {
+            problem.heads_q = if spec.gqa { 4 } else { 2 };
+        }
+        if problem.heads_kv == 0 {
+            problem.heads_kv = if spec.gqa { 1 } else { problem.heads_q };
+        }
+        let tune = match raw.tune {
+            None => Tune {
+                arch: Arch::Sm80,
+                tile: None,
+                space: Vec::new(),
+            },
+            Some(t) => Tune {
+                arch: match t.arch.as_deref() {
+                    None | Some("sm_80") => Arch::Sm80,
+                    Some("sm_90") => Arch::Sm90,
+                    Some(a) => {
+                        return Err(err(
+                            "tune.arch",
+                            format!("unknown architecture `{a}`"),
+                            "use \"sm_80\" or \"sm_90\"",
+                        ))
+                    }
+                },
+                tile: t.tile,
+                space: t.space,
+            },
+        };
+        if let Some(t) = &tune.tile {
+            t.valid(&spec, tune.arch).map_err(|e| {
+                err(
+                    "tune.tile",
+                    e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; "),
+                    "pick a valid tile (block_m/block_n multiples of 16, see `attnforge emit --help`)",
+                )
+            })?;
+        }
+        Ok(SpecFile {
+            path: path.map(Path::to_path_buf),
+            description: raw.description,
+            spec,
+            mask_params,
+            softcap: p.softcap,
+            alibi_slopes: p.alibi_slopes,
+            doc: docs.into_iter().next(),
+            block_lists: p.block_lists,
+            user,
+            host_mask,
+            host_score,
+            problem,
+            tune,
+        })
+    }
+
+    /// The tile for emit/check/run: `[tune] tile`, else the default tile of the arch.
+    pub fn tile(&self) -> Result<TileConfig, SpecFileError> {
+        match self.tune.tile {
+            Some(t) => Ok(t),
+            None => default_tile(&self.spec, self.tune.arch).ok_or_else(|| {
+                self.error(
+                    "tune.tile",
+                    "no default tile fits this spec".into(),
+                    "give [tune] tile = { block_m = 64, block_n = 64, warps = 4, stages = 1 }",
+                )
+            }),
+        }
+    }
+
+    /// An error about this file.
+    pub fn error(&self, field: &str, message: String, fix: &str) -> SpecFileError {
+        SpecFileError {
+            file: self
+                .path
+                .as_ref()
+                .map_or("<catalog>".into(), |p| p.display().to_string()),
+            field: field.into(),
+            message,
+            fix: fix.into(),
+        }
+    }
+
+    /// Runtime parameters for a problem with `batch` and `seq_k` (document ids are checked
+    /// against `seq_k`; `doc_override` replaces the file's ids, e.g. `attnforge run --doc`).
+    pub fn run_params(
+        &self,
+        seq_k: usize,
+        doc_override: Option<Vec<i32>>,
+    ) -> Result<RunParams, SpecFileError> {
+        let mut rp = RunParams {
+            mask: Some(self.mask_params.clone()),
+            softcap: self.softcap,
+            alibi_slopes: self.alibi_slopes.clone(),
+            block_lists: self.block_lists.clone(),
+            user: self.user.clone(),
+            ..RunParams::default()
+        };
+        let doc = match (doc_override, &self.doc) {
+            (Some(d), _) => Some(d),
+            (None, Some(DocSource::Ids(d))) => Some(d.clone()),
+            (None, Some(DocSource::Segments(s))) => {
+                let total: usize = s.iter().sum();
+                if total != seq_k {
+                    return Err(self.error(
+                        "params.doc_segments",
+                        format!("segments sum to {total} but the key length is {seq_k}"),
+                        "make the segment lengths sum to seq_k",
+                    ));
+                }
+                Some(
+                    s.iter()
+                        .enumerate()
+                        .flat_map(|(i, n)| std::iter::repeat_n(i as i32, *n))
+                        .collect(),
+                )
+            }
+            (None, Some(DocSource::File(f))) => Some(crate::npy::read_i32(f).map_err(|e| {
+                self.error(
+                    "params.doc_file",
+                    e.to_string(),
+                    "give an .npy file of int32 ids",
+                )
+            })?),
+            (None, None) => None,
+        };
+        let needs_doc = matches!(
+            self.spec.mask,
+            Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
+        );
+        if needs_doc && doc.is_none() {
+            return Err(self.error(
+                "params.doc",
+                format!("mask `{}` needs per-token document ids", self.spec.mask.tag()),
+                "add `doc_segments = [..]`, `doc = [..]` or `doc_file = \"ids.npy\"` to [params] (or pass --doc)",
+            ));
+        }
+        rp.doc = doc;
+        let user = self.user.clone();
+        if let Some(h) = &self.host_mask {
+            let vals = host_values(h, &user).map_err(|m| {
+                self.error(
+                    "params.user",
+                    m,
+                    "give every parameter of the mask function in [params.user]",
+                )
+            })?;
+            let f = h.eval.clone();
+            rp.host_mask = Some(Arc::new(move |b, hh, q, kv| {
+                // An evaluation error is a Rust panic of the same function: report it loudly.
+                f.mask(b, hh, q, kv, &vals)
+                    .unwrap_or_else(|e| panic!("user mask function failed: {e}"))
+            }));
+        }
+        if let Some(h) = &self.host_score {
+            let vals = host_values(h, &user).map_err(|m| {
+                self.error(
+                    "params.user",
+                    m,
+                    "give every parameter of the score function in [params.user]",
+                )
+            })?;
+            let f = h.eval.clone();
+            rp.host_score = Some(Arc::new(move |s, b, hh, q, kv| {
+                f64::from(
+                    f.score(s, b, hh, q, kv, &vals)
+                        .unwrap_or_else(|e| panic!("user score function failed: {e}")),
+                )
+            }));
+        }
+        Ok(rp)
+    }
+}
+
+fn host_values(h: &HostFn, user: &BTreeMap<String, UserValue>) -> Result<Vec<Value>, String> {
+    h.params
+        .iter()
+        .map(|(n, _)| {
+            Ok(match user.get(n) {
+                Some(UserValue::Int(i)) => Value::Int(i64::from(*i)),
+                Some(UserValue::Float(f)) => Value::Float(*f),
+                Some(UserValue::Ints(a)) => Value::Ints(a.clone()),
+                Some(UserValue::Floats(a)) => Value::Floats(a.clone()),
+                None => return Err(format!("missing value of user parameter `{n}`")),
+            })
+        })
+        .collect()
+}
+
+/// The field path of a toml deserialization error (best effort from its message).
+fn toml_field(e: &toml::de::Error) -> String {
+    let m = e.message();
+    if let Some(i) = m.find("unknown field `") {
+        let rest = &m[i + 15..];
+        if let Some(j) = rest.find('`') {
+            return rest[..j].to_string();
+        }
+    }
+    if let Some(i) = m.find("missing field `") {
+        let rest = &m[i + 15..];
+        if let Some(j) = rest.find('`') {
+            return rest[..j].to_string();
+        }
+    }
+    "toml".into()
+}
+
+fn simple_mask(n: &str) -> Option<Mask> {
+    Some(match n {
+        "full" => Mask::Full,
+        "causal" => Mask::Causal,
+        "local" => Mask::Local,
+        "prefix_lm" => Mask::PrefixLm,
+        "document" => Mask::Document,
+        "causal_document" => Mask::CausalDocument,
+        "share_question" => Mask::ShareQuestion,
+        "global_local" => Mask::GlobalLocal,
+        "block_causal_document" => Mask::BlockCausalDocument,
+        "lambda_mask" => Mask::LambdaMask,
+        "lm_infinite" => Mask::LmInfinite,
+        "block_sparse" => Mask::BlockSparse { mask: None },
+        _ => return None,
+    })
+}
+
+type FieldErr = (String, String, String);
+
+fn user_fn(src: &str, kind: FnKind, field: &str) -> Result<(UserFunction, HostFn), FieldErr> {
+    let (def, eval) = attnforge_dsl::eval::translate_and_compile(src, kind).map_err(|errs| {
+        (
+            field.to_string(),
+            errs.iter()
+                .map(|e| format!("line {}, column {}: {}", e.line, e.column, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            "write the function in the supported Rust subset (docs/spec-files.md)".to_string(),
+        )
+    })?;
+    let mut params = Vec::new();
+    for p in &def.params {
+        if ["b", "h", "q_pos", "kv_pos", "score"].contains(&p.name.as_str()) {
+            return Err((
+                field.into(),
+                format!(
+                    "user parameter `{}` collides with an argument of the device function",
+                    p.name
+                ),
+                "rename it (b, h, q_pos, kv_pos and score are taken)".into(),
+            ));
+        }
+        let k = match p.kind {
+            ParamKind::U32 => UserParamKind::U32,
+            ParamKind::I32 => UserParamKind::I32,
+            ParamKind::F32 => UserParamKind::F32,
+            ParamKind::Bool => UserParamKind::Bool,
+            ParamKind::SliceU32 => UserParamKind::ArrayU32,
+            ParamKind::SliceI32 => UserParamKind::ArrayI32,
+            ParamKind::SliceF32 => UserParamKind::ArrayF32,
+            ParamKind::I64 | ParamKind::U64 => {
+                return Err((
+                    field.into(),
+                    format!(
+                        "user parameter `{}` has type {}: kernels take 32-bit scalars only",
+                        p.name,
+                        p.kind.rust_type()
+                    ),
+                    "declare it as i32 or u32 (positions may stay i64)".into(),
+                ))
+            }
+        };
+        params.push(UserParam {
+            name: p.name.clone(),
+            kind: k,
+        });
+    }
+    let host = HostFn {
+        name: def.name.clone(),
+        params: def
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.kind))
+            .collect(),
+        eval,
+    };
+    Ok((
+        UserFunction {
+            name: def.name,
+            source: UserSource::Function(def.cuda),
+            params,
+        },
+        host,
+    ))
+}
+
+fn mask_params(mask: &Mask, p: &ParamsRaw) -> Result<MaskParams, FieldErr> {
+    let all: [(&str, Option<i64>); 7] = [
+        ("window_left", p.window_left),
+        ("window_right", p.window_right),
+        ("prefix_len", p.prefix_len),
+        ("window", p.window),
+        ("global_tokens", p.global_tokens),
+        ("local_window", p.local_window),
+        ("dist_limit", p.dist_limit),
+    ];
+    let used: &[&str] = match mask {
+        Mask::Local => &["window_left", "window_right"],
+        Mask::PrefixLm => &["prefix_len"],
+        Mask::GlobalLocal => &["window", "global_tokens"],
+        Mask::LambdaMask => &["global_tokens", "local_window"],
+        Mask::LmInfinite => &["global_tokens", "local_window", "dist_limit"],
+        _ => &[],
+    };
+    for (n, v) in all.iter() {
+        if v.is_some() && !used.contains(n) {
+            return Err((
+                format!("params.{n}"),
+                format!("`{n}` is not a parameter of mask `{}`", mask.tag()),
+                if used.is_empty() {
+                    "remove it".to_string()
+                } else {
+                    format!("remove it; mask `{}` takes {}", mask.tag(), used.join(", "))
+                },
+            ));
+        }
+    }
+    if p.rope_theta.is_some() && !matches!(mask, Mask::LmInfinite) {
+        return Err((
+            "params.rope_theta".into(),
+            "rope_theta is only used by lm_infinite".into(),
+            "remove it".into(),
+        ));
+    }
+    if p.doc_block.is_some() != matches!(mask, Mask::BlockCausalDocument) {
+        return Err((
+            "params.doc_block".into(),
+            if p.doc_block.is_some() {
+                "doc_block is only used by block_causal_document".into()
+            } else {
+                "block_causal_document needs its block length".into()
+            },
+            if p.doc_block.is_some() {
+                "remove it".into()
+            } else {
+                "add `doc_block = 16` to [params]".into()
+            },
+        ));
+    }
+    let get = |n: &str| -> Result<i64, FieldErr> {
+        all.iter()
+            .find(|(k, _)| *k == n)
+            .and_then(|(_, v)| *v)
+            .ok_or_else(|| {
+                (
+                    format!("params.{n}"),
+                    format!("mask `{}` needs `{n}`", mask.tag()),
+                    format!("add `{n} = <integer>` to [params]"),
+                )
+            })
+    };
+    Ok(match mask {
+        Mask::Local => MaskParams::Local {
+            left: get("window_left")?,
+            right: get("window_right")?,
+        },
+        Mask::PrefixLm => MaskParams::PrefixLm {
+            prefix_len: get("prefix_len")?,
+        },
+        Mask::GlobalLocal => MaskParams::GlobalLocal {
+            window: get("window")?,
+            global_tokens: get("global_tokens")?,
+        },
+        Mask::LambdaMask => MaskParams::LambdaMask {
+            global_tokens: get("global_tokens")?,
+            local_window: get("local_window")?,
+        },
+        Mask::LmInfinite => MaskParams::LmInfinite {
+            global_tokens: get("global_tokens")?,
+            local_window: get("local_window")?,
+            dist_limit: get("dist_limit")?,
+            rope_theta: p.rope_theta.unwrap_or(10000.0),
+        },
+        Mask::BlockCausalDocument => MaskParams::BlockCausalDocument {
+            doc_block: p.doc_block.unwrap_or(1),
+        },
+        _ => MaskParams::None,
+    })
+}
+
+fn user_values(
+    spec: &KernelSpec,
+    raw: &BTreeMap<String, toml::Value>,
+) -> Result<BTreeMap<String, UserValue>, FieldErr> {
+    let declared: Vec<&UserParam> = spec
+        .user_functions()
+        .iter()
+        .flat_map(|(_, f)| f.params.iter())
+        .collect();
+    let mut out = BTreeMap::new();
+    for (name, v) in raw {
+        let field = format!("params.user.{name}");
+        let Some(p) = declared.iter().find(|p| &p.name == name) else {
+            return Err((
+                field,
+                format!("`{name}` is not a parameter of the spec's user functions"),
+                format!(
+                    "remove it; declared parameters: {}",
+                    declared
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        let bad = || {
+            (
+                field.clone(),
+                format!("value {v} does not fit the declared type {:?}", p.kind),
+                "give an integer, float, bool or array matching the declared type".to_string(),
+            )
+        };
+        let int = |x: &toml::Value| -> Option<i32> {
+            match x {
+                toml::Value::Integer(i) => i32::try_from(*i).ok(),
+                toml::Value::Boolean(b) => Some(i32::from(*b)),
+                _ => None,
+            }
+        };
+        let flt = |x: &toml::Value| -> Option<f32> {
+            match x {
+                toml::Value::Integer(i) => Some(*i as f32),
+                toml::Value::Float(f) => Some(*f as f32),
+                _ => None,
+            }
+        };
+        let uv = match (p.kind, v) {
+            (UserParamKind::I32 | UserParamKind::U32 | UserParamKind::Bool, x) => {
+                UserValue::Int(int(x).ok_or_else(bad)?)
+            }
+            (UserParamKind::F32, x) => UserValue::Float(flt(x).ok_or_else(bad)?),
+            (UserParamKind::ArrayI32 | UserParamKind::ArrayU32, toml::Value::Array(a)) => {
+                UserValue::Ints(a.iter().map(int).collect::<Option<_>>().ok_or_else(bad)?)
+            }
+            (UserParamKind::ArrayF32, toml::Value::Array(a)) => {
+                UserValue::Floats(a.iter().map(flt).collect::<Option<_>>().ok_or_else(bad)?)
+            }
+            _ => return Err(bad()),
+        };
+        out.insert(name.clone(), uv);
+    }
+    for p in declared {
+        if !out.contains_key(&p.name) {
+            return Err((
+                format!("params.user.{}", p.name),
+                format!("missing value of user parameter `{}`", p.name),
+                format!("add `{} = ...` under [params.user]", p.name),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Spec-file view of a catalog entry, with documented default runtime parameters (so that
+/// `attnforge check <catalog name>` has something to run). The two catalog user functions
+/// (given as CUDA bodies) get hand-written Rust twins here.
+pub fn from_catalog(spec: KernelSpec) -> SpecFile {
+    let mut user = BTreeMap::new();
+    let mut mask_params = MaskParams::None;
+    let seq = default_seq();
+    match &spec.mask {
+        Mask::Local => mask_params = MaskParams::Local { left: 24, right: 8 },
+        Mask::PrefixLm => mask_params = MaskParams::PrefixLm { prefix_len: 20 },
+        Mask::GlobalLocal => {
+            mask_params = MaskParams::GlobalLocal {
+                window: 12,
+                global_tokens: 6,
+            }
+        }
+        Mask::LambdaMask => {
+            mask_params = MaskParams::LambdaMask {
+                global_tokens: 4,
+                local_window: 24,
+            }
+        }
+        Mask::LmInfinite => {
+            mask_params = MaskParams::LmInfinite {
+                global_tokens: 4,
+                local_window: 24,
+                dist_limit: 40,
+                rope_theta: 10000.0,
+            }
+        }
+        Mask::BlockCausalDocument => {
+            mask_params = MaskParams::BlockCausalDocument { doc_block: 16 }
+        }
+        Mask::Predicate(_) => {
+            user.insert("stride".into(), UserValue::Int(3));
+        }
+        _ => {}
+    }
+    let heads_q = if spec.gqa { 4 } else { 2 };
+    if matches!(spec.score, ScoreMod::User(_)) {
+        user.insert(
+            "bias".into(),
+            UserValue::Floats((0..heads_q).map(|h| 0.25 * h as f32 - 0.3).collect()),
+        );
+        user.insert("decay".into(), UserValue::Float(0.05));
+    }
+    let doc = matches!(
+        spec.mask,
+        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
+    )
+    .then(|| DocSource::Segments(vec![20, 35, seq - 55]));
+    SpecFile {
+        path: None,
+        description: None,
+        softcap: matches!(spec.score, ScoreMod::Softcap).then_some(20.0),
+        spec,
+        mask_params,
+        alibi_slopes: None,
+        doc,
+        block_lists: None,
+        user,
+        host_mask: None,
+        host_score: None,
+        problem: Problem {
+            batch: 1,
+            heads_q,
+            heads_kv: if heads_q == 4 { 1 } else { 2 },
+            seq_q: seq,
+            seq_k: seq,
+            seed: 1,
+        },
+        tune: Tune {
+            arch: Arch::Sm80,
+            tile: None,
+            space: Vec::new(),
+        },
+    }
+}
+
+/// Rust twins of the catalog's CUDA-body user functions (`dilated`, `headbias`), used when a
+/// catalog entry (not a spec file) is run.
+pub fn catalog_twins(sf: &SpecFile, rp: &mut RunParams) {
+    if let Mask::Predicate(f) = &sf.spec.mask {
+        if f.name == "dilated" {
+            let stride = match sf.user.get("stride") {
+                Some(UserValue::Int(s)) => i64::from(*s),
+                _ => 1,
+            };
+            rp.host_mask = Some(Arc::new(move |_, _, q, kv| {
+                kv <= q && (q - kv) % stride == 0
+            }));
+        }
+    }
+    if let ScoreMod::User(f) = &sf.spec.score {
+        if f.name == "headbias" {
+            let bias = match sf.user.get("bias") {
+                Some(UserValue::Floats(b)) => b.clone(),
+                _ => Vec::new(),
+            };
+            let decay = match sf.user.get("decay") {
+                Some(UserValue::Float(d)) => *d,
+                _ => 0.0,
+            };
+            rp.host_score = Some(Arc::new(move |s, _, h, q, kv| {
+                // Same f32 arithmetic as the CUDA body.
+                let dist = (q - kv).unsigned_abs() as f32;
+                f64::from(s as f32 + bias[h] - decay * dist)
+            }));
+        }
+    }
+}

@@ -16,6 +16,9 @@ pub use attnforge_kernels::{codegen, exec, sim};
 pub use attnforge_macros::{mask, score};
 pub use attnforge_reference as reference;
 
+pub mod npy;
+pub mod specfile;
+
 /// The names most programs need.
 pub mod prelude {
     pub use attnforge_kernels::codegen::prelude::*;

@@ -722,3 +722,68 @@ fn lm_infinite_bf16_d128() {
         rt,
     ));
 }
+
+// ---- tensor-core path: every variant in f16 and bf16, d = 64 / 128 (+ one d = 256), on all
+// three schedules, against the f64 reference with the oracle of variants.md section 0 ----
+
+mod tc_cases;
+
+use attnforge_kernels::exec::Backend;
+
+fn tc_suite(cases: Vec<tc_cases::TcCase>) {
+    let mut bad = Vec::new();
+    for c in &cases {
+        assert_eq!(
+            attnforge_codegen::tile::Mainloop::select(&c.spec, &c.tile),
+            attnforge_codegen::tile::Mainloop::TensorCore,
+            "{}",
+            c.name
+        );
+        let src = emit(&c.spec, &c.tile, Arch::Sm80).unwrap().source;
+        assert!(
+            src.contains("af_mma_m16n8k16_")
+                && src.contains("af_ldmatrix_x4_trans(")
+                && src.contains("af_cp_async_16(&sV")
+        );
+        for sched in Schedule::standard(0x7c) {
+            match tc_cases::run_case(c, &Backend::Sim(SimConfig::new(sched))) {
+                Ok(r) => assert!(r.close.out.max_err.is_finite(), "{}", c.name),
+                Err(e) => bad.push(format!("{} ({sched:?}): {e}", c.name)),
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} runs failed:\n{}",
+        bad.len(),
+        cases.len() * 3,
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn tensor_core_f16_d64() {
+    tc_suite(tc_cases::variants(DType::F16, HeadDim::D64));
+}
+
+#[test]
+fn tensor_core_bf16_d64() {
+    tc_suite(tc_cases::variants(DType::Bf16, HeadDim::D64));
+}
+
+#[test]
+fn tensor_core_f16_d128() {
+    tc_suite(tc_cases::variants(DType::F16, HeadDim::D128));
+}
+
+#[test]
+fn tensor_core_bf16_d128() {
+    tc_suite(tc_cases::variants(DType::Bf16, HeadDim::D128));
+}
+
+#[test]
+fn tensor_core_d256_and_sq_gt_sk() {
+    let mut v = tc_cases::extra(DType::F16);
+    v.extend(tc_cases::extra(DType::Bf16));
+    tc_suite(v);
+}

@@ -13,7 +13,7 @@
 pub use attnforge_autotune as autotune;
 pub use attnforge_kernels as kernels;
 pub use attnforge_kernels::{codegen, exec, sim};
-pub use attnforge_macros::{mask, score};
+pub use attnforge_macros::{kernel, mask, score};
 pub use attnforge_reference as reference;
 
 pub mod npy;
@@ -26,7 +26,7 @@ pub mod prelude {
         check, reference as run_reference, simulate, Backend, Inputs, RunParams, UserValue,
     };
     pub use attnforge_kernels::sim::{Schedule, SimConfig};
-    pub use attnforge_macros::{mask, score};
+    pub use attnforge_macros::{kernel, mask, score};
     pub use attnforge_reference::{Precision, Shape4, Tensor4};
 }
 
@@ -35,5 +35,6 @@ pub mod prelude {
 pub mod __private {
     pub use attnforge_kernels::codegen;
     pub use attnforge_kernels::exec;
+    pub use attnforge_macros_rt as rt;
     pub use attnforge_reference as reference;
 }

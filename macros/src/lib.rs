@@ -35,6 +35,8 @@
 //! outside the translatable subset is a compile error at the offending expression; all errors
 //! are reported at once and the function is still emitted, so one mistake does not cascade.
 
+mod kernel;
+
 use attnforge_dsl::{FnKind, UserFnDef};
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
@@ -52,6 +54,14 @@ pub fn mask(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn score(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr.into(), item.into(), FnKind::Score).into()
+}
+
+/// Declares typed attention kernels: `attnforge::kernel! { pub Name { mask: .., score: ..,
+/// dtype: bf16, head_dim: 128, tune: { .. } } }`. See `docs/dsl.md` for the syntax, the
+/// generated item and the compile-time checks.
+#[proc_macro]
+pub fn kernel(input: TokenStream) -> TokenStream {
+    kernel::kernel(input.into()).into()
 }
 
 fn expand(attr: TokenStream2, item: TokenStream2, kind: FnKind) -> TokenStream2 {
@@ -145,6 +155,58 @@ fn companion(func: &syn::ItemFn, def: &UserFnDef) -> TokenStream2 {
         FnKind::Mask => (quote!(), quote!(bool)),
         FnKind::Score => (quote!(score: f32,), quote!(f32)),
     };
+    // Owned copies for `'static` host closures and `Any`-typed values for `visit`.
+    let owned: Vec<TokenStream2> = def
+        .params
+        .iter()
+        .map(|p| {
+            let f = format_ident!("{}", p.name);
+            if p.kind.is_array() {
+                quote!(let #f = p.#f.to_vec();)
+            } else {
+                quote!(let #f = p.#f;)
+            }
+        })
+        .collect();
+    let borrowed: Vec<TokenStream2> = def
+        .params
+        .iter()
+        .map(|p| {
+            let f = format_ident!("{}", p.name);
+            if p.kind.is_array() {
+                quote!(&#f[..])
+            } else {
+                quote!(#f)
+            }
+        })
+        .collect();
+    let visited: Vec<TokenStream2> = def
+        .params
+        .iter()
+        .map(|p| {
+            let f = format_ident!("{}", p.name);
+            let n = &p.name;
+            if p.kind.is_array() {
+                quote!(f(#n, &p.#f.to_vec());)
+            } else {
+                quote!(f(#n, &p.#f);)
+            }
+        })
+        .collect();
+    let (host_mask, host_score) = match def.kind {
+        FnKind::Mask => (
+            quote!(move |b, h, q, kv| eval(b, h, q, kv, &Params::new(#(#borrowed),*))),
+            quote!(|_: f32, _: u32, _: u32, _: i64, _: i64| -> f32 {
+                ::core::panic!("`{}` is a mask function, not a score function", NAME)
+            }),
+        ),
+        FnKind::Score => (
+            quote!(|_: u32, _: u32, _: i64, _: i64| -> bool {
+                ::core::panic!("`{}` is a score function, not a mask function", NAME)
+            }),
+            quote!(move |s, b, h, q, kv| eval(s, b, h, q, kv, &Params::new(#(#borrowed),*))),
+        ),
+    };
     let doc = format!("Companion of the attnforge {kind} function `{name}`: its CUDA translation and a uniform call.");
     quote! {
         #[doc = #doc]
@@ -184,6 +246,29 @@ fn companion(func: &syn::ItemFn, def: &UserFnDef) -> TokenStream2 {
             pub fn eval(#score_param b: u32, h: u32, q: i64, kv: i64, p: &Params<'_>) -> #ret {
                 let _ = (b, h);
                 super::#ident(#(#args,)* #(p.#fields),*)
+            }
+
+            /// Reports each user parameter value by name (arrays as owned `Vec`s), for the
+            /// `kernel!` macro's run-time parameters.
+            pub fn visit(p: &Params<'_>, f: &mut dyn FnMut(&'static str, &dyn ::core::any::Any)) {
+                let _ = (&p, &f);
+                #(#visited)*
+            }
+
+            /// `eval` of a mask as a `'static` closure owning copies of the parameters
+            /// (panics when called on a score function; `kernel!` rejects that at compile time).
+            #[allow(unused_variables)]
+            pub fn host_mask(p: &Params<'_>) -> impl Fn(u32, u32, i64, i64) -> bool + Send + Sync + 'static {
+                #(#owned)*
+                #host_mask
+            }
+
+            /// `eval` of a score function as a `'static` closure owning copies of the
+            /// parameters (panics when called on a mask).
+            #[allow(unused_variables)]
+            pub fn host_score(p: &Params<'_>) -> impl Fn(f32, u32, u32, i64, i64) -> f32 + Send + Sync + 'static {
+                #(#owned)*
+                #host_score
             }
         }
     }

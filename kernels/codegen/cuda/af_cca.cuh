@@ -4,7 +4,7 @@
 // Pooling: group p's core token, weighted by the group's last query (scale 1/sqrt(D)):
 // kbar_p = sum_t alpha_t k_{pg+t}, vbar_p = sum_t alpha_t v_{pg+t}, kept in f32.
 template <typename T, int D>
-__device__ void afd_cca_pool(const T* q, const T* k, const T* v, float* kbar, float* vbar, int batch,
+__device__ __forceinline__ void afd_cca_pool(const T* q, const T* k, const T* v, float* kbar, float* vbar, int batch,
                              int heads_q, int heads_kv, int seq, int group, int pooled, float pool_scale) {
     const int p = blockIdx.x * AFD_WARPS + afd_warp(), h = blockIdx.y, b = blockIdx.z, lane = afd_lane();
     if (p >= pooled) return;
@@ -35,7 +35,7 @@ __device__ void afd_cca_pool(const T* q, const T* k, const T* v, float* kbar, fl
 // Joint softmax of query i over core tokens p < n_i and raw tokens n_i g <= c <= i,
 // n_i = (i + 1 - w) / g when i + 1 > w, else 0.
 template <typename T, int D>
-__device__ void afd_cca_attn(const T* q, const T* k, const T* v, const float* kbar, const float* vbar, T* o,
+__device__ __forceinline__ void afd_cca_attn(const T* q, const T* k, const T* v, const float* kbar, const float* vbar, T* o,
                              float* lse, int batch, int heads_q, int heads_kv, int seq, int group, int window,
                              int pooled, float scale) {
     const int i = blockIdx.x * AFD_WARPS + afd_warp(), h = blockIdx.y, b = blockIdx.z, lane = afd_lane();

@@ -14,7 +14,7 @@ __device__ __forceinline__ long long afd_shared_head(int mode, int h, int kh) {
 //    code_k[j]'s bucket, lsh_head[i] = the latest key j <= i in code_q[i]'s bucket.
 // Work O(S * D * nb + S); shared memory 4 D floats + 2^nb ints.
 template <typename T, int D>
-__device__ void afd_hax_hash(const T* q2, const T* k2, const float* hp, int* code_q, int* code_k, int* lsh_head,
+__device__ __forceinline__ void afd_hax_hash(const T* q2, const T* k2, const float* hp, int* code_q, int* code_k, int* lsh_head,
                              int* lsh_prev, int batch, int heads_q, int heads_kv, int seq, int nb,
                              long long hp_bstride, int hp_mode) {
     AF_DYNAMIC_SHARED(float, afd_smem);
@@ -75,7 +75,7 @@ __device__ void afd_hax_hash(const T* q2, const T* k2, const float* hp, int* cod
 // writes it per row: ks_idx[row * k_ks + r] (-1 padded) and ks_thr[row] = the list's worst
 // member (j <= i is in the set iff (ks[j], -j) >= (ks[thr], -thr)). Work O(S * k_ks).
 template <int D>
-__device__ void afd_hax_keysel(const float* ks, int* ks_idx, int* ks_thr, int batch, int heads_q, int heads_kv,
+__device__ __forceinline__ void afd_hax_keysel(const float* ks, int* ks_idx, int* ks_thr, int batch, int heads_q, int heads_kv,
                                int seq, int k_ks, long long ks_bstride, int ks_mode) {
     AF_DYNAMIC_SHARED(float, afd_smem);
     AF_SHARED_VIEW(float, best_s, afd_smem, 0, k_ks);
@@ -99,7 +99,7 @@ __device__ void afd_hax_keysel(const float* ks, int* ks_idx, int* ks_thr, int ba
 // gathered per query (token-level sparsity); LSH keys already in the key-selection set are
 // skipped by the threshold test, so every key is visited once.
 template <typename T, int D>
-__device__ void afd_hax_attn(const T* q2, const T* k2, const T* x, const float* ks, const int* ks_idx,
+__device__ __forceinline__ void afd_hax_attn(const T* q2, const T* k2, const T* x, const float* ks, const int* ks_idx,
                              const int* ks_thr, const int* lsh_head, const int* lsh_prev, T* o, float* lse,
                              int batch, int heads_q, int heads_kv, int seq, int k_lsh, int k_ks,
                              long long ks_bstride, int ks_mode, float scale) {

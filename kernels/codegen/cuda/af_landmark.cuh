@@ -7,7 +7,7 @@
 // Retrieval selection: sel[row * top_k + r] = r-th best earlier block by landmark score
 // scale * q.k_lmk (ties: lower block), -1 padded. Work: c landmark dots per row.
 template <typename T, int D>
-__device__ void afd_landmark_select(const T* q, const T* k, int* sel, int batch, int heads_q, int heads_kv,
+__device__ __forceinline__ void afd_landmark_select(const T* q, const T* k, int* sel, int batch, int heads_q, int heads_kv,
                                     int seq_q, int seq_k, int mem_freq, int top_k, float scale) {
     AF_DYNAMIC_SHARED(float, afd_smem);
     AF_SHARED_VIEW(float, best_s, afd_smem, afd_warp() * 2 * top_k, top_k);
@@ -35,7 +35,7 @@ __device__ void afd_landmark_select(const T* q, const T* k, int* sel, int batch,
 // Grouped-softmax attention in one pass. sel == nullptr: training mode (every earlier
 // block); else the sel_width blocks listed for the row (-1 ends the list).
 template <typename T, int D>
-__device__ void afd_landmark_attn(const T* q, const T* k, const T* v, const int* sel, T* o, float* lse,
+__device__ __forceinline__ void afd_landmark_attn(const T* q, const T* k, const T* v, const int* sel, T* o, float* lse,
                                   int batch, int heads_q, int heads_kv, int seq_q, int seq_k, int mem_freq,
                                   int sel_width, float scale) {
     const int i = blockIdx.x * AFD_WARPS + afd_warp(), h = blockIdx.y, b = blockIdx.z, lane = afd_lane();

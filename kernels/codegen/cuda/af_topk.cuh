@@ -5,7 +5,7 @@
 // Selection: sel[row * topk + r] = r-th best key of R (descending score), -1 padded.
 // Work: one dot product per candidate, O(topk) list update: O(Sk * topk) per row, no S x S.
 template <typename T, int D>
-__device__ void afd_topk_select(const T* q, const T* k, int* sel, int batch, int heads_q, int heads_kv,
+__device__ __forceinline__ void afd_topk_select(const T* q, const T* k, int* sel, int batch, int heads_q, int heads_kv,
                                 int seq_q, int seq_k, int s_start, int s_end, int topk) {
     AF_DYNAMIC_SHARED(float, afd_smem);
     AF_SHARED_VIEW(float, best_s, afd_smem, afd_warp() * 2 * topk, topk);
@@ -33,7 +33,7 @@ __device__ void afd_topk_select(const T* q, const T* k, int* sel, int batch, int
 // Attention over W U R (part 0), W only (part 1) or R only (part 2); W and R are disjoint,
 // so one online softmax covers the union. O is T (fused) or float (partials for the merge).
 template <typename T, typename O, int D>
-__device__ void afd_topk_attn(const T* q, const T* k, const T* v, const int* sel, O* o, float* lse,
+__device__ __forceinline__ void afd_topk_attn(const T* q, const T* k, const T* v, const int* sel, O* o, float* lse,
                               int batch, int heads_q, int heads_kv, int seq_q, int seq_k, int s_start,
                               int s_end, int topk, float scale, int part) {
     const int i = blockIdx.x * AFD_WARPS + afd_warp(), h = blockIdx.y, b = blockIdx.z, lane = afd_lane();
@@ -71,7 +71,7 @@ __device__ void afd_topk_attn(const T* q, const T* k, const T* v, const int* sel
 // o = (e^{lse_a} o_a + e^{lse_b} o_b) / (e^{lse_a} + e^{lse_b}), computed stably; empty
 // parts (lse = -inf) contribute nothing; both empty gives o = 0, lse = -inf.
 template <typename T, int D>
-__device__ void afd_lse_merge(const float* o_a, const float* lse_a, const float* o_b, const float* lse_b,
+__device__ __forceinline__ void afd_lse_merge(const float* o_a, const float* lse_a, const float* o_b, const float* lse_b,
                               T* o, float* lse, int rows) {
     const long long row = static_cast<long long>(blockIdx.x) * AFD_WARPS + afd_warp();
     const int lane = afd_lane();

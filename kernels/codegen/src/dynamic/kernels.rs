@@ -354,7 +354,7 @@ pub fn emit_stage(spec: &DynamicSpec, stage: Stage) -> Result<DynamicKernel, Vec
     let call: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
     let _ = writeln!(
         o,
-        "extern \"C\" __global__ void __launch_bounds__({block}) {name}({}) {{",
+        "extern \"C\" __global__ void __launch_bounds__({block}, 1) {name}({}) {{",
         params.join(", ")
     );
     let _ = writeln!(o, "    {}({});", stage.template(dtype, d), call.join(", "));

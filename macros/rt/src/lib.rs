@@ -17,7 +17,6 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 
-use attnforge_kernels::codegen::check::SpecError;
 use attnforge_kernels::codegen::emit::{emit, EmittedKernel};
 use attnforge_kernels::codegen::spec::{
     KernelSpec, UserFunction, UserParam, UserParamKind, UserSource,
@@ -183,13 +182,10 @@ pub fn search_space(
     v
 }
 
-/// CUDA source of `spec` for one tile config (see [`emit`]).
-pub fn cuda(
-    spec: &KernelSpec,
-    tile: &TileConfig,
-    arch: Arch,
-) -> Result<EmittedKernel, Vec<SpecError>> {
-    emit(spec, tile, arch)
+/// CUDA source of `spec` for one tile config (see [`emit`]); an invalid config is
+/// `ExecError::Spec`.
+pub fn cuda(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> Result<EmittedKernel, ExecError> {
+    emit(spec, tile, arch).map_err(ExecError::Spec)
 }
 
 /// Runs the kernel on the simulator.

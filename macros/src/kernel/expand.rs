@@ -250,7 +250,7 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
             }
 
             /// The CUDA source (and launch metadata) for one tile config, for sm_80.
-            pub fn cuda(tile: &::attnforge::__private::rt::kernels::codegen::tile::TileConfig) -> ::core::result::Result<::attnforge::__private::rt::kernels::codegen::emit::EmittedKernel, ::std::vec::Vec<::attnforge::__private::rt::kernels::codegen::check::SpecError>> {
+            pub fn cuda(tile: &::attnforge::__private::rt::kernels::codegen::tile::TileConfig) -> ::core::result::Result<::attnforge::__private::rt::kernels::codegen::emit::EmittedKernel, ::attnforge::__private::rt::kernels::exec::ExecError> {
                 ::attnforge::__private::rt::cuda(&Self::spec(), tile, ::attnforge::__private::rt::DEFAULT_ARCH)
             }
 

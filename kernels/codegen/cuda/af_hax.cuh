@@ -70,7 +70,7 @@ __device__ __forceinline__ void afd_hax_hash(const T* q2, const T* k2, const flo
     }
 }
 
-// Key selection (cumulative top-k of ks), one warp per (batch, query head): a scan in
+// Key selection (cumulative top-k of ks), one thread per (batch, query head): a scan in
 // sequence order keeps the k_ks best of ks[0..=i] (ties: lower index) in a sorted list and
 // writes it per row: ks_idx[row * k_ks + r] (-1 padded) and ks_thr[row] = the list's worst
 // member (j <= i is in the set iff (ks[j], -j) >= (ks[thr], -thr)). Work O(S * k_ks).
@@ -83,16 +83,14 @@ __device__ __forceinline__ void afd_hax_keysel(const float* ks, int* ks_idx, int
     const int h = blockIdx.x, b = blockIdx.y, kh = h / (heads_q / heads_kv), lane = afd_lane();
     const float* sc = ks + b * ks_bstride + afd_shared_head(ks_mode, h, kh) * seq;
     const long long base = static_cast<long long>(b * heads_q + h) * seq;
+    if (lane != 0) return;  // the scan is sequential: one thread keeps and writes the list
     int n = 0;
     for (long long i = 0; i < seq; ++i) {
-        if (lane == 0) n = afd_topk_insert(best_s, best_j, n, k_ks, sc[i], static_cast<int>(i));
-        n = __shfl_sync(AFD_FULL_MASK, n, 0);
-        __syncwarp();
-        for (int r = lane; r < k_ks; r += 32) ks_idx[(base + i) * k_ks + r] = r < n ? best_j[r] : -1;
-        if (lane == 0) ks_thr[base + i] = best_j[n - 1];
-        __syncwarp();
+        n = afd_topk_insert(best_s, best_j, n, k_ks, sc[i], static_cast<int>(i));
+        for (int r = 0; r < k_ks; ++r) ks_idx[(base + i) * k_ks + r] = r < n ? best_j[r] : -1;
+        ks_thr[base + i] = best_j[n - 1];
     }
-    if (lane == 0) AF_COUNT(AF_CTR_SELECT_WORK, seq);
+    AF_COUNT(AF_CTR_SELECT_WORK, seq);
 }
 
 // Attention of row i over (key-selection set) U (the k_lsh most recent keys of its bucket),

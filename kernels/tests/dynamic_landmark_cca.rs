@@ -12,6 +12,7 @@ use attnforge_reference::{cca_core_count, CcaParams, Element, Shape4};
 use dynamic_common::{check_all_schedules, fracs, ints};
 use proptest::prelude::*;
 
+#[allow(clippy::too_many_arguments)]
 fn landmark_case<T: Element + SimElem>(
     dtype: DType,
     b: usize,
@@ -56,6 +57,7 @@ fn landmark_case<T: Element + SimElem>(
     assert_eq!(rep.run.counters.select_work, work, "landmarks scored");
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cca_case<T: Element + SimElem>(
     dtype: DType,
     b: usize,

@@ -115,7 +115,7 @@ fn run_case<T: Element + SimElem>(c: &Case, dtype: DType) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
     #[test]
     fn topk_f32_matches_reference(c in case()) {

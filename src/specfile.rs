@@ -971,6 +971,14 @@ pub fn from_catalog(spec: KernelSpec) -> SpecFile {
         Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
     )
     .then(|| DocSource::Segments(vec![20, 35, seq - 55]));
+    // Block-sparse catalog entries: every block of the problem listed as full (dense), the
+    // lists' simplest valid form (see variants.md section 10: equals full attention).
+    let block_lists = matches!(spec.mask, Mask::BlockSparse { .. }).then(|| {
+        let rows = seq.div_ceil(spec.sparse_block.q);
+        let cols = seq.div_ceil(spec.sparse_block.k);
+        let row: (Vec<i32>, Vec<i32>) = ((0..cols as i32).collect(), Vec::new());
+        BlockLists::from_rows(1, 1, rows, cols, &vec![row; rows])
+    });
     SpecFile {
         path: None,
         description: None,
@@ -979,7 +987,7 @@ pub fn from_catalog(spec: KernelSpec) -> SpecFile {
         mask_params,
         alibi_slopes: None,
         doc,
-        block_lists: None,
+        block_lists,
         user,
         host_mask: None,
         host_score: None,

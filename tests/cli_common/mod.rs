@@ -1,0 +1,62 @@
+//! Helpers shared by the CLI integration tests: run the real binary, write `.npy` inputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use npyz::WriterBuilder;
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_attnforge"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("spawn attnforge")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn example_specs() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("examples/specs"))
+        .expect("examples/specs")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn write_npy<T: npyz::AutoSerialize + Clone>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+    order: npyz::Order,
+) {
+    let f = std::fs::File::create(path).expect("create");
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .order(order)
+        .writer(std::io::BufWriter::new(f))
+        .begin_nd()
+        .expect("npy");
+    w.extend(data.iter().cloned()).expect("write");
+    w.finish().expect("finish");
+}
+
+pub fn read_f32(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let f = std::fs::File::open(path).expect("open output");
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(f)).expect("npy");
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec::<f32>().expect("f32 data"))
+}

@@ -34,13 +34,15 @@ const STALE_LOCK: Duration = Duration::from_secs(120);
 /// Longest wait for the lock.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// One cached tuning.
+/// One cached tuning. The tuning is kept as its JSON *text*, and the checksum is taken over
+/// that text: serde_json's default float parser is not exactly round-trip, so hashing a
+/// re-parsed value would flag valid entries as corrupt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    /// SHA-256 of the canonical JSON of `tuning`.
+    /// SHA-256 (hex) of `tuning`.
     pub checksum: String,
-    /// The tuning.
-    pub tuning: KernelTuning,
+    /// The [`KernelTuning`] as JSON text.
+    pub tuning: String,
 }
 
 /// The file.
@@ -91,9 +93,23 @@ pub fn key_of(t: &KernelTuning) -> String {
     key(&t.variant, t.arch.sm_name(), &t.device, &t.bucket)
 }
 
-fn checksum(t: &KernelTuning) -> String {
-    let json = serde_json::to_string(t).unwrap_or_default();
-    hex(&Sha256::digest(json.as_bytes()))
+fn checksum(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// Parse and verify a stored entry.
+fn verify(k: &str, v: &serde_json::Value) -> Result<KernelTuning, String> {
+    let e: Entry =
+        serde_json::from_value(v.clone()).map_err(|e| format!("entry does not parse: {e}"))?;
+    if checksum(&e.tuning) != e.checksum {
+        return Err("checksum mismatch".to_owned());
+    }
+    let t: KernelTuning =
+        serde_json::from_str(&e.tuning).map_err(|e| format!("tuning does not parse: {e}"))?;
+    if key_of(&t) != k {
+        return Err("entry stored under another key".to_owned());
+    }
+    Ok(t)
 }
 
 /// A cache file on disk.
@@ -155,30 +171,21 @@ impl Cache {
         let Some(v) = file.entries.get(key) else {
             return Lookup::Miss;
         };
-        let e: Entry = match serde_json::from_value(v.clone()) {
-            Ok(e) => e,
-            Err(err) => return Lookup::Corrupt(format!("entry does not parse: {err}")),
+        let t = match verify(key, v) {
+            Ok(t) => t,
+            Err(why) => return Lookup::Corrupt(why),
         };
-        if checksum(&e.tuning) != e.checksum {
-            return Lookup::Corrupt("checksum mismatch".to_owned());
+        if t.codegen_hash != codegen_hash {
+            return Lookup::Stale(t.codegen_hash);
         }
-        if key_of(&e.tuning) != key {
-            return Lookup::Corrupt("entry stored under another key".to_owned());
-        }
-        if e.tuning.codegen_hash != codegen_hash {
-            return Lookup::Stale(e.tuning.codegen_hash);
-        }
-        Lookup::Hit(Box::new(e.tuning))
+        Lookup::Hit(Box::new(t))
     }
 
     /// Valid entries of the file (corrupt ones skipped).
     pub fn entries(file: &CacheFile) -> Vec<KernelTuning> {
         file.entries
             .iter()
-            .filter_map(|(k, v)| {
-                let e: Entry = serde_json::from_value(v.clone()).ok()?;
-                (checksum(&e.tuning) == e.checksum && key_of(&e.tuning) == *k).then_some(e.tuning)
-            })
+            .filter_map(|(k, v)| verify(k, v).ok())
             .collect()
     }
 
@@ -230,14 +237,12 @@ impl Cache {
         let mut file = loaded.file;
         file.format = FORMAT;
         // drop entries that are corrupt
-        file.entries.retain(|k, v| {
-            serde_json::from_value::<Entry>(v.clone())
-                .is_ok_and(|e| checksum(&e.tuning) == e.checksum && key_of(&e.tuning) == *k)
-        });
+        file.entries.retain(|k, v| verify(k, v).is_ok());
         for t in tunings {
+            let text = serde_json::to_string(t).map_err(|e| self.io(e.into()))?;
             let e = Entry {
-                checksum: checksum(t),
-                tuning: t.clone(),
+                checksum: checksum(&text),
+                tuning: text,
             };
             let v = serde_json::to_value(&e).map_err(|e| self.io(e.into()))?;
             file.entries.insert(key_of(t), v);

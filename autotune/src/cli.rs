@@ -15,7 +15,7 @@ use crate::cache::{self, Cache, Lookup, CACHE_ENV, DEFAULT_CACHE};
 use crate::kernel::KernelTunable;
 use crate::measure::BenchConfig;
 use crate::report::{write_reports, ReportItem};
-use crate::tuner::{codegen_hash, tune, TuneOptions, Tunable};
+use crate::tuner::{codegen_hash, tune, Tunable, TuneOptions};
 use crate::Arch;
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -62,6 +62,10 @@ pub struct TuneArgs {
     /// Most candidates the gate tries per kernel before giving up.
     #[arg(long, default_value_t = 3)]
     pub gate_max_tries: usize,
+    /// Compile (NVRTC + ptxas) only the best N candidates of a pre-ranking by the model on
+    /// estimated registers / shared memory (0: compile the whole space).
+    #[arg(long, default_value_t = 6)]
+    pub compile_top: usize,
     /// Ignore the cache (re-tune everything; results are still stored).
     #[arg(long)]
     pub retune: bool,
@@ -81,6 +85,7 @@ impl Default for TuneArgs {
             gate_seq: 40,
             gate_top: 1,
             gate_max_tries: 3,
+            compile_top: 6,
             retune: false,
         }
     }
@@ -126,7 +131,9 @@ pub enum TuneError {
         source: std::io::Error,
     },
     /// The cache holds nothing to report.
-    #[error("the tuning cache `{0}` has no valid entries; fix: run `attnforge-tune --catalog` first")]
+    #[error(
+        "the tuning cache `{0}` has no valid entries; fix: run `attnforge-tune --catalog` first"
+    )]
     EmptyCache(PathBuf),
 }
 
@@ -244,6 +251,7 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
         arch: a.arch,
         gate_top: a.gate_top,
         gate_max_tries: a.gate_max_tries,
+        compile_top: a.compile_top,
         bench: BenchConfig::default(),
         criterion_dir: cache
             .path()
@@ -302,14 +310,20 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
         };
         let mut step = |m: &str| pb.set_message(m.to_owned());
         let tuning = tune(*t, &opts, &mut step);
+        let stages: Vec<String> = tuning
+            .stage_seconds
+            .iter()
+            .map(|(n, t)| format!("{n} {t:.1} s"))
+            .collect();
         let line = format!(
-            "{why}: {variant}: winner {} ({}) in {:.1} s",
+            "{why}: {variant}: winner {} ({}) in {:.1} s ({})",
             tuning.winner.map_or("none".to_owned(), |w| w.suffix()),
             match tuning.basis {
                 crate::Basis::Measured => "measured",
                 crate::Basis::Predicted => "predicted, no GPU",
             },
-            tuning.tune_seconds
+            tuning.tune_seconds,
+            stages.join(", ")
         );
         say(&mut s, &pb, line);
         if tuning.winner.is_none() {

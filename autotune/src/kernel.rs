@@ -81,6 +81,16 @@ impl Tunable for KernelTunable {
         }
     }
 
+    fn estimate(&self, tile: &TileConfig, _arch: Arch) -> Option<Resources> {
+        Some(Resources {
+            registers: tile.estimated_registers(&self.spec) as u32,
+            smem_bytes: tile.smem_bytes(&self.spec) as u64,
+            stack_frame_bytes: 0,
+            spill_bytes: 0,
+            threads: tile.threads() as u32,
+        })
+    }
+
     fn build(&self, tiles: &[TileConfig], arch: Arch) -> Vec<Result<Resources, String>> {
         let emitted: Vec<Result<_, String>> = tiles
             .iter()
@@ -116,8 +126,7 @@ impl Tunable for KernelTunable {
                         smem_bytes: b.resources.shared_bytes
                             + tiles[i].smem_bytes(&self.spec) as u64,
                         stack_frame_bytes: b.resources.stack_frame_bytes,
-                        spill_bytes: b.resources.spill_store_bytes
-                            + b.resources.spill_load_bytes,
+                        spill_bytes: b.resources.spill_store_bytes + b.resources.spill_load_bytes,
                         threads: tiles[i].threads() as u32,
                     });
                 }

@@ -30,7 +30,7 @@ pub mod workload;
 
 pub use attnforge_codegen::tile::Arch;
 pub use cli::{run_report, run_tune, ReportArgs, TuneArgs, TuneError, TuneSummary};
-pub use tuner::{tune, Basis, CandidateResult, KernelTuning, Status, TuneOptions, Tunable};
+pub use tuner::{tune, Basis, CandidateResult, KernelTuning, Status, Tunable, TuneOptions};
 
 /// Version of the static model and pipeline; part of the cache key's codegen hash, so a
 /// change of the model re-tunes.

@@ -294,7 +294,9 @@ impl ValueFormatter for NanosFormatter {
             }
         };
         let _ = typical_value;
-        values.iter_mut().for_each(|v| *v = per * 1e9 / v.max(1e-12));
+        values
+            .iter_mut()
+            .for_each(|v| *v = per * 1e9 / v.max(1e-12));
         match throughput {
             Throughput::Elements(_) => "elem/s",
             _ => "B/s",
@@ -333,7 +335,11 @@ pub fn bench_cuda(
     if let Some(e) = launch_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(MeasureError::Cuda(e));
     }
-    if let Some(e) = timing_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = timing_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Err(MeasureError::Cuda(e));
     }
     read_estimates(dir, id, 1.0, "criterion/cuda-events")
@@ -368,7 +374,9 @@ mod tests {
     fn bad_ids_and_missing_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            bench_custom(&BenchConfig::quick(), dir.path(), "Bad/Id", |n| Duration::from_nanos(n)),
+            bench_custom(&BenchConfig::quick(), dir.path(), "Bad/Id", |n| {
+                Duration::from_nanos(n)
+            }),
             Err(MeasureError::BadId(_))
         ));
         assert!(matches!(

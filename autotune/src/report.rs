@@ -185,12 +185,18 @@ pub fn markdown(t: &KernelTuning, from_cache: bool) -> String {
             "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.tile.suffix(),
             c.status.label(),
-            c.resources.as_ref().map_or("-".into(), |r| r.registers.to_string()),
-            c.resources.as_ref().map_or("-".into(), |r| r.smem_bytes.to_string()),
+            c.resources
+                .as_ref()
+                .map_or("-".into(), |r| r.registers.to_string()),
+            c.resources
+                .as_ref()
+                .map_or("-".into(), |r| r.smem_bytes.to_string()),
             occ,
             fmt_opt(c.predicted.map(|p| p.time_us)),
             measured,
-            c.gate.as_ref().map_or("-".into(), |g| format!("{:.2e}", g.max_err)),
+            c.gate
+                .as_ref()
+                .map_or("-".into(), |g| format!("{:.2e}", g.max_err)),
             md_cell(c.status.reason().unwrap_or(""))
         );
     }
@@ -202,7 +208,10 @@ pub fn write_reports(out: &Path, items: &[ReportItem]) -> std::io::Result<PathBu
     fs::create_dir_all(out)?;
     for it in items {
         let t = &it.tuning;
-        fs::write(out.join(format!("{}.md", t.variant)), markdown(t, it.from_cache))?;
+        fs::write(
+            out.join(format!("{}.md", t.variant)),
+            markdown(t, it.from_cache),
+        )?;
         fs::write(
             out.join(format!("{}.json", t.variant)),
             serde_json::to_string_pretty(t).map_err(std::io::Error::other)?,

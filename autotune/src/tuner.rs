@@ -64,6 +64,8 @@ pub enum Status {
     MeasureFailed(String),
     /// Not gated: below the top of the static ranking (its prediction is kept).
     NotGated,
+    /// Not compiled: below the compile cut of the pre-ranking on estimated resources.
+    NotCompiled,
 }
 
 impl Status {
@@ -79,6 +81,7 @@ impl Status {
             Status::GateFailed(_) => "gate failed",
             Status::MeasureFailed(_) => "measure failed",
             Status::NotGated => "not gated",
+            Status::NotCompiled => "not compiled",
         }
     }
     /// The reason, when rejected.
@@ -154,6 +157,9 @@ pub struct KernelTuning {
     pub candidates: Vec<CandidateResult>,
     /// Wall time of the tuning, seconds.
     pub tune_seconds: f64,
+    /// Wall time per stage (`build`, `gate`, `measure`), seconds.
+    #[serde(default)]
+    pub stage_seconds: Vec<(String, f64)>,
 }
 
 impl KernelTuning {
@@ -173,6 +179,11 @@ pub trait Tunable: Sync {
     fn valid(&self, tile: &TileConfig, arch: Arch) -> Result<(), String>;
     /// Text identifying the generated code of `tile` (hashed into the cache key).
     fn fingerprint(&self, tile: &TileConfig, arch: Arch) -> String;
+    /// Resources estimated without compiling (for the pre-ranking that decides which
+    /// candidates are compiled); `None` compiles every candidate.
+    fn estimate(&self, _tile: &TileConfig, _arch: Arch) -> Option<Resources> {
+        None
+    }
     /// Compile every tile for `arch` and report resources (input order).
     fn build(&self, tiles: &[TileConfig], arch: Arch) -> Vec<Result<Resources, String>>;
     /// Static-model prediction.
@@ -200,6 +211,9 @@ pub struct TuneOptions {
     pub gate_top: usize,
     /// Most candidates the gate may try (rejections count).
     pub gate_max_tries: usize,
+    /// Compile only this many candidates, the best of a pre-ranking by the model on
+    /// estimated resources (0: compile all).
+    pub compile_top: usize,
     /// Criterion configuration.
     pub bench: BenchConfig,
     /// Criterion output directory.
@@ -250,12 +264,44 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
             c.status = Status::Invalid(r);
         }
     }
-    // compile + ptxas
-    let idx: Vec<usize> = (0..cands.len())
+    // pre-ranking on estimated resources decides what is compiled
+    let mut idx: Vec<usize> = (0..cands.len())
         .filter(|&i| !cands[i].status.rejected())
         .collect();
+    if o.compile_top > 0 && idx.len() > o.compile_top {
+        let est: Vec<Option<f64>> = idx
+            .iter()
+            .map(|&i| {
+                t.estimate(&cands[i].tile, arch).map(|r| {
+                    let occ = occupancy(
+                        &limits,
+                        r.threads as usize,
+                        r.registers as usize,
+                        r.smem_bytes as usize,
+                    );
+                    t.predict(&cands[i].tile, &occ, arch).time_us
+                })
+            })
+            .collect();
+        if est.iter().all(Option::is_some) {
+            let mut order: Vec<(usize, f64)> = idx
+                .iter()
+                .zip(&est)
+                .map(|(&i, e)| (i, e.unwrap_or(f64::INFINITY)))
+                .collect();
+            order.sort_by(|a, b| a.1.total_cmp(&b.1));
+            for &(i, _) in &order[o.compile_top..] {
+                cands[i].status = Status::NotCompiled;
+            }
+            idx = order[..o.compile_top].iter().map(|&(i, _)| i).collect();
+            idx.sort_unstable();
+        }
+    }
+    // compile + ptxas
     let tiles: Vec<TileConfig> = idx.iter().map(|&i| cands[i].tile).collect();
     on_step(&format!("{variant}: compiling {} candidates", tiles.len()));
+    let mut stages = Vec::new();
+    let mut stage_start = Instant::now();
     for (&i, r) in idx.iter().zip(t.build(&tiles, arch)) {
         match r {
             Err(e) => cands[i].status = Status::CompileFailed(e),
@@ -294,9 +340,15 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
             }
         }
     }
+    stages.push(("build".to_owned(), stage_start.elapsed().as_secs_f64()));
+    stage_start = Instant::now();
     // static ranking
     let mut ranked: Vec<usize> = (0..cands.len())
-        .filter(|&i| !cands[i].status.rejected() && cands[i].predicted.is_some())
+        .filter(|&i| {
+            !cands[i].status.rejected()
+                && cands[i].status != Status::NotCompiled
+                && cands[i].predicted.is_some()
+        })
         .collect();
     let pt = |i: usize| cands[i].predicted.map_or(f64::INFINITY, |p| p.time_us);
     ranked.sort_by(|&a, &b| pt(a).total_cmp(&pt(b)));
@@ -327,6 +379,8 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
             Err(s) => cands[i].status = s,
         }
     }
+    stages.push(("gate".to_owned(), stage_start.elapsed().as_secs_f64()));
+    stage_start = Instant::now();
     // measurement
     let basis = if t.can_measure() {
         Basis::Measured
@@ -355,6 +409,9 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
     if let Some(w) = winner {
         cands[w].status = Status::Winner;
     }
+    if basis == Basis::Measured {
+        stages.push(("measure".to_owned(), stage_start.elapsed().as_secs_f64()));
+    }
     let (shape, bucket) = t.shape();
     KernelTuning {
         variant,
@@ -367,5 +424,6 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
         winner: winner.map(|w| cands[w].tile),
         candidates: cands,
         tune_seconds: started.elapsed().as_secs_f64(),
+        stage_seconds: stages,
     }
 }

@@ -78,8 +78,7 @@ pub const DILATED_STRIDE: i32 = 3;
 pub fn default_params(spec: &KernelSpec, shape: &Shape) -> RunParams {
     let sk = shape.seq_k as i64;
     let quarter = (sk / 4).max(1);
-    let mut p = RunParams::default();
-    p.mask = Some(match spec.mask {
+    let mask = Some(match spec.mask {
         Mask::Local => MaskParams::Local {
             left: quarter,
             right: 0,
@@ -104,6 +103,10 @@ pub fn default_params(spec: &KernelSpec, shape: &Shape) -> RunParams {
         },
         _ => MaskParams::None,
     });
+    let mut p = RunParams {
+        mask,
+        ..RunParams::default()
+    };
     if matches!(
         spec.mask,
         Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
@@ -135,9 +138,7 @@ pub fn default_params(spec: &KernelSpec, shape: &Shape) -> RunParams {
     match &spec.score {
         ScoreMod::Softcap => p.softcap = Some(5.0),
         ScoreMod::User(_) => {
-            let bias: Vec<f32> = (0..shape.heads_q)
-                .map(|h| 0.25 * h as f32 - 0.5)
-                .collect();
+            let bias: Vec<f32> = (0..shape.heads_q).map(|h| 0.25 * h as f32 - 0.5).collect();
             let decay = 0.01f32;
             let b64: Vec<f64> = bias.iter().map(|&x| x as f64).collect();
             p = p

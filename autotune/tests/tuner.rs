@@ -11,7 +11,7 @@ use attnforge_autotune::cli::{run_report, run_tune_with, ReportArgs, TuneArgs};
 use attnforge_autotune::measure::{bench_custom, BenchConfig, Estimate};
 use attnforge_autotune::model::Prediction;
 use attnforge_autotune::occupancy::Occupancy;
-use attnforge_autotune::tuner::{tune, Gate, Resources, Status, TuneOptions, Tunable};
+use attnforge_autotune::tuner::{tune, Gate, Resources, Status, Tunable, TuneOptions};
 use attnforge_autotune::{Arch, Basis};
 use attnforge_codegen::tile::TileConfig;
 
@@ -53,7 +53,9 @@ impl Tunable for Fake {
     }
     fn space(&self, _: Arch) -> Vec<TileConfig> {
         // block_m doubles as the index of the fake's behaviour.
-        (0..self.kinds.len()).map(|i| TileConfig::new(i, 32, 4, 1)).collect()
+        (0..self.kinds.len())
+            .map(|i| TileConfig::new(i, 32, 4, 1))
+            .collect()
     }
     fn valid(&self, t: &TileConfig, _: Arch) -> Result<(), String> {
         match self.kind(t) {
@@ -121,7 +123,7 @@ impl Tunable for Fake {
             std::thread::sleep(d);
             d
         })
-            .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
     }
     fn device(&self) -> String {
         "fake".into()
@@ -136,6 +138,7 @@ fn opts(dir: &Path) -> TuneOptions {
         arch: Arch::Sm90,
         gate_top: 1,
         gate_max_tries: 3,
+        compile_top: 0,
         bench: BenchConfig::quick(),
         criterion_dir: dir.join("criterion"),
     }
@@ -145,7 +148,7 @@ fn mixed() -> Vec<Kind> {
     vec![
         Kind::Good { ns: 50_000 }, // slow
         Kind::CompileFails,
-        Kind::Wrong { ns: 10 }, // wrong but fastest
+        Kind::Wrong { ns: 10 },   // wrong but fastest
         Kind::Good { ns: 2_000 }, // the real winner
         Kind::Spills,
         Kind::Invalid,
@@ -159,17 +162,30 @@ fn measured_tuning_rejects_broken_wrong_and_slow() {
     let t = tune(&f, &opts(dir.path()), &mut |_| {});
     assert_eq!(t.basis, Basis::Measured);
     let st: Vec<&Status> = t.candidates.iter().map(|c| &c.status).collect();
-    assert_eq!(st[0], &Status::Passed, "slow but correct: passed, not the winner");
+    assert_eq!(
+        st[0],
+        &Status::Passed,
+        "slow but correct: passed, not the winner"
+    );
     assert!(matches!(st[1], Status::CompileFailed(r) if r.contains("undefined")));
-    assert!(matches!(st[2], Status::WrongResult(_)), "wrong-but-fast is rejected");
+    assert!(
+        matches!(st[2], Status::WrongResult(_)),
+        "wrong-but-fast is rejected"
+    );
     assert_eq!(st[3], &Status::Winner);
     assert!(matches!(st[4], Status::Pruned(r) if r.contains("spill")));
     assert!(matches!(st[5], Status::Invalid(_)));
     assert_eq!(t.winner.unwrap().block_m, 3);
     let slow = t.candidates[0].measured.as_ref().unwrap().mean_ns;
     let win = t.candidates[3].measured.as_ref().unwrap().mean_ns;
-    assert!(slow > 10.0 * win, "criterion estimates: slow {slow} vs winner {win}");
-    assert!(t.candidates[2].measured.is_none(), "wrong candidates are never timed");
+    assert!(
+        slow > 10.0 * win,
+        "criterion estimates: slow {slow} vs winner {win}"
+    );
+    assert!(
+        t.candidates[2].measured.is_none(),
+        "wrong candidates are never timed"
+    );
 }
 
 #[test]
@@ -186,13 +202,21 @@ fn predicted_tuning_gates_the_static_top_and_says_predicted() {
     let md = attnforge_autotune::report::markdown(&t, false);
     assert!(md.contains("predicted by the static model"));
     let svg = attnforge_autotune::report::svg(&t);
-    assert!(svg.contains("WINNER") && svg.contains("PREDICTED") && svg.contains("rejected: wrong result"));
+    assert!(
+        svg.contains("WINNER")
+            && svg.contains("PREDICTED")
+            && svg.contains("rejected: wrong result")
+    );
 }
 
 #[test]
 fn all_rejected_means_no_winner() {
     let dir = tempfile::tempdir().unwrap();
-    let f = Fake::new("fake_none", vec![Kind::CompileFails, Kind::Wrong { ns: 1 }], true);
+    let f = Fake::new(
+        "fake_none",
+        vec![Kind::CompileFails, Kind::Wrong { ns: 1 }],
+        true,
+    );
     let t = tune(&f, &opts(dir.path()), &mut |_| {});
     assert!(t.winner.is_none());
     assert!(t.candidates.iter().all(|c| c.status.rejected()));
@@ -216,12 +240,22 @@ fn second_run_hits_the_cache_and_says_so() {
     let builds = f.builds.load(Ordering::SeqCst);
     let s2 = run_tune_with(&a, &[&f]).unwrap();
     assert_eq!((s2.tuned_new, s2.cache_hits), (0, 1));
-    assert_eq!(f.builds.load(Ordering::SeqCst), builds, "no re-tuning on a hit");
-    assert!(s2.log.iter().any(|l| l.contains("cache hit") && l.contains("not re-tuned")));
+    assert_eq!(
+        f.builds.load(Ordering::SeqCst),
+        builds,
+        "no re-tuning on a hit"
+    );
+    assert!(s2
+        .log
+        .iter()
+        .any(|l| l.contains("cache hit") && l.contains("not re-tuned")));
     let index = std::fs::read_to_string(&s2.index).unwrap();
     assert!(index.contains("fake_cache") && index.contains("| cache |"));
     for ext in ["md", "json", "svg"] {
-        assert!(dir.path().join(format!("reports/fake_cache.{ext}")).exists());
+        assert!(dir
+            .path()
+            .join(format!("reports/fake_cache.{ext}"))
+            .exists());
     }
     assert!(dir.path().join("reports/index.html").exists());
     // report from the cache alone
@@ -246,10 +280,18 @@ fn corrupted_file_and_entry_are_recovered() {
     assert_eq!(s.cache_hits, 0);
     assert!(s.log.iter().any(|l| l.contains("corrupt")));
     assert!(path.with_extension("json.corrupt").exists());
-    assert_eq!(run_tune_with(&a, &[&f]).unwrap().cache_hits, 1, "rewritten cache is valid");
+    assert_eq!(
+        run_tune_with(&a, &[&f]).unwrap().cache_hits,
+        1,
+        "rewritten cache is valid"
+    );
     // one entry tampered (winner changed without fixing the checksum)
     let text = std::fs::read_to_string(&path).unwrap();
-    let tampered = text.replacen("\"status\": \"winner\"", "\"status\": \"passed\"", 1);
+    let tampered = text.replacen(
+        "\\\"status\\\":\\\"winner\\\"",
+        "\\\"status\\\":\\\"passed\\\"",
+        1,
+    );
     assert_ne!(text, tampered);
     std::fs::write(&path, tampered).unwrap();
     let s = run_tune_with(&a, &[&f]).unwrap();
@@ -294,10 +336,17 @@ fn concurrent_writers_do_not_corrupt() {
     let cache = Cache::new(&path);
     let loaded = cache.load();
     assert!(loaded.corrupt.is_none());
-    assert_eq!(Cache::entries(&loaded.file).len(), 80, "no writer's entry lost");
+    assert_eq!(
+        Cache::entries(&loaded.file).len(),
+        80,
+        "no writer's entry lost"
+    );
     let mut t = base.clone();
     t.variant = "fake_conc_3_7".into();
     let key = attnforge_autotune::cache::key_of(&t);
-    assert!(matches!(Cache::lookup(&loaded.file, &key, &t.codegen_hash), Lookup::Hit(_)));
+    assert!(matches!(
+        Cache::lookup(&loaded.file, &key, &t.codegen_hash),
+        Lookup::Hit(_)
+    ));
     assert!(!path.with_extension("json.lock").exists());
 }

@@ -8,7 +8,10 @@ use attnforge_autotune::cli::{run_report, run_tune, ReportArgs, TuneArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "attnforge-tune", about = "Autotune attnforge kernels and write reports")]
+#[command(
+    name = "attnforge-tune",
+    about = "Autotune attnforge kernels and write reports"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,

@@ -11,8 +11,7 @@
 //!
 //! ```no_run
 //! use attnforge_autotune::cli::{run_tune, TuneArgs};
-//! use clap::Parser;
-//! let args = TuneArgs::parse_from(["attnforge-tune", "--catalog", "--out", "reports"]);
+//! let args = TuneArgs { catalog: true, out: "reports".into(), ..TuneArgs::default() };
 //! let summary = run_tune(&args)?;
 //! println!("{} kernels, {} from the cache", summary.kernels, summary.cache_hits);
 //! # Ok::<(), attnforge_autotune::TuneError>(())

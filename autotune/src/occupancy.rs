@@ -6,8 +6,8 @@
 //! use attnforge_autotune::Arch;
 //! // 128 threads, 128 registers, 48 KiB of shared memory on sm_90.
 //! let o = occupancy(&ArchLimits::of(Arch::Sm90), 128, 128, 48 * 1024);
-//! assert_eq!(o.blocks_per_sm, 3); // registers: 65536 / (128 * 128) = 4; smem: 228 KiB / 49 KiB = 4...
-//! # let _ = o;
+//! // registers: 65536 / (4 warps x 4096) = 4; shared memory: 228 KiB / (48 + 1) KiB = 4.
+//! assert_eq!(o.blocks_per_sm, 4);
 //! ```
 
 use serde::{Deserialize, Serialize};

@@ -741,6 +741,7 @@ fn check_space(
         }
     }
     let get = |t: &TileConfig, i: usize| [t.block_m, t.block_n, t.warps, t.stages][i];
+    let any_valid = configs.iter().any(|(_, r)| r.is_ok());
     let mut reported = false;
     for (i, list) in lists.iter().enumerate() {
         let key = TUNE_KEYS[i];
@@ -756,7 +757,12 @@ fn check_space(
                 .flatten()
                 .collect();
             let own = format!("tile.{key}");
-            let e = errs.iter().find(|e| e.path == own).or_else(|| errs.first());
+            let own_err = errs.iter().find(|e| e.path == own);
+            if own_err.is_none() && !any_valid {
+                // Not this value's fault alone: the empty-space error below covers it.
+                continue;
+            }
+            let e = own_err.or_else(|| errs.first());
             let why = e
                 .map(|e| format!("{} (fix: {})", e.message, e.fix))
                 .unwrap_or_default();
@@ -768,7 +774,7 @@ fn check_space(
             reported = true;
         }
     }
-    if !reported && configs.iter().all(|(_, r)| r.is_err()) {
+    if !reported && !any_valid {
         let (t, r) = &configs[0];
         let e = r
             .as_ref()

@@ -1,0 +1,7 @@
+#[attnforge::mask]
+fn near(q: i32, kv: i32) -> bool { (q - kv).abs() < 8 }
+
+attnforge::kernel! {
+    pub K { mask: near, causal: true, dtype: f32, head_dim: 64 }
+}
+fn main() {}

@@ -1,0 +1,4 @@
+attnforge::kernel! {
+    pub K { mask: causal }
+}
+fn main() {}

@@ -1,0 +1,4 @@
+attnforge::kernel! {
+    pub K { mask: causal, dtype: bf16, head_dim: 128, blocksize: 64 }
+}
+fn main() {}

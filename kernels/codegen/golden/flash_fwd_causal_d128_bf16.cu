@@ -377,6 +377,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_causal_d128_bf16(
         af_cp_async_commit();
         af_cp_async_wait<0>();
         __syncthreads();  // every thread's copies have landed
+        static_assert(STAGES == 1, "single-stage loop");
         const int kst = 0;  // stage offset
 
         // S = Q K^T on tensor cores (f32 accumulation), per warp 16 x BN in C fragments

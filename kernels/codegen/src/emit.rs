@@ -785,6 +785,7 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
         af_cp_async_commit();
         af_cp_async_wait<0>();
         __syncthreads();  // every thread's copies have landed
+        static_assert(STAGES == 1, "single-stage loop");
         const int kst = 0;  // stage offset
 "#,
         );

@@ -109,7 +109,7 @@ pub enum TuneError {
     #[error("no kernels selected; fix: pass --catalog or --variant NAME")]
     NothingSelected,
     /// Unknown variant name.
-    #[error("--variant `{0}` is not in the catalog; fix: use a canonical name such as flash_fwd_causal_d128_bf16 (`attnforge catalog` lists them)")]
+    #[error("--variant `{0}` is not in the catalog; fix: use a canonical name such as flash_fwd_causal_d128_bf16 (`attnforge list` lists them)")]
     UnknownVariant(String),
     /// Bad shape argument.
     #[error("--{field} must be at least 1: got {value}")]

@@ -69,7 +69,22 @@ enum Command {
     /// Run one spec on q/k/v from .npy files and write out and lse as .npy.
     #[command(after_help = run::AFTER_HELP)]
     Run(run::RunArgs),
+    /// Autotune kernels (search space, ptxas pruning, simulator gate, measurement or static
+    /// model) and write the reports; a second run reuses the tuning cache.
+    #[command(after_help = TUNE_HELP)]
+    Tune(attnforge_autotune::cli::TuneArgs),
+    /// Rewrite the reports from the tuning cache alone (no tuning).
+    #[command(after_help = "Examples:\n  attnforge report --out reports")]
+    Report(attnforge_autotune::cli::ReportArgs),
 }
+
+const TUNE_HELP: &str = "\
+Examples:
+  attnforge tune --catalog --out reports
+  attnforge tune --variant flash_fwd_causal_d128_bf16 --arch sm_80 --out reports
+  attnforge tune --catalog --retune --out reports    # ignore the cache
+
+Without a GPU, winners are ranked by the static model and labelled predicted.";
 
 /// Parse the arguments, run, print errors; returns the exit code.
 pub fn main() -> i32 {
@@ -86,6 +101,20 @@ pub fn main() -> i32 {
         Command::Emit(a) => emit::run(a),
         Command::Check(a) => check::run(a),
         Command::Run(a) => run::run(a),
+        Command::Tune(a) => attnforge_autotune::cli::run_tune(&a)
+            .map(|s| {
+                println!(
+                    "{} kernels: {} from the cache, {} tuned; index: {}",
+                    s.kernels,
+                    s.cache_hits,
+                    s.kernels - s.cache_hits,
+                    s.index.display()
+                )
+            })
+            .map_err(CliError::failed),
+        Command::Report(a) => attnforge_autotune::cli::run_report(&a)
+            .map(|p| println!("report: {}", p.display()))
+            .map_err(CliError::failed),
     };
     match r {
         Ok(()) => 0,

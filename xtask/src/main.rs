@@ -54,13 +54,13 @@ const MAIN_JOB: &[&str] = &[
     "run",
     "--release",
     "-p",
-    "attnforge-autotune",
+    "attnforge",
     "--bin",
-    "attnforge-tune",
+    "attnforge",
     "--",
 ];
 /// Default CLI arguments of the main job (the built-in catalog).
-const MAIN_JOB_DEFAULT_ARGS: &[&str] = &["--catalog", "--out", "reports"];
+const MAIN_JOB_DEFAULT_ARGS: &[&str] = &["tune", "--catalog", "--out", "reports"];
 
 /// Stamp file name inside the toolchain folder.
 const STAMP: &str = ".attnforge-stamp";

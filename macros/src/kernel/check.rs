@@ -20,6 +20,9 @@ const KEYS: &str = "mask, score, dtype, head_dim, gqa, causal, scale, sparse_blo
 const TUNE_KEYS: [&str; 4] = ["block_m", "block_n", "warps", "stages"];
 const DEFAULT_GRID: [&[usize]; 4] = [&[16, 32, 64, 128], &[32, 64, 128], &[1, 2, 4, 8], &[1]];
 
+/// A tuning list: each value with its literal (`None` for values of the default grid).
+type TuneList = Vec<(usize, Option<Expr>)>;
+
 /// A checked declaration. User functions appear in `spec` as placeholders (their name, no
 /// text); `expand` replaces them with the companions' data.
 pub(crate) struct Decl {
@@ -360,12 +363,12 @@ fn expr_of<'a>(cx: &mut Ctx<'_>, entry: &'a Entry) -> Option<&'a Expr> {
     }
 }
 
-fn check_tune(cx: &mut Ctx<'_>, entry: &Entry) -> Option<[Vec<(usize, Option<Expr>)>; 4]> {
+fn check_tune(cx: &mut Ctx<'_>, entry: &Entry) -> Option<[TuneList; 4]> {
     let Value::Group(entries) = &entry.value else {
         cx.err(&entry.key, "`tune` takes a group of lists: `tune: { block_m: [64, 128], block_n: [64], warps: [4, 8] }`");
         return None;
     };
-    let mut lists: [Option<Vec<(usize, Option<Expr>)>>; 4] = Default::default();
+    let mut lists: [Option<TuneList>; 4] = Default::default();
     let mut ok = true;
     let mut seen: BTreeMap<String, Span> = BTreeMap::new();
     for e in entries {
@@ -389,7 +392,10 @@ fn check_tune(cx: &mut Ctx<'_>, entry: &Entry) -> Option<[Vec<(usize, Option<Exp
             continue;
         }
         let arr = match &e.value {
-            Value::Expr(Expr::Array(a)) => a,
+            Value::Expr(x) if matches!(**x, Expr::Array(_)) => match &**x {
+                Expr::Array(a) => a,
+                _ => unreachable!(),
+            },
             _ => {
                 cx.err(
                     &e.key,
@@ -723,12 +729,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
 }
 
 /// Every listed value must occur in at least one valid config; the space must not be empty.
-fn check_space(
-    cx: &mut Ctx<'_>,
-    spec: &KernelSpec,
-    lists: &[Vec<(usize, Option<Expr>)>; 4],
-    tune_span: TokenStream,
-) {
+fn check_space(cx: &mut Ctx<'_>, spec: &KernelSpec, lists: &[TuneList; 4], tune_span: TokenStream) {
     let mut configs = Vec::new();
     for (m, _) in &lists[0] {
         for (n, _) in &lists[1] {

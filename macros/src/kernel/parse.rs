@@ -24,7 +24,7 @@ pub(crate) struct Entry {
 
 /// A value: an expression, or a braced list of entries (`tune: { .. }`).
 pub(crate) enum Value {
-    Expr(Expr),
+    Expr(Box<Expr>),
     Group(Vec<Entry>),
 }
 
@@ -74,7 +74,7 @@ fn parse_entries(input: ParseStream<'_>) -> syn::Result<Vec<Entry>> {
             braced!(content in input);
             Value::Group(parse_entries(&content)?)
         } else {
-            Value::Expr(input.parse()?)
+            Value::Expr(Box::new(input.parse()?))
         };
         entries.push(Entry { key, value });
         if input.is_empty() {

@@ -97,13 +97,9 @@ fn case_strategy(spec: &KernelSpec) -> impl Strategy<Value = Case> {
         })
 }
 
-/// Runtime parameters of `spec` for case `c` (drawn from the case's knobs).
-fn params(spec: &KernelSpec, c: &Case) -> RunParams {
-    let k = c.knobs;
-    let hq = c.hkv * c.group;
-    let sk = c.sk as i64;
-    let mut p = RunParams::default();
-    p.mask = Some(match spec.mask {
+/// Scalar mask parameters of `spec` drawn from the knobs.
+fn mask_params(spec: &KernelSpec, k: [i64; 6], sk: i64) -> MaskParams {
+    match spec.mask {
         Mask::Local => MaskParams::Local {
             left: k[0] % 24 - 2,
             right: k[1] % 24 - 2,
@@ -129,7 +125,18 @@ fn params(spec: &KernelSpec, c: &Case) -> RunParams {
             rope_theta: [10000.0, 500.0, 100.0][(k[3] % 3) as usize],
         },
         _ => MaskParams::None,
-    });
+    }
+}
+
+/// Runtime parameters of `spec` for case `c` (drawn from the case's knobs).
+fn params(spec: &KernelSpec, c: &Case) -> RunParams {
+    let k = c.knobs;
+    let hq = c.hkv * c.group;
+    let sk = c.sk as i64;
+    let mut p = RunParams {
+        mask: Some(mask_params(spec, k, sk)),
+        ..RunParams::default()
+    };
     let mut rng = c.seed | 1;
     let mut next = move || {
         rng ^= rng << 13;
@@ -399,7 +406,7 @@ fn run_typed<T: Element + SimElem>(
             c.sq,
             c.sk,
             spec.sparse_block,
-            |b, h, i, j| m(b, h, i, j),
+            m,
         ));
     }
     let report = exec::check(spec, &tile, &x, &p, &backend).map_err(|e| match e {

@@ -22,8 +22,10 @@ fn causal_and_local_f32() {
         let spec = KernelSpec::new(DType::F32, HeadDim::D64, mask, ScoreMod::None);
         let tile = default_tile(&spec, Arch::Sm80).unwrap();
         let x = Inputs::new(t(1, 2, 37, 64, 1), t(1, 2, 45, 64, 2), t(1, 2, 45, 64, 3));
-        let mut p = RunParams::default();
-        p.mask = mp;
+        let p = RunParams {
+            mask: mp,
+            ..RunParams::default()
+        };
         let r = check(&spec, &tile, &x, &p, &Backend::sim()).unwrap();
         assert!(r.close.out.max_err < 1e-4, "{r:?}");
     }

@@ -906,6 +906,23 @@ fn simulate_resolved<T: Element + SimElem>(
     })
 }
 
+/// Run the spec's kernel on GPU `ordinal` and return what it wrote (`out`, `lse`).
+///
+/// The inputs and runtime parameters are validated exactly as for the simulator, the kernel
+/// is compiled with NVRTC for the device's architecture and launched through the checked
+/// [`crate::GpuKernel::launch`]. Without a GPU this is `ExecError::Cuda` naming the reason.
+pub fn run_cuda<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    ordinal: usize,
+) -> Result<AttnOutput, ExecError> {
+    let r = resolve(spec, x, p)?;
+    let args = host_args(spec, x, p, &r)?;
+    crate::exec_cuda::run(spec, tile, x, &args, r.dims, ordinal)
+}
+
 /// Verdict of a kernel-vs-reference check.
 #[derive(Clone, Debug)]
 pub struct CheckReport {

@@ -30,3 +30,33 @@ fn causal_and_local_f32() {
         assert!(r.close.out.max_err < 1e-4, "{r:?}");
     }
 }
+
+#[test]
+fn run_cuda_without_a_gpu_is_a_clean_error() {
+    let spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let tile = default_tile(&spec, Arch::Sm80).unwrap();
+    let x = Inputs::new(t(1, 1, 5, 64, 1), t(1, 1, 5, 64, 2), t(1, 1, 5, 64, 3));
+    let r = attnforge_kernels::exec::run_cuda(&spec, &tile, &x, &RunParams::default(), 0);
+    if attnforge_kernels::gpu_available() {
+        let out = r.expect("GPU run");
+        let want = attnforge_kernels::exec::reference(
+            &spec,
+            &x,
+            &RunParams::default(),
+            attnforge_reference::Precision::F64,
+        )
+        .unwrap();
+        let max = out
+            .out
+            .iter()
+            .zip(&want.out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(max < 1e-4, "GPU output differs from the reference by {max}");
+    } else {
+        match r {
+            Err(attnforge_kernels::exec::ExecError::Cuda(m)) => assert!(!m.is_empty()),
+            other => panic!("expected ExecError::Cuda without a GPU, got {other:?}"),
+        }
+    }
+}

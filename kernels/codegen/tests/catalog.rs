@@ -90,7 +90,10 @@ fn metadata_and_geometry() {
     // two K/V stages: 2 * (64x128 + 2 * 2 * 64x128) bf16 = 80 KiB needs the opt-in
     let t2 = TileConfig::new(64, 64, 4, 2);
     let g2 = LaunchGeometry::new(&s, &t2, 3, 16, 1000);
-    assert_eq!(g2.dynamic_smem_bytes as usize, 2 * (64 * 128 + 4 * 64 * 128));
+    assert_eq!(
+        g2.dynamic_smem_bytes as usize,
+        2 * (64 * 128 + 4 * 64 * 128)
+    );
     assert!(LaunchMetadata::new(&s, &t2, Arch::Sm80, "x").needs_smem_opt_in);
     let j = serde_json::to_value(&m).unwrap();
     assert_eq!(j["args"][0]["name"], "q");

@@ -304,15 +304,16 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
                 ::attnforge::__private::rt::check(&Self::spec(), tile, inputs, params, backend)
             }
 
-            /// Launches the kernel on GPU `ordinal` (NVRTC for the device's architecture) and
-            /// checks the result against the reference; "no GPU" is an `ExecError::Cuda`.
+            /// Launches the kernel on GPU `ordinal` (NVRTC for the device's architecture, checked
+            /// launch) and returns its `out` and `lse`; "no GPU" is an `ExecError::Cuda`. Use
+            /// `check` with `Backend::Cuda` to compare a GPU run with the reference.
             pub fn launch(
                 ordinal: usize,
                 tile: &::attnforge::__private::rt::kernels::codegen::tile::TileConfig,
                 inputs: &::attnforge::__private::rt::kernels::exec::Inputs<#elem>,
                 params: &::attnforge::__private::rt::kernels::exec::RunParams,
-            ) -> ::core::result::Result<::attnforge::__private::rt::kernels::exec::CheckReport, ::attnforge::__private::rt::kernels::exec::ExecError> {
-                Self::check(tile, inputs, params, &::attnforge::__private::rt::kernels::exec::Backend::Cuda(ordinal))
+            ) -> ::core::result::Result<::attnforge::__private::rt::reference::AttnOutput, ::attnforge::__private::rt::kernels::exec::ExecError> {
+                ::attnforge::__private::rt::kernels::exec::run_cuda(&Self::spec(), tile, inputs, params, ordinal)
             }
         }
 

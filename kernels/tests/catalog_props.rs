@@ -4,13 +4,13 @@
 //!
 //! Each catalog entry gets one proptest: random dtype, shapes that are not tile multiples,
 //! `Sq != Sk` (and `Sq > Sk` where defined), GQA ratios, random runtime parameters of its
-//! mask and score modification, and one of the three schedules (forward, reverse, seeded
+//! mask and score modification, run under all three schedules (forward, reverse, seeded
 //! random). On the simulator every case also checks the visited-tile counters against a
 //! brute-force classification of the mask: fully masked tiles are never visited and full
 //! tiles never evaluate the mask.
 //!
 //! `ATTNFORGE_PROPTEST_CASES` sets the cases per kernel (default 10). Failing cases are
-//! shrunk by proptest and persisted under `kernels/proptest-regressions/`.
+//! shrunk by proptest and persisted next to this file (`*.proptest-regressions`).
 
 use std::sync::Arc;
 
@@ -463,12 +463,31 @@ fn run_case(spec: &KernelSpec, c: &Case, backend: &Backend) -> Result<(), TestCa
         // Blocks of 64 x 64 so that short sequences still have several blocks.
         spec.sparse_block = BlockSize { q: 64, k: 64 };
     }
-    match c.dtype {
-        DType::F32 => run_typed::<f32>(&spec, c, backend),
-        DType::F16 => run_typed::<f16>(&spec, c, backend),
-        DType::Bf16 => run_typed::<bf16>(&spec, c, backend),
+    // On the simulator every case runs under all three schedules (the drawn one first, so a
+    // shrunk failure names the schedule that broke); a GPU has its own schedule.
+    let schedules: Vec<Schedule> = match backend {
+        Backend::Sim(_) => std::iter::once(c.schedule)
+            .chain(Schedule::standard(c.seed))
+            .fold(Vec::new(), |mut v, s| {
+                if !v.contains(&s) {
+                    v.push(s);
+                }
+                v
+            }),
+        _ => vec![c.schedule],
+    };
+    for schedule in schedules {
+        let c = Case {
+            schedule,
+            ..c.clone()
+        };
+        match c.dtype {
+            DType::F32 => run_typed::<f32>(&spec, &c, backend),
+            DType::F16 => run_typed::<f16>(&spec, &c, backend),
+            DType::Bf16 => run_typed::<bf16>(&spec, &c, backend),
+        }?;
     }
-    .map(|_| ())
+    Ok(())
 }
 
 fn cases() -> u32 {

@@ -7,11 +7,11 @@ use std::path::Path;
 use attnforge_codegen::emit::emit;
 use attnforge_codegen::spec::{DType, KernelSpec};
 use attnforge_codegen::tile::{default_search_space, TileConfig};
-use attnforge_kernels::exec::{check, Backend, ExecError};
+use attnforge_kernels::exec::{check, prepare_cuda, Backend, ExecError};
 use attnforge_kernels::{build_many, CompileOptions, KernelSource};
 use half::{bf16, f16};
 
-use crate::measure::{BenchConfig, Estimate};
+use crate::measure::{bench_cuda, BenchConfig, Estimate};
 use crate::model::{predict, ModelInput, Prediction};
 use crate::occupancy::{ArchLimits, Occupancy};
 use crate::tuner::{Gate, Resources, Status, Tunable};
@@ -167,20 +167,37 @@ impl Tunable for KernelTunable {
     }
 
     fn can_measure(&self) -> bool {
-        false
+        attnforge_kernels::gpu_available()
     }
 
     fn measure(
         &self,
-        _tile: &TileConfig,
-        _cfg: &BenchConfig,
-        _dir: &Path,
+        tile: &TileConfig,
+        cfg: &BenchConfig,
+        dir: &Path,
     ) -> Result<Estimate, String> {
-        Err("timing generated kernels needs a GPU launch plan (not wired yet)".to_owned())
+        let s = &self.shape;
+        let p = default_params(&self.spec, s);
+        let prepared = match self.spec.dtype {
+            DType::F32 => prepare_cuda(&self.spec, tile, &inputs::<f32>(&self.spec, s, 7), &p, 0),
+            DType::F16 => prepare_cuda(&self.spec, tile, &inputs::<f16>(&self.spec, s, 7), &p, 0),
+            DType::Bf16 => prepare_cuda(&self.spec, tile, &inputs::<bf16>(&self.spec, s, 7), &p, 0),
+        }
+        .map_err(|e| e.to_string())?;
+        bench_cuda(cfg, dir, &tile.suffix(), prepared.gpu(), || {
+            prepared.launch().map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn device(&self) -> String {
-        "sim+model".to_owned()
+        match attnforge_kernels::Gpu::new(0) {
+            Ok(g) => {
+                let (major, minor) = g.compute_capability();
+                format!("cuda:sm_{major}{minor}")
+            }
+            Err(_) => "sim+model".to_owned(),
+        }
     }
 
     fn shape(&self) -> (String, String) {

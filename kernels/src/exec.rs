@@ -32,6 +32,8 @@ use attnforge_reference::{
 };
 use attnforge_sim::{Schedule, SimArg, SimConfig, SimCounters, SimElem, SimError, SimKernel};
 
+pub use crate::exec_cuda::CudaPrepared;
+
 /// A Rust twin of a user mask predicate: `(b, h, q_pos, kv_pos) -> allowed`.
 pub type HostMaskFn = Arc<dyn Fn(usize, usize, i64, i64) -> bool + Send + Sync>;
 /// A Rust twin of a user score function: `(score, b, h, q_pos, kv_pos) -> score'`.
@@ -921,6 +923,20 @@ pub fn run_cuda<T: Element>(
     let r = resolve(spec, x, p)?;
     let args = host_args(spec, x, p, &r)?;
     crate::exec_cuda::run(spec, tile, x, &args, r.dims, ordinal)
+}
+
+/// Compile the spec's kernel for GPU `ordinal`, upload the inputs and return a
+/// [`CudaPrepared`] whose `launch` re-runs the kernel without copies (what timing needs).
+pub fn prepare_cuda<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    ordinal: usize,
+) -> Result<CudaPrepared, ExecError> {
+    let r = resolve(spec, x, p)?;
+    let args = host_args(spec, x, p, &r)?;
+    crate::exec_cuda::prepare(spec, tile, x, &args, r.dims, ordinal)
 }
 
 /// Verdict of a kernel-vs-reference check.

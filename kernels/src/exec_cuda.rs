@@ -39,22 +39,87 @@ pub(crate) fn signature(spec: &KernelSpec) -> Vec<ArgDecl> {
         .collect()
 }
 
-pub(crate) fn run<T: Element>(
+/// A kernel compiled for and loaded on a GPU, with its inputs and outputs in device memory:
+/// [`CudaPrepared::launch`] runs it again (for timing), [`CudaPrepared::output`] copies the
+/// results back.
+pub struct CudaPrepared {
+    gpu: Gpu,
+    kernel: GpuKernel,
+    cfg: LaunchConfig,
+    values: Vec<KernelArgValue>,
+    o: CudaSlice<u8>,
+    lse: CudaSlice<u8>,
+    // Inputs and argument arrays: kept alive while the kernel may run.
+    _inputs: Vec<CudaSlice<u8>>,
+    out_elems: usize,
+    rows: usize,
+    shape: Shape4,
+}
+
+impl std::fmt::Debug for CudaPrepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaPrepared")
+            .field("kernel", &self.kernel.name())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl CudaPrepared {
+    /// The GPU the kernel is loaded on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Launch grid, block and dynamic shared memory.
+    pub fn config(&self) -> &LaunchConfig {
+        &self.cfg
+    }
+
+    /// Enqueue one launch on the GPU's stream (checked against the declared signature;
+    /// asynchronous: synchronize through [`Gpu::synchronize`] or [`CudaPrepared::output`]).
+    pub fn launch(&self) -> Result<(), ExecError> {
+        self.kernel
+            .launch(&self.cfg, &self.values)
+            .map_err(cuda_err)
+    }
+
+    /// Wait for the GPU and copy `out` and `lse` back.
+    pub fn output<T: Element>(&self) -> Result<AttnOutput, ExecError> {
+        self.gpu.synchronize().map_err(cuda_err)?;
+        let stream = self.gpu.stream();
+        let o_bytes = stream.clone_dtoh(&self.o).map_err(cuda_err)?;
+        let lse_bytes = stream.clone_dtoh(&self.lse).map_err(cuda_err)?;
+        let o_vals: Vec<T> = o_bytes
+            .chunks_exact(std::mem::size_of::<T>())
+            .take(self.out_elems)
+            // SAFETY: the chunk holds exactly one T written by the kernel.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
+            .collect();
+        let lse_vals: Vec<f32> = lse_bytes
+            .chunks_exact(4)
+            .take(self.rows)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(AttnOutput::from_kernel(self.shape, &o_vals, &lse_vals)?)
+    }
+}
+
+pub(crate) fn prepare<T: Element>(
     spec: &KernelSpec,
     tile: &TileConfig,
     x: &Inputs<T>,
     args: &[HostArg],
     d: Dims,
     ordinal: usize,
-) -> Result<AttnOutput, ExecError> {
+) -> Result<CudaPrepared, ExecError> {
     let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
-    let (major, minor) = gpu.compute_capability();
+    let (major, _minor) = gpu.compute_capability();
     let (arch, cg_arch) = if major >= 9 {
         (Arch::Sm90, CgArch::Sm90)
     } else {
         (Arch::Sm80, CgArch::Sm80)
     };
-    let _ = minor;
     let k = emit(spec, tile, cg_arch).map_err(ExecError::Spec)?;
     let compiled = compile(&k.source, &k.name, arch).map_err(cuda_err)?;
     let kernel = GpuKernel::load(&gpu, &compiled, signature(spec)).map_err(cuda_err)?;
@@ -100,31 +165,36 @@ pub(crate) fn run<T: Element>(
             HostArg::F32(v) => KernelArgValue::F32(*v),
         });
     }
+    keep.extend([q, kk, v]);
     let geo = LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
     let cfg = LaunchConfig {
         grid: geo.grid,
         block: geo.block,
         dynamic_smem_bytes: geo.dynamic_smem_bytes,
     };
-    kernel.launch(&cfg, &values).map_err(cuda_err)?;
-    gpu.synchronize().map_err(cuda_err)?;
-    let o_bytes = stream.clone_dtoh(&o).map_err(cuda_err)?;
-    let lse_bytes = stream.clone_dtoh(&lse).map_err(cuda_err)?;
-    drop(keep);
-    let o_vals: Vec<T> = o_bytes
-        .chunks_exact(std::mem::size_of::<T>())
-        .take(out_elems)
-        // SAFETY: the chunk holds exactly one T written by the kernel.
-        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
-        .collect();
-    let lse_vals: Vec<f32> = lse_bytes
-        .chunks_exact(4)
-        .take(rows)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(AttnOutput::from_kernel(
-        Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim),
-        &o_vals,
-        &lse_vals,
-    )?)
+    Ok(CudaPrepared {
+        gpu,
+        kernel,
+        cfg,
+        values,
+        o,
+        lse,
+        _inputs: keep,
+        out_elems,
+        rows,
+        shape: Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim),
+    })
+}
+
+pub(crate) fn run<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    args: &[HostArg],
+    d: Dims,
+    ordinal: usize,
+) -> Result<AttnOutput, ExecError> {
+    let p = prepare(spec, tile, x, args, d, ordinal)?;
+    p.launch()?;
+    p.output::<T>()
 }

@@ -1,0 +1,118 @@
+//! NVRTC compile latency (NVRTC + ptxas inside it: PTX, CUBIN and the `-v` resource report,
+//! exactly what `attnforge_kernels::compile` does for the tuner) per kernel, at the default
+//! tile, for a representative subset of the catalog: the FMA mainloop (f32) and the
+//! tensor-core mainloop (f16, bf16), on sm_80 and sm_90. Issue 3's target: < 300 ms per
+//! kernel. Each iteration is one full compile, sampled flat (10 compiles per bench).
+//!
+//! Two groups with the same ids: `nvrtc` is wall time; `nvrtc_cpu` is the on-CPU time of
+//! the compiling thread (`/proc/thread-self/schedstat`), which a machine shared with other
+//! work inflates much less than wall time (NVRTC compiles on the calling thread; the bench
+//! prints the process CPU time of the first compile next to the thread's as a check).
+//!
+//! Needs the NVRTC wheel (`cargo xtask setup`); without it the bench says so and exits 0.
+
+use std::time::Duration;
+
+use attnforge_benches::quick_criterion;
+use attnforge_codegen::catalog::find;
+use attnforge_codegen::prelude::{default_tile, emit, Arch as CgArch, KernelSpec};
+use attnforge_kernels::{compile, Arch, Compiler};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
+
+/// The subset: FMA f32 (d64), tensor-core f16 (d64 causal, d256 full) and bf16 (d128 causal).
+const KERNELS: [&str; 4] = [
+    "flash_fwd_full_d64_f32",
+    "flash_fwd_causal_d64_f16",
+    "flash_fwd_full_d256_f16",
+    "flash_fwd_causal_d128_bf16",
+];
+
+/// On-CPU time of the calling thread, if the kernel reports it.
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// User + system CPU time of the whole process (clock ticks of 10 ms).
+fn process_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn nvrtc(c: &mut Criterion) {
+    let compiler = match Compiler::global() {
+        Ok(cm) => cm,
+        Err(e) => {
+            println!("nvrtc bench skipped: {e}");
+            return;
+        }
+    };
+    let (maj, min) = compiler.version();
+    println!("nvrtc bench: NVRTC {maj}.{min}");
+    let specs: Vec<KernelSpec> = KERNELS
+        .iter()
+        .map(|n| find(n).unwrap_or_else(|| panic!("`{n}` is not in the catalog")))
+        .collect();
+    let mut g = c.benchmark_group("nvrtc");
+    g.sampling_mode(SamplingMode::Flat);
+    for (cg_arch, arch) in [(CgArch::Sm80, Arch::Sm80), (CgArch::Sm90, Arch::Sm90)] {
+        for spec in &specs {
+            let tile = default_tile(spec, cg_arch).expect("default tile");
+            let k = emit(spec, &tile, cg_arch).expect("emit");
+            // One untimed compile: fails loudly on a compile error.
+            let (t0, p0) = (thread_cpu(), process_cpu());
+            let first = compile(&k.source, &k.name, arch).expect("NVRTC compile");
+            let (t1, p1) = (thread_cpu(), process_cpu());
+            let ms = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.0} ms", (b - a).as_secs_f64() * 1e3),
+                _ => "n/a".to_owned(),
+            };
+            println!(
+                "nvrtc bench: {} {} tile {} first compile: wall {:.0} ms, thread cpu {}, process cpu {}",
+                arch.sm_name(),
+                k.name,
+                tile.suffix(),
+                first.compile_time.as_secs_f64() * 1e3,
+                ms(t0, t1),
+                ms(p0, p1),
+            );
+            g.bench_function(BenchmarkId::new(arch.sm_name(), &k.name), |b| {
+                b.iter(|| compile(&k.source, &k.name, arch).expect("NVRTC compile"))
+            });
+        }
+    }
+    g.finish();
+    if thread_cpu().is_none() {
+        println!("nvrtc bench: no /proc/thread-self/schedstat; the nvrtc_cpu group is skipped");
+        return;
+    }
+    let mut g = c.benchmark_group("nvrtc_cpu");
+    g.sampling_mode(SamplingMode::Flat);
+    for (cg_arch, arch) in [(CgArch::Sm80, Arch::Sm80), (CgArch::Sm90, Arch::Sm90)] {
+        for spec in &specs {
+            let tile = default_tile(spec, cg_arch).expect("default tile");
+            let k = emit(spec, &tile, cg_arch).expect("emit");
+            g.bench_function(BenchmarkId::new(arch.sm_name(), &k.name), |b| {
+                b.iter_custom(|iters| {
+                    let start = thread_cpu().unwrap_or_default();
+                    for _ in 0..iters {
+                        compile(&k.source, &k.name, arch).expect("NVRTC compile");
+                    }
+                    thread_cpu().unwrap_or_default().saturating_sub(start)
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = quick_criterion();
+    targets = nvrtc
+}
+criterion_main!(benches);

@@ -9,5 +9,9 @@ fn tutorial_code_is_the_tested_example() {
         std::fs::read_to_string(root.join("examples/04_document_mask.rs")).expect("example 04");
     let start = page.find("```rust\n").expect("a rust code block") + "```rust\n".len();
     let end = start + page[start..].find("```").expect("end of the code block");
-    assert_eq!(&page[start..end], example, "docs/tutorial.md differs from examples/04");
+    assert_eq!(
+        &page[start..end],
+        example,
+        "docs/tutorial.md differs from examples/04"
+    );
 }

@@ -9,7 +9,8 @@
 //! - [`build_kernel`] / [`build_many`]: compile plus the ptxas report of the kernel
 //!   ([`ResourceUsage`]: registers, shared memory, stack frame, spills).
 //! - [`run_ptxas`]: standalone `ptxas -v` on PTX; [`parse_ptxas_log`] parses either output.
-//! - [`sass`]: CUBIN to SASS text; [`sass_opcode_count`] counts e.g. `HMMA`.
+//! - [`sass`]: CUBIN to SASS text; [`sass_opcode_count`] counts e.g. `HMMA`;
+//!   [`sass_loops`] / [`opcode_count_in_loops`] find its loops (backward branches).
 //! - [`Gpu`], [`GpuKernel`]: load and launch (checked against a declared signature, or
 //!   `unsafe` unchecked).
 //!
@@ -45,5 +46,7 @@ pub use ptxas::{
     SpillError, ToolError,
 };
 pub use report::{build_kernel, build_many, build_with, BuildError, KernelBuild, KernelSource};
-pub use sass::{sass, sass_opcode_count, sass_with};
+pub use sass::{
+    opcode_count_in_loops, sass, sass_loops, sass_opcode_count, sass_with, SassError, SassLoop,
+};
 pub use toolchain::{Toolchain, ToolchainError, CUDA_HOME_ENV, SETUP_HINT};

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build everything the GPU check needs into gpu/out/ (run here, on the dev machine):
-# the GPU property-test binary, libnvrtc + headers it loads, and the benchmark kernels
-# (.cu + launch metadata JSON). Then carry gpu/out to the device and run gpu/run.sh.
+# the GPU property-test binary, the release `attnforge` CLI (for the tuner), and the
+# benchmark kernels (.cu + launch metadata JSON). Then carry gpu/out to the device and run
+# gpu/run.sh. libnvrtc is not carried: the device's CUDA toolkit provides it (run.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/gpu/out"
@@ -20,11 +21,20 @@ for l in sys.stdin:
         print(m["executable"])' > "$out/bin/.path"
 cp "$(cat "$out/bin/.path")" "$out/bin/gpu_tests"
 rm "$out/bin/.path"
-# libnvrtc (about 100 MB) does not fit the 64 MiB carry limit: run.sh points the binary at
-# the device's CUDA installation instead (ATTNFORGE_CUDA_HOME).
+# the CLI, for part (d): the tuner measuring with CUDA events
+cargo build --release -p attnforge --bin attnforge
+cp "$CARGO_TARGET_DIR/release/attnforge" "$out/bin/attnforge"
+strip "$out/bin/gpu_tests" "$out/bin/attnforge" 2>/dev/null || true
+# libnvrtc (about 100 MB) does not fit the 64 MiB carry limit: run.sh points the binaries at
+# the device's CUDA toolkit instead (ATTNFORGE_CUDA_HOME, toolkit layout, LD_LIBRARY_PATH).
 # benchmark kernels
 ATTNFORGE_EMIT_DIR="$out/kernels" cargo test --release -p attnforge-codegen --test gpu emit_bench_kernels
 # the simulator's mma fragment check kernel, with the codegen prelude in front
 { cat kernels/codegen/cuda/af_prelude.cuh kernels/codegen/cuda/af_attn.cuh; cat kernels/sim/tests/cuda/mma_check.cu; } > "$out/kernels/mma_check.cu"
 cp gpu/run.sh gpu/bench.py "$out/"
 du -sh "$out"
+kib=$(du -sk "$out" | cut -f1)
+if [ "$kib" -gt $((60 * 1024)) ]; then
+  echo "gpu/out is ${kib} KiB: over the 60 MiB budget under the device tool's 64 MiB carry limit" >&2
+  exit 1
+fi

@@ -243,7 +243,9 @@ impl Compiler {
         if !unsafe { sys::is_culib_present() } {
             return Err(CompileError::LoadLibrary {
                 path,
-                reason: "cudarc could not resolve libnvrtc after preloading it".to_owned(),
+                reason: "cudarc could not resolve libnvrtc after preloading it (a CUDA toolkit \
+                         library other than libnvrtc.so.12: put its folder on LD_LIBRARY_PATH)"
+                    .to_owned(),
             });
         }
         let theirs = catch_unwind(|| {

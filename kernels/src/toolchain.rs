@@ -3,6 +3,8 @@
 //! The toolchain is a `pip install --target` folder holding NVIDIA's wheels. It is found, in
 //! order, at `$ATTNFORGE_CUDA_HOME`, at `<workspace>/.toolchain/cuda` (the workspace this crate
 //! was compiled in), or at `.toolchain/cuda` in the current directory or one of its parents.
+//! `$ATTNFORGE_CUDA_HOME` may also name a CUDA toolkit installation (`/usr/local/cuda`:
+//! `include/`, `lib64/libnvrtc.so*`, `bin/ptxas`), as on a GPU machine.
 //!
 //! ```no_run
 //! let tc = attnforge_kernels::Toolchain::locate()?;
@@ -22,6 +24,8 @@ pub const SETUP_HINT: &str = "run `cargo xtask setup` (it installs the CUDA comp
 /// Paths inside a toolchain folder, relative to its root.
 const NVRTC_LIB: &str = "nvidia/cuda_nvrtc/lib/libnvrtc.so.12";
 const RUNTIME_INCLUDE: &str = "nvidia/cuda_runtime/include";
+/// Headers of a CUDA toolkit installation (`/usr/local/cuda`).
+const TOOLKIT_INCLUDE: &str = "include";
 const PTXAS: &str = "nvidia/cuda_nvcc/bin/ptxas";
 const CUOBJDUMP: &str = "nvidia/cu13/bin/cuobjdump";
 const NVDISASM: &str = "nvidia/cu13/bin/nvdisasm";
@@ -122,6 +126,9 @@ impl Toolchain {
                 })
             }
         };
+        if !root.join(NVRTC_LIB).exists() && root.join(TOOLKIT_INCLUDE).is_dir() {
+            return Self::toolkit(root);
+        }
         let nvrtc_lib = need("libnvrtc (wheel nvidia-cuda-nvrtc-cu12)", NVRTC_LIB)?;
         let include_dir = need(
             "CUDA headers (wheel nvidia-cuda-runtime-cu12)",
@@ -139,6 +146,56 @@ impl Toolchain {
             ptxas,
             cuobjdump: optional(CUOBJDUMP),
             nvdisasm: optional(NVDISASM),
+            root,
+        })
+    }
+
+    /// A CUDA toolkit installation (`include/`, `lib64/` or `lib/`, `bin/`): the newest
+    /// `libnvrtc.so.<major>` found (NVRTC's C API is the same across majors 12 and 13).
+    fn toolkit(root: PathBuf) -> Result<Self, ToolchainError> {
+        let missing = |what: &'static str, path: PathBuf| ToolchainError::Missing {
+            root: root.clone(),
+            what,
+            path,
+        };
+        let include_dir = root.join(TOOLKIT_INCLUDE);
+        if !include_dir.join("cuda_bf16.h").is_file() {
+            return Err(missing(
+                "cuda_bf16.h (CUDA toolkit)",
+                include_dir.join("cuda_bf16.h"),
+            ));
+        }
+        let mut libs: Vec<PathBuf> = ["lib64", "lib", "targets/x86_64-linux/lib"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
+            .flat_map(|rd| rd.filter_map(Result::ok).map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("libnvrtc.so."))
+                    .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        libs.sort_by_key(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("libnvrtc.so."))
+                .and_then(|v| v.parse::<u32>().ok())
+        });
+        let nvrtc_lib = libs
+            .pop()
+            .ok_or_else(|| missing("libnvrtc (CUDA toolkit)", root.join("lib64/libnvrtc.so.*")))?;
+        let ptxas = root.join("bin/ptxas");
+        if !ptxas.is_file() {
+            return Err(missing("ptxas (CUDA toolkit)", ptxas));
+        }
+        let optional = |rel: &str| Some(root.join(rel)).filter(|p| p.is_file());
+        Ok(Self {
+            nvrtc_lib,
+            include_dir,
+            ptxas,
+            cuobjdump: optional("bin/cuobjdump"),
+            nvdisasm: optional("bin/nvdisasm"),
             root,
         })
     }
@@ -169,5 +226,37 @@ mod tests {
             other => panic!("expected Missing, got {other:?}"),
         }
         assert!(err.to_string().contains("cargo xtask setup"));
+    }
+
+    #[test]
+    fn toolkit_layout_is_found_with_the_newest_nvrtc() {
+        let dir = std::env::temp_dir().join(format!("af-tk-test-{}", std::process::id()));
+        for d in ["include", "lib64", "bin"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        // headers missing: named
+        let err = Toolchain::at(&dir).unwrap_err();
+        assert!(err.to_string().contains("cuda_bf16.h"), "{err}");
+        std::fs::write(dir.join("include/cuda_bf16.h"), "").unwrap();
+        let err = Toolchain::at(&dir).unwrap_err();
+        assert!(err.to_string().contains("libnvrtc"), "{err}");
+        for f in [
+            "lib64/libnvrtc.so.12",
+            "lib64/libnvrtc.so.13",
+            "lib64/libnvrtc.so",
+            "bin/ptxas",
+        ] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let tc = Toolchain::at(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            tc.nvrtc_lib.ends_with("lib64/libnvrtc.so.13"),
+            "{:?}",
+            tc.nvrtc_lib
+        );
+        assert!(tc.include_dir.ends_with("include"));
+        assert!(tc.ptxas.ends_with("bin/ptxas"));
+        assert_eq!(tc.cuobjdump, None);
     }
 }

@@ -23,48 +23,66 @@ fn signature(cu: &str, name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn emit_and_compare(spec: &str, extra: &[&str]) -> serde_json::Value {
+/// Emit `spec` and compare every kernel's `.cu` signature with its JSON metadata; returns
+/// the metadata of every kernel (one for a static spec, one per stage for a dynamic one).
+fn emit_and_compare_all(spec: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["emit", spec, "--out-dir", dir.path().to_str().unwrap()];
     args.extend_from_slice(extra);
     let o = run(&args);
     assert!(o.status.success(), "{}", text(&o));
-    let json = std::fs::read_dir(dir.path())
+    let mut jsons: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .expect("json written");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let name = meta["kernel_name"].as_str().unwrap().to_string();
-    let cu = std::fs::read_to_string(dir.path().join(format!("{name}.cu"))).unwrap();
-    let sig = signature(&cu, &name);
-    let js: Vec<(String, String)> = meta["signature"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["name"].as_str().unwrap().to_string(),
-                a["c_type"].as_str().unwrap().replace(' ', ""),
-            )
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.to_string_lossy().ends_with(".pipeline.json")
         })
         .collect();
-    let sig_norm: Vec<(String, String)> = sig
-        .into_iter()
-        .map(|(n, t)| (n, t.replace(' ', "")))
-        .collect();
-    assert_eq!(sig_norm, js, "{spec}: .cu signature vs metadata");
-    assert_eq!(meta["args"].as_array().unwrap().len(), js.len());
-    assert_eq!(meta["block_threads"].as_u64().unwrap() % 32, 0);
-    meta
+    jsons.sort();
+    assert!(!jsons.is_empty(), "{spec}: no json written");
+    let mut metas = Vec::new();
+    for json in jsons {
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let name = meta["kernel_name"].as_str().unwrap().to_string();
+        let cu = std::fs::read_to_string(dir.path().join(format!("{name}.cu"))).unwrap();
+        let sig = signature(&cu, &name);
+        let js: Vec<(String, String)> = meta["signature"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap().to_string(),
+                    a["c_type"].as_str().unwrap().replace(' ', ""),
+                )
+            })
+            .collect();
+        let sig_norm: Vec<(String, String)> = sig
+            .into_iter()
+            .map(|(n, t)| (n, t.replace(' ', "")))
+            .collect();
+        assert_eq!(sig_norm, js, "{spec} / {name}: .cu signature vs metadata");
+        assert_eq!(meta["args"].as_array().unwrap().len(), js.len());
+        assert_eq!(meta["block_threads"].as_u64().unwrap() % 32, 0);
+        metas.push(meta);
+    }
+    metas
+}
+
+fn emit_and_compare(spec: &str, extra: &[&str]) -> serde_json::Value {
+    let mut m = emit_and_compare_all(spec, extra);
+    assert_eq!(m.len(), 1, "{spec}: one kernel expected");
+    m.remove(0)
 }
 
 #[test]
 fn emitted_signature_matches_metadata_for_every_example_spec() {
     for p in example_specs() {
-        let meta = emit_and_compare(p.to_str().unwrap(), &["--no-ptxas"]);
-        assert!(meta["ptxas"].is_null());
+        for meta in emit_and_compare_all(p.to_str().unwrap(), &["--no-ptxas"]) {
+            assert!(meta["ptxas"].is_null());
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use cli_common::*;
 
 #[test]
 fn list_prints_every_catalog_name() {
+    use attnforge::codegen::dynamic::dynamic_catalog;
     let o = run(&["list"]);
     assert!(o.status.success());
     let t = text(&o);
@@ -16,6 +17,32 @@ fn list_prints_every_catalog_name() {
             s.canonical_name()
         );
     }
+    // The dynamic pipelines, with their family column.
+    let fam = |s: &attnforge::codegen::dynamic::DynamicSpec| {
+        serde_json::to_value(s).unwrap()["family"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for s in dynamic_catalog() {
+        let line = t
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(s.canonical_name().as_str()))
+            .unwrap_or_else(|| panic!("{} missing:\n{t}", s.canonical_name()));
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some(fam(&s).as_str()),
+            "{line}"
+        );
+    }
+    assert!(
+        t.contains(&format!(
+            "{} kernels, {} dynamic pipelines",
+            attnforge::codegen::catalog().len(),
+            dynamic_catalog().len()
+        )),
+        "{t}"
+    );
     let o = run(&["list", "--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -28,14 +55,45 @@ fn list_prints_every_catalog_name() {
     let want: Vec<String> = attnforge::codegen::catalog()
         .iter()
         .map(|s| s.canonical_name())
+        .chain(dynamic_catalog().iter().map(|s| s.canonical_name()))
         .collect();
     assert_eq!(names, want);
-    // The JSON spec round-trips into a KernelSpec with the same name.
+    // The JSON spec round-trips into a KernelSpec / DynamicSpec with the same name.
     for e in v.as_array().unwrap() {
-        let s: attnforge::codegen::spec::KernelSpec =
-            serde_json::from_value(e["spec"].clone()).unwrap();
-        assert_eq!(s.canonical_name(), e["name"].as_str().unwrap());
+        let name = e["name"].as_str().unwrap();
+        match e["kind"].as_str().unwrap() {
+            "static" => {
+                let s: attnforge::codegen::spec::KernelSpec =
+                    serde_json::from_value(e["spec"].clone()).unwrap();
+                assert_eq!(s.canonical_name(), name);
+                assert_eq!(e["family"], "flash_fwd");
+            }
+            "dynamic" => {
+                let s: attnforge::codegen::dynamic::DynamicSpec =
+                    serde_json::from_value(e["spec"].clone()).unwrap();
+                assert_eq!(s.canonical_name(), name);
+                assert_eq!(e["family"].as_str().unwrap(), fam(&s));
+                assert_eq!(
+                    e["kernels"].as_array().unwrap().len(),
+                    s.stages().len(),
+                    "{e}"
+                );
+            }
+            k => panic!("kind {k}"),
+        }
     }
+    // --family filters.
+    let o = run(&["list", "--family", "landmark"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("landmark_retrieval_d128_bf16") && !t.contains("flash_fwd_"),
+        "{t}"
+    );
+    assert!(t.contains("0 kernels, 8 dynamic pipelines"), "{t}");
+    let o = run(&["list", "--family", "landmarks"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("lse_merge"));
 }
 
 #[test]
@@ -70,11 +128,19 @@ fn check_all_on_the_catalog_passes() {
     let o = run(&["check", "--all"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
+    // Static kernels and dynamic pipelines.
     assert_eq!(
         t.matches("PASS ").count(),
-        attnforge::codegen::catalog().len(),
+        attnforge::codegen::catalog().len() + attnforge::codegen::dynamic::dynamic_catalog().len(),
         "{t}"
     );
+    for s in attnforge::codegen::dynamic::dynamic_catalog() {
+        assert!(
+            t.contains(&format!("PASS {} ", s.canonical_name())),
+            "{}: {t}",
+            s.canonical_name()
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,15 @@ const HEAD: &str = "dtype = \"f16\"\nhead_dim = 64\n";
 
 #[test]
 fn every_example_spec_parses_and_validates() {
-    for p in example_specs() {
+    for p in dynamic_example_specs() {
+        let d = attnforge::specfile::DynSpecFile::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        // The same text through the kind-agnostic loader.
+        match attnforge::specfile::AnySpecFile::load(&p).unwrap() {
+            attnforge::specfile::AnySpecFile::Dynamic(x) => assert_eq!(x, d),
+            _ => panic!("{}: not dynamic", p.display()),
+        }
+    }
+    for p in static_example_specs() {
         let sf = SpecFile::load(&p).unwrap_or_else(|e| panic!("{e}"));
         sf.tile().unwrap();
         sf.run_params(sf.problem.seq_k, None)

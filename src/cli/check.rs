@@ -1,16 +1,18 @@
 //! `attnforge check`: kernel vs the f64 reference on a backend, with random inputs.
 
 use attnforge::codegen::catalog;
+use attnforge::codegen::dynamic::dynamic_catalog;
 use attnforge::codegen::spec::DType;
 use attnforge::exec::{check, Backend, ExecError, Inputs};
 use attnforge::reference::{Element, Shape4, Tensor4};
 use attnforge::sim::SimElem;
-use attnforge::specfile::{self, SpecFile};
+use attnforge::specfile::{self, AnySpecFile, SpecFile};
 use clap::{Args, ValueEnum};
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::common::{random_values, resolve_spec};
+use super::common::{random_values, resolve_any};
+use super::dynamic;
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
@@ -19,8 +21,15 @@ Each kernel runs on random inputs of the spec's [problem] sizes (catalog entries
 of variants.md section 0: pass when max|K-R| <= rtol * max|N-R| + atol, N being the naive
 same-precision path. Exit code 1 when any kernel fails.
 
+Data-dependent pipelines (landmark, hax, cca, topk, lse_merge) run every kernel of the
+pipeline (attnforge_kernels::exec_dynamic) and compare the final out/lse the same way; their
+random inputs are exact (q, k in {-1, 0, 1} for the ranking families, values multiples of
+1/16, HAX hyperplanes redrawn until every hash sign is well-posed), so rankings have exact
+ties and no near-ties. --all covers the static and the dynamic catalog.
+
 Examples:
   attnforge check flash_fwd_causal_d64_f16
+  attnforge check landmark_retrieval_d64_f16 examples/specs/hax.toml
   attnforge check examples/specs/*.toml --seed 7
   attnforge check --all --backend sim
   attnforge check --all --backend cuda     # needs a GPU";
@@ -53,13 +62,16 @@ pub struct CheckArgs {
     json: bool,
 }
 
-struct Verdict {
-    name: String,
-    ok: bool,
-    out_err: f64,
-    out_ratio: f64,
-    lse_err: f64,
-    detail: String,
+/// One kernel's (or pipeline's) result.
+pub struct Verdict {
+    pub name: String,
+    pub ok: bool,
+    pub out_err: f64,
+    pub out_ratio: f64,
+    pub lse_err: f64,
+    pub detail: String,
+    /// Dynamic pipelines: kernels run and work counters (JSON), else null.
+    pub extra: serde_json::Value,
 }
 
 fn inputs<T: Element>(sf: &SpecFile, seed: u64) -> Inputs<T> {
@@ -97,6 +109,7 @@ fn check_one<T: Element + SimElem>(
             out_ratio: r.close.out.ratio,
             lse_err: r.close.lse.max_err,
             detail: String::new(),
+            extra: serde_json::Value::Null,
         }),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Verdict {
             name,
@@ -105,6 +118,7 @@ fn check_one<T: Element + SimElem>(
             out_ratio: f64::NAN,
             lse_err: f64::NAN,
             detail,
+            extra: serde_json::Value::Null,
         }),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
             Err(CliError::input(format!("{}: {e}", where_(sf))))
@@ -116,6 +130,7 @@ fn check_one<T: Element + SimElem>(
             out_ratio: f64::NAN,
             lse_err: f64::NAN,
             detail: e.to_string(),
+            extra: serde_json::Value::Null,
         }),
     }
 }
@@ -127,12 +142,21 @@ fn where_(sf: &SpecFile) -> String {
 }
 
 pub fn run(a: CheckArgs) -> Result<(), CliError> {
-    let mut files: Vec<SpecFile> = Vec::new();
+    let mut files: Vec<AnySpecFile> = Vec::new();
     if a.all {
-        files.extend(catalog().into_iter().map(specfile::from_catalog));
+        files.extend(
+            catalog()
+                .into_iter()
+                .map(|s| AnySpecFile::Static(Box::new(specfile::from_catalog(s)))),
+        );
+        files.extend(
+            dynamic_catalog()
+                .into_iter()
+                .map(|s| AnySpecFile::Dynamic(specfile::dyn_from_catalog(s))),
+        );
     }
     for s in &a.specs {
-        files.push(resolve_spec(s)?);
+        files.push(resolve_any(s)?);
     }
     if files.is_empty() {
         return Err(CliError::input(
@@ -149,13 +173,20 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut failed = 0;
-    for sf in &files {
-        bar.set_message(sf.spec.canonical_name());
-        let seed = a.seed.unwrap_or(sf.problem.seed);
-        let v = match sf.spec.dtype {
-            DType::F32 => check_one::<f32>(sf, &backend, seed),
-            DType::F16 => check_one::<f16>(sf, &backend, seed),
-            DType::Bf16 => check_one::<bf16>(sf, &backend, seed),
+    for f in &files {
+        bar.set_message(f.canonical_name());
+        let v = match f {
+            AnySpecFile::Static(sf) => {
+                let seed = a.seed.unwrap_or(sf.problem.seed);
+                match sf.spec.dtype {
+                    DType::F32 => check_one::<f32>(sf, &backend, seed),
+                    DType::F16 => check_one::<f16>(sf, &backend, seed),
+                    DType::Bf16 => check_one::<bf16>(sf, &backend, seed),
+                }
+            }
+            AnySpecFile::Dynamic(df) => {
+                dynamic::check(df, &backend, a.seed.unwrap_or(df.problem.seed))
+            }
         };
         let v = match v {
             Ok(v) => v,
@@ -168,15 +199,27 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             failed += 1;
         }
         let line = if a.json {
-            serde_json::json!({
+            let mut j = serde_json::json!({
                 "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
                 "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
                 "detail": v.detail,
-            })
-            .to_string()
+            });
+            if let (serde_json::Value::Object(m), serde_json::Value::Object(x)) = (&mut j, &v.extra)
+            {
+                m.insert("dynamic".into(), true.into());
+                m.extend(x.clone());
+            }
+            j.to_string()
         } else if v.ok {
+            let work = match &v.extra {
+                serde_json::Value::Object(x) => format!(
+                    "  keys gathered {}",
+                    x.get("keys_gathered").cloned().unwrap_or_default()
+                ),
+                _ => String::new(),
+            };
             format!(
-                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}",
+                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}",
                 v.name, v.out_err, v.out_ratio, v.lse_err
             )
         } else {

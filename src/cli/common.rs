@@ -3,40 +3,49 @@
 use std::path::Path;
 
 use attnforge::codegen::catalog;
+use attnforge::codegen::dynamic::dynamic_catalog;
 use attnforge::codegen::tile::Arch;
-use attnforge::specfile::{self, SpecFile};
+use attnforge::specfile::{self, AnySpecFile};
 
 use super::CliError;
 
-/// A catalog canonical name or a spec-file path.
-pub fn resolve_spec(arg: &str) -> Result<SpecFile, CliError> {
+/// A catalog canonical name (static or dynamic) or a spec-file path of either kind.
+pub fn resolve_any(arg: &str) -> Result<AnySpecFile, CliError> {
     let p = Path::new(arg);
     if arg.ends_with(".toml") || p.exists() {
-        return SpecFile::load(p).map_err(CliError::input);
+        return AnySpecFile::load(p).map_err(CliError::input);
     }
-    match catalog::find(arg) {
-        Some(s) => Ok(specfile::from_catalog(s)),
-        None => {
-            let names: Vec<String> = catalog().iter().map(|s| s.canonical_name()).collect();
-            let close: Vec<&String> = names
-                .iter()
-                .filter(|n| {
-                    arg.split('_')
-                        .filter(|w| w.len() > 2)
-                        .any(|w| n.contains(w))
-                })
-                .take(5)
-                .collect();
-            Err(CliError::input(format!(
-                "`{arg}` is neither a spec file nor a catalog name{}\n  fix: give a path to a .toml spec file or a name from `attnforge list`",
-                if close.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (similar: {})", close.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
-                }
-            )))
+    if let Some(s) = catalog::find(arg) {
+        return Ok(AnySpecFile::Static(Box::new(specfile::from_catalog(s))));
+    }
+    if let Some(s) = dynamic_catalog()
+        .into_iter()
+        .find(|s| s.canonical_name() == arg)
+    {
+        return Ok(AnySpecFile::Dynamic(specfile::dyn_from_catalog(s)));
+    }
+    let names: Vec<String> = catalog()
+        .iter()
+        .map(|s| s.canonical_name())
+        .chain(dynamic_catalog().iter().map(|s| s.canonical_name()))
+        .collect();
+    let close: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            arg.split('_')
+                .filter(|w| w.len() > 2)
+                .any(|w| n.contains(w))
+        })
+        .take(5)
+        .collect();
+    Err(CliError::input(format!(
+        "`{arg}` is neither a spec file nor a catalog name{}\n  fix: give a path to a .toml spec file or a name from `attnforge list`",
+        if close.is_empty() {
+            String::new()
+        } else {
+            format!(" (similar: {})", close.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
         }
-    }
+    )))
 }
 
 /// Parse `sm_80` / `sm_90`.

@@ -7,17 +7,24 @@ use attnforge::codegen::tile::Arch;
 use attnforge::npy::write_bytes_atomic;
 use clap::Args;
 
-use super::common::{parse_arch, resolve_spec};
+use attnforge::specfile::AnySpecFile;
+
+use super::common::{parse_arch, resolve_any};
+use super::dynamic;
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
 Writes <kernel>.cu (self-contained CUDA, `extern \"C\" __global__`) and <kernel>.json (kernel
 name, argument order with C types, grid formula, block threads, dynamic shared memory, the
 ptxas resource report for --arch). Load them from Python with examples/python/run_cupy.py.
+A data-dependent pipeline (landmark, hax, cca, topk, lse_merge) writes one .cu + .json per
+kernel (its stages, each with args, signature, grid rule and ptxas report) and
+<pipeline>.pipeline.json (launch order, parameters).
 
 Examples:
   attnforge emit flash_fwd_causal_d128_bf16 --out-dir build/
   attnforge emit examples/specs/softcap.toml --arch sm_90 --out-dir build/
+  attnforge emit examples/specs/landmark_retrieval.toml --out-dir build/
   attnforge emit examples/specs/causal.toml --no-ptxas   # without the CUDA toolchain";
 
 /// Options of `attnforge emit`.
@@ -45,7 +52,14 @@ pub fn run(a: EmitArgs) -> Result<(), CliError> {
         ))
     })?;
     for s in &a.specs {
-        let mut sf = resolve_spec(s)?;
+        let mut sf = match resolve_any(s)? {
+            AnySpecFile::Static(sf) => *sf,
+            AnySpecFile::Dynamic(df) => {
+                let arch = a.arch.unwrap_or(df.arch);
+                dynamic::emit(&df, s, arch, &a.out_dir, a.no_ptxas)?;
+                continue;
+            }
+        };
         if let Some(arch) = a.arch {
             sf.tune.arch = arch;
         }

@@ -1,26 +1,57 @@
-//! `attnforge list`: the catalog.
+//! `attnforge list`: the catalog (static kernels, then data-dependent pipelines).
 
 use attnforge::codegen::catalog;
+use attnforge::codegen::dynamic::dynamic_catalog;
 use clap::Args;
 
+use super::dynamic::{family_tag, mode_tag, params_of, params_text};
 use super::CliError;
+
+/// Family column of the static kernels.
+const STATIC_FAMILY: &str = "flash_fwd";
 
 /// Options of `attnforge list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Print a JSON array of {name, dtype, head_dim, gqa, mask, score, spec}.
+    /// Print a JSON array: static entries {name, kind: "static", family, dtype, head_dim, gqa,
+    /// mask, score, spec}, dynamic entries {name, kind: "dynamic", family, mode, dtype,
+    /// head_dim, params, kernels, spec}.
     #[arg(long)]
     json: bool,
+    /// Only this family: flash_fwd (the static kernels), landmark, hax, cca, topk, lse_merge.
+    #[arg(long)]
+    family: Option<String>,
 }
 
+const FAMILIES: [&str; 6] = [STATIC_FAMILY, "landmark", "hax", "cca", "topk", "lse_merge"];
+
 pub fn run(a: ListArgs) -> Result<(), CliError> {
-    let specs = catalog();
+    if let Some(f) = &a.family {
+        if !FAMILIES.contains(&f.as_str()) {
+            return Err(CliError::input(format!(
+                "unknown family `{f}`\n  fix: use one of {}",
+                FAMILIES.join(", ")
+            )));
+        }
+    }
+    let keep = |fam: &str| a.family.as_deref().is_none_or(|f| f == fam);
+    let specs: Vec<_> = if keep(STATIC_FAMILY) {
+        catalog()
+    } else {
+        Vec::new()
+    };
+    let dynamic: Vec<_> = dynamic_catalog()
+        .into_iter()
+        .filter(|s| keep(family_tag(s)))
+        .collect();
     if a.json {
-        let v: Vec<serde_json::Value> = specs
+        let mut v: Vec<serde_json::Value> = specs
             .iter()
             .map(|s| {
                 serde_json::json!({
                     "name": s.canonical_name(),
+                    "kind": "static",
+                    "family": STATIC_FAMILY,
                     "dtype": s.dtype.short(),
                     "head_dim": s.head_dim.get(),
                     "gqa": s.gqa,
@@ -30,26 +61,73 @@ pub fn run(a: ListArgs) -> Result<(), CliError> {
                 })
             })
             .collect();
+        for s in &dynamic {
+            let params: serde_json::Map<String, serde_json::Value> = params_of(s)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            let kernels: Vec<String> = s
+                .stages()
+                .iter()
+                .map(|st| {
+                    format!(
+                        "{}_d{}_{}",
+                        st.stem(),
+                        s.head_dim().get(),
+                        s.dtype().short()
+                    )
+                })
+                .collect();
+            v.push(serde_json::json!({
+                "name": s.canonical_name(),
+                "kind": "dynamic",
+                "family": family_tag(s),
+                "mode": mode_tag(s),
+                "dtype": s.dtype().short(),
+                "head_dim": s.head_dim().get(),
+                "params": params,
+                "kernels": kernels,
+                "spec": s,
+            }));
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(CliError::failed)?
         );
     } else {
         println!(
-            "{:<44} {:<6} {:>4} {:<22} score",
-            "name", "dtype", "D", "mask"
+            "{:<44} {:<10} {:<6} {:>4} {:<22} score / params",
+            "name", "family", "dtype", "D", "mask / mode"
         );
         for s in &specs {
             println!(
-                "{:<44} {:<6} {:>4} {:<22} {}",
+                "{:<44} {:<10} {:<6} {:>4} {:<22} {}",
                 s.canonical_name(),
+                STATIC_FAMILY,
                 s.dtype.short(),
                 s.head_dim.get(),
                 s.mask.tag(),
                 s.score.short().unwrap_or_else(|| "none".into())
             );
         }
-        println!("{} kernels", specs.len());
+        for s in &dynamic {
+            println!(
+                "{:<44} {:<10} {:<6} {:>4} {:<22} {} ({} kernel{})",
+                s.canonical_name(),
+                family_tag(s),
+                s.dtype().short(),
+                s.head_dim().get(),
+                mode_tag(s),
+                params_text(s),
+                s.stages().len(),
+                if s.stages().len() == 1 { "" } else { "s" }
+            );
+        }
+        println!(
+            "{} kernels, {} dynamic pipelines",
+            specs.len(),
+            dynamic.len()
+        );
     }
     Ok(())
 }

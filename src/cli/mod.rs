@@ -3,6 +3,7 @@
 
 mod check;
 mod common;
+mod dynamic;
 mod emit;
 mod list;
 mod run;
@@ -42,6 +43,7 @@ Examples:
   attnforge emit examples/specs/causal.toml --out-dir build/ --arch sm_90
   attnforge check examples/specs/*.toml
   attnforge check --all --backend sim
+  attnforge check examples/specs/landmark_retrieval.toml examples/specs/hax.toml
   attnforge run examples/specs/causal.toml --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
 
 A SPEC is a catalog canonical name (see `attnforge list`) or a path to a TOML spec file
@@ -57,8 +59,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List the built-in catalog with canonical names.
-    #[command(after_help = "Examples:\n  attnforge list\n  attnforge list --json > catalog.json")]
+    /// List the built-in catalog (static kernels and data-dependent pipelines) with canonical names.
+    #[command(
+        after_help = "Examples:\n  attnforge list\n  attnforge list --family landmark\n  attnforge list --json > catalog.json"
+    )]
     List(list::ListArgs),
     /// Write the CUDA source, launch metadata (JSON) and the ptxas report of a kernel.
     #[command(after_help = emit::AFTER_HELP)]

@@ -7,10 +7,11 @@ use attnforge::exec::{reference, simulate, ExecError, Inputs, RunParams};
 use attnforge::npy::{read_i32, read_tensor, write_atomic, AnyTensor};
 use attnforge::reference::{AttnOutput, Element, Precision};
 use attnforge::sim::{SimConfig, SimElem};
-use attnforge::specfile::{self, SpecFile};
+use attnforge::specfile::{self, AnySpecFile, SpecFile};
 use clap::{Args, ValueEnum};
 
-use super::common::resolve_spec;
+use super::common::resolve_any;
+use super::dynamic;
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
@@ -23,7 +24,13 @@ NaN/Inf inputs are rejected. Outputs: out [B, Hq, Sq, D] and lse [B, Hq, Sq] as 
 Examples:
   attnforge run examples/specs/causal.toml --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
   attnforge run examples/specs/document.toml --q q.npy --k k.npy --v v.npy --doc ids.npy --out o.npy --backend reference
-  attnforge run flash_fwd_full_d128_bf16 --dtype bf16 --q q.npy --k k.npy --v v.npy --out o.npy";
+  attnforge run flash_fwd_full_d128_bf16 --dtype bf16 --q q.npy --k k.npy --v v.npy --out o.npy
+  attnforge run examples/specs/landmark_retrieval.toml --q q.npy --k k.npy --v v.npy --out o.npy
+  attnforge run examples/specs/hax.toml --q q2.npy --k k2.npy --v x.npy --hyperplanes hp.npy --ks ks.npy --out o.npy
+
+Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes q2/k2/x as
+--q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
+Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).";
 
 /// Backend of `run`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +77,12 @@ pub struct RunArgs {
     /// Output file for `lse` (optional).
     #[arg(long)]
     lse: Option<PathBuf>,
+    /// HAX only: hyperplanes, f32 [1|B, H', N, hash_bits] (H' = 1, Hq or Hkv).
+    #[arg(long)]
+    hyperplanes: Option<PathBuf>,
+    /// HAX only: key-selection scores, f32 [1|B, H', S, 1] (H' = 1, Hq or Hkv).
+    #[arg(long)]
+    ks: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "sim")]
     backend: RunBackend,
@@ -96,22 +109,60 @@ fn go<T: Element + SimElem>(
     }
 }
 
-pub fn run(a: RunArgs) -> Result<(), CliError> {
-    let sf = resolve_spec(&a.spec)?;
+fn want_dtype(a: &RunArgs, have: DType) -> Result<(), CliError> {
     if let Some(d) = a.dtype {
         let want = match d {
             DtypeArg::F32 => DType::F32,
             DtypeArg::F16 => DType::F16,
             DtypeArg::Bf16 => DType::Bf16,
         };
-        if want != sf.spec.dtype {
+        if want != have {
             return Err(CliError::input(format!(
                 "--dtype {} but the spec `{}` is {}\n  fix: drop --dtype or pick a spec of that dtype",
                 want.short(),
                 a.spec,
-                sf.spec.dtype.short()
+                have.short()
             )));
         }
+    }
+    Ok(())
+}
+
+pub fn run(a: RunArgs) -> Result<(), CliError> {
+    let sf = match resolve_any(&a.spec)? {
+        AnySpecFile::Static(sf) => *sf,
+        AnySpecFile::Dynamic(df) => {
+            want_dtype(&a, df.spec.dtype())?;
+            if a.doc.is_some() {
+                return Err(CliError::input(format!(
+                    "{}: --doc is for the document masks; `{}` takes no document ids\n  fix: remove --doc",
+                    a.spec,
+                    df.spec.canonical_name()
+                )));
+            }
+            let files = dynamic::RunFiles {
+                q: &a.q,
+                k: &a.k,
+                v: &a.v,
+                hyperplanes: a.hyperplanes.as_deref(),
+                ks: a.ks.as_deref(),
+            };
+            let at = match a.backend {
+                RunBackend::Reference => dynamic::Where::Reference,
+                RunBackend::Sim => dynamic::Where::Sim,
+                RunBackend::Cuda => dynamic::Where::Cuda,
+            };
+            let out = dynamic::run(&df, &a.spec, &files, at)?;
+            return write_outputs(&a, &df.spec.canonical_name(), &out);
+        }
+    };
+    want_dtype(&a, sf.spec.dtype)?;
+    if a.hyperplanes.is_some() || a.ks.is_some() {
+        return Err(CliError::input(format!(
+            "{}: --hyperplanes / --ks are HAX inputs; `{}` does not take them\n  fix: remove them",
+            a.spec,
+            sf.spec.canonical_name()
+        )));
     }
     let q = read_tensor(&a.q, sf.spec.dtype).map_err(CliError::input)?;
     let k = read_tensor(&a.k, sf.spec.dtype).map_err(CliError::input)?;
@@ -140,6 +191,10 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         }
         e => CliError::failed(format!("{}: {e}", a.spec)),
     })?;
+    write_outputs(&a, &sf.spec.canonical_name(), &out)
+}
+
+fn write_outputs(a: &RunArgs, name: &str, out: &AttnOutput) -> Result<(), CliError> {
     let (b, h, s, d) = (
         out.shape.batch as u64,
         out.shape.heads as u64,
@@ -158,7 +213,7 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     }
     println!(
         "{}: wrote {} [{b}, {h}, {s}, {d}]{}",
-        sf.spec.canonical_name(),
+        name,
         a.out.display(),
         a.lse.as_ref().map_or(String::new(), |p| format!(
             " and {} [{b}, {h}, {s}]",

@@ -60,3 +60,27 @@ pub fn read_f32(path: &Path) -> (Vec<u64>, Vec<f32>) {
     let shape = npy.shape().to_vec();
     (shape, npy.into_vec::<f32>().expect("f32 data"))
 }
+
+/// Whether a spec file declares a data-dependent family (a top-level `family` key).
+pub fn is_dynamic(path: &Path) -> bool {
+    let text = std::fs::read_to_string(path).expect("spec file");
+    text.parse::<toml::Table>()
+        .expect("toml")
+        .contains_key("family")
+}
+
+/// The static example specs (dense, masks, block-sparse, LM-Infinite).
+pub fn static_example_specs() -> Vec<PathBuf> {
+    example_specs()
+        .into_iter()
+        .filter(|p| !is_dynamic(p))
+        .collect()
+}
+
+/// The example specs of the data-dependent families (`family = ".."`).
+pub fn dynamic_example_specs() -> Vec<PathBuf> {
+    example_specs()
+        .into_iter()
+        .filter(|p| is_dynamic(p))
+        .collect()
+}

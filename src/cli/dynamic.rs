@@ -375,11 +375,19 @@ fn geometry_formula(stage: Stage) -> (&'static str, &'static str) {
 }
 
 /// How the pipeline launches a stage (TopkAttnPart runs twice).
-fn launch_note(stage: Stage) -> &'static str {
-    match stage {
-        Stage::TopkAttnPart => "launched twice: part = 1 (static window) writes o -> o_a, lse -> lse_a; part = 2 (selected keys) writes o -> o_b, lse -> lse_b",
-        Stage::LseMerge => "merges (o_a, lse_a) and (o_b, lse_b); rows = B * Hq * Sq",
-        Stage::LandmarkAttn => "train mode: sel = NULL, sel_width = 0",
+fn launch_note(stage: Stage, spec: &DynamicSpec) -> &'static str {
+    match (stage, spec) {
+        (Stage::TopkAttnPart, _) => "launched twice: part = 1 (static window) writes o -> o_a, lse -> lse_a; part = 2 (selected keys) writes o -> o_b, lse -> lse_b",
+        (Stage::LseMerge, DynamicSpec::Topk { .. }) => "once: merges (o_a, lse_a) and (o_b, lse_b) of topk_attn_part into o, lse; rows = B * Hq * Sq",
+        (Stage::LseMerge, _) => "once: merges (o_a, lse_a) and (o_b, lse_b) into o, lse; rows = B * Hq * Sq",
+        (
+            Stage::LandmarkAttn,
+            DynamicSpec::Landmark {
+                mode: LandmarkMode::Train,
+                ..
+            },
+        ) => "once: sel = NULL, sel_width = 0 (every earlier block)",
+        (Stage::LandmarkAttn, _) => "once: reads sel [rows, top_k] of landmark_select, sel_width = top_k",
         _ => "once",
     }
 }
@@ -425,7 +433,7 @@ pub fn emit(
         files.push((cu.clone(), k.source.as_bytes().to_vec()));
         files.push((out_dir.join(format!("{}.json", k.name)), text.into_bytes()));
         stages_json.push(serde_json::json!({
-            "kernel": k.name, "stage": k.stage.stem(), "launch": launch_note(k.stage),
+            "kernel": k.name, "stage": k.stage.stem(), "launch": launch_note(k.stage, &df.spec),
         }));
         let regs = meta
             .get("ptxas")
@@ -513,7 +521,7 @@ fn kernel_meta(
         "pipeline": df.spec.canonical_name(),
         "stage": k.stage.stem(),
         "stage_index": index,
-        "launch": launch_note(k.stage),
+        "launch": launch_note(k.stage, &df.spec),
         "spec": df.spec,
         "args": k.args,
         "signature": signature,

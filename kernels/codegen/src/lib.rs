@@ -3,8 +3,8 @@
 //! Pipeline (one module each): [`spec`] (what) -> [`check`] (validation with field paths)
 //! -> [`tile`] (how: tile configs and budgets) -> [`ir`] (lowering to the one skeleton with
 //! hooks) -> [`emit`] (CUDA text). [`args`] holds the flat kernel argument list and launch
-//! metadata, [`name`] the canonical names, [`blocks`] the host-side block lists, [`catalog`]
-//! the built-in variants. No cudarc, no syn.
+//! metadata, [`name`] the canonical names, [`blocks`] the host-side block lists,
+//! [`catalog`](mod@catalog) the built-in variants. No cudarc, no syn.
 //!
 //! ```
 //! use attnforge_codegen::prelude::*;
@@ -45,5 +45,7 @@ pub mod prelude {
         BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam,
         UserParamKind, UserSource,
     };
-    pub use crate::tile::{default_search_space, default_tile, Arch, TileConfig};
+    pub use crate::tile::{
+        default_search_space, default_tile, exhaustive_search_space, Arch, TileConfig,
+    };
 }

@@ -187,8 +187,8 @@ const TC_REG_OVERHEAD: usize = 40;
 /// Fraction (in percent) of the per-thread register limit the estimate may reach. The
 /// estimate counts live arrays only; ptxas needs slack for the temporaries of the unrolled
 /// FMA chains and the per-element mask/score code. With 80% every config of the default
-/// space of the catalog compiled without spills or stack frame on sm_80 and sm_90
-/// (ptxas 12.9; `ATTNFORGE_FULL_SPACE=1 cargo test -p attnforge-codegen --test nvrtc`).
+/// space of every catalog variant x dtype x head dim compiles without spills or stack frame
+/// on sm_80 and sm_90 (ptxas 12.9; `cargo test -p attnforge-codegen --test nvrtc_space`).
 const REG_BUDGET_PERCENT: usize = 80;
 
 impl TileConfig {
@@ -223,7 +223,7 @@ impl TileConfig {
     /// Estimated registers per thread: the per-thread arrays (output accumulators
     /// `rows * D/32`, scores `rows * block_n/32` (twice for LM-Infinite and for user score
     /// functions), running max and sum `2 * rows`, the cached K column `block_n/32`) plus
-    /// [`REG_OVERHEAD`].
+    /// `REG_OVERHEAD` (48; 40 on the tensor-core path).
     pub fn estimated_registers(&self, spec: &KernelSpec) -> usize {
         let rows = (self.block_m / self.warps.max(1)).max(1);
         let dpl = spec.head_dim.get() / 32;
@@ -378,11 +378,63 @@ impl TileConfig {
     }
 }
 
-/// Every valid config of the default grid, ordered by (block_m, block_n, warps, stages).
-/// f32 (FMA mainloop): block_m in {16, 32, 64, 128}, block_n in {32, 64, 128}, warps in
-/// {1, 2, 4, 8}, stages = 1. f16/bf16 (tensor cores): block_m in {16, 32, 64, 128} with
-/// warps = block_m / 16 (one 16-row slab per warp), block_n in {32, 64, 128}, stages 1..=3.
+/// The default search space: the configs that can win, every one of them compiled by
+/// `cargo test -p attnforge-codegen --test nvrtc_space` for every catalog variant x dtype x
+/// head dim on sm_80 and sm_90 with zero spills and zero stack frame. Ordered by
+/// (block_m, block_n, warps, stages), always containing [`default_tile`].
+///
+/// - f16/bf16 (tensor cores, `warps = block_m / 16`): block_m in {64, 128} (4 or 8 warps:
+///   fewer cannot hide the latency of the two products), block_n in {32, 64, 128}, stages
+///   in {2, 3} (double and triple buffering); a single stage only for a shape where no
+///   pipelined config fits the shared memory (head dim 256).
+/// - f32 (FMA mainloop, one stage): block_m in {64, 128}, block_n in {32, 64}, warps in
+///   {4, 8}.
+///
+/// Smaller tiles stay available through [`exhaustive_search_space`] and explicit lists
+/// (`kernel! { .. tune: { .. } }`); the tuner prunes any that spill with the ptxas report.
 pub fn default_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig> {
+    let mut v = Vec::new();
+    let ok = |t: &TileConfig| t.valid(spec, arch).is_ok();
+    if spec.dtype == DType::F32 {
+        for bm in [64, 128] {
+            for bn in [32, 64] {
+                for w in [4, 8] {
+                    v.push(TileConfig::new(bm, bn, w, 1));
+                }
+            }
+        }
+        v.retain(ok);
+    } else {
+        for bm in [64, 128] {
+            for bn in [32, 64, 128] {
+                let piped: Vec<TileConfig> = (2..=3)
+                    .map(|st| TileConfig::new(bm, bn, bm / 16, st))
+                    .filter(ok)
+                    .collect();
+                if piped.is_empty() {
+                    v.extend(Some(TileConfig::new(bm, bn, bm / 16, 1)).filter(ok));
+                }
+                v.extend(piped);
+            }
+        }
+    }
+    if let Some(t) = default_tile(spec, arch) {
+        if !v.contains(&t) {
+            v.push(t);
+        }
+    }
+    v.sort_by_key(|t| (t.block_m, t.block_n, t.warps, t.stages));
+    v
+}
+
+/// Every valid config of the full grid, ordered by (block_m, block_n, warps, stages), for
+/// exploration beyond [`default_search_space`]. f32 (FMA mainloop): block_m in
+/// {16, 32, 64, 128}, block_n in {32, 64, 128}, warps in {1, 2, 4, 8}, stages = 1.
+/// f16/bf16 (tensor cores): block_m in {16, 32, 64, 128} with warps = block_m / 16,
+/// block_n in {32, 64, 128}, stages 1..=3. `valid()` keeps the register estimate inside
+/// the spill-free budget, but only the default space is compiled in CI: tune this space
+/// with the ptxas pruning on (the tuner rejects spilling candidates with the reason).
+pub fn exhaustive_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig> {
     let mut v = Vec::new();
     for bm in [16, 32, 64, 128] {
         for bn in [32, 64, 128] {

@@ -22,3 +22,4 @@ example!(ex05_softcap_alibi, "../examples/05_softcap_alibi.rs");
 example!(ex06_block_sparse, "../examples/06_block_sparse.rs");
 example!(ex07_lm_infinite, "../examples/07_lm_infinite.rs");
 example!(ex08_custom_score, "../examples/08_custom_score.rs");
+example!(ex09_dynamic, "../examples/09_dynamic.rs");

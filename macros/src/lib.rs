@@ -57,8 +57,10 @@ pub fn score(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Declares typed attention kernels: `attnforge::kernel! { pub Name { mask: .., score: ..,
-/// dtype: bf16, head_dim: 128, tune: { .. } } }`. See `docs/dsl.md` for the syntax, the
-/// generated item and the compile-time checks.
+/// dtype: bf16, head_dim: 128, tune: { .. } } }`, or a data-dependent family with
+/// `family:` (`pub Lm { family: landmark(mem_freq: 63, mode: retrieval(top_k: 4)),
+/// dtype: bf16, head_dim: 128 }`; also `hax(..)`, `cca(..)`, `topk(..)`, `lse_merge`).
+/// See `docs/dsl.md` for the syntax, the generated items and the compile-time checks.
 #[proc_macro]
 pub fn kernel(input: TokenStream) -> TokenStream {
     kernel::kernel(input.into()).into()

@@ -6,6 +6,9 @@
 //! (`NAME`, `KIND`, `CUDA`, `PARAMS`, `visit`, `host_mask`, `host_score`), so a companion
 //! needs no dependency on attnforge.
 //!
+//! Declarations with `family:` (landmark, HAX, CCA, top-k, lse merge) expand to calls of
+//! [`dynamic`], which delegates to `attnforge_kernels::exec_dynamic`.
+//!
 //! ```
 //! use attnforge_macros_rt as rt;
 //! let f = rt::user_function("w", "__device__ bool w(int b, int h, long long q_pos, long long kv_pos, const unsigned* doc) { return true; }", &[("doc", "&[u32]")]);
@@ -27,6 +30,8 @@ use attnforge_kernels::exec::{
 };
 use attnforge_kernels::sim::{SimConfig, SimElem};
 use attnforge_reference::{AttnOutput, Element, Precision};
+
+pub mod dynamic;
 
 pub use attnforge_kernels as kernels;
 pub use attnforge_reference as reference;

@@ -16,7 +16,7 @@ use super::parse::{Entry, KernelDecl, Value};
 
 /// Architecture the declaration is validated for (the smaller shared-memory limit).
 const ARCH: Arch = Arch::Sm80;
-const KEYS: &str = "mask, score, dtype, head_dim, gqa, causal, scale, sparse_block, tune";
+const KEYS: &str = "mask, score, dtype, head_dim, gqa, causal, scale, sparse_block, tune (or `family` for a dynamic family)";
 const TUNE_KEYS: [&str; 4] = ["block_m", "block_n", "warps", "stages"];
 const DEFAULT_GRID: [&[usize]; 4] = [&[16, 32, 64, 128], &[32, 64, 128], &[1, 2, 4, 8], &[1]];
 
@@ -34,25 +34,25 @@ pub(crate) struct Decl {
     pub tune: Option<[Vec<usize>; 4]>,
 }
 
-struct Ctx<'a> {
-    errors: &'a mut Vec<syn::Error>,
+pub(crate) struct Ctx<'a> {
+    pub errors: &'a mut Vec<syn::Error>,
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, at: &dyn ToTokens, msg: impl std::fmt::Display) {
+    pub fn err(&mut self, at: &dyn ToTokens, msg: impl std::fmt::Display) {
         self.errors
             .push(syn::Error::new_spanned(at.to_token_stream(), msg));
     }
-    fn err_span(&mut self, at: Span, msg: impl std::fmt::Display) {
+    pub fn err_span(&mut self, at: Span, msg: impl std::fmt::Display) {
         self.errors.push(syn::Error::new(at, msg));
     }
 }
 
-fn spec_msg(e: &SpecError) -> String {
+pub(crate) fn spec_msg(e: &SpecError) -> String {
     format!("{}: {} (fix: {})", e.path, e.message, e.fix)
 }
 
-fn int_lit(e: &Expr) -> Option<i64> {
+pub(crate) fn int_lit(e: &Expr) -> Option<i64> {
     match e {
         Expr::Lit(l) => match &l.lit {
             Lit::Int(i) => i.base10_parse().ok(),
@@ -77,7 +77,7 @@ fn float_lit(e: &Expr) -> Option<f64> {
     }
 }
 
-fn bool_lit(e: &Expr) -> Option<bool> {
+pub(crate) fn bool_lit(e: &Expr) -> Option<bool> {
     match e {
         Expr::Lit(l) => match &l.lit {
             Lit::Bool(b) => Some(b.value),
@@ -88,7 +88,7 @@ fn bool_lit(e: &Expr) -> Option<bool> {
 }
 
 /// A single identifier (built-in names); a longer path is always a user function.
-fn single_ident(p: &syn::Path) -> Option<String> {
+pub(crate) fn single_ident(p: &syn::Path) -> Option<String> {
     (p.leading_colon.is_none() && p.segments.len() == 1 && p.segments[0].arguments.is_empty())
         .then(|| p.segments[0].ident.to_string())
 }
@@ -167,6 +167,17 @@ fn check_mask(cx: &mut Ctx<'_>, e: &Expr) -> Option<MaskOut> {
             3,
         )),
         "block_sparse" => None,
+        n if super::family::is_family_name(n) => {
+            cx.err(
+                path,
+                format!(
+                    "`{n}` is a dynamic family, not a mask: declare it with `family: {}` and no `mask:` \
+                     (to use your own #[mask] function named `{n}`, write `mask: self::{n}`)",
+                    super::family::example(n)
+                ),
+            );
+            return None;
+        }
         _ => {
             if args.is_some() {
                 cx.err(
@@ -350,13 +361,68 @@ fn check_score(cx: &mut Ctx<'_>, e: &Expr) -> Option<ScoreOut> {
     Some(out)
 }
 
-fn expr_of<'a>(cx: &mut Ctx<'_>, entry: &'a Entry) -> Option<&'a Expr> {
+/// `dtype: f16 | bf16 | f32`.
+pub(crate) fn check_dtype(cx: &mut Ctx<'_>, e: &Expr) -> Option<DType> {
+    let name = match e {
+        Expr::Path(p) => single_ident(&p.path),
+        _ => None,
+    };
+    match name.as_deref() {
+        Some("f16") => Some(DType::F16),
+        Some("bf16") => Some(DType::Bf16),
+        Some("f32") => Some(DType::F32),
+        _ => {
+            cx.err(e, "unsupported dtype: expected `f16`, `bf16` or `f32`");
+            None
+        }
+    }
+}
+
+/// `head_dim: 64 | 128 | 256`.
+pub(crate) fn check_head_dim(cx: &mut Ctx<'_>, e: &Expr) -> Option<HeadDim> {
+    match int_lit(e) {
+        Some(64) => Some(HeadDim::D64),
+        Some(128) => Some(HeadDim::D128),
+        Some(256) => Some(HeadDim::D256),
+        Some(v) => {
+            cx.err(
+                e,
+                format!("unsupported head_dim {v}: the kernels are generated for 64, 128 or 256"),
+            );
+            None
+        }
+        None => {
+            cx.err(e, "head_dim takes an integer literal: 64, 128 or 256");
+            None
+        }
+    }
+}
+
+pub(crate) fn expr_of<'a>(cx: &mut Ctx<'_>, entry: &'a Entry) -> Option<&'a Expr> {
     match &entry.value {
         Value::Expr(e) => Some(e),
         Value::Group(_) => {
             cx.err(
                 &entry.key,
                 format!("`{}` takes a value, not a `{{ .. }}` group", entry.key),
+            );
+            None
+        }
+        Value::Call(c) => {
+            let hint = if super::family::is_family_name(&c.name.to_string()) {
+                format!(
+                    "; `{}` is a dynamic family: declare it with `family: {}(..)` (and no `{}:`)",
+                    c.name, c.name, entry.key
+                )
+            } else {
+                String::new()
+            };
+            cx.err(
+                &c.name,
+                format!(
+                    "`{}` takes a value, not a call with named parameters{hint}",
+                    entry.key
+                ),
             );
             None
         }
@@ -506,36 +572,8 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
                 score = check_score(&mut cx, e);
                 score_failed |= score.is_none();
             }
-            "dtype" => {
-                let name = match e {
-                    Expr::Path(p) => single_ident(&p.path),
-                    _ => None,
-                };
-                dtype = match name.as_deref() {
-                    Some("f16") => Some(DType::F16),
-                    Some("bf16") => Some(DType::Bf16),
-                    Some("f32") => Some(DType::F32),
-                    _ => {
-                        cx.err(e, "unsupported dtype: expected `f16`, `bf16` or `f32`");
-                        None
-                    }
-                }
-            }
-            "head_dim" => {
-                head_dim = match int_lit(e) {
-                    Some(64) => Some(HeadDim::D64),
-                    Some(128) => Some(HeadDim::D128),
-                    Some(256) => Some(HeadDim::D256),
-                    Some(v) => {
-                        cx.err(e, format!("unsupported head_dim {v}: the kernels are generated for 64, 128 or 256"));
-                        None
-                    }
-                    None => {
-                        cx.err(e, "head_dim takes an integer literal: 64, 128 or 256");
-                        None
-                    }
-                }
-            }
+            "dtype" => dtype = check_dtype(&mut cx, e),
+            "head_dim" => head_dim = check_head_dim(&mut cx, e),
             "gqa" | "causal" => match bool_lit(e) {
                 Some(b) if *k == "gqa" => gqa = b,
                 Some(b) => causal = Some(b),

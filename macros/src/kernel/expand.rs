@@ -1,13 +1,15 @@
-//! Quotes the typed kernel item. Everything it calls is in `attnforge::__private::rt`.
+//! Quotes the typed kernel item (static kernels: [`expand`]; `family:` declarations:
+//! [`expand_dynamic`]). Everything it calls is in `attnforge::__private::rt`.
 
 use attnforge_codegen::check::MaskParams;
+use attnforge_codegen::dynamic::{DynamicSpec, LandmarkMode};
 use attnforge_codegen::spec::{DType, HeadDim, Mask, ScoreMod};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 
 use super::check::{user_fns, Decl};
-use super::parse::KernelDecl;
+use super::parse::{KernelDecl, Value};
 
 fn user_fn(path: &syn::Path) -> TokenStream {
     quote!(rt::user_function(#path::NAME, #path::CUDA, #path::PARAMS))
@@ -315,6 +317,197 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
             ) -> ::core::result::Result<::attnforge::__private::rt::reference::AttnOutput, ::attnforge::__private::rt::kernels::exec::ExecError> {
                 ::attnforge::__private::rt::kernels::exec::run_cuda(&Self::spec(), tile, inputs, params, ordinal)
             }
+        }
+
+        #(#errs)*
+    }
+}
+
+fn dtype_tokens(d: DType) -> TokenStream {
+    match d {
+        DType::F16 => quote!(F16),
+        DType::Bf16 => quote!(Bf16),
+        DType::F32 => quote!(F32),
+    }
+}
+
+fn head_dim_tokens(h: HeadDim) -> TokenStream {
+    match h {
+        HeadDim::D64 => quote!(D64),
+        HeadDim::D128 => quote!(D128),
+        HeadDim::D256 => quote!(D256),
+    }
+}
+
+/// The `DynamicSpec` constructor of a checked declaration.
+fn dynamic_spec_tokens(s: &DynamicSpec) -> TokenStream {
+    let dtype = dtype_tokens(s.dtype());
+    let hd = head_dim_tokens(s.head_dim());
+    let common = quote!(dtype: spec::DType::#dtype, head_dim: spec::HeadDim::#hd);
+    match *s {
+        DynamicSpec::Landmark { mem_freq, mode, .. } => {
+            let mode = match mode {
+                LandmarkMode::Train => quote!(dynamic::LandmarkMode::Train),
+                LandmarkMode::Retrieval { top_k } => {
+                    quote!(dynamic::LandmarkMode::Retrieval { top_k: #top_k })
+                }
+            };
+            quote!(dynamic::DynamicSpec::Landmark { #common, mem_freq: #mem_freq, mode: #mode })
+        }
+        DynamicSpec::Hax {
+            k_lsh,
+            k_ks,
+            hash_bits,
+            ..
+        } => quote!(dynamic::DynamicSpec::Hax {
+            #common, k_lsh: #k_lsh, k_ks: #k_ks, hash_bits: #hash_bits
+        }),
+        DynamicSpec::Cca { group, window, .. } => {
+            quote!(dynamic::DynamicSpec::Cca { #common, group: #group, window: #window })
+        }
+        DynamicSpec::Topk {
+            sink,
+            recent,
+            k,
+            split,
+            ..
+        } => quote!(dynamic::DynamicSpec::Topk {
+            #common, sink: #sink, recent: #recent, k: #k, split: #split
+        }),
+        DynamicSpec::LseMerge { .. } => quote!(dynamic::DynamicSpec::LseMerge { #common }),
+    }
+}
+
+/// The item of a `family:` declaration: the unit struct and `spec`, `name`, `cuda`,
+/// `simulate`, `simulate_with`, `reference`, `check`, `launch` (inputs `DynInputs<T>`; for
+/// `lse_merge` two partial results).
+pub(crate) fn expand_dynamic(
+    d: &KernelDecl,
+    spec: Option<&DynamicSpec>,
+    errors: &[syn::Error],
+) -> TokenStream {
+    let KernelDecl {
+        attrs, vis, name, ..
+    } = d;
+    let errs = errors.iter().map(syn::Error::to_compile_error);
+    let elem = match spec.map(|s| s.dtype()) {
+        Some(DType::F16) => quote!(::attnforge::__private::rt::half::f16),
+        Some(DType::Bf16) => quote!(::attnforge::__private::rt::half::bf16),
+        _ => quote!(f32),
+    };
+    let is_merge = match spec {
+        Some(s) => matches!(s, DynamicSpec::LseMerge { .. }),
+        None => d.entries.iter().any(|e| {
+            e.key == "family" && matches!(&e.value, Value::Call(c) if c.name == "lse_merge")
+        }),
+    };
+    let spec_body = match spec {
+        Some(s) => dynamic_spec_tokens(s),
+        None => quote!(::core::unreachable!(
+            "the kernel declaration has compile errors"
+        )),
+    };
+    let rt = quote!(::attnforge::__private::rt);
+    let res = |t: TokenStream| quote!(::core::result::Result<#t, #rt::kernels::exec::ExecError>);
+    let run_t = res(quote!(#rt::kernels::exec_dynamic::DynRun));
+    let out_t = res(quote!(#rt::reference::AttnOutput));
+    let report_t = res(quote!(#rt::kernels::exec_dynamic::DynCheckReport));
+    let kernels_t = res(quote!(::std::vec::Vec<#rt::kernels::codegen::dynamic::DynamicKernel>));
+    let sim_cfg = quote!(#rt::kernels::sim::SimConfig);
+    let backend = quote!(#rt::kernels::exec::Backend);
+    let forward = quote!(#sim_cfg::new(#rt::kernels::sim::Schedule::Forward));
+    let run_fns = if is_merge {
+        let part = quote!(#rt::reference::AttnOutput);
+        quote! {
+            /// Merges two partial results (`out`, `lse`; rounded to f32 as the partial
+            /// kernels write them) on the CPU simulator (forward schedule).
+            pub fn simulate(a: &#part, b: &#part) -> #run_t {
+                Self::simulate_with(a, b, &#forward)
+            }
+
+            /// Merges on the CPU simulator with a simulator config (schedule, workers).
+            pub fn simulate_with(a: &#part, b: &#part, cfg: &#sim_cfg) -> #run_t {
+                #rt::dynamic::merge::<#elem>(&Self::spec(), a, b, &#backend::Sim(*cfg))
+            }
+
+            /// The f64 log-sum-exp merge.
+            pub fn reference(a: &#part, b: &#part) -> #out_t {
+                #rt::dynamic::merge_reference(&Self::spec(), a, b)
+            }
+
+            /// Merges on `backend` and compares with the f64 merge (tolerance of
+            /// variants.md section 0 for the dtype).
+            pub fn check(a: &#part, b: &#part, backend: &#backend) -> #report_t {
+                #rt::dynamic::merge_check::<#elem>(&Self::spec(), a, b, backend)
+            }
+
+            /// Merges on GPU `ordinal` (NVRTC for the device, checked launch); "no GPU" is
+            /// an `ExecError::Cuda`.
+            pub fn launch(ordinal: usize, a: &#part, b: &#part) -> #out_t {
+                #rt::dynamic::merge::<#elem>(&Self::spec(), a, b, &#backend::Cuda(ordinal)).map(|r| r.output)
+            }
+        }
+    } else {
+        let inputs = quote!(#rt::kernels::exec_dynamic::DynInputs<#elem>);
+        quote! {
+            /// Runs every stage of the pipeline on the CPU simulator (forward schedule):
+            /// output, work counters summed over the launches, per-stage counters and the
+            /// selection stages' index buffers.
+            pub fn simulate(inputs: &#inputs) -> #run_t {
+                Self::simulate_with(inputs, &#forward)
+            }
+
+            /// Runs the pipeline on the CPU simulator with a simulator config (schedule,
+            /// workers).
+            pub fn simulate_with(inputs: &#inputs, cfg: &#sim_cfg) -> #run_t {
+                #rt::dynamic::simulate(&Self::spec(), inputs, cfg)
+            }
+
+            /// The f64 reference (`attnforge_reference`, variants.md sections 6-9).
+            pub fn reference(inputs: &#inputs) -> #out_t {
+                #rt::dynamic::reference(&Self::spec(), inputs)
+            }
+
+            /// Runs the pipeline on `backend` and compares it with the reference (tolerance
+            /// of variants.md section 0 for the dtype).
+            pub fn check(inputs: &#inputs, backend: &#backend) -> #report_t {
+                #rt::dynamic::check(&Self::spec(), inputs, backend)
+            }
+
+            /// Runs the pipeline on GPU `ordinal` (NVRTC for the device, checked launches)
+            /// and returns its `out` and `lse`; "no GPU" is an `ExecError::Cuda`. Use
+            /// `check` with `Backend::Cuda` to compare a GPU run with the reference.
+            pub fn launch(ordinal: usize, inputs: &#inputs) -> #out_t {
+                #rt::dynamic::launch(&Self::spec(), inputs, ordinal)
+            }
+        }
+    };
+    quote! {
+        #(#attrs)*
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #name;
+
+        #[allow(dead_code, clippy::all)]
+        impl #name {
+            /// The dynamic spec (family, dtype, head dimension, parameters).
+            pub fn spec() -> #rt::kernels::codegen::dynamic::DynamicSpec {
+                #[allow(unused_imports)]
+                use #rt::kernels::codegen::{dynamic, spec};
+                #spec_body
+            }
+
+            /// Canonical pipeline name (`landmark_retrieval_d128_bf16`, ...).
+            pub fn name() -> ::std::string::String {
+                Self::spec().canonical_name()
+            }
+
+            /// The CUDA sources of the pipeline's kernels, in launch order (selection
+            /// kernels first), each self-contained with its name and argument list.
+            pub fn cuda() -> #kernels_t {
+                #rt::dynamic::cuda(&Self::spec())
+            }
+
+            #run_fns
         }
 
         #(#errs)*

@@ -4,9 +4,12 @@
 //! `syn::Expr` with their spans), `check` interprets them into a [`check::Decl`] and runs the
 //! codegen validation (`validate_spec`, `validate_problem`, `TileConfig::valid`) with errors
 //! mapped back to spans, `expand` quotes the typed kernel item. All errors are collected.
+//! A declaration with a `family:` key names a dynamic family instead: `family` checks it
+//! into a `DynamicSpec` (`validate_dynamic`) and `expand::expand_dynamic` quotes its item.
 
 mod check;
 mod expand;
+mod family;
 mod parse;
 
 use proc_macro2::TokenStream;
@@ -19,8 +22,13 @@ pub(crate) fn kernel(input: TokenStream) -> TokenStream {
     let mut out = TokenStream::new();
     for d in decls {
         let mut errors = Vec::new();
-        let checked = check::check(&d, &mut errors);
-        out.extend(expand::expand(&d, checked.as_ref(), &errors));
+        if family::is_dynamic(&d) {
+            let checked = family::check(&d, &mut errors);
+            out.extend(expand::expand_dynamic(&d, checked.as_ref(), &errors));
+        } else {
+            let checked = check::check(&d, &mut errors);
+            out.extend(expand::expand(&d, checked.as_ref(), &errors));
+        }
     }
     out
 }

@@ -2,8 +2,8 @@
 //! verified against a pure-Rust reference and autotuned.
 //!
 //! The crates behind the facade:
-//! - [`reference`]: f64 oracles for every variant (`shared/docs/variants.md`) and the
-//!   tolerance oracle;
+//! - [`reference`](mod@reference): f64 oracles for every variant (`shared/docs/variants.md`)
+//!   and the tolerance oracle;
 //! - [`codegen`]: kernel specs, validation, tile configs, tile IR and CUDA emission;
 //! - [`sim`]: the CPU SIMT simulator running the exact generated CUDA;
 //! - [`kernels`]: NVRTC compilation, ptxas reports, GPU launch, and [`exec`] (run a spec on

@@ -3,8 +3,9 @@
 //! - `cargo xtask setup`: installs NVIDIA's CUDA compiler wheels (NVRTC, runtime headers,
 //!   ptxas, the SASS disassemblers) into `<workspace>/.toolchain/cuda` with
 //!   `python3 -m pip install --target`. Idempotent: a stamp file records the pinned versions.
-//! - `cargo xtask test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings` and
-//!   `cargo test --workspace`, with `ATTNFORGE_CUDA_HOME` pointing at the toolchain.
+//! - `cargo xtask test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings`,
+//!   `cargo doc --no-deps` with rustdoc warnings denied, and `cargo test --workspace`
+//!   (doctests included), with `ATTNFORGE_CUDA_HOME` pointing at the toolchain.
 //! - `cargo xtask run [ARGS..]`: setup, then the main job (see [`MAIN_JOB`]).
 //!
 //! Only `std` is used, so this builds in seconds on a fresh checkout.
@@ -109,7 +110,7 @@ fn print_usage() {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          setup        install the CUDA compiler wheels into .toolchain/cuda (idempotent)\n  \
-         test [ARGS]  setup, then fmt --check, clippy -D warnings, and all workspace tests\n               \
+         test [ARGS]  setup, then fmt --check, clippy -D warnings, doc, and all workspace tests\n               \
                       (ARGS such as `-p CRATE` replace --workspace)\n  \
          run [ARGS]   setup, then the main job: cargo {} {}",
         MAIN_JOB.join(" "),
@@ -315,18 +316,25 @@ fn test(scope: &[String]) -> Result<()> {
     } else {
         scope.to_vec()
     };
-    let steps: [Vec<String>; 3] = [
+    let steps: [Vec<String>; 4] = [
         to_args(&["fmt", "--all", "--", "--check"], &[]),
         [
             to_args(&["clippy"], &scope),
             to_args(&["--all-targets", "--", "-D", "warnings"], &[]),
         ]
         .concat(),
+        // rustdoc warnings (broken links, bad code blocks) fail the run like clippy's
+        to_args(&["doc", "--no-deps"], &scope),
         to_args(&["test"], &scope),
     ];
     for (i, args) in steps.iter().enumerate() {
         let label = format!("[{}/{}] cargo {}", i + 1, steps.len(), args.join(" "));
-        run_step(&label, cargo().args(args).env("ATTNFORGE_CUDA_HOME", &dir))?;
+        let mut cmd = cargo();
+        cmd.args(args).env("ATTNFORGE_CUDA_HOME", &dir);
+        if args[0] == "doc" {
+            cmd.env("RUSTDOCFLAGS", "-D warnings");
+        }
+        run_step(&label, &mut cmd)?;
     }
     println!("\nxtask: all steps passed");
     Ok(())

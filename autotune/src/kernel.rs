@@ -1,6 +1,7 @@
 //! The real [`Tunable`]: a generated kernel of `attnforge-codegen`, compiled with NVRTC +
-//! ptxas (`attnforge_kernels::build_many`), gated on the CPU simulator against the f64
-//! reference (`attnforge_kernels::exec::check`), predicted by [`crate::model`].
+//! ptxas (`attnforge_kernels::build_many_cached`, through the persistent kernel cache), gated
+//! on the CPU simulator against the f64 reference (`attnforge_kernels::exec::check`),
+//! predicted by [`crate::model`].
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use attnforge_codegen::emit::emit;
 use attnforge_codegen::spec::{DType, KernelSpec};
 use attnforge_codegen::tile::{default_search_space, TileConfig};
 use attnforge_kernels::exec::{check, prepare_cuda, Backend, ExecError};
-use attnforge_kernels::{build_many, CompileOptions, KernelSource};
+use attnforge_kernels::{build_many_cached, CompileOptions, KernelSource};
 use half::{bf16, f16};
 
 use crate::measure::{bench_cuda, BenchConfig, Estimate};
@@ -113,7 +114,7 @@ impl Tunable for KernelTunable {
                 Ok(_) => Err("not built".to_owned()),
             })
             .collect();
-        match build_many(&sources) {
+        match build_many_cached(&sources) {
             Err(e) => {
                 for &i in &ok {
                     out[i] = Err(format!("NVRTC unavailable: {e}"));

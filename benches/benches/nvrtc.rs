@@ -9,6 +9,11 @@
 //! work inflates much less than wall time (NVRTC compiles on the calling thread; the bench
 //! prints the process CPU time of the first compile next to the thread's as a check).
 //!
+//! A third group, `nvrtc_cached/<sm>/<name>`, is the hit path of the persistent kernel cache
+//! (`Compiler::compile_cached`: key hash + read + verify of the stored PTX/CUBIN/log, no NVRTC
+//! call), against a private cache folder under the system temp folder that is filled by one
+//! compile per kernel first and removed at the end. The other groups never use the cache.
+//!
 //! Needs the NVRTC wheel (`cargo xtask setup`); without it the bench says so and exits 0.
 
 use std::time::Duration;
@@ -16,7 +21,7 @@ use std::time::Duration;
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::catalog::find;
 use attnforge_codegen::prelude::{default_tile, emit, Arch as CgArch, KernelSpec};
-use attnforge_kernels::{compile, Arch, Compiler};
+use attnforge_kernels::{compile, Arch, CompileOptions, Compiler, KernelCache};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
 /// The subset: FMA f32 (d64), tensor-core f16 (d64 causal, d256 full) and bf16 (d128 causal).
@@ -86,6 +91,7 @@ fn nvrtc(c: &mut Criterion) {
         }
     }
     g.finish();
+    nvrtc_cached(c, compiler, &specs);
     if thread_cpu().is_none() {
         println!("nvrtc bench: no /proc/thread-self/schedstat; the nvrtc_cpu group is skipped");
         return;
@@ -108,6 +114,53 @@ fn nvrtc(c: &mut Criterion) {
         }
     }
     g.finish();
+}
+
+/// The `nvrtc_cached` group: cache hits only (the cache is filled before timing).
+fn nvrtc_cached(c: &mut Criterion, compiler: &Compiler, specs: &[KernelSpec]) {
+    let dir = std::env::temp_dir().join(format!("attnforge-bench-kcache-{}", std::process::id()));
+    let cache = KernelCache::at(&dir);
+    let mut g = c.benchmark_group("nvrtc_cached");
+    for (cg_arch, arch) in [(CgArch::Sm80, Arch::Sm80), (CgArch::Sm90, Arch::Sm90)] {
+        let opts = CompileOptions::new(arch);
+        for spec in specs {
+            let tile = default_tile(spec, cg_arch).expect("default tile");
+            let k = emit(spec, &tile, cg_arch).expect("emit");
+            let miss = compiler
+                .compile_cached(&cache, &k.source, &k.name, &opts)
+                .expect("NVRTC compile");
+            let hit = compiler
+                .compile_cached(&cache, &k.source, &k.name, &opts)
+                .expect("cache hit");
+            assert!(
+                hit.from_cache,
+                "nvrtc_cached bench: no hit for {} in {} (folder not writable?)",
+                k.name,
+                dir.display()
+            );
+            println!(
+                "nvrtc_cached bench: {} {} miss: compile {:.0} ms; first hit: lookup {:.3} ms \
+                 ({} B PTX, {} B CUBIN)",
+                arch.sm_name(),
+                k.name,
+                miss.compile_time.as_secs_f64() * 1e3,
+                hit.cache_lookup.as_secs_f64() * 1e3,
+                hit.ptx.len(),
+                hit.cubin.as_ref().map_or(0, Vec::len),
+            );
+            g.bench_function(BenchmarkId::new(arch.sm_name(), &k.name), |b| {
+                b.iter(|| {
+                    let r = compiler
+                        .compile_cached(&cache, &k.source, &k.name, &opts)
+                        .expect("cache hit");
+                    assert!(r.from_cache);
+                    r
+                })
+            });
+        }
+    }
+    g.finish();
+    let _ = cache.clear();
 }
 
 criterion_group! {

@@ -11,7 +11,8 @@ use cudarc::driver::CudaSlice;
 use crate::exec::host::HostArg;
 use crate::exec::{Dims, ExecError, Inputs};
 use crate::{
-    compile, device_ptr, Arch, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue, LaunchConfig,
+    compile_cached, device_ptr, Arch, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
+    LaunchConfig,
 };
 
 fn cuda_err(e: impl std::fmt::Display) -> ExecError {
@@ -121,7 +122,8 @@ pub(crate) fn prepare<T: Element>(
         (Arch::Sm80, CgArch::Sm80)
     };
     let k = emit(spec, tile, cg_arch).map_err(ExecError::Spec)?;
-    let compiled = compile(&k.source, &k.name, arch).map_err(cuda_err)?;
+    // Through the persistent kernel cache: a kernel compiled before is not compiled again.
+    let compiled = compile_cached(&k.source, &k.name, arch).map_err(cuda_err)?;
     let kernel = GpuKernel::load(&gpu, &compiled, signature(spec)).map_err(cuda_err)?;
     let stream = gpu.stream().clone();
     let up = |b: &[u8]| -> Result<CudaSlice<u8>, ExecError> {

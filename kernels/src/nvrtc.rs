@@ -11,6 +11,11 @@
 //! Every compile targets a real architecture (`sm_80`, `sm_90`, `sm_90a`), so one NVRTC call
 //! gives the PTX, the CUBIN and the ptxas resource log (`--ptxas-options=-v`).
 //!
+//! [`compile`] / [`compile_with`] always run NVRTC. [`compile_cached`] /
+//! [`compile_with_cached`] (and [`Compiler::compile_cached`]) first look the compile up in the
+//! persistent [`KernelCache`] and store what they compile, so a kernel is compiled once per
+//! machine rather than once per process; [`Compiled::from_cache`] says which happened.
+//!
 //! ```no_run
 //! use attnforge_kernels::{compile, Arch};
 //! let src = r#"extern "C" __global__ void k(float* o) { o[threadIdx.x] = 1.0f; }"#;
@@ -27,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::nvrtc::{result as nv, sys};
 
+use crate::kcache::{cache_key, CacheEntry, CacheKey, CompilerFingerprint, KernelCache};
 use crate::toolchain::{Toolchain, ToolchainError};
 
 /// A real GPU architecture to compile for.
@@ -120,10 +126,18 @@ pub struct Compiled {
     pub log: String,
     /// Every option passed to NVRTC.
     pub options: Vec<String>,
-    /// Wall-clock time of the NVRTC call (create + compile + fetch outputs).
+    /// Wall-clock time of the NVRTC call (create + compile + fetch outputs); zero when the
+    /// result came from the [`KernelCache`] (no NVRTC call was made).
     pub compile_time: Duration,
     /// `(major, minor)` of the NVRTC library that compiled it.
     pub nvrtc_version: (i32, i32),
+    /// Whether PTX, CUBIN and log were read from the [`KernelCache`] instead of compiled.
+    /// Always false for [`compile`] / [`compile_with`].
+    pub from_cache: bool,
+    /// Time spent in the cache: hashing the key plus reading and verifying the entry (the
+    /// whole cost of a hit). Zero when no cache was consulted (uncached calls, a disabled
+    /// cache).
+    pub cache_lookup: Duration,
 }
 
 /// NVRTC compilation failure.
@@ -197,7 +211,18 @@ pub struct Compiler {
     _lib: libloading::Library,
     version: (i32, i32),
     uses_toolchain_library: bool,
+    /// What, besides source, name and options, keys a [`KernelCache`] entry.
+    fingerprint: CompilerFingerprint,
 }
+
+/// CUDA headers (in the include folder) whose content the kernel prelude compiles in; their
+/// size and modification time are part of every cache key.
+const KEYED_HEADERS: [&str; 4] = [
+    "cuda_fp16.h",
+    "cuda_fp16.hpp",
+    "cuda_bf16.h",
+    "cuda_bf16.hpp",
+];
 
 static GLOBAL: OnceLock<Compiler> = OnceLock::new();
 
@@ -257,11 +282,16 @@ impl Compiler {
         })
         .ok()
         .flatten();
+        let uses_toolchain_library = theirs == Some(ours);
+        let mut keyed = vec![toolchain.nvrtc_lib.clone()];
+        keyed.extend(KEYED_HEADERS.iter().map(|h| toolchain.include_dir.join(h)));
+        let fingerprint = CompilerFingerprint::new((major, minor), uses_toolchain_library, &keyed);
         Ok(Self {
             toolchain,
             _lib: lib,
             version: (major, minor),
-            uses_toolchain_library: theirs == Some(ours),
+            uses_toolchain_library,
+            fingerprint,
         })
     }
 
@@ -293,6 +323,64 @@ impl Compiler {
         }
         v.extend(opts.extra.iter().cloned());
         v
+    }
+
+    /// What identifies this compiler in a [`KernelCache`] key (NVRTC version, library and
+    /// header fingerprints).
+    pub fn fingerprint(&self) -> &CompilerFingerprint {
+        &self.fingerprint
+    }
+
+    /// The [`KernelCache`] key of compiling `source` (kernel `name`) with `opts`.
+    pub fn cache_key(&self, source: &str, name: &str, opts: &CompileOptions) -> CacheKey {
+        cache_key(source, name, &self.options(opts), &self.fingerprint)
+    }
+
+    /// [`Compiler::compile_with`] through `cache`: a verified entry is returned without
+    /// calling NVRTC (`from_cache: true`); otherwise the source is compiled and, on success,
+    /// stored (replacing a corrupt entry). Cache failures never fail the compile; compile
+    /// errors are returned as by `compile_with` and not cached.
+    pub fn compile_cached(
+        &self,
+        cache: &KernelCache,
+        source: &str,
+        name: &str,
+        opts: &CompileOptions,
+    ) -> Result<Compiled, CompileError> {
+        if !cache.is_enabled() {
+            return self.compile_with(source, name, opts);
+        }
+        let start = Instant::now();
+        let options = self.options(opts);
+        let key = cache_key(source, name, &options, &self.fingerprint);
+        if let Some(e) = cache.load(&key) {
+            return Ok(Compiled {
+                name: name.to_owned(),
+                arch: opts.arch,
+                ptx: e.ptx,
+                cubin: e.cubin,
+                log: e.log,
+                options,
+                compile_time: Duration::ZERO,
+                nvrtc_version: e.nvrtc_version,
+                from_cache: true,
+                cache_lookup: start.elapsed(),
+            });
+        }
+        let lookup = start.elapsed();
+        let mut c = self.compile_with(source, name, opts)?;
+        c.cache_lookup = lookup;
+        cache.store(
+            &key,
+            &CacheEntry {
+                ptx: c.ptx.clone(),
+                cubin: c.cubin.clone(),
+                log: c.log.clone(),
+                nvrtc_version: c.nvrtc_version,
+                compile_time: c.compile_time,
+            },
+        );
+        Ok(c)
     }
 
     /// Compiles `source`, whose kernel (or variant) is called `name`, with `opts`.
@@ -365,6 +453,8 @@ impl Compiler {
                 options,
                 compile_time,
                 nvrtc_version: self.version,
+                from_cache: false,
+                cache_lookup: Duration::ZERO,
             }),
         }
     }
@@ -482,6 +572,22 @@ pub fn compile_with(
     opts: &CompileOptions,
 ) -> Result<Compiled, CompileError> {
     Compiler::global()?.compile_with(source, name, opts)
+}
+
+/// [`compile`] through the process-wide [`KernelCache::global`] (the folder chosen by
+/// `$ATTNFORGE_KERNEL_CACHE`, `$XDG_CACHE_HOME` or `$HOME`): a kernel compiled before, by any
+/// process, is read back instead of compiled again.
+pub fn compile_cached(source: &str, name: &str, arch: Arch) -> Result<Compiled, CompileError> {
+    compile_with_cached(source, name, &CompileOptions::new(arch))
+}
+
+/// [`compile_with`] through the process-wide [`KernelCache::global`].
+pub fn compile_with_cached(
+    source: &str,
+    name: &str,
+    opts: &CompileOptions,
+) -> Result<Compiled, CompileError> {
+    Compiler::global()?.compile_cached(KernelCache::global(), source, name, opts)
 }
 
 #[cfg(test)]

@@ -4,6 +4,12 @@
 //! costs one NVRTC program (tens of ms for small kernels). [`build_many`] compiles on all
 //! cores, returning results in input order.
 //!
+//! The `*_cached` variants ([`build_kernel_cached`], [`build_with_cache`],
+//! [`build_many_cached`], [`build_many_with_cache`]) go through the persistent
+//! [`KernelCache`]: a hit skips NVRTC and re-parses the stored ptxas report, so the result is
+//! the same as a fresh build's; `compiled.from_cache` and `compiled.cache_lookup` tell a hit
+//! apart. The uncached functions always compile.
+//!
 //! ```no_run
 //! use attnforge_kernels::{build_kernel, Arch};
 //! let src = r#"extern "C" __global__ void k(float* o) { o[threadIdx.x] = 1.0f; }"#;
@@ -13,6 +19,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::kcache::KernelCache;
 use crate::nvrtc::{Arch, CompileError, CompileOptions, Compiled, Compiler};
 use crate::ptxas::{parse_ptxas_log, PtxasReport, ReportParseError, ResourceUsage};
 
@@ -87,11 +94,48 @@ pub fn build_kernel(source: &str, name: &str, arch: Arch) -> Result<KernelBuild,
     )
 }
 
+/// [`build_kernel`] through the process-wide [`KernelCache::global`].
+pub fn build_kernel_cached(
+    source: &str,
+    name: &str,
+    arch: Arch,
+) -> Result<KernelBuild, BuildError> {
+    build_with_cache(
+        Compiler::global()?,
+        KernelCache::global(),
+        &KernelSource {
+            source,
+            name,
+            options: CompileOptions::new(arch),
+        },
+    )
+}
+
 /// [`build_kernel`] with an explicit compiler and options.
 pub fn build_with(compiler: &Compiler, k: &KernelSource<'_>) -> Result<KernelBuild, BuildError> {
+    build_impl(compiler, None, k)
+}
+
+/// [`build_with`] through `cache` (see [`Compiler::compile_cached`]).
+pub fn build_with_cache(
+    compiler: &Compiler,
+    cache: &KernelCache,
+    k: &KernelSource<'_>,
+) -> Result<KernelBuild, BuildError> {
+    build_impl(compiler, Some(cache), k)
+}
+
+fn build_impl(
+    compiler: &Compiler,
+    cache: Option<&KernelCache>,
+    k: &KernelSource<'_>,
+) -> Result<KernelBuild, BuildError> {
     let mut options = k.options.clone();
     options.ptxas_verbose = true;
-    let compiled = compiler.compile_with(k.source, k.name, &options)?;
+    let compiled = match cache {
+        Some(c) => compiler.compile_cached(c, k.source, k.name, &options)?,
+        None => compiler.compile_with(k.source, k.name, &options)?,
+    };
     let report = parse_ptxas_log(&compiled.log).map_err(|error| BuildError::Report {
         name: k.name.to_owned(),
         arch: options.arch,
@@ -117,6 +161,29 @@ pub fn build_with(compiler: &Compiler, k: &KernelSource<'_>) -> Result<KernelBui
 pub fn build_many(
     kernels: &[KernelSource<'_>],
 ) -> Result<Vec<Result<KernelBuild, BuildError>>, CompileError> {
+    many_impl(None, kernels)
+}
+
+/// [`build_many`] through the process-wide [`KernelCache::global`]: kernels built before are
+/// read back, the others compiled in parallel and stored.
+pub fn build_many_cached(
+    kernels: &[KernelSource<'_>],
+) -> Result<Vec<Result<KernelBuild, BuildError>>, CompileError> {
+    many_impl(Some(KernelCache::global()), kernels)
+}
+
+/// [`build_many`] through `cache`.
+pub fn build_many_with_cache(
+    cache: &KernelCache,
+    kernels: &[KernelSource<'_>],
+) -> Result<Vec<Result<KernelBuild, BuildError>>, CompileError> {
+    many_impl(Some(cache), kernels)
+}
+
+fn many_impl(
+    cache: Option<&KernelCache>,
+    kernels: &[KernelSource<'_>],
+) -> Result<Vec<Result<KernelBuild, BuildError>>, CompileError> {
     let compiler = Compiler::global()?;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -130,7 +197,7 @@ pub fn build_many(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(k) = kernels.get(i) else { break };
-                let r = build_with(compiler, k);
+                let r = build_impl(compiler, cache, k);
                 if let Ok(mut guard) = results.lock() {
                     guard[i] = Some(r);
                 }

@@ -80,7 +80,7 @@ pub fn run(a: EmitArgs) -> Result<(), CliError> {
                 Arch::Sm80 => attnforge::kernels::Arch::Sm80,
                 Arch::Sm90 => attnforge::kernels::Arch::Sm90,
             };
-            let b = attnforge::kernels::build_kernel(&k.source, &k.name, arch).map_err(|e| {
+            let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, arch).map_err(|e| {
                 CliError::failed(format!(
                     "{s}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
                     k.name

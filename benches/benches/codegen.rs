@@ -1,6 +1,9 @@
 //! Spec validation and CUDA emission time per catalog kernel (bench id = canonical name).
 //! Emission is at the kernel's default tile for sm_80.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::prelude::*;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};

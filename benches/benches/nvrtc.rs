@@ -16,6 +16,9 @@
 //!
 //! Needs the NVRTC wheel (`cargo xtask setup`); without it the bench says so and exits 0.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::time::Duration;
 
 use attnforge_benches::quick_criterion;

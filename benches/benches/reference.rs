@@ -7,6 +7,9 @@
 //! Data-dependent families (landmark, HAX, CCA, top-k) call the reference directly
 //! (f32 inputs, D = 64); their ids name the family.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::collections::BTreeSet;
 
 use attnforge_autotune::workload::{default_params, inputs, Shape};

@@ -4,6 +4,9 @@
 //! once, outside the timed loop; each iteration is one launch on the host buffers.
 //! Throughput counts the unmasked (query, key) pairs: `B * H * S * (S + 1) / 2`.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use attnforge_autotune::workload::{default_params, inputs, Shape};
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::prelude::{default_tile, Arch, DType, HeadDim, KernelSpec, Mask, ScoreMod};

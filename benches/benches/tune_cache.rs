@@ -9,6 +9,9 @@
 //! - `tune_cache/lookup_miss`: a key that is absent;
 //! - `tune_cache/entries`: every valid entry (`Cache::entries`, what `attnforge report` reads).
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use attnforge_autotune::cache::{key_of, Cache, Lookup};
 use attnforge_autotune::model::Prediction;
 use attnforge_autotune::occupancy::{occupancy, ArchLimits};

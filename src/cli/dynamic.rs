@@ -501,7 +501,7 @@ fn kernel_meta(
             Arch::Sm80 => attnforge::kernels::Arch::Sm80,
             Arch::Sm90 => attnforge::kernels::Arch::Sm90,
         };
-        let b = attnforge::kernels::build_kernel(&k.source, &k.name, a).map_err(|e| {
+        let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, a).map_err(|e| {
             CliError::failed(format!(
                 "{label}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
                 k.name

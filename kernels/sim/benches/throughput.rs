@@ -1,6 +1,9 @@
 //! Simulator throughput: 64 blocks x 128 threads, 11 barriers and 10 shuffles per thread,
 //! under each schedule. Run: `cargo bench -p attnforge-sim --bench throughput`.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use attnforge_sim::{Schedule, SimArg, SimConfig, SimKernel};
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -44,10 +44,7 @@ impl KernelTunable {
 }
 
 fn kernels_arch(a: Arch) -> attnforge_kernels::Arch {
-    match a {
-        Arch::Sm80 => attnforge_kernels::Arch::Sm80,
-        Arch::Sm90 => attnforge_kernels::Arch::Sm90,
-    }
+    a.into()
 }
 
 fn elem_bytes(d: DType) -> usize {

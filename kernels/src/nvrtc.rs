@@ -48,6 +48,16 @@ pub enum Arch {
     Sm90a,
 }
 
+/// The code generator's architectures map one to one (`sm_90a` is a compile-time target only).
+impl From<attnforge_codegen::tile::Arch> for Arch {
+    fn from(a: attnforge_codegen::tile::Arch) -> Self {
+        match a {
+            attnforge_codegen::tile::Arch::Sm80 => Arch::Sm80,
+            attnforge_codegen::tile::Arch::Sm90 => Arch::Sm90,
+        }
+    }
+}
+
 impl Arch {
     /// Every architecture, in order.
     pub const ALL: [Arch; 3] = [Arch::Sm80, Arch::Sm90, Arch::Sm90a];

@@ -497,10 +497,7 @@ fn kernel_meta(
     let ptxas = if no_ptxas {
         serde_json::Value::Null
     } else {
-        let a = match arch {
-            Arch::Sm80 => attnforge::kernels::Arch::Sm80,
-            Arch::Sm90 => attnforge::kernels::Arch::Sm90,
-        };
+        let a = attnforge::kernels::Arch::from(arch);
         let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, a).map_err(|e| {
             CliError::failed(format!(
                 "{label}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",

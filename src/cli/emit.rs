@@ -76,10 +76,7 @@ pub fn run(a: EmitArgs) -> Result<(), CliError> {
         let ptxas = if a.no_ptxas {
             serde_json::Value::Null
         } else {
-            let arch = match sf.tune.arch {
-                Arch::Sm80 => attnforge::kernels::Arch::Sm80,
-                Arch::Sm90 => attnforge::kernels::Arch::Sm90,
-            };
+            let arch = attnforge::kernels::Arch::from(sf.tune.arch);
             let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, arch).map_err(|e| {
                 CliError::failed(format!(
                     "{s}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",

@@ -14,10 +14,7 @@ use attnforge_codegen::prelude::*;
 use attnforge_kernels::{build_many, Arch as KArch, CompileOptions, KernelSource};
 
 fn karch(a: Arch) -> KArch {
-    match a {
-        Arch::Sm80 => KArch::Sm80,
-        Arch::Sm90 => KArch::Sm90,
-    }
+    KArch::from(a)
 }
 
 fn check_all(kernels: Vec<(EmittedKernel, Arch)>) {

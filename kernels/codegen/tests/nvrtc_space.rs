@@ -12,10 +12,7 @@ use attnforge_codegen::prelude::*;
 use attnforge_kernels::{build_many, Arch as KArch, CompileOptions, KernelSource};
 
 fn karch(a: Arch) -> KArch {
-    match a {
-        Arch::Sm80 => KArch::Sm80,
-        Arch::Sm90 => KArch::Sm90,
-    }
+    KArch::from(a)
 }
 
 /// Catalog variants re-instantiated at every dtype and head dim, deduplicated by canonical

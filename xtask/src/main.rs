@@ -310,6 +310,7 @@ fn run_step(label: &str, cmd: &mut Command) -> Result<()> {
 /// `cargo xtask test [CARGO_ARGS..]`: with no arguments, the whole workspace; arguments
 /// (e.g. `-p attnforge-kernels`) replace `--workspace` for clippy and test (fmt always checks all).
 fn test(scope: &[String]) -> Result<()> {
+    warn_low_disk();
     let dir = setup()?;
     let scope: Vec<String> = if scope.is_empty() {
         vec!["--workspace".to_owned()]
@@ -338,6 +339,36 @@ fn test(scope: &[String]) -> Result<()> {
     }
     println!("\nxtask: all steps passed");
     Ok(())
+}
+
+/// Free space the full test build needs (measured: about 4 GiB of `target/` plus the toolchain
+/// and simulator objects); below it the build dies with an unrelated-looking rustc I/O error.
+const NEEDED_DISK_GIB: u64 = 8;
+
+/// Prints a warning when the disk holding `target/` has less than [`NEEDED_DISK_GIB`] free.
+/// Uses POSIX `df -Pk`; when `df` is unavailable nothing is said (the build still runs).
+fn warn_low_disk() {
+    let root = workspace_root();
+    let Ok(out) = Command::new("df").arg("-Pk").arg(&root).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free_kib = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(kib) = free_kib {
+        let gib = kib / (1024 * 1024);
+        if gib < NEEDED_DISK_GIB {
+            println!(
+                "xtask: WARNING: only {gib} GiB free on the disk of {}; the test build needs about \
+                 {NEEDED_DISK_GIB} GiB. Free space (e.g. `cargo clean`, old clones) if the build \
+                 fails with `No space left on device`.",
+                root.display()
+            );
+        }
+    }
 }
 
 fn to_args(fixed: &[&str], extra: &[String]) -> Vec<String> {

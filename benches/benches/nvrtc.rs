@@ -1,8 +1,8 @@
 //! NVRTC compile latency (NVRTC + ptxas inside it: PTX, CUBIN and the `-v` resource report,
-//! exactly what `attnforge_kernels::compile` does for the tuner) per kernel, at the default
-//! tile, for a representative subset of the catalog: the FMA mainloop (f32) and the
-//! tensor-core mainloop (f16, bf16), on sm_80 and sm_90. Issue 3's target: < 300 ms per
-//! kernel. Each iteration is one full compile, sampled flat (10 compiles per bench).
+//! exactly what `attnforge_kernels::compile` does for the tuner) of every catalog kernel at
+//! its default tile, on sm_80 and sm_90. Issue 3's target: < 300 ms per kernel. Each
+//! iteration is one full compile, sampled flat (10 compiles per bench id). Filter with
+//! criterion's argument, e.g. `-- nvrtc/sm_80` or `-- lminf`.
 //!
 //! Two groups with the same ids: `nvrtc` is wall time; `nvrtc_cpu` is the on-CPU time of
 //! the compiling thread (`/proc/thread-self/schedstat`), which a machine shared with other
@@ -22,18 +22,10 @@
 use std::time::Duration;
 
 use attnforge_benches::quick_criterion;
-use attnforge_codegen::catalog::find;
+use attnforge_codegen::catalog::catalog;
 use attnforge_codegen::prelude::{default_tile, emit, Arch as CgArch, KernelSpec};
 use attnforge_kernels::{compile, Arch, CompileOptions, Compiler, KernelCache};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
-
-/// The subset: FMA f32 (d64), tensor-core f16 (d64 causal, d256 full) and bf16 (d128 causal).
-const KERNELS: [&str; 4] = [
-    "flash_fwd_full_d64_f32",
-    "flash_fwd_causal_d64_f16",
-    "flash_fwd_full_d256_f16",
-    "flash_fwd_causal_d128_bf16",
-];
 
 /// On-CPU time of the calling thread, if the kernel reports it.
 fn thread_cpu() -> Option<Duration> {
@@ -61,10 +53,7 @@ fn nvrtc(c: &mut Criterion) {
     };
     let (maj, min) = compiler.version();
     println!("nvrtc bench: NVRTC {maj}.{min}");
-    let specs: Vec<KernelSpec> = KERNELS
-        .iter()
-        .map(|n| find(n).unwrap_or_else(|| panic!("`{n}` is not in the catalog")))
-        .collect();
+    let specs: Vec<KernelSpec> = catalog();
     let mut g = c.benchmark_group("nvrtc");
     g.sampling_mode(SamplingMode::Flat);
     for (cg_arch, arch) in [(CgArch::Sm80, Arch::Sm80), (CgArch::Sm90, Arch::Sm90)] {

@@ -105,17 +105,26 @@ pub struct CompileOptions {
     pub std: String,
     /// Ask ptxas for its resource report (`--ptxas-options=-v`); on by default.
     pub ptxas_verbose: bool,
+    /// FlashAttention-style float mode, on by default: `-ftz=true -prec-div=false
+    /// -prec-sqrt=false` (denormals flushed to zero, division and square root to within 2 ulp;
+    /// FlashAttention builds with `--use_fast_math`, which implies these and more). The
+    /// kernels' exponentials are `exp2f` of non-positive arguments whose subnormal results
+    /// do not matter next to the row's largest term (1); it shortens the NVRTC + ptxas
+    /// compile by about 8% and the kernels' instruction count. Off: IEEE-exact division
+    /// and subnormals.
+    pub fast_float: bool,
     /// Further NVRTC options, appended verbatim (e.g. `--use_fast_math`, `-DNAME=1`, `-lineinfo`).
     pub extra: Vec<String>,
 }
 
 impl CompileOptions {
-    /// Defaults for `arch`: C++20, ptxas report on, nothing extra.
+    /// Defaults for `arch`: C++20, ptxas report on, fast float mode on, nothing extra.
     pub fn new(arch: Arch) -> Self {
         Self {
             arch,
             std: "c++20".to_owned(),
             ptxas_verbose: true,
+            fast_float: true,
             extra: Vec::new(),
         }
     }
@@ -330,6 +339,9 @@ impl Compiler {
         ];
         if opts.ptxas_verbose {
             v.push("--ptxas-options=-v".to_owned());
+        }
+        if opts.fast_float {
+            v.extend(["-ftz=true", "-prec-div=false", "-prec-sqrt=false"].map(str::to_owned));
         }
         v.extend(opts.extra.iter().cloned());
         v

@@ -91,4 +91,15 @@ template <int N>
 __device__ __forceinline__ void af_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// 32-bit store to global memory (a packed pair of 16-bit elements); 4-byte aligned.
+__device__ __forceinline__ void af_st_global_b32(void* gmem_dst, unsigned v) {
+    *static_cast<unsigned*>(gmem_dst) = v;
+}
+
+// A kernel precondition the host launch checks first: on violation the launch fails
+// (`__trap`) instead of computing garbage or faulting somewhere else.
+__device__ __forceinline__ void af_require(bool ok, const char* what) {
+    (void)what;
+    if (!ok) __trap();
+}
 #endif  // ATTNFORGE_SIM

@@ -99,6 +99,17 @@ template <int N>
 __device__ __forceinline__ void af_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// 32-bit store to global memory (a packed pair of 16-bit elements); 4-byte aligned.
+__device__ __forceinline__ void af_st_global_b32(void* gmem_dst, unsigned v) {
+    *static_cast<unsigned*>(gmem_dst) = v;
+}
+
+// A kernel precondition the host launch checks first: on violation the launch fails
+// (`__trap`) instead of computing garbage or faulting somewhere else.
+__device__ __forceinline__ void af_require(bool ok, const char* what) {
+    (void)what;
+    if (!ok) __trap();
+}
 #endif  // ATTNFORGE_SIM
 // ---- end af_prelude.cuh ----
 
@@ -200,6 +211,14 @@ __device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, lo
 
 // ---- score modifications (before the mask) ----
 __device__ __forceinline__ float af_score_softcap(float s, float cap) { return cap * tanhf(s / cap); }
+// The same through one exp2 and one fast division (absolute error of tanh about 1e-7, far
+// inside the rounding of f16/bf16 scores); `inv_cap` = 1 / cap. The f16/bf16 kernels use
+// it; f32 kernels keep tanhf, whose compiled code is several times larger.
+__device__ __forceinline__ float af_score_softcap_fast(float s, float cap, float inv_cap) {
+    const float y = s * inv_cap;
+    const float e = exp2f(-2.f * AF_LOG2E * fabsf(y));  // in (0, 1]: no overflow
+    return cap * copysignf(__fdividef(1.f - e, 1.f + e), y);  // denominator in [1, 2]
+}
 __device__ __forceinline__ float af_score_alibi(float s, float slope, long long q, long long kv) {
     return s - slope * fabsf((float)(q - kv));
 }
@@ -316,6 +335,8 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
     const long long d_eff = min((long long)dist_limit, (long long)seq_k - 1);  // clamped distance
 
     // Q tile -> shared, scaled, rotated at its position (near) and at Deff (far)
+    // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
     for (int idx = tid; idx < BM * (D / 2); idx += NT) {
         const int r = idx / (D / 2), m = idx % (D / 2);
         const long long row = m0 + r;
@@ -370,6 +391,8 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
         }
         __syncthreads();  // previous tile's K, V, P are consumed
         // K tile -> shared: un-rotated (far branch) and rotated at its position (near branch)
+        // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
         for (int idx = tid; idx < BN * (D / 2); idx += NT) {
             const int j = idx / (D / 2), m = idx % (D / 2);
             const long long kv = n0 + j;
@@ -429,20 +452,34 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
             }
         }
 
-        // score mod, mask (partial tiles only), online softmax; P -> shared
+        // allowed elements of this thread's share of the tile (bit i = element i), evaluated in one
+        // rolled loop on partial and edge tiles only; interior full tiles allow every element
+        unsigned long long okb = ~0ull;
+        unsigned long long nearb = (br & 1) ? ~0ull : 0ull;  // bit i: element i takes the near branch
+        if (kind == AF_TILE_PARTIAL || rows_valid < BM || n0 + BN > seq_k || br == 3) {
+            okb = 0ull;
+            nearb = 0ull;
+#pragma unroll 1
+            for (int i = 0; i < ROWS * CPL; ++i) {
+                const int r = i / CPL, c = i % CPL;
+                const long long row = m0 + warp * ROWS + r;
+                const long long q_pos = row + shift;
+                const long long kv_pos = n0 + lane + 32 * c;
+                bool ok = row < seq_q && kv_pos < seq_k;
+                if (kind == AF_TILE_PARTIAL) ok = ok && af_mask_lambda(q_pos, kv_pos, global_tokens, local_window);
+                okb |= (unsigned long long)ok << i;
+                nearb |= (unsigned long long)(q_pos - kv_pos < local_window) << i;
+            }
+        }
+        // score mod, mask bits, online softmax; P -> shared
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            const long long row = m0 + warp * ROWS + r;
-            const long long q_pos = row + shift;
             float x_c[CPL];
             float mx = -INFINITY;
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
-                const long long kv_pos = n0 + lane + 32 * c;
-                float x = (q_pos - kv_pos < local_window) ? sa[r][c] : sb[r][c];  // near or far branch
-                bool ok = row < seq_q && kv_pos < seq_k;
-                if (kind == AF_TILE_PARTIAL) ok = ok && af_mask_lambda(q_pos, kv_pos, global_tokens, local_window);
-                if (ok) {
+                float x = ((nearb >> (r * CPL + c)) & 1) ? sa[r][c] : sb[r][c];  // near or far branch
+                if ((okb >> (r * CPL + c)) & 1) {
                     x *= AF_LOG2E;
                 } else {
                     x = -INFINITY;

@@ -99,6 +99,17 @@ template <int N>
 __device__ __forceinline__ void af_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// 32-bit store to global memory (a packed pair of 16-bit elements); 4-byte aligned.
+__device__ __forceinline__ void af_st_global_b32(void* gmem_dst, unsigned v) {
+    *static_cast<unsigned*>(gmem_dst) = v;
+}
+
+// A kernel precondition the host launch checks first: on violation the launch fails
+// (`__trap`) instead of computing garbage or faulting somewhere else.
+__device__ __forceinline__ void af_require(bool ok, const char* what) {
+    (void)what;
+    if (!ok) __trap();
+}
 #endif  // ATTNFORGE_SIM
 // ---- end af_prelude.cuh ----
 
@@ -200,6 +211,14 @@ __device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, lo
 
 // ---- score modifications (before the mask) ----
 __device__ __forceinline__ float af_score_softcap(float s, float cap) { return cap * tanhf(s / cap); }
+// The same through one exp2 and one fast division (absolute error of tanh about 1e-7, far
+// inside the rounding of f16/bf16 scores); `inv_cap` = 1 / cap. The f16/bf16 kernels use
+// it; f32 kernels keep tanhf, whose compiled code is several times larger.
+__device__ __forceinline__ float af_score_softcap_fast(float s, float cap, float inv_cap) {
+    const float y = s * inv_cap;
+    const float e = exp2f(-2.f * AF_LOG2E * fabsf(y));  // in (0, 1]: no overflow
+    return cap * copysignf(__fdividef(1.f - e, 1.f + e), y);  // denominator in [1, 2]
+}
 __device__ __forceinline__ float af_score_alibi(float s, float slope, long long q, long long kv) {
     return s - slope * fabsf((float)(q - kv));
 }
@@ -306,6 +325,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
     const __half* kb = k + (long long)b * k_stride_b + (long long)hkv * k_stride_h;
     const __half* vb = v + (long long)b * v_stride_b + (long long)hkv * v_stride_h;
     __half* ob = o + (long long)b * o_stride_b + (long long)h * o_stride_h;
+    const float inv_softcap = 1.f / softcap;
     const __half zero = __float2half_rn(0.f);
     // cp.async needs 16-byte aligned rows: base pointers and row strides multiples of 8 elements
     const bool vec_q = (((unsigned long long)qb & 15) | (unsigned long long)(q_stride_s & 7)) == 0;
@@ -318,7 +338,8 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
         const int off = af_swz<D>(r, c);
         if (row < seq_q && vec_q) {
             af_cp_async_16(&sQ[off], qb + row * q_stride_s + c);
-        } else {
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
             for (int e = 0; e < 8; ++e) sQ[off + e] = row < seq_q ? qb[row * q_stride_s + c + e] : zero;
         }
     }
@@ -359,7 +380,8 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
             if (kv < seq_k && vec_kv) {
                 af_cp_async_16(&sK[off], kb + kv * k_stride_s + c);
                 af_cp_async_16(&sV[off], vb + kv * v_stride_s + c);
-            } else {
+            } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
                 for (int e = 0; e < 8; ++e) {
                     sK[off + e] = kv < seq_k ? kb[kv * k_stride_s + c + e] : zero;
                     sV[off + e] = kv < seq_k ? vb[kv * v_stride_s + c + e] : zero;
@@ -404,21 +426,33 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
             }
         }
 
-        // score mod, mask (partial tiles only), online softmax on the C fragments: element e of
-        // n8 tile j is row g + 8 (e >> 1), column 2 t + (e & 1) (g = lane >> 2, t = lane & 3)
+        // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
+        // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
+        // allowed elements of this thread's share of the tile (bit i = element i), evaluated in one
+        // rolled loop on partial and edge tiles only; interior full tiles allow every element
+        unsigned long long okb = ~0ull;
+        if (kind == AF_TILE_PARTIAL || rows_valid < BM || n0 + BN > seq_k) {
+            okb = 0ull;
+#pragma unroll 1
+            for (int i = 0; i < NT8 * 4; ++i) {
+                const int j = i >> 2, e = i & 3;
+                const long long row = m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
+                const long long q_pos = row + shift;
+                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                bool ok = row < seq_q && kv_pos < seq_k;
+                if (kind == AF_TILE_PARTIAL) ok = ok && af_mask_local(q_pos, kv_pos, window_left, window_right);
+                okb |= (unsigned long long)ok << i;
+            }
+        }
+        // score mod, mask bits, online softmax on the C fragments
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < NT8; ++j) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const long long row = m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                const long long q_pos = row + shift;
-                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
                 float x = s[j][e] * scale;  // scaled score
-                bool ok = row < seq_q && kv_pos < seq_k;
-                if (kind == AF_TILE_PARTIAL) ok = ok && af_mask_local(q_pos, kv_pos, window_left, window_right);
-                if (ok) {
-                    x = af_score_softcap(x, softcap);
+                if ((okb >> (4 * j + e)) & 1) {
+                    x = af_score_softcap_fast(x, softcap, inv_softcap);
                     x *= AF_LOG2E;
                 } else {
                     x = -INFINITY;
@@ -472,7 +506,11 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
         }
     }
 
-    // epilogue: quad-reduce l; O = acc / l in the input dtype; lse = ln(l) + m ln 2; empty rows: O = 0, lse = -inf
+    // epilogue: quad-reduce l; O = acc / l in the input dtype, stored as packed 16-bit pairs (one
+    // 32-bit store per pair: o rows must be 4-byte aligned); lse = ln(l) + m ln 2; empty rows:
+    // O = 0 (acc is 0, inv = 0), lse = -inf
+    af_require((((unsigned long long)ob & 3) | (unsigned long long)(o_stride_s & 1)) == 0,
+               "o: rows must be 4-byte aligned (even o_stride_s, 4-byte aligned o); pass a contiguous output");
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
@@ -481,12 +519,10 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
         if (row < seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
+            __half* dst = ob + row * o_stride_s + 2 * (lane & 3);
 #pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) {
-                __half* dst = ob + row * o_stride_s + dt * 8 + 2 * (lane & 3);
-                af_store(dst, empty ? 0.f : acc[dt][2 * r] * inv);
-                af_store(dst + 1, empty ? 0.f : acc[dt][2 * r + 1] * inv);
-            }
+            for (int dt = 0; dt < DT8; ++dt)
+                af_st_global_b32(dst + dt * 8, af_pack_f16(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
             if ((lane & 3) == 0 && lse != nullptr)
                 lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }

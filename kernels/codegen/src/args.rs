@@ -340,6 +340,10 @@ pub struct LaunchMetadata {
     pub block_lists: Option<[usize; 2]>,
     /// Default scale to pass as `scale`.
     pub default_scale: f32,
+    /// Layout preconditions of the pointer arguments, as sentences (what a raw launcher must
+    /// guarantee; `attnforge_kernels::exec` always does).
+    #[serde(default)]
+    pub requirements: Vec<String>,
 }
 
 impl LaunchMetadata {
@@ -366,6 +370,30 @@ impl LaunchMetadata {
                 .uses_block_lists()
                 .then_some([spec.sparse_block.q, spec.sparse_block.k]),
             default_scale: spec.effective_scale(),
+            requirements: requirements(spec, tile),
         }
     }
+}
+
+/// The layout preconditions of a kernel's pointer arguments.
+fn requirements(spec: &KernelSpec, tile: &TileConfig) -> Vec<String> {
+    let mut r = vec![
+        "q, k, v, o: the head dimension is contiguous (element stride 1); the other strides are free".to_owned(),
+    ];
+    if matches!(
+        crate::tile::Mainloop::select(spec, tile),
+        crate::tile::Mainloop::TensorCore
+    ) {
+        r.push(
+            "o: rows 4-byte aligned (even o_stride_s, 4-byte aligned base): O is stored as packed \
+             16-bit pairs; the kernel traps otherwise"
+                .to_owned(),
+        );
+        r.push(
+            "q, k, v: rows 16-byte aligned (row strides multiples of 8 elements, 16-byte aligned \
+             bases) take the cp.async path; other layouts are correct but copied element by element"
+                .to_owned(),
+        );
+    }
+    r
 }

@@ -169,8 +169,6 @@ fn kernel(out: &mut String, ir: &KernelIr) {
             ""
         }
     };
-    let qpos = decl(&body, &["q_pos"], "const long long q_pos = row + shift;");
-    let body = resolve(&body, "@@QPOS@@", qpos);
     let plohi = decl(
         &body,
         &["p_lo", "p_hi"],
@@ -191,16 +189,93 @@ fn kernel(out: &mut String, ir: &KernelIr) {
     out.push_str(&resolve(&body, "@@SHIFT@@", shift));
 }
 
-/// Shared hook: the per-element score modification, element mask (partial tiles only) and
-/// the move to the log2 domain. `raw` is the scaled score of `(row, kv_pos)`; leaves `x`
-/// (`-INFINITY` when not allowed). Both mainloops call it with their own fragment element.
-fn element_hook(o: &mut String, ir: &KernelIr, ind: &str, raw: &str, note: &str) {
-    let _ = writeln!(o, "{ind}float x = {raw};  // {note}");
-    let _ = writeln!(o, "{ind}bool ok = row < seq_q && kv_pos < seq_k;");
-    if let Some(m) = &ir.element_mask {
-        let _ = writeln!(o, "{ind}if (kind == AF_TILE_PARTIAL) ok = ok && {m};");
+/// Whether the score modification reads the element's positions (ALiBi, user functions).
+fn score_uses_positions(ir: &KernelIr) -> bool {
+    ir.score_mod
+        .as_deref()
+        .is_some_and(|s| s.contains("q_pos") || s.contains("kv_pos"))
+}
+
+/// The element loop of [`element_bits`]: how many elements a thread owns, how element `i`
+/// maps to its fragment coordinates, and the query row / key position of those coordinates.
+struct ElementLoop<'a> {
+    count: &'a str,
+    index: &'a str,
+    row: &'a str,
+    kv_pos: &'a str,
+}
+
+/// Shared hook, part 1: bit `i` of `okb` says whether element `i` of this thread's share of
+/// the score tile is allowed (in range and, on partial tiles, by the element mask); for
+/// LM-Infinite bit `i` of `nearb` says whether it takes the near branch. One *rolled* loop
+/// evaluates them on partial tiles, edge tiles (rows past `seq_q`, keys past `seq_k`) and,
+/// for LM-Infinite, tiles that need both branches; interior full tiles skip it. The mask
+/// code is therefore emitted once, not once per unrolled element: a mask with loads and
+/// divisions (documents, block-causal documents, user predicates) no longer multiplies the
+/// kernel's size, which keeps the NVRTC + ptxas compile short. Needs `count <= 64`
+/// (guaranteed by `TileConfig::valid`).
+fn element_bits(o: &mut String, ir: &KernelIr, ind: &str, el: &ElementLoop<'_>) {
+    let lminf = ir.scoring == Scoring::LmInfinite;
+    let mut cond = Vec::new();
+    if ir.element_mask.is_some() {
+        cond.push("kind == AF_TILE_PARTIAL");
     }
-    let _ = writeln!(o, "{ind}if (ok) {{");
+    cond.push("rows_valid < BM || n0 + BN > seq_k");
+    if lminf {
+        cond.push("br == 3");
+    }
+    let _ = writeln!(
+        o,
+        "{ind}// allowed elements of this thread's share of the tile (bit i = element i), evaluated in one\n\
+         {ind}// rolled loop on partial and edge tiles only; interior full tiles allow every element"
+    );
+    let _ = writeln!(o, "{ind}unsigned long long okb = ~0ull;");
+    if lminf {
+        let _ = writeln!(
+            o,
+            "{ind}unsigned long long nearb = (br & 1) ? ~0ull : 0ull;  // bit i: element i takes the near branch"
+        );
+    }
+    let _ = writeln!(o, "{ind}if ({}) {{", cond.join(" || "));
+    let _ = writeln!(o, "{ind}    okb = 0ull;");
+    if lminf {
+        let _ = writeln!(o, "{ind}    nearb = 0ull;");
+    }
+    let _ = writeln!(
+        o,
+        "#pragma unroll 1\n{ind}    for (int i = 0; i < {}; ++i) {{\n{ind}        {}\n{ind}        const long long row = {};",
+        el.count, el.index, el.row
+    );
+    if ir.element_mask.is_some() || lminf {
+        let _ = writeln!(o, "{ind}        const long long q_pos = row + shift;");
+    }
+    let _ = writeln!(
+        o,
+        "{ind}        const long long kv_pos = {};\n{ind}        bool ok = row < seq_q && kv_pos < seq_k;",
+        el.kv_pos
+    );
+    if let Some(m) = &ir.element_mask {
+        let _ = writeln!(
+            o,
+            "{ind}        if (kind == AF_TILE_PARTIAL) ok = ok && {m};"
+        );
+    }
+    let _ = writeln!(o, "{ind}        okb |= (unsigned long long)ok << i;");
+    if lminf {
+        let _ = writeln!(
+            o,
+            "{ind}        nearb |= (unsigned long long)(q_pos - kv_pos < local_window) << i;"
+        );
+    }
+    let _ = writeln!(o, "{ind}    }}\n{ind}}}");
+}
+
+/// Shared hook, part 2: the per-element score modification and the move to the log2
+/// domain. `raw` is the score of element `bit` (see [`element_bits`]); leaves `x`
+/// (`-INFINITY` when not allowed). Both mainloops call it with their own fragment element.
+fn element_hook(o: &mut String, ir: &KernelIr, ind: &str, raw: &str, note: &str, bit: &str) {
+    let _ = writeln!(o, "{ind}float x = {raw};  // {note}");
+    let _ = writeln!(o, "{ind}if ((okb >> ({bit})) & 1) {{");
     if let Some(sm) = &ir.score_mod {
         let _ = writeln!(o, "{ind}    x = {sm};");
     }
@@ -410,6 +485,8 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
         o.push_str(
             r#"
     // Q tile -> shared, scaled, rotated at its position (near) and at Deff (far)
+    // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
     for (int idx = tid; idx < BM * (D / 2); idx += NT) {
         const int r = idx / (D / 2), m = idx % (D / 2);
         const long long row = m0 + r;
@@ -464,6 +541,8 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
     if lminf {
         o.push_str(
             r#"        // K tile -> shared: un-rotated (far branch) and rotated at its position (near branch)
+        // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
         for (int idx = tid; idx < BN * (D / 2); idx += NT) {
             const int j = idx / (D / 2), m = idx % (D / 2);
             const long long kv = n0 + j;
@@ -515,27 +594,45 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
     }
     let (raw, note) = if lminf {
         (
-            "(q_pos - kv_pos < local_window) ? sa[r][c] : sb[r][c]",
+            "((nearb >> (r * CPL + c)) & 1) ? sa[r][c] : sb[r][c]",
             "near or far branch",
         )
     } else {
         ("s[r][c]", "raw score")
     };
+    o.push('\n');
+    element_bits(
+        o,
+        ir,
+        "        ",
+        &ElementLoop {
+            count: "ROWS * CPL",
+            index: "const int r = i / CPL, c = i % CPL;",
+            row: "m0 + warp * ROWS + r",
+            kv_pos: "n0 + lane + 32 * c",
+        },
+    );
+    let pos = score_uses_positions(ir);
     o.push_str(
-        r#"
-        // score mod, mask (partial tiles only), online softmax; P -> shared
+        r#"        // score mod, mask bits, online softmax; P -> shared
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            const long long row = m0 + warp * ROWS + r;
-            @@QPOS@@
-            float x_c[CPL];
+"#,
+    );
+    if pos {
+        o.push_str("            const long long row = m0 + warp * ROWS + r;\n            const long long q_pos = row + shift;\n");
+    }
+    o.push_str(
+        r#"            float x_c[CPL];
             float mx = -INFINITY;
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
-                const long long kv_pos = n0 + lane + 32 * c;
 "#,
     );
-    element_hook(o, ir, "                ", raw, note);
+    if pos {
+        o.push_str("                const long long kv_pos = n0 + lane + 32 * c;\n");
+    }
+    element_hook(o, ir, "                ", raw, note, "r * CPL + c");
     o.push_str(
         r#"                x_c[c] = x;
                 mx = fmaxf(mx, x);
@@ -664,6 +761,8 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
             o,
             r#"
     // Q tile -> shared, rotated at its position (near) and at Deff (far); rows past seq_q are zero
+    // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
     for (int idx = tid; idx < BM * (D / 2); idx += NT) {{
         const int r = idx / (D / 2), m = idx % (D / 2);
         const long long row = m0 + r;
@@ -695,7 +794,8 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
         const int off = af_swz<D>(r, c);
         if (row < seq_q && vec_q) {
             af_cp_async_16(&sQ[off], qb + row * q_stride_s + c);
-        } else {
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
             for (int e = 0; e < 8; ++e) sQ[off + e] = row < seq_q ? qb[row * q_stride_s + c + e] : zero;
         }
     }
@@ -726,6 +826,8 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
             r#"    // K tile t0 -> stage st: rotated at its position (near) and un-rotated (far), through
     // registers; V with cp.async (16-byte chunks). Rows past seq_k are zero.
     auto load_kv = [&](long long t0, int st) {{
+        // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
         for (int idx = tid; idx < BN * (D / 2); idx += NT) {{
             const int j = idx / (D / 2), m = idx % (D / 2);
             const long long kv = t0 + j;
@@ -747,7 +849,8 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
             const int off = st * BN * D + af_swz<D>(j, c);
             if (kv < seq_k && vec_v) {{
                 af_cp_async_16(&sV[off], vb + kv * v_stride_s + c);
-            }} else {{
+            }} else {{  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
                 for (int e = 0; e < 8; ++e) sV[off + e] = kv < seq_k ? vb[kv * v_stride_s + c + e] : zero;
             }}
         }}
@@ -765,7 +868,8 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
             if (kv < seq_k && vec_kv) {
                 af_cp_async_16(&sK[off], kb + kv * k_stride_s + c);
                 af_cp_async_16(&sV[off], vb + kv * v_stride_s + c);
-            } else {
+            } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
                 for (int e = 0; e < 8; ++e) {
                     sK[off + e] = kv < seq_k ? kb[kv * k_stride_s + c + e] : zero;
                     sV[off + e] = kv < seq_k ? vb[kv * v_stride_s + c + e] : zero;
@@ -826,28 +930,40 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
         qk_mma(o, mma, "s", "sQ", "sK");
     }
     o.push_str(
-        r#"
-        // score mod, mask (partial tiles only), online softmax on the C fragments: element e of
-        // n8 tile j is row g + 8 (e >> 1), column 2 t + (e & 1) (g = lane >> 2, t = lane & 3)
+        "\n        // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)\n        // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits\n",
+    );
+    element_bits(
+        o,
+        ir,
+        "        ",
+        &ElementLoop {
+            count: "NT8 * 4",
+            index: "const int j = i >> 2, e = i & 3;",
+            row: "m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1)",
+            kv_pos: "n0 + j * 8 + 2 * (lane & 3) + (e & 1)",
+        },
+    );
+    o.push_str(
+        r#"        // score mod, mask bits, online softmax on the C fragments
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < NT8; ++j) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const long long row = m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                @@QPOS@@
-                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
 "#,
     );
+    if score_uses_positions(ir) {
+        o.push_str("                const long long row = m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1);\n                const long long q_pos = row + shift;\n                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);\n");
+    }
     let (raw, note) = if lminf {
         (
-            "((q_pos - kv_pos < local_window) ? sa[j][e] : sb[j][e]) * scale",
+            "(((nearb >> (4 * j + e)) & 1) ? sa[j][e] : sb[j][e]) * scale",
             "near or far branch",
         )
     } else {
         ("s[j][e] * scale", "scaled score")
     };
-    element_hook(o, ir, "                ", raw, note);
+    element_hook(o, ir, "                ", raw, note, "4 * j + e");
     let _ = write!(
         o,
         r#"                {sname}[j][e] = x;
@@ -899,7 +1015,11 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
         }}
     }}
 
-    // epilogue: quad-reduce l; O = acc / l in the input dtype; lse = ln(l) + m ln 2; empty rows: O = 0, lse = -inf
+    // epilogue: quad-reduce l; O = acc / l in the input dtype, stored as packed 16-bit pairs (one
+    // 32-bit store per pair: o rows must be 4-byte aligned); lse = ln(l) + m ln 2; empty rows:
+    // O = 0 (acc is 0, inv = 0), lse = -inf
+    af_require((((unsigned long long)ob & 3) | (unsigned long long)(o_stride_s & 1)) == 0,
+               "o: rows must be 4-byte aligned (even o_stride_s, 4-byte aligned o); pass a contiguous output");
 #pragma unroll
     for (int r = 0; r < 2; ++r) {{
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
@@ -908,12 +1028,10 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
         if (row < seq_q) {{
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
+            {ty}* dst = ob + row * o_stride_s + 2 * (lane & 3);
 #pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) {{
-                {ty}* dst = ob + row * o_stride_s + dt * 8 + 2 * (lane & 3);
-                af_store(dst, empty ? 0.f : acc[dt][2 * r] * inv);
-                af_store(dst + 1, empty ? 0.f : acc[dt][2 * r + 1] * inv);
-            }}
+            for (int dt = 0; dt < DT8; ++dt)
+                af_st_global_b32(dst + dt * 8, {pack}(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
             if ((lane & 3) == 0 && lse != nullptr)
                 lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }}

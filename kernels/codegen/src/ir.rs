@@ -233,7 +233,13 @@ pub fn lower_with_symbol(
     };
     let score_mod = match &spec.score {
         ScoreMod::None => None,
-        ScoreMod::Softcap => Some("af_score_softcap(x, softcap)".to_string()),
+        ScoreMod::Softcap if spec.dtype == DType::F32 => {
+            Some("af_score_softcap(x, softcap)".to_string())
+        }
+        ScoreMod::Softcap => {
+            prologue.push("const float inv_softcap = 1.f / softcap;".into());
+            Some("af_score_softcap_fast(x, softcap, inv_softcap)".to_string())
+        }
         ScoreMod::Alibi => {
             prologue.push(
                 "const float slope = alibi_slopes[h];  // ALiBi slope of query head h".into(),

@@ -65,6 +65,8 @@ struct Case {
     sq: usize,
     sk: usize,
     rt: Rt,
+    /// Padding of o's rows (elements): o's row stride is `D + o_pad`.
+    o_pad: usize,
 }
 
 fn host_mask(spec: &KernelSpec, rt: &Rt, sk: usize) -> Option<HostMask> {
@@ -301,6 +303,18 @@ fn run(
     v_in: &[f64],
     schedule: Schedule,
 ) -> (Vec<f64>, Vec<f32>, SimCounters) {
+    launch(c, kern, q_in, k_in, v_in, schedule).unwrap_or_else(|e| panic!("{}: {e}", kern.name()))
+}
+
+/// One simulator launch; o is `[B, H, S, D]` with rows padded by `c.o_pad` (returned unpadded).
+fn launch(
+    c: &Case,
+    kern: &SimKernel,
+    q_in: &[f64],
+    k_in: &[f64],
+    v_in: &[f64],
+    schedule: Schedule,
+) -> Result<(Vec<f64>, Vec<f32>, SimCounters), String> {
     let d = c.spec.head_dim.get();
     let dt = c.spec.dtype;
     // q and o in [B, H, S, D]; k and v in [B, S, H, D] (strides exercise both layouts)
@@ -322,7 +336,8 @@ fn run(
     bufs.insert("q", tensor(dt, q_in));
     bufs.insert("k", tensor(dt, &k_bshd));
     bufs.insert("v", tensor(dt, &v_bshd));
-    bufs.insert("o", tensor(dt, &vec![7.0; c.b * c.hq * c.sq * d]));
+    let od = d + c.o_pad;
+    bufs.insert("o", tensor(dt, &vec![7.0; c.b * c.hq * c.sq * od]));
     bufs.insert("lse", Buf::F32(vec![7.0; c.b * c.hq * c.sq]));
     let rt = &c.rt;
     if !rt.doc.is_empty() {
@@ -348,9 +363,9 @@ fn run(
         ("q_stride_b", SimArg::I64(sb_q)),
         ("q_stride_h", SimArg::I64(sh_q)),
         ("q_stride_s", SimArg::I64(ss_q)),
-        ("o_stride_b", SimArg::I64(sb_q)),
-        ("o_stride_h", SimArg::I64(sh_q)),
-        ("o_stride_s", SimArg::I64(ss_q)),
+        ("o_stride_b", SimArg::I64((c.hq * c.sq * od) as i64)),
+        ("o_stride_h", SimArg::I64((c.sq * od) as i64)),
+        ("o_stride_s", SimArg::I64(od as i64)),
         ("k_stride_b", SimArg::I64(sb_k)),
         ("k_stride_h", SimArg::I64(sh_k)),
         ("k_stride_s", SimArg::I64(ss_k)),
@@ -414,15 +429,19 @@ fn run(
             &mut args,
             &SimConfig::new(schedule),
         )
-        .unwrap_or_else(|e| panic!("{}: {e}", kern.name()));
+        .map_err(|e| e.to_string())?;
     drop(args);
     drop(by_name);
-    let out = to_f64(&bufs["o"]);
+    let raw = to_f64(&bufs["o"]);
+    if raw.chunks(od).any(|row| row[d..].iter().any(|&x| x != 7.0)) {
+        return Err("the kernel wrote into the padding of o's rows".into());
+    }
+    let out: Vec<f64> = raw.chunks(od).flat_map(|row| row[..d].to_vec()).collect();
     let lse = match &bufs["lse"] {
         Buf::F32(v) => v.clone(),
         _ => unreachable!(),
     };
-    (out, lse, counters)
+    Ok((out, lse, counters))
 }
 
 fn check(c: Case) {
@@ -505,6 +524,7 @@ fn case(
         sq,
         sk,
         rt,
+        o_pad: 0,
     }
 }
 
@@ -786,4 +806,40 @@ fn tensor_core_d256_and_sq_gt_sk() {
     let mut v = tc_cases::extra(DType::F16);
     v.extend(tc_cases::extra(DType::Bf16));
     tc_suite(v);
+}
+
+#[test]
+fn output_row_stride_padded_and_misaligned() {
+    // o rows with padding (even stride): written through the stride, padding untouched
+    let s = spec(DType::F16, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let mut c = case(
+        s.clone(),
+        TileConfig::new(64, 64, 4, 2),
+        (1, 2, 2),
+        50,
+        50,
+        Rt::default(),
+    );
+    c.o_pad = 6;
+    check(c);
+    // an odd o row stride would make the packed 32-bit O stores misaligned: the kernel's
+    // precondition (af_require, a trap on a GPU) fails the launch with the field and the fix
+    let mut c = case(
+        s,
+        TileConfig::new(64, 64, 4, 2),
+        (1, 1, 1),
+        20,
+        20,
+        Rt::default(),
+    );
+    c.o_pad = 1;
+    let em = emit(&c.spec, &c.tile, Arch::Sm80).unwrap();
+    let kern = SimKernel::build(&em.source, &em.name).unwrap();
+    let x = vec![0.25; 20 * 64];
+    let e = launch(&c, &kern, &x, &x, &x, Schedule::Forward)
+        .expect_err("an odd o row stride must fail the launch");
+    assert!(
+        e.contains("o: rows must be 4-byte aligned") && e.contains("contiguous output"),
+        "{e}"
+    );
 }

@@ -127,10 +127,19 @@ fn budgets_reject_big_tiles() {
     assert!(e
         .iter()
         .any(|e| e.path == "tile" && e.message.contains("shared memory")));
-    // 128 rows on one warp: 128 * 8 accumulators per lane, far over any register budget
+    // 128 rows on one warp: 128 score elements per lane, over the 64-bit allowed-element word
     let t = TileConfig::new(128, 32, 1, 1);
     let e = t.valid(&spec, Arch::Sm90).unwrap_err();
-    assert!(e.iter().any(|e| e.message.contains("registers")));
+    assert!(
+        e.iter()
+            .any(|e| e.path == "tile.warps" && e.message.contains("= 128 score elements")),
+        "{e:?}"
+    );
+    // f32 d256, 32 rows per warp: 32 * 8 accumulators per lane, over the register budget
+    let f32_256 = KernelSpec::new(DType::F32, HeadDim::D256, Mask::Full, ScoreMod::None);
+    let t = TileConfig::new(128, 64, 4, 1);
+    let e = t.valid(&f32_256, Arch::Sm90).unwrap_err();
+    assert!(e.iter().any(|e| e.message.contains("registers")), "{e:?}");
     // sm_90 has more shared memory than sm_80: some configs are valid only there
     let lminf = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::LmInfinite, ScoreMod::None);
     let t = TileConfig::new(128, 64, 8, 3);

@@ -1190,6 +1190,17 @@ inline void af_ldmatrix_x4_trans(unsigned* r, const void* smem_row,
                                  std::source_location loc = std::source_location::current()) {
   afsim::ldmatrix(r, smem_row, afsim::WarpOp::Ldm4T, 4, loc);
 }
+/// 32-bit store to global memory (a packed pair of 16-bit elements): misalignment is the
+/// fault the GPU would raise.
+inline void af_st_global_b32(void* gmem_dst, unsigned v) {
+  if (reinterpret_cast<uintptr_t>(gmem_dst) & 3)
+    afsim::fail("af_st_global_b32: misaligned address (global stores of 32 bits need 4-byte alignment)");
+  memcpy(gmem_dst, &v, 4);
+}
+/// A kernel precondition: on violation the launch fails with `what` (the GPU traps).
+inline void af_require(bool ok, const char* what) {
+  if (!ok) afsim::fail(std::string("kernel precondition failed: ") + what);
+}
 /// cp.async.cg.shared.global 16 bytes: deferred until af_cp_async_wait; the destination
 /// is re-poisoned at issue so that a read before the wait is reported.
 inline void af_cp_async_16(void* smem_dst, const void* gmem_src) {

@@ -56,7 +56,8 @@ __device__ __forceinline__ bool af_mask_global_local(long long q, long long kv, 
     return (d <= w && -d <= w) || q < g || kv < g;
 }
 __device__ __forceinline__ bool af_mask_block_causal_document(const int* doc, long long q, long long kv, int bc) {
-    return q >= 0 && doc[q] == doc[kv] && kv / bc <= q / bc;
+    // positions are below seq_k <= INT_MAX: 32-bit divisions (a 64-bit one is a long subroutine)
+    return q >= 0 && doc[q] == doc[kv] && (int)kv / bc <= (int)q / bc;
 }
 __device__ __forceinline__ bool af_mask_lambda(long long q, long long kv, int g, int l) {
     return kv <= q && (kv < g || q - kv < l);
@@ -95,16 +96,17 @@ __device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, lo
 
 // ---- score modifications (before the mask) ----
 __device__ __forceinline__ float af_score_softcap(float s, float cap) { return cap * tanhf(s / cap); }
-// The same through one exp2 and one fast division (absolute error of tanh about 1e-7, far
-// inside the rounding of f16/bf16 scores); `inv_cap` = 1 / cap. The f16/bf16 kernels use
-// it; f32 kernels keep tanhf, whose compiled code is several times larger.
-__device__ __forceinline__ float af_score_softcap_fast(float s, float cap, float inv_cap) {
-    const float y = s * inv_cap;
-    const float e = exp2f(-2.f * AF_LOG2E * fabsf(y));  // in (0, 1]: no overflow
-    return cap * copysignf(__fdividef(1.f - e, 1.f + e), y);  // denominator in [1, 2]
+// The same as cap - 2 cap / (1 + exp(2 s / cap)): one exp2 and one fast reciprocal, no
+// branch (exp2 overflowing to +inf gives cap, underflowing to 0 gives -cap); absolute error
+// about 1e-7 cap, far inside the rounding of f16/bf16 scores. `k` = 2 log2(e) / cap. The
+// f16/bf16 kernels use it; f32 kernels keep tanhf, whose compiled code is several times larger.
+__device__ __forceinline__ float af_score_softcap_fast(float s, float cap, float k) {
+    return cap - 2.f * cap * __fdividef(1.f, 1.f + exp2f(s * k));
 }
 __device__ __forceinline__ float af_score_alibi(float s, float slope, long long q, long long kv) {
-    return s - slope * fabsf((float)(q - kv));
+    // q - kv lies in (-seq_q, seq_k): an int, whose conversion is one instruction (a 64-bit
+    // integer to float conversion is several)
+    return s - slope * fabsf((float)(int)(q - kv));
 }
 
 // ---- LM-Infinite (variants.md section 5) ----

@@ -172,7 +172,8 @@ __device__ __forceinline__ bool af_mask_global_local(long long q, long long kv, 
     return (d <= w && -d <= w) || q < g || kv < g;
 }
 __device__ __forceinline__ bool af_mask_block_causal_document(const int* doc, long long q, long long kv, int bc) {
-    return q >= 0 && doc[q] == doc[kv] && kv / bc <= q / bc;
+    // positions are below seq_k <= INT_MAX: 32-bit divisions (a 64-bit one is a long subroutine)
+    return q >= 0 && doc[q] == doc[kv] && (int)kv / bc <= (int)q / bc;
 }
 __device__ __forceinline__ bool af_mask_lambda(long long q, long long kv, int g, int l) {
     return kv <= q && (kv < g || q - kv < l);
@@ -211,16 +212,17 @@ __device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, lo
 
 // ---- score modifications (before the mask) ----
 __device__ __forceinline__ float af_score_softcap(float s, float cap) { return cap * tanhf(s / cap); }
-// The same through one exp2 and one fast division (absolute error of tanh about 1e-7, far
-// inside the rounding of f16/bf16 scores); `inv_cap` = 1 / cap. The f16/bf16 kernels use
-// it; f32 kernels keep tanhf, whose compiled code is several times larger.
-__device__ __forceinline__ float af_score_softcap_fast(float s, float cap, float inv_cap) {
-    const float y = s * inv_cap;
-    const float e = exp2f(-2.f * AF_LOG2E * fabsf(y));  // in (0, 1]: no overflow
-    return cap * copysignf(__fdividef(1.f - e, 1.f + e), y);  // denominator in [1, 2]
+// The same as cap - 2 cap / (1 + exp(2 s / cap)): one exp2 and one fast reciprocal, no
+// branch (exp2 overflowing to +inf gives cap, underflowing to 0 gives -cap); absolute error
+// about 1e-7 cap, far inside the rounding of f16/bf16 scores. `k` = 2 log2(e) / cap. The
+// f16/bf16 kernels use it; f32 kernels keep tanhf, whose compiled code is several times larger.
+__device__ __forceinline__ float af_score_softcap_fast(float s, float cap, float k) {
+    return cap - 2.f * cap * __fdividef(1.f, 1.f + exp2f(s * k));
 }
 __device__ __forceinline__ float af_score_alibi(float s, float slope, long long q, long long kv) {
-    return s - slope * fabsf((float)(q - kv));
+    // q - kv lies in (-seq_q, seq_k): an int, whose conversion is one instruction (a 64-bit
+    // integer to float conversion is several)
+    return s - slope * fabsf((float)(int)(q - kv));
 }
 
 // ---- LM-Infinite (variants.md section 5) ----
@@ -325,7 +327,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
     const __half* kb = k + (long long)b * k_stride_b + (long long)hkv * k_stride_h;
     const __half* vb = v + (long long)b * v_stride_b + (long long)hkv * v_stride_h;
     __half* ob = o + (long long)b * o_stride_b + (long long)h * o_stride_h;
-    const float inv_softcap = 1.f / softcap;
+    const float softcap_k = 2.f * AF_LOG2E / softcap;  // exp2 scale of the fast softcap
     const __half zero = __float2half_rn(0.f);
     // cp.async needs 16-byte aligned rows: base pointers and row strides multiples of 8 elements
     const bool vec_q = (((unsigned long long)qb & 15) | (unsigned long long)(q_stride_s & 7)) == 0;
@@ -430,18 +432,19 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
         // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
         // allowed elements of this thread's share of the tile (bit i = element i), evaluated in one
         // rolled loop on partial and edge tiles only; interior full tiles allow every element
-        unsigned long long okb = ~0ull;
+        unsigned okb = ~0u;
         if (kind == AF_TILE_PARTIAL || rows_valid < BM || n0 + BN > seq_k) {
-            okb = 0ull;
+            okb = 0u;
+            // rows and key columns of the tile that are in range
+            const int rows_in = (int)rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
 #pragma unroll 1
             for (int i = 0; i < NT8 * 4; ++i) {
                 const int j = i >> 2, e = i & 3;
-                const long long row = m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                const long long q_pos = row + shift;
-                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
-                bool ok = row < seq_q && kv_pos < seq_k;
+                const int tr = warp * 16 + (lane >> 2) + 8 * (e >> 1), tc = j * 8 + 2 * (lane & 3) + (e & 1);  // row and key column in the tile
+                bool ok = tr < rows_in && tc < cols_in;
+                const long long q_pos = m0 + tr + shift, kv_pos = n0 + tc;
                 if (kind == AF_TILE_PARTIAL) ok = ok && af_mask_local(q_pos, kv_pos, window_left, window_right);
-                okb |= (unsigned long long)ok << i;
+                okb |= (unsigned)ok << i;
             }
         }
         // score mod, mask bits, online softmax on the C fragments
@@ -452,7 +455,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_local_softcap_d64
             for (int e = 0; e < 4; ++e) {
                 float x = s[j][e] * scale;  // scaled score
                 if ((okb >> (4 * j + e)) & 1) {
-                    x = af_score_softcap_fast(x, softcap, inv_softcap);
+                    x = af_score_softcap_fast(x, softcap, softcap_k);
                     x *= AF_LOG2E;
                 } else {
                     x = -INFINITY;

@@ -197,12 +197,15 @@ fn score_uses_positions(ir: &KernelIr) -> bool {
 }
 
 /// The element loop of [`element_bits`]: how many elements a thread owns, how element `i`
-/// maps to its fragment coordinates, and the query row / key position of those coordinates.
+/// maps to its fragment coordinates, and the row / key column in the tile (`int`) of those
+/// coordinates.
 struct ElementLoop<'a> {
     count: &'a str,
+    /// The value of `count` (picks a 32- or 64-bit word).
+    count_value: usize,
     index: &'a str,
-    row: &'a str,
-    kv_pos: &'a str,
+    tile_row: &'a str,
+    tile_col: &'a str,
 }
 
 /// Shared hook, part 1: bit `i` of `okb` says whether element `i` of this thread's share of
@@ -212,10 +215,15 @@ struct ElementLoop<'a> {
 /// for LM-Infinite, tiles that need both branches; interior full tiles skip it. The mask
 /// code is therefore emitted once, not once per unrolled element: a mask with loads and
 /// divisions (documents, block-causal documents, user predicates) no longer multiplies the
-/// kernel's size, which keeps the NVRTC + ptxas compile short. Needs `count <= 64`
-/// (guaranteed by `TileConfig::valid`).
+/// kernel's size, which keeps the NVRTC + ptxas compile short. The word is 32 bits for up
+/// to 32 elements, else 64 (`count <= 64` is guaranteed by `TileConfig::valid`).
 fn element_bits(o: &mut String, ir: &KernelIr, ind: &str, el: &ElementLoop<'_>) {
     let lminf = ir.scoring == Scoring::LmInfinite;
+    let (word, ones, zero) = if el.count_value <= 32 {
+        ("unsigned", "~0u", "0u")
+    } else {
+        ("unsigned long long", "~0ull", "0ull")
+    };
     let mut cond = Vec::new();
     if ir.element_mask.is_some() {
         cond.push("kind == AF_TILE_PARTIAL");
@@ -227,44 +235,51 @@ fn element_bits(o: &mut String, ir: &KernelIr, ind: &str, el: &ElementLoop<'_>) 
     let _ = writeln!(
         o,
         "{ind}// allowed elements of this thread's share of the tile (bit i = element i), evaluated in one\n\
-         {ind}// rolled loop on partial and edge tiles only; interior full tiles allow every element"
+         {ind}// rolled loop on partial and edge tiles only; interior full tiles allow every element\n\
+         {ind}{word} okb = {ones};"
     );
-    let _ = writeln!(o, "{ind}unsigned long long okb = ~0ull;");
     if lminf {
         let _ = writeln!(
             o,
-            "{ind}unsigned long long nearb = (br & 1) ? ~0ull : 0ull;  // bit i: element i takes the near branch"
+            "{ind}{word} nearb = (br & 1) ? {ones} : {zero};  // bit i: element i takes the near branch"
         );
     }
-    let _ = writeln!(o, "{ind}if ({}) {{", cond.join(" || "));
-    let _ = writeln!(o, "{ind}    okb = 0ull;");
+    let _ = writeln!(
+        o,
+        "{ind}if ({}) {{\n{ind}    okb = {zero};",
+        cond.join(" || ")
+    );
     if lminf {
-        let _ = writeln!(o, "{ind}    nearb = 0ull;");
+        let _ = writeln!(o, "{ind}    nearb = {zero};");
     }
     let _ = writeln!(
         o,
-        "#pragma unroll 1\n{ind}    for (int i = 0; i < {}; ++i) {{\n{ind}        {}\n{ind}        const long long row = {};",
-        el.count, el.index, el.row
+        "{ind}    // rows and key columns of the tile that are in range\n\
+         {ind}    const int rows_in = (int)rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);\n\
+         #pragma unroll 1\n\
+         {ind}    for (int i = 0; i < {}; ++i) {{\n\
+         {ind}        {}\n\
+         {ind}        const int tr = {}, tc = {};  // row and key column in the tile\n\
+         {ind}        bool ok = tr < rows_in && tc < cols_in;",
+        el.count, el.index, el.tile_row, el.tile_col
     );
     if ir.element_mask.is_some() || lminf {
-        let _ = writeln!(o, "{ind}        const long long q_pos = row + shift;");
+        let _ = writeln!(
+            o,
+            "{ind}        const long long q_pos = m0 + tr + shift, kv_pos = n0 + tc;"
+        );
     }
-    let _ = writeln!(
-        o,
-        "{ind}        const long long kv_pos = {};\n{ind}        bool ok = row < seq_q && kv_pos < seq_k;",
-        el.kv_pos
-    );
     if let Some(m) = &ir.element_mask {
         let _ = writeln!(
             o,
             "{ind}        if (kind == AF_TILE_PARTIAL) ok = ok && {m};"
         );
     }
-    let _ = writeln!(o, "{ind}        okb |= (unsigned long long)ok << i;");
+    let _ = writeln!(o, "{ind}        okb |= ({word})ok << i;");
     if lminf {
         let _ = writeln!(
             o,
-            "{ind}        nearb |= (unsigned long long)(q_pos - kv_pos < local_window) << i;"
+            "{ind}        nearb |= ({word})(q_pos - kv_pos < local_window) << i;"
         );
     }
     let _ = writeln!(o, "{ind}    }}\n{ind}}}");
@@ -607,9 +622,10 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
         "        ",
         &ElementLoop {
             count: "ROWS * CPL",
+            count_value: (t.block_m / t.warps) * (t.block_n / 32),
             index: "const int r = i / CPL, c = i % CPL;",
-            row: "m0 + warp * ROWS + r",
-            kv_pos: "n0 + lane + 32 * c",
+            tile_row: "warp * ROWS + r",
+            tile_col: "lane + 32 * c",
         },
     );
     let pos = score_uses_positions(ir);
@@ -938,9 +954,10 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
         "        ",
         &ElementLoop {
             count: "NT8 * 4",
+            count_value: t.block_n / 2,
             index: "const int j = i >> 2, e = i & 3;",
-            row: "m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1)",
-            kv_pos: "n0 + j * 8 + 2 * (lane & 3) + (e & 1)",
+            tile_row: "warp * 16 + (lane >> 2) + 8 * (e >> 1)",
+            tile_col: "j * 8 + 2 * (lane & 3) + (e & 1)",
         },
     );
     o.push_str(

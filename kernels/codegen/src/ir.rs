@@ -237,8 +237,8 @@ pub fn lower_with_symbol(
             Some("af_score_softcap(x, softcap)".to_string())
         }
         ScoreMod::Softcap => {
-            prologue.push("const float inv_softcap = 1.f / softcap;".into());
-            Some("af_score_softcap_fast(x, softcap, inv_softcap)".to_string())
+            prologue.push("const float softcap_k = 2.f * AF_LOG2E / softcap;  // exp2 scale of the fast softcap".into());
+            Some("af_score_softcap_fast(x, softcap, softcap_k)".to_string())
         }
         ScoreMod::Alibi => {
             prologue.push(

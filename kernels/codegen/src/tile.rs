@@ -479,8 +479,8 @@ pub fn default_tile(spec: &KernelSpec, arch: Arch) -> Option<TileConfig> {
             TileConfig::new(16, 32, 2, 1),
         ]
     } else if spec.mask == Mask::LmInfinite {
-        // two score tiles (near and far branch): block_n 32 keeps the registers and the code
-        // of one 64-wide tile
+        // two score tiles (near and far branch): block_n 32 keeps the registers and the
+        // unrolled code (hence the compile time) of one 64-wide tile
         &[
             TileConfig::new(64, 32, 4, 2),
             TileConfig::new(32, 32, 2, 2),

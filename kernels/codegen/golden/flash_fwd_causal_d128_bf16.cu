@@ -410,7 +410,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_causal_d128_bf16(
 #pragma unroll
             for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
         {
-#pragma unroll
+#pragma unroll 4
             for (int kk = 0; kk < D / 16; ++kk) {
                 unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
                 af_ldmatrix_x4(qa, &sQ[af_swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)]);

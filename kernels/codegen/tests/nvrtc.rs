@@ -10,6 +10,7 @@
 //!
 //! The whole default search space is compiled by the separate, slow `tests/nvrtc_space.rs`.
 
+use attnforge_codegen::emit::QK_K_UNROLL;
 use attnforge_codegen::prelude::*;
 use attnforge_kernels::{build_many, Arch as KArch, CompileOptions, KernelSource};
 
@@ -123,14 +124,18 @@ struct Row {
     ms: f64,
 }
 
-/// HMMA instructions one key tile needs: Q K^T is (D/16) x (BN/8) m16n8k16 products, P V
-/// is (BN/16) x (D/8), i.e. D * BN / 128 each; LM-Infinite has two Q K^T branches.
+/// HMMA instructions the main loop's code must hold for one key tile: P V is (BN/16) x (D/8)
+/// m16n8k16 products (fully unrolled), Q K^T (D/16) x (BN/8) of which the code holds the
+/// k-steps of one iteration of its loop (`QK_K_UNROLL` of the D/16); LM-Infinite has two
+/// Q K^T branches.
 fn hmma_per_tile(spec: &KernelSpec, t: &TileConfig) -> usize {
-    let one = spec.head_dim.get() * t.block_n / 128;
+    let d = spec.head_dim.get();
+    let pv = d * t.block_n / 128;
+    let qk = (d / 16).min(QK_K_UNROLL) * (t.block_n / 8);
     if matches!(spec.mask, Mask::LmInfinite) {
-        3 * one
+        pv + 2 * qk
     } else {
-        2 * one
+        pv + qk
     }
 }
 
@@ -286,14 +291,16 @@ Rows: every catalog variant (mask, score, GQA) in f16 and bf16 at d = 64 and 128
 default tile on sm_80 and sm_90 (the whole default search space is compiled, without this
 SASS analysis, by `kernels/codegen/tests/nvrtc_space.rs`). Asserted per row: stack frame 0,
 spills 0, no NVRTC warning, shared memory (dynamic + static) within the architecture's
-opt-in limit, and at least `HMMA min` HMMA instructions, the m16n8k16 products of one key
-tile (D x BN / 128 for Q K^T and again for P V; LM-Infinite has two Q K^T branches), both in
-the whole SASS (`HMMA`) and inside its loops (`HMMA in loop`).
+opt-in limit, and at least `HMMA min` HMMA instructions, the m16n8k16 products the code of
+the main loop holds per key tile (P V: D x BN / 128, fully unrolled; Q K^T: the 4 k-steps of
+one iteration of its loop over the head dimension, `QK_K_UNROLL`, i.e. 4 x BN / 8; LM-Infinite
+has two Q K^T branches), both in the whole SASS (`HMMA`) and inside its loops (`HMMA in loop`).
 
 `HMMA in loop` is the evidence that the tensor cores do the work of the main loop over key
-tiles: a whole key tile's matrix products sit in the body of a loop of the machine code,
-so they are re-executed per loop iteration, and not only once in a prologue, an epilogue or
-a peeled first iteration next to a scalar (FMA) loop. How loops are found
+tiles: the code of a key tile's matrix products (all of P V and one iteration of the Q K^T
+k-loop) sits in the bodies of loops of the machine code, so it is re-executed per loop
+iteration, and not only once in a prologue, an epilogue or a peeled first iteration next to
+a scalar (FMA) loop. How loops are found
 (`attnforge_kernels::sass_loops`, unit-tested on hand-written SASS in `kernels/src/sass.rs`):
 the SASS text is parsed into the instructions of each function with their byte offsets
 (`/*0a30*/`); every direct branch (`BRA`, guarded `@P0 BRA` / `@!P3 BRA`, with a predicate

@@ -7,7 +7,8 @@
 The `.json` next to the `.cu` gives everything needed: the argument order and C types
 (`signature`), the grid formula (`grid`, over batch, heads_q, seq_q and `block_m`), the block
 size (`block_threads`) and the dynamic shared memory (`dynamic_smem_bytes`, with
-`needs_smem_opt_in` above 48 KiB). Mask / score parameters are passed with --param NAME=VALUE
+`needs_smem_opt_in` above 48 KiB); `requirements` lists the layout preconditions of the
+pointers (this script allocates contiguous tensors, which meet them). Mask / score parameters are passed with --param NAME=VALUE
 (scalars) and arrays (doc ids, block lists, ALiBi slopes, user arrays) with
 --array NAME=file.npy. The result is compared with PyTorch SDPA when PyTorch is present
 (dense and causal specs).

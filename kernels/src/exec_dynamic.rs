@@ -587,9 +587,21 @@ pub fn check<T: Element + SimElem>(
     let run = run(spec, x, backend)?;
     let want = reference_output(spec, x, Precision::F64)?;
     let naive = reference_output(spec, x, Precision::Naive)?;
+    compare(spec, run, &want, &naive)
+}
+
+/// Compare a pipeline's `run` with the f64 reference `want` by the relative oracle
+/// (tolerance of the spec's dtype; `naive` is the same math in the kernel's precision, the
+/// error scale). Shared by [`check`] and the merge check of `attnforge-macros-rt`.
+pub fn compare(
+    spec: &DynamicSpec,
+    run: DynRun,
+    want: &AttnOutput,
+    naive: &AttnOutput,
+) -> Result<DynCheckReport, ExecError> {
     let tol = Tolerance::for_dtype(ref_dtype(spec.dtype()));
     let close =
-        reference::assert_close(&run.output, &want, &naive, tol.rtol, tol.atol).map_err(|e| {
+        reference::assert_close(&run.output, want, naive, tol.rtol, tol.atol).map_err(|e| {
             ExecError::Mismatch {
                 kernel: spec.canonical_name(),
                 detail: e.to_string(),

@@ -3,11 +3,10 @@
 //! plus the check of the log-sum-exp merge (two partial results in, one out).
 
 use attnforge_kernels::codegen::dynamic::{emit_dynamic, DynamicKernel, DynamicSpec};
-use attnforge_kernels::codegen::spec::DType;
 use attnforge_kernels::exec::{Backend, ExecError};
 use attnforge_kernels::exec_dynamic::{self, DynCheckReport, DynInputs, DynRun};
 use attnforge_kernels::sim::{SimConfig, SimElem};
-use attnforge_reference::{self as reference, AttnOutput, Element, Precision, Tolerance};
+use attnforge_reference::{self as reference, AttnOutput, Element, Precision};
 
 /// The pipeline's kernels in launch order (one self-contained `.cu` each).
 pub fn cuda(spec: &DynamicSpec) -> Result<Vec<DynamicKernel>, ExecError> {
@@ -80,14 +79,6 @@ pub fn merge_reference(
     Ok(reference::lse_merge(a, b)?)
 }
 
-fn ref_dtype(d: DType) -> reference::DType {
-    match d {
-        DType::F16 => reference::DType::F16,
-        DType::Bf16 => reference::DType::Bf16,
-        DType::F32 => reference::DType::F32,
-    }
-}
-
 /// Runs the merge kernel on `backend` and compares it with the f64 merge (tolerance of the
 /// spec's dtype; the error scale of the naive path is the f64 merge rounded to `T`).
 pub fn merge_check<T: Element + SimElem>(
@@ -102,17 +93,5 @@ pub fn merge_check<T: Element + SimElem>(
     for o in &mut naive.out {
         *o = T::from_f64(*o).to_f64();
     }
-    let tol = Tolerance::for_dtype(ref_dtype(spec.dtype()));
-    let close =
-        reference::assert_close(&run.output, &want, &naive, tol.rtol, tol.atol).map_err(|e| {
-            ExecError::Mismatch {
-                kernel: spec.canonical_name(),
-                detail: e.to_string(),
-            }
-        })?;
-    Ok(DynCheckReport {
-        pipeline: spec.canonical_name(),
-        close,
-        run,
-    })
+    exec_dynamic::compare(spec, run, &want, &naive)
 }

@@ -430,21 +430,6 @@ fn emit_dynamic_with_ptxas_report() {
 
 // ---- run --------------------------------------------------------------------------------
 
-/// Deterministic LCG values in [-1, 1), independent of the CLI's generator.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 /// Exact inputs: integers in {-1, 0, 1} (`ints`) or multiples of 1/16.
 fn exact(n: usize, seed: u64, ints: bool) -> Vec<f32> {
     values(n, seed)
@@ -510,17 +495,6 @@ fn naive<T: Element>(d: &DynSpecFile, c: &Case) -> AttnOutput {
         });
     }
     reference_output(&d.spec, &x, Precision::Naive).unwrap()
-}
-
-fn read_out(dir: &Path, tag: &str, shape: Shape4) -> AttnOutput {
-    let (os, o) = read_f32(&dir.join(format!("o_{tag}.npy")));
-    let (ls, l) = read_f32(&dir.join(format!("lse_{tag}.npy")));
-    assert_eq!(
-        os,
-        [shape.batch, shape.heads, shape.seq, shape.dim].map(|x| x as u64)
-    );
-    assert_eq!(ls, [shape.batch, shape.heads, shape.seq].map(|x| x as u64));
-    AttnOutput::from_kernel(shape, &o, &l).unwrap()
 }
 
 #[test]
@@ -614,8 +588,8 @@ fn run_dynamic_specs_reference_and_sim_agree() {
             assert!(t.contains(&d.spec.canonical_name()), "{t}");
         }
         let shape = Shape4::new(p.batch, p.heads_q, p.seq_q, dim);
-        let want = read_out(dir.path(), "reference", shape);
-        let got = read_out(dir.path(), "sim", shape);
+        let want = load_output(dir.path(), "reference", shape);
+        let got = load_output(dir.path(), "sim", shape);
         let nv = match dt {
             DType::F32 => naive::<f32>(&d, &c),
             DType::F16 => naive::<f16>(&d, &c),

@@ -15,21 +15,6 @@ use attnforge::specfile::SpecFile;
 use cli_common::*;
 use half::{bf16, f16};
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    // Independent of the CLI's generator: an LCG.
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 /// Naive same-precision output of the library (the oracle's N).
 fn naive<T: Element>(sf: &SpecFile, q: &[f32], k: &[f32], v: &[f32]) -> AttnOutput {
     let p = sf.problem;
@@ -48,17 +33,6 @@ fn naive<T: Element>(sf: &SpecFile, q: &[f32], k: &[f32], v: &[f32]) -> AttnOutp
     );
     let rp = sf.run_params(p.seq_k, None).unwrap();
     reference(&sf.spec, &x, &rp, Precision::Naive).unwrap()
-}
-
-fn load_output(dir: &Path, tag: &str, shape: Shape4) -> AttnOutput {
-    let (os, o) = read_f32(&dir.join(format!("o_{tag}.npy")));
-    let (ls, l) = read_f32(&dir.join(format!("lse_{tag}.npy")));
-    assert_eq!(
-        os,
-        [shape.batch, shape.heads, shape.seq, shape.dim].map(|x| x as u64)
-    );
-    assert_eq!(ls, [shape.batch, shape.heads, shape.seq].map(|x| x as u64));
-    AttnOutput::from_kernel(shape, &o, &l).unwrap()
 }
 
 #[test]

@@ -4,7 +4,7 @@ use attnforge::codegen::catalog;
 use attnforge::codegen::dynamic::dynamic_catalog;
 use attnforge::codegen::spec::DType;
 use attnforge::exec::{check, Backend, ExecError, Inputs};
-use attnforge::reference::{Element, Shape4, Tensor4};
+use attnforge::reference::{CloseReport, Element, Shape4, Tensor4};
 use attnforge::sim::SimElem;
 use attnforge::specfile::{self, AnySpecFile, SpecFile};
 use clap::{Args, ValueEnum};
@@ -74,6 +74,34 @@ pub struct Verdict {
     pub extra: serde_json::Value,
 }
 
+impl Verdict {
+    /// A kernel whose output passed the oracle.
+    pub fn passed(name: String, close: &CloseReport, extra: serde_json::Value) -> Self {
+        Verdict {
+            name,
+            ok: true,
+            out_err: close.out.max_err,
+            out_ratio: close.out.ratio,
+            lse_err: close.lse.max_err,
+            detail: String::new(),
+            extra,
+        }
+    }
+
+    /// A kernel that failed (mismatch or run error), with the reason.
+    pub fn failed(name: String, detail: String) -> Self {
+        Verdict {
+            name,
+            ok: false,
+            out_err: f64::NAN,
+            out_ratio: f64::NAN,
+            lse_err: f64::NAN,
+            detail,
+            extra: serde_json::Value::Null,
+        }
+    }
+}
+
 fn inputs<T: Element>(sf: &SpecFile, seed: u64) -> Inputs<T> {
     let p = sf.problem;
     let d = sf.spec.head_dim.get();
@@ -102,36 +130,12 @@ fn check_one<T: Element + SimElem>(
     let x = inputs::<T>(sf, seed);
     let name = attnforge::codegen::name::canonical_name_with_tile(&sf.spec, &tile);
     match check(&sf.spec, &tile, &x, &rp, backend) {
-        Ok(r) => Ok(Verdict {
-            name,
-            ok: true,
-            out_err: r.close.out.max_err,
-            out_ratio: r.close.out.ratio,
-            lse_err: r.close.lse.max_err,
-            detail: String::new(),
-            extra: serde_json::Value::Null,
-        }),
-        Err(ExecError::Mismatch { detail, .. }) => Ok(Verdict {
-            name,
-            ok: false,
-            out_err: f64::NAN,
-            out_ratio: f64::NAN,
-            lse_err: f64::NAN,
-            detail,
-            extra: serde_json::Value::Null,
-        }),
+        Ok(r) => Ok(Verdict::passed(name, &r.close, serde_json::Value::Null)),
+        Err(ExecError::Mismatch { detail, .. }) => Ok(Verdict::failed(name, detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
             Err(CliError::input(format!("{}: {e}", where_(sf))))
         }
-        Err(e) => Ok(Verdict {
-            name,
-            ok: false,
-            out_err: f64::NAN,
-            out_ratio: f64::NAN,
-            lse_err: f64::NAN,
-            detail: e.to_string(),
-            extra: serde_json::Value::Null,
-        }),
+        Err(e) => Ok(Verdict::failed(name, e.to_string())),
     }
 }
 

@@ -240,15 +240,6 @@ fn verdict_of(
     r: Result<(AttnOutput, AttnOutput, AttnOutput, exec_dynamic::DynRun), ExecError>,
     df: &DynSpecFile,
 ) -> Result<Verdict, CliError> {
-    let fail = |name: String, detail: String| Verdict {
-        name,
-        ok: false,
-        out_err: f64::NAN,
-        out_ratio: f64::NAN,
-        lse_err: f64::NAN,
-        detail,
-        extra: serde_json::Value::Null,
-    };
     match r {
         Ok((got, want, naive, run)) => {
             let tol = Tolerance::for_dtype(match df.spec.dtype() {
@@ -262,25 +253,17 @@ fn verdict_of(
                 "select_work": run.counters.select_work,
             });
             match assert_close(&got, &want, &naive, tol.rtol, tol.atol) {
-                Ok(c) => Ok(Verdict {
-                    name,
-                    ok: true,
-                    out_err: c.out.max_err,
-                    out_ratio: c.out.ratio,
-                    lse_err: c.lse.max_err,
-                    detail: String::new(),
-                    extra,
-                }),
+                Ok(c) => Ok(Verdict::passed(name, &c, extra)),
                 Err(e) => Ok(Verdict {
                     extra,
-                    ..fail(name, e.to_string())
+                    ..Verdict::failed(name, e.to_string())
                 }),
             }
         }
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
             Err(input_error(df, e))
         }
-        Err(e) => Ok(fail(name, e.to_string())),
+        Err(e) => Ok(Verdict::failed(name, e.to_string())),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use attnforge::reference::{AttnOutput, Shape4};
 use npyz::WriterBuilder;
 
 pub fn bin() -> Command {
@@ -83,4 +84,31 @@ pub fn dynamic_example_specs() -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| is_dynamic(p))
         .collect()
+}
+
+/// Deterministic test values in [-1, 1) (an LCG, independent of the CLI's generator).
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// `o_<tag>.npy` and `lse_<tag>.npy` written by `attnforge run` in `dir`, shape-checked.
+pub fn load_output(dir: &Path, tag: &str, shape: Shape4) -> AttnOutput {
+    let (os, o) = read_f32(&dir.join(format!("o_{tag}.npy")));
+    let (ls, l) = read_f32(&dir.join(format!("lse_{tag}.npy")));
+    assert_eq!(
+        os,
+        [shape.batch, shape.heads, shape.seq, shape.dim].map(|x| x as u64)
+    );
+    assert_eq!(ls, [shape.batch, shape.heads, shape.seq].map(|x| x as u64));
+    AttnOutput::from_kernel(shape, &o, &l).unwrap()
 }

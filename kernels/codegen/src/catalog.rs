@@ -74,3 +74,30 @@ pub fn catalog() -> Vec<KernelSpec> {
 pub fn find(name: &str) -> Option<KernelSpec> {
     catalog().into_iter().find(|s| s.canonical_name() == name)
 }
+
+/// Every catalog variant (mask, score, GQA, block size) re-instantiated at each of `dtypes`
+/// and `head_dims`, deduplicated by canonical name (the catalog already fixes some of these
+/// combinations). The compile tests sweep it.
+///
+/// ```
+/// use attnforge_codegen::catalog::instantiate;
+/// use attnforge_codegen::spec::{DType, HeadDim};
+/// let v = instantiate(&[DType::F16], &[HeadDim::D64]);
+/// assert!(v.iter().all(|s| s.dtype == DType::F16 && s.head_dim == HeadDim::D64));
+/// ```
+pub fn instantiate(dtypes: &[DType], head_dims: &[HeadDim]) -> Vec<KernelSpec> {
+    let mut out: Vec<KernelSpec> = Vec::new();
+    for s in catalog() {
+        for &dtype in dtypes {
+            for &d in head_dims {
+                let mut x = s.clone();
+                x.dtype = dtype;
+                x.head_dim = d;
+                if !out.iter().any(|y| y.canonical_name() == x.canonical_name()) {
+                    out.push(x);
+                }
+            }
+        }
+    }
+    out
+}

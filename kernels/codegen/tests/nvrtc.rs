@@ -142,20 +142,10 @@ fn hmma_per_tile(spec: &KernelSpec, t: &TileConfig) -> usize {
 /// Catalog variants (mask, score, gqa, block size) re-instantiated in f16 and bf16 at d = 64
 /// and d = 128, deduplicated.
 fn evidence_specs() -> Vec<KernelSpec> {
-    let mut out: Vec<KernelSpec> = Vec::new();
-    for s in catalog() {
-        for dtype in [DType::F16, DType::Bf16] {
-            for d in [HeadDim::D64, HeadDim::D128] {
-                let mut x = s.clone();
-                x.dtype = dtype;
-                x.head_dim = d;
-                if !out.iter().any(|y| y.canonical_name() == x.canonical_name()) {
-                    out.push(x);
-                }
-            }
-        }
-    }
-    out
+    attnforge_codegen::catalog::instantiate(
+        &[DType::F16, DType::Bf16],
+        &[HeadDim::D64, HeadDim::D128],
+    )
 }
 
 #[test]

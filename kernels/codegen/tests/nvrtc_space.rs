@@ -18,20 +18,10 @@ fn karch(a: Arch) -> KArch {
 /// Catalog variants re-instantiated at every dtype and head dim, deduplicated by canonical
 /// name (the catalog already fixes some of these combinations).
 fn variants() -> Vec<KernelSpec> {
-    let mut out: Vec<KernelSpec> = Vec::new();
-    for s in catalog() {
-        for dtype in [DType::F16, DType::Bf16, DType::F32] {
-            for d in [HeadDim::D64, HeadDim::D128, HeadDim::D256] {
-                let mut x = s.clone();
-                x.dtype = dtype;
-                x.head_dim = d;
-                if !out.iter().any(|y| y.canonical_name() == x.canonical_name()) {
-                    out.push(x);
-                }
-            }
-        }
-    }
-    out
+    attnforge_codegen::catalog::instantiate(
+        &[DType::F16, DType::Bf16, DType::F32],
+        &[HeadDim::D64, HeadDim::D128, HeadDim::D256],
+    )
 }
 
 /// Space of every variant on both archs; a combination without any valid config must also

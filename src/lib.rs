@@ -16,6 +16,7 @@ pub use attnforge_kernels::{codegen, exec, sim};
 pub use attnforge_macros::{kernel, mask, score};
 pub use attnforge_reference as reference;
 
+pub mod limits;
 pub mod npy;
 pub mod specfile;
 

@@ -76,6 +76,13 @@ impl AnyTensor {
 }
 
 fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
+    if path.is_dir() {
+        return Err(err(
+            path,
+            "is a directory, not an .npy file",
+            "pass the path of an .npy file inside it",
+        ));
+    }
     let f = File::open(path).map_err(|e| {
         err(
             path,
@@ -83,6 +90,8 @@ fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
             "check the path (relative paths are relative to the working directory)",
         )
     })?;
+    // npyz multiplies the header's shape unchecked: check the element count first.
+    element_count(path)?;
     let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| {
         err(
             path,
@@ -90,6 +99,22 @@ fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
             "write it with numpy.save",
         )
     })?;
+    let n = check_count(path, npy.shape())?;
+    let item = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.num_bytes().unwrap_or(1) as u64,
+        _ => 1,
+    };
+    let file_len = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+    if n.saturating_mul(item) > file_len {
+        return Err(err(
+            path,
+            format!(
+                "the header declares {:?} ({n} elements of {item} bytes) but the file holds only {file_len} bytes (truncated?)",
+                npy.shape()
+            ),
+            "rewrite the file with numpy.save",
+        ));
+    }
     if npy.order() != npyz::Order::C {
         return Err(err(
             path,
@@ -98,6 +123,73 @@ fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
         ));
     }
     Ok(npy)
+}
+
+/// The shape in an `.npy` header (`None` when the header is not one this parser reads;
+/// npyz then reports the problem).
+fn header_shape(path: &Path) -> Option<Vec<u64>> {
+    use std::io::Read;
+    let mut f = File::open(path).ok()?;
+    let mut pre = [0u8; 10];
+    f.read_exact(&mut pre).ok()?;
+    if &pre[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    let len = if pre[6] == 1 {
+        usize::from(u16::from_le_bytes([pre[8], pre[9]]))
+    } else {
+        let mut more = [0u8; 2];
+        f.read_exact(&mut more).ok()?;
+        u32::from_le_bytes([pre[8], pre[9], more[0], more[1]]) as usize
+    };
+    let mut text = Vec::new();
+    f.take(len.min(1 << 20) as u64)
+        .read_to_end(&mut text)
+        .ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let start = text.find("'shape'")?;
+    let rest = &text[start..];
+    let open = rest.find('(')?;
+    let close = rest.find(')')?;
+    rest.get(open + 1..close)?
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
+        .collect()
+}
+
+/// The element count of an `.npy` file's header, checked against
+/// [`crate::limits::MAX_TENSOR_ELEMENTS`] before any data is read (`None` when the header
+/// is not one this parser reads).
+pub fn element_count(path: &Path) -> Result<Option<u64>, NpyError> {
+    match header_shape(path) {
+        None => Ok(None),
+        Some(shape) => check_count(path, &shape).map(Some),
+    }
+}
+
+fn check_count(path: &Path, shape: &[u64]) -> Result<u64, NpyError> {
+    let max = crate::limits::MAX_TENSOR_ELEMENTS;
+    match crate::limits::checked_product(shape) {
+        None => Err(err(
+            path,
+            format!("header shape {shape:?} has more than 2^64 elements (the header is damaged or not from numpy.save)"),
+            "rewrite the file with numpy.save",
+        )),
+        Some(n) if n > max => Err(err(
+            path,
+            format!("header shape {shape:?} has {n} elements, more than {max} (the kernels index with 32-bit int)"),
+            format!("pass at most {max} elements per tensor (docs/cli.md, size limits)"),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+/// The shape of an `.npy` file, read from its header only (sizes are checked before the data
+/// is read).
+pub fn read_shape(path: &Path) -> Result<Vec<u64>, NpyError> {
+    Ok(open(path)?.shape().to_vec())
 }
 
 fn descr(npy: &npyz::NpyFile<BufReader<File>>) -> String {
@@ -173,11 +265,19 @@ pub fn read_tensor(path: &Path, dtype: DType) -> Result<AnyTensor, NpyError> {
         (DType::Bf16, "<f4") => {
             let v: Vec<f32> = read_vec(path, npy)?;
             check_finite(v.iter().position(|x| !x.is_finite()))?;
-            AnyTensor::Bf16(tensor(
-                path,
-                s,
-                v.into_iter().map(bf16::from_f32).collect(),
-            )?)
+            let b: Vec<bf16> = v.iter().copied().map(bf16::from_f32).collect();
+            if let Some(i) = b.iter().position(|x| !x.is_finite()) {
+                return Err(err(
+                    path,
+                    format!(
+                        "element {i} (flat, C order) = {:e} is finite in f32 but out of the bf16 range (largest finite bf16 {:e})",
+                        v[i],
+                        f32::from(bf16::MAX)
+                    ),
+                    "scale the input into the bf16 range",
+                ));
+            }
+            AnyTensor::Bf16(tensor(path, s, b)?)
         }
         (DType::F32, _) => return Err(wrong("float32 ('<f4')")),
         (DType::F16, _) => return Err(wrong("float16 ('<f2')")),
@@ -219,12 +319,45 @@ pub fn read_i32(path: &Path) -> Result<Vec<i32>, NpyError> {
     read_vec(path, npy)
 }
 
-/// Write `data` with `shape` to `path` atomically (temp file + rename).
-pub fn write_atomic<T: npyz::AutoSerialize + Clone>(
+/// An output written to a temporary file next to its destination and not yet renamed into
+/// place; dropping it without [`Staged::commit`] removes the temporary file.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Rename the temporary file into place.
+    pub fn commit(mut self) -> Result<(), NpyError> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| {
+            err(
+                &self.path,
+                format!("cannot write: {e}"),
+                "check that the folder exists and is writable",
+            )
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `data` with `shape` to a temporary file next to `path` (renamed into place by
+/// [`Staged::commit`]), so that several outputs can be written before any is replaced.
+pub fn write_staged<T: npyz::AutoSerialize + Clone>(
     path: &Path,
     shape: &[u64],
     data: &[T],
-) -> Result<(), NpyError> {
+) -> Result<Staged, NpyError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -233,9 +366,13 @@ pub fn write_atomic<T: npyz::AutoSerialize + Clone>(
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "out.npy".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let staged = Staged {
+        tmp: dir.join(format!(".{name}.tmp-{}", std::process::id())),
+        path: path.to_path_buf(),
+        committed: false,
+    };
     let res = (|| -> std::io::Result<()> {
-        let f = File::create(&tmp)?;
+        let f = File::create(&staged.tmp)?;
         let mut w = npyz::WriteOptions::new()
             .default_dtype()
             .shape(shape)
@@ -245,16 +382,23 @@ pub fn write_atomic<T: npyz::AutoSerialize + Clone>(
         w.finish()?;
         Ok(())
     })();
-    let res = res.and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(
+    res.map_err(|e| {
+        err(
             path,
             format!("cannot write: {e}"),
             "check that the folder exists and is writable",
-        ));
-    }
-    Ok(())
+        )
+    })?;
+    Ok(staged)
+}
+
+/// Write `data` with `shape` to `path` atomically (temp file + rename).
+pub fn write_atomic<T: npyz::AutoSerialize + Clone>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+) -> Result<(), NpyError> {
+    write_staged(path, shape, data)?.commit()
 }
 
 /// Write bytes atomically (temp file + rename), for `.cu` and `.json` outputs.

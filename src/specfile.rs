@@ -269,7 +269,7 @@ impl SpecFile {
             ));
         }
         let raw: Raw = toml::from_str(text).map_err(|e| {
-            let field = toml_field(&e);
+            let field = toml_field(&e, text);
             let msg = e.to_string().replace('\n', " ").trim().to_string();
             err(
                 &field,
@@ -290,6 +290,13 @@ impl SpecFile {
             }
         };
         let (mask, host_mask) = match raw.mask {
+            MaskRaw::Name(n) if n == "predicate" => {
+                return Err(err(
+                    "mask",
+                    "mask `predicate` needs its function, and a plain `mask = \"predicate\"` string has none".into(),
+                    "replace the line with a [mask] table: `[mask]` `kind = \"predicate\"` and `[mask.function]` `source = '''fn name(q: i64, kv: i64) -> bool { .. }'''` (docs/spec-files.md)",
+                ))
+            }
             MaskRaw::Name(n) => (simple_mask(&n).ok_or_else(|| {
                 err(
                     "mask",
@@ -372,6 +379,20 @@ impl SpecFile {
                 (ScoreMod::User(uf), Some(h))
             }
         };
+        if let Some(b) = raw.sparse_block {
+            if !mask.uses_block_lists() {
+                return Err(err(
+                    "sparse_block",
+                    format!(
+                        "sparse_block = {{ q = {}, k = {} }} is given but mask `{}` uses no block lists",
+                        b.q,
+                        b.k,
+                        mask.tag()
+                    ),
+                    "remove `sparse_block` (it is the block size of the document, predicate and block_sparse masks)",
+                ));
+            }
+        }
         let spec = KernelSpec {
             dtype: raw.dtype,
             head_dim,
@@ -475,6 +496,7 @@ impl SpecFile {
         if problem.heads_kv == 0 {
             problem.heads_kv = if spec.gqa { 1 } else { problem.heads_q };
         }
+        problem_limits(&problem, head_dim.get()).map_err(|(f, m, fix)| err(&f, m, &fix))?;
         let tune = match raw.tune {
             None => Tune {
                 arch: Arch::Sm80,
@@ -604,6 +626,13 @@ impl SpecFile {
                 "add `doc_segments = [..]`, `doc = [..]` or `doc_file = \"ids.npy\"` to [params] (or pass --doc)",
             ));
         }
+        if matches!(self.spec.mask, Mask::BlockSparse { .. }) && self.block_lists.is_none() {
+            return Err(self.error(
+                "params.block_lists",
+                "mask `block_sparse` needs explicit block lists and the spec file has none".into(),
+                "add a [params.block_lists] table (batches, heads, rows, cols, width, full_num, full_idx, partial_num, partial_idx; see examples/specs/block_sparse.toml and docs/spec-files.md)",
+            ));
+        }
         rp.doc = doc;
         let user = self.user.clone();
         if let Some(h) = &self.host_mask {
@@ -656,22 +685,67 @@ fn host_values(h: &HostFn, user: &BTreeMap<String, UserValue>) -> Result<Vec<Val
         .collect()
 }
 
-/// The field path of a toml deserialization error (best effort from its message).
-fn toml_field(e: &toml::de::Error) -> String {
+/// The field path of a toml deserialization error: the key named in the message, else the
+/// dotted key at the error's position (`head_dim`, `problem.seq_q`), else `toml`.
+fn toml_field(e: &toml::de::Error, text: &str) -> String {
     let m = e.message();
-    if let Some(i) = m.find("unknown field `") {
-        let rest = &m[i + 15..];
-        if let Some(j) = rest.find('`') {
-            return rest[..j].to_string();
+    for pat in ["unknown field `", "missing field `"] {
+        if let Some(i) = m.find(pat) {
+            let rest = &m[i + pat.len()..];
+            if let Some(j) = rest.find('`') {
+                return rest[..j].to_string();
+            }
         }
     }
-    if let Some(i) = m.find("missing field `") {
-        let rest = &m[i + 15..];
-        if let Some(j) = rest.find('`') {
-            return rest[..j].to_string();
-        }
+    // A value of the wrong type or out of its set names its key; a syntax error stays `toml`.
+    let data_error = ["invalid type", "invalid value", "unknown variant", "invalid length"]
+        .iter()
+        .any(|p| m.starts_with(p));
+    e.span()
+        .filter(|_| data_error)
+        .and_then(|sp| key_at(text, sp.start))
+        .unwrap_or_else(|| "toml".into())
+}
+
+/// The dotted key whose value starts at byte `at`: the `key =` of its line, prefixed with
+/// the nearest `[table]` header above it.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?;
+    let eq = line.find('=')?;
+    if line_start + eq >= at {
+        return None;
     }
-    "toml".into()
+    let key = line[..eq].trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let table = before[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        (l.starts_with('[') && !l.starts_with("[[") && l.ends_with(']'))
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+/// The hard size limits (crate::limits) of a `[problem]` table, checked before `check`
+/// allocates its random inputs.
+fn problem_limits(p: &Problem, head_dim: usize) -> Result<(), FieldErr> {
+    let sizes = crate::limits::ProblemSizes {
+        fields: [
+            ("problem.batch", p.batch as u64),
+            ("problem.heads_q", p.heads_q as u64),
+            ("problem.heads_kv", p.heads_kv as u64),
+            ("problem.seq_q", p.seq_q as u64),
+            ("problem.seq_k", p.seq_k as u64),
+        ],
+        dim: head_dim as u64,
+    };
+    crate::limits::check_hard(&sizes).map_err(|e| (e.field, e.message, e.fix))
 }
 
 fn simple_mask(n: &str) -> Option<Mask> {
@@ -871,14 +945,18 @@ fn user_values(
             return Err((
                 field,
                 format!("`{name}` is not a parameter of the spec's user functions"),
-                format!(
-                    "remove it; declared parameters: {}",
-                    declared
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                if declared.is_empty() {
+                    "remove it (and [params.user] with it): the spec has no user function with parameters, so none are declared".to_string()
+                } else {
+                    format!(
+                        "remove it; declared parameters: {}",
+                        declared
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
             ));
         };
         let bad = || {
@@ -1647,6 +1725,9 @@ impl DynSpecFile {
                 ),
                 "pick heads_kv dividing heads_q (GQA; 1 for MQA)".into(),
             );
+        }
+        if let Err((f, m, fix)) = problem_limits(&problem, head_dim.map_or(256, HeadDim::get)) {
+            push(&f, m, fix);
         }
         match family.as_deref() {
             Some("hax" | "cca") if problem.seq_q != problem.seq_k => push(

@@ -34,7 +34,7 @@ fn every_example_spec_parses_and_validates() {
 fn field_errors() {
     let cases: &[(&str, &str, &str)] = &[
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nbogus = 1\n", "bogus", "unknown field"),
-        ("dtype = \"f8\"\nhead_dim = 64\nmask = \"causal\"\n", "toml", "f8"),
+        ("dtype = \"f8\"\nhead_dim = 64\nmask = \"causal\"\n", "dtype", "f8"),
         ("dtype = \"f16\"\nhead_dim = 96\nmask = \"causal\"\n", "head_dim", "96"),
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\n", "toml", "line 3"),
         ("dtype = \"f16\"\nhead_dim = 64\n", "mask", "missing field"),

@@ -279,15 +279,17 @@ fn dims_of<T: Element>(spec: &KernelSpec, x: &Inputs<T>) -> Result<Dims, ExecErr
             ));
         }
     }
-    if k.batch != q.batch || v.batch != q.batch {
-        return Err(input_err(
-            "k",
-            format!(
-                "batch {} / {} differs from q's {}",
-                k.batch, v.batch, q.batch
-            ),
-            "pass q, k and v with the same batch",
-        ));
+    for (name, s) in [("k", k), ("v", v)] {
+        if s.batch != q.batch {
+            return Err(input_err(
+                name,
+                format!(
+                    "{name} has batch size {} but q has batch size {}",
+                    s.batch, q.batch
+                ),
+                "pass q, k and v with the same batch size (dimension 0)",
+            ));
+        }
     }
     if k.heads != v.heads || k.seq != v.seq {
         return Err(input_err(

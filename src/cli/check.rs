@@ -160,7 +160,9 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         );
     }
     for s in &a.specs {
-        files.push(resolve_any(s)?);
+        let f = resolve_any(s)?;
+        problem_budget(&f)?;
+        files.push(f);
     }
     if files.is_empty() {
         return Err(CliError::input(
@@ -243,6 +245,37 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         println!("{} kernels passed", files.len());
     }
     Ok(())
+}
+
+/// The `[problem]` against the element budget (attnforge::limits; the hard limits are
+/// checked when the file is parsed), before its random inputs are allocated.
+fn problem_budget(f: &AnySpecFile) -> Result<(), CliError> {
+    let (p, dim, file) = match f {
+        AnySpecFile::Static(sf) => (sf.problem, sf.spec.head_dim.get(), where_(sf)),
+        AnySpecFile::Dynamic(df) => (
+            df.problem,
+            df.spec.head_dim().get(),
+            df.path
+                .as_ref()
+                .map_or_else(|| df.spec.canonical_name(), |p| p.display().to_string()),
+        ),
+    };
+    let sizes = attnforge::limits::ProblemSizes {
+        fields: [
+            ("problem.batch", p.batch as u64),
+            ("problem.heads_q", p.heads_q as u64),
+            ("problem.heads_kv", p.heads_kv as u64),
+            ("problem.seq_q", p.seq_q as u64),
+            ("problem.seq_k", p.seq_k as u64),
+        ],
+        dim: dim as u64,
+    };
+    attnforge::limits::check_all(&sizes).map_err(|e| {
+        CliError::input(format!(
+            "{file}: field `{}`: {}\n  fix: {}",
+            e.field, e.message, e.fix
+        ))
+    })
 }
 
 fn finite(x: f64) -> serde_json::Value {

@@ -610,6 +610,15 @@ pub fn run(
     let q = read_tensor(f.q, dt).map_err(CliError::input)?;
     let k = read_tensor(f.k, dt).map_err(CliError::input)?;
     let v = read_tensor(f.v, dt).map_err(CliError::input)?;
+    let scale = df.scale.map_or(
+        if is_hax {
+            1.0
+        } else {
+            1.0 / (df.spec.head_dim().get() as f64).sqrt()
+        },
+        f64::from,
+    );
+    super::run::check_magnitudes(label, [(f.q, &q), (f.k, &k), (f.v, &v)], scale)?;
     let (hq, hkv) = (q.shape().heads, k.shape().heads);
     let extra = if is_hax {
         let (Some(hp), Some(ks)) = (f.hyperplanes, f.ks) else {

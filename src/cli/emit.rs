@@ -1,6 +1,6 @@
 //! `attnforge emit`: `.cu` + launch metadata JSON + ptxas report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use attnforge::codegen::emit::emit;
 use attnforge::codegen::tile::Arch;
@@ -45,12 +45,33 @@ pub struct EmitArgs {
 }
 
 pub fn run(a: EmitArgs) -> Result<(), CliError> {
+    // The folders this run creates, innermost first: removed again (when still empty) if the
+    // run fails, so that a failed emit leaves no empty --out-dir behind.
+    let created: Vec<PathBuf> = a
+        .out_dir
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
     std::fs::create_dir_all(&a.out_dir).map_err(|e| {
         CliError::input(format!(
             "{}: cannot create the output folder: {e}\n  fix: pass a writable --out-dir",
             a.out_dir.display()
         ))
     })?;
+    let r = emit_all(&a);
+    if r.is_err() {
+        for d in &created {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    }
+    r
+}
+
+fn emit_all(a: &EmitArgs) -> Result<(), CliError> {
     for s in &a.specs {
         let mut sf = match resolve_any(s)? {
             AnySpecFile::Static(sf) => *sf,

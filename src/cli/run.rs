@@ -1,13 +1,18 @@
 //! `attnforge run`: one spec on q/k/v from `.npy`, out and lse to `.npy`.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use attnforge::codegen::spec::DType;
 use attnforge::exec::{reference, simulate, ExecError, Inputs, RunParams};
-use attnforge::npy::{read_i32, read_tensor, write_atomic, AnyTensor};
+use attnforge::limits::{check_all, ProblemSizes};
+use attnforge::npy::{read_i32, read_shape, read_tensor, write_staged, AnyTensor};
 use attnforge::reference::{AttnOutput, Element, Precision};
 use attnforge::sim::{SimConfig, SimElem};
-use attnforge::specfile::{self, AnySpecFile, SpecFile};
+use attnforge::specfile::{self, AnySpecFile, DocSource, SpecFile};
 use clap::{Args, ValueEnum};
 
 use super::common::resolve_any;
@@ -18,8 +23,16 @@ pub const AFTER_HELP: &str = "\
 Inputs: q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D], C order, little endian: float32 ('<f4')
 for f32 specs, float16 ('<f2') for f16 specs; for bf16 specs (NumPy has no bfloat16) uint16
 raw bf16 bits ('<u2') or float32 rounded to bf16. Document ids: --doc, int32, [Sk] or [B, Sk].
-NaN/Inf inputs are rejected. Outputs: out [B, Hq, Sq, D] and lse [B, Hq, Sq] as float32
-(exact for f16/bf16 kernel outputs; lse = -inf on empty rows), written atomically.
+NaN/Inf inputs are rejected, and so are inputs whose scores could overflow f32
+(scale * max|q| * max|k| * D or max|v| * Sk above 1e36). Sizes are checked before reading
+(q, k, v and out together at most 2^28 elements; raise with ATTNFORGE_MAX_ELEMENTS=N).
+Outputs: out [B, Hq, Sq, D] and lse [B, Hq, Sq] as float32 (exact for f16/bf16 kernel
+outputs; lse = -inf on empty rows). The output paths are checked before computing (a file
+in a writable folder, not an input, --out != --lse); both are written to temporary files
+and renamed into place only when both are written. A result with NaN/Inf rows (e.g. a user
+score dividing by zero) is not written: exit 2 with the number of such rows and the first.
+On a terminal, stderr shows the elapsed time while the kernel runs (ATTNFORGE_PROGRESS=
+always|never overrides the terminal test).
 
 Examples:
   attnforge run examples/specs/causal.toml --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
@@ -129,7 +142,10 @@ fn want_dtype(a: &RunArgs, have: DType) -> Result<(), CliError> {
 }
 
 pub fn run(a: RunArgs) -> Result<(), CliError> {
-    let sf = match resolve_any(&a.spec)? {
+    let any = resolve_any(&a.spec)?;
+    check_output_paths(&a, &any)?;
+    check_input_sizes(&a)?;
+    let sf = match any {
         AnySpecFile::Static(sf) => *sf,
         AnySpecFile::Dynamic(df) => {
             want_dtype(&a, df.spec.dtype())?;
@@ -152,7 +168,14 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
                 RunBackend::Sim => dynamic::Where::Sim,
                 RunBackend::Cuda => dynamic::Where::Cuda,
             };
-            let out = dynamic::run(&df, &a.spec, &files, at)?;
+            let out = {
+                let _p = Progress::start(format!(
+                    "{}: running on the {}",
+                    df.spec.canonical_name(),
+                    backend_name(a.backend)
+                ));
+                dynamic::run(&df, &a.spec, &files, at)?
+            };
             return write_outputs(&a, &df.spec.canonical_name(), &out);
         }
     };
@@ -173,6 +196,16 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     };
     let mut rp = sf.run_params(k.shape().seq, doc).map_err(CliError::input)?;
     specfile::catalog_twins(&sf, &mut rp);
+    let scale = sf
+        .spec
+        .scale
+        .map_or(1.0 / (sf.spec.head_dim.get() as f64).sqrt(), f64::from);
+    check_magnitudes(&a.spec, [(&a.q, &q), (&a.k, &k), (&a.v, &v)], scale)?;
+    let _progress = Progress::start(format!(
+        "{}: running on the {}",
+        sf.spec.canonical_name(),
+        backend_name(a.backend)
+    ));
     let res = match (q, k, v) {
         (AnyTensor::F32(q), AnyTensor::F32(k), AnyTensor::F32(v)) => {
             go::<f32>(&sf, Inputs::new(q, k, v), &rp, a.backend)
@@ -194,6 +227,321 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     write_outputs(&a, &sf.spec.canonical_name(), &out)
 }
 
+fn backend_name(b: RunBackend) -> &'static str {
+    match b {
+        RunBackend::Reference => "f64 reference",
+        RunBackend::Sim => "simulator",
+        RunBackend::Cuda => "GPU",
+    }
+}
+
+/// Largest scores and accumulators the inputs may produce (f32::MAX is 3.4e38; the margin
+/// covers the log2(e) pre-scaling and score modifications).
+pub const MAX_SCORE_BOUND: f64 = 1e36;
+
+fn max_abs(t: &AnyTensor) -> f64 {
+    fn m<T: Element>(d: &[T]) -> f64 {
+        d.iter().fold(0.0, |a, &x| a.max(x.to_f64().abs()))
+    }
+    match t {
+        AnyTensor::F32(t) => m(&t.data),
+        AnyTensor::F16(t) => m(&t.data),
+        AnyTensor::Bf16(t) => m(&t.data),
+    }
+}
+
+/// Reject inputs whose scores (`scale * q.k`, at most `scale * max|q| * max|k| * D`) or
+/// value accumulators (at most `max|v| * Sk`) could overflow f32 in a kernel: the f64
+/// reference would stay finite and the kernel would not.
+pub(super) fn check_magnitudes(
+    label: &str,
+    [(qp, q), (kp, k), (vp, v)]: [(&Path, &AnyTensor); 3],
+    scale: f64,
+) -> Result<(), CliError> {
+    let (mq, mk, mv) = (max_abs(q), max_abs(k), max_abs(v));
+    let dim = q.shape().dim as f64;
+    let score = scale.abs() * mq * mk * dim;
+    if score > MAX_SCORE_BOUND {
+        return Err(CliError::input(format!(
+            "{label}: scores can reach scale * max|q| * max|k| * D = {:.3e} * {mq:.3e} * {mk:.3e} * {dim} = {score:.3e}, above the limit {MAX_SCORE_BOUND:e} (the kernels compute scores in f32, max 3.4e38)\n  fix: scale {} and {} down (attention is unchanged by scaling q by c and the spec's scale by 1/c)",
+            scale.abs(),
+            qp.display(),
+            kp.display()
+        )));
+    }
+    let acc = mv * k.shape().seq as f64;
+    if acc > MAX_SCORE_BOUND {
+        return Err(CliError::input(format!(
+            "{label}: {}: the output accumulator can reach max|v| * Sk = {mv:.3e} * {} = {acc:.3e}, above the limit {MAX_SCORE_BOUND:e} (f32 accumulation)\n  fix: scale v down (the output scales with it)",
+            vp.display(),
+            k.shape().seq
+        )));
+    }
+    Ok(())
+}
+
+/// A spinner line on stderr with the elapsed time, while a kernel runs: shown when stderr is
+/// a terminal (`ATTNFORGE_PROGRESS=always` or `never` overrides the test).
+struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    started: Instant,
+    message: String,
+}
+
+impl Progress {
+    fn enabled() -> bool {
+        match std::env::var("ATTNFORGE_PROGRESS").as_deref() {
+            Ok("always") => true,
+            Ok("never") => false,
+            _ => std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn start(message: String) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let thread = Self::enabled().then(|| {
+            let (stop, message) = (stop.clone(), message.clone());
+            std::thread::spawn(move || {
+                let frames = ['|', '/', '-', '\\'];
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut e = std::io::stderr().lock();
+                    let _ = write!(
+                        e,
+                        "\r\x1b[2K{} {message}: {} s elapsed",
+                        frames[i % 4],
+                        started.elapsed().as_secs()
+                    );
+                    let _ = e.flush();
+                    drop(e);
+                    i += 1;
+                    for _ in 0..5 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        });
+        Progress {
+            stop,
+            thread,
+            started,
+            message,
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+            eprintln!(
+                "\r\x1b[2K{}: done in {:.1} s",
+                self.message,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// What identifies a file: its canonical path (an output that does not exist yet: the
+/// canonical folder plus the name) and, when it exists, device and inode (hard links).
+#[derive(Debug, PartialEq, Eq)]
+struct FileId {
+    path: PathBuf,
+    inode: Option<(u64, u64)>,
+}
+
+impl FileId {
+    fn same(&self, o: &FileId) -> bool {
+        self.path == o.path || (self.inode.is_some() && self.inode == o.inode)
+    }
+}
+
+fn inode(p: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = p;
+        None
+    }
+}
+
+fn input_id(p: &Path) -> Option<FileId> {
+    Some(FileId {
+        path: std::fs::canonicalize(p).ok()?,
+        inode: inode(p),
+    })
+}
+
+/// Check one output path before any work: a file name in an existing, writable folder, not a
+/// directory. Returns its identity.
+fn output_id(flag: &str, p: &Path) -> Result<FileId, CliError> {
+    let bad = |m: String, fix: &str| {
+        CliError::input(format!("{flag} {}: {m}\n  fix: {fix}", p.display()))
+    };
+    if p.is_dir() {
+        return Err(bad(
+            "is a directory".into(),
+            "give a file name, e.g. DIR/out.npy",
+        ));
+    }
+    let Some(name) = p.file_name() else {
+        return Err(bad("has no file name".into(), "give a file name, e.g. out.npy"));
+    };
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(bad(
+            format!("the folder {} does not exist", dir.display()),
+            "create the folder first or write elsewhere",
+        ));
+    }
+    let probe = dir.join(format!(
+        ".{}.probe-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => {
+            return Err(bad(
+                format!("cannot create a file in {}: {e}", dir.display()),
+                "write to a folder you can write to",
+            ))
+        }
+    }
+    let canon_dir = std::fs::canonicalize(dir).map_err(|e| {
+        bad(
+            format!("cannot resolve the folder: {e}"),
+            "write to an existing folder",
+        )
+    })?;
+    // An existing output (or a symlink) resolves to its target.
+    let path = std::fs::canonicalize(p).unwrap_or_else(|_| canon_dir.join(name));
+    Ok(FileId {
+        path,
+        inode: inode(p),
+    })
+}
+
+/// Refuse outputs that are inputs (q, k, v, doc, hyperplanes, ks, the spec file, its doc
+/// file) or each other, and unwritable outputs, before reading or computing anything.
+fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
+    let mut inputs: Vec<(String, PathBuf)> = vec![
+        ("the input --q".into(), a.q.clone()),
+        ("the input --k".into(), a.k.clone()),
+        ("the input --v".into(), a.v.clone()),
+    ];
+    for (flag, p) in [
+        ("--doc", &a.doc),
+        ("--hyperplanes", &a.hyperplanes),
+        ("--ks", &a.ks),
+    ] {
+        if let Some(p) = p {
+            inputs.push((format!("the input {flag}"), p.clone()));
+        }
+    }
+    let spec_path = match any {
+        AnySpecFile::Static(sf) => sf.path.clone(),
+        AnySpecFile::Dynamic(df) => df.path.clone(),
+    };
+    if let Some(p) = spec_path {
+        inputs.push(("the spec file".into(), p));
+    }
+    if let AnySpecFile::Static(sf) = any {
+        if let Some(DocSource::File(p)) = &sf.doc {
+            inputs.push(("the document ids (params.doc_file) of the spec file".into(), p.clone()));
+        }
+    }
+    let mut outputs = vec![("--out", &a.out, output_id("--out", &a.out)?)];
+    if let Some(l) = &a.lse {
+        outputs.push(("--lse", l, output_id("--lse", l)?));
+    }
+    for (oflag, op, oid) in &outputs {
+        for (iflag, ip) in &inputs {
+            if input_id(ip).is_some_and(|iid| iid.same(oid)) {
+                return Err(CliError::input(format!(
+                    "{oflag} {} is the same file as {iflag} ({}): writing it would destroy the input\n  fix: write {oflag} to another file",
+                    op.display(),
+                    ip.display()
+                )));
+            }
+        }
+    }
+    if let [(_, op, oid), (_, lp, lid)] = &outputs[..] {
+        if oid.same(lid) {
+            return Err(CliError::input(format!(
+                "--out {} and --lse {} are the same file: lse would overwrite out\n  fix: give --lse another file name",
+                op.display(),
+                lp.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The sizes in the q and k headers against the limits (attnforge::limits), before any data
+/// is read.
+fn check_input_sizes(a: &RunArgs) -> Result<(), CliError> {
+    let qs = read_shape(&a.q).map_err(CliError::input)?;
+    let ks = read_shape(&a.k).map_err(CliError::input)?;
+    read_shape(&a.v).map_err(CliError::input)?;
+    let (&[b, hq, sq, d], &[_, hkv, sk, _]) = (&qs[..], &ks[..]) else {
+        // read_tensor reports the rank.
+        return Ok(());
+    };
+    let q_seq = format!("--q {} (dimension 2, seq_q)", a.q.display());
+    let k_seq = format!("--k {} (dimension 2, seq_k)", a.k.display());
+    let q_batch = format!("--q {} (dimension 0, batch)", a.q.display());
+    let q_heads = format!("--q {} (dimension 1, heads)", a.q.display());
+    let k_heads = format!("--k {} (dimension 1, heads)", a.k.display());
+    let sizes = ProblemSizes {
+        fields: [
+            (&q_batch, b),
+            (&q_heads, hq),
+            (&k_heads, hkv),
+            (&q_seq, sq),
+            (&k_seq, sk),
+        ],
+        dim: d,
+    };
+    check_all(&sizes)
+        .map_err(|e| CliError::input(format!("{}: {}\n  fix: {}", e.field, e.message, e.fix)))
+}
+
+/// `(count, first)` of the rows with a NaN/Inf output or a NaN/+Inf lse (-inf is an empty row).
+fn non_finite_rows(out: &AttnOutput) -> (usize, Option<usize>) {
+    let d = out.shape.dim.max(1);
+    let mut count = 0;
+    let mut first = None;
+    for (r, l) in out.lse.iter().enumerate() {
+        let row = &out.out[r * d..(r + 1) * d];
+        if l.is_nan() || *l == f64::INFINITY || row.iter().any(|x| !x.is_finite()) {
+            count += 1;
+            first.get_or_insert(r);
+        }
+    }
+    (count, first)
+}
+
 fn write_outputs(a: &RunArgs, name: &str, out: &AttnOutput) -> Result<(), CliError> {
     let (b, h, s, d) = (
         out.shape.batch as u64,
@@ -201,15 +549,29 @@ fn write_outputs(a: &RunArgs, name: &str, out: &AttnOutput) -> Result<(), CliErr
         out.shape.seq as u64,
         out.shape.dim as u64,
     );
+    if let (n, Some(r)) = non_finite_rows(out) {
+        let (hs, ss) = (out.shape.heads, out.shape.seq.max(1));
+        return Err(CliError::input(format!(
+            "{}: {name}: {n} of {} output rows are NaN or Inf (first: batch {}, head {}, query row {}); nothing was written\n  fix: a user score or mask function, or the inputs, give non-finite scores (e.g. a division by zero): make every score finite",
+            a.spec,
+            out.lse.len(),
+            r / (hs * ss),
+            (r / ss) % hs.max(1),
+            r % ss
+        )));
+    }
     let o: Vec<f32> = out.out.iter().map(|&x| x as f32).collect();
     let l: Vec<f32> = out.lse.iter().map(|&x| x as f32).collect();
-    // Write both to temporaries first, so that a failure leaves neither file behind.
-    write_atomic(&a.out, &[b, h, s, d], &o).map_err(CliError::input)?;
-    if let Some(lp) = &a.lse {
-        if let Err(e) = write_atomic(lp, &[b, h, s], &l) {
-            let _ = std::fs::remove_file(&a.out);
-            return Err(CliError::input(e));
-        }
+    // Both go to temporaries first and are renamed only when both are written, so that a
+    // failure leaves the previous files as they were.
+    let so = write_staged(&a.out, &[b, h, s, d], &o).map_err(CliError::input)?;
+    let sl = match &a.lse {
+        Some(lp) => Some(write_staged(lp, &[b, h, s], &l).map_err(CliError::input)?),
+        None => None,
+    };
+    so.commit().map_err(CliError::input)?;
+    if let Some(sl) = sl {
+        sl.commit().map_err(CliError::input)?;
     }
     println!(
         "{}: wrote {} [{b}, {h}, {s}, {d}]{}",

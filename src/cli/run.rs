@@ -301,28 +301,29 @@ impl Progress {
     fn start(message: String) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
+        let draw = move |frame: usize, message: &str| {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(
+                e,
+                "\r\x1b[2K{} {message}: {} s elapsed",
+                ['|', '/', '-', '\\'][frame % 4],
+                started.elapsed().as_secs()
+            );
+            let _ = e.flush();
+        };
         let thread = Self::enabled().then(|| {
+            // The first line is drawn before the work starts, however short it is.
+            draw(0, &message);
             let (stop, message) = (stop.clone(), message.clone());
             std::thread::spawn(move || {
-                let frames = ['|', '/', '-', '\\'];
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let mut e = std::io::stderr().lock();
-                    let _ = write!(
-                        e,
-                        "\r\x1b[2K{} {message}: {} s elapsed",
-                        frames[i % 4],
-                        started.elapsed().as_secs()
-                    );
-                    let _ = e.flush();
-                    drop(e);
-                    i += 1;
+                for frame in 1.. {
                     for _ in 0..5 {
                         if stop.load(Ordering::Relaxed) {
-                            break;
+                            return;
                         }
                         std::thread::sleep(Duration::from_millis(50));
                     }
+                    draw(frame, &message);
                 }
             })
         });

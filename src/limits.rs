@@ -148,21 +148,29 @@ mod tests {
     fn limits_name_the_field() {
         assert!(check_all(&sizes(1, 2, 2, 80, 80, 64)).is_ok());
         assert_eq!(
-            check_hard(&sizes(1_000_000, 2, 2, 80, 80, 64)).unwrap_err().field,
+            check_hard(&sizes(1_000_000, 2, 2, 80, 80, 64))
+                .unwrap_err()
+                .field,
             "batch"
         );
         assert_eq!(
-            check_hard(&sizes(1, 2, 2, 3_000_000_000, 80, 64)).unwrap_err().field,
+            check_hard(&sizes(1, 2, 2, 3_000_000_000, 80, 64))
+                .unwrap_err()
+                .field,
             "seq_q"
         );
         // 2^31 - 1 keys of one head: 2^37 elements, over the per-tensor limit.
         assert_eq!(
-            check_hard(&sizes(1, 4, 1, 2, (1 << 31) - 1, 128)).unwrap_err().field,
+            check_hard(&sizes(1, 4, 1, 2, (1 << 31) - 1, 128))
+                .unwrap_err()
+                .field,
             "seq_k"
         );
         // 4 x 64 x 200000 x 64 = 3.3e9 elements, over 2^31 - 1.
         assert_eq!(
-            check_hard(&sizes(4, 64, 64, 200_000, 200_000, 64)).unwrap_err().field,
+            check_hard(&sizes(4, 64, 64, 200_000, 200_000, 64))
+                .unwrap_err()
+                .field,
             "seq_q"
         );
         // Under the hard limits, over the default budget of 2^28.

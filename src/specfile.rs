@@ -698,9 +698,14 @@ fn toml_field(e: &toml::de::Error, text: &str) -> String {
         }
     }
     // A value of the wrong type or out of its set names its key; a syntax error stays `toml`.
-    let data_error = ["invalid type", "invalid value", "unknown variant", "invalid length"]
-        .iter()
-        .any(|p| m.starts_with(p));
+    let data_error = [
+        "invalid type",
+        "invalid value",
+        "unknown variant",
+        "invalid length",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p));
     e.span()
         .filter(|_| data_error)
         .and_then(|sp| key_at(text, sp.start))

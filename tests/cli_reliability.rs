@@ -79,7 +79,10 @@ fn outputs_that_are_inputs_or_each_other_are_refused() {
             vec!["--lse", "--k"],
         ),
         (vec!["--out".into(), o("v.npy")], vec!["--out", "--v"]),
-        (vec!["--out".into(), spec.clone()], vec!["--out", "spec file"]),
+        (
+            vec!["--out".into(), spec.clone()],
+            vec!["--out", "spec file"],
+        ),
         (
             vec!["--out".into(), o("x.npy"), "--lse".into(), o("x.npy")],
             vec!["--out", "--lse", "same file"],
@@ -215,7 +218,11 @@ fn output_paths_are_checked_before_computing_and_progress_shows_on_request() {
     // ... and stderr stays clean when it is not a terminal.
     let o = run_in(d, &spec, "reference", &["--out", &s(&d.join("o.npy"))], &[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// `spec.toml` with the given `[problem]` lines, checked with `attnforge check`.
@@ -249,7 +256,10 @@ fn problem_sizes_are_checked_before_allocating() {
             "problem.seq_q",
         ),
         // Under the per-tensor limit, over the default element budget.
-        ("heads_q = 32\nseq_q = 65536\nseq_k = 65536", "problem.seq_q"),
+        (
+            "heads_q = 32\nseq_q = 65536\nseq_k = 65536",
+            "problem.seq_q",
+        ),
     ];
     for (problem, field) in cases {
         let t = assert_exit2(&check_problem(d, CAUSAL_F32, problem, &[]), &[field]);
@@ -380,10 +390,16 @@ fn spec_file_messages_name_the_field_and_what_is_missing() {
     assert!(!t.contains("RunParams"), "{t}");
     // An empty declared-parameter list says so.
     let t = check_text(d, &format!("{CAUSAL_F32}[params.user]\nfoo = 1\n"));
-    assert!(t.contains("params.user.foo") && t.contains("none are declared"), "{t}");
+    assert!(
+        t.contains("params.user.foo") && t.contains("none are declared"),
+        "{t}"
+    );
     assert!(!t.contains("declared parameters: \n"), "{t}");
     // sparse_block with a mask that uses no block lists.
-    let t = check_text(d, &format!("{CAUSAL_F32}sparse_block = {{ q = 7, k = 3 }}\n"));
+    let t = check_text(
+        d,
+        &format!("{CAUSAL_F32}sparse_block = {{ q = 7, k = 3 }}\n"),
+    );
     assert!(t.contains("field `sparse_block`"), "{t}");
 }
 
@@ -508,7 +524,12 @@ fn a_failed_emit_leaves_no_empty_out_dir() {
     let d = dir.path();
     let out_dir = d.join("new").join("sub");
     let o = bin()
-        .args(["emit", &s(&d.join("missing.toml")), "--no-ptxas", "--out-dir"])
+        .args([
+            "emit",
+            &s(&d.join("missing.toml")),
+            "--no-ptxas",
+            "--out-dir",
+        ])
         .arg(&out_dir)
         .output()
         .unwrap();
@@ -517,7 +538,12 @@ fn a_failed_emit_leaves_no_empty_out_dir() {
     // An existing folder stays.
     std::fs::create_dir(d.join("kept")).unwrap();
     let o = bin()
-        .args(["emit", &s(&d.join("missing.toml")), "--no-ptxas", "--out-dir"])
+        .args([
+            "emit",
+            &s(&d.join("missing.toml")),
+            "--no-ptxas",
+            "--out-dir",
+        ])
         .arg(d.join("kept"))
         .output()
         .unwrap();

@@ -397,7 +397,10 @@ fn output_id(flag: &str, p: &Path) -> Result<FileId, CliError> {
         ));
     }
     let Some(name) = p.file_name() else {
-        return Err(bad("has no file name".into(), "give a file name, e.g. out.npy"));
+        return Err(bad(
+            "has no file name".into(),
+            "give a file name, e.g. out.npy",
+        ));
     };
     let dir = p
         .parent()
@@ -469,7 +472,10 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
     }
     if let AnySpecFile::Static(sf) = any {
         if let Some(DocSource::File(p)) = &sf.doc {
-            inputs.push(("the document ids (params.doc_file) of the spec file".into(), p.clone()));
+            inputs.push((
+                "the document ids (params.doc_file) of the spec file".into(),
+                p.clone(),
+            ));
         }
     }
     let mut outputs = vec![("--out", &a.out, output_id("--out", &a.out)?)];

@@ -169,12 +169,14 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
                 RunBackend::Cuda => dynamic::Where::Cuda,
             };
             let out = {
-                let _p = Progress::start(format!(
+                let progress = Progress::start(format!(
                     "{}: running on the {}",
                     df.spec.canonical_name(),
                     backend_name(a.backend)
                 ));
-                dynamic::run(&df, &a.spec, &files, at)?
+                let out = dynamic::run(&df, &a.spec, &files, at);
+                progress.finish(out.is_ok());
+                out?
             };
             return write_outputs(&a, &df.spec.canonical_name(), &out);
         }
@@ -201,7 +203,7 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         .scale
         .map_or(1.0 / (sf.spec.head_dim.get() as f64).sqrt(), f64::from);
     check_magnitudes(&a.spec, [(&a.q, &q), (&a.k, &k), (&a.v, &v)], scale)?;
-    let _progress = Progress::start(format!(
+    let progress = Progress::start(format!(
         "{}: running on the {}",
         sf.spec.canonical_name(),
         backend_name(a.backend)
@@ -218,6 +220,7 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         }
         _ => unreachable!("read_tensor returns the spec's dtype"),
     };
+    progress.finish(res.is_ok());
     let out = res.map_err(|e| match e {
         ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_) => {
             CliError::input(format!("{}: {e}", a.spec))
@@ -287,6 +290,7 @@ struct Progress {
     thread: Option<std::thread::JoinHandle<()>>,
     started: Instant,
     message: String,
+    ok: bool,
 }
 
 impl Progress {
@@ -332,7 +336,14 @@ impl Progress {
             thread,
             started,
             message,
+            ok: false,
         }
+    }
+
+    /// Stop the spinner: `done in N s` after a success, a cleared line after a failure (the
+    /// error follows).
+    fn finish(mut self, ok: bool) {
+        self.ok = ok;
     }
 }
 
@@ -341,11 +352,15 @@ impl Drop for Progress {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-            eprintln!(
-                "\r\x1b[2K{}: done in {:.1} s",
-                self.message,
-                self.started.elapsed().as_secs_f64()
-            );
+            if self.ok {
+                eprintln!(
+                    "\r\x1b[2K{}: done in {:.1} s",
+                    self.message,
+                    self.started.elapsed().as_secs_f64()
+                );
+            } else {
+                eprint!("\r\x1b[2K");
+            }
         }
     }
 }
@@ -540,7 +555,7 @@ fn non_finite_rows(out: &AttnOutput) -> (usize, Option<usize>) {
     let mut count = 0;
     let mut first = None;
     for (r, l) in out.lse.iter().enumerate() {
-        let row = &out.out[r * d..(r + 1) * d];
+        let row = out.out.get(r * d..(r + 1) * d).unwrap_or(&[]);
         if l.is_nan() || *l == f64::INFINITY || row.iter().any(|x| !x.is_finite()) {
             count += 1;
             first.get_or_insert(r);

@@ -200,6 +200,19 @@ fn output_paths_are_checked_before_computing_and_progress_shows_on_request() {
     );
     let t = assert_exit2(&o, &["--out", "nope", "does not exist"]);
     assert!(!t.contains("running"), "computed before failing: {t}");
+    // A folder nobody can create files in (even root: /proc).
+    #[cfg(target_os = "linux")]
+    {
+        let o = run_in(
+            d,
+            &spec,
+            "reference",
+            &["--out", "/proc/attnforge_out.npy"],
+            &always,
+        );
+        let t = assert_exit2(&o, &["--out", "cannot create a file in /proc"]);
+        assert!(!t.contains("running"), "computed before failing: {t}");
+    }
     // Progress: on request it shows the elapsed time and the total on stderr ...
     let o = run_in(
         d,

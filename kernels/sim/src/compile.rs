@@ -266,30 +266,56 @@ pub(crate) fn build_so(
                     repaired: None,
                 })
             }
-            Err(why) => repaired = Some(why),
+            Err(why) => {
+                repaired = Some(format!(
+                    "cache entry `{}` was damaged ({why}); rebuilt it",
+                    so.display()
+                ))
+            }
         }
     }
-    let shim = ensure_shim(&dir, opts, &cxx)?;
+    let mut shim = ensure_shim(&dir, opts, &cxx)?;
     let cu = dir.join(format!("{name}-{key}.cu"));
     write_atomic(&cu, full.as_bytes())?;
     let tmp = tmp_name(&so);
-    let mut cmd = Command::new(&cxx);
-    cmd.args(&flags)
-        .arg("-shared")
-        // never unload: the shim installs a chained SIGSEGV handler for fiber stack guards
-        .arg("-Wl,-z,nodelete")
-        .arg("-x")
-        .arg("c++")
-        .arg("-include")
-        .arg(&shim)
-        .arg(&cu)
-        .arg("-o")
-        .arg(&tmp);
-    let out = run(&mut cmd, &cxx)?;
-    if !out.status.success() {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut cmd = Command::new(&cxx);
+        cmd.args(&flags)
+            .arg("-shared")
+            // never unload: the shim installs a chained SIGSEGV handler for fiber stack guards
+            .arg("-Wl,-z,nodelete")
+            .arg("-x")
+            .arg("c++")
+            .arg("-include")
+            .arg(&shim)
+            .arg(&cu)
+            .arg("-o")
+            .arg(&tmp);
+        let out = run(&mut cmd, &cxx)?;
+        if out.status.success() {
+            break;
+        }
         let _ = std::fs::remove_file(&tmp);
         let mut log = String::from_utf8_lossy(&out.stderr).into_owned();
         log.push_str(&String::from_utf8_lossy(&out.stdout));
+        let gch = shim.with_extension("hpp.gch");
+        if attempt == 1 && opts.precompiled_header && log.contains("precompiled header") {
+            // a damaged (e.g. truncated) precompiled header fails every build: rebuild it
+            let _ = std::fs::remove_file(&gch);
+            shim = ensure_shim(&dir, opts, &cxx)?;
+            let why = format!(
+                "the precompiled shim header `{}` was damaged ({}); rebuilt it",
+                gch.display(),
+                log.lines().next().unwrap_or("").trim()
+            );
+            repaired = Some(match repaired {
+                Some(r) => format!("{r}; {why}"),
+                None => why,
+            });
+            continue;
+        }
         return Err(SimError::Compile {
             kernel: name.to_string(),
             command: cmdline(&cmd),

@@ -298,7 +298,10 @@ impl SimKernel {
                     source,
                     kernel_name,
                     opts,
-                    Some(format!("the loader rejected it: {message}")),
+                    Some(format!(
+                        "cache entry `{}` was rejected by the loader ({message}); rebuilt it",
+                        built.so.display()
+                    )),
                 )?;
                 load_library(&built.so).map_err(|message| SimError::Load {
                     kernel: kernel_name.to_string(),
@@ -315,10 +318,7 @@ impl SimKernel {
             }
         };
         if let Some(why) = &built.repaired {
-            eprintln!(
-                "attnforge-sim: cache entry `{}` was damaged ({why}); rebuilt it",
-                built.so.display()
-            );
+            eprintln!("attnforge-sim: {why}");
         }
         let load_err = |message: String| SimError::Load {
             kernel: kernel_name.to_string(),
@@ -368,8 +368,9 @@ impl SimKernel {
     pub fn was_cached(&self) -> bool {
         self.cached
     }
-    /// Why the cached `.so` was rebuilt, when it was damaged (wrong size or checksum,
-    /// checksum file missing, rejected by the loader); also printed on stderr.
+    /// What was repaired while building, if anything: a damaged cached `.so` (wrong size or
+    /// checksum, checksum file missing, rejected by the loader) or precompiled shim header,
+    /// each rebuilt. Also printed on stderr.
     pub fn cache_repair(&self) -> Option<&str> {
         self.repaired.as_deref()
     }

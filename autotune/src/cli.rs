@@ -289,11 +289,24 @@ fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
 /// for it; a kernel without a winner is reported and not cached, and the run ends with
 /// [`TuneError::NoWinner`] after writing the reports.
 pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSummary, TuneError> {
-    let started = Instant::now();
+    let out_existed = a.out.exists();
     check_writable_dir(&a.out).map_err(|source| TuneError::ReportsNotWritable {
         path: a.out.clone(),
         source,
     })?;
+    let r = tune_into_checked_out(a, tunables);
+    if !out_existed && matches!(r, Err(ref e) if !matches!(e, TuneError::NoWinner { .. })) {
+        // created by the writability check, never written: removed if still empty
+        let _ = std::fs::remove_dir(&a.out);
+    }
+    r
+}
+
+fn tune_into_checked_out(
+    a: &TuneArgs,
+    tunables: &[&dyn Tunable],
+) -> Result<TuneSummary, TuneError> {
+    let started = Instant::now();
     let cache = Cache::new(cache_path(&a.cache));
     let loaded = cache.load();
     let mut s = TuneSummary {

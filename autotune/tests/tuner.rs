@@ -433,6 +433,7 @@ fn environment_failures_are_errors_and_never_cached() {
             "{msg}"
         );
         assert_eq!(entries_in(a.cache.as_ref().unwrap()), 0, "nothing cached");
+        assert!(!a.out.exists(), "no empty report folder left behind");
         // environment fixed: tuned afresh, not "winner none reused"
         missing.store(false, Ordering::SeqCst);
         let s = run_tune_with(&a, &[&f]).unwrap();

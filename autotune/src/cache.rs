@@ -401,7 +401,7 @@ impl Cache {
 }
 
 /// A name next to `path` that no other process or thread uses.
-fn unique_sibling(path: &Path, what: &str) -> PathBuf {
+pub(crate) fn unique_sibling(path: &Path, what: &str) -> PathBuf {
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{what}.{}.{n}", std::process::id()));

@@ -273,7 +273,7 @@ fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::other("it exists and is not a folder"));
     }
     std::fs::create_dir_all(dir)?;
-    let probe = dir.join(format!(".attnforge-write-probe.{}", std::process::id()));
+    let probe = cache::unique_sibling(&dir.join(".attnforge-write"), "probe");
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -320,7 +320,7 @@ fn tune_into_checked_out(
         }
         s.log.push(line);
     };
-    let keyed: Vec<(String, String, String, Lookup)> = tunables
+    let keyed: Vec<(String, String, Lookup)> = tunables
         .iter()
         .map(|t| {
             let variant = t.variant();
@@ -334,10 +334,10 @@ fn tune_into_checked_out(
                 Lookup::Hit(t) if t.winner.is_none() => Lookup::Stale(String::new()),
                 l => l,
             };
-            (variant, bucket, hash, look)
+            (variant, bucket, look)
         })
         .collect();
-    if keyed.iter().any(|k| !matches!(k.3, Lookup::Hit(_))) {
+    if keyed.iter().any(|k| !matches!(k.2, Lookup::Hit(_))) {
         cache.check_writable()?;
     }
     let pb = bar(tunables.len());
@@ -366,7 +366,7 @@ fn tune_into_checked_out(
     };
     let mut items = Vec::new();
     let mut no_winner = Vec::new();
-    for (t, (variant, bucket, _hash, look)) in tunables.iter().zip(keyed) {
+    for (t, (variant, bucket, look)) in tunables.iter().zip(keyed) {
         pb.set_message(variant.clone());
         if let Lookup::Hit(tuning) = look {
             s.cache_hits += 1;

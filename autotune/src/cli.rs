@@ -3,7 +3,7 @@
 //! [`run_tune`] / [`run_report`].
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use attnforge_codegen::catalog;
@@ -15,7 +15,7 @@ use crate::cache::{self, Cache, Lookup, CACHE_ENV, DEFAULT_CACHE};
 use crate::kernel::KernelTunable;
 use crate::measure::BenchConfig;
 use crate::report::{write_reports, ReportItem};
-use crate::tuner::{codegen_hash, tune, Tunable, TuneOptions};
+use crate::tuner::{codegen_hash, tune, EnvironmentError, Tunable, TuneOptions};
 use crate::Arch;
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -130,11 +130,58 @@ pub enum TuneError {
         /// Error.
         source: std::io::Error,
     },
+    /// The report folder cannot be created or written (checked before any tuning).
+    #[error(
+        "report folder `{path}` is not writable ({source}); fix: pass --out with a writable folder"
+    )]
+    ReportsNotWritable {
+        /// Folder.
+        path: PathBuf,
+        /// The error of the write probe.
+        source: std::io::Error,
+    },
     /// The cache holds nothing to report.
     #[error(
         "the tuning cache `{0}` has no valid entries; fix: run `attnforge-tune --catalog` first"
     )]
     EmptyCache(PathBuf),
+    /// The machine cannot tune (toolchain or compiler missing, I/O): nothing was cached for
+    /// the kernel, so the next run tunes it again.
+    #[error("cannot tune {variant}: {error}; nothing was cached for it, so the next run tunes it again once this is fixed")]
+    Environment {
+        /// The kernel being tuned.
+        variant: String,
+        /// What failed.
+        error: EnvironmentError,
+    },
+    /// Some kernels have no surviving candidate (reports are written; not cached).
+    #[error("no candidate survived for {}: {}; per-candidate reasons: {}; such results are not cached, the next run tunes them again",
+        .kernels.len(),
+        .kernels.iter().map(|(k, why)| format!("{k} ({why})")).collect::<Vec<_>>().join(", "),
+        .summary.index.display())]
+    NoWinner {
+        /// `(kernel, rejections)` of each kernel without a winner.
+        kernels: Vec<(String, String)>,
+        /// The rest of the run.
+        summary: Box<TuneSummary>,
+    },
+}
+
+/// Exit code of a tuning that ran but left a kernel without a winner.
+pub const EXIT_NO_WINNER: u8 = 1;
+/// Exit code of a usage, input or environment error (bad flag, unwritable cache or report
+/// folder, missing toolchain or compiler).
+pub const EXIT_INPUT: u8 = 2;
+
+impl TuneError {
+    /// The process exit code: [`EXIT_NO_WINNER`] (1) for [`TuneError::NoWinner`],
+    /// [`EXIT_INPUT`] (2) for everything else (input, environment, I/O).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TuneError::NoWinner { .. } => EXIT_NO_WINNER,
+            _ => EXIT_INPUT,
+        }
+    }
 }
 
 /// What a tuning run did.
@@ -220,8 +267,45 @@ pub fn run_tune(a: &TuneArgs) -> Result<TuneSummary, TuneError> {
     run_tune_with(a, &dyns)
 }
 
+/// Create `dir` and write (then remove) a probe file in it.
+fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(std::io::Error::other("it exists and is not a folder"));
+    }
+    std::fs::create_dir_all(dir)?;
+    let probe = cache::unique_sibling(&dir.join(".attnforge-write"), "probe");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// [`run_tune`] over caller-supplied tunables (tests inject fake kernels here).
+///
+/// Order: the report folder and (when anything must be tuned) the cache are checked for
+/// writability first, so a read-only path fails before any tuning work. A kernel that hits
+/// an [`EnvironmentError`] stops the run ([`TuneError::Environment`]) and nothing is cached
+/// for it; a kernel without a winner is reported and not cached, and the run ends with
+/// [`TuneError::NoWinner`] after writing the reports.
 pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSummary, TuneError> {
+    let out_existed = a.out.exists();
+    check_writable_dir(&a.out).map_err(|source| TuneError::ReportsNotWritable {
+        path: a.out.clone(),
+        source,
+    })?;
+    let r = tune_into_checked_out(a, tunables);
+    if !out_existed && matches!(r, Err(ref e) if !matches!(e, TuneError::NoWinner { .. })) {
+        // created by the writability check, never written: removed if still empty
+        let _ = std::fs::remove_dir(&a.out);
+    }
+    r
+}
+
+fn tune_into_checked_out(
+    a: &TuneArgs,
+    tunables: &[&dyn Tunable],
+) -> Result<TuneSummary, TuneError> {
     let started = Instant::now();
     let cache = Cache::new(cache_path(&a.cache));
     let loaded = cache.load();
@@ -236,14 +320,36 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
         }
         s.log.push(line);
     };
+    let keyed: Vec<(String, String, Lookup)> = tunables
+        .iter()
+        .map(|t| {
+            let variant = t.variant();
+            let hash = codegen_hash(*t, a.arch);
+            let (_, bucket) = t.shape();
+            let key = cache::key(&variant, a.arch.sm_name(), &t.device(), &bucket);
+            let look = match Cache::lookup(&loaded.file, &key, &hash) {
+                _ if loaded.corrupt.is_some() => Lookup::Corrupt("the whole file".into()),
+                _ if a.retune => Lookup::Miss,
+                // older versions cached failed tunings: never reuse one
+                Lookup::Hit(t) if t.winner.is_none() => Lookup::Stale(String::new()),
+                l => l,
+            };
+            (variant, bucket, look)
+        })
+        .collect();
+    if keyed.iter().any(|k| !matches!(k.2, Lookup::Hit(_))) {
+        cache.check_writable()?;
+    }
     let pb = bar(tunables.len());
     if let Some(why) = &loaded.corrupt {
+        let aside = cache.set_aside_corrupt(&mut |m| say(&mut s, &pb, m))?;
         say(
             &mut s,
             &pb,
             format!(
-                "cache `{}` is corrupt ({why}): not trusted, kept aside as .corrupt, re-tuning",
-                cache.path().display()
+                "cache `{}` is corrupt ({why}): not trusted, kept as `{}`, its kernels are re-tuned",
+                cache.path().display(),
+                aside.map_or_else(|| "(gone meanwhile)".to_owned(), |p| p.display().to_string())
             ),
         );
     }
@@ -259,17 +365,9 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
             .map_or_else(|| PathBuf::from("criterion"), |p| p.join("criterion")),
     };
     let mut items = Vec::new();
-    for t in tunables {
-        let variant = t.variant();
+    let mut no_winner = Vec::new();
+    for (t, (variant, bucket, look)) in tunables.iter().zip(keyed) {
         pb.set_message(variant.clone());
-        let hash = codegen_hash(*t, a.arch);
-        let (_, bucket) = t.shape();
-        let key = cache::key(&variant, a.arch.sm_name(), &t.device(), &bucket);
-        let look = if a.retune {
-            Lookup::Miss
-        } else {
-            Cache::lookup(&loaded.file, &key, &hash)
-        };
         if let Lookup::Hit(tuning) = look {
             s.cache_hits += 1;
             say(
@@ -281,9 +379,6 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
                     tuning.winner.map_or("none".to_owned(), |w| w.suffix())
                 ),
             );
-            if tuning.winner.is_none() {
-                s.no_winner += 1;
-            }
             items.push(ReportItem {
                 tuning: *tuning,
                 from_cache: true,
@@ -292,6 +387,10 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
             continue;
         }
         let why = match &look {
+            Lookup::Stale(old) if old.is_empty() => {
+                s.retuned_stale += 1;
+                "cached without a winner (by an older version), re-tuning".to_owned()
+            }
             Lookup::Stale(old) => {
                 s.retuned_stale += 1;
                 format!(
@@ -301,7 +400,7 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
             }
             Lookup::Corrupt(r) => {
                 s.retuned_corrupt += 1;
-                format!("corrupt entry ({r}), re-tuning")
+                format!("corrupt ({r}), re-tuning")
             }
             _ => {
                 s.tuned_new += 1;
@@ -309,15 +408,24 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
             }
         };
         let mut step = |m: &str| pb.set_message(m.to_owned());
-        let tuning = tune(*t, &opts, &mut step);
+        let tuning = match tune(*t, &opts, &mut step) {
+            Ok(t) => t,
+            Err(error) => {
+                pb.finish_and_clear();
+                return Err(TuneError::Environment { variant, error });
+            }
+        };
         let stages: Vec<String> = tuning
             .stage_seconds
             .iter()
             .map(|(n, t)| format!("{n} {t:.1} s"))
             .collect();
+        let outcome = match tuning.winner {
+            Some(w) => format!("winner {}", w.suffix()),
+            None => format!("NO WINNER ({}); not cached", tuning.rejections()),
+        };
         let line = format!(
-            "{why}: {variant}: winner {} ({}) in {:.1} s ({})",
-            tuning.winner.map_or("none".to_owned(), |w| w.suffix()),
+            "{why}: {variant}: {outcome} ({}) in {:.1} s ({})",
             match tuning.basis {
                 crate::Basis::Measured => "measured",
                 crate::Basis::Predicted => "predicted, no GPU",
@@ -328,8 +436,10 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
         say(&mut s, &pb, line);
         if tuning.winner.is_none() {
             s.no_winner += 1;
+            no_winner.push((variant, tuning.rejections()));
+        } else {
+            cache.store_with(std::slice::from_ref(&tuning), &mut |m| say(&mut s, &pb, m))?;
         }
-        cache.store(std::slice::from_ref(&tuning))?;
         items.push(ReportItem {
             tuning,
             from_cache: false,
@@ -343,17 +453,24 @@ pub fn run_tune_with(a: &TuneArgs, tunables: &[&dyn Tunable]) -> Result<TuneSumm
     })?;
     s.seconds = started.elapsed().as_secs_f64();
     let line = format!(
-        "{} kernels in {:.1} s: {} from the cache (not re-tuned), {} tuned, {} stale re-tuned, {} corrupt re-tuned; report: {}",
+        "{} kernels in {:.1} s: {} from the cache (not re-tuned), {} tuned, {} stale re-tuned, {} corrupt re-tuned, {} without a winner; report: {}",
         s.kernels,
         s.seconds,
         s.cache_hits,
         s.tuned_new,
         s.retuned_stale,
         s.retuned_corrupt,
+        s.no_winner,
         s.index.display()
     );
     eprintln!("{line}");
     s.log.push(line);
+    if !no_winner.is_empty() {
+        return Err(TuneError::NoWinner {
+            kernels: no_winner,
+            summary: Box::new(s),
+        });
+    }
     Ok(s)
 }
 

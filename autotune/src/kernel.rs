@@ -9,13 +9,16 @@ use attnforge_codegen::emit::emit;
 use attnforge_codegen::spec::{DType, KernelSpec};
 use attnforge_codegen::tile::{default_search_space, TileConfig};
 use attnforge_kernels::exec::{check, prepare_cuda, Backend, ExecError};
-use attnforge_kernels::{build_many_cached, CompileOptions, KernelSource};
+use attnforge_kernels::sim::SimError;
+use attnforge_kernels::{
+    build_many_cached, BuildError, CompileError, CompileOptions, KernelSource,
+};
 use half::{bf16, f16};
 
 use crate::measure::{bench_cuda, BenchConfig, Estimate};
 use crate::model::{predict, ModelInput, Prediction};
 use crate::occupancy::{ArchLimits, Occupancy};
-use crate::tuner::{Gate, Resources, Status, Tunable};
+use crate::tuner::{EnvironmentError, Gate, GateError, Resources, Status, Tunable};
 use crate::workload::{default_params, inputs, Shape};
 use crate::Arch;
 
@@ -45,6 +48,27 @@ impl KernelTunable {
 
 fn kernels_arch(a: Arch) -> attnforge_kernels::Arch {
     a.into()
+}
+
+/// Whether a compile error is the toolchain's fault (missing, unloadable, an NVRTC call other
+/// than the compile failing) rather than the candidate's source.
+fn compile_environment_error(e: &CompileError) -> bool {
+    matches!(
+        e,
+        CompileError::Toolchain(_)
+            | CompileError::LoadLibrary { .. }
+            | CompileError::Nvrtc { .. }
+            | CompileError::Panicked { .. }
+    )
+}
+
+/// Whether a gate error is the machine's fault: no usable C++ compiler, a file-system error
+/// in the simulator's build cache, or a library the loader refuses.
+fn gate_environment_error(e: &ExecError) -> bool {
+    matches!(
+        e,
+        ExecError::Sim(SimError::Toolchain { .. } | SimError::Io { .. } | SimError::Load { .. })
+    )
 }
 
 fn elem_bytes(d: DType) -> usize {
@@ -89,7 +113,11 @@ impl Tunable for KernelTunable {
         })
     }
 
-    fn build(&self, tiles: &[TileConfig], arch: Arch) -> Vec<Result<Resources, String>> {
+    fn build(
+        &self,
+        tiles: &[TileConfig],
+        arch: Arch,
+    ) -> Result<Vec<Result<Resources, String>>, EnvironmentError> {
         let emitted: Vec<Result<_, String>> = tiles
             .iter()
             .map(|t| emit(&self.spec, t, arch).map_err(|e| format!("emit: {e:?}")))
@@ -111,26 +139,27 @@ impl Tunable for KernelTunable {
                 Ok(_) => Err("not built".to_owned()),
             })
             .collect();
-        match build_many_cached(&sources) {
-            Err(e) => {
-                for &i in &ok {
-                    out[i] = Err(format!("NVRTC unavailable: {e}"));
+        let env = |e: &dyn std::fmt::Display| EnvironmentError {
+            stage: "compile (NVRTC)",
+            message: e.to_string(),
+        };
+        let results = build_many_cached(&sources).map_err(|e| env(&e))?;
+        for (&i, r) in ok.iter().zip(results) {
+            out[i] = match r {
+                Err(BuildError::Compile(e)) if compile_environment_error(&e) => {
+                    return Err(env(&e))
                 }
-            }
-            Ok(results) => {
-                for (&i, r) in ok.iter().zip(results) {
-                    out[i] = r.map_err(|e| e.to_string()).map(|b| Resources {
-                        registers: b.resources.registers,
-                        smem_bytes: b.resources.shared_bytes
-                            + tiles[i].smem_bytes(&self.spec) as u64,
-                        stack_frame_bytes: b.resources.stack_frame_bytes,
-                        spill_bytes: b.resources.spill_store_bytes + b.resources.spill_load_bytes,
-                        threads: tiles[i].threads() as u32,
-                    });
-                }
-            }
+                Err(e) => Err(e.to_string()),
+                Ok(b) => Ok(Resources {
+                    registers: b.resources.registers,
+                    smem_bytes: b.resources.shared_bytes + tiles[i].smem_bytes(&self.spec) as u64,
+                    stack_frame_bytes: b.resources.stack_frame_bytes,
+                    spill_bytes: b.resources.spill_store_bytes + b.resources.spill_load_bytes,
+                    threads: tiles[i].threads() as u32,
+                }),
+            };
         }
-        out
+        Ok(out)
     }
 
     fn predict(&self, tile: &TileConfig, occ: &Occupancy, arch: Arch) -> Prediction {
@@ -144,7 +173,7 @@ impl Tunable for KernelTunable {
         predict(&ArchLimits::of(arch), occ, &m, &self.shape)
     }
 
-    fn gate(&self, tile: &TileConfig) -> Result<Gate, Status> {
+    fn gate(&self, tile: &TileConfig) -> Result<Gate, GateError> {
         let s = &self.gate_shape;
         let p = default_params(&self.spec, s);
         let b = Backend::sim();
@@ -159,8 +188,12 @@ impl Tunable for KernelTunable {
                 shape: s.to_string(),
                 max_err: rep.close.out.max_err,
             }),
-            Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string())),
-            Err(e) => Err(Status::GateFailed(e.to_string())),
+            Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string()).into()),
+            Err(e) if gate_environment_error(&e) => Err(GateError::Environment(EnvironmentError {
+                stage: "correctness gate (simulator)",
+                message: e.to_string(),
+            })),
+            Err(e) => Err(Status::GateFailed(e.to_string()).into()),
         }
     }
 

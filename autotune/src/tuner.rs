@@ -102,6 +102,33 @@ impl Status {
     }
 }
 
+/// A failure of the machine rather than of a candidate: the CUDA toolchain or the simulator's
+/// C++ compiler missing, a file-system error. It says nothing about the kernel, so
+/// [`tune`] abandons the kernel and the caller must not cache anything for it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{stage} could not run: {message}")]
+pub struct EnvironmentError {
+    /// Pipeline stage that hit it (`compile`, `gate`, `measure`).
+    pub stage: &'static str,
+    /// The underlying message (names the missing tool or path and the fix).
+    pub message: String,
+}
+
+/// Why the correctness gate did not pass a candidate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GateError {
+    /// The candidate is rejected ([`Status::WrongResult`] or [`Status::GateFailed`]).
+    Rejected(Status),
+    /// The gate could not run at all (see [`EnvironmentError`]).
+    Environment(EnvironmentError),
+}
+
+impl From<Status> for GateError {
+    fn from(s: Status) -> Self {
+        GateError::Rejected(s)
+    }
+}
+
 /// Everything known about one candidate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CandidateResult {
@@ -167,6 +194,35 @@ impl KernelTuning {
     pub fn winner_result(&self) -> Option<&CandidateResult> {
         self.candidates.iter().find(|c| c.status == Status::Winner)
     }
+
+    /// The rejections in one line: count per kind, then the first reason (shortened), e.g.
+    /// `2 compile failed, 1 wrong result; first: NVRTC: ...`.
+    pub fn rejections(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for c in self.candidates.iter().filter(|c| c.status.rejected()) {
+            match counts.iter_mut().find(|(l, _)| *l == c.status.label()) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((c.status.label(), 1)),
+            }
+        }
+        if counts.is_empty() {
+            return "no candidate was rejected".to_owned();
+        }
+        let list: Vec<String> = counts.iter().map(|(l, n)| format!("{n} {l}")).collect();
+        let first = self
+            .candidates
+            .iter()
+            .find_map(|c| c.status.reason())
+            .unwrap_or("");
+        let line = first.lines().next().unwrap_or("");
+        let short: String = line.chars().take(160).collect();
+        let more = if short.len() < first.len() {
+            " ..."
+        } else {
+            ""
+        };
+        format!("{}; first: {short}{more}", list.join(", "))
+    }
 }
 
 /// A kernel to tune: its candidates and how to build, predict, check and time them.
@@ -184,13 +240,19 @@ pub trait Tunable: Sync {
     fn estimate(&self, _tile: &TileConfig, _arch: Arch) -> Option<Resources> {
         None
     }
-    /// Compile every tile for `arch` and report resources (input order).
-    fn build(&self, tiles: &[TileConfig], arch: Arch) -> Vec<Result<Resources, String>>;
+    /// Compile every tile for `arch` and report resources (input order): `Err(reason)` for a
+    /// candidate that does not compile, the outer `Err` when the compiler cannot run at all.
+    fn build(
+        &self,
+        tiles: &[TileConfig],
+        arch: Arch,
+    ) -> Result<Vec<Result<Resources, String>>, EnvironmentError>;
     /// Static-model prediction.
     fn predict(&self, tile: &TileConfig, occ: &Occupancy, arch: Arch) -> Prediction;
-    /// Correctness gate: `Ok(gate)` when it matches the reference, `Err(Status)` with
-    /// [`Status::WrongResult`] or [`Status::GateFailed`] otherwise.
-    fn gate(&self, tile: &TileConfig) -> Result<Gate, Status>;
+    /// Correctness gate: `Ok(gate)` when it matches the reference, [`GateError::Rejected`]
+    /// with [`Status::WrongResult`] or [`Status::GateFailed`] when the candidate fails, and
+    /// [`GateError::Environment`] when the gate cannot run (no C++ compiler, I/O error).
+    fn gate(&self, tile: &TileConfig) -> Result<Gate, GateError>;
     /// Whether [`Tunable::measure`] can time candidates here (a GPU, or a fake).
     fn can_measure(&self) -> bool;
     /// Time one candidate with criterion; results under `dir`.
@@ -239,8 +301,13 @@ pub(crate) fn hex(b: &[u8]) -> String {
 }
 
 /// Run the pipeline on one kernel. `on_step` is called after each stage with a message
-/// (progress bars).
-pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> KernelTuning {
+/// (progress bars). An [`EnvironmentError`] (compiler or toolchain missing, I/O) stops the
+/// kernel at once: no candidate is judged on a machine that cannot build it.
+pub fn tune(
+    t: &dyn Tunable,
+    o: &TuneOptions,
+    on_step: &mut dyn FnMut(&str),
+) -> Result<KernelTuning, EnvironmentError> {
     let started = Instant::now();
     let arch = o.arch;
     let limits = ArchLimits::of(arch);
@@ -302,7 +369,7 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
     on_step(&format!("{variant}: compiling {} candidates", tiles.len()));
     let mut stages = Vec::new();
     let mut stage_start = Instant::now();
-    for (&i, r) in idx.iter().zip(t.build(&tiles, arch)) {
+    for (&i, r) in idx.iter().zip(t.build(&tiles, arch)?) {
         match r {
             Err(e) => cands[i].status = Status::CompileFailed(e),
             Ok(res) => {
@@ -376,7 +443,8 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
                 cands[i].status = Status::Passed;
                 passed.push(i);
             }
-            Err(s) => cands[i].status = s,
+            Err(GateError::Rejected(s)) => cands[i].status = s,
+            Err(GateError::Environment(e)) => return Err(e),
         }
     }
     stages.push(("gate".to_owned(), stage_start.elapsed().as_secs_f64()));
@@ -413,7 +481,7 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
         stages.push(("measure".to_owned(), stage_start.elapsed().as_secs_f64()));
     }
     let (shape, bucket) = t.shape();
-    KernelTuning {
+    Ok(KernelTuning {
         variant,
         arch,
         device: t.device(),
@@ -425,5 +493,5 @@ pub fn tune(t: &dyn Tunable, o: &TuneOptions, on_step: &mut dyn FnMut(&str)) -> 
         candidates: cands,
         tune_seconds: started.elapsed().as_secs_f64(),
         stage_seconds: stages,
-    }
+    })
 }

@@ -21,7 +21,7 @@ fn causal_f16_d64_tunes_end_to_end_on_the_simulator() {
         bench: BenchConfig::quick(),
         criterion_dir: dir.path().to_path_buf(),
     };
-    let t = tune(&k, &o, &mut |_| {});
+    let t = tune(&k, &o, &mut |_| {}).expect("toolchain and g++ available");
     assert_eq!(
         t.basis,
         Basis::Predicted,

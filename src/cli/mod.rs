@@ -88,7 +88,19 @@ Examples:
   attnforge tune --variant flash_fwd_causal_d128_bf16 --arch sm_80 --out reports
   attnforge tune --catalog --retune --out reports    # ignore the cache
 
-Without a GPU, winners are ranked by the static model and labelled predicted.";
+Without a GPU, winners are ranked by the static model and labelled predicted.
+Exit codes: 0 every kernel has a winner; 1 some kernel has no surviving candidate (reports
+written, nothing cached for it); 2 bad input, an unwritable cache or report folder, or a
+missing toolchain / C++ compiler (nothing cached). See docs/cli.md, \"Cache recovery\".";
+
+/// `tune` / `report` errors keep the autotuner's exit code (1: a kernel without a winner,
+/// 2: input, environment or I/O).
+fn tune_error(e: attnforge_autotune::TuneError) -> CliError {
+    CliError {
+        code: i32::from(e.exit_code()),
+        message: e.to_string(),
+    }
+}
 
 /// Parse the arguments, run, print errors; returns the exit code.
 pub fn main() -> i32 {
@@ -108,17 +120,19 @@ pub fn main() -> i32 {
         Command::Tune(a) => attnforge_autotune::cli::run_tune(&a)
             .map(|s| {
                 println!(
-                    "{} kernels: {} from the cache, {} tuned; index: {}",
+                    "{} kernels: {} from the cache, {} tuned, {} stale re-tuned, {} corrupt re-tuned; index: {}",
                     s.kernels,
                     s.cache_hits,
-                    s.kernels - s.cache_hits,
+                    s.tuned_new,
+                    s.retuned_stale,
+                    s.retuned_corrupt,
                     s.index.display()
                 )
             })
-            .map_err(CliError::failed),
+            .map_err(tune_error),
         Command::Report(a) => attnforge_autotune::cli::run_report(&a)
             .map(|p| println!("report: {}", p.display()))
-            .map_err(CliError::failed),
+            .map_err(tune_error),
     };
     match r {
         Ok(()) => 0,

@@ -27,6 +27,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // exit codes: 0 ok, 1 a kernel without a winner, 2 input / environment / I/O error
     let r = match &cli.cmd {
         Some(Cmd::Report(a)) => run_report(a).map(|p| println!("report: {}", p.display())),
         None => run_tune(&cli.tune).map(|_| ()),
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("attnforge-tune: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -53,8 +53,11 @@ mod args;
 mod compile;
 mod error;
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub use args::{BufferArg, Elem, SimArg, SimElem};
 pub use compile::{cache_dir, BuildOptions, SHIM};
@@ -198,9 +201,51 @@ pub struct SimKernel {
     so: PathBuf,
     cached: bool,
     build_seconds: f64,
+    repaired: Option<String>,
     params: Vec<String>,
     entry: libloading::os::unix::Symbol<EntryFn>,
     _lib: libloading::Library,
+}
+
+/// Per `.so` path this process loaded: the `(device, inode)` loaded and the name it was
+/// `dlopen`ed under.
+type LoadedMap = HashMap<PathBuf, ((u64, u64), PathBuf)>;
+static LOADED: Mutex<Option<LoadedMap>> = Mutex::new(None);
+
+/// `dlopen`s `so`. The loader hands back the library already loaded under the same name
+/// without looking at the file again, even when the file was replaced since (a rebuilt cache
+/// entry); so a path whose file changed is loaded through a fresh hard link, removed once
+/// loaded (the loader keeps answering to its name).
+fn load_library(so: &Path) -> Result<libloading::Library, String> {
+    let meta = std::fs::metadata(so).map_err(|e| e.to_string())?;
+    let id = (meta.dev(), meta.ino());
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    let map = loaded.get_or_insert_with(HashMap::new);
+    let (path, fresh_alias) = match map.get(so) {
+        None => (so.to_path_buf(), false),
+        Some((prev, name)) if *prev == id => (name.clone(), false),
+        Some(_) => {
+            static ALIAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = ALIAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut alias = so.as_os_str().to_owned();
+            alias.push(format!(".load{}-{n}", std::process::id()));
+            let alias = PathBuf::from(alias);
+            std::fs::hard_link(so, &alias)
+                .or_else(|_| std::fs::copy(so, &alias).map(|_| ()))
+                .map_err(|e| format!("linking `{}`: {e}", alias.display()))?;
+            (alias, true)
+        }
+    };
+    // SAFETY: the library is our own g++ output, verified against its build-time checksum;
+    // its initialisers only set up statics.
+    let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| e.to_string());
+    if fresh_alias {
+        let _ = std::fs::remove_file(&path);
+    }
+    if lib.is_ok() {
+        map.insert(so.to_path_buf(), (id, path));
+    }
+    lib
 }
 
 fn check_name(name: &str) -> Result<(), SimError> {
@@ -243,15 +288,43 @@ impl SimKernel {
         opts: &BuildOptions,
     ) -> Result<SimKernel, SimError> {
         check_name(kernel_name)?;
-        let built = compile::build_so(source, kernel_name, opts)?;
+        let mut built = compile::build_so(source, kernel_name, opts, None)?;
+        let lib = match load_library(&built.so) {
+            Ok(lib) => lib,
+            // a verified entry the loader still rejects (its checksum file damaged to match,
+            // or built by another toolchain): rebuilt once
+            Err(message) if built.cached => {
+                built = compile::build_so(
+                    source,
+                    kernel_name,
+                    opts,
+                    Some(format!(
+                        "cache entry `{}` was rejected by the loader ({message}); rebuilt it",
+                        built.so.display()
+                    )),
+                )?;
+                load_library(&built.so).map_err(|message| SimError::Load {
+                    kernel: kernel_name.to_string(),
+                    path: built.so.clone(),
+                    message,
+                })?
+            }
+            Err(message) => {
+                return Err(SimError::Load {
+                    kernel: kernel_name.to_string(),
+                    path: built.so.clone(),
+                    message,
+                })
+            }
+        };
+        if let Some(why) = &built.repaired {
+            eprintln!("attnforge-sim: {why}");
+        }
         let load_err = |message: String| SimError::Load {
             kernel: kernel_name.to_string(),
             path: built.so.clone(),
             message,
         };
-        // SAFETY: the library is our own g++ output; its initialisers only set up statics.
-        let lib =
-            unsafe { libloading::Library::new(&built.so) }.map_err(|e| load_err(e.to_string()))?;
         let sym = format!("{kernel_name}__afsim");
         // SAFETY: AFSIM_EXPORT_KERNEL defines this symbol with exactly this signature.
         let entry: libloading::Symbol<'_, EntryFn> =
@@ -276,6 +349,7 @@ impl SimKernel {
             so: built.so,
             cached: built.cached,
             build_seconds: built.seconds,
+            repaired: built.repaired,
             params,
             entry,
             _lib: lib,
@@ -293,6 +367,12 @@ impl SimKernel {
     /// Whether the `.so` came from the cache.
     pub fn was_cached(&self) -> bool {
         self.cached
+    }
+    /// What was repaired while building, if anything: a damaged cached `.so` (wrong size or
+    /// checksum, checksum file missing, rejected by the loader) or precompiled shim header,
+    /// each rebuilt. Also printed on stderr.
+    pub fn cache_repair(&self) -> Option<&str> {
+        self.repaired.as_deref()
     }
     /// Seconds spent building (or finding) the `.so`.
     pub fn build_seconds(&self) -> f64 {

@@ -56,13 +56,15 @@ fn parallel_builds_of_one_kernel_all_succeed() {
             .collect()
     });
     assert!(paths.windows(2).all(|w| w[0] == w[1]));
-    // no temporary files left behind
+    // no temporary files of this kernel left behind (other tests of this process build
+    // other `add_one` sources meanwhile)
+    let stem = paths[0].file_stem().unwrap().to_string_lossy().into_owned();
     let dir = attnforge_sim::cache_dir();
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp") && n.contains(&format!("tmp{}-", std::process::id())))
+        .filter(|n| n.starts_with(&stem) && n.contains(&format!("tmp{}-", std::process::id())))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -102,5 +104,75 @@ extern "C" __global__ void opt_levels(const float* x, float* out) {
         let w1: f32 = (0..32).map(|i| i as f32).sum();
         let want: Vec<f32> = (0..64).map(|t| if t < 32 { w0 } else { w1 }).collect();
         assert_eq!(out, want, "-O{opt_level}");
+    }
+}
+
+/// Give `so` a fresh inode (copy + rename), so that damaging it in place below does not
+/// touch the copy this process already mapped (that would be the test's own SIGBUS).
+fn rehome(so: &std::path::Path) {
+    let tmp = so.with_extension("rehome");
+    std::fs::copy(so, &tmp).unwrap();
+    std::fs::rename(&tmp, so).unwrap();
+}
+
+#[test]
+fn damaged_cache_entries_are_rebuilt_and_launch() {
+    let src = unique_source("damaged");
+    let first = SimKernel::build(&src, "add_one").unwrap();
+    assert!(first.cache_repair().is_none());
+    let so = first.so_path().to_path_buf();
+    let sum = std::path::PathBuf::from(format!("{}.sha256", so.display()));
+    assert!(sum.is_file(), "checksum written at build time");
+    let want: Vec<i32> = (1..33).collect();
+    let damages: [(&str, &dyn Fn(), &str); 4] = [
+        (
+            "truncated in place (truncate -s 5000)",
+            &|| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&so)
+                    .unwrap()
+                    .set_len(5000)
+                    .unwrap()
+            },
+            "truncated",
+        ),
+        (
+            "garbage of the same size",
+            &|| {
+                let len = std::fs::metadata(&so).unwrap().len() as usize;
+                std::fs::write(&so, vec![0x5au8; len]).unwrap()
+            },
+            "differ from the checksum",
+        ),
+        (
+            "checksum file missing",
+            &|| std::fs::remove_file(&sum).unwrap(),
+            "no checksum file",
+        ),
+        (
+            "checksum file garbage",
+            &|| std::fs::write(&sum, "garbage").unwrap(),
+            "malformed",
+        ),
+    ];
+    for (what, damage, says) in damages {
+        rehome(&so);
+        damage();
+        let k = SimKernel::build(&src, "add_one").unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(!k.was_cached(), "{what}: must be rebuilt");
+        let why = k
+            .cache_repair()
+            .unwrap_or_else(|| panic!("{what}: no note"));
+        assert!(why.contains(says), "{what}: {why}");
+        assert_eq!(k.so_path(), so.as_path());
+        assert_eq!(run(&k), want, "{what}");
+        // the repaired entry is a verified hit again
+        let again = SimKernel::build(&src, "add_one").unwrap();
+        assert!(
+            again.was_cached() && again.cache_repair().is_none(),
+            "{what}"
+        );
+        assert_eq!(run(&again), want, "{what}");
     }
 }

@@ -27,7 +27,8 @@
 //! of [`assert_close`].
 //!
 //! **Positions.** Query row `i` sits at `p(i) = i + (Sk - Sq)`; masks, score functions
-//! and per-token arrays see positions. `Sq > Sk` is accepted only by `full` and `causal`.
+//! and per-token arrays see positions. `Sq > Sk` is accepted only by `full` and `causal`
+//! without a score modification.
 //!
 //! **Empty rows** (no allowed key) give `out = 0`, `lse = -inf`, never NaN.
 //!

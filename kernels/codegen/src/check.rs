@@ -512,7 +512,7 @@ pub fn validate_problem(spec: &KernelSpec, p: &Problem) -> Result<(), Vec<SpecEr
             ),
             "pass seq_q <= seq_k (queries are bottom-right aligned)",
         );
-    } else if p.seq_q > p.seq_k && spec.score != ScoreMod::None {
+    } else if p.seq_q > p.seq_k && !spec.allows_sq_gt_sk() {
         let name = spec.score.short().unwrap_or_default();
         errs.push(
             "seq_q",

@@ -298,12 +298,23 @@ fn element_hook(
     domain: SoftmaxDomain,
 ) {
     let _ = writeln!(o, "{ind}float x = {raw};  // {note}");
-    let _ = writeln!(o, "{ind}if ((okb >> ({bit})) & 1) {{");
+    let mut body = Vec::new();
     if let Some(sm) = &ir.score_mod {
-        let _ = writeln!(o, "{ind}    x = {sm};");
+        body.push(format!("x = {sm};"));
     }
     if domain == SoftmaxDomain::Log2 {
-        let _ = writeln!(o, "{ind}    x *= AF_LOG2E;");
+        body.push("x *= AF_LOG2E;".to_string());
+    }
+    if body.is_empty() {
+        let _ = writeln!(
+            o,
+            "{ind}if (!((okb >> ({bit})) & 1)) x = -INFINITY;  // masked"
+        );
+        return;
+    }
+    let _ = writeln!(o, "{ind}if ((okb >> ({bit})) & 1) {{");
+    for line in body {
+        let _ = writeln!(o, "{ind}    {line}");
     }
     let _ = writeln!(o, "{ind}}} else {{\n{ind}    x = -INFINITY;\n{ind}}}");
 }

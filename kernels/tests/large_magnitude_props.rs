@@ -177,8 +177,9 @@ fn f32_spec(d: HeadDim, mask: Mask) -> KernelSpec {
     KernelSpec::new(DType::F32, d, mask, ScoreMod::None).with_gqa()
 }
 
-/// causal B1 Hq2 Sq = Sk = 129 d64, q, k ~ N(0, 32^2): out error was 4.5e-4 against a naive
-/// f32 error of 5.0e-5.
+/// causal B1 Hq2 Sq = Sk = 129 d64, q, k ~ N(0, 32^2) (issue: out error 4.5e-4 against a
+/// naive f32 error of 5.0e-5). Before the fix, with this draw: out error 6.17e-5 against a
+/// bound of 5.79e-5 (ratio 2.6); after, 2.39e-5 (naive 2.40e-5).
 #[test]
 fn f32_causal_d64_scores_1e3_repro() {
     let s = Shape {
@@ -192,7 +193,9 @@ fn f32_causal_d64_scores_1e3_repro() {
     expect_pass(check_case(&spec, s, 32.0, &RunParams::default(), 2));
 }
 
-/// full d256 Sq 37 Sk 100, q, k ~ N(0, 32^2) (out error 2.3e-4).
+/// full d256 Sq 37 Sk 100, q, k ~ N(0, 32^2) (issue: out error 2.3e-4). The scale 1/16 is
+/// exact, so the old kernel lost bits only to `s * log2 e`: this draw passed before the fix
+/// too (out 3.99e-4 vs naive 4.31e-4) and stays as a regression case.
 #[test]
 fn f32_full_d256_scores_1e3_repro() {
     let s = Shape {
@@ -206,7 +209,8 @@ fn f32_full_d256_scores_1e3_repro() {
     expect_pass(check_case(&spec, s, 32.0, &RunParams::default(), 3));
 }
 
-/// full Sq 1 Sk 257 d128, q, k ~ N(0, 32^2): lse error 1.2e-3 at |lse| ~ 3658.
+/// full Sq 1 Sk 257 d128, q, k ~ N(0, 32^2) (issue: lse error 1.2e-3 at |lse| ~ 3658). Before
+/// the fix, with this draw: lse error 4.98e-4 against a bound of 2.86e-4 (ratio 3.6).
 #[test]
 fn f32_full_d128_single_query_scores_1e3_repro() {
     let s = Shape {
@@ -217,7 +221,7 @@ fn f32_full_d128_single_query_scores_1e3_repro() {
         sk: 257,
     };
     let spec = f32_spec(HeadDim::D128, Mask::Full);
-    expect_pass(check_case(&spec, s, 32.0, &RunParams::default(), 4));
+    expect_pass(check_case(&spec, s, 32.0, &RunParams::default(), 6));
 }
 
 // ---- issue 15, Accuracy item 4: every static variant x every dtype at large magnitude ----
@@ -235,8 +239,7 @@ fn headbias(bias: Vec<f32>, decay: f32) -> impl Fn(f64, usize, usize, i64, i64) 
 /// Runtime parameters of a catalog spec for shape `s` (fixed, chosen so that every mask
 /// keeps a mix of full, partial and empty tiles).
 fn params(spec: &KernelSpec, s: Shape) -> RunParams {
-    let mut p = RunParams::default();
-    p.mask = Some(match spec.mask {
+    let mask = match spec.mask {
         Mask::Local => MaskParams::Local { left: 21, right: 3 },
         Mask::PrefixLm => MaskParams::PrefixLm { prefix_len: 29 },
         Mask::GlobalLocal => MaskParams::GlobalLocal {
@@ -255,7 +258,11 @@ fn params(spec: &KernelSpec, s: Shape) -> RunParams {
             rope_theta: 500.0,
         },
         _ => MaskParams::None,
-    });
+    };
+    let mut p = RunParams {
+        mask: Some(mask),
+        ..RunParams::default()
+    };
     match spec.mask {
         Mask::Document | Mask::CausalDocument | Mask::BlockCausalDocument => {
             // Documents of lengths 41, 7, 60, ... (not block multiples).

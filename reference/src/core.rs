@@ -294,6 +294,13 @@ pub fn attention<T: Element>(
     let dims = check_qkv(q, k, v)?;
     mask.validate(dims.b, dims.sq, dims.sk)?;
     score_mod.validate(dims.hq)?;
+    if dims.sq > dims.sk && score_mod.modifies() {
+        return Err(RefError::QueryLongerThanKeys {
+            variant: score_mod.name(),
+            sq: dims.sq,
+            sk: dims.sk,
+        });
+    }
     let scale = opts.scale_or(dims.default_scale())?;
     Ok(dispatch!(
         opts,

@@ -50,8 +50,8 @@ pub enum RefError {
         /// How to fix it.
         fix: &'static str,
     },
-    /// `Sq > Sk` for a variant that only supports `Sq <= Sk`.
-    #[error("`q.seq` (Sq = {sq}) > `k.seq` (Sk = {sk}) is only defined for the full and causal masks; `{variant}` needs Sq <= Sk")]
+    /// `Sq > Sk` for a variant (mask or score modification) that only supports `Sq <= Sk`.
+    #[error("`q.seq` (Sq = {sq}) > `k.seq` (Sk = {sk}) is only defined for the full and causal masks without a score modification; `{variant}` needs Sq <= Sk (pass Sq <= Sk: queries are bottom-right aligned)")]
     QueryLongerThanKeys {
         /// The variant that rejects it.
         variant: &'static str,

@@ -23,11 +23,13 @@
 //! **Precision.** [`AttnOptions::precision`] selects [`Precision::F64`] (the reference:
 //! everything in f64) or [`Precision::Naive`] (the same math in the kernel's precision:
 //! f32 scores/softmax/accumulation, probabilities rounded to the input dtype before the
-//! value product, output rounded to the input dtype). The naive result is the error scale
-//! of [`assert_close`].
+//! value product, output rounded to the input dtype; LM-Infinite's rotated q and k rounded
+//! to the input dtype before the dot product, the contract of [`lm_infinite_attention`]).
+//! The naive result is the error scale of [`assert_close`].
 //!
 //! **Positions.** Query row `i` sits at `p(i) = i + (Sk - Sq)`; masks, score functions
-//! and per-token arrays see positions. `Sq > Sk` is accepted only by `full` and `causal`.
+//! and per-token arrays see positions. `Sq > Sk` is accepted only by `full` and `causal`
+//! without a score modification.
 //!
 //! **Empty rows** (no allowed key) give `out = 0`, `lse = -inf`, never NaN.
 //!

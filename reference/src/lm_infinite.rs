@@ -101,13 +101,17 @@ fn lm_impl<T: Element, A: Acc>(
     let deff = p.dist_limit.min(dims.sk - 1) as i64;
     let (g, l) = (p.global as i64, p.local as i64);
     let off = dims.sk as i64 - dims.sq as i64;
-    // Rotated copies: q at p(i), q at Deff, k at j.
+    // Rotated copies: q at p(i), q at Deff, k at j. The contract (as FlashAttention's rotary
+    // path and HF models): the rotated vectors are rounded to the input dtype `T` before the
+    // dot product, as a kernel feeding them to tensor cores does (identity in f64 mode).
     let rotate = |x: &Dense<A>, pos: &dyn Fn(usize) -> i64| {
         let mut r = x.clone();
         let sh = x.shape;
         for (n, row) in r.data.chunks_mut(sh.dim).enumerate() {
             let rot = rope_acc(row, pos(n % sh.seq), theta);
-            row.copy_from_slice(&rot);
+            for (y, x) in row.iter_mut().zip(rot) {
+                *y = x.round_elem::<T>();
+            }
         }
         r
     };
@@ -135,6 +139,11 @@ fn lm_impl<T: Element, A: Acc>(
 /// `j <= p`, `dist < L` uses `scale * dot(rope(q, p), rope(k, j))`; else a global key
 /// (`j < G`) uses `scale * dot(rope(q, Deff), k_j)` with `Deff = min(Dlim, Sk - 1)`; else
 /// the key is masked. Needs an even `D`, `theta > 0` and `Sq <= Sk`.
+///
+/// Precision contract: the rotated q and k are rounded to the input dtype before the dot
+/// product (what FlashAttention's rotary path and HF models do, and what a kernel feeding
+/// them to tensor cores does). [`Precision::Naive`](crate::Precision::Naive) rounds the same
+/// way (rotation in f32, then to `T`); [`Precision::F64`](crate::Precision::F64) stays exact.
 pub fn lm_infinite_attention<T: Element>(
     q: &Tensor4<T>,
     k: &Tensor4<T>,

@@ -283,6 +283,26 @@ impl ScoreMod {
         ScoreMod::Function(Arc::new(f))
     }
 
+    /// Short name used in error messages (`none`, `softcap`, `alibi`, `score_function`, `chain`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ScoreMod::None => "none",
+            ScoreMod::Softcap(_) => "softcap",
+            ScoreMod::Alibi(_) => "alibi",
+            ScoreMod::Function(_) => "score_function",
+            ScoreMod::Chain(_) => "chain",
+        }
+    }
+
+    /// Whether the scores are modified at all (`None`, or a chain of only `None`s, is not).
+    pub fn modifies(&self) -> bool {
+        match self {
+            ScoreMod::None => false,
+            ScoreMod::Chain(c) => c.iter().any(ScoreMod::modifies),
+            _ => true,
+        }
+    }
+
     /// Validate parameters against the number of query heads.
     pub fn validate(&self, hq: usize) -> Result<(), RefError> {
         match self {

@@ -105,6 +105,35 @@ fn mask_and_score_errors() {
             ..
         }
     ));
+    // ... and only without a score modification (variants.md section 0).
+    let slopes = ScoreMod::Alibi(vec![0.5, 0.25]);
+    for (mask, sm, name) in [
+        (Mask::Full, slopes.clone(), "alibi"),
+        (Mask::Causal, ScoreMod::Softcap(5.0), "softcap"),
+        (
+            Mask::Causal,
+            ScoreMod::function(|s, _, _, _, _| s),
+            "score_function",
+        ),
+        (
+            Mask::Full,
+            ScoreMod::Chain(vec![ScoreMod::None, ScoreMod::Softcap(5.0)]),
+            "chain",
+        ),
+    ] {
+        assert!(
+            attention(&q, &k, &v, &mask, &sm, &o).is_ok(),
+            "{sm:?} Sq < Sk"
+        );
+        let e = attention(&q6, &k, &v2, &mask, &sm, &o).unwrap_err();
+        assert!(
+            matches!(e, RefError::QueryLongerThanKeys { variant, .. } if variant == name),
+            "{sm:?}: {e}"
+        );
+        assert!(e.to_string().contains("Sq <= Sk"), "{e}");
+    }
+    let no_op = ScoreMod::Chain(vec![ScoreMod::None]);
+    assert!(attention(&q6, &k, &v2, &Mask::Causal, &no_op, &o).is_ok());
     err_text(
         attention(&q, &k, &v, &Mask::Full, &ScoreMod::Softcap(0.0), &o).unwrap_err(),
         "Softcap",

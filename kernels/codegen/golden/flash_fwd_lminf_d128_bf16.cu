@@ -316,8 +316,8 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
     constexpr int DPL = D / 32;    // output columns per lane (O += P V)
     constexpr int KS = 129;        // padded K row stride (conflict-free column reads)
     AF_DYNAMIC_SHARED(float, af_smem);
-    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  rope(q, p) * scale
-    AF_SHARED_VIEW(float, sQg, af_smem, 4096, BM * D);              // [BM][D]  rope(q, Deff) * scale
+    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  rope(q, p)
+    AF_SHARED_VIEW(float, sQg, af_smem, 4096, BM * D);              // [BM][D]  rope(q, Deff)
     AF_SHARED_VIEW(float, sK, af_smem, 8192, BN * KS);                // [BN][KS] rope(k, j)
     AF_SHARED_VIEW(float, sKr, af_smem, 16448, BN * KS);               // [BN][KS] k un-rotated
     AF_SHARED_VIEW(float, sV, af_smem, 24704, BN * D);                 // [BN][D]
@@ -336,7 +336,8 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
     const float log2_theta = logf(rope_theta) * AF_LOG2E;
     const long long d_eff = min((long long)dist_limit, (long long)seq_k - 1);  // clamped distance
 
-    // Q tile -> shared, scaled, rotated at its position (near) and at Deff (far)
+    // Q tile -> shared, rotated at its position (near) and at Deff (far), rounded to the input
+    // dtype (the LM-Infinite contract); the scale is applied to the dot product
     // RoPE per element pair, kept rolled: one copy of the rotation code
 #pragma unroll 1
     for (int idx = tid; idx < BM * (D / 2); idx += NT) {
@@ -344,20 +345,20 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
         const long long row = m0 + r;
         float x0 = 0.f, x1 = 0.f;
         if (row < seq_q) {
-            x0 = af_to_float(qb[row * q_stride_s + m]) * scale;
-            x1 = af_to_float(qb[row * q_stride_s + m + D / 2]) * scale;
+            x0 = af_to_float(qb[row * q_stride_s + m]);
+            x1 = af_to_float(qb[row * q_stride_s + m + D / 2]);
         }
         const float f = af_rope_freq(m, D, log2_theta);
         float y0 = x0, y1 = x1;
         af_rope_pair(x0, x1, row + shift, f);
         af_rope_pair(y0, y1, d_eff, f);
-        sQ[r * D + m] = x0;
-        sQ[r * D + m + D / 2] = x1;
-        sQg[r * D + m] = y0;
-        sQg[r * D + m + D / 2] = y1;
+        sQ[r * D + m] = af_to_float(__float2bfloat16_rn(x0));
+        sQ[r * D + m + D / 2] = af_to_float(__float2bfloat16_rn(x1));
+        sQg[r * D + m] = af_to_float(__float2bfloat16_rn(y0));
+        sQg[r * D + m + D / 2] = af_to_float(__float2bfloat16_rn(y1));
     }
 
-    // online softmax state (log2 domain) and output accumulators, per owned row
+    // online softmax state (score units) and output accumulators, per owned row
     float m_i[ROWS], l_i[ROWS], acc[ROWS][DPL];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -406,8 +407,8 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
             sKr[j * KS + m] = x0;
             sKr[j * KS + m + D / 2] = x1;
             af_rope_pair(x0, x1, kv, af_rope_freq(m, D, log2_theta));
-            sK[j * KS + m] = x0;
-            sK[j * KS + m + D / 2] = x1;
+            sK[j * KS + m] = af_to_float(__float2bfloat16_rn(x0));  // rotated k rounded to the input dtype
+            sK[j * KS + m + D / 2] = af_to_float(__float2bfloat16_rn(x1));
         }
         // V tile -> shared (zero past seq_k)
         for (int idx = tid; idx < BN * D; idx += NT) {
@@ -481,23 +482,19 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
             float mx = -INFINITY;
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
-                float x = ((nearb >> (r * CPL + c)) & 1) ? sa[r][c] : sb[r][c];  // near or far branch
-                if ((okb >> (r * CPL + c)) & 1) {
-                    x *= AF_LOG2E;
-                } else {
-                    x = -INFINITY;
-                }
+                float x = (((nearb >> (r * CPL + c)) & 1) ? sa[r][c] : sb[r][c]) * scale;  // near or far branch, scaled
+                if (!((okb >> (r * CPL + c)) & 1)) x = -INFINITY;  // masked
                 x_c[c] = x;
                 mx = fmaxf(mx, x);
             }
             mx = af_warp_max(mx);
             const float m_new = fmaxf(m_i[r], mx);
             const float m_use = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
-            const float alpha = exp2f(m_i[r] - m_use);
+            const float alpha = exp2f((m_i[r] - m_use) * AF_LOG2E);
             float rs = 0.f;
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
-                const float p = exp2f(x_c[c] - m_use);
+                const float p = exp2f((x_c[c] - m_use) * AF_LOG2E);
                 rs += p;
                 sP[(warp * ROWS + r) * BN + lane + 32 * c] = p;
             }
@@ -523,7 +520,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
         }
     }
 
-    // epilogue: O = acc / l in the input dtype; lse = ln(l) + m ln 2; empty rows: O = 0, lse = -inf
+    // epilogue: O = acc / l in the input dtype; lse = m + ln(l); empty rows: O = 0, lse = -inf
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = m0 + warp * ROWS + r;
@@ -533,7 +530,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
 #pragma unroll
             for (int t = 0; t < DPL; ++t) af_store(ob + row * o_stride_s + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
             if (lane == 0 && lse != nullptr)
-                lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+                lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
 }

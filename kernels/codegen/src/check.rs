@@ -512,6 +512,20 @@ pub fn validate_problem(spec: &KernelSpec, p: &Problem) -> Result<(), Vec<SpecEr
             ),
             "pass seq_q <= seq_k (queries are bottom-right aligned)",
         );
+    } else if p.seq_q > p.seq_k && !spec.allows_sq_gt_sk() {
+        let name = spec.score.short().unwrap_or_default();
+        errs.push(
+            "seq_q",
+            format!(
+                "seq_q ({}) > seq_k ({}) is defined only for full and causal without a score \
+                 modification, and this kernel applies `{name}`",
+                p.seq_q, p.seq_k
+            ),
+            format!(
+                "pass seq_q <= seq_k (queries are bottom-right aligned), or use a kernel \
+                 without `{name}`"
+            ),
+        );
     }
     if !mask_params_match(&spec.mask, &p.mask) {
         errs.push(

@@ -288,16 +288,62 @@ fn element_bits(o: &mut String, ir: &KernelIr, ind: &str, el: &ElementLoop<'_>) 
 /// Shared hook, part 2: the per-element score modification and the move to the log2
 /// domain. `raw` is the score of element `bit` (see [`element_bits`]); leaves `x`
 /// (`-INFINITY` when not allowed). Both mainloops call it with their own fragment element.
-fn element_hook(o: &mut String, ir: &KernelIr, ind: &str, raw: &str, note: &str, bit: &str) {
+fn element_hook(
+    o: &mut String,
+    ir: &KernelIr,
+    ind: &str,
+    raw: &str,
+    note: &str,
+    bit: &str,
+    domain: SoftmaxDomain,
+) {
     let _ = writeln!(o, "{ind}float x = {raw};  // {note}");
-    let _ = writeln!(o, "{ind}if ((okb >> ({bit})) & 1) {{");
+    let mut body = Vec::new();
     if let Some(sm) = &ir.score_mod {
-        let _ = writeln!(o, "{ind}    x = {sm};");
+        body.push(format!("x = {sm};"));
     }
-    let _ = writeln!(
-        o,
-        "{ind}    x *= AF_LOG2E;\n{ind}}} else {{\n{ind}    x = -INFINITY;\n{ind}}}"
-    );
+    if domain == SoftmaxDomain::Log2 {
+        body.push("x *= AF_LOG2E;".to_string());
+    }
+    if body.is_empty() {
+        let _ = writeln!(
+            o,
+            "{ind}if (!((okb >> ({bit})) & 1)) x = -INFINITY;  // masked"
+        );
+        return;
+    }
+    let _ = writeln!(o, "{ind}if ((okb >> ({bit})) & 1) {{");
+    for line in body {
+        let _ = writeln!(o, "{ind}    {line}");
+    }
+    let _ = writeln!(o, "{ind}}} else {{\n{ind}    x = -INFINITY;\n{ind}}}");
+}
+
+/// Replace every `@R(v)` (v one of x0, x1, y0, y1) in an FMA LM-Infinite template by `v`
+/// rounded to the input dtype and back: the rotated q and k are rounded to the input dtype
+/// before the dot product, as the tensor-core mainloop stores them (identity for f32).
+fn round_rotated(template: &str, dtype: crate::spec::DType) -> String {
+    let mut out = template.to_string();
+    for v in ["x0", "x1", "y0", "y1"] {
+        let rounded = match dtype {
+            crate::spec::DType::F32 => v.to_string(),
+            crate::spec::DType::F16 => format!("af_to_float(__float2half_rn({v}))"),
+            crate::spec::DType::Bf16 => format!("af_to_float(__float2bfloat16_rn({v}))"),
+        };
+        out = out.replace(&format!("@R({v})"), &rounded);
+    }
+    out
+}
+
+/// Units of the scores the online softmax keeps (the running max and `x`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SoftmaxDomain {
+    /// Log2 units (`x = s * log2 e`, `p = exp2(x - m)`).
+    Log2,
+    /// Score units (`p = exp2((x - m) * log2 e)`): only the difference to the max is scaled,
+    /// so scores of magnitude ~1e3 lose no bits to a rounded `s * log2 e` (the naive path
+    /// computes `exp(s - m)` the same way).
+    Natural,
 }
 
 /// Shared hook: the tile schedule as a cursor. Defines `next_tile(cur, n0, kind)` (advances
@@ -477,12 +523,14 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
     if lminf {
         let _ = write!(
             o,
-            "    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  rope(q, p) * scale\n    AF_SHARED_VIEW(float, sQg, af_smem, {half_q}, BM * D);              // [BM][D]  rope(q, Deff) * scale\n    AF_SHARED_VIEW(float, sK, af_smem, {}, BN * KS);                // [BN][KS] rope(k, j)\n    AF_SHARED_VIEW(float, sKr, af_smem, {}, BN * KS);               // [BN][KS] k un-rotated\n",
+            "    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  rope(q, p)\n    AF_SHARED_VIEW(float, sQg, af_smem, {half_q}, BM * D);              // [BM][D]  rope(q, Deff)\n    AF_SHARED_VIEW(float, sK, af_smem, {}, BN * KS);                // [BN][KS] rope(k, j)\n    AF_SHARED_VIEW(float, sKr, af_smem, {}, BN * KS);               // [BN][KS] k un-rotated\n",
             l.q,
             l.q + half_k
         );
     } else {
-        o.push_str("    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  q * scale\n");
+        o.push_str(
+            "    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  q\n",
+        );
         let _ = writeln!(
             o,
             "    AF_SHARED_VIEW(float, sK, af_smem, {}, BN * KS);                // [BN][KS]",
@@ -497,9 +545,10 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
     );
     block_setup(o, ir);
     if lminf {
-        o.push_str(
+        o.push_str(&round_rotated(
             r#"
-    // Q tile -> shared, scaled, rotated at its position (near) and at Deff (far)
+    // Q tile -> shared, rotated at its position (near) and at Deff (far), rounded to the input
+    // dtype (the LM-Infinite contract); the scale is applied to the dot product
     // RoPE per element pair, kept rolled: one copy of the rotation code
 #pragma unroll 1
     for (int idx = tid; idx < BM * (D / 2); idx += NT) {
@@ -507,35 +556,36 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
         const long long row = m0 + r;
         float x0 = 0.f, x1 = 0.f;
         if (row < seq_q) {
-            x0 = af_to_float(qb[row * q_stride_s + m]) * scale;
-            x1 = af_to_float(qb[row * q_stride_s + m + D / 2]) * scale;
+            x0 = af_to_float(qb[row * q_stride_s + m]);
+            x1 = af_to_float(qb[row * q_stride_s + m + D / 2]);
         }
         const float f = af_rope_freq(m, D, log2_theta);
         float y0 = x0, y1 = x1;
         af_rope_pair(x0, x1, row + shift, f);
         af_rope_pair(y0, y1, d_eff, f);
-        sQ[r * D + m] = x0;
-        sQ[r * D + m + D / 2] = x1;
-        sQg[r * D + m] = y0;
-        sQg[r * D + m + D / 2] = y1;
+        sQ[r * D + m] = @R(x0);
+        sQ[r * D + m + D / 2] = @R(x1);
+        sQg[r * D + m] = @R(y0);
+        sQg[r * D + m + D / 2] = @R(y1);
     }
 "#,
-        );
+            ir.dtype,
+        ));
     } else {
         o.push_str(
             r#"
-    // Q tile -> shared, scaled (rows past seq_q are zero)
+    // Q tile -> shared (rows past seq_q are zero); the scale is applied to the dot product
     for (int idx = tid; idx < BM * D; idx += NT) {
         const int r = idx / D, d = idx % D;
         const long long row = m0 + r;
-        sQ[idx] = row < seq_q ? af_to_float(qb[row * q_stride_s + d]) * scale : 0.f;
+        sQ[idx] = row < seq_q ? af_to_float(qb[row * q_stride_s + d]) : 0.f;
     }
 "#,
         );
     }
     o.push_str(
         r#"
-    // online softmax state (log2 domain) and output accumulators, per owned row
+    // online softmax state (score units) and output accumulators, per owned row
     float m_i[ROWS], l_i[ROWS], acc[ROWS][DPL];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -555,7 +605,8 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
     o.push_str("        __syncthreads();  // previous tile's K, V, P are consumed\n");
     if lminf {
         o.push_str(
-            r#"        // K tile -> shared: un-rotated (far branch) and rotated at its position (near branch)
+            &round_rotated(
+                r#"        // K tile -> shared: un-rotated (far branch) and rotated at its position (near branch)
         // RoPE per element pair, kept rolled: one copy of the rotation code
 #pragma unroll 1
         for (int idx = tid; idx < BN * (D / 2); idx += NT) {
@@ -569,8 +620,8 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
             sKr[j * KS + m] = x0;
             sKr[j * KS + m + D / 2] = x1;
             af_rope_pair(x0, x1, kv, af_rope_freq(m, D, log2_theta));
-            sK[j * KS + m] = x0;
-            sK[j * KS + m + D / 2] = x1;
+            sK[j * KS + m] = @R(x0);  // rotated k rounded to the input dtype
+            sK[j * KS + m + D / 2] = @R(x1);
         }
         // V tile -> shared (zero past seq_k)
         for (int idx = tid; idx < BN * D; idx += NT) {
@@ -579,6 +630,8 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
             sV[idx] = kv < seq_k ? af_to_float(vb[kv * v_stride_s + d]) : 0.f;
         }
 "#,
+                ir.dtype,
+            ),
         );
     } else {
         o.push_str(
@@ -609,11 +662,11 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
     }
     let (raw, note) = if lminf {
         (
-            "((nearb >> (r * CPL + c)) & 1) ? sa[r][c] : sb[r][c]",
-            "near or far branch",
+            "(((nearb >> (r * CPL + c)) & 1) ? sa[r][c] : sb[r][c]) * scale",
+            "near or far branch, scaled",
         )
     } else {
-        ("s[r][c]", "raw score")
+        ("s[r][c] * scale", "scaled score")
     };
     o.push('\n');
     element_bits(
@@ -648,7 +701,15 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
     if pos {
         o.push_str("                const long long kv_pos = n0 + lane + 32 * c;\n");
     }
-    element_hook(o, ir, "                ", raw, note, "r * CPL + c");
+    element_hook(
+        o,
+        ir,
+        "                ",
+        raw,
+        note,
+        "r * CPL + c",
+        SoftmaxDomain::Natural,
+    );
     o.push_str(
         r#"                x_c[c] = x;
                 mx = fmaxf(mx, x);
@@ -656,11 +717,11 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
             mx = af_warp_max(mx);
             const float m_new = fmaxf(m_i[r], mx);
             const float m_use = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
-            const float alpha = exp2f(m_i[r] - m_use);
+            const float alpha = exp2f((m_i[r] - m_use) * AF_LOG2E);
             float rs = 0.f;
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
-                const float p = exp2f(x_c[c] - m_use);
+                const float p = exp2f((x_c[c] - m_use) * AF_LOG2E);
                 rs += p;
                 sP[(warp * ROWS + r) * BN + lane + 32 * c] = p;
             }
@@ -686,7 +747,7 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
         }
     }
 
-    // epilogue: O = acc / l in the input dtype; lse = ln(l) + m ln 2; empty rows: O = 0, lse = -inf
+    // epilogue: O = acc / l in the input dtype; lse = m + ln(l); empty rows: O = 0, lse = -inf
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = m0 + warp * ROWS + r;
@@ -696,7 +757,7 @@ fn fma_kernel(o: &mut String, ir: &KernelIr) {
 #pragma unroll
             for (int t = 0; t < DPL; ++t) af_store(ob + row * o_stride_s + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
             if (lane == 0 && lse != nullptr)
-                lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+                lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
 }
@@ -987,7 +1048,15 @@ fn tc_kernel(o: &mut String, ir: &KernelIr) {
     } else {
         ("s[j][e] * scale", "scaled score")
     };
-    element_hook(o, ir, "                ", raw, note, "4 * j + e");
+    element_hook(
+        o,
+        ir,
+        "                ",
+        raw,
+        note,
+        "4 * j + e",
+        SoftmaxDomain::Log2,
+    );
     let _ = write!(
         o,
         r#"                {sname}[j][e] = x;

@@ -245,7 +245,8 @@ impl Mask {
         )
     }
 
-    /// Whether `Sq > Sk` is defined (only `full` and `causal`, variants.md section 0).
+    /// Whether the mask defines `Sq > Sk` (only `full` and `causal`, variants.md section 0);
+    /// a score modification rules it out too: see [`KernelSpec::allows_sq_gt_sk`].
     pub fn allows_sq_gt_sk(&self) -> bool {
         matches!(self, Mask::Full | Mask::Causal)
     }
@@ -341,6 +342,12 @@ impl KernelSpec {
     pub fn with_gqa(mut self) -> Self {
         self.gqa = true;
         self
+    }
+
+    /// Whether `Sq > Sk` is defined for this kernel: only `full` and `causal` without a
+    /// score modification (variants.md section 0).
+    pub fn allows_sq_gt_sk(&self) -> bool {
+        self.mask.allows_sq_gt_sk() && self.score == ScoreMod::None
     }
 
     /// The scale to pass as the `scale` argument.

@@ -80,7 +80,9 @@ pub struct TileConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Mainloop {
     /// Scalar FMA, f32 accumulation: lanes split key columns for S and output columns for O.
-    /// Tiles are staged in shared memory as f32. Single-stage.
+    /// Tiles are staged in shared memory as f32. Single-stage. `S = dot(q, k) * scale` (the
+    /// naive path's summation order, scale after the dot product) and the online softmax in
+    /// score units, so the error at scores of ~1e3 tracks a naive f32 matmul.
     Fma,
     /// Tensor cores (sm_80+): `mma.sync.m16n8k16` with f32 accumulation for both products,
     /// fragments from XOR-swizzled shared memory with `ldmatrix`, K/V tiles staged by

@@ -176,6 +176,37 @@ fn sq_gt_sk_only_for_full_and_causal() {
     }
 }
 
+/// variants.md section 0: `Sq > Sk` is defined for full and causal only without a score
+/// modification; with one it is an input error on `seq_q` whose fix names the modification.
+#[test]
+fn sq_gt_sk_rejected_with_a_score_modification() {
+    for (mask, score) in [
+        (Mask::Full, ScoreMod::Alibi),
+        (Mask::Causal, ScoreMod::Softcap),
+        (
+            Mask::Causal,
+            ScoreMod::User(user("bias", "return score + 1.0f;", &[])),
+        ),
+    ] {
+        let s = KernelSpec::new(DType::F16, HeadDim::D64, mask, score.clone());
+        let mut p = problem(MaskParams::None);
+        if score == ScoreMod::Softcap {
+            p.softcap = Some(30.0);
+        }
+        p.seq_k = 100;
+        p.seq_q = 100;
+        validate_problem(&s, &p).unwrap_or_else(|e| panic!("{s:?} Sq == Sk: {e:?}"));
+        p.seq_q = 101;
+        let e = validate_problem(&s, &p).expect_err("Sq > Sk with a score modification");
+        assert_eq!(paths(&e), ["seq_q"], "{e:?}");
+        let name = score.short().expect("a modification has a name");
+        assert!(
+            e[0].to_string().contains(&name) && e[0].to_string().contains("seq_q <= seq_k"),
+            "{e:?}"
+        );
+    }
+}
+
 #[test]
 fn mismatched_and_bad_mask_params() {
     let s = KernelSpec::new(DType::F32, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);

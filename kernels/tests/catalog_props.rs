@@ -57,7 +57,7 @@ struct Case {
 
 fn case_strategy(spec: &KernelSpec) -> impl Strategy<Value = Case> {
     let gqa = spec.gqa;
-    let sq_gt_sk = spec.mask.allows_sq_gt_sk();
+    let sq_gt_sk = spec.allows_sq_gt_sk();
     let lists = spec.mask.uses_block_lists();
     // Longer sequences for list-driven masks so that there are several blocks.
     let max_len = if lists { 200usize } else { 90 };

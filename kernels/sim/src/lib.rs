@@ -7,8 +7,11 @@
 //! memory (poisoned, bounds-checked), atomics, `mma.sync` / `ldmatrix` / `cp.async`
 //! emulations and work counters are provided by the shim. Errors inside the kernel
 //! (deadlock, divergent barrier, out-of-bounds or uninitialised shared memory, a
-//! shared-memory race between barriers, a missing `cp.async` wait, a fault such as a wild
+//! shared-memory race between barriers, a missing `cp.async` wait, a global access outside
+//! a pointer argument's buffer or a misaligned vector access, a fault such as a wild
 //! pointer) become [`SimError::Launch`], never a hang or a crash of the host process.
+//! Buffers are staged between inaccessible guard regions; the messages name the argument
+//! (index and name, read from the kernel's parameter list), the offset and the thread.
 //!
 //! Shared memory is declared with `AF_SHARED(type, name, count)`,
 //! `AF_DYNAMIC_SHARED(type, name)` and (an addition proposed to the conventions)

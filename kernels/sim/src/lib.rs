@@ -544,7 +544,11 @@ impl SimKernel {
                             "out-of-bounds global write {} argument {i}{name} ({} elements = \
                              {} bytes): byte offset {off} (element {}) was written (found after \
                              the launch; the thread is not known)",
-                            if off < 0 { "before the start of" } else { "past the end of" },
+                            if off < 0 {
+                                "before the start of"
+                            } else {
+                                "past the end of"
+                            },
                             b.len,
                             b.byte_len,
                             off.div_euclid(elem)

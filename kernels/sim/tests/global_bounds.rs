@@ -192,9 +192,13 @@ fn packed_stores_out_of_bounds_and_misaligned_are_errors() {
     let k = build("gb_store");
     let run = |mode: i32| {
         let mut dst = vec![0u16; 64];
-        let mut args = [SimArg::output(&mut dst), SimArg::I32(mode)];
-        let r = k.launch(1, 32, 0, &mut args, &SimConfig::default());
-        drop(args);
+        let r = k.launch(
+            1,
+            32,
+            0,
+            &mut [SimArg::output(&mut dst), SimArg::I32(mode)],
+            &SimConfig::default(),
+        );
         r.map(|_| dst).map_err(|e| message(Err(e)))
     };
     let out = run(0).unwrap();
@@ -230,6 +234,9 @@ fn a_null_pointer_argument_is_named() {
     let msg = message(k.launch(1, 32, 0, &mut args, &SimConfig::default()));
     assert_all(
         &msg,
-        &["out-of-bounds global read", "argument 0 `src` (const float*, a null pointer)"],
+        &[
+            "out-of-bounds global read",
+            "argument 0 `src` (const float*, a null pointer)",
+        ],
     );
 }

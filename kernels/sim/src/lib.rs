@@ -566,3 +566,35 @@ const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<SimKernel>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::param_names;
+
+    #[test]
+    fn parameter_names_come_from_the_kernel_definition() {
+        let src = r#"
+// calls flash(x) before the definition; flash_fwd is another kernel
+__device__ void helper() { flash(0); }
+extern "C" __global__ void flash_fwd(int z) {}
+extern "C" __global__ void __launch_bounds__(128, 1) flash(
+    const __half* __restrict__ q,
+    float* o,
+    long long q_stride_b,
+    int n)
+{
+}"#;
+        assert_eq!(
+            param_names(src, "flash").unwrap(),
+            ["q", "o", "q_stride_b", "n"]
+        );
+        assert_eq!(param_names(src, "flash_fwd").unwrap(), ["z"]);
+        assert_eq!(
+            param_names("__global__ void k() {}", "k").unwrap(),
+            Vec::<String>::new()
+        );
+        // an unnamed parameter: no names at all
+        assert!(param_names("__global__ void k(int, float* p) {}", "k").is_none());
+        assert!(param_names("__global__ void k(int a) {}", "missing").is_none());
+    }
+}

@@ -843,3 +843,58 @@ fn output_row_stride_padded_and_misaligned() {
         "{e}"
     );
 }
+
+/// The mutant "K/V tile copy without its `kv < seq_k` guard" reads past the end of k and v
+/// (rows of the last partial key tile of the last batch). The simulator's global bounds
+/// check must fail the launch naming the buffer, on both mainloops: raw loads on the FMA
+/// path (the guard region after the buffer), cp.async on the tensor-core path (the wrapper).
+#[test]
+fn unguarded_kv_copy_is_an_out_of_bounds_read() {
+    let mutants = [
+        (
+            DType::F32,
+            T16,
+            "if (kv < seq_k) {\n                kx = ",
+            "if (true) {\n                kx = ",
+        ),
+        (
+            DType::F16,
+            TileConfig::new(64, 64, 4, 2),
+            "if (kv < seq_k && vec_kv) {",
+            "if (vec_kv) {",
+        ),
+    ];
+    for (dt, tile, guard, unguarded) in mutants {
+        let s = spec(dt, HeadDim::D64, Mask::Causal, ScoreMod::None);
+        // seq_k = 45 is not a multiple of the key tile: the last tile is partial
+        let c = case(s, tile, (2, 2, 1), 20, 45, Rt::default());
+        let em = emit(&c.spec, &c.tile, Arch::Sm80).unwrap();
+        assert_eq!(
+            em.source.matches(guard).count(),
+            1,
+            "{}: the K/V copy guard `{guard}` is not in the emitted source once",
+            em.name
+        );
+        let x = |n: usize| (0..n).map(|i| (i % 7) as f64 * 0.125).collect::<Vec<_>>();
+        let (q, kv) = (x(2 * 2 * 20 * 64), x(2 * 45 * 64));
+        // the correct kernel passes, the mutant fails with an out-of-bounds read of k or v
+        let kern = SimKernel::build(&em.source, &em.name).unwrap();
+        launch(&c, &kern, &q, &kv, &kv, Schedule::Forward)
+            .unwrap_or_else(|e| panic!("{}: {e}", em.name));
+        let mutant = em.source.replacen(guard, unguarded, 1);
+        let kern = SimKernel::build(&mutant, &em.name).unwrap();
+        for schedule in [Schedule::Forward, Schedule::Random(11)] {
+            let Err(e) = launch(&c, &kern, &q, &kv, &kv, schedule) else {
+                panic!("{}: the unguarded K/V copy must fail the launch", em.name);
+            };
+            assert!(
+                e.contains("out-of-bounds global")
+                    && e.contains("past its end")
+                    && (e.contains("argument 1 `k`") || e.contains("argument 2 `v`"))
+                    && e.contains(" thread ("),
+                "{}: {e}",
+                em.name
+            );
+        }
+    }
+}

@@ -15,7 +15,7 @@
 #ifndef ATTNFORGE_SIM
 #define ATTNFORGE_SIM 1
 #endif
-#define AFSIM_VERSION 1
+#define AFSIM_VERSION 2
 
 #include <math.h>
 #include <stdint.h>
@@ -71,6 +71,10 @@ struct afsim_launch_cfg {
   int schedule;  // 0 forward, 1 reverse, 2 random
   unsigned long long seed;
   int workers;  // 0 = available parallelism
+  // Per kernel parameter (null: global accesses unchecked): the byte length of the buffer
+  // a pointer parameter points at (ignored for scalars), and the parameter's name (or null).
+  const unsigned long long* arg_bytes;
+  const char* const* arg_names;
 };
 struct afsim_result {
   int status;  // 0 ok
@@ -222,7 +226,19 @@ struct Block {
 #endif
 };
 
+/// A pointer parameter's buffer: global accesses through af_cp_async_16 / af_st_global_b32
+/// must fall inside one of these; a fault near one is reported against it.
+struct GlobalRegion {
+  const unsigned char* base;
+  size_t bytes;
+  size_t elem;       // pointee size (1 for void)
+  int index;         // parameter index
+  const char* name;  // parameter name, or null
+  std::string type;  // C++ parameter type
+};
+
 struct Launch {
+  std::vector<GlobalRegion> regions;  // empty: global accesses unchecked
   dim3 grid, block;
   size_t dyn_bytes;
   int schedule;
@@ -394,6 +410,83 @@ inline std::string ranges(const std::vector<unsigned>& ids) {
   f->st = St::Done;
   to_sched(f);
   __builtin_unreachable();
+}
+
+// --- global memory: pointer parameters' extents -----------------------------------------
+/// `argument 1 `k` (const __half*, 2048 elements = 4096 bytes)`
+inline std::string describe_region(const GlobalRegion& r) {
+  std::string s = "argument " + std::to_string(r.index);
+  if (r.name) s += std::string(" `") + r.name + "`";
+  if (!r.base) return s + " (" + r.type + ", a null pointer)";
+  return s + " (" + r.type + ", " + std::to_string(r.bytes / r.elem) + " elements = " + std::to_string(r.bytes) +
+         " bytes)";
+}
+/// The region holding [a, a + n), else the nearest one (by distance to its byte range).
+inline const GlobalRegion* find_region(const Launch* L, uintptr_t a, size_t n, bool* inside,
+                                       unsigned long long* dist = nullptr) {
+  const GlobalRegion* best = nullptr;
+  unsigned long long best_d = ~0ull;
+  *inside = false;
+  if (dist) *dist = 0;
+  for (auto& r : L->regions) {
+    uintptr_t lo = reinterpret_cast<uintptr_t>(r.base), hi = lo + r.bytes;
+    if (r.base && a >= lo && a + n <= hi && a + n >= a) {
+      *inside = true;
+      return &r;
+    }
+    unsigned long long d = a < lo ? lo - a : a >= hi ? a - hi + 1 : 0;
+    if (d < best_d) best_d = d, best = &r;
+  }
+  if (dist) *dist = best_d;
+  return best;
+}
+/// Bytes of inaccessible address space the launcher reserves on each side of every staged
+/// buffer (GUARD_BYTES in kernels/sim/src/args.rs): a fault this close to a buffer is an
+/// access out of its bounds; farther away, a wild pointer.
+inline constexpr unsigned long long kGuardBytes = 1ull << 20;
+inline bool near_region(const Launch* L, uintptr_t a) {
+  bool inside = false;
+  unsigned long long d = 0;
+  return find_region(L, a, 1, &inside, &d) && d <= kGuardBytes;
+}
+/// `byte offset -4 (element -1) of argument 1 `k` (...)`, or the bare address.
+inline std::string describe_global(const Launch* L, uintptr_t a, size_t n) {
+  bool inside = false;
+  const GlobalRegion* r = L ? find_region(L, a, n, &inside) : nullptr;
+  char buf[64];
+  if (!r) {
+    snprintf(buf, sizeof buf, "address %p", reinterpret_cast<void*>(a));
+    return std::string(buf) + " (no pointer argument to compare with)";
+  }
+  if (!r->base) {
+    snprintf(buf, sizeof buf, "address %p", reinterpret_cast<void*>(a));
+    return std::string(buf) + ", nearest to " + describe_region(*r);
+  }
+  long long off = (long long)(a - reinterpret_cast<uintptr_t>(r->base));
+  long long el = off >= 0 ? off / (long long)r->elem : -((-off + (long long)r->elem - 1) / (long long)r->elem);
+  std::string s = "byte offset " + std::to_string(off) + " (element " + std::to_string(el) + ") of " + describe_region(*r);
+  if (off < 0) s += ", before its start";
+  else if ((unsigned long long)off + n > r->bytes) s += ", past its end";
+  return s;
+}
+/// A checked global access of `n` bytes at `p` needing `align`-byte alignment (`what`
+/// names the wrapper and the direction). No-op when the launch registered no extents.
+inline void check_global(const void* p, size_t n, size_t align, const char* what) {
+  Block* b = tl_blk;
+  if (!b || b->L->regions.empty()) {
+    if (reinterpret_cast<uintptr_t>(p) & (align - 1))
+      fail(std::string(what) + " a misaligned address (needs " + std::to_string(align) + "-byte alignment)");
+    return;
+  }
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  find_region(b->L, a, n, &inside);
+  if (!inside)
+    fail(std::string("out-of-bounds global access: ") + what + " " + std::to_string(n) + " bytes at " +
+         describe_global(b->L, a, n));
+  if (a & (align - 1))
+    fail(std::string("misaligned global access: ") + what + " " + std::to_string(n) + " bytes at " +
+         describe_global(b->L, a, n) + " (needs " + std::to_string(align) + "-byte alignment)");
 }
 
 inline std::string describe_reader(uint16_t c) {
@@ -1193,8 +1286,7 @@ inline void af_ldmatrix_x4_trans(unsigned* r, const void* smem_row,
 /// 32-bit store to global memory (a packed pair of 16-bit elements): misalignment is the
 /// fault the GPU would raise.
 inline void af_st_global_b32(void* gmem_dst, unsigned v) {
-  if (reinterpret_cast<uintptr_t>(gmem_dst) & 3)
-    afsim::fail("af_st_global_b32: misaligned address (global stores of 32 bits need 4-byte alignment)");
+  afsim::check_global(gmem_dst, 4, 4, "af_st_global_b32 writes");
   memcpy(gmem_dst, &v, 4);
 }
 /// A kernel precondition: on violation the launch fails with `what` (the GPU traps).
@@ -1209,7 +1301,7 @@ inline void af_cp_async_16(void* smem_dst, const void* gmem_src) {
   afsim::Block* b = f->blk;
   if (!afsim::in_arena(b, smem_dst, 16) || (reinterpret_cast<uintptr_t>(smem_dst) & 15))
     afsim::fail("af_cp_async_16: destination is not 16 bytes of this block's shared memory, 16-byte aligned");
-  if (reinterpret_cast<uintptr_t>(gmem_src) & 15) afsim::fail("af_cp_async_16: source is not 16-byte aligned");
+  afsim::check_global(gmem_src, 16, 16, "af_cp_async_16 reads");
   afsim::CpAsync c;
   c.dst = static_cast<unsigned char*>(smem_dst);
   memcpy(c.data, gmem_src, 16);
@@ -1488,6 +1580,7 @@ struct Recover {
   void* addr = nullptr;
   int sig = 0;
   bool guard = false;
+  int write = -1;  // 1 write, 0 read, -1 unknown
 };
 inline thread_local Recover* tl_recover = nullptr;
 inline struct sigaction g_old_segv, g_old_bus, g_old_fpe;
@@ -1506,6 +1599,10 @@ inline void on_fault(int sig, siginfo_t* si, void* uc) {
       r->addr = si->si_addr;
       r->sig = sig;
       r->guard = guard;
+#if defined(__x86_64__) && defined(REG_ERR)
+      // page-fault error code: bit 1 set for a write
+      r->write = (static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;
+#endif
       tl_recover = nullptr;
       siglongjmp(r->jb, 1);
     }
@@ -1574,7 +1671,12 @@ inline void guarded_run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
       b.err = "fiber stack overflow (a thread used more than 128 KiB of stack: large local arrays or recursion)";
     else if (rec.sig == SIGFPE)
       b.err = "arithmetic exception (SIGFPE: integer division by zero or overflow) in kernel code";
-    else {
+    else if (near_region(L, reinterpret_cast<uintptr_t>(rec.addr))) {
+      // buffers are staged between inaccessible guard regions, the end flush against one
+      b.err = std::string("out-of-bounds global ") + (rec.write == 1 ? "write" : rec.write == 0 ? "read" : "access") +
+              " (" + (rec.sig == SIGBUS ? "SIGBUS" : "SIGSEGV") + ") at " +
+              describe_global(L, reinterpret_cast<uintptr_t>(rec.addr), 1);
+    } else {
       snprintf(buf, sizeof buf, "invalid memory access at %p (%s) in kernel code: a global pointer or index out of range?",
                rec.addr, rec.sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
       b.err = buf;
@@ -1649,6 +1751,9 @@ inline void set_msg(afsim_result* out, const std::string& m) {
 }
 
 template <class... A>
+void register_regions(void (*)(A...), void** params, const afsim_launch_cfg* cfg, Launch& L);
+
+template <class... A>
 int launch(void (*k)(A...), void** params, const afsim_launch_cfg* cfg, afsim_result* out) {
   memset(out, 0, sizeof *out);
   auto bad = [&](const std::string& m) {
@@ -1677,6 +1782,7 @@ int launch(void (*k)(A...), void** params, const afsim_launch_cfg* cfg, afsim_re
   L.seed = cfg->seed;
   L.entry = &Args<A...>::call;
   L.arg = &args;
+  if (cfg->arg_bytes) register_regions(k, params, cfg, L);
   unsigned long long nblocks = 1ull * cfg->grid[0] * cfg->grid[1] * cfg->grid[2];
   std::vector<unsigned> order(nblocks);
   for (unsigned long long i = 0; i < nblocks; i++) order[i] = unsigned(cfg->schedule == 1 ? nblocks - 1 - i : i);
@@ -1732,6 +1838,47 @@ std::string param_code() {
     return std::string(1, elem_code<U>());
   }
 }
+template <class T>
+const char* elem_cpp_name() {
+  using U = std::remove_cv_t<T>;
+  if constexpr (std::is_same_v<U, float>) return "float";
+  else if constexpr (std::is_same_v<U, double>) return "double";
+  else if constexpr (std::is_same_v<U, __half>) return "__half";
+  else if constexpr (std::is_same_v<U, __nv_bfloat16>) return "__nv_bfloat16";
+  else if constexpr (std::is_same_v<U, unsigned short>) return "unsigned short";
+  else if constexpr (std::is_same_v<U, int>) return "int";
+  else if constexpr (std::is_same_v<U, long long>) return "long long";
+  else if constexpr (std::is_same_v<U, unsigned>) return "unsigned";
+  else if constexpr (std::is_same_v<U, char>) return "char";
+  else if constexpr (std::is_same_v<U, unsigned char>) return "unsigned char";
+  else if constexpr (std::is_same_v<U, void>) return "void";
+  else return "<type>";
+}
+template <class T>
+void register_region(void** params, const afsim_launch_cfg* cfg, Launch& L, int i) {
+  using U = std::decay_t<T>;
+  if constexpr (std::is_pointer_v<U>) {
+    using E = std::remove_pointer_t<U>;
+    GlobalRegion r;
+    r.base = reinterpret_cast<const unsigned char*>(*static_cast<U*>(params[i]));
+    r.bytes = r.base ? size_t(cfg->arg_bytes[i]) : 0;
+    if constexpr (std::is_void_v<E>) r.elem = 1;
+    else r.elem = sizeof(E);
+    r.index = i;
+    r.name = cfg->arg_names ? cfg->arg_names[i] : nullptr;
+    r.type = std::string(std::is_const_v<E> ? "const " : "") + elem_cpp_name<E>() + "*";
+    L.regions.push_back(std::move(r));
+  }
+}
+template <class... A, size_t... I>
+void register_all(void** params, const afsim_launch_cfg* cfg, Launch& L, std::index_sequence<I...>) {
+  (register_region<A>(params, cfg, L, int(I)), ...);
+}
+template <class... A>
+void register_regions(void (*)(A...), void** params, const afsim_launch_cfg* cfg, Launch& L) {
+  register_all<A...>(params, cfg, L, std::index_sequence_for<A...>{});
+}
+
 /// Comma-separated parameter codes: `P[c]<e>` pointers (c = const), scalars `<e>`.
 template <class... A>
 const char* signature(void (*)(A...)) {

@@ -1,7 +1,6 @@
-//! Launch arguments: host buffers (staged in 256-byte aligned memory, like
-//! `cudaMalloc`) and scalars, checked against the kernel's parameter types.
+//! Launch arguments: host buffers (staged between inaccessible guard regions, the end flush
+//! against one) and scalars, checked against the kernel's parameter types.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
@@ -80,39 +79,122 @@ macro_rules! elem {
 }
 elem!(f32 => F32, f64 => F64, f16 => F16, bf16 => Bf16, u16 => Raw16, i32 => I32, i64 => I64, u32 => U32, u8 => Bytes);
 
-/// A 256-byte aligned staging copy of a host buffer.
+/// Bytes of inaccessible address space on each side of a staged buffer: an index past the
+/// end (or before the start) by up to this much faults, and the fault is reported against
+/// the buffer. Reserved, never backed by memory.
+const GUARD_BYTES: usize = 1 << 20;
+
+/// The fill of the page slack next to a staged buffer (checked after the launch: writes
+/// there are out of bounds but not faults; reads there see NaN bits).
+const SLACK_POISON: u8 = 0xFF;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+/// A staging copy of a host buffer between two inaccessible guard regions, one end flush
+/// against its guard (an access one byte beyond that end faults): the end by default, the
+/// start under [`crate::Schedule::Reverse`], so that the standard schedules catch both.
+/// With the end flush the start is aligned to the largest power of two dividing the byte
+/// length (up to the page size): at least the element size, the 16 bytes `cp.async` needs
+/// for lengths that are multiples of 16, `cudaMalloc`'s 256 for multiples of 256. The
+/// page slack at the other end holds [`SLACK_POISON`] bytes, checked after the launch.
 #[derive(Debug)]
 pub(crate) struct Staged {
+    map: *mut u8,
+    map_len: usize,
     ptr: *mut u8,
-    layout: Layout,
+    len: usize,
+    /// Bytes of poisoned, accessible page slack next to the buffer.
+    slack: usize,
+    /// The slack lies before the start (end flush) or after the end (start flush).
+    slack_before: bool,
 }
 
 impl Staged {
-    fn new(bytes: &[u8]) -> Staged {
-        let layout =
-            Layout::from_size_align(bytes.len().max(1), 256).expect("buffer size overflows Layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
+    fn new(bytes: &[u8], flush_start: bool) -> Staged {
+        let page = page_size();
+        let len = bytes.len();
+        let body = len.div_ceil(page) * page;
+        let map_len = GUARD_BYTES + body + GUARD_BYTES;
+        // SAFETY: an anonymous private reservation; no existing memory is touched.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert!(
+            map != libc::MAP_FAILED,
+            "could not reserve {map_len} bytes of address space for a simulator buffer"
+        );
+        let map = map.cast::<u8>();
+        if body > 0 {
+            // SAFETY: [GUARD_BYTES, GUARD_BYTES + body) lies inside the reservation.
+            let rc = unsafe {
+                libc::mprotect(
+                    map.add(GUARD_BYTES).cast(),
+                    body,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                )
+            };
+            assert!(rc == 0, "mprotect of a simulator buffer failed");
         }
-        // SAFETY: ptr is valid for layout.size() >= bytes.len() bytes and does not overlap bytes.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) };
-        Staged { ptr, layout }
+        let slack = body - len;
+        let start = if flush_start { 0 } else { slack };
+        // SAFETY: GUARD_BYTES + start + len <= GUARD_BYTES + body, inside the reservation.
+        let ptr = unsafe { map.add(GUARD_BYTES + start) };
+        // SAFETY: the accessible pages are [map + GUARD_BYTES, + body); `bytes` is elsewhere.
+        unsafe {
+            std::ptr::write_bytes(map.add(GUARD_BYTES), SLACK_POISON, body);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, len);
+        }
+        Staged {
+            map,
+            map_len,
+            ptr,
+            len,
+            slack,
+            slack_before: !flush_start,
+        }
     }
     pub(crate) fn ptr(&self) -> *mut c_void {
         self.ptr.cast()
     }
     fn copy_back(&self, dst: &mut [u8]) {
-        // SAFETY: the staging buffer holds at least dst.len() bytes (it was made from it).
+        // SAFETY: the staging buffer holds exactly dst.len() bytes (it was made from it).
         unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst.as_mut_ptr(), dst.len()) };
+    }
+    /// A write into the page slack (out of bounds, but not a fault): the byte offset,
+    /// relative to the buffer's start, of the lowest written byte.
+    pub(crate) fn slack_written(&self) -> Option<i64> {
+        let (slack, len) = (self.slack as i64, self.len as i64);
+        if self.slack_before {
+            // SAFETY: the slack is the accessible range [ptr - slack, ptr).
+            let s = unsafe { std::slice::from_raw_parts(self.ptr.sub(self.slack), self.slack) };
+            s.iter()
+                .position(|&b| b != SLACK_POISON)
+                .map(|i| i as i64 - slack)
+        } else {
+            // SAFETY: the slack is the accessible range [ptr + len, ptr + len + slack).
+            let s = unsafe { std::slice::from_raw_parts(self.ptr.add(self.len), self.slack) };
+            s.iter()
+                .position(|&b| b != SLACK_POISON)
+                .map(|i| len + i as i64)
+        }
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr, self.layout) };
+        // SAFETY: the reservation made in `new`.
+        unsafe { libc::munmap(self.map.cast(), self.map_len) };
     }
 }
 
@@ -128,9 +210,12 @@ pub struct BufferArg<'a> {
 }
 
 impl BufferArg<'_> {
-    pub(crate) fn stage(&self) -> Staged {
+    pub(crate) fn stage(&self, flush_start: bool) -> Staged {
         // SAFETY: bytes_in/byte_len come from a live slice borrowed for 'a.
-        Staged::new(unsafe { std::slice::from_raw_parts(self.bytes_in, self.byte_len) })
+        Staged::new(
+            unsafe { std::slice::from_raw_parts(self.bytes_in, self.byte_len) },
+            flush_start,
+        )
     }
     pub(crate) fn unstage(&mut self, s: &Staged) {
         if let Some(out) = self.bytes_out {
@@ -142,8 +227,9 @@ impl BufferArg<'_> {
 
 /// One kernel argument, in the order of the kernel's parameter list.
 ///
-/// Buffers are staged in 256-byte aligned host memory (as `cudaMalloc` would align them)
-/// and the staging pointer is passed as the device pointer; outputs are copied back
+/// Buffers are staged in host memory between inaccessible guard regions, the end flush
+/// against one, and the staging pointer is passed as the device pointer (aligned to the
+/// largest power of two dividing the byte length, up to a page); outputs are copied back
 /// after the launch (also after a failed one).
 ///
 /// ```

@@ -72,7 +72,7 @@ pub enum SimError {
         message: String,
     },
     /// The simulated kernel failed (deadlock, divergent barrier, out-of-bounds or
-    /// uninitialised shared memory, missing cp.async wait, ...).
+    /// uninitialised shared memory, out-of-bounds global access, missing cp.async wait, ...).
     #[error("simulated launch of `{kernel}` failed: {message}")]
     Launch {
         /// Kernel name.

@@ -7,8 +7,11 @@
 //! memory (poisoned, bounds-checked), atomics, `mma.sync` / `ldmatrix` / `cp.async`
 //! emulations and work counters are provided by the shim. Errors inside the kernel
 //! (deadlock, divergent barrier, out-of-bounds or uninitialised shared memory, a
-//! shared-memory race between barriers, a missing `cp.async` wait, a fault such as a wild
+//! shared-memory race between barriers, a missing `cp.async` wait, a global access outside
+//! a pointer argument's buffer or a misaligned vector access, a fault such as a wild
 //! pointer) become [`SimError::Launch`], never a hang or a crash of the host process.
+//! Buffers are staged between inaccessible guard regions; the messages name the argument
+//! (index and name, read from the kernel's parameter list), the offset and the thread.
 //!
 //! Shared memory is declared with `AF_SHARED(type, name, count)`,
 //! `AF_DYNAMIC_SHARED(type, name)` and (an addition proposed to the conventions)
@@ -54,7 +57,7 @@ mod compile;
 mod error;
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -182,6 +185,8 @@ struct LaunchCfg {
     schedule: c_int,
     seed: u64,
     workers: c_int,
+    arg_bytes: *const u64,
+    arg_names: *const *const c_char,
 }
 
 #[repr(C)]
@@ -203,6 +208,8 @@ pub struct SimKernel {
     build_seconds: f64,
     repaired: Option<String>,
     params: Vec<String>,
+    /// Parameter names read from the source (for error messages); empty if not found.
+    names: Vec<CString>,
     entry: libloading::os::unix::Symbol<EntryFn>,
     _lib: libloading::Library,
 }
@@ -246,6 +253,72 @@ fn load_library(so: &Path) -> Result<libloading::Library, String> {
         map.insert(so.to_path_buf(), (id, path));
     }
     lib
+}
+
+/// The parameter names of `extern "C" __global__ void <kernel>(...)` in `source`: the last
+/// identifier of each top-level comma-separated parameter. `None` if the definition is not
+/// found or a parameter has no name.
+fn param_names(source: &str, kernel: &str) -> Option<Vec<String>> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut from = 0;
+    while let Some(at) = source[from..].find(kernel).map(|i| i + from) {
+        from = at + kernel.len();
+        let before = &source[..at];
+        let after = source[from..].trim_start();
+        let decl_start = before.rfind([';', '}']).map_or(0, |i| i + 1);
+        if before.ends_with(is_ident)
+            || !after.starts_with('(')
+            || !before[decl_start..].contains("__global__")
+        {
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut list = None;
+        for (i, c) in after.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        list = Some(&after[1..i]);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let list = list?.trim();
+        if list.is_empty() || list == "void" {
+            return Some(Vec::new());
+        }
+        let mut names = Vec::new();
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (i, c) in list.char_indices().chain([(list.len(), ',')]) {
+            match c {
+                '(' | '<' | '[' => depth += 1,
+                ')' | '>' | ']' => depth = depth.saturating_sub(1),
+                ',' if depth == 0 => {
+                    let piece = list[start..i].trim();
+                    let name: String = piece
+                        .chars()
+                        .rev()
+                        .take_while(|&c| is_ident(c))
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    if name.is_empty() || name.len() == piece.len() {
+                        return None;
+                    }
+                    names.push(name);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        return Some(names);
+    }
+    None
 }
 
 fn check_name(name: &str) -> Result<(), SimError> {
@@ -344,7 +417,14 @@ impl SimKernel {
         } else {
             sig.split(',').map(str::to_string).collect()
         };
+        let names = param_names(source, kernel_name)
+            .filter(|n| n.len() == params.len())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| CString::new(n).ok())
+            .collect();
         Ok(SimKernel {
+            names,
             name: kernel_name.to_string(),
             so: built.so,
             cached: built.cached,
@@ -445,7 +525,7 @@ impl SimKernel {
         let staged: Vec<Option<args::Staged>> = args
             .iter()
             .map(|a| match a {
-                SimArg::Buffer(b) => Some(b.stage()),
+                SimArg::Buffer(b) => Some(b.stage(cfg.schedule == Schedule::Reverse)),
                 _ => None,
             })
             .collect();
@@ -476,6 +556,15 @@ impl SimKernel {
             .collect();
         let mut params: Vec<*mut c_void> =
             slots.iter_mut().map(|s| (s as *mut Slot).cast()).collect();
+        // extents of the pointer arguments: the shim checks global accesses against them
+        let arg_bytes: Vec<u64> = args
+            .iter()
+            .map(|a| match a {
+                SimArg::Buffer(b) => b.byte_len as u64,
+                _ => 0,
+            })
+            .collect();
+        let name_ptrs: Vec<*const c_char> = self.names.iter().map(|n| n.as_ptr()).collect();
         let (schedule, seed) = match cfg.schedule {
             Schedule::Forward => (0, 0),
             Schedule::Reverse => (1, 0),
@@ -488,6 +577,12 @@ impl SimKernel {
             schedule,
             seed,
             workers: c_int::try_from(cfg.workers).unwrap_or(c_int::MAX),
+            arg_bytes: arg_bytes.as_ptr(),
+            arg_names: if name_ptrs.is_empty() {
+                std::ptr::null()
+            } else {
+                name_ptrs.as_ptr()
+            },
         };
         let mut res = LaunchResult {
             status: 0,
@@ -513,6 +608,35 @@ impl SimKernel {
                 message,
             });
         }
+        // writes just outside a buffer's unguarded end land in its page slack, not in a guard
+        for (i, (a, s)) in args.iter().zip(&staged).enumerate() {
+            if let (SimArg::Buffer(b), Some(s)) = (a, s) {
+                if let Some(off) = s.slack_written() {
+                    let name = self
+                        .names
+                        .get(i)
+                        .map(|n| format!(" `{}`", n.to_string_lossy()))
+                        .unwrap_or_default();
+                    let elem = b.byte_len.checked_div(b.len).unwrap_or(1).max(1) as i64;
+                    return Err(SimError::Launch {
+                        kernel: self.name.clone(),
+                        message: format!(
+                            "out-of-bounds global write {} argument {i}{name} ({} elements = \
+                             {} bytes): byte offset {off} (element {}) was written (found after \
+                             the launch; the thread is not known)",
+                            if off < 0 {
+                                "before the start of"
+                            } else {
+                                "past the end of"
+                            },
+                            b.len,
+                            b.byte_len,
+                            off.div_euclid(elem)
+                        ),
+                    });
+                }
+            }
+        }
         Ok(SimCounters::from_raw(res.counters))
     }
 }
@@ -522,3 +646,35 @@ const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<SimKernel>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::param_names;
+
+    #[test]
+    fn parameter_names_come_from_the_kernel_definition() {
+        let src = r#"
+// calls flash(x) before the definition; flash_fwd is another kernel
+__device__ void helper() { flash(0); }
+extern "C" __global__ void flash_fwd(int z) {}
+extern "C" __global__ void __launch_bounds__(128, 1) flash(
+    const __half* __restrict__ q,
+    float* o,
+    long long q_stride_b,
+    int n)
+{
+}"#;
+        assert_eq!(
+            param_names(src, "flash").unwrap(),
+            ["q", "o", "q_stride_b", "n"]
+        );
+        assert_eq!(param_names(src, "flash_fwd").unwrap(), ["z"]);
+        assert_eq!(
+            param_names("__global__ void k() {}", "k").unwrap(),
+            Vec::<String>::new()
+        );
+        // an unnamed parameter: no names at all
+        assert!(param_names("__global__ void k(int, float* p) {}", "k").is_none());
+        assert!(param_names("__global__ void k(int a) {}", "missing").is_none());
+    }
+}

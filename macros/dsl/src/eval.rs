@@ -89,7 +89,7 @@ pub struct EvalFn {
 /// Parse, check and prepare `src` for host evaluation. Errors are the translator's own
 /// (the same list [`crate::parse_mask_fn`] would give).
 pub fn compile_eval(src: &str, kind: FnKind) -> Result<EvalFn, Vec<SourceError>> {
-    let item: syn::ItemFn = syn::parse_str(src).map_err(|e| crate::to_source_errors(&e))?;
+    let item = crate::parse_item(src)?;
     let mut errors = crate::Errors::default();
     let ast = crate::parse::parse_fn(&item, kind, &mut errors);
     if !ast.sig_complete {

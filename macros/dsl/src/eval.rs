@@ -202,6 +202,9 @@ impl Builder<'_> {
                 _ => N::Lit(V::I(0)),
             },
             ExprKind::Const(c) => N::Lit(match c {
+                // The CUDA side prints these as float literals too (lower.rs).
+                Const::Max(Ty::F32) => V::F(f32::MAX),
+                Const::Min(Ty::F32) => V::F(f32::MIN),
                 Const::Max(ty) => int_bound(*ty, true),
                 Const::Min(ty) => int_bound(*ty, false),
                 Const::Infinity => V::F(f32::INFINITY),
@@ -470,7 +473,7 @@ fn eval(n: &N, f: &mut Frame<'_>) -> Result<Flow, EvalError> {
                 (UnOp::Not, V::B(b)) => V::B(!b),
                 (UnOp::Not, V::I(i)) => V::I(wrap(*t, !i)),
                 (UnOp::Neg, V::F(x)) => V::F(-x),
-                (UnOp::Neg, V::I(i)) => V::I(wrap(*t, -i)),
+                (UnOp::Neg, V::I(i)) => V::I(wrap(*t, i.wrapping_neg())),
                 (_, v) => v,
             }
         }
@@ -544,7 +547,7 @@ fn call(func: Func, t: Ty, a: &[V]) -> V {
         Func::Min => V::I(int(a[0]).min(int(a[1]))),
         Func::Max => V::I(int(a[0]).max(int(a[1]))),
         Func::Abs if t == Ty::F32 => V::F(flt(a[0]).abs()),
-        Func::Abs => V::I(wrap(t, int(a[0]).abs())),
+        Func::Abs => V::I(wrap(t, int(a[0]).wrapping_abs())),
         Func::Powf => V::F(flt(a[0]).powf(flt(a[1]))),
         Func::Math(name) => {
             let x = flt(a[0]);
@@ -600,8 +603,10 @@ fn binary(op: BinOp, t: Ty, x: V, y: V) -> Result<V, EvalError> {
     let (a, b) = (int(x), int(y));
     let bits = t.bits();
     Ok(match op {
-        Add => V::I(wrap(t, a + b)),
-        Sub => V::I(wrap(t, a - b)),
+        // Operands are values of a 64-bit type at most; wrapping i128 arithmetic keeps an
+        // unexpected operand (a bug elsewhere) from panicking.
+        Add => V::I(wrap(t, a.wrapping_add(b))),
+        Sub => V::I(wrap(t, a.wrapping_sub(b))),
         Mul => V::I(wrap(t, a.wrapping_mul(b))),
         Div | Rem => {
             let what = if op == Div {
@@ -782,5 +787,20 @@ mod tests {
             e.0,
             "line 1, column 46: index out of bounds: `doc[18446744073709551614]` but `doc` has length 3"
         );
+    }
+
+    #[test]
+    fn f32_max_and_min_are_floats() {
+        // Found by fuzzing: `f32::MAX` evaluated to the integer 2^64 - 1, and adding it to a
+        // float overflowed i128 arithmetic (a panic in debug builds).
+        let f = compile_eval(
+            "fn s(score: f32, q: i32, kv: i32) -> f32 { f32::MAX + f32::INFINITY + f32::MIN * 0.0 + score }",
+            FnKind::Score,
+        )
+        .unwrap();
+        assert_eq!(f.score(1.0, 0, 0, 0, 0, &[]).unwrap(), f32::INFINITY);
+        let f = compile_eval("fn s(score: f32, q: i32, kv: i32) -> f32 { f32::MAX.min(score) + f32::MIN }", FnKind::Score).unwrap();
+        assert_eq!(f.score(5e38, 0, 0, 0, 0, &[]).unwrap(), f32::MAX + f32::MIN);
+        assert_eq!(f.score(0.0, 0, 0, 0, 0, &[]).unwrap(), f32::MIN);
     }
 }

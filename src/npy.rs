@@ -298,7 +298,10 @@ fn check_header(path: &Path, f: &mut File) -> Result<(), NpyError> {
     let io = |e: std::io::Error| err(path, format!("cannot read: {e}"), "check the file");
     let file_len = f.metadata().map_err(io)?.len();
     let mut head = Vec::with_capacity(12);
-    Read::by_ref(f).take(12).read_to_end(&mut head).map_err(io)?;
+    Read::by_ref(f)
+        .take(12)
+        .read_to_end(&mut head)
+        .map_err(io)?;
     let got = head.len();
     let mut pre = [0u8; 12];
     pre[..got].copy_from_slice(&head);
@@ -380,7 +383,9 @@ fn check_shape(dims: &[u8], data_len: u64) -> Result<(), String> {
             .parse()
             .ok()
             .filter(|_| digits.bytes().all(|c| c.is_ascii_digit()))
-            .ok_or_else(|| format!("shape entry `{d}` is not a dimension (a decimal below 2^64)"))?;
+            .ok_or_else(|| {
+                format!("shape entry `{d}` is not a dimension (a decimal below 2^64)")
+            })?;
         elements = elements.saturating_mul(n);
         nonzero = nonzero
             .checked_mul(n.max(1))

@@ -575,8 +575,9 @@ impl SpecFile {
             (Some(d), _) => Some(d),
             (None, Some(DocSource::Ids(d))) => Some(d.clone()),
             (None, Some(DocSource::Segments(s))) => {
-                let total: usize = s.iter().sum();
-                if total != seq_k {
+                let total = s.iter().try_fold(0usize, |t, &n| t.checked_add(n));
+                if total != Some(seq_k) {
+                    let total = total.map_or("more than 2^64".into(), |t| t.to_string());
                     return Err(self.error(
                         "params.doc_segments",
                         format!("segments sum to {total} but the key length is {seq_k}"),
@@ -663,18 +664,21 @@ impl SpecFile {
     /// The first evaluation error of a user function (given as source) in the closures of
     /// [`SpecFile::run_params`]: any result computed after it is meaningless.
     pub fn user_fn_failure(&self) -> Option<SpecFileError> {
-        [(&self.host_mask, "mask.function.source"), (&self.host_score, "score.function.source")]
-            .into_iter()
-            .find_map(|(h, field)| {
-                let msg = h.as_ref()?.fault.get()?;
-                Some(self.error(
-                    field,
-                    msg.clone(),
-                    "guard the operation in the function (`if d == 0 { .. }`; keep indices \
+        [
+            (&self.host_mask, "mask.function.source"),
+            (&self.host_score, "score.function.source"),
+        ]
+        .into_iter()
+        .find_map(|(h, field)| {
+            let msg = h.as_ref()?.fault.get()?;
+            Some(self.error(
+                field,
+                msg.clone(),
+                "guard the operation in the function (`if d == 0 { .. }`; keep indices \
                      below the array's length) or change the values in [params.user] \
                      (docs/dsl.md, \"User-function semantics\")",
-                ))
-            })
+            ))
+        })
     }
 }
 

@@ -121,7 +121,10 @@ fn index_out_of_bounds_in_a_user_score_is_an_input_error() {
 fn deeply_nested_user_functions_are_rejected_when_loading() {
     let dir = tempfile::tempdir().unwrap();
     for (_what, body) in [
-        ("parentheses", format!("{}kv{} <= q", "(".repeat(5000), ")".repeat(5000))),
+        (
+            "parentheses",
+            format!("{}kv{} <= q", "(".repeat(5000), ")".repeat(5000)),
+        ),
         ("sum", format!("kv{} <= q", " + 1".repeat(10_000))),
     ] {
         let spec = dir.path().join("deep.toml");
@@ -136,7 +139,10 @@ fn deeply_nested_user_functions_are_rejected_when_loading() {
         let o = run(&["check", spec.to_str().unwrap()]);
         assert_clean_input_error(
             &o,
-            &["mask.function.source", "expression nested deeper than 512 levels"],
+            &[
+                "mask.function.source",
+                "expression nested deeper than 512 levels",
+            ],
         );
     }
 }

@@ -8,7 +8,8 @@
 //! allocation above [`ALLOC_LIMIT`] (the global allocator below aborts the process on one:
 //! the input is in `target/fuzz/<target>.current`). Inputs run on a thread with a 2 MiB stack.
 //!
-//! CI runs a short seeded pass (a fixed number of inputs per target, a few seconds each).
+//! CI runs a short seeded pass (a fixed number of inputs per target, 2-3 s each in a debug
+//! build on a 2-core machine).
 //! `ATTNFORGE_FUZZ_SECS=600` runs each target for that many seconds instead, and
 //! `ATTNFORGE_FUZZ_SEED=<n>` changes the seed (docs/results.md, "Fuzzing"). A failing input is
 //! saved to `target/fuzz/<target>-<kind>-<hash>`: copy it to `fuzz/corpus/<target>/` with the
@@ -33,8 +34,6 @@ use attnforge_dsl::{parse_mask_fn, parse_score_fn, FnKind, ParamKind};
 const ALLOC_LIMIT: usize = 256 << 20;
 /// Longest time one input may take (debug build) before it counts as a hang.
 const PER_INPUT_LIMIT: Duration = Duration::from_secs(20);
-/// Inputs per target in the short (CI) pass.
-const SHORT_PASS_INPUTS: usize = 400;
 
 struct LimitAlloc;
 
@@ -126,7 +125,11 @@ fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
 fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>], dict: &[&str]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..1 + rng.below(6) {
-        let at = if v.is_empty() { 0 } else { rng.below(v.len() + 1) };
+        let at = if v.is_empty() {
+            0
+        } else {
+            rng.below(v.len() + 1)
+        };
         match rng.below(8) {
             0 if !v.is_empty() => {
                 let i = rng.below(v.len());
@@ -163,7 +166,9 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>], dict: &[&str]) -> Vec
                 // Replace a number-looking run with an extreme value.
                 let i = rng.below(v.len());
                 if let Some(s) = (i..v.len()).find(|&j| v[j].is_ascii_digit()) {
-                    let e = (s..v.len()).find(|&j| !v[j].is_ascii_digit()).unwrap_or(v.len());
+                    let e = (s..v.len())
+                        .find(|&j| !v[j].is_ascii_digit())
+                        .unwrap_or(v.len());
                     let n = rng.pick(NUMBERS).to_string();
                     v.splice(s..e, n.bytes());
                 }
@@ -252,6 +257,7 @@ fn save_failure(name: &str, kind: &str, input: &[u8]) -> PathBuf {
 /// 2 MiB stack, with a time limit per input. Panics (with the saved input) on a failure.
 fn fuzz(
     name: &str,
+    short_pass_inputs: usize,
     target: Target,
     corpus: Vec<Vec<u8>>,
     generate: fn(&mut Rng, &[Vec<u8>]) -> Vec<u8>,
@@ -299,7 +305,7 @@ fn fuzz(
     let mut n = 0usize;
     let keep_going = |n: usize| match secs {
         Some(s) => start.elapsed() < Duration::from_secs(s) || n < corpus.len(),
-        None => n < corpus.len() + SHORT_PASS_INPUTS,
+        None => n < corpus.len() + short_pass_inputs,
     };
     while keep_going(n) {
         let input = if n < corpus.len() {
@@ -315,7 +321,10 @@ fn fuzz(
             Ok(Done::Finished(o)) => *counts.entry(o).or_default() += 1,
             Ok(Done::Panicked(msg)) => {
                 let p = save_failure(name, "panic", &input);
-                panic!("{name}: input {n} panicked: {msg}\n  input saved to {}", p.display());
+                panic!(
+                    "{name}: input {n} panicked: {msg}\n  input saved to {}",
+                    p.display()
+                );
             }
             Err(_) => {
                 let p = save_failure(name, "hang", &input);
@@ -357,23 +366,113 @@ fn read_corpus(dirs: &[(&str, &str)]) -> Vec<Vec<u8>> {
 // DSL functions
 
 const DSL_DICT: &[&str] = &[
-    "(", ")", "[", "]", "{", "}", " / 0", " % 0", " / -1", " as usize", " as i32", " as u32",
-    " as i64", " as f32", " as u64", "i32::MIN", "i64::MIN", "u32::MAX", "f32::INFINITY", "-",
-    "!", " && ", " || ", " << 40", " >> 70", " + ", " * ", " == ", "if true { 1 } else { 0 }",
-    "let x = 1; ", "return false; ", ".abs()", ".min(1)", ".powf(0.5)", ".ln()", "0.0 / 0.0",
-    "doc[q as usize]", ";", ",", "'", "\"", "/*", "//", "\n", "\u{feff}", "é", "r#\"", "loop {}",
-    "fn", "::", "..", "?",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    " / 0",
+    " % 0",
+    " / -1",
+    " as usize",
+    " as i32",
+    " as u32",
+    " as i64",
+    " as f32",
+    " as u64",
+    "i32::MIN",
+    "i64::MIN",
+    "u32::MAX",
+    "f32::INFINITY",
+    "-",
+    "!",
+    " && ",
+    " || ",
+    " << 40",
+    " >> 70",
+    " + ",
+    " * ",
+    " == ",
+    "if true { 1 } else { 0 }",
+    "let x = 1; ",
+    "return false; ",
+    ".abs()",
+    ".min(1)",
+    ".powf(0.5)",
+    ".ln()",
+    "0.0 / 0.0",
+    "doc[q as usize]",
+    ";",
+    ",",
+    "'",
+    "\"",
+    "/*",
+    "//",
+    "\n",
+    "\u{feff}",
+    "é",
+    "r#\"",
+    "loop {}",
+    "fn",
+    "::",
+    "..",
+    "?",
 ];
 
 /// Values of the positions and indices the evaluator is asked about.
-const POSITIONS: &[i64] = &[0, 1, 2, 5, 7, 39, 63, 64, 1000, 2147483647, 4294967296, -1, i64::MAX, i64::MIN];
+const POSITIONS: &[i64] = &[
+    0,
+    1,
+    2,
+    5,
+    7,
+    39,
+    63,
+    64,
+    1000,
+    2147483647,
+    4294967296,
+    -1,
+    i64::MAX,
+    i64::MIN,
+];
 
 fn value_for(rng: &mut Rng, kind: ParamKind) -> Value {
-    const INTS: &[i64] = &[0, 1, -1, 2, 3, 7, 64, 2147483647, -2147483648, 4294967295, i64::MAX, i64::MIN];
-    const FLOATS: &[f32] = &[0.0, -0.0, 1.0, -1.5, 0.5, 1e38, -3.4e38, f32::INFINITY, f32::NAN, 1e-45];
+    const INTS: &[i64] = &[
+        0,
+        1,
+        -1,
+        2,
+        3,
+        7,
+        64,
+        2147483647,
+        -2147483648,
+        4294967295,
+        i64::MAX,
+        i64::MIN,
+    ];
+    const FLOATS: &[f32] = &[
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        0.5,
+        1e38,
+        -3.4e38,
+        f32::INFINITY,
+        f32::NAN,
+        1e-45,
+    ];
     // A mistyped value now and then: the evaluator must report it, not panic.
     let kind = if rng.chance(20) {
-        *rng.pick(&[ParamKind::I32, ParamKind::F32, ParamKind::SliceI32, ParamKind::SliceF32])
+        *rng.pick(&[
+            ParamKind::I32,
+            ParamKind::F32,
+            ParamKind::SliceI32,
+            ParamKind::SliceF32,
+        ])
     } else {
         kind
     };
@@ -405,11 +504,17 @@ fn dsl_target(input: &[u8], _: &Path) -> Outcome {
             "the translator and the evaluator disagree on whether the function is valid"
         );
         if let (Ok(def), Ok(f)) = (translated, eval) {
-            assert!(def.cuda.contains(&def.name), "translation without the function");
+            assert!(
+                def.cuda.contains(&def.name),
+                "translation without the function"
+            );
             outcome = Outcome::Deep;
             for _ in 0..24 {
-                let params: Vec<Value> =
-                    f.param_kinds().iter().map(|&k| value_for(&mut rng, k)).collect();
+                let params: Vec<Value> = f
+                    .param_kinds()
+                    .iter()
+                    .map(|&k| value_for(&mut rng, k))
+                    .collect();
                 let (q, kv) = (*rng.pick(POSITIONS), *rng.pick(POSITIONS));
                 let (b, h) = (rng.below(3), rng.below(3));
                 // Errors are fine (division by zero, index out of bounds); panics are not.
@@ -428,7 +533,11 @@ fn dsl_target(input: &[u8], _: &Path) -> Outcome {
 
 /// A random expression of integer type `t` (`depth` bounds the recursion).
 fn gen_int(rng: &mut Rng, t: &str, vars: &[(String, String)], depth: usize) -> String {
-    let same: Vec<&String> = vars.iter().filter(|(_, ty)| ty == t).map(|(n, _)| n).collect();
+    let same: Vec<&String> = vars
+        .iter()
+        .filter(|(_, ty)| ty == t)
+        .map(|(n, _)| n)
+        .collect();
     if depth == 0 || rng.chance(4) {
         return match rng.below(4) {
             0 if !same.is_empty() => (*rng.pick(&same)).clone(),
@@ -441,7 +550,11 @@ fn gen_int(rng: &mut Rng, t: &str, vars: &[(String, String)], depth: usize) -> S
     match rng.below(9) {
         0..=2 => {
             let op = rng.pick(&["+", "-", "*", "/", "%", "&", "|", "^", "<<", ">>"]);
-            format!("({} {op} {})", gen_int(rng, t, vars, d), gen_int(rng, t, vars, d))
+            format!(
+                "({} {op} {})",
+                gen_int(rng, t, vars, d),
+                gen_int(rng, t, vars, d)
+            )
         }
         3 => {
             let from = *rng.pick(&["i32", "u32", "i64", "u64", "usize", "isize"]);
@@ -449,12 +562,23 @@ fn gen_int(rng: &mut Rng, t: &str, vars: &[(String, String)], depth: usize) -> S
         }
         4 => format!("({} as {t})", gen_float(rng, vars, d)),
         5 => {
-            let arrays: Vec<&String> =
-                vars.iter().filter(|(_, ty)| ty == "&[i32]" || ty == "&[u32]").map(|(n, _)| n).collect();
+            let arrays: Vec<&String> = vars
+                .iter()
+                .filter(|(_, ty)| ty == "&[i32]" || ty == "&[u32]")
+                .map(|(n, _)| n)
+                .collect();
             if arrays.is_empty() {
-                format!("{}.min({})", gen_int(rng, t, vars, d), gen_int(rng, t, vars, d))
+                format!(
+                    "{}.min({})",
+                    gen_int(rng, t, vars, d),
+                    gen_int(rng, t, vars, d)
+                )
             } else {
-                format!("({}[{} as usize] as {t})", rng.pick(&arrays), gen_int(rng, "i64", vars, d))
+                format!(
+                    "({}[{} as usize] as {t})",
+                    rng.pick(&arrays),
+                    gen_int(rng, "i64", vars, d)
+                )
             }
         }
         6 => format!(
@@ -464,24 +588,40 @@ fn gen_int(rng: &mut Rng, t: &str, vars: &[(String, String)], depth: usize) -> S
             gen_int(rng, t, vars, d)
         ),
         7 if t.starts_with('i') => format!("({}).abs()", gen_int(rng, t, vars, d)),
-        _ => format!("{}.max({})", gen_int(rng, t, vars, d), gen_int(rng, t, vars, d)),
+        _ => format!(
+            "{}.max({})",
+            gen_int(rng, t, vars, d),
+            gen_int(rng, t, vars, d)
+        ),
     }
 }
 
 fn gen_float(rng: &mut Rng, vars: &[(String, String)], depth: usize) -> String {
-    let floats: Vec<&String> = vars.iter().filter(|(_, ty)| ty == "f32").map(|(n, _)| n).collect();
+    let floats: Vec<&String> = vars
+        .iter()
+        .filter(|(_, ty)| ty == "f32")
+        .map(|(n, _)| n)
+        .collect();
     if depth == 0 || rng.chance(4) {
         return match rng.below(3) {
             0 if !floats.is_empty() => (*rng.pick(&floats)).clone(),
-            1 => rng.pick(&["f32::INFINITY", "f32::MAX", "f32::EPSILON", "(0.0 / 0.0)"]).to_string(),
-            _ => rng.pick(&["0.0", "1.5", "-2.0", "1e30", "0.5f32"]).to_string(),
+            1 => rng
+                .pick(&["f32::INFINITY", "f32::MAX", "f32::EPSILON", "(0.0 / 0.0)"])
+                .to_string(),
+            _ => rng
+                .pick(&["0.0", "1.5", "-2.0", "1e30", "0.5f32"])
+                .to_string(),
         };
     }
     let d = depth - 1;
     match rng.below(6) {
         0 | 1 => {
             let op = rng.pick(&["+", "-", "*", "/", "%"]);
-            format!("({} {op} {})", gen_float(rng, vars, d), gen_float(rng, vars, d))
+            format!(
+                "({} {op} {})",
+                gen_float(rng, vars, d),
+                gen_float(rng, vars, d)
+            )
         }
         2 => {
             let from = *rng.pick(&["i32", "u32", "i64", "u64"]);
@@ -492,12 +632,23 @@ fn gen_float(rng: &mut Rng, vars: &[(String, String)], depth: usize) -> String {
             format!("({}).{f}()", gen_float(rng, vars, d))
         }
         4 => {
-            let arrays: Vec<&String> =
-                vars.iter().filter(|(_, ty)| ty == "&[f32]").map(|(n, _)| n).collect();
+            let arrays: Vec<&String> = vars
+                .iter()
+                .filter(|(_, ty)| ty == "&[f32]")
+                .map(|(n, _)| n)
+                .collect();
             if arrays.is_empty() {
-                format!("({}).powf({})", gen_float(rng, vars, d), gen_float(rng, vars, d))
+                format!(
+                    "({}).powf({})",
+                    gen_float(rng, vars, d),
+                    gen_float(rng, vars, d)
+                )
             } else {
-                format!("{}[{} as usize]", rng.pick(&arrays), gen_int(rng, "u32", vars, d))
+                format!(
+                    "{}[{} as usize]",
+                    rng.pick(&arrays),
+                    gen_int(rng, "u32", vars, d)
+                )
             }
         }
         _ => format!(
@@ -518,9 +669,17 @@ fn gen_bool(rng: &mut Rng, vars: &[(String, String)], depth: usize) -> String {
         0 => {
             let t = *rng.pick(&["i32", "u32", "i64", "u64"]);
             let op = rng.pick(&["==", "!=", "<", "<=", ">", ">="]);
-            format!("({} {op} {})", gen_int(rng, t, vars, d), gen_int(rng, t, vars, d))
+            format!(
+                "({} {op} {})",
+                gen_int(rng, t, vars, d),
+                gen_int(rng, t, vars, d)
+            )
         }
-        1 => format!("({} < {})", gen_float(rng, vars, d), gen_float(rng, vars, d)),
+        1 => format!(
+            "({} < {})",
+            gen_float(rng, vars, d),
+            gen_float(rng, vars, d)
+        ),
         2 => format!("({} && {})", gen_bool(rng, vars, d), gen_bool(rng, vars, d)),
         3 => format!("({} || {})", gen_bool(rng, vars, d), gen_bool(rng, vars, d)),
         _ => format!("!{}", gen_bool(rng, vars, d)),
@@ -530,6 +689,16 @@ fn gen_bool(rng: &mut Rng, vars: &[(String, String)], depth: usize) -> String {
 /// A random, mostly well-typed mask or score function of the subset.
 fn gen_function(rng: &mut Rng) -> String {
     let score = rng.chance(2);
+    gen_function_of(rng, score, &ALL_PARAM_TYPES).0
+}
+
+const ALL_PARAM_TYPES: [&str; 9] = [
+    "u32", "i32", "i64", "u64", "f32", "bool", "&[u32]", "&[i32]", "&[f32]",
+];
+
+/// A random function of the given kind with user parameters of `types`; returns the text
+/// and the user parameters (name, type).
+fn gen_function_of(rng: &mut Rng, score: bool, types: &[&str]) -> (String, Vec<(String, String)>) {
     let mut sig = Vec::new();
     let mut vars: Vec<(String, String)> = Vec::new();
     if score {
@@ -548,10 +717,12 @@ fn gen_function(rng: &mut Rng) -> String {
         sig.push(format!("{name}: {t}"));
         vars.push((name.into(), t.into()));
     }
+    let mut user = Vec::new();
     for i in 0..rng.below(4) {
-        let t = *rng.pick(&["u32", "i32", "i64", "u64", "f32", "bool", "&[u32]", "&[i32]", "&[f32]"]);
+        let t = *rng.pick(types);
         sig.push(format!("p{i}: {t}"));
         vars.push((format!("p{i}"), t.into()));
+        user.push((format!("p{i}"), t.to_string()));
     }
     let depth = 1 + rng.below(5);
     let mut body = String::new();
@@ -565,13 +736,24 @@ fn gen_function(rng: &mut Rng) -> String {
         body += &format!("let l{i}: {t} = {e}; ");
         vars.push((format!("l{i}"), t.into()));
         if rng.chance(3) {
-            let ret = if score { gen_float(rng, &vars, 1) } else { gen_bool(rng, &vars, 1) };
+            let ret = if score {
+                gen_float(rng, &vars, 1)
+            } else {
+                gen_bool(rng, &vars, 1)
+            };
             body += &format!("if {} {{ return {ret}; }} ", gen_bool(rng, &vars, depth));
         }
     }
-    let tail = if score { gen_float(rng, &vars, depth) } else { gen_bool(rng, &vars, depth) };
+    let tail = if score {
+        gen_float(rng, &vars, depth)
+    } else {
+        gen_bool(rng, &vars, depth)
+    };
     let ret = if score { "f32" } else { "bool" };
-    format!("fn f({}) -> {ret} {{ {body}{tail} }}", sig.join(", "))
+    (
+        format!("fn user_fn({}) -> {ret} {{ {body}{tail} }}", sig.join(", ")),
+        user,
+    )
 }
 
 fn gen_dsl(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
@@ -596,20 +778,56 @@ fn rng_pick_owned(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 fn fuzz_dsl() {
     let corpus = read_corpus(&[("fuzz/corpus/dsl", "rs")]);
-    fuzz("dsl", dsl_target, corpus, gen_dsl);
+    fuzz("dsl", 400, dsl_target, corpus, gen_dsl);
 }
 
 // ---------------------------------------------------------------------------------------
 // Spec files
 
 const SPEC_DICT: &[&str] = &[
-    "[", "]", "{", "}", "=", "\"", "'''", "\n", "[problem]\n", "[params]\n", "[params.user]\n",
-    "[tune]\n", "[mask.function]\n", "[score.function]\n", "seq_q = ", "seq_k = ", "batch = ",
-    "heads_q = ", "heads_kv = ", "head_dim = ", "doc_segments = [", "doc = [", "doc_file = ",
-    "softcap = ", "alibi_slopes = [", "window_left = ", "block_lists = ", "tile = { block_m = ",
-    "mask = \"predicate\"\n", "mask = \"block_sparse\"\n", "family = \"hax\"\n",
-    "family = \"topk\"\n", "dtype = \"bf16\"\n", "sparse_block = ", "gqa = true\n", "nan", "inf",
-    "-", ".", ",", "#", "\\u0000", "é",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    "\"",
+    "'''",
+    "\n",
+    "[problem]\n",
+    "[params]\n",
+    "[params.user]\n",
+    "[tune]\n",
+    "[mask.function]\n",
+    "[score.function]\n",
+    "seq_q = ",
+    "seq_k = ",
+    "batch = ",
+    "heads_q = ",
+    "heads_kv = ",
+    "head_dim = ",
+    "doc_segments = [",
+    "doc = [",
+    "doc_file = ",
+    "softcap = ",
+    "alibi_slopes = [",
+    "window_left = ",
+    "block_lists = ",
+    "tile = { block_m = ",
+    "mask = \"predicate\"\n",
+    "mask = \"block_sparse\"\n",
+    "family = \"hax\"\n",
+    "family = \"topk\"\n",
+    "dtype = \"bf16\"\n",
+    "sparse_block = ",
+    "gqa = true\n",
+    "nan",
+    "inf",
+    "-",
+    ".",
+    ",",
+    "#",
+    "\\u0000",
+    "é",
 ];
 
 /// Loads a spec file from text; when it is accepted and small, builds its run parameters and
@@ -660,96 +878,251 @@ fn gen_spec(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-/// A random spec file: every key with valid, boundary and wrong values.
+/// Mostly one of `good`, now and then one of `bad` (a wrong type, a boundary, garbage).
+fn either(rng: &mut Rng, good: &[&str], bad: &[&str]) -> String {
+    if rng.chance(12) {
+        rng.pick(bad).to_string()
+    } else {
+        rng.pick(good).to_string()
+    }
+}
+
+/// A random spec file, mostly valid: every key with valid values and, now and then, a
+/// boundary or wrong one; user functions come with matching `[params.user]` values.
 fn gen_spec_text(rng: &mut Rng) -> String {
     let mut s = String::new();
-    let num = |rng: &mut Rng| rng.pick(NUMBERS).to_string();
-    s += &format!("dtype = \"{}\"\n", rng.pick(&["f16", "bf16", "f32", "f64", ""]));
-    s += &format!("head_dim = {}\n", rng.pick(&["64", "128", "256", "32", "0", "\"64\"", "4294967360"]));
-    if rng.chance(3) {
-        s += &format!("gqa = {}\n", rng.pick(&["true", "false", "1"]));
+    let small = ["0", "1", "2", "3", "4", "8", "16", "37", "64"];
+    if rng.chance(8) {
+        // A dynamic family.
+        let family = either(
+            rng,
+            &["landmark", "hax", "cca", "topk", "lse_merge"],
+            &["", "nope", "1"],
+        );
+        s += &format!("family = \"{family}\"\n");
+        s += &format!(
+            "dtype = \"{}\"\n",
+            either(rng, &["f16", "bf16", "f32"], &["f64"])
+        );
+        s += &format!(
+            "head_dim = {}\n",
+            either(rng, &["64", "128"], &["0", "\"64\""])
+        );
+        if rng.chance(2) {
+            s += "[params]\n";
+            for key in [
+                "top_k",
+                "group_size",
+                "block",
+                "mem_block",
+                "num_hyperplanes",
+                "local_window",
+            ] {
+                if rng.chance(3) {
+                    s += &format!("{key} = {}\n", either(rng, &small, NUMBERS));
+                }
+            }
+        }
+        if rng.chance(2) {
+            s += "[problem]\n";
+            for key in ["batch", "heads_q", "heads_kv", "seq_q", "seq_k"] {
+                if rng.chance(2) {
+                    s += &format!(
+                        "{key} = {}\n",
+                        either(rng, &["1", "2", "4", "32", "64", "80"], NUMBERS)
+                    );
+                }
+            }
+        }
+        return s;
+    }
+    s += &format!(
+        "dtype = \"{}\"\n",
+        either(rng, &["f16", "bf16", "f32"], &["f64", ""])
+    );
+    s += &format!(
+        "head_dim = {}\n",
+        either(
+            rng,
+            &["64", "128", "256"],
+            &["32", "0", "\"64\"", "4294967360"]
+        )
+    );
+    if rng.chance(4) {
+        s += &format!("gqa = {}\n", either(rng, &["true", "false"], &["1"]));
     }
     if rng.chance(4) {
-        s += &format!("scale = {}\n", num(rng));
-    }
-    if rng.chance(3) {
-        s += &format!("sparse_block = {{ q = {}, k = {} }}\n", rng.pick(&["64", "128", "0", "3"]), rng.pick(&["64", "128", "1", "-1"]));
+        s += &format!(
+            "scale = {}\n",
+            either(rng, &["0.125", "1.0", "0.0883"], NUMBERS)
+        );
     }
     let masks = [
-        "full", "causal", "local", "prefix_lm", "document", "causal_document", "share_question",
-        "global_local", "block_causal_document", "lambda_mask", "lm_infinite", "block_sparse",
-        "predicate", "nope",
+        "full",
+        "causal",
+        "local",
+        "prefix_lm",
+        "document",
+        "causal_document",
+        "share_question",
+        "global_local",
+        "block_causal_document",
+        "lambda_mask",
+        "lm_infinite",
+        "block_sparse",
     ];
     let user_mask = rng.chance(3);
     let user_score = rng.chance(4);
+    let mask = if user_mask {
+        "predicate".to_string()
+    } else {
+        either(rng, &masks, &["predicate", "nope", ""])
+    };
+    if user_mask || mask == "block_sparse" || rng.chance(4) {
+        s += &format!(
+            "sparse_block = {{ q = {}, k = {} }}\n",
+            either(rng, &["64", "128"], &["0", "3"]),
+            either(rng, &["64", "128"], &["1", "-1"])
+        );
+    }
     if !user_mask {
-        s += &format!("mask = \"{}\"\n", rng.pick(&masks));
+        s += &format!("mask = \"{mask}\"\n");
     }
     if !user_score && rng.chance(2) {
-        s += &format!("score = \"{}\"\n", rng.pick(&["none", "softcap", "alibi", "other"]));
+        let score = either(rng, &["none", "softcap", "alibi"], &["other", "user"]);
+        s += &format!("score = \"{score}\"\n");
     }
-    if user_mask {
-        let f = loop {
-            let f = gen_function(rng);
-            if !f.contains("score: f32") {
-                break f;
-            }
-        };
-        s += &format!("[mask.function]\nsource = '''\n{f}\n'''\n");
-    }
-    if user_score {
-        let f = loop {
-            let f = gen_function(rng);
-            if f.contains("score: f32") {
-                break f;
-            }
-        };
-        s += &format!("[score.function]\nsource = '''\n{f}\n'''\n");
-    }
-    s += "[params]\n";
-    for key in ["window_left", "window_right", "prefix_len", "window", "global_tokens", "local_window", "dist_limit", "doc_block", "softcap"] {
-        if rng.chance(6) {
-            s += &format!("{key} = {}\n", num(rng));
+    // Kernels take 32-bit scalars and arrays; 64-bit types now and then (rejected).
+    let types: &[&str] = if rng.chance(10) {
+        &ALL_PARAM_TYPES
+    } else {
+        &["u32", "i32", "f32", "bool", "&[u32]", "&[i32]", "&[f32]"]
+    };
+    let mut user = Vec::new();
+    for (on, score, table) in [(user_mask, false, "mask"), (user_score, true, "score")] {
+        if on {
+            let (f, params) = gen_function_of(rng, score, types);
+            // Distinct parameter names for the mask and the score.
+            let f = f
+                .replace("fn user_fn", &format!("fn user_{table}"))
+                .replace(" p", &format!(" {table}_p"))
+                .replace("(p", &format!("({table}_p"))
+                .replace("!p", &format!("!{table}_p"));
+            s += &format!("[{table}.function]\nsource = \"\"\"\n{f}\n\"\"\"\n");
+            user.extend(params.into_iter().map(|(n, t)| (format!("{table}_{n}"), t)));
         }
     }
-    if rng.chance(4) {
-        let n = rng.below(6);
-        s += &format!("doc_segments = [{}]\n", (0..n).map(|_| num(rng)).collect::<Vec<_>>().join(", "));
+    s += "[params]\n";
+    let keys: &[&str] = match mask.as_str() {
+        "local" => &["window_left", "window_right"],
+        "prefix_lm" => &["prefix_len"],
+        "global_local" => &["window", "global_tokens"],
+        "lambda_mask" => &["global_tokens", "local_window"],
+        "lm_infinite" => &["global_tokens", "local_window", "dist_limit"],
+        "block_causal_document" => &["doc_block"],
+        _ => &[],
+    };
+    for key in keys {
+        if !rng.chance(12) {
+            s += &format!("{key} = {}\n", either(rng, &small, NUMBERS));
+        }
     }
-    if rng.chance(6) {
-        let n = rng.below(90);
-        s += &format!("doc = [{}]\n", (0..n).map(|i| (i / 20).to_string()).collect::<Vec<_>>().join(","));
+    if rng.chance(12) {
+        let key = rng.pick(&["window", "prefix_len", "doc_block", "rope_theta"]);
+        s += &format!("{key} = {}\n", rng.pick(NUMBERS));
     }
-    if rng.chance(6) {
-        s += &format!("alibi_slopes = [{}, {}]\n", num(rng), num(rng));
+    if s.contains("softcap") {
+        s += &format!("softcap = {}\n", either(rng, &["30.0", "5.0"], NUMBERS));
     }
-    if rng.chance(3) {
+    let seq = *rng.pick(&["1", "16", "37", "64", "80", "129"]);
+    if mask.contains("document") || mask == "share_question" || rng.chance(10) {
+        match rng.below(3) {
+            0 => {
+                let segs = either(
+                    rng,
+                    &[seq, "1, 15", "0, 37", "40, 40"],
+                    &[
+                        "9223372036854775807, 9223372036854775807, 2",
+                        "-1",
+                        "1e9",
+                        "",
+                    ],
+                );
+                s += &format!("doc_segments = [{segs}]\n");
+            }
+            1 => {
+                let n: usize = seq.parse().unwrap_or(1);
+                let ids: Vec<String> = (0..n).map(|i| (i / 20).to_string()).collect();
+                s += &format!("doc = [{}]\n", ids.join(","));
+            }
+            _ => {
+                let ids: Vec<String> = (0..rng.below(90))
+                    .map(|_| either(rng, &["0", "1", "2"], &["-1", "2147483647"]))
+                    .collect();
+                s += &format!("doc = [{}]\n", ids.join(","));
+            }
+        }
+    }
+    if s.contains("alibi") && rng.chance(2) {
+        let (a, b) = (
+            either(rng, &["0.5", "0.25"], NUMBERS),
+            either(rng, &["0.5", "0.25"], NUMBERS),
+        );
+        s += &format!("alibi_slopes = [{a}, {b}]\n");
+    }
+    if !user.is_empty() || rng.chance(10) {
         s += "[params.user]\n";
-        for i in 0..rng.below(4) {
-            let v = match rng.below(3) {
-                0 => num(rng),
-                1 => format!("[{}, {}]", num(rng), num(rng)),
-                _ => "[0, 1, 2, 3, 4, 5, 6, 7]".to_string(),
+        for (name, t) in &user {
+            if rng.chance(15) {
+                continue;
+            }
+            let scalar = |rng: &mut Rng| match t.as_str() {
+                "f32" | "&[f32]" => either(
+                    rng,
+                    &["0.5", "-1.0", "3.0", "0.0"],
+                    &["nan", "inf", "1e38", "1"],
+                ),
+                "bool" => either(rng, &["true", "false"], &["1", "2.5"]),
+                _ => either(
+                    rng,
+                    &["0", "1", "2", "3", "7", "64"],
+                    &["-1", "2147483647", "4294967296", "0.5", "-2147483648"],
+                ),
             };
-            s += &format!("p{i} = {v}\n");
+            let v = if t.starts_with('&') {
+                let most = if rng.chance(3) { 200 } else { 6 };
+                let n = rng.below(most);
+                let items: Vec<String> = (0..n).map(|_| scalar(rng)).collect();
+                format!("[{}]", items.join(", "))
+            } else {
+                scalar(rng)
+            };
+            s += &format!("{name} = {v}\n");
         }
     }
     if rng.chance(2) {
         s += "[problem]\n";
-        for key in ["batch", "heads_q", "heads_kv", "seq_q", "seq_k", "seed"] {
+        let heads = *rng.pick(&["1", "2", "4"]);
+        for (key, good) in [
+            ("batch", "1"),
+            ("heads_q", heads),
+            ("heads_kv", heads),
+            ("seq_q", seq),
+            ("seq_k", seq),
+            ("seed", "3"),
+        ] {
             if rng.chance(2) {
-                let v = if rng.chance(2) { rng.pick(&["1", "2", "4", "16", "37", "80"]).to_string() } else { num(rng) };
-                s += &format!("{key} = {v}\n");
+                s += &format!("{key} = {}\n", either(rng, &[good, "2"], NUMBERS));
             }
         }
     }
     if rng.chance(4) {
         s += &format!(
             "[tune]\ntile = {{ block_m = {}, block_n = {}, warps = {}, stages = {} }}\n",
-            rng.pick(&["16", "64", "128", "0", "17"]),
-            rng.pick(&["16", "64", "128", "4096"]),
-            rng.pick(&["1", "4", "8", "0", "33"]),
-            rng.pick(&["1", "2", "0", "9"])
+            either(rng, &["64", "128"], &["16", "0", "17"]),
+            either(rng, &["64", "128"], &["16", "4096"]),
+            either(rng, &["4", "8"], &["1", "0", "33"]),
+            either(rng, &["1", "2"], &["0", "9"])
         );
     }
     s
@@ -758,17 +1131,45 @@ fn gen_spec_text(rng: &mut Rng) -> String {
 #[test]
 fn fuzz_specfile() {
     let corpus = read_corpus(&[("examples/specs", "toml"), ("fuzz/corpus/specfile", "toml")]);
-    fuzz("specfile", spec_target, corpus, gen_spec);
+    fuzz("specfile", 400, spec_target, corpus, gen_spec);
 }
 
 // ---------------------------------------------------------------------------------------
 // .npy files
 
 const NPY_DICT: &[&str] = &[
-    "{", "}", "(", ")", "[", "]", "'", ",", ":", " ", "'descr'", "'shape'", "'fortran_order'",
-    "True", "False", "'<f4'", "'<f2'", "'<u2'", "'<i4'", "'>f4'", "'|O'", "'<f8'",
-    "[('a', '<f4')]", "(1, 2, 32, 64)", "(18446744073709551615, 2)", "(4294967296, 4294967296)",
-    "\n", "NUMPY", "\x01\x00", "\x02\x00", "\x03\x00", "\u{ffff}",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    "'",
+    ",",
+    ":",
+    " ",
+    "'descr'",
+    "'shape'",
+    "'fortran_order'",
+    "True",
+    "False",
+    "'<f4'",
+    "'<f2'",
+    "'<u2'",
+    "'<i4'",
+    "'>f4'",
+    "'|O'",
+    "'<f8'",
+    "[('a', '<f4')]",
+    "(1, 2, 32, 64)",
+    "(18446744073709551615, 2)",
+    "(4294967296, 4294967296)",
+    "\n",
+    "NUMPY",
+    "\x01\x00",
+    "\x02\x00",
+    "\x03\x00",
+    "\u{ffff}",
 ];
 
 /// Reads an `.npy` file as a tensor of each kernel dtype and as document ids.
@@ -790,18 +1191,50 @@ fn npy_target(input: &[u8], scratch: &Path) -> Outcome {
 /// An `.npy` file: magic, version, header length, header dict, data (each part valid,
 /// boundary or wrong).
 fn npy_bytes(rng: &mut Rng) -> Vec<u8> {
-    let descr = *rng.pick(&["'<f4'", "'<f2'", "'<u2'", "'<i4'", "'>f4'", "'<f8'", "'|b1'", "'|O'", "[('a', '<f4'), ('b', '<i4')]", "'<f4", "4"]);
+    let descr = *rng.pick(&[
+        "'<f4'",
+        "'<f2'",
+        "'<u2'",
+        "'<i4'",
+        "'>f4'",
+        "'<f8'",
+        "'|b1'",
+        "'|O'",
+        "[('a', '<f4'), ('b', '<i4')]",
+        "'<f4",
+        "4",
+    ]);
     let dims = rng.below(6);
-    const DIMS: &[&str] = &["0", "1", "2", "3", "32", "64", "4294967296", "9223372036854775807", "18446744073709551615", "18446744073709551616", "-1", "1e3"];
+    const DIMS: &[&str] = &[
+        "0",
+        "1",
+        "2",
+        "3",
+        "32",
+        "64",
+        "4294967296",
+        "9223372036854775807",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-1",
+        "1e3",
+    ];
     let shape: Vec<String> = (0..dims)
-        .map(|_| if rng.chance(2) { rng.pick(&["1", "2", "4", "8"]).to_string() } else { rng.pick(DIMS).to_string() })
+        .map(|_| {
+            if rng.chance(2) {
+                rng.pick(&["1", "2", "4", "8"]).to_string()
+            } else {
+                rng.pick(DIMS).to_string()
+            }
+        })
         .collect();
     let shape = match shape.len() {
         1 => format!("({},)", shape[0]),
         _ => format!("({})", shape.join(", ")),
     };
     let fortran = *rng.pick(&["False", "False", "True", "0"]);
-    let mut header = format!("{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}");
+    let mut header =
+        format!("{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -809,7 +1242,11 @@ fn npy_bytes(rng: &mut Rng) -> Vec<u8> {
     let version = *rng.pick(&[1u8, 1, 2, 3, 4]);
     let mut v = b"\x93NUMPY".to_vec();
     v.extend([version, 0]);
-    let len = if rng.chance(8) { rng.next() as u32 } else { header.len() as u32 };
+    let len = if rng.chance(8) {
+        rng.next() as u32
+    } else {
+        header.len() as u32
+    };
     if version == 1 {
         v.extend((len as u16).to_le_bytes());
     } else {
@@ -843,5 +1280,5 @@ fn gen_npy(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 fn fuzz_npy() {
     let corpus = read_corpus(&[("fuzz/corpus/npy", "npy")]);
-    fuzz("npy", npy_target, corpus, gen_npy);
+    fuzz("npy", 1000, npy_target, corpus, gen_npy);
 }

@@ -768,7 +768,10 @@ mod tests {
         // `i32::MIN / -1` overflows (Rust panics, x86 raises SIGFPE): an error as well.
         let f = mask("fn m(q: i32, kv: i32, d: i32) -> bool { i32::MIN / d <= q }");
         let e = f.mask(0, 0, 5, 3, &[Value::Int(-1)]).unwrap_err();
-        assert!(e.0.contains("attempt to divide with overflow (`-2147483648 / -1` in i32)"), "{e}");
+        assert!(
+            e.0.contains("attempt to divide with overflow (`-2147483648 / -1` in i32)"),
+            "{e}"
+        );
         let f = mask("fn m(q: i64, kv: i64, d: i64) -> bool { i64::MIN % d <= q }");
         let e = f.mask(0, 0, 5, 3, &[Value::Int(-1)]).unwrap_err();
         assert!(e.0.contains("remainder with overflow"), "{e}");
@@ -799,7 +802,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.score(1.0, 0, 0, 0, 0, &[]).unwrap(), f32::INFINITY);
-        let f = compile_eval("fn s(score: f32, q: i32, kv: i32) -> f32 { f32::MAX.min(score) + f32::MIN }", FnKind::Score).unwrap();
+        let f = compile_eval(
+            "fn s(score: f32, q: i32, kv: i32) -> f32 { f32::MAX.min(score) + f32::MIN }",
+            FnKind::Score,
+        )
+        .unwrap();
         assert_eq!(f.score(5e38, 0, 0, 0, 0, &[]).unwrap(), f32::MAX + f32::MIN);
         assert_eq!(f.score(0.0, 0, 0, 0, 0, &[]).unwrap(), f32::MIN);
     }

@@ -30,7 +30,10 @@ fn shapes(n: usize) -> Vec<(&'static str, String)> {
             "sum",
             mask_with_body(format!("kv{} <= q", " + 1".repeat(n))),
         ),
-        ("unary minus", mask_with_body(format!("{}kv <= q", "-".repeat(n)))),
+        (
+            "unary minus",
+            mask_with_body(format!("{}kv <= q", "-".repeat(n))),
+        ),
         ("not", mask_with_body(format!("{}(kv <= q)", "!".repeat(n)))),
         (
             "blocks",
@@ -72,8 +75,9 @@ fn hostile_nesting_is_an_error_not_a_stack_overflow() {
             for (what, src) in shapes(n) {
                 let errs = parse_mask_fn(&src).expect_err(what);
                 assert!(
-                    errs.iter()
-                        .any(|e| e.message.contains(&format!("nested deeper than {MAX_NESTING}"))),
+                    errs.iter().any(|e| e
+                        .message
+                        .contains(&format!("nested deeper than {MAX_NESTING}"))),
                     "{what} x{n}: {errs:?}"
                 );
                 assert!(compile_eval(&src, FnKind::Mask).is_err(), "{what} x{n}");

@@ -1,5 +1,7 @@
-//! `.npy` headers that claim more than the file holds are rejected before anything is
-//! allocated or multiplied (found by tests/fuzz.rs; the inputs are in fuzz/corpus/npy/).
+//! Bugs found by tests/fuzz.rs outside the DSL (the DSL's are in its own unit tests): `.npy`
+//! headers that claim more than the file holds are rejected before anything is allocated or
+//! multiplied, and document segments whose sum overflows are an error, not a panic. The
+//! inputs are also in fuzz/corpus/.
 
 use std::path::Path;
 
@@ -54,7 +56,12 @@ fn oversized_claims_are_errors() {
         ),
         (
             "u64_max.npy",
-            npy(1, &dict("<f4", "(18446744073709551615, 2, 1, 1)"), None, &data),
+            npy(
+                1,
+                &dict("<f4", "(18446744073709551615, 2, 1, 1)"),
+                None,
+                &data,
+            ),
             "has more than 2^64 elements",
         ),
         (
@@ -64,7 +71,12 @@ fn oversized_claims_are_errors() {
         ),
         (
             "zero_and_huge.npy",
-            npy(1, &dict("<f4", "(0, 4294967296, 4294967296, 2)"), None, &data),
+            npy(
+                1,
+                &dict("<f4", "(0, 4294967296, 4294967296, 2)"),
+                None,
+                &data,
+            ),
             "has more than 2^64 elements",
         ),
         (
@@ -118,4 +130,18 @@ fn numpy_headers_still_read() {
     std::fs::write(&p, npy(1, header, None, &[0u8; 64])).unwrap();
     let t = read_tensor(&p, DType::F32).unwrap();
     assert_eq!(t.shape().dim, 16);
+}
+
+#[test]
+fn document_segments_whose_sum_overflows_are_an_error() {
+    let text = "dtype = \"f16\"\nhead_dim = 64\nmask = \"document\"\n[params]\n\
+                doc_segments = [9223372036854775807, 9223372036854775807, 2]\n";
+    let sf = attnforge::specfile::SpecFile::parse(text, None).unwrap();
+    let e = sf.run_params(80, None).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "field `params.doc_segments`: segments sum to more than 2^64 but the key length is 80"
+        ),
+        "{e}"
+    );
 }

@@ -1235,7 +1235,7 @@ fn npy_bytes(rng: &mut Rng) -> Vec<u8> {
     let fortran = *rng.pick(&["False", "False", "True", "0"]);
     let mut header =
         format!("{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

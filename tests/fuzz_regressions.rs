@@ -11,7 +11,7 @@ use attnforge::npy::{read_i32, read_tensor};
 fn npy(version: u8, header: &str, header_len: Option<u32>, data: &[u8]) -> Vec<u8> {
     let mut h = header.to_string();
     let pre = if version == 1 { 10 } else { 12 };
-    while (pre + h.len() + 1) % 64 != 0 {
+    while !(pre + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');

@@ -44,7 +44,10 @@
 //! - Integer `+ - *` wrap (Rust's release-mode semantics; debug Rust would panic instead):
 //!   signed arithmetic is done in the unsigned type so CUDA has no undefined overflow.
 //! - `/` and `%` truncate toward zero as in Rust. Division by zero, `MIN / -1` and
-//!   out-of-bounds array indices panic in Rust; the CUDA result is then unspecified.
+//!   out-of-bounds array indices panic in Rust and are errors of the host evaluator
+//!   ([`eval`], with the position); the CUDA result is then unspecified (the CPU simulator
+//!   raises SIGFPE on an integer division by zero).
+//! - Expressions nest at most [`MAX_NESTING`] levels (an error, never a stack overflow).
 //! - Shifts mask the shift amount by the bit width (Rust release semantics).
 //! - `as` casts follow Rust: integer casts wrap, float-to-integer casts saturate and map NaN
 //!   to 0 (through helpers), `bool as` integer gives 0/1.
@@ -216,7 +219,8 @@ impl std::error::Error for SourceError {}
 /// Translates a parsed function. Returns every error found, each with the span of the
 /// offending expression (for `syn::Error::to_compile_error`).
 pub fn translate_fn(item: &syn::ItemFn, kind: FnKind) -> Result<UserFnDef, Vec<syn::Error>> {
-    check_nesting(quote::ToTokens::to_token_stream(item)).map_err(|e| vec![e])?;
+    // The body only: attributes (doc comments) and the signature do not nest.
+    check_nesting(quote::ToTokens::to_token_stream(&item.block)).map_err(|e| vec![e])?;
     let mut errors = Errors::default();
     let ast = parse::parse_fn(item, kind, &mut errors);
     if !ast.sig_complete {

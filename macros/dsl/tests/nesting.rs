@@ -143,3 +143,15 @@ fn long_functions_of_short_statements_are_accepted() {
         assert!(f.mask(0, 0, 5000, 3, &[]).unwrap());
     });
 }
+
+#[test]
+fn documentation_does_not_count_as_nesting() {
+    // `#[attnforge::mask]` passes the whole item (attributes included) to `translate_fn`.
+    let docs: String = (0..400).map(|i| format!("/// line {i}\n")).collect();
+    let item: syn::ItemFn = syn::parse_str(&format!(
+        "{docs}fn m(q: i64, kv: i64) -> bool {{ kv <= q }}"
+    ))
+    .unwrap();
+    let def = attnforge_dsl::translate_fn(&item, FnKind::Mask).expect("documented function");
+    assert_eq!(def.name, "m");
+}

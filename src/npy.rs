@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use attnforge_kernels::codegen::spec::DType;
@@ -83,14 +83,15 @@ fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
             "pass the path of an .npy file inside it",
         ));
     }
-    let f = File::open(path).map_err(|e| {
+    let mut f = File::open(path).map_err(|e| {
         err(
             path,
             format!("cannot open: {e}"),
             "check the path (relative paths are relative to the working directory)",
         )
     })?;
-    // npyz multiplies the header's shape unchecked: check the element count first.
+    check_header(path, &mut f)?;
+    // the element count against the size limit, before any data is read
     element_count(path)?;
     let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| {
         err(
@@ -421,6 +422,122 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), NpyError> {
             path,
             format!("cannot write: {e}"),
             "check that the folder exists and is writable",
+        ));
+    }
+    Ok(())
+}
+
+/// Longest `.npy` header accepted: NumPy writes a few hundred bytes, and `numpy.load`
+/// refuses more than 10000 by default.
+const MAX_HEADER_LEN: u64 = 65536;
+/// Deepest bracket nesting accepted in a header (a structured dtype nests a few levels).
+const MAX_HEADER_NESTING: usize = 16;
+
+/// Checks what `npyz` would trust before it allocates or multiplies: the header length
+/// (`npyz` allocates it before reading), the bracket nesting of the header (its parser
+/// recurses) and the `shape` (its element count must fit in u64 and in the data the file
+/// has). Anything else that is malformed is left to `npyz`'s own errors. Rewinds `f`.
+fn check_header(path: &Path, f: &mut File) -> Result<(), NpyError> {
+    let bad = |m: String| err(path, m, "rewrite the file with numpy.save");
+    let io = |e: std::io::Error| err(path, format!("cannot read: {e}"), "check the file");
+    let file_len = f.metadata().map_err(io)?.len();
+    let mut head = Vec::with_capacity(12);
+    Read::by_ref(f)
+        .take(12)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    let got = head.len();
+    let mut pre = [0u8; 12];
+    pre[..got].copy_from_slice(&head);
+    let magic = got >= 10 && pre.starts_with(b"\x93NUMPY");
+    let (start, header_len) = match pre[6] {
+        1 if magic => (10u64, u64::from(u16::from_le_bytes([pre[8], pre[9]]))),
+        2 | 3 if magic && got >= 12 => (
+            12,
+            u64::from(u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]])),
+        ),
+        _ => return f.rewind().map_err(io),
+    };
+    if header_len > MAX_HEADER_LEN || start + header_len > file_len {
+        return Err(bad(format!(
+            "the header claims {header_len} bytes but the file has {} after the preamble \
+             (at most {MAX_HEADER_LEN} are accepted)",
+            file_len.saturating_sub(start)
+        )));
+    }
+    let mut text = vec![0u8; header_len as usize];
+    f.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+    f.read_exact(&mut text).map_err(io)?;
+    let data_len = file_len - start - header_len;
+    // Walk the dict literal outside string literals: nesting, and the `shape` tuple(s).
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut last_string: Option<&[u8]> = None;
+    while i < text.len() {
+        match text[i] {
+            q @ (b'\'' | b'"') => {
+                let mut end = i + 1;
+                while end < text.len() && text[end] != q {
+                    end += if text[end] == b'\\' { 2 } else { 1 };
+                }
+                let end = end.min(text.len());
+                last_string = Some(&text[i + 1..end]);
+                i = end + 1;
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_HEADER_NESTING {
+                    return Err(bad(format!(
+                        "the header nests brackets deeper than {MAX_HEADER_NESTING} levels"
+                    )));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 && last_string == Some(b"shape".as_slice()) => {
+                let rest = &text[i + 1..];
+                let open = rest.iter().position(|c| !c.is_ascii_whitespace());
+                if let Some(o) = open.filter(|&o| matches!(rest[o], b'(' | b'[')) {
+                    let close = rest[o..]
+                        .iter()
+                        .position(|&c| matches!(c, b')' | b']'))
+                        .map_or(rest.len(), |p| o + p);
+                    check_shape(&rest[o + 1..close], data_len).map_err(bad)?;
+                }
+            }
+            _ => {}
+        }
+        if !text[i].is_ascii_whitespace() && text[i] != b':' {
+            last_string = None;
+        }
+        i += 1;
+    }
+    f.rewind().map_err(io)
+}
+
+/// The dimensions of a `shape` tuple must be decimal integers whose product fits in u64 (also
+/// skipping zeros: strides multiply them) and does not exceed the bytes of data.
+fn check_shape(dims: &[u8], data_len: u64) -> Result<(), String> {
+    let text = String::from_utf8_lossy(dims);
+    let mut elements: u64 = 1;
+    let mut nonzero: u64 = 1;
+    for d in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let digits = d.strip_suffix('L').unwrap_or(d);
+        let n: u64 = digits
+            .parse()
+            .ok()
+            .filter(|_| digits.bytes().all(|c| c.is_ascii_digit()))
+            .ok_or_else(|| {
+                format!("shape entry `{d}` is not a dimension (a decimal below 2^64)")
+            })?;
+        elements = elements.saturating_mul(n);
+        nonzero = nonzero
+            .checked_mul(n.max(1))
+            .ok_or_else(|| format!("shape ({text}) has more than 2^64 elements"))?;
+    }
+    if elements > data_len {
+        return Err(format!(
+            "shape ({text}) claims {elements} elements but the file has {data_len} bytes of data"
         ));
     }
     Ok(())

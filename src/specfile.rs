@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use attnforge_dsl::eval::{EvalFn, Value};
 use attnforge_dsl::{FnKind, ParamKind};
@@ -127,6 +127,12 @@ pub struct HostFn {
     pub params: Vec<(String, ParamKind)>,
     /// Host evaluator of the same text.
     pub eval: EvalFn,
+    /// The first evaluation error of the closures built by [`SpecFile::run_params`] (a
+    /// division by zero, an index out of bounds), with the arguments it happened at. The
+    /// closures cannot return it (the reference and the block-list builder take plain
+    /// predicates), so they record it here and give a neutral value; callers ask
+    /// [`SpecFile::user_fn_failure`] before trusting a result.
+    pub fault: Arc<OnceLock<String>>,
 }
 
 /// A parsed, validated spec file.
@@ -591,8 +597,9 @@ impl SpecFile {
             (Some(d), _) => Some(d),
             (None, Some(DocSource::Ids(d))) => Some(d.clone()),
             (None, Some(DocSource::Segments(s))) => {
-                let total: usize = s.iter().sum();
-                if total != seq_k {
+                let total = s.iter().try_fold(0usize, |t, &n| t.checked_add(n));
+                if total != Some(seq_k) {
+                    let total = total.map_or("more than 2^64".into(), |t| t.to_string());
                     return Err(self.error(
                         "params.doc_segments",
                         format!("segments sum to {total} but the key length is {seq_k}"),
@@ -643,11 +650,17 @@ impl SpecFile {
                     "give every parameter of the mask function in [params.user]",
                 )
             })?;
-            let f = h.eval.clone();
+            let (f, name, fault) = (h.eval.clone(), h.name.clone(), h.fault.clone());
             rp.host_mask = Some(Arc::new(move |b, hh, q, kv| {
-                // An evaluation error is a Rust panic of the same function: report it loudly.
-                f.mask(b, hh, q, kv, &vals)
-                    .unwrap_or_else(|e| panic!("user mask function failed: {e}"))
+                if fault.get().is_some() {
+                    return false;
+                }
+                f.mask(b, hh, q, kv, &vals).unwrap_or_else(|e| {
+                    let _ = fault.set(format!(
+                        "user mask function `{name}` failed at b = {b}, h = {hh}, q = {q}, kv = {kv}: {e}"
+                    ));
+                    false
+                })
             }));
         }
         if let Some(h) = &self.host_score {
@@ -658,15 +671,43 @@ impl SpecFile {
                     "give every parameter of the score function in [params.user]",
                 )
             })?;
-            let f = h.eval.clone();
+            let (f, name, fault) = (h.eval.clone(), h.name.clone(), h.fault.clone());
             rp.host_score = Some(Arc::new(move |s, b, hh, q, kv| {
-                f64::from(
-                    f.score(s, b, hh, q, kv, &vals)
-                        .unwrap_or_else(|e| panic!("user score function failed: {e}")),
+                if fault.get().is_some() {
+                    return f64::NAN;
+                }
+                f.score(s, b, hh, q, kv, &vals).map_or_else(
+                    |e| {
+                        let _ = fault.set(format!(
+                            "user score function `{name}` failed at score = {s}, b = {b}, h = {hh}, q = {q}, kv = {kv}: {e}"
+                        ));
+                        f64::NAN
+                    },
+                    f64::from,
                 )
             }));
         }
         Ok(rp)
+    }
+
+    /// The first evaluation error of a user function (given as source) in the closures of
+    /// [`SpecFile::run_params`]: any result computed after it is meaningless.
+    pub fn user_fn_failure(&self) -> Option<SpecFileError> {
+        [
+            (&self.host_mask, "mask.function.source"),
+            (&self.host_score, "score.function.source"),
+        ]
+        .into_iter()
+        .find_map(|(h, field)| {
+            let msg = h.as_ref()?.fault.get()?;
+            Some(self.error(
+                field,
+                msg.clone(),
+                "guard the operation in the function (`if d == 0 { .. }`; keep indices \
+                     below the array's length) or change the values in [params.user] \
+                     (docs/dsl.md, \"User-function semantics\")",
+            ))
+        })
     }
 }
 
@@ -829,6 +870,7 @@ fn user_fn(src: &str, kind: FnKind, field: &str) -> Result<(UserFunction, HostFn
             .map(|p| (p.name.clone(), p.kind))
             .collect(),
         eval,
+        fault: Arc::default(),
     };
     Ok((
         UserFunction {

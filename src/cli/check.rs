@@ -129,7 +129,12 @@ fn check_one<T: Element + SimElem>(
     specfile::catalog_twins(sf, &mut rp);
     let x = inputs::<T>(sf, seed);
     let name = attnforge::codegen::name::canonical_name_with_tile(&sf.spec, &tile);
-    match check(&sf.spec, &tile, &x, &rp, backend) {
+    let res = check(&sf.spec, &tile, &x, &rp, backend);
+    // A user function that failed on the host makes the verdict meaningless.
+    if let Some(e) = sf.user_fn_failure() {
+        return Err(CliError::input(e.to_string()));
+    }
+    match res {
         Ok(r) => Ok(Verdict::passed(name, &r.close, serde_json::Value::Null)),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Verdict::failed(name, detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {

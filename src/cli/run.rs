@@ -221,6 +221,11 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         _ => unreachable!("read_tensor returns the spec's dtype"),
     };
     progress.finish(res.is_ok());
+    // A user function that failed on the host makes every result meaningless, whatever the
+    // backend reported.
+    if let Some(e) = sf.user_fn_failure() {
+        return Err(CliError::input(e.to_string()));
+    }
     let out = res.map_err(|e| match e {
         ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_) => {
             CliError::input(format!("{}: {e}", a.spec))

@@ -60,13 +60,32 @@ enum N {
     Param(usize, ParamKind),
     Local(usize),
     Un(UnOp, Ty, Box<N>),
-    Bin(BinOp, Ty, Box<N>, Box<N>),
+    /// Operator, operand type, operands and the operator's source position (for errors).
+    Bin(BinOp, Ty, Box<N>, Box<N>, Pos),
     Cast(Ty, Ty, Box<N>),
     If(Box<N>, Box<Blk>, Option<Box<N>>),
     Block(Box<Blk>),
-    Elem(usize, Ty, Box<N>),
+    /// Array parameter, element type, index, and the array's name and position (for errors).
+    Elem(usize, Ty, Box<N>, Box<(String, Pos)>),
     Call(Func, Ty, Vec<N>),
     Return(Box<N>),
+}
+
+/// A 1-based source line and column.
+#[derive(Clone, Copy, Debug)]
+struct Pos(usize, usize);
+
+impl Pos {
+    fn of(r: crate::Rng) -> Pos {
+        let start = r.0.start();
+        Pos(start.line, start.column + 1)
+    }
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}", self.0, self.1)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -89,7 +108,7 @@ pub struct EvalFn {
 /// Parse, check and prepare `src` for host evaluation. Errors are the translator's own
 /// (the same list [`crate::parse_mask_fn`] would give).
 pub fn compile_eval(src: &str, kind: FnKind) -> Result<EvalFn, Vec<SourceError>> {
-    let item: syn::ItemFn = syn::parse_str(src).map_err(|e| crate::to_source_errors(&e))?;
+    let item = crate::parse_item(src)?;
     let mut errors = crate::Errors::default();
     let ast = crate::parse::parse_fn(&item, kind, &mut errors);
     if !ast.sig_complete {
@@ -183,6 +202,9 @@ impl Builder<'_> {
                 _ => N::Lit(V::I(0)),
             },
             ExprKind::Const(c) => N::Lit(match c {
+                // The CUDA side prints these as float literals too (lower.rs).
+                Const::Max(Ty::F32) => V::F(f32::MAX),
+                Const::Min(Ty::F32) => V::F(f32::MIN),
                 Const::Max(ty) => int_bound(*ty, true),
                 Const::Min(ty) => int_bound(*ty, false),
                 Const::Infinity => V::F(f32::INFINITY),
@@ -192,7 +214,13 @@ impl Builder<'_> {
             ExprKind::Unary(op, a) => N::Un(*op, t, Box::new(self.expr(a))),
             ExprKind::Binary(op, a, b) => {
                 let ot = self.ty(a);
-                N::Bin(*op, ot, Box::new(self.expr(a)), Box::new(self.expr(b)))
+                N::Bin(
+                    *op,
+                    ot,
+                    Box::new(self.expr(a)),
+                    Box::new(self.expr(b)),
+                    Pos::of(e.span),
+                )
             }
             ExprKind::Cast(a, to) => N::Cast(self.ty(a), *to, Box::new(self.expr(a))),
             ExprKind::If(c, then, els) => N::If(
@@ -201,12 +229,17 @@ impl Builder<'_> {
                 els.as_ref().map(|e| Box::new(self.expr(e))),
             ),
             ExprKind::Block(b) => N::Block(Box::new(self.block(b))),
-            ExprKind::Index(_, _, idx) => {
+            ExprKind::Index(name, _, idx) => {
                 let p = match self.typed.vars.get(&e.id) {
                     Some(Binding::Param(i)) => *i,
                     _ => usize::MAX,
                 };
-                N::Elem(p, t, Box::new(self.expr(idx)))
+                N::Elem(
+                    p,
+                    t,
+                    Box::new(self.expr(idx)),
+                    Box::new((name.clone(), Pos::of(e.span))),
+                )
             }
             ExprKind::Call(f, args, _) => {
                 let at = args.first().map(|a| self.ty(a)).unwrap_or(t);
@@ -440,11 +473,11 @@ fn eval(n: &N, f: &mut Frame<'_>) -> Result<Flow, EvalError> {
                 (UnOp::Not, V::B(b)) => V::B(!b),
                 (UnOp::Not, V::I(i)) => V::I(wrap(*t, !i)),
                 (UnOp::Neg, V::F(x)) => V::F(-x),
-                (UnOp::Neg, V::I(i)) => V::I(wrap(*t, -i)),
+                (UnOp::Neg, V::I(i)) => V::I(wrap(*t, i.wrapping_neg())),
                 (_, v) => v,
             }
         }
-        N::Bin(op, t, a, b) => {
+        N::Bin(op, t, a, b, pos) => {
             let x = val!(eval(a, f));
             match op {
                 BinOp::And if !boolean(x) => return Ok(Flow::Val(V::B(false))),
@@ -452,7 +485,7 @@ fn eval(n: &N, f: &mut Frame<'_>) -> Result<Flow, EvalError> {
                 _ => {}
             }
             let y = val!(eval(b, f));
-            binary(*op, *t, x, y)?
+            binary(*op, *t, x, y).map_err(|e| EvalError(format!("{pos}: {}", e.0)))?
         }
         N::Cast(from, to, a) => cast(*from, *to, val!(eval(a, f))),
         N::If(c, then, els) => {
@@ -465,11 +498,12 @@ fn eval(n: &N, f: &mut Frame<'_>) -> Result<Flow, EvalError> {
             }
         }
         N::Block(b) => return eval_block(b, f),
-        N::Elem(p, t, idx) => {
+        N::Elem(p, t, idx, site) => {
             let i = int(val!(eval(idx, f)));
+            let (name, pos) = &**site;
             let oob = |len: usize| {
                 EvalError(format!(
-                    "index {i} out of bounds for an array parameter of length {len}"
+                    "{pos}: index out of bounds: `{name}[{i}]` but `{name}` has length {len}"
                 ))
             };
             match f.params.get(*p) {
@@ -513,7 +547,7 @@ fn call(func: Func, t: Ty, a: &[V]) -> V {
         Func::Min => V::I(int(a[0]).min(int(a[1]))),
         Func::Max => V::I(int(a[0]).max(int(a[1]))),
         Func::Abs if t == Ty::F32 => V::F(flt(a[0]).abs()),
-        Func::Abs => V::I(wrap(t, int(a[0]).abs())),
+        Func::Abs => V::I(wrap(t, int(a[0]).wrapping_abs())),
         Func::Powf => V::F(flt(a[0]).powf(flt(a[1]))),
         Func::Math(name) => {
             let x = flt(a[0]);
@@ -569,12 +603,29 @@ fn binary(op: BinOp, t: Ty, x: V, y: V) -> Result<V, EvalError> {
     let (a, b) = (int(x), int(y));
     let bits = t.bits();
     Ok(match op {
-        Add => V::I(wrap(t, a + b)),
-        Sub => V::I(wrap(t, a - b)),
+        // Operands are values of a 64-bit type at most; wrapping i128 arithmetic keeps an
+        // unexpected operand (a bug elsewhere) from panicking.
+        Add => V::I(wrap(t, a.wrapping_add(b))),
+        Sub => V::I(wrap(t, a.wrapping_sub(b))),
         Mul => V::I(wrap(t, a.wrapping_mul(b))),
         Div | Rem => {
+            let what = if op == Div {
+                "divide"
+            } else {
+                "calculate the remainder"
+            };
+            let sym = if op == Div { "/" } else { "%" };
             if b == 0 {
-                return Err(EvalError("attempt to divide by zero".into()));
+                return Err(EvalError(format!(
+                    "attempt to {what} by zero (`{a} {sym} 0` in {})",
+                    t.name()
+                )));
+            }
+            if t.is_signed_int() && V::I(a) == int_bound(t, false) && b == -1 {
+                return Err(EvalError(format!(
+                    "attempt to {what} with overflow (`{a} {sym} -1` in {})",
+                    t.name()
+                )));
             }
             V::I(wrap(t, if op == Div { a / b } else { a % b }))
         }
@@ -693,5 +744,70 @@ mod tests {
         assert!(e.0.contains("out of bounds"), "{e}");
         let e = f.mask(0, 0, 0, 0, &[Value::Float(1.0)]).unwrap_err();
         assert!(e.0.contains("not an array"), "{e}");
+    }
+
+    #[test]
+    fn integer_division_faults_are_errors_with_the_position() {
+        let f = mask(
+            "fn m(q: i32, kv: i32, d: i32) -> bool {
+                 let x = q / d;
+                 kv % d <= x
+             }",
+        );
+        let e = f.mask(0, 0, 5, 3, &[Value::Int(0)]).unwrap_err();
+        assert_eq!(
+            e.0,
+            "line 2, column 26: attempt to divide by zero (`5 / 0` in i32)"
+        );
+        let f = mask("fn m(q: u32, kv: u32, d: u32) -> bool {\n kv % d <= q }");
+        let e = f.mask(0, 0, 5, 3, &[Value::Int(0)]).unwrap_err();
+        assert_eq!(
+            e.0,
+            "line 2, column 2: attempt to calculate the remainder by zero (`3 % 0` in u32)"
+        );
+        // `i32::MIN / -1` overflows (Rust panics, x86 raises SIGFPE): an error as well.
+        let f = mask("fn m(q: i32, kv: i32, d: i32) -> bool { i32::MIN / d <= q }");
+        let e = f.mask(0, 0, 5, 3, &[Value::Int(-1)]).unwrap_err();
+        assert!(
+            e.0.contains("attempt to divide with overflow (`-2147483648 / -1` in i32)"),
+            "{e}"
+        );
+        let f = mask("fn m(q: i64, kv: i64, d: i64) -> bool { i64::MIN % d <= q }");
+        let e = f.mask(0, 0, 5, 3, &[Value::Int(-1)]).unwrap_err();
+        assert!(e.0.contains("remainder with overflow"), "{e}");
+        // The same operands in a wider type are fine.
+        let f = mask("fn m(q: i64, kv: i64, d: i64) -> bool { (i32::MIN as i64) / d > q }");
+        assert!(f.mask(0, 0, 5, 3, &[Value::Int(-1)]).unwrap());
+    }
+
+    #[test]
+    fn index_errors_name_the_array_and_the_index() {
+        let f = mask("fn m(q: i32, kv: i32, doc: &[i32]) -> bool { doc[(q - kv) as usize] == 0 }");
+        let e = f
+            .mask(0, 0, 1, 3, &[Value::Ints(vec![0, 0, 0])])
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "line 1, column 46: index out of bounds: `doc[18446744073709551614]` but `doc` has length 3"
+        );
+    }
+
+    #[test]
+    fn f32_max_and_min_are_floats() {
+        // Found by fuzzing: `f32::MAX` evaluated to the integer 2^64 - 1, and adding it to a
+        // float overflowed i128 arithmetic (a panic in debug builds).
+        let f = compile_eval(
+            "fn s(score: f32, q: i32, kv: i32) -> f32 { f32::MAX + f32::INFINITY + f32::MIN * 0.0 + score }",
+            FnKind::Score,
+        )
+        .unwrap();
+        assert_eq!(f.score(1.0, 0, 0, 0, 0, &[]).unwrap(), f32::INFINITY);
+        let f = compile_eval(
+            "fn s(score: f32, q: i32, kv: i32) -> f32 { f32::MAX.min(score) + f32::MIN }",
+            FnKind::Score,
+        )
+        .unwrap();
+        assert_eq!(f.score(5e38, 0, 0, 0, 0, &[]).unwrap(), f32::MAX + f32::MIN);
+        assert_eq!(f.score(0.0, 0, 0, 0, 0, &[]).unwrap(), f32::MIN);
     }
 }

@@ -44,7 +44,10 @@
 //! - Integer `+ - *` wrap (Rust's release-mode semantics; debug Rust would panic instead):
 //!   signed arithmetic is done in the unsigned type so CUDA has no undefined overflow.
 //! - `/` and `%` truncate toward zero as in Rust. Division by zero, `MIN / -1` and
-//!   out-of-bounds array indices panic in Rust; the CUDA result is then unspecified.
+//!   out-of-bounds array indices panic in Rust and are errors of the host evaluator
+//!   ([`eval`], with the position); the CUDA result is then unspecified (the CPU simulator
+//!   raises SIGFPE on an integer division by zero).
+//! - Expressions nest at most [`MAX_NESTING`] levels (an error, never a stack overflow).
 //! - Shifts mask the shift amount by the bit width (Rust release semantics).
 //! - `as` casts follow Rust: integer casts wrap, float-to-integer casts saturate and map NaN
 //!   to 0 (through helpers), `bool as` integer gives 0/1.
@@ -216,6 +219,8 @@ impl std::error::Error for SourceError {}
 /// Translates a parsed function. Returns every error found, each with the span of the
 /// offending expression (for `syn::Error::to_compile_error`).
 pub fn translate_fn(item: &syn::ItemFn, kind: FnKind) -> Result<UserFnDef, Vec<syn::Error>> {
+    // The body only: attributes (doc comments) and the signature do not nest.
+    check_nesting(quote::ToTokens::to_token_stream(&item.block)).map_err(|e| vec![e])?;
     let mut errors = Errors::default();
     let ast = parse::parse_fn(item, kind, &mut errors);
     if !ast.sig_complete {
@@ -258,8 +263,90 @@ pub fn parse_score_fn(src: &str) -> Result<UserFnDef, Vec<SourceError>> {
 }
 
 fn parse_src(src: &str, kind: FnKind) -> Result<UserFnDef, Vec<SourceError>> {
-    let item: syn::ItemFn = syn::parse_str(src).map_err(|e| to_source_errors(&e))?;
+    let item = parse_item(src)?;
     translate_fn(&item, kind).map_err(|errs| errs.iter().flat_map(to_source_errors).collect())
+}
+
+/// Parses source text as a function, after bounding its nesting (syn's parser recurses).
+pub(crate) fn parse_item(src: &str) -> Result<syn::ItemFn, Vec<SourceError>> {
+    let tokens: proc_macro2::TokenStream = src
+        .parse()
+        .map_err(|e: proc_macro2::LexError| to_source_errors(&syn::Error::from(e)))?;
+    check_nesting(tokens.clone()).map_err(|e| to_source_errors(&e))?;
+    syn::parse2(tokens).map_err(|e| to_source_errors(&e))
+}
+
+/// The deepest expression nesting a mask or score function may have. Every step of the
+/// pipeline (syn's parser, the checker, the lowering, the emitter, the host evaluator) walks
+/// expressions recursively; this bound keeps them within a 2 MiB thread stack.
+pub const MAX_NESTING: usize = 512;
+
+/// Extra levels charged for entering a `{ .. }` block.
+const BLOCK_COST: usize = 3;
+
+/// Rejects token streams whose expressions may nest deeper than [`MAX_NESTING`], without
+/// recursion (the token trees themselves may be nested arbitrarily deep).
+///
+/// The bound is conservative: within one group, the tokens of a statement or argument (split
+/// at `;`, `,` and between a `{ .. }` block and a following `if`/`let`/`return`) may each add a
+/// level (`a + b + c` nests once per operator, `- - x` once per sign, `else if` once per
+/// branch), and a nested group starts from the level of the segment it is in.
+pub(crate) fn check_nesting(tokens: proc_macro2::TokenStream) -> Result<(), syn::Error> {
+    use proc_macro2::{Delimiter, TokenTree};
+    let mut stack = vec![(tokens, 0usize)];
+    while let Some((stream, base)) = stack.pop() {
+        let toks: Vec<TokenTree> = stream.into_iter().collect();
+        let mut start = 0;
+        for i in 0..=toks.len() {
+            let ends = match toks.get(i) {
+                None => true,
+                Some(TokenTree::Punct(p)) => matches!(p.as_char(), ';' | ','),
+                Some(TokenTree::Ident(id)) => {
+                    i > start
+                        && matches!(&toks[i - 1], TokenTree::Group(g) if g.delimiter() == Delimiter::Brace)
+                        && (id == "if" || id == "let" || id == "return")
+                }
+                _ => false,
+            };
+            if !ends {
+                continue;
+            }
+            let segment = &toks[start..i];
+            let depth = base + segment.len();
+            if depth > MAX_NESTING {
+                let span = segment
+                    .first()
+                    .map_or_else(proc_macro2::Span::call_site, TokenTree::span);
+                return Err(syn::Error::new(
+                    span,
+                    format!(
+                        "expression nested deeper than {MAX_NESTING} levels (each operator, \
+                         parenthesis, block, cast or `else if` adds a level): split it with \
+                         `let` bindings"
+                    ),
+                ));
+            }
+            for t in segment {
+                if let TokenTree::Group(g) = t {
+                    // A block costs syn and the walks several frames (block, statement,
+                    // expression), a parenthesis or bracket about one.
+                    let cost = if g.delimiter() == Delimiter::Brace {
+                        BLOCK_COST
+                    } else {
+                        0
+                    };
+                    stack.push((g.stream(), depth + cost));
+                }
+            }
+            // A separator token is not part of the next segment; a keyword is.
+            start = if matches!(toks.get(i), Some(TokenTree::Ident(_))) {
+                i
+            } else {
+                i + 1
+            };
+        }
+    }
+    Ok(())
 }
 
 fn to_source_errors(e: &syn::Error) -> Vec<SourceError> {

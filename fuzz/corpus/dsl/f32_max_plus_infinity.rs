@@ -1,0 +1,1 @@
+fn f(h: i32, q: i32, kv: i32) -> bool { let l0: u32 = 64; ((f32::MAX).powf((f32::INFINITY + f32::MAX)) < ((1.5 + f32::EPSILON)).ln()) }

@@ -121,7 +121,8 @@ fn print_usage() {
          mutants      mutation testing of the generator (not in CI): every catalog mutant is\n               \
                       built and run against `check --all` and the CI suites; report in\n               \
                       target/mutants/report.md. Options: --list, --check-patterns (no build),\n               \
-                      --only ID,ID, --category NAME,NAME, --no-tests, --timeout SECONDS (per step)",
+                      --only ID,ID, --category NAME,NAME, --no-tests, --resume,\n               \
+                      --timeout SECONDS (per step)",
         MAIN_JOB.join(" "),
         MAIN_JOB_DEFAULT_ARGS.join(" ")
     );

@@ -152,6 +152,7 @@ struct Options {
     list: bool,
     check_patterns: bool,
     no_tests: bool,
+    resume: bool,
     timeout: Option<u64>,
 }
 
@@ -168,6 +169,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--list" => o.list = true,
             "--check-patterns" => o.check_patterns = true,
             "--no-tests" => o.no_tests = true,
+            "--resume" => o.resume = true,
             "--only" => {
                 let v = value("--only")?;
                 let ids: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
@@ -202,7 +204,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             other => {
                 return err(format!(
                     "mutants: unknown option `{other}`; expected --list, --check-patterns, \
-                     --only ID,ID, --category NAME,NAME, --no-tests, --timeout SECONDS"
+                     --only ID,ID, --category NAME,NAME, --no-tests, --resume, --timeout SECONDS"
                 ))
             }
         }
@@ -412,6 +414,19 @@ impl Status {
             Status::BuildFailed => "build-failed",
         }
     }
+    fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Killed,
+            Status::Timeout,
+            Status::Survived,
+            Status::Unexercised,
+            Status::Equivalent,
+            Status::Stale,
+            Status::BuildFailed,
+        ]
+        .into_iter()
+        .find(|x| x.name() == s)
+    }
     fn counted(&self) -> bool {
         matches!(
             self,
@@ -450,7 +465,12 @@ struct Harness {
     envs: Vec<(String, PathBuf)>,
     baseline: BTreeMap<String, String>,
     baseline_cache: BTreeSet<PathBuf>,
-    outcomes: Vec<Outcome>,
+    /// Results for the current sources (this run's and earlier runs'), by mutant id.
+    outcomes: BTreeMap<&'static str, Outcome>,
+    /// Digest of the synced sources (xtask and docs excluded): results of other sources are
+    /// dropped.
+    tree: String,
+    resume: bool,
     started: String,
 }
 
@@ -483,7 +503,9 @@ impl Harness {
             envs,
             baseline: BTreeMap::new(),
             baseline_cache: BTreeSet::new(),
-            outcomes: Vec::new(),
+            outcomes: BTreeMap::new(),
+            tree: String::new(),
+            resume: o.resume,
             started: utc_now(),
         })
     }
@@ -517,7 +539,7 @@ impl Harness {
     /// Copies the workspace's tracked and untracked-but-not-ignored files into the scratch
     /// tree: only files whose content differs are written (unchanged files keep their
     /// mtime, so cargo does not rebuild them), files gone from the workspace are removed.
-    fn sync(&self) -> Result<()> {
+    fn sync(&mut self) -> Result<()> {
         let out = Command::new("git")
             .args([
                 "ls-files",
@@ -543,11 +565,19 @@ impl Harness {
             .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
             .collect();
         let mut written = 0;
+        let mut digest = Fnv::default();
         for rel in &files {
             let src = self.root.join(rel);
             let Ok(bytes) = fs::read(&src) else {
                 continue; // deleted in the work tree but not yet in the index
             };
+            let text_only = rel.starts_with("xtask")
+                || rel.starts_with("docs")
+                || rel.extension().is_some_and(|e| e == "md");
+            if !text_only {
+                digest.eat(rel.to_string_lossy().as_bytes());
+                digest.eat(&bytes);
+            }
             let dst = self.work.join(rel);
             if fs::read(&dst).is_ok_and(|b| b == bytes) {
                 continue;
@@ -560,6 +590,7 @@ impl Harness {
                 .map_err(|e| TaskError(format!("cannot write {}: {e}", dst.display())))?;
             written += 1;
         }
+        self.tree = format!("{:016x}", digest.0);
         let mut removed = 0;
         remove_extra(&self.work, &self.work, &files, &mut removed)?;
         println!(
@@ -681,6 +712,7 @@ impl Harness {
         fs::create_dir_all(&self.work)
             .map_err(|e| TaskError(format!("cannot create {}: {e}", self.work.display())))?;
         self.sync()?;
+        self.load_results();
         self.seed_target();
         for (s, why) in EXCLUDED_SUITES {
             println!(
@@ -690,24 +722,40 @@ impl Harness {
         }
         let total = Instant::now();
         // stale patterns are reported without building anything
-        let fresh: Vec<&'static Mutant> = mutants
+        let todo: Vec<&'static Mutant> = mutants
             .iter()
             .copied()
+            .filter(|m| {
+                let done = self.resume && self.outcomes.contains_key(m.id);
+                if done {
+                    println!(
+                        "xtask: [{}] already done for these sources (--resume)",
+                        m.id
+                    );
+                }
+                !done
+            })
+            .collect();
+        let fresh: Vec<&'static Mutant> = todo
+            .into_iter()
             .filter(|m| {
                 let text = fs::read_to_string(self.work.join(m.file)).unwrap_or_default();
                 match apply(&text, m) {
                     Ok(_) => true,
                     Err(Stale(why)) => {
                         println!("xtask: [{}] STALE: {why}", m.id);
-                        self.outcomes.push(Outcome {
-                            mutant: m,
-                            status: Status::Stale,
-                            by: format!("{}: {why}", m.file),
-                            build_s: 0.0,
-                            check_s: 0.0,
-                            tests_s: 0.0,
-                            total_s: 0.0,
-                        });
+                        self.outcomes.insert(
+                            m.id,
+                            Outcome {
+                                mutant: m,
+                                status: Status::Stale,
+                                by: format!("{}: {why}", m.file),
+                                build_s: 0.0,
+                                check_s: 0.0,
+                                tests_s: 0.0,
+                                total_s: 0.0,
+                            },
+                        );
                         false
                     }
                 }
@@ -743,14 +791,17 @@ impl Harness {
                 outcome.check_s,
                 outcome.tests_s
             );
-            self.outcomes.push(outcome);
+            self.outcomes.insert(m.id, outcome);
             self.write_reports(total.elapsed().as_secs_f64())?;
         }
         self.write_reports(total.elapsed().as_secs_f64())?;
-        let stale = self
-            .outcomes
+        let stale = mutants
             .iter()
-            .filter(|o| o.status == Status::Stale)
+            .filter(|m| {
+                self.outcomes
+                    .get(m.id)
+                    .is_some_and(|o| o.status == Status::Stale)
+            })
             .count();
         println!(
             "\nxtask: report in {}",
@@ -944,15 +995,91 @@ impl Harness {
         }
     }
 
+    /// Results of earlier runs on the same sources (`results.tsv`).
+    fn load_results(&mut self) {
+        let text = fs::read_to_string(self.scratch.join("results.tsv")).unwrap_or_default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() != 8 || f[0] != self.tree {
+                continue;
+            }
+            let (Some(m), Some(status)) =
+                (CATALOG.iter().find(|m| m.id == f[1]), Status::parse(f[2]))
+            else {
+                continue;
+            };
+            let num = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+            self.outcomes.insert(
+                m.id,
+                Outcome {
+                    mutant: m,
+                    status,
+                    by: f[3].to_string(),
+                    build_s: num(f[4]),
+                    check_s: num(f[5]),
+                    tests_s: num(f[6]),
+                    total_s: num(f[7]),
+                },
+            );
+        }
+        if !self.outcomes.is_empty() {
+            println!(
+                "xtask: {} results of earlier runs on these sources kept (results.tsv)",
+                self.outcomes.len()
+            );
+        }
+    }
+
     fn write_reports(&self, elapsed_s: f64) -> Result<()> {
-        let md = report_md(&self.outcomes, &self.started, elapsed_s);
-        let json = report_json(&self.outcomes, &self.started, elapsed_s);
-        for (name, text) in [("report.md", md), ("report.json", json)] {
+        // catalog order
+        let outcomes: Vec<Outcome> = CATALOG
+            .iter()
+            .filter_map(|m| self.outcomes.get(m.id).cloned())
+            .collect();
+        let mut tsv = String::new();
+        for o in &outcomes {
+            let _ = writeln!(
+                tsv,
+                "{}\t{}\t{}\t{}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
+                self.tree,
+                o.mutant.id,
+                o.status.name(),
+                one_line(&o.by.replace('\t', " ")),
+                o.build_s,
+                o.check_s,
+                o.tests_s,
+                o.total_s
+            );
+        }
+        let md = report_md(&outcomes, &self.started, elapsed_s, &self.tree);
+        let json = report_json(&outcomes, &self.started, elapsed_s);
+        for (name, text) in [
+            ("report.md", md),
+            ("report.json", json),
+            ("results.tsv", tsv),
+        ] {
             let p = self.scratch.join(name);
             fs::write(&p, text)
                 .map_err(|e| TaskError(format!("cannot write {}: {e}", p.display())))?;
         }
         Ok(())
+    }
+}
+
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn eat(&mut self, bytes: &[u8]) {
+        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }
 
@@ -1040,13 +1167,14 @@ fn rate(t: &Tally) -> String {
     }
 }
 
-fn report_md(outcomes: &[Outcome], started: &str, elapsed_s: f64) -> String {
+fn report_md(outcomes: &[Outcome], started: &str, elapsed_s: f64, tree: &str) -> String {
     let t = tally(outcomes);
     let mut s = String::new();
     let _ = writeln!(s, "# Mutation testing report\n");
     let _ = writeln!(
         s,
-        "Run started {started}, {:.0} s so far, {} mutants. Kill rate = killed / (killed + \
+        "Sources {tree} (digest); last run started {started}, {:.0} s. {} mutants with a result \
+         for these sources (this run and earlier ones, `results.tsv`). Kill rate = killed / (killed + \
          timeout + survived + survived-unexercised) = {}/{} = **{}**; equivalent, stale and \
          build-failed mutants are listed, not counted.\n",
         elapsed_s,

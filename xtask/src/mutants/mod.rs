@@ -773,12 +773,13 @@ impl Harness {
                 m.category.name(),
                 m.description
             );
+            let path = self.work.join(m.file);
+            let original = fs::read(&path)
+                .map_err(|e| TaskError(format!("cannot read {}: {e}", path.display())))?;
             let outcome = self.run_one(m);
             // restore before anything else, even when the run failed
-            let original = fs::read(self.root.join(m.file));
-            if let Ok(bytes) = original {
-                let _ = fs::write(self.work.join(m.file), bytes);
-            }
+            fs::write(&path, original)
+                .map_err(|e| TaskError(format!("cannot restore {}: {e}", path.display())))?;
             self.prune_sim_cache();
             let outcome = outcome?;
             println!(
@@ -1218,6 +1219,22 @@ fn report_md(outcomes: &[Outcome], started: &str, elapsed_s: f64, tree: &str) ->
             rate(&tc)
         );
     }
+    let named: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.mutant.named_in_issue)
+        .map(|o| format!("`{}` {}", o.mutant.id, o.status.name()))
+        .collect();
+    let named_total = CATALOG.iter().filter(|m| m.named_in_issue).count();
+    let _ = writeln!(
+        s,
+        "\nNamed in issue 16 ({} of {named_total} with a result): {}",
+        named.len(),
+        if named.is_empty() {
+            "none yet".to_string()
+        } else {
+            named.join(", ")
+        }
+    );
     let _ = writeln!(
         s,
         "\n| mutant | category | status | killed by / note | build s | check s | tests s | total s |"
@@ -1422,5 +1439,9 @@ mod tests {
         let t = tally(&os);
         assert_eq!((t.killed, t.counted), (2, 4));
         assert_eq!(rate(&t), "50.0%");
+        // results.tsv stores the status by name
+        for o in &os {
+            assert_eq!(Status::parse(o.status.name()), Some(o.status.clone()));
+        }
     }
 }

@@ -470,6 +470,8 @@ struct Harness {
     /// Digest of the synced sources (xtask and docs excluded): results of other sources are
     /// dropped.
     tree: String,
+    /// Lines of `results.tsv` for other sources, written back unchanged.
+    other_results: Vec<String>,
     resume: bool,
     started: String,
 }
@@ -505,6 +507,7 @@ impl Harness {
             baseline_cache: BTreeSet::new(),
             outcomes: BTreeMap::new(),
             tree: String::new(),
+            other_results: Vec::new(),
             resume: o.resume,
             started: utc_now(),
         })
@@ -1002,6 +1005,7 @@ impl Harness {
         for line in text.lines() {
             let f: Vec<&str> = line.split('\t').collect();
             if f.len() != 8 || f[0] != self.tree {
+                self.other_results.push(line.to_string());
                 continue;
             }
             let (Some(m), Some(status)) =
@@ -1038,6 +1042,10 @@ impl Harness {
             .filter_map(|m| self.outcomes.get(m.id).cloned())
             .collect();
         let mut tsv = String::new();
+        for line in &self.other_results {
+            tsv.push_str(line);
+            tsv.push('\n');
+        }
         for o in &outcomes {
             let _ = writeln!(
                 tsv,

@@ -463,7 +463,9 @@ struct Harness {
     timeout: Duration,
     no_tests: bool,
     envs: Vec<(String, PathBuf)>,
-    baseline: BTreeMap<String, String>,
+    /// `(kernel, fingerprint)` per line of the unmutated `check --all`, in order (a kernel
+    /// may be checked on several problems, so lines are compared by position).
+    baseline: Vec<(String, String)>,
     baseline_cache: BTreeSet<PathBuf>,
     /// Results for the current sources (this run's and earlier runs'), by mutant id.
     outcomes: BTreeMap<&'static str, Outcome>,
@@ -503,7 +505,7 @@ impl Harness {
             timeout: Duration::from_secs(o.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT_S)),
             no_tests: o.no_tests,
             envs,
-            baseline: BTreeMap::new(),
+            baseline: Vec::new(),
             baseline_cache: BTreeSet::new(),
             outcomes: BTreeMap::new(),
             tree: String::new(),
@@ -699,7 +701,7 @@ impl Harness {
                     l.kernel
                 ));
             };
-            self.baseline.insert(l.kernel.clone(), fp.clone());
+            self.baseline.push((l.kernel.clone(), fp.clone()));
         }
         self.baseline_cache = self.sim_cache_entries();
         println!(
@@ -958,15 +960,13 @@ impl Harness {
             }
         }
 
-        let identical = lines.len() == self.baseline.len()
-            && lines.iter().all(|l| {
-                l.fingerprint.is_some() && self.baseline.get(&l.kernel) == l.fingerprint.as_ref()
-            });
         let changed = lines
             .iter()
-            .filter(|l| self.baseline.get(&l.kernel) != l.fingerprint.as_ref())
-            .map(|l| l.kernel.as_str())
+            .zip(&self.baseline)
+            .filter(|(l, (kernel, fp))| l.kernel != *kernel || l.fingerprint.as_ref() != Some(fp))
+            .map(|(l, _)| l.kernel.as_str())
             .collect::<Vec<_>>();
+        let identical = lines.len() == self.baseline.len() && changed.is_empty();
         let tests = if self.no_tests {
             " (tests not run: --no-tests)"
         } else {

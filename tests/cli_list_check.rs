@@ -190,3 +190,31 @@ fn help_has_examples() {
         assert!(text(&o).contains("Examples:"), "{sub}");
     }
 }
+
+/// `check --json` fingerprints (used by `cargo xtask mutants` to tell equivalent mutants):
+/// the same kernel on the same inputs gives the same digest, other inputs another one.
+#[test]
+fn check_json_fingerprint_is_stable_and_input_sensitive() {
+    let fp = |seed: &str| {
+        let o = run(&[
+            "check",
+            "flash_fwd_causal_d64_f16",
+            "--json",
+            "--fail-fast",
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let l: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        let f = l["fingerprint"].as_str().unwrap().to_string();
+        assert!(
+            f.len() == 16 && f.chars().all(|c| c.is_ascii_hexdigit()),
+            "{f}"
+        );
+        f
+    };
+    let a = fp("1");
+    assert_eq!(a, fp("1"));
+    assert_ne!(a, fp("2"));
+}

@@ -952,6 +952,8 @@ pub struct CheckReport {
     pub counters: Option<SimCounters>,
     /// Dense tile count (denominator of sparsity claims), simulator only.
     pub dense_tiles: Option<u64>,
+    /// The kernel's output (`out`, `lse`) that passed the oracle.
+    pub output: AttnOutput,
 }
 
 /// Run the kernel on `backend` and compare it with the f64 reference using the relative
@@ -995,6 +997,7 @@ pub fn check<T: Element + SimElem>(
         close,
         counters,
         dense_tiles: dense,
+        output: got,
     })
 }
 

@@ -4,8 +4,8 @@ use attnforge::codegen::catalog;
 use attnforge::codegen::dynamic::dynamic_catalog;
 use attnforge::codegen::spec::DType;
 use attnforge::exec::{check, Backend, ExecError, Inputs};
-use attnforge::reference::{CloseReport, Element, Shape4, Tensor4};
-use attnforge::sim::SimElem;
+use attnforge::reference::{AttnOutput, CloseReport, Element, Shape4, Tensor4};
+use attnforge::sim::{SimCounters, SimElem};
 use attnforge::specfile::{self, AnySpecFile, SpecFile};
 use clap::{Args, ValueEnum};
 use half::{bf16, f16};
@@ -25,7 +25,9 @@ Data-dependent pipelines (landmark, hax, cca, topk, lse_merge) run every kernel 
 pipeline (attnforge_kernels::exec_dynamic) and compare the final out/lse the same way; their
 random inputs are exact (q, k in {-1, 0, 1} for the ranking families, values multiples of
 1/16, HAX hyperplanes redrawn until every hash sign is well-posed), so rankings have exact
-ties and no near-ties. --all covers the static and the dynamic catalog.
+ties and no near-ties. --all covers the static and the dynamic catalog. --fail-fast stops at
+the first failing kernel. --json adds a fingerprint to passing kernels: a digest of the
+output bits and the simulator's work counters (equal digests: bit-identical runs).
 
 Examples:
   attnforge check flash_fwd_causal_d64_f16
@@ -60,6 +62,9 @@ pub struct CheckArgs {
     /// Print one JSON object per kernel instead of a table.
     #[arg(long)]
     json: bool,
+    /// Stop at the first failing kernel (exit code 1).
+    #[arg(long)]
+    fail_fast: bool,
 }
 
 /// One kernel's (or pipeline's) result.
@@ -72,6 +77,28 @@ pub struct Verdict {
     pub detail: String,
     /// Dynamic pipelines: kernels run and work counters (JSON), else null.
     pub extra: serde_json::Value,
+    /// Digest of the output bits and the simulator's work counters ([`fingerprint`]).
+    pub fingerprint: Option<String>,
+}
+
+/// FNV-1a digest of a kernel's `out` and `lse` bits and of its work counters (visited
+/// tiles, mask evaluations, gathered keys): equal digests mean the run was bit-identical.
+/// `cargo xtask mutants` compares it with the unmutated generator's to tell an equivalent
+/// mutant from a surviving one.
+pub fn fingerprint(output: &AttnOutput, counters: Option<&SimCounters>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u64| {
+        for b in x.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for x in output.out.iter().chain(&output.lse) {
+        eat(x.to_bits());
+    }
+    for c in counters.map_or([0; 8], |c| c.raw) {
+        eat(c);
+    }
+    format!("{h:016x}")
 }
 
 impl Verdict {
@@ -85,6 +112,7 @@ impl Verdict {
             lse_err: close.lse.max_err,
             detail: String::new(),
             extra,
+            fingerprint: None,
         }
     }
 
@@ -98,6 +126,7 @@ impl Verdict {
             lse_err: f64::NAN,
             detail,
             extra: serde_json::Value::Null,
+            fingerprint: None,
         }
     }
 }
@@ -135,7 +164,10 @@ fn check_one<T: Element + SimElem>(
         return Err(CliError::input(e.to_string()));
     }
     match res {
-        Ok(r) => Ok(Verdict::passed(name, &r.close, serde_json::Value::Null)),
+        Ok(r) => Ok(Verdict {
+            fingerprint: Some(fingerprint(&r.output, r.counters.as_ref())),
+            ..Verdict::passed(name, &r.close, serde_json::Value::Null)
+        }),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Verdict::failed(name, detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
             Err(CliError::input(format!("{}: {e}", where_(sf))))
@@ -213,7 +245,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             let mut j = serde_json::json!({
                 "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
                 "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
-                "detail": v.detail,
+                "detail": v.detail, "fingerprint": v.fingerprint,
             });
             if let (serde_json::Value::Object(m), serde_json::Value::Object(x)) = (&mut j, &v.extra)
             {
@@ -238,11 +270,19 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         };
         bar.suspend(|| println!("{line}"));
         bar.inc(1);
+        if a.fail_fast && !v.ok {
+            break;
+        }
     }
     bar.finish_and_clear();
     if failed > 0 {
+        let stopped = if a.fail_fast {
+            " (stopped at the first failure: --fail-fast)"
+        } else {
+            ""
+        };
         return Err(CliError::failed(format!(
-            "{failed} of {} kernels failed the check",
+            "{failed} of {} kernels failed the check{stopped}",
             files.len()
         )));
     }

@@ -253,7 +253,10 @@ fn verdict_of(
                 "select_work": run.counters.select_work,
             });
             match assert_close(&got, &want, &naive, tol.rtol, tol.atol) {
-                Ok(c) => Ok(Verdict::passed(name, &c, extra)),
+                Ok(c) => Ok(Verdict {
+                    fingerprint: Some(super::check::fingerprint(&run.output, Some(&run.counters))),
+                    ..Verdict::passed(name, &c, extra)
+                }),
                 Err(e) => Ok(Verdict {
                     extra,
                     ..Verdict::failed(name, e.to_string())

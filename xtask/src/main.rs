@@ -7,6 +7,8 @@
 //!   `cargo doc --no-deps` with rustdoc warnings denied, and `cargo test --workspace`
 //!   (doctests included), with `ATTNFORGE_CUDA_HOME` pointing at the toolchain.
 //! - `cargo xtask run [ARGS..]`: setup, then the main job (see [`MAIN_JOB`]).
+//! - `cargo xtask mutants [OPTIONS]`: mutation testing of the kernel generator (not in CI;
+//!   see [`mutants`] and docs/correctness.md).
 //!
 //! Only `std` is used, so this builds in seconds on a fresh checkout.
 
@@ -15,6 +17,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
+
+mod mutants;
 
 /// The wheels installed by `cargo xtask setup`, pinned. Changing this list changes the stamp,
 /// so the next setup re-installs.
@@ -88,12 +92,13 @@ fn main() -> ExitCode {
         Some("setup") => setup().map(|_| ()),
         Some("test") => test(&args[1..]),
         Some("run") => run(&args[1..]),
+        Some("mutants") => mutants::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_usage();
             Ok(())
         }
         Some(other) => err(format!(
-            "unknown command `{other}`; expected one of: setup, test, run (see `cargo xtask help`)"
+            "unknown command `{other}`; expected one of: setup, test, run, mutants (see `cargo xtask help`)"
         )),
     };
     match result {
@@ -112,7 +117,12 @@ fn print_usage() {
          setup        install the CUDA compiler wheels into .toolchain/cuda (idempotent)\n  \
          test [ARGS]  setup, then fmt --check, clippy -D warnings, doc, and all workspace tests\n               \
                       (ARGS such as `-p CRATE` replace --workspace)\n  \
-         run [ARGS]   setup, then the main job: cargo {} {}",
+         run [ARGS]   setup, then the main job: cargo {} {}\n  \
+         mutants      mutation testing of the generator (not in CI): every catalog mutant is\n               \
+                      built and run against `check --all` and the CI suites; report in\n               \
+                      target/mutants/report.md. Options: --list, --check-patterns (no build),\n               \
+                      --only ID,ID, --category NAME,NAME, --no-tests, --resume,\n               \
+                      --timeout SECONDS (per step)",
         MAIN_JOB.join(" "),
         MAIN_JOB_DEFAULT_ARGS.join(" ")
     );

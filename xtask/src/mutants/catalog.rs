@@ -1,0 +1,606 @@
+//! The mutant catalog of `cargo xtask mutants`: realistic one-line generator bugs, each
+//! applied by an exact text pattern (never a line number) to the CUDA templates or to the
+//! Rust code that prints the kernels. A pattern that no longer matches the sources the way
+//! the entry says is reported STALE and fails the run; the xtask test
+//! `catalog_patterns_match_current_sources` fails in CI the same way, so the catalog is kept
+//! current as the templates change: update the pattern (or drop the entry) in the same
+//! commit that moves the code.
+//!
+//! Patterns in `emit.rs` are matched against the Rust source, so text inside `format!`-style
+//! strings carries its `{{`/`}}` escapes.
+
+/// What part of the generator a mutant breaks (a report groups by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Category {
+    /// Element mask predicates (`af_mask_*`, the mask hook of the element loop).
+    MaskPredicate,
+    /// Closed-form tile classifiers and the analytic key-tile range.
+    TileClassifier,
+    /// Online softmax (running max, rescales, reductions).
+    Softmax,
+    /// Epilogue: O = acc / l, the stores.
+    Epilogue,
+    /// Grouped-query attention head maps.
+    Gqa,
+    /// Score modifications (softcap, ALiBi).
+    ScoreMod,
+    /// LM-Infinite branches, clamp and RoPE positions.
+    LmInfinite,
+    /// cp.async pipeline stages and the tile cursor.
+    Pipeline,
+    /// Barriers (`__syncthreads`, `__syncwarp`).
+    Barrier,
+    /// Global-memory bounds guards of loads and stores.
+    Bounds,
+    /// Dynamic families: selection (landmark, HAX, top-k ranking and sets).
+    Selection,
+    /// Dynamic families: pooling and grouped softmax (CCA, landmark blocks).
+    Pooling,
+    /// Runtime block lists (host builder and kernel cursor).
+    BlockLists,
+    /// lse and empty rows.
+    LseEmptyRows,
+}
+
+impl Category {
+    /// Every category, in report order.
+    pub const ALL: [Category; 14] = [
+        Category::MaskPredicate,
+        Category::TileClassifier,
+        Category::Softmax,
+        Category::Epilogue,
+        Category::Gqa,
+        Category::ScoreMod,
+        Category::LmInfinite,
+        Category::Pipeline,
+        Category::Barrier,
+        Category::Bounds,
+        Category::Selection,
+        Category::Pooling,
+        Category::BlockLists,
+        Category::LseEmptyRows,
+    ];
+
+    /// Name used by `--category` and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::MaskPredicate => "mask",
+            Category::TileClassifier => "classifier",
+            Category::Softmax => "softmax",
+            Category::Epilogue => "epilogue",
+            Category::Gqa => "gqa",
+            Category::ScoreMod => "score-mod",
+            Category::LmInfinite => "lm-infinite",
+            Category::Pipeline => "pipeline",
+            Category::Barrier => "barrier",
+            Category::Bounds => "bounds",
+            Category::Selection => "selection",
+            Category::Pooling => "pooling",
+            Category::BlockLists => "block-lists",
+            Category::LseEmptyRows => "lse-empty-rows",
+        }
+    }
+
+    /// The category named `s`.
+    pub fn parse(s: &str) -> Option<Category> {
+        Category::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+/// Which match of the pattern is mutated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Occurrence {
+    /// The pattern must occur exactly once.
+    Unique,
+    /// The pattern must occur exactly `of` times; match `index` (0-based) is mutated.
+    Nth {
+        /// Which match.
+        index: usize,
+        /// How many matches the file must have.
+        of: usize,
+    },
+}
+
+/// One mutant.
+#[derive(Clone, Copy, Debug)]
+pub struct Mutant {
+    /// Stable identifier (`--only`).
+    pub id: &'static str,
+    /// What it breaks.
+    pub category: Category,
+    /// File, relative to the workspace root.
+    pub file: &'static str,
+    /// Exact text replaced.
+    pub pattern: &'static str,
+    /// Which match is replaced.
+    pub occurrence: Occurrence,
+    /// Replacement text.
+    pub replacement: &'static str,
+    /// One line: the bug it simulates.
+    pub description: &'static str,
+    /// Why the mutant cannot change any output or counter (known-equivalent mutants only).
+    /// It is reported "equivalent" only if its outputs and visited-tile counters are indeed
+    /// identical to the original's on the check problems.
+    pub equivalent: Option<&'static str>,
+    /// Named in the Why section of issue 16.
+    pub named_in_issue: bool,
+}
+
+const fn m(
+    id: &'static str,
+    category: Category,
+    file: &'static str,
+    pattern: &'static str,
+    replacement: &'static str,
+    description: &'static str,
+) -> Mutant {
+    Mutant {
+        id,
+        category,
+        file,
+        pattern,
+        occurrence: Occurrence::Unique,
+        replacement,
+        description,
+        equivalent: None,
+        named_in_issue: false,
+    }
+}
+
+impl Mutant {
+    const fn nth(mut self, index: usize, of: usize) -> Self {
+        self.occurrence = Occurrence::Nth { index, of };
+        self
+    }
+    const fn equivalent(mut self, reason: &'static str) -> Self {
+        self.equivalent = Some(reason);
+        self
+    }
+    const fn named(mut self) -> Self {
+        self.named_in_issue = true;
+        self
+    }
+}
+
+const ATTN: &str = "kernels/codegen/cuda/af_attn.cuh";
+const EMIT: &str = "kernels/codegen/src/emit.rs";
+const IR: &str = "kernels/codegen/src/ir.rs";
+const BLOCKS: &str = "kernels/codegen/src/blocks.rs";
+const DYN: &str = "kernels/codegen/cuda/af_dynamic.cuh";
+const CCA: &str = "kernels/codegen/cuda/af_cca.cuh";
+const LANDMARK: &str = "kernels/codegen/cuda/af_landmark.cuh";
+const HAX: &str = "kernels/codegen/cuda/af_hax.cuh";
+const TOPK: &str = "kernels/codegen/cuda/af_topk.cuh";
+
+use Category::*;
+
+/// The catalog.
+pub const CATALOG: &[Mutant] = &[
+    // ---- element mask predicates ----
+    m("mask-causal-strict", MaskPredicate, ATTN,
+      "bool af_mask_causal(long long q, long long kv) { return kv <= q; }",
+      "bool af_mask_causal(long long q, long long kv) { return kv < q; }",
+      "causal mask excludes the diagonal (kv <= q -> kv < q)"),
+    m("mask-local-right-strict", MaskPredicate, ATTN,
+      "(right < 0 || kv <= q + right)",
+      "(right < 0 || kv < q + right)",
+      "local mask: right window edge off by one"),
+    m("mask-local-left-strict", MaskPredicate, ATTN,
+      "(left < 0 || kv >= q - left)",
+      "(left < 0 || kv > q - left)",
+      "local mask: left window edge off by one"),
+    m("mask-prefix-inclusive", MaskPredicate, ATTN,
+      "return kv <= q || kv < prefix;",
+      "return kv <= q || kv <= prefix;",
+      "prefix-LM: the prefix includes key `prefix`"),
+    m("mask-document-no-row-guard", MaskPredicate, ATTN,
+      "return q >= 0 && doc[q] == doc[kv];",
+      "return doc[q] == doc[kv];",
+      "document mask: no guard for query positions before the keys (Sq > Sk reads doc[-1])"),
+    m("mask-share-question-any-doc", MaskPredicate, ATTN,
+      "return (dq != 0 && dk == 0) || (dq == dk && kv <= q);",
+      "return (dk == 0) || (dq == dk && kv <= q);",
+      "share-question: the question prefix also sees itself non-causally"),
+    m("mask-global-local-global-edge", MaskPredicate, ATTN,
+      "|| q < g || kv < g;",
+      "|| q < g || kv <= g;",
+      "global-local: one key too many is global"),
+    m("mask-block-causal-doc-strict", MaskPredicate, ATTN,
+      "(int)kv / bc <= (int)q / bc",
+      "(int)kv / bc < (int)q / bc",
+      "block-causal document: the own block is excluded"),
+    m("mask-lambda-window-inclusive", MaskPredicate, ATTN,
+      "return kv <= q && (kv < g || q - kv < l);",
+      "return kv <= q && (kv < g || q - kv <= l);",
+      "Lambda mask: window one key too wide"),
+    m("mask-element-ignores-shift", MaskPredicate, EMIT,
+      "q_pos = m0 + tr + shift, kv_pos = n0 + tc;",
+      "q_pos = m0 + tr, kv_pos = n0 + tc;",
+      "element mask uses the query row instead of its position (ignores the Sk - Sq shift)")
+        .named(),
+    m("mask-local-swapped-windows", MaskPredicate, IR,
+      "af_mask_local(q_pos, kv_pos, window_left, window_right)",
+      "af_mask_local(q_pos, kv_pos, window_right, window_left)",
+      "local mask hook passes the left and right windows swapped"),
+    m("mask-global-local-swapped-positions", MaskPredicate, IR,
+      "af_mask_global_local(q_pos, kv_pos, window, global_tokens)",
+      "af_mask_global_local(kv_pos, q_pos, window, global_tokens)",
+      "global-local mask hook with query and key positions swapped")
+        .equivalent("the global-local mask is symmetric in (q, kv): |q - kv| <= w or q < G or kv < G"),
+    m("mask-edge-bits-keys-in-range", MaskPredicate, EMIT,
+      "cond.push(\"rows_valid < BM || n0 + BN > seq_k\");",
+      "cond.push(\"rows_valid < BM\");",
+      "allowed-element bits not evaluated on the last key tile (keys past seq_k allowed)"),
+    m("mask-edge-bits-one-more-tile", MaskPredicate, EMIT,
+      "cond.push(\"rows_valid < BM || n0 + BN > seq_k\");",
+      "cond.push(\"rows_valid < BM || n0 + BN >= seq_k\");",
+      "allowed-element bits also evaluated on a full tile that ends exactly at seq_k")
+        .equivalent("on an interior full tile every element is in range, so the rolled loop sets every bit; the mask itself only runs on partial tiles"),
+    // ---- tile classifiers and analytic key ranges ----
+    m("cls-local-skip-right", TileClassifier, ATTN,
+      "c0 > p_hi + right",
+      "c0 >= p_hi + right",
+      "local classifier skips the partial tile that starts at the right window edge")
+        .named(),
+    m("cls-local-skip-left", TileClassifier, ATTN,
+      "c1 < p_lo - left",
+      "c1 <= p_lo - left",
+      "local classifier skips the partial tile that ends at the left window edge"),
+    m("cls-local-full-left", TileClassifier, ATTN,
+      "(left < 0 || c0 >= p_hi - left)",
+      "(left < 0 || c0 >= p_lo - left)",
+      "local classifier: full test uses the first query row for the left edge"),
+    m("cls-causal-full-uses-p-hi", TileClassifier, ATTN,
+      "return c1 <= p_lo ? AF_TILE_FULL : AF_TILE_PARTIAL;",
+      "return c1 <= p_hi ? AF_TILE_FULL : AF_TILE_PARTIAL;",
+      "causal classifier calls a diagonal tile full"),
+    m("cls-causal-skip-diagonal", TileClassifier, ATTN,
+      "if (c0 > p_hi) return AF_TILE_SKIP;",
+      "if (c0 >= p_hi) return AF_TILE_SKIP;",
+      "causal classifier skips the tile that starts at the last query's position"),
+    m("cls-prefix-skip-off-by-one", TileClassifier, ATTN,
+      "if (c0 > p_hi && c0 >= prefix) return AF_TILE_SKIP;",
+      "if (c0 > p_hi && c0 >= prefix - 1) return AF_TILE_SKIP;",
+      "prefix-LM classifier skips the tile that starts at the last prefix key"),
+    m("cls-global-local-gap", TileClassifier, ATTN,
+      "if (p_lo >= g && c0 >= g && gap > w) return AF_TILE_SKIP;",
+      "if (p_lo >= g && c0 >= g && gap >= w) return AF_TILE_SKIP;",
+      "global-local classifier skips a tile exactly w away"),
+    m("cls-lambda-window-edge", TileClassifier, ATTN,
+      "const bool any_window = l > 0 && p_hi - c0 >= 0 && p_lo - c1 <= (long long)l - 1;",
+      "const bool any_window = l > 0 && p_hi - c0 >= 0 && p_lo - c1 < (long long)l - 1;",
+      "Lambda classifier skips the partial tile at the window edge (<= L - 1 -> < L - 1)")
+        .named(),
+    m("cls-lambda-global-diagonal", TileClassifier, ATTN,
+      "const bool any_global = c0 < g && c0 <= p_hi;",
+      "const bool any_global = c0 < g && c0 < p_hi;",
+      "Lambda classifier: global keys at the last query's position not seen"),
+    m("cls-lambda-full-window", TileClassifier, ATTN,
+      "return (c1 <= p_lo && (rc > c1 || p_hi - rc < l)) ? AF_TILE_FULL : AF_TILE_PARTIAL;",
+      "return (c1 <= p_lo && (rc > c1 || p_hi - rc <= l)) ? AF_TILE_FULL : AF_TILE_PARTIAL;",
+      "Lambda classifier calls a tile full when one element is just outside the window"),
+    m("range-causal-hi", TileClassifier, IR,
+      "\"min((long long)seq_k, p_hi + 1)\"",
+      "\"min((long long)seq_k, p_hi)\"",
+      "causal key range stops one key early (misses a tile starting at p_hi)"),
+    m("range-local-lo", TileClassifier, IR,
+      "max(0LL, p_lo - window_left)",
+      "max(0LL, p_lo - window_left + 1)",
+      "local key range starts one key late (misses a tile ending at p_lo - left)"),
+    m("range-local-hi", TileClassifier, IR,
+      "min((long long)seq_k, p_hi + window_right + 1)",
+      "min((long long)seq_k, p_hi + window_right)",
+      "local key range stops one key early"),
+    m("range-p-hi", TileClassifier, EMIT,
+      "p_hi = m0 + rows_valid - 1 + shift;",
+      "p_hi = m0 + rows_valid + shift;",
+      "last query position of the block off by one"),
+    m("cursor-start", TileClassifier, EMIT,
+      "const long long cur0 = (kv_lo / BN) * BN;",
+      "const long long cur0 = (kv_lo / BN + 1) * BN;",
+      "the tile cursor starts one tile late"),
+    // ---- score modifications ----
+    m("score-softcap-f32-unscaled", ScoreMod, ATTN,
+      "return cap * tanhf(s / cap);",
+      "return cap * tanhf(s);",
+      "f32 softcap computes cap * tanh(s)")
+        .named(),
+    m("score-softcap-fast-sign", ScoreMod, ATTN,
+      "__fdividef(1.f, 1.f + exp2f(s * k))",
+      "__fdividef(1.f, 1.f + exp2f(-s * k))",
+      "fast softcap (f16/bf16) with the sign of the exponent flipped"),
+    m("score-softcap-k", ScoreMod, IR,
+      "2.f * AF_LOG2E / softcap;",
+      "AF_LOG2E / softcap;",
+      "fast softcap's exp2 scale missing the factor 2"),
+    m("score-alibi-no-abs", ScoreMod, ATTN,
+      "return s - slope * fabsf((float)(int)(q - kv));",
+      "return s - slope * (float)(int)(q - kv);",
+      "ALiBi bias without the absolute value (wrong for keys after the query)"),
+    m("score-alibi-kv-head", ScoreMod, IR,
+      "const float slope = alibi_slopes[h];",
+      "const float slope = alibi_slopes[hkv];",
+      "ALiBi slopes indexed by the kv head instead of the query head")
+        .named(),
+    // ---- LM-Infinite ----
+    m("lminf-clamp", LmInfinite, EMIT,
+      "min((long long)dist_limit, (long long)seq_k - 1)",
+      "min((long long)dist_limit, (long long)seq_k)",
+      "LM-Infinite distance clamp Sk - 1 -> Sk")
+        .named(),
+    m("lminf-near-bit", LmInfinite, EMIT,
+      "nearb |= ({word})(q_pos - kv_pos < local_window) << i;",
+      "nearb |= ({word})(q_pos - kv_pos <= local_window) << i;",
+      "LM-Infinite: an element at distance L takes the near branch"),
+    m("lminf-far-branch", LmInfinite, ATTN,
+      "const bool far = c0 < g && p_hi - c0 >= l;",
+      "const bool far = c0 < g && p_hi - c0 > l;",
+      "LM-Infinite: far branch not computed for a tile whose only far element is at distance L"),
+    m("lminf-all-far", LmInfinite, ATTN,
+      "const bool all_far = c1 < g && p_lo - c1 >= l;",
+      "const bool all_far = c1 < g && p_lo - c1 >= l - 1;",
+      "LM-Infinite classifier calls a mixed near/far tile full"),
+    m("lminf-rope-query-row", LmInfinite, EMIT,
+      "af_rope_pair(x0, x1, row + shift, f);",
+      "af_rope_pair(x0, x1, row, f);",
+      "LM-Infinite (f32 path): query rotated at its row, not its position")
+        .nth(0, 2),
+    m("lminf-mask-swapped", LmInfinite, IR,
+      "Some(\"af_mask_lambda(q_pos, kv_pos, global_tokens, local_window)\".into()),\n            Scoring::LmInfinite",
+      "Some(\"af_mask_lambda(q_pos, kv_pos, local_window, global_tokens)\".into()),\n            Scoring::LmInfinite",
+      "LM-Infinite element mask with G and L swapped"),
+    // ---- GQA ----
+    m("gqa-head-mod", Gqa, EMIT,
+      "const int hkv = h / (heads_q / heads_kv);",
+      "const int hkv = h % heads_kv;",
+      "GQA head map h / group -> h % Hkv")
+        .named(),
+    m("gqa-lse-kv-head", Gqa, EMIT,
+      "lse[((long long)b * heads_q + h) * seq_q + row]",
+      "lse[((long long)b * heads_q + hkv) * seq_q + row]",
+      "tensor-core epilogue stores lse at the kv head's row")
+        .nth(1, 2),
+    m("gqa-landmark-attn-mod", Gqa, LANDMARK,
+      "const int kh = h / (heads_q / heads_kv);",
+      "const int kh = h % heads_kv;",
+      "landmark attention: GQA head map h / group -> h % Hkv")
+        .nth(1, 2),
+    m("gqa-hax-hash-mod", Gqa, HAX,
+      "b = blockIdx.y, kh = h / (heads_q / heads_kv), tid",
+      "b = blockIdx.y, kh = h % heads_kv, tid",
+      "HAX hashing: GQA head map h / group -> h % Hkv"),
+    // ---- online softmax ----
+    m("softmax-tc-no-max-guard", Softmax, EMIT,
+      "m_use[r] = m_new == -INFINITY ? 0.f : m_new;",
+      "m_use[r] = m_new;",
+      "tensor-core path: all-masked guard of the running max removed")
+        .named(),
+    m("softmax-fma-no-max-guard", Softmax, EMIT,
+      "const float m_use = m_new == -INFINITY ? 0.f : m_new;",
+      "const float m_use = m_new;",
+      "f32 path: all-masked guard of the running max removed")
+        .named(),
+    m("softmax-tc-l-not-rescaled", Softmax, EMIT,
+      "l_i[r] *= alpha;",
+      "/* l_i not rescaled */",
+      "tensor-core path: the row sum is not rescaled when the max grows"),
+    m("softmax-fma-l-not-rescaled", Softmax, EMIT,
+      "l_i[r] = l_i[r] * alpha + af_warp_sum(rs);",
+      "l_i[r] = l_i[r] + af_warp_sum(rs);",
+      "f32 path: the row sum is not rescaled when the max grows"),
+    m("softmax-tc-quad-max", Softmax, EMIT,
+      "mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));",
+      "/* quad max over lanes 0-1 only */",
+      "tensor-core path: row max reduced over 2 of the 4 lanes of a quad"),
+    m("softmax-fma-no-warp-max", Softmax, EMIT,
+      "mx = af_warp_max(mx);",
+      "/* lane-local max */",
+      "f32 path: row max not reduced over the warp"),
+    m("softmax-warp-sum-short", Softmax, ATTN,
+      "for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);",
+      "for (int off = 16; off > 1; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);",
+      "warp sum skips the last butterfly step"),
+    m("softmax-dyn-admit-ties", Softmax, DYN,
+      "if (s > st.m) {",
+      "if (s >= st.m) {",
+      "dynamic softmax also rescales when the score equals the running max")
+        .equivalent("at s == m the rescale factor is expf(0) = 1 exactly and m is unchanged"),
+    m("softmax-dyn-l-not-rescaled", Softmax, DYN,
+      "st.l *= c;",
+      "/* l not rescaled */",
+      "dynamic softmax: the row sum is not rescaled when the max grows"),
+    m("softmax-dyn-warp-sum-short", Softmax, DYN,
+      "for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(AFD_FULL_MASK, s, o);",
+      "for (int o = 16; o > 1; o >>= 1) s += __shfl_xor_sync(AFD_FULL_MASK, s, o);",
+      "dynamic dot product: warp sum skips the last butterfly step"),
+    // ---- epilogue, lse, empty rows ----
+    m("epi-tc-quad-l", Epilogue, EMIT,
+      "l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);",
+      "/* l reduced over 2 lanes */",
+      "tensor-core epilogue: row sum reduced over 2 of the 4 lanes"),
+    m("epi-fma-store-guard", Epilogue, EMIT,
+      "empty ? 0.f : acc[r][t] * inv",
+      "acc[r][t] * inv",
+      "f32 epilogue stores acc * inv on empty rows too")
+        .equivalent("on an empty row inv = 0 and acc = 0 (every p was exp2(-inf) = 0), so acc * inv = 0"),
+    m("lse-tc-empty-inv", LseEmptyRows, EMIT,
+      "const float inv = empty ? 0.f : 1.f / l_i[r];",
+      "const float inv = 1.f / l_i[r];",
+      "tensor-core epilogue divides by l = 0 on empty rows (0 * inf = NaN)")
+        .nth(1, 2),
+    m("lse-fma-ln2", LseEmptyRows, EMIT,
+      "m_i[r] * AF_LN2 + logf(l_i[r])",
+      "m_i[r] + logf(l_i[r])",
+      "f32 epilogue: lse forgets the log2 -> ln conversion of the max")
+        .nth(0, 2),
+    m("lse-dyn-normalise-empty", LseEmptyRows, DYN,
+      "const float inv = st.l > 0.f ? 1.f / st.l : 0.f;",
+      "const float inv = 1.f / st.l;",
+      "dynamic softmax divides by l = 0 on empty rows"),
+    m("lse-dyn-empty-guard", LseEmptyRows, DYN,
+      "*lse_at = st.l > 0.f ? st.m + logf(st.l) : -INFINITY;",
+      "*lse_at = st.m + logf(st.l);",
+      "dynamic lse without the empty-row guard")
+        .equivalent("an empty row has m = -inf and logf(0) = -inf, whose sum is -inf as required"),
+    m("lse-merge-empty-test", LseEmptyRows, TOPK,
+      "const bool empty = m == -INFINITY;",
+      "const bool empty = la == -INFINITY;",
+      "lse merge decides emptiness by the first part only"),
+    // ---- pipeline (cp.async stages) and tile cursor ----
+    m("pipe-prefetch-stage", Pipeline, EMIT,
+      "load_kv(fn0, (it + STAGES - 1) % STAGES);",
+      "load_kv(fn0, (it + 1) % STAGES);",
+      "prefetch into stage it + 1 instead of it + STAGES - 1 (same for 2 stages, wrong for 3)")
+        .named(),
+    m("pipe-wait-count", Pipeline, EMIT,
+      "af_cp_async_wait<STAGES - 2>();",
+      "af_cp_async_wait<STAGES - 1>();",
+      "waits for one group too few (the current tile may not have landed)"),
+    m("pipe-read-stage", Pipeline, EMIT,
+      "const int kst = (it % STAGES) * BN * D;",
+      "const int kst = ((it + 1) % STAGES) * BN * D;",
+      "reads the next tile's stage"),
+    m("pipe-prologue-depth", Pipeline, EMIT,
+      "for (int st = 0; st < STAGES - 1; ++st) {",
+      "for (int st = 0; st < STAGES - 2; ++st) {",
+      "prologue prefetches one tile too few"),
+    // ---- barriers ----
+    m("bar-tc-stage-free", Barrier, EMIT,
+      "__syncthreads();  // ... and everyone's; the stage of tile it - 1 is free again",
+      "// (barrier removed)",
+      "pipelined loop without the barrier after the cp.async wait"),
+    m("bar-tc-single-stage-landed", Barrier, EMIT,
+      "__syncthreads();  // every thread's copies have landed",
+      "// (barrier removed)",
+      "single-stage loop reads K/V before every thread's copies landed"),
+    m("bar-fma-consumed", Barrier, EMIT,
+      "__syncthreads();  // previous tile's K, V, P are consumed",
+      "// (barrier removed)",
+      "f32 loop overwrites K/V/P while other warps still read them"),
+    m("bar-fma-loaded", Barrier, EMIT,
+      "o.push_str(\"        __syncthreads();\\n\\n\");",
+      "o.push_str(\"\\n\\n\");",
+      "f32 loop reads K/V before every thread stored them"),
+    m("bar-fma-syncwarp-p", Barrier, EMIT,
+      "__syncwarp();\n\n        // O += P V: lane owns",
+      "\n\n        // O += P V: lane owns",
+      "f32 loop reads other lanes' P without __syncwarp"),
+    m("bar-landmark-select-syncwarp", Barrier, LANDMARK,
+      "    __syncwarp();\n    int* out = sel",
+      "    int* out = sel",
+      "landmark selection: lanes read lane 0's list without __syncwarp"),
+    // ---- global-memory bounds ----
+    m("bounds-tc-kv-guard", Bounds, EMIT,
+      "if (kv < seq_k && vec_kv) {",
+      "if (vec_kv) {",
+      "K/V cp.async copy without its kv < seq_k guard (reads past the K/V rows)")
+        .named(),
+    m("bounds-fma-kv-guard", Bounds, EMIT,
+      "if (kv < seq_k) {\n                kx = ",
+      "if (true) {\n                kx = ",
+      "f32 K/V copy without its kv < seq_k guard"),
+    m("bounds-tc-q-guard", Bounds, EMIT,
+      "if (row < seq_q && vec_q) {",
+      "if (vec_q) {",
+      "Q cp.async copy without its row < seq_q guard"),
+    m("bounds-tc-store-guard", Bounds, EMIT,
+      "if (row < seq_q) {{\n            const bool empty",
+      "if (true) {{\n            const bool empty",
+      "tensor-core epilogue stores rows past seq_q"),
+    // ---- block lists ----
+    m("lists-kind", BlockLists, EMIT,
+      "kind = e < n_full ? AF_TILE_FULL : AF_TILE_PARTIAL;",
+      "kind = e <= n_full ? AF_TILE_FULL : AF_TILE_PARTIAL;",
+      "the first partial block is treated as full"),
+    m("lists-past-seq-k", BlockLists, EMIT,
+      "if (n0 < seq_k) return true;",
+      "return true;",
+      "sub-tiles past the last key are visited"),
+    m("lists-head-kv", BlockLists, EMIT,
+      "(blk_heads == 1 ? 0 : h)",
+      "(blk_heads == 1 ? 0 : hkv)",
+      "per-head block lists read at the kv head"),
+    m("lists-builder-no-shift", BlockLists, BLOCKS,
+      "let shift = seq_k as i64 - seq_q as i64;",
+      "let shift = 0i64;",
+      "block-list builder ignores the Sk - Sq shift"),
+    m("lists-builder-single-element", BlockLists, BLOCKS,
+      "} else if n > 0 {",
+      "} else if n > 1 {",
+      "block-list builder drops blocks with exactly one allowed element"),
+    // ---- dynamic families: selection ----
+    m("sel-topk-tie-break", Selection, DYN,
+      "while (p > 0 && best_s[p - 1] < s) {",
+      "while (p > 0 && best_s[p - 1] <= s) {",
+      "top-k list: an equal score displaces an earlier entry (ties: higher index wins)"),
+    m("sel-topk-full-tie", Selection, DYN,
+      "if (n == cap && !(s > best_s[cap - 1])) return n;",
+      "if (n == cap && !(s >= best_s[cap - 1])) return n;",
+      "full top-k list: an equal score replaces the last entry"),
+    m("sel-topk-window-overlap", Selection, TOPK,
+      "const long long lo = s_start, hi = pos - s_end;",
+      "const long long lo = s_start, hi = pos - s_end + 1;",
+      "top-k candidates overlap the recent window by one key"),
+    m("sel-topk-recent-window", Selection, TOPK,
+      "max(static_cast<long long>(s_start), pos - s_end + 1)",
+      "max(static_cast<long long>(s_start), pos - s_end)",
+      "top-k recent window one key too wide"),
+    m("sel-topk-sink-clamp", Selection, TOPK,
+      "min(static_cast<long long>(s_start), pos + 1)",
+      "static_cast<long long>(s_start)",
+      "top-k sink not clamped to the query position (early rows see future keys)"),
+    m("sel-landmark-own-block", Selection, LANDMARK,
+      "for (long long blk = 0; blk < c; ++blk) {",
+      "for (long long blk = 0; blk <= c; ++blk) {",
+      "landmark retrieval also ranks the query's own block"),
+    m("sel-hax-thr-tie", Selection, HAX,
+      "(sc[j] == thr_s && j <= thr)",
+      "(sc[j] == thr_s && j < thr)",
+      "HAX: the threshold key itself is gathered twice (key selection and LSH)"),
+    m("sel-hax-thr-best", Selection, HAX,
+      "ks_thr[base + i] = best_j[n - 1];",
+      "ks_thr[base + i] = best_j[0];",
+      "HAX key-selection threshold is the best member instead of the worst"),
+    m("sel-hax-k-lsh", Selection, HAX,
+      "for (int c = 0; c < k_lsh && j >= 0; ++c, j = lsh_prev[base + j]) {",
+      "for (int c = 0; c <= k_lsh && j >= 0; ++c, j = lsh_prev[base + j]) {",
+      "HAX gathers k_lsh + 1 bucket keys"),
+    m("sel-hax-chain-order", Selection, HAX,
+      "lsh_prev[base + t] = last[ck];\n            last[ck] = static_cast<int>(t);",
+      "last[ck] = static_cast<int>(t);\n            lsh_prev[base + t] = last[ck];",
+      "HAX bucket chain links each key to itself (statements swapped)"),
+    m("sel-hax-no-centring", Selection, HAX,
+      "const float d = afd_f32(x[t * D + c]) - mu;",
+      "const float d = afd_f32(x[t * D + c]);",
+      "HAX column norm computed without centring"),
+    // ---- dynamic families: pooling and grouped softmax ----
+    m("pool-cca-first-query", Pooling, CCA,
+      "afd_row(b, h, static_cast<long long>(p + 1) * group - 1, heads_q, seq, D)",
+      "afd_row(b, h, static_cast<long long>(p) * group, heads_q, seq, D)",
+      "CCA pooling weighted by the group's first query instead of its last")
+        .named(),
+    m("pool-cca-groups", Pooling, CCA,
+      "(static_cast<long long>(i) + 1 - window) / group",
+      "(static_cast<long long>(i) - window) / group",
+      "CCA: one pooled group too few for some rows"),
+    m("pool-cca-raw-last", Pooling, CCA,
+      "for (long long c = n * group; c <= i; ++c)",
+      "for (long long c = n * group; c < i; ++c)",
+      "CCA: the query's own token is not attended"),
+    m("pool-cca-scale", Pooling, CCA,
+      "const float s = pool_scale * afd_dot<D>(qr, krow);",
+      "const float s = afd_dot<D>(qr, krow);",
+      "CCA pooling weights without the 1/sqrt(D) scale"),
+    m("pool-landmark-no-exclusion", Pooling, LANDMARK,
+      "if (j % bl == bl - 1) continue;",
+      "/* landmarks not excluded */",
+      "landmark: the own block's landmark token is attended as a plain key"),
+    m("pool-landmark-inner-range", Pooling, LANDMARK,
+      "for (long long j = blk * bl; j < blk * bl + bl - 1; ++j)",
+      "for (long long j = blk * bl; j < blk * bl + bl; ++j)",
+      "landmark: the block average includes its landmark"),
+    m("pool-dyn-acc-not-rescaled", Pooling, DYN,
+      "for (int r = 0; r < D / 32; ++r) st.acc[r] *= c;",
+      "/* acc not rescaled */",
+      "dynamic softmax: accumulators not rescaled when the max grows"),
+];

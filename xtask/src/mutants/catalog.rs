@@ -428,11 +428,14 @@ pub const CATALOG: &[Mutant] = &[
       "const float inv = 1.f / l_i[r];",
       "tensor-core epilogue divides by l = 0 on empty rows (0 * inf = NaN)")
         .nth(1, 2),
-    m("lse-fma-ln2", LseEmptyRows, EMIT,
+    m("lse-fma-units", LseEmptyRows, EMIT,
+      "empty ? -INFINITY : m_i[r] + logf(l_i[r]);",
+      "empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);",
+      "FMA epilogue: lse converts a max already in score units as if it were in log2 units"),
+    m("lse-tc-ln2", LseEmptyRows, EMIT,
       "m_i[r] * AF_LN2 + logf(l_i[r])",
       "m_i[r] + logf(l_i[r])",
-      "f32 epilogue: lse forgets the log2 -> ln conversion of the max")
-        .nth(0, 2),
+      "tensor-core epilogue: lse forgets the log2 -> ln conversion of the max"),
     m("lse-dyn-normalise-empty", LseEmptyRows, DYN,
       "const float inv = st.l > 0.f ? 1.f / st.l : 0.f;",
       "const float inv = 1.f / st.l;",

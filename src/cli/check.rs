@@ -17,10 +17,14 @@ use super::dynamic;
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
-Each kernel runs on random inputs of the spec's [problem] sizes (catalog entries: B=1, Hq=2
-(4 with GQA, Hkv=1), S=80) and is compared with the f64 reference using the relative oracle
-of variants.md section 0: pass when max|K-R| <= rtol * max|N-R| + atol, N being the naive
-same-precision path. Exit code 1 when any kernel fails.
+Each kernel runs on random inputs of the spec's [problem] sizes and is compared with the f64
+reference using the relative oracle of variants.md section 0: pass when
+max|K-R| <= rtol * max|N-R| + atol, N being the naive same-precision path. Exit code 1 when
+any kernel fails. A catalog entry runs its own problem (B=1, Hq=2 (4 with GQA, Hkv=1), S=80)
+and a suite besides: Sq < Sk and Sq > Sk, GQA Hq=6 Hkv=2, every pipeline stage count, mask
+edges on tile edges, large magnitudes, non-default parameters, GQA and f32 twins; on the
+simulator the visited-tile counters must equal a brute-force classification of every tile
+(docs/correctness.md).
 
 Data-dependent pipelines (landmark, hax, cca, topk, lse_merge) run every kernel of the
 pipeline (attnforge_kernels::exec_dynamic) and compare the final out/lse the same way; their
@@ -232,7 +236,11 @@ fn check_static(sf: &SpecFile, backend: &Backend, seed: u64) -> Result<Verdict, 
 /// (the worst figures; the work counters of the catalog problem).
 fn with_extra_problem(mut v: Verdict, label: &str, extra: Verdict) -> Verdict {
     if !extra.ok {
-        let own = if v.ok { String::new() } else { format!("{}; ", v.detail) };
+        let own = if v.ok {
+            String::new()
+        } else {
+            format!("{}; ", v.detail)
+        };
         v.detail = format!("{own}[{label}] {}", extra.detail);
         v.ok = false;
     }
@@ -303,15 +311,13 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             }
             AnySpecFile::Dynamic(df) => {
                 let seed = a.seed.unwrap_or(df.problem.seed);
-                dynamic::check(df, &backend, seed).and_then(|v| {
-                    match problems::dynamic_extra(df) {
-                        Some((label, extra)) => Ok(with_extra_problem(
-                            v,
-                            &label,
-                            dynamic::check(&extra, &backend, seed.wrapping_add(1))?,
-                        )),
-                        None => Ok(v),
-                    }
+                dynamic::check(df, &backend, seed).and_then(|v| match problems::dynamic_extra(df) {
+                    Some((label, extra)) => Ok(with_extra_problem(
+                        v,
+                        &label,
+                        dynamic::check(&extra, &backend, seed.wrapping_add(1))?,
+                    )),
+                    None => Ok(v),
                 })
             }
         };

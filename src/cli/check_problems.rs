@@ -15,10 +15,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use attnforge::codegen::dynamic::DynamicSpec;
 use attnforge::codegen::prelude::*;
 use attnforge::exec::{RunParams, UserValue};
 use attnforge::reference::Mask as RefMask;
-use attnforge::codegen::dynamic::DynamicSpec;
 use attnforge::specfile::{DocSource, DynSpecFile, SpecFile};
 
 /// Inputs of the large-magnitude problem are uniform in `[-LARGE, LARGE)`: scores
@@ -160,7 +160,12 @@ pub fn catalog_cases(base: &SpecFile) -> Vec<CheckCase> {
         twin.spec.dtype = DType::F32;
         if let Some(t) = default_tile(&twin.spec, arch) {
             v.push(case("f32 twin, catalog problem", twin.clone(), t, 1.0));
-            v.push(case("f32 twin, rectangular", rectangular(&twin, rect), t, 1.0));
+            v.push(case(
+                "f32 twin, rectangular",
+                rectangular(&twin, rect),
+                t,
+                1.0,
+            ));
             v.push(case("f32 twin, large magnitude", twin, t, LARGE));
         }
     }
@@ -174,9 +179,9 @@ fn stage_tiles(spec: &KernelSpec, arch: Arch, tile: TileConfig) -> Vec<TileConfi
     let stages: BTreeSet<usize> = space.iter().map(|t| t.stages).collect();
     let mut v = vec![tile];
     for st in stages.into_iter().filter(|&s| s != tile.stages) {
-        let same_shape = space.iter().find(|t| {
-            t.stages == st && t.block_m == tile.block_m && t.block_n == tile.block_n
-        });
+        let same_shape = space
+            .iter()
+            .find(|t| t.stages == st && t.block_m == tile.block_m && t.block_n == tile.block_n);
         if let Some(t) = same_shape.or_else(|| space.iter().find(|t| t.stages == st)) {
             v.push(*t);
         }
@@ -274,9 +279,7 @@ fn rectangular(base: &SpecFile, s: Shape) -> SpecFile {
             dist_limit: sk + 100,
             rope_theta: 500.0,
         },
-        MaskParams::BlockCausalDocument { .. } => {
-            MaskParams::BlockCausalDocument { doc_block: 24 }
-        }
+        MaskParams::BlockCausalDocument { .. } => MaskParams::BlockCausalDocument { doc_block: 24 },
         m => m,
     };
     if f.softcap.is_some() {
@@ -368,20 +371,24 @@ fn edge_problems(
             ));
         }
         Mask::LambdaMask | Mask::LmInfinite => {
-            // Query tile 2 starts exactly local_window - 1 past the last key of key tile 1
-            // (which holds no global token).
-            let (sq, shift) = (2 * bm + 5, 20usize);
-            let l = (2 * bm + shift) as i64 - 2 * bn as i64 + 2;
+            // Query tile 1 starts exactly local_window - 1 past the last key of key tile 1
+            // (which holds no global token). A short window next to 12 global tokens gives
+            // LM-Infinite's far branch (rotated at Deff) a large share of each row.
+            let (global, local) = (12i64, 8i64);
+            let Some(shift) = (2 * bn + 6).checked_sub(bm) else {
+                return v;
+            };
+            let sq = 2 * bm + 5;
             let mp = if *mask == Mask::LambdaMask {
                 MaskParams::LambdaMask {
-                    global_tokens: 4,
-                    local_window: l,
+                    global_tokens: global,
+                    local_window: local,
                 }
             } else {
                 // dist_limit = Sk: the clamp Deff = min(dist_limit, Sk - 1) decides.
                 MaskParams::LmInfinite {
-                    global_tokens: 4,
-                    local_window: l,
+                    global_tokens: global,
+                    local_window: local,
                     dist_limit: (sq + shift) as i64,
                     rope_theta: 10000.0,
                 }
@@ -528,7 +535,9 @@ fn element_class(spec: &KernelSpec, rp: &RunParams, sk: usize) -> Option<Element
         }
         _ => return None,
     };
-    Some(Box::new(move |b, h, p, j| u8::from(m.allowed(b, h, p, j, sk))))
+    Some(Box::new(move |b, h, p, j| {
+        u8::from(m.allowed(b, h, p, j, sk))
+    }))
 }
 
 /// Block lists for a list-driven mask built on the host from the reference's mask (what

@@ -124,12 +124,10 @@ impl Def {
 
     /// The edges this mask has, as conditions on an in-range tile `[p_lo, p_hi] x [c0, c1]`:
     /// a boundary of the tile exactly on the edge, and one past it.
-    fn edges(&self) -> Vec<(String, Box<dyn Fn(&TileRect) -> bool>)> {
-        type Edge = (String, Box<dyn Fn(&TileRect) -> bool>);
-        let mut v: Vec<Edge> = Vec::new();
-        let mut edge = |name: String, f: Box<dyn Fn(&TileRect) -> bool>| v.push((name, f));
-        let diagonal = |edge: &mut dyn FnMut(String, Box<dyn Fn(&TileRect) -> bool>),
-                        min_c0: i64| {
+    fn edges(&self) -> Vec<(String, OnEdge)> {
+        let mut v: Vec<(String, OnEdge)> = Vec::new();
+        let mut edge = |name: String, f: OnEdge| v.push((name, f));
+        let diagonal = |edge: &mut dyn FnMut(String, OnEdge), min_c0: i64| {
             for d in [0, 1] {
                 edge(
                     format!("first key = last query + {d}"),
@@ -223,6 +221,9 @@ impl Def {
         v
     }
 }
+
+/// Whether a tile has a boundary on a given edge.
+type OnEdge = Box<dyn Fn(&TileRect) -> bool>;
 
 /// The in-range part of a tile: query positions `[p_lo, p_hi]`, keys `[c0, c1]`.
 struct TileRect {

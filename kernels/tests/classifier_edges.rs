@@ -461,3 +461,136 @@ fn lm_infinite_edges() {
         },
     ]);
 }
+
+// ---- list-driven document masks: the host builds the block lists, the kernel walks them ----
+
+/// Query and key block of the document masks' block lists (`BM` divides `BQ`, `BN` `BK`).
+const BQ: usize = 32;
+const BK: usize = 64;
+
+/// A document mask of variants.md section 2 over per-token ids.
+#[derive(Clone, Copy, Debug)]
+enum DocDef {
+    Document,
+    CausalDocument,
+    ShareQuestion,
+    BlockCausal { block: i64 },
+}
+
+impl DocDef {
+    fn allowed(&self, doc: &[i32], p: i64, j: i64) -> bool {
+        let (dp, dj) = (doc[p as usize], doc[j as usize]);
+        match *self {
+            DocDef::Document => dp == dj,
+            DocDef::CausalDocument => dp == dj && j <= p,
+            DocDef::ShareQuestion => (dp != 0 && dj == 0) || (dp == dj && j <= p),
+            DocDef::BlockCausal { block } => dp == dj && j / block <= p / block,
+        }
+    }
+}
+
+/// Ids with document boundaries at `cuts` (ids 0, 1, ...; share-question: the first
+/// segment, id 0, is the question).
+fn doc_ids(sk: usize, cuts: &[usize]) -> Vec<i32> {
+    (0..sk)
+        .map(|j| cuts.iter().filter(|&&c| j >= c).count() as i32)
+        .collect()
+}
+
+/// Expected counters: each `BQ x BK` block classified element by element (full, partial or
+/// absent; variants.md section 4), then every `BM`-row query tile of a block row visits the `BN`-wide sub-tiles of
+/// its listed blocks that start before `Sk`.
+fn doc_census(def: &DocDef, doc: &[i32], sq: usize, sk: usize) -> (u64, u64, u64) {
+    let shift = sk as i64 - sq as i64;
+    let (mut full, mut partial, mut evals) = (0, 0, 0);
+    for r0 in (0..sq).step_by(BQ) {
+        for c0 in (0..sk).step_by(BK) {
+            let (mut n, mut total) = (0, 0);
+            for i in r0..(r0 + BQ).min(sq) {
+                for j in c0..(c0 + BK).min(sk) {
+                    n += usize::from(def.allowed(doc, i as i64 + shift, j as i64));
+                    total += 1;
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            for m0 in (r0..(r0 + BQ).min(sq)).step_by(BM) {
+                let rows = BM.min(sq - m0);
+                for n0 in (c0..c0 + BK).step_by(BN).filter(|&n0| n0 < sk) {
+                    // variants.md section 4: full only when all BQ x BK elements are in
+                    // range and allowed (an edge block is partial)
+                    if n == total && total == BQ * BK {
+                        full += 1;
+                    } else {
+                        partial += 1;
+                        evals += (rows * BN.min(sk - n0)) as u64;
+                    }
+                }
+            }
+        }
+    }
+    (full, partial, evals)
+}
+
+fn check_doc_mask(def: DocDef, mask: Mask) {
+    let mut spec = KernelSpec::new(DType::F16, HeadDim::D64, mask, ScoreMod::None);
+    spec.sparse_block = BlockSize { q: BQ, k: BK };
+    let tile = TileConfig::new(BM, BN, 1, 1);
+    let d = spec.head_dim.get();
+    // Boundaries one before, on and one after key-block and key-tile edges; the question
+    // (share-question) ends on a tile edge or one before it.
+    let layouts: [&[usize]; 3] = [&[BN - 1, BK, BK + 1], &[BN, BK - 1, 2 * BK], &[1, BN + 1]];
+    let mut failures = Vec::new();
+    let mut problems = 0;
+    for cuts in layouts {
+        for s in 0..BK {
+            let (sq, sk) = (2 * BQ + 5, 2 * BQ + 5 + s);
+            problems += 1;
+            let doc = doc_ids(sk, cuts);
+            let want = doc_census(&def, &doc, sq, sk);
+            let seed = s as u64 + 1;
+            let x = Inputs::new(
+                tensor(Shape4::new(1, 1, sq, d), seed),
+                tensor(Shape4::new(1, 1, sk, d), seed ^ 0xA5A5),
+                tensor(Shape4::new(1, 1, sk, d), seed ^ 0x5A5A),
+            );
+            let mp = match def {
+                DocDef::BlockCausal { block } => {
+                    MaskParams::BlockCausalDocument { doc_block: block }
+                }
+                _ => MaskParams::None,
+            };
+            let p = RunParams::default().with_mask(mp).with_doc(doc);
+            match check(&spec, &tile, &x, &p, &Backend::sim()) {
+                Ok(r) => {
+                    let c = r.counters.expect("the simulator counts tiles");
+                    let got = (c.tiles_full, c.tiles_partial, c.mask_evals);
+                    if got != want {
+                        failures.push(format!(
+                            "{def:?} cuts {cuts:?} Sq {sq} Sk {sk}: visited {got:?}, brute force {want:?}"
+                        ));
+                    }
+                }
+                Err(e) => failures.push(format!("{def:?} cuts {cuts:?} Sq {sq} Sk {sk}: {e}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {problems} problems failed (the first 20):\n{}",
+        failures.len(),
+        failures[..failures.len().min(20)].join("\n")
+    );
+}
+
+#[test]
+fn document_mask_edges() {
+    check_doc_mask(DocDef::Document, Mask::Document);
+    check_doc_mask(DocDef::CausalDocument, Mask::CausalDocument);
+    check_doc_mask(DocDef::ShareQuestion, Mask::ShareQuestion);
+    // Chunk boundaries on, before and after key-tile edges.
+    for block in [BN as i64 - 1, BN as i64, BN as i64 + 1] {
+        check_doc_mask(DocDef::BlockCausal { block }, Mask::BlockCausalDocument);
+    }
+}

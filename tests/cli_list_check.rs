@@ -121,6 +121,10 @@ fn check_catalog_names_and_spec_files() {
         .as_str()
         .unwrap()
         .starts_with("flash_fwd_causal_d64_f16__"));
+    // A catalog entry runs its problem suite (docs/correctness.md), a spec file its own
+    // problem.
+    assert!(lines[0]["problems"].as_u64().unwrap() >= 6, "{}", lines[0]);
+    assert_eq!(lines[2]["problems"], 1, "{}", lines[2]);
 }
 
 #[test]

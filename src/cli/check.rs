@@ -11,15 +11,20 @@ use clap::{Args, ValueEnum};
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::check_problems as problems;
 use super::common::{random_values, resolve_any};
 use super::dynamic;
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
-Each kernel runs on random inputs of the spec's [problem] sizes (catalog entries: B=1, Hq=2
-(4 with GQA, Hkv=1), S=80) and is compared with the f64 reference using the relative oracle
-of variants.md section 0: pass when max|K-R| <= rtol * max|N-R| + atol, N being the naive
-same-precision path. Exit code 1 when any kernel fails.
+Each kernel runs on random inputs of the spec's [problem] sizes and is compared with the f64
+reference using the relative oracle of variants.md section 0: pass when
+max|K-R| <= rtol * max|N-R| + atol, N being the naive same-precision path. Exit code 1 when
+any kernel fails. A catalog entry runs its own problem (B=1, Hq=2 (4 with GQA, Hkv=1), S=80)
+and a suite besides: Sq < Sk and Sq > Sk, GQA Hq=6 Hkv=2, every pipeline stage count, mask
+edges on tile edges, large magnitudes, non-default parameters, GQA and f32 twins; on the
+simulator the visited-tile counters must equal a brute-force classification of every tile
+(docs/correctness.md).
 
 Data-dependent pipelines (landmark, hax, cca, topk, lse_merge) run every kernel of the
 pipeline (attnforge_kernels::exec_dynamic) and compare the final out/lse the same way; their
@@ -27,7 +32,7 @@ random inputs are exact (q, k in {-1, 0, 1} for the ranking families, values mul
 1/16, HAX hyperplanes redrawn until every hash sign is well-posed), so rankings have exact
 ties and no near-ties. --all covers the static and the dynamic catalog. --fail-fast stops at
 the first failing kernel. --json adds a fingerprint to passing kernels: a digest of the
-output bits and the simulator's work counters (equal digests: bit-identical runs).
+output bits and the simulator's work counters over every problem (equal digests: bit-identical runs).
 
 Examples:
   attnforge check flash_fwd_causal_d64_f16
@@ -77,7 +82,10 @@ pub struct Verdict {
     pub detail: String,
     /// Dynamic pipelines: kernels run and work counters (JSON), else null.
     pub extra: serde_json::Value,
-    /// Digest of the output bits and the simulator's work counters ([`fingerprint`]).
+    /// Problems checked (a catalog entry runs a suite, a spec file its own problem).
+    pub problems: usize,
+    /// Digest of the output bits and the simulator's work counters ([`fingerprint`]) over
+    /// every problem checked.
     pub fingerprint: Option<String>,
 }
 
@@ -86,19 +94,41 @@ pub struct Verdict {
 /// `cargo xtask mutants` compares it with the unmutated generator's to tell an equivalent
 /// mutant from a surviving one.
 pub fn fingerprint(output: &AttnOutput, counters: Option<&SimCounters>) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |x: u64| {
-        for b in x.to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    let mut h = Fnv::new();
     for x in output.out.iter().chain(&output.lse) {
-        eat(x.to_bits());
+        h.eat(x.to_bits());
     }
     for c in counters.map_or([0; 8], |c| c.raw) {
-        eat(c);
+        h.eat(c);
     }
-    format!("{h:016x}")
+    h.hex()
+}
+
+/// Several problems' fingerprints folded into one (in order).
+pub fn combine_fingerprints<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h = Fnv::new();
+    for p in parts {
+        for b in p.bytes() {
+            h.eat(u64::from(b));
+        }
+    }
+    h.hex()
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn eat(&mut self, x: u64) {
+        for b in x.to_le_bytes() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
 impl Verdict {
@@ -112,6 +142,7 @@ impl Verdict {
             lse_err: close.lse.max_err,
             detail: String::new(),
             extra,
+            problems: 1,
             fingerprint: None,
         }
     }
@@ -126,18 +157,23 @@ impl Verdict {
             lse_err: f64::NAN,
             detail,
             extra: serde_json::Value::Null,
+            problems: 1,
             fingerprint: None,
         }
     }
 }
 
-fn inputs<T: Element>(sf: &SpecFile, seed: u64) -> Inputs<T> {
+fn inputs<T: Element>(sf: &SpecFile, seed: u64, magnitude: f32) -> Inputs<T> {
     let p = sf.problem;
     let d = sf.spec.head_dim.get();
     let mk = |h, s, stream| {
         let shape = Shape4::new(p.batch, h, s, d);
         let v = random_values(shape.numel(), seed, stream);
-        Tensor4::from_vec(shape, v.into_iter().map(T::from_f32).collect()).expect("sized")
+        Tensor4::from_vec(
+            shape,
+            v.into_iter().map(|x| T::from_f32(x * magnitude)).collect(),
+        )
+        .expect("sized")
     };
     Inputs::new(
         mk(p.heads_q, p.seq_q, 1),
@@ -146,34 +182,155 @@ fn inputs<T: Element>(sf: &SpecFile, seed: u64) -> Inputs<T> {
     )
 }
 
-fn check_one<T: Element + SimElem>(
+/// Outcome of one problem: the oracle's report, or why it failed.
+/// A passing problem carries its [`fingerprint`].
+type CaseOutcome = Result<(CloseReport, String), String>;
+
+fn check_case<T: Element + SimElem>(
     sf: &SpecFile,
+    magnitude: f32,
     backend: &Backend,
     seed: u64,
-) -> Result<Verdict, CliError> {
+) -> Result<CaseOutcome, CliError> {
     let tile = sf.tile().map_err(CliError::input)?;
     let mut rp = sf
         .run_params(sf.problem.seq_k, None)
         .map_err(CliError::input)?;
     specfile::catalog_twins(sf, &mut rp);
-    let x = inputs::<T>(sf, seed);
-    let name = attnforge::codegen::name::canonical_name_with_tile(&sf.spec, &tile);
+    let p = sf.problem;
+    let dims = problems::Dims {
+        batch: p.batch,
+        heads_q: p.heads_q,
+        seq_q: p.seq_q,
+        seq_k: p.seq_k,
+    };
+    if let Some(l) = problems::host_lists(&sf.spec, &rp, dims) {
+        rp.block_lists = Some(l);
+    }
+    let x = inputs::<T>(sf, seed, magnitude);
     let res = check(&sf.spec, &tile, &x, &rp, backend);
     // A user function that failed on the host makes the verdict meaningless.
     if let Some(e) = sf.user_fn_failure() {
         return Err(CliError::input(e.to_string()));
     }
     match res {
-        Ok(r) => Ok(Verdict {
-            fingerprint: Some(fingerprint(&r.output, r.counters.as_ref())),
-            ..Verdict::passed(name, &r.close, serde_json::Value::Null)
-        }),
-        Err(ExecError::Mismatch { detail, .. }) => Ok(Verdict::failed(name, detail)),
+        Ok(r) => {
+            let print = fingerprint(&r.output, r.counters.as_ref());
+            let (Some(c), Some(want)) = (
+                r.counters,
+                problems::tile_census(&sf.spec, &tile, &rp, dims),
+            ) else {
+                return Ok(Ok((r.close, print)));
+            };
+            let got = (c.tiles_full, c.tiles_partial, c.mask_evals);
+            if got == want {
+                Ok(Ok((r.close, print)))
+            } else {
+                Ok(Err(format!(
+                    "visited tiles (full, partial, mask evaluations) = {got:?}, a brute-force \
+                     classification of every tile expects {want:?}"
+                )))
+            }
+        }
+        Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
             Err(CliError::input(format!("{}: {e}", where_(sf))))
         }
-        Err(e) => Ok(Verdict::failed(name, e.to_string())),
+        Err(e) => Ok(Err(e.to_string())),
     }
+}
+
+/// Check a static spec: a spec file on its own `[problem]`, a catalog entry on its problem
+/// suite (check_problems.rs). One verdict: the worst errors over the problems, and every
+/// failing problem named.
+fn check_static(sf: &SpecFile, backend: &Backend, seed: u64) -> Result<Verdict, CliError> {
+    let tile = sf.tile().map_err(CliError::input)?;
+    let name = attnforge::codegen::name::canonical_name_with_tile(&sf.spec, &tile);
+    let cases = if sf.path.is_none() {
+        problems::catalog_cases(sf)
+    } else {
+        vec![problems::CheckCase {
+            label: "the spec file's problem".into(),
+            file: sf.clone(),
+            magnitude: 1.0,
+        }]
+    };
+    let n = cases.len();
+    let mut worst: Option<CloseReport> = None;
+    let mut failures = Vec::new();
+    let mut prints = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        // The first problem keeps the seed; the others get their own inputs.
+        let seed = seed.wrapping_add(i as u64);
+        let outcome = match c.file.spec.dtype {
+            DType::F32 => check_case::<f32>(&c.file, c.magnitude, backend, seed),
+            DType::F16 => check_case::<f16>(&c.file, c.magnitude, backend, seed),
+            DType::Bf16 => check_case::<bf16>(&c.file, c.magnitude, backend, seed),
+        }?;
+        match outcome {
+            Ok((r, print)) => {
+                prints.push(print);
+                worst = Some(match worst {
+                    Some(w) => worse(w, r),
+                    None => r,
+                })
+            }
+            Err(detail) => failures.push(format!("[{}] {detail}", c.label)),
+        }
+    }
+    let mut v = match (&worst, failures.is_empty()) {
+        (Some(w), true) => Verdict::passed(name, w, serde_json::Value::Null),
+        _ => Verdict::failed(
+            name,
+            format!(
+                "{} of {n} problems failed: {}",
+                failures.len(),
+                failures.join("; ")
+            ),
+        ),
+    };
+    v.problems = n;
+    if v.ok {
+        v.fingerprint = Some(combine_fingerprints(prints.iter().map(String::as_str)));
+    }
+    Ok(v)
+}
+
+/// A dynamic pipeline's verdict on its catalog problem combined with one on an extra problem
+/// (the worst figures; the work counters of the catalog problem).
+fn with_extra_problem(mut v: Verdict, label: &str, extra: Verdict) -> Verdict {
+    if !extra.ok {
+        let own = if v.ok {
+            String::new()
+        } else {
+            format!("{}; ", v.detail)
+        };
+        v.detail = format!("{own}[{label}] {}", extra.detail);
+        v.ok = false;
+    }
+    v.out_err = v.out_err.max(extra.out_err);
+    v.out_ratio = v.out_ratio.max(extra.out_ratio);
+    v.lse_err = v.lse_err.max(extra.lse_err);
+    v.problems += extra.problems;
+    v.fingerprint = match (v.ok, &v.fingerprint, &extra.fingerprint) {
+        (true, Some(a), Some(b)) => Some(combine_fingerprints([a.as_str(), b.as_str()])),
+        _ => None,
+    };
+    v
+}
+
+/// The larger of each figure of two oracle reports.
+fn worse(mut a: CloseReport, b: CloseReport) -> CloseReport {
+    if b.out.max_err > a.out.max_err {
+        a.out.max_err = b.out.max_err;
+    }
+    if b.out.ratio > a.out.ratio {
+        a.out.ratio = b.out.ratio;
+    }
+    if b.lse.max_err > a.lse.max_err {
+        a.lse.max_err = b.lse.max_err;
+    }
+    a
 }
 
 fn where_(sf: &SpecFile) -> String {
@@ -220,15 +377,18 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         bar.set_message(f.canonical_name());
         let v = match f {
             AnySpecFile::Static(sf) => {
-                let seed = a.seed.unwrap_or(sf.problem.seed);
-                match sf.spec.dtype {
-                    DType::F32 => check_one::<f32>(sf, &backend, seed),
-                    DType::F16 => check_one::<f16>(sf, &backend, seed),
-                    DType::Bf16 => check_one::<bf16>(sf, &backend, seed),
-                }
+                check_static(sf, &backend, a.seed.unwrap_or(sf.problem.seed))
             }
             AnySpecFile::Dynamic(df) => {
-                dynamic::check(df, &backend, a.seed.unwrap_or(df.problem.seed))
+                let seed = a.seed.unwrap_or(df.problem.seed);
+                dynamic::check(df, &backend, seed).and_then(|v| match problems::dynamic_extra(df) {
+                    Some((label, extra)) => Ok(with_extra_problem(
+                        v,
+                        &label,
+                        dynamic::check(&extra, &backend, seed.wrapping_add(1))?,
+                    )),
+                    None => Ok(v),
+                })
             }
         };
         let v = match v {
@@ -245,7 +405,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             let mut j = serde_json::json!({
                 "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
                 "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
-                "detail": v.detail, "fingerprint": v.fingerprint,
+                "detail": v.detail, "problems": v.problems, "fingerprint": v.fingerprint,
             });
             if let (serde_json::Value::Object(m), serde_json::Value::Object(x)) = (&mut j, &v.extra)
             {
@@ -261,8 +421,13 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
                 ),
                 _ => String::new(),
             };
+            let problems = if v.problems > 1 {
+                format!("  ({} problems)", v.problems)
+            } else {
+                String::new()
+            };
             format!(
-                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}",
+                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}",
                 v.name, v.out_err, v.out_ratio, v.lse_err
             )
         } else {

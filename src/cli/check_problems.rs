@@ -1,0 +1,628 @@
+//! The problems `attnforge check` runs for a built-in catalog entry, and the brute-force
+//! tile census its visited-tile counters are compared with.
+//!
+//! A spec file is checked on its own `[problem]`. A catalog entry is checked on a suite of
+//! problems chosen to reach every code path a user's run can take (docs/correctness.md,
+//! "What `check --all` runs"): the catalog problem itself; a rectangular problem (`Sq < Sk`,
+//! lengths that are not tile multiples, batch 2, three query heads or GQA with `Hq = 6,
+//! Hkv = 2`, non-default runtime parameters) on one tile per pipeline stage count of the
+//! default tuning space; `Sq > Sk` for full and causal attention; problems whose shapes put
+//! mask edges exactly on tile boundaries; large-magnitude inputs (|scores| of a few
+//! hundred); and "siblings", the same variant where the entry's own flags cannot reach a
+//! code path: a GQA twin for head-indexed score modifications (ALiBi slopes, user tables)
+//! and an f32 twin for softcap (f32 kernels use `tanhf`, f16/bf16 a fast form).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use attnforge::codegen::dynamic::DynamicSpec;
+use attnforge::codegen::prelude::*;
+use attnforge::exec::{RunParams, UserValue};
+use attnforge::reference::Mask as RefMask;
+use attnforge::specfile::{DocSource, DynSpecFile, SpecFile};
+
+/// Inputs of the large-magnitude problem are uniform in `[-LARGE, LARGE)`: scores
+/// `scale * q.k` then have a standard deviation of `LARGE^2 / 3` (about 85) and reach a few
+/// hundred, while q and k stay far inside the range of f16 and bf16.
+pub const LARGE: f32 = 16.0;
+
+/// The extra problem of a dynamic catalog entry, when its own problem cannot reach a code
+/// path: CCA's catalog window (1024) leaves 3 pooled groups among about 1000 raw keys, whose
+/// share of the softmax is too small for the oracle to see the pooling; a 64-key window
+/// with 8 pooled groups and GQA (`Hq = 4, Hkv = 2`, batch 2) makes the core tokens weigh.
+pub fn dynamic_extra(df: &DynSpecFile) -> Option<(String, DynSpecFile)> {
+    let DynamicSpec::Cca { group, .. } = df.spec else {
+        return None;
+    };
+    if df.path.is_some() {
+        return None;
+    }
+    let window = 64;
+    let seq = window + 8 * group + 5;
+    let mut f = df.clone();
+    if let DynamicSpec::Cca { window: w, .. } = &mut f.spec {
+        *w = window;
+    }
+    f.problem.batch = 2;
+    f.problem.heads_q = 4;
+    f.problem.heads_kv = 2;
+    f.problem.seq_q = seq;
+    f.problem.seq_k = seq;
+    let label = format!("window {window}, B2 Hq4 Hkv2 S{seq}");
+    Some((label, f))
+}
+
+/// One problem of the suite: a full spec file (spec, runtime parameters, `[problem]` sizes
+/// and `[tune] tile`) plus the magnitude of its random inputs.
+pub struct CheckCase {
+    /// What the problem exercises, with its sizes, parameters and tile.
+    pub label: String,
+    /// The spec file the problem runs (its `tune.tile` is set).
+    pub file: SpecFile,
+    /// Inputs are uniform in `[-magnitude, magnitude)`.
+    pub magnitude: f32,
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: usize,
+    heads_q: usize,
+    heads_kv: usize,
+    seq_q: usize,
+    seq_k: usize,
+}
+
+/// The suite of a catalog entry (the entry's own problem first).
+pub fn catalog_cases(base: &SpecFile) -> Vec<CheckCase> {
+    let spec = &base.spec;
+    let arch = base.tune.arch;
+    let Some(tile) = base.tune.tile.or_else(|| default_tile(spec, arch)) else {
+        // No tile fits: the plain check reports that as an input error.
+        return vec![CheckCase {
+            label: "catalog problem".into(),
+            file: base.clone(),
+            magnitude: 1.0,
+        }];
+    };
+    let (bm, bn) = (tile.block_m, tile.block_n);
+    let own = Shape {
+        batch: base.problem.batch,
+        heads_q: base.problem.heads_q,
+        heads_kv: base.problem.heads_kv,
+        seq_q: base.problem.seq_q,
+        seq_k: base.problem.seq_k,
+    };
+    let mut v = vec![case("catalog problem", base.clone(), tile, 1.0)];
+    // Rectangular: one query tile with rows past seq_q, five key tiles, the last partial.
+    let rect = Shape {
+        batch: 2,
+        heads_q: if spec.gqa { 6 } else { 3 },
+        heads_kv: if spec.gqa { 2 } else { 3 },
+        seq_q: bm - 19,
+        seq_k: 4 * bn + 29,
+    };
+    for t in stage_tiles(spec, arch, tile) {
+        v.push(case("rectangular", rectangular(base, rect), t, 1.0));
+    }
+    if spec.mask.allows_sq_gt_sk() && spec.score == ScoreMod::None {
+        // Queries before the first key: rows with p(i) < 0 are empty (causal) inside tiles
+        // that also hold non-empty rows.
+        let s = Shape {
+            batch: 1,
+            seq_q: 2 * bm + 7,
+            seq_k: bn + 13,
+            ..own
+        };
+        v.push(case("sq > sk", resized(base, s), tile, 1.0));
+    }
+    for (what, s, mp) in edge_problems(&spec.mask, own, bm, bn) {
+        let mut f = resized(base, s);
+        f.mask_params = mp;
+        v.push(case(what, f, tile, 1.0));
+    }
+    v.push(case("large magnitude", base.clone(), tile, LARGE));
+    // Siblings.
+    if matches!(spec.score, ScoreMod::Alibi | ScoreMod::User(_)) && !spec.gqa {
+        let mut f = rectangular(
+            base,
+            Shape {
+                heads_q: 6,
+                heads_kv: 2,
+                ..rect
+            },
+        );
+        f.spec = f.spec.with_gqa();
+        v.push(case("gqa twin, rectangular", f, tile, 1.0));
+    }
+    if spec.score == ScoreMod::Softcap && spec.dtype != DType::F32 {
+        let mut twin = base.clone();
+        twin.spec.dtype = DType::F32;
+        if let Some(t) = default_tile(&twin.spec, arch) {
+            v.push(case("f32 twin, catalog problem", twin.clone(), t, 1.0));
+            v.push(case(
+                "f32 twin, rectangular",
+                rectangular(&twin, rect),
+                t,
+                1.0,
+            ));
+            v.push(case("f32 twin, large magnitude", twin, t, LARGE));
+        }
+    }
+    v
+}
+
+/// The default tile, then for every other pipeline stage count of the default search
+/// space one tile with that count (the same block shape when the space has it).
+fn stage_tiles(spec: &KernelSpec, arch: Arch, tile: TileConfig) -> Vec<TileConfig> {
+    let space = default_search_space(spec, arch);
+    let stages: BTreeSet<usize> = space.iter().map(|t| t.stages).collect();
+    let mut v = vec![tile];
+    for st in stages.into_iter().filter(|&s| s != tile.stages) {
+        let same_shape = space
+            .iter()
+            .find(|t| t.stages == st && t.block_m == tile.block_m && t.block_n == tile.block_n);
+        if let Some(t) = same_shape.or_else(|| space.iter().find(|t| t.stages == st)) {
+            v.push(*t);
+        }
+    }
+    v
+}
+
+fn case(what: &str, mut file: SpecFile, tile: TileConfig, magnitude: f32) -> CheckCase {
+    file.tune.tile = Some(tile);
+    let p = file.problem;
+    let mut label = format!(
+        "{what}: {} B{} Hq{} Hkv{} Sq{} Sk{}",
+        file.spec.canonical_name(),
+        p.batch,
+        p.heads_q,
+        p.heads_kv,
+        p.seq_q,
+        p.seq_k
+    );
+    if file.mask_params != MaskParams::None {
+        label.push_str(&format!(" {:?}", file.mask_params));
+    }
+    if let Some(c) = file.softcap {
+        label.push_str(&format!(" softcap {c}"));
+    }
+    if let Some(s) = &file.alibi_slopes {
+        label.push_str(&format!(" slopes {s:?}"));
+    }
+    label.push_str(&format!(" tile {}", tile.suffix()));
+    if magnitude != 1.0 {
+        label.push_str(&format!(" inputs x{magnitude}"));
+    }
+    CheckCase {
+        label,
+        file,
+        magnitude,
+    }
+}
+
+/// `base` with new sizes; the runtime parameters whose size depends on the shape (document
+/// ids, block lists, per-head tables) are regenerated for it.
+fn resized(base: &SpecFile, s: Shape) -> SpecFile {
+    let mut f = base.clone();
+    f.problem.batch = s.batch;
+    f.problem.heads_q = s.heads_q;
+    f.problem.heads_kv = s.heads_kv;
+    f.problem.seq_q = s.seq_q;
+    f.problem.seq_k = s.seq_k;
+    if f.doc.is_some() {
+        f.doc = Some(DocSource::Ids(doc_ids(&f.spec.mask, s.batch, s.seq_k)));
+    }
+    if let Mask::BlockSparse { .. } = f.spec.mask {
+        f.block_lists = Some(mixed_lists(&f.spec, s));
+    }
+    if let Some(UserValue::Floats(_)) = f.user.get("bias") {
+        let bias = (0..s.heads_q).map(|h| 0.4 * h as f32 - 0.5).collect();
+        f.user.insert("bias".into(), UserValue::Floats(bias));
+    }
+    if f.alibi_slopes.is_some() {
+        f.alibi_slopes = Some(slopes(s.heads_q));
+    }
+    f
+}
+
+/// Per-head ALiBi slopes that differ from every standard slope and from each other.
+fn slopes(heads_q: usize) -> Vec<f32> {
+    (0..heads_q).map(|h| 0.3 / (h + 1) as f32).collect()
+}
+
+/// The rectangular problem: `base` resized to `s` with non-default runtime parameters
+/// (windows and prefixes that cut through tiles, a distance limit past `Sk`, softcap 0.5,
+/// per-head slopes, another dilation stride).
+fn rectangular(base: &SpecFile, s: Shape) -> SpecFile {
+    let mut f = resized(base, s);
+    let sk = s.seq_k as i64;
+    f.mask_params = match f.mask_params {
+        MaskParams::Local { .. } => MaskParams::Local {
+            left: 150,
+            right: 17,
+        },
+        MaskParams::PrefixLm { .. } => MaskParams::PrefixLm {
+            prefix_len: sk - 10,
+        },
+        MaskParams::GlobalLocal { .. } => MaskParams::GlobalLocal {
+            window: 20,
+            global_tokens: 9,
+        },
+        MaskParams::LambdaMask { .. } => MaskParams::LambdaMask {
+            global_tokens: 5,
+            local_window: 50,
+        },
+        MaskParams::LmInfinite { .. } => MaskParams::LmInfinite {
+            global_tokens: 5,
+            local_window: 50,
+            dist_limit: sk + 100,
+            rope_theta: 500.0,
+        },
+        MaskParams::BlockCausalDocument { .. } => MaskParams::BlockCausalDocument { doc_block: 24 },
+        m => m,
+    };
+    if f.softcap.is_some() {
+        f.softcap = Some(0.5);
+    }
+    if f.spec.score == ScoreMod::Alibi {
+        f.alibi_slopes = Some(slopes(s.heads_q));
+    }
+    if f.user.contains_key("stride") {
+        f.user.insert("stride".into(), UserValue::Int(2));
+    }
+    if f.user.contains_key("decay") {
+        f.user.insert("decay".into(), UserValue::Float(0.1));
+    }
+    f
+}
+
+/// Problems whose tile boundaries fall exactly on the mask's edges for a `bm x bn` tile
+/// (the classifier's comparisons at equality), with the shape's batch and heads.
+fn edge_problems(
+    mask: &Mask,
+    own: Shape,
+    bm: usize,
+    bn: usize,
+) -> Vec<(&'static str, Shape, MaskParams)> {
+    let sized = |seq_q: usize, seq_k: usize| Shape {
+        batch: 1,
+        seq_q,
+        seq_k,
+        ..own
+    };
+    let mut v = Vec::new();
+    match mask {
+        Mask::Causal => {
+            // One query at position bn: the last key tile starts at the diagonal.
+            v.push(("edge: decode", sized(1, bn + 1), MaskParams::None));
+            // Query tile 1 starts at position 2 bn - 1, the last key of key tile 1: full.
+            v.push((
+                "edge: diagonal on a tile corner",
+                sized(bm + 5, 2 * bn + 4),
+                MaskParams::None,
+            ));
+        }
+        Mask::Local => {
+            // Decode with a causal sliding window: key tile 1 starts at p_hi + right.
+            v.push((
+                "edge: decode, sliding window",
+                sized(1, bn + 1),
+                MaskParams::Local {
+                    left: bn as i64 / 2,
+                    right: 0,
+                },
+            ));
+            // Query tile 0 ends right of a key tile start by exactly `right`; query tile 1
+            // starts left of a key tile end by exactly `left`.
+            let s = (bn - 7) as i64;
+            let p_hi0 = bm as i64 - 1 + s;
+            let right = (p_hi0 / bn as i64 + 1) * bn as i64 - p_hi0;
+            let p_lo1 = bm as i64 + s;
+            let left = p_lo1 - ((p_lo1 / bn as i64) * bn as i64 - 1);
+            v.push((
+                "edge: window edges on tile edges",
+                sized(bm + 36, bm + 36 + s as usize),
+                MaskParams::Local { left, right },
+            ));
+        }
+        Mask::PrefixLm => {
+            // The prefix ends exactly where key tile 2 starts.
+            v.push((
+                "edge: prefix end on a tile start",
+                sized(2 * bn + 30, 2 * bn + 30),
+                MaskParams::PrefixLm {
+                    prefix_len: 2 * bn as i64,
+                },
+            ));
+        }
+        Mask::GlobalLocal => {
+            // Key tile after the diagonal one starts exactly `window` past query tile 0.
+            let (s, g) = (10i64, 5i64);
+            let p_hi0 = bm as i64 - 1 + s;
+            let window = (p_hi0 / bn as i64 + 1) * bn as i64 - p_hi0;
+            v.push((
+                "edge: window edge on a tile start",
+                sized(2 * bm + 22, 2 * bm + 32),
+                MaskParams::GlobalLocal {
+                    window,
+                    global_tokens: g,
+                },
+            ));
+        }
+        Mask::LambdaMask | Mask::LmInfinite => {
+            // Query tile 1 starts exactly local_window - 1 past the last key of key tile 1
+            // (which holds no global token). A short window next to 12 global tokens gives
+            // LM-Infinite's far branch (rotated at Deff) a large share of each row.
+            let (global, local) = (12i64, 8i64);
+            let Some(shift) = (2 * bn + 6).checked_sub(bm) else {
+                return v;
+            };
+            let sq = 2 * bm + 5;
+            let mp = if *mask == Mask::LambdaMask {
+                MaskParams::LambdaMask {
+                    global_tokens: global,
+                    local_window: local,
+                }
+            } else {
+                // dist_limit = Sk: the clamp Deff = min(dist_limit, Sk - 1) decides.
+                MaskParams::LmInfinite {
+                    global_tokens: global,
+                    local_window: local,
+                    dist_limit: (sq + shift) as i64,
+                    rope_theta: 10000.0,
+                }
+            };
+            v.push(("edge: window end on a tile end", sized(sq, sq + shift), mp));
+        }
+        _ => {}
+    }
+    v
+}
+
+/// Document ids for `batch x sk` keys (batch-major), with boundaries inside tiles and on
+/// the 128-key block boundary of the default block lists; for share-question a question
+/// prefix (id 0) of a different length per batch.
+fn doc_ids(mask: &Mask, batch: usize, sk: usize) -> Vec<i32> {
+    let mut v = Vec::with_capacity(batch * sk);
+    for b in 0..batch {
+        let cuts = [37 + 11 * b, 128, sk.saturating_sub(20 + b)];
+        let question = if *mask == Mask::ShareQuestion {
+            (30 + 17 * b).min(sk)
+        } else {
+            0
+        };
+        for j in 0..sk {
+            let id = cuts.iter().filter(|&&c| j >= c).count() as i32;
+            v.push(match (*mask == Mask::ShareQuestion, j < question) {
+                (true, true) => 0,
+                (true, false) => id + 1,
+                (false, _) => id,
+            });
+        }
+    }
+    v
+}
+
+/// Explicit block lists per batch and query head mixing full, partial and absent blocks.
+fn mixed_lists(spec: &KernelSpec, s: Shape) -> BlockLists {
+    let bs = spec.sparse_block;
+    let rows = s.seq_q.div_ceil(bs.q);
+    let cols = s.seq_k.div_ceil(bs.k);
+    let mut table = Vec::new();
+    for b in 0..s.batch {
+        for h in 0..s.heads_q {
+            for r in 0..rows {
+                let (mut full, mut partial) = (Vec::new(), Vec::new());
+                for c in 0..cols {
+                    match (b + 2 * h + r + c) % 3 {
+                        0 => full.push(c as i32),
+                        1 => partial.push(c as i32),
+                        _ => {}
+                    }
+                }
+                table.push((full, partial));
+            }
+        }
+    }
+    BlockLists::from_rows(s.batch, s.heads_q, rows, cols, &table)
+}
+
+/// Problem sizes of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    /// Batch.
+    pub batch: usize,
+    /// Query heads.
+    pub heads_q: usize,
+    /// Query length.
+    pub seq_q: usize,
+    /// Key length.
+    pub seq_k: usize,
+}
+
+/// What element `(p, j)` is for the tile census: 0 masked, else a class; a tile is full when
+/// every in-range element has the same non-zero class.
+type ElementClass = Box<dyn Fn(usize, usize, i64, i64) -> u8>;
+
+/// The element classes of the spec's mask, from the reference's mask definitions (not the
+/// kernel's classifiers). LM-Infinite: 1 near branch, 2 far branch (a tile mixing them
+/// must evaluate per element, so it is partial).
+fn element_class(spec: &KernelSpec, rp: &RunParams, sk: usize) -> Option<ElementClass> {
+    let mp = rp.mask.clone().unwrap_or(MaskParams::None);
+    let doc = || rp.doc.clone().unwrap_or_default();
+    let m = match (&spec.mask, mp) {
+        (Mask::Full | Mask::BlockSparse { mask: None }, _) => RefMask::Full,
+        (Mask::Causal, _) => RefMask::Causal,
+        (Mask::Local, MaskParams::Local { left, right }) => RefMask::Local { left, right },
+        (Mask::PrefixLm, MaskParams::PrefixLm { prefix_len }) => RefMask::PrefixLm {
+            prefix: prefix_len.max(0) as usize,
+        },
+        (
+            Mask::GlobalLocal,
+            MaskParams::GlobalLocal {
+                window,
+                global_tokens,
+            },
+        ) => RefMask::GlobalLocal {
+            window: window.max(0) as usize,
+            global: global_tokens.max(0) as usize,
+        },
+        (
+            Mask::LambdaMask,
+            MaskParams::LambdaMask {
+                global_tokens,
+                local_window,
+            },
+        ) => RefMask::Lambda {
+            global: global_tokens.max(0) as usize,
+            local: local_window.max(0) as usize,
+        },
+        (
+            Mask::LmInfinite,
+            MaskParams::LmInfinite {
+                global_tokens,
+                local_window,
+                ..
+            },
+        ) => {
+            let m = RefMask::Lambda {
+                global: global_tokens.max(0) as usize,
+                local: local_window.max(0) as usize,
+            };
+            return Some(Box::new(move |b, h, p, j| {
+                if !m.allowed(b, h, p, j, sk) {
+                    0
+                } else if p - j < local_window {
+                    1
+                } else {
+                    2
+                }
+            }));
+        }
+        (Mask::Document, _) => RefMask::Document { doc: doc() },
+        (Mask::CausalDocument, _) => RefMask::CausalDocument { doc: doc() },
+        (Mask::ShareQuestion, _) => RefMask::ShareQuestion { doc: doc() },
+        (Mask::BlockCausalDocument, MaskParams::BlockCausalDocument { doc_block }) => {
+            RefMask::BlockCausalDocument {
+                doc: doc(),
+                block: doc_block.max(1) as usize,
+            }
+        }
+        (Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) }, _) => {
+            let f = rp.host_mask.clone()?;
+            RefMask::Predicate(Arc::new(move |b, h, i, j| f(b, h, i, j)))
+        }
+        _ => return None,
+    };
+    Some(Box::new(move |b, h, p, j| {
+        u8::from(m.allowed(b, h, p, j, sk))
+    }))
+}
+
+/// Block lists for a list-driven mask built on the host from the reference's mask (what
+/// `exec` builds when none are given), so that the census knows the kernel's lists.
+pub fn host_lists(spec: &KernelSpec, rp: &RunParams, d: Dims) -> Option<BlockLists> {
+    if !spec.mask.uses_block_lists() || rp.block_lists.is_some() {
+        return None;
+    }
+    let class = element_class(spec, rp, d.seq_k)?;
+    let heads = if matches!(spec.mask, Mask::Predicate(_)) {
+        d.heads_q
+    } else {
+        1
+    };
+    Some(build_block_lists(
+        d.batch,
+        heads,
+        d.seq_q,
+        d.seq_k,
+        spec.sparse_block,
+        |b, h, p, j| class(b, h, p, j) != 0,
+    ))
+}
+
+/// The (full, partial, mask evaluations) counters a correct kernel reports, by brute force:
+/// analytic masks classify every element of every `block_m x block_n` tile; list-driven
+/// masks visit exactly the listed blocks' tiles that start before `Sk`. `None` when the
+/// census does not know the mask (a user predicate without a Rust twin).
+pub fn tile_census(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    rp: &RunParams,
+    d: Dims,
+) -> Option<(u64, u64, u64)> {
+    let (bm, bn) = (tile.block_m, tile.block_n);
+    let shift = d.seq_k as i64 - d.seq_q as i64;
+    let has_element_mask = !matches!(spec.mask, Mask::BlockSparse { mask: None } | Mask::Full);
+    let lists = rp.block_lists.as_ref();
+    let class = if lists.is_some() {
+        None
+    } else {
+        Some(element_class(spec, rp, d.seq_k)?)
+    };
+    let (mut full, mut partial, mut evals) = (0u64, 0u64, 0u64);
+    for b in 0..d.batch {
+        for h in 0..d.heads_q {
+            for m0 in (0..d.seq_q).step_by(bm) {
+                let rows = bm.min(d.seq_q - m0);
+                let tiles: Vec<(usize, Option<bool>)> = match lists {
+                    Some(l) => {
+                        let bs = spec.sparse_block;
+                        let r = m0 / bs.q;
+                        let mut t = Vec::new();
+                        for (is_full, blocks) in
+                            [(true, l.full(b, h, r)), (false, l.partial(b, h, r))]
+                        {
+                            for &blk in blocks {
+                                let start = blk as usize * bs.k;
+                                for n0 in (start..start + bs.k).step_by(bn) {
+                                    if n0 < d.seq_k {
+                                        t.push((n0, Some(is_full)));
+                                    }
+                                }
+                            }
+                        }
+                        t
+                    }
+                    None => (0..d.seq_k).step_by(bn).map(|n0| (n0, None)).collect(),
+                };
+                for (n0, listed) in tiles {
+                    let cols = bn.min(d.seq_k - n0);
+                    let is_full = match (listed, &class) {
+                        (Some(f), _) => Some(f),
+                        (None, Some(class)) => {
+                            let (mut classes, mut masked) = (BTreeSet::new(), 0usize);
+                            for i in m0..m0 + rows {
+                                for j in n0..n0 + cols {
+                                    match class(b, h, i as i64 + shift, j as i64) {
+                                        0 => masked += 1,
+                                        c => {
+                                            classes.insert(c);
+                                        }
+                                    }
+                                }
+                            }
+                            if classes.is_empty() {
+                                None
+                            } else {
+                                Some(masked == 0 && classes.len() == 1)
+                            }
+                        }
+                        (None, None) => unreachable!("analytic masks have a class"),
+                    };
+                    match is_full {
+                        Some(true) => full += 1,
+                        Some(false) => {
+                            partial += 1;
+                            if has_element_mask {
+                                evals += (rows * cols) as u64;
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    Some((full, partial, evals))
+}

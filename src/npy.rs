@@ -90,9 +90,10 @@ fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
             "check the path (relative paths are relative to the working directory)",
         )
     })?;
-    check_header(path, &mut f)?;
-    // the element count against the size limit, before any data is read
+    // The size limit first (the most useful message for a real but too large file), then
+    // what npyz would trust in the header.
     element_count(path)?;
+    check_header(path, &mut f)?;
     let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| {
         err(
             path,
@@ -537,7 +538,7 @@ fn check_shape(dims: &[u8], data_len: u64) -> Result<(), String> {
     }
     if elements > data_len {
         return Err(format!(
-            "shape ({text}) claims {elements} elements but the file has {data_len} bytes of data"
+            "shape ({text}) claims {elements} elements but the file has {data_len} bytes of data (truncated?)"
         ));
     }
     Ok(())

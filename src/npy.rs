@@ -90,9 +90,6 @@ fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
             "check the path (relative paths are relative to the working directory)",
         )
     })?;
-    // The size limit first (the most useful message for a real but too large file), then
-    // what npyz would trust in the header.
-    element_count(path)?;
     check_header(path, &mut f)?;
     let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| {
         err(
@@ -125,50 +122,6 @@ fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
         ));
     }
     Ok(npy)
-}
-
-/// The shape in an `.npy` header (`None` when the header is not one this parser reads;
-/// npyz then reports the problem).
-fn header_shape(path: &Path) -> Option<Vec<u64>> {
-    use std::io::Read;
-    let mut f = File::open(path).ok()?;
-    let mut pre = [0u8; 10];
-    f.read_exact(&mut pre).ok()?;
-    if &pre[..6] != b"\x93NUMPY" {
-        return None;
-    }
-    let len = if pre[6] == 1 {
-        usize::from(u16::from_le_bytes([pre[8], pre[9]]))
-    } else {
-        let mut more = [0u8; 2];
-        f.read_exact(&mut more).ok()?;
-        u32::from_le_bytes([pre[8], pre[9], more[0], more[1]]) as usize
-    };
-    let mut text = Vec::new();
-    f.take(len.min(1 << 20) as u64)
-        .read_to_end(&mut text)
-        .ok()?;
-    let text = String::from_utf8_lossy(&text);
-    let start = text.find("'shape'")?;
-    let rest = &text[start..];
-    let open = rest.find('(')?;
-    let close = rest.find(')')?;
-    rest.get(open + 1..close)?
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
-        .collect()
-}
-
-/// The element count of an `.npy` file's header, checked against
-/// [`crate::limits::MAX_TENSOR_ELEMENTS`] before any data is read (`None` when the header
-/// is not one this parser reads).
-pub fn element_count(path: &Path) -> Result<Option<u64>, NpyError> {
-    match header_shape(path) {
-        None => Ok(None),
-        Some(shape) => check_count(path, &shape).map(Some),
-    }
 }
 
 fn check_count(path: &Path, shape: &[u64]) -> Result<u64, NpyError> {
@@ -503,7 +456,7 @@ fn check_header(path: &Path, f: &mut File) -> Result<(), NpyError> {
                         .iter()
                         .position(|&c| matches!(c, b')' | b']'))
                         .map_or(rest.len(), |p| o + p);
-                    check_shape(&rest[o + 1..close], data_len).map_err(bad)?;
+                    check_shape(path, &rest[o + 1..close], data_len)?;
                 }
             }
             _ => {}
@@ -517,8 +470,15 @@ fn check_header(path: &Path, f: &mut File) -> Result<(), NpyError> {
 }
 
 /// The dimensions of a `shape` tuple must be decimal integers whose product fits in u64 (also
-/// skipping zeros: strides multiply them) and does not exceed the bytes of data.
-fn check_shape(dims: &[u8], data_len: u64) -> Result<(), String> {
+/// skipping zeros: strides multiply them), stays within
+/// [`crate::limits::MAX_TENSOR_ELEMENTS`] (checked first: a real but too large file is told
+/// the limit) and does not exceed the bytes of data.
+fn check_shape(path: &Path, dims: &[u8], data_len: u64) -> Result<(), NpyError> {
+    check_shape_text(dims, data_len).map_err(|(m, fix)| err(path, m, fix))
+}
+
+fn check_shape_text(dims: &[u8], data_len: u64) -> Result<(), (String, String)> {
+    let bad = |m: String| (m, "rewrite the file with numpy.save".to_string());
     let text = String::from_utf8_lossy(dims);
     let mut elements: u64 = 1;
     let mut nonzero: u64 = 1;
@@ -529,17 +489,26 @@ fn check_shape(dims: &[u8], data_len: u64) -> Result<(), String> {
             .ok()
             .filter(|_| digits.bytes().all(|c| c.is_ascii_digit()))
             .ok_or_else(|| {
-                format!("shape entry `{d}` is not a dimension (a decimal below 2^64)")
+                bad(format!(
+                    "shape entry `{d}` is not a dimension (a decimal below 2^64)"
+                ))
             })?;
         elements = elements.saturating_mul(n);
         nonzero = nonzero
             .checked_mul(n.max(1))
-            .ok_or_else(|| format!("shape ({text}) has more than 2^64 elements"))?;
+            .ok_or_else(|| bad(format!("shape ({text}) has more than 2^64 elements")))?;
+    }
+    let max = crate::limits::MAX_TENSOR_ELEMENTS;
+    if elements > max {
+        return Err((
+            format!("shape ({text}) has {elements} elements, more than {max} (the kernels index with 32-bit int)"),
+            format!("pass at most {max} elements per tensor (docs/cli.md, size limits)"),
+        ));
     }
     if elements > data_len {
-        return Err(format!(
+        return Err(bad(format!(
             "shape ({text}) claims {elements} elements but the file has {data_len} bytes of data (truncated?)"
-        ));
+        )));
     }
     Ok(())
 }

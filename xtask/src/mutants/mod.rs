@@ -650,12 +650,9 @@ impl Harness {
         }
     }
 
-    fn baseline(&mut self) -> Result<()> {
-        let dir = self.logs.join("baseline");
-        fs::create_dir_all(&dir)
-            .map_err(|e| TaskError(format!("cannot create {}: {e}", dir.display())))?;
-        println!("xtask: baseline: building the release CLI of the unmutated tree");
-        let (exit, secs) = run_logged(
+    /// Builds the release CLI of the scratch tree, logging to `dir/build`.
+    fn build_cli(&self, dir: &Path) -> Result<(Exit, f64)> {
+        run_logged(
             &mut self.cargo(&[
                 "build",
                 "--release",
@@ -666,7 +663,15 @@ impl Harness {
             ]),
             &dir.join("build"),
             self.timeout,
-        )?;
+        )
+    }
+
+    fn baseline(&mut self) -> Result<()> {
+        let dir = self.logs.join("baseline");
+        fs::create_dir_all(&dir)
+            .map_err(|e| TaskError(format!("cannot create {}: {e}", dir.display())))?;
+        println!("xtask: baseline: building the release CLI of the unmutated tree");
+        let (exit, secs) = self.build_cli(&dir)?;
         if exit != Exit::Ok {
             return err(format!(
                 "the unmutated tree does not build ({exit:?}); see {}:\n{}",
@@ -856,18 +861,7 @@ impl Harness {
             Ok(o)
         };
 
-        let (exit, secs) = run_logged(
-            &mut self.cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "attnforge",
-                "--bin",
-                "attnforge",
-            ]),
-            &dir.join("build"),
-            self.timeout,
-        )?;
+        let (exit, secs) = self.build_cli(&dir)?;
         o.build_s = secs;
         match exit {
             Exit::Ok => {}

@@ -2,7 +2,7 @@
 
 (a) compiles kernels/mma_check.cu (codegen prelude + the simulator's check kernel) with nvcc
     for sm_90, launches it through the driver API (ctypes on libcuda) and compares its four
-    outputs with a float64 matmul: the simulator passes the same comparison (kernels/sim
+    outputs with a float64 matmul: the simulator passes the same comparison (sim
     tests/correct.rs), so agreement confirms the simulator's fragment layouts.
 (c) times our emitted kernels (.cu + metadata JSON, compiled with nvcc -cubin) against
     torch SDPA and FlexAttention, bf16, dense full / causal, d = 64 / 128, seq 1k-16k.

@@ -30,7 +30,7 @@ strip "$out/bin/gpu_tests" "$out/bin/attnforge" 2>/dev/null || true
 # benchmark kernels
 ATTNFORGE_EMIT_DIR="$out/kernels" cargo test --release -p attnforge-codegen --test gpu emit_bench_kernels
 # the simulator's mma fragment check kernel, with the codegen prelude in front
-{ cat kernels/codegen/cuda/af_prelude.cuh kernels/codegen/cuda/af_attn.cuh; cat kernels/sim/tests/cuda/mma_check.cu; } > "$out/kernels/mma_check.cu"
+{ cat codegen/cuda/af_prelude.cuh codegen/cuda/af_attn.cuh; cat sim/tests/cuda/mma_check.cu; } > "$out/kernels/mma_check.cu"
 cp gpu/run.sh gpu/bench.py "$out/"
 du -sh "$out"
 kib=$(du -sk "$out" | cut -f1)

@@ -11,10 +11,10 @@
 //! - [`autotune`]: search space, pruning, measurement, cache and reports;
 //! - [`mask`] / [`score`]: attribute macros turning Rust functions into CUDA device functions.
 pub use attnforge_autotune as autotune;
-pub use attnforge_kernels as kernels;
-pub use attnforge_kernels::{codegen, exec, sim};
 pub use attnforge_macros::{kernel, mask, score};
 pub use attnforge_reference as reference;
+pub use attnforge_runtime as kernels;
+pub use attnforge_runtime::{codegen, exec, sim};
 
 pub mod limits;
 pub mod npy;
@@ -22,20 +22,20 @@ pub mod specfile;
 
 /// The names most programs need.
 pub mod prelude {
-    pub use attnforge_kernels::codegen::prelude::*;
-    pub use attnforge_kernels::exec::{
-        check, reference as run_reference, simulate, Backend, Inputs, RunParams, UserValue,
-    };
-    pub use attnforge_kernels::sim::{Schedule, SimConfig};
     pub use attnforge_macros::{kernel, mask, score};
     pub use attnforge_reference::{Precision, Shape4, Tensor4};
+    pub use attnforge_runtime::codegen::prelude::*;
+    pub use attnforge_runtime::exec::{
+        check, reference as run_reference, simulate, Backend, Inputs, RunParams, UserValue,
+    };
+    pub use attnforge_runtime::sim::{Schedule, SimConfig};
 }
 
 /// Items the macros expand to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use attnforge_kernels::codegen;
-    pub use attnforge_kernels::exec;
     pub use attnforge_macros_rt as rt;
     pub use attnforge_reference as reference;
+    pub use attnforge_runtime::codegen;
+    pub use attnforge_runtime::exec;
 }

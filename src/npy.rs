@@ -15,8 +15,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use attnforge_kernels::codegen::spec::DType;
 use attnforge_reference::{Shape4, Tensor4};
+use attnforge_runtime::codegen::spec::DType;
 use half::{bf16, f16};
 use npyz::WriterBuilder;
 

@@ -23,16 +23,16 @@ use std::sync::{Arc, OnceLock};
 
 use attnforge_dsl::eval::{EvalFn, Value};
 use attnforge_dsl::{FnKind, ParamKind};
-use attnforge_kernels::codegen::blocks::BlockLists;
-use attnforge_kernels::codegen::check::{validate_spec, MaskParams};
-use attnforge_kernels::codegen::dynamic::{validate_dynamic, DynamicSpec, LandmarkMode};
-use attnforge_kernels::codegen::spec::{
+use attnforge_reference::Sharing;
+use attnforge_runtime::codegen::blocks::BlockLists;
+use attnforge_runtime::codegen::check::{validate_spec, MaskParams};
+use attnforge_runtime::codegen::dynamic::{validate_dynamic, DynamicSpec, LandmarkMode};
+use attnforge_runtime::codegen::spec::{
     BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamKind,
     UserSource,
 };
-use attnforge_kernels::codegen::tile::{default_tile, Arch, TileConfig};
-use attnforge_kernels::exec::{RunParams, UserValue};
-use attnforge_reference::Sharing;
+use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
+use attnforge_runtime::exec::{RunParams, UserValue};
 use serde::Deserialize;
 
 /// An error in a spec file: which file, which field, what is wrong and how to fix it.

@@ -1,6 +1,6 @@
 //! The real [`Tunable`]: a generated kernel of `attnforge-codegen`, compiled with NVRTC +
-//! ptxas (`attnforge_kernels::build_many_cached`, through the persistent kernel cache), gated
-//! on the CPU simulator against the f64 reference (`attnforge_kernels::exec::check`),
+//! ptxas (`attnforge_runtime::build_many_cached`, through the persistent kernel cache), gated
+//! on the CPU simulator against the f64 reference (`attnforge_runtime::exec::check`),
 //! predicted by [`crate::model`].
 
 use std::path::Path;
@@ -8,9 +8,9 @@ use std::path::Path;
 use attnforge_codegen::emit::emit;
 use attnforge_codegen::spec::{DType, KernelSpec};
 use attnforge_codegen::tile::{default_search_space, TileConfig};
-use attnforge_kernels::exec::{check, prepare_cuda, Backend, ExecError};
-use attnforge_kernels::sim::SimError;
-use attnforge_kernels::{
+use attnforge_runtime::exec::{check, prepare_cuda, Backend, ExecError};
+use attnforge_runtime::sim::SimError;
+use attnforge_runtime::{
     build_many_cached, BuildError, CompileError, CompileOptions, KernelSource,
 };
 use half::{bf16, f16};
@@ -46,7 +46,7 @@ impl KernelTunable {
     }
 }
 
-fn kernels_arch(a: Arch) -> attnforge_kernels::Arch {
+fn kernels_arch(a: Arch) -> attnforge_runtime::Arch {
     a.into()
 }
 
@@ -198,7 +198,7 @@ impl Tunable for KernelTunable {
     }
 
     fn can_measure(&self) -> bool {
-        attnforge_kernels::gpu_available()
+        attnforge_runtime::gpu_available()
     }
 
     fn measure(
@@ -222,7 +222,7 @@ impl Tunable for KernelTunable {
     }
 
     fn device(&self) -> String {
-        match attnforge_kernels::Gpu::new(0) {
+        match attnforge_runtime::Gpu::new(0) {
             Ok(g) => {
                 let (major, minor) = g.compute_capability();
                 format!("cuda:sm_{major}{minor}")

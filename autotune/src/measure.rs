@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attnforge_kernels::Gpu;
+use attnforge_runtime::Gpu;
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput};
 use cudarc::driver::{sys::CUevent_flags, CudaContext, CudaEvent, CudaStream};

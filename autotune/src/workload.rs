@@ -7,8 +7,8 @@ use std::fmt;
 use attnforge_codegen::blocks::build_block_lists;
 use attnforge_codegen::check::MaskParams;
 use attnforge_codegen::spec::{KernelSpec, Mask, ScoreMod};
-use attnforge_kernels::exec::{Inputs, RunParams, UserValue};
 use attnforge_reference::{Element, Shape4, Tensor4};
+use attnforge_runtime::exec::{Inputs, RunParams, UserValue};
 use serde::{Deserialize, Serialize};
 
 /// A problem shape: what a kernel is tuned (or gated) for.

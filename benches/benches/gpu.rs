@@ -5,7 +5,7 @@
 //! problem (`exec::check` with `Backend::Cuda(0)`); a kernel that fails is reported and not
 //! timed.
 //!
-//! Without a GPU (`attnforge_kernels::gpu_available()` false) the bench prints why and exits 0.
+//! Without a GPU (`attnforge_runtime::gpu_available()` false) the bench prints why and exits 0.
 
 use std::time::Duration;
 
@@ -15,13 +15,13 @@ use attnforge_benches::quick_criterion;
 use attnforge_codegen::args::{kernel_args, LaunchGeometry};
 use attnforge_codegen::catalog::find;
 use attnforge_codegen::prelude::{default_tile, emit, Arch as CgArch, DType, KernelSpec};
-use attnforge_kernels::exec::{check, Backend, Inputs};
-use attnforge_kernels::sim::SimElem;
-use attnforge_kernels::{
+use attnforge_reference::Element;
+use attnforge_runtime::exec::{check, Backend, Inputs};
+use attnforge_runtime::sim::SimElem;
+use attnforge_runtime::{
     compile, device_ptr, gpu_available, Arch, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
     LaunchConfig,
 };
-use attnforge_reference::Element;
 use criterion::{BenchmarkId, Criterion};
 use half::{bf16, f16};
 

@@ -1,5 +1,5 @@
 //! NVRTC compile latency (NVRTC + ptxas inside it: PTX, CUBIN and the `-v` resource report,
-//! exactly what `attnforge_kernels::compile` does for the tuner) of every catalog kernel at
+//! exactly what `attnforge_runtime::compile` does for the tuner) of every catalog kernel at
 //! its default tile, on sm_80 and sm_90. Issue 3's target: < 300 ms per kernel. Each
 //! iteration is one full compile, sampled flat (10 compiles per bench id). Filter with
 //! criterion's argument, e.g. `-- nvrtc/sm_80` or `-- lminf`.
@@ -24,7 +24,7 @@ use std::time::Duration;
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::catalog::catalog;
 use attnforge_codegen::prelude::{default_tile, emit, Arch as CgArch, KernelSpec};
-use attnforge_kernels::{compile, Arch, CompileOptions, Compiler, KernelCache};
+use attnforge_runtime::{compile, Arch, CompileOptions, Compiler, KernelCache};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
 /// On-CPU time of the calling thread, if the kernel reports it.

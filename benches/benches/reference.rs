@@ -15,12 +15,12 @@ use std::collections::BTreeSet;
 use attnforge_autotune::workload::{default_params, inputs, Shape};
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::prelude::{catalog, DType, KernelSpec};
-use attnforge_kernels::exec::{reference, Inputs, RunParams};
 use attnforge_reference::{
     cca_attention, hax_attention, landmark_attention, topk_attention, AttnOptions, CcaParams,
     Element, HaxInputs, HaxParams, LandmarkMode, LandmarkParams, Precision, Shape4, Tensor4,
     TopkParams,
 };
+use attnforge_runtime::exec::{reference, Inputs, RunParams};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use half::{bf16, f16};
 

@@ -10,9 +10,9 @@
 use attnforge_autotune::workload::{default_params, inputs, Shape};
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::prelude::{default_tile, Arch, DType, HeadDim, KernelSpec, Mask, ScoreMod};
-use attnforge_kernels::exec::{check, sim_kernel, simulate, Backend, Inputs};
-use attnforge_kernels::sim::{Schedule, SimConfig, SimElem};
 use attnforge_reference::Element;
+use attnforge_runtime::exec::{check, sim_kernel, simulate, Backend, Inputs};
+use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 use criterion::{
     criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup, BenchmarkId, Criterion,
     SamplingMode, Throughput,

@@ -27,7 +27,7 @@ simulator the visited-tile counters must equal a brute-force classification of e
 (docs/correctness.md).
 
 Data-dependent pipelines (landmark, hax, cca, topk, lse_merge) run every kernel of the
-pipeline (attnforge_kernels::exec_dynamic) and compare the final out/lse the same way; their
+pipeline (attnforge_runtime::exec_dynamic) and compare the final out/lse the same way; their
 random inputs are exact (q, k in {-1, 0, 1} for the ranking families, values multiples of
 1/16, HAX hyperplanes redrawn until every hash sign is well-posed), so rankings have exact
 ties and no near-ties. --all covers the static and the dynamic catalog. --fail-fast stops at

@@ -318,7 +318,7 @@ fn run_step(label: &str, cmd: &mut Command) -> Result<()> {
 }
 
 /// `cargo xtask test [CARGO_ARGS..]`: with no arguments, the whole workspace; arguments
-/// (e.g. `-p attnforge-kernels`) replace `--workspace` for clippy and test (fmt always checks all).
+/// (e.g. `-p attnforge-runtime`) replace `--workspace` for clippy and test (fmt always checks all).
 fn test(scope: &[String]) -> Result<()> {
     warn_low_disk();
     let dir = setup()?;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     };
     let mut m = Machine::probe();
     m.note = note;
-    m.nvrtc = attnforge_kernels::Compiler::global()
+    m.nvrtc = attnforge_runtime::Compiler::global()
         .ok()
         .map(|c| format!("{}.{}", c.version().0, c.version().1));
     let block = render(&rows, &m);

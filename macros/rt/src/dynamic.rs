@@ -1,12 +1,12 @@
 //! Run-time support of `kernel!` declarations with `family:` (the data-dependent families
-//! of `attnforge_codegen::dynamic`): thin delegations to `attnforge_kernels::exec_dynamic`,
+//! of `attnforge_codegen::dynamic`): thin delegations to `attnforge_runtime::exec_dynamic`,
 //! plus the check of the log-sum-exp merge (two partial results in, one out).
 
-use attnforge_kernels::codegen::dynamic::{emit_dynamic, DynamicKernel, DynamicSpec};
-use attnforge_kernels::exec::{Backend, ExecError};
-use attnforge_kernels::exec_dynamic::{self, DynCheckReport, DynInputs, DynRun};
-use attnforge_kernels::sim::{SimConfig, SimElem};
 use attnforge_reference::{self as reference, AttnOutput, Element, Precision};
+use attnforge_runtime::codegen::dynamic::{emit_dynamic, DynamicKernel, DynamicSpec};
+use attnforge_runtime::exec::{Backend, ExecError};
+use attnforge_runtime::exec_dynamic::{self, DynCheckReport, DynInputs, DynRun};
+use attnforge_runtime::sim::{SimConfig, SimElem};
 
 /// The pipeline's kernels in launch order (one self-contained `.cu` each).
 pub fn cuda(spec: &DynamicSpec) -> Result<Vec<DynamicKernel>, ExecError> {

@@ -7,12 +7,12 @@
 //! needs no dependency on attnforge.
 //!
 //! Declarations with `family:` (landmark, HAX, CCA, top-k, lse merge) expand to calls of
-//! [`dynamic`], which delegates to `attnforge_kernels::exec_dynamic`.
+//! [`dynamic`], which delegates to `attnforge_runtime::exec_dynamic`.
 //!
 //! ```
 //! use attnforge_macros_rt as rt;
 //! let f = rt::user_function("w", "__device__ bool w(int b, int h, long long q_pos, long long kv_pos, const unsigned* doc) { return true; }", &[("doc", "&[u32]")]);
-//! assert_eq!(f.params[0].kind, attnforge_kernels::codegen::spec::UserParamKind::ArrayU32);
+//! assert_eq!(f.params[0].kind, attnforge_runtime::codegen::spec::UserParamKind::ArrayU32);
 //! const OK: bool = rt::params_supported(&[("doc", "&[u32]"), ("n", "i32")]);
 //! assert!(OK && !rt::params_supported(&[("n", "u64")]));
 //! ```
@@ -20,21 +20,21 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 
-use attnforge_kernels::codegen::emit::{emit, EmittedKernel};
-use attnforge_kernels::codegen::spec::{
+use attnforge_reference::{AttnOutput, Element, Precision};
+use attnforge_runtime::codegen::emit::{emit, EmittedKernel};
+use attnforge_runtime::codegen::spec::{
     KernelSpec, UserFunction, UserParam, UserParamKind, UserSource,
 };
-use attnforge_kernels::codegen::tile::{default_search_space, Arch, TileConfig};
-use attnforge_kernels::exec::{
+use attnforge_runtime::codegen::tile::{default_search_space, Arch, TileConfig};
+use attnforge_runtime::exec::{
     self, Backend, CheckReport, ExecError, Inputs, RunParams, SimRun, UserValue,
 };
-use attnforge_kernels::sim::{SimConfig, SimElem};
-use attnforge_reference::{AttnOutput, Element, Precision};
+use attnforge_runtime::sim::{SimConfig, SimElem};
 
 pub mod dynamic;
 
-pub use attnforge_kernels as kernels;
 pub use attnforge_reference as reference;
+pub use attnforge_runtime as kernels;
 pub use half;
 
 /// The default grid of `tune:` keys a declaration leaves out (as in

@@ -162,15 +162,15 @@ impl Mutant {
     }
 }
 
-const ATTN: &str = "kernels/codegen/cuda/af_attn.cuh";
-const EMIT: &str = "kernels/codegen/src/emit.rs";
-const IR: &str = "kernels/codegen/src/ir.rs";
-const BLOCKS: &str = "kernels/codegen/src/blocks.rs";
-const DYN: &str = "kernels/codegen/cuda/af_dynamic.cuh";
-const CCA: &str = "kernels/codegen/cuda/af_cca.cuh";
-const LANDMARK: &str = "kernels/codegen/cuda/af_landmark.cuh";
-const HAX: &str = "kernels/codegen/cuda/af_hax.cuh";
-const TOPK: &str = "kernels/codegen/cuda/af_topk.cuh";
+const ATTN: &str = "codegen/cuda/af_attn.cuh";
+const EMIT: &str = "codegen/src/emit.rs";
+const IR: &str = "codegen/src/ir.rs";
+const BLOCKS: &str = "codegen/src/blocks.rs";
+const DYN: &str = "codegen/cuda/af_dynamic.cuh";
+const CCA: &str = "codegen/cuda/af_cca.cuh";
+const LANDMARK: &str = "codegen/cuda/af_landmark.cuh";
+const HAX: &str = "codegen/cuda/af_hax.cuh";
+const TOPK: &str = "codegen/cuda/af_topk.cuh";
 
 use Category::*;
 

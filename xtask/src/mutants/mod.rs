@@ -45,14 +45,14 @@ const fn suite(package: &'static str, test: &'static str) -> Suite {
     Suite { package, test }
 }
 
-const CATALOG_PROPS: Suite = suite("attnforge-kernels", "catalog_props");
+const CATALOG_PROPS: Suite = suite("attnforge-runtime", "catalog_props");
 const CODEGEN_SIM: Suite = suite("attnforge-codegen", "sim");
-const EXEC_SMOKE: Suite = suite("attnforge-kernels", "exec_smoke");
+const EXEC_SMOKE: Suite = suite("attnforge-runtime", "exec_smoke");
 const CODEGEN_BLOCKS: Suite = suite("attnforge-codegen", "blocks");
 const MASK_AGREEMENT: Suite = suite("attnforge", "macro_mask_agreement");
-const DYN_HAX: Suite = suite("attnforge-kernels", "dynamic_hax");
-const DYN_LANDMARK_CCA: Suite = suite("attnforge-kernels", "dynamic_landmark_cca");
-const DYN_TOPK: Suite = suite("attnforge-kernels", "dynamic_topk");
+const DYN_HAX: Suite = suite("attnforge-runtime", "dynamic_hax");
+const DYN_LANDMARK_CCA: Suite = suite("attnforge-runtime", "dynamic_landmark_cca");
+const DYN_TOPK: Suite = suite("attnforge-runtime", "dynamic_topk");
 const CLI_DYNAMIC: Suite = suite("attnforge", "cli_dynamic");
 
 /// Suites never used as killers, with the reason: a text or snapshot diff is not a kill.
@@ -62,7 +62,7 @@ pub const EXCLUDED_SUITES: &[(Suite, &str)] = &[
         "compares emitted text with stored files: any mutant changes the text",
     ),
     (
-        suite("attnforge-kernels", "kernel_cache"),
+        suite("attnforge-runtime", "kernel_cache"),
         "cache behaviour, independent of what the kernels compute",
     ),
 ];

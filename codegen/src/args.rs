@@ -1,0 +1,399 @@
+//! The flat kernel argument list, launch geometry and launch metadata.
+//!
+//! One list ([`kernel_args`]) drives the CUDA signature, the CUDA launch, the simulator
+//! launch and the metadata JSON. Layout (in this order):
+//!
+//! 1. tensors: `q`, `k`, `v` (`const T*`), `o` (`T*`), `lse` (`float*`, `[B, Hq, Sq]`
+//!    contiguous, natural log; may be null to skip it)
+//! 2. shapes (`int`): `batch`, `heads_q`, `heads_kv`, `seq_q`, `seq_k`
+//! 3. strides in elements (`long long`): `q_stride_b`, `q_stride_h`, `q_stride_s`, then the
+//!    same for `k`, `v`, `o` (the head dimension is contiguous)
+//! 4. `scale` (`float`)
+//! 5. mask arguments (see [`crate::spec::Mask`]); user parameters as `um_<name>`; block
+//!    lists as `blk_full_num`, `blk_full_idx`, `blk_partial_num`, `blk_partial_idx`
+//!    (`const int*`) and `blk_batches`, `blk_heads`, `blk_rows`, `blk_width` (`int`)
+//! 6. score arguments: `softcap` (`float`) or `alibi_slopes` (`const float*`) or the user
+//!    score parameters as `us_<name>`
+//!
+//! ```
+//! use attnforge_codegen::{args::kernel_args, spec::*};
+//! let spec = KernelSpec::new(DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Softcap);
+//! let names: Vec<_> = kernel_args(&spec).into_iter().map(|a| a.name).collect();
+//! assert_eq!(names[0], "q");
+//! assert!(names.contains(&"window_left".to_string()) && names.last().unwrap() == "softcap");
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind};
+use crate::tile::{Arch, TileConfig};
+
+/// Element type behind a pointer argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Elem {
+    /// `__half`.
+    F16,
+    /// `__nv_bfloat16`.
+    Bf16,
+    /// `float`.
+    F32,
+    /// `int`.
+    I32,
+    /// `long long`.
+    I64,
+}
+
+impl Elem {
+    fn c(self) -> &'static str {
+        match self {
+            Elem::F16 => "__half",
+            Elem::Bf16 => "__nv_bfloat16",
+            Elem::F32 => "float",
+            Elem::I32 => "int",
+            Elem::I64 => "long long",
+        }
+    }
+    fn of(d: DType) -> Elem {
+        match d {
+            DType::F16 => Elem::F16,
+            DType::Bf16 => Elem::Bf16,
+            DType::F32 => Elem::F32,
+        }
+    }
+    /// Size in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F16 | Elem::Bf16 => 2,
+            Elem::F32 | Elem::I32 => 4,
+            Elem::I64 => 8,
+        }
+    }
+}
+
+/// Scalar argument type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scalar {
+    /// `int`.
+    I32,
+    /// `long long`.
+    I64,
+    /// `float`.
+    F32,
+}
+
+/// Kind of a kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgKind {
+    /// A device pointer (`const` unless `mutable`).
+    Ptr {
+        /// Pointee type.
+        elem: Elem,
+        /// Written by the kernel.
+        mutable: bool,
+    },
+    /// A scalar passed by value.
+    Scalar(Scalar),
+}
+
+impl ArgKind {
+    /// The C type in the signature (`const __half*`, `float*`, `int`, `long long`, ...).
+    pub fn c_type(&self) -> String {
+        match self {
+            ArgKind::Ptr {
+                elem,
+                mutable: false,
+            } => format!("const {}*", elem.c()),
+            ArgKind::Ptr {
+                elem,
+                mutable: true,
+            } => format!("{}*", elem.c()),
+            ArgKind::Scalar(Scalar::I32) => "int".into(),
+            ArgKind::Scalar(Scalar::I64) => "long long".into(),
+            ArgKind::Scalar(Scalar::F32) => "float".into(),
+        }
+    }
+    /// Bytes of the argument value (8 for pointers).
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            ArgKind::Ptr { .. } | ArgKind::Scalar(Scalar::I64) => 8,
+            ArgKind::Scalar(_) => 4,
+        }
+    }
+}
+
+/// One kernel argument.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KernelArg {
+    /// Parameter name in the CUDA signature.
+    pub name: String,
+    /// Its type.
+    pub kind: ArgKind,
+}
+
+fn arg(name: impl Into<String>, kind: ArgKind) -> KernelArg {
+    KernelArg {
+        name: name.into(),
+        kind,
+    }
+}
+const INT: ArgKind = ArgKind::Scalar(Scalar::I32);
+const I64: ArgKind = ArgKind::Scalar(Scalar::I64);
+const FLOAT: ArgKind = ArgKind::Scalar(Scalar::F32);
+const CINT_PTR: ArgKind = ArgKind::Ptr {
+    elem: Elem::I32,
+    mutable: false,
+};
+const CFLOAT_PTR: ArgKind = ArgKind::Ptr {
+    elem: Elem::F32,
+    mutable: false,
+};
+
+/// Kernel-argument name of a user parameter: `um_<name>` (mask) or `us_<name>` (score).
+pub fn user_arg_name(prefix: &str, param: &str) -> String {
+    format!("{prefix}_{param}")
+}
+
+/// ABI kind of a user parameter (u32/bool travel as `int`, u32 arrays as `const int*`).
+pub fn user_param_abi(kind: UserParamKind) -> ArgKind {
+    match kind {
+        UserParamKind::I32 | UserParamKind::U32 | UserParamKind::Bool => INT,
+        UserParamKind::F32 => FLOAT,
+        UserParamKind::ArrayI32 | UserParamKind::ArrayU32 => CINT_PTR,
+        UserParamKind::ArrayF32 => CFLOAT_PTR,
+    }
+}
+
+fn user_args(out: &mut Vec<KernelArg>, prefix: &str, f: &UserFunction) {
+    for p in &f.params {
+        out.push(arg(user_arg_name(prefix, &p.name), user_param_abi(p.kind)));
+    }
+}
+
+/// Names of the block-list arguments, in order.
+pub const BLOCK_LIST_ARGS: [&str; 8] = [
+    "blk_full_num",
+    "blk_full_idx",
+    "blk_partial_num",
+    "blk_partial_idx",
+    "blk_batches",
+    "blk_heads",
+    "blk_rows",
+    "blk_width",
+];
+
+/// The flat argument list of the kernel for `spec` (see the module docs for the layout).
+pub fn kernel_args(spec: &KernelSpec) -> Vec<KernelArg> {
+    let t = Elem::of(spec.dtype);
+    let mut v = vec![
+        arg(
+            "q",
+            ArgKind::Ptr {
+                elem: t,
+                mutable: false,
+            },
+        ),
+        arg(
+            "k",
+            ArgKind::Ptr {
+                elem: t,
+                mutable: false,
+            },
+        ),
+        arg(
+            "v",
+            ArgKind::Ptr {
+                elem: t,
+                mutable: false,
+            },
+        ),
+        arg(
+            "o",
+            ArgKind::Ptr {
+                elem: t,
+                mutable: true,
+            },
+        ),
+        arg(
+            "lse",
+            ArgKind::Ptr {
+                elem: Elem::F32,
+                mutable: true,
+            },
+        ),
+    ];
+    for n in ["batch", "heads_q", "heads_kv", "seq_q", "seq_k"] {
+        v.push(arg(n, INT));
+    }
+    for t in ["q", "k", "v", "o"] {
+        for s in ["b", "h", "s"] {
+            v.push(arg(format!("{t}_stride_{s}"), I64));
+        }
+    }
+    v.push(arg("scale", FLOAT));
+    let doc = |v: &mut Vec<KernelArg>| {
+        v.push(arg("doc", CINT_PTR));
+        v.push(arg("doc_batch_stride", I64));
+    };
+    match &spec.mask {
+        Mask::Full | Mask::Causal => {}
+        Mask::Local => {
+            v.push(arg("window_left", INT));
+            v.push(arg("window_right", INT));
+        }
+        Mask::PrefixLm => v.push(arg("prefix_len", INT)),
+        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion => doc(&mut v),
+        Mask::BlockCausalDocument => {
+            doc(&mut v);
+            v.push(arg("doc_block", INT));
+        }
+        Mask::GlobalLocal => {
+            v.push(arg("window", INT));
+            v.push(arg("global_tokens", INT));
+        }
+        Mask::LambdaMask => {
+            v.push(arg("global_tokens", INT));
+            v.push(arg("local_window", INT));
+        }
+        Mask::LmInfinite => {
+            v.push(arg("global_tokens", INT));
+            v.push(arg("local_window", INT));
+            v.push(arg("dist_limit", INT));
+            v.push(arg("rope_theta", FLOAT));
+        }
+        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => user_args(&mut v, "um", f),
+        Mask::BlockSparse { mask: None } => {}
+    }
+    if spec.mask.uses_block_lists() {
+        for (i, n) in BLOCK_LIST_ARGS.iter().enumerate() {
+            v.push(arg(*n, if i < 4 { CINT_PTR } else { INT }));
+        }
+    }
+    match &spec.score {
+        ScoreMod::None => {}
+        ScoreMod::Softcap => v.push(arg("softcap", FLOAT)),
+        ScoreMod::Alibi => v.push(arg("alibi_slopes", CFLOAT_PTR)),
+        ScoreMod::User(f) => user_args(&mut v, "us", f),
+    }
+    v
+}
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchGeometry {
+    /// `[ceil(seq_q / block_m), heads_q, batch]`.
+    pub grid: [u32; 3],
+    /// `[warps * 32, 1, 1]`.
+    pub block: [u32; 3],
+    /// Dynamic shared memory bytes (set `MaxDynamicSharedMemorySize` when above 48 KiB).
+    pub dynamic_smem_bytes: u32,
+}
+
+impl LaunchGeometry {
+    /// Geometry for a problem of `batch x heads_q x seq_q` queries.
+    pub fn new(
+        spec: &KernelSpec,
+        tile: &TileConfig,
+        batch: usize,
+        heads_q: usize,
+        seq_q: usize,
+    ) -> Self {
+        LaunchGeometry {
+            grid: [
+                seq_q.div_ceil(tile.block_m.max(1)) as u32,
+                heads_q as u32,
+                batch as u32,
+            ],
+            block: [tile.threads() as u32, 1, 1],
+            dynamic_smem_bytes: tile.smem_bytes(spec) as u32,
+        }
+    }
+}
+
+/// Launch metadata written next to an emitted `.cu` (JSON), enough to launch the kernel
+/// from PyTorch/CuPy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LaunchMetadata {
+    /// CUDA symbol.
+    pub kernel_name: String,
+    /// The spec.
+    pub spec: KernelSpec,
+    /// The tile config.
+    pub tile: TileConfig,
+    /// Target architecture the config was validated for.
+    pub arch: Arch,
+    /// Arguments in order.
+    pub args: Vec<KernelArg>,
+    /// Grid formula, `[x, y, z]` as text over `batch`, `heads_q`, `seq_q`, `block_m`.
+    pub grid: [String; 3],
+    /// Query rows per block (`block_m`) used by the grid formula.
+    pub block_m: usize,
+    /// Threads per block (`warps * 32`).
+    pub block_threads: usize,
+    /// Dynamic shared memory bytes.
+    pub dynamic_smem_bytes: usize,
+    /// Whether the launcher must raise `MaxDynamicSharedMemorySize` (above 48 KiB).
+    pub needs_smem_opt_in: bool,
+    /// Block-list block size (query rows, key columns) when the mask uses lists.
+    pub block_lists: Option<[usize; 2]>,
+    /// Default scale to pass as `scale`.
+    pub default_scale: f32,
+    /// Layout preconditions of the pointer arguments, as sentences (what a raw launcher must
+    /// guarantee; `attnforge_runtime::exec` always does).
+    #[serde(default)]
+    pub requirements: Vec<String>,
+}
+
+impl LaunchMetadata {
+    /// Metadata for `spec` compiled with `tile` under `symbol`.
+    pub fn new(spec: &KernelSpec, tile: &TileConfig, arch: Arch, symbol: &str) -> Self {
+        let smem = tile.smem_bytes(spec);
+        LaunchMetadata {
+            kernel_name: symbol.to_string(),
+            spec: spec.clone(),
+            tile: *tile,
+            arch,
+            args: kernel_args(spec),
+            grid: [
+                "ceil(seq_q / block_m)".into(),
+                "heads_q".into(),
+                "batch".into(),
+            ],
+            block_m: tile.block_m,
+            block_threads: tile.threads(),
+            dynamic_smem_bytes: smem,
+            needs_smem_opt_in: smem > arch.smem_without_opt_in(),
+            block_lists: spec
+                .mask
+                .uses_block_lists()
+                .then_some([spec.sparse_block.q, spec.sparse_block.k]),
+            default_scale: spec.effective_scale(),
+            requirements: requirements(spec, tile),
+        }
+    }
+}
+
+/// The layout preconditions of a kernel's pointer arguments.
+fn requirements(spec: &KernelSpec, tile: &TileConfig) -> Vec<String> {
+    let mut r = vec![
+        "q, k, v, o: the head dimension is contiguous (element stride 1); the other strides are free".to_owned(),
+    ];
+    if matches!(
+        crate::tile::Mainloop::select(spec, tile),
+        crate::tile::Mainloop::TensorCore
+    ) {
+        r.push(
+            "o: rows 4-byte aligned (even o_stride_s, 4-byte aligned base): O is stored as packed \
+             16-bit pairs; the kernel traps otherwise"
+                .to_owned(),
+        );
+        r.push(
+            "q, k, v: rows 16-byte aligned (row strides multiples of 8 elements, 16-byte aligned \
+             bases) take the cp.async path; other layouts are correct but copied element by element"
+                .to_owned(),
+        );
+    }
+    r
+}

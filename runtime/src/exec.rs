@@ -1,0 +1,1007 @@
+//! Running one kernel spec on a backend: the f64 reference, the CPU simulator or a GPU.
+//!
+//! This is the one place that turns a [`KernelSpec`], a [`TileConfig`], q/k/v tensors and
+//! the runtime parameters ([`RunParams`]) into (a) the kernel's flat argument list, in the
+//! order [`kernel_args`] declares it, and (b) the matching call of `attnforge-reference`.
+//! The CLI, the autotuner's correctness gate and the property tests all go through it.
+//!
+//! ```no_run
+//! use attnforge_runtime::exec::{check, Backend, Inputs, RunParams};
+//! use attnforge_codegen::prelude::*;
+//! use attnforge_reference::{Shape4, Tensor4};
+//! let spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+//! let tile = default_tile(&spec, Arch::Sm80).unwrap();
+//! let t = |s| Tensor4::<f32>::from_fn(Shape4::new(1, 2, s, 64), |_, h, i, d| ((h + i * d) % 7) as f32 / 7.0);
+//! let inputs = Inputs::new(t(37), t(37), t(37));
+//! let report = check(&spec, &tile, &inputs, &RunParams::default(), &Backend::sim()).unwrap();
+//! println!("max error {:e}", report.close.out.max_err);
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use attnforge_codegen::args::{kernel_args, ArgKind as CgArgKind, LaunchGeometry, Scalar};
+use attnforge_codegen::blocks::{build_block_lists, validate_block_lists, BlockLists};
+use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
+use attnforge_codegen::emit::emit;
+use attnforge_codegen::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
+use attnforge_codegen::tile::{Arch as CgArch, TileConfig};
+use attnforge_reference as reference;
+use attnforge_reference::{
+    AttnOptions, AttnOutput, CloseReport, Element, Precision, RefError, Shape4, Tensor4, Tolerance,
+};
+use attnforge_sim::{Schedule, SimArg, SimConfig, SimCounters, SimElem, SimError, SimKernel};
+
+pub use crate::exec_cuda::CudaPrepared;
+
+/// A Rust twin of a user mask predicate: `(b, h, q_pos, kv_pos) -> allowed`.
+pub type HostMaskFn = Arc<dyn Fn(usize, usize, i64, i64) -> bool + Send + Sync>;
+/// A Rust twin of a user score function: `(score, b, h, q_pos, kv_pos) -> score'`.
+pub type HostScoreFn = Arc<dyn Fn(f64, usize, usize, i64, i64) -> f64 + Send + Sync>;
+
+/// Value of a user-function parameter (scalars and read-only arrays).
+#[derive(Clone, Debug, PartialEq)]
+pub enum UserValue {
+    /// `int`, `unsigned` or `bool` scalar (passed as `int`).
+    Int(i32),
+    /// `float` scalar.
+    Float(f32),
+    /// `const int*` / `const unsigned*` array.
+    Ints(Vec<i32>),
+    /// `const float*` array.
+    Floats(Vec<f32>),
+}
+
+/// Runtime parameters of one run: everything that is a kernel argument besides q, k, v,
+/// the outputs, the sizes and the strides.
+#[derive(Clone, Default)]
+pub struct RunParams {
+    /// Scalar mask parameters (must match the spec's mask; `MaskParams::None` otherwise).
+    pub mask: Option<MaskParams>,
+    /// Softcap value for `ScoreMod::Softcap`.
+    pub softcap: Option<f32>,
+    /// Softmax scale (default: the spec's, else `1/sqrt(D)`).
+    pub scale: Option<f32>,
+    /// Per-token document ids for the document masks: `Sk` ids (shared by every batch) or
+    /// `B * Sk` (batch-major).
+    pub doc: Option<Vec<i32>>,
+    /// ALiBi slopes `[Hq]` (default: the standard slopes of variants.md section 3).
+    pub alibi_slopes: Option<Vec<f32>>,
+    /// Block lists of list-driven masks (default: built from the mask on the host).
+    pub block_lists: Option<BlockLists>,
+    /// User-function parameter values by parameter name (mask and score share the map).
+    pub user: BTreeMap<String, UserValue>,
+    /// Rust twin of the spec's user mask predicate (needed by the reference and the
+    /// host-side block-list builder).
+    pub host_mask: Option<HostMaskFn>,
+    /// Rust twin of the spec's user score function (needed by the reference).
+    pub host_score: Option<HostScoreFn>,
+}
+
+impl std::fmt::Debug for RunParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunParams")
+            .field("mask", &self.mask)
+            .field("softcap", &self.softcap)
+            .field("scale", &self.scale)
+            .field("doc", &self.doc.as_ref().map(Vec::len))
+            .field("alibi_slopes", &self.alibi_slopes)
+            .field("block_lists", &self.block_lists.is_some())
+            .field("user", &self.user)
+            .field("host_mask", &self.host_mask.is_some())
+            .field("host_score", &self.host_score.is_some())
+            .finish()
+    }
+}
+
+impl RunParams {
+    /// Builder: scalar mask parameters.
+    pub fn with_mask(mut self, m: MaskParams) -> Self {
+        self.mask = Some(m);
+        self
+    }
+    /// Builder: softcap.
+    pub fn with_softcap(mut self, c: f32) -> Self {
+        self.softcap = Some(c);
+        self
+    }
+    /// Builder: document ids.
+    pub fn with_doc(mut self, doc: Vec<i32>) -> Self {
+        self.doc = Some(doc);
+        self
+    }
+    /// Builder: a user parameter value.
+    pub fn with_user(mut self, name: &str, v: UserValue) -> Self {
+        self.user.insert(name.to_string(), v);
+        self
+    }
+    /// Builder: the Rust twin of the user mask.
+    pub fn with_host_mask(
+        mut self,
+        f: impl Fn(usize, usize, i64, i64) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.host_mask = Some(Arc::new(f));
+        self
+    }
+    /// Builder: the Rust twin of the user score function.
+    pub fn with_host_score(
+        mut self,
+        f: impl Fn(f64, usize, usize, i64, i64) -> f64 + Send + Sync + 'static,
+    ) -> Self {
+        self.host_score = Some(Arc::new(f));
+        self
+    }
+}
+
+/// q, k, v of one run (`[B, Hq, Sq, D]`, `[B, Hkv, Sk, D]`, `[B, Hkv, Sk, D]`; the head
+/// dimension must be contiguous, the other strides are free).
+#[derive(Clone, Debug)]
+pub struct Inputs<T> {
+    /// Queries.
+    pub q: Tensor4<T>,
+    /// Keys.
+    pub k: Tensor4<T>,
+    /// Values.
+    pub v: Tensor4<T>,
+}
+
+impl<T> Inputs<T> {
+    /// Bundle q, k, v.
+    pub fn new(q: Tensor4<T>, k: Tensor4<T>, v: Tensor4<T>) -> Self {
+        Inputs { q, k, v }
+    }
+}
+
+/// Where a kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The f64 reference (no kernel).
+    Reference,
+    /// The CPU SIMT simulator running the exact generated CUDA.
+    Sim(SimConfig),
+    /// A real GPU through cudarc (device ordinal).
+    Cuda(usize),
+}
+
+impl Backend {
+    /// The simulator with the forward schedule.
+    pub fn sim() -> Self {
+        Backend::Sim(SimConfig::new(Schedule::Forward))
+    }
+}
+
+/// Everything that can go wrong when running a kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The spec or the problem is invalid (every error, with field paths).
+    #[error("invalid kernel spec or problem:\n{}", format_spec_errors(.0))]
+    Spec(Vec<SpecError>),
+    /// A runtime input is missing or malformed.
+    #[error("input `{field}`: {message}; fix: {fix}")]
+    Input {
+        /// The input field.
+        field: String,
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// The reference rejected the problem.
+    #[error("reference: {0}")]
+    Reference(#[from] RefError),
+    /// The simulator failed to build or run the kernel.
+    #[error("simulator: {0}")]
+    Sim(#[from] SimError),
+    /// The GPU backend failed.
+    #[error("cuda: {0}")]
+    Cuda(String),
+    /// Kernel and reference disagree beyond the oracle's tolerance.
+    #[error("kernel `{kernel}` disagrees with the reference: {detail}")]
+    Mismatch {
+        /// Kernel name (with tile config).
+        kernel: String,
+        /// The oracle's report.
+        detail: String,
+    },
+}
+
+fn format_spec_errors(errs: &[SpecError]) -> String {
+    errs.iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn input_err(field: &str, message: impl Into<String>, fix: impl Into<String>) -> ExecError {
+    ExecError::Input {
+        field: field.to_string(),
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Problem sizes read off the inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Batch.
+    pub batch: usize,
+    /// Query heads.
+    pub heads_q: usize,
+    /// Key/value heads.
+    pub heads_kv: usize,
+    /// Query length.
+    pub seq_q: usize,
+    /// Key length.
+    pub seq_k: usize,
+    /// Head dimension.
+    pub dim: usize,
+}
+
+fn dims_of<T: Element>(spec: &KernelSpec, x: &Inputs<T>) -> Result<Dims, ExecError> {
+    if T::DTYPE != ref_dtype(spec.dtype) {
+        return Err(input_err(
+            "q",
+            format!(
+                "element type {} does not match the spec's dtype {}",
+                T::DTYPE.name(),
+                spec.dtype.short()
+            ),
+            "pass tensors of the spec's dtype",
+        ));
+    }
+    let (q, k, v) = (x.q.shape, x.k.shape, x.v.shape);
+    let d = spec.head_dim.get();
+    for (name, s) in [("q", q), ("k", k), ("v", v)] {
+        if s.dim != d {
+            return Err(input_err(
+                name,
+                format!(
+                    "head dimension {} but the kernel is compiled for {d}",
+                    s.dim
+                ),
+                "pass tensors with the spec's head_dim or choose another spec",
+            ));
+        }
+    }
+    for (name, t) in [("q", &x.q), ("k", &x.k), ("v", &x.v)] {
+        if t.strides[3] != 1 {
+            return Err(input_err(
+                name,
+                format!("head-dimension stride {} (must be 1)", t.strides[3]),
+                "make the last dimension contiguous",
+            ));
+        }
+        if t.data.iter().any(|e| !e.to_f64().is_finite()) {
+            return Err(input_err(
+                name,
+                "contains NaN or Inf",
+                "clean the input; attention of non-finite values is undefined",
+            ));
+        }
+    }
+    for (name, s) in [("k", k), ("v", v)] {
+        if s.batch != q.batch {
+            return Err(input_err(
+                name,
+                format!(
+                    "{name} has batch size {} but q has batch size {}",
+                    s.batch, q.batch
+                ),
+                "pass q, k and v with the same batch size (dimension 0)",
+            ));
+        }
+    }
+    if k.heads != v.heads || k.seq != v.seq {
+        return Err(input_err(
+            "v",
+            format!(
+                "v is [{}, {}, {}, ..] but k is [{}, {}, {}, ..]",
+                v.batch, v.heads, v.seq, k.batch, k.heads, k.seq
+            ),
+            "pass k and v with the same heads and length",
+        ));
+    }
+    Ok(Dims {
+        batch: q.batch,
+        heads_q: q.heads,
+        heads_kv: k.heads,
+        seq_q: q.seq,
+        seq_k: k.seq,
+        dim: d,
+    })
+}
+
+fn ref_dtype(d: DType) -> reference::DType {
+    match d {
+        DType::F16 => reference::DType::F16,
+        DType::Bf16 => reference::DType::Bf16,
+        DType::F32 => reference::DType::F32,
+    }
+}
+
+fn problem(spec: &KernelSpec, d: &Dims, p: &RunParams) -> Problem {
+    Problem {
+        batch: d.batch,
+        heads_q: d.heads_q,
+        heads_kv: d.heads_kv,
+        seq_q: d.seq_q,
+        seq_k: d.seq_k,
+        mask: p.mask.clone().unwrap_or(MaskParams::None),
+        softcap: match spec.score {
+            ScoreMod::Softcap => p.softcap,
+            _ => None,
+        },
+    }
+}
+
+/// The fully resolved runtime values of one run (defaults filled in, lists built).
+#[derive(Clone, Debug)]
+struct Resolved {
+    dims: Dims,
+    scale: f32,
+    mask: MaskParams,
+    doc: Vec<i32>,
+    doc_batch_stride: i64,
+    alibi: Vec<f32>,
+    lists: Option<BlockLists>,
+}
+
+fn mask_param_i64(m: &MaskParams, name: &str) -> Option<i64> {
+    use MaskParams as M;
+    match (m, name) {
+        (M::Local { left, .. }, "window_left") => Some(*left),
+        (M::Local { right, .. }, "window_right") => Some(*right),
+        (M::PrefixLm { prefix_len }, "prefix_len") => Some(*prefix_len),
+        (M::GlobalLocal { window, .. }, "window") => Some(*window),
+        (M::GlobalLocal { global_tokens, .. }, "global_tokens")
+        | (M::LambdaMask { global_tokens, .. }, "global_tokens")
+        | (M::LmInfinite { global_tokens, .. }, "global_tokens") => Some(*global_tokens),
+        (M::LambdaMask { local_window, .. }, "local_window")
+        | (M::LmInfinite { local_window, .. }, "local_window") => Some(*local_window),
+        (M::LmInfinite { dist_limit, .. }, "dist_limit") => Some(*dist_limit),
+        (M::BlockCausalDocument { doc_block }, "doc_block") => Some(*doc_block),
+        _ => None,
+    }
+}
+
+/// The element mask of the spec as an `attnforge-reference` mask (the oracle's own
+/// definitions; only user predicates come from [`RunParams::host_mask`]).
+fn reference_mask(
+    spec: &KernelSpec,
+    r: &Resolved,
+    p: &RunParams,
+) -> Result<reference::Mask, ExecError> {
+    use reference::Mask as R;
+    let doc = || r.doc.clone();
+    let get = |n: &str| mask_param_i64(&r.mask, n).unwrap_or(0);
+    let host = || {
+        p.host_mask.clone().ok_or_else(|| {
+            input_err(
+                "host_mask",
+                "the spec has a user mask predicate but no Rust twin was given",
+                "pass RunParams::with_host_mask (the #[attnforge::mask] function's `eval`)",
+            )
+        })
+    };
+    Ok(match &spec.mask {
+        Mask::Full => R::Full,
+        Mask::Causal => R::Causal,
+        Mask::Local => R::Local {
+            left: get("window_left"),
+            right: get("window_right"),
+        },
+        Mask::PrefixLm => R::PrefixLm {
+            prefix: get("prefix_len").max(0) as usize,
+        },
+        Mask::Document => R::Document { doc: doc() },
+        Mask::CausalDocument => R::CausalDocument { doc: doc() },
+        Mask::ShareQuestion => R::ShareQuestion { doc: doc() },
+        Mask::GlobalLocal => R::GlobalLocal {
+            window: get("window").max(0) as usize,
+            global: get("global_tokens").max(0) as usize,
+        },
+        Mask::BlockCausalDocument => R::BlockCausalDocument {
+            doc: doc(),
+            block: get("doc_block").max(1) as usize,
+        },
+        Mask::LambdaMask => R::Lambda {
+            global: get("global_tokens").max(0) as usize,
+            local: get("local_window").max(0) as usize,
+        },
+        Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) } => {
+            let f = host()?;
+            R::Predicate(Arc::new(move |b, h, i, j| f(b, h, i, j)))
+        }
+        Mask::BlockSparse { mask: None } => R::Full,
+        Mask::LmInfinite => R::Causal,
+    })
+}
+
+fn reference_score(
+    spec: &KernelSpec,
+    r: &Resolved,
+    p: &RunParams,
+) -> Result<reference::ScoreMod, ExecError> {
+    use reference::ScoreMod as R;
+    Ok(match &spec.score {
+        ScoreMod::None => R::None,
+        ScoreMod::Softcap => R::Softcap(f64::from(p.softcap.unwrap_or(0.0))),
+        ScoreMod::Alibi => R::Alibi(r.alibi.iter().map(|&s| f64::from(s)).collect()),
+        ScoreMod::User(_) => {
+            let f = p.host_score.clone().ok_or_else(|| {
+                input_err(
+                    "host_score",
+                    "the spec has a user score function but no Rust twin was given",
+                    "pass RunParams::with_host_score (the #[attnforge::score] function's `eval`)",
+                )
+            })?;
+            R::Function(Arc::new(move |s, b, h, i, j| f(s, b, h, i, j)))
+        }
+    })
+}
+
+fn resolve<T: Element>(
+    spec: &KernelSpec,
+    x: &Inputs<T>,
+    p: &RunParams,
+) -> Result<Resolved, ExecError> {
+    validate_spec(spec).map_err(ExecError::Spec)?;
+    let dims = dims_of(spec, x)?;
+    validate_problem(spec, &problem(spec, &dims, p)).map_err(ExecError::Spec)?;
+    let scale = p.scale.unwrap_or_else(|| spec.effective_scale());
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(input_err(
+            "scale",
+            format!("scale = {scale}"),
+            "pass a finite positive scale",
+        ));
+    }
+    let needs_doc = matches!(
+        spec.mask,
+        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
+    );
+    let (doc, doc_batch_stride) = match (&p.doc, needs_doc) {
+        (None, true) => {
+            return Err(input_err(
+                "doc",
+                format!(
+                    "the `{}` mask needs per-token document ids",
+                    spec.mask.tag()
+                ),
+                "pass RunParams::with_doc(ids) with Sk or B*Sk ids",
+            ))
+        }
+        (Some(d), true) if d.len() == dims.seq_k => (d.clone(), 0),
+        (Some(d), true) if d.len() == dims.batch * dims.seq_k => (d.clone(), dims.seq_k as i64),
+        (Some(d), true) => {
+            return Err(input_err(
+                "doc",
+                format!(
+                    "{} ids, expected Sk = {} or B*Sk = {}",
+                    d.len(),
+                    dims.seq_k,
+                    dims.batch * dims.seq_k
+                ),
+                "pass one id per key position, shared or per batch",
+            ))
+        }
+        (_, false) => (Vec::new(), 0),
+    };
+    if matches!(spec.mask, Mask::ShareQuestion) {
+        for b in 0..if doc_batch_stride == 0 { 1 } else { dims.batch } {
+            let row = &doc[b * doc_batch_stride as usize..][..dims.seq_k];
+            let q_end = row.iter().position(|&x| x != 0).unwrap_or(row.len());
+            if row[q_end..].contains(&0) {
+                return Err(input_err(
+                    "doc",
+                    format!("batch {b}: doc id 0 (the question) is not a prefix"),
+                    "put every question token (id 0) before the answers",
+                ));
+            }
+        }
+    }
+    let alibi = match (&spec.score, &p.alibi_slopes) {
+        (ScoreMod::Alibi, Some(s)) if s.len() == dims.heads_q => s.clone(),
+        (ScoreMod::Alibi, Some(s)) => {
+            return Err(input_err(
+                "alibi_slopes",
+                format!("{} slopes for {} query heads", s.len(), dims.heads_q),
+                "pass one slope per query head, or none for the standard slopes",
+            ))
+        }
+        (ScoreMod::Alibi, None) => reference::alibi_slopes(dims.heads_q)
+            .into_iter()
+            .map(|s| s as f32)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut r = Resolved {
+        dims,
+        scale,
+        mask: p.mask.clone().unwrap_or(MaskParams::None),
+        doc,
+        doc_batch_stride,
+        alibi,
+        lists: None,
+    };
+    if spec.mask.uses_block_lists() {
+        let lists = match &p.block_lists {
+            Some(l) => l.clone(),
+            None => {
+                if matches!(spec.mask, Mask::BlockSparse { .. }) {
+                    return Err(input_err(
+                        "block_lists",
+                        "a block-sparse kernel needs explicit block lists",
+                        "pass RunParams::block_lists (e.g. from attnforge_codegen::blocks::build_block_lists)",
+                    ));
+                }
+                let m = reference_mask(spec, &r, p)?;
+                let sk = dims.seq_k;
+                build_block_lists(
+                    dims.batch,
+                    if matches!(spec.mask, Mask::Predicate(_)) {
+                        dims.heads_q
+                    } else {
+                        1
+                    },
+                    dims.seq_q,
+                    dims.seq_k,
+                    spec.sparse_block,
+                    |b, h, i, j| m.allowed(b, h, i, j, sk),
+                )
+            }
+        };
+        validate_block_lists(
+            &lists,
+            dims.batch,
+            dims.heads_q,
+            dims.seq_q,
+            dims.seq_k,
+            spec.sparse_block,
+        )
+        .map_err(ExecError::Spec)?;
+        r.lists = Some(lists);
+    }
+    Ok(r)
+}
+
+/// The f64 reference (or the same-precision naive path) for the spec and inputs.
+pub fn reference<T: Element>(
+    spec: &KernelSpec,
+    x: &Inputs<T>,
+    p: &RunParams,
+    precision: Precision,
+) -> Result<AttnOutput, ExecError> {
+    let r = resolve(spec, x, p)?;
+    reference_resolved(spec, x, p, &r, precision)
+}
+
+fn reference_resolved<T: Element>(
+    spec: &KernelSpec,
+    x: &Inputs<T>,
+    p: &RunParams,
+    r: &Resolved,
+    precision: Precision,
+) -> Result<AttnOutput, ExecError> {
+    let opts = AttnOptions {
+        scale: Some(f64::from(r.scale)),
+        precision,
+    };
+    let mask = reference_mask(spec, r, p)?;
+    let score = reference_score(spec, r, p)?;
+    Ok(match &spec.mask {
+        Mask::LmInfinite => {
+            if !matches!(spec.score, ScoreMod::None) {
+                return Err(input_err(
+                    "score",
+                    "the reference defines LM-Infinite without a score modification",
+                    "use ScoreMod::None with Mask::LmInfinite",
+                ));
+            }
+            let get = |n: &str| mask_param_i64(&r.mask, n).unwrap_or(0).max(0) as usize;
+            let theta = match r.mask {
+                MaskParams::LmInfinite { rope_theta, .. } => f64::from(rope_theta),
+                _ => 10000.0,
+            };
+            reference::lm_infinite_attention(
+                &x.q,
+                &x.k,
+                &x.v,
+                &reference::LmInfiniteParams {
+                    global: get("global_tokens"),
+                    local: get("local_window"),
+                    dist_limit: get("dist_limit"),
+                    theta,
+                },
+                &opts,
+            )?
+        }
+        Mask::BlockSparse { .. }
+        | Mask::Document
+        | Mask::CausalDocument
+        | Mask::ShareQuestion
+        | Mask::BlockCausalDocument
+        | Mask::Predicate(_) => {
+            let l = r.lists.as_ref().expect("resolved lists");
+            let rl = reference_lists(spec, l, r.dims)?;
+            reference::block_sparse_attention(&x.q, &x.k, &x.v, &rl, &mask, &score, &opts)?
+        }
+        _ => reference::attention(&x.q, &x.k, &x.v, &mask, &score, &opts)?,
+    })
+}
+
+/// The codegen block lists in the reference's representation (an independent copy of the
+/// FlexAttention BlockMask semantics).
+fn reference_lists(
+    spec: &KernelSpec,
+    l: &BlockLists,
+    _d: Dims,
+) -> Result<reference::BlockLists, ExecError> {
+    Ok(reference::BlockLists::from_flex_arrays(
+        (l.batches, l.heads, l.rows),
+        (spec.sparse_block.q, spec.sparse_block.k),
+        (&l.partial_num, &l.partial_idx),
+        (&l.full_num, &l.full_idx),
+    )?)
+}
+
+/// Output of a simulator run: the kernel's result plus the work counters.
+#[derive(Clone, Debug)]
+pub struct SimRun {
+    /// `out` and `lse` as written by the kernel.
+    pub output: AttnOutput,
+    /// Work counters (visited tiles, mask evaluations).
+    pub counters: SimCounters,
+    /// Key tiles (of `block_n` columns) per query tile that a dense kernel would visit,
+    /// summed over every block: the denominator of sparsity claims.
+    pub dense_tiles: u64,
+}
+
+fn sim_cache() -> &'static Mutex<HashMap<String, Arc<SimKernel>>> {
+    static C: OnceLock<Mutex<HashMap<String, Arc<SimKernel>>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Emit and build (or fetch from the process cache) the simulator kernel for spec + tile.
+pub fn sim_kernel(spec: &KernelSpec, tile: &TileConfig) -> Result<Arc<SimKernel>, ExecError> {
+    let k = emit(spec, tile, CgArch::Sm80).map_err(ExecError::Spec)?;
+    let key = format!("{}\n{}", k.name, k.source);
+    if let Some(s) = sim_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
+        return Ok(s.clone());
+    }
+    let built = Arc::new(SimKernel::build(&k.source, &k.name)?);
+    sim_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, built.clone());
+    Ok(built)
+}
+
+/// A host-side argument value, in kernel order. Buffers are referred to by index into the
+/// run's buffer table so that both the simulator and the GPU backend can bind them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum HostArg {
+    Q,
+    K,
+    V,
+    O,
+    Lse,
+    Ints(Vec<i32>),
+    Floats(Vec<f32>),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+fn user_value(p: &RunParams, name: &str, kind: UserParamKind) -> Result<HostArg, ExecError> {
+    let v = p.user.get(name).ok_or_else(|| {
+        input_err(
+            &format!("user.{name}"),
+            "missing value of a user-function parameter",
+            format!("pass RunParams::with_user(\"{name}\", ..)"),
+        )
+    })?;
+    let bad = || {
+        input_err(
+            &format!("user.{name}"),
+            format!("value {v:?} does not match the declared kind {kind:?}"),
+            "pass a value of the declared kind",
+        )
+    };
+    Ok(match (kind, v) {
+        (UserParamKind::I32 | UserParamKind::U32 | UserParamKind::Bool, UserValue::Int(i)) => {
+            HostArg::I32(*i)
+        }
+        (UserParamKind::F32, UserValue::Float(f)) => HostArg::F32(*f),
+        (UserParamKind::ArrayI32 | UserParamKind::ArrayU32, UserValue::Ints(a)) => {
+            HostArg::Ints(a.clone())
+        }
+        (UserParamKind::ArrayF32, UserValue::Floats(a)) => HostArg::Floats(a.clone()),
+        _ => return Err(bad()),
+    })
+}
+
+/// The kernel's arguments in declaration order, with values resolved from the inputs.
+fn host_args<T: Element>(
+    spec: &KernelSpec,
+    x: &Inputs<T>,
+    p: &RunParams,
+    r: &Resolved,
+) -> Result<Vec<HostArg>, ExecError> {
+    let d = r.dims;
+    let user_params: Vec<(String, UserParamKind)> = spec
+        .user_functions()
+        .iter()
+        .flat_map(|(path, f)| {
+            let prefix = if path.starts_with("score") {
+                "us_"
+            } else {
+                "um_"
+            };
+            f.params
+                .iter()
+                .map(move |q| (format!("{prefix}{}", q.name), q.kind))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let lists = r.lists.as_ref();
+    let mut out = Vec::new();
+    for a in kernel_args(spec) {
+        let n = a.name.as_str();
+        let stride = |t: &Tensor4<T>, s: &str| match s {
+            "b" => t.strides[0] as i64,
+            "h" => t.strides[1] as i64,
+            _ => t.strides[2] as i64,
+        };
+        let v = match n {
+            "q" => HostArg::Q,
+            "k" => HostArg::K,
+            "v" => HostArg::V,
+            "o" => HostArg::O,
+            "lse" => HostArg::Lse,
+            "batch" => HostArg::I32(d.batch as i32),
+            "heads_q" => HostArg::I32(d.heads_q as i32),
+            "heads_kv" => HostArg::I32(d.heads_kv as i32),
+            "seq_q" => HostArg::I32(d.seq_q as i32),
+            "seq_k" => HostArg::I32(d.seq_k as i32),
+            "scale" => HostArg::F32(r.scale),
+            "doc" => HostArg::Ints(r.doc.clone()),
+            "doc_batch_stride" => HostArg::I64(r.doc_batch_stride),
+            "softcap" => HostArg::F32(p.softcap.unwrap_or(0.0)),
+            "alibi_slopes" => HostArg::Floats(r.alibi.clone()),
+            "rope_theta" => HostArg::F32(match r.mask {
+                MaskParams::LmInfinite { rope_theta, .. } => rope_theta,
+                _ => 10000.0,
+            }),
+            "blk_full_num" => HostArg::Ints(lists.map(|l| l.full_num.clone()).unwrap_or_default()),
+            "blk_full_idx" => HostArg::Ints(lists.map(|l| l.full_idx.clone()).unwrap_or_default()),
+            "blk_partial_num" => {
+                HostArg::Ints(lists.map(|l| l.partial_num.clone()).unwrap_or_default())
+            }
+            "blk_partial_idx" => {
+                HostArg::Ints(lists.map(|l| l.partial_idx.clone()).unwrap_or_default())
+            }
+            "blk_batches" => HostArg::I32(lists.map_or(0, |l| l.batches as i32)),
+            "blk_heads" => HostArg::I32(lists.map_or(0, |l| l.heads as i32)),
+            "blk_rows" => HostArg::I32(lists.map_or(0, |l| l.rows as i32)),
+            "blk_width" => HostArg::I32(lists.map_or(0, |l| l.width as i32)),
+            _ if n.len() > 9 && n.as_bytes()[1] == b'_' && n.contains("_stride_") => {
+                let t = match &n[..1] {
+                    "q" => &x.q,
+                    "k" => &x.k,
+                    "v" => &x.v,
+                    _ => {
+                        // o is written contiguous [B, Hq, Sq, D].
+                        let s =
+                            Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim).contiguous_strides();
+                        out.push(HostArg::I64(match &n[n.len() - 1..] {
+                            "b" => s[0] as i64,
+                            "h" => s[1] as i64,
+                            _ => s[2] as i64,
+                        }));
+                        continue;
+                    }
+                };
+                HostArg::I64(stride(t, &n[n.len() - 1..]))
+            }
+            _ => {
+                if let Some(v) = mask_param_i64(&r.mask, n) {
+                    HostArg::I32(v as i32)
+                } else if let Some((_, kind)) = user_params.iter().find(|(un, _)| un == n) {
+                    user_value(p, &n[3..], *kind)?
+                } else {
+                    return Err(input_err(
+                        n,
+                        "kernel argument has no value",
+                        "pass the mask parameters of the spec's mask (RunParams::with_mask)",
+                    ));
+                }
+            }
+        };
+        // Type agreement with the declared kind (a codegen/exec contract check).
+        let ok = matches!(
+            (&a.kind, &v),
+            (
+                CgArgKind::Ptr { .. },
+                HostArg::Q | HostArg::K | HostArg::V | HostArg::O | HostArg::Lse
+            ) | (CgArgKind::Ptr { .. }, HostArg::Ints(_) | HostArg::Floats(_))
+                | (CgArgKind::Scalar(Scalar::I32), HostArg::I32(_))
+                | (CgArgKind::Scalar(Scalar::I64), HostArg::I64(_))
+                | (CgArgKind::Scalar(Scalar::F32), HostArg::F32(_))
+        );
+        if !ok {
+            return Err(input_err(
+                n,
+                format!("value {v:?} does not match the kernel's {:?}", a.kind),
+                "report this: the argument table and the kernel disagree",
+            ));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Run the spec's kernel on the simulator.
+pub fn simulate<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+) -> Result<SimRun, ExecError> {
+    let r = resolve(spec, x, p)?;
+    simulate_resolved(spec, tile, x, p, &r, cfg)
+}
+
+fn simulate_resolved<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    r: &Resolved,
+    cfg: &SimConfig,
+) -> Result<SimRun, ExecError> {
+    let kernel = sim_kernel(spec, tile)?;
+    let d = r.dims;
+    let args = host_args(spec, x, p, r)?;
+    let mut o = vec![T::from_f64(0.0); d.batch * d.heads_q * d.seq_q * d.dim];
+    let mut lse = vec![0.0f32; d.batch * d.heads_q * d.seq_q];
+    let geo = LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
+    let counters = {
+        let mut o_arg = Some(SimArg::output(&mut o));
+        let mut lse_arg = Some(SimArg::output(&mut lse));
+        let mut sim_args: Vec<SimArg<'_>> = Vec::with_capacity(args.len());
+        for a in &args {
+            sim_args.push(match a {
+                HostArg::Q => SimArg::input(&x.q.data),
+                HostArg::K => SimArg::input(&x.k.data),
+                HostArg::V => SimArg::input(&x.v.data),
+                HostArg::O => o_arg.take().expect("one o argument"),
+                HostArg::Lse => lse_arg.take().expect("one lse argument"),
+                HostArg::Ints(v) if v.is_empty() => SimArg::Null,
+                HostArg::Ints(v) => SimArg::input(v.as_slice()),
+                HostArg::Floats(v) if v.is_empty() => SimArg::Null,
+                HostArg::Floats(v) => SimArg::input(v.as_slice()),
+                HostArg::I32(v) => SimArg::I32(*v),
+                HostArg::I64(v) => SimArg::I64(*v),
+                HostArg::F32(v) => SimArg::F32(*v),
+            });
+        }
+        kernel.launch(
+            (geo.grid[0], geo.grid[1], geo.grid[2]),
+            geo.block[0],
+            geo.dynamic_smem_bytes as usize,
+            &mut sim_args,
+            cfg,
+        )?
+    };
+    let shape = Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim);
+    let dense_tiles =
+        (d.batch * d.heads_q * d.seq_q.div_ceil(tile.block_m) * d.seq_k.div_ceil(tile.block_n))
+            as u64;
+    Ok(SimRun {
+        output: AttnOutput::from_kernel(shape, &o, &lse)?,
+        counters,
+        dense_tiles,
+    })
+}
+
+/// Run the spec's kernel on GPU `ordinal` and return what it wrote (`out`, `lse`).
+///
+/// The inputs and runtime parameters are validated exactly as for the simulator, the kernel
+/// is compiled with NVRTC for the device's architecture and launched through the checked
+/// [`crate::GpuKernel::launch`]. Without a GPU this is `ExecError::Cuda` naming the reason.
+pub fn run_cuda<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    ordinal: usize,
+) -> Result<AttnOutput, ExecError> {
+    let r = resolve(spec, x, p)?;
+    let args = host_args(spec, x, p, &r)?;
+    crate::exec_cuda::run(spec, tile, x, &args, r.dims, ordinal)
+}
+
+/// Compile the spec's kernel for GPU `ordinal`, upload the inputs and return a
+/// [`CudaPrepared`] whose `launch` re-runs the kernel without copies (what timing needs).
+pub fn prepare_cuda<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    ordinal: usize,
+) -> Result<CudaPrepared, ExecError> {
+    let r = resolve(spec, x, p)?;
+    let args = host_args(spec, x, p, &r)?;
+    crate::exec_cuda::prepare(spec, tile, x, &args, r.dims, ordinal)
+}
+
+/// Verdict of a kernel-vs-reference check.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// Kernel name (canonical name with tile config).
+    pub kernel: String,
+    /// The oracle's report (max errors, where, ratio to the naive error).
+    pub close: CloseReport,
+    /// Simulator counters when the backend was the simulator.
+    pub counters: Option<SimCounters>,
+    /// Dense tile count (denominator of sparsity claims), simulator only.
+    pub dense_tiles: Option<u64>,
+    /// The kernel's output (`out`, `lse`) that passed the oracle.
+    pub output: AttnOutput,
+}
+
+/// Run the kernel on `backend` and compare it with the f64 reference using the relative
+/// oracle of variants.md section 0 (default tolerance of the dtype).
+pub fn check<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    backend: &Backend,
+) -> Result<CheckReport, ExecError> {
+    let r = resolve(spec, x, p)?;
+    let kernel = attnforge_codegen::name::canonical_name_with_tile(spec, tile);
+    let want = reference_resolved(spec, x, p, &r, Precision::F64)?;
+    let naive = reference_resolved(spec, x, p, &r, Precision::Naive)?;
+    let (got, counters, dense) = match backend {
+        Backend::Reference => (
+            reference_resolved(spec, x, p, &r, Precision::F64)?,
+            None,
+            None,
+        ),
+        Backend::Sim(cfg) => {
+            let s = simulate_resolved(spec, tile, x, p, &r, cfg)?;
+            (s.output, Some(s.counters), Some(s.dense_tiles))
+        }
+        Backend::Cuda(ord) => (
+            crate::exec_cuda::run(spec, tile, x, &host_args(spec, x, p, &r)?, r.dims, *ord)?,
+            None,
+            None,
+        ),
+    };
+    let tol = Tolerance::for_dtype(ref_dtype(spec.dtype));
+    let close = reference::assert_close(&got, &want, &naive, tol.rtol, tol.atol).map_err(|e| {
+        ExecError::Mismatch {
+            kernel: kernel.clone(),
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(CheckReport {
+        kernel,
+        close,
+        counters,
+        dense_tiles: dense,
+        output: got,
+    })
+}
+
+pub(crate) mod host {
+    //! Crate-internal access to the resolved argument table for the GPU backend.
+    pub(crate) use super::HostArg;
+}

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod fnlen;
 mod mutants;
 
 /// The wheels installed by `cargo xtask setup`, pinned. Changing this list changes the stamp,
@@ -93,12 +94,13 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("mutants") => mutants::run(&args[1..]),
+        Some("fn-lengths") => fn_lengths(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_usage();
             Ok(())
         }
         Some(other) => err(format!(
-            "unknown command `{other}`; expected one of: setup, test, run, mutants (see `cargo xtask help`)"
+            "unknown command `{other}`; expected one of: setup, test, run, mutants, fn-lengths (see `cargo xtask help`)"
         )),
     };
     match result {
@@ -122,10 +124,36 @@ fn print_usage() {
                       built and run against `check --all` and the CI suites; report in\n               \
                       target/mutants/report.md. Options: --list, --check-patterns (no build),\n               \
                       --only ID,ID, --category NAME,NAME, --no-tests, --resume,\n               \
-                      --timeout SECONDS (per step)",
+                      --timeout SECONDS (per step)\n  \
+         fn-lengths   list the functions of codegen, runtime exec and src/specfile over 120\n               \
+                      lines (exit 1 if any; `--max N` for another limit)",
         MAIN_JOB.join(" "),
         MAIN_JOB_DEFAULT_ARGS.join(" ")
     );
+}
+
+/// `cargo xtask fn-lengths [--max N]`: see [`fnlen`].
+fn fn_lengths(args: &[String]) -> Result<()> {
+    let max = match args {
+        [] => fnlen::MAX_FN_LINES,
+        [flag, n] if flag == "--max" => n
+            .parse()
+            .map_err(|_| TaskError(format!("--max takes a number of lines, got `{n}`")))?,
+        _ => return err("usage: cargo xtask fn-lengths [--max N]"),
+    };
+    let off = fnlen::offenders(&workspace_root(), max).map_err(TaskError)?;
+    for (path, f) in &off {
+        println!("{path}:{} fn {} ({} lines)", f.line, f.name, f.lines);
+    }
+    if off.is_empty() {
+        println!(
+            "no function over {max} lines in {}",
+            fnlen::SCOPE.join(", ")
+        );
+        Ok(())
+    } else {
+        err(format!("{} functions over {max} lines", off.len()))
+    }
 }
 
 /// The workspace root: the parent of this crate's manifest dir.

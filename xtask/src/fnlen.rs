@@ -266,7 +266,7 @@ pub fn offenders(root: &Path, max: usize) -> Result<Vec<(String, FnSpan)>, Strin
             }
         }
     }
-    out.sort_by(|a, b| b.1.lines.cmp(&a.1.lines));
+    out.sort_by_key(|o| std::cmp::Reverse(o.1.lines));
     Ok(out)
 }
 

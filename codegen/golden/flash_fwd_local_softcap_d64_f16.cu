@@ -210,6 +210,62 @@ __device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, lo
     return (c1 <= p_lo && (rc > c1 || p_hi - rc < l)) ? AF_TILE_FULL : AF_TILE_PARTIAL;
 }
 
+// ---- chunked_causal(C) and dilated_causal(w, d) (variants.md section 11) ----
+// Host versions: attnforge_codegen::new_masks_host.
+// Positions lie below seq_k <= INT_MAX, so divisions and remainders are 32-bit (a 64-bit
+// one is a long subroutine); a product of two int parameters is formed in 64 bits.
+// chunked_causal(C), C >= 1: kv <= q in q's chunk [C floor(q / C), q]; q - kv <= q mod C
+// says the same with one remainder.
+__device__ __forceinline__ bool af_mask_chunked_causal(long long q, long long kv, int chunk) {
+    return kv <= q && q - kv <= (int)q % chunk;
+}
+// dilated_causal(w, d), w >= 0, d >= 1: the distance q - kv is one of 0, d, ..., w d.
+__device__ __forceinline__ bool af_mask_dilated_causal(long long q, long long kv, int window, int dilation) {
+    const long long dist = q - kv;
+    return dist >= 0 && dist <= (long long)window * dilation && (int)dist % dilation == 0;
+}
+// A row p reaches the keys [C floor(p / C), p], both ends nondecreasing in p: some element
+// is allowed iff the first row at or right of column c0 exists and its chunk starts by c1;
+// all are iff c1 is left of the first row and the last row's chunk starts by c0.
+__device__ __forceinline__ int af_tile_chunked_causal(long long p_lo, long long p_hi, long long c0, long long c1, int chunk) {
+    const long long p = c0 > p_lo ? c0 : p_lo;
+    if (p > p_hi || (int)p / chunk > (int)c1 / chunk) return AF_TILE_SKIP;
+    return (c1 <= p_lo && (int)p_hi / chunk == (int)c0 / chunk) ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+// The distances q - kv over the tile are every integer of [p_lo - c1, p_hi - c0]. Some
+// element is allowed iff a multiple of d lies in that range clipped to [0, w d]; every one
+// is iff all distances are allowed: with d >= 2 two neighbouring distances never both are,
+// so only a 1 x 1 tile, or with d = 1 a tile whose distances all lie in [0, w].
+__device__ __forceinline__ int af_tile_dilated_causal(long long p_lo, long long p_hi, long long c0, long long c1, int window, int dilation) {
+    const long long reach = (long long)window * dilation;
+    const long long near = p_lo - c1 > 0 ? p_lo - c1 : 0;
+    const long long far = p_hi - c0 < reach ? p_hi - c0 : reach;
+    // far < seq_k here, so the largest multiple of d at or below it is an int
+    if (far < near || (long long)((int)far / dilation) * dilation < near) return AF_TILE_SKIP;
+    const bool full = (p_lo == p_hi && c0 == c1) || (dilation == 1 && p_lo - c1 >= 0 && p_hi - c0 <= reach);
+    return full ? AF_TILE_FULL : AF_TILE_PARTIAL;
+}
+// Key range [lo, hi) of the query positions [p_lo, p_hi] (0 <= p_lo <= p_hi < seq_k), exact:
+// lo is the first allowed key of some row, hi - 1 the last (row p_hi's own position).
+__device__ __forceinline__ long long af_keys_lo_chunked_causal(long long p_lo, long long /*p_hi*/, int /*seq_k*/, int chunk) {
+    return p_lo <= 0 ? 0LL : (long long)((int)p_lo / chunk) * chunk;
+}
+__device__ __forceinline__ long long af_keys_hi_chunked_causal(long long /*p_lo*/, long long p_hi, int seq_k, int /*chunk*/) {
+    return p_hi + 1 < seq_k ? p_hi + 1 : (long long)seq_k;
+}
+// Row p's first key is p - w d once p >= w d, else p mod d; below w d it is 0 exactly when
+// a multiple of d lies in [p_lo, p_hi] (w d itself is one, so that covers p_hi >= w d).
+__device__ __forceinline__ long long af_keys_lo_dilated_causal(long long p_lo, long long p_hi, int /*seq_k*/, int window, int dilation) {
+    const long long reach = (long long)window * dilation;
+    if (p_lo >= reach) return p_lo - reach;
+    if (p_lo <= 0) return 0LL;
+    const int r = (int)p_lo % dilation;
+    return (r == 0 || p_hi - p_lo >= dilation - r) ? 0LL : (long long)r;
+}
+__device__ __forceinline__ long long af_keys_hi_dilated_causal(long long /*p_lo*/, long long p_hi, int seq_k, int /*window*/, int /*dilation*/) {
+    return p_hi + 1 < seq_k ? p_hi + 1 : (long long)seq_k;
+}
+
 // ---- score modifications (before the mask) ----
 __device__ __forceinline__ float af_score_softcap(float s, float cap) { return cap * tanhf(s / cap); }
 // The same as cap - 2 cap / (1 + exp(2 s / cap)): one exp2 and one fast reciprocal, no

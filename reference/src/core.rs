@@ -277,7 +277,7 @@ fn attention_impl<T: Element, A: Acc>(
 }
 
 /// Masked attention with a score modification: variants.md sections 1 (`Mask::Full`,
-/// `Mask::Causal`), 2 (every static mask and user predicates) and 3 (`ScoreMod`), in any
+/// `Mask::Causal`), 2 and 11 (every static mask and user predicates) and 3 (`ScoreMod`), in any
 /// combination, with GQA/MQA (`k.heads` dividing `q.heads`).
 ///
 /// `o_i = sum_{j allowed} softmax_j(s'[i, j]) v_j`, `lse_i = ln sum_{j allowed} exp(s'[i, j])`

@@ -14,6 +14,7 @@
 //! | 7 | HAX (hash preprocessing, LSH set, key-selection set, union) | [`hax_attention`]; [`hax_codes`], [`hax_key_sets`] |
 //! | 8 | CCA | [`cca_attention`]; [`cca_core_count`] |
 //! | 9 | top-k retrieval, log-sum-exp merge | [`topk_attention`], [`topk_key_sets`], [`lse_merge`], [`attention_over_keys`] |
+//! | 11 | `chunked_causal(C)`, `dilated_causal(w, d)` | [`attention`] with [`Mask::ChunkedCausal`] / [`Mask::DilatedCausal`] |
 //! | 0 | tolerance oracle | [`assert_close`], [`Tolerance::for_dtype`] |
 //!
 //! Every function returns an [`AttnOutput`]: `out: [B, Hq, Sq, Dv]` and `lse: [B, Hq, Sq]`

@@ -1,4 +1,4 @@
-//! Element masks (variants.md sections 1-2) and score modifications (section 3).
+//! Element masks (variants.md sections 1, 2 and 11) and score modifications (section 3).
 //!
 //! Masks and score functions see *positions*: query row `i` is at `p(i) = i + (Sk - Sq)`.
 //!
@@ -84,6 +84,21 @@ pub enum Mask {
         /// Local window L.
         local: usize,
     },
+    /// Section 11 `chunked_causal(C)` (Llama 4's chunked attention): `j <= p(i)` and
+    /// `floor(j / C) == floor(p(i) / C)`, chunks counted from position 0.
+    ChunkedCausal {
+        /// Chunk length C (>= 1).
+        chunk: usize,
+    },
+    /// Section 11 `dilated_causal(w, d)` (Longformer's dilated sliding window, causal form):
+    /// `j <= p(i)`, `(p(i) - j) mod d == 0` and `(p(i) - j) / d <= w`, i.e. the `w + 1` keys at
+    /// distances `0, d, ..., w d` (those at positions >= 0).
+    DilatedCausal {
+        /// Window w (>= 0): keys at up to `w` dilated steps back.
+        window: usize,
+        /// Dilation d (>= 1): the distance between two allowed keys.
+        dilation: usize,
+    },
     /// Section 2 user predicate `mask(b, h, i, j)`.
     Predicate(MaskFn),
     /// Intersection of masks (an empty list allows everything).
@@ -107,6 +122,10 @@ impl fmt::Debug for Mask {
                 write!(f, "BlockCausalDocument({doc:?}, {block})")
             }
             Mask::Lambda { global, local } => write!(f, "Lambda({global}, {local})"),
+            Mask::ChunkedCausal { chunk } => write!(f, "ChunkedCausal({chunk})"),
+            Mask::DilatedCausal { window, dilation } => {
+                write!(f, "DilatedCausal({window}, {dilation})")
+            }
             Mask::Predicate(_) => write!(f, "Predicate(<fn>)"),
             Mask::All(ms) => f.debug_tuple("All").field(ms).finish(),
             Mask::Any(ms) => f.debug_tuple("Any").field(ms).finish(),
@@ -155,6 +174,8 @@ impl Mask {
             Mask::GlobalLocal { .. } => "global_local",
             Mask::BlockCausalDocument { .. } => "block_causal_document",
             Mask::Lambda { .. } => "lambda_mask",
+            Mask::ChunkedCausal { .. } => "chunked_causal",
+            Mask::DilatedCausal { .. } => "dilated_causal",
             Mask::Predicate(_) => "predicate",
             Mask::All(_) => "all",
             Mask::Any(_) => "any",
@@ -205,6 +226,17 @@ impl Mask {
                 }
                 check_doc(doc, "Mask::BlockCausalDocument::doc", batch, sk)
             }
+            Mask::ChunkedCausal { chunk: 0 } => Err(RefError::InvalidParam {
+                field: "Mask::ChunkedCausal::chunk",
+                value: "0".into(),
+                fix: "the chunk length C must be >= 1",
+            }),
+            Mask::DilatedCausal { dilation: 0, .. } => Err(RefError::InvalidParam {
+                field: "Mask::DilatedCausal::dilation",
+                value: "0".into(),
+                fix:
+                    "the dilation d must be >= 1 (d = 1 is the causal sliding window of w + 1 keys)",
+            }),
             Mask::All(ms) | Mask::Any(ms) => ms.iter().try_for_each(|m| m.validate(batch, sq, sk)),
             _ => Ok(()),
         }
@@ -236,6 +268,16 @@ impl Mask {
             }
             Mask::Lambda { global, local } => {
                 j <= i && (j < *global as i64 || i - j < *local as i64)
+            }
+            Mask::ChunkedCausal { chunk } => {
+                // i128: a chunk length above i64::MAX stays one chunk, never a negative divisor
+                let c = *chunk as i128;
+                j <= i && (j as i128).div_euclid(c) == (i as i128).div_euclid(c)
+            }
+            Mask::DilatedCausal { window, dilation } => {
+                let dist = i as i128 - j as i128;
+                let d = *dilation as i128;
+                dist >= 0 && dist % d == 0 && dist / d <= *window as i128
             }
             Mask::Predicate(f) => f(b, h, i, j),
             Mask::All(ms) => ms.iter().all(|m| m.allowed(b, h, i, j, sk)),

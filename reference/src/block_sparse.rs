@@ -263,6 +263,26 @@ impl BlockLists {
         })
     }
 
+    /// Section 4's `allowed` for query row `row` (at position `pos`) and key `j` of batch
+    /// `b`, query head `h`: `c in full(r) or (c in partial(r) and mask(b, h, pos, j))`.
+    /// Shared by the forward and the backward reference. Call [`BlockLists::validate`] first.
+    #[allow(clippy::too_many_arguments)] // the element coordinates plus the mask
+    pub(crate) fn allows(
+        &self,
+        mask: &Mask,
+        b: usize,
+        h: usize,
+        row: usize,
+        pos: i64,
+        j: usize,
+        sk: usize,
+    ) -> bool {
+        let (r, c) = (row / self.block_q, j / self.block_k);
+        self.full_at(b, h, r).binary_search(&c).is_ok()
+            || (self.partial_at(b, h, r).binary_search(&c).is_ok()
+                && mask.allowed(b, h, pos, j as i64, sk))
+    }
+
     /// `(full tiles, partial tiles)` visited over all `B x Hq` heads (extent-1 lists counted
     /// once per broadcast copy): what a kernel's `AF_CTR_TILE_FULL/PARTIAL` counters sum to.
     pub fn tile_counts(&self, batch: usize, hq: usize) -> (usize, usize) {
@@ -476,13 +496,10 @@ fn block_sparse_impl<T: Element, A: Acc>(
     let scale = A::of(scale);
     let off = dims.sk as i64 - dims.sq as i64;
     masked_attention::<A, T>(dims, &qa, &ka, &va, |b, h, p, j, qr, kr| {
-        let r = (p - off) as usize / lists.block_q;
-        let c = j / lists.block_k;
         let jp = j as i64;
-        let ok = lists.full_at(b, h, r).binary_search(&c).is_ok()
-            || (lists.partial_at(b, h, r).binary_search(&c).is_ok()
-                && mask.allowed(b, h, p, jp, dims.sk));
-        ok.then(|| score_mod.apply(scale * dot(qr, kr), b, h, p, jp))
+        lists
+            .allows(mask, b, h, (p - off) as usize, p, j, dims.sk)
+            .then(|| score_mod.apply(scale * dot(qr, kr), b, h, p, jp))
     })
 }
 

@@ -15,6 +15,7 @@
 //! | 8 | CCA | [`cca_attention`]; [`cca_core_count`] |
 //! | 9 | top-k retrieval, log-sum-exp merge | [`topk_attention`], [`topk_key_sets`], [`lse_merge`], [`attention_over_keys`] |
 //! | 11 | `chunked_causal(C)`, `dilated_causal(w, d)` | [`attention`] with [`Mask::ChunkedCausal`] / [`Mask::DilatedCausal`] |
+//! | 12 | backward (dQ, dK, dV, dlse, score-parameter gradients) of sections 1-5 and 11, naive path | [`attention_backward`] with [`BackwardVariant`], [`DiffScoreMod`] |
 //! | 0 | tolerance oracle | [`assert_close`], [`Tolerance::for_dtype`] |
 //!
 //! Every function returns an [`AttnOutput`]: `out: [B, Hq, Sq, Dv]` and `lse: [B, Hq, Sq]`
@@ -53,6 +54,7 @@
 //! # Ok::<(), RefError>(())
 //! ```
 
+mod backward;
 mod block_sparse;
 mod cca;
 mod core;
@@ -66,6 +68,10 @@ mod oracle;
 mod tensor;
 mod topk;
 
+pub use crate::backward::{
+    attention_backward, AttnGrads, BackwardVariant, DiffScoreFn, DiffScoreMod, ParamGradFn,
+    ParamScoreFn, ScoreParamGrads,
+};
 pub use crate::block_sparse::{
     bigbird_block_lists, block_lists_from_mask, block_sparse_attention, random_block_lists,
     BlockGeometry, BlockLists, SplitMix64,

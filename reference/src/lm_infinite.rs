@@ -101,38 +101,59 @@ fn lm_impl<T: Element, A: Acc>(
     let deff = p.dist_limit.min(dims.sk - 1) as i64;
     let (g, l) = (p.global as i64, p.local as i64);
     let off = dims.sk as i64 - dims.sq as i64;
-    // Rotated copies: q at p(i), q at Deff, k at j. The contract (as FlashAttention's rotary
-    // path and HF models): the rotated vectors are rounded to the input dtype `T` before the
-    // dot product, as a kernel feeding them to tensor cores does (identity in f64 mode).
-    let rotate = |x: &Dense<A>, pos: &dyn Fn(usize) -> i64| {
-        let mut r = x.clone();
-        let sh = x.shape;
-        for (n, row) in r.data.chunks_mut(sh.dim).enumerate() {
-            let rot = rope_acc(row, pos(n % sh.seq), theta);
-            for (y, x) in row.iter_mut().zip(rot) {
-                *y = x.round_elem::<T>();
-            }
-        }
-        r
-    };
-    let q_rot = rotate(&qa, &|i| i as i64 + off);
-    let q_far = rotate(&qa, &|_| deff);
-    let k_rot = rotate(&ka, &|j| j as i64);
+    let q_rot = rotate_rows::<A, T>(&qa, &|i| i as i64 + off, theta);
+    let q_far = rotate_rows::<A, T>(&qa, &|_| deff, theta);
+    let k_rot = rotate_rows::<A, T>(&ka, &|j| j as i64, theta);
     masked_attention::<A, T>(dims, &qa, &ka, &va, |b, h, pos, j, _qr, kr| {
         let i = (pos - off) as usize;
         let kh = dims.kv_head(h);
-        let jp = j as i64;
-        if jp > pos {
-            return None;
-        }
-        if pos - jp < l {
-            Some(scale * dot(q_rot.row(b, h, i), k_rot.row(b, kh, j)))
-        } else if jp < g {
-            Some(scale * dot(q_far.row(b, h, i), kr))
-        } else {
-            None
+        match lm_branch(pos, j as i64, g, l)? {
+            LmBranch::Near => Some(scale * dot(q_rot.row(b, h, i), k_rot.row(b, kh, j))),
+            LmBranch::Far => Some(scale * dot(q_far.row(b, h, i), kr)),
         }
     })
+}
+
+/// Which score formula of section 5 an allowed (query position, key) pair uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LmBranch {
+    /// `dist < L`: rotated q at `p` against rotated k at `j`.
+    Near,
+    /// `dist >= L`, global key: q rotated at `Deff` against the un-rotated k.
+    Far,
+}
+
+/// Section 5's branch for query position `pos` and key `j` with `G = global`, `L = local`;
+/// `None` when the key is masked. Shared by the forward and the backward reference.
+pub(crate) fn lm_branch(pos: i64, j: i64, global: i64, local: i64) -> Option<LmBranch> {
+    if j > pos {
+        None
+    } else if pos - j < local {
+        Some(LmBranch::Near)
+    } else if j < global {
+        Some(LmBranch::Far)
+    } else {
+        None
+    }
+}
+
+/// Every row `n` of `x` rotated at position `pos(n % seq)`. The contract (as FlashAttention's
+/// rotary path and HF models): the rotated vectors are rounded to the input dtype `T` before
+/// the dot product, as a kernel feeding them to tensor cores does (identity in f64 mode).
+pub(crate) fn rotate_rows<A: Acc, T: Element>(
+    x: &Dense<A>,
+    pos: &dyn Fn(usize) -> i64,
+    theta: A,
+) -> Dense<A> {
+    let mut r = x.clone();
+    let sh = x.shape;
+    for (n, row) in r.data.chunks_mut(sh.dim).enumerate() {
+        let rot = rope_acc(row, pos(n % sh.seq), theta);
+        for (y, x) in row.iter_mut().zip(rot) {
+            *y = x.round_elem::<T>();
+        }
+    }
+    r
 }
 
 /// LM-Infinite (section 5) on **un-rotated** q and k: for query position `p` and key

@@ -882,3 +882,111 @@ fn errors_name_the_field() {
     let e = attention_backward(&q_long, &p.k, &p.v, &dout_long, None, &local, &opts).unwrap_err();
     assert!(matches!(e, RefError::QueryLongerThanKeys { .. }), "{e}");
 }
+
+/// The naive path is exactly the FlashAttention-2 backward in f32 described in
+/// `docs/backward.md`, written here again from that text: f32 sequential dot products,
+/// `P = exp(s - lse)` from the naive forward's f32 lse, `P` rounded to f16 for `P^T dO`,
+/// `dS` rounded to f16 for `dS K` and `dS^T Q`, `scale` applied at the end, results rounded
+/// to f16. Bit-exact, so dropping any one rounding fails.
+#[test]
+fn naive_path_is_the_fa2_model() {
+    use half::f16;
+    let mut r = rng(21);
+    let p = Problem::new(&mut r, (1, 2, 1, 5, 7, 8, 4), 2.0);
+    let h = |t: &Tensor4<f64>| {
+        Tensor4::from_fn(t.shape, |b, hh, s, d| f16::from_f64(t.get(b, hh, s, d)))
+    };
+    let (q, k, v, dout) = (h(&p.q), h(&p.k), h(&p.v), h(&p.dout));
+    let dlse: Vec<f64> = (0..10).map(|n| n as f64 * 0.25 - 1.0).collect();
+    let sm = DiffScoreMod::None;
+    let variant = BackwardVariant::Masked {
+        mask: &Mask::Causal,
+        score_mod: &sm,
+    };
+    let g = attention_backward(
+        &q,
+        &k,
+        &v,
+        &dout,
+        Some(&dlse),
+        &variant,
+        &AttnOptions::naive(),
+    )
+    .unwrap();
+    let f = |t: &Tensor4<f16>, hh: usize, s: usize| -> Vec<f32> {
+        (0..t.shape.dim)
+            .map(|d| t.get(0, hh, s, d) as f32)
+            .collect()
+    };
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0.0f32, |acc, (x, y)| acc + x * y);
+    let r16 = |x: f32| f16::from_f32(x).to_f32();
+    let scale = (1.0 / 8f64.sqrt()) as f32;
+    let (mut dq, mut dk, mut dv) = (
+        vec![0.0f32; 2 * 5 * 8],
+        vec![0.0f32; 7 * 8],
+        vec![0.0f32; 7 * 4],
+    );
+    for hh in 0..2 {
+        for i in 0..5 {
+            let lse = g.forward.lse_at(0, hh, i) as f32;
+            let o: Vec<f32> = g.forward.row(0, hh, i).iter().map(|&x| x as f32).collect();
+            let do_i = f(&dout, hh, i);
+            let delta = dot(&do_i, &o);
+            let dl = dlse[hh * 5 + i] as f32;
+            for j in 0..=i + 2 {
+                let s = scale * dot(&f(&q, hh, i), &f(&k, 0, j));
+                let pij = (s - lse).exp();
+                for d in 0..4 {
+                    dv[j * 4 + d] += r16(pij) * do_i[d];
+                }
+                let ds = r16(pij * (dot(&do_i, &f(&v, 0, j)) - delta + dl));
+                for d in 0..8 {
+                    dq[(hh * 5 + i) * 8 + d] += ds * f(&k, 0, j)[d];
+                    dk[j * 8 + d] += ds * f(&q, hh, i)[d];
+                }
+            }
+        }
+    }
+    let fin =
+        |x: &[f32], s: f32| -> Vec<f64> { x.iter().map(|&y| f64::from(r16(s * y))).collect() };
+    assert_eq!(g.dq.data, fin(&dq, scale));
+    assert_eq!(g.dk.data, fin(&dk, scale));
+    assert_eq!(g.dv.data, fin(&dv, 1.0));
+}
+
+/// A user score function may send scores to -inf: a row whose every allowed score is -inf
+/// is empty (zero gradient, no NaN), and a -inf entry in a non-empty row has P = 0 and
+/// contributes nothing even where its derivative is not finite.
+#[test]
+fn minus_infinity_scores() {
+    let mut r = rng(13);
+    let p = Problem::new(&mut r, (1, 2, 1, 4, 6, 4, 3), 1.0);
+    // position 3 (row 1) gets -inf everywhere; key 0 gets -inf for every other row
+    let f = DiffScoreFn::new(
+        |s, _, _, i, j| {
+            if i == 3 || j == 0 {
+                f64::NEG_INFINITY
+            } else {
+                s
+            }
+        },
+        |_, _, _, i, j| if i == 3 || j == 0 { f64::INFINITY } else { 1.0 },
+    );
+    let sm = DiffScoreMod::Function(f);
+    let variant = BackwardVariant::Masked {
+        mask: &Mask::Causal,
+        score_mod: &sm,
+    };
+    for opts in [AttnOptions::reference(), AttnOptions::naive()] {
+        let g = attention_backward(&p.q, &p.k, &p.v, &p.dout, p.dlse(), &variant, &opts).unwrap();
+        for t in [&g.dq, &g.dk, &g.dv] {
+            assert!(t.data.iter().all(|x| x.is_finite()), "{:?}", t.data);
+        }
+        for hh in 0..2 {
+            assert_eq!(g.forward.lse_at(0, hh, 1), f64::NEG_INFINITY);
+            assert!((0..4).all(|d| g.dq.get(0, hh, 1, d) == 0.0));
+        }
+        assert!((0..4).all(|d| g.dk.get(0, 0, 0, d) == 0.0));
+        assert!(g.dq.data.iter().any(|x| *x != 0.0));
+    }
+}

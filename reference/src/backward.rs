@@ -40,7 +40,6 @@
 //! # Ok::<(), RefError>(())
 //! ```
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -327,7 +326,7 @@ fn check_grads<T: Element>(
 struct ParamSink<'a, A> {
     grads: &'a mut [A],
     scratch: Vec<(usize, f64)>,
-    bad_index: Cell<Option<usize>>,
+    bad_index: Option<usize>,
 }
 
 /// Back-propagate `g = dL/ds'` through `diff` (whose forward is `fwd`) at raw score `s`:
@@ -363,8 +362,8 @@ fn backprop<A: Acc>(
                 for &(n, d) in &sink.scratch {
                     if n < f.params.len() {
                         sink.grads[off + n] += g * A::of(d);
-                    } else if sink.bad_index.get().is_none() {
-                        sink.bad_index.set(Some(n));
+                    } else {
+                        sink.bad_index.get_or_insert(n);
                     }
                 }
             }
@@ -504,7 +503,7 @@ fn backward_impl<T: Element, A: Acc>(
     let mut sink = ParamSink {
         grads: &mut pgrads,
         scratch: Vec::new(),
-        bad_index: Cell::new(None),
+        bad_index: None,
     };
     // LM-Infinite's rotated copies, as its forward builds them (rounded to T in naive mode).
     let lm = match variant {
@@ -515,7 +514,7 @@ fn backward_impl<T: Element, A: Acc>(
                 rotate_rows::<A, T>(&qa, &|i| i as i64 + off, theta),
                 rotate_rows::<A, T>(&qa, &|_| deff, theta),
                 rotate_rows::<A, T>(&ka, &|j| j as i64, theta),
-                (p.global as i64, p.local as i64, deff, theta),
+                (deff, theta),
             ))
         }
         _ => None,
@@ -610,14 +609,14 @@ fn backward_impl<T: Element, A: Acc>(
             }
         }
     }
-    if let Some(n) = sink.bad_index.get() {
+    if let Some(n) = sink.bad_index {
         return Err(RefError::InvalidParam {
             field: "DiffScoreFn::d_params",
-            value: format!("index {n} (params has {} entries)", n_params),
-            fix: "d_params must push indices below params.len()",
+            value: format!("index {n}"),
+            fix: "d_params must push only indices below params.len() of its own DiffScoreFn",
         });
     }
-    if let Some((_, _, _, (_, _, deff, theta))) = lm {
+    if let Some((_, _, _, (deff, theta))) = lm {
         // The rotations are orthogonal: the gradient w.r.t. the un-rotated vector is the
         // transpose (inverse) rotation of the gradient w.r.t. the rotated one.
         dq.add_unrotated(&dq_rot, &|i| i as i64 + off, theta);

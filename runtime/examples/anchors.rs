@@ -221,16 +221,26 @@ fn triton_rows(dir: &Path, tc: &Toolchain) -> Vec<Row> {
                 let meta: serde_json::Value = serde_json::from_str(&meta).unwrap_or_default();
                 let num = |k: &str| meta.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
                 let (bm, bn, warps) = (num("block_m"), num("block_n"), num("num_warps"));
-                label = format!("Triton d{d} full ({bm}x{bn}, {warps} warps, {} stages)", num("num_stages"));
+                label = format!(
+                    "Triton d{d} full ({bm}x{bn}, {warps} warps, {} stages)",
+                    num("num_stages")
+                );
                 rows_per_warp = (bm / warps.max(1)) as usize;
                 let Ok(text) = sass(&bytes) else {
                     return missing("SASS not readable");
                 };
                 let hints = MainLoopHints {
-                    mma_per_iteration: Some(mma_per_tile(bm as usize, bn as usize, d, warps as usize)),
+                    mma_per_iteration: Some(mma_per_tile(
+                        bm as usize,
+                        bn as usize,
+                        d,
+                        warps as usize,
+                    )),
                     cp_async_per_iteration: None,
                 };
-                let Some(r) = main_loops(&text, &hints).ok().and_then(|v| v.into_iter().next())
+                let Some(r) = main_loops(&text, &hints)
+                    .ok()
+                    .and_then(|v| v.into_iter().next())
                 else {
                     return missing("no main loop found");
                 };
@@ -284,7 +294,11 @@ fn our_rows() -> Result<Vec<Row>, String> {
                 tile.block_n,
                 tile.warps,
                 tile.stages,
-                if what.is_empty() { String::new() } else { format!(", {what}") }
+                if what.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {what}")
+                }
             );
             let measure = |arch: Arch| -> Measured {
                 if let Err(e) = tile.valid(&spec, arch) {
@@ -301,16 +315,32 @@ fn our_rows() -> Result<Vec<Row>, String> {
                 let Ok(text) = sass(b.compiled.cubin.as_deref().unwrap_or_default()) else {
                     return missing("SASS not readable");
                 };
+                if let Some(dump) = std::env::var_os("ANCHORS_DUMP_SASS") {
+                    // inspection aid: the SASS of each of our kernels next to the report
+                    let path = Path::new(&dump).join(format!("{}_{}.sass", k.name, arch.sm_name()));
+                    let _ = std::fs::write(path, &text);
+                }
                 let hints = MainLoopHints {
-                    mma_per_iteration: Some(mma_per_tile(tile.block_m, tile.block_n, d, tile.warps)),
+                    mma_per_iteration: Some(mma_per_tile(
+                        tile.block_m,
+                        tile.block_n,
+                        d,
+                        tile.warps,
+                    )),
                     cp_async_per_iteration: Some(
                         (2 * tile.block_n * d * 2) as f64 / (16.0 * 32.0 * tile.warps as f64),
                     ),
                 };
-                let r = main_loops(&text, &hints).ok().and_then(|v| v.into_iter().next());
+                let r = main_loops(&text, &hints)
+                    .ok()
+                    .and_then(|v| v.into_iter().next());
                 let u = &b.resources;
                 Measured {
-                    note: if r.is_none() { "no main loop found".into() } else { String::new() },
+                    note: if r.is_none() {
+                        "no main loop found".into()
+                    } else {
+                        String::new()
+                    },
                     report: r,
                     registers: Some(u.registers),
                     spill_bytes: Some(u.spill_store_bytes + u.spill_load_bytes),
@@ -343,7 +373,12 @@ fn f0(x: Option<f64>) -> String {
     }
 }
 
-fn pair(a: &Measured, b: &Measured, f: impl Fn(&MainLoopReport) -> f64, fmt: fn(Option<f64>) -> String) -> String {
+fn pair(
+    a: &Measured,
+    b: &Measured,
+    f: impl Fn(&MainLoopReport) -> f64,
+    fmt: fn(Option<f64>) -> String,
+) -> String {
     let x = fmt(a.report.as_ref().map(&f));
     let y = fmt(b.report.as_ref().map(&f));
     if x == y {
@@ -359,7 +394,9 @@ fn resources(m: &Measured) -> (String, String, String) {
         Some(b) => format!("{b} B ({} LDL/STL)", m.local_instructions),
         None => format!("{} LDL/STL", m.local_instructions),
     };
-    let smem = m.smem.map_or("-".into(), |s| format!("{} KiB", s as f64 / 1024.0));
+    let smem = m
+        .smem
+        .map_or("-".into(), |s| format!("{} KiB", s as f64 / 1024.0));
     (regs, spills, smem)
 }
 
@@ -443,7 +480,10 @@ fn markdown(rows: &[Row], versions: &str) -> String {
         for r in rows {
             let m = if pick == 0 { &r.sm80 } else { &r.sm90 };
             let Some(rep) = &m.report else { continue };
-            let mut line = format!("| {} | {:.0} | {:.0} |", r.kernel, rep.mma, rep.instructions);
+            let mut line = format!(
+                "| {} | {:.0} | {:.0} |",
+                r.kernel, rep.mma, rep.instructions
+            );
             for c in InstrClass::ALL.iter().filter(|c| **c != InstrClass::Mma) {
                 let n = rep.by_class.get(c).copied().unwrap_or(0.0);
                 let _ = write!(line, " {n:.0} ({:.2}) |", rep.per_mma(*c));
@@ -456,11 +496,13 @@ fn markdown(rows: &[Row], versions: &str) -> String {
     for r in rows {
         for (arch, m) in [("sm_80", &r.sm80), ("sm_90", &r.sm90)] {
             let Some(rep) = &m.report else { continue };
+            let off_path = rep.inner_loops.iter().filter(|l| !l.on_path).count();
             let inner = if rep.inner_loops.is_empty() {
                 "no nested loop".to_owned()
             } else {
                 rep.inner_loops
                     .iter()
+                    .filter(|l| l.on_path)
                     .map(|l| {
                         let src = match &l.source {
                             TripSource::Static { init, step, bound } => {
@@ -469,15 +511,21 @@ fn markdown(rows: &[Row], versions: &str) -> String {
                             TripSource::FromExpected(s) => format!("solved: {s}"),
                             TripSource::Assumed(s) => format!("ASSUMED 1: {s}"),
                         };
-                        format!("loop at {:#x} ({} instr) x{:.2} ({src})", l.header, l.instructions, l.trips)
+                        format!(
+                            "nested loop at {:#x} ({:.0} instructions per trip on the path) x{:.2} ({src})",
+                            l.header, l.path_instructions, l.trips
+                        )
                     })
+                    .chain((off_path > 0).then(|| {
+                        format!("{off_path} nested loops off the steady-state path")
+                    }))
                     .collect::<Vec<_>>()
                     .join("; ")
             };
             let _ = writeln!(
                 o,
-                "- {} {arch}: main loop at {:#x} ({} instructions, {} natural loops in the function); {inner}",
-                r.kernel, rep.header, rep.static_instructions, rep.loops_in_function
+                "- {} {arch}: main loop at {:#x} ({} instructions in its body, {:.0} on the steady-state path per iteration; {} natural loops in the function); {inner}",
+                r.kernel, rep.header, rep.static_instructions, rep.instructions, rep.loops_in_function
             );
         }
     }

@@ -66,7 +66,7 @@ pub use sass::{
     opcode_count_in_loops, sass, sass_loops, sass_opcode_count, sass_with, SassError, SassLoop,
 };
 pub use sass_loops::{
-    classify, ldmatrix_bytes, main_loops, mma_equivalents, natural_loop_summary, InnerLoop,
-    InstrClass, MainLoopHints, MainLoopReport, TripSource,
+    classify, global_load_bytes, ldmatrix_bytes, main_loops, mma_equivalents, natural_loop_summary,
+    InnerLoop, InstrClass, MainLoopHints, MainLoopReport, TripSource,
 };
 pub use toolchain::{Toolchain, ToolchainError, CUDA_HOME_ENV, SETUP_HINT};

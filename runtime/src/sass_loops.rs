@@ -119,9 +119,7 @@ impl fmt::Display for InstrClass {
 pub fn classify(opcode: &str) -> InstrClass {
     let base = opcode.split('.').next().unwrap_or(opcode);
     match base {
-        "HMMA" | "HGMMA" | "IMMA" | "DMMA" | "QMMA" | "OMMA" | "IGMMA" | "QGMMA" => {
-            InstrClass::Mma
-        }
+        "HMMA" | "HGMMA" | "IMMA" | "DMMA" | "QMMA" | "OMMA" | "IGMMA" | "QGMMA" => InstrClass::Mma,
         "MUFU" => InstrClass::Mufu,
         "LDSM" => InstrClass::Ldmatrix,
         "LDS" | "STS" | "STSM" | "ATOMS" | "LDSU" => InstrClass::Shared,
@@ -149,8 +147,23 @@ pub fn classify(opcode: &str) -> InstrClass {
             || b.starts_with('S')
             || matches!(
                 b,
-                "MOV" | "LEA" | "LOP3" | "LOP" | "SHF" | "SEL" | "CS2R" | "FLO" | "POPC" | "BREV"
-                    | "BMSK" | "LDC" | "VIADD" | "VIMNMX" | "VIMNMX3" | "VIADDMNMX" | "MOVM"
+                "MOV"
+                    | "LEA"
+                    | "LOP3"
+                    | "LOP"
+                    | "SHF"
+                    | "SEL"
+                    | "CS2R"
+                    | "FLO"
+                    | "POPC"
+                    | "BREV"
+                    | "BMSK"
+                    | "LDC"
+                    | "VIADD"
+                    | "VIMNMX"
+                    | "VIMNMX3"
+                    | "VIADDMNMX"
+                    | "MOVM"
             ) =>
         {
             InstrClass::IntAddress
@@ -238,6 +251,10 @@ pub struct InnerLoop {
     pub header: u64,
     /// Instructions of its body (nested loops included, each counted once).
     pub instructions: usize,
+    /// Instructions of one trip along its steady-state path (nested loops weighted).
+    pub path_instructions: f64,
+    /// It lies on the main loop's steady-state path (else its trips do not matter).
+    pub on_path: bool,
     /// Trips per trip of its parent loop.
     pub trips: f64,
     /// Where `trips` comes from.
@@ -267,7 +284,7 @@ pub struct MainLoopReport {
     pub latches: Vec<u64>,
     /// Instructions of the body, each once (unweighted).
     pub static_instructions: usize,
-    /// Weighted instructions per iteration.
+    /// Instructions of one iteration along the steady-state path (see [`main_loops`]).
     pub instructions: f64,
     /// Weighted m16n8k16-equivalent MMAs per iteration.
     pub mma: f64,
@@ -304,7 +321,9 @@ impl MainLoopReport {
         self.inner_loops
             .iter()
             .filter_map(|l| match &l.source {
-                TripSource::Assumed(why) => Some(format!("loop at {:#x}: {why}", l.header)),
+                TripSource::Assumed(why) if l.on_path => {
+                    Some(format!("loop at {:#x}: 1 trip assumed, {why}", l.header))
+                }
                 _ => None,
             })
             .collect()
@@ -553,12 +572,6 @@ impl Cfg<'_> {
             .flat_map(move |b| &self.f.ins[self.blocks[b].first..=self.blocks[b].last])
     }
 
-    fn mma_of(&self, body: &BTreeSet<usize>) -> f64 {
-        self.instructions(body)
-            .map(|i| mma_equivalents(&i.opcode))
-            .sum()
-    }
-
     /// Loops strictly inside loop `l` (any depth).
     fn descendants(&self, l: usize) -> Vec<usize> {
         (0..self.loops.len())
@@ -575,34 +588,243 @@ impl Cfg<'_> {
             .collect()
     }
 
-    /// Block weights of loop `l`'s body given trips of its descendants.
-    fn weights(&self, l: usize, trips: &BTreeMap<usize, f64>) -> BTreeMap<usize, f64> {
-        let desc = self.descendants(l);
-        self.loops[l]
-            .body
-            .iter()
-            .map(|&b| {
-                let w: f64 = desc
-                    .iter()
-                    .filter(|&&d| self.loops[d].body.contains(&b))
-                    .map(|d| trips.get(d).copied().unwrap_or(1.0))
-                    .product();
-                (b, w)
-            })
-            .collect()
+    fn block_cost(&self, b: usize) -> Cost {
+        let mut c = Cost::default();
+        for i in &self.f.ins[self.blocks[b].first..=self.blocks[b].last] {
+            c.add_ins(i);
+        }
+        c
+    }
+}
+
+/// Instructions of a path, weighted.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Cost {
+    mma: f64,
+    /// Bytes per lane read from global memory ([`global_load_bytes`]).
+    loaded: f64,
+    instructions: f64,
+    by_opcode: BTreeMap<String, f64>,
+}
+
+impl Cost {
+    fn add_ins(&mut self, i: &Ins) {
+        self.mma += mma_equivalents(&i.opcode);
+        self.loaded += global_load_bytes(&i.opcode) as f64;
+        self.instructions += 1.0;
+        *self.by_opcode.entry(i.opcode.clone()).or_insert(0.0) += 1.0;
     }
 
-    fn weighted(&self, weights: &BTreeMap<usize, f64>, per_ins: impl Fn(&Ins) -> f64) -> f64 {
-        weights
+    fn add(&mut self, other: &Cost, times: f64) {
+        self.mma += other.mma * times;
+        self.loaded += other.loaded * times;
+        self.instructions += other.instructions * times;
+        for (op, n) in &other.by_opcode {
+            *self.by_opcode.entry(op.clone()).or_insert(0.0) += n * times;
+        }
+    }
+
+    fn count(&self, pred: impl Fn(&str) -> bool) -> f64 {
+        self.by_opcode
             .iter()
-            .map(|(&b, &w)| {
-                w * self.f.ins[self.blocks[b].first..=self.blocks[b].last]
-                    .iter()
-                    .map(&per_ins)
-                    .sum::<f64>()
-            })
+            .filter(|(op, _)| pred(op))
+            .map(|(_, n)| n)
             .sum()
     }
+}
+
+/// The ordering key of a path: MMA work, global bytes loaded, instructions.
+type Key = (f64, f64, f64);
+
+fn key(c: &Cost) -> Key {
+    (c.mma, c.loaded, c.instructions)
+}
+
+fn plus(a: Key, c: &Cost) -> Key {
+    (a.0 + c.mma, a.1 + c.loaded, a.2 + c.instructions)
+}
+
+/// `a` is a better steady-state path than `b`: more MMA work, then more bytes loaded from
+/// global memory (the next tile's prefetch happens), then fewer instructions.
+fn better(a: Key, b: Key) -> bool {
+    const EPS: f64 = 1e-9;
+    if (a.0 - b.0).abs() > EPS {
+        return a.0 > b.0;
+    }
+    if (a.1 - b.1).abs() > EPS {
+        return a.1 > b.1;
+    }
+    a.2 < b.2 - EPS
+}
+
+/// Bytes one lane reads from global memory with this instruction: `LDG`/`LDGSTS`/`LD` by
+/// their width modifier (`.128` 16, `.64` 8, `.U16`/`.S16` 2, `.U8`/`.S8` 1, else 4); a TMA
+/// load (`UTMALDG`) counts 16. 0 for other opcodes.
+pub fn global_load_bytes(opcode: &str) -> u64 {
+    let mut parts = opcode.split('.');
+    let b = parts.next().unwrap_or_default();
+    if b == "UTMALDG" {
+        return 16;
+    }
+    if !matches!(b, "LDG" | "LDGSTS" | "LD") {
+        return 0;
+    }
+    let mut bytes = 4;
+    for m in parts {
+        bytes = match m {
+            "128" => 16,
+            "64" => 8,
+            "U16" | "S16" => 2,
+            "U8" | "S8" => 1,
+            _ => continue,
+        };
+    }
+    bytes
+}
+
+/// The steady-state path of every loop: from the header to a back edge, through the loop's
+/// blocks with each directly nested loop taken as one node costing `trips` times its own
+/// steady-state path; among all such paths the one with the most MMA work, then the most
+/// bytes loaded from global memory, then the fewest instructions (an interior tile: all of
+/// the tile's MMAs and the next tile's copy, none of the optional work such as edge-tile
+/// masking or a misaligned-copy fallback). Returns per loop the path's cost and
+/// the nested loops on it. A loop whose body is not acyclic once its nested loops are
+/// collapsed (irreducible flow) costs its whole body.
+fn hot_paths(cfg: &Cfg<'_>, trips: &BTreeMap<usize, f64>) -> Vec<(Cost, Vec<usize>)> {
+    let n = cfg.loops.len();
+    let mut out: Vec<Option<(Cost, Vec<usize>)>> = vec![None; n];
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&l| cfg.loops[l].body.len());
+    for l in order {
+        let lp = &cfg.loops[l];
+        let children: Vec<usize> = (0..n).filter(|&c| cfg.loops[c].parent == Some(l)).collect();
+        // node of a block: the child loop holding it, or the block itself
+        let node_of = |b: usize| -> Node {
+            children
+                .iter()
+                .find(|&&c| cfg.loops[c].body.contains(&b))
+                .map_or(Node::Block(b), |&c| Node::Loop(c))
+        };
+        let cost_of = |nd: Node| -> Cost {
+            match nd {
+                Node::Block(b) => cfg.block_cost(b),
+                Node::Loop(c) => {
+                    let mut k = Cost::default();
+                    if let Some((hc, _)) = &out[c] {
+                        k.add(hc, trips.get(&c).copied().unwrap_or(1.0));
+                    }
+                    k
+                }
+            }
+        };
+        let mut succs: BTreeMap<Node, BTreeSet<Node>> = BTreeMap::new();
+        let mut ends: BTreeSet<Node> = BTreeSet::new();
+        for &b in &lp.body {
+            let from = node_of(b);
+            succs.entry(from).or_default();
+            for &s in &cfg.blocks[b].succs {
+                if s == lp.header {
+                    ends.insert(from);
+                } else if lp.body.contains(&s) {
+                    let to = node_of(s);
+                    if to != from {
+                        succs.entry(from).or_default().insert(to);
+                    }
+                }
+            }
+        }
+        let entry = Node::Block(lp.header);
+        let result = topological(&succs, entry).and_then(|topo| {
+            let mut best: BTreeMap<Node, (Key, Option<Node>)> = BTreeMap::new();
+            best.insert(entry, (key(&cost_of(entry)), None));
+            for &u in &topo {
+                let Some(&(ku, _)) = best.get(&u) else {
+                    continue;
+                };
+                for &v in &succs[&u] {
+                    let k = plus(ku, &cost_of(v));
+                    if best.get(&v).is_none_or(|(kv, _)| better(k, *kv)) {
+                        best.insert(v, (k, Some(u)));
+                    }
+                }
+            }
+            let end = ends
+                .iter()
+                .filter_map(|e| best.get(e).map(|(k, _)| (*e, *k)))
+                .reduce(|a, b| if better(b.1, a.1) { b } else { a })?
+                .0;
+            let mut path = vec![end];
+            while let Some(&(_, Some(p))) = best.get(path.last()?) {
+                path.push(p);
+            }
+            let mut cost = Cost::default();
+            let mut on_path = Vec::new();
+            for nd in path {
+                cost.add(&cost_of(nd), 1.0);
+                if let Node::Loop(c) = nd {
+                    on_path.push(c);
+                    on_path.extend(out[c].as_ref().map_or(vec![], |x| x.1.clone()));
+                }
+            }
+            Some((cost, on_path))
+        });
+        let result = result.unwrap_or_else(|| {
+            // whole body, nested loops weighted by their trips
+            let mut cost = Cost::default();
+            let mut seen = BTreeSet::new();
+            for &b in &lp.body {
+                let nd = node_of(b);
+                if seen.insert(nd) {
+                    cost.add(&cost_of(nd), 1.0);
+                }
+            }
+            (cost, cfg.descendants(l))
+        });
+        out[l] = Some(result);
+    }
+    out.into_iter().map(Option::unwrap_or_default).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    Block(usize),
+    Loop(usize),
+}
+
+/// Topological order of the nodes reachable from `entry`; `None` on a cycle.
+fn topological(succs: &BTreeMap<Node, BTreeSet<Node>>, entry: Node) -> Option<Vec<Node>> {
+    // 0 = unseen, 1 = on stack, 2 = done
+    let mut state: BTreeMap<Node, u8> = BTreeMap::new();
+    let mut post = Vec::new();
+    let mut stack: Vec<(Node, Vec<Node>)> = vec![(
+        entry,
+        succs
+            .get(&entry)
+            .map_or(vec![], |s| s.iter().copied().collect()),
+    )];
+    state.insert(entry, 1);
+    while let Some((u, rest)) = stack.last_mut() {
+        let u = *u;
+        if let Some(v) = rest.pop() {
+            match state.get(&v).copied().unwrap_or(0) {
+                0 => {
+                    state.insert(v, 1);
+                    let next = succs
+                        .get(&v)
+                        .map_or(vec![], |s| s.iter().copied().collect());
+                    stack.push((v, next));
+                }
+                1 => return None,
+                _ => {}
+            }
+        } else {
+            state.insert(u, 2);
+            post.push(u);
+            stack.pop();
+        }
+    }
+    post.reverse();
+    Some(post)
 }
 
 // ---- static trip counts ----
@@ -637,7 +859,8 @@ fn writes(i: &Ins, reg: &str) -> bool {
         // CS2R / 64-bit moves write a register pair
         "CS2R" | "IMAD" if i.opcode.contains("WIDE") || base(&i.opcode) == "CS2R" => {
             ops.first().is_some_and(|o| {
-                *o == reg || register_number(o).map(|n| format!("R{}", n + 1)).as_deref() == Some(reg)
+                *o == reg
+                    || register_number(o).map(|n| format!("R{}", n + 1)).as_deref() == Some(reg)
             })
         }
         _ => ops.first() == Some(&reg),
@@ -693,9 +916,9 @@ fn increment_of(i: &Ins, reg: &str) -> Option<i64> {
             }
             Some(step)
         }
-        "VIADD" => {
-            (ops.get(1) == Some(&reg)).then(|| immediate(ops.get(2)?)).flatten()
-        }
+        "VIADD" => (ops.get(1) == Some(&reg))
+            .then(|| immediate(ops.get(2)?))
+            .flatten(),
         _ => None,
     }
 }
@@ -755,7 +978,10 @@ fn static_trips(cfg: &Cfg<'_>, l: usize) -> Option<(f64, TripSource)> {
         .iter()
         .flat_map(|&b| (cfg.blocks[b].first..=cfg.blocks[b].last).map(|k| (k, &cfg.f.ins[k])))
         .collect();
-    let defs: Vec<&(usize, &Ins)> = body_ins.iter().filter(|(_, i)| writes(i, counter)).collect();
+    let defs: Vec<&(usize, &Ins)> = body_ins
+        .iter()
+        .filter(|(_, i)| writes(i, counter))
+        .collect();
     let [(step_idx, step_ins)] = defs.as_slice() else {
         return None;
     };
@@ -794,59 +1020,77 @@ fn static_trips(cfg: &Cfg<'_>, l: usize) -> Option<(f64, TripSource)> {
             value
         };
         value += step;
-        let (a, b) = if swapped { (bound, seen) } else { (seen, bound) };
+        let (a, b) = if swapped {
+            (bound, seen)
+        } else {
+            (seen, bound)
+        };
         let p = compare(cmp, a, b)?;
         if p == negated {
             break;
         }
     }
-    Some((
-        trips as f64,
-        TripSource::Static {
-            init,
-            step,
-            bound,
-        },
-    ))
+    Some((trips as f64, TripSource::Static { init, step, bound }))
 }
 
 // ---- the main loop ----
 
-/// Solves the unknown trips of `unknown` loops (inside `main`) so that the weighted count of
-/// `per_ins` equals `expected`, all unknown loops getting the same trips. Returns the trips
-/// when the solution is a positive number.
+/// The main loop's steady-state cost with every loop of `unknown` at `t` trips.
+fn main_cost_at(
+    cfg: &Cfg<'_>,
+    main: usize,
+    trips: &BTreeMap<usize, f64>,
+    unknown: &[usize],
+    t: f64,
+) -> Cost {
+    let mut tr = trips.clone();
+    for &u in unknown {
+        tr.insert(u, t);
+    }
+    hot_paths(cfg, &tr).swap_remove(main).0
+}
+
+/// Solves the common trip count `t` of the `unknown` loops (inside `main`) at which the
+/// steady-state count `measure` equals `expected`. The count is affine in `t` while the path
+/// does not change; the solution is checked by recomputing.
 fn solve_trips(
     cfg: &Cfg<'_>,
     main: usize,
     trips: &BTreeMap<usize, f64>,
     unknown: &[usize],
     expected: f64,
-    per_ins: impl Fn(&Ins) -> f64 + Copy,
+    measure: impl Fn(&Cost) -> f64,
 ) -> Option<f64> {
-    // weighted count is affine in the common trip t when the unknown loops are not nested in
-    // each other: f(t) = a + b·t; evaluate at t = 0 and t = 1
-    let at = |t: f64| {
-        let mut tr = trips.clone();
-        for &u in unknown {
-            tr.insert(u, t);
-        }
-        cfg.weighted(&cfg.weights(main, &tr), per_ins)
-    };
-    let (a, b) = (at(0.0), at(1.0) - at(0.0));
-    if b <= 0.0 {
+    let f1 = measure(&main_cost_at(cfg, main, trips, unknown, 1.0));
+    let f2 = measure(&main_cost_at(cfg, main, trips, unknown, 2.0));
+    let slope = f2 - f1;
+    if slope <= 0.0 {
         return None;
     }
-    let t = (expected - a) / b;
-    (t >= 1.0 - 1e-9 && t.is_finite()).then_some(t)
+    let t = 1.0 + (expected - f1) / slope;
+    let check = measure(&main_cost_at(cfg, main, trips, unknown, t));
+    (t >= 1.0 - 1e-9 && t.is_finite() && (check - expected).abs() <= 1e-6 * expected.max(1.0))
+        .then_some(t)
 }
 
-/// The main loop of every function of SASS `text` that has a loop with MMA work: the natural
-/// loop whose weighted MMA work per iteration is largest; on a tie (a peeled first key tile
-/// with masking, or separate edge- and interior-tile loops) the one with fewer weighted
-/// instructions, i.e. the steady-state loop.
+/// The main loop of every function of SASS `text` that has a loop with MMA work.
 ///
-/// Inner loops are weighted by their trips: read from the code where a constant-bound
-/// counter shows them ([`TripSource::Static`]), else solved from `hints` (loops with MMA from
+/// Each loop is costed along its steady-state path (see below); the main loop is the loop
+/// whose path has the most MMA work, and on a tie (a peeled first key tile with masking, or
+/// separate edge- and interior-tile loops) the most global bytes loaded, then the fewest
+/// instructions.
+///
+/// The steady-state path of a loop runs from its header to a back edge; each nested loop on
+/// it counts as its own steady-state path times its trips; among all paths it is the one with
+/// the most MMA work, then the most bytes loaded from global memory
+/// ([`global_load_bytes`]), then the fewest instructions. For an attention kernel this is
+/// an interior key tile that is not the last: every MMA of the tile and the prefetch of the
+/// next one, none of the optional work (edge-tile masking, a misaligned-copy fallback that
+/// loads the same bytes in more instructions). Counting every block of the body instead
+/// would add both sides of every branch.
+///
+/// Trips of nested loops: read from the code where a constant-bound counter shows them
+/// ([`TripSource::Static`]), else solved from `hints` (loops with MMA on their path from
 /// `mma_per_iteration`, then loops with `LDGSTS` from `cp_async_per_iteration`), else 1
 /// ([`TripSource::Assumed`], listed by [`MainLoopReport::assumptions`]).
 ///
@@ -862,6 +1106,10 @@ pub fn main_loops(text: &str, hints: &MainLoopHints) -> Result<Vec<MainLoopRepor
     Ok(out)
 }
 
+fn is_copy(op: &str) -> bool {
+    base(op) == "LDGSTS"
+}
+
 fn main_loop_of(cfg: &Cfg<'_>, hints: &MainLoopHints) -> Option<MainLoopReport> {
     let mut trips: BTreeMap<usize, f64> = BTreeMap::new();
     let mut sources: BTreeMap<usize, TripSource> = BTreeMap::new();
@@ -872,59 +1120,54 @@ fn main_loop_of(cfg: &Cfg<'_>, hints: &MainLoopHints) -> Option<MainLoopReport> 
         }
     }
     // pick the main loop with unknown trips taken as 1
-    let work = |l: usize| {
-        let w = cfg.weights(l, &trips);
-        (
-            cfg.weighted(&w, |i| mma_equivalents(&i.opcode)),
-            cfg.weighted(&w, |_| 1.0),
-        )
-    };
+    let hot = hot_paths(cfg, &trips);
     let main = (0..cfg.loops.len())
-        .map(|l| (l, work(l)))
-        .filter(|(_, (mma, _))| *mma > 0.0)
-        .min_by(|(_, (ma, ia)), (_, (mb, ib))| {
-            mb.total_cmp(ma).then(ia.total_cmp(ib))
-        })?
-        .0;
-    let desc = cfg.descendants(main);
-    let unknown: Vec<usize> = desc.iter().copied().filter(|d| !trips.contains_key(d)).collect();
-    let mma_loops: Vec<usize> = unknown
-        .iter()
-        .copied()
-        .filter(|&d| cfg.mma_of(&cfg.loops[d].body) > 0.0)
-        .collect();
-    if let (Some(expected), false) = (hints.mma_per_iteration, mma_loops.is_empty()) {
-        if let Some(t) = solve_trips(cfg, main, &trips, &mma_loops, expected, |i| {
-            mma_equivalents(&i.opcode)
-        }) {
-            for &d in &mma_loops {
-                trips.insert(d, t);
-                sources.insert(
-                    d,
-                    TripSource::FromExpected(format!(
-                        "{t:.3} trips give the expected {expected} MMA per iteration"
-                    )),
-                );
+        .filter(|&l| hot[l].0.mma > 0.0)
+        .reduce(|a, b| {
+            if better(key(&hot[b].0), key(&hot[a].0)) {
+                b
+            } else {
+                a
             }
+        })?;
+    let desc = cfg.descendants(main);
+    let on_path = |trips: &BTreeMap<usize, f64>| -> BTreeSet<usize> {
+        hot_paths(cfg, trips)
+            .swap_remove(main)
+            .1
+            .into_iter()
+            .collect()
+    };
+    let hot_of = |l: usize, trips: &BTreeMap<usize, f64>| hot_paths(cfg, trips).swap_remove(l).0;
+    let path = on_path(&trips);
+    let unknown_with = |trips: &BTreeMap<usize, f64>, pred: &dyn Fn(&Cost) -> bool| -> Vec<usize> {
+        desc.iter()
+            .copied()
+            .filter(|d| !trips.contains_key(d) && path.contains(d))
+            .filter(|&d| pred(&hot_of(d, trips)))
+            .collect()
+    };
+    let hinted: [(Option<f64>, &str, &dyn Fn(&Cost) -> f64); 2] = [
+        (hints.mma_per_iteration, "MMA", &|c: &Cost| c.mma),
+        (hints.cp_async_per_iteration, "LDGSTS", &|c: &Cost| {
+            c.count(is_copy)
+        }),
+    ];
+    for (expected, what, measure) in hinted {
+        let Some(expected) = expected else { continue };
+        let unknown = unknown_with(&trips, &|c| measure(c) > 0.0);
+        if unknown.is_empty() {
+            continue;
         }
-    }
-    let is_copy = |i: &Ins| f64::from(u8::from(base(&i.opcode) == "LDGSTS"));
-    let copy_loops: Vec<usize> = desc
-        .iter()
-        .copied()
-        .filter(|d| !trips.contains_key(d))
-        .filter(|&d| cfg.weighted(&cfg.weights(d, &BTreeMap::new()), is_copy) > 0.0)
-        .collect();
-    if let (Some(expected), false) = (hints.cp_async_per_iteration, copy_loops.is_empty()) {
-        if let Some(t) = solve_trips(cfg, main, &trips, &copy_loops, expected, is_copy) {
-            for &d in &copy_loops {
+        if let Some(t) = solve_trips(cfg, main, &trips, &unknown, expected, measure) {
+            for &d in &unknown {
                 trips.insert(d, t);
                 sources.insert(
                     d,
                     TripSource::FromExpected(format!(
-                        "{t:.3} trips give the expected {expected} LDGSTS per iteration{}",
-                        if copy_loops.len() > 1 {
-                            " (the same for each of the copy loops)"
+                        "{t:.3} trips give the expected {expected} {what} per iteration{}",
+                        if unknown.len() > 1 {
+                            " (the same for each such loop)"
                         } else {
                             ""
                         }
@@ -936,25 +1179,25 @@ fn main_loop_of(cfg: &Cfg<'_>, hints: &MainLoopHints) -> Option<MainLoopReport> 
     for &d in &desc {
         sources.entry(d).or_insert_with(|| {
             TripSource::Assumed(
-                "trip count neither constant in the code nor solvable from the hints".to_owned(),
+                "its bound is not a constant and no hint covers it (no MMA, no LDGSTS on its path); 1 trip is right for a scan that finds the next visited tile at once".to_owned(),
             )
         });
     }
-    let weights = cfg.weights(main, &trips);
+    let (cost, path) = hot_paths(cfg, &trips).swap_remove(main);
+    let path: BTreeSet<usize> = path.into_iter().collect();
     let mut by_class = BTreeMap::new();
-    let mut by_opcode = BTreeMap::new();
-    for (&b, &w) in &weights {
-        for i in &cfg.f.ins[cfg.blocks[b].first..=cfg.blocks[b].last] {
-            *by_class.entry(classify(&i.opcode)).or_insert(0.0) += w;
-            *by_opcode.entry(i.opcode.clone()).or_insert(0.0) += w;
-        }
+    for (op, n) in &cost.by_opcode {
+        *by_class.entry(classify(op)).or_insert(0.0) += n;
     }
+    let hot = hot_paths(cfg, &trips);
     let lp = &cfg.loops[main];
     let mut inner: Vec<InnerLoop> = desc
         .iter()
         .map(|&d| InnerLoop {
             header: cfg.f.ins[cfg.blocks[cfg.loops[d].header].first].offset,
             instructions: cfg.instructions(&cfg.loops[d].body).count(),
+            path_instructions: hot[d].0.instructions,
+            on_path: path.contains(&d),
             trips: trips.get(&d).copied().unwrap_or(1.0),
             source: sources[&d].clone(),
         })
@@ -969,11 +1212,15 @@ fn main_loop_of(cfg: &Cfg<'_>, hints: &MainLoopHints) -> Option<MainLoopReport> 
             .map(|&b| cfg.f.ins[cfg.blocks[b].last].offset)
             .collect(),
         static_instructions: cfg.instructions(&lp.body).count(),
-        instructions: cfg.weighted(&weights, |_| 1.0),
-        mma: cfg.weighted(&weights, |i| mma_equivalents(&i.opcode)),
+        instructions: cost.instructions,
+        mma: cost.mma,
+        ldmatrix_bytes: cost
+            .by_opcode
+            .iter()
+            .map(|(op, n)| ldmatrix_bytes(op) as f64 * n)
+            .sum(),
         by_class,
-        by_opcode,
-        ldmatrix_bytes: cfg.weighted(&weights, |i| ldmatrix_bytes(&i.opcode) as f64),
+        by_opcode: cost.by_opcode,
         inner_loops: inner,
         loops_in_function: cfg.loops.len(),
     })

@@ -216,7 +216,7 @@ pub fn ldmatrix_bytes(opcode: &str) -> u64 {
     if parts.next() != Some("LDSM") {
         return 0;
     }
-    let count = match parts.last() {
+    let count = match opcode.rsplit('.').next() {
         Some("4") => 4,
         Some("2") => 2,
         _ => 1,
@@ -1147,7 +1147,8 @@ fn main_loop_of(cfg: &Cfg<'_>, hints: &MainLoopHints) -> Option<MainLoopReport> 
             .filter(|&d| pred(&hot_of(d, trips)))
             .collect()
     };
-    let hinted: [(Option<f64>, &str, &dyn Fn(&Cost) -> f64); 2] = [
+    type Measure<'a> = &'a dyn Fn(&Cost) -> f64;
+    let hinted: [(Option<f64>, &str, Measure<'_>); 2] = [
         (hints.mma_per_iteration, "MMA", &|c: &Cost| c.mma),
         (hints.cp_async_per_iteration, "LDGSTS", &|c: &Cost| {
             c.count(is_copy)
@@ -1252,4 +1253,341 @@ pub fn natural_loop_summary(text: &str) -> Result<Vec<(String, u64, usize, usize
         out.extend(rows);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SASS in cuobjdump layout from `(offset, instruction)` pairs.
+    fn sass(lines: &[(u64, &str)]) -> String {
+        let mut s = String::from("\tcode for sm_80\n\t\tFunction : k\n");
+        for (off, ins) in lines {
+            s.push_str(&format!(
+                "        /*{off:04x}*/                   {ins} ;   /* 0x000fe20000000800 */\n"
+            ));
+        }
+        s
+    }
+
+    fn only(text: &str, hints: &MainLoopHints) -> MainLoopReport {
+        let mut v = main_loops(text, hints).unwrap();
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.remove(0)
+    }
+
+    const MMA: &str = "HMMA.16816.F32.BF16 R8, R12, R16, R8";
+
+    #[test]
+    fn opcode_tables() {
+        assert_eq!(mma_equivalents("HMMA.16816.F32.BF16"), 1.0);
+        assert_eq!(mma_equivalents("HMMA.1688.F32"), 0.5);
+        assert_eq!(mma_equivalents("HGMMA.64x128x16.F32.BF16"), 16.0);
+        assert_eq!(mma_equivalents("HGMMA.64x64x16.F32.BF16"), 8.0);
+        assert_eq!(mma_equivalents("HMMA"), 0.0);
+        assert_eq!(mma_equivalents("FFMA"), 0.0);
+        assert_eq!(ldmatrix_bytes("LDSM.16.M88.4"), 512);
+        assert_eq!(ldmatrix_bytes("LDSM.16.MT88.2"), 256);
+        assert_eq!(ldmatrix_bytes("LDSM.16.M88"), 128);
+        assert_eq!(ldmatrix_bytes("LDS.128"), 0);
+        assert_eq!(global_load_bytes("LDGSTS.E.BYPASS.128"), 16);
+        assert_eq!(global_load_bytes("LDG.E.U16"), 2);
+        assert_eq!(global_load_bytes("LDG.E"), 4);
+        assert_eq!(global_load_bytes("STG.E.128"), 0);
+        let c = |op| classify(op);
+        assert_eq!(c("HGMMA.64x64x16.F32.BF16"), InstrClass::Mma);
+        assert_eq!(c("IMAD.WIDE.U32"), InstrClass::IntAddress);
+        assert_eq!(c("ULDC.64"), InstrClass::IntAddress);
+        assert_eq!(c("LDC"), InstrClass::IntAddress);
+        assert_eq!(c("FFMA.FTZ"), InstrClass::Fp);
+        assert_eq!(c("F2FP.BF16.F32.PACK_AB"), InstrClass::Fp);
+        assert_eq!(c("MUFU.EX2"), InstrClass::Mufu);
+        assert_eq!(c("LDSM.16.M88.4"), InstrClass::Ldmatrix);
+        assert_eq!(c("STS.128"), InstrClass::Shared);
+        assert_eq!(c("LDG.E.128"), InstrClass::Global);
+        assert_eq!(c("STL.64"), InstrClass::Local);
+        assert_eq!(c("LDGSTS.E.BYPASS.128"), InstrClass::CpAsync);
+        assert_eq!(c("DEPBAR.LE"), InstrClass::CpAsync);
+        assert_eq!(c("SHFL.BFLY"), InstrClass::Shuffle);
+        assert_eq!(c("BAR.SYNC.DEFER_BLOCKING"), InstrClass::BranchSync);
+        assert_eq!(c("RET.REL.NODEC"), InstrClass::BranchSync);
+        assert_eq!(c("NOP"), InstrClass::Other);
+    }
+
+    /// FA2 places the next tile's prefetch before the loop header and its epilogue between;
+    /// the backward-branch rule takes 0x20..=0xa0 (epilogue included) as a loop, dominators
+    /// take exactly the blocks that return to the header.
+    #[test]
+    fn block_before_the_header_belongs_to_the_loop_the_epilogue_does_not() {
+        let t = sass(&[
+            (0x00, "MOV R2, RZ"),
+            (0x10, "BRA 0x60"),
+            (0x20, "LDGSTS.E.BYPASS.128 [R1], [R4.64]"),
+            (0x30, "BRA 0x60"),
+            (0x40, "MUFU.EX2 R5, R5"),
+            (0x50, "EXIT"),
+            (0x60, MMA),
+            (0x70, "IADD3 R2, R2, 0x1, RZ"),
+            (0x80, "ISETP.GE.AND P0, PT, R2, R7, PT"),
+            (0x90, "@P0 BRA 0x40"),
+            (0xa0, "BRA 0x20"),
+        ]);
+        let m = only(&t, &MainLoopHints::default());
+        assert_eq!(m.header, 0x60);
+        assert_eq!(m.latches, vec![0x30]);
+        assert_eq!(
+            (m.static_instructions, m.instructions, m.mma),
+            (7, 7.0, 1.0)
+        );
+        assert_eq!(m.by_class.get(&InstrClass::Mufu), None);
+        assert_eq!(m.by_class[&InstrClass::CpAsync], 1.0);
+        assert_eq!(m.by_class[&InstrClass::BranchSync], 3.0);
+        assert_eq!(m.per_mma(InstrClass::IntAddress), 2.0);
+        // the plain rule sees two "loops", one holding the epilogue's MUFU
+        assert!(crate::sass_loops(&t)
+            .unwrap()
+            .iter()
+            .any(|l| l.count("MUFU") == 1));
+    }
+
+    #[test]
+    fn nested_loop_weighted_by_its_static_trip_count() {
+        for (init, step, cmp, guard, bound, trips) in [
+            ("RZ", "0x1", "GE", "!P1", "0x4", 4.0),
+            ("0x8", "-0x2", "NE", "P1", "RZ", 4.0),
+            ("0x1", "0x1", "LT", "P1", "0x20", 31.0),
+        ] {
+            let t = sass(&[
+                (0x00, "MOV R2, RZ"),
+                (0x10, "LDSM.16.M88.4 R12, [R3]"), // outer header
+                (0x20, &format!("MOV R4, {init}")),
+                (0x30, MMA), // inner header
+                (0x40, &format!("IADD3 R4, R4, {step}, RZ")),
+                (0x50, &format!("ISETP.{cmp}.AND P1, PT, R4, {bound}, PT")),
+                (0x60, &format!("@{guard} BRA 0x30")),
+                (0x70, "FFMA R20, R8, R21, -R22"),
+                (0x80, "ISETP.GE.AND P0, PT, R2, R7, PT"),
+                (0x90, "@!P0 BRA 0x10"),
+                (0xa0, "EXIT"),
+            ]);
+            let m = only(&t, &MainLoopHints::default());
+            assert_eq!(m.header, 0x10, "{init} {step}");
+            assert_eq!(m.mma, trips, "{init} {step}");
+            assert_eq!(m.instructions, 5.0 + 4.0 * trips, "{init} {step}");
+            assert_eq!(m.ldmatrix_bytes_per_mma(), 512.0 / trips);
+            let inner = &m.inner_loops[..];
+            assert_eq!(inner.len(), 1);
+            assert_eq!((inner[0].header, inner[0].trips), (0x30, trips));
+            assert!(
+                matches!(inner[0].source, TripSource::Static { .. }),
+                "{:?}",
+                inner[0].source
+            );
+            assert!(m.assumptions().is_empty());
+        }
+    }
+
+    /// A copy loop whose bound is a register: its trips come from the expected cp.async count;
+    /// without the hint, 1 trip is assumed and said.
+    #[test]
+    fn trip_count_solved_from_hints_or_stated_as_assumed() {
+        let t = sass(&[
+            (0x00, "MOV R2, RZ"),
+            (0x10, "MOV R4, RZ"),                          // outer header
+            (0x20, "LDGSTS.E.BYPASS.128 [R13], [R18.64]"), // copy loop header
+            (0x30, "LDGSTS.E.BYPASS.128 [R17], [R24.64]"),
+            (0x40, "IADD3 R4, R4, 0x80, RZ"),
+            (0x50, "ISETP.GE.AND P1, PT, R4, R9, PT"),
+            (0x60, "@!P1 BRA 0x20"),
+            (0x70, MMA),
+            (0x80, MMA),
+            (0x90, "ISETP.GE.AND P0, PT, R2, R7, PT"),
+            (0xa0, "@!P0 BRA 0x10"),
+            (0xb0, "EXIT"),
+        ]);
+        let hinted = only(
+            &t,
+            &MainLoopHints {
+                mma_per_iteration: Some(2.0),
+                cp_async_per_iteration: Some(16.0),
+            },
+        );
+        assert_eq!(hinted.inner_loops[0].trips, 8.0);
+        assert!(matches!(
+            hinted.inner_loops[0].source,
+            TripSource::FromExpected(_)
+        ));
+        assert_eq!(hinted.instructions, 5.0 + 5.0 * 8.0);
+        assert_eq!(hinted.by_class[&InstrClass::CpAsync], 16.0);
+        let bare = only(&t, &MainLoopHints::default());
+        assert_eq!(bare.inner_loops[0].trips, 1.0);
+        assert_eq!(bare.instructions, 10.0);
+        assert_eq!(bare.assumptions().len(), 1, "{:?}", bare.assumptions());
+        assert!(bare.assumptions()[0].contains("0x20"));
+        // an impossible hint (fewer copies than one trip makes) is not forced
+        let wrong = only(
+            &t,
+            &MainLoopHints {
+                mma_per_iteration: None,
+                cp_async_per_iteration: Some(1.0),
+            },
+        );
+        assert!(matches!(
+            wrong.inner_loops[0].source,
+            TripSource::Assumed(_)
+        ));
+    }
+
+    /// The steady-state path: the prefetch of the next tile is taken (it is skipped only on
+    /// the last tile), the fast copy rather than the element-wise fallback that loads the
+    /// same bytes, and the edge-tile mask is skipped.
+    #[test]
+    fn steady_state_path_takes_prefetch_fast_copy_and_no_mask() {
+        let t = sass(&[
+            (0x000, "MOV R2, RZ"),
+            (0x010, "ISETP.GE.AND P3, PT, R2, R8, PT"), // header: last tile?
+            (0x020, "@P3 BRA 0x0c0"),                   // skip the prefetch
+            (0x030, "@P4 BRA 0x060"),                   // misaligned: fallback
+            (0x040, "LDGSTS.E.BYPASS.128 [R13], [R18.64]"),
+            (0x050, "BRA 0x0c0"),
+            (0x060, "LDG.E.U16 R13, [R16.64]"), // fallback: 8 x 2 B = 16 B too
+            (0x070, "LDG.E.U16 R14, [R16.64+0x2]"),
+            (0x080, "LDG.E.U16 R15, [R16.64+0x4]"),
+            (0x090, "LDG.E.U16 R19, [R16.64+0x6]"),
+            (0x0a0, "LDG.E.64 R20, [R16.64+0x8]"),
+            (0x0b0, "STS.128 [R22], R12"),
+            (0x0c0, MMA),
+            (0x0d0, "@!P5 BRA 0x110"), // interior tile: no mask
+            (0x0e0, "FSEL R8, R8, -INF , P6"),
+            (0x0f0, "FSEL R9, R9, -INF , P6"),
+            (0x100, "FSEL R10, R10, -INF , P6"),
+            (0x110, "FMUL R8, R8, R30"),
+            (0x120, "IADD3 R2, R2, 0x1, RZ"),
+            (0x130, "ISETP.GE.AND P0, PT, R2, R7, PT"),
+            (0x140, "@!P0 BRA 0x010"),
+            (0x150, "EXIT"),
+        ]);
+        let m = only(&t, &MainLoopHints::default());
+        assert_eq!(m.static_instructions, 20);
+        // 0x10 0x20 0x30 0x40 0x50 | 0xc0 0xd0 | 0x110..0x140
+        assert_eq!(m.instructions, 11.0);
+        assert_eq!(m.by_opcode.get("LDGSTS.E.BYPASS.128"), Some(&1.0));
+        assert_eq!(m.by_opcode.get("LDG.E.U16"), None);
+        assert_eq!(m.by_opcode.get("FSEL"), None);
+        assert_eq!(m.by_class[&InstrClass::Fp], 1.0);
+    }
+
+    /// Two loops with the same MMA work (a peeled masked first tile, then the rest): the
+    /// steady-state one is the one with fewer instructions; loops without MMA never win.
+    #[test]
+    fn main_loop_is_the_one_with_most_mma_work_then_fewest_instructions() {
+        let t = sass(&[
+            (0x00, "MOV R2, RZ"),
+            (0x10, "IADD3 R5, R5, 0x1, RZ"), // scalar loop, no MMA, long
+            (0x20, "IADD3 R6, R6, 0x1, RZ"),
+            (0x30, "IADD3 R7, R7, 0x1, RZ"),
+            (0x40, "IADD3 R8, R8, 0x1, RZ"),
+            (0x50, "@P0 BRA 0x10"),
+            (0x60, MMA), // masked loop
+            (0x70, "FSEL R8, R8, -INF , P6"),
+            (0x80, "FSEL R9, R9, -INF , P6"),
+            (0x90, "@P1 BRA 0x60"),
+            (0xa0, MMA), // steady loop
+            (0xb0, "@P2 BRA 0xa0"),
+            (0xc0, "HMMA.1688.F32 R8, R12, R16, R8"), // half an MMA, but loops
+            (0xd0, "@P3 BRA 0xc0"),
+            (0xe0, "EXIT"),
+            (0xf0, "BRA 0xf0"), // trap padding: unreachable, not a loop
+        ]);
+        let m = only(&t, &MainLoopHints::default());
+        assert_eq!((m.header, m.instructions, m.mma), (0xa0, 2.0, 1.0));
+        assert_eq!(m.loops_in_function, 4);
+        assert_eq!(natural_loop_summary(&t).unwrap().len(), 4);
+        // no MMA in any loop: no report
+        let none = sass(&[(0x0, MMA), (0x10, "@P0 BRA 0x10"), (0x20, "EXIT")]);
+        assert_eq!(
+            main_loops(&none, &MainLoopHints::default()).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn hgmma_counts_per_warp_and_functions_are_separate() {
+        let mut t = sass(&[
+            (0x00, "WARPGROUP.ARRIVE"),
+            (0x10, "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT"),
+            (0x20, "HGMMA.64x128x16.F32.BF16 R88, R152, gdesc[UR12], R88"),
+            (0x30, "WARPGROUP.DEPBAR.LE gsb0, 0x0"),
+            (0x40, "@P0 BRA 0x0"),
+            (0x50, "EXIT"),
+        ]);
+        t.push_str("\t\tFunction : j\n        /*0000*/  HMMA.16816.F32 R4, R8, R12, R4 ;\n        /*0010*/  @P1 BRA 0x0 ;\n        /*0020*/  EXIT ;\n");
+        let v = main_loops(&t, &MainLoopHints::default()).unwrap();
+        let got: Vec<_> = v.iter().map(|m| (m.function.as_str(), m.mma)).collect();
+        assert_eq!(got, vec![("k", 24.0), ("j", 1.0)]);
+        assert_eq!(v[0].ldmatrix_bytes_per_mma(), 0.0);
+        assert!((v[0].instr_per_mma() - 5.0 / 24.0).abs() < 1e-12);
+    }
+
+    /// A cycle entered at two places has no header that dominates it: not a natural loop.
+    #[test]
+    fn irreducible_cycle_is_not_a_natural_loop() {
+        let t = sass(&[
+            (0x00, "@P0 BRA 0x30"),
+            (0x10, MMA),
+            (0x20, "@P1 BRA 0x50"),
+            (0x30, MMA),
+            (0x40, "@P2 BRA 0x10"),
+            (0x50, "EXIT"),
+        ]);
+        assert_eq!(natural_loop_summary(&t).unwrap(), vec![]);
+        assert_eq!(main_loops(&t, &MainLoopHints::default()).unwrap(), vec![]);
+        // the plain rule does call it a loop
+        assert_eq!(crate::sass_loops(&t).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_text_is_an_error() {
+        assert_eq!(
+            main_loops("", &MainLoopHints::default()).unwrap_err(),
+            SassError::NoInstructions
+        );
+        let e = main_loops(
+            "/*0000*/ NOP ;\n/*0010*/ @P0 BRA 0x8 ;",
+            &MainLoopHints::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, SassError::Malformed { line: 2, .. }), "{e:?}");
+    }
+
+    proptest::proptest! {
+        /// Random SASS-like text: a report or an error, never a panic or a hang; a report's
+        /// path never has more MMA than the function.
+        #[test]
+        fn never_panics(
+            lines in proptest::collection::vec(
+                (0u64..0x40, proptest::sample::select(vec![
+                    "NOP ;", "@P0 BRA 0x10 ;", "BRA 0x40 ;", "@!P1 BRA 0x0 ;", "EXIT ;",
+                    "@P2 EXIT ;", "HMMA.16816.F32 R0, R2, R4, R0 ;", "LDGSTS.E.128 [R1], [R2.64] ;",
+                    "MOV R4, RZ ;", "IADD3 R4, R4, 0x1, RZ ;", "ISETP.GE.AND P0, PT, R4, 0x4, PT ;",
+                    "ISETP.NE.AND P1, PT, R4, RZ, PT ;", "@P0 BRA 0x80 ;", "BRA 0x0 ;",
+                ])),
+                0..24,
+            ),
+        ) {
+            let t: String = lines
+                .iter()
+                .map(|(o, l)| format!("/*{:04x}*/ {l}\n", o * 16))
+                .collect();
+            let hints = MainLoopHints { mma_per_iteration: Some(3.0), cp_async_per_iteration: Some(4.0) };
+            if let Ok(v) = main_loops(&t, &hints) {
+                for m in v {
+                    proptest::prop_assert!(m.mma > 0.0);
+                    proptest::prop_assert!(m.instructions >= m.mma);
+                    proptest::prop_assert!(m.static_instructions <= lines.len());
+                    proptest::prop_assert!(m.by_class.values().sum::<f64>() == m.instructions);
+                }
+            }
+        }
+    }
 }

@@ -35,7 +35,7 @@ mod nvrtc;
 mod ptxas;
 mod report;
 mod sass;
-mod sass_loops;
+mod sass_cfg;
 mod toolchain;
 
 /// The code generator (specs, validation, emission), re-exported.
@@ -65,7 +65,7 @@ pub use report::{
 pub use sass::{
     opcode_count_in_loops, sass, sass_loops, sass_opcode_count, sass_with, SassError, SassLoop,
 };
-pub use sass_loops::{
+pub use sass_cfg::{
     classify, global_load_bytes, ldmatrix_bytes, main_loops, mma_equivalents, natural_loop_summary,
     InnerLoop, InstrClass, MainLoopHints, MainLoopReport, TripSource,
 };

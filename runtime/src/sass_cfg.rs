@@ -890,8 +890,8 @@ fn constant_written(i: &Ins) -> Option<i64> {
     }
 }
 
-/// `reg += step` as `IADD3 R, R, imm, RZ` / `IADD3 R, imm, R, RZ` / `VIADD R, R, imm` /
-/// `IMAD.IADD R, R, 0x1, imm`-free forms: returns the step.
+/// `reg += step` as `IADD3 R, R, imm, RZ` / `IADD3 R, imm, R, RZ` / `VIADD R, R, imm`:
+/// returns the step.
 fn increment_of(i: &Ins, reg: &str) -> Option<i64> {
     if i.predicated {
         return None;

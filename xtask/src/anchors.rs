@@ -76,12 +76,18 @@ import hashlib, json, os, sys, urllib.request
 name, version, dest = sys.argv[1], sys.argv[2], sys.argv[3]
 index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
 req = urllib.request.Request(f"{index}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-files = json.load(urllib.request.urlopen(req, timeout=120))["files"]
+try:
+    files = json.load(urllib.request.urlopen(req, timeout=120))["files"]
+except Exception as e:
+    sys.exit(f"cannot read {index}/{name}/ (PEP 691 JSON): {e}")
 want = [f for f in files if f["filename"].endswith(f"-{version}.tar.gz")]
 if not want:
     sys.exit(f"the index {index} has no sdist of {name}=={version}")
 f = want[0]
-data = urllib.request.urlopen(f["url"], timeout=900).read()
+try:
+    data = urllib.request.urlopen(f["url"], timeout=900).read()
+except Exception as e:
+    sys.exit(f"cannot download {f['url']}: {e}")
 if hashlib.sha256(data).hexdigest() != f["hashes"]["sha256"]:
     sys.exit(f"sha256 mismatch for {f['filename']}")
 os.makedirs(dest, exist_ok=True)

@@ -47,7 +47,7 @@ fn main_loop_of_our_dense_kernel_is_one_key_tile() {
         );
         assert!(m.by_class.get(&InstrClass::Mufu).copied().unwrap_or(0.0) > 0.0);
         assert!(
-            m.by_class.get(&InstrClass::Local).is_none(),
+            !m.by_class.contains_key(&InstrClass::Local),
             "spills in the main loop"
         );
         // every class adds up to the total, and the loop does more than its MMAs

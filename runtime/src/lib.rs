@@ -12,7 +12,9 @@
 //!   the persistent on-disk [`KernelCache`] (a kernel is compiled once per machine).
 //! - [`run_ptxas`]: standalone `ptxas -v` on PTX; [`parse_ptxas_log`] parses either output.
 //! - [`sass`]: CUBIN to SASS text; [`sass_opcode_count`] counts e.g. `HMMA`;
-//!   [`sass_loops`] / [`opcode_count_in_loops`] find its loops (backward branches).
+//!   [`sass_loops`] / [`opcode_count_in_loops`] find its loops (backward branches);
+//!   [`main_loops`] finds each function's main loop by dominators and counts its
+//!   instructions per MMA by class ([`MainLoopReport`], used by `cargo xtask anchors`).
 //! - [`Gpu`], [`GpuKernel`]: load and launch (checked against a declared signature, or
 //!   `unsafe` unchecked).
 //!
@@ -33,6 +35,7 @@ mod nvrtc;
 mod ptxas;
 mod report;
 mod sass;
+mod sass_cfg;
 mod toolchain;
 
 /// The code generator (specs, validation, emission), re-exported.
@@ -61,5 +64,9 @@ pub use report::{
 };
 pub use sass::{
     opcode_count_in_loops, sass, sass_loops, sass_opcode_count, sass_with, SassError, SassLoop,
+};
+pub use sass_cfg::{
+    classify, global_load_bytes, ldmatrix_bytes, main_loops, mma_equivalents, natural_loop_summary,
+    InnerLoop, InstrClass, MainLoopHints, MainLoopReport, TripSource,
 };
 pub use toolchain::{Toolchain, ToolchainError, CUDA_HOME_ENV, SETUP_HINT};

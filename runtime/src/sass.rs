@@ -86,7 +86,7 @@ pub fn sass_opcode_count(sass: &str, opcode: &str) -> usize {
 }
 
 /// `op` (a full mnemonic such as `HMMA.16816.F32`) is `opcode` or `opcode` plus modifiers.
-fn opcode_matches(op: &str, opcode: &str) -> bool {
+pub(crate) fn opcode_matches(op: &str, opcode: &str) -> bool {
     op == opcode || op.strip_prefix(opcode).is_some_and(|r| r.starts_with('.'))
 }
 
@@ -158,15 +158,19 @@ impl SassLoop {
 
 /// One parsed instruction.
 #[derive(Debug)]
-struct Ins {
-    offset: u64,
-    opcode: String,
-    predicated: bool,
+pub(crate) struct Ins {
+    pub(crate) offset: u64,
+    pub(crate) opcode: String,
+    /// The operands as written (after the opcode, before `;`).
+    pub(crate) operands: String,
+    /// The guard predicate without `@` (`P0`, `!P1`); `None` when absent or `@PT`.
+    pub(crate) guard: Option<String>,
+    pub(crate) predicated: bool,
     /// Direct branch target (`BRA`/`JMP`), resolved to an offset; `None` for other
     /// instructions and for indirect branches (`BRX`, `JMX`), which cannot form a loop here.
-    target: Option<u64>,
+    pub(crate) target: Option<u64>,
     /// 1-based line, for errors.
-    line: usize,
+    pub(crate) line: usize,
 }
 
 /// A branch target as written: an offset (cuobjdump) or a label (nvdisasm).
@@ -177,9 +181,9 @@ enum Target {
 }
 
 #[derive(Debug, Default)]
-struct Func {
-    name: String,
-    ins: Vec<Ins>,
+pub(crate) struct Func {
+    pub(crate) name: String,
+    pub(crate) ins: Vec<Ins>,
     /// Unresolved label targets, by index into `ins`.
     label_refs: Vec<(usize, String)>,
     labels: HashMap<String, u64>,
@@ -256,7 +260,7 @@ fn split_word(s: &str) -> (&str, &str) {
 }
 
 /// Splits SASS text into functions of parsed instructions.
-fn parse_functions(text: &str) -> Result<Vec<Func>, SassError> {
+pub(crate) fn parse_functions(text: &str) -> Result<Vec<Func>, SassError> {
     let mut funcs: Vec<Func> = Vec::new();
     // `None` while inside a non-code section of nvdisasm output.
     let mut cur: Option<Func> = Some(Func::new(""));
@@ -299,8 +303,10 @@ fn parse_functions(text: &str) -> Result<Vec<Func>, SassError> {
             // `[@pred] OPCODE operands`
             let (mut op, mut operands) = split_word(body);
             let mut predicated = false;
+            let mut guard = None;
             if let Some(p) = op.strip_prefix('@') {
                 predicated = p != "PT";
+                guard = predicated.then(|| p.to_owned());
                 (op, operands) = split_word(operands);
             }
             if op.is_empty() {
@@ -350,6 +356,8 @@ fn parse_functions(text: &str) -> Result<Vec<Func>, SassError> {
             f.ins.push(Ins {
                 offset,
                 opcode: op.to_owned(),
+                operands: operands.to_owned(),
+                guard,
                 predicated,
                 target,
                 line,

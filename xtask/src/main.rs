@@ -7,6 +7,8 @@
 //!   `cargo doc --no-deps` with rustdoc warnings denied, and `cargo test --workspace`
 //!   (doctests included), with `ATTNFORGE_CUDA_HOME` pointing at the toolchain.
 //! - `cargo xtask run [ARGS..]`: setup, then the main job (see [`MAIN_JOB`]).
+//! - `cargo xtask anchors`: the machine-code side-by-side with FlashAttention-2 and Triton
+//!   (not in CI; see [`anchors`] and docs/anchors.md).
 //! - `cargo xtask mutants [OPTIONS]`: mutation testing of the kernel generator (not in CI;
 //!   see [`mutants`] and docs/correctness.md).
 //!
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod anchors;
 mod fnlen;
 mod mutants;
 
@@ -73,7 +76,7 @@ const STAMP: &str = ".attnforge-stamp";
 
 /// An xtask failure: a message that says what went wrong and what to do.
 #[derive(Debug)]
-struct TaskError(String);
+struct TaskError(pub(crate) String);
 
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -95,12 +98,13 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("mutants") => mutants::run(&args[1..]),
         Some("fn-lengths") => fn_lengths(&args[1..]),
+        Some("anchors") => anchors::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_usage();
             Ok(())
         }
         Some(other) => err(format!(
-            "unknown command `{other}`; expected one of: setup, test, run, mutants, fn-lengths (see `cargo xtask help`)"
+            "unknown command `{other}`; expected one of: setup, test, run, mutants, fn-lengths, anchors (see `cargo xtask help`)"
         )),
     };
     match result {
@@ -126,7 +130,10 @@ fn print_usage() {
                       --only ID,ID, --category NAME,NAME, --no-tests, --resume,\n               \
                       --timeout SECONDS (per step)\n  \
          fn-lengths   list the functions of codegen, runtime exec and src/specfile over 120\n               \
-                      lines (exit 1 if any; `--max N` for another limit)",
+                      lines (exit 1 if any; `--max N` for another limit)\n  \
+         anchors      not in CI, downloads ~1 GB: compile FlashAttention-2 and Triton forward\n               \
+                      kernels next to ours for sm_80/sm_90 and write docs/anchors.md (SASS\n               \
+                      main loops side by side; tools in .toolchain/anchors)",
         MAIN_JOB.join(" "),
         MAIN_JOB_DEFAULT_ARGS.join(" ")
     );

@@ -63,6 +63,7 @@ mod landmark;
 mod lm_infinite;
 mod mask;
 mod oracle;
+mod recycled;
 mod stats;
 mod tensor;
 mod topk;
@@ -82,6 +83,9 @@ pub use crate::landmark::{landmark_attention, LandmarkMode, LandmarkParams};
 pub use crate::lm_infinite::{lm_infinite_attention, rope, rope_tensor, LmInfiniteParams};
 pub use crate::mask::{alibi_slopes, Mask, MaskFn, ScoreFn, ScoreMod};
 pub use crate::oracle::{assert_close, CloseError, CloseReport, ErrorStat, Location, Tolerance};
+pub use crate::recycled::{
+    recycled_attention, recycled_schedule, RecycledParams, RecycledStep, StepKind,
+};
 pub use crate::stats::{
     attention_stats, key_stats_from_weights, max_pool_1d, one_hot_values, top_keys, AttnStats,
     StatReduce, StatsParams,

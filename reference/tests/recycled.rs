@@ -49,6 +49,7 @@ struct ModelStep {
     out: AttnOutput,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn model(
     q: &Tensor4<f32>,
     q_raw: &Tensor4<f32>,

@@ -61,6 +61,7 @@ mod error;
 mod hax;
 mod landmark;
 mod lm_infinite;
+mod longheads;
 mod mask;
 mod oracle;
 mod recycled;
@@ -81,6 +82,9 @@ pub use crate::hax::{
 };
 pub use crate::landmark::{landmark_attention, LandmarkMode, LandmarkParams};
 pub use crate::lm_infinite::{lm_infinite_attention, rope, rope_tensor, LmInfiniteParams};
+pub use crate::longheads::{
+    longheads_attention, longheads_chunks, longheads_prefill, longheads_summaries, LongHeadsParams,
+};
 pub use crate::mask::{alibi_slopes, Mask, MaskFn, ScoreFn, ScoreMod};
 pub use crate::oracle::{assert_close, CloseError, CloseReport, ErrorStat, Location, Tolerance};
 pub use crate::recycled::{

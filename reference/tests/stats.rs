@@ -263,6 +263,26 @@ fn weights_route_agrees_with_direct_route() {
         assert!(st.mass(1, h)[0] > 0.0);
     }
     assert!(key_stats_from_weights(&w, 3, &p).is_err());
+    // Section 4: block-sparse lists built from a mask give that mask's statistics.
+    let local = Mask::Local { left: 2, right: 0 };
+    let geom = BlockGeometry {
+        batch: 2,
+        q_heads: 4,
+        q_len: 6,
+        k_len: 6,
+        block_q: 2,
+        block_k: 2,
+    };
+    let lists = block_lists_from_mask(&local, &geom).unwrap();
+    let onehot = one_hot_values::<f32>(2, 2, 6);
+    let w =
+        block_sparse_attention(&q, &k, &onehot, &lists, &local, &ScoreMod::None, &opts).unwrap();
+    let via = key_stats_from_weights(&w, 2, &p).unwrap();
+    let (_, direct) = attention_stats(&q, &k, &v, &local, &ScoreMod::None, &p, &opts).unwrap();
+    assert_eq!(direct.top_keys, via.top_keys);
+    for (a, b) in direct.key_mass.iter().zip(&via.key_mass) {
+        assert!(close(*a, *b, 1e-12));
+    }
 }
 
 fn naive_case<T: Element>(tol: f64) {

@@ -70,6 +70,10 @@ pub struct RecycledStep {
     pub keys: Vec<Vec<usize>>,
     /// Keys read by the step: the sum of the key-set sizes over `(b, kv head)`.
     pub keys_read: usize,
+    /// The recycled set per `(b, kv head)` after this step (index `b * Hkv + g`), in
+    /// descending score order (ties: lower index first): the `top_keys` of the last full step,
+    /// -1 entries removed. Partial steps draw from its front.
+    pub recycled: Vec<Vec<usize>>,
     /// `out: [B, Hq, 1, Dv]` and `lse: [B, Hq, 1]` of the step's query.
     pub out: AttnOutput,
 }
@@ -215,6 +219,7 @@ pub fn recycled_attention<T: Element>(
             kinds: kinds[t].clone(),
             keys: vec![Vec::new(); dims.b * hkv],
             keys_read: 0,
+            recycled: vec![Vec::new(); dims.b * hkv],
             out: AttnOutput::empty(Shape4::new(dims.b, hq, 1, dims.dv)),
         })
         .collect();
@@ -266,6 +271,7 @@ pub fn recycled_attention<T: Element>(
             for (g, set) in sets.into_iter().enumerate() {
                 res.keys_read += set.len();
                 res.keys[b * hkv + g] = set;
+                res.recycled[b * hkv + g].clone_from(&recycled[g]);
             }
         }
     }

@@ -46,6 +46,7 @@ fn model_kinds(q_raw: &Tensor4<f32>, b: usize, stride: usize, thr: f64) -> Vec<S
 struct ModelStep {
     kinds: Vec<StepKind>,
     keys: Vec<Vec<usize>>,
+    recycled: Vec<Vec<usize>>,
     out: AttnOutput,
 }
 
@@ -70,6 +71,7 @@ fn model(
         .map(|_| ModelStep {
             kinds: vec![],
             keys: vec![vec![]; bn * hkv],
+            recycled: vec![vec![]; bn * hkv],
             out: AttnOutput::empty(Shape4::new(bn, hq, 1, dv)),
         })
         .collect();
@@ -144,6 +146,7 @@ fn model(
                     res[t].out.lse[r] = l;
                 }
                 res[t].keys[b * hkv + g] = set;
+                res[t].recycled[b * hkv + g] = ranked[g].clone();
             }
             if kinds[t] == StepKind::Full {
                 last_full = p;
@@ -179,6 +182,7 @@ proptest! {
             prop_assert_eq!(&g.kinds, &w.kinds, "step {} kinds", t);
             prop_assert_eq!(&sched[t], &w.kinds, "step {} schedule", t);
             prop_assert_eq!(&g.keys, &w.keys, "step {} keys", t);
+            prop_assert_eq!(&g.recycled, &w.recycled, "step {} recycled set", t);
             prop_assert_eq!(g.keys_read, w.keys.iter().map(Vec::len).sum::<usize>());
             assert_same(&g.out, &w.out, 1e-10, &format!("step {t}"));
         }
@@ -213,6 +217,7 @@ fn eviction_drops_lowest_recycled_first() {
     let got = recycled_attention(&q, &q, &k, &k, &p, &AttnOptions::reference()).unwrap();
     let keys: Vec<Vec<usize>> = got.iter().map(|s| s.keys[0].clone()).collect();
     assert_eq!(keys[0], (0..=7).collect::<Vec<_>>());
+    assert!(got.iter().all(|s| s.recycled == [vec![1, 5, 3, 4]]));
     // Recycled order: 1 (3.0), 5 (2.5), 3 (2.0), 4 (1.0); the lowest goes first.
     assert_eq!(keys[1], vec![1, 3, 5, 8]);
     assert_eq!(keys[2], vec![1, 5, 8, 9]);

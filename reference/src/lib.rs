@@ -63,8 +63,11 @@ mod error;
 mod hax;
 mod landmark;
 mod lm_infinite;
+mod longheads;
 mod mask;
 mod oracle;
+mod recycled;
+mod stats;
 mod tensor;
 mod topk;
 
@@ -85,7 +88,17 @@ pub use crate::hax::{
 };
 pub use crate::landmark::{landmark_attention, LandmarkMode, LandmarkParams};
 pub use crate::lm_infinite::{lm_infinite_attention, rope, rope_tensor, LmInfiniteParams};
+pub use crate::longheads::{
+    longheads_attention, longheads_chunks, longheads_prefill, longheads_summaries, LongHeadsParams,
+};
 pub use crate::mask::{alibi_slopes, Mask, MaskFn, ScoreFn, ScoreMod};
 pub use crate::oracle::{assert_close, CloseError, CloseReport, ErrorStat, Location, Tolerance};
+pub use crate::recycled::{
+    recycled_attention, recycled_schedule, RecycledParams, RecycledStep, StepKind,
+};
+pub use crate::stats::{
+    attention_stats, key_stats_from_weights, max_pool_1d, one_hot_values, top_keys, AttnStats,
+    StatReduce, StatsParams,
+};
 pub use crate::tensor::{AttnOptions, AttnOutput, OutShape, Precision, Shape4, Tensor4};
 pub use crate::topk::{topk_attention, topk_key_sets, TopkParams, TopkSets};

@@ -22,6 +22,7 @@ pub mod dynamic;
 pub mod emit;
 pub mod ir;
 pub mod name;
+pub mod shape;
 pub mod spec;
 pub mod tile;
 

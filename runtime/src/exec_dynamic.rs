@@ -21,13 +21,13 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use attnforge_codegen::args::ArgKind as CgArgKind;
 use attnforge_codegen::dynamic::{
-    emit_stage, validate_dynamic, DynProblem, DynamicKernel, DynamicSpec, LandmarkMode, Stage,
+    emit_stage, validate_dynamic, DynamicKernel, DynamicSpec, LandmarkMode, Stage,
 };
-use attnforge_codegen::spec::DType;
+use attnforge_codegen::shape::Shape;
 use attnforge_reference as reference;
 use attnforge_reference::{
     AttnOptions, AttnOutput, CloseReport, Element, Precision, Shape4, Sharing, Tensor4, Tolerance,
@@ -151,14 +151,6 @@ fn sharing_mode(s: Sharing) -> i32 {
     }
 }
 
-fn ref_dtype(d: DType) -> reference::DType {
-    match d {
-        DType::F16 => reference::DType::F16,
-        DType::Bf16 => reference::DType::Bf16,
-        DType::F32 => reference::DType::F32,
-    }
-}
-
 /// The reference result of the pipeline in `precision` (also the input checks: shapes,
 /// `Sq <= Sk` / `Sq == Sk`, HAX extras).
 pub fn reference_output<T: Element>(
@@ -233,27 +225,9 @@ fn hax_extra<T>(x: &DynInputs<T>) -> Result<&HaxExtra, ExecError> {
     })
 }
 
-fn sim_cache() -> &'static Mutex<HashMap<String, Arc<SimKernel>>> {
-    static C: OnceLock<Mutex<HashMap<String, Arc<SimKernel>>>> = OnceLock::new();
-    C.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// Build (or fetch from the process cache) the simulator kernel of one stage.
+/// Build (or fetch from the process's simulator kernel cache) the kernel of one stage.
 pub fn sim_stage(k: &DynamicKernel) -> Result<Arc<SimKernel>, ExecError> {
-    let key = format!("{}\n{}", k.name, k.source);
-    if let Some(s) = sim_cache()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-    {
-        return Ok(s.clone());
-    }
-    let built = Arc::new(SimKernel::build(&k.source, &k.name)?);
-    sim_cache()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, built.clone());
-    Ok(built)
+    crate::exec::cached_sim_kernel(&k.name, &k.source)
 }
 
 /// The buffers and scalars of a run, and where it runs.
@@ -394,7 +368,7 @@ pub fn run<T: Element + SimElem>(
             "pass tensors whose last dimension is the spec's head_dim (Dv = D)",
         ));
     }
-    let p = DynProblem {
+    let p = Shape {
         batch: qs.batch,
         heads_q: qs.heads,
         heads_kv: ks.heads,
@@ -599,7 +573,7 @@ pub fn compare(
     want: &AttnOutput,
     naive: &AttnOutput,
 ) -> Result<DynCheckReport, ExecError> {
-    let tol = Tolerance::for_dtype(ref_dtype(spec.dtype()));
+    let tol = Tolerance::for_dtype(crate::exec::reference_dtype(spec.dtype()));
     let close =
         reference::assert_close(&run.output, want, naive, tol.rtol, tol.atol).map_err(|e| {
             ExecError::Mismatch {
@@ -656,7 +630,7 @@ pub fn merge<T: Element + SimElem>(
         stages: Vec::new(),
         total: SimCounters::default(),
     };
-    let p = DynProblem {
+    let p = Shape {
         batch: a.shape.batch,
         heads_q: a.shape.heads,
         heads_kv: a.shape.heads,
@@ -744,11 +718,7 @@ mod cuda {
         scalars: &[Option<Val>],
     ) -> Result<(), ExecError> {
         let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
-        let arch = if gpu.compute_capability().0 >= 9 {
-            Arch::Sm90
-        } else {
-            Arch::Sm80
-        };
+        let arch = Arch::for_capability(gpu.compute_capability().0);
         let compiled = compile(&k.source, &k.name, arch).map_err(cuda_err)?;
         let sig: Vec<ArgDecl> = k
             .args

@@ -197,14 +197,7 @@ fn check_case<T: Element + SimElem>(
         .run_params(sf.problem.seq_k, None)
         .map_err(CliError::input)?;
     specfile::catalog_twins(sf, &mut rp);
-    let p = sf.problem;
-    let dims = problems::Dims {
-        batch: p.batch,
-        heads_q: p.heads_q,
-        seq_q: p.seq_q,
-        seq_k: p.seq_k,
-    };
-    if let Some(l) = problems::host_lists(&sf.spec, &rp, dims) {
+    if let Some(l) = problems::host_lists(&sf.spec, &rp, sf.problem.shape()) {
         rp.block_lists = Some(l);
     }
     let x = inputs::<T>(sf, seed, magnitude);
@@ -218,7 +211,7 @@ fn check_case<T: Element + SimElem>(
             let print = fingerprint(&r.output, r.counters.as_ref());
             let (Some(c), Some(want)) = (
                 r.counters,
-                problems::tile_census(&sf.spec, &tile, &rp, dims),
+                problems::tile_census(&sf.spec, &tile, &rp, sf.problem.shape()),
             ) else {
                 return Ok(Ok((r.close, print)));
             };

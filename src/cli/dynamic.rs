@@ -4,17 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use attnforge::codegen::dynamic::{
-    emit_dynamic, DynProblem, DynamicKernel, DynamicSpec, LandmarkMode, Stage,
-};
+use attnforge::codegen::dynamic::{emit_dynamic, DynamicKernel, DynamicSpec, LandmarkMode, Stage};
+use attnforge::codegen::shape::Shape;
 use attnforge::codegen::spec::DType;
 use attnforge::codegen::tile::Arch;
 use attnforge::exec::{Backend, ExecError};
 use attnforge::kernels::exec_dynamic::{self, DynInputs, HaxExtra};
 use attnforge::npy::{read_tensor, write_bytes_atomic, AnyTensor};
 use attnforge::reference::{
-    self as reference, assert_close, attention_over_keys, AttnOptions, AttnOutput, Element,
-    Precision, Shape4, Sharing, Tensor4, Tolerance,
+    assert_close, attention_over_keys, AttnOptions, AttnOutput, Element, Precision, Shape4,
+    Sharing, Tensor4, Tolerance,
 };
 use attnforge::sim::SimElem;
 use attnforge::specfile::DynSpecFile;
@@ -242,11 +241,7 @@ fn verdict_of(
 ) -> Result<Verdict, CliError> {
     match r {
         Ok((got, want, naive, run)) => {
-            let tol = Tolerance::for_dtype(match df.spec.dtype() {
-                DType::F16 => reference::DType::F16,
-                DType::Bf16 => reference::DType::Bf16,
-                DType::F32 => reference::DType::F32,
-            });
+            let tol = Tolerance::for_dtype(attnforge::exec::reference_dtype(df.spec.dtype()));
             let extra = serde_json::json!({
                 "kernels": run.stages.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
                 "keys_gathered": run.counters.keys_gathered,
@@ -397,7 +392,7 @@ pub fn emit(
         ))
     })?;
     let p = df.problem;
-    let prob = DynProblem {
+    let prob = Shape {
         batch: p.batch,
         heads_q: p.heads_q,
         heads_kv: p.heads_kv,
@@ -476,7 +471,7 @@ fn kernel_meta(
     k: &DynamicKernel,
     index: usize,
     arch: Arch,
-    prob: &DynProblem,
+    prob: &Shape,
     no_ptxas: bool,
     label: &str,
 ) -> Result<serde_json::Value, CliError> {

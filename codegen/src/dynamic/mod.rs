@@ -24,7 +24,7 @@
 
 mod kernels;
 
-pub use kernels::{emit_dynamic, emit_stage, DynProblem, DynamicKernel, Stage};
+pub use kernels::{emit_dynamic, emit_stage, DynamicKernel, Stage};
 
 use serde::{Deserialize, Serialize};
 

@@ -25,48 +25,20 @@ use super::CliError;
 
 /// The `family = ".."` tag of a dynamic spec.
 pub fn family_tag(s: &DynamicSpec) -> &'static str {
-    match s {
-        DynamicSpec::Landmark { .. } => "landmark",
-        DynamicSpec::Hax { .. } => "hax",
-        DynamicSpec::Cca { .. } => "cca",
-        DynamicSpec::Topk { .. } => "topk",
-        DynamicSpec::LseMerge { .. } => "lse_merge",
-    }
+    s.family_tag()
 }
 
 /// The `mode = ".."` of a dynamic spec (`-` for families without modes).
 pub fn mode_tag(s: &DynamicSpec) -> &'static str {
-    match s {
-        DynamicSpec::Landmark {
-            mode: LandmarkMode::Train,
-            ..
-        } => "train",
-        DynamicSpec::Landmark { .. } => "retrieval",
-        DynamicSpec::Topk { split: false, .. } => "fused",
-        DynamicSpec::Topk { split: true, .. } => "split",
-        _ => "-",
-    }
+    s.mode_tag().unwrap_or("-")
 }
 
-/// The `[params]` of a dynamic spec as `key=value` pairs.
+/// The `[params]` of a dynamic spec as `key=value` pairs, in its family table's order.
 pub fn params_of(s: &DynamicSpec) -> Vec<(&'static str, usize)> {
-    match *s {
-        DynamicSpec::Landmark { mem_freq, mode, .. } => match mode {
-            LandmarkMode::Train => vec![("mem_freq", mem_freq)],
-            LandmarkMode::Retrieval { top_k } => vec![("mem_freq", mem_freq), ("top_k", top_k)],
-        },
-        DynamicSpec::Hax {
-            k_lsh,
-            k_ks,
-            hash_bits,
-            ..
-        } => vec![("k_lsh", k_lsh), ("k_ks", k_ks), ("hash_bits", hash_bits)],
-        DynamicSpec::Cca { group, window, .. } => vec![("group", group), ("window", window)],
-        DynamicSpec::Topk {
-            sink, recent, k, ..
-        } => vec![("sink", sink), ("recent", recent), ("k", k)],
-        DynamicSpec::LseMerge { .. } => vec![],
-    }
+    s.param_values()
+        .into_iter()
+        .map(|(p, v)| (p.name, v))
+        .collect()
 }
 
 /// `mem_freq=63 top_k=4`.

@@ -29,7 +29,7 @@ use attnforge_codegen::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
 use attnforge_codegen::tile::{Arch, TileConfig};
 use attnforge_reference as reference;
 use attnforge_reference::{
-    AttnOptions, AttnOutput, CloseReport, Element, Precision, RefError, Shape4, Tensor4, Tolerance,
+    AttnOptions, AttnOutput, CloseReport, Element, Precision, RefError, Shape4, Tensor4,
 };
 use attnforge_sim::{Schedule, SimArg, SimConfig, SimCounters, SimElem, SimError, SimKernel};
 
@@ -949,7 +949,8 @@ pub struct CheckReport {
 }
 
 /// Run the kernel on `backend` and compare it with the f64 reference using the relative
-/// oracle of variants.md section 0 (default tolerance of the dtype).
+/// oracle of variants.md section 0 (default tolerance of the dtype): the shared
+/// [`crate::pipeline::check`] with this kind's report.
 pub fn check<T: Element + SimElem>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -957,39 +958,18 @@ pub fn check<T: Element + SimElem>(
     p: &RunParams,
     backend: &Backend,
 ) -> Result<CheckReport, ExecError> {
-    let r = resolve(spec, x, p)?;
-    let kernel = attnforge_codegen::name::canonical_name_with_tile(spec, tile);
-    let want = reference_resolved(spec, x, p, &r, Precision::F64)?;
-    let naive = reference_resolved(spec, x, p, &r, Precision::Naive)?;
-    let (got, counters, dense) = match backend {
-        Backend::Reference => (
-            reference_resolved(spec, x, p, &r, Precision::F64)?,
-            None,
-            None,
-        ),
-        Backend::Sim(cfg) => {
-            let s = simulate_resolved(spec, tile, x, p, &r, cfg)?;
-            (s.output, Some(s.counters), Some(s.dense_tiles))
-        }
-        Backend::Cuda(ord) => (
-            crate::exec_cuda::run(spec, tile, x, &host_args(spec, x, p, &r)?, r.dims, *ord)?,
-            None,
-            None,
-        ),
+    let kernel = crate::pipeline::StaticKernel {
+        spec,
+        tile,
+        params: p,
     };
-    let tol = Tolerance::for_dtype(reference_dtype(spec.dtype));
-    let close = reference::assert_close(&got, &want, &naive, tol.rtol, tol.atol).map_err(|e| {
-        ExecError::Mismatch {
-            kernel: kernel.clone(),
-            detail: e.to_string(),
-        }
-    })?;
+    let r = crate::pipeline::check(&kernel, x, backend)?;
     Ok(CheckReport {
-        kernel,
-        close,
-        counters,
-        dense_tiles: dense,
-        output: got,
+        kernel: r.name,
+        close: r.close,
+        counters: r.run.counters,
+        dense_tiles: r.run.dense_tiles,
+        output: r.run.output,
     })
 }
 

@@ -30,7 +30,7 @@ use attnforge_codegen::dynamic::{
 use attnforge_codegen::shape::Shape;
 use attnforge_reference as reference;
 use attnforge_reference::{
-    AttnOptions, AttnOutput, CloseReport, Element, Precision, Shape4, Sharing, Tensor4, Tolerance,
+    AttnOptions, AttnOutput, CloseReport, Element, Precision, Shape4, Sharing, Tensor4,
 };
 use attnforge_sim::{SimArg, SimCounters, SimElem, SimKernel};
 
@@ -558,33 +558,47 @@ pub fn check<T: Element + SimElem>(
     x: &DynInputs<T>,
     backend: &Backend,
 ) -> Result<DynCheckReport, ExecError> {
-    let run = run(spec, x, backend)?;
-    let want = reference_output(spec, x, Precision::F64)?;
-    let naive = reference_output(spec, x, Precision::Naive)?;
-    compare(spec, run, &want, &naive)
+    let r = crate::pipeline::check(spec, x, backend)?;
+    Ok(DynCheckReport {
+        pipeline: r.name,
+        close: r.close,
+        run: DynRun {
+            output: r.run.output,
+            counters: r.run.counters.unwrap_or_default(),
+            stages: r.run.stages,
+            indices: r.run.indices,
+        },
+    })
 }
 
 /// Compare a pipeline's `run` with the f64 reference `want` by the relative oracle
 /// (tolerance of the spec's dtype; `naive` is the same math in the kernel's precision, the
-/// error scale). Shared by [`check`] and the merge check of `attnforge-macros-rt`.
+/// error scale): [`crate::pipeline::compare`] with this kind's report. Used by the merge
+/// check of `attnforge-macros-rt`.
 pub fn compare(
     spec: &DynamicSpec,
     run: DynRun,
     want: &AttnOutput,
     naive: &AttnOutput,
 ) -> Result<DynCheckReport, ExecError> {
-    let tol = Tolerance::for_dtype(crate::exec::reference_dtype(spec.dtype()));
-    let close =
-        reference::assert_close(&run.output, want, naive, tol.rtol, tol.atol).map_err(|e| {
-            ExecError::Mismatch {
-                kernel: spec.canonical_name(),
-                detail: e.to_string(),
-            }
-        })?;
+    let exec = crate::pipeline::Execution {
+        output: run.output,
+        counters: Some(run.counters),
+        dense_tiles: None,
+        stages: run.stages,
+        indices: run.indices,
+    };
+    let name = spec.canonical_name();
+    let r = crate::pipeline::compare(&name, spec.dtype(), exec, want, naive)?;
     Ok(DynCheckReport {
-        pipeline: spec.canonical_name(),
-        close,
-        run,
+        pipeline: r.name,
+        close: r.close,
+        run: DynRun {
+            output: r.run.output,
+            counters: r.run.counters.unwrap_or_default(),
+            stages: r.run.stages,
+            indices: r.run.indices,
+        },
     })
 }
 

@@ -10,19 +10,19 @@
 //! use attnforge_runtime::codegen::prelude::*;
 //! use attnforge_runtime::exec::{Backend, Inputs, RunParams};
 //! use attnforge_runtime::pipeline::{check, StaticKernel};
-//! use attnforge_runtime::reference::{Shape4, Tensor4};
+//! use attnforge_reference::{Shape4, Tensor4};
 //! let spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
 //! let tile = default_tile(&spec, Arch::Sm80).unwrap();
 //! let t = Tensor4::<f32>::from_fn(Shape4::new(1, 1, 16, 64), |_, _, s, d| ((s + d) % 5) as f32 * 0.1);
 //! let params = RunParams::default();
 //! let kernel = StaticKernel { spec: &spec, tile: &tile, params: &params };
 //! let report = check(&kernel, &Inputs::new(t.clone(), t.clone(), t), &Backend::sim()).unwrap();
-//! assert!(report.close.ratio_to_naive.is_finite());
+//! assert!(report.close.out.ratio.is_finite());
 //! ```
 
 use std::collections::BTreeMap;
 
-use attnforge_codegen::dynamic::DynamicSpec;
+use attnforge_codegen::dynamic::{validate_dynamic, DynamicSpec};
 use attnforge_codegen::spec::{DType, KernelSpec};
 use attnforge_codegen::tile::TileConfig;
 use attnforge_reference::{self as reference, AttnOutput, CloseReport, Element, Precision};
@@ -77,7 +77,8 @@ pub trait Pipeline {
         backend: &Backend,
     ) -> Result<Execution, ExecError>;
 
-    /// The reference result in `precision` (the same input checks as `execute`).
+    /// The reference result in `precision`; validates the spec and the inputs as `execute`
+    /// does.
     fn reference<T: Element>(
         &self,
         x: &Self::Inputs<T>,
@@ -175,6 +176,7 @@ impl Pipeline for DynamicSpec {
         x: &DynInputs<T>,
         precision: Precision,
     ) -> Result<AttnOutput, ExecError> {
+        validate_dynamic(self).map_err(ExecError::Spec)?;
         exec_dynamic::reference_output(self, x, precision)
     }
 }
@@ -216,10 +218,12 @@ pub fn check<P: Pipeline, T: Element + SimElem>(
     x: &P::Inputs<T>,
     backend: &Backend,
 ) -> Result<Report, ExecError> {
-    // `execute` validates the spec and the inputs first (typed errors before any work).
-    let run = p.execute(x, backend)?;
+    // The reference first: it validates the spec and the inputs (typed errors before any
+    // kernel runs), and a host twin of a user function that fails there must be seen before
+    // the kernel's own failure.
     let want = p.reference(x, Precision::F64)?;
     let naive = p.reference(x, Precision::Naive)?;
+    let run = p.execute(x, backend)?;
     compare(&p.name(), p.dtype(), run, &want, &naive)
 }
 

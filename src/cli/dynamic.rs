@@ -10,6 +10,7 @@ use attnforge::codegen::spec::DType;
 use attnforge::codegen::tile::Arch;
 use attnforge::exec::{Backend, ExecError};
 use attnforge::kernels::exec_dynamic::{self, DynInputs, HaxExtra};
+use attnforge::kernels::pipeline;
 use attnforge::npy::{read_tensor, write_bytes_atomic, AnyTensor};
 use attnforge::reference::{
     assert_close, attention_over_keys, AttnOptions, AttnOutput, Element, Precision, Shape4,
@@ -21,6 +22,7 @@ use half::{bf16, f16};
 
 use super::check::Verdict;
 use super::common::random_values;
+use super::run::RunBackend;
 use super::CliError;
 
 /// The `family = ".."` tag of a dynamic spec.
@@ -249,8 +251,8 @@ fn check_typed<T: Element + SimElem>(
     let x = inputs::<T>(df, seed).map_err(|m| CliError::failed(format!("{}: {m}", where_(df))))?;
     let r = (|| {
         let run = exec_dynamic::run(&df.spec, &x, backend)?;
-        let want = exec_dynamic::reference_output(&df.spec, &x, Precision::F64)?;
-        let naive = exec_dynamic::reference_output(&df.spec, &x, Precision::Naive)?;
+        let want = pipeline::reference(&df.spec, &x, Precision::F64)?;
+        let naive = pipeline::reference(&df.spec, &x, Precision::Naive)?;
         Ok((run.output.clone(), want, naive, run))
     })();
     verdict_of(name, r, df)
@@ -300,7 +302,25 @@ fn check_merge<T: Element + SimElem>(
     Ok((run.output.clone(), want, naive, run))
 }
 
-/// `attnforge check` of one dynamic spec.
+/// `attnforge check` of one dynamic spec: its own problem and, for a catalog entry, the
+/// extra problem of check_problems.rs (seed + 1).
+pub fn check_with_extra(
+    df: &DynSpecFile,
+    backend: &Backend,
+    seed: u64,
+) -> Result<Verdict, CliError> {
+    let v = check(df, backend, seed)?;
+    Ok(match super::check_problems::dynamic_extra(df) {
+        Some((label, extra)) => super::check::with_extra_problem(
+            v,
+            &label,
+            check(&extra, backend, seed.wrapping_add(1))?,
+        ),
+        None => v,
+    })
+}
+
+/// `attnforge check` of one dynamic spec on its own problem.
 pub fn check(df: &DynSpecFile, backend: &Backend, seed: u64) -> Result<Verdict, CliError> {
     match df.spec.dtype() {
         DType::F32 => check_typed::<f32>(df, backend, seed),
@@ -450,7 +470,7 @@ fn kernel_meta(
     let ptxas = if no_ptxas {
         serde_json::Value::Null
     } else {
-        let a = attnforge::kernels::Arch::from(arch);
+        let a = arch;
         let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, a).map_err(|e| {
             CliError::failed(format!(
                 "{label}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
@@ -489,17 +509,6 @@ fn kernel_meta(
 }
 
 // ---- run --------------------------------------------------------------------------------
-
-/// Where `attnforge run` of a dynamic spec runs.
-#[derive(Debug, Clone, Copy)]
-pub enum Where {
-    /// f64 reference.
-    Reference,
-    /// Simulator.
-    Sim,
-    /// GPU 0.
-    Cuda,
-}
 
 /// Files of `attnforge run` for a dynamic spec.
 pub struct RunFiles<'a> {
@@ -547,13 +556,9 @@ fn mk<T>(
 fn go<T: Element + SimElem>(
     df: &DynSpecFile,
     x: DynInputs<T>,
-    at: Where,
+    at: RunBackend,
 ) -> Result<AttnOutput, ExecError> {
-    match at {
-        Where::Reference => exec_dynamic::reference_output(&df.spec, &x, Precision::F64),
-        Where::Sim => Ok(exec_dynamic::run(&df.spec, &x, &Backend::sim())?.output),
-        Where::Cuda => Ok(exec_dynamic::run(&df.spec, &x, &Backend::Cuda(0))?.output),
-    }
+    super::run::execute(&df.spec, &x, at)
 }
 
 /// `attnforge run` of a dynamic spec: the pipeline's output on q/k/v (HAX: q2/k2/x plus
@@ -562,7 +567,7 @@ pub fn run(
     df: &DynSpecFile,
     label: &str,
     f: &RunFiles<'_>,
-    at: Where,
+    at: RunBackend,
 ) -> Result<AttnOutput, CliError> {
     let name = df.spec.canonical_name();
     if let DynamicSpec::LseMerge { .. } = df.spec {

@@ -405,25 +405,31 @@ impl TileConfig {
             }
         }
         if e.0.is_empty() {
-            let smem = self.smem_bytes(spec);
-            if smem > arch.max_dynamic_smem() {
-                e.push(
-                    "tile",
-                    format!(
-                        "needs {smem} bytes of shared memory, over the {} limit of {} bytes",
-                        arch.sm_name(),
-                        arch.max_dynamic_smem()
-                    ),
-                    "reduce block_m or block_n",
-                );
-            }
-            let regs = self.estimated_registers(spec);
-            let budget = self.register_limit(arch) * REG_BUDGET_PERCENT / 100;
-            if regs > budget {
-                e.push("tile", format!("estimated {regs} registers per thread, over the spill-free budget of {budget} for {} threads", self.threads()), "use more warps or a smaller block_m / block_n");
-            }
+            self.resource_errors(spec, arch, &mut e);
         }
         e.finish()
+    }
+
+    /// Shared memory and the register estimate against `arch`'s limits (for a tile whose
+    /// shape is otherwise valid).
+    fn resource_errors(&self, spec: &KernelSpec, arch: Arch, e: &mut Errors) {
+        let smem = self.smem_bytes(spec);
+        if smem > arch.max_dynamic_smem() {
+            e.push(
+                "tile",
+                format!(
+                    "needs {smem} bytes of shared memory, over the {} limit of {} bytes",
+                    arch.sm_name(),
+                    arch.max_dynamic_smem()
+                ),
+                "reduce block_m or block_n",
+            );
+        }
+        let regs = self.estimated_registers(spec);
+        let budget = self.register_limit(arch) * REG_BUDGET_PERCENT / 100;
+        if regs > budget {
+            e.push("tile", format!("estimated {regs} registers per thread, over the spill-free budget of {budget} for {} threads", self.threads()), "use more warps or a smaller block_m / block_n");
+        }
     }
 }
 

@@ -347,15 +347,8 @@ impl<T: Element + SimElem> Machine<'_, T> {
     }
 }
 
-/// Run the pipeline of `spec` on `backend` (simulator or GPU).
-pub fn run<T: Element + SimElem>(
-    spec: &DynamicSpec,
-    x: &DynInputs<T>,
-    backend: &Backend,
-) -> Result<DynRun, ExecError> {
-    validate_dynamic(spec).map_err(ExecError::Spec)?;
-    // The reference's input checks first (shapes, lengths, HAX extras): typed errors.
-    let _ = reference_output(spec, x, Precision::Naive)?;
+/// The problem shape of `x` (its head dimension must be the spec's; Dv = D).
+fn shape_of<T>(spec: &DynamicSpec, x: &DynInputs<T>) -> Result<Shape, ExecError> {
     let d = spec.head_dim().get();
     let (qs, ks) = (x.q.shape, x.k.shape);
     if qs.dim != d || x.v.shape.dim != d {
@@ -368,17 +361,25 @@ pub fn run<T: Element + SimElem>(
             "pass tensors whose last dimension is the spec's head_dim (Dv = D)",
         ));
     }
-    let p = Shape {
+    Ok(Shape {
         batch: qs.batch,
         heads_q: qs.heads,
         heads_kv: ks.heads,
         seq_q: qs.seq,
         seq_k: ks.seq,
-    };
+    })
+}
+
+/// The scalar arguments every family's kernels share (sizes and the score scale).
+fn shape_scalars<T>(
+    spec: &DynamicSpec,
+    x: &DynInputs<T>,
+    p: &Shape,
+) -> Result<HashMap<&'static str, Val>, ExecError> {
     let rows = p.batch * p.heads_q * p.seq_q;
     let scale = x.scale.unwrap_or(match spec {
         DynamicSpec::Hax { .. } => 1.0,
-        _ => 1.0 / (d as f32).sqrt(),
+        _ => 1.0 / (spec.head_dim().get() as f32).sqrt(),
     });
     let mut vals: HashMap<&'static str, Val> = HashMap::new();
     vals.insert("batch", Val::I32(i32_of("q.batch", p.batch)?));
@@ -389,30 +390,62 @@ pub fn run<T: Element + SimElem>(
     vals.insert("seq", Val::I32(i32_of("q.seq", p.seq_q)?));
     vals.insert("rows", Val::I32(i32_of("rows", rows)?));
     vals.insert("scale", Val::F32(scale));
-    let mut bufs: BTreeMap<String, Buf<T>> = BTreeMap::new();
-    let (q, k, v) = (contiguous(&x.q), contiguous(&x.k), contiguous(&x.v));
-    let mut m_out = vec![T::from_f64(0.0); rows * d];
-    let mut m_lse = vec![0.0f32; rows];
-    let mut indices = BTreeMap::new();
-    if rows == 0 {
-        return Ok(DynRun {
-            output: AttnOutput::from_kernel(Shape4::new(p.batch, p.heads_q, 0, d), &m_out, &m_lse)?,
-            counters: SimCounters::default(),
-            stages: Vec::new(),
-            indices,
-        });
+    Ok(vals)
+}
+
+/// HAX's buffers and scalars: hyperplanes, key-selection scores, hash codes and lists.
+fn hax_buffers<T>(
+    x: &DynInputs<T>,
+    (k_lsh, k_ks, hash_bits): (usize, usize, usize),
+    rows: usize,
+    vals: &mut HashMap<&'static str, Val>,
+    bufs: &mut BTreeMap<String, Buf<T>>,
+) -> Result<(), ExecError> {
+    let e = hax_extra(x)?;
+    let nb = e.hyperplanes.shape.dim;
+    if nb != hash_bits {
+        return Err(input_err(
+            "hyperplanes.dim (nb)",
+            format!("{nb} hyperplanes given, the spec's hash_bits is {hash_bits}"),
+            "pass [_, _, N, hash_bits] hyperplanes or change hax.hash_bits",
+        ));
     }
-    let qn = if matches!(spec, DynamicSpec::Hax { .. }) {
-        ["q2", "k2", "x"]
-    } else {
-        ["q", "k", "v"]
+    let (hp, ksv) = (contiguous(&e.hyperplanes), contiguous(&e.ks));
+    let bstride = |t: &Tensor4<f32>| {
+        if t.shape.batch == 1 {
+            0
+        } else {
+            (t.shape.heads * t.shape.seq * t.shape.dim) as i64
+        }
     };
-    bufs.insert(qn[0].into(), Buf::Elem(q));
-    bufs.insert(qn[1].into(), Buf::Elem(k));
-    bufs.insert(qn[2].into(), Buf::Elem(v));
-    bufs.insert("o".into(), Buf::Elem(std::mem::take(&mut m_out)));
-    bufs.insert("lse".into(), Buf::F32(std::mem::take(&mut m_lse)));
-    let idx_bufs: Vec<&str>;
+    vals.insert("nb", Val::I32(nb as i32));
+    vals.insert("hp_bstride", Val::I64(bstride(&e.hyperplanes)));
+    vals.insert("hp_mode", Val::I32(sharing_mode(e.hyperplane_sharing)));
+    vals.insert("ks_bstride", Val::I64(bstride(&e.ks)));
+    vals.insert("ks_mode", Val::I32(sharing_mode(e.ks_sharing)));
+    vals.insert("k_lsh", Val::I32(i32_of("k_lsh", k_lsh)?));
+    vals.insert("k_ks", Val::I32(k_ks as i32));
+    bufs.insert("hp".into(), Buf::F32(hp));
+    bufs.insert("ks".into(), Buf::F32(ksv));
+    for n in ["code_q", "code_k", "lsh_head", "lsh_prev", "ks_thr"] {
+        bufs.insert(n.into(), Buf::I32(vec![-7; rows]));
+    }
+    bufs.insert("ks_idx".into(), Buf::I32(vec![-7; (rows * k_ks).max(1)]));
+    Ok(())
+}
+
+/// The family's parameters as scalars and its scratch buffers; the names of the index
+/// buffers its selection stages write (returned in [`DynRun::indices`]).
+fn family_buffers<T>(
+    spec: &DynamicSpec,
+    x: &DynInputs<T>,
+    p: &Shape,
+    vals: &mut HashMap<&'static str, Val>,
+    bufs: &mut BTreeMap<String, Buf<T>>,
+) -> Result<Vec<&'static str>, ExecError> {
+    let rows = p.batch * p.heads_q * p.seq_q;
+    let d = spec.head_dim().get();
+    let idx_bufs: Vec<&'static str>;
     match *spec {
         DynamicSpec::Landmark { mem_freq, mode, .. } => {
             vals.insert("mem_freq", Val::I32(i32_of("mem_freq", mem_freq)?));
@@ -460,36 +493,7 @@ pub fn run<T: Element + SimElem>(
             hash_bits,
             ..
         } => {
-            let e = hax_extra(x)?;
-            let nb = e.hyperplanes.shape.dim;
-            if nb != hash_bits {
-                return Err(input_err(
-                    "hyperplanes.dim (nb)",
-                    format!("{nb} hyperplanes given, the spec's hash_bits is {hash_bits}"),
-                    "pass [_, _, N, hash_bits] hyperplanes or change hax.hash_bits",
-                ));
-            }
-            let (hp, ksv) = (contiguous(&e.hyperplanes), contiguous(&e.ks));
-            let bstride = |t: &Tensor4<f32>| {
-                if t.shape.batch == 1 {
-                    0
-                } else {
-                    (t.shape.heads * t.shape.seq * t.shape.dim) as i64
-                }
-            };
-            vals.insert("nb", Val::I32(nb as i32));
-            vals.insert("hp_bstride", Val::I64(bstride(&e.hyperplanes)));
-            vals.insert("hp_mode", Val::I32(sharing_mode(e.hyperplane_sharing)));
-            vals.insert("ks_bstride", Val::I64(bstride(&e.ks)));
-            vals.insert("ks_mode", Val::I32(sharing_mode(e.ks_sharing)));
-            vals.insert("k_lsh", Val::I32(i32_of("k_lsh", k_lsh)?));
-            vals.insert("k_ks", Val::I32(k_ks as i32));
-            bufs.insert("hp".into(), Buf::F32(hp));
-            bufs.insert("ks".into(), Buf::F32(ksv));
-            for n in ["code_q", "code_k", "lsh_head", "lsh_prev", "ks_thr"] {
-                bufs.insert(n.into(), Buf::I32(vec![-7; rows]));
-            }
-            bufs.insert("ks_idx".into(), Buf::I32(vec![-7; (rows * k_ks).max(1)]));
+            hax_buffers(x, (k_lsh, k_ks, hash_bits), rows, vals, bufs)?;
             idx_bufs = vec![
                 "code_q", "code_k", "lsh_head", "lsh_prev", "ks_idx", "ks_thr",
             ];
@@ -502,16 +506,18 @@ pub fn run<T: Element + SimElem>(
             ))
         }
     }
-    let mut mach = Machine {
-        bufs,
-        vals,
-        backend,
-        stages: Vec::new(),
-        total: SimCounters::default(),
-    };
+    Ok(idx_bufs)
+}
+
+/// Launch every stage of the pipeline in order (the split top-k attention twice).
+fn launch_stages<T: Element + SimElem>(
+    mach: &mut Machine<'_, T>,
+    spec: &DynamicSpec,
+    p: &Shape,
+) -> Result<(), ExecError> {
     for stage in spec.stages() {
         let kern = emit_stage(spec, stage).map_err(ExecError::Spec)?;
-        let geo = stage.geometry(spec, &p);
+        let geo = stage.geometry(spec, p);
         match stage {
             Stage::TopkAttnPart => {
                 mach.launch(
@@ -530,6 +536,52 @@ pub fn run<T: Element + SimElem>(
             _ => mach.launch(&kern, geo, &[], &[])?,
         }
     }
+    Ok(())
+}
+
+/// Run the pipeline of `spec` on `backend` (simulator or GPU).
+pub fn run<T: Element + SimElem>(
+    spec: &DynamicSpec,
+    x: &DynInputs<T>,
+    backend: &Backend,
+) -> Result<DynRun, ExecError> {
+    validate_dynamic(spec).map_err(ExecError::Spec)?;
+    // The reference's input checks first (shapes, lengths, HAX extras): typed errors.
+    let _ = reference_output(spec, x, Precision::Naive)?;
+    let d = spec.head_dim().get();
+    let p = shape_of(spec, x)?;
+    let rows = p.batch * p.heads_q * p.seq_q;
+    let mut vals = shape_scalars(spec, x, &p)?;
+    let mut indices = BTreeMap::new();
+    if rows == 0 {
+        let empty = Shape4::new(p.batch, p.heads_q, 0, d);
+        return Ok(DynRun {
+            output: AttnOutput::from_kernel(empty, &[T::from_f64(0.0); 0], &[])?,
+            counters: SimCounters::default(),
+            stages: Vec::new(),
+            indices,
+        });
+    }
+    let qn = if matches!(spec, DynamicSpec::Hax { .. }) {
+        ["q2", "k2", "x"]
+    } else {
+        ["q", "k", "v"]
+    };
+    let mut bufs: BTreeMap<String, Buf<T>> = BTreeMap::new();
+    bufs.insert(qn[0].into(), Buf::Elem(contiguous(&x.q)));
+    bufs.insert(qn[1].into(), Buf::Elem(contiguous(&x.k)));
+    bufs.insert(qn[2].into(), Buf::Elem(contiguous(&x.v)));
+    bufs.insert("o".into(), Buf::Elem(vec![T::from_f64(0.0); rows * d]));
+    bufs.insert("lse".into(), Buf::F32(vec![0.0f32; rows]));
+    let idx_bufs = family_buffers(spec, x, &p, &mut vals, &mut bufs)?;
+    let mut mach = Machine {
+        bufs,
+        vals,
+        backend,
+        stages: Vec::new(),
+        total: SimCounters::default(),
+    };
+    launch_stages(&mut mach, spec, &p)?;
     let mut bufs = mach.bufs;
     for n in idx_bufs {
         if let Some(Buf::I32(v)) = bufs.remove(n) {

@@ -556,7 +556,7 @@ pub fn run<T: Element + SimElem>(
     if rows == 0 {
         let empty = Shape4::new(p.batch, p.heads_q, 0, d);
         return Ok(DynRun {
-            output: AttnOutput::from_kernel(empty, &[T::from_f64(0.0); 0], &[])?,
+            output: AttnOutput::from_kernel(empty, &Vec::<T>::new(), &[])?,
             counters: SimCounters::default(),
             stages: Vec::new(),
             indices,

@@ -250,3 +250,66 @@ pub fn compare(
         run,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnforge_codegen::dynamic::LandmarkMode;
+    use attnforge_codegen::spec::{HeadDim, Mask, ScoreMod};
+    use attnforge_codegen::tile::{default_tile, Arch};
+    use attnforge_reference::{Shape4, Tensor4};
+
+    fn t(seq: usize, dim: usize) -> Tensor4<f32> {
+        Tensor4::from_fn(Shape4::new(1, 1, seq, dim), |_, _, s, d| {
+            ((s * 7 + d * 3) % 5) as f32 * 0.25 - 0.5
+        })
+    }
+
+    #[test]
+    fn an_invalid_pipeline_is_a_spec_error_before_any_input_is_read() {
+        let spec = DynamicSpec::Landmark {
+            dtype: DType::F32,
+            head_dim: HeadDim::D64,
+            mem_freq: 0,
+            mode: LandmarkMode::Retrieval { top_k: 0 },
+        };
+        // Inputs of the wrong head dimension: the spec's error must win.
+        let x = DynInputs::new(t(4, 8), t(4, 8), t(4, 8));
+        for r in [
+            check(&spec, &x, &Backend::sim()).map(|_| ()),
+            reference(&spec, &x, Precision::F64).map(|_| ()),
+        ] {
+            match r {
+                Err(ExecError::Spec(errs)) => {
+                    assert_eq!(errs[0].path, "landmark.mem_freq", "{errs:?}")
+                }
+                other => panic!("expected a spec error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_static_kernel_checks_through_the_shared_entry_point() {
+        let spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+        let tile = default_tile(&spec, Arch::Sm80).unwrap();
+        let params = RunParams::default();
+        let k = StaticKernel {
+            spec: &spec,
+            tile: &tile,
+            params: &params,
+        };
+        let x = Inputs::new(t(9, 64), t(9, 64), t(9, 64));
+        let r = check(&k, &x, &Backend::Reference).unwrap();
+        assert_eq!(
+            r.name,
+            attnforge_codegen::name::canonical_name_with_tile(&spec, &tile)
+        );
+        assert_eq!(r.close.out.max_err, 0.0, "the reference against itself");
+        assert!(r.run.counters.is_none() && r.run.stages.is_empty());
+        let bad = Inputs::new(t(9, 64), t(9, 64), t(8, 64));
+        assert!(matches!(
+            check(&k, &bad, &Backend::Reference),
+            Err(ExecError::Input { .. })
+        ));
+    }
+}

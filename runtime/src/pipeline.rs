@@ -2,7 +2,7 @@
 //! compiled for a tile, with its runtime parameters: [`StaticKernel`]) and a data-dependent
 //! pipeline (a [`DynamicSpec`]: selection + gather-attention kernels). What differs between
 //! them, the inputs, how the kernels run and what the reference computes, sits behind the
-//! [`Pipeline`] trait; [`run`], [`reference`] and [`check`] (run, f64 reference, relative
+//! [`Pipeline`] trait; [`run`], [`reference()`] and [`check`] (run, f64 reference, relative
 //! oracle) are the same code for both. `exec::check` and `exec_dynamic::check` are this
 //! `check` with their kind's report.
 //!

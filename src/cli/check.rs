@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::check_problems as problems;
 use super::common::{random_values, resolve_any};
-use super::variant::variant;
+use super::variant::{variant, Variant};
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
@@ -227,7 +227,7 @@ fn check_case<T: Element + SimElem>(
         }
         Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
-            Err(CliError::input(format!("{}: {e}", where_(sf))))
+            Err(CliError::input(format!("{}: {e}", sf.location())))
         }
         Err(e) => Ok(Err(e.to_string())),
     }
@@ -328,12 +328,6 @@ fn worse(mut a: CloseReport, b: CloseReport) -> CloseReport {
         a.lse.max_err = b.lse.max_err;
     }
     a
-}
-
-fn where_(sf: &SpecFile) -> String {
-    sf.path
-        .as_ref()
-        .map_or_else(|| sf.spec.canonical_name(), |p| p.display().to_string())
 }
 
 pub fn run(a: CheckArgs) -> Result<(), CliError> {

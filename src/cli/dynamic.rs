@@ -23,6 +23,7 @@ use half::{bf16, f16};
 use super::check::Verdict;
 use super::common::random_values;
 use super::run::RunBackend;
+use super::variant::Variant;
 use super::CliError;
 
 /// The `family = ".."` tag of a dynamic spec.
@@ -55,14 +56,8 @@ pub fn params_text(s: &DynamicSpec) -> String {
         .join(" ")
 }
 
-fn where_(df: &DynSpecFile) -> String {
-    df.path
-        .as_ref()
-        .map_or_else(|| df.spec.canonical_name(), |p| p.display().to_string())
-}
-
 fn input_error(df: &DynSpecFile, e: ExecError) -> CliError {
-    CliError::input(format!("{}: {e}", where_(df)))
+    CliError::input(format!("{}: {e}", df.location()))
 }
 
 // ---- check ------------------------------------------------------------------------------
@@ -248,7 +243,8 @@ fn check_typed<T: Element + SimElem>(
     if let DynamicSpec::LseMerge { .. } = df.spec {
         return verdict_of(name, check_merge::<T>(df, backend, seed), df);
     }
-    let x = inputs::<T>(df, seed).map_err(|m| CliError::failed(format!("{}: {m}", where_(df))))?;
+    let x =
+        inputs::<T>(df, seed).map_err(|m| CliError::failed(format!("{}: {m}", df.location())))?;
     let r = (|| {
         let run = exec_dynamic::run(&df.spec, &x, backend)?;
         let want = pipeline::reference(&df.spec, &x, Precision::F64)?;

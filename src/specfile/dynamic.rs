@@ -661,7 +661,7 @@ impl DynSpecFile {
     }
 
     /// Parse dynamic-family spec text; every error at once, each with its field path and fix.
-    /// The text is deserialized into typed fields ([`RawDyn`]); a value of the wrong type
+    /// The text is deserialized into typed fields; a value of the wrong type
     /// or out of range is reported with its field and the others are still checked.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<DynSpecFile, SpecFileErrors> {
         let file = path.map_or("<input>".to_string(), |p| p.display().to_string());

@@ -372,7 +372,7 @@ fn emit_writes_every_kernel_of_the_pipeline() {
     let back: DynamicSpec = serde_json::from_value(pj["spec"].clone()).unwrap();
     assert_eq!(back, d.spec);
     let p = d.problem;
-    let prob = attnforge::codegen::dynamic::DynProblem {
+    let prob = attnforge::codegen::shape::Shape {
         batch: p.batch,
         heads_q: p.heads_q,
         heads_kv: p.heads_kv,
@@ -595,11 +595,7 @@ fn run_dynamic_specs_reference_and_sim_agree() {
             DType::F16 => naive::<f16>(&d, &c),
             DType::Bf16 => naive::<bf16>(&d, &c),
         };
-        let tol = Tolerance::for_dtype(match dt {
-            DType::F32 => attnforge::reference::DType::F32,
-            DType::F16 => attnforge::reference::DType::F16,
-            DType::Bf16 => attnforge::reference::DType::Bf16,
-        });
+        let tol = Tolerance::for_dtype(attnforge::exec::reference_dtype(dt));
         if let Err(e) = assert_close(&got, &want, &nv, tol.rtol, tol.atol) {
             panic!("{name}: sim vs reference: {e}");
         }

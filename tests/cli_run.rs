@@ -121,11 +121,7 @@ fn reference_and_sim_agree_on_every_example_spec() {
         };
         // The reference written as f32 is within f32 rounding of the f64 reference, far
         // below the naive error of any kernel dtype.
-        let tol = Tolerance::for_dtype(match sf.spec.dtype {
-            DType::F32 => attnforge::reference::DType::F32,
-            DType::F16 => attnforge::reference::DType::F16,
-            DType::Bf16 => attnforge::reference::DType::Bf16,
-        });
+        let tol = Tolerance::for_dtype(attnforge::exec::reference_dtype(sf.spec.dtype));
         if let Err(e) = assert_close(&got, &want, &n, tol.rtol, tol.atol) {
             panic!("{}: sim vs reference: {e}", path.display());
         }

@@ -19,11 +19,7 @@ use crate::tuner::{codegen_hash, tune, EnvironmentError, Tunable, TuneOptions};
 use crate::Arch;
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
-    match s.trim().trim_start_matches("sm_") {
-        "80" => Ok(Arch::Sm80),
-        "90" => Ok(Arch::Sm90),
-        _ => Err(format!("unknown architecture `{s}`: use sm_80 or sm_90")),
-    }
+    Arch::parse(s).ok_or_else(|| format!("unknown architecture `{s}`: use sm_80 or sm_90"))
 }
 
 /// `tune`: tune kernels of the catalog and write the reports.

@@ -46,10 +46,6 @@ impl KernelTunable {
     }
 }
 
-fn kernels_arch(a: Arch) -> attnforge_runtime::Arch {
-    a.into()
-}
-
 /// Whether a compile error is the toolchain's fault (missing, unloadable, an NVRTC call other
 /// than the compile failing) rather than the candidate's source.
 fn compile_environment_error(e: &CompileError) -> bool {
@@ -129,7 +125,7 @@ impl Tunable for KernelTunable {
             .map(|k| KernelSource {
                 source: &k.source,
                 name: &k.name,
-                options: CompileOptions::new(kernels_arch(arch)),
+                options: CompileOptions::new(arch),
             })
             .collect();
         let mut out: Vec<Result<Resources, String>> = emitted

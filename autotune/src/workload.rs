@@ -2,65 +2,14 @@
 //! default runtime parameters and inputs of every mask and score family (used by the
 //! correctness gate on the simulator and by GPU timing).
 
-use std::fmt;
-
 use attnforge_codegen::blocks::build_block_lists;
 use attnforge_codegen::check::MaskParams;
 use attnforge_codegen::spec::{KernelSpec, Mask, ScoreMod};
 use attnforge_reference::{Element, Shape4, Tensor4};
 use attnforge_runtime::exec::{Inputs, RunParams, UserValue};
-use serde::{Deserialize, Serialize};
 
 /// A problem shape: what a kernel is tuned (or gated) for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Shape {
-    /// Batch `B`.
-    pub batch: usize,
-    /// Query heads `Hq`.
-    pub heads_q: usize,
-    /// Key/value heads `Hkv` (`Hq` unless the spec is GQA).
-    pub heads_kv: usize,
-    /// Query length.
-    pub seq_q: usize,
-    /// Key length.
-    pub seq_k: usize,
-}
-
-impl Shape {
-    /// `B x Hq x S x S`; GQA specs get `Hkv = Hq / 4` (at least 1).
-    pub fn for_spec(spec: &KernelSpec, batch: usize, heads: usize, seq: usize) -> Self {
-        let heads_kv = if spec.gqa { (heads / 4).max(1) } else { heads };
-        Shape {
-            batch,
-            heads_q: heads,
-            heads_kv,
-            seq_q: seq,
-            seq_k: seq,
-        }
-    }
-
-    /// The cache bucket: sequence lengths rounded up to a power of two, batch x heads
-    /// rounded up to a power of two (configs tuned for one bucket are reused within it).
-    pub fn bucket(&self) -> String {
-        let p2 = |x: usize| x.max(1).next_power_of_two();
-        format!(
-            "bh{}_sq{}_sk{}",
-            p2(self.batch * self.heads_q),
-            p2(self.seq_q),
-            p2(self.seq_k)
-        )
-    }
-}
-
-impl fmt::Display for Shape {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "B={} Hq={} Hkv={} Sq={} Sk={}",
-            self.batch, self.heads_q, self.heads_kv, self.seq_q, self.seq_k
-        )
-    }
-}
+pub use attnforge_codegen::shape::Shape;
 
 /// Document ids for `seq_k` keys: documents of `seq_k / 3` tokens (at least 1). For
 /// share_question the first document (id 0, the question) is a prefix, as required.

@@ -14,7 +14,7 @@ use attnforge_autotune::workload::{default_params, inputs, Shape};
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::args::{kernel_args, LaunchGeometry};
 use attnforge_codegen::catalog::find;
-use attnforge_codegen::prelude::{default_tile, emit, Arch as CgArch, DType, KernelSpec};
+use attnforge_codegen::prelude::{default_tile, emit, DType, KernelSpec};
 use attnforge_reference::Element;
 use attnforge_runtime::exec::{check, Backend, Inputs};
 use attnforge_runtime::sim::SimElem;
@@ -67,15 +67,11 @@ fn check_on_gpu<T: Element + SimElem>(
 
 fn gpu_benches(c: &mut Criterion<CudaEvents>, gpu: &Gpu) {
     let (major, _) = gpu.compute_capability();
-    let (arch, cg_arch) = if major >= 9 {
-        (Arch::Sm90, CgArch::Sm90)
-    } else {
-        (Arch::Sm80, CgArch::Sm80)
-    };
+    let arch = Arch::for_capability(major);
     let mut g = c.benchmark_group("gpu");
     for name in KERNELS {
         let spec = find(name).unwrap_or_else(|| panic!("`{name}` is not in the catalog"));
-        let tile = default_tile(&spec, cg_arch).expect("default tile");
+        let tile = default_tile(&spec, arch).expect("default tile");
         let checked = match spec.dtype {
             DType::F32 => check_on_gpu::<f32>(&spec, &tile),
             DType::F16 => check_on_gpu::<f16>(&spec, &tile),
@@ -85,7 +81,7 @@ fn gpu_benches(c: &mut Criterion<CudaEvents>, gpu: &Gpu) {
             println!("gpu bench: {name} not timed: the check against the reference failed: {e}");
             continue;
         }
-        let k = emit(&spec, &tile, cg_arch).expect("emit");
+        let k = emit(&spec, &tile, arch).expect("emit");
         let compiled = compile(&k.source, &k.name, arch).expect("NVRTC compile");
         let args = kernel_args(&spec);
         let sig: Vec<ArgDecl> = args

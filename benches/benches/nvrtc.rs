@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use attnforge_benches::quick_criterion;
 use attnforge_codegen::catalog::catalog;
-use attnforge_codegen::prelude::{default_tile, emit, Arch as CgArch, KernelSpec};
+use attnforge_codegen::prelude::{default_tile, emit, KernelSpec};
 use attnforge_runtime::{compile, Arch, CompileOptions, Compiler, KernelCache};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
@@ -56,10 +56,10 @@ fn nvrtc(c: &mut Criterion) {
     let specs: Vec<KernelSpec> = catalog();
     let mut g = c.benchmark_group("nvrtc");
     g.sampling_mode(SamplingMode::Flat);
-    for (cg_arch, arch) in [(CgArch::Sm80, Arch::Sm80), (CgArch::Sm90, Arch::Sm90)] {
+    for arch in Arch::ALL {
         for spec in &specs {
-            let tile = default_tile(spec, cg_arch).expect("default tile");
-            let k = emit(spec, &tile, cg_arch).expect("emit");
+            let tile = default_tile(spec, arch).expect("default tile");
+            let k = emit(spec, &tile, arch).expect("emit");
             // One untimed compile: fails loudly on a compile error.
             let (t0, p0) = (thread_cpu(), process_cpu());
             let first = compile(&k.source, &k.name, arch).expect("NVRTC compile");
@@ -90,10 +90,10 @@ fn nvrtc(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("nvrtc_cpu");
     g.sampling_mode(SamplingMode::Flat);
-    for (cg_arch, arch) in [(CgArch::Sm80, Arch::Sm80), (CgArch::Sm90, Arch::Sm90)] {
+    for arch in Arch::ALL {
         for spec in &specs {
-            let tile = default_tile(spec, cg_arch).expect("default tile");
-            let k = emit(spec, &tile, cg_arch).expect("emit");
+            let tile = default_tile(spec, arch).expect("default tile");
+            let k = emit(spec, &tile, arch).expect("emit");
             g.bench_function(BenchmarkId::new(arch.sm_name(), &k.name), |b| {
                 b.iter_custom(|iters| {
                     let start = thread_cpu().unwrap_or_default();
@@ -113,11 +113,11 @@ fn nvrtc_cached(c: &mut Criterion, compiler: &Compiler, specs: &[KernelSpec]) {
     let dir = std::env::temp_dir().join(format!("attnforge-bench-kcache-{}", std::process::id()));
     let cache = KernelCache::at(&dir);
     let mut g = c.benchmark_group("nvrtc_cached");
-    for (cg_arch, arch) in [(CgArch::Sm80, Arch::Sm80), (CgArch::Sm90, Arch::Sm90)] {
+    for arch in Arch::ALL {
         let opts = CompileOptions::new(arch);
         for spec in specs {
-            let tile = default_tile(spec, cg_arch).expect("default tile");
-            let k = emit(spec, &tile, cg_arch).expect("emit");
+            let tile = default_tile(spec, arch).expect("default tile");
+            let k = emit(spec, &tile, arch).expect("emit");
             let miss = compiler
                 .compile_cached(&cache, &k.source, &k.name, &opts)
                 .expect("NVRTC compile");

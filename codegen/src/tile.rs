@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::check::{Errors, SpecError};
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod};
 
-/// Target architecture.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Target architecture: the one `Arch` of the workspace (tiles, NVRTC, ptxas, the tuner).
+/// Hopper's arch-specific features (`sm_90a`: `wgmma`, `setmaxnreg`) are a compile-target
+/// flag on top of [`Arch::Sm90`] (the runtime's `CompileOptions::arch_specific`), not an
+/// architecture of their own: tiles and resource limits are those of `sm_90`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Arch {
     /// Ampere (A100).
     #[serde(rename = "sm_80")]
@@ -27,6 +30,33 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Every architecture, in order.
+    pub const ALL: [Arch; 2] = [Arch::Sm80, Arch::Sm90];
+
+    /// Parses `sm_80`, `sm_90` (also without the `sm_` prefix).
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s.trim().trim_start_matches("sm_") {
+            "80" => Some(Arch::Sm80),
+            "90" => Some(Arch::Sm90),
+            _ => None,
+        }
+    }
+    /// Compute capability `(major, minor)`.
+    pub fn compute_capability(self) -> (i32, i32) {
+        match self {
+            Arch::Sm80 => (8, 0),
+            Arch::Sm90 => (9, 0),
+        }
+    }
+    /// The newest architecture a device of compute capability `major.x` runs: `sm_90` from
+    /// 9.0 on, else `sm_80`.
+    pub fn for_capability(major: i32) -> Arch {
+        if major >= 9 {
+            Arch::Sm90
+        } else {
+            Arch::Sm80
+        }
+    }
     /// Maximum dynamic shared memory per block with the opt-in attribute
     /// (`cudaFuncAttributeMaxDynamicSharedMemorySize`): 163 KiB on sm_80, 227 KiB on sm_90
     /// (CUDA programming guide, compute capability table).
@@ -51,12 +81,18 @@ impl Arch {
             Arch::Sm90 => "compute_90",
         }
     }
-    /// `sm_XX` name for ptxas.
+    /// `sm_XX` name for NVRTC, ptxas and reports.
     pub fn sm_name(self) -> &'static str {
         match self {
             Arch::Sm80 => "sm_80",
             Arch::Sm90 => "sm_90",
         }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.sm_name())
     }
 }
 
@@ -369,25 +405,31 @@ impl TileConfig {
             }
         }
         if e.0.is_empty() {
-            let smem = self.smem_bytes(spec);
-            if smem > arch.max_dynamic_smem() {
-                e.push(
-                    "tile",
-                    format!(
-                        "needs {smem} bytes of shared memory, over the {} limit of {} bytes",
-                        arch.sm_name(),
-                        arch.max_dynamic_smem()
-                    ),
-                    "reduce block_m or block_n",
-                );
-            }
-            let regs = self.estimated_registers(spec);
-            let budget = self.register_limit(arch) * REG_BUDGET_PERCENT / 100;
-            if regs > budget {
-                e.push("tile", format!("estimated {regs} registers per thread, over the spill-free budget of {budget} for {} threads", self.threads()), "use more warps or a smaller block_m / block_n");
-            }
+            self.resource_errors(spec, arch, &mut e);
         }
         e.finish()
+    }
+
+    /// Shared memory and the register estimate against `arch`'s limits (for a tile whose
+    /// shape is otherwise valid).
+    fn resource_errors(&self, spec: &KernelSpec, arch: Arch, e: &mut Errors) {
+        let smem = self.smem_bytes(spec);
+        if smem > arch.max_dynamic_smem() {
+            e.push(
+                "tile",
+                format!(
+                    "needs {smem} bytes of shared memory, over the {} limit of {} bytes",
+                    arch.sm_name(),
+                    arch.max_dynamic_smem()
+                ),
+                "reduce block_m or block_n",
+            );
+        }
+        let regs = self.estimated_registers(spec);
+        let budget = self.register_limit(arch) * REG_BUDGET_PERCENT / 100;
+        if regs > budget {
+            e.push("tile", format!("estimated {regs} registers per thread, over the spill-free budget of {budget} for {} threads", self.threads()), "use more warps or a smaller block_m / block_n");
+        }
     }
 }
 

@@ -12,11 +12,7 @@
 
 use attnforge_codegen::emit::QK_K_UNROLL;
 use attnforge_codegen::prelude::*;
-use attnforge_runtime::{build_many, Arch as KArch, CompileOptions, KernelSource};
-
-fn karch(a: Arch) -> KArch {
-    KArch::from(a)
-}
+use attnforge_runtime::{build_many, CompileOptions, KernelSource};
 
 fn check_all(kernels: Vec<(EmittedKernel, Arch)>) {
     let sources: Vec<KernelSource<'_>> = kernels
@@ -24,7 +20,7 @@ fn check_all(kernels: Vec<(EmittedKernel, Arch)>) {
         .map(|(k, a)| KernelSource {
             source: &k.source,
             name: &k.name,
-            options: CompileOptions::new(karch(*a)),
+            options: CompileOptions::new(*a),
         })
         .collect();
     let results = build_many(&sources).unwrap_or_else(|e| panic!("NVRTC unavailable: {e}"));
@@ -167,7 +163,7 @@ fn evidence() {
         .map(|(k, (_, _, a))| KernelSource {
             source: &k.source,
             name: &k.name,
-            options: CompileOptions::new(karch(*a)),
+            options: CompileOptions::new(*a),
         })
         .collect();
     let results = build_many(&sources).unwrap_or_else(|e| panic!("NVRTC unavailable: {e}"));

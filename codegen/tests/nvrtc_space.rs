@@ -9,11 +9,7 @@
 use std::time::{Duration, Instant};
 
 use attnforge_codegen::prelude::*;
-use attnforge_runtime::{build_many, Arch as KArch, CompileOptions, KernelSource};
-
-fn karch(a: Arch) -> KArch {
-    KArch::from(a)
-}
+use attnforge_runtime::{build_many, CompileOptions, KernelSource};
 
 /// Catalog variants re-instantiated at every dtype and head dim, deduplicated by canonical
 /// name (the catalog already fixes some of these combinations).
@@ -90,7 +86,7 @@ fn every_default_space_config_compiles_without_spills_or_stack() {
             .map(|(k, (_, _, a))| KernelSource {
                 source: &k.source,
                 name: &k.name,
-                options: CompileOptions::new(karch(*a)),
+                options: CompileOptions::new(*a),
             })
             .collect();
         let results = build_many(&sources).unwrap_or_else(|e| panic!("NVRTC unavailable: {e}"));

@@ -24,11 +24,12 @@ use attnforge_codegen::args::{kernel_args, ArgKind as CgArgKind, LaunchGeometry,
 use attnforge_codegen::blocks::{build_block_lists, validate_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
 use attnforge_codegen::emit::emit;
+use attnforge_codegen::shape::Shape;
 use attnforge_codegen::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
-use attnforge_codegen::tile::{Arch as CgArch, TileConfig};
+use attnforge_codegen::tile::{Arch, TileConfig};
 use attnforge_reference as reference;
 use attnforge_reference::{
-    AttnOptions, AttnOutput, CloseReport, Element, Precision, RefError, Shape4, Tensor4, Tolerance,
+    AttnOptions, AttnOutput, CloseReport, Element, Precision, RefError, Shape4, Tensor4,
 };
 use attnforge_sim::{Schedule, SimArg, SimConfig, SimCounters, SimElem, SimError, SimKernel};
 
@@ -220,25 +221,9 @@ fn input_err(field: &str, message: impl Into<String>, fix: impl Into<String>) ->
     }
 }
 
-/// Problem sizes read off the inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    /// Batch.
-    pub batch: usize,
-    /// Query heads.
-    pub heads_q: usize,
-    /// Key/value heads.
-    pub heads_kv: usize,
-    /// Query length.
-    pub seq_q: usize,
-    /// Key length.
-    pub seq_k: usize,
-    /// Head dimension.
-    pub dim: usize,
-}
-
-fn dims_of<T: Element>(spec: &KernelSpec, x: &Inputs<T>) -> Result<Dims, ExecError> {
-    if T::DTYPE != ref_dtype(spec.dtype) {
+/// The problem shape read off the inputs (the head dimension is the spec's).
+fn dims_of<T: Element>(spec: &KernelSpec, x: &Inputs<T>) -> Result<Shape, ExecError> {
+    if T::DTYPE != reference_dtype(spec.dtype) {
         return Err(input_err(
             "q",
             format!(
@@ -301,17 +286,17 @@ fn dims_of<T: Element>(spec: &KernelSpec, x: &Inputs<T>) -> Result<Dims, ExecErr
             "pass k and v with the same heads and length",
         ));
     }
-    Ok(Dims {
+    Ok(Shape {
         batch: q.batch,
         heads_q: q.heads,
         heads_kv: k.heads,
         seq_q: q.seq,
         seq_k: k.seq,
-        dim: d,
     })
 }
 
-fn ref_dtype(d: DType) -> reference::DType {
+/// The reference's element type of a spec dtype (the one mapping between the two crates).
+pub fn reference_dtype(d: DType) -> reference::DType {
     match d {
         DType::F16 => reference::DType::F16,
         DType::Bf16 => reference::DType::Bf16,
@@ -319,7 +304,7 @@ fn ref_dtype(d: DType) -> reference::DType {
     }
 }
 
-fn problem(spec: &KernelSpec, d: &Dims, p: &RunParams) -> Problem {
+fn problem(spec: &KernelSpec, d: &Shape, p: &RunParams) -> Problem {
     Problem {
         batch: d.batch,
         heads_q: d.heads_q,
@@ -337,7 +322,7 @@ fn problem(spec: &KernelSpec, d: &Dims, p: &RunParams) -> Problem {
 /// The fully resolved runtime values of one run (defaults filled in, lists built).
 #[derive(Clone, Debug)]
 struct Resolved {
-    dims: Dims,
+    dims: Shape,
     scale: f32,
     mask: MaskParams,
     doc: Vec<i32>,
@@ -635,7 +620,7 @@ fn reference_resolved<T: Element>(
 fn reference_lists(
     spec: &KernelSpec,
     l: &BlockLists,
-    _d: Dims,
+    _d: Shape,
 ) -> Result<reference::BlockLists, ExecError> {
     Ok(reference::BlockLists::from_flex_arrays(
         (l.batches, l.heads, l.rows),
@@ -657,15 +642,16 @@ pub struct SimRun {
     pub dense_tiles: u64,
 }
 
+/// The process's one simulator kernel cache (static kernels and dynamic stages alike),
+/// keyed by name and source.
 fn sim_cache() -> &'static Mutex<HashMap<String, Arc<SimKernel>>> {
     static C: OnceLock<Mutex<HashMap<String, Arc<SimKernel>>>> = OnceLock::new();
     C.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Emit and build (or fetch from the process cache) the simulator kernel for spec + tile.
-pub fn sim_kernel(spec: &KernelSpec, tile: &TileConfig) -> Result<Arc<SimKernel>, ExecError> {
-    let k = emit(spec, tile, CgArch::Sm80).map_err(ExecError::Spec)?;
-    let key = format!("{}\n{}", k.name, k.source);
+/// Build (or fetch from the process cache) the simulator kernel `name` of `source`.
+pub(crate) fn cached_sim_kernel(name: &str, source: &str) -> Result<Arc<SimKernel>, ExecError> {
+    let key = format!("{name}\n{source}");
     if let Some(s) = sim_cache()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -673,12 +659,18 @@ pub fn sim_kernel(spec: &KernelSpec, tile: &TileConfig) -> Result<Arc<SimKernel>
     {
         return Ok(s.clone());
     }
-    let built = Arc::new(SimKernel::build(&k.source, &k.name)?);
+    let built = Arc::new(SimKernel::build(source, name)?);
     sim_cache()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, built.clone());
     Ok(built)
+}
+
+/// Emit and build (or fetch from the process cache) the simulator kernel for spec + tile.
+pub fn sim_kernel(spec: &KernelSpec, tile: &TileConfig) -> Result<Arc<SimKernel>, ExecError> {
+    let k = emit(spec, tile, Arch::Sm80).map_err(ExecError::Spec)?;
+    cached_sim_kernel(&k.name, &k.source)
 }
 
 /// A host-side argument value, in kernel order. Buffers are referred to by index into the
@@ -796,8 +788,8 @@ fn host_args<T: Element>(
                     "v" => &x.v,
                     _ => {
                         // o is written contiguous [B, Hq, Sq, D].
-                        let s =
-                            Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim).contiguous_strides();
+                        let s = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get())
+                            .contiguous_strides();
                         out.push(HostArg::I64(match &n[n.len() - 1..] {
                             "b" => s[0] as i64,
                             "h" => s[1] as i64,
@@ -868,7 +860,7 @@ fn simulate_resolved<T: Element + SimElem>(
     let kernel = sim_kernel(spec, tile)?;
     let d = r.dims;
     let args = host_args(spec, x, p, r)?;
-    let mut o = vec![T::from_f64(0.0); d.batch * d.heads_q * d.seq_q * d.dim];
+    let mut o = vec![T::from_f64(0.0); d.batch * d.heads_q * d.seq_q * spec.head_dim.get()];
     let mut lse = vec![0.0f32; d.batch * d.heads_q * d.seq_q];
     let geo = LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
     let counters = {
@@ -899,7 +891,7 @@ fn simulate_resolved<T: Element + SimElem>(
             cfg,
         )?
     };
-    let shape = Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim);
+    let shape = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get());
     let dense_tiles =
         (d.batch * d.heads_q * d.seq_q.div_ceil(tile.block_m) * d.seq_k.div_ceil(tile.block_n))
             as u64;
@@ -957,7 +949,8 @@ pub struct CheckReport {
 }
 
 /// Run the kernel on `backend` and compare it with the f64 reference using the relative
-/// oracle of variants.md section 0 (default tolerance of the dtype).
+/// oracle of variants.md section 0 (default tolerance of the dtype): the shared
+/// [`crate::pipeline::check`] with this kind's report.
 pub fn check<T: Element + SimElem>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -965,39 +958,18 @@ pub fn check<T: Element + SimElem>(
     p: &RunParams,
     backend: &Backend,
 ) -> Result<CheckReport, ExecError> {
-    let r = resolve(spec, x, p)?;
-    let kernel = attnforge_codegen::name::canonical_name_with_tile(spec, tile);
-    let want = reference_resolved(spec, x, p, &r, Precision::F64)?;
-    let naive = reference_resolved(spec, x, p, &r, Precision::Naive)?;
-    let (got, counters, dense) = match backend {
-        Backend::Reference => (
-            reference_resolved(spec, x, p, &r, Precision::F64)?,
-            None,
-            None,
-        ),
-        Backend::Sim(cfg) => {
-            let s = simulate_resolved(spec, tile, x, p, &r, cfg)?;
-            (s.output, Some(s.counters), Some(s.dense_tiles))
-        }
-        Backend::Cuda(ord) => (
-            crate::exec_cuda::run(spec, tile, x, &host_args(spec, x, p, &r)?, r.dims, *ord)?,
-            None,
-            None,
-        ),
+    let kernel = crate::pipeline::StaticKernel {
+        spec,
+        tile,
+        params: p,
     };
-    let tol = Tolerance::for_dtype(ref_dtype(spec.dtype));
-    let close = reference::assert_close(&got, &want, &naive, tol.rtol, tol.atol).map_err(|e| {
-        ExecError::Mismatch {
-            kernel: kernel.clone(),
-            detail: e.to_string(),
-        }
-    })?;
+    let r = crate::pipeline::check(&kernel, x, backend)?;
     Ok(CheckReport {
-        kernel,
-        close,
-        counters,
-        dense_tiles: dense,
-        output: got,
+        kernel: r.name,
+        close: r.close,
+        counters: r.run.counters,
+        dense_tiles: r.run.dense_tiles,
+        output: r.run.output,
     })
 }
 

@@ -4,16 +4,17 @@
 use attnforge_codegen::args::{kernel_args, ArgKind as CgArgKind, LaunchGeometry};
 use attnforge_codegen::emit::emit;
 use attnforge_codegen::spec::KernelSpec;
-use attnforge_codegen::tile::{Arch as CgArch, TileConfig};
+use attnforge_codegen::tile::TileConfig;
 use attnforge_reference::{AttnOutput, Element, Shape4};
 use cudarc::driver::CudaSlice;
 
 use crate::exec::host::HostArg;
-use crate::exec::{Dims, ExecError, Inputs};
+use crate::exec::{ExecError, Inputs};
 use crate::{
     compile_cached, device_ptr, Arch, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
     LaunchConfig,
 };
+use attnforge_codegen::shape::Shape;
 
 fn cuda_err(e: impl std::fmt::Display) -> ExecError {
     ExecError::Cuda(e.to_string())
@@ -111,17 +112,13 @@ pub(crate) fn prepare<T: Element>(
     tile: &TileConfig,
     x: &Inputs<T>,
     args: &[HostArg],
-    d: Dims,
+    d: Shape,
     ordinal: usize,
 ) -> Result<CudaPrepared, ExecError> {
     let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
     let (major, _minor) = gpu.compute_capability();
-    let (arch, cg_arch) = if major >= 9 {
-        (Arch::Sm90, CgArch::Sm90)
-    } else {
-        (Arch::Sm80, CgArch::Sm80)
-    };
-    let k = emit(spec, tile, cg_arch).map_err(ExecError::Spec)?;
+    let arch = Arch::for_capability(major);
+    let k = emit(spec, tile, arch).map_err(ExecError::Spec)?;
     // Through the persistent kernel cache: a kernel compiled before is not compiled again.
     let compiled = compile_cached(&k.source, &k.name, arch).map_err(cuda_err)?;
     let kernel = GpuKernel::load(&gpu, &compiled, signature(spec)).map_err(cuda_err)?;
@@ -134,7 +131,7 @@ pub(crate) fn prepare<T: Element>(
         }
         stream.clone_htod(&v).map_err(cuda_err)
     };
-    let out_elems = d.batch * d.heads_q * d.seq_q * d.dim;
+    let out_elems = d.batch * d.heads_q * d.seq_q * spec.head_dim.get();
     let rows = d.batch * d.heads_q * d.seq_q;
     let q = up(bytes_of(&x.q.data))?;
     let kk = up(bytes_of(&x.k.data))?;
@@ -184,7 +181,7 @@ pub(crate) fn prepare<T: Element>(
         _inputs: keep,
         out_elems,
         rows,
-        shape: Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim),
+        shape: Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get()),
     })
 }
 
@@ -193,7 +190,7 @@ pub(crate) fn run<T: Element>(
     tile: &TileConfig,
     x: &Inputs<T>,
     args: &[HostArg],
-    d: Dims,
+    d: Shape,
     ordinal: usize,
 ) -> Result<AttnOutput, ExecError> {
     let p = prepare(spec, tile, x, args, d, ordinal)?;

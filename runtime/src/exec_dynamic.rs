@@ -21,16 +21,16 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use attnforge_codegen::args::ArgKind as CgArgKind;
 use attnforge_codegen::dynamic::{
-    emit_stage, validate_dynamic, DynProblem, DynamicKernel, DynamicSpec, LandmarkMode, Stage,
+    emit_stage, validate_dynamic, DynamicKernel, DynamicSpec, LandmarkMode, Stage,
 };
-use attnforge_codegen::spec::DType;
+use attnforge_codegen::shape::Shape;
 use attnforge_reference as reference;
 use attnforge_reference::{
-    AttnOptions, AttnOutput, CloseReport, Element, Precision, Shape4, Sharing, Tensor4, Tolerance,
+    AttnOptions, AttnOutput, CloseReport, Element, Precision, Shape4, Sharing, Tensor4,
 };
 use attnforge_sim::{SimArg, SimCounters, SimElem, SimKernel};
 
@@ -151,14 +151,6 @@ fn sharing_mode(s: Sharing) -> i32 {
     }
 }
 
-fn ref_dtype(d: DType) -> reference::DType {
-    match d {
-        DType::F16 => reference::DType::F16,
-        DType::Bf16 => reference::DType::Bf16,
-        DType::F32 => reference::DType::F32,
-    }
-}
-
 /// The reference result of the pipeline in `precision` (also the input checks: shapes,
 /// `Sq <= Sk` / `Sq == Sk`, HAX extras).
 pub fn reference_output<T: Element>(
@@ -233,27 +225,9 @@ fn hax_extra<T>(x: &DynInputs<T>) -> Result<&HaxExtra, ExecError> {
     })
 }
 
-fn sim_cache() -> &'static Mutex<HashMap<String, Arc<SimKernel>>> {
-    static C: OnceLock<Mutex<HashMap<String, Arc<SimKernel>>>> = OnceLock::new();
-    C.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// Build (or fetch from the process cache) the simulator kernel of one stage.
+/// Build (or fetch from the process's simulator kernel cache) the kernel of one stage.
 pub fn sim_stage(k: &DynamicKernel) -> Result<Arc<SimKernel>, ExecError> {
-    let key = format!("{}\n{}", k.name, k.source);
-    if let Some(s) = sim_cache()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-    {
-        return Ok(s.clone());
-    }
-    let built = Arc::new(SimKernel::build(&k.source, &k.name)?);
-    sim_cache()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, built.clone());
-    Ok(built)
+    crate::exec::cached_sim_kernel(&k.name, &k.source)
 }
 
 /// The buffers and scalars of a run, and where it runs.
@@ -373,15 +347,8 @@ impl<T: Element + SimElem> Machine<'_, T> {
     }
 }
 
-/// Run the pipeline of `spec` on `backend` (simulator or GPU).
-pub fn run<T: Element + SimElem>(
-    spec: &DynamicSpec,
-    x: &DynInputs<T>,
-    backend: &Backend,
-) -> Result<DynRun, ExecError> {
-    validate_dynamic(spec).map_err(ExecError::Spec)?;
-    // The reference's input checks first (shapes, lengths, HAX extras): typed errors.
-    let _ = reference_output(spec, x, Precision::Naive)?;
+/// The problem shape of `x` (its head dimension must be the spec's; Dv = D).
+fn shape_of<T>(spec: &DynamicSpec, x: &DynInputs<T>) -> Result<Shape, ExecError> {
     let d = spec.head_dim().get();
     let (qs, ks) = (x.q.shape, x.k.shape);
     if qs.dim != d || x.v.shape.dim != d {
@@ -394,17 +361,25 @@ pub fn run<T: Element + SimElem>(
             "pass tensors whose last dimension is the spec's head_dim (Dv = D)",
         ));
     }
-    let p = DynProblem {
+    Ok(Shape {
         batch: qs.batch,
         heads_q: qs.heads,
         heads_kv: ks.heads,
         seq_q: qs.seq,
         seq_k: ks.seq,
-    };
+    })
+}
+
+/// The scalar arguments every family's kernels share (sizes and the score scale).
+fn shape_scalars<T>(
+    spec: &DynamicSpec,
+    x: &DynInputs<T>,
+    p: &Shape,
+) -> Result<HashMap<&'static str, Val>, ExecError> {
     let rows = p.batch * p.heads_q * p.seq_q;
     let scale = x.scale.unwrap_or(match spec {
         DynamicSpec::Hax { .. } => 1.0,
-        _ => 1.0 / (d as f32).sqrt(),
+        _ => 1.0 / (spec.head_dim().get() as f32).sqrt(),
     });
     let mut vals: HashMap<&'static str, Val> = HashMap::new();
     vals.insert("batch", Val::I32(i32_of("q.batch", p.batch)?));
@@ -415,30 +390,62 @@ pub fn run<T: Element + SimElem>(
     vals.insert("seq", Val::I32(i32_of("q.seq", p.seq_q)?));
     vals.insert("rows", Val::I32(i32_of("rows", rows)?));
     vals.insert("scale", Val::F32(scale));
-    let mut bufs: BTreeMap<String, Buf<T>> = BTreeMap::new();
-    let (q, k, v) = (contiguous(&x.q), contiguous(&x.k), contiguous(&x.v));
-    let mut m_out = vec![T::from_f64(0.0); rows * d];
-    let mut m_lse = vec![0.0f32; rows];
-    let mut indices = BTreeMap::new();
-    if rows == 0 {
-        return Ok(DynRun {
-            output: AttnOutput::from_kernel(Shape4::new(p.batch, p.heads_q, 0, d), &m_out, &m_lse)?,
-            counters: SimCounters::default(),
-            stages: Vec::new(),
-            indices,
-        });
+    Ok(vals)
+}
+
+/// HAX's buffers and scalars: hyperplanes, key-selection scores, hash codes and lists.
+fn hax_buffers<T>(
+    x: &DynInputs<T>,
+    (k_lsh, k_ks, hash_bits): (usize, usize, usize),
+    rows: usize,
+    vals: &mut HashMap<&'static str, Val>,
+    bufs: &mut BTreeMap<String, Buf<T>>,
+) -> Result<(), ExecError> {
+    let e = hax_extra(x)?;
+    let nb = e.hyperplanes.shape.dim;
+    if nb != hash_bits {
+        return Err(input_err(
+            "hyperplanes.dim (nb)",
+            format!("{nb} hyperplanes given, the spec's hash_bits is {hash_bits}"),
+            "pass [_, _, N, hash_bits] hyperplanes or change hax.hash_bits",
+        ));
     }
-    let qn = if matches!(spec, DynamicSpec::Hax { .. }) {
-        ["q2", "k2", "x"]
-    } else {
-        ["q", "k", "v"]
+    let (hp, ksv) = (contiguous(&e.hyperplanes), contiguous(&e.ks));
+    let bstride = |t: &Tensor4<f32>| {
+        if t.shape.batch == 1 {
+            0
+        } else {
+            (t.shape.heads * t.shape.seq * t.shape.dim) as i64
+        }
     };
-    bufs.insert(qn[0].into(), Buf::Elem(q));
-    bufs.insert(qn[1].into(), Buf::Elem(k));
-    bufs.insert(qn[2].into(), Buf::Elem(v));
-    bufs.insert("o".into(), Buf::Elem(std::mem::take(&mut m_out)));
-    bufs.insert("lse".into(), Buf::F32(std::mem::take(&mut m_lse)));
-    let idx_bufs: Vec<&str>;
+    vals.insert("nb", Val::I32(nb as i32));
+    vals.insert("hp_bstride", Val::I64(bstride(&e.hyperplanes)));
+    vals.insert("hp_mode", Val::I32(sharing_mode(e.hyperplane_sharing)));
+    vals.insert("ks_bstride", Val::I64(bstride(&e.ks)));
+    vals.insert("ks_mode", Val::I32(sharing_mode(e.ks_sharing)));
+    vals.insert("k_lsh", Val::I32(i32_of("k_lsh", k_lsh)?));
+    vals.insert("k_ks", Val::I32(k_ks as i32));
+    bufs.insert("hp".into(), Buf::F32(hp));
+    bufs.insert("ks".into(), Buf::F32(ksv));
+    for n in ["code_q", "code_k", "lsh_head", "lsh_prev", "ks_thr"] {
+        bufs.insert(n.into(), Buf::I32(vec![-7; rows]));
+    }
+    bufs.insert("ks_idx".into(), Buf::I32(vec![-7; (rows * k_ks).max(1)]));
+    Ok(())
+}
+
+/// The family's parameters as scalars and its scratch buffers; the names of the index
+/// buffers its selection stages write (returned in [`DynRun::indices`]).
+fn family_buffers<T>(
+    spec: &DynamicSpec,
+    x: &DynInputs<T>,
+    p: &Shape,
+    vals: &mut HashMap<&'static str, Val>,
+    bufs: &mut BTreeMap<String, Buf<T>>,
+) -> Result<Vec<&'static str>, ExecError> {
+    let rows = p.batch * p.heads_q * p.seq_q;
+    let d = spec.head_dim().get();
+    let idx_bufs: Vec<&'static str>;
     match *spec {
         DynamicSpec::Landmark { mem_freq, mode, .. } => {
             vals.insert("mem_freq", Val::I32(i32_of("mem_freq", mem_freq)?));
@@ -486,36 +493,7 @@ pub fn run<T: Element + SimElem>(
             hash_bits,
             ..
         } => {
-            let e = hax_extra(x)?;
-            let nb = e.hyperplanes.shape.dim;
-            if nb != hash_bits {
-                return Err(input_err(
-                    "hyperplanes.dim (nb)",
-                    format!("{nb} hyperplanes given, the spec's hash_bits is {hash_bits}"),
-                    "pass [_, _, N, hash_bits] hyperplanes or change hax.hash_bits",
-                ));
-            }
-            let (hp, ksv) = (contiguous(&e.hyperplanes), contiguous(&e.ks));
-            let bstride = |t: &Tensor4<f32>| {
-                if t.shape.batch == 1 {
-                    0
-                } else {
-                    (t.shape.heads * t.shape.seq * t.shape.dim) as i64
-                }
-            };
-            vals.insert("nb", Val::I32(nb as i32));
-            vals.insert("hp_bstride", Val::I64(bstride(&e.hyperplanes)));
-            vals.insert("hp_mode", Val::I32(sharing_mode(e.hyperplane_sharing)));
-            vals.insert("ks_bstride", Val::I64(bstride(&e.ks)));
-            vals.insert("ks_mode", Val::I32(sharing_mode(e.ks_sharing)));
-            vals.insert("k_lsh", Val::I32(i32_of("k_lsh", k_lsh)?));
-            vals.insert("k_ks", Val::I32(k_ks as i32));
-            bufs.insert("hp".into(), Buf::F32(hp));
-            bufs.insert("ks".into(), Buf::F32(ksv));
-            for n in ["code_q", "code_k", "lsh_head", "lsh_prev", "ks_thr"] {
-                bufs.insert(n.into(), Buf::I32(vec![-7; rows]));
-            }
-            bufs.insert("ks_idx".into(), Buf::I32(vec![-7; (rows * k_ks).max(1)]));
+            hax_buffers(x, (k_lsh, k_ks, hash_bits), rows, vals, bufs)?;
             idx_bufs = vec![
                 "code_q", "code_k", "lsh_head", "lsh_prev", "ks_idx", "ks_thr",
             ];
@@ -528,16 +506,18 @@ pub fn run<T: Element + SimElem>(
             ))
         }
     }
-    let mut mach = Machine {
-        bufs,
-        vals,
-        backend,
-        stages: Vec::new(),
-        total: SimCounters::default(),
-    };
+    Ok(idx_bufs)
+}
+
+/// Launch every stage of the pipeline in order (the split top-k attention twice).
+fn launch_stages<T: Element + SimElem>(
+    mach: &mut Machine<'_, T>,
+    spec: &DynamicSpec,
+    p: &Shape,
+) -> Result<(), ExecError> {
     for stage in spec.stages() {
         let kern = emit_stage(spec, stage).map_err(ExecError::Spec)?;
-        let geo = stage.geometry(spec, &p);
+        let geo = stage.geometry(spec, p);
         match stage {
             Stage::TopkAttnPart => {
                 mach.launch(
@@ -556,6 +536,52 @@ pub fn run<T: Element + SimElem>(
             _ => mach.launch(&kern, geo, &[], &[])?,
         }
     }
+    Ok(())
+}
+
+/// Run the pipeline of `spec` on `backend` (simulator or GPU).
+pub fn run<T: Element + SimElem>(
+    spec: &DynamicSpec,
+    x: &DynInputs<T>,
+    backend: &Backend,
+) -> Result<DynRun, ExecError> {
+    validate_dynamic(spec).map_err(ExecError::Spec)?;
+    // The reference's input checks first (shapes, lengths, HAX extras): typed errors.
+    let _ = reference_output(spec, x, Precision::Naive)?;
+    let d = spec.head_dim().get();
+    let p = shape_of(spec, x)?;
+    let rows = p.batch * p.heads_q * p.seq_q;
+    let mut vals = shape_scalars(spec, x, &p)?;
+    let mut indices = BTreeMap::new();
+    if rows == 0 {
+        let empty = Shape4::new(p.batch, p.heads_q, 0, d);
+        return Ok(DynRun {
+            output: AttnOutput::from_kernel(empty, &Vec::<T>::new(), &[])?,
+            counters: SimCounters::default(),
+            stages: Vec::new(),
+            indices,
+        });
+    }
+    let qn = if matches!(spec, DynamicSpec::Hax { .. }) {
+        ["q2", "k2", "x"]
+    } else {
+        ["q", "k", "v"]
+    };
+    let mut bufs: BTreeMap<String, Buf<T>> = BTreeMap::new();
+    bufs.insert(qn[0].into(), Buf::Elem(contiguous(&x.q)));
+    bufs.insert(qn[1].into(), Buf::Elem(contiguous(&x.k)));
+    bufs.insert(qn[2].into(), Buf::Elem(contiguous(&x.v)));
+    bufs.insert("o".into(), Buf::Elem(vec![T::from_f64(0.0); rows * d]));
+    bufs.insert("lse".into(), Buf::F32(vec![0.0f32; rows]));
+    let idx_bufs = family_buffers(spec, x, &p, &mut vals, &mut bufs)?;
+    let mut mach = Machine {
+        bufs,
+        vals,
+        backend,
+        stages: Vec::new(),
+        total: SimCounters::default(),
+    };
+    launch_stages(&mut mach, spec, &p)?;
     let mut bufs = mach.bufs;
     for n in idx_bufs {
         if let Some(Buf::I32(v)) = bufs.remove(n) {
@@ -584,33 +610,47 @@ pub fn check<T: Element + SimElem>(
     x: &DynInputs<T>,
     backend: &Backend,
 ) -> Result<DynCheckReport, ExecError> {
-    let run = run(spec, x, backend)?;
-    let want = reference_output(spec, x, Precision::F64)?;
-    let naive = reference_output(spec, x, Precision::Naive)?;
-    compare(spec, run, &want, &naive)
+    let r = crate::pipeline::check(spec, x, backend)?;
+    Ok(DynCheckReport {
+        pipeline: r.name,
+        close: r.close,
+        run: DynRun {
+            output: r.run.output,
+            counters: r.run.counters.unwrap_or_default(),
+            stages: r.run.stages,
+            indices: r.run.indices,
+        },
+    })
 }
 
 /// Compare a pipeline's `run` with the f64 reference `want` by the relative oracle
 /// (tolerance of the spec's dtype; `naive` is the same math in the kernel's precision, the
-/// error scale). Shared by [`check`] and the merge check of `attnforge-macros-rt`.
+/// error scale): [`crate::pipeline::compare`] with this kind's report. Used by the merge
+/// check of `attnforge-macros-rt`.
 pub fn compare(
     spec: &DynamicSpec,
     run: DynRun,
     want: &AttnOutput,
     naive: &AttnOutput,
 ) -> Result<DynCheckReport, ExecError> {
-    let tol = Tolerance::for_dtype(ref_dtype(spec.dtype()));
-    let close =
-        reference::assert_close(&run.output, want, naive, tol.rtol, tol.atol).map_err(|e| {
-            ExecError::Mismatch {
-                kernel: spec.canonical_name(),
-                detail: e.to_string(),
-            }
-        })?;
+    let exec = crate::pipeline::Execution {
+        output: run.output,
+        counters: Some(run.counters),
+        dense_tiles: None,
+        stages: run.stages,
+        indices: run.indices,
+    };
+    let name = spec.canonical_name();
+    let r = crate::pipeline::compare(&name, spec.dtype(), exec, want, naive)?;
     Ok(DynCheckReport {
-        pipeline: spec.canonical_name(),
-        close,
-        run,
+        pipeline: r.name,
+        close: r.close,
+        run: DynRun {
+            output: r.run.output,
+            counters: r.run.counters.unwrap_or_default(),
+            stages: r.run.stages,
+            indices: r.run.indices,
+        },
     })
 }
 
@@ -656,7 +696,7 @@ pub fn merge<T: Element + SimElem>(
         stages: Vec::new(),
         total: SimCounters::default(),
     };
-    let p = DynProblem {
+    let p = Shape {
         batch: a.shape.batch,
         heads_q: a.shape.heads,
         heads_kv: a.shape.heads,
@@ -744,11 +784,7 @@ mod cuda {
         scalars: &[Option<Val>],
     ) -> Result<(), ExecError> {
         let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
-        let arch = if gpu.compute_capability().0 >= 9 {
-            Arch::Sm90
-        } else {
-            Arch::Sm80
-        };
+        let arch = Arch::for_capability(gpu.compute_capability().0);
         let compiled = compile(&k.source, &k.name, arch).map_err(cuda_err)?;
         let sig: Vec<ArgDecl> = k
             .args

@@ -32,6 +32,7 @@ pub mod exec_dynamic;
 mod kcache;
 mod launch;
 mod nvrtc;
+pub mod pipeline;
 mod ptxas;
 mod report;
 mod sass;

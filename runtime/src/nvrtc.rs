@@ -25,7 +25,6 @@
 //! ```
 
 use std::ffi::{c_char, c_int, CString};
-use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -35,72 +34,17 @@ use cudarc::nvrtc::{result as nv, sys};
 use crate::kcache::{cache_key, CacheEntry, CacheKey, CompilerFingerprint, KernelCache};
 use crate::toolchain::{Toolchain, ToolchainError};
 
-/// A real GPU architecture to compile for.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub enum Arch {
-    /// Ampere (A100): `sm_80`.
-    Sm80,
-    /// Hopper (H100/H200) without the arch-specific features: `sm_90`.
-    Sm90,
-    /// Hopper with `wgmma`/`setmaxnreg` (not forward compatible): `sm_90a`.
-    Sm90a,
-}
-
-/// The code generator's architectures map one to one (`sm_90a` is a compile-time target only).
-impl From<attnforge_codegen::tile::Arch> for Arch {
-    fn from(a: attnforge_codegen::tile::Arch) -> Self {
-        match a {
-            attnforge_codegen::tile::Arch::Sm80 => Arch::Sm80,
-            attnforge_codegen::tile::Arch::Sm90 => Arch::Sm90,
-        }
-    }
-}
-
-impl Arch {
-    /// Every architecture, in order.
-    pub const ALL: [Arch; 3] = [Arch::Sm80, Arch::Sm90, Arch::Sm90a];
-
-    /// The `sm_XX` name used by NVRTC, ptxas and reports.
-    pub fn sm_name(self) -> &'static str {
-        match self {
-            Arch::Sm80 => "sm_80",
-            Arch::Sm90 => "sm_90",
-            Arch::Sm90a => "sm_90a",
-        }
-    }
-
-    /// Compute capability `(major, minor)`.
-    pub fn compute_capability(self) -> (i32, i32) {
-        match self {
-            Arch::Sm80 => (8, 0),
-            Arch::Sm90 | Arch::Sm90a => (9, 0),
-        }
-    }
-
-    /// Parses `sm_80`, `sm_90`, `sm_90a` (also without the `sm_` prefix).
-    pub fn parse(s: &str) -> Option<Arch> {
-        match s.trim().trim_start_matches("sm_") {
-            "80" => Some(Arch::Sm80),
-            "90" => Some(Arch::Sm90),
-            "90a" => Some(Arch::Sm90a),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.sm_name())
-    }
-}
+/// The target architecture (the code generator's; `sm_90a` is [`CompileOptions::arch_specific`]).
+pub use attnforge_codegen::tile::Arch;
 
 /// Options of one compile. [`CompileOptions::new`] gives the defaults used by [`compile`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompileOptions {
     /// Target architecture.
     pub arch: Arch,
+    /// Compile for the arch-specific target (`sm_90a`: `wgmma`/`setmaxnreg`, not forward
+    /// compatible); only with [`Arch::Sm90`]. Off by default.
+    pub arch_specific: bool,
     /// C++ dialect passed as `-std=`; `c++20` by default, like the simulator's g++ build.
     pub std: String,
     /// Ask ptxas for its resource report (`--ptxas-options=-v`); on by default.
@@ -118,16 +62,42 @@ pub struct CompileOptions {
 }
 
 impl CompileOptions {
+    /// The NVRTC/ptxas target name: `sm_80`, `sm_90`, or `sm_90a` with `arch_specific`.
+    pub fn target_name(&self) -> String {
+        if self.arch_specific {
+            format!("{}a", self.arch.sm_name())
+        } else {
+            self.arch.sm_name().to_owned()
+        }
+    }
+
     /// Defaults for `arch`: C++20, ptxas report on, fast float mode on, nothing extra.
     pub fn new(arch: Arch) -> Self {
         Self {
             arch,
+            arch_specific: false,
             std: "c++20".to_owned(),
             ptxas_verbose: true,
             fast_float: true,
             extra: Vec::new(),
         }
     }
+}
+
+/// `sm_90a` exists only on top of `sm_90`.
+fn check_target(name: &str, opts: &CompileOptions) -> Result<(), CompileError> {
+    if opts.arch_specific && opts.arch != Arch::Sm90 {
+        return Err(CompileError::InvalidInput {
+            name: name.to_owned(),
+            field: "options",
+            reason: format!(
+                "arch_specific (sm_90a) needs arch sm_90, not {}; set arch to Arch::Sm90 or \
+                 turn arch_specific off",
+                opts.arch
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The result of one NVRTC compile.
@@ -333,7 +303,7 @@ impl Compiler {
     /// The full NVRTC option list for `opts`.
     pub fn options(&self, opts: &CompileOptions) -> Vec<String> {
         let mut v = vec![
-            format!("--gpu-architecture={}", opts.arch.sm_name()),
+            format!("--gpu-architecture={}", opts.target_name()),
             format!("--include-path={}", self.toolchain.include_dir.display()),
             format!("-std={}", opts.std),
         ];
@@ -372,6 +342,7 @@ impl Compiler {
         if !cache.is_enabled() {
             return self.compile_with(source, name, opts);
         }
+        check_target(name, opts)?;
         let start = Instant::now();
         let options = self.options(opts);
         let key = cache_key(source, name, &options, &self.fingerprint);
@@ -427,6 +398,7 @@ impl Compiler {
             .map_err(|_| invalid("name", "contains a NUL byte; remove it"))?;
         let c_src = CString::new(source)
             .map_err(|_| invalid("source", "contains a NUL byte; remove it"))?;
+        check_target(name, opts)?;
         let options = self.options(opts);
         if options.iter().any(|o| o.contains('\0')) {
             return Err(invalid(
@@ -623,6 +595,27 @@ mod tests {
             assert_eq!(a.to_string(), a.sm_name());
         }
         assert_eq!(Arch::parse("75"), None);
+        assert_eq!(
+            Arch::parse("90a"),
+            None,
+            "sm_90a is a target flag, not an Arch"
+        );
+    }
+
+    #[test]
+    fn arch_specific_targets_sm_90a() {
+        let mut o = CompileOptions::new(Arch::Sm90);
+        assert_eq!(o.target_name(), "sm_90");
+        o.arch_specific = true;
+        assert_eq!(o.target_name(), "sm_90a");
+        assert_eq!(Arch::Sm90.compute_capability(), (9, 0));
+        let bad = CompileOptions {
+            arch_specific: true,
+            ..CompileOptions::new(Arch::Sm80)
+        };
+        let e = check_target("k", &bad).unwrap_err().to_string();
+        assert!(e.contains("arch_specific") && e.contains("sm_80"), "{e}");
+        assert!(check_target("k", &o).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::check_problems as problems;
 use super::common::{random_values, resolve_any};
-use super::dynamic;
+use super::variant::{variant, Variant};
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
@@ -197,14 +197,7 @@ fn check_case<T: Element + SimElem>(
         .run_params(sf.problem.seq_k, None)
         .map_err(CliError::input)?;
     specfile::catalog_twins(sf, &mut rp);
-    let p = sf.problem;
-    let dims = problems::Dims {
-        batch: p.batch,
-        heads_q: p.heads_q,
-        seq_q: p.seq_q,
-        seq_k: p.seq_k,
-    };
-    if let Some(l) = problems::host_lists(&sf.spec, &rp, dims) {
+    if let Some(l) = problems::host_lists(&sf.spec, &rp, sf.problem.shape()) {
         rp.block_lists = Some(l);
     }
     let x = inputs::<T>(sf, seed, magnitude);
@@ -218,7 +211,7 @@ fn check_case<T: Element + SimElem>(
             let print = fingerprint(&r.output, r.counters.as_ref());
             let (Some(c), Some(want)) = (
                 r.counters,
-                problems::tile_census(&sf.spec, &tile, &rp, dims),
+                problems::tile_census(&sf.spec, &tile, &rp, sf.problem.shape()),
             ) else {
                 return Ok(Ok((r.close, print)));
             };
@@ -234,7 +227,7 @@ fn check_case<T: Element + SimElem>(
         }
         Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
-            Err(CliError::input(format!("{}: {e}", where_(sf))))
+            Err(CliError::input(format!("{}: {e}", sf.location())))
         }
         Err(e) => Ok(Err(e.to_string())),
     }
@@ -243,7 +236,11 @@ fn check_case<T: Element + SimElem>(
 /// Check a static spec: a spec file on its own `[problem]`, a catalog entry on its problem
 /// suite (check_problems.rs). One verdict: the worst errors over the problems, and every
 /// failing problem named.
-fn check_static(sf: &SpecFile, backend: &Backend, seed: u64) -> Result<Verdict, CliError> {
+pub(super) fn check_static(
+    sf: &SpecFile,
+    backend: &Backend,
+    seed: u64,
+) -> Result<Verdict, CliError> {
     let tile = sf.tile().map_err(CliError::input)?;
     let name = attnforge::codegen::name::canonical_name_with_tile(&sf.spec, &tile);
     let cases = if sf.path.is_none() {
@@ -298,7 +295,7 @@ fn check_static(sf: &SpecFile, backend: &Backend, seed: u64) -> Result<Verdict, 
 
 /// A dynamic pipeline's verdict on its catalog problem combined with one on an extra problem
 /// (the worst figures; the work counters of the catalog problem).
-fn with_extra_problem(mut v: Verdict, label: &str, extra: Verdict) -> Verdict {
+pub(super) fn with_extra_problem(mut v: Verdict, label: &str, extra: Verdict) -> Verdict {
     if !extra.ok {
         let own = if v.ok {
             String::new()
@@ -331,12 +328,6 @@ fn worse(mut a: CloseReport, b: CloseReport) -> CloseReport {
         a.lse.max_err = b.lse.max_err;
     }
     a
-}
-
-fn where_(sf: &SpecFile) -> String {
-    sf.path
-        .as_ref()
-        .map_or_else(|| sf.spec.canonical_name(), |p| p.display().to_string())
 }
 
 pub fn run(a: CheckArgs) -> Result<(), CliError> {
@@ -375,23 +366,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
     let mut failed = 0;
     for f in &files {
         bar.set_message(f.canonical_name());
-        let v = match f {
-            AnySpecFile::Static(sf) => {
-                check_static(sf, &backend, a.seed.unwrap_or(sf.problem.seed))
-            }
-            AnySpecFile::Dynamic(df) => {
-                let seed = a.seed.unwrap_or(df.problem.seed);
-                dynamic::check(df, &backend, seed).and_then(|v| match problems::dynamic_extra(df) {
-                    Some((label, extra)) => Ok(with_extra_problem(
-                        v,
-                        &label,
-                        dynamic::check(&extra, &backend, seed.wrapping_add(1))?,
-                    )),
-                    None => Ok(v),
-                })
-            }
-        };
-        let v = match v {
+        let v = match variant(f).check(&backend, a.seed) {
             Ok(v) => v,
             Err(e) => {
                 bar.finish_and_clear();
@@ -460,16 +435,8 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
 /// The `[problem]` against the element budget (attnforge::limits; the hard limits are
 /// checked when the file is parsed), before its random inputs are allocated.
 fn problem_budget(f: &AnySpecFile) -> Result<(), CliError> {
-    let (p, dim, file) = match f {
-        AnySpecFile::Static(sf) => (sf.problem, sf.spec.head_dim.get(), where_(sf)),
-        AnySpecFile::Dynamic(df) => (
-            df.problem,
-            df.spec.head_dim().get(),
-            df.path
-                .as_ref()
-                .map_or_else(|| df.spec.canonical_name(), |p| p.display().to_string()),
-        ),
-    };
+    let v = variant(f);
+    let (p, dim, file) = (v.problem(), v.head_dim(), v.location());
     let sizes = attnforge::limits::ProblemSizes {
         fields: [
             ("problem.batch", p.batch as u64),

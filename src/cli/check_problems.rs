@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use attnforge::codegen::dynamic::DynamicSpec;
 use attnforge::codegen::prelude::*;
+use attnforge::codegen::shape::Shape;
 use attnforge::exec::{RunParams, UserValue};
 use attnforge::reference::Mask as RefMask;
 use attnforge::specfile::{DocSource, DynSpecFile, SpecFile};
@@ -61,15 +62,6 @@ pub struct CheckCase {
     pub file: SpecFile,
     /// Inputs are uniform in `[-magnitude, magnitude)`.
     pub magnitude: f32,
-}
-
-#[derive(Clone, Copy)]
-struct Shape {
-    batch: usize,
-    heads_q: usize,
-    heads_kv: usize,
-    seq_q: usize,
-    seq_k: usize,
 }
 
 /// The suite of a catalog entry (the entry's own problem first).
@@ -427,19 +419,6 @@ fn mixed_lists(spec: &KernelSpec, s: Shape) -> BlockLists {
     BlockLists::from_rows(s.batch, s.heads_q, rows, cols, &table)
 }
 
-/// Problem sizes of a run.
-#[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    /// Batch.
-    pub batch: usize,
-    /// Query heads.
-    pub heads_q: usize,
-    /// Query length.
-    pub seq_q: usize,
-    /// Key length.
-    pub seq_k: usize,
-}
-
 /// What element `(p, j)` is for the tile census: 0 masked, else a class; a tile is full when
 /// every in-range element has the same non-zero class.
 type ElementClass = Box<dyn Fn(usize, usize, i64, i64) -> u8>;
@@ -521,7 +500,7 @@ fn element_class(spec: &KernelSpec, rp: &RunParams, sk: usize) -> Option<Element
 
 /// Block lists for a list-driven mask built on the host from the reference's mask (what
 /// `exec` builds when none are given), so that the census knows the kernel's lists.
-pub fn host_lists(spec: &KernelSpec, rp: &RunParams, d: Dims) -> Option<BlockLists> {
+pub fn host_lists(spec: &KernelSpec, rp: &RunParams, d: Shape) -> Option<BlockLists> {
     if !spec.mask.uses_block_lists() || rp.block_lists.is_some() {
         return None;
     }
@@ -549,7 +528,7 @@ pub fn tile_census(
     spec: &KernelSpec,
     tile: &TileConfig,
     rp: &RunParams,
-    d: Dims,
+    d: Shape,
 ) -> Option<(u64, u64, u64)> {
     let (bm, bn) = (tile.block_m, tile.block_n);
     let shift = d.seq_k as i64 - d.seq_q as i64;

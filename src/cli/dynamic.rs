@@ -4,17 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
-use attnforge::codegen::dynamic::{
-    emit_dynamic, DynProblem, DynamicKernel, DynamicSpec, LandmarkMode, Stage,
-};
+use attnforge::codegen::dynamic::{emit_dynamic, DynamicKernel, DynamicSpec, LandmarkMode, Stage};
+use attnforge::codegen::shape::Shape;
 use attnforge::codegen::spec::DType;
 use attnforge::codegen::tile::Arch;
 use attnforge::exec::{Backend, ExecError};
 use attnforge::kernels::exec_dynamic::{self, DynInputs, HaxExtra};
+use attnforge::kernels::pipeline;
 use attnforge::npy::{read_tensor, write_bytes_atomic, AnyTensor};
 use attnforge::reference::{
-    self as reference, assert_close, attention_over_keys, AttnOptions, AttnOutput, Element,
-    Precision, Shape4, Sharing, Tensor4, Tolerance,
+    assert_close, attention_over_keys, AttnOptions, AttnOutput, Element, Precision, Shape4,
+    Sharing, Tensor4, Tolerance,
 };
 use attnforge::sim::SimElem;
 use attnforge::specfile::DynSpecFile;
@@ -22,52 +22,26 @@ use half::{bf16, f16};
 
 use super::check::Verdict;
 use super::common::random_values;
+use super::run::RunBackend;
+use super::variant::Variant;
 use super::CliError;
 
 /// The `family = ".."` tag of a dynamic spec.
 pub fn family_tag(s: &DynamicSpec) -> &'static str {
-    match s {
-        DynamicSpec::Landmark { .. } => "landmark",
-        DynamicSpec::Hax { .. } => "hax",
-        DynamicSpec::Cca { .. } => "cca",
-        DynamicSpec::Topk { .. } => "topk",
-        DynamicSpec::LseMerge { .. } => "lse_merge",
-    }
+    s.family_tag()
 }
 
 /// The `mode = ".."` of a dynamic spec (`-` for families without modes).
 pub fn mode_tag(s: &DynamicSpec) -> &'static str {
-    match s {
-        DynamicSpec::Landmark {
-            mode: LandmarkMode::Train,
-            ..
-        } => "train",
-        DynamicSpec::Landmark { .. } => "retrieval",
-        DynamicSpec::Topk { split: false, .. } => "fused",
-        DynamicSpec::Topk { split: true, .. } => "split",
-        _ => "-",
-    }
+    s.mode_tag().unwrap_or("-")
 }
 
-/// The `[params]` of a dynamic spec as `key=value` pairs.
+/// The `[params]` of a dynamic spec as `key=value` pairs, in its family table's order.
 pub fn params_of(s: &DynamicSpec) -> Vec<(&'static str, usize)> {
-    match *s {
-        DynamicSpec::Landmark { mem_freq, mode, .. } => match mode {
-            LandmarkMode::Train => vec![("mem_freq", mem_freq)],
-            LandmarkMode::Retrieval { top_k } => vec![("mem_freq", mem_freq), ("top_k", top_k)],
-        },
-        DynamicSpec::Hax {
-            k_lsh,
-            k_ks,
-            hash_bits,
-            ..
-        } => vec![("k_lsh", k_lsh), ("k_ks", k_ks), ("hash_bits", hash_bits)],
-        DynamicSpec::Cca { group, window, .. } => vec![("group", group), ("window", window)],
-        DynamicSpec::Topk {
-            sink, recent, k, ..
-        } => vec![("sink", sink), ("recent", recent), ("k", k)],
-        DynamicSpec::LseMerge { .. } => vec![],
-    }
+    s.param_values()
+        .into_iter()
+        .map(|(p, v)| (p.name, v))
+        .collect()
 }
 
 /// `mem_freq=63 top_k=4`.
@@ -82,14 +56,8 @@ pub fn params_text(s: &DynamicSpec) -> String {
         .join(" ")
 }
 
-fn where_(df: &DynSpecFile) -> String {
-    df.path
-        .as_ref()
-        .map_or_else(|| df.spec.canonical_name(), |p| p.display().to_string())
-}
-
 fn input_error(df: &DynSpecFile, e: ExecError) -> CliError {
-    CliError::input(format!("{}: {e}", where_(df)))
+    CliError::input(format!("{}: {e}", df.location()))
 }
 
 // ---- check ------------------------------------------------------------------------------
@@ -242,11 +210,7 @@ fn verdict_of(
 ) -> Result<Verdict, CliError> {
     match r {
         Ok((got, want, naive, run)) => {
-            let tol = Tolerance::for_dtype(match df.spec.dtype() {
-                DType::F16 => reference::DType::F16,
-                DType::Bf16 => reference::DType::Bf16,
-                DType::F32 => reference::DType::F32,
-            });
+            let tol = Tolerance::for_dtype(attnforge::exec::reference_dtype(df.spec.dtype()));
             let extra = serde_json::json!({
                 "kernels": run.stages.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
                 "keys_gathered": run.counters.keys_gathered,
@@ -279,11 +243,12 @@ fn check_typed<T: Element + SimElem>(
     if let DynamicSpec::LseMerge { .. } = df.spec {
         return verdict_of(name, check_merge::<T>(df, backend, seed), df);
     }
-    let x = inputs::<T>(df, seed).map_err(|m| CliError::failed(format!("{}: {m}", where_(df))))?;
+    let x =
+        inputs::<T>(df, seed).map_err(|m| CliError::failed(format!("{}: {m}", df.location())))?;
     let r = (|| {
         let run = exec_dynamic::run(&df.spec, &x, backend)?;
-        let want = exec_dynamic::reference_output(&df.spec, &x, Precision::F64)?;
-        let naive = exec_dynamic::reference_output(&df.spec, &x, Precision::Naive)?;
+        let want = pipeline::reference(&df.spec, &x, Precision::F64)?;
+        let naive = pipeline::reference(&df.spec, &x, Precision::Naive)?;
         Ok((run.output.clone(), want, naive, run))
     })();
     verdict_of(name, r, df)
@@ -333,7 +298,25 @@ fn check_merge<T: Element + SimElem>(
     Ok((run.output.clone(), want, naive, run))
 }
 
-/// `attnforge check` of one dynamic spec.
+/// `attnforge check` of one dynamic spec: its own problem and, for a catalog entry, the
+/// extra problem of check_problems.rs (seed + 1).
+pub fn check_with_extra(
+    df: &DynSpecFile,
+    backend: &Backend,
+    seed: u64,
+) -> Result<Verdict, CliError> {
+    let v = check(df, backend, seed)?;
+    Ok(match super::check_problems::dynamic_extra(df) {
+        Some((label, extra)) => super::check::with_extra_problem(
+            v,
+            &label,
+            check(&extra, backend, seed.wrapping_add(1))?,
+        ),
+        None => v,
+    })
+}
+
+/// `attnforge check` of one dynamic spec on its own problem.
 pub fn check(df: &DynSpecFile, backend: &Backend, seed: u64) -> Result<Verdict, CliError> {
     match df.spec.dtype() {
         DType::F32 => check_typed::<f32>(df, backend, seed),
@@ -397,7 +380,7 @@ pub fn emit(
         ))
     })?;
     let p = df.problem;
-    let prob = DynProblem {
+    let prob = Shape {
         batch: p.batch,
         heads_q: p.heads_q,
         heads_kv: p.heads_kv,
@@ -476,14 +459,14 @@ fn kernel_meta(
     k: &DynamicKernel,
     index: usize,
     arch: Arch,
-    prob: &DynProblem,
+    prob: &Shape,
     no_ptxas: bool,
     label: &str,
 ) -> Result<serde_json::Value, CliError> {
     let ptxas = if no_ptxas {
         serde_json::Value::Null
     } else {
-        let a = attnforge::kernels::Arch::from(arch);
+        let a = arch;
         let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, a).map_err(|e| {
             CliError::failed(format!(
                 "{label}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
@@ -522,17 +505,6 @@ fn kernel_meta(
 }
 
 // ---- run --------------------------------------------------------------------------------
-
-/// Where `attnforge run` of a dynamic spec runs.
-#[derive(Debug, Clone, Copy)]
-pub enum Where {
-    /// f64 reference.
-    Reference,
-    /// Simulator.
-    Sim,
-    /// GPU 0.
-    Cuda,
-}
 
 /// Files of `attnforge run` for a dynamic spec.
 pub struct RunFiles<'a> {
@@ -580,13 +552,9 @@ fn mk<T>(
 fn go<T: Element + SimElem>(
     df: &DynSpecFile,
     x: DynInputs<T>,
-    at: Where,
+    at: RunBackend,
 ) -> Result<AttnOutput, ExecError> {
-    match at {
-        Where::Reference => exec_dynamic::reference_output(&df.spec, &x, Precision::F64),
-        Where::Sim => Ok(exec_dynamic::run(&df.spec, &x, &Backend::sim())?.output),
-        Where::Cuda => Ok(exec_dynamic::run(&df.spec, &x, &Backend::Cuda(0))?.output),
-    }
+    super::run::execute(&df.spec, &x, at)
 }
 
 /// `attnforge run` of a dynamic spec: the pipeline's output on q/k/v (HAX: q2/k2/x plus
@@ -595,7 +563,7 @@ pub fn run(
     df: &DynSpecFile,
     label: &str,
     f: &RunFiles<'_>,
-    at: Where,
+    at: RunBackend,
 ) -> Result<AttnOutput, CliError> {
     let name = df.spec.canonical_name();
     if let DynamicSpec::LseMerge { .. } = df.spec {

@@ -7,10 +7,11 @@ use attnforge::codegen::tile::Arch;
 use attnforge::npy::write_bytes_atomic;
 use clap::Args;
 
-use attnforge::specfile::AnySpecFile;
+use attnforge::specfile::{DynSpecFile, SpecFile};
 
 use super::common::{parse_arch, resolve_any};
 use super::dynamic;
+use super::variant::variant;
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
@@ -71,71 +72,78 @@ pub fn run(a: EmitArgs) -> Result<(), CliError> {
     r
 }
 
+/// `emit` of every spec: one path, the kind-specific part behind `Variant::emit`.
 fn emit_all(a: &EmitArgs) -> Result<(), CliError> {
     for s in &a.specs {
-        let mut sf = match resolve_any(s)? {
-            AnySpecFile::Static(sf) => *sf,
-            AnySpecFile::Dynamic(df) => {
-                let arch = a.arch.unwrap_or(df.arch);
-                dynamic::emit(&df, s, arch, &a.out_dir, a.no_ptxas)?;
-                continue;
-            }
-        };
-        if let Some(arch) = a.arch {
-            sf.tune.arch = arch;
-        }
-        let tile = sf.tile().map_err(CliError::input)?;
-        let k = emit(&sf.spec, &tile, sf.tune.arch).map_err(|errs| {
-            CliError::input(format!(
-                "{s}: {}",
-                errs.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+        let f = resolve_any(s)?;
+        variant(&f).emit(s, a)?;
+    }
+    Ok(())
+}
+
+/// A pipeline's kernels, `<pipeline>.pipeline.json` and reports.
+pub(super) fn emit_dynamic(df: &DynSpecFile, s: &str, a: &EmitArgs) -> Result<(), CliError> {
+    let arch = a.arch.unwrap_or(df.arch);
+    dynamic::emit(df, s, arch, &a.out_dir, a.no_ptxas)
+}
+
+/// A static kernel's `.cu`, launch metadata JSON and ptxas report.
+pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), CliError> {
+    let mut sf = sf.clone();
+    if let Some(arch) = a.arch {
+        sf.tune.arch = arch;
+    }
+    let tile = sf.tile().map_err(CliError::input)?;
+    let k = emit(&sf.spec, &tile, sf.tune.arch).map_err(|errs| {
+        CliError::input(format!(
+            "{s}: {}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
+    let ptxas = if a.no_ptxas {
+        serde_json::Value::Null
+    } else {
+        let arch = sf.tune.arch;
+        let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, arch).map_err(|e| {
+            CliError::failed(format!(
+                "{s}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
+                k.name
             ))
         })?;
-        let ptxas = if a.no_ptxas {
-            serde_json::Value::Null
-        } else {
-            let arch = attnforge::kernels::Arch::from(sf.tune.arch);
-            let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, arch).map_err(|e| {
-                CliError::failed(format!(
-                    "{s}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
-                    k.name
-                ))
-            })?;
-            serde_json::to_value(&b.resources).map_err(CliError::failed)?
-        };
-        let mut meta = serde_json::to_value(&k.metadata).map_err(CliError::failed)?;
-        let signature: Vec<serde_json::Value> = k
-            .metadata
-            .args
-            .iter()
-            .map(|x| serde_json::json!({"name": x.name, "c_type": x.kind.c_type()}))
-            .collect();
-        if let serde_json::Value::Object(m) = &mut meta {
-            m.insert("signature".into(), signature.into());
-            m.insert("ptxas".into(), ptxas);
-            m.insert("arch_name".into(), sf.tune.arch.sm_name().into());
-        }
-        let cu = a.out_dir.join(format!("{}.cu", k.name));
-        let js = a.out_dir.join(format!("{}.json", k.name));
-        let text = serde_json::to_string_pretty(&meta).map_err(CliError::failed)?;
-        write_bytes_atomic(&cu, k.source.as_bytes()).map_err(CliError::input)?;
-        write_bytes_atomic(&js, text.as_bytes()).map_err(CliError::input)?;
-        let regs = meta
-            .get("ptxas")
-            .and_then(|p| p.get("registers"))
-            .map_or("-".to_string(), |r| r.to_string());
-        println!(
-            "{}  -> {} ({} args, {} threads, {} B smem, {} registers)",
-            k.name,
-            cu.display(),
-            k.metadata.args.len(),
-            k.metadata.block_threads,
-            k.metadata.dynamic_smem_bytes,
-            regs
-        );
+        serde_json::to_value(&b.resources).map_err(CliError::failed)?
+    };
+    let mut meta = serde_json::to_value(&k.metadata).map_err(CliError::failed)?;
+    let signature: Vec<serde_json::Value> = k
+        .metadata
+        .args
+        .iter()
+        .map(|x| serde_json::json!({"name": x.name, "c_type": x.kind.c_type()}))
+        .collect();
+    if let serde_json::Value::Object(m) = &mut meta {
+        m.insert("signature".into(), signature.into());
+        m.insert("ptxas".into(), ptxas);
+        m.insert("arch_name".into(), sf.tune.arch.sm_name().into());
     }
+    let cu = a.out_dir.join(format!("{}.cu", k.name));
+    let js = a.out_dir.join(format!("{}.json", k.name));
+    let text = serde_json::to_string_pretty(&meta).map_err(CliError::failed)?;
+    write_bytes_atomic(&cu, k.source.as_bytes()).map_err(CliError::input)?;
+    write_bytes_atomic(&js, text.as_bytes()).map_err(CliError::input)?;
+    let regs = meta
+        .get("ptxas")
+        .and_then(|p| p.get("registers"))
+        .map_or("-".to_string(), |r| r.to_string());
+    println!(
+        "{}  -> {} ({} args, {} threads, {} B smem, {} registers)",
+        k.name,
+        cu.display(),
+        k.metadata.args.len(),
+        k.metadata.block_threads,
+        k.metadata.dynamic_smem_bytes,
+        regs
+    );
     Ok(())
 }

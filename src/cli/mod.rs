@@ -8,6 +8,7 @@ mod dynamic;
 mod emit;
 mod list;
 mod run;
+mod variant;
 
 use clap::{Parser, Subcommand};
 

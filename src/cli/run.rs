@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attnforge::codegen::spec::DType;
-use attnforge::exec::{reference, simulate, ExecError, Inputs, RunParams};
+use attnforge::exec::{Backend, ExecError, Inputs, RunParams};
+use attnforge::kernels::pipeline::{self, Pipeline, StaticKernel};
 use attnforge::limits::{check_all, ProblemSizes};
 use attnforge::npy::{read_i32, read_shape, read_tensor, write_staged, AnyTensor};
 use attnforge::reference::{AttnOutput, Element, Precision};
-use attnforge::sim::{SimConfig, SimElem};
-use attnforge::specfile::{self, AnySpecFile, DocSource, SpecFile};
+use attnforge::sim::SimElem;
+use attnforge::specfile::{self, AnySpecFile, DocSource, DynSpecFile, SpecFile};
 use clap::{Args, ValueEnum};
 
 use super::common::resolve_any;
 use super::dynamic;
+use super::variant::variant;
 use super::CliError;
 
 pub const AFTER_HELP: &str = "\
@@ -104,6 +106,20 @@ pub struct RunArgs {
     dtype: Option<DtypeArg>,
 }
 
+/// The one way `run` executes a variant of either kind: the f64 reference, or its
+/// kernel(s) on the simulator or GPU 0.
+pub(super) fn execute<P: Pipeline, T: Element + SimElem>(
+    p: &P,
+    x: &P::Inputs<T>,
+    backend: RunBackend,
+) -> Result<AttnOutput, ExecError> {
+    match backend {
+        RunBackend::Reference => pipeline::reference(p, x, Precision::F64),
+        RunBackend::Sim => Ok(pipeline::run(p, x, &Backend::sim())?.output),
+        RunBackend::Cuda => Ok(pipeline::run(p, x, &Backend::Cuda(0))?.output),
+    }
+}
+
 fn go<T: Element + SimElem>(
     sf: &SpecFile,
     x: Inputs<T>,
@@ -115,11 +131,12 @@ fn go<T: Element + SimElem>(
         message: e.message.clone(),
         fix: e.fix.clone(),
     })?;
-    match backend {
-        RunBackend::Reference => reference(&sf.spec, &x, rp, Precision::F64),
-        RunBackend::Sim => Ok(simulate(&sf.spec, &tile, &x, rp, &SimConfig::default())?.output),
-        RunBackend::Cuda => attnforge::exec::run_cuda(&sf.spec, &tile, &x, rp, 0),
-    }
+    let kernel = StaticKernel {
+        spec: &sf.spec,
+        tile: &tile,
+        params: rp,
+    };
+    execute(&kernel, &x, backend)
 }
 
 fn want_dtype(a: &RunArgs, have: DType) -> Result<(), CliError> {
@@ -141,47 +158,46 @@ fn want_dtype(a: &RunArgs, have: DType) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `attnforge run`: one path for every spec file; the kind-specific part is
+/// `Variant::run` (`run_static` or `run_dynamic`).
 pub fn run(a: RunArgs) -> Result<(), CliError> {
     let any = resolve_any(&a.spec)?;
     check_output_paths(&a, &any)?;
     check_input_sizes(&a)?;
-    let sf = match any {
-        AnySpecFile::Static(sf) => *sf,
-        AnySpecFile::Dynamic(df) => {
-            want_dtype(&a, df.spec.dtype())?;
-            if a.doc.is_some() {
-                return Err(CliError::input(format!(
-                    "{}: --doc is for the document masks; `{}` takes no document ids\n  fix: remove --doc",
-                    a.spec,
-                    df.spec.canonical_name()
-                )));
-            }
-            let files = dynamic::RunFiles {
-                q: &a.q,
-                k: &a.k,
-                v: &a.v,
-                hyperplanes: a.hyperplanes.as_deref(),
-                ks: a.ks.as_deref(),
-            };
-            let at = match a.backend {
-                RunBackend::Reference => dynamic::Where::Reference,
-                RunBackend::Sim => dynamic::Where::Sim,
-                RunBackend::Cuda => dynamic::Where::Cuda,
-            };
-            let out = {
-                let progress = Progress::start(format!(
-                    "{}: running on the {}",
-                    df.spec.canonical_name(),
-                    backend_name(a.backend)
-                ));
-                let out = dynamic::run(&df, &a.spec, &files, at);
-                progress.finish(out.is_ok());
-                out?
-            };
-            return write_outputs(&a, &df.spec.canonical_name(), &out);
-        }
+    let v = variant(&any);
+    want_dtype(&a, v.dtype())?;
+    let out = v.run(&a)?;
+    write_outputs(&a, &v.name(), &out)
+}
+
+/// A data-dependent pipeline on the `.npy` inputs (HAX: also `--hyperplanes`, `--ks`).
+pub(super) fn run_dynamic(df: &DynSpecFile, a: &RunArgs) -> Result<AttnOutput, CliError> {
+    if a.doc.is_some() {
+        return Err(CliError::input(format!(
+            "{}: --doc is for the document masks; `{}` takes no document ids\n  fix: remove --doc",
+            a.spec,
+            df.spec.canonical_name()
+        )));
+    }
+    let files = dynamic::RunFiles {
+        q: &a.q,
+        k: &a.k,
+        v: &a.v,
+        hyperplanes: a.hyperplanes.as_deref(),
+        ks: a.ks.as_deref(),
     };
-    want_dtype(&a, sf.spec.dtype)?;
+    let progress = Progress::start(format!(
+        "{}: running on the {}",
+        df.spec.canonical_name(),
+        backend_name(a.backend)
+    ));
+    let out = dynamic::run(df, &a.spec, &files, a.backend);
+    progress.finish(out.is_ok());
+    out
+}
+
+/// A static kernel on the `.npy` inputs (and `--doc` for the document masks).
+pub(super) fn run_static(sf: &SpecFile, a: &RunArgs) -> Result<AttnOutput, CliError> {
     if a.hyperplanes.is_some() || a.ks.is_some() {
         return Err(CliError::input(format!(
             "{}: --hyperplanes / --ks are HAX inputs; `{}` does not take them\n  fix: remove them",
@@ -197,7 +213,7 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         None => None,
     };
     let mut rp = sf.run_params(k.shape().seq, doc).map_err(CliError::input)?;
-    specfile::catalog_twins(&sf, &mut rp);
+    specfile::catalog_twins(sf, &mut rp);
     let scale = sf
         .spec
         .scale
@@ -210,13 +226,13 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     ));
     let res = match (q, k, v) {
         (AnyTensor::F32(q), AnyTensor::F32(k), AnyTensor::F32(v)) => {
-            go::<f32>(&sf, Inputs::new(q, k, v), &rp, a.backend)
+            go::<f32>(sf, Inputs::new(q, k, v), &rp, a.backend)
         }
         (AnyTensor::F16(q), AnyTensor::F16(k), AnyTensor::F16(v)) => {
-            go(&sf, Inputs::new(q, k, v), &rp, a.backend)
+            go(sf, Inputs::new(q, k, v), &rp, a.backend)
         }
         (AnyTensor::Bf16(q), AnyTensor::Bf16(k), AnyTensor::Bf16(v)) => {
-            go(&sf, Inputs::new(q, k, v), &rp, a.backend)
+            go(sf, Inputs::new(q, k, v), &rp, a.backend)
         }
         _ => unreachable!("read_tensor returns the spec's dtype"),
     };
@@ -226,13 +242,12 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     if let Some(e) = sf.user_fn_failure() {
         return Err(CliError::input(e.to_string()));
     }
-    let out = res.map_err(|e| match e {
+    res.map_err(|e| match e {
         ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_) => {
             CliError::input(format!("{}: {e}", a.spec))
         }
         e => CliError::failed(format!("{}: {e}", a.spec)),
-    })?;
-    write_outputs(&a, &sf.spec.canonical_name(), &out)
+    })
 }
 
 fn backend_name(b: RunBackend) -> &'static str {

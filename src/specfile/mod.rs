@@ -27,6 +27,7 @@ use attnforge_reference::Sharing;
 use attnforge_runtime::codegen::blocks::BlockLists;
 use attnforge_runtime::codegen::check::{validate_spec, MaskParams};
 use attnforge_runtime::codegen::dynamic::{validate_dynamic, DynamicSpec, LandmarkMode};
+use attnforge_runtime::codegen::shape::Shape;
 use attnforge_runtime::codegen::spec::{
     BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamKind,
     UserSource,
@@ -83,6 +84,19 @@ pub struct Problem {
     /// Seed of the random inputs.
     #[serde(default = "one_u64")]
     pub seed: u64,
+}
+
+impl Problem {
+    /// The problem's shape (the seed aside).
+    pub fn shape(&self) -> Shape {
+        Shape {
+            batch: self.batch,
+            heads_q: self.heads_q,
+            heads_kv: self.heads_kv,
+            seq_q: self.seq_q,
+            seq_k: self.seq_k,
+        }
+    }
 }
 
 fn one() -> usize {

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use crate::args::{ArgKind, Elem, KernelArg, LaunchGeometry, Scalar};
 use crate::check::SpecError;
+use crate::shape::Shape;
 use crate::spec::DType;
 
 use super::{validate_dynamic, DynamicSpec};
@@ -48,21 +49,6 @@ pub enum Stage {
     TopkAttnPart,
     /// Log-sum-exp merge of two f32 partial results.
     LseMerge,
-}
-
-/// Problem sizes of one pipeline run (what the geometry depends on).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DynProblem {
-    /// Batch.
-    pub batch: usize,
-    /// Query heads.
-    pub heads_q: usize,
-    /// Key/value heads.
-    pub heads_kv: usize,
-    /// Query rows.
-    pub seq_q: usize,
-    /// Keys.
-    pub seq_k: usize,
 }
 
 /// One emitted kernel.
@@ -264,7 +250,7 @@ impl Stage {
     /// Grid, block and dynamic shared memory for `spec` on problem `p`. Per-row kernels:
     /// grid `(ceil(rows / 4), Hq, B)`, 128 threads (one warp per row); per-head kernels
     /// (HAX hash / key selection): grid `(Hq, B)`. Zero-sized grids mean "skip the launch".
-    pub fn geometry(self, spec: &DynamicSpec, p: &DynProblem) -> LaunchGeometry {
+    pub fn geometry(self, spec: &DynamicSpec, p: &Shape) -> LaunchGeometry {
         let rows = |n: usize| n.div_ceil(ROWS_PER_BLOCK as usize) as u32;
         let (hq, b) = (p.heads_q as u32, p.batch as u32);
         let per_row = |n: usize, smem: usize| LaunchGeometry {

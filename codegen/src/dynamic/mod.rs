@@ -23,8 +23,10 @@
 //! ```
 
 mod kernels;
+mod params;
 
-pub use kernels::{emit_dynamic, emit_stage, DynProblem, DynamicKernel, Stage};
+pub use kernels::{emit_dynamic, emit_stage, DynamicKernel, Stage};
+pub use params::{family, family_tags, Family, FamilyMode, FamilyParam, FAMILIES};
 
 use serde::{Deserialize, Serialize};
 
@@ -188,169 +190,67 @@ impl DynamicSpec {
     }
 }
 
-fn limit(errs: &mut Vec<SpecError>, path: &str, v: usize, lo: usize, hi: usize, fix: &str) {
-    if v < lo || v > hi {
-        errs.push(SpecError::new(
-            path,
-            format!("{v} is outside {lo}..={hi}"),
-            fix,
+/// Check a spec's parameters against its family's table ([`FAMILIES`]) and the
+/// cross-parameter rules; every error, each with its field path (`<family>.<param>`,
+/// `<family>.mode.<mode>.<param>` for a mode's) and fix, in table order.
+pub fn validate_dynamic(spec: &DynamicSpec) -> Result<(), Vec<SpecError>> {
+    let table = spec.family_table();
+    let values = spec.param_values();
+    let mut e: Vec<(usize, SpecError)> = Vec::new();
+    for (i, (p, v)) in values.iter().enumerate() {
+        if *v < p.min || *v > p.max {
+            let path = if table.params.iter().any(|q| q.name == p.name) {
+                format!("{}.{}", table.tag, p.name)
+            } else {
+                format!(
+                    "{}.mode.{}.{}",
+                    table.tag,
+                    spec.mode_tag().unwrap_or_default(),
+                    p.name
+                )
+            };
+            let message = format!("{v} is outside {}..={}", p.min, p.max);
+            e.push((i, SpecError::new(&path, message, p.range_fix)));
+        }
+    }
+    if let DynamicSpec::Hax {
+        k_lsh: 0, k_ks: 0, ..
+    } = spec
+    {
+        e.push((
+            0,
+            SpecError::new(
+                "hax.k_lsh",
+                "k_lsh + k_ks is 0",
+                "at least one budget must be >= 1 (official default 32 + 32)",
+            ),
         ));
     }
-}
-
-/// Check a spec's parameters; every error, each with its field path and fix.
-pub fn validate_dynamic(spec: &DynamicSpec) -> Result<(), Vec<SpecError>> {
-    let mut e = Vec::new();
-    let big = i32::MAX as usize;
-    match *spec {
-        DynamicSpec::Landmark { mem_freq, mode, .. } => {
-            limit(
-                &mut e,
-                "landmark.mem_freq",
-                mem_freq,
-                1,
-                big - 1,
-                "mem_freq >= 1 (block size mem_freq + 1; the paper uses 63)",
-            );
-            if let LandmarkMode::Retrieval { top_k } = mode {
-                limit(
-                    &mut e,
-                    "landmark.mode.retrieval.top_k",
-                    top_k,
-                    1,
-                    MAX_SELECT_K,
-                    "retrieve between 1 and 1024 blocks, or use mode = \"train\"",
-                );
-            }
-        }
-        DynamicSpec::Hax {
-            k_lsh,
-            k_ks,
-            hash_bits,
-            ..
-        } => {
-            limit(
-                &mut e,
-                "hax.k_lsh",
-                k_lsh,
-                0,
-                big,
-                "k_lsh must fit an i32 (official default 32)",
-            );
-            limit(
-                &mut e,
-                "hax.k_ks",
-                k_ks,
-                0,
-                MAX_K_KS,
-                "k_ks between 0 and 4096 (official default 32)",
-            );
-            if k_lsh == 0 && k_ks == 0 {
-                e.push(SpecError::new(
-                    "hax.k_lsh",
-                    "k_lsh + k_ks is 0",
-                    "at least one budget must be >= 1 (official default 32 + 32)",
-                ));
-            }
-            limit(
-                &mut e,
-                "hax.hash_bits",
-                hash_bits,
-                1,
-                MAX_HASH_BITS,
-                "use between 1 and 12 hyperplanes (official default 8)",
-            );
-        }
-        DynamicSpec::Cca { group, window, .. } => {
-            limit(
-                &mut e,
-                "cca.group",
-                group,
-                1,
-                big,
-                "the group size g must be >= 1 (default 16)",
-            );
-            limit(
-                &mut e,
-                "cca.window",
-                window,
-                0,
-                big,
-                "the window must fit an i32 (default 1024)",
-            );
-        }
-        DynamicSpec::Topk {
-            sink, recent, k, ..
-        } => {
-            limit(&mut e, "topk.k", k, 1, MAX_SELECT_K,
-                "retrieve between 1 and 1024 keys; for the static window alone use attention_over_keys");
-            limit(&mut e, "topk.sink", sink, 0, big, "sink must fit an i32");
-            limit(
-                &mut e,
-                "topk.recent",
-                recent,
-                0,
-                big,
-                "recent must fit an i32",
-            );
-        }
-        DynamicSpec::LseMerge { .. } => {}
-    }
+    // Stable: a cross-parameter error follows the range errors of the parameter it names.
+    e.sort_by_key(|(i, _)| *i);
     if e.is_empty() {
         Ok(())
     } else {
-        Err(e)
+        Err(e.into_iter().map(|(_, x)| x).collect())
     }
 }
 
-/// The built-in dynamic variants: every family and mode, f16 and bf16, `D = 64` and `128`,
-/// with the papers' default parameters.
+/// The built-in dynamic variants: every family and mode ([`FAMILIES`] order), f16 and
+/// bf16, `D = 64` and `128`, with the papers' default parameters.
 pub fn dynamic_catalog() -> Vec<DynamicSpec> {
     let mut v = Vec::new();
     for dtype in [DType::F16, DType::Bf16] {
         for head_dim in [HeadDim::D64, HeadDim::D128] {
-            v.push(DynamicSpec::Landmark {
-                dtype,
-                head_dim,
-                mem_freq: 63,
-                mode: LandmarkMode::Train,
-            });
-            v.push(DynamicSpec::Landmark {
-                dtype,
-                head_dim,
-                mem_freq: 63,
-                mode: LandmarkMode::Retrieval { top_k: 4 },
-            });
-            v.push(DynamicSpec::Hax {
-                dtype,
-                head_dim,
-                k_lsh: 32,
-                k_ks: 32,
-                hash_bits: 8,
-            });
-            v.push(DynamicSpec::Cca {
-                dtype,
-                head_dim,
-                group: 16,
-                window: 1024,
-            });
-            v.push(DynamicSpec::Topk {
-                dtype,
-                head_dim,
-                sink: 4,
-                recent: 64,
-                k: 64,
-                split: false,
-            });
-            v.push(DynamicSpec::Topk {
-                dtype,
-                head_dim,
-                sink: 4,
-                recent: 64,
-                k: 64,
-                split: true,
-            });
-            v.push(DynamicSpec::LseMerge { dtype, head_dim });
+            for f in &FAMILIES {
+                let modes: Vec<Option<&str>> = if f.modes.is_empty() {
+                    vec![None]
+                } else {
+                    f.modes.iter().map(|m| Some(m.name)).collect()
+                };
+                for m in modes {
+                    v.extend(DynamicSpec::with_defaults(f, m, dtype, head_dim));
+                }
+            }
         }
     }
     v

@@ -1,11 +1,13 @@
 //! Run-time support of `kernel!` declarations with `family:` (the data-dependent families
-//! of `attnforge_codegen::dynamic`): thin delegations to `attnforge_runtime::exec_dynamic`,
+//! of `attnforge_codegen::dynamic`): thin delegations to `attnforge_runtime::pipeline` and
+//! `attnforge_runtime::exec_dynamic`,
 //! plus the check of the log-sum-exp merge (two partial results in, one out).
 
 use attnforge_reference::{self as reference, AttnOutput, Element, Precision};
 use attnforge_runtime::codegen::dynamic::{emit_dynamic, DynamicKernel, DynamicSpec};
 use attnforge_runtime::exec::{Backend, ExecError};
 use attnforge_runtime::exec_dynamic::{self, DynCheckReport, DynInputs, DynRun};
+use attnforge_runtime::pipeline;
 use attnforge_runtime::sim::{SimConfig, SimElem};
 
 /// The pipeline's kernels in launch order (one self-contained `.cu` each).
@@ -27,7 +29,7 @@ pub fn reference<T: Element>(
     spec: &DynamicSpec,
     x: &DynInputs<T>,
 ) -> Result<AttnOutput, ExecError> {
-    exec_dynamic::reference_output(spec, x, Precision::F64)
+    pipeline::reference(spec, x, Precision::F64)
 }
 
 /// Runs on `backend` and compares with the reference.
@@ -45,7 +47,7 @@ pub fn launch<T: Element + SimElem>(
     x: &DynInputs<T>,
     ordinal: usize,
 ) -> Result<AttnOutput, ExecError> {
-    exec_dynamic::run(spec, x, &Backend::Cuda(ordinal)).map(|r| r.output)
+    pipeline::run(spec, x, &Backend::Cuda(ordinal)).map(|r| r.output)
 }
 
 /// Runs the merge kernel of an `lse_merge` spec on `backend` (simulator or GPU).

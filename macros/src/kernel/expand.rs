@@ -117,33 +117,69 @@ fn companion_asserts(path: &syn::Path, want: &str) -> TokenStream {
     }
 }
 
-pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error]) -> TokenStream {
+/// The element type `T` of a declaration's inputs (`f32` while the declaration has errors).
+fn elem_tokens(dtype: Option<DType>) -> TokenStream {
+    match dtype {
+        Some(DType::F16) => quote!(::attnforge::__private::rt::half::f16),
+        Some(DType::Bf16) => quote!(::attnforge::__private::rt::half::bf16),
+        _ => quote!(f32),
+    }
+}
+
+/// The item every declaration expands to, static kernel or data-dependent pipeline: the
+/// unit struct, `before` (compile-time assertions), an impl with `spec()` (of type
+/// `spec_ty`, built by `spec_body`) and `name()` plus the kind's `methods`, then the
+/// declaration's compile errors.
+fn item(
+    d: &KernelDecl,
+    errors: &[syn::Error],
+    before: TokenStream,
+    (spec_ty, spec_body): (TokenStream, TokenStream),
+    methods: TokenStream,
+) -> TokenStream {
     let KernelDecl {
         attrs, vis, name, ..
     } = d;
     let errs = errors.iter().map(syn::Error::to_compile_error);
+    quote! {
+        #(#attrs)*
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #name;
+
+        #before
+
+        #[allow(dead_code, clippy::all)]
+        impl #name {
+            /// The spec (static kernel: `KernelSpec`; pipeline: `DynamicSpec`).
+            pub fn spec() -> #spec_ty {
+                #[allow(unused_imports)]
+                use ::attnforge::__private::rt::{self, kernels::codegen::{dynamic, spec}};
+                #spec_body
+            }
+
+            /// Canonical name (`flash_fwd_...`, `landmark_retrieval_d128_bf16`, ...).
+            pub fn name() -> ::std::string::String {
+                Self::spec().canonical_name()
+            }
+
+            #methods
+        }
+
+        #(#errs)*
+    }
+}
+
+pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error]) -> TokenStream {
     let (mask_fn, score_fn) = match decl {
         Some(dl) => (dl.mask_fn.clone(), dl.score_fn.clone()),
         None => user_fns(d),
     };
-    let elem = match decl.map(|d| d.spec.dtype) {
-        Some(DType::F16) => quote!(::attnforge::__private::rt::half::f16),
-        Some(DType::Bf16) => quote!(::attnforge::__private::rt::half::bf16),
-        _ => quote!(f32),
-    };
+    let elem = elem_tokens(decl.map(|d| d.spec.dtype));
     let (spec_body, mask_p, softcap, tune) = match decl {
         Some(dl) => {
             let s = &dl.spec;
-            let dtype = match s.dtype {
-                DType::F16 => quote!(F16),
-                DType::Bf16 => quote!(Bf16),
-                DType::F32 => quote!(F32),
-            };
-            let hd = match s.head_dim {
-                HeadDim::D64 => quote!(D64),
-                HeadDim::D128 => quote!(D128),
-                HeadDim::D256 => quote!(D256),
-            };
+            let dtype = dtype_tokens(s.dtype);
+            let hd = head_dim_tokens(s.head_dim);
             let mask = mask_tokens(&s.mask, dl.mask_fn.as_ref());
             let score = score_tokens(&s.score, dl.score_fn.as_ref());
             let gqa = s.gqa;
@@ -211,29 +247,10 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
          functions' parameter values and their Rust twins (`host_mask` / `host_score`).{arg_docs} \
          Add document ids, block lists or ALiBi slopes with the `RunParams` builders."
     );
-    quote! {
-        #(#attrs)*
-        #[derive(Clone, Copy, Debug, Default)]
-        #vis struct #name;
-
-        #(#asserts)*
-
-        #[allow(dead_code, clippy::all)]
-        impl #name {
+    let spec_ty = quote!(::attnforge::__private::rt::kernels::codegen::spec::KernelSpec);
+    let methods = quote! {
             /// Declared tuning lists (block_m, block_n, warps, stages); `None`: the default grid.
             pub const TUNE: ::core::option::Option<[&'static [usize]; 4]> = { #[allow(unused_imports)] use ::attnforge::__private::rt; #tune };
-
-            /// The kernel spec.
-            pub fn spec() -> ::attnforge::__private::rt::kernels::codegen::spec::KernelSpec {
-                #[allow(unused_imports)]
-                use ::attnforge::__private::rt::{self, kernels::codegen::spec};
-                #spec_body
-            }
-
-            /// Canonical name (`flash_fwd_...`).
-            pub fn name() -> ::std::string::String {
-                Self::spec().canonical_name()
-            }
 
             /// The search space for sm_80 (valid on sm_90 too): the declared `tune` lists
             /// filtered by `TileConfig::valid`, or the default space.
@@ -317,10 +334,14 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
             ) -> ::core::result::Result<::attnforge::__private::rt::reference::AttnOutput, ::attnforge::__private::rt::kernels::exec::ExecError> {
                 ::attnforge::__private::rt::kernels::exec::run_cuda(&Self::spec(), tile, inputs, params, ordinal)
             }
-        }
-
-        #(#errs)*
-    }
+    };
+    item(
+        d,
+        errors,
+        quote!(#(#asserts)*),
+        (spec_ty, spec_body),
+        methods,
+    )
 }
 
 fn dtype_tokens(d: DType) -> TokenStream {
@@ -386,15 +407,7 @@ pub(crate) fn expand_dynamic(
     spec: Option<&DynamicSpec>,
     errors: &[syn::Error],
 ) -> TokenStream {
-    let KernelDecl {
-        attrs, vis, name, ..
-    } = d;
-    let errs = errors.iter().map(syn::Error::to_compile_error);
-    let elem = match spec.map(|s| s.dtype()) {
-        Some(DType::F16) => quote!(::attnforge::__private::rt::half::f16),
-        Some(DType::Bf16) => quote!(::attnforge::__private::rt::half::bf16),
-        _ => quote!(f32),
-    };
+    let elem = elem_tokens(spec.map(|s| s.dtype()));
     let is_merge = match spec {
         Some(s) => matches!(s, DynamicSpec::LseMerge { .. }),
         None => d.entries.iter().any(|e| {
@@ -482,34 +495,15 @@ pub(crate) fn expand_dynamic(
             }
         }
     };
-    quote! {
-        #(#attrs)*
-        #[derive(Clone, Copy, Debug, Default)]
-        #vis struct #name;
-
-        #[allow(dead_code, clippy::all)]
-        impl #name {
-            /// The dynamic spec (family, dtype, head dimension, parameters).
-            pub fn spec() -> #rt::kernels::codegen::dynamic::DynamicSpec {
-                #[allow(unused_imports)]
-                use #rt::kernels::codegen::{dynamic, spec};
-                #spec_body
-            }
-
-            /// Canonical pipeline name (`landmark_retrieval_d128_bf16`, ...).
-            pub fn name() -> ::std::string::String {
-                Self::spec().canonical_name()
-            }
-
-            /// The CUDA sources of the pipeline's kernels, in launch order (selection
-            /// kernels first), each self-contained with its name and argument list.
-            pub fn cuda() -> #kernels_t {
-                #rt::dynamic::cuda(&Self::spec())
-            }
-
-            #run_fns
+    let spec_ty = quote!(#rt::kernels::codegen::dynamic::DynamicSpec);
+    let methods = quote! {
+        /// The CUDA sources of the pipeline's kernels, in launch order (selection
+        /// kernels first), each self-contained with its name and argument list.
+        pub fn cuda() -> #kernels_t {
+            #rt::dynamic::cuda(&Self::spec())
         }
 
-        #(#errs)*
-    }
+        #run_fns
+    };
+    item(d, errors, TokenStream::new(), (spec_ty, spec_body), methods)
 }

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use attnforge_codegen::dynamic::{validate_dynamic, DynamicSpec, LandmarkMode};
+use attnforge_codegen::dynamic::{
+    family, validate_dynamic, DynamicSpec, Family, FamilyMode, FamilyParam, FAMILIES,
+};
 use attnforge_codegen::spec::{DType, HeadDim};
 use proc_macro2::TokenStream;
 use quote::ToTokens;
@@ -14,27 +16,88 @@ use syn::Ident;
 use super::check::{bool_lit, check_dtype, check_head_dim, expr_of, int_lit, spec_msg, Ctx};
 use super::parse::{ArgValue, Call, Entry, KernelDecl, Value};
 
-/// The family names `family:` accepts.
-const NAMES: [&str; 5] = ["landmark", "hax", "cca", "topk", "lse_merge"];
+/// `landmark(mem_freq: N, mode: train | retrieval(top_k: N)), hax(..), ..`: every family
+/// with its macro syntax, from the families' tables.
+fn families_text() -> String {
+    FAMILIES
+        .iter()
+        .map(|f| {
+            let mut parts: Vec<String> =
+                f.params.iter().map(|p| format!("{}: N", p.name)).collect();
+            if f.default_mode.is_none() && !f.modes.is_empty() {
+                let modes: Vec<String> = f.modes.iter().map(mode_syntax).collect();
+                parts.push(format!("mode: {}", modes.join(" | ")));
+            }
+            let mut text = if parts.is_empty() {
+                f.tag.to_string()
+            } else {
+                format!("{}({}", f.tag, parts.join(", "))
+            };
+            for m in flag_modes(f) {
+                text += &format!("[, {}: bool]", m.name);
+            }
+            if !parts.is_empty() {
+                text += ")";
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
-const FAMILIES: &str = "landmark(mem_freq: N, mode: train | retrieval(top_k: N)), \
-hax(k_lsh: N, k_ks: N, hash_bits: N), cca(group: N, window: N), \
-topk(sink: N, recent: N, k: N[, split: bool]), lse_merge";
+/// `train`, `retrieval(top_k: N)`.
+fn mode_syntax(m: &FamilyMode) -> String {
+    if m.params.is_empty() {
+        m.name.to_string()
+    } else {
+        let ps: Vec<String> = m.params.iter().map(|p| format!("{}: N", p.name)).collect();
+        format!("{}({})", m.name, ps.join(", "))
+    }
+}
+
+/// `retrieval(top_k: 4)`: a mode with its parameters at their defaults.
+fn mode_example(m: &FamilyMode) -> String {
+    if m.params.is_empty() {
+        m.name.to_string()
+    } else {
+        let ps: Vec<String> = m
+            .params
+            .iter()
+            .map(|p| format!("{}: {}", p.name, p.default))
+            .collect();
+        format!("{}({})", m.name, ps.join(", "))
+    }
+}
+
+/// The modes of a family with a default mode: each other mode is a `name: bool` flag
+/// (`topk(.., split: true)`).
+fn flag_modes(f: &Family) -> impl Iterator<Item = &'static FamilyMode> + '_ {
+    let flags = f.default_mode.is_some();
+    f.modes
+        .iter()
+        .filter(move |m| flags && Some(m.name) != f.default_mode)
+}
 
 /// Whether `name` is a dynamic family (reserved in `mask:` for the hint).
 pub(crate) fn is_family_name(name: &str) -> bool {
-    NAMES.contains(&name)
+    family(name).is_some()
 }
 
 /// A complete `family:` value for `name`, with the papers' defaults.
-pub(crate) fn example(name: &str) -> &'static str {
-    match name {
-        "landmark" => "landmark(mem_freq: 63, mode: retrieval(top_k: 4))",
-        "hax" => "hax(k_lsh: 32, k_ks: 32, hash_bits: 8)",
-        "cca" => "cca(group: 16, window: 1024)",
-        "topk" => "topk(sink: 4, recent: 64, k: 64)",
-        _ => "lse_merge",
+pub(crate) fn example(name: &str) -> String {
+    let Some(f) = family(name) else {
+        return name.to_string();
+    };
+    let params = macro_params(f);
+    if params.is_empty() {
+        return f.tag.to_string();
     }
+    let required: Vec<String> = params
+        .iter()
+        .filter(|p| p.required)
+        .map(|p| format!("{}: {}", p.name, p.example))
+        .collect();
+    format!("{}({})", f.tag, required.join(", "))
 }
 
 /// Whether a declaration names a dynamic family (it has a `family:` key).
@@ -49,70 +112,95 @@ enum Kind {
     Mode,
 }
 
-/// A parameter: name, kind, required, example value.
-type Param = (&'static str, Kind, bool, &'static str);
+/// A parameter of the macro syntax: name, kind, required, example value.
+struct Param {
+    name: &'static str,
+    kind: Kind,
+    required: bool,
+    example: String,
+}
 
-fn params_of(family: &str) -> &'static [Param] {
-    match family {
-        "landmark" => &[
-            ("mem_freq", Kind::Int, true, "63"),
-            ("mode", Kind::Mode, true, "retrieval(top_k: 4)"),
-        ],
-        "hax" => &[
-            ("k_lsh", Kind::Int, true, "32"),
-            ("k_ks", Kind::Int, true, "32"),
-            ("hash_bits", Kind::Int, true, "8"),
-        ],
-        "cca" => &[
-            ("group", Kind::Int, true, "16"),
-            ("window", Kind::Int, true, "1024"),
-        ],
-        "topk" => &[
-            ("sink", Kind::Int, true, "4"),
-            ("recent", Kind::Int, true, "64"),
-            ("k", Kind::Int, true, "64"),
-            ("split", Kind::Bool, false, "true"),
-        ],
-        "retrieval" => &[("top_k", Kind::Int, true, "4")],
-        _ => &[],
+/// The integer parameters of a family table or mode, all required.
+fn int_params(ps: &[FamilyParam]) -> Vec<Param> {
+    ps.iter()
+        .map(|p| Param {
+            name: p.name,
+            kind: Kind::Int,
+            required: true,
+            example: p.default.to_string(),
+        })
+        .collect()
+}
+
+/// A family's macro parameters: its table's, then `mode: ..` when the mode is required,
+/// or a `name: bool` flag per non-default mode.
+fn macro_params(f: &Family) -> Vec<Param> {
+    let mut v = int_params(f.params);
+    if f.default_mode.is_none() && !f.modes.is_empty() {
+        let example = f
+            .modes
+            .iter()
+            .rev()
+            .find(|m| !m.params.is_empty())
+            .unwrap_or(&f.modes[0]);
+        v.push(Param {
+            name: "mode",
+            kind: Kind::Mode,
+            required: true,
+            example: mode_example(example),
+        });
     }
+    v.extend(flag_modes(f).map(|m| Param {
+        name: m.name,
+        kind: Kind::Bool,
+        required: false,
+        example: "true".to_string(),
+    }));
+    v
 }
 
 /// A checked parameter value.
 enum Val {
     Int(usize),
     Bool(bool),
-    Mode(LandmarkMode),
+    /// A mode with its own parameters' values.
+    Mode(&'static str, BTreeMap<&'static str, Val>),
 }
 
 /// The family with its parameters; dtype and head_dim are filled in later.
 struct FamilyOut {
-    name: String,
+    family: &'static Family,
     vals: BTreeMap<&'static str, Val>,
     /// Span of each parameter's value, by parameter name (`top_k` included).
     spans: BTreeMap<&'static str, TokenStream>,
 }
 
-/// The named arguments of `call` against `params` (`what` names the call in messages).
-/// `None` when an error was reported.
-fn named_args(
-    cx: &mut Ctx<'_>,
-    call: &Call,
-    params: &'static [Param],
-    spans: &mut BTreeMap<&'static str, TokenStream>,
-) -> Option<BTreeMap<&'static str, Val>> {
-    let what = call.name.to_string();
-    let sig = params
+/// `name: example, [flag: true]`.
+fn signature(params: &[Param]) -> String {
+    params
         .iter()
-        .map(|(n, _, req, ex)| {
-            if *req {
-                format!("{n}: {ex}")
+        .map(|p| {
+            if p.required {
+                format!("{}: {}", p.name, p.example)
             } else {
-                format!("[{n}: {ex}]")
+                format!("[{}: {}]", p.name, p.example)
             }
         })
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+/// The named arguments of `call` against `params` of family `fam` (`call` names the call
+/// in messages). `None` when an error was reported.
+fn named_args(
+    cx: &mut Ctx<'_>,
+    fam: &'static Family,
+    call: &Call,
+    params: &[Param],
+    spans: &mut BTreeMap<&'static str, TokenStream>,
+) -> Option<BTreeMap<&'static str, Val>> {
+    let what = call.name.to_string();
+    let sig = signature(params);
     let mut out = BTreeMap::new();
     let mut ok = true;
     let args = match &call.args {
@@ -145,8 +233,8 @@ fn named_args(
             continue;
         };
         let k = key.to_string();
-        let Some(&(pname, kind, _, ex)) = params.iter().find(|p| p.0 == k) else {
-            let names: Vec<_> = params.iter().map(|p| p.0).collect();
+        let Some(p) = params.iter().find(|p| p.name == k) else {
+            let names: Vec<_> = params.iter().map(|p| p.name).collect();
             cx.err(
                 key,
                 format!(
@@ -165,19 +253,22 @@ fn named_args(
             ok = false;
             continue;
         }
-        spans.insert(pname, a.value.tokens());
-        match value(cx, pname, kind, ex, &a.value, spans) {
+        spans.insert(p.name, a.value.tokens());
+        match value(cx, fam, p, &a.value, spans) {
             Some(v) => {
-                out.insert(pname, v);
+                out.insert(p.name, v);
             }
             None => ok = false,
         }
     }
-    for &(pname, _, req, ex) in params {
-        if req && !seen.contains_key(pname) {
+    for p in params {
+        if p.required && !seen.contains_key(p.name) {
             cx.err(
                 &call.name,
-                format!("missing parameter `{pname}` of `{what}`: add `{pname}: {ex}` (`{what}({sig})`)"),
+                format!(
+                    "missing parameter `{}` of `{what}`: add `{}: {}` (`{what}({sig})`)",
+                    p.name, p.name, p.example
+                ),
             );
             ok = false;
         }
@@ -185,38 +276,101 @@ fn named_args(
     ok.then_some(out)
 }
 
-fn value(
-    cx: &mut Ctx<'_>,
-    pname: &'static str,
-    kind: Kind,
-    ex: &str,
-    v: &ArgValue,
-    spans: &mut BTreeMap<&'static str, TokenStream>,
-) -> Option<Val> {
-    match (kind, v) {
-        (Kind::Int, ArgValue::Expr(e)) => match int_lit(e) {
-            Some(n) if n >= 0 => match usize::try_from(n) {
-                Ok(n) => Some(Val::Int(n)),
-                Err(_) => {
-                    cx.err(e, format!("`{pname}` = {n} does not fit a usize"));
-                    None
-                }
-            },
-            Some(n) => {
-                cx.err(
-                    e,
-                    format!("`{pname}` = {n} is negative: family parameters are non-negative integers, e.g. `{pname}: {ex}`"),
-                );
-                None
-            }
-            None => {
-                cx.err(
-                    e,
-                    format!("`{pname}` takes an integer literal, e.g. `{pname}: {ex}`"),
-                );
+fn int_value(cx: &mut Ctx<'_>, p: &Param, e: &syn::Expr) -> Option<Val> {
+    let pname = p.name;
+    let ex = &p.example;
+    match int_lit(e) {
+        Some(n) if n >= 0 => match usize::try_from(n) {
+            Ok(n) => Some(Val::Int(n)),
+            Err(_) => {
+                cx.err(e, format!("`{pname}` = {n} does not fit a usize"));
                 None
             }
         },
+        Some(n) => {
+            cx.err(
+                e,
+                format!("`{pname}` = {n} is negative: family parameters are non-negative integers, e.g. `{pname}: {ex}`"),
+            );
+            None
+        }
+        None => {
+            cx.err(
+                e,
+                format!("`{pname}` takes an integer literal, e.g. `{pname}: {ex}`"),
+            );
+            None
+        }
+    }
+}
+
+/// `mode: name` or `mode: name(param: N, ..)`, checked against the family's modes.
+fn mode_value(
+    cx: &mut Ctx<'_>,
+    fam: &'static Family,
+    c: &Call,
+    spans: &mut BTreeMap<&'static str, TokenStream>,
+) -> Option<Val> {
+    let name = c.name.to_string();
+    let Some(m) = fam.mode(&name) else {
+        let choices: Vec<String> = fam
+            .modes
+            .iter()
+            .map(|m| format!("`{}`", mode_syntax(m)))
+            .collect();
+        cx.err(
+            &c.name,
+            format!(
+                "unknown {} mode `{name}`; expected {}",
+                fam.tag,
+                choices.join(" or ")
+            ),
+        );
+        return None;
+    };
+    if m.params.is_empty() {
+        if let Some((paren, _)) = &c.args {
+            cx.err_span(
+                *paren,
+                format!(
+                    "`{name}` takes no parameters: write `mode: {name}` ({})",
+                    m.about
+                ),
+            );
+            return None;
+        }
+        return Some(Val::Mode(m.name, BTreeMap::new()));
+    }
+    if c.args.is_none() {
+        let needs: Vec<String> = m
+            .params
+            .iter()
+            .map(|p| format!("`{}` ({})", p.name, p.about))
+            .collect();
+        cx.err(
+            &c.name,
+            format!(
+                "`{name}` needs {}: write `mode: {}`",
+                needs.join(", "),
+                mode_example(m)
+            ),
+        );
+        return None;
+    }
+    let vals = named_args(cx, fam, c, &int_params(m.params), spans)?;
+    Some(Val::Mode(m.name, vals))
+}
+
+fn value(
+    cx: &mut Ctx<'_>,
+    fam: &'static Family,
+    p: &Param,
+    v: &ArgValue,
+    spans: &mut BTreeMap<&'static str, TokenStream>,
+) -> Option<Val> {
+    let pname = p.name;
+    match (p.kind, v) {
+        (Kind::Int, ArgValue::Expr(e)) => int_value(cx, p, e),
         (Kind::Bool, ArgValue::Expr(e)) => match bool_lit(e) {
             Some(b) => Some(Val::Bool(b)),
             None => {
@@ -224,52 +378,25 @@ fn value(
                 None
             }
         },
-        (Kind::Mode, ArgValue::Call(c)) => match c.name.to_string().as_str() {
-            "train" => {
-                if let Some((paren, _)) = &c.args {
-                    cx.err_span(
-                        *paren,
-                        "`train` takes no parameters: write `mode: train` (training mode attends to every earlier block)",
-                    );
-                    return None;
-                }
-                Some(Val::Mode(LandmarkMode::Train))
-            }
-            "retrieval" => {
-                if c.args.is_none() {
-                    cx.err(
-                        &c.name,
-                        "`retrieval` needs the number of blocks it retrieves: write `mode: retrieval(top_k: 4)`",
-                    );
-                    return None;
-                }
-                let mut v = named_args(cx, c, params_of("retrieval"), spans)?;
-                let Some(Val::Int(top_k)) = v.remove("top_k") else {
-                    return None;
-                };
-                Some(Val::Mode(LandmarkMode::Retrieval { top_k }))
-            }
-            other => {
-                cx.err(
-                    &c.name,
-                    format!("unknown landmark mode `{other}`; expected `train` or `retrieval(top_k: N)`"),
-                );
-                None
-            }
-        },
+        (Kind::Mode, ArgValue::Call(c)) => mode_value(cx, fam, c, spans),
         (Kind::Mode, ArgValue::Expr(e)) => {
-            cx.err(e, "`mode` takes `train` or `retrieval(top_k: N)`");
+            let choices: Vec<String> = fam
+                .modes
+                .iter()
+                .map(|m| format!("`{}`", mode_syntax(m)))
+                .collect();
+            cx.err(e, format!("`mode` takes {}", choices.join(" or ")));
             None
         }
         (Kind::Int | Kind::Bool, ArgValue::Call(c)) => {
-            let want = if kind == Kind::Int {
+            let want = if p.kind == Kind::Int {
                 "an integer literal"
             } else {
                 "`true` or `false`"
             };
             cx.err(
                 &c.tokens(),
-                format!("`{pname}` takes {want}, e.g. `{pname}: {ex}` (constants and expressions are not evaluated by the macro)"),
+                format!("`{pname}` takes {want}, e.g. `{pname}: {}` (constants and expressions are not evaluated by the macro)", p.example),
             );
             None
         }
@@ -287,31 +414,35 @@ fn check_family(cx: &mut Ctx<'_>, entry: &Entry) -> Option<FamilyOut> {
             cx.err(
                 &at,
                 format!(
-                    "`family` takes a family name with its parameters; expected one of: {FAMILIES}"
+                    "`family` takes a family name with its parameters; expected one of: {}",
+                    families_text()
                 ),
             );
             return None;
         }
     };
     let name = call.name.to_string();
-    if !is_family_name(&name) {
-        let hint = match name.as_str() {
-            "landmark_train" | "landmark_retrieval" => {
-                " (the mode is a parameter: `landmark(mem_freq: 63, mode: train)`)".to_string()
+    let Some(fam) = family(&name) else {
+        let hint = match mode_named_family(&name) {
+            Some(h) => h,
+            None if name.starts_with("flash") || is_static_mask(&name) => {
+                format!(
+                    " (`{name}` is a static mask family: write `mask: {name}` and no `family:`)"
+                )
             }
-            "topk_split" => " (write `topk(sink: 4, recent: 64, k: 64, split: true)`)".to_string(),
-            n if n.starts_with("flash") || is_static_mask(n) => {
-                format!(" (`{n}` is a static mask family: write `mask: {n}` and no `family:`)")
-            }
-            _ => String::new(),
+            None => String::new(),
         };
         cx.err(
             &call.name,
-            format!("unknown dynamic family `{name}`; expected one of: {FAMILIES}{hint}"),
+            format!(
+                "unknown dynamic family `{name}`; expected one of: {}{hint}",
+                families_text()
+            ),
         );
         return None;
-    }
-    if name != "lse_merge" && call.args.is_none() {
+    };
+    let params = macro_params(fam);
+    if !params.is_empty() && call.args.is_none() {
         cx.err(
             &call.name,
             format!(
@@ -322,8 +453,40 @@ fn check_family(cx: &mut Ctx<'_>, entry: &Entry) -> Option<FamilyOut> {
         return None;
     }
     let mut spans = BTreeMap::new();
-    let vals = named_args(cx, call, params_of(&name), &mut spans)?;
-    Some(FamilyOut { name, vals, spans })
+    let vals = named_args(cx, fam, call, &params, &mut spans)?;
+    Some(FamilyOut {
+        family: fam,
+        vals,
+        spans,
+    })
+}
+
+/// The hint for a canonical-name spelling `<family>_<mode>` (`landmark_train`,
+/// `topk_split`): how the mode is written in the macro.
+fn mode_named_family(name: &str) -> Option<String> {
+    let (f, m) = FAMILIES.iter().find_map(|f| {
+        f.modes
+            .iter()
+            .find(|m| name == format!("{}_{}", f.tag, m.name))
+            .map(|m| (f, m))
+    })?;
+    let ints: Vec<String> = f
+        .params
+        .iter()
+        .map(|p| format!("{}: {}", p.name, p.default))
+        .collect();
+    let ints = ints.join(", ");
+    Some(if f.default_mode.is_none() {
+        format!(
+            " (the mode is a parameter: `{}({ints}, mode: {})`)",
+            f.tag,
+            mode_example(m)
+        )
+    } else if f.default_mode == Some(m.name) {
+        format!(" (write `{}({ints})`)", f.tag)
+    } else {
+        format!(" (write `{}({ints}, {}: true)`)", f.tag, m.name)
+    })
 }
 
 fn is_static_mask(n: &str) -> bool {
@@ -347,43 +510,29 @@ fn is_static_mask(n: &str) -> bool {
 }
 
 fn build(f: &FamilyOut, dtype: DType, head_dim: HeadDim) -> DynamicSpec {
-    let int = |k: &str| match f.vals.get(k) {
-        Some(Val::Int(v)) => *v,
-        _ => 0,
-    };
-    match f.name.as_str() {
-        "landmark" => DynamicSpec::Landmark {
-            dtype,
-            head_dim,
-            mem_freq: int("mem_freq"),
-            mode: match f.vals.get("mode") {
-                Some(Val::Mode(m)) => *m,
-                _ => LandmarkMode::Train,
-            },
-        },
-        "hax" => DynamicSpec::Hax {
-            dtype,
-            head_dim,
-            k_lsh: int("k_lsh"),
-            k_ks: int("k_ks"),
-            hash_bits: int("hash_bits"),
-        },
-        "cca" => DynamicSpec::Cca {
-            dtype,
-            head_dim,
-            group: int("group"),
-            window: int("window"),
-        },
-        "topk" => DynamicSpec::Topk {
-            dtype,
-            head_dim,
-            sink: int("sink"),
-            recent: int("recent"),
-            k: int("k"),
-            split: matches!(f.vals.get("split"), Some(Val::Bool(true))),
-        },
-        _ => DynamicSpec::LseMerge { dtype, head_dim },
+    let mut ints: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut mode = None;
+    for (name, v) in &f.vals {
+        match v {
+            Val::Int(i) => {
+                ints.insert(name, *i);
+            }
+            Val::Bool(true) => mode = Some(*name),
+            Val::Bool(false) => {}
+            Val::Mode(m, vals) => {
+                mode = Some(*m);
+                for (n, v) in vals {
+                    if let Val::Int(i) = v {
+                        ints.insert(n, *i);
+                    }
+                }
+            }
+        }
     }
+    DynamicSpec::from_params(f.family, mode, dtype, head_dim, |n| {
+        ints.get(n).copied().unwrap_or(0)
+    })
+    .expect("the checked mode is one of the family's")
 }
 
 /// Why a static key does not apply to a dynamic family, and the fix.

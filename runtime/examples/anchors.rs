@@ -308,7 +308,7 @@ fn our_rows() -> Result<Vec<Row>, String> {
                     Ok(k) => k,
                     Err(e) => return missing(format!("emit failed: {e:?}")),
                 };
-                let b = match build_kernel(&k.source, &k.name, arch.into()) {
+                let b = match build_kernel(&k.source, &k.name, arch) {
                     Ok(b) => b,
                     Err(e) => return missing(format!("compile failed: {e}")),
                 };

@@ -15,7 +15,7 @@ fn main_loop_of_our_dense_kernel_is_one_key_tile() {
     for arch in [Arch::Sm80, Arch::Sm90] {
         let tile = default_tile(&spec, arch).expect("a default tile");
         let k = emit_with(&spec, &tile, arch, SymbolStyle::WithTile).expect("emits");
-        let b = build_kernel(&k.source, &k.name, arch.into())
+        let b = build_kernel(&k.source, &k.name, arch)
             .unwrap_or_else(|e| panic!("compile (run `cargo xtask setup`): {e}"));
         let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
         let expected =

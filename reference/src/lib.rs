@@ -63,6 +63,7 @@ mod landmark;
 mod lm_infinite;
 mod mask;
 mod oracle;
+mod serving;
 mod tensor;
 mod topk;
 
@@ -81,5 +82,10 @@ pub use crate::landmark::{landmark_attention, LandmarkMode, LandmarkParams};
 pub use crate::lm_infinite::{lm_infinite_attention, rope, rope_tensor, LmInfiniteParams};
 pub use crate::mask::{alibi_slopes, Mask, MaskFn, ScoreFn, ScoreMod};
 pub use crate::oracle::{assert_close, CloseError, CloseReport, ErrorStat, Location, Tolerance};
+pub use crate::serving::{
+    gather_paged_kv, merge_partials, pack_dense, paged_attention, serving_attention,
+    split_kv_attention, split_kv_partials, split_kv_ranges, varlen_attention, KvLayout, Packed,
+    PagedCache, PagedKv, ServingError, SplitKv, VarlenKv, VarlenOutput,
+};
 pub use crate::tensor::{AttnOptions, AttnOutput, OutShape, Precision, Shape4, Tensor4};
 pub use crate::topk::{topk_attention, topk_key_sets, TopkParams, TopkSets};

@@ -85,7 +85,7 @@ pub use crate::oracle::{assert_close, CloseError, CloseReport, ErrorStat, Locati
 pub use crate::serving::{
     gather_paged_kv, merge_partials, pack_dense, paged_attention, serving_attention,
     split_kv_attention, split_kv_partials, split_kv_ranges, varlen_attention, KvLayout, Packed,
-    PagedCache, PagedKv, ServingError, SplitKv, VarlenKv, VarlenOutput,
+    PagedCache, PagedKv, ServingError, SplitKv, VarlenKeys, VarlenKv, VarlenOutput,
 };
 pub use crate::tensor::{AttnOptions, AttnOutput, OutShape, Precision, Shape4, Tensor4};
 pub use crate::topk::{topk_attention, topk_key_sets, TopkParams, TopkSets};

@@ -643,11 +643,31 @@ pub fn split_kv_attention<T: Element>(
     merge_partials(&parts)
 }
 
-/// The logical keys of a paged cache as packed varlen keys: returns `(k, v, cu_seqlens_k)`
-/// with sequence `b`'s `seqlens_k[b]` keys in order.
-pub fn gather_paged_kv<T: Element>(
-    kv: &PagedKv<'_, T>,
-) -> Result<(Packed<T>, Packed<T>, Vec<i32>), ServingError> {
+/// Owned packed keys and values with their offsets (what [`gather_paged_kv`] returns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarlenKeys<T> {
+    /// `[Tk, Hkv, D]`.
+    pub k: Packed<T>,
+    /// `[Tk, Hkv, Dv]`.
+    pub v: Packed<T>,
+    /// `[B + 1]`.
+    pub cu_seqlens_k: Vec<i32>,
+}
+
+impl<T> VarlenKeys<T> {
+    /// Borrow as a [`VarlenKv`].
+    pub fn as_kv(&self) -> VarlenKv<'_, T> {
+        VarlenKv {
+            k: &self.k,
+            v: &self.v,
+            cu_seqlens_k: &self.cu_seqlens_k,
+        }
+    }
+}
+
+/// The logical keys of a paged cache as packed varlen keys: sequence `b`'s `seqlens_k[b]`
+/// keys in order, `cu_seqlens_k` their offsets.
+pub fn gather_paged_kv<T: Element>(kv: &PagedKv<'_, T>) -> Result<VarlenKeys<T>, ServingError> {
     let batch = kv.seqlens_k.len();
     check_paged(kv, batch)?;
     let mut cu = vec![0i32];
@@ -672,11 +692,11 @@ pub fn gather_paged_kv<T: Element>(
         })?);
     }
     let tk = *cu.last().unwrap_or(&0) as usize;
-    Ok((
-        Packed::from_vec(tk, kc.heads, kc.dim, kd)?,
-        Packed::from_vec(tk, vc.heads, vc.dim, vd)?,
-        cu,
-    ))
+    Ok(VarlenKeys {
+        k: Packed::from_vec(tk, kc.heads, kc.dim, kd)?,
+        v: Packed::from_vec(tk, vc.heads, vc.dim, vd)?,
+        cu_seqlens_k: cu,
+    })
 }
 
 fn page_slot<T>(kv: &PagedKv<'_, T>, b: usize, j: usize) -> (usize, usize) {
@@ -867,7 +887,7 @@ impl<'c> Layout<'c> {
                 "keys must have the head dimension of q",
             ));
         }
-        if q.heads % hkv != 0 {
+        if !q.heads.is_multiple_of(hkv) {
             return Err(ServingError::input(
                 "k.heads",
                 format!("Hkv = {hkv} does not divide Hq = {}", q.heads),
@@ -914,7 +934,7 @@ impl<'c> Layout<'c> {
         let qb = Tensor4::from_fn(Shape4::new(1, hq, sq, d), |_, h, i, x| {
             q.data[((rows.start + i) * hq + h) * d + x]
         });
-        let (sk, k, v, doc_of): (usize, _, _, Box<dyn Fn(&[i32]) -> Vec<i32> + '_>) = match kv {
+        let (sk, k, v, doc_of): (usize, _, _, DocGather<'_>) = match kv {
             KvLayout::Varlen(vk) => {
                 let ks = vk.cu_seqlens_k[b] as usize..vk.cu_seqlens_k[b + 1] as usize;
                 let gather = |p: &Packed<T>| {
@@ -1033,6 +1053,9 @@ impl<T: Element> Sequence<T> {
         }
     }
 }
+
+/// Gathers one sequence's doc ids from a layout-wide doc array of checked length.
+type DocGather<'a> = Box<dyn Fn(&[i32]) -> Vec<i32> + 'a>;
 
 type DocOf<'a> = dyn Fn(&[i32], &'static str) -> Result<Vec<i32>, ServingError> + 'a;
 

@@ -447,7 +447,11 @@ fn paged_vs_varlen<T: Element>(seed: u64, ps: usize, max_k: usize, max_q: usize)
                     T::DTYPE
                 );
                 if mk == 0 && precision == Precision::F64 {
-                    let (k, v, cu) = gather_paged_kv(&p.kv()).unwrap();
+                    let VarlenKeys {
+                        k,
+                        v,
+                        cu_seqlens_k: cu,
+                    } = gather_paged_kv(&p.kv()).unwrap();
                     let bits =
                         |p: &Packed<T>| -> Vec<f64> { p.data.iter().map(|e| e.to_f64()).collect() };
                     assert_eq!(cu, x.cu_k);

@@ -115,6 +115,7 @@ fn cu_seqlens_errors() {
     };
     expect(&with(&[], 3), "cu_seqlens_q", "empty");
     expect(&with(&[1, 2, 3, 3], 3), "cu_seqlens_q[0]", "is 1");
+    expect(&with(&[-1, 2, 3, 3], 3), "cu_seqlens_q[0]", "is -1");
     expect(
         &with(&[0, 2, 1, 3], 3),
         "cu_seqlens_q[2]",
@@ -194,7 +195,7 @@ fn paged_errors() {
         "seqlens_k[0]",
         "4 pages of 4 but block_table rows hold only 3 (at most 12 keys)",
     );
-    expect(&with_lens(&[9, 4, -2]), "seqlens_k[2]", "is -2");
+    expect(&with_lens(&[9, 4, -1]), "seqlens_k[2]", "is -1");
     expect(
         &with_lens(&[9, 4]),
         "seqlens_k",
@@ -310,7 +311,7 @@ fn sizes_heads_and_32_bit_offsets() {
 #[test]
 fn doc_ids_are_laid_out_like_the_keys() {
     let base = paged(&TABLE, &SEQLENS, &CU_Q);
-    let ids = vec![1i32; 24];
+    let ids = [1i32; 24];
     let p = ServingProblem {
         doc: Some(DocIds {
             ids: &ids[..13],
@@ -321,7 +322,7 @@ fn doc_ids_are_laid_out_like_the_keys() {
     expect(&p, "doc", "has 13 ids but 24 are needed");
     // share_question: sequence 0 reads pages 5, 0, 3; id 0 at key 4 (page 0 slot 0) after
     // key 0 (page 5 slot 0, id 1) breaks the prefix rule
-    let mut ids = vec![1i32; 24];
+    let mut ids = [1i32; 24];
     ids[0] = 0;
     let p = ServingProblem {
         doc: Some(DocIds {

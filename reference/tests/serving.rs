@@ -602,10 +602,16 @@ fn max_abs_diff(a: &VarlenOutput, b: &VarlenOutput) -> f64 {
 
 #[test]
 fn split_kv_decode_equals_unsplit() {
-    let mut r = rng(6);
+    split_vs_unsplit::<f32>(6);
+    split_vs_unsplit::<f16>(7);
+    split_vs_unsplit::<bf16>(8);
+}
+
+fn split_vs_unsplit<T: Element>(seed: u64) {
+    let mut r = rng(seed);
     let sk = vec![37, 5, 0, 64, 130];
     let sq = vec![1, 2, 0, 4, 16];
-    let (x, p) = paged_batch::<f32>(&mut r, 16, sq, sk);
+    let (x, p) = paged_batch::<T>(&mut r, 16, sq, sk);
     let splits = [(1, 1), (2, 1), (3, 16), (7, 1), (40, 1), (4, 32)];
     for mk in 0..N_MASKS {
         for sm in 0..N_SCORE_MODS {
@@ -642,7 +648,7 @@ fn split_kv_decode_equals_unsplit() {
             let naive_split =
                 split_kv_attention(&x.q, &x.cu_q, &kv, split, &m, &s, &AttnOptions::naive())
                     .unwrap();
-            let tol = Tolerance::for_dtype(DType::F32);
+            let tol = Tolerance::for_dtype(T::DTYPE);
             assert_close(
                 &naive_split.to_attn_output(),
                 &unsplit.to_attn_output(),
@@ -650,7 +656,7 @@ fn split_kv_decode_equals_unsplit() {
                 tol.rtol,
                 tol.atol,
             )
-            .unwrap_or_else(|e| panic!("mask {mk} sm {sm}: {e}"));
+            .unwrap_or_else(|e| panic!("{:?} mask {mk} sm {sm}: {e}", T::DTYPE));
         }
     }
 }

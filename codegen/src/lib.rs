@@ -23,6 +23,7 @@ pub mod emit;
 pub mod ir;
 pub mod name;
 pub mod new_masks_host;
+pub mod serving;
 pub mod shape;
 pub mod spec;
 pub mod tile;

@@ -67,6 +67,7 @@ mod longheads;
 mod mask;
 mod oracle;
 mod recycled;
+mod serving;
 mod stats;
 mod tensor;
 mod topk;
@@ -95,6 +96,11 @@ pub use crate::mask::{alibi_slopes, Mask, MaskFn, ScoreFn, ScoreMod};
 pub use crate::oracle::{assert_close, CloseError, CloseReport, ErrorStat, Location, Tolerance};
 pub use crate::recycled::{
     recycled_attention, recycled_schedule, RecycledParams, RecycledStep, StepKind,
+};
+pub use crate::serving::{
+    gather_paged_kv, merge_partials, pack_dense, paged_attention, serving_attention,
+    split_kv_attention, split_kv_partials, split_kv_ranges, varlen_attention, KvLayout, Packed,
+    PagedCache, PagedKv, ServingError, SplitKv, VarlenKeys, VarlenKv, VarlenOutput,
 };
 pub use crate::stats::{
     attention_stats, key_stats_from_weights, max_pool_1d, one_hot_values, top_keys, AttnStats,

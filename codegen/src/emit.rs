@@ -317,4 +317,46 @@ fn block_hooks(o: &mut String, ir: &KernelIr) {
 /// hide the `ldmatrix` latency, while d128 and d256 no longer unroll 8 and 16 steps: this
 /// loop indexes no register array, and rolling it shortened the NVRTC + ptxas compile by
 /// 20-40 ms per kernel. The P V loops index the S and O fragments and stay fully unrolled.
+/// The loop is `af_tc_qk` in `cuda/af_fwd_tc.cuh`, whose `#pragma unroll` carries this value
+/// (a unit test keeps the two equal).
 pub const QK_K_UNROLL: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qk_unroll_matches_the_template() {
+        let qk = &FWD_TC_CUH[FWD_TC_CUH.find("void af_tc_qk(").unwrap()..];
+        let pragma =
+            format!("#pragma unroll {QK_K_UNROLL}\n    for (int kk = 0; kk < D / 16; ++kk)");
+        assert!(
+            qk.contains(&pragma),
+            "af_tc_qk must unroll the k-steps by {QK_K_UNROLL}"
+        );
+    }
+
+    #[test]
+    fn core_args_are_the_fields_of_af_fwd_args() {
+        let spec = crate::spec::KernelSpec::new(
+            crate::spec::DType::F16,
+            crate::spec::HeadDim::D64,
+            crate::spec::Mask::Local,
+            crate::spec::ScoreMod::Softcap,
+        );
+        let args = crate::args::kernel_args(&spec);
+        assert_eq!(args[CORE_ARGS - 1].name, "scale");
+        assert_eq!(args[CORE_ARGS].name, "window_left");
+        let fields = &FWD_CUH[FWD_CUH.find("struct af_fwd_args {").unwrap()..];
+        let fields = &fields[..fields.find("};").unwrap()];
+        let mut at = 0;
+        for a in &args[..CORE_ARGS] {
+            let pos = fields[at..]
+                .find(&format!(" {}", a.name))
+                .unwrap_or_else(|| {
+                    panic!("af_fwd_args lacks `{}` (or it is out of order)", a.name)
+                });
+            at += pos + a.name.len() + 1;
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! current as the templates change: update the pattern (or drop the entry) in the same
 //! commit that moves the code.
 //!
-//! Patterns in `emit.rs` are matched against the Rust source, so text inside `format!`-style
+//! Patterns in Rust files are matched against the Rust source, so text inside `format!`-style
 //! strings carries its `{{`/`}}` escapes.
 
 /// What part of the generator a mutant breaks (a report groups by it).

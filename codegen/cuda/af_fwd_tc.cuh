@@ -82,9 +82,11 @@ __device__ __forceinline__ bool af_tc_kv_vector(const af_lminf_scoring&, const a
 }
 
 // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
+// vec_kv, tid and zero come by reference like the other loop invariants: passed by value,
+// NVVM lays out this loop's branches differently and the main loop gets 5 more instructions.
 template <class Tile, typename T, class SK, class SV>
 __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, long long t0, int st, bool vec_kv, int tid, T zero) {
+                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
@@ -107,7 +109,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
 // (branch 1, STAGES * BN * D elements further), through registers; V with cp.async.
 template <class Tile, typename T, class SK, class SV>
 __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, long long t0, int st, bool vec_v, int tid, T zero) {
+                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_v, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::STAGES * Tile::BN * Tile::D;
     using TT = af_tc_type<T>;
     // RoPE per element pair, kept rolled: one copy of the rotation code

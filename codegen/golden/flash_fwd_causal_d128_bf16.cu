@@ -336,6 +336,621 @@ __device__ __forceinline__ unsigned af_pack_bf16(float lo, float hi) {
 }
 // ---- end af_attn.cuh ----
 
+// ---- begin af_fwd.cuh ----
+// attnforge forward kernels: the policies and per-block state shared by the two main-loop
+// templates (af_fwd_tc.cuh: tensor cores; af_fwd_fma.cuh: f32 FMA). A generated kernel is an
+// extern "C" wrapper that builds the policies from its arguments and calls one main loop:
+//
+//   af_fwd_tc<af_tile<BM, BN, WARPS, STAGES, D>>(args, schedule, block_hooks, scoring);
+//
+// - args (af_fwd_args<T>): the tensors, shapes, strides and scale every forward kernel has.
+// - schedule: which key tiles a query block visits and how each is classified
+//   (AF_TILE_FULL / AF_TILE_PARTIAL; skipped tiles are never visited). Interface:
+//   `tiles<BN>(block, seq_k)` returns a walk with `first` (the start cursor) and
+//   `next(cur, n0, kind)` (advances to the next visited tile at key n0).
+//     af_analytic_schedule: closed-form key range [lo(p_lo, p_hi), hi(p_lo, p_hi)) and a tile
+//                           classifier (p_lo, p_hi, c0, c1) -> AF_TILE_*
+//     af_block_list_schedule<BQ, BK>: runtime lists of full, then partial blocks
+// - block_hooks(b, h): the per-query-block policies, af_block_hooks{mask, score}:
+//     mask:  af_no_mask, or af_element_mask{allowed(q_pos, kv_pos)} (partial tiles only)
+//     score: af_no_score_mod, or any callable (x, q_pos, kv_pos) -> modified score
+// - scoring: how a tile's raw scores are formed. Interface: BRANCHES (score tiles per key
+//   tile), tile_branches(p_lo, p_hi, c0, c1) (bit i: branch i is needed by the tile; a tile
+//   needing several selects per element), near(q_pos, kv_pos) (element takes branch 0); the
+//   main loops overload their Q / K loads on it.
+//     af_dot_scoring:   s = scale * q.k (one branch)
+//     af_lminf_scoring: LM-Infinite, near branch (RoPE at true positions) and far branch
+//                       (query rotated at Deff, key un-rotated), merged per element
+
+// ---- tile shape and kernel arguments ----
+template <int BM_, int BN_, int NW_, int STAGES_, int D_>
+struct af_tile {
+    static constexpr int BM = BM_;          // query rows per block
+    static constexpr int BN = BN_;          // key columns per tile
+    static constexpr int NW = NW_;          // warps
+    static constexpr int STAGES = STAGES_;  // K/V shared-memory stages (tensor cores)
+    static constexpr int D = D_;            // head dimension
+    static constexpr int NT = NW * 32;      // threads
+};
+
+template <typename T>
+struct af_fwd_args {
+    const T* q;
+    const T* k;
+    const T* v;
+    T* o;
+    float* lse;  // [batch, heads_q, seq_q], natural log; null to skip
+    int batch, heads_q, heads_kv, seq_q, seq_k;
+    long long q_stride_b, q_stride_h, q_stride_s;
+    long long k_stride_b, k_stride_h, k_stride_s;
+    long long v_stride_b, v_stride_h, v_stride_s;
+    long long o_stride_b, o_stride_h, o_stride_s;
+    float scale;
+};
+
+// The query block of this thread block: batch b, query head h (kv head hkv under GQA), query
+// rows [m0, m0 + rows_valid) at positions [p_lo, p_hi] (row i sits at i + shift), and the base
+// pointers of its q, k, v and o rows.
+template <typename T>
+struct af_fwd_block {
+    int b, h, hkv;
+    long long m0, shift, rows_valid, p_lo, p_hi;
+    const T* qb;
+    const T* kb;
+    const T* vb;
+    T* ob;
+};
+
+template <int BM, typename T>
+__device__ __forceinline__ af_fwd_block<T> af_fwd_block_of(const af_fwd_args<T>& a) {
+    af_fwd_block<T> blk;
+    blk.b = blockIdx.z;
+    blk.h = blockIdx.y;
+    blk.hkv = blk.h / (a.heads_q / a.heads_kv);  // GQA: query head h reads kv head h / group
+    blk.m0 = (long long)blockIdx.x * BM;
+    blk.shift = (long long)a.seq_k - a.seq_q;
+    blk.rows_valid = min((long long)BM, (long long)a.seq_q - blk.m0);
+    blk.p_lo = blk.m0 + blk.shift;
+    blk.p_hi = blk.m0 + blk.rows_valid - 1 + blk.shift;
+    blk.qb = a.q + (long long)blk.b * a.q_stride_b + (long long)blk.h * a.q_stride_h;
+    blk.kb = a.k + (long long)blk.b * a.k_stride_b + (long long)blk.hkv * a.k_stride_h;
+    blk.vb = a.v + (long long)blk.b * a.v_stride_b + (long long)blk.hkv * a.v_stride_h;
+    blk.ob = a.o + (long long)blk.b * a.o_stride_b + (long long)blk.h * a.o_stride_h;
+    return blk;
+}
+
+// ---- schedules ----
+// Classifier of a mask whose in-range tiles are all full.
+struct af_all_full {
+    __device__ __forceinline__ int operator()(long long, long long, long long, long long) const { return AF_TILE_FULL; }
+};
+
+template <int BN, class Classify>
+struct af_analytic_walk {
+    long long first, kv_hi, p_lo, p_hi;
+    int seq_k;
+    Classify classify;
+    __device__ __forceinline__ bool next(long long& cur, long long& n0, int& kind) const {
+        while (cur < kv_hi) {
+            n0 = cur;
+            cur += BN;
+            const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
+            kind = classify(p_lo, p_hi, c0, c1);
+            if (kind != AF_TILE_SKIP) return true;  // skipped tiles are never visited
+        }
+        return false;
+    }
+};
+
+template <class Lo, class Hi, class Classify>
+struct af_analytic_schedule {
+    Lo lo;              // (p_lo, p_hi) -> first key position that may be allowed
+    Hi hi;              // (p_lo, p_hi) -> one past the last one
+    Classify classify;  // (p_lo, p_hi, c0, c1) -> AF_TILE_SKIP / FULL / PARTIAL
+    template <int BN, typename T>
+    __device__ __forceinline__ af_analytic_walk<BN, Classify> tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        const long long kv_lo = lo(blk.p_lo, blk.p_hi);
+        return {(kv_lo / BN) * BN, hi(blk.p_lo, blk.p_hi), blk.p_lo, blk.p_hi, seq_k, classify};
+    }
+};
+
+template <class Lo, class Hi, class Classify>
+__device__ __forceinline__ af_analytic_schedule<Lo, Hi, Classify> af_analytic(Lo lo, Hi hi, Classify classify) {
+    return {lo, hi, classify};
+}
+
+template <int BN, int BK>
+struct af_block_list_walk {
+    static constexpr int SUB = BK / BN;  // kernel tiles per list block
+    long long first;
+    int n_full, n_part, seq_k;
+    const int* full_idx;
+    const int* part_idx;
+    __device__ __forceinline__ bool next(long long& cur, long long& n0, int& kind) const {
+        while (cur < (long long)(n_full + n_part) * SUB) {
+            const int e = (int)(cur / SUB);
+            kind = e < n_full ? AF_TILE_FULL : AF_TILE_PARTIAL;
+            n0 = (long long)(e < n_full ? full_idx[e] : part_idx[e - n_full]) * BK + (cur % SUB) * BN;
+            ++cur;
+            if (n0 < seq_k) return true;  // sub-tiles past the last key are not visited
+        }
+        return false;
+    }
+};
+
+// Runtime block lists of BQ x BK blocks: per (batch, head, query block) row, the full blocks,
+// then the partial ones (a batch or head extent of 1 is shared by all).
+template <int BQ, int BK>
+struct af_block_list_schedule {
+    const int* full_num;
+    const int* full_idx;
+    const int* partial_num;
+    const int* partial_idx;
+    int batches, heads, rows, width;
+    template <int BN, typename T>
+    __device__ __forceinline__ af_block_list_walk<BN, BK> tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        const long long lrow = ((long long)(batches == 1 ? 0 : blk.b) * heads + (heads == 1 ? 0 : blk.h)) * rows + blk.m0 / BQ;
+        return {0, full_num[lrow], partial_num[lrow], seq_k, full_idx + lrow * width, partial_idx + lrow * width};
+    }
+};
+
+// ---- per-block hooks: element mask and score modification ----
+struct af_no_mask {
+    static constexpr bool active = false;
+    __device__ __forceinline__ bool operator()(long long, long long) const { return true; }
+};
+
+template <class F>
+struct af_element_mask {
+    static constexpr bool active = true;  // evaluated on partial tiles
+    F allowed;                            // (q_pos, kv_pos) -> bool
+    __device__ __forceinline__ bool operator()(long long q_pos, long long kv_pos) const { return allowed(q_pos, kv_pos); }
+};
+
+template <class F>
+__device__ __forceinline__ af_element_mask<F> af_mask(F allowed) {
+    return {allowed};
+}
+
+struct af_no_score_mod {
+    __device__ __forceinline__ float operator()(float x, long long, long long) const { return x; }
+};
+
+template <class Mask, class Score>
+struct af_block_hooks {
+    Mask mask;
+    Score score;  // (x, q_pos, kv_pos) -> modified score, before the mask
+};
+
+template <class Mask, class Score>
+__device__ __forceinline__ af_block_hooks<Mask, Score> af_hooks(Mask mask, Score score) {
+    return {mask, score};
+}
+
+// ---- scoring ----
+struct af_dot_scoring {
+    static constexpr int BRANCHES = 1;
+    __device__ __forceinline__ int tile_branches(long long, long long, long long, long long) const { return 1; }
+    __device__ __forceinline__ bool near(long long, long long) const { return true; }
+};
+
+// LM-Infinite (variants.md section 5): branch 0 (near, q - kv < L) rotates q and k at their
+// positions, branch 1 (far) rotates q at Deff and leaves k un-rotated.
+struct af_lminf_scoring {
+    static constexpr int BRANCHES = 2;
+    int global_tokens, local_window;
+    long long d_eff;   // clamped distance of the far branch
+    float log2_theta;  // log2 of the RoPE base
+    __device__ __forceinline__ af_lminf_scoring(int g, int l, int dist_limit, float rope_theta, int seq_k)
+        : global_tokens(g),
+          local_window(l),
+          d_eff(min((long long)dist_limit, (long long)seq_k - 1)),
+          log2_theta(logf(rope_theta) * AF_LOG2E) {}
+    __device__ __forceinline__ int tile_branches(long long p_lo, long long p_hi, long long c0, long long c1) const {
+        return af_lminf_branches(p_lo, p_hi, c0, c1, global_tokens, local_window);
+    }
+    __device__ __forceinline__ bool near(long long q_pos, long long kv_pos) const { return q_pos - kv_pos < local_window; }
+};
+
+// v rounded to the element type and back (identity for f32): LM-Infinite's rotated q and k
+// are rounded to the input dtype before the dot product, as the tensor-core loop stores them.
+__device__ __forceinline__ float af_round_as(const float*, float v) { return v; }
+__device__ __forceinline__ float af_round_as(const __half*, float v) { return af_to_float(__float2half_rn(v)); }
+__device__ __forceinline__ float af_round_as(const __nv_bfloat16*, float v) { return af_to_float(__float2bfloat16_rn(v)); }
+
+// ---- shared per-tile steps ----
+// A word with one bit per element of this thread's share of a score tile (COUNT <= 64).
+template <bool WIDE> struct af_bits_word { using type = unsigned; };
+template <> struct af_bits_word<true> { using type = unsigned long long; };
+template <int COUNT> using af_bits_t = typename af_bits_word<(COUNT > 32)>::type;
+
+// Work counters of a visited tile (thread 0).
+template <int BN, class Mask, typename T>
+__device__ __forceinline__ void af_count_tile(int tid, int kind, const af_fwd_block<T>& blk, long long n0, int seq_k) {
+    if (tid == 0) {
+        if (kind == AF_TILE_FULL) AF_COUNT(AF_CTR_TILE_FULL, 1);
+        else AF_COUNT(AF_CTR_TILE_PARTIAL, 1);
+        if (Mask::active && kind == AF_TILE_PARTIAL) AF_COUNT(AF_CTR_MASK_EVAL, blk.rows_valid * (min(n0 + BN, (long long)seq_k) - n0));
+    }
+}
+
+// Bit i of okb: element i of this thread's share of the tile is allowed (in range and, on
+// partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. One *rolled*
+// loop evaluates them on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles
+// that need several scoring branches; interior full tiles skip it. The mask code is therefore
+// emitted once, not once per unrolled element: a mask with loads and divisions does not
+// multiply the kernel's size. coord(i, tr, tc) gives element i's row and key column in the tile.
+template <int BM, int BN, int COUNT, class Mask, class Scoring, typename T, class Coord>
+__device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t<COUNT>& nearb, const Mask& mask,
+                                                const Scoring& sc, int kind, int br, const af_fwd_block<T>& blk,
+                                                long long n0, int seq_k, Coord coord) {
+    using W = af_bits_t<COUNT>;
+    okb = ~W(0);
+    nearb = (br & 1) ? ~W(0) : W(0);
+    if ((Mask::active && kind == AF_TILE_PARTIAL) || blk.rows_valid < BM || n0 + BN > seq_k ||
+        (Scoring::BRANCHES > 1 && br == 3)) {
+        okb = W(0);
+        nearb = W(0);
+        // rows and key columns of the tile that are in range
+        const int rows_in = (int)blk.rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
+#pragma unroll 1
+        for (int i = 0; i < COUNT; ++i) {
+            int tr, tc;  // row and key column in the tile
+            coord(i, tr, tc);
+            bool ok = tr < rows_in && tc < cols_in;
+            const long long q_pos = blk.m0 + tr + blk.shift, kv_pos = n0 + tc;
+            if (Mask::active && kind == AF_TILE_PARTIAL) ok = ok && mask(q_pos, kv_pos);
+            okb |= (W)ok << i;
+            nearb |= (W)sc.near(q_pos, kv_pos) << i;
+        }
+    }
+}
+// ---- end af_fwd.cuh ----
+
+// ---- begin af_fwd_tc.cuh ----
+// attnforge tensor-core forward main loop (mma.sync m16n8k16, f32 accumulation; ldmatrix;
+// cp.async with STAGES K/V buffers). Per thread block: BM query rows of one (b, h); warp w
+// owns query rows [16 w, 16 w + 16) of the tile. Policies: see af_fwd.cuh.
+//
+// for each key tile of the schedule (a second cursor runs STAGES - 1 tiles ahead to prefetch):
+//     S = Q K^T per scoring branch; allowed-element bits (partial and edge tiles)
+//     S = score(S), masked; online softmax (log2 domain); O += P V (P stays in registers)
+// epilogue: O = acc / l, lse = ln(l) + m ln 2
+
+// The element type's mma, pair packing and conversion.
+template <typename T> struct af_tc_type;
+template <> struct af_tc_type<__half> {
+    static __device__ __forceinline__ void mma(float* d, const unsigned* a, const unsigned* b, const float* c) { af_mma_m16n8k16_f16(d, a, b, c); }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) { return af_pack_f16(lo, hi); }
+    static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
+};
+template <> struct af_tc_type<__nv_bfloat16> {
+    static __device__ __forceinline__ void mma(float* d, const unsigned* a, const unsigned* b, const float* c) { af_mma_m16n8k16_bf16(d, a, b, c); }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) { return af_pack_bf16(lo, hi); }
+    static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+};
+
+// ---- loads, per scoring policy ----
+// Q tile -> shared with cp.async (lands with the first committed group); rows past seq_q are zero.
+template <class Tile, typename T, class SQ>
+__device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ, const af_fwd_args<T>& a,
+                                             const af_fwd_block<T>& blk, int tid, T zero) {
+    constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
+    // cp.async needs 16-byte aligned rows: base pointer and row stride a multiple of 8 elements
+    const bool vec_q = (((unsigned long long)blk.qb & 15) | (unsigned long long)(a.q_stride_s & 7)) == 0;
+    for (int idx = tid; idx < BM * (D / 8); idx += NT) {
+        const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+        const long long row = blk.m0 + r;
+        const int off = af_swz<D>(r, c);
+        if (row < a.seq_q && vec_q) {
+            af_cp_async_16(&sQ[off], blk.qb + row * a.q_stride_s + c);
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
+            for (int e = 0; e < 8; ++e) sQ[off + e] = row < a.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
+        }
+    }
+}
+
+// LM-Infinite: Q tile -> shared, rotated at its position (branch 0, near) and at Deff (branch 1,
+// far) through registers; rows past seq_q are zero. RoPE per element pair, kept rolled: one copy
+// of the rotation code.
+template <class Tile, typename T, class SQ>
+__device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const SQ& sQ, const af_fwd_args<T>& a,
+                                             const af_fwd_block<T>& blk, int tid, T) {
+    constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
+    using TT = af_tc_type<T>;
+#pragma unroll 1
+    for (int idx = tid; idx < BM * (D / 2); idx += NT) {
+        const int r = idx / (D / 2), m = idx % (D / 2);
+        const long long row = blk.m0 + r;
+        float x0 = 0.f, x1 = 0.f;
+        if (row < a.seq_q) {
+            x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
+            x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
+        }
+        const float f = af_rope_freq(m, D, sc.log2_theta);
+        float y0 = x0, y1 = x1;
+        af_rope_pair(x0, x1, row + blk.shift, f);
+        af_rope_pair(y0, y1, sc.d_eff, f);
+        const int o0 = af_swz<D>(r, m), o1 = af_swz<D>(r, m + D / 2);
+        sQ[o0] = TT::from(x0);
+        sQ[o1] = TT::from(x1);
+        sQ[BM * D + o0] = TT::from(y0);
+        sQ[BM * D + o1] = TT::from(y1);
+    }
+}
+
+// Whether K and V rows can go through cp.async (16-byte aligned base pointers and row strides).
+template <typename T>
+__device__ __forceinline__ bool af_tc_kv_vector(const af_dot_scoring&, const af_fwd_args<T>& a, const af_fwd_block<T>& blk) {
+    return ((((unsigned long long)blk.kb | (unsigned long long)blk.vb) & 15) | (unsigned long long)((a.k_stride_s | a.v_stride_s) & 7)) == 0;
+}
+// LM-Infinite rotates K through registers: only V goes through cp.async.
+template <typename T>
+__device__ __forceinline__ bool af_tc_kv_vector(const af_lminf_scoring&, const af_fwd_args<T>& a, const af_fwd_block<T>& blk) {
+    return (((unsigned long long)blk.vb & 15) | (unsigned long long)(a.v_stride_s & 7)) == 0;
+}
+
+// K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
+// vec_kv, tid and zero come by reference like the other loop invariants: passed by value,
+// NVVM lays out this loop's branches differently and the main loop gets 5 more instructions.
+template <class Tile, typename T, class SK, class SV>
+__device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
+                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
+    constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+    for (int idx = tid; idx < BN * (D / 8); idx += NT) {
+        const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
+        const long long kv = t0 + j;
+        const int off = st * BN * D + af_swz<D>(j, c);
+        if (kv < a.seq_k && vec_kv) {
+            af_cp_async_16(&sK[off], blk.kb + kv * a.k_stride_s + c);
+            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
+            for (int e = 0; e < 8; ++e) {
+                sK[off + e] = kv < a.seq_k ? blk.kb[kv * a.k_stride_s + c + e] : zero;
+                sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+            }
+        }
+    }
+}
+
+// LM-Infinite: K tile t0 -> stage st rotated at its position (branch 0) and un-rotated
+// (branch 1, STAGES * BN * D elements further), through registers; V with cp.async.
+template <class Tile, typename T, class SK, class SV>
+__device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
+                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_v, const int& tid, const T& zero) {
+    constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::STAGES * Tile::BN * Tile::D;
+    using TT = af_tc_type<T>;
+    // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
+    for (int idx = tid; idx < BN * (D / 2); idx += NT) {
+        const int j = idx / (D / 2), m = idx % (D / 2);
+        const long long kv = t0 + j;
+        float x0 = 0.f, x1 = 0.f;
+        if (kv < a.seq_k) {
+            x0 = af_to_float(blk.kb[kv * a.k_stride_s + m]);
+            x1 = af_to_float(blk.kb[kv * a.k_stride_s + m + D / 2]);
+        }
+        const int o0 = st * BN * D + af_swz<D>(j, m), o1 = st * BN * D + af_swz<D>(j, m + D / 2);
+        sK[RAW + o0] = TT::from(x0);
+        sK[RAW + o1] = TT::from(x1);
+        af_rope_pair(x0, x1, kv, af_rope_freq(m, D, sc.log2_theta));
+        sK[o0] = TT::from(x0);
+        sK[o1] = TT::from(x1);
+    }
+    for (int idx = tid; idx < BN * (D / 8); idx += NT) {
+        const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
+        const long long kv = t0 + j;
+        const int off = st * BN * D + af_swz<D>(j, c);
+        if (kv < a.seq_k && vec_v) {
+            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
+            for (int e = 0; e < 8; ++e) sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+        }
+    }
+}
+
+// S += Q K^T on tensor cores for one warp's 16-row slab, from swizzled shared tiles (Q at
+// element q0 of sQ, K at element k0 of sK). The loop over the head dimension unrolls 4
+// k-steps (QK_K_UNROLL in emit.rs): 16 to 64 mma per iteration, enough to hide the ldmatrix
+// latency; it indexes no register array, so it need not unroll fully.
+template <class Tile, typename T, class SQ, class SK>
+__device__ __forceinline__ void af_tc_qk(float (&s)[Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0, int warp, int lane) {
+    constexpr int D = Tile::D, NT8 = Tile::BN / 8;
+#pragma unroll 4
+    for (int kk = 0; kk < D / 16; ++kk) {
+        unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
+        af_ldmatrix_x4(qa, &sQ[q0 + af_swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)]);
+#pragma unroll
+        for (int np = 0; np < NT8 / 2; ++np) {
+            unsigned kf[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
+            af_ldmatrix_x4(kf, &sK[k0 + af_swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)]);
+            af_tc_type<T>::mma(s[2 * np], qa, kf, s[2 * np]);
+            af_tc_type<T>::mma(s[2 * np + 1], qa, kf + 2, s[2 * np + 1]);
+        }
+    }
+}
+
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring>
+__device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
+                                          const Scoring& sc) {
+    constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, STAGES = Tile::STAGES;
+    constexpr int NT8 = BN / 8;  // n8 tiles of S per warp (C fragments)
+    constexpr int DT8 = D / 8;   // n8 tiles of O per warp
+    constexpr int NB = Scoring::BRANCHES;
+    using TT = af_tc_type<T>;
+    static_assert(BM == 16 * Tile::NW, "one 16-row slab per warp");
+    // [NB][BM][D] Q, [NB][STAGES][BN][D] K, [STAGES][BN][D] V, all swizzled (af_swz)
+    AF_DYNAMIC_SHARED(T, af_smem);
+    AF_SHARED_VIEW(T, sQ, af_smem, 0, NB * BM * D);
+    AF_SHARED_VIEW(T, sK, af_smem, NB * BM * D, NB * STAGES * BN * D);
+    AF_SHARED_VIEW(T, sV, af_smem, NB * (BM * D + STAGES * BN * D), STAGES * BN * D);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
+    const auto hooks = block_hooks(blk.b, blk.h);
+    const T zero = TT::from(0.f);
+    const bool vec_kv = af_tc_kv_vector(sc, a, blk);
+    af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
+
+    // online softmax state (log2 domain) of this thread's rows g = lane / 4 and g + 8 of the
+    // warp's slab, and the O accumulators (C fragments of the D / 8 output n8 tiles)
+    float m_i[2], l_i[2], acc[DT8][4];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        m_i[r] = -INFINITY;
+        l_i[r] = 0.f;
+    }
+#pragma unroll
+    for (int dt = 0; dt < DT8; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
+
+    const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
+    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, t0, st, vec_kv, tid, zero); };
+    // pipeline: a second cursor runs STAGES - 1 tiles ahead; one commit group per tile
+    // (possibly empty), so wait<STAGES - 2> means "the current tile has landed"
+    long long cur = tiles.first, n0;
+    [[maybe_unused]] long long fcur = tiles.first, fn0;
+    int kind;
+    [[maybe_unused]] int fkind, it = 0;
+    if constexpr (STAGES > 1) {
+#pragma unroll
+        for (int st = 0; st < STAGES - 1; ++st) {
+            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, st);
+            af_cp_async_commit();
+        }
+    }
+    while (tiles.next(cur, n0, kind)) {
+        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
+        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
+        int kst;  // stage offset of this tile
+        if constexpr (STAGES == 1) {
+            __syncthreads();  // previous tile's K, V are consumed
+            load_kv(n0, 0);
+            af_cp_async_commit();
+            af_cp_async_wait<0>();
+            __syncthreads();  // every thread's copies have landed
+            kst = 0;
+        } else {
+            af_cp_async_wait<STAGES - 2>();  // this thread's copies of tile `it` have landed
+            __syncthreads();  // ... and everyone's; the stage of tile it - 1 is free again
+            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, (it + STAGES - 1) % STAGES);
+            af_cp_async_commit();
+            kst = (it % STAGES) * BN * D;
+            ++it;
+        }
+
+        // S = Q K^T on tensor cores (f32 accumulation), per warp 16 x BN in C fragments, per
+        // scoring branch the tile needs
+        float s[NB][NT8][4];
+#pragma unroll
+        for (int bi = 0; bi < NB; ++bi) {
+#pragma unroll
+            for (int j = 0; j < NT8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[bi][j][e] = 0.f;
+            if ((br >> bi) & 1) af_tc_qk<Tile, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, warp, lane);
+        }
+
+        // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
+        // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
+        af_bits_t<NT8 * 4> okb, nearb;
+        af_element_bits<BM, BN, NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                                         [&](int i, int& tr, int& tc) {
+                                             const int j = i >> 2, e = i & 3;
+                                             tr = warp * 16 + (lane >> 2) + 8 * (e >> 1);
+                                             tc = j * 8 + 2 * (lane & 3) + (e & 1);
+                                         });
+        // score mod, mask bits, online softmax on the C fragments
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < NT8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int bit = 4 * j + e;
+                const long long q_pos = blk.m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1) + blk.shift;
+                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][j][e] : s[0][j][e]) * a.scale;  // scaled score
+                if ((okb >> bit) & 1) {
+                    x = hooks.score(x, q_pos, kv_pos);
+                    x *= AF_LOG2E;
+                } else {
+                    x = -INFINITY;  // masked
+                }
+                s[0][j][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        }
+        float m_use[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            // the 4 lanes of a quad share a row
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float m_new = fmaxf(m_i[r], mx[r]);
+            m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
+            const float alpha = exp2f(m_i[r] - m_use[r]);
+            m_i[r] = m_new;
+            l_i[r] *= alpha;
+#pragma unroll
+            for (int dt = 0; dt < DT8; ++dt) {
+                acc[dt][2 * r] *= alpha;
+                acc[dt][2 * r + 1] *= alpha;
+            }
+        }
+        // P = exp2(S - m) stays in registers; l sums this lane's columns (quad-reduced at the end)
+        float (&p)[NT8][4] = s[0];
+#pragma unroll
+        for (int j = 0; j < NT8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                p[j][e] = exp2f(p[j][e] - m_use[e >> 1]);
+                l_i[e >> 1] += p[j][e];
+            }
+
+        // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1) are the A fragment of P
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            unsigned pa[4];
+            pa[0] = TT::pack(p[2 * kk][0], p[2 * kk][1]);
+            pa[1] = TT::pack(p[2 * kk][2], p[2 * kk][3]);
+            pa[2] = TT::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+            pa[3] = TT::pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                unsigned vf[4];  // B fragments of output n8 tiles 2 dp, 2 dp + 1 (.trans: V rows are k)
+                af_ldmatrix_x4_trans(vf, &sV[kst + af_swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 16 + (lane >> 4) * 8)]);
+                TT::mma(acc[2 * dp], pa, vf, acc[2 * dp]);
+                TT::mma(acc[2 * dp + 1], pa, vf + 2, acc[2 * dp + 1]);
+            }
+        }
+    }
+
+    // epilogue: quad-reduce l; O = acc / l in the input dtype, stored as packed 16-bit pairs (one
+    // 32-bit store per pair: o rows must be 4-byte aligned); lse = ln(l) + m ln 2; empty rows:
+    // O = 0 (acc is 0, inv = 0), lse = -inf
+    af_require((((unsigned long long)blk.ob & 3) | (unsigned long long)(a.o_stride_s & 1)) == 0,
+               "o: rows must be 4-byte aligned (even o_stride_s, 4-byte aligned o); pass a contiguous output");
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
+        l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);
+        const long long row = blk.m0 + warp * 16 + (lane >> 2) + 8 * r;
+        if (row < a.seq_q) {
+            const bool empty = l_i[r] == 0.f;
+            const float inv = empty ? 0.f : 1.f / l_i[r];
+            T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
+#pragma unroll
+            for (int dt = 0; dt < DT8; ++dt) af_st_global_b32(dst + dt * 8, TT::pack(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
+            if ((lane & 3) == 0 && a.lse != nullptr)
+                a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+        }
+    }
+}
+// ---- end af_fwd_tc.cuh ----
+
 extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_causal_d128_bf16(
     const __nv_bfloat16* __restrict__ q,
     const __nv_bfloat16* __restrict__ k,
@@ -361,224 +976,19 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_causal_d128_bf16(
     long long o_stride_s,
     float scale)
 {
-    constexpr int BM = 64, BN = 64, NW = 4, D = 128, STAGES = 1;
-    constexpr int NT = NW * 32;  // threads; warp w owns query rows [16 w, 16 w + 16) of the tile
-    constexpr int NT8 = BN / 8;  // n8 tiles of S per warp (C fragments)
-    constexpr int DT8 = D / 8;   // n8 tiles of O per warp
-    AF_DYNAMIC_SHARED(__nv_bfloat16, af_smem);
-    AF_SHARED_VIEW(__nv_bfloat16, sQ, af_smem, 0, BM * D);  // [BM][D] swizzled
-    AF_SHARED_VIEW(__nv_bfloat16, sK, af_smem, 8192, STAGES * BN * D);  // [STAGES][BN][D] swizzled
-    AF_SHARED_VIEW(__nv_bfloat16, sV, af_smem, 16384, STAGES * BN * D);  // [STAGES][BN][D] swizzled
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int b = blockIdx.z, h = blockIdx.y;
-    const int hkv = h / (heads_q / heads_kv);  // GQA: query head h reads kv head h / group
-    const long long m0 = (long long)blockIdx.x * BM;
-    const long long shift = (long long)seq_k - seq_q;  // query row i sits at position i + shift
-    const long long rows_valid = min((long long)BM, (long long)seq_q - m0);  // query rows in range
-    const long long p_lo = m0 + shift, p_hi = m0 + rows_valid - 1 + shift;  // query positions of the block
-    const __nv_bfloat16* qb = q + (long long)b * q_stride_b + (long long)h * q_stride_h;
-    const __nv_bfloat16* kb = k + (long long)b * k_stride_b + (long long)hkv * k_stride_h;
-    const __nv_bfloat16* vb = v + (long long)b * v_stride_b + (long long)hkv * v_stride_h;
-    __nv_bfloat16* ob = o + (long long)b * o_stride_b + (long long)h * o_stride_h;
-    const __nv_bfloat16 zero = __float2bfloat16_rn(0.f);
-    // cp.async needs 16-byte aligned rows: base pointers and row strides multiples of 8 elements
-    const bool vec_q = (((unsigned long long)qb & 15) | (unsigned long long)(q_stride_s & 7)) == 0;
-    const bool vec_kv = ((((unsigned long long)kb | (unsigned long long)vb) & 15) | (unsigned long long)((k_stride_s | v_stride_s) & 7)) == 0;
-
-    // Q tile -> shared with cp.async (lands with the first committed group); rows past seq_q are zero
-    for (int idx = tid; idx < BM * (D / 8); idx += NT) {
-        const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
-        const long long row = m0 + r;
-        const int off = af_swz<D>(r, c);
-        if (row < seq_q && vec_q) {
-            af_cp_async_16(&sQ[off], qb + row * q_stride_s + c);
-        } else {  // unaligned rows (rare): element copies, kept rolled
-#pragma unroll 1
-            for (int e = 0; e < 8; ++e) sQ[off + e] = row < seq_q ? qb[row * q_stride_s + c + e] : zero;
-        }
-    }
-
-    // online softmax state (log2 domain) of this thread's rows g = lane / 4 and g + 8 of the
-    // warp's slab, and the O accumulators (C fragments of the D / 8 output n8 tiles)
-    float m_i[2], l_i[2], acc[DT8][4];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        m_i[r] = -INFINITY;
-        l_i[r] = 0.f;
-    }
-#pragma unroll
-    for (int dt = 0; dt < DT8; ++dt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
-
-    // key tiles that can hold allowed keys; each is classified skip / full / partial
-    const long long kv_lo = 0;
-    const long long kv_hi = min((long long)seq_k, p_hi + 1);
-    auto next_tile = [&](long long& cur, long long& n0, int& kind) -> bool {
-        while (cur < kv_hi) {
-            n0 = cur;
-            cur += BN;
-            const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
-            kind = af_tile_causal(p_lo, p_hi, c0, c1);
-            if (kind != AF_TILE_SKIP) return true;  // skipped tiles are never visited
-        }
-        return false;
+    using Tile = af_tile<64, 64, 4, 1, 128>;  // block_m, block_n, warps, stages, head dim
+    const af_fwd_args<__nv_bfloat16> args = {q, k, v, o, lse, batch, heads_q, heads_kv, seq_q,
+        seq_k, q_stride_b, q_stride_h, q_stride_s, k_stride_b, k_stride_h, k_stride_s, v_stride_b,
+        v_stride_h, v_stride_s, o_stride_b, o_stride_h, o_stride_s, scale};
+    // key tiles [lo, hi) of the query positions [p_lo, p_hi], each classified skip / full / partial
+    const auto schedule = af_analytic(
+        [=](long long p_lo, long long p_hi) -> long long { return 0; },
+        [=](long long p_lo, long long p_hi) -> long long { return min((long long)seq_k, p_hi + 1); },
+        [=](long long p_lo, long long p_hi, long long c0, long long c1) { return af_tile_causal(p_lo, p_hi, c0, c1); });
+    // per query block (batch b, query head h): element mask and score modification
+    const auto block_hooks = [=](int b, int h) {
+        return af_hooks(af_mask([=](long long q_pos, long long kv_pos) { return af_mask_causal(q_pos, kv_pos); }),
+                        af_no_score_mod{});
     };
-    const long long cur0 = (kv_lo / BN) * BN;
-    // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero
-    auto load_kv = [&](long long t0, int st) {
-        for (int idx = tid; idx < BN * (D / 8); idx += NT) {
-            const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
-            const long long kv = t0 + j;
-            const int off = st * BN * D + af_swz<D>(j, c);
-            if (kv < seq_k && vec_kv) {
-                af_cp_async_16(&sK[off], kb + kv * k_stride_s + c);
-                af_cp_async_16(&sV[off], vb + kv * v_stride_s + c);
-            } else {  // unaligned rows (rare): element copies, kept rolled
-#pragma unroll 1
-                for (int e = 0; e < 8; ++e) {
-                    sK[off + e] = kv < seq_k ? kb[kv * k_stride_s + c + e] : zero;
-                    sV[off + e] = kv < seq_k ? vb[kv * v_stride_s + c + e] : zero;
-                }
-            }
-        }
-    };
-    long long cur = cur0, n0;
-    int kind;
-    while (next_tile(cur, n0, kind)) {
-        if (tid == 0) {
-            if (kind == AF_TILE_FULL) AF_COUNT(AF_CTR_TILE_FULL, 1);
-            else AF_COUNT(AF_CTR_TILE_PARTIAL, 1);
-            if (kind == AF_TILE_PARTIAL) AF_COUNT(AF_CTR_MASK_EVAL, rows_valid * (min(n0 + BN, (long long)seq_k) - n0));
-        }
-        __syncthreads();  // previous tile's K, V are consumed
-        load_kv(n0, 0);
-        af_cp_async_commit();
-        af_cp_async_wait<0>();
-        __syncthreads();  // every thread's copies have landed
-        static_assert(STAGES == 1, "single-stage loop");
-        const int kst = 0;  // stage offset
-
-        // S = Q K^T on tensor cores (f32 accumulation), per warp 16 x BN in C fragments
-        float s[NT8][4];
-#pragma unroll
-        for (int j = 0; j < NT8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
-        {
-#pragma unroll 4
-            for (int kk = 0; kk < D / 16; ++kk) {
-                unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
-                af_ldmatrix_x4(qa, &sQ[af_swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)]);
-#pragma unroll
-                for (int np = 0; np < NT8 / 2; ++np) {
-                    unsigned kf[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
-                    af_ldmatrix_x4(kf, &sK[kst + af_swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)]);
-                    af_mma_m16n8k16_bf16(s[2 * np], qa, kf, s[2 * np]);
-                    af_mma_m16n8k16_bf16(s[2 * np + 1], qa, kf + 2, s[2 * np + 1]);
-                }
-            }
-        }
-
-        // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
-        // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
-        // allowed elements of this thread's share of the tile (bit i = element i), evaluated in one
-        // rolled loop on partial and edge tiles only; interior full tiles allow every element
-        unsigned okb = ~0u;
-        if (kind == AF_TILE_PARTIAL || rows_valid < BM || n0 + BN > seq_k) {
-            okb = 0u;
-            // rows and key columns of the tile that are in range
-            const int rows_in = (int)rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
-#pragma unroll 1
-            for (int i = 0; i < NT8 * 4; ++i) {
-                const int j = i >> 2, e = i & 3;
-                const int tr = warp * 16 + (lane >> 2) + 8 * (e >> 1), tc = j * 8 + 2 * (lane & 3) + (e & 1);  // row and key column in the tile
-                bool ok = tr < rows_in && tc < cols_in;
-                const long long q_pos = m0 + tr + shift, kv_pos = n0 + tc;
-                if (kind == AF_TILE_PARTIAL) ok = ok && af_mask_causal(q_pos, kv_pos);
-                okb |= (unsigned)ok << i;
-            }
-        }
-        // score mod, mask bits, online softmax on the C fragments
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int j = 0; j < NT8; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[j][e] * scale;  // scaled score
-                if ((okb >> (4 * j + e)) & 1) {
-                    x *= AF_LOG2E;
-                } else {
-                    x = -INFINITY;
-                }
-                s[j][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
-        }
-        float m_use[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            // the 4 lanes of a quad share a row
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float m_new = fmaxf(m_i[r], mx[r]);
-            m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
-            const float alpha = exp2f(m_i[r] - m_use[r]);
-            m_i[r] = m_new;
-            l_i[r] *= alpha;
-#pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) {
-                acc[dt][2 * r] *= alpha;
-                acc[dt][2 * r + 1] *= alpha;
-            }
-        }
-        // P = exp2(S - m) stays in registers; l sums this lane's columns (quad-reduced at the end)
-#pragma unroll
-        for (int j = 0; j < NT8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = exp2f(s[j][e] - m_use[e >> 1]);
-                l_i[e >> 1] += p;
-                s[j][e] = p;
-            }
-
-        // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1) are the A fragment of P
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            unsigned pa[4];
-            pa[0] = af_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = af_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = af_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = af_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; ++dp) {
-                unsigned vf[4];  // B fragments of output n8 tiles 2 dp, 2 dp + 1 (.trans: V rows are k)
-                af_ldmatrix_x4_trans(vf, &sV[kst + af_swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 16 + (lane >> 4) * 8)]);
-                af_mma_m16n8k16_bf16(acc[2 * dp], pa, vf, acc[2 * dp]);
-                af_mma_m16n8k16_bf16(acc[2 * dp + 1], pa, vf + 2, acc[2 * dp + 1]);
-            }
-        }
-    }
-
-    // epilogue: quad-reduce l; O = acc / l in the input dtype, stored as packed 16-bit pairs (one
-    // 32-bit store per pair: o rows must be 4-byte aligned); lse = ln(l) + m ln 2; empty rows:
-    // O = 0 (acc is 0, inv = 0), lse = -inf
-    af_require((((unsigned long long)ob & 3) | (unsigned long long)(o_stride_s & 1)) == 0,
-               "o: rows must be 4-byte aligned (even o_stride_s, 4-byte aligned o); pass a contiguous output");
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
-        l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);
-        const long long row = m0 + warp * 16 + (lane >> 2) + 8 * r;
-        if (row < seq_q) {
-            const bool empty = l_i[r] == 0.f;
-            const float inv = empty ? 0.f : 1.f / l_i[r];
-            __nv_bfloat16* dst = ob + row * o_stride_s + 2 * (lane & 3);
-#pragma unroll
-            for (int dt = 0; dt < DT8; ++dt)
-                af_st_global_b32(dst + dt * 8, af_pack_bf16(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
-            if ((lane & 3) == 0 && lse != nullptr)
-                lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
-        }
-    }
+    af_fwd_tc<Tile>(args, schedule, block_hooks, af_dot_scoring{});
 }

@@ -336,83 +336,414 @@ __device__ __forceinline__ unsigned af_pack_bf16(float lo, float hi) {
 }
 // ---- end af_attn.cuh ----
 
-extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
-    const __nv_bfloat16* __restrict__ q,
-    const __nv_bfloat16* __restrict__ k,
-    const __nv_bfloat16* __restrict__ v,
-    __nv_bfloat16* __restrict__ o,
-    float* __restrict__ lse,
-    int batch,
-    int heads_q,
-    int heads_kv,
-    int seq_q,
-    int seq_k,
-    long long q_stride_b,
-    long long q_stride_h,
-    long long q_stride_s,
-    long long k_stride_b,
-    long long k_stride_h,
-    long long k_stride_s,
-    long long v_stride_b,
-    long long v_stride_h,
-    long long v_stride_s,
-    long long o_stride_b,
-    long long o_stride_h,
-    long long o_stride_s,
-    float scale,
-    int global_tokens,
-    int local_window,
-    int dist_limit,
-    float rope_theta)
-{
-    constexpr int BM = 32, BN = 64, NW = 4, D = 128;
-    constexpr int NT = NW * 32;    // threads
-    constexpr int ROWS = BM / NW;  // query rows per warp
-    constexpr int CPL = BN / 32;   // key columns per lane (S = Q K^T)
-    constexpr int DPL = D / 32;    // output columns per lane (O += P V)
-    constexpr int KS = 129;        // padded K row stride (conflict-free column reads)
-    AF_DYNAMIC_SHARED(float, af_smem);
-    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);                   // [BM][D]  rope(q, p)
-    AF_SHARED_VIEW(float, sQg, af_smem, 4096, BM * D);              // [BM][D]  rope(q, Deff)
-    AF_SHARED_VIEW(float, sK, af_smem, 8192, BN * KS);                // [BN][KS] rope(k, j)
-    AF_SHARED_VIEW(float, sKr, af_smem, 16448, BN * KS);               // [BN][KS] k un-rotated
-    AF_SHARED_VIEW(float, sV, af_smem, 24704, BN * D);                 // [BN][D]
-    AF_SHARED_VIEW(float, sP, af_smem, 32896, BM * BN);                // [BM][BN] probabilities
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int b = blockIdx.z, h = blockIdx.y;
-    const int hkv = h / (heads_q / heads_kv);  // GQA: query head h reads kv head h / group
-    const long long m0 = (long long)blockIdx.x * BM;
-    const long long shift = (long long)seq_k - seq_q;  // query row i sits at position i + shift
-    const long long rows_valid = min((long long)BM, (long long)seq_q - m0);  // query rows in range
-    const long long p_lo = m0 + shift, p_hi = m0 + rows_valid - 1 + shift;  // query positions of the block
-    const __nv_bfloat16* qb = q + (long long)b * q_stride_b + (long long)h * q_stride_h;
-    const __nv_bfloat16* kb = k + (long long)b * k_stride_b + (long long)hkv * k_stride_h;
-    const __nv_bfloat16* vb = v + (long long)b * v_stride_b + (long long)hkv * v_stride_h;
-    __nv_bfloat16* ob = o + (long long)b * o_stride_b + (long long)h * o_stride_h;
-    const float log2_theta = logf(rope_theta) * AF_LOG2E;
-    const long long d_eff = min((long long)dist_limit, (long long)seq_k - 1);  // clamped distance
+// ---- begin af_fwd.cuh ----
+// attnforge forward kernels: the policies and per-block state shared by the two main-loop
+// templates (af_fwd_tc.cuh: tensor cores; af_fwd_fma.cuh: f32 FMA). A generated kernel is an
+// extern "C" wrapper that builds the policies from its arguments and calls one main loop:
+//
+//   af_fwd_tc<af_tile<BM, BN, WARPS, STAGES, D>>(args, schedule, block_hooks, scoring);
+//
+// - args (af_fwd_args<T>): the tensors, shapes, strides and scale every forward kernel has.
+// - schedule: which key tiles a query block visits and how each is classified
+//   (AF_TILE_FULL / AF_TILE_PARTIAL; skipped tiles are never visited). Interface:
+//   `tiles<BN>(block, seq_k)` returns a walk with `first` (the start cursor) and
+//   `next(cur, n0, kind)` (advances to the next visited tile at key n0).
+//     af_analytic_schedule: closed-form key range [lo(p_lo, p_hi), hi(p_lo, p_hi)) and a tile
+//                           classifier (p_lo, p_hi, c0, c1) -> AF_TILE_*
+//     af_block_list_schedule<BQ, BK>: runtime lists of full, then partial blocks
+// - block_hooks(b, h): the per-query-block policies, af_block_hooks{mask, score}:
+//     mask:  af_no_mask, or af_element_mask{allowed(q_pos, kv_pos)} (partial tiles only)
+//     score: af_no_score_mod, or any callable (x, q_pos, kv_pos) -> modified score
+// - scoring: how a tile's raw scores are formed. Interface: BRANCHES (score tiles per key
+//   tile), tile_branches(p_lo, p_hi, c0, c1) (bit i: branch i is needed by the tile; a tile
+//   needing several selects per element), near(q_pos, kv_pos) (element takes branch 0); the
+//   main loops overload their Q / K loads on it.
+//     af_dot_scoring:   s = scale * q.k (one branch)
+//     af_lminf_scoring: LM-Infinite, near branch (RoPE at true positions) and far branch
+//                       (query rotated at Deff, key un-rotated), merged per element
 
-    // Q tile -> shared, rotated at its position (near) and at Deff (far), rounded to the input
-    // dtype (the LM-Infinite contract); the scale is applied to the dot product
-    // RoPE per element pair, kept rolled: one copy of the rotation code
+// ---- tile shape and kernel arguments ----
+template <int BM_, int BN_, int NW_, int STAGES_, int D_>
+struct af_tile {
+    static constexpr int BM = BM_;          // query rows per block
+    static constexpr int BN = BN_;          // key columns per tile
+    static constexpr int NW = NW_;          // warps
+    static constexpr int STAGES = STAGES_;  // K/V shared-memory stages (tensor cores)
+    static constexpr int D = D_;            // head dimension
+    static constexpr int NT = NW * 32;      // threads
+};
+
+template <typename T>
+struct af_fwd_args {
+    const T* q;
+    const T* k;
+    const T* v;
+    T* o;
+    float* lse;  // [batch, heads_q, seq_q], natural log; null to skip
+    int batch, heads_q, heads_kv, seq_q, seq_k;
+    long long q_stride_b, q_stride_h, q_stride_s;
+    long long k_stride_b, k_stride_h, k_stride_s;
+    long long v_stride_b, v_stride_h, v_stride_s;
+    long long o_stride_b, o_stride_h, o_stride_s;
+    float scale;
+};
+
+// The query block of this thread block: batch b, query head h (kv head hkv under GQA), query
+// rows [m0, m0 + rows_valid) at positions [p_lo, p_hi] (row i sits at i + shift), and the base
+// pointers of its q, k, v and o rows.
+template <typename T>
+struct af_fwd_block {
+    int b, h, hkv;
+    long long m0, shift, rows_valid, p_lo, p_hi;
+    const T* qb;
+    const T* kb;
+    const T* vb;
+    T* ob;
+};
+
+template <int BM, typename T>
+__device__ __forceinline__ af_fwd_block<T> af_fwd_block_of(const af_fwd_args<T>& a) {
+    af_fwd_block<T> blk;
+    blk.b = blockIdx.z;
+    blk.h = blockIdx.y;
+    blk.hkv = blk.h / (a.heads_q / a.heads_kv);  // GQA: query head h reads kv head h / group
+    blk.m0 = (long long)blockIdx.x * BM;
+    blk.shift = (long long)a.seq_k - a.seq_q;
+    blk.rows_valid = min((long long)BM, (long long)a.seq_q - blk.m0);
+    blk.p_lo = blk.m0 + blk.shift;
+    blk.p_hi = blk.m0 + blk.rows_valid - 1 + blk.shift;
+    blk.qb = a.q + (long long)blk.b * a.q_stride_b + (long long)blk.h * a.q_stride_h;
+    blk.kb = a.k + (long long)blk.b * a.k_stride_b + (long long)blk.hkv * a.k_stride_h;
+    blk.vb = a.v + (long long)blk.b * a.v_stride_b + (long long)blk.hkv * a.v_stride_h;
+    blk.ob = a.o + (long long)blk.b * a.o_stride_b + (long long)blk.h * a.o_stride_h;
+    return blk;
+}
+
+// ---- schedules ----
+// Classifier of a mask whose in-range tiles are all full.
+struct af_all_full {
+    __device__ __forceinline__ int operator()(long long, long long, long long, long long) const { return AF_TILE_FULL; }
+};
+
+template <int BN, class Classify>
+struct af_analytic_walk {
+    long long first, kv_hi, p_lo, p_hi;
+    int seq_k;
+    Classify classify;
+    __device__ __forceinline__ bool next(long long& cur, long long& n0, int& kind) const {
+        while (cur < kv_hi) {
+            n0 = cur;
+            cur += BN;
+            const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
+            kind = classify(p_lo, p_hi, c0, c1);
+            if (kind != AF_TILE_SKIP) return true;  // skipped tiles are never visited
+        }
+        return false;
+    }
+};
+
+template <class Lo, class Hi, class Classify>
+struct af_analytic_schedule {
+    Lo lo;              // (p_lo, p_hi) -> first key position that may be allowed
+    Hi hi;              // (p_lo, p_hi) -> one past the last one
+    Classify classify;  // (p_lo, p_hi, c0, c1) -> AF_TILE_SKIP / FULL / PARTIAL
+    template <int BN, typename T>
+    __device__ __forceinline__ af_analytic_walk<BN, Classify> tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        const long long kv_lo = lo(blk.p_lo, blk.p_hi);
+        return {(kv_lo / BN) * BN, hi(blk.p_lo, blk.p_hi), blk.p_lo, blk.p_hi, seq_k, classify};
+    }
+};
+
+template <class Lo, class Hi, class Classify>
+__device__ __forceinline__ af_analytic_schedule<Lo, Hi, Classify> af_analytic(Lo lo, Hi hi, Classify classify) {
+    return {lo, hi, classify};
+}
+
+template <int BN, int BK>
+struct af_block_list_walk {
+    static constexpr int SUB = BK / BN;  // kernel tiles per list block
+    long long first;
+    int n_full, n_part, seq_k;
+    const int* full_idx;
+    const int* part_idx;
+    __device__ __forceinline__ bool next(long long& cur, long long& n0, int& kind) const {
+        while (cur < (long long)(n_full + n_part) * SUB) {
+            const int e = (int)(cur / SUB);
+            kind = e < n_full ? AF_TILE_FULL : AF_TILE_PARTIAL;
+            n0 = (long long)(e < n_full ? full_idx[e] : part_idx[e - n_full]) * BK + (cur % SUB) * BN;
+            ++cur;
+            if (n0 < seq_k) return true;  // sub-tiles past the last key are not visited
+        }
+        return false;
+    }
+};
+
+// Runtime block lists of BQ x BK blocks: per (batch, head, query block) row, the full blocks,
+// then the partial ones (a batch or head extent of 1 is shared by all).
+template <int BQ, int BK>
+struct af_block_list_schedule {
+    const int* full_num;
+    const int* full_idx;
+    const int* partial_num;
+    const int* partial_idx;
+    int batches, heads, rows, width;
+    template <int BN, typename T>
+    __device__ __forceinline__ af_block_list_walk<BN, BK> tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        const long long lrow = ((long long)(batches == 1 ? 0 : blk.b) * heads + (heads == 1 ? 0 : blk.h)) * rows + blk.m0 / BQ;
+        return {0, full_num[lrow], partial_num[lrow], seq_k, full_idx + lrow * width, partial_idx + lrow * width};
+    }
+};
+
+// ---- per-block hooks: element mask and score modification ----
+struct af_no_mask {
+    static constexpr bool active = false;
+    __device__ __forceinline__ bool operator()(long long, long long) const { return true; }
+};
+
+template <class F>
+struct af_element_mask {
+    static constexpr bool active = true;  // evaluated on partial tiles
+    F allowed;                            // (q_pos, kv_pos) -> bool
+    __device__ __forceinline__ bool operator()(long long q_pos, long long kv_pos) const { return allowed(q_pos, kv_pos); }
+};
+
+template <class F>
+__device__ __forceinline__ af_element_mask<F> af_mask(F allowed) {
+    return {allowed};
+}
+
+struct af_no_score_mod {
+    __device__ __forceinline__ float operator()(float x, long long, long long) const { return x; }
+};
+
+template <class Mask, class Score>
+struct af_block_hooks {
+    Mask mask;
+    Score score;  // (x, q_pos, kv_pos) -> modified score, before the mask
+};
+
+template <class Mask, class Score>
+__device__ __forceinline__ af_block_hooks<Mask, Score> af_hooks(Mask mask, Score score) {
+    return {mask, score};
+}
+
+// ---- scoring ----
+struct af_dot_scoring {
+    static constexpr int BRANCHES = 1;
+    __device__ __forceinline__ int tile_branches(long long, long long, long long, long long) const { return 1; }
+    __device__ __forceinline__ bool near(long long, long long) const { return true; }
+};
+
+// LM-Infinite (variants.md section 5): branch 0 (near, q - kv < L) rotates q and k at their
+// positions, branch 1 (far) rotates q at Deff and leaves k un-rotated.
+struct af_lminf_scoring {
+    static constexpr int BRANCHES = 2;
+    int global_tokens, local_window;
+    long long d_eff;   // clamped distance of the far branch
+    float log2_theta;  // log2 of the RoPE base
+    __device__ __forceinline__ af_lminf_scoring(int g, int l, int dist_limit, float rope_theta, int seq_k)
+        : global_tokens(g),
+          local_window(l),
+          d_eff(min((long long)dist_limit, (long long)seq_k - 1)),
+          log2_theta(logf(rope_theta) * AF_LOG2E) {}
+    __device__ __forceinline__ int tile_branches(long long p_lo, long long p_hi, long long c0, long long c1) const {
+        return af_lminf_branches(p_lo, p_hi, c0, c1, global_tokens, local_window);
+    }
+    __device__ __forceinline__ bool near(long long q_pos, long long kv_pos) const { return q_pos - kv_pos < local_window; }
+};
+
+// v rounded to the element type and back (identity for f32): LM-Infinite's rotated q and k
+// are rounded to the input dtype before the dot product, as the tensor-core loop stores them.
+__device__ __forceinline__ float af_round_as(const float*, float v) { return v; }
+__device__ __forceinline__ float af_round_as(const __half*, float v) { return af_to_float(__float2half_rn(v)); }
+__device__ __forceinline__ float af_round_as(const __nv_bfloat16*, float v) { return af_to_float(__float2bfloat16_rn(v)); }
+
+// ---- shared per-tile steps ----
+// A word with one bit per element of this thread's share of a score tile (COUNT <= 64).
+template <bool WIDE> struct af_bits_word { using type = unsigned; };
+template <> struct af_bits_word<true> { using type = unsigned long long; };
+template <int COUNT> using af_bits_t = typename af_bits_word<(COUNT > 32)>::type;
+
+// Work counters of a visited tile (thread 0).
+template <int BN, class Mask, typename T>
+__device__ __forceinline__ void af_count_tile(int tid, int kind, const af_fwd_block<T>& blk, long long n0, int seq_k) {
+    if (tid == 0) {
+        if (kind == AF_TILE_FULL) AF_COUNT(AF_CTR_TILE_FULL, 1);
+        else AF_COUNT(AF_CTR_TILE_PARTIAL, 1);
+        if (Mask::active && kind == AF_TILE_PARTIAL) AF_COUNT(AF_CTR_MASK_EVAL, blk.rows_valid * (min(n0 + BN, (long long)seq_k) - n0));
+    }
+}
+
+// Bit i of okb: element i of this thread's share of the tile is allowed (in range and, on
+// partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. One *rolled*
+// loop evaluates them on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles
+// that need several scoring branches; interior full tiles skip it. The mask code is therefore
+// emitted once, not once per unrolled element: a mask with loads and divisions does not
+// multiply the kernel's size. coord(i, tr, tc) gives element i's row and key column in the tile.
+template <int BM, int BN, int COUNT, class Mask, class Scoring, typename T, class Coord>
+__device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t<COUNT>& nearb, const Mask& mask,
+                                                const Scoring& sc, int kind, int br, const af_fwd_block<T>& blk,
+                                                long long n0, int seq_k, Coord coord) {
+    using W = af_bits_t<COUNT>;
+    okb = ~W(0);
+    nearb = (br & 1) ? ~W(0) : W(0);
+    if ((Mask::active && kind == AF_TILE_PARTIAL) || blk.rows_valid < BM || n0 + BN > seq_k ||
+        (Scoring::BRANCHES > 1 && br == 3)) {
+        okb = W(0);
+        nearb = W(0);
+        // rows and key columns of the tile that are in range
+        const int rows_in = (int)blk.rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
+#pragma unroll 1
+        for (int i = 0; i < COUNT; ++i) {
+            int tr, tc;  // row and key column in the tile
+            coord(i, tr, tc);
+            bool ok = tr < rows_in && tc < cols_in;
+            const long long q_pos = blk.m0 + tr + blk.shift, kv_pos = n0 + tc;
+            if (Mask::active && kind == AF_TILE_PARTIAL) ok = ok && mask(q_pos, kv_pos);
+            okb |= (W)ok << i;
+            nearb |= (W)sc.near(q_pos, kv_pos) << i;
+        }
+    }
+}
+// ---- end af_fwd.cuh ----
+
+// ---- begin af_fwd_fma.cuh ----
+// attnforge FMA forward main loop (f32 accumulation, every element type). Per thread block:
+// BM query rows of one (b, h); warp w owns rows [ROWS w, ROWS w + ROWS), lane l the key
+// columns l + 32 c of S and the output columns l + 32 t of O. Policies: see af_fwd.cuh.
+//
+// for each key tile of the schedule:
+//     K, V -> shared as f32; S = Q K^T per scoring branch; allowed-element bits
+//     S = score(S), masked; online softmax (score units); P -> shared; O += P V
+// epilogue: O = acc / l, lse = m + ln(l)
+
+// ---- loads, per scoring policy ----
+// Q tile -> shared as f32 (rows past seq_q are zero); the scale is applied to the dot product.
+template <class Tile, typename T, class SQ>
+__device__ __forceinline__ void af_fma_load_q(const af_dot_scoring&, const SQ& sQ, const af_fwd_args<T>& a,
+                                              const af_fwd_block<T>& blk, int tid) {
+    constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
+    for (int idx = tid; idx < BM * D; idx += NT) {
+        const int r = idx / D, d = idx % D;
+        const long long row = blk.m0 + r;
+        sQ[idx] = row < a.seq_q ? af_to_float(blk.qb[row * a.q_stride_s + d]) : 0.f;
+    }
+}
+
+// LM-Infinite: Q tile -> shared, rotated at its position (branch 0, near) and at Deff (branch 1,
+// far), rounded to the input dtype (the LM-Infinite contract). RoPE per element pair, kept
+// rolled: one copy of the rotation code.
+template <class Tile, typename T, class SQ>
+__device__ __forceinline__ void af_fma_load_q(const af_lminf_scoring& sc, const SQ& sQ, const af_fwd_args<T>& a,
+                                              const af_fwd_block<T>& blk, int tid) {
+    constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
+    const T* tag = nullptr;
 #pragma unroll 1
     for (int idx = tid; idx < BM * (D / 2); idx += NT) {
         const int r = idx / (D / 2), m = idx % (D / 2);
-        const long long row = m0 + r;
+        const long long row = blk.m0 + r;
         float x0 = 0.f, x1 = 0.f;
-        if (row < seq_q) {
-            x0 = af_to_float(qb[row * q_stride_s + m]);
-            x1 = af_to_float(qb[row * q_stride_s + m + D / 2]);
+        if (row < a.seq_q) {
+            x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
+            x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
         }
-        const float f = af_rope_freq(m, D, log2_theta);
+        const float f = af_rope_freq(m, D, sc.log2_theta);
         float y0 = x0, y1 = x1;
-        af_rope_pair(x0, x1, row + shift, f);
-        af_rope_pair(y0, y1, d_eff, f);
-        sQ[r * D + m] = af_to_float(__float2bfloat16_rn(x0));
-        sQ[r * D + m + D / 2] = af_to_float(__float2bfloat16_rn(x1));
-        sQg[r * D + m] = af_to_float(__float2bfloat16_rn(y0));
-        sQg[r * D + m + D / 2] = af_to_float(__float2bfloat16_rn(y1));
+        af_rope_pair(x0, x1, row + blk.shift, f);
+        af_rope_pair(y0, y1, sc.d_eff, f);
+        sQ[r * D + m] = af_round_as(tag, x0);
+        sQ[r * D + m + D / 2] = af_round_as(tag, x1);
+        sQ[BM * D + r * D + m] = af_round_as(tag, y0);
+        sQ[BM * D + r * D + m + D / 2] = af_round_as(tag, y1);
     }
+}
+
+// K, V tile n0 -> shared as f32 (zero past seq_k); K rows padded to KS.
+template <class Tile, int KS, typename T, class SK, class SV>
+__device__ __forceinline__ void af_fma_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
+                                               const af_fwd_block<T>& blk, long long n0, int tid) {
+    constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+    for (int idx = tid; idx < BN * D; idx += NT) {
+        const int j = idx / D, d = idx % D;
+        const long long kv = n0 + j;
+        float kx = 0.f, vx = 0.f;
+        if (kv < a.seq_k) {
+            kx = af_to_float(blk.kb[kv * a.k_stride_s + d]);
+            vx = af_to_float(blk.vb[kv * a.v_stride_s + d]);
+        }
+        sK[j * KS + d] = kx;
+        sV[idx] = vx;
+    }
+}
+
+// LM-Infinite: K tile -> shared rotated at its position (branch 0, rounded to the input dtype)
+// and un-rotated (branch 1, BN * KS elements further); V as f32.
+template <class Tile, int KS, typename T, class SK, class SV>
+__device__ __forceinline__ void af_fma_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
+                                               const af_fwd_block<T>& blk, long long n0, int tid) {
+    constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::BN * KS;
+    const T* tag = nullptr;
+    // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
+    for (int idx = tid; idx < BN * (D / 2); idx += NT) {
+        const int j = idx / (D / 2), m = idx % (D / 2);
+        const long long kv = n0 + j;
+        float x0 = 0.f, x1 = 0.f;
+        if (kv < a.seq_k) {
+            x0 = af_to_float(blk.kb[kv * a.k_stride_s + m]);
+            x1 = af_to_float(blk.kb[kv * a.k_stride_s + m + D / 2]);
+        }
+        sK[RAW + j * KS + m] = x0;
+        sK[RAW + j * KS + m + D / 2] = x1;
+        af_rope_pair(x0, x1, kv, af_rope_freq(m, D, sc.log2_theta));
+        sK[j * KS + m] = af_round_as(tag, x0);
+        sK[j * KS + m + D / 2] = af_round_as(tag, x1);
+    }
+    for (int idx = tid; idx < BN * D; idx += NT) {
+        const int j = idx / D, d = idx % D;
+        const long long kv = n0 + j;
+        sV[idx] = kv < a.seq_k ? af_to_float(blk.vb[kv * a.v_stride_s + d]) : 0.f;
+    }
+}
+
+// S[r][c] += sum_d Q[r][d] * K[lane + 32 c][d] (Q at element q0 of sQ, K at element k0 of sK).
+template <class Tile, int KS, class SQ, class SK>
+__device__ __forceinline__ void af_fma_qk(float (&s)[Tile::BM / Tile::NW][Tile::BN / 32], const SQ& sQ, int q0, const SK& sK,
+                                          int k0, int warp, int lane) {
+    constexpr int D = Tile::D, ROWS = Tile::BM / Tile::NW, CPL = Tile::BN / 32;
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) {
+        float kk[CPL];
+#pragma unroll
+        for (int c = 0; c < CPL; ++c) kk[c] = sK[k0 + (lane + 32 * c) * KS + d];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const float qv = sQ[q0 + (warp * ROWS + r) * D + d];
+#pragma unroll
+            for (int c = 0; c < CPL; ++c) s[r][c] += qv * kk[c];
+        }
+    }
+}
+
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring>
+__device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
+                                           const Scoring& sc) {
+    constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D;
+    constexpr int ROWS = BM / Tile::NW;  // query rows per warp
+    constexpr int CPL = BN / 32;         // key columns per lane (S = Q K^T)
+    constexpr int DPL = D / 32;          // output columns per lane (O += P V)
+    constexpr int KS = D + 1;            // padded K row stride (conflict-free column reads)
+    constexpr int NB = Scoring::BRANCHES;
+    // [NB][BM][D] Q, [NB][BN][KS] K, [BN][D] V, [BM][BN] probabilities, all f32
+    AF_DYNAMIC_SHARED(float, af_smem);
+    AF_SHARED_VIEW(float, sQ, af_smem, 0, NB * BM * D);
+    AF_SHARED_VIEW(float, sK, af_smem, NB * BM * D, NB * BN * KS);
+    AF_SHARED_VIEW(float, sV, af_smem, NB * (BM * D + BN * KS), BN * D);
+    AF_SHARED_VIEW(float, sP, af_smem, NB * (BM * D + BN * KS) + BN * D, BM * BN);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
+    const auto hooks = block_hooks(blk.b, blk.h);
+    af_fma_load_q<Tile>(sc, sQ, a, blk, tid);
 
     // online softmax state (score units) and output accumulators, per owned row
     float m_i[ROWS], l_i[ROWS], acc[ROWS][DPL];
@@ -424,128 +755,58 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
         for (int t = 0; t < DPL; ++t) acc[r][t] = 0.f;
     }
 
-    // key tiles that can hold allowed keys; each is classified skip / full / partial
-    const long long kv_lo = 0;
-    const long long kv_hi = min((long long)seq_k, p_hi + 1);
-    auto next_tile = [&](long long& cur, long long& n0, int& kind) -> bool {
-        while (cur < kv_hi) {
-            n0 = cur;
-            cur += BN;
-            const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
-            kind = af_tile_lminf(p_lo, p_hi, c0, c1, global_tokens, local_window);
-            if (kind != AF_TILE_SKIP) return true;  // skipped tiles are never visited
-        }
-        return false;
-    };
-    const long long cur0 = (kv_lo / BN) * BN;
-    long long cur = cur0, n0;
+    const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
+    long long cur = tiles.first, n0;
     int kind;
-    while (next_tile(cur, n0, kind)) {
-        const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
-        const int br = af_lminf_branches(p_lo, p_hi, c0, c1, global_tokens, local_window);  // bit0 near, bit1 far
-        if (tid == 0) {
-            if (kind == AF_TILE_FULL) AF_COUNT(AF_CTR_TILE_FULL, 1);
-            else AF_COUNT(AF_CTR_TILE_PARTIAL, 1);
-            if (kind == AF_TILE_PARTIAL) AF_COUNT(AF_CTR_MASK_EVAL, rows_valid * (min(n0 + BN, (long long)seq_k) - n0));
-        }
+    while (tiles.next(cur, n0, kind)) {
+        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
+        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
         __syncthreads();  // previous tile's K, V, P are consumed
-        // K tile -> shared: un-rotated (far branch) and rotated at its position (near branch)
-        // RoPE per element pair, kept rolled: one copy of the rotation code
-#pragma unroll 1
-        for (int idx = tid; idx < BN * (D / 2); idx += NT) {
-            const int j = idx / (D / 2), m = idx % (D / 2);
-            const long long kv = n0 + j;
-            float x0 = 0.f, x1 = 0.f;
-            if (kv < seq_k) {
-                x0 = af_to_float(kb[kv * k_stride_s + m]);
-                x1 = af_to_float(kb[kv * k_stride_s + m + D / 2]);
-            }
-            sKr[j * KS + m] = x0;
-            sKr[j * KS + m + D / 2] = x1;
-            af_rope_pair(x0, x1, kv, af_rope_freq(m, D, log2_theta));
-            sK[j * KS + m] = af_to_float(__float2bfloat16_rn(x0));  // rotated k rounded to the input dtype
-            sK[j * KS + m + D / 2] = af_to_float(__float2bfloat16_rn(x1));
-        }
-        // V tile -> shared (zero past seq_k)
-        for (int idx = tid; idx < BN * D; idx += NT) {
-            const int j = idx / D, d = idx % D;
-            const long long kv = n0 + j;
-            sV[idx] = kv < seq_k ? af_to_float(vb[kv * v_stride_s + d]) : 0.f;
-        }
+        af_fma_load_kv<Tile, KS>(sc, sK, sV, a, blk, n0, tid);
         __syncthreads();
 
-        // S = Q K^T per branch: near uses rotated q/k, far uses rope(q, Deff) and raw k
-        float sa[ROWS][CPL], sb[ROWS][CPL];
+        // S = Q K^T per scoring branch the tile needs: lane owns key columns lane + 32 c
+        float s[NB][ROWS][CPL];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r)
+        for (int bi = 0; bi < NB; ++bi) {
 #pragma unroll
-            for (int c = 0; c < CPL; ++c) sa[r][c] = sb[r][c] = 0.f;
-        if (br & 1)
-        {
-#pragma unroll 4
-            for (int d = 0; d < D; ++d) {
-                float kk[CPL];
+            for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-                for (int c = 0; c < CPL; ++c) kk[c] = sK[(lane + 32 * c) * KS + d];
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-                    const float qv = sQ[(warp * ROWS + r) * D + d];
-#pragma unroll
-                    for (int c = 0; c < CPL; ++c) sa[r][c] += qv * kk[c];
-                }
-            }
-        }
-        if (br & 2)
-        {
-#pragma unroll 4
-            for (int d = 0; d < D; ++d) {
-                float kk[CPL];
-#pragma unroll
-                for (int c = 0; c < CPL; ++c) kk[c] = sKr[(lane + 32 * c) * KS + d];
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-                    const float qv = sQg[(warp * ROWS + r) * D + d];
-#pragma unroll
-                    for (int c = 0; c < CPL; ++c) sb[r][c] += qv * kk[c];
-                }
-            }
+                for (int c = 0; c < CPL; ++c) s[bi][r][c] = 0.f;
+            if ((br >> bi) & 1) af_fma_qk<Tile, KS>(s[bi], sQ, bi * BM * D, sK, bi * BN * KS, warp, lane);
         }
 
-        // allowed elements of this thread's share of the tile (bit i = element i), evaluated in one
-        // rolled loop on partial and edge tiles only; interior full tiles allow every element
-        unsigned okb = ~0u;
-        unsigned nearb = (br & 1) ? ~0u : 0u;  // bit i: element i takes the near branch
-        if (kind == AF_TILE_PARTIAL || rows_valid < BM || n0 + BN > seq_k || br == 3) {
-            okb = 0u;
-            nearb = 0u;
-            // rows and key columns of the tile that are in range
-            const int rows_in = (int)rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
-#pragma unroll 1
-            for (int i = 0; i < ROWS * CPL; ++i) {
-                const int r = i / CPL, c = i % CPL;
-                const int tr = warp * ROWS + r, tc = lane + 32 * c;  // row and key column in the tile
-                bool ok = tr < rows_in && tc < cols_in;
-                const long long q_pos = m0 + tr + shift, kv_pos = n0 + tc;
-                if (kind == AF_TILE_PARTIAL) ok = ok && af_mask_lambda(q_pos, kv_pos, global_tokens, local_window);
-                okb |= (unsigned)ok << i;
-                nearb |= (unsigned)(q_pos - kv_pos < local_window) << i;
-            }
-        }
+        af_bits_t<ROWS * CPL> okb, nearb;
+        af_element_bits<BM, BN, ROWS * CPL>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                                            [&](int i, int& tr, int& tc) {
+                                                const int r = i / CPL, c = i % CPL;
+                                                tr = warp * ROWS + r;
+                                                tc = lane + 32 * c;
+                                            });
         // score mod, mask bits, online softmax; P -> shared
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
+            const long long q_pos = blk.m0 + warp * ROWS + r + blk.shift;
             float x_c[CPL];
             float mx = -INFINITY;
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
-                float x = (((nearb >> (r * CPL + c)) & 1) ? sa[r][c] : sb[r][c]) * scale;  // near or far branch, scaled
-                if (!((okb >> (r * CPL + c)) & 1)) x = -INFINITY;  // masked
+                const int bit = r * CPL + c;
+                const long long kv_pos = n0 + lane + 32 * c;
+                float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][r][c] : s[0][r][c]) * a.scale;  // scaled score
+                if ((okb >> bit) & 1) {
+                    x = hooks.score(x, q_pos, kv_pos);
+                } else {
+                    x = -INFINITY;  // masked
+                }
                 x_c[c] = x;
                 mx = fmaxf(mx, x);
             }
             mx = af_warp_max(mx);
             const float m_new = fmaxf(m_i[r], mx);
             const float m_use = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
+            // score units: only the difference to the max is scaled by log2 e, so scores of
+            // magnitude ~1e3 lose no bits to a rounded s * log2 e
             const float alpha = exp2f((m_i[r] - m_use) * AF_LOG2E);
             float rs = 0.f;
 #pragma unroll
@@ -579,14 +840,61 @@ extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
     // epilogue: O = acc / l in the input dtype; lse = m + ln(l); empty rows: O = 0, lse = -inf
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-        const long long row = m0 + warp * ROWS + r;
-        if (row < seq_q) {
+        const long long row = blk.m0 + warp * ROWS + r;
+        if (row < a.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
 #pragma unroll
-            for (int t = 0; t < DPL; ++t) af_store(ob + row * o_stride_s + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
-            if (lane == 0 && lse != nullptr)
-                lse[((long long)b * heads_q + h) * seq_q + row] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
+            for (int t = 0; t < DPL; ++t) af_store(blk.ob + row * a.o_stride_s + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
+            if (lane == 0 && a.lse != nullptr)
+                a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
+}
+// ---- end af_fwd_fma.cuh ----
+
+extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
+    const __nv_bfloat16* __restrict__ q,
+    const __nv_bfloat16* __restrict__ k,
+    const __nv_bfloat16* __restrict__ v,
+    __nv_bfloat16* __restrict__ o,
+    float* __restrict__ lse,
+    int batch,
+    int heads_q,
+    int heads_kv,
+    int seq_q,
+    int seq_k,
+    long long q_stride_b,
+    long long q_stride_h,
+    long long q_stride_s,
+    long long k_stride_b,
+    long long k_stride_h,
+    long long k_stride_s,
+    long long v_stride_b,
+    long long v_stride_h,
+    long long v_stride_s,
+    long long o_stride_b,
+    long long o_stride_h,
+    long long o_stride_s,
+    float scale,
+    int global_tokens,
+    int local_window,
+    int dist_limit,
+    float rope_theta)
+{
+    using Tile = af_tile<32, 64, 4, 1, 128>;  // block_m, block_n, warps, stages, head dim
+    const af_fwd_args<__nv_bfloat16> args = {q, k, v, o, lse, batch, heads_q, heads_kv, seq_q,
+        seq_k, q_stride_b, q_stride_h, q_stride_s, k_stride_b, k_stride_h, k_stride_s, v_stride_b,
+        v_stride_h, v_stride_s, o_stride_b, o_stride_h, o_stride_s, scale};
+    // key tiles [lo, hi) of the query positions [p_lo, p_hi], each classified skip / full / partial
+    const auto schedule = af_analytic(
+        [=](long long p_lo, long long p_hi) -> long long { return 0; },
+        [=](long long p_lo, long long p_hi) -> long long { return min((long long)seq_k, p_hi + 1); },
+        [=](long long p_lo, long long p_hi, long long c0, long long c1) { return af_tile_lminf(p_lo, p_hi, c0, c1, global_tokens, local_window); });
+    // per query block (batch b, query head h): element mask and score modification
+    const auto block_hooks = [=](int b, int h) {
+        return af_hooks(af_mask([=](long long q_pos, long long kv_pos) { return af_mask_lambda(q_pos, kv_pos, global_tokens, local_window); }),
+                        af_no_score_mod{});
+    };
+    af_fwd_fma<Tile>(args, schedule, block_hooks, af_lminf_scoring(global_tokens, local_window, dist_limit, rope_theta, seq_k));
 }

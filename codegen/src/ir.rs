@@ -122,8 +122,12 @@ fn user_fn_text(f: &UserFunction, is_score: bool) -> String {
     }
 }
 
+/// The C++ namespace user device functions are emitted in (called as `afu::<name>`), so that
+/// no kernel argument or template local can shadow them.
+pub const USER_NAMESPACE: &str = "afu";
+
 fn user_call(f: &UserFunction, prefix: &str, lead: &str) -> String {
-    let mut s = format!("{}({lead}b, h, q_pos, kv_pos", f.name);
+    let mut s = format!("{USER_NAMESPACE}::{}({lead}b, h, q_pos, kv_pos", f.name);
     for p in &f.params {
         let a = user_arg_name(prefix, &p.name);
         let e = match p.kind {

@@ -103,19 +103,18 @@ fn function_source_must_define_the_name() {
 }
 
 #[test]
-fn user_names_must_not_shadow_kernel_locals_or_args() {
-    for bad in ["lane", "q", "seq_k", "acc", "scale"] {
+fn user_names_may_match_kernel_locals_and_args() {
+    // user device functions are emitted in namespace `afu` (called as `afu::<name>`), so a
+    // name like a kernel argument or a main-loop local is valid (the simulator test
+    // `user_functions_named_like_kernel_locals` runs such kernels)
+    for name in ["lane", "q", "seq_k", "acc", "scale", "p_lo"] {
         let s = KernelSpec::new(
             DType::F32,
             HeadDim::D64,
-            Mask::Predicate(user(bad, "return true;", &[])),
+            Mask::Predicate(user(name, "return true;", &[])),
             ScoreMod::None,
         );
-        assert_eq!(
-            paths(&validate_spec(&s).unwrap_err()),
-            ["mask.predicate.name"],
-            "{bad}"
-        );
+        assert!(validate_spec(&s).is_ok(), "{name}");
     }
 }
 

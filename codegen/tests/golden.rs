@@ -80,7 +80,8 @@ fn emission_is_deterministic_and_self_contained() {
             tile.threads(),
             a.name
         )));
-        for (f, text) in attnforge_codegen::emit::prelude_files() {
+        let mainloop = attnforge_codegen::tile::Mainloop::select(&spec, &tile);
+        for (f, text) in attnforge_codegen::emit::prelude_files(mainloop) {
             assert!(
                 a.source
                     .contains(&format!("// ---- begin {f} ----\n{text}")),

@@ -723,6 +723,42 @@ fn user_predicate_and_block_sparse() {
     check(case(s, T16, (1, 2, 2), sq, sk, rt));
 }
 
+/// User device functions live in namespace `afu`: a mask or score function named like a
+/// kernel argument (`scale`, `seq_k`) or a main-loop local (`acc`, `p_lo`, `m_i`) is called
+/// as `afu::<name>` and cannot be shadowed, on both main loops.
+#[test]
+fn user_functions_named_like_kernel_locals() {
+    let (sq, sk) = (70, 100);
+    let bs = BlockSize { q: 64, k: 64 };
+    for (dt, tile, mask_name, score_name) in [
+        (DType::F32, T16, "acc", "p_lo"),
+        (DType::F16, TileConfig::new(64, 64, 4, 2), "scale", "m_i"),
+        (DType::Bf16, TileConfig::new(64, 64, 4, 1), "seq_k", "acc"),
+    ] {
+        let mut mask = example_mask_fn();
+        mask.name = mask_name.into();
+        let mut score = example_score_fn();
+        score.name = score_name.into();
+        let mut s = spec(
+            dt,
+            HeadDim::D64,
+            Mask::Predicate(mask),
+            ScoreMod::User(score),
+        );
+        s.sparse_block = bs;
+        let mut rt = Rt {
+            stride: 3,
+            bias: vec![0.5, -1.0],
+            decay: 0.03,
+            ..Rt::default()
+        };
+        rt.lists = Some(build_block_lists(1, 1, sq, sk, bs, |_, _, p, j| {
+            dilated(3, p, j)
+        }));
+        check(case(s, tile, (1, 2, 2), sq, sk, rt));
+    }
+}
+
 #[test]
 fn lm_infinite_bf16_d128() {
     let s = attnforge_codegen::catalog::find("flash_fwd_lminf_d128_bf16").unwrap();
@@ -854,13 +890,13 @@ fn unguarded_kv_copy_is_an_out_of_bounds_read() {
         (
             DType::F32,
             T16,
-            "if (kv < seq_k) {\n                kx = ",
-            "if (true) {\n                kx = ",
+            "if (kv < a.seq_k) {\n            kx = ",
+            "if (true) {\n            kx = ",
         ),
         (
             DType::F16,
             TileConfig::new(64, 64, 4, 2),
-            "if (kv < seq_k && vec_kv) {",
+            "if (kv < a.seq_k && vec_kv) {",
             "if (vec_kv) {",
         ),
     ];

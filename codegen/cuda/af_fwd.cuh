@@ -1,0 +1,268 @@
+// attnforge forward kernels: the policies and per-block state shared by the two main-loop
+// templates (af_fwd_tc.cuh: tensor cores; af_fwd_fma.cuh: f32 FMA). A generated kernel is an
+// extern "C" wrapper that builds the policies from its arguments and calls one main loop:
+//
+//   af_fwd_tc<af_tile<BM, BN, WARPS, STAGES, D>>(args, schedule, block_hooks, scoring);
+//
+// - args (af_fwd_args<T>): the tensors, shapes, strides and scale every forward kernel has.
+// - schedule: which key tiles a query block visits and how each is classified
+//   (AF_TILE_FULL / AF_TILE_PARTIAL; skipped tiles are never visited). Interface:
+//   `tiles<BN>(block, seq_k)` returns a walk with `first` (the start cursor) and
+//   `next(cur, n0, kind)` (advances to the next visited tile at key n0).
+//     af_analytic_schedule: closed-form key range [lo(p_lo, p_hi), hi(p_lo, p_hi)) and a tile
+//                           classifier (p_lo, p_hi, c0, c1) -> AF_TILE_*
+//     af_block_list_schedule<BQ, BK>: runtime lists of full, then partial blocks
+// - block_hooks(b, h): the per-query-block policies, af_block_hooks{mask, score}:
+//     mask:  af_no_mask, or af_element_mask{allowed(q_pos, kv_pos)} (partial tiles only)
+//     score: af_no_score_mod, or any callable (x, q_pos, kv_pos) -> modified score
+// - scoring: how a tile's raw scores are formed. Interface: BRANCHES (score tiles per key
+//   tile), tile_branches(p_lo, p_hi, c0, c1) (bit i: branch i is needed by the tile; a tile
+//   needing several selects per element), near(q_pos, kv_pos) (element takes branch 0); the
+//   main loops overload their Q / K loads on it.
+//     af_dot_scoring:   s = scale * q.k (one branch)
+//     af_lminf_scoring: LM-Infinite, near branch (RoPE at true positions) and far branch
+//                       (query rotated at Deff, key un-rotated), merged per element
+
+// ---- tile shape and kernel arguments ----
+template <int BM_, int BN_, int NW_, int STAGES_, int D_>
+struct af_tile {
+    static constexpr int BM = BM_;          // query rows per block
+    static constexpr int BN = BN_;          // key columns per tile
+    static constexpr int NW = NW_;          // warps
+    static constexpr int STAGES = STAGES_;  // K/V shared-memory stages (tensor cores)
+    static constexpr int D = D_;            // head dimension
+    static constexpr int NT = NW * 32;      // threads
+};
+
+template <typename T>
+struct af_fwd_args {
+    const T* q;
+    const T* k;
+    const T* v;
+    T* o;
+    float* lse;  // [batch, heads_q, seq_q], natural log; null to skip
+    int batch, heads_q, heads_kv, seq_q, seq_k;
+    long long q_stride_b, q_stride_h, q_stride_s;
+    long long k_stride_b, k_stride_h, k_stride_s;
+    long long v_stride_b, v_stride_h, v_stride_s;
+    long long o_stride_b, o_stride_h, o_stride_s;
+    float scale;
+};
+
+// The query block of this thread block: batch b, query head h (kv head hkv under GQA), query
+// rows [m0, m0 + rows_valid) at positions [p_lo, p_hi] (row i sits at i + shift), and the base
+// pointers of its q, k, v and o rows.
+template <typename T>
+struct af_fwd_block {
+    int b, h, hkv;
+    long long m0, shift, rows_valid, p_lo, p_hi;
+    const T* qb;
+    const T* kb;
+    const T* vb;
+    T* ob;
+};
+
+template <int BM, typename T>
+__device__ __forceinline__ af_fwd_block<T> af_fwd_block_of(const af_fwd_args<T>& a) {
+    af_fwd_block<T> blk;
+    blk.b = blockIdx.z;
+    blk.h = blockIdx.y;
+    blk.hkv = blk.h / (a.heads_q / a.heads_kv);  // GQA: query head h reads kv head h / group
+    blk.m0 = (long long)blockIdx.x * BM;
+    blk.shift = (long long)a.seq_k - a.seq_q;
+    blk.rows_valid = min((long long)BM, (long long)a.seq_q - blk.m0);
+    blk.p_lo = blk.m0 + blk.shift;
+    blk.p_hi = blk.m0 + blk.rows_valid - 1 + blk.shift;
+    blk.qb = a.q + (long long)blk.b * a.q_stride_b + (long long)blk.h * a.q_stride_h;
+    blk.kb = a.k + (long long)blk.b * a.k_stride_b + (long long)blk.hkv * a.k_stride_h;
+    blk.vb = a.v + (long long)blk.b * a.v_stride_b + (long long)blk.hkv * a.v_stride_h;
+    blk.ob = a.o + (long long)blk.b * a.o_stride_b + (long long)blk.h * a.o_stride_h;
+    return blk;
+}
+
+// ---- schedules ----
+// Classifier of a mask whose in-range tiles are all full.
+struct af_all_full {
+    __device__ __forceinline__ int operator()(long long, long long, long long, long long) const { return AF_TILE_FULL; }
+};
+
+template <int BN, class Classify>
+struct af_analytic_walk {
+    long long first, kv_hi, p_lo, p_hi;
+    int seq_k;
+    Classify classify;
+    __device__ __forceinline__ bool next(long long& cur, long long& n0, int& kind) const {
+        while (cur < kv_hi) {
+            n0 = cur;
+            cur += BN;
+            const long long c0 = n0, c1 = min(n0 + BN, (long long)seq_k) - 1;
+            kind = classify(p_lo, p_hi, c0, c1);
+            if (kind != AF_TILE_SKIP) return true;  // skipped tiles are never visited
+        }
+        return false;
+    }
+};
+
+template <class Lo, class Hi, class Classify>
+struct af_analytic_schedule {
+    Lo lo;              // (p_lo, p_hi) -> first key position that may be allowed
+    Hi hi;              // (p_lo, p_hi) -> one past the last one
+    Classify classify;  // (p_lo, p_hi, c0, c1) -> AF_TILE_SKIP / FULL / PARTIAL
+    template <int BN, typename T>
+    __device__ __forceinline__ af_analytic_walk<BN, Classify> tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        const long long kv_lo = lo(blk.p_lo, blk.p_hi);
+        return {(kv_lo / BN) * BN, hi(blk.p_lo, blk.p_hi), blk.p_lo, blk.p_hi, seq_k, classify};
+    }
+};
+
+template <class Lo, class Hi, class Classify>
+__device__ __forceinline__ af_analytic_schedule<Lo, Hi, Classify> af_analytic(Lo lo, Hi hi, Classify classify) {
+    return {lo, hi, classify};
+}
+
+template <int BN, int BK>
+struct af_block_list_walk {
+    static constexpr int SUB = BK / BN;  // kernel tiles per list block
+    long long first;
+    int n_full, n_part, seq_k;
+    const int* full_idx;
+    const int* part_idx;
+    __device__ __forceinline__ bool next(long long& cur, long long& n0, int& kind) const {
+        while (cur < (long long)(n_full + n_part) * SUB) {
+            const int e = (int)(cur / SUB);
+            kind = e < n_full ? AF_TILE_FULL : AF_TILE_PARTIAL;
+            n0 = (long long)(e < n_full ? full_idx[e] : part_idx[e - n_full]) * BK + (cur % SUB) * BN;
+            ++cur;
+            if (n0 < seq_k) return true;  // sub-tiles past the last key are not visited
+        }
+        return false;
+    }
+};
+
+// Runtime block lists of BQ x BK blocks: per (batch, head, query block) row, the full blocks,
+// then the partial ones (a batch or head extent of 1 is shared by all).
+template <int BQ, int BK>
+struct af_block_list_schedule {
+    const int* full_num;
+    const int* full_idx;
+    const int* partial_num;
+    const int* partial_idx;
+    int batches, heads, rows, width;
+    template <int BN, typename T>
+    __device__ __forceinline__ af_block_list_walk<BN, BK> tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        const long long lrow = ((long long)(batches == 1 ? 0 : blk.b) * heads + (heads == 1 ? 0 : blk.h)) * rows + blk.m0 / BQ;
+        return {0, full_num[lrow], partial_num[lrow], seq_k, full_idx + lrow * width, partial_idx + lrow * width};
+    }
+};
+
+// ---- per-block hooks: element mask and score modification ----
+struct af_no_mask {
+    static constexpr bool active = false;
+    __device__ __forceinline__ bool operator()(long long, long long) const { return true; }
+};
+
+template <class F>
+struct af_element_mask {
+    static constexpr bool active = true;  // evaluated on partial tiles
+    F allowed;                            // (q_pos, kv_pos) -> bool
+    __device__ __forceinline__ bool operator()(long long q_pos, long long kv_pos) const { return allowed(q_pos, kv_pos); }
+};
+
+template <class F>
+__device__ __forceinline__ af_element_mask<F> af_mask(F allowed) {
+    return {allowed};
+}
+
+struct af_no_score_mod {
+    __device__ __forceinline__ float operator()(float x, long long, long long) const { return x; }
+};
+
+template <class Mask, class Score>
+struct af_block_hooks {
+    Mask mask;
+    Score score;  // (x, q_pos, kv_pos) -> modified score, before the mask
+};
+
+template <class Mask, class Score>
+__device__ __forceinline__ af_block_hooks<Mask, Score> af_hooks(Mask mask, Score score) {
+    return {mask, score};
+}
+
+// ---- scoring ----
+struct af_dot_scoring {
+    static constexpr int BRANCHES = 1;
+    __device__ __forceinline__ int tile_branches(long long, long long, long long, long long) const { return 1; }
+    __device__ __forceinline__ bool near(long long, long long) const { return true; }
+};
+
+// LM-Infinite (variants.md section 5): branch 0 (near, q - kv < L) rotates q and k at their
+// positions, branch 1 (far) rotates q at Deff and leaves k un-rotated.
+struct af_lminf_scoring {
+    static constexpr int BRANCHES = 2;
+    int global_tokens, local_window;
+    long long d_eff;   // clamped distance of the far branch
+    float log2_theta;  // log2 of the RoPE base
+    __device__ __forceinline__ af_lminf_scoring(int g, int l, int dist_limit, float rope_theta, int seq_k)
+        : global_tokens(g),
+          local_window(l),
+          d_eff(min((long long)dist_limit, (long long)seq_k - 1)),
+          log2_theta(logf(rope_theta) * AF_LOG2E) {}
+    __device__ __forceinline__ int tile_branches(long long p_lo, long long p_hi, long long c0, long long c1) const {
+        return af_lminf_branches(p_lo, p_hi, c0, c1, global_tokens, local_window);
+    }
+    __device__ __forceinline__ bool near(long long q_pos, long long kv_pos) const { return q_pos - kv_pos < local_window; }
+};
+
+// v rounded to the element type and back (identity for f32): LM-Infinite's rotated q and k
+// are rounded to the input dtype before the dot product, as the tensor-core loop stores them.
+__device__ __forceinline__ float af_round_as(const float*, float v) { return v; }
+__device__ __forceinline__ float af_round_as(const __half*, float v) { return af_to_float(__float2half_rn(v)); }
+__device__ __forceinline__ float af_round_as(const __nv_bfloat16*, float v) { return af_to_float(__float2bfloat16_rn(v)); }
+
+// ---- shared per-tile steps ----
+// A word with one bit per element of this thread's share of a score tile (COUNT <= 64).
+template <bool WIDE> struct af_bits_word { using type = unsigned; };
+template <> struct af_bits_word<true> { using type = unsigned long long; };
+template <int COUNT> using af_bits_t = typename af_bits_word<(COUNT > 32)>::type;
+
+// Work counters of a visited tile (thread 0).
+template <int BN, class Mask, typename T>
+__device__ __forceinline__ void af_count_tile(int tid, int kind, const af_fwd_block<T>& blk, long long n0, int seq_k) {
+    if (tid == 0) {
+        if (kind == AF_TILE_FULL) AF_COUNT(AF_CTR_TILE_FULL, 1);
+        else AF_COUNT(AF_CTR_TILE_PARTIAL, 1);
+        if (Mask::active && kind == AF_TILE_PARTIAL) AF_COUNT(AF_CTR_MASK_EVAL, blk.rows_valid * (min(n0 + BN, (long long)seq_k) - n0));
+    }
+}
+
+// Bit i of okb: element i of this thread's share of the tile is allowed (in range and, on
+// partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. One *rolled*
+// loop evaluates them on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles
+// that need several scoring branches; interior full tiles skip it. The mask code is therefore
+// emitted once, not once per unrolled element: a mask with loads and divisions does not
+// multiply the kernel's size. coord(i, tr, tc) gives element i's row and key column in the tile.
+template <int BM, int BN, int COUNT, class Mask, class Scoring, typename T, class Coord>
+__device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t<COUNT>& nearb, const Mask& mask,
+                                                const Scoring& sc, int kind, int br, const af_fwd_block<T>& blk,
+                                                long long n0, int seq_k, Coord coord) {
+    using W = af_bits_t<COUNT>;
+    okb = ~W(0);
+    nearb = (br & 1) ? ~W(0) : W(0);
+    if ((Mask::active && kind == AF_TILE_PARTIAL) || blk.rows_valid < BM || n0 + BN > seq_k ||
+        (Scoring::BRANCHES > 1 && br == 3)) {
+        okb = W(0);
+        nearb = W(0);
+        // rows and key columns of the tile that are in range
+        const int rows_in = (int)blk.rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
+#pragma unroll 1
+        for (int i = 0; i < COUNT; ++i) {
+            int tr, tc;  // row and key column in the tile
+            coord(i, tr, tc);
+            bool ok = tr < rows_in && tc < cols_in;
+            const long long q_pos = blk.m0 + tr + blk.shift, kv_pos = n0 + tc;
+            if (Mask::active && kind == AF_TILE_PARTIAL) ok = ok && mask(q_pos, kv_pos);
+            okb |= (W)ok << i;
+            nearb |= (W)sc.near(q_pos, kv_pos) << i;
+        }
+    }
+}

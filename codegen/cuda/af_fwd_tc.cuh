@@ -1,0 +1,341 @@
+// attnforge tensor-core forward main loop (mma.sync m16n8k16, f32 accumulation; ldmatrix;
+// cp.async with STAGES K/V buffers). Per thread block: BM query rows of one (b, h); warp w
+// owns query rows [16 w, 16 w + 16) of the tile. Policies: see af_fwd.cuh.
+//
+// for each key tile of the schedule (a second cursor runs STAGES - 1 tiles ahead to prefetch):
+//     S = Q K^T per scoring branch; allowed-element bits (partial and edge tiles)
+//     S = score(S), masked; online softmax (log2 domain); O += P V (P stays in registers)
+// epilogue: O = acc / l, lse = ln(l) + m ln 2
+
+// The element type's mma, pair packing and conversion.
+template <typename T> struct af_tc_type;
+template <> struct af_tc_type<__half> {
+    static __device__ __forceinline__ void mma(float* d, const unsigned* a, const unsigned* b, const float* c) { af_mma_m16n8k16_f16(d, a, b, c); }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) { return af_pack_f16(lo, hi); }
+    static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
+};
+template <> struct af_tc_type<__nv_bfloat16> {
+    static __device__ __forceinline__ void mma(float* d, const unsigned* a, const unsigned* b, const float* c) { af_mma_m16n8k16_bf16(d, a, b, c); }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) { return af_pack_bf16(lo, hi); }
+    static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+};
+
+// ---- loads, per scoring policy ----
+// Q tile -> shared with cp.async (lands with the first committed group); rows past seq_q are zero.
+template <class Tile, typename T, class SQ>
+__device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ, const af_fwd_args<T>& a,
+                                             const af_fwd_block<T>& blk, int tid, T zero) {
+    constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
+    // cp.async needs 16-byte aligned rows: base pointer and row stride a multiple of 8 elements
+    const bool vec_q = (((unsigned long long)blk.qb & 15) | (unsigned long long)(a.q_stride_s & 7)) == 0;
+    for (int idx = tid; idx < BM * (D / 8); idx += NT) {
+        const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+        const long long row = blk.m0 + r;
+        const int off = af_swz<D>(r, c);
+        if (row < a.seq_q && vec_q) {
+            af_cp_async_16(&sQ[off], blk.qb + row * a.q_stride_s + c);
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
+            for (int e = 0; e < 8; ++e) sQ[off + e] = row < a.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
+        }
+    }
+}
+
+// LM-Infinite: Q tile -> shared, rotated at its position (branch 0, near) and at Deff (branch 1,
+// far) through registers; rows past seq_q are zero. RoPE per element pair, kept rolled: one copy
+// of the rotation code.
+template <class Tile, typename T, class SQ>
+__device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const SQ& sQ, const af_fwd_args<T>& a,
+                                             const af_fwd_block<T>& blk, int tid, T) {
+    constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
+    using TT = af_tc_type<T>;
+#pragma unroll 1
+    for (int idx = tid; idx < BM * (D / 2); idx += NT) {
+        const int r = idx / (D / 2), m = idx % (D / 2);
+        const long long row = blk.m0 + r;
+        float x0 = 0.f, x1 = 0.f;
+        if (row < a.seq_q) {
+            x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
+            x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
+        }
+        const float f = af_rope_freq(m, D, sc.log2_theta);
+        float y0 = x0, y1 = x1;
+        af_rope_pair(x0, x1, row + blk.shift, f);
+        af_rope_pair(y0, y1, sc.d_eff, f);
+        const int o0 = af_swz<D>(r, m), o1 = af_swz<D>(r, m + D / 2);
+        sQ[o0] = TT::from(x0);
+        sQ[o1] = TT::from(x1);
+        sQ[BM * D + o0] = TT::from(y0);
+        sQ[BM * D + o1] = TT::from(y1);
+    }
+}
+
+// Whether K and V rows can go through cp.async (16-byte aligned base pointers and row strides).
+template <typename T>
+__device__ __forceinline__ bool af_tc_kv_vector(const af_dot_scoring&, const af_fwd_args<T>& a, const af_fwd_block<T>& blk) {
+    return ((((unsigned long long)blk.kb | (unsigned long long)blk.vb) & 15) | (unsigned long long)((a.k_stride_s | a.v_stride_s) & 7)) == 0;
+}
+// LM-Infinite rotates K through registers: only V goes through cp.async.
+template <typename T>
+__device__ __forceinline__ bool af_tc_kv_vector(const af_lminf_scoring&, const af_fwd_args<T>& a, const af_fwd_block<T>& blk) {
+    return (((unsigned long long)blk.vb & 15) | (unsigned long long)(a.v_stride_s & 7)) == 0;
+}
+
+// K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
+// vec_kv, tid and zero come by reference like the other loop invariants: passed by value,
+// NVVM lays out this loop's branches differently and the main loop gets 5 more instructions.
+template <class Tile, typename T, class SK, class SV>
+__device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
+                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
+    constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+    for (int idx = tid; idx < BN * (D / 8); idx += NT) {
+        const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
+        const long long kv = t0 + j;
+        const int off = st * BN * D + af_swz<D>(j, c);
+        if (kv < a.seq_k && vec_kv) {
+            af_cp_async_16(&sK[off], blk.kb + kv * a.k_stride_s + c);
+            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
+            for (int e = 0; e < 8; ++e) {
+                sK[off + e] = kv < a.seq_k ? blk.kb[kv * a.k_stride_s + c + e] : zero;
+                sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+            }
+        }
+    }
+}
+
+// LM-Infinite: K tile t0 -> stage st rotated at its position (branch 0) and un-rotated
+// (branch 1, STAGES * BN * D elements further), through registers; V with cp.async.
+template <class Tile, typename T, class SK, class SV>
+__device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
+                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_v, const int& tid, const T& zero) {
+    constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::STAGES * Tile::BN * Tile::D;
+    using TT = af_tc_type<T>;
+    // RoPE per element pair, kept rolled: one copy of the rotation code
+#pragma unroll 1
+    for (int idx = tid; idx < BN * (D / 2); idx += NT) {
+        const int j = idx / (D / 2), m = idx % (D / 2);
+        const long long kv = t0 + j;
+        float x0 = 0.f, x1 = 0.f;
+        if (kv < a.seq_k) {
+            x0 = af_to_float(blk.kb[kv * a.k_stride_s + m]);
+            x1 = af_to_float(blk.kb[kv * a.k_stride_s + m + D / 2]);
+        }
+        const int o0 = st * BN * D + af_swz<D>(j, m), o1 = st * BN * D + af_swz<D>(j, m + D / 2);
+        sK[RAW + o0] = TT::from(x0);
+        sK[RAW + o1] = TT::from(x1);
+        af_rope_pair(x0, x1, kv, af_rope_freq(m, D, sc.log2_theta));
+        sK[o0] = TT::from(x0);
+        sK[o1] = TT::from(x1);
+    }
+    for (int idx = tid; idx < BN * (D / 8); idx += NT) {
+        const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
+        const long long kv = t0 + j;
+        const int off = st * BN * D + af_swz<D>(j, c);
+        if (kv < a.seq_k && vec_v) {
+            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        } else {  // unaligned rows (rare): element copies, kept rolled
+#pragma unroll 1
+            for (int e = 0; e < 8; ++e) sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+        }
+    }
+}
+
+// S += Q K^T on tensor cores for one warp's 16-row slab, from swizzled shared tiles (Q at
+// element q0 of sQ, K at element k0 of sK). The loop over the head dimension unrolls 4
+// k-steps (QK_K_UNROLL in emit.rs): 16 to 64 mma per iteration, enough to hide the ldmatrix
+// latency; it indexes no register array, so it need not unroll fully.
+template <class Tile, typename T, class SQ, class SK>
+__device__ __forceinline__ void af_tc_qk(float (&s)[Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0, int warp, int lane) {
+    constexpr int D = Tile::D, NT8 = Tile::BN / 8;
+#pragma unroll 4
+    for (int kk = 0; kk < D / 16; ++kk) {
+        unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
+        af_ldmatrix_x4(qa, &sQ[q0 + af_swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)]);
+#pragma unroll
+        for (int np = 0; np < NT8 / 2; ++np) {
+            unsigned kf[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
+            af_ldmatrix_x4(kf, &sK[k0 + af_swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)]);
+            af_tc_type<T>::mma(s[2 * np], qa, kf, s[2 * np]);
+            af_tc_type<T>::mma(s[2 * np + 1], qa, kf + 2, s[2 * np + 1]);
+        }
+    }
+}
+
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring>
+__device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
+                                          const Scoring& sc) {
+    constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, STAGES = Tile::STAGES;
+    constexpr int NT8 = BN / 8;  // n8 tiles of S per warp (C fragments)
+    constexpr int DT8 = D / 8;   // n8 tiles of O per warp
+    constexpr int NB = Scoring::BRANCHES;
+    using TT = af_tc_type<T>;
+    static_assert(BM == 16 * Tile::NW, "one 16-row slab per warp");
+    // [NB][BM][D] Q, [NB][STAGES][BN][D] K, [STAGES][BN][D] V, all swizzled (af_swz)
+    AF_DYNAMIC_SHARED(T, af_smem);
+    AF_SHARED_VIEW(T, sQ, af_smem, 0, NB * BM * D);
+    AF_SHARED_VIEW(T, sK, af_smem, NB * BM * D, NB * STAGES * BN * D);
+    AF_SHARED_VIEW(T, sV, af_smem, NB * (BM * D + STAGES * BN * D), STAGES * BN * D);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
+    const auto hooks = block_hooks(blk.b, blk.h);
+    const T zero = TT::from(0.f);
+    const bool vec_kv = af_tc_kv_vector(sc, a, blk);
+    af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
+
+    // online softmax state (log2 domain) of this thread's rows g = lane / 4 and g + 8 of the
+    // warp's slab, and the O accumulators (C fragments of the D / 8 output n8 tiles)
+    float m_i[2], l_i[2], acc[DT8][4];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        m_i[r] = -INFINITY;
+        l_i[r] = 0.f;
+    }
+#pragma unroll
+    for (int dt = 0; dt < DT8; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
+
+    const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
+    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, t0, st, vec_kv, tid, zero); };
+    // pipeline: a second cursor runs STAGES - 1 tiles ahead; one commit group per tile
+    // (possibly empty), so wait<STAGES - 2> means "the current tile has landed"
+    long long cur = tiles.first, n0;
+    [[maybe_unused]] long long fcur = tiles.first, fn0;
+    int kind;
+    [[maybe_unused]] int fkind, it = 0;
+    if constexpr (STAGES > 1) {
+#pragma unroll
+        for (int st = 0; st < STAGES - 1; ++st) {
+            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, st);
+            af_cp_async_commit();
+        }
+    }
+    while (tiles.next(cur, n0, kind)) {
+        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
+        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
+        int kst;  // stage offset of this tile
+        if constexpr (STAGES == 1) {
+            __syncthreads();  // previous tile's K, V are consumed
+            load_kv(n0, 0);
+            af_cp_async_commit();
+            af_cp_async_wait<0>();
+            __syncthreads();  // every thread's copies have landed
+            kst = 0;
+        } else {
+            af_cp_async_wait<STAGES - 2>();  // this thread's copies of tile `it` have landed
+            __syncthreads();  // ... and everyone's; the stage of tile it - 1 is free again
+            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, (it + STAGES - 1) % STAGES);
+            af_cp_async_commit();
+            kst = (it % STAGES) * BN * D;
+            ++it;
+        }
+
+        // S = Q K^T on tensor cores (f32 accumulation), per warp 16 x BN in C fragments, per
+        // scoring branch the tile needs
+        float s[NB][NT8][4];
+#pragma unroll
+        for (int bi = 0; bi < NB; ++bi) {
+#pragma unroll
+            for (int j = 0; j < NT8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[bi][j][e] = 0.f;
+            if ((br >> bi) & 1) af_tc_qk<Tile, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, warp, lane);
+        }
+
+        // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
+        // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
+        af_bits_t<NT8 * 4> okb, nearb;
+        af_element_bits<BM, BN, NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                                         [&](int i, int& tr, int& tc) {
+                                             const int j = i >> 2, e = i & 3;
+                                             tr = warp * 16 + (lane >> 2) + 8 * (e >> 1);
+                                             tc = j * 8 + 2 * (lane & 3) + (e & 1);
+                                         });
+        // score mod, mask bits, online softmax on the C fragments
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < NT8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int bit = 4 * j + e;
+                const long long q_pos = blk.m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1) + blk.shift;
+                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][j][e] : s[0][j][e]) * a.scale;  // scaled score
+                if ((okb >> bit) & 1) {
+                    x = hooks.score(x, q_pos, kv_pos);
+                    x *= AF_LOG2E;
+                } else {
+                    x = -INFINITY;  // masked
+                }
+                s[0][j][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        }
+        float m_use[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            // the 4 lanes of a quad share a row
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float m_new = fmaxf(m_i[r], mx[r]);
+            m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
+            const float alpha = exp2f(m_i[r] - m_use[r]);
+            m_i[r] = m_new;
+            l_i[r] *= alpha;
+#pragma unroll
+            for (int dt = 0; dt < DT8; ++dt) {
+                acc[dt][2 * r] *= alpha;
+                acc[dt][2 * r + 1] *= alpha;
+            }
+        }
+        // P = exp2(S - m) stays in registers; l sums this lane's columns (quad-reduced at the end)
+        float (&p)[NT8][4] = s[0];
+#pragma unroll
+        for (int j = 0; j < NT8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                p[j][e] = exp2f(p[j][e] - m_use[e >> 1]);
+                l_i[e >> 1] += p[j][e];
+            }
+
+        // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1) are the A fragment of P
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            unsigned pa[4];
+            pa[0] = TT::pack(p[2 * kk][0], p[2 * kk][1]);
+            pa[1] = TT::pack(p[2 * kk][2], p[2 * kk][3]);
+            pa[2] = TT::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+            pa[3] = TT::pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                unsigned vf[4];  // B fragments of output n8 tiles 2 dp, 2 dp + 1 (.trans: V rows are k)
+                af_ldmatrix_x4_trans(vf, &sV[kst + af_swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 16 + (lane >> 4) * 8)]);
+                TT::mma(acc[2 * dp], pa, vf, acc[2 * dp]);
+                TT::mma(acc[2 * dp + 1], pa, vf + 2, acc[2 * dp + 1]);
+            }
+        }
+    }
+
+    // epilogue: quad-reduce l; O = acc / l in the input dtype, stored as packed 16-bit pairs (one
+    // 32-bit store per pair: o rows must be 4-byte aligned); lse = ln(l) + m ln 2; empty rows:
+    // O = 0 (acc is 0, inv = 0), lse = -inf
+    af_require((((unsigned long long)blk.ob & 3) | (unsigned long long)(a.o_stride_s & 1)) == 0,
+               "o: rows must be 4-byte aligned (even o_stride_s, 4-byte aligned o); pass a contiguous output");
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
+        l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);
+        const long long row = blk.m0 + warp * 16 + (lane >> 2) + 8 * r;
+        if (row < a.seq_q) {
+            const bool empty = l_i[r] == 0.f;
+            const float inv = empty ? 0.f : 1.f / l_i[r];
+            T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
+#pragma unroll
+            for (int dt = 0; dt < DT8; ++dt) af_st_global_b32(dst + dt * 8, TT::pack(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
+            if ((lane & 3) == 0 && a.lse != nullptr)
+                a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+        }
+    }
+}

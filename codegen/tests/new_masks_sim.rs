@@ -18,7 +18,7 @@
 mod new_masks_common;
 
 use attnforge_codegen::blocks::TileKind;
-use attnforge_codegen::emit::prelude_files;
+use attnforge_codegen::emit::{ATTN_CUH, PRELUDE_CUH};
 use attnforge_codegen::new_masks_host::{chunked_causal_key_range, dilated_causal_key_range};
 use attnforge_sim::{SimArg, SimConfig, SimKernel};
 use new_masks_common::*;
@@ -27,7 +27,8 @@ const PROBE: &str = include_str!("cuda/new_masks_probe.cu");
 
 fn probe_source() -> String {
     let mut src = String::new();
-    for (_, text) in prelude_files() {
+    // The mask functions need only the prelude and the attention helpers, not a main loop.
+    for text in [PRELUDE_CUH, ATTN_CUH] {
         src.push_str(text);
         src.push('\n');
     }

@@ -9,7 +9,9 @@
 //! 3. strides in elements (`long long`): `q_stride_b`, `q_stride_h`, `q_stride_s`, then the
 //!    same for `k`, `v`, `o` (the head dimension is contiguous)
 //! 4. `scale` (`float`)
-//! 5. mask arguments (see [`crate::spec::Mask`]); user parameters as `um_<name>`; block
+//! 5. mask arguments: `doc` (`const int*`) and `doc_batch_stride` (`long long`) when the
+//!    mask reads document ids, then the table's parameters ([`crate::masks::MaskDef::params`],
+//!    `int` or `float`, same names); user parameters as `um_<name>`; block
 //!    lists as `blk_full_num`, `blk_full_idx`, `blk_partial_num`, `blk_partial_idx`
 //!    (`const int*`) and `blk_batches`, `blk_heads`, `blk_rows`, `blk_width` (`int`)
 //! 6. score arguments: `softcap` (`float`) or `alibi_slopes` (`const float*`) or the user
@@ -25,6 +27,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::masks::ParamType;
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind};
 use crate::tile::{Arch, TileConfig};
 
@@ -172,6 +175,14 @@ fn user_args(out: &mut Vec<KernelArg>, prefix: &str, f: &UserFunction) {
     }
 }
 
+/// ABI kind of a built-in mask parameter.
+fn param_abi(t: ParamType) -> ArgKind {
+    match t {
+        ParamType::Int => INT,
+        ParamType::Float => FLOAT,
+    }
+}
+
 /// Names of the block-list arguments, in order.
 pub const BLOCK_LIST_ARGS: [&str; 8] = [
     "blk_full_num",
@@ -238,30 +249,14 @@ pub fn kernel_args(spec: &KernelSpec) -> Vec<KernelArg> {
         v.push(arg("doc_batch_stride", I64));
     };
     match &spec.mask {
-        Mask::Full | Mask::Causal => {}
-        Mask::Local => {
-            v.push(arg("window_left", INT));
-            v.push(arg("window_right", INT));
-        }
-        Mask::PrefixLm => v.push(arg("prefix_len", INT)),
-        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion => doc(&mut v),
-        Mask::BlockCausalDocument => {
-            doc(&mut v);
-            v.push(arg("doc_block", INT));
-        }
-        Mask::GlobalLocal => {
-            v.push(arg("window", INT));
-            v.push(arg("global_tokens", INT));
-        }
-        Mask::LambdaMask => {
-            v.push(arg("global_tokens", INT));
-            v.push(arg("local_window", INT));
-        }
-        Mask::LmInfinite => {
-            v.push(arg("global_tokens", INT));
-            v.push(arg("local_window", INT));
-            v.push(arg("dist_limit", INT));
-            v.push(arg("rope_theta", FLOAT));
+        Mask::Builtin(m) => {
+            let d = m.def();
+            if d.reads_doc {
+                doc(&mut v);
+            }
+            for p in d.params {
+                v.push(arg(p.name, param_abi(p.ty)));
+            }
         }
         Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => user_args(&mut v, "um", f),
         Mask::BlockSparse { mask: None } => {}

@@ -24,6 +24,7 @@ use attnforge_codegen::args::{kernel_args, ArgKind as CgArgKind, LaunchGeometry,
 use attnforge_codegen::blocks::{build_block_lists, validate_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
 use attnforge_codegen::emit::emit;
+use attnforge_codegen::masks::{DocRule, ParamType};
 use attnforge_codegen::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
 use attnforge_codegen::tile::{Arch as CgArch, TileConfig};
 use attnforge_reference as reference;
@@ -346,22 +347,24 @@ struct Resolved {
     lists: Option<BlockLists>,
 }
 
-fn mask_param_i64(m: &MaskParams, name: &str) -> Option<i64> {
-    use MaskParams as M;
-    match (m, name) {
-        (M::Local { left, .. }, "window_left") => Some(*left),
-        (M::Local { right, .. }, "window_right") => Some(*right),
-        (M::PrefixLm { prefix_len }, "prefix_len") => Some(*prefix_len),
-        (M::GlobalLocal { window, .. }, "window") => Some(*window),
-        (M::GlobalLocal { global_tokens, .. }, "global_tokens")
-        | (M::LambdaMask { global_tokens, .. }, "global_tokens")
-        | (M::LmInfinite { global_tokens, .. }, "global_tokens") => Some(*global_tokens),
-        (M::LambdaMask { local_window, .. }, "local_window")
-        | (M::LmInfinite { local_window, .. }, "local_window") => Some(*local_window),
-        (M::LmInfinite { dist_limit, .. }, "dist_limit") => Some(*dist_limit),
-        (M::BlockCausalDocument { doc_block }, "doc_block") => Some(*doc_block),
-        _ => None,
-    }
+/// The mask's parameter values by name as the kernel receives them (float parameters
+/// rounded to f32), for the reference.
+fn named_values(spec: &KernelSpec, m: &MaskParams) -> Vec<(&'static str, f64)> {
+    spec.mask.def().map_or_else(Vec::new, |d| {
+        d.params
+            .iter()
+            .filter_map(|p| {
+                let v = m.get(p.name)?;
+                Some((
+                    p.name,
+                    match p.ty {
+                        ParamType::Int => v,
+                        ParamType::Float => f64::from(v as f32),
+                    },
+                ))
+            })
+            .collect()
+    })
 }
 
 /// The element mask of the spec as an `attnforge-reference` mask (the oracle's own
@@ -372,8 +375,6 @@ fn reference_mask(
     p: &RunParams,
 ) -> Result<reference::Mask, ExecError> {
     use reference::Mask as R;
-    let doc = || r.doc.clone();
-    let get = |n: &str| mask_param_i64(&r.mask, n).unwrap_or(0);
     let host = || {
         p.host_mask.clone().ok_or_else(|| {
             input_err(
@@ -384,36 +385,12 @@ fn reference_mask(
         })
     };
     Ok(match &spec.mask {
-        Mask::Full => R::Full,
-        Mask::Causal => R::Causal,
-        Mask::Local => R::Local {
-            left: get("window_left"),
-            right: get("window_right"),
-        },
-        Mask::PrefixLm => R::PrefixLm {
-            prefix: get("prefix_len").max(0) as usize,
-        },
-        Mask::Document => R::Document { doc: doc() },
-        Mask::CausalDocument => R::CausalDocument { doc: doc() },
-        Mask::ShareQuestion => R::ShareQuestion { doc: doc() },
-        Mask::GlobalLocal => R::GlobalLocal {
-            window: get("window").max(0) as usize,
-            global: get("global_tokens").max(0) as usize,
-        },
-        Mask::BlockCausalDocument => R::BlockCausalDocument {
-            doc: doc(),
-            block: get("doc_block").max(1) as usize,
-        },
-        Mask::LambdaMask => R::Lambda {
-            global: get("global_tokens").max(0) as usize,
-            local: get("local_window").max(0) as usize,
-        },
+        Mask::Builtin(m) => R::builtin(m.tag(), &named_values(spec, &r.mask), &r.doc)?,
         Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) } => {
             let f = host()?;
             R::Predicate(Arc::new(move |b, h, i, j| f(b, h, i, j)))
         }
         Mask::BlockSparse { mask: None } => R::Full,
-        Mask::LmInfinite => R::Causal,
     })
 }
 
@@ -456,11 +433,7 @@ fn resolve<T: Element>(
             "pass a finite positive scale",
         ));
     }
-    let needs_doc = matches!(
-        spec.mask,
-        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
-    );
-    let (doc, doc_batch_stride) = match (&p.doc, needs_doc) {
+    let (doc, doc_batch_stride) = match (&p.doc, spec.mask.reads_doc()) {
         (None, true) => {
             return Err(input_err(
                 "doc",
@@ -487,7 +460,11 @@ fn resolve<T: Element>(
         }
         (_, false) => (Vec::new(), 0),
     };
-    if matches!(spec.mask, Mask::ShareQuestion) {
+    if spec
+        .mask
+        .def()
+        .is_some_and(|d| d.doc_rule == DocRule::QuestionPrefix)
+    {
         for b in 0..if doc_batch_stride == 0 { 1 } else { dims.batch } {
             let row = &doc[b * doc_batch_stride as usize..][..dims.seq_k];
             let q_end = row.iter().position(|&x| x != 0).unwrap_or(row.len());
@@ -589,44 +566,27 @@ fn reference_resolved<T: Element>(
     };
     let mask = reference_mask(spec, r, p)?;
     let score = reference_score(spec, r, p)?;
-    Ok(match &spec.mask {
-        Mask::LmInfinite => {
-            if !matches!(spec.score, ScoreMod::None) {
-                return Err(input_err(
-                    "score",
-                    "the reference defines LM-Infinite without a score modification",
-                    "use ScoreMod::None with Mask::LmInfinite",
-                ));
-            }
-            let get = |n: &str| mask_param_i64(&r.mask, n).unwrap_or(0).max(0) as usize;
-            let theta = match r.mask {
-                MaskParams::LmInfinite { rope_theta, .. } => f64::from(rope_theta),
-                _ => 10000.0,
-            };
-            reference::lm_infinite_attention(
-                &x.q,
-                &x.k,
-                &x.v,
-                &reference::LmInfiniteParams {
-                    global: get("global_tokens"),
-                    local: get("local_window"),
-                    dist_limit: get("dist_limit"),
-                    theta,
-                },
-                &opts,
-            )?
+    Ok(if spec.mask.lm_infinite_scoring() {
+        if !matches!(spec.score, ScoreMod::None) {
+            return Err(input_err(
+                "score",
+                "the reference defines LM-Infinite without a score modification",
+                format!("use ScoreMod::None with mask `{}`", spec.mask.tag()),
+            ));
         }
-        Mask::BlockSparse { .. }
-        | Mask::Document
-        | Mask::CausalDocument
-        | Mask::ShareQuestion
-        | Mask::BlockCausalDocument
-        | Mask::Predicate(_) => {
-            let l = r.lists.as_ref().expect("resolved lists");
-            let rl = reference_lists(spec, l, r.dims)?;
-            reference::block_sparse_attention(&x.q, &x.k, &x.v, &rl, &mask, &score, &opts)?
-        }
-        _ => reference::attention(&x.q, &x.k, &x.v, &mask, &score, &opts)?,
+        reference::lm_infinite_attention(
+            &x.q,
+            &x.k,
+            &x.v,
+            &reference::LmInfiniteParams::from_values(&named_values(spec, &r.mask)),
+            &opts,
+        )?
+    } else if spec.mask.uses_block_lists() {
+        let l = r.lists.as_ref().expect("resolved lists");
+        let rl = reference_lists(spec, l, r.dims)?;
+        reference::block_sparse_attention(&x.q, &x.k, &x.v, &rl, &mask, &score, &opts)?
+    } else {
+        reference::attention(&x.q, &x.k, &x.v, &mask, &score, &opts)?
     })
 }
 
@@ -773,10 +733,6 @@ fn host_args<T: Element>(
             "doc_batch_stride" => HostArg::I64(r.doc_batch_stride),
             "softcap" => HostArg::F32(p.softcap.unwrap_or(0.0)),
             "alibi_slopes" => HostArg::Floats(r.alibi.clone()),
-            "rope_theta" => HostArg::F32(match r.mask {
-                MaskParams::LmInfinite { rope_theta, .. } => rope_theta,
-                _ => 10000.0,
-            }),
             "blk_full_num" => HostArg::Ints(lists.map(|l| l.full_num.clone()).unwrap_or_default()),
             "blk_full_idx" => HostArg::Ints(lists.map(|l| l.full_idx.clone()).unwrap_or_default()),
             "blk_partial_num" => {
@@ -809,8 +765,12 @@ fn host_args<T: Element>(
                 HostArg::I64(stride(t, &n[n.len() - 1..]))
             }
             _ => {
-                if let Some(v) = mask_param_i64(&r.mask, n) {
-                    HostArg::I32(v as i32)
+                if let Some(d) = spec.mask.def().and_then(|d| d.param(n)) {
+                    let v = r.mask.get(n).unwrap_or_else(|| d.default.at(r.dims.seq_k));
+                    match d.ty {
+                        ParamType::Int => HostArg::I32(v as i32),
+                        ParamType::Float => HostArg::F32(v as f32),
+                    }
                 } else if let Some((_, kind)) = user_params.iter().find(|(un, _)| un == n) {
                     user_value(p, &n[3..], *kind)?
                 } else {

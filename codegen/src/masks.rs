@@ -844,6 +844,9 @@ impl Mask {
     pub const LmInfinite: Mask = Mask::Builtin(BuiltinMask("lm_infinite"));
 }
 
+/// The mask of a declaration (macro, spec) that names none: every key.
+pub const DEFAULT_MASK: Mask = Mask::Full;
+
 /// Runtime values of a built-in mask's parameters, keyed by the table's parameter names
 /// (empty for masks without parameters, predicates and block-sparse masks).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -417,7 +417,11 @@ pub fn tile_census(
 ) -> Option<(u64, u64, u64)> {
     let (bm, bn) = (tile.block_m, tile.block_n);
     let shift = d.seq_k as i64 - d.seq_q as i64;
-    let has_element_mask = !matches!(spec.mask, Mask::BlockSparse { mask: None } | Mask::Full);
+    let has_element_mask = match &spec.mask {
+        Mask::Builtin(m) => m.def().element_fn.is_some(),
+        Mask::BlockSparse { mask: None } => false,
+        Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) } => true,
+    };
     let lists = rp.block_lists.as_ref();
     let class = if lists.is_some() {
         None

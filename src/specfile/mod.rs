@@ -331,7 +331,7 @@ impl SpecFile {
                         };
                         (Mask::BlockSparse { mask: m }, h)
                     }
-                    (k, None) if simple_mask(k).is_some() => (simple_mask(k).unwrap_or(Mask::Full), None),
+                    (k, None) if simple_mask(k).is_some() => (simple_mask(k).expect("checked"), None),
                     (k, _) => {
                         return Err(err(
                             "mask.kind",

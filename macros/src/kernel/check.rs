@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
-use attnforge_codegen::masks::{BuiltinMask, Causality, ParamDef, ParamType, MASKS};
+use attnforge_codegen::masks::{BuiltinMask, Causality, ParamDef, ParamType, DEFAULT_MASK, MASKS};
 use attnforge_codegen::spec::{
     BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserSource,
 };
@@ -200,7 +200,7 @@ fn check_mask(cx: &mut Ctx<'_>, e: &Expr) -> Option<MaskOut> {
     };
     let builtin = single_ident(path);
     let mut out = MaskOut {
-        mask: Mask::Full,
+        mask: DEFAULT_MASK,
         params: MaskParams::None,
         user: None,
         arg_spans: BTreeMap::new(),
@@ -623,7 +623,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
         Some(m) => m,
         None if mask_failed || seen.contains_key("mask") => return None,
         None => MaskOut {
-            mask: Mask::Full,
+            mask: DEFAULT_MASK,
             params: MaskParams::None,
             user: None,
             arg_spans: BTreeMap::new(),

@@ -14,8 +14,9 @@
 //!    `int` or `float`, same names); user parameters as `um_<name>`; block
 //!    lists as `blk_full_num`, `blk_full_idx`, `blk_partial_num`, `blk_partial_idx`
 //!    (`const int*`) and `blk_batches`, `blk_heads`, `blk_rows`, `blk_width` (`int`)
-//! 6. score arguments: `softcap` (`float`) or `alibi_slopes` (`const float*`) or the user
-//!    score parameters as `us_<name>`
+//! 6. score arguments: the score table's parameter ([`crate::scores::ScoreDef::param`]:
+//!    `softcap` (`float`) or `alibi_slopes` (`const float*`)) or the user score parameters
+//!    as `us_<name>`
 //!
 //! ```
 //! use attnforge_codegen::{args::kernel_args, spec::*};
@@ -28,6 +29,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::masks::ParamType;
+use crate::scores::ScoreParamKind;
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind};
 use crate::tile::{Arch, TileConfig};
 
@@ -267,10 +269,16 @@ pub fn kernel_args(spec: &KernelSpec) -> Vec<KernelArg> {
         }
     }
     match &spec.score {
-        ScoreMod::None => {}
-        ScoreMod::Softcap => v.push(arg("softcap", FLOAT)),
-        ScoreMod::Alibi => v.push(arg("alibi_slopes", CFLOAT_PTR)),
         ScoreMod::User(f) => user_args(&mut v, "us", f),
+        builtin => {
+            if let Some(p) = builtin.def().and_then(|d| d.param) {
+                let kind = match p.kind {
+                    ScoreParamKind::Scalar => FLOAT,
+                    ScoreParamKind::PerHead => CFLOAT_PTR,
+                };
+                v.push(arg(p.name, kind));
+            }
+        }
     }
     v
 }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::masks::DocRule;
 pub use crate::masks::MaskParams;
-use crate::spec::{KernelSpec, Mask, ScoreMod, UserFunction, UserSource};
+use crate::scores::ScoreParamKind;
+use crate::spec::{KernelSpec, Mask, UserFunction, UserSource};
 
 /// One validation error: the field path (`mask.local.left`, `tile.block_m`), the problem
 /// and the fix.
@@ -497,24 +498,28 @@ pub fn validate_problem(spec: &KernelSpec, p: &Problem) -> Result<(), Vec<SpecEr
         );
     }
     check_mask_params(&mut errs, &spec.mask, &p.mask);
-    match (&spec.score, p.softcap) {
-        (ScoreMod::Softcap, None) => errs.push(
-            "softcap",
-            "the softcap kernel needs a softcap value",
-            "pass softcap = c > 0 (e.g. 30 or 50)",
+    match (spec.score.param_of(ScoreParamKind::Scalar), p.softcap) {
+        (Some(sp), None) => errs.push(
+            sp.name,
+            format!(
+                "the {} kernel needs a {} value",
+                spec.score.def().map_or("", |d| d.tag),
+                sp.name
+            ),
+            sp.fix,
         ),
-        (ScoreMod::Softcap, Some(c)) if !(c.is_finite() && c > 0.0) => errs.push(
-            "softcap",
-            format!("softcap must be finite and positive: got {c}"),
+        (Some(sp), Some(c)) if !(c.is_finite() && c > 0.0) => errs.push(
+            sp.name,
+            format!("{} must be finite and positive: got {c}", sp.name),
             "pass c > 0",
         ),
-        (ScoreMod::Softcap, _) => {}
-        (_, Some(_)) => errs.push(
+        (Some(_), _) => {}
+        (None, Some(_)) => errs.push(
             "softcap",
             "a softcap value was given but the spec has no softcap",
             "remove it or use `score = softcap`",
         ),
-        (_, None) => {}
+        (None, None) => {}
     }
     errs.finish()
 }

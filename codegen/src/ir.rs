@@ -216,26 +216,19 @@ pub fn lower_with_symbol(
         Mask::BlockSparse { mask: None } => (lists, None, Scoring::Dot),
     };
     let score_mod = match &spec.score {
-        ScoreMod::None => None,
-        ScoreMod::Softcap if spec.dtype == DType::F32 => {
-            Some("af_score_softcap(x, softcap)".to_string())
-        }
-        ScoreMod::Softcap => {
-            prologue.push("const float softcap_k = 2.f * AF_LOG2E / softcap;  // exp2 scale of the fast softcap".into());
-            Some("af_score_softcap_fast(x, softcap, softcap_k)".to_string())
-        }
-        ScoreMod::Alibi => {
-            prologue.push(
-                "const float slope = alibi_slopes[h];  // ALiBi slope of query head h".into(),
-            );
-            Some("af_score_alibi(x, slope, q_pos, kv_pos)".to_string())
-        }
         ScoreMod::User(f) => {
             device_fns.push(DeviceFn {
                 text: user_fn_text(f, true),
             });
             Some(user_call(f, "us", "x, "))
         }
+        builtin => builtin
+            .def()
+            .and_then(|d| d.lowering(spec.dtype))
+            .map(|(expr, pro)| {
+                prologue.extend(pro.iter().map(|l| l.to_string()));
+                expr.to_string()
+            }),
     };
     Ok(KernelIr {
         symbol,

@@ -4,7 +4,8 @@
 //! -> [`tile`] (how: tile configs and budgets) -> [`ir`] (lowering to the one skeleton with
 //! hooks) -> [`emit`] (CUDA text). [`args`] holds the flat kernel argument list and launch
 //! metadata, [`name`] the canonical names, [`masks`] the mask table (one entry per built-in
-//! mask; everything mask-specific derives from it), [`blocks`] the host-side block lists,
+//! mask; everything mask-specific derives from it), [`scores`] the score-modification
+//! table, [`blocks`] the host-side block lists,
 //! [`catalog`](mod@catalog) the built-in variants. No cudarc, no syn.
 //!
 //! ```
@@ -24,6 +25,7 @@ pub mod emit;
 pub mod ir;
 pub mod masks;
 pub mod name;
+pub mod scores;
 pub mod spec;
 pub mod tile;
 

@@ -312,13 +312,12 @@ pub enum ScoreMod {
 }
 
 impl ScoreMod {
-    /// Short name for canonical names (`None` has none).
+    /// Short name for canonical names: the table tag, `score_<fn>` (`None` has none).
     pub fn short(&self) -> Option<String> {
         match self {
             ScoreMod::None => None,
-            ScoreMod::Softcap => Some("softcap".into()),
-            ScoreMod::Alibi => Some("alibi".into()),
             ScoreMod::User(f) => Some(format!("score_{}", f.name)),
+            builtin => builtin.def().map(|d| d.tag.to_string()),
         }
     }
 }

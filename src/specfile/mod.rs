@@ -28,6 +28,7 @@ use attnforge_runtime::codegen::blocks::BlockLists;
 use attnforge_runtime::codegen::check::{validate_spec, MaskParams};
 use attnforge_runtime::codegen::dynamic::{validate_dynamic, DynamicSpec, LandmarkMode};
 use attnforge_runtime::codegen::masks::{self, BuiltinMask, ParamType, MASKS};
+use attnforge_runtime::codegen::scores::{self, ScoreParamKind};
 use attnforge_runtime::codegen::spec::{
     BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamKind,
     UserSource,
@@ -345,18 +346,13 @@ impl SpecFile {
         let (score, host_score) = match raw.score {
             None => (ScoreMod::None, None),
             Some(ScoreRaw::Name(n)) => (
-                match n.as_str() {
-                    "none" => ScoreMod::None,
-                    "softcap" => ScoreMod::Softcap,
-                    "alibi" => ScoreMod::Alibi,
-                    _ => {
-                        return Err(err(
-                            "score",
-                            format!("unknown score modification `{n}`"),
-                            "use none, softcap, alibi, or a [score.function] table",
-                        ))
-                    }
-                },
+                ScoreMod::builtin(&n).ok_or_else(|| {
+                    err(
+                        "score",
+                        format!("unknown score modification `{n}`"),
+                        &format!("use {}, or a [score.function] table", scores::tag_list()),
+                    )
+                })?,
                 None,
             ),
             Some(ScoreRaw::Table(t)) => {
@@ -416,21 +412,25 @@ impl SpecFile {
         let (p, values) = split_params(raw.params).map_err(|(f, m, fix)| err(&f, m, &fix))?;
         let mask_params =
             mask_params(&spec.mask, &values).map_err(|(f, m, fix)| err(&f, m, &fix))?;
-        if !matches!(spec.score, ScoreMod::Softcap) && p.softcap.is_some() {
-            return Err(err(
-                "params.softcap",
-                "softcap is given but the score is not `softcap`".into(),
-                "remove it or set score = \"softcap\"",
-            ));
+        let scalar = spec.score.param_of(ScoreParamKind::Scalar);
+        match (scalar, p.softcap) {
+            (None, Some(_)) => {
+                return Err(err(
+                    "params.softcap",
+                    "softcap is given but the score is not `softcap`".into(),
+                    "remove it or set score = \"softcap\"",
+                ))
+            }
+            (Some(sp), None) => {
+                return Err(err(
+                    &format!("params.{}", sp.name),
+                    format!("the {} score needs its value ({})", sp.name, sp.doc),
+                    &format!("add `{} = {:.1}` to [params]", sp.name, sp.default),
+                ))
+            }
+            _ => {}
         }
-        if matches!(spec.score, ScoreMod::Softcap) && p.softcap.is_none() {
-            return Err(err(
-                "params.softcap",
-                "the softcap score needs its cap `c`".into(),
-                "add `softcap = 30.0` to [params]",
-            ));
-        }
-        if !matches!(spec.score, ScoreMod::Alibi) && p.alibi_slopes.is_some() {
+        if spec.score.param_of(ScoreParamKind::PerHead).is_none() && p.alibi_slopes.is_some() {
             return Err(err(
                 "params.alibi_slopes",
                 "slopes given but the score is not `alibi`".into(),
@@ -1069,7 +1069,10 @@ pub fn from_catalog(spec: KernelSpec) -> SpecFile {
     SpecFile {
         path: None,
         description: None,
-        softcap: matches!(spec.score, ScoreMod::Softcap).then_some(20.0),
+        softcap: spec
+            .score
+            .param_of(ScoreParamKind::Scalar)
+            .map(|p| p.default),
         spec,
         mask_params,
         alibi_slopes: None,

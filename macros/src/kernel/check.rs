@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
 use attnforge_codegen::masks::{BuiltinMask, Causality, ParamDef, ParamType, DEFAULT_MASK, MASKS};
+use attnforge_codegen::scores::ScoreParamKind;
 use attnforge_codegen::spec::{
     BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserSource,
 };
@@ -337,32 +338,34 @@ fn check_score(cx: &mut Ctx<'_>, e: &Expr) -> Option<ScoreOut> {
         softcap: None,
         user: None,
     };
-    match (single_ident(path).as_deref(), args.as_deref()) {
-        (Some("none"), None) => {}
-        (Some("alibi"), None) => out.score = ScoreMod::Alibi,
-        (Some("softcap"), Some([c])) => match float_lit(c) {
-            Some(v) => {
-                out.score = ScoreMod::Softcap;
-                out.softcap = Some(v as f32);
+    let builtin = single_ident(path).and_then(|n| ScoreMod::builtin(&n).map(|s| (n, s)));
+    match (builtin, args.as_deref()) {
+        (Some((n, sm)), args) => match (sm.param_of(ScoreParamKind::Scalar), args) {
+            (Some(p), Some([c])) => match float_lit(c) {
+                Some(v) => {
+                    out.score = sm;
+                    out.softcap = Some(v as f32);
+                }
+                None => {
+                    cx.err(c, format!("unsupported expression for the {} value: expected a number literal, e.g. `{n}(30.0)`", p.name));
+                    return None;
+                }
+            },
+            (Some(_), _) => {
+                cx.err(e, format!("`{n}` takes its cap value: `{n}(30.0)` (to use your own #[score] function named `{n}`, write `self::{n}`)"));
+                return None;
             }
-            None => {
-                cx.err(c, "unsupported expression for the softcap value: expected a number literal, e.g. `softcap(30.0)`");
+            (None, None) => out.score = sm,
+            (None, Some(_)) => {
+                cx.err(e, format!("`{n}` takes no arguments: write `score: {n}` (ALiBi slopes are a run-time input)"));
                 return None;
             }
         },
-        (Some("softcap"), _) => {
-            cx.err(e, "`softcap` takes its cap value: `softcap(30.0)` (to use your own #[score] function named `softcap`, write `self::softcap`)");
-            return None;
-        }
-        (Some(n @ ("none" | "alibi")), Some(_)) => {
-            cx.err(e, format!("`{n}` takes no arguments: write `score: {n}` (ALiBi slopes are a run-time input)"));
-            return None;
-        }
-        (_, Some(_)) => {
+        (None, Some(_)) => {
             cx.err(e, "a #[score] function is named, not called: write `score: my_score` (its parameters are passed at run time)");
             return None;
         }
-        (_, None) => {
+        (None, None) => {
             out.score = ScoreMod::User(placeholder(path));
             out.user = Some(path.clone());
         }

@@ -37,12 +37,13 @@ fn mask_tokens(m: &Mask, f: Option<&syn::Path>) -> TokenStream {
 
 fn score_tokens(s: &ScoreMod, f: Option<&syn::Path>) -> TokenStream {
     match s {
-        ScoreMod::None => quote!(spec::ScoreMod::None),
-        ScoreMod::Softcap => quote!(spec::ScoreMod::Softcap),
-        ScoreMod::Alibi => quote!(spec::ScoreMod::Alibi),
         ScoreMod::User(_) => {
             let u = user_fn(f.expect("score path"));
             quote!(spec::ScoreMod::User(#u))
+        }
+        builtin => {
+            let tag = builtin.def().map_or("none", |d| d.tag);
+            quote!(spec::ScoreMod::builtin(#tag).expect("a score-table tag checked by kernel!"))
         }
     }
 }

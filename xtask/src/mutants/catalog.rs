@@ -166,6 +166,7 @@ const ATTN: &str = "codegen/cuda/af_attn.cuh";
 const EMIT: &str = "codegen/src/emit.rs";
 const IR: &str = "codegen/src/ir.rs";
 const MASK_TABLE: &str = "codegen/src/masks.rs";
+const SCORE_TABLE: &str = "codegen/src/scores.rs";
 const BLOCKS: &str = "codegen/src/blocks.rs";
 const DYN: &str = "codegen/cuda/af_dynamic.cuh";
 const CCA: &str = "codegen/cuda/af_cca.cuh";
@@ -309,7 +310,7 @@ pub const CATALOG: &[Mutant] = &[
       "__fdividef(1.f, 1.f + exp2f(s * k))",
       "__fdividef(1.f, 1.f + exp2f(-s * k))",
       "fast softcap (f16/bf16) with the sign of the exponent flipped"),
-    m("score-softcap-k", ScoreMod, IR,
+    m("score-softcap-k", ScoreMod, SCORE_TABLE,
       "2.f * AF_LOG2E / softcap;",
       "AF_LOG2E / softcap;",
       "fast softcap's exp2 scale missing the factor 2"),
@@ -317,7 +318,7 @@ pub const CATALOG: &[Mutant] = &[
       "return s - slope * fabsf((float)(int)(q - kv));",
       "return s - slope * (float)(int)(q - kv);",
       "ALiBi bias without the absolute value (wrong for keys after the query)"),
-    m("score-alibi-kv-head", ScoreMod, IR,
+    m("score-alibi-kv-head", ScoreMod, SCORE_TABLE,
       "const float slope = alibi_slopes[h];",
       "const float slope = alibi_slopes[hkv];",
       "ALiBi slopes indexed by the kv head instead of the query head")

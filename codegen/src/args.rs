@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::masks::ParamType;
+use crate::masks::{BuiltinMask, ParamType};
 use crate::scores::ScoreParamKind;
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind};
 use crate::tile::{Arch, TileConfig};
@@ -171,12 +171,6 @@ pub fn user_param_abi(kind: UserParamKind) -> ArgKind {
     }
 }
 
-fn user_args(out: &mut Vec<KernelArg>, prefix: &str, f: &UserFunction) {
-    for p in &f.params {
-        out.push(arg(user_arg_name(prefix, &p.name), user_param_abi(p.kind)));
-    }
-}
-
 /// ABI kind of a built-in mask parameter.
 fn param_abi(t: ParamType) -> ArgKind {
     match t {
@@ -197,86 +191,247 @@ pub const BLOCK_LIST_ARGS: [&str; 8] = [
     "blk_width",
 ];
 
+/// A tensor argument (and the tensor a stride belongs to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorArg {
+    /// Queries.
+    Q,
+    /// Keys.
+    K,
+    /// Values.
+    V,
+    /// Output.
+    O,
+    /// Log-sum-exp output.
+    Lse,
+}
+
+/// A problem size argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeArg {
+    /// `B`.
+    Batch,
+    /// `Hq`.
+    HeadsQ,
+    /// `Hkv`.
+    HeadsKv,
+    /// `Sq`.
+    SeqQ,
+    /// `Sk`.
+    SeqK,
+}
+
+/// The dimension of a stride argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrideDim {
+    /// Batch stride.
+    Batch,
+    /// Head stride.
+    Head,
+    /// Sequence (row) stride.
+    Seq,
+}
+
+/// A part of the runtime block lists (in [`BLOCK_LIST_ARGS`] order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockListPart {
+    /// Full-block counts.
+    FullNum,
+    /// Full-block indices.
+    FullIdx,
+    /// Partial-block counts.
+    PartialNum,
+    /// Partial-block indices.
+    PartialIdx,
+    /// Batch extent.
+    Batches,
+    /// Head extent.
+    Heads,
+    /// Query-block rows.
+    Rows,
+    /// Index row width.
+    Width,
+}
+
+/// Which user function a user parameter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserFnSide {
+    /// The mask predicate (`um_` arguments).
+    Mask,
+    /// The score function (`us_` arguments).
+    Score,
+}
+
+/// What a kernel argument carries: the host side fills arguments by an exhaustive match on
+/// it, never by their names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgRole {
+    /// A tensor pointer.
+    Tensor(TensorArg),
+    /// A problem size.
+    Size(SizeArg),
+    /// A stride (elements) of a tensor.
+    Stride {
+        /// The tensor.
+        tensor: TensorArg,
+        /// The dimension.
+        dim: StrideDim,
+    },
+    /// The softmax scale.
+    Scale,
+    /// Per-token document ids.
+    DocIds,
+    /// Batch stride of the document ids (0: shared by every batch).
+    DocBatchStride,
+    /// Parameter `index` of a built-in mask's table entry.
+    MaskParam {
+        /// The mask.
+        mask: BuiltinMask,
+        /// Index into its [`crate::masks::MaskDef::params`].
+        index: usize,
+    },
+    /// A part of the runtime block lists.
+    BlockList(BlockListPart),
+    /// The parameter of the built-in score modification ([`crate::scores::ScoreDef::param`]).
+    ScoreParam,
+    /// Parameter `index` of a user function.
+    UserParam {
+        /// Mask or score function.
+        side: UserFnSide,
+        /// Index into its [`UserFunction::params`].
+        index: usize,
+    },
+}
+
+/// A kernel argument with its role.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TypedArg {
+    /// Name and C type.
+    pub arg: KernelArg,
+    /// What it carries.
+    pub role: ArgRole,
+}
+
 /// The flat argument list of the kernel for `spec` (see the module docs for the layout).
 pub fn kernel_args(spec: &KernelSpec) -> Vec<KernelArg> {
+    typed_kernel_args(spec).into_iter().map(|t| t.arg).collect()
+}
+
+/// [`kernel_args`] with each argument's [`ArgRole`].
+pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
     let t = Elem::of(spec.dtype);
-    let mut v = vec![
-        arg(
-            "q",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: false,
-            },
-        ),
-        arg(
-            "k",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: false,
-            },
-        ),
-        arg(
-            "v",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: false,
-            },
-        ),
-        arg(
-            "o",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: true,
-            },
-        ),
-        arg(
-            "lse",
-            ArgKind::Ptr {
-                elem: Elem::F32,
-                mutable: true,
-            },
-        ),
+    let mut v = Vec::new();
+    let mut push = |name: String, kind: ArgKind, role: ArgRole| {
+        v.push(TypedArg {
+            arg: arg(name, kind),
+            role,
+        })
+    };
+    let tensors = [
+        ("q", TensorArg::Q),
+        ("k", TensorArg::K),
+        ("v", TensorArg::V),
+        ("o", TensorArg::O),
     ];
-    for n in ["batch", "heads_q", "heads_kv", "seq_q", "seq_k"] {
-        v.push(arg(n, INT));
+    for (name, tensor) in tensors {
+        let kind = ArgKind::Ptr {
+            elem: t,
+            mutable: tensor == TensorArg::O,
+        };
+        push(name.into(), kind, ArgRole::Tensor(tensor));
     }
-    for t in ["q", "k", "v", "o"] {
-        for s in ["b", "h", "s"] {
-            v.push(arg(format!("{t}_stride_{s}"), I64));
+    let lse = ArgKind::Ptr {
+        elem: Elem::F32,
+        mutable: true,
+    };
+    push("lse".into(), lse, ArgRole::Tensor(TensorArg::Lse));
+    for (n, size) in [
+        ("batch", SizeArg::Batch),
+        ("heads_q", SizeArg::HeadsQ),
+        ("heads_kv", SizeArg::HeadsKv),
+        ("seq_q", SizeArg::SeqQ),
+        ("seq_k", SizeArg::SeqK),
+    ] {
+        push(n.into(), INT, ArgRole::Size(size));
+    }
+    for (name, tensor) in tensors {
+        for (s, dim) in [
+            ("b", StrideDim::Batch),
+            ("h", StrideDim::Head),
+            ("s", StrideDim::Seq),
+        ] {
+            push(
+                format!("{name}_stride_{s}"),
+                I64,
+                ArgRole::Stride { tensor, dim },
+            );
         }
     }
-    v.push(arg("scale", FLOAT));
-    let doc = |v: &mut Vec<KernelArg>| {
-        v.push(arg("doc", CINT_PTR));
-        v.push(arg("doc_batch_stride", I64));
+    push("scale".into(), FLOAT, ArgRole::Scale);
+    let user = |push: &mut dyn FnMut(String, ArgKind, ArgRole), side, f: &UserFunction| {
+        let prefix = match side {
+            UserFnSide::Mask => "um",
+            UserFnSide::Score => "us",
+        };
+        for (index, p) in f.params.iter().enumerate() {
+            push(
+                user_arg_name(prefix, &p.name),
+                user_param_abi(p.kind),
+                ArgRole::UserParam { side, index },
+            );
+        }
     };
     match &spec.mask {
         Mask::Builtin(m) => {
             let d = m.def();
             if d.reads_doc {
-                doc(&mut v);
+                push("doc".into(), CINT_PTR, ArgRole::DocIds);
+                push("doc_batch_stride".into(), I64, ArgRole::DocBatchStride);
             }
-            for p in d.params {
-                v.push(arg(p.name, param_abi(p.ty)));
+            for (index, p) in d.params.iter().enumerate() {
+                push(
+                    p.name.into(),
+                    param_abi(p.ty),
+                    ArgRole::MaskParam { mask: *m, index },
+                );
             }
         }
-        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => user_args(&mut v, "um", f),
+        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => {
+            user(&mut push, UserFnSide::Mask, f)
+        }
         Mask::BlockSparse { mask: None } => {}
     }
     if spec.mask.uses_block_lists() {
-        for (i, n) in BLOCK_LIST_ARGS.iter().enumerate() {
-            v.push(arg(*n, if i < 4 { CINT_PTR } else { INT }));
+        let parts = [
+            BlockListPart::FullNum,
+            BlockListPart::FullIdx,
+            BlockListPart::PartialNum,
+            BlockListPart::PartialIdx,
+            BlockListPart::Batches,
+            BlockListPart::Heads,
+            BlockListPart::Rows,
+            BlockListPart::Width,
+        ];
+        for (i, (n, part)) in BLOCK_LIST_ARGS.iter().zip(parts).enumerate() {
+            let kind = if i < 4 { CINT_PTR } else { INT };
+            push((*n).into(), kind, ArgRole::BlockList(part));
         }
     }
     match &spec.score {
-        ScoreMod::User(f) => user_args(&mut v, "us", f),
+        ScoreMod::User(f) => user(&mut push, UserFnSide::Score, f),
         builtin => {
             if let Some(p) = builtin.def().and_then(|d| d.param) {
                 let kind = match p.kind {
                     ScoreParamKind::Scalar => FLOAT,
                     ScoreParamKind::PerHead => CFLOAT_PTR,
                 };
-                v.push(arg(p.name, kind));
+                push(p.name.into(), kind, ArgRole::ScoreParam);
             }
         }
     }

@@ -309,3 +309,31 @@ fn cuda_functions_of_the_table_exist_in_af_attn() {
         }
     }
 }
+
+#[test]
+fn every_kernel_argument_has_one_role_consistent_with_the_tables() {
+    use attnforge_codegen::args::{kernel_args, typed_kernel_args, ArgRole};
+    for spec in attnforge_codegen::catalog() {
+        let typed = typed_kernel_args(&spec);
+        assert_eq!(
+            typed.iter().map(|t| t.arg.clone()).collect::<Vec<_>>(),
+            kernel_args(&spec)
+        );
+        let mut roles = BTreeSet::new();
+        for t in &typed {
+            assert!(
+                roles.insert(format!("{:?}", t.role)),
+                "{}: role {:?} twice",
+                spec.canonical_name(),
+                t.role
+            );
+            if let ArgRole::MaskParam { mask, index } = t.role {
+                assert_eq!(Mask::Builtin(mask), spec.mask);
+                assert_eq!(mask.def().params[index].name, t.arg.name);
+            }
+            if t.role == ArgRole::ScoreParam {
+                assert_eq!(spec.score.def().unwrap().param.unwrap().name, t.arg.name);
+            }
+        }
+    }
+}

@@ -20,11 +20,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use attnforge_codegen::args::{kernel_args, ArgKind as CgArgKind, LaunchGeometry, Scalar};
+use attnforge_codegen::args::{
+    typed_kernel_args, ArgKind as CgArgKind, ArgRole, BlockListPart, LaunchGeometry, Scalar,
+    SizeArg, StrideDim, TensorArg, TypedArg, UserFnSide,
+};
 use attnforge_codegen::blocks::{build_block_lists, validate_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
 use attnforge_codegen::emit::emit;
 use attnforge_codegen::masks::{DocRule, ParamType};
+use attnforge_codegen::scores::ScoreParamKind;
 use attnforge_codegen::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
 use attnforge_codegen::tile::{Arch as CgArch, TileConfig};
 use attnforge_reference as reference;
@@ -685,7 +689,8 @@ fn user_value(p: &RunParams, name: &str, kind: UserParamKind) -> Result<HostArg,
     })
 }
 
-/// The kernel's arguments in declaration order, with values resolved from the inputs.
+/// The kernel's arguments in declaration order, with values resolved from the inputs: an
+/// exhaustive match on each argument's [`ArgRole`] (never on its name).
 fn host_args<T: Element>(
     spec: &KernelSpec,
     x: &Inputs<T>,
@@ -693,93 +698,99 @@ fn host_args<T: Element>(
     r: &Resolved,
 ) -> Result<Vec<HostArg>, ExecError> {
     let d = r.dims;
-    let user_params: Vec<(String, UserParamKind)> = spec
-        .user_functions()
-        .iter()
-        .flat_map(|(path, f)| {
-            let prefix = if path.starts_with("score") {
-                "us_"
-            } else {
-                "um_"
-            };
-            f.params
-                .iter()
-                .map(move |q| (format!("{prefix}{}", q.name), q.kind))
-                .collect::<Vec<_>>()
-        })
-        .collect();
     let lists = r.lists.as_ref();
+    // o is written contiguous [B, Hq, Sq, D].
+    let o_strides = Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim).contiguous_strides();
     let mut out = Vec::new();
-    for a in kernel_args(spec) {
-        let n = a.name.as_str();
-        let stride = |t: &Tensor4<T>, s: &str| match s {
-            "b" => t.strides[0] as i64,
-            "h" => t.strides[1] as i64,
-            _ => t.strides[2] as i64,
-        };
-        let v = match n {
-            "q" => HostArg::Q,
-            "k" => HostArg::K,
-            "v" => HostArg::V,
-            "o" => HostArg::O,
-            "lse" => HostArg::Lse,
-            "batch" => HostArg::I32(d.batch as i32),
-            "heads_q" => HostArg::I32(d.heads_q as i32),
-            "heads_kv" => HostArg::I32(d.heads_kv as i32),
-            "seq_q" => HostArg::I32(d.seq_q as i32),
-            "seq_k" => HostArg::I32(d.seq_k as i32),
-            "scale" => HostArg::F32(r.scale),
-            "doc" => HostArg::Ints(r.doc.clone()),
-            "doc_batch_stride" => HostArg::I64(r.doc_batch_stride),
-            "softcap" => HostArg::F32(p.softcap.unwrap_or(0.0)),
-            "alibi_slopes" => HostArg::Floats(r.alibi.clone()),
-            "blk_full_num" => HostArg::Ints(lists.map(|l| l.full_num.clone()).unwrap_or_default()),
-            "blk_full_idx" => HostArg::Ints(lists.map(|l| l.full_idx.clone()).unwrap_or_default()),
-            "blk_partial_num" => {
-                HostArg::Ints(lists.map(|l| l.partial_num.clone()).unwrap_or_default())
-            }
-            "blk_partial_idx" => {
-                HostArg::Ints(lists.map(|l| l.partial_idx.clone()).unwrap_or_default())
-            }
-            "blk_batches" => HostArg::I32(lists.map_or(0, |l| l.batches as i32)),
-            "blk_heads" => HostArg::I32(lists.map_or(0, |l| l.heads as i32)),
-            "blk_rows" => HostArg::I32(lists.map_or(0, |l| l.rows as i32)),
-            "blk_width" => HostArg::I32(lists.map_or(0, |l| l.width as i32)),
-            _ if n.len() > 9 && n.as_bytes()[1] == b'_' && n.contains("_stride_") => {
-                let t = match &n[..1] {
-                    "q" => &x.q,
-                    "k" => &x.k,
-                    "v" => &x.v,
-                    _ => {
-                        // o is written contiguous [B, Hq, Sq, D].
-                        let s =
-                            Shape4::new(d.batch, d.heads_q, d.seq_q, d.dim).contiguous_strides();
-                        out.push(HostArg::I64(match &n[n.len() - 1..] {
-                            "b" => s[0] as i64,
-                            "h" => s[1] as i64,
-                            _ => s[2] as i64,
-                        }));
-                        continue;
-                    }
+    for TypedArg { arg: a, role } in typed_kernel_args(spec) {
+        let v = match role {
+            ArgRole::Tensor(t) => match t {
+                TensorArg::Q => HostArg::Q,
+                TensorArg::K => HostArg::K,
+                TensorArg::V => HostArg::V,
+                TensorArg::O => HostArg::O,
+                TensorArg::Lse => HostArg::Lse,
+            },
+            ArgRole::Size(s) => HostArg::I32(match s {
+                SizeArg::Batch => d.batch,
+                SizeArg::HeadsQ => d.heads_q,
+                SizeArg::HeadsKv => d.heads_kv,
+                SizeArg::SeqQ => d.seq_q,
+                SizeArg::SeqK => d.seq_k,
+            } as i32),
+            ArgRole::Stride { tensor, dim } => {
+                let strides = match tensor {
+                    TensorArg::Q => x.q.strides,
+                    TensorArg::K => x.k.strides,
+                    TensorArg::V => x.v.strides,
+                    TensorArg::O | TensorArg::Lse => o_strides,
                 };
-                HostArg::I64(stride(t, &n[n.len() - 1..]))
+                HostArg::I64(match dim {
+                    StrideDim::Batch => strides[0],
+                    StrideDim::Head => strides[1],
+                    StrideDim::Seq => strides[2],
+                } as i64)
             }
-            _ => {
-                if let Some(d) = spec.mask.def().and_then(|d| d.param(n)) {
-                    let v = r.mask.get(n).unwrap_or_else(|| d.default.at(r.dims.seq_k));
-                    match d.ty {
-                        ParamType::Int => HostArg::I32(v as i32),
-                        ParamType::Float => HostArg::F32(v as f32),
-                    }
-                } else if let Some((_, kind)) = user_params.iter().find(|(un, _)| un == n) {
-                    user_value(p, &n[3..], *kind)?
-                } else {
-                    return Err(input_err(
-                        n,
-                        "kernel argument has no value",
-                        "pass the mask parameters of the spec's mask (RunParams::with_mask)",
-                    ));
+            ArgRole::Scale => HostArg::F32(r.scale),
+            ArgRole::DocIds => HostArg::Ints(r.doc.clone()),
+            ArgRole::DocBatchStride => HostArg::I64(r.doc_batch_stride),
+            ArgRole::MaskParam { mask, index } => {
+                let def = &mask.def().params[index];
+                let v = r
+                    .mask
+                    .get(def.name)
+                    .unwrap_or_else(|| def.default.at(d.seq_k));
+                match def.ty {
+                    ParamType::Int => HostArg::I32(v as i32),
+                    ParamType::Float => HostArg::F32(v as f32),
                 }
+            }
+            ArgRole::BlockList(part) => {
+                let ints = |f: fn(&BlockLists) -> &Vec<i32>| {
+                    HostArg::Ints(lists.map(|l| f(l).clone()).unwrap_or_default())
+                };
+                let int =
+                    |f: fn(&BlockLists) -> usize| HostArg::I32(lists.map_or(0, |l| f(l) as i32));
+                match part {
+                    BlockListPart::FullNum => ints(|l| &l.full_num),
+                    BlockListPart::FullIdx => ints(|l| &l.full_idx),
+                    BlockListPart::PartialNum => ints(|l| &l.partial_num),
+                    BlockListPart::PartialIdx => ints(|l| &l.partial_idx),
+                    BlockListPart::Batches => int(|l| l.batches),
+                    BlockListPart::Heads => int(|l| l.heads),
+                    BlockListPart::Rows => int(|l| l.rows),
+                    BlockListPart::Width => int(|l| l.width),
+                }
+            }
+            ArgRole::ScoreParam => match spec.score.def().and_then(|d| d.param).map(|q| q.kind) {
+                Some(ScoreParamKind::Scalar) => HostArg::F32(p.softcap.unwrap_or(0.0)),
+                Some(ScoreParamKind::PerHead) => HostArg::Floats(r.alibi.clone()),
+                None => {
+                    return Err(input_err(
+                        &a.name,
+                        "a score argument without a score parameter",
+                        "report this: the argument table and the score table disagree",
+                    ))
+                }
+            },
+            ArgRole::UserParam { side, index } => {
+                let f = match (side, &spec.mask, &spec.score) {
+                    (
+                        UserFnSide::Mask,
+                        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) },
+                        _,
+                    )
+                    | (UserFnSide::Score, _, ScoreMod::User(f)) => Some(f),
+                    _ => None,
+                };
+                let Some(q) = f.and_then(|f| f.params.get(index)) else {
+                    return Err(input_err(
+                        &a.name,
+                        "a user-parameter argument without its function parameter",
+                        "report this: the argument table and the spec disagree",
+                    ));
+                };
+                user_value(p, &q.name, q.kind)?
             }
         };
         // Type agreement with the declared kind (a codegen/exec contract check).
@@ -795,7 +806,7 @@ fn host_args<T: Element>(
         );
         if !ok {
             return Err(input_err(
-                n,
+                &a.name,
                 format!("value {v:?} does not match the kernel's {:?}", a.kind),
                 "report this: the argument table and the kernel disagree",
             ));

@@ -332,10 +332,7 @@ fn problem(spec: &KernelSpec, d: &Dims, p: &RunParams) -> Problem {
         seq_q: d.seq_q,
         seq_k: d.seq_k,
         mask: p.mask.clone().unwrap_or(MaskParams::None),
-        softcap: match spec.score {
-            ScoreMod::Softcap => p.softcap,
-            _ => None,
-        },
+        softcap: spec.score.param_of(ScoreParamKind::Scalar).and(p.softcap),
     }
 }
 
@@ -481,20 +478,22 @@ fn resolve<T: Element>(
             }
         }
     }
-    let alibi = match (&spec.score, &p.alibi_slopes) {
-        (ScoreMod::Alibi, Some(s)) if s.len() == dims.heads_q => s.clone(),
-        (ScoreMod::Alibi, Some(s)) => {
+    let per_head = spec.score.param_of(ScoreParamKind::PerHead);
+    let alibi = match (per_head, &p.alibi_slopes) {
+        (Some(_), Some(s)) if s.len() == dims.heads_q => s.clone(),
+        (Some(sp), Some(s)) => {
             return Err(input_err(
-                "alibi_slopes",
+                sp.name,
                 format!("{} slopes for {} query heads", s.len(), dims.heads_q),
-                "pass one slope per query head, or none for the standard slopes",
+                sp.fix,
             ))
         }
-        (ScoreMod::Alibi, None) => reference::alibi_slopes(dims.heads_q)
+        // The standard slopes (variants.md section 3), the only per-head default.
+        (Some(_), None) => reference::alibi_slopes(dims.heads_q)
             .into_iter()
             .map(|s| s as f32)
             .collect(),
-        _ => Vec::new(),
+        (None, _) => Vec::new(),
     };
     let mut r = Resolved {
         dims,

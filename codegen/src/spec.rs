@@ -176,7 +176,7 @@ impl Default for BlockSize {
 }
 
 /// The element mask (variants.md sections 1, 2, 4, 5): a built-in mask of the mask table
-/// ([`crate::masks`]; Rust code names them `Mask::Causal`, `Mask::PrefixLm`, ...), a user
+/// ([`crate::masks`]; Rust code names them `Mask::Causal`, ...), a user
 /// predicate, or explicit block lists. Runtime parameters are kernel arguments.
 ///
 /// Serde: a built-in mask is its tag (`"causal"`), the others are tables

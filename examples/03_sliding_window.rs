@@ -23,7 +23,12 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     let inputs = Inputs::new(tensor(130, 0), tensor(130, 1), tensor(130, 2));
     let tile = SlidingWindow::default_tile();
     let params = SlidingWindow::params();
-    assert_eq!(params.mask, Some(MaskParams::Local { left: 24, right: 0 }));
+    let window = |left: i64| {
+        MaskParams::new()
+            .with("window_left", left)
+            .with("window_right", 0)
+    };
+    assert_eq!(params.mask, Some(window(24)));
     let report = SlidingWindow::check(&tile, &inputs, &params, &Backend::sim())?;
     let c = report.counters.expect("simulator counters");
     println!(
@@ -34,10 +39,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         report.dense_tiles.unwrap_or(0)
     );
     // A wider window at run time, same compiled kernel.
-    let wide = params.with_mask(MaskParams::Local {
-        left: 100,
-        right: 0,
-    });
+    let wide = params.with_mask(window(100));
     SlidingWindow::check(&tile, &inputs, &wide, &Backend::sim())?;
     Ok(())
 }

@@ -21,45 +21,15 @@ pub fn doc_ids(seq_k: usize) -> Vec<i32> {
 /// Stride of the catalog's dilated user mask in workloads.
 pub const DILATED_STRIDE: i32 = 3;
 
-/// Default runtime parameters of `spec` at `shape`: windows and prefixes at a quarter of
-/// the key length, documents of a third, the catalog user functions' parameters with their
+/// Default runtime parameters of `spec` at `shape`: the mask table's defaults
+/// ([`MaskParams::defaults`]) at the key length, documents of a third, the catalog user functions' parameters with their
 /// Rust twins, block-sparse lists with a checkerboard-plus-diagonal pattern, softcap 5.
 pub fn default_params(spec: &KernelSpec, shape: &Shape) -> RunParams {
-    let sk = shape.seq_k as i64;
-    let quarter = (sk / 4).max(1);
-    let mask = Some(match spec.mask {
-        Mask::Local => MaskParams::Local {
-            left: quarter,
-            right: 0,
-        },
-        Mask::PrefixLm => MaskParams::PrefixLm {
-            prefix_len: quarter,
-        },
-        Mask::GlobalLocal => MaskParams::GlobalLocal {
-            window: quarter,
-            global_tokens: 4.min(sk),
-        },
-        Mask::BlockCausalDocument => MaskParams::BlockCausalDocument { doc_block: 16 },
-        Mask::LambdaMask => MaskParams::LambdaMask {
-            global_tokens: 4.min(sk),
-            local_window: quarter,
-        },
-        Mask::LmInfinite => MaskParams::LmInfinite {
-            global_tokens: 4.min(sk),
-            local_window: quarter,
-            dist_limit: (sk / 2).max(1),
-            rope_theta: 10000.0,
-        },
-        _ => MaskParams::None,
-    });
     let mut p = RunParams {
-        mask,
+        mask: Some(MaskParams::defaults_for(&spec.mask, shape.seq_k)),
         ..RunParams::default()
     };
-    if matches!(
-        spec.mask,
-        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
-    ) {
+    if spec.mask.reads_doc() {
         p.doc = Some(doc_ids(shape.seq_k));
     }
     if let Mask::Predicate(_) = spec.mask {

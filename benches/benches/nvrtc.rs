@@ -2,7 +2,7 @@
 //! exactly what `attnforge_runtime::compile` does for the tuner) of every catalog kernel at
 //! its default tile, on sm_80 and sm_90. Issue 3's target: < 300 ms per kernel. Each
 //! iteration is one full compile, sampled flat (10 compiles per bench id). Filter with
-//! criterion's argument, e.g. `-- nvrtc/sm_80` or `-- lminf`.
+//! criterion's argument, e.g. `-- nvrtc/sm_80` or `-- lm_infinite`.
 //!
 //! Two groups with the same ids: `nvrtc` is wall time; `nvrtc_cpu` is the on-CPU time of
 //! the compiling thread (`/proc/thread-self/schedstat`), which a machine shared with other

@@ -9,7 +9,7 @@
 
 use attnforge_autotune::workload::{default_params, inputs, Shape};
 use attnforge_benches::quick_criterion;
-use attnforge_codegen::prelude::{default_tile, Arch, DType, HeadDim, KernelSpec, Mask, ScoreMod};
+use attnforge_codegen::prelude::{default_tile, Arch, DType, KernelSpec};
 use attnforge_reference::Element;
 use attnforge_runtime::exec::{check, sim_kernel, simulate, Backend, Inputs};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
@@ -56,10 +56,13 @@ fn simulator(c: &mut Criterion) {
     let mut g = c.benchmark_group("simulator");
     g.sampling_mode(SamplingMode::Flat);
     // Tensor-core mainloop (emulated mma.sync / ldmatrix / cp.async), a catalog kernel.
-    let tc = KernelSpec::new(DType::F16, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let tc = attnforge_codegen::catalog::find("flash_fwd_causal_d64_f16").expect("catalog entry");
     bench_one::<f16>(&mut g, &tc);
-    // FMA mainloop (f32).
-    let fma = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    // FMA mainloop (f32): the same variant in f32.
+    let fma = KernelSpec {
+        dtype: DType::F32,
+        ..tc.clone()
+    };
     bench_one::<f32>(&mut g, &fma);
     g.finish();
 }

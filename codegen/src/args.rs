@@ -9,11 +9,14 @@
 //! 3. strides in elements (`long long`): `q_stride_b`, `q_stride_h`, `q_stride_s`, then the
 //!    same for `k`, `v`, `o` (the head dimension is contiguous)
 //! 4. `scale` (`float`)
-//! 5. mask arguments (see [`crate::spec::Mask`]); user parameters as `um_<name>`; block
+//! 5. mask arguments: `doc` (`const int*`) and `doc_batch_stride` (`long long`) when the
+//!    mask reads document ids, then the table's parameters ([`crate::masks::MaskDef::params`],
+//!    `int` or `float`, same names); user parameters as `um_<name>`; block
 //!    lists as `blk_full_num`, `blk_full_idx`, `blk_partial_num`, `blk_partial_idx`
 //!    (`const int*`) and `blk_batches`, `blk_heads`, `blk_rows`, `blk_width` (`int`)
-//! 6. score arguments: `softcap` (`float`) or `alibi_slopes` (`const float*`) or the user
-//!    score parameters as `us_<name>`
+//! 6. score arguments: the score table's parameter ([`crate::scores::ScoreDef::param`]:
+//!    `softcap` (`float`) or `alibi_slopes` (`const float*`)) or the user score parameters
+//!    as `us_<name>`
 //!
 //! ```
 //! use attnforge_codegen::{args::kernel_args, spec::*};
@@ -25,6 +28,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::masks::{BuiltinMask, ParamType};
+use crate::scores::ScoreParamKind;
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind};
 use crate::tile::{Arch, TileConfig};
 
@@ -166,9 +171,11 @@ pub fn user_param_abi(kind: UserParamKind) -> ArgKind {
     }
 }
 
-fn user_args(out: &mut Vec<KernelArg>, prefix: &str, f: &UserFunction) {
-    for p in &f.params {
-        out.push(arg(user_arg_name(prefix, &p.name), user_param_abi(p.kind)));
+/// ABI kind of a built-in mask parameter.
+fn param_abi(t: ParamType) -> ArgKind {
+    match t {
+        ParamType::Int => INT,
+        ParamType::Float => FLOAT,
     }
 }
 
@@ -184,98 +191,249 @@ pub const BLOCK_LIST_ARGS: [&str; 8] = [
     "blk_width",
 ];
 
+/// A tensor argument (and the tensor a stride belongs to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorArg {
+    /// Queries.
+    Q,
+    /// Keys.
+    K,
+    /// Values.
+    V,
+    /// Output.
+    O,
+    /// Log-sum-exp output.
+    Lse,
+}
+
+/// A problem size argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeArg {
+    /// `B`.
+    Batch,
+    /// `Hq`.
+    HeadsQ,
+    /// `Hkv`.
+    HeadsKv,
+    /// `Sq`.
+    SeqQ,
+    /// `Sk`.
+    SeqK,
+}
+
+/// The dimension of a stride argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrideDim {
+    /// Batch stride.
+    Batch,
+    /// Head stride.
+    Head,
+    /// Sequence (row) stride.
+    Seq,
+}
+
+/// A part of the runtime block lists (in [`BLOCK_LIST_ARGS`] order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockListPart {
+    /// Full-block counts.
+    FullNum,
+    /// Full-block indices.
+    FullIdx,
+    /// Partial-block counts.
+    PartialNum,
+    /// Partial-block indices.
+    PartialIdx,
+    /// Batch extent.
+    Batches,
+    /// Head extent.
+    Heads,
+    /// Query-block rows.
+    Rows,
+    /// Index row width.
+    Width,
+}
+
+/// Which user function a user parameter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserFnSide {
+    /// The mask predicate (`um_` arguments).
+    Mask,
+    /// The score function (`us_` arguments).
+    Score,
+}
+
+/// What a kernel argument carries: the host side fills arguments by an exhaustive match on
+/// it, never by their names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgRole {
+    /// A tensor pointer.
+    Tensor(TensorArg),
+    /// A problem size.
+    Size(SizeArg),
+    /// A stride (elements) of a tensor.
+    Stride {
+        /// The tensor.
+        tensor: TensorArg,
+        /// The dimension.
+        dim: StrideDim,
+    },
+    /// The softmax scale.
+    Scale,
+    /// Per-token document ids.
+    DocIds,
+    /// Batch stride of the document ids (0: shared by every batch).
+    DocBatchStride,
+    /// Parameter `index` of a built-in mask's table entry.
+    MaskParam {
+        /// The mask.
+        mask: BuiltinMask,
+        /// Index into its [`crate::masks::MaskDef::params`].
+        index: usize,
+    },
+    /// A part of the runtime block lists.
+    BlockList(BlockListPart),
+    /// The parameter of the built-in score modification ([`crate::scores::ScoreDef::param`]).
+    ScoreParam,
+    /// Parameter `index` of a user function.
+    UserParam {
+        /// Mask or score function.
+        side: UserFnSide,
+        /// Index into its [`UserFunction::params`].
+        index: usize,
+    },
+}
+
+/// A kernel argument with its role.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TypedArg {
+    /// Name and C type.
+    pub arg: KernelArg,
+    /// What it carries.
+    pub role: ArgRole,
+}
+
 /// The flat argument list of the kernel for `spec` (see the module docs for the layout).
 pub fn kernel_args(spec: &KernelSpec) -> Vec<KernelArg> {
+    typed_kernel_args(spec).into_iter().map(|t| t.arg).collect()
+}
+
+/// [`kernel_args`] with each argument's [`ArgRole`].
+pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
     let t = Elem::of(spec.dtype);
-    let mut v = vec![
-        arg(
-            "q",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: false,
-            },
-        ),
-        arg(
-            "k",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: false,
-            },
-        ),
-        arg(
-            "v",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: false,
-            },
-        ),
-        arg(
-            "o",
-            ArgKind::Ptr {
-                elem: t,
-                mutable: true,
-            },
-        ),
-        arg(
-            "lse",
-            ArgKind::Ptr {
-                elem: Elem::F32,
-                mutable: true,
-            },
-        ),
+    let mut v = Vec::new();
+    let mut push = |name: String, kind: ArgKind, role: ArgRole| {
+        v.push(TypedArg {
+            arg: arg(name, kind),
+            role,
+        })
+    };
+    let tensors = [
+        ("q", TensorArg::Q),
+        ("k", TensorArg::K),
+        ("v", TensorArg::V),
+        ("o", TensorArg::O),
     ];
-    for n in ["batch", "heads_q", "heads_kv", "seq_q", "seq_k"] {
-        v.push(arg(n, INT));
+    for (name, tensor) in tensors {
+        let kind = ArgKind::Ptr {
+            elem: t,
+            mutable: tensor == TensorArg::O,
+        };
+        push(name.into(), kind, ArgRole::Tensor(tensor));
     }
-    for t in ["q", "k", "v", "o"] {
-        for s in ["b", "h", "s"] {
-            v.push(arg(format!("{t}_stride_{s}"), I64));
+    let lse = ArgKind::Ptr {
+        elem: Elem::F32,
+        mutable: true,
+    };
+    push("lse".into(), lse, ArgRole::Tensor(TensorArg::Lse));
+    for (n, size) in [
+        ("batch", SizeArg::Batch),
+        ("heads_q", SizeArg::HeadsQ),
+        ("heads_kv", SizeArg::HeadsKv),
+        ("seq_q", SizeArg::SeqQ),
+        ("seq_k", SizeArg::SeqK),
+    ] {
+        push(n.into(), INT, ArgRole::Size(size));
+    }
+    for (name, tensor) in tensors {
+        for (s, dim) in [
+            ("b", StrideDim::Batch),
+            ("h", StrideDim::Head),
+            ("s", StrideDim::Seq),
+        ] {
+            push(
+                format!("{name}_stride_{s}"),
+                I64,
+                ArgRole::Stride { tensor, dim },
+            );
         }
     }
-    v.push(arg("scale", FLOAT));
-    let doc = |v: &mut Vec<KernelArg>| {
-        v.push(arg("doc", CINT_PTR));
-        v.push(arg("doc_batch_stride", I64));
+    push("scale".into(), FLOAT, ArgRole::Scale);
+    let user = |push: &mut dyn FnMut(String, ArgKind, ArgRole), side, f: &UserFunction| {
+        let prefix = match side {
+            UserFnSide::Mask => "um",
+            UserFnSide::Score => "us",
+        };
+        for (index, p) in f.params.iter().enumerate() {
+            push(
+                user_arg_name(prefix, &p.name),
+                user_param_abi(p.kind),
+                ArgRole::UserParam { side, index },
+            );
+        }
     };
     match &spec.mask {
-        Mask::Full | Mask::Causal => {}
-        Mask::Local => {
-            v.push(arg("window_left", INT));
-            v.push(arg("window_right", INT));
+        Mask::Builtin(m) => {
+            let d = m.def();
+            if d.reads_doc {
+                push("doc".into(), CINT_PTR, ArgRole::DocIds);
+                push("doc_batch_stride".into(), I64, ArgRole::DocBatchStride);
+            }
+            for (index, p) in d.params.iter().enumerate() {
+                push(
+                    p.name.into(),
+                    param_abi(p.ty),
+                    ArgRole::MaskParam { mask: *m, index },
+                );
+            }
         }
-        Mask::PrefixLm => v.push(arg("prefix_len", INT)),
-        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion => doc(&mut v),
-        Mask::BlockCausalDocument => {
-            doc(&mut v);
-            v.push(arg("doc_block", INT));
+        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => {
+            user(&mut push, UserFnSide::Mask, f)
         }
-        Mask::GlobalLocal => {
-            v.push(arg("window", INT));
-            v.push(arg("global_tokens", INT));
-        }
-        Mask::LambdaMask => {
-            v.push(arg("global_tokens", INT));
-            v.push(arg("local_window", INT));
-        }
-        Mask::LmInfinite => {
-            v.push(arg("global_tokens", INT));
-            v.push(arg("local_window", INT));
-            v.push(arg("dist_limit", INT));
-            v.push(arg("rope_theta", FLOAT));
-        }
-        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => user_args(&mut v, "um", f),
         Mask::BlockSparse { mask: None } => {}
     }
     if spec.mask.uses_block_lists() {
-        for (i, n) in BLOCK_LIST_ARGS.iter().enumerate() {
-            v.push(arg(*n, if i < 4 { CINT_PTR } else { INT }));
+        let parts = [
+            BlockListPart::FullNum,
+            BlockListPart::FullIdx,
+            BlockListPart::PartialNum,
+            BlockListPart::PartialIdx,
+            BlockListPart::Batches,
+            BlockListPart::Heads,
+            BlockListPart::Rows,
+            BlockListPart::Width,
+        ];
+        for (i, (n, part)) in BLOCK_LIST_ARGS.iter().zip(parts).enumerate() {
+            let kind = if i < 4 { CINT_PTR } else { INT };
+            push((*n).into(), kind, ArgRole::BlockList(part));
         }
     }
     match &spec.score {
-        ScoreMod::None => {}
-        ScoreMod::Softcap => v.push(arg("softcap", FLOAT)),
-        ScoreMod::Alibi => v.push(arg("alibi_slopes", CFLOAT_PTR)),
-        ScoreMod::User(f) => user_args(&mut v, "us", f),
+        ScoreMod::User(f) => user(&mut push, UserFnSide::Score, f),
+        builtin => {
+            if let Some(p) = builtin.def().and_then(|d| d.param) {
+                let kind = match p.kind {
+                    ScoreParamKind::Scalar => FLOAT,
+                    ScoreParamKind::PerHead => CFLOAT_PTR,
+                };
+                push(p.name.into(), kind, ArgRole::ScoreParam);
+            }
+        }
     }
     v
 }

@@ -1,16 +1,17 @@
 //! Host-side masks, tile classification and runtime block lists (FlexAttention BlockMask
 //! semantics, variants.md section 4).
 //!
-//! * [`HostMask`] evaluates every built-in mask by its definition (positions, not rows).
-//! * [`classify_tile`] is the closed-form tile classifier of the analytic masks; the CUDA
-//!   classifiers in `cuda/af_attn.cuh` are transliterations of it.
+//! * [`HostMask`] evaluates every built-in mask by its table definition (positions, not rows).
+//! * [`classify_tile`] is the closed-form tile classifier of the analytic masks (from the
+//!   mask table); the CUDA classifiers in `cuda/af_attn.cuh` are transliterations of it.
 //! * [`build_block_lists`] builds lists from any predicate (a Rust closure for user masks),
 //!   [`validate_block_lists`] checks lists given by a caller.
 //!
 //! ```
 //! use attnforge_codegen::blocks::{build_block_lists, HostMask};
+//! use attnforge_codegen::masks::{BuiltinMask, MaskParams};
 //! use attnforge_codegen::spec::BlockSize;
-//! let m = HostMask::Causal;
+//! let m = HostMask::new(BuiltinMask::from_tag("causal").unwrap(), &MaskParams::None);
 //! let l = build_block_lists(1, 1, 256, 256, BlockSize { q: 128, k: 128 }, |b, h, i, j| m.allowed(b, h, i, j));
 //! assert_eq!(l.full(0, 0, 1), &[0]);
 //! assert_eq!(l.partial(0, 0, 1), &[1]);
@@ -19,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Errors, SpecError};
+use crate::masks::{BuiltinMask, MaskParams};
 use crate::spec::BlockSize;
 
 /// Classification of a tile (or block) of the score matrix.
@@ -32,234 +34,65 @@ pub enum TileKind {
     Partial,
 }
 
-/// A built-in mask with its runtime data, evaluated on the host by its definition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum HostMask {
-    /// Every key.
-    Full,
-    /// `j <= p`.
-    Causal,
-    /// `p - left <= j <= p + right`, negative = unbounded.
-    Local {
-        /// Left extent.
-        left: i64,
-        /// Right extent.
-        right: i64,
-    },
-    /// `j <= p or j < prefix_len`.
-    PrefixLm {
-        /// `P`.
-        prefix_len: i64,
-    },
-    /// `doc[p] == doc[j]`; `doc` holds `Sk` ids per batch entry (or one row, broadcast).
-    Document {
-        /// Ids, `[1 or B, seq_k]` row-major.
-        doc: Vec<i32>,
-        /// `Sk`.
-        seq_k: usize,
-    },
-    /// Document and `j <= p`.
-    CausalDocument {
-        /// Ids, `[1 or B, seq_k]`.
-        doc: Vec<i32>,
-        /// `Sk`.
-        seq_k: usize,
-    },
-    /// `(doc[p] != 0 and doc[j] == 0) or (doc[p] == doc[j] and j <= p)`.
-    ShareQuestion {
-        /// Ids, `[1 or B, seq_k]`.
-        doc: Vec<i32>,
-        /// `Sk`.
-        seq_k: usize,
-    },
-    /// `|p - j| <= window or p < global or j < global`.
-    GlobalLocal {
-        /// `w`.
-        window: i64,
-        /// `G`.
-        global_tokens: i64,
-    },
-    /// Same document and `j / Bc <= p / Bc`.
-    BlockCausalDocument {
-        /// Ids, `[1 or B, seq_k]`.
-        doc: Vec<i32>,
-        /// `Sk`.
-        seq_k: usize,
-        /// `Bc`.
-        doc_block: i64,
-    },
-    /// `j <= p and (j < G or p - j < L)`; also the allowed set of LM-Infinite.
-    LambdaMask {
-        /// `G`.
-        global_tokens: i64,
-        /// `L`.
-        local_window: i64,
-    },
-}
-
-fn doc_at(doc: &[i32], seq_k: usize, b: usize, pos: i64) -> i32 {
-    let row = if doc.len() > seq_k { b * seq_k } else { 0 };
-    doc[row + pos as usize]
+/// A built-in mask with its runtime data, evaluated on the host by its table definition
+/// ([`crate::masks::MaskDef::host_allowed`]; positions, not rows).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostMask {
+    /// The mask.
+    pub mask: BuiltinMask,
+    /// Parameter values in table order.
+    pub values: Vec<f64>,
+    /// Document ids, `[1 or B, seq_k]` row-major (empty when the mask reads none).
+    pub doc: Vec<i32>,
+    /// `Sk` (the length of one doc row).
+    pub seq_k: usize,
 }
 
 impl HostMask {
+    /// A mask without document ids.
+    pub fn new(mask: BuiltinMask, params: &MaskParams) -> Self {
+        HostMask {
+            mask,
+            values: params.ordered(mask, 0),
+            doc: Vec::new(),
+            seq_k: 0,
+        }
+    }
+    /// Builder: document ids (`seq_k` or `B * seq_k`).
+    pub fn with_doc(mut self, doc: Vec<i32>, seq_k: usize) -> Self {
+        self.doc = doc;
+        self.seq_k = seq_k;
+        self
+    }
+
     /// `allowed(b, h, p, j)` at query position `p` and key position `j` (both in range).
     pub fn allowed(&self, b: usize, _h: usize, p: i64, j: i64) -> bool {
-        match self {
-            HostMask::Full => true,
-            HostMask::Causal => j <= p,
-            HostMask::Local { left, right } => {
-                (*left < 0 || j >= p - left) && (*right < 0 || j <= p + right)
-            }
-            HostMask::PrefixLm { prefix_len } => j <= p || j < *prefix_len,
-            HostMask::Document { doc, seq_k } => {
-                p >= 0 && doc_at(doc, *seq_k, b, p) == doc_at(doc, *seq_k, b, j)
-            }
-            HostMask::CausalDocument { doc, seq_k } => {
-                j <= p && doc_at(doc, *seq_k, b, p) == doc_at(doc, *seq_k, b, j)
-            }
-            HostMask::ShareQuestion { doc, seq_k } => {
-                if p < 0 {
-                    return false;
-                }
-                let (di, dj) = (doc_at(doc, *seq_k, b, p), doc_at(doc, *seq_k, b, j));
-                (di != 0 && dj == 0) || (di == dj && j <= p)
-            }
-            HostMask::GlobalLocal {
-                window,
-                global_tokens,
-            } => (p - j).abs() <= *window || p < *global_tokens || j < *global_tokens,
-            HostMask::BlockCausalDocument {
-                doc,
-                seq_k,
-                doc_block,
-            } => {
-                p >= 0
-                    && doc_at(doc, *seq_k, b, p) == doc_at(doc, *seq_k, b, j)
-                    && j.div_euclid(*doc_block) <= p.div_euclid(*doc_block)
-            }
-            HostMask::LambdaMask {
-                global_tokens,
-                local_window,
-            } => j <= p && (j < *global_tokens || p - j < *local_window),
-        }
+        let row = if self.doc.len() > self.seq_k {
+            &self.doc[b * self.seq_k..(b + 1) * self.seq_k]
+        } else {
+            &self.doc[..]
+        };
+        (self.mask.def().host_allowed)(&self.values, row, p, j)
     }
 
     /// Whether [`classify_tile`] has a closed form for this mask (otherwise lists are used).
     pub fn is_analytic(&self) -> bool {
-        matches!(
-            self,
-            HostMask::Full
-                | HostMask::Causal
-                | HostMask::Local { .. }
-                | HostMask::PrefixLm { .. }
-                | HostMask::GlobalLocal { .. }
-                | HostMask::LambdaMask { .. }
-        )
+        self.mask.def().host_classify.is_some()
     }
 }
 
 /// Closed-form classification of the tile of query positions `plo..=phi` and key positions
 /// `c0..=c1` (all in range, non-empty) for the analytic masks; `None` for list-driven masks.
-/// Exact: `Skip` iff no element is allowed, `Full` iff every element is.
+/// Exact: `Skip` iff no element is allowed, `Full` iff every element is (LM-Infinite: and
+/// takes one score branch, see [`classify_lminf_tile`]).
 pub fn classify_tile(mask: &HostMask, plo: i64, phi: i64, c0: i64, c1: i64) -> Option<TileKind> {
-    use TileKind::*;
-    let k = match *mask {
-        HostMask::Full => Full,
-        HostMask::Causal => {
-            if c0 > phi {
-                Skip
-            } else if c1 <= plo {
-                Full
-            } else {
-                Partial
-            }
-        }
-        HostMask::Local { left, right } => {
-            let skip = (right >= 0 && c0 > phi + right) || (left >= 0 && c1 < plo - left);
-            let full = (left < 0 || c0 >= phi - left) && (right < 0 || c1 <= plo + right);
-            if skip {
-                Skip
-            } else if full {
-                Full
-            } else {
-                Partial
-            }
-        }
-        HostMask::PrefixLm { prefix_len } => {
-            if c0 > phi && c0 >= prefix_len {
-                Skip
-            } else if c1 <= plo || c1 < prefix_len {
-                Full
-            } else {
-                Partial
-            }
-        }
-        HostMask::GlobalLocal {
-            window,
-            global_tokens: g,
-        } => {
-            let gap = (c0 - phi).max(plo - c1).max(0);
-            if plo >= g && c0 >= g && gap > window {
-                Skip
-            } else {
-                let (rp, rc) = (plo.max(g), c0.max(g));
-                let full = rp > phi || rc > c1 || (phi - rc).max(c1 - rp) <= window;
-                if full {
-                    Full
-                } else {
-                    Partial
-                }
-            }
-        }
-        HostMask::LambdaMask {
-            global_tokens: g,
-            local_window: l,
-        } => lambda_kind(plo, phi, c0, c1, g, l),
-        _ => return None,
-    };
-    Some(k)
+    mask.mask
+        .def()
+        .host_classify
+        .map(|f| f(&mask.values, plo, phi, c0, c1))
 }
 
-fn lambda_kind(plo: i64, phi: i64, c0: i64, c1: i64, g: i64, l: i64) -> TileKind {
-    let any_global = c0 < g && c0 <= phi;
-    let any_window = l > 0 && phi - c0 >= 0 && plo - c1 < l;
-    if !(any_global || any_window) {
-        TileKind::Skip
-    } else {
-        let rc = c0.max(g);
-        let full = c1 <= plo && (rc > c1 || phi - rc < l);
-        if full {
-            TileKind::Full
-        } else {
-            TileKind::Partial
-        }
-    }
-}
-
-/// LM-Infinite tile classification (mirrors `af_tile_lminf`): allowed set of the lambda
-/// mask, but `Full` only when every element takes the same score branch (all near:
-/// `p - j < L`, or all far: `j < G` and `p - j >= L`), since choosing the branch per element
-/// is mask work.
-pub fn classify_lminf_tile(
-    plo: i64,
-    phi: i64,
-    c0: i64,
-    c1: i64,
-    global_tokens: i64,
-    local_window: i64,
-) -> TileKind {
-    let (g, l) = (global_tokens, local_window);
-    let near = l > 0 && phi - c0 >= 0 && plo - c1 < l;
-    let far = c0 < g && phi - c0 >= l;
-    if !(near || far) {
-        TileKind::Skip
-    } else if (c1 <= plo && phi - c0 < l) || (c1 < g && plo - c1 >= l) {
-        TileKind::Full
-    } else {
-        TileKind::Partial
-    }
-}
+pub use crate::masks::classify_lminf_tile;
 
 /// Runtime block lists (FlexAttention `BlockMask`): for each `(b, h, r)`, ascending lists of
 /// full and partial key blocks. Arrays are row-major with extents

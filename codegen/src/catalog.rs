@@ -3,7 +3,7 @@
 //!
 //! ```
 //! let names: Vec<String> = attnforge_codegen::catalog().iter().map(|s| s.canonical_name()).collect();
-//! assert!(names.contains(&"flash_fwd_lminf_d128_bf16".to_string()));
+//! assert!(names.contains(&"flash_fwd_lm_infinite_d128_bf16".to_string()));
 //! ```
 
 use crate::spec::{

@@ -12,7 +12,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{KernelSpec, Mask, ScoreMod, UserFunction, UserSource};
+use crate::masks::DocRule;
+pub use crate::masks::MaskParams;
+use crate::scores::ScoreParamKind;
+use crate::spec::{KernelSpec, Mask, UserFunction, UserSource};
 
 /// One validation error: the field path (`mask.local.left`, `tile.block_m`), the problem
 /// and the fix.
@@ -223,57 +226,6 @@ pub fn validate_spec(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
     errs.finish()
 }
 
-/// Scalar runtime parameters of a mask (arrays such as doc ids and block lists are
-/// checked by their own builders). The variant must match the spec's mask.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MaskParams {
-    /// No scalar parameters (full, causal, document masks, predicates, block-sparse).
-    None,
-    /// `local(left, right)`; negative = unbounded.
-    Local {
-        /// Keys allowed to the left of the query position.
-        left: i64,
-        /// Keys allowed to the right.
-        right: i64,
-    },
-    /// `prefix_lm(P)`.
-    PrefixLm {
-        /// Bidirectional prefix length `P`.
-        prefix_len: i64,
-    },
-    /// `global_local(w, G)`.
-    GlobalLocal {
-        /// Window `w` (>= 0).
-        window: i64,
-        /// Global tokens `G` (>= 0).
-        global_tokens: i64,
-    },
-    /// `block_causal_document(doc, Bc)`.
-    BlockCausalDocument {
-        /// Block length `Bc` (>= 1).
-        doc_block: i64,
-    },
-    /// `lambda_mask(G, L)`.
-    LambdaMask {
-        /// Global tokens `G`.
-        global_tokens: i64,
-        /// Local window `L`.
-        local_window: i64,
-    },
-    /// LM-Infinite (section 5).
-    LmInfinite {
-        /// Global tokens `G`.
-        global_tokens: i64,
-        /// Local window `L`.
-        local_window: i64,
-        /// Distance limit `Dlim`.
-        dist_limit: i64,
-        /// RoPE base.
-        rope_theta: f32,
-    },
-}
-
 /// A launch problem: shapes plus scalar runtime parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
@@ -294,29 +246,53 @@ pub struct Problem {
     pub softcap: Option<f32>,
 }
 
-fn mask_params_match(mask: &Mask, p: &MaskParams) -> bool {
-    matches!(
-        (mask, p),
-        (Mask::Local, MaskParams::Local { .. })
-            | (Mask::PrefixLm, MaskParams::PrefixLm { .. })
-            | (Mask::GlobalLocal, MaskParams::GlobalLocal { .. })
-            | (
-                Mask::BlockCausalDocument,
-                MaskParams::BlockCausalDocument { .. }
-            )
-            | (Mask::LambdaMask, MaskParams::LambdaMask { .. })
-            | (Mask::LmInfinite, MaskParams::LmInfinite { .. })
-            | (
-                Mask::Full
-                    | Mask::Causal
-                    | Mask::Document
-                    | Mask::CausalDocument
-                    | Mask::ShareQuestion
-                    | Mask::Predicate(_)
-                    | Mask::BlockSparse { .. },
-                MaskParams::None
-            )
-    )
+/// The parameter values of `p` against the spec's mask table entry: exactly its
+/// parameters (an optional one may be absent; otherwise one error on `mask`), each in its
+/// range (an error on `mask.<tag>.<name>`).
+fn check_mask_params(errs: &mut Errors, mask: &Mask, p: &MaskParams) {
+    let params = mask.def().map_or(&[][..], |d| d.params);
+    let tag = mask.tag();
+    let unknown: Vec<&str> = p
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| !params.iter().any(|d| d.name == *n))
+        .collect();
+    let missing: Vec<&str> = params
+        .iter()
+        .filter(|d| !d.optional && p.get(d.name).is_none())
+        .map(|d| d.name)
+        .collect();
+    if !unknown.is_empty() || !missing.is_empty() {
+        let mut what = Vec::new();
+        if !missing.is_empty() {
+            what.push(format!("missing {}", missing.join(", ")));
+        }
+        if !unknown.is_empty() {
+            what.push(format!("not its parameters: {}", unknown.join(", ")));
+        }
+        errs.push(
+            "mask",
+            format!(
+                "mask parameters do not match the spec's mask `{tag}` ({})",
+                what.join("; ")
+            ),
+            if params.is_empty() {
+                format!("pass no mask parameters: `{tag}` takes none")
+            } else {
+                format!(
+                    "pass the parameters of `{tag}`: {}",
+                    mask.def().map(|d| d.param_list()).unwrap_or_default()
+                )
+            },
+        );
+    }
+    for d in params {
+        if let Some(v) = p.get(d.name) {
+            if let Err((message, fix)) = d.check(v) {
+                errs.push(format!("mask.{tag}.{}", d.name), message, fix);
+            }
+        }
+    }
 }
 
 /// Validate a runtime problem against a spec (host-side input errors).
@@ -396,126 +372,29 @@ pub fn validate_problem(spec: &KernelSpec, p: &Problem) -> Result<(), Vec<SpecEr
             ),
         );
     }
-    if !mask_params_match(&spec.mask, &p.mask) {
-        errs.push(
-            "mask",
+    check_mask_params(&mut errs, &spec.mask, &p.mask);
+    match (spec.score.param_of(ScoreParamKind::Scalar), p.softcap) {
+        (Some(sp), None) => errs.push(
+            sp.name,
             format!(
-                "mask parameters {:?} do not match the spec's mask `{}`",
-                p.mask,
-                spec.mask.tag()
+                "the {} kernel needs a {} value",
+                spec.score.def().map_or("", |d| d.tag),
+                sp.name
             ),
-            format!("pass the parameters of `{}`", spec.mask.tag()),
-        );
-    }
-    let i32r = |v: i64| (i32::MIN as i64..=i32::MAX as i64).contains(&v);
-    match &p.mask {
-        MaskParams::Local { left, right } => {
-            for (f, v) in [("left", left), ("right", right)] {
-                if !i32r(*v) {
-                    errs.push(
-                        format!("mask.local.{f}"),
-                        format!("{f} = {v} does not fit in a 32-bit int"),
-                        "use a negative value for an unbounded side",
-                    );
-                }
-            }
-        }
-        MaskParams::PrefixLm { prefix_len } => {
-            if *prefix_len < 0 || !i32r(*prefix_len) {
-                errs.push(
-                    "mask.prefix_lm.prefix_len",
-                    format!("prefix length must be in 0..2^31: got {prefix_len}"),
-                    "pass the number of bidirectional prefix tokens",
-                );
-            }
-        }
-        MaskParams::GlobalLocal {
-            window,
-            global_tokens,
-        } => {
-            for (f, v) in [("window", window), ("global_tokens", global_tokens)] {
-                if *v < 0 || !i32r(*v) {
-                    errs.push(
-                        format!("mask.global_local.{f}"),
-                        format!("{f} must be in 0..2^31: got {v}"),
-                        "pass a non-negative count",
-                    );
-                }
-            }
-        }
-        MaskParams::BlockCausalDocument { doc_block } => {
-            if *doc_block < 1 || !i32r(*doc_block) {
-                errs.push(
-                    "mask.block_causal_document.doc_block",
-                    format!("block length must be >= 1: got {doc_block}"),
-                    "pass the block length Bc (e.g. 64)",
-                );
-            }
-        }
-        MaskParams::LambdaMask {
-            global_tokens,
-            local_window,
-        } => {
-            for (f, v) in [
-                ("global_tokens", global_tokens),
-                ("local_window", local_window),
-            ] {
-                if *v < 0 || !i32r(*v) {
-                    errs.push(
-                        format!("mask.lambda_mask.{f}"),
-                        format!("{f} must be in 0..2^31: got {v}"),
-                        "pass a non-negative count",
-                    );
-                }
-            }
-        }
-        MaskParams::LmInfinite {
-            global_tokens,
-            local_window,
-            dist_limit,
-            rope_theta,
-        } => {
-            for (f, v) in [
-                ("global_tokens", global_tokens),
-                ("local_window", local_window),
-                ("dist_limit", dist_limit),
-            ] {
-                if *v < 0 || !i32r(*v) {
-                    errs.push(
-                        format!("mask.lm_infinite.{f}"),
-                        format!("{f} must be in 0..2^31: got {v}"),
-                        "pass a non-negative count",
-                    );
-                }
-            }
-            if !(rope_theta.is_finite() && *rope_theta > 1.0) {
-                errs.push(
-                    "mask.lm_infinite.rope_theta",
-                    format!("RoPE base must be finite and > 1: got {rope_theta}"),
-                    "use 10000 (the default)",
-                );
-            }
-        }
-        MaskParams::None => {}
-    }
-    match (&spec.score, p.softcap) {
-        (ScoreMod::Softcap, None) => errs.push(
-            "softcap",
-            "the softcap kernel needs a softcap value",
-            "pass softcap = c > 0 (e.g. 30 or 50)",
+            sp.fix,
         ),
-        (ScoreMod::Softcap, Some(c)) if !(c.is_finite() && c > 0.0) => errs.push(
-            "softcap",
-            format!("softcap must be finite and positive: got {c}"),
+        (Some(sp), Some(c)) if !(c.is_finite() && c > 0.0) => errs.push(
+            sp.name,
+            format!("{} must be finite and positive: got {c}", sp.name),
             "pass c > 0",
         ),
-        (ScoreMod::Softcap, _) => {}
-        (_, Some(_)) => errs.push(
+        (Some(_), _) => {}
+        (None, Some(_)) => errs.push(
             "softcap",
             "a softcap value was given but the spec has no softcap",
             "remove it or use `score = softcap`",
         ),
-        (_, None) => {}
+        (None, None) => {}
     }
     errs.finish()
 }
@@ -542,7 +421,11 @@ pub fn validate_doc_ids(
         );
         return errs.finish();
     }
-    if matches!(spec.mask, Mask::ShareQuestion) {
+    if spec
+        .mask
+        .def()
+        .is_some_and(|d| d.doc_rule == DocRule::QuestionPrefix)
+    {
         for (b, row) in doc.chunks(seq_k.max(1)).enumerate() {
             let prefix = row.iter().take_while(|&&d| d == 0).count();
             if let Some(j) = row[prefix..].iter().position(|&d| d == 0) {

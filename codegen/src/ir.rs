@@ -25,6 +25,7 @@
 
 use crate::args::{kernel_args, user_arg_name, KernelArg};
 use crate::check::{validate_spec, SpecError};
+use crate::masks::ScheduleKind;
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind, UserSource};
 use crate::tile::{Arch, SmemLayout, TileConfig};
 
@@ -165,97 +166,73 @@ pub fn lower_with_symbol(
     if !errs.is_empty() {
         return Err(errs);
     }
-    let full_range = ("0".to_string(), "(long long)seq_k".to_string());
-    let causal_hi = "min((long long)seq_k, p_hi + 1)".to_string();
-    let analytic = |lo: String, hi: String, c: Option<&str>| TileSchedule::Analytic {
-        lo,
-        hi,
-        classifier: c.map(str::to_string),
-    };
     let lists = TileSchedule::Lists {
         block_q: spec.sparse_block.q,
         block_k: spec.sparse_block.k,
     };
     let mut prologue = Vec::new();
     let mut device_fns = Vec::new();
-    let doc_row =
-        "const int* doc_b = doc + (long long)b * doc_batch_stride;  // doc ids of batch b"
-            .to_string();
     let (schedule, element_mask, scoring) = match &spec.mask {
-        Mask::Full => (analytic(full_range.0, full_range.1, None), None, Scoring::Dot),
-        Mask::Causal => (analytic("0".into(), causal_hi, Some("af_tile_causal(p_lo, p_hi, c0, c1)")), Some("af_mask_causal(q_pos, kv_pos)".into()), Scoring::Dot),
-        Mask::Local => (
-            analytic(
-                "window_left < 0 ? 0LL : max(0LL, p_lo - window_left)".into(),
-                "window_right < 0 ? (long long)seq_k : min((long long)seq_k, p_hi + window_right + 1)".into(),
-                Some("af_tile_local(p_lo, p_hi, c0, c1, window_left, window_right)"),
-            ),
-            Some("af_mask_local(q_pos, kv_pos, window_left, window_right)".into()),
-            Scoring::Dot,
-        ),
-        Mask::PrefixLm => (
-            analytic(full_range.0, full_range.1, Some("af_tile_prefix_lm(p_lo, p_hi, c0, c1, prefix_len)")),
-            Some("af_mask_prefix_lm(q_pos, kv_pos, prefix_len)".into()),
-            Scoring::Dot,
-        ),
-        Mask::GlobalLocal => (
-            analytic(full_range.0, full_range.1, Some("af_tile_global_local(p_lo, p_hi, c0, c1, window, global_tokens)")),
-            Some("af_mask_global_local(q_pos, kv_pos, window, global_tokens)".into()),
-            Scoring::Dot,
-        ),
-        Mask::LambdaMask => (
-            analytic("0".into(), causal_hi, Some("af_tile_lambda(p_lo, p_hi, c0, c1, global_tokens, local_window)")),
-            Some("af_mask_lambda(q_pos, kv_pos, global_tokens, local_window)".into()),
-            Scoring::Dot,
-        ),
-        Mask::LmInfinite => (
-            analytic("0".into(), causal_hi, Some("af_tile_lminf(p_lo, p_hi, c0, c1, global_tokens, local_window)")),
-            Some("af_mask_lambda(q_pos, kv_pos, global_tokens, local_window)".into()),
-            Scoring::LmInfinite,
-        ),
-        Mask::Document => {
-            prologue.push(doc_row);
-            (lists, Some("af_mask_document(doc_b, q_pos, kv_pos)".into()), Scoring::Dot)
-        }
-        Mask::CausalDocument => {
-            prologue.push(doc_row);
-            (lists, Some("af_mask_causal_document(doc_b, q_pos, kv_pos)".into()), Scoring::Dot)
-        }
-        Mask::ShareQuestion => {
-            prologue.push(doc_row);
-            (lists, Some("af_mask_share_question(doc_b, q_pos, kv_pos)".into()), Scoring::Dot)
-        }
-        Mask::BlockCausalDocument => {
-            prologue.push(doc_row);
-            (lists, Some("af_mask_block_causal_document(doc_b, q_pos, kv_pos, doc_block)".into()), Scoring::Dot)
+        Mask::Builtin(m) => {
+            let d = m.def();
+            if d.reads_doc {
+                prologue.push(
+                    "const int* doc_b = doc + (long long)b * doc_batch_stride;  // doc ids of batch b"
+                        .to_string(),
+                );
+            }
+            let params: Vec<&str> = d
+                .params
+                .iter()
+                .filter(|p| p.in_predicate)
+                .map(|p| p.name)
+                .collect();
+            let call = |f: &str, lead: &[&str]| {
+                let args: Vec<&str> = lead.iter().copied().chain(params.iter().copied()).collect();
+                format!("{f}({})", args.join(", "))
+            };
+            let schedule = match d.schedule {
+                ScheduleKind::Analytic => TileSchedule::Analytic {
+                    lo: d.key_range.0.to_string(),
+                    hi: d.key_range.1.to_string(),
+                    classifier: d.tile_fn.map(|f| call(f, &["p_lo", "p_hi", "c0", "c1"])),
+                },
+                ScheduleKind::BlockLists => lists,
+            };
+            let lead: &[&str] = if d.reads_doc {
+                &["doc_b", "q_pos", "kv_pos"]
+            } else {
+                &["q_pos", "kv_pos"]
+            };
+            let scoring = if d.lm_infinite_scoring {
+                Scoring::LmInfinite
+            } else {
+                Scoring::Dot
+            };
+            (schedule, d.element_fn.map(|f| call(f, lead)), scoring)
         }
         Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) } => {
-            device_fns.push(DeviceFn { text: user_fn_text(f, false) });
+            device_fns.push(DeviceFn {
+                text: user_fn_text(f, false),
+            });
             (lists, Some(user_call(f, "um", "")), Scoring::Dot)
         }
         Mask::BlockSparse { mask: None } => (lists, None, Scoring::Dot),
     };
     let score_mod = match &spec.score {
-        ScoreMod::None => None,
-        ScoreMod::Softcap if spec.dtype == DType::F32 => {
-            Some("af_score_softcap(x, softcap)".to_string())
-        }
-        ScoreMod::Softcap => {
-            prologue.push("const float softcap_k = 2.f * AF_LOG2E / softcap;  // exp2 scale of the fast softcap".into());
-            Some("af_score_softcap_fast(x, softcap, softcap_k)".to_string())
-        }
-        ScoreMod::Alibi => {
-            prologue.push(
-                "const float slope = alibi_slopes[h];  // ALiBi slope of query head h".into(),
-            );
-            Some("af_score_alibi(x, slope, q_pos, kv_pos)".to_string())
-        }
         ScoreMod::User(f) => {
             device_fns.push(DeviceFn {
                 text: user_fn_text(f, true),
             });
             Some(user_call(f, "us", "x, "))
         }
+        builtin => builtin
+            .def()
+            .and_then(|d| d.lowering(spec.dtype))
+            .map(|(expr, pro)| {
+                prologue.extend(pro.iter().map(|l| l.to_string()));
+                expr.to_string()
+            }),
     };
     Ok(KernelIr {
         symbol,

@@ -3,7 +3,9 @@
 //! Pipeline (one module each): [`spec`] (what) -> [`check`] (validation with field paths)
 //! -> [`tile`] (how: tile configs and budgets) -> [`ir`] (lowering to the one skeleton with
 //! hooks) -> [`emit`] (CUDA text). [`args`] holds the flat kernel argument list and launch
-//! metadata, [`name`] the canonical names, [`blocks`] the host-side block lists,
+//! metadata, [`name`] the canonical names, [`masks`] the mask table (one entry per built-in
+//! mask; everything mask-specific derives from it), [`scores`] the score-modification
+//! table, [`blocks`] the host-side block lists,
 //! [`catalog`](mod@catalog) the built-in variants. No cudarc, no syn.
 //!
 //! ```
@@ -21,8 +23,10 @@ pub mod check;
 pub mod dynamic;
 pub mod emit;
 pub mod ir;
+pub mod masks;
 pub mod name;
 pub mod new_masks_host;
+pub mod scores;
 pub mod serving;
 pub mod shape;
 pub mod spec;
@@ -43,6 +47,7 @@ pub mod prelude {
         validate_doc_ids, validate_problem, validate_spec, MaskParams, Problem, SpecError,
     };
     pub use crate::emit::{emit, emit_with, EmittedKernel, SymbolStyle};
+    pub use crate::masks::{BuiltinMask, MaskDef, MASKS};
     pub use crate::name::{canonical_name, canonical_name_with_tile};
     pub use crate::spec::{
         BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam,

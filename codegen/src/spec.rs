@@ -13,6 +13,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::masks::BuiltinMask;
+use crate::masks::{MaskDef, ScheduleKind};
+
 /// Element type of q, k, v and o. Accumulation is always f32; lse is always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,101 +175,123 @@ impl Default for BlockSize {
     }
 }
 
-/// The element mask (variants.md sections 1, 2, 4, 5). Runtime parameters are kernel
-/// arguments; their names are listed per variant.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The element mask (variants.md sections 1, 2, 4, 5): a built-in mask of the mask table
+/// ([`crate::masks`]; Rust code names them `Mask::Causal`, ...), a user
+/// predicate, or explicit block lists. Runtime parameters are kernel arguments.
+///
+/// Serde: a built-in mask is its tag (`"causal"`), the others are tables
+/// (`{ predicate = {..} }`, `{ block_sparse = { mask = .. } }`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Mask {
-    /// Every key.
-    Full,
-    /// `j <= p(i)`.
-    Causal,
-    /// `p - left <= j <= p + right`, negative = unbounded (args `window_left`, `window_right`).
-    Local,
-    /// `j <= p or j < P` (arg `prefix_len`).
-    PrefixLm,
-    /// `doc[p] == doc[j]` (args `doc`, `doc_batch_stride`; block lists).
-    Document,
-    /// Document and causal (block lists).
-    CausalDocument,
-    /// Shared question prefix (doc id 0) (block lists).
-    ShareQuestion,
-    /// `|p-j| <= w or p < G or j < G` (args `window`, `global_tokens`).
-    GlobalLocal,
-    /// Same document and `j/Bc <= p/Bc` (args `doc`, `doc_batch_stride`, `doc_block`; block lists).
-    BlockCausalDocument,
-    /// `j <= p and (j < G or p - j < L)` (args `global_tokens`, `local_window`).
-    LambdaMask,
+    /// A built-in mask of the table.
+    Builtin(BuiltinMask),
     /// A user predicate (block lists; partial blocks evaluate it).
     Predicate(UserFunction),
     /// Explicit runtime block lists; partial blocks evaluate `mask` when given, otherwise
     /// every in-range element of a partial block is allowed.
     BlockSparse {
         /// Optional predicate for partial blocks (FlexAttention `mask_mod`).
-        #[serde(default)]
         mask: Option<UserFunction>,
     },
-    /// LM-Infinite Lambda attention with RoPE and distance limit (section 5); inputs are
-    /// un-rotated q/k (args `global_tokens`, `local_window`, `dist_limit`, `rope_theta`).
-    LmInfinite,
 }
 
 impl Mask {
-    /// Short name used in canonical names.
+    /// The built-in mask with this tag.
+    pub fn builtin(tag: &str) -> Option<Mask> {
+        BuiltinMask::from_tag(tag).map(Mask::Builtin)
+    }
+
+    /// The table entry of a built-in mask.
+    pub fn def(&self) -> Option<&'static MaskDef> {
+        match self {
+            Mask::Builtin(m) => Some(m.def()),
+            _ => None,
+        }
+    }
+
+    /// Short name used in canonical names: the tag, `mask_<fn>`, `block_sparse[_<fn>]`.
     pub fn short(&self) -> String {
         match self {
-            Mask::Full => "full".into(),
-            Mask::Causal => "causal".into(),
-            Mask::Local => "local".into(),
-            Mask::PrefixLm => "prefixlm".into(),
-            Mask::Document => "document".into(),
-            Mask::CausalDocument => "causaldoc".into(),
-            Mask::ShareQuestion => "sharequestion".into(),
-            Mask::GlobalLocal => "globallocal".into(),
-            Mask::BlockCausalDocument => "blockcausaldoc".into(),
-            Mask::LambdaMask => "lambda".into(),
+            Mask::Builtin(m) => m.tag().into(),
             Mask::Predicate(f) => format!("mask_{}", f.name),
-            Mask::BlockSparse { mask: None } => "blocksparse".into(),
-            Mask::BlockSparse { mask: Some(f) } => format!("blocksparse_{}", f.name),
-            Mask::LmInfinite => "lminf".into(),
+            Mask::BlockSparse { mask: None } => "block_sparse".into(),
+            Mask::BlockSparse { mask: Some(f) } => format!("block_sparse_{}", f.name),
         }
     }
 
     /// Whether tiles are classified from runtime block lists (otherwise analytically).
     pub fn uses_block_lists(&self) -> bool {
-        matches!(
-            self,
-            Mask::Document
-                | Mask::CausalDocument
-                | Mask::ShareQuestion
-                | Mask::BlockCausalDocument
-                | Mask::Predicate(_)
-                | Mask::BlockSparse { .. }
-        )
+        self.def()
+            .is_none_or(|d| d.schedule == ScheduleKind::BlockLists)
     }
 
     /// Whether the mask defines `Sq > Sk` (only `full` and `causal`, variants.md section 0);
     /// a score modification rules it out too: see [`KernelSpec::allows_sq_gt_sk`].
     pub fn allows_sq_gt_sk(&self) -> bool {
-        matches!(self, Mask::Full | Mask::Causal)
+        self.def().is_some_and(|d| d.allows_sq_gt_sk)
+    }
+
+    /// Whether the kernel reads per-token document ids.
+    pub fn reads_doc(&self) -> bool {
+        self.def().is_some_and(|d| d.reads_doc)
+    }
+
+    /// Whether the mask brings LM-Infinite scoring (and takes no score modification).
+    pub fn lm_infinite_scoring(&self) -> bool {
+        self.def().is_some_and(|d| d.lm_infinite_scoring)
     }
 
     /// Serde tag path segment used in error paths (`mask.local`, ...).
     pub fn tag(&self) -> &'static str {
         match self {
-            Mask::Full => "full",
-            Mask::Causal => "causal",
-            Mask::Local => "local",
-            Mask::PrefixLm => "prefix_lm",
-            Mask::Document => "document",
-            Mask::CausalDocument => "causal_document",
-            Mask::ShareQuestion => "share_question",
-            Mask::GlobalLocal => "global_local",
-            Mask::BlockCausalDocument => "block_causal_document",
-            Mask::LambdaMask => "lambda_mask",
+            Mask::Builtin(m) => m.tag(),
             Mask::Predicate(_) => "predicate",
             Mask::BlockSparse { .. } => "block_sparse",
-            Mask::LmInfinite => "lm_infinite",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MaskTable {
+    Predicate(UserFunction),
+    BlockSparse {
+        #[serde(default)]
+        mask: Option<UserFunction>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum MaskRepr {
+    Tag(String),
+    Table(MaskTable),
+}
+
+impl Serialize for Mask {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Mask::Builtin(m) => s.serialize_str(m.tag()),
+            Mask::Predicate(f) => MaskTable::Predicate(f.clone()).serialize(s),
+            Mask::BlockSparse { mask } => {
+                MaskTable::BlockSparse { mask: mask.clone() }.serialize(s)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mask {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match MaskRepr::deserialize(d)? {
+            MaskRepr::Tag(t) if t == "block_sparse" => Ok(Mask::BlockSparse { mask: None }),
+            MaskRepr::Tag(t) => Mask::builtin(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown mask `{t}`, expected one of: {}, block_sparse, or a predicate / block_sparse table",
+                    BuiltinMask::tag_list()
+                ))
+            }),
+            MaskRepr::Table(MaskTable::Predicate(f)) => Ok(Mask::Predicate(f)),
+            MaskRepr::Table(MaskTable::BlockSparse { mask }) => Ok(Mask::BlockSparse { mask }),
         }
     }
 }
@@ -287,13 +312,12 @@ pub enum ScoreMod {
 }
 
 impl ScoreMod {
-    /// Short name for canonical names (`None` has none).
+    /// Short name for canonical names: the table tag, `score_<fn>` (`None` has none).
     pub fn short(&self) -> Option<String> {
         match self {
             ScoreMod::None => None,
-            ScoreMod::Softcap => Some("softcap".into()),
-            ScoreMod::Alibi => Some("alibi".into()),
             ScoreMod::User(f) => Some(format!("score_{}", f.name)),
+            builtin => builtin.def().map(|d| d.tag.to_string()),
         }
     }
 }

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Errors, SpecError};
-use crate::spec::{DType, KernelSpec, Mask, ScoreMod};
+use crate::spec::{DType, KernelSpec, ScoreMod};
 
 /// Target architecture: the one `Arch` of the workspace (tiles, NVRTC, ptxas, the tuner).
 /// Hopper's arch-specific features (`sm_90a`: `wgmma`, `setmaxnreg`) are a compile-target
@@ -170,7 +170,7 @@ impl SmemLayout {
     /// Layout for a spec and tile.
     pub fn new(spec: &KernelSpec, t: &TileConfig) -> Self {
         let d = spec.head_dim.get();
-        let two = if matches!(spec.mask, Mask::LmInfinite) {
+        let two = if spec.mask.lm_infinite_scoring() {
             2
         } else {
             1
@@ -266,7 +266,7 @@ impl TileConfig {
         let rows = (self.block_m / self.warps.max(1)).max(1);
         let dpl = spec.head_dim.get() / 32;
         let cpl = (self.block_n / 32).max(1);
-        let branches = if matches!(spec.mask, Mask::LmInfinite) {
+        let branches = if spec.mask.lm_infinite_scoring() {
             2
         } else {
             1
@@ -522,7 +522,7 @@ pub fn default_tile(spec: &KernelSpec, arch: Arch) -> Option<TileConfig> {
             TileConfig::new(32, 64, 4, 1),
             TileConfig::new(16, 32, 2, 1),
         ]
-    } else if spec.mask == Mask::LmInfinite {
+    } else if spec.mask.lm_infinite_scoring() {
         // two score tiles (near and far branch): block_n 32 keeps the registers and the
         // unrolled code (hence the compile time) of one 64-wide tile
         &[

@@ -1,6 +1,7 @@
 //! Block lists and tile classification vs brute force.
 
 use attnforge_codegen::blocks::classify_lminf_tile;
+use attnforge_codegen::masks::MaskParams;
 use attnforge_codegen::prelude::*;
 use proptest::prelude::*;
 
@@ -21,20 +22,34 @@ fn brute(m: &HostMask, plo: i64, phi: i64, c0: i64, c1: i64) -> TileKind {
     }
 }
 
+/// A table mask with the given parameter values.
+fn hm(tag: &str, values: &[(&str, i64)]) -> HostMask {
+    let p = values
+        .iter()
+        .fold(MaskParams::new(), |p, (n, v)| p.with(n, *v));
+    HostMask::new(BuiltinMask::from_tag(tag).unwrap(), &p)
+}
+
 fn analytic_mask() -> impl Strategy<Value = HostMask> {
     prop_oneof![
-        Just(HostMask::Full),
-        Just(HostMask::Causal),
-        (-3i64..40, -3i64..40).prop_map(|(left, right)| HostMask::Local { left, right }),
-        (0i64..60).prop_map(|prefix_len| HostMask::PrefixLm { prefix_len }),
-        (0i64..30, 0i64..20).prop_map(|(window, global_tokens)| HostMask::GlobalLocal {
-            window,
-            global_tokens
-        }),
-        (0i64..20, 0i64..40).prop_map(|(global_tokens, local_window)| HostMask::LambdaMask {
-            global_tokens,
-            local_window
-        }),
+        Just(hm("full", &[])),
+        Just(hm("causal", &[])),
+        (-3i64..40, -3i64..40).prop_map(|(left, right)| hm(
+            "local",
+            &[("window_left", left), ("window_right", right)]
+        )),
+        (0i64..60).prop_map(|prefix_len| hm("prefix_lm", &[("prefix_len", prefix_len)])),
+        (0i64..30, 0i64..20).prop_map(|(window, global_tokens)| hm(
+            "global_local",
+            &[("window", window), ("global_tokens", global_tokens)]
+        )),
+        (0i64..20, 0i64..40).prop_map(|(global_tokens, local_window)| hm(
+            "lambda_mask",
+            &[
+                ("global_tokens", global_tokens),
+                ("local_window", local_window)
+            ]
+        )),
     ]
 }
 
@@ -51,16 +66,12 @@ fn doc_mask() -> impl Strategy<Value = (HostMask, usize)> {
             .collect();
         let seq_k = doc.len();
         let m = match kind {
-            0 => HostMask::Document { doc, seq_k },
-            1 => HostMask::CausalDocument { doc, seq_k },
-            2 => HostMask::ShareQuestion { doc, seq_k },
-            _ => HostMask::BlockCausalDocument {
-                doc,
-                seq_k,
-                doc_block: bc,
-            },
+            0 => hm("document", &[]),
+            1 => hm("causal_document", &[]),
+            2 => hm("share_question", &[]),
+            _ => hm("block_causal_document", &[("doc_block", bc)]),
         };
-        (m, seq_k)
+        (m.with_doc(doc, seq_k), seq_k)
     })
 }
 

@@ -25,7 +25,7 @@ fn canonical_names_are_unique_and_well_formed() {
     for want in [
         "flash_fwd_causal_d128_bf16",
         "flash_fwd_local_softcap_d64_f16",
-        "flash_fwd_lminf_d128_bf16",
+        "flash_fwd_lm_infinite_d128_bf16",
         "flash_fwd_causal_d128_bf16_gqa",
     ] {
         assert!(seen.contains(want), "{want} missing from the catalog");

@@ -133,10 +133,11 @@ fn problem(mask: MaskParams) -> Problem {
 #[test]
 fn problem_errors_name_the_field() {
     let s = KernelSpec::new(DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Softcap);
-    let mut p = problem(MaskParams::Local {
-        left: 1 << 40,
-        right: -(1 << 40),
-    });
+    let mut p = problem(
+        MaskParams::new()
+            .with("window_left", 1i64 << 40)
+            .with("window_right", -(1i64 << 40)),
+    );
     p.seq_q = 200;
     p.heads_kv = 3;
     p.softcap = Some(-1.0);
@@ -145,13 +146,17 @@ fn problem_errors_name_the_field() {
     for want in [
         "heads_kv",
         "seq_q",
-        "mask.local.left",
-        "mask.local.right",
+        "mask.local.window_left",
+        "mask.local.window_right",
         "softcap",
     ] {
         assert!(ps.contains(&want), "missing {want} in {ps:?}");
     }
-    p = problem(MaskParams::Local { left: 3, right: -1 });
+    p = problem(
+        MaskParams::new()
+            .with("window_left", 3)
+            .with("window_right", -1),
+    );
     p.softcap = Some(30.0);
     validate_problem(&s, &p).unwrap();
 }
@@ -163,7 +168,7 @@ fn sq_gt_sk_only_for_full_and_causal() {
         (Mask::Causal, MaskParams::None, true),
         (
             Mask::PrefixLm,
-            MaskParams::PrefixLm { prefix_len: 3 },
+            MaskParams::new().with("prefix_len", 3),
             false,
         ),
         (Mask::Document, MaskParams::None, false),
@@ -211,12 +216,13 @@ fn mismatched_and_bad_mask_params() {
     let s = KernelSpec::new(DType::F32, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);
     let e = validate_problem(&s, &problem(MaskParams::None)).unwrap_err();
     assert_eq!(paths(&e), ["mask"]);
-    let p = problem(MaskParams::LmInfinite {
-        global_tokens: -1,
-        local_window: 4,
-        dist_limit: -5,
-        rope_theta: 0.5,
-    });
+    let p = problem(
+        MaskParams::new()
+            .with("global_tokens", -1)
+            .with("local_window", 4)
+            .with("dist_limit", -5)
+            .with("rope_theta", 0.5),
+    );
     let e = validate_problem(&s, &p).unwrap_err();
     assert_eq!(
         paths(&e),

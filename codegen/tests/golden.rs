@@ -17,7 +17,10 @@ fn golden_cases() -> Vec<(&'static str, TileConfig)> {
             "flash_fwd_local_softcap_d64_f16",
             TileConfig::new(64, 64, 4, 1),
         ),
-        ("flash_fwd_lminf_d128_bf16", TileConfig::new(32, 64, 4, 1)),
+        (
+            "flash_fwd_lm_infinite_d128_bf16",
+            TileConfig::new(32, 64, 4, 1),
+        ),
     ]
 }
 

@@ -6,10 +6,9 @@
 
 use std::collections::HashMap;
 
-use attnforge_codegen::blocks::{
-    classify_lminf_tile, classify_tile, BlockLists, HostMask, TileKind,
-};
+use attnforge_codegen::blocks::{classify_tile, BlockLists, HostMask, TileKind};
 use attnforge_codegen::catalog::{example_mask_fn, example_score_fn};
+use attnforge_codegen::masks::MaskParams;
 use attnforge_codegen::prelude::*;
 use attnforge_sim::{Schedule, SimArg, SimConfig, SimCounters, SimKernel};
 use half::{bf16, f16};
@@ -70,43 +69,21 @@ struct Case {
 }
 
 fn host_mask(spec: &KernelSpec, rt: &Rt, sk: usize) -> Option<HostMask> {
-    Some(match spec.mask {
-        Mask::Full => HostMask::Full,
-        Mask::Causal => HostMask::Causal,
-        Mask::Local => HostMask::Local {
-            left: rt.window_left as i64,
-            right: rt.window_right as i64,
-        },
-        Mask::PrefixLm => HostMask::PrefixLm {
-            prefix_len: rt.prefix_len as i64,
-        },
-        Mask::Document => HostMask::Document {
-            doc: rt.doc.clone(),
-            seq_k: sk,
-        },
-        Mask::CausalDocument => HostMask::CausalDocument {
-            doc: rt.doc.clone(),
-            seq_k: sk,
-        },
-        Mask::ShareQuestion => HostMask::ShareQuestion {
-            doc: rt.doc.clone(),
-            seq_k: sk,
-        },
-        Mask::GlobalLocal => HostMask::GlobalLocal {
-            window: rt.window as i64,
-            global_tokens: rt.global_tokens as i64,
-        },
-        Mask::BlockCausalDocument => HostMask::BlockCausalDocument {
-            doc: rt.doc.clone(),
-            seq_k: sk,
-            doc_block: rt.doc_block as i64,
-        },
-        Mask::LambdaMask | Mask::LmInfinite => HostMask::LambdaMask {
-            global_tokens: rt.global_tokens as i64,
-            local_window: rt.local_window as i64,
-        },
-        _ => return None,
-    })
+    let Mask::Builtin(m) = spec.mask else {
+        return None;
+    };
+    // Every parameter the case carries, by name: the mask takes its own from it.
+    let all = MaskParams::new()
+        .with("window_left", rt.window_left)
+        .with("window_right", rt.window_right)
+        .with("prefix_len", rt.prefix_len)
+        .with("window", rt.window)
+        .with("global_tokens", rt.global_tokens)
+        .with("local_window", rt.local_window)
+        .with("dist_limit", rt.dist_limit)
+        .with("doc_block", rt.doc_block)
+        .with("rope_theta", rt.rope_theta);
+    Some(HostMask::new(m, &all).with_doc(rt.doc.clone(), sk))
 }
 
 fn dilated(stride: i32, p: i64, j: i64) -> bool {
@@ -249,18 +226,7 @@ fn expected_counters(c: &Case) -> (u64, u64, u64) {
                     let hm = host_mask(&c.spec, &c.rt, c.sk).unwrap();
                     for n0 in (0..c.sk).step_by(bn) {
                         let c1 = (n0 + bn).min(c.sk) as i64 - 1;
-                        let kind = if matches!(c.spec.mask, Mask::LmInfinite) {
-                            classify_lminf_tile(
-                                plo,
-                                phi,
-                                n0 as i64,
-                                c1,
-                                c.rt.global_tokens as i64,
-                                c.rt.local_window as i64,
-                            )
-                        } else {
-                            classify_tile(&hm, plo, phi, n0 as i64, c1).unwrap()
-                        };
+                        let kind = classify_tile(&hm, plo, phi, n0 as i64, c1).unwrap();
                         visit(kind, n0);
                     }
                 }
@@ -761,7 +727,7 @@ fn user_functions_named_like_kernel_locals() {
 
 #[test]
 fn lm_infinite_bf16_d128() {
-    let s = attnforge_codegen::catalog::find("flash_fwd_lminf_d128_bf16").unwrap();
+    let s = attnforge_codegen::catalog::find("flash_fwd_lm_infinite_d128_bf16").unwrap();
     let rt = Rt {
         global_tokens: 3,
         local_window: 20,

@@ -26,6 +26,21 @@ pub struct LmInfiniteParams {
     pub theta: f64,
 }
 
+impl LmInfiniteParams {
+    /// From named runtime parameters (`global_tokens`, `local_window`, `dist_limit`,
+    /// `rope_theta`; negative counts clamp to 0, an absent `rope_theta` is 10000).
+    pub fn from_values(params: &[(&str, f64)]) -> Self {
+        let get = |n: &str| params.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        let count = |n: &str| get(n).unwrap_or(0.0).max(0.0) as usize;
+        LmInfiniteParams {
+            global: count("global_tokens"),
+            local: count("local_window"),
+            dist_limit: count("dist_limit"),
+            theta: get("rope_theta").unwrap_or(10000.0),
+        }
+    }
+}
+
 impl Default for LmInfiniteParams {
     /// The official code's defaults: `G = 10`, `L = Dlim = 4096`, `theta = 10000`.
     fn default() -> Self {

@@ -161,6 +161,60 @@ impl Mask {
         Mask::Predicate(Arc::new(f))
     }
 
+    /// A built-in mask by its tag (the spelling of spec files and canonical kernel names)
+    /// and its runtime parameters by name; `doc` holds the per-token ids of the
+    /// document masks (ignored by the others). This is the reference's own reading of the
+    /// parameters, independent of the kernel generator. `lm_infinite` gives its allowed set
+    /// (the lambda mask; the scoring is [`crate::lm_infinite_attention`]).
+    pub fn builtin(tag: &str, params: &[(&str, f64)], doc: &[i32]) -> Result<Mask, RefError> {
+        let get = |name: &'static str| -> Result<f64, RefError> {
+            params
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .ok_or(RefError::InvalidParam {
+                    field: name,
+                    value: "missing".into(),
+                    fix: "pass every parameter of the mask by its name",
+                })
+        };
+        let count = |name: &'static str| get(name).map(|v| v.max(0.0) as usize);
+        let doc = || doc.to_vec();
+        Ok(match tag {
+            "full" => Mask::Full,
+            "causal" => Mask::Causal,
+            "local" => Mask::Local {
+                left: get("window_left")? as i64,
+                right: get("window_right")? as i64,
+            },
+            "prefix_lm" => Mask::PrefixLm {
+                prefix: count("prefix_len")?,
+            },
+            "document" => Mask::Document { doc: doc() },
+            "causal_document" => Mask::CausalDocument { doc: doc() },
+            "share_question" => Mask::ShareQuestion { doc: doc() },
+            "global_local" => Mask::GlobalLocal {
+                window: count("window")?,
+                global: count("global_tokens")?,
+            },
+            "block_causal_document" => Mask::BlockCausalDocument {
+                doc: doc(),
+                block: count("doc_block")?.max(1),
+            },
+            "lambda_mask" | "lm_infinite" => Mask::Lambda {
+                global: count("global_tokens")?,
+                local: count("local_window")?,
+            },
+            _ => {
+                return Err(RefError::InvalidParam {
+                    field: "Mask::builtin tag",
+                    value: tag.to_string(),
+                    fix: "use the tag of a built-in mask (variants.md sections 1, 2 and 5)",
+                })
+            }
+        })
+    }
+
     /// Short name used in error messages.
     pub fn name(&self) -> &'static str {
         match self {

@@ -20,10 +20,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use attnforge_codegen::args::{kernel_args, ArgKind as CgArgKind, LaunchGeometry, Scalar};
+use attnforge_codegen::args::{
+    typed_kernel_args, ArgKind as CgArgKind, ArgRole, BlockListPart, LaunchGeometry, Scalar,
+    SizeArg, StrideDim, TensorArg, TypedArg, UserFnSide,
+};
 use attnforge_codegen::blocks::{build_block_lists, validate_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
 use attnforge_codegen::emit::emit;
+use attnforge_codegen::masks::{DocRule, ParamType};
+use attnforge_codegen::scores::ScoreParamKind;
 use attnforge_codegen::shape::Shape;
 use attnforge_codegen::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
 use attnforge_codegen::tile::{Arch, TileConfig};
@@ -312,10 +317,7 @@ fn problem(spec: &KernelSpec, d: &Shape, p: &RunParams) -> Problem {
         seq_q: d.seq_q,
         seq_k: d.seq_k,
         mask: p.mask.clone().unwrap_or(MaskParams::None),
-        softcap: match spec.score {
-            ScoreMod::Softcap => p.softcap,
-            _ => None,
-        },
+        softcap: spec.score.param_of(ScoreParamKind::Scalar).and(p.softcap),
     }
 }
 
@@ -331,22 +333,24 @@ struct Resolved {
     lists: Option<BlockLists>,
 }
 
-fn mask_param_i64(m: &MaskParams, name: &str) -> Option<i64> {
-    use MaskParams as M;
-    match (m, name) {
-        (M::Local { left, .. }, "window_left") => Some(*left),
-        (M::Local { right, .. }, "window_right") => Some(*right),
-        (M::PrefixLm { prefix_len }, "prefix_len") => Some(*prefix_len),
-        (M::GlobalLocal { window, .. }, "window") => Some(*window),
-        (M::GlobalLocal { global_tokens, .. }, "global_tokens")
-        | (M::LambdaMask { global_tokens, .. }, "global_tokens")
-        | (M::LmInfinite { global_tokens, .. }, "global_tokens") => Some(*global_tokens),
-        (M::LambdaMask { local_window, .. }, "local_window")
-        | (M::LmInfinite { local_window, .. }, "local_window") => Some(*local_window),
-        (M::LmInfinite { dist_limit, .. }, "dist_limit") => Some(*dist_limit),
-        (M::BlockCausalDocument { doc_block }, "doc_block") => Some(*doc_block),
-        _ => None,
-    }
+/// The mask's parameter values by name as the kernel receives them (float parameters
+/// rounded to f32), for the reference.
+fn named_values(spec: &KernelSpec, m: &MaskParams) -> Vec<(&'static str, f64)> {
+    spec.mask.def().map_or_else(Vec::new, |d| {
+        d.params
+            .iter()
+            .filter_map(|p| {
+                let v = m.get(p.name)?;
+                Some((
+                    p.name,
+                    match p.ty {
+                        ParamType::Int => v,
+                        ParamType::Float => f64::from(v as f32),
+                    },
+                ))
+            })
+            .collect()
+    })
 }
 
 /// The element mask of the spec as an `attnforge-reference` mask (the oracle's own
@@ -357,8 +361,6 @@ fn reference_mask(
     p: &RunParams,
 ) -> Result<reference::Mask, ExecError> {
     use reference::Mask as R;
-    let doc = || r.doc.clone();
-    let get = |n: &str| mask_param_i64(&r.mask, n).unwrap_or(0);
     let host = || {
         p.host_mask.clone().ok_or_else(|| {
             input_err(
@@ -369,36 +371,12 @@ fn reference_mask(
         })
     };
     Ok(match &spec.mask {
-        Mask::Full => R::Full,
-        Mask::Causal => R::Causal,
-        Mask::Local => R::Local {
-            left: get("window_left"),
-            right: get("window_right"),
-        },
-        Mask::PrefixLm => R::PrefixLm {
-            prefix: get("prefix_len").max(0) as usize,
-        },
-        Mask::Document => R::Document { doc: doc() },
-        Mask::CausalDocument => R::CausalDocument { doc: doc() },
-        Mask::ShareQuestion => R::ShareQuestion { doc: doc() },
-        Mask::GlobalLocal => R::GlobalLocal {
-            window: get("window").max(0) as usize,
-            global: get("global_tokens").max(0) as usize,
-        },
-        Mask::BlockCausalDocument => R::BlockCausalDocument {
-            doc: doc(),
-            block: get("doc_block").max(1) as usize,
-        },
-        Mask::LambdaMask => R::Lambda {
-            global: get("global_tokens").max(0) as usize,
-            local: get("local_window").max(0) as usize,
-        },
+        Mask::Builtin(m) => R::builtin(m.tag(), &named_values(spec, &r.mask), &r.doc)?,
         Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) } => {
             let f = host()?;
             R::Predicate(Arc::new(move |b, h, i, j| f(b, h, i, j)))
         }
         Mask::BlockSparse { mask: None } => R::Full,
-        Mask::LmInfinite => R::Causal,
     })
 }
 
@@ -441,11 +419,7 @@ fn resolve<T: Element>(
             "pass a finite positive scale",
         ));
     }
-    let needs_doc = matches!(
-        spec.mask,
-        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
-    );
-    let (doc, doc_batch_stride) = match (&p.doc, needs_doc) {
+    let (doc, doc_batch_stride) = match (&p.doc, spec.mask.reads_doc()) {
         (None, true) => {
             return Err(input_err(
                 "doc",
@@ -472,7 +446,11 @@ fn resolve<T: Element>(
         }
         (_, false) => (Vec::new(), 0),
     };
-    if matches!(spec.mask, Mask::ShareQuestion) {
+    if spec
+        .mask
+        .def()
+        .is_some_and(|d| d.doc_rule == DocRule::QuestionPrefix)
+    {
         for b in 0..if doc_batch_stride == 0 { 1 } else { dims.batch } {
             let row = &doc[b * doc_batch_stride as usize..][..dims.seq_k];
             let q_end = row.iter().position(|&x| x != 0).unwrap_or(row.len());
@@ -485,20 +463,22 @@ fn resolve<T: Element>(
             }
         }
     }
-    let alibi = match (&spec.score, &p.alibi_slopes) {
-        (ScoreMod::Alibi, Some(s)) if s.len() == dims.heads_q => s.clone(),
-        (ScoreMod::Alibi, Some(s)) => {
+    let per_head = spec.score.param_of(ScoreParamKind::PerHead);
+    let alibi = match (per_head, &p.alibi_slopes) {
+        (Some(_), Some(s)) if s.len() == dims.heads_q => s.clone(),
+        (Some(sp), Some(s)) => {
             return Err(input_err(
-                "alibi_slopes",
+                sp.name,
                 format!("{} slopes for {} query heads", s.len(), dims.heads_q),
-                "pass one slope per query head, or none for the standard slopes",
+                sp.fix,
             ))
         }
-        (ScoreMod::Alibi, None) => reference::alibi_slopes(dims.heads_q)
+        // The standard slopes (variants.md section 3), the only per-head default.
+        (Some(_), None) => reference::alibi_slopes(dims.heads_q)
             .into_iter()
             .map(|s| s as f32)
             .collect(),
-        _ => Vec::new(),
+        (None, _) => Vec::new(),
     };
     let mut r = Resolved {
         dims,
@@ -574,44 +554,27 @@ fn reference_resolved<T: Element>(
     };
     let mask = reference_mask(spec, r, p)?;
     let score = reference_score(spec, r, p)?;
-    Ok(match &spec.mask {
-        Mask::LmInfinite => {
-            if !matches!(spec.score, ScoreMod::None) {
-                return Err(input_err(
-                    "score",
-                    "the reference defines LM-Infinite without a score modification",
-                    "use ScoreMod::None with Mask::LmInfinite",
-                ));
-            }
-            let get = |n: &str| mask_param_i64(&r.mask, n).unwrap_or(0).max(0) as usize;
-            let theta = match r.mask {
-                MaskParams::LmInfinite { rope_theta, .. } => f64::from(rope_theta),
-                _ => 10000.0,
-            };
-            reference::lm_infinite_attention(
-                &x.q,
-                &x.k,
-                &x.v,
-                &reference::LmInfiniteParams {
-                    global: get("global_tokens"),
-                    local: get("local_window"),
-                    dist_limit: get("dist_limit"),
-                    theta,
-                },
-                &opts,
-            )?
+    Ok(if spec.mask.lm_infinite_scoring() {
+        if !matches!(spec.score, ScoreMod::None) {
+            return Err(input_err(
+                "score",
+                "the reference defines LM-Infinite without a score modification",
+                format!("use ScoreMod::None with mask `{}`", spec.mask.tag()),
+            ));
         }
-        Mask::BlockSparse { .. }
-        | Mask::Document
-        | Mask::CausalDocument
-        | Mask::ShareQuestion
-        | Mask::BlockCausalDocument
-        | Mask::Predicate(_) => {
-            let l = r.lists.as_ref().expect("resolved lists");
-            let rl = reference_lists(spec, l, r.dims)?;
-            reference::block_sparse_attention(&x.q, &x.k, &x.v, &rl, &mask, &score, &opts)?
-        }
-        _ => reference::attention(&x.q, &x.k, &x.v, &mask, &score, &opts)?,
+        reference::lm_infinite_attention(
+            &x.q,
+            &x.k,
+            &x.v,
+            &reference::LmInfiniteParams::from_values(&named_values(spec, &r.mask)),
+            &opts,
+        )?
+    } else if spec.mask.uses_block_lists() {
+        let l = r.lists.as_ref().expect("resolved lists");
+        let rl = reference_lists(spec, l, r.dims)?;
+        reference::block_sparse_attention(&x.q, &x.k, &x.v, &rl, &mask, &score, &opts)?
+    } else {
+        reference::attention(&x.q, &x.k, &x.v, &mask, &score, &opts)?
     })
 }
 
@@ -717,7 +680,8 @@ fn user_value(p: &RunParams, name: &str, kind: UserParamKind) -> Result<HostArg,
     })
 }
 
-/// The kernel's arguments in declaration order, with values resolved from the inputs.
+/// The kernel's arguments in declaration order, with values resolved from the inputs: an
+/// exhaustive match on each argument's [`ArgRole`] (never on its name).
 fn host_args<T: Element>(
     spec: &KernelSpec,
     x: &Inputs<T>,
@@ -725,93 +689,99 @@ fn host_args<T: Element>(
     r: &Resolved,
 ) -> Result<Vec<HostArg>, ExecError> {
     let d = r.dims;
-    let user_params: Vec<(String, UserParamKind)> = spec
-        .user_functions()
-        .iter()
-        .flat_map(|(path, f)| {
-            let prefix = if path.starts_with("score") {
-                "us_"
-            } else {
-                "um_"
-            };
-            f.params
-                .iter()
-                .map(move |q| (format!("{prefix}{}", q.name), q.kind))
-                .collect::<Vec<_>>()
-        })
-        .collect();
     let lists = r.lists.as_ref();
+    // o is written contiguous [B, Hq, Sq, D].
+    let o_strides = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get()).contiguous_strides();
     let mut out = Vec::new();
-    for a in kernel_args(spec) {
-        let n = a.name.as_str();
-        let stride = |t: &Tensor4<T>, s: &str| match s {
-            "b" => t.strides[0] as i64,
-            "h" => t.strides[1] as i64,
-            _ => t.strides[2] as i64,
-        };
-        let v = match n {
-            "q" => HostArg::Q,
-            "k" => HostArg::K,
-            "v" => HostArg::V,
-            "o" => HostArg::O,
-            "lse" => HostArg::Lse,
-            "batch" => HostArg::I32(d.batch as i32),
-            "heads_q" => HostArg::I32(d.heads_q as i32),
-            "heads_kv" => HostArg::I32(d.heads_kv as i32),
-            "seq_q" => HostArg::I32(d.seq_q as i32),
-            "seq_k" => HostArg::I32(d.seq_k as i32),
-            "scale" => HostArg::F32(r.scale),
-            "doc" => HostArg::Ints(r.doc.clone()),
-            "doc_batch_stride" => HostArg::I64(r.doc_batch_stride),
-            "softcap" => HostArg::F32(p.softcap.unwrap_or(0.0)),
-            "alibi_slopes" => HostArg::Floats(r.alibi.clone()),
-            "rope_theta" => HostArg::F32(match r.mask {
-                MaskParams::LmInfinite { rope_theta, .. } => rope_theta,
-                _ => 10000.0,
-            }),
-            "blk_full_num" => HostArg::Ints(lists.map(|l| l.full_num.clone()).unwrap_or_default()),
-            "blk_full_idx" => HostArg::Ints(lists.map(|l| l.full_idx.clone()).unwrap_or_default()),
-            "blk_partial_num" => {
-                HostArg::Ints(lists.map(|l| l.partial_num.clone()).unwrap_or_default())
-            }
-            "blk_partial_idx" => {
-                HostArg::Ints(lists.map(|l| l.partial_idx.clone()).unwrap_or_default())
-            }
-            "blk_batches" => HostArg::I32(lists.map_or(0, |l| l.batches as i32)),
-            "blk_heads" => HostArg::I32(lists.map_or(0, |l| l.heads as i32)),
-            "blk_rows" => HostArg::I32(lists.map_or(0, |l| l.rows as i32)),
-            "blk_width" => HostArg::I32(lists.map_or(0, |l| l.width as i32)),
-            _ if n.len() > 9 && n.as_bytes()[1] == b'_' && n.contains("_stride_") => {
-                let t = match &n[..1] {
-                    "q" => &x.q,
-                    "k" => &x.k,
-                    "v" => &x.v,
-                    _ => {
-                        // o is written contiguous [B, Hq, Sq, D].
-                        let s = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get())
-                            .contiguous_strides();
-                        out.push(HostArg::I64(match &n[n.len() - 1..] {
-                            "b" => s[0] as i64,
-                            "h" => s[1] as i64,
-                            _ => s[2] as i64,
-                        }));
-                        continue;
-                    }
+    for TypedArg { arg: a, role } in typed_kernel_args(spec) {
+        let v = match role {
+            ArgRole::Tensor(t) => match t {
+                TensorArg::Q => HostArg::Q,
+                TensorArg::K => HostArg::K,
+                TensorArg::V => HostArg::V,
+                TensorArg::O => HostArg::O,
+                TensorArg::Lse => HostArg::Lse,
+            },
+            ArgRole::Size(s) => HostArg::I32(match s {
+                SizeArg::Batch => d.batch,
+                SizeArg::HeadsQ => d.heads_q,
+                SizeArg::HeadsKv => d.heads_kv,
+                SizeArg::SeqQ => d.seq_q,
+                SizeArg::SeqK => d.seq_k,
+            } as i32),
+            ArgRole::Stride { tensor, dim } => {
+                let strides = match tensor {
+                    TensorArg::Q => x.q.strides,
+                    TensorArg::K => x.k.strides,
+                    TensorArg::V => x.v.strides,
+                    TensorArg::O | TensorArg::Lse => o_strides,
                 };
-                HostArg::I64(stride(t, &n[n.len() - 1..]))
+                HostArg::I64(match dim {
+                    StrideDim::Batch => strides[0],
+                    StrideDim::Head => strides[1],
+                    StrideDim::Seq => strides[2],
+                } as i64)
             }
-            _ => {
-                if let Some(v) = mask_param_i64(&r.mask, n) {
-                    HostArg::I32(v as i32)
-                } else if let Some((_, kind)) = user_params.iter().find(|(un, _)| un == n) {
-                    user_value(p, &n[3..], *kind)?
-                } else {
-                    return Err(input_err(
-                        n,
-                        "kernel argument has no value",
-                        "pass the mask parameters of the spec's mask (RunParams::with_mask)",
-                    ));
+            ArgRole::Scale => HostArg::F32(r.scale),
+            ArgRole::DocIds => HostArg::Ints(r.doc.clone()),
+            ArgRole::DocBatchStride => HostArg::I64(r.doc_batch_stride),
+            ArgRole::MaskParam { mask, index } => {
+                let def = &mask.def().params[index];
+                let v = r
+                    .mask
+                    .get(def.name)
+                    .unwrap_or_else(|| def.default.at(d.seq_k));
+                match def.ty {
+                    ParamType::Int => HostArg::I32(v as i32),
+                    ParamType::Float => HostArg::F32(v as f32),
                 }
+            }
+            ArgRole::BlockList(part) => {
+                let ints = |f: fn(&BlockLists) -> &Vec<i32>| {
+                    HostArg::Ints(lists.map(|l| f(l).clone()).unwrap_or_default())
+                };
+                let int =
+                    |f: fn(&BlockLists) -> usize| HostArg::I32(lists.map_or(0, |l| f(l) as i32));
+                match part {
+                    BlockListPart::FullNum => ints(|l| &l.full_num),
+                    BlockListPart::FullIdx => ints(|l| &l.full_idx),
+                    BlockListPart::PartialNum => ints(|l| &l.partial_num),
+                    BlockListPart::PartialIdx => ints(|l| &l.partial_idx),
+                    BlockListPart::Batches => int(|l| l.batches),
+                    BlockListPart::Heads => int(|l| l.heads),
+                    BlockListPart::Rows => int(|l| l.rows),
+                    BlockListPart::Width => int(|l| l.width),
+                }
+            }
+            ArgRole::ScoreParam => match spec.score.def().and_then(|d| d.param).map(|q| q.kind) {
+                Some(ScoreParamKind::Scalar) => HostArg::F32(p.softcap.unwrap_or(0.0)),
+                Some(ScoreParamKind::PerHead) => HostArg::Floats(r.alibi.clone()),
+                None => {
+                    return Err(input_err(
+                        &a.name,
+                        "a score argument without a score parameter",
+                        "report this: the argument table and the score table disagree",
+                    ))
+                }
+            },
+            ArgRole::UserParam { side, index } => {
+                let f = match (side, &spec.mask, &spec.score) {
+                    (
+                        UserFnSide::Mask,
+                        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) },
+                        _,
+                    )
+                    | (UserFnSide::Score, _, ScoreMod::User(f)) => Some(f),
+                    _ => None,
+                };
+                let Some(q) = f.and_then(|f| f.params.get(index)) else {
+                    return Err(input_err(
+                        &a.name,
+                        "a user-parameter argument without its function parameter",
+                        "report this: the argument table and the spec disagree",
+                    ));
+                };
+                user_value(p, &q.name, q.kind)?
             }
         };
         // Type agreement with the declared kind (a codegen/exec contract check).
@@ -827,7 +797,7 @@ fn host_args<T: Element>(
         );
         if !ok {
             return Err(input_err(
-                n,
+                &a.name,
                 format!("value {v:?} does not match the kernel's {:?}", a.kind),
                 "report this: the argument table and the kernel disagree",
             ));

@@ -100,30 +100,22 @@ fn case_strategy(spec: &KernelSpec) -> impl Strategy<Value = Case> {
 /// Scalar mask parameters of `spec` drawn from the knobs.
 fn mask_params(spec: &KernelSpec, k: [i64; 6], sk: i64) -> MaskParams {
     match spec.mask {
-        Mask::Local => MaskParams::Local {
-            left: k[0] % 24 - 2,
-            right: k[1] % 24 - 2,
-        },
-        Mask::PrefixLm => MaskParams::PrefixLm {
-            prefix_len: k[0] % (sk + 1),
-        },
-        Mask::GlobalLocal => MaskParams::GlobalLocal {
-            window: k[0] % 12,
-            global_tokens: k[1] % 6,
-        },
-        Mask::BlockCausalDocument => MaskParams::BlockCausalDocument {
-            doc_block: 1 + k[2] % 40,
-        },
-        Mask::LambdaMask => MaskParams::LambdaMask {
-            global_tokens: k[0] % 6,
-            local_window: 1 + k[1] % 30,
-        },
-        Mask::LmInfinite => MaskParams::LmInfinite {
-            global_tokens: k[0] % 6,
-            local_window: 1 + k[1] % 30,
-            dist_limit: 1 + k[2] % (sk + 4),
-            rope_theta: [10000.0, 500.0, 100.0][(k[3] % 3) as usize],
-        },
+        Mask::Local => MaskParams::new()
+            .with("window_left", k[0] % 24 - 2)
+            .with("window_right", k[1] % 24 - 2),
+        Mask::PrefixLm => MaskParams::new().with("prefix_len", k[0] % (sk + 1)),
+        Mask::GlobalLocal => MaskParams::new()
+            .with("window", k[0] % 12)
+            .with("global_tokens", k[1] % 6),
+        Mask::BlockCausalDocument => MaskParams::new().with("doc_block", 1 + k[2] % 40),
+        Mask::LambdaMask => MaskParams::new()
+            .with("global_tokens", k[0] % 6)
+            .with("local_window", 1 + k[1] % 30),
+        Mask::LmInfinite => MaskParams::new()
+            .with("global_tokens", k[0] % 6)
+            .with("local_window", 1 + k[1] % 30)
+            .with("dist_limit", 1 + k[2] % (sk + 4))
+            .with("rope_theta", [10000.0, 500.0, 100.0][(k[3] % 3) as usize]),
         _ => MaskParams::None,
     }
 }
@@ -316,53 +308,24 @@ fn element_mask(
 ) -> Box<dyn Fn(usize, usize, i64, i64) -> bool> {
     use attnforge_reference::Mask as R;
     let sk = c.sk;
-    let get = |f: fn(&MaskParams) -> Option<i64>| p.mask.as_ref().and_then(f).unwrap_or(0);
+    let get = |n: &str| p.mask.as_ref().and_then(|m| m.get(n)).unwrap_or(0.0) as i64;
     let m = match spec.mask {
         Mask::Full | Mask::BlockSparse { .. } => R::Full,
         Mask::Causal => R::Causal,
-        Mask::Local => {
-            let (l, r) = match p.mask {
-                Some(MaskParams::Local { left, right }) => (left, right),
-                _ => (0, 0),
-            };
-            R::Local { left: l, right: r }
-        }
+        Mask::Local => R::Local {
+            left: get("window_left"),
+            right: get("window_right"),
+        },
         Mask::PrefixLm => R::PrefixLm {
-            prefix: get(|m| match m {
-                MaskParams::PrefixLm { prefix_len } => Some(*prefix_len),
-                _ => None,
-            }) as usize,
+            prefix: get("prefix_len") as usize,
         },
-        Mask::GlobalLocal => match p.mask {
-            Some(MaskParams::GlobalLocal {
-                window,
-                global_tokens,
-            }) => R::GlobalLocal {
-                window: window as usize,
-                global: global_tokens as usize,
-            },
-            _ => R::Full,
+        Mask::GlobalLocal => R::GlobalLocal {
+            window: get("window") as usize,
+            global: get("global_tokens") as usize,
         },
-        Mask::LambdaMask => match p.mask {
-            Some(MaskParams::LambdaMask {
-                global_tokens,
-                local_window,
-            }) => R::Lambda {
-                global: global_tokens as usize,
-                local: local_window as usize,
-            },
-            _ => R::Full,
-        },
-        Mask::LmInfinite => match p.mask {
-            Some(MaskParams::LmInfinite {
-                global_tokens,
-                local_window,
-                ..
-            }) => R::Lambda {
-                global: global_tokens as usize,
-                local: local_window as usize,
-            },
-            _ => R::Full,
+        Mask::LambdaMask | Mask::LmInfinite => R::Lambda {
+            global: get("global_tokens") as usize,
+            local: get("local_window") as usize,
         },
         Mask::Predicate(_) => {
             let f = p.host_mask.clone().expect("predicate twin");
@@ -445,10 +408,11 @@ fn doc_mask(
         Mask::ShareQuestion => R::ShareQuestion { doc },
         Mask::BlockCausalDocument => R::BlockCausalDocument {
             doc,
-            block: match p.mask {
-                Some(MaskParams::BlockCausalDocument { doc_block }) => doc_block as usize,
-                _ => 1,
-            },
+            block: p
+                .mask
+                .as_ref()
+                .and_then(|m| m.get("doc_block"))
+                .map_or(1, |v| v as usize),
         },
         _ => return element_mask(spec, c, p),
     };

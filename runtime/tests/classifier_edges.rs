@@ -99,26 +99,25 @@ impl Def {
     fn params(&self, sk: usize) -> MaskParams {
         match *self {
             Def::Causal => MaskParams::None,
-            Def::Local { left, right } => MaskParams::Local { left, right },
-            Def::Prefix { prefix } => MaskParams::PrefixLm { prefix_len: prefix },
-            Def::GlobalLocal { window, global } => MaskParams::GlobalLocal {
-                window,
-                global_tokens: global,
-            },
-            Def::Lambda { global, local } => MaskParams::LambdaMask {
-                global_tokens: global,
-                local_window: local,
-            },
+            Def::Local { left, right } => MaskParams::new()
+                .with("window_left", left)
+                .with("window_right", right),
+            Def::Prefix { prefix } => MaskParams::new().with("prefix_len", prefix),
+            Def::GlobalLocal { window, global } => MaskParams::new()
+                .with("window", window)
+                .with("global_tokens", global),
+            Def::Lambda { global, local } => MaskParams::new()
+                .with("global_tokens", global)
+                .with("local_window", local),
             Def::LmInfinite {
                 global,
                 local,
                 dist_over_sk,
-            } => MaskParams::LmInfinite {
-                global_tokens: global,
-                local_window: local,
-                dist_limit: (sk as i64 + dist_over_sk).max(0),
-                rope_theta: 10000.0,
-            },
+            } => MaskParams::new()
+                .with("global_tokens", global)
+                .with("local_window", local)
+                .with("dist_limit", (sk as i64 + dist_over_sk).max(0))
+                .with("rope_theta", 10000.0),
         }
     }
 
@@ -556,9 +555,7 @@ fn check_doc_mask(def: DocDef, mask: Mask) {
                 tensor(Shape4::new(1, 1, sk, d), seed ^ 0x5A5A),
             );
             let mp = match def {
-                DocDef::BlockCausal { block } => {
-                    MaskParams::BlockCausalDocument { doc_block: block }
-                }
+                DocDef::BlockCausal { block } => MaskParams::new().with("doc_block", block),
                 _ => MaskParams::None,
             };
             let p = RunParams::default().with_mask(mp).with_doc(doc);

@@ -17,7 +17,14 @@ fn t(b: usize, h: usize, s: usize, d: usize, seed: u64) -> Tensor4<f32> {
 fn causal_and_local_f32() {
     for (mask, mp) in [
         (Mask::Causal, None),
-        (Mask::Local, Some(MaskParams::Local { left: 5, right: 2 })),
+        (
+            Mask::Local,
+            Some(
+                MaskParams::new()
+                    .with("window_left", 5)
+                    .with("window_right", 2),
+            ),
+        ),
     ] {
         let spec = KernelSpec::new(DType::F32, HeadDim::D64, mask, ScoreMod::None);
         let tile = default_tile(&spec, Arch::Sm80).unwrap();

@@ -106,12 +106,13 @@ fn expect_pass(r: Result<CheckReport, String>) {
 fn lm_infinite_f16_rotated_qk_rounding_repro() {
     let spec = KernelSpec::new(DType::F16, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);
     let p = RunParams {
-        mask: Some(MaskParams::LmInfinite {
-            global_tokens: 0,
-            local_window: 5,
-            dist_limit: 20,
-            rope_theta: 500.0,
-        }),
+        mask: Some(
+            MaskParams::new()
+                .with("global_tokens", 0)
+                .with("local_window", 5)
+                .with("dist_limit", 20)
+                .with("rope_theta", 500.0),
+        ),
         ..RunParams::default()
     };
     let s = Shape {
@@ -132,12 +133,13 @@ fn lm_infinite_f16_rotated_qk_rounding_repro() {
 fn lm_infinite_f16_fma_and_tensor_core_mainloops_round_alike() {
     let spec = KernelSpec::new(DType::F16, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);
     let p = RunParams {
-        mask: Some(MaskParams::LmInfinite {
-            global_tokens: 4,
-            local_window: 9,
-            dist_limit: 20,
-            rope_theta: 500.0,
-        }),
+        mask: Some(
+            MaskParams::new()
+                .with("global_tokens", 4)
+                .with("local_window", 9)
+                .with("dist_limit", 20)
+                .with("rope_theta", 500.0),
+        ),
         ..RunParams::default()
     };
     let (b, h, sq, sk, d) = (1, 2, 77, 130, 64);
@@ -240,23 +242,20 @@ fn headbias(bias: Vec<f32>, decay: f32) -> impl Fn(f64, usize, usize, i64, i64) 
 /// keeps a mix of full, partial and empty tiles).
 fn params(spec: &KernelSpec, s: Shape) -> RunParams {
     let mask = match spec.mask {
-        Mask::Local => MaskParams::Local { left: 21, right: 3 },
-        Mask::PrefixLm => MaskParams::PrefixLm { prefix_len: 29 },
-        Mask::GlobalLocal => MaskParams::GlobalLocal {
-            window: 9,
-            global_tokens: 4,
-        },
-        Mask::BlockCausalDocument => MaskParams::BlockCausalDocument { doc_block: 23 },
-        Mask::LambdaMask => MaskParams::LambdaMask {
-            global_tokens: 3,
-            local_window: 17,
-        },
-        Mask::LmInfinite => MaskParams::LmInfinite {
-            global_tokens: 3,
-            local_window: 17,
-            dist_limit: 40,
-            rope_theta: 500.0,
-        },
+        Mask::Local => MaskParams::new()
+            .with("window_left", 21)
+            .with("window_right", 3),
+        Mask::PrefixLm => MaskParams::new().with("prefix_len", 29),
+        Mask::GlobalLocal => MaskParams::new().with("window", 9).with("global_tokens", 4),
+        Mask::BlockCausalDocument => MaskParams::new().with("doc_block", 23),
+        Mask::LambdaMask => MaskParams::new()
+            .with("global_tokens", 3)
+            .with("local_window", 17),
+        Mask::LmInfinite => MaskParams::new()
+            .with("global_tokens", 3)
+            .with("local_window", 17)
+            .with("dist_limit", 40)
+            .with("rope_theta", 500.0),
         _ => MaskParams::None,
     };
     let mut p = RunParams {

@@ -16,9 +16,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use attnforge::codegen::dynamic::DynamicSpec;
+use attnforge::codegen::masks::{DocRule, EdgeCase};
 use attnforge::codegen::prelude::*;
 use attnforge::codegen::shape::Shape;
 use attnforge::exec::{RunParams, UserValue};
+use attnforge::reference::LmInfiniteParams;
 use attnforge::reference::Mask as RefMask;
 use attnforge::specfile::{DocSource, DynSpecFile, SpecFile};
 
@@ -223,36 +225,14 @@ fn slopes(heads_q: usize) -> Vec<f32> {
 }
 
 /// The rectangular problem: `base` resized to `s` with non-default runtime parameters
-/// (windows and prefixes that cut through tiles, a distance limit past `Sk`, softcap 0.5,
+/// (the mask table's stress values: windows and prefixes that cut through tiles, a
+/// distance limit past `Sk`; softcap 0.5,
 /// per-head slopes, another dilation stride).
 fn rectangular(base: &SpecFile, s: Shape) -> SpecFile {
     let mut f = resized(base, s);
-    let sk = s.seq_k as i64;
-    f.mask_params = match f.mask_params {
-        MaskParams::Local { .. } => MaskParams::Local {
-            left: 150,
-            right: 17,
-        },
-        MaskParams::PrefixLm { .. } => MaskParams::PrefixLm {
-            prefix_len: sk - 10,
-        },
-        MaskParams::GlobalLocal { .. } => MaskParams::GlobalLocal {
-            window: 20,
-            global_tokens: 9,
-        },
-        MaskParams::LambdaMask { .. } => MaskParams::LambdaMask {
-            global_tokens: 5,
-            local_window: 50,
-        },
-        MaskParams::LmInfinite { .. } => MaskParams::LmInfinite {
-            global_tokens: 5,
-            local_window: 50,
-            dist_limit: sk + 100,
-            rope_theta: 500.0,
-        },
-        MaskParams::BlockCausalDocument { .. } => MaskParams::BlockCausalDocument { doc_block: 24 },
-        m => m,
-    };
+    if let Mask::Builtin(m) = f.spec.mask {
+        f.mask_params = MaskParams::stress(m, s.seq_k);
+    }
     if f.softcap.is_some() {
         f.softcap = Some(0.5);
     }
@@ -269,106 +249,28 @@ fn rectangular(base: &SpecFile, s: Shape) -> SpecFile {
 }
 
 /// Problems whose tile boundaries fall exactly on the mask's edges for a `bm x bn` tile
-/// (the classifier's comparisons at equality), with the shape's batch and heads.
+/// (the mask table's [`EdgeCase`]s), with the shape's batch and heads.
 fn edge_problems(
     mask: &Mask,
     own: Shape,
     bm: usize,
     bn: usize,
 ) -> Vec<(&'static str, Shape, MaskParams)> {
-    let sized = |seq_q: usize, seq_k: usize| Shape {
-        batch: 1,
-        seq_q,
-        seq_k,
-        ..own
+    let Mask::Builtin(m) = *mask else {
+        return Vec::new();
     };
-    let mut v = Vec::new();
-    match mask {
-        Mask::Causal => {
-            // One query at position bn: the last key tile starts at the diagonal.
-            v.push(("edge: decode", sized(1, bn + 1), MaskParams::None));
-            // Query tile 1 starts at position 2 bn - 1, the last key of key tile 1: full.
-            v.push((
-                "edge: diagonal on a tile corner",
-                sized(bm + 5, 2 * bn + 4),
-                MaskParams::None,
-            ));
-        }
-        Mask::Local => {
-            // Decode with a causal sliding window: key tile 1 starts at p_hi + right.
-            v.push((
-                "edge: decode, sliding window",
-                sized(1, bn + 1),
-                MaskParams::Local {
-                    left: bn as i64 / 2,
-                    right: 0,
-                },
-            ));
-            // Query tile 0 ends right of a key tile start by exactly `right`; query tile 1
-            // starts left of a key tile end by exactly `left`.
-            let s = (bn - 7) as i64;
-            let p_hi0 = bm as i64 - 1 + s;
-            let right = (p_hi0 / bn as i64 + 1) * bn as i64 - p_hi0;
-            let p_lo1 = bm as i64 + s;
-            let left = p_lo1 - ((p_lo1 / bn as i64) * bn as i64 - 1);
-            v.push((
-                "edge: window edges on tile edges",
-                sized(bm + 36, bm + 36 + s as usize),
-                MaskParams::Local { left, right },
-            ));
-        }
-        Mask::PrefixLm => {
-            // The prefix ends exactly where key tile 2 starts.
-            v.push((
-                "edge: prefix end on a tile start",
-                sized(2 * bn + 30, 2 * bn + 30),
-                MaskParams::PrefixLm {
-                    prefix_len: 2 * bn as i64,
-                },
-            ));
-        }
-        Mask::GlobalLocal => {
-            // Key tile after the diagonal one starts exactly `window` past query tile 0.
-            let (s, g) = (10i64, 5i64);
-            let p_hi0 = bm as i64 - 1 + s;
-            let window = (p_hi0 / bn as i64 + 1) * bn as i64 - p_hi0;
-            v.push((
-                "edge: window edge on a tile start",
-                sized(2 * bm + 22, 2 * bm + 32),
-                MaskParams::GlobalLocal {
-                    window,
-                    global_tokens: g,
-                },
-            ));
-        }
-        Mask::LambdaMask | Mask::LmInfinite => {
-            // Query tile 1 starts exactly local_window - 1 past the last key of key tile 1
-            // (which holds no global token). A short window next to 12 global tokens gives
-            // LM-Infinite's far branch (rotated at Deff) a large share of each row.
-            let (global, local) = (12i64, 8i64);
-            let Some(shift) = (2 * bn + 6).checked_sub(bm) else {
-                return v;
+    (m.def().tile_edges)(bm, bn)
+        .into_iter()
+        .map(|e: EdgeCase| {
+            let shape = Shape {
+                batch: 1,
+                seq_q: e.seq_q,
+                seq_k: e.seq_k,
+                ..own
             };
-            let sq = 2 * bm + 5;
-            let mp = if *mask == Mask::LambdaMask {
-                MaskParams::LambdaMask {
-                    global_tokens: global,
-                    local_window: local,
-                }
-            } else {
-                // dist_limit = Sk: the clamp Deff = min(dist_limit, Sk - 1) decides.
-                MaskParams::LmInfinite {
-                    global_tokens: global,
-                    local_window: local,
-                    dist_limit: (sq + shift) as i64,
-                    rope_theta: 10000.0,
-                }
-            };
-            v.push(("edge: window end on a tile end", sized(sq, sq + shift), mp));
-        }
-        _ => {}
-    }
-    v
+            (e.label, shape, MaskParams::from_ordered(m, &e.values))
+        })
+        .collect()
 }
 
 /// Document ids for `batch x sk` keys (batch-major), with boundaries inside tiles and on
@@ -378,14 +280,17 @@ fn doc_ids(mask: &Mask, batch: usize, sk: usize) -> Vec<i32> {
     let mut v = Vec::with_capacity(batch * sk);
     for b in 0..batch {
         let cuts = [37 + 11 * b, 128, sk.saturating_sub(20 + b)];
-        let question = if *mask == Mask::ShareQuestion {
+        let question_prefix = mask
+            .def()
+            .is_some_and(|d| d.doc_rule == DocRule::QuestionPrefix);
+        let question = if question_prefix {
             (30 + 17 * b).min(sk)
         } else {
             0
         };
         for j in 0..sk {
             let id = cuts.iter().filter(|&&c| j >= c).count() as i32;
-            v.push(match (*mask == Mask::ShareQuestion, j < question) {
+            v.push(match (question_prefix, j < question) {
                 (true, true) => 0,
                 (true, false) => id + 1,
                 (false, _) => id,
@@ -428,70 +333,29 @@ type ElementClass = Box<dyn Fn(usize, usize, i64, i64) -> u8>;
 /// must evaluate per element, so it is partial).
 fn element_class(spec: &KernelSpec, rp: &RunParams, sk: usize) -> Option<ElementClass> {
     let mp = rp.mask.clone().unwrap_or(MaskParams::None);
-    let doc = || rp.doc.clone().unwrap_or_default();
-    let m = match (&spec.mask, mp) {
-        (Mask::Full | Mask::BlockSparse { mask: None }, _) => RefMask::Full,
-        (Mask::Causal, _) => RefMask::Causal,
-        (Mask::Local, MaskParams::Local { left, right }) => RefMask::Local { left, right },
-        (Mask::PrefixLm, MaskParams::PrefixLm { prefix_len }) => RefMask::PrefixLm {
-            prefix: prefix_len.max(0) as usize,
-        },
-        (
-            Mask::GlobalLocal,
-            MaskParams::GlobalLocal {
-                window,
-                global_tokens,
-            },
-        ) => RefMask::GlobalLocal {
-            window: window.max(0) as usize,
-            global: global_tokens.max(0) as usize,
-        },
-        (
-            Mask::LambdaMask,
-            MaskParams::LambdaMask {
-                global_tokens,
-                local_window,
-            },
-        ) => RefMask::Lambda {
-            global: global_tokens.max(0) as usize,
-            local: local_window.max(0) as usize,
-        },
-        (
-            Mask::LmInfinite,
-            MaskParams::LmInfinite {
-                global_tokens,
-                local_window,
-                ..
-            },
-        ) => {
-            let m = RefMask::Lambda {
-                global: global_tokens.max(0) as usize,
-                local: local_window.max(0) as usize,
-            };
-            return Some(Box::new(move |b, h, p, j| {
-                if !m.allowed(b, h, p, j, sk) {
-                    0
-                } else if p - j < local_window {
-                    1
-                } else {
-                    2
-                }
-            }));
-        }
-        (Mask::Document, _) => RefMask::Document { doc: doc() },
-        (Mask::CausalDocument, _) => RefMask::CausalDocument { doc: doc() },
-        (Mask::ShareQuestion, _) => RefMask::ShareQuestion { doc: doc() },
-        (Mask::BlockCausalDocument, MaskParams::BlockCausalDocument { doc_block }) => {
-            RefMask::BlockCausalDocument {
-                doc: doc(),
-                block: doc_block.max(1) as usize,
+    let named: Vec<(&str, f64)> = mp.iter().collect();
+    let m = match &spec.mask {
+        Mask::Builtin(b) => {
+            let m = RefMask::builtin(b.tag(), &named, &rp.doc.clone().unwrap_or_default()).ok()?;
+            if spec.mask.lm_infinite_scoring() {
+                let local = LmInfiniteParams::from_values(&named).local as i64;
+                return Some(Box::new(move |b, h, p, j| {
+                    if !m.allowed(b, h, p, j, sk) {
+                        0
+                    } else if p - j < local {
+                        1
+                    } else {
+                        2
+                    }
+                }));
             }
+            m
         }
-        (Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) }, _) => {
+        Mask::BlockSparse { mask: None } => RefMask::Full,
+        Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) } => {
             let f = rp.host_mask.clone()?;
             RefMask::Predicate(Arc::new(move |b, h, i, j| f(b, h, i, j)))
         }
-        _ => return None,
     };
     Some(Box::new(move |b, h, p, j| {
         u8::from(m.allowed(b, h, p, j, sk))
@@ -532,7 +396,11 @@ pub fn tile_census(
 ) -> Option<(u64, u64, u64)> {
     let (bm, bn) = (tile.block_m, tile.block_n);
     let shift = d.seq_k as i64 - d.seq_q as i64;
-    let has_element_mask = !matches!(spec.mask, Mask::BlockSparse { mask: None } | Mask::Full);
+    let has_element_mask = match &spec.mask {
+        Mask::Builtin(m) => m.def().element_fn.is_some(),
+        Mask::BlockSparse { mask: None } => false,
+        Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) } => true,
+    };
     let lists = rp.block_lists.as_ref();
     let class = if lists.is_some() {
         None

@@ -27,6 +27,8 @@ use attnforge_reference::Sharing;
 use attnforge_runtime::codegen::blocks::BlockLists;
 use attnforge_runtime::codegen::check::{validate_spec, MaskParams};
 use attnforge_runtime::codegen::dynamic::{validate_dynamic, DynamicSpec, LandmarkMode};
+use attnforge_runtime::codegen::masks::{self, BuiltinMask, ParamType, MASKS};
+use attnforge_runtime::codegen::scores::{self, ScoreParamKind};
 use attnforge_runtime::codegen::shape::Shape;
 use attnforge_runtime::codegen::spec::{
     BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamKind,
@@ -193,7 +195,7 @@ struct Raw {
     mask: MaskRaw,
     score: Option<ScoreRaw>,
     #[serde(default)]
-    params: ParamsRaw,
+    params: toml::Table,
     problem: Option<Problem>,
     tune: Option<TuneRaw>,
 }
@@ -228,15 +230,6 @@ struct FnSource {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ParamsRaw {
-    window_left: Option<i64>,
-    window_right: Option<i64>,
-    prefix_len: Option<i64>,
-    window: Option<i64>,
-    global_tokens: Option<i64>,
-    local_window: Option<i64>,
-    dist_limit: Option<i64>,
-    rope_theta: Option<f32>,
-    doc_block: Option<i64>,
     softcap: Option<f32>,
     alibi_slopes: Option<Vec<f32>>,
     doc: Option<Vec<i32>>,
@@ -256,8 +249,10 @@ struct TuneRaw {
     space: Vec<TileConfig>,
 }
 
-const MASK_KINDS: &str = "full, causal, local, prefix_lm, document, causal_document, \
-share_question, global_local, block_causal_document, lambda_mask, lm_infinite, predicate, block_sparse";
+/// Every mask kind a spec file accepts (the mask table's tags, then the function kinds).
+fn mask_kinds() -> String {
+    format!("{}, predicate, block_sparse", BuiltinMask::tag_list())
+}
 
 impl SpecFile {
     /// Read and parse a spec file.
@@ -321,7 +316,7 @@ impl SpecFile {
                 err(
                     "mask",
                     format!("unknown mask `{n}`"),
-                    &format!("use one of: {MASK_KINDS} (predicate and block_sparse with a [mask.function] table)"),
+                    &format!("use one of: {} (predicate and block_sparse with a [mask.function] table)", mask_kinds()),
                 )
             })?, None),
             MaskRaw::Table(t) => {
@@ -351,12 +346,12 @@ impl SpecFile {
                         };
                         (Mask::BlockSparse { mask: m }, h)
                     }
-                    (k, None) if simple_mask(k).is_some() => (simple_mask(k).unwrap_or(Mask::Full), None),
+                    (k, None) if simple_mask(k).is_some() => (simple_mask(k).expect("checked"), None),
                     (k, _) => {
                         return Err(err(
                             "mask.kind",
                             format!("mask kind `{k}` does not take a function (or is unknown)"),
-                            &format!("use `predicate` or `block_sparse` with [mask.function]; kinds: {MASK_KINDS}"),
+                            &format!("use `predicate` or `block_sparse` with [mask.function]; kinds: {}", mask_kinds()),
                         ))
                     }
                 }
@@ -365,18 +360,13 @@ impl SpecFile {
         let (score, host_score) = match raw.score {
             None => (ScoreMod::None, None),
             Some(ScoreRaw::Name(n)) => (
-                match n.as_str() {
-                    "none" => ScoreMod::None,
-                    "softcap" => ScoreMod::Softcap,
-                    "alibi" => ScoreMod::Alibi,
-                    _ => {
-                        return Err(err(
-                            "score",
-                            format!("unknown score modification `{n}`"),
-                            "use none, softcap, alibi, or a [score.function] table",
-                        ))
-                    }
-                },
+                ScoreMod::builtin(&n).ok_or_else(|| {
+                    err(
+                        "score",
+                        format!("unknown score modification `{n}`"),
+                        &format!("use {}, or a [score.function] table", scores::tag_list()),
+                    )
+                })?,
                 None,
             ),
             Some(ScoreRaw::Table(t)) => {
@@ -433,33 +423,35 @@ impl SpecFile {
                 &first.fix,
             )
         })?;
-        let p = raw.params;
-        let mask_params = mask_params(&spec.mask, &p).map_err(|(f, m, fix)| err(&f, m, &fix))?;
-        if !matches!(spec.score, ScoreMod::Softcap) && p.softcap.is_some() {
-            return Err(err(
-                "params.softcap",
-                "softcap is given but the score is not `softcap`".into(),
-                "remove it or set score = \"softcap\"",
-            ));
+        let (p, values) = split_params(raw.params).map_err(|(f, m, fix)| err(&f, m, &fix))?;
+        let mask_params =
+            mask_params(&spec.mask, &values).map_err(|(f, m, fix)| err(&f, m, &fix))?;
+        let scalar = spec.score.param_of(ScoreParamKind::Scalar);
+        match (scalar, p.softcap) {
+            (None, Some(_)) => {
+                return Err(err(
+                    "params.softcap",
+                    "softcap is given but the score is not `softcap`".into(),
+                    "remove it or set score = \"softcap\"",
+                ))
+            }
+            (Some(sp), None) => {
+                return Err(err(
+                    &format!("params.{}", sp.name),
+                    format!("the {} score needs its value ({})", sp.name, sp.doc),
+                    &format!("add `{} = {:.1}` to [params]", sp.name, sp.default),
+                ))
+            }
+            _ => {}
         }
-        if matches!(spec.score, ScoreMod::Softcap) && p.softcap.is_none() {
-            return Err(err(
-                "params.softcap",
-                "the softcap score needs its cap `c`".into(),
-                "add `softcap = 30.0` to [params]",
-            ));
-        }
-        if !matches!(spec.score, ScoreMod::Alibi) && p.alibi_slopes.is_some() {
+        if spec.score.param_of(ScoreParamKind::PerHead).is_none() && p.alibi_slopes.is_some() {
             return Err(err(
                 "params.alibi_slopes",
                 "slopes given but the score is not `alibi`".into(),
                 "remove them or set score = \"alibi\"",
             ));
         }
-        let needs_doc = matches!(
-            spec.mask,
-            Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
-        );
+        let needs_doc = spec.mask.reads_doc();
         let docs: Vec<DocSource> = [
             p.doc.map(DocSource::Ids),
             p.doc_segments.map(DocSource::Segments),
@@ -636,11 +628,7 @@ impl SpecFile {
             })?),
             (None, None) => None,
         };
-        let needs_doc = matches!(
-            self.spec.mask,
-            Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
-        );
-        if needs_doc && doc.is_none() {
+        if self.spec.mask.reads_doc() && doc.is_none() {
             return Err(self.error(
                 "params.doc",
                 format!("mask `{}` needs per-token document ids", self.spec.mask.tag()),
@@ -809,21 +797,10 @@ fn problem_limits(p: &Problem, head_dim: usize) -> Result<(), FieldErr> {
 }
 
 fn simple_mask(n: &str) -> Option<Mask> {
-    Some(match n {
-        "full" => Mask::Full,
-        "causal" => Mask::Causal,
-        "local" => Mask::Local,
-        "prefix_lm" => Mask::PrefixLm,
-        "document" => Mask::Document,
-        "causal_document" => Mask::CausalDocument,
-        "share_question" => Mask::ShareQuestion,
-        "global_local" => Mask::GlobalLocal,
-        "block_causal_document" => Mask::BlockCausalDocument,
-        "lambda_mask" => Mask::LambdaMask,
-        "lm_infinite" => Mask::LmInfinite,
-        "block_sparse" => Mask::BlockSparse { mask: None },
-        _ => return None,
-    })
+    match n {
+        "block_sparse" => Some(Mask::BlockSparse { mask: None }),
+        _ => Mask::builtin(n),
+    }
 }
 
 type FieldErr = (String, String, String);
@@ -896,98 +873,103 @@ fn user_fn(src: &str, kind: FnKind, field: &str) -> Result<(UserFunction, HostFn
     ))
 }
 
-fn mask_params(mask: &Mask, p: &ParamsRaw) -> Result<MaskParams, FieldErr> {
-    let all: [(&str, Option<i64>); 7] = [
-        ("window_left", p.window_left),
-        ("window_right", p.window_right),
-        ("prefix_len", p.prefix_len),
-        ("window", p.window),
-        ("global_tokens", p.global_tokens),
-        ("local_window", p.local_window),
-        ("dist_limit", p.dist_limit),
-    ];
-    let used: &[&str] = match mask {
-        Mask::Local => &["window_left", "window_right"],
-        Mask::PrefixLm => &["prefix_len"],
-        Mask::GlobalLocal => &["window", "global_tokens"],
-        Mask::LambdaMask => &["global_tokens", "local_window"],
-        Mask::LmInfinite => &["global_tokens", "local_window", "dist_limit"],
-        _ => &[],
-    };
-    for (n, v) in all.iter() {
-        if v.is_some() && !used.contains(n) {
-            return Err((
-                format!("params.{n}"),
-                format!("`{n}` is not a parameter of mask `{}`", mask.tag()),
-                if used.is_empty() {
-                    "remove it".to_string()
-                } else {
-                    format!("remove it; mask `{}` takes {}", mask.tag(), used.join(", "))
-                },
-            ));
+/// Splits `[params]` into the mask parameters (any parameter name of the mask table, a
+/// number) and the other keys (checked by serde, unknown keys rejected).
+fn split_params(table: toml::Table) -> Result<(ParamsRaw, BTreeMap<String, f64>), FieldErr> {
+    let names = masks::all_param_names();
+    let mut values = BTreeMap::new();
+    let mut rest = toml::Table::new();
+    for (k, v) in table {
+        if !names.contains(&k.as_str()) {
+            rest.insert(k, v);
+            continue;
+        }
+        let float_ok = MASKS
+            .iter()
+            .flat_map(|d| d.params)
+            .any(|p| p.name == k && p.ty == ParamType::Float);
+        let n = match &v {
+            toml::Value::Integer(i) => *i as f64,
+            toml::Value::Float(f) if float_ok => *f,
+            _ => {
+                return Err((
+                    format!("params.{k}"),
+                    format!(
+                        "`{k}` must be {}: got {v}",
+                        if float_ok { "a number" } else { "an integer" }
+                    ),
+                    format!(
+                        "give `{k} = <{}>`",
+                        if float_ok { "number" } else { "integer" }
+                    ),
+                ))
+            }
+        };
+        values.insert(k, n);
+    }
+    let one = |t: toml::Table| toml::Value::Table(t).try_into::<ParamsRaw>();
+    let p = one(rest.clone()).map_err(|e| {
+        let msg = e.message().to_string();
+        // The key at fault: named by serde (unknown field), else the first that fails alone.
+        let field = msg
+            .find("unknown field `")
+            .and_then(|i| msg[i + 15..].split('`').next().map(str::to_string))
+            .or_else(|| {
+                rest.iter()
+                    .find(|(k, v)| {
+                        let mut t = toml::Table::new();
+                        t.insert((*k).clone(), (*v).clone());
+                        one(t).is_err()
+                    })
+                    .map(|(k, _)| format!("params.{k}"))
+            })
+            .unwrap_or_else(|| "params".into());
+        (
+            field,
+            msg.replace('\n', " ").trim().to_string(),
+            "see docs/spec-files.md for the fields and their types".to_string(),
+        )
+    })?;
+    Ok((p, values))
+}
+
+/// The mask parameters of `[params]` against the mask table: each given one must be a
+/// parameter of the spec's mask, each required one given (optional ones take their
+/// default).
+fn mask_params(mask: &Mask, given: &BTreeMap<String, f64>) -> Result<MaskParams, FieldErr> {
+    let tag = mask.tag();
+    let params = mask.def().map_or(&[][..], |d| d.params);
+    let list = mask.def().map(|d| d.param_list()).unwrap_or_default();
+    if let Some(n) = given.keys().find(|n| !params.iter().any(|p| &p.name == n)) {
+        return Err((
+            format!("params.{n}"),
+            format!("`{n}` is not a parameter of mask `{tag}`"),
+            if params.is_empty() {
+                "remove it".to_string()
+            } else {
+                format!("remove it; mask `{tag}` takes {list}")
+            },
+        ));
+    }
+    let mut out = MaskParams::new();
+    for p in params {
+        match given.get(p.name) {
+            Some(v) => out.set(p.name, *v),
+            None if p.optional => out.set(p.name, p.default.at(default_seq())),
+            None => {
+                return Err((
+                    format!("params.{}", p.name),
+                    format!("mask `{tag}` needs `{}` ({})", p.name, p.doc),
+                    format!(
+                        "add `{} = {}` to [params]",
+                        p.name,
+                        p.default.at(default_seq())
+                    ),
+                ))
+            }
         }
     }
-    if p.rope_theta.is_some() && !matches!(mask, Mask::LmInfinite) {
-        return Err((
-            "params.rope_theta".into(),
-            "rope_theta is only used by lm_infinite".into(),
-            "remove it".into(),
-        ));
-    }
-    if p.doc_block.is_some() != matches!(mask, Mask::BlockCausalDocument) {
-        return Err((
-            "params.doc_block".into(),
-            if p.doc_block.is_some() {
-                "doc_block is only used by block_causal_document".into()
-            } else {
-                "block_causal_document needs its block length".into()
-            },
-            if p.doc_block.is_some() {
-                "remove it".into()
-            } else {
-                "add `doc_block = 16` to [params]".into()
-            },
-        ));
-    }
-    let get = |n: &str| -> Result<i64, FieldErr> {
-        all.iter()
-            .find(|(k, _)| *k == n)
-            .and_then(|(_, v)| *v)
-            .ok_or_else(|| {
-                (
-                    format!("params.{n}"),
-                    format!("mask `{}` needs `{n}`", mask.tag()),
-                    format!("add `{n} = <integer>` to [params]"),
-                )
-            })
-    };
-    Ok(match mask {
-        Mask::Local => MaskParams::Local {
-            left: get("window_left")?,
-            right: get("window_right")?,
-        },
-        Mask::PrefixLm => MaskParams::PrefixLm {
-            prefix_len: get("prefix_len")?,
-        },
-        Mask::GlobalLocal => MaskParams::GlobalLocal {
-            window: get("window")?,
-            global_tokens: get("global_tokens")?,
-        },
-        Mask::LambdaMask => MaskParams::LambdaMask {
-            global_tokens: get("global_tokens")?,
-            local_window: get("local_window")?,
-        },
-        Mask::LmInfinite => MaskParams::LmInfinite {
-            global_tokens: get("global_tokens")?,
-            local_window: get("local_window")?,
-            dist_limit: get("dist_limit")?,
-            rope_theta: p.rope_theta.unwrap_or(10000.0),
-        },
-        Mask::BlockCausalDocument => MaskParams::BlockCausalDocument {
-            doc_block: p.doc_block.unwrap_or(1),
-        },
-        _ => MaskParams::None,
-    })
+    Ok(out)
 }
 
 fn user_values(
@@ -1073,38 +1055,10 @@ fn user_values(
 /// (given as CUDA bodies) get hand-written Rust twins here.
 pub fn from_catalog(spec: KernelSpec) -> SpecFile {
     let mut user = BTreeMap::new();
-    let mut mask_params = MaskParams::None;
     let seq = default_seq();
-    match &spec.mask {
-        Mask::Local => mask_params = MaskParams::Local { left: 24, right: 8 },
-        Mask::PrefixLm => mask_params = MaskParams::PrefixLm { prefix_len: 20 },
-        Mask::GlobalLocal => {
-            mask_params = MaskParams::GlobalLocal {
-                window: 12,
-                global_tokens: 6,
-            }
-        }
-        Mask::LambdaMask => {
-            mask_params = MaskParams::LambdaMask {
-                global_tokens: 4,
-                local_window: 24,
-            }
-        }
-        Mask::LmInfinite => {
-            mask_params = MaskParams::LmInfinite {
-                global_tokens: 4,
-                local_window: 24,
-                dist_limit: 40,
-                rope_theta: 10000.0,
-            }
-        }
-        Mask::BlockCausalDocument => {
-            mask_params = MaskParams::BlockCausalDocument { doc_block: 16 }
-        }
-        Mask::Predicate(_) => {
-            user.insert("stride".into(), UserValue::Int(3));
-        }
-        _ => {}
+    let mask_params = MaskParams::defaults_for(&spec.mask, seq);
+    if let Mask::Predicate(_) = &spec.mask {
+        user.insert("stride".into(), UserValue::Int(3));
     }
     let heads_q = if spec.gqa { 4 } else { 2 };
     if matches!(spec.score, ScoreMod::User(_)) {
@@ -1114,11 +1068,10 @@ pub fn from_catalog(spec: KernelSpec) -> SpecFile {
         );
         user.insert("decay".into(), UserValue::Float(0.05));
     }
-    let doc = matches!(
-        spec.mask,
-        Mask::Document | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument
-    )
-    .then(|| DocSource::Segments(vec![20, 35, seq - 55]));
+    let doc = spec
+        .mask
+        .reads_doc()
+        .then(|| DocSource::Segments(vec![20, 35, seq - 55]));
     // Block-sparse catalog entries: every block of the problem listed as full (dense), the
     // lists' simplest valid form (see variants.md section 10: equals full attention).
     let block_lists = matches!(spec.mask, Mask::BlockSparse { .. }).then(|| {
@@ -1130,7 +1083,10 @@ pub fn from_catalog(spec: KernelSpec) -> SpecFile {
     SpecFile {
         path: None,
         description: None,
-        softcap: matches!(spec.score, ScoreMod::Softcap).then_some(20.0),
+        softcap: spec
+            .score
+            .param_of(ScoreParamKind::Scalar)
+            .map(|p| p.default),
         spec,
         mask_params,
         alibi_slopes: None,

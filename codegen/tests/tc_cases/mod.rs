@@ -61,38 +61,42 @@ pub fn variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
         ),
         (
             KernelSpec::new(dtype, d, Mask::Local, none.clone()),
-            RunParams::default().with_mask(MaskParams::Local { left: 20, right: 5 }),
+            RunParams::default().with_mask(
+                MaskParams::new()
+                    .with("window_left", 20)
+                    .with("window_right", 5),
+            ),
             (1, 1),
         ),
         (
             KernelSpec::new(dtype, d, Mask::PrefixLm, none.clone()),
-            RunParams::default().with_mask(MaskParams::PrefixLm { prefix_len: 23 }),
+            RunParams::default().with_mask(MaskParams::new().with("prefix_len", 23)),
             (1, 1),
         ),
         (
             KernelSpec::new(dtype, d, Mask::GlobalLocal, none.clone()),
-            RunParams::default().with_mask(MaskParams::GlobalLocal {
-                window: 9,
-                global_tokens: 5,
-            }),
+            RunParams::default()
+                .with_mask(MaskParams::new().with("window", 9).with("global_tokens", 5)),
             (1, 1),
         ),
         (
             KernelSpec::new(dtype, d, Mask::LambdaMask, none.clone()),
-            RunParams::default().with_mask(MaskParams::LambdaMask {
-                global_tokens: 3,
-                local_window: 11,
-            }),
+            RunParams::default().with_mask(
+                MaskParams::new()
+                    .with("global_tokens", 3)
+                    .with("local_window", 11),
+            ),
             (1, 1),
         ),
         (
             KernelSpec::new(dtype, d, Mask::LmInfinite, none.clone()),
-            RunParams::default().with_mask(MaskParams::LmInfinite {
-                global_tokens: 3,
-                local_window: 20,
-                dist_limit: 24,
-                rope_theta: 10000.0,
-            }),
+            RunParams::default().with_mask(
+                MaskParams::new()
+                    .with("global_tokens", 3)
+                    .with("local_window", 20)
+                    .with("dist_limit", 24)
+                    .with("rope_theta", 10000.0),
+            ),
             (1, 1),
         ),
         (
@@ -114,7 +118,7 @@ pub fn variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
             KernelSpec::new(dtype, d, Mask::BlockCausalDocument, none.clone()),
             RunParams::default()
                 .with_doc(doc)
-                .with_mask(MaskParams::BlockCausalDocument { doc_block: 16 }),
+                .with_mask(MaskParams::new().with("doc_block", 16)),
             (1, 1),
         ),
         (
@@ -147,10 +151,11 @@ pub fn variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
         (
             KernelSpec::new(dtype, d, Mask::Local, ScoreMod::Softcap),
             RunParams::default()
-                .with_mask(MaskParams::Local {
-                    left: 30,
-                    right: -1,
-                })
+                .with_mask(
+                    MaskParams::new()
+                        .with("window_left", 30)
+                        .with("window_right", -1),
+                )
                 .with_softcap(2.0),
             (1, 1),
         ),

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
+use attnforge_codegen::masks::{BuiltinMask, Causality, ParamDef, ParamType, DEFAULT_MASK, MASKS};
+use attnforge_codegen::scores::ScoreParamKind;
 use attnforge_codegen::spec::{
     BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserSource,
 };
@@ -118,9 +120,65 @@ fn split_call(e: &Expr) -> Option<(&syn::Path, Option<Vec<&Expr>>)> {
     }
 }
 
-const MASKS: &str = "full, causal, local(left, right), sliding_window(w), prefix_lm(P), document, \
-causal_document, share_question, global_local(w, G), block_causal_document(Bc), lambda(G, L), \
-lm_infinite(G, L, Dlim[, theta]), block_sparse, block_sparse(<#[mask] fn>), or the name of a #[mask] function";
+/// The mask expressions the macro accepts (from the mask table), for error messages.
+fn mask_forms() -> String {
+    let mut v = Vec::new();
+    for d in MASKS {
+        v.push(call_form(d.tag, d.params, None));
+        for (short, fixed) in d.shorthands {
+            v.push(call_form(short, d.params, Some(fixed)));
+        }
+    }
+    format!(
+        "{}, block_sparse, block_sparse(<#[mask] fn>), or the name of a #[mask] function",
+        v.join(", ")
+    )
+}
+
+/// `name(p1, p2[, optional])`, without the parameter `skip` (a shorthand's fixed one) or
+/// with it written as `0` (`zero`).
+fn call_form(name: &str, params: &[ParamDef], skip: Option<&str>) -> String {
+    call_form_with(name, params, skip, None)
+}
+
+fn call_form_with(
+    name: &str,
+    params: &[ParamDef],
+    skip: Option<&str>,
+    zero: Option<&str>,
+) -> String {
+    let (mut req, mut opt) = (Vec::new(), Vec::new());
+    for p in params.iter().filter(|p| Some(p.name) != skip) {
+        let n = if Some(p.name) == zero { "0" } else { p.name };
+        if p.optional {
+            opt.push(n);
+        } else {
+            req.push(n);
+        }
+    }
+    if req.is_empty() && opt.is_empty() {
+        return name.to_string();
+    }
+    let opt = if opt.is_empty() {
+        String::new()
+    } else {
+        format!("[, {}]", opt.join(", "))
+    };
+    format!("{name}({}{opt})", req.join(", "))
+}
+
+/// A built-in mask call: the mask and, for a shorthand, the parameter fixed to 0.
+fn builtin_call(name: &str) -> Option<(BuiltinMask, Option<&'static str>)> {
+    BuiltinMask::from_tag(name).map(|m| (m, None)).or_else(|| {
+        BuiltinMask::all().find_map(|m| {
+            m.def()
+                .shorthands
+                .iter()
+                .find(|(s, _)| *s == name)
+                .map(|(_, fixed)| (m, Some(*fixed)))
+        })
+    })
+}
 
 struct MaskOut {
     mask: Mask,
@@ -134,13 +192,16 @@ fn check_mask(cx: &mut Ctx<'_>, e: &Expr) -> Option<MaskOut> {
     let Some((path, args)) = split_call(e) else {
         cx.err(
             e,
-            format!("unsupported mask expression; expected one of: {MASKS}"),
+            format!(
+                "unsupported mask expression; expected one of: {}",
+                mask_forms()
+            ),
         );
         return None;
     };
     let builtin = single_ident(path);
     let mut out = MaskOut {
-        mask: Mask::Full,
+        mask: DEFAULT_MASK,
         params: MaskParams::None,
         user: None,
         arg_spans: BTreeMap::new(),
@@ -154,45 +215,7 @@ fn check_mask(cx: &mut Ctx<'_>, e: &Expr) -> Option<MaskOut> {
         out.user = Some(path.clone());
         return Some(out);
     };
-    let arity: Option<(&[&'static str], usize)> = match name.as_str() {
-        "full" | "causal" | "document" | "causal_document" | "share_question" => Some((&[], 0)),
-        "local" => Some((&["left", "right"], 2)),
-        "sliding_window" => Some((&["left"], 1)),
-        "prefix_lm" => Some((&["prefix_len"], 1)),
-        "global_local" => Some((&["window", "global_tokens"], 2)),
-        "block_causal_document" => Some((&["doc_block"], 1)),
-        "lambda" | "lambda_mask" => Some((&["global_tokens", "local_window"], 2)),
-        "lm_infinite" => Some((
-            &["global_tokens", "local_window", "dist_limit", "rope_theta"],
-            3,
-        )),
-        "block_sparse" => None,
-        n if super::family::is_family_name(n) => {
-            cx.err(
-                path,
-                format!(
-                    "`{n}` is a dynamic family, not a mask: declare it with `family: {}` and no `mask:` \
-                     (to use your own #[mask] function named `{n}`, write `mask: self::{n}`)",
-                    super::family::example(n)
-                ),
-            );
-            return None;
-        }
-        _ => {
-            if args.is_some() {
-                cx.err(
-                    path,
-                    format!("unknown mask family `{name}`; expected one of: {MASKS}"),
-                );
-                return None;
-            }
-            out.mask = Mask::Predicate(placeholder(path));
-            out.user = Some(path.clone());
-            return Some(out);
-        }
-    };
-    let Some((names, required)) = arity else {
-        // block_sparse / block_sparse(pred)
+    if name == "block_sparse" {
         match args.as_deref() {
             None => out.mask = Mask::BlockSparse { mask: None },
             Some([Expr::Path(p)]) if p.qself.is_none() => {
@@ -207,9 +230,43 @@ fn check_mask(cx: &mut Ctx<'_>, e: &Expr) -> Option<MaskOut> {
             }
         }
         return Some(out);
+    }
+    let Some((builtin, fixed)) = builtin_call(&name) else {
+        if super::family::is_family_name(&name) {
+            cx.err(
+                path,
+                format!(
+                    "`{name}` is a dynamic family, not a mask: declare it with `family: {}` and no `mask:` \
+                     (to use your own #[mask] function named `{name}`, write `mask: self::{name}`)",
+                    super::family::example(&name)
+                ),
+            );
+            return None;
+        }
+        if args.is_some() {
+            cx.err(
+                path,
+                format!(
+                    "unknown mask family `{name}`; expected one of: {}",
+                    mask_forms()
+                ),
+            );
+            return None;
+        }
+        out.mask = Mask::Predicate(placeholder(path));
+        out.user = Some(path.clone());
+        return Some(out);
     };
+    let def = builtin.def();
+    let params: Vec<&ParamDef> = def
+        .params
+        .iter()
+        .filter(|p| Some(p.name) != fixed)
+        .collect();
+    let required = params.iter().filter(|p| !p.optional).count();
     let args = args.unwrap_or_default();
-    if args.len() < required || args.len() > names.len() {
+    if args.len() < required || args.len() > params.len() {
+        let names: Vec<&str> = params.iter().map(|p| p.name).collect();
         let want = if names.is_empty() {
             format!("`{name}` takes no arguments: write `mask: {name}`")
         } else {
@@ -226,27 +283,33 @@ fn check_mask(cx: &mut Ctx<'_>, e: &Expr) -> Option<MaskOut> {
         cx.err(e, format!("{want}; got {}", args.len()));
         return None;
     }
-    let mut vals = Vec::new();
+    let mut values = MaskParams::new();
+    if let Some(f) = fixed {
+        values.set(f, 0);
+    }
     let mut ok = true;
-    for (i, a) in args.iter().enumerate() {
-        out.arg_spans.insert(names[i], a.to_token_stream());
-        if names[i] == "rope_theta" {
-            match float_lit(a) {
-                Some(v) => vals.push(v as i64),
-                None => {
-                    cx.err(
-                        a,
-                        "expected a number literal for the RoPE base, e.g. `10000.0`",
-                    );
-                    ok = false;
-                }
+    for (p, a) in params.iter().zip(&args) {
+        out.arg_spans.insert(p.name, a.to_token_stream());
+        let v = match p.ty {
+            ParamType::Int => int_lit(a).map(|v| v as f64),
+            ParamType::Float => float_lit(a),
+        };
+        match (v, p.ty) {
+            (Some(v), _) => values.set(p.name, v),
+            (None, ParamType::Float) => {
+                cx.err(
+                    a,
+                    format!(
+                        "expected a number literal for `{}` ({}), e.g. `{}`",
+                        p.name,
+                        p.doc,
+                        p.default.at(0)
+                    ),
+                );
+                ok = false;
             }
-            continue;
-        }
-        match int_lit(a) {
-            Some(v) => vals.push(v),
-            None => {
-                cx.err(a, format!("unsupported expression for `{}`: expected an integer literal (override it at run time through `RunParams::mask`)", names[i]));
+            (None, ParamType::Int) => {
+                cx.err(a, format!("unsupported expression for `{}`: expected an integer literal (override it at run time through `RunParams::mask`)", p.name));
                 ok = false;
             }
         }
@@ -254,61 +317,8 @@ fn check_mask(cx: &mut Ctx<'_>, e: &Expr) -> Option<MaskOut> {
     if !ok {
         return None;
     }
-    let theta = |i: usize| args.get(i).and_then(|a| float_lit(a)).unwrap_or(10000.0) as f32;
-    (out.mask, out.params) = match name.as_str() {
-        "full" => (Mask::Full, MaskParams::None),
-        "causal" => (Mask::Causal, MaskParams::None),
-        "document" => (Mask::Document, MaskParams::None),
-        "causal_document" => (Mask::CausalDocument, MaskParams::None),
-        "share_question" => (Mask::ShareQuestion, MaskParams::None),
-        "local" => (
-            Mask::Local,
-            MaskParams::Local {
-                left: vals[0],
-                right: vals[1],
-            },
-        ),
-        "sliding_window" => (
-            Mask::Local,
-            MaskParams::Local {
-                left: vals[0],
-                right: 0,
-            },
-        ),
-        "prefix_lm" => (
-            Mask::PrefixLm,
-            MaskParams::PrefixLm {
-                prefix_len: vals[0],
-            },
-        ),
-        "global_local" => (
-            Mask::GlobalLocal,
-            MaskParams::GlobalLocal {
-                window: vals[0],
-                global_tokens: vals[1],
-            },
-        ),
-        "block_causal_document" => (
-            Mask::BlockCausalDocument,
-            MaskParams::BlockCausalDocument { doc_block: vals[0] },
-        ),
-        "lambda" | "lambda_mask" => (
-            Mask::LambdaMask,
-            MaskParams::LambdaMask {
-                global_tokens: vals[0],
-                local_window: vals[1],
-            },
-        ),
-        _ => (
-            Mask::LmInfinite,
-            MaskParams::LmInfinite {
-                global_tokens: vals[0],
-                local_window: vals[1],
-                dist_limit: vals[2],
-                rope_theta: theta(3),
-            },
-        ),
-    };
+    out.mask = Mask::Builtin(builtin);
+    out.params = values;
     Some(out)
 }
 
@@ -328,32 +338,34 @@ fn check_score(cx: &mut Ctx<'_>, e: &Expr) -> Option<ScoreOut> {
         softcap: None,
         user: None,
     };
-    match (single_ident(path).as_deref(), args.as_deref()) {
-        (Some("none"), None) => {}
-        (Some("alibi"), None) => out.score = ScoreMod::Alibi,
-        (Some("softcap"), Some([c])) => match float_lit(c) {
-            Some(v) => {
-                out.score = ScoreMod::Softcap;
-                out.softcap = Some(v as f32);
+    let builtin = single_ident(path).and_then(|n| ScoreMod::builtin(&n).map(|s| (n, s)));
+    match (builtin, args.as_deref()) {
+        (Some((n, sm)), args) => match (sm.param_of(ScoreParamKind::Scalar), args) {
+            (Some(p), Some([c])) => match float_lit(c) {
+                Some(v) => {
+                    out.score = sm;
+                    out.softcap = Some(v as f32);
+                }
+                None => {
+                    cx.err(c, format!("unsupported expression for the {} value: expected a number literal, e.g. `{n}(30.0)`", p.name));
+                    return None;
+                }
+            },
+            (Some(_), _) => {
+                cx.err(e, format!("`{n}` takes its cap value: `{n}(30.0)` (to use your own #[score] function named `{n}`, write `self::{n}`)"));
+                return None;
             }
-            None => {
-                cx.err(c, "unsupported expression for the softcap value: expected a number literal, e.g. `softcap(30.0)`");
+            (None, None) => out.score = sm,
+            (None, Some(_)) => {
+                cx.err(e, format!("`{n}` takes no arguments: write `score: {n}` (ALiBi slopes are a run-time input)"));
                 return None;
             }
         },
-        (Some("softcap"), _) => {
-            cx.err(e, "`softcap` takes its cap value: `softcap(30.0)` (to use your own #[score] function named `softcap`, write `self::softcap`)");
-            return None;
-        }
-        (Some(n @ ("none" | "alibi")), Some(_)) => {
-            cx.err(e, format!("`{n}` takes no arguments: write `score: {n}` (ALiBi slopes are a run-time input)"));
-            return None;
-        }
-        (_, Some(_)) => {
+        (None, Some(_)) => {
             cx.err(e, "a #[score] function is named, not called: write `score: my_score` (its parameters are passed at run time)");
             return None;
         }
-        (_, None) => {
+        (None, None) => {
             out.score = ScoreMod::User(placeholder(path));
             out.user = Some(path.clone());
         }
@@ -614,7 +626,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
         Some(m) => m,
         None if mask_failed || seen.contains_key("mask") => return None,
         None => MaskOut {
-            mask: Mask::Full,
+            mask: DEFAULT_MASK,
             params: MaskParams::None,
             user: None,
             arg_spans: BTreeMap::new(),
@@ -641,28 +653,30 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
             .unwrap_or_else(|| name_tokens.clone());
         let contradiction =
             |what: &str| format!("`causal: {c}` contradicts `mask: {}`: {what}", mspan);
-        match (&mask.mask, c) {
-            (Mask::Full, true) => mask.mask = Mask::Causal,
-            (Mask::Document, true) => mask.mask = Mask::CausalDocument,
-            (Mask::Causal | Mask::CausalDocument | Mask::ShareQuestion | Mask::BlockCausalDocument | Mask::LambdaMask | Mask::LmInfinite, true) => {}
-            (Mask::Local, true) => {
-                if let MaskParams::Local { right, .. } = mask.params {
-                    if right != 0 {
-                        cx.err(&at, contradiction(&format!("the window reaches {right} key(s) to the right; use `local(left, 0)` or `sliding_window(left)`")));
-                    }
+        let user_fn = matches!(mask.mask, Mask::Predicate(_) | Mask::BlockSparse { .. });
+        match (mask.mask.def().map(|d| d.causality), c) {
+            (_, true) if user_fn => cx.err(&at, format!("`causal: true` cannot be combined with `mask: {mspan}`: the kernel does not know what the function decides; write the causal condition (`kv <= q`) inside the #[mask] function and remove `causal`")),
+            (_, false) if user_fn => cx.err(&at, format!("`causal: false` cannot be checked against `mask: {mspan}`: remove `causal` (the #[mask] function decides)")),
+            (Some(Causality::NotCausal(Some(causal_form))), true) => {
+                mask.mask = Mask::builtin(causal_form).expect("a table tag");
+            }
+            (Some(Causality::NotCausal(None)), true) => cx.err(&at, contradiction("that mask lets queries see later keys; remove `causal` or use another mask")),
+            (Some(Causality::CausalWhenZero(param)), true) => {
+                let v = mask.params.get(param).unwrap_or(0.0);
+                if let (true, Some(d)) = (v != 0.0, mask.mask.def()) {
+                    let mut fixes = vec![format!("`{}`", call_form_with(d.tag, d.params, None, Some(param)))];
+                    fixes.extend(d.shorthands.iter().filter(|(_, f)| *f == param).map(|(s, _)| format!("`{}`", call_form(s, d.params, Some(param)))));
+                    cx.err(&at, contradiction(&format!("the window reaches {v} key(s) to the right; use {}", fixes.join(" or "))));
                 }
             }
-            (Mask::PrefixLm | Mask::GlobalLocal, true) => cx.err(&at, contradiction("that mask lets queries see later keys; remove `causal` or use another mask")),
-            (Mask::Predicate(_) | Mask::BlockSparse { .. }, true) => cx.err(&at, format!("`causal: true` cannot be combined with `mask: {mspan}`: the kernel does not know what the function decides; write the causal condition (`kv <= q`) inside the #[mask] function and remove `causal`")),
-            (Mask::Full | Mask::Document | Mask::PrefixLm | Mask::GlobalLocal, false) => {}
-            (Mask::Local, false) => {}
-            (Mask::Predicate(_) | Mask::BlockSparse { .. }, false) => cx.err(&at, format!("`causal: false` cannot be checked against `mask: {mspan}`: remove `causal` (the #[mask] function decides)")),
-            (_, false) => cx.err(&at, contradiction("that mask is causal; remove `causal: false` or use a non-causal mask")),
+            (Some(Causality::Causal) | None, true) => {}
+            (Some(Causality::NotCausal(_) | Causality::CausalWhenZero(_)), false) => {}
+            (Some(Causality::Causal) | None, false) => cx.err(&at, contradiction("that mask is causal; remove `causal: false` or use a non-causal mask")),
         }
     }
-    if matches!(mask.mask, Mask::LmInfinite) && !matches!(score.score, ScoreMod::None) {
+    if mask.mask.lm_infinite_scoring() && !matches!(score.score, ScoreMod::None) {
         let at = spans.get("score").cloned().unwrap_or(name_tokens.clone());
-        cx.err(&at, "`lm_infinite` has its own scoring (RoPE with a distance limit) and does not combine with a score modification: remove `score`");
+        cx.err(&at, format!("`{}` has its own scoring (RoPE with a distance limit) and does not combine with a score modification: remove `score`", mask.mask.tag()));
     }
     let (Some(dtype), Some(head_dim)) = (dtype, head_dim) else {
         return None;

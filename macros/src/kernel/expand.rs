@@ -16,78 +16,47 @@ fn user_fn(path: &syn::Path) -> TokenStream {
 }
 
 fn mask_tokens(m: &Mask, f: Option<&syn::Path>) -> TokenStream {
-    let v = match m {
-        Mask::Full => quote!(Full),
-        Mask::Causal => quote!(Causal),
-        Mask::Local => quote!(Local),
-        Mask::PrefixLm => quote!(PrefixLm),
-        Mask::Document => quote!(Document),
-        Mask::CausalDocument => quote!(CausalDocument),
-        Mask::ShareQuestion => quote!(ShareQuestion),
-        Mask::GlobalLocal => quote!(GlobalLocal),
-        Mask::BlockCausalDocument => quote!(BlockCausalDocument),
-        Mask::LambdaMask => quote!(LambdaMask),
-        Mask::LmInfinite => quote!(LmInfinite),
+    match m {
+        Mask::Builtin(b) => {
+            let tag = b.tag();
+            quote!(spec::Mask::builtin(#tag).expect("a mask-table tag checked by kernel!"))
+        }
         Mask::Predicate(_) => {
             let u = user_fn(f.expect("predicate path"));
-            quote!(Predicate(#u))
+            quote!(spec::Mask::Predicate(#u))
         }
-        Mask::BlockSparse { mask: None } => quote!(BlockSparse {
+        Mask::BlockSparse { mask: None } => quote!(spec::Mask::BlockSparse {
             mask: ::core::option::Option::None
         }),
         Mask::BlockSparse { mask: Some(_) } => {
             let u = user_fn(f.expect("predicate path"));
-            quote!(BlockSparse { mask: ::core::option::Option::Some(#u) })
+            quote!(spec::Mask::BlockSparse { mask: ::core::option::Option::Some(#u) })
         }
-    };
-    quote!(spec::Mask::#v)
+    }
 }
 
 fn score_tokens(s: &ScoreMod, f: Option<&syn::Path>) -> TokenStream {
     match s {
-        ScoreMod::None => quote!(spec::ScoreMod::None),
-        ScoreMod::Softcap => quote!(spec::ScoreMod::Softcap),
-        ScoreMod::Alibi => quote!(spec::ScoreMod::Alibi),
         ScoreMod::User(_) => {
             let u = user_fn(f.expect("score path"));
             quote!(spec::ScoreMod::User(#u))
+        }
+        builtin => {
+            let tag = builtin.def().map_or("none", |d| d.tag);
+            quote!(spec::ScoreMod::builtin(#tag).expect("a score-table tag checked by kernel!"))
         }
     }
 }
 
 fn mask_params_tokens(p: &MaskParams) -> TokenStream {
-    let v = match p {
-        MaskParams::None => return quote!(::core::option::Option::None),
-        MaskParams::Local { left, right } => quote!(Local { left: #left, right: #right }),
-        MaskParams::PrefixLm { prefix_len } => quote!(PrefixLm { prefix_len: #prefix_len }),
-        MaskParams::GlobalLocal {
-            window,
-            global_tokens,
-        } => {
-            quote!(GlobalLocal { window: #window, global_tokens: #global_tokens })
-        }
-        MaskParams::BlockCausalDocument { doc_block } => {
-            quote!(BlockCausalDocument { doc_block: #doc_block })
-        }
-        MaskParams::LambdaMask {
-            global_tokens,
-            local_window,
-        } => {
-            quote!(LambdaMask { global_tokens: #global_tokens, local_window: #local_window })
-        }
-        MaskParams::LmInfinite {
-            global_tokens,
-            local_window,
-            dist_limit,
-            rope_theta,
-        } => quote!(LmInfinite {
-            global_tokens: #global_tokens,
-            local_window: #local_window,
-            dist_limit: #dist_limit,
-            rope_theta: #rope_theta,
-        }),
-    };
-    quote!(::core::option::Option::Some(rt::kernels::codegen::check::MaskParams::#v))
+    if p.is_empty() {
+        return quote!(::core::option::Option::None);
+    }
+    let (names, values): (Vec<&str>, Vec<f64>) = p.iter().unzip();
+    quote!(::core::option::Option::Some(
+        rt::kernels::codegen::check::MaskParams::new()
+            #(.with(#names, #values))*
+    ))
 }
 
 fn opt<T: ToTokens>(v: Option<T>) -> TokenStream {

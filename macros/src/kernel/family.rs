@@ -490,23 +490,10 @@ fn mode_named_family(name: &str) -> Option<String> {
 }
 
 fn is_static_mask(n: &str) -> bool {
-    [
-        "full",
-        "causal",
-        "local",
-        "sliding_window",
-        "prefix_lm",
-        "document",
-        "causal_document",
-        "share_question",
-        "global_local",
-        "block_causal_document",
-        "lambda",
-        "lambda_mask",
-        "lm_infinite",
-        "block_sparse",
-    ]
-    .contains(&n)
+    n == "block_sparse"
+        || attnforge_codegen::masks::MASKS
+            .iter()
+            .any(|d| d.tag == n || d.shorthands.iter().any(|(s, _)| *s == n))
 }
 
 fn build(f: &FamilyOut, dtype: DType, head_dim: HeadDim) -> DynamicSpec {

@@ -25,7 +25,7 @@ pub enum Category {
     /// Score modifications (softcap, ALiBi).
     ScoreMod,
     /// LM-Infinite branches, clamp and RoPE positions.
-    LmInfinite,
+    LmInfiniteScoring,
     /// cp.async pipeline stages and the tile cursor.
     Pipeline,
     /// Barriers (`__syncthreads`, `__syncwarp`).
@@ -51,7 +51,7 @@ impl Category {
         Category::Epilogue,
         Category::Gqa,
         Category::ScoreMod,
-        Category::LmInfinite,
+        Category::LmInfiniteScoring,
         Category::Pipeline,
         Category::Barrier,
         Category::Bounds,
@@ -70,7 +70,7 @@ impl Category {
             Category::Epilogue => "epilogue",
             Category::Gqa => "gqa",
             Category::ScoreMod => "score-mod",
-            Category::LmInfinite => "lm-infinite",
+            Category::LmInfiniteScoring => "lm-infinite",
             Category::Pipeline => "pipeline",
             Category::Barrier => "barrier",
             Category::Bounds => "bounds",
@@ -167,6 +167,8 @@ const FWD: &str = "codegen/cuda/af_fwd.cuh";
 const FWD_TC: &str = "codegen/cuda/af_fwd_tc.cuh";
 const FWD_FMA: &str = "codegen/cuda/af_fwd_fma.cuh";
 const IR: &str = "codegen/src/ir.rs";
+const MASK_TABLE: &str = "codegen/src/masks.rs";
+const SCORE_TABLE: &str = "codegen/src/scores.rs";
 const BLOCKS: &str = "codegen/src/blocks.rs";
 const DYN: &str = "codegen/cuda/af_dynamic.cuh";
 const CCA: &str = "codegen/cuda/af_cca.cuh";
@@ -221,14 +223,13 @@ pub const CATALOG: &[Mutant] = &[
       "element mask uses the query row instead of its position (ignores the Sk - Sq shift)")
         .named(),
     m("mask-local-swapped-windows", MaskPredicate, IR,
-      "af_mask_local(q_pos, kv_pos, window_left, window_right)",
-      "af_mask_local(q_pos, kv_pos, window_right, window_left)",
-      "local mask hook passes the left and right windows swapped"),
+      "chain(params.iter().copied())",
+      "chain(params.iter().rev().copied())",
+      "mask hooks pass the table parameters reversed (local: left and right windows swapped)"),
     m("mask-global-local-swapped-positions", MaskPredicate, IR,
-      "af_mask_global_local(q_pos, kv_pos, window, global_tokens)",
-      "af_mask_global_local(kv_pos, q_pos, window, global_tokens)",
-      "global-local mask hook with query and key positions swapped")
-        .equivalent("the global-local mask is symmetric in (q, kv): |q - kv| <= w or q < G or kv < G"),
+      "&[\"q_pos\", \"kv_pos\"]",
+      "&[\"kv_pos\", \"q_pos\"]",
+      "element mask hooks (without doc ids) with query and key positions swapped"),
     m("mask-edge-bits-keys-in-range", MaskPredicate, FWD,
       "blk.rows_valid < BM || n0 + BN > seq_k ||",
       "blk.rows_valid < BM ||",
@@ -281,15 +282,15 @@ pub const CATALOG: &[Mutant] = &[
       "return (c1 <= p_lo && (rc > c1 || p_hi - rc < l)) ? AF_TILE_FULL : AF_TILE_PARTIAL;",
       "return (c1 <= p_lo && (rc > c1 || p_hi - rc <= l)) ? AF_TILE_FULL : AF_TILE_PARTIAL;",
       "Lambda classifier calls a tile full when one element is just outside the window"),
-    m("range-causal-hi", TileClassifier, IR,
+    m("range-causal-hi", TileClassifier, MASK_TABLE,
       "\"min((long long)seq_k, p_hi + 1)\"",
       "\"min((long long)seq_k, p_hi)\"",
       "causal key range stops one key early (misses a tile starting at p_hi)"),
-    m("range-local-lo", TileClassifier, IR,
+    m("range-local-lo", TileClassifier, MASK_TABLE,
       "max(0LL, p_lo - window_left)",
       "max(0LL, p_lo - window_left + 1)",
       "local key range starts one key late (misses a tile ending at p_lo - left)"),
-    m("range-local-hi", TileClassifier, IR,
+    m("range-local-hi", TileClassifier, MASK_TABLE,
       "min((long long)seq_k, p_hi + window_right + 1)",
       "min((long long)seq_k, p_hi + window_right)",
       "local key range stops one key early"),
@@ -311,7 +312,7 @@ pub const CATALOG: &[Mutant] = &[
       "__fdividef(1.f, 1.f + exp2f(s * k))",
       "__fdividef(1.f, 1.f + exp2f(-s * k))",
       "fast softcap (f16/bf16) with the sign of the exponent flipped"),
-    m("score-softcap-k", ScoreMod, IR,
+    m("score-softcap-k", ScoreMod, SCORE_TABLE,
       "2.f * AF_LOG2E / softcap;",
       "AF_LOG2E / softcap;",
       "fast softcap's exp2 scale missing the factor 2"),
@@ -319,37 +320,37 @@ pub const CATALOG: &[Mutant] = &[
       "return s - slope * fabsf((float)(int)(q - kv));",
       "return s - slope * (float)(int)(q - kv);",
       "ALiBi bias without the absolute value (wrong for keys after the query)"),
-    m("score-alibi-kv-head", ScoreMod, IR,
+    m("score-alibi-kv-head", ScoreMod, SCORE_TABLE,
       "const float slope = alibi_slopes[h];",
       "const float slope = alibi_slopes[hkv];",
       "ALiBi slopes indexed by the kv head instead of the query head")
         .named(),
     // ---- LM-Infinite ----
-    m("lminf-clamp", LmInfinite, FWD,
+    m("lminf-clamp", LmInfiniteScoring, FWD,
       "d_eff(min((long long)dist_limit, (long long)seq_k - 1))",
       "d_eff(min((long long)dist_limit, (long long)seq_k))",
       "LM-Infinite distance clamp Sk - 1 -> Sk")
         .named(),
-    m("lminf-near-bit", LmInfinite, FWD,
+    m("lminf-near-bit", LmInfiniteScoring, FWD,
       "return q_pos - kv_pos < local_window;",
       "return q_pos - kv_pos <= local_window;",
       "LM-Infinite: an element at distance L takes the near branch"),
-    m("lminf-far-branch", LmInfinite, ATTN,
+    m("lminf-far-branch", LmInfiniteScoring, ATTN,
       "const bool far = c0 < g && p_hi - c0 >= l;",
       "const bool far = c0 < g && p_hi - c0 > l;",
       "LM-Infinite: far branch not computed for a tile whose only far element is at distance L"),
-    m("lminf-all-far", LmInfinite, ATTN,
+    m("lminf-all-far", LmInfiniteScoring, ATTN,
       "const bool all_far = c1 < g && p_lo - c1 >= l;",
       "const bool all_far = c1 < g && p_lo - c1 >= l - 1;",
       "LM-Infinite classifier calls a mixed near/far tile full"),
-    m("lminf-rope-query-row", LmInfinite, FWD_FMA,
+    m("lminf-rope-query-row", LmInfiniteScoring, FWD_FMA,
       "af_rope_pair(x0, x1, row + blk.shift, f);",
       "af_rope_pair(x0, x1, row, f);",
       "LM-Infinite (f32 path): query rotated at its row, not its position"),
-    m("lminf-mask-swapped", LmInfinite, IR,
-      "Some(\"af_mask_lambda(q_pos, kv_pos, global_tokens, local_window)\".into()),\n            Scoring::LmInfinite",
-      "Some(\"af_mask_lambda(q_pos, kv_pos, local_window, global_tokens)\".into()),\n            Scoring::LmInfinite",
-      "LM-Infinite element mask with G and L swapped"),
+    m("lminf-mask-swapped", LmInfiniteScoring, MASK_TABLE,
+      "    LAMBDA_PARAMS[0],\n    LAMBDA_PARAMS[1],\n",
+      "    LAMBDA_PARAMS[1],\n    LAMBDA_PARAMS[0],\n",
+      "LM-Infinite element mask (and classifier) with G and L swapped"),
     // ---- GQA ----
     m("gqa-head-mod", Gqa, FWD,
       "blk.hkv = blk.h / (a.heads_q / a.heads_kv);",

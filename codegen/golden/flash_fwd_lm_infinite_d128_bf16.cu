@@ -1,4 +1,4 @@
-// attnforge generated kernel: flash_fwd_lminf_d128_bf16
+// attnforge generated kernel: flash_fwd_lm_infinite_d128_bf16
 // spec: {"dtype":"bf16","head_dim":"128","gqa":false,"mask":"lm_infinite","score":"none","scale":null,"sparse_block":{"q":128,"k":128}}
 // tile: block_m=32 block_n=64 warps=4 stages=1 | threads=128 dynamic_smem=139776 bytes
 // mainloop: fma (f32 accumulation) | tiles: analytic tile classifier
@@ -853,7 +853,7 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
 }
 // ---- end af_fwd_fma.cuh ----
 
-extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lminf_d128_bf16(
+extern "C" __global__ void __launch_bounds__(128, 1) flash_fwd_lm_infinite_d128_bf16(
     const __nv_bfloat16* __restrict__ q,
     const __nv_bfloat16* __restrict__ k,
     const __nv_bfloat16* __restrict__ v,

@@ -1996,8 +1996,6 @@ struct af_wgmma_acc {
   }
 };
 
-/// Shared-window address of a shared memory pointer (__cvta_generic_to_shared).
-inline unsigned af_smem_addr(const void* p) { return afsim::smem_addr(p, "af_smem_addr"); }
 /// A wgmma matrix descriptor (PTX ISA 9.7.15.5.1) for a K-major tile at `smem`: `lbo_bytes`,
 /// `sbo_bytes` as the ISA's leading/stride dimension byte offsets, `swizzle_bytes` 0, 32,
 /// 64 or 128.

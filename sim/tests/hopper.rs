@@ -531,3 +531,142 @@ fn setmaxnreg_rules_are_checked() {
         ],
     );
 }
+
+const GPU_SRC: &str = include_str!("cuda/hopper_gpu.cu");
+
+/// Q, K: `rows` x 64 f16; maps with 64 x 64 boxes and the 128-byte swizzle.
+fn qk_inputs(rows: usize) -> (Vec<f32>, Vec<f32>, [u8; 200], [u8; 200]) {
+    let q: Vec<f32> = (0..rows * 64).map(|i| val(i, 5)).collect();
+    let k: Vec<f32> = (0..rows * 64).map(|i| val(i, 6)).collect();
+    let spec = TensorMapSpec {
+        dtype: TmaDtype::F16,
+        global_dims: vec![64, rows as u64],
+        global_strides_bytes: vec![128],
+        box_dims: vec![64, 64],
+        swizzle: TmaSwizzle::B128,
+    };
+    let mq = spec.encode_for_sim(2, 0).unwrap();
+    let mk = spec.encode_for_sim(3, 0).unwrap();
+    (q, k, mq, mk)
+}
+
+#[test]
+fn tma_producer_and_wgmma_consumer_warpgroups_compute_q_k_transposed() {
+    let rows = 100;
+    let (qf, kf, mq, mk) = qk_inputs(rows);
+    let q: Vec<u16> = qf.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+    let k: Vec<u16> = kf.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+    let kernel = SimKernel::build(GPU_SRC, "hopper_qk").unwrap_or_else(|e| panic!("{e}"));
+    // the K tile at row 64 runs past the 100 rows: zeros
+    for (q_row, k_row) in [(0usize, 0usize), (36, 64)] {
+        let mut want = vec![0f32; 64 * 64];
+        for r in 0..64 {
+            for c in 0..64 {
+                let mut acc = 0f32;
+                for x in 0..64 {
+                    let kv = if k_row + c < rows {
+                        kf[(k_row + c) * 64 + x]
+                    } else {
+                        0.0
+                    };
+                    acc += qf[(q_row + r) * 64 + x] * kv;
+                }
+                want[r * 64 + c] = acc;
+            }
+        }
+        for sched in Schedule::standard(21) {
+            let mut s = vec![f32::NAN; 64 * 64];
+            let mut args = [
+                SimArg::input(&mq[..]),
+                SimArg::input(&mk[..]),
+                SimArg::input(&q),
+                SimArg::input(&k),
+                SimArg::output(&mut s),
+                SimArg::I32(q_row as i32),
+                SimArg::I32(k_row as i32),
+            ];
+            kernel
+                .launch(1, 256, 16400, &mut args, &SimConfig::new(sched))
+                .unwrap();
+            assert_eq!(s, want, "q_row {q_row} k_row {k_row} {sched:?}");
+        }
+    }
+}
+
+/// The CUDA side of the helpers (codegen/cuda/af_hopper.cuh) compiles with NVRTC for sm_90a
+/// without warnings, ptxas accepts it, and the SASS has HGMMA and TMA loads.
+#[test]
+fn hopper_header_compiles_for_sm_90a_with_hgmma_in_the_sass() {
+    use attnforge_runtime::{compile_with, Arch, CompileOptions};
+    let src = format!(
+        "{}\n{}\n{}",
+        include_str!("../../codegen/cuda/af_prelude.cuh"),
+        include_str!("../../codegen/cuda/af_hopper.cuh"),
+        GPU_SRC
+    );
+    let compiled = compile_with(&src, "hopper_qk", &CompileOptions::new(Arch::Sm90a))
+        .unwrap_or_else(|e| panic!("NVRTC/ptxas rejected the Hopper helpers: {e}"));
+    assert!(
+        !compiled.log.to_lowercase().contains("warning"),
+        "warnings: {}",
+        compiled.log
+    );
+    eprintln!("NVRTC/ptxas log:\n{}", compiled.log);
+    let cubin = compiled.cubin.expect("sm_90a gives a cubin (ptxas ran)");
+    let sass = attnforge_runtime::sass(&cubin).unwrap();
+    assert!(sass.contains("HGMMA.64x64x16.F32"), "no HGMMA in:\n{sass}");
+    assert!(sass.contains("UTMALDG"), "no TMA load in:\n{sass}");
+    assert!(
+        !compiled.log.contains("serialized"),
+        "ptxas serialized the wgmma: {}",
+        compiled.log
+    );
+}
+
+/// Every wgmma specialization of af_hopper.cuh (each N, f16/bf16, A from shared memory or
+/// registers) is accepted by ptxas for sm_90a and becomes an HGMMA of that shape.
+#[test]
+fn every_wgmma_specialization_assembles_for_sm_90a() {
+    use attnforge_runtime::{compile_with, Arch, CompileOptions};
+    let ns = [8, 16, 24, 32, 48, 64, 96, 128, 192, 256];
+    let mut body = String::new();
+    for (i, n) in ns.iter().enumerate() {
+        for (j, v) in ["f16_ss", "bf16_ss", "f16_rs", "bf16_rs"]
+            .iter()
+            .enumerate()
+        {
+            let call = if v.ends_with("ss") {
+                format!("af_wgmma_m64k16_{v}<{n}>(acc, da, db, 1)")
+            } else {
+                format!("af_wgmma_m64k16_{v}<{n}>(acc, a, db, 1)")
+            };
+            body += &format!(
+                "  if (sel == {}) {{ af_wgmma_acc<{n}> acc; for (int i = 0; i < {h}; i++) acc[i] = 0.f; \
+                 af_wgmma_fence(); {call}; af_wgmma_commit_group(); af_wgmma_wait_group<0>(); \
+                 for (int i = 0; i < {h}; i++) out[i * 128 + threadIdx.x] = acc[i]; }}\n",
+                4 * i + j,
+                h = n / 2
+            );
+        }
+    }
+    let src = format!(
+        "{}\n{}\nextern \"C\" __global__ void all_wgmma(float* out, int sel, unsigned long long da, \
+         unsigned long long db, unsigned a0) {{\n  unsigned a[4] = {{a0, a0 + 1, a0 + 2, a0 + 3}};\n{body}}}\n",
+        include_str!("../../codegen/cuda/af_prelude.cuh"),
+        include_str!("../../codegen/cuda/af_hopper.cuh"),
+    );
+    let compiled = compile_with(&src, "all_wgmma", &CompileOptions::new(Arch::Sm90a))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !compiled.log.to_lowercase().contains("warning"),
+        "{}",
+        compiled.log
+    );
+    let sass = attnforge_runtime::sass(&compiled.cubin.expect("cubin")).unwrap();
+    for n in ns {
+        assert!(
+            sass.contains(&format!("HGMMA.64x{n}x16.F32")),
+            "no HGMMA.64x{n}x16 in the SASS"
+        );
+    }
+}

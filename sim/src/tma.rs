@@ -203,7 +203,7 @@ impl TensorMapSpec {
         let eb = self.dtype.bytes();
         let mut span = self.global_dims[0] * eb;
         for (i, &s) in self.global_strides_bytes.iter().enumerate() {
-            if s % 16 != 0 || s >= 1 << 40 {
+            if !s.is_multiple_of(16) || s >= 1 << 40 {
                 return err(
                     format!("global_strides_bytes[{i}]"),
                     format!(
@@ -231,7 +231,7 @@ impl TensorMapSpec {
             }
         }
         let inner = u64::from(self.box_dims[0]) * eb;
-        if inner % 16 != 0 {
+        if !inner.is_multiple_of(16) {
             return err(
                 "box_dims[0]".into(),
                 format!(
@@ -267,7 +267,7 @@ impl TensorMapSpec {
         byte_offset: u64,
     ) -> Result<[u8; SIM_TENSOR_MAP_BYTES], TmaError> {
         self.validate()?;
-        if byte_offset % 16 != 0 {
+        if !byte_offset.is_multiple_of(16) {
             return Err(TmaError {
                 field: "byte_offset".into(),
                 message: format!("is {byte_offset}; the global address must be 16-byte aligned"),
@@ -300,7 +300,7 @@ impl TensorMapSpec {
     /// The `cuTensorMapEncodeTiled` arguments for the tensor at device address `global_address`.
     pub fn driver_args(&self, global_address: u64) -> Result<DriverTiledArgs, TmaError> {
         self.validate()?;
-        if global_address % 16 != 0 {
+        if !global_address.is_multiple_of(16) {
             return Err(TmaError {
                 field: "global_address".into(),
                 message: format!("{global_address:#x} is not 16-byte aligned"),

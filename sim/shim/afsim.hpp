@@ -1525,6 +1525,7 @@ struct WgmmaIn {
   int n;           // N of m64nNk16
   bool bf16;       // element type of A and B
   bool a_regs;     // A from registers (else descriptor)
+  bool b_mn;       // B MN-major (imm-trans-b = 1), else K-major
   uint64_t desc_a, desc_b;
   uint32_t a[4];
   int scale_d;
@@ -1620,7 +1621,27 @@ inline size_t desc_elem(uint64_t desc, unsigned r, unsigned k) {
   return a ^ ((a >> 3) & mask);
 }
 
-inline void check_desc(Block* b, uint64_t desc, const char* which, unsigned rows, unsigned lane) {
+/// As desc_elem for an MN-major operand (imm-trans-b = 1), element (n, k). The canonical
+/// MN-major layouts (PTX ISA 9.7.15.5; CUTLASS cute/atom/mma_traits_sm90_gmma.hpp spells
+/// them as layouts): without swizzle, core matrices of 8 k-rows x 8 contiguous MN elements:
+/// start + (n%8)*2 + (n/8)*SBO + (k%8)*16 + (k/8)*LBO; with a T-byte swizzle, rows of T bytes
+/// hold T/2 contiguous MN elements, one row per k: start + 2*(n%(T/2)) + (n/(T/2))*LBO +
+/// (k%8)*T + (k/8)*SBO, then the same address-bit XOR. (The roles of LBO and SBO swap
+/// between the unswizzled and swizzled MN-major layouts.)
+inline size_t desc_elem_mn(uint64_t desc, unsigned n, unsigned k) {
+  size_t start = size_t(desc & 0x3FFF) << 4;
+  size_t lbo = size_t((desc >> 16) & 0x3FFF) << 4;
+  size_t sbo = size_t((desc >> 32) & 0x3FFF) << 4;
+  unsigned mode = unsigned(desc >> 62);
+  if (mode == 0) return start + (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo;
+  unsigned t = mode == 1 ? 128 : mode == 2 ? 64 : 32;
+  size_t a = start + 2 * (n % (t / 2)) + (n / (t / 2)) * lbo + (k % 8) * t + (k / 8) * sbo;
+  unsigned bits = mode == 1 ? 3 : mode == 2 ? 2 : 1;
+  size_t mask = ((size_t(1) << bits) - 1) << 4;
+  return a ^ ((a >> 3) & mask);
+}
+
+inline void check_desc(Block* b, uint64_t desc, const char* which, unsigned rows, unsigned lane, bool mn = false) {
   if ((desc >> 49) & 7) {
     tl_cur = &b->fibers[lane];
     fail(std::string("af_wgmma: matrix descriptor ") + which + " " + hex64(desc) +
@@ -1629,7 +1650,7 @@ inline void check_desc(Block* b, uint64_t desc, const char* which, unsigned rows
   }
   for (unsigned r = 0; r < rows; r++)
     for (unsigned k = 0; k < 16; k++) {
-      size_t off = desc_elem(desc, r, k);
+      size_t off = mn ? desc_elem_mn(desc, r, k) : desc_elem(desc, r, k);
       if (off + 2 > b->cap) {
         tl_cur = &b->fibers[lane];
         fail(std::string("af_wgmma: matrix descriptor ") + which + " " + hex64(desc) + " addresses element (" +
@@ -1651,6 +1672,7 @@ inline void run_wgmma(Block* b, unsigned g) {
   for (unsigned l = 1; l < 128; l++) {
     WgmmaIn& in = *static_cast<WgmmaIn*>(lanes[l].wg_in);
     const char* what = in.n != i0.n ? "N" : in.bf16 != i0.bf16 ? "element type" : in.a_regs != i0.a_regs ? "A source"
+                       : in.b_mn != i0.b_mn ? "B major-ness"
                        : (!in.a_regs && in.desc_a != i0.desc_a) ? "descriptor A"
                        : in.desc_b != i0.desc_b ? "descriptor B" : in.scale_d != i0.scale_d ? "scale-d" : nullptr;
     if (what) {
@@ -1682,11 +1704,11 @@ inline void run_wgmma(Block* b, unsigned g) {
         A[r][k] = cvt(h);
       }
   }
-  check_desc(b, i0.desc_b, "B", n, g * 128);
+  check_desc(b, i0.desc_b, "B", n, g * 128, i0.b_mn);
   for (unsigned c = 0; c < n; c++)
     for (unsigned k = 0; k < 16; k++) {
       uint16_t h;
-      memcpy(&h, b->mem + desc_elem(i0.desc_b, c, k), 2);
+      memcpy(&h, b->mem + (i0.b_mn ? desc_elem_mn(i0.desc_b, c, k) : desc_elem(i0.desc_b, c, k)), 2);
       B[c][k] = cvt(h);
     }
   // D fragment (9.7.15.5.1, m64nNk16 accumulator): thread l (warp w = l/32, g = lane/4,
@@ -1742,7 +1764,7 @@ inline void complete_wg(Block* b, unsigned g, int op) {
 }
 
 template <int N>
-inline void wgmma(float* acc, float* shadow, AccState* st, bool bf16, bool a_regs, uint64_t desc_a,
+inline void wgmma(float* acc, float* shadow, AccState* st, bool bf16, bool a_regs, bool b_mn, uint64_t desc_a,
                   const unsigned* a, uint64_t desc_b, int scale_d, std::source_location loc) {
   static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma m64nNk16: N must be a multiple of 8 in 8..256");
   Fiber* f = cur(loc);
@@ -1751,7 +1773,7 @@ inline void wgmma(float* acc, float* shadow, AccState* st, bool bf16, bool a_reg
          ") uses accumulator registers this thread accessed after its last af_wgmma_fence: wgmma.fence.sync.aligned "
          "is required before a wgmma.mma_async whose accumulator (or A) registers were touched since (PTX ISA "
          "9.7.15.6.1 wgmma.fence)");
-  WgmmaIn in{N, bf16, a_regs, desc_a, desc_b, {0, 0, 0, 0}, scale_d, acc, shadow, st, 0};
+  WgmmaIn in{N, bf16, a_regs, b_mn, desc_a, desc_b, {0, 0, 0, 0}, scale_d, acc, shadow, st, 0};
   if (a_regs)
     for (int i = 0; i < 4; i++) in.a[i] = a[i];
   wg_op(f, kOpWgmma, &in, loc);
@@ -2046,19 +2068,24 @@ inline void af_wgmma_wait_group(std::source_location loc = std::source_location:
   f->wgmma_pending.resize(k);
 }
 
-#define AFSIM_WGMMA(TY, BF)                                                                                        \
-  template <int N>                                                                                                 \
-  inline void af_wgmma_m64k16_##TY##_ss(af_wgmma_acc<N>& d, unsigned long long desc_a, unsigned long long desc_b,  \
-                                        int scale_d, std::source_location loc = std::source_location::current()) { \
-    afsim::wgmma<N>(d.r, d.shadow, &d.st, BF, false, desc_a, nullptr, desc_b, scale_d, loc);                       \
-  }                                                                                                                \
-  template <int N>                                                                                                 \
-  inline void af_wgmma_m64k16_##TY##_rs(af_wgmma_acc<N>& d, const unsigned* a, unsigned long long desc_b,          \
-                                        int scale_d, std::source_location loc = std::source_location::current()) { \
-    afsim::wgmma<N>(d.r, d.shadow, &d.st, BF, true, 0, a, desc_b, scale_d, loc);                                   \
+// _bmn: B is MN-major (imm-trans-b = 1: N contiguous, e.g. V row-major for P V).
+#define AFSIM_WGMMA(TY, BF, SUF, BMN)                                                                             \
+  template <int N>                                                                                                \
+  inline void af_wgmma_m64k16_##TY##_ss##SUF(af_wgmma_acc<N>& d, unsigned long long desc_a,                      \
+                                             unsigned long long desc_b, int scale_d,                              \
+                                             std::source_location loc = std::source_location::current()) {       \
+    afsim::wgmma<N>(d.r, d.shadow, &d.st, BF, false, BMN, desc_a, nullptr, desc_b, scale_d, loc);                 \
+  }                                                                                                               \
+  template <int N>                                                                                                \
+  inline void af_wgmma_m64k16_##TY##_rs##SUF(af_wgmma_acc<N>& d, const unsigned* a, unsigned long long desc_b,    \
+                                             int scale_d,                                                         \
+                                             std::source_location loc = std::source_location::current()) {       \
+    afsim::wgmma<N>(d.r, d.shadow, &d.st, BF, true, BMN, 0, a, desc_b, scale_d, loc);                             \
   }
-AFSIM_WGMMA(f16, false)
-AFSIM_WGMMA(bf16, true)
+AFSIM_WGMMA(f16, false, , false)
+AFSIM_WGMMA(bf16, true, , false)
+AFSIM_WGMMA(f16, false, _bmn, true)
+AFSIM_WGMMA(bf16, true, _bmn, true)
 #undef AFSIM_WGMMA
 
 /// mbarrier.init.shared::cta.b64: `count` arrivals per phase.

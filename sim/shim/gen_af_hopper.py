@@ -59,24 +59,29 @@ template <int N> __device__ void af_wgmma_m64k16_f16_ss(af_wgmma_acc<N>& d, unsi
 template <int N> __device__ void af_wgmma_m64k16_bf16_ss(af_wgmma_acc<N>& d, unsigned long long desc_a, unsigned long long desc_b, int scale_d);
 template <int N> __device__ void af_wgmma_m64k16_f16_rs(af_wgmma_acc<N>& d, const unsigned* a, unsigned long long desc_b, int scale_d);
 template <int N> __device__ void af_wgmma_m64k16_bf16_rs(af_wgmma_acc<N>& d, const unsigned* a, unsigned long long desc_b, int scale_d);
+// _bmn: B MN-major (imm-trans-b = 1; N contiguous in shared memory, e.g. V row-major for P V).
+template <int N> __device__ void af_wgmma_m64k16_f16_ss_bmn(af_wgmma_acc<N>& d, unsigned long long desc_a, unsigned long long desc_b, int scale_d);
+template <int N> __device__ void af_wgmma_m64k16_bf16_ss_bmn(af_wgmma_acc<N>& d, unsigned long long desc_a, unsigned long long desc_b, int scale_d);
+template <int N> __device__ void af_wgmma_m64k16_f16_rs_bmn(af_wgmma_acc<N>& d, const unsigned* a, unsigned long long desc_b, int scale_d);
+template <int N> __device__ void af_wgmma_m64k16_bf16_rs_bmn(af_wgmma_acc<N>& d, const unsigned* a, unsigned long long desc_b, int scale_d);
 """ % ", ".join(map(str, NS)))
 for n in NS:
     k = n // 2
     regs = "{" + ", ".join("%%%d" % i for i in range(k)) + "}"
     ops = ", ".join('"+f"(d.r[%d])' % i for i in range(k))
     w("#define AF_WG_D%d %s" % (n, ops))
-    for ty in ["f16", "bf16"]:
+    for ty, suf, tb in [("f16", "", 0), ("bf16", "", 0), ("f16", "_bmn", 1), ("bf16", "_bmn", 1)]:
         # ss: %k desc_a, %k+1 desc_b, %k+2 scale_d
-        w("""template <> __device__ __forceinline__ void af_wgmma_m64k16_%(ty)s_ss<%(n)d>(af_wgmma_acc<%(n)d>& d, unsigned long long desc_a, unsigned long long desc_b, int scale_d) {
+        w("""template <> __device__ __forceinline__ void af_wgmma_m64k16_%(ty)s_ss%(suf)s<%(n)d>(af_wgmma_acc<%(n)d>& d, unsigned long long desc_a, unsigned long long desc_b, int scale_d) {
     asm volatile("{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%(s)d, 0;\\n"
-                 "wgmma.mma_async.sync.aligned.m64n%(n)dk16.f32.%(ty)s.%(ty)s %(regs)s, %%%(a)d, %%%(b)d, p, 1, 1, 0, 0;\\n}\\n"
+                 "wgmma.mma_async.sync.aligned.m64n%(n)dk16.f32.%(ty)s.%(ty)s %(regs)s, %%%(a)d, %%%(b)d, p, 1, 1, 0, %(tb)d;\\n}\\n"
                  : AF_WG_D%(n)d : "l"(desc_a), "l"(desc_b), "r"(scale_d) : "memory");
-}""" % dict(ty=ty, n=n, regs=regs, a=k, b=k + 1, s=k + 2))
-        w("""template <> __device__ __forceinline__ void af_wgmma_m64k16_%(ty)s_rs<%(n)d>(af_wgmma_acc<%(n)d>& d, const unsigned* a, unsigned long long desc_b, int scale_d) {
+}""" % dict(ty=ty, suf=suf, tb=tb, n=n, regs=regs, a=k, b=k + 1, s=k + 2))
+        w("""template <> __device__ __forceinline__ void af_wgmma_m64k16_%(ty)s_rs%(suf)s<%(n)d>(af_wgmma_acc<%(n)d>& d, const unsigned* a, unsigned long long desc_b, int scale_d) {
     asm volatile("{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%(s)d, 0;\\n"
-                 "wgmma.mma_async.sync.aligned.m64n%(n)dk16.f32.%(ty)s.%(ty)s %(regs)s, {%%%(a0)d, %%%(a1)d, %%%(a2)d, %%%(a3)d}, %%%(b)d, p, 1, 1, 0;\\n}\\n"
+                 "wgmma.mma_async.sync.aligned.m64n%(n)dk16.f32.%(ty)s.%(ty)s %(regs)s, {%%%(a0)d, %%%(a1)d, %%%(a2)d, %%%(a3)d}, %%%(b)d, p, 1, 1, %(tb)d;\\n}\\n"
                  : AF_WG_D%(n)d : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d) : "memory");
-}""" % dict(ty=ty, n=n, regs=regs, a0=k, a1=k + 1, a2=k + 2, a3=k + 3, b=k + 4, s=k + 5))
+}""" % dict(ty=ty, suf=suf, tb=tb, n=n, regs=regs, a0=k, a1=k + 1, a2=k + 2, a3=k + 3, b=k + 4, s=k + 5))
     w("#undef AF_WG_D%d" % n)
 w("""
 // ---- mbarrier (shared::cta, 64-bit) ----

@@ -182,6 +182,39 @@ fn wgmma_bf16_and_register_a_operands() {
 }
 
 #[test]
+fn wgmma_with_an_mn_major_b_operand() {
+    // P V with V row-major: B (k x n) stored with n contiguous (imm-trans-b)
+    let cases = [
+        Wg {
+            name: "wg_f16_ss_bmn_64",
+            n: 64,
+            bf: false,
+        },
+        Wg {
+            name: "wg_bf16_rs_bmn_128",
+            n: 128,
+            bf: true,
+        },
+        Wg {
+            name: "wg_f16_rs_bmn_256",
+            n: 256,
+            bf: false,
+        },
+    ];
+    for wg in &cases {
+        for (swz, kstep, nsteps) in [(0, 0, 1), (32, 0, 1), (64, 1, 1), (128, 0, 4), (128, 2, 1)] {
+            let (d, want) =
+                run_wgmma(wg, swz, 0, kstep, nsteps, true, 0, Schedule::Forward).unwrap();
+            assert_eq!(
+                d, want,
+                "{} swizzle {swz} kstep {kstep} nsteps {nsteps}",
+                wg.name
+            );
+        }
+    }
+}
+
+#[test]
 fn wgmma_misuse_is_reported() {
     let wg = &SS_F16[2];
     for sched in Schedule::standard(11) {
@@ -644,7 +677,7 @@ fn every_wgmma_specialization_assembles_for_sm_90a() {
                 "  if (sel == {}) {{ af_wgmma_acc<{n}> acc; for (int i = 0; i < {h}; i++) acc[i] = 0.f; \
                  af_wgmma_fence(); {call}; af_wgmma_commit_group(); af_wgmma_wait_group<0>(); \
                  for (int i = 0; i < {h}; i++) out[i * 128 + threadIdx.x] = acc[i]; }}\n",
-                4 * i + j,
+                8 * i + j,
                 h = n / 2
             );
         }

@@ -18,6 +18,17 @@ __device__ int place(int r, int k, int swz, int lbo, int sbo) {
   return (r / 8) * (8 * swz) + (r % 8) * swz + ((chunk ^ swz_pattern(r, swz)) * 16) + (2 * k) % 16;
 }
 
+// MN-major B (imm-trans-b): element (n, k) of a tile with N contiguous. Without swizzle,
+// core matrices of 8 k-rows x 8 n (16 bytes per k-row): (n%8)*2 + (n/8)*SBO + (k%8)*16 +
+// (k/8)*LBO; with a T-byte swizzle each k is a T-byte row of T/2 consecutive n, 8 k-rows form
+// an atom: chunk-swizzled by the k-row index, n-blocks of T/2 LBO apart, k-groups SBO apart.
+__device__ int place_mn(int n, int k, int swz, int lbo, int sbo) {
+  if (swz == 0) return (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo;
+  const int per_row = swz / 2, within = 2 * (n % per_row);
+  return (n / per_row) * lbo + (k / 8) * sbo + (k % 8) * swz + (((within / 16) ^ swz_pattern(k % 8, swz)) * 16) +
+         within % 16;
+}
+
 constexpr int kBOff = 16384;  // byte offset of the B tile (1024-aligned)
 
 // A: [64][KT], B: [N][KT] (B^T: row n holds column n of B), C, D: [64][N] f32.
@@ -26,15 +37,23 @@ constexpr int kBOff = 16384;  // byte offset of the B tile (1024-aligned)
 // The instruction(s) use k-steps kstep .. kstep+nsteps-1 (16 columns each).
 // mode 1: no wgmma.fence; 2: read the accumulator before wait_group; 3: wait_group<1> with
 // one group committed, then read.
-template <int N, bool BF, bool AREG>
+template <int N, bool BF, bool AREG, bool BMN = false>
 __device__ void wg_test(const unsigned short* A, const unsigned short* B, const float* C, float* D, int swz,
                         int layout, int kstep, int nsteps, int scale_d, int mode) {
   AF_DYNAMIC_SHARED(unsigned short, sm);
   const int t = threadIdx.x, KT = swz ? swz / 2 : 16;
   const int lbo_a = swz ? 16 : layout == 0 ? 128 : 64 * 16, sbo_a = swz ? 8 * swz : layout == 0 ? 256 : 128;
-  const int lbo_b = swz ? 16 : layout == 0 ? 128 : N * 16, sbo_b = swz ? 8 * swz : layout == 0 ? 256 : 128;
+  int lbo_b = swz ? 16 : layout == 0 ? 128 : N * 16, sbo_b = swz ? 8 * swz : layout == 0 ? 256 : 128;
+  if (BMN) {
+    // n-groups adjacent, then k-groups (no swizzle); k-groups of 8 rows adjacent atoms, then
+    // n-blocks (swizzled)
+    lbo_b = swz ? KT * swz : N * 16;
+    sbo_b = swz ? 8 * swz : 128;
+  }
   for (int e = t; e < 64 * KT; e += 128) sm[place(e / KT, e % KT, swz, lbo_a, sbo_a) / 2] = A[e];
-  for (int e = t; e < N * KT; e += 128) sm[(kBOff + place(e / KT, e % KT, swz, lbo_b, sbo_b)) / 2] = B[e];
+  for (int e = t; e < N * KT; e += 128)
+    sm[(kBOff + (BMN ? place_mn(e / KT, e % KT, swz, lbo_b, sbo_b) : place(e / KT, e % KT, swz, lbo_b, sbo_b))) / 2] =
+        B[e];
   af_fence_proxy_async();
   __syncthreads();
   const int w = t / 32, g = (t % 32) / 4, q = t % 4;
@@ -45,7 +64,8 @@ __device__ void wg_test(const unsigned short* A, const unsigned short* B, const 
   for (int s = kstep; s < kstep + nsteps; s++) {
     // k-step s starts 32 bytes further along the row (swizzled), or 2 core matrices (LBO) on
     const int step_bytes = swz ? 32 * s : 2 * lbo_a * s;
-    const int step_bytes_b = swz ? 32 * s : 2 * lbo_b * s;
+    // MN-major B: k-step s is 16 k-rows = 2 k-groups further
+    const int step_bytes_b = BMN ? (swz ? 2 * sbo_b * s : 2 * lbo_b * s) : swz ? 32 * s : 2 * lbo_b * s;
     unsigned long long da = af_wgmma_desc(&sm[0] + step_bytes / 2, lbo_a, sbo_a, swz);
     unsigned long long db = af_wgmma_desc(&sm[0] + (kBOff + step_bytes_b) / 2, lbo_b, sbo_b, swz);
     const int sc = s == kstep ? scale_d : 1;
@@ -61,8 +81,16 @@ __device__ void wg_test(const unsigned short* A, const unsigned short* B, const 
         }
         a[j] = v;
       }
-      if (BF) af_wgmma_m64k16_bf16_rs<N>(acc, a, db, sc);
-      else af_wgmma_m64k16_f16_rs<N>(acc, a, db, sc);
+      if (BMN) {
+        if (BF) af_wgmma_m64k16_bf16_rs_bmn<N>(acc, a, db, sc);
+        else af_wgmma_m64k16_f16_rs_bmn<N>(acc, a, db, sc);
+      } else {
+        if (BF) af_wgmma_m64k16_bf16_rs<N>(acc, a, db, sc);
+        else af_wgmma_m64k16_f16_rs<N>(acc, a, db, sc);
+      }
+    } else if (BMN) {
+      if (BF) af_wgmma_m64k16_bf16_ss_bmn<N>(acc, da, db, sc);
+      else af_wgmma_m64k16_f16_ss_bmn<N>(acc, da, db, sc);
     } else {
       if (BF) af_wgmma_m64k16_bf16_ss<N>(acc, da, db, sc);
       else af_wgmma_m64k16_f16_ss<N>(acc, da, db, sc);
@@ -75,10 +103,10 @@ __device__ void wg_test(const unsigned short* A, const unsigned short* B, const 
   for (int i = 0; i < N / 2; i++) D[(16 * w + g + 8 * ((i >> 1) & 1)) * N + 8 * (i / 4) + 2 * q + (i & 1)] = acc[i];
 }
 
-#define WG_KERNEL(NAME, N, BF, AREG)                                                                              \
+#define WG_KERNEL(NAME, N, BF, AREG, ...)                                                                         \
   extern "C" __global__ void NAME(const unsigned short* A, const unsigned short* B, const float* C, float* D,      \
                                   int swz, int layout, int kstep, int nsteps, int scale_d, int mode) {            \
-    wg_test<N, BF, AREG>(A, B, C, D, swz, layout, kstep, nsteps, scale_d, mode);                                  \
+    wg_test<N, BF, AREG __VA_OPT__(, ) __VA_ARGS__>(A, B, C, D, swz, layout, kstep, nsteps, scale_d, mode);       \
   }
 WG_KERNEL(wg_f16_ss_8, 8, false, false)
 WG_KERNEL(wg_f16_ss_24, 24, false, false)
@@ -90,6 +118,9 @@ WG_KERNEL(wg_bf16_ss_256, 256, true, false)
 WG_KERNEL(wg_f16_rs_64, 64, false, true)
 WG_KERNEL(wg_f16_rs_128, 128, false, true)
 WG_KERNEL(wg_bf16_rs_256, 256, true, true)
+WG_KERNEL(wg_f16_ss_bmn_64, 64, false, false, true)
+WG_KERNEL(wg_bf16_rs_bmn_128, 128, true, true, true)
+WG_KERNEL(wg_f16_rs_bmn_256, 256, false, true, true)
 
 // TMA: thread 0 loads one box of `tmap` (whose tensor is argument 1) at the coordinates;
 // every thread waits on the mbarrier, then the raw shared image (box_bytes) is copied out.

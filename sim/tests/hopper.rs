@@ -35,6 +35,23 @@ struct Wg {
     bf: bool,
 }
 
+/// The shapes `wg_any` instantiates, by its `which` argument.
+const WGS: [&str; 13] = [
+    "wg_f16_ss_8",
+    "wg_f16_ss_24",
+    "wg_f16_ss_64",
+    "wg_f16_ss_128",
+    "wg_f16_ss_256",
+    "wg_bf16_ss_64",
+    "wg_bf16_ss_256",
+    "wg_f16_rs_64",
+    "wg_f16_rs_128",
+    "wg_bf16_rs_256",
+    "wg_f16_ss_bmn_64",
+    "wg_bf16_rs_bmn_128",
+    "wg_f16_rs_bmn_256",
+];
+
 #[allow(clippy::too_many_arguments)]
 fn run_wgmma(
     wg: &Wg,
@@ -71,7 +88,11 @@ fn run_wgmma(
             want[r * n + col] = acc;
         }
     }
-    let k = build(wg.name);
+    let which = WGS
+        .iter()
+        .position(|&w| w == wg.name)
+        .expect("a shape wg_any has") as i32;
+    let k = build("wg_any");
     let mut d = vec![f32::NAN; 64 * n];
     let mut args = [
         SimArg::input(&a),
@@ -84,6 +105,7 @@ fn run_wgmma(
         SimArg::I32(nsteps as i32),
         SimArg::I32(scale_d as i32),
         SimArg::I32(mode),
+        SimArg::I32(which),
     ];
     match k.launch(1, 128, 49152, &mut args, &SimConfig::new(sched)) {
         Ok(_) => Ok((d, want)),

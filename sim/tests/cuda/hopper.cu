@@ -103,24 +103,29 @@ __device__ void wg_test(const unsigned short* A, const unsigned short* B, const 
   for (int i = 0; i < N / 2; i++) D[(16 * w + g + 8 * ((i >> 1) & 1)) * N + 8 * (i / 4) + 2 * q + (i & 1)] = acc[i];
 }
 
-#define WG_KERNEL(NAME, N, BF, AREG, ...)                                                                         \
-  extern "C" __global__ void NAME(const unsigned short* A, const unsigned short* B, const float* C, float* D,      \
-                                  int swz, int layout, int kstep, int nsteps, int scale_d, int mode) {            \
-    wg_test<N, BF, AREG __VA_OPT__(, ) __VA_ARGS__>(A, B, C, D, swz, layout, kstep, nsteps, scale_d, mode);       \
+// One kernel for every tested shape (one simulator build): `which` selects
+// (N, bf16, A in registers, B MN-major), in the order of WGS in tests/hopper.rs.
+#define WG_CASE(I, N, BF, AREG, BMN) \
+  case I: wg_test<N, BF, AREG, BMN>(A, B, C, D, swz, layout, kstep, nsteps, scale_d, mode); break;
+extern "C" __global__ void wg_any(const unsigned short* A, const unsigned short* B, const float* C, float* D, int swz,
+                                  int layout, int kstep, int nsteps, int scale_d, int mode, int which) {
+  switch (which) {
+    WG_CASE(0, 8, false, false, false)
+    WG_CASE(1, 24, false, false, false)
+    WG_CASE(2, 64, false, false, false)
+    WG_CASE(3, 128, false, false, false)
+    WG_CASE(4, 256, false, false, false)
+    WG_CASE(5, 64, true, false, false)
+    WG_CASE(6, 256, true, false, false)
+    WG_CASE(7, 64, false, true, false)
+    WG_CASE(8, 128, false, true, false)
+    WG_CASE(9, 256, true, true, false)
+    WG_CASE(10, 64, false, false, true)
+    WG_CASE(11, 128, true, true, true)
+    WG_CASE(12, 256, false, true, true)
+    default: af_require(false, "wg_any: unknown `which`");
   }
-WG_KERNEL(wg_f16_ss_8, 8, false, false)
-WG_KERNEL(wg_f16_ss_24, 24, false, false)
-WG_KERNEL(wg_f16_ss_64, 64, false, false)
-WG_KERNEL(wg_f16_ss_128, 128, false, false)
-WG_KERNEL(wg_f16_ss_256, 256, false, false)
-WG_KERNEL(wg_bf16_ss_64, 64, true, false)
-WG_KERNEL(wg_bf16_ss_256, 256, true, false)
-WG_KERNEL(wg_f16_rs_64, 64, false, true)
-WG_KERNEL(wg_f16_rs_128, 128, false, true)
-WG_KERNEL(wg_bf16_rs_256, 256, true, true)
-WG_KERNEL(wg_f16_ss_bmn_64, 64, false, false, true)
-WG_KERNEL(wg_bf16_rs_bmn_128, 128, true, true, true)
-WG_KERNEL(wg_f16_rs_bmn_256, 256, false, true, true)
+}
 
 // TMA: thread 0 loads one box of `tmap` (whose tensor is argument 1) at the coordinates;
 // every thread waits on the mbarrier, then the raw shared image (box_bytes) is copied out.

@@ -678,6 +678,42 @@ fn hopper_header_compiles_for_sm_90a_with_hgmma_in_the_sass() {
     );
 }
 
+/// Every other helper of af_hopper.cuh (mbarrier forms, bulk and 1-5d tensor copies,
+/// setmaxnreg, fence.proxy.async) is accepted by ptxas for sm_90a.
+#[test]
+fn every_other_hopper_helper_assembles_for_sm_90a() {
+    use attnforge_runtime::{compile_with, Arch, CompileOptions};
+    let src = format!(
+        "{}\n{}\n{}",
+        include_str!("../../codegen/cuda/af_prelude.cuh"),
+        include_str!("../../codegen/cuda/af_hopper.cuh"),
+        GPU_SRC
+    );
+    let compiled = compile_with(
+        &src,
+        "hopper_all_helpers",
+        &CompileOptions::new(Arch::Sm90a),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !compiled.log.to_lowercase().contains("warning"),
+        "{}",
+        compiled.log
+    );
+    let sass = attnforge_runtime::sass(&compiled.cubin.expect("cubin")).unwrap();
+    for op in [
+        "UBLKCP",
+        "UTMALDG.1D",
+        "UTMALDG.2D",
+        "UTMALDG.3D",
+        "UTMALDG.4D",
+        "UTMALDG.5D",
+        "USETMAXREG",
+    ] {
+        assert!(sass.contains(op), "no {op} in:\n{sass}");
+    }
+}
+
 /// Every wgmma specialization of af_hopper.cuh (each N, f16/bf16, A from shared memory or
 /// registers) is accepted by ptxas for sm_90a and becomes an HGMMA of that shape.
 #[test]

@@ -1489,14 +1489,15 @@ inline double max(double a, double b) { return fmax(a, b); }
 // ---------------------------------------------------------------------------
 // Hopper (sm_90a): wgmma, mbarriers, TMA / bulk copies, setmaxnreg.
 // The CUDA side of these helpers (real inline PTX) is codegen/cuda/af_hopper.cuh; the
-// signatures match. Section numbers refer to the PTX ISA (version 8.x) chapters:
-//   9.7.15 "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions" (wgmma),
-//     9.7.15.5.1 "Matrix Descriptor Format", 9.7.15.5 shared memory layouts and swizzling,
-//     9.7.15.5.1 register fragments ("Matrix fragments for wgmma.mma_async .m64nNk16");
-//   9.7.13.15 "Parallel Synchronization and Communication Instructions: mbarrier";
-//   9.7.9.25 "Data Movement and Conversion Instructions: cp.async.bulk.tensor" and
-//     5.5 "Tensors" (tensor maps, bounding box, out-of-bound fill, swizzle modes);
-//   9.7.17.1 "setmaxnreg".
+// signatures match. Comments cite the PTX ISA (8.x) by section title (section numbers move
+// between versions; https://docs.nvidia.com/cuda/parallel-thread-execution/):
+//   "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions" (wgmma), with
+//     "Matrix Descriptor Format", "Shared Memory Matrix Layout" (canonical layouts and
+//     swizzling) and "Register Fragments" (m64nNk16 A and D fragments);
+//   "Parallel Synchronization and Communication Instructions: mbarrier" (phases, tx-count);
+//   "Data Movement and Conversion Instructions: cp.async.bulk.tensor" / "cp.async.bulk" and
+//     "Tensors" (tensor maps, bounding box, out-of-bound fill, swizzle modes);
+//   "Miscellaneous Instructions: setmaxnreg".
 // ---------------------------------------------------------------------------
 namespace afsim {
 
@@ -1601,10 +1602,10 @@ inline void wg_op(Fiber* f, int op, WgmmaIn* in, std::source_location loc) {
 
 // --- wgmma --------------------------------------------------------------------
 /// Byte offset (in the shared window) of element (row, k) of a K-major operand described by
-/// `desc` (rows: M for A, N for B; k < 16). PTX ISA 9.7.15.5.1, Matrix Descriptor Format:
+/// `desc` (rows: M for A, N for B; k < 16). PTX ISA, "Matrix Descriptor Format":
 /// bits 0-13 start address >> 4, 16-29 leading dimension byte offset >> 4, 32-45 stride
 /// dimension byte offset >> 4, 49-51 base offset, 62-63 swizzle (0 none, 1 128B, 2 64B, 3 32B).
-/// Canonical K-major layouts (9.7.15.5): core matrices of 8 rows x 16 bytes; without swizzle
+/// Canonical K-major layouts ("Shared Memory Matrix Layout"): core matrices of 8 rows x 16 bytes; without swizzle
 /// element (r, k) is at start + (r/8)*SBO + (k/8)*LBO + (r%8)*16 + (k%8)*2; with a T-byte
 /// swizzle the 8-row atom has T-byte rows: start + (r/8)*SBO + (r%8)*T + 2k, then address
 /// bits [4, 4+log2(T/16)) are XORed with bits [7, 7+log2(T/16)) (the TMA swizzle pattern).
@@ -1622,7 +1623,7 @@ inline size_t desc_elem(uint64_t desc, unsigned r, unsigned k) {
 }
 
 /// As desc_elem for an MN-major operand (imm-trans-b = 1), element (n, k). The canonical
-/// MN-major layouts (PTX ISA 9.7.15.5; CUTLASS cute/atom/mma_traits_sm90_gmma.hpp spells
+/// MN-major layouts (PTX ISA "Shared Memory Matrix Layout"; CUTLASS cute/atom/mma_traits_sm90_gmma.hpp spells
 /// them as layouts): without swizzle, core matrices of 8 k-rows x 8 contiguous MN elements:
 /// start + (n%8)*2 + (n/8)*SBO + (k%8)*16 + (k/8)*LBO; with a T-byte swizzle, rows of T bytes
 /// hold T/2 contiguous MN elements, one row per k: start + 2*(n%(T/2)) + (n/(T/2))*LBO +
@@ -1686,7 +1687,7 @@ inline void run_wgmma(Block* b, unsigned g) {
   auto cvt = [&](uint16_t h) { return i0.bf16 ? bf2f(h) : h2f(h); };
   static thread_local float A[64][16], B[256][16];
   if (i0.a_regs) {
-    // A fragment (9.7.15.5.1, m64nNk16 A in registers): warp w of the warpgroup holds rows
+    // A fragment ("Register Fragments", m64nNk16 A in registers): warp w of the warpgroup holds rows
     // 16w..16w+15 in the mma.m16n8k16 A layout: a_i at row g + 8*((i>>1)&1), column
     // 2t + (i&1) + 8*(i>=4), g = lane/4, t = lane%4.
     for (unsigned l = 0; l < 128; l++) {
@@ -1711,7 +1712,7 @@ inline void run_wgmma(Block* b, unsigned g) {
       memcpy(&h, b->mem + (i0.b_mn ? desc_elem_mn(i0.desc_b, c, k) : desc_elem(i0.desc_b, c, k)), 2);
       B[c][k] = cvt(h);
     }
-  // D fragment (9.7.15.5.1, m64nNk16 accumulator): thread l (warp w = l/32, g = lane/4,
+  // D fragment ("Register Fragments", m64nNk16 accumulator): thread l (warp w = l/32, g = lane/4,
   // t = lane%4) holds d_i, i < N/2, at row 16w + g + 8*((i>>1)&1), column 8*(i/4) + 2t + (i&1).
   for (unsigned l = 0; l < 128; l++) {
     auto& in = *static_cast<WgmmaIn*>(lanes[l].wg_in);
@@ -1772,7 +1773,7 @@ inline void wgmma(float* acc, float* shadow, AccState* st, bool bf16, bool a_reg
     fail("af_wgmma at " + fmt_site(loc) + " (warpgroup " + std::to_string(f->linear / 128) +
          ") uses accumulator registers this thread accessed after its last af_wgmma_fence: wgmma.fence.sync.aligned "
          "is required before a wgmma.mma_async whose accumulator (or A) registers were touched since (PTX ISA "
-         "9.7.15.6.1 wgmma.fence)");
+         "wgmma.fence)");
   WgmmaIn in{N, bf16, a_regs, b_mn, desc_a, desc_b, {0, 0, 0, 0}, scale_d, acc, shadow, st, 0};
   if (a_regs)
     for (int i = 0; i < 4; i++) in.a[i] = a[i];
@@ -1788,7 +1789,7 @@ inline void acc_access(AccState* st, int i, int size) {
     fail("thread " + std::to_string(f->linear) + " (warpgroup " + std::to_string(f->linear / 128) +
          ") accesses accumulator register d[" + std::to_string(i) + "] of the wgmma.mma_async issued at " +
          fmt_site(st->issued_at) +
-         " before af_wgmma_wait_group retired it (PTX ISA 9.7.15.6.3 wgmma.wait_group: accessing the "
+         " before af_wgmma_wait_group retired it (PTX ISA wgmma.wait_group: accessing the "
          "accumulator before the wait is undefined behavior)");
   st->accessed_at_fence = f->wgmma_fences;
 }
@@ -1816,7 +1817,7 @@ inline std::string describe_mbar(const Block::MBarrier& m) {
          " with count " + std::to_string(m.expected) + ")";
 }
 /// The current phase completes when all arrivals and all expected transaction bytes are in
-/// (9.7.13.15.1 "Contents of the mbarrier object", phase completion).
+/// (PTX ISA mbarrier, "Contents of the mbarrier object", phase completion).
 inline void mbar_maybe_complete(Block* b, Block::MBarrier& m) {
   if (m.pending != 0 || m.tx != 0) return;
   m.phase++;
@@ -2018,7 +2019,7 @@ struct af_wgmma_acc {
   }
 };
 
-/// A wgmma matrix descriptor (PTX ISA 9.7.15.5.1) for a K-major tile at `smem`: `lbo_bytes`,
+/// A wgmma matrix descriptor (PTX ISA "Matrix Descriptor Format") for a K-major tile at `smem`: `lbo_bytes`,
 /// `sbo_bytes` as the ISA's leading/stride dimension byte offsets, `swizzle_bytes` 0, 32,
 /// 64 or 128.
 inline unsigned long long af_wgmma_desc(const void* smem, unsigned lbo_bytes, unsigned sbo_bytes, int swizzle_bytes) {

@@ -1884,7 +1884,7 @@ inline void bulk_issue(Block* b, Fiber* f, void* smem_dst, std::vector<unsigned 
   b->bulk.push_back({off, std::move(data), m.off, f->linear});
 }
 
-// --- TMA tensor maps (written by attnforge_sim::tma::TensorMap::encode_for_sim) -----------
+// --- TMA tensor maps (written by attnforge_sim::tma::TensorMapSpec::encode_for_sim) -----------
 /// Simulator layout of a tiled tensor map (little-endian, 256 bytes; the GPU's CUtensorMap
 /// is opaque and built by cuTensorMapEncodeTiled from the same fields).
 struct TensorMapSim {
@@ -1924,7 +1924,7 @@ inline void tma_load(void* smem_dst, const void* tmap, const int* coords, unsign
   check_global(tmap, sizeof m, 8, (what + " reads its tensor map:").c_str());
   memcpy(&m, tmap, sizeof m);
   if (m.magic != kTmapMagic || m.version != 1)
-    fail(what + ": the tensor map is not one written by attnforge_sim::tma::TensorMap::encode_for_sim");
+    fail(what + ": the tensor map is not one written by attnforge_sim::tma::TensorMapSpec::encode_for_sim");
   if (m.rank != rank)
     fail(what + " with a tensor map of rank " + std::to_string(m.rank) + "; use af_tma_load_" +
          std::to_string(m.rank) + "d");

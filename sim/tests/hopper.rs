@@ -263,6 +263,13 @@ fn wgmma_misuse_is_reported() {
             ],
         );
     }
+    assert_all(
+        &run_wgmma(wg, 0, 0, 0, 1, true, 4, Schedule::Forward).unwrap_err(),
+        &[
+            "af_wgmma: descriptor A differs between threads 0 and 5 of warpgroup 0",
+            "warpgroup-uniform",
+        ],
+    );
 }
 
 /// The expected shared image of a TMA box: box elements in row-major order (dimension 0
@@ -478,6 +485,43 @@ fn tma_misuse_is_reported() {
     // reading the destination before the wait: the copy has not landed
     let msg = run_tma(&t, &[0, 0], 3, Schedule::Forward).unwrap_err();
     assert_all(&msg, &["uninitialised", "thread (1,0,0)"]);
+    // a map of another rank, a map not from the encoder
+    let k = build("tma_box");
+    let spec = TensorMapSpec {
+        dtype: TmaDtype::U16,
+        global_dims: vec![64, 100],
+        global_strides_bytes: vec![128],
+        box_dims: vec![64, 32],
+        swizzle: TmaSwizzle::B128,
+    };
+    let good = spec.encode_for_sim(1, 0).unwrap();
+    let garbage = [7u8; 200];
+    let src = vec![0u16; 6400];
+    for (map, rank, want) in [
+        (&good, 3, "af_tma_load_3d with a tensor map of rank 2; use af_tma_load_2d"),
+        (
+            &garbage,
+            2,
+            "af_tma_load_2d: the tensor map is not one written by attnforge_sim::tma::TensorMapSpec",
+        ),
+    ] {
+        let mut out = vec![0u16; 2048];
+        let mut args = [
+            SimArg::input(&map[..]),
+            SimArg::input(&src),
+            SimArg::output(&mut out),
+            SimArg::I32(rank),
+            SimArg::I32(0),
+            SimArg::I32(0),
+            SimArg::I32(0),
+            SimArg::I32(0),
+            SimArg::I32(0),
+            SimArg::I32(4096),
+            SimArg::I32(0),
+        ];
+        let msg = message(k.launch(1, 64, 65536, &mut args, &SimConfig::default()));
+        assert_all(&msg, &[want, "thread (0,0,0)"]);
+    }
 }
 
 #[test]
@@ -502,6 +546,18 @@ fn bulk_copies_complete_the_transaction_count() {
         assert_all(
             &message(k.launch(1, 32, 0, &mut args, &SimConfig::new(sched))),
             &["deadlock", "0 of 1 arrivals and 16 transaction bytes"],
+        );
+        let mut args = [
+            SimArg::input(&src),
+            SimArg::output(&mut out),
+            SimArg::I32(2),
+        ];
+        assert_all(
+            &message(k.launch(1, 32, 0, &mut args, &SimConfig::new(sched))),
+            &[
+                // the first thread to use it: thread 0 arriving or another one waiting
+                "on the mbarrier at shared byte offset 0 before af_mbarrier_init initialised it",
+            ],
         );
     }
 }

@@ -36,7 +36,7 @@ constexpr int kBOff = 16384;  // byte offset of the B tile (1024-aligned)
 // 1 = row-direction core matrices adjacent (LBO rows*16, SBO 128).
 // The instruction(s) use k-steps kstep .. kstep+nsteps-1 (16 columns each).
 // mode 1: no wgmma.fence; 2: read the accumulator before wait_group; 3: wait_group<1> with
-// one group committed, then read.
+// one group committed, then read; 4: thread 5 passes a different descriptor A.
 template <int N, bool BF, bool AREG, bool BMN = false>
 __device__ void wg_test(const unsigned short* A, const unsigned short* B, const float* C, float* D, int swz,
                         int layout, int kstep, int nsteps, int scale_d, int mode) {
@@ -67,6 +67,7 @@ __device__ void wg_test(const unsigned short* A, const unsigned short* B, const 
     // MN-major B: k-step s is 16 k-rows = 2 k-groups further
     const int step_bytes_b = BMN ? (swz ? 2 * sbo_b * s : 2 * lbo_b * s) : swz ? 32 * s : 2 * lbo_b * s;
     unsigned long long da = af_wgmma_desc(&sm[0] + step_bytes / 2, lbo_a, sbo_a, swz);
+    if (mode == 4 && t == 5) da += 2;  // not warpgroup-uniform
     unsigned long long db = af_wgmma_desc(&sm[0] + (kBOff + step_bytes_b) / 2, lbo_b, sbo_b, swz);
     const int sc = s == kstep ? scale_d : 1;
     if (AREG) {
@@ -153,12 +154,12 @@ extern "C" __global__ void tma_box(const unsigned char* tmap, const unsigned sho
 }
 
 // Two bulk copies of 256 bytes complete one expect-tx of 512 bytes (mode 1: 528, never
-// completes).
+// completes; 2: the barrier is never initialised).
 extern "C" __global__ void bulk2(const float* src, float* out, int mode) {
   AF_SHARED(unsigned long long, bar, 1);
   AF_SHARED(float, buf, 128);
   const int t = threadIdx.x;
-  if (t == 0) af_mbarrier_init(&bar[0], 1);
+  if (t == 0 && mode != 2) af_mbarrier_init(&bar[0], 1);
   __syncthreads();
   if (t == 0) {
     af_mbarrier_arrive_expect_tx(&bar[0], 512 + (mode == 1 ? 16 : 0));

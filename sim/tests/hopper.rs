@@ -645,6 +645,14 @@ fn setmaxnreg_rules_are_checked() {
 
 const GPU_SRC: &str = include_str!("cuda/hopper_gpu.cu");
 
+/// NVRTC options for `sm_90a`: `sm_90` with the arch-specific target named last (NVRTC takes
+/// the last `--gpu-architecture`), which does not depend on how the runtime spells sm_90a.
+fn sm_90a_options() -> attnforge_runtime::CompileOptions {
+    let mut o = attnforge_runtime::CompileOptions::new(attnforge_runtime::Arch::Sm90);
+    o.extra.push("--gpu-architecture=sm_90a".into());
+    o
+}
+
 /// Q, K: `rows` x 64 f16; maps with 64 x 64 boxes and the 128-byte swizzle.
 fn qk_inputs(rows: usize) -> (Vec<f32>, Vec<f32>, [u8; 200], [u8; 200]) {
     let q: Vec<f32> = (0..rows * 64).map(|i| val(i, 5)).collect();
@@ -708,14 +716,14 @@ fn tma_producer_and_wgmma_consumer_warpgroups_compute_q_k_transposed() {
 /// without warnings, ptxas accepts it, and the SASS has HGMMA and TMA loads.
 #[test]
 fn hopper_header_compiles_for_sm_90a_with_hgmma_in_the_sass() {
-    use attnforge_runtime::{compile_with, Arch, CompileOptions};
+    use attnforge_runtime::compile_with;
     let src = format!(
         "{}\n{}\n{}",
         include_str!("../../codegen/cuda/af_prelude.cuh"),
         include_str!("../../codegen/cuda/af_hopper.cuh"),
         GPU_SRC
     );
-    let compiled = compile_with(&src, "hopper_qk", &CompileOptions::new(Arch::Sm90a))
+    let compiled = compile_with(&src, "hopper_qk", &sm_90a_options())
         .unwrap_or_else(|e| panic!("NVRTC/ptxas rejected the Hopper helpers: {e}"));
     assert!(
         !compiled.log.to_lowercase().contains("warning"),
@@ -738,19 +746,15 @@ fn hopper_header_compiles_for_sm_90a_with_hgmma_in_the_sass() {
 /// setmaxnreg, fence.proxy.async) is accepted by ptxas for sm_90a.
 #[test]
 fn every_other_hopper_helper_assembles_for_sm_90a() {
-    use attnforge_runtime::{compile_with, Arch, CompileOptions};
+    use attnforge_runtime::compile_with;
     let src = format!(
         "{}\n{}\n{}",
         include_str!("../../codegen/cuda/af_prelude.cuh"),
         include_str!("../../codegen/cuda/af_hopper.cuh"),
         GPU_SRC
     );
-    let compiled = compile_with(
-        &src,
-        "hopper_all_helpers",
-        &CompileOptions::new(Arch::Sm90a),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let compiled = compile_with(&src, "hopper_all_helpers", &sm_90a_options())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !compiled.log.to_lowercase().contains("warning"),
         "{}",
@@ -774,7 +778,7 @@ fn every_other_hopper_helper_assembles_for_sm_90a() {
 /// registers) is accepted by ptxas for sm_90a and becomes an HGMMA of that shape.
 #[test]
 fn every_wgmma_specialization_assembles_for_sm_90a() {
-    use attnforge_runtime::{compile_with, Arch, CompileOptions};
+    use attnforge_runtime::compile_with;
     let ns = [8, 16, 24, 32, 48, 64, 96, 128, 192, 256];
     let mut body = String::new();
     for (i, n) in ns.iter().enumerate() {
@@ -802,8 +806,8 @@ fn every_wgmma_specialization_assembles_for_sm_90a() {
         include_str!("../../codegen/cuda/af_prelude.cuh"),
         include_str!("../../codegen/cuda/af_hopper.cuh"),
     );
-    let compiled = compile_with(&src, "all_wgmma", &CompileOptions::new(Arch::Sm90a))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let compiled =
+        compile_with(&src, "all_wgmma", &sm_90a_options()).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !compiled.log.to_lowercase().contains("warning"),
         "{}",

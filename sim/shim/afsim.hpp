@@ -111,7 +111,8 @@ namespace afsim {
 
 [[noreturn]] void fail(const std::string& msg);
 
-enum class St : unsigned char { Ready, Barrier, Warp, Done };
+// Wg: in a warpgroup-collective (wgmma, setmaxnreg); MBar: waiting on an mbarrier phase.
+enum class St : unsigned char { Ready, Barrier, Warp, Done, Wg, MBar };
 
 enum class WarpOp : unsigned char { None, Shfl, Ballot, Any, All, Sync, Mma16, MmaBf16, Ldm4, Ldm2, Ldm4T };
 
@@ -161,6 +162,14 @@ struct Fiber {
   std::source_location site;
   std::vector<CpAsync> cp;
   long cp_next_group = 0;
+  // Hopper state (see the "Hopper" section)
+  void* wg_in = nullptr;            // this thread's operands of the pending warpgroup collective
+  std::vector<void*> wgmma_pending;  // in-flight wgmma records (HWgmma*), oldest first
+  long wgmma_next_group = 0;
+  unsigned long long wgmma_fences = 1;
+  size_t mbar_off = 0;  // St::MBar: the barrier's shared offset and the parity waited for
+  unsigned mbar_parity = 0;
+  bool spinning = false;  // yielded from a failed af_mbarrier_test_wait_parity
   unsigned char* stack_lo = nullptr;  // lowest usable byte (canary lives here)
 };
 
@@ -193,6 +202,9 @@ struct Rec {
   uint16_t rsync;  // the reader warp's __syncwarp count at the last read
 };
 inline constexpr uint16_t kMulti = 0xFFFF, kWarpReader = 0x8000;
+/// Writer code of bulk/TMA copies (the async proxy): ordered by the mbarrier wait, not by
+/// __syncthreads, so reading them is never reported as a race.
+inline constexpr uint16_t kAsyncWriter = 0xFFFE;
 
 struct Launch;
 
@@ -219,6 +231,29 @@ struct Block {
   int dyn_kind = -1;
   std::vector<Site> sites;
   unsigned long long* counters = nullptr;
+  // Hopper state: warpgroup meetings, mbarriers, bulk copies in flight (see "Hopper")
+  struct WgMeet {
+    unsigned arrived = 0;
+    int op = -1;
+    std::source_location site;
+  };
+  std::vector<WgMeet> wg;
+  struct MBarrier {
+    size_t off;
+    unsigned expected, pending;
+    long long tx;
+    unsigned phase;
+    std::source_location init_site;
+  };
+  std::vector<MBarrier> mbars;
+  struct BulkCopy {
+    size_t dst_off;
+    std::vector<unsigned char> data;
+    size_t bar_off;
+    unsigned issuer;
+  };
+  std::vector<BulkCopy> bulk;
+  std::vector<int> maxnreg;  // per warpgroup, 0 = not set
 #ifndef AFSIM_UCONTEXT
   void* sched_sp = nullptr;
 #else
@@ -552,7 +587,7 @@ inline void on_read(Block* b, const void* p, size_t n, unsigned t, bool warp_rea
   uint16_t code = warp_reader ? uint16_t(kWarpReader | w) : uint16_t(t);
   for (size_t g = off >> 1; g <= (off + n - 1) >> 1; g++) {
     Rec& r = b->recs[g];
-    if (r.wbar == b->epoch && r.wtid != t && !((r.wtid >> 5) == w && r.wsync != sync)) {
+    if (r.wbar == b->epoch && r.wtid != t && r.wtid != kAsyncWriter && !((r.wtid >> 5) == w && r.wsync != sync)) {
       bool same_warp = (r.wtid >> 5) == w;
       race("race: thread " + std::to_string(t) + " reads " + what +
            (idx >= 0 ? "[" + std::to_string(idx) + "]" : std::string()) + " written by thread " +
@@ -1452,6 +1487,721 @@ inline double min(double a, double b) { return fmin(a, b); }
 inline double max(double a, double b) { return fmax(a, b); }
 
 // ---------------------------------------------------------------------------
+// Hopper (sm_90a): wgmma, mbarriers, TMA / bulk copies, setmaxnreg.
+// The CUDA side of these helpers (real inline PTX) is codegen/cuda/af_hopper.cuh; the
+// signatures match. Comments cite the PTX ISA (8.x) by section title (section numbers move
+// between versions; https://docs.nvidia.com/cuda/parallel-thread-execution/):
+//   "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions" (wgmma), with
+//     "Matrix Descriptor Format", "Shared Memory Matrix Layout" (canonical layouts and
+//     swizzling) and "Register Fragments" (m64nNk16 A and D fragments);
+//   "Parallel Synchronization and Communication Instructions: mbarrier" (phases, tx-count);
+//   "Data Movement and Conversion Instructions: cp.async.bulk.tensor" / "cp.async.bulk" and
+//     "Tensors" (tensor maps, bounding box, out-of-bound fill, swizzle modes);
+//   "Miscellaneous Instructions: setmaxnreg".
+// ---------------------------------------------------------------------------
+namespace afsim {
+
+enum HopperOp : int { kOpWgmma = 0, kOpSetmaxnregInc = 1, kOpSetmaxnregDec = 2 };
+inline const char* hopper_op_name(int op) {
+  switch (op) {
+    case kOpWgmma: return "af_wgmma (wgmma.mma_async)";
+    case kOpSetmaxnregInc: return "af_setmaxnreg_inc (setmaxnreg.inc)";
+    case kOpSetmaxnregDec: return "af_setmaxnreg_dec (setmaxnreg.dec)";
+    default: return "?";
+  }
+}
+
+/// Per-accumulator bookkeeping (simulator only): in-flight wgmma count, the fence count at
+/// the thread's last access, the site of the newest in-flight wgmma, and the value the
+/// in-flight chain will produce.
+struct AccState {
+  int inflight = 0;
+  // a new accumulator counts as accessed now: the first wgmma on it needs a fence too
+  unsigned long long accessed_at_fence = tl_cur ? tl_cur->wgmma_fences : 0;
+  std::source_location issued_at;
+};
+
+/// One thread's operands of a wgmma (the warpgroup's are combined when all 128 arrive).
+struct WgmmaIn {
+  int n;           // N of m64nNk16
+  bool bf16;       // element type of A and B
+  bool a_regs;     // A from registers (else descriptor)
+  bool b_mn;       // B MN-major (imm-trans-b = 1), else K-major
+  uint64_t desc_a, desc_b;
+  uint32_t a[4];
+  int scale_d;
+  float* acc;      // the accumulator registers (n/2 floats)
+  float* shadow;   // value after the in-flight chain (n/2 floats)
+  AccState* st;
+  int setmaxnreg;  // setmaxnreg operand
+};
+
+struct HWgmma {
+  AccState* st;
+  float* acc;
+  float* shadow;
+  int n;
+  long group;  // -1 = not yet committed
+};
+
+inline void hopper_reset(Fiber* f) {
+  for (void* p : f->wgmma_pending) delete static_cast<HWgmma*>(p);
+  f->wgmma_pending.clear();
+  f->wgmma_next_group = 0;
+  f->wgmma_fences = 1;
+  f->wg_in = nullptr;
+}
+
+inline std::string hex64(uint64_t v) {
+  char s[24];
+  snprintf(s, sizeof s, "0x%016llx", (unsigned long long)v);
+  return s;
+}
+
+/// Shared-window address (offset in this block's arena) of a pointer; the GPU's
+/// __cvta_generic_to_shared.
+inline uint32_t smem_addr(const void* p, const char* what) {
+  Fiber* f = tl_cur;
+  if (!f) fail(std::string(what) + " outside a kernel");
+  if (!in_arena(f->blk, p, 1)) fail(std::string(what) + ": pointer is not in this block's shared memory");
+  return uint32_t(off_of(f->blk, p));
+}
+
+// --- warpgroup collectives ----------------------------------------------------
+void complete_wg(Block* b, unsigned g, int op);
+
+/// Every thread of the warpgroup (128 consecutive threads) meets at `op`; the last one to
+/// arrive runs the operation for all.
+inline void wg_op(Fiber* f, int op, WgmmaIn* in, std::source_location loc) {
+  Block* b = f->blk;
+  unsigned g = f->linear / 128;
+  if ((g + 1) * 128 > b->nthreads)
+    fail(std::string(hopper_op_name(op)) + " is warpgroup-wide but warpgroup " + std::to_string(g) +
+         " is incomplete: the block has " + std::to_string(b->nthreads) +
+         " threads; use a multiple of 128");
+  auto& M = b->wg[g];
+  if (M.arrived != 0 && M.op != op)
+    fail(std::string(hopper_op_name(op)) + " at " + fmt_site(loc) + " while other threads of warpgroup " +
+         std::to_string(g) + " wait in " + hopper_op_name(M.op) + " at " + fmt_site(M.site) +
+         " (.sync.aligned: every thread of the warpgroup must execute the same instruction)");
+  if (M.arrived == 0) {
+    M.op = op;
+    M.site = loc;
+  }
+  f->site = loc;
+  f->wg_in = in;
+  f->st = St::Wg;
+  if (++M.arrived == 128) {
+    M.arrived = 0;
+    complete_wg(b, g, op);
+    for (unsigned l = 0; l < 128; l++) b->fibers[g * 128 + l].st = St::Ready;
+  }
+  to_sched(f);
+  f->wg_in = nullptr;
+}
+
+// --- wgmma --------------------------------------------------------------------
+/// Byte offset (in the shared window) of element (row, k) of a K-major operand described by
+/// `desc` (rows: M for A, N for B; k < 16). PTX ISA, "Matrix Descriptor Format":
+/// bits 0-13 start address >> 4, 16-29 leading dimension byte offset >> 4, 32-45 stride
+/// dimension byte offset >> 4, 49-51 base offset, 62-63 swizzle (0 none, 1 128B, 2 64B, 3 32B).
+/// Canonical K-major layouts ("Shared Memory Matrix Layout"): core matrices of 8 rows x 16 bytes; without swizzle
+/// element (r, k) is at start + (r/8)*SBO + (k/8)*LBO + (r%8)*16 + (k%8)*2; with a T-byte
+/// swizzle the 8-row atom has T-byte rows: start + (r/8)*SBO + (r%8)*T + 2k, then address
+/// bits [4, 4+log2(T/16)) are XORed with bits [7, 7+log2(T/16)) (the TMA swizzle pattern).
+inline size_t desc_elem(uint64_t desc, unsigned r, unsigned k) {
+  size_t start = size_t(desc & 0x3FFF) << 4;
+  size_t lbo = size_t((desc >> 16) & 0x3FFF) << 4;
+  size_t sbo = size_t((desc >> 32) & 0x3FFF) << 4;
+  unsigned mode = unsigned(desc >> 62);
+  if (mode == 0) return start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
+  unsigned t = mode == 1 ? 128 : mode == 2 ? 64 : 32;
+  size_t a = start + (r / 8) * sbo + (r % 8) * t + 2 * k;
+  unsigned bits = mode == 1 ? 3 : mode == 2 ? 2 : 1;
+  size_t mask = ((size_t(1) << bits) - 1) << 4;
+  return a ^ ((a >> 3) & mask);
+}
+
+/// As desc_elem for an MN-major operand (imm-trans-b = 1), element (n, k). The canonical
+/// MN-major layouts (PTX ISA "Shared Memory Matrix Layout"; CUTLASS cute/atom/mma_traits_sm90_gmma.hpp spells
+/// them as layouts): without swizzle, core matrices of 8 k-rows x 8 contiguous MN elements:
+/// start + (n%8)*2 + (n/8)*SBO + (k%8)*16 + (k/8)*LBO; with a T-byte swizzle, rows of T bytes
+/// hold T/2 contiguous MN elements, one row per k: start + 2*(n%(T/2)) + (n/(T/2))*LBO +
+/// (k%8)*T + (k/8)*SBO, then the same address-bit XOR. (The roles of LBO and SBO swap
+/// between the unswizzled and swizzled MN-major layouts.)
+inline size_t desc_elem_mn(uint64_t desc, unsigned n, unsigned k) {
+  size_t start = size_t(desc & 0x3FFF) << 4;
+  size_t lbo = size_t((desc >> 16) & 0x3FFF) << 4;
+  size_t sbo = size_t((desc >> 32) & 0x3FFF) << 4;
+  unsigned mode = unsigned(desc >> 62);
+  if (mode == 0) return start + (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo;
+  unsigned t = mode == 1 ? 128 : mode == 2 ? 64 : 32;
+  size_t a = start + 2 * (n % (t / 2)) + (n / (t / 2)) * lbo + (k % 8) * t + (k / 8) * sbo;
+  unsigned bits = mode == 1 ? 3 : mode == 2 ? 2 : 1;
+  size_t mask = ((size_t(1) << bits) - 1) << 4;
+  return a ^ ((a >> 3) & mask);
+}
+
+inline void check_desc(Block* b, uint64_t desc, const char* which, unsigned rows, unsigned lane, bool mn = false) {
+  if ((desc >> 49) & 7) {
+    tl_cur = &b->fibers[lane];
+    fail(std::string("af_wgmma: matrix descriptor ") + which + " " + hex64(desc) +
+         " has a nonzero matrix base offset (bits 49-51), which the simulator does not emulate; "
+         "align swizzled tiles to the swizzle pattern (1024/512/256 bytes)");
+  }
+  for (unsigned r = 0; r < rows; r++)
+    for (unsigned k = 0; k < 16; k++) {
+      size_t off = mn ? desc_elem_mn(desc, r, k) : desc_elem(desc, r, k);
+      if (off + 2 > b->cap) {
+        tl_cur = &b->fibers[lane];
+        fail(std::string("af_wgmma: matrix descriptor ") + which + " " + hex64(desc) + " addresses element (" +
+             std::to_string(r) + "," + std::to_string(k) + ") at shared byte offset " + std::to_string(off) +
+             ", outside this block's shared memory");
+      }
+      if (is_poisoned(b, b->mem + off, 2)) {
+        tl_cur = &b->fibers[lane];
+        fail(std::string("af_wgmma reads uninitialised shared memory: operand ") + which + " element (" +
+             std::to_string(r) + "," + std::to_string(k) + ") at shared byte offset " + std::to_string(off) +
+             " (never written, or a TMA/bulk copy whose mbarrier was not waited for)");
+      }
+    }
+}
+
+inline void run_wgmma(Block* b, unsigned g) {
+  Fiber* lanes = &b->fibers[g * 128];
+  WgmmaIn& i0 = *static_cast<WgmmaIn*>(lanes[0].wg_in);
+  for (unsigned l = 1; l < 128; l++) {
+    WgmmaIn& in = *static_cast<WgmmaIn*>(lanes[l].wg_in);
+    const char* what = in.n != i0.n ? "N" : in.bf16 != i0.bf16 ? "element type" : in.a_regs != i0.a_regs ? "A source"
+                       : in.b_mn != i0.b_mn ? "B major-ness"
+                       : (!in.a_regs && in.desc_a != i0.desc_a) ? "descriptor A"
+                       : in.desc_b != i0.desc_b ? "descriptor B" : in.scale_d != i0.scale_d ? "scale-d" : nullptr;
+    if (what) {
+      tl_cur = &lanes[l];
+      fail(std::string("af_wgmma: ") + what + " differs between threads " + std::to_string(g * 128) + " and " +
+           std::to_string(g * 128 + l) + " of warpgroup " + std::to_string(g) +
+           " (wgmma operands other than registers must be warpgroup-uniform)");
+    }
+  }
+  unsigned n = unsigned(i0.n);
+  auto cvt = [&](uint16_t h) { return i0.bf16 ? bf2f(h) : h2f(h); };
+  static thread_local float A[64][16], B[256][16];
+  if (i0.a_regs) {
+    // A fragment ("Register Fragments", m64nNk16 A in registers): warp w of the warpgroup holds rows
+    // 16w..16w+15 in the mma.m16n8k16 A layout: a_i at row g + 8*((i>>1)&1), column
+    // 2t + (i&1) + 8*(i>=4), g = lane/4, t = lane%4.
+    for (unsigned l = 0; l < 128; l++) {
+      auto& in = *static_cast<WgmmaIn*>(lanes[l].wg_in);
+      unsigned w = l / 32, gg = (l % 32) / 4, t = l % 4;
+      for (unsigned i = 0; i < 8; i++)
+        A[16 * w + gg + 8 * ((i >> 1) & 1)][2 * t + (i & 1) + 8 * (i >= 4)] = cvt(uint16_t(in.a[i / 2] >> (16 * (i & 1))));
+    }
+  } else {
+    check_desc(b, i0.desc_a, "A", 64, g * 128);
+    for (unsigned r = 0; r < 64; r++)
+      for (unsigned k = 0; k < 16; k++) {
+        uint16_t h;
+        memcpy(&h, b->mem + desc_elem(i0.desc_a, r, k), 2);
+        A[r][k] = cvt(h);
+      }
+  }
+  check_desc(b, i0.desc_b, "B", n, g * 128, i0.b_mn);
+  for (unsigned c = 0; c < n; c++)
+    for (unsigned k = 0; k < 16; k++) {
+      uint16_t h;
+      memcpy(&h, b->mem + (i0.b_mn ? desc_elem_mn(i0.desc_b, c, k) : desc_elem(i0.desc_b, c, k)), 2);
+      B[c][k] = cvt(h);
+    }
+  // D fragment ("Register Fragments", m64nNk16 accumulator): thread l (warp w = l/32, g = lane/4,
+  // t = lane%4) holds d_i, i < N/2, at row 16w + g + 8*((i>>1)&1), column 8*(i/4) + 2t + (i&1).
+  for (unsigned l = 0; l < 128; l++) {
+    auto& in = *static_cast<WgmmaIn*>(lanes[l].wg_in);
+    unsigned w = l / 32, gg = (l % 32) / 4, t = l % 4;
+    const float* src = in.st->inflight > 0 ? in.shadow : in.acc;
+    for (unsigned i = 0; i < n / 2; i++) {
+      unsigned row = 16 * w + gg + 8 * ((i >> 1) & 1), col = 8 * (i / 4) + 2 * t + (i & 1);
+      float acc = in.scale_d ? src[i] : 0.0f;
+      // products of f16/bf16 values are exact in f32; summed in k order (the tensor core's
+      // order and rounding may differ in the last bits)
+      for (unsigned k = 0; k < 16; k++) acc += A[row][k] * B[col][k];
+      in.shadow[i] = acc;
+    }
+  }
+  for (unsigned l = 0; l < 128; l++) {
+    auto& in = *static_cast<WgmmaIn*>(lanes[l].wg_in);
+    in.st->inflight++;
+    in.st->issued_at = lanes[l].site;
+    lanes[l].wgmma_pending.push_back(new HWgmma{in.st, in.acc, in.shadow, in.n, -1});
+  }
+}
+
+inline void run_setmaxnreg(Block* b, unsigned g, bool inc) {
+  Fiber* lanes = &b->fibers[g * 128];
+  int v = static_cast<WgmmaIn*>(lanes[0].wg_in)->setmaxnreg;
+  for (unsigned l = 1; l < 128; l++) {
+    int u = static_cast<WgmmaIn*>(lanes[l].wg_in)->setmaxnreg;
+    if (u != v) {
+      tl_cur = &lanes[l];
+      fail(std::string(hopper_op_name(inc ? kOpSetmaxnregInc : kOpSetmaxnregDec)) + ": thread " +
+           std::to_string(g * 128 + l) + " requests " + std::to_string(u) + " registers, thread " +
+           std::to_string(g * 128) + " " + std::to_string(v) + " (the count must be warpgroup-uniform)");
+    }
+  }
+  int cur_n = b->maxnreg[g];
+  if (cur_n && (inc ? v < cur_n : v > cur_n)) {
+    tl_cur = &lanes[0];
+    fail(std::string(hopper_op_name(inc ? kOpSetmaxnregInc : kOpSetmaxnregDec)) + " " + std::to_string(v) +
+         " in warpgroup " + std::to_string(g) + " which holds " + std::to_string(cur_n) + " registers per thread (" +
+         (inc ? ".inc must not lower" : ".dec must not raise") + " the count)");
+  }
+  b->maxnreg[g] = v;
+}
+
+inline void complete_wg(Block* b, unsigned g, int op) {
+  Fiber* saved = tl_cur;
+  if (op == kOpWgmma) run_wgmma(b, g);
+  else run_setmaxnreg(b, g, op == kOpSetmaxnregInc);
+  tl_cur = saved;
+}
+
+template <int N>
+inline void wgmma(float* acc, float* shadow, AccState* st, bool bf16, bool a_regs, bool b_mn, uint64_t desc_a,
+                  const unsigned* a, uint64_t desc_b, int scale_d, std::source_location loc) {
+  static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma m64nNk16: N must be a multiple of 8 in 8..256");
+  Fiber* f = cur(loc);
+  if (st->accessed_at_fence >= f->wgmma_fences)
+    fail("af_wgmma at " + fmt_site(loc) + " (warpgroup " + std::to_string(f->linear / 128) +
+         ") uses accumulator registers this thread accessed after its last af_wgmma_fence: wgmma.fence.sync.aligned "
+         "is required before a wgmma.mma_async whose accumulator (or A) registers were touched since (PTX ISA "
+         "wgmma.fence)");
+  WgmmaIn in{N, bf16, a_regs, b_mn, desc_a, desc_b, {0, 0, 0, 0}, scale_d, acc, shadow, st, 0};
+  if (a_regs)
+    for (int i = 0; i < 4; i++) in.a[i] = a[i];
+  wg_op(f, kOpWgmma, &in, loc);
+}
+
+inline void acc_access(AccState* st, int i, int size) {
+  Fiber* f = tl_cur;
+  if (!f) return;
+  if (i < 0 || i >= size)
+    fail("accumulator register index " + std::to_string(i) + " out of range 0.." + std::to_string(size - 1));
+  if (st->inflight > 0)
+    fail("thread " + std::to_string(f->linear) + " (warpgroup " + std::to_string(f->linear / 128) +
+         ") accesses accumulator register d[" + std::to_string(i) + "] of the wgmma.mma_async issued at " +
+         fmt_site(st->issued_at) +
+         " before af_wgmma_wait_group retired it (PTX ISA wgmma.wait_group: accessing the "
+         "accumulator before the wait is undefined behavior)");
+  st->accessed_at_fence = f->wgmma_fences;
+}
+
+// --- mbarrier -------------------------------------------------------------------
+inline Block::MBarrier* find_mbar(Block* b, size_t off) {
+  for (auto& m : b->mbars)
+    if (m.off == off) return &m;
+  return nullptr;
+}
+inline Block::MBarrier& mbar_of(const void* bar, const char* what) {
+  Fiber* f = tl_cur;
+  if (!f) fail(std::string(what) + " outside a kernel");
+  Block* b = f->blk;
+  if (!in_arena(b, bar, 8) || (reinterpret_cast<uintptr_t>(bar) & 7))
+    fail(std::string(what) + ": the mbarrier must be an 8-byte aligned 64-bit object in this block's shared memory");
+  auto* m = find_mbar(b, off_of(b, bar));
+  if (!m)
+    fail(std::string(what) + " on the mbarrier at shared byte offset " + std::to_string(off_of(b, bar)) +
+         " before af_mbarrier_init initialised it");
+  return *m;
+}
+inline std::string describe_mbar(const Block::MBarrier& m) {
+  return "mbarrier at shared byte offset " + std::to_string(m.off) + " (initialised at " + fmt_site(m.init_site) +
+         " with count " + std::to_string(m.expected) + ")";
+}
+/// The current phase completes when all arrivals and all expected transaction bytes are in
+/// (PTX ISA mbarrier, "Contents of the mbarrier object", phase completion).
+inline void mbar_maybe_complete(Block* b, Block::MBarrier& m) {
+  if (m.pending != 0 || m.tx != 0) return;
+  m.phase++;
+  // a phase completion orders memory like a barrier for the race checker (mbarrier
+  // pipelines have no __syncthreads between producer and consumer)
+  b->epoch++;
+  m.pending = m.expected;
+  for (auto& f : b->fibers)
+    if (f.st == St::MBar && f.mbar_off == m.off) f.st = St::Ready;
+}
+inline void mbar_arrive(Block::MBarrier& m, long long tx, const char* what) {
+  Block* b = tl_cur->blk;
+  if (m.pending == 0)
+    fail(std::string(what) + " on the " + describe_mbar(m) + " whose current phase has no pending arrivals left");
+  m.tx += tx;
+  if (m.tx > (1 << 20) - 1)
+    fail(std::string(what) + ": the tx-count of the " + describe_mbar(m) + " exceeds 2^20-1 bytes");
+  m.pending--;
+  mbar_maybe_complete(b, m);
+}
+/// Blocks until the phase with parity `parity` has completed (true at once if it has).
+inline void mbar_wait(const void* bar, unsigned parity, const char* what, std::source_location loc) {
+  Fiber* f = cur(loc);
+  auto& m = mbar_of(bar, what);
+  if ((m.phase & 1u) != (parity & 1u)) return;  // the phase with this parity is complete
+  f->mbar_off = m.off;
+  f->mbar_parity = parity & 1u;
+  f->st = St::MBar;
+  to_sched(f);
+}
+
+// --- bulk copies ------------------------------------------------------------------
+/// Completes every bulk copy in flight: writes the data, completes the transaction bytes on
+/// its mbarrier. Returns whether there was any.
+inline bool deliver_bulk(Block* b) {
+  if (b->bulk.empty()) return false;
+  auto copies = std::move(b->bulk);
+  b->bulk.clear();
+  for (auto& c : copies) {
+    memcpy(b->mem + c.dst_off, c.data.data(), c.data.size());
+    for (size_t g = c.dst_off >> 1; g <= (c.dst_off + c.data.size() - 1) >> 1; g++) {
+      b->recs[g].wbar = b->epoch;
+      b->recs[g].wtid = kAsyncWriter;
+      b->recs[g].wsync = 0;
+    }
+    auto* m = find_mbar(b, c.bar_off);
+    if (m) {
+      m->tx -= (long long)c.data.size();
+      mbar_maybe_complete(b, *m);
+    }
+  }
+  return true;
+}
+inline void bulk_issue(Block* b, Fiber* f, void* smem_dst, std::vector<unsigned char>&& data, void* bar,
+                       const char* what) {
+  auto& m = mbar_of(bar, what);
+  if (!in_arena(b, smem_dst, data.size()))
+    fail(std::string(what) + ": the destination (" + std::to_string(data.size()) +
+         " bytes) is not inside this block's shared memory");
+  size_t off = off_of(b, smem_dst);
+  on_write(b, smem_dst, data.size(), f->linear, true, (std::string(what) + " destination").c_str(), -1);
+  memcpy(b->mem + off, b->poison + off, data.size());
+  mark_unwritten(b, smem_dst, data.size());
+  b->bulk.push_back({off, std::move(data), m.off, f->linear});
+}
+
+// --- TMA tensor maps (written by attnforge_sim::tma::TensorMapSpec::encode_for_sim) -----------
+/// Simulator layout of a tiled tensor map (little-endian, 256 bytes; the GPU's CUtensorMap
+/// is opaque and built by cuTensorMapEncodeTiled from the same fields).
+struct TensorMapSim {
+  uint32_t magic;  // 'AFTM'
+  uint32_t version;
+  uint32_t rank;
+  uint32_t elem_bytes;
+  uint32_t arg_index;  // the kernel argument holding the tensor (the GPU map holds its address)
+  uint32_t swizzle;    // 0, 32, 64, 128 bytes
+  uint64_t byte_offset;  // of the tensor's first element inside that argument
+  uint64_t dims[5];
+  uint64_t strides[5];  // bytes; strides[0] = elem_bytes
+  uint32_t box[5];
+  uint32_t oob_fill;  // 0 = zeros
+  uint32_t reserved[16];
+};
+static_assert(sizeof(TensorMapSim) == 200, "tensor map layout");
+inline constexpr uint32_t kTmapMagic = 0x4D544641u;
+
+inline size_t swizzle_off(size_t off, unsigned swz) {
+  if (swz == 0) return off;
+  unsigned bits = swz == 128 ? 3 : swz == 64 ? 2 : 1;
+  size_t mask = ((size_t(1) << bits) - 1) << 4;
+  return off ^ ((off >> 3) & mask);
+}
+
+/// cp.async.bulk.tensor.Nd.shared::cluster.global.mbarrier::complete_tx::bytes (tile mode):
+/// the box at `coords` (elements, dimension 0 innermost) is written to shared memory in
+/// row-major box order, swizzled on the shared address like wgmma descriptors; elements
+/// outside the tensor are zeros; the full box byte count completes the mbarrier transaction.
+inline void tma_load(void* smem_dst, const void* tmap, const int* coords, unsigned rank, void* bar,
+                     std::source_location loc) {
+  Fiber* f = cur(loc);
+  Block* b = f->blk;
+  std::string what = "af_tma_load_" + std::to_string(rank) + "d";
+  TensorMapSim m;
+  check_global(tmap, sizeof m, 8, (what + " reads its tensor map:").c_str());
+  memcpy(&m, tmap, sizeof m);
+  if (m.magic != kTmapMagic || m.version != 1)
+    fail(what + ": the tensor map is not one written by attnforge_sim::tma::TensorMapSpec::encode_for_sim");
+  if (m.rank != rank)
+    fail(what + " with a tensor map of rank " + std::to_string(m.rank) + "; use af_tma_load_" +
+         std::to_string(m.rank) + "d");
+  const Launch* L = b->L;
+  const GlobalRegion* R = nullptr;
+  for (auto& r : L->regions)
+    if (r.index == int(m.arg_index)) R = &r;
+  if (!R || !R->base)
+    fail(what + ": the tensor map names kernel argument " + std::to_string(m.arg_index) +
+         ", which is not a non-null pointer argument of this launch");
+  if ((reinterpret_cast<uintptr_t>(smem_dst) & 127) != 0)
+    fail(what + ": the shared memory destination must be 128-byte aligned");
+  size_t eb = m.elem_bytes, total = eb;
+  for (unsigned d = 0; d < rank; d++) total *= m.box[d];
+  std::vector<unsigned char> data(total, 0);
+  std::vector<unsigned char> linear(total, 0);
+  unsigned idx[5] = {0, 0, 0, 0, 0};
+  size_t nelem = total / eb;
+  for (size_t e = 0; e < nelem; e++) {
+    bool inside = true;
+    size_t goff = m.byte_offset;
+    for (unsigned d = 0; d < rank; d++) {
+      long long c = (long long)coords[d] + idx[d];
+      if (c < 0 || (unsigned long long)c >= m.dims[d]) inside = false;
+      else goff += size_t(c) * m.strides[d];
+    }
+    if (inside) {
+      if (goff + eb > R->bytes)
+        fail(what + ": element at byte offset " + std::to_string(goff) + " lies outside " + describe_region(*R) +
+             " (the tensor map's dims/strides do not fit the buffer)");
+      memcpy(&linear[e * eb], R->base + goff, eb);
+    }
+    for (unsigned d = 0; d < rank; d++) {
+      if (++idx[d] < m.box[d]) break;
+      idx[d] = 0;
+    }
+  }
+  size_t base = off_of(b, smem_dst);
+  if (!in_arena(b, smem_dst, total))
+    fail(what + ": the " + std::to_string(total) + "-byte box does not fit in this block's shared memory");
+  // swizzle on absolute shared addresses, in 16-byte chunks
+  for (size_t o = 0; o < total; o += 16) {
+    size_t so = swizzle_off(base + o, m.swizzle) - base;
+    memcpy(&data[so], &linear[o], std::min<size_t>(16, total - o));
+  }
+  bulk_issue(b, f, smem_dst, std::move(data), bar, what.c_str());
+}
+
+inline std::string hopper_deadlock_report(Block* b) {
+  std::string s;
+  for (unsigned g = 0; g < b->wg.size(); g++) {
+    auto& M = b->wg[g];
+    if (!M.arrived) continue;
+    std::vector<unsigned> in, out;
+    for (unsigned l = 0; l < 128 && g * 128 + l < b->nthreads; l++)
+      (b->fibers[g * 128 + l].st == St::Wg ? in : out).push_back(g * 128 + l);
+    s += "threads " + ranges(in) + " of warpgroup " + std::to_string(g) + " wait in " + hopper_op_name(M.op) +
+         " at " + fmt_site(M.site) + ", threads " + ranges(out) + " never arrive; ";
+  }
+  for (auto& m : b->mbars) {
+    std::vector<unsigned> ids;
+    for (auto& f : b->fibers)
+      if ((f.st == St::MBar || (f.spinning && f.st == St::Ready)) && f.mbar_off == m.off) ids.push_back(f.linear);
+    if (ids.empty()) continue;
+    s += "threads " + ranges(ids) + " wait on the " + describe_mbar(m) + " for the phase with parity " +
+         std::to_string(b->fibers[ids[0]].mbar_parity) + " at " + fmt_site(b->fibers[ids[0]].site) +
+         ", which can never complete: " + std::to_string(m.pending) + " of " + std::to_string(m.expected) +
+         " arrivals and " + std::to_string(m.tx) +
+         " transaction bytes (expect-tx minus completed bulk-copy bytes) still pending, no bulk copy in flight; ";
+  }
+  return s;
+}
+}  // namespace afsim
+
+/// The wgmma accumulator of m64nNk16 with f32 accumulation: N/2 floats per thread. Indexing
+/// is checked: an access while a wgmma on it is in flight is an error, and an access marks
+/// the registers as touched (the next wgmma on them needs af_wgmma_fence first).
+template <int N>
+struct af_wgmma_acc {
+  static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma m64nNk16: N must be a multiple of 8 in 8..256");
+  static constexpr int size = N / 2;
+  float r[N / 2];
+  float shadow[N / 2];
+  afsim::AccState st;
+  float& operator[](int i) {
+    afsim::acc_access(&st, i, size);
+    return r[i];
+  }
+  const float& operator[](int i) const {
+    afsim::acc_access(const_cast<afsim::AccState*>(&st), i, size);
+    return r[i];
+  }
+};
+
+/// A wgmma matrix descriptor (PTX ISA "Matrix Descriptor Format") for a K-major tile at `smem`: `lbo_bytes`,
+/// `sbo_bytes` as the ISA's leading/stride dimension byte offsets, `swizzle_bytes` 0, 32,
+/// 64 or 128.
+inline unsigned long long af_wgmma_desc(const void* smem, unsigned lbo_bytes, unsigned sbo_bytes, int swizzle_bytes) {
+  unsigned a = afsim::smem_addr(smem, "af_wgmma_desc");
+  unsigned long long mode = swizzle_bytes == 128 ? 1 : swizzle_bytes == 64 ? 2 : swizzle_bytes == 32 ? 3 : 0;
+  if (swizzle_bytes != 0 && swizzle_bytes != 32 && swizzle_bytes != 64 && swizzle_bytes != 128)
+    afsim::fail("af_wgmma_desc: swizzle_bytes must be 0, 32, 64 or 128, got " + std::to_string(swizzle_bytes));
+  if (a >= (1u << 18)) afsim::fail("af_wgmma_desc: shared address beyond the descriptor's 18-bit range");
+  return (unsigned long long)((a & 0x3FFFF) >> 4) | ((unsigned long long)((lbo_bytes & 0x3FFFF) >> 4) << 16) |
+         ((unsigned long long)((sbo_bytes & 0x3FFFF) >> 4) << 32) | (mode << 62);
+}
+/// fence.proxy.async.shared::cta: makes this thread's generic-proxy shared memory writes
+/// visible to the async proxy (wgmma operands, TMA stores). The simulator has one memory;
+/// a no-op here.
+inline void af_fence_proxy_async() {}
+/// wgmma.fence.sync.aligned: orders this thread's register accesses before later wgmmas.
+inline void af_wgmma_fence(std::source_location loc = std::source_location::current()) {
+  auto* f = afsim::cur(loc);
+  f->wgmma_fences++;
+}
+/// wgmma.commit_group.sync.aligned: closes the group of this thread's uncommitted wgmmas.
+inline void af_wgmma_commit_group(std::source_location loc = std::source_location::current()) {
+  auto* f = afsim::cur(loc);
+  for (void* p : f->wgmma_pending) {
+    auto* w = static_cast<afsim::HWgmma*>(p);
+    if (w->group < 0) w->group = f->wgmma_next_group;
+  }
+  f->wgmma_next_group++;
+}
+/// wgmma.wait_group.sync.aligned N: retires all but the newest N committed groups; their
+/// accumulators become readable.
+template <int N>
+inline void af_wgmma_wait_group(std::source_location loc = std::source_location::current()) {
+  static_assert(N >= 0 && N <= 7, "wgmma.wait_group N: 0..7");
+  auto* f = afsim::cur(loc);
+  long limit = f->wgmma_next_group - N;
+  size_t k = 0;
+  for (size_t i = 0; i < f->wgmma_pending.size(); i++) {
+    auto* w = static_cast<afsim::HWgmma*>(f->wgmma_pending[i]);
+    if (w->group >= 0 && w->group < limit) {
+      if (--w->st->inflight == 0) memcpy(w->acc, w->shadow, sizeof(float) * size_t(w->n / 2));
+      delete w;
+    } else {
+      f->wgmma_pending[k++] = w;
+    }
+  }
+  f->wgmma_pending.resize(k);
+}
+
+// _bmn: B is MN-major (imm-trans-b = 1: N contiguous, e.g. V row-major for P V).
+#define AFSIM_WGMMA(TY, BF, SUF, BMN)                                                                             \
+  template <int N>                                                                                                \
+  inline void af_wgmma_m64k16_##TY##_ss##SUF(af_wgmma_acc<N>& d, unsigned long long desc_a,                      \
+                                             unsigned long long desc_b, int scale_d,                              \
+                                             std::source_location loc = std::source_location::current()) {       \
+    afsim::wgmma<N>(d.r, d.shadow, &d.st, BF, false, BMN, desc_a, nullptr, desc_b, scale_d, loc);                 \
+  }                                                                                                               \
+  template <int N>                                                                                                \
+  inline void af_wgmma_m64k16_##TY##_rs##SUF(af_wgmma_acc<N>& d, const unsigned* a, unsigned long long desc_b,    \
+                                             int scale_d,                                                         \
+                                             std::source_location loc = std::source_location::current()) {       \
+    afsim::wgmma<N>(d.r, d.shadow, &d.st, BF, true, BMN, 0, a, desc_b, scale_d, loc);                             \
+  }
+AFSIM_WGMMA(f16, false, , false)
+AFSIM_WGMMA(bf16, true, , false)
+AFSIM_WGMMA(f16, false, _bmn, true)
+AFSIM_WGMMA(bf16, true, _bmn, true)
+#undef AFSIM_WGMMA
+
+/// mbarrier.init.shared::cta.b64: `count` arrivals per phase.
+inline void af_mbarrier_init(unsigned long long* bar, unsigned count,
+                             std::source_location loc = std::source_location::current()) {
+  auto* f = afsim::cur(loc);
+  auto* b = f->blk;
+  if (!afsim::in_arena(b, bar, 8) || (reinterpret_cast<uintptr_t>(bar) & 7))
+    afsim::fail("af_mbarrier_init: the mbarrier must be an 8-byte aligned 64-bit object in shared memory");
+  if (count < 1 || count > (1u << 20) - 1)
+    afsim::fail("af_mbarrier_init: count " + std::to_string(count) + " outside 1..2^20-1");
+  size_t off = afsim::off_of(b, bar);
+  afsim::mark_written(b, bar, 8, f->linear);
+  if (auto* m = afsim::find_mbar(b, off)) *m = {off, count, count, 0, 0, loc};
+  else b->mbars.push_back({off, count, count, 0, 0, loc});
+}
+/// mbarrier.arrive.shared::cta.b64 (the state result is not modelled).
+inline void af_mbarrier_arrive(unsigned long long* bar, std::source_location loc = std::source_location::current()) {
+  afsim::cur(loc);
+  afsim::mbar_arrive(afsim::mbar_of(bar, "af_mbarrier_arrive"), 0, "af_mbarrier_arrive");
+}
+/// mbarrier.arrive.expect_tx.shared::cta.b64: adds `bytes` to the phase's tx-count, then arrives.
+inline void af_mbarrier_arrive_expect_tx(unsigned long long* bar, unsigned bytes,
+                                         std::source_location loc = std::source_location::current()) {
+  afsim::cur(loc);
+  afsim::mbar_arrive(afsim::mbar_of(bar, "af_mbarrier_arrive_expect_tx"), (long long)bytes,
+                     "af_mbarrier_arrive_expect_tx");
+}
+/// mbarrier.expect_tx.shared::cta.b64 (no arrival).
+inline void af_mbarrier_expect_tx(unsigned long long* bar, unsigned bytes,
+                                  std::source_location loc = std::source_location::current()) {
+  afsim::cur(loc);
+  auto& m = afsim::mbar_of(bar, "af_mbarrier_expect_tx");
+  m.tx += (long long)bytes;
+}
+/// mbarrier.try_wait.parity: the simulator blocks until the phase completes (a legal
+/// time-out choice), so it always returns true; a wait that can never complete is a deadlock.
+inline bool af_mbarrier_try_wait_parity(unsigned long long* bar, unsigned parity,
+                                        std::source_location loc = std::source_location::current()) {
+  afsim::mbar_wait(bar, parity, "af_mbarrier_try_wait_parity", loc);
+  return true;
+}
+/// mbarrier.test_wait.parity (non-blocking): false yields to the other threads first; a
+/// polling loop that can never succeed is reported as a deadlock after 1000 rounds in which
+/// every running thread only polled.
+inline bool af_mbarrier_test_wait_parity(unsigned long long* bar, unsigned parity,
+                                         std::source_location loc = std::source_location::current()) {
+  auto* f = afsim::cur(loc);
+  auto& m = afsim::mbar_of(bar, "af_mbarrier_test_wait_parity");
+  if ((m.phase & 1u) != (parity & 1u)) return true;
+  f->mbar_off = m.off;
+  f->mbar_parity = parity & 1u;
+  f->spinning = true;
+  afsim::to_sched(f);
+  f->spinning = false;
+  return false;
+}
+/// Loops on try_wait.parity until the phase with `parity` has completed.
+inline void af_mbarrier_wait_parity(unsigned long long* bar, unsigned parity,
+                                    std::source_location loc = std::source_location::current()) {
+  afsim::mbar_wait(bar, parity, "af_mbarrier_wait_parity", loc);
+}
+/// cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes: `bytes` (multiple of 16)
+/// from global to shared memory, both 16-byte aligned; completes `bytes` on `bar`.
+inline void af_bulk_load(void* smem_dst, const void* gmem_src, unsigned bytes, unsigned long long* bar,
+                         std::source_location loc = std::source_location::current()) {
+  auto* f = afsim::cur(loc);
+  if (bytes == 0 || bytes % 16 || (reinterpret_cast<uintptr_t>(smem_dst) & 15))
+    afsim::fail("af_bulk_load: size " + std::to_string(bytes) +
+                " must be a nonzero multiple of 16 and the destination 16-byte aligned");
+  afsim::check_global(gmem_src, bytes, 16, "af_bulk_load reads");
+  std::vector<unsigned char> data(bytes);
+  memcpy(data.data(), gmem_src, bytes);
+  afsim::bulk_issue(f->blk, f, smem_dst, std::move(data), bar, "af_bulk_load");
+}
+#define AFSIM_TMA(R, PARAMS, ...)                                                                      \
+  inline void af_tma_load_##R##d(void* smem_dst, const void* tmap, PARAMS, unsigned long long* bar,   \
+                                 std::source_location loc = std::source_location::current()) {        \
+    const int c[] = {__VA_ARGS__};                                                                     \
+    afsim::tma_load(smem_dst, tmap, c, R, bar, loc);                                                   \
+  }
+#define AFSIM_COMMA ,
+AFSIM_TMA(1, int c0, c0)
+AFSIM_TMA(2, int c0 AFSIM_COMMA int c1, c0, c1)
+AFSIM_TMA(3, int c0 AFSIM_COMMA int c1 AFSIM_COMMA int c2, c0, c1, c2)
+AFSIM_TMA(4, int c0 AFSIM_COMMA int c1 AFSIM_COMMA int c2 AFSIM_COMMA int c3, c0, c1, c2, c3)
+AFSIM_TMA(5, int c0 AFSIM_COMMA int c1 AFSIM_COMMA int c2 AFSIM_COMMA int c3 AFSIM_COMMA int c4, c0, c1, c2, c3, c4)
+#undef AFSIM_COMMA
+#undef AFSIM_TMA
+
+namespace afsim {
+template <int N>
+inline void setmaxnreg(bool inc, std::source_location loc) {
+  Fiber* f = cur(loc);
+  const char* name = inc ? "af_setmaxnreg_inc" : "af_setmaxnreg_dec";
+  if (N < 24 || N > 256 || N % 8)
+    fail(std::string(name) + "<" + std::to_string(N) +
+         ">: the register count must be a multiple of 8 in 24..256 (PTX ISA setmaxnreg)");
+  WgmmaIn in{};
+  in.setmaxnreg = N;
+  wg_op(f, inc ? kOpSetmaxnregInc : kOpSetmaxnregDec, &in, loc);
+}
+}  // namespace afsim
+/// setmaxnreg.inc.sync.aligned.u32 N (warpgroup-wide, N multiple of 8 in 24..256).
+template <int N>
+inline void af_setmaxnreg_inc(std::source_location loc = std::source_location::current()) {
+  afsim::setmaxnreg<N>(true, loc);
+}
+/// setmaxnreg.dec.sync.aligned.u32 N.
+template <int N>
+inline void af_setmaxnreg_dec(std::source_location loc = std::source_location::current()) {
+  afsim::setmaxnreg<N>(false, loc);
+}
+
+// ---------------------------------------------------------------------------
 // Launch
 // ---------------------------------------------------------------------------
 namespace afsim {
@@ -1520,6 +2270,7 @@ inline std::string deadlock_report(Block* b) {
              warp_op_name(W.op), W.expected, fmt_site(b->fibers[ids[0]].site).c_str(), W.expected & ~W.arrived);
     s += buf;
   }
+  s += hopper_deadlock_report(b);
   if (!done.empty()) s += "threads " + ranges(done) + " have exited (a barrier needs every thread of the block)";
   return s;
 }
@@ -1539,6 +2290,10 @@ inline void run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
   b.epoch++;
   b.block_start = b.epoch;
   for (auto& w : b.warps) w.groups.clear();
+  b.wg.assign((n + 127) / 128, Block::WgMeet{});
+  b.mbars.clear();
+  b.bulk.clear();
+  b.maxnreg.assign((n + 127) / 128, 0);
   for (unsigned i = 0; i < n; i++) {
     Fiber& f = b.fibers[i];
     f.blk = &b;
@@ -1548,22 +2303,32 @@ inline void run_block(Launch* L, Block& b, Stacks& st, uint64_t rng) {
     f.op = WarpOp::None;
     f.cp.clear();
     f.cp_next_group = 0;
+    hopper_reset(&f);
+    f.spinning = false;
     init_fiber(&f, st.lo(i), kStack);
   }
   std::vector<unsigned> order(n);
   for (unsigned i = 0; i < n; i++) order[i] = L->schedule == 1 ? n - 1 - i : i;
+  unsigned polling_rounds = 0;
   while (true) {
     if (L->schedule == 2) shuffle(order, rng);
-    bool ran = false;
+    bool ran = false, progress = false;
     for (unsigned k = 0; k < n && !b.failed; k++) {
       Fiber& f = b.fibers[order[k]];
       if (f.st != St::Ready) continue;
       ran = true;
       run_fiber(&b, &f);
+      if (!f.spinning) progress = true;
     }
     if (b.failed) return;
     if (b.done == n) return;
+    // every running thread only polled an mbarrier (af_mbarrier_test_wait_parity)
+    if (ran && !progress && !deliver_bulk(&b) && ++polling_rounds > 1000) ran = false;
+    if (progress) polling_rounds = 0;
     if (!ran) {
+      // bulk copies complete when nothing else can run: a consumer that reads before its
+      // mbarrier wait sees the poisoned destination
+      if (deliver_bulk(&b)) continue;
       b.failed = true;
       b.err = deadlock_report(&b);
       return;
@@ -1707,9 +2472,11 @@ inline void worker(Launch* L, const std::vector<unsigned>* order, std::atomic<si
   b.warps.resize((n + 31) / 32);
   b.dyn_bytes = L->dyn_bytes;
   b.cap = ((L->dyn_bytes + 15) & ~size_t(15)) + kSharedCap;
-  std::vector<unsigned char> mem(b.cap + 64), poison(b.cap);
+  std::vector<unsigned char> mem(b.cap + 1024), poison(b.cap);
   std::vector<Rec> recs(b.cap / 2 + 1, Rec{0, 0, 0, 0, 0, 0});
-  b.mem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(mem.data()) + 63) & ~uintptr_t(63));
+  // 1024-byte aligned like the GPU's shared window, so swizzle patterns (which XOR address
+  // bits) agree between TMA and wgmma descriptors
+  b.mem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(mem.data()) + 1023) & ~uintptr_t(1023));
   b.poison = poison.data();
   b.recs = recs.data();
   b.counters = counters;

@@ -55,6 +55,7 @@
 mod args;
 mod compile;
 mod error;
+pub mod tma;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};

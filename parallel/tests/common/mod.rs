@@ -63,14 +63,26 @@ pub fn masks(sk: usize, batch: usize) -> Vec<Mask> {
         Mask::Document { doc: per_batch },
         Mask::CausalDocument { doc: d.clone() },
         Mask::ShareQuestion { doc: d.clone() },
-        Mask::GlobalLocal { window: 2, global: 3 },
+        Mask::GlobalLocal {
+            window: 2,
+            global: 3,
+        },
         Mask::BlockCausalDocument { doc: d, block: 4 },
-        Mask::Lambda { global: 3, local: 4 },
+        Mask::Lambda {
+            global: 3,
+            local: 4,
+        },
         Mask::ChunkedCausal { chunk: 5 },
-        Mask::DilatedCausal { window: 3, dilation: 2 },
+        Mask::DilatedCausal {
+            window: 3,
+            dilation: 2,
+        },
         Mask::predicate(|_, h, i, j| (i + j + h as i64) % 3 != 0 && j <= i + 2),
         Mask::All(vec![Mask::Causal, Mask::Local { left: 6, right: 0 }]),
-        Mask::Any(vec![Mask::ChunkedCausal { chunk: 4 }, Mask::PrefixLm { prefix: 2 }]),
+        Mask::Any(vec![
+            Mask::ChunkedCausal { chunk: 4 },
+            Mask::PrefixLm { prefix: 2 },
+        ]),
     ]
 }
 
@@ -141,7 +153,11 @@ pub fn run_forward<T: CommElem>(
             shard(&x.k, &layout.k, r),
             shard(&x.v, &layout.k, r),
         );
-        let sh = Shards { q: &q, k: &k, v: &v };
+        let sh = Shards {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
         match algo {
             Algo::Ring => ring_forward(c, engine, problem, layout, &sh),
             Algo::Ulysses => ulysses_forward(c, engine, problem, layout, &sh),
@@ -172,15 +188,17 @@ pub fn run_backward<T: CommElem>(
             shard(&x.dout, &layout.q, r),
         );
         let dlse = shard_rows(&x.dlse, problem.heads_q, &layout.q, r);
-        let sh = Shards { q: &q, k: &k, v: &v };
+        let sh = Shards {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
         match algo {
             Algo::Ring => {
                 let f = ring_forward(c, engine, problem, layout, &sh)?;
                 ring_backward(c, engine, problem, layout, &sh, &f.out, &dout, Some(&dlse))
             }
-            Algo::Ulysses => {
-                ulysses_backward(c, engine, problem, layout, &sh, &dout, Some(&dlse))
-            }
+            Algo::Ulysses => ulysses_backward(c, engine, problem, layout, &sh, &dout, Some(&dlse)),
         }
     })?;
     let dq: Vec<_> = res.iter().map(|g| g.dq.clone()).collect();

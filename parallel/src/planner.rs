@@ -84,8 +84,8 @@ pub enum PartitionKind {
     Contiguous,
     /// Pieces `r` and `2W - 1 - r` of `2W`.
     Zigzag,
-    /// `8W` pieces assigned greedily (heaviest first, to the least-loaded rank with room),
-    /// by their exact work under the mask; every rank gets `8` pieces (equal memory).
+    /// `8W` pieces weighted by their exact work under the mask, assigned greedily and refined
+    /// by swaps; every rank gets `8` pieces (equal memory).
     MaskAware,
 }
 
@@ -168,8 +168,12 @@ fn merge_ranges(mut rs: Vec<Range<usize>>) -> Vec<Range<usize>> {
     out
 }
 
-/// The mask-aware greedy partition of the query rows (longest-processing-time first with
-/// equal piece counts per rank).
+/// The mask-aware partition of the query rows: `8 W` equal pieces weighted by their exact
+/// work; three assignments with 8 pieces per rank (equal memory) are refined by pairwise
+/// swaps that lower the busier rank's load, and the one with the smallest maximum load wins.
+/// Seeds: longest-processing-time first (heaviest piece to the least-loaded rank with room),
+/// contiguous and zigzag over the pieces, so when `8 W` divides the length the result is
+/// never worse than the contiguous or zigzag partitions.
 pub(crate) fn mask_aware(
     g: &MaskGeometry<'_>,
     sq: usize,
@@ -177,21 +181,77 @@ pub(crate) fn mask_aware(
     world: usize,
 ) -> Result<Partition, CpError> {
     let per = 8;
-    let pieces = equal_chunks(sq, per * world);
+    let n = per * world;
+    let pieces = equal_chunks(sq, n);
     let work: Vec<u64> = pieces.iter().map(|p| g.pairs(p.clone(), 0..sk)).collect();
-    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| work[b].cmp(&work[a]).then(a.cmp(&b)));
+    let mut lpt: Vec<Vec<usize>> = vec![Vec::new(); world];
     let mut load = vec![0u64; world];
-    let mut owned: Vec<Vec<Range<usize>>> = vec![Vec::new(); world];
     for i in order {
         let r = (0..world)
-            .filter(|&r| owned[r].len() < per)
+            .filter(|&r| lpt[r].len() < per)
             .min_by_key(|&r| (load[r], r))
             .expect("a rank has room: per * world pieces");
         load[r] += work[i];
-        owned[r].push(pieces[i].clone());
+        lpt[r].push(i);
     }
-    Partition::from_ranges(sq, owned.into_iter().map(merge_ranges).collect())
+    let contiguous: Vec<Vec<usize>> = (0..world)
+        .map(|r| (r * per..(r + 1) * per).collect())
+        .collect();
+    let half = per / 2;
+    let zigzag: Vec<Vec<usize>> = (0..world)
+        .map(|r| {
+            (r * half..(r + 1) * half)
+                .chain((2 * world - 1 - r) * half..(2 * world - r) * half)
+                .collect()
+        })
+        .collect();
+    let best = [lpt, contiguous, zigzag]
+        .into_iter()
+        .map(|a| refine(a, &work))
+        .min_by_key(|a| {
+            a.iter()
+                .map(|rs| rs.iter().map(|&i| work[i]).sum::<u64>())
+                .max()
+        })
+        .expect("three seeds");
+    let ranges = best
+        .into_iter()
+        .map(|rs| merge_ranges(rs.into_iter().map(|i| pieces[i].clone()).collect()))
+        .collect();
+    Partition::from_ranges(sq, ranges)
+}
+
+/// Swap pieces between the busiest rank and another while that lowers the pair's maximum.
+fn refine(mut a: Vec<Vec<usize>>, work: &[u64]) -> Vec<Vec<usize>> {
+    let load = |rs: &Vec<usize>| rs.iter().map(|&i| work[i]).sum::<u64>();
+    for _ in 0..10_000 {
+        let loads: Vec<u64> = a.iter().map(load).collect();
+        let top = (0..a.len())
+            .max_by_key(|&r| (loads[r], std::cmp::Reverse(r)))
+            .unwrap_or(0);
+        let mut best: Option<(u64, usize, usize, usize)> = None;
+        for other in (0..a.len()).filter(|&r| r != top) {
+            for (x, &px) in a[top].iter().enumerate() {
+                for (y, &py) in a[other].iter().enumerate() {
+                    if work[px] <= work[py] {
+                        continue;
+                    }
+                    let d = work[px] - work[py];
+                    let new_max = (loads[top] - d).max(loads[other] + d);
+                    if new_max < loads[top] && best.is_none_or(|b| new_max < b.0) {
+                        best = Some((new_max, other, x, y));
+                    }
+                }
+            }
+        }
+        let Some((_, other, x, y)) = best else { break };
+        let (px, py) = (a[top][x], a[other][y]);
+        a[top][x] = py;
+        a[other][y] = px;
+    }
+    a
 }
 
 fn layout_for(

@@ -45,9 +45,24 @@ fn main() -> Result<(), CpError> {
     let masks = [
         ("causal", Mask::Causal),
         ("document (doc mix)", Mask::Document { doc: docs.clone() }),
-        ("causal_document (doc mix)", Mask::CausalDocument { doc: docs }),
-        ("local(4095, 0)", Mask::Local { left: 4095, right: 0 }),
-        ("lambda_mask(64, 4096)", Mask::Lambda { global: 64, local: 4096 }),
+        (
+            "causal_document (doc mix)",
+            Mask::CausalDocument { doc: docs },
+        ),
+        (
+            "local(4095, 0)",
+            Mask::Local {
+                left: 4095,
+                right: 0,
+            },
+        ),
+        (
+            "lambda_mask(64, 4096)",
+            Mask::Lambda {
+                global: 64,
+                local: 4096,
+            },
+        ),
         ("chunked_causal(8192)", Mask::ChunkedCausal { chunk: 8192 }),
     ];
     println!("| mask | W | imbalance contiguous | zigzag | mask-aware | ring blocks skipped (c / z / m) | chosen, NVLink 4 | predicted | chosen, IB NDR | predicted |");
@@ -92,7 +107,10 @@ fn main() -> Result<(), CpError> {
             let skipped = |x: &PlanCandidate| x.ranks.iter().map(|r| r.skipped).sum::<usize>();
             let chosen = |p: &Plan| {
                 let b = &p.candidates[p.best];
-                (format!("{:?} {:?}", b.method, b.partition), b.predicted_s * 1e3)
+                (
+                    format!("{:?} {:?}", b.method, b.partition),
+                    b.predicted_s * 1e3,
+                )
             };
             let (nv, nvt) = chosen(&plans[0]);
             let (ib, ibt) = chosen(&plans[1]);

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use attnforge_reference::Element;
 
+use crate::wiring::all_to_all_schedule;
+
 /// An element type the communicators carry: `f32`, `f64`, `half::f16`, `half::bf16`.
 #[cfg(not(feature = "nccl"))]
 pub trait CommElem: Element + Default {}
@@ -240,7 +242,7 @@ pub fn check_collective(
                     "all_to_all's recv has send's length",
                 ));
             }
-            if send % world != 0 {
+            if !send.is_multiple_of(world) {
                 return Err(mismatch(
                     "send",
                     send.div_ceil(world) * world,
@@ -461,14 +463,15 @@ impl Communicator for InProcessComm {
         let op = CommOp::AllToAll;
         self.check_world(op)?;
         let n = check_collective(self.rank, self.world(), op, send.len(), recv.len())?;
-        for p in (0..self.world()).filter(|&p| p != self.rank) {
-            self.post(op, p, send[p * n..(p + 1) * n].to_vec());
+        let schedule = all_to_all_schedule(self.rank, self.world(), n);
+        for (p, s, _) in &schedule {
+            self.post(op, *p, send[s.clone()].to_vec());
         }
         let me = self.rank * n..(self.rank + 1) * n;
         recv[me.clone()].copy_from_slice(&send[me]);
-        for p in (0..self.world()).filter(|&p| p != self.rank) {
+        for (p, _, r) in schedule {
             let data = self.take::<T>(op, p, n)?;
-            recv[p * n..(p + 1) * n].copy_from_slice(&data);
+            recv[r].copy_from_slice(&data);
         }
         Ok(())
     }

@@ -128,11 +128,7 @@ pub fn shard<T: Element>(t: &Tensor4<T>, part: &Partition, r: usize) -> Tensor4<
 pub fn shard_rows(x: &[f64], heads: usize, part: &Partition, r: usize) -> Vec<f64> {
     let idx = part.indices(r);
     let s = part.len();
-    let batch = if heads * s == 0 {
-        0
-    } else {
-        x.len() / (heads * s)
-    };
+    let batch = x.len().checked_div(heads * s).unwrap_or(0);
     let mut out = Vec::with_capacity(batch * heads * idx.len());
     for bh in 0..batch * heads {
         out.extend(idx.iter().map(|&i| x[bh * s + i]));

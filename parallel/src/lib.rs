@@ -26,6 +26,7 @@ mod partition;
 mod planner;
 mod ring;
 mod ulysses;
+mod wiring;
 mod work;
 
 pub use crate::comm::{
@@ -46,4 +47,5 @@ pub use crate::planner::{
 };
 pub use crate::ring::{ring_backward, ring_forward, RankForward, RankGrads, RingStats, Shards};
 pub use crate::ulysses::{ulysses_backward, ulysses_forward};
+pub use crate::wiring::{all_to_all_schedule, nccl_peer};
 pub use crate::work::MaskGeometry;

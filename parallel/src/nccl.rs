@@ -4,7 +4,8 @@
 //! stream of its GPU; every operation is enqueued on that stream, and
 //! [`Communicator::download`] synchronises it. Buffers are `CudaSlice<T>` on that stream's
 //! context. NCCL has no all-to-all primitive: [`Communicator::all_to_all`] is the grouped
-//! send/recv of chunk `p` to and from rank `p` ([`all_to_all_schedule`]), as PyTorch's
+//! send/recv of chunk `p` to and from rank `p` ([`crate::all_to_all_schedule`], which the
+//! in-process communicator follows too), as PyTorch's
 //! `all_to_all_single` does; [`Communicator::exchange`] is one NCCL group (no deadlock
 //! between a rank's sends and receives). Lengths and peers are checked on the host before
 //! any NCCL call with the same checks as the in-process communicator.
@@ -13,15 +14,13 @@
 //! never posts its matching call blocks the stream instead of timing out (NCCL's own
 //! `NCCL_TIMEOUT`/watchdog is the caller's responsibility).
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::safe::{group_end, group_start, Comm, Id, ReduceOp};
 
-use crate::comm::{
-    check_collective, check_peer, CommBuffer, CommElem, CommError, CommOp, Communicator,
-};
+use crate::comm::{check_collective, CommBuffer, CommElem, CommError, CommOp, Communicator};
+use crate::wiring::{all_to_all_schedule, nccl_peer};
 
 impl<T> CommBuffer for CudaSlice<T> {
     fn elems(&self) -> usize {
@@ -34,31 +33,6 @@ impl<T> CommBuffer for CudaSlice<T> {
 pub struct NcclComm {
     comm: Comm,
     stream: Arc<CudaStream>,
-}
-
-/// The grouped send/recv schedule of an all-to-all with chunks of `chunk` elements on rank
-/// `rank`: `(peer, send range, recv range)` for every other rank, in rank order (the own
-/// chunk is a local copy).
-pub fn all_to_all_schedule(
-    rank: usize,
-    world: usize,
-    chunk: usize,
-) -> Vec<(usize, Range<usize>, Range<usize>)> {
-    (0..world)
-        .filter(|&p| p != rank)
-        .map(|p| (p, p * chunk..(p + 1) * chunk, p * chunk..(p + 1) * chunk))
-        .collect()
-}
-
-/// An NCCL peer index (`i32`), checked.
-pub fn nccl_peer(rank: usize, world: usize, op: CommOp, peer: usize) -> Result<i32, CommError> {
-    check_peer(rank, world, op, peer)?;
-    i32::try_from(peer).map_err(|_| CommError::InvalidPeer {
-        rank,
-        op,
-        peer,
-        world,
-    })
 }
 
 impl NcclComm {
@@ -213,43 +187,5 @@ impl Communicator for NcclComm {
             .reduce_scatter(send, recv, &ReduceOp::Sum)
             .map(|_| ())
             .map_err(|x| (self.err(op))(format!("{x:?}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn all_to_all_schedule_pairs_every_peer_once_with_matching_chunks() {
-        for world in 1..6 {
-            for rank in 0..world {
-                let s = all_to_all_schedule(rank, world, 3);
-                assert_eq!(s.len(), world - 1);
-                for (p, send, recv) in &s {
-                    assert_ne!(*p, rank);
-                    // rank sends its chunk p to p, and p sends its chunk `rank` back: the
-                    // peer's schedule has the mirrored entry with the same length.
-                    let theirs = all_to_all_schedule(*p, world, 3);
-                    let back = theirs.iter().find(|(q, _, _)| *q == rank).unwrap();
-                    assert_eq!(send.len(), back.2.len());
-                    assert_eq!(recv.len(), back.1.len());
-                    assert_eq!(*send, p * 3..p * 3 + 3);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn nccl_peer_rejects_self_and_out_of_range() {
-        assert_eq!(nccl_peer(1, 4, CommOp::Exchange, 3), Ok(3));
-        assert!(matches!(
-            nccl_peer(1, 4, CommOp::Exchange, 1),
-            Err(CommError::InvalidPeer { peer: 1, .. })
-        ));
-        assert!(matches!(
-            nccl_peer(1, 4, CommOp::Exchange, 4),
-            Err(CommError::InvalidPeer { peer: 4, .. })
-        ));
     }
 }

@@ -59,6 +59,9 @@ pub struct Shards<'a, T> {
     pub v: &'a Tensor4<T>,
 }
 
+/// A K and V block.
+type KeyValue<T> = (Tensor4<T>, Tensor4<T>);
+
 struct Ctx {
     rank: usize,
     world: usize,
@@ -89,7 +92,7 @@ fn setup<C: Communicator, T: CommElem>(
         "v shard",
         Shape4::new(p.batch, p.heads_kv, layout.k.count(rank), p.dim_v),
     )?;
-    if p.heads_kv == 0 || p.heads_q % p.heads_kv != 0 {
+    if p.heads_kv == 0 || !p.heads_q.is_multiple_of(p.heads_kv) {
         return Err(invalid("heads_kv", p.heads_kv, "Hkv must divide Hq"));
     }
     Ok(Ctx {
@@ -108,7 +111,7 @@ fn rotate_kv<C: Communicator, T: CommElem>(
     x: &Shards<'_, T>,
     s: usize,
     stats: &mut RingStats,
-) -> Result<Option<(Tensor4<T>, Tensor4<T>)>, CpError> {
+) -> Result<Option<KeyValue<T>>, CpError> {
     let (r, w) = (ctx.rank, ctx.world);
     let (dst, src) = ((r + s) % w, (r + w - s) % w);
     if s == 0 {

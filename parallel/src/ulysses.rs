@@ -25,10 +25,10 @@ struct Heads {
 
 fn heads(problem: &CpProblem, world: usize) -> Result<Heads, CpError> {
     let (hq, hkv) = (problem.heads_q, problem.heads_kv);
-    if hkv == 0 || hq % hkv != 0 {
+    if hkv == 0 || !hq.is_multiple_of(hkv) {
         return Err(invalid("heads_kv", hkv, "Hkv must divide Hq"));
     }
-    if hq % world != 0 {
+    if !hq.is_multiple_of(world) {
         return Err(invalid(
             "heads_q",
             hq,
@@ -36,7 +36,7 @@ fn heads(problem: &CpProblem, world: usize) -> Result<Heads, CpError> {
         ));
     }
     let (per, group) = (hq / world, hq / hkv);
-    if per % group != 0 && group % per != 0 {
+    if !per.is_multiple_of(group) && !group.is_multiple_of(per) {
         return Err(invalid(
             "heads_kv",
             hkv,

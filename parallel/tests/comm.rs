@@ -301,3 +301,47 @@ fn cp_errors_name_the_field() {
         "{res:?}"
     );
 }
+
+#[test]
+fn all_to_all_schedule_pairs_every_peer_once_with_mirrored_chunks() {
+    for world in 1..9 {
+        for rank in 0..world {
+            let s = all_to_all_schedule(rank, world, 3);
+            assert_eq!(s.len(), world - 1);
+            for (p, send, recv) in &s {
+                assert_ne!(*p, rank);
+                assert_eq!(
+                    *send,
+                    p * 3..p * 3 + 3,
+                    "rank {rank} sends chunk {p} to {p}"
+                );
+                assert_eq!(
+                    *recv,
+                    p * 3..p * 3 + 3,
+                    "rank {rank} receives {p}'s chunk at {p}"
+                );
+                // The peer's schedule holds the mirrored entry of the same length.
+                let theirs = all_to_all_schedule(*p, world, 3);
+                let back = theirs.iter().find(|(q, _, _)| *q == rank).unwrap();
+                assert_eq!(back.1, rank * 3..rank * 3 + 3);
+            }
+        }
+    }
+}
+
+#[test]
+fn nccl_peer_indices_are_checked() {
+    assert_eq!(nccl_peer(1, 4, CommOp::Exchange, 3), Ok(3));
+    assert!(matches!(
+        nccl_peer(1, 4, CommOp::Exchange, 1),
+        Err(CommError::InvalidPeer { peer: 1, .. })
+    ));
+    assert!(matches!(
+        nccl_peer(1, 4, CommOp::AllToAll, 4),
+        Err(CommError::InvalidPeer {
+            peer: 4,
+            op: CommOp::AllToAll,
+            ..
+        })
+    ));
+}

@@ -83,7 +83,7 @@ fn causal_balance_is_better_with_zigzag_and_mask_aware_than_contiguous() {
 
 #[test]
 fn work_is_conserved_and_layouts_cover_the_sequence() {
-    let doc: Vec<i32> = (0..3072).map(|i| (i / 700) as i32).collect();
+    let doc: Vec<i32> = (0..3072).map(|i: i32| i / 700).collect();
     for mask in [
         Mask::Causal,
         Mask::CausalDocument { doc },

@@ -170,6 +170,9 @@ pub fn run_forward<T: CommElem>(
     ))
 }
 
+/// Global `(dq, dk, dv)`.
+pub type Grads = (Tensor4<f64>, Tensor4<f64>, Tensor4<f64>);
+
 /// Global (dq, dk, dv) from the multi-rank backward.
 pub fn run_backward<T: CommElem>(
     algo: Algo,
@@ -177,7 +180,7 @@ pub fn run_backward<T: CommElem>(
     problem: &CpProblem,
     layout: &Layout,
     x: &Inputs<T>,
-) -> Result<(Tensor4<f64>, Tensor4<f64>, Tensor4<f64>), CpError> {
+) -> Result<Grads, CpError> {
     let world = layout.q.world();
     let res = run_in_process(world, TIMEOUT, |c| {
         let r = c.rank();

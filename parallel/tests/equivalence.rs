@@ -210,3 +210,72 @@ fn naive_path_within_tolerance_rule_bf16() {
 fn naive_path_within_tolerance_rule_f32() {
     check_naive::<f32>(DType::F32);
 }
+
+#[test]
+fn forward_and_backward_with_the_planners_mask_aware_layout() {
+    // Mask-aware layouts give each rank up to 8 scattered ranges.
+    let s = Sizes {
+        sq: 45,
+        sk: 45,
+        ..GQA
+    };
+    let x = inputs::<f64>(s, 31);
+    for mask in masks(s.sk, 2) {
+        let p = problem(&mask, s);
+        let want = attention(
+            &x.q,
+            &x.k,
+            &x.v,
+            &mask,
+            &ScoreMod::None,
+            &AttnOptions::reference(),
+        )
+        .unwrap();
+        let sm = DiffScoreMod::None;
+        let want_g = attention_backward(
+            &x.q,
+            &x.k,
+            &x.v,
+            &x.dout,
+            Some(&x.dlse),
+            &BackwardVariant::Masked {
+                mask: &mask,
+                score_mod: &sm,
+            },
+            &AttnOptions::reference(),
+        )
+        .unwrap();
+        for w in [2, 4] {
+            let pl = plan(&PlanRequest {
+                problem: &p,
+                world: w,
+                link: NVLINK4,
+                gpu: GPU_H100_SXM,
+                elem_bytes: 8,
+            })
+            .unwrap();
+            let layout = &pl
+                .candidates
+                .iter()
+                .find(|c| c.partition == PartitionKind::MaskAware)
+                .unwrap()
+                .layout;
+            for algo in [Algo::Ring, Algo::Ulysses] {
+                let (got, _) = run_forward(algo, &f64_engine(), &p, layout, &x).unwrap();
+                let e = max_abs_diff(&got.out, &want.out).max(max_abs_diff(&got.lse, &want.lse));
+                assert!(
+                    e <= F64_TOL,
+                    "{algo:?} {mask:?} W={w} mask-aware: forward error {e:e}"
+                );
+                let (dq, dk, dv) = run_backward(algo, &f64_engine(), &p, layout, &x).unwrap();
+                let e = max_abs_diff(&dq.data, &want_g.dq.data)
+                    .max(max_abs_diff(&dk.data, &want_g.dk.data))
+                    .max(max_abs_diff(&dv.data, &want_g.dv.data));
+                assert!(
+                    e <= 1e-11,
+                    "{algo:?} {mask:?} W={w} mask-aware: gradient error {e:e}"
+                );
+            }
+        }
+    }
+}

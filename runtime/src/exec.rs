@@ -691,7 +691,8 @@ fn host_args<T: Element>(
     let d = r.dims;
     let lists = r.lists.as_ref();
     // o is written contiguous [B, Hq, Sq, D].
-    let o_strides = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get()).contiguous_strides();
+    let o_strides =
+        Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get()).contiguous_strides();
     let mut out = Vec::new();
     for TypedArg { arg: a, role } in typed_kernel_args(spec) {
         let v = match role {

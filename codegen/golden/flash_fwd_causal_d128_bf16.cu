@@ -211,7 +211,7 @@ __device__ __forceinline__ int af_tile_lambda(long long p_lo, long long p_hi, lo
 }
 
 // ---- chunked_causal(C) and dilated_causal(w, d) (variants.md section 11) ----
-// Host versions: attnforge_codegen::new_masks_host.
+// Host versions: attnforge_codegen::masks (chunked_causal_tile, dilated_causal_key_range, ...).
 // Positions lie below seq_k <= INT_MAX, so divisions and remainders are 32-bit (a 64-bit
 // one is a long subroutine); a product of two int parameters is formed in 64 bits.
 // chunked_causal(C), C >= 1: kv <= q in q's chunk [C floor(q / C), q]; q - kv <= q mod C

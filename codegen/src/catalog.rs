@@ -39,7 +39,7 @@ pub fn example_score_fn() -> UserFunction {
     }
 }
 
-/// The catalog (dense, GQA, every static mask of variants.md section 2, block-sparse,
+/// The catalog (dense, GQA, every static mask of variants.md sections 2 and 11, block-sparse,
 /// softcap, ALiBi, user examples, LM-Infinite; a spread of dtypes and head dims).
 pub fn catalog() -> Vec<KernelSpec> {
     use DType::*;
@@ -61,6 +61,8 @@ pub fn catalog() -> Vec<KernelSpec> {
         s(Bf16, D128, Mask::GlobalLocal, ScoreMod::None),
         s(Bf16, D128, Mask::BlockCausalDocument, ScoreMod::None),
         s(Bf16, D128, Mask::LambdaMask, ScoreMod::None),
+        s(Bf16, D128, Mask::ChunkedCausal, ScoreMod::None),
+        s(F16, D64, Mask::DilatedCausal, ScoreMod::None),
         s(Bf16, D128, Mask::BlockSparse { mask: None }, ScoreMod::None),
         s(Bf16, D128, Mask::Full, ScoreMod::Softcap),
         s(F16, D128, Mask::Causal, ScoreMod::Alibi),

@@ -25,7 +25,6 @@ pub mod emit;
 pub mod ir;
 pub mod masks;
 pub mod name;
-pub mod new_masks_host;
 pub mod scores;
 pub mod serving;
 pub mod shape;

@@ -387,6 +387,40 @@ const LM_INFINITE_PARAMS: &[ParamDef] = &[
     },
 ];
 
+const CHUNKED_CAUSAL_PARAMS: &[ParamDef] = &[ParamDef {
+    name: "chunk_size",
+    ty: ParamType::Int,
+    range: ParamRange::PositiveI32,
+    what: "chunk length",
+    doc: "chunk length C (chunks counted from position 0)",
+    fix: "pass the chunk length C (e.g. 8192, Llama 4's)",
+    default: ValueRule::KeyFraction(0.25),
+    stress: ValueRule::Fixed(40.0),
+    optional: false,
+    in_predicate: true,
+}];
+
+const DILATED_CAUSAL_PARAMS: &[ParamDef] = &[
+    count(
+        "window",
+        "window w: keys at up to w dilated steps back",
+        ValueRule::KeyFraction(0.05),
+        ValueRule::Fixed(13.0),
+    ),
+    ParamDef {
+        name: "dilation",
+        ty: ParamType::Int,
+        range: ParamRange::PositiveI32,
+        what: "dilation",
+        doc: "dilation d: the distance between two allowed keys (1: a causal sliding window)",
+        fix: "pass d >= 1 (d = 1 is the causal sliding window of w + 1 keys)",
+        default: ValueRule::Fixed(2.0),
+        stress: ValueRule::Fixed(3.0),
+        optional: false,
+        in_predicate: true,
+    },
+];
+
 fn causal_edges(bm: usize, bn: usize) -> Vec<EdgeCase> {
     vec![
         // One query at position bn: the last key tile starts at the diagonal.
@@ -473,6 +507,48 @@ fn lambda_edges(bm: usize, bn: usize) -> Vec<EdgeCase> {
     }]
 }
 
+/// Chunk starts on a key-tile start and one key past it, on a rectangular problem.
+fn chunked_causal_edges(bm: usize, bn: usize) -> Vec<EdgeCase> {
+    let (sq, shift) = (2 * bm + 7, bn + 3);
+    vec![
+        EdgeCase {
+            label: "edge: chunk start on a tile start",
+            seq_q: sq,
+            seq_k: sq + shift,
+            values: vec![bn as f64],
+        },
+        EdgeCase {
+            label: "edge: chunk start one past a tile start",
+            seq_q: sq,
+            seq_k: sq + shift,
+            values: vec![(bn + 1) as f64],
+        },
+    ]
+}
+
+/// Decoding with the reach `w d` ending exactly on a key-tile start, and `d = 1` (the causal
+/// sliding window, the one case with full tiles) with the window edge on a tile edge.
+fn dilated_causal_edges(bm: usize, bn: usize) -> Vec<EdgeCase> {
+    let (bmi, bni) = (bm as i64, bn as i64);
+    let s = bni - 7;
+    let p_lo1 = bmi + s;
+    let left = p_lo1 - ((p_lo1 / bni) * bni - 1);
+    vec![
+        EdgeCase {
+            label: "edge: decode, reach on a tile start",
+            seq_q: 1,
+            seq_k: 2 * bn + 1,
+            values: vec![(bn / 2) as f64, 2.0],
+        },
+        EdgeCase {
+            label: "edge: d = 1, window edge on a tile edge",
+            seq_q: bm + 36,
+            seq_k: bm + 36 + s as usize,
+            values: vec![left as f64, 1.0],
+        },
+    ]
+}
+
 fn classify_causal(_: &[f64], plo: i64, phi: i64, c0: i64, c1: i64) -> TileKind {
     kind(c0 > phi, c1 <= plo)
 }
@@ -536,7 +612,7 @@ fn lambda_allowed(v: &[f64], _: &[i32], p: i64, j: i64) -> bool {
     j <= p && (j < v[0] as i64 || p - j < v[1] as i64)
 }
 
-/// Every built-in mask (variants.md sections 1, 2 and 5).
+/// Every built-in mask (variants.md sections 1, 2, 5 and 11).
 pub static MASKS: &[MaskDef] = &[
     MaskDef {
         tag: "full",
@@ -756,6 +832,50 @@ pub static MASKS: &[MaskDef] = &[
         }),
         tile_edges: lambda_edges,
     },
+    MaskDef {
+        tag: "chunked_causal",
+        summary: "j <= p and floor(j / chunk_size) == floor(p / chunk_size) (Llama 4 chunked attention)",
+        params: CHUNKED_CAUSAL_PARAMS,
+        element_fn: Some("af_mask_chunked_causal"),
+        tile_fn: Some("af_tile_chunked_causal"),
+        key_range: (
+            "af_keys_lo_chunked_causal(p_lo, p_hi, seq_k, chunk_size)",
+            "af_keys_hi_chunked_causal(p_lo, p_hi, seq_k, chunk_size)",
+        ),
+        schedule: ScheduleKind::Analytic,
+        reads_doc: false,
+        doc_rule: DocRule::Any,
+        allows_sq_gt_sk: false,
+        lm_infinite_scoring: false,
+        causality: Causality::Causal,
+        shorthands: &[],
+        host_allowed: |v, _, p, j| chunked_causal_allowed(p, j, v[0] as i64),
+        host_classify: Some(|v, plo, phi, c0, c1| chunked_causal_tile(plo, phi, c0, c1, v[0] as i64)),
+        tile_edges: chunked_causal_edges,
+    },
+    MaskDef {
+        tag: "dilated_causal",
+        summary: "p - j in {0, dilation, ..., window * dilation} (Longformer dilated window, causal)",
+        params: DILATED_CAUSAL_PARAMS,
+        element_fn: Some("af_mask_dilated_causal"),
+        tile_fn: Some("af_tile_dilated_causal"),
+        key_range: (
+            "af_keys_lo_dilated_causal(p_lo, p_hi, seq_k, window, dilation)",
+            "af_keys_hi_dilated_causal(p_lo, p_hi, seq_k, window, dilation)",
+        ),
+        schedule: ScheduleKind::Analytic,
+        reads_doc: false,
+        doc_rule: DocRule::Any,
+        allows_sq_gt_sk: false,
+        lm_infinite_scoring: false,
+        causality: Causality::Causal,
+        shorthands: &[],
+        host_allowed: |v, _, p, j| dilated_causal_allowed(p, j, v[0] as i64, v[1] as i64),
+        host_classify: Some(|v, plo, phi, c0, c1| {
+            dilated_causal_tile(plo, phi, c0, c1, v[0] as i64, v[1] as i64)
+        }),
+        tile_edges: dilated_causal_edges,
+    },
 ];
 
 /// A built-in mask: a handle to its [`MaskDef`] in [`MASKS`] (compared, hashed and
@@ -842,6 +962,10 @@ impl Mask {
     pub const LambdaMask: Mask = Mask::Builtin(BuiltinMask("lambda_mask"));
     /// `lm_infinite(global_tokens, local_window, dist_limit[, rope_theta])`.
     pub const LmInfinite: Mask = Mask::Builtin(BuiltinMask("lm_infinite"));
+    /// `chunked_causal(chunk_size)`.
+    pub const ChunkedCausal: Mask = Mask::Builtin(BuiltinMask("chunked_causal"));
+    /// `dilated_causal(window, dilation)`.
+    pub const DilatedCausal: Mask = Mask::Builtin(BuiltinMask("dilated_causal"));
 }
 
 /// The mask of a declaration (macro, spec) that names none: every key.
@@ -958,4 +1082,94 @@ pub fn all_param_names() -> Vec<&'static str> {
     v.sort_unstable();
     v.dedup();
     v
+}
+
+// ---- host closed forms of chunked_causal and dilated_causal (mirrors of af_attn.cuh) ----
+
+/// `chunked_causal(C)`: `j <= p` and `floor(j / C) == floor(p / C)` (chunks counted from
+/// position 0), written as `p - j <= p mod C` (one remainder). Mirrors `af_mask_chunked_causal`.
+pub fn chunked_causal_allowed(p: i64, j: i64, chunk: i64) -> bool {
+    j <= p && p - j <= p.rem_euclid(chunk)
+}
+
+/// `dilated_causal(w, d)`: `p - j` is one of `0, d, ..., w d`. Mirrors `af_mask_dilated_causal`.
+pub fn dilated_causal_allowed(p: i64, j: i64, window: i64, dilation: i64) -> bool {
+    let dist = p - j;
+    dist >= 0 && dist <= window.saturating_mul(dilation) && dist % dilation == 0
+}
+
+/// Exact classification of the tile of query positions `plo..=phi` and key positions
+/// `c0..=c1` (non-empty, `0 <= plo`, `0 <= c0`). Row `p` sees the keys
+/// `[C floor(p / C), p]`, both ends nondecreasing in `p`: some element is allowed iff the
+/// first row at or right of `c0` exists and its chunk starts by `c1`; every element is iff
+/// `c1 <= plo` and the last row's chunk starts by `c0`. Mirrors `af_tile_chunked_causal`.
+pub fn chunked_causal_tile(plo: i64, phi: i64, c0: i64, c1: i64, chunk: i64) -> TileKind {
+    let first_row = c0.max(plo);
+    if first_row > phi || first_row / chunk > c1 / chunk {
+        TileKind::Skip
+    } else if c1 <= plo && phi / chunk == c0 / chunk {
+        TileKind::Full
+    } else {
+        TileKind::Partial
+    }
+}
+
+/// Exact classification of a tile (as [`chunked_causal_tile`]). The distances `p - j` over
+/// the tile are every integer of `[plo - c1, phi - c0]`: some element is allowed iff a
+/// multiple of `d` lies in that range clipped to `[0, w d]`. With `d >= 2` two neighbouring
+/// distances are never both allowed, so a tile is `Full` only when it is one element, or
+/// with `d = 1` when all its distances lie in `[0, w]`. Mirrors `af_tile_dilated_causal`.
+pub fn dilated_causal_tile(
+    plo: i64,
+    phi: i64,
+    c0: i64,
+    c1: i64,
+    window: i64,
+    dilation: i64,
+) -> TileKind {
+    let reach = window.saturating_mul(dilation);
+    let near = (plo - c1).max(0);
+    let far = (phi - c0).min(reach);
+    if far < near || far / dilation * dilation < near {
+        TileKind::Skip
+    } else if (plo == phi && c0 == c1) || (dilation == 1 && plo - c1 >= 0 && phi - c0 <= reach) {
+        TileKind::Full
+    } else {
+        TileKind::Partial
+    }
+}
+
+/// Exact key range `[lo, hi)` of the query positions `plo..=phi` (`0 <= plo <= phi < seq_k`):
+/// `lo` = the chunk start of `plo` (row `plo` sees it, no row sees an earlier key), `hi` =
+/// `phi + 1`. Mirrors `af_keys_lo_chunked_causal` / `af_keys_hi_chunked_causal`.
+pub fn chunked_causal_key_range(plo: i64, phi: i64, seq_k: i64, chunk: i64) -> (i64, i64) {
+    let lo = if plo <= 0 { 0 } else { plo / chunk * chunk };
+    (lo, (phi + 1).min(seq_k))
+}
+
+/// Exact key range `[lo, hi)` of the query positions `plo..=phi` (`0 <= plo <= phi < seq_k`).
+/// Row `p` first sees `p - w d` once `p >= w d`, else `p mod d`; below `w d` the minimum over
+/// the block is 0 exactly when a multiple of `d` lies in `[plo, phi]` (`w d` itself is one).
+/// `hi = phi + 1`. Mirrors `af_keys_lo_dilated_causal` / `af_keys_hi_dilated_causal`.
+pub fn dilated_causal_key_range(
+    plo: i64,
+    phi: i64,
+    seq_k: i64,
+    window: i64,
+    dilation: i64,
+) -> (i64, i64) {
+    let reach = window.saturating_mul(dilation);
+    let lo = if plo >= reach {
+        plo - reach
+    } else if plo <= 0 {
+        0
+    } else {
+        let r = plo % dilation;
+        if r == 0 || phi - plo >= dilation - r {
+            0
+        } else {
+            r
+        }
+    };
+    (lo, (phi + 1).min(seq_k))
 }

@@ -29,6 +29,7 @@
 //! ```
 
 use crate::check::SpecError;
+use crate::masks::DocRule;
 
 /// The largest element offset a kernel's 32-bit index arithmetic reaches.
 const MAX_OFFSET: u128 = i32::MAX as u128;
@@ -67,8 +68,9 @@ pub enum KeyLayout<'a> {
 pub struct DocIds<'a> {
     /// The ids.
     pub ids: &'a [i32],
-    /// `share_question`: id 0 (the question) must be a prefix of each sequence's ids.
-    pub share_question: bool,
+    /// The mask's rule on its ids (`MaskDef::doc_rule`); [`DocRule::QuestionPrefix`]: id 0
+    /// (the question) must be a prefix of each sequence's ids.
+    pub rule: DocRule,
 }
 
 /// A serving call's runtime layout, checked by [`validate_serving`].
@@ -193,7 +195,7 @@ fn check_offsets(e: &mut Errs, array: &str, rows: usize, inner: u128, row_name: 
 /// `B * max_pages` entries, `ceil(seqlens_k[b] / page_size) <= max_pages` (so
 /// `seqlens_k[b] <= max_pages * page_size`) and every entry read in `[0, num_pages)`;
 /// `Sq_b <= Sk_b` unless the variant defines `Sq_b > Sk_b`; doc ids laid out like the keys
-/// (and, for `share_question`, the question a prefix of each sequence); every array's
+/// (and, under [`DocRule::QuestionPrefix`], the question a prefix of each sequence); every array's
 /// element offsets within `2^31 - 1`.
 pub fn validate_serving(p: &ServingProblem<'_>) -> Result<ServingGeometry, Vec<SpecError>> {
     let mut e = Errs(Vec::new());
@@ -419,7 +421,7 @@ fn paged(
     (e.0.len() == before).then_some(lens)
 }
 
-/// Doc ids: length of the key layout; `share_question` needs id 0 as a prefix per sequence.
+/// Doc ids: length of the key layout; [`DocRule::QuestionPrefix`] needs id 0 as a prefix per sequence.
 fn check_doc(e: &mut Errs, p: &ServingProblem<'_>, doc: DocIds<'_>, sk: &[usize]) {
     let (want, layout) = match p.keys {
         KeyLayout::Varlen { total_k, .. } => (Some(total_k), "packed like the keys: [total_k]"),
@@ -444,7 +446,7 @@ fn check_doc(e: &mut Errs, p: &ServingProblem<'_>, doc: DocIds<'_>, sk: &[usize]
         );
         return;
     }
-    if !doc.share_question {
+    if doc.rule != DocRule::QuestionPrefix {
         return;
     }
     for (b, &k) in sk.iter().enumerate() {

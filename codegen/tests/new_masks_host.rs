@@ -1,4 +1,4 @@
-//! The host versions of `chunked_causal` and `dilated_causal` (`new_masks_host`) against
+//! The host versions of `chunked_causal` and `dilated_causal` (`attnforge_codegen::masks`) against
 //! the text of variants.md section 11 by brute force: the predicate at every grid point,
 //! the class of every tile whose sides are intervals of `[0, 64)` (so every alignment of a
 //! tile with a chunk or window edge), the key range of every query interval; at the bottom
@@ -6,7 +6,10 @@
 
 mod new_masks_common;
 
-use attnforge_codegen::new_masks_host::*;
+use attnforge_codegen::masks::{
+    chunked_causal_allowed, chunked_causal_key_range, chunked_causal_tile, dilated_causal_allowed,
+    dilated_causal_key_range, dilated_causal_tile,
+};
 use new_masks_common::*;
 
 fn predicate(def: Def, p: i64, j: i64) -> bool {

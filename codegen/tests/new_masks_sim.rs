@@ -10,7 +10,7 @@
 //! - the key range of every query interval against the first and last key the text allows
 //!   (grid at position 0, `seq_k` = 64), and at the top of the `int` range (positions up to
 //!   `INT_MAX - 1`, where a 32-bit product or an unchecked cast would overflow) against the
-//!   host versions, which `new_masks_host.rs` checks by brute force.
+//!   host versions, which `tests/new_masks_host.rs` checks by brute force.
 //!
 //! The probe also compiles with NVRTC for sm_80 without warnings and without a 64-bit
 //! division or remainder in its PTX.
@@ -19,7 +19,7 @@ mod new_masks_common;
 
 use attnforge_codegen::blocks::TileKind;
 use attnforge_codegen::emit::{ATTN_CUH, PRELUDE_CUH};
-use attnforge_codegen::new_masks_host::{chunked_causal_key_range, dilated_causal_key_range};
+use attnforge_codegen::masks::{chunked_causal_key_range, dilated_causal_key_range};
 use attnforge_sim::{SimArg, SimConfig, SimKernel};
 use new_masks_common::*;
 

@@ -1,6 +1,7 @@
 //! Host-side serving checks (variants.md section 13): every error case names its array and
 //! index, and on random bad layouts the checks agree with the reference's own input checks.
 
+use attnforge_codegen::masks::DocRule;
 use attnforge_codegen::serving::{
     validate_cu_seqlens, validate_serving, DocIds, KeyLayout, ServingGeometry, ServingProblem,
 };
@@ -315,19 +316,19 @@ fn doc_ids_are_laid_out_like_the_keys() {
     let p = ServingProblem {
         doc: Some(DocIds {
             ids: &ids[..13],
-            share_question: false,
+            rule: DocRule::Any,
         }),
         ..base
     };
     expect(&p, "doc", "has 13 ids but 24 are needed");
-    // share_question: sequence 0 reads pages 5, 0, 3; id 0 at key 4 (page 0 slot 0) after
+    // the question-prefix rule (share_question): sequence 0 reads pages 5, 0, 3; id 0 at key 4 (page 0 slot 0) after
     // key 0 (page 5 slot 0, id 1) breaks the prefix rule
     let mut ids = [1i32; 24];
     ids[0] = 0;
     let p = ServingProblem {
         doc: Some(DocIds {
             ids: &ids,
-            share_question: true,
+            rule: DocRule::QuestionPrefix,
         }),
         ..base
     };
@@ -337,7 +338,7 @@ fn doc_ids_are_laid_out_like_the_keys() {
     let p = ServingProblem {
         doc: Some(DocIds {
             ids: &ids,
-            share_question: true,
+            rule: DocRule::QuestionPrefix,
         }),
         ..base
     };

@@ -7,7 +7,7 @@ use attnforge_reference::{AttnOutput, Element, Mask, Shape4, Tensor4};
 use crate::engine::StepProblem;
 use crate::error::{invalid, CpError};
 use crate::partition::Partition;
-use crate::work::MaskGeometry;
+use attnforge_reference::MaskGeometry;
 
 /// The global attention problem split across ranks.
 #[derive(Debug, Clone)]
@@ -44,7 +44,13 @@ impl CpProblem {
 
     /// The mask's exact pair counter for this problem (validates the mask).
     pub fn geometry(&self) -> Result<MaskGeometry<'_>, CpError> {
-        MaskGeometry::new(&self.mask, self.batch, self.heads_q, self.sq, self.sk)
+        Ok(MaskGeometry::new(
+            &self.mask,
+            self.batch,
+            self.heads_q,
+            self.sq,
+            self.sk,
+        )?)
     }
 }
 

@@ -27,7 +27,6 @@ mod planner;
 mod ring;
 mod ulysses;
 mod wiring;
-mod work;
 
 pub use crate::comm::{
     check_collective, check_peer, run_in_process, CommBuffer, CommElem, CommError, CommOp,
@@ -48,4 +47,4 @@ pub use crate::planner::{
 pub use crate::ring::{ring_backward, ring_forward, RankForward, RankGrads, RingStats, Shards};
 pub use crate::ulysses::{ulysses_backward, ulysses_forward};
 pub use crate::wiring::{all_to_all_schedule, nccl_peer};
-pub use crate::work::MaskGeometry;
+pub use attnforge_reference::MaskGeometry;

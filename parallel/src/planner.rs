@@ -29,7 +29,7 @@ use std::ops::Range;
 use crate::error::{invalid, CpError};
 use crate::layout::{CpProblem, Layout};
 use crate::partition::{equal_chunks, Partition};
-use crate::work::MaskGeometry;
+use attnforge_reference::MaskGeometry;
 
 /// A point-to-point link between two GPUs (one direction).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -60,6 +60,7 @@ mod cca;
 mod core;
 mod element;
 mod error;
+mod geometry;
 mod hax;
 mod landmark;
 mod lm_infinite;
@@ -84,6 +85,7 @@ pub use crate::cca::{cca_attention, cca_core_count, CcaParams};
 pub use crate::core::{attention, attention_over_keys, dense_attention, lse_merge, KeySets};
 pub use crate::element::{DType, Element};
 pub use crate::error::RefError;
+pub use crate::geometry::MaskGeometry;
 pub use crate::hax::{
     hax_attention, hax_codes, hax_key_sets, HaxCodes, HaxInputs, HaxParams, Sharing,
 };

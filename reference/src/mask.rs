@@ -205,6 +205,13 @@ impl Mask {
                 global: count("global_tokens")?,
                 local: count("local_window")?,
             },
+            "chunked_causal" => Mask::ChunkedCausal {
+                chunk: count("chunk_size")?,
+            },
+            "dilated_causal" => Mask::DilatedCausal {
+                window: count("window")?,
+                dilation: count("dilation")?,
+            },
             _ => {
                 return Err(RefError::InvalidParam {
                     field: "Mask::builtin tag",

@@ -2,11 +2,12 @@
 //! between a range of query rows and a range of keys, without enumerating the pairs for the
 //! masks whose rows are intervals (closed forms per row) or per-token doc ids (binary search
 //! in each id's sorted positions). User predicates and `All`/`Any` combinations are counted
-//! pair by pair (exact, slower).
+//! pair by pair (exact, slower). Context parallelism (`attnforge-parallel`) plans and
+//! balances ranks with it; it lives here because each closed form restates a mask's
+//! definition.
 //!
 //! ```
-//! use attnforge_reference::Mask;
-//! use attnforge_parallel::MaskGeometry;
+//! use attnforge_reference::{Mask, MaskGeometry};
 //! let g = MaskGeometry::new(&Mask::Causal, 1, 1, 8, 8).unwrap();
 //! assert_eq!(g.pairs(0..8, 0..8), 36);
 //! assert!(!g.any(0..4, 4..8)); // the upper-right causal block is empty: never sent
@@ -15,9 +16,8 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use attnforge_reference::Mask;
-
-use crate::error::CpError;
+use crate::error::RefError;
+use crate::mask::Mask;
 
 /// Sorted positions of each doc id, per batch (one entry when the ids are shared).
 type DocIndex = Vec<HashMap<i32, Vec<i64>>>;
@@ -62,7 +62,7 @@ impl<'a> MaskGeometry<'a> {
         heads: usize,
         sq: usize,
         sk: usize,
-    ) -> Result<Self, CpError> {
+    ) -> Result<Self, RefError> {
         mask.validate(batch, sq, sk)?;
         let docs = doc_of(mask).map(|doc| {
             let per_batch: Vec<Vec<i32>> = if doc.len() == sk {

@@ -222,3 +222,29 @@ fn check_json_fingerprint_is_stable_and_input_sensitive() {
     assert_eq!(a, fp("1"));
     assert_ne!(a, fp("2"));
 }
+
+/// The two masks of variants.md section 11 through spec files, like every built-in mask:
+/// they pass on the simulator, and a bad parameter is exit 2 naming the field and the fix.
+#[test]
+fn section_11_masks_through_spec_files() {
+    let spec = |name: &str| root().join(format!("examples/specs/{name}.toml"));
+    let o = run(&[
+        "check",
+        spec("chunked_causal").to_str().unwrap(),
+        spec("dilated_causal").to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("PASS flash_fwd_chunked_causal_d128_bf16"), "{t}");
+    assert!(t.contains("PASS flash_fwd_dilated_causal_d64_f16"), "{t}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let body = std::fs::read_to_string(spec("dilated_causal")).unwrap();
+    std::fs::write(&bad, body.replace("dilation = 3", "dilation = 0")).unwrap();
+    let o = run(&["check", bad.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("mask.dilated_causal.dilation"), "{t}");
+    assert!(t.contains("fix:"), "{t}");
+}

@@ -61,14 +61,14 @@ pub fn catalog() -> Vec<KernelSpec> {
         s(Bf16, D128, Mask::GlobalLocal, ScoreMod::None),
         s(Bf16, D128, Mask::BlockCausalDocument, ScoreMod::None),
         s(Bf16, D128, Mask::LambdaMask, ScoreMod::None),
-        s(Bf16, D128, Mask::ChunkedCausal, ScoreMod::None),
-        s(F16, D64, Mask::DilatedCausal, ScoreMod::None),
         s(Bf16, D128, Mask::BlockSparse { mask: None }, ScoreMod::None),
         s(Bf16, D128, Mask::Full, ScoreMod::Softcap),
         s(F16, D128, Mask::Causal, ScoreMod::Alibi),
         s(F16, D64, Mask::Predicate(example_mask_fn()), ScoreMod::None),
         s(F32, D64, Mask::Causal, ScoreMod::User(example_score_fn())),
         s(Bf16, D128, Mask::LmInfinite, ScoreMod::None),
+        s(Bf16, D128, Mask::ChunkedCausal, ScoreMod::None),
+        s(F16, D64, Mask::DilatedCausal, ScoreMod::None),
     ]
 }
 

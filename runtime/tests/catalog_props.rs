@@ -116,6 +116,10 @@ fn mask_params(spec: &KernelSpec, k: [i64; 6], sk: i64) -> MaskParams {
             .with("local_window", 1 + k[1] % 30)
             .with("dist_limit", 1 + k[2] % (sk + 4))
             .with("rope_theta", [10000.0, 500.0, 100.0][(k[3] % 3) as usize]),
+        Mask::ChunkedCausal => MaskParams::new().with("chunk_size", 1 + k[0] % 70),
+        Mask::DilatedCausal => MaskParams::new()
+            .with("window", k[0] % 12)
+            .with("dilation", 1 + k[1] % 5),
         _ => MaskParams::None,
     }
 }
@@ -327,6 +331,13 @@ fn element_mask(
             global: get("global_tokens") as usize,
             local: get("local_window") as usize,
         },
+        Mask::ChunkedCausal => R::ChunkedCausal {
+            chunk: get("chunk_size") as usize,
+        },
+        Mask::DilatedCausal => R::DilatedCausal {
+            window: get("window") as usize,
+            dilation: get("dilation") as usize,
+        },
         Mask::Predicate(_) => {
             let f = p.host_mask.clone().expect("predicate twin");
             return Box::new(move |b, h, i, j| f(b, h, i, j));
@@ -506,7 +517,8 @@ macro_rules! backend_suite {
             causal_d64_f16 = 4, causal_gqa = 5, local = 6, local_softcap = 7, prefix_lm = 8,
             document = 9, causal_document = 10, share_question = 11, global_local = 12,
             block_causal_document = 13, lambda_mask = 14, block_sparse = 15, softcap = 16,
-            alibi = 17, user_mask = 18, user_score = 19, lm_infinite = 20,
+            alibi = 17, user_mask = 18, user_score = 19, lm_infinite = 20, chunked_causal = 21,
+            dilated_causal = 22,
         }
     };
 }

@@ -7,6 +7,7 @@ mod common;
 mod dynamic;
 mod emit;
 mod list;
+mod plan_cp;
 mod run;
 mod variant;
 
@@ -79,6 +80,10 @@ enum Command {
     /// model) and write the reports; a second run reuses the tuning cache.
     #[command(after_help = TUNE_HELP)]
     Tune(attnforge_autotune::cli::TuneArgs),
+    /// Plan context parallelism for a spec: per-rank work, communication and predicted time
+    /// of ring and Ulysses over contiguous, zigzag and mask-aware partitions.
+    #[command(name = "plan-cp", after_help = plan_cp::AFTER_HELP)]
+    PlanCp(plan_cp::PlanCpArgs),
     /// Rewrite the reports from the tuning cache alone (no tuning).
     #[command(after_help = "Examples:\n  attnforge report --out reports")]
     Report(attnforge_autotune::cli::ReportArgs),
@@ -132,6 +137,7 @@ pub fn main() -> i32 {
                 )
             })
             .map_err(tune_error),
+        Command::PlanCp(a) => plan_cp::run(a),
         Command::Report(a) => attnforge_autotune::cli::run_report(&a)
             .map(|p| println!("report: {}", p.display()))
             .map_err(tune_error),

@@ -29,7 +29,7 @@ use half::f16;
 const BM: usize = 16;
 const BN: usize = 32;
 
-/// A mask with its parameters, as defined in variants.md sections 1, 2 and 5.
+/// A mask with its parameters, as defined in variants.md sections 1, 2, 5 and 11.
 #[derive(Clone, Copy, Debug)]
 enum Def {
     Causal,
@@ -54,6 +54,15 @@ enum Def {
         local: i64,
         dist_over_sk: i64,
     },
+    /// Section 11 `chunked_causal(C)`.
+    Chunked {
+        chunk: i64,
+    },
+    /// Section 11 `dilated_causal(w, d)`.
+    Dilated {
+        window: i64,
+        dilation: i64,
+    },
 }
 
 impl Def {
@@ -71,6 +80,13 @@ impl Def {
                 u8::from((p - j).abs() <= window || p < global || j < global)
             }
             Def::Lambda { global, local } => u8::from(j <= p && (j < global || p - j < local)),
+            Def::Chunked { chunk } => {
+                u8::from(j <= p && j.div_euclid(chunk) == p.div_euclid(chunk))
+            }
+            Def::Dilated { window, dilation } => {
+                let dist = p - j;
+                u8::from(dist >= 0 && dist % dilation == 0 && dist / dilation <= window)
+            }
             Def::LmInfinite { global, local, .. } => {
                 if j > p {
                     0
@@ -93,6 +109,8 @@ impl Def {
             Def::GlobalLocal { .. } => Mask::GlobalLocal,
             Def::Lambda { .. } => Mask::LambdaMask,
             Def::LmInfinite { .. } => Mask::LmInfinite,
+            Def::Chunked { .. } => Mask::ChunkedCausal,
+            Def::Dilated { .. } => Mask::DilatedCausal,
         }
     }
 
@@ -118,6 +136,10 @@ impl Def {
                 .with("local_window", local)
                 .with("dist_limit", (sk as i64 + dist_over_sk).max(0))
                 .with("rope_theta", 10000.0),
+            Def::Chunked { chunk } => MaskParams::new().with("chunk_size", chunk),
+            Def::Dilated { window, dilation } => MaskParams::new()
+                .with("window", window)
+                .with("dilation", dilation),
         }
     }
 
@@ -213,6 +235,45 @@ impl Def {
                     edge(
                         format!("first key = global - 1 + {d}, before the diagonal"),
                         Box::new(move |t| t.c0 == global - 1 + d && t.c0 <= t.p_hi),
+                    );
+                }
+            }
+            Def::Chunked { chunk } => {
+                diagonal(&mut edge, 0);
+                for d in [0, 1] {
+                    // full iff the last query's chunk starts at or before the first key
+                    edge(
+                        format!("last query's chunk start = first key + {d}"),
+                        Box::new(move |t| {
+                            t.p_hi.div_euclid(chunk) * chunk == t.c0 + d && t.c1 <= t.p_lo
+                        }),
+                    );
+                    // skipped iff the first row at or right of c0 starts its chunk past c1
+                    edge(
+                        format!("first reaching row's chunk start = last key + {d}"),
+                        Box::new(move |t| {
+                            let row = t.c0.max(t.p_lo);
+                            row <= t.p_hi && row.div_euclid(chunk) * chunk == t.c1 + d
+                        }),
+                    );
+                }
+            }
+            Def::Dilated { window, dilation } => {
+                let reach = window * dilation;
+                for d in [0, 1] {
+                    edge(
+                        format!("last query - first key = reach + {d}"),
+                        Box::new(move |t| t.p_hi - t.c0 == reach + d),
+                    );
+                    // skipped iff the largest allowed distance below the far end is nearer
+                    // than the near end
+                    edge(
+                        format!("largest multiple of d in reach = nearest distance - {d}"),
+                        Box::new(move |t| {
+                            let far = (t.p_hi - t.c0).min(reach);
+                            let near = (t.p_lo - t.c1).max(0);
+                            far >= 0 && far / dilation * dilation == near - d
+                        }),
                     );
                 }
             }
@@ -457,6 +518,46 @@ fn lm_infinite_edges() {
             global: BN as i64 + 1,
             local: BN as i64,
             dist_over_sk: 0,
+        },
+    ]);
+}
+
+#[test]
+fn chunked_causal_edges() {
+    // Chunks shorter than, equal to, one past and longer than a key tile, and of one key.
+    check_mask(&[
+        Def::Chunked { chunk: 1 },
+        Def::Chunked { chunk: 7 },
+        Def::Chunked { chunk: BN as i64 },
+        Def::Chunked {
+            chunk: BN as i64 + 1,
+        },
+        Def::Chunked {
+            chunk: 2 * BN as i64 + 5,
+        },
+    ]);
+}
+
+#[test]
+fn dilated_causal_edges() {
+    // d = 1 (the causal sliding window: full tiles), small d, d past a key tile (tiles
+    // between two allowed distances are skipped) and w = 0 (the diagonal only).
+    check_mask(&[
+        Def::Dilated {
+            window: 9,
+            dilation: 1,
+        },
+        Def::Dilated {
+            window: 5,
+            dilation: 3,
+        },
+        Def::Dilated {
+            window: 2,
+            dilation: BN as i64 + 3,
+        },
+        Def::Dilated {
+            window: 0,
+            dilation: 4,
         },
     ]);
 }

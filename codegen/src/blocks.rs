@@ -142,6 +142,29 @@ impl BlockLists {
         );
         &self.partial_idx[i * self.width..i * self.width + self.partial_num[i] as usize]
     }
+    /// The transposed lists (the backward's schedule for list-driven masks): row `c` of
+    /// `(b, h)` lists, in ascending order, the query blocks whose row lists key block `c`,
+    /// full and partial as in the original (a block's class does not depend on the
+    /// direction it is walked). `rows` and `cols` swap; the width is the new column count.
+    /// Expects lists that passed [`validate_block_lists`].
+    pub fn transposed(&self) -> BlockLists {
+        let mut lists = vec![(Vec::new(), Vec::new()); self.batches * self.heads * self.cols];
+        for b in 0..self.batches {
+            for h in 0..self.heads {
+                for r in 0..self.rows {
+                    let base = (b * self.heads + h) * self.cols;
+                    for &c in self.full(b, h, r) {
+                        lists[base + c as usize].0.push(r as i32);
+                    }
+                    for &c in self.partial(b, h, r) {
+                        lists[base + c as usize].1.push(r as i32);
+                    }
+                }
+            }
+        }
+        BlockLists::from_rows(self.batches, self.heads, self.cols, self.rows, &lists)
+    }
+
     /// Assemble from per-row lists `lists[(b * heads + h) * rows + r] = (full, partial)`.
     pub fn from_rows(
         batches: usize,

@@ -199,6 +199,13 @@ pub struct MaskDef {
     /// Analytic key range `[lo, hi)` as C expressions over `p_lo`, `p_hi`, `seq_k` and the
     /// parameters.
     pub key_range: (&'static str, &'static str),
+    /// Query positions `[lo, hi)` that may see a key of the key tile `[c0, c1]`: the
+    /// backward's transposed schedule (a key tile walks these query tiles), as C expressions
+    /// over `c0`, `c1`, `seq_q`, `seq_k` and the parameters. Sound for every mask (a query
+    /// allowed some key of the tile lies inside), exact at both ends where each key's rows
+    /// form one interval. Positions run over `[seq_k - seq_q, seq_k)`: that range is the
+    /// "every query" answer (the list-driven masks transpose their block lists instead).
+    pub query_range: (&'static str, &'static str),
     /// Schedule kind.
     pub schedule: ScheduleKind,
     /// Reads per-token document ids (`doc`, `doc_batch_stride` kernel arguments).
@@ -238,6 +245,10 @@ impl MaskDef {
 
 const FULL_RANGE: (&str, &str) = ("0", "(long long)seq_k");
 const CAUSAL_RANGE: (&str, &str) = ("0", "min((long long)seq_k, p_hi + 1)");
+/// Every query position.
+const ALL_QUERIES: (&str, &str) = ("(long long)seq_k - seq_q", "(long long)seq_k");
+/// Queries at or after the tile's first key (a causal key is seen by every later row).
+const QUERIES_FROM_C0: (&str, &str) = ("max((long long)seq_k - seq_q, c0)", "(long long)seq_k");
 const COUNT_FIX: &str = "pass a non-negative count";
 
 const fn count(
@@ -621,6 +632,7 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: None,
         tile_fn: None,
         key_range: FULL_RANGE,
+        query_range: ALL_QUERIES,
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
         doc_rule: DocRule::Any,
@@ -639,6 +651,7 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_causal"),
         tile_fn: Some("af_tile_causal"),
         key_range: CAUSAL_RANGE,
+        query_range: QUERIES_FROM_C0,
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
         doc_rule: DocRule::Any,
@@ -659,6 +672,10 @@ pub static MASKS: &[MaskDef] = &[
         key_range: (
             "window_left < 0 ? 0LL : max(0LL, p_lo - window_left)",
             "window_right < 0 ? (long long)seq_k : min((long long)seq_k, p_hi + window_right + 1)",
+        ),
+        query_range: (
+            "window_right < 0 ? (long long)seq_k - seq_q : max((long long)seq_k - seq_q, c0 - window_right)",
+            "window_left < 0 ? (long long)seq_k : min((long long)seq_k, c1 + window_left + 1)",
         ),
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
@@ -681,6 +698,10 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_prefix_lm"),
         tile_fn: Some("af_tile_prefix_lm"),
         key_range: FULL_RANGE,
+        query_range: (
+            "c0 < prefix_len ? (long long)seq_k - seq_q : max((long long)seq_k - seq_q, c0)",
+            "(long long)seq_k",
+        ),
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
         doc_rule: DocRule::Any,
@@ -699,6 +720,7 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_document"),
         tile_fn: None,
         key_range: FULL_RANGE,
+        query_range: ALL_QUERIES,
         schedule: ScheduleKind::BlockLists,
         reads_doc: true,
         doc_rule: DocRule::Any,
@@ -717,6 +739,7 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_causal_document"),
         tile_fn: None,
         key_range: FULL_RANGE,
+        query_range: ALL_QUERIES,
         schedule: ScheduleKind::BlockLists,
         reads_doc: true,
         doc_rule: DocRule::Any,
@@ -735,6 +758,7 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_share_question"),
         tile_fn: None,
         key_range: FULL_RANGE,
+        query_range: ALL_QUERIES,
         schedule: ScheduleKind::BlockLists,
         reads_doc: true,
         doc_rule: DocRule::QuestionPrefix,
@@ -759,6 +783,10 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_global_local"),
         tile_fn: Some("af_tile_global_local"),
         key_range: FULL_RANGE,
+        query_range: (
+            "(global_tokens > 0 || c0 < global_tokens) ? (long long)seq_k - seq_q : max((long long)seq_k - seq_q, c0 - window)",
+            "c0 < global_tokens ? (long long)seq_k : min((long long)seq_k, c1 + window + 1)",
+        ),
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
         doc_rule: DocRule::Any,
@@ -780,6 +808,7 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_block_causal_document"),
         tile_fn: None,
         key_range: FULL_RANGE,
+        query_range: ALL_QUERIES,
         schedule: ScheduleKind::BlockLists,
         reads_doc: true,
         doc_rule: DocRule::Any,
@@ -801,6 +830,10 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_lambda"),
         tile_fn: Some("af_tile_lambda"),
         key_range: CAUSAL_RANGE,
+        query_range: (
+            "max((long long)seq_k - seq_q, c0)",
+            "c0 < global_tokens ? (long long)seq_k : min((long long)seq_k, c1 + local_window)",
+        ),
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
         doc_rule: DocRule::Any,
@@ -819,6 +852,10 @@ pub static MASKS: &[MaskDef] = &[
         element_fn: Some("af_mask_lambda"),
         tile_fn: Some("af_tile_lminf"),
         key_range: CAUSAL_RANGE,
+        query_range: (
+            "max((long long)seq_k - seq_q, c0)",
+            "c0 < global_tokens ? (long long)seq_k : min((long long)seq_k, c1 + local_window)",
+        ),
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
         doc_rule: DocRule::Any,
@@ -842,6 +879,10 @@ pub static MASKS: &[MaskDef] = &[
             "af_keys_lo_chunked_causal(p_lo, p_hi, seq_k, chunk_size)",
             "af_keys_hi_chunked_causal(p_lo, p_hi, seq_k, chunk_size)",
         ),
+        query_range: (
+            "max((long long)seq_k - seq_q, c0)",
+            "min((long long)seq_k, (long long)((int)c1 / chunk_size + 1) * chunk_size)",
+        ),
         schedule: ScheduleKind::Analytic,
         reads_doc: false,
         doc_rule: DocRule::Any,
@@ -862,6 +903,10 @@ pub static MASKS: &[MaskDef] = &[
         key_range: (
             "af_keys_lo_dilated_causal(p_lo, p_hi, seq_k, window, dilation)",
             "af_keys_hi_dilated_causal(p_lo, p_hi, seq_k, window, dilation)",
+        ),
+        query_range: (
+            "max((long long)seq_k - seq_q, c0)",
+            "min((long long)seq_k, c1 + (long long)window * dilation + 1)",
         ),
         schedule: ScheduleKind::Analytic,
         reads_doc: false,

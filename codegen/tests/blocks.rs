@@ -119,6 +119,49 @@ proptest! {
         }
     }
 
+    /// The backward's transposed lists, per (batch, head): key block `c` lists query block
+    /// `r` as full (partial) exactly when row `r` lists `c` as full (partial), ascending;
+    /// built per batch and head from a doc mask with a head-dependent cut, so a transposition
+    /// that mixes batches or heads fails.
+    #[test]
+    fn transposed_lists_swap_rows_and_columns((m, sk) in doc_mask(), sq_cut in 0usize..90,
+                                              bq in prop::sample::select(vec![1usize, 4, 16]),
+                                              bk in prop::sample::select(vec![1usize, 8, 32])) {
+        let sq = 1 + sq_cut % sk;
+        let bs = BlockSize { q: bq, k: bk };
+        let l = build_block_lists(2, 3, sq, sk, bs, |b, h, p, j| {
+            m.allowed(b, h, p, j) && (j + b as i64 + h as i64) % 5 != 0
+        });
+        validate_block_lists(&l, 2, 3, sq, sk, bs).unwrap();
+        let t = l.transposed();
+        let (rows, cols) = (sq.div_ceil(bq), sk.div_ceil(bk));
+        prop_assert_eq!((t.batches, t.heads, t.rows, t.cols), (2, 3, cols, rows));
+        validate_block_lists(&t, 2, 3, sk, sq, BlockSize { q: bk, k: bq }).unwrap();
+        for b in 0..2 {
+            for h in 0..3 {
+                for c in 0..cols {
+                    let want_full: Vec<i32> = (0..rows as i32)
+                        .filter(|&r| l.full(b, h, r as usize).contains(&(c as i32)))
+                        .collect();
+                    let want_part: Vec<i32> = (0..rows as i32)
+                        .filter(|&r| l.partial(b, h, r as usize).contains(&(c as i32)))
+                        .collect();
+                    prop_assert_eq!(t.full(b, h, c), &want_full[..]);
+                    prop_assert_eq!(t.partial(b, h, c), &want_part[..]);
+                }
+            }
+        }
+        let back = t.transposed();
+        for b in 0..2 {
+            for h in 0..3 {
+                for r in 0..rows {
+                    prop_assert_eq!(back.full(b, h, r), l.full(b, h, r));
+                    prop_assert_eq!(back.partial(b, h, r), l.partial(b, h, r));
+                }
+            }
+        }
+    }
+
     #[test]
     fn builder_agrees_with_classifier_for_analytic_masks(m in analytic_mask(), sq in 1usize..70, extra in 0usize..30) {
         let sk = sq + extra;

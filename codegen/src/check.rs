@@ -219,7 +219,7 @@ pub fn validate_spec(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
                     "mask `{}` has its own scoring (RoPE with a distance limit) and does not combine with a score modification (`{score}`)",
                     spec.mask.tag()
                 ),
-                "remove `score` (or use mask `lambda_mask`, LM-Infinite's allowed set without its scoring, with the score modification)",
+                "remove `score` (a score modification combines with the mask of LM-Infinite's allowed set without its scoring; docs/semantics.md section 9)",
             );
         }
     }

@@ -154,3 +154,41 @@ fn host_twin_of_a_spec_file_mask_matches_its_definition() {
         }
     }
 }
+
+/// LM-Infinite with a score modification: refused on `score` when the file is loaded, so
+/// `emit` writes nothing and `check` fails before any kernel runs (both exit 2).
+#[test]
+fn lm_infinite_with_a_score_is_refused_on_load() {
+    let spec = format!(
+        "{HEAD}mask = \"lm_infinite\"\nscore = \"alibi\"\n[params]\nglobal_tokens = 4\nlocal_window = 24\ndist_limit = 40\n"
+    );
+    let e = err(&spec);
+    assert_eq!(e.field, "score", "{e}");
+    assert!(
+        e.message.contains("lm_infinite") && e.fix.contains("remove `score`"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("lminf_alibi.toml");
+    std::fs::write(&p, &spec).unwrap();
+    let out = dir.path().join("out");
+    for args in [
+        vec![
+            "emit",
+            p.to_str().unwrap(),
+            "--no-ptxas",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ],
+        vec!["check", p.to_str().unwrap()],
+    ] {
+        let o = run(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("field `score`") && t.contains("fix:"),
+            "{args:?}: {t}"
+        );
+    }
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
+}

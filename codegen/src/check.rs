@@ -209,6 +209,20 @@ pub fn validate_spec(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
             }
         }
     }
+    if spec.mask.lm_infinite_scoring() {
+        if let Some(score) = spec.score.short() {
+            // The mask's own scoring (rotated scores with a distance limit) replaces the
+            // score hook; the reference defines LM-Infinite without a modification.
+            errs.push(
+                "score",
+                format!(
+                    "mask `{}` has its own scoring (RoPE with a distance limit) and does not combine with a score modification (`{score}`)",
+                    spec.mask.tag()
+                ),
+                "remove `score` (a score modification combines with the mask of LM-Infinite's allowed set without its scoring; docs/semantics.md section 9)",
+            );
+        }
+    }
     for (path, f) in spec.user_functions() {
         check_user_fn(&mut errs, path, f);
     }

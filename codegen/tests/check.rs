@@ -279,3 +279,25 @@ fn doc_ids_are_checked() {
     let d = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Document, ScoreMod::None);
     validate_doc_ids(&d, &[3, 0, 3, 0, 1], 1, 5).unwrap();
 }
+
+/// LM-Infinite brings its own scoring: every score modification is refused on `score`,
+/// with the fix, by `validate_spec` itself (not only when exec needs the reference).
+#[test]
+fn lm_infinite_refuses_every_score_modification() {
+    let scores = [
+        ScoreMod::Softcap,
+        ScoreMod::Alibi,
+        ScoreMod::User(user("bias", "return score;", &[])),
+    ];
+    for score in scores {
+        let s = KernelSpec::new(DType::F32, HeadDim::D64, Mask::LmInfinite, score.clone());
+        let e = validate_spec(&s).expect_err(&format!("lm_infinite with {score:?} accepted"));
+        assert_eq!(paths(&e), vec!["score"], "{e:?}");
+        assert!(e[0].message.contains("lm_infinite"), "{}", e[0].message);
+        assert!(e[0].fix.contains("remove `score`"), "{}", e[0].fix);
+    }
+    let plain = KernelSpec::new(DType::F32, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);
+    validate_spec(&plain).unwrap();
+    let lambda = KernelSpec::new(DType::F32, HeadDim::D64, Mask::LambdaMask, ScoreMod::Alibi);
+    validate_spec(&lambda).unwrap();
+}

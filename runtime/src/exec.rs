@@ -419,6 +419,30 @@ fn resolve<T: Element>(
             "pass a finite positive scale",
         ));
     }
+    let (doc, doc_batch_stride) = resolve_doc(spec, &dims, p)?;
+    let alibi = resolve_alibi(spec, &dims, p)?;
+    let mut r = Resolved {
+        dims,
+        scale,
+        mask: p.mask.clone().unwrap_or(MaskParams::None),
+        doc,
+        doc_batch_stride,
+        alibi,
+        lists: None,
+    };
+    if spec.mask.uses_block_lists() {
+        r.lists = Some(resolve_block_lists(spec, &r, p)?);
+    }
+    Ok(r)
+}
+
+/// The document ids of the doc-reading masks and their batch stride (0: one row of `Sk`
+/// ids shared by every batch), checked against `Sk` and the mask's document rule.
+fn resolve_doc(
+    spec: &KernelSpec,
+    dims: &Shape,
+    p: &RunParams,
+) -> Result<(Vec<i32>, i64), ExecError> {
     let (doc, doc_batch_stride) = match (&p.doc, spec.mask.reads_doc()) {
         (None, true) => {
             return Err(input_err(
@@ -463,8 +487,14 @@ fn resolve<T: Element>(
             }
         }
     }
+    Ok((doc, doc_batch_stride))
+}
+
+/// The per-head slopes of a per-head score modification (the standard ALiBi slopes when
+/// none are given); empty for the other scores.
+fn resolve_alibi(spec: &KernelSpec, dims: &Shape, p: &RunParams) -> Result<Vec<f32>, ExecError> {
     let per_head = spec.score.param_of(ScoreParamKind::PerHead);
-    let alibi = match (per_head, &p.alibi_slopes) {
+    Ok(match (per_head, &p.alibi_slopes) {
         (Some(_), Some(s)) if s.len() == dims.heads_q => s.clone(),
         (Some(sp), Some(s)) => {
             return Err(input_err(
@@ -479,55 +509,53 @@ fn resolve<T: Element>(
             .map(|s| s as f32)
             .collect(),
         (None, _) => Vec::new(),
-    };
-    let mut r = Resolved {
-        dims,
-        scale,
-        mask: p.mask.clone().unwrap_or(MaskParams::None),
-        doc,
-        doc_batch_stride,
-        alibi,
-        lists: None,
-    };
-    if spec.mask.uses_block_lists() {
-        let lists = match &p.block_lists {
-            Some(l) => l.clone(),
-            None => {
-                if matches!(spec.mask, Mask::BlockSparse { .. }) {
-                    return Err(input_err(
-                        "block_lists",
-                        "a block-sparse kernel needs explicit block lists",
-                        "pass RunParams::block_lists (e.g. from attnforge_codegen::blocks::build_block_lists)",
-                    ));
-                }
-                let m = reference_mask(spec, &r, p)?;
-                let sk = dims.seq_k;
-                build_block_lists(
-                    dims.batch,
-                    if matches!(spec.mask, Mask::Predicate(_)) {
-                        dims.heads_q
-                    } else {
-                        1
-                    },
-                    dims.seq_q,
-                    dims.seq_k,
-                    spec.sparse_block,
-                    |b, h, i, j| m.allowed(b, h, i, j, sk),
-                )
+    })
+}
+
+/// The block lists of a block-list mask: the given ones, else built from the reference
+/// mask (block-sparse kernels need them given), validated against the problem.
+fn resolve_block_lists(
+    spec: &KernelSpec,
+    r: &Resolved,
+    p: &RunParams,
+) -> Result<BlockLists, ExecError> {
+    let dims = r.dims;
+    let lists = match &p.block_lists {
+        Some(l) => l.clone(),
+        None => {
+            if matches!(spec.mask, Mask::BlockSparse { .. }) {
+                return Err(input_err(
+                    "block_lists",
+                    "a block-sparse kernel needs explicit block lists",
+                    "pass RunParams::block_lists (e.g. from attnforge_codegen::blocks::build_block_lists)",
+                ));
             }
-        };
-        validate_block_lists(
-            &lists,
-            dims.batch,
-            dims.heads_q,
-            dims.seq_q,
-            dims.seq_k,
-            spec.sparse_block,
-        )
-        .map_err(ExecError::Spec)?;
-        r.lists = Some(lists);
-    }
-    Ok(r)
+            let m = reference_mask(spec, r, p)?;
+            let sk = dims.seq_k;
+            build_block_lists(
+                dims.batch,
+                if matches!(spec.mask, Mask::Predicate(_)) {
+                    dims.heads_q
+                } else {
+                    1
+                },
+                dims.seq_q,
+                dims.seq_k,
+                spec.sparse_block,
+                |b, h, i, j| m.allowed(b, h, i, j, sk),
+            )
+        }
+    };
+    validate_block_lists(
+        &lists,
+        dims.batch,
+        dims.heads_q,
+        dims.seq_q,
+        dims.seq_k,
+        spec.sparse_block,
+    )
+    .map_err(ExecError::Spec)?;
+    Ok(lists)
 }
 
 /// The f64 reference (or the same-precision naive path) for the spec and inputs.
@@ -554,14 +582,8 @@ fn reference_resolved<T: Element>(
     };
     let mask = reference_mask(spec, r, p)?;
     let score = reference_score(spec, r, p)?;
+    // LM-Infinite takes no score modification (refused by validate_spec in resolve).
     Ok(if spec.mask.lm_infinite_scoring() {
-        if !matches!(spec.score, ScoreMod::None) {
-            return Err(input_err(
-                "score",
-                "the reference defines LM-Infinite without a score modification",
-                format!("use ScoreMod::None with mask `{}`", spec.mask.tag()),
-            ));
-        }
         reference::lm_infinite_attention(
             &x.q,
             &x.k,
@@ -737,75 +759,97 @@ fn host_args<T: Element>(
                     ParamType::Float => HostArg::F32(v as f32),
                 }
             }
-            ArgRole::BlockList(part) => {
-                let ints = |f: fn(&BlockLists) -> &Vec<i32>| {
-                    HostArg::Ints(lists.map(|l| f(l).clone()).unwrap_or_default())
-                };
-                let int =
-                    |f: fn(&BlockLists) -> usize| HostArg::I32(lists.map_or(0, |l| f(l) as i32));
-                match part {
-                    BlockListPart::FullNum => ints(|l| &l.full_num),
-                    BlockListPart::FullIdx => ints(|l| &l.full_idx),
-                    BlockListPart::PartialNum => ints(|l| &l.partial_num),
-                    BlockListPart::PartialIdx => ints(|l| &l.partial_idx),
-                    BlockListPart::Batches => int(|l| l.batches),
-                    BlockListPart::Heads => int(|l| l.heads),
-                    BlockListPart::Rows => int(|l| l.rows),
-                    BlockListPart::Width => int(|l| l.width),
-                }
-            }
-            ArgRole::ScoreParam => match spec.score.def().and_then(|d| d.param).map(|q| q.kind) {
-                Some(ScoreParamKind::Scalar) => HostArg::F32(p.softcap.unwrap_or(0.0)),
-                Some(ScoreParamKind::PerHead) => HostArg::Floats(r.alibi.clone()),
-                None => {
-                    return Err(input_err(
-                        &a.name,
-                        "a score argument without a score parameter",
-                        "report this: the argument table and the score table disagree",
-                    ))
-                }
-            },
-            ArgRole::UserParam { side, index } => {
-                let f = match (side, &spec.mask, &spec.score) {
-                    (
-                        UserFnSide::Mask,
-                        Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) },
-                        _,
-                    )
-                    | (UserFnSide::Score, _, ScoreMod::User(f)) => Some(f),
-                    _ => None,
-                };
-                let Some(q) = f.and_then(|f| f.params.get(index)) else {
-                    return Err(input_err(
-                        &a.name,
-                        "a user-parameter argument without its function parameter",
-                        "report this: the argument table and the spec disagree",
-                    ));
-                };
-                user_value(p, &q.name, q.kind)?
-            }
+            ArgRole::BlockList(part) => block_list_arg(part, lists),
+            ArgRole::ScoreParam => score_param_arg(spec, p, r, &a.name)?,
+            ArgRole::UserParam { side, index } => user_param_arg(spec, p, side, index, &a.name)?,
         };
-        // Type agreement with the declared kind (a codegen/exec contract check).
-        let ok = matches!(
-            (&a.kind, &v),
-            (
-                CgArgKind::Ptr { .. },
-                HostArg::Q | HostArg::K | HostArg::V | HostArg::O | HostArg::Lse
-            ) | (CgArgKind::Ptr { .. }, HostArg::Ints(_) | HostArg::Floats(_))
-                | (CgArgKind::Scalar(Scalar::I32), HostArg::I32(_))
-                | (CgArgKind::Scalar(Scalar::I64), HostArg::I64(_))
-                | (CgArgKind::Scalar(Scalar::F32), HostArg::F32(_))
-        );
-        if !ok {
-            return Err(input_err(
-                &a.name,
-                format!("value {v:?} does not match the kernel's {:?}", a.kind),
-                "report this: the argument table and the kernel disagree",
-            ));
-        }
+        check_arg_kind(&a, &v)?;
         out.push(v);
     }
     Ok(out)
+}
+
+/// The value of one block-list argument (zero-sized when the mask uses no lists).
+fn block_list_arg(part: BlockListPart, lists: Option<&BlockLists>) -> HostArg {
+    let ints = |f: fn(&BlockLists) -> &Vec<i32>| {
+        HostArg::Ints(lists.map(|l| f(l).clone()).unwrap_or_default())
+    };
+    let int = |f: fn(&BlockLists) -> usize| HostArg::I32(lists.map_or(0, |l| f(l) as i32));
+    match part {
+        BlockListPart::FullNum => ints(|l| &l.full_num),
+        BlockListPart::FullIdx => ints(|l| &l.full_idx),
+        BlockListPart::PartialNum => ints(|l| &l.partial_num),
+        BlockListPart::PartialIdx => ints(|l| &l.partial_idx),
+        BlockListPart::Batches => int(|l| l.batches),
+        BlockListPart::Heads => int(|l| l.heads),
+        BlockListPart::Rows => int(|l| l.rows),
+        BlockListPart::Width => int(|l| l.width),
+    }
+}
+
+/// The score modification's parameter: the scalar (softcap) or the per-head slopes.
+fn score_param_arg(
+    spec: &KernelSpec,
+    p: &RunParams,
+    r: &Resolved,
+    arg_name: &str,
+) -> Result<HostArg, ExecError> {
+    match spec.score.def().and_then(|d| d.param).map(|q| q.kind) {
+        Some(ScoreParamKind::Scalar) => Ok(HostArg::F32(p.softcap.unwrap_or(0.0))),
+        Some(ScoreParamKind::PerHead) => Ok(HostArg::Floats(r.alibi.clone())),
+        None => Err(input_err(
+            arg_name,
+            "a score argument without a score parameter",
+            "report this: the argument table and the score table disagree",
+        )),
+    }
+}
+
+/// The value of parameter `index` of the mask's or the score's user function.
+fn user_param_arg(
+    spec: &KernelSpec,
+    p: &RunParams,
+    side: UserFnSide,
+    index: usize,
+    arg_name: &str,
+) -> Result<HostArg, ExecError> {
+    let f = match (side, &spec.mask, &spec.score) {
+        (UserFnSide::Mask, Mask::Predicate(f) | Mask::BlockSparse { mask: Some(f) }, _)
+        | (UserFnSide::Score, _, ScoreMod::User(f)) => Some(f),
+        _ => None,
+    };
+    let Some(q) = f.and_then(|f| f.params.get(index)) else {
+        return Err(input_err(
+            arg_name,
+            "a user-parameter argument without its function parameter",
+            "report this: the argument table and the spec disagree",
+        ));
+    };
+    user_value(p, &q.name, q.kind)
+}
+
+/// Type agreement of a host value with the argument's declared kind (a codegen/exec
+/// contract check).
+fn check_arg_kind(a: &attnforge_codegen::args::KernelArg, v: &HostArg) -> Result<(), ExecError> {
+    let ok = matches!(
+        (&a.kind, v),
+        (
+            CgArgKind::Ptr { .. },
+            HostArg::Q | HostArg::K | HostArg::V | HostArg::O | HostArg::Lse
+        ) | (CgArgKind::Ptr { .. }, HostArg::Ints(_) | HostArg::Floats(_))
+            | (CgArgKind::Scalar(Scalar::I32), HostArg::I32(_))
+            | (CgArgKind::Scalar(Scalar::I64), HostArg::I64(_))
+            | (CgArgKind::Scalar(Scalar::F32), HostArg::F32(_))
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(input_err(
+            &a.name,
+            format!("value {v:?} does not match the kernel's {:?}", a.kind),
+            "report this: the argument table and the kernel disagree",
+        ))
+    }
 }
 
 /// Run the spec's kernel on the simulator.

@@ -20,12 +20,13 @@
 //! println!("{} keys gathered", report.run.counters.keys_gathered);
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use attnforge_codegen::args::ArgKind as CgArgKind;
 use attnforge_codegen::dynamic::{
-    emit_stage, validate_dynamic, DynamicKernel, DynamicSpec, LandmarkMode, Stage,
+    emit_stage, validate_dynamic, DynArgRole, DynBuffer, DynScalar, DynamicKernel, DynamicSpec,
+    LandmarkMode, Stage,
 };
 use attnforge_codegen::shape::Shape;
 use attnforge_reference as reference;
@@ -230,111 +231,46 @@ pub fn sim_stage(k: &DynamicKernel) -> Result<Arc<SimKernel>, ExecError> {
     crate::exec::cached_sim_kernel(&k.name, &k.source)
 }
 
-/// The buffers and scalars of a run, and where it runs.
+/// The buffers of a run, the values its scalars derive from, and where it runs.
 struct Machine<'b, T> {
-    bufs: BTreeMap<String, Buf<T>>,
-    vals: HashMap<&'static str, Val>,
+    bufs: BTreeMap<DynBuffer, Buf<T>>,
+    scalars: ScalarSource<'b>,
     backend: &'b Backend,
     stages: Vec<(String, SimCounters)>,
     total: SimCounters,
 }
 
 impl<T: Element + SimElem> Machine<'_, T> {
-    /// Launch `k`; `alias` renames kernel arguments to buffer names; `set` overrides scalars.
+    /// Launch `k`: each argument by its role; `alias` redirects buffer roles to the
+    /// buffers of this launch (the two partial top-k outputs); `part` is the top-k part.
     fn launch(
         &mut self,
         k: &DynamicKernel,
         geo: attnforge_codegen::args::LaunchGeometry,
-        alias: &[(&str, &str)],
-        set: &[(&str, Val)],
+        alias: &[(DynBuffer, DynBuffer)],
+        part: i32,
     ) -> Result<(), ExecError> {
         if geo.grid.contains(&0) {
             return Ok(());
         }
-        let buf_name = |n: &str| {
-            alias
-                .iter()
-                .find(|(a, _)| *a == n)
-                .map_or(n.to_string(), |(_, b)| b.to_string())
-        };
-        let scalar = |n: &str| -> Result<Val, ExecError> {
-            set.iter()
-                .find(|(a, _)| *a == n)
-                .map(|(_, v)| *v)
-                .or_else(|| self.vals.get(n).copied())
-                .ok_or_else(|| {
-                    input_err(
-                        n,
-                        "kernel argument has no value",
-                        "report this: exec_dynamic misses a scalar",
-                    )
-                })
-        };
+        let target = |b: DynBuffer| alias.iter().find(|(a, _)| *a == b).map_or(b, |(_, to)| *to);
+        let scalars: Vec<Option<Val>> = k
+            .roles
+            .iter()
+            .map(|r| match *r {
+                DynArgRole::Scalar(s) => scalar_value(s, &self.scalars, part).map(Some),
+                DynArgRole::Buffer(_) => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
         match self.backend {
             Backend::Sim(cfg) => {
-                let sk = sim_stage(k)?;
-                // Outputs are taken out of the table while the launch borrows the inputs.
-                let mut outs: BTreeMap<String, Buf<T>> = BTreeMap::new();
-                for a in &k.args {
-                    if let CgArgKind::Ptr { mutable: true, .. } = a.kind {
-                        let n = buf_name(&a.name);
-                        let b = self.bufs.remove(&n).ok_or_else(|| {
-                            input_err(&n, "output buffer missing", "report this: exec_dynamic bug")
-                        })?;
-                        outs.insert(n, b);
-                    }
-                }
-                let res = {
-                    let mut args = Vec::with_capacity(k.args.len());
-                    let mut outs_mut: Vec<(&String, &mut Buf<T>)> = outs.iter_mut().collect();
-                    for a in &k.args {
-                        let n = buf_name(&a.name);
-                        args.push(match a.kind {
-                            CgArgKind::Ptr { mutable: true, .. } => {
-                                let i = outs_mut.iter().position(|(m, _)| **m == n).unwrap_or(0);
-                                let (_, b) = outs_mut.swap_remove(i);
-                                match b {
-                                    Buf::Elem(v) => SimArg::output(v.as_mut_slice()),
-                                    Buf::F32(v) => SimArg::output(v.as_mut_slice()),
-                                    Buf::I32(v) => SimArg::output(v.as_mut_slice()),
-                                }
-                            }
-                            CgArgKind::Ptr { .. } => match self.bufs.get(&n) {
-                                None => SimArg::Null,
-                                Some(Buf::Elem(v)) => SimArg::input(v.as_slice()),
-                                Some(Buf::F32(v)) => SimArg::input(v.as_slice()),
-                                Some(Buf::I32(v)) => SimArg::input(v.as_slice()),
-                            },
-                            CgArgKind::Scalar(_) => match scalar(&a.name)? {
-                                Val::I32(v) => SimArg::I32(v),
-                                Val::I64(v) => SimArg::I64(v),
-                                Val::F32(v) => SimArg::F32(v),
-                            },
-                        });
-                    }
-                    sk.launch(
-                        (geo.grid[0], geo.grid[1], geo.grid[2]),
-                        geo.block[0],
-                        geo.dynamic_smem_bytes as usize,
-                        &mut args,
-                        cfg,
-                    )
-                };
-                self.bufs.extend(outs);
-                let c = res?;
+                let c = launch_sim(k, geo, &mut self.bufs, &target, &scalars, cfg)?;
                 self.total = add_counters(&self.total, &c);
                 self.stages.push((k.name.clone(), c));
                 Ok(())
             }
             Backend::Cuda(ord) => {
-                let mut vals = Vec::new();
-                for a in &k.args {
-                    vals.push(match a.kind {
-                        CgArgKind::Scalar(_) => Some(scalar(&a.name)?),
-                        CgArgKind::Ptr { .. } => None,
-                    });
-                }
-                cuda::launch(*ord, k, geo, &mut self.bufs, &buf_name, &vals)?;
+                cuda::launch(*ord, k, geo, &mut self.bufs, &target, &scalars)?;
                 self.stages.push((k.name.clone(), SimCounters::default()));
                 Ok(())
             }
@@ -345,6 +281,78 @@ impl<T: Element + SimElem> Machine<'_, T> {
             )),
         }
     }
+}
+
+/// One launch on the simulator: the written buffers are taken out of the table while the
+/// launch borrows the read ones, then put back.
+fn launch_sim<T: Element + SimElem>(
+    k: &DynamicKernel,
+    geo: attnforge_codegen::args::LaunchGeometry,
+    bufs: &mut BTreeMap<DynBuffer, Buf<T>>,
+    target: &dyn Fn(DynBuffer) -> DynBuffer,
+    scalars: &[Option<Val>],
+    cfg: &attnforge_sim::SimConfig,
+) -> Result<SimCounters, ExecError> {
+    let sk = sim_stage(k)?;
+    let mut outs: BTreeMap<DynBuffer, Buf<T>> = BTreeMap::new();
+    for (a, r) in k.args.iter().zip(&k.roles) {
+        if let (CgArgKind::Ptr { mutable: true, .. }, DynArgRole::Buffer(b)) = (a.kind, *r) {
+            let b = target(b);
+            let buf = bufs.remove(&b).ok_or_else(|| {
+                input_err(
+                    b.name(),
+                    "output buffer missing",
+                    "report this: exec_dynamic bug",
+                )
+            })?;
+            outs.insert(b, buf);
+        }
+    }
+    let res = {
+        let mut args = Vec::with_capacity(k.args.len());
+        let mut outs_mut: Vec<(&DynBuffer, &mut Buf<T>)> = outs.iter_mut().collect();
+        for ((a, r), s) in k.args.iter().zip(&k.roles).zip(scalars) {
+            args.push(match (*r, a.kind) {
+                (DynArgRole::Buffer(b), CgArgKind::Ptr { mutable: true, .. }) => {
+                    let b = target(b);
+                    let i = outs_mut.iter().position(|(m, _)| **m == b).unwrap_or(0);
+                    let (_, buf) = outs_mut.swap_remove(i);
+                    match buf {
+                        Buf::Elem(v) => SimArg::output(v.as_mut_slice()),
+                        Buf::F32(v) => SimArg::output(v.as_mut_slice()),
+                        Buf::I32(v) => SimArg::output(v.as_mut_slice()),
+                    }
+                }
+                (DynArgRole::Buffer(b), _) => match bufs.get(&target(b)) {
+                    None => SimArg::Null,
+                    Some(Buf::Elem(v)) => SimArg::input(v.as_slice()),
+                    Some(Buf::F32(v)) => SimArg::input(v.as_slice()),
+                    Some(Buf::I32(v)) => SimArg::input(v.as_slice()),
+                },
+                (DynArgRole::Scalar(_), _) => match s {
+                    Some(Val::I32(v)) => SimArg::I32(*v),
+                    Some(Val::I64(v)) => SimArg::I64(*v),
+                    Some(Val::F32(v)) => SimArg::F32(*v),
+                    None => {
+                        return Err(input_err(
+                            &a.name,
+                            "scalar without a value",
+                            "report this: exec_dynamic bug",
+                        ))
+                    }
+                },
+            });
+        }
+        sk.launch(
+            (geo.grid[0], geo.grid[1], geo.grid[2]),
+            geo.block[0],
+            geo.dynamic_smem_bytes as usize,
+            &mut args,
+            cfg,
+        )
+    };
+    bufs.extend(outs);
+    Ok(res?)
 }
 
 /// The problem shape of `x` (its head dimension must be the spec's; Dv = D).
@@ -370,36 +378,149 @@ fn shape_of<T>(spec: &DynamicSpec, x: &DynInputs<T>) -> Result<Shape, ExecError>
     })
 }
 
-/// The scalar arguments every family's kernels share (sizes and the score scale).
-fn shape_scalars<T>(
-    spec: &DynamicSpec,
-    x: &DynInputs<T>,
-    p: &Shape,
-) -> Result<HashMap<&'static str, Val>, ExecError> {
-    let rows = p.batch * p.heads_q * p.seq_q;
-    let scale = x.scale.unwrap_or(match spec {
-        DynamicSpec::Hax { .. } => 1.0,
-        _ => 1.0 / (spec.head_dim().get() as f32).sqrt(),
-    });
-    let mut vals: HashMap<&'static str, Val> = HashMap::new();
-    vals.insert("batch", Val::I32(i32_of("q.batch", p.batch)?));
-    vals.insert("heads_q", Val::I32(i32_of("q.heads", p.heads_q)?));
-    vals.insert("heads_kv", Val::I32(i32_of("k.heads", p.heads_kv)?));
-    vals.insert("seq_q", Val::I32(i32_of("q.seq", p.seq_q)?));
-    vals.insert("seq_k", Val::I32(i32_of("k.seq", p.seq_k)?));
-    vals.insert("seq", Val::I32(i32_of("q.seq", p.seq_q)?));
-    vals.insert("rows", Val::I32(i32_of("rows", rows)?));
-    vals.insert("scale", Val::F32(scale));
-    Ok(vals)
+/// What the scalar arguments of a run derive from: the spec, the problem, the scale and
+/// HAX's extra inputs.
+struct ScalarSource<'a> {
+    spec: &'a DynamicSpec,
+    shape: Shape,
+    rows: usize,
+    scale: f32,
+    hax: Option<&'a HaxExtra>,
 }
 
-/// HAX's buffers and scalars: hyperplanes, key-selection scores, hash codes and lists.
+impl<'a> ScalarSource<'a> {
+    fn new<T>(spec: &'a DynamicSpec, x: &'a DynInputs<T>, p: &Shape) -> Self {
+        ScalarSource {
+            spec,
+            shape: *p,
+            rows: p.batch * p.heads_q * p.seq_q,
+            scale: x.scale.unwrap_or(match spec {
+                DynamicSpec::Hax { .. } => 1.0,
+                _ => 1.0 / (spec.head_dim().get() as f32).sqrt(),
+            }),
+            hax: x.hax.as_ref(),
+        }
+    }
+
+    /// Every scalar the pipeline's stages take, computed once before any launch so that a
+    /// value out of range is an input error up front (the sizes first, then each stage's).
+    fn check_all(&self) -> Result<(), ExecError> {
+        use DynScalar as S;
+        let shared = [
+            S::Batch,
+            S::HeadsQ,
+            S::HeadsKv,
+            S::SeqQ,
+            S::SeqK,
+            S::Seq,
+            S::Rows,
+        ];
+        for s in shared {
+            scalar_value(s, self, 0)?;
+        }
+        for stage in self.spec.stages() {
+            for a in stage.typed_args(self.spec.dtype()) {
+                if let DynArgRole::Scalar(s) = a.role {
+                    scalar_value(s, self, 0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of one scalar argument: an exhaustive match on its role (`part` is the top-k
+/// attention part of this launch).
+fn scalar_value(s: DynScalar, c: &ScalarSource<'_>, part: i32) -> Result<Val, ExecError> {
+    use DynScalar as S;
+    let p = &c.shape;
+    let not_in_family = || {
+        input_err(
+            s.name(),
+            format!(
+                "the {} pipeline has no `{}` argument",
+                c.spec.canonical_name(),
+                s.name()
+            ),
+            "report this: the stage's argument roles and exec_dynamic disagree",
+        )
+    };
+    let i32v = |field: &str, v: usize| i32_of(field, v).map(Val::I32);
+    let hax = || c.hax.ok_or_else(not_in_family);
+    match (s, *c.spec) {
+        (S::Batch, _) => i32v("q.batch", p.batch),
+        (S::HeadsQ, _) => i32v("q.heads", p.heads_q),
+        (S::HeadsKv, _) => i32v("k.heads", p.heads_kv),
+        (S::SeqQ | S::Seq, _) => i32v("q.seq", p.seq_q),
+        (S::SeqK, _) => i32v("k.seq", p.seq_k),
+        (S::Rows, _) => i32v("rows", c.rows),
+        (S::Scale, _) => Ok(Val::F32(c.scale)),
+        (S::Part, _) => Ok(Val::I32(part)),
+        (S::MemFreq, DynamicSpec::Landmark { mem_freq, .. }) => i32v("mem_freq", mem_freq),
+        (S::TopK | S::SelWidth, DynamicSpec::Landmark { mode, .. }) => Ok(Val::I32(match mode {
+            LandmarkMode::Retrieval { top_k } => top_k as i32,
+            LandmarkMode::Train => 0,
+        })),
+        (S::Sink, DynamicSpec::Topk { sink, .. }) => i32v("sink", sink),
+        (S::Recent, DynamicSpec::Topk { recent, .. }) => i32v("recent", recent),
+        (S::TopkK, DynamicSpec::Topk { k, .. }) => Ok(Val::I32(k as i32)),
+        (S::Group, DynamicSpec::Cca { group, .. }) => i32v("group", group),
+        (S::Window, DynamicSpec::Cca { window, .. }) => i32v("window", window),
+        (S::Pooled, DynamicSpec::Cca { group, window, .. }) => {
+            Ok(Val::I32((p.seq_q.saturating_sub(window) / group) as i32))
+        }
+        (S::PoolScale, DynamicSpec::Cca { head_dim, .. }) => {
+            Ok(Val::F32(1.0 / (head_dim.get() as f32).sqrt()))
+        }
+        (S::KLsh, DynamicSpec::Hax { k_lsh, .. }) => i32v("k_lsh", k_lsh),
+        (S::KKs, DynamicSpec::Hax { k_ks, .. }) => Ok(Val::I32(k_ks as i32)),
+        (S::HashBits, DynamicSpec::Hax { .. }) => Ok(Val::I32(hax()?.hyperplanes.shape.dim as i32)),
+        (S::HyperplaneBatchStride, DynamicSpec::Hax { .. }) => {
+            Ok(Val::I64(batch_stride(&hax()?.hyperplanes)))
+        }
+        (S::HyperplaneMode, DynamicSpec::Hax { .. }) => {
+            Ok(Val::I32(sharing_mode(hax()?.hyperplane_sharing)))
+        }
+        (S::KeyScoreBatchStride, DynamicSpec::Hax { .. }) => Ok(Val::I64(batch_stride(&hax()?.ks))),
+        (S::KeyScoreMode, DynamicSpec::Hax { .. }) => Ok(Val::I32(sharing_mode(hax()?.ks_sharing))),
+        (
+            S::MemFreq
+            | S::TopK
+            | S::SelWidth
+            | S::Sink
+            | S::Recent
+            | S::TopkK
+            | S::Group
+            | S::Window
+            | S::Pooled
+            | S::PoolScale
+            | S::KLsh
+            | S::KKs
+            | S::HashBits
+            | S::HyperplaneBatchStride
+            | S::HyperplaneMode
+            | S::KeyScoreBatchStride
+            | S::KeyScoreMode,
+            _,
+        ) => Err(not_in_family()),
+    }
+}
+
+/// The batch stride of a HAX extra input (0: one copy shared across the batch).
+fn batch_stride(t: &Tensor4<f32>) -> i64 {
+    if t.shape.batch == 1 {
+        0
+    } else {
+        (t.shape.heads * t.shape.seq * t.shape.dim) as i64
+    }
+}
+
+/// HAX's buffers: hyperplanes, key-selection scores, hash codes and lists.
 fn hax_buffers<T>(
     x: &DynInputs<T>,
-    (k_lsh, k_ks, hash_bits): (usize, usize, usize),
+    (k_ks, hash_bits): (usize, usize),
     rows: usize,
-    vals: &mut HashMap<&'static str, Val>,
-    bufs: &mut BTreeMap<String, Buf<T>>,
+    bufs: &mut BTreeMap<DynBuffer, Buf<T>>,
 ) -> Result<(), ExecError> {
     let e = hax_extra(x)?;
     let nb = e.hyperplanes.shape.dim;
@@ -410,93 +531,72 @@ fn hax_buffers<T>(
             "pass [_, _, N, hash_bits] hyperplanes or change hax.hash_bits",
         ));
     }
-    let (hp, ksv) = (contiguous(&e.hyperplanes), contiguous(&e.ks));
-    let bstride = |t: &Tensor4<f32>| {
-        if t.shape.batch == 1 {
-            0
-        } else {
-            (t.shape.heads * t.shape.seq * t.shape.dim) as i64
-        }
-    };
-    vals.insert("nb", Val::I32(nb as i32));
-    vals.insert("hp_bstride", Val::I64(bstride(&e.hyperplanes)));
-    vals.insert("hp_mode", Val::I32(sharing_mode(e.hyperplane_sharing)));
-    vals.insert("ks_bstride", Val::I64(bstride(&e.ks)));
-    vals.insert("ks_mode", Val::I32(sharing_mode(e.ks_sharing)));
-    vals.insert("k_lsh", Val::I32(i32_of("k_lsh", k_lsh)?));
-    vals.insert("k_ks", Val::I32(k_ks as i32));
-    bufs.insert("hp".into(), Buf::F32(hp));
-    bufs.insert("ks".into(), Buf::F32(ksv));
-    for n in ["code_q", "code_k", "lsh_head", "lsh_prev", "ks_thr"] {
-        bufs.insert(n.into(), Buf::I32(vec![-7; rows]));
+    bufs.insert(DynBuffer::Hyperplanes, Buf::F32(contiguous(&e.hyperplanes)));
+    bufs.insert(DynBuffer::KeyScores, Buf::F32(contiguous(&e.ks)));
+    for b in [
+        DynBuffer::CodeQ,
+        DynBuffer::CodeK,
+        DynBuffer::LshHead,
+        DynBuffer::LshPrev,
+        DynBuffer::KeySelThreshold,
+    ] {
+        bufs.insert(b, Buf::I32(vec![-7; rows]));
     }
-    bufs.insert("ks_idx".into(), Buf::I32(vec![-7; (rows * k_ks).max(1)]));
+    bufs.insert(
+        DynBuffer::KeySelIdx,
+        Buf::I32(vec![-7; (rows * k_ks).max(1)]),
+    );
     Ok(())
 }
 
-/// The family's parameters as scalars and its scratch buffers; the names of the index
-/// buffers its selection stages write (returned in [`DynRun::indices`]).
+/// The family's scratch buffers; the index buffers its selection stages write (returned
+/// in [`DynRun::indices`]).
 fn family_buffers<T>(
     spec: &DynamicSpec,
     x: &DynInputs<T>,
     p: &Shape,
-    vals: &mut HashMap<&'static str, Val>,
-    bufs: &mut BTreeMap<String, Buf<T>>,
-) -> Result<Vec<&'static str>, ExecError> {
+    bufs: &mut BTreeMap<DynBuffer, Buf<T>>,
+) -> Result<Vec<DynBuffer>, ExecError> {
     let rows = p.batch * p.heads_q * p.seq_q;
     let d = spec.head_dim().get();
-    let idx_bufs: Vec<&'static str>;
-    match *spec {
-        DynamicSpec::Landmark { mem_freq, mode, .. } => {
-            vals.insert("mem_freq", Val::I32(i32_of("mem_freq", mem_freq)?));
-            let w = match mode {
-                LandmarkMode::Retrieval { top_k } => top_k,
-                LandmarkMode::Train => 0,
-            };
-            vals.insert("top_k", Val::I32(w as i32));
-            vals.insert("sel_width", Val::I32(w as i32));
-            if w > 0 {
-                bufs.insert("sel".into(), Buf::I32(vec![-7; rows * w]));
+    Ok(match *spec {
+        DynamicSpec::Landmark { mode, .. } => {
+            if let LandmarkMode::Retrieval { top_k } = mode {
+                if top_k > 0 {
+                    bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; rows * top_k]));
+                }
             }
-            idx_bufs = vec!["sel"];
+            vec![DynBuffer::Sel]
         }
-        DynamicSpec::Topk {
-            sink, recent, k, ..
-        } => {
-            vals.insert("s_start", Val::I32(i32_of("sink", sink)?));
-            vals.insert("s_end", Val::I32(i32_of("recent", recent)?));
-            vals.insert("topk", Val::I32(k as i32));
-            vals.insert("part", Val::I32(0));
-            bufs.insert("sel".into(), Buf::I32(vec![-7; rows * k]));
-            for n in ["o_a", "o_b"] {
-                bufs.insert(n.into(), Buf::F32(vec![0.0; rows * d]));
+        DynamicSpec::Topk { k, .. } => {
+            bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; rows * k]));
+            for b in [DynBuffer::OA, DynBuffer::OB] {
+                bufs.insert(b, Buf::F32(vec![0.0; rows * d]));
             }
-            for n in ["lse_a", "lse_b"] {
-                bufs.insert(n.into(), Buf::F32(vec![0.0; rows]));
+            for b in [DynBuffer::LseA, DynBuffer::LseB] {
+                bufs.insert(b, Buf::F32(vec![0.0; rows]));
             }
-            idx_bufs = vec!["sel"];
+            vec![DynBuffer::Sel]
         }
         DynamicSpec::Cca { group, window, .. } => {
             let pooled = p.seq_q.saturating_sub(window) / group;
-            vals.insert("group", Val::I32(i32_of("group", group)?));
-            vals.insert("window", Val::I32(i32_of("window", window)?));
-            vals.insert("pooled", Val::I32(pooled as i32));
-            vals.insert("pool_scale", Val::F32(1.0 / (d as f32).sqrt()));
             let n = (p.batch * p.heads_q * pooled * d).max(1);
-            bufs.insert("kbar".into(), Buf::F32(vec![0.0; n]));
-            bufs.insert("vbar".into(), Buf::F32(vec![0.0; n]));
-            idx_bufs = vec![];
+            bufs.insert(DynBuffer::KBar, Buf::F32(vec![0.0; n]));
+            bufs.insert(DynBuffer::VBar, Buf::F32(vec![0.0; n]));
+            vec![]
         }
         DynamicSpec::Hax {
-            k_lsh,
-            k_ks,
-            hash_bits,
-            ..
+            k_ks, hash_bits, ..
         } => {
-            hax_buffers(x, (k_lsh, k_ks, hash_bits), rows, vals, bufs)?;
-            idx_bufs = vec![
-                "code_q", "code_k", "lsh_head", "lsh_prev", "ks_idx", "ks_thr",
-            ];
+            hax_buffers(x, (k_ks, hash_bits), rows, bufs)?;
+            vec![
+                DynBuffer::CodeQ,
+                DynBuffer::CodeK,
+                DynBuffer::LshHead,
+                DynBuffer::LshPrev,
+                DynBuffer::KeySelIdx,
+                DynBuffer::KeySelThreshold,
+            ]
         }
         DynamicSpec::LseMerge { .. } => {
             return Err(input_err(
@@ -505,8 +605,7 @@ fn family_buffers<T>(
                 "use merge()",
             ))
         }
-    }
-    Ok(idx_bufs)
+    })
 }
 
 /// Launch every stage of the pipeline in order (the split top-k attention twice).
@@ -520,20 +619,11 @@ fn launch_stages<T: Element + SimElem>(
         let geo = stage.geometry(spec, p);
         match stage {
             Stage::TopkAttnPart => {
-                mach.launch(
-                    &kern,
-                    geo,
-                    &[("o", "o_a"), ("lse", "lse_a")],
-                    &[("part", Val::I32(1))],
-                )?;
-                mach.launch(
-                    &kern,
-                    geo,
-                    &[("o", "o_b"), ("lse", "lse_b")],
-                    &[("part", Val::I32(2))],
-                )?;
+                let (o, lse) = (DynBuffer::O, DynBuffer::Lse);
+                mach.launch(&kern, geo, &[(o, DynBuffer::OA), (lse, DynBuffer::LseA)], 1)?;
+                mach.launch(&kern, geo, &[(o, DynBuffer::OB), (lse, DynBuffer::LseB)], 2)?;
             }
-            _ => mach.launch(&kern, geo, &[], &[])?,
+            _ => mach.launch(&kern, geo, &[], 0)?,
         }
     }
     Ok(())
@@ -551,7 +641,8 @@ pub fn run<T: Element + SimElem>(
     let d = spec.head_dim().get();
     let p = shape_of(spec, x)?;
     let rows = p.batch * p.heads_q * p.seq_q;
-    let mut vals = shape_scalars(spec, x, &p)?;
+    let scalars = ScalarSource::new(spec, x, &p);
+    scalars.check_all()?;
     let mut indices = BTreeMap::new();
     if rows == 0 {
         let empty = Shape4::new(p.batch, p.heads_q, 0, d);
@@ -562,33 +653,35 @@ pub fn run<T: Element + SimElem>(
             indices,
         });
     }
-    let qn = if matches!(spec, DynamicSpec::Hax { .. }) {
-        ["q2", "k2", "x"]
+    let qkv = if matches!(spec, DynamicSpec::Hax { .. }) {
+        [DynBuffer::Q2, DynBuffer::K2, DynBuffer::X]
     } else {
-        ["q", "k", "v"]
+        [DynBuffer::Q, DynBuffer::K, DynBuffer::V]
     };
-    let mut bufs: BTreeMap<String, Buf<T>> = BTreeMap::new();
-    bufs.insert(qn[0].into(), Buf::Elem(contiguous(&x.q)));
-    bufs.insert(qn[1].into(), Buf::Elem(contiguous(&x.k)));
-    bufs.insert(qn[2].into(), Buf::Elem(contiguous(&x.v)));
-    bufs.insert("o".into(), Buf::Elem(vec![T::from_f64(0.0); rows * d]));
-    bufs.insert("lse".into(), Buf::F32(vec![0.0f32; rows]));
-    let idx_bufs = family_buffers(spec, x, &p, &mut vals, &mut bufs)?;
+    let mut bufs: BTreeMap<DynBuffer, Buf<T>> = BTreeMap::new();
+    bufs.insert(qkv[0], Buf::Elem(contiguous(&x.q)));
+    bufs.insert(qkv[1], Buf::Elem(contiguous(&x.k)));
+    bufs.insert(qkv[2], Buf::Elem(contiguous(&x.v)));
+    bufs.insert(DynBuffer::O, Buf::Elem(vec![T::from_f64(0.0); rows * d]));
+    bufs.insert(DynBuffer::Lse, Buf::F32(vec![0.0f32; rows]));
+    let idx_bufs = family_buffers(spec, x, &p, &mut bufs)?;
     let mut mach = Machine {
         bufs,
-        vals,
+        scalars,
         backend,
         stages: Vec::new(),
         total: SimCounters::default(),
     };
     launch_stages(&mut mach, spec, &p)?;
     let mut bufs = mach.bufs;
-    for n in idx_bufs {
-        if let Some(Buf::I32(v)) = bufs.remove(n) {
-            indices.insert(n.to_string(), v);
+    for b in idx_bufs {
+        if let Some(Buf::I32(v)) = bufs.remove(&b) {
+            indices.insert(b.name().to_string(), v);
         }
     }
-    let (Some(Buf::Elem(o)), Some(Buf::F32(lse))) = (bufs.remove("o"), bufs.remove("lse")) else {
+    let (Some(Buf::Elem(o)), Some(Buf::F32(lse))) =
+        (bufs.remove(&DynBuffer::O), bufs.remove(&DynBuffer::Lse))
+    else {
         return Err(input_err(
             "o",
             "output buffers lost",
@@ -681,21 +774,12 @@ pub fn merge<T: Element + SimElem>(
     let rows = a.lse.len();
     let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let mut bufs = BTreeMap::new();
-    bufs.insert("o_a".to_string(), Buf::F32(f(&a.out)));
-    bufs.insert("lse_a".to_string(), Buf::F32(f(&a.lse)));
-    bufs.insert("o_b".to_string(), Buf::F32(f(&b.out)));
-    bufs.insert("lse_b".to_string(), Buf::F32(f(&b.lse)));
-    bufs.insert("o".to_string(), Buf::Elem(vec![T::from_f64(0.0); rows * d]));
-    bufs.insert("lse".to_string(), Buf::F32(vec![0.0; rows]));
-    let mut vals = HashMap::new();
-    vals.insert("rows", Val::I32(i32_of("rows", rows)?));
-    let mut mach = Machine {
-        bufs,
-        vals,
-        backend,
-        stages: Vec::new(),
-        total: SimCounters::default(),
-    };
+    bufs.insert(DynBuffer::OA, Buf::F32(f(&a.out)));
+    bufs.insert(DynBuffer::LseA, Buf::F32(f(&a.lse)));
+    bufs.insert(DynBuffer::OB, Buf::F32(f(&b.out)));
+    bufs.insert(DynBuffer::LseB, Buf::F32(f(&b.lse)));
+    bufs.insert(DynBuffer::O, Buf::Elem(vec![T::from_f64(0.0); rows * d]));
+    bufs.insert(DynBuffer::Lse, Buf::F32(vec![0.0; rows]));
     let p = Shape {
         batch: a.shape.batch,
         heads_q: a.shape.heads,
@@ -703,11 +787,25 @@ pub fn merge<T: Element + SimElem>(
         seq_q: a.shape.seq,
         seq_k: a.shape.seq,
     };
+    let mut mach = Machine {
+        bufs,
+        scalars: ScalarSource {
+            spec,
+            shape: p,
+            rows,
+            scale: 1.0,
+            hax: None,
+        },
+        backend,
+        stages: Vec::new(),
+        total: SimCounters::default(),
+    };
     let kern = emit_stage(spec, Stage::LseMerge).map_err(ExecError::Spec)?;
-    mach.launch(&kern, Stage::LseMerge.geometry(spec, &p), &[], &[])?;
-    let (Some(Buf::Elem(o)), Some(Buf::F32(lse))) =
-        (mach.bufs.remove("o"), mach.bufs.remove("lse"))
-    else {
+    mach.launch(&kern, Stage::LseMerge.geometry(spec, &p), &[], 0)?;
+    let (Some(Buf::Elem(o)), Some(Buf::F32(lse))) = (
+        mach.bufs.remove(&DynBuffer::O),
+        mach.bufs.remove(&DynBuffer::Lse),
+    ) else {
         return Err(input_err(
             "o",
             "output buffers lost",
@@ -744,7 +842,7 @@ mod cuda {
     use std::collections::BTreeMap;
 
     use attnforge_codegen::args::{ArgKind as CgArgKind, LaunchGeometry, Scalar};
-    use attnforge_codegen::dynamic::DynamicKernel;
+    use attnforge_codegen::dynamic::{DynArgRole, DynBuffer, DynamicKernel};
     use attnforge_reference::Element;
     use cudarc::driver::CudaSlice;
 
@@ -779,8 +877,8 @@ mod cuda {
         ordinal: usize,
         k: &DynamicKernel,
         geo: LaunchGeometry,
-        bufs: &mut BTreeMap<String, Buf<T>>,
-        buf_name: &dyn Fn(&str) -> String,
+        bufs: &mut BTreeMap<DynBuffer, Buf<T>>,
+        target: &dyn Fn(DynBuffer) -> DynBuffer,
         scalars: &[Option<Val>],
     ) -> Result<(), ExecError> {
         let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
@@ -801,12 +899,12 @@ mod cuda {
             .collect();
         let kernel = GpuKernel::load(&gpu, &compiled, sig).map_err(cuda_err)?;
         let stream = gpu.stream().clone();
-        let mut dev: Vec<(String, bool, CudaSlice<u8>)> = Vec::new();
+        let mut dev: Vec<(DynBuffer, bool, CudaSlice<u8>)> = Vec::new();
         let mut values = Vec::with_capacity(k.args.len());
-        for (a, s) in k.args.iter().zip(scalars) {
-            values.push(match (a.kind, s) {
-                (CgArgKind::Ptr { mutable, .. }, _) => {
-                    let n = buf_name(&a.name);
+        for ((a, r), s) in k.args.iter().zip(&k.roles).zip(scalars) {
+            values.push(match (*r, a.kind, s) {
+                (DynArgRole::Buffer(b), CgArgKind::Ptr { mutable, .. }, _) => {
+                    let n = target(b);
                     let mut bytes = match bufs.get(&n) {
                         None => {
                             values.push(KernelArgValue::DevPtr(0));
@@ -824,10 +922,10 @@ mod cuda {
                     dev.push((n, mutable, slice));
                     KernelArgValue::DevPtr(p)
                 }
-                (_, Some(Val::I32(v))) => KernelArgValue::I32(*v),
-                (_, Some(Val::I64(v))) => KernelArgValue::I64(*v),
-                (_, Some(Val::F32(v))) => KernelArgValue::F32(*v),
-                (_, None) => return Err(cuda_err(format!("no value for `{}`", a.name))),
+                (_, _, Some(Val::I32(v))) => KernelArgValue::I32(*v),
+                (_, _, Some(Val::I64(v))) => KernelArgValue::I64(*v),
+                (_, _, Some(Val::F32(v))) => KernelArgValue::F32(*v),
+                (_, _, None) => return Err(cuda_err(format!("no value for `{}`", a.name))),
             });
         }
         let cfg = LaunchConfig {

@@ -67,3 +67,86 @@ fn run_cuda_without_a_gpu_is_a_clean_error() {
         }
     }
 }
+
+/// The input checks of exec (before any kernel or reference runs): each error names the
+/// input field and carries a fix.
+#[test]
+fn input_errors_name_the_field_and_the_fix() {
+    use attnforge_runtime::exec::{reference, ExecError};
+    let x = Inputs::new(t(2, 2, 8, 64, 1), t(2, 2, 8, 64, 2), t(2, 2, 8, 64, 3));
+    let spec = |m: Mask, s: ScoreMod| KernelSpec::new(DType::F32, HeadDim::D64, m, s);
+    let questions = vec![0, 0, 1, 1, 0, 2, 2, 2];
+    let cases: Vec<(KernelSpec, RunParams, &str, &str)> = vec![
+        (
+            spec(Mask::Document, ScoreMod::None),
+            RunParams::default(),
+            "doc",
+            "needs per-token document ids",
+        ),
+        (
+            spec(Mask::Document, ScoreMod::None),
+            RunParams::default().with_doc(vec![0, 0, 1]),
+            "doc",
+            "3 ids, expected Sk = 8 or B*Sk = 16",
+        ),
+        (
+            spec(Mask::ShareQuestion, ScoreMod::None),
+            RunParams::default().with_doc(questions),
+            "doc",
+            "batch 0: doc id 0 (the question) is not a prefix",
+        ),
+        (
+            spec(Mask::Full, ScoreMod::Alibi),
+            RunParams {
+                alibi_slopes: Some(vec![0.5]),
+                ..RunParams::default()
+            },
+            "alibi_slopes",
+            "1 slopes for 2 query heads",
+        ),
+        (
+            spec(Mask::BlockSparse { mask: None }, ScoreMod::None),
+            RunParams::default(),
+            "block_lists",
+            "needs explicit block lists",
+        ),
+        (
+            spec(Mask::Causal, ScoreMod::None),
+            RunParams {
+                scale: Some(-1.0),
+                ..RunParams::default()
+            },
+            "scale",
+            "scale = -1",
+        ),
+    ];
+    for (s, p, field, msg) in cases {
+        match reference(&s, &x, &p, attnforge_reference::Precision::F64) {
+            Err(ExecError::Input {
+                field: f,
+                message,
+                fix,
+            }) => {
+                assert_eq!(f, field, "{}: {message}", s.canonical_name());
+                assert!(message.contains(msg), "{}: {message}", s.canonical_name());
+                assert!(!fix.is_empty());
+            }
+            other => panic!(
+                "{}: expected an input error on `{field}`, got {other:?}",
+                s.canonical_name()
+            ),
+        }
+    }
+    // LM-Infinite with a score modification: refused by the spec check, on `score`.
+    let lminf = spec(Mask::LmInfinite, ScoreMod::Alibi);
+    let p = RunParams::default().with_mask(
+        MaskParams::new()
+            .with("global_tokens", 1)
+            .with("local_window", 2)
+            .with("dist_limit", 4),
+    );
+    match reference(&lminf, &x, &p, attnforge_reference::Precision::F64) {
+        Err(ExecError::Spec(e)) => assert_eq!(e[0].path, "score", "{e:?}"),
+        other => panic!("lm_infinite + alibi: {other:?}"),
+    }
+}

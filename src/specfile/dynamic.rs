@@ -2,7 +2,17 @@
 
 use attnforge_runtime::codegen::dynamic::{family, Family, FamilyParam, FAMILIES};
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use attnforge_reference::Sharing;
+use attnforge_runtime::codegen::dynamic::{validate_dynamic, DynamicSpec, LandmarkMode};
+use attnforge_runtime::codegen::spec::{DType, HeadDim};
+use attnforge_runtime::codegen::tile::Arch;
+use serde::Deserialize;
+
+use super::load::problem_limits;
+use super::{default_seq, AnySpecFile, Problem, SpecFileError, SpecFileErrors};
 
 /// The dynamic family names of `family = ".."`.
 pub const DYNAMIC_FAMILIES: &str = "landmark, hax, cca, topk, lse_merge";

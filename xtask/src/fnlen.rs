@@ -20,6 +20,7 @@ pub const SCOPE: &[&str] = &[
     "codegen/src",
     "runtime/src/exec.rs",
     "runtime/src/exec_dynamic.rs",
+    "runtime/src/pipeline.rs",
     "src/specfile",
 ];
 
@@ -321,5 +322,34 @@ mod tests {
         assert_eq!(off.len(), 1);
         assert_eq!(off[0].1.name, "long");
         assert_eq!(off[0].1.lines, 132);
+    }
+
+    /// The enforcement of the limit: the real sources of [`SCOPE`] have no offender (a new
+    /// long function fails `cargo test -p xtask`, not only `cargo xtask fn-lengths`).
+    #[test]
+    fn the_workspace_has_no_function_over_the_limit() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = manifest.parent().unwrap_or(manifest);
+        let off = offenders(root, MAX_FN_LINES).unwrap();
+        let list: Vec<String> = off
+            .iter()
+            .map(|(p, f)| format!("{p}:{} fn {} ({} lines)", f.line, f.name, f.lines))
+            .collect();
+        assert!(
+            list.is_empty(),
+            "functions over {MAX_FN_LINES} lines (split them by concern): {list:#?}"
+        );
+    }
+
+    #[test]
+    fn the_scope_exists() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = manifest.parent().unwrap_or(manifest);
+        for rel in SCOPE {
+            assert!(
+                root.join(rel).exists(),
+                "{rel} named in SCOPE does not exist"
+            );
+        }
     }
 }

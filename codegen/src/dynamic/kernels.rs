@@ -6,11 +6,12 @@
 
 use std::fmt::Write as _;
 
-use crate::args::{ArgKind, Elem, KernelArg, LaunchGeometry, Scalar};
+use crate::args::{Elem, KernelArg, LaunchGeometry};
 use crate::check::SpecError;
 use crate::shape::Shape;
 use crate::spec::DType;
 
+use super::args::{buffer, scalar, DynArgRole, DynBuffer, DynScalar, DynTypedArg};
 use super::{validate_dynamic, DynamicSpec};
 
 const PRELUDE: &str = include_str!("../../cuda/af_prelude.cuh");
@@ -60,33 +61,11 @@ pub struct DynamicKernel {
     pub name: String,
     /// Self-contained CUDA source (prelude and helpers pasted in).
     pub source: String,
-    /// Flat argument list, in signature order.
+    /// Flat argument list, in signature order (names and C kinds: launch metadata).
     pub args: Vec<KernelArg>,
-}
-
-fn ptr(name: &str, elem: Elem, mutable: bool) -> KernelArg {
-    KernelArg {
-        name: name.into(),
-        kind: ArgKind::Ptr { elem, mutable },
-    }
-}
-fn int(name: &str) -> KernelArg {
-    KernelArg {
-        name: name.into(),
-        kind: ArgKind::Scalar(Scalar::I32),
-    }
-}
-fn i64_(name: &str) -> KernelArg {
-    KernelArg {
-        name: name.into(),
-        kind: ArgKind::Scalar(Scalar::I64),
-    }
-}
-fn f32_(name: &str) -> KernelArg {
-    KernelArg {
-        name: name.into(),
-        kind: ArgKind::Scalar(Scalar::F32),
-    }
+    /// The role of each argument of [`DynamicKernel::args`] (same order): what the host
+    /// passes.
+    pub roles: Vec<DynArgRole>,
 }
 
 fn elem(d: DType) -> Elem {
@@ -137,38 +116,53 @@ impl Stage {
         }
     }
 
-    /// The kernel's flat argument list (the device template's parameters, in order).
+    /// The kernel's flat argument list (the device template's parameters, in order): the
+    /// declarations of [`Stage::typed_args`].
     pub fn args(self, dtype: DType) -> Vec<KernelArg> {
+        self.typed_args(dtype).into_iter().map(|a| a.arg).collect()
+    }
+
+    /// The kernel's arguments with their roles, in signature order.
+    pub fn typed_args(self, dtype: DType) -> Vec<DynTypedArg> {
+        use DynBuffer as B;
+        use DynScalar as S;
         let t = elem(dtype);
-        let dims = |v: &mut Vec<KernelArg>, two_seqs: bool| {
-            v.extend([int("batch"), int("heads_q"), int("heads_kv")]);
+        let input = |b| buffer(b, t, false);
+        let (f32_in, f32_out) = (
+            |b| buffer(b, Elem::F32, false),
+            |b| buffer(b, Elem::F32, true),
+        );
+        let (i32_in, i32_out) = (
+            |b| buffer(b, Elem::I32, false),
+            |b| buffer(b, Elem::I32, true),
+        );
+        let sizes = |v: &mut Vec<DynTypedArg>, two_seqs: bool| {
+            v.extend([scalar(S::Batch), scalar(S::HeadsQ), scalar(S::HeadsKv)]);
             if two_seqs {
-                v.extend([int("seq_q"), int("seq_k")]);
+                v.extend([scalar(S::SeqQ), scalar(S::SeqK)]);
             } else {
-                v.push(int("seq"));
+                v.push(scalar(S::Seq));
             }
+        };
+        let scalars = |v: &mut Vec<DynTypedArg>, s: &[DynScalar]| {
+            v.extend(s.iter().map(|&s| scalar(s)));
         };
         let mut v = Vec::new();
         match self {
             Stage::LandmarkSelect | Stage::TopkSelect => {
-                v.extend([
-                    ptr("q", t, false),
-                    ptr("k", t, false),
-                    ptr("sel", Elem::I32, true),
-                ]);
-                dims(&mut v, true);
+                v.extend([input(B::Q), input(B::K), i32_out(B::Sel)]);
+                sizes(&mut v, true);
                 if self == Stage::LandmarkSelect {
-                    v.extend([int("mem_freq"), int("top_k"), f32_("scale")]);
+                    scalars(&mut v, &[S::MemFreq, S::TopK, S::Scale]);
                 } else {
-                    v.extend([int("s_start"), int("s_end"), int("topk")]);
+                    scalars(&mut v, &[S::Sink, S::Recent, S::TopkK]);
                 }
             }
             Stage::LandmarkAttn => {
-                v.extend([ptr("q", t, false), ptr("k", t, false), ptr("v", t, false)]);
-                v.extend([ptr("sel", Elem::I32, false), ptr("o", t, true)]);
-                v.push(ptr("lse", Elem::F32, true));
-                dims(&mut v, true);
-                v.extend([int("mem_freq"), int("sel_width"), f32_("scale")]);
+                v.extend([input(B::Q), input(B::K), input(B::V), i32_in(B::Sel)]);
+                v.extend([buffer(B::O, t, true), f32_out(B::Lse)]);
+                sizes(&mut v, true);
+                scalars(&mut v, &[S::MemFreq, S::SelWidth, S::Scale]);
             }
             Stage::TopkAttn | Stage::TopkAttnPart => {
                 let o = if self == Stage::TopkAttn {
@@ -176,72 +170,68 @@ impl Stage {
                 } else {
                     Elem::F32
                 };
-                v.extend([ptr("q", t, false), ptr("k", t, false), ptr("v", t, false)]);
-                v.extend([ptr("sel", Elem::I32, false), ptr("o", o, true)]);
-                v.push(ptr("lse", Elem::F32, true));
-                dims(&mut v, true);
-                v.extend([
-                    int("s_start"),
-                    int("s_end"),
-                    int("topk"),
-                    f32_("scale"),
-                    int("part"),
-                ]);
+                v.extend([input(B::Q), input(B::K), input(B::V), i32_in(B::Sel)]);
+                v.extend([buffer(B::O, o, true), f32_out(B::Lse)]);
+                sizes(&mut v, true);
+                scalars(&mut v, &[S::Sink, S::Recent, S::TopkK, S::Scale, S::Part]);
             }
             Stage::LseMerge => {
-                v.extend([ptr("o_a", Elem::F32, false), ptr("lse_a", Elem::F32, false)]);
-                v.extend([ptr("o_b", Elem::F32, false), ptr("lse_b", Elem::F32, false)]);
-                v.extend([ptr("o", t, true), ptr("lse", Elem::F32, true), int("rows")]);
+                v.extend([
+                    f32_in(B::OA),
+                    f32_in(B::LseA),
+                    f32_in(B::OB),
+                    f32_in(B::LseB),
+                ]);
+                v.extend([buffer(B::O, t, true), f32_out(B::Lse), scalar(S::Rows)]);
             }
             Stage::CcaPool => {
-                v.extend([ptr("q", t, false), ptr("k", t, false), ptr("v", t, false)]);
-                v.extend([ptr("kbar", Elem::F32, true), ptr("vbar", Elem::F32, true)]);
-                dims(&mut v, false);
-                v.extend([int("group"), int("pooled"), f32_("pool_scale")]);
+                v.extend([input(B::Q), input(B::K), input(B::V)]);
+                v.extend([f32_out(B::KBar), f32_out(B::VBar)]);
+                sizes(&mut v, false);
+                scalars(&mut v, &[S::Group, S::Pooled, S::PoolScale]);
             }
             Stage::CcaAttn => {
-                v.extend([ptr("q", t, false), ptr("k", t, false), ptr("v", t, false)]);
-                v.extend([ptr("kbar", Elem::F32, false), ptr("vbar", Elem::F32, false)]);
-                v.extend([ptr("o", t, true), ptr("lse", Elem::F32, true)]);
-                dims(&mut v, false);
-                v.extend([int("group"), int("window"), int("pooled"), f32_("scale")]);
+                v.extend([input(B::Q), input(B::K), input(B::V)]);
+                v.extend([f32_in(B::KBar), f32_in(B::VBar)]);
+                v.extend([buffer(B::O, t, true), f32_out(B::Lse)]);
+                sizes(&mut v, false);
+                scalars(&mut v, &[S::Group, S::Window, S::Pooled, S::Scale]);
             }
             Stage::HaxHash => {
-                v.extend([
-                    ptr("q2", t, false),
-                    ptr("k2", t, false),
-                    ptr("hp", Elem::F32, false),
-                ]);
-                for n in ["code_q", "code_k", "lsh_head", "lsh_prev"] {
-                    v.push(ptr(n, Elem::I32, true));
+                v.extend([input(B::Q2), input(B::K2), f32_in(B::Hyperplanes)]);
+                for b in [B::CodeQ, B::CodeK, B::LshHead, B::LshPrev] {
+                    v.push(i32_out(b));
                 }
-                dims(&mut v, false);
-                v.extend([int("nb"), i64_("hp_bstride"), int("hp_mode")]);
+                sizes(&mut v, false);
+                scalars(
+                    &mut v,
+                    &[S::HashBits, S::HyperplaneBatchStride, S::HyperplaneMode],
+                );
             }
             Stage::HaxKeySelect => {
-                v.push(ptr("ks", Elem::F32, false));
-                v.extend([
-                    ptr("ks_idx", Elem::I32, true),
-                    ptr("ks_thr", Elem::I32, true),
-                ]);
-                dims(&mut v, false);
-                v.extend([int("k_ks"), i64_("ks_bstride"), int("ks_mode")]);
+                v.push(f32_in(B::KeyScores));
+                v.extend([i32_out(B::KeySelIdx), i32_out(B::KeySelThreshold)]);
+                sizes(&mut v, false);
+                scalars(&mut v, &[S::KKs, S::KeyScoreBatchStride, S::KeyScoreMode]);
             }
             Stage::HaxAttn => {
-                v.extend([ptr("q2", t, false), ptr("k2", t, false), ptr("x", t, false)]);
-                v.push(ptr("ks", Elem::F32, false));
-                for n in ["ks_idx", "ks_thr", "lsh_head", "lsh_prev"] {
-                    v.push(ptr(n, Elem::I32, false));
+                v.extend([input(B::Q2), input(B::K2), input(B::X)]);
+                v.push(f32_in(B::KeyScores));
+                for b in [B::KeySelIdx, B::KeySelThreshold, B::LshHead, B::LshPrev] {
+                    v.push(i32_in(b));
                 }
-                v.extend([ptr("o", t, true), ptr("lse", Elem::F32, true)]);
-                dims(&mut v, false);
-                v.extend([
-                    int("k_lsh"),
-                    int("k_ks"),
-                    i64_("ks_bstride"),
-                    int("ks_mode"),
-                ]);
-                v.push(f32_("scale"));
+                v.extend([buffer(B::O, t, true), f32_out(B::Lse)]);
+                sizes(&mut v, false);
+                scalars(
+                    &mut v,
+                    &[
+                        S::KLsh,
+                        S::KKs,
+                        S::KeyScoreBatchStride,
+                        S::KeyScoreMode,
+                        S::Scale,
+                    ],
+                );
             }
         }
         v
@@ -307,7 +297,11 @@ pub fn emit_stage(spec: &DynamicSpec, stage: Stage) -> Result<DynamicKernel, Vec
     validate_dynamic(spec)?;
     let (dtype, d) = (spec.dtype(), spec.head_dim().get());
     let name = format!("{}_d{d}_{}", stage.stem(), dtype.short());
-    let args = stage.args(dtype);
+    let (args, roles): (Vec<KernelArg>, Vec<DynArgRole>) = stage
+        .typed_args(dtype)
+        .into_iter()
+        .map(|a| (a.arg, a.role))
+        .unzip();
     let mut o = String::new();
     let _ = writeln!(o, "// attnforge generated kernel: {name}");
     let _ = writeln!(
@@ -350,6 +344,7 @@ pub fn emit_stage(spec: &DynamicSpec, stage: Stage) -> Result<DynamicKernel, Vec
         name,
         source: o,
         args,
+        roles,
     })
 }
 

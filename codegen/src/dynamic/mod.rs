@@ -22,9 +22,11 @@
 //! assert!(kernels[0].source.contains("extern \"C\" __global__"));
 //! ```
 
+mod args;
 mod kernels;
 mod params;
 
+pub use args::{DynArgRole, DynBuffer, DynScalar, DynTypedArg};
 pub use kernels::{emit_dynamic, emit_stage, DynamicKernel, Stage};
 pub use params::{family, family_tags, Family, FamilyMode, FamilyParam, FAMILIES};
 

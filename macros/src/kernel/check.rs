@@ -674,10 +674,6 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
             (Some(Causality::Causal) | None, false) => cx.err(&at, contradiction("that mask is causal; remove `causal: false` or use a non-causal mask")),
         }
     }
-    if mask.mask.lm_infinite_scoring() && !matches!(score.score, ScoreMod::None) {
-        let at = spans.get("score").cloned().unwrap_or(name_tokens.clone());
-        cx.err(&at, format!("`{}` has its own scoring (RoPE with a distance limit) and does not combine with a score modification: remove `score`", mask.mask.tag()));
-    }
     let (Some(dtype), Some(head_dim)) = (dtype, head_dim) else {
         return None;
     };
@@ -711,7 +707,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
                 .get(field)
                 .cloned()
                 .unwrap_or_else(|| pick("mask"))
-        } else if path.starts_with("softcap") {
+        } else if path.starts_with("softcap") || path == "score" {
             pick("score")
         } else if path.starts_with("scale") {
             pick("scale")

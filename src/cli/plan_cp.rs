@@ -19,7 +19,7 @@ pub const AFTER_HELP: &str = "\
 Examples:
   attnforge plan-cp flash_fwd_causal_d128_bf16 --world 8 --seq 65536
   attnforge plan-cp examples/specs/document.toml --world 4 --seq 120 --link ib --json
-  attnforge plan-cp examples/specs/chunked_causal.toml --world 4 --seq 32768 --heads 32 --kv-heads 8
+  attnforge plan-cp examples/specs/local.toml --world 4 --seq 32768 --heads 32 --kv-heads 8
 
 The mask's parameters come from the spec file (a catalog name uses the table's defaults at
 --seq); document masks need ids of length --seq in the spec file. Times are predicted by

@@ -54,6 +54,9 @@ const DYN_HAX: Suite = suite("attnforge-runtime", "dynamic_hax");
 const DYN_LANDMARK_CCA: Suite = suite("attnforge-runtime", "dynamic_landmark_cca");
 const DYN_TOPK: Suite = suite("attnforge-runtime", "dynamic_topk");
 const CLI_DYNAMIC: Suite = suite("attnforge", "cli_dynamic");
+const CLASSIFIER_EDGES: Suite = suite("attnforge-runtime", "classifier_edges");
+const MASK_RANGES: Suite = suite("attnforge-codegen", "mask_ranges_sim");
+const NEW_MASKS_SIM: Suite = suite("attnforge-codegen", "new_masks_sim");
 
 /// Suites never used as killers, with the reason: a text or snapshot diff is not a kill.
 pub const EXCLUDED_SUITES: &[(Suite, &str)] = &[
@@ -79,6 +82,22 @@ pub fn suites_for(m: &Mutant) -> Vec<Suite> {
         "af_dynamic.cuh" => vec![DYN_TOPK, DYN_LANDMARK_CCA, DYN_HAX, CLI_DYNAMIC],
         _ if m.category == Category::BlockLists => {
             vec![CATALOG_PROPS, CODEGEN_BLOCKS, MASK_AGREEMENT, CODEGEN_SIM]
+        }
+        // the mask functions: the edge and range tests run them at every tile alignment
+        "af_attn.cuh" | "masks.rs"
+            if matches!(
+                m.category,
+                Category::TileClassifier | Category::MaskPredicate
+            ) =>
+        {
+            vec![
+                MASK_RANGES,
+                NEW_MASKS_SIM,
+                CLASSIFIER_EDGES,
+                CATALOG_PROPS,
+                CODEGEN_SIM,
+                EXEC_SMOKE,
+            ]
         }
         _ => vec![CATALOG_PROPS, CODEGEN_SIM, EXEC_SMOKE],
     }

@@ -9,7 +9,9 @@ from . import _native
 
 # `[params]` keys that are not mask parameters; everything else that is not a mask
 # parameter is a user-function parameter (`[params.user]`).
-_PARAM_KEYS = {"softcap", "alibi_slopes", "doc_segments"}
+_PARAM_KEYS = frozenset({"softcap", "alibi_slopes", "doc_segments"})
+# Read once at import: a native call inside `build_spec` would stop torch.compile's tracing.
+_MASK_PARAMS = frozenset(_native.mask_param_names())
 
 
 def _toml_value(name: str, v: Any) -> str:
@@ -68,8 +70,7 @@ def build_spec(
         tables.append(_function("mask", mask))
     if score_is_fn:
         tables.append(_function("score", score))
-    mask_names = set(_native.mask_param_names())
-    plain = {n: v for n, v in params.items() if n in mask_names or n in _PARAM_KEYS}
+    plain = {n: v for n, v in params.items() if n in _MASK_PARAMS or n in _PARAM_KEYS}
     user = {n: v for n, v in params.items() if n not in plain}
     body = "\n".join(lines) + "\n" + "".join(tables)
     if plain or user:

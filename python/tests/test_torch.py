@@ -102,3 +102,23 @@ def test_spec_together_with_mask_is_an_error():
     q, k, v = qkv()
     with pytest.raises(attnforge.InputError, match="either spec"):
         at.attention(q, k, v, mask="causal", spec="flash_fwd_causal_d64_f16")
+
+
+_TORCH = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("entry", attnforge.catalog(), ids=lambda c: c["name"])
+def test_the_op_runs_every_catalog_kernel_on_the_simulator(entry):
+    """Through the op: the kernel's out and lse come back unchanged (out in q's dtype) and meet
+    the oracle against the f64 reference."""
+    hq, hkv = (4, 1) if entry["gqa"] else (2, 2)
+    q, k, v = qkv(hq=hq, hkv=hkv, sq=80, sk=80, d=entry["head_dim"], dtype=_TORCH[entry["dtype"]], seed=3)
+    out, lse = at.attention(q, k, v, spec=entry["name"], backend="sim", return_lse=True)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    x = [t.float().numpy() for t in (q, k, v)]
+    ref, ref_lse = attnforge.run(entry["name"], *x, backend="reference")
+    naive, naive_lse = attnforge.run(entry["name"], *x, backend="naive")
+    rtol, atol = attnforge.tolerance(entry["dtype"])
+    o, l = out.double().numpy(), lse.double().numpy()
+    assert abs(o - ref).max() <= rtol * abs(naive - ref).max() + atol
+    assert abs(l - ref_lse).max() <= rtol * abs(naive_lse - ref_lse).max() + atol

@@ -62,8 +62,9 @@ def run(spec: str, q: Any, k: Any, v: Any, backend: str = "sim", doc: Any = None
     """Run a static kernel (catalog name or spec-file text) on q, k, v.
 
     Arrays are converted to C-contiguous float32 and rounded to the spec's dtype.
-    ``backend``: ``"sim"`` (generated CUDA on the CPU simulator), ``"reference"`` (f64) or
-    ``"naive"`` (same-precision naive path). Returns float64 ``(out [B, Hq, Sq, Dv],
+    ``backend``: ``"sim"`` (generated CUDA on the CPU simulator), ``"reference"`` (f64),
+    ``"naive"`` (same-precision naive path) or ``"cuda"`` (GPU 0 through host copies; built,
+    never run on a GPU yet). Returns float64 ``(out [B, Hq, Sq, Dv],
     lse [B, Hq, Sq])``; empty rows have out 0 and lse -inf.
     """
     return _native.run(spec, _f32("q", q), _f32("k", k), _f32("v", v), backend, _doc(doc))

@@ -6,9 +6,10 @@ implementation, so ``torch.compile`` traces it without running it) and has a mod
 :class:`Attention`.
 
 What runs where: CPU tensors run through the extension, on the CPU simulator (the exact
-generated CUDA, a correctness tool: slow) or on the f64 reference. CUDA tensors raise an
-error: the GPU path (kernel cache, launch on PyTorch's current stream with its pointers and
-strides) is not built in this package yet. Forward only: the generated backward kernels do
+generated CUDA, a correctness tool: slow), on the f64 reference, or with ``backend="cuda"``
+on GPU 0 through host copies (built, never run on a GPU yet). CUDA tensors raise an error:
+the zero-copy GPU path (kernel cache, launch on PyTorch's current stream with its pointers
+and strides) is not built in this package yet. Forward only: the generated backward kernels do
 not exist yet, so a backward through the op raises.
 """
 
@@ -140,8 +141,8 @@ def attention(
 
     The variant is ``spec`` (a catalog name or spec-file text), or built from ``mask``,
     ``score``, ``scale`` and ``params`` for q's dtype and head dimension. ``doc``: document
-    ids (``[Sk]`` or ``[B, Sk]``) for the document masks. ``backend``: ``"sim"`` or
-    ``"reference"``. Returns ``out`` (q's dtype), and ``lse`` (float32, ``-inf`` on empty
+    ids (``[Sk]`` or ``[B, Sk]``) for the document masks. ``backend``: ``"sim"``,
+    ``"reference"`` or ``"cuda"`` (CPU tensors staged to GPU 0; untested on hardware). Returns ``out`` (q's dtype), and ``lse`` (float32, ``-inf`` on empty
     rows) when ``return_lse``.
     """
     _check_tensors(q, k, v)

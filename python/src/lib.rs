@@ -133,6 +133,8 @@ fn check_magnitudes<T: Element>(x: &Inputs<T>, scale: f64) -> PyResult<()> {
 enum Mode {
     Sim,
     Reference(Precision),
+    /// GPU `ordinal` through `exec::run_cuda`: host arrays copied to the device and back.
+    Cuda(usize),
 }
 
 fn parse_mode(backend: &str) -> PyResult<Mode> {
@@ -140,11 +142,9 @@ fn parse_mode(backend: &str) -> PyResult<Mode> {
         "sim" => Ok(Mode::Sim),
         "reference" => Ok(Mode::Reference(Precision::F64)),
         "naive" => Ok(Mode::Reference(Precision::Naive)),
-        "cuda" => Err(input_error(
-            "backend `cuda`: the Python package does not launch kernels on a GPU yet\n  fix: use backend=\"sim\" or \"reference\" on CPU tensors; for a GPU, emit the kernel with `attnforge emit` and launch it (docs/python.md, \"What runs where\")",
-        )),
+        "cuda" => Ok(Mode::Cuda(0)),
         b => Err(input_error(format!(
-            "backend `{b}` is unknown\n  fix: use \"sim\" (the generated CUDA on the CPU simulator), \"reference\" (f64) or \"naive\" (same-precision naive path)"
+            "backend `{b}` is unknown\n  fix: use \"sim\" (the generated CUDA on the CPU simulator), \"reference\" (f64), \"naive\" (same-precision naive path) or \"cuda\" (GPU 0, arrays staged through host copies)"
         ))),
     }
 }
@@ -168,6 +168,7 @@ fn execute<T: Element + SimElem>(
     match mode {
         Mode::Sim => Ok(pipeline::run(&kernel, &x, &Backend::sim())?.output),
         Mode::Reference(p) => pipeline::reference(&kernel, &x, p),
+        Mode::Cuda(ordinal) => Ok(pipeline::run(&kernel, &x, &Backend::Cuda(ordinal))?.output),
     }
 }
 

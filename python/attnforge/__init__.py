@@ -18,7 +18,16 @@ from . import _native
 from ._native import InputError
 from ._spec import build_spec
 
-__all__ = ["InputError", "build_spec", "canonical_name", "catalog", "mask_matrix", "run", "tolerance"]
+__all__ = [
+    "InputError",
+    "backward_reference",
+    "build_spec",
+    "canonical_name",
+    "catalog",
+    "mask_matrix",
+    "run",
+    "tolerance",
+]
 
 
 def catalog() -> list[dict[str, Any]]:
@@ -76,3 +85,13 @@ def mask_matrix(
     """Boolean ``[B, Hq, Sq, Sk]``: which keys each query row may attend to under the spec's
     mask, as the f64 reference sees it (bottom-right aligned when Sq != Sk)."""
     return _native.mask_matrix(spec, batch, heads_q, heads_kv, seq_q, seq_k, _doc(doc))
+
+
+def backward_reference(
+    spec: str, q: Any, k: Any, v: Any, dout: Any, dlse: Any = None, doc: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The f64 reference backward (variants.md section 12): float64 ``(dq, dk, dv)`` for
+    ``dout`` (and ``dlse``, ``[B, Hq, Sq]``, when the loss reads lse). Built-in element masks,
+    no score modification or softcap. Not a kernel: the generated backward does not exist yet."""
+    dl = None if dlse is None else np.ascontiguousarray(np.asarray(dlse, dtype=np.float64).reshape(-1))
+    return _native.backward_reference(spec, _f32("q", q), _f32("k", k), _f32("v", v), _f32("dout", dout), dl, _doc(doc))

@@ -10,7 +10,9 @@ generated CUDA, a correctness tool: slow), on the f64 reference, or with ``backe
 on GPU 0 through host copies (built, never run on a GPU yet). CUDA tensors raise an error:
 the zero-copy GPU path (kernel cache, launch on PyTorch's current stream with its pointers
 and strides) is not built in this package yet. Forward only: the generated backward kernels do
-not exist yet, so a backward through the op raises.
+not exist yet: with ``backend="reference"`` the op's backward is the f64 reference backward
+(variants.md section 12; built-in element masks, no score modification or softcap), with
+any other backend a backward raises.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from . import _native, run as _run
+from . import _native, backward_reference as _backward_reference, run as _run
 from ._spec import build_spec
 
 __all__ = ["Attention", "attention", "spec_for"]
@@ -108,18 +110,39 @@ def _attention_fake(q, k, v, spec, backend, doc):
     )
 
 
-def _no_backward(ctx, grad_out, grad_lse):
-    raise NotImplementedError(
-        "attnforge.torch.attention has no backward yet: the generated backward kernels "
-        "(issue 18) do not exist. Use it under torch.no_grad() / for inference, or detach its inputs."
+def _backward(ctx, grad_out, grad_lse):
+    if ctx.backend != "reference":
+        raise NotImplementedError(
+            f"attnforge.torch.attention has no backward for backend={ctx.backend!r}: the generated "
+            "backward kernels (issue 18) do not exist yet. backend=\"reference\" has the f64 "
+            "reference backward (CPU, slow); otherwise use the op under torch.no_grad()."
+        )
+    q, k, v, out = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dlse = None
+    if grad_lse is not None and bool(torch.any(grad_lse != 0)):
+        dlse = grad_lse.detach().double().contiguous().numpy()
+    d = None if ctx.doc is None else ctx.doc.numpy()
+    dq, dk, dv = _backward_reference(ctx.spec, _numpy(q), _numpy(k), _numpy(v), _numpy(grad_out), dlse=dlse, doc=d)
+    return (
+        torch.from_numpy(dq).to(q.dtype),
+        torch.from_numpy(dk).to(k.dtype),
+        torch.from_numpy(dv).to(v.dtype),
+        None,
+        None,
+        None,
     )
 
 
 def _setup_context(ctx, inputs, output):
-    pass
+    q, k, v, spec, backend, doc = inputs
+    ctx.save_for_backward(q, k, v, output[0])
+    ctx.spec, ctx.backend = spec, backend
+    ctx.doc = None if doc is None else doc.detach().cpu()
 
 
-_attention_op.register_autograd(_no_backward, setup_context=_setup_context)
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention(

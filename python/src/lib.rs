@@ -13,7 +13,10 @@ use attnforge::codegen::catalog;
 use attnforge::codegen::spec::{DType, ScoreMod};
 use attnforge::exec::{Backend, ExecError, Inputs, RunParams};
 use attnforge::kernels::pipeline::{self, StaticKernel};
-use attnforge::reference::{AttnOutput, Element, Precision, Shape4, Tensor4, Tolerance};
+use attnforge::reference::{
+    attention_backward, AttnGrads, AttnOptions, AttnOutput, BackwardVariant, DiffScoreMod, Element,
+    Mask as RefMask, Precision, Shape4, Tensor4, Tolerance,
+};
 use attnforge::sim::SimElem;
 use attnforge::specfile::{self, AnySpecFile, SpecFile};
 use half::{bf16, f16};
@@ -335,6 +338,112 @@ fn probe_mask<T: Element + SimElem>(
     Ok(allowed)
 }
 
+/// The f64 reference backward (variants.md section 12) of a spec on q, k, v, `dout` and
+/// optionally `dlse`: `(dq, dk, dv)` as float64 arrays. Built-in masks with no score
+/// modification or softcap; the generated backward kernels do not exist yet.
+#[pyfunction]
+#[pyo3(signature = (spec, q, k, v, dout, dlse = None, doc = None))]
+#[allow(clippy::too_many_arguments)]
+fn backward_reference<'py>(
+    py: Python<'py>,
+    spec: &str,
+    q: PyReadonlyArray4<'py, f32>,
+    k: PyReadonlyArray4<'py, f32>,
+    v: PyReadonlyArray4<'py, f32>,
+    dout: PyReadonlyArray4<'py, f32>,
+    dlse: Option<PyReadonlyArray1<'py, f64>>,
+    doc: Option<PyReadonlyArray1<'py, i32>>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    guarded("backward_reference", || {
+        let doc = doc.map(|d| d.as_array().to_vec());
+        let dlse = dlse.map(|d| d.as_array().to_vec());
+        let p = prepare(spec, k.shape()[2], doc)?;
+        let name = p.sf.spec.canonical_name();
+        let score = match p.sf.spec.score {
+            ScoreMod::None => DiffScoreMod::None,
+            ScoreMod::Softcap => DiffScoreMod::Softcap(f64::from(p.rp.softcap.unwrap_or(0.0))),
+            _ => {
+                return Err(input_error(format!(
+                    "score: {name}: the Python package has the reference backward for no score modification and softcap only\n  fix: drop the score modification for training, or use the Rust API (attnforge_reference::attention_backward)"
+                )))
+            }
+        };
+        let tag = p.sf.spec.mask.tag();
+        if matches!(tag, "predicate" | "block_sparse" | "lm_infinite") {
+            return Err(input_error(format!(
+                "mask: {name}: the Python package has the reference backward for the built-in element masks only, not `{tag}`\n  fix: use another mask, or the Rust API (attnforge_reference::attention_backward)"
+            )));
+        }
+        let params: Vec<(&str, f64)> = p.sf.mask_params.iter().collect();
+        let mask = RefMask::builtin(tag, &params, p.rp.doc.as_deref().unwrap_or(&[]))
+            .map_err(|e| input_error(format!("{name}: {e}")))?;
+        let scale =
+            p.sf.spec
+                .scale
+                .map_or(1.0 / (p.sf.spec.head_dim.get() as f64).sqrt(), f64::from);
+        let grads = match p.sf.spec.dtype {
+            DType::F32 => {
+                let (x, g) = (typed::<f32>(&p, &q, &k, &v)?, tensor::<f32>("dout", &dout)?);
+                py.detach(|| grads_of(&x, &g, dlse.as_deref(), &mask, &score, scale))
+            }
+            DType::F16 => {
+                let (x, g) = (typed::<f16>(&p, &q, &k, &v)?, tensor::<f16>("dout", &dout)?);
+                py.detach(|| grads_of(&x, &g, dlse.as_deref(), &mask, &score, scale))
+            }
+            DType::Bf16 => {
+                let (x, g) = (
+                    typed::<bf16>(&p, &q, &k, &v)?,
+                    tensor::<bf16>("dout", &dout)?,
+                );
+                py.detach(|| grads_of(&x, &g, dlse.as_deref(), &mask, &score, scale))
+            }
+        }
+        .map_err(|e| input_error(format!("{name}: {e}")))?;
+        let arr = |t: Tensor4<f64>| -> PyResult<Bound<'py, PyAny>> {
+            let s = t.shape;
+            let data = if t.strides == s.contiguous_strides() {
+                t.data
+            } else {
+                let mut d = Vec::with_capacity(s.numel());
+                for b in 0..s.batch {
+                    for h in 0..s.heads {
+                        for i in 0..s.seq {
+                            for c in 0..s.dim {
+                                let st = t.strides;
+                                d.push(t.data[b * st[0] + h * st[1] + i * st[2] + c * st[3]]);
+                            }
+                        }
+                    }
+                }
+                d
+            };
+            Ok(PyArray1::from_vec(py, data)
+                .reshape([s.batch, s.heads, s.seq, s.dim])?
+                .into_any())
+        };
+        Ok((arr(grads.dq)?, arr(grads.dk)?, arr(grads.dv)?))
+    })
+}
+
+fn grads_of<T: Element>(
+    x: &Inputs<T>,
+    dout: &Tensor4<T>,
+    dlse: Option<&[f64]>,
+    mask: &RefMask,
+    score: &DiffScoreMod,
+    scale: f64,
+) -> Result<AttnGrads, attnforge::reference::RefError> {
+    let variant = BackwardVariant::Masked {
+        mask,
+        score_mod: score,
+    };
+    let opts = AttnOptions {
+        scale: Some(scale),
+        precision: Precision::F64,
+    };
+    attention_backward(&x.q, &x.k, &x.v, dout, dlse, &variant, &opts)
+}
+
 /// The catalog of static kernels: a list of dicts (name, dtype, head_dim, mask, score, gqa).
 #[pyfunction]
 fn catalog_entries(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
@@ -404,6 +513,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InputError", m.py().get_type::<InputError>())?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(mask_matrix, m)?)?;
+    m.add_function(wrap_pyfunction!(backward_reference, m)?)?;
     m.add_function(wrap_pyfunction!(catalog_entries, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_name, m)?)?;
     m.add_function(wrap_pyfunction!(tolerance, m)?)?;

@@ -90,12 +90,66 @@ def test_non_cpu_tensors_are_a_clear_error():
         at.attention(q.to("meta"), k.to("meta"), v.to("meta"), mask="causal")
 
 
-def test_backward_raises_until_the_backward_kernels_exist():
+def test_backward_on_the_simulator_raises_until_the_backward_kernels_exist():
     q, k, v = qkv()
     q.requires_grad_(True)
-    out = at.attention(q, k, v, mask="causal", backend="reference")
-    with pytest.raises(NotImplementedError, match="no backward yet"):
+    out = at.attention(q, k, v, mask="causal", backend="sim")
+    with pytest.raises(NotImplementedError, match="backward kernels"):
         out.sum().backward()
+
+
+def torch_f64_grads(q, k, v, allowed, scale, softcap=None):
+    """dq, dk, dv of out.square().sum() + lse.sum() by PyTorch's autograd in float64."""
+    q, k, v = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    g = q.shape[1] // k.shape[1]
+    s = q @ k.repeat_interleave(g, 1).transpose(-1, -2) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    s = s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    out = torch.nan_to_num(torch.softmax(s, -1)) @ v.repeat_interleave(g, 1)
+    (out.square().sum() + torch.where(torch.isinf(lse), 0.0, lse).sum()).backward()
+    return q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize(
+    "mask, params, shape",
+    [
+        ("causal", {}, (4, 2, 9, 12)),
+        ("causal", {}, (2, 2, 12, 7)),  # Sq > Sk: 5 empty rows, zero dq there
+        ("local", {"window_left": 3, "window_right": 1}, (2, 1, 20, 20)),
+        ("full", {"score": "softcap", "softcap": 5.0}, (2, 2, 10, 10)),
+    ],
+)
+def test_reference_backward_matches_pytorch_autograd_in_float64(mask, params, shape):
+    hq, hkv, sq, sk = shape
+    q, k, v = qkv(hq=hq, hkv=hkv, sq=sq, sk=sk, seed=5)
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    out, lse = at.attention(q, k, v, mask=mask, backend="reference", return_lse=True, **params)
+    (out.square().sum() + torch.where(torch.isinf(lse), 0.0, lse).sum()).backward()
+    spec = at.spec_for(q, k, mask=mask, **params)
+    allowed = torch.from_numpy(attnforge.mask_matrix(spec, 1, hq, hkv, sq, sk))
+    want = torch_f64_grads(q, k, v, allowed, 1 / 8, params.get("softcap"))
+    for got, w in zip((q.grad, k.grad, v.grad), want):
+        assert not torch.isnan(got).any()
+        assert (got.double() - w).abs().max() <= 1e-5 * w.abs().max() + 1e-6
+
+
+def test_reference_backward_rejects_what_it_does_not_cover():
+    q, k, v = qkv()
+    q.requires_grad_(True)
+    out = at.attention(q, k, v, mask="causal", score="alibi", backend="reference")
+    with pytest.raises(attnforge.InputError, match="score"):
+        out.sum().backward()
+
+
+def test_training_example_loss_decreases():
+    import runpy, pathlib, sys
+
+    path = pathlib.Path(__file__).parents[1] / "examples" / "train_causal_lm.py"
+    sys.argv = [str(path), "--steps", "8"]
+    losses = runpy.run_path(str(path), run_name="__main__")["LOSSES"]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
 
 
 def test_spec_together_with_mask_is_an_error():

@@ -23,6 +23,7 @@ use std::time::Instant;
 mod anchors;
 mod fnlen;
 mod mutants;
+mod pytest;
 
 /// The wheels installed by `cargo xtask setup`, pinned. Changing this list changes the stamp,
 /// so the next setup re-installs.
@@ -99,12 +100,13 @@ fn main() -> ExitCode {
         Some("mutants") => mutants::run(&args[1..]),
         Some("fn-lengths") => fn_lengths(&args[1..]),
         Some("anchors") => anchors::run(&args[1..]),
+        Some("pytest") => pytest::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print_usage();
             Ok(())
         }
         Some(other) => err(format!(
-            "unknown command `{other}`; expected one of: setup, test, run, mutants, fn-lengths, anchors (see `cargo xtask help`)"
+            "unknown command `{other}`; expected one of: setup, test, run, mutants, fn-lengths, anchors, pytest (see `cargo xtask help`)"
         )),
     };
     match result {
@@ -133,7 +135,10 @@ fn print_usage() {
                       lines (exit 1 if any; `--max N` for another limit)\n  \
          anchors      not in CI, downloads ~1 GB: compile FlashAttention-2 and Triton forward\n               \
                       kernels next to ours for sm_80/sm_90 and write docs/anchors.md (SASS\n               \
-                      main loops side by side; tools in .toolchain/anchors)",
+                      main loops side by side; tools in .toolchain/anchors)\n  \
+         pytest [ARGS] the Python package's tests: venv .toolchain/pyenv (torch from PyPI),\n               \
+                      maturin develop, pytest python/tests (ARGS go to pytest); also the last\n               \
+                      step of `test` when ATTNFORGE_PYTEST=1",
         MAIN_JOB.join(" "),
         MAIN_JOB_DEFAULT_ARGS.join(" ")
     );
@@ -381,6 +386,9 @@ fn test(scope: &[String]) -> Result<()> {
             cmd.env("RUSTDOCFLAGS", "-D warnings");
         }
         run_step(&label, &mut cmd)?;
+    }
+    if std::env::var("ATTNFORGE_PYTEST").is_ok_and(|v| v == "1") {
+        pytest::run(&[])?;
     }
     println!("\nxtask: all steps passed");
     Ok(())

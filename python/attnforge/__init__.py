@@ -1,0 +1,97 @@
+"""attnforge from Python.
+
+The generated attention kernels of attnforge, run on CPU arrays through the SIMT simulator
+(the exact generated CUDA) or the f64 reference, a PyTorch op (``attnforge.torch``) and a
+conformance suite for any attention implementation (``attnforge.conformance``).
+
+Everything here is forward-only: the generated backward and the serving entry points
+(varlen, paged KV cache) do not exist as kernels yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _native
+from ._native import InputError
+from ._spec import build_spec
+
+__all__ = [
+    "InputError",
+    "backward_reference",
+    "build_spec",
+    "canonical_name",
+    "catalog",
+    "mask_matrix",
+    "run",
+    "tolerance",
+]
+
+
+def catalog() -> list[dict[str, Any]]:
+    """The built-in static kernels: dicts with name, dtype, head_dim, mask, score, gqa,
+    reads_doc (needs document ids) and params (the default mask parameters)."""
+    return _native.catalog_entries()
+
+
+def canonical_name(spec: str) -> str:
+    """The canonical kernel name of a catalog name or spec-file text (validates it)."""
+    return _native.canonical_name(spec)
+
+
+def tolerance(dtype: str) -> tuple[float, float]:
+    """``(rtol, atol)`` of the oracle for ``"f32"``, ``"f16"`` or ``"bf16"``."""
+    return _native.tolerance(dtype)
+
+
+def _f32(name: str, a: Any) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 4:
+        raise InputError(
+            f"input `{name}`: {a.ndim} dimensions, shape {tuple(a.shape)}\n"
+            f"  fix: pass {name} as [batch, heads, seq, head_dim]"
+        )
+    if not np.issubdtype(a.dtype, np.floating):
+        raise InputError(f"input `{name}`: dtype {a.dtype}\n  fix: pass a floating-point array")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _doc(doc: Any) -> Optional[np.ndarray]:
+    if doc is None:
+        return None
+    d = np.asarray(doc)
+    if not np.issubdtype(d.dtype, np.integer):
+        raise InputError(f"input `doc`: dtype {d.dtype}\n  fix: pass integer document ids ([Sk] or [B, Sk])")
+    return np.ascontiguousarray(d.reshape(-1), dtype=np.int32)
+
+
+def run(spec: str, q: Any, k: Any, v: Any, backend: str = "sim", doc: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run a static kernel (catalog name or spec-file text) on q, k, v.
+
+    Arrays are converted to C-contiguous float32 and rounded to the spec's dtype.
+    ``backend``: ``"sim"`` (generated CUDA on the CPU simulator), ``"reference"`` (f64),
+    ``"naive"`` (same-precision naive path) or ``"cuda"`` (GPU 0 through host copies; built,
+    never run on a GPU yet). Returns float64 ``(out [B, Hq, Sq, Dv],
+    lse [B, Hq, Sq])``; empty rows have out 0 and lse -inf.
+    """
+    return _native.run(spec, _f32("q", q), _f32("k", k), _f32("v", v), backend, _doc(doc))
+
+
+def mask_matrix(
+    spec: str, batch: int, heads_q: int, heads_kv: int, seq_q: int, seq_k: int, doc: Any = None
+) -> np.ndarray:
+    """Boolean ``[B, Hq, Sq, Sk]``: which keys each query row may attend to under the spec's
+    mask, as the f64 reference sees it (bottom-right aligned when Sq != Sk)."""
+    return _native.mask_matrix(spec, batch, heads_q, heads_kv, seq_q, seq_k, _doc(doc))
+
+
+def backward_reference(
+    spec: str, q: Any, k: Any, v: Any, dout: Any, dlse: Any = None, doc: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The f64 reference backward (variants.md section 12): float64 ``(dq, dk, dv)`` for
+    ``dout`` (and ``dlse``, ``[B, Hq, Sq]``, when the loss reads lse). Built-in element masks,
+    no score modification or softcap. Not a kernel: the generated backward does not exist yet."""
+    dl = None if dlse is None else np.ascontiguousarray(np.asarray(dlse, dtype=np.float64).reshape(-1))
+    return _native.backward_reference(spec, _f32("q", q), _f32("k", k), _f32("v", v), _f32("dout", dout), dl, _doc(doc))

@@ -1,0 +1,223 @@
+"""``attnforge.torch``: attnforge kernels as a PyTorch op.
+
+``attention(q, k, v, mask=..., score=..., backend="sim", return_lse=False, **params)`` is
+registered with ``torch.library.custom_op`` as ``attnforge::attention`` (with a fake
+implementation, so ``torch.compile`` traces it without running it) and has a module form,
+:class:`Attention`.
+
+What runs where: CPU tensors run through the extension, on the CPU simulator (the exact
+generated CUDA, a correctness tool: slow), on the f64 reference, or with ``backend="cuda"``
+on GPU 0 through host copies (built, never run on a GPU yet). CUDA tensors raise an error:
+the zero-copy GPU path (kernel cache, launch on PyTorch's current stream with its pointers
+and strides) is not built in this package yet. Forward only: the generated backward kernels do
+not exist yet: with ``backend="reference"`` the op's backward is the f64 reference backward
+(variants.md section 12; built-in element masks, no score modification or softcap), with
+any other backend a backward raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from . import _native, backward_reference as _backward_reference, run as _run
+from ._spec import build_spec
+
+__all__ = ["Attention", "attention", "spec_for"]
+
+_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise _native.InputError(f"input `{name}`: a {type(t).__name__}\n  fix: pass a torch.Tensor")
+        if t.dim() != 4:
+            raise _native.InputError(
+                f"input `{name}`: shape {tuple(t.shape)}\n  fix: pass {name} as [batch, heads, seq, head_dim]"
+            )
+        if t.dtype not in _DTYPES:
+            raise _native.InputError(
+                f"input `{name}`: dtype {t.dtype}\n  fix: use torch.float32, torch.float16 or torch.bfloat16"
+            )
+        if t.device.type != "cpu":
+            raise _native.InputError(
+                f"input `{name}`: a {t.device.type} tensor; attnforge's Python op runs CPU tensors only "
+                f"(the GPU launch on PyTorch's stream is not built yet"
+                f"{'' if torch.cuda.is_available() else '; and no CUDA GPU/driver is present here'})\n"
+                f"  fix: pass {name}.cpu(), or emit the kernel with `attnforge emit` and launch it yourself"
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise _native.InputError(
+            f"inputs: dtypes differ (q {q.dtype}, k {k.dtype}, v {v.dtype})\n  fix: pass q, k and v of one dtype"
+        )
+
+
+def spec_for(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: Optional[str] = None,
+    score: Optional[str] = None,
+    scale: Optional[float] = None,
+    **params: Any,
+) -> str:
+    """Spec-file text for q's dtype and head dimension (GQA when q and k have different
+    head counts); see :func:`attnforge.build_spec` for mask, score and params."""
+    return build_spec(
+        _DTYPES.get(q.dtype, str(q.dtype)),
+        q.shape[-1],
+        mask=mask,
+        score=score,
+        gqa=q.shape[1] != k.shape[1],
+        scale=scale,
+        **params,
+    )
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.float()  # NumPy has no bfloat16; f16/bf16 values are exact in f32
+    return t.contiguous().numpy()
+
+
+@torch.library.custom_op("attnforge::attention", mutates_args=())
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: str,
+    backend: str,
+    doc: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_tensors(q, k, v)
+    d = None if doc is None else doc.detach().cpu().numpy()
+    out, lse = _run(spec, _numpy(q), _numpy(k), _numpy(v), backend=backend, doc=d)
+    return (
+        torch.from_numpy(out).to(q.dtype),
+        torch.from_numpy(lse).to(torch.float32),
+    )
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, spec, backend, doc):
+    b, hq, sq, _ = q.shape
+    return (
+        q.new_empty((b, hq, sq, v.shape[-1])),
+        q.new_empty((b, hq, sq), dtype=torch.float32),
+    )
+
+
+def _backward(ctx, grad_out, grad_lse):
+    if ctx.backend != "reference":
+        raise NotImplementedError(
+            f"attnforge.torch.attention has no backward for backend={ctx.backend!r}: the generated "
+            "backward kernels (issue 18) do not exist yet. backend=\"reference\" has the f64 "
+            "reference backward (CPU, slow); otherwise use the op under torch.no_grad()."
+        )
+    q, k, v, out = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dlse = None
+    if grad_lse is not None and bool(torch.any(grad_lse != 0)):
+        dlse = grad_lse.detach().double().contiguous().numpy()
+    d = None if ctx.doc is None else ctx.doc.numpy()
+    dq, dk, dv = _backward_reference(ctx.spec, _numpy(q), _numpy(k), _numpy(v), _numpy(grad_out), dlse=dlse, doc=d)
+    return (
+        torch.from_numpy(dq).to(q.dtype),
+        torch.from_numpy(dk).to(k.dtype),
+        torch.from_numpy(dv).to(v.dtype),
+        None,
+        None,
+        None,
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, spec, backend, doc = inputs
+    ctx.save_for_backward(q, k, v, output[0])
+    ctx.spec, ctx.backend = spec, backend
+    ctx.doc = None if doc is None else doc.detach().cpu()
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[str] = None,
+    score: Optional[str] = None,
+    *,
+    spec: Optional[str] = None,
+    backend: str = "sim",
+    return_lse: bool = False,
+    scale: Optional[float] = None,
+    doc: Union[torch.Tensor, Any, None] = None,
+    **params: Any,
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Attention of q ``[B, Hq, Sq, D]`` over k, v ``[B, Hkv, Sk, D]`` with an attnforge
+    variant.
+
+    The variant is ``spec`` (a catalog name or spec-file text), or built from ``mask``,
+    ``score``, ``scale`` and ``params`` for q's dtype and head dimension. ``doc``: document
+    ids (``[Sk]`` or ``[B, Sk]``) for the document masks. ``backend``: ``"sim"``,
+    ``"reference"`` or ``"cuda"`` (CPU tensors staged to GPU 0; untested on hardware). Returns ``out`` (q's dtype), and ``lse`` (float32, ``-inf`` on empty
+    rows) when ``return_lse``.
+    """
+    _check_tensors(q, k, v)
+    if spec is None:
+        spec = spec_for(q, k, mask=mask, score=score, scale=scale, **params)
+    elif mask is not None or score is not None or params or scale is not None:
+        raise _native.InputError(
+            "spec: given together with mask/score/scale/params\n"
+            "  fix: pass either spec= (catalog name or spec-file text) or mask=/score=/params"
+        )
+    if doc is not None and not isinstance(doc, torch.Tensor):
+        doc = torch.as_tensor(np.asarray(doc))
+    if doc is not None:
+        doc = doc.to(torch.int32).reshape(-1)
+    out, lse = _attention_op(q, k, v, spec, backend, doc)
+    return (out, lse) if return_lse else out
+
+
+class Attention(torch.nn.Module):
+    """Module form of :func:`attention` with a fixed variant: ``Attention(mask="local",
+    window_left=16, window_right=0)(q, k, v)``."""
+
+    def __init__(
+        self,
+        mask: Optional[str] = None,
+        score: Optional[str] = None,
+        *,
+        spec: Optional[str] = None,
+        backend: str = "sim",
+        return_lse: bool = False,
+        scale: Optional[float] = None,
+        **params: Any,
+    ) -> None:
+        super().__init__()
+        self.mask, self.score, self.spec = mask, score, spec
+        self.backend, self.return_lse, self.scale, self.params = backend, return_lse, scale, params
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: Optional[torch.Tensor] = None):
+        if self.spec is not None:
+            return attention(q, k, v, spec=self.spec, backend=self.backend, return_lse=self.return_lse, doc=doc)
+        return attention(
+            q,
+            k,
+            v,
+            self.mask,
+            self.score,
+            backend=self.backend,
+            return_lse=self.return_lse,
+            scale=self.scale,
+            doc=doc,
+            **self.params,
+        )
+
+    def extra_repr(self) -> str:
+        return f"mask={self.mask!r}, score={self.score!r}, backend={self.backend!r}"

@@ -138,7 +138,7 @@ fn print_usage() {
                       main loops side by side; tools in .toolchain/anchors)\n  \
          pytest [ARGS] the Python package's tests: venv .toolchain/pyenv (torch from PyPI),\n               \
                       maturin develop, pytest python/tests (ARGS go to pytest); also the last\n               \
-                      step of `test` when ATTNFORGE_PYTEST=1",
+                      step of `test` (whole workspace; ATTNFORGE_PYTEST=0 skips it)",
         MAIN_JOB.join(" "),
         MAIN_JOB_DEFAULT_ARGS.join(" ")
     );
@@ -362,7 +362,8 @@ fn run_step(label: &str, cmd: &mut Command) -> Result<()> {
 fn test(scope: &[String]) -> Result<()> {
     warn_low_disk();
     let dir = setup()?;
-    let scope: Vec<String> = if scope.is_empty() {
+    let whole = scope.is_empty();
+    let scope: Vec<String> = if whole {
         vec!["--workspace".to_owned()]
     } else {
         scope.to_vec()
@@ -387,7 +388,9 @@ fn test(scope: &[String]) -> Result<()> {
         }
         run_step(&label, &mut cmd)?;
     }
-    if std::env::var("ATTNFORGE_PYTEST").is_ok_and(|v| v == "1") {
+    // the Python package is tested with the whole workspace; ATTNFORGE_PYTEST=0 skips it
+    // (the first run installs torch into .toolchain/pyenv: minutes and about 5 GB)
+    if whole && !std::env::var("ATTNFORGE_PYTEST").is_ok_and(|v| v == "0") {
         pytest::run(&[])?;
     }
     println!("\nxtask: all steps passed");

@@ -7,7 +7,7 @@
 //!    that environment, with `target/python` as its target folder.
 //! 3. `python -m pytest python/tests`.
 //!
-//! `cargo xtask test` runs it as its last step when `ATTNFORGE_PYTEST=1`.
+//! `cargo xtask test` (whole workspace) runs it as its last step; `ATTNFORGE_PYTEST=0` skips it.
 
 use std::fs;
 use std::path::PathBuf;

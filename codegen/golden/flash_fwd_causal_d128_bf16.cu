@@ -691,13 +691,72 @@ __device__ __forceinline__ bool af_tc_kv_vector(const af_lminf_scoring&, const a
     return (((unsigned long long)blk.vb & 15) | (unsigned long long)(a.v_stride_s & 7)) == 0;
 }
 
+// This thread's share of a K/V tile copy: 16-byte chunk column c of rows j0, j0 + RPP, ...
+// (RPP = threads / chunks per row), one row per pass. Built once per block, so an interior
+// tile's copies are a pointer advanced by a loop-invariant stride and shared-memory offsets
+// that are compile-time steps from soff (rows 8 apart share their swizzle).
+template <class Tile, typename T>
+struct af_tc_kv_plan {
+    static constexpr int CPR = Tile::D / 8;  // 16-byte chunks per row
+    static constexpr bool PASSED = Tile::NT % CPR == 0 && (Tile::BN * CPR) % Tile::NT == 0;
+    static constexpr int RPP = PASSED ? Tile::NT / CPR : 1;  // rows per pass
+    static constexpr int PASSES = PASSED ? Tile::BN / RPP : 0;
+    const T* k;            // this thread's first chunk of key row 0 (row j0, column c)
+    const T* v;
+    long long k_pass;      // elements between one pass's row and the next (RPP rows)
+    long long v_pass;
+    int j0, c, soff;       // first row, chunk column (elements), shared offset in a stage
+    // shared offset of pass p's chunk from pass 0's (a constant when RPP is a multiple of 8)
+    __device__ __forceinline__ int off(int p) const {
+        if constexpr (RPP % 8 == 0) return p * RPP * Tile::D;
+        else return af_swz<Tile::D>(j0 + p * RPP, c) - soff;
+    }
+};
+template <class Tile, typename T>
+__device__ __forceinline__ af_tc_kv_plan<Tile, T> af_tc_kv_plan_of(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, int tid) {
+    using P = af_tc_kv_plan<Tile, T>;
+    af_tc_kv_plan<Tile, T> pl;
+    pl.j0 = tid / P::CPR;
+    pl.c = (tid % P::CPR) * 8;
+    pl.soff = af_swz<Tile::D>(pl.j0, pl.c);
+    pl.k = blk.kb + pl.j0 * a.k_stride_s + pl.c;
+    pl.v = blk.vb + pl.j0 * a.v_stride_s + pl.c;
+    pl.k_pass = P::RPP * a.k_stride_s;
+    pl.v_pass = P::RPP * a.v_stride_s;
+    return pl;
+}
+
+// Whether tile t0 takes the interior copy path: every row in range and cp.async-able.
+template <class Tile, typename T>
+__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, long long t0, bool vec) {
+    return af_tc_kv_plan<Tile, T>::PASSED && vec && t0 + Tile::BN <= a.seq_k;
+}
+
 // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
+// Interior tiles: the plan's pointers, no bounds or alignment tests. Edge tiles (the last,
+// partial one) and unaligned tensors: per-chunk index math and guards, kept rolled.
 // vec_kv, tid and zero come by reference like the other loop invariants: passed by value,
-// NVVM lays out this loop's branches differently and the main loop gets 5 more instructions.
+// NVVM lays out this loop's branches differently and the main loop gets more instructions.
 template <class Tile, typename T, class SK, class SV>
 __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
+                                              int st, const bool& vec_kv, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+    if (af_tc_kv_interior<Tile>(a, t0, vec_kv)) {
+        const T* kp = pl.k + t0 * a.k_stride_s;
+        const T* vp = pl.v + t0 * a.v_stride_s;
+        T* const dk = &sK[st * BN * D + pl.soff];
+        T* const dv = &sV[st * BN * D + pl.soff];
+#pragma unroll
+        for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+            af_cp_async_16(dk + pl.off(p), kp);
+            af_cp_async_16(dv + pl.off(p), vp);
+            kp += pl.k_pass;
+            vp += pl.v_pass;
+        }
+        return;
+    }
+#pragma unroll 1
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
@@ -719,7 +778,8 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
 // (branch 1, STAGES * BN * D elements further), through registers; V with cp.async.
 template <class Tile, typename T, class SK, class SV>
 __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_v, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
+                                              int st, const bool& vec_v, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::STAGES * Tile::BN * Tile::D;
     using TT = af_tc_type<T>;
     // RoPE per element pair, kept rolled: one copy of the rotation code
@@ -739,6 +799,17 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         sK[o0] = TT::from(x0);
         sK[o1] = TT::from(x1);
     }
+    if (af_tc_kv_interior<Tile>(a, t0, vec_v)) {
+        const T* vp = pl.v + t0 * a.v_stride_s;
+        T* const dv = &sV[st * BN * D + pl.soff];
+#pragma unroll
+        for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+            af_cp_async_16(dv + pl.off(p), vp);
+            vp += pl.v_pass;
+        }
+        return;
+    }
+#pragma unroll 1
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
@@ -753,13 +824,12 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
 }
 
 // S += Q K^T on tensor cores for one warp's 16-row slab, from swizzled shared tiles (Q at
-// element q0 of sQ, K at element k0 of sK). The loop over the head dimension unrolls 4
-// k-steps (QK_K_UNROLL in emit.rs): 16 to 64 mma per iteration, enough to hide the ldmatrix
-// latency; it indexes no register array, so it need not unroll fully.
+// element q0 of sQ, K at element k0 of sK). The loop over the head dimension is fully
+// unrolled (QK_K_UNROLL in emit.rs): every ldmatrix address is a per-lane base plus a constant.
 template <class Tile, typename T, class SQ, class SK>
 __device__ __forceinline__ void af_tc_qk(float (&s)[Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0, int warp, int lane) {
     constexpr int D = Tile::D, NT8 = Tile::BN / 8;
-#pragma unroll 4
+#pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
         unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
         af_ldmatrix_x4(qa, &sQ[q0 + af_swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)]);
@@ -792,6 +862,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     const auto hooks = block_hooks(blk.b, blk.h);
     const T zero = TT::from(0.f);
     const bool vec_kv = af_tc_kv_vector(sc, a, blk);
+    const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(a, blk, tid);
     af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
 
     // online softmax state (log2 domain) of this thread's rows g = lane / 4 and g + 8 of the
@@ -808,7 +879,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
 
     const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
-    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, t0, st, vec_kv, tid, zero); };
+    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, kv_plan, t0, st, vec_kv, tid, zero); };
     // pipeline: a second cursor runs STAGES - 1 tiles ahead; one commit group per tile
     // (possibly empty), so wait<STAGES - 2> means "the current tile has landed"
     long long cur = tiles.first, n0;

@@ -252,6 +252,9 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     const auto hooks = block_hooks(blk.b, blk.h);
     const T zero = TT::from(0.f);
     const bool vec_kv = af_tc_kv_vector(sc, a, blk);
+    // the row max of raw scores is the max in log2 units only for a positive scale
+    af_require(a.scale > 0.f, "scale: must be a finite positive number");
+    const float scale_log2 = a.scale * AF_LOG2E;
     const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(a, blk, tid);
     af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
 
@@ -315,42 +318,64 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             if ((br >> bi) & 1) af_tc_qk<Tile, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, warp, lane);
         }
 
-        // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
-        // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
-        af_bits_t<NT8 * 4> okb, nearb;
-        af_element_bits<BM, BN, NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
-                                         [&](int i, int& tr, int& tc) {
-                                             const int j = i >> 2, e = i & 3;
-                                             tr = warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                                             tc = j * 8 + 2 * (lane & 3) + (e & 1);
-                                         });
-        // score mod, mask bits, online softmax on the C fragments
-        float mx[2] = {-INFINITY, -INFINITY};
+        // The tile's scores go to s[0] as values v whose score in log2 units is v * f. Interior
+        // tiles of a kernel without score modification keep the raw dot products: f = scale
+        // log2 e is folded into the max (per row) and into the exponent's FFMA, and there is
+        // no mask select. Edge and partial tiles, tiles merging scoring branches and score
+        // modifications apply scale, score and mask per element (f = log2 e).
+        float f = AF_LOG2E;
+        if (af_is_identity_score<decltype(hooks.score)>::value &&
+            !af_tile_is_edge<BM, BN, decltype(hooks.mask), Scoring>(kind, br, blk, n0, a.seq_k)) {
+            f = scale_log2;
+            if constexpr (NB > 1) {
+                if (!(br & 1)) {  // one branch, not the near one
 #pragma unroll
-        for (int j = 0; j < NT8; ++j) {
+                    for (int j = 0; j < NT8; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int bit = 4 * j + e;
-                const long long q_pos = blk.m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1) + blk.shift;
-                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
-                float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][j][e] : s[0][j][e]) * a.scale;  // scaled score
-                if ((okb >> bit) & 1) {
-                    x = hooks.score(x, q_pos, kv_pos);
-                    x *= AF_LOG2E;
-                } else {
-                    x = -INFINITY;  // masked
+                        for (int e = 0; e < 4; ++e) s[0][j][e] = s[NB - 1][j][e];
                 }
-                s[0][j][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        } else {
+            // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
+            // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
+            af_bits_t<NT8 * 4> okb, nearb;
+            af_element_bits<BM, BN, NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                                             [&](int i, int& tr, int& tc) {
+                                                 const int j = i >> 2, e = i & 3;
+                                                 tr = warp * 16 + (lane >> 2) + 8 * (e >> 1);
+                                                 tc = j * 8 + 2 * (lane & 3) + (e & 1);
+                                             });
+            // score mod and mask bits on the C fragments
+#pragma unroll
+            for (int j = 0; j < NT8; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int bit = 4 * j + e;
+                    const long long q_pos = blk.m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1) + blk.shift;
+                    const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                    float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][j][e] : s[0][j][e]) * a.scale;  // scaled score
+                    if ((okb >> bit) & 1) {
+                        x = hooks.score(x, q_pos, kv_pos);
+                    } else {
+                        x = -INFINITY;  // masked
+                    }
+                    s[0][j][e] = x;
+                }
             }
         }
+        // online softmax on the C fragments: the row max of v, then in log2 units (f > 0)
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < NT8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[0][j][e]);
         float m_use[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             // the 4 lanes of a quad share a row
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float m_new = fmaxf(m_i[r], mx[r]);
+            const float m_new = fmaxf(m_i[r], mx[r] * f);
             m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
             const float alpha = exp2f(m_i[r] - m_use[r]);
             m_i[r] = m_new;
@@ -361,13 +386,14 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
                 acc[dt][2 * r + 1] *= alpha;
             }
         }
-        // P = exp2(S - m) stays in registers; l sums this lane's columns (quad-reduced at the end)
+        // P = exp2(v f - m) (one FFMA) stays in registers; l sums this lane's columns
+        // (quad-reduced at the end)
         float (&p)[NT8][4] = s[0];
 #pragma unroll
         for (int j = 0; j < NT8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                p[j][e] = exp2f(p[j][e] - m_use[e >> 1]);
+                p[j][e] = exp2f(fmaf(p[j][e], f, -m_use[e >> 1]));
                 l_i[e >> 1] += p[j][e];
             }
 

@@ -213,22 +213,42 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
     }
 }
 
+// A lane's ldmatrix row address in a swizzled [rows][D] tile (af_swz) at each pair of 16-byte
+// chunks kk (columns 16 kk + 8 b): af_swz<D>(row + 8 n, 16 kk + 8 b) = at(kk) + 8 n D. The
+// swizzle XORs the chunk index with row & 7, so pair kk's offset depends on kk & 3 only, plus
+// 64 (kk >> 2): four per-lane offsets, computed once per block, make every fragment address
+// of a key tile a constant offset from them.
+template <int D>
+struct af_tc_frag_addr {
+    int o[4];
+    __device__ __forceinline__ int at(int kk) const { return o[kk & 3] + (kk >> 2) * 64; }
+};
+template <int D>
+__device__ __forceinline__ af_tc_frag_addr<D> af_tc_frag_addr_of(int row, int b) {
+    static_assert(D >= 64, "a period of 4 chunk pairs needs 8 chunks per row");
+    af_tc_frag_addr<D> f;
+#pragma unroll
+    for (int m = 0; m < 4; ++m) f.o[m] = af_opaque(af_swz<D>(row, 16 * m + 8 * b));
+    return f;
+}
+
 // S += Q K^T on tensor cores for one warp's 16-row slab, from swizzled shared tiles (Q at
-// element q0 of sQ, K at element k0 of sK). The loop over the head dimension is fully
-// unrolled (QK_K_UNROLL in emit.rs): every ldmatrix address is a per-lane base plus a constant.
+// element q0 of sQ, K at element k0 of sK; qf, kf: the lane's fragment addresses). The loop
+// over the head dimension is fully unrolled (QK_K_UNROLL in emit.rs).
 template <class Tile, typename T, class SQ, class SK>
-__device__ __forceinline__ void af_tc_qk(float (&s)[Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0, int warp, int lane) {
+__device__ __forceinline__ void af_tc_qk(float (&s)[Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0,
+                                         const af_tc_frag_addr<Tile::D>& qf, const af_tc_frag_addr<Tile::D>& kf) {
     constexpr int D = Tile::D, NT8 = Tile::BN / 8;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
         unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
-        af_ldmatrix_x4(qa, &sQ[q0 + af_swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)]);
+        af_ldmatrix_x4(qa, &sQ[q0 + qf.at(kk)]);
 #pragma unroll
         for (int np = 0; np < NT8 / 2; ++np) {
-            unsigned kf[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
-            af_ldmatrix_x4(kf, &sK[k0 + af_swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)]);
-            af_tc_type<T>::mma(s[2 * np], qa, kf, s[2 * np]);
-            af_tc_type<T>::mma(s[2 * np + 1], qa, kf + 2, s[2 * np + 1]);
+            unsigned kb[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
+            af_ldmatrix_x4(kb, &sK[k0 + kf.at(kk) + np * 16 * D]);
+            af_tc_type<T>::mma(s[2 * np], qa, kb, s[2 * np]);
+            af_tc_type<T>::mma(s[2 * np + 1], qa, kb + 2, s[2 * np + 1]);
         }
     }
 }
@@ -256,6 +276,12 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require(a.scale > 0.f, "scale: must be a finite positive number");
     const float scale_log2 = a.scale * AF_LOG2E;
     const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(a, blk, tid);
+    // ldmatrix row addresses of this lane: Q (A operand) row 16 warp + (lane & 15), chunk
+    // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
+    // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4
+    const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(warp * 16 + (lane & 15), lane >> 4);
+    const af_tc_frag_addr<D> k_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
+    const af_tc_frag_addr<D> v_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
 
     // online softmax state (log2 domain) of this thread's rows g = lane / 4 and g + 8 of the
@@ -315,7 +341,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             for (int j = 0; j < NT8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[bi][j][e] = 0.f;
-            if ((br >> bi) & 1) af_tc_qk<Tile, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, warp, lane);
+            if ((br >> bi) & 1) af_tc_qk<Tile, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, q_frag, k_frag);
         }
 
         // The tile's scores go to s[0] as values v whose score in log2 units is v * f. Interior
@@ -408,7 +434,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 unsigned vf[4];  // B fragments of output n8 tiles 2 dp, 2 dp + 1 (.trans: V rows are k)
-                af_ldmatrix_x4_trans(vf, &sV[kst + af_swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 16 + (lane >> 4) * 8)]);
+                af_ldmatrix_x4_trans(vf, &sV[kst + v_frag.at(dp) + kk * 16 * D]);
                 TT::mma(acc[2 * dp], pa, vf, acc[2 * dp]);
                 TT::mma(acc[2 * dp + 1], pa, vf + 2, acc[2 * dp + 1]);
             }

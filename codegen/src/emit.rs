@@ -327,7 +327,11 @@ mod tests {
     #[test]
     fn qk_unroll_matches_the_template() {
         let qk = &FWD_TC_CUH[FWD_TC_CUH.find("void af_tc_qk(").unwrap()..];
-        assert_eq!(QK_K_UNROLL, 256 / 16, "full unroll covers the largest head dimension");
+        assert_eq!(
+            QK_K_UNROLL,
+            256 / 16,
+            "full unroll covers the largest head dimension"
+        );
         let pragma = "#pragma unroll\n    for (int kk = 0; kk < D / 16; ++kk)";
         assert!(
             qk.contains(pragma),

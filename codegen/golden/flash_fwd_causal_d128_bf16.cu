@@ -634,7 +634,8 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t
 // ---- begin af_fwd_tc.cuh ----
 // attnforge tensor-core forward main loop (mma.sync m16n8k16, f32 accumulation; ldmatrix;
 // cp.async with STAGES K/V buffers). Per thread block: BM query rows of one (b, h); warp w
-// owns query rows [16 w, 16 w + 16) of the tile. Policies: see af_fwd.cuh.
+// owns query rows [WM w, WM w + WM) of the tile (WM = BM / warps: 16 or 32 rows, one or two
+// 16-row slabs, so a K/V fragment feeds one or two mma). Policies: see af_fwd.cuh.
 //
 // for each key tile of the schedule (a second cursor runs STAGES - 1 tiles ahead to prefetch):
 //     S = Q K^T per scoring branch; allowed-element bits (partial and edge tiles)
@@ -866,23 +867,28 @@ __device__ __forceinline__ af_tc_frag_addr<D> af_tc_frag_addr_of(int row, int b)
     return f;
 }
 
-// S += Q K^T on tensor cores for one warp's 16-row slab, from swizzled shared tiles (Q at
-// element q0 of sQ, K at element k0 of sK; qf, kf: the lane's fragment addresses). The loop
+// S += Q K^T on tensor cores for one warp's SL 16-row slabs (C fragments of slab sl are
+// s[sl NT8 ..]), from swizzled shared tiles (Q at element q0 of sQ, K at element k0 of sK;
+// qf, kf: the lane's fragment addresses). Each K fragment feeds SL pairs of mma. The loop
 // over the head dimension is fully unrolled (QK_K_UNROLL in emit.rs).
-template <class Tile, typename T, class SQ, class SK>
-__device__ __forceinline__ void af_tc_qk(float (&s)[Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0,
+template <class Tile, int SL, typename T, class SQ, class SK>
+__device__ __forceinline__ void af_tc_qk(float (&s)[SL * Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0,
                                          const af_tc_frag_addr<Tile::D>& qf, const af_tc_frag_addr<Tile::D>& kf) {
     constexpr int D = Tile::D, NT8 = Tile::BN / 8;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
-        af_ldmatrix_x4(qa, &sQ[q0 + qf.at(kk)]);
+        unsigned qa[SL][4];  // A fragments: lane gives row WM warp + 16 sl + (lane & 15), k chunk lane >> 4
+#pragma unroll
+        for (int sl = 0; sl < SL; ++sl) af_ldmatrix_x4(qa[sl], &sQ[q0 + qf.at(kk) + sl * 16 * D]);
 #pragma unroll
         for (int np = 0; np < NT8 / 2; ++np) {
             unsigned kb[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
             af_ldmatrix_x4(kb, &sK[k0 + kf.at(kk) + np * 16 * D]);
-            af_tc_type<T>::mma(s[2 * np], qa, kb, s[2 * np]);
-            af_tc_type<T>::mma(s[2 * np + 1], qa, kb + 2, s[2 * np + 1]);
+#pragma unroll
+            for (int sl = 0; sl < SL; ++sl) {
+                af_tc_type<T>::mma(s[sl * NT8 + 2 * np], qa[sl], kb, s[sl * NT8 + 2 * np]);
+                af_tc_type<T>::mma(s[sl * NT8 + 2 * np + 1], qa[sl], kb + 2, s[sl * NT8 + 2 * np + 1]);
+            }
         }
     }
 }
@@ -891,11 +897,13 @@ template <class Tile, typename T, class Schedule, class BlockHooks, class Scorin
 __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
                                           const Scoring& sc) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, STAGES = Tile::STAGES;
-    constexpr int NT8 = BN / 8;  // n8 tiles of S per warp (C fragments)
-    constexpr int DT8 = D / 8;   // n8 tiles of O per warp
+    constexpr int WM = BM / Tile::NW;  // query rows per warp
+    constexpr int SL = WM / 16;        // 16-row slabs per warp
+    constexpr int NT8 = BN / 8;        // n8 tiles of S per slab (C fragments)
+    constexpr int DT8 = D / 8;         // n8 tiles of O per slab
     constexpr int NB = Scoring::BRANCHES;
     using TT = af_tc_type<T>;
-    static_assert(BM == 16 * Tile::NW, "one 16-row slab per warp");
+    static_assert(BM == WM * Tile::NW && (SL == 1 || SL == 2), "one or two 16-row slabs per warp");
     // [NB][BM][D] Q, [NB][STAGES][BN][D] K, [STAGES][BN][D] V, all swizzled (af_swz)
     AF_DYNAMIC_SHARED(T, af_smem);
     AF_SHARED_VIEW(T, sQ, af_smem, 0, NB * BM * D);
@@ -910,24 +918,25 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require(a.scale > 0.f, "scale: must be a finite positive number");
     const float scale_log2 = a.scale * AF_LOG2E;
     const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(a, blk, tid);
-    // ldmatrix row addresses of this lane: Q (A operand) row 16 warp + (lane & 15), chunk
+    // ldmatrix row addresses of this lane: Q (A operand) row WM warp + (lane & 15), chunk
     // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
     // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4
-    const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(warp * 16 + (lane & 15), lane >> 4);
+    const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(warp * WM + (lane & 15), lane >> 4);
     const af_tc_frag_addr<D> k_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
     const af_tc_frag_addr<D> v_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
 
-    // online softmax state (log2 domain) of this thread's rows g = lane / 4 and g + 8 of the
-    // warp's slab, and the O accumulators (C fragments of the D / 8 output n8 tiles)
-    float m_i[2], l_i[2], acc[DT8][4];
+    // online softmax state (log2 domain) of this thread's rows: r = 2 sl + h is row g + 8 h
+    // (g = lane / 4) of slab sl; the O accumulators, C fragments of the D / 8 output n8 tiles
+    // of each slab (acc[sl DT8 + dt])
+    float m_i[2 * SL], l_i[2 * SL], acc[SL * DT8][4];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 2 * SL; ++r) {
         m_i[r] = -INFINITY;
         l_i[r] = 0.f;
     }
 #pragma unroll
-    for (int dt = 0; dt < DT8; ++dt)
+    for (int dt = 0; dt < SL * DT8; ++dt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
 
@@ -966,16 +975,16 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             ++it;
         }
 
-        // S = Q K^T on tensor cores (f32 accumulation), per warp 16 x BN in C fragments, per
-        // scoring branch the tile needs
-        float s[NB][NT8][4];
+        // S = Q K^T on tensor cores (f32 accumulation), per warp WM x BN in C fragments (n8
+        // tile j of slab sl is s[.][sl NT8 + j]), per scoring branch the tile needs
+        float s[NB][SL * NT8][4];
 #pragma unroll
         for (int bi = 0; bi < NB; ++bi) {
 #pragma unroll
-            for (int j = 0; j < NT8; ++j)
+            for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[bi][j][e] = 0.f;
-            if ((br >> bi) & 1) af_tc_qk<Tile, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, q_frag, k_frag);
+            if ((br >> bi) & 1) af_tc_qk<Tile, SL, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, q_frag, k_frag);
         }
 
         // The tile's scores go to s[0] as values v whose score in log2 units is v * f. Interior
@@ -990,29 +999,30 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             if constexpr (NB > 1) {
                 if (!(br & 1)) {  // one branch, not the near one
 #pragma unroll
-                    for (int j = 0; j < NT8; ++j)
+                    for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
                         for (int e = 0; e < 4; ++e) s[0][j][e] = s[NB - 1][j][e];
                 }
             }
         } else {
-            // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
-            // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
-            af_bits_t<NT8 * 4> okb, nearb;
-            af_element_bits<BM, BN, NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
-                                             [&](int i, int& tr, int& tc) {
-                                                 const int j = i >> 2, e = i & 3;
-                                                 tr = warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                                                 tc = j * 8 + 2 * (lane & 3) + (e & 1);
-                                             });
+            // element e of n8 tile j of slab sl of the C fragments is row 16 sl + g + 8 (e >> 1)
+            // of the warp's rows, column 8 j + 2 t + (e & 1) (g = lane >> 2, t = lane & 3); it is
+            // element 4 (sl NT8 + j) + e of the allowed-element bits
+            af_bits_t<SL * NT8 * 4> okb, nearb;
+            af_element_bits<BM, BN, SL * NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                                                  [&](int i, int& tr, int& tc) {
+                                                      const int j = i >> 2, e = i & 3;
+                                                      tr = warp * WM + 16 * (j / NT8) + (lane >> 2) + 8 * (e >> 1);
+                                                      tc = (j % NT8) * 8 + 2 * (lane & 3) + (e & 1);
+                                                  });
             // score mod and mask bits on the C fragments
 #pragma unroll
-            for (int j = 0; j < NT8; ++j) {
+            for (int j = 0; j < SL * NT8; ++j) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int bit = 4 * j + e;
-                    const long long q_pos = blk.m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1) + blk.shift;
-                    const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                    const long long q_pos = blk.m0 + warp * WM + 16 * (j / NT8) + (lane >> 2) + 8 * (e >> 1) + blk.shift;
+                    const long long kv_pos = n0 + (j % NT8) * 8 + 2 * (lane & 3) + (e & 1);
                     float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][j][e] : s[0][j][e]) * a.scale;  // scaled score
                     if ((okb >> bit) & 1) {
                         x = hooks.score(x, q_pos, kv_pos);
@@ -1024,14 +1034,17 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             }
         }
         // online softmax on the C fragments: the row max of v, then in log2 units (f > 0)
-        float mx[2] = {-INFINITY, -INFINITY};
+        // (element e of n8 tile j is on row state r = 2 (j / NT8) + (e >> 1))
+        float mx[2 * SL];
 #pragma unroll
-        for (int j = 0; j < NT8; ++j)
+        for (int r = 0; r < 2 * SL; ++r) mx[r] = -INFINITY;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[0][j][e]);
-        float m_use[2];
+        for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
+            for (int e = 0; e < 4; ++e) mx[2 * (j / NT8) + (e >> 1)] = fmaxf(mx[2 * (j / NT8) + (e >> 1)], s[0][j][e]);
+        float m_use[2 * SL];
+#pragma unroll
+        for (int r = 0; r < 2 * SL; ++r) {
             // the 4 lanes of a quad share a row
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
@@ -1042,35 +1055,43 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             l_i[r] *= alpha;
 #pragma unroll
             for (int dt = 0; dt < DT8; ++dt) {
-                acc[dt][2 * r] *= alpha;
-                acc[dt][2 * r + 1] *= alpha;
+                acc[(r >> 1) * DT8 + dt][2 * (r & 1)] *= alpha;
+                acc[(r >> 1) * DT8 + dt][2 * (r & 1) + 1] *= alpha;
             }
         }
         // P = exp2(v f - m) (one FFMA) stays in registers; l sums this lane's columns
         // (quad-reduced at the end)
-        float (&p)[NT8][4] = s[0];
+        float (&p)[SL * NT8][4] = s[0];
 #pragma unroll
-        for (int j = 0; j < NT8; ++j)
+        for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                p[j][e] = exp2f(fmaf(p[j][e], f, -m_use[e >> 1]));
-                l_i[e >> 1] += p[j][e];
+                p[j][e] = exp2f(fmaf(p[j][e], f, -m_use[2 * (j / NT8) + (e >> 1)]));
+                l_i[2 * (j / NT8) + (e >> 1)] += p[j][e];
             }
 
-        // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1) are the A fragment of P
+        // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1 of a slab) are the A fragment
+        // of P; each V fragment feeds SL pairs of mma
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            unsigned pa[4];
-            pa[0] = TT::pack(p[2 * kk][0], p[2 * kk][1]);
-            pa[1] = TT::pack(p[2 * kk][2], p[2 * kk][3]);
-            pa[2] = TT::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-            pa[3] = TT::pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+            unsigned pa[SL][4];
+#pragma unroll
+            for (int sl = 0; sl < SL; ++sl) {
+                const int j = sl * NT8 + 2 * kk;
+                pa[sl][0] = TT::pack(p[j][0], p[j][1]);
+                pa[sl][1] = TT::pack(p[j][2], p[j][3]);
+                pa[sl][2] = TT::pack(p[j + 1][0], p[j + 1][1]);
+                pa[sl][3] = TT::pack(p[j + 1][2], p[j + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 unsigned vf[4];  // B fragments of output n8 tiles 2 dp, 2 dp + 1 (.trans: V rows are k)
                 af_ldmatrix_x4_trans(vf, &sV[kst + v_frag.at(dp) + kk * 16 * D]);
-                TT::mma(acc[2 * dp], pa, vf, acc[2 * dp]);
-                TT::mma(acc[2 * dp + 1], pa, vf + 2, acc[2 * dp + 1]);
+#pragma unroll
+                for (int sl = 0; sl < SL; ++sl) {
+                    TT::mma(acc[sl * DT8 + 2 * dp], pa[sl], vf, acc[sl * DT8 + 2 * dp]);
+                    TT::mma(acc[sl * DT8 + 2 * dp + 1], pa[sl], vf + 2, acc[sl * DT8 + 2 * dp + 1]);
+                }
             }
         }
     }
@@ -1081,16 +1102,19 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require((((unsigned long long)blk.ob & 3) | (unsigned long long)(a.o_stride_s & 1)) == 0,
                "o: rows must be 4-byte aligned (even o_stride_s, 4-byte aligned o); pass a contiguous output");
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 2 * SL; ++r) {
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);
-        const long long row = blk.m0 + warp * 16 + (lane >> 2) + 8 * r;
+        const long long row = blk.m0 + warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1);
         if (row < a.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
             T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
 #pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) af_st_global_b32(dst + dt * 8, TT::pack(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
+            for (int dt = 0; dt < DT8; ++dt) {
+                const float* o = acc[(r >> 1) * DT8 + dt];
+                af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
+            }
             if ((lane & 3) == 0 && a.lse != nullptr)
                 a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }

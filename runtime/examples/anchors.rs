@@ -283,7 +283,9 @@ fn our_rows() -> Result<Vec<Row>, String> {
         let default = default_tile(&spec, Arch::Sm80)
             .ok_or_else(|| format!("`{name}` has no default tile"))?;
         let big = TileConfig::new(128, 64, 8, default.stages);
-        for (tile, what) in [(default, "default"), (big, "")] {
+        // 32 query rows per warp: each K/V fragment feeds two MMAs (FA2's shape for d128)
+        let two_slabs = TileConfig::new(128, 64, 4, default.stages);
+        for (tile, what) in [(default, "default"), (big, ""), (two_slabs, "")] {
             if what.is_empty() && tile == default {
                 continue;
             }

@@ -102,4 +102,15 @@ __device__ __forceinline__ void af_require(bool ok, const char* what) {
     (void)what;
     if (!ok) __trap();
 }
+
+// x, hidden from the compiler's value tracking: a per-lane offset computed once stays in a
+// register (instead of being recomputed from the thread index at every use), and sums with
+// it stay additions, whose constants fold into the address of a load.
+__device__ __forceinline__ int af_opaque(int x) {
+    int y;
+    asm("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+#else
+__device__ __forceinline__ int af_opaque(int x) { return x; }
 #endif  // ATTNFORGE_SIM

@@ -110,6 +110,17 @@ __device__ __forceinline__ void af_require(bool ok, const char* what) {
     (void)what;
     if (!ok) __trap();
 }
+
+// x, hidden from the compiler's value tracking: a per-lane offset computed once stays in a
+// register (instead of being recomputed from the thread index at every use), and sums with
+// it stay additions, whose constants fold into the address of a load.
+__device__ __forceinline__ int af_opaque(int x) {
+    int y;
+    asm("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+#else
+__device__ __forceinline__ int af_opaque(int x) { return x; }
 #endif  // ATTNFORGE_SIM
 // ---- end af_prelude.cuh ----
 
@@ -516,6 +527,11 @@ struct af_no_score_mod {
     __device__ __forceinline__ float operator()(float x, long long, long long) const { return x; }
 };
 
+// Whether a score modification is the identity (the main loops then fold the scale into the
+// softmax of interior tiles).
+template <class Score> struct af_is_identity_score { static constexpr bool value = false; };
+template <> struct af_is_identity_score<af_no_score_mod> { static constexpr bool value = true; };
+
 template <class Mask, class Score>
 struct af_block_hooks {
     Mask mask;
@@ -574,6 +590,15 @@ __device__ __forceinline__ void af_count_tile(int tid, int kind, const af_fwd_bl
     }
 }
 
+// Whether a visited tile needs per-element work: a partial tile of an element mask, an edge
+// tile (rows past seq_q, keys past seq_k) or a tile needing several scoring branches. The
+// others are interior: every element allowed, one branch.
+template <int BM, int BN, class Mask, class Scoring, typename T>
+__device__ __forceinline__ bool af_tile_is_edge(int kind, int br, const af_fwd_block<T>& blk, long long n0, int seq_k) {
+    return (Mask::active && kind == AF_TILE_PARTIAL) || blk.rows_valid < BM || n0 + BN > seq_k ||
+           (Scoring::BRANCHES > 1 && br == 3);
+}
+
 // Bit i of okb: element i of this thread's share of the tile is allowed (in range and, on
 // partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. One *rolled*
 // loop evaluates them on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles
@@ -587,8 +612,7 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t
     using W = af_bits_t<COUNT>;
     okb = ~W(0);
     nearb = (br & 1) ? ~W(0) : W(0);
-    if ((Mask::active && kind == AF_TILE_PARTIAL) || blk.rows_valid < BM || n0 + BN > seq_k ||
-        (Scoring::BRANCHES > 1 && br == 3)) {
+    if (af_tile_is_edge<BM, BN, Mask, Scoring>(kind, br, blk, n0, seq_k)) {
         okb = W(0);
         nearb = W(0);
         // rows and key columns of the tile that are in range
@@ -610,7 +634,8 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t
 // ---- begin af_fwd_tc.cuh ----
 // attnforge tensor-core forward main loop (mma.sync m16n8k16, f32 accumulation; ldmatrix;
 // cp.async with STAGES K/V buffers). Per thread block: BM query rows of one (b, h); warp w
-// owns query rows [16 w, 16 w + 16) of the tile. Policies: see af_fwd.cuh.
+// owns query rows [WM w, WM w + WM) of the tile (WM = BM / warps: 16 or 32 rows, one or two
+// 16-row slabs, so a K/V fragment feeds one or two mma). Policies: see af_fwd.cuh.
 //
 // for each key tile of the schedule (a second cursor runs STAGES - 1 tiles ahead to prefetch):
 //     S = Q K^T per scoring branch; allowed-element bits (partial and edge tiles)
@@ -691,13 +716,72 @@ __device__ __forceinline__ bool af_tc_kv_vector(const af_lminf_scoring&, const a
     return (((unsigned long long)blk.vb & 15) | (unsigned long long)(a.v_stride_s & 7)) == 0;
 }
 
+// This thread's share of a K/V tile copy: 16-byte chunk column c of rows j0, j0 + RPP, ...
+// (RPP = threads / chunks per row), one row per pass. Built once per block, so an interior
+// tile's copies are a pointer advanced by a loop-invariant stride and shared-memory offsets
+// that are compile-time steps from soff (rows 8 apart share their swizzle).
+template <class Tile, typename T>
+struct af_tc_kv_plan {
+    static constexpr int CPR = Tile::D / 8;  // 16-byte chunks per row
+    static constexpr bool PASSED = Tile::NT % CPR == 0 && (Tile::BN * CPR) % Tile::NT == 0;
+    static constexpr int RPP = PASSED ? Tile::NT / CPR : 1;  // rows per pass
+    static constexpr int PASSES = PASSED ? Tile::BN / RPP : 0;
+    const T* k;            // this thread's first chunk of key row 0 (row j0, column c)
+    const T* v;
+    long long k_pass;      // elements between one pass's row and the next (RPP rows)
+    long long v_pass;
+    int j0, c, soff;       // first row, chunk column (elements), shared offset in a stage
+    // shared offset of pass p's chunk from pass 0's (a constant when RPP is a multiple of 8)
+    __device__ __forceinline__ int off(int p) const {
+        if constexpr (RPP % 8 == 0) return p * RPP * Tile::D;
+        else return af_swz<Tile::D>(j0 + p * RPP, c) - soff;
+    }
+};
+template <class Tile, typename T>
+__device__ __forceinline__ af_tc_kv_plan<Tile, T> af_tc_kv_plan_of(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, int tid) {
+    using P = af_tc_kv_plan<Tile, T>;
+    af_tc_kv_plan<Tile, T> pl;
+    pl.j0 = tid / P::CPR;
+    pl.c = (tid % P::CPR) * 8;
+    pl.soff = af_swz<Tile::D>(pl.j0, pl.c);
+    pl.k = blk.kb + pl.j0 * a.k_stride_s + pl.c;
+    pl.v = blk.vb + pl.j0 * a.v_stride_s + pl.c;
+    pl.k_pass = P::RPP * a.k_stride_s;
+    pl.v_pass = P::RPP * a.v_stride_s;
+    return pl;
+}
+
+// Whether tile t0 takes the interior copy path: every row in range and cp.async-able.
+template <class Tile, typename T>
+__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, long long t0, bool vec) {
+    return af_tc_kv_plan<Tile, T>::PASSED && vec && t0 + Tile::BN <= a.seq_k;
+}
+
 // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
+// Interior tiles: the plan's pointers, no bounds or alignment tests. Edge tiles (the last,
+// partial one) and unaligned tensors: per-chunk index math and guards, kept rolled.
 // vec_kv, tid and zero come by reference like the other loop invariants: passed by value,
-// NVVM lays out this loop's branches differently and the main loop gets 5 more instructions.
+// NVVM lays out this loop's branches differently and the main loop gets more instructions.
 template <class Tile, typename T, class SK, class SV>
 __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
+                                              int st, const bool& vec_kv, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+    if (af_tc_kv_interior<Tile>(a, t0, vec_kv)) {
+        const T* kp = pl.k + t0 * a.k_stride_s;
+        const T* vp = pl.v + t0 * a.v_stride_s;
+        T* const dk = &sK[st * BN * D + pl.soff];
+        T* const dv = &sV[st * BN * D + pl.soff];
+#pragma unroll
+        for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+            af_cp_async_16(dk + pl.off(p), kp);
+            af_cp_async_16(dv + pl.off(p), vp);
+            kp += pl.k_pass;
+            vp += pl.v_pass;
+        }
+        return;
+    }
+#pragma unroll 1
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
@@ -719,7 +803,8 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
 // (branch 1, STAGES * BN * D elements further), through registers; V with cp.async.
 template <class Tile, typename T, class SK, class SV>
 __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, long long t0, int st, const bool& vec_v, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
+                                              int st, const bool& vec_v, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::STAGES * Tile::BN * Tile::D;
     using TT = af_tc_type<T>;
     // RoPE per element pair, kept rolled: one copy of the rotation code
@@ -739,6 +824,17 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         sK[o0] = TT::from(x0);
         sK[o1] = TT::from(x1);
     }
+    if (af_tc_kv_interior<Tile>(a, t0, vec_v)) {
+        const T* vp = pl.v + t0 * a.v_stride_s;
+        T* const dv = &sV[st * BN * D + pl.soff];
+#pragma unroll
+        for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+            af_cp_async_16(dv + pl.off(p), vp);
+            vp += pl.v_pass;
+        }
+        return;
+    }
+#pragma unroll 1
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
@@ -752,23 +848,47 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
     }
 }
 
-// S += Q K^T on tensor cores for one warp's 16-row slab, from swizzled shared tiles (Q at
-// element q0 of sQ, K at element k0 of sK). The loop over the head dimension unrolls 4
-// k-steps (QK_K_UNROLL in emit.rs): 16 to 64 mma per iteration, enough to hide the ldmatrix
-// latency; it indexes no register array, so it need not unroll fully.
-template <class Tile, typename T, class SQ, class SK>
-__device__ __forceinline__ void af_tc_qk(float (&s)[Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0, int warp, int lane) {
+// A lane's ldmatrix row address in a swizzled [rows][D] tile (af_swz) at each pair of 16-byte
+// chunks kk (columns 16 kk + 8 b): af_swz<D>(row + 8 n, 16 kk + 8 b) = at(kk) + 8 n D. The
+// swizzle XORs the chunk index with row & 7, so pair kk's offset depends on kk & 3 only, plus
+// 64 (kk >> 2): four per-lane offsets, computed once per block, make every fragment address
+// of a key tile a constant offset from them.
+template <int D>
+struct af_tc_frag_addr {
+    int o[4];
+    __device__ __forceinline__ int at(int kk) const { return o[kk & 3] + (kk >> 2) * 64; }
+};
+template <int D>
+__device__ __forceinline__ af_tc_frag_addr<D> af_tc_frag_addr_of(int row, int b) {
+    static_assert(D >= 64, "a period of 4 chunk pairs needs 8 chunks per row");
+    af_tc_frag_addr<D> f;
+#pragma unroll
+    for (int m = 0; m < 4; ++m) f.o[m] = af_opaque(af_swz<D>(row, 16 * m + 8 * b));
+    return f;
+}
+
+// S += Q K^T on tensor cores for one warp's SL 16-row slabs (C fragments of slab sl are
+// s[sl NT8 ..]), from swizzled shared tiles (Q at element q0 of sQ, K at element k0 of sK;
+// qf, kf: the lane's fragment addresses). Each K fragment feeds SL pairs of mma. The loop
+// over the head dimension is fully unrolled (QK_K_UNROLL in emit.rs).
+template <class Tile, int SL, typename T, class SQ, class SK>
+__device__ __forceinline__ void af_tc_qk(float (&s)[SL * Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0,
+                                         const af_tc_frag_addr<Tile::D>& qf, const af_tc_frag_addr<Tile::D>& kf) {
     constexpr int D = Tile::D, NT8 = Tile::BN / 8;
-#pragma unroll 4
+#pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        unsigned qa[4];  // A fragment: lane gives row 16 warp + (lane & 15), k chunk lane >> 4
-        af_ldmatrix_x4(qa, &sQ[q0 + af_swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)]);
+        unsigned qa[SL][4];  // A fragments: lane gives row WM warp + 16 sl + (lane & 15), k chunk lane >> 4
+#pragma unroll
+        for (int sl = 0; sl < SL; ++sl) af_ldmatrix_x4(qa[sl], &sQ[q0 + qf.at(kk) + sl * 16 * D]);
 #pragma unroll
         for (int np = 0; np < NT8 / 2; ++np) {
-            unsigned kf[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
-            af_ldmatrix_x4(kf, &sK[k0 + af_swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)]);
-            af_tc_type<T>::mma(s[2 * np], qa, kf, s[2 * np]);
-            af_tc_type<T>::mma(s[2 * np + 1], qa, kf + 2, s[2 * np + 1]);
+            unsigned kb[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
+            af_ldmatrix_x4(kb, &sK[k0 + kf.at(kk) + np * 16 * D]);
+#pragma unroll
+            for (int sl = 0; sl < SL; ++sl) {
+                af_tc_type<T>::mma(s[sl * NT8 + 2 * np], qa[sl], kb, s[sl * NT8 + 2 * np]);
+                af_tc_type<T>::mma(s[sl * NT8 + 2 * np + 1], qa[sl], kb + 2, s[sl * NT8 + 2 * np + 1]);
+            }
         }
     }
 }
@@ -777,11 +897,13 @@ template <class Tile, typename T, class Schedule, class BlockHooks, class Scorin
 __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
                                           const Scoring& sc) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, STAGES = Tile::STAGES;
-    constexpr int NT8 = BN / 8;  // n8 tiles of S per warp (C fragments)
-    constexpr int DT8 = D / 8;   // n8 tiles of O per warp
+    constexpr int WM = BM / Tile::NW;  // query rows per warp
+    constexpr int SL = WM / 16;        // 16-row slabs per warp
+    constexpr int NT8 = BN / 8;        // n8 tiles of S per slab (C fragments)
+    constexpr int DT8 = D / 8;         // n8 tiles of O per slab
     constexpr int NB = Scoring::BRANCHES;
     using TT = af_tc_type<T>;
-    static_assert(BM == 16 * Tile::NW, "one 16-row slab per warp");
+    static_assert(BM == WM * Tile::NW && (SL == 1 || SL == 2), "one or two 16-row slabs per warp");
     // [NB][BM][D] Q, [NB][STAGES][BN][D] K, [STAGES][BN][D] V, all swizzled (af_swz)
     AF_DYNAMIC_SHARED(T, af_smem);
     AF_SHARED_VIEW(T, sQ, af_smem, 0, NB * BM * D);
@@ -792,23 +914,34 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     const auto hooks = block_hooks(blk.b, blk.h);
     const T zero = TT::from(0.f);
     const bool vec_kv = af_tc_kv_vector(sc, a, blk);
+    // the row max of raw scores is the max in log2 units only for a positive scale
+    af_require(a.scale > 0.f, "scale: must be a finite positive number");
+    const float scale_log2 = a.scale * AF_LOG2E;
+    const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(a, blk, tid);
+    // ldmatrix row addresses of this lane: Q (A operand) row WM warp + (lane & 15), chunk
+    // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
+    // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4
+    const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(warp * WM + (lane & 15), lane >> 4);
+    const af_tc_frag_addr<D> k_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
+    const af_tc_frag_addr<D> v_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
 
-    // online softmax state (log2 domain) of this thread's rows g = lane / 4 and g + 8 of the
-    // warp's slab, and the O accumulators (C fragments of the D / 8 output n8 tiles)
-    float m_i[2], l_i[2], acc[DT8][4];
+    // online softmax state (log2 domain) of this thread's rows: r = 2 sl + h is row g + 8 h
+    // (g = lane / 4) of slab sl; the O accumulators, C fragments of the D / 8 output n8 tiles
+    // of each slab (acc[sl DT8 + dt])
+    float m_i[2 * SL], l_i[2 * SL], acc[SL * DT8][4];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 2 * SL; ++r) {
         m_i[r] = -INFINITY;
         l_i[r] = 0.f;
     }
 #pragma unroll
-    for (int dt = 0; dt < DT8; ++dt)
+    for (int dt = 0; dt < SL * DT8; ++dt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
 
     const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
-    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, t0, st, vec_kv, tid, zero); };
+    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, kv_plan, t0, st, vec_kv, tid, zero); };
     // pipeline: a second cursor runs STAGES - 1 tiles ahead; one commit group per tile
     // (possibly empty), so wait<STAGES - 2> means "the current tile has landed"
     long long cur = tiles.first, n0;
@@ -842,88 +975,123 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             ++it;
         }
 
-        // S = Q K^T on tensor cores (f32 accumulation), per warp 16 x BN in C fragments, per
-        // scoring branch the tile needs
-        float s[NB][NT8][4];
+        // S = Q K^T on tensor cores (f32 accumulation), per warp WM x BN in C fragments (n8
+        // tile j of slab sl is s[.][sl NT8 + j]), per scoring branch the tile needs
+        float s[NB][SL * NT8][4];
 #pragma unroll
         for (int bi = 0; bi < NB; ++bi) {
 #pragma unroll
-            for (int j = 0; j < NT8; ++j)
+            for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[bi][j][e] = 0.f;
-            if ((br >> bi) & 1) af_tc_qk<Tile, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, warp, lane);
+            if ((br >> bi) & 1) af_tc_qk<Tile, SL, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, q_frag, k_frag);
         }
 
-        // element e of n8 tile j of the C fragments is row g + 8 (e >> 1), column 2 t + (e & 1)
-        // (g = lane >> 2, t = lane & 3); it is element 4 j + e of the allowed-element bits
-        af_bits_t<NT8 * 4> okb, nearb;
-        af_element_bits<BM, BN, NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
-                                         [&](int i, int& tr, int& tc) {
-                                             const int j = i >> 2, e = i & 3;
-                                             tr = warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                                             tc = j * 8 + 2 * (lane & 3) + (e & 1);
-                                         });
-        // score mod, mask bits, online softmax on the C fragments
-        float mx[2] = {-INFINITY, -INFINITY};
+        // The tile's scores go to s[0] as values v whose score in log2 units is v * f. Interior
+        // tiles of a kernel without score modification keep the raw dot products: f = scale
+        // log2 e is folded into the max (per row) and into the exponent's FFMA, and there is
+        // no mask select. Edge and partial tiles, tiles merging scoring branches and score
+        // modifications apply scale, score and mask per element (f = log2 e).
+        float f = AF_LOG2E;
+        if (af_is_identity_score<decltype(hooks.score)>::value &&
+            !af_tile_is_edge<BM, BN, decltype(hooks.mask), Scoring>(kind, br, blk, n0, a.seq_k)) {
+            f = scale_log2;
+            if constexpr (NB > 1) {
+                if (!(br & 1)) {  // one branch, not the near one
 #pragma unroll
-        for (int j = 0; j < NT8; ++j) {
+                    for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int bit = 4 * j + e;
-                const long long q_pos = blk.m0 + warp * 16 + (lane >> 2) + 8 * (e >> 1) + blk.shift;
-                const long long kv_pos = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
-                float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][j][e] : s[0][j][e]) * a.scale;  // scaled score
-                if ((okb >> bit) & 1) {
-                    x = hooks.score(x, q_pos, kv_pos);
-                    x *= AF_LOG2E;
-                } else {
-                    x = -INFINITY;  // masked
+                        for (int e = 0; e < 4; ++e) s[0][j][e] = s[NB - 1][j][e];
                 }
-                s[0][j][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        } else {
+            // element e of n8 tile j of slab sl of the C fragments is row 16 sl + g + 8 (e >> 1)
+            // of the warp's rows, column 8 j + 2 t + (e & 1) (g = lane >> 2, t = lane & 3); it is
+            // element 4 (sl NT8 + j) + e of the allowed-element bits
+            af_bits_t<SL * NT8 * 4> okb, nearb;
+            af_element_bits<BM, BN, SL * NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                                                  [&](int i, int& tr, int& tc) {
+                                                      const int j = i >> 2, e = i & 3;
+                                                      tr = warp * WM + 16 * (j / NT8) + (lane >> 2) + 8 * (e >> 1);
+                                                      tc = (j % NT8) * 8 + 2 * (lane & 3) + (e & 1);
+                                                  });
+            // score mod and mask bits on the C fragments
+#pragma unroll
+            for (int j = 0; j < SL * NT8; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int bit = 4 * j + e;
+                    const long long q_pos = blk.m0 + warp * WM + 16 * (j / NT8) + (lane >> 2) + 8 * (e >> 1) + blk.shift;
+                    const long long kv_pos = n0 + (j % NT8) * 8 + 2 * (lane & 3) + (e & 1);
+                    float x = (NB > 1 && !((nearb >> bit) & 1) ? s[NB - 1][j][e] : s[0][j][e]) * a.scale;  // scaled score
+                    if ((okb >> bit) & 1) {
+                        x = hooks.score(x, q_pos, kv_pos);
+                    } else {
+                        x = -INFINITY;  // masked
+                    }
+                    s[0][j][e] = x;
+                }
             }
         }
-        float m_use[2];
+        // online softmax on the C fragments: the row max of v, then in log2 units (f > 0)
+        // (element e of n8 tile j is on row state r = 2 (j / NT8) + (e >> 1))
+        float mx[2 * SL];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
+        for (int r = 0; r < 2 * SL; ++r) mx[r] = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < SL * NT8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) mx[2 * (j / NT8) + (e >> 1)] = fmaxf(mx[2 * (j / NT8) + (e >> 1)], s[0][j][e]);
+        float m_use[2 * SL];
+#pragma unroll
+        for (int r = 0; r < 2 * SL; ++r) {
             // the 4 lanes of a quad share a row
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float m_new = fmaxf(m_i[r], mx[r]);
+            const float m_new = fmaxf(m_i[r], mx[r] * f);
             m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
             const float alpha = exp2f(m_i[r] - m_use[r]);
             m_i[r] = m_new;
             l_i[r] *= alpha;
 #pragma unroll
             for (int dt = 0; dt < DT8; ++dt) {
-                acc[dt][2 * r] *= alpha;
-                acc[dt][2 * r + 1] *= alpha;
+                acc[(r >> 1) * DT8 + dt][2 * (r & 1)] *= alpha;
+                acc[(r >> 1) * DT8 + dt][2 * (r & 1) + 1] *= alpha;
             }
         }
-        // P = exp2(S - m) stays in registers; l sums this lane's columns (quad-reduced at the end)
-        float (&p)[NT8][4] = s[0];
+        // P = exp2(v f - m) (one FFMA) stays in registers; l sums this lane's columns
+        // (quad-reduced at the end)
+        float (&p)[SL * NT8][4] = s[0];
 #pragma unroll
-        for (int j = 0; j < NT8; ++j)
+        for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                p[j][e] = exp2f(p[j][e] - m_use[e >> 1]);
-                l_i[e >> 1] += p[j][e];
+                p[j][e] = exp2f(fmaf(p[j][e], f, -m_use[2 * (j / NT8) + (e >> 1)]));
+                l_i[2 * (j / NT8) + (e >> 1)] += p[j][e];
             }
 
-        // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1) are the A fragment of P
+        // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1 of a slab) are the A fragment
+        // of P; each V fragment feeds SL pairs of mma
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            unsigned pa[4];
-            pa[0] = TT::pack(p[2 * kk][0], p[2 * kk][1]);
-            pa[1] = TT::pack(p[2 * kk][2], p[2 * kk][3]);
-            pa[2] = TT::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-            pa[3] = TT::pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+            unsigned pa[SL][4];
+#pragma unroll
+            for (int sl = 0; sl < SL; ++sl) {
+                const int j = sl * NT8 + 2 * kk;
+                pa[sl][0] = TT::pack(p[j][0], p[j][1]);
+                pa[sl][1] = TT::pack(p[j][2], p[j][3]);
+                pa[sl][2] = TT::pack(p[j + 1][0], p[j + 1][1]);
+                pa[sl][3] = TT::pack(p[j + 1][2], p[j + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 unsigned vf[4];  // B fragments of output n8 tiles 2 dp, 2 dp + 1 (.trans: V rows are k)
-                af_ldmatrix_x4_trans(vf, &sV[kst + af_swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 16 + (lane >> 4) * 8)]);
-                TT::mma(acc[2 * dp], pa, vf, acc[2 * dp]);
-                TT::mma(acc[2 * dp + 1], pa, vf + 2, acc[2 * dp + 1]);
+                af_ldmatrix_x4_trans(vf, &sV[kst + v_frag.at(dp) + kk * 16 * D]);
+#pragma unroll
+                for (int sl = 0; sl < SL; ++sl) {
+                    TT::mma(acc[sl * DT8 + 2 * dp], pa[sl], vf, acc[sl * DT8 + 2 * dp]);
+                    TT::mma(acc[sl * DT8 + 2 * dp + 1], pa[sl], vf + 2, acc[sl * DT8 + 2 * dp + 1]);
+                }
             }
         }
     }
@@ -934,16 +1102,19 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require((((unsigned long long)blk.ob & 3) | (unsigned long long)(a.o_stride_s & 1)) == 0,
                "o: rows must be 4-byte aligned (even o_stride_s, 4-byte aligned o); pass a contiguous output");
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 2 * SL; ++r) {
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);
-        const long long row = blk.m0 + warp * 16 + (lane >> 2) + 8 * r;
+        const long long row = blk.m0 + warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1);
         if (row < a.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
             T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
 #pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) af_st_global_b32(dst + dt * 8, TT::pack(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
+            for (int dt = 0; dt < DT8; ++dt) {
+                const float* o = acc[(r >> 1) * DT8 + dt];
+                af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
+            }
             if ((lane & 3) == 0 && a.lse != nullptr)
                 a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }

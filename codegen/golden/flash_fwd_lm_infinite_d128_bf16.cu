@@ -110,6 +110,17 @@ __device__ __forceinline__ void af_require(bool ok, const char* what) {
     (void)what;
     if (!ok) __trap();
 }
+
+// x, hidden from the compiler's value tracking: a per-lane offset computed once stays in a
+// register (instead of being recomputed from the thread index at every use), and sums with
+// it stay additions, whose constants fold into the address of a load.
+__device__ __forceinline__ int af_opaque(int x) {
+    int y;
+    asm("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+#else
+__device__ __forceinline__ int af_opaque(int x) { return x; }
 #endif  // ATTNFORGE_SIM
 // ---- end af_prelude.cuh ----
 
@@ -516,6 +527,11 @@ struct af_no_score_mod {
     __device__ __forceinline__ float operator()(float x, long long, long long) const { return x; }
 };
 
+// Whether a score modification is the identity (the main loops then fold the scale into the
+// softmax of interior tiles).
+template <class Score> struct af_is_identity_score { static constexpr bool value = false; };
+template <> struct af_is_identity_score<af_no_score_mod> { static constexpr bool value = true; };
+
 template <class Mask, class Score>
 struct af_block_hooks {
     Mask mask;
@@ -574,6 +590,15 @@ __device__ __forceinline__ void af_count_tile(int tid, int kind, const af_fwd_bl
     }
 }
 
+// Whether a visited tile needs per-element work: a partial tile of an element mask, an edge
+// tile (rows past seq_q, keys past seq_k) or a tile needing several scoring branches. The
+// others are interior: every element allowed, one branch.
+template <int BM, int BN, class Mask, class Scoring, typename T>
+__device__ __forceinline__ bool af_tile_is_edge(int kind, int br, const af_fwd_block<T>& blk, long long n0, int seq_k) {
+    return (Mask::active && kind == AF_TILE_PARTIAL) || blk.rows_valid < BM || n0 + BN > seq_k ||
+           (Scoring::BRANCHES > 1 && br == 3);
+}
+
 // Bit i of okb: element i of this thread's share of the tile is allowed (in range and, on
 // partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. One *rolled*
 // loop evaluates them on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles
@@ -587,8 +612,7 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t
     using W = af_bits_t<COUNT>;
     okb = ~W(0);
     nearb = (br & 1) ? ~W(0) : W(0);
-    if ((Mask::active && kind == AF_TILE_PARTIAL) || blk.rows_valid < BM || n0 + BN > seq_k ||
-        (Scoring::BRANCHES > 1 && br == 3)) {
+    if (af_tile_is_edge<BM, BN, Mask, Scoring>(kind, br, blk, n0, seq_k)) {
         okb = W(0);
         nearb = W(0);
         // rows and key columns of the tile that are in range

@@ -123,15 +123,20 @@ pub enum Mainloop {
     /// Tensor cores (sm_80+): `mma.sync.m16n8k16` with f32 accumulation for both products,
     /// fragments from XOR-swizzled shared memory with `ldmatrix`, K/V tiles staged by
     /// `cp.async` in `stages` buffers, P kept in registers (the C fragment of S is the A
-    /// fragment of P). Each warp owns a 16-row slab of the query tile.
+    /// fragment of P). Each warp owns `block_m / warps` = 16 or 32 query rows (one or two
+    /// 16-row slabs: with two, every `ldmatrix`'d K/V fragment feeds two `mma`).
     TensorCore,
 }
 
 impl Mainloop {
-    /// The mainloop of a spec and tile: tensor cores for f16/bf16 when each warp owns one
-    /// 16-row slab (`block_m == 16 * warps`), FMA otherwise (f32, or other shapes).
+    /// The mainloop of a spec and tile: tensor cores for f16/bf16 when each warp owns one or
+    /// two 16-row slabs (`block_m == 16 * warps` or `32 * warps`), FMA otherwise (f32, or
+    /// other shapes).
     pub fn select(spec: &KernelSpec, t: &TileConfig) -> Self {
-        if spec.dtype != DType::F32 && t.warps > 0 && t.block_m == 16 * t.warps {
+        if spec.dtype != DType::F32
+            && t.warps > 0
+            && (t.block_m == 16 * t.warps || t.block_m == 32 * t.warps)
+        {
             Mainloop::TensorCore
         } else {
             Mainloop::Fma
@@ -285,8 +290,9 @@ impl TileConfig {
             // Per thread: O accumulators D/8 n8-tiles x 4 floats, S fragments block_n/8 x 4
             // (per branch, plus the user-score term), m and l for its 2 rows, A/B fragments
             // (4 + 4 + 4 registers) and the pipeline cursors.
-            let s = spec.head_dim.get() / 2;
-            let sc = self.block_n / 2;
+            let slabs = self.block_m / (16 * self.warps);
+            let s = slabs * spec.head_dim.get() / 2;
+            let sc = slabs * self.block_n / 2;
             let user = if matches!(spec.score, ScoreMod::User(_)) {
                 sc
             } else {
@@ -347,6 +353,18 @@ impl TileConfig {
         }
         match Mainloop::select(spec, self) {
             Mainloop::TensorCore => {
+                // The allowed-element bits of a thread's share of the score tile are one 64-bit
+                // word: (block_m / warps / 16) slabs x block_n / 8 n8 tiles x 4 elements.
+                let per_thread = self.block_m / (16 * self.warps) * self.block_n / 2;
+                if per_thread > 64 {
+                    e.push(
+                        "tile.block_n",
+                        format!(
+                            "with two 16-row slabs per warp (block_m = 32 * warps) each thread of the tensor-core mainloop owns {per_thread} score elements; at most 64 are supported"
+                        ),
+                        "use block_n <= 64, or block_m = 16 * warps",
+                    );
+                }
                 if !(1..=3).contains(&self.stages) {
                     e.push(
                         "tile.stages",
@@ -377,7 +395,7 @@ impl TileConfig {
                             "the FMA mainloop (f32, or warps not owning 16-row slabs) is single-stage: got stages = {}",
                             self.stages
                         ),
-                        "use stages = 1, or for f16/bf16 block_m = 16 * warps (tensor cores, stages 1..=3)",
+                        "use stages = 1, or for f16/bf16 block_m = 16 * warps or 32 * warps (tensor cores, stages 1..=3)",
                     );
                 }
             }
@@ -441,7 +459,9 @@ impl TileConfig {
 /// - f16/bf16 (tensor cores, `warps = block_m / 16`): block_m in {64, 128} (4 or 8 warps:
 ///   fewer cannot hide the latency of the two products), block_n in {32, 64, 128}, stages
 ///   in {2, 3} (double and triple buffering); a single stage only for a shape where no
-///   pipelined config fits the shared memory (head dim 256).
+///   pipelined config fits the shared memory (head dim 256); and 32 query rows per warp
+///   (two 16-row slabs: each K/V fragment feeds two MMAs, FA2's shape): 128 x {32, 64}
+///   with 4 warps, 2 stages, where the register estimate allows it.
 /// - f32 (FMA mainloop, one stage): block_m in {64, 128}, block_n in {32, 64}, warps in
 ///   {4, 8}.
 ///
@@ -472,6 +492,9 @@ pub fn default_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig> {
                 v.extend(piped);
             }
         }
+        for bn in [32, 64] {
+            v.extend(Some(TileConfig::new(128, bn, 4, 2)).filter(ok));
+        }
     }
     if let Some(t) = default_tile(spec, arch) {
         if !v.contains(&t) {
@@ -485,8 +508,8 @@ pub fn default_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig> {
 /// Every valid config of the full grid, ordered by (block_m, block_n, warps, stages), for
 /// exploration beyond [`default_search_space`]. f32 (FMA mainloop): block_m in
 /// {16, 32, 64, 128}, block_n in {32, 64, 128}, warps in {1, 2, 4, 8}, stages = 1.
-/// f16/bf16 (tensor cores): block_m in {16, 32, 64, 128} with warps = block_m / 16,
-/// block_n in {32, 64, 128}, stages 1..=3. `valid()` keeps the register estimate inside
+/// f16/bf16 (tensor cores): block_m in {16, 32, 64, 128} with warps = block_m / 16 or
+/// block_m / 32 (one or two 16-row slabs per warp), block_n in {32, 64, 128}, stages 1..=3. `valid()` keeps the register estimate inside
 /// the spill-free budget, but only the default space is compiled in CI: tune this space
 /// with the ptxas pruning on (the tuner rejects spilling candidates with the reason).
 pub fn exhaustive_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig> {
@@ -500,6 +523,9 @@ pub fn exhaustive_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig>
             } else {
                 for st in 1..=3 {
                     v.push(TileConfig::new(bm, bn, bm / 16, st));
+                    if bm >= 32 {
+                        v.push(TileConfig::new(bm, bn, bm / 32, st));
+                    }
                 }
             }
         }

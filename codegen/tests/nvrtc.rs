@@ -121,8 +121,8 @@ struct Row {
 }
 
 /// HMMA instructions the main loop's code must hold for one key tile: P V is (BN/16) x (D/8)
-/// m16n8k16 products (fully unrolled), Q K^T (D/16) x (BN/8) of which the code holds the
-/// k-steps of one iteration of its loop (`QK_K_UNROLL` of the D/16); LM-Infinite has two
+/// m16n8k16 products (fully unrolled), Q K^T (D/16) x (BN/8) all held by the code (its
+/// loop over the head dimension is fully unrolled, `QK_K_UNROLL` covers the D/16); LM-Infinite has two
 /// Q K^T branches.
 fn hmma_per_tile(spec: &KernelSpec, t: &TileConfig) -> usize {
     let d = spec.head_dim.get();
@@ -278,8 +278,8 @@ default tile on sm_80 and sm_90 (the whole default search space is compiled, wit
 SASS analysis, by `codegen/tests/nvrtc_space.rs`). Asserted per row: stack frame 0,
 spills 0, no NVRTC warning, shared memory (dynamic + static) within the architecture's
 opt-in limit, and at least `HMMA min` HMMA instructions, the m16n8k16 products the code of
-the main loop holds per key tile (P V: D x BN / 128, fully unrolled; Q K^T: the 4 k-steps of
-one iteration of its loop over the head dimension, `QK_K_UNROLL`, i.e. 4 x BN / 8; LM-Infinite
+the main loop holds per key tile (P V: D x BN / 128, fully unrolled; Q K^T: all D/16 k-steps
+(its loop over the head dimension is fully unrolled, `QK_K_UNROLL`), i.e. D x BN / 128; LM-Infinite
 has two Q K^T branches), both in the whole SASS (`HMMA`) and inside its loops (`HMMA in loop`).
 
 `HMMA in loop` is the evidence that the tensor cores do the work of the main loop over key

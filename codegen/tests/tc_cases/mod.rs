@@ -183,7 +183,11 @@ pub fn variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
     list.into_iter()
         .enumerate()
         .map(|(i, (spec, params, (hq, hkv)))| {
-            let tile = TileConfig::new(32, 32, 2, 1 + i % 3);
+            // head dim 64: one or two 16-row slabs per warp (block_m = 16 or 32 x warps),
+            // alternating over the variants and between the f16 and bf16 suites, so every
+            // variant runs both (two slabs at d128 are over the register estimate)
+            let two_slabs = d == HeadDim::D64 && (i + usize::from(dtype == DType::Bf16)) % 2 == 1;
+            let tile = TileConfig::new(32, 32, if two_slabs { 1 } else { 2 }, 1 + i % 3);
             TcCase {
                 name: canonical_name_with_tile(&spec, &tile),
                 spec,

@@ -43,7 +43,7 @@ pub struct Link {
 }
 
 /// NVLink 4 between H100 SXM GPUs: 900 GB/s total bidirectional per GPU (NVIDIA H100 Tensor
-/// Core GPU datasheet, "NVLink: 900GB/s"; https://www.nvidia.com/en-us/data-center/h100/),
+/// Core GPU datasheet, "NVLink: 900GB/s"; <https://www.nvidia.com/en-us/data-center/h100/>),
 /// i.e. 450 GB/s per direction. Latency: a few microseconds per NCCL message (assumed 5 us).
 pub const NVLINK4: Link = Link {
     name: "NVLink 4 (H100 SXM, 450 GB/s per direction)",
@@ -52,7 +52,7 @@ pub const NVLINK4: Link = Link {
 };
 
 /// InfiniBand NDR: 400 Gb/s per port = 50 GB/s per direction (NVIDIA ConnectX-7 / Quantum-2
-/// NDR product pages, https://www.nvidia.com/en-us/networking/infiniband-adapters/; a DGX
+/// NDR product pages, <https://www.nvidia.com/en-us/networking/infiniband-adapters/>; a DGX
 /// H100 has one 400 Gb/s ConnectX-7 port per GPU). Latency assumed 10 us per message.
 pub const IB_NDR: Link = Link {
     name: "InfiniBand NDR (400 Gb/s = 50 GB/s per direction)",

@@ -2,7 +2,7 @@
 //!
 //! This is the one place that turns a [`KernelSpec`], a [`TileConfig`], q/k/v tensors and
 //! the runtime parameters ([`RunParams`]) into (a) the kernel's flat argument list, in the
-//! order [`kernel_args`] declares it, and (b) the matching call of `attnforge-reference`.
+//! order [`kernel_args`](attnforge_codegen::args::kernel_args) declares it, and (b) the matching call of `attnforge-reference`.
 //! The CLI, the autotuner's correctness gate and the property tests all go through it.
 //!
 //! ```no_run

@@ -130,6 +130,9 @@ def main():
     a = ap.parse_args()
     t0 = time.time()
     torch.cuda.init()
+    # the driver-API launches below need the primary context current: an allocation makes it so
+    torch.zeros(1, device="cuda")
+    torch.cuda.synchronize()
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     try:
@@ -143,6 +146,13 @@ def main():
     flex = None
     try:
         from torch.nn.attention.flex_attention import flex_attention, create_block_mask
+        import torch._dynamo as dynamo
+        # one compilation per (shape, mask): 16 of them; past the default limit of 8, dynamo
+        # falls back to the unfused eager path (scores materialised), which is not FlexAttention
+        for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            if hasattr(dynamo.config, knob):
+                setattr(dynamo.config, knob, 256)
         flex = torch.compile(flex_attention, dynamic=False)
     except Exception as e:
         print(f"FlexAttention unavailable: {e}")

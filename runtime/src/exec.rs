@@ -653,8 +653,13 @@ pub(crate) fn cached_sim_kernel(name: &str, source: &str) -> Result<Arc<SimKerne
 }
 
 /// Emit and build (or fetch from the process cache) the simulator kernel for spec + tile.
+///
+/// The emitted source does not depend on the architecture (it only sets the limits the tile
+/// is validated against), so the simulator takes the most generous target, sm_90: a tile
+/// valid on any target runs here. With sm_80 the tuner's gate rejected sm_90 candidates
+/// over sm_80's 163 KiB of shared memory (seen on an H200, docs/gpu-results/2026-12-04-*).
 pub fn sim_kernel(spec: &KernelSpec, tile: &TileConfig) -> Result<Arc<SimKernel>, ExecError> {
-    let k = emit(spec, tile, Arch::Sm80).map_err(ExecError::Spec)?;
+    let k = emit(spec, tile, Arch::Sm90).map_err(ExecError::Spec)?;
     cached_sim_kernel(&k.name, &k.source)
 }
 

@@ -150,3 +150,25 @@ fn input_errors_name_the_field_and_the_fix() {
         other => panic!("lm_infinite + alibi: {other:?}"),
     }
 }
+
+/// A tile that fits sm_90's shared memory but not sm_80's (128x128, 3 stages, d128: 224 KiB)
+/// runs on the simulator: the tuner's gate for sm_90 must not reject it with sm_80's limit
+/// (it did, on an H200: docs/gpu-results/2026-12-04-NVIDIA-H200.md).
+#[test]
+fn simulator_runs_sm90_only_tiles() {
+    let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None);
+    let tile = TileConfig::new(128, 128, 8, 3);
+    assert!(tile.valid(&spec, Arch::Sm80).is_err());
+    assert!(tile.valid(&spec, Arch::Sm90).is_ok());
+    let bf = |x: Tensor4<f32>| {
+        let s = x.shape;
+        Tensor4::from_fn(s, |b, h, i, j| half::bf16::from_f64(x.get(b, h, i, j)))
+    };
+    let x = Inputs::new(
+        bf(t(1, 1, 131, 128, 4)),
+        bf(t(1, 1, 140, 128, 5)),
+        bf(t(1, 1, 140, 128, 6)),
+    );
+    let r = check(&spec, &tile, &x, &RunParams::default(), &Backend::sim()).unwrap();
+    assert!(r.close.out.max_err < 2e-2, "{r:?}");
+}

@@ -16,10 +16,14 @@ use attnforge_runtime::{
 use half::{bf16, f16};
 
 use crate::measure::{bench_cuda, BenchConfig, Estimate};
-use crate::model::{predict, ModelInput, Prediction};
+use crate::model::{
+    estimate_counts, predict, predict_main_loop, MainLoopConstants, MainLoopInput, ModelInput,
+    Prediction,
+};
 use crate::occupancy::{ArchLimits, Occupancy};
+use crate::sass_counts::loop_counts;
 use crate::tuner::{EnvironmentError, Gate, GateError, Resources, Status, Tunable};
-use crate::workload::{default_params, inputs, Shape};
+use crate::workload::{default_params, inputs, work_profile, Shape};
 use crate::Arch;
 
 /// A generated kernel to tune at `shape`, gated at `gate_shape` on the simulator.
@@ -106,6 +110,7 @@ impl Tunable for KernelTunable {
             stack_frame_bytes: 0,
             spill_bytes: 0,
             threads: tile.threads() as u32,
+            main_loop: None,
         })
     }
 
@@ -152,18 +157,51 @@ impl Tunable for KernelTunable {
                     stack_frame_bytes: b.resources.stack_frame_bytes,
                     spill_bytes: b.resources.spill_store_bytes + b.resources.spill_load_bytes,
                     threads: tiles[i].threads() as u32,
+                    main_loop: match (self.spec.dtype, b.compiled.cubin.as_deref()) {
+                        (DType::F32, _) | (_, None) => None,
+                        (_, Some(cubin)) => loop_counts(&self.spec, &tiles[i], cubin).ok(),
+                    },
                 }),
             };
         }
         Ok(out)
     }
 
-    fn predict(&self, tile: &TileConfig, occ: &Occupancy, arch: Arch) -> Prediction {
+    fn predict(
+        &self,
+        tile: &TileConfig,
+        res: &Resources,
+        occ: &Occupancy,
+        arch: Arch,
+    ) -> Prediction {
+        let d = self.spec.head_dim.get();
+        if self.spec.dtype != DType::F32 {
+            let s = &self.shape;
+            let profile = work_profile(
+                &self.spec,
+                tile.block_m,
+                tile.block_n,
+                s,
+                &default_params(&self.spec, s),
+            );
+            let m = MainLoopInput {
+                warps: tile.warps,
+                counts: res
+                    .main_loop
+                    .unwrap_or_else(|| estimate_counts(tile.block_m, tile.block_n, tile.warps, d)),
+                profile: &profile,
+                heads_times_batch: s.batch * s.heads_q,
+                elem_bytes: elem_bytes(self.spec.dtype),
+                block_n: tile.block_n,
+                head_dim: d,
+            };
+            return predict_main_loop(&ArchLimits::of(arch), &MainLoopConstants::of(arch), occ, &m);
+        }
         let m = ModelInput {
             block_m: tile.block_m,
             block_n: tile.block_n,
             warps: tile.warps,
-            head_dim: self.spec.head_dim.get(),
+            head_dim: d,
             elem_bytes: elem_bytes(self.spec.dtype),
         };
         predict(&ArchLimits::of(arch), occ, &m, &self.shape)

@@ -24,6 +24,7 @@ pub mod measure;
 pub mod model;
 pub mod occupancy;
 pub mod report;
+pub mod sass_counts;
 pub mod tuner;
 pub mod workload;
 
@@ -33,4 +34,4 @@ pub use tuner::{tune, Basis, CandidateResult, KernelTuning, Status, Tunable, Tun
 
 /// Version of the static model and pipeline; part of the cache key's codegen hash, so a
 /// change of the model re-tunes.
-pub const MODEL_VERSION: &str = "model-1";
+pub const MODEL_VERSION: &str = "model-2";

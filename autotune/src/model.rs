@@ -1,12 +1,19 @@
-//! The static cost model: a predicted kernel time from the tile shape, the ptxas-derived
-//! occupancy and the architecture's limits. Used to rank candidates when no GPU can time
-//! them, and to choose which candidates the correctness gate checks first. Its numbers are
-//! *predictions*, never measurements; reports label them so. See `docs/tuning.md`.
+//! The static cost models: a predicted kernel time used to rank candidates when no GPU can
+//! time them, and to choose which candidates the correctness gate checks first. Their numbers
+//! are *predictions*, never measurements; reports label them so. See `docs/tuning.md`.
+//!
+//! - [`predict_main_loop`] (tensor-core kernels): fed by the SASS of each candidate's main
+//!   loop ([`LoopCounts`]), the ptxas occupancy and the key tiles the mask makes each query
+//!   block visit ([`crate::workload::work_profile`]); blocks are list-scheduled on the SMs.
+//! - [`predict`] (the f32 FMA kernels, and any candidate without SASS counts): FMA lanes,
+//!   shared-memory reads and DRAM from the tile shape.
 
 use serde::{Deserialize, Serialize};
 
 use crate::occupancy::{ArchLimits, Occupancy};
+use crate::sass_counts::LoopCounts;
 use crate::workload::Shape;
+use crate::Arch;
 
 /// Inputs of the model for one candidate.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +90,136 @@ pub fn predict(l: &ArchLimits, occ: &Occupancy, m: &ModelInput, s: &Shape) -> Pr
         dram_us: dram_s * 1e6,
         waves,
         latency_hiding: hiding,
+    }
+}
+
+/// Constants of the main-loop model for one architecture.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MainLoopConstants {
+    /// Tensor-pipe cycles of one m16n8k16 MMA on a sub-partition. From the dense f16/bf16
+    /// peak: A100 312 TFLOP/s = 1024 FLOP/clk/SM at 1.41 GHz x 108 SMs, so 4096 FLOP / 256
+    /// per sub-partition = 8 (NVIDIA A100 whitepaper); H100 SXM 989 TFLOP/s = 4096
+    /// FLOP/clk/SM at 1.83 GHz x 132 SMs, so 4 (NVIDIA H100 whitepaper). The fit to the H200
+    /// measurements gave 3.7 for `mma.sync` on sm_90.
+    pub mma_cycles: f64,
+    /// Scheduler cycles per other instruction: one issue slot plus the dependent stalls the
+    /// other resident warps do not hide. Fitted on the H200 (2026-12-04): 1.22.
+    pub other_cycles: f64,
+    /// Exposed latency, in warp-iterations per scheduler: one iteration of the `w` warps a
+    /// scheduler holds takes `(w + exposed) x` one warp's cycles. Fitted on the H200: 1.3.
+    pub exposed_latency_warps: f64,
+}
+
+impl MainLoopConstants {
+    /// The constants of `arch`. sm_90: fitted to the measured tuning of 30 candidates of
+    /// three kernels on an H200 (docs/gpu-results/2026-12-04-tuning.csv; `tests/model_h200.rs`
+    /// states the fit's error). sm_80: the A100's tensor-pipe rate with sm_90's fitted
+    /// issue and latency terms (no A100 was measured: an assumption).
+    pub fn of(arch: Arch) -> Self {
+        match arch {
+            Arch::Sm80 => MainLoopConstants {
+                mma_cycles: 8.0,
+                other_cycles: 1.22,
+                exposed_latency_warps: 1.3,
+            },
+            Arch::Sm90 => MainLoopConstants {
+                mma_cycles: 3.7,
+                other_cycles: 1.22,
+                exposed_latency_warps: 1.3,
+            },
+        }
+    }
+}
+
+/// One candidate for [`predict_main_loop`].
+#[derive(Clone, Copy, Debug)]
+pub struct MainLoopInput<'a> {
+    /// Warps per block.
+    pub warps: usize,
+    /// Main-loop counts per warp per key tile (from the SASS, or [`estimate_counts`]).
+    pub counts: LoopCounts,
+    /// Key tiles visited by each query block of one (batch, head), in launch order.
+    pub profile: &'a [u32],
+    /// Query blocks launched per profile entry: batch x query heads.
+    pub heads_times_batch: usize,
+    /// Bytes per q/k/v element (for the DRAM bound).
+    pub elem_bytes: usize,
+    /// Key tile width and head dimension (for the DRAM bound).
+    pub block_n: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+/// Predicted time of a tensor-core forward kernel from its main loop's machine code.
+///
+/// - One key tile of one warp costs `c = mma_cycles x MMA + other_cycles x (instructions -
+///   MMA)` scheduler cycles; a scheduler holding `w = blocks_per_sm x warps / 4` warps runs
+///   one iteration of all of them in `(w + exposed_latency_warps) x c` cycles, which is one
+///   key tile's time for each resident block (`latency_hiding = w / (w + exposed)`).
+/// - Blocks (every query block of every batch and head, in launch order) go to the first
+///   free of `SMs x blocks_per_sm` slots and take `visited tiles x` that time: the makespan
+///   is the kernel's time (waves and the causal tail included).
+/// - The kernel takes at least the DRAM time of its K/V tile reads; plus 3 us launch.
+///
+/// `smem_us` reports the `ldmatrix` bandwidth bound (128 B/clk/SM), which the makespan does
+/// not add: the SASS counts already carry the ldmatrix issue.
+pub fn predict_main_loop(
+    l: &ArchLimits,
+    k: &MainLoopConstants,
+    occ: &Occupancy,
+    m: &MainLoopInput<'_>,
+) -> Prediction {
+    let bps = occ.blocks_per_sm.max(1);
+    let w = (bps * m.warps) as f64 / 4.0;
+    let c = k.mma_cycles * m.counts.mma
+        + k.other_cycles * (m.counts.instructions - m.counts.mma).max(0.0);
+    let tile_cycles = (w + k.exposed_latency_warps) * c;
+    let clock = l.clock_ghz * 1e9;
+    let slots = l.sms * bps;
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<u64>> =
+        std::iter::repeat_n(std::cmp::Reverse(0u64), slots).collect();
+    let mut tiles_total = 0u64;
+    for _ in 0..m.heads_times_batch {
+        for &t in m.profile {
+            let std::cmp::Reverse(start) = heap.pop().unwrap_or(std::cmp::Reverse(0));
+            heap.push(std::cmp::Reverse(start + u64::from(t)));
+            tiles_total += u64::from(t);
+        }
+    }
+    let makespan_tiles = heap.into_iter().map(|r| r.0).max().unwrap_or(0) as f64;
+    let compute_s = makespan_tiles * tile_cycles / clock;
+    let blocks = (m.heads_times_batch * m.profile.len()) as f64;
+    let dram_bytes = tiles_total as f64 * (2 * m.block_n * m.head_dim * m.elem_bytes) as f64;
+    let dram_s = dram_bytes / (l.dram_gbps * 1e9);
+    let smem_s = tiles_total as f64 * m.warps as f64 * m.counts.ldmatrix_bytes
+        / (SMEM_BYTES_PER_CLK * clock * l.sms as f64);
+    Prediction {
+        time_us: compute_s.max(dram_s) * 1e6 + LAUNCH_US,
+        compute_us: compute_s * 1e6,
+        smem_us: smem_s * 1e6,
+        dram_us: dram_s * 1e6,
+        waves: (blocks / slots as f64).ceil() as usize,
+        latency_hiding: w / (w + k.exposed_latency_warps),
+    }
+}
+
+/// Main-loop counts of a candidate that was not compiled (the pre-ranking that decides which
+/// candidates are compiled): the MMA work of the tile and the other instructions of the
+/// measured candidates' SASS, about `160 + (1.55 + 175 / d) x MMA` per warp and key tile
+/// (sm_90, 2026-12-04: within 5% for 16 rows per warp; 32 rows per warp do about 10% fewer).
+pub fn estimate_counts(
+    block_m: usize,
+    block_n: usize,
+    warps: usize,
+    head_dim: usize,
+) -> LoopCounts {
+    let mma = (2 * block_m * block_n * head_dim) as f64 / (warps as f64 * 2048.0);
+    let other = 160.0 + (1.55 + 175.0 / head_dim as f64) * mma;
+    LoopCounts {
+        instructions: mma + other,
+        mma,
+        mufu: (block_m * block_n) as f64 / (warps as f64 * 32.0),
+        ldmatrix_bytes: 0.0,
     }
 }
 

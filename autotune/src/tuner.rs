@@ -29,6 +29,10 @@ pub struct Resources {
     pub spill_bytes: u64,
     /// Threads per block.
     pub threads: u32,
+    /// The main loop's SASS counts (tensor-core kernels compiled to a CUBIN with a
+    /// disassembler at hand); `None`: the model estimates them.
+    #[serde(default)]
+    pub main_loop: Option<crate::sass_counts::LoopCounts>,
 }
 
 /// Result of the correctness gate.
@@ -247,8 +251,14 @@ pub trait Tunable: Sync {
         tiles: &[TileConfig],
         arch: Arch,
     ) -> Result<Vec<Result<Resources, String>>, EnvironmentError>;
-    /// Static-model prediction.
-    fn predict(&self, tile: &TileConfig, occ: &Occupancy, arch: Arch) -> Prediction;
+    /// Static-model prediction from the candidate's (compiled or estimated) resources.
+    fn predict(
+        &self,
+        tile: &TileConfig,
+        res: &Resources,
+        occ: &Occupancy,
+        arch: Arch,
+    ) -> Prediction;
     /// Correctness gate: `Ok(gate)` when it matches the reference, [`GateError::Rejected`]
     /// with [`Status::WrongResult`] or [`Status::GateFailed`] when the candidate fails, and
     /// [`GateError::Environment`] when the gate cannot run (no C++ compiler, I/O error).
@@ -346,7 +356,7 @@ pub fn tune(
                         r.registers as usize,
                         r.smem_bytes as usize,
                     );
-                    t.predict(&cands[i].tile, &occ, arch).time_us
+                    t.predict(&cands[i].tile, &r, &occ, arch).time_us
                 })
             })
             .collect();
@@ -400,7 +410,7 @@ pub fn tune(
                         res.smem_bytes
                     ));
                 } else {
-                    cands[i].predicted = Some(t.predict(&cands[i].tile, &occ, arch));
+                    cands[i].predicted = Some(t.predict(&cands[i].tile, &res, &occ, arch));
                 }
                 cands[i].occupancy = Some(occ);
                 cands[i].resources = Some(res);

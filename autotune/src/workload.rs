@@ -72,6 +72,81 @@ pub fn default_params(spec: &KernelSpec, shape: &Shape) -> RunParams {
     p
 }
 
+/// Key tiles each query block of one (batch 0, head 0) visits at `shape` with `params`, in
+/// launch order: the static model's work ([`crate::model::predict_main_loop`]). Analytic
+/// masks: the `block_n` tiles with an allowed pair (their key ranges are exact). List-driven
+/// masks: every `block_n` tile of each `sparse_block` block that has an allowed pair (or
+/// that the given lists name), as the kernel walks them. Counted with the reference's
+/// closed forms ([`attnforge_reference::MaskGeometry`]); a user predicate, which has none,
+/// counts as dense.
+pub fn work_profile(
+    spec: &KernelSpec,
+    block_m: usize,
+    block_n: usize,
+    shape: &Shape,
+    params: &RunParams,
+) -> Vec<u32> {
+    let (sq, sk) = (shape.seq_q, shape.seq_k);
+    let tiles_in = |k0: usize, k1: usize| (k1.min(sk).saturating_sub(k0)).div_ceil(block_n) as u32;
+    let dense = vec![tiles_in(0, sk); sq.div_ceil(block_m)];
+    let rows = |m0: usize| m0..(m0 + block_m).min(sq);
+    if let (Mask::BlockSparse { .. }, Some(l)) = (&spec.mask, &params.block_lists) {
+        let bs = spec.sparse_block;
+        return (0..sq)
+            .step_by(block_m)
+            .map(|m0| {
+                let r = m0 / bs.q.max(1);
+                l.full(0, 0, r)
+                    .iter()
+                    .chain(l.partial(0, 0, r))
+                    .map(|&c| tiles_in(c as usize * bs.k, (c as usize + 1) * bs.k))
+                    .sum()
+            })
+            .collect();
+    }
+    let Some(def) = spec.mask.def() else {
+        return dense;
+    };
+    let values: Vec<(&str, f64)> = def
+        .params
+        .iter()
+        .filter_map(|p| Some((p.name, params.mask.as_ref()?.get(p.name)?)))
+        .collect();
+    let doc: Vec<i32> = params
+        .doc
+        .as_ref()
+        .map(|d| d[..sk.min(d.len())].to_vec())
+        .unwrap_or_default();
+    let Ok(mask) = attnforge_reference::Mask::builtin(def.tag, &values, &doc) else {
+        return dense;
+    };
+    let Ok(g) = attnforge_reference::MaskGeometry::new(&mask, 1, 1, sq, sk) else {
+        return dense;
+    };
+    let step = if spec.mask.uses_block_lists() {
+        spec.sparse_block.k.max(1)
+    } else {
+        block_n
+    };
+    (0..sq)
+        .step_by(block_m)
+        .map(|m0| {
+            let rs = if spec.mask.uses_block_lists() {
+                let bq = spec.sparse_block.q.max(1);
+                let r0 = m0 / bq * bq;
+                r0..(r0 + bq).min(sq)
+            } else {
+                rows(m0)
+            };
+            (0..sk)
+                .step_by(step)
+                .filter(|&k0| g.any(rs.clone(), k0..(k0 + step).min(sk)))
+                .map(|k0| tiles_in(k0, k0 + step))
+                .sum()
+        })
+        .collect()
+}
+
 /// Deterministic inputs in [-1, 1) (xorshift), rounded to the element type.
 pub fn inputs<T: Element>(spec: &KernelSpec, shape: &Shape, seed: u64) -> Inputs<T> {
     let d = spec.head_dim.get();
@@ -95,6 +170,55 @@ pub fn inputs<T: Element>(spec: &KernelSpec, shape: &Shape, seed: u64) -> Inputs
 mod tests {
     use super::*;
     use attnforge_codegen::catalog;
+
+    fn shape(s: usize) -> Shape {
+        Shape {
+            batch: 1,
+            heads_q: 1,
+            heads_kv: 1,
+            seq_q: s,
+            seq_k: s,
+        }
+    }
+
+    fn spec(tag: &str) -> KernelSpec {
+        catalog()
+            .into_iter()
+            .find(|k| k.mask.def().is_some_and(|d| d.tag == tag))
+            .unwrap_or_else(|| panic!("a catalog kernel with mask {tag}"))
+    }
+
+    /// Hand counts: full visits every tile, causal the tiles up to the diagonal (a ragged
+    /// last tile included), document (thirds of 300 keys, 128-key lists) the lists' tiles.
+    #[test]
+    fn work_profiles_count_visited_tiles() {
+        let s = shape(300);
+        let full = spec("full");
+        assert_eq!(
+            work_profile(&full, 64, 64, &s, &default_params(&full, &s)),
+            vec![5; 5]
+        );
+        let causal = spec("causal");
+        assert_eq!(
+            work_profile(&causal, 64, 64, &s, &default_params(&causal, &s)),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            work_profile(&causal, 64, 32, &s, &default_params(&causal, &s)),
+            vec![2, 4, 6, 8, 10]
+        );
+        // documents [0,100), [100,200), [200,300); 128 x 128 blocks: row block 0 (rows
+        // 0..128) meets docs 0 and 1 -> key blocks 0 and 1 (keys 0..256: 4 tiles of 64);
+        // row block 1 (128..256) docs 1, 2 -> blocks 0, 1, 2 (keys 0..300: 5 tiles); row
+        // block 2 (256..300) doc 2 -> blocks 1, 2 (keys 128..300: 3 tiles).
+        let doc = spec("document");
+        let mut d = doc.clone();
+        d.sparse_block = attnforge_codegen::spec::BlockSize { q: 128, k: 128 };
+        assert_eq!(
+            work_profile(&d, 64, 64, &s, &default_params(&d, &s)),
+            vec![4, 4, 5, 5, 3]
+        );
+    }
 
     #[test]
     fn buckets_round_up() {

@@ -97,11 +97,12 @@ impl Tunable for Fake {
                     stack_frame_bytes: 0,
                     spill_bytes: if k == Kind::Spills { 128 } else { 0 },
                     threads: 128,
+                    main_loop: None,
                 }),
             })
             .collect())
     }
-    fn predict(&self, t: &TileConfig, _: &Occupancy, _: Arch) -> Prediction {
+    fn predict(&self, t: &TileConfig, _: &Resources, _: &Occupancy, _: Arch) -> Prediction {
         // The model prefers the wrong candidate and ranks by index otherwise.
         let us = match self.kind(t) {
             Kind::Wrong { .. } => 1.0,

@@ -46,6 +46,7 @@ fn tuning(spec: &KernelSpec, arch: Arch, bucket: &str) -> KernelTuning {
                     stack_frame_bytes: 0,
                     spill_bytes: 0,
                     threads,
+                    main_loop: None,
                 }),
                 occupancy: Some(occ),
                 predicted: Some(Prediction {

@@ -39,17 +39,22 @@ __device__ __forceinline__ bool af_mask_local(long long q, long long kv, int lef
 __device__ __forceinline__ bool af_mask_prefix_lm(long long q, long long kv, int prefix) {
     return kv <= q || kv < prefix;
 }
+// The document predicates load both ids without a branch (q < 0, a query before the first key,
+// reads id 0 and is then refused): the per-key id is shared by a thread's rows and the per-row
+// id hoisted out of the loop over keys (af_element_bits).
+__device__ __forceinline__ int af_doc_id(const int* doc, long long pos) {
+    return doc[pos < 0 ? 0 : pos];
+}
 __device__ __forceinline__ bool af_mask_document(const int* doc, long long q, long long kv) {
-    return q >= 0 && doc[q] == doc[kv];
+    return (q >= 0) & (af_doc_id(doc, q) == doc[kv]);
 }
 __device__ __forceinline__ bool af_mask_causal_document(const int* doc, long long q, long long kv) {
-    return kv <= q && doc[q] == doc[kv];
+    return (kv <= q) & (af_doc_id(doc, q) == doc[kv]);
 }
 // Doc id 0 is the shared question prefix.
 __device__ __forceinline__ bool af_mask_share_question(const int* doc, long long q, long long kv) {
-    if (q < 0) return false;
-    const int dq = doc[q], dk = doc[kv];
-    return (dq != 0 && dk == 0) || (dq == dk && kv <= q);
+    const int dq = af_doc_id(doc, q), dk = doc[kv];
+    return (q >= 0) & (((dq != 0) & (dk == 0)) | ((dq == dk) & (kv <= q)));
 }
 __device__ __forceinline__ bool af_mask_global_local(long long q, long long kv, int w, int g) {
     const long long d = q - kv;
@@ -57,7 +62,7 @@ __device__ __forceinline__ bool af_mask_global_local(long long q, long long kv, 
 }
 __device__ __forceinline__ bool af_mask_block_causal_document(const int* doc, long long q, long long kv, int bc) {
     // positions are below seq_k <= INT_MAX: 32-bit divisions (a 64-bit one is a long subroutine)
-    return q >= 0 && doc[q] == doc[kv] && (int)kv / bc <= (int)q / bc;
+    return (q >= 0) & (af_doc_id(doc, q) == doc[kv]) & ((int)kv / bc <= (int)q / bc);
 }
 __device__ __forceinline__ bool af_mask_lambda(long long q, long long kv, int g, int l) {
     return kv <= q && (kv < g || q - kv < l);

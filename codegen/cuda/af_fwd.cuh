@@ -250,16 +250,21 @@ __device__ __forceinline__ bool af_tile_is_edge(int kind, int br, const af_fwd_b
 }
 
 // Bit i of okb: element i of this thread's share of the tile is allowed (in range and, on
-// partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. One *rolled*
-// loop evaluates them on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles
-// that need several scoring branches; interior full tiles skip it. The mask code is therefore
-// emitted once, not once per unrolled element: a mask with loads and divisions does not
-// multiply the kernel's size. coord(i, tr, tc) gives element i's row and key column in the tile.
-template <int BM, int BN, int COUNT, class Mask, class Scoring, typename T, class Coord>
-__device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t<COUNT>& nearb, const Mask& mask,
+// partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. They are
+// evaluated on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles that need
+// several scoring branches; interior full tiles skip it. A thread's share is NR rows x NC key
+// columns: row(r) and col(c) give their places in the tile, bit(r, c) the element's bit. The
+// loop over columns is *rolled* (the mask code is emitted NR times, not once per element: a
+// mask with loads and divisions does not multiply the kernel's size) and the rows are unrolled
+// inside it, so what a mask reads per key (a document id) is loaded once per column and what
+// it reads per query row is loop-invariant: a document mask loads NC + NR ids per tile, not
+// 2 NR NC (measured on an H200: per-element loads made the document kernel execute 1.78x
+// full attention's instructions per visited tile, docs/gpu-results/2026-12-04-NVIDIA-H200.md).
+template <int BM, int BN, int NR, int NC, class Mask, class Scoring, typename T, class Row, class Col, class Bit>
+__device__ __forceinline__ void af_element_bits(af_bits_t<NR * NC>& okb, af_bits_t<NR * NC>& nearb, const Mask& mask,
                                                 const Scoring& sc, int kind, int br, const af_fwd_block<T>& blk,
-                                                long long n0, int seq_k, Coord coord) {
-    using W = af_bits_t<COUNT>;
+                                                long long n0, int seq_k, Row row, Col col, Bit bit) {
+    using W = af_bits_t<NR * NC>;
     okb = ~W(0);
     nearb = (br & 1) ? ~W(0) : W(0);
     if (af_tile_is_edge<BM, BN, Mask, Scoring>(kind, br, blk, n0, seq_k)) {
@@ -267,15 +272,25 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t
         nearb = W(0);
         // rows and key columns of the tile that are in range
         const int rows_in = (int)blk.rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
+        const bool partial = Mask::active && kind == AF_TILE_PARTIAL;
 #pragma unroll 1
-        for (int i = 0; i < COUNT; ++i) {
-            int tr, tc;  // row and key column in the tile
-            coord(i, tr, tc);
-            bool ok = tr < rows_in && tc < cols_in;
-            const long long q_pos = blk.m0 + tr + blk.shift, kv_pos = n0 + tc;
-            if (Mask::active && kind == AF_TILE_PARTIAL) ok = ok && mask(q_pos, kv_pos);
-            okb |= (W)ok << i;
-            nearb |= (W)sc.near(q_pos, kv_pos) << i;
+        for (int c = 0; c < NC; ++c) {
+            const int tc = col(c);
+            const long long kv_pos = n0 + tc;
+            // the mask is evaluated unconditionally, at positions clamped into the tile's range
+            // (its result is dropped outside it): no branch around its loads, so they can be
+            // shared by the rows (per key) and hoisted out of this loop (per row)
+            const long long kv_eval = n0 + min(tc, cols_in - 1);
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                const int tr = row(r);
+                const long long q_pos = blk.m0 + tr + blk.shift;
+                bool ok = tr < rows_in && tc < cols_in;
+                if (partial) ok = mask(blk.m0 + min(tr, rows_in - 1) + blk.shift, kv_eval) & ok;
+                const int i = bit(r, c);
+                okb |= (W)ok << i;
+                nearb |= (W)sc.near(q_pos, kv_pos) << i;
+            }
         }
     }
 }

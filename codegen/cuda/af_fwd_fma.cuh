@@ -167,12 +167,9 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
         }
 
         af_bits_t<ROWS * CPL> okb, nearb;
-        af_element_bits<BM, BN, ROWS * CPL>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
-                                            [&](int i, int& tr, int& tc) {
-                                                const int r = i / CPL, c = i % CPL;
-                                                tr = warp * ROWS + r;
-                                                tc = lane + 32 * c;
-                                            });
+        af_element_bits<BM, BN, ROWS, CPL>(
+            okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k, [&](int r) { return warp * ROWS + r; },
+            [&](int c) { return lane + 32 * c; }, [](int r, int c) { return r * CPL + c; });
         // score mod, mask bits, online softmax; P -> shared
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {

@@ -375,12 +375,12 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             // of the warp's rows, column 8 j + 2 t + (e & 1) (g = lane >> 2, t = lane & 3); it is
             // element 4 (sl NT8 + j) + e of the allowed-element bits
             af_bits_t<SL * NT8 * 4> okb, nearb;
-            af_element_bits<BM, BN, SL * NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
-                                                  [&](int i, int& tr, int& tc) {
-                                                      const int j = i >> 2, e = i & 3;
-                                                      tr = warp * WM + 16 * (j / NT8) + (lane >> 2) + 8 * (e >> 1);
-                                                      tc = (j % NT8) * 8 + 2 * (lane & 3) + (e & 1);
-                                                  });
+            // rows: r = 2 sl + (e >> 1); key columns: c = 2 (j % NT8) + (e & 1)
+            af_element_bits<BM, BN, 2 * SL, 2 * NT8>(
+                okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                [&](int r) { return warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1); },
+                [&](int c) { return (c >> 1) * 8 + 2 * (lane & 3) + (c & 1); },
+                [](int r, int c) { return 4 * ((r >> 1) * NT8 + (c >> 1)) + 2 * (r & 1) + (c & 1); });
             // score mod and mask bits on the C fragments
 #pragma unroll
             for (int j = 0; j < SL * NT8; ++j) {

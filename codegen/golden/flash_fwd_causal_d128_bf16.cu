@@ -166,17 +166,22 @@ __device__ __forceinline__ bool af_mask_local(long long q, long long kv, int lef
 __device__ __forceinline__ bool af_mask_prefix_lm(long long q, long long kv, int prefix) {
     return kv <= q || kv < prefix;
 }
+// The document predicates load both ids without a branch (q < 0, a query before the first key,
+// reads id 0 and is then refused): the per-key id is shared by a thread's rows and the per-row
+// id hoisted out of the loop over keys (af_element_bits).
+__device__ __forceinline__ int af_doc_id(const int* doc, long long pos) {
+    return doc[pos < 0 ? 0 : pos];
+}
 __device__ __forceinline__ bool af_mask_document(const int* doc, long long q, long long kv) {
-    return q >= 0 && doc[q] == doc[kv];
+    return (q >= 0) & (af_doc_id(doc, q) == doc[kv]);
 }
 __device__ __forceinline__ bool af_mask_causal_document(const int* doc, long long q, long long kv) {
-    return kv <= q && doc[q] == doc[kv];
+    return (kv <= q) & (af_doc_id(doc, q) == doc[kv]);
 }
 // Doc id 0 is the shared question prefix.
 __device__ __forceinline__ bool af_mask_share_question(const int* doc, long long q, long long kv) {
-    if (q < 0) return false;
-    const int dq = doc[q], dk = doc[kv];
-    return (dq != 0 && dk == 0) || (dq == dk && kv <= q);
+    const int dq = af_doc_id(doc, q), dk = doc[kv];
+    return (q >= 0) & (((dq != 0) & (dk == 0)) | ((dq == dk) & (kv <= q)));
 }
 __device__ __forceinline__ bool af_mask_global_local(long long q, long long kv, int w, int g) {
     const long long d = q - kv;
@@ -184,7 +189,7 @@ __device__ __forceinline__ bool af_mask_global_local(long long q, long long kv, 
 }
 __device__ __forceinline__ bool af_mask_block_causal_document(const int* doc, long long q, long long kv, int bc) {
     // positions are below seq_k <= INT_MAX: 32-bit divisions (a 64-bit one is a long subroutine)
-    return q >= 0 && doc[q] == doc[kv] && (int)kv / bc <= (int)q / bc;
+    return (q >= 0) & (af_doc_id(doc, q) == doc[kv]) & ((int)kv / bc <= (int)q / bc);
 }
 __device__ __forceinline__ bool af_mask_lambda(long long q, long long kv, int g, int l) {
     return kv <= q && (kv < g || q - kv < l);
@@ -600,16 +605,21 @@ __device__ __forceinline__ bool af_tile_is_edge(int kind, int br, const af_fwd_b
 }
 
 // Bit i of okb: element i of this thread's share of the tile is allowed (in range and, on
-// partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. One *rolled*
-// loop evaluates them on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles
-// that need several scoring branches; interior full tiles skip it. The mask code is therefore
-// emitted once, not once per unrolled element: a mask with loads and divisions does not
-// multiply the kernel's size. coord(i, tr, tc) gives element i's row and key column in the tile.
-template <int BM, int BN, int COUNT, class Mask, class Scoring, typename T, class Coord>
-__device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t<COUNT>& nearb, const Mask& mask,
+// partial tiles, by the element mask); bit i of nearb: it takes scoring branch 0. They are
+// evaluated on partial tiles, edge tiles (rows past seq_q, keys past seq_k) and tiles that need
+// several scoring branches; interior full tiles skip it. A thread's share is NR rows x NC key
+// columns: row(r) and col(c) give their places in the tile, bit(r, c) the element's bit. The
+// loop over columns is *rolled* (the mask code is emitted NR times, not once per element: a
+// mask with loads and divisions does not multiply the kernel's size) and the rows are unrolled
+// inside it, so what a mask reads per key (a document id) is loaded once per column and what
+// it reads per query row is loop-invariant: a document mask loads NC + NR ids per tile, not
+// 2 NR NC (measured on an H200: per-element loads made the document kernel execute 1.78x
+// full attention's instructions per visited tile, docs/gpu-results/2026-12-04-NVIDIA-H200.md).
+template <int BM, int BN, int NR, int NC, class Mask, class Scoring, typename T, class Row, class Col, class Bit>
+__device__ __forceinline__ void af_element_bits(af_bits_t<NR * NC>& okb, af_bits_t<NR * NC>& nearb, const Mask& mask,
                                                 const Scoring& sc, int kind, int br, const af_fwd_block<T>& blk,
-                                                long long n0, int seq_k, Coord coord) {
-    using W = af_bits_t<COUNT>;
+                                                long long n0, int seq_k, Row row, Col col, Bit bit) {
+    using W = af_bits_t<NR * NC>;
     okb = ~W(0);
     nearb = (br & 1) ? ~W(0) : W(0);
     if (af_tile_is_edge<BM, BN, Mask, Scoring>(kind, br, blk, n0, seq_k)) {
@@ -617,15 +627,25 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<COUNT>& okb, af_bits_t
         nearb = W(0);
         // rows and key columns of the tile that are in range
         const int rows_in = (int)blk.rows_valid, cols_in = (int)min((long long)BN, (long long)seq_k - n0);
+        const bool partial = Mask::active && kind == AF_TILE_PARTIAL;
 #pragma unroll 1
-        for (int i = 0; i < COUNT; ++i) {
-            int tr, tc;  // row and key column in the tile
-            coord(i, tr, tc);
-            bool ok = tr < rows_in && tc < cols_in;
-            const long long q_pos = blk.m0 + tr + blk.shift, kv_pos = n0 + tc;
-            if (Mask::active && kind == AF_TILE_PARTIAL) ok = ok && mask(q_pos, kv_pos);
-            okb |= (W)ok << i;
-            nearb |= (W)sc.near(q_pos, kv_pos) << i;
+        for (int c = 0; c < NC; ++c) {
+            const int tc = col(c);
+            const long long kv_pos = n0 + tc;
+            // the mask is evaluated unconditionally, at positions clamped into the tile's range
+            // (its result is dropped outside it): no branch around its loads, so they can be
+            // shared by the rows (per key) and hoisted out of this loop (per row)
+            const long long kv_eval = n0 + min(tc, cols_in - 1);
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                const int tr = row(r);
+                const long long q_pos = blk.m0 + tr + blk.shift;
+                bool ok = tr < rows_in && tc < cols_in;
+                if (partial) ok = mask(blk.m0 + min(tr, rows_in - 1) + blk.shift, kv_eval) & ok;
+                const int i = bit(r, c);
+                okb |= (W)ok << i;
+                nearb |= (W)sc.near(q_pos, kv_pos) << i;
+            }
         }
     }
 }
@@ -1009,12 +1029,12 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             // of the warp's rows, column 8 j + 2 t + (e & 1) (g = lane >> 2, t = lane & 3); it is
             // element 4 (sl NT8 + j) + e of the allowed-element bits
             af_bits_t<SL * NT8 * 4> okb, nearb;
-            af_element_bits<BM, BN, SL * NT8 * 4>(okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
-                                                  [&](int i, int& tr, int& tc) {
-                                                      const int j = i >> 2, e = i & 3;
-                                                      tr = warp * WM + 16 * (j / NT8) + (lane >> 2) + 8 * (e >> 1);
-                                                      tc = (j % NT8) * 8 + 2 * (lane & 3) + (e & 1);
-                                                  });
+            // rows: r = 2 sl + (e >> 1); key columns: c = 2 (j % NT8) + (e & 1)
+            af_element_bits<BM, BN, 2 * SL, 2 * NT8>(
+                okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                [&](int r) { return warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1); },
+                [&](int c) { return (c >> 1) * 8 + 2 * (lane & 3) + (c & 1); },
+                [](int r, int c) { return 4 * ((r >> 1) * NT8 + (c >> 1)) + 2 * (r & 1) + (c & 1); });
             // score mod and mask bits on the C fragments
 #pragma unroll
             for (int j = 0; j < SL * NT8; ++j) {

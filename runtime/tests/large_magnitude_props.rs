@@ -256,6 +256,8 @@ fn params(spec: &KernelSpec, s: Shape) -> RunParams {
             .with("local_window", 17)
             .with("dist_limit", 40)
             .with("rope_theta", 500.0),
+        Mask::ChunkedCausal => MaskParams::new().with("chunk_size", 27),
+        Mask::DilatedCausal => MaskParams::new().with("window", 40).with("dilation", 3),
         _ => MaskParams::None,
     };
     let mut p = RunParams {

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Errors, SpecError};
-use crate::spec::{DType, KernelSpec, ScoreMod};
+use crate::spec::{DType, HeadDim, KernelSpec, ScoreMod};
 
 /// Target architecture: the one `Arch` of the workspace (tiles, NVRTC, ptxas, the tuner).
 /// Hopper's arch-specific features (`sm_90a`: `wgmma`, `setmaxnreg`) are a compile-target
@@ -461,7 +461,8 @@ impl TileConfig {
 ///   in {2, 3} (double and triple buffering); a single stage only for a shape where no
 ///   pipelined config fits the shared memory (head dim 256); and 32 query rows per warp
 ///   (two 16-row slabs: each K/V fragment feeds two MMAs, FA2's shape): 128 x {32, 64}
-///   with 4 warps, 2 stages, where the register estimate allows it.
+///   with 4 warps, 2 stages, where the register estimate allows it. Head dim 256 (not
+///   LM-Infinite): 128 x 32 with 8 warps and 2 stages only (the others spill with some masks).
 /// - f32 (FMA mainloop, one stage): block_m in {64, 128}, block_n in {32, 64}, warps in
 ///   {4, 8}.
 ///
@@ -494,6 +495,14 @@ pub fn default_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig> {
         }
         for bn in [32, 64] {
             v.extend(Some(TileConfig::new(128, bn, 4, 2)).filter(ok));
+        }
+        if spec.head_dim == HeadDim::D256 && !spec.mask.lm_infinite_scoring() {
+            // at d = 256 the O accumulators take 128 registers per thread: 4-warp blocks and
+            // triple buffering reach ptxas's 255 and spill with some masks (ptxas 12.9, the
+            // element masks of global_local, lambda_mask, dilated_causal and the catalog's
+            // `dilated` predicate); 128 x 32 with 8 warps and 2 stages compiles spill-free
+            // for every catalog mask on sm_80 and sm_90
+            v.retain(|t| t.warps == 8 && t.stages == 2);
         }
     }
     if let Some(t) = default_tile(spec, arch) {
@@ -555,6 +564,12 @@ pub fn default_tile(spec: &KernelSpec, arch: Arch) -> Option<TileConfig> {
             TileConfig::new(64, 32, 4, 2),
             TileConfig::new(32, 32, 2, 2),
             TileConfig::new(16, 32, 1, 1),
+        ]
+    } else if spec.head_dim == HeadDim::D256 {
+        // see default_search_space: the one d = 256 shape that is spill-free for every mask
+        &[
+            TileConfig::new(128, 32, 8, 2),
+            TileConfig::new(64, 32, 4, 2),
         ]
     } else {
         &[

@@ -256,8 +256,10 @@ __device__ __forceinline__ int af_tile_dilated_causal(long long p_lo, long long 
     const long long reach = (long long)window * dilation;
     const long long near = p_lo - c1 > 0 ? p_lo - c1 : 0;
     const long long far = p_hi - c0 < reach ? p_hi - c0 : reach;
-    // far < seq_k here, so the largest multiple of d at or below it is an int
-    if (far < near || (long long)((int)far / dilation) * dilation < near) return AF_TILE_SKIP;
+    // a range of at least d distances holds a multiple of d: the division (far < seq_k, so
+    // an int one) is only needed for a narrower range, which a visited tile rarely has
+    if (far < near) return AF_TILE_SKIP;
+    if (far - near < dilation - 1 && (long long)((int)far / dilation) * dilation < near) return AF_TILE_SKIP;
     const bool full = (p_lo == p_hi && c0 == c1) || (dilation == 1 && p_lo - c1 >= 0 && p_hi - c0 <= reach);
     return full ? AF_TILE_FULL : AF_TILE_PARTIAL;
 }

@@ -45,6 +45,19 @@ fn committed() -> BTreeMap<(String, String), (f64, f64)> {
     out
 }
 
+/// The hints of docs/anchors.md: MMA and cp.async work of one key tile per warp.
+fn hints(spec: &KernelSpec, tile: &TileConfig) -> MainLoopHints {
+    let d = spec.head_dim.get();
+    MainLoopHints {
+        mma_per_iteration: Some(
+            (2 * tile.block_m * tile.block_n * d) as f64 / (tile.warps as f64 * 2048.0),
+        ),
+        cp_async_per_iteration: Some(
+            (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64),
+        ),
+    }
+}
+
 /// Measures the default-tile kernels: `(kernel, arch) -> (instr/MMA, ldmatrix bytes/MMA)`.
 fn measure() -> BTreeMap<(String, String), (f64, f64)> {
     let mut out = BTreeMap::new();
@@ -55,21 +68,14 @@ fn measure() -> BTreeMap<(String, String), (f64, f64)> {
         (HeadDim::D128, Mask::Causal),
     ] {
         let spec = KernelSpec::new(DType::Bf16, head_dim, mask, ScoreMod::None);
-        let d = spec.head_dim.get();
         for arch in [Arch::Sm80, Arch::Sm90] {
             let tile = default_tile(&spec, arch).expect("a default tile");
             let k = emit_with(&spec, &tile, arch, SymbolStyle::WithTile).expect("emits");
             let b = build_kernel(&k.source, &k.name, arch)
                 .unwrap_or_else(|e| panic!("compile (run `cargo xtask setup`): {e}"));
             let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
-            // the hints of docs/anchors.md: MMA and cp.async work of one key tile per warp
-            let mma = (2 * tile.block_m * tile.block_n * d) as f64 / (tile.warps as f64 * 2048.0);
-            let hints = MainLoopHints {
-                mma_per_iteration: Some(mma),
-                cp_async_per_iteration: Some(
-                    (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64),
-                ),
-            };
+            let hints = hints(&spec, &tile);
+            let mma = hints.mma_per_iteration.expect("set by hints()");
             let reports = main_loops(&text, &hints).expect("analysable");
             let m = reports.first().expect("a main loop");
             // (causal kernels: the scan for the next visited tile is assumed to take 1 trip)
@@ -141,20 +147,11 @@ fn main_loops_are_no_worse_than_committed() {
 
 /// Main-loop instructions per MMA of `spec` at `tile` on `arch` (the interior-tile path).
 fn instr_per_mma(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> f64 {
-    let d = spec.head_dim.get();
     let k = emit_with(spec, tile, arch, SymbolStyle::WithTile).expect("emits");
     let b = build_kernel(&k.source, &k.name, arch)
         .unwrap_or_else(|e| panic!("compile (run `cargo xtask setup`): {e}"));
     let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
-    let hints = MainLoopHints {
-        mma_per_iteration: Some(
-            (2 * tile.block_m * tile.block_n * d) as f64 / (tile.warps as f64 * 2048.0),
-        ),
-        cp_async_per_iteration: Some(
-            (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64),
-        ),
-    };
-    let reports = main_loops(&text, &hints).expect("analysable");
+    let reports = main_loops(&text, &hints(spec, tile)).expect("analysable");
     reports.first().expect("a main loop").instr_per_mma()
 }
 

@@ -31,7 +31,14 @@ strip "$out/bin/gpu_tests" "$out/bin/attnforge" 2>/dev/null || true
 ATTNFORGE_EMIT_DIR="$out/kernels" cargo test --release -p attnforge-codegen --test gpu emit_bench_kernels
 # the simulator's mma fragment check kernel, with the codegen prelude in front
 { cat codegen/cuda/af_prelude.cuh codegen/cuda/af_attn.cuh; cat sim/tests/cuda/mma_check.cu; } > "$out/kernels/mma_check.cu"
-cp gpu/run.sh gpu/bench.py "$out/"
+# the simulator's Hopper test kernels (wgmma shapes and swizzles; TMA + mbarrier + setmaxnreg),
+# with the prelude and af_hopper.cuh in front: part (h), the emulation against the hardware
+{
+  cat codegen/cuda/af_prelude.cuh codegen/cuda/af_hopper.cuh
+  sed -n '1,/^\/\/ TMA: thread 0 loads/p' sim/tests/cuda/hopper.cu | head -n -1
+  sed -n '1,/^\/\/ Every non-wgmma helper/p' sim/tests/cuda/hopper_gpu.cu | head -n -1
+} > "$out/kernels/hopper_check.cu"
+cp gpu/run.sh gpu/bench.py gpu/hopper_check.py "$out/"
 du -sh "$out"
 kib=$(du -sk "$out" | cut -f1)
 if [ "$kib" -gt $((60 * 1024)) ]; then

@@ -47,6 +47,14 @@ timeout 120 "$out/bin/attnforge" check --all --backend cuda 2>&1 | tee -a "$res"
 echo "exit status: ${PIPESTATUS[0]}" | tee -a "$res"
 echo '```' >> "$res"
 cp "$res" "$back/gpu-results.md"
+{
+  echo
+  echo '## (h) Hopper helpers vs the hardware'
+  echo '```'
+} >> "$res"
+PYTHONUNBUFFERED=1 timeout 60 python3 "$out/hopper_check.py" "$out/kernels" 2>&1 | tee -a "$res"
+echo "exit status: ${PIPESTATUS[0]}" | tee -a "$res"
+echo '```' >> "$res"
 echo '## (a) mma layout and (c) TFLOP/s' >> "$res"
 PYTHONUNBUFFERED=1 timeout 170 python3 "$out/bench.py" --kernels "$out/kernels" --budget-s 120 2>&1 | tee -a "$res"
 echo "exit status: ${PIPESTATUS[0]}" | tee -a "$res"

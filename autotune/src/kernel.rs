@@ -126,11 +126,11 @@ impl Tunable for KernelTunable {
         let ok: Vec<usize> = (0..tiles.len()).filter(|&i| emitted[i].is_ok()).collect();
         let sources: Vec<KernelSource<'_>> = ok
             .iter()
-            .filter_map(|&i| emitted[i].as_ref().ok())
-            .map(|k| KernelSource {
+            .filter_map(|&i| emitted[i].as_ref().ok().map(|k| (k, &tiles[i])))
+            .map(|(k, t)| KernelSource {
                 source: &k.source,
                 name: &k.name,
-                options: CompileOptions::new(arch),
+                options: CompileOptions::for_tile(arch, t),
             })
             .collect();
         let mut out: Vec<Result<Resources, String>> = emitted

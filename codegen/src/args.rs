@@ -540,7 +540,7 @@ fn requirements(spec: &KernelSpec, tile: &TileConfig) -> Vec<String> {
     ];
     if matches!(
         crate::tile::Mainloop::select(spec, tile),
-        crate::tile::Mainloop::TensorCore
+        crate::tile::Mainloop::TensorCore | crate::tile::Mainloop::Wgmma
     ) {
         r.push(
             "o: rows 4-byte aligned (even o_stride_s, 4-byte aligned base): O is stored as packed \

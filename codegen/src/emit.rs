@@ -32,19 +32,27 @@ pub const FWD_CUH: &str = include_str!("../cuda/af_fwd.cuh");
 pub const FWD_TC_CUH: &str = include_str!("../cuda/af_fwd_tc.cuh");
 /// The FMA main-loop template (`cuda/af_fwd_fma.cuh`).
 pub const FWD_FMA_CUH: &str = include_str!("../cuda/af_fwd_fma.cuh");
+/// The Hopper device helpers (`cuda/af_hopper.cuh`: wgmma, mbarriers, TMA, setmaxnreg).
+pub const HOPPER_CUH: &str = include_str!("../cuda/af_hopper.cuh");
+/// The Hopper warpgroup-MMA main-loop template (`cuda/af_fwd_wg.cuh`).
+pub const FWD_WG_CUH: &str = include_str!("../cuda/af_fwd_wg.cuh");
 
 /// Device prelude files of a kernel with `mainloop`, in paste order: `(file name, text)`.
-pub fn prelude_files(mainloop: Mainloop) -> [(&'static str, &'static str); 4] {
-    let main = match mainloop {
-        Mainloop::TensorCore => ("af_fwd_tc.cuh", FWD_TC_CUH),
-        Mainloop::Fma => ("af_fwd_fma.cuh", FWD_FMA_CUH),
-    };
-    [
+pub fn prelude_files(mainloop: Mainloop) -> Vec<(&'static str, &'static str)> {
+    let mut files = vec![
         ("af_prelude.cuh", PRELUDE_CUH),
         ("af_attn.cuh", ATTN_CUH),
         ("af_fwd.cuh", FWD_CUH),
-        main,
-    ]
+    ];
+    match mainloop {
+        Mainloop::TensorCore => files.push(("af_fwd_tc.cuh", FWD_TC_CUH)),
+        Mainloop::Fma => files.push(("af_fwd_fma.cuh", FWD_FMA_CUH)),
+        Mainloop::Wgmma => {
+            files.push(("af_hopper.cuh", HOPPER_CUH));
+            files.push(("af_fwd_wg.cuh", FWD_WG_CUH));
+        }
+    }
+    files
 }
 
 /// Which CUDA symbol the kernel gets.
@@ -156,6 +164,13 @@ fn header(o: &mut String, ir: &KernelIr) {
             t.stages,
             if t.stages == 1 { "" } else { "s" }
         ),
+        Mainloop::Wgmma => format!(
+            "warpgroup MMA (sm_90a wgmma m64n{}k16 / m64n{}k16, f32 accumulation; cp.async, {} stage{})",
+            t.block_n,
+            ir.head_dim,
+            t.stages,
+            if t.stages == 1 { "" } else { "s" }
+        ),
     };
     let _ = writeln!(o, "// mainloop: {mainloop} | tiles: {sched}");
     let _ = writeln!(
@@ -225,6 +240,7 @@ fn kernel(o: &mut String, ir: &KernelIr) {
     let mainloop = match ir.mainloop {
         Mainloop::Fma => "af_fwd_fma",
         Mainloop::TensorCore => "af_fwd_tc",
+        Mainloop::Wgmma => "af_fwd_wg",
     };
     let _ = writeln!(
         o,

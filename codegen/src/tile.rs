@@ -109,6 +109,10 @@ pub struct TileConfig {
     /// Pipeline stages of K/V tiles: `cp.async` buffers of the tensor-core mainloop
     /// (1..=3); the FMA mainloop supports 1.
     pub stages: usize,
+    /// Hopper warpgroup MMA ([`Mainloop::Wgmma`], compiled for `sm_90a`): one warpgroup per
+    /// 64 query rows. Absent from serialized configs when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wgmma: bool,
 }
 
 /// How S = Q K^T and O += P V are computed (selected by [`Mainloop::select`]).
@@ -126,6 +130,13 @@ pub enum Mainloop {
     /// fragment of P). Each warp owns `block_m / warps` = 16 or 32 query rows (one or two
     /// 16-row slabs: with two, every `ldmatrix`'d K/V fragment feeds two `mma`).
     TensorCore,
+    /// Hopper warpgroup MMA (`sm_90a`, [`TileConfig::wgmma`]): each warpgroup (4 warps) owns
+    /// 64 query rows; `wgmma.mma_async` m64nNk16 computes S = Q K^T from shared memory (Q
+    /// and K through matrix descriptors) and O += P V with P from registers, V MN-major from
+    /// shared memory. Q, K, V staged by `cp.async` in wgmma's 128-byte-swizzled layout. The
+    /// mask, score and schedule policies are the tensor-core mainloop's; one scoring branch
+    /// (not LM-Infinite).
+    Wgmma,
 }
 
 impl Mainloop {
@@ -133,6 +144,9 @@ impl Mainloop {
     /// two 16-row slabs (`block_m == 16 * warps` or `32 * warps`), FMA otherwise (f32, or
     /// other shapes).
     pub fn select(spec: &KernelSpec, t: &TileConfig) -> Self {
+        if t.wgmma {
+            return Mainloop::Wgmma;
+        }
         if spec.dtype != DType::F32
             && t.warps > 0
             && (t.block_m == 16 * t.warps || t.block_m == 32 * t.warps)
@@ -194,10 +208,10 @@ impl SmemLayout {
                     p: t.block_m * t.block_n,
                 }
             }
-            Mainloop::TensorCore => {
+            m @ (Mainloop::TensorCore | Mainloop::Wgmma) => {
                 let st = t.stages.max(1);
                 SmemLayout {
-                    mainloop: Mainloop::TensorCore,
+                    mainloop: m,
                     elem_bytes: 2,
                     stages: st,
                     k_stride: d,
@@ -242,15 +256,50 @@ impl TileConfig {
             block_n,
             warps,
             stages,
+            wgmma: false,
         }
     }
 
-    /// `m<bm>n<bn>w<warps>s<stages>`.
+    /// A Hopper warpgroup-MMA tile ([`Mainloop::Wgmma`]): `block_m / 64` warpgroups.
+    pub fn wgmma(block_m: usize, block_n: usize, stages: usize) -> Self {
+        TileConfig {
+            block_m,
+            block_n,
+            warps: block_m / 16,
+            stages,
+            wgmma: true,
+        }
+    }
+
+    /// `m<bm>n<bn>w<warps>s<stages>`, with `wg` appended for a warpgroup-MMA tile.
     pub fn suffix(&self) -> String {
         format!(
-            "m{}n{}w{}s{}",
-            self.block_m, self.block_n, self.warps, self.stages
+            "m{}n{}w{}s{}{}",
+            self.block_m,
+            self.block_n,
+            self.warps,
+            self.stages,
+            if self.wgmma { "wg" } else { "" }
         )
+    }
+
+    /// Parses [`TileConfig::suffix`]'s form (`m64n64w4s2`, `m128n128w8s2wg`).
+    pub fn parse_suffix(s: &str) -> Option<Self> {
+        let (body, wgmma) = match s.strip_suffix("wg") {
+            Some(b) => (b, true),
+            None => (s, false),
+        };
+        let rest = body.strip_prefix('m')?;
+        let (m, rest) = rest.split_once('n')?;
+        let (n, rest) = rest.split_once('w')?;
+        let (w, st) = rest.split_once('s')?;
+        Some(TileConfig {
+            block_m: m.parse().ok()?,
+            block_n: n.parse().ok()?,
+            warps: w.parse().ok()?,
+            stages: st.parse().ok()?,
+            wgmma,
+        })
     }
 
     /// Threads per block.
@@ -286,7 +335,7 @@ impl TileConfig {
         } else {
             0
         };
-        if Mainloop::select(spec, self) == Mainloop::TensorCore {
+        if Mainloop::select(spec, self) != Mainloop::Fma {
             // Per thread: O accumulators D/8 n8-tiles x 4 floats, S fragments block_n/8 x 4
             // (per branch, plus the user-score term), m and l for its 2 rows, A/B fragments
             // (4 + 4 + 4 registers) and the pipeline cursors.
@@ -376,6 +425,7 @@ impl TileConfig {
                     );
                 }
             }
+            Mainloop::Wgmma => self.wgmma_errors(spec, arch, &mut e),
             Mainloop::Fma => {
                 // The allowed-element bits of a thread's share of the score tile are one 64-bit word.
                 let per_thread = (self.block_m / self.warps.max(1)) * (self.block_n / 32);
@@ -426,6 +476,61 @@ impl TileConfig {
             self.resource_errors(spec, arch, &mut e);
         }
         e.finish()
+    }
+
+    /// What a warpgroup-MMA tile needs beyond the common rules.
+    fn wgmma_errors(&self, spec: &KernelSpec, arch: Arch, e: &mut Errors) {
+        if arch != Arch::Sm90 {
+            e.push(
+                "tile.wgmma",
+                format!("warpgroup MMA is Hopper's (sm_90a): not available on {arch}"),
+                "target sm_90, or use a tile without wgmma",
+            );
+        }
+        if spec.dtype == DType::F32 {
+            e.push(
+                "tile.wgmma",
+                "warpgroup MMA multiplies f16/bf16 inputs: the spec's dtype is f32",
+                "use dtype f16 or bf16, or a tile without wgmma (FMA mainloop)",
+            );
+        }
+        if spec.mask.lm_infinite_scoring() {
+            e.push(
+                "tile.wgmma",
+                "LM-Infinite scores two rotations per tile; the wgmma mainloop has one scoring branch",
+                "use a tile without wgmma for lm_infinite",
+            );
+        }
+        if !(self.block_m == 64 || self.block_m == 128) || self.warps != self.block_m / 16 {
+            e.push(
+                "tile.block_m",
+                format!(
+                    "a wgmma tile has one warpgroup (4 warps) per 64 query rows: got block_m = {}, warps = {}",
+                    self.block_m, self.warps
+                ),
+                "use block_m = 64 (4 warps) or 128 (8 warps)",
+            );
+        }
+        if !(self.block_n == 64 || self.block_n == 128) {
+            e.push(
+                "tile.block_n",
+                format!(
+                    "a wgmma tile's key tile is the instruction's N: 64 or 128, got {}",
+                    self.block_n
+                ),
+                "use block_n = 64 or 128",
+            );
+        }
+        if !(1..=3).contains(&self.stages) {
+            e.push(
+                "tile.stages",
+                format!(
+                    "the wgmma mainloop pipelines 1..=3 K/V stages: got stages = {}",
+                    self.stages
+                ),
+                "use stages = 2 or 3",
+            );
+        }
     }
 
     /// Shared memory and the register estimate against `arch`'s limits (for a tile whose

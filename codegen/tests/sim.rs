@@ -503,6 +503,7 @@ const T16: TileConfig = TileConfig {
     block_n: 32,
     warps: 2,
     stages: 1,
+    wgmma: false,
 };
 
 #[test]
@@ -899,4 +900,47 @@ fn unguarded_kv_copy_is_an_out_of_bounds_read() {
             );
         }
     }
+}
+
+// ---- Hopper warpgroup MMA (sm_90a) on the simulator: the same suite on wgmma tiles ----
+
+fn wgmma_suite(cases: Vec<tc_cases::TcCase>) {
+    let mut bad = Vec::new();
+    for c in &cases {
+        assert_eq!(
+            attnforge_codegen::tile::Mainloop::select(&c.spec, &c.tile),
+            attnforge_codegen::tile::Mainloop::Wgmma,
+            "{}",
+            c.name
+        );
+        let src = emit(&c.spec, &c.tile, Arch::Sm90).unwrap().source;
+        assert!(
+            src.contains("af_fwd_wg<Tile>(") && !src.contains("begin af_fwd_tc.cuh"),
+            "{}: not the wgmma mainloop",
+            c.name
+        );
+        for sched in Schedule::standard(0x3d) {
+            match tc_cases::run_case(c, &Backend::Sim(SimConfig::new(sched))) {
+                Ok(r) => assert!(r.close.out.max_err.is_finite(), "{}", c.name),
+                Err(e) => bad.push(format!("{} ({sched:?}): {e}", c.name)),
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} runs failed:\n{}",
+        bad.len(),
+        cases.len() * 3,
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn wgmma_f16_d64() {
+    wgmma_suite(tc_cases::wgmma_variants(DType::F16, HeadDim::D64));
+}
+
+#[test]
+fn wgmma_bf16_d128() {
+    wgmma_suite(tc_cases::wgmma_variants(DType::Bf16, HeadDim::D128));
 }

@@ -11,7 +11,7 @@ use cudarc::driver::CudaSlice;
 use crate::exec::host::HostArg;
 use crate::exec::{ExecError, Inputs};
 use crate::{
-    compile_cached, device_ptr, Arch, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
+    compile_with_cached, device_ptr, Arch, CompileOptions, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
     LaunchConfig,
 };
 use attnforge_codegen::shape::Shape;
@@ -118,9 +118,18 @@ pub(crate) fn prepare<T: Element>(
     let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
     let (major, _minor) = gpu.compute_capability();
     let arch = Arch::for_capability(major);
+    if tile.wgmma && major != 9 {
+        // sm_90a code runs on compute capability 9.0 only (not forward compatible)
+        return Err(crate::exec::input_err(
+            "tile.wgmma",
+            format!("a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} has compute capability {major}.x"),
+            "use a tile without wgmma on this device",
+        ));
+    }
     let k = emit(spec, tile, arch).map_err(ExecError::Spec)?;
     // Through the persistent kernel cache: a kernel compiled before is not compiled again.
-    let compiled = compile_cached(&k.source, &k.name, arch).map_err(cuda_err)?;
+    let compiled = compile_with_cached(&k.source, &k.name, &CompileOptions::for_tile(arch, tile))
+        .map_err(cuda_err)?;
     let kernel = GpuKernel::load(&gpu, &compiled, signature(spec)).map_err(cuda_err)?;
     let stream = gpu.stream().clone();
     let up = |b: &[u8]| -> Result<CudaSlice<u8>, ExecError> {

@@ -71,6 +71,14 @@ impl CompileOptions {
         }
     }
 
+    /// The options of a generated kernel with `tile` on `arch`: the defaults, and the
+    /// arch-specific target (`sm_90a`) for a warpgroup-MMA tile.
+    pub fn for_tile(arch: Arch, tile: &attnforge_codegen::tile::TileConfig) -> Self {
+        let mut o = Self::new(arch);
+        o.arch_specific = tile.wgmma;
+        o
+    }
+
     /// Defaults for `arch`: C++20, ptxas report on, fast float mode on, nothing extra.
     pub fn new(arch: Arch) -> Self {
         Self {

@@ -39,9 +39,74 @@ fn docs(sk: usize, cuts: &[usize]) -> Vec<i32> {
 /// Every static variant (mask x score) with its runtime parameters, for `dtype` and `d`.
 pub fn variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
     let (sq, sk) = (50, 77);
+    variant_specs(dtype, d, sk, BlockSize { q: 32, k: 32 })
+        .into_iter()
+        .enumerate()
+        .map(|(i, (spec, params, (hq, hkv)))| {
+            // head dim 64: one or two 16-row slabs per warp (block_m = 16 or 32 x warps),
+            // alternating over the variants and between the f16 and bf16 suites, so every
+            // variant runs both (two slabs at d128 are over the register estimate)
+            let two_slabs = d == HeadDim::D64 && (i + usize::from(dtype == DType::Bf16)) % 2 == 1;
+            let tile = TileConfig::new(32, 32, if two_slabs { 1 } else { 2 }, 1 + i % 3);
+            TcCase {
+                name: canonical_name_with_tile(&spec, &tile),
+                spec,
+                tile,
+                dims: (1, hq, hkv, sq, sk),
+                params,
+            }
+        })
+        .collect()
+}
+
+/// Every variant of [`variants`] the Hopper warpgroup-MMA mainloop runs (all but LM-Infinite)
+/// on wgmma tiles: block_m 64 / 128 (one or two warpgroups) x block_n 64 / 128, stages 1..=3
+/// cycling over the list, lengths that are not tile multiples (`Sq = 150`, `Sk = 333`: two
+/// query blocks at 128 rows, three to six key tiles), block lists of 128 x 128 blocks; plus
+/// causal with `Sq > Sk` (empty rows).
+pub fn wgmma_variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
+    let (sq, sk) = (150, 333);
+    let shapes = [(64, 64), (128, 128), (64, 128), (128, 64)];
+    let mut list = variant_specs(dtype, d, sk, BlockSize { q: 128, k: 128 });
+    list.retain(|(s, _, _)| !s.mask.lm_infinite_scoring());
+    let mut cases: Vec<TcCase> = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, (spec, params, (hq, hkv)))| {
+            let (bm, bn) = shapes[i % shapes.len()];
+            let tile = TileConfig::wgmma(bm, bn, 1 + i % 3);
+            TcCase {
+                name: canonical_name_with_tile(&spec, &tile),
+                spec,
+                tile,
+                dims: (1, hq, hkv, sq, sk),
+                params,
+            }
+        })
+        .collect();
+    let causal = KernelSpec::new(dtype, d, Mask::Causal, ScoreMod::None).with_gqa();
+    let tile = TileConfig::wgmma(128, 64, 2);
+    cases.push(TcCase {
+        name: canonical_name_with_tile(&causal, &tile),
+        spec: causal,
+        tile,
+        dims: (2, 4, 2, 200, 90),
+        params: RunParams::default(),
+    });
+    cases
+}
+
+/// The variants' specs, runtime parameters (for `sk` keys; block lists of `bs` blocks, 2 x 3
+/// of them) and heads `(hq, hkv)`.
+fn variant_specs(
+    dtype: DType,
+    d: HeadDim,
+    sk: usize,
+    bs: BlockSize,
+) -> Vec<(KernelSpec, RunParams, (usize, usize))> {
     let none = ScoreMod::None;
-    let bs = BlockSize { q: 32, k: 32 };
-    let doc = docs(sk, &[20, 21, 60]);
+    // documents of 20, 1, 39 keys, then (past 77 keys) 90 and 110 keys and the rest
+    let doc = docs(sk, &[20, 21, 60, 150, 260]);
     let qdoc: Vec<i32> = docs(sk, &[15, 50]).into_iter().map(|x| x.min(2)).collect();
     let mut list: Vec<(KernelSpec, RunParams, (usize, usize))> = vec![
         (
@@ -180,23 +245,7 @@ pub fn variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
             s.sparse_block = bs;
         }
     }
-    list.into_iter()
-        .enumerate()
-        .map(|(i, (spec, params, (hq, hkv)))| {
-            // head dim 64: one or two 16-row slabs per warp (block_m = 16 or 32 x warps),
-            // alternating over the variants and between the f16 and bf16 suites, so every
-            // variant runs both (two slabs at d128 are over the register estimate)
-            let two_slabs = d == HeadDim::D64 && (i + usize::from(dtype == DType::Bf16)) % 2 == 1;
-            let tile = TileConfig::new(32, 32, if two_slabs { 1 } else { 2 }, 1 + i % 3);
-            TcCase {
-                name: canonical_name_with_tile(&spec, &tile),
-                spec,
-                tile,
-                dims: (1, hq, hkv, sq, sk),
-                params,
-            }
-        })
-        .collect()
+    list
 }
 
 /// The d = 256 case (dense, one pipelined config) and the `Sq > Sk` causal case.

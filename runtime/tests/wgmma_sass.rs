@@ -1,0 +1,150 @@
+//! The Hopper warpgroup-MMA kernels (issue 22) through NVRTC + ptxas for `sm_90a`: every
+//! tensor-core catalog variant that the wgmma mainloop runs (all but LM-Infinite) at the wgmma
+//! tiles compiles without spills or stack frame, its main loop issues `HGMMA.64x<BN>x16` for
+//! Q K^T and `HGMMA.64x<D>x16` for P V with no `HMMA` left, ptxas does not serialize the
+//! wgmma (no accumulator touched inside a pipeline stage), and the interior-tile main loop of
+//! the dense kernels issues fewer instructions per m16n8k16-equivalent MMA than their
+//! mma.sync counterparts at the default tile. Prints the figures (docs/hopper.md). Fails
+//! (never skips) without the toolchain of `cargo xtask setup`.
+
+use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
+use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
+use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
+use attnforge_runtime::{
+    build_with, main_loops, sass, CompileOptions, Compiler, KernelSource, MainLoopHints,
+};
+
+/// MMA (m16n8k16 equivalents) and cp.async work of one key tile per warp.
+fn hints(spec: &KernelSpec, tile: &TileConfig) -> MainLoopHints {
+    let d = spec.head_dim.get();
+    MainLoopHints {
+        mma_per_iteration: Some(
+            (2 * tile.block_m * tile.block_n * d) as f64 / (tile.warps as f64 * 2048.0),
+        ),
+        cp_async_per_iteration: Some(
+            (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64),
+        ),
+    }
+}
+
+struct Built {
+    name: String,
+    sass: String,
+    log: String,
+    spills: u64,
+    stack: u64,
+    registers: u32,
+}
+
+fn build(spec: &KernelSpec, tile: &TileConfig) -> Built {
+    let k = emit_with(spec, tile, Arch::Sm90, SymbolStyle::WithTile)
+        .unwrap_or_else(|e| panic!("{tile:?} does not emit: {e:?}"));
+    let compiler = Compiler::global().expect("NVRTC (run `cargo xtask setup`)");
+    let b = build_with(
+        compiler,
+        &KernelSource {
+            source: &k.source,
+            name: &k.name,
+            options: CompileOptions::for_tile(Arch::Sm90, tile),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", k.name));
+    Built {
+        sass: sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS"),
+        log: b.compiled.log.clone(),
+        spills: b.resources.spill_store_bytes + b.resources.spill_load_bytes + b.resources.local_bytes,
+        stack: b.resources.stack_frame_bytes,
+        registers: b.resources.registers,
+        name: k.name,
+    }
+}
+
+const TILES: [(usize, usize); 3] = [(128, 128), (128, 64), (64, 128)];
+
+#[test]
+fn every_wgmma_variant_compiles_for_sm_90a_with_hgmma_and_no_spills() {
+    let mut bad = Vec::new();
+    let mut n = 0;
+    for spec in attnforge_runtime::codegen::catalog::catalog() {
+        if spec.dtype == DType::F32
+            || spec.mask.lm_infinite_scoring()
+            || spec.head_dim == HeadDim::D256
+        {
+            continue;
+        }
+        for (bm, bn) in TILES {
+            let tile = TileConfig::wgmma(bm, bn, 2);
+            if tile.valid(&spec, Arch::Sm90).is_err() {
+                continue;
+            }
+            let b = build(&spec, &tile);
+            n += 1;
+            let d = spec.head_dim.get();
+            let mut why = Vec::new();
+            if b.spills + b.stack != 0 {
+                why.push(format!("spills {} B, stack {} B", b.spills, b.stack));
+            }
+            for shape in [format!("HGMMA.64x{bn}x16.F32"), format!("HGMMA.64x{d}x16.F32")] {
+                if !b.sass.contains(&shape) {
+                    why.push(format!("no {shape}"));
+                }
+            }
+            if b.sass.contains("HMMA.") {
+                why.push("mma.sync (HMMA) in a wgmma kernel".into());
+            }
+            if b.log.contains("serialized") {
+                why.push("ptxas serialized the wgmma".into());
+            }
+            println!("{}: {} registers", b.name, b.registers);
+            if !why.is_empty() {
+                bad.push(format!("{}: {}", b.name, why.join("; ")));
+            }
+        }
+    }
+    assert!(n >= 20, "only {n} wgmma kernels built");
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn dense_wgmma_main_loops_issue_fewer_instructions_per_mma_than_mma_sync() {
+    for (d, mask) in [
+        (HeadDim::D64, Mask::Full),
+        (HeadDim::D64, Mask::Causal),
+        (HeadDim::D128, Mask::Full),
+        (HeadDim::D128, Mask::Causal),
+    ] {
+        let spec = KernelSpec::new(DType::Bf16, d, mask, ScoreMod::None);
+        let sync_tile = default_tile(&spec, Arch::Sm90).expect("a default tile");
+        let sync = {
+            let b = build(&spec, &sync_tile);
+            let r = main_loops(&b.sass, &hints(&spec, &sync_tile)).expect("analysable");
+            r.first().expect("a main loop").instr_per_mma()
+        };
+        for (bm, bn) in TILES {
+            let tile = TileConfig::wgmma(bm, bn, 2);
+            let b = build(&spec, &tile);
+            let h = hints(&spec, &tile);
+            let reports = main_loops(&b.sass, &h).expect("analysable");
+            let m = reports.first().expect("a main loop");
+            assert_eq!(
+                m.mma,
+                h.mma_per_iteration.unwrap(),
+                "{}: one key tile per main-loop iteration",
+                b.name
+            );
+            println!(
+                "{}: {:.2} instr/MMA (mma.sync {}: {sync:.2}), ldmatrix {:.0} B/MMA",
+                b.name,
+                m.instr_per_mma(),
+                sync_tile.suffix(),
+                m.ldmatrix_bytes_per_mma()
+            );
+            assert!(
+                m.instr_per_mma() < sync,
+                "{}: {:.2} instructions per MMA, mma.sync's default tile {sync:.2}",
+                b.name,
+                m.instr_per_mma()
+            );
+        }
+    }
+}

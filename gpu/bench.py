@@ -19,9 +19,9 @@ def ck(r, what):
         raise RuntimeError(f"{what}: CUresult {r}")
 
 
-def load(cu_path, name):
+def load(cu_path, name, arch="sm_90"):
     cubin = os.path.join(tempfile.mkdtemp(), name + ".cubin")
-    subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-std=c++17", "-O3", "-o", cubin, cu_path], check=True)
+    subprocess.run(["nvcc", "-cubin", f"-arch={arch}", "-std=c++17", "-O3", "-o", cubin, cu_path], check=True)
     mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
     ck(cuda.cuModuleLoad(ctypes.byref(mod), cubin.encode()), "cuModuleLoad")
     ck(cuda.cuModuleGetFunction(ctypes.byref(fn), mod, name.encode()), "cuModuleGetFunction")
@@ -79,10 +79,14 @@ def bench_ms(f, iters=20):
     return s.elapsed_time(e) / iters
 
 
-def ours(kdir, causal, d):
+def ours(kdir, causal, d, tile_suffix=""):
+    """Our kernel: the default tile (canonical name), or the tile `tile_suffix` (name
+    `<canonical>__<suffix>`; a warpgroup-MMA tile, suffix ending in `wg`, compiles for sm_90a)."""
     name = f"flash_fwd_{'causal' if causal else 'full'}_d{d}_bf16"
+    if tile_suffix:
+        name += "__" + tile_suffix
     meta = json.load(open(os.path.join(kdir, name + ".json")))
-    fn = load(os.path.join(kdir, name + ".cu"), name)
+    fn = load(os.path.join(kdir, name + ".cu"), name, "sm_90a" if meta["tile"].get("wgmma") else "sm_90")
     t = meta["tile"]
 
     def run(q, k, v, o, lse):
@@ -203,5 +207,61 @@ def main():
                 del q, k, v, o, lse
 
 
+def wgmma_table(kdir):
+    """(c2) The warpgroup-MMA (sm_90a) kernels next to the default mma.sync tile and SDPA."""
+    print("\n### (c2) Hopper warpgroup-MMA kernels (sm_90a), bf16, B*S = 16k tokens, 16 heads, TFLOP/s")
+    print("err: max |ours - fp32 math SDPA| over the output. Default: the mma.sync default tile (m64n64w4s2).")
+    tiles = ["m128n128w8s2wg", "m128n64w8s2wg", "m64n128w4s2wg"]
+    print("| mask | d | seq | default | " + " | ".join(tiles) + " | err wgmma (max) | SDPA-FA2 | SDPA-cuDNN |")
+    print("|---|---|---|---|" + "---|" * len(tiles) + "---|---|---|")
+    backends = [sdpa_with("FLASH_ATTENTION"), sdpa_with("CUDNN_ATTENTION")]
+    for causal in [False, True]:
+        for d in [64, 128]:
+            runs = []
+            for suffix in [""] + tiles:
+                try:
+                    runs.append(ours(kdir, causal, d, suffix))
+                except Exception as e:
+                    print(f"ours {causal=} {d=} {suffix}: ERROR {e}")
+                    runs.append(None)
+            for S in [4096, 16384, 3000]:
+                B, H = max(1, 16384 // S), 16
+                q, k, v = (torch.randn(B, H, S, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+                lse = torch.empty(B, H, S, device="cuda", dtype=torch.float32)
+                flops = 4 * B * H * S * S * d / (2 if causal else 1)
+                ref = sdpa_with("MATH")(q.float(), k.float(), v.float(), causal)
+                cells, errs = [], []
+                for run in runs:
+                    if run is None:
+                        cells.append("n/a")
+                        continue
+                    o = torch.zeros_like(q)
+                    try:
+                        ms = bench_ms(lambda: run(q, k, v, o, lse))
+                        errs.append((o.float() - ref).abs().max().item())
+                        cells.append(f"{flops / ms / 1e9:.0f}")
+                    except Exception as e:
+                        cells.append(f"ERROR {e}")
+                err = f"{max(errs[1:]):.2g}" if len(errs) > 1 else "n/a"
+                for f in backends:
+                    try:
+                        cells_b = f"{flops / bench_ms(lambda: f(q, k, v, causal)) / 1e9:.0f}"
+                    except Exception as e:
+                        cells_b = f"n/a ({type(e).__name__})"
+                    cells.append(cells_b)
+                cells.insert(len(tiles) + 1, err)
+                print(f"| {'causal' if causal else 'full'} | {d} | {S} | " + " | ".join(cells) + " |")
+                sys.stdout.flush()
+                del q, k, v, lse, ref
+
+
 if __name__ == "__main__":
-    main()
+    if "--wgmma-only" in sys.argv:
+        sys.argv.remove("--wgmma-only")
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--kernels", required=True)
+        a, _ = ap.parse_known_args()
+        torch.zeros(1, device="cuda")
+        wgmma_table(a.kernels)
+    else:
+        main()

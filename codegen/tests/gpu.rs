@@ -76,11 +76,57 @@ fn gpu_tensor_core_d256_and_sq_gt_sk() {
     }
 }
 
-/// Writes the benchmark kernels when `ATTNFORGE_EMIT_DIR` is set (by `gpu/build.sh`);
-/// always checks that they are tensor-core kernels.
+// The Hopper warpgroup-MMA (sm_90a) suites: the device must be compute capability 9.0 (the
+// H200 of gpu/run.sh); elsewhere the run reports an input error naming `tile.wgmma`.
+#[test]
+fn gpu_wgmma_f16_d64() {
+    if gpu_or_skip("gpu_wgmma_f16_d64") {
+        gpu_suite(tc_cases::wgmma_variants(DType::F16, HeadDim::D64));
+    }
+}
+
+#[test]
+fn gpu_wgmma_bf16_d64() {
+    if gpu_or_skip("gpu_wgmma_bf16_d64") {
+        gpu_suite(tc_cases::wgmma_variants(DType::Bf16, HeadDim::D64));
+    }
+}
+
+#[test]
+fn gpu_wgmma_f16_d128() {
+    if gpu_or_skip("gpu_wgmma_f16_d128") {
+        gpu_suite(tc_cases::wgmma_variants(DType::F16, HeadDim::D128));
+    }
+}
+
+#[test]
+fn gpu_wgmma_bf16_d128() {
+    if gpu_or_skip("gpu_wgmma_bf16_d128") {
+        gpu_suite(tc_cases::wgmma_variants(DType::Bf16, HeadDim::D128));
+    }
+}
+
+/// The warpgroup-MMA tiles `gpu/bench.py` times next to the default tile.
+const BENCH_WGMMA_TILES: [(usize, usize); 3] = [(128, 128), (128, 64), (64, 128)];
+
+/// Writes the benchmark kernels when `ATTNFORGE_EMIT_DIR` is set (by `gpu/build.sh`): the
+/// default tile for sm_90 (canonical name) and the warpgroup-MMA tiles (name with the tile
+/// suffix, compiled for sm_90a); always checks which mainloop each one is.
 #[test]
 fn emit_bench_kernels() {
     let dir = std::env::var_os("ATTNFORGE_EMIT_DIR");
+    let write = |k: &attnforge_codegen::emit::EmittedKernel| {
+        if let Some(dir) = &dir {
+            let dir = std::path::Path::new(dir);
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(format!("{}.cu", k.name)), &k.source).unwrap();
+            std::fs::write(
+                dir.join(format!("{}.json", k.name)),
+                serde_json::to_string_pretty(&k.metadata).unwrap(),
+            )
+            .unwrap();
+        }
+    };
     for mask in [Mask::Full, Mask::Causal] {
         for d in [HeadDim::D64, HeadDim::D128] {
             let spec = KernelSpec::new(DType::Bf16, d, mask.clone(), ScoreMod::None);
@@ -89,16 +135,15 @@ fn emit_bench_kernels() {
                 attnforge_codegen::tile::Mainloop::select(&spec, &tile),
                 attnforge_codegen::tile::Mainloop::TensorCore
             );
-            let k = emit(&spec, &tile, Arch::Sm90).unwrap();
-            if let Some(dir) = &dir {
-                let dir = std::path::Path::new(dir);
-                std::fs::create_dir_all(dir).unwrap();
-                std::fs::write(dir.join(format!("{}.cu", k.name)), &k.source).unwrap();
-                std::fs::write(
-                    dir.join(format!("{}.json", k.name)),
-                    serde_json::to_string_pretty(&k.metadata).unwrap(),
-                )
-                .unwrap();
+            write(&emit(&spec, &tile, Arch::Sm90).unwrap());
+            for (bm, bn) in BENCH_WGMMA_TILES {
+                let tile = TileConfig::wgmma(bm, bn, 2);
+                assert_eq!(
+                    attnforge_codegen::tile::Mainloop::select(&spec, &tile),
+                    attnforge_codegen::tile::Mainloop::Wgmma
+                );
+                let style = attnforge_codegen::emit::SymbolStyle::WithTile;
+                write(&attnforge_codegen::emit::emit_with(&spec, &tile, Arch::Sm90, style).unwrap());
             }
         }
     }

@@ -22,7 +22,7 @@ use std::process::{Command, ExitCode};
 use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
 use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
 use attnforge_runtime::{
-    build_kernel, main_loops, parse_ptxas_log, sass, InstrClass, MainLoopHints, MainLoopReport,
+    build_with, main_loops, CompileOptions, Compiler, KernelSource, parse_ptxas_log, sass, InstrClass, MainLoopHints, MainLoopReport,
     Toolchain, TripSource,
 };
 
@@ -285,7 +285,16 @@ fn our_rows() -> Result<Vec<Row>, String> {
         let big = TileConfig::new(128, 64, 8, default.stages);
         // 32 query rows per warp: each K/V fragment feeds two MMAs (FA2's shape for d128)
         let two_slabs = TileConfig::new(128, 64, 4, default.stages);
-        for (tile, what) in [(default, "default"), (big, ""), (two_slabs, "")] {
+        // Hopper warpgroup MMA (sm_90a; sm_80 rows are n/a): one warpgroup per 64 rows
+        let wg_square = TileConfig::wgmma(128, 128, 2);
+        let wg_narrow = TileConfig::wgmma(128, 64, 2);
+        for (tile, what) in [
+            (default, "default"),
+            (big, ""),
+            (two_slabs, ""),
+            (wg_square, "wgmma, sm_90a"),
+            (wg_narrow, "wgmma, sm_90a"),
+        ] {
             if what.is_empty() && tile == default {
                 continue;
             }
@@ -310,7 +319,15 @@ fn our_rows() -> Result<Vec<Row>, String> {
                     Ok(k) => k,
                     Err(e) => return missing(format!("emit failed: {e:?}")),
                 };
-                let b = match build_kernel(&k.source, &k.name, arch) {
+                let source = KernelSource {
+                    source: &k.source,
+                    name: &k.name,
+                    options: CompileOptions::for_tile(arch, &tile),
+                };
+                let b = match Compiler::global()
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| build_with(c, &source).map_err(|e| e.to_string()))
+                {
                     Ok(b) => b,
                     Err(e) => return missing(format!("compile failed: {e}")),
                 };

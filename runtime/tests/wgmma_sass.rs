@@ -11,7 +11,8 @@ use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
 use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
 use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
 use attnforge_runtime::{
-    build_with, main_loops, sass, CompileOptions, Compiler, KernelSource, MainLoopHints,
+    build_with, main_loops, sass, CompileOptions, Compiler, InstrClass, KernelSource,
+    MainLoopHints,
 };
 
 /// MMA (m16n8k16 equivalents) and cp.async work of one key tile per warp.
@@ -132,12 +133,25 @@ fn dense_wgmma_main_loops_issue_fewer_instructions_per_mma_than_mma_sync() {
                 "{}: one key tile per main-loop iteration",
                 b.name
             );
+            let classes: Vec<String> = [
+                InstrClass::IntAddress,
+                InstrClass::Fp,
+                InstrClass::Mufu,
+                InstrClass::CpAsync,
+                InstrClass::Shuffle,
+                InstrClass::BranchSync,
+                InstrClass::Other,
+            ]
+            .iter()
+            .map(|c| format!("{c:?} {:.2}", m.per_mma(*c)))
+            .collect();
             println!(
-                "{}: {:.2} instr/MMA (mma.sync {}: {sync:.2}), ldmatrix {:.0} B/MMA",
+                "{}: {:.2} instr/MMA (mma.sync {}: {sync:.2}), ldmatrix {:.0} B/MMA; {}",
                 b.name,
                 m.instr_per_mma(),
                 sync_tile.suffix(),
-                m.ldmatrix_bytes_per_mma()
+                m.ldmatrix_bytes_per_mma(),
+                classes.join(", ")
             );
             assert!(
                 m.instr_per_mma() < sync,

@@ -10,9 +10,10 @@
 // mma.m16n8k16 over n8 tiles i / 4: the masking and online softmax are those of af_fwd_tc.cuh
 // with one 16-row slab per warp, and the C fragments of S pack into the A fragments of P V.
 //
-// for each key tile of the schedule (a second cursor runs STAGES - 1 tiles ahead to prefetch):
-//     S = Q K^T (wgmma, shared x shared); allowed-element bits (partial and edge tiles)
-//     S = score(S), masked; online softmax (log2 domain); O += P V (wgmma, registers x shared)
+// for each key tile j of the schedule (a second cursor runs ahead to prefetch):
+//     S = Q K^T (wgmma, shared x shared) [with 3+ stages, issued together with tile j - 1's P V]
+//     allowed-element bits (partial and edge tiles); S = score(S), masked; online softmax
+//     (log2 domain); O += P V (wgmma, registers x shared) [with 3+ stages: at tile j + 1]
 // epilogue: O = acc / l, lse = ln(l) + m ln 2
 
 // The element type's wgmma forms, pair packing and conversion.
@@ -135,24 +136,40 @@ __device__ __forceinline__ void af_fwd_wg(const af_fwd_args<T>& a, const Schedul
         af_wg_load_rows<BN, D, NT>(sK, st * BN * D, blk.kb, a.k_stride_s, t0, a.seq_k, vec_kv, tid, zero);
         af_wg_load_rows<BN, D, NT>(sV, st * BN * D, blk.vb, a.v_stride_s, t0, a.seq_k, vec_kv, tid, zero);
     };
-    // pipeline: a second cursor runs STAGES - 1 tiles ahead; one commit group per tile
-    // (possibly empty), so wait<STAGES - 2> means "the current tile has landed"
+    // With 3+ stages the loop is software-pipelined by one tile (FA3's intra-warpgroup
+    // overlap): tile j's Q K^T and tile j - 1's P V are issued together, and tile j's softmax
+    // runs while P V is in flight; O's rescale waits for it. V of tile j - 1 is then read while
+    // tile j is current, so the prefetch runs STAGES - 2 tiles ahead (never into those two
+    // stages). With 1 or 2 stages each tile's P V completes inside its iteration.
+    constexpr bool OVERLAP = STAGES >= 3;
+    constexpr int AHEAD = OVERLAP ? STAGES - 2 : STAGES - 1;  // prefetch distance in tiles
+    // the cursor of the prefetch walk runs AHEAD tiles ahead; one commit group per tile
+    // (possibly empty), so wait<AHEAD - 1> means "the current tile has landed"
     long long cur = tiles.first, n0;
     [[maybe_unused]] long long fcur = tiles.first, fn0;
     int kind;
     [[maybe_unused]] int fkind, it = 0;
-    if constexpr (STAGES > 1) {
+    if constexpr (AHEAD > 0) {
 #pragma unroll
-        for (int st = 0; st < STAGES - 1; ++st) {
+        for (int st = 0; st < AHEAD; ++st) {
             if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, st);
             af_cp_async_commit();
         }
     }
+    unsigned pa[BN / 16][4];  // P of the last softmaxed tile: A fragments of P V (k-step kk)
+    float alpha[2];           // its rescale of O, applied once O's previous P V has completed
+    int pv_kst = -1;          // stage offset of that tile's V; -1: no P V pending
+    // O += P V: BN / 16 k-steps of wgmma m64nDk16 (issued, committed, not waited for)
+    auto issue_pv = [&](int vst) {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) TT::template pv<D>(o, pa[kk], desc_v + (vst + kk * 16 * 64) / 8);
+        af_wgmma_commit_group();
+    };
     while (tiles.next(cur, n0, kind)) {
         const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
         af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
         int kst;  // stage offset of this tile
-        if constexpr (STAGES == 1) {
+        if constexpr (AHEAD == 0) {
             __syncthreads();  // previous tile's K, V are consumed
             load_kv(n0, 0);
             af_cp_async_commit();
@@ -161,16 +178,17 @@ __device__ __forceinline__ void af_fwd_wg(const af_fwd_args<T>& a, const Schedul
             __syncthreads();
             kst = 0;
         } else {
-            af_cp_async_wait<STAGES - 2>();  // this thread's copies of tile `it` have landed
-            af_fence_proxy_async();          // ... visible to wgmma (the async proxy)
-            __syncthreads();                 // ... everyone's; the stage of tile it - 1 is free again
-            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, (it + STAGES - 1) % STAGES);
+            af_cp_async_wait<AHEAD - 1>();  // this thread's copies of tile `it` have landed
+            af_fence_proxy_async();         // ... visible to wgmma (the async proxy)
+            __syncthreads();                // ... everyone's; the stage being refilled is consumed
+            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, (it + AHEAD) % STAGES);
             af_cp_async_commit();
             kst = (it % STAGES) * BN * D;
             ++it;
         }
 
-        // S = Q K^T: D / 16 k-steps of wgmma m64nBNk16, one commit group
+        // S = Q K^T: D / 16 k-steps of wgmma m64nBNk16, one commit group; then (overlapped)
+        // the previous tile's P V
         af_wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
@@ -178,7 +196,12 @@ __device__ __forceinline__ void af_fwd_wg(const af_fwd_args<T>& a, const Schedul
             TT::template qk<BN>(s, desc_q + q_off / 8, desc_k + k_off / 8, kk > 0);
         }
         af_wgmma_commit_group();
-        af_wgmma_wait_group<0>();
+        if (OVERLAP && pv_kst >= 0) {
+            issue_pv(pv_kst);
+            af_wgmma_wait_group<1>();  // S has landed (groups complete in order); P V in flight
+        } else {
+            af_wgmma_wait_group<0>();
+        }
 
         // The tile's scores as values v whose score in log2 units is v * f (see af_fwd_tc):
         // interior tiles without score modification keep the raw dot products.
@@ -202,7 +225,8 @@ __device__ __forceinline__ void af_fwd_wg(const af_fwd_args<T>& a, const Schedul
                 s[i] = ((okb >> i) & 1) ? hooks.score(x, q_pos, kv_pos) : -INFINITY;
             }
         }
-        // online softmax: row max of v (element i is on row state (i >> 1) & 1), quad-reduced
+        // online softmax: row max of v (element i is on row state (i >> 1) & 1), quad-reduced;
+        // P = exp2(v f - m) in place
         float mx[2] = {-INFINITY, -INFINITY}, m_use[2];
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
@@ -212,36 +236,37 @@ __device__ __forceinline__ void af_fwd_wg(const af_fwd_args<T>& a, const Schedul
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
             const float m_new = fmaxf(m_i[r], mx[r] * f);
             m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: exp2(-inf) = 0, no NaN
-            const float alpha = exp2f(m_i[r] - m_use[r]);
+            alpha[r] = exp2f(m_i[r] - m_use[r]);
             m_i[r] = m_new;
-            l_i[r] *= alpha;
-#pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) {
-                o[4 * dt + 2 * r] *= alpha;
-                o[4 * dt + 2 * r + 1] *= alpha;
-            }
+            l_i[r] *= alpha[r];
         }
-        // P = exp2(v f - m) packed into the A fragments of P V (k-step kk: n8 tiles 2 kk, 2 kk + 1)
-        unsigned pa[BN / 16][4];
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            float p[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                const int i = 8 * kk + e;
-                p[e] = exp2f(fmaf(s[i], f, -m_use[(i >> 1) & 1]));
-                l_i[(i >> 1) & 1] += p[e];
-            }
-            pa[kk][0] = TT::pack(p[0], p[1]);
-            pa[kk][1] = TT::pack(p[2], p[3]);
-            pa[kk][2] = TT::pack(p[4], p[5]);
-            pa[kk][3] = TT::pack(p[6], p[7]);
+        for (int i = 0; i < BN / 2; ++i) {
+            s[i] = exp2f(fmaf(s[i], f, -m_use[(i >> 1) & 1]));
+            l_i[(i >> 1) & 1] += s[i];
         }
-        // O += P V: BN / 16 k-steps of wgmma m64nDk16, one commit group
+        if (OVERLAP) af_wgmma_wait_group<0>();  // the previous P V has completed: O and pa are free
+#pragma unroll
+        for (int dt = 0; dt < DT8; ++dt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[4 * dt + e] *= alpha[e >> 1];
+        }
+        // P packed into the A fragments of P V (k-step kk: n8 tiles 2 kk, 2 kk + 1)
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) pa[kk][q] = TT::pack(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1]);
+        if (OVERLAP) {
+            pv_kst = kst;  // issued with the next tile's Q K^T
+        } else {
+            af_wgmma_fence();
+            issue_pv(kst);
+            af_wgmma_wait_group<0>();
+        }
+    }
+    if (OVERLAP && pv_kst >= 0) {  // the last tile's P V
         af_wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) TT::template pv<D>(o, pa[kk], desc_v + (kst + kk * 16 * 64) / 8);
-        af_wgmma_commit_group();
+        issue_pv(pv_kst);
         af_wgmma_wait_group<0>();
     }
 

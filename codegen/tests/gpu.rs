@@ -107,7 +107,14 @@ fn gpu_wgmma_bf16_d128() {
 }
 
 /// The warpgroup-MMA tiles `gpu/bench.py` times next to the default tile.
-const BENCH_WGMMA_TILES: [(usize, usize); 3] = [(128, 128), (128, 64), (64, 128)];
+/// `(block_m, block_n, stages)`; 3 stages software-pipeline the loop.
+const BENCH_WGMMA_TILES: [(usize, usize, usize); 5] = [
+    (128, 128, 2),
+    (128, 128, 3),
+    (128, 64, 3),
+    (64, 128, 2),
+    (64, 128, 3),
+];
 
 /// Writes the benchmark kernels when `ATTNFORGE_EMIT_DIR` is set (by `gpu/build.sh`): the
 /// default tile for sm_90 (canonical name) and the warpgroup-MMA tiles (name with the tile
@@ -136,8 +143,8 @@ fn emit_bench_kernels() {
                 attnforge_codegen::tile::Mainloop::TensorCore
             );
             write(&emit(&spec, &tile, Arch::Sm90).unwrap());
-            for (bm, bn) in BENCH_WGMMA_TILES {
-                let tile = TileConfig::wgmma(bm, bn, 2);
+            for (bm, bn, st) in BENCH_WGMMA_TILES {
+                let tile = TileConfig::wgmma(bm, bn, st);
                 assert_eq!(
                     attnforge_codegen::tile::Mainloop::select(&spec, &tile),
                     attnforge_codegen::tile::Mainloop::Wgmma

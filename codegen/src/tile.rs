@@ -183,6 +183,10 @@ pub struct SmemLayout {
     /// Elements of the probability tile (`block_m * block_n` for FMA; 0 for tensor cores,
     /// which keep P in registers).
     pub p: usize,
+    /// Bytes of mbarriers after the tiles (a warp-specialized wgmma tile: Q full, then full
+    /// and empty per stage, 8 bytes each).
+    #[serde(default)]
+    pub barrier_bytes: usize,
 }
 
 impl SmemLayout {
@@ -206,6 +210,7 @@ impl SmemLayout {
                     k: two * t.block_n * k_stride,
                     v: t.block_n * d,
                     p: t.block_m * t.block_n,
+                    barrier_bytes: 0,
                 }
             }
             m @ (Mainloop::TensorCore | Mainloop::Wgmma) => {
@@ -219,13 +224,18 @@ impl SmemLayout {
                     k: two * st * t.block_n * d,
                     v: st * t.block_n * d,
                     p: 0,
+                    barrier_bytes: if t.warp_specialized() {
+                        8 * (1 + 2 * st)
+                    } else {
+                        0
+                    },
                 }
             }
         }
     }
     /// Total bytes of dynamic shared memory.
     pub fn bytes(&self) -> usize {
-        self.elem_bytes * (self.q + self.k + self.v + self.p)
+        self.elem_bytes * (self.q + self.k + self.v + self.p) + self.barrier_bytes
     }
 }
 
@@ -240,6 +250,10 @@ const REG_OVERHEAD: usize = 48;
 /// per-row loops; the fragment loads are 32-bit shared addresses). Checked by the NVRTC
 /// evidence test: every default-space config compiles without spills or stack frame.
 const TC_REG_OVERHEAD: usize = 40;
+
+/// Registers per thread of a consumer warpgroup of a warp-specialized warpgroup-MMA tile with
+/// two consumers (`af_setmaxnreg_inc<232>` in `cuda/af_fwd_wg.cuh`).
+const WGMMA_CONSUMER_REGISTERS: usize = 232;
 
 /// Fraction (in percent) of the per-thread register limit the estimate may reach. The
 /// estimate counts live arrays only; ptxas needs slack for the temporaries of the unrolled
@@ -260,7 +274,8 @@ impl TileConfig {
         }
     }
 
-    /// A Hopper warpgroup-MMA tile ([`Mainloop::Wgmma`]): `block_m / 64` warpgroups.
+    /// A Hopper warpgroup-MMA tile ([`Mainloop::Wgmma`]): `block_m / 64` warpgroups, each
+    /// staging K and V with `cp.async` and computing.
     pub fn wgmma(block_m: usize, block_n: usize, stages: usize) -> Self {
         TileConfig {
             block_m,
@@ -269,6 +284,20 @@ impl TileConfig {
             stages,
             wgmma: true,
         }
+    }
+
+    /// A warp-specialized warpgroup-MMA tile: `block_m / 64` consumer warpgroups and one
+    /// producer warpgroup that stages Q, K and V (`warps = block_m / 16 + 4`).
+    pub fn wgmma_specialized(block_m: usize, block_n: usize, stages: usize) -> Self {
+        TileConfig {
+            warps: block_m / 16 + 4,
+            ..TileConfig::wgmma(block_m, block_n, stages)
+        }
+    }
+
+    /// Whether a warpgroup-MMA tile has a producer warpgroup.
+    pub fn warp_specialized(&self) -> bool {
+        self.wgmma && self.warps == self.block_m / 16 + 4
     }
 
     /// `m<bm>n<bn>w<warps>s<stages>`, with `wg` appended for a warpgroup-MMA tile.
@@ -338,8 +367,13 @@ impl TileConfig {
         if Mainloop::select(spec, self) != Mainloop::Fma {
             // Per thread: O accumulators D/8 n8-tiles x 4 floats, S fragments block_n/8 x 4
             // (per branch, plus the user-score term), m and l for its 2 rows, A/B fragments
-            // (4 + 4 + 4 registers) and the pipeline cursors.
-            let slabs = self.block_m / (16 * self.warps);
+            // (4 + 4 + 4 registers) and the pipeline cursors. A warpgroup-MMA warp owns one
+            // 16-row slab (a producer warp none).
+            let slabs = if self.wgmma {
+                1
+            } else {
+                self.block_m / (16 * self.warps)
+            };
             let s = slabs * spec.head_dim.get() / 2;
             let sc = slabs * self.block_n / 2;
             let user = if matches!(spec.score, ScoreMod::User(_)) {
@@ -355,6 +389,12 @@ impl TileConfig {
     /// Per-thread register limit under `__launch_bounds__(threads, 1)`: the register file
     /// divided by the threads, capped at 255 (ISA limit).
     pub fn register_limit(&self, arch: Arch) -> usize {
+        if self.warp_specialized() && self.block_m == 128 {
+            // the producer warpgroup gives its registers to the two consumer warpgroups
+            // (setmaxnreg: 40 for the producer, 232 for the consumers, 128 x (40 + 2 x 232)
+            // <= 64 K): the compute code runs under 232
+            return WGMMA_CONSUMER_REGISTERS;
+        }
         (arch.registers_per_sm() / self.threads().max(1)).min(255)
     }
 
@@ -384,7 +424,9 @@ impl TileConfig {
                 "use 32, 64 or 128",
             );
         }
-        if !(self.warps.is_power_of_two() && (1..=8).contains(&self.warps)) {
+        if self.wgmma {
+            // checked by wgmma_errors: block_m / 16 warps, plus 4 with a producer warpgroup
+        } else if !(self.warps.is_power_of_two() && (1..=8).contains(&self.warps)) {
             e.push(
                 "tile.warps",
                 format!("warps must be 1, 2, 4 or 8: got {}", self.warps),
@@ -501,14 +543,23 @@ impl TileConfig {
                 "use a tile without wgmma for lm_infinite",
             );
         }
-        if !(self.block_m == 64 || self.block_m == 128) || self.warps != self.block_m / 16 {
+        if !(self.block_m == 64 || self.block_m == 128)
+            || !(self.warps == self.block_m / 16 || self.warps == self.block_m / 16 + 4)
+        {
             e.push(
                 "tile.block_m",
                 format!(
-                    "a wgmma tile has one warpgroup (4 warps) per 64 query rows: got block_m = {}, warps = {}",
+                    "a wgmma tile has one warpgroup (4 warps) per 64 query rows, plus 4 warps with a producer warpgroup: got block_m = {}, warps = {}",
                     self.block_m, self.warps
                 ),
-                "use block_m = 64 (4 warps) or 128 (8 warps)",
+                "use block_m = 64 (4 or 8 warps) or 128 (8 or 12 warps)",
+            );
+        }
+        if self.warp_specialized() && self.stages < 2 {
+            e.push(
+                "tile.stages",
+                "a producer warpgroup hands stages to the consumers: it needs 2 or 3 stages",
+                "use stages = 2 or 3",
             );
         }
         if !(self.block_n == 64 || self.block_n == 128) {

@@ -60,21 +60,35 @@ pub fn variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
 }
 
 /// Every variant of [`variants`] the Hopper warpgroup-MMA mainloop runs (all but LM-Infinite)
-/// on wgmma tiles: block_m 64 / 128 (one or two warpgroups) x block_n 64 / 128, stages 1..=3
-/// cycling over the list, lengths that are not tile multiples (`Sq = 150`, `Sk = 333`: two
-/// query blocks at 128 rows, three to six key tiles), block lists of 128 x 128 blocks; plus
-/// causal with `Sq > Sk` (empty rows).
+/// on wgmma tiles, cycling over six: block_m 64 / 128 (one or two consumer warpgroups) x
+/// block_n 64 / 128, stages 1..=3 (3: the software-pipelined loop), with and without a
+/// producer warpgroup (warp specialization); lengths that are not tile multiples (`Sq = 150`,
+/// `Sk = 333`: two query blocks at 128 rows, three to six key tiles), block lists of 128 x 128
+/// blocks; plus causal with `Sq > Sk` (empty rows).
 pub fn wgmma_variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
     let (sq, sk) = (150, 333);
-    let shapes = [(64, 64), (128, 128), (64, 128), (128, 64)];
+    let tiles = [
+        TileConfig::wgmma(64, 64, 1),
+        TileConfig::wgmma_specialized(128, 128, 2),
+        TileConfig::wgmma(64, 128, 3),
+        TileConfig::wgmma_specialized(64, 128, 3),
+        TileConfig::wgmma(128, 64, 2),
+        TileConfig::wgmma_specialized(128, 64, 3),
+    ];
     let mut list = variant_specs(dtype, d, sk, BlockSize { q: 128, k: 128 });
     list.retain(|(s, _, _)| !s.mask.lm_infinite_scoring());
     let mut cases: Vec<TcCase> = list
         .into_iter()
         .enumerate()
         .map(|(i, (spec, params, (hq, hkv)))| {
-            let (bm, bn) = shapes[i % shapes.len()];
-            let tile = TileConfig::wgmma(bm, bn, 1 + i % 3);
+            // shifted by the dtype, so the f16 and bf16 suites pair variants with other tiles;
+            // the next one where the register estimate rejects a tile for a spec (a user
+            // score at block_n 128)
+            let first = i + 3 * usize::from(dtype == DType::Bf16);
+            let tile = (first..first + tiles.len())
+                .map(|j| tiles[j % tiles.len()])
+                .find(|t| t.valid(&spec, Arch::Sm90).is_ok())
+                .expect("a wgmma tile for every non-LM-Infinite variant");
             TcCase {
                 name: canonical_name_with_tile(&spec, &tile),
                 spec,
@@ -85,7 +99,7 @@ pub fn wgmma_variants(dtype: DType, d: HeadDim) -> Vec<TcCase> {
         })
         .collect();
     let causal = KernelSpec::new(dtype, d, Mask::Causal, ScoreMod::None).with_gqa();
-    let tile = TileConfig::wgmma(128, 64, 2);
+    let tile = TileConfig::wgmma_specialized(128, 64, 2);
     cases.push(TcCase {
         name: canonical_name_with_tile(&causal, &tile),
         spec: causal,

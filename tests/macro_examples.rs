@@ -24,3 +24,4 @@ example!(ex07_lm_infinite, "../examples/07_lm_infinite.rs");
 example!(ex08_custom_score, "../examples/08_custom_score.rs");
 example!(ex09_dynamic, "../examples/09_dynamic.rs");
 example!(ex10_chunked_dilated, "../examples/10_chunked_dilated.rs");
+example!(ex11_learnable_table, "../examples/11_learnable_table.rs");

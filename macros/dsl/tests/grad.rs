@@ -32,7 +32,10 @@ const HEADS: usize = 4;
 
 /// Functions covering every rule, with the range of the score and of the float parameters.
 /// Table parameters get `HEADS + 1` elements.
-const CASES: &[(&str, (f32, f32), (f32, f32))] = &[
+/// A value range `(lo, hi)`.
+type Range = (f32, f32);
+
+const CASES: &[(&str, Range, Range)] = &[
     (
         "fn softcap(score: f32, q: u32, kv: u32, c: f32) -> f32 { c * (score / c).tanh() }",
         (-6.0, 6.0),

@@ -30,6 +30,13 @@
 //!   `fn eval(score: f32, b: u32, h: u32, q: i64, kv: i64, p: &Params<'_>) -> f32` (scores):
 //!   calls the user's function with the uniform index signature (positions converted with
 //!   `as` to the declared types), for the reference and the host block-list builder.
+//! - with `#[score(backward)]` only: `BACKWARD_CUDA: &str` (the derivatives' device functions),
+//!   `d_score(score, b, h, q, kv, p) -> f32` (`ds'/ds`), `d_params(score, b, h, q, kv, p, out)`
+//!   (pushes `(k, ds'/dtheta[k])`), `learnable(p) -> Vec<f64>` (the `f32` parameters and
+//!   `&[f32]` table elements in declaration order: the vector `theta`) and
+//!   `host_score_diff(p) -> attnforge::reference::DiffScoreFn` (names the facade crate
+//!   `attnforge`), all derived symbolically from the body (`attnforge_dsl::translate_score_grad`;
+//!   docs/dsl.md, "Derivatives").
 //!
 //! Only free functions are supported (a module cannot be emitted inside an `impl`). Anything
 //! outside the translatable subset is a compile error at the offending expression; all errors
@@ -138,71 +145,12 @@ fn companion(func: &syn::ItemFn, def: &UserFnDef, grad: Option<&ScoreGradDef>) -
     let has_b = def.index.batch;
     let has_h = def.index.head;
 
-    // Arguments of the call to the user's function, in its declared order.
-    let mut args = Vec::new();
-    let mut index_tys = func.sig.inputs.iter().filter_map(|a| match a {
-        syn::FnArg::Typed(pt) => Some(&*pt.ty),
-        syn::FnArg::Receiver(_) => None,
-    });
-    if def.kind == FnKind::Score {
-        index_tys.next();
-        args.push(quote!(score));
-    }
-    for (present, v) in [
-        (has_b, quote!(b)),
-        (has_h, quote!(h)),
-        (true, quote!(q)),
-        (true, quote!(kv)),
-    ] {
-        if present {
-            let ty = index_tys
-                .next()
-                .expect("index parameter checked by the translator");
-            args.push(quote!(#v as #ty));
-        }
-    }
+    let args = index_args(func, def);
     let (score_param, ret) = match def.kind {
         FnKind::Mask => (quote!(), quote!(bool)),
         FnKind::Score => (quote!(score: f32,), quote!(f32)),
     };
-    // Owned copies for `'static` host closures and `Any`-typed values for `visit`.
-    let owned: Vec<TokenStream2> = def
-        .params
-        .iter()
-        .map(|p| {
-            let f = format_ident!("{}", p.name);
-            if p.kind.is_array() {
-                quote!(let #f = p.#f.to_vec();)
-            } else {
-                quote!(let #f = p.#f;)
-            }
-        })
-        .collect();
-    let borrowed: Vec<TokenStream2> = def
-        .params
-        .iter()
-        .map(|p| {
-            let f = format_ident!("{}", p.name);
-            if p.kind.is_array() {
-                quote!(&#f[..])
-            } else {
-                quote!(#f)
-            }
-        })
-        .collect();
-    let visited: Vec<TokenStream2> = def
-        .params
-        .iter()
-        .map(|p| {
-            let f = format_ident!("{}", p.name);
-            let n = &p.name;
-            if p.kind.is_array() {
-                quote!(f(#n, &p.#f.to_vec());)
-            } else {
-                quote!(f(#n, &p.#f);)
-            }
-        })
-        .collect();
+    let (owned, borrowed, visited) = param_tokens(def);
     let (host_mask, host_score) = match def.kind {
         FnKind::Mask => (
             quote!(move |b, h, q, kv| eval(b, h, q, kv, &Params::new(#(#borrowed),*))),
@@ -285,6 +233,77 @@ fn companion(func: &syn::ItemFn, def: &UserFnDef, grad: Option<&ScoreGradDef>) -
             #backward
         }
     }
+}
+
+/// The arguments of a call to the user's function before its user parameters, in its
+/// declared order (`score`, then `b`/`h`/`q`/`kv` converted with `as` to the declared types).
+fn index_args(func: &syn::ItemFn, def: &UserFnDef) -> Vec<TokenStream2> {
+    let mut args = Vec::new();
+    let mut index_tys = func.sig.inputs.iter().filter_map(|a| match a {
+        syn::FnArg::Typed(pt) => Some(&*pt.ty),
+        syn::FnArg::Receiver(_) => None,
+    });
+    if def.kind == FnKind::Score {
+        index_tys.next();
+        args.push(quote!(score));
+    }
+    for (present, v) in [
+        (def.index.batch, quote!(b)),
+        (def.index.head, quote!(h)),
+        (true, quote!(q)),
+        (true, quote!(kv)),
+    ] {
+        if present {
+            let ty = index_tys
+                .next()
+                .expect("index parameter checked by the translator");
+            args.push(quote!(#v as #ty));
+        }
+    }
+    args
+}
+
+/// Per user parameter: an owned copy for `'static` host closures (`let x = p.x.to_vec();`),
+/// the borrow passed back to `Params::new`, and the `visit` call with an `Any`-typed value.
+fn param_tokens(def: &UserFnDef) -> (Vec<TokenStream2>, Vec<TokenStream2>, Vec<TokenStream2>) {
+    let owned: Vec<TokenStream2> = def
+        .params
+        .iter()
+        .map(|p| {
+            let f = format_ident!("{}", p.name);
+            if p.kind.is_array() {
+                quote!(let #f = p.#f.to_vec();)
+            } else {
+                quote!(let #f = p.#f;)
+            }
+        })
+        .collect();
+    let borrowed: Vec<TokenStream2> = def
+        .params
+        .iter()
+        .map(|p| {
+            let f = format_ident!("{}", p.name);
+            if p.kind.is_array() {
+                quote!(&#f[..])
+            } else {
+                quote!(#f)
+            }
+        })
+        .collect();
+    let visited: Vec<TokenStream2> = def
+        .params
+        .iter()
+        .map(|p| {
+            let f = format_ident!("{}", p.name);
+            let n = &p.name;
+            if p.kind.is_array() {
+                quote!(f(#n, &p.#f.to_vec());)
+            } else {
+                quote!(f(#n, &p.#f);)
+            }
+        })
+        .collect();
+    (owned, borrowed, visited)
 }
 
 /// The items `#[score(backward)]` adds to the companion: the derivative functions (natively

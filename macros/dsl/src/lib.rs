@@ -22,6 +22,10 @@
 //! `parse` (syn -> spanned AST, rejects everything outside the subset) -> `check` (type
 //! inference as rustc does it for the subset) -> `lower` (C statements/expressions with Rust
 //! semantics made explicit) -> `emit` (CUDA text). All errors of a function are collected.
+//! For the backward ([`translate_score_grad`]), `grad` derives from the checked tree one
+//! function per differentiation target (the score, each `f32` parameter, each indexing of an
+//! `&[f32]` table), in the same subset, which goes through `check`, `lower` and `emit` again
+//! and is printed back as Rust (`rust`) for the host.
 //!
 //! # Signature rule
 //! Mask: `fn name([b], [h], q, kv, params...) -> bool`; score:

@@ -436,13 +436,17 @@ impl Owned {
             let ty = rust_type(p.kind);
             match p.kind {
                 K::F32 => o.rebuild.push(quote! {
-                    let #f: f32 = *theta.get(off)? as f32;
-                    off += 1;
+                    let #f: f32 = *__af_theta.get(__af_off)? as f32;
+                    __af_off += 1;
                 }),
                 K::SliceF32 => o.rebuild.push(quote! {
-                    let n = self.#f.len();
-                    let #f: ::std::vec::Vec<f32> = theta.get(off..off + n)?.iter().map(|&x| x as f32).collect();
-                    off += n;
+                    let __af_n = self.#f.len();
+                    let #f: ::std::vec::Vec<f32> = __af_theta
+                        .get(__af_off..__af_off + __af_n)?
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect();
+                    __af_off += __af_n;
                 }),
                 _ if p.kind.is_array() => o.rebuild.push(quote!(let #f = &self.#f[..];)),
                 _ => o.rebuild.push(quote!(let #f = self.#f;)),
@@ -487,13 +491,14 @@ impl quote::ToTokens for Owned {
                 /// Calls `f` with the parameters, the float ones taken from `theta`
                 /// (`None` when `theta` does not have the length of [`learnable`]).
                 #[allow(unused)]
-                fn with<R>(&self, theta: &[f64], f: impl FnOnce(&Params<'_>) -> R) -> Option<R> {
-                    let mut off = 0usize;
+                fn with<R>(&self, __af_theta: &[f64], __af_f: impl FnOnce(&Params<'_>) -> R) -> Option<R> {
+                    // Prefixed locals: the parameters' own names are bound here too.
+                    let mut __af_off = 0usize;
                     #(#rebuild)*
-                    if off != theta.len() {
+                    if __af_off != __af_theta.len() {
                         return None;
                     }
-                    Some(f(&Params::new(#(#args),*)))
+                    Some(__af_f(&Params::new(#(#args),*)))
                 }
             }
 

@@ -6,6 +6,12 @@ fn capped(score: f32, h: u32, q: i32, kv: i32, slope: &[f32], cap: f32) -> f32 {
     cap * (s / cap).tanh()
 }
 
+/// Parameter names that the generated code also uses for its own locals.
+#[attnforge_macros::score(backward)]
+fn names(score: f32, h: u32, _q: u32, _kv: u32, off: f32, n: &[f32], theta: &[f32], out: u32) -> f32 {
+    score * off + n[h as usize] - theta[0] * (out as f32)
+}
+
 fn close(a: f32, b: f32) -> bool {
     (a - b).abs() <= 1e-6 * (1.0 + b.abs())
 }
@@ -44,4 +50,11 @@ fn main() {
     g.clear();
     (f.d_params.as_ref().expect("learnable"))(1.5, 0, 1, 7, 3, &[1.0], &mut g);
     assert_eq!(g[0].0, usize::MAX);
+    let n = [1.0f32, 2.0];
+    let f = names::host_score_diff(&names::Params::new(0.5, &n, &[3.0], 7));
+    assert_eq!(f.params, vec![0.5, 1.0, 2.0, 3.0]);
+    assert!(close((f.value)(2.0, 0, 1, 0, 0, &[0.5, 1.0, 2.0, 3.0]) as f32, 1.0 + 2.0 - 21.0));
+    let mut g = Vec::new();
+    (f.d_params.as_ref().expect("learnable"))(2.0, 0, 1, 0, 0, &[0.5, 1.0, 2.0, 3.0], &mut g);
+    assert_eq!(g, vec![(0, 2.0), (2, 1.0), (3, -7.0)]);
 }

@@ -480,3 +480,71 @@ fn hexf(s: &str) -> Option<f64> {
     let v = v * 2f64.powi(exp.parse().ok()?);
     Some(if neg { -v } else { v })
 }
+
+/// The deepest accepted forward shapes (docs/dsl.md, "Nesting bound") derive, emit and
+/// evaluate on a 2 MiB stack, or are rejected with the nesting error: never a stack overflow.
+#[test]
+fn deep_functions_derive_on_a_small_stack() {
+    let score_fn = |body: String| format!("fn f(score: f32, q: u32, kv: u32) -> f32 {{ {body} }}");
+    let shapes = vec![
+        (
+            "parentheses",
+            score_fn(format!("{}score{}", "(".repeat(498), ")".repeat(498))),
+        ),
+        (
+            "product",
+            score_fn(format!("score{}", " * score".repeat(249))),
+        ),
+        (
+            "quotient",
+            score_fn(format!("score{}", " / (score + 2.0)".repeat(120))),
+        ),
+        ("unary minus", score_fn(format!("{}score", "-".repeat(498)))),
+        (
+            "blocks",
+            score_fn(format!("{}score{}", "{".repeat(124), "}".repeat(124))),
+        ),
+        (
+            "else if",
+            score_fn(format!(
+                "{} {{ score * 2.0 }}",
+                (0..70)
+                    .map(|i| format!("if q == {i} {{ score.tanh() }} else "))
+                    .collect::<String>()
+            )),
+        ),
+        ("casts", score_fn(format!("score{}", " as f32".repeat(249)))),
+        (
+            "method calls",
+            score_fn(format!("score{}", ".tanh()".repeat(166))),
+        ),
+    ];
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let mut derived = 0;
+            for (what, src) in shapes {
+                match (parse_score_grad(&src), compile_score_grad(&src)) {
+                    (Ok(_), Ok((_, g))) => {
+                        let d = g.d_score(0.5, 0, 0, 3, 1, &[]).expect(what);
+                        assert!(!d.is_nan(), "{what}");
+                        derived += 1;
+                    }
+                    (Err(e), Err(_)) => assert!(
+                        e.iter()
+                            .any(|e| e.message.contains("nests deeper than 512")),
+                        "{what}: {e:?}"
+                    ),
+                    (a, b) => panic!(
+                        "{what}: the translator and the evaluator disagree: {:?} / {:?}",
+                        a.is_ok(),
+                        b.is_ok()
+                    ),
+                }
+            }
+            derived
+        })
+        .expect("spawn");
+    let derived = handle.join().expect("no stack overflow, no panic");
+    assert!(derived >= 6, "most shapes derive ({derived})");
+}

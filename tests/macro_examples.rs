@@ -1,5 +1,6 @@
-//! Runs every numbered example (`examples/NN_*.rs`) on the CPU simulator: each example's
-//! `run()` builds its kernels with the macros and checks them against the f64 reference.
+//! Runs every numbered example (`examples/NN_*.rs`): each example's `run()` builds its kernels
+//! with the macros and checks them on the CPU simulator against the f64 reference (example 11:
+//! a `#[score(backward)]` function's parameter gradients against finite differences).
 //! (`cargo test` builds the examples but does not run them.)
 
 macro_rules! example {

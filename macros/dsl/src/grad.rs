@@ -130,6 +130,21 @@ pub(crate) fn derive(ast: &FnAst, typed: &Typed) -> Result<Vec<GradAst>, Vec<(Rn
             index,
         });
     }
+    // Parameter names are unique, but `t_0` next to a table `t` would reuse `f_grad_t_0`.
+    let mut seen = std::collections::HashSet::new();
+    for f in out
+        .iter()
+        .flat_map(|g| std::iter::once(&g.partial).chain(&g.index))
+    {
+        if !seen.insert(f.name.as_str()) {
+            let span = ast
+                .body
+                .tail
+                .as_ref()
+                .map_or_else(|| Rng::from(proc_macro2::Span::call_site()), |t| t.span);
+            return Err(vec![(span, format!("two derivative functions would be named `{}`: rename a parameter (derivatives are named `<fn>_grad_score`, `<fn>_grad_<param>`, `<fn>_grad_<table>_<k>[_index]`)", f.name))]);
+        }
+    }
     Ok(out)
 }
 
@@ -250,6 +265,14 @@ fn let_names(b: &Block, out: &mut Vec<String>) {
                 out.push(name.clone());
             }
         }
+    }
+}
+
+/// `{ e }`.
+fn block_of(e: Expr) -> Block {
+    Block {
+        stmts: Vec::new(),
+        tail: Some(Box::new(e)),
     }
 }
 
@@ -456,14 +479,6 @@ impl Diff<'_> {
         }
     }
 
-    fn block_of(&mut self, e: Expr) -> Block {
-        let _ = self;
-        Block {
-            stmts: Vec::new(),
-            tail: Some(Box::new(e)),
-        }
-    }
-
     /// `if cond { a } else { b }` of two derivatives, or 0 when both are 0.
     fn select(&mut self, span: Rng, cond: impl FnOnce(&mut Self) -> Expr, a: Dx, b: Dx) -> Dx {
         if matches!((&a, &b), (Dx::Zero, Dx::Zero)) {
@@ -471,7 +486,7 @@ impl Diff<'_> {
         }
         let c = cond(self);
         let (a, b) = (self.emit(a, span), self.emit(b, span));
-        let (ta, tb) = (self.block_of(a), self.block_of(b));
+        let (ta, tb) = (block_of(a), block_of(b));
         let els = self.mk(span, ExprKind::Block(tb));
         Dx::E(self.mk(span, ExprKind::If(Box::new(c), ta, Some(Box::new(els)))))
     }
@@ -699,7 +714,7 @@ impl Diff<'_> {
                     let z = s.lit(span, 0.0);
                     let c = s.bin(BinOp::Ge, x, z);
                     let (p, m) = (s.lit(span, 1.0), s.lit(span, -1.0));
-                    let (tp, tm) = (s.block_of(p), s.block_of(m));
+                    let (tp, tm) = (block_of(p), block_of(m));
                     let els = s.mk(span, ExprKind::Block(tm));
                     s.mk(span, ExprKind::If(Box::new(c), tp, Some(Box::new(els))))
                 })

@@ -316,6 +316,15 @@ fn non_differentiable_bodies_are_errors_at_the_expression() {
         // The forward alone is fine: only the backward needs the derivative.
         assert!(attnforge_dsl::parse_score_fn(src).is_ok());
     }
+    // Generated names must not collide with each other.
+    let errs = parse_score_grad(
+        "fn f(score: f32, q: u32, kv: u32, t: &[f32], t_0: f32) -> f32 { score * t[0] * t_0 }",
+    )
+    .expect_err("name clash");
+    assert!(
+        errs[0].message.contains("would be named `f_grad_t_0`"),
+        "{errs:?}"
+    );
     // A step function of integers only is a constant: differentiable (derivative 0).
     let (_, g) = compile_score_grad(
         "fn f(score: f32, q: u32, kv: u32) -> f32 { score + (q as f32 / 3.0).floor() + (kv % 2) as f32 }",

@@ -1,5 +1,6 @@
-//! Runs every numbered example (`examples/NN_*.rs`) on the CPU simulator: each example's
-//! `run()` builds its kernels with the macros and checks them against the f64 reference.
+//! Runs every numbered example (`examples/NN_*.rs`): each example's `run()` builds its kernels
+//! with the macros and checks them on the CPU simulator against the f64 reference (example 11:
+//! a `#[score(backward)]` function's parameter gradients against finite differences).
 //! (`cargo test` builds the examples but does not run them.)
 
 macro_rules! example {
@@ -24,3 +25,4 @@ example!(ex07_lm_infinite, "../examples/07_lm_infinite.rs");
 example!(ex08_custom_score, "../examples/08_custom_score.rs");
 example!(ex09_dynamic, "../examples/09_dynamic.rs");
 example!(ex10_chunked_dilated, "../examples/10_chunked_dilated.rs");
+example!(ex11_learnable_table, "../examples/11_learnable_table.rs");

@@ -139,12 +139,10 @@ pub(crate) fn is_reserved(name: &str) -> bool {
 
 pub(crate) fn emit(f: &CFn) -> String {
     let mut s = String::from(HELPERS);
-    let (ret, fixed) = match f.kind {
-        FnKind::Mask => ("bool", "int b, int h, long long q_pos, long long kv_pos"),
-        FnKind::Score => (
-            "float",
-            "float score, int b, int h, long long q_pos, long long kv_pos",
-        ),
+    let ret = f.ret;
+    let fixed = match f.kind {
+        FnKind::Mask => "int b, int h, long long q_pos, long long kv_pos",
+        FnKind::Score => "float score, int b, int h, long long q_pos, long long kv_pos",
     };
     let _ = writeln!(
         s,

@@ -118,19 +118,131 @@ pub fn compile_eval(src: &str, kind: FnKind) -> Result<EvalFn, Vec<SourceError>>
     if !errors.is_empty() {
         return Err(conv(errors));
     }
+    Ok(from_ast(&ast, &typed, kind))
+}
+
+fn from_ast(ast: &crate::parse::FnAst, typed: &Typed, kind: FnKind) -> EvalFn {
     let mut b = Builder {
-        typed: &typed,
+        typed,
         params: ast.params.iter().map(|p| p.kind).collect(),
         locals: Vec::new(),
     };
     let body = b.block(&ast.body);
-    Ok(EvalFn {
+    EvalFn {
         kind,
         index: ast.index.iter().map(|p| (p.role, p.ty)).collect(),
         params: ast.params.iter().map(|p| p.kind).collect(),
         n_locals: b.locals.len(),
         body,
-    })
+    }
+}
+
+/// The derivatives of a score function, evaluated on the host (the functions
+/// [`crate::translate_score_grad`] emits, on the same typed ASTs).
+#[derive(Clone, Debug)]
+pub struct EvalGrad {
+    d_score: EvalFn,
+    /// Parameter index, `d s'/d param[..]`, and for a table the index function.
+    params: Vec<(usize, EvalFn, Option<EvalFn>)>,
+}
+
+/// One parameter derivative at an entry: `d s' / d params[param][element]` (`element` 0 for
+/// an `f32` scalar). A table read twice gives two entries (their sum is the derivative).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamPartial {
+    /// Index of the parameter in the function's user parameters.
+    pub param: usize,
+    /// The element of an `&[f32]` parameter (0 for a scalar).
+    pub element: usize,
+    /// The partial derivative.
+    pub value: f32,
+}
+
+/// Parse, check and derive a score function given as text: the forward evaluator and the
+/// derivatives' (errors as [`crate::parse_score_grad`]).
+pub fn compile_score_grad(src: &str) -> Result<(EvalFn, EvalGrad), Vec<SourceError>> {
+    let item = crate::parse_item(src)?;
+    let mut errors = crate::Errors::default();
+    let ast = crate::parse::parse_fn(&item, FnKind::Score, &mut errors);
+    if !ast.sig_complete {
+        return Err(conv(errors));
+    }
+    let typed = crate::check::check(&ast, &mut errors);
+    if !errors.is_empty() {
+        return Err(conv(errors));
+    }
+    let grads = crate::checked_grads(&ast, &typed).map_err(|e| {
+        let mut errors = crate::Errors::default();
+        for (span, msg) in e {
+            errors.push(span, msg);
+        }
+        conv(errors)
+    })?;
+    let mut d_score = None;
+    let mut params = Vec::new();
+    for g in grads {
+        let partial = from_ast(&g.partial.0, &g.partial.1, FnKind::Score);
+        let index = g.index.map(|(a, t)| from_ast(&a, &t, FnKind::Score));
+        match g.target {
+            crate::grad::Target::Score => d_score = Some(partial),
+            crate::grad::Target::Scalar(p) | crate::grad::Target::Elem(p, _) => {
+                params.push((p, partial, index));
+            }
+        }
+    }
+    let forward = from_ast(&ast, &typed, FnKind::Score);
+    let d_score = d_score.unwrap_or_else(|| forward.clone());
+    Ok((forward, EvalGrad { d_score, params }))
+}
+
+impl EvalGrad {
+    /// `d s' / d score` at one entry (arguments as [`EvalFn::score`]).
+    pub fn d_score(
+        &self,
+        s: f64,
+        b: usize,
+        h: usize,
+        q: i64,
+        kv: i64,
+        params: &[Value],
+    ) -> Result<f32, EvalError> {
+        self.d_score.score(s, b, h, q, kv, params)
+    }
+
+    /// Appends the parameter derivatives at one entry to `out`. A table element is reported
+    /// only where its derivative is non-zero (an indexing on a branch the forward did not take
+    /// has derivative 0 and its index is not evaluated).
+    #[allow(clippy::too_many_arguments)]
+    pub fn d_params(
+        &self,
+        s: f64,
+        b: usize,
+        h: usize,
+        q: i64,
+        kv: i64,
+        params: &[Value],
+        out: &mut Vec<ParamPartial>,
+    ) -> Result<(), EvalError> {
+        for (param, partial, index) in &self.params {
+            let value = partial.score(s, b, h, q, kv, params)?;
+            let element = match index {
+                None => 0,
+                Some(_) if value == 0.0 => continue,
+                Some(f) => match f.run(s as f32, b, h, q, kv, params)? {
+                    V::I(i) => usize::try_from(i).map_err(|_| {
+                        EvalError(format!("negative index {i} of parameter {param}"))
+                    })?,
+                    other => return Err(EvalError(format!("index function returned {other:?}"))),
+                },
+            };
+            out.push(ParamPartial {
+                param: *param,
+                element,
+                value,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Both halves at once: the CUDA translation and the host evaluator of the same text.

@@ -22,6 +22,10 @@
 //! `parse` (syn -> spanned AST, rejects everything outside the subset) -> `check` (type
 //! inference as rustc does it for the subset) -> `lower` (C statements/expressions with Rust
 //! semantics made explicit) -> `emit` (CUDA text). All errors of a function are collected.
+//! For the backward ([`translate_score_grad`]), `grad` derives from the checked tree one
+//! function per differentiation target (the score, each `f32` parameter, each indexing of an
+//! `&[f32]` table), in the same subset, which goes through `check`, `lower` and `emit` again
+//! and is printed back as Rust (`rust`) for the host.
 //!
 //! # Signature rule
 //! Mask: `fn name([b], [h], q, kv, params...) -> bool`; score:
@@ -59,8 +63,10 @@
 mod check;
 mod emit;
 pub mod eval;
+mod grad;
 mod lower;
 mod parse;
+mod rust;
 
 use proc_macro2::Span;
 use std::fmt;
@@ -248,6 +254,145 @@ pub fn translate_fn(item: &syn::ItemFn, kind: FnKind) -> Result<UserFnDef, Vec<s
             head: ast.index.iter().any(|p| p.role == parse::Role::Head),
         },
     })
+}
+
+/// One generated derivative function: its symbol (CUDA and Rust) and its Rust item text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GradFnDef {
+    /// Function name, e.g. `softcap_grad_score`.
+    pub name: String,
+    /// The Rust item `fn name(<the user's parameters>) -> f32 { .. }` (`-> i64` for an index
+    /// function), for native host evaluation.
+    pub rust: String,
+}
+
+/// The derivative of a score function in one learnable float parameter reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamGradDef {
+    /// Index of the parameter in [`UserFnDef::params`] (an `f32` or `&[f32]` parameter).
+    pub param: usize,
+    /// `d s' / d param` (a scalar) or `d s' / d param[index]` (one indexing of a table).
+    pub partial: GradFnDef,
+    /// For a table: the index the expression reads (`None` for a scalar).
+    pub index: Option<GradFnDef>,
+}
+
+/// The symbolic derivatives of a score function (`#[attnforge::score(backward)]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScoreGradDef {
+    /// Self-contained CUDA text (the guarded helper block, then one `__device__` function per
+    /// derivative and index function, all with the score function's C signature).
+    pub cuda: String,
+    /// `d s' / d score`.
+    pub d_score: GradFnDef,
+    /// One entry per `f32` parameter and per indexing `a[i]` of an `&[f32]` parameter, in
+    /// declaration and then source order.
+    pub params: Vec<ParamGradDef>,
+}
+
+/// Translates a score function and derives its derivatives (see [`ScoreGradDef`]). Errors
+/// as [`translate_fn`], plus one per expression that cannot be differentiated, at its span.
+pub fn translate_score_grad(
+    item: &syn::ItemFn,
+) -> Result<(UserFnDef, ScoreGradDef), Vec<syn::Error>> {
+    let def = translate_fn(item, FnKind::Score)?;
+    let mut errors = Errors::default();
+    let ast = parse::parse_fn(item, FnKind::Score, &mut errors);
+    let typed = check::check(&ast, &mut errors);
+    let grads = checked_grads(&ast, &typed).map_err(|e| {
+        let mut errors = Errors::default();
+        for (span, msg) in e {
+            errors.push(span, msg);
+        }
+        errors.into_vec()
+    })?;
+    let mut cuda = String::new();
+    let mut out = ScoreGradDef {
+        cuda: String::new(),
+        d_score: GradFnDef {
+            name: String::new(),
+            rust: String::new(),
+        },
+        params: Vec::new(),
+    };
+    let mut def_of = |f: &(parse::FnAst, check::Typed)| {
+        let text = emit::emit(&lower::lower(&f.0, &f.1));
+        if cuda.is_empty() {
+            cuda = text;
+        } else {
+            cuda.push_str(text.strip_prefix(emit::HELPERS).unwrap_or(&text));
+        }
+        GradFnDef {
+            name: f.0.name.clone(),
+            rust: rust::print_fn(&f.0, &f.1),
+        }
+    };
+    for g in &grads {
+        let partial = def_of(&g.partial);
+        match g.target {
+            grad::Target::Score => out.d_score = partial,
+            grad::Target::Scalar(p) | grad::Target::Elem(p, _) => {
+                let index = g.index.as_ref().map(&mut def_of);
+                out.params.push(ParamGradDef {
+                    param: p,
+                    partial,
+                    index,
+                });
+            }
+        }
+    }
+    out.cuda = cuda;
+    Ok((def, out))
+}
+
+/// A derivative function and its index function, each checked.
+pub(crate) struct CheckedGrad {
+    pub target: grad::Target,
+    pub partial: (parse::FnAst, check::Typed),
+    pub index: Option<(parse::FnAst, check::Typed)>,
+}
+
+/// Derives and type-checks every derivative of a checked score function.
+pub(crate) fn checked_grads(
+    ast: &parse::FnAst,
+    typed: &check::Typed,
+) -> Result<Vec<CheckedGrad>, Vec<(Rng, String)>> {
+    let body_span = ast
+        .body
+        .tail
+        .as_ref()
+        .map_or_else(|| Rng::from(Span::call_site()), |t| t.span);
+    let depth_limit = |f: &parse::FnAst| -> Result<(), Vec<(Rng, String)>> {
+        if grad::depth(&f.body) > MAX_NESTING {
+            return Err(vec![(body_span, format!("the derivative `{}` of this function nests deeper than {MAX_NESTING} levels: split the function with `let` bindings", f.name))]);
+        }
+        Ok(())
+    };
+    let check = |f: parse::FnAst| -> Result<(parse::FnAst, check::Typed), Vec<(Rng, String)>> {
+        depth_limit(&f)?;
+        let mut errors = Errors::default();
+        let typed = check::check(&f, &mut errors);
+        if !errors.is_empty() {
+            let msgs: Vec<String> = errors.into_vec().iter().map(ToString::to_string).collect();
+            return Err(vec![(body_span, format!("internal error of the derivative pass (please report): `{}` does not type-check: {}", f.name, msgs.join("; ")))]);
+        }
+        Ok((f, typed))
+    };
+    let mut out = Vec::new();
+    for g in grad::derive(ast, typed)? {
+        out.push(CheckedGrad {
+            target: g.target,
+            partial: check(g.partial)?,
+            index: g.index.map(check).transpose()?,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses and derives a score function given as source text (see [`translate_score_grad`]).
+pub fn parse_score_grad(src: &str) -> Result<(UserFnDef, ScoreGradDef), Vec<SourceError>> {
+    let item = parse_item(src)?;
+    translate_score_grad(&item).map_err(|errs| errs.iter().flat_map(to_source_errors).collect())
 }
 
 /// Parses and translates a mask function given as Rust source text

@@ -41,6 +41,8 @@ pub(crate) struct CFn {
     pub name: String,
     pub kind: FnKind,
     pub rust_sig: String,
+    /// The C return type.
+    pub ret: &'static str,
     pub params: Vec<(String, &'static str)>,
     pub body: Vec<CStmt>,
 }
@@ -135,6 +137,7 @@ pub(crate) fn lower(ast: &FnAst, typed: &Typed) -> CFn {
         name: ast.name.clone(),
         kind: ast.kind,
         rust_sig,
+        ret: c_type(ast.ret),
         params,
         body,
     }

@@ -220,6 +220,13 @@ const MATH: &[(&str, &str)] = &[
     ("ceil", "ceilf"),
 ];
 
+/// The Rust method name of a one-argument math function, from its CUDA name.
+pub(crate) fn rust_math_name(cuda: &str) -> &'static str {
+    MATH.iter()
+        .find(|(_, c)| *c == cuda)
+        .map_or("?", |(r, _)| r)
+}
+
 const METHODS: &str = "`min`, `max`, `abs`, `powf`, `exp`, `exp2`, `ln`, `log2`, `log10`, \
 `sqrt`, `tanh`, `sin`, `cos`, `floor`, `ceil`";
 

@@ -211,7 +211,8 @@ def wgmma_table(kdir):
     """(c2) The warpgroup-MMA (sm_90a) kernels next to the default mma.sync tile and SDPA."""
     print("\n### (c2) Hopper warpgroup-MMA kernels (sm_90a), bf16, B*S = 16k tokens, 16 heads, TFLOP/s")
     print("err: max |ours - fp32 math SDPA| over the output. Default: the mma.sync default tile (m64n64w4s2).")
-    tiles = ["m128n128w8s2wg", "m128n128w8s3wg", "m128n64w8s3wg", "m64n128w4s2wg", "m64n128w4s3wg"]
+    tiles = ["m128n128w8s2wg", "m128n128w8s3wg", "m64n128w4s2wg", "m128n128w12s2wg", "m128n128w12s3wg",
+             "m64n128w8s3wg"]
     print("| mask | d | seq | default | " + " | ".join(tiles) + " | err wgmma (max) | SDPA-FA2 | SDPA-cuDNN |")
     print("|---|---|---|---|" + "---|" * len(tiles) + "---|---|---|")
     backends = [sdpa_with("FLASH_ATTENTION"), sdpa_with("CUDNN_ATTENTION")]

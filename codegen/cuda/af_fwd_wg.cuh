@@ -86,6 +86,29 @@ __device__ __forceinline__ void af_wg_load_rows(const SV& dst, int dst0, const T
     }
 }
 
+// Pins an accumulator's registers at this point of the instruction stream: nothing that reads
+// or writes them moves across it (CUTLASS's warpgroup_fence_operand). The wgmma waits carry no
+// register operands, so without it the compiler may hoist the softmax's reads of S or O's
+// rescale above the wait that completes them, and ptxas then serializes every wgmma (C7514).
+// The simulator checks the order itself (reading an accumulator before its wait is an error).
+#ifdef ATTNFORGE_SIM
+template <int N> inline void af_wg_fence_operand(af_wgmma_acc<N>&) {}
+template <int K> inline void af_wg_fence_operand(unsigned (&)[K][4]) {}
+#else
+template <int N>
+__device__ __forceinline__ void af_wg_fence_operand(af_wgmma_acc<N>& acc) {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) asm volatile("" : "+f"(acc.r[i])::"memory");
+}
+template <int K>
+__device__ __forceinline__ void af_wg_fence_operand(unsigned (&a)[K][4]) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) asm volatile("" : "+r"(a[k][q])::"memory");
+}
+#endif
+
 // Per-thread state of a consumer warpgroup: online softmax (log2 domain) of this thread's rows
 // r = 0, 1 (rows g + 8 r of the warp's 16, g = lane / 4), the O and S accumulators (element 4 j
 // + e of n8 tile j), P of the last softmaxed tile as the A fragments of P V (k-step kk) and its
@@ -204,30 +227,41 @@ __device__ __forceinline__ void af_wg_rescale_pack(af_wg_state<Tile::BN, Tile::D
 // together with the previous tile's P V (pending: pv_kst >= 0), the softmax runs while P V is
 // in flight, and the previous tile's stage is handed back (release) once P V has completed; this
 // tile's P V waits for the next call (or af_wg_finish). Otherwise the tile's P V completes here.
-template <class Tile, bool OVERLAP, typename T, class Hooks, class Scoring, class Release>
+// PENDING (compile time: a branch between a wgmma's issue and its wait makes ptxas serialize
+// every wgmma, C7514/C7520) says whether a previous P V is pending: the drivers call the
+// PENDING = false form for the first tile only.
+template <class Tile, bool OVERLAP, bool PENDING, typename T, class Hooks, class Scoring, class Release>
 __device__ __forceinline__ void af_wg_consume(af_wg_state<Tile::BN, Tile::D>& st, const af_wg_ctx<T, Hooks, Scoring>& c,
                                               int& pv_kst, int kst, long long n0, int kind, int br, const Release& release) {
+    static_assert(OVERLAP || !PENDING, "a P V is pending only in the overlapped loop");
+    af_wg_fence_operand(st.s);
     af_wgmma_fence();
     af_wg_issue_qk<Tile>(st, c, kst);
-    const bool pending = OVERLAP && pv_kst >= 0;
+    constexpr bool pending = PENDING;
     if (pending) {
         af_wg_issue_pv<Tile>(st, c, pv_kst);
         af_wgmma_wait_group<1>();  // S has landed (groups complete in order); P V in flight
     } else {
         af_wgmma_wait_group<0>();
     }
+    af_wg_fence_operand(st.s);
     af_wg_softmax<Tile>(st, c, n0, kind, br);
     if (pending) {
         af_wgmma_wait_group<0>();  // the previous P V has completed: O, P and its stage are free
+        af_wg_fence_operand(st.o);
+        af_wg_fence_operand(st.pa);
         release(pv_kst);
     }
     af_wg_rescale_pack<Tile, T>(st);
+    af_wg_fence_operand(st.o);
+    af_wg_fence_operand(st.pa);
     if (OVERLAP) {
         pv_kst = kst;  // issued with the next tile's Q K^T
     } else {
         af_wgmma_fence();
         af_wg_issue_pv<Tile>(st, c, kst);
         af_wgmma_wait_group<0>();
+        af_wg_fence_operand(st.o);
         release(kst);
     }
 }
@@ -240,6 +274,7 @@ __device__ __forceinline__ void af_wg_finish(af_wg_state<Tile::BN, Tile::D>& st,
         af_wgmma_fence();
         af_wg_issue_pv<Tile>(st, c, pv_kst);
         af_wgmma_wait_group<0>();
+        af_wg_fence_operand(st.o);
         release(pv_kst);
     }
 }
@@ -394,7 +429,8 @@ __device__ __forceinline__ void af_fwd_wg(const af_fwd_args<T>& a, const Schedul
             af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
             const int stage = it % STAGES;
             af_mbarrier_wait_parity(&bars[1 + stage], (it / STAGES) & 1);
-            af_wg_consume<Tile, true>(st, ctx, pv_kst, stage * BN * D, n0, kind, br, release);
+            if (it > 0) af_wg_consume<Tile, true, true>(st, ctx, pv_kst, stage * BN * D, n0, kind, br, release);
+            else af_wg_consume<Tile, true, false>(st, ctx, pv_kst, stage * BN * D, n0, kind, br, release);
             ++it;
         }
         af_wg_finish<Tile>(st, ctx, pv_kst, release);
@@ -447,7 +483,8 @@ __device__ __forceinline__ void af_fwd_wg(const af_fwd_args<T>& a, const Schedul
                 kst = (it % STAGES) * BN * D;
                 ++it;
             }
-            af_wg_consume<Tile, OVERLAP>(st, ctx, pv_kst, kst, n0, kind, br, release);
+            if (OVERLAP && pv_kst >= 0) af_wg_consume<Tile, OVERLAP, OVERLAP>(st, ctx, pv_kst, kst, n0, kind, br, release);
+            else af_wg_consume<Tile, OVERLAP, false>(st, ctx, pv_kst, kst, n0, kind, br, release);
         }
         if constexpr (OVERLAP) af_wg_finish<Tile>(st, ctx, pv_kst, release);
         af_wg_epilogue<Tile, T>(st, a, blk, cw, lane);

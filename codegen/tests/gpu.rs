@@ -107,13 +107,15 @@ fn gpu_wgmma_bf16_d128() {
 }
 
 /// The warpgroup-MMA tiles `gpu/bench.py` times next to the default tile.
-/// `(block_m, block_n, stages)`; 3 stages software-pipeline the loop.
-const BENCH_WGMMA_TILES: [(usize, usize, usize); 5] = [
-    (128, 128, 2),
-    (128, 128, 3),
-    (128, 64, 3),
-    (64, 128, 2),
-    (64, 128, 3),
+/// `(block_m, block_n, stages, producer warpgroup)`; 3 stages or a producer warpgroup
+/// software-pipeline the loop.
+const BENCH_WGMMA_TILES: [(usize, usize, usize, bool); 6] = [
+    (128, 128, 2, false),
+    (128, 128, 3, false),
+    (64, 128, 2, false),
+    (128, 128, 2, true),
+    (128, 128, 3, true),
+    (64, 128, 3, true),
 ];
 
 /// Writes the benchmark kernels when `ATTNFORGE_EMIT_DIR` is set (by `gpu/build.sh`): the
@@ -143,8 +145,15 @@ fn emit_bench_kernels() {
                 attnforge_codegen::tile::Mainloop::TensorCore
             );
             write(&emit(&spec, &tile, Arch::Sm90).unwrap());
-            for (bm, bn, st) in BENCH_WGMMA_TILES {
-                let tile = TileConfig::wgmma(bm, bn, st);
+            for (bm, bn, st, ws) in BENCH_WGMMA_TILES {
+                let tile = if ws {
+                    TileConfig::wgmma_specialized(bm, bn, st)
+                } else {
+                    TileConfig::wgmma(bm, bn, st)
+                };
+                if tile.valid(&spec, Arch::Sm90).is_err() {
+                    continue; // over a limit at this head dimension
+                }
                 assert_eq!(
                     attnforge_codegen::tile::Mainloop::select(&spec, &tile),
                     attnforge_codegen::tile::Mainloop::Wgmma

@@ -23,7 +23,7 @@ use crate::model::{
 use crate::occupancy::{ArchLimits, Occupancy};
 use crate::sass_counts::loop_counts;
 use crate::tuner::{EnvironmentError, Gate, GateError, Resources, Status, Tunable};
-use crate::workload::{default_params, inputs, work_profile, Shape};
+use crate::workload::{default_params, inputs, tile_profile, Shape};
 use crate::Arch;
 
 /// A generated kernel to tune at `shape`, gated at `gate_shape` on the simulator.
@@ -177,19 +177,22 @@ impl Tunable for KernelTunable {
         let d = self.spec.head_dim.get();
         if self.spec.dtype != DType::F32 {
             let s = &self.shape;
-            let profile = work_profile(
+            let tiles = tile_profile(
                 &self.spec,
                 tile.block_m,
                 tile.block_n,
                 s,
                 &default_params(&self.spec, s),
             );
+            let profile: Vec<u32> = tiles.iter().map(|t| t.visited).collect();
+            let partial: Vec<u32> = tiles.iter().map(|t| t.partial).collect();
             let m = MainLoopInput {
                 warps: tile.warps,
                 counts: res
                     .main_loop
                     .unwrap_or_else(|| estimate_counts(tile.block_m, tile.block_n, tile.warps, d)),
                 profile: &profile,
+                partial: &partial,
                 heads_times_batch: s.batch * s.heads_q,
                 elem_bytes: elem_bytes(self.spec.dtype),
                 block_n: tile.block_n,

@@ -34,4 +34,4 @@ pub use tuner::{tune, Basis, CandidateResult, KernelTuning, Status, Tunable, Tun
 
 /// Version of the static model and pipeline; part of the cache key's codegen hash, so a
 /// change of the model re-tunes.
-pub const MODEL_VERSION: &str = "model-2";
+pub const MODEL_VERSION: &str = "model-3";

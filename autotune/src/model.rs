@@ -140,6 +140,9 @@ pub struct MainLoopInput<'a> {
     pub counts: LoopCounts,
     /// Key tiles visited by each query block of one (batch, head), in launch order.
     pub profile: &'a [u32],
+    /// Of those, the partial tiles of each query block (charged with the partial-tile path's
+    /// counts, [`LoopCounts::partial`]); empty: none.
+    pub partial: &'a [u32],
     /// Query blocks launched per profile entry: batch x query heads.
     pub heads_times_batch: usize,
     /// Bytes per q/k/v element (for the DRAM bound).
@@ -153,11 +156,12 @@ pub struct MainLoopInput<'a> {
 /// Predicted time of a tensor-core forward kernel from its main loop's machine code.
 ///
 /// - One key tile of one warp costs `c = mma_cycles x MMA + other_cycles x (instructions -
-///   MMA)` scheduler cycles; a scheduler holding `w = blocks_per_sm x warps / 4` warps runs
+///   MMA)` scheduler cycles, with the instructions of the interior-tile path for a full tile
+///   and those of the partial-tile path for a partial or edge one ([`MainLoopInput::partial`]); a scheduler holding `w = blocks_per_sm x warps / 4` warps runs
 ///   one iteration of all of them in `(w + exposed_latency_warps) x c` cycles, which is one
 ///   key tile's time for each resident block (`latency_hiding = w / (w + exposed)`).
 /// - Blocks (every query block of every batch and head, in launch order) go to the first
-///   free of `SMs x blocks_per_sm` slots and take `visited tiles x` that time: the makespan
+///   free of `SMs x blocks_per_sm` slots and take the sum of their tiles' times: the makespan
 ///   is the kernel's time (waves and the causal tail included).
 /// - The kernel takes at least the DRAM time of its K/V tile reads; plus 3 us launch.
 ///
@@ -171,23 +175,34 @@ pub fn predict_main_loop(
 ) -> Prediction {
     let bps = occ.blocks_per_sm.max(1);
     let w = (bps * m.warps) as f64 / 4.0;
-    let c = k.mma_cycles * m.counts.mma
-        + k.other_cycles * (m.counts.instructions - m.counts.mma).max(0.0);
-    let tile_cycles = (w + k.exposed_latency_warps) * c;
+    let cycles = |instructions: f64| {
+        let c =
+            k.mma_cycles * m.counts.mma + k.other_cycles * (instructions - m.counts.mma).max(0.0);
+        (w + k.exposed_latency_warps) * c
+    };
+    let interior_cycles = cycles(m.counts.instructions);
+    let partial_cycles = cycles(
+        m.counts
+            .partial
+            .map_or(m.counts.instructions, |p| p.instructions),
+    );
     let clock = l.clock_ghz * 1e9;
     let slots = l.sms * bps;
+    // slot times in scheduler cycles (whole cycles: far finer than a key tile)
     let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<u64>> =
         std::iter::repeat_n(std::cmp::Reverse(0u64), slots).collect();
     let mut tiles_total = 0u64;
     for _ in 0..m.heads_times_batch {
-        for &t in m.profile {
+        for (i, &t) in m.profile.iter().enumerate() {
+            let part = m.partial.get(i).copied().unwrap_or(0).min(t);
+            let block = f64::from(t - part) * interior_cycles + f64::from(part) * partial_cycles;
             let std::cmp::Reverse(start) = heap.pop().unwrap_or(std::cmp::Reverse(0));
-            heap.push(std::cmp::Reverse(start + u64::from(t)));
+            heap.push(std::cmp::Reverse(start + block.round() as u64));
             tiles_total += u64::from(t);
         }
     }
-    let makespan_tiles = heap.into_iter().map(|r| r.0).max().unwrap_or(0) as f64;
-    let compute_s = makespan_tiles * tile_cycles / clock;
+    let makespan_cycles = heap.into_iter().map(|r| r.0).max().unwrap_or(0) as f64;
+    let compute_s = makespan_cycles / clock;
     let blocks = (m.heads_times_batch * m.profile.len()) as f64;
     let dram_bytes = tiles_total as f64 * (2 * m.block_n * m.head_dim * m.elem_bytes) as f64;
     let dram_s = dram_bytes / (l.dram_gbps * 1e9);
@@ -220,6 +235,7 @@ pub fn estimate_counts(
         mma,
         mufu: (block_m * block_n) as f64 / (warps as f64 * 32.0),
         ldmatrix_bytes: 0.0,
+        partial: None,
     }
 }
 

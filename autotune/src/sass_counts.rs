@@ -1,5 +1,6 @@
 //! What the static model reads from a candidate's machine code: the main loop (one key tile
-//! per iteration) of its SASS, counted per warp by the analyzer of `attnforge-runtime`
+//! per iteration) of its SASS, along its interior-tile and its partial-tile path, counted per
+//! warp by the analyzer of `attnforge-runtime`
 //! ([`attnforge_runtime::main_loops`], the same one as docs/anchors.md and the CI ratchet).
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,21 @@ pub struct LoopCounts {
     pub mufu: f64,
     /// Bytes moved from shared memory by `ldmatrix`.
     pub ldmatrix_bytes: f64,
+    /// The partial-tile path's counts (the counts above are the interior-tile path's), none
+    /// in a cache written before they were counted: partial tiles then cost as interior ones.
+    #[serde(default)]
+    pub partial: Option<PartialCounts>,
+}
+
+/// Per-warp counts of one main-loop iteration along the partial-tile path (a partial or edge
+/// key tile: the per-element mask, scale and select), which has the interior path's MMA and
+/// `ldmatrix` work.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartialCounts {
+    /// Instructions issued.
+    pub instructions: f64,
+    /// MUFU instructions.
+    pub mufu: f64,
 }
 
 impl LoopCounts {
@@ -61,5 +77,14 @@ pub fn loop_counts(
         mma: m.mma,
         mufu: m.by_class.get(&InstrClass::Mufu).copied().unwrap_or(0.0),
         ldmatrix_bytes: m.ldmatrix_bytes,
+        partial: Some(PartialCounts {
+            instructions: m.partial.instructions,
+            mufu: m
+                .partial
+                .by_class
+                .get(&InstrClass::Mufu)
+                .copied()
+                .unwrap_or(0.0),
+        }),
     })
 }

@@ -78,7 +78,7 @@ pub fn default_params(spec: &KernelSpec, shape: &Shape) -> RunParams {
 /// masks: every `block_n` tile of each `sparse_block` block that has an allowed pair (or
 /// that the given lists name), as the kernel walks them. Counted with the reference's
 /// closed forms ([`attnforge_reference::MaskGeometry`]); a user predicate, which has none,
-/// counts as dense.
+/// counts as dense. The visited counts of [`tile_profile`].
 pub fn work_profile(
     spec: &KernelSpec,
     block_m: usize,
@@ -86,26 +86,70 @@ pub fn work_profile(
     shape: &Shape,
     params: &RunParams,
 ) -> Vec<u32> {
+    tile_profile(spec, block_m, block_n, shape, params)
+        .iter()
+        .map(|t| t.visited)
+        .collect()
+}
+
+/// The key tiles one query block visits, and how many of them take the kernel's partial-tile
+/// path (the allowed-element bits, the element mask, scale and select per score).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockTiles {
+    /// Key tiles visited.
+    pub visited: u32,
+    /// Of those, the partial and edge tiles: a tile the kernel classifies partial while its
+    /// mask has an element predicate (analytic masks: not every pair of the tile allowed;
+    /// list-driven ones: a tile of a partial list block), and a tile with rows past `seq_q`
+    /// or keys past `seq_k`. A user predicate, without closed forms, counts every tile.
+    pub partial: u32,
+}
+
+/// [`work_profile`] with each query block's partial tiles ([`BlockTiles`]), in launch order.
+pub fn tile_profile(
+    spec: &KernelSpec,
+    block_m: usize,
+    block_n: usize,
+    shape: &Shape,
+    params: &RunParams,
+) -> Vec<BlockTiles> {
     let (sq, sk) = (shape.seq_q, shape.seq_k);
-    let tiles_in = |k0: usize, k1: usize| (k1.min(sk).saturating_sub(k0)).div_ceil(block_n) as u32;
-    let dense = vec![tiles_in(0, sk); sq.div_ceil(block_m)];
-    let rows = |m0: usize| m0..(m0 + block_m).min(sq);
+    let tiles = Tiling {
+        block_m,
+        block_n,
+        sq,
+        sk,
+    };
+    let element_mask = match &spec.mask {
+        Mask::Builtin(_) => spec.mask.def().is_some_and(|d| d.element_fn.is_some()),
+        Mask::Predicate(_) | Mask::BlockSparse { mask: Some(_) } => true,
+        Mask::BlockSparse { mask: None } => false,
+    };
     if let (Mask::BlockSparse { .. }, Some(l)) = (&spec.mask, &params.block_lists) {
         let bs = spec.sparse_block;
         return (0..sq)
             .step_by(block_m)
             .map(|m0| {
                 let r = m0 / bs.q.max(1);
-                l.full(0, 0, r)
-                    .iter()
-                    .chain(l.partial(0, 0, r))
-                    .map(|&c| tiles_in(c as usize * bs.k, (c as usize + 1) * bs.k))
-                    .sum()
+                let blocks = |idx: &[i32], partial: bool| {
+                    idx.iter()
+                        .map(|&c| {
+                            tiles.split(m0, c as usize * bs.k, (c as usize + 1) * bs.k, partial)
+                        })
+                        .fold(BlockTiles::default(), BlockTiles::plus)
+                };
+                blocks(l.full(0, 0, r), false).plus(blocks(l.partial(0, 0, r), element_mask))
             })
             .collect();
     }
+    let dense = || -> Vec<BlockTiles> {
+        (0..sq)
+            .step_by(block_m)
+            .map(|m0| tiles.split(m0, 0, sk, element_mask))
+            .collect()
+    };
     let Some(def) = spec.mask.def() else {
-        return dense;
+        return dense();
     };
     let values: Vec<(&str, f64)> = def
         .params
@@ -118,12 +162,13 @@ pub fn work_profile(
         .map(|d| d[..sk.min(d.len())].to_vec())
         .unwrap_or_default();
     let Ok(mask) = attnforge_reference::Mask::builtin(def.tag, &values, &doc) else {
-        return dense;
+        return dense();
     };
     let Ok(g) = attnforge_reference::MaskGeometry::new(&mask, 1, 1, sq, sk) else {
-        return dense;
+        return dense();
     };
-    let step = if spec.mask.uses_block_lists() {
+    let lists = spec.mask.uses_block_lists();
+    let step = if lists {
         spec.sparse_block.k.max(1)
     } else {
         block_n
@@ -131,20 +176,61 @@ pub fn work_profile(
     (0..sq)
         .step_by(block_m)
         .map(|m0| {
-            let rs = if spec.mask.uses_block_lists() {
+            // the rows a tile is classified over: the kernel's block, or its list row block
+            let rs = if lists {
                 let bq = spec.sparse_block.q.max(1);
                 let r0 = m0 / bq * bq;
                 r0..(r0 + bq).min(sq)
             } else {
-                rows(m0)
+                m0..(m0 + block_m).min(sq)
             };
             (0..sk)
                 .step_by(step)
                 .filter(|&k0| g.any(rs.clone(), k0..(k0 + step).min(sk)))
-                .map(|k0| tiles_in(k0, k0 + step))
-                .sum()
+                .map(|k0| {
+                    let ks = k0..(k0 + step).min(sk);
+                    let area = (rs.len() * ks.len()) as u64;
+                    let partial = element_mask && g.pairs(rs.clone(), ks.clone()) < area;
+                    tiles.split(m0, k0, k0 + step, partial)
+                })
+                .fold(BlockTiles::default(), BlockTiles::plus)
         })
         .collect()
+}
+
+impl BlockTiles {
+    fn plus(self, o: BlockTiles) -> BlockTiles {
+        BlockTiles {
+            visited: self.visited + o.visited,
+            partial: self.partial + o.partial,
+        }
+    }
+}
+
+/// The kernel's tiling of one problem: `block_m` query rows by `block_n` keys.
+struct Tiling {
+    block_m: usize,
+    block_n: usize,
+    sq: usize,
+    sk: usize,
+}
+
+impl Tiling {
+    /// The `block_n` tiles of keys `[k0, k1)` (clipped to `seq_k`) of the query block at row
+    /// `m0`, all partial when `partial`, else the edge ones: the last key tile when it is
+    /// ragged, all of them when the query block is.
+    fn split(&self, m0: usize, k0: usize, k1: usize, partial: bool) -> BlockTiles {
+        let k1 = k1.min(self.sk);
+        let visited = k1.saturating_sub(k0).div_ceil(self.block_n) as u32;
+        let rows_edge = m0 + self.block_m > self.sq;
+        let keys_edge = visited > 0 && k0 + visited as usize * self.block_n > self.sk;
+        let partial = if partial || rows_edge {
+            visited
+        } else {
+            u32::from(keys_edge)
+        };
+        BlockTiles { visited, partial }
+    }
 }
 
 /// Deterministic inputs in [-1, 1) (xorshift), rounded to the element type.
@@ -217,6 +303,26 @@ mod tests {
         assert_eq!(
             work_profile(&d, 64, 64, &s, &default_params(&d, &s)),
             vec![4, 4, 5, 5, 3]
+        );
+    }
+
+    /// Hand counts of partial tiles (300 keys, 64 x 64 tiles): full has the ragged last key
+    /// tile (keys 256..300) and the ragged last query block (rows 256..300); causal adds the
+    /// diagonal tile of each query block.
+    #[test]
+    fn tile_profiles_count_partial_tiles() {
+        let s = shape(300);
+        let split = |tag: &str| -> Vec<(u32, u32)> {
+            let k = spec(tag);
+            tile_profile(&k, 64, 64, &s, &default_params(&k, &s))
+                .iter()
+                .map(|t| (t.visited, t.partial))
+                .collect()
+        };
+        assert_eq!(split("full"), vec![(5, 1), (5, 1), (5, 1), (5, 1), (5, 5)]);
+        assert_eq!(
+            split("causal"),
+            vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 5)]
         );
     }
 

@@ -7,9 +7,9 @@
 //!
 //! The sm_90 constants were fitted to these 30 points, so this is the fit's error, not a
 //! validation on held-out data; it fails when a change of the model or of the kernels' code
-//! makes the ranking worse than stated in docs/tuning.md. The document kernel (10 more
-//! points) is reported but not fitted: it runs about 2x slower per visited tile than the
-//! model says (docs/tuning.md).
+//! makes the ranking worse than stated in docs/tuning.md. The document kernel (6 more
+//! points) is reported but not fitted: it runs about 1.6x slower than the model says, which
+//! charges its partial tiles with the partial-tile path of its SASS (docs/tuning.md).
 
 use attnforge_autotune::kernel::KernelTunable;
 use attnforge_autotune::occupancy::{occupancy, ArchLimits};
@@ -159,11 +159,11 @@ fn the_model_ranks_the_h200_measurements() {
     );
 }
 
-/// Causal does about half of full's work, and the model says so (diagonal tiles and the
-/// tail of the last wave make it a little more than half). A document mask (thirds of 4096
-/// keys, 128 x 128 lists) visits 37.5% of full's tiles, each at least as costly as an
-/// interior full tile: the model predicts between that fraction and full (the SASS counts of
-/// its main loop follow the partial-tile path, which costs about twice an interior tile).
+/// Causal does about half of full's work, and the model says so (diagonal tiles, charged
+/// with the partial-tile path, and the tail of the last wave make it a little more than
+/// half). A document mask (thirds of 4096 keys, 128 x 128 lists) visits 37.5% of full's
+/// tiles, each at least as costly as an interior full tile: the model predicts between that
+/// fraction and full (its partial tiles cost the partial-tile path of its SASS).
 #[test]
 fn causal_predicts_about_half_of_full() {
     let tiles = [

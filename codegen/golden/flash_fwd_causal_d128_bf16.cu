@@ -659,7 +659,8 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<NR * NC>& okb, af_bits
 // owns query rows [WM w, WM w + WM) of the tile (WM = BM / warps: 16 or 32 rows, one or two
 // 16-row slabs, so a K/V fragment feeds one or two mma). Policies: see af_fwd.cuh.
 //
-// for each key tile of the schedule (a second cursor runs STAGES - 1 tiles ahead to prefetch):
+// for each key tile of the schedule (the prefetch walk runs STAGES - 1 tiles ahead and
+// classifies each tile once for the visit):
 //     S = Q K^T per scoring branch; allowed-element bits (partial and edge tiles)
 //     S = score(S), masked; online softmax (log2 domain); O += P V (P stays in registers)
 // epilogue: O = acc / l, lse = ln(l) + m ln 2
@@ -964,20 +965,47 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
 
     const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
     auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, kv_plan, t0, st, vec_kv, tid, zero); };
-    // pipeline: a second cursor runs STAGES - 1 tiles ahead; one commit group per tile
-    // (possibly empty), so wait<STAGES - 2> means "the current tile has landed"
-    long long cur = tiles.first, n0;
-    [[maybe_unused]] long long fcur = tiles.first, fn0;
+    // pipeline: the prefetch walk runs STAGES - 1 tiles ahead of the visit, one commit group per
+    // tile (possibly empty), so wait<STAGES - 2> means "the current tile has landed". Each tile
+    // is classified once, by the prefetch walk (a mask's classifier can cost tens of
+    // instructions, divisions included): it records the tiles it is ahead by in `ahead`, a
+    // ring of STAGES - 1 entries, oldest first, that the visit consumes. An entry is one
+    // register, n0 | stage << 2 | kind (n0 < seq_k is an int and a multiple of BN >= 16; the
+    // K/V stage the tile was copied to, < 3; kind < 4), 0 for "no more tiles" (kind
+    // AF_TILE_SKIP); the ring is shifted by compile-time indices, so it stays in registers,
+    // and the stage travels with the tile instead of in a counter of its own (d = 256 tiles
+    // run at the 255-register limit).
+    long long n0;
     int kind;
-    [[maybe_unused]] int fkind, it = 0;
+    [[maybe_unused]] long long fcur = tiles.first;
+    [[maybe_unused]] int ahead[STAGES > 1 ? STAGES - 1 : 1];
+    auto prefetch = [&](int st) {  // the next tile of the prefetch walk -> stage st, and its entry
+        long long fn0;
+        int fkind;
+        if (!tiles.next(fcur, fn0, fkind)) return 0;
+        load_kv(fn0, st);
+        return (int)fn0 | st << 2 | fkind;
+    };
+    [[maybe_unused]] long long cur = tiles.first;  // the visit's own walk (one stage: no prefetch)
     if constexpr (STAGES > 1) {
 #pragma unroll
+        for (int st = 0; st < STAGES - 1; ++st) ahead[st] = 0;
+#pragma unroll
         for (int st = 0; st < STAGES - 1; ++st) {
-            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, st);
+            ahead[st] = prefetch(st);
             af_cp_async_commit();
         }
     }
-    while (tiles.next(cur, n0, kind)) {
+    while (true) {
+        int vst = 0;  // the K/V stage of this tile
+        if constexpr (STAGES == 1) {
+            if (!tiles.next(cur, n0, kind)) break;
+        } else {
+            if (ahead[0] == 0) break;
+            n0 = (unsigned)(ahead[0] & ~15);  // zero-extended: no high word to keep
+            vst = (ahead[0] >> 2) & 3;
+            kind = ahead[0] & 3;
+        }
         const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
         af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
         int kst;  // stage offset of this tile
@@ -989,12 +1017,13 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             __syncthreads();  // every thread's copies have landed
             kst = 0;
         } else {
-            af_cp_async_wait<STAGES - 2>();  // this thread's copies of tile `it` have landed
-            __syncthreads();  // ... and everyone's; the stage of tile it - 1 is free again
-            if (tiles.next(fcur, fn0, fkind)) load_kv(fn0, (it + STAGES - 1) % STAGES);
+            af_cp_async_wait<STAGES - 2>();  // this thread's copies of this tile have landed
+            __syncthreads();  // ... and everyone's; the stage of the previous tile is free again
+#pragma unroll
+            for (int i = 0; i + 1 < STAGES - 1; ++i) ahead[i] = ahead[i + 1];
+            ahead[STAGES - 2] = prefetch((vst + STAGES - 1) % STAGES);
             af_cp_async_commit();
-            kst = (it % STAGES) * BN * D;
-            ++it;
+            kst = vst * BN * D;
         }
 
         // S = Q K^T on tensor cores (f32 accumulation), per warp WM x BN in C fragments (n8

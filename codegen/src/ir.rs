@@ -6,8 +6,8 @@
 //! ```text
 //! prologue hooks; load Q to shared
 //! for each key tile in the schedule (analytic range + classifier, or block lists),
-//! walked by one cursor (`next_tile`; the tensor-core path runs a second cursor
-//! `stages - 1` tiles ahead to prefetch K/V with cp.async):
+//! walked by one cursor (`next_tile`; the tensor-core path walks `stages - 1` tiles ahead
+//! to prefetch K/V with cp.async, classifying each tile once for the visit that follows):
 //!     count it; load K, V to shared
 //!     S = Q K^T            (mainloop; two branches for LM-Infinite)
 //!     S = score_mod(S)     (hook)

@@ -436,7 +436,12 @@ fn markdown(rows: &[Row], versions: &str) -> String {
          unmasked steady-state loop). One iteration is counted along its steady-state path: \
          from the header to a back edge, the path with the most MMA work, then the most bytes \
          loaded from global memory (the next tile's prefetch is taken), then the fewest \
-         instructions (edge-tile masking and misaligned-copy fallbacks are not). Nested loops \
+         instructions (edge-tile masking and misaligned-copy fallbacks are not): an interior \
+         key tile. The partial-tile path is the same count with the other choice among the \
+         paths of equal MMA work and bytes loaded: the fewest copy instructions (the fast \
+         copy), then the most instructions (the per-element mask, scale and select of a \
+         partial or edge key tile); the static model of `attnforge-autotune` charges each \
+         visited tile with one or the other (docs/tuning.md). Nested loops \
          count their trips: constant-bound counters are read from the code; otherwise the \
          trips are solved from the expected work per key tile (MMA: 2·block_m·block_n·d / \
          (warps·2048) per warp; for our kernels also LDGSTS: 2·block_n·d·2 B / (512 B·warps) \
@@ -454,8 +459,8 @@ fn markdown(rows: &[Row], versions: &str) -> String {
     let _ = writeln!(
         o,
         "\n## Per main-loop iteration (one key tile), per warp, per m16n8k16-equivalent MMA\n\n\
-         | kernel | rows/warp | instr/MMA sm_80 / sm_90 | ldmatrix bytes/MMA | int+address instr/MMA | FP instr/MMA | MUFU/MMA | registers | spills | shared memory |\n\
-         |---|---|---|---|---|---|---|---|---|---|"
+         | kernel | rows/warp | instr/MMA sm_80 / sm_90 | partial-tile instr/MMA sm_80 / sm_90 | ldmatrix bytes/MMA | int+address instr/MMA | FP instr/MMA | MUFU/MMA | registers | spills | shared memory |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in rows {
         let (ra, sa, ma) = resources(&r.sm80);
@@ -466,12 +471,18 @@ fn markdown(rows: &[Row], versions: &str) -> String {
             f2(r.sm80.report.as_ref().map(MainLoopReport::instr_per_mma)),
             f2(r.sm90.report.as_ref().map(MainLoopReport::instr_per_mma))
         );
+        let partial = format!(
+            "{} / {}",
+            f2(r.sm80.report.as_ref().map(|m| m.partial.instr_per_mma())),
+            f2(r.sm90.report.as_ref().map(|m| m.partial.instr_per_mma()))
+        );
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.kernel,
             r.rows_per_warp,
             instr,
+            partial,
             pair(&r.sm80, &r.sm90, MainLoopReport::ldmatrix_bytes_per_mma, f0),
             pair(&r.sm80, &r.sm90, |m| m.per_mma(InstrClass::IntAddress), f2),
             pair(&r.sm80, &r.sm90, |m| m.per_mma(InstrClass::Fp), f2),

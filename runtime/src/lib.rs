@@ -68,6 +68,6 @@ pub use sass::{
 };
 pub use sass_cfg::{
     classify, global_load_bytes, ldmatrix_bytes, main_loops, mma_equivalents, natural_loop_summary,
-    tile_load_bytes, InnerLoop, InstrClass, MainLoopHints, MainLoopReport, TripSource,
+    tile_load_bytes, InnerLoop, InstrClass, MainLoopHints, MainLoopReport, PathCounts, TripSource,
 };
 pub use toolchain::{Toolchain, ToolchainError, CUDA_HOME_ENV, SETUP_HINT};

@@ -294,10 +294,52 @@ pub struct MainLoopReport {
     pub by_opcode: BTreeMap<String, f64>,
     /// Weighted `ldmatrix` bytes per iteration.
     pub ldmatrix_bytes: f64,
+    /// The partial-tile path of the iteration: the same MMA work and tile copies as the
+    /// steady-state (interior-tile) path above, with the optional per-element work taken
+    /// (the element mask, scale and select per score of a partial or edge key tile): the
+    /// costliest such path (see [`main_loops`]).
+    pub partial: PathCounts,
     /// The loops nested in this one, outermost first.
     pub inner_loops: Vec<InnerLoop>,
     /// Natural loops of the function (all depths).
     pub loops_in_function: usize,
+}
+
+/// Counts of one main-loop iteration along one path, per warp, nested loops weighted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathCounts {
+    /// Instructions.
+    pub instructions: f64,
+    /// m16n8k16-equivalent MMAs.
+    pub mma: f64,
+    /// Instructions by class.
+    pub by_class: BTreeMap<InstrClass, f64>,
+    /// `ldmatrix` bytes.
+    pub ldmatrix_bytes: f64,
+}
+
+impl PathCounts {
+    /// Instructions per m16n8k16-equivalent MMA.
+    pub fn instr_per_mma(&self) -> f64 {
+        ratio(self.instructions, self.mma)
+    }
+
+    fn of(cost: &Cost) -> Self {
+        let mut by_class = BTreeMap::new();
+        for (op, n) in &cost.by_opcode {
+            *by_class.entry(classify(op)).or_insert(0.0) += n;
+        }
+        PathCounts {
+            instructions: cost.instructions,
+            mma: cost.mma,
+            by_class,
+            ldmatrix_bytes: cost
+                .by_opcode
+                .iter()
+                .map(|(op, n)| ldmatrix_bytes(op) as f64 * n)
+                .sum(),
+        }
+    }
 }
 
 impl MainLoopReport {
@@ -603,6 +645,8 @@ struct Cost {
     mma: f64,
     /// Bytes per lane read from global memory by tile copies ([`tile_load_bytes`]).
     loaded: f64,
+    /// Instructions that read tile bytes from global memory.
+    copies: f64,
     instructions: f64,
     by_opcode: BTreeMap<String, f64>,
 }
@@ -610,7 +654,9 @@ struct Cost {
 impl Cost {
     fn add_ins(&mut self, i: &Ins) {
         self.mma += mma_equivalents(&i.opcode);
-        self.loaded += tile_load_bytes(&i.opcode) as f64;
+        let bytes = tile_load_bytes(&i.opcode);
+        self.loaded += bytes as f64;
+        self.copies += if bytes > 0 { 1.0 } else { 0.0 };
         self.instructions += 1.0;
         *self.by_opcode.entry(i.opcode.clone()).or_insert(0.0) += 1.0;
     }
@@ -618,6 +664,7 @@ impl Cost {
     fn add(&mut self, other: &Cost, times: f64) {
         self.mma += other.mma * times;
         self.loaded += other.loaded * times;
+        self.copies += other.copies * times;
         self.instructions += other.instructions * times;
         for (op, n) in &other.by_opcode {
             *self.by_opcode.entry(op.clone()).or_insert(0.0) += n * times;
@@ -633,20 +680,43 @@ impl Cost {
     }
 }
 
-/// The ordering key of a path: MMA work, global bytes loaded, instructions.
-type Key = (f64, f64, f64);
+/// The ordering key of a path: MMA work, global bytes loaded, copy instructions,
+/// instructions.
+type Key = (f64, f64, f64, f64);
 
 fn key(c: &Cost) -> Key {
-    (c.mma, c.loaded, c.instructions)
+    (c.mma, c.loaded, c.copies, c.instructions)
 }
 
 fn plus(a: Key, c: &Cost) -> Key {
-    (a.0 + c.mma, a.1 + c.loaded, a.2 + c.instructions)
+    (
+        a.0 + c.mma,
+        a.1 + c.loaded,
+        a.2 + c.copies,
+        a.3 + c.instructions,
+    )
 }
 
 /// `a` is a better steady-state path than `b`: more MMA work, then more bytes loaded from
 /// global memory (the next tile's prefetch happens), then fewer instructions.
 fn better(a: Key, b: Key) -> bool {
+    better_for(Prefer::Interior, a, b)
+}
+
+/// Which of the paths with the most MMA work and the most tile bytes loaded a loop is costed
+/// along: an interior key tile takes none of the optional work; a partial (or edge) tile
+/// takes the per-element work (the allowed-element bits with the element mask, scale and
+/// select per score): among the paths that copy the tile in the fewest instructions (the
+/// fast copy, not a misaligned-copy fallback loading the same bytes), the costliest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefer {
+    /// The fewest instructions.
+    Interior,
+    /// The most instructions.
+    Partial,
+}
+
+fn better_for(prefer: Prefer, a: Key, b: Key) -> bool {
     const EPS: f64 = 1e-9;
     if (a.0 - b.0).abs() > EPS {
         return a.0 > b.0;
@@ -654,7 +724,11 @@ fn better(a: Key, b: Key) -> bool {
     if (a.1 - b.1).abs() > EPS {
         return a.1 > b.1;
     }
-    a.2 < b.2 - EPS
+    match prefer {
+        Prefer::Interior => a.3 < b.3 - EPS,
+        Prefer::Partial if (a.2 - b.2).abs() > EPS => a.2 < b.2,
+        Prefer::Partial => a.3 > b.3 + EPS,
+    }
 }
 
 /// Bytes one lane reads from global memory with this instruction: `LDG`/`LDGSTS`/`LD` by
@@ -704,6 +778,15 @@ pub fn tile_load_bytes(opcode: &str) -> u64 {
 /// the nested loops on it. A loop whose body is not acyclic once its nested loops are
 /// collapsed (irreducible flow) costs its whole body.
 fn hot_paths(cfg: &Cfg<'_>, trips: &BTreeMap<usize, f64>) -> Vec<(Cost, Vec<usize>)> {
+    paths_by(cfg, trips, Prefer::Interior)
+}
+
+/// [`hot_paths`] with the choice among equal MMA work and tile bytes given by `prefer`.
+fn paths_by(
+    cfg: &Cfg<'_>,
+    trips: &BTreeMap<usize, f64>,
+    prefer: Prefer,
+) -> Vec<(Cost, Vec<usize>)> {
     let n = cfg.loops.len();
     let mut out: Vec<Option<(Cost, Vec<usize>)>> = vec![None; n];
     let mut order: Vec<usize> = (0..n).collect();
@@ -756,7 +839,10 @@ fn hot_paths(cfg: &Cfg<'_>, trips: &BTreeMap<usize, f64>) -> Vec<(Cost, Vec<usiz
                 };
                 for &v in &succs[&u] {
                     let k = plus(ku, &cost_of(v));
-                    if best.get(&v).is_none_or(|(kv, _)| better(k, *kv)) {
+                    if best
+                        .get(&v)
+                        .is_none_or(|(kv, _)| better_for(prefer, k, *kv))
+                    {
                         best.insert(v, (k, Some(u)));
                     }
                 }
@@ -764,7 +850,7 @@ fn hot_paths(cfg: &Cfg<'_>, trips: &BTreeMap<usize, f64>) -> Vec<(Cost, Vec<usiz
             let end = ends
                 .iter()
                 .filter_map(|e| best.get(e).map(|(k, _)| (*e, *k)))
-                .reduce(|a, b| if better(b.1, a.1) { b } else { a })?
+                .reduce(|a, b| if better_for(prefer, b.1, a.1) { b } else { a })?
                 .0;
             let mut path = vec![end];
             while let Some(&(_, Some(p))) = best.get(path.last()?) {
@@ -1102,6 +1188,11 @@ fn solve_trips(
 /// loads the same bytes in more instructions). Counting every block of the body instead
 /// would add both sides of every branch.
 ///
+/// The partial-tile path ([`MainLoopReport::partial`]) is costed the same way with the other
+/// choice among the paths of equal MMA work and tile bytes: the fewest copy instructions,
+/// then the most instructions (a partial or edge key tile: the allowed-element bits with
+/// the element mask, the scale and select per score; the classifier's longest branch).
+///
 /// Trips of nested loops: read from the code where a constant-bound counter shows them
 /// ([`TripSource::Static`]), else solved from `hints` (loops with MMA on their path from
 /// `mma_per_iteration`, then loops with `LDGSTS` from `cp_async_per_iteration`), else 1
@@ -1198,11 +1289,9 @@ fn main_loop_of(cfg: &Cfg<'_>, hints: &MainLoopHints) -> Option<MainLoopReport> 
         });
     }
     let (cost, path) = hot_paths(cfg, &trips).swap_remove(main);
+    let partial = PathCounts::of(&paths_by(cfg, &trips, Prefer::Partial).swap_remove(main).0);
     let path: BTreeSet<usize> = path.into_iter().collect();
-    let mut by_class = BTreeMap::new();
-    for (op, n) in &cost.by_opcode {
-        *by_class.entry(classify(op)).or_insert(0.0) += n;
-    }
+    let interior = PathCounts::of(&cost);
     let hot = hot_paths(cfg, &trips);
     let lp = &cfg.loops[main];
     let mut inner: Vec<InnerLoop> = desc
@@ -1226,15 +1315,12 @@ fn main_loop_of(cfg: &Cfg<'_>, hints: &MainLoopHints) -> Option<MainLoopReport> 
             .map(|&b| cfg.f.ins[cfg.blocks[b].last].offset)
             .collect(),
         static_instructions: cfg.instructions(&lp.body).count(),
-        instructions: cost.instructions,
-        mma: cost.mma,
-        ldmatrix_bytes: cost
-            .by_opcode
-            .iter()
-            .map(|(op, n)| ldmatrix_bytes(op) as f64 * n)
-            .sum(),
-        by_class,
+        instructions: interior.instructions,
+        mma: interior.mma,
+        ldmatrix_bytes: interior.ldmatrix_bytes,
+        by_class: interior.by_class,
         by_opcode: cost.by_opcode,
+        partial,
         inner_loops: inner,
         loops_in_function: cfg.loops.len(),
     })
@@ -1491,6 +1577,11 @@ mod tests {
         assert_eq!(m.by_opcode.get("LDG.E.U16"), None);
         assert_eq!(m.by_opcode.get("FSEL"), None);
         assert_eq!(m.by_class[&InstrClass::Fp], 1.0);
+        // the partial-tile path: the same fast copy, and the mask
+        // 0x10 0x20 0x30 0x40 0x50 | 0xc0 0xd0 0xe0 0xf0 0x100 | 0x110..0x140
+        assert_eq!(m.partial.instructions, 14.0);
+        assert_eq!(m.partial.mma, m.mma);
+        assert_eq!(m.partial.by_class[&InstrClass::Fp], 4.0);
     }
 
     /// Two loops with the same MMA work (a peeled masked first tile, then the rest): the

@@ -156,11 +156,7 @@ fn instr_per_mma(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> f64 {
 }
 
 /// Known exceptions to the 10% bound, each with the most it may cost (over dense) and why.
-/// `dilated_causal` (d64, +10.5% sm_80 / +12.0% sm_90 on 2026-12-04): its tile classifier is
-/// about 25 instructions, and each key tile is classified twice, by the walk that visits it
-/// and by the one that prefetches it (`af_fwd_tc`); at d64 a tile is only 64 MMAs per warp.
-/// Classifying once (a lookahead of the prefetch walk) is the fix; it also helps causal.
-const EXCEPTIONS: &[(&str, f64)] = &[("flash_fwd_dilated_causal_d64_f16", 1.13)];
+const EXCEPTIONS: &[(&str, f64)] = &[];
 
 /// Issue 17, item 4: the mask of a catalog variant costs nothing on a full tile. Every
 /// tensor-core catalog variant without a score modification, at its default tile, has a

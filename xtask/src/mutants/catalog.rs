@@ -471,17 +471,17 @@ pub const CATALOG: &[Mutant] = &[
       "lse merge decides emptiness by the first part only"),
     // ---- pipeline (cp.async stages) and tile cursor ----
     m("pipe-prefetch-stage", Pipeline, FWD_TC,
-      "load_kv(fn0, (it + STAGES - 1) % STAGES);",
-      "load_kv(fn0, (it + 1) % STAGES);",
-      "prefetch into stage it + 1 instead of it + STAGES - 1 (same for 2 stages, wrong for 3)")
+      "prefetch((vst + STAGES - 1) % STAGES);",
+      "prefetch((vst + 1) % STAGES);",
+      "prefetch into stage vst + 1 instead of vst + STAGES - 1 (same for 2 stages, wrong for 3)")
         .named(),
     m("pipe-wait-count", Pipeline, FWD_TC,
       "af_cp_async_wait<STAGES - 2>();",
       "af_cp_async_wait<STAGES - 1>();",
       "waits for one group too few (the current tile may not have landed)"),
     m("pipe-read-stage", Pipeline, FWD_TC,
-      "kst = (it % STAGES) * BN * D;",
-      "kst = ((it + 1) % STAGES) * BN * D;",
+      "kst = vst * BN * D;",
+      "kst = ((vst + 1) % STAGES) * BN * D;",
       "reads the next tile's stage"),
     m("pipe-prologue-depth", Pipeline, FWD_TC,
       "for (int st = 0; st < STAGES - 1; ++st) {",
@@ -489,7 +489,7 @@ pub const CATALOG: &[Mutant] = &[
       "prologue prefetches one tile too few"),
     // ---- barriers ----
     m("bar-tc-stage-free", Barrier, FWD_TC,
-      "__syncthreads();  // ... and everyone's; the stage of tile it - 1 is free again",
+      "__syncthreads();  // ... and everyone's; the stage of the previous tile is free again",
       "// (barrier removed)",
       "pipelined loop without the barrier after the cp.async wait"),
     m("bar-tc-single-stage-landed", Barrier, FWD_TC,

@@ -18,8 +18,42 @@ use crate::report::{write_reports, ReportItem};
 use crate::tuner::{codegen_hash, tune, EnvironmentError, Tunable, TuneOptions};
 use crate::Arch;
 
-fn parse_arch(s: &str) -> Result<Arch, String> {
-    Arch::parse(s).ok_or_else(|| format!("unknown architecture `{s}`: use sm_80 or sm_90"))
+/// A tuning target: an architecture, and for `sm_90a` the Hopper warpgroup-MMA candidates
+/// ranked together with sm_90's (compiled for sm_90a, which runs on compute capability 9.0
+/// only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TuneArch {
+    /// The architecture (tiles, limits, NVRTC target).
+    pub arch: Arch,
+    /// Whether the search space adds the warpgroup-MMA tiles (`sm_90a`).
+    pub wgmma: bool,
+}
+
+impl TuneArch {
+    /// `sm_80`, `sm_90` or `sm_90a`.
+    pub fn name(&self) -> String {
+        format!("{}{}", self.arch.sm_name(), if self.wgmma { "a" } else { "" })
+    }
+}
+
+impl From<Arch> for TuneArch {
+    fn from(arch: Arch) -> Self {
+        TuneArch { arch, wgmma: false }
+    }
+}
+
+fn parse_arch(s: &str) -> Result<TuneArch, String> {
+    if let Some(base) = s.trim().strip_suffix('a') {
+        if Arch::parse(base) == Some(Arch::Sm90) {
+            return Ok(TuneArch {
+                arch: Arch::Sm90,
+                wgmma: true,
+            });
+        }
+    }
+    Arch::parse(s)
+        .map(TuneArch::from)
+        .ok_or_else(|| format!("unknown architecture `{s}`: use sm_80, sm_90 or sm_90a"))
 }
 
 /// `tune`: tune kernels of the catalog and write the reports.
@@ -37,9 +71,10 @@ pub struct TuneArgs {
     /// Tuning cache file [env: ATTNFORGE_TUNE_CACHE; default: target/attnforge-tune/cache.json].
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    /// Target architecture (sm_80 or sm_90).
+    /// Target architecture: sm_80, sm_90, or sm_90a (sm_90's candidates and the Hopper
+    /// warpgroup-MMA ones, ranked together).
     #[arg(long, default_value = "sm_90", value_parser = parse_arch)]
-    pub arch: Arch,
+    pub arch: TuneArch,
     /// Batch of the tuning shape.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
@@ -74,7 +109,7 @@ impl Default for TuneArgs {
             variants: Vec::new(),
             out: PathBuf::from("reports"),
             cache: None,
-            arch: Arch::Sm90,
+            arch: TuneArch::from(Arch::Sm90),
             batch: 2,
             heads: 16,
             seq: 4096,
@@ -257,7 +292,7 @@ pub fn run_tune(a: &TuneArgs) -> Result<TuneSummary, TuneError> {
     let specs = select(a)?;
     let tunables: Vec<KernelTunable> = specs
         .into_iter()
-        .map(|s| KernelTunable::new(s, a.batch, a.heads, a.seq, a.gate_seq))
+        .map(|s| KernelTunable::new(s, a.batch, a.heads, a.seq, a.gate_seq).with_wgmma(a.arch.wgmma))
         .collect();
     let dyns: Vec<&dyn Tunable> = tunables.iter().map(|t| t as &dyn Tunable).collect();
     run_tune_with(a, &dyns)
@@ -320,9 +355,9 @@ fn tune_into_checked_out(
         .iter()
         .map(|t| {
             let variant = t.variant();
-            let hash = codegen_hash(*t, a.arch);
+            let hash = codegen_hash(*t, a.arch.arch);
             let (_, bucket) = t.shape();
-            let key = cache::key(&variant, a.arch.sm_name(), &t.device(), &bucket);
+            let key = cache::key(&variant, &a.arch.name(), &t.device(), &bucket);
             let look = match Cache::lookup(&loaded.file, &key, &hash) {
                 _ if loaded.corrupt.is_some() => Lookup::Corrupt("the whole file".into()),
                 _ if a.retune => Lookup::Miss,
@@ -350,7 +385,7 @@ fn tune_into_checked_out(
         );
     }
     let opts = TuneOptions {
-        arch: a.arch,
+        arch: a.arch.arch,
         gate_top: a.gate_top,
         gate_max_tries: a.gate_max_tries,
         compile_top: a.compile_top,
@@ -371,7 +406,7 @@ fn tune_into_checked_out(
                 &pb,
                 format!(
                     "cache hit: {variant} ({}, {bucket}): winner {} reused, not re-tuned",
-                    a.arch.sm_name(),
+                    a.arch.name(),
                     tuning.winner.map_or("none".to_owned(), |w| w.suffix())
                 ),
             );

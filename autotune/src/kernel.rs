@@ -7,7 +7,7 @@ use std::path::Path;
 
 use attnforge_codegen::emit::emit;
 use attnforge_codegen::spec::{DType, KernelSpec};
-use attnforge_codegen::tile::{default_search_space, TileConfig};
+use attnforge_codegen::tile::{default_search_space, wgmma_search_space, TileConfig};
 use attnforge_runtime::exec::{check, prepare_cuda, Backend, ExecError};
 use attnforge_runtime::sim::SimError;
 use attnforge_runtime::{
@@ -35,6 +35,8 @@ pub struct KernelTunable {
     pub shape: Shape,
     /// Small shape of the simulator gate.
     pub gate_shape: Shape,
+    /// Whether the sm_90 search space adds the Hopper warpgroup-MMA tiles (`--arch sm_90a`).
+    pub wgmma: bool,
 }
 
 impl KernelTunable {
@@ -46,7 +48,15 @@ impl KernelTunable {
             spec,
             shape,
             gate_shape,
+            wgmma: false,
         }
+    }
+
+    /// With `wgmma`, the sm_90 search space adds the warpgroup-MMA tiles
+    /// ([`wgmma_search_space`]).
+    pub fn with_wgmma(mut self, wgmma: bool) -> Self {
+        self.wgmma = wgmma;
+        self
     }
 }
 
@@ -84,7 +94,11 @@ impl Tunable for KernelTunable {
     }
 
     fn space(&self, arch: Arch) -> Vec<TileConfig> {
-        default_search_space(&self.spec, arch)
+        let mut v = default_search_space(&self.spec, arch);
+        if self.wgmma && arch == Arch::Sm90 {
+            v.extend(wgmma_search_space(&self.spec));
+        }
+        v
     }
 
     fn valid(&self, tile: &TileConfig, arch: Arch) -> Result<(), String> {
@@ -186,11 +200,13 @@ impl Tunable for KernelTunable {
             );
             let profile: Vec<u32> = tiles.iter().map(|t| t.visited).collect();
             let partial: Vec<u32> = tiles.iter().map(|t| t.partial).collect();
+            let warps = tile.compute_warps();
             let m = MainLoopInput {
-                warps: tile.warps,
+                warps,
+                wgmma: tile.wgmma,
                 counts: res
                     .main_loop
-                    .unwrap_or_else(|| estimate_counts(tile.block_m, tile.block_n, tile.warps, d)),
+                    .unwrap_or_else(|| estimate_counts(tile.block_m, tile.block_n, warps, d)),
                 profile: &profile,
                 partial: &partial,
                 heads_times_batch: s.batch * s.heads_q,

@@ -102,6 +102,11 @@ pub struct MainLoopConstants {
     /// FLOP/clk/SM at 1.83 GHz x 132 SMs, so 4 (NVIDIA H100 whitepaper). The fit to the H200
     /// measurements gave 3.7 for `mma.sync` on sm_90.
     pub mma_cycles: f64,
+    /// The same for the Hopper warpgroup MMA (per m16n8k16 equivalent of an `HGMMA`, per
+    /// warp). Fitted on the H200 (2026-12-04, docs/gpu-results/2026-12-04-NVIDIA-H200-run4.md):
+    /// 3.1 brings the warp-specialized `m128n128w12s3wg` of full d128 bf16 to its measured
+    /// time (one point, in sample); sm_80 has none (its value is unused).
+    pub wgmma_cycles: f64,
     /// Scheduler cycles per other instruction: one issue slot plus the dependent stalls the
     /// other resident warps do not hide. Fitted on the H200 (2026-12-04): 1.22.
     pub other_cycles: f64,
@@ -119,11 +124,13 @@ impl MainLoopConstants {
         match arch {
             Arch::Sm80 => MainLoopConstants {
                 mma_cycles: 8.0,
+                wgmma_cycles: 8.0,
                 other_cycles: 1.22,
                 exposed_latency_warps: 1.3,
             },
             Arch::Sm90 => MainLoopConstants {
                 mma_cycles: 3.7,
+                wgmma_cycles: 3.1,
                 other_cycles: 1.22,
                 exposed_latency_warps: 1.3,
             },
@@ -134,8 +141,10 @@ impl MainLoopConstants {
 /// One candidate for [`predict_main_loop`].
 #[derive(Clone, Copy, Debug)]
 pub struct MainLoopInput<'a> {
-    /// Warps per block.
+    /// Computing warps per block (a producer warpgroup's are not counted).
     pub warps: usize,
+    /// Whether the MMAs are Hopper warpgroup MMAs ([`MainLoopConstants::wgmma_cycles`]).
+    pub wgmma: bool,
     /// Main-loop counts per warp per key tile (from the SASS, or [`estimate_counts`]).
     pub counts: LoopCounts,
     /// Key tiles visited by each query block of one (batch, head), in launch order.
@@ -175,9 +184,13 @@ pub fn predict_main_loop(
 ) -> Prediction {
     let bps = occ.blocks_per_sm.max(1);
     let w = (bps * m.warps) as f64 / 4.0;
+    let mma_cycles = if m.wgmma {
+        k.wgmma_cycles
+    } else {
+        k.mma_cycles
+    };
     let cycles = |instructions: f64| {
-        let c =
-            k.mma_cycles * m.counts.mma + k.other_cycles * (instructions - m.counts.mma).max(0.0);
+        let c = mma_cycles * m.counts.mma + k.other_cycles * (instructions - m.counts.mma).max(0.0);
         (w + k.exposed_latency_warps) * c
     };
     let interior_cycles = cycles(m.counts.instructions);

@@ -45,15 +45,14 @@ impl LoopCounts {
 }
 
 /// The hints of docs/anchors.md: MMA and cp.async work of one key tile per warp.
+/// The main loop of a warp-specialized tile is the consumers' (no copies: the producer's).
 pub fn hints(spec: &KernelSpec, tile: &TileConfig) -> MainLoopHints {
     let d = spec.head_dim.get();
+    let warps = tile.compute_warps() as f64;
     MainLoopHints {
-        mma_per_iteration: Some(
-            (2 * tile.block_m * tile.block_n * d) as f64 / (tile.warps as f64 * 2048.0),
-        ),
-        cp_async_per_iteration: Some(
-            (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64),
-        ),
+        mma_per_iteration: Some((2 * tile.block_m * tile.block_n * d) as f64 / (warps * 2048.0)),
+        cp_async_per_iteration: (!tile.warp_specialized())
+            .then(|| (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64)),
     }
 }
 

@@ -24,15 +24,7 @@ struct Point {
 }
 
 fn tile_of(s: &str) -> TileConfig {
-    let n = |t: &str| {
-        t.parse::<usize>()
-            .unwrap_or_else(|_| panic!("bad tile {s}"))
-    };
-    let s2 = s.trim_start_matches('m');
-    let (m, r) = s2.split_once('n').expect("n");
-    let (bn, r) = r.split_once('w').expect("w");
-    let (w, st) = r.split_once('s').expect("s");
-    TileConfig::new(n(m), n(bn), n(w), n(st))
+    TileConfig::parse_suffix(s).unwrap_or_else(|| panic!("bad tile {s}"))
 }
 
 fn measurements() -> Vec<Point> {
@@ -71,14 +63,19 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
     1.0 - 6.0 * d2 / (n * (n * n - 1.0))
 }
 
-/// `(tile, predicted us)` for `kernel`'s tiles, through the tuner's build and predict.
+/// `(tile, predicted us)` for `kernel`'s tiles, through the tuner's build and predict, at
+/// the tuning CSV's shape.
 fn predictions(kernel: &str, tiles: &[TileConfig]) -> Vec<f64> {
+    predictions_at(kernel, tiles, 2)
+}
+
+/// [`predictions`] with `batch` x 16 heads x 4096.
+fn predictions_at(kernel: &str, tiles: &[TileConfig], batch: usize) -> Vec<f64> {
     let spec = catalog()
         .into_iter()
         .find(|s| s.canonical_name() == kernel)
         .unwrap_or_else(|| panic!("{kernel} in the catalog"));
-    // the measured shape: B=2, Hq=16, S=4096
-    let t = KernelTunable::new(spec, 2, 16, 4096, 40);
+    let t = KernelTunable::new(spec, batch, 16, 4096, 40).with_wgmma(true);
     let limits = ArchLimits::of(Arch::Sm90);
     let built = t
         .build(tiles, Arch::Sm90)
@@ -186,5 +183,46 @@ fn causal_predicts_about_half_of_full() {
             "{}: document / full = {r:.3}",
             tiles[i].suffix()
         );
+    }
+}
+
+/// `--arch sm_90a`: the model ranks the Hopper warpgroup-MMA candidates together with the
+/// mma.sync ones. Measured on the H200 (docs/gpu-results/2026-12-04-wgmma.csv, full and causal
+/// d128 bf16, B=4, H=16, S=4096): the model's pick is the measured best, and its ranking
+/// correlates with the measurement. `MainLoopConstants::wgmma_cycles` was fitted to one of
+/// these points (in sample).
+#[test]
+fn the_model_ranks_wgmma_and_mma_sync_candidates_together() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/gpu-results/2026-12-04-wgmma.csv"
+    );
+    let text = std::fs::read_to_string(path).expect("the measured CSV");
+    let rows: Vec<(String, TileConfig, f64)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("kernel,") && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_owned(), tile_of(f[1]), f[2].parse().expect("TFLOP/s"))
+        })
+        .collect();
+    for kernel in ["flash_fwd_full_d128_bf16", "flash_fwd_causal_d128_bf16"] {
+        let mine: Vec<&(String, TileConfig, f64)> = rows.iter().filter(|r| r.0 == kernel).collect();
+        assert!(mine.len() >= 6, "{kernel}: {} points", mine.len());
+        assert!(mine.iter().any(|r| !r.1.wgmma) && mine.iter().any(|r| r.1.warp_specialized()));
+        let tiles: Vec<TileConfig> = mine.iter().map(|r| r.1).collect();
+        let pred = predictions_at(kernel, &tiles, 4);
+        // time = FLOPs / rate, FLOPs = 4 B H S^2 d (halved for causal)
+        let flops = 4.0 * 4.0 * 16.0 * 4096f64.powi(2) * 128.0 / if kernel.contains("causal") { 2.0 } else { 1.0 };
+        let meas: Vec<f64> = mine.iter().map(|r| flops / (r.2 * 1e6)).collect();
+        let rho = spearman(&pred, &meas);
+        let pick = (0..pred.len()).min_by(|&a, &b| pred[a].total_cmp(&pred[b])).expect("candidates");
+        let best = (0..meas.len()).min_by(|&a, &b| meas[a].total_cmp(&meas[b])).expect("points");
+        eprintln!("{kernel}: spearman {rho:.2}, pick {}, measured best {}", tiles[pick].suffix(), tiles[best].suffix());
+        for ((t, p), m) in tiles.iter().zip(&pred).zip(&meas) {
+            eprintln!("  {:16} predicted {p:8.1} us  measured {m:8.1} us  ratio {:.2}", t.suffix(), p / m);
+        }
+        assert_eq!(pick, best, "{kernel}: the model picks {}, the measured best is {}", tiles[pick].suffix(), tiles[best].suffix());
+        assert!(rho >= 0.6, "{kernel}: rank correlation {rho:.2} < 0.6");
     }
 }

@@ -295,6 +295,15 @@ impl TileConfig {
         }
     }
 
+    /// Warps that compute (own query rows): all of them but a producer warpgroup's.
+    pub fn compute_warps(&self) -> usize {
+        if self.warp_specialized() {
+            self.block_m / 16
+        } else {
+            self.warps
+        }
+    }
+
     /// Whether a warpgroup-MMA tile has a producer warpgroup.
     pub fn warp_specialized(&self) -> bool {
         self.wgmma && self.warps == self.block_m / 16 + 4
@@ -605,6 +614,23 @@ impl TileConfig {
             e.push("tile", format!("estimated {regs} registers per thread, over the spill-free budget of {budget} for {} threads", self.threads()), "use more warps or a smaller block_m / block_n");
         }
     }
+}
+
+/// The Hopper warpgroup-MMA tiles (`sm_90a`) the tuner adds to sm_90's space with `--arch
+/// sm_90a`: block_m 64 / 128 x block_n 64 / 128, 2 or 3 stages, with and without a producer
+/// warpgroup, each valid for `spec` on sm_90 (none for f32, LM-Infinite or d = 256).
+pub fn wgmma_search_space(spec: &KernelSpec) -> Vec<TileConfig> {
+    let mut v = Vec::new();
+    for bm in [64, 128] {
+        for bn in [64, 128] {
+            for st in [2, 3] {
+                v.push(TileConfig::wgmma(bm, bn, st));
+                v.push(TileConfig::wgmma_specialized(bm, bn, st));
+            }
+        }
+    }
+    v.retain(|t| t.valid(spec, Arch::Sm90).is_ok());
+    v
 }
 
 /// The default search space: the configs that can win, every one of them compiled by

@@ -32,7 +32,11 @@ pub struct TuneArch {
 impl TuneArch {
     /// `sm_80`, `sm_90` or `sm_90a`.
     pub fn name(&self) -> String {
-        format!("{}{}", self.arch.sm_name(), if self.wgmma { "a" } else { "" })
+        format!(
+            "{}{}",
+            self.arch.sm_name(),
+            if self.wgmma { "a" } else { "" }
+        )
     }
 }
 
@@ -292,7 +296,9 @@ pub fn run_tune(a: &TuneArgs) -> Result<TuneSummary, TuneError> {
     let specs = select(a)?;
     let tunables: Vec<KernelTunable> = specs
         .into_iter()
-        .map(|s| KernelTunable::new(s, a.batch, a.heads, a.seq, a.gate_seq).with_wgmma(a.arch.wgmma))
+        .map(|s| {
+            KernelTunable::new(s, a.batch, a.heads, a.seq, a.gate_seq).with_wgmma(a.arch.wgmma)
+        })
         .collect();
     let dyns: Vec<&dyn Tunable> = tunables.iter().map(|t| t as &dyn Tunable).collect();
     run_tune_with(a, &dyns)
@@ -523,4 +529,38 @@ pub fn run_report(a: &ReportArgs) -> Result<PathBuf, TuneError> {
         path: a.out.clone(),
         source: e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnforge_codegen::spec::{DType, HeadDim, Mask, ScoreMod};
+
+    #[test]
+    fn sm_90a_is_sm_90_with_the_wgmma_candidates() {
+        assert_eq!(
+            parse_arch("sm_90a"),
+            Ok(TuneArch {
+                arch: Arch::Sm90,
+                wgmma: true
+            })
+        );
+        assert_eq!(parse_arch("sm_90"), Ok(TuneArch::from(Arch::Sm90)));
+        assert_eq!(parse_arch("80"), Ok(TuneArch::from(Arch::Sm80)));
+        assert_eq!(parse_arch("sm_90a").map(|a| a.name()), Ok("sm_90a".to_owned()));
+        let e = parse_arch("sm_80a").unwrap_err();
+        assert!(e.contains("sm_80a") && e.contains("sm_90a"), "{e}");
+        let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None);
+        let plain = KernelTunable::new(spec.clone(), 2, 16, 4096, 40);
+        let hopper = plain.clone().with_wgmma(true);
+        let (p, h) = (plain.space(Arch::Sm90), hopper.space(Arch::Sm90));
+        assert!(p.iter().all(|t| !t.wgmma));
+        assert!(h.starts_with(&p), "sm_90's candidates first, then the wgmma ones");
+        assert!(h.iter().any(|t| t.warp_specialized()) && h.len() >= p.len() + 8);
+        // sm_80 has none, and neither has an f32 spec
+        assert_eq!(hopper.space(Arch::Sm80), plain.space(Arch::Sm80));
+        let f32_spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+        let f = KernelTunable::new(f32_spec, 2, 16, 4096, 40);
+        assert_eq!(f.clone().with_wgmma(true).space(Arch::Sm90), f.space(Arch::Sm90));
+    }
 }

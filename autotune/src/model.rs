@@ -103,7 +103,7 @@ pub struct MainLoopConstants {
     /// measurements gave 3.7 for `mma.sync` on sm_90.
     pub mma_cycles: f64,
     /// The same for the Hopper warpgroup MMA (per m16n8k16 equivalent of an `HGMMA`, per
-    /// warp). Fitted on the H200 (2026-12-04, docs/gpu-results/2026-12-04-NVIDIA-H200-run4.md):
+    /// warp). Fitted on the H200 (2026-12-04, docs/gpu-results/2026-12-04-NVIDIA-H200-run5.md):
     /// 3.1 brings the warp-specialized `m128n128w12s3wg` of full d128 bf16 to its measured
     /// time (one point, in sample); sm_80 has none (its value is unused).
     pub wgmma_cycles: f64,

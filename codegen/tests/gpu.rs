@@ -159,7 +159,9 @@ fn emit_bench_kernels() {
                     attnforge_codegen::tile::Mainloop::Wgmma
                 );
                 let style = attnforge_codegen::emit::SymbolStyle::WithTile;
-                write(&attnforge_codegen::emit::emit_with(&spec, &tile, Arch::Sm90, style).unwrap());
+                write(
+                    &attnforge_codegen::emit::emit_with(&spec, &tile, Arch::Sm90, style).unwrap(),
+                );
             }
         }
     }

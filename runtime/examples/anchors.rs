@@ -22,8 +22,8 @@ use std::process::{Command, ExitCode};
 use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
 use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
 use attnforge_runtime::{
-    build_with, main_loops, CompileOptions, Compiler, KernelSource, parse_ptxas_log, sass, InstrClass, MainLoopHints, MainLoopReport,
-    Toolchain, TripSource,
+    build_with, main_loops, parse_ptxas_log, sass, CompileOptions, Compiler, InstrClass,
+    KernelSource, MainLoopHints, MainLoopReport, Toolchain, TripSource,
 };
 
 /// One kernel on one architecture.

@@ -218,7 +218,11 @@ fn format_spec_errors(errs: &[SpecError]) -> String {
         .join("\n")
 }
 
-pub(crate) fn input_err(field: &str, message: impl Into<String>, fix: impl Into<String>) -> ExecError {
+pub(crate) fn input_err(
+    field: &str,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> ExecError {
     ExecError::Input {
         field: field.to_string(),
         message: message.into(),

@@ -11,8 +11,8 @@ use cudarc::driver::CudaSlice;
 use crate::exec::host::HostArg;
 use crate::exec::{ExecError, Inputs};
 use crate::{
-    compile_with_cached, device_ptr, Arch, CompileOptions, ArgDecl, ArgKind, Gpu, GpuKernel, KernelArgValue,
-    LaunchConfig,
+    compile_with_cached, device_ptr, Arch, ArgDecl, ArgKind, CompileOptions, Gpu, GpuKernel,
+    KernelArgValue, LaunchConfig,
 };
 use attnforge_codegen::shape::Shape;
 

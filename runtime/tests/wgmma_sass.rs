@@ -11,8 +11,7 @@ use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
 use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
 use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
 use attnforge_runtime::{
-    build_with, main_loops, sass, CompileOptions, Compiler, InstrClass, KernelSource,
-    MainLoopHints,
+    build_with, main_loops, sass, CompileOptions, Compiler, InstrClass, KernelSource, MainLoopHints,
 };
 
 /// MMA (m16n8k16 equivalents) and cp.async work of one key tile per warp.
@@ -59,12 +58,17 @@ fn build(spec: &KernelSpec, tile: &TileConfig) -> Built {
     let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
     if let Some(dir) = std::env::var_os("ANCHORS_DUMP_SASS") {
         // inspection aid (as in the anchors example): the SASS of each kernel
-        let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{}.sass", k.name)), &text);
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("{}.sass", k.name)),
+            &text,
+        );
     }
     Built {
         sass: text,
         log: b.compiled.log.clone(),
-        spills: b.resources.spill_store_bytes + b.resources.spill_load_bytes + b.resources.local_bytes,
+        spills: b.resources.spill_store_bytes
+            + b.resources.spill_load_bytes
+            + b.resources.local_bytes,
         stack: b.resources.stack_frame_bytes,
         registers: b.resources.registers,
         name: k.name,
@@ -117,7 +121,10 @@ fn every_wgmma_variant_compiles_for_sm_90a_with_hgmma_and_no_spills() {
             if b.spills + b.stack != 0 {
                 why.push(format!("spills {} B, stack {} B", b.spills, b.stack));
             }
-            for shape in [format!("HGMMA.64x{bn}x16.F32"), format!("HGMMA.64x{d}x16.F32")] {
+            for shape in [
+                format!("HGMMA.64x{bn}x16.F32"),
+                format!("HGMMA.64x{d}x16.F32"),
+            ] {
                 if !b.sass.contains(&shape) {
                     why.push(format!("no {shape}"));
                 }

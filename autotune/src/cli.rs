@@ -547,7 +547,10 @@ mod tests {
         );
         assert_eq!(parse_arch("sm_90"), Ok(TuneArch::from(Arch::Sm90)));
         assert_eq!(parse_arch("80"), Ok(TuneArch::from(Arch::Sm80)));
-        assert_eq!(parse_arch("sm_90a").map(|a| a.name()), Ok("sm_90a".to_owned()));
+        assert_eq!(
+            parse_arch("sm_90a").map(|a| a.name()),
+            Ok("sm_90a".to_owned())
+        );
         let e = parse_arch("sm_80a").unwrap_err();
         assert!(e.contains("sm_80a") && e.contains("sm_90a"), "{e}");
         let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None);
@@ -555,12 +558,18 @@ mod tests {
         let hopper = plain.clone().with_wgmma(true);
         let (p, h) = (plain.space(Arch::Sm90), hopper.space(Arch::Sm90));
         assert!(p.iter().all(|t| !t.wgmma));
-        assert!(h.starts_with(&p), "sm_90's candidates first, then the wgmma ones");
+        assert!(
+            h.starts_with(&p),
+            "sm_90's candidates first, then the wgmma ones"
+        );
         assert!(h.iter().any(|t| t.warp_specialized()) && h.len() >= p.len() + 8);
         // sm_80 has none, and neither has an f32 spec
         assert_eq!(hopper.space(Arch::Sm80), plain.space(Arch::Sm80));
         let f32_spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
         let f = KernelTunable::new(f32_spec, 2, 16, 4096, 40);
-        assert_eq!(f.clone().with_wgmma(true).space(Arch::Sm90), f.space(Arch::Sm90));
+        assert_eq!(
+            f.clone().with_wgmma(true).space(Arch::Sm90),
+            f.space(Arch::Sm90)
+        );
     }
 }

@@ -44,18 +44,6 @@ impl LoopCounts {
     }
 }
 
-/// The hints of docs/anchors.md: MMA and cp.async work of one key tile per warp.
-/// The main loop of a warp-specialized tile is the consumers' (no copies: the producer's).
-pub fn hints(spec: &KernelSpec, tile: &TileConfig) -> MainLoopHints {
-    let d = spec.head_dim.get();
-    let warps = tile.compute_warps() as f64;
-    MainLoopHints {
-        mma_per_iteration: Some((2 * tile.block_m * tile.block_n * d) as f64 / (warps * 2048.0)),
-        cp_async_per_iteration: (!tile.warp_specialized())
-            .then(|| (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64)),
-    }
-}
-
 /// The main-loop counts of a compiled candidate (`cubin`), or why there are none (no
 /// disassembler, no tensor-core loop: the FMA kernels of f32).
 pub fn loop_counts(
@@ -64,7 +52,8 @@ pub fn loop_counts(
     cubin: &[u8],
 ) -> Result<LoopCounts, String> {
     let text = sass(cubin).map_err(|e| format!("SASS: {e}"))?;
-    let reports = main_loops(&text, &hints(spec, tile)).map_err(|e| format!("main loop: {e}"))?;
+    let reports = main_loops(&text, &MainLoopHints::for_kernel(spec, tile))
+        .map_err(|e| format!("main loop: {e}"))?;
     let m = reports
         .first()
         .ok_or_else(|| "no main loop in the SASS".to_owned())?;

@@ -754,21 +754,41 @@ mod tc_cases;
 use attnforge_runtime::exec::Backend;
 
 fn tc_suite(cases: Vec<tc_cases::TcCase>) {
+    suite(
+        cases,
+        attnforge_codegen::tile::Mainloop::TensorCore,
+        Arch::Sm80,
+        &[
+            "af_mma_m16n8k16_",
+            "af_ldmatrix_x4_trans(",
+            "af_cp_async_16(&sV",
+        ],
+        0x7c,
+    );
+}
+
+/// Every case on `mainloop` (its source containing each of `marks`), under the three
+/// schedules (seeded by `seed`), against the f64 reference; all failures reported together.
+fn suite(
+    cases: Vec<tc_cases::TcCase>,
+    mainloop: attnforge_codegen::tile::Mainloop,
+    arch: Arch,
+    marks: &[&str],
+    seed: u64,
+) {
     let mut bad = Vec::new();
     for c in &cases {
         assert_eq!(
             attnforge_codegen::tile::Mainloop::select(&c.spec, &c.tile),
-            attnforge_codegen::tile::Mainloop::TensorCore,
+            mainloop,
             "{}",
             c.name
         );
-        let src = emit(&c.spec, &c.tile, Arch::Sm80).unwrap().source;
-        assert!(
-            src.contains("af_mma_m16n8k16_")
-                && src.contains("af_ldmatrix_x4_trans(")
-                && src.contains("af_cp_async_16(&sV")
-        );
-        for sched in Schedule::standard(0x7c) {
+        let src = emit(&c.spec, &c.tile, arch).unwrap().source;
+        for m in marks {
+            assert!(src.contains(m), "{}: no `{m}` in the source", c.name);
+        }
+        for sched in Schedule::standard(seed) {
             match tc_cases::run_case(c, &Backend::Sim(SimConfig::new(sched))) {
                 Ok(r) => assert!(r.close.out.max_err.is_finite(), "{}", c.name),
                 Err(e) => bad.push(format!("{} ({sched:?}): {e}", c.name)),
@@ -905,33 +925,12 @@ fn unguarded_kv_copy_is_an_out_of_bounds_read() {
 // ---- Hopper warpgroup MMA (sm_90a) on the simulator: the same suite on wgmma tiles ----
 
 fn wgmma_suite(cases: Vec<tc_cases::TcCase>) {
-    let mut bad = Vec::new();
-    for c in &cases {
-        assert_eq!(
-            attnforge_codegen::tile::Mainloop::select(&c.spec, &c.tile),
-            attnforge_codegen::tile::Mainloop::Wgmma,
-            "{}",
-            c.name
-        );
-        let src = emit(&c.spec, &c.tile, Arch::Sm90).unwrap().source;
-        assert!(
-            src.contains("af_fwd_wg<Tile>(") && !src.contains("begin af_fwd_tc.cuh"),
-            "{}: not the wgmma mainloop",
-            c.name
-        );
-        for sched in Schedule::standard(0x3d) {
-            match tc_cases::run_case(c, &Backend::Sim(SimConfig::new(sched))) {
-                Ok(r) => assert!(r.close.out.max_err.is_finite(), "{}", c.name),
-                Err(e) => bad.push(format!("{} ({sched:?}): {e}", c.name)),
-            }
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{} of {} runs failed:\n{}",
-        bad.len(),
-        cases.len() * 3,
-        bad.join("\n")
+    suite(
+        cases,
+        attnforge_codegen::tile::Mainloop::Wgmma,
+        Arch::Sm90,
+        &["af_fwd_wg<Tile>(", "begin af_fwd_wg.cuh"],
+        0x3d,
     );
 }
 

@@ -279,7 +279,6 @@ fn our_rows() -> Result<Vec<Row>, String> {
         // the catalog's dense bf16 kernels (d64 is instantiated as the compile tests do)
         let spec = KernelSpec::new(DType::Bf16, head_dim, mask, ScoreMod::None);
         let name = spec.canonical_name();
-        let d = spec.head_dim.get();
         let default = default_tile(&spec, Arch::Sm80)
             .ok_or_else(|| format!("`{name}` has no default tile"))?;
         let big = TileConfig::new(128, 64, 8, default.stages);
@@ -340,18 +339,7 @@ fn our_rows() -> Result<Vec<Row>, String> {
                     let path = Path::new(&dump).join(format!("{}_{}.sass", k.name, arch.sm_name()));
                     let _ = std::fs::write(path, &text);
                 }
-                // a producer warpgroup's warps compute nothing and own the copies
-                let hints = MainLoopHints {
-                    mma_per_iteration: Some(mma_per_tile(
-                        tile.block_m,
-                        tile.block_n,
-                        d,
-                        tile.compute_warps(),
-                    )),
-                    cp_async_per_iteration: (!tile.warp_specialized()).then(|| {
-                        (2 * tile.block_n * d * 2) as f64 / (16.0 * 32.0 * tile.warps as f64)
-                    }),
-                };
+                let hints = MainLoopHints::for_kernel(&spec, &tile);
                 let r = main_loops(&text, &hints)
                     .ok()
                     .and_then(|v| v.into_iter().next());

@@ -272,6 +272,27 @@ pub struct MainLoopHints {
     pub cp_async_per_iteration: Option<f64>,
 }
 
+impl MainLoopHints {
+    /// The hints of a generated forward kernel of `spec` at `tile` (docs/anchors.md): per
+    /// computing warp, 2·block_m·block_n·d / (warps·2048) MMAs, and 2·block_n·d·2 bytes of
+    /// K and V copied 16 bytes per `cp.async` by all warps; a producer warpgroup's copies are
+    /// not in the consumers' main loop (none counted).
+    pub fn for_kernel(
+        spec: &attnforge_codegen::spec::KernelSpec,
+        tile: &attnforge_codegen::tile::TileConfig,
+    ) -> Self {
+        let d = spec.head_dim.get();
+        let warps = tile.compute_warps() as f64;
+        MainLoopHints {
+            mma_per_iteration: Some(
+                (2 * tile.block_m * tile.block_n * d) as f64 / (warps * 2048.0),
+            ),
+            cp_async_per_iteration: (!tile.warp_specialized())
+                .then(|| (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64)),
+        }
+    }
+}
+
 /// The main loop of one SASS function and its instruction mix, all counts per warp per
 /// main-loop iteration with nested loops weighted by their trips.
 #[derive(Debug, Clone, PartialEq)]

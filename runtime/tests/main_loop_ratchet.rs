@@ -45,19 +45,6 @@ fn committed() -> BTreeMap<(String, String), (f64, f64)> {
     out
 }
 
-/// The hints of docs/anchors.md: MMA and cp.async work of one key tile per warp.
-fn hints(spec: &KernelSpec, tile: &TileConfig) -> MainLoopHints {
-    let d = spec.head_dim.get();
-    MainLoopHints {
-        mma_per_iteration: Some(
-            (2 * tile.block_m * tile.block_n * d) as f64 / (tile.warps as f64 * 2048.0),
-        ),
-        cp_async_per_iteration: Some(
-            (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64),
-        ),
-    }
-}
-
 /// Measures the default-tile kernels: `(kernel, arch) -> (instr/MMA, ldmatrix bytes/MMA)`.
 fn measure() -> BTreeMap<(String, String), (f64, f64)> {
     let mut out = BTreeMap::new();
@@ -74,7 +61,7 @@ fn measure() -> BTreeMap<(String, String), (f64, f64)> {
             let b = build_kernel(&k.source, &k.name, arch)
                 .unwrap_or_else(|e| panic!("compile (run `cargo xtask setup`): {e}"));
             let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
-            let hints = hints(&spec, &tile);
+            let hints = MainLoopHints::for_kernel(&spec, &tile);
             let mma = hints.mma_per_iteration.expect("set by hints()");
             let reports = main_loops(&text, &hints).expect("analysable");
             let m = reports.first().expect("a main loop");
@@ -151,7 +138,7 @@ fn instr_per_mma(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> f64 {
     let b = build_kernel(&k.source, &k.name, arch)
         .unwrap_or_else(|e| panic!("compile (run `cargo xtask setup`): {e}"));
     let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
-    let reports = main_loops(&text, &hints(spec, tile)).expect("analysable");
+    let reports = main_loops(&text, &MainLoopHints::for_kernel(spec, tile)).expect("analysable");
     reports.first().expect("a main loop").instr_per_mma()
 }
 

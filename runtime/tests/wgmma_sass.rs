@@ -14,25 +14,6 @@ use attnforge_runtime::{
     build_with, main_loops, sass, CompileOptions, Compiler, InstrClass, KernelSource, MainLoopHints,
 };
 
-/// MMA (m16n8k16 equivalents) and cp.async work of one key tile per warp.
-/// With a producer warpgroup the main loop is the consumers' (block_m / 16 warps), whose
-/// copies are the producer's.
-fn hints(spec: &KernelSpec, tile: &TileConfig) -> MainLoopHints {
-    let d = spec.head_dim.get();
-    let compute_warps = if tile.wgmma {
-        tile.block_m / 16
-    } else {
-        tile.warps
-    };
-    MainLoopHints {
-        mma_per_iteration: Some(
-            (2 * tile.block_m * tile.block_n * d) as f64 / (compute_warps as f64 * 2048.0),
-        ),
-        cp_async_per_iteration: (!tile.warp_specialized())
-            .then(|| (2 * tile.block_n * d * 2) as f64 / (512.0 * tile.warps as f64)),
-    }
-}
-
 struct Built {
     name: String,
     sass: String,
@@ -157,13 +138,14 @@ fn dense_wgmma_main_loops_issue_fewer_instructions_per_mma_than_mma_sync() {
         let sync_tile = default_tile(&spec, Arch::Sm90).expect("a default tile");
         let sync = {
             let b = build(&spec, &sync_tile);
-            let r = main_loops(&b.sass, &hints(&spec, &sync_tile)).expect("analysable");
+            let r = main_loops(&b.sass, &MainLoopHints::for_kernel(&spec, &sync_tile))
+                .expect("analysable");
             r.first().expect("a main loop").instr_per_mma()
         };
         for t in TILES {
             let tile = tile_of(t);
             let b = build(&spec, &tile);
-            let h = hints(&spec, &tile);
+            let h = MainLoopHints::for_kernel(&spec, &tile);
             let reports = main_loops(&b.sass, &h).expect("analysable");
             let m = reports.first().expect("a main loop");
             assert_eq!(

@@ -23,8 +23,8 @@
 //! `dS^T Q` products, gradients rounded to the input dtype at the end (parameter gradients
 //! stay f32). Its distance to the f64 result is the error scale of the tolerance rule.
 //!
-//! User score functions carry their derivatives ([`DiffScoreFn`]): the reference does not
-//! differentiate code. The kernels and interfaces of issue 18 are not built yet.
+//! User score functions carry their derivatives ([`DiffScoreFn`], derived by the DSL): the
+//! reference does not differentiate code. The backward kernels are not built yet.
 //!
 //! ```
 //! use attnforge_reference::*;
@@ -64,8 +64,9 @@ pub type ParamGradFn =
     Arc<dyn Fn(f64, usize, usize, i64, i64, &[f64], &mut Vec<(usize, f64)>) + Send + Sync>;
 
 /// A user score function `s' = value(s, b, h, i, j, params)` together with its derivatives,
-/// as the DSL will derive them symbolically (section 12). At a kink the derivative must take
-/// the branch the forward took.
+/// as the DSL derives them symbolically (section 12; `#[attnforge::score(backward)]` gives
+/// `<fn>::host_score_diff(&params)`). At a kink the derivative must take the branch the
+/// forward took.
 #[derive(Clone)]
 pub struct DiffScoreFn {
     /// `s'` itself (the forward).

@@ -549,7 +549,7 @@ impl TileConfig {
             e.push(
                 "tile.wgmma",
                 "LM-Infinite scores two rotations per tile; the wgmma mainloop has one scoring branch",
-                "use a tile without wgmma for lm_infinite",
+                "use a tile without wgmma for LM-Infinite",
             );
         }
         if !(self.block_m == 64 || self.block_m == 128)

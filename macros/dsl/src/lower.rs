@@ -429,26 +429,7 @@ impl Lowerer<'_> {
 
     fn binary(&self, op: BinOp, t: Ty, a: CExpr, b: CExpr) -> CExpr {
         use BinOp::*;
-        let sym = match op {
-            Add => "+",
-            Sub => "-",
-            Mul => "*",
-            Div => "/",
-            Rem => "%",
-            And => "&&",
-            Or => "||",
-            BitAnd => "&",
-            BitOr => "|",
-            BitXor => "^",
-            Shl => "<<",
-            Shr => ">>",
-            Eq => "==",
-            Ne => "!=",
-            Lt => "<",
-            Le => "<=",
-            Gt => ">",
-            Ge => ">=",
-        };
+        let sym = op.symbol();
         match op {
             Rem if t == Ty::F32 => CExpr::Call("fmodf".into(), vec![a, b]),
             Add | Sub | Mul if t.is_signed_int() => {

@@ -4,7 +4,7 @@
 //! suffix, so the text means what the typed AST means.
 
 use crate::check::Typed;
-use crate::parse::{BinOp, Block, Const, Expr, ExprKind, FnAst, Func, Lit, Stmt, Ty, UnOp};
+use crate::parse::{Block, Const, Expr, ExprKind, FnAst, Func, Lit, Stmt, Ty, UnOp};
 use std::fmt::Write;
 
 /// The function as a Rust item, `fn name(<the user's parameters>) -> ret { .. }`.
@@ -82,7 +82,7 @@ fn expr(s: &mut String, e: &Expr, typed: &Typed) {
         ExprKind::Binary(op, a, b) => {
             s.push('(');
             expr(s, a, typed);
-            let _ = write!(s, " {} ", bin_op(*op));
+            let _ = write!(s, " {} ", op.symbol());
             expr(s, b, typed);
             s.push(')');
         }
@@ -146,29 +146,5 @@ fn float(s: &mut String, v: f32) {
         });
     } else {
         let _ = write!(s, "{v:?}f32");
-    }
-}
-
-fn bin_op(op: BinOp) -> &'static str {
-    use BinOp::*;
-    match op {
-        Add => "+",
-        Sub => "-",
-        Mul => "*",
-        Div => "/",
-        Rem => "%",
-        And => "&&",
-        Or => "||",
-        BitAnd => "&",
-        BitOr => "|",
-        BitXor => "^",
-        Shl => "<<",
-        Shr => ">>",
-        Eq => "==",
-        Ne => "!=",
-        Lt => "<",
-        Le => "<=",
-        Gt => ">",
-        Ge => ">=",
     }
 }

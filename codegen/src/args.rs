@@ -59,7 +59,7 @@ impl Elem {
             Elem::I64 => "long long",
         }
     }
-    fn of(d: DType) -> Elem {
+    pub(crate) fn of(d: DType) -> Elem {
         match d {
             DType::F16 => Elem::F16,
             DType::Bf16 => Elem::Bf16,

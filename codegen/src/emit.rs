@@ -108,7 +108,15 @@ pub fn emit_with(
 pub fn emit_ir(ir: &KernelIr) -> String {
     let mut o = String::new();
     header(&mut o, ir);
-    for (name, text) in prelude_files(ir.mainloop) {
+    paste_files(&mut o, &prelude_files(ir.mainloop));
+    device_fns(&mut o, ir);
+    kernel(&mut o, ir);
+    o
+}
+
+/// Paste device files between `// ---- begin/end <file> ----` markers.
+pub(crate) fn paste_files(o: &mut String, files: &[(&str, &str)]) {
+    for (name, text) in files {
         let _ = writeln!(o, "// ---- begin {name} ----");
         o.push_str(text);
         if !text.ends_with('\n') {
@@ -116,6 +124,10 @@ pub fn emit_ir(ir: &KernelIr) -> String {
         }
         let _ = writeln!(o, "// ---- end {name} ----\n");
     }
+}
+
+/// The user device functions, in namespace `afu`.
+pub(crate) fn device_fns(o: &mut String, ir: &KernelIr) {
     if !ir.device_fns.is_empty() {
         // the namespace keeps user names apart from the kernel's arguments and the templates'
         // locals: `afu::acc` is never shadowed by a local `acc`
@@ -129,8 +141,6 @@ pub fn emit_ir(ir: &KernelIr) -> String {
         }
         let _ = writeln!(o, "}}  // namespace {}\n", crate::ir::USER_NAMESPACE);
     }
-    kernel(&mut o, ir);
-    o
 }
 
 fn header(o: &mut String, ir: &KernelIr) {
@@ -193,8 +203,13 @@ fn signature(o: &mut String, ir: &KernelIr) {
         ir.tile.threads(),
         ir.symbol
     );
-    let n = ir.args.len();
-    for (i, a) in ir.args.iter().enumerate() {
+    print_params(o, &ir.args.iter().collect::<Vec<_>>());
+}
+
+/// The parameter list of a kernel signature and the opening brace of its body.
+pub(crate) fn print_params(o: &mut String, args: &[&crate::args::KernelArg]) {
+    let n = args.len();
+    for (i, a) in args.iter().enumerate() {
         let restrict = if matches!(a.kind, crate::args::ArgKind::Ptr { .. }) {
             " __restrict__"
         } else {
@@ -212,6 +227,16 @@ fn signature(o: &mut String, ir: &KernelIr) {
     o.push_str("{\n");
 }
 
+/// `const af_fwd_args<T> args = {..};` from the kernel's leading arguments.
+pub(crate) fn core_args(o: &mut String, ir: &KernelIr) {
+    let core: Vec<&str> = ir.args[..CORE_ARGS]
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    let lead = format!("    const af_fwd_args<{}> args = {{", ir.dtype.cuda());
+    let _ = writeln!(o, "{lead}{}}};", wrap_list(&core, lead.len(), "        "));
+}
+
 /// The kernel: a wrapper that builds the policies from its arguments and calls the main-loop
 /// template (`af_fwd_tc` or `af_fwd_fma`).
 fn kernel(o: &mut String, ir: &KernelIr) {
@@ -222,12 +247,7 @@ fn kernel(o: &mut String, ir: &KernelIr) {
         "    using Tile = af_tile<{}, {}, {}, {}, {}>;  // block_m, block_n, warps, stages, head dim",
         t.block_m, t.block_n, t.warps, t.stages, ir.head_dim
     );
-    let core: Vec<&str> = ir.args[..CORE_ARGS]
-        .iter()
-        .map(|a| a.name.as_str())
-        .collect();
-    let lead = format!("    const af_fwd_args<{}> args = {{", ir.dtype.cuda());
-    let _ = writeln!(o, "{lead}{}}};", wrap_list(&core, lead.len(), "        "));
+    core_args(o, ir);
     schedule(o, ir);
     block_hooks(o, ir);
     let scoring = match ir.scoring {
@@ -273,7 +293,7 @@ fn wrap_list(items: &[&str], start: usize, indent: &str) -> String {
 }
 
 /// The schedule policy: the analytic key range and tile classifier, or the block lists.
-fn schedule(o: &mut String, ir: &KernelIr) {
+pub(crate) fn schedule(o: &mut String, ir: &KernelIr) {
     match &ir.schedule {
         TileSchedule::Analytic { lo, hi, classifier } => {
             let classify = match classifier {
@@ -304,7 +324,7 @@ fn schedule(o: &mut String, ir: &KernelIr) {
 
 /// The per-query-block policies: the prologue statements, the element mask and the score
 /// modification, as a lambda of `(b, h)`.
-fn block_hooks(o: &mut String, ir: &KernelIr) {
+pub(crate) fn block_hooks(o: &mut String, ir: &KernelIr) {
     o.push_str(
         "    // per query block (batch b, query head h): element mask and score modification\n    \
          const auto block_hooks = [=](int b, int h) {\n",

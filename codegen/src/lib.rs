@@ -17,6 +17,7 @@
 //! ```
 
 pub mod args;
+pub mod backward;
 pub mod blocks;
 pub mod catalog;
 pub mod check;

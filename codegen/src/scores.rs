@@ -53,6 +53,18 @@ pub struct ScoreDef {
     pub prologue: &'static [&'static str],
     /// A faster form for 16-bit element types (expression, prologue), when there is one.
     pub cuda_16bit: Option<(&'static str, &'static [&'static str])>,
+    /// Its derivatives for the backward kernels (`cuda/af_bwd.cuh`), `None` for the identity.
+    pub grad: Option<ScoreGrad>,
+}
+
+/// The derivatives of a built-in score modification (variants.md section 12), as CUDA
+/// expressions over the same names as [`ScoreDef::cuda`] (`x` the raw scaled score).
+#[derive(Clone, Copy, Debug)]
+pub struct ScoreGrad {
+    /// `ds'/ds`.
+    pub d_score: &'static str,
+    /// `ds'/dtheta` of the one parameter (the cap; the slope of the entry's query head).
+    pub d_param: &'static str,
 }
 
 impl ScoreDef {
@@ -74,6 +86,7 @@ pub static SCORES: &[ScoreDef] = &[
         cuda: None,
         prologue: &[],
         cuda_16bit: None,
+        grad: None,
     },
     ScoreDef {
         tag: "softcap",
@@ -91,6 +104,10 @@ pub static SCORES: &[ScoreDef] = &[
             "af_score_softcap_fast(x, softcap, softcap_k)",
             &["const float softcap_k = 2.f * AF_LOG2E / softcap;  // exp2 scale of the fast softcap"],
         )),
+        grad: Some(ScoreGrad {
+            d_score: "af_softcap_dscore(x, softcap)",
+            d_param: "af_softcap_dcap(x, softcap)",
+        }),
     },
     ScoreDef {
         tag: "alibi",
@@ -105,6 +122,10 @@ pub static SCORES: &[ScoreDef] = &[
         cuda: Some("af_score_alibi(x, slope, q_pos, kv_pos)"),
         prologue: &["const float slope = alibi_slopes[h];  // ALiBi slope of query head h"],
         cuda_16bit: None,
+        grad: Some(ScoreGrad {
+            d_score: "1.f",
+            d_param: "af_alibi_dslope(q_pos, kv_pos)",
+        }),
     },
 ];
 

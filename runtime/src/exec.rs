@@ -327,19 +327,19 @@ fn problem(spec: &KernelSpec, d: &Shape, p: &RunParams) -> Problem {
 
 /// The fully resolved runtime values of one run (defaults filled in, lists built).
 #[derive(Clone, Debug)]
-struct Resolved {
-    dims: Shape,
-    scale: f32,
-    mask: MaskParams,
-    doc: Vec<i32>,
-    doc_batch_stride: i64,
-    alibi: Vec<f32>,
-    lists: Option<BlockLists>,
+pub(crate) struct Resolved {
+    pub(crate) dims: Shape,
+    pub(crate) scale: f32,
+    pub(crate) mask: MaskParams,
+    pub(crate) doc: Vec<i32>,
+    pub(crate) doc_batch_stride: i64,
+    pub(crate) alibi: Vec<f32>,
+    pub(crate) lists: Option<BlockLists>,
 }
 
 /// The mask's parameter values by name as the kernel receives them (float parameters
 /// rounded to f32), for the reference.
-fn named_values(spec: &KernelSpec, m: &MaskParams) -> Vec<(&'static str, f64)> {
+pub(crate) fn named_values(spec: &KernelSpec, m: &MaskParams) -> Vec<(&'static str, f64)> {
     spec.mask.def().map_or_else(Vec::new, |d| {
         d.params
             .iter()
@@ -359,7 +359,7 @@ fn named_values(spec: &KernelSpec, m: &MaskParams) -> Vec<(&'static str, f64)> {
 
 /// The element mask of the spec as an `attnforge-reference` mask (the oracle's own
 /// definitions; only user predicates come from [`RunParams::host_mask`]).
-fn reference_mask(
+pub(crate) fn reference_mask(
     spec: &KernelSpec,
     r: &Resolved,
     p: &RunParams,
@@ -384,7 +384,7 @@ fn reference_mask(
     })
 }
 
-fn reference_score(
+pub(crate) fn reference_score(
     spec: &KernelSpec,
     r: &Resolved,
     p: &RunParams,
@@ -407,7 +407,7 @@ fn reference_score(
     })
 }
 
-fn resolve<T: Element>(
+pub(crate) fn resolve<T: Element>(
     spec: &KernelSpec,
     x: &Inputs<T>,
     p: &RunParams,
@@ -606,7 +606,7 @@ fn reference_resolved<T: Element>(
 
 /// The codegen block lists in the reference's representation (an independent copy of the
 /// FlexAttention BlockMask semantics).
-fn reference_lists(
+pub(crate) fn reference_lists(
     spec: &KernelSpec,
     l: &BlockLists,
     _d: Shape,
@@ -713,7 +713,7 @@ fn user_value(p: &RunParams, name: &str, kind: UserParamKind) -> Result<HostArg,
 
 /// The kernel's arguments in declaration order, with values resolved from the inputs: an
 /// exhaustive match on each argument's [`ArgRole`] (never on its name).
-fn host_args<T: Element>(
+pub(crate) fn host_args<T: Element>(
     spec: &KernelSpec,
     x: &Inputs<T>,
     p: &RunParams,
@@ -881,40 +881,8 @@ fn simulate_resolved<T: Element + SimElem>(
     r: &Resolved,
     cfg: &SimConfig,
 ) -> Result<SimRun, ExecError> {
-    let kernel = sim_kernel(spec, tile)?;
     let d = r.dims;
-    let args = host_args(spec, x, p, r)?;
-    let mut o = vec![T::from_f64(0.0); d.batch * d.heads_q * d.seq_q * spec.head_dim.get()];
-    let mut lse = vec![0.0f32; d.batch * d.heads_q * d.seq_q];
-    let geo = LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
-    let counters = {
-        let mut o_arg = Some(SimArg::output(&mut o));
-        let mut lse_arg = Some(SimArg::output(&mut lse));
-        let mut sim_args: Vec<SimArg<'_>> = Vec::with_capacity(args.len());
-        for a in &args {
-            sim_args.push(match a {
-                HostArg::Q => SimArg::input(&x.q.data),
-                HostArg::K => SimArg::input(&x.k.data),
-                HostArg::V => SimArg::input(&x.v.data),
-                HostArg::O => o_arg.take().expect("one o argument"),
-                HostArg::Lse => lse_arg.take().expect("one lse argument"),
-                HostArg::Ints(v) if v.is_empty() => SimArg::Null,
-                HostArg::Ints(v) => SimArg::input(v.as_slice()),
-                HostArg::Floats(v) if v.is_empty() => SimArg::Null,
-                HostArg::Floats(v) => SimArg::input(v.as_slice()),
-                HostArg::I32(v) => SimArg::I32(*v),
-                HostArg::I64(v) => SimArg::I64(*v),
-                HostArg::F32(v) => SimArg::F32(*v),
-            });
-        }
-        kernel.launch(
-            (geo.grid[0], geo.grid[1], geo.grid[2]),
-            geo.block[0],
-            geo.dynamic_smem_bytes as usize,
-            &mut sim_args,
-            cfg,
-        )?
-    };
+    let (o, lse, counters) = simulate_raw(spec, tile, x, p, r, cfg)?;
     let shape = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get());
     let dense_tiles =
         (d.batch * d.heads_q * d.seq_q.div_ceil(tile.block_m) * d.seq_k.div_ceil(tile.block_n))
@@ -924,6 +892,63 @@ fn simulate_resolved<T: Element + SimElem>(
         counters,
         dense_tiles,
     })
+}
+
+/// The forward on the simulator: `o` (contiguous `[B, Hq, Sq, D]`) and `lse` as the kernel
+/// wrote them, and the work counters.
+pub(crate) fn simulate_raw<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &Inputs<T>,
+    p: &RunParams,
+    r: &Resolved,
+    cfg: &SimConfig,
+) -> Result<(Vec<T>, Vec<f32>, SimCounters), ExecError> {
+    let kernel = sim_kernel(spec, tile)?;
+    let d = r.dims;
+    let args = host_args(spec, x, p, r)?;
+    let mut o = vec![T::from_f64(0.0); d.batch * d.heads_q * d.seq_q * spec.head_dim.get()];
+    let mut lse = vec![0.0f32; d.batch * d.heads_q * d.seq_q];
+    let geo = LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
+    let counters = {
+        let o_arg = Some(SimArg::output(&mut o));
+        let lse_arg = Some(SimArg::output(&mut lse));
+        let mut sim_args = sim_args(&args, x, o_arg, lse_arg);
+        kernel.launch(
+            (geo.grid[0], geo.grid[1], geo.grid[2]),
+            geo.block[0],
+            geo.dynamic_smem_bytes as usize,
+            &mut sim_args,
+            cfg,
+        )?
+    };
+    Ok((o, lse, counters))
+}
+
+/// The simulator arguments of a forward argument list; `o` and `lse` bind the given buffers
+/// (outputs of the forward, inputs of the backward).
+pub(crate) fn sim_args<'a, T: Element + SimElem>(
+    args: &'a [HostArg],
+    x: &'a Inputs<T>,
+    mut o: Option<SimArg<'a>>,
+    mut lse: Option<SimArg<'a>>,
+) -> Vec<SimArg<'a>> {
+    args.iter()
+        .map(|a| match a {
+            HostArg::Q => SimArg::input(&x.q.data),
+            HostArg::K => SimArg::input(&x.k.data),
+            HostArg::V => SimArg::input(&x.v.data),
+            HostArg::O => o.take().expect("one o argument"),
+            HostArg::Lse => lse.take().expect("one lse argument"),
+            HostArg::Ints(v) if v.is_empty() => SimArg::Null,
+            HostArg::Ints(v) => SimArg::input(v.as_slice()),
+            HostArg::Floats(v) if v.is_empty() => SimArg::Null,
+            HostArg::Floats(v) => SimArg::input(v.as_slice()),
+            HostArg::I32(v) => SimArg::I32(*v),
+            HostArg::I64(v) => SimArg::I64(*v),
+            HostArg::F32(v) => SimArg::F32(*v),
+        })
+        .collect()
 }
 
 /// Run the spec's kernel on GPU `ordinal` and return what it wrote (`out`, `lse`).

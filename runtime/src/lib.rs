@@ -27,6 +27,7 @@
 //! ```
 
 pub mod exec;
+pub mod exec_backward;
 mod exec_cuda;
 pub mod exec_dynamic;
 mod kcache;

@@ -1,0 +1,420 @@
+//! The backward kernels of a static variant (variants.md section 12): three `extern "C"`
+//! kernels per spec, each a thin wrapper around a template of `cuda/af_bwd.cuh` built from
+//! the forward's lowering (the same schedule, element mask and score hooks, so the backward
+//! can never disagree with the forward about which entries exist):
+//!
+//! - `<name>_bwd_delta`: `Delta = rowsum(dO * O) - dlse`;
+//! - `<name>_bwd_dkdv`: dK, dV per key tile, walking the query tiles of the *transposed*
+//!   schedule (the mask table's closed-form query range of a key tile, each query tile
+//!   classified by the forward's classifier); the query heads of a GQA group are summed in
+//!   order inside one block, so no atomics are needed;
+//! - `<name>_bwd_dq`: dQ per query tile over the forward schedule, plus one partial sum per
+//!   block of the score parameter's gradient (reduced by the host in a fixed order).
+//!
+//! Every kernel takes the forward's argument list ([`crate::args::kernel_args`]; `o` and `lse`
+//! are the forward's outputs, read here) followed by [`grad_args`]. The result is
+//! bit-deterministic.
+//!
+//! ```
+//! use attnforge_codegen::{backward::*, spec::*, tile::Arch};
+//! let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::Softcap);
+//! let k = emit_backward(&spec, &BackwardTile::default(), Arch::Sm80).unwrap();
+//! assert_eq!(k.dkdv.name, "flash_fwd_causal_softcap_d128_bf16_bwd_dkdv");
+//! assert!(k.dq.source.contains("af_bwd_dq<Tile>(args, grads, schedule, block_hooks, grad_hooks)"));
+//! ```
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::args::{ArgKind, Elem, KernelArg};
+use crate::check::SpecError;
+use crate::emit::{self, EmittedKernel};
+use crate::ir::{KernelIr, TileSchedule};
+use crate::masks::ScheduleKind;
+use crate::scores::ScoreParamKind;
+use crate::spec::{DType, KernelSpec, Mask, ScoreMod};
+use crate::tile::{Arch, TileConfig};
+
+/// The backward template (`cuda/af_bwd.cuh`).
+pub const BWD_CUH: &str = include_str!("../cuda/af_bwd.cuh");
+
+/// The role of an argument that only the backward kernels have (after the forward's list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradArg {
+    /// `dO`: `[B, Hq, Sq, D]` contiguous, input dtype.
+    DOut,
+    /// `dlse`: `[B, Hq, Sq]` f32, or null.
+    DLse,
+    /// `Delta`: `[B, Hq, Sq]` f32 scratch (written by the delta kernel).
+    Delta,
+    /// `dQ`: `[B, Hq, Sq, D]` contiguous, input dtype.
+    DQ,
+    /// `dK`: `[B, Hkv, Sk, D]` contiguous, input dtype.
+    DK,
+    /// `dV`: `[B, Hkv, Sk, D]` contiguous, input dtype.
+    DV,
+    /// Partial gradients of the score parameter, one per dQ block `[B, Hq, ceil(Sq / block_m)]`
+    /// f32, or null when the score modification has no learnable parameter.
+    DParam,
+}
+
+/// Every [`GradArg`], in kernel-argument order.
+pub const GRAD_ARGS: [GradArg; 7] = [
+    GradArg::DOut,
+    GradArg::DLse,
+    GradArg::Delta,
+    GradArg::DQ,
+    GradArg::DK,
+    GradArg::DV,
+    GradArg::DParam,
+];
+
+impl GradArg {
+    /// The parameter name in the CUDA signature.
+    pub fn name(self) -> &'static str {
+        match self {
+            GradArg::DOut => "dout",
+            GradArg::DLse => "dlse",
+            GradArg::Delta => "delta",
+            GradArg::DQ => "dq",
+            GradArg::DK => "dk",
+            GradArg::DV => "dv",
+            GradArg::DParam => "dparam",
+        }
+    }
+    /// Its type for element type `dtype`.
+    pub fn kind(self, dtype: DType) -> ArgKind {
+        let t = Elem::of(dtype);
+        let (elem, mutable) = match self {
+            GradArg::DOut => (t, false),
+            GradArg::DLse => (Elem::F32, false),
+            GradArg::Delta | GradArg::DParam => (Elem::F32, true),
+            GradArg::DQ | GradArg::DK | GradArg::DV => (t, true),
+        };
+        ArgKind::Ptr { elem, mutable }
+    }
+}
+
+/// The backward-only arguments of `spec`'s kernels, in order.
+pub fn grad_args(spec: &KernelSpec) -> Vec<(GradArg, KernelArg)> {
+    GRAD_ARGS
+        .iter()
+        .map(|&g| {
+            (
+                g,
+                KernelArg {
+                    name: g.name().to_string(),
+                    kind: g.kind(spec.dtype),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The tile of the dK/dV and dQ kernels: `block_m` query rows and `block_n` keys per step,
+/// `warps` warps. dQ: a block owns `block_m` rows (`block_m / warps` per warp), walking key
+/// tiles of `block_n`; dK/dV: a block owns `block_n` keys (`block_n / warps` per warp), walking
+/// query tiles of `block_m`. Lanes own 32-wide columns, so both are multiples of 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BackwardTile {
+    /// Query rows per tile.
+    pub block_m: usize,
+    /// Keys per tile.
+    pub block_n: usize,
+    /// Warps per block.
+    pub warps: usize,
+}
+
+impl Default for BackwardTile {
+    /// 32 x 32 with 4 warps: every head dimension fits sm_80's shared memory.
+    fn default() -> Self {
+        BackwardTile {
+            block_m: 32,
+            block_n: 32,
+            warps: 4,
+        }
+    }
+}
+
+/// Warps of the delta kernel (one query row each).
+pub const DELTA_WARPS: usize = 4;
+
+impl BackwardTile {
+    /// Threads per block.
+    pub fn threads(&self) -> usize {
+        self.warps * 32
+    }
+    /// Dynamic shared memory of the dK/dV kernel (f32 tiles of `cuda/af_bwd.cuh`).
+    pub fn dkdv_smem_bytes(&self, head_dim: usize) -> usize {
+        let (m, n, d) = (self.block_m, self.block_n, head_dim);
+        4 * (2 * n * d + 2 * m * (d + 1) + 2 * n * m + 2 * m)
+    }
+    /// Dynamic shared memory of the dQ kernel.
+    pub fn dq_smem_bytes(&self, head_dim: usize) -> usize {
+        let (m, n, d) = (self.block_m, self.block_n, head_dim);
+        4 * (2 * m * d + 2 * n * (d + 1) + m * n + self.warps)
+    }
+    /// `_m<bm>n<bn>w<warps>` (a symbol suffix).
+    pub fn suffix(&self) -> String {
+        format!("m{}n{}w{}", self.block_m, self.block_n, self.warps)
+    }
+    /// Checks against the template's assumptions and `arch`'s shared memory.
+    pub fn valid(&self, head_dim: usize, arch: Arch) -> Result<(), Vec<SpecError>> {
+        let mut errs = Vec::new();
+        let fix = "use block_m, block_n multiples of 32 and of warps, e.g. 32 x 32 with 4 warps";
+        for (field, v) in [("block_m", self.block_m), ("block_n", self.block_n)] {
+            if v == 0 || v % 32 != 0 || v > 128 {
+                errs.push(SpecError::new(
+                    format!("backward_tile.{field}"),
+                    format!("{v} is not a multiple of 32 in 32..=128 (lanes own 32-wide columns)"),
+                    fix,
+                ));
+            }
+        }
+        if ![1, 2, 4, 8].contains(&self.warps)
+            || self.block_m % self.warps != 0
+            || self.block_n % self.warps != 0
+        {
+            errs.push(SpecError::new(
+                "backward_tile.warps",
+                format!(
+                    "{} warps do not divide block_m {} and block_n {} (1, 2, 4 or 8)",
+                    self.warps, self.block_m, self.block_n
+                ),
+                fix,
+            ));
+        }
+        let smem = self
+            .dkdv_smem_bytes(head_dim)
+            .max(self.dq_smem_bytes(head_dim));
+        if errs.is_empty() && smem > arch.max_dynamic_smem() {
+            errs.push(SpecError::new(
+                "backward_tile",
+                format!(
+                    "{smem} bytes of shared memory at head dim {head_dim}, over {arch:?}'s {}",
+                    arch.max_dynamic_smem()
+                ),
+                "use a smaller block_m / block_n",
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// The three backward kernels of a spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackwardKernels {
+    /// `Delta = rowsum(dO * O) - dlse`; grid `(ceil(seq_q / DELTA_WARPS), heads_q, batch)`.
+    pub delta: EmittedKernel,
+    /// dK, dV; grid `(ceil(seq_k / block_n), heads_kv, batch)`.
+    pub dkdv: EmittedKernel,
+    /// dQ and the parameter partials; grid `(ceil(seq_q / block_m), heads_q, batch)`.
+    pub dq: EmittedKernel,
+    /// The tile all three were emitted for.
+    pub tile: BackwardTile,
+    /// How the score parameter's gradient is laid out, when there is one to learn.
+    pub param: Option<ScoreParamKind>,
+}
+
+/// What the backward kernels cover: every static variant but LM-Infinite's two scoring
+/// branches and user score functions (whose derivatives the DSL gives the reference, not
+/// yet the kernels).
+pub fn backward_supported(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
+    let mut errs = crate::check::validate_spec(spec).err().unwrap_or_default();
+    if spec.mask.lm_infinite_scoring() {
+        errs.push(SpecError::new(
+            "mask",
+            "the backward kernels do not cover LM-Infinite's two scoring branches yet",
+            "differentiate it with the reference (attnforge_reference::attention_backward)",
+        ));
+    }
+    if let ScoreMod::User(f) = &spec.score {
+        errs.push(SpecError::new(
+            "score",
+            format!(
+                "the backward kernels do not take user score functions (`{}`) yet",
+                f.name
+            ),
+            "use a built-in score modification, or the reference's backward with the DSL's derivatives",
+        ));
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+/// Emit the three backward kernels of `spec` with `tile` for `arch`.
+pub fn emit_backward(
+    spec: &KernelSpec,
+    tile: &BackwardTile,
+    arch: Arch,
+) -> Result<BackwardKernels, Vec<SpecError>> {
+    backward_supported(spec)?;
+    tile.valid(spec.head_dim.get(), arch)?;
+    // the forward's lowering gives the schedule and hooks; its tile only has to be valid
+    let fwd_tile = TileConfig::new(16, 32, 1, 1);
+    let symbol = crate::name::canonical_name(spec);
+    let ir = crate::ir::lower_with_symbol(spec, &fwd_tile, arch, symbol.clone())?;
+    let kernel = |part: Part| {
+        let name = format!("{symbol}_bwd_{}", part.tag());
+        EmittedKernel {
+            source: source(&ir, tile, part, &name),
+            metadata: crate::args::LaunchMetadata::new(spec, &fwd_tile, arch, &name),
+            name,
+        }
+    };
+    let param = spec
+        .score
+        .def()
+        .and_then(|d| d.param)
+        .map(|p| p.kind)
+        .filter(|_| spec.score.def().is_some_and(|d| d.grad.is_some()));
+    Ok(BackwardKernels {
+        delta: kernel(Part::Delta),
+        dkdv: kernel(Part::DkDv),
+        dq: kernel(Part::Dq),
+        tile: *tile,
+        param,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Delta,
+    DkDv,
+    Dq,
+}
+
+impl Part {
+    fn tag(self) -> &'static str {
+        match self {
+            Part::Delta => "delta",
+            Part::DkDv => "dkdv",
+            Part::Dq => "dq",
+        }
+    }
+}
+
+fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "// attnforge generated backward kernel: {name}");
+    let _ = writeln!(
+        o,
+        "// spec: {}",
+        serde_json::to_string(&ir.spec).unwrap_or_default()
+    );
+    let _ = writeln!(
+        o,
+        "// backward tile: block_m={} block_n={} warps={} | f32 FMA arithmetic\n// generated by attnforge-codegen; do not edit\n",
+        tile.block_m, tile.block_n, tile.warps
+    );
+    let mut files = emit::prelude_files(crate::ir::Mainloop::Fma);
+    files.retain(|(f, _)| *f != "af_fwd_fma.cuh");
+    files.push(("af_bwd.cuh", BWD_CUH));
+    emit::paste_files(&mut o, &files);
+    emit::device_fns(&mut o, ir);
+    let threads = match part {
+        Part::Delta => DELTA_WARPS * 32,
+        _ => tile.threads(),
+    };
+    let _ = writeln!(
+        o,
+        "extern \"C\" __global__ void __launch_bounds__({threads}, 1) {name}("
+    );
+    let grads = grad_args(&ir.spec);
+    let all: Vec<&KernelArg> = ir.args.iter().chain(grads.iter().map(|(_, a)| a)).collect();
+    emit::print_params(&mut o, &all);
+    let _ = writeln!(
+        o,
+        "    using Tile = af_tile<{}, {}, {}, 1, {}>;  // block_m, block_n, warps, stages, head dim",
+        tile.block_m, tile.block_n, tile.warps, ir.head_dim
+    );
+    emit::core_args(&mut o, ir);
+    let names: Vec<&str> = grads.iter().map(|(_, a)| a.name.as_str()).collect();
+    let _ = writeln!(
+        o,
+        "    const af_bwd_args<{}> grads = {{{}}};",
+        ir.dtype.cuda(),
+        names.join(", ")
+    );
+    match part {
+        Part::Delta => {
+            let _ = writeln!(
+                o,
+                "    af_bwd_delta<{DELTA_WARPS}, {}>(args, grads);\n}}",
+                ir.head_dim
+            );
+        }
+        Part::DkDv => {
+            query_schedule(&mut o, ir);
+            emit::block_hooks(&mut o, ir);
+            grad_hooks(&mut o, ir);
+            o.push_str(
+                "    af_bwd_dkdv<Tile>(args, grads, queries, block_hooks, grad_hooks);\n}\n",
+            );
+        }
+        Part::Dq => {
+            emit::schedule(&mut o, ir);
+            emit::block_hooks(&mut o, ir);
+            grad_hooks(&mut o, ir);
+            o.push_str("    af_bwd_dq<Tile>(args, grads, schedule, block_hooks, grad_hooks);\n}\n");
+        }
+    }
+    o
+}
+
+/// The transposed schedule: the mask table's closed-form query range of a key tile, each
+/// query tile classified by the forward's classifier.
+fn query_schedule(o: &mut String, ir: &KernelIr) {
+    let (lo, hi) = match (&ir.spec.mask, &ir.schedule) {
+        (Mask::Builtin(m), TileSchedule::Analytic { .. })
+            if m.def().schedule == ScheduleKind::Analytic =>
+        {
+            m.def().query_range
+        }
+        _ => unreachable!("backward_supported admits analytic schedules only"),
+    };
+    let classify = match &ir.schedule {
+        TileSchedule::Analytic {
+            classifier: Some(c),
+            ..
+        } => format!(
+            "[=](long long p_lo, long long p_hi, long long c0, long long c1) {{ return {c}; }}"
+        ),
+        _ => "af_all_full{}".to_string(),
+    };
+    let _ = writeln!(
+        o,
+        "    // query tiles [lo, hi) that may see a key of [c0, c1], each classified skip / full / partial\n    \
+         const auto queries = af_queries(\n        \
+         [=](long long c0, long long c1) -> long long {{ return {lo}; }},\n        \
+         [=](long long c0, long long c1) -> long long {{ return {hi}; }},\n        \
+         {classify});"
+    );
+}
+
+/// The score modification's derivatives: `ds'/ds` and `ds'/dtheta` (table entries).
+fn grad_hooks(o: &mut String, ir: &KernelIr) {
+    let grad = ir.spec.score.def().and_then(|d| d.grad);
+    let body = match grad {
+        Some(g) => format!(
+            "af_score_grad([=](float x, long long q_pos, long long kv_pos) {{ return {}; }},\n                             \
+             [=](float x, long long q_pos, long long kv_pos) {{ return {}; }})",
+            g.d_score, g.d_param
+        ),
+        None => "af_no_score_grad{}".to_string(),
+    };
+    let _ = writeln!(
+        o,
+        "    // per query head: ds'/ds and ds'/dtheta of the score modification\n    \
+         const auto grad_hooks = [=](int b, int h) {{ return {body}; }};"
+    );
+}

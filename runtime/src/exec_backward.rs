@@ -1,0 +1,429 @@
+//! Backward runs (variants.md section 12): the forward kernel, then the three backward
+//! kernels of [`attnforge_codegen::backward`] on the simulator, checked against the
+//! reference's analytic backward ([`attnforge_reference::attention_backward`]) with the
+//! tolerance rule of section 0 applied to each gradient: `max|K - R| <= rtol max|N - R| + atol`
+//! with `R` the f64 backward and `N` the same backward in the kernel's precision.
+//!
+//! Inputs are validated before anything runs: `dout` must have the forward output's shape
+//! and be finite, `dlse` must have one finite value per query row; an error names the field
+//! and the fix, and nothing is written.
+
+use attnforge_codegen::backward::{
+    backward_supported, emit_backward, BackwardKernels, BackwardTile, GradArg, DELTA_WARPS,
+};
+use attnforge_codegen::scores::ScoreParamKind;
+use attnforge_codegen::tile::{Arch, TileConfig};
+use attnforge_reference::{
+    self as reference, attention_backward, AttnGrads, AttnOptions, AttnOutput, BackwardVariant,
+    DiffScoreMod, Element, Precision, ScoreParamGrads, Shape4, Tensor4, Tolerance,
+};
+use attnforge_sim::{SimArg, SimConfig, SimElem};
+
+use crate::exec::{
+    cached_sim_kernel, host_args, input_err, reference_dtype, reference_mask, resolve, sim_args,
+    simulate_raw, ExecError, Inputs, Resolved, RunParams,
+};
+use attnforge_codegen::spec::KernelSpec;
+
+/// Upstream gradients of a backward run.
+#[derive(Clone, Copy, Debug)]
+pub struct Upstream<'a, T> {
+    /// `dL/dout`: `[B, Hq, Sq, D]` (any strides with a contiguous head dimension).
+    pub dout: &'a Tensor4<T>,
+    /// `dL/dlse`: `[B, Hq, Sq]` row-major, when the lse feeds later computation.
+    pub dlse: Option<&'a [f32]>,
+}
+
+/// What the backward kernels returned.
+#[derive(Clone, Debug)]
+pub struct KernelGrads {
+    /// `dq: [B, Hq, Sq, D]`, `dk`/`dv: [B, Hkv, Sk, D]`, values of the input dtype as f64.
+    pub dq: Tensor4<f64>,
+    /// See `dq`.
+    pub dk: Tensor4<f64>,
+    /// See `dq`.
+    pub dv: Tensor4<f64>,
+    /// The score parameter's gradient (softcap: one value; ALiBi: one per query head),
+    /// summed over the per-block partials in a fixed order.
+    pub score_params: ScoreParamGrads,
+    /// The forward the gradients were taken at (the forward kernel's `out`, `lse`).
+    pub forward: AttnOutput,
+}
+
+/// One gradient's comparison with the reference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradCheck {
+    /// `dq`, `dk`, `dv` or `score_params`.
+    pub name: &'static str,
+    /// `max |K - R|`.
+    pub max_err: f64,
+    /// Flat index of `max_err`.
+    pub at: usize,
+    /// `max |N - R|`.
+    pub naive_err: f64,
+    /// `rtol * naive_err + atol`.
+    pub bound: f64,
+}
+
+impl GradCheck {
+    /// Whether the kernel's gradient is within the bound.
+    pub fn passed(&self) -> bool {
+        self.max_err <= self.bound
+    }
+}
+
+/// Run the forward kernel `tile` and the backward kernels `bwd_tile` of `spec` on the
+/// simulator.
+pub fn simulate_backward<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    bwd_tile: &BackwardTile,
+    x: &Inputs<T>,
+    up: Upstream<'_, T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+) -> Result<KernelGrads, ExecError> {
+    backward_supported(spec).map_err(ExecError::Spec)?;
+    let r = resolve(spec, x, p)?;
+    let (dout, dlse) = check_upstream(spec, &r, up)?;
+    let kernels = emit_backward(spec, bwd_tile, Arch::Sm90).map_err(ExecError::Spec)?;
+    let (o, lse, _) = simulate_raw(spec, tile, x, p, &r, cfg)?;
+    let d = r.dims;
+    let dim = spec.head_dim.get();
+    let out_shape = Shape4::new(d.batch, d.heads_q, d.seq_q, dim);
+    let kv_shape = Shape4::new(d.batch, d.heads_kv, d.seq_k, dim);
+    let mut bufs = GradBuffers::<T> {
+        delta: vec![0.0; d.batch * d.heads_q * d.seq_q],
+        dq: vec![T::from_f64(0.0); out_shape.numel()],
+        dk: vec![T::from_f64(0.0); kv_shape.numel()],
+        dv: vec![T::from_f64(0.0); kv_shape.numel()],
+        dparam: match kernels.param {
+            Some(_) => vec![0.0; d.batch * d.heads_q * d.seq_q.div_ceil(bwd_tile.block_m)],
+            None => Vec::new(),
+        },
+    };
+    let args = host_args(spec, x, p, &r)?;
+    let launches = [
+        (
+            &kernels.delta,
+            [d.seq_q.div_ceil(DELTA_WARPS), d.heads_q, d.batch],
+            DELTA_WARPS * 32,
+            0,
+        ),
+        (
+            &kernels.dkdv,
+            [d.seq_k.div_ceil(bwd_tile.block_n), d.heads_kv, d.batch],
+            bwd_tile.threads(),
+            bwd_tile.dkdv_smem_bytes(dim),
+        ),
+        (
+            &kernels.dq,
+            [d.seq_q.div_ceil(bwd_tile.block_m), d.heads_q, d.batch],
+            bwd_tile.threads(),
+            bwd_tile.dq_smem_bytes(dim),
+        ),
+    ];
+    for (k, grid, threads, smem) in launches {
+        if grid.iter().any(|&g| g == 0) {
+            continue; // nothing to do (empty sequences)
+        }
+        let kernel = cached_sim_kernel(&k.name, &k.source)?;
+        let mut sargs = sim_args(
+            &args,
+            x,
+            Some(SimArg::input(o.as_slice())),
+            Some(SimArg::input(lse.as_slice())),
+        );
+        bufs.bind(&mut sargs, &dout, dlse);
+        kernel.launch(
+            (grid[0] as u32, grid[1] as u32, grid[2] as u32),
+            threads as u32,
+            smem,
+            &mut sargs,
+            cfg,
+        )?;
+    }
+    let forward = AttnOutput::from_kernel(out_shape, &o, &lse)?;
+    let score_params = reduce_params(&kernels, &bufs.dparam, &r, bwd_tile);
+    let to64 =
+        |shape: Shape4, v: &[T]| Tensor4::from_vec(shape, v.iter().map(|x| x.to_f64()).collect());
+    Ok(KernelGrads {
+        dq: to64(out_shape, &bufs.dq)?,
+        dk: to64(kv_shape, &bufs.dk)?,
+        dv: to64(kv_shape, &bufs.dv)?,
+        score_params,
+        forward,
+    })
+}
+
+/// The kernels' output and scratch buffers.
+struct GradBuffers<T> {
+    delta: Vec<f32>,
+    dq: Vec<T>,
+    dk: Vec<T>,
+    dv: Vec<T>,
+    dparam: Vec<f32>,
+}
+
+impl<T: SimElem> GradBuffers<T> {
+    /// Append the [`GradArg`]s in kernel order.
+    fn bind<'a>(&'a mut self, sargs: &mut Vec<SimArg<'a>>, dout: &'a [T], dlse: Option<&'a [f32]>) {
+        let mut delta = Some(SimArg::output(self.delta.as_mut_slice()));
+        let mut dq = Some(SimArg::output(self.dq.as_mut_slice()));
+        let mut dk = Some(SimArg::output(self.dk.as_mut_slice()));
+        let mut dv = Some(SimArg::output(self.dv.as_mut_slice()));
+        let mut dparam = if self.dparam.is_empty() {
+            Some(SimArg::Null)
+        } else {
+            Some(SimArg::output(self.dparam.as_mut_slice()))
+        };
+        for g in attnforge_codegen::backward::GRAD_ARGS {
+            sargs.push(match g {
+                GradArg::DOut => SimArg::input(dout),
+                GradArg::DLse => dlse.map_or(SimArg::Null, SimArg::input),
+                GradArg::Delta => delta.take().expect("one delta"),
+                GradArg::DQ => dq.take().expect("one dq"),
+                GradArg::DK => dk.take().expect("one dk"),
+                GradArg::DV => dv.take().expect("one dv"),
+                GradArg::DParam => dparam.take().expect("one dparam"),
+            });
+        }
+    }
+}
+
+/// `dout` contiguous and `dlse`, both checked: shapes, finiteness.
+fn check_upstream<'a, T: Element>(
+    spec: &KernelSpec,
+    r: &Resolved,
+    up: Upstream<'a, T>,
+) -> Result<(Vec<T>, Option<&'a [f32]>), ExecError> {
+    let d = r.dims;
+    let want = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get());
+    if up.dout.shape != want {
+        return Err(input_err(
+            "dout",
+            format!(
+                "shape {:?}, the forward's output is {:?}",
+                up.dout.shape, want
+            ),
+            "pass dO with the shape of out: [batch, heads_q, seq_q, head_dim]",
+        ));
+    }
+    if up.dout.strides[3] != 1 {
+        return Err(input_err(
+            "dout",
+            format!("head-dimension stride {}", up.dout.strides[3]),
+            "make the head dimension contiguous (stride 1)",
+        ));
+    }
+    if T::DTYPE != reference_dtype(spec.dtype) {
+        return Err(input_err(
+            "dout",
+            format!(
+                "element type {}, the spec's dtype is {:?}",
+                T::DTYPE.name(),
+                spec.dtype
+            ),
+            "pass dO in the dtype of q, k, v",
+        ));
+    }
+    let mut dense = Vec::with_capacity(want.numel());
+    for b in 0..want.batch {
+        for h in 0..want.heads {
+            for s in 0..want.seq {
+                for e in 0..want.dim {
+                    let at = b * up.dout.strides[0]
+                        + h * up.dout.strides[1]
+                        + s * up.dout.strides[2]
+                        + e;
+                    let v = *up.dout.data.get(at).ok_or_else(|| {
+                        input_err(
+                            "dout",
+                            "strides reach past the data",
+                            "pass strides within the buffer",
+                        )
+                    })?;
+                    if !v.to_f64().is_finite() {
+                        return Err(input_err(
+                            "dout",
+                            format!("{} at (b={b}, h={h}, row={s}, col={e})", v.to_f64()),
+                            "upstream gradients must be finite; find where the NaN/inf comes from",
+                        ));
+                    }
+                    dense.push(v);
+                }
+            }
+        }
+    }
+    if let Some(l) = up.dlse {
+        let rows = d.batch * d.heads_q * d.seq_q;
+        if l.len() != rows {
+            return Err(input_err(
+                "dlse",
+                format!("{} values for {rows} query rows", l.len()),
+                "pass one value per (batch, head, query row), row-major",
+            ));
+        }
+        if let Some(i) = l.iter().position(|x| !x.is_finite()) {
+            return Err(input_err(
+                "dlse",
+                format!("{} at flat index {i}", l[i]),
+                "upstream gradients must be finite",
+            ));
+        }
+    }
+    Ok((dense, up.dlse))
+}
+
+/// The score parameter's gradient from the dQ kernel's per-block partials, summed in a fixed
+/// order (batch, head, query tile): softcap one total, ALiBi one per query head.
+fn reduce_params(
+    k: &BackwardKernels,
+    partial: &[f32],
+    r: &Resolved,
+    t: &BackwardTile,
+) -> ScoreParamGrads {
+    let Some(kind) = k.param else {
+        return ScoreParamGrads::None;
+    };
+    let d = r.dims;
+    let tiles = d.seq_q.div_ceil(t.block_m);
+    let mut per_head = vec![0.0f64; d.heads_q];
+    for b in 0..d.batch {
+        for (h, acc) in per_head.iter_mut().enumerate() {
+            for i in 0..tiles {
+                *acc += f64::from(partial[(b * d.heads_q + h) * tiles + i]);
+            }
+        }
+    }
+    match kind {
+        ScoreParamKind::Scalar => ScoreParamGrads::Softcap(per_head.iter().sum()),
+        ScoreParamKind::PerHead => ScoreParamGrads::Alibi(per_head),
+    }
+}
+
+/// The reference backward of the spec (f64, or the naive same-precision path).
+pub fn reference_backward<T: Element>(
+    spec: &KernelSpec,
+    x: &Inputs<T>,
+    up: Upstream<'_, T>,
+    p: &RunParams,
+    precision: Precision,
+) -> Result<AttnGrads, ExecError> {
+    backward_supported(spec).map_err(ExecError::Spec)?;
+    let r = resolve(spec, x, p)?;
+    let mask = reference_mask(spec, &r, p)?;
+    let score = crate::exec::reference_score(spec, &r, p)?;
+    let diff = DiffScoreMod::from_builtin(&score)?;
+    let opts = AttnOptions {
+        scale: Some(f64::from(r.scale)),
+        precision,
+    };
+    let dlse: Option<Vec<f64>> = up.dlse.map(|l| l.iter().map(|&v| f64::from(v)).collect());
+    let variant = BackwardVariant::Masked {
+        mask: &mask,
+        score_mod: &diff,
+    };
+    Ok(attention_backward(
+        &x.q,
+        &x.k,
+        &x.v,
+        up.dout,
+        dlse.as_deref(),
+        &variant,
+        &opts,
+    )?)
+}
+
+/// Every gradient of `k` against the f64 reference `r` with the naive run `n` as the error
+/// scale (variants.md section 0, per gradient; parameter gradients with f32's atol).
+pub fn compare_grads(
+    k: &KernelGrads,
+    r: &AttnGrads,
+    n: &AttnGrads,
+    tol: Tolerance,
+) -> Vec<GradCheck> {
+    let mut out = vec![
+        grad_check("dq", &k.dq.data, &r.dq.data, &n.dq.data, tol),
+        grad_check("dk", &k.dk.data, &r.dk.data, &n.dk.data, tol),
+        grad_check("dv", &k.dv.data, &r.dv.data, &n.dv.data, tol),
+    ];
+    let flat = |g: &ScoreParamGrads| match g {
+        ScoreParamGrads::Softcap(x) => vec![*x],
+        ScoreParamGrads::Alibi(v) | ScoreParamGrads::Function(v) => v.clone(),
+        _ => Vec::new(),
+    };
+    let (kp, rp, np) = (
+        flat(&k.score_params),
+        flat(&r.score_params),
+        flat(&n.score_params),
+    );
+    if !rp.is_empty() {
+        let ptol = Tolerance {
+            rtol: tol.rtol,
+            atol: Tolerance::for_dtype(reference::DType::F32).atol * (1.0 + max_abs(&rp)),
+        };
+        out.push(grad_check("score_params", &kp, &rp, &np, ptol));
+    }
+    out
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+fn grad_check(name: &'static str, k: &[f64], r: &[f64], n: &[f64], tol: Tolerance) -> GradCheck {
+    let mut max_err = if k.len() == r.len() {
+        0.0
+    } else {
+        f64::INFINITY
+    };
+    let mut at = 0;
+    for (i, (a, b)) in k.iter().zip(r).enumerate() {
+        let e = (a - b).abs();
+        if e > max_err || e.is_nan() {
+            max_err = if e.is_nan() { f64::INFINITY } else { e };
+            at = i;
+        }
+    }
+    let naive_err = n
+        .iter()
+        .zip(r)
+        .map(|(a, b)| (a - b).abs())
+        .filter(|e| e.is_finite())
+        .fold(0.0, f64::max);
+    GradCheck {
+        name,
+        max_err,
+        at,
+        naive_err,
+        bound: tol.rtol * naive_err + tol.atol,
+    }
+}
+
+/// Simulate the backward and compare it with the reference; `Err(Mismatch)` naming the
+/// first gradient over its bound.
+pub fn check_backward<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    bwd_tile: &BackwardTile,
+    x: &Inputs<T>,
+    up: Upstream<'_, T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+) -> Result<(KernelGrads, Vec<GradCheck>), ExecError> {
+    let k = simulate_backward(spec, tile, bwd_tile, x, up, p, cfg)?;
+    let r = reference_backward(spec, x, up, p, Precision::F64)?;
+    let n = reference_backward(spec, x, up, p, Precision::Naive)?;
+    let checks = compare_grads(&k, &r, &n, Tolerance::for_dtype(T::DTYPE));
+    if let Some(c) = checks.iter().find(|c| !c.passed()) {
+        return Err(ExecError::Mismatch {
+            kernel: format!("{}_bwd", attnforge_codegen::name::canonical_name(spec)),
+            detail: format!(
+                "{}: max error {:.3e} at flat index {} over the bound {:.3e} (naive error {:.3e})",
+                c.name, c.max_err, c.at, c.bound, c.naive_err
+            ),
+        });
+    }
+    Ok((k, checks))
+}

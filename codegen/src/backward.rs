@@ -234,6 +234,13 @@ pub fn backward_supported(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
             "differentiate it with the reference (attnforge_reference::attention_backward)",
         ));
     }
+    if spec.mask.uses_block_lists() {
+        errs.push(SpecError::new(
+            "mask",
+            "the backward kernels do not walk block lists (transposed) yet",
+            "use an analytic mask, or the reference's backward (attention_backward)",
+        ));
+    }
     if let ScoreMod::User(f) = &spec.score {
         errs.push(SpecError::new(
             "score",

@@ -15,10 +15,12 @@
 // with P_ij = exp(s'_ij - lse_i) on allowed entries (the forward's lse, natural log),
 // dS'_ij = P_ij (dot(dO_i, v_j) - Delta_i) and dS_ij = dS'_ij ds'/ds.
 //
-// - query schedule (transposed): `queries<BM>(c0, c1, seq_q, seq_k)` returns a walk with
+// - query schedule (transposed): `queries<BM>(b, h, c0, c1, seq_q, seq_k)` returns a walk with
 //   `first` and `next(cur, m0, kind)` over the query tiles that may see a key of [c0, c1]:
 //     af_analytic_queries: closed-form query positions [lo(c0, c1), hi(c0, c1)) (the mask
 //                          table's query_range), each tile classified by the forward's classifier
+//     af_block_list_queries<BQ, BK>: the transposed block lists (built once on the host): per
+//                          key block, the full, then the partial query blocks
 // - grad hooks (per query head): `d_score(x, q_pos, kv_pos)` = ds'/ds at the raw scaled score x
 //   and `d_param(x, q_pos, kv_pos)` = ds'/dtheta of the one learnable parameter (0 without).
 //
@@ -93,7 +95,8 @@ struct af_analytic_queries {
     Hi hi;              // (c0, c1) -> one past the last one
     Classify classify;  // the forward's (p_lo, p_hi, c0, c1) -> AF_TILE_*
     template <int BM>
-    __device__ __forceinline__ af_query_walk<BM, Classify> queries(long long c0, long long c1, int seq_q, int seq_k) const {
+    __device__ __forceinline__ af_query_walk<BM, Classify> queries(int, int, long long c0, long long c1, int seq_q,
+                                                                   int seq_k) const {
         const long long shift = (long long)seq_k - seq_q;
         const long long r_lo = max(lo(c0, c1) - shift, 0LL), r_hi = min(hi(c0, c1) - shift, (long long)seq_q);
         return {(r_lo / BM) * BM, r_hi, shift, c0, c1, seq_q, classify};
@@ -104,6 +107,42 @@ template <class Lo, class Hi, class Classify>
 __device__ __forceinline__ af_analytic_queries<Lo, Hi, Classify> af_queries(Lo lo, Hi hi, Classify classify) {
     return {lo, hi, classify};
 }
+
+template <int BM, int BQ>
+struct af_block_list_query_walk {
+    static constexpr int SUB = BQ / BM;  // kernel query tiles per list block
+    long long first;
+    int n_full, n_part, seq_q;
+    const int* full_idx;
+    const int* part_idx;
+    __device__ __forceinline__ bool next(long long& cur, long long& m0, int& kind) const {
+        while (cur < (long long)(n_full + n_part) * SUB) {
+            const int e = (int)(cur / SUB);
+            kind = e < n_full ? AF_TILE_FULL : AF_TILE_PARTIAL;
+            m0 = (long long)(e < n_full ? full_idx[e] : part_idx[e - n_full]) * BQ + (cur % SUB) * BM;
+            ++cur;
+            if (m0 < seq_q) return true;  // sub-tiles past the last query are not visited
+        }
+        return false;
+    }
+};
+
+// The transposed lists of BQ x BK blocks: per (batch, head, key block) row, the full query
+// blocks, then the partial ones (a batch or head extent of 1 is shared by all).
+template <int BQ, int BK>
+struct af_block_list_queries {
+    const int* full_num;
+    const int* full_idx;
+    const int* partial_num;
+    const int* partial_idx;
+    int batches, heads, rows, width;
+    template <int BM>
+    __device__ __forceinline__ af_block_list_query_walk<BM, BQ> queries(int b, int h, long long c0, long long, int seq_q,
+                                                                        int) const {
+        const long long lrow = ((long long)(batches == 1 ? 0 : b) * heads + (heads == 1 ? 0 : h)) * rows + c0 / BK;
+        return {0, full_num[lrow], partial_num[lrow], seq_q, full_idx + lrow * width, partial_idx + lrow * width};
+    }
+};
 
 // ---- shared steps ----
 // The score of one allowed entry and its gradients: P = exp(s' - lse), dS' = P (dP - Delta),
@@ -204,7 +243,7 @@ __device__ __forceinline__ void af_bwd_dkdv(const af_fwd_args<T>& a, const af_bw
         float unused_pgrad = 0.f;  // parameter gradients are af_bwd_dq's
         const T* qb = a.q + (long long)b * a.q_stride_b + (long long)h * a.q_stride_h;
         const long long rbase = ((long long)b * a.heads_q + h) * a.seq_q;
-        const auto walk = queries.template queries<BM>(c0, c1, a.seq_q, a.seq_k);
+        const auto walk = queries.template queries<BM>(b, h, c0, c1, a.seq_q, a.seq_k);
         long long cur = walk.first, m0;
         int kind;
         while (walk.next(cur, m0, kind)) {

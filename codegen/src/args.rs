@@ -257,6 +257,30 @@ pub enum BlockListPart {
     Width,
 }
 
+impl BlockListPart {
+    /// Every part, in [`BLOCK_LIST_ARGS`] order.
+    pub const ALL: [BlockListPart; 8] = [
+        BlockListPart::FullNum,
+        BlockListPart::FullIdx,
+        BlockListPart::PartialNum,
+        BlockListPart::PartialIdx,
+        BlockListPart::Batches,
+        BlockListPart::Heads,
+        BlockListPart::Rows,
+        BlockListPart::Width,
+    ];
+    /// An `int` extent (the others are `const int*` arrays).
+    pub fn is_count(self) -> bool {
+        matches!(
+            self,
+            BlockListPart::Batches
+                | BlockListPart::Heads
+                | BlockListPart::Rows
+                | BlockListPart::Width
+        )
+    }
+}
+
 /// Which user function a user parameter belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -408,18 +432,8 @@ pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
         Mask::BlockSparse { mask: None } => {}
     }
     if spec.mask.uses_block_lists() {
-        let parts = [
-            BlockListPart::FullNum,
-            BlockListPart::FullIdx,
-            BlockListPart::PartialNum,
-            BlockListPart::PartialIdx,
-            BlockListPart::Batches,
-            BlockListPart::Heads,
-            BlockListPart::Rows,
-            BlockListPart::Width,
-        ];
-        for (i, (n, part)) in BLOCK_LIST_ARGS.iter().zip(parts).enumerate() {
-            let kind = if i < 4 { CINT_PTR } else { INT };
+        for (n, part) in BLOCK_LIST_ARGS.iter().zip(BlockListPart::ALL) {
+            let kind = if part.is_count() { INT } else { CINT_PTR };
             push((*n).into(), kind, ArgRole::BlockList(part));
         }
     }

@@ -27,11 +27,10 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::args::{ArgKind, Elem, KernelArg};
+use crate::args::{ArgKind, BlockListPart, Elem, KernelArg, Scalar, BLOCK_LIST_ARGS};
 use crate::check::SpecError;
 use crate::emit::{self, EmittedKernel};
 use crate::ir::{KernelIr, TileSchedule};
-use crate::masks::ScheduleKind;
 use crate::scores::ScoreParamKind;
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod};
 use crate::tile::{Arch, TileConfig};
@@ -58,9 +57,13 @@ pub enum GradArg {
     /// Partial gradients of the score parameter, one per dQ block `[B, Hq, ceil(Sq / block_m)]`
     /// f32, or null when the score modification has no learnable parameter.
     DParam,
+    /// A part of the transposed block lists ([`BlockLists::transposed`](crate::blocks::BlockLists::transposed);
+    /// list-driven masks only), named `t` + the forward's name (`tblk_full_num`, ...).
+    Transposed(BlockListPart),
 }
 
-/// Every [`GradArg`], in kernel-argument order.
+/// The [`GradArg`]s every backward kernel has, in kernel-argument order (the fields of
+/// `af_bwd_args`); list-driven masks append the eight [`GradArg::Transposed`] parts.
 pub const GRAD_ARGS: [GradArg; 7] = [
     GradArg::DOut,
     GradArg::DLse,
@@ -73,15 +76,16 @@ pub const GRAD_ARGS: [GradArg; 7] = [
 
 impl GradArg {
     /// The parameter name in the CUDA signature.
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            GradArg::DOut => "dout",
-            GradArg::DLse => "dlse",
-            GradArg::Delta => "delta",
-            GradArg::DQ => "dq",
-            GradArg::DK => "dk",
-            GradArg::DV => "dv",
-            GradArg::DParam => "dparam",
+            GradArg::DOut => "dout".into(),
+            GradArg::DLse => "dlse".into(),
+            GradArg::Delta => "delta".into(),
+            GradArg::DQ => "dq".into(),
+            GradArg::DK => "dk".into(),
+            GradArg::DV => "dv".into(),
+            GradArg::DParam => "dparam".into(),
+            GradArg::Transposed(part) => format!("t{}", BLOCK_LIST_ARGS[part as usize]),
         }
     }
     /// Its type for element type `dtype`.
@@ -92,6 +96,8 @@ impl GradArg {
             GradArg::DLse => (Elem::F32, false),
             GradArg::Delta | GradArg::DParam => (Elem::F32, true),
             GradArg::DQ | GradArg::DK | GradArg::DV => (t, true),
+            GradArg::Transposed(part) if part.is_count() => return ArgKind::Scalar(Scalar::I32),
+            GradArg::Transposed(_) => (Elem::I32, false),
         };
         ArgKind::Ptr { elem, mutable }
     }
@@ -99,13 +105,18 @@ impl GradArg {
 
 /// The backward-only arguments of `spec`'s kernels, in order.
 pub fn grad_args(spec: &KernelSpec) -> Vec<(GradArg, KernelArg)> {
+    let lists = spec
+        .mask
+        .uses_block_lists()
+        .then_some(BlockListPart::ALL.map(GradArg::Transposed));
     GRAD_ARGS
-        .iter()
-        .map(|&g| {
+        .into_iter()
+        .chain(lists.into_iter().flatten())
+        .map(|g| {
             (
                 g,
                 KernelArg {
-                    name: g.name().to_string(),
+                    name: g.name(),
                     kind: g.kind(spec.dtype),
                 },
             )
@@ -234,13 +245,6 @@ pub fn backward_supported(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
             "differentiate it with the reference (attnforge_reference::attention_backward)",
         ));
     }
-    if spec.mask.uses_block_lists() {
-        errs.push(SpecError::new(
-            "mask",
-            "the backward kernels do not walk block lists (transposed) yet",
-            "use an analytic mask, or the reference's backward (attention_backward)",
-        ));
-    }
     if let ScoreMod::User(f) = &spec.score {
         errs.push(SpecError::new(
             "score",
@@ -266,6 +270,17 @@ pub fn emit_backward(
 ) -> Result<BackwardKernels, Vec<SpecError>> {
     backward_supported(spec)?;
     tile.valid(spec.head_dim.get(), arch)?;
+    let b = spec.sparse_block;
+    if spec.mask.uses_block_lists() && (b.q % tile.block_m != 0 || b.k % tile.block_n != 0) {
+        return Err(vec![SpecError::new(
+            "backward_tile",
+            format!(
+                "{} x {} tiles do not divide the {} x {} list blocks",
+                tile.block_m, tile.block_n, b.q, b.k
+            ),
+            "use a backward tile that divides sparse_block (e.g. 32 x 32)",
+        )]);
+    }
     // the forward's lowering gives the schedule and hooks; its tile only has to be valid
     let fwd_tile = TileConfig::new(16, 32, 1, 1);
     let symbol = crate::name::canonical_name(spec);
@@ -345,7 +360,10 @@ fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String 
         tile.block_m, tile.block_n, tile.warps, ir.head_dim
     );
     emit::core_args(&mut o, ir);
-    let names: Vec<&str> = grads.iter().map(|(_, a)| a.name.as_str()).collect();
+    let names: Vec<&str> = grads[..GRAD_ARGS.len()]
+        .iter()
+        .map(|(_, a)| a.name.as_str())
+        .collect();
     let _ = writeln!(
         o,
         "    const af_bwd_args<{}> grads = {{{}}};",
@@ -382,12 +400,21 @@ fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String 
 /// query tile classified by the forward's classifier.
 fn query_schedule(o: &mut String, ir: &KernelIr) {
     let (lo, hi) = match (&ir.spec.mask, &ir.schedule) {
-        (Mask::Builtin(m), TileSchedule::Analytic { .. })
-            if m.def().schedule == ScheduleKind::Analytic =>
-        {
-            m.def().query_range
+        (_, TileSchedule::Lists { block_q, block_k }) => {
+            let names: Vec<String> = BlockListPart::ALL
+                .iter()
+                .map(|&p| GradArg::Transposed(p).name())
+                .collect();
+            let _ = writeln!(
+                o,
+                "    // transposed block lists: per key block, the full, then the partial query blocks\n    \
+                 const af_block_list_queries<{block_q}, {block_k}> queries = {{\n        {}}};",
+                names.join(", ")
+            );
+            return;
         }
-        _ => unreachable!("backward_supported admits analytic schedules only"),
+        (Mask::Builtin(m), _) => m.def().query_range,
+        _ => unreachable!("user masks are list-driven"),
     };
     let classify = match &ir.schedule {
         TileSchedule::Analytic {

@@ -8,9 +8,12 @@
 //! and be finite, `dlse` must have one finite value per query row; an error names the field
 //! and the fix, and nothing is written.
 
+use attnforge_codegen::args::BlockListPart;
 use attnforge_codegen::backward::{
-    backward_supported, emit_backward, BackwardKernels, BackwardTile, GradArg, DELTA_WARPS,
+    backward_supported, emit_backward, grad_args, BackwardKernels, BackwardTile, GradArg,
+    DELTA_WARPS,
 };
+use attnforge_codegen::blocks::BlockLists;
 use attnforge_codegen::scores::ScoreParamKind;
 use attnforge_codegen::tile::{Arch, TileConfig};
 use attnforge_reference::{
@@ -103,6 +106,8 @@ pub fn simulate_backward<T: Element + SimElem>(
         },
     };
     let args = host_args(spec, x, p, &r)?;
+    let grads = grad_args(spec);
+    let tlists = r.lists.as_ref().map(BlockLists::transposed);
     let launches = [
         (
             &kernels.delta,
@@ -134,7 +139,7 @@ pub fn simulate_backward<T: Element + SimElem>(
             Some(SimArg::input(o.as_slice())),
             Some(SimArg::input(lse.as_slice())),
         );
-        bufs.bind(&mut sargs, &dout, dlse);
+        bufs.bind(&mut sargs, &grads, &dout, dlse, tlists.as_ref());
         kernel.launch(
             (grid[0] as u32, grid[1] as u32, grid[2] as u32),
             threads as u32,
@@ -167,7 +172,14 @@ struct GradBuffers<T> {
 
 impl<T: SimElem> GradBuffers<T> {
     /// Append the [`GradArg`]s in kernel order.
-    fn bind<'a>(&'a mut self, sargs: &mut Vec<SimArg<'a>>, dout: &'a [T], dlse: Option<&'a [f32]>) {
+    fn bind<'a>(
+        &'a mut self,
+        sargs: &mut Vec<SimArg<'a>>,
+        grads: &[(GradArg, attnforge_codegen::args::KernelArg)],
+        dout: &'a [T],
+        dlse: Option<&'a [f32]>,
+        tlists: Option<&'a BlockLists>,
+    ) {
         let mut delta = Some(SimArg::output(self.delta.as_mut_slice()));
         let mut dq = Some(SimArg::output(self.dq.as_mut_slice()));
         let mut dk = Some(SimArg::output(self.dk.as_mut_slice()));
@@ -177,7 +189,7 @@ impl<T: SimElem> GradBuffers<T> {
         } else {
             Some(SimArg::output(self.dparam.as_mut_slice()))
         };
-        for g in attnforge_codegen::backward::GRAD_ARGS {
+        for &(g, _) in grads {
             sargs.push(match g {
                 GradArg::DOut => SimArg::input(dout),
                 GradArg::DLse => dlse.map_or(SimArg::Null, SimArg::input),
@@ -186,8 +198,33 @@ impl<T: SimElem> GradBuffers<T> {
                 GradArg::DK => dk.take().expect("one dk"),
                 GradArg::DV => dv.take().expect("one dv"),
                 GradArg::DParam => dparam.take().expect("one dparam"),
+                GradArg::Transposed(part) => transposed_arg(part, tlists),
             });
         }
+    }
+}
+
+/// One part of the transposed block lists.
+fn transposed_arg(part: BlockListPart, l: Option<&BlockLists>) -> SimArg<'_> {
+    let Some(l) = l else {
+        return SimArg::Null;
+    };
+    fn ints(v: &[i32]) -> SimArg<'_> {
+        if v.is_empty() {
+            SimArg::Null
+        } else {
+            SimArg::input(v)
+        }
+    }
+    match part {
+        BlockListPart::FullNum => ints(&l.full_num),
+        BlockListPart::FullIdx => ints(&l.full_idx),
+        BlockListPart::PartialNum => ints(&l.partial_num),
+        BlockListPart::PartialIdx => ints(&l.partial_idx),
+        BlockListPart::Batches => SimArg::I32(l.batches as i32),
+        BlockListPart::Heads => SimArg::I32(l.heads as i32),
+        BlockListPart::Rows => SimArg::I32(l.rows as i32),
+        BlockListPart::Width => SimArg::I32(l.width as i32),
     }
 }
 
@@ -320,9 +357,20 @@ pub fn reference_backward<T: Element>(
         precision,
     };
     let dlse: Option<Vec<f64>> = up.dlse.map(|l| l.iter().map(|&v| f64::from(v)).collect());
-    let variant = BackwardVariant::Masked {
-        mask: &mask,
-        score_mod: &diff,
+    let rl = match &r.lists {
+        Some(l) => Some(crate::exec::reference_lists(spec, l, r.dims)?),
+        None => None,
+    };
+    let variant = match &rl {
+        Some(lists) => BackwardVariant::BlockSparse {
+            lists,
+            mask: &mask,
+            score_mod: &diff,
+        },
+        None => BackwardVariant::Masked {
+            mask: &mask,
+            score_mod: &diff,
+        },
     };
     Ok(attention_backward(
         &x.q,

@@ -8,7 +8,7 @@ use attnforge_runtime::codegen::backward::BackwardTile;
 use attnforge_runtime::codegen::blocks::BlockLists;
 use attnforge_runtime::codegen::prelude::*;
 use attnforge_runtime::exec::{Inputs, RunParams, UserValue};
-use attnforge_runtime::exec_backward::{check_backward, Upstream};
+use attnforge_runtime::exec_backward::{check_backward, simulate_backward, Upstream};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 
 /// Deterministic N(0, sigma^2) samples (xorshift64 + Box-Muller), rounded to `T`.
@@ -215,4 +215,185 @@ fn every_catalog_variant_backward() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+fn inputs<T: Element>(c: Case, d: usize, seed: u64) -> (Inputs<T>, Tensor4<T>) {
+    (
+        Inputs::new(
+            normal::<T>(Shape4::new(c.batch, c.hq, c.sq, d), c.sigma, seed),
+            normal::<T>(Shape4::new(c.batch, c.hkv, c.sk, d), c.sigma, seed ^ 0xA5A5),
+            normal::<T>(Shape4::new(c.batch, c.hkv, c.sk, d), 1.0, seed ^ 0x5A5A),
+        ),
+        normal::<T>(Shape4::new(c.batch, c.hq, c.sq, d), 1.0, seed ^ 0x3C3C),
+    )
+}
+
+/// Two runs give bit-identical gradients (GQA sums and parameter partials in a fixed order),
+/// under two different simulator thread schedules.
+#[test]
+fn two_runs_are_bit_identical() {
+    let spec = KernelSpec::new(DType::Bf16, HeadDim::D64, Mask::Causal, ScoreMod::Alibi).with_gqa();
+    let c = Case {
+        batch: 2,
+        hq: 4,
+        hkv: 1,
+        sq: 50,
+        sk: 83,
+        sigma: 1.0,
+        dlse: false,
+    };
+    let (x, dout) = inputs::<half::bf16>(c, 64, 5);
+    let p = params(&spec, c.hq, c.sq, c.sk);
+    let tile = default_tile(&spec, Arch::Sm80).unwrap();
+    let up = Upstream {
+        dout: &dout,
+        dlse: None,
+    };
+    let [a, b, _] = Schedule::standard(11);
+    let run = |s| {
+        simulate_backward(
+            &spec,
+            &tile,
+            &BackwardTile::default(),
+            &x,
+            up,
+            &p,
+            &SimConfig::new(s),
+        )
+        .unwrap()
+    };
+    let (g1, g2) = (run(a), run(b));
+    let bits = |t: &Tensor4<f64>| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&g1.dq), bits(&g2.dq));
+    assert_eq!(bits(&g1.dk), bits(&g2.dk));
+    assert_eq!(bits(&g1.dv), bits(&g2.dv));
+    assert_eq!(g1.score_params, g2.score_params);
+    assert!(
+        g1.dk.data.iter().any(|&v| v != 0.0),
+        "a non-trivial gradient"
+    );
+}
+
+/// Learnable parameters: the softcap's dc and ALiBi's per-head slopes against the reference,
+/// with scores large enough that the cap bends them (|s| up to ~30 against c = 5).
+#[test]
+fn score_parameter_gradients() {
+    for (score, dtype, sigma) in [
+        (ScoreMod::Softcap, DType::F32, 2.5),
+        (ScoreMod::Softcap, DType::F16, 2.5),
+        (ScoreMod::Alibi, DType::Bf16, 1.0),
+        (ScoreMod::Alibi, DType::F32, 1.0),
+    ] {
+        let spec = KernelSpec::new(dtype, HeadDim::D64, Mask::Local, score.clone()).with_gqa();
+        let c = Case {
+            batch: 2,
+            hq: 6,
+            hkv: 2,
+            sq: 61,
+            sk: 77,
+            sigma,
+            dlse: true,
+        };
+        let mut p = params(&spec, c.hq, c.sq, c.sk);
+        if score == ScoreMod::Softcap {
+            p.softcap = Some(5.0);
+        }
+        run_any(&spec, c, &p, 23).unwrap();
+    }
+}
+
+/// Sq > Sk under causal (rows before the first key are empty: dq = 0, no NaN), one query, and
+/// head dimension 256.
+#[test]
+fn empty_rows_single_query_and_d256() {
+    let causal = KernelSpec::new(DType::F16, HeadDim::D128, Mask::Causal, ScoreMod::None);
+    let c = Case {
+        batch: 1,
+        hq: 2,
+        hkv: 2,
+        sq: 90,
+        sk: 40,
+        sigma: 1.0,
+        dlse: true,
+    };
+    run_any(&causal, c, &RunParams::default(), 3).unwrap();
+    let full = KernelSpec::new(DType::F32, HeadDim::D128, Mask::Full, ScoreMod::Softcap);
+    let c = Case {
+        batch: 1,
+        hq: 2,
+        hkv: 2,
+        sq: 1,
+        sk: 257,
+        sigma: 1.0,
+        dlse: false,
+    };
+    run_any(&full, c, &params(&full, 2, 1, 257), 4).unwrap();
+    let d256 = KernelSpec::new(DType::Bf16, HeadDim::D256, Mask::Local, ScoreMod::None);
+    let c = Case {
+        batch: 1,
+        hq: 2,
+        hkv: 2,
+        sq: 33,
+        sk: 70,
+        sigma: 1.0,
+        dlse: false,
+    };
+    let mut p = params(&d256, 2, 33, 70);
+    p.mask = Some(
+        MaskParams::new()
+            .with("window_left", 19)
+            .with("window_right", 0),
+    );
+    run_any(&d256, c, &p, 5).unwrap();
+}
+
+/// Bad upstream gradients: an error naming the field, before any kernel runs.
+#[test]
+fn bad_upstream_gradients_name_the_field() {
+    let spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let c = Case {
+        batch: 1,
+        hq: 2,
+        hkv: 2,
+        sq: 20,
+        sk: 20,
+        sigma: 1.0,
+        dlse: false,
+    };
+    let (x, dout) = inputs::<f32>(c, 64, 9);
+    let tile = default_tile(&spec, Arch::Sm80).unwrap();
+    let cfg = SimConfig::new(Schedule::Forward);
+    let bt = BackwardTile::default();
+    let run = |dout: &Tensor4<f32>, dlse: Option<&[f32]>| {
+        let up = Upstream { dout, dlse };
+        simulate_backward(&spec, &tile, &bt, &x, up, &RunParams::default(), &cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let short = normal::<f32>(Shape4::new(1, 2, 19, 64), 1.0, 1);
+    assert!(
+        run(&short, None).starts_with("input `dout`: shape"),
+        "{}",
+        run(&short, None)
+    );
+    let mut nan = dout.clone();
+    nan.data[77] = f32::NAN;
+    let e = run(&nan, None);
+    assert!(
+        e.starts_with("input `dout`: NaN at (b=0, h=0, row=1, col=13)"),
+        "{e}"
+    );
+    let e = run(&dout, Some(&[0.0; 3]));
+    assert!(
+        e.starts_with("input `dlse`: 3 values for 40 query rows"),
+        "{e}"
+    );
+    let mut inf = vec![0.0f32; 40];
+    inf[5] = f32::INFINITY;
+    let e = run(&dout, Some(&inf));
+    assert!(e.starts_with("input `dlse`: inf at flat index 5"), "{e}");
+    let lm = KernelSpec::new(DType::Bf16, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);
+    let e = attnforge_runtime::codegen::backward::backward_supported(&lm).unwrap_err();
+    assert_eq!(e[0].path, "mask");
 }

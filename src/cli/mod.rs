@@ -2,6 +2,7 @@
 //! backend failed, 2 a usage or input error (bad file, field, shape, dtype).
 
 mod check;
+mod check_backward;
 mod check_problems;
 mod common;
 mod dynamic;

@@ -166,3 +166,180 @@ fn emit_bench_kernels() {
         }
     }
 }
+
+/// Deterministic inputs in [-amp, amp) (xorshift), rounded to `T`.
+fn uniform<T: attnforge_reference::Element>(
+    shape: attnforge_reference::Shape4,
+    amp: f64,
+    seed: u64,
+) -> attnforge_reference::Tensor4<T> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    attnforge_reference::Tensor4::from_fn(shape, |_, _, _, _| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        T::from_f64(amp * (2.0 * ((x >> 11) as f64 / (1u64 << 53) as f64) - 1.0))
+    })
+}
+
+/// The backward kernels (variants.md section 12) on the GPU against the reference's
+/// backward, then their time next to the forward's at B 1, H 16, S 4096 (bf16, d 128):
+/// the FMA backward (f32 arithmetic) is a correctness path, not yet a fast one.
+#[test]
+fn gpu_backward() {
+    use attnforge_codegen::backward::BackwardTile;
+    use attnforge_reference::Shape4;
+    use attnforge_runtime::exec::{Inputs, RunParams};
+    use attnforge_runtime::exec_backward::{check_backward, run_backward_cuda, Upstream};
+    if !gpu_or_skip("gpu_backward") {
+        return;
+    }
+    let bt = BackwardTile::default();
+    let cases = [
+        (
+            KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None).with_gqa(),
+            4,
+            2,
+            200,
+            333,
+        ),
+        (
+            KernelSpec::new(DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Alibi),
+            2,
+            2,
+            150,
+            150,
+        ),
+        (
+            KernelSpec::new(DType::F32, HeadDim::D64, Mask::Full, ScoreMod::Softcap),
+            2,
+            2,
+            77,
+            190,
+        ),
+        (
+            KernelSpec::new(DType::Bf16, HeadDim::D256, Mask::Causal, ScoreMod::None),
+            2,
+            2,
+            100,
+            100,
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (spec, hq, hkv, sq, sk) in cases {
+        let d = spec.head_dim.get();
+        let mut p = RunParams::default();
+        if spec.mask == Mask::Local {
+            p.mask = Some(
+                MaskParams::new()
+                    .with("window_left", 40)
+                    .with("window_right", 5),
+            );
+        }
+        if spec.score == ScoreMod::Softcap {
+            p.softcap = Some(5.0);
+        }
+        let tile = default_tile(&spec, Arch::Sm90).unwrap();
+        let name = spec.canonical_name();
+        let r = match spec.dtype {
+            DType::Bf16 => {
+                let x = Inputs::new(
+                    uniform::<half::bf16>(Shape4::new(2, hq, sq, d), 2.0, 1),
+                    uniform(Shape4::new(2, hkv, sk, d), 2.0, 2),
+                    uniform(Shape4::new(2, hkv, sk, d), 1.0, 3),
+                );
+                let dout = uniform::<half::bf16>(Shape4::new(2, hq, sq, d), 1.0, 4);
+                check_backward(
+                    &spec,
+                    &tile,
+                    &bt,
+                    &x,
+                    Upstream {
+                        dout: &dout,
+                        dlse: None,
+                    },
+                    &p,
+                    &Backend::Cuda(0),
+                )
+                .map(|r| r.1)
+            }
+            DType::F16 => {
+                let x = Inputs::new(
+                    uniform::<half::f16>(Shape4::new(2, hq, sq, d), 2.0, 1),
+                    uniform(Shape4::new(2, hkv, sk, d), 2.0, 2),
+                    uniform(Shape4::new(2, hkv, sk, d), 1.0, 3),
+                );
+                let dout = uniform::<half::f16>(Shape4::new(2, hq, sq, d), 1.0, 4);
+                check_backward(
+                    &spec,
+                    &tile,
+                    &bt,
+                    &x,
+                    Upstream {
+                        dout: &dout,
+                        dlse: None,
+                    },
+                    &p,
+                    &Backend::Cuda(0),
+                )
+                .map(|r| r.1)
+            }
+            DType::F32 => {
+                let x = Inputs::new(
+                    uniform::<f32>(Shape4::new(2, hq, sq, d), 2.0, 1),
+                    uniform(Shape4::new(2, hkv, sk, d), 2.0, 2),
+                    uniform(Shape4::new(2, hkv, sk, d), 1.0, 3),
+                );
+                let dout = uniform::<f32>(Shape4::new(2, hq, sq, d), 1.0, 4);
+                let dlse: Vec<f32> = (0..2 * hq * sq)
+                    .map(|i| (i % 7) as f32 * 0.1 - 0.3)
+                    .collect();
+                check_backward(
+                    &spec,
+                    &tile,
+                    &bt,
+                    &x,
+                    Upstream {
+                        dout: &dout,
+                        dlse: Some(&dlse),
+                    },
+                    &p,
+                    &Backend::Cuda(0),
+                )
+                .map(|r| r.1)
+            }
+        };
+        match r {
+            Ok(checks) => println!("gpu_backward {name}: {checks:?}"),
+            Err(e) => bad.push(format!("{name}: {e}")),
+        }
+    }
+    // time: forward vs the three backward kernels, bf16 d128, B 1, H 16, S 4096
+    for mask in [Mask::Full, Mask::Causal] {
+        let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, mask, ScoreMod::None);
+        let tile = default_tile(&spec, Arch::Sm90).unwrap();
+        let (h, s, d) = (16, 4096, 128);
+        let x = Inputs::new(
+            uniform::<half::bf16>(Shape4::new(1, h, s, d), 1.0, 5),
+            uniform(Shape4::new(1, h, s, d), 1.0, 6),
+            uniform(Shape4::new(1, h, s, d), 1.0, 7),
+        );
+        let dout = uniform::<half::bf16>(Shape4::new(1, h, s, d), 1.0, 8);
+        let up = Upstream {
+            dout: &dout,
+            dlse: None,
+        };
+        match run_backward_cuda(&spec, &tile, &bt, &x, up, &RunParams::default(), 5, 0) {
+            Ok((_, (f, b))) => {
+                let causal = if spec.mask == Mask::Causal { 0.5 } else { 1.0 };
+                let flops = 4.0 * (h * s * s * d) as f64 * causal;
+                println!(
+                    "gpu_backward time {}: B1 H{h} S{s}: forward {:.3} ms ({:.1} TFLOP/s), backward {:.3} ms ({:.1} TFLOP/s at 2.5x the forward's FLOPs)",
+                    spec.canonical_name(), f * 1e3, flops / f / 1e12, b * 1e3, 2.5 * flops / b / 1e12
+                );
+            }
+            Err(e) => bad.push(format!("timing {}: {e}", spec.canonical_name())),
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

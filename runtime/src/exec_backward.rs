@@ -24,7 +24,7 @@ use attnforge_sim::{SimArg, SimConfig, SimElem};
 
 use crate::exec::{
     cached_sim_kernel, host_args, input_err, reference_dtype, reference_mask, resolve, sim_args,
-    simulate_raw, ExecError, Inputs, Resolved, RunParams,
+    simulate_raw, Backend, ExecError, Inputs, Resolved, RunParams,
 };
 use attnforge_codegen::spec::KernelSpec;
 
@@ -449,8 +449,65 @@ fn grad_check(name: &'static str, k: &[f64], r: &[f64], n: &[f64], tol: Toleranc
     }
 }
 
-/// Simulate the backward and compare it with the reference; `Err(Mismatch)` naming the
-/// first gradient over its bound.
+/// The forward kernel and the backward kernels on GPU `ordinal` (inputs validated as for the
+/// simulator); `timed` extra runs measure the seconds per forward and per backward.
+pub fn run_backward_cuda<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    bwd_tile: &BackwardTile,
+    x: &Inputs<T>,
+    up: Upstream<'_, T>,
+    p: &RunParams,
+    timed: usize,
+    ordinal: usize,
+) -> Result<(KernelGrads, (f64, f64)), ExecError> {
+    backward_supported(spec).map_err(ExecError::Spec)?;
+    let r = resolve(spec, x, p)?;
+    let (dout, dlse) = check_upstream(spec, &r, up)?;
+    let (major, _) = crate::Gpu::new(ordinal)
+        .map_err(|e| ExecError::Cuda(e.to_string()))?
+        .compute_capability();
+    let kernels =
+        emit_backward(spec, bwd_tile, Arch::for_capability(major)).map_err(ExecError::Spec)?;
+    let args = host_args(spec, x, p, &r)?;
+    let tlists = r.lists.as_ref().map(BlockLists::transposed);
+    let d = r.dims;
+    let dparam_len = match kernels.param {
+        Some(_) => d.batch * d.heads_q * d.seq_q.div_ceil(bwd_tile.block_m),
+        None => 0,
+    };
+    let g = crate::exec_cuda::backward(
+        spec,
+        tile,
+        &kernels,
+        x,
+        &args,
+        d,
+        (&dout, dlse),
+        tlists.as_ref(),
+        dparam_len,
+        timed,
+        ordinal,
+    )?;
+    let dim = spec.head_dim.get();
+    let out_shape = Shape4::new(d.batch, d.heads_q, d.seq_q, dim);
+    let kv_shape = Shape4::new(d.batch, d.heads_kv, d.seq_k, dim);
+    let to64 =
+        |shape: Shape4, v: &[T]| Tensor4::from_vec(shape, v.iter().map(|x| x.to_f64()).collect());
+    Ok((
+        KernelGrads {
+            dq: to64(out_shape, &g.dq)?,
+            dk: to64(kv_shape, &g.dk)?,
+            dv: to64(kv_shape, &g.dv)?,
+            score_params: reduce_params(&kernels, &g.dparam, &r, bwd_tile),
+            forward: g.forward,
+        },
+        g.seconds,
+    ))
+}
+
+/// Run the backward on `backend` (simulator or GPU) and compare it with the reference;
+/// `Err(Mismatch)` naming the first gradient over its bound.
 pub fn check_backward<T: Element + SimElem>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -458,9 +515,19 @@ pub fn check_backward<T: Element + SimElem>(
     x: &Inputs<T>,
     up: Upstream<'_, T>,
     p: &RunParams,
-    cfg: &SimConfig,
+    backend: &Backend,
 ) -> Result<(KernelGrads, Vec<GradCheck>), ExecError> {
-    let k = simulate_backward(spec, tile, bwd_tile, x, up, p, cfg)?;
+    let k = match backend {
+        Backend::Sim(cfg) => simulate_backward(spec, tile, bwd_tile, x, up, p, cfg)?,
+        Backend::Cuda(ordinal) => run_backward_cuda(spec, tile, bwd_tile, x, up, p, 0, *ordinal)?.0,
+        Backend::Reference => {
+            return Err(input_err(
+                "backend",
+                "the reference checks nothing against itself",
+                "pass the simulator or a GPU backend",
+            ))
+        }
+    };
     let r = reference_backward(spec, x, up, p, Precision::F64)?;
     let n = reference_backward(spec, x, up, p, Precision::Naive)?;
     let checks = compare_grads(&k, &r, &n, Tolerance::for_dtype(T::DTYPE));

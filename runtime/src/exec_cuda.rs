@@ -206,3 +206,199 @@ pub(crate) fn run<T: Element>(
     p.launch()?;
     p.output::<T>()
 }
+
+/// What the backward kernels wrote on the GPU, copied back.
+pub(crate) struct CudaGrads<T> {
+    pub(crate) forward: AttnOutput,
+    pub(crate) dq: Vec<T>,
+    pub(crate) dk: Vec<T>,
+    pub(crate) dv: Vec<T>,
+    pub(crate) dparam: Vec<f32>,
+    /// Seconds per forward and per backward (the three kernels), averaged over timed runs.
+    pub(crate) seconds: (f64, f64),
+}
+
+/// A device buffer of `n` zeroed `T`s (at least one byte).
+fn zeros(gpu: &Gpu, n_bytes: usize) -> Result<CudaSlice<u8>, ExecError> {
+    gpu.stream()
+        .clone_htod(&vec![0u8; n_bytes.max(1)])
+        .map_err(cuda_err)
+}
+
+/// The forward kernel, then the three backward kernels of `bwd` on GPU `ordinal`. `grads`
+/// lists the backward arguments after the forward's; `timed` extra runs of each measure
+/// their time (wall clock around synchronized launches).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<T: Element>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    bwd: &attnforge_codegen::backward::BackwardKernels,
+    x: &Inputs<T>,
+    args: &[HostArg],
+    d: Shape,
+    up: (&[T], Option<&[f32]>),
+    tlists: Option<&attnforge_codegen::blocks::BlockLists>,
+    dparam_len: usize,
+    timed: usize,
+    ordinal: usize,
+) -> Result<CudaGrads<T>, ExecError> {
+    use attnforge_codegen::args::BlockListPart;
+    use attnforge_codegen::backward::{grad_args, GradArg, DELTA_WARPS};
+    let p = prepare(spec, tile, x, args, d, ordinal)?;
+    let gpu = &p.gpu;
+    let (major, _) = gpu.compute_capability();
+    let arch = Arch::for_capability(major);
+    let dim = spec.head_dim.get();
+    let t = std::mem::size_of::<T>();
+    let q_elems = d.batch * d.heads_q * d.seq_q * dim;
+    let kv_elems = d.batch * d.heads_kv * d.seq_k * dim;
+    let rows = d.batch * d.heads_q * d.seq_q;
+    let stream = gpu.stream().clone();
+    let up_bytes = |b: &[u8]| -> Result<CudaSlice<u8>, ExecError> {
+        let mut v = b.to_vec();
+        if v.is_empty() {
+            v.push(0);
+        }
+        stream.clone_htod(&v).map_err(cuda_err)
+    };
+    let dout = up_bytes(bytes_of(up.0))?;
+    let dlse = up.1.map(|l| up_bytes(bytes_of(l))).transpose()?;
+    let delta = zeros(gpu, rows * 4)?;
+    let dq = zeros(gpu, q_elems * t)?;
+    let dk = zeros(gpu, kv_elems * t)?;
+    let dv = zeros(gpu, kv_elems * t)?;
+    let dparam = zeros(gpu, dparam_len * 4)?;
+    let mut keep = Vec::new();
+    let mut decls = signature(spec);
+    let mut values = p.values.clone();
+    for (g, a) in grad_args(spec) {
+        let ptr = |s: &CudaSlice<u8>| KernelArgValue::DevPtr(device_ptr(gpu, s));
+        let (kind, value) = match g {
+            GradArg::DOut => (ArgKind::DevPtr, ptr(&dout)),
+            GradArg::DLse => (
+                ArgKind::DevPtr,
+                dlse.as_ref().map_or(KernelArgValue::DevPtr(0), ptr),
+            ),
+            GradArg::Delta => (ArgKind::DevPtr, ptr(&delta)),
+            GradArg::DQ => (ArgKind::DevPtr, ptr(&dq)),
+            GradArg::DK => (ArgKind::DevPtr, ptr(&dk)),
+            GradArg::DV => (ArgKind::DevPtr, ptr(&dv)),
+            GradArg::DParam if dparam_len == 0 => (ArgKind::DevPtr, KernelArgValue::DevPtr(0)),
+            GradArg::DParam => (ArgKind::DevPtr, ptr(&dparam)),
+            GradArg::Transposed(part) => {
+                let l = tlists
+                    .ok_or_else(|| cuda_err("a block-list kernel without its transposed lists"))?;
+                let count = |n: usize| (ArgKind::I32, KernelArgValue::I32(n as i32));
+                match part {
+                    BlockListPart::Batches => count(l.batches),
+                    BlockListPart::Heads => count(l.heads),
+                    BlockListPart::Rows => count(l.rows),
+                    BlockListPart::Width => count(l.width),
+                    arr => {
+                        let v = match arr {
+                            BlockListPart::FullNum => &l.full_num,
+                            BlockListPart::FullIdx => &l.full_idx,
+                            BlockListPart::PartialNum => &l.partial_num,
+                            _ => &l.partial_idx,
+                        };
+                        let s = up_bytes(bytes_of(v))?;
+                        let v = ptr(&s);
+                        keep.push(s);
+                        (ArgKind::DevPtr, v)
+                    }
+                }
+            }
+        };
+        decls.push(ArgDecl::new(a.name, kind));
+        values.push(value);
+    }
+    let bt = &bwd.tile;
+    let launches = [
+        (
+            &bwd.delta,
+            [d.seq_q.div_ceil(DELTA_WARPS), d.heads_q, d.batch],
+            DELTA_WARPS * 32,
+            0,
+        ),
+        (
+            &bwd.dkdv,
+            [d.seq_k.div_ceil(bt.block_n), d.heads_kv, d.batch],
+            bt.threads(),
+            bt.dkdv_smem_bytes(dim),
+        ),
+        (
+            &bwd.dq,
+            [d.seq_q.div_ceil(bt.block_m), d.heads_q, d.batch],
+            bt.threads(),
+            bt.dq_smem_bytes(dim),
+        ),
+    ];
+    let mut kernels = Vec::new();
+    for (k, grid, threads, smem) in launches {
+        if grid.iter().any(|&g| g == 0) {
+            continue;
+        }
+        let compiled = compile_with_cached(&k.source, &k.name, &CompileOptions::new(arch))
+            .map_err(cuda_err)?;
+        let kernel = GpuKernel::load(gpu, &compiled, decls.clone()).map_err(cuda_err)?;
+        let cfg = LaunchConfig {
+            grid: [grid[0] as u32, grid[1] as u32, grid[2] as u32],
+            block: [threads as u32, 1, 1],
+            dynamic_smem_bytes: smem as u32,
+        };
+        kernels.push((kernel, cfg));
+    }
+    let run_fwd = || p.launch();
+    let run_bwd = || -> Result<(), ExecError> {
+        for (k, cfg) in &kernels {
+            k.launch(cfg, &values).map_err(cuda_err)?;
+        }
+        Ok(())
+    };
+    run_fwd()?;
+    run_bwd()?;
+    gpu.synchronize().map_err(cuda_err)?;
+    let mut seconds = (0.0, 0.0);
+    if timed > 0 {
+        for (slot, f) in [
+            (0, &run_fwd as &dyn Fn() -> Result<(), ExecError>),
+            (1, &run_bwd),
+        ] {
+            let t0 = std::time::Instant::now();
+            for _ in 0..timed {
+                f()?;
+            }
+            gpu.synchronize().map_err(cuda_err)?;
+            let s = t0.elapsed().as_secs_f64() / timed as f64;
+            if slot == 0 {
+                seconds.0 = s;
+            } else {
+                seconds.1 = s;
+            }
+        }
+    }
+    let forward = p.output::<T>()?;
+    let back = |s: &CudaSlice<u8>, n: usize| -> Result<Vec<T>, ExecError> {
+        let b = stream.clone_dtoh(s).map_err(cuda_err)?;
+        Ok(b.chunks_exact(t)
+            .take(n)
+            // SAFETY: the chunk holds exactly one T written by the kernel.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
+            .collect())
+    };
+    let dparam_vals: Vec<f32> = stream
+        .clone_dtoh(&dparam)
+        .map_err(cuda_err)?
+        .chunks_exact(4)
+        .take(dparam_len)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(CudaGrads {
+        forward,
+        dq: back(&dq, q_elems)?,
+        dk: back(&dk, kv_elems)?,
+        dv: back(&dv, kv_elems)?,
+        dparam: dparam_vals,
+        seconds,
+    })
+}

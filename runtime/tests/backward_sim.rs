@@ -7,7 +7,7 @@ use attnforge_reference::{Element, Shape4, Tensor4};
 use attnforge_runtime::codegen::backward::BackwardTile;
 use attnforge_runtime::codegen::blocks::BlockLists;
 use attnforge_runtime::codegen::prelude::*;
-use attnforge_runtime::exec::{Inputs, RunParams, UserValue};
+use attnforge_runtime::exec::{Backend, Inputs, RunParams, UserValue};
 use attnforge_runtime::exec_backward::{check_backward, simulate_backward, Upstream};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 
@@ -58,8 +58,8 @@ fn run<T: Element + SimElem>(
         dout: &dout,
         dlse: c.dlse.then_some(dlse.as_slice()),
     };
-    let cfg = SimConfig::new(Schedule::Forward);
-    check_backward(spec, &tile, &BackwardTile::default(), &x, up, p, &cfg)
+    let backend = Backend::Sim(SimConfig::new(Schedule::Forward));
+    check_backward(spec, &tile, &BackwardTile::default(), &x, up, p, &backend)
         .map(|(_, checks)| eprintln!("{} {c:?}: {checks:?}", spec.canonical_name()))
         .map_err(|e| format!("{} {c:?}: {e}", spec.canonical_name()))
 }

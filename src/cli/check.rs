@@ -37,7 +37,7 @@ output bits and the simulator's work counters over every problem (equal digests:
 --backward checks the backward kernels instead (variants.md section 12: dq, dk, dv and the
 score parameter's gradient, each against the f64 backward with the same rule); with --all it
 covers the static catalog (the data-dependent families have no backward). Variants the
-backward kernels do not cover yet fail with the reason. Simulator only for now.
+backward kernels do not cover yet fail with the reason.
 
 Examples:
   attnforge check flash_fwd_causal_d64_f16

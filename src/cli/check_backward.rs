@@ -7,7 +7,7 @@
 //! GQA where the entry has it, non-default parameters) and the first large-magnitude problem,
 //! the latter two with a `dlse` input. A spec file runs its own `[problem]`. The
 //! data-dependent families and the variants the backward kernels do not cover yet (LM-Infinite,
-//! user score functions) fail with the reason.
+//! user score functions) fail with the reason. Simulator or GPU.
 
 use attnforge::codegen::backward::{backward_supported, BackwardTile};
 use attnforge::codegen::spec::DType;
@@ -46,14 +46,6 @@ pub(super) fn check_backward_any(
             .collect();
         return Ok(Verdict::failed(name, why.join("; ")));
     }
-    let cfg = match backend {
-        Backend::Sim(cfg) => *cfg,
-        _ => {
-            return Err(CliError::input(
-                "--backward runs on the simulator only for now\n  fix: pass --backend sim",
-            ))
-        }
-    };
     let cases = if sf.path.is_none() {
         let all = problems::catalog_cases(sf);
         let large = all.iter().position(|c| c.magnitude == problems::LARGE);
@@ -77,9 +69,9 @@ pub(super) fn check_backward_any(
         let seed = seed.wrapping_add(i as u64);
         let with_dlse = i > 0;
         let r = match file.spec.dtype {
-            DType::F32 => case::<f32>(file, *magnitude, with_dlse, &cfg, seed),
-            DType::F16 => case::<f16>(file, *magnitude, with_dlse, &cfg, seed),
-            DType::Bf16 => case::<bf16>(file, *magnitude, with_dlse, &cfg, seed),
+            DType::F32 => case::<f32>(file, *magnitude, with_dlse, backend, seed),
+            DType::F16 => case::<f16>(file, *magnitude, with_dlse, backend, seed),
+            DType::Bf16 => case::<bf16>(file, *magnitude, with_dlse, backend, seed),
         }?;
         match r {
             Ok(checks) => {
@@ -133,7 +125,7 @@ fn case<T: Element + SimElem>(
     sf: &SpecFile,
     magnitude: f32,
     with_dlse: bool,
-    cfg: &attnforge::sim::SimConfig,
+    backend: &Backend,
     seed: u64,
 ) -> Result<Result<Vec<GradCheck>, String>, CliError> {
     let tile = sf.tile().map_err(CliError::input)?;
@@ -163,7 +155,15 @@ fn case<T: Element + SimElem>(
         dout: &dout,
         dlse: with_dlse.then_some(dlse.as_slice()),
     };
-    match check_backward(&sf.spec, &tile, &BackwardTile::default(), &x, up, &rp, cfg) {
+    match check_backward(
+        &sf.spec,
+        &tile,
+        &BackwardTile::default(),
+        &x,
+        up,
+        &rp,
+        backend,
+    ) {
         Ok((_, checks)) => Ok(Ok(checks)),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {

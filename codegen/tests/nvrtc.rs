@@ -355,3 +355,23 @@ kernels compile in parallel on the 2-core dev machine (issue 3 target: < 300 ms 
     }
     std::fs::write(&path, s).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+/// The backward kernels (delta, dK/dV, dQ) of every catalog variant they cover compile with
+/// NVRTC for sm_80 without stack or spills (and without NVRTC warnings); d = 256 as well.
+#[test]
+fn backward_kernels_compile_without_spills() {
+    use attnforge_codegen::backward::{backward_supported, emit_backward, BackwardTile};
+    let mut kernels = Vec::new();
+    let mut specs: Vec<KernelSpec> = catalog();
+    specs.push(KernelSpec::new(DType::Bf16, HeadDim::D256, Mask::Causal, ScoreMod::Softcap));
+    for spec in specs {
+        if backward_supported(&spec).is_err() {
+            continue;
+        }
+        let k = emit_backward(&spec, &BackwardTile::default(), Arch::Sm80)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", spec.canonical_name()));
+        kernels.extend([k.delta, k.dkdv, k.dq].map(|k| (k, Arch::Sm80)));
+    }
+    assert_eq!(kernels.len(), 3 * 22, "every covered catalog variant and the d = 256 case");
+    check_all(kernels);
+}

@@ -24,8 +24,14 @@
 // - grad hooks (per query head): `d_score(x, q_pos, kv_pos)` = ds'/ds at the raw scaled score x
 //   and `d_param(x, q_pos, kv_pos)` = ds'/dtheta of the one learnable parameter (0 without).
 //
+// - scoring: af_dot_scoring, or af_lminf_scoring (LM-Infinite: a near branch with q and k
+//   rotated at their positions and a far branch with q rotated at Deff and k un-rotated; each
+//   branch accumulates its own rotated-coordinate gradient, rotated back by the transpose
+//   rotation at the end: dQ = R(p)^T dQ_near + R(Deff)^T dQ_far, dK = R(j)^T dK_near + dK_far).
+//
 // Arithmetic is f32 FMA for every element type; each thread block holds its K/V (dK/dV) or
-// Q/dO (dQ) tile in shared memory as f32.
+// Q/dO (dQ) tile in shared memory as f32 (per scoring branch: the rotated q and k rounded to
+// the input dtype, as the forward kernels score them).
 
 template <typename T>
 struct af_bwd_args {
@@ -193,27 +199,123 @@ __device__ __forceinline__ void af_bwd_delta(const af_fwd_args<T>& a, const af_b
     if (lane == 0) g.delta[r] = s - (g.dlse != nullptr ? g.dlse[r] : 0.f);
 }
 
+// ---- loads and final rotations, per scoring policy ----
+// Rows [r0, r0 + R) (at most `valid`) of a [*, D] tensor with row stride `stride` -> shared
+// f32 at row stride S; zero past `valid`.
+template <int R, int D, int S, int NT, typename T>
+__device__ __forceinline__ void af_bwd_rows(float* dst, const T* src, long long r0, long long valid, long long stride,
+                                            int tid) {
+    for (int idx = tid; idx < R * D; idx += NT) {
+        const int r = idx / D, d = idx % D;
+        dst[r * S + d] = r0 + r < valid ? af_to_float(src[(r0 + r) * stride + d]) : 0.f;
+    }
+}
+
+// The same rows rotated (RoPE pairs) at position pos(row) and rounded to T, as the forward
+// kernels store LM-Infinite's rotated q and k. Kept rolled: one copy of the rotation code.
+template <int R, int D, int S, int NT, typename T, class Pos>
+__device__ __forceinline__ void af_bwd_rows_rope(float* dst, const T* src, long long r0, long long valid,
+                                                 long long stride, Pos pos, float log2_theta, int tid) {
+    const T* tag = nullptr;
+#pragma unroll 1
+    for (int idx = tid; idx < R * (D / 2); idx += NT) {
+        const int r = idx / (D / 2), m = idx % (D / 2);
+        const long long row = r0 + r;
+        float x0 = 0.f, x1 = 0.f;
+        if (row < valid) {
+            x0 = af_to_float(src[row * stride + m]);
+            x1 = af_to_float(src[row * stride + m + D / 2]);
+        }
+        af_rope_pair(x0, x1, pos(row), af_rope_freq(m, D, log2_theta));
+        dst[r * S + m] = af_round_as(tag, x0);
+        dst[r * S + m + D / 2] = af_round_as(tag, x1);
+    }
+}
+
+// Q rows of a tile, per branch: plain, or (LM-Infinite) rotated at the row's position (branch
+// 0) and at Deff (branch 1, R * S elements further).
+template <int R, int D, int S, int NT, typename T>
+__device__ __forceinline__ void af_bwd_load_q(const af_dot_scoring&, float* dst, const T* src, long long r0, long long valid,
+                                              long long stride, long long, int tid) {
+    af_bwd_rows<R, D, S, NT>(dst, src, r0, valid, stride, tid);
+}
+template <int R, int D, int S, int NT, typename T>
+__device__ __forceinline__ void af_bwd_load_q(const af_lminf_scoring& sc, float* dst, const T* src, long long r0,
+                                              long long valid, long long stride, long long shift, int tid) {
+    af_bwd_rows_rope<R, D, S, NT>(dst, src, r0, valid, stride, [=](long long row) { return row + shift; }, sc.log2_theta, tid);
+    af_bwd_rows_rope<R, D, S, NT>(dst + R * S, src, r0, valid, stride, [=](long long) { return sc.d_eff; }, sc.log2_theta, tid);
+}
+// K rows, per branch: plain, or rotated at the key's position (branch 0) and un-rotated (branch 1).
+template <int R, int D, int S, int NT, typename T>
+__device__ __forceinline__ void af_bwd_load_k(const af_dot_scoring&, float* dst, const T* src, long long r0, long long valid,
+                                              long long stride, int tid) {
+    af_bwd_rows<R, D, S, NT>(dst, src, r0, valid, stride, tid);
+}
+template <int R, int D, int S, int NT, typename T>
+__device__ __forceinline__ void af_bwd_load_k(const af_lminf_scoring& sc, float* dst, const T* src, long long r0,
+                                              long long valid, long long stride, int tid) {
+    af_bwd_rows_rope<R, D, S, NT>(dst, src, r0, valid, stride, [](long long row) { return row; }, sc.log2_theta, tid);
+    af_bwd_rows<R, D, S, NT>(dst + R * S, src, r0, valid, stride, tid);
+}
+
+// Rotate the pair back: the transpose of af_rope_pair's rotation at the same position.
+__device__ __forceinline__ void af_rope_pair_transpose(float& x0, float& x1, long long pos, float f) {
+    float c0 = 1.f, s0 = 0.f;  // (cos, sin) of the angle, from af_rope_pair's reduction
+    af_rope_pair(c0, s0, pos, f);
+    const float y0 = x0 * c0 + x1 * s0;
+    const float y1 = x1 * c0 - x0 * s0;
+    x0 = y0;
+    x1 = y1;
+}
+
+// Gradients of a lane's dimensions lane + 32 t, per branch, to the un-rotated input's: plain
+// (branch 0 as is), or branch 0 rotated back at `near_pos` plus branch 1 rotated back at
+// `far_pos` (queries: Deff) or taken as is (keys, far_pos < 0). The pair (m, m + D/2) lies in
+// one lane: t and t + DPL/2.
+template <int DPL, int NB>
+__device__ __forceinline__ void af_bwd_unrotate(const af_dot_scoring&, float (&g)[NB][DPL], int, long long, long long) {}
+template <int DPL, int NB>
+__device__ __forceinline__ void af_bwd_unrotate(const af_lminf_scoring& sc, float (&g)[NB][DPL], int lane, long long near_pos,
+                                                long long far_pos) {
+    constexpr int D = DPL * 32;
+#pragma unroll
+    for (int t = 0; t < DPL / 2; ++t) {
+        const float f = af_rope_freq(lane + 32 * t, D, sc.log2_theta);
+        af_rope_pair_transpose(g[0][t], g[0][t + DPL / 2], near_pos, f);
+        if (far_pos >= 0) af_rope_pair_transpose(g[NB - 1][t], g[NB - 1][t + DPL / 2], far_pos, f);
+    }
+#pragma unroll
+    for (int t = 0; t < DPL; ++t) g[0][t] += g[NB - 1][t];
+}
+
+// The position a far-branch query is rotated at (LM-Infinite's Deff; -1: no far branch).
+__device__ __forceinline__ long long af_far_position(const af_dot_scoring&) { return -1; }
+__device__ __forceinline__ long long af_far_position(const af_lminf_scoring& sc) { return sc.d_eff; }
+
 // ---- dK, dV ----
 // Block: key tile [n0, n0 + BN) of kv head hkv, batch b. Warp w owns keys w KR .. w KR + KR - 1,
 // lane l the query columns l + 32 c of a query tile and the dimensions l + 32 t of dK / dV.
-template <class Tile, typename T, class Queries, class BlockHooks, class GradHooks>
+template <class Tile, typename T, class Queries, class BlockHooks, class GradHooks, class Scoring>
 __device__ __forceinline__ void af_bwd_dkdv(const af_fwd_args<T>& a, const af_bwd_args<T>& g, const Queries& queries,
-                                            const BlockHooks& block_hooks, const GradHooks& grad_hooks) {
+                                            const BlockHooks& block_hooks, const GradHooks& grad_hooks, const Scoring& sc) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, NW = Tile::NW, NT = Tile::NT;
+    constexpr int NB = Scoring::BRANCHES;
     constexpr int KR = BN / NW;   // keys per warp
     constexpr int CPL = BM / 32;  // query columns per lane
     constexpr int DPL = D / 32;   // gradient dimensions per lane
     constexpr int QS = D + 1;     // padded Q / dO row stride (conflict-free column reads)
-    // [BN][D] K, [BN][D] V, [BM][QS] Q, [BM][QS] dO, [BN][BM] P, [BN][BM] dS, [BM] lse, [BM] Delta
+    // [NB][BN][D] K, [BN][D] V, [NB][BM][QS] Q, [BM][QS] dO, [BN][BM] P, [NB][BN][BM] dS, [BM] lse, [BM] Delta
+    constexpr int OK_ = 0, OV = NB * BN * D, OQ = OV + BN * D, OO = OQ + NB * BM * QS, OP = OO + BM * QS;
+    constexpr int OS = OP + BN * BM, OL = OS + NB * BN * BM, ODL = OL + BM;
     AF_DYNAMIC_SHARED(float, af_smem);
-    AF_SHARED_VIEW(float, sK, af_smem, 0, BN * D);
-    AF_SHARED_VIEW(float, sV, af_smem, BN * D, BN * D);
-    AF_SHARED_VIEW(float, sQ, af_smem, 2 * BN * D, BM * QS);
-    AF_SHARED_VIEW(float, sdO, af_smem, 2 * BN * D + BM * QS, BM * QS);
-    AF_SHARED_VIEW(float, sP, af_smem, 2 * BN * D + 2 * BM * QS, BN * BM);
-    AF_SHARED_VIEW(float, sdS, af_smem, 2 * BN * D + 2 * BM * QS + BN * BM, BN * BM);
-    AF_SHARED_VIEW(float, sL, af_smem, 2 * BN * D + 2 * BM * QS + 2 * BN * BM, BM);
-    AF_SHARED_VIEW(float, sDelta, af_smem, 2 * BN * D + 2 * BM * QS + 2 * BN * BM + BM, BM);
+    AF_SHARED_VIEW(float, sK, af_smem, OK_, NB * BN * D);
+    AF_SHARED_VIEW(float, sV, af_smem, OV, BN * D);
+    AF_SHARED_VIEW(float, sQ, af_smem, OQ, NB * BM * QS);
+    AF_SHARED_VIEW(float, sdO, af_smem, OO, BM * QS);
+    AF_SHARED_VIEW(float, sP, af_smem, OP, BN * BM);
+    AF_SHARED_VIEW(float, sdS, af_smem, OS, NB * BN * BM);
+    AF_SHARED_VIEW(float, sL, af_smem, OL, BM);
+    AF_SHARED_VIEW(float, sDelta, af_smem, ODL, BM);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int b = blockIdx.z, hkv = blockIdx.y;
     const long long n0 = (long long)blockIdx.x * BN;
@@ -222,17 +324,17 @@ __device__ __forceinline__ void af_bwd_dkdv(const af_fwd_args<T>& a, const af_bw
     const long long shift = (long long)a.seq_k - a.seq_q;
     const T* kb = a.k + (long long)b * a.k_stride_b + (long long)hkv * a.k_stride_h;
     const T* vb = a.v + (long long)b * a.v_stride_b + (long long)hkv * a.v_stride_h;
-    for (int idx = tid; idx < BN * D; idx += NT) {
-        const int j = idx / D, d = idx % D;
-        const bool in = j < cols_in;
-        sK[idx] = in ? af_to_float(kb[(n0 + j) * a.k_stride_s + d]) : 0.f;
-        sV[idx] = in ? af_to_float(vb[(n0 + j) * a.v_stride_s + d]) : 0.f;
-    }
-    float dk[KR][DPL], dv[KR][DPL];
+    af_bwd_load_k<BN, D, D, NT>(sc, sK, kb, n0, a.seq_k, a.k_stride_s, tid);
+    af_bwd_rows<BN, D, D, NT>(sV, vb, n0, a.seq_k, a.v_stride_s, tid);
+    float dk[KR][NB][DPL], dv[KR][DPL];
 #pragma unroll
     for (int j = 0; j < KR; ++j)
 #pragma unroll
-        for (int t = 0; t < DPL; ++t) dk[j][t] = dv[j][t] = 0.f;
+        for (int t = 0; t < DPL; ++t) {
+            dv[j][t] = 0.f;
+#pragma unroll
+            for (int bi = 0; bi < NB; ++bi) dk[j][bi][t] = 0.f;
+        }
 
     const int group = a.heads_q / a.heads_kv;
 #pragma unroll 1
@@ -248,40 +350,51 @@ __device__ __forceinline__ void af_bwd_dkdv(const af_fwd_args<T>& a, const af_bw
         int kind;
         while (walk.next(cur, m0, kind)) {
             const int rows_in = (int)min((long long)BM, (long long)a.seq_q - m0);
+            const int br = sc.tile_branches(m0 + shift, m0 + rows_in - 1 + shift, c0, c1);
             __syncthreads();  // the previous tile's Q, dO, P, dS are consumed
-            for (int idx = tid; idx < BM * D; idx += NT) {
-                const int i = idx / D, d = idx % D;
-                const bool in = i < rows_in;
-                sQ[i * QS + d] = in ? af_to_float(qb[(m0 + i) * a.q_stride_s + d]) : 0.f;
-                sdO[i * QS + d] = in ? af_to_float(g.dout[(rbase + m0 + i) * D + d]) : 0.f;
-            }
+            af_bwd_load_q<BM, D, QS, NT>(sc, sQ, qb, m0, a.seq_q, a.q_stride_s, shift, tid);
+            af_bwd_rows<BM, D, QS, NT>(sdO, g.dout + rbase * D, m0, a.seq_q, D, tid);
             for (int i = tid; i < BM; i += NT) {
                 sL[i] = i < rows_in ? a.lse[rbase + m0 + i] : -INFINITY;
                 sDelta[i] = i < rows_in ? g.delta[rbase + m0 + i] : 0.f;
             }
             __syncthreads();
-            // S^T = K Q^T and dP^T = V dO^T for the warp's keys x the lane's queries
-            float s[KR][CPL], dp[KR][CPL];
+            // S^T = K Q^T per branch the tile needs and dP^T = V dO^T, the warp's keys x the lane's queries
+            float s[NB][KR][CPL], dp[KR][CPL];
 #pragma unroll
             for (int j = 0; j < KR; ++j)
 #pragma unroll
-                for (int c = 0; c < CPL; ++c) s[j][c] = dp[j][c] = 0.f;
-#pragma unroll 4
-            for (int d = 0; d < D; ++d) {
-                float qq[CPL], oo[CPL];
-#pragma unroll
                 for (int c = 0; c < CPL; ++c) {
-                    qq[c] = sQ[(lane + 32 * c) * QS + d];
-                    oo[c] = sdO[(lane + 32 * c) * QS + d];
+                    dp[j][c] = 0.f;
+#pragma unroll
+                    for (int bi = 0; bi < NB; ++bi) s[bi][j][c] = 0.f;
                 }
 #pragma unroll
-                for (int j = 0; j < KR; ++j) {
-                    const float kk = sK[(warp * KR + j) * D + d], vv = sV[(warp * KR + j) * D + d];
+            for (int bi = 0; bi < NB; ++bi) {
+                if (!((br >> bi) & 1)) continue;
+#pragma unroll 4
+                for (int d = 0; d < D; ++d) {
+                    float qq[CPL];
 #pragma unroll
-                    for (int c = 0; c < CPL; ++c) {
-                        s[j][c] += kk * qq[c];
-                        dp[j][c] += vv * oo[c];
+                    for (int c = 0; c < CPL; ++c) qq[c] = sQ[bi * BM * QS + (lane + 32 * c) * QS + d];
+#pragma unroll
+                    for (int j = 0; j < KR; ++j) {
+                        const float kk = sK[bi * BN * D + (warp * KR + j) * D + d];
+#pragma unroll
+                        for (int c = 0; c < CPL; ++c) s[bi][j][c] += kk * qq[c];
                     }
+                }
+            }
+#pragma unroll 4
+            for (int d = 0; d < D; ++d) {
+                float oo[CPL];
+#pragma unroll
+                for (int c = 0; c < CPL; ++c) oo[c] = sdO[(lane + 32 * c) * QS + d];
+#pragma unroll
+                for (int j = 0; j < KR; ++j) {
+                    const float vv = sV[(warp * KR + j) * D + d];
+#pragma unroll
+                    for (int c = 0; c < CPL; ++c) dp[j][c] += vv * oo[c];
                 }
             }
             const bool partial = decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL;
@@ -295,44 +408,51 @@ __device__ __forceinline__ void af_bwd_dkdv(const af_fwd_args<T>& a, const af_bw
                     const long long q_pos = m0 + i + shift;
                     bool ok = i < rows_in && tj < cols_in;
                     if (ok && partial) ok = hooks.mask(q_pos, kv_pos);
+                    const int bi = NB > 1 && !((br & 1) && sc.near(q_pos, kv_pos)) ? NB - 1 : 0;
                     float p;
-                    const float ds = af_bwd_entry(ok, s[j][c], dp[j][c], sL[i], sDelta[i], a.scale, q_pos, kv_pos,
-                                                  hooks, grad, p, unused_pgrad);
+                    const float ds = af_bwd_entry(ok, bi == 0 ? s[0][j][c] : s[NB - 1][j][c], dp[j][c], sL[i], sDelta[i],
+                                                  a.scale, q_pos, kv_pos, hooks, grad, p, unused_pgrad);
                     sP[tj * BM + i] = p;
-                    sdS[tj * BM + i] = ds;
+#pragma unroll
+                    for (int bb = 0; bb < NB; ++bb) sdS[bb * BN * BM + tj * BM + i] = bb == bi ? ds : 0.f;
                 }
             }
             __syncwarp();
-            // dV_j += sum_i P_ij dO_i, dK_j += sum_i dS_ij q_i (the warp's own rows of P and dS)
+            // dV_j += sum_i P_ij dO_i, dK_j += sum_i dS_ij q_i per branch (the warp's own rows of P and dS)
 #pragma unroll 2
             for (int i = 0; i < BM; ++i) {
-                float qv[DPL], ov[DPL];
+                float qv[NB][DPL], ov[DPL];
 #pragma unroll
                 for (int t = 0; t < DPL; ++t) {
-                    qv[t] = sQ[i * QS + lane + 32 * t];
                     ov[t] = sdO[i * QS + lane + 32 * t];
+#pragma unroll
+                    for (int bi = 0; bi < NB; ++bi) qv[bi][t] = sQ[bi * BM * QS + i * QS + lane + 32 * t];
                 }
 #pragma unroll
                 for (int j = 0; j < KR; ++j) {
-                    const float pj = sP[(warp * KR + j) * BM + i], dsj = sdS[(warp * KR + j) * BM + i];
+                    const float pj = sP[(warp * KR + j) * BM + i];
 #pragma unroll
-                    for (int t = 0; t < DPL; ++t) {
-                        dv[j][t] += pj * ov[t];
-                        dk[j][t] += dsj * qv[t];
+                    for (int t = 0; t < DPL; ++t) dv[j][t] += pj * ov[t];
+#pragma unroll
+                    for (int bi = 0; bi < NB; ++bi) {
+                        const float dsj = sdS[bi * BN * BM + (warp * KR + j) * BM + i];
+#pragma unroll
+                        for (int t = 0; t < DPL; ++t) dk[j][bi][t] += dsj * qv[bi][t];
                     }
                 }
             }
         }
     }
-    // dK = scale sum_i dS q, dV in the input dtype; keys no query sees get 0
+    // dK = scale sum_i dS q (rotated back per branch), dV, in the input dtype; keys no query sees get 0
 #pragma unroll
     for (int j = 0; j < KR; ++j) {
         const int tj = warp * KR + j;
+        af_bwd_unrotate<DPL, NB>(sc, dk[j], lane, n0 + tj, -1);
         if (tj < cols_in) {
             const long long r = ((long long)b * a.heads_kv + hkv) * a.seq_k + n0 + tj;
 #pragma unroll
             for (int t = 0; t < DPL; ++t) {
-                af_store(g.dk + r * D + lane + 32 * t, dk[j][t] * a.scale);
+                af_store(g.dk + r * D + lane + 32 * t, dk[j][0][t] * a.scale);
                 af_store(g.dv + r * D + lane + 32 * t, dv[j][t]);
             }
         }
@@ -343,42 +463,41 @@ __device__ __forceinline__ void af_bwd_dkdv(const af_fwd_args<T>& a, const af_bw
 // Block: query tile [m0, m0 + BM) of query head h, batch b (the forward's block). Warp w owns
 // rows w ROWS .. w ROWS + ROWS - 1, lane l the key columns l + 32 c of a key tile and the
 // dimensions l + 32 t of dQ.
-template <class Tile, typename T, class Schedule, class BlockHooks, class GradHooks>
+template <class Tile, typename T, class Schedule, class BlockHooks, class GradHooks, class Scoring>
 __device__ __forceinline__ void af_bwd_dq(const af_fwd_args<T>& a, const af_bwd_args<T>& g, const Schedule& schedule,
-                                          const BlockHooks& block_hooks, const GradHooks& grad_hooks) {
+                                          const BlockHooks& block_hooks, const GradHooks& grad_hooks, const Scoring& sc) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, NW = Tile::NW, NT = Tile::NT;
+    constexpr int NB = Scoring::BRANCHES;
     constexpr int ROWS = BM / NW;  // query rows per warp
     constexpr int CPL = BN / 32;   // key columns per lane
     constexpr int DPL = D / 32;    // dQ dimensions per lane
     constexpr int KS = D + 1;      // padded K / V row stride (conflict-free column reads)
-    // [BM][D] Q, [BM][D] dO, [BN][KS] K, [BN][KS] V, [BM][BN] dS, [NW] block sum
+    // [NB][BM][D] Q, [BM][D] dO, [NB][BN][KS] K, [BN][KS] V, [NB][BM][BN] dS, [NW] block sum
+    constexpr int OO = NB * BM * D, OK_ = OO + BM * D, OV = OK_ + NB * BN * KS, OS = OV + BN * KS, OR = OS + NB * BM * BN;
     AF_DYNAMIC_SHARED(float, af_smem);
-    AF_SHARED_VIEW(float, sQ, af_smem, 0, BM * D);
-    AF_SHARED_VIEW(float, sdO, af_smem, BM * D, BM * D);
-    AF_SHARED_VIEW(float, sK, af_smem, 2 * BM * D, BN * KS);
-    AF_SHARED_VIEW(float, sV, af_smem, 2 * BM * D + BN * KS, BN * KS);
-    AF_SHARED_VIEW(float, sdS, af_smem, 2 * BM * D + 2 * BN * KS, BM * BN);
-    AF_SHARED_VIEW(float, sRed, af_smem, 2 * BM * D + 2 * BN * KS + BM * BN, NW);
+    AF_SHARED_VIEW(float, sQ, af_smem, 0, NB * BM * D);
+    AF_SHARED_VIEW(float, sdO, af_smem, OO, BM * D);
+    AF_SHARED_VIEW(float, sK, af_smem, OK_, NB * BN * KS);
+    AF_SHARED_VIEW(float, sV, af_smem, OV, BN * KS);
+    AF_SHARED_VIEW(float, sdS, af_smem, OS, NB * BM * BN);
+    AF_SHARED_VIEW(float, sRed, af_smem, OR, NW);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
     const auto hooks = block_hooks(blk.b, blk.h);
     const auto grad = grad_hooks(blk.b, blk.h);
     const long long rbase = ((long long)blk.b * a.heads_q + blk.h) * a.seq_q;
-    for (int idx = tid; idx < BM * D; idx += NT) {
-        const int r = idx / D, d = idx % D;
-        const long long row = blk.m0 + r;
-        const bool in = row < a.seq_q;
-        sQ[idx] = in ? af_to_float(blk.qb[row * a.q_stride_s + d]) : 0.f;
-        sdO[idx] = in ? af_to_float(g.dout[(rbase + row) * D + d]) : 0.f;
-    }
-    float lse[ROWS], delta[ROWS], acc[ROWS][DPL];
+    af_bwd_load_q<BM, D, D, NT>(sc, sQ, blk.qb, blk.m0, a.seq_q, a.q_stride_s, blk.shift, tid);
+    af_bwd_rows<BM, D, D, NT>(sdO, g.dout + rbase * D, blk.m0, a.seq_q, D, tid);
+    float lse[ROWS], delta[ROWS], acc[ROWS][NB][DPL];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = blk.m0 + warp * ROWS + r;
         lse[r] = row < a.seq_q ? a.lse[rbase + row] : -INFINITY;
         delta[r] = row < a.seq_q ? g.delta[rbase + row] : 0.f;
 #pragma unroll
-        for (int t = 0; t < DPL; ++t) acc[r][t] = 0.f;
+        for (int bi = 0; bi < NB; ++bi)
+#pragma unroll
+            for (int t = 0; t < DPL; ++t) acc[r][bi][t] = 0.f;
     }
     float pgrad = 0.f;  // this thread's share of sum dS' ds'/dtheta
 
@@ -386,75 +505,92 @@ __device__ __forceinline__ void af_bwd_dq(const af_fwd_args<T>& a, const af_bwd_
     long long cur = tiles.first, n0;
     int kind;
     while (tiles.next(cur, n0, kind)) {
+        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
         __syncthreads();  // the previous tile's K, V, dS are consumed (and Q, dO stored)
-        for (int idx = tid; idx < BN * D; idx += NT) {
-            const int j = idx / D, d = idx % D;
-            const long long kv = n0 + j;
-            const bool in = kv < a.seq_k;
-            sK[j * KS + d] = in ? af_to_float(blk.kb[kv * a.k_stride_s + d]) : 0.f;
-            sV[j * KS + d] = in ? af_to_float(blk.vb[kv * a.v_stride_s + d]) : 0.f;
-        }
+        af_bwd_load_k<BN, D, KS, NT>(sc, sK, blk.kb, n0, a.seq_k, a.k_stride_s, tid);
+        af_bwd_rows<BN, D, KS, NT>(sV, blk.vb, n0, a.seq_k, a.v_stride_s, tid);
         __syncthreads();
-        float s[ROWS][CPL], dp[ROWS][CPL];
+        float s[NB][ROWS][CPL], dp[ROWS][CPL];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-            for (int c = 0; c < CPL; ++c) s[r][c] = dp[r][c] = 0.f;
-#pragma unroll 4
-        for (int d = 0; d < D; ++d) {
-            float kk[CPL], vv[CPL];
-#pragma unroll
             for (int c = 0; c < CPL; ++c) {
-                kk[c] = sK[(lane + 32 * c) * KS + d];
-                vv[c] = sV[(lane + 32 * c) * KS + d];
+                dp[r][c] = 0.f;
+#pragma unroll
+                for (int bi = 0; bi < NB; ++bi) s[bi][r][c] = 0.f;
             }
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                const float qv = sQ[(warp * ROWS + r) * D + d], ov = sdO[(warp * ROWS + r) * D + d];
+        for (int bi = 0; bi < NB; ++bi) {
+            if (!((br >> bi) & 1)) continue;
+#pragma unroll 4
+            for (int d = 0; d < D; ++d) {
+                float kk[CPL];
 #pragma unroll
-                for (int c = 0; c < CPL; ++c) {
-                    s[r][c] += qv * kk[c];
-                    dp[r][c] += ov * vv[c];
+                for (int c = 0; c < CPL; ++c) kk[c] = sK[bi * BN * KS + (lane + 32 * c) * KS + d];
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+                    const float qv = sQ[bi * BM * D + (warp * ROWS + r) * D + d];
+#pragma unroll
+                    for (int c = 0; c < CPL; ++c) s[bi][r][c] += qv * kk[c];
                 }
+            }
+        }
+#pragma unroll 4
+        for (int d = 0; d < D; ++d) {
+            float vv[CPL];
+#pragma unroll
+            for (int c = 0; c < CPL; ++c) vv[c] = sV[(lane + 32 * c) * KS + d];
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                const float ov = sdO[(warp * ROWS + r) * D + d];
+#pragma unroll
+                for (int c = 0; c < CPL; ++c) dp[r][c] += ov * vv[c];
             }
         }
         af_bits_t<ROWS * CPL> okb, nearb;
         af_element_bits<BM, BN, ROWS, CPL>(
-            okb, nearb, hooks.mask, af_dot_scoring{}, kind, 1, blk, n0, a.seq_k, [&](int r) { return warp * ROWS + r; },
+            okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k, [&](int r) { return warp * ROWS + r; },
             [&](int c) { return lane + 32 * c; }, [](int r, int c) { return r * CPL + c; });
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             const long long q_pos = blk.m0 + warp * ROWS + r + blk.shift;
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
+                const int bit = r * CPL + c;
                 const long long kv_pos = n0 + lane + 32 * c;
+                const int bi = NB > 1 && !((nearb >> bit) & 1) ? NB - 1 : 0;
                 float p;
-                sdS[(warp * ROWS + r) * BN + lane + 32 * c] =
-                    af_bwd_entry((okb >> (r * CPL + c)) & 1, s[r][c], dp[r][c], lse[r], delta[r], a.scale, q_pos, kv_pos,
-                                 hooks, grad, p, pgrad);
+                const float ds = af_bwd_entry((okb >> bit) & 1, bi == 0 ? s[0][r][c] : s[NB - 1][r][c], dp[r][c], lse[r],
+                                              delta[r], a.scale, q_pos, kv_pos, hooks, grad, p, pgrad);
+#pragma unroll
+                for (int bb = 0; bb < NB; ++bb) sdS[bb * BM * BN + (warp * ROWS + r) * BN + lane + 32 * c] = bb == bi ? ds : 0.f;
             }
         }
         __syncwarp();
-        // dQ_i += sum_j dS_ij k_j (the warp's own rows of dS)
+        // dQ_i += sum_j dS_ij k_j per branch (the warp's own rows of dS)
 #pragma unroll 2
         for (int j = 0; j < BN; ++j) {
-            float kv[DPL];
 #pragma unroll
-            for (int t = 0; t < DPL; ++t) kv[t] = sK[j * KS + lane + 32 * t];
+            for (int bi = 0; bi < NB; ++bi) {
+                float kv[DPL];
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                const float dsj = sdS[(warp * ROWS + r) * BN + j];
+                for (int t = 0; t < DPL; ++t) kv[t] = sK[bi * BN * KS + j * KS + lane + 32 * t];
 #pragma unroll
-                for (int t = 0; t < DPL; ++t) acc[r][t] += dsj * kv[t];
+                for (int r = 0; r < ROWS; ++r) {
+                    const float dsj = sdS[bi * BM * BN + (warp * ROWS + r) * BN + j];
+#pragma unroll
+                    for (int t = 0; t < DPL; ++t) acc[r][bi][t] += dsj * kv[t];
+                }
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = blk.m0 + warp * ROWS + r;
+        af_bwd_unrotate<DPL, NB>(sc, acc[r], lane, row + blk.shift, af_far_position(sc));
         if (row < a.seq_q)
 #pragma unroll
-            for (int t = 0; t < DPL; ++t) af_store(g.dq + (rbase + row) * D + lane + 32 * t, acc[r][t] * a.scale);
+            for (int t = 0; t < DPL; ++t) af_store(g.dq + (rbase + row) * D + lane + 32 * t, acc[r][0][t] * a.scale);
     }
     if (decltype(grad)::has_param && g.dparam != nullptr) {  // uniform over the block
         const float sum = af_block_sum_ordered<NW>(pgrad, sRed, tid);

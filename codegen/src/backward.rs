@@ -20,7 +20,7 @@
 //! let spec = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::Softcap);
 //! let k = emit_backward(&spec, &BackwardTile::default(), Arch::Sm80).unwrap();
 //! assert_eq!(k.dkdv.name, "flash_fwd_causal_softcap_d128_bf16_bwd_dkdv");
-//! assert!(k.dq.source.contains("af_bwd_dq<Tile>(args, grads, schedule, block_hooks, grad_hooks)"));
+//! assert!(k.dq.source.contains("af_bwd_dq<Tile>(args, grads, schedule, block_hooks, grad_hooks, af_dot_scoring{})"));
 //! ```
 
 use std::fmt::Write as _;
@@ -157,22 +157,28 @@ impl BackwardTile {
     pub fn threads(&self) -> usize {
         self.warps * 32
     }
-    /// Dynamic shared memory of the dK/dV kernel (f32 tiles of `cuda/af_bwd.cuh`).
-    pub fn dkdv_smem_bytes(&self, head_dim: usize) -> usize {
-        let (m, n, d) = (self.block_m, self.block_n, head_dim);
-        4 * (2 * n * d + 2 * m * (d + 1) + 2 * n * m + 2 * m)
+    /// Dynamic shared memory of the dK/dV kernel (f32 tiles of `cuda/af_bwd.cuh`) with
+    /// `branches` scoring branches (2 for LM-Infinite: its q and k tiles and dS twice).
+    pub fn dkdv_smem_bytes(&self, head_dim: usize, branches: usize) -> usize {
+        let (m, n, d, nb) = (self.block_m, self.block_n, head_dim, branches);
+        4 * ((nb + 1) * n * d + (nb + 1) * m * (d + 1) + (nb + 1) * n * m + 2 * m)
     }
     /// Dynamic shared memory of the dQ kernel.
-    pub fn dq_smem_bytes(&self, head_dim: usize) -> usize {
-        let (m, n, d) = (self.block_m, self.block_n, head_dim);
-        4 * (2 * m * d + 2 * n * (d + 1) + m * n + self.warps)
+    pub fn dq_smem_bytes(&self, head_dim: usize, branches: usize) -> usize {
+        let (m, n, d, nb) = (self.block_m, self.block_n, head_dim, branches);
+        4 * ((nb + 1) * m * d + (nb + 1) * n * (d + 1) + nb * m * n + self.warps)
     }
     /// `_m<bm>n<bn>w<warps>` (a symbol suffix).
     pub fn suffix(&self) -> String {
         format!("m{}n{}w{}", self.block_m, self.block_n, self.warps)
     }
     /// Checks against the template's assumptions and `arch`'s shared memory.
-    pub fn valid(&self, head_dim: usize, arch: Arch) -> Result<(), Vec<SpecError>> {
+    pub fn valid(
+        &self,
+        head_dim: usize,
+        branches: usize,
+        arch: Arch,
+    ) -> Result<(), Vec<SpecError>> {
         let mut errs = Vec::new();
         let fix = "use block_m, block_n multiples of 32 and of warps, e.g. 32 x 32 with 4 warps";
         for (field, v) in [("block_m", self.block_m), ("block_n", self.block_n)] {
@@ -198,8 +204,8 @@ impl BackwardTile {
             ));
         }
         let smem = self
-            .dkdv_smem_bytes(head_dim)
-            .max(self.dq_smem_bytes(head_dim));
+            .dkdv_smem_bytes(head_dim, branches)
+            .max(self.dq_smem_bytes(head_dim, branches));
         if errs.is_empty() && smem > arch.max_dynamic_smem() {
             errs.push(SpecError::new(
                 "backward_tile",
@@ -218,6 +224,15 @@ impl BackwardTile {
     }
 }
 
+/// Scoring branches of the spec's kernels (LM-Infinite: 2).
+pub fn branches(spec: &KernelSpec) -> usize {
+    if spec.mask.lm_infinite_scoring() {
+        2
+    } else {
+        1
+    }
+}
+
 /// The three backward kernels of a spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackwardKernels {
@@ -233,18 +248,10 @@ pub struct BackwardKernels {
     pub param: Option<ScoreParamKind>,
 }
 
-/// What the backward kernels cover: every static variant but LM-Infinite's two scoring
-/// branches and user score functions (whose derivatives the DSL gives the reference, not
-/// yet the kernels).
+/// What the backward kernels cover: every static variant but user score functions (whose
+/// derivatives the DSL gives the reference, not yet the kernels).
 pub fn backward_supported(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
     let mut errs = crate::check::validate_spec(spec).err().unwrap_or_default();
-    if spec.mask.lm_infinite_scoring() {
-        errs.push(SpecError::new(
-            "mask",
-            "the backward kernels do not cover LM-Infinite's two scoring branches yet",
-            "differentiate it with the reference (attnforge_reference::attention_backward)",
-        ));
-    }
     if let ScoreMod::User(f) = &spec.score {
         errs.push(SpecError::new(
             "score",
@@ -269,7 +276,7 @@ pub fn emit_backward(
     arch: Arch,
 ) -> Result<BackwardKernels, Vec<SpecError>> {
     backward_supported(spec)?;
-    tile.valid(spec.head_dim.get(), arch)?;
+    tile.valid(spec.head_dim.get(), branches(spec), arch)?;
     let b = spec.sparse_block;
     if spec.mask.uses_block_lists() && (b.q % tile.block_m != 0 || b.k % tile.block_n != 0) {
         return Err(vec![SpecError::new(
@@ -382,15 +389,20 @@ fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String 
             query_schedule(&mut o, ir);
             emit::block_hooks(&mut o, ir);
             grad_hooks(&mut o, ir);
-            o.push_str(
-                "    af_bwd_dkdv<Tile>(args, grads, queries, block_hooks, grad_hooks);\n}\n",
-            );
+            o.push_str(&format!(
+                "    af_bwd_dkdv<Tile>(args, grads, queries, block_hooks, grad_hooks, {});\n}}\n",
+                emit::scoring(ir)
+            ));
         }
         Part::Dq => {
             emit::schedule(&mut o, ir);
             emit::block_hooks(&mut o, ir);
             grad_hooks(&mut o, ir);
-            o.push_str("    af_bwd_dq<Tile>(args, grads, schedule, block_hooks, grad_hooks);\n}\n");
+            let _ = writeln!(
+                o,
+                "    af_bwd_dq<Tile>(args, grads, schedule, block_hooks, grad_hooks, {});\n}}",
+                emit::scoring(ir)
+            );
         }
     }
     o

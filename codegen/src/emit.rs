@@ -250,13 +250,7 @@ fn kernel(o: &mut String, ir: &KernelIr) {
     core_args(o, ir);
     schedule(o, ir);
     block_hooks(o, ir);
-    let scoring = match ir.scoring {
-        Scoring::Dot => "af_dot_scoring{}".to_string(),
-        Scoring::LmInfinite => {
-            "af_lminf_scoring(global_tokens, local_window, dist_limit, rope_theta, seq_k)"
-                .to_string()
-        }
-    };
+    let scoring = scoring(ir);
     let mainloop = match ir.mainloop {
         Mainloop::Fma => "af_fwd_fma",
         Mainloop::TensorCore => "af_fwd_tc",
@@ -266,6 +260,16 @@ fn kernel(o: &mut String, ir: &KernelIr) {
         o,
         "    {mainloop}<Tile>(args, schedule, block_hooks, {scoring});\n}}"
     );
+}
+
+/// The scoring policy object of the kernel (C++ expression).
+pub(crate) fn scoring(ir: &KernelIr) -> &'static str {
+    match ir.scoring {
+        Scoring::Dot => "af_dot_scoring{}",
+        Scoring::LmInfinite => {
+            "af_lminf_scoring(global_tokens, local_window, dist_limit, rope_theta, seq_k)"
+        }
+    }
 }
 
 /// `a, b, c` broken into lines of at most 100 columns (the first line starts at column

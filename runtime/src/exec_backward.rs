@@ -10,7 +10,7 @@
 
 use attnforge_codegen::args::BlockListPart;
 use attnforge_codegen::backward::{
-    backward_supported, emit_backward, grad_args, BackwardKernels, BackwardTile, GradArg,
+    backward_supported, branches, emit_backward, grad_args, BackwardKernels, BackwardTile, GradArg,
     DELTA_WARPS,
 };
 use attnforge_codegen::blocks::BlockLists;
@@ -119,13 +119,13 @@ pub fn simulate_backward<T: Element + SimElem>(
             &kernels.dkdv,
             [d.seq_k.div_ceil(bwd_tile.block_n), d.heads_kv, d.batch],
             bwd_tile.threads(),
-            bwd_tile.dkdv_smem_bytes(dim),
+            bwd_tile.dkdv_smem_bytes(dim, branches(spec)),
         ),
         (
             &kernels.dq,
             [d.seq_q.div_ceil(bwd_tile.block_m), d.heads_q, d.batch],
             bwd_tile.threads(),
-            bwd_tile.dq_smem_bytes(dim),
+            bwd_tile.dq_smem_bytes(dim, branches(spec)),
         ),
     ];
     for (k, grid, threads, smem) in launches {
@@ -357,6 +357,20 @@ pub fn reference_backward<T: Element>(
         precision,
     };
     let dlse: Option<Vec<f64>> = up.dlse.map(|l| l.iter().map(|&v| f64::from(v)).collect());
+    if spec.mask.lm_infinite_scoring() {
+        let lm =
+            reference::LmInfiniteParams::from_values(&crate::exec::named_values(spec, &r.mask));
+        let variant = BackwardVariant::LmInfinite(&lm);
+        return Ok(attention_backward(
+            &x.q,
+            &x.k,
+            &x.v,
+            up.dout,
+            dlse.as_deref(),
+            &variant,
+            &opts,
+        )?);
+    }
     let rl = match &r.lists {
         Some(l) => Some(crate::exec::reference_lists(spec, l, r.dims)?),
         None => None,

@@ -324,13 +324,13 @@ pub(crate) fn backward<T: Element>(
             &bwd.dkdv,
             [d.seq_k.div_ceil(bt.block_n), d.heads_kv, d.batch],
             bt.threads(),
-            bt.dkdv_smem_bytes(dim),
+            bt.dkdv_smem_bytes(dim, attnforge_codegen::backward::branches(spec)),
         ),
         (
             &bwd.dq,
             [d.seq_q.div_ceil(bt.block_m), d.heads_q, d.batch],
             bt.threads(),
-            bt.dq_smem_bytes(dim),
+            bt.dq_smem_bytes(dim, attnforge_codegen::backward::branches(spec)),
         ),
     ];
     let mut kernels = Vec::new();

@@ -94,6 +94,11 @@ fn params(spec: &KernelSpec, hq: usize, sq: usize, sk: usize) -> RunParams {
             .with("local_window", 17),
         Mask::ChunkedCausal => MaskParams::new().with("chunk_size", 27),
         Mask::DilatedCausal => MaskParams::new().with("window", 40).with("dilation", 3),
+        Mask::LmInfinite => MaskParams::new()
+            .with("global_tokens", 3)
+            .with("local_window", 17)
+            .with("dist_limit", 40)
+            .with("rope_theta", 500.0),
         _ => MaskParams::None,
     };
     let mut p = RunParams {
@@ -393,7 +398,34 @@ fn bad_upstream_gradients_name_the_field() {
     inf[5] = f32::INFINITY;
     let e = run(&dout, Some(&inf));
     assert!(e.starts_with("input `dlse`: inf at flat index 5"), "{e}");
-    let lm = KernelSpec::new(DType::Bf16, HeadDim::D64, Mask::LmInfinite, ScoreMod::None);
-    let e = attnforge_runtime::codegen::backward::backward_supported(&lm).unwrap_err();
-    assert_eq!(e[0].path, "mask");
+    let user = catalog()
+        .into_iter()
+        .find(|s| matches!(s.score, ScoreMod::User(_)))
+        .unwrap();
+    let e = attnforge_runtime::codegen::backward::backward_supported(&user).unwrap_err();
+    assert_eq!(e[0].path, "score");
+}
+
+/// LM-Infinite: gradients through both branches' rotations (near: q and k at their positions;
+/// far: q at Deff, k un-rotated), every dtype, d 64 and 128, with tiles that take one branch,
+/// the other, and both (global tokens 3, window 17, Deff 40 < Sk - 1).
+#[test]
+fn lm_infinite_both_branches() {
+    for (dtype, d, sigma) in [
+        (DType::F32, HeadDim::D64, 1.0),
+        (DType::F16, HeadDim::D128, 1.0),
+        (DType::Bf16, HeadDim::D64, 2.0),
+    ] {
+        let spec = KernelSpec::new(dtype, d, Mask::LmInfinite, ScoreMod::None).with_gqa();
+        let c = Case {
+            batch: 1,
+            hq: 4,
+            hkv: 2,
+            sq: 70,
+            sk: 133,
+            sigma,
+            dlse: true,
+        };
+        run_any(&spec, c, &params(&spec, c.hq, c.sq, c.sk), 31).unwrap();
+    }
 }

@@ -6,9 +6,11 @@
 # (c) forward TFLOP/s of our kernels vs PyTorch SDPA and FlexAttention, (c2) the sm_90a
 # warpgroup-MMA kernels next to the default tile and SDPA, (d) the autotuner measuring
 # candidates with CUDA events (criterion) on a few kernels.
-# PARTS selects and orders the parts (default: all, "h b b2 c c2 d"); each is time-boxed
-# (40 + 200 + 120 + 170 + 100 + 110 s): pick a subset that fits the device tool's 10 minutes
-# per command, e.g. PARTS="h b c2 d" (about 7.5 minutes at most).
+# (bw) the backward kernels against the reference and timed, (b3) `attnforge check --backward
+# --all --backend cuda`.
+# PARTS selects and orders the parts (default: "h b b2 c c2 d"; bw and b3 on request); each is
+# time-boxed (40 + 200 + 120 + 170 + 100 + 110 s; bw 90, b3 150): pick a subset that fits the
+# device tool's 10 minutes per command, e.g. PARTS="h b c2 d" (about 7.5 minutes at most).
 # Results: docs/gpu-results/<date>-<device>.md, copied to $OUT (the device tool brings $OUT
 # back) with the tuner's reports as one archive.
 set -uo pipefail
@@ -55,6 +57,8 @@ for p in $parts; do
     h) part "(h) Hopper helpers vs the hardware" 40 python3 "$out/hopper_check.py" "$out/kernels" ;;
     b) part "(b) property tests on exec::Backend::Cuda(0)" 200 "$out/bin/gpu_tests" --nocapture --test-threads=5 ;;
     b2) part "(b2) attnforge check --all --backend cuda" 120 "$out/bin/attnforge" check --all --backend cuda ;;
+    bw) part "(bw) backward kernels: gpu_backward (vs the reference, then timed)" 90 "$out/bin/gpu_tests" gpu_backward --nocapture ;;
+    b3) part "(b3) attnforge check --backward --all --backend cuda" 150 "$out/bin/attnforge" check --backward --all --backend cuda ;;
     c) part "(a) mma layout and (c) TFLOP/s" 170 python3 "$out/bench.py" --kernels "$out/kernels" --budget-s 120 ;;
     c2) part "(c2) warpgroup-MMA (sm_90a) kernels" 100 python3 "$out/bench.py" --wgmma-only --kernels "$out/kernels" ;;
     d)
@@ -66,7 +70,7 @@ for p in $parts; do
       tar -czf "$back/tune-reports.tar.gz" -C "$tune_dir" . 2>/dev/null
       cp "$res" "$back/gpu-results.md"
       ;;
-    *) echo "unknown part $p (parts: h b b2 c c2 d)" | tee -a "$res" ;;
+    *) echo "unknown part $p (parts: h b b2 bw b3 c c2 d)" | tee -a "$res" ;;
   esac
 done
 echo "results: $res (and $back/gpu-results.md)"

@@ -45,24 +45,62 @@ struct af_bwd_args {
 };
 
 // ---- grad hooks ----
+// PARAMS: how the learnable parameters' gradient accumulates: none; one scalar per thread
+// (built-in softcap / ALiBi: `d_param`); or a per-thread row of the learnable vector theta in
+// shared memory (user score functions: `add_params(row, dsp, x, q_pos, kv_pos)` adds
+// dS' ds'/dtheta[e] to row[e] for every element e the entry depends on; `theta_len` elements).
+#define AF_PARAMS_NONE 0
+#define AF_PARAMS_SCALAR 1
+#define AF_PARAMS_ROWS 2
+
 struct af_no_score_grad {
-    static constexpr bool has_param = false;
+    static constexpr int PARAMS = AF_PARAMS_NONE;
+    int theta_len = 0;
     __device__ __forceinline__ float d_score(float, long long, long long) const { return 1.f; }
     __device__ __forceinline__ float d_param(float, long long, long long) const { return 0.f; }
+    __device__ __forceinline__ void add_params(float*, float, float, long long, long long) const {}
 };
 
 template <class DScore, class DParam>
 struct af_score_grad_fns {
-    static constexpr bool has_param = true;
+    static constexpr int PARAMS = AF_PARAMS_SCALAR;
     DScore ds;  // (x, q_pos, kv_pos) -> ds'/ds
     DParam dp;  // (x, q_pos, kv_pos) -> ds'/dtheta
+    int theta_len = 0;
     __device__ __forceinline__ float d_score(float x, long long q, long long kv) const { return ds(x, q, kv); }
     __device__ __forceinline__ float d_param(float x, long long q, long long kv) const { return dp(x, q, kv); }
+    __device__ __forceinline__ void add_params(float*, float, float, long long, long long) const {}
 };
 
 template <class DScore, class DParam>
 __device__ __forceinline__ af_score_grad_fns<DScore, DParam> af_score_grad(DScore ds, DParam dp) {
     return {ds, dp};
+}
+
+template <class DScore, class AddParams>
+struct af_user_score_grad_fns {
+    static constexpr int PARAMS = AF_PARAMS_ROWS;
+    DScore ds;       // (x, q_pos, kv_pos) -> ds'/ds
+    AddParams add;   // (row, dS', x, q_pos, kv_pos): row[e] += dS' ds'/dtheta[e]
+    int theta_len;   // elements of the learnable vector
+    __device__ __forceinline__ float d_score(float x, long long q, long long kv) const { return ds(x, q, kv); }
+    __device__ __forceinline__ float d_param(float, long long, long long) const { return 0.f; }
+    __device__ __forceinline__ void add_params(float* row, float dsp, float x, long long q, long long kv) const {
+        add(row, dsp, x, q, kv);
+    }
+};
+
+template <class DScore, class AddParams>
+__device__ __forceinline__ af_user_score_grad_fns<DScore, AddParams> af_user_score_grad(DScore ds, AddParams add,
+                                                                                       int theta_len) {
+    return {ds, add, theta_len};
+}
+
+// row[off[k] + i] += v for parameter k of a user function (theta offsets per parameter, in
+// declaration order, and one past the last): a scalar has i = 0; a table index outside the
+// table adds nothing (its forward read was out of bounds too: the host checks tables).
+__device__ __forceinline__ void af_theta_add(float* row, const int* off, int k, long long i, float v) {
+    if (i >= 0 && i < (long long)(off[k + 1] - off[k])) row[off[k] + i] += v;
 }
 
 // softcap s' = c tanh(s / c): ds'/ds = 1 - tanh^2(s / c), ds'/dc = tanh(s / c) - (s / c)(1 - tanh^2)
@@ -152,19 +190,20 @@ struct af_block_list_queries {
 
 // ---- shared steps ----
 // The score of one allowed entry and its gradients: P = exp(s' - lse), dS' = P (dP - Delta),
-// dS = dS' ds'/ds; `pgrad` accumulates dS' ds'/dtheta. Disallowed entries (and empty rows,
-// lse = -inf) give 0 and never NaN.
-template <class Hooks, class Grad>
+// dS = dS' ds'/ds; with PARAMS, dS' ds'/dtheta goes to `pgrad` (scalar) or `prow` (rows).
+// Disallowed entries (and empty rows, lse = -inf) give 0 and never NaN.
+template <bool PARAMS, class Hooks, class Grad>
 __device__ __forceinline__ float af_bwd_entry(bool ok, float s, float dp, float lse, float delta, float scale,
                                               long long q_pos, long long kv_pos, const Hooks& hooks, const Grad& grad,
-                                              float& p_out, float& pgrad) {
+                                              float& p_out, float& pgrad, float* prow) {
     p_out = 0.f;
     if (!ok || lse == -INFINITY) return 0.f;
     const float x = s * scale;
     const float p = expf(hooks.score(x, q_pos, kv_pos) - lse);
     const float dsp = p * (dp - delta);
     p_out = p;
-    if (Grad::has_param) pgrad += dsp * grad.d_param(x, q_pos, kv_pos);
+    if (PARAMS && Grad::PARAMS == AF_PARAMS_SCALAR) pgrad += dsp * grad.d_param(x, q_pos, kv_pos);
+    if (PARAMS && Grad::PARAMS == AF_PARAMS_ROWS) grad.add_params(prow, dsp, x, q_pos, kv_pos);
     return dsp * grad.d_score(x, q_pos, kv_pos);
 }
 
@@ -410,8 +449,9 @@ __device__ __forceinline__ void af_bwd_dkdv(const af_fwd_args<T>& a, const af_bw
                     if (ok && partial) ok = hooks.mask(q_pos, kv_pos);
                     const int bi = NB > 1 && !((br & 1) && sc.near(q_pos, kv_pos)) ? NB - 1 : 0;
                     float p;
-                    const float ds = af_bwd_entry(ok, bi == 0 ? s[0][j][c] : s[NB - 1][j][c], dp[j][c], sL[i], sDelta[i],
-                                                  a.scale, q_pos, kv_pos, hooks, grad, p, unused_pgrad);
+                    const float ds = af_bwd_entry<false>(ok, bi == 0 ? s[0][j][c] : s[NB - 1][j][c], dp[j][c], sL[i],
+                                                         sDelta[i], a.scale, q_pos, kv_pos, hooks, grad, p, unused_pgrad,
+                                                         nullptr);
                     sP[tj * BM + i] = p;
 #pragma unroll
                     for (int bb = 0; bb < NB; ++bb) sdS[bb * BN * BM + tj * BM + i] = bb == bi ? ds : 0.f;
@@ -472,7 +512,8 @@ __device__ __forceinline__ void af_bwd_dq(const af_fwd_args<T>& a, const af_bwd_
     constexpr int CPL = BN / 32;   // key columns per lane
     constexpr int DPL = D / 32;    // dQ dimensions per lane
     constexpr int KS = D + 1;      // padded K / V row stride (conflict-free column reads)
-    // [NB][BM][D] Q, [BM][D] dO, [NB][BN][KS] K, [BN][KS] V, [NB][BM][BN] dS, [NW] block sum
+    // [NB][BM][D] Q, [BM][D] dO, [NB][BN][KS] K, [BN][KS] V, [NB][BM][BN] dS, [NW] block sum,
+    // [NT][theta_len] parameter-gradient rows (user score functions)
     constexpr int OO = NB * BM * D, OK_ = OO + BM * D, OV = OK_ + NB * BN * KS, OS = OV + BN * KS, OR = OS + NB * BM * BN;
     AF_DYNAMIC_SHARED(float, af_smem);
     AF_SHARED_VIEW(float, sQ, af_smem, 0, NB * BM * D);
@@ -485,6 +526,11 @@ __device__ __forceinline__ void af_bwd_dq(const af_fwd_args<T>& a, const af_bwd_
     const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
     const auto hooks = block_hooks(blk.b, blk.h);
     const auto grad = grad_hooks(blk.b, blk.h);
+    using Grad = decltype(grad);
+    const int theta_len = Grad::PARAMS == AF_PARAMS_ROWS ? grad.theta_len : 0;
+    AF_SHARED_VIEW(float, sTheta, af_smem, OR + NW, NT * theta_len);
+    float* prow = sTheta + tid * theta_len;  // this thread's row: only it writes there until the end
+    for (int e = 0; e < theta_len; ++e) prow[e] = 0.f;
     const long long rbase = ((long long)blk.b * a.heads_q + blk.h) * a.seq_q;
     af_bwd_load_q<BM, D, D, NT>(sc, sQ, blk.qb, blk.m0, a.seq_q, a.q_stride_s, blk.shift, tid);
     af_bwd_rows<BM, D, D, NT>(sdO, g.dout + rbase * D, blk.m0, a.seq_q, D, tid);
@@ -560,8 +606,8 @@ __device__ __forceinline__ void af_bwd_dq(const af_fwd_args<T>& a, const af_bwd_
                 const long long kv_pos = n0 + lane + 32 * c;
                 const int bi = NB > 1 && !((nearb >> bit) & 1) ? NB - 1 : 0;
                 float p;
-                const float ds = af_bwd_entry((okb >> bit) & 1, bi == 0 ? s[0][r][c] : s[NB - 1][r][c], dp[r][c], lse[r],
-                                              delta[r], a.scale, q_pos, kv_pos, hooks, grad, p, pgrad);
+                const float ds = af_bwd_entry<true>((okb >> bit) & 1, bi == 0 ? s[0][r][c] : s[NB - 1][r][c], dp[r][c],
+                                                    lse[r], delta[r], a.scale, q_pos, kv_pos, hooks, grad, p, pgrad, prow);
 #pragma unroll
                 for (int bb = 0; bb < NB; ++bb) sdS[bb * BM * BN + (warp * ROWS + r) * BN + lane + 32 * c] = bb == bi ? ds : 0.f;
             }
@@ -592,8 +638,17 @@ __device__ __forceinline__ void af_bwd_dq(const af_fwd_args<T>& a, const af_bwd_
 #pragma unroll
             for (int t = 0; t < DPL; ++t) af_store(g.dq + (rbase + row) * D + lane + 32 * t, acc[r][0][t] * a.scale);
     }
-    if (decltype(grad)::has_param && g.dparam != nullptr) {  // uniform over the block
+    const long long block = ((long long)blk.b * a.heads_q + blk.h) * gridDim.x + blockIdx.x;
+    if (Grad::PARAMS == AF_PARAMS_SCALAR && g.dparam != nullptr) {  // uniform over the block
         const float sum = af_block_sum_ordered<NW>(pgrad, sRed, tid);
-        if (tid == 0) g.dparam[((long long)blk.b * a.heads_q + blk.h) * gridDim.x + blockIdx.x] = sum;
+        if (tid == 0) g.dparam[block] = sum;
+    }
+    if (Grad::PARAMS == AF_PARAMS_ROWS && g.dparam != nullptr) {
+        __syncthreads();  // every row is final
+        for (int e = tid; e < theta_len; e += NT) {
+            float sum = 0.f;
+            for (int t = 0; t < NT; ++t) sum += sTheta[t * theta_len + e];  // threads in order: deterministic
+            g.dparam[block * theta_len + e] = sum;
+        }
     }
 }

@@ -32,7 +32,7 @@ use crate::check::SpecError;
 use crate::emit::{self, EmittedKernel};
 use crate::ir::{KernelIr, TileSchedule};
 use crate::scores::ScoreParamKind;
-use crate::spec::{DType, KernelSpec, Mask, ScoreMod};
+use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
 use crate::tile::{Arch, TileConfig};
 
 /// The backward template (`cuda/af_bwd.cuh`).
@@ -57,6 +57,12 @@ pub enum GradArg {
     /// Partial gradients of the score parameter, one per dQ block `[B, Hq, ceil(Sq / block_m)]`
     /// f32, or null when the score modification has no learnable parameter.
     DParam,
+    /// Offsets of a user score function's parameters in the learnable vector theta
+    /// (`const int*`, one per parameter in declaration order and one past the last; only
+    /// `f32` scalars (1) and `&[f32]` tables (their length) occupy elements).
+    ThetaOffsets,
+    /// Elements of theta (`int`).
+    ThetaLen,
     /// A part of the transposed block lists ([`BlockLists::transposed`](crate::blocks::BlockLists::transposed);
     /// list-driven masks only), named `t` + the forward's name (`tblk_full_num`, ...).
     Transposed(BlockListPart),
@@ -85,6 +91,8 @@ impl GradArg {
             GradArg::DK => "dk".into(),
             GradArg::DV => "dv".into(),
             GradArg::DParam => "dparam".into(),
+            GradArg::ThetaOffsets => "theta_offsets".into(),
+            GradArg::ThetaLen => "theta_len".into(),
             GradArg::Transposed(part) => format!("t{}", BLOCK_LIST_ARGS[part as usize]),
         }
     }
@@ -96,10 +104,20 @@ impl GradArg {
             GradArg::DLse => (Elem::F32, false),
             GradArg::Delta | GradArg::DParam => (Elem::F32, true),
             GradArg::DQ | GradArg::DK | GradArg::DV => (t, true),
+            GradArg::ThetaOffsets => (Elem::I32, false),
             GradArg::Transposed(part) if part.is_count() => return ArgKind::Scalar(Scalar::I32),
+            GradArg::ThetaLen => return ArgKind::Scalar(Scalar::I32),
             GradArg::Transposed(_) => (Elem::I32, false),
         };
         ArgKind::Ptr { elem, mutable }
+    }
+}
+
+/// The derivatives of the spec's user score function, if it has one with them.
+pub fn user_grad(spec: &KernelSpec) -> Option<&crate::spec::UserScoreGrad> {
+    match &spec.score {
+        ScoreMod::User(f) => f.grad.as_ref(),
+        _ => None,
     }
 }
 
@@ -109,8 +127,10 @@ pub fn grad_args(spec: &KernelSpec) -> Vec<(GradArg, KernelArg)> {
         .mask
         .uses_block_lists()
         .then_some(BlockListPart::ALL.map(GradArg::Transposed));
+    let theta = user_grad(spec).map(|_| [GradArg::ThetaOffsets, GradArg::ThetaLen]);
     GRAD_ARGS
         .into_iter()
+        .chain(theta.into_iter().flatten())
         .chain(lists.into_iter().flatten())
         .map(|g| {
             (
@@ -244,23 +264,34 @@ pub struct BackwardKernels {
     pub dq: EmittedKernel,
     /// The tile all three were emitted for.
     pub tile: BackwardTile,
-    /// How the score parameter's gradient is laid out, when there is one to learn.
-    pub param: Option<ScoreParamKind>,
+    /// How the score parameters' gradient is laid out, when there is one to learn.
+    pub param: Option<ParamGradLayout>,
 }
 
-/// What the backward kernels cover: every static variant but user score functions (whose
-/// derivatives the DSL gives the reference, not yet the kernels).
+/// What the dQ kernel writes per block into `dparam`, and what the host sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamGradLayout {
+    /// One value per block (softcap's cap).
+    Scalar,
+    /// One value per block, the block's query head's parameter (ALiBi slopes).
+    PerHead,
+    /// `theta_len` values per block: the learnable vector of a user score function (its `f32`
+    /// parameters and `&[f32]` table elements, in declaration order).
+    Learnable,
+}
+
+/// What the backward kernels cover: every static variant; a user score function needs its
+/// derivatives ([`crate::spec::UserFunction::grad`]).
 pub fn backward_supported(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
     let mut errs = crate::check::validate_spec(spec).err().unwrap_or_default();
     if let ScoreMod::User(f) = &spec.score {
-        errs.push(SpecError::new(
-            "score",
-            format!(
-                "the backward kernels do not take user score functions (`{}`) yet",
-                f.name
-            ),
-            "use a built-in score modification, or the reference's backward with the DSL's derivatives",
-        ));
+        if f.grad.is_none() {
+            errs.push(SpecError::new(
+                "score.grad",
+                format!("the score function `{}` has no derivatives", f.name),
+                "declare it with #[attnforge::score(backward)] (the DSL derives them) or give `grad`",
+            ));
+        }
     }
     if errs.is_empty() {
         Ok(())
@@ -300,12 +331,21 @@ pub fn emit_backward(
             name,
         }
     };
-    let param = spec
-        .score
-        .def()
-        .and_then(|d| d.param)
-        .map(|p| p.kind)
-        .filter(|_| spec.score.def().is_some_and(|d| d.grad.is_some()));
+    let param = match &spec.score {
+        ScoreMod::User(f) => f
+            .params
+            .iter()
+            .any(|p| matches!(p.kind, UserParamKind::F32 | UserParamKind::ArrayF32))
+            .then_some(ParamGradLayout::Learnable),
+        s => s
+            .def()
+            .filter(|d| d.grad.is_some())
+            .and_then(|d| d.param)
+            .map(|p| match p.kind {
+                ScoreParamKind::Scalar => ParamGradLayout::Scalar,
+                ScoreParamKind::PerHead => ParamGradLayout::PerHead,
+            }),
+    };
     Ok(BackwardKernels {
         delta: kernel(Part::Delta),
         dkdv: kernel(Part::DkDv),
@@ -349,7 +389,13 @@ fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String 
     files.retain(|(f, _)| *f != "af_fwd_fma.cuh");
     files.push(("af_bwd.cuh", BWD_CUH));
     emit::paste_files(&mut o, &files);
-    emit::device_fns(&mut o, ir);
+    let mut ir_fns = ir.clone();
+    if let Some(g) = user_grad(&ir.spec) {
+        ir_fns.device_fns.push(crate::ir::DeviceFn {
+            text: g.cuda.clone(),
+        });
+    }
+    emit::device_fns(&mut o, &ir_fns);
     let threads = match part {
         Part::Delta => DELTA_WARPS * 32,
         _ => tile.threads(),
@@ -449,6 +495,12 @@ fn query_schedule(o: &mut String, ir: &KernelIr) {
 
 /// The score modification's derivatives: `ds'/ds` and `ds'/dtheta` (table entries).
 fn grad_hooks(o: &mut String, ir: &KernelIr) {
+    if let ScoreMod::User(f) = &ir.spec.score {
+        if let Some(g) = &f.grad {
+            user_grad_hooks(o, f, g);
+            return;
+        }
+    }
     let grad = ir.spec.score.def().and_then(|d| d.grad);
     let body = match grad {
         Some(g) => format!(
@@ -462,5 +514,34 @@ fn grad_hooks(o: &mut String, ir: &KernelIr) {
         o,
         "    // per query head: ds'/ds and ds'/dtheta of the score modification\n    \
          const auto grad_hooks = [=](int b, int h) {{ return {body}; }};"
+    );
+}
+
+/// A user score function's derivatives: `ds'/ds`, and every reference to a learnable
+/// parameter adding `dS' ds'/dtheta` to the thread's theta row.
+fn user_grad_hooks(o: &mut String, f: &crate::spec::UserFunction, g: &crate::spec::UserScoreGrad) {
+    use crate::ir::user_call_as;
+    let mut adds = String::new();
+    for p in &g.params {
+        let index = match &p.index {
+            Some(i) => user_call_as(i, f, "us", "x, "),
+            None => "0".to_string(),
+        };
+        let _ = write!(
+            adds,
+            "\n            af_theta_add(row, theta_offsets, {}, {index}, dsp * {});",
+            p.param,
+            user_call_as(&p.partial, f, "us", "x, ")
+        );
+    }
+    let _ = writeln!(
+        o,
+        "    // per query head: ds'/ds and dS' ds'/dtheta into the thread's row of the learnable vector\n    \
+         const auto grad_hooks = [=](int b, int h) {{\n        \
+         return af_user_score_grad(\n            \
+         [=](float x, long long q_pos, long long kv_pos) {{ return {}; }},\n            \
+         [=](float* row, float dsp, float x, long long q_pos, long long kv_pos) {{{adds}\n            }},\n            \
+         theta_len);\n    }};",
+        user_call_as(&g.d_score, f, "us", "x, ")
     );
 }

@@ -7,7 +7,8 @@
 //! ```
 
 use crate::spec::{
-    DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamKind, UserSource,
+    DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserParam, UserParamGrad,
+    UserParamKind, UserScoreGrad, UserSource,
 };
 
 /// Example user predicate: causal, dilated by `stride` (keys at distance multiple of it).
@@ -21,6 +22,7 @@ pub fn example_mask_fn() -> UserFunction {
             name: "stride".into(),
             kind: UserParamKind::I32,
         }],
+        grad: None,
     }
 }
 
@@ -35,6 +37,43 @@ pub fn example_score_fn() -> UserFunction {
         params: vec![
             UserParam { name: "bias".into(), kind: UserParamKind::ArrayF32 },
             UserParam { name: "decay".into(), kind: UserParamKind::F32 },
+        ],
+        grad: Some(example_score_grad()),
+    }
+}
+
+/// The derivatives of [`example_score_fn`], written by hand in the form the DSL's
+/// `#[score(backward)]` emits: `ds'/ds = 1`, `ds'/dbias[h] = 1` (index `h`),
+/// `ds'/ddecay = -|q_pos - kv_pos|`.
+pub fn example_score_grad() -> UserScoreGrad {
+    const SIG: &str = "(float score, int b, int h, long long q_pos, long long kv_pos, const float* bias, float decay)";
+    let f = |ret: &str, name: &str, body: &str| {
+        format!("__device__ __forceinline__ {ret} {name}{SIG} {{ {body} }}\n")
+    };
+    UserScoreGrad {
+        cuda: [
+            f("float", "headbias_grad_score", "return 1.f;"),
+            f("float", "headbias_grad_bias_0", "return 1.f;"),
+            f("long long", "headbias_grad_bias_0_index", "return h;"),
+            f(
+                "float",
+                "headbias_grad_decay",
+                "return -(float)(q_pos > kv_pos ? q_pos - kv_pos : kv_pos - q_pos);",
+            ),
+        ]
+        .concat(),
+        d_score: "headbias_grad_score".into(),
+        params: vec![
+            UserParamGrad {
+                param: 0,
+                partial: "headbias_grad_bias_0".into(),
+                index: Some("headbias_grad_bias_0_index".into()),
+            },
+            UserParamGrad {
+                param: 1,
+                partial: "headbias_grad_decay".into(),
+                index: None,
+            },
         ],
     }
 }

@@ -128,7 +128,13 @@ fn user_fn_text(f: &UserFunction, is_score: bool) -> String {
 pub const USER_NAMESPACE: &str = "afu";
 
 fn user_call(f: &UserFunction, prefix: &str, lead: &str) -> String {
-    let mut s = format!("{USER_NAMESPACE}::{}({lead}b, h, q_pos, kv_pos", f.name);
+    user_call_as(&f.name, f, prefix, lead)
+}
+
+/// A call of device function `name` (in `afu`) with `f`'s signature: the derivatives of a
+/// score function take its arguments.
+pub(crate) fn user_call_as(name: &str, f: &UserFunction, prefix: &str, lead: &str) -> String {
+    let mut s = format!("{USER_NAMESPACE}::{name}({lead}b, h, q_pos, kv_pos");
     for p in &f.params {
         let a = user_arg_name(prefix, &p.name);
         let e = match p.kind {

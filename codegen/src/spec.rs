@@ -157,6 +157,38 @@ pub struct UserFunction {
     /// Runtime parameters (kernel arguments).
     #[serde(default)]
     pub params: Vec<UserParam>,
+    /// A score function's derivatives for the backward kernels (`None`: no backward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad: Option<UserScoreGrad>,
+}
+
+/// The derivatives of a user score function as CUDA device functions, each with the score
+/// function's own signature (what `#[attnforge::score(backward)]` emits as `BACKWARD_CUDA`,
+/// or written by hand): `ds'/ds` and, per reference to a learnable float parameter,
+/// `ds'/dparam` (scalars) or `ds'/dparam[i]` with the index `i` it reads (tables).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserScoreGrad {
+    /// The device functions' text (pasted next to the score function).
+    pub cuda: String,
+    /// Name of `ds'/ds`.
+    pub d_score: String,
+    /// One entry per reference to a learnable parameter.
+    #[serde(default)]
+    pub params: Vec<UserParamGrad>,
+}
+
+/// The derivative of a score function in one reference to a learnable parameter.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserParamGrad {
+    /// Index into [`UserFunction::params`] (an `f32` or `&[f32]` parameter).
+    pub param: usize,
+    /// Name of the device function `ds'/dparam` (or `ds'/dparam[i]`).
+    pub partial: String,
+    /// For a table: name of the `long long` device function giving the index `i` read.
+    #[serde(default)]
+    pub index: Option<String>,
 }
 
 /// Block size of runtime block lists (FlexAttention `BLOCK_SIZE`): query rows x key columns.

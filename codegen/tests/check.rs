@@ -13,6 +13,7 @@ fn user(name: &str, body: &str, params: &[(&str, UserParamKind)]) -> UserFunctio
                 kind: *k,
             })
             .collect(),
+        grad: None,
     }
 }
 

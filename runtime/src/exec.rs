@@ -82,6 +82,10 @@ pub struct RunParams {
     pub host_mask: Option<HostMaskFn>,
     /// Rust twin of the spec's user score function (needed by the reference).
     pub host_score: Option<HostScoreFn>,
+    /// The user score function with its derivatives, for the reference backward
+    /// (`#[attnforge::score(backward)]`'s `host_score_diff(&params)`); its learnable vector
+    /// must hold the same values as `user`.
+    pub host_score_diff: Option<reference::DiffScoreFn>,
 }
 
 impl std::fmt::Debug for RunParams {
@@ -96,6 +100,7 @@ impl std::fmt::Debug for RunParams {
             .field("user", &self.user)
             .field("host_mask", &self.host_mask.is_some())
             .field("host_score", &self.host_score.is_some())
+            .field("host_score_diff", &self.host_score_diff.is_some())
             .finish()
     }
 }

@@ -11,10 +11,10 @@
 use attnforge_codegen::args::BlockListPart;
 use attnforge_codegen::backward::{
     backward_supported, branches, emit_backward, grad_args, BackwardKernels, BackwardTile, GradArg,
-    DELTA_WARPS,
+    ParamGradLayout, DELTA_WARPS,
 };
 use attnforge_codegen::blocks::BlockLists;
-use attnforge_codegen::scores::ScoreParamKind;
+use attnforge_codegen::spec::{ScoreMod, UserParamKind};
 use attnforge_codegen::tile::{Arch, TileConfig};
 use attnforge_reference::{
     self as reference, attention_backward, AttnGrads, AttnOptions, AttnOutput, BackwardVariant,
@@ -24,7 +24,7 @@ use attnforge_sim::{SimArg, SimConfig, SimElem};
 
 use crate::exec::{
     cached_sim_kernel, host_args, input_err, reference_dtype, reference_mask, resolve, sim_args,
-    simulate_raw, Backend, ExecError, Inputs, Resolved, RunParams,
+    simulate_raw, Backend, ExecError, Inputs, Resolved, RunParams, UserValue,
 };
 use attnforge_codegen::spec::KernelSpec;
 
@@ -95,15 +95,14 @@ pub fn simulate_backward<T: Element + SimElem>(
     let dim = spec.head_dim.get();
     let out_shape = Shape4::new(d.batch, d.heads_q, d.seq_q, dim);
     let kv_shape = Shape4::new(d.batch, d.heads_kv, d.seq_k, dim);
+    let theta = theta_offsets(spec, p)?;
+    let theta_len = theta.last().copied().unwrap_or(0) as usize;
     let mut bufs = GradBuffers::<T> {
         delta: vec![0.0; d.batch * d.heads_q * d.seq_q],
         dq: vec![T::from_f64(0.0); out_shape.numel()],
         dk: vec![T::from_f64(0.0); kv_shape.numel()],
         dv: vec![T::from_f64(0.0); kv_shape.numel()],
-        dparam: match kernels.param {
-            Some(_) => vec![0.0; d.batch * d.heads_q * d.seq_q.div_ceil(bwd_tile.block_m)],
-            None => Vec::new(),
-        },
+        dparam: vec![0.0; dparam_len(&kernels, &r, bwd_tile, theta_len)],
     };
     let args = host_args(spec, x, p, &r)?;
     let grads = grad_args(spec);
@@ -125,7 +124,7 @@ pub fn simulate_backward<T: Element + SimElem>(
             &kernels.dq,
             [d.seq_q.div_ceil(bwd_tile.block_m), d.heads_q, d.batch],
             bwd_tile.threads(),
-            bwd_tile.dq_smem_bytes(dim, branches(spec)),
+            bwd_tile.dq_smem_bytes(dim, branches(spec)) + 4 * bwd_tile.threads() * theta_len,
         ),
     ];
     for (k, grid, threads, smem) in launches {
@@ -139,7 +138,14 @@ pub fn simulate_backward<T: Element + SimElem>(
             Some(SimArg::input(o.as_slice())),
             Some(SimArg::input(lse.as_slice())),
         );
-        bufs.bind(&mut sargs, &grads, &dout, dlse, tlists.as_ref());
+        bufs.bind(
+            &mut sargs,
+            &grads,
+            &dout,
+            dlse,
+            (&theta, theta_len),
+            tlists.as_ref(),
+        );
         kernel.launch(
             (grid[0] as u32, grid[1] as u32, grid[2] as u32),
             threads as u32,
@@ -149,7 +155,7 @@ pub fn simulate_backward<T: Element + SimElem>(
         )?;
     }
     let forward = AttnOutput::from_kernel(out_shape, &o, &lse)?;
-    let score_params = reduce_params(&kernels, &bufs.dparam, &r, bwd_tile);
+    let score_params = reduce_params(&kernels, &bufs.dparam, &r, bwd_tile, theta_len);
     let to64 =
         |shape: Shape4, v: &[T]| Tensor4::from_vec(shape, v.iter().map(|x| x.to_f64()).collect());
     Ok(KernelGrads {
@@ -159,6 +165,34 @@ pub fn simulate_backward<T: Element + SimElem>(
         score_params,
         forward,
     })
+}
+
+/// Offsets of a user score function's parameters in the learnable vector (one per parameter
+/// and one past the last): an `f32` scalar takes one element, an `&[f32]` table its length.
+fn theta_offsets(spec: &KernelSpec, p: &RunParams) -> Result<Vec<i32>, ExecError> {
+    let ScoreMod::User(f) = &spec.score else {
+        return Ok(Vec::new());
+    };
+    let mut off = vec![0i32];
+    for q in &f.params {
+        let n = match (q.kind, p.user.get(&q.name)) {
+            (UserParamKind::F32, _) => 1,
+            (UserParamKind::ArrayF32, Some(UserValue::Floats(v))) => v.len(),
+            (UserParamKind::ArrayF32, _) => {
+                return Err(input_err(
+                    &format!("user.{}", q.name),
+                    "missing table of a learnable parameter",
+                    format!(
+                        "pass RunParams::with_user(\"{}\", UserValue::Floats(..))",
+                        q.name
+                    ),
+                ))
+            }
+            _ => 0,
+        };
+        off.push(off.last().copied().unwrap_or(0) + n as i32);
+    }
+    Ok(off)
 }
 
 /// The kernels' output and scratch buffers.
@@ -178,6 +212,7 @@ impl<T: SimElem> GradBuffers<T> {
         grads: &[(GradArg, attnforge_codegen::args::KernelArg)],
         dout: &'a [T],
         dlse: Option<&'a [f32]>,
+        theta: (&'a [i32], usize),
         tlists: Option<&'a BlockLists>,
     ) {
         let mut delta = Some(SimArg::output(self.delta.as_mut_slice()));
@@ -198,6 +233,8 @@ impl<T: SimElem> GradBuffers<T> {
                 GradArg::DK => dk.take().expect("one dk"),
                 GradArg::DV => dv.take().expect("one dv"),
                 GradArg::DParam => dparam.take().expect("one dparam"),
+                GradArg::ThetaOffsets => SimArg::input(theta.0),
+                GradArg::ThetaLen => SimArg::I32(theta.1 as i32),
                 GradArg::Transposed(part) => transposed_arg(part, tlists),
             });
         }
@@ -312,30 +349,56 @@ fn check_upstream<'a, T: Element>(
     Ok((dense, up.dlse))
 }
 
-/// The score parameter's gradient from the dQ kernel's per-block partials, summed in a fixed
-/// order (batch, head, query tile): softcap one total, ALiBi one per query head.
+/// Elements of `dparam`: per dQ block, one (softcap, ALiBi) or `theta_len` (user functions).
+fn dparam_len(k: &BackwardKernels, r: &Resolved, t: &BackwardTile, theta_len: usize) -> usize {
+    let d = r.dims;
+    let blocks = d.batch * d.heads_q * d.seq_q.div_ceil(t.block_m);
+    match k.param {
+        None => 0,
+        Some(ParamGradLayout::Learnable) => blocks * theta_len,
+        Some(_) => blocks,
+    }
+}
+
+/// The score parameters' gradient from the dQ kernel's per-block partials, summed in a fixed
+/// order (batch, head, query tile): softcap one total, ALiBi one per query head, a user
+/// function one per element of its learnable vector.
 fn reduce_params(
     k: &BackwardKernels,
     partial: &[f32],
     r: &Resolved,
     t: &BackwardTile,
+    theta_len: usize,
 ) -> ScoreParamGrads {
-    let Some(kind) = k.param else {
+    let Some(layout) = k.param else {
         return ScoreParamGrads::None;
     };
     let d = r.dims;
     let tiles = d.seq_q.div_ceil(t.block_m);
-    let mut per_head = vec![0.0f64; d.heads_q];
+    let width = if layout == ParamGradLayout::Learnable {
+        theta_len
+    } else {
+        1
+    };
+    let mut per_head = vec![vec![0.0f64; width]; d.heads_q];
     for b in 0..d.batch {
         for (h, acc) in per_head.iter_mut().enumerate() {
             for i in 0..tiles {
-                *acc += f64::from(partial[(b * d.heads_q + h) * tiles + i]);
+                let block = (b * d.heads_q + h) * tiles + i;
+                for (e, a) in acc.iter_mut().enumerate() {
+                    *a += f64::from(partial[block * width + e]);
+                }
             }
         }
     }
-    match kind {
-        ScoreParamKind::Scalar => ScoreParamGrads::Softcap(per_head.iter().sum()),
-        ScoreParamKind::PerHead => ScoreParamGrads::Alibi(per_head),
+    match layout {
+        ParamGradLayout::Scalar => ScoreParamGrads::Softcap(per_head.iter().map(|v| v[0]).sum()),
+        ParamGradLayout::PerHead => ScoreParamGrads::Alibi(per_head.iter().map(|v| v[0]).collect()),
+        ParamGradLayout::Learnable => ScoreParamGrads::Function(
+            (0..theta_len)
+                .map(|e| per_head.iter().map(|v| v[e]).sum())
+                .collect(),
+        ),
     }
 }
 
@@ -350,8 +413,18 @@ pub fn reference_backward<T: Element>(
     backward_supported(spec).map_err(ExecError::Spec)?;
     let r = resolve(spec, x, p)?;
     let mask = reference_mask(spec, &r, p)?;
-    let score = crate::exec::reference_score(spec, &r, p)?;
-    let diff = DiffScoreMod::from_builtin(&score)?;
+    let diff = match &spec.score {
+        ScoreMod::User(_) => {
+            DiffScoreMod::Function(p.host_score_diff.clone().ok_or_else(|| {
+                input_err(
+                "host_score_diff",
+                "the spec has a user score function but no Rust twin with derivatives was given",
+                "pass RunParams::host_score_diff (#[attnforge::score(backward)]'s host_score_diff)",
+            )
+            })?)
+        }
+        _ => DiffScoreMod::from_builtin(&crate::exec::reference_score(spec, &r, p)?)?,
+    };
     let opts = AttnOptions {
         scale: Some(f64::from(r.scale)),
         precision,
@@ -486,10 +559,9 @@ pub fn run_backward_cuda<T: Element>(
     let args = host_args(spec, x, p, &r)?;
     let tlists = r.lists.as_ref().map(BlockLists::transposed);
     let d = r.dims;
-    let dparam_len = match kernels.param {
-        Some(_) => d.batch * d.heads_q * d.seq_q.div_ceil(bwd_tile.block_m),
-        None => 0,
-    };
+    let theta = theta_offsets(spec, p)?;
+    let theta_len = theta.last().copied().unwrap_or(0) as usize;
+    let dparam_len = dparam_len(&kernels, &r, bwd_tile, theta_len);
     let g = crate::exec_cuda::backward(
         spec,
         tile,
@@ -499,7 +571,7 @@ pub fn run_backward_cuda<T: Element>(
         d,
         (&dout, dlse),
         tlists.as_ref(),
-        dparam_len,
+        (&theta, theta_len, dparam_len),
         timed,
         ordinal,
     )?;
@@ -513,7 +585,7 @@ pub fn run_backward_cuda<T: Element>(
             dq: to64(out_shape, &g.dq)?,
             dk: to64(kv_shape, &g.dk)?,
             dv: to64(kv_shape, &g.dv)?,
-            score_params: reduce_params(&kernels, &g.dparam, &r, bwd_tile),
+            score_params: reduce_params(&kernels, &g.dparam, &r, bwd_tile, theta_len),
             forward: g.forward,
         },
         g.seconds,

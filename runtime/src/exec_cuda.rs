@@ -238,7 +238,7 @@ pub(crate) fn backward<T: Element>(
     d: Shape,
     up: (&[T], Option<&[f32]>),
     tlists: Option<&attnforge_codegen::blocks::BlockLists>,
-    dparam_len: usize,
+    (theta, theta_len, dparam_len): (&[i32], usize, usize),
     timed: usize,
     ordinal: usize,
 ) -> Result<CudaGrads<T>, ExecError> {
@@ -285,6 +285,13 @@ pub(crate) fn backward<T: Element>(
             GradArg::DV => (ArgKind::DevPtr, ptr(&dv)),
             GradArg::DParam if dparam_len == 0 => (ArgKind::DevPtr, KernelArgValue::DevPtr(0)),
             GradArg::DParam => (ArgKind::DevPtr, ptr(&dparam)),
+            GradArg::ThetaOffsets => {
+                let s = up_bytes(bytes_of(theta))?;
+                let v = ptr(&s);
+                keep.push(s);
+                (ArgKind::DevPtr, v)
+            }
+            GradArg::ThetaLen => (ArgKind::I32, KernelArgValue::I32(theta_len as i32)),
             GradArg::Transposed(part) => {
                 let l = tlists
                     .ok_or_else(|| cuda_err("a block-list kernel without its transposed lists"))?;
@@ -330,7 +337,8 @@ pub(crate) fn backward<T: Element>(
             &bwd.dq,
             [d.seq_q.div_ceil(bt.block_m), d.heads_q, d.batch],
             bt.threads(),
-            bt.dq_smem_bytes(dim, attnforge_codegen::backward::branches(spec)),
+            bt.dq_smem_bytes(dim, attnforge_codegen::backward::branches(spec))
+                + 4 * bt.threads() * theta_len,
         ),
     ];
     let mut kernels = Vec::new();

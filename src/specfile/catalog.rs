@@ -98,11 +98,29 @@ pub fn catalog_twins(sf: &SpecFile, rp: &mut RunParams) {
                 Some(UserValue::Float(d)) => *d,
                 _ => 0.0,
             };
+            rp.host_score_diff = Some(headbias_diff(&bias, decay));
             rp.host_score = Some(Arc::new(move |s, _, h, q, kv| {
                 // Same f32 arithmetic as the CUDA body.
                 let dist = (q - kv).unsigned_abs() as f32;
                 f64::from(s as f32 + bias[h] - decay * dist)
             }));
         }
+    }
+}
+
+/// `headbias` with its derivatives for the reference backward: the learnable vector is
+/// `bias[0..Hq]` then `decay`; `ds'/ds = 1`, `ds'/dbias[h] = 1`, `ds'/ddecay = -|q - kv|`.
+fn headbias_diff(bias: &[f32], decay: f32) -> crate::reference::DiffScoreFn {
+    let n = bias.len();
+    let mut params: Vec<f64> = bias.iter().map(|&b| f64::from(b)).collect();
+    params.push(f64::from(decay));
+    crate::reference::DiffScoreFn {
+        value: Arc::new(move |s, _, h, q, kv, t| s + t[h] - t[n] * (q - kv).unsigned_abs() as f64),
+        d_score: Arc::new(|_, _, _, _, _, _| 1.0),
+        d_params: Some(Arc::new(move |_, _, h, q, kv, _, out| {
+            out.push((h, 1.0));
+            out.push((n, -((q - kv).unsigned_abs() as f64)));
+        })),
+        params,
     }
 }

@@ -84,6 +84,7 @@ pub(crate) fn user_fn(
             name: def.name,
             source: UserSource::Function(def.cuda),
             params,
+            grad: None,
         },
         host,
     ))

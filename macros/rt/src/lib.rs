@@ -113,6 +113,7 @@ pub fn user_function(name: &str, cuda: &str, params: &[(&str, &str)]) -> UserFun
                 kind: param_kind(t),
             })
             .collect(),
+        grad: None,
     }
 }
 

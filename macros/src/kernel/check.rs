@@ -105,6 +105,7 @@ fn placeholder(path: &syn::Path) -> UserFunction {
         name: name.clone(),
         source: UserSource::Function(name),
         params: Vec::new(),
+        grad: None,
     }
 }
 

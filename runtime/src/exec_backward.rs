@@ -562,19 +562,15 @@ pub fn run_backward_cuda<T: Element>(
     let theta = theta_offsets(spec, p)?;
     let theta_len = theta.last().copied().unwrap_or(0) as usize;
     let dparam_len = dparam_len(&kernels, &r, bwd_tile, theta_len);
-    let g = crate::exec_cuda::backward(
-        spec,
-        tile,
-        &kernels,
-        x,
-        &args,
-        d,
-        (&dout, dlse),
-        tlists.as_ref(),
-        (&theta, theta_len, dparam_len),
-        timed,
-        ordinal,
-    )?;
+    let host = crate::exec_cuda::GradHost {
+        dout: &dout,
+        dlse,
+        tlists: tlists.as_ref(),
+        theta: &theta,
+        theta_len,
+        dparam_len,
+    };
+    let g = crate::exec_cuda::backward(spec, tile, &kernels, x, &args, d, &host, timed, ordinal)?;
     let dim = spec.head_dim.get();
     let out_shape = Shape4::new(d.batch, d.heads_q, d.seq_q, dim);
     let kv_shape = Shape4::new(d.batch, d.heads_kv, d.seq_k, dim);

@@ -218,16 +218,134 @@ pub(crate) struct CudaGrads<T> {
     pub(crate) seconds: (f64, f64),
 }
 
-/// A device buffer of `n` zeroed `T`s (at least one byte).
-fn zeros(gpu: &Gpu, n_bytes: usize) -> Result<CudaSlice<u8>, ExecError> {
-    gpu.stream()
-        .clone_htod(&vec![0u8; n_bytes.max(1)])
-        .map_err(cuda_err)
+/// Host data of a backward launch besides the forward's: the upstream gradients, the
+/// transposed block lists, the learnable vector's layout and the `dparam` length.
+pub(crate) struct GradHost<'a, T> {
+    pub(crate) dout: &'a [T],
+    pub(crate) dlse: Option<&'a [f32]>,
+    pub(crate) tlists: Option<&'a attnforge_codegen::blocks::BlockLists>,
+    pub(crate) theta: &'a [i32],
+    pub(crate) theta_len: usize,
+    pub(crate) dparam_len: usize,
 }
 
-/// The forward kernel, then the three backward kernels of `bwd` on GPU `ordinal`. `grads`
-/// lists the backward arguments after the forward's; `timed` extra runs of each measure
-/// their time (wall clock around synchronized launches).
+/// Device buffers of the backward arguments.
+struct GradDevice {
+    dout: CudaSlice<u8>,
+    dlse: Option<CudaSlice<u8>>,
+    delta: CudaSlice<u8>,
+    dq: CudaSlice<u8>,
+    dk: CudaSlice<u8>,
+    dv: CudaSlice<u8>,
+    dparam: CudaSlice<u8>,
+    /// Argument arrays (theta offsets, transposed lists): kept alive while kernels may run.
+    keep: Vec<CudaSlice<u8>>,
+}
+
+/// Copy `b` to the device (never zero bytes: a valid, unused address for empty arrays).
+fn upload(gpu: &Gpu, b: &[u8]) -> Result<CudaSlice<u8>, ExecError> {
+    let mut v = b.to_vec();
+    if v.is_empty() {
+        v.push(0);
+    }
+    gpu.stream().clone_htod(&v).map_err(cuda_err)
+}
+
+impl GradDevice {
+    fn new<T: Copy>(
+        gpu: &Gpu,
+        h: &GradHost<'_, T>,
+        d: Shape,
+        dim: usize,
+    ) -> Result<Self, ExecError> {
+        let t = std::mem::size_of::<T>();
+        let zeros = |n: usize| upload(gpu, &vec![0u8; n]);
+        Ok(GradDevice {
+            dout: upload(gpu, bytes_of(h.dout))?,
+            dlse: h.dlse.map(|l| upload(gpu, bytes_of(l))).transpose()?,
+            delta: zeros(d.batch * d.heads_q * d.seq_q * 4)?,
+            dq: zeros(d.batch * d.heads_q * d.seq_q * dim * t)?,
+            dk: zeros(d.batch * d.heads_kv * d.seq_k * dim * t)?,
+            dv: zeros(d.batch * d.heads_kv * d.seq_k * dim * t)?,
+            dparam: zeros(h.dparam_len * 4)?,
+            keep: Vec::new(),
+        })
+    }
+
+    /// The declaration and value of one backward argument.
+    fn arg<T>(
+        &mut self,
+        gpu: &Gpu,
+        g: attnforge_codegen::backward::GradArg,
+        h: &GradHost<'_, T>,
+    ) -> Result<(ArgKind, KernelArgValue), ExecError> {
+        use attnforge_codegen::args::BlockListPart as P;
+        use attnforge_codegen::backward::GradArg as G;
+        let ptr = |s: &CudaSlice<u8>| (ArgKind::DevPtr, KernelArgValue::DevPtr(device_ptr(gpu, s)));
+        let null = (ArgKind::DevPtr, KernelArgValue::DevPtr(0));
+        let int = |n: usize| (ArgKind::I32, KernelArgValue::I32(n as i32));
+        Ok(match g {
+            G::DOut => ptr(&self.dout),
+            G::DLse => self.dlse.as_ref().map_or(null, ptr),
+            G::Delta => ptr(&self.delta),
+            G::DQ => ptr(&self.dq),
+            G::DK => ptr(&self.dk),
+            G::DV => ptr(&self.dv),
+            G::DParam if h.dparam_len == 0 => null,
+            G::DParam => ptr(&self.dparam),
+            G::ThetaLen => int(h.theta_len),
+            G::ThetaOffsets | G::Transposed(_) => {
+                let l = h.tlists;
+                let missing = || cuda_err("a block-list kernel without its transposed lists");
+                let ints: &[i32] = match g {
+                    G::ThetaOffsets => h.theta,
+                    G::Transposed(P::Batches) => return Ok(int(l.ok_or_else(missing)?.batches)),
+                    G::Transposed(P::Heads) => return Ok(int(l.ok_or_else(missing)?.heads)),
+                    G::Transposed(P::Rows) => return Ok(int(l.ok_or_else(missing)?.rows)),
+                    G::Transposed(P::Width) => return Ok(int(l.ok_or_else(missing)?.width)),
+                    G::Transposed(P::FullNum) => &l.ok_or_else(missing)?.full_num,
+                    G::Transposed(P::FullIdx) => &l.ok_or_else(missing)?.full_idx,
+                    G::Transposed(P::PartialNum) => &l.ok_or_else(missing)?.partial_num,
+                    _ => &l.ok_or_else(missing)?.partial_idx,
+                };
+                let s = upload(gpu, bytes_of(ints))?;
+                let v = ptr(&s);
+                self.keep.push(s);
+                v
+            }
+        })
+    }
+}
+
+/// Copy `n` elements of `T` back from `s`.
+fn download<T: Copy>(gpu: &Gpu, s: &CudaSlice<u8>, n: usize) -> Result<Vec<T>, ExecError> {
+    let b = gpu.stream().clone_dtoh(s).map_err(cuda_err)?;
+    Ok(b.chunks_exact(std::mem::size_of::<T>())
+        .take(n)
+        // SAFETY: the chunk holds exactly one T written by the kernel.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
+        .collect())
+}
+
+/// Seconds per call of `f`, averaged over `n` synchronized calls (0 when `n` is 0).
+fn time_calls(
+    gpu: &Gpu,
+    n: usize,
+    f: &dyn Fn() -> Result<(), ExecError>,
+) -> Result<f64, ExecError> {
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        f()?;
+    }
+    gpu.synchronize().map_err(cuda_err)?;
+    Ok(t0.elapsed().as_secs_f64() / n as f64)
+}
+
+/// The forward kernel, then the three backward kernels of `bwd` on GPU `ordinal`; `timed`
+/// extra runs of each measure their time (wall clock around synchronized launches).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Element>(
     spec: &KernelSpec,
@@ -236,90 +354,24 @@ pub(crate) fn backward<T: Element>(
     x: &Inputs<T>,
     args: &[HostArg],
     d: Shape,
-    up: (&[T], Option<&[f32]>),
-    tlists: Option<&attnforge_codegen::blocks::BlockLists>,
-    (theta, theta_len, dparam_len): (&[i32], usize, usize),
+    h: &GradHost<'_, T>,
     timed: usize,
     ordinal: usize,
 ) -> Result<CudaGrads<T>, ExecError> {
-    use attnforge_codegen::args::BlockListPart;
-    use attnforge_codegen::backward::{grad_args, GradArg, DELTA_WARPS};
+    use attnforge_codegen::backward::{branches, grad_args, DELTA_WARPS};
     let p = prepare(spec, tile, x, args, d, ordinal)?;
     let gpu = &p.gpu;
-    let (major, _) = gpu.compute_capability();
-    let arch = Arch::for_capability(major);
+    let arch = Arch::for_capability(gpu.compute_capability().0);
     let dim = spec.head_dim.get();
-    let t = std::mem::size_of::<T>();
-    let q_elems = d.batch * d.heads_q * d.seq_q * dim;
-    let kv_elems = d.batch * d.heads_kv * d.seq_k * dim;
-    let rows = d.batch * d.heads_q * d.seq_q;
-    let stream = gpu.stream().clone();
-    let up_bytes = |b: &[u8]| -> Result<CudaSlice<u8>, ExecError> {
-        let mut v = b.to_vec();
-        if v.is_empty() {
-            v.push(0);
-        }
-        stream.clone_htod(&v).map_err(cuda_err)
-    };
-    let dout = up_bytes(bytes_of(up.0))?;
-    let dlse = up.1.map(|l| up_bytes(bytes_of(l))).transpose()?;
-    let delta = zeros(gpu, rows * 4)?;
-    let dq = zeros(gpu, q_elems * t)?;
-    let dk = zeros(gpu, kv_elems * t)?;
-    let dv = zeros(gpu, kv_elems * t)?;
-    let dparam = zeros(gpu, dparam_len * 4)?;
-    let mut keep = Vec::new();
+    let mut dev = GradDevice::new(gpu, h, d, dim)?;
     let mut decls = signature(spec);
     let mut values = p.values.clone();
     for (g, a) in grad_args(spec) {
-        let ptr = |s: &CudaSlice<u8>| KernelArgValue::DevPtr(device_ptr(gpu, s));
-        let (kind, value) = match g {
-            GradArg::DOut => (ArgKind::DevPtr, ptr(&dout)),
-            GradArg::DLse => (
-                ArgKind::DevPtr,
-                dlse.as_ref().map_or(KernelArgValue::DevPtr(0), ptr),
-            ),
-            GradArg::Delta => (ArgKind::DevPtr, ptr(&delta)),
-            GradArg::DQ => (ArgKind::DevPtr, ptr(&dq)),
-            GradArg::DK => (ArgKind::DevPtr, ptr(&dk)),
-            GradArg::DV => (ArgKind::DevPtr, ptr(&dv)),
-            GradArg::DParam if dparam_len == 0 => (ArgKind::DevPtr, KernelArgValue::DevPtr(0)),
-            GradArg::DParam => (ArgKind::DevPtr, ptr(&dparam)),
-            GradArg::ThetaOffsets => {
-                let s = up_bytes(bytes_of(theta))?;
-                let v = ptr(&s);
-                keep.push(s);
-                (ArgKind::DevPtr, v)
-            }
-            GradArg::ThetaLen => (ArgKind::I32, KernelArgValue::I32(theta_len as i32)),
-            GradArg::Transposed(part) => {
-                let l = tlists
-                    .ok_or_else(|| cuda_err("a block-list kernel without its transposed lists"))?;
-                let count = |n: usize| (ArgKind::I32, KernelArgValue::I32(n as i32));
-                match part {
-                    BlockListPart::Batches => count(l.batches),
-                    BlockListPart::Heads => count(l.heads),
-                    BlockListPart::Rows => count(l.rows),
-                    BlockListPart::Width => count(l.width),
-                    arr => {
-                        let v = match arr {
-                            BlockListPart::FullNum => &l.full_num,
-                            BlockListPart::FullIdx => &l.full_idx,
-                            BlockListPart::PartialNum => &l.partial_num,
-                            _ => &l.partial_idx,
-                        };
-                        let s = up_bytes(bytes_of(v))?;
-                        let v = ptr(&s);
-                        keep.push(s);
-                        (ArgKind::DevPtr, v)
-                    }
-                }
-            }
-        };
+        let (kind, value) = dev.arg(gpu, g, h)?;
         decls.push(ArgDecl::new(a.name, kind));
         values.push(value);
     }
-    let bt = &bwd.tile;
+    let (bt, nb) = (&bwd.tile, branches(spec));
     let launches = [
         (
             &bwd.delta,
@@ -331,19 +383,18 @@ pub(crate) fn backward<T: Element>(
             &bwd.dkdv,
             [d.seq_k.div_ceil(bt.block_n), d.heads_kv, d.batch],
             bt.threads(),
-            bt.dkdv_smem_bytes(dim, attnforge_codegen::backward::branches(spec)),
+            bt.dkdv_smem_bytes(dim, nb),
         ),
         (
             &bwd.dq,
             [d.seq_q.div_ceil(bt.block_m), d.heads_q, d.batch],
             bt.threads(),
-            bt.dq_smem_bytes(dim, attnforge_codegen::backward::branches(spec))
-                + 4 * bt.threads() * theta_len,
+            bt.dq_smem_bytes(dim, nb) + 4 * bt.threads() * h.theta_len,
         ),
     ];
     let mut kernels = Vec::new();
     for (k, grid, threads, smem) in launches {
-        if grid.iter().any(|&g| g == 0) {
+        if grid.contains(&0) {
             continue;
         }
         let compiled = compile_with_cached(&k.source, &k.name, &CompileOptions::new(arch))
@@ -356,57 +407,29 @@ pub(crate) fn backward<T: Element>(
         };
         kernels.push((kernel, cfg));
     }
-    let run_fwd = || p.launch();
     let run_bwd = || -> Result<(), ExecError> {
         for (k, cfg) in &kernels {
             k.launch(cfg, &values).map_err(cuda_err)?;
         }
         Ok(())
     };
-    run_fwd()?;
+    p.launch()?;
     run_bwd()?;
     gpu.synchronize().map_err(cuda_err)?;
-    let mut seconds = (0.0, 0.0);
-    if timed > 0 {
-        for (slot, f) in [
-            (0, &run_fwd as &dyn Fn() -> Result<(), ExecError>),
-            (1, &run_bwd),
-        ] {
-            let t0 = std::time::Instant::now();
-            for _ in 0..timed {
-                f()?;
-            }
-            gpu.synchronize().map_err(cuda_err)?;
-            let s = t0.elapsed().as_secs_f64() / timed as f64;
-            if slot == 0 {
-                seconds.0 = s;
-            } else {
-                seconds.1 = s;
-            }
-        }
-    }
-    let forward = p.output::<T>()?;
-    let back = |s: &CudaSlice<u8>, n: usize| -> Result<Vec<T>, ExecError> {
-        let b = stream.clone_dtoh(s).map_err(cuda_err)?;
-        Ok(b.chunks_exact(t)
-            .take(n)
-            // SAFETY: the chunk holds exactly one T written by the kernel.
-            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
-            .collect())
-    };
-    let dparam_vals: Vec<f32> = stream
-        .clone_dtoh(&dparam)
-        .map_err(cuda_err)?
-        .chunks_exact(4)
-        .take(dparam_len)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let seconds = (
+        time_calls(gpu, timed, &|| p.launch())?,
+        time_calls(gpu, timed, &run_bwd)?,
+    );
+    let (q_elems, kv_elems) = (
+        d.batch * d.heads_q * d.seq_q * dim,
+        d.batch * d.heads_kv * d.seq_k * dim,
+    );
     Ok(CudaGrads {
-        forward,
-        dq: back(&dq, q_elems)?,
-        dk: back(&dk, kv_elems)?,
-        dv: back(&dv, kv_elems)?,
-        dparam: dparam_vals,
+        forward: p.output::<T>()?,
+        dq: download(gpu, &dev.dq, q_elems)?,
+        dk: download(gpu, &dev.dk, kv_elems)?,
+        dv: download(gpu, &dev.dv, kv_elems)?,
+        dparam: download(gpu, &dev.dparam, h.dparam_len)?,
         seconds,
     })
 }

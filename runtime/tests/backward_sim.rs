@@ -418,12 +418,15 @@ fn bad_upstream_gradients_name_the_field() {
     inf[5] = f32::INFINITY;
     let e = run(&dout, Some(&inf));
     assert!(e.starts_with("input `dlse`: inf at flat index 5"), "{e}");
-    let user = catalog()
+    let mut user = catalog()
         .into_iter()
         .find(|s| matches!(s.score, ScoreMod::User(_)))
         .unwrap();
+    if let ScoreMod::User(f) = &mut user.score {
+        f.grad = None; // a score function without derivatives
+    }
     let e = attnforge_runtime::codegen::backward::backward_supported(&user).unwrap_err();
-    assert_eq!(e[0].path, "score");
+    assert_eq!(e[0].path, "score.grad");
 }
 
 /// LM-Infinite: gradients through both branches' rotations (near: q and k at their positions;

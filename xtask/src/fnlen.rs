@@ -20,6 +20,7 @@ pub const SCOPE: &[&str] = &[
     "codegen/src",
     "runtime/src/exec.rs",
     "runtime/src/exec_dynamic.rs",
+    "runtime/src/exec_backward.rs",
     "runtime/src/pipeline.rs",
     "src/specfile",
 ];

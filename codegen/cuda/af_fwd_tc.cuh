@@ -85,9 +85,11 @@ __device__ __forceinline__ bool af_tc_kv_vector(const af_lminf_scoring&, const a
 
 // This thread's share of a K/V tile copy: 16-byte chunk column c of rows j0, j0 + RPP, ...
 // (RPP = threads / chunks per row), one row per pass. Built once per block, so an interior
-// tile's copies are one 64-bit multiply-add per pass from the tile's row pointer (pass p at
-// p pass bytes: a 32-bit step, IMAD.WIDE) into shared-window addresses that are compile-time
-// steps from the stage's (rows 8 apart share their swizzle: the cp.async's immediate).
+// tile's copies go from the tile's row pointer, pass p at p pass bytes (a 32-bit step held in
+// one register; NVVM chains the passes, an add with carry each), into shared-window addresses
+// that are compile-time steps from the stage's (rows 8 apart share their swizzle: the
+// cp.async's immediate). Strides whose pass step is not a 32-bit byte count take the rolled
+// path.
 template <class Tile, typename T>
 struct af_tc_kv_plan {
     static constexpr int CPR = Tile::D / 8;  // 16-byte chunks per row

@@ -981,7 +981,8 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require(a.scale > 0.f, "scale: must be a finite positive number");
     const float scale_log2 = a.scale * AF_LOG2E;
     const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(sc, a, blk, tid);
-    const bool rows_full = blk.rows_valid == BM;  // no query row of the block past seq_q
+    // no query row of the block past seq_q (opaque: one register, not recomputed per tile)
+    const bool rows_full = af_opaque(blk.rows_valid == BM) != 0;
     // ldmatrix row addresses of this lane: Q (A operand) row WM warp + (lane & 15), chunk
     // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
     // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4

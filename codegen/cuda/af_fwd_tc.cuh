@@ -85,18 +85,24 @@ __device__ __forceinline__ bool af_tc_kv_vector(const af_lminf_scoring&, const a
 
 // This thread's share of a K/V tile copy: 16-byte chunk column c of rows j0, j0 + RPP, ...
 // (RPP = threads / chunks per row), one row per pass. Built once per block, so an interior
-// tile's copies are a pointer advanced by a loop-invariant stride and shared-memory offsets
-// that are compile-time steps from soff (rows 8 apart share their swizzle).
+// tile's copies go from the tile's row pointer, pass p at p pass bytes (a 32-bit step held in
+// one register; NVVM chains the passes, an add with carry each), into shared-window addresses
+// that are compile-time steps from the stage's (rows 8 apart share their swizzle: the
+// cp.async's immediate). Strides whose pass step is not a 32-bit byte count take the rolled
+// path.
 template <class Tile, typename T>
 struct af_tc_kv_plan {
     static constexpr int CPR = Tile::D / 8;  // 16-byte chunks per row
     static constexpr bool PASSED = Tile::NT % CPR == 0 && (Tile::BN * CPR) % Tile::NT == 0;
     static constexpr int RPP = PASSED ? Tile::NT / CPR : 1;  // rows per pass
     static constexpr int PASSES = PASSED ? Tile::BN / RPP : 0;
-    const T* k;            // this thread's first chunk of key row 0 (row j0, column c)
-    const T* v;
-    long long k_pass;      // elements between one pass's row and the next (RPP rows)
-    long long v_pass;
+    const char* k;         // this thread's first chunk of key row 0 (row j0, column c)
+    const char* v;
+    long long k_row;       // bytes between key rows
+    long long v_row;
+    unsigned k_pass;       // bytes between one pass's row and the next (RPP rows)
+    unsigned v_pass;
+    bool fast;             // interior tiles take the passes: cp.async-able rows, 32-bit steps
     int j0, c, soff;       // first row, chunk column (elements), shared offset in a stage
     // shared offset of pass p's chunk from pass 0's (a constant when RPP is a multiple of 8)
     __device__ __forceinline__ int off(int p) const {
@@ -104,24 +110,35 @@ struct af_tc_kv_plan {
         else return af_swz<Tile::D>(j0 + p * RPP, c) - soff;
     }
 };
-template <class Tile, typename T>
-__device__ __forceinline__ af_tc_kv_plan<Tile, T> af_tc_kv_plan_of(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, int tid) {
+// Whether a pass step of RPP rows of `stride` elements is a 32-bit byte count.
+template <class P, typename T>
+__device__ __forceinline__ bool af_tc_pass_fits(long long stride) {
+    return stride >= 0 && stride <= 0xffffffffll / (P::RPP * (long long)sizeof(T));
+}
+template <class Tile, typename T, class Scoring>
+__device__ __forceinline__ af_tc_kv_plan<Tile, T> af_tc_kv_plan_of(const Scoring& sc, const af_fwd_args<T>& a,
+                                                                   const af_fwd_block<T>& blk, int tid) {
     using P = af_tc_kv_plan<Tile, T>;
     af_tc_kv_plan<Tile, T> pl;
     pl.j0 = tid / P::CPR;
     pl.c = (tid % P::CPR) * 8;
     pl.soff = af_swz<Tile::D>(pl.j0, pl.c);
-    pl.k = blk.kb + pl.j0 * a.k_stride_s + pl.c;
-    pl.v = blk.vb + pl.j0 * a.v_stride_s + pl.c;
-    pl.k_pass = P::RPP * a.k_stride_s;
-    pl.v_pass = P::RPP * a.v_stride_s;
+    pl.k = reinterpret_cast<const char*>(blk.kb + pl.j0 * a.k_stride_s + pl.c);
+    pl.v = reinterpret_cast<const char*>(blk.vb + pl.j0 * a.v_stride_s + pl.c);
+    pl.k_row = a.k_stride_s * (long long)sizeof(T);
+    pl.v_row = a.v_stride_s * (long long)sizeof(T);
+    pl.k_pass = (unsigned)(P::RPP * pl.k_row);
+    pl.v_pass = (unsigned)(P::RPP * pl.v_row);
+    pl.fast = P::PASSED && af_tc_kv_vector(sc, a, blk) && af_tc_pass_fits<P, T>(a.k_stride_s) &&
+              af_tc_pass_fits<P, T>(a.v_stride_s);
     return pl;
 }
 
-// Whether tile t0 takes the interior copy path: every row in range and cp.async-able.
+// Whether tile t0 takes the interior copy path: every row in range (t0 < seq_k, an int) and
+// the plan's passes usable.
 template <class Tile, typename T>
-__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, long long t0, bool vec) {
-    return af_tc_kv_plan<Tile, T>::PASSED && vec && t0 + Tile::BN <= a.seq_k;
+__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, const af_tc_kv_plan<Tile, T>& pl, long long t0) {
+    return pl.fast && (unsigned)t0 + Tile::BN <= (unsigned)a.seq_k;
 }
 
 // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
@@ -134,17 +151,15 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
                                               const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
                                               int st, const bool& vec_kv, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
-    if (af_tc_kv_interior<Tile>(a, t0, vec_kv)) {
-        const T* kp = pl.k + t0 * a.k_stride_s;
-        const T* vp = pl.v + t0 * a.v_stride_s;
-        T* const dk = &sK[st * BN * D + pl.soff];
-        T* const dv = &sV[st * BN * D + pl.soff];
+    if (af_tc_kv_interior<Tile>(a, pl, t0)) {
+        const char* const kp = pl.k + (unsigned)t0 * pl.k_row;
+        const char* const vp = pl.v + (unsigned)t0 * pl.v_row;
+        const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
+        const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
 #pragma unroll
         for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
-            af_cp_async_16(dk + pl.off(p), kp);
-            af_cp_async_16(dv + pl.off(p), vp);
-            kp += pl.k_pass;
-            vp += pl.v_pass;
+            af_cp_async_16_at(dk + pl.off(p) * (int)sizeof(T), kp + (unsigned long long)pl.k_pass * p);
+            af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
         }
         return;
     }
@@ -191,14 +206,12 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         sK[o0] = TT::from(x0);
         sK[o1] = TT::from(x1);
     }
-    if (af_tc_kv_interior<Tile>(a, t0, vec_v)) {
-        const T* vp = pl.v + t0 * a.v_stride_s;
-        T* const dv = &sV[st * BN * D + pl.soff];
+    if (af_tc_kv_interior<Tile>(a, pl, t0)) {
+        const char* const vp = pl.v + (unsigned)t0 * pl.v_row;
+        const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
 #pragma unroll
-        for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
-            af_cp_async_16(dv + pl.off(p), vp);
-            vp += pl.v_pass;
-        }
+        for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p)
+            af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
         return;
     }
 #pragma unroll 1
@@ -215,46 +228,54 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
     }
 }
 
-// A lane's ldmatrix row address in a swizzled [rows][D] tile (af_swz) at each pair of 16-byte
-// chunks kk (columns 16 kk + 8 b): af_swz<D>(row + 8 n, 16 kk + 8 b) = at(kk) + 8 n D. The
+// A lane's ldmatrix row addresses in a swizzled [rows][D] tile (af_swz) of 16-bit elements, as
+// shared-window addresses (af_smem_addr), at each pair of 16-byte chunks kk (columns
+// 16 kk + 8 b): the address of af_swz<D>(row + 8 n, 16 kk + 8 b) is at(kk) + 16 n D bytes. The
 // swizzle XORs the chunk index with row & 7, so pair kk's offset depends on kk & 3 only, plus
-// 64 (kk >> 2): four per-lane offsets, computed once per block, make every fragment address
-// of a key tile a constant offset from them.
+// 128 bytes (kk >> 2): four per-lane addresses, computed once per block (a K/V stage moves
+// them by a per-tile constant, `plus`), make every fragment address of a tile one of them plus
+// a compile-time offset: the ldmatrix's immediate, no address arithmetic per load.
 template <int D>
 struct af_tc_frag_addr {
-    int o[4];
-    __device__ __forceinline__ int at(int kk) const { return o[kk & 3] + (kk >> 2) * 64; }
+    unsigned o[4];
+    __device__ __forceinline__ unsigned at(int kk) const { return o[kk & 3] + (kk >> 2) * 128; }
+    __device__ __forceinline__ af_tc_frag_addr plus(unsigned bytes) const {
+        af_tc_frag_addr f;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) f.o[m] = o[m] + bytes;
+        return f;
+    }
 };
-template <int D>
-__device__ __forceinline__ af_tc_frag_addr<D> af_tc_frag_addr_of(int row, int b) {
+// ... of the tile at element 0 of `s`
+template <int D, class S>
+__device__ __forceinline__ af_tc_frag_addr<D> af_tc_frag_addr_of(const S& s, int row, int b) {
     static_assert(D >= 64, "a period of 4 chunk pairs needs 8 chunks per row");
     af_tc_frag_addr<D> f;
 #pragma unroll
-    for (int m = 0; m < 4; ++m) f.o[m] = af_opaque(af_swz<D>(row, 16 * m + 8 * b));
+    for (int m = 0; m < 4; ++m) f.o[m] = (unsigned)af_opaque((int)af_smem_addr(&s[af_swz<D>(row, 16 * m + 8 * b)]));
     return f;
 }
 
 // S += Q K^T on tensor cores for one warp's SL 16-row slabs (C fragments of slab sl are
-// s[sl NT8 ..]), from swizzled shared tiles (Q at element q0 of sQ, K at element k0 of sK;
-// qf, kf: the lane's fragment addresses). Each K fragment feeds SL pairs of mma. The loop
-// over the head dimension is fully unrolled (QK_K_UNROLL in emit.rs).
-template <class Tile, int SL, typename T, class SQ, class SK>
-__device__ __forceinline__ void af_tc_qk(float (&s)[SL * Tile::BN / 8][4], const SQ& sQ, int q0, const SK& sK, int k0,
-                                         const af_tc_frag_addr<Tile::D>& qf, const af_tc_frag_addr<Tile::D>& kf) {
+// s[sl NT8 ..]), from swizzled shared tiles (qa, ka: the lane's fragment row addresses in the
+// Q tile and the K tile). Each K fragment feeds SL pairs of mma. The
+// loop over the head dimension is fully unrolled.
+template <class Tile, int SL, typename T>
+__device__ __forceinline__ void af_tc_qk(float (&s)[SL * Tile::BN / 8][4], const af_tc_frag_addr<Tile::D>& qa, const af_tc_frag_addr<Tile::D>& ka) {
     constexpr int D = Tile::D, NT8 = Tile::BN / 8;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        unsigned qa[SL][4];  // A fragments: lane gives row WM warp + 16 sl + (lane & 15), k chunk lane >> 4
+        unsigned qf[SL][4];  // A fragments: lane gives row WM warp + 16 sl + (lane & 15), k chunk lane >> 4
 #pragma unroll
-        for (int sl = 0; sl < SL; ++sl) af_ldmatrix_x4(qa[sl], &sQ[q0 + qf.at(kk) + sl * 16 * D]);
+        for (int sl = 0; sl < SL; ++sl) af_ldmatrix_x4_at(qf[sl], qa.at(kk) + sl * 32 * D);
 #pragma unroll
         for (int np = 0; np < NT8 / 2; ++np) {
             unsigned kb[4];  // B fragments of n8 tiles 2 np, 2 np + 1 (key rows are B columns)
-            af_ldmatrix_x4(kb, &sK[k0 + kf.at(kk) + np * 16 * D]);
+            af_ldmatrix_x4_at(kb, ka.at(kk) + np * 32 * D);
 #pragma unroll
             for (int sl = 0; sl < SL; ++sl) {
-                af_tc_type<T>::mma(s[sl * NT8 + 2 * np], qa[sl], kb, s[sl * NT8 + 2 * np]);
-                af_tc_type<T>::mma(s[sl * NT8 + 2 * np + 1], qa[sl], kb + 2, s[sl * NT8 + 2 * np + 1]);
+                af_tc_type<T>::mma(s[sl * NT8 + 2 * np], qf[sl], kb, s[sl * NT8 + 2 * np]);
+                af_tc_type<T>::mma(s[sl * NT8 + 2 * np + 1], qf[sl], kb + 2, s[sl * NT8 + 2 * np + 1]);
             }
         }
     }
@@ -284,13 +305,15 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     // the row max of raw scores is the max in log2 units only for a positive scale
     af_require(a.scale > 0.f, "scale: must be a finite positive number");
     const float scale_log2 = a.scale * AF_LOG2E;
-    const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(a, blk, tid);
+    const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(sc, a, blk, tid);
+    // no query row of the block past seq_q (opaque: one register, not recomputed per tile)
+    const bool rows_full = af_opaque(blk.rows_valid == BM) != 0;
     // ldmatrix row addresses of this lane: Q (A operand) row WM warp + (lane & 15), chunk
     // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
     // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4
-    const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(warp * WM + (lane & 15), lane >> 4);
-    const af_tc_frag_addr<D> k_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
-    const af_tc_frag_addr<D> v_frag = af_tc_frag_addr_of<D>((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+    const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(sQ, warp * WM + (lane & 15), lane >> 4);
+    const af_tc_frag_addr<D> k_frag = af_tc_frag_addr_of<D>(sK, (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
+    const af_tc_frag_addr<D> v_frag = af_tc_frag_addr_of<D>(sV, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
     af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
 
     // online softmax state (log2 domain) of this thread's rows: r = 2 sl + h is row g + 8 h
@@ -379,7 +402,10 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             for (int j = 0; j < SL * NT8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[bi][j][e] = 0.f;
-            if ((br >> bi) & 1) af_tc_qk<Tile, SL, T>(s[bi], sQ, bi * BM * D, sK, bi * STAGES * BN * D + kst, q_frag, k_frag);
+            if ((br >> bi) & 1) {
+                // branch bi's Q tile and this tile's K stage (2-byte elements)
+                af_tc_qk<Tile, SL, T>(s[bi], q_frag.plus(bi * BM * D * 2), k_frag.plus((bi * STAGES * BN * D + kst) * 2));
+            }
         }
 
         // The tile's scores go to s[0] as values v whose score in log2 units is v * f. Interior
@@ -388,8 +414,10 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         // no mask select. Edge and partial tiles, tiles merging scoring branches and score
         // modifications apply scale, score and mask per element (f = log2 e).
         float f = AF_LOG2E;
-        if (af_is_identity_score<decltype(hooks.score)>::value &&
-            !af_tile_is_edge<BM, BN, decltype(hooks.mask), Scoring>(kind, br, blk, n0, a.seq_k)) {
+        // interior: not af_tile_is_edge, with the block's row test hoisted and 32-bit key positions
+        const bool interior = rows_full && (unsigned)n0 + BN <= (unsigned)a.seq_k &&
+                              !(decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL) && !(NB > 1 && br == 3);
+        if (af_is_identity_score<decltype(hooks.score)>::value && interior) {
             f = scale_log2;
             if constexpr (NB > 1) {
                 if (!(br & 1)) {  // one branch, not the near one
@@ -467,6 +495,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
 
         // O += P V: the C fragments of S (n8 tiles 2 kk, 2 kk + 1 of a slab) are the A fragment
         // of P; each V fragment feeds SL pairs of mma
+        const af_tc_frag_addr<D> va = v_frag.plus(kst * 2);
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             unsigned pa[SL][4];
@@ -481,7 +510,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 unsigned vf[4];  // B fragments of output n8 tiles 2 dp, 2 dp + 1 (.trans: V rows are k)
-                af_ldmatrix_x4_trans(vf, &sV[kst + v_frag.at(dp) + kk * 16 * D]);
+                af_ldmatrix_x4_trans_at(vf, va.at(dp) + kk * 32 * D);
 #pragma unroll
                 for (int sl = 0; sl < SL; ++sl) {
                     TT::mma(acc[sl * DT8 + 2 * dp], pa[sl], vf, acc[sl * DT8 + 2 * dp]);

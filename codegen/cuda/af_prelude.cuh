@@ -52,6 +52,7 @@ __device__ __forceinline__ void af_mma_m16n8k16_bf16(float* d, const unsigned* a
           "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
 
+// The shared-window address of a pointer into shared memory (32 bits).
 __device__ __forceinline__ unsigned af_smem_addr(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
@@ -70,6 +71,19 @@ __device__ __forceinline__ void af_ldmatrix_x4_trans(unsigned* r, const void* sm
                  : "r"(af_smem_addr(smem_row)));
 }
 
+// The same two at a shared-window address (af_smem_addr): arithmetic on it stays 32-bit, and
+// a constant added to it becomes the instruction's immediate offset.
+__device__ __forceinline__ void af_ldmatrix_x4_at(unsigned* r, unsigned smem_addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr));
+}
+__device__ __forceinline__ void af_ldmatrix_x4_trans_at(unsigned* r, unsigned smem_addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr));
+}
+
 // Two 8x8 b16 matrices (lanes 0-15 supply row addresses).
 __device__ __forceinline__ void af_ldmatrix_x2(unsigned* r, const void* smem_row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
@@ -80,6 +94,11 @@ __device__ __forceinline__ void af_ldmatrix_x2(unsigned* r, const void* smem_row
 // Asynchronous 16-byte global -> shared copy (L2 only), completed by af_cp_async_wait.
 __device__ __forceinline__ void af_cp_async_16(void* smem_dst, const void* gmem_src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(af_smem_addr(smem_dst)), "l"(gmem_src));
+}
+
+// Same to a shared-window address (af_smem_addr).
+__device__ __forceinline__ void af_cp_async_16_at(unsigned smem_dst, const void* gmem_src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_dst), "l"(gmem_src));
 }
 
 __device__ __forceinline__ void af_cp_async_commit() {

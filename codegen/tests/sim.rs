@@ -760,7 +760,7 @@ fn tc_suite(cases: Vec<tc_cases::TcCase>) {
         Arch::Sm80,
         &[
             "af_mma_m16n8k16_",
-            "af_ldmatrix_x4_trans(",
+            "af_ldmatrix_x4_trans_at(",
             "af_cp_async_16(&sV",
         ],
         0x7c,

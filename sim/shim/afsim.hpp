@@ -1566,6 +1566,33 @@ inline uint32_t smem_addr(const void* p, const char* what) {
   if (!in_arena(f->blk, p, 1)) fail(std::string(what) + ": pointer is not in this block's shared memory");
   return uint32_t(off_of(f->blk, p));
 }
+/// The pointer at shared-window address `a` of this block (the inverse of smem_addr); an
+/// address past the block's shared memory gives a pointer past it (the operation using it
+/// reports the error).
+inline void* smem_ptr(uint32_t a, const char* what) {
+  Fiber* f = tl_cur;
+  if (!f) fail(std::string(what) + " outside a kernel");
+  return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(f->blk->mem) + a);
+}
+}  // namespace afsim
+/// __cvta_generic_to_shared: the shared-window address of a pointer into this block's shared
+/// memory (its byte offset in the block's arena).
+inline unsigned af_smem_addr(const void* p) { return afsim::smem_addr(p, "af_smem_addr"); }
+/// ldmatrix .x4 at a shared-window address (af_smem_addr).
+inline void af_ldmatrix_x4_at(unsigned* r, unsigned smem_addr,
+                              std::source_location loc = std::source_location::current()) {
+  afsim::ldmatrix(r, afsim::smem_ptr(smem_addr, "af_ldmatrix_x4_at"), afsim::WarpOp::Ldm4, 4, loc);
+}
+/// ldmatrix .x4 .trans at a shared-window address (af_smem_addr).
+inline void af_ldmatrix_x4_trans_at(unsigned* r, unsigned smem_addr,
+                                    std::source_location loc = std::source_location::current()) {
+  afsim::ldmatrix(r, afsim::smem_ptr(smem_addr, "af_ldmatrix_x4_trans_at"), afsim::WarpOp::Ldm4T, 4, loc);
+}
+/// cp.async 16 bytes to a shared-window address (af_smem_addr).
+inline void af_cp_async_16_at(unsigned smem_dst, const void* gmem_src) {
+  af_cp_async_16(afsim::smem_ptr(smem_dst, "af_cp_async_16_at"), gmem_src);
+}
+namespace afsim {
 
 // --- warpgroup collectives ----------------------------------------------------
 void complete_wg(Block* b, unsigned g, int op);

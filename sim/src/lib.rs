@@ -44,6 +44,10 @@
 //! void af_ldmatrix_x2      (unsigned* r, const void* smem_row);   // r[2]
 //! void af_ldmatrix_x4_trans(unsigned* r, const void* smem_row);   // r[4]
 //! void af_cp_async_16(void* smem_dst, const void* gmem_src);
+//! unsigned af_smem_addr(const void* smem_ptr);   // byte offset in the block's shared memory
+//! void af_ldmatrix_x4_at      (unsigned* r, unsigned smem_addr);
+//! void af_ldmatrix_x4_trans_at(unsigned* r, unsigned smem_addr);
+//! void af_cp_async_16_at(unsigned smem_dst, const void* gmem_src);
 //! void af_cp_async_commit();
 //! template <int N> void af_cp_async_wait();
 //! ```

@@ -312,6 +312,55 @@ extern "C" __global__ void ldm_uninit(unsigned* out) {
     );
 }
 
+/// The shared-window address forms (`af_smem_addr`, `af_ldmatrix_x4_at`, `af_cp_async_16_at`)
+/// read and write what the pointer forms do, and an address past the block's shared memory is
+/// a launch error naming the operation, not a wild read.
+#[test]
+fn shared_window_addresses_match_pointers_and_are_bounds_checked() {
+    let src = r#"
+extern "C" __global__ void ldm_at(const __half* g, unsigned* out, int past) {
+  AF_SHARED(__half, s, 512);
+  int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) s[i] = __float2half_rn(0.25f * (i % 13));
+  af_cp_async_16_at(af_smem_addr(&s[256 + 8 * lane]), g + 8 * lane);
+  af_cp_async_commit();
+  af_cp_async_wait<0>();
+  __syncthreads();
+  unsigned r[4], q[4];
+  const int row = (lane % 16) * 16 + (lane / 16) * 8;
+  af_ldmatrix_x4_at(q, af_smem_addr(&s[0]) + 2 * row + past);
+  unsigned bad = 0;  // matrix m of lane l: row l / 4 (the address of lane 8 m + l / 4), elements 2 (l % 4), + 1
+  for (int m = 0; m < 4; ++m) {
+    const int src = 8 * m + lane / 4, e = ((src % 16) * 16 + (src / 16) * 8) + 2 * (lane % 4);
+    bad |= q[m] ^ ((unsigned)__half_as_ushort(s[e]) | (unsigned)__half_as_ushort(s[e + 1]) << 16);
+  }
+  out[lane] = bad;
+  af_ldmatrix_x4_trans(r, &s[row]);
+  af_ldmatrix_x4_trans_at(q, af_smem_addr(&s[row]));
+  out[32 + lane] = (r[0] ^ q[0]) | (r[1] ^ q[1]) | (r[2] ^ q[2]) | (r[3] ^ q[3]);
+  for (int e = 0; e < 8; ++e) out[64 + 8 * lane + e] = __half_as_ushort(s[256 + 8 * lane + e]) ^ __half_as_ushort(g[8 * lane + e]);
+}
+"#;
+    let k = build(src, "ldm_at");
+    let g: Vec<f16> = (0..256).map(|i| f16::from_f32(i as f32 * 0.5)).collect();
+    let mut out = vec![1u32; 64 + 256];
+    let mut args = [SimArg::input(&g), SimArg::output(&mut out), SimArg::I32(0)];
+    k.launch(1, 32, 0, &mut args, &SimConfig::new(Schedule::Forward))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.iter().all(|&x| x == 0), "{out:?}");
+    // 1 MiB further is past any block's shared memory
+    let mut args = [
+        SimArg::input(&g),
+        SimArg::output(&mut out),
+        SimArg::I32(1 << 20),
+    ];
+    let msg = launch_err(&k, 1, 32, &mut args, Schedule::Forward);
+    assert!(
+        msg.contains("af_ldmatrix_x4") && msg.contains("inside this block's shared memory"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn bad_arguments_are_typed_errors() {
     let src = r#"

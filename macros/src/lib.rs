@@ -166,6 +166,7 @@ fn companion(func: &syn::ItemFn, def: &UserFnDef, grad: Option<&ScoreGradDef>) -
         ),
     };
     let backward = grad.map_or_else(TokenStream2::new, |g| backward_items(def, g, &args));
+    let grad_consts = grad_consts(grad);
     let doc = format!("Companion of the attnforge {kind} function `{name}`: its CUDA translation and a uniform call.");
     quote! {
         #[doc = #doc]
@@ -184,6 +185,7 @@ fn companion(func: &syn::ItemFn, def: &UserFnDef, grad: Option<&ScoreGradDef>) -
             pub const HAS_BATCH: bool = #has_b;
             /// Whether the Rust function takes a head index.
             pub const HAS_HEAD: bool = #has_h;
+            #grad_consts
 
             /// Values of the user parameters.
             #[derive(Clone, Copy, Debug)]
@@ -304,6 +306,35 @@ fn param_tokens(def: &UserFnDef) -> (Vec<TokenStream2>, Vec<TokenStream2>, Vec<T
         })
         .collect();
     (owned, borrowed, visited)
+}
+
+/// The derivatives in the form the backward kernels take (`UserFunction::grad`), for every
+/// companion: `GRAD_CUDA` (`BACKWARD_CUDA`, empty without `backward`), `GRAD_SCORE` (the
+/// `ds'/ds` function, empty without), `GRAD_PARAMS` (per reference to a learnable parameter:
+/// its parameter index, the partial's name, the index function's name or empty).
+fn grad_consts(grad: Option<&ScoreGradDef>) -> TokenStream2 {
+    let (cuda, d_score) = grad.map_or((String::new(), String::new()), |g| {
+        (g.cuda.clone(), g.d_score.name.clone())
+    });
+    let params = grad.map_or_else(Vec::new, |g| {
+        g.params
+            .iter()
+            .map(|p| {
+                let (i, partial) = (p.param, &p.partial.name);
+                let index = p.index.as_ref().map_or(String::new(), |f| f.name.clone());
+                quote!((#i, #partial, #index))
+            })
+            .collect()
+    });
+    quote! {
+        /// The derivatives' CUDA text (empty without `#[score(backward)]`).
+        pub const GRAD_CUDA: &str = #cuda;
+        /// The `ds'/ds` device function (empty without `#[score(backward)]`).
+        pub const GRAD_SCORE: &str = #d_score;
+        /// Per reference to a learnable parameter: (parameter index, `ds'/dparam` function,
+        /// index function of a table or empty).
+        pub const GRAD_PARAMS: &[(usize, &str, &str)] = &[#(#params),*];
+    }
 }
 
 /// The items `#[score(backward)]` adds to the companion: the derivative functions (natively

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use attnforge_reference::{AttnOutput, Element, Precision};
 use attnforge_runtime::codegen::emit::{emit, EmittedKernel};
 use attnforge_runtime::codegen::spec::{
-    KernelSpec, UserFunction, UserParam, UserParamKind, UserSource,
+    KernelSpec, UserFunction, UserParam, UserParamGrad, UserParamKind, UserScoreGrad, UserSource,
 };
 use attnforge_runtime::codegen::tile::{default_search_space, Arch, TileConfig};
 use attnforge_runtime::exec::{
@@ -115,6 +115,32 @@ pub fn user_function(name: &str, cuda: &str, params: &[(&str, &str)]) -> UserFun
             .collect(),
         grad: None,
     }
+}
+
+/// [`user_function`] with the companion's derivatives (`GRAD_CUDA`, `GRAD_SCORE`,
+/// `GRAD_PARAMS`; empty without `#[score(backward)]`, which gives no `grad`).
+pub fn user_function_with_grad(
+    name: &str,
+    cuda: &str,
+    params: &[(&str, &str)],
+    (grad_cuda, grad_score, grad_params): (&str, &str, &[(usize, &str, &str)]),
+) -> UserFunction {
+    let mut f = user_function(name, cuda, params);
+    if !grad_score.is_empty() {
+        f.grad = Some(UserScoreGrad {
+            cuda: grad_cuda.to_string(),
+            d_score: grad_score.to_string(),
+            params: grad_params
+                .iter()
+                .map(|&(param, partial, index)| UserParamGrad {
+                    param,
+                    partial: partial.to_string(),
+                    index: (!index.is_empty()).then(|| index.to_string()),
+                })
+                .collect(),
+        });
+    }
+    f
 }
 
 /// Collects the values a companion's `visit` reports into `p.user` (by parameter name).

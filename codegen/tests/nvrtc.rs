@@ -363,7 +363,12 @@ fn backward_kernels_compile_without_spills() {
     use attnforge_codegen::backward::{backward_supported, emit_backward, BackwardTile};
     let mut kernels = Vec::new();
     let mut specs: Vec<KernelSpec> = catalog();
-    specs.push(KernelSpec::new(DType::Bf16, HeadDim::D256, Mask::Causal, ScoreMod::Softcap));
+    specs.push(KernelSpec::new(
+        DType::Bf16,
+        HeadDim::D256,
+        Mask::Causal,
+        ScoreMod::Softcap,
+    ));
     for spec in specs {
         if backward_supported(&spec).is_err() {
             continue;
@@ -372,6 +377,10 @@ fn backward_kernels_compile_without_spills() {
             .unwrap_or_else(|e| panic!("{}: {e:?}", spec.canonical_name()));
         kernels.extend([k.delta, k.dkdv, k.dq].map(|k| (k, Arch::Sm80)));
     }
-    assert_eq!(kernels.len(), 3 * 22, "every covered catalog variant and the d = 256 case");
+    assert_eq!(
+        kernels.len(),
+        3 * 22,
+        "every covered catalog variant and the d = 256 case"
+    );
     check_all(kernels);
 }

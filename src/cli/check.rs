@@ -37,7 +37,8 @@ output bits and the simulator's work counters over every problem (equal digests:
 --backward checks the backward kernels instead (variants.md section 12: dq, dk, dv and the
 score parameter's gradient, each against the f64 backward with the same rule); with --all it
 covers the static catalog (the data-dependent families have no backward). Variants the
-backward kernels do not cover yet fail with the reason.
+backward kernels do not cover yet fail with the reason. A spec file with `backward = true` is
+checked both ways without --backward (docs/spec-files.md).
 
 Examples:
   attnforge check flash_fwd_causal_d64_f16
@@ -369,15 +370,25 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         CheckBackend::Sim => Backend::sim(),
         CheckBackend::Cuda => Backend::Cuda(0),
     };
-    let bar = ProgressBar::new(files.len() as u64);
+    // A spec file with `backward = true` is checked forward and backward.
+    let jobs: Vec<(&AnySpecFile, bool)> = files
+        .iter()
+        .flat_map(|f| {
+            let both = !a.backward && matches!(f, AnySpecFile::Static(sf) if sf.backward);
+            [(f, a.backward)]
+                .into_iter()
+                .chain(both.then_some((f, true)))
+        })
+        .collect();
+    let bar = ProgressBar::new(jobs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut failed = 0;
-    for f in &files {
+    for &(f, backward) in &jobs {
         bar.set_message(f.canonical_name());
-        let checked = if a.backward {
+        let checked = if backward {
             super::check_backward::check_backward_any(f, &backend, a.seed)
         } else {
             variant(f).check(&backend, a.seed)
@@ -417,7 +428,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             } else {
                 String::new()
             };
-            if a.backward {
+            if backward {
                 format!(
                     "PASS {:<56} max err / bound: {}{problems}",
                     v.name, v.detail
@@ -446,11 +457,11 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         };
         return Err(CliError::failed(format!(
             "{failed} of {} kernels failed the check{stopped}",
-            files.len()
+            jobs.len()
         )));
     }
     if !a.json {
-        println!("{} kernels passed", files.len());
+        println!("{} kernels passed", jobs.len());
     }
     Ok(())
 }

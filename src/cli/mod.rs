@@ -7,6 +7,7 @@ mod check_problems;
 mod common;
 mod dynamic;
 mod emit;
+mod emit_backward;
 mod list;
 mod plan_cp;
 mod run;

@@ -51,6 +51,9 @@ Examples:
   attnforge check --all --backend sim
   attnforge check examples/specs/landmark_retrieval.toml examples/specs/hax.toml
   attnforge run examples/specs/causal.toml --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
+  attnforge run examples/specs/causal.toml --backward --q q.npy --k k.npy --v v.npy --do do.npy --dq dq.npy --dk dk.npy --dv dv.npy
+  attnforge check --backward --all --backend sim
+  attnforge emit examples/specs/softcap.toml --backward --out-dir build/
 
 A SPEC is a catalog canonical name (see `attnforge list`) or a path to a TOML spec file
 (docs/spec-files.md).";
@@ -76,7 +79,8 @@ enum Command {
     /// Run kernels on a backend and compare them with the f64 reference.
     #[command(after_help = check::AFTER_HELP)]
     Check(check::CheckArgs),
-    /// Run one spec on q/k/v from .npy files and write out and lse as .npy.
+    /// Run one spec on q/k/v from .npy files and write out and lse as .npy (--backward: the
+    /// gradients dq, dk, dv from dO).
     #[command(after_help = run::AFTER_HELP)]
     Run(run::RunArgs),
     /// Autotune kernels (search space, ptxas pruning, simulator gate, measurement or static

@@ -43,6 +43,14 @@ Examples:
   attnforge run examples/specs/landmark_retrieval.toml --q q.npy --k k.npy --v v.npy --out o.npy
   attnforge run examples/specs/hax.toml --q q2.npy --k k2.npy --v x.npy --hyperplanes hp.npy --ks ks.npy --out o.npy
 
+Backward (variants.md section 12, static specs): --backward with --do dO.npy (out's shape,
+the spec's dtype, the rules of --q) and optionally --dlse (float32 [B, Hq, Sq]) writes float32
+--dq [B, Hq, Sq, D], --dk and --dv [B, Hkv, Sk, D], --dparams the score parameter's gradient
+(softcap [1], ALiBi [Hq]) and, when given, --out/--lse of the forward it was taken at; the
+reference backend is the f64 backward. All outputs are staged and written only together.
+Variants without backward kernels (LM-Infinite, user score functions, the pipelines) exit 2.
+  attnforge run flash_fwd_local_softcap_d64_f16 --backward --q q.npy --k k.npy --v v.npy --do do.npy --dq dq.npy --dk dk.npy --dv dv.npy --dparams dcap.npy
+
 Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes q2/k2/x as
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
 Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).";

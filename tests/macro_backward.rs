@@ -16,6 +16,9 @@ attnforge::kernel! {
     }
 }
 
+// `backward: true` is visible as a constant.
+const _: () = assert!(CausalSoftcap::BACKWARD);
+
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
@@ -30,7 +33,6 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn backward_true_gives_the_backward_kernels_and_their_check() {
-    assert!(CausalSoftcap::BACKWARD);
     let k = CausalSoftcap::backward_cuda(&BackwardTile::default()).unwrap();
     let name = CausalSoftcap::name();
     assert_eq!(k.delta.name, format!("{name}_bwd_delta"));

@@ -403,45 +403,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         if !v.ok {
             failed += 1;
         }
-        let line = if a.json {
-            let mut j = serde_json::json!({
-                "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
-                "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
-                "detail": v.detail, "problems": v.problems, "fingerprint": v.fingerprint,
-            });
-            if let (serde_json::Value::Object(m), serde_json::Value::Object(x)) = (&mut j, &v.extra)
-            {
-                m.insert("dynamic".into(), true.into());
-                m.extend(x.clone());
-            }
-            j.to_string()
-        } else if v.ok {
-            let work = match &v.extra {
-                serde_json::Value::Object(x) => format!(
-                    "  keys gathered {}",
-                    x.get("keys_gathered").cloned().unwrap_or_default()
-                ),
-                _ => String::new(),
-            };
-            let problems = if v.problems > 1 {
-                format!("  ({} problems)", v.problems)
-            } else {
-                String::new()
-            };
-            if backward {
-                format!(
-                    "PASS {:<56} max err / bound: {}{problems}",
-                    v.name, v.detail
-                )
-            } else {
-                format!(
-                    "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}",
-                    v.name, v.out_err, v.out_ratio, v.lse_err
-                )
-            }
-        } else {
-            format!("FAIL {:<56} {}", v.name, v.detail)
-        };
+        let line = result_line(&v, a.json, backward);
         bar.suspend(|| println!("{line}"));
         bar.inc(1);
         if a.fail_fast && !v.ok {
@@ -464,6 +426,48 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         println!("{} kernels passed", jobs.len());
     }
     Ok(())
+}
+
+/// One kernel's result line: JSON, or PASS/FAIL with its figures.
+fn result_line(v: &Verdict, json: bool, backward: bool) -> String {
+    if json {
+        let mut j = serde_json::json!({
+            "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
+            "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
+            "detail": v.detail, "problems": v.problems, "fingerprint": v.fingerprint,
+        });
+        if let (serde_json::Value::Object(m), serde_json::Value::Object(x)) = (&mut j, &v.extra) {
+            m.insert("dynamic".into(), true.into());
+            m.extend(x.clone());
+        }
+        j.to_string()
+    } else if v.ok {
+        let work = match &v.extra {
+            serde_json::Value::Object(x) => format!(
+                "  keys gathered {}",
+                x.get("keys_gathered").cloned().unwrap_or_default()
+            ),
+            _ => String::new(),
+        };
+        let problems = if v.problems > 1 {
+            format!("  ({} problems)", v.problems)
+        } else {
+            String::new()
+        };
+        if backward {
+            format!(
+                "PASS {:<56} max err / bound: {}{problems}",
+                v.name, v.detail
+            )
+        } else {
+            format!(
+                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}",
+                v.name, v.out_err, v.out_ratio, v.lse_err
+            )
+        }
+    } else {
+        format!("FAIL {:<56} {}", v.name, v.detail)
+    }
 }
 
 /// The `[problem]` against the element budget (attnforge::limits; the hard limits are

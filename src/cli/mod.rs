@@ -82,7 +82,7 @@ enum Command {
     /// Run one spec on q/k/v from .npy files and write out and lse as .npy (--backward: the
     /// gradients dq, dk, dv from dO).
     #[command(after_help = run::AFTER_HELP)]
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Autotune kernels (search space, ptxas pruning, simulator gate, measurement or static
     /// model) and write the reports; a second run reuses the tuning cache.
     #[command(after_help = TUNE_HELP)]
@@ -130,7 +130,7 @@ pub fn main() -> i32 {
         Command::List(a) => list::run(a),
         Command::Emit(a) => emit::run(a),
         Command::Check(a) => check::run(a),
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Tune(a) => attnforge_autotune::cli::run_tune(&a)
             .map(|s| {
                 println!(

@@ -380,3 +380,56 @@ fn variants_without_backward_kernels_are_rejected_by_name() {
         &["--dparams", "no learnable", "fix: remove --dparams"],
     );
 }
+
+#[test]
+fn alibi_writes_one_slope_gradient_per_query_head_equal_to_the_library() {
+    let c = case();
+    let alibi =
+        "dtype = \"f16\"\nhead_dim = 64\ngqa = true\nmask = \"causal\"\nscore = \"alibi\"\n";
+    std::fs::write(c.p("s.toml"), alibi).unwrap();
+    let (dd, dl, dp) = (c.s("do.npy"), c.s("dlse.npy"), c.s("dslopes.npy"));
+    let (dq, dk, dv) = (c.s("dq.npy"), c.s("dk.npy"), c.s("dv.npy"));
+    let o = c.run(&[
+        "--do",
+        &dd,
+        "--dlse",
+        &dl,
+        "--dq",
+        &dq,
+        "--dk",
+        &dk,
+        "--dv",
+        &dv,
+        "--dparams",
+        &dp,
+        "--backend",
+        "reference",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (shape, slopes) = read_f32(&c.p("dslopes.npy"));
+    assert_eq!(shape, [HQ as u64], "one gradient per query head");
+    let sf = SpecFile::load(&c.p("s.toml")).unwrap();
+    let t16 = |s: Shape4, v: &[f32]| {
+        Tensor4::from_vec(s, v.iter().map(|&x| f16::from_f32(x)).collect()).unwrap()
+    };
+    let x = Inputs::new(
+        t16(Shape4::new(B, HQ, SQ, D), &c.q),
+        t16(Shape4::new(B, HKV, SK, D), &c.k),
+        t16(Shape4::new(B, HKV, SK, D), &c.v),
+    );
+    let dout = t16(Shape4::new(B, HQ, SQ, D), &c.dout);
+    let up = Upstream {
+        dout: &dout,
+        dlse: Some(&c.dlse),
+    };
+    let params = sf.run_params(SK, None).unwrap();
+    let r = reference_backward(&sf.spec, &x, up, &params, Precision::F64).unwrap();
+    let ScoreParamGrads::Alibi(want) = &r.score_params else {
+        panic!("{:?}", r.score_params)
+    };
+    for (g, w) in slopes.iter().zip(want) {
+        assert_eq!(*g, *w as f32);
+    }
+    let (_, dqv) = read_f32(&c.p("dq.npy"));
+    assert!(dqv.iter().zip(&r.dq.data).all(|(a, b)| *a == *b as f32));
+}

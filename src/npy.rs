@@ -512,3 +512,27 @@ fn check_shape_text(dims: &[u8], data_len: u64) -> Result<(), (String, String)> 
     }
     Ok(())
 }
+
+/// Read a float32 (`<f4`) array of any rank: its shape and its values in C order, every value
+/// finite (upstream gradients such as `dlse`).
+pub fn read_f32(path: &Path) -> Result<(Vec<u64>, Vec<f32>), NpyError> {
+    let npy = open(path)?;
+    let shape: Vec<u64> = npy.shape().to_vec();
+    let d = descr(&npy);
+    if d != "<f4" {
+        return Err(err(
+            path,
+            format!("dtype {d}, expected float32"),
+            "save the array as float32 ('<f4'), e.g. numpy.save(path, x.astype(numpy.float32))",
+        ));
+    }
+    let v: Vec<f32> = read_vec(path, npy)?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(err(
+            path,
+            format!("element {i} (flat, C order) is NaN or Inf"),
+            "upstream gradients must be finite: find where the NaN/Inf comes from",
+        ));
+    }
+    Ok((shape, v))
+}

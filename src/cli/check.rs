@@ -37,7 +37,8 @@ output bits and the simulator's work counters over every problem (equal digests:
 --backward checks the backward kernels instead (variants.md section 12: dq, dk, dv and the
 score parameter's gradient, each against the f64 backward with the same rule); with --all it
 covers the static catalog (the data-dependent families have no backward). Variants the
-backward kernels do not cover yet fail with the reason.
+backward kernels do not cover yet fail with the reason. A spec file with `backward = true` is
+checked both ways without --backward (docs/spec-files.md).
 
 Examples:
   attnforge check flash_fwd_causal_d64_f16
@@ -369,15 +370,25 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         CheckBackend::Sim => Backend::sim(),
         CheckBackend::Cuda => Backend::Cuda(0),
     };
-    let bar = ProgressBar::new(files.len() as u64);
+    // A spec file with `backward = true` is checked forward and backward.
+    let jobs: Vec<(&AnySpecFile, bool)> = files
+        .iter()
+        .flat_map(|f| {
+            let both = !a.backward && matches!(f, AnySpecFile::Static(sf) if sf.backward);
+            [(f, a.backward)]
+                .into_iter()
+                .chain(both.then_some((f, true)))
+        })
+        .collect();
+    let bar = ProgressBar::new(jobs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut failed = 0;
-    for f in &files {
+    for &(f, backward) in &jobs {
         bar.set_message(f.canonical_name());
-        let checked = if a.backward {
+        let checked = if backward {
             super::check_backward::check_backward_any(f, &backend, a.seed)
         } else {
             variant(f).check(&backend, a.seed)
@@ -392,45 +403,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         if !v.ok {
             failed += 1;
         }
-        let line = if a.json {
-            let mut j = serde_json::json!({
-                "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
-                "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
-                "detail": v.detail, "problems": v.problems, "fingerprint": v.fingerprint,
-            });
-            if let (serde_json::Value::Object(m), serde_json::Value::Object(x)) = (&mut j, &v.extra)
-            {
-                m.insert("dynamic".into(), true.into());
-                m.extend(x.clone());
-            }
-            j.to_string()
-        } else if v.ok {
-            let work = match &v.extra {
-                serde_json::Value::Object(x) => format!(
-                    "  keys gathered {}",
-                    x.get("keys_gathered").cloned().unwrap_or_default()
-                ),
-                _ => String::new(),
-            };
-            let problems = if v.problems > 1 {
-                format!("  ({} problems)", v.problems)
-            } else {
-                String::new()
-            };
-            if a.backward {
-                format!(
-                    "PASS {:<56} max err / bound: {}{problems}",
-                    v.name, v.detail
-                )
-            } else {
-                format!(
-                    "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}",
-                    v.name, v.out_err, v.out_ratio, v.lse_err
-                )
-            }
-        } else {
-            format!("FAIL {:<56} {}", v.name, v.detail)
-        };
+        let line = result_line(&v, a.json, backward);
         bar.suspend(|| println!("{line}"));
         bar.inc(1);
         if a.fail_fast && !v.ok {
@@ -446,13 +419,55 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         };
         return Err(CliError::failed(format!(
             "{failed} of {} kernels failed the check{stopped}",
-            files.len()
+            jobs.len()
         )));
     }
     if !a.json {
-        println!("{} kernels passed", files.len());
+        println!("{} kernels passed", jobs.len());
     }
     Ok(())
+}
+
+/// One kernel's result line: JSON, or PASS/FAIL with its figures.
+fn result_line(v: &Verdict, json: bool, backward: bool) -> String {
+    if json {
+        let mut j = serde_json::json!({
+            "kernel": v.name, "pass": v.ok, "out_max_err": finite(v.out_err),
+            "out_ratio_to_naive": finite(v.out_ratio), "lse_max_err": finite(v.lse_err),
+            "detail": v.detail, "problems": v.problems, "fingerprint": v.fingerprint,
+        });
+        if let (serde_json::Value::Object(m), serde_json::Value::Object(x)) = (&mut j, &v.extra) {
+            m.insert("dynamic".into(), true.into());
+            m.extend(x.clone());
+        }
+        j.to_string()
+    } else if v.ok {
+        let work = match &v.extra {
+            serde_json::Value::Object(x) => format!(
+                "  keys gathered {}",
+                x.get("keys_gathered").cloned().unwrap_or_default()
+            ),
+            _ => String::new(),
+        };
+        let problems = if v.problems > 1 {
+            format!("  ({} problems)", v.problems)
+        } else {
+            String::new()
+        };
+        if backward {
+            format!(
+                "PASS {:<56} max err / bound: {}{problems}",
+                v.name, v.detail
+            )
+        } else {
+            format!(
+                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}",
+                v.name, v.out_err, v.out_ratio, v.lse_err
+            )
+        }
+    } else {
+        format!("FAIL {:<56} {}", v.name, v.detail)
+    }
 }
 
 /// The `[problem]` against the element budget (attnforge::limits; the hard limits are

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use attnforge::codegen::emit::emit;
+use attnforge::codegen::emit::{emit, EmittedKernel};
 use attnforge::codegen::tile::Arch;
 use attnforge::npy::write_bytes_atomic;
 use clap::Args;
@@ -26,7 +26,16 @@ Examples:
   attnforge emit flash_fwd_causal_d128_bf16 --out-dir build/
   attnforge emit examples/specs/softcap.toml --arch sm_90 --out-dir build/
   attnforge emit examples/specs/landmark_retrieval.toml --out-dir build/
-  attnforge emit examples/specs/causal.toml --no-ptxas   # without the CUDA toolchain";
+  attnforge emit examples/specs/causal.toml --no-ptxas   # without the CUDA toolchain
+  attnforge emit flash_fwd_local_softcap_d64_f16 --backward --out-dir build/
+
+--backward (or `backward = true` in a spec file) also writes the three backward kernels of a
+static spec (variants.md section 12): <kernel>_bwd_delta, _bwd_dkdv and _bwd_dq, each a .cu and
+a .json with the argument order (the forward's arguments, then the gradient arguments with
+their roles: `grad_args`), grid, block threads, dynamic shared memory of the backward tile
+(32 x 32, 4 warps) and ptxas report. Launch order: delta, dkdv, dq. Variants the backward
+kernels do not cover (LM-Infinite, user score functions, the data-dependent families) are an
+error naming --backward (or the spec file's `backward` key); nothing is written for them.";
 
 /// Options of `attnforge emit`.
 #[derive(Debug, Args)]
@@ -43,6 +52,10 @@ pub struct EmitArgs {
     /// Skip NVRTC/ptxas (no CUDA toolchain needed; the JSON then has `"ptxas": null`).
     #[arg(long)]
     no_ptxas: bool,
+    /// Also write the three backward kernels (<kernel>_bwd_{delta,dkdv,dq}.cu + .json) of
+    /// each static spec (spec files: also `backward = true`).
+    #[arg(long)]
+    backward: bool,
 }
 
 pub fn run(a: EmitArgs) -> Result<(), CliError> {
@@ -83,6 +96,12 @@ fn emit_all(a: &EmitArgs) -> Result<(), CliError> {
 
 /// A pipeline's kernels, `<pipeline>.pipeline.json` and reports.
 pub(super) fn emit_dynamic(df: &DynSpecFile, s: &str, a: &EmitArgs) -> Result<(), CliError> {
+    if a.backward {
+        return Err(CliError::input(format!(
+            "{s}: --backward: `{}` is a data-dependent pipeline; the backward (variants.md section 12) covers the static variants only\n  fix: drop --backward for this spec",
+            df.spec.canonical_name()
+        )));
+    }
     let arch = a.arch.unwrap_or(df.arch);
     dynamic::emit(df, s, arch, &a.out_dir, a.no_ptxas)
 }
@@ -94,6 +113,13 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
         sf.tune.arch = arch;
     }
     let tile = sf.tile().map_err(CliError::input)?;
+    let backward = a.backward || sf.backward;
+    if let Some(e) = backward
+        .then(|| super::emit_backward::unsupported(&sf.spec, s, "--backward"))
+        .flatten()
+    {
+        return Err(e);
+    }
     let k = emit(&sf.spec, &tile, sf.tune.arch).map_err(|errs| {
         CliError::input(format!(
             "{s}: {}",
@@ -103,18 +129,20 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
                 .join("; ")
         ))
     })?;
-    let ptxas = if a.no_ptxas {
-        serde_json::Value::Null
-    } else {
-        let arch = sf.tune.arch;
+    let arch = sf.tune.arch;
+    let ptxas = |k: &EmittedKernel| -> Result<serde_json::Value, CliError> {
+        if a.no_ptxas {
+            return Ok(serde_json::Value::Null);
+        }
         let b = attnforge::kernels::build_kernel_cached(&k.source, &k.name, arch).map_err(|e| {
             CliError::failed(format!(
                 "{s}: NVRTC/ptxas failed for `{}`: {e}\n  fix: run `cargo xtask setup` for the CUDA toolchain, or pass --no-ptxas",
                 k.name
             ))
         })?;
-        serde_json::to_value(&b.resources).map_err(CliError::failed)?
+        serde_json::to_value(&b.resources).map_err(CliError::failed)
     };
+    let ptxas_k = ptxas(&k)?;
     let mut meta = serde_json::to_value(&k.metadata).map_err(CliError::failed)?;
     let signature: Vec<serde_json::Value> = k
         .metadata
@@ -124,7 +152,7 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
         .collect();
     if let serde_json::Value::Object(m) = &mut meta {
         m.insert("signature".into(), signature.into());
-        m.insert("ptxas".into(), ptxas);
+        m.insert("ptxas".into(), ptxas_k);
         m.insert("arch_name".into(), sf.tune.arch.sm_name().into());
     }
     let cu = a.out_dir.join(format!("{}.cu", k.name));
@@ -145,5 +173,8 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
         k.metadata.dynamic_smem_bytes,
         regs
     );
+    if backward {
+        super::emit_backward::emit_files(&sf.spec, s, arch, &a.out_dir, &ptxas)?;
+    }
     Ok(())
 }

@@ -7,9 +7,11 @@ mod check_problems;
 mod common;
 mod dynamic;
 mod emit;
+mod emit_backward;
 mod list;
 mod plan_cp;
 mod run;
+mod run_backward;
 mod variant;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +51,9 @@ Examples:
   attnforge check --all --backend sim
   attnforge check examples/specs/landmark_retrieval.toml examples/specs/hax.toml
   attnforge run examples/specs/causal.toml --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
+  attnforge run examples/specs/causal.toml --backward --q q.npy --k k.npy --v v.npy --do do.npy --dq dq.npy --dk dk.npy --dv dv.npy
+  attnforge check --backward --all --backend sim
+  attnforge emit examples/specs/softcap.toml --backward --out-dir build/
 
 A SPEC is a catalog canonical name (see `attnforge list`) or a path to a TOML spec file
 (docs/spec-files.md).";
@@ -74,9 +79,10 @@ enum Command {
     /// Run kernels on a backend and compare them with the f64 reference.
     #[command(after_help = check::AFTER_HELP)]
     Check(check::CheckArgs),
-    /// Run one spec on q/k/v from .npy files and write out and lse as .npy.
+    /// Run one spec on q/k/v from .npy files and write out and lse as .npy (--backward: the
+    /// gradients dq, dk, dv from dO).
     #[command(after_help = run::AFTER_HELP)]
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Autotune kernels (search space, ptxas pruning, simulator gate, measurement or static
     /// model) and write the reports; a second run reuses the tuning cache.
     #[command(after_help = TUNE_HELP)]
@@ -124,7 +130,7 @@ pub fn main() -> i32 {
         Command::List(a) => list::run(a),
         Command::Emit(a) => emit::run(a),
         Command::Check(a) => check::run(a),
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Tune(a) => attnforge_autotune::cli::run_tune(&a)
             .map(|s| {
                 println!(

@@ -43,6 +43,14 @@ Examples:
   attnforge run examples/specs/landmark_retrieval.toml --q q.npy --k k.npy --v v.npy --out o.npy
   attnforge run examples/specs/hax.toml --q q2.npy --k k2.npy --v x.npy --hyperplanes hp.npy --ks ks.npy --out o.npy
 
+Backward (variants.md section 12, static specs): --backward with --do dO.npy (out's shape,
+the spec's dtype, the rules of --q) and optionally --dlse (float32 [B, Hq, Sq]) writes float32
+--dq [B, Hq, Sq, D], --dk and --dv [B, Hkv, Sk, D], --dparams the score parameter's gradient
+(softcap [1], ALiBi [Hq]) and, when given, --out/--lse of the forward it was taken at; the
+reference backend is the f64 backward. All outputs are staged and written only together.
+Variants without backward kernels (LM-Infinite, user score functions, the pipelines) exit 2.
+  attnforge run flash_fwd_local_softcap_d64_f16 --backward --q q.npy --k k.npy --v v.npy --do do.npy --dq dq.npy --dk dk.npy --dv dv.npy --dparams dcap.npy
+
 Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes q2/k2/x as
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
 Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).";
@@ -73,37 +81,43 @@ pub enum DtypeArg {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Catalog name or spec file.
-    spec: String,
+    pub(super) spec: String,
     /// Queries (.npy).
     #[arg(long)]
-    q: PathBuf,
+    pub(super) q: PathBuf,
     /// Keys (.npy).
     #[arg(long)]
-    k: PathBuf,
+    pub(super) k: PathBuf,
     /// Values (.npy).
     #[arg(long)]
-    v: PathBuf,
+    pub(super) v: PathBuf,
     /// Document ids (.npy, int32), replacing the spec file's.
     #[arg(long)]
-    doc: Option<PathBuf>,
-    /// Output file for `out`.
-    #[arg(long)]
-    out: PathBuf,
+    pub(super) doc: Option<PathBuf>,
+    /// Output file for `out` (required, except with --backward).
+    #[arg(long, required_unless_present = "backward")]
+    pub(super) out: Option<PathBuf>,
     /// Output file for `lse` (optional).
     #[arg(long)]
-    lse: Option<PathBuf>,
+    pub(super) lse: Option<PathBuf>,
     /// HAX only: hyperplanes, f32 [1|B, H', N, hash_bits] (H' = 1, Hq or Hkv).
     #[arg(long)]
-    hyperplanes: Option<PathBuf>,
+    pub(super) hyperplanes: Option<PathBuf>,
     /// HAX only: key-selection scores, f32 [1|B, H', S, 1] (H' = 1, Hq or Hkv).
     #[arg(long)]
-    ks: Option<PathBuf>,
+    pub(super) ks: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "sim")]
-    backend: RunBackend,
+    pub(super) backend: RunBackend,
     /// Element type of the kernel (default: the spec's); must agree with the spec's dtype.
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
+    /// Run the backward (variants.md section 12): read --do (and --dlse), write --dq, --dk,
+    /// --dv (and --dparams); --out/--lse then receive the forward it was taken at.
+    #[arg(long)]
+    pub(super) backward: bool,
+    #[command(flatten)]
+    pub(super) grads: super::run_backward::GradArgs,
 }
 
 /// The one way `run` executes a variant of either kind: the f64 reference, or its
@@ -166,6 +180,9 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     check_input_sizes(&a)?;
     let v = variant(&any);
     want_dtype(&a, v.dtype())?;
+    if a.backward {
+        return super::run_backward::run(&a, &any);
+    }
     let out = v.run(&a)?;
     write_outputs(&a, &v.name(), &out)
 }
@@ -198,27 +215,7 @@ pub(super) fn run_dynamic(df: &DynSpecFile, a: &RunArgs) -> Result<AttnOutput, C
 
 /// A static kernel on the `.npy` inputs (and `--doc` for the document masks).
 pub(super) fn run_static(sf: &SpecFile, a: &RunArgs) -> Result<AttnOutput, CliError> {
-    if a.hyperplanes.is_some() || a.ks.is_some() {
-        return Err(CliError::input(format!(
-            "{}: --hyperplanes / --ks are HAX inputs; `{}` does not take them\n  fix: remove them",
-            a.spec,
-            sf.spec.canonical_name()
-        )));
-    }
-    let q = read_tensor(&a.q, sf.spec.dtype).map_err(CliError::input)?;
-    let k = read_tensor(&a.k, sf.spec.dtype).map_err(CliError::input)?;
-    let v = read_tensor(&a.v, sf.spec.dtype).map_err(CliError::input)?;
-    let doc = match &a.doc {
-        Some(p) => Some(read_i32(p).map_err(CliError::input)?),
-        None => None,
-    };
-    let mut rp = sf.run_params(k.shape().seq, doc).map_err(CliError::input)?;
-    specfile::catalog_twins(sf, &mut rp);
-    let scale = sf
-        .spec
-        .scale
-        .map_or(1.0 / (sf.spec.head_dim.get() as f64).sqrt(), f64::from);
-    check_magnitudes(&a.spec, [(&a.q, &q), (&a.k, &k), (&a.v, &v)], scale)?;
+    let (q, k, v, rp) = static_inputs(sf, a)?;
     let progress = Progress::start(format!(
         "{}: running on the {}",
         sf.spec.canonical_name(),
@@ -250,7 +247,37 @@ pub(super) fn run_static(sf: &SpecFile, a: &RunArgs) -> Result<AttnOutput, CliEr
     })
 }
 
-fn backend_name(b: RunBackend) -> &'static str {
+/// q, k, v of a static spec (the spec's dtype, magnitudes checked) and its run parameters
+/// (`--doc` overriding the file's document ids).
+pub(super) fn static_inputs(
+    sf: &SpecFile,
+    a: &RunArgs,
+) -> Result<(AnyTensor, AnyTensor, AnyTensor, RunParams), CliError> {
+    if a.hyperplanes.is_some() || a.ks.is_some() {
+        return Err(CliError::input(format!(
+            "{}: --hyperplanes / --ks are HAX inputs; `{}` does not take them\n  fix: remove them",
+            a.spec,
+            sf.spec.canonical_name()
+        )));
+    }
+    let q = read_tensor(&a.q, sf.spec.dtype).map_err(CliError::input)?;
+    let k = read_tensor(&a.k, sf.spec.dtype).map_err(CliError::input)?;
+    let v = read_tensor(&a.v, sf.spec.dtype).map_err(CliError::input)?;
+    let doc = match &a.doc {
+        Some(p) => Some(read_i32(p).map_err(CliError::input)?),
+        None => None,
+    };
+    let mut rp = sf.run_params(k.shape().seq, doc).map_err(CliError::input)?;
+    specfile::catalog_twins(sf, &mut rp);
+    let scale = sf
+        .spec
+        .scale
+        .map_or(1.0 / (sf.spec.head_dim.get() as f64).sqrt(), f64::from);
+    check_magnitudes(&a.spec, [(&a.q, &q), (&a.k, &k), (&a.v, &v)], scale)?;
+    Ok((q, k, v, rp))
+}
+
+pub(super) fn backend_name(b: RunBackend) -> &'static str {
     match b {
         RunBackend::Reference => "f64 reference",
         RunBackend::Sim => "simulator",
@@ -305,7 +332,7 @@ pub(super) fn check_magnitudes(
 
 /// A spinner line on stderr with the elapsed time, while a kernel runs: shown when stderr is
 /// a terminal (`ATTNFORGE_PROGRESS=always` or `never` overrides the test).
-struct Progress {
+pub(super) struct Progress {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     started: Instant,
@@ -322,7 +349,7 @@ impl Progress {
         }
     }
 
-    fn start(message: String) -> Progress {
+    pub(super) fn start(message: String) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let draw = move |frame: usize, message: &str| {
@@ -362,7 +389,7 @@ impl Progress {
 
     /// Stop the spinner: `done in N s` after a success, a cleared line after a failure (the
     /// error follows).
-    fn finish(mut self, ok: bool) {
+    pub(super) fn finish(mut self, ok: bool) {
         self.ok = ok;
     }
 }
@@ -481,8 +508,8 @@ fn output_id(flag: &str, p: &Path) -> Result<FileId, CliError> {
     })
 }
 
-/// Refuse outputs that are inputs (q, k, v, doc, hyperplanes, ks, the spec file, its doc
-/// file) or each other, and unwritable outputs, before reading or computing anything.
+/// Refuse outputs that are inputs (q, k, v, doc, hyperplanes, ks, dO, dlse, the spec file,
+/// its doc file) or each other, and unwritable outputs, before reading or computing anything.
 fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
     let mut inputs: Vec<(String, PathBuf)> = vec![
         ("the input --q".into(), a.q.clone()),
@@ -493,6 +520,8 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
         ("--doc", &a.doc),
         ("--hyperplanes", &a.hyperplanes),
         ("--ks", &a.ks),
+        ("--do", &a.grads.dout),
+        ("--dlse", &a.grads.dlse),
     ] {
         if let Some(p) = p {
             inputs.push((format!("the input {flag}"), p.clone()));
@@ -513,9 +542,18 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
             ));
         }
     }
-    let mut outputs = vec![("--out", &a.out, output_id("--out", &a.out)?)];
-    if let Some(l) = &a.lse {
-        outputs.push(("--lse", l, output_id("--lse", l)?));
+    let mut outputs = Vec::new();
+    for (flag, p) in [
+        ("--out", &a.out),
+        ("--lse", &a.lse),
+        ("--dq", &a.grads.dq),
+        ("--dk", &a.grads.dk),
+        ("--dv", &a.grads.dv),
+        ("--dparams", &a.grads.dparams),
+    ] {
+        if let Some(p) = p {
+            outputs.push((flag, p, output_id(flag, p)?));
+        }
     }
     for (oflag, op, oid) in &outputs {
         for (iflag, ip) in &inputs {
@@ -528,13 +566,17 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
             }
         }
     }
-    if let [(_, op, oid), (_, lp, lid)] = &outputs[..] {
-        if oid.same(lid) {
-            return Err(CliError::input(format!(
-                "--out {} and --lse {} are the same file: lse would overwrite out\n  fix: give --lse another file name",
-                op.display(),
-                lp.display()
-            )));
+    for (i, (f1, p1, id1)) in outputs.iter().enumerate() {
+        for (f2, p2, id2) in &outputs[i + 1..] {
+            if id1.same(id2) {
+                return Err(CliError::input(format!(
+                    "{f1} {} and {f2} {} are the same file: {} would overwrite {}\n  fix: give {f2} another file name",
+                    p1.display(),
+                    p2.display(),
+                    &f2[2..],
+                    &f1[2..]
+                )));
+            }
         }
     }
     Ok(())
@@ -606,7 +648,10 @@ fn write_outputs(a: &RunArgs, name: &str, out: &AttnOutput) -> Result<(), CliErr
     let l: Vec<f32> = out.lse.iter().map(|&x| x as f32).collect();
     // Both go to temporaries first and are renamed only when both are written, so that a
     // failure leaves the previous files as they were.
-    let so = write_staged(&a.out, &[b, h, s, d], &o).map_err(CliError::input)?;
+    let out_path = a.out.as_ref().ok_or_else(|| {
+        CliError::input("--out is missing\n  fix: give --out o.npy (the output of the forward)")
+    })?;
+    let so = write_staged(out_path, &[b, h, s, d], &o).map_err(CliError::input)?;
     let sl = match &a.lse {
         Some(lp) => Some(write_staged(lp, &[b, h, s], &l).map_err(CliError::input)?),
         None => None,
@@ -618,7 +663,7 @@ fn write_outputs(a: &RunArgs, name: &str, out: &AttnOutput) -> Result<(), CliErr
     println!(
         "{}: wrote {} [{b}, {h}, {s}, {d}]{}",
         name,
-        a.out.display(),
+        out_path.display(),
         a.lse.as_ref().map_or(String::new(), |p| format!(
             " and {} [{b}, {h}, {s}]",
             p.display()

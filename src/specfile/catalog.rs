@@ -66,6 +66,7 @@ pub fn from_catalog(spec: KernelSpec) -> SpecFile {
             seq_k: seq,
             seed: 1,
         },
+        backward: false,
         tune: Tune {
             arch: Arch::Sm80,
             tile: None,

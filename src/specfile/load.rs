@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use attnforge_dsl::FnKind;
+use attnforge_runtime::codegen::backward::backward_supported;
 use attnforge_runtime::codegen::check::validate_spec;
 use attnforge_runtime::codegen::masks::BuiltinMask;
 use attnforge_runtime::codegen::scores::{self, ScoreParamKind};
@@ -72,6 +73,7 @@ impl SpecFile {
         let user = user_values(&spec, &p.user).map_err(at)?;
         let problem = problem_of(raw.problem, &spec).map_err(at)?;
         let tune = tune_of(raw.tune, &spec).map_err(at)?;
+        check_backward(raw.backward, &spec).map_err(at)?;
         Ok(SpecFile {
             path: path.map(Path::to_path_buf),
             description: raw.description,
@@ -86,6 +88,7 @@ impl SpecFile {
             host_score,
             problem,
             tune,
+            backward: raw.backward,
         })
     }
 }
@@ -347,6 +350,30 @@ pub(crate) fn problem_limits(p: &Problem, head_dim: usize) -> Result<(), FieldEr
         dim: head_dim as u64,
     };
     crate::limits::check_hard(&sizes).map_err(|e| (e.field, e.message, e.fix))
+}
+
+/// `backward = true` only for a variant the backward kernels cover.
+fn check_backward(backward: bool, spec: &KernelSpec) -> Result<(), FieldErr> {
+    if !backward {
+        return Ok(());
+    }
+    backward_supported(spec).map_err(|errs| {
+        field_err(
+            "backward",
+            format!(
+                "`backward = true` but the backward kernels do not cover this variant: {}",
+                errs.iter()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            format!(
+                "remove `backward = true` (or {})",
+                errs.first()
+                    .map_or("change the variant", |e| e.fix.as_str())
+            ),
+        )
+    })
 }
 
 /// The `[tune]` table: the architecture and a tile valid for the spec on it.

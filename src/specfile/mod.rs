@@ -167,6 +167,11 @@ pub struct SpecFile {
     pub problem: Problem,
     /// The `[tune]` table.
     pub tune: Tune,
+    /// `backward = true`: `check` also checks, and `emit` also writes, the backward kernels
+    /// (variants.md section 12); only for variants [`backward_supported`] accepts.
+    ///
+    /// [`backward_supported`]: attnforge_runtime::codegen::backward::backward_supported
+    pub backward: bool,
 }
 
 impl SpecFile {

@@ -26,6 +26,8 @@ pub(crate) struct Raw {
     pub(crate) params: toml::Table,
     pub(crate) problem: Option<Problem>,
     pub(crate) tune: Option<TuneRaw>,
+    #[serde(default)]
+    pub(crate) backward: bool,
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use attnforge_codegen::backward::backward_supported;
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
 use attnforge_codegen::masks::{BuiltinMask, Causality, ParamDef, ParamType, DEFAULT_MASK, MASKS};
 use attnforge_codegen::scores::ScoreParamKind;
@@ -18,7 +19,7 @@ use super::parse::{Entry, KernelDecl, Value};
 
 /// Architecture the declaration is validated for (the smaller shared-memory limit).
 const ARCH: Arch = Arch::Sm80;
-const KEYS: &str = "mask, score, dtype, head_dim, gqa, causal, scale, sparse_block, tune (or `family` for a dynamic family)";
+const KEYS: &str = "mask, score, dtype, head_dim, gqa, causal, scale, sparse_block, tune, backward (or `family` for a dynamic family)";
 const TUNE_KEYS: [&str; 4] = ["block_m", "block_n", "warps", "stages"];
 const DEFAULT_GRID: [&[usize]; 4] = [&[16, 32, 64, 128], &[32, 64, 128], &[1, 2, 4, 8], &[1]];
 
@@ -34,6 +35,9 @@ pub(crate) struct Decl {
     pub mask_fn: Option<syn::Path>,
     pub score_fn: Option<syn::Path>,
     pub tune: Option<[Vec<usize>; 4]>,
+    /// `backward: true`: the item also has the backward kernels (checked here with
+    /// `backward_supported`).
+    pub backward: bool,
 }
 
 pub(crate) struct Ctx<'a> {
@@ -533,6 +537,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
     let mut seen: BTreeMap<String, &Entry> = BTreeMap::new();
     let (mut dtype, mut head_dim, mut gqa, mut causal, mut scale, mut sparse) =
         (None, None, false, None, None, None);
+    let mut backward = false;
     let (mut mask, mut score, mut tune) = (None, None, None);
     let mut spans: BTreeMap<&str, TokenStream> = BTreeMap::new();
     let mut mask_failed = false;
@@ -564,6 +569,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
             "causal",
             "scale",
             "sparse_block",
+            "backward",
         ];
         let Some(k) = known.iter().find(|k| **k == key) else {
             cx.err(
@@ -587,8 +593,9 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
             }
             "dtype" => dtype = check_dtype(&mut cx, e),
             "head_dim" => head_dim = check_head_dim(&mut cx, e),
-            "gqa" | "causal" => match bool_lit(e) {
+            "gqa" | "causal" | "backward" => match bool_lit(e) {
                 Some(b) if *k == "gqa" => gqa = b,
+                Some(b) if *k == "backward" => backward = b,
                 Some(b) => causal = Some(b),
                 None => cx.err(e, format!("`{k}` takes `true` or `false`")),
             },
@@ -743,6 +750,16 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
     if cx.errors.len() > before {
         return None;
     }
+    if backward {
+        check_backward(
+            &mut cx,
+            &spec,
+            spans
+                .get("backward")
+                .cloned()
+                .unwrap_or(name_tokens.clone()),
+        );
+    }
     let tune_vals = match &tune {
         Some(lists) => {
             check_space(
@@ -774,7 +791,24 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
         mask_fn: mask.user,
         score_fn: score.user,
         tune: tune_vals,
+        backward,
     })
+}
+
+/// `backward: true` only for a variant the backward kernels cover (spanned at the value).
+fn check_backward(cx: &mut Ctx<'_>, spec: &KernelSpec, at: TokenStream) {
+    if let Err(es) = backward_supported(spec) {
+        for e in &es {
+            cx.err(
+                &at,
+                format!(
+                    "`backward: true`: {} (fix: remove `backward: true`, or {})",
+                    format_args!("{}: {}", e.path, e.message),
+                    e.fix
+                ),
+            );
+        }
+    }
 }
 
 /// Every listed value must occur in at least one valid config; the space must not be empty.

@@ -217,7 +217,10 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
          Add document ids, block lists or ALiBi slopes with the `RunParams` builders."
     );
     let spec_ty = quote!(::attnforge::__private::rt::kernels::codegen::spec::KernelSpec);
+    let backward = backward_methods(decl.is_some_and(|d| d.backward), &elem);
     let methods = quote! {
+            #backward
+
             /// Declared tuning lists (block_m, block_n, warps, stages); `None`: the default grid.
             pub const TUNE: ::core::option::Option<[&'static [usize]; 4]> = { #[allow(unused_imports)] use ::attnforge::__private::rt; #tune };
 
@@ -311,6 +314,55 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
         (spec_ty, spec_body),
         methods,
     )
+}
+
+/// `backward: true`: the backward kernels' CUDA and their simulator, reference, check and
+/// GPU runs (variants.md section 12; `attnforge_runtime::exec_backward`).
+fn backward_methods(on: bool, elem: &TokenStream) -> TokenStream {
+    if !on {
+        return TokenStream::new();
+    }
+    let rt = quote!(::attnforge::__private::rt);
+    let tile = quote!(#rt::kernels::codegen::tile::TileConfig);
+    let btile = quote!(#rt::kernels::codegen::backward::BackwardTile);
+    let inputs = quote!(#rt::kernels::exec::Inputs<#elem>);
+    let up = quote!(#rt::kernels::exec_backward::Upstream<'_, #elem>);
+    let params = quote!(#rt::kernels::exec::RunParams);
+    let res = |t: TokenStream| quote!(::core::result::Result<#t, #rt::kernels::exec::ExecError>);
+    let grads = res(quote!(#rt::kernels::exec_backward::KernelGrads));
+    let checked = res(
+        quote!((#rt::kernels::exec_backward::KernelGrads, ::std::vec::Vec<#rt::kernels::exec_backward::GradCheck>)),
+    );
+    let kernels = res(quote!(#rt::kernels::codegen::backward::BackwardKernels));
+    let rgrads = res(quote!(#rt::reference::AttnGrads));
+    quote! {
+        /// Whether the declaration has `backward: true` (checked at compile time against
+        /// `backward_supported`).
+        pub const BACKWARD: bool = true;
+
+        /// The three backward kernels (delta, dK/dV, dQ) for `tile`, for sm_80.
+        pub fn backward_cuda(tile: &#btile) -> #kernels {
+            #rt::kernels::codegen::backward::emit_backward(&Self::spec(), tile, #rt::DEFAULT_ARCH)
+                .map_err(#rt::kernels::exec::ExecError::Spec)
+        }
+
+        /// The forward kernel `tile`, then the backward kernels `bwd_tile`, on the CPU
+        /// simulator (forward schedule): dq, dk, dv, the score parameter's gradient.
+        pub fn simulate_backward(tile: &#tile, bwd_tile: &#btile, inputs: &#inputs, upstream: #up, params: &#params) -> #grads {
+            #rt::kernels::exec_backward::simulate_backward(&Self::spec(), tile, bwd_tile, inputs, upstream, params, &#rt::kernels::sim::SimConfig::new(#rt::kernels::sim::Schedule::Forward))
+        }
+
+        /// The f64 reference backward.
+        pub fn reference_backward(inputs: &#inputs, upstream: #up, params: &#params) -> #rgrads {
+            #rt::kernels::exec_backward::reference_backward(&Self::spec(), inputs, upstream, params, #rt::reference::Precision::F64)
+        }
+
+        /// The backward on `backend` (simulator or GPU) against the reference, gradient by
+        /// gradient (tolerance of variants.md section 0 for the dtype).
+        pub fn check_backward(tile: &#tile, bwd_tile: &#btile, inputs: &#inputs, upstream: #up, params: &#params, backend: &#rt::kernels::exec::Backend) -> #checked {
+            #rt::kernels::exec_backward::check_backward(&Self::spec(), tile, bwd_tile, inputs, upstream, params, backend)
+        }
+    }
 }
 
 fn dtype_tokens(d: DType) -> TokenStream {

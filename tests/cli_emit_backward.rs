@@ -1,0 +1,165 @@
+//! `attnforge emit --backward` and spec files with `backward = true`: the three backward
+//! kernels with metadata that matches their signatures, `check` of both directions, and the
+//! variants without backward kernels rejected by the flag or key that asked for them.
+
+mod cli_common;
+
+use std::path::Path;
+
+use attnforge::codegen::backward::BackwardTile;
+use attnforge::specfile::SpecFile;
+use cli_common::*;
+
+/// The parameter names of the `extern "C"` kernel in a `.cu`.
+fn signature(cu: &str, name: &str) -> Vec<String> {
+    let head = format!("{name}(");
+    let at = cu.find(&head).expect("kernel signature") + head.len();
+    let end = at + cu[at..].find(')').expect("closing parenthesis");
+    cu[at..end]
+        .split(',')
+        .map(|p| p.split_whitespace().last().unwrap_or("").to_string())
+        .collect()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("metadata")).expect("json")
+}
+
+/// The three backward kernels of `name` in `dir`: metadata = signature, geometry of the
+/// default backward tile.
+fn assert_backward_files(dir: &Path, name: &str, head_dim: usize) {
+    let t = BackwardTile::default();
+    for part in ["delta", "dkdv", "dq"] {
+        let k = format!("{name}_bwd_{part}");
+        let cu = std::fs::read_to_string(dir.join(format!("{k}.cu"))).expect("backward .cu");
+        let m = json(&dir.join(format!("{k}.json")));
+        assert_eq!(m["kernel_name"], k.as_str());
+        let sig: Vec<String> = m["signature"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(sig, signature(&cu, &k), "{k}: metadata vs .cu");
+        let roles: Vec<&str> = m["grad_args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            &roles[..7],
+            ["d_out", "d_lse", "delta", "d_q", "d_k", "d_v", "d_param"]
+        );
+        assert!(sig.ends_with(&["dq".into(), "dk".into(), "dv".into(), "dparam".into()]));
+        let (smem, threads) = match part {
+            "delta" => (0, 128),
+            "dkdv" => (t.dkdv_smem_bytes(head_dim), t.threads()),
+            _ => (t.dq_smem_bytes(head_dim), t.threads()),
+        };
+        assert_eq!(m["dynamic_smem_bytes"], smem, "{k}");
+        assert_eq!(m["block_threads"], threads, "{k}");
+        let grid0 = m["grid"][0].as_str().unwrap();
+        assert!(
+            grid0.contains(if part == "dkdv" { "seq_k" } else { "seq_q" }),
+            "{k}: {grid0}"
+        );
+    }
+}
+
+#[test]
+fn emit_backward_writes_three_kernels_with_matching_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("build");
+    let name = "flash_fwd_local_softcap_d64_f16";
+    let o = run(&[
+        "emit",
+        name,
+        "--backward",
+        "--no-ptxas",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join(format!("{name}.cu")).exists());
+    assert_backward_files(&out, name, 64);
+    // Without --backward: the forward only.
+    let plain = dir.path().join("plain");
+    let o = run(&[
+        "emit",
+        name,
+        "--no-ptxas",
+        "--out-dir",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!plain.join(format!("{name}_bwd_dq.cu")).exists());
+}
+
+#[test]
+fn emit_backward_of_an_uncovered_variant_names_the_flag_and_writes_nothing() {
+    for name in ["flash_fwd_lm_infinite_d128_bf16", "landmark_train_d64_f16"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("build");
+        let o = run(&[
+            "emit",
+            name,
+            "--backward",
+            "--no-ptxas",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
+        assert!(text(&o).contains("--backward"), "{}", text(&o));
+        assert!(text(&o).contains("fix:"), "{}", text(&o));
+        assert!(!out.exists(), "{name}: emit left {}", out.display());
+    }
+}
+
+const SPEC: &str = "dtype = \"f16\"\nhead_dim = 64\ngqa = true\nmask = \"causal\"\nscore = \"softcap\"\nbackward = true\n[params]\nsoftcap = 5.0\n[problem]\nheads_q = 2\nheads_kv = 1\nseq_q = 40\nseq_k = 48\n";
+
+#[test]
+fn a_spec_file_with_backward_emits_and_checks_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let sf = SpecFile::load(&spec).unwrap();
+    assert!(sf.backward);
+    let name = sf.spec.canonical_name();
+    let out = dir.path().join("build");
+    let o = run(&[
+        "emit",
+        spec.to_str().unwrap(),
+        "--no-ptxas",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_backward_files(&out, &name, 64);
+    let o = run(&["check", spec.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains(&format!("PASS {name}_bwd")), "{t}");
+    assert!(t.contains("dq ") && t.contains("score_params"), "{t}");
+    assert!(t.contains("2 kernels passed"), "{t}");
+}
+
+#[test]
+fn backward_true_on_an_uncovered_variant_is_an_error_naming_the_key() {
+    let lm = "dtype = \"bf16\"\nhead_dim = 128\nmask = \"lm_infinite\"\nbackward = true\n[params]\nglobal_tokens = 4\nlocal_window = 16\ndist_limit = 32\n";
+    let user = "dtype = \"f32\"\nhead_dim = 64\nmask = \"causal\"\nbackward = true\n[score.function]\nsource = '''\nfn halve(score: f32, q: i64, kv: i64) -> f32 { score * 0.5 }\n'''\n";
+    for (what, text_) in [("lm_infinite", lm), ("user score", user)] {
+        let e = SpecFile::parse(text_, None).expect_err(what);
+        assert_eq!(e.field, "backward", "{what}: {e}");
+        assert!(e.to_string().contains("remove `backward = true`"), "{e}");
+        // Without the key the same file loads.
+        let ok = text_.replace("backward = true\n", "");
+        SpecFile::parse(&ok, None).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("lm.toml");
+    std::fs::write(&spec, lm).unwrap();
+    let o = run(&["check", spec.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("backward"), "{}", text(&o));
+}

@@ -354,12 +354,7 @@ fn variants_without_backward_kernels_are_rejected_by_name() {
         }
         assert_eq!(c.files(), before);
     };
-    // LM-Infinite (not covered by the kernels yet) and a data-dependent pipeline.
-    go(
-        "flash_fwd_lm_infinite_d128_bf16",
-        &outs,
-        &["--backward", "no backward kernels", "fix:"],
-    );
+    // A data-dependent pipeline (no backward in variants.md section 12).
     go(
         "landmark_train_d64_f16",
         &outs,

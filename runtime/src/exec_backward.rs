@@ -128,7 +128,7 @@ pub fn simulate_backward<T: Element + SimElem>(
         ),
     ];
     for (k, grid, threads, smem) in launches {
-        if grid.iter().any(|&g| g == 0) {
+        if grid.contains(&0) {
             continue; // nothing to do (empty sequences)
         }
         let kernel = cached_sim_kernel(&k.name, &k.source)?;
@@ -538,6 +538,7 @@ fn grad_check(name: &'static str, k: &[f64], r: &[f64], n: &[f64], tol: Toleranc
 
 /// The forward kernel and the backward kernels on GPU `ordinal` (inputs validated as for the
 /// simulator); `timed` extra runs measure the seconds per forward and per backward.
+#[allow(clippy::too_many_arguments)]
 pub fn run_backward_cuda<T: Element>(
     spec: &KernelSpec,
     tile: &TileConfig,

@@ -35,18 +35,22 @@ pub(super) fn unsupported(spec: &KernelSpec, label: &str, what: &str) -> Option<
 
 /// Launch geometry of one backward kernel: grid (text over the problem sizes), threads,
 /// dynamic shared memory.
-fn geometry(part: &str, t: &BackwardTile, head_dim: usize) -> ([&'static str; 3], usize, usize) {
+fn geometry(part: &str, t: &BackwardTile, spec: &KernelSpec) -> ([&'static str; 3], usize, usize) {
+    let (head_dim, nb) = (
+        spec.head_dim.get(),
+        attnforge::codegen::backward::branches(spec),
+    );
     match part {
         "delta" => (["ceil(seq_q / 4)", "heads_q", "batch"], DELTA_WARPS * 32, 0),
         "dkdv" => (
             ["ceil(seq_k / block_n)", "heads_kv", "batch"],
             t.threads(),
-            t.dkdv_smem_bytes(head_dim),
+            t.dkdv_smem_bytes(head_dim, nb),
         ),
         _ => (
             ["ceil(seq_q / block_m)", "heads_q", "batch"],
             t.threads(),
-            t.dq_smem_bytes(head_dim),
+            t.dq_smem_bytes(head_dim, nb),
         ),
     }
 }
@@ -64,7 +68,7 @@ fn metadata(
         .into_iter()
         .chain(grads.iter().map(|(_, a)| a.clone()))
         .collect();
-    let (grid, threads, smem) = geometry(part, t, spec.head_dim.get());
+    let (grid, threads, smem) = geometry(part, t, spec);
     json!({
         "kernel_name": k.name,
         "part": part,
@@ -90,6 +94,7 @@ fn metadata(
             "delta is f32 scratch [B, Hq, Sq] written by the delta kernel and read by the other two; dlse may be null",
             "dparam: f32 [B, Hq, ceil(seq_q / block_m)] partial sums of the score parameter's gradient (null without one); sum them per head (ALiBi) or in total (softcap) on the host",
             "list-driven masks: the t* arguments are the transposed block lists (BlockLists::transposed)",
+            "user score functions: theta_offsets (int, one per parameter and one past the last: f32 scalars take 1 element, f32 tables their length) and theta_len; the dq kernel needs 4 * block_threads * theta_len more bytes of dynamic shared memory, and dparam holds theta_len partials per block",
         ],
     })
 }

@@ -12,7 +12,25 @@ use super::check::{user_fns, Decl};
 use super::parse::{KernelDecl, Value};
 
 fn user_fn(path: &syn::Path) -> TokenStream {
-    quote!(rt::user_function(#path::NAME, #path::CUDA, #path::PARAMS))
+    quote!(rt::user_function_with_grad(
+        #path::NAME,
+        #path::CUDA,
+        #path::PARAMS,
+        (#path::GRAD_CUDA, #path::GRAD_SCORE, #path::GRAD_PARAMS)
+    ))
+}
+
+/// `backward: true` with a user score function: it must carry derivatives
+/// (`#[attnforge::score(backward)]`), asserted at compile time at the name the user wrote;
+/// the run-time parameters take its Rust twin with derivatives for the reference backward.
+fn score_grad_assert(path: &syn::Path) -> TokenStream {
+    let name = path.to_token_stream().to_string().replace(' ', "");
+    let msg = format!(
+        "`backward: true` needs the derivatives of `{name}`: declare it #[attnforge::score(backward)]"
+    );
+    quote_spanned! {path.span()=>
+        const _: () = ::core::assert!(!#path::GRAD_SCORE.is_empty(), #msg);
+    }
 }
 
 fn mask_tokens(m: &Mask, f: Option<&syn::Path>) -> TokenStream {
@@ -206,6 +224,10 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
             rt::set_host_score(&mut p, #s::host_score(score));
         });
         asserts.push(companion_asserts(s, "score"));
+        if decl.is_some_and(|d| d.backward) {
+            asserts.push(score_grad_assert(s));
+            fill.push(quote!(p.host_score_diff = ::core::option::Option::Some(#s::host_score_diff(score));));
+        }
         arg_docs.push_str(&format!(
             " `score`: the parameters of `{}`.",
             s.to_token_stream().to_string().replace(' ', "")

@@ -4,8 +4,8 @@ The generated attention kernels of attnforge, run on CPU arrays through the SIMT
 (the exact generated CUDA) or the f64 reference, a PyTorch op (``attnforge.torch``) and a
 conformance suite for any attention implementation (``attnforge.conformance``).
 
-Everything here is forward-only: the generated backward and the serving entry points
-(varlen, paged KV cache) do not exist as kernels yet.
+The generated backward kernels run on the simulator (``backward``); the serving entry points
+(varlen, paged KV cache) are not in this package yet.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ._spec import build_spec
 
 __all__ = [
     "InputError",
+    "backward",
     "backward_reference",
     "build_spec",
     "canonical_name",
@@ -87,11 +88,22 @@ def mask_matrix(
     return _native.mask_matrix(spec, batch, heads_q, heads_kv, seq_q, seq_k, _doc(doc))
 
 
+def backward(
+    spec: str, q: Any, k: Any, v: Any, dout: Any, dlse: Any = None, backend: str = "sim", doc: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The generated backward kernels (variants.md section 12): the forward kernel, then the
+    Delta, dK/dV and dQ kernels, on the simulator (``backend="sim"``) or GPU 0 (``"cuda"``).
+    Float64 ``(dq, dk, dv)`` holding values of the spec's dtype; ``dlse`` (``[B, Hq, Sq]``)
+    when the loss reads lse. Deterministic: two calls give identical arrays."""
+    dl = None if dlse is None else np.ascontiguousarray(np.asarray(dlse, dtype=np.float32).reshape(-1))
+    return _native.backward(spec, _f32("q", q), _f32("k", k), _f32("v", v), _f32("dout", dout), dl, backend, _doc(doc))
+
+
 def backward_reference(
     spec: str, q: Any, k: Any, v: Any, dout: Any, dlse: Any = None, doc: Any = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The f64 reference backward (variants.md section 12): float64 ``(dq, dk, dv)`` for
     ``dout`` (and ``dlse``, ``[B, Hq, Sq]``, when the loss reads lse). Built-in element masks,
-    no score modification or softcap. Not a kernel: the generated backward does not exist yet."""
+    no score modification or softcap. Not a kernel: see ``backward`` for the generated one."""
     dl = None if dlse is None else np.ascontiguousarray(np.asarray(dlse, dtype=np.float64).reshape(-1))
     return _native.backward_reference(spec, _f32("q", q), _f32("k", k), _f32("v", v), _f32("dout", dout), dl, _doc(doc))

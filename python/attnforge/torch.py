@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from . import _native, backward_reference as _backward_reference, run as _run
+from . import _native, backward as _backward_kernels, backward_reference as _backward_reference, run as _run
 from ._spec import build_spec
 
 __all__ = ["Attention", "attention", "spec_for"]
@@ -111,11 +111,11 @@ def _attention_fake(q, k, v, spec, backend, doc):
 
 
 def _backward(ctx, grad_out, grad_lse):
-    if ctx.backend != "reference":
+    if ctx.backend not in ("reference", "sim", "cuda"):
         raise NotImplementedError(
-            f"attnforge.torch.attention has no backward for backend={ctx.backend!r}: the generated "
-            "backward kernels (issue 18) do not exist yet. backend=\"reference\" has the f64 "
-            "reference backward (CPU, slow); otherwise use the op under torch.no_grad()."
+            f"attnforge.torch.attention has no backward for backend={ctx.backend!r}: "
+            "backend=\"sim\" runs the generated backward kernels, \"reference\" the f64 "
+            "reference backward; otherwise use the op under torch.no_grad()."
         )
     q, k, v, out = ctx.saved_tensors
     if grad_out is None:
@@ -124,7 +124,12 @@ def _backward(ctx, grad_out, grad_lse):
     if grad_lse is not None and bool(torch.any(grad_lse != 0)):
         dlse = grad_lse.detach().double().contiguous().numpy()
     d = None if ctx.doc is None else ctx.doc.numpy()
-    dq, dk, dv = _backward_reference(ctx.spec, _numpy(q), _numpy(k), _numpy(v), _numpy(grad_out), dlse=dlse, doc=d)
+    if ctx.backend == "reference":
+        dq, dk, dv = _backward_reference(ctx.spec, _numpy(q), _numpy(k), _numpy(v), _numpy(grad_out), dlse=dlse, doc=d)
+    else:
+        dq, dk, dv = _backward_kernels(
+            ctx.spec, _numpy(q), _numpy(k), _numpy(v), _numpy(grad_out), dlse=dlse, backend=ctx.backend, doc=d
+        )
     return (
         torch.from_numpy(dq).to(q.dtype),
         torch.from_numpy(dk).to(k.dtype),

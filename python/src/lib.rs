@@ -340,7 +340,7 @@ fn probe_mask<T: Element + SimElem>(
 
 /// The f64 reference backward (variants.md section 12) of a spec on q, k, v, `dout` and
 /// optionally `dlse`: `(dq, dk, dv)` as float64 arrays. Built-in masks with no score
-/// modification or softcap; the generated backward kernels do not exist yet.
+/// modification or softcap (the generated kernels, [`backward`], cover every static variant).
 #[pyfunction]
 #[pyo3(signature = (spec, q, k, v, dout, dlse = None, doc = None))]
 #[allow(clippy::too_many_arguments)]
@@ -444,6 +444,88 @@ fn grads_of<T: Element>(
     attention_backward(&x.q, &x.k, &x.v, dout, dlse, &variant, &opts)
 }
 
+/// The generated backward kernels (variants.md section 12) of a static spec, on the simulator
+/// (`backend="sim"`) or GPU 0 (`"cuda"`, arrays staged through host copies): the forward
+/// kernel, then the Delta, dK/dV and dQ kernels. Returns float64 `(dq, dk, dv)` (values of the
+/// spec's dtype). `dlse`: `[B * Hq * Sq]` when the loss reads lse.
+#[pyfunction]
+#[pyo3(signature = (spec, q, k, v, dout, dlse = None, backend = "sim", doc = None))]
+#[allow(clippy::too_many_arguments)]
+fn backward<'py>(
+    py: Python<'py>,
+    spec: &str,
+    q: PyReadonlyArray4<'py, f32>,
+    k: PyReadonlyArray4<'py, f32>,
+    v: PyReadonlyArray4<'py, f32>,
+    dout: PyReadonlyArray4<'py, f32>,
+    dlse: Option<PyReadonlyArray1<'py, f32>>,
+    backend: &str,
+    doc: Option<PyReadonlyArray1<'py, i32>>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    guarded("backward", || {
+        let backend = match backend {
+            "sim" => Backend::sim(),
+            "cuda" => Backend::Cuda(0),
+            b => {
+                return Err(input_error(format!(
+                    "backend `{b}`: the generated backward runs on \"sim\" or \"cuda\"\n  fix: use backward_reference for the f64 reference"
+                )))
+            }
+        };
+        let doc = doc.map(|d| d.as_array().to_vec());
+        let dlse = dlse.map(|d| d.as_array().to_vec());
+        let p = prepare(spec, k.shape()[2], doc)?;
+        let name = p.sf.spec.canonical_name();
+        let g = match p.sf.spec.dtype {
+            DType::F32 => {
+                let (x, g) = (typed::<f32>(&p, &q, &k, &v)?, tensor::<f32>("dout", &dout)?);
+                py.detach(|| kernel_grads(&p, &x, &g, dlse.as_deref(), &backend))
+            }
+            DType::F16 => {
+                let (x, g) = (typed::<f16>(&p, &q, &k, &v)?, tensor::<f16>("dout", &dout)?);
+                py.detach(|| kernel_grads(&p, &x, &g, dlse.as_deref(), &backend))
+            }
+            DType::Bf16 => {
+                let (x, g) = (typed::<bf16>(&p, &q, &k, &v)?, tensor::<bf16>("dout", &dout)?);
+                py.detach(|| kernel_grads(&p, &x, &g, dlse.as_deref(), &backend))
+            }
+        }
+        .map_err(|e| exec_error(&name, e))?;
+        Ok((f64_array(py, g.dq)?, f64_array(py, g.dk)?, f64_array(py, g.dv)?))
+    })
+}
+
+fn kernel_grads<T: Element + SimElem>(
+    p: &Prepared,
+    x: &Inputs<T>,
+    dout: &Tensor4<T>,
+    dlse: Option<&[f32]>,
+    backend: &Backend,
+) -> Result<attnforge::exec_backward::KernelGrads, ExecError> {
+    use attnforge::codegen::backward::BackwardTile;
+    use attnforge::exec_backward::{run_backward_cuda, simulate_backward, Upstream};
+    let tile = p.sf.tile().map_err(|e| ExecError::Input {
+        field: e.field.clone(),
+        message: e.message.clone(),
+        fix: e.fix.clone(),
+    })?;
+    let up = Upstream { dout, dlse };
+    let bt = BackwardTile::default();
+    match backend {
+        Backend::Sim(cfg) => simulate_backward(&p.sf.spec, &tile, &bt, x, up, &p.rp, cfg),
+        Backend::Cuda(o) => Ok(run_backward_cuda(&p.sf.spec, &tile, &bt, x, up, &p.rp, 0, *o)?.0),
+        Backend::Reference => unreachable!("parsed above"),
+    }
+}
+
+/// A contiguous float64 NumPy array of `t`.
+fn f64_array(py: Python<'_>, t: Tensor4<f64>) -> PyResult<Bound<'_, PyAny>> {
+    let s = t.shape;
+    Ok(PyArray1::from_vec(py, t.data)
+        .reshape([s.batch, s.heads, s.seq, s.dim])?
+        .into_any())
+}
+
 /// The catalog of static kernels: a list of dicts (name, dtype, head_dim, mask, score, gqa).
 #[pyfunction]
 fn catalog_entries(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
@@ -514,6 +596,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(mask_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(backward_reference, m)?)?;
+    m.add_function(wrap_pyfunction!(backward, m)?)?;
     m.add_function(wrap_pyfunction!(catalog_entries, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_name, m)?)?;
     m.add_function(wrap_pyfunction!(tolerance, m)?)?;

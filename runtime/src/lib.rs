@@ -29,6 +29,7 @@
 pub mod exec;
 mod exec_cuda;
 pub mod exec_dynamic;
+pub mod exec_serving;
 mod kcache;
 mod launch;
 mod nvrtc;

@@ -186,22 +186,22 @@ fn check_user_fn(errs: &mut Errors, path: &str, f: &UserFunction) {
     }
 }
 
-/// The serving layouts (variants.md section 13) take analytic schedules only, and the paged
-/// cache no per-token document ids.
+/// The serving layouts (variants.md section 13): block lists are built per sequence on the
+/// host (from the mask), so explicit block-sparse lists are refused; the paged cache takes no
+/// per-token document ids.
 fn check_layout(errs: &mut Errors, spec: &KernelSpec) {
     use crate::spec::Layout;
     if spec.layout.is_dense() {
         return;
     }
-    if spec.mask.uses_block_lists() {
+    if matches!(spec.mask, crate::spec::Mask::BlockSparse { .. }) {
         errs.push(
             "layout",
             format!(
-                "layout `{}` is not supported with a block-list mask (`{}`): the lists are per dense (batch, head, query block) row, not per sequence",
-                spec.layout.tag(),
-                spec.mask.tag()
+                "layout `{}` is not supported with explicit block-sparse lists: they are per dense (batch, head, query block) row, not per sequence",
+                spec.layout.tag()
             ),
-            "use layout = \"dense\" (pad the batch) or a built-in mask with an analytic schedule",
+            "use layout = \"dense\" (pad the batch), or express the sparsity as a mask predicate (its lists are then built per sequence)",
         );
     }
     if spec.layout == Layout::Paged && spec.mask.reads_doc() {

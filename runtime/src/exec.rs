@@ -789,7 +789,7 @@ fn host_args<T: Element>(
 }
 
 /// The value of one block-list argument (zero-sized when the mask uses no lists).
-fn block_list_arg(part: BlockListPart, lists: Option<&BlockLists>) -> HostArg {
+pub(crate) fn block_list_arg(part: BlockListPart, lists: Option<&BlockLists>) -> HostArg {
     let ints = |f: fn(&BlockLists) -> &Vec<i32>| {
         HostArg::Ints(lists.map(|l| f(l).clone()).unwrap_or_default())
     };

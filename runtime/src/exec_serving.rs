@@ -41,6 +41,7 @@
 use attnforge_codegen::args::{
     typed_kernel_args, ArgRole, LaunchGeometry, ServingArg, SizeArg, StrideDim, TensorArg, TypedArg,
 };
+use attnforge_codegen::blocks::{build_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem};
 use attnforge_codegen::masks::{DocRule, ParamType};
 use attnforge_codegen::scores::ScoreParamKind;
@@ -147,6 +148,8 @@ struct Resolved {
     mask: Vec<(&'static str, f64)>,
     doc: Vec<i32>,
     alibi: Vec<f32>,
+    /// Per-sequence block lists of a block-list mask, padded to the longest sequence.
+    lists: Option<BlockLists>,
 }
 
 /// Validate the spec, the tensors and the layout arrays (before any launch): the layout
@@ -332,7 +335,7 @@ fn resolve<T: Element>(
             .collect(),
         (None, _) => Vec::new(),
     };
-    Ok(Resolved {
+    let mut r = Resolved {
         geo,
         heads_q: x.q.heads,
         heads_kv,
@@ -340,7 +343,100 @@ fn resolve<T: Element>(
         mask,
         doc,
         alibi,
-    })
+        lists: None,
+    };
+    if spec.mask.uses_block_lists() {
+        r.lists = Some(sequence_lists(spec, x, p, &r)?);
+    }
+    Ok(r)
+}
+
+/// The key lengths `Sk_b` and the doc-id offset of each sequence.
+fn key_lens<T>(x: &ServingInputs<T>) -> Vec<(usize, usize)> {
+    match &x.keys {
+        ServingKeys::Varlen { cu_seqlens_k, .. } => cu_seqlens_k
+            .windows(2)
+            .map(|w| ((w[1] - w[0]) as usize, w[0] as usize))
+            .collect(),
+        ServingKeys::Paged { seqlens_k, .. } => {
+            seqlens_k.iter().map(|&k| (k as usize, 0)).collect()
+        }
+    }
+}
+
+/// Block lists of a block-list mask built per sequence (query blocks and key blocks counted
+/// from the sequence's first row and key) from the mask table's host predicate (or the user
+/// predicate's Rust twin, called with `b` = the sequence), then padded into one
+/// `[B, heads, max rows, max width]` set: the kernel's list row of (sequence b, head h,
+/// query block r) is where the dense kernel's (batch b, h, r) would be.
+fn sequence_lists<T>(
+    spec: &KernelSpec,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    r: &Resolved,
+) -> Result<BlockLists, ExecError> {
+    let host = p.host_mask.clone();
+    let values: Vec<f64> = r.mask.iter().map(|&(_, v)| v).collect();
+    let def = spec.mask.def();
+    let heads = if matches!(spec.mask, Mask::Predicate(_)) {
+        r.heads_q
+    } else {
+        1
+    };
+    if def.is_none() && host.is_none() {
+        return Err(input_err(
+            "host_mask",
+            "the spec has a user mask predicate but no Rust twin was given",
+            "pass RunParams::with_host_mask (the #[attnforge::mask] function's `eval`)",
+        ));
+    }
+    let sq: Vec<usize> = x
+        .cu_seqlens_q
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as usize)
+        .collect();
+    let per: Vec<BlockLists> = key_lens(x)
+        .into_iter()
+        .zip(&sq)
+        .enumerate()
+        .map(|(b, ((sk, doc0), &sq))| {
+            let doc = r.doc.get(doc0..doc0 + sk).unwrap_or(&[]);
+            build_block_lists(1, heads, sq, sk, spec.sparse_block, |_, h, i, j| {
+                match (def, &host) {
+                    (Some(d), _) => (d.host_allowed)(&values, doc, i, j),
+                    (None, Some(f)) => f(b, h, i, j),
+                    (None, None) => false,
+                }
+            })
+        })
+        .collect();
+    let rows = per.iter().map(|l| l.rows).max().unwrap_or(0).max(1);
+    let width = per.iter().map(|l| l.width).max().unwrap_or(0).max(1);
+    let n = per.len() * heads * rows;
+    let mut out = BlockLists {
+        batches: per.len(),
+        heads,
+        rows,
+        cols: per.iter().map(|l| l.cols).max().unwrap_or(0),
+        width,
+        full_num: vec![0; n],
+        full_idx: vec![0; n * width],
+        partial_num: vec![0; n],
+        partial_idx: vec![0; n * width],
+    };
+    for (b, l) in per.iter().enumerate() {
+        for h in 0..heads {
+            for q in 0..l.rows {
+                let (src, dst) = ((h * l.rows) + q, (b * heads + h) * rows + q);
+                out.full_num[dst] = l.full_num[src];
+                out.partial_num[dst] = l.partial_num[src];
+                let (s, d) = (src * l.width, dst * width);
+                out.full_idx[d..d + l.width].copy_from_slice(&l.full_idx[s..s + l.width]);
+                out.partial_idx[d..d + l.width].copy_from_slice(&l.partial_idx[s..s + l.width]);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every mask parameter as the kernel receives it (a missing one takes its default at the
@@ -412,13 +508,7 @@ fn host_args<T: Element>(
                     ParamType::Float => HostArg::F32(v as f32),
                 }
             }
-            ArgRole::BlockList(_) => {
-                return Err(input_err(
-                    &a.name,
-                    "a block-list argument in a serving kernel",
-                    "report this: validate_spec rejects block lists with a serving layout",
-                ))
-            }
+            ArgRole::BlockList(part) => exec::block_list_arg(part, r.lists.as_ref()),
             ArgRole::ScoreParam => match spec.score.def().and_then(|d| d.param).map(|q| q.kind) {
                 Some(ScoreParamKind::Scalar) => HostArg::F32(p.softcap.unwrap_or(0.0)),
                 Some(ScoreParamKind::PerHead) => HostArg::Floats(r.alibi.clone()),
@@ -609,12 +699,22 @@ fn reference_resolved<T: Element>(
     }
     let mask = match &spec.mask {
         Mask::Builtin(m) => reference::Mask::builtin(m.tag(), &r.mask, &r.doc)?,
-        // validate_spec rejects block-list masks (user predicates, block-sparse) here
-        _ => {
+        Mask::Predicate(_) => {
+            let f = p.host_mask.clone().ok_or_else(|| {
+                input_err(
+                    "host_mask",
+                    "the spec has a user mask predicate but no Rust twin was given",
+                    "pass RunParams::with_host_mask (the #[attnforge::mask] function's `eval`)",
+                )
+            })?;
+            reference::Mask::Predicate(std::sync::Arc::new(move |b, h, i, j| f(b, h, i, j)))
+        }
+        // validate_spec refuses explicit block-sparse lists with a serving layout
+        Mask::BlockSparse { .. } => {
             return Err(input_err(
                 "mask",
-                "a block-list mask in a serving kernel",
-                "report this: validate_spec rejects it",
+                "explicit block-sparse lists in a serving kernel",
+                "report this: validate_spec refuses them",
             ))
         }
     };

@@ -9,9 +9,10 @@
 //! property (default 4: every case runs the exact generated CUDA on the CPU).
 
 use attnforge_reference::{Element, Packed, PagedCache};
+use attnforge_runtime::codegen::check::MaskParams;
 use attnforge_runtime::codegen::prelude::*;
 use attnforge_runtime::codegen::spec::Layout;
-use attnforge_runtime::exec::{ExecError, RunParams};
+use attnforge_runtime::exec::RunParams;
 use attnforge_runtime::exec_serving::{self, ServingInputs, ServingKeys};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 use half::{bf16, f16};
@@ -140,15 +141,6 @@ fn paged<T: Element>(
     }
 }
 
-fn spec(dtype: DType, mask: Mask, score: ScoreMod, gqa: bool, layout: Layout) -> KernelSpec {
-    let s = KernelSpec::new(dtype, HeadDim::D64, mask, score).with_layout(layout);
-    if gqa {
-        s.with_gqa()
-    } else {
-        s
-    }
-}
-
 fn run<T: Element + SimElem>(
     spec: &KernelSpec,
     x: &ServingInputs<T>,
@@ -166,53 +158,204 @@ fn run<T: Element + SimElem>(
     }
 }
 
-#[test]
-fn smoke_varlen_causal_f32() {
-    let s = spec(
-        DType::F32,
-        Mask::Causal,
-        ScoreMod::None,
-        false,
-        Layout::Varlen,
+/// The doc ids of `lens`' keys, packed like the keys: per sequence a question prefix (id 0)
+/// of random length, then documents 1, 2, 3 of 23 keys each.
+fn doc_ids(seed: u64, lens: &[(usize, usize)]) -> Vec<i32> {
+    let mut rng = Rng(seed | 1);
+    let mut ids = Vec::new();
+    for &(_, sk) in lens {
+        let question = rng.below(sk + 1);
+        ids.extend((0..sk).map(|j| {
+            if j < question {
+                0
+            } else {
+                1 + (j / 23 % 3) as i32
+            }
+        }));
+    }
+    ids
+}
+
+/// Runtime parameters of a case: random windows for the sliding window, doc ids for the doc
+/// masks, a softcap; defaults otherwise.
+fn params(spec: &KernelSpec, seed: u64, lens: &[(usize, usize)]) -> RunParams {
+    let mut p = RunParams::default();
+    // the table's default or stress value of each parameter at the longest sequence
+    let max_sk = lens.iter().map(|l| l.1).max().unwrap_or(0).max(1);
+    if let Some(def) = spec.mask.def() {
+        let mut m = MaskParams::new();
+        for (i, q) in def.params.iter().enumerate() {
+            let (a, b) = (q.default.at(max_sk), q.stress.at(max_sk));
+            let (a, b) = if (seed >> i) & 1 == 1 { (b, a) } else { (a, b) };
+            m.set(q.name, if q.check(a).is_ok() { a } else { b });
+        }
+        p = p.with_mask(m);
+    }
+    if spec.mask == Mask::Local {
+        let mut rng = Rng(seed | 1);
+        let left = rng.below(80) as i32 - 1;
+        p = p.with_mask(
+            MaskParams::new()
+                .with("window_left", left)
+                .with("window_right", rng.below(3) as i32),
+        );
+    }
+    if spec.mask.reads_doc() {
+        p = p.with_doc(doc_ids(seed, lens));
+    }
+    if spec.score == ScoreMod::Softcap {
+        p = p.with_softcap(20.0);
+    }
+    p
+}
+
+/// One case: inputs of the spec's dtype and layout (paged: `page_size`, shared first page
+/// with `share`), checked against the reference.
+fn case(
+    spec: &KernelSpec,
+    lens: &[(usize, usize)],
+    hq_hkv: (usize, usize),
+    page: (usize, bool),
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    fn go<T: Element + SimElem>(
+        spec: &KernelSpec,
+        lens: &[(usize, usize)],
+        (hq, hkv): (usize, usize),
+        (page_size, share): (usize, bool),
+        seed: u64,
+    ) -> Result<(), TestCaseError> {
+        let d = spec.head_dim.get();
+        let x = match spec.layout {
+            Layout::Paged => paged::<T>(seed, lens, hq, hkv, d, page_size, share),
+            _ => varlen::<T>(seed, lens, hq, hkv, d),
+        };
+        run(spec, &x, &params(spec, seed, lens), seed)
+    }
+    match spec.dtype {
+        DType::F16 => go::<f16>(spec, lens, hq_hkv, page, seed),
+        DType::Bf16 => go::<bf16>(spec, lens, hq_hkv, page, seed),
+        DType::F32 => go::<f32>(spec, lens, hq_hkv, page, seed),
+    }
+}
+
+/// Sequence lengths: 1 to 4 sequences of 0 .. 90 queries and 0 .. 150 keys (not tile
+/// multiples, zero lengths included); `Sq_b > Sk_b` only where the spec defines it.
+fn lens_strategy(sq_gt_sk: bool) -> impl Strategy<Value = Vec<(usize, usize)>> {
+    prop::collection::vec((0usize..90, 0usize..150), 1..5).prop_map(move |v| {
+        v.into_iter()
+            .map(|(q, k)| if sq_gt_sk { (q, k) } else { (q.min(k), k) })
+            .collect()
+    })
+}
+
+const DTYPES: [DType; 3] = [DType::F16, DType::Bf16, DType::F32];
+
+/// Every case of `spec` (with each dtype drawn at random) through `layout`.
+fn property(base: KernelSpec, layout: Layout, page_sizes: &[usize]) {
+    let spec0 = base.with_gqa().with_layout(layout);
+    let pages = page_sizes.to_vec();
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strat = (
+        lens_strategy(spec0.allows_sq_gt_sk()),
+        0usize..3,
+        prop::sample::select(vec![(2usize, 2usize), (4, 2), (4, 1)]),
+        prop::sample::select(pages),
+        any::<bool>(),
+        any::<u64>(),
     );
-    let x = varlen::<f32>(
-        7,
-        &[(0, 3), (5, 5), (37, 40), (4, 2), (3, 0), (70, 70)],
-        2,
-        2,
-        64,
-    );
-    run(&s, &x, &RunParams::default(), 0).unwrap();
+    runner
+        .run(&strat, |(lens, dt, heads, page_size, share, seed)| {
+            let mut spec = spec0.clone();
+            spec.dtype = DTYPES[dt];
+            case(&spec, &lens, heads, (page_size, share), seed)
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", spec0.canonical_name()));
+}
+
+fn s(mask: Mask, score: ScoreMod) -> KernelSpec {
+    KernelSpec::new(DType::F16, HeadDim::D64, mask, score)
 }
 
 #[test]
-fn smoke_varlen_causal_f16_gqa() {
-    let s = spec(
-        DType::F16,
-        Mask::Causal,
-        ScoreMod::None,
-        true,
-        Layout::Varlen,
-    );
-    let x = varlen::<f16>(
-        9,
-        &[(0, 3), (5, 5), (37, 40), (4, 2), (3, 0), (70, 130)],
-        4,
-        2,
-        64,
-    );
-    run(&s, &x, &RunParams::default(), 1).unwrap();
+fn varlen_causal_and_full() {
+    property(s(Mask::Causal, ScoreMod::None), Layout::Varlen, &[1]);
+    property(s(Mask::Full, ScoreMod::None), Layout::Varlen, &[1]);
 }
 
 #[test]
-fn smoke_paged_causal_bf16() {
-    let s = spec(
-        DType::Bf16,
-        Mask::Causal,
-        ScoreMod::None,
-        false,
+fn varlen_windows_and_prefixes() {
+    property(s(Mask::Local, ScoreMod::None), Layout::Varlen, &[1]);
+    property(s(Mask::PrefixLm, ScoreMod::None), Layout::Varlen, &[1]);
+    property(s(Mask::GlobalLocal, ScoreMod::None), Layout::Varlen, &[1]);
+    property(s(Mask::ChunkedCausal, ScoreMod::None), Layout::Varlen, &[1]);
+    property(s(Mask::DilatedCausal, ScoreMod::None), Layout::Varlen, &[1]);
+}
+
+#[test]
+fn varlen_documents() {
+    property(s(Mask::Document, ScoreMod::None), Layout::Varlen, &[1]);
+    property(
+        s(Mask::CausalDocument, ScoreMod::None),
+        Layout::Varlen,
+        &[1],
+    );
+    property(s(Mask::ShareQuestion, ScoreMod::None), Layout::Varlen, &[1]);
+    property(
+        s(Mask::BlockCausalDocument, ScoreMod::None),
+        Layout::Varlen,
+        &[1],
+    );
+}
+
+#[test]
+fn varlen_scores_and_lm_infinite() {
+    property(s(Mask::Full, ScoreMod::Softcap), Layout::Varlen, &[1]);
+    property(s(Mask::Causal, ScoreMod::Alibi), Layout::Varlen, &[1]);
+    property(s(Mask::LambdaMask, ScoreMod::None), Layout::Varlen, &[1]);
+    property(s(Mask::LmInfinite, ScoreMod::None), Layout::Varlen, &[1]);
+}
+
+const PAGE_SIZES: [usize; 6] = [1, 2, 16, 64, 256, 1024];
+
+#[test]
+fn paged_causal_and_full() {
+    property(s(Mask::Causal, ScoreMod::None), Layout::Paged, &PAGE_SIZES);
+    property(s(Mask::Full, ScoreMod::None), Layout::Paged, &PAGE_SIZES);
+}
+
+#[test]
+fn paged_masks_and_scores() {
+    property(
+        s(Mask::Local, ScoreMod::Softcap),
         Layout::Paged,
+        &PAGE_SIZES,
     );
-    let x = paged::<bf16>(11, &[(0, 3), (5, 5), (37, 40), (1, 70)], 2, 2, 64, 16, true);
-    run(&s, &x, &RunParams::default(), 2).unwrap();
+    property(
+        s(Mask::ChunkedCausal, ScoreMod::Alibi),
+        Layout::Paged,
+        &PAGE_SIZES,
+    );
+    property(
+        s(Mask::LmInfinite, ScoreMod::None),
+        Layout::Paged,
+        &PAGE_SIZES,
+    );
+}
+
+/// Each page size at least once, page size 1 and 1024 included (the property draws them).
+#[test]
+fn paged_every_page_size_with_a_partial_last_page() {
+    let spec = s(Mask::Causal, ScoreMod::None)
+        .with_gqa()
+        .with_layout(Layout::Paged);
+    for (i, &ps) in PAGE_SIZES.iter().enumerate() {
+        // Sk = 3 ps + 1 (or 3 for ps = 1): the last page holds one key
+        let lens = [(5, 3 * ps + 1), (0, ps), (17, 40)];
+        case(&spec, &lens, (4, 2), (ps, i % 2 == 0), i as u64).unwrap();
+    }
 }

@@ -591,6 +591,25 @@ fn requirements(spec: &KernelSpec, tile: &TileConfig) -> Vec<String> {
     let mut r = vec![
         "q, k, v, o: the head dimension is contiguous (element stride 1); the other strides are free".to_owned(),
     ];
+    match spec.layout {
+        Layout::Dense => {}
+        Layout::Varlen => r.push(
+            "varlen: q, o packed [Tq, Hq, D], k, v [Tk, Hkv, D]; pass seq_q = Tq, seq_k = Tk, \
+             *_stride_b = 0, *_stride_h = D, *_stride_s = heads * D; lse is [Hq, Tq]; \
+             cu_seqlens_q, cu_seqlens_k: [B + 1] int32, checked on the host first \
+             (attnforge_codegen::serving::validate_serving); grid (ceil(max_b Sq_b / block_m), Hq, B)"
+                .to_owned(),
+        ),
+        Layout::Paged => r.push(
+            "paged: q, o packed [Tq, Hq, D] with cu_seqlens_q [B + 1]; k, v caches \
+             [num_pages, page_size, Hkv, D]: pass seq_k = num_pages * page_size, *_stride_b = 0, \
+             *_stride_h = D, *_stride_s = heads * D; block_table [B, max_pages] and seqlens_k [B] \
+             int32, page_size a power of two in 1..=1024, checked on the host first \
+             (attnforge_codegen::serving::validate_serving); lse is [Hq, Tq]; grid \
+             (ceil(max_b Sq_b / block_m), Hq, B)"
+                .to_owned(),
+        ),
+    }
     if matches!(
         crate::tile::Mainloop::select(spec, tile),
         crate::tile::Mainloop::TensorCore | crate::tile::Mainloop::Wgmma

@@ -3,6 +3,7 @@
 
 mod check;
 mod check_problems;
+mod check_serving;
 mod common;
 mod dynamic;
 mod emit;

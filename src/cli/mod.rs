@@ -10,6 +10,7 @@ mod emit;
 mod list;
 mod plan_cp;
 mod run;
+mod run_serving;
 mod variant;
 
 use clap::{Parser, Subcommand};

@@ -41,11 +41,19 @@ Examples:
   attnforge run examples/specs/document.toml --q q.npy --k k.npy --v v.npy --doc ids.npy --out o.npy --backend reference
   attnforge run flash_fwd_full_d128_bf16 --dtype bf16 --q q.npy --k k.npy --v v.npy --out o.npy
   attnforge run examples/specs/landmark_retrieval.toml --q q.npy --k k.npy --v v.npy --out o.npy
+  attnforge run varlen.toml --q q.npy --k k.npy --v v.npy --cu-seqlens-q cq.npy --cu-seqlens-k ck.npy --out o.npy
+  attnforge run paged.toml --q q.npy --k kc.npy --v vc.npy --cu-seqlens-q cq.npy --block-table bt.npy --seqlens-k sk.npy --out o.npy
   attnforge run examples/specs/hax.toml --q q2.npy --k k2.npy --v x.npy --hyperplanes hp.npy --ks ks.npy --out o.npy
 
 Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes q2/k2/x as
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
-Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).";
+Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).
+
+Serving layouts (a spec with layout = \"varlen\" | \"paged\", docs/serving.md; backends sim and
+reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1]; varlen k, v [Tk, Hkv, D] with
+--cu-seqlens-k [B + 1]; paged k, v caches [num_pages, page_size, Hkv, D] with --block-table
+[B, max_pages] and --seqlens-k [B] (int32 .npy); --doc ids packed like the keys [Tk]. Writes
+out [Tq, Hq, D] and lse [Hq, Tq]. The layout arrays are checked before any launch.";
 
 /// Backend of `run`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,37 +81,50 @@ pub enum DtypeArg {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Catalog name or spec file.
-    spec: String,
+    pub(super) spec: String,
     /// Queries (.npy).
     #[arg(long)]
-    q: PathBuf,
+    pub(super) q: PathBuf,
     /// Keys (.npy).
     #[arg(long)]
-    k: PathBuf,
+    pub(super) k: PathBuf,
     /// Values (.npy).
     #[arg(long)]
-    v: PathBuf,
+    pub(super) v: PathBuf,
     /// Document ids (.npy, int32), replacing the spec file's.
     #[arg(long)]
-    doc: Option<PathBuf>,
+    pub(super) doc: Option<PathBuf>,
     /// Output file for `out`.
     #[arg(long)]
-    out: PathBuf,
+    pub(super) out: PathBuf,
     /// Output file for `lse` (optional).
     #[arg(long)]
-    lse: Option<PathBuf>,
+    pub(super) lse: Option<PathBuf>,
     /// HAX only: hyperplanes, f32 [1|B, H', N, hash_bits] (H' = 1, Hq or Hkv).
     #[arg(long)]
-    hyperplanes: Option<PathBuf>,
+    pub(super) hyperplanes: Option<PathBuf>,
     /// HAX only: key-selection scores, f32 [1|B, H', S, 1] (H' = 1, Hq or Hkv).
     #[arg(long)]
-    ks: Option<PathBuf>,
+    pub(super) ks: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "sim")]
-    backend: RunBackend,
+    pub(super) backend: RunBackend,
     /// Element type of the kernel (default: the spec's); must agree with the spec's dtype.
     #[arg(long, value_enum)]
-    dtype: Option<DtypeArg>,
+    pub(super) dtype: Option<DtypeArg>,
+    /// Serving layouts: query offsets `[B + 1]` (.npy, int32); q is packed `[Tq, Hq, D]`.
+    #[arg(long)]
+    pub(super) cu_seqlens_q: Option<PathBuf>,
+    /// Varlen: key offsets `[B + 1]` (.npy, int32); k, v are packed `[Tk, Hkv, D]`.
+    #[arg(long)]
+    pub(super) cu_seqlens_k: Option<PathBuf>,
+    /// Paged: `[B, max_pages]` page indices (.npy, int32); k, v are caches
+    /// `[num_pages, page_size, Hkv, D]`.
+    #[arg(long)]
+    pub(super) block_table: Option<PathBuf>,
+    /// Paged: key lengths `[B]` (.npy, int32).
+    #[arg(long)]
+    pub(super) seqlens_k: Option<PathBuf>,
 }
 
 /// The one way `run` executes a variant of either kind: the f64 reference, or its
@@ -166,6 +187,11 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     check_input_sizes(&a)?;
     let v = variant(&any);
     want_dtype(&a, v.dtype())?;
+    if let AnySpecFile::Static(sf) = &any {
+        if !sf.spec.layout.is_dense() {
+            return super::run_serving::run(sf, &a);
+        }
+    }
     let out = v.run(&a)?;
     write_outputs(&a, &v.name(), &out)
 }

@@ -15,7 +15,8 @@
 // - layout: where a block's rows live (af_dense_layout, af_varlen_layout, af_paged_layout):
 //   `block<BM>(a, blk)` fills the block's af_fwd_block (false: the block lies past its
 //   sequence and exits), `kv_row(blk, kv)` is the row of key kv in k / v (the page slot
-//   under a paged cache), CONTIGUOUS_KV whether key rows are kv_row = kv.
+//   under a paged cache), `lse_at(a, blk, row)` the element of a query row in lse,
+//   CONTIGUOUS_KV whether key rows are kv_row = kv.
 // - block_hooks(b, h): the per-query-block policies, af_block_hooks{mask, score}:
 //     mask:  af_no_mask, or af_element_mask{allowed(q_pos, kv_pos)} (partial tiles only)
 //     score: af_no_score_mod, or any callable (x, q_pos, kv_pos) -> modified score
@@ -56,8 +57,8 @@ struct af_fwd_args {
 // The query block of this thread block: batch (sequence) b, query head h (kv head hkv under
 // GQA), its sequence's seq_q query rows and seq_k keys, query rows [m0, m0 + rows_valid) at
 // positions [p_lo, p_hi] (row i sits at i + shift), the base pointers of its q, k, v and o
-// rows, and lseb (the lse of row i is lseb[i]; null to skip). pages: the block-table row of a
-// paged cache (null otherwise).
+// rows, q0 (the sequence's first row in packed q, o; 0 for dense) and pages (the block-table row
+// of a paged cache, null otherwise).
 template <typename T>
 struct af_fwd_block {
     int b, h, hkv, seq_q, seq_k;
@@ -66,7 +67,7 @@ struct af_fwd_block {
     const T* kb;
     const T* vb;
     T* ob;
-    float* lseb;
+    long long q0;
     const int* pages;
 };
 
@@ -87,7 +88,7 @@ __device__ __forceinline__ af_fwd_block<T> af_fwd_block_of(const af_fwd_args<T>&
     blk.ob = a.o + (long long)blk.b * a.o_stride_b + (long long)blk.h * a.o_stride_h;
     blk.seq_q = a.seq_q;
     blk.seq_k = a.seq_k;
-    blk.lseb = a.lse == nullptr ? nullptr : a.lse + ((long long)blk.b * a.heads_q + blk.h) * a.seq_q;
+    blk.q0 = 0;
     blk.pages = nullptr;
     return blk;
 }
@@ -103,7 +104,18 @@ struct af_dense_layout {
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
+    // element of query row `row` in lse [B, Hq, Sq]
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return ((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row;
+    }
 };
+
+// Element of query row `row` of a serving block in lse [Hq, Tq] (a.seq_q = Tq).
+template <typename T>
+__device__ __forceinline__ long long af_serving_lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) {
+    return (long long)blk.h * a.seq_q + blk.q0 + row;
+}
 
 // The block of sequence b = blockIdx.z of a serving layout: q packed [Tq, Hq, D] from row q0
 // (a.seq_q = Tq), o packed like q, lse [Hq, Tq]; k and v rows from kb, vb (kv head hkv added).
@@ -125,7 +137,7 @@ __device__ __forceinline__ bool af_serving_block(const af_fwd_args<T>& a, af_fwd
     blk.kb = kb + (long long)blk.hkv * a.k_stride_h;
     blk.vb = vb + (long long)blk.hkv * a.v_stride_h;
     blk.ob = a.o + q0 * a.o_stride_s + (long long)blk.h * a.o_stride_h;
-    blk.lseb = a.lse == nullptr ? nullptr : a.lse + (long long)blk.h * a.seq_q + q0;
+    blk.q0 = q0;
     blk.pages = nullptr;
     return blk.m0 < seq_q;
 }
@@ -145,6 +157,10 @@ struct af_varlen_layout {
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return af_serving_lse_at(a, blk, row);
+    }
 };
 
 // A paged KV cache k, v: [num_pages, page_size, Hkv, D] (row stride k_stride_s = Hkv D is a
@@ -170,6 +186,10 @@ struct af_paged_layout {
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
         return ((long long)blk.pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
+    }
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return af_serving_lse_at(a, blk, row);
     }
 };
 

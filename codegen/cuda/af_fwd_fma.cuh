@@ -237,7 +237,7 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
             const float inv = empty ? 0.f : 1.f / l_i[r];
 #pragma unroll
             for (int t = 0; t < DPL; ++t) af_store(blk.ob + row * a.o_stride_s + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
-            if (lane == 0 && blk.lseb != nullptr) blk.lseb[row] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
+            if (lane == 0 && a.lse != nullptr) a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
 }

@@ -154,7 +154,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        const long long row = kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
         if (kv < blk.seq_k && vec_kv) {
             af_cp_async_16(&sK[off], blk.kb + row * a.k_stride_s + c);
             af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
@@ -209,7 +209,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        const long long row = kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
         if (kv < blk.seq_k && vec_v) {
             af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
@@ -516,7 +516,8 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
                 const float* o = acc[(r >> 1) * DT8 + dt];
                 af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
             }
-            if ((lane & 3) == 0 && blk.lseb != nullptr) blk.lseb[row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+            if ((lane & 3) == 0 && a.lse != nullptr)
+                a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }
     }
 }

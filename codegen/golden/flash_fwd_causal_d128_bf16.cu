@@ -372,7 +372,8 @@ __device__ __forceinline__ unsigned af_pack_bf16(float lo, float hi) {
 // - layout: where a block's rows live (af_dense_layout, af_varlen_layout, af_paged_layout):
 //   `block<BM>(a, blk)` fills the block's af_fwd_block (false: the block lies past its
 //   sequence and exits), `kv_row(blk, kv)` is the row of key kv in k / v (the page slot
-//   under a paged cache), CONTIGUOUS_KV whether key rows are kv_row = kv.
+//   under a paged cache), `lse_at(a, blk, row)` the element of a query row in lse,
+//   CONTIGUOUS_KV whether key rows are kv_row = kv.
 // - block_hooks(b, h): the per-query-block policies, af_block_hooks{mask, score}:
 //     mask:  af_no_mask, or af_element_mask{allowed(q_pos, kv_pos)} (partial tiles only)
 //     score: af_no_score_mod, or any callable (x, q_pos, kv_pos) -> modified score
@@ -413,8 +414,8 @@ struct af_fwd_args {
 // The query block of this thread block: batch (sequence) b, query head h (kv head hkv under
 // GQA), its sequence's seq_q query rows and seq_k keys, query rows [m0, m0 + rows_valid) at
 // positions [p_lo, p_hi] (row i sits at i + shift), the base pointers of its q, k, v and o
-// rows, and lseb (the lse of row i is lseb[i]; null to skip). pages: the block-table row of a
-// paged cache (null otherwise).
+// rows, q0 (the sequence's first row in packed q, o; 0 for dense) and pages (the block-table row
+// of a paged cache, null otherwise).
 template <typename T>
 struct af_fwd_block {
     int b, h, hkv, seq_q, seq_k;
@@ -423,7 +424,7 @@ struct af_fwd_block {
     const T* kb;
     const T* vb;
     T* ob;
-    float* lseb;
+    long long q0;
     const int* pages;
 };
 
@@ -444,7 +445,7 @@ __device__ __forceinline__ af_fwd_block<T> af_fwd_block_of(const af_fwd_args<T>&
     blk.ob = a.o + (long long)blk.b * a.o_stride_b + (long long)blk.h * a.o_stride_h;
     blk.seq_q = a.seq_q;
     blk.seq_k = a.seq_k;
-    blk.lseb = a.lse == nullptr ? nullptr : a.lse + ((long long)blk.b * a.heads_q + blk.h) * a.seq_q;
+    blk.q0 = 0;
     blk.pages = nullptr;
     return blk;
 }
@@ -460,7 +461,18 @@ struct af_dense_layout {
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
+    // element of query row `row` in lse [B, Hq, Sq]
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return ((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row;
+    }
 };
+
+// Element of query row `row` of a serving block in lse [Hq, Tq] (a.seq_q = Tq).
+template <typename T>
+__device__ __forceinline__ long long af_serving_lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) {
+    return (long long)blk.h * a.seq_q + blk.q0 + row;
+}
 
 // The block of sequence b = blockIdx.z of a serving layout: q packed [Tq, Hq, D] from row q0
 // (a.seq_q = Tq), o packed like q, lse [Hq, Tq]; k and v rows from kb, vb (kv head hkv added).
@@ -482,7 +494,7 @@ __device__ __forceinline__ bool af_serving_block(const af_fwd_args<T>& a, af_fwd
     blk.kb = kb + (long long)blk.hkv * a.k_stride_h;
     blk.vb = vb + (long long)blk.hkv * a.v_stride_h;
     blk.ob = a.o + q0 * a.o_stride_s + (long long)blk.h * a.o_stride_h;
-    blk.lseb = a.lse == nullptr ? nullptr : a.lse + (long long)blk.h * a.seq_q + q0;
+    blk.q0 = q0;
     blk.pages = nullptr;
     return blk.m0 < seq_q;
 }
@@ -502,6 +514,10 @@ struct af_varlen_layout {
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return af_serving_lse_at(a, blk, row);
+    }
 };
 
 // A paged KV cache k, v: [num_pages, page_size, Hkv, D] (row stride k_stride_s = Hkv D is a
@@ -527,6 +543,10 @@ struct af_paged_layout {
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
         return ((long long)blk.pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
+    }
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return af_serving_lse_at(a, blk, row);
     }
 };
 
@@ -930,7 +950,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        const long long row = kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
         if (kv < blk.seq_k && vec_kv) {
             af_cp_async_16(&sK[off], blk.kb + row * a.k_stride_s + c);
             af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
@@ -985,7 +1005,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        const long long row = kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
         if (kv < blk.seq_k && vec_v) {
             af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
@@ -1292,7 +1312,8 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
                 const float* o = acc[(r >> 1) * DT8 + dt];
                 af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
             }
-            if ((lane & 3) == 0 && blk.lseb != nullptr) blk.lseb[row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+            if ((lane & 3) == 0 && a.lse != nullptr)
+                a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }
     }
 }

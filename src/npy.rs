@@ -169,21 +169,30 @@ fn read_vec<T: npyz::Deserialize>(
 
 /// Read a `[B, H, S, D]` tensor for a kernel of element type `dtype`.
 pub fn read_tensor(path: &Path, dtype: DType) -> Result<AnyTensor, NpyError> {
+    read_rank(path, dtype, 4, "[batch, heads, seq, head_dim]")
+}
+
+/// Read a packed `[T, H, D]` tensor (a serving layout's q, k or v) for a kernel of element
+/// type `dtype`, as a tensor of shape `[1, T, H, D]` (the same elements in the same order).
+pub fn read_packed(path: &Path, dtype: DType) -> Result<AnyTensor, NpyError> {
+    read_rank(path, dtype, 3, "[tokens, heads, head_dim]")
+}
+
+/// Read an array of `rank` dimensions (`what` names them) as a 4-D tensor, padded with
+/// leading 1s.
+fn read_rank(path: &Path, dtype: DType, rank: usize, what: &str) -> Result<AnyTensor, NpyError> {
     let npy = open(path)?;
     let shape: Vec<u64> = npy.shape().to_vec();
-    if shape.len() != 4 {
+    if shape.len() != rank {
         return Err(err(
             path,
             format!("shape {shape:?} has {} dimensions", shape.len()),
-            "pass a 4-D array [batch, heads, seq, head_dim]",
+            format!("pass a {rank}-D array {what}"),
         ));
     }
-    let s = Shape4::new(
-        shape[0] as usize,
-        shape[1] as usize,
-        shape[2] as usize,
-        shape[3] as usize,
-    );
+    let mut dims = vec![1usize; 4 - rank];
+    dims.extend(shape.iter().map(|&x| x as usize));
+    let s = Shape4::new(dims[0], dims[1], dims[2], dims[3]);
     let d = descr(&npy);
     let check_finite = |bad: Option<usize>| match bad {
         Some(i) => Err(err(

@@ -16,7 +16,7 @@ __device__ __forceinline__ void af_fma_load_q(const af_dot_scoring&, const SQ& s
     for (int idx = tid; idx < BM * D; idx += NT) {
         const int r = idx / D, d = idx % D;
         const long long row = blk.m0 + r;
-        sQ[idx] = row < a.seq_q ? af_to_float(blk.qb[row * a.q_stride_s + d]) : 0.f;
+        sQ[idx] = row < blk.seq_q ? af_to_float(blk.qb[row * a.q_stride_s + d]) : 0.f;
     }
 }
 
@@ -33,7 +33,7 @@ __device__ __forceinline__ void af_fma_load_q(const af_lminf_scoring& sc, const 
         const int r = idx / (D / 2), m = idx % (D / 2);
         const long long row = blk.m0 + r;
         float x0 = 0.f, x1 = 0.f;
-        if (row < a.seq_q) {
+        if (row < blk.seq_q) {
             x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
             x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
         }
@@ -49,17 +49,18 @@ __device__ __forceinline__ void af_fma_load_q(const af_lminf_scoring& sc, const 
 }
 
 // K, V tile n0 -> shared as f32 (zero past seq_k); K rows padded to KS.
-template <class Tile, int KS, typename T, class SK, class SV>
+template <class Tile, int KS, typename T, class SK, class SV, class Layout>
 __device__ __forceinline__ void af_fma_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                               const af_fwd_block<T>& blk, long long n0, int tid) {
+                                               const af_fwd_block<T>& blk, const Layout& layout, long long n0, int tid) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
     for (int idx = tid; idx < BN * D; idx += NT) {
         const int j = idx / D, d = idx % D;
         const long long kv = n0 + j;
         float kx = 0.f, vx = 0.f;
-        if (kv < a.seq_k) {
-            kx = af_to_float(blk.kb[kv * a.k_stride_s + d]);
-            vx = af_to_float(blk.vb[kv * a.v_stride_s + d]);
+        if (kv < blk.seq_k) {
+            const long long row = layout.kv_row(blk, kv);
+            kx = af_to_float(blk.kb[row * a.k_stride_s + d]);
+            vx = af_to_float(blk.vb[row * a.v_stride_s + d]);
         }
         sK[j * KS + d] = kx;
         sV[idx] = vx;
@@ -68,9 +69,9 @@ __device__ __forceinline__ void af_fma_load_kv(const af_dot_scoring&, const SK& 
 
 // LM-Infinite: K tile -> shared rotated at its position (branch 0, rounded to the input dtype)
 // and un-rotated (branch 1, BN * KS elements further); V as f32.
-template <class Tile, int KS, typename T, class SK, class SV>
+template <class Tile, int KS, typename T, class SK, class SV, class Layout>
 __device__ __forceinline__ void af_fma_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                               const af_fwd_block<T>& blk, long long n0, int tid) {
+                                               const af_fwd_block<T>& blk, const Layout& layout, long long n0, int tid) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::BN * KS;
     const T* tag = nullptr;
     // RoPE per element pair, kept rolled: one copy of the rotation code
@@ -79,9 +80,10 @@ __device__ __forceinline__ void af_fma_load_kv(const af_lminf_scoring& sc, const
         const int j = idx / (D / 2), m = idx % (D / 2);
         const long long kv = n0 + j;
         float x0 = 0.f, x1 = 0.f;
-        if (kv < a.seq_k) {
-            x0 = af_to_float(blk.kb[kv * a.k_stride_s + m]);
-            x1 = af_to_float(blk.kb[kv * a.k_stride_s + m + D / 2]);
+        if (kv < blk.seq_k) {
+            const long long row = layout.kv_row(blk, kv);
+            x0 = af_to_float(blk.kb[row * a.k_stride_s + m]);
+            x1 = af_to_float(blk.kb[row * a.k_stride_s + m + D / 2]);
         }
         sK[RAW + j * KS + m] = x0;
         sK[RAW + j * KS + m + D / 2] = x1;
@@ -92,7 +94,7 @@ __device__ __forceinline__ void af_fma_load_kv(const af_lminf_scoring& sc, const
     for (int idx = tid; idx < BN * D; idx += NT) {
         const int j = idx / D, d = idx % D;
         const long long kv = n0 + j;
-        sV[idx] = kv < a.seq_k ? af_to_float(blk.vb[kv * a.v_stride_s + d]) : 0.f;
+        sV[idx] = kv < blk.seq_k ? af_to_float(blk.vb[layout.kv_row(blk, kv) * a.v_stride_s + d]) : 0.f;
     }
 }
 
@@ -115,9 +117,9 @@ __device__ __forceinline__ void af_fma_qk(float (&s)[Tile::BM / Tile::NW][Tile::
     }
 }
 
-template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring>
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout>
 __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
-                                           const Scoring& sc) {
+                                           const Scoring& scoring, const Layout& layout = Layout{}) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D;
     constexpr int ROWS = BM / Tile::NW;  // query rows per warp
     constexpr int CPL = BN / 32;         // key columns per lane (S = Q K^T)
@@ -131,7 +133,9 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
     AF_SHARED_VIEW(float, sV, af_smem, NB * (BM * D + BN * KS), BN * D);
     AF_SHARED_VIEW(float, sP, af_smem, NB * (BM * D + BN * KS) + BN * D, BM * BN);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
+    af_fwd_block<T> blk;
+    if (!layout.template block<BM>(a, blk)) return;  // past its sequence's rows (whole block)
+    const Scoring sc = scoring.for_seq(blk.seq_k);
     const auto hooks = block_hooks(blk.b, blk.h);
     af_fma_load_q<Tile>(sc, sQ, a, blk, tid);
 
@@ -145,14 +149,14 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
         for (int t = 0; t < DPL; ++t) acc[r][t] = 0.f;
     }
 
-    const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
+    const auto tiles = schedule.template tiles<BN>(blk, blk.seq_k);
     long long cur = tiles.first, n0;
     int kind;
     while (tiles.next(cur, n0, kind)) {
-        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
-        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
+        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)blk.seq_k) - 1);
+        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, blk.seq_k);
         __syncthreads();  // previous tile's K, V, P are consumed
-        af_fma_load_kv<Tile, KS>(sc, sK, sV, a, blk, n0, tid);
+        af_fma_load_kv<Tile, KS>(sc, sK, sV, a, blk, layout, n0, tid);
         __syncthreads();
 
         // S = Q K^T per scoring branch the tile needs: lane owns key columns lane + 32 c
@@ -168,7 +172,7 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
 
         af_bits_t<ROWS * CPL> okb, nearb;
         af_element_bits<BM, BN, ROWS, CPL>(
-            okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k, [&](int r) { return warp * ROWS + r; },
+            okb, nearb, hooks.mask, sc, kind, br, blk, n0, blk.seq_k, [&](int r) { return warp * ROWS + r; },
             [&](int c) { return lane + 32 * c; }, [](int r, int c) { return r * CPL + c; });
         // score mod, mask bits, online softmax; P -> shared
 #pragma unroll
@@ -228,13 +232,12 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const long long row = blk.m0 + warp * ROWS + r;
-        if (row < a.seq_q) {
+        if (row < blk.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
 #pragma unroll
             for (int t = 0; t < DPL; ++t) af_store(blk.ob + row * a.o_stride_s + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
-            if (lane == 0 && a.lse != nullptr)
-                a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
+            if (lane == 0 && a.lse != nullptr) a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
 }

@@ -34,11 +34,11 @@ __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ
         const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long row = blk.m0 + r;
         const int off = af_swz<D>(r, c);
-        if (row < a.seq_q && vec_q) {
+        if (row < blk.seq_q && vec_q) {
             af_cp_async_16(&sQ[off], blk.qb + row * a.q_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
-            for (int e = 0; e < 8; ++e) sQ[off + e] = row < a.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
+            for (int e = 0; e < 8; ++e) sQ[off + e] = row < blk.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
         }
     }
 }
@@ -56,7 +56,7 @@ __device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const S
         const int r = idx / (D / 2), m = idx % (D / 2);
         const long long row = blk.m0 + r;
         float x0 = 0.f, x1 = 0.f;
-        if (row < a.seq_q) {
+        if (row < blk.seq_q) {
             x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
             x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
         }
@@ -134,11 +134,13 @@ __device__ __forceinline__ af_tc_kv_plan<Tile, T> af_tc_kv_plan_of(const Scoring
     return pl;
 }
 
-// Whether tile t0 takes the interior copy path: every row in range (t0 < seq_k, an int) and
-// the plan's passes usable.
-template <class Tile, typename T>
-__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, const af_tc_kv_plan<Tile, T>& pl, long long t0) {
-    return pl.fast && (unsigned)t0 + Tile::BN <= (unsigned)a.seq_k;
+// Whether tile t0 takes the interior copy path: every row in range (t0 < seq_k, an int), the
+// plan's passes usable, and key rows contiguous (a paged cache takes the per-chunk path
+// through the page table).
+template <class Tile, typename T, class Layout>
+__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_block<T>& blk, const Layout&, const af_tc_kv_plan<Tile, T>& pl,
+                                                  long long t0) {
+    return Layout::CONTIGUOUS_KV && pl.fast && (unsigned)t0 + Tile::BN <= (unsigned)blk.seq_k;
 }
 
 // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
@@ -146,12 +148,12 @@ __device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, const
 // partial one) and unaligned tensors: per-chunk index math and guards, kept rolled.
 // vec_kv, tid and zero come by reference like the other loop invariants: passed by value,
 // NVVM lays out this loop's branches differently and the main loop gets more instructions.
-template <class Tile, typename T, class SK, class SV>
+template <class Tile, typename T, class SK, class SV, class Layout>
 __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
-                                              int st, const bool& vec_kv, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const Layout& layout, const af_tc_kv_plan<Tile, T>& pl,
+                                              long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
-    if (af_tc_kv_interior<Tile>(a, pl, t0)) {
+    if (af_tc_kv_interior<Tile>(blk, layout, pl, t0)) {
         const char* const kp = pl.k + (unsigned)t0 * pl.k_row;
         const char* const vp = pl.v + (unsigned)t0 * pl.v_row;
         const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
@@ -168,14 +170,15 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        if (kv < a.seq_k && vec_kv) {
-            af_cp_async_16(&sK[off], blk.kb + kv * a.k_stride_s + c);
-            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        if (kv < blk.seq_k && vec_kv) {
+            af_cp_async_16(&sK[off], blk.kb + row * a.k_stride_s + c);
+            af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
             for (int e = 0; e < 8; ++e) {
-                sK[off + e] = kv < a.seq_k ? blk.kb[kv * a.k_stride_s + c + e] : zero;
-                sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+                sK[off + e] = kv < blk.seq_k ? blk.kb[row * a.k_stride_s + c + e] : zero;
+                sV[off + e] = kv < blk.seq_k ? blk.vb[row * a.v_stride_s + c + e] : zero;
             }
         }
     }
@@ -183,10 +186,10 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
 
 // LM-Infinite: K tile t0 -> stage st rotated at its position (branch 0) and un-rotated
 // (branch 1, STAGES * BN * D elements further), through registers; V with cp.async.
-template <class Tile, typename T, class SK, class SV>
+template <class Tile, typename T, class SK, class SV, class Layout>
 __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
-                                              int st, const bool& vec_v, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const Layout& layout, const af_tc_kv_plan<Tile, T>& pl,
+                                              long long t0, int st, const bool& vec_v, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::STAGES * Tile::BN * Tile::D;
     using TT = af_tc_type<T>;
     // RoPE per element pair, kept rolled: one copy of the rotation code
@@ -195,9 +198,10 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         const int j = idx / (D / 2), m = idx % (D / 2);
         const long long kv = t0 + j;
         float x0 = 0.f, x1 = 0.f;
-        if (kv < a.seq_k) {
-            x0 = af_to_float(blk.kb[kv * a.k_stride_s + m]);
-            x1 = af_to_float(blk.kb[kv * a.k_stride_s + m + D / 2]);
+        if (kv < blk.seq_k) {
+            const long long row = layout.kv_row(blk, kv);
+            x0 = af_to_float(blk.kb[row * a.k_stride_s + m]);
+            x1 = af_to_float(blk.kb[row * a.k_stride_s + m + D / 2]);
         }
         const int o0 = st * BN * D + af_swz<D>(j, m), o1 = st * BN * D + af_swz<D>(j, m + D / 2);
         sK[RAW + o0] = TT::from(x0);
@@ -206,7 +210,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         sK[o0] = TT::from(x0);
         sK[o1] = TT::from(x1);
     }
-    if (af_tc_kv_interior<Tile>(a, pl, t0)) {
+    if (af_tc_kv_interior<Tile>(blk, layout, pl, t0)) {
         const char* const vp = pl.v + (unsigned)t0 * pl.v_row;
         const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
 #pragma unroll
@@ -219,11 +223,12 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        if (kv < a.seq_k && vec_v) {
-            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        if (kv < blk.seq_k && vec_v) {
+            af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
-            for (int e = 0; e < 8; ++e) sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+            for (int e = 0; e < 8; ++e) sV[off + e] = kv < blk.seq_k ? blk.vb[row * a.v_stride_s + c + e] : zero;
         }
     }
 }
@@ -281,9 +286,9 @@ __device__ __forceinline__ void af_tc_qk(float (&s)[SL * Tile::BN / 8][4], const
     }
 }
 
-template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring>
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout>
 __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
-                                          const Scoring& sc) {
+                                          const Scoring& scoring, const Layout& layout = Layout{}) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, STAGES = Tile::STAGES;
     constexpr int WM = BM / Tile::NW;  // query rows per warp
     constexpr int SL = WM / 16;        // 16-row slabs per warp
@@ -298,7 +303,9 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     AF_SHARED_VIEW(T, sK, af_smem, NB * BM * D, NB * STAGES * BN * D);
     AF_SHARED_VIEW(T, sV, af_smem, NB * (BM * D + STAGES * BN * D), STAGES * BN * D);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
+    af_fwd_block<T> blk;
+    if (!layout.template block<BM>(a, blk)) return;  // past its sequence's rows (whole block)
+    const Scoring sc = scoring.for_seq(blk.seq_k);
     const auto hooks = block_hooks(blk.b, blk.h);
     const T zero = TT::from(0.f);
     const bool vec_kv = af_tc_kv_vector(sc, a, blk);
@@ -330,8 +337,8 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
 
-    const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
-    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, kv_plan, t0, st, vec_kv, tid, zero); };
+    const auto tiles = schedule.template tiles<BN>(blk, blk.seq_k);
+    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, layout, kv_plan, t0, st, vec_kv, tid, zero); };
     // pipeline: the prefetch walk runs STAGES - 1 tiles ahead of the visit, one commit group per
     // tile (possibly empty), so wait<STAGES - 2> means "the current tile has landed". Each tile
     // is classified once, by the prefetch walk (a mask's classifier can cost tens of
@@ -373,8 +380,8 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             vst = (ahead[0] >> 2) & 3;
             kind = ahead[0] & 3;
         }
-        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
-        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
+        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)blk.seq_k) - 1);
+        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, blk.seq_k);
         int kst;  // stage offset of this tile
         if constexpr (STAGES == 1) {
             __syncthreads();  // previous tile's K, V are consumed
@@ -415,7 +422,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         // modifications apply scale, score and mask per element (f = log2 e).
         float f = AF_LOG2E;
         // interior: not af_tile_is_edge, with the block's row test hoisted and 32-bit key positions
-        const bool interior = rows_full && (unsigned)n0 + BN <= (unsigned)a.seq_k &&
+        const bool interior = rows_full && (unsigned)n0 + BN <= (unsigned)blk.seq_k &&
                               !(decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL) && !(NB > 1 && br == 3);
         if (af_is_identity_score<decltype(hooks.score)>::value && interior) {
             f = scale_log2;
@@ -434,7 +441,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             af_bits_t<SL * NT8 * 4> okb, nearb;
             // rows: r = 2 sl + (e >> 1); key columns: c = 2 (j % NT8) + (e & 1)
             af_element_bits<BM, BN, 2 * SL, 2 * NT8>(
-                okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                okb, nearb, hooks.mask, sc, kind, br, blk, n0, blk.seq_k,
                 [&](int r) { return warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1); },
                 [&](int c) { return (c >> 1) * 8 + 2 * (lane & 3) + (c & 1); },
                 [](int r, int c) { return 4 * ((r >> 1) * NT8 + (c >> 1)) + 2 * (r & 1) + (c & 1); });
@@ -530,7 +537,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);
         const long long row = blk.m0 + warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1);
-        if (row < a.seq_q) {
+        if (row < blk.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
             T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
@@ -540,7 +547,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
                 af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
             }
             if ((lane & 3) == 0 && a.lse != nullptr)
-                a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+                a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }
     }
 }

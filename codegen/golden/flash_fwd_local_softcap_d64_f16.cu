@@ -388,6 +388,11 @@ __device__ __forceinline__ unsigned af_pack_bf16(float lo, float hi) {
 //     af_analytic_schedule: closed-form key range [lo(p_lo, p_hi), hi(p_lo, p_hi)) and a tile
 //                           classifier (p_lo, p_hi, c0, c1) -> AF_TILE_*
 //     af_block_list_schedule<BQ, BK>: runtime lists of full, then partial blocks
+// - layout: where a block's rows live (af_dense_layout, af_varlen_layout, af_paged_layout):
+//   `block<BM>(a, blk)` fills the block's af_fwd_block (false: the block lies past its
+//   sequence and exits), `kv_row(blk, kv)` is the row of key kv in k / v (the page slot
+//   under a paged cache), `lse_at(a, blk, row)` the element of a query row in lse,
+//   CONTIGUOUS_KV whether key rows are kv_row = kv.
 // - block_hooks(b, h): the per-query-block policies, af_block_hooks{mask, score}:
 //     mask:  af_no_mask, or af_element_mask{allowed(q_pos, kv_pos)} (partial tiles only)
 //     score: af_no_score_mod, or any callable (x, q_pos, kv_pos) -> modified score
@@ -425,17 +430,21 @@ struct af_fwd_args {
     float scale;
 };
 
-// The query block of this thread block: batch b, query head h (kv head hkv under GQA), query
-// rows [m0, m0 + rows_valid) at positions [p_lo, p_hi] (row i sits at i + shift), and the base
-// pointers of its q, k, v and o rows.
+// The query block of this thread block: batch (sequence) b, query head h (kv head hkv under
+// GQA), its sequence's seq_q query rows and seq_k keys, query rows [m0, m0 + rows_valid) at
+// positions [p_lo, p_hi] (row i sits at i + shift), the base pointers of its q, k, v and o
+// rows, q0 (the sequence's first row in packed q, o; 0 for dense) and pages (the block-table row
+// of a paged cache, null otherwise).
 template <typename T>
 struct af_fwd_block {
-    int b, h, hkv;
+    int b, h, hkv, seq_q, seq_k;
     long long m0, shift, rows_valid, p_lo, p_hi;
     const T* qb;
     const T* kb;
     const T* vb;
     T* ob;
+    long long q0;
+    const int* pages;
 };
 
 template <int BM, typename T>
@@ -453,8 +462,112 @@ __device__ __forceinline__ af_fwd_block<T> af_fwd_block_of(const af_fwd_args<T>&
     blk.kb = a.k + (long long)blk.b * a.k_stride_b + (long long)blk.hkv * a.k_stride_h;
     blk.vb = a.v + (long long)blk.b * a.v_stride_b + (long long)blk.hkv * a.v_stride_h;
     blk.ob = a.o + (long long)blk.b * a.o_stride_b + (long long)blk.h * a.o_stride_h;
+    blk.seq_q = a.seq_q;
+    blk.seq_k = a.seq_k;
+    blk.q0 = 0;
+    blk.pages = nullptr;
     return blk;
 }
+
+// ---- layouts ----
+// Dense [B, H, S, D] tensors (strides free): one grid of ceil(seq_q / BM) x Hq x B blocks.
+struct af_dense_layout {
+    static constexpr bool CONTIGUOUS_KV = true;
+    template <int BM, typename T>
+    __device__ __forceinline__ bool block(const af_fwd_args<T>& a, af_fwd_block<T>& blk) const {
+        blk = af_fwd_block_of<BM>(a);
+        return true;
+    }
+    template <typename T>
+    __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
+    // element of query row `row` in lse [B, Hq, Sq]
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return ((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row;
+    }
+};
+
+// Element of query row `row` of a serving block in lse [Hq, Tq] (a.seq_q = Tq).
+template <typename T>
+__device__ __forceinline__ long long af_serving_lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) {
+    return (long long)blk.h * a.seq_q + blk.q0 + row;
+}
+
+// The block of sequence b = blockIdx.z of a serving layout: q packed [Tq, Hq, D] from row q0
+// (a.seq_q = Tq), o packed like q, lse [Hq, Tq]; k and v rows from kb, vb (kv head hkv added).
+// False when the block lies past the sequence's seq_q rows (it exits before any barrier).
+template <int BM, typename T>
+__device__ __forceinline__ bool af_serving_block(const af_fwd_args<T>& a, af_fwd_block<T>& blk, long long q0, int seq_q,
+                                                 int seq_k, const T* kb, const T* vb) {
+    blk.b = blockIdx.z;
+    blk.h = blockIdx.y;
+    blk.hkv = blk.h / (a.heads_q / a.heads_kv);
+    blk.seq_q = seq_q;
+    blk.seq_k = seq_k;
+    blk.m0 = (long long)blockIdx.x * BM;
+    blk.shift = (long long)seq_k - seq_q;
+    blk.rows_valid = min((long long)BM, (long long)seq_q - blk.m0);
+    blk.p_lo = blk.m0 + blk.shift;
+    blk.p_hi = blk.m0 + blk.rows_valid - 1 + blk.shift;
+    blk.qb = a.q + q0 * a.q_stride_s + (long long)blk.h * a.q_stride_h;
+    blk.kb = kb + (long long)blk.hkv * a.k_stride_h;
+    blk.vb = vb + (long long)blk.hkv * a.v_stride_h;
+    blk.ob = a.o + q0 * a.o_stride_s + (long long)blk.h * a.o_stride_h;
+    blk.q0 = q0;
+    blk.pages = nullptr;
+    return blk.m0 < seq_q;
+}
+
+// Packed variable-length sequences (FlashAttention's varlen): sequence b is query rows
+// cu_q[b] .. cu_q[b + 1] of q and key rows cu_k[b] .. cu_k[b + 1] of k, v ([Tk, Hkv, D]).
+// Grid: ceil(max_b Sq_b / BM) x Hq x B.
+struct af_varlen_layout {
+    static constexpr bool CONTIGUOUS_KV = true;
+    const int* cu_q;
+    const int* cu_k;
+    template <int BM, typename T>
+    __device__ __forceinline__ bool block(const af_fwd_args<T>& a, af_fwd_block<T>& blk) const {
+        const int b = blockIdx.z, q0 = cu_q[b], k0 = cu_k[b];
+        return af_serving_block<BM>(a, blk, q0, cu_q[b + 1] - q0, cu_k[b + 1] - k0, a.k + (long long)k0 * a.k_stride_s,
+                                    a.v + (long long)k0 * a.v_stride_s);
+    }
+    template <typename T>
+    __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return af_serving_lse_at(a, blk, row);
+    }
+};
+
+// A paged KV cache k, v: [num_pages, page_size, Hkv, D] (row stride k_stride_s = Hkv D is a
+// page slot); key j of sequence b is slot j % page_size of page block_table[b][j / page_size];
+// queries packed as in varlen (cu_q). page_size is a runtime power of two (1..1024).
+struct af_paged_layout {
+    static constexpr bool CONTIGUOUS_KV = false;
+    const int* cu_q;
+    const int* block_table;  // [B, max_pages]
+    const int* seqlens_k;    // [B]
+    int max_pages, page_shift;
+    __device__ __forceinline__ af_paged_layout(const int* cq, const int* bt, const int* sk, int mp, int page_size)
+        : cu_q(cq), block_table(bt), seqlens_k(sk), max_pages(mp), page_shift(0) {
+        while ((1 << page_shift) < page_size) ++page_shift;
+    }
+    template <int BM, typename T>
+    __device__ __forceinline__ bool block(const af_fwd_args<T>& a, af_fwd_block<T>& blk) const {
+        const int b = blockIdx.z, q0 = cu_q[b];
+        const bool live = af_serving_block<BM>(a, blk, q0, cu_q[b + 1] - q0, seqlens_k[b], a.k, a.v);
+        blk.pages = block_table + (long long)b * max_pages;
+        return live;
+    }
+    template <typename T>
+    __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
+        return ((long long)blk.pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
+    }
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return af_serving_lse_at(a, blk, row);
+    }
+};
 
 // ---- schedules ----
 // Classifier of a mask whose in-range tiles are all full.
@@ -493,6 +606,25 @@ struct af_analytic_schedule {
 
 template <class Lo, class Hi, class Classify>
 __device__ __forceinline__ af_analytic_schedule<Lo, Hi, Classify> af_analytic(Lo lo, Hi hi, Classify classify) {
+    return {lo, hi, classify};
+}
+
+// The analytic schedule of a serving layout: lo and hi also take the block's sequence
+// lengths (seq_q, seq_k), which are runtime values per sequence.
+template <class Lo, class Hi, class Classify>
+struct af_analytic_seq_schedule {
+    Lo lo;              // (p_lo, p_hi, seq_q, seq_k) -> first key position that may be allowed
+    Hi hi;              // (p_lo, p_hi, seq_q, seq_k) -> one past the last one
+    Classify classify;  // (p_lo, p_hi, c0, c1) -> AF_TILE_SKIP / FULL / PARTIAL
+    template <int BN, typename T>
+    __device__ __forceinline__ af_analytic_walk<BN, Classify> tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        const long long kv_lo = lo(blk.p_lo, blk.p_hi, blk.seq_q, seq_k);
+        return {(kv_lo / BN) * BN, hi(blk.p_lo, blk.p_hi, blk.seq_q, seq_k), blk.p_lo, blk.p_hi, seq_k, classify};
+    }
+};
+
+template <class Lo, class Hi, class Classify>
+__device__ __forceinline__ af_analytic_seq_schedule<Lo, Hi, Classify> af_analytic_seq(Lo lo, Hi hi, Classify classify) {
     return {lo, hi, classify};
 }
 
@@ -574,20 +706,28 @@ struct af_dot_scoring {
     static constexpr int BRANCHES = 1;
     __device__ __forceinline__ int tile_branches(long long, long long, long long, long long) const { return 1; }
     __device__ __forceinline__ bool near(long long, long long) const { return true; }
+    __device__ __forceinline__ af_dot_scoring for_seq(int) const { return *this; }
 };
 
 // LM-Infinite (variants.md section 5): branch 0 (near, q - kv < L) rotates q and k at their
 // positions, branch 1 (far) rotates q at Deff and leaves k un-rotated.
 struct af_lminf_scoring {
     static constexpr int BRANCHES = 2;
-    int global_tokens, local_window;
+    int global_tokens, local_window, dist_limit;
     long long d_eff;   // clamped distance of the far branch
     float log2_theta;  // log2 of the RoPE base
-    __device__ __forceinline__ af_lminf_scoring(int g, int l, int dist_limit, float rope_theta, int seq_k)
+    __device__ __forceinline__ af_lminf_scoring(int g, int l, int dist_limit_, float rope_theta, int seq_k)
         : global_tokens(g),
           local_window(l),
-          d_eff(min((long long)dist_limit, (long long)seq_k - 1)),
+          dist_limit(dist_limit_),
+          d_eff(min((long long)dist_limit_, (long long)seq_k - 1)),
           log2_theta(logf(rope_theta) * AF_LOG2E) {}
+    // the policy of a sequence of seq_k keys (Deff is clamped by the sequence's length)
+    __device__ __forceinline__ af_lminf_scoring for_seq(int seq_k) const {
+        af_lminf_scoring s = *this;
+        s.d_eff = min((long long)dist_limit, (long long)seq_k - 1);
+        return s;
+    }
     __device__ __forceinline__ int tile_branches(long long p_lo, long long p_hi, long long c0, long long c1) const {
         return af_lminf_branches(p_lo, p_hi, c0, c1, global_tokens, local_window);
     }
@@ -709,11 +849,11 @@ __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ
         const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long row = blk.m0 + r;
         const int off = af_swz<D>(r, c);
-        if (row < a.seq_q && vec_q) {
+        if (row < blk.seq_q && vec_q) {
             af_cp_async_16(&sQ[off], blk.qb + row * a.q_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
-            for (int e = 0; e < 8; ++e) sQ[off + e] = row < a.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
+            for (int e = 0; e < 8; ++e) sQ[off + e] = row < blk.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
         }
     }
 }
@@ -731,7 +871,7 @@ __device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const S
         const int r = idx / (D / 2), m = idx % (D / 2);
         const long long row = blk.m0 + r;
         float x0 = 0.f, x1 = 0.f;
-        if (row < a.seq_q) {
+        if (row < blk.seq_q) {
             x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
             x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
         }
@@ -809,11 +949,13 @@ __device__ __forceinline__ af_tc_kv_plan<Tile, T> af_tc_kv_plan_of(const Scoring
     return pl;
 }
 
-// Whether tile t0 takes the interior copy path: every row in range (t0 < seq_k, an int) and
-// the plan's passes usable.
-template <class Tile, typename T>
-__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, const af_tc_kv_plan<Tile, T>& pl, long long t0) {
-    return pl.fast && (unsigned)t0 + Tile::BN <= (unsigned)a.seq_k;
+// Whether tile t0 takes the interior copy path: every row in range (t0 < seq_k, an int), the
+// plan's passes usable, and key rows contiguous (a paged cache takes the per-chunk path
+// through the page table).
+template <class Tile, typename T, class Layout>
+__device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_block<T>& blk, const Layout&, const af_tc_kv_plan<Tile, T>& pl,
+                                                  long long t0) {
+    return Layout::CONTIGUOUS_KV && pl.fast && (unsigned)t0 + Tile::BN <= (unsigned)blk.seq_k;
 }
 
 // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
@@ -821,12 +963,12 @@ __device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_args<T>& a, const
 // partial one) and unaligned tensors: per-chunk index math and guards, kept rolled.
 // vec_kv, tid and zero come by reference like the other loop invariants: passed by value,
 // NVVM lays out this loop's branches differently and the main loop gets more instructions.
-template <class Tile, typename T, class SK, class SV>
+template <class Tile, typename T, class SK, class SV, class Layout>
 __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
-                                              int st, const bool& vec_kv, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const Layout& layout, const af_tc_kv_plan<Tile, T>& pl,
+                                              long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
-    if (af_tc_kv_interior<Tile>(a, pl, t0)) {
+    if (af_tc_kv_interior<Tile>(blk, layout, pl, t0)) {
         const char* const kp = pl.k + (unsigned)t0 * pl.k_row;
         const char* const vp = pl.v + (unsigned)t0 * pl.v_row;
         const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
@@ -843,14 +985,15 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        if (kv < a.seq_k && vec_kv) {
-            af_cp_async_16(&sK[off], blk.kb + kv * a.k_stride_s + c);
-            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        if (kv < blk.seq_k && vec_kv) {
+            af_cp_async_16(&sK[off], blk.kb + row * a.k_stride_s + c);
+            af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
             for (int e = 0; e < 8; ++e) {
-                sK[off + e] = kv < a.seq_k ? blk.kb[kv * a.k_stride_s + c + e] : zero;
-                sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+                sK[off + e] = kv < blk.seq_k ? blk.kb[row * a.k_stride_s + c + e] : zero;
+                sV[off + e] = kv < blk.seq_k ? blk.vb[row * a.v_stride_s + c + e] : zero;
             }
         }
     }
@@ -858,10 +1001,10 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
 
 // LM-Infinite: K tile t0 -> stage st rotated at its position (branch 0) and un-rotated
 // (branch 1, STAGES * BN * D elements further), through registers; V with cp.async.
-template <class Tile, typename T, class SK, class SV>
+template <class Tile, typename T, class SK, class SV, class Layout>
 __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const SK& sK, const SV& sV, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, const af_tc_kv_plan<Tile, T>& pl, long long t0,
-                                              int st, const bool& vec_v, const int& tid, const T& zero) {
+                                              const af_fwd_block<T>& blk, const Layout& layout, const af_tc_kv_plan<Tile, T>& pl,
+                                              long long t0, int st, const bool& vec_v, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT, RAW = Tile::STAGES * Tile::BN * Tile::D;
     using TT = af_tc_type<T>;
     // RoPE per element pair, kept rolled: one copy of the rotation code
@@ -870,9 +1013,10 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         const int j = idx / (D / 2), m = idx % (D / 2);
         const long long kv = t0 + j;
         float x0 = 0.f, x1 = 0.f;
-        if (kv < a.seq_k) {
-            x0 = af_to_float(blk.kb[kv * a.k_stride_s + m]);
-            x1 = af_to_float(blk.kb[kv * a.k_stride_s + m + D / 2]);
+        if (kv < blk.seq_k) {
+            const long long row = layout.kv_row(blk, kv);
+            x0 = af_to_float(blk.kb[row * a.k_stride_s + m]);
+            x1 = af_to_float(blk.kb[row * a.k_stride_s + m + D / 2]);
         }
         const int o0 = st * BN * D + af_swz<D>(j, m), o1 = st * BN * D + af_swz<D>(j, m + D / 2);
         sK[RAW + o0] = TT::from(x0);
@@ -881,7 +1025,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         sK[o0] = TT::from(x0);
         sK[o1] = TT::from(x1);
     }
-    if (af_tc_kv_interior<Tile>(a, pl, t0)) {
+    if (af_tc_kv_interior<Tile>(blk, layout, pl, t0)) {
         const char* const vp = pl.v + (unsigned)t0 * pl.v_row;
         const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
 #pragma unroll
@@ -894,11 +1038,12 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
         const long long kv = t0 + j;
         const int off = st * BN * D + af_swz<D>(j, c);
-        if (kv < a.seq_k && vec_v) {
-            af_cp_async_16(&sV[off], blk.vb + kv * a.v_stride_s + c);
+        const long long row = Layout::CONTIGUOUS_KV ? kv : kv < blk.seq_k ? layout.kv_row(blk, kv) : 0;
+        if (kv < blk.seq_k && vec_v) {
+            af_cp_async_16(&sV[off], blk.vb + row * a.v_stride_s + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
-            for (int e = 0; e < 8; ++e) sV[off + e] = kv < a.seq_k ? blk.vb[kv * a.v_stride_s + c + e] : zero;
+            for (int e = 0; e < 8; ++e) sV[off + e] = kv < blk.seq_k ? blk.vb[row * a.v_stride_s + c + e] : zero;
         }
     }
 }
@@ -956,9 +1101,9 @@ __device__ __forceinline__ void af_tc_qk(float (&s)[SL * Tile::BN / 8][4], const
     }
 }
 
-template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring>
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout>
 __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
-                                          const Scoring& sc) {
+                                          const Scoring& scoring, const Layout& layout = Layout{}) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, STAGES = Tile::STAGES;
     constexpr int WM = BM / Tile::NW;  // query rows per warp
     constexpr int SL = WM / 16;        // 16-row slabs per warp
@@ -973,7 +1118,9 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     AF_SHARED_VIEW(T, sK, af_smem, NB * BM * D, NB * STAGES * BN * D);
     AF_SHARED_VIEW(T, sV, af_smem, NB * (BM * D + STAGES * BN * D), STAGES * BN * D);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const af_fwd_block<T> blk = af_fwd_block_of<BM>(a);
+    af_fwd_block<T> blk;
+    if (!layout.template block<BM>(a, blk)) return;  // past its sequence's rows (whole block)
+    const Scoring sc = scoring.for_seq(blk.seq_k);
     const auto hooks = block_hooks(blk.b, blk.h);
     const T zero = TT::from(0.f);
     const bool vec_kv = af_tc_kv_vector(sc, a, blk);
@@ -1005,8 +1152,8 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
 
-    const auto tiles = schedule.template tiles<BN>(blk, a.seq_k);
-    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, kv_plan, t0, st, vec_kv, tid, zero); };
+    const auto tiles = schedule.template tiles<BN>(blk, blk.seq_k);
+    auto load_kv = [&](long long t0, int st) { af_tc_load_kv<Tile>(sc, sK, sV, a, blk, layout, kv_plan, t0, st, vec_kv, tid, zero); };
     // pipeline: the prefetch walk runs STAGES - 1 tiles ahead of the visit, one commit group per
     // tile (possibly empty), so wait<STAGES - 2> means "the current tile has landed". Each tile
     // is classified once, by the prefetch walk (a mask's classifier can cost tens of
@@ -1048,8 +1195,8 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             vst = (ahead[0] >> 2) & 3;
             kind = ahead[0] & 3;
         }
-        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)a.seq_k) - 1);
-        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, a.seq_k);
+        const int br = sc.tile_branches(blk.p_lo, blk.p_hi, n0, min(n0 + BN, (long long)blk.seq_k) - 1);
+        af_count_tile<BN, decltype(hooks.mask)>(tid, kind, blk, n0, blk.seq_k);
         int kst;  // stage offset of this tile
         if constexpr (STAGES == 1) {
             __syncthreads();  // previous tile's K, V are consumed
@@ -1090,7 +1237,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         // modifications apply scale, score and mask per element (f = log2 e).
         float f = AF_LOG2E;
         // interior: not af_tile_is_edge, with the block's row test hoisted and 32-bit key positions
-        const bool interior = rows_full && (unsigned)n0 + BN <= (unsigned)a.seq_k &&
+        const bool interior = rows_full && (unsigned)n0 + BN <= (unsigned)blk.seq_k &&
                               !(decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL) && !(NB > 1 && br == 3);
         if (af_is_identity_score<decltype(hooks.score)>::value && interior) {
             f = scale_log2;
@@ -1109,7 +1256,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             af_bits_t<SL * NT8 * 4> okb, nearb;
             // rows: r = 2 sl + (e >> 1); key columns: c = 2 (j % NT8) + (e & 1)
             af_element_bits<BM, BN, 2 * SL, 2 * NT8>(
-                okb, nearb, hooks.mask, sc, kind, br, blk, n0, a.seq_k,
+                okb, nearb, hooks.mask, sc, kind, br, blk, n0, blk.seq_k,
                 [&](int r) { return warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1); },
                 [&](int c) { return (c >> 1) * 8 + 2 * (lane & 3) + (c & 1); },
                 [](int r, int c) { return 4 * ((r >> 1) * NT8 + (c >> 1)) + 2 * (r & 1) + (c & 1); });
@@ -1205,7 +1352,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 1);
         l_i[r] += __shfl_xor_sync(0xffffffffu, l_i[r], 2);
         const long long row = blk.m0 + warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1);
-        if (row < a.seq_q) {
+        if (row < blk.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
             T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
@@ -1215,7 +1362,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
                 af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
             }
             if ((lane & 3) == 0 && a.lse != nullptr)
-                a.lse[((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+                a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }
     }
 }

@@ -8,7 +8,11 @@
 //! 2. shapes (`int`): `batch`, `heads_q`, `heads_kv`, `seq_q`, `seq_k`
 //! 3. strides in elements (`long long`): `q_stride_b`, `q_stride_h`, `q_stride_s`, then the
 //!    same for `k`, `v`, `o` (the head dimension is contiguous)
-//! 4. `scale` (`float`)
+//! 4. `scale` (`float`), then the serving layout's arguments ([`crate::spec::Layout`]):
+//!    varlen `cu_seqlens_q`, `cu_seqlens_k` (`const int*`, `[B + 1]`); paged `cu_seqlens_q`,
+//!    `block_table` (`const int*`, `[B, max_pages]`), `seqlens_k` (`const int*`, `[B]`),
+//!    `max_pages`, `page_size` (`int`). Under both, `seq_q` / `seq_k` are the packed row
+//!    counts `Tq` / `Tk` (paged: `num_pages * page_size`) and the batch strides are unused
 //! 5. mask arguments: `doc` (`const int*`) and `doc_batch_stride` (`long long`) when the
 //!    mask reads document ids, then the table's parameters ([`crate::masks::MaskDef::params`],
 //!    `int` or `float`, same names); user parameters as `um_<name>`; block
@@ -30,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::masks::{BuiltinMask, ParamType};
 use crate::scores::ScoreParamKind;
-use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserFunction, UserParamKind};
+use crate::spec::{DType, KernelSpec, Layout, Mask, ScoreMod, UserFunction, UserParamKind};
 use crate::tile::{Arch, TileConfig};
 
 /// Element type behind a pointer argument.
@@ -281,6 +285,24 @@ impl BlockListPart {
     }
 }
 
+/// An argument of a serving layout (variants.md section 13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServingArg {
+    /// `cu_seqlens_q: [B + 1]` query offsets.
+    CuSeqlensQ,
+    /// `cu_seqlens_k: [B + 1]` key offsets (varlen).
+    CuSeqlensK,
+    /// `block_table: [B, max_pages]` page indices (paged).
+    BlockTable,
+    /// `seqlens_k: [B]` key lengths (paged).
+    SeqlensK,
+    /// Row width of `block_table` (paged).
+    MaxPages,
+    /// Keys per page, a power of two from 1 to 1024 (paged).
+    PageSize,
+}
+
 /// Which user function a user parameter belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -324,6 +346,8 @@ pub enum ArgRole {
     BlockList(BlockListPart),
     /// The parameter of the built-in score modification ([`crate::scores::ScoreDef::param`]).
     ScoreParam,
+    /// An argument of the serving layout.
+    Serving(ServingArg),
     /// Parameter `index` of a user function.
     UserParam {
         /// Mask or score function.
@@ -398,6 +422,13 @@ pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
         }
     }
     push("scale".into(), FLOAT, ArgRole::Scale);
+    for &(name, a) in serving_args(spec.layout) {
+        let kind = match a {
+            ServingArg::MaxPages | ServingArg::PageSize => INT,
+            _ => CINT_PTR,
+        };
+        push(name.into(), kind, ArgRole::Serving(a));
+    }
     let user = |push: &mut dyn FnMut(String, ArgKind, ArgRole), side, f: &UserFunction| {
         let prefix = match side {
             UserFnSide::Mask => "um",
@@ -450,6 +481,24 @@ pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
         }
     }
     v
+}
+
+/// The serving arguments of a layout, in kernel order, with their names.
+pub fn serving_args(layout: Layout) -> &'static [(&'static str, ServingArg)] {
+    match layout {
+        Layout::Dense => &[],
+        Layout::Varlen => &[
+            ("cu_seqlens_q", ServingArg::CuSeqlensQ),
+            ("cu_seqlens_k", ServingArg::CuSeqlensK),
+        ],
+        Layout::Paged => &[
+            ("cu_seqlens_q", ServingArg::CuSeqlensQ),
+            ("block_table", ServingArg::BlockTable),
+            ("seqlens_k", ServingArg::SeqlensK),
+            ("max_pages", ServingArg::MaxPages),
+            ("page_size", ServingArg::PageSize),
+        ],
+    }
 }
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -529,7 +578,11 @@ impl LaunchMetadata {
             arch,
             args: kernel_args(spec),
             grid: [
-                "ceil(seq_q / block_m)".into(),
+                if spec.layout.is_dense() {
+                    "ceil(seq_q / block_m)".into()
+                } else {
+                    "ceil(max_seqlen_q / block_m)".into()
+                },
                 "heads_q".into(),
                 "batch".into(),
             ],
@@ -552,6 +605,25 @@ fn requirements(spec: &KernelSpec, tile: &TileConfig) -> Vec<String> {
     let mut r = vec![
         "q, k, v, o: the head dimension is contiguous (element stride 1); the other strides are free".to_owned(),
     ];
+    match spec.layout {
+        Layout::Dense => {}
+        Layout::Varlen => r.push(
+            "varlen: q, o packed [Tq, Hq, D], k, v [Tk, Hkv, D]; pass seq_q = Tq, seq_k = Tk, \
+             *_stride_b = 0, *_stride_h = D, *_stride_s = heads * D; lse is [Hq, Tq]; \
+             cu_seqlens_q, cu_seqlens_k: [B + 1] int32, checked on the host first \
+             (attnforge_codegen::serving::validate_serving); grid (ceil(max_b Sq_b / block_m), Hq, B)"
+                .to_owned(),
+        ),
+        Layout::Paged => r.push(
+            "paged: q, o packed [Tq, Hq, D] with cu_seqlens_q [B + 1]; k, v caches \
+             [num_pages, page_size, Hkv, D]: pass seq_k = num_pages * page_size, *_stride_b = 0, \
+             *_stride_h = D, *_stride_s = heads * D; block_table [B, max_pages] and seqlens_k [B] \
+             int32, page_size a power of two in 1..=1024, checked on the host first \
+             (attnforge_codegen::serving::validate_serving); lse is [Hq, Tq]; grid \
+             (ceil(max_b Sq_b / block_m), Hq, B)"
+                .to_owned(),
+        ),
+    }
     if matches!(
         crate::tile::Mainloop::select(spec, tile),
         crate::tile::Mainloop::TensorCore | crate::tile::Mainloop::Wgmma

@@ -186,6 +186,36 @@ fn check_user_fn(errs: &mut Errors, path: &str, f: &UserFunction) {
     }
 }
 
+/// The serving layouts (variants.md section 13): block lists are built per sequence on the
+/// host (from the mask), so explicit block-sparse lists are refused; the paged cache takes no
+/// per-token document ids.
+fn check_layout(errs: &mut Errors, spec: &KernelSpec) {
+    use crate::spec::Layout;
+    if spec.layout.is_dense() {
+        return;
+    }
+    if matches!(spec.mask, crate::spec::Mask::BlockSparse { .. }) {
+        errs.push(
+            "layout",
+            format!(
+                "layout `{}` is not supported with explicit block-sparse lists: they are per dense (batch, head, query block) row, not per sequence",
+                spec.layout.tag()
+            ),
+            "use layout = \"dense\" (pad the batch), or express the sparsity as a mask predicate (its lists are then built per sequence)",
+        );
+    }
+    if spec.layout == Layout::Paged && spec.mask.reads_doc() {
+        errs.push(
+            "layout",
+            format!(
+                "layout `paged` is not supported with mask `{}`: its per-token ids would be read through the page table",
+                spec.mask.tag()
+            ),
+            "use layout = \"varlen\" (ids packed like the keys) for this mask",
+        );
+    }
+}
+
 /// Validate a kernel spec. Returns every error found.
 pub fn validate_spec(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
     let mut errs = Errors::default();
@@ -209,6 +239,7 @@ pub fn validate_spec(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
             }
         }
     }
+    check_layout(&mut errs, spec);
     if spec.mask.lm_infinite_scoring() {
         if let Some(score) = spec.score.short() {
             // The mask's own scoring (rotated scores with a distance limit) replaces the

@@ -183,9 +183,14 @@ fn header(o: &mut String, ir: &KernelIr) {
         ),
     };
     let _ = writeln!(o, "// mainloop: {mainloop} | tiles: {sched}");
+    let rows = if ir.spec.layout.is_dense() {
+        "seq_q"
+    } else {
+        "max_b Sq_b"
+    };
     let _ = writeln!(
         o,
-        "// grid: (ceil(seq_q / {}), heads_q, batch), block: ({}, 1, 1)",
+        "// grid: (ceil({rows} / {}), heads_q, batch), block: ({}, 1, 1)",
         t.block_m,
         t.threads()
     );
@@ -256,9 +261,10 @@ fn kernel(o: &mut String, ir: &KernelIr) {
         Mainloop::TensorCore => "af_fwd_tc",
         Mainloop::Wgmma => "af_fwd_wg",
     };
+    let layout = layout(o, ir);
     let _ = writeln!(
         o,
-        "    {mainloop}<Tile>(args, schedule, block_hooks, {scoring});\n}}"
+        "    {mainloop}<Tile>(args, schedule, block_hooks, {scoring}{layout});\n}}"
     );
 }
 
@@ -268,6 +274,29 @@ pub(crate) fn scoring(ir: &KernelIr) -> &'static str {
         Scoring::Dot => "af_dot_scoring{}",
         Scoring::LmInfinite => {
             "af_lminf_scoring(global_tokens, local_window, dist_limit, rope_theta, seq_k)"
+        }
+    }
+}
+
+/// The layout policy of a serving kernel (nothing for dense: the template's default), and
+/// the extra argument of the main-loop call.
+fn layout(o: &mut String, ir: &KernelIr) -> &'static str {
+    use crate::spec::Layout;
+    match ir.spec.layout {
+        Layout::Dense => "",
+        Layout::Varlen => {
+            o.push_str(
+                "    // packed sequences: rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] of q, cu_seqlens_k[b] .. of k, v\n    \
+                 const af_varlen_layout layout = {cu_seqlens_q, cu_seqlens_k};\n",
+            );
+            ", layout"
+        }
+        Layout::Paged => {
+            o.push_str(
+                "    // paged KV cache: key j of sequence b is slot j % page_size of page block_table[b][j / page_size]\n    \
+                 const af_paged_layout layout(cu_seqlens_q, block_table, seqlens_k, max_pages, page_size);\n",
+            );
+            ", layout"
         }
     }
 }
@@ -299,6 +328,23 @@ fn wrap_list(items: &[&str], start: usize, indent: &str) -> String {
 /// The schedule policy: the analytic key range and tile classifier, or the block lists.
 pub(crate) fn schedule(o: &mut String, ir: &KernelIr) {
     match &ir.schedule {
+        TileSchedule::Analytic { lo, hi, classifier } if !ir.spec.layout.is_dense() => {
+            let classify = match classifier {
+                Some(c) => format!(
+                    "[=](long long p_lo, long long p_hi, long long c0, long long c1) {{ return {c}; }}"
+                ),
+                None => "af_all_full{}".to_string(),
+            };
+            // seq_q, seq_k: the block's sequence lengths (parameters shadowing the packed totals)
+            let _ = writeln!(
+                o,
+                "    // key tiles [lo, hi) of the query positions [p_lo, p_hi] of a sequence of seq_q queries and seq_k keys\n    \
+                 const auto schedule = af_analytic_seq(\n        \
+                 [=](long long p_lo, long long p_hi, int seq_q, int seq_k) -> long long {{ return {lo}; }},\n        \
+                 [=](long long p_lo, long long p_hi, int seq_q, int seq_k) -> long long {{ return {hi}; }},\n        \
+                 {classify});"
+            );
+        }
         TileSchedule::Analytic { lo, hi, classifier } => {
             let classify = match classifier {
                 Some(c) => format!(

@@ -169,6 +169,16 @@ pub fn lower_with_symbol(
     if let Err(e) = tile.valid(spec, arch) {
         errs.extend(e);
     }
+    if !spec.layout.is_dense() && Mainloop::select(spec, tile) == Mainloop::Wgmma {
+        errs.push(SpecError::new(
+            "tile.wgmma",
+            format!(
+                "layout `{}` runs on the mma.sync and FMA main loops; the warpgroup main loop reads dense tensors only",
+                spec.layout.tag()
+            ),
+            "set wgmma = false in the tile (or use layout = \"dense\")",
+        ));
+    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -182,10 +192,13 @@ pub fn lower_with_symbol(
         Mask::Builtin(m) => {
             let d = m.def();
             if d.reads_doc {
-                prologue.push(
+                prologue.push(if spec.layout.is_dense() {
                     "const int* doc_b = doc + (long long)b * doc_batch_stride;  // doc ids of batch b"
-                        .to_string(),
-                );
+                } else {
+                    // packed like the keys: sequence b's ids start at cu_seqlens_k[b]
+                    "const int* doc_b = doc + cu_seqlens_k[b];  // doc ids of sequence b"
+                }
+                .to_string());
             }
             let params: Vec<&str> = d
                 .params

@@ -12,7 +12,7 @@ use crate::tile::TileConfig;
 /// Kernel family prefix of every forward kernel of this crate.
 pub const FAMILY_FWD: &str = "flash_fwd";
 
-/// `<family>_<mask>[_<score>]_d<D>_<dtype>[_gqa]`, lower-case ASCII.
+/// `<family>_<mask>[_<score>]_d<D>_<dtype>[_gqa][_varlen|_paged]`, lower-case ASCII.
 pub fn canonical_name(spec: &KernelSpec) -> String {
     let mut s = format!("{FAMILY_FWD}_{}", spec.mask.short());
     if let Some(score) = spec.score.short() {
@@ -22,6 +22,10 @@ pub fn canonical_name(spec: &KernelSpec) -> String {
     s.push_str(&format!("_d{}_{}", spec.head_dim.get(), spec.dtype.short()));
     if spec.gqa {
         s.push_str("_gqa");
+    }
+    if !spec.layout.is_dense() {
+        s.push('_');
+        s.push_str(spec.layout.tag());
     }
     s
 }

@@ -354,6 +354,39 @@ impl ScoreMod {
     }
 }
 
+/// Where a kernel's rows live (variants.md section 13). The lengths are runtime kernel
+/// arguments in every layout: one compiled kernel serves every batch, length and page table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `q: [B, Hq, Sq, D]`, `k, v: [B, Hkv, Sk, D]` (strides free), `lse: [B, Hq, Sq]`.
+    #[default]
+    Dense,
+    /// Packed sequences (FlashAttention's varlen): `q: [Tq, Hq, D]`, `k, v: [Tk, Hkv, D]`,
+    /// `out: [Tq, Hq, D]`, `lse: [Hq, Tq]`, with `cu_seqlens_q`, `cu_seqlens_k: [B + 1]`.
+    Varlen,
+    /// A paged KV cache `k, v: [num_pages, page_size, Hkv, D]` with `block_table:
+    /// [B, max_pages]` and `seqlens_k: [B]`; q, out and lse packed as in [`Layout::Varlen`].
+    Paged,
+}
+
+impl Layout {
+    /// Whether this is the dense layout (the default; spec files and JSON omit it).
+    pub fn is_dense(&self) -> bool {
+        *self == Layout::Dense
+    }
+    /// The spelling in spec files, the CLI and canonical names.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Layout::Dense => "dense",
+            Layout::Varlen => "varlen",
+            Layout::Paged => "paged",
+        }
+    }
+    /// Every layout.
+    pub const ALL: [Layout; 3] = [Layout::Dense, Layout::Varlen, Layout::Paged];
+}
+
 /// A complete forward-attention kernel specification.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +411,9 @@ pub struct KernelSpec {
     /// Block size of runtime block lists (only used by list-driven masks).
     #[serde(default)]
     pub sparse_block: BlockSize,
+    /// Where the rows live: dense (default), packed varlen or a paged KV cache.
+    #[serde(default, skip_serializing_if = "Layout::is_dense")]
+    pub layout: Layout,
 }
 
 impl KernelSpec {
@@ -391,7 +427,14 @@ impl KernelSpec {
             score,
             scale: None,
             sparse_block: BlockSize::default(),
+            layout: Layout::Dense,
         }
+    }
+
+    /// Builder: the layout of the rows (variants.md section 13).
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Builder: enable GQA/MQA.

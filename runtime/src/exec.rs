@@ -776,6 +776,16 @@ pub(crate) fn host_args<T: Element>(
             ArgRole::BlockList(part) => block_list_arg(part, lists),
             ArgRole::ScoreParam => score_param_arg(spec, p, r, &a.name)?,
             ArgRole::UserParam { side, index } => user_param_arg(spec, p, side, index, &a.name)?,
+            ArgRole::Serving(_) => {
+                return Err(input_err(
+                    &a.name,
+                    format!(
+                        "the kernel has layout `{}`: it reads packed or paged inputs",
+                        spec.layout.tag()
+                    ),
+                    "run it through attnforge_runtime::exec_serving (ServingInputs), or use a dense spec",
+                ))
+            }
         };
         check_arg_kind(&a, &v)?;
         out.push(v);
@@ -784,7 +794,7 @@ pub(crate) fn host_args<T: Element>(
 }
 
 /// The value of one block-list argument (zero-sized when the mask uses no lists).
-fn block_list_arg(part: BlockListPart, lists: Option<&BlockLists>) -> HostArg {
+pub(crate) fn block_list_arg(part: BlockListPart, lists: Option<&BlockLists>) -> HostArg {
     let ints = |f: fn(&BlockLists) -> &Vec<i32>| {
         HostArg::Ints(lists.map(|l| f(l).clone()).unwrap_or_default())
     };
@@ -820,7 +830,7 @@ fn score_param_arg(
 }
 
 /// The value of parameter `index` of the mask's or the score's user function.
-fn user_param_arg(
+pub(crate) fn user_param_arg(
     spec: &KernelSpec,
     p: &RunParams,
     side: UserFnSide,

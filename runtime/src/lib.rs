@@ -30,6 +30,7 @@ pub mod exec;
 pub mod exec_backward;
 mod exec_cuda;
 pub mod exec_dynamic;
+pub mod exec_serving;
 mod kcache;
 mod launch;
 mod nvrtc;

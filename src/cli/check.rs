@@ -2,7 +2,7 @@
 
 use attnforge::codegen::catalog;
 use attnforge::codegen::dynamic::dynamic_catalog;
-use attnforge::codegen::spec::DType;
+use attnforge::codegen::spec::{DType, Layout};
 use attnforge::exec::{check, Backend, ExecError, Inputs};
 use attnforge::reference::{AttnOutput, CloseReport, Element, Shape4, Tensor4};
 use attnforge::sim::{SimCounters, SimElem};
@@ -46,7 +46,16 @@ Examples:
   attnforge check landmark_retrieval_d64_f16 examples/specs/hax.toml
   attnforge check examples/specs/*.toml --seed 7
   attnforge check --all --backend sim
-  attnforge check --all --backend cuda     # needs a GPU";
+  attnforge check --all --backend cuda     # needs a GPU
+  attnforge check --all --layout varlen    # packed sequences (variants.md section 13)
+  attnforge check --all --layout paged     # a paged KV cache, page sizes 1 and 16
+
+--layout varlen|paged compiles each static variant for the serving layout and runs it on the
+simulator over one batch of sequences of different lengths (an empty one, lengths off the
+tile grid, Sq_b > Sk_b where defined; paged: a permuted page table with a page shared by
+every sequence) against the reference's serving function. Variants a layout cannot serve
+(data-dependent pipelines, explicit block-sparse lists, doc masks on a paged cache) are
+listed as SKIP with the reason.";
 
 /// Backend of `check`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -80,6 +89,48 @@ pub struct CheckArgs {
     /// Check the backward kernels (gradients) instead of the forward.
     #[arg(long)]
     backward: bool,
+    /// Where the rows live: dense (default), varlen (packed sequences) or paged (a paged
+    /// KV cache); the serving layouts run on the simulator.
+    #[arg(long, value_enum, default_value = "dense")]
+    layout: LayoutArg,
+}
+
+/// `--layout` of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// `[B, H, S, D]` tensors.
+    Dense,
+    /// Packed sequences with `cu_seqlens`.
+    Varlen,
+    /// A paged KV cache with a block table.
+    Paged,
+}
+
+impl LayoutArg {
+    fn layout(self) -> Layout {
+        match self {
+            LayoutArg::Dense => Layout::Dense,
+            LayoutArg::Varlen => Layout::Varlen,
+            LayoutArg::Paged => Layout::Paged,
+        }
+    }
+}
+
+/// One variant in a serving layout: its verdict, or why the layout cannot serve it.
+fn serving_verdict(
+    f: &AnySpecFile,
+    layout: Layout,
+    backend: &Backend,
+    seed: Option<u64>,
+) -> Result<Result<Verdict, String>, CliError> {
+    let AnySpecFile::Static(sf) = f else {
+        return Ok(Err("data-dependent pipelines read dense inputs only".into()));
+    };
+    if let Some(why) = super::check_serving::unsupported(sf, layout) {
+        return Ok(Err(why));
+    }
+    let seed = seed.unwrap_or(sf.problem.seed);
+    super::check_serving::check_serving(sf, layout, backend, seed).map(Ok)
 }
 
 /// One kernel's (or pipeline's) result.
@@ -386,15 +437,32 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut failed = 0;
+    let mut skipped = 0;
     for &(f, backward) in &jobs {
         bar.set_message(f.canonical_name());
-        let checked = if backward {
-            super::check_backward::check_backward_any(f, &backend, a.seed)
-        } else {
-            variant(f).check(&backend, a.seed)
+        // a spec file's own `layout` applies unless --layout names one
+        let layout = match f {
+            AnySpecFile::Static(sf) if a.layout == LayoutArg::Dense => sf.spec.layout,
+            _ => a.layout.layout(),
         };
-        let v = match checked {
-            Ok(v) => v,
+        let res = if backward && !layout.is_dense() {
+            Ok(Err("the backward kernels read the dense layout only".to_string()))
+        } else if backward {
+            super::check_backward::check_backward_any(f, &backend, a.seed).map(Ok)
+        } else if layout.is_dense() {
+            variant(f).check(&backend, a.seed).map(Ok)
+        } else {
+            serving_verdict(f, layout, &backend, a.seed)
+        };
+        let v = match res {
+            Ok(Ok(v)) => v,
+            Ok(Err(why)) => {
+                skipped += 1;
+                let line = format!("SKIP {:<56} {why}", f.canonical_name());
+                bar.suspend(|| println!("{line}"));
+                bar.inc(1);
+                continue;
+            }
             Err(e) => {
                 bar.finish_and_clear();
                 return Err(e);
@@ -423,7 +491,14 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         )));
     }
     if !a.json {
-        println!("{} kernels passed", jobs.len());
+        if skipped > 0 {
+            println!(
+                "{} kernels passed, {skipped} skipped (the layout cannot serve them)",
+                jobs.len() - skipped
+            );
+        } else {
+            println!("{} kernels passed", jobs.len());
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod check;
 mod check_backward;
 mod check_problems;
+mod check_serving;
 mod common;
 mod dynamic;
 mod emit;
@@ -12,6 +13,7 @@ mod list;
 mod plan_cp;
 mod run;
 mod run_backward;
+mod run_serving;
 mod variant;
 
 use clap::{Parser, Subcommand};

@@ -41,6 +41,8 @@ Examples:
   attnforge run examples/specs/document.toml --q q.npy --k k.npy --v v.npy --doc ids.npy --out o.npy --backend reference
   attnforge run flash_fwd_full_d128_bf16 --dtype bf16 --q q.npy --k k.npy --v v.npy --out o.npy
   attnforge run examples/specs/landmark_retrieval.toml --q q.npy --k k.npy --v v.npy --out o.npy
+  attnforge run varlen.toml --q q.npy --k k.npy --v v.npy --cu-seqlens-q cq.npy --cu-seqlens-k ck.npy --out o.npy
+  attnforge run paged.toml --q q.npy --k kc.npy --v vc.npy --cu-seqlens-q cq.npy --block-table bt.npy --seqlens-k sk.npy --out o.npy
   attnforge run examples/specs/hax.toml --q q2.npy --k k2.npy --v x.npy --hyperplanes hp.npy --ks ks.npy --out o.npy
 
 Backward (variants.md section 12, static specs): --backward with --do dO.npy (out's shape,
@@ -53,7 +55,13 @@ Variants without backward kernels (LM-Infinite, user score functions, the pipeli
 
 Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes q2/k2/x as
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
-Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).";
+Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).
+
+Serving layouts (a spec with layout = \"varlen\" | \"paged\", docs/serving.md; backends sim and
+reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1]; varlen k, v [Tk, Hkv, D] with
+--cu-seqlens-k [B + 1]; paged k, v caches [num_pages, page_size, Hkv, D] with --block-table
+[B, max_pages] and --seqlens-k [B] (int32 .npy); --doc ids packed like the keys [Tk]. Writes
+out [Tq, Hq, D] and lse [Hq, Tq]. The layout arrays are checked before any launch.";
 
 /// Backend of `run`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,13 +119,26 @@ pub struct RunArgs {
     pub(super) backend: RunBackend,
     /// Element type of the kernel (default: the spec's); must agree with the spec's dtype.
     #[arg(long, value_enum)]
-    dtype: Option<DtypeArg>,
+    pub(super) dtype: Option<DtypeArg>,
     /// Run the backward (variants.md section 12): read --do (and --dlse), write --dq, --dk,
     /// --dv (and --dparams); --out/--lse then receive the forward it was taken at.
     #[arg(long)]
     pub(super) backward: bool,
     #[command(flatten)]
     pub(super) grads: super::run_backward::GradArgs,
+    /// Serving layouts: query offsets `[B + 1]` (.npy, int32); q is packed `[Tq, Hq, D]`.
+    #[arg(long)]
+    pub(super) cu_seqlens_q: Option<PathBuf>,
+    /// Varlen: key offsets `[B + 1]` (.npy, int32); k, v are packed `[Tk, Hkv, D]`.
+    #[arg(long)]
+    pub(super) cu_seqlens_k: Option<PathBuf>,
+    /// Paged: `[B, max_pages]` page indices (.npy, int32); k, v are caches
+    /// `[num_pages, page_size, Hkv, D]`.
+    #[arg(long)]
+    pub(super) block_table: Option<PathBuf>,
+    /// Paged: key lengths `[B]` (.npy, int32).
+    #[arg(long)]
+    pub(super) seqlens_k: Option<PathBuf>,
 }
 
 /// The one way `run` executes a variant of either kind: the f64 reference, or its
@@ -181,7 +202,21 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     let v = variant(&any);
     want_dtype(&a, v.dtype())?;
     if a.backward {
+        if let AnySpecFile::Static(sf) = &any {
+            if !sf.spec.layout.is_dense() {
+                return Err(CliError::input(format!(
+                    "--backward: `{}` has layout `{}`; the backward kernels read the dense layout only\n  fix: drop --backward, or use the dense spec",
+                    a.spec,
+                    sf.spec.layout.tag()
+                )));
+            }
+        }
         return super::run_backward::run(&a, &any);
+    }
+    if let AnySpecFile::Static(sf) = &any {
+        if !sf.spec.layout.is_dense() {
+            return super::run_serving::run(sf, &a);
+        }
     }
     let out = v.run(&a)?;
     write_outputs(&a, &v.name(), &out)

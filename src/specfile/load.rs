@@ -54,6 +54,7 @@ impl SpecFile {
             score,
             scale: raw.scale,
             sparse_block: raw.sparse_block.unwrap_or_default(),
+            layout: raw.layout,
         };
         validate(&spec).map_err(at)?;
         let (p, values) = split_params(raw.params).map_err(at)?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use attnforge_runtime::codegen::blocks::BlockLists;
-use attnforge_runtime::codegen::spec::{BlockSize, DType};
+use attnforge_runtime::codegen::spec::{BlockSize, DType, Layout};
 use attnforge_runtime::codegen::tile::TileConfig;
 use serde::Deserialize;
 
@@ -18,6 +18,8 @@ pub(crate) struct Raw {
     pub(crate) head_dim: u32,
     #[serde(default)]
     pub(crate) gqa: bool,
+    #[serde(default)]
+    pub(crate) layout: Layout,
     pub(crate) scale: Option<f32>,
     pub(crate) sparse_block: Option<BlockSize>,
     pub(crate) mask: MaskRaw,

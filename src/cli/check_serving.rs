@@ -1,0 +1,215 @@
+//! `attnforge check --layout varlen|paged`: a static variant compiled for a serving layout
+//! (variants.md section 13) and run on the simulator over packed sequences of different
+//! lengths (a zero-length one, lengths that are not tile multiples, `Sq_b > Sk_b` where the
+//! variant defines it), against the reference's serving function
+//! (`attnforge_runtime::exec_serving`). Paged runs use a permuted page table with a page
+//! shared by every sequence, at page sizes 1 and 16.
+
+use attnforge::codegen::spec::{DType, Layout};
+use attnforge::exec::{Backend, ExecError};
+use attnforge::exec_serving::{self, ServingInputs, ServingKeys};
+use attnforge::reference::{CloseReport, Element, Packed, PagedCache};
+use attnforge::sim::SimElem;
+use attnforge::specfile::{self, SpecFile};
+use half::{bf16, f16};
+
+use super::check::Verdict;
+use super::common::random_values;
+use super::variant::Variant;
+use super::CliError;
+
+/// Why a variant cannot run in `layout`, or `None` when it can.
+pub(super) fn unsupported(sf: &SpecFile, layout: Layout) -> Option<String> {
+    let spec = sf.spec.clone().with_layout(layout);
+    attnforge::codegen::check::validate_spec(&spec)
+        .err()
+        .map(|errs| {
+            errs.iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+/// Per-sequence `(Sq_b, Sk_b)` of the check: the variant's own problem, an empty sequence, a
+/// short one, lengths off the tile grid, and `Sq_b > Sk_b` (a sequence without keys
+/// included) where the variant defines it.
+fn lengths(sf: &SpecFile) -> Vec<(usize, usize)> {
+    let p = sf.problem;
+    let mut v = vec![
+        (p.seq_q.min(p.seq_k), p.seq_k),
+        (0, 9),
+        (1, 1),
+        (13, 13 + p.seq_k / 3),
+        (37, 70),
+    ];
+    if sf.spec.allows_sq_gt_sk() {
+        v.extend([(5, 2), (3, 0)]);
+    }
+    v
+}
+
+/// Doc ids packed like the keys: per sequence a question prefix (id 0) of a fifth of its
+/// keys, then documents of 23 keys.
+fn doc_ids(lens: &[(usize, usize)]) -> Vec<i32> {
+    lens.iter()
+        .flat_map(|&(_, sk)| {
+            (0..sk).map(move |j| {
+                if j < sk / 5 {
+                    0
+                } else {
+                    1 + (j / 23 % 3) as i32
+                }
+            })
+        })
+        .collect()
+}
+
+fn cu(lens: impl Iterator<Item = usize>) -> Vec<i32> {
+    let mut c = vec![0i32];
+    for l in lens {
+        c.push(c.last().copied().unwrap_or(0) + l as i32);
+    }
+    c
+}
+
+fn inputs<T: Element>(
+    sf: &SpecFile,
+    layout: Layout,
+    lens: &[(usize, usize)],
+    page_size: usize,
+    seed: u64,
+) -> ServingInputs<T> {
+    let (hq, hkv, d) = (
+        sf.problem.heads_q,
+        sf.problem.heads_kv,
+        sf.spec.head_dim.get(),
+    );
+    let rand = |n: usize, stream| {
+        random_values(n, seed, stream)
+            .into_iter()
+            .map(T::from_f32)
+            .collect::<Vec<T>>()
+    };
+    let tq: usize = lens.iter().map(|l| l.0).sum();
+    let packed = |t, h, stream| Packed::from_vec(t, h, d, rand(t * h * d, stream)).expect("sized");
+    let cu_q = cu(lens.iter().map(|l| l.0));
+    let keys = if layout == Layout::Paged {
+        // sequence b's page i is page 1 + (7 (b + i) mod n) for a permutation; page 0 is
+        // every sequence's first page (a shared prefix)
+        let pages: Vec<usize> = lens.iter().map(|l| l.1.div_ceil(page_size)).collect();
+        let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
+        let n = pages.iter().sum::<usize>().max(1) * 2 + 1;
+        let step = if n % 7 == 0 { 11 } else { 7 };
+        let mut table = vec![-1i32; lens.len() * max_pages];
+        let mut at = 0usize;
+        for (b, &np) in pages.iter().enumerate() {
+            for i in 0..np {
+                at += 1;
+                table[b * max_pages + i] = if i == 0 {
+                    0
+                } else {
+                    (1 + (step * at) % (n - 1)) as i32
+                };
+            }
+        }
+        let cache = |stream| {
+            PagedCache::from_vec(n, page_size, hkv, d, rand(n * page_size * hkv * d, stream))
+                .expect("sized")
+        };
+        ServingKeys::Paged {
+            k_cache: cache(2),
+            v_cache: cache(3),
+            block_table: table,
+            max_pages,
+            seqlens_k: lens.iter().map(|l| l.1 as i32).collect(),
+        }
+    } else {
+        let tk: usize = lens.iter().map(|l| l.1).sum();
+        ServingKeys::Varlen {
+            k: packed(tk, hkv, 2),
+            v: packed(tk, hkv, 3),
+            cu_seqlens_k: cu(lens.iter().map(|l| l.1)),
+        }
+    };
+    ServingInputs {
+        q: packed(tq, hq, 1),
+        cu_seqlens_q: cu_q,
+        keys,
+    }
+}
+
+fn check_one<T: Element + SimElem>(
+    sf: &SpecFile,
+    layout: Layout,
+    page_size: usize,
+    seed: u64,
+) -> Result<Result<CloseReport, String>, CliError> {
+    let spec = sf.spec.clone().with_layout(layout);
+    let tile = sf.tile().map_err(CliError::input)?;
+    let lens = lengths(sf);
+    let max_sk = lens.iter().map(|l| l.1).max().unwrap_or(1);
+    let doc = spec.mask.reads_doc().then(|| doc_ids(&lens));
+    let mut rp = sf.run_params(max_sk, doc).map_err(CliError::input)?;
+    rp.block_lists = None; // built per sequence by exec_serving
+    specfile::catalog_twins(sf, &mut rp);
+    let x = inputs::<T>(sf, layout, &lens, page_size, seed);
+    let cfg = attnforge::sim::SimConfig::new(attnforge::sim::Schedule::Forward);
+    match exec_serving::check(&spec, &tile, &x, &rp, &cfg) {
+        Ok(r) => Ok(Ok(r.close)),
+        Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
+        Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
+            Err(CliError::input(format!("{}: {e}", sf.location())))
+        }
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// Check a static variant in a serving layout on the simulator (varlen: one batch of
+/// sequences; paged: the same at page sizes 1 and 16).
+pub(super) fn check_serving(
+    sf: &SpecFile,
+    layout: Layout,
+    backend: &Backend,
+    seed: u64,
+) -> Result<Verdict, CliError> {
+    if !matches!(backend, Backend::Sim(_)) {
+        return Err(CliError::input(
+            "--layout varlen|paged runs on the simulator only (serving kernels have no GPU launch path yet)\n  fix: pass --backend sim",
+        ));
+    }
+    let tile = sf.tile().map_err(CliError::input)?;
+    let name = attnforge::codegen::name::canonical_name_with_tile(
+        &sf.spec.clone().with_layout(layout),
+        &tile,
+    );
+    let page_sizes: &[usize] = if layout == Layout::Paged {
+        &[1, 16]
+    } else {
+        &[1]
+    };
+    let mut worst: Option<CloseReport> = None;
+    let mut failures = Vec::new();
+    for &ps in page_sizes {
+        let r = match sf.spec.dtype {
+            DType::F32 => check_one::<f32>(sf, layout, ps, seed),
+            DType::F16 => check_one::<f16>(sf, layout, ps, seed),
+            DType::Bf16 => check_one::<bf16>(sf, layout, ps, seed),
+        }?;
+        match r {
+            Ok(c) => {
+                worst = Some(match worst {
+                    Some(w) if w.out.max_err >= c.out.max_err => w,
+                    _ => c,
+                })
+            }
+            Err(d) => failures.push(format!("[page size {ps}] {d}")),
+        }
+    }
+    let mut v = match (&worst, failures.is_empty()) {
+        (Some(w), true) => Verdict::passed(name, w, serde_json::Value::Null),
+        _ => Verdict::failed(name, failures.join("; ")),
+    };
+    v.problems = page_sizes.len();
+    Ok(v)
+}

@@ -1,0 +1,167 @@
+//! `attnforge check --layout varlen|paged`: catalog variants in the serving layouts on the
+//! simulator, the variants a layout cannot serve listed as SKIP with the reason, and the
+//! serving layouts refused on a GPU backend.
+
+mod cli_common;
+
+use cli_common::*;
+
+#[test]
+fn check_runs_catalog_variants_in_the_serving_layouts() {
+    for layout in ["varlen", "paged"] {
+        let o = run(&[
+            "check",
+            "flash_fwd_causal_d64_f16",
+            "flash_fwd_local_softcap_d64_f16",
+            "--layout",
+            layout,
+        ]);
+        let t = text(&o);
+        assert!(o.status.success(), "{layout}: {t}");
+        assert!(
+            t.contains(&format!("PASS flash_fwd_causal_d64_f16_{layout}__")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("PASS flash_fwd_local_softcap_d64_f16_{layout}__")),
+            "{t}"
+        );
+        assert!(t.contains("2 kernels passed"), "{t}");
+    }
+}
+
+#[test]
+fn check_lists_what_a_layout_cannot_serve() {
+    let o = run(&["check", "flash_fwd_document_d128_bf16", "--layout", "paged"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("SKIP flash_fwd_document_d128_bf16"), "{t}");
+    assert!(t.contains("read through the page table"), "{t}");
+    assert!(t.contains("0 kernels passed, 1 skipped"), "{t}");
+}
+
+#[test]
+fn serving_layouts_are_refused_on_a_gpu_backend() {
+    let o = run(&[
+        "check",
+        "flash_fwd_causal_d64_f16",
+        "--layout",
+        "varlen",
+        "--backend",
+        "cuda",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--backend sim"), "{}", text(&o));
+}
+
+fn vals(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 37 + seed * 11) % 23) as f32 / 23.0 - 0.5)
+        .collect()
+}
+
+/// `run` of a varlen and a paged spec file on the simulator equals `run` on the reference
+/// (out [Tq, Hq, D], lse [Hq, Tq]); a missing layout array is an error naming the flag.
+#[test]
+fn run_takes_the_layout_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let c = npyz::Order::C;
+    write_npy(&p("q.npy"), &[5, 2, 64], &vals(5 * 2 * 64, 1), c);
+    write_npy(&p("k.npy"), &[9, 2, 64], &vals(9 * 2 * 64, 2), c);
+    write_npy(&p("v.npy"), &[9, 2, 64], &vals(9 * 2 * 64, 3), c);
+    write_npy(&p("kc.npy"), &[4, 4, 2, 64], &vals(4 * 4 * 2 * 64, 4), c);
+    write_npy(&p("vc.npy"), &[4, 4, 2, 64], &vals(4 * 4 * 2 * 64, 5), c);
+    write_npy(&p("cq.npy"), &[3], &[0i32, 2, 5], c);
+    write_npy(&p("ck.npy"), &[3], &[0i32, 4, 9], c);
+    write_npy(&p("bt.npy"), &[2, 3], &[3i32, -1, -1, 1, 0, 2], c);
+    write_npy(&p("sk.npy"), &[2], &[3i32, 9], c);
+    for layout in ["varlen", "paged"] {
+        let spec = p(&format!("{layout}.toml"));
+        let toml =
+            format!("dtype = \"f32\"\nhead_dim = 64\nlayout = \"{layout}\"\nmask = \"causal\"\n");
+        std::fs::write(&spec, toml).unwrap();
+        let s = |n: &str| p(n).to_string_lossy().to_string();
+        let (kf, vf) = if layout == "paged" {
+            ("kc.npy", "vc.npy")
+        } else {
+            ("k.npy", "v.npy")
+        };
+        let mut outs = Vec::new();
+        for backend in ["sim", "reference"] {
+            let (o, l) = (
+                s(&format!("o_{layout}_{backend}.npy")),
+                s(&format!("l_{layout}_{backend}.npy")),
+            );
+            let mut args = vec![
+                "run".to_string(),
+                spec.to_string_lossy().to_string(),
+                "--q".into(),
+                s("q.npy"),
+                "--k".into(),
+                s(kf),
+                "--v".into(),
+                s(vf),
+                "--cu-seqlens-q".into(),
+                s("cq.npy"),
+                "--out".into(),
+                o.clone(),
+                "--lse".into(),
+                l.clone(),
+                "--backend".into(),
+                backend.into(),
+            ];
+            if layout == "paged" {
+                args.extend([
+                    "--block-table".into(),
+                    s("bt.npy"),
+                    "--seqlens-k".into(),
+                    s("sk.npy"),
+                ]);
+            } else {
+                args.extend(["--cu-seqlens-k".into(), s("ck.npy")]);
+            }
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run(&argv);
+            assert!(out.status.success(), "{layout} {backend}: {}", text(&out));
+            let (os, od) = read_f32(std::path::Path::new(&o));
+            let (ls, ld) = read_f32(std::path::Path::new(&l));
+            assert_eq!((os, ls), (vec![5, 2, 64], vec![2, 5]), "{layout}");
+            outs.push((od, ld));
+        }
+        let err = outs[0]
+            .0
+            .iter()
+            .zip(&outs[1].0)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-5, "{layout}: sim vs reference out error {err}");
+        assert!(
+            outs[0]
+                .1
+                .iter()
+                .zip(&outs[1].1)
+                .all(|(a, b)| (a - b).abs() < 1e-4),
+            "{layout}: lse"
+        );
+        // a missing layout array names the flag
+        let argv = [
+            "run",
+            spec.to_str().unwrap(),
+            "--q",
+            &s("q.npy"),
+            "--k",
+            &s(kf),
+            "--v",
+            &s(vf),
+            "--out",
+            &s("x.npy"),
+        ];
+        let out = run(&argv);
+        assert!(
+            !out.status.success() && text(&out).contains("--cu-seqlens-q"),
+            "{}",
+            text(&out)
+        );
+    }
+}

@@ -245,6 +245,13 @@ pub enum BackwardVariant<'a> {
     LmInfinite(&'a LmInfiniteParams),
 }
 
+impl<'a> From<&'a LmInfiniteParams> for BackwardVariant<'a> {
+    /// The LM-Infinite backward of `p` (section 5's scoring through RoPE).
+    fn from(p: &'a LmInfiniteParams) -> Self {
+        BackwardVariant::LmInfinite(p)
+    }
+}
+
 /// The result of [`attention_backward`], contiguous, in f64 (naive results hold values
 /// rounded to the input dtype; parameter gradients f32 values).
 #[derive(Debug, Clone, PartialEq)]

@@ -433,7 +433,7 @@ pub fn reference_backward<T: Element>(
     if spec.mask.lm_infinite_scoring() {
         let lm =
             reference::LmInfiniteParams::from_values(&crate::exec::named_values(spec, &r.mask));
-        let variant = BackwardVariant::LmInfinite(&lm);
+        let variant = BackwardVariant::from(&lm);
         return Ok(attention_backward(
             &x.q,
             &x.k,

@@ -446,7 +446,9 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             _ => a.layout.layout(),
         };
         let res = if backward && !layout.is_dense() {
-            Ok(Err("the backward kernels read the dense layout only".to_string()))
+            Ok(Err(
+                "the backward kernels read the dense layout only".to_string()
+            ))
         } else if backward {
             super::check_backward::check_backward_any(f, &backend, a.seed).map(Ok)
         } else if layout.is_dense() {

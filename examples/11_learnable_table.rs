@@ -1,10 +1,15 @@
 //! 11: a score function with a learnable per-head table, differentiated by the macro.
 //! `#[attnforge::score(backward)]` derives `ds'/ds` and `ds'/dparam` symbolically from the
 //! body; `host_score_diff` packages them for the f64 reference backward. The table and cap
-//! gradients are checked here against central finite differences of the forward loss.
+//! gradients are checked here against central finite differences of the forward loss; then
+//! the generated backward kernels (`kernel! { .., backward: true }`, the derivatives' CUDA
+//! from the same macro) compute them on the simulator and are checked against that reference.
 //!
 //! `cargo run --example 11_learnable_table`
 
+use attnforge::codegen::backward::BackwardTile;
+use attnforge::exec::{Backend, Inputs};
+use attnforge::exec_backward::Upstream;
 use attnforge::reference::{
     attention, attention_backward, AttnOptions, BackwardVariant, DiffScoreMod, Mask,
     ScoreParamGrads, Shape4, Tensor4,
@@ -25,6 +30,15 @@ pub fn capped_bias(
     let d = (q - kv).abs() as f32;
     let s = score - slope[h as usize] * d + bias[h as usize];
     cap * (s / cap).tanh()
+}
+
+attnforge::kernel! {
+    /// Causal attention with the learnable score function, GQA (4 query heads, 2 kv heads),
+    /// and its backward kernels.
+    pub LearnableTable {
+        causal: true, score: capped_bias, dtype: f32, head_dim: 64, gqa: true, backward: true,
+        tune: { block_m: [32], block_n: [32], warps: [4] },
+    }
 }
 
 const HEADS: usize = 4;
@@ -90,6 +104,52 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("degenerate gradients {analytic:?}").into());
     }
     println!("table and cap gradients match finite differences (worst {worst:.2e} of the largest)");
+    kernels(&slope, &bias)
+}
+
+/// The generated backward kernels on the simulator: dq, dk, dv and the gradient of every
+/// table element and of the cap against the f64 reference (tolerance of variants.md section 0).
+fn kernels(slope: &[f32], bias: &[f32]) -> Result<(), Box<dyn std::error::Error>> {
+    let (b, sq, sk, d) = (1, 37, 70, 64);
+    let t = |h: usize, s: usize, salt: usize| {
+        Tensor4::from_fn(Shape4::new(b, h, s, d), move |_, h, i, c| {
+            (((h * 5 + i * 7 + c * 3 + salt) % 17) as f32 - 8.0) / 24.0
+        })
+    };
+    let x = Inputs::new(t(HEADS, sq, 0), t(HEADS / 2, sk, 1), t(HEADS / 2, sk, 2));
+    let dout = t(HEADS, sq, 3);
+    let params = LearnableTable::params(&capped_bias::Params::new(slope, bias, 3.0));
+    let up = Upstream {
+        dout: &dout,
+        dlse: None,
+    };
+    let tile = LearnableTable::default_tile();
+    let (grads, checks) = LearnableTable::check_backward(
+        &tile,
+        &BackwardTile::default(),
+        &x,
+        up,
+        &params,
+        &Backend::sim(),
+    )?;
+    let ScoreParamGrads::Function(theta) = &grads.score_params else {
+        return Err("expected the learnable vector's gradient from the kernels".into());
+    };
+    if theta.len() != 2 * HEADS + 1 || checks.len() != 4 {
+        return Err(format!(
+            "{} parameter gradients, {} checks",
+            theta.len(),
+            checks.len()
+        )
+        .into());
+    }
+    for c in &checks {
+        println!(
+            "kernels: {} max error {:.2e} (bound {:.2e})",
+            c.name, c.max_err, c.bound
+        );
+    }
+    println!("kernel table and cap gradients: {theta:.4?}");
     Ok(())
 }
 

@@ -266,6 +266,53 @@ pub struct BackwardKernels {
     pub tile: BackwardTile,
     /// How the score parameters' gradient is laid out, when there is one to learn.
     pub param: Option<ParamGradLayout>,
+    /// Head dimension and scoring branches (shared-memory sizes).
+    pub head_dim: usize,
+    /// Scoring branches ([`branches`]).
+    pub branches: usize,
+}
+
+/// One launch of a backward kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardLaunch<'a> {
+    /// The kernel.
+    pub kernel: &'a EmittedKernel,
+    /// Grid `[x, y, z]` (a zero extent: nothing to launch).
+    pub grid: [usize; 3],
+    /// Threads per block.
+    pub threads: usize,
+    /// Dynamic shared memory bytes.
+    pub smem_bytes: usize,
+}
+
+impl BackwardKernels {
+    /// The three launches, in order (delta, dK/dV, dQ), for problem `d`; `theta_len`: the
+    /// elements of a user score function's learnable vector (0 otherwise), whose per-thread
+    /// rows the dQ kernel holds in shared memory.
+    pub fn launches(&self, d: &crate::shape::Shape, theta_len: usize) -> [BackwardLaunch<'_>; 3] {
+        let t = &self.tile;
+        let (dim, nb) = (self.head_dim, self.branches);
+        [
+            BackwardLaunch {
+                kernel: &self.delta,
+                grid: [d.seq_q.div_ceil(DELTA_WARPS), d.heads_q, d.batch],
+                threads: DELTA_WARPS * 32,
+                smem_bytes: 0,
+            },
+            BackwardLaunch {
+                kernel: &self.dkdv,
+                grid: [d.seq_k.div_ceil(t.block_n), d.heads_kv, d.batch],
+                threads: t.threads(),
+                smem_bytes: t.dkdv_smem_bytes(dim, nb),
+            },
+            BackwardLaunch {
+                kernel: &self.dq,
+                grid: [d.seq_q.div_ceil(t.block_m), d.heads_q, d.batch],
+                threads: t.threads(),
+                smem_bytes: t.dq_smem_bytes(dim, nb) + 4 * t.threads() * theta_len,
+            },
+        ]
+    }
 }
 
 /// What the dQ kernel writes per block into `dparam`, and what the host sums.
@@ -352,6 +399,8 @@ pub fn emit_backward(
         dq: kernel(Part::Dq),
         tile: *tile,
         param,
+        head_dim: spec.head_dim.get(),
+        branches: branches(spec),
     })
 }
 

@@ -10,8 +10,8 @@
 
 use attnforge_codegen::args::BlockListPart;
 use attnforge_codegen::backward::{
-    backward_supported, branches, emit_backward, grad_args, BackwardKernels, BackwardTile, GradArg,
-    ParamGradLayout, DELTA_WARPS,
+    backward_supported, emit_backward, grad_args, BackwardKernels, BackwardTile, GradArg,
+    ParamGradLayout,
 };
 use attnforge_codegen::blocks::BlockLists;
 use attnforge_codegen::spec::{ScoreMod, UserParamKind};
@@ -75,6 +75,70 @@ impl GradCheck {
     }
 }
 
+/// What every backward run needs, checked and resolved before any kernel runs.
+struct Prepared<'a, T> {
+    r: Resolved,
+    dout: Vec<T>,
+    dlse: Option<&'a [f32]>,
+    kernels: BackwardKernels,
+    args: Vec<crate::exec::host::HostArg>,
+    tlists: Option<BlockLists>,
+    theta: Vec<i32>,
+    theta_len: usize,
+    dparam_len: usize,
+}
+
+fn prepare<'a, T: Element>(
+    spec: &KernelSpec,
+    bwd_tile: &BackwardTile,
+    x: &Inputs<T>,
+    up: Upstream<'a, T>,
+    p: &RunParams,
+    arch: Arch,
+) -> Result<Prepared<'a, T>, ExecError> {
+    backward_supported(spec).map_err(ExecError::Spec)?;
+    let r = resolve(spec, x, p)?;
+    let (dout, dlse) = check_upstream(spec, &r, up)?;
+    let kernels = emit_backward(spec, bwd_tile, arch).map_err(ExecError::Spec)?;
+    let theta = theta_offsets(spec, p)?;
+    let theta_len = theta.last().copied().unwrap_or(0) as usize;
+    Ok(Prepared {
+        dparam_len: dparam_len(&kernels, &r, bwd_tile, theta_len),
+        args: host_args(spec, x, p, &r)?,
+        tlists: r.lists.as_ref().map(BlockLists::transposed),
+        r,
+        dout,
+        dlse,
+        kernels,
+        theta,
+        theta_len,
+    })
+}
+
+impl<T: Element> Prepared<'_, T> {
+    /// The gradients as the kernels wrote them (values of `T`), widened to f64, and the
+    /// parameter partials summed.
+    fn grads(
+        &self,
+        (dq, dk, dv): (&[T], &[T], &[T]),
+        dparam: &[f32],
+        forward: AttnOutput,
+    ) -> Result<KernelGrads, ExecError> {
+        let d = self.r.dims;
+        let dim = self.kernels.head_dim;
+        let to64 = |shape: Shape4, v: &[T]| {
+            Tensor4::from_vec(shape, v.iter().map(|x| x.to_f64()).collect())
+        };
+        Ok(KernelGrads {
+            dq: to64(Shape4::new(d.batch, d.heads_q, d.seq_q, dim), dq)?,
+            dk: to64(Shape4::new(d.batch, d.heads_kv, d.seq_k, dim), dk)?,
+            dv: to64(Shape4::new(d.batch, d.heads_kv, d.seq_k, dim), dv)?,
+            score_params: reduce_params(&self.kernels, dparam, &self.r, self.theta_len),
+            forward,
+        })
+    }
+}
+
 /// Run the forward kernel `tile` and the backward kernels `bwd_tile` of `spec` on the
 /// simulator.
 pub fn simulate_backward<T: Element + SimElem>(
@@ -86,54 +150,28 @@ pub fn simulate_backward<T: Element + SimElem>(
     p: &RunParams,
     cfg: &SimConfig,
 ) -> Result<KernelGrads, ExecError> {
-    backward_supported(spec).map_err(ExecError::Spec)?;
-    let r = resolve(spec, x, p)?;
-    let (dout, dlse) = check_upstream(spec, &r, up)?;
-    let kernels = emit_backward(spec, bwd_tile, Arch::Sm90).map_err(ExecError::Spec)?;
-    let (o, lse, _) = simulate_raw(spec, tile, x, p, &r, cfg)?;
-    let d = r.dims;
-    let dim = spec.head_dim.get();
-    let out_shape = Shape4::new(d.batch, d.heads_q, d.seq_q, dim);
-    let kv_shape = Shape4::new(d.batch, d.heads_kv, d.seq_k, dim);
-    let theta = theta_offsets(spec, p)?;
-    let theta_len = theta.last().copied().unwrap_or(0) as usize;
+    let pr = prepare(spec, bwd_tile, x, up, p, Arch::Sm90)?;
+    let (o, lse, _) = simulate_raw(spec, tile, x, p, &pr.r, cfg)?;
+    let d = pr.r.dims;
+    let (q_elems, kv_elems) = (
+        d.batch * d.heads_q * d.seq_q * pr.kernels.head_dim,
+        d.batch * d.heads_kv * d.seq_k * pr.kernels.head_dim,
+    );
     let mut bufs = GradBuffers::<T> {
         delta: vec![0.0; d.batch * d.heads_q * d.seq_q],
-        dq: vec![T::from_f64(0.0); out_shape.numel()],
-        dk: vec![T::from_f64(0.0); kv_shape.numel()],
-        dv: vec![T::from_f64(0.0); kv_shape.numel()],
-        dparam: vec![0.0; dparam_len(&kernels, &r, bwd_tile, theta_len)],
+        dq: vec![T::from_f64(0.0); q_elems],
+        dk: vec![T::from_f64(0.0); kv_elems],
+        dv: vec![T::from_f64(0.0); kv_elems],
+        dparam: vec![0.0; pr.dparam_len],
     };
-    let args = host_args(spec, x, p, &r)?;
     let grads = grad_args(spec);
-    let tlists = r.lists.as_ref().map(BlockLists::transposed);
-    let launches = [
-        (
-            &kernels.delta,
-            [d.seq_q.div_ceil(DELTA_WARPS), d.heads_q, d.batch],
-            DELTA_WARPS * 32,
-            0,
-        ),
-        (
-            &kernels.dkdv,
-            [d.seq_k.div_ceil(bwd_tile.block_n), d.heads_kv, d.batch],
-            bwd_tile.threads(),
-            bwd_tile.dkdv_smem_bytes(dim, branches(spec)),
-        ),
-        (
-            &kernels.dq,
-            [d.seq_q.div_ceil(bwd_tile.block_m), d.heads_q, d.batch],
-            bwd_tile.threads(),
-            bwd_tile.dq_smem_bytes(dim, branches(spec)) + 4 * bwd_tile.threads() * theta_len,
-        ),
-    ];
-    for (k, grid, threads, smem) in launches {
-        if grid.contains(&0) {
+    for l in pr.kernels.launches(&d, pr.theta_len) {
+        if l.grid.contains(&0) {
             continue; // nothing to do (empty sequences)
         }
-        let kernel = cached_sim_kernel(&k.name, &k.source)?;
+        let kernel = cached_sim_kernel(&l.kernel.name, &l.kernel.source)?;
         let mut sargs = sim_args(
-            &args,
+            &pr.args,
             x,
             Some(SimArg::input(o.as_slice())),
             Some(SimArg::input(lse.as_slice())),
@@ -141,30 +179,22 @@ pub fn simulate_backward<T: Element + SimElem>(
         bufs.bind(
             &mut sargs,
             &grads,
-            &dout,
-            dlse,
-            (&theta, theta_len),
-            tlists.as_ref(),
+            &pr.dout,
+            pr.dlse,
+            (&pr.theta, pr.theta_len),
+            pr.tlists.as_ref(),
         );
         kernel.launch(
-            (grid[0] as u32, grid[1] as u32, grid[2] as u32),
-            threads as u32,
-            smem,
+            (l.grid[0] as u32, l.grid[1] as u32, l.grid[2] as u32),
+            l.threads as u32,
+            l.smem_bytes,
             &mut sargs,
             cfg,
         )?;
     }
+    let out_shape = Shape4::new(d.batch, d.heads_q, d.seq_q, pr.kernels.head_dim);
     let forward = AttnOutput::from_kernel(out_shape, &o, &lse)?;
-    let score_params = reduce_params(&kernels, &bufs.dparam, &r, bwd_tile, theta_len);
-    let to64 =
-        |shape: Shape4, v: &[T]| Tensor4::from_vec(shape, v.iter().map(|x| x.to_f64()).collect());
-    Ok(KernelGrads {
-        dq: to64(out_shape, &bufs.dq)?,
-        dk: to64(kv_shape, &bufs.dk)?,
-        dv: to64(kv_shape, &bufs.dv)?,
-        score_params,
-        forward,
-    })
+    pr.grads((&bufs.dq, &bufs.dk, &bufs.dv), &bufs.dparam, forward)
 }
 
 /// Offsets of a user score function's parameters in the learnable vector (one per parameter
@@ -367,9 +397,9 @@ fn reduce_params(
     k: &BackwardKernels,
     partial: &[f32],
     r: &Resolved,
-    t: &BackwardTile,
     theta_len: usize,
 ) -> ScoreParamGrads {
+    let t = &k.tile;
     let Some(layout) = k.param else {
         return ScoreParamGrads::None;
     };
@@ -549,42 +579,31 @@ pub fn run_backward_cuda<T: Element>(
     timed: usize,
     ordinal: usize,
 ) -> Result<(KernelGrads, (f64, f64)), ExecError> {
-    backward_supported(spec).map_err(ExecError::Spec)?;
-    let r = resolve(spec, x, p)?;
-    let (dout, dlse) = check_upstream(spec, &r, up)?;
     let (major, _) = crate::Gpu::new(ordinal)
         .map_err(|e| ExecError::Cuda(e.to_string()))?
         .compute_capability();
-    let kernels =
-        emit_backward(spec, bwd_tile, Arch::for_capability(major)).map_err(ExecError::Spec)?;
-    let args = host_args(spec, x, p, &r)?;
-    let tlists = r.lists.as_ref().map(BlockLists::transposed);
-    let d = r.dims;
-    let theta = theta_offsets(spec, p)?;
-    let theta_len = theta.last().copied().unwrap_or(0) as usize;
-    let dparam_len = dparam_len(&kernels, &r, bwd_tile, theta_len);
+    let pr = prepare(spec, bwd_tile, x, up, p, Arch::for_capability(major))?;
     let host = crate::exec_cuda::GradHost {
-        dout: &dout,
-        dlse,
-        tlists: tlists.as_ref(),
-        theta: &theta,
-        theta_len,
-        dparam_len,
+        dout: &pr.dout,
+        dlse: pr.dlse,
+        tlists: pr.tlists.as_ref(),
+        theta: &pr.theta,
+        theta_len: pr.theta_len,
+        dparam_len: pr.dparam_len,
     };
-    let g = crate::exec_cuda::backward(spec, tile, &kernels, x, &args, d, &host, timed, ordinal)?;
-    let dim = spec.head_dim.get();
-    let out_shape = Shape4::new(d.batch, d.heads_q, d.seq_q, dim);
-    let kv_shape = Shape4::new(d.batch, d.heads_kv, d.seq_k, dim);
-    let to64 =
-        |shape: Shape4, v: &[T]| Tensor4::from_vec(shape, v.iter().map(|x| x.to_f64()).collect());
+    let g = crate::exec_cuda::backward(
+        spec,
+        tile,
+        &pr.kernels,
+        x,
+        &pr.args,
+        pr.r.dims,
+        &host,
+        timed,
+        ordinal,
+    )?;
     Ok((
-        KernelGrads {
-            dq: to64(out_shape, &g.dq)?,
-            dk: to64(kv_shape, &g.dk)?,
-            dv: to64(kv_shape, &g.dv)?,
-            score_params: reduce_params(&kernels, &g.dparam, &r, bwd_tile, theta_len),
-            forward: g.forward,
-        },
+        pr.grads((&g.dq, &g.dk, &g.dv), &g.dparam, g.forward)?,
         g.seconds,
     ))
 }

@@ -358,7 +358,7 @@ pub(crate) fn backward<T: Element>(
     timed: usize,
     ordinal: usize,
 ) -> Result<CudaGrads<T>, ExecError> {
-    use attnforge_codegen::backward::{branches, grad_args, DELTA_WARPS};
+    use attnforge_codegen::backward::grad_args;
     let p = prepare(spec, tile, x, args, d, ordinal)?;
     let gpu = &p.gpu;
     let arch = Arch::for_capability(gpu.compute_capability().0);
@@ -371,39 +371,19 @@ pub(crate) fn backward<T: Element>(
         decls.push(ArgDecl::new(a.name, kind));
         values.push(value);
     }
-    let (bt, nb) = (&bwd.tile, branches(spec));
-    let launches = [
-        (
-            &bwd.delta,
-            [d.seq_q.div_ceil(DELTA_WARPS), d.heads_q, d.batch],
-            DELTA_WARPS * 32,
-            0,
-        ),
-        (
-            &bwd.dkdv,
-            [d.seq_k.div_ceil(bt.block_n), d.heads_kv, d.batch],
-            bt.threads(),
-            bt.dkdv_smem_bytes(dim, nb),
-        ),
-        (
-            &bwd.dq,
-            [d.seq_q.div_ceil(bt.block_m), d.heads_q, d.batch],
-            bt.threads(),
-            bt.dq_smem_bytes(dim, nb) + 4 * bt.threads() * h.theta_len,
-        ),
-    ];
     let mut kernels = Vec::new();
-    for (k, grid, threads, smem) in launches {
-        if grid.contains(&0) {
+    for l in bwd.launches(&d, h.theta_len) {
+        if l.grid.contains(&0) {
             continue;
         }
-        let compiled = compile_with_cached(&k.source, &k.name, &CompileOptions::new(arch))
-            .map_err(cuda_err)?;
+        let compiled =
+            compile_with_cached(&l.kernel.source, &l.kernel.name, &CompileOptions::new(arch))
+                .map_err(cuda_err)?;
         let kernel = GpuKernel::load(gpu, &compiled, decls.clone()).map_err(cuda_err)?;
         let cfg = LaunchConfig {
-            grid: [grid[0] as u32, grid[1] as u32, grid[2] as u32],
-            block: [threads as u32, 1, 1],
-            dynamic_smem_bytes: smem as u32,
+            grid: [l.grid[0] as u32, l.grid[1] as u32, l.grid[2] as u32],
+            block: [l.threads as u32, 1, 1],
+            dynamic_smem_bytes: l.smem_bytes as u32,
         };
         kernels.push((kernel, cfg));
     }

@@ -5,7 +5,7 @@
 //! ([`attnforge_codegen::serving::validate_serving`]: every error names the array and the
 //! index, e.g. `cu_seqlens_k[2]` or `block_table[1][0]`); [`simulate`] turns the inputs into
 //! the kernel's arguments (an exhaustive match on each argument's role) and runs the exact
-//! generated CUDA on the simulator; [`reference`] is the reference's serving function
+//! generated CUDA on the simulator; [`reference()`] is the reference's serving function
 //! ([`attnforge_reference::serving_attention`]: each sequence gathered and run through the
 //! dense reference); [`check`] compares the two with the oracle of the dense check
 //! ([`crate::pipeline::compare`]).
@@ -794,7 +794,7 @@ fn lm_infinite_reference<T: Element>(
 /// Verdict of [`check`] (the oracle's report plus the run).
 pub type ServingReport = Report;
 
-/// Run the serving kernel on the simulator and compare it with [`reference`] by the oracle
+/// Run the serving kernel on the simulator and compare it with [`reference()`] by the oracle
 /// of the dense check (variants.md section 0: relative to the naive same-precision error,
 /// the dtype's tolerance). Reference first: bad input is an error before any launch.
 pub fn check<T: Element + SimElem>(

@@ -7,7 +7,9 @@
 //!
 //! The sm_90 constants were fitted to these 30 points, so this is the fit's error, not a
 //! validation on held-out data; it fails when a change of the model or of the kernels' code
-//! makes the ranking worse than stated in docs/tuning.md. The document kernel (6 more
+//! makes the ranking worse than stated in docs/tuning.md. Since the main-loop change of
+//! session 8 the compiled kernels are not the measured ones: the level of the predictions
+//! (mean log ratio, about -0.13 then) is bounded loosely, its spread keeps the 0.10 bound. The document kernel (6 more
 //! points) is reported but not fitted: it runs about 1.6x slower than the model says, which
 //! charges its partial tiles with the partial-tile path of its SASS (docs/tuning.md).
 
@@ -107,7 +109,7 @@ fn the_model_ranks_the_h200_measurements() {
     let mut kernels: Vec<String> = pts.iter().map(|p| p.kernel.clone()).collect();
     kernels.dedup();
     assert!(kernels.len() >= 4, "{kernels:?}");
-    let mut sq_log = Vec::new();
+    let mut log_ratio = Vec::new();
     for k in &kernels {
         let mine: Vec<&Point> = pts.iter().filter(|p| &p.kernel == k).collect();
         let tiles: Vec<TileConfig> = mine.iter().map(|p| p.tile).collect();
@@ -130,7 +132,7 @@ fn the_model_ranks_the_h200_measurements() {
         if k.contains("document") {
             continue;
         }
-        sq_log.extend(pred.iter().zip(&meas).map(|(p, m)| (p / m).ln().powi(2)));
+        log_ratio.extend(pred.iter().zip(&meas).map(|(p, m)| (p / m).ln()));
         assert!(rho >= 0.6, "{k}: rank correlation {rho:.2} < 0.6");
         assert!(
             loss <= 0.12,
@@ -145,14 +147,26 @@ fn the_model_ranks_the_h200_measurements() {
             "{k}: the model is flat: {pred:?}"
         );
     }
-    let rms = (sq_log.iter().sum::<f64>() / sq_log.len() as f64).sqrt();
+    let n = log_ratio.len() as f64;
+    let rms = (log_ratio.iter().map(|r| r * r).sum::<f64>() / n).sqrt();
+    let mean = log_ratio.iter().sum::<f64>() / n;
+    let spread = (log_ratio.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
     eprintln!(
-        "rms log error over {} fitted points: {rms:.3}",
-        sq_log.len()
+        "over {} fitted points: rms log error {rms:.3}, mean log(predicted / measured) {mean:.3}, spread about it {spread:.3}",
+        log_ratio.len()
+    );
+    // The measurements are of the kernels as of their date; the main-loop change of session 8
+    // (docs/anchors.md: about 22% fewer instructions per MMA) made the compiled kernels the
+    // model sees faster than the measured ones, so the absolute offset is bounded loosely
+    // until a GPU re-measures them, and the spread about it (what orders candidates) keeps
+    // the fit's bound.
+    assert!(
+        spread <= 0.10,
+        "spread of log(predicted / measured) {spread:.3} over the fitted points > 0.10"
     );
     assert!(
-        rms <= 0.10,
-        "rms log error {rms:.3} over the fitted points > 0.10"
+        mean.abs() <= 0.25,
+        "mean log(predicted / measured) {mean:.3}: the model's level drifted by over 25%"
     );
 }
 

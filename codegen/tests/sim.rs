@@ -877,13 +877,13 @@ fn unguarded_kv_copy_is_an_out_of_bounds_read() {
         (
             DType::F32,
             T16,
-            "if (kv < a.seq_k) {\n            kx = ",
-            "if (true) {\n            kx = ",
+            "if (kv < blk.seq_k) {\n            const long long row = layout.kv_row(blk, kv);\n            kx = ",
+            "if (true) {\n            const long long row = layout.kv_row(blk, kv);\n            kx = ",
         ),
         (
             DType::F16,
             TileConfig::new(64, 64, 4, 2),
-            "if (kv < a.seq_k && vec_kv) {",
+            "if (kv < blk.seq_k && vec_kv) {",
             "if (vec_kv) {",
         ),
     ];

@@ -486,12 +486,19 @@ fn backward<'py>(
                 py.detach(|| kernel_grads(&p, &x, &g, dlse.as_deref(), &backend))
             }
             DType::Bf16 => {
-                let (x, g) = (typed::<bf16>(&p, &q, &k, &v)?, tensor::<bf16>("dout", &dout)?);
+                let (x, g) = (
+                    typed::<bf16>(&p, &q, &k, &v)?,
+                    tensor::<bf16>("dout", &dout)?,
+                );
                 py.detach(|| kernel_grads(&p, &x, &g, dlse.as_deref(), &backend))
             }
         }
         .map_err(|e| exec_error(&name, e))?;
-        Ok((f64_array(py, g.dq)?, f64_array(py, g.dk)?, f64_array(py, g.dv)?))
+        Ok((
+            f64_array(py, g.dq)?,
+            f64_array(py, g.dk)?,
+            f64_array(py, g.dv)?,
+        ))
     })
 }
 

@@ -6,7 +6,6 @@ mod cli_common;
 
 use std::path::Path;
 
-use attnforge::codegen::backward::BackwardTile;
 use attnforge::specfile::SpecFile;
 use cli_common::*;
 
@@ -25,10 +24,9 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("metadata")).expect("json")
 }
 
-/// The three backward kernels of `name` in `dir`: metadata = signature, geometry of the
-/// default backward tile.
-fn assert_backward_files(dir: &Path, name: &str, head_dim: usize) {
-    let t = BackwardTile::default();
+/// The three backward kernels of `name` (f16, d 64) in `dir`: metadata = signature, geometry
+/// of its default backward tile, the tensor-core form's 64 x 64 with 4 warps.
+fn assert_backward_files(dir: &Path, name: &str) {
     for part in ["delta", "dkdv", "dq"] {
         let k = format!("{name}_bwd_{part}");
         let cu = std::fs::read_to_string(dir.join(format!("{k}.cu"))).expect("backward .cu");
@@ -52,11 +50,23 @@ fn assert_backward_files(dir: &Path, name: &str, head_dim: usize) {
             ["d_out", "d_lse", "delta", "d_q", "d_k", "d_v", "d_param"]
         );
         assert!(sig.ends_with(&["dq".into(), "dk".into(), "dv".into(), "dparam".into()]));
+        // tensor-core form: K, V, Q, dO tiles of 64 x 64 2-byte elements; dK/dV adds lse and
+        // Delta of the query tile (2 x 64 f32), dQ the 4 warps' block sum (4 f32)
         let (smem, threads) = match part {
             "delta" => (0, 128),
-            "dkdv" => (t.dkdv_smem_bytes(head_dim, 1), t.threads()),
-            _ => (t.dq_smem_bytes(head_dim, 1), t.threads()),
+            "dkdv" => (4 * 64 * 64 * 2 + 2 * 64 * 4, 128),
+            _ => (4 * 64 * 64 * 2 + 4 * 4, 128),
         };
+        if part != "delta" {
+            assert!(
+                cu.contains(&format!("af_bwd_{part}_tc<Tile>")),
+                "{k}: tensor-core form"
+            );
+            assert_eq!(
+                (m["block_m"].as_u64(), m["block_n"].as_u64()),
+                (Some(64), Some(64))
+            );
+        }
         assert_eq!(m["dynamic_smem_bytes"], smem, "{k}");
         assert_eq!(m["block_threads"], threads, "{k}");
         let grid0 = m["grid"][0].as_str().unwrap();
@@ -82,7 +92,7 @@ fn emit_backward_writes_three_kernels_with_matching_metadata() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(out.join(format!("{name}.cu")).exists());
-    assert_backward_files(&out, name, 64);
+    assert_backward_files(&out, name);
     // Without --backward: the forward only.
     let plain = dir.path().join("plain");
     let o = run(&[
@@ -135,7 +145,7 @@ fn a_spec_file_with_backward_emits_and_checks_both_directions() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_backward_files(&out, &name, 64);
+    assert_backward_files(&out, &name);
     let o = run(&["check", spec.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");

@@ -33,10 +33,12 @@ use crate::emit::{self, EmittedKernel};
 use crate::ir::{KernelIr, TileSchedule};
 use crate::scores::ScoreParamKind;
 use crate::spec::{DType, KernelSpec, Mask, ScoreMod, UserParamKind};
-use crate::tile::{Arch, TileConfig};
+use crate::tile::{Arch, Mainloop, TileConfig};
 
 /// The backward template (`cuda/af_bwd.cuh`).
 pub const BWD_CUH: &str = include_str!("../cuda/af_bwd.cuh");
+/// The tensor-core main loops of the dK/dV and dQ kernels (`cuda/af_bwd_tc.cuh`).
+pub const BWD_TC_CUH: &str = include_str!("../cuda/af_bwd_tc.cuh");
 
 /// The role of an argument that only the backward kernels have (after the forward's list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -169,6 +171,26 @@ impl Default for BackwardTile {
     }
 }
 
+/// Which main loop the dK/dV and dQ kernels of `spec` take with `tile` (like the forward's
+/// [`Mainloop::select`]): tensor cores (`cuda/af_bwd_tc.cuh`, mma.sync m16n8k16 with f32
+/// accumulation) for f16/bf16 at head dim 64 or 128 with one scoring branch when each warp
+/// owns one 16-row slab of both tiles (`block_m == block_n == 16 * warps`); FMA otherwise
+/// (f32; d 256, whose 2 D f32 accumulators of dK and dV per thread do not fit the register
+/// file next to the fragments; LM-Infinite's two scoring branches; other tiles).
+pub fn mainloop(spec: &KernelSpec, tile: &BackwardTile) -> Mainloop {
+    let d = spec.head_dim.get();
+    if spec.dtype != DType::F32
+        && branches(spec) == 1
+        && (d == 64 || d == 128)
+        && tile.block_m == 16 * tile.warps
+        && tile.block_n == 16 * tile.warps
+    {
+        Mainloop::TensorCore
+    } else {
+        Mainloop::Fma
+    }
+}
+
 /// Warps of the delta kernel (one query row each).
 pub const DELTA_WARPS: usize = 4;
 
@@ -188,17 +210,60 @@ impl BackwardTile {
         let (m, n, d, nb) = (self.block_m, self.block_n, head_dim, branches);
         4 * ((nb + 1) * m * d + (nb + 1) * n * (d + 1) + nb * m * n + self.warps)
     }
+    /// Dynamic shared memory of the tensor-core dK/dV kernel (`cuda/af_bwd_tc.cuh`): K, V, Q,
+    /// dO tiles of 16-bit elements, lse and Delta of the query tile in f32.
+    pub fn dkdv_smem_bytes_tc(&self, head_dim: usize) -> usize {
+        2 * (2 * self.block_n + 2 * self.block_m) * head_dim + 8 * self.block_m
+    }
+    /// Dynamic shared memory of the tensor-core dQ kernel: Q, dO, K, V tiles of 16-bit
+    /// elements, the warps' block sum in f32.
+    pub fn dq_smem_bytes_tc(&self, head_dim: usize) -> usize {
+        2 * (2 * self.block_m + 2 * self.block_n) * head_dim + 4 * self.warps
+    }
+    /// Dynamic shared memory of `spec`'s dK/dV and dQ kernels with this tile (the main loop
+    /// [`mainloop`] selects), without the dQ kernel's learnable-parameter rows.
+    pub fn smem_bytes(&self, spec: &KernelSpec) -> (usize, usize) {
+        let d = spec.head_dim.get();
+        match mainloop(spec, self) {
+            Mainloop::TensorCore => (self.dkdv_smem_bytes_tc(d), self.dq_smem_bytes_tc(d)),
+            _ => {
+                let nb = branches(spec);
+                (self.dkdv_smem_bytes(d, nb), self.dq_smem_bytes(d, nb))
+            }
+        }
+    }
+    /// The backward tile `spec`'s kernels get by default: 64 x 64 with 4 warps on tensor cores
+    /// where [`mainloop`] allows them (and the tile divides the block lists of a list-driven
+    /// mask; 32 x 32 with 2 warps otherwise), the FMA tile [`BackwardTile::default`] elsewhere.
+    pub fn for_spec(spec: &KernelSpec) -> BackwardTile {
+        let b = spec.sparse_block;
+        let divides = |t: &BackwardTile| {
+            !spec.mask.uses_block_lists() || (b.q % t.block_m == 0 && b.k % t.block_n == 0)
+        };
+        let tc = [
+            BackwardTile {
+                block_m: 64,
+                block_n: 64,
+                warps: 4,
+            },
+            BackwardTile {
+                block_m: 32,
+                block_n: 32,
+                warps: 2,
+            },
+        ];
+        tc.into_iter()
+            .find(|t| mainloop(spec, t) == Mainloop::TensorCore && divides(t))
+            .unwrap_or_default()
+    }
     /// `_m<bm>n<bn>w<warps>` (a symbol suffix).
     pub fn suffix(&self) -> String {
         format!("m{}n{}w{}", self.block_m, self.block_n, self.warps)
     }
-    /// Checks against the template's assumptions and `arch`'s shared memory.
-    pub fn valid(
-        &self,
-        head_dim: usize,
-        branches: usize,
-        arch: Arch,
-    ) -> Result<(), Vec<SpecError>> {
+    /// Checks against the template's assumptions and `arch`'s shared memory (of the main
+    /// loop [`mainloop`] selects for `spec`).
+    pub fn valid(&self, spec: &KernelSpec, arch: Arch) -> Result<(), Vec<SpecError>> {
+        let head_dim = spec.head_dim.get();
         let mut errs = Vec::new();
         let fix = "use block_m, block_n multiples of 32 and of warps, e.g. 32 x 32 with 4 warps";
         for (field, v) in [("block_m", self.block_m), ("block_n", self.block_n)] {
@@ -223,9 +288,8 @@ impl BackwardTile {
                 fix,
             ));
         }
-        let smem = self
-            .dkdv_smem_bytes(head_dim, branches)
-            .max(self.dq_smem_bytes(head_dim, branches));
+        let (dkdv, dq) = self.smem_bytes(spec);
+        let smem = dkdv.max(dq);
         if errs.is_empty() && smem > arch.max_dynamic_smem() {
             errs.push(SpecError::new(
                 "backward_tile",
@@ -270,6 +334,8 @@ pub struct BackwardKernels {
     pub head_dim: usize,
     /// Scoring branches ([`branches`]).
     pub branches: usize,
+    /// The main loop of the dK/dV and dQ kernels ([`mainloop`]).
+    pub mainloop: Mainloop,
 }
 
 /// One launch of a backward kernel.
@@ -292,6 +358,10 @@ impl BackwardKernels {
     pub fn launches(&self, d: &crate::shape::Shape, theta_len: usize) -> [BackwardLaunch<'_>; 3] {
         let t = &self.tile;
         let (dim, nb) = (self.head_dim, self.branches);
+        let (dkdv_smem, dq_smem) = match self.mainloop {
+            Mainloop::TensorCore => (t.dkdv_smem_bytes_tc(dim), t.dq_smem_bytes_tc(dim)),
+            _ => (t.dkdv_smem_bytes(dim, nb), t.dq_smem_bytes(dim, nb)),
+        };
         [
             BackwardLaunch {
                 kernel: &self.delta,
@@ -303,13 +373,13 @@ impl BackwardKernels {
                 kernel: &self.dkdv,
                 grid: [d.seq_k.div_ceil(t.block_n), d.heads_kv, d.batch],
                 threads: t.threads(),
-                smem_bytes: t.dkdv_smem_bytes(dim, nb),
+                smem_bytes: dkdv_smem,
             },
             BackwardLaunch {
                 kernel: &self.dq,
                 grid: [d.seq_q.div_ceil(t.block_m), d.heads_q, d.batch],
                 threads: t.threads(),
-                smem_bytes: t.dq_smem_bytes(dim, nb) + 4 * t.threads() * theta_len,
+                smem_bytes: dq_smem + 4 * t.threads() * theta_len,
             },
         ]
     }
@@ -354,7 +424,7 @@ pub fn emit_backward(
     arch: Arch,
 ) -> Result<BackwardKernels, Vec<SpecError>> {
     backward_supported(spec)?;
-    tile.valid(spec.head_dim.get(), branches(spec), arch)?;
+    tile.valid(spec, arch)?;
     let b = spec.sparse_block;
     if spec.mask.uses_block_lists() && (b.q % tile.block_m != 0 || b.k % tile.block_n != 0) {
         return Err(vec![SpecError::new(
@@ -373,7 +443,7 @@ pub fn emit_backward(
     let kernel = |part: Part| {
         let name = format!("{symbol}_bwd_{}", part.tag());
         EmittedKernel {
-            source: source(&ir, tile, part, &name),
+            source: source(&ir, tile, mainloop(spec, tile), part, &name),
             metadata: crate::args::LaunchMetadata::new(spec, &fwd_tile, arch, &name),
             name,
         }
@@ -401,6 +471,7 @@ pub fn emit_backward(
         param,
         head_dim: spec.head_dim.get(),
         branches: branches(spec),
+        mainloop: mainloop(spec, tile),
     })
 }
 
@@ -421,7 +492,8 @@ impl Part {
     }
 }
 
-fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String {
+fn source(ir: &KernelIr, tile: &BackwardTile, ml: Mainloop, part: Part, name: &str) -> String {
+    let tc = ml == Mainloop::TensorCore;
     let mut o = String::new();
     let _ = writeln!(o, "// attnforge generated backward kernel: {name}");
     let _ = writeln!(
@@ -431,12 +503,24 @@ fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String 
     );
     let _ = writeln!(
         o,
-        "// backward tile: block_m={} block_n={} warps={} | f32 FMA arithmetic\n// generated by attnforge-codegen; do not edit\n",
-        tile.block_m, tile.block_n, tile.warps
+        "// backward tile: block_m={} block_n={} warps={} | {}\n// generated by attnforge-codegen; do not edit\n",
+        tile.block_m,
+        tile.block_n,
+        tile.warps,
+        if tc {
+            "mma.sync m16n8k16 (f32 accumulation)"
+        } else {
+            "f32 FMA arithmetic"
+        }
     );
-    let mut files = emit::prelude_files(crate::ir::Mainloop::Fma);
+    // the tensor-core form uses the forward's fragment helpers (af_fwd_tc.cuh), not its kernel
+    let mut files = emit::prelude_files(ml);
     files.retain(|(f, _)| *f != "af_fwd_fma.cuh");
     files.push(("af_bwd.cuh", BWD_CUH));
+    if tc {
+        files.push(("af_bwd_tc.cuh", BWD_TC_CUH));
+    }
+    let sfx = if tc { "_tc" } else { "" };
     emit::paste_files(&mut o, &files);
     let mut ir_fns = ir.clone();
     if let Some(g) = user_grad(&ir.spec) {
@@ -485,7 +569,7 @@ fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String 
             emit::block_hooks(&mut o, ir);
             grad_hooks(&mut o, ir);
             o.push_str(&format!(
-                "    af_bwd_dkdv<Tile>(args, grads, queries, block_hooks, grad_hooks, {});\n}}\n",
+                "    af_bwd_dkdv{sfx}<Tile>(args, grads, queries, block_hooks, grad_hooks, {});\n}}\n",
                 emit::scoring(ir)
             ));
         }
@@ -495,7 +579,7 @@ fn source(ir: &KernelIr, tile: &BackwardTile, part: Part, name: &str) -> String 
             grad_hooks(&mut o, ir);
             let _ = writeln!(
                 o,
-                "    af_bwd_dq<Tile>(args, grads, schedule, block_hooks, grad_hooks, {});\n}}",
+                "    af_bwd_dq{sfx}<Tile>(args, grads, schedule, block_hooks, grad_hooks, {});\n}}",
                 emit::scoring(ir)
             );
         }

@@ -517,7 +517,7 @@ fn kernel_grads<T: Element + SimElem>(
         fix: e.fix.clone(),
     })?;
     let up = Upstream { dout, dlse };
-    let bt = BackwardTile::default();
+    let bt = BackwardTile::for_spec(&p.sf.spec);
     match backend {
         Backend::Sim(cfg) => simulate_backward(&p.sf.spec, &tile, &bt, x, up, &p.rp, cfg),
         Backend::Cuda(o) => Ok(run_backward_cuda(&p.sf.spec, &tile, &bt, x, up, &p.rp, 0, *o)?.0),

@@ -59,9 +59,17 @@ fn run<T: Element + SimElem>(
         dlse: c.dlse.then_some(dlse.as_slice()),
     };
     let backend = Backend::Sim(SimConfig::new(Schedule::Forward));
-    check_backward(spec, &tile, &BackwardTile::default(), &x, up, p, &backend)
-        .map(|(_, checks)| eprintln!("{} {c:?}: {checks:?}", spec.canonical_name()))
-        .map_err(|e| format!("{} {c:?}: {e}", spec.canonical_name()))
+    check_backward(
+        spec,
+        &tile,
+        &BackwardTile::for_spec(spec),
+        &x,
+        up,
+        p,
+        &backend,
+    )
+    .map(|(_, checks)| eprintln!("{} {c:?}: {checks:?}", spec.canonical_name()))
+    .map_err(|e| format!("{} {c:?}: {e}", spec.canonical_name()))
 }
 
 #[test]
@@ -77,6 +85,31 @@ fn causal_f32_smoke() {
         dlse: true,
     };
     run::<f32>(&spec, c, &RunParams::default(), 1).unwrap();
+}
+
+/// The tensor-core form (f16/bf16, d 64/128): causal GQA, shapes that are not tile multiples,
+/// d 128 bf16 and d 64 f16 with dlse.
+#[test]
+fn causal_tensor_core_smoke() {
+    use attnforge_runtime::codegen::backward::mainloop;
+    use attnforge_runtime::codegen::tile::Mainloop;
+    let c = Case {
+        batch: 1,
+        hq: 2,
+        hkv: 1,
+        sq: 77,
+        sk: 100,
+        sigma: 1.0,
+        dlse: true,
+    };
+    let bf = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None).with_gqa();
+    let f = KernelSpec::new(DType::F16, HeadDim::D64, Mask::Causal, ScoreMod::None).with_gqa();
+    for spec in [&bf, &f] {
+        let t = BackwardTile::for_spec(spec);
+        assert_eq!(mainloop(spec, &t), Mainloop::TensorCore, "{t:?}");
+    }
+    run::<half::bf16>(&bf, c, &RunParams::default(), 2).unwrap();
+    run::<half::f16>(&f, c, &RunParams::default(), 3).unwrap();
 }
 
 /// Runtime parameters of a catalog spec for `sk` keys and `hq` query heads (every mask keeps
@@ -275,7 +308,7 @@ fn two_runs_are_bit_identical() {
         simulate_backward(
             &spec,
             &tile,
-            &BackwardTile::default(),
+            &BackwardTile::for_spec(&spec),
             &x,
             up,
             &p,

@@ -158,7 +158,7 @@ fn case<T: Element + SimElem>(
     match check_backward(
         &sf.spec,
         &tile,
-        &BackwardTile::default(),
+        &BackwardTile::for_spec(&sf.spec),
         &x,
         up,
         &rp,

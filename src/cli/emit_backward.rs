@@ -36,21 +36,18 @@ pub(super) fn unsupported(spec: &KernelSpec, label: &str, what: &str) -> Option<
 /// Launch geometry of one backward kernel: grid (text over the problem sizes), threads,
 /// dynamic shared memory.
 fn geometry(part: &str, t: &BackwardTile, spec: &KernelSpec) -> ([&'static str; 3], usize, usize) {
-    let (head_dim, nb) = (
-        spec.head_dim.get(),
-        attnforge::codegen::backward::branches(spec),
-    );
+    let (dkdv_smem, dq_smem) = t.smem_bytes(spec);
     match part {
         "delta" => (["ceil(seq_q / 4)", "heads_q", "batch"], DELTA_WARPS * 32, 0),
         "dkdv" => (
             ["ceil(seq_k / block_n)", "heads_kv", "batch"],
             t.threads(),
-            t.dkdv_smem_bytes(head_dim, nb),
+            dkdv_smem,
         ),
         _ => (
             ["ceil(seq_q / block_m)", "heads_q", "batch"],
             t.threads(),
-            t.dq_smem_bytes(head_dim, nb),
+            dq_smem,
         ),
     }
 }
@@ -111,7 +108,7 @@ pub(super) fn emit_files(
     if let Some(e) = unsupported(spec, label, "--backward") {
         return Err(e);
     }
-    let t = BackwardTile::default();
+    let t = BackwardTile::for_spec(spec);
     let ks = emit_backward(spec, &t, arch).map_err(|errs| {
         CliError::input(format!(
             "{label}: backward: {}",

@@ -226,7 +226,7 @@ fn go<T: Element + SimElem>(
         message: e.message.clone(),
         fix: e.fix.clone(),
     })?;
-    let bwd = BackwardTile::default();
+    let bwd = BackwardTile::for_spec(&sf.spec);
     let up = Upstream { dout, dlse };
     let k = match backend {
         RunBackend::Reference => {

@@ -3,9 +3,9 @@
 // dK/dV and dQ kernels for f16/bf16 with one scoring branch (the selection is
 // codegen::backward::mainloop). FlashAttention-2's backward structure, without its atomics:
 //
-//   af_bwd_dkdv_tc: warp w owns keys [16 w, 16 w + 16) of the key tile; per query tile (in
-//                   chunks of QC queries): S^T = K Q^T and dP^T = V dO^T (mma, the warp's keys
-//                   x the chunk's queries in C fragments), P^T and dS^T per element by
+//   af_bwd_dkdv_tc: warp w owns keys [16 w, 16 w + 16) of the key tile; per query tile of the
+//                   transposed schedule (QM rows): S^T = K Q^T and dP^T = V dO^T (mma, the
+//                   warp's keys x the tile's queries in C fragments), P^T and dS^T per element by
 //                   af_bwd_entry (the FMA form's hooks), dV += P^T dO and dK += dS^T Q (mma:
 //                   the C fragments of P^T / dS^T, rounded to T, are the A fragments);
 //   af_bwd_dq_tc:   warp w owns query rows [16 w, 16 w + 16) of the query tile; per key tile of
@@ -87,15 +87,16 @@ __device__ __forceinline__ void af_bwd_tc_store(T* dst, const float (&acc)[D / 8
 
 // ---- dK, dV ----
 // Block: key tile [n0, n0 + BN) of kv head hkv (BN = 16 warps). Per warp: dK, dV of its 16 keys
-// as C fragments (D / 8 n8 tiles each); S^T and dP^T of a QC-query chunk (QC / 8 n8 tiles).
+// as C fragments (D / 8 n8 tiles each); S^T and dP^T of a QM-query tile (QM / 8 n8 tiles).
 template <class Tile, typename T, class Queries, class BlockHooks, class GradHooks, class Scoring>
 __device__ __forceinline__ void af_bwd_dkdv_tc(const af_fwd_args<T>& a, const af_bwd_args<T>& g, const Queries& queries,
                                                const BlockHooks& block_hooks, const GradHooks& grad_hooks, const Scoring& sc) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, NW = Tile::NW, NT = Tile::NT;
-    // queries per chunk: S^T and dP^T of 32 queries (32 registers) next to the 2 D accumulator
-    // registers keep d 128 under the register limit; each K / V fragment feeds QC / 8 mma
-    constexpr int QC = BM < 32 ? BM : 32, QT8 = QC / 8;
-    static_assert(BN == 16 * NW && BM % QC == 0 && Scoring::BRANCHES == 1, "one 16-key slab per warp, one branch");
+    // query rows per step of the transposed schedule: BM, or 32 at d > 64, where S^T and dP^T
+    // of 64 queries (64 registers) next to the 2 D f32 accumulators of dK and dV spill; the
+    // Q / dO buffers keep BM rows (a 32-row step uses the first half)
+    constexpr int QM = D > 64 && BM > 32 ? 32 : BM, QT8 = QM / 8;
+    static_assert(BN == 16 * NW && BM % QM == 0 && QM % 16 == 0 && Scoring::BRANCHES == 1, "one 16-key slab per warp, one branch");
     // [BN][D] K, [BN][D] V, [BM][D] Q, [BM][D] dO (T, swizzled), then [BM] lse, [BM] Delta (f32)
     constexpr int OV = BN * D, OQ = 2 * BN * D, OO = OQ + BM * D, OL = OO + BM * D;
     AF_DYNAMIC_SHARED(T, af_smem);
@@ -141,57 +142,54 @@ __device__ __forceinline__ void af_bwd_dkdv_tc(const af_fwd_args<T>& a, const af
         float unused_pgrad = 0.f;  // parameter gradients are af_bwd_dq's
         const T* qb = a.q + (long long)b * a.q_stride_b + (long long)h * a.q_stride_h;
         const long long rbase = ((long long)b * a.heads_q + h) * a.seq_q;
-        const auto walk = queries.template queries<BM>(b, h, c0, c1, a.seq_q, a.seq_k);
+        const auto walk = queries.template queries<QM>(b, h, c0, c1, a.seq_q, a.seq_k);
         long long cur = walk.first, m0;
         int kind;
         while (walk.next(cur, m0, kind)) {
-            const int rows_in = (int)min((long long)BM, (long long)a.seq_q - m0);
+            const int rows_in = (int)min((long long)QM, (long long)a.seq_q - m0);
             __syncthreads();  // the previous tile's Q, dO, lse, Delta are consumed
-            af_bwd_tc_rows<BM, D, NT>(sQ, qb, m0, a.seq_q, a.q_stride_s, tid);
-            af_bwd_tc_rows<BM, D, NT>(sdO, g.dout + rbase * D, m0, a.seq_q, D, tid);
+            af_bwd_tc_rows<QM, D, NT>(sQ, qb, m0, a.seq_q, a.q_stride_s, tid);
+            af_bwd_tc_rows<QM, D, NT>(sdO, g.dout + rbase * D, m0, a.seq_q, D, tid);
             af_cp_async_commit();
-            for (int i = tid; i < BM; i += NT) {
+            for (int i = tid; i < QM; i += NT) {
                 sL[i] = i < rows_in ? a.lse[rbase + m0 + i] : -INFINITY;
                 sDelta[i] = i < rows_in ? g.delta[rbase + m0 + i] : 0.f;
             }
             af_cp_async_wait<0>();
             __syncthreads();
             const bool partial = decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL;
-#pragma unroll 1
-            for (int qc = 0; qc < BM / QC; ++qc) {
-                // S^T = K Q^T, dP^T = V dO^T for queries [QC qc, QC qc + QC) of the tile
-                float st[QT8][4], dpt[QT8][4];
+            // S^T = K Q^T, dP^T = V dO^T of the query tile
+            float st[QT8][4], dpt[QT8][4];
 #pragma unroll
-                for (int j = 0; j < QT8; ++j)
+            for (int j = 0; j < QT8; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
-                af_tc_qk<af_bwd_tc_shape<QC, D>, 1, T>(st, k_frag, q_frag.plus(qc * QC * D * 2));
-                af_tc_qk<af_bwd_tc_shape<QC, D>, 1, T>(dpt, v_frag, o_frag.plus(qc * QC * D * 2));
-                // element e of n8 tile j: key 16 warp + lane / 4 + 8 (e >> 1), query QC qc + 8 j
-                // + 2 (lane & 3) + (e & 1); P^T -> st, dS^T -> dpt
+                for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
+            af_tc_qk<af_bwd_tc_shape<QM, D>, 1, T>(st, k_frag, q_frag);
+            af_tc_qk<af_bwd_tc_shape<QM, D>, 1, T>(dpt, v_frag, o_frag);
+            // element e of n8 tile j: key 16 warp + lane / 4 + 8 (e >> 1), query 8 j
+            // + 2 (lane & 3) + (e & 1); P^T -> st, dS^T -> dpt
 #pragma unroll
-                for (int j = 0; j < QT8; ++j)
+            for (int j = 0; j < QT8; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int tj = warp * 16 + (lane >> 2) + 8 * (e >> 1);
-                        const int i = qc * QC + 8 * j + 2 * (lane & 3) + (e & 1);
-                        const long long q_pos = m0 + i + shift, kv_pos = n0 + tj;
-                        bool ok = i < rows_in && tj < cols_in;
-                        if (ok && partial) ok = hooks.mask(q_pos, kv_pos);
-                        float p;
-                        dpt[j][e] = af_bwd_entry<false>(ok, st[j][e], dpt[j][e], sL[i], sDelta[i], a.scale, q_pos, kv_pos,
-                                                        hooks, grad, p, unused_pgrad, nullptr);
-                        st[j][e] = p;
-                    }
-                // dV += P^T dO, dK += dS^T Q: k chunk kk of the chunk's queries
-#pragma unroll
-                for (int kk = 0; kk < QC / 16; ++kk) {
-                    unsigned pa[4], sa[4];
-                    af_bwd_tc_afrag<T>(pa, st, kk);
-                    af_bwd_tc_afrag<T>(sa, dpt, kk);
-                    af_bwd_tc_acc<D, T>(dv, pa, ot_frag, qc * (QC / 16) + kk);
-                    af_bwd_tc_acc<D, T>(dk, sa, qt_frag, qc * (QC / 16) + kk);
+                for (int e = 0; e < 4; ++e) {
+                    const int tj = warp * 16 + (lane >> 2) + 8 * (e >> 1);
+                    const int i = 8 * j + 2 * (lane & 3) + (e & 1);
+                    const long long q_pos = m0 + i + shift, kv_pos = n0 + tj;
+                    bool ok = i < rows_in && tj < cols_in;
+                    if (ok && partial) ok = hooks.mask(q_pos, kv_pos);
+                    float p;
+                    dpt[j][e] = af_bwd_entry<false>(ok, st[j][e], dpt[j][e], sL[i], sDelta[i], a.scale, q_pos, kv_pos,
+                                                    hooks, grad, p, unused_pgrad, nullptr);
+                    st[j][e] = p;
                 }
+            // dV += P^T dO, dK += dS^T Q: k chunk kk of the tile's queries
+#pragma unroll
+            for (int kk = 0; kk < QM / 16; ++kk) {
+                unsigned pa[4], sa[4];
+                af_bwd_tc_afrag<T>(pa, st, kk);
+                af_bwd_tc_afrag<T>(sa, dpt, kk);
+                af_bwd_tc_acc<D, T>(dv, pa, ot_frag, kk);
+                af_bwd_tc_acc<D, T>(dk, sa, qt_frag, kk);
             }
         }
     }

@@ -357,11 +357,16 @@ kernels compile in parallel on the 2-core dev machine (issue 3 target: < 300 ms 
 }
 
 /// The backward kernels (delta, dK/dV, dQ) of every catalog variant they cover compile with
-/// NVRTC for sm_80 without stack or spills (and without NVRTC warnings); d = 256 as well.
+/// NVRTC for sm_80 without stack or spills (and without NVRTC warnings); d = 256 as well. The
+/// FMA form at the 32 x 32 tile for every variant, and each variant's default tile
+/// ([`BackwardTile::for_spec`]) where that is the tensor-core form (f16/bf16, d 64/128, one
+/// scoring branch), for sm_80 and sm_90.
 #[test]
 fn backward_kernels_compile_without_spills() {
-    use attnforge_codegen::backward::{backward_supported, emit_backward, BackwardTile};
+    use attnforge_codegen::backward::{backward_supported, emit_backward, mainloop, BackwardTile};
+    use attnforge_codegen::tile::Mainloop;
     let mut kernels = Vec::new();
+    let mut tc = 0;
     let mut specs: Vec<KernelSpec> = catalog();
     specs.push(KernelSpec::new(
         DType::Bf16,
@@ -376,11 +381,22 @@ fn backward_kernels_compile_without_spills() {
         let k = emit_backward(&spec, &BackwardTile::default(), Arch::Sm80)
             .unwrap_or_else(|e| panic!("{}: {e:?}", spec.canonical_name()));
         kernels.extend([k.delta, k.dkdv, k.dq].map(|k| (k, Arch::Sm80)));
+        let t = BackwardTile::for_spec(&spec);
+        if mainloop(&spec, &t) == Mainloop::TensorCore {
+            for arch in [Arch::Sm80, Arch::Sm90] {
+                let k = emit_backward(&spec, &t, arch)
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", spec.canonical_name()));
+                assert!(k.dq.source.contains("af_bwd_dq_tc<Tile>"), "{}", k.dq.name);
+                tc += 1;
+                kernels.extend([k.dkdv, k.dq].map(|k| (k, arch)));
+            }
+        }
     }
     assert_eq!(
         kernels.len(),
-        3 * (catalog().len() + 1),
+        3 * (catalog().len() + 1) + 2 * tc,
         "every catalog variant and the d = 256 case"
     );
+    assert!(tc >= 20, "{tc} tensor-core forms");
     check_all(kernels);
 }

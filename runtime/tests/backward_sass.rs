@@ -1,0 +1,78 @@
+//! The tensor-core backward kernels (issue 18) compiled with NVRTC for sm_80 and sm_90 and their
+//! main loops measured by the SASS analyzer ([`main_loops`], as `main_loop_ratchet.rs` does for
+//! the forward): causal d 64 / d 128 bf16 at the default backward tile. Checks that each main
+//! loop does one tile's MMAs (dK/dV per query tile: S^T, dP^T, dV, dK; dQ per key tile: S, dP,
+//! dQ), without spills or stack, and prints the figures of docs/backward.md ("SASS"):
+//! `cargo test -p attnforge-runtime --test backward_sass -- --nocapture`. Fails (never skips)
+//! without the toolchain of `cargo xtask setup`.
+
+use attnforge_runtime::codegen::backward::{emit_backward, mainloop, BackwardTile};
+use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
+use attnforge_runtime::codegen::tile::{Arch, Mainloop};
+use attnforge_runtime::{build_kernel, main_loops, sass, MainLoopHints};
+
+#[test]
+fn tensor_core_backward_main_loops() {
+    let mut table = Vec::new();
+    for head_dim in [HeadDim::D64, HeadDim::D128] {
+        let spec = KernelSpec::new(DType::Bf16, head_dim, Mask::Causal, ScoreMod::None);
+        let t = BackwardTile::for_spec(&spec);
+        assert_eq!(mainloop(&spec, &t), Mainloop::TensorCore);
+        let d = head_dim.get();
+        assert_eq!((t.block_m, t.block_n, t.warps), (64, 64, 4));
+        // a main-loop iteration: dK/dV one query tile of `qm` rows (32 at d 128, whose 64-row
+        // tile spills), dQ one key tile of 64; m16n8k16 MMAs per warp of one product of its 16
+        // rows, and 16-byte cp.async per warp of the tile's two [rows][d] 16-bit copies
+        let qm = if d > 64 { 32 } else { 64 };
+        let product = |rows: usize| (16 * rows * d) as f64 / 2048.0;
+        let copies = |rows: usize| (2 * rows * d * 2) as f64 / (512.0 * t.warps as f64);
+        for arch in [Arch::Sm80, Arch::Sm90] {
+            let k = emit_backward(&spec, &t, arch).expect("emits");
+            let (dkdv_smem, dq_smem) = t.smem_bytes(&spec);
+            for (kernel, products, rows, smem) in
+                [(&k.dkdv, 4.0, qm, dkdv_smem), (&k.dq, 3.0, 64, dq_smem)]
+            {
+                let b = build_kernel(&kernel.source, &kernel.name, arch)
+                    .unwrap_or_else(|e| panic!("compile (run `cargo xtask setup`): {e}"));
+                let r = &b.resources;
+                assert_eq!(
+                    (r.stack_frame_bytes, r.spill_store_bytes, r.spill_load_bytes),
+                    (0, 0, 0),
+                    "{} {}: {} registers",
+                    kernel.name,
+                    arch.sm_name(),
+                    r.registers
+                );
+                let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
+                let hints = MainLoopHints {
+                    mma_per_iteration: Some(products * product(rows)),
+                    cp_async_per_iteration: Some(copies(rows)),
+                };
+                let reports = main_loops(&text, &hints).expect("analysable");
+                let m = reports.first().expect("a main loop");
+                assert_eq!(
+                    m.mma,
+                    products * product(rows),
+                    "{}: one tile per iteration",
+                    kernel.name
+                );
+                table.push(format!(
+                    "| {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {:.2} |",
+                    kernel.name,
+                    arch.sm_name(),
+                    r.registers,
+                    smem,
+                    m.mma,
+                    m.instr_per_mma(),
+                    m.ldmatrix_bytes_per_mma(),
+                    m.partial.instr_per_mma(),
+                ));
+            }
+        }
+    }
+    println!("| kernel | arch | registers | smem B | MMA/iter | instr/MMA | ldmatrix B/MMA | partial instr/MMA |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in table {
+        println!("{r}");
+    }
+}

@@ -271,6 +271,59 @@ fn every_catalog_variant_backward() {
     );
 }
 
+/// The catalog variants `every_catalog_variant_backward` runs in f32 (every third), here in
+/// bf16: with it every catalog variant that has the tensor-core form (f16/bf16, d 64/128, not
+/// LM-Infinite) is checked on it once. Smaller shapes (the other test covers the rest).
+#[test]
+fn every_catalog_variant_tensor_core() {
+    use attnforge_runtime::codegen::backward::mainloop;
+    use attnforge_runtime::codegen::tile::Mainloop;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (i, base) in catalog()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 0)
+    {
+        let mut spec = base.clone();
+        spec.dtype = DType::Bf16;
+        if spec.mask.uses_block_lists() {
+            spec.sparse_block = BlockSize { q: 64, k: 64 };
+        }
+        let t = BackwardTile::for_spec(&spec);
+        if attnforge_runtime::codegen::backward::backward_supported(&spec).is_err()
+            || mainloop(&spec, &t) != Mainloop::TensorCore
+        {
+            continue;
+        }
+        checked += 1;
+        let (hq, hkv) = if spec.gqa { (4, 2) } else { (2, 2) };
+        let c = Case {
+            batch: 1,
+            hq,
+            hkv,
+            sq: if spec.mask.uses_block_lists() { 70 } else { 41 },
+            sk: if spec.mask.uses_block_lists() {
+                130
+            } else {
+                75
+            },
+            sigma: 1.0,
+            dlse: i % 2 == 1,
+        };
+        if let Err(e) = run_any(&spec, c, &params(&spec, hq, c.sq, c.sk), i as u64 + 101) {
+            failures.push(e);
+        }
+    }
+    assert!(checked >= 8, "{checked} variants");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 fn inputs<T: Element>(c: Case, d: usize, seed: u64) -> (Inputs<T>, Tensor4<T>) {
     (
         Inputs::new(

@@ -194,7 +194,6 @@ fn gpu_backward() {
     if !gpu_or_skip("gpu_backward") {
         return;
     }
-    let bt = BackwardTile::default();
     let cases = [
         (
             KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None).with_gqa(),
@@ -240,6 +239,8 @@ fn gpu_backward() {
             p.softcap = Some(5.0);
         }
         let tile = default_tile(&spec, Arch::Sm90).unwrap();
+        // the tile the CLI uses: the tensor-core form for f16/bf16 at d 64/128
+        let bt = BackwardTile::for_spec(&spec);
         let name = spec.canonical_name();
         let r = match spec.dtype {
             DType::Bf16 => {
@@ -329,6 +330,7 @@ fn gpu_backward() {
             dout: &dout,
             dlse: None,
         };
+        let bt = BackwardTile::for_spec(&spec);
         match run_backward_cuda(&spec, &tile, &bt, &x, up, &RunParams::default(), 5, 0) {
             Ok((_, (f, b))) => {
                 let causal = if spec.mask == Mask::Causal { 0.5 } else { 1.0 };

@@ -11,6 +11,21 @@ use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, Scor
 use attnforge_runtime::codegen::tile::{Arch, Mainloop};
 use attnforge_runtime::{build_kernel, main_loops, sass, MainLoopHints};
 
+/// Instructions per MMA of each main loop as measured when the kernels were written
+/// (2026-12-04, NVRTC 12.9.86; docs/backward.md "SASS"): a ratchet like
+/// `main_loop_ratchet.rs`'s, failing when a loop gets more than 2% worse. A change that
+/// improves a figure updates it here and in the docs.
+const COMMITTED: [(&str, &str, f64); 8] = [
+    ("flash_fwd_causal_d64_bf16_bwd_dkdv", "sm_80", 6.83),
+    ("flash_fwd_causal_d64_bf16_bwd_dq", "sm_80", 8.29),
+    ("flash_fwd_causal_d64_bf16_bwd_dkdv", "sm_90", 7.11),
+    ("flash_fwd_causal_d64_bf16_bwd_dq", "sm_90", 8.61),
+    ("flash_fwd_causal_d128_bf16_bwd_dkdv", "sm_80", 5.67),
+    ("flash_fwd_causal_d128_bf16_bwd_dq", "sm_80", 6.73),
+    ("flash_fwd_causal_d128_bf16_bwd_dkdv", "sm_90", 5.92),
+    ("flash_fwd_causal_d128_bf16_bwd_dq", "sm_90", 7.07),
+];
+
 #[test]
 fn tensor_core_backward_main_loops() {
     let mut table = Vec::new();
@@ -55,6 +70,19 @@ fn tensor_core_backward_main_loops() {
                     products * product(rows),
                     "{}: one tile per iteration",
                     kernel.name
+                );
+                let committed = COMMITTED
+                    .iter()
+                    .find(|(n, a, _)| *n == kernel.name && *a == arch.sm_name())
+                    .map(|c| c.2)
+                    .expect("a committed figure");
+                // the committed figures are rounded to 0.01
+                assert!(
+                    m.instr_per_mma() <= (committed + 0.005) * 1.02,
+                    "{} {}: {:.3} instructions per MMA, committed {committed}",
+                    kernel.name,
+                    arch.sm_name(),
+                    m.instr_per_mma()
                 );
                 table.push(format!(
                     "| {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {:.2} |",

@@ -383,20 +383,21 @@ fn backward_kernels_compile_without_spills() {
         kernels.extend([k.delta, k.dkdv, k.dq].map(|k| (k, Arch::Sm80)));
         let t = BackwardTile::for_spec(&spec);
         if mainloop(&spec, &t) == Mainloop::TensorCore {
+            tc += 1;
             for arch in [Arch::Sm80, Arch::Sm90] {
                 let k = emit_backward(&spec, &t, arch)
                     .unwrap_or_else(|e| panic!("{}: {e:?}", spec.canonical_name()));
                 assert!(k.dq.source.contains("af_bwd_dq_tc<Tile>"), "{}", k.dq.name);
-                tc += 1;
                 kernels.extend([k.dkdv, k.dq].map(|k| (k, arch)));
             }
         }
     }
     assert_eq!(
         kernels.len(),
-        3 * (catalog().len() + 1) + 2 * tc,
+        3 * (catalog().len() + 1) + 4 * tc,
         "every catalog variant and the d = 256 case"
     );
-    assert!(tc >= 20, "{tc} tensor-core forms");
+    // the catalog's f16/bf16 d 64/128 variants but LM-Infinite (19 on 2026-12-04)
+    assert!(tc >= 19, "{tc} variants with the tensor-core form");
     check_all(kernels);
 }

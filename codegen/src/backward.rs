@@ -175,8 +175,9 @@ impl Default for BackwardTile {
 /// [`Mainloop::select`]): tensor cores (`cuda/af_bwd_tc.cuh`, mma.sync m16n8k16 with f32
 /// accumulation) for f16/bf16 at head dim 64 or 128 with one scoring branch when each warp
 /// owns one 16-row slab of both tiles (`block_m == block_n == 16 * warps`); FMA otherwise
-/// (f32; d 256, whose 2 D f32 accumulators of dK and dV per thread do not fit the register
-/// file next to the fragments; LM-Infinite's two scoring branches; other tiles).
+/// (f32; d 256, whose dK and dV accumulators alone, D f32 registers per thread with 16 keys
+/// per warp, exceed the 255-register limit; LM-Infinite, whose two scoring branches need a
+/// second set of tiles and accumulators; other tiles).
 pub fn mainloop(spec: &KernelSpec, tile: &BackwardTile) -> Mainloop {
     let d = spec.head_dim.get();
     if spec.dtype != DType::F32

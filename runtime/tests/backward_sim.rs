@@ -110,6 +110,24 @@ fn causal_tensor_core_smoke() {
     }
     run::<half::bf16>(&bf, c, &RunParams::default(), 2).unwrap();
     run::<half::f16>(&f, c, &RunParams::default(), 3).unwrap();
+    // 32 x 32 list blocks: the 32 x 32 tensor-core tile with 2 warps (dK/dV's 32-query tiles
+    // at d 64 too)
+    let mut bs = catalog()
+        .into_iter()
+        .find(|s| s.mask.uses_block_lists() && matches!(s.mask, Mask::BlockSparse { .. }))
+        .expect("a block-sparse catalog variant");
+    (bs.dtype, bs.head_dim, bs.sparse_block) =
+        (DType::F16, HeadDim::D64, BlockSize { q: 32, k: 32 });
+    let t = BackwardTile::for_spec(&bs);
+    assert_eq!((t.block_m, t.block_n, t.warps), (32, 32, 2));
+    assert_eq!(mainloop(&bs, &t), Mainloop::TensorCore);
+    let c = Case {
+        hkv: 2,
+        sq: 70,
+        sk: 100,
+        ..c
+    };
+    run::<half::f16>(&bs, c, &params(&bs, c.hq, c.sq, c.sk), 4).unwrap();
 }
 
 /// Runtime parameters of a catalog spec for `sk` keys and `hq` query heads (every mask keeps

@@ -368,6 +368,10 @@ pub enum Layout {
     /// A paged KV cache `k, v: [num_pages, page_size, Hkv, D]` with `block_table:
     /// [B, max_pages]` and `seqlens_k: [B]`; q, out and lse packed as in [`Layout::Varlen`].
     Paged,
+    /// Decoding on a paged cache (1..=16 query tokens per sequence): the paged layout's
+    /// arrays, each GQA group's query heads packed into the M tile, the keys split across
+    /// `num_splits` blocks per sequence (a runtime argument) and merged by log-sum-exp.
+    Decode,
 }
 
 impl Layout {
@@ -381,10 +385,15 @@ impl Layout {
             Layout::Dense => "dense",
             Layout::Varlen => "varlen",
             Layout::Paged => "paged",
+            Layout::Decode => "decode",
         }
     }
     /// Every layout.
-    pub const ALL: [Layout; 3] = [Layout::Dense, Layout::Varlen, Layout::Paged];
+    pub const ALL: [Layout; 4] = [Layout::Dense, Layout::Varlen, Layout::Paged, Layout::Decode];
+    /// Whether keys come from a paged cache (`block_table`, `seqlens_k`).
+    pub fn is_paged(self) -> bool {
+        matches!(self, Layout::Paged | Layout::Decode)
+    }
 }
 
 /// A complete forward-attention kernel specification.

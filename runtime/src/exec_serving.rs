@@ -354,7 +354,12 @@ fn resolve<T: Element>(
         splits,
     };
     if spec.mask.uses_block_lists() {
-        r.lists = Some(sequence_lists(spec, x, p, &r)?);
+        let lists = sequence_lists(spec, x, p, &r)?;
+        r.lists = Some(if spec.layout == Layout::Decode && lists.heads > 1 {
+            group_lists(&lists, r.heads_q / r.heads_kv)
+        } else {
+            lists
+        });
     }
     Ok(r)
 }
@@ -493,6 +498,73 @@ fn sequence_lists<T>(
         }
     }
     Ok(out)
+}
+
+/// The block lists of a decode kernel, whose block serves every query head of a GQA group
+/// (packed rows): the lists of head `h0 = g * group` become the group's union, a key block
+/// full when it is full for every head of the group and partial when any head lists it
+/// otherwise (its element mask then runs per packed row, with the row's own head); the
+/// other heads' rows are left empty (never read). Query rows are unchanged: a decode block's
+/// rows all sit in the sequence's first query block (`Sq_b <= 16 <= block_q`).
+fn group_lists(l: &BlockLists, group: usize) -> BlockLists {
+    let at = |b: usize, h: usize, q: usize| (b * l.heads + h) * l.rows + q;
+    let mut rows: Vec<(Vec<i32>, Vec<i32>)> = Vec::new();
+    for b in 0..l.batches {
+        for h0 in (0..l.heads).step_by(group.max(1)) {
+            for q in 0..l.rows {
+                let list = |h: usize, full: bool| {
+                    let i = at(b, h, q);
+                    let (num, idx) = if full {
+                        (&l.full_num, &l.full_idx)
+                    } else {
+                        (&l.partial_num, &l.partial_idx)
+                    };
+                    idx[i * l.width..i * l.width + num[i] as usize].to_vec()
+                };
+                let heads = h0..(h0 + group).min(l.heads);
+                let full: Vec<i32> = list(h0, true)
+                    .into_iter()
+                    .filter(|k| heads.clone().all(|h| list(h, true).contains(k)))
+                    .collect();
+                let mut partial: Vec<i32> = heads
+                    .flat_map(|h| list(h, true).into_iter().chain(list(h, false)))
+                    .filter(|k| !full.contains(k))
+                    .collect();
+                partial.sort_unstable();
+                partial.dedup();
+                rows.push((full, partial));
+            }
+        }
+    }
+    let width = rows
+        .iter()
+        .map(|(f, p)| f.len().max(p.len()))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let n = l.batches * l.heads * l.rows;
+    let mut out = BlockLists {
+        width,
+        full_num: vec![0; n],
+        full_idx: vec![-1; n * width],
+        partial_num: vec![0; n],
+        partial_idx: vec![-1; n * width],
+        ..l.clone()
+    };
+    let mut it = rows.into_iter();
+    for b in 0..l.batches {
+        for h0 in (0..l.heads).step_by(group.max(1)) {
+            for q in 0..l.rows {
+                let (full, partial) = it.next().unwrap_or_default();
+                let i = at(b, h0, q);
+                out.full_num[i] = full.len() as i32;
+                out.partial_num[i] = partial.len() as i32;
+                out.full_idx[i * width..i * width + full.len()].copy_from_slice(&full);
+                out.partial_idx[i * width..i * width + partial.len()].copy_from_slice(&partial);
+            }
+        }
+    }
+    out
 }
 
 /// Every mask parameter as the kernel receives it (a missing one takes its default at the

@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Paged: key lengths `[B]` (.npy, int32).
     #[arg(long)]
     pub(super) seqlens_k: Option<PathBuf>,
+    /// Decode: key splits per sequence (default: chosen from the problem and the device,
+    /// `attnforge_codegen::serving::decode_splits`).
+    #[arg(long)]
+    pub(super) num_splits: Option<usize>,
 }
 
 /// The one way `run` executes a variant of either kind: the f64 reference, or its

@@ -8,12 +8,16 @@
 
 use attnforge_reference::{Element, Packed, PagedCache};
 use attnforge_runtime::codegen::check::MaskParams;
+use attnforge_runtime::codegen::emit::{emit_split_merge, emit_with, SymbolStyle};
 use attnforge_runtime::codegen::prelude::*;
 use attnforge_runtime::codegen::spec::Layout;
 use attnforge_runtime::exec::RunParams;
+use attnforge_runtime::exec::{self, ExecError};
 use attnforge_runtime::exec_serving::{self, ServingInputs, ServingKeys};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
+use attnforge_runtime::{build_kernel, build_with_cache, Compiler, KernelCache, KernelSource};
 use half::{bf16, f16};
+use std::sync::Arc;
 
 fn cases() -> u64 {
     std::env::var("ATTNFORGE_PROPTEST_CASES")
@@ -130,6 +134,66 @@ fn check<T: Element + SimElem>(
     }
 }
 
+/// Runtime parameters of a case: a random window for the sliding window, a softcap, the
+/// mask table's defaults otherwise.
+fn params(spec: &KernelSpec, seed: u64, max_sk: usize) -> RunParams {
+    let mut p = RunParams::default();
+    if let Some(def) = spec.mask.def() {
+        let mut m = MaskParams::new();
+        for q in def.params {
+            m.set(q.name, q.default.at(max_sk.max(1)));
+        }
+        p = p.with_mask(m);
+    }
+    if spec.mask == Mask::Local {
+        let mut rng = Rng(seed | 1);
+        let left = rng.below(80) as i32 - 1;
+        p = p.with_mask(
+            MaskParams::new()
+                .with("window_left", left)
+                .with("window_right", rng.below(3) as i32),
+        );
+    }
+    if spec.score == ScoreMod::Softcap {
+        p = p.with_softcap(20.0);
+    }
+    p
+}
+
+/// Random decode cases of `spec`: 1 to 4 sequences of 0..=16 tokens (zero-length ones
+/// included) and Sq_b..Sq_b + 150 keys, GQA groups of 1, 2, 4 or 8 on 1 or 2 kv heads, page
+/// sizes 1, 16 and 1024 (partially filled last pages), splits 1, 2, 3 and more than key tiles.
+fn property<T: Element + SimElem>(spec: &KernelSpec, salt: u64) {
+    for c in 0..cases() {
+        let seed = salt * 1000 + c;
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let b = 1 + rng.below(4);
+        let lens: Vec<(usize, usize)> = (0..b)
+            .map(|_| {
+                let sq = if rng.below(5) == 0 {
+                    0
+                } else {
+                    1 + rng.below(16)
+                };
+                (sq, sq + rng.below(151))
+            })
+            .collect();
+        let hkv = 1 + rng.below(2);
+        let group = [1, 2, 4, 8][rng.below(4)];
+        let page = [1, 16, 1024][rng.below(3)];
+        let max_sk = lens.iter().map(|l| l.1).max().unwrap_or(0);
+        let tiles = max_sk.div_ceil(32).max(1);
+        let splits = [1, 2, 3, tiles + 5][rng.below(4)];
+        let x = paged::<T>(seed, &lens, (hkv * group, hkv), spec.head_dim.get(), page);
+        let p = params(spec, seed, max_sk);
+        eprintln!(
+            "{} lens {lens:?} hkv {hkv} group {group} page {page} splits {splits}",
+            spec.canonical_name()
+        );
+        check(spec, &x, &p, splits, seed);
+    }
+}
+
 /// GQA 4 (two kv heads), causal f16 d64, page size 16: an empty sequence, 1, 3 and 16 query
 /// tokens (64 packed rows: one full M tile), key lengths off the tile grid; splits 1 (no
 /// merge), 2, 3 and 40 (more splits than key tiles: empty splits).
@@ -141,4 +205,141 @@ fn causal_gqa_splits() {
     for (i, splits) in [1, 2, 3, 40].into_iter().enumerate() {
         check(&spec, &x, &RunParams::default(), splits, i as u64);
     }
+}
+
+/// Tensor cores (f16, bf16) and the f32 FMA loop, with masks whose tiles are partial, a
+/// score modification per head (ALiBi: each packed row needs its own head's slope), a
+/// softcap and LM-Infinite (two scoring branches, the query rotated at its own position).
+#[test]
+fn random_layouts_masks_and_scores() {
+    property::<f16>(
+        &decode(DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Softcap),
+        1,
+    );
+    property::<bf16>(
+        &decode(DType::Bf16, HeadDim::D64, Mask::Causal, ScoreMod::Alibi),
+        2,
+    );
+    property::<f32>(
+        &decode(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::Alibi),
+        3,
+    );
+    property::<bf16>(
+        &decode(DType::Bf16, HeadDim::D64, Mask::LmInfinite, ScoreMod::None),
+        4,
+    );
+}
+
+/// `Sq_b > Sk_b` (full and causal, no split): rows before the first key are empty.
+#[test]
+fn more_queries_than_keys_without_splits() {
+    let spec = decode(DType::F16, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let x = paged::<f16>(3, &[(5, 2), (3, 0), (2, 40)], (4, 2), 64, 1);
+    check(&spec, &x, &RunParams::default(), 1, 0);
+}
+
+/// Bad decode inputs are refused before any launch, naming the field.
+#[test]
+fn bad_decode_inputs_are_refused_with_the_field() {
+    let spec = decode(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let tile = default_tile(&spec, Arch::Sm80).unwrap();
+    let paths = |x: &ServingInputs<f32>, splits: usize| -> Vec<String> {
+        let p = RunParams::default().with_num_splits(splits);
+        match exec_serving::simulate(&spec, &tile, x, &p, &cfg(0)) {
+            Err(ExecError::Spec(errs)) => errs.into_iter().map(|e| e.path).collect(),
+            Err(ExecError::Input { field, .. }) => vec![field],
+            other => panic!("expected a refusal, got {:?}", other.map(|r| r.blocks)),
+        }
+    };
+    let ok = paged::<f32>(1, &[(1, 20), (2, 9)], (4, 2), 64, 4);
+    assert_eq!(paths(&ok, 0), ["num_splits"]);
+    assert_eq!(paths(&ok, 100_000), ["num_splits"]);
+    let long = paged::<f32>(1, &[(1, 20), (17, 30)], (4, 2), 64, 4);
+    assert_eq!(paths(&long, 1), ["cu_seqlens_q[2]"]);
+    let short = paged::<f32>(1, &[(3, 2), (1, 9)], (4, 2), 64, 4);
+    assert_eq!(paths(&short, 2), ["cu_seqlens_q[1]"]);
+    let mut bad_table = ok.clone();
+    if let ServingKeys::Paged { block_table, .. } = &mut bad_table.keys {
+        block_table[0] = 999;
+    }
+    assert_eq!(paths(&bad_table, 2), ["block_table[0][0]"]);
+}
+
+/// One decode kernel (and one merge kernel) for every batch: different batch sizes, lengths,
+/// page tables, page sizes and split counts hit one NVRTC cache entry and one simulator
+/// kernel, each run equal to the reference.
+#[test]
+fn one_kernel_serves_every_batch_and_split_count() {
+    let spec = decode(DType::Bf16, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let tile = default_tile(&spec, Arch::Sm80).unwrap();
+    let runs = [
+        (paged::<bf16>(11, &[(1, 40), (1, 3)], (4, 1), 64, 16), 1),
+        (paged::<bf16>(12, &[(2, 130)], (4, 1), 64, 1), 3),
+        (
+            paged::<bf16>(13, &[(1, 7), (0, 4), (4, 90), (1, 64)], (4, 1), 64, 32),
+            9,
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(tmp.path());
+    let compiler = Compiler::global().expect("NVRTC (run `cargo xtask setup`)");
+    let first = exec::sim_kernel(&spec, &tile).unwrap();
+    for (i, (x, splits)) in runs.iter().enumerate() {
+        let k = emit_with(&spec, &tile, Arch::Sm80, SymbolStyle::WithTile).unwrap();
+        let src = KernelSource {
+            source: &k.source,
+            name: &k.name,
+            options: attnforge_runtime::CompileOptions::new(Arch::Sm80),
+        };
+        build_with_cache(compiler, &cache, &src).unwrap();
+        let entries = std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(entries, 1, "run {i}: one cache entry for every batch");
+        check(&spec, x, &RunParams::default(), *splits, i as u64);
+        assert!(
+            Arc::ptr_eq(&first, &exec::sim_kernel(&spec, &tile).unwrap()),
+            "run {i}: the simulator kernel was rebuilt"
+        );
+    }
+}
+
+/// The decode and merge kernels compile with NVRTC for sm_80 and sm_90 without spills or a
+/// stack frame (registers printed with `-- --nocapture`).
+#[test]
+fn decode_kernels_compile_without_spills() {
+    let specs = [
+        decode(DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None),
+        decode(DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Softcap),
+        decode(DType::Bf16, HeadDim::D128, Mask::LmInfinite, ScoreMod::None),
+        decode(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::Alibi),
+        decode(DType::F16, HeadDim::D256, Mask::Full, ScoreMod::None),
+    ];
+    let mut failures = Vec::new();
+    for arch in [Arch::Sm80, Arch::Sm90] {
+        let mut sources: Vec<(String, String)> = specs
+            .iter()
+            .map(|s| {
+                let tile = default_tile(s, Arch::Sm80).expect("a tile");
+                let k = emit_with(s, &tile, arch, SymbolStyle::WithTile).expect("emits");
+                (k.name, k.source)
+            })
+            .collect();
+        let m = emit_split_merge(DType::Bf16, HeadDim::D128);
+        sources.push((m.name, m.source));
+        for (name, source) in sources {
+            let b = build_kernel(&source, &name, arch)
+                .unwrap_or_else(|e| panic!("{name} (run `cargo xtask setup`): {e}"));
+            let r = &b.resources;
+            println!("{name} {}: {} registers", arch.sm_name(), r.registers);
+            if r.spill_store_bytes + r.spill_load_bytes + r.stack_frame_bytes > 0 {
+                failures.push(format!(
+                    "{name} {}: spills {} / {}, stack {}",
+                    arch.sm_name(),
+                    r.spill_store_bytes,
+                    r.spill_load_bytes,
+                    r.stack_frame_bytes
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

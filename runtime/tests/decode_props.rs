@@ -92,7 +92,7 @@ fn paged<T: Element>(
             };
         }
     }
-    let mut val = |rng: &mut Rng| T::from_f64(f64::from(rng.unit()));
+    let val = |rng: &mut Rng| T::from_f64(f64::from(rng.unit()));
     let k_cache = PagedCache::from_fn(num_pages, page_size, hkv, d, |_, _, _, _| val(&mut rng));
     let v_cache = PagedCache::from_fn(num_pages, page_size, hkv, d, |_, _, _, _| val(&mut rng));
     let tq = sq.iter().sum();

@@ -738,8 +738,26 @@ pub fn simulate<T: Element + SimElem>(
     cfg: &SimConfig,
 ) -> Result<ServingRun, ExecError> {
     let r = resolve(spec, Some(tile), x, p)?;
+    simulate_resolved(spec, tile, x, p, cfg, &r, true).map(|(run, _)| run)
+}
+
+/// The f32 partials of a split decode run: `o_part [splits, Tq, Hq, D]`, `lse_part [splits,
+/// Hq, Tq]` (empty without splits).
+type Partials = (Vec<f32>, Vec<f32>);
+
+/// [`simulate`] of resolved inputs; without `merge` a split decode's partials are returned
+/// unmerged (out and lse then stay NaN).
+fn simulate_resolved<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+    r: &Resolved,
+    merge: bool,
+) -> Result<(ServingRun, Partials), ExecError> {
     let kernel = exec::sim_kernel(spec, tile)?;
-    let args = host_args(spec, x, p, &r)?;
+    let args = host_args(spec, x, p, r)?;
     let (hq, d, tq) = (r.heads_q, spec.head_dim.get(), x.q.tokens);
     // NaN until written: a row the kernel misses fails the oracle
     let mut o = vec![T::from_f64(f64::NAN); tq * hq * d];
@@ -788,7 +806,7 @@ pub fn simulate<T: Element + SimElem>(
             cfg,
         )?;
         drop(sim_args);
-        if parts > 0 {
+        if parts > 0 && merge {
             merge_partials(
                 spec,
                 &o_part,
@@ -807,11 +825,92 @@ pub fn simulate<T: Element + SimElem>(
         heads: hq,
         dim: d,
     };
-    Ok(ServingRun {
+    let run = ServingRun {
         output,
         counters,
         blocks,
-    })
+    };
+    Ok((run, (o_part, lse_part)))
+}
+
+/// A split decode's partials, kernel against the split-KV reference
+/// ([`attnforge_reference::split_kv_partials`] with the run's splits, aligned to the tile's
+/// `block_n` as the kernel splits): each split's f32 partial `out`, `lse` (before the merge)
+/// by the oracle of [`check`] (f64 partial as the reference, the naive partial as the error
+/// scale). One report per split. Needs `num_splits > 1` and a mask of the dense reference
+/// (not LM-Infinite, whose reference has no split form).
+pub fn check_split_partials<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+) -> Result<Vec<ServingReport>, ExecError> {
+    let r = resolve(spec, Some(tile), x, p)?;
+    if spec.layout != Layout::Decode || r.splits < 2 {
+        return Err(input_err(
+            "num_splits",
+            format!(
+                "{} split(s) of a `{}` kernel: no partials",
+                r.splits,
+                spec.layout.tag()
+            ),
+            "pass a decode spec and RunParams::with_num_splits(2 or more)",
+        ));
+    }
+    if spec.mask.lm_infinite_scoring() {
+        return Err(input_err(
+            "mask",
+            "LM-Infinite's reference has no split form",
+            "check the merged result with `check` instead",
+        ));
+    }
+    let (mask, score) = reference_mask_score(spec, p, &r)?;
+    let split = reference::SplitKv {
+        num_splits: r.splits,
+        align: tile.block_n,
+    };
+    let parts = |precision| {
+        let opts = AttnOptions {
+            scale: Some(f64::from(r.scale)),
+            precision,
+        };
+        let kv = kv_layout(x);
+        reference::split_kv_partials(&x.q, &x.cu_seqlens_q, &kv, split, &mask, &score, &opts)
+            .map_err(serving_err)
+    };
+    let (want, naive) = (parts(Precision::F64)?, parts(Precision::Naive)?);
+    let (_, (o_part, lse_part)) = simulate_resolved(spec, tile, x, p, cfg, &r, false)?;
+    let (hq, d, tq) = (r.heads_q, spec.head_dim.get(), x.q.tokens);
+    let name = attnforge_codegen::name::canonical_name_with_tile(spec, tile);
+    let mut reports = Vec::with_capacity(r.splits);
+    for (s, (w, n)) in want.iter().zip(&naive).enumerate() {
+        let (o, l) = (s * tq * hq * d, s * hq * tq);
+        let output = VarlenOutput {
+            out: o_part[o..o + tq * hq * d]
+                .iter()
+                .map(|&e| f64::from(e))
+                .collect(),
+            lse: lse_part[l..l + hq * tq]
+                .iter()
+                .map(|&e| f64::from(e))
+                .collect(),
+            tokens: tq,
+            heads: hq,
+            dim: d,
+        };
+        let exec = Execution {
+            output: output.to_attn_output(),
+            counters: None,
+            dense_tiles: None,
+            stages: Vec::new(),
+            indices: Default::default(),
+        };
+        let label = format!("{name} split {s}");
+        let (w, n) = (w.to_attn_output(), n.to_attn_output());
+        reports.push(compare(&label, spec.dtype, exec, &w, &n)?);
+    }
+    Ok(reports)
 }
 
 fn buf<T: SimElem>(v: &[T]) -> SimArg<'_> {
@@ -925,6 +1024,18 @@ fn reference_resolved<T: Element>(
     if spec.mask.lm_infinite_scoring() {
         return lm_infinite_reference(x, r, &opts);
     }
+    let (mask, score) = reference_mask_score(spec, p, r)?;
+    reference::serving_attention(&x.q, &x.cu_seqlens_q, &kv_layout(x), &mask, &score, &opts)
+        .map_err(serving_err)
+}
+
+/// The reference's mask and score modification of a serving run (not LM-Infinite, whose
+/// scoring has its own reference).
+fn reference_mask_score(
+    spec: &KernelSpec,
+    p: &RunParams,
+    r: &Resolved,
+) -> Result<(reference::Mask, reference::ScoreMod), ExecError> {
     let mask = match &spec.mask {
         Mask::Builtin(m) => reference::Mask::builtin(m.tag(), &r.mask, &r.doc)?,
         Mask::Predicate(_) => {
@@ -963,8 +1074,7 @@ fn reference_resolved<T: Element>(
             reference::ScoreMod::function(move |s, b, h, i, j| f(s, b, h, i, j))
         }
     };
-    reference::serving_attention(&x.q, &x.cu_seqlens_q, &kv_layout(x), &mask, &score, &opts)
-        .map_err(serving_err)
+    Ok((mask, score))
 }
 
 /// LM-Infinite (its own scoring): each sequence's keys gathered into a one-batch dense

@@ -343,3 +343,27 @@ fn decode_kernels_compile_without_spills() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The kernel's split partials against the split-KV reference's (one report per split).
+fn check_parts<T: Element + SimElem>(spec: &KernelSpec, x: &ServingInputs<T>, splits: usize) {
+    let tile = default_tile(spec, Arch::Sm80).expect("a tile");
+    let p = RunParams::default().with_num_splits(splits);
+    match exec_serving::check_split_partials(spec, &tile, x, &p, &cfg(splits as u64)) {
+        Ok(reports) => assert_eq!(reports.len(), splits),
+        Err(e) => panic!("{} splits {splits}: {e}", spec.canonical_name()),
+    }
+}
+
+/// Each split's f32 partial (before the merge) equals the split-KV reference's partial over
+/// the same key range (`split_kv_partials`, aligned to the key tile): splits 3 and 40 (empty
+/// splits: out 0, lse -inf) on tensor cores, 2 on the f32 FMA loop with ALiBi.
+#[test]
+fn split_partials_equal_the_split_reference() {
+    let spec = decode(DType::F16, HeadDim::D64, Mask::Causal, ScoreMod::None);
+    let x = paged::<f16>(7, &[(1, 70), (0, 5), (3, 130), (16, 200)], (8, 2), 64, 16);
+    check_parts(&spec, &x, 3);
+    check_parts(&spec, &x, 40);
+    let spec = decode(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::Alibi);
+    let x32 = paged::<f32>(8, &[(2, 90), (1, 33)], (4, 1), 64, 1);
+    check_parts(&spec, &x32, 2);
+}

@@ -1,5 +1,8 @@
 //! Running a serving-layout kernel (variants.md section 13): packed variable-length
-//! sequences ([`Layout::Varlen`]) or a paged KV cache ([`Layout::Paged`]).
+//! sequences ([`Layout::Varlen`]), a paged KV cache ([`Layout::Paged`]) or decoding on a paged
+//! cache ([`Layout::Decode`]: GQA groups packed into the M tile, the keys split
+//! `RunParams::num_splits` ways, default [`decode_splits`]; with more than one split the
+//! simulator also runs the split-KV merge kernel on the f32 partials).
 //!
 //! [`validate`] checks the layout on the host before any launch
 //! ([`attnforge_codegen::serving::validate_serving`]: every error names the array and the

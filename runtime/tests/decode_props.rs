@@ -205,6 +205,15 @@ fn causal_gqa_splits() {
     for (i, splits) in [1, 2, 3, 40].into_iter().enumerate() {
         check(&spec, &x, &RunParams::default(), splits, i as u64);
     }
+    // the default count (decode_splits: 4 sequences x 2 kv heads x 1 row block = 8 blocks;
+    // 2 x 132 SMs want 33 splits, capped by the 4 key tiles of 200 keys)
+    let tile = default_tile(&spec, Arch::Sm80).expect("a tile");
+    let run = exec_serving::check(&spec, &tile, &x, &RunParams::default(), &cfg(5));
+    run.unwrap_or_else(|e| panic!("default splits: {e}"));
+    let blocks = exec_serving::simulate(&spec, &tile, &x, &RunParams::default(), &cfg(5))
+        .unwrap()
+        .blocks;
+    assert_eq!(blocks, 4 * 2 * 4, "4 splits x 2 kv heads x 4 sequences");
 }
 
 /// Tensor cores (f16, bf16) and the f32 FMA loop, with masks whose tiles are partial, a

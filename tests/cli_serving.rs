@@ -1,4 +1,4 @@
-//! `attnforge check --layout varlen|paged|decode`: catalog variants in the serving layouts on the
+//! `attnforge check --layout varlen|paged|decode|decode_varlen`: catalog variants in the serving layouts on the
 //! simulator, the variants a layout cannot serve listed as SKIP with the reason, and the
 //! serving layouts refused on a GPU backend.
 
@@ -8,7 +8,7 @@ use cli_common::*;
 
 #[test]
 fn check_runs_catalog_variants_in_the_serving_layouts() {
-    for layout in ["varlen", "paged", "decode"] {
+    for layout in ["varlen", "paged", "decode", "decode_varlen"] {
         let o = run(&[
             "check",
             "flash_fwd_causal_d64_f16",

@@ -551,6 +551,16 @@ struct af_varlen_layout {
         return af_serving_block<BM>(a, blk, q0, cu_q[b + 1] - q0, cu_k[b + 1] - k0, a.k + (long long)k0 * a.k_stride_s,
                                     a.v + (long long)k0 * a.v_stride_s);
     }
+    // sequence b's keys (for af_decode_layout): key count, k and v rows of key 0, no pages
+    template <typename T>
+    __device__ __forceinline__ void seq_keys(const af_fwd_args<T>& a, int b, int& sk, const T*& kb, const T*& vb,
+                                             const int*& pages) const {
+        const int k0 = cu_k[b];
+        sk = cu_k[b + 1] - k0;
+        kb = a.k + (long long)k0 * a.k_stride_s;
+        vb = a.v + (long long)k0 * a.v_stride_s;
+        pages = nullptr;
+    }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
     template <typename T>
@@ -579,6 +589,15 @@ struct af_paged_layout {
         const bool live = af_serving_block<BM>(a, blk, q0, cu_q[b + 1] - q0, seqlens_k[b], a.k, a.v);
         blk.pages = block_table + (long long)b * max_pages;
         return live;
+    }
+    // sequence b's keys (for af_decode_layout): key count, the caches, its block-table row
+    template <typename T>
+    __device__ __forceinline__ void seq_keys(const af_fwd_args<T>& a, int b, int& sk, const T*& kb, const T*& vb,
+                                             const int*& pages) const {
+        sk = seqlens_k[b];
+        kb = a.k;
+        vb = a.v;
+        pages = block_table + (long long)b * max_pages;
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
@@ -813,7 +832,8 @@ struct af_packed_near {
     }
 };
 
-// Decode on a paged cache (variants.md section 13; Sq_b of 1..16 tokens per sequence): one
+// Decode (variants.md section 13; Sq_b of 1..16 tokens per sequence) on the keys of `Keys`
+// (af_paged_layout: a paged cache; af_varlen_layout: packed keys): one
 // block per (packed row block, split, kv head hkv = blockIdx.y, sequence b = blockIdx.z). The
 // M tile packs the Sq_b tokens of the Hq / Hkv query heads of kv head hkv (af_packed_rows), so
 // every K/V tile is read once for the whole group; blockIdx.x = split + num_splits * (row
@@ -822,16 +842,21 @@ struct af_packed_near {
 // af_split_schedule) and, when num_splits > 1, writes f32 partials o_part [num_splits, Tq, Hq,
 // D] and lse_part [num_splits, Hq, Tq] that af_split_merge merges; num_splits = 1 writes o and
 // lse directly. Grid: num_splits ceil(Hq / Hkv max_b Sq_b / BM) x Hkv x B.
+template <class Keys>
 struct af_decode_layout {
-    static constexpr bool CONTIGUOUS_KV = false;
+    static constexpr bool CONTIGUOUS_KV = Keys::CONTIGUOUS_KV;
     static constexpr bool PACKED = true;
-    af_paged_layout keys;  // the page table (kv_row) and cu_seqlens_q, seqlens_k
+    Keys keys;  // cu_q, each sequence's keys (seq_keys) and their rows (kv_row)
     int num_splits;
     float* o_part;
     float* lse_part;
     template <int BM, typename T>
     __device__ __forceinline__ bool block(const af_fwd_args<T>& a, af_fwd_block<T>& blk) const {
-        const int b = blockIdx.z, q0 = keys.cu_q[b], sq = keys.cu_q[b + 1] - q0, sk = keys.seqlens_k[b];
+        const int b = blockIdx.z, q0 = keys.cu_q[b], sq = keys.cu_q[b + 1] - q0;
+        int sk;
+        const T* kb;
+        const T* vb;
+        keys.seq_keys(a, b, sk, kb, vb, blk.pages);
         const int group = a.heads_q / a.heads_kv;
         const long long rows = (long long)group * sq;  // packed rows of the group
         blk.b = b;
@@ -855,11 +880,10 @@ struct af_decode_layout {
         blk.p_lo = (one_head ? r0 % sq : 0) + blk.rows.shift;
         blk.p_hi = (one_head ? last % sq : sq - 1) + blk.rows.shift;
         blk.qb = a.q + (long long)q0 * a.q_stride_s + (long long)blk.h * a.q_stride_h;
-        blk.kb = a.k + (long long)blk.hkv * a.k_stride_h;
-        blk.vb = a.v + (long long)blk.hkv * a.v_stride_h;
+        blk.kb = kb + (long long)blk.hkv * a.k_stride_h;
+        blk.vb = vb + (long long)blk.hkv * a.v_stride_h;
         blk.ob = a.o + (long long)q0 * a.o_stride_s + (long long)blk.h * a.o_stride_h;
         blk.q0 = q0;
-        blk.pages = keys.block_table + (long long)b * keys.max_pages;
         return true;
     }
     template <typename T>

@@ -523,6 +523,13 @@ pub fn serving_args(layout: Layout) -> &'static [(&'static str, ServingArg)] {
             ("o_part", ServingArg::OutPartial),
             ("lse_part", ServingArg::LsePartial),
         ],
+        Layout::DecodeVarlen => &[
+            ("cu_seqlens_q", ServingArg::CuSeqlensQ),
+            ("cu_seqlens_k", ServingArg::CuSeqlensK),
+            ("num_splits", ServingArg::NumSplits),
+            ("o_part", ServingArg::OutPartial),
+            ("lse_part", ServingArg::LsePartial),
+        ],
     }
 }
 
@@ -635,7 +642,7 @@ impl LaunchMetadata {
                     "heads_q".into(),
                     "batch".into(),
                 ],
-                Layout::Decode => [
+                Layout::Decode | Layout::DecodeVarlen => [
                     "num_splits * ceil(heads_q / heads_kv * max_seqlen_q / block_m)".into(),
                     "heads_kv".into(),
                     "batch".into(),
@@ -685,6 +692,12 @@ fn requirements(spec: &KernelSpec, tile: &TileConfig) -> Vec<String> {
              merge kernel (af_split_merge_*) on them to write o, lse; num_splits = 1 writes o, lse \
              directly (o_part, lse_part may be null); grid (num_splits * ceil(Hq / Hkv * max_b Sq_b \
              / block_m), Hkv, B)"
+                .to_owned(),
+        ),
+        Layout::DecodeVarlen => r.push(
+            "decode_varlen: the varlen arrays and packed k, v as above (1..=16 query tokens per \
+             sequence), then num_splits, o_part, lse_part and the merge kernel as for decode; grid \
+             (num_splits * ceil(Hq / Hkv * max_b Sq_b / block_m), Hkv, B)"
                 .to_owned(),
         ),
     }

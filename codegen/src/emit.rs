@@ -183,7 +183,7 @@ fn header(o: &mut String, ir: &KernelIr) {
         ),
     };
     let _ = writeln!(o, "// mainloop: {mainloop} | tiles: {sched}");
-    if ir.spec.layout == crate::spec::Layout::Decode {
+    if ir.spec.layout.is_decode() {
         let _ = writeln!(
             o,
             "// grid: (num_splits * ceil(heads_q / heads_kv * max_b Sq_b / {}), heads_kv, batch), block: ({}, 1, 1)",
@@ -271,7 +271,7 @@ fn kernel(o: &mut String, ir: &KernelIr) {
         Mainloop::Wgmma => "af_fwd_wg",
     };
     let layout = layout(o, ir);
-    let schedule = if ir.spec.layout == crate::spec::Layout::Decode {
+    let schedule = if ir.spec.layout.is_decode() {
         o.push_str("    // the block's key split of the schedule's tiles\n    const auto split_schedule = af_split(schedule);\n");
         "split_schedule"
     } else {
@@ -316,8 +316,15 @@ fn layout(o: &mut String, ir: &KernelIr) -> &'static str {
         Layout::Decode => {
             o.push_str(
                 "    // decode: the GQA group's query heads packed into the M tile, keys split num_splits ways\n    \
-                 const af_decode_layout layout = {af_paged_layout(cu_seqlens_q, block_table, seqlens_k, max_pages, page_size),\n    \
-                                                  num_splits, o_part, lse_part};\n",
+                 const af_decode_layout<af_paged_layout> layout = {\n        \
+                 af_paged_layout(cu_seqlens_q, block_table, seqlens_k, max_pages, page_size), num_splits, o_part, lse_part};\n",
+            );
+            ", layout"
+        }
+        Layout::DecodeVarlen => {
+            o.push_str(
+                "    // decode over packed keys: the GQA group's query heads packed into the M tile, keys split num_splits ways\n    \
+                 const af_decode_layout<af_varlen_layout> layout = {{cu_seqlens_q, cu_seqlens_k}, num_splits, o_part, lse_part};\n",
             );
             ", layout"
         }

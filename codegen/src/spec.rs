@@ -372,6 +372,9 @@ pub enum Layout {
     /// arrays, each GQA group's query heads packed into the M tile, the keys split across
     /// `num_splits` blocks per sequence (a runtime argument) and merged by log-sum-exp.
     Decode,
+    /// [`Layout::Decode`] over packed keys (the varlen layout's `k, v: [Tk, Hkv, D]` with
+    /// `cu_seqlens_k`): doc masks read their ids packed like the keys.
+    DecodeVarlen,
 }
 
 impl Layout {
@@ -386,10 +389,21 @@ impl Layout {
             Layout::Varlen => "varlen",
             Layout::Paged => "paged",
             Layout::Decode => "decode",
+            Layout::DecodeVarlen => "decode_varlen",
         }
     }
     /// Every layout.
-    pub const ALL: [Layout; 4] = [Layout::Dense, Layout::Varlen, Layout::Paged, Layout::Decode];
+    pub const ALL: [Layout; 5] = [
+        Layout::Dense,
+        Layout::Varlen,
+        Layout::Paged,
+        Layout::Decode,
+        Layout::DecodeVarlen,
+    ];
+    /// Whether this is a decode layout (GQA packing, split-KV, a merge kernel).
+    pub fn is_decode(self) -> bool {
+        matches!(self, Layout::Decode | Layout::DecodeVarlen)
+    }
     /// Whether keys come from a paged cache (`block_table`, `seqlens_k`).
     pub fn is_paged(self) -> bool {
         matches!(self, Layout::Paged | Layout::Decode)

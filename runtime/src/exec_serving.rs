@@ -171,7 +171,12 @@ pub fn validate<T: Element>(
 }
 
 fn check_tensors<T: Element>(spec: &KernelSpec, x: &ServingInputs<T>) -> Result<(), ExecError> {
-    if !(spec.layout == x.layout() || spec.layout == Layout::Decode && x.layout().is_paged()) {
+    let keys_fit = match spec.layout {
+        Layout::Decode => x.layout() == Layout::Paged,
+        Layout::DecodeVarlen => x.layout() == Layout::Varlen,
+        l => l == x.layout(),
+    };
+    if !keys_fit {
         return Err(input_err(
             "layout",
             format!(
@@ -358,7 +363,7 @@ fn resolve<T: Element>(
     };
     if spec.mask.uses_block_lists() {
         let lists = sequence_lists(spec, x, p, &r)?;
-        r.lists = Some(if spec.layout == Layout::Decode && lists.heads > 1 {
+        r.lists = Some(if spec.layout.is_decode() && lists.heads > 1 {
             group_lists(&lists, r.heads_q / r.heads_kv)
         } else {
             lists
@@ -377,13 +382,10 @@ fn decode_split_count<T>(
     geo: &ServingGeometry,
     heads_kv: usize,
 ) -> Result<usize, ExecError> {
-    if spec.layout != Layout::Decode {
+    if !spec.layout.is_decode() {
         return Ok(1);
     }
-    let seqlens_k = match &x.keys {
-        ServingKeys::Paged { seqlens_k, .. } => &seqlens_k[..],
-        ServingKeys::Varlen { .. } => &[],
-    };
+    let seqlens_k: Vec<i32> = key_lens(x).into_iter().map(|(sk, _)| sk as i32).collect();
     // the tile's key width bounds the useful splits (the default tile when none is given)
     let (bm, bn) = tile
         .map(|t| (t.block_m, t.block_n))
@@ -396,7 +398,7 @@ fn decode_split_count<T>(
     let sq_gt_sk = x
         .cu_seqlens_q
         .windows(2)
-        .zip(seqlens_k)
+        .zip(&seqlens_k)
         .any(|(w, &sk)| w[1] - w[0] > sk);
     let splits = p.num_splits.unwrap_or_else(|| {
         if sq_gt_sk {
@@ -411,7 +413,7 @@ fn decode_split_count<T>(
             )
         }
     });
-    validate_decode(&x.cu_seqlens_q, seqlens_k, splits).map_err(ExecError::Spec)?;
+    validate_decode(&x.cu_seqlens_q, &seqlens_k, splits).map_err(ExecError::Spec)?;
     Ok(splits)
 }
 
@@ -765,7 +767,7 @@ fn simulate_resolved<T: Element + SimElem>(
     // NaN until written: a row the kernel misses fails the oracle
     let mut o = vec![T::from_f64(f64::NAN); tq * hq * d];
     let mut lse = vec![f32::NAN; hq * tq];
-    let decode = spec.layout == Layout::Decode;
+    let decode = spec.layout.is_decode();
     let geo = if decode {
         let heads = (hq, r.heads_kv);
         LaunchGeometry::decode(spec, tile, r.geo.batch, heads, r.geo.max_seqlen_q, r.splits)
@@ -850,7 +852,7 @@ pub fn check_split_partials<T: Element + SimElem>(
     cfg: &SimConfig,
 ) -> Result<Vec<ServingReport>, ExecError> {
     let r = resolve(spec, Some(tile), x, p)?;
-    if spec.layout != Layout::Decode || r.splits < 2 {
+    if !spec.layout.is_decode() || r.splits < 2 {
         return Err(input_err(
             "num_splits",
             format!(

@@ -376,3 +376,44 @@ fn split_partials_equal_the_split_reference() {
     let x32 = paged::<f32>(8, &[(2, 90), (1, 33)], (4, 1), 64, 1);
     check_parts(&spec, &x32, 2);
 }
+
+/// Decode over packed keys (`Layout::DecodeVarlen`): causal GQA 4 with splits 1, 3 and more
+/// than key tiles, and a doc mask (ids packed like the keys, read per sequence) with 2 splits.
+#[test]
+fn decode_over_varlen_keys() {
+    let lens = [(1, 70), (0, 5), (3, 130), (16, 100)];
+    let (sq, sk): (Vec<usize>, Vec<usize>) = lens.iter().copied().unzip();
+    let mut rng = Rng(21);
+    let mut val = || f16::from_f64(f64::from(rng.unit()));
+    let (tq, tk) = (sq.iter().sum(), sk.iter().sum());
+    let x = ServingInputs {
+        q: Packed::from_fn(tq, 8, 64, |_, _, _| val()),
+        cu_seqlens_q: cu(&sq),
+        keys: ServingKeys::Varlen {
+            k: Packed::from_fn(tk, 2, 64, |_, _, _| val()),
+            v: Packed::from_fn(tk, 2, 64, |_, _, _| val()),
+            cu_seqlens_k: cu(&sk),
+        },
+    };
+    let mut spec = KernelSpec::new(DType::F16, HeadDim::D64, Mask::Causal, ScoreMod::None)
+        .with_layout(Layout::DecodeVarlen);
+    spec.gqa = true;
+    for splits in [1, 3, 9] {
+        check(&spec, &x, &RunParams::default(), splits, splits as u64);
+    }
+    // documents of 23 keys after a question of a fifth of each sequence's keys
+    let doc: Vec<i32> = sk
+        .iter()
+        .flat_map(|&n| {
+            (0..n).map(move |j| {
+                if j < n / 5 {
+                    0
+                } else {
+                    1 + (j / 23 % 3) as i32
+                }
+            })
+        })
+        .collect();
+    spec.mask = Mask::CausalDocument;
+    check(&spec, &x, &RunParams::default().with_doc(doc), 2, 7);
+}

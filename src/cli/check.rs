@@ -108,6 +108,9 @@ pub enum LayoutArg {
     Paged,
     /// Decoding (1..16 tokens per sequence) on a paged cache, split-KV.
     Decode,
+    /// Decoding over packed keys (`cu_seqlens_k`), split-KV.
+    #[value(name = "decode_varlen")]
+    DecodeVarlen,
 }
 
 impl LayoutArg {
@@ -117,6 +120,7 @@ impl LayoutArg {
             LayoutArg::Varlen => Layout::Varlen,
             LayoutArg::Paged => Layout::Paged,
             LayoutArg::Decode => Layout::Decode,
+            LayoutArg::DecodeVarlen => Layout::DecodeVarlen,
         }
     }
 }

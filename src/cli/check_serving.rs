@@ -38,7 +38,7 @@ pub(super) fn unsupported(sf: &SpecFile, layout: Layout) -> Option<String> {
 /// included) where the variant defines it.
 fn lengths(sf: &SpecFile, layout: Layout, splits: usize) -> Vec<(usize, usize)> {
     let p = sf.problem;
-    if layout == Layout::Decode {
+    if layout.is_decode() {
         // 1..16 tokens: one, a few, the most (16, with 70 keys: off the tile grid)
         let mut v = vec![
             (1, p.seq_k),
@@ -204,6 +204,7 @@ pub(super) fn check_serving(
     let runs: &[(usize, usize)] = match layout {
         Layout::Paged => &[(1, 1), (16, 1)],
         Layout::Decode => &[(1, 1), (16, 2), (16, 64)],
+        Layout::DecodeVarlen => &[(1, 1), (1, 2), (1, 64)],
         Layout::Dense | Layout::Varlen => &[(1, 1)],
     };
     let mut worst: Option<CloseReport> = None;

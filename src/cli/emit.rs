@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use attnforge::codegen::emit::{emit, EmittedKernel};
-use attnforge::codegen::spec::{KernelSpec, Layout};
+use attnforge::codegen::spec::KernelSpec;
 use attnforge::codegen::tile::Arch;
 use attnforge::npy::write_bytes_atomic;
 use clap::Args;
@@ -174,7 +174,7 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
         k.metadata.dynamic_smem_bytes,
         regs
     );
-    if sf.spec.layout == Layout::Decode {
+    if sf.spec.layout.is_decode() {
         emit_merge(&sf.spec, &a.out_dir)?;
     }
     if backward {

@@ -57,10 +57,12 @@ Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes 
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
 Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).
 
-Serving layouts (a spec with layout = \"varlen\" | \"paged\", docs/serving.md; backends sim and
-reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1]; varlen k, v [Tk, Hkv, D] with
---cu-seqlens-k [B + 1]; paged k, v caches [num_pages, page_size, Hkv, D] with --block-table
-[B, max_pages] and --seqlens-k [B] (int32 .npy); --doc ids packed like the keys [Tk]. Writes
+Serving layouts (a spec with layout = \"varlen\" | \"paged\" | \"decode\" | \"decode_varlen\",
+docs/serving.md; backends sim and reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1];
+varlen k, v [Tk, Hkv, D] with --cu-seqlens-k [B + 1]; paged k, v caches [num_pages, page_size,
+Hkv, D] with --block-table [B, max_pages] and --seqlens-k [B] (int32 .npy); --doc ids packed
+like the keys [Tk]. Decode (1..16 tokens per sequence; decode: paged keys, decode_varlen:
+packed keys) takes --num-splits (default: chosen from the problem and the device). Writes
 out [Tq, Hq, D] and lse [Hq, Tq]. The layout arrays are checked before any launch.";
 
 /// Backend of `run`.

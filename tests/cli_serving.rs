@@ -60,7 +60,7 @@ fn vals(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `run` of a varlen, a paged and a decode spec file on the simulator equals `run` on the reference
+/// `run` of a varlen, a paged and two decode spec files on the simulator equals `run` on the reference
 /// (out [Tq, Hq, D], lse [Hq, Tq]); a missing layout array is an error naming the flag.
 #[test]
 fn run_takes_the_layout_arrays() {
@@ -76,13 +76,14 @@ fn run_takes_the_layout_arrays() {
     write_npy(&p("ck.npy"), &[3], &[0i32, 4, 9], c);
     write_npy(&p("bt.npy"), &[2, 3], &[3i32, -1, -1, 1, 0, 2], c);
     write_npy(&p("sk.npy"), &[2], &[3i32, 9], c);
-    for layout in ["varlen", "paged", "decode"] {
+    for layout in ["varlen", "paged", "decode", "decode_varlen"] {
+        let paged = layout == "paged" || layout == "decode";
         let spec = p(&format!("{layout}.toml"));
         let toml =
             format!("dtype = \"f32\"\nhead_dim = 64\nlayout = \"{layout}\"\nmask = \"causal\"\n");
         std::fs::write(&spec, toml).unwrap();
         let s = |n: &str| p(n).to_string_lossy().to_string();
-        let (kf, vf) = if layout != "varlen" {
+        let (kf, vf) = if paged {
             ("kc.npy", "vc.npy")
         } else {
             ("k.npy", "v.npy")
@@ -111,19 +112,19 @@ fn run_takes_the_layout_arrays() {
                 "--backend".into(),
                 backend.into(),
             ];
-            if layout != "varlen" {
+            if paged {
                 args.extend([
                     "--block-table".into(),
                     s("bt.npy"),
                     "--seqlens-k".into(),
                     s("sk.npy"),
                 ]);
-                if layout == "decode" {
-                    // two splits: the decode kernel's f32 partials and the merge kernel
-                    args.extend(["--num-splits".into(), "2".into()]);
-                }
             } else {
                 args.extend(["--cu-seqlens-k".into(), s("ck.npy")]);
+            }
+            if layout.starts_with("decode") {
+                // two splits: the decode kernel's f32 partials and the merge kernel
+                args.extend(["--num-splits".into(), "2".into()]);
             }
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = run(&argv);

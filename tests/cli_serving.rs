@@ -1,4 +1,4 @@
-//! `attnforge check --layout varlen|paged`: catalog variants in the serving layouts on the
+//! `attnforge check --layout varlen|paged|decode|decode_varlen`: catalog variants in the serving layouts on the
 //! simulator, the variants a layout cannot serve listed as SKIP with the reason, and the
 //! serving layouts refused on a GPU backend.
 
@@ -8,7 +8,7 @@ use cli_common::*;
 
 #[test]
 fn check_runs_catalog_variants_in_the_serving_layouts() {
-    for layout in ["varlen", "paged"] {
+    for layout in ["varlen", "paged", "decode", "decode_varlen"] {
         let o = run(&[
             "check",
             "flash_fwd_causal_d64_f16",
@@ -60,7 +60,7 @@ fn vals(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `run` of a varlen and a paged spec file on the simulator equals `run` on the reference
+/// `run` of a varlen, a paged and two decode spec files on the simulator equals `run` on the reference
 /// (out [Tq, Hq, D], lse [Hq, Tq]); a missing layout array is an error naming the flag.
 #[test]
 fn run_takes_the_layout_arrays() {
@@ -76,13 +76,14 @@ fn run_takes_the_layout_arrays() {
     write_npy(&p("ck.npy"), &[3], &[0i32, 4, 9], c);
     write_npy(&p("bt.npy"), &[2, 3], &[3i32, -1, -1, 1, 0, 2], c);
     write_npy(&p("sk.npy"), &[2], &[3i32, 9], c);
-    for layout in ["varlen", "paged"] {
+    for layout in ["varlen", "paged", "decode", "decode_varlen"] {
+        let paged = layout == "paged" || layout == "decode";
         let spec = p(&format!("{layout}.toml"));
         let toml =
             format!("dtype = \"f32\"\nhead_dim = 64\nlayout = \"{layout}\"\nmask = \"causal\"\n");
         std::fs::write(&spec, toml).unwrap();
         let s = |n: &str| p(n).to_string_lossy().to_string();
-        let (kf, vf) = if layout == "paged" {
+        let (kf, vf) = if paged {
             ("kc.npy", "vc.npy")
         } else {
             ("k.npy", "v.npy")
@@ -111,7 +112,7 @@ fn run_takes_the_layout_arrays() {
                 "--backend".into(),
                 backend.into(),
             ];
-            if layout == "paged" {
+            if paged {
                 args.extend([
                     "--block-table".into(),
                     s("bt.npy"),
@@ -120,6 +121,10 @@ fn run_takes_the_layout_arrays() {
                 ]);
             } else {
                 args.extend(["--cu-seqlens-k".into(), s("ck.npy")]);
+            }
+            if layout.starts_with("decode") {
+                // two splits: the decode kernel's f32 partials and the merge kernel
+                args.extend(["--num-splits".into(), "2".into()]);
             }
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = run(&argv);
@@ -164,4 +169,43 @@ fn run_takes_the_layout_arrays() {
             text(&out)
         );
     }
+}
+
+/// `emit` of a decode spec writes the decode kernel and its split-KV merge kernel, each with
+/// launch metadata (the decode grid over kv heads and splits).
+#[test]
+fn emit_writes_the_decode_and_merge_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("decode.toml");
+    std::fs::write(
+        &spec,
+        "dtype = \"bf16\"\nhead_dim = 64\nlayout = \"decode\"\nmask = \"causal\"\ngqa = true\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "emit",
+        spec.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--no-ptxas",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("flash_fwd_causal_d64_bf16_gqa_decode.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["grid"][1], "heads_kv", "{meta}");
+    let names: Vec<&str> = meta["signature"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.ends_with(&["num_splits", "o_part", "lse_part"]),
+        "{names:?}"
+    );
+    assert!(out.join("af_split_merge_d64_bf16.cu").exists());
+    assert!(out.join("af_split_merge_d64_bf16.json").exists());
 }

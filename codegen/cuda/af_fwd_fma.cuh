@@ -9,23 +9,23 @@
 
 // ---- loads, per scoring policy ----
 // Q tile -> shared as f32 (rows past seq_q are zero); the scale is applied to the dot product.
-template <class Tile, typename T, class SQ>
+template <class Tile, typename T, class SQ, class Layout>
 __device__ __forceinline__ void af_fma_load_q(const af_dot_scoring&, const SQ& sQ, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, int tid) {
+                                              const af_fwd_block<T>& blk, const Layout& layout, int tid) {
     constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
     for (int idx = tid; idx < BM * D; idx += NT) {
         const int r = idx / D, d = idx % D;
         const long long row = blk.m0 + r;
-        sQ[idx] = row < blk.seq_q ? af_to_float(blk.qb[row * a.q_stride_s + d]) : 0.f;
+        sQ[idx] = row < blk.seq_q ? af_to_float(blk.qb[af_q_off(layout, a, blk, row) + d]) : 0.f;
     }
 }
 
 // LM-Infinite: Q tile -> shared, rotated at its position (branch 0, near) and at Deff (branch 1,
 // far), rounded to the input dtype (the LM-Infinite contract). RoPE per element pair, kept
 // rolled: one copy of the rotation code.
-template <class Tile, typename T, class SQ>
+template <class Tile, typename T, class SQ, class Layout>
 __device__ __forceinline__ void af_fma_load_q(const af_lminf_scoring& sc, const SQ& sQ, const af_fwd_args<T>& a,
-                                              const af_fwd_block<T>& blk, int tid) {
+                                              const af_fwd_block<T>& blk, const Layout& layout, int tid) {
     constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
     const T* tag = nullptr;
 #pragma unroll 1
@@ -34,12 +34,12 @@ __device__ __forceinline__ void af_fma_load_q(const af_lminf_scoring& sc, const 
         const long long row = blk.m0 + r;
         float x0 = 0.f, x1 = 0.f;
         if (row < blk.seq_q) {
-            x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
-            x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
+            x0 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m]);
+            x1 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m + D / 2]);
         }
         const float f = af_rope_freq(m, D, sc.log2_theta);
         float y0 = x0, y1 = x1;
-        af_rope_pair(x0, x1, row + blk.shift, f);
+        af_rope_pair(x0, x1, af_q_pos(layout, blk, row), f);
         af_rope_pair(y0, y1, sc.d_eff, f);
         sQ[r * D + m] = af_round_as(tag, x0);
         sQ[r * D + m + D / 2] = af_round_as(tag, x1);
@@ -136,8 +136,8 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
     af_fwd_block<T> blk;
     if (!layout.template block<BM>(a, blk)) return;  // past its sequence's rows (whole block)
     const Scoring sc = scoring.for_seq(blk.seq_k);
-    const auto hooks = block_hooks(blk.b, blk.h);
-    af_fma_load_q<Tile>(sc, sQ, a, blk, tid);
+    const auto hooks = af_layout_hooks(layout, block_hooks, blk);  // per row under a packed layout
+    af_fma_load_q<Tile>(sc, sQ, a, blk, layout, tid);
 
     // online softmax state (score units) and output accumulators, per owned row
     float m_i[ROWS], l_i[ROWS], acc[ROWS][DPL];
@@ -172,7 +172,7 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
 
         af_bits_t<ROWS * CPL> okb, nearb;
         af_element_bits<BM, BN, ROWS, CPL>(
-            okb, nearb, hooks.mask, sc, kind, br, blk, n0, blk.seq_k, [&](int r) { return warp * ROWS + r; },
+            okb, nearb, hooks.mask, af_row_scoring(layout, sc, blk), kind, br, blk, n0, blk.seq_k, [&](int r) { return warp * ROWS + r; },
             [&](int c) { return lane + 32 * c; }, [](int r, int c) { return r * CPL + c; });
         // score mod, mask bits, online softmax; P -> shared
 #pragma unroll
@@ -235,9 +235,16 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
         if (row < blk.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
+            if (af_writes_partial(layout)) {  // a split decode block: f32 partials for the merge
+                float* dst = af_o_partial(layout, a, blk, row);
 #pragma unroll
-            for (int t = 0; t < DPL; ++t) af_store(blk.ob + row * a.o_stride_s + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
-            if (lane == 0 && a.lse != nullptr) a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
+                for (int t = 0; t < DPL; ++t) dst[lane + 32 * t] = empty ? 0.f : acc[r][t] * inv;
+            } else {
+#pragma unroll
+                for (int t = 0; t < DPL; ++t) af_store(blk.ob + af_o_off(layout, a, blk, row) + lane + 32 * t, empty ? 0.f : acc[r][t] * inv);
+            }
+            float* const lse = af_lse_out(layout, a);
+            if (lane == 0 && lse != nullptr) lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
 }

@@ -24,9 +24,9 @@ template <> struct af_tc_type<__nv_bfloat16> {
 
 // ---- loads, per scoring policy ----
 // Q tile -> shared with cp.async (lands with the first committed group); rows past seq_q are zero.
-template <class Tile, typename T, class SQ>
+template <class Tile, typename T, class SQ, class Layout>
 __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ, const af_fwd_args<T>& a,
-                                             const af_fwd_block<T>& blk, int tid, T zero) {
+                                             const af_fwd_block<T>& blk, const Layout& layout, int tid, T zero) {
     constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
     // cp.async needs 16-byte aligned rows: base pointer and row stride a multiple of 8 elements
     const bool vec_q = (((unsigned long long)blk.qb & 15) | (unsigned long long)(a.q_stride_s & 7)) == 0;
@@ -35,10 +35,10 @@ __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ
         const long long row = blk.m0 + r;
         const int off = af_swz<D>(r, c);
         if (row < blk.seq_q && vec_q) {
-            af_cp_async_16(&sQ[off], blk.qb + row * a.q_stride_s + c);
+            af_cp_async_16(&sQ[off], blk.qb + af_q_off(layout, a, blk, row) + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
-            for (int e = 0; e < 8; ++e) sQ[off + e] = row < blk.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
+            for (int e = 0; e < 8; ++e) sQ[off + e] = row < blk.seq_q ? blk.qb[af_q_off(layout, a, blk, row) + c + e] : zero;
         }
     }
 }
@@ -46,9 +46,9 @@ __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ
 // LM-Infinite: Q tile -> shared, rotated at its position (branch 0, near) and at Deff (branch 1,
 // far) through registers; rows past seq_q are zero. RoPE per element pair, kept rolled: one copy
 // of the rotation code.
-template <class Tile, typename T, class SQ>
+template <class Tile, typename T, class SQ, class Layout>
 __device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const SQ& sQ, const af_fwd_args<T>& a,
-                                             const af_fwd_block<T>& blk, int tid, T) {
+                                             const af_fwd_block<T>& blk, const Layout& layout, int tid, T) {
     constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
     using TT = af_tc_type<T>;
 #pragma unroll 1
@@ -57,12 +57,12 @@ __device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const S
         const long long row = blk.m0 + r;
         float x0 = 0.f, x1 = 0.f;
         if (row < blk.seq_q) {
-            x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
-            x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
+            x0 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m]);
+            x1 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m + D / 2]);
         }
         const float f = af_rope_freq(m, D, sc.log2_theta);
         float y0 = x0, y1 = x1;
-        af_rope_pair(x0, x1, row + blk.shift, f);
+        af_rope_pair(x0, x1, af_q_pos(layout, blk, row), f);
         af_rope_pair(y0, y1, sc.d_eff, f);
         const int o0 = af_swz<D>(r, m), o1 = af_swz<D>(r, m + D / 2);
         sQ[o0] = TT::from(x0);
@@ -306,7 +306,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_fwd_block<T> blk;
     if (!layout.template block<BM>(a, blk)) return;  // past its sequence's rows (whole block)
     const Scoring sc = scoring.for_seq(blk.seq_k);
-    const auto hooks = block_hooks(blk.b, blk.h);
+    const auto hooks = af_layout_hooks(layout, block_hooks, blk);  // per row under a packed layout
     const T zero = TT::from(0.f);
     const bool vec_kv = af_tc_kv_vector(sc, a, blk);
     // the row max of raw scores is the max in log2 units only for a positive scale
@@ -321,7 +321,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(sQ, warp * WM + (lane & 15), lane >> 4);
     const af_tc_frag_addr<D> k_frag = af_tc_frag_addr_of<D>(sK, (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
     const af_tc_frag_addr<D> v_frag = af_tc_frag_addr_of<D>(sV, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-    af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
+    af_tc_load_q<Tile>(sc, sQ, a, blk, layout, tid, zero);
 
     // online softmax state (log2 domain) of this thread's rows: r = 2 sl + h is row g + 8 h
     // (g = lane / 4) of slab sl; the O accumulators, C fragments of the D / 8 output n8 tiles
@@ -441,7 +441,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             af_bits_t<SL * NT8 * 4> okb, nearb;
             // rows: r = 2 sl + (e >> 1); key columns: c = 2 (j % NT8) + (e & 1)
             af_element_bits<BM, BN, 2 * SL, 2 * NT8>(
-                okb, nearb, hooks.mask, sc, kind, br, blk, n0, blk.seq_k,
+                okb, nearb, hooks.mask, af_row_scoring(layout, sc, blk), kind, br, blk, n0, blk.seq_k,
                 [&](int r) { return warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1); },
                 [&](int c) { return (c >> 1) * 8 + 2 * (lane & 3) + (c & 1); },
                 [](int r, int c) { return 4 * ((r >> 1) * NT8 + (c >> 1)) + 2 * (r & 1) + (c & 1); });
@@ -540,14 +540,25 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         if (row < blk.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
-            T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
+            if (af_writes_partial(layout)) {  // a split decode block: f32 partials for the merge
+                float* dst = af_o_partial(layout, a, blk, row) + 2 * (lane & 3);
 #pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) {
-                const float* o = acc[(r >> 1) * DT8 + dt];
-                af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
+                for (int dt = 0; dt < DT8; ++dt) {
+                    const float* o = acc[(r >> 1) * DT8 + dt];
+                    dst[dt * 8] = o[2 * (r & 1)] * inv;
+                    dst[dt * 8 + 1] = o[2 * (r & 1) + 1] * inv;
+                }
+            } else {
+                T* dst = blk.ob + af_o_off(layout, a, blk, row) + 2 * (lane & 3);
+#pragma unroll
+                for (int dt = 0; dt < DT8; ++dt) {
+                    const float* o = acc[(r >> 1) * DT8 + dt];
+                    af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
+                }
             }
-            if ((lane & 3) == 0 && a.lse != nullptr)
-                a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+            float* const lse = af_lse_out(layout, a);
+            if ((lane & 3) == 0 && lse != nullptr)
+                lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }
     }
 }

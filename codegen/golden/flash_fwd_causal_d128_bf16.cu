@@ -405,6 +405,21 @@ __device__ __forceinline__ unsigned af_pack_bf16(float lo, float hi) {
 //                       (query rotated at Deff, key un-rotated), merged per element
 
 // ---- tile shape and kernel arguments ----
+// The packed rows of a decode block (af_decode_layout): the M tile holds the Sq_b query tokens
+// of every query head of one GQA group, head-major; packed row r = r0 + (tile row) is token
+// i = r % seq_q of head h0 + r / seq_q, at position i + shift (shift = Sk_b - Sq_b). The main
+// loops see tile rows as positions (m0 = shift = 0); the layout's hooks map them back, so each
+// row's mask and score see its own head and position.
+struct af_packed_rows {
+    int b, h0, r0, seq_q;
+    long long shift;
+    __device__ __forceinline__ void at(long long row, int& h, long long& pos) const {
+        const int r = r0 + (int)row, g = r / seq_q;
+        h = h0 + g;
+        pos = r - (long long)g * seq_q + shift;
+    }
+};
+
 template <int BM_, int BN_, int NW_, int STAGES_, int D_>
 struct af_tile {
     static constexpr int BM = BM_;          // query rows per block
@@ -434,7 +449,8 @@ struct af_fwd_args {
 // GQA), its sequence's seq_q query rows and seq_k keys, query rows [m0, m0 + rows_valid) at
 // positions [p_lo, p_hi] (row i sits at i + shift), the base pointers of its q, k, v and o
 // rows, q0 (the sequence's first row in packed q, o; 0 for dense) and pages (the block-table row
-// of a paged cache, null otherwise).
+// of a paged cache, null otherwise). A decode block (af_decode_layout) also has `rows`, the
+// map of its packed rows to (head, position), and its key split.
 template <typename T>
 struct af_fwd_block {
     int b, h, hkv, seq_q, seq_k;
@@ -445,6 +461,8 @@ struct af_fwd_block {
     T* ob;
     long long q0;
     const int* pages;
+    af_packed_rows rows;
+    int split, num_splits;
 };
 
 template <int BM, typename T>
@@ -473,6 +491,7 @@ __device__ __forceinline__ af_fwd_block<T> af_fwd_block_of(const af_fwd_args<T>&
 // Dense [B, H, S, D] tensors (strides free): one grid of ceil(seq_q / BM) x Hq x B blocks.
 struct af_dense_layout {
     static constexpr bool CONTIGUOUS_KV = true;
+    static constexpr bool PACKED = false;  // one head per block, rows m0 + tile row
     template <int BM, typename T>
     __device__ __forceinline__ bool block(const af_fwd_args<T>& a, af_fwd_block<T>& blk) const {
         blk = af_fwd_block_of<BM>(a);
@@ -523,6 +542,7 @@ __device__ __forceinline__ bool af_serving_block(const af_fwd_args<T>& a, af_fwd
 // Grid: ceil(max_b Sq_b / BM) x Hq x B.
 struct af_varlen_layout {
     static constexpr bool CONTIGUOUS_KV = true;
+    static constexpr bool PACKED = false;  // one head per block, rows m0 + tile row
     const int* cu_q;
     const int* cu_k;
     template <int BM, typename T>
@@ -530,6 +550,16 @@ struct af_varlen_layout {
         const int b = blockIdx.z, q0 = cu_q[b], k0 = cu_k[b];
         return af_serving_block<BM>(a, blk, q0, cu_q[b + 1] - q0, cu_k[b + 1] - k0, a.k + (long long)k0 * a.k_stride_s,
                                     a.v + (long long)k0 * a.v_stride_s);
+    }
+    // sequence b's keys (for af_decode_layout): key count, k and v rows of key 0, no pages
+    template <typename T>
+    __device__ __forceinline__ void seq_keys(const af_fwd_args<T>& a, int b, int& sk, const T*& kb, const T*& vb,
+                                             const int*& pages) const {
+        const int k0 = cu_k[b];
+        sk = cu_k[b + 1] - k0;
+        kb = a.k + (long long)k0 * a.k_stride_s;
+        vb = a.v + (long long)k0 * a.v_stride_s;
+        pages = nullptr;
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>&, long long kv) const { return kv; }
@@ -544,6 +574,7 @@ struct af_varlen_layout {
 // queries packed as in varlen (cu_q). page_size is a runtime power of two (1..1024).
 struct af_paged_layout {
     static constexpr bool CONTIGUOUS_KV = false;
+    static constexpr bool PACKED = false;  // one head per block, rows m0 + tile row
     const int* cu_q;
     const int* block_table;  // [B, max_pages]
     const int* seqlens_k;    // [B]
@@ -558,6 +589,15 @@ struct af_paged_layout {
         const bool live = af_serving_block<BM>(a, blk, q0, cu_q[b + 1] - q0, seqlens_k[b], a.k, a.v);
         blk.pages = block_table + (long long)b * max_pages;
         return live;
+    }
+    // sequence b's keys (for af_decode_layout): key count, the caches, its block-table row
+    template <typename T>
+    __device__ __forceinline__ void seq_keys(const af_fwd_args<T>& a, int b, int& sk, const T*& kb, const T*& vb,
+                                             const int*& pages) const {
+        sk = seqlens_k[b];
+        kb = a.k;
+        vb = a.v;
+        pages = block_table + (long long)b * max_pages;
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
@@ -734,6 +774,254 @@ struct af_lminf_scoring {
     __device__ __forceinline__ bool near(long long q_pos, long long kv_pos) const { return q_pos - kv_pos < local_window; }
 };
 
+// ---- decode: GQA groups packed into the M tile, keys split across blocks ----
+// Per-row hooks of a decode block: the mask and score of packed row `row` are those of its
+// own head at its own position (af_packed_rows). A kernel without a mask or a score
+// modification keeps af_no_mask / af_no_score_mod, so the main loops' fast paths still apply.
+template <class BH, class Mask>
+struct af_packed_mask {
+    static constexpr bool active = Mask::active;
+    BH block_hooks;
+    af_packed_rows rows;
+    __device__ __forceinline__ bool operator()(long long row, long long kv_pos) const {
+        int h;
+        long long pos;
+        rows.at(row, h, pos);
+        return block_hooks(rows.b, h).mask(pos, kv_pos);
+    }
+};
+template <class BH>
+struct af_packed_score {
+    BH block_hooks;
+    af_packed_rows rows;
+    __device__ __forceinline__ float operator()(float x, long long row, long long kv_pos) const {
+        int h;
+        long long pos;
+        rows.at(row, h, pos);
+        return block_hooks(rows.b, h).score(x, pos, kv_pos);
+    }
+};
+template <class BH, class Mask>
+__device__ __forceinline__ af_packed_mask<BH, Mask> af_pack_mask(const BH& bh, const af_packed_rows& rows, const Mask&) {
+    return {bh, rows};
+}
+template <class BH>
+__device__ __forceinline__ af_no_mask af_pack_mask(const BH&, const af_packed_rows&, const af_no_mask&) {
+    return {};
+}
+template <class BH, class Score>
+__device__ __forceinline__ af_packed_score<BH> af_pack_score(const BH& bh, const af_packed_rows& rows, const Score&) {
+    return {bh, rows};
+}
+template <class BH>
+__device__ __forceinline__ af_no_score_mod af_pack_score(const BH&, const af_packed_rows&, const af_no_score_mod&) {
+    return {};
+}
+// A scoring policy seen from packed rows: near() at the row's own position (LM-Infinite's
+// branch choice); af_element_bits only reads BRANCHES and near.
+template <class Scoring>
+struct af_packed_near {
+    static constexpr int BRANCHES = Scoring::BRANCHES;
+    Scoring sc;
+    af_packed_rows rows;
+    __device__ __forceinline__ bool near(long long row, long long kv_pos) const {
+        int h;
+        long long pos;
+        rows.at(row, h, pos);
+        return sc.near(pos, kv_pos);
+    }
+};
+
+// Decode (variants.md section 13; Sq_b of 1..16 tokens per sequence) on the keys of `Keys`
+// (af_paged_layout: a paged cache; af_varlen_layout: packed keys): one
+// block per (packed row block, split, kv head hkv = blockIdx.y, sequence b = blockIdx.z). The
+// M tile packs the Sq_b tokens of the Hq / Hkv query heads of kv head hkv (af_packed_rows), so
+// every K/V tile is read once for the whole group; blockIdx.x = split + num_splits * (row
+// block). Split s of a sequence attends keys [s chunk, (s + 1) chunk) with chunk =
+// ceil(ceil(Sk_b / num_splits) / BN) BN (the reference's split_kv_ranges with align = BN;
+// af_split_schedule) and, when num_splits > 1, writes f32 partials o_part [num_splits, Tq, Hq,
+// D] and lse_part [num_splits, Hq, Tq] that af_split_merge merges; num_splits = 1 writes o and
+// lse directly. Grid: num_splits ceil(Hq / Hkv max_b Sq_b / BM) x Hkv x B.
+template <class Keys>
+struct af_decode_layout {
+    static constexpr bool CONTIGUOUS_KV = Keys::CONTIGUOUS_KV;
+    static constexpr bool PACKED = true;
+    Keys keys;  // cu_q, each sequence's keys (seq_keys) and their rows (kv_row)
+    int num_splits;
+    float* o_part;
+    float* lse_part;
+    template <int BM, typename T>
+    __device__ __forceinline__ bool block(const af_fwd_args<T>& a, af_fwd_block<T>& blk) const {
+        const int b = blockIdx.z, q0 = keys.cu_q[b], sq = keys.cu_q[b + 1] - q0;
+        int sk;
+        const T* kb;
+        const T* vb;
+        keys.seq_keys(a, b, sk, kb, vb, blk.pages);
+        const int group = a.heads_q / a.heads_kv;
+        const long long rows = (long long)group * sq;  // packed rows of the group
+        blk.b = b;
+        blk.hkv = blockIdx.y;
+        blk.h = blk.hkv * group;  // first head of the group (its block-list row)
+        blk.split = blockIdx.x % num_splits;
+        blk.num_splits = num_splits;
+        const long long r0 = (long long)(blockIdx.x / num_splits) * BM;
+        if (r0 >= rows) return false;  // past the group's rows (whole block; sq = 0 included)
+        blk.rows = {b, blk.h, (int)r0, sq, (long long)sk - sq};
+        blk.seq_k = sk;
+        // tile rows are positions: m0 = shift = 0, seq_q = the rows left from r0 (row < seq_q
+        // is the row test of the main loops)
+        blk.seq_q = (int)(rows - r0);
+        blk.m0 = 0;
+        blk.shift = 0;
+        blk.rows_valid = min((long long)BM, rows - r0);
+        // the real positions of the block's rows (all of the sequence's when it spans heads)
+        const long long last = r0 + blk.rows_valid - 1;
+        const bool one_head = r0 / sq == last / sq;
+        blk.p_lo = (one_head ? r0 % sq : 0) + blk.rows.shift;
+        blk.p_hi = (one_head ? last % sq : sq - 1) + blk.rows.shift;
+        blk.qb = a.q + (long long)q0 * a.q_stride_s + (long long)blk.h * a.q_stride_h;
+        blk.kb = kb + (long long)blk.hkv * a.k_stride_h;
+        blk.vb = vb + (long long)blk.hkv * a.v_stride_h;
+        blk.ob = a.o + (long long)q0 * a.o_stride_s + (long long)blk.h * a.o_stride_h;
+        blk.q0 = q0;
+        return true;
+    }
+    template <typename T>
+    __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const { return keys.kv_row(blk, kv); }
+    // element offsets of packed row `row` in q (from blk.qb) and o (from blk.ob), its position
+    template <typename T>
+    __device__ __forceinline__ long long q_off(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        const int r = blk.rows.r0 + (int)row, g = r / blk.rows.seq_q;
+        return (long long)(r - g * blk.rows.seq_q) * a.q_stride_s + (long long)g * a.q_stride_h;
+    }
+    template <typename T>
+    __device__ __forceinline__ long long o_off(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        const int r = blk.rows.r0 + (int)row, g = r / blk.rows.seq_q;
+        return (long long)(r - g * blk.rows.seq_q) * a.o_stride_s + (long long)g * a.o_stride_h;
+    }
+    template <typename T>
+    __device__ __forceinline__ long long q_pos(const af_fwd_block<T>& blk, long long row) const {
+        int h;
+        long long pos;
+        blk.rows.at(row, h, pos);
+        return pos;
+    }
+    // lse [Hq, Tq] (num_splits = 1), or lse_part [num_splits, Hq, Tq]
+    template <typename T>
+    __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        int h;
+        long long pos;
+        blk.rows.at(row, h, pos);
+        const long long i = pos - blk.rows.shift;
+        return ((long long)blk.split * a.heads_q + h) * a.seq_q + blk.q0 + i;
+    }
+    __device__ __forceinline__ bool partial() const { return num_splits > 1; }
+    template <typename T>
+    __device__ __forceinline__ float* o_part_row(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
+        return o_part + (long long)blk.split * a.seq_q * a.o_stride_s + blk.q0 * a.o_stride_s +
+               (long long)blk.h * a.o_stride_h + o_off(a, blk, row);
+    }
+    template <class BH, typename T>
+    __device__ __forceinline__ auto hooks(const BH& block_hooks, const af_fwd_block<T>& blk) const {
+        const auto inner = block_hooks(blk.b, blk.h);
+        return af_hooks(af_pack_mask(block_hooks, blk.rows, inner.mask), af_pack_score(block_hooks, blk.rows, inner.score));
+    }
+    template <class Scoring, typename T>
+    __device__ __forceinline__ af_packed_near<Scoring> row_scoring(const Scoring& sc, const af_fwd_block<T>& blk) const {
+        return {sc, blk.rows};
+    }
+};
+
+// The layout's view of a block's rows, for the main loops: unpacked layouts (dense, varlen,
+// paged) have rows m0 + tile row of head h; a packed one (af_decode_layout) maps them itself.
+template <class Layout, typename T>
+__device__ __forceinline__ long long af_q_off(const Layout& l, const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) {
+    if constexpr (Layout::PACKED) return l.q_off(a, blk, row);
+    else return row * a.q_stride_s;
+}
+template <class Layout, typename T>
+__device__ __forceinline__ long long af_o_off(const Layout& l, const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) {
+    if constexpr (Layout::PACKED) return l.o_off(a, blk, row);
+    else return row * a.o_stride_s;
+}
+template <class Layout, typename T>
+__device__ __forceinline__ long long af_q_pos(const Layout& l, const af_fwd_block<T>& blk, long long row) {
+    if constexpr (Layout::PACKED) return l.q_pos(blk, row);
+    else return row + blk.shift;
+}
+template <class Layout, class BH, typename T>
+__device__ __forceinline__ auto af_layout_hooks(const Layout& l, const BH& block_hooks, const af_fwd_block<T>& blk) {
+    if constexpr (Layout::PACKED) return l.hooks(block_hooks, blk);
+    else return block_hooks(blk.b, blk.h);
+}
+template <class Layout, class Scoring, typename T>
+__device__ __forceinline__ auto af_row_scoring(const Layout& l, const Scoring& sc, const af_fwd_block<T>& blk) {
+    if constexpr (Layout::PACKED) return l.row_scoring(sc, blk);
+    else return sc;
+}
+// Whether the block writes f32 partials (a split decode) instead of o, lse.
+template <class Layout>
+__device__ __forceinline__ bool af_writes_partial(const Layout& l) {
+    if constexpr (Layout::PACKED) return l.partial();
+    else return false;
+}
+
+// The f32 partial row of a split decode block (unpacked layouts have none), and where lse goes.
+template <class Layout, typename T>
+__device__ __forceinline__ float* af_o_partial(const Layout& l, const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) {
+    if constexpr (Layout::PACKED) return l.o_part_row(a, blk, row);
+    else return nullptr;
+}
+template <class Layout, typename T>
+__device__ __forceinline__ float* af_lse_out(const Layout& l, const af_fwd_args<T>& a) {
+    if constexpr (Layout::PACKED) return l.partial() ? l.lse_part : a.lse;
+    else return a.lse;
+}
+
+// A walk restricted to the keys [lo, hi) of a split (lo a multiple of BN, hi one or seq_k).
+// Analytic walks are clipped at both ends; other walks skip the tiles outside.
+template <int BN, class Classify>
+__device__ __forceinline__ af_analytic_walk<BN, Classify> af_clip_walk(af_analytic_walk<BN, Classify> w, long long lo, long long hi) {
+    w.first = max(w.first, lo);
+    w.kv_hi = min(w.kv_hi, hi);
+    return w;
+}
+template <class Walk>
+struct af_range_walk {
+    Walk inner;
+    long long first, lo, hi;
+    __device__ __forceinline__ bool next(long long& cur, long long& n0, int& kind) const {
+        while (inner.next(cur, n0, kind))
+            if (n0 >= lo && n0 < hi) return true;
+        return false;
+    }
+};
+template <class Walk>
+__device__ __forceinline__ af_range_walk<Walk> af_clip_walk(Walk w, long long lo, long long hi) {
+    return {w, w.first, lo, hi};
+}
+
+// The schedule of a split decode: the inner schedule's tiles within the block's key split,
+// chunk = ceil(ceil(Sk_b / num_splits) / BN) BN keys per split (the last ones shorter or empty).
+// The inner schedule sees the block's real query rows: seq_q = Sq_b, positions [p_lo, p_hi].
+template <class Inner>
+struct af_split_schedule {
+    Inner inner;
+    template <int BN, typename T>
+    __device__ __forceinline__ auto tiles(const af_fwd_block<T>& blk, int seq_k) const {
+        af_fwd_block<T> real = blk;
+        real.seq_q = blk.rows.seq_q;
+        const long long per = (seq_k + (long long)blk.num_splits - 1) / blk.num_splits;
+        const long long chunk = (per + BN - 1) / BN * BN;
+        const long long lo = blk.split * chunk, hi = min(lo + chunk, (long long)seq_k);
+        return af_clip_walk(inner.template tiles<BN>(real, seq_k), lo, hi);
+    }
+};
+template <class Inner>
+__device__ __forceinline__ af_split_schedule<Inner> af_split(Inner inner) {
+    return {inner};
+}
+
 // v rounded to the element type and back (identity for f32): LM-Infinite's rotated q and k
 // are rounded to the input dtype before the dot product, as the tensor-core loop stores them.
 __device__ __forceinline__ float af_round_as(const float*, float v) { return v; }
@@ -810,6 +1098,41 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<NR * NC>& okb, af_bits
         }
     }
 }
+
+// ---- split-KV merge (the second kernel of a split decode) ----
+// Merges the f32 partials of af_decode_layout in split order, so the result does not depend
+// on the schedule: m = max_s lse_s, w_s = e^{lse_s - m}, o = sum_s w_s o_s / sum_s w_s, lse =
+// m + ln(sum_s w_s) (variants.md section 9's formula over N parts, as in afd_lse_merge; empty
+// parts, lse = -inf, add nothing; all empty: o = 0, lse = -inf). One warp per (token t, head h)
+// row of o [Tq, Hq, D] and lse [Hq, Tq]; o_part [num_splits, Tq, Hq, D], lse_part
+// [num_splits, Hq, Tq]. Grid: ceil(Tq Hq / warps) blocks of 32 warps threads.
+template <int D, typename T>
+__device__ __forceinline__ void af_split_merge(const float* o_part, const float* lse_part, T* o, float* lse, int num_splits,
+                                               int tokens, int heads) {
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);  // t Hq + h
+    if (row >= (long long)tokens * heads) return;
+    const long long t = row / heads, h = row % heads;
+    const long long lrow = h * tokens + t, lstride = (long long)heads * tokens, ostride = lstride * D;
+    float m = -INFINITY;
+    for (int s = 0; s < num_splits; ++s) m = fmaxf(m, lse_part[s * lstride + lrow]);
+    float acc[D / 32];
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) acc[c] = 0.f;
+    float z = 0.f;
+    if (m != -INFINITY) {
+        for (int s = 0; s < num_splits; ++s) {
+            const float w = expf(lse_part[s * lstride + lrow] - m);
+            z += w;
+#pragma unroll
+            for (int c = 0; c < D / 32; ++c) acc[c] += w * o_part[s * ostride + row * D + lane + 32 * c];
+        }
+    }
+    const float inv = z > 0.f ? 1.f / z : 0.f;
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) af_store(o + row * D + lane + 32 * c, acc[c] * inv);
+    if (lane == 0) lse[lrow] = m == -INFINITY ? -INFINITY : m + logf(z);
+}
 // ---- end af_fwd.cuh ----
 
 // ---- begin af_fwd_tc.cuh ----
@@ -839,9 +1162,9 @@ template <> struct af_tc_type<__nv_bfloat16> {
 
 // ---- loads, per scoring policy ----
 // Q tile -> shared with cp.async (lands with the first committed group); rows past seq_q are zero.
-template <class Tile, typename T, class SQ>
+template <class Tile, typename T, class SQ, class Layout>
 __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ, const af_fwd_args<T>& a,
-                                             const af_fwd_block<T>& blk, int tid, T zero) {
+                                             const af_fwd_block<T>& blk, const Layout& layout, int tid, T zero) {
     constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
     // cp.async needs 16-byte aligned rows: base pointer and row stride a multiple of 8 elements
     const bool vec_q = (((unsigned long long)blk.qb & 15) | (unsigned long long)(a.q_stride_s & 7)) == 0;
@@ -850,10 +1173,10 @@ __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ
         const long long row = blk.m0 + r;
         const int off = af_swz<D>(r, c);
         if (row < blk.seq_q && vec_q) {
-            af_cp_async_16(&sQ[off], blk.qb + row * a.q_stride_s + c);
+            af_cp_async_16(&sQ[off], blk.qb + af_q_off(layout, a, blk, row) + c);
         } else {  // unaligned rows (rare): element copies, kept rolled
 #pragma unroll 1
-            for (int e = 0; e < 8; ++e) sQ[off + e] = row < blk.seq_q ? blk.qb[row * a.q_stride_s + c + e] : zero;
+            for (int e = 0; e < 8; ++e) sQ[off + e] = row < blk.seq_q ? blk.qb[af_q_off(layout, a, blk, row) + c + e] : zero;
         }
     }
 }
@@ -861,9 +1184,9 @@ __device__ __forceinline__ void af_tc_load_q(const af_dot_scoring&, const SQ& sQ
 // LM-Infinite: Q tile -> shared, rotated at its position (branch 0, near) and at Deff (branch 1,
 // far) through registers; rows past seq_q are zero. RoPE per element pair, kept rolled: one copy
 // of the rotation code.
-template <class Tile, typename T, class SQ>
+template <class Tile, typename T, class SQ, class Layout>
 __device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const SQ& sQ, const af_fwd_args<T>& a,
-                                             const af_fwd_block<T>& blk, int tid, T) {
+                                             const af_fwd_block<T>& blk, const Layout& layout, int tid, T) {
     constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
     using TT = af_tc_type<T>;
 #pragma unroll 1
@@ -872,12 +1195,12 @@ __device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const S
         const long long row = blk.m0 + r;
         float x0 = 0.f, x1 = 0.f;
         if (row < blk.seq_q) {
-            x0 = af_to_float(blk.qb[row * a.q_stride_s + m]);
-            x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
+            x0 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m]);
+            x1 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m + D / 2]);
         }
         const float f = af_rope_freq(m, D, sc.log2_theta);
         float y0 = x0, y1 = x1;
-        af_rope_pair(x0, x1, row + blk.shift, f);
+        af_rope_pair(x0, x1, af_q_pos(layout, blk, row), f);
         af_rope_pair(y0, y1, sc.d_eff, f);
         const int o0 = af_swz<D>(r, m), o1 = af_swz<D>(r, m + D / 2);
         sQ[o0] = TT::from(x0);
@@ -1121,7 +1444,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_fwd_block<T> blk;
     if (!layout.template block<BM>(a, blk)) return;  // past its sequence's rows (whole block)
     const Scoring sc = scoring.for_seq(blk.seq_k);
-    const auto hooks = block_hooks(blk.b, blk.h);
+    const auto hooks = af_layout_hooks(layout, block_hooks, blk);  // per row under a packed layout
     const T zero = TT::from(0.f);
     const bool vec_kv = af_tc_kv_vector(sc, a, blk);
     // the row max of raw scores is the max in log2 units only for a positive scale
@@ -1136,7 +1459,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     const af_tc_frag_addr<D> q_frag = af_tc_frag_addr_of<D>(sQ, warp * WM + (lane & 15), lane >> 4);
     const af_tc_frag_addr<D> k_frag = af_tc_frag_addr_of<D>(sK, (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
     const af_tc_frag_addr<D> v_frag = af_tc_frag_addr_of<D>(sV, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-    af_tc_load_q<Tile>(sc, sQ, a, blk, tid, zero);
+    af_tc_load_q<Tile>(sc, sQ, a, blk, layout, tid, zero);
 
     // online softmax state (log2 domain) of this thread's rows: r = 2 sl + h is row g + 8 h
     // (g = lane / 4) of slab sl; the O accumulators, C fragments of the D / 8 output n8 tiles
@@ -1256,7 +1579,7 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
             af_bits_t<SL * NT8 * 4> okb, nearb;
             // rows: r = 2 sl + (e >> 1); key columns: c = 2 (j % NT8) + (e & 1)
             af_element_bits<BM, BN, 2 * SL, 2 * NT8>(
-                okb, nearb, hooks.mask, sc, kind, br, blk, n0, blk.seq_k,
+                okb, nearb, hooks.mask, af_row_scoring(layout, sc, blk), kind, br, blk, n0, blk.seq_k,
                 [&](int r) { return warp * WM + 16 * (r >> 1) + (lane >> 2) + 8 * (r & 1); },
                 [&](int c) { return (c >> 1) * 8 + 2 * (lane & 3) + (c & 1); },
                 [](int r, int c) { return 4 * ((r >> 1) * NT8 + (c >> 1)) + 2 * (r & 1) + (c & 1); });
@@ -1355,14 +1678,25 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
         if (row < blk.seq_q) {
             const bool empty = l_i[r] == 0.f;
             const float inv = empty ? 0.f : 1.f / l_i[r];
-            T* dst = blk.ob + row * a.o_stride_s + 2 * (lane & 3);
+            if (af_writes_partial(layout)) {  // a split decode block: f32 partials for the merge
+                float* dst = af_o_partial(layout, a, blk, row) + 2 * (lane & 3);
 #pragma unroll
-            for (int dt = 0; dt < DT8; ++dt) {
-                const float* o = acc[(r >> 1) * DT8 + dt];
-                af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
+                for (int dt = 0; dt < DT8; ++dt) {
+                    const float* o = acc[(r >> 1) * DT8 + dt];
+                    dst[dt * 8] = o[2 * (r & 1)] * inv;
+                    dst[dt * 8 + 1] = o[2 * (r & 1) + 1] * inv;
+                }
+            } else {
+                T* dst = blk.ob + af_o_off(layout, a, blk, row) + 2 * (lane & 3);
+#pragma unroll
+                for (int dt = 0; dt < DT8; ++dt) {
+                    const float* o = acc[(r >> 1) * DT8 + dt];
+                    af_st_global_b32(dst + dt * 8, TT::pack(o[2 * (r & 1)] * inv, o[2 * (r & 1) + 1] * inv));
+                }
             }
-            if ((lane & 3) == 0 && a.lse != nullptr)
-                a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
+            float* const lse = af_lse_out(layout, a);
+            if ((lane & 3) == 0 && lse != nullptr)
+                lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }
     }
 }

@@ -159,6 +159,10 @@ const CFLOAT_PTR: ArgKind = ArgKind::Ptr {
     elem: Elem::F32,
     mutable: false,
 };
+const FLOAT_PTR: ArgKind = ArgKind::Ptr {
+    elem: Elem::F32,
+    mutable: true,
+};
 
 /// Kernel-argument name of a user parameter: `um_<name>` (mask) or `us_<name>` (score).
 pub fn user_arg_name(prefix: &str, param: &str) -> String {
@@ -301,6 +305,13 @@ pub enum ServingArg {
     MaxPages,
     /// Keys per page, a power of two from 1 to 1024 (paged).
     PageSize,
+    /// Key splits per sequence (decode), `>= 1`; 1 writes `o`, `lse` directly.
+    NumSplits,
+    /// `o_part: [num_splits, Tq, Hq, D]` f32 partial outputs (decode; unread when
+    /// `num_splits = 1`, may be null then).
+    OutPartial,
+    /// `lse_part: [num_splits, Hq, Tq]` f32 partial lse (decode; null when `num_splits = 1`).
+    LsePartial,
 }
 
 /// Which user function a user parameter belongs to.
@@ -424,8 +435,12 @@ pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
     push("scale".into(), FLOAT, ArgRole::Scale);
     for &(name, a) in serving_args(spec.layout) {
         let kind = match a {
-            ServingArg::MaxPages | ServingArg::PageSize => INT,
-            _ => CINT_PTR,
+            ServingArg::MaxPages | ServingArg::PageSize | ServingArg::NumSplits => INT,
+            ServingArg::OutPartial | ServingArg::LsePartial => FLOAT_PTR,
+            ServingArg::CuSeqlensQ
+            | ServingArg::CuSeqlensK
+            | ServingArg::BlockTable
+            | ServingArg::SeqlensK => CINT_PTR,
         };
         push(name.into(), kind, ArgRole::Serving(a));
     }
@@ -498,6 +513,23 @@ pub fn serving_args(layout: Layout) -> &'static [(&'static str, ServingArg)] {
             ("max_pages", ServingArg::MaxPages),
             ("page_size", ServingArg::PageSize),
         ],
+        Layout::Decode => &[
+            ("cu_seqlens_q", ServingArg::CuSeqlensQ),
+            ("block_table", ServingArg::BlockTable),
+            ("seqlens_k", ServingArg::SeqlensK),
+            ("max_pages", ServingArg::MaxPages),
+            ("page_size", ServingArg::PageSize),
+            ("num_splits", ServingArg::NumSplits),
+            ("o_part", ServingArg::OutPartial),
+            ("lse_part", ServingArg::LsePartial),
+        ],
+        Layout::DecodeVarlen => &[
+            ("cu_seqlens_q", ServingArg::CuSeqlensQ),
+            ("cu_seqlens_k", ServingArg::CuSeqlensK),
+            ("num_splits", ServingArg::NumSplits),
+            ("o_part", ServingArg::OutPartial),
+            ("lse_part", ServingArg::LsePartial),
+        ],
     }
 }
 
@@ -525,6 +557,28 @@ impl LaunchGeometry {
             grid: [
                 seq_q.div_ceil(tile.block_m.max(1)) as u32,
                 heads_q as u32,
+                batch as u32,
+            ],
+            block: [tile.threads() as u32, 1, 1],
+            dynamic_smem_bytes: tile.smem_bytes(spec) as u32,
+        }
+    }
+
+    /// Geometry of a decode launch ([`Layout::Decode`]): per sequence and kv head, the
+    /// `heads_q / heads_kv * max_seq_q` packed rows in blocks of `block_m`, times the splits.
+    pub fn decode(
+        spec: &KernelSpec,
+        tile: &TileConfig,
+        batch: usize,
+        (heads_q, heads_kv): (usize, usize),
+        max_seq_q: usize,
+        num_splits: usize,
+    ) -> Self {
+        let rows = heads_q / heads_kv.max(1) * max_seq_q;
+        LaunchGeometry {
+            grid: [
+                (rows.div_ceil(tile.block_m.max(1)) * num_splits) as u32,
+                heads_kv as u32,
                 batch as u32,
             ],
             block: [tile.threads() as u32, 1, 1],
@@ -577,15 +631,23 @@ impl LaunchMetadata {
             tile: *tile,
             arch,
             args: kernel_args(spec),
-            grid: [
-                if spec.layout.is_dense() {
-                    "ceil(seq_q / block_m)".into()
-                } else {
-                    "ceil(max_seqlen_q / block_m)".into()
-                },
-                "heads_q".into(),
-                "batch".into(),
-            ],
+            grid: match spec.layout {
+                Layout::Dense => [
+                    "ceil(seq_q / block_m)".into(),
+                    "heads_q".into(),
+                    "batch".into(),
+                ],
+                Layout::Varlen | Layout::Paged => [
+                    "ceil(max_seqlen_q / block_m)".into(),
+                    "heads_q".into(),
+                    "batch".into(),
+                ],
+                Layout::Decode | Layout::DecodeVarlen => [
+                    "num_splits * ceil(heads_q / heads_kv * max_seqlen_q / block_m)".into(),
+                    "heads_kv".into(),
+                    "batch".into(),
+                ],
+            },
             block_m: tile.block_m,
             block_threads: tile.threads(),
             dynamic_smem_bytes: smem,
@@ -621,6 +683,21 @@ fn requirements(spec: &KernelSpec, tile: &TileConfig) -> Vec<String> {
              int32, page_size a power of two in 1..=1024, checked on the host first \
              (attnforge_codegen::serving::validate_serving); lse is [Hq, Tq]; grid \
              (ceil(max_b Sq_b / block_m), Hq, B)"
+                .to_owned(),
+        ),
+        Layout::Decode => r.push(
+            "decode: the paged arrays as above (1..=16 query tokens per sequence); num_splits >= 1 \
+             (attnforge_codegen::serving::decode_splits chooses it); num_splits > 1: o_part \
+             [num_splits, Tq, Hq, D] and lse_part [num_splits, Hq, Tq] f32 scratch, then launch the \
+             merge kernel (af_split_merge_*) on them to write o, lse; num_splits = 1 writes o, lse \
+             directly (o_part, lse_part may be null); grid (num_splits * ceil(Hq / Hkv * max_b Sq_b \
+             / block_m), Hkv, B)"
+                .to_owned(),
+        ),
+        Layout::DecodeVarlen => r.push(
+            "decode_varlen: the varlen arrays and packed k, v as above (1..=16 query tokens per \
+             sequence), then num_splits, o_part, lse_part and the merge kernel as for decode; grid \
+             (num_splits * ceil(Hq / Hkv * max_b Sq_b / block_m), Hkv, B)"
                 .to_owned(),
         ),
     }

@@ -190,7 +190,6 @@ fn check_user_fn(errs: &mut Errors, path: &str, f: &UserFunction) {
 /// host (from the mask), so explicit block-sparse lists are refused; the paged cache takes no
 /// per-token document ids.
 fn check_layout(errs: &mut Errors, spec: &KernelSpec) {
-    use crate::spec::Layout;
     if spec.layout.is_dense() {
         return;
     }
@@ -204,11 +203,12 @@ fn check_layout(errs: &mut Errors, spec: &KernelSpec) {
             "use layout = \"dense\" (pad the batch), or express the sparsity as a mask predicate (its lists are then built per sequence)",
         );
     }
-    if spec.layout == Layout::Paged && spec.mask.reads_doc() {
+    if spec.layout.is_paged() && spec.mask.reads_doc() {
         errs.push(
             "layout",
             format!(
-                "layout `paged` is not supported with mask `{}`: its per-token ids would be read through the page table",
+                "layout `{}` is not supported with mask `{}`: its per-token ids would be read through the page table",
+                spec.layout.tag(),
                 spec.mask.tag()
             ),
             "use layout = \"varlen\" (ids packed like the keys) for this mask",

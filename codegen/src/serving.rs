@@ -477,3 +477,78 @@ fn check_doc(e: &mut Errs, p: &ServingProblem<'_>, doc: DocIds<'_>, sk: &[usize]
         }
     }
 }
+/// The most query tokens per sequence a decode kernel ([`crate::spec::Layout::Decode`])
+/// serves: its packed rows (`Hq / Hkv * Sq_b`) must sit in the first query block of the
+/// block lists (at least 32 rows) and decoding is 1 token, or a few with speculation.
+pub const DECODE_MAX_SEQ_Q: usize = 16;
+
+/// The most key splits per sequence a decode launch accepts.
+pub const DECODE_MAX_SPLITS: usize = 256;
+
+/// Streaming multiprocessors assumed when no device is given (an H100 SXM / H200: 132).
+pub const DEFAULT_SMS: usize = 132;
+
+/// The number of key splits of a decode launch, from the problem and the device: enough
+/// blocks to fill the SMs twice over (`B * Hkv * row_blocks * splits >= 2 * sms`, so a
+/// batch of a few long sequences still uses the whole GPU), never more than the key tiles
+/// of the longest sequence (`ceil(max_seqlen_k / block_n)`: a split without keys only
+/// costs a block and a merge term), at least 1. `row_blocks = ceil(Hq / Hkv * max_seqlen_q
+/// / block_m)` (the packed rows). A serving engine calls this once per step (it is cheap)
+/// or overrides it (`RunParams::num_splits`, the tuner's `num_splits` knob).
+pub fn decode_splits(
+    batch: usize,
+    (heads_q, heads_kv): (usize, usize),
+    (max_seqlen_q, max_seqlen_k): (usize, usize),
+    (block_m, block_n): (usize, usize),
+    sms: usize,
+) -> usize {
+    let rows = heads_q / heads_kv.max(1) * max_seqlen_q.max(1);
+    let blocks = batch.max(1) * heads_kv.max(1) * rows.div_ceil(block_m.max(1));
+    let want = (2 * sms.max(1)).div_ceil(blocks);
+    let tiles = max_seqlen_k.div_ceil(block_n.max(1)).max(1);
+    want.clamp(1, tiles.min(DECODE_MAX_SPLITS))
+}
+
+/// The decode rules on top of [`validate_serving`]: `num_splits` in
+/// `1..=DECODE_MAX_SPLITS`, every `Sq_b <= DECODE_MAX_SEQ_Q`, and with more than one split
+/// `Sq_b <= Sk_b` (the split reference's rule: the decoded tokens' keys are in the cache).
+/// Every error is returned, naming the field and the fix.
+pub fn validate_decode(
+    cu_seqlens_q: &[i32],
+    seqlens_k: &[i32],
+    num_splits: usize,
+) -> Result<(), Vec<SpecError>> {
+    let mut errs = Vec::new();
+    if !(1..=DECODE_MAX_SPLITS).contains(&num_splits) {
+        errs.push(SpecError::new(
+            "num_splits",
+            format!("num_splits = {num_splits}, outside 1..={DECODE_MAX_SPLITS}"),
+            "pass 1 (no split) or more, or leave it unset for decode_splits' choice",
+        ));
+    }
+    for (b, w) in cu_seqlens_q.windows(2).enumerate() {
+        let sq = i64::from(w[1]) - i64::from(w[0]);
+        let path = format!("cu_seqlens_q[{}]", b + 1);
+        if sq > DECODE_MAX_SEQ_Q as i64 {
+            errs.push(SpecError::new(
+                path,
+                format!("sequence {b} has {sq} query tokens; the decode kernel takes at most {DECODE_MAX_SEQ_Q}"),
+                "run longer chunks with layout = \"paged\" (chunked prefill)",
+            ));
+        } else if num_splits > 1 && seqlens_k.get(b).is_some_and(|&sk| sq > i64::from(sk)) {
+            errs.push(SpecError::new(
+                path,
+                format!(
+                    "sequence {b} has {sq} query tokens but {} keys: split-KV needs Sq_b <= Sk_b",
+                    seqlens_k[b]
+                ),
+                "write the decoded tokens' keys to the cache first, or pass num_splits = 1",
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}

@@ -368,6 +368,13 @@ pub enum Layout {
     /// A paged KV cache `k, v: [num_pages, page_size, Hkv, D]` with `block_table:
     /// [B, max_pages]` and `seqlens_k: [B]`; q, out and lse packed as in [`Layout::Varlen`].
     Paged,
+    /// Decoding on a paged cache (1..=16 query tokens per sequence): the paged layout's
+    /// arrays, each GQA group's query heads packed into the M tile, the keys split across
+    /// `num_splits` blocks per sequence (a runtime argument) and merged by log-sum-exp.
+    Decode,
+    /// [`Layout::Decode`] over packed keys (the varlen layout's `k, v: [Tk, Hkv, D]` with
+    /// `cu_seqlens_k`): doc masks read their ids packed like the keys.
+    DecodeVarlen,
 }
 
 impl Layout {
@@ -381,10 +388,26 @@ impl Layout {
             Layout::Dense => "dense",
             Layout::Varlen => "varlen",
             Layout::Paged => "paged",
+            Layout::Decode => "decode",
+            Layout::DecodeVarlen => "decode_varlen",
         }
     }
     /// Every layout.
-    pub const ALL: [Layout; 3] = [Layout::Dense, Layout::Varlen, Layout::Paged];
+    pub const ALL: [Layout; 5] = [
+        Layout::Dense,
+        Layout::Varlen,
+        Layout::Paged,
+        Layout::Decode,
+        Layout::DecodeVarlen,
+    ];
+    /// Whether this is a decode layout (GQA packing, split-KV, a merge kernel).
+    pub fn is_decode(self) -> bool {
+        matches!(self, Layout::Decode | Layout::DecodeVarlen)
+    }
+    /// Whether keys come from a paged cache (`block_table`, `seqlens_k`).
+    pub fn is_paged(self) -> bool {
+        matches!(self, Layout::Paged | Layout::Decode)
+    }
 }
 
 /// A complete forward-attention kernel specification.

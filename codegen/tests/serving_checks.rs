@@ -435,3 +435,40 @@ fn host_checks_agree_with_the_reference() {
         "{agree_ok} ok, {agree_err} errors"
     );
 }
+
+/// The decode split count (values worked by hand): enough blocks for twice the SMs, capped
+/// by the key tiles of the longest sequence, at least 1.
+#[test]
+fn decode_splits_fill_the_device_within_the_key_tiles() {
+    use attnforge_codegen::serving::{decode_splits, validate_decode};
+    // B 1, Hq 32 on Hkv 8 (4 packed rows: one 64-row block) -> 8 blocks; 264 / 8 = 33 splits
+    assert_eq!(decode_splits(1, (32, 8), (1, 8192), (64, 64), 132), 33);
+    // 100 keys are 2 tiles of 64
+    assert_eq!(decode_splits(1, (32, 8), (1, 100), (64, 64), 132), 2);
+    // 64 sequences x 8 kv heads = 512 blocks >= 264: no split
+    assert_eq!(decode_splits(64, (32, 8), (1, 8192), (64, 64), 132), 1);
+    // group 8 x 16 tokens = 128 rows: 2 row blocks of 64 per kv head -> 4 blocks, 66 splits
+    assert_eq!(decode_splits(1, (16, 2), (16, 8192), (64, 64), 132), 66);
+    // no keys: 1
+    assert_eq!(decode_splits(1, (8, 8), (1, 0), (64, 64), 132), 1);
+    let paths = |r: Result<(), Vec<attnforge_codegen::check::SpecError>>| -> Vec<String> {
+        r.err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    };
+    assert_eq!(
+        paths(validate_decode(&[0, 1, 3], &[5, 9], 0)),
+        ["num_splits"]
+    );
+    assert_eq!(
+        paths(validate_decode(&[0, 1, 18], &[5, 90], 1)),
+        ["cu_seqlens_q[2]"]
+    );
+    assert_eq!(
+        paths(validate_decode(&[0, 6, 7], &[5, 9], 2)),
+        ["cu_seqlens_q[1]"]
+    );
+    assert!(validate_decode(&[0, 6, 7], &[5, 9], 1).is_ok());
+}

@@ -86,6 +86,9 @@ pub struct RunParams {
     /// (`#[attnforge::score(backward)]`'s `host_score_diff(&params)`); its learnable vector
     /// must hold the same values as `user`.
     pub host_score_diff: Option<reference::DiffScoreFn>,
+    /// Key splits per sequence of a decode kernel (`Layout::Decode`; default:
+    /// `attnforge_codegen::serving::decode_splits` for the default device).
+    pub num_splits: Option<usize>,
 }
 
 impl std::fmt::Debug for RunParams {
@@ -101,6 +104,7 @@ impl std::fmt::Debug for RunParams {
             .field("host_mask", &self.host_mask.is_some())
             .field("host_score", &self.host_score.is_some())
             .field("host_score_diff", &self.host_score_diff.is_some())
+            .field("num_splits", &self.num_splits)
             .finish()
     }
 }
@@ -119,6 +123,11 @@ impl RunParams {
     /// Builder: document ids.
     pub fn with_doc(mut self, doc: Vec<i32>) -> Self {
         self.doc = Some(doc);
+        self
+    }
+    /// Builder: the key splits of a decode kernel.
+    pub fn with_num_splits(mut self, n: usize) -> Self {
+        self.num_splits = Some(n);
         self
     }
     /// Builder: a user parameter value.

@@ -1,5 +1,8 @@
 //! Running a serving-layout kernel (variants.md section 13): packed variable-length
-//! sequences ([`Layout::Varlen`]) or a paged KV cache ([`Layout::Paged`]).
+//! sequences ([`Layout::Varlen`]), a paged KV cache ([`Layout::Paged`]) or decoding on a paged
+//! cache ([`Layout::Decode`]: GQA groups packed into the M tile, the keys split
+//! `RunParams::num_splits` ways, default [`decode_splits`]; with more than one split the
+//! simulator also runs the split-KV merge kernel on the f32 partials).
 //!
 //! [`validate`] checks the layout on the host before any launch
 //! ([`attnforge_codegen::serving::validate_serving`]: every error names the array and the
@@ -45,7 +48,10 @@ use attnforge_codegen::blocks::{build_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem};
 use attnforge_codegen::masks::{DocRule, ParamType};
 use attnforge_codegen::scores::ScoreParamKind;
-use attnforge_codegen::serving::{validate_serving, DocIds, KeyLayout, ServingGeometry};
+use attnforge_codegen::serving::{
+    decode_splits, validate_decode, validate_serving, DocIds, KeyLayout, ServingGeometry,
+    DEFAULT_SMS,
+};
 use attnforge_codegen::spec::{KernelSpec, Layout, Mask, ScoreMod};
 use attnforge_codegen::tile::TileConfig;
 use attnforge_reference as reference;
@@ -150,6 +156,8 @@ struct Resolved {
     alibi: Vec<f32>,
     /// Per-sequence block lists of a block-list mask, padded to the longest sequence.
     lists: Option<BlockLists>,
+    /// Key splits of a decode kernel (1 for the other layouts).
+    splits: usize,
 }
 
 /// Validate the spec, the tensors and the layout arrays (before any launch): the layout
@@ -159,11 +167,16 @@ pub fn validate<T: Element>(
     x: &ServingInputs<T>,
     p: &RunParams,
 ) -> Result<ServingGeometry, ExecError> {
-    resolve(spec, x, p).map(|r| r.geo)
+    resolve(spec, None, x, p).map(|r| r.geo)
 }
 
 fn check_tensors<T: Element>(spec: &KernelSpec, x: &ServingInputs<T>) -> Result<(), ExecError> {
-    if spec.layout != x.layout() {
+    let keys_fit = match spec.layout {
+        Layout::Decode => x.layout() == Layout::Paged,
+        Layout::DecodeVarlen => x.layout() == Layout::Varlen,
+        l => l == x.layout(),
+    };
+    if !keys_fit {
         return Err(input_err(
             "layout",
             format!(
@@ -276,6 +289,7 @@ fn check_layout<T: Element>(
 
 fn resolve<T: Element>(
     spec: &KernelSpec,
+    tile: Option<&TileConfig>,
     x: &ServingInputs<T>,
     p: &RunParams,
 ) -> Result<Resolved, ExecError> {
@@ -335,6 +349,7 @@ fn resolve<T: Element>(
             .collect(),
         (None, _) => Vec::new(),
     };
+    let splits = decode_split_count(spec, tile, x, p, &geo, heads_kv)?;
     let mut r = Resolved {
         geo,
         heads_q: x.q.heads,
@@ -344,11 +359,62 @@ fn resolve<T: Element>(
         doc,
         alibi,
         lists: None,
+        splits,
     };
     if spec.mask.uses_block_lists() {
-        r.lists = Some(sequence_lists(spec, x, p, &r)?);
+        let lists = sequence_lists(spec, x, p, &r)?;
+        r.lists = Some(if spec.layout.is_decode() && lists.heads > 1 {
+            group_lists(&lists, r.heads_q / r.heads_kv)
+        } else {
+            lists
+        });
     }
     Ok(r)
+}
+
+/// The key splits of a decode run (the decode rules checked first: `num_splits`, `Sq_b`);
+/// 1 for the other layouts.
+fn decode_split_count<T>(
+    spec: &KernelSpec,
+    tile: Option<&TileConfig>,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    geo: &ServingGeometry,
+    heads_kv: usize,
+) -> Result<usize, ExecError> {
+    if !spec.layout.is_decode() {
+        return Ok(1);
+    }
+    let seqlens_k: Vec<i32> = key_lens(x).into_iter().map(|(sk, _)| sk as i32).collect();
+    // the tile's key width bounds the useful splits (the default tile when none is given)
+    let (bm, bn) = tile
+        .map(|t| (t.block_m, t.block_n))
+        .or_else(|| {
+            attnforge_codegen::tile::default_tile(spec, attnforge_codegen::prelude::Arch::Sm90)
+                .map(|t| (t.block_m, t.block_n))
+        })
+        .unwrap_or((64, 64));
+    // Sq_b > Sk_b (full/causal) is defined without splits only
+    let sq_gt_sk = x
+        .cu_seqlens_q
+        .windows(2)
+        .zip(&seqlens_k)
+        .any(|(w, &sk)| w[1] - w[0] > sk);
+    let splits = p.num_splits.unwrap_or_else(|| {
+        if sq_gt_sk {
+            1
+        } else {
+            decode_splits(
+                geo.batch,
+                (x.q.heads, heads_kv),
+                (geo.max_seqlen_q, geo.max_seqlen_k),
+                (bm, bn),
+                DEFAULT_SMS,
+            )
+        }
+    });
+    validate_decode(&x.cu_seqlens_q, &seqlens_k, splits).map_err(ExecError::Spec)?;
+    Ok(splits)
 }
 
 /// The key lengths `Sk_b` and the doc-id offset of each sequence.
@@ -439,6 +505,73 @@ fn sequence_lists<T>(
     Ok(out)
 }
 
+/// The block lists of a decode kernel, whose block serves every query head of a GQA group
+/// (packed rows): the lists of head `h0 = g * group` become the group's union, a key block
+/// full when it is full for every head of the group and partial when any head lists it
+/// otherwise (its element mask then runs per packed row, with the row's own head); the
+/// other heads' rows are left empty (never read). Query rows are unchanged: a decode block's
+/// rows all sit in the sequence's first query block (`Sq_b <= 16 <= block_q`).
+fn group_lists(l: &BlockLists, group: usize) -> BlockLists {
+    let at = |b: usize, h: usize, q: usize| (b * l.heads + h) * l.rows + q;
+    let mut rows: Vec<(Vec<i32>, Vec<i32>)> = Vec::new();
+    for b in 0..l.batches {
+        for h0 in (0..l.heads).step_by(group.max(1)) {
+            for q in 0..l.rows {
+                let list = |h: usize, full: bool| {
+                    let i = at(b, h, q);
+                    let (num, idx) = if full {
+                        (&l.full_num, &l.full_idx)
+                    } else {
+                        (&l.partial_num, &l.partial_idx)
+                    };
+                    idx[i * l.width..i * l.width + num[i] as usize].to_vec()
+                };
+                let heads = h0..(h0 + group).min(l.heads);
+                let full: Vec<i32> = list(h0, true)
+                    .into_iter()
+                    .filter(|k| heads.clone().all(|h| list(h, true).contains(k)))
+                    .collect();
+                let mut partial: Vec<i32> = heads
+                    .flat_map(|h| list(h, true).into_iter().chain(list(h, false)))
+                    .filter(|k| !full.contains(k))
+                    .collect();
+                partial.sort_unstable();
+                partial.dedup();
+                rows.push((full, partial));
+            }
+        }
+    }
+    let width = rows
+        .iter()
+        .map(|(f, p)| f.len().max(p.len()))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let n = l.batches * l.heads * l.rows;
+    let mut out = BlockLists {
+        width,
+        full_num: vec![0; n],
+        full_idx: vec![-1; n * width],
+        partial_num: vec![0; n],
+        partial_idx: vec![-1; n * width],
+        ..l.clone()
+    };
+    let mut it = rows.into_iter();
+    for b in 0..l.batches {
+        for h0 in (0..l.heads).step_by(group.max(1)) {
+            for q in 0..l.rows {
+                let (full, partial) = it.next().unwrap_or_default();
+                let i = at(b, h0, q);
+                out.full_num[i] = full.len() as i32;
+                out.partial_num[i] = partial.len() as i32;
+                out.full_idx[i * width..i * width + full.len()].copy_from_slice(&full);
+                out.partial_idx[i * width..i * width + partial.len()].copy_from_slice(&partial);
+            }
+        }
+    }
+    out
+}
+
 /// Every mask parameter as the kernel receives it (a missing one takes its default at the
 /// longest key length; float parameters rounded to f32): kernel and reference read these.
 fn mask_values(spec: &KernelSpec, p: &RunParams, max_sk: usize) -> Vec<(&'static str, f64)> {
@@ -465,7 +598,7 @@ fn host_args<T: Element>(
     x: &ServingInputs<T>,
     p: &RunParams,
     r: &Resolved,
-) -> Result<Vec<HostArg>, ExecError> {
+) -> Result<Vec<LayoutArg>, ExecError> {
     let d = spec.head_dim.get();
     let mut out = Vec::new();
     for TypedArg { arg: a, role } in typed_kernel_args(spec) {
@@ -523,15 +656,40 @@ fn host_args<T: Element>(
             ArgRole::UserParam { side, index } => {
                 exec::user_param_arg(spec, p, side, index, &a.name)?
             }
-            ArgRole::Serving(s) => serving_arg(s, x),
+            ArgRole::Serving(s) => match serving_arg(s, x, r) {
+                LayoutArg::Host(v) => v,
+                partial => {
+                    out.push(partial);
+                    continue;
+                }
+            },
         };
-        out.push(v);
+        out.push(LayoutArg::Host(v));
     }
     Ok(out)
 }
 
+/// A serving kernel's argument: a host value, or a decode kernel's f32 partial buffers
+/// (allocated by [`simulate`] for the run's splits).
+enum LayoutArg {
+    Host(HostArg),
+    OutPartial,
+    LsePartial,
+}
+
 /// The value of one layout argument.
-fn serving_arg<T>(s: ServingArg, x: &ServingInputs<T>) -> HostArg {
+fn serving_arg<T>(s: ServingArg, x: &ServingInputs<T>, r: &Resolved) -> LayoutArg {
+    let host = match s {
+        ServingArg::NumSplits => HostArg::I32(r.splits as i32),
+        ServingArg::OutPartial => return LayoutArg::OutPartial,
+        ServingArg::LsePartial => return LayoutArg::LsePartial,
+        _ => keys_arg(s, x),
+    };
+    LayoutArg::Host(host)
+}
+
+/// The value of one argument of the keys' layout arrays.
+fn keys_arg<T>(s: ServingArg, x: &ServingInputs<T>) -> HostArg {
     let none = Vec::new;
     match (s, &x.keys) {
         (ServingArg::CuSeqlensQ, _) => HostArg::Ints(x.cu_seqlens_q.clone()),
@@ -557,6 +715,9 @@ fn serving_arg<T>(s: ServingArg, x: &ServingInputs<T>) -> HostArg {
         | (ServingArg::BlockTable | ServingArg::SeqlensK, ServingKeys::Varlen { .. }) => {
             HostArg::Ints(none())
         }
+        // the decode arguments are not arrays of the keys (serving_arg fills them)
+        (ServingArg::NumSplits, _) => HostArg::I32(1),
+        (ServingArg::OutPartial | ServingArg::LsePartial, _) => HostArg::Floats(Vec::new()),
     }
 }
 
@@ -572,7 +733,8 @@ pub struct ServingRun {
 }
 
 /// Run the spec's serving kernel on the simulator. The layout is checked on the host first;
-/// nothing runs on bad input.
+/// nothing runs on bad input. A decode kernel with more than one split writes f32 partials
+/// that the split-KV merge kernel (a second launch) turns into `out`, `lse`.
 pub fn simulate<T: Element + SimElem>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -580,42 +742,65 @@ pub fn simulate<T: Element + SimElem>(
     p: &RunParams,
     cfg: &SimConfig,
 ) -> Result<ServingRun, ExecError> {
-    let r = resolve(spec, x, p)?;
+    let r = resolve(spec, Some(tile), x, p)?;
+    simulate_resolved(spec, tile, x, p, cfg, &r, true).map(|(run, _)| run)
+}
+
+/// The f32 partials of a split decode run: `o_part [splits, Tq, Hq, D]`, `lse_part [splits,
+/// Hq, Tq]` (empty without splits).
+type Partials = (Vec<f32>, Vec<f32>);
+
+/// [`simulate`] of resolved inputs; without `merge` a split decode's partials are returned
+/// unmerged (out and lse then stay NaN).
+fn simulate_resolved<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+    r: &Resolved,
+    merge: bool,
+) -> Result<(ServingRun, Partials), ExecError> {
     let kernel = exec::sim_kernel(spec, tile)?;
-    let args = host_args(spec, x, p, &r)?;
+    let args = host_args(spec, x, p, r)?;
     let (hq, d, tq) = (r.heads_q, spec.head_dim.get(), x.q.tokens);
     // NaN until written: a row the kernel misses fails the oracle
     let mut o = vec![T::from_f64(f64::NAN); tq * hq * d];
     let mut lse = vec![f32::NAN; hq * tq];
-    let geo = LaunchGeometry::new(spec, tile, r.geo.batch, hq, r.geo.max_seqlen_q);
+    let decode = spec.layout.is_decode();
+    let geo = if decode {
+        let heads = (hq, r.heads_kv);
+        LaunchGeometry::decode(spec, tile, r.geo.batch, heads, r.geo.max_seqlen_q, r.splits)
+    } else {
+        LaunchGeometry::new(spec, tile, r.geo.batch, hq, r.geo.max_seqlen_q)
+    };
     let blocks = u64::from(geo.grid[0]) * u64::from(geo.grid[1]) * u64::from(geo.grid[2]);
+    // the partials of a split decode (NaN until written, as o)
+    let parts = if decode && r.splits > 1 { r.splits } else { 0 };
+    let mut o_part = vec![f32::NAN; parts * tq * hq * d];
+    let mut lse_part = vec![f32::NAN; parts * hq * tq];
     let mut counters = SimCounters::default();
     if blocks > 0 {
         let (kd, vd) = x.kv_data();
         let mut o_arg = Some(SimArg::output(&mut o));
         let mut lse_arg = Some(SimArg::output(&mut lse));
-        fn buf<'a, T: SimElem>(v: &'a [T]) -> SimArg<'a> {
-            if v.is_empty() {
-                SimArg::Null
-            } else {
-                SimArg::input(v)
-            }
-        }
+        let mut o_part_arg = Some(out_or_null(&mut o_part));
+        let mut lse_part_arg = Some(out_or_null(&mut lse_part));
         let mut sim_args: Vec<SimArg<'_>> = Vec::with_capacity(args.len());
         for a in &args {
             sim_args.push(match a {
-                HostArg::Q => buf(&x.q.data),
-                HostArg::K => buf(kd),
-                HostArg::V => buf(vd),
-                HostArg::O => o_arg.take().expect("one o argument"),
-                HostArg::Lse => lse_arg.take().expect("one lse argument"),
-                HostArg::Ints(v) if v.is_empty() => SimArg::Null,
-                HostArg::Ints(v) => SimArg::input(v.as_slice()),
-                HostArg::Floats(v) if v.is_empty() => SimArg::Null,
-                HostArg::Floats(v) => SimArg::input(v.as_slice()),
-                HostArg::I32(v) => SimArg::I32(*v),
-                HostArg::I64(v) => SimArg::I64(*v),
-                HostArg::F32(v) => SimArg::F32(*v),
+                LayoutArg::OutPartial => o_part_arg.take().expect("one o_part argument"),
+                LayoutArg::LsePartial => lse_part_arg.take().expect("one lse_part argument"),
+                LayoutArg::Host(HostArg::Q) => buf(&x.q.data),
+                LayoutArg::Host(HostArg::K) => buf(kd),
+                LayoutArg::Host(HostArg::V) => buf(vd),
+                LayoutArg::Host(HostArg::O) => o_arg.take().expect("one o argument"),
+                LayoutArg::Host(HostArg::Lse) => lse_arg.take().expect("one lse argument"),
+                LayoutArg::Host(HostArg::Ints(v)) => buf(v),
+                LayoutArg::Host(HostArg::Floats(v)) => buf(v),
+                LayoutArg::Host(HostArg::I32(v)) => SimArg::I32(*v),
+                LayoutArg::Host(HostArg::I64(v)) => SimArg::I64(*v),
+                LayoutArg::Host(HostArg::F32(v)) => SimArg::F32(*v),
             });
         }
         counters = kernel.launch(
@@ -625,6 +810,18 @@ pub fn simulate<T: Element + SimElem>(
             &mut sim_args,
             cfg,
         )?;
+        drop(sim_args);
+        if parts > 0 && merge {
+            merge_partials(
+                spec,
+                &o_part,
+                &lse_part,
+                &mut o,
+                &mut lse,
+                (r.splits, tq, hq),
+                cfg,
+            )?;
+        }
     }
     let output = VarlenOutput {
         out: o.iter().map(|e| e.to_f64()).collect(),
@@ -633,11 +830,146 @@ pub fn simulate<T: Element + SimElem>(
         heads: hq,
         dim: d,
     };
-    Ok(ServingRun {
+    let run = ServingRun {
         output,
         counters,
         blocks,
-    })
+    };
+    Ok((run, (o_part, lse_part)))
+}
+
+/// A split decode's partials, kernel against the split-KV reference
+/// ([`attnforge_reference::split_kv_partials`] with the run's splits, aligned to the tile's
+/// `block_n` as the kernel splits): each split's f32 partial `out`, `lse` (before the merge)
+/// by the oracle of [`check`] (f64 partial as the reference, the naive partial as the error
+/// scale). One report per split. Needs `num_splits > 1` and a mask of the dense reference
+/// (not LM-Infinite, whose reference has no split form).
+pub fn check_split_partials<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+) -> Result<Vec<ServingReport>, ExecError> {
+    let r = resolve(spec, Some(tile), x, p)?;
+    if !spec.layout.is_decode() || r.splits < 2 {
+        return Err(input_err(
+            "num_splits",
+            format!(
+                "{} split(s) of a `{}` kernel: no partials",
+                r.splits,
+                spec.layout.tag()
+            ),
+            "pass a decode spec and RunParams::with_num_splits(2 or more)",
+        ));
+    }
+    if spec.mask.lm_infinite_scoring() {
+        return Err(input_err(
+            "mask",
+            "LM-Infinite's reference has no split form",
+            "check the merged result with `check` instead",
+        ));
+    }
+    let (mask, score) = reference_mask_score(spec, p, &r)?;
+    let split = reference::SplitKv {
+        num_splits: r.splits,
+        align: tile.block_n,
+    };
+    let parts = |precision| {
+        let opts = AttnOptions {
+            scale: Some(f64::from(r.scale)),
+            precision,
+        };
+        let kv = kv_layout(x);
+        reference::split_kv_partials(&x.q, &x.cu_seqlens_q, &kv, split, &mask, &score, &opts)
+            .map_err(serving_err)
+    };
+    let (want, naive) = (parts(Precision::F64)?, parts(Precision::Naive)?);
+    let (_, (o_part, lse_part)) = simulate_resolved(spec, tile, x, p, cfg, &r, false)?;
+    let (hq, d, tq) = (r.heads_q, spec.head_dim.get(), x.q.tokens);
+    let name = attnforge_codegen::name::canonical_name_with_tile(spec, tile);
+    let mut reports = Vec::with_capacity(r.splits);
+    for (s, (w, n)) in want.iter().zip(&naive).enumerate() {
+        let (o, l) = (s * tq * hq * d, s * hq * tq);
+        let output = VarlenOutput {
+            out: o_part[o..o + tq * hq * d]
+                .iter()
+                .map(|&e| f64::from(e))
+                .collect(),
+            lse: lse_part[l..l + hq * tq]
+                .iter()
+                .map(|&e| f64::from(e))
+                .collect(),
+            tokens: tq,
+            heads: hq,
+            dim: d,
+        };
+        let exec = Execution {
+            output: output.to_attn_output(),
+            counters: None,
+            dense_tiles: None,
+            stages: Vec::new(),
+            indices: Default::default(),
+        };
+        let label = format!("{name} split {s}");
+        let (w, n) = (w.to_attn_output(), n.to_attn_output());
+        reports.push(compare(&label, spec.dtype, exec, &w, &n)?);
+    }
+    Ok(reports)
+}
+
+fn buf<T: SimElem>(v: &[T]) -> SimArg<'_> {
+    if v.is_empty() {
+        SimArg::Null
+    } else {
+        SimArg::input(v)
+    }
+}
+
+fn out_or_null<T: SimElem>(v: &mut [T]) -> SimArg<'_> {
+    if v.is_empty() {
+        SimArg::Null
+    } else {
+        SimArg::output(v)
+    }
+}
+
+/// The split-KV merge kernel ([`attnforge_codegen::emit::emit_split_merge`]) on the
+/// simulator: the partials `[splits, Tq, Hq, D]`, `[splits, Hq, Tq]` into `o`, `lse`.
+fn merge_partials<T: SimElem>(
+    spec: &KernelSpec,
+    o_part: &[f32],
+    lse_part: &[f32],
+    o: &mut [T],
+    lse: &mut [f32],
+    (splits, tq, hq): (usize, usize, usize),
+    cfg: &SimConfig,
+) -> Result<(), ExecError> {
+    use attnforge_codegen::emit::{emit_split_merge, MERGE_THREADS};
+    let m = emit_split_merge(spec.dtype, spec.head_dim);
+    let kernel = exec::cached_sim_kernel(&m.name, &m.source)?;
+    let rows = tq * hq;
+    let blocks = rows.div_ceil(MERGE_THREADS / 32);
+    if blocks == 0 {
+        return Ok(());
+    }
+    let mut args = vec![
+        SimArg::input(o_part),
+        SimArg::input(lse_part),
+        SimArg::output(o),
+        SimArg::output(lse),
+        SimArg::I32(splits as i32),
+        SimArg::I32(tq as i32),
+        SimArg::I32(hq as i32),
+    ];
+    kernel.launch(
+        (blocks as u32, 1, 1),
+        MERGE_THREADS as u32,
+        0,
+        &mut args,
+        cfg,
+    )?;
+    Ok(())
 }
 
 /// The reference of a serving run: [`attnforge_reference::serving_attention`] (each
@@ -649,7 +981,7 @@ pub fn reference<T: Element>(
     p: &RunParams,
     precision: Precision,
 ) -> Result<VarlenOutput, ExecError> {
-    let r = resolve(spec, x, p)?;
+    let r = resolve(spec, None, x, p)?;
     reference_resolved(spec, x, p, &r, precision)
 }
 
@@ -697,6 +1029,18 @@ fn reference_resolved<T: Element>(
     if spec.mask.lm_infinite_scoring() {
         return lm_infinite_reference(x, r, &opts);
     }
+    let (mask, score) = reference_mask_score(spec, p, r)?;
+    reference::serving_attention(&x.q, &x.cu_seqlens_q, &kv_layout(x), &mask, &score, &opts)
+        .map_err(serving_err)
+}
+
+/// The reference's mask and score modification of a serving run (not LM-Infinite, whose
+/// scoring has its own reference).
+fn reference_mask_score(
+    spec: &KernelSpec,
+    p: &RunParams,
+    r: &Resolved,
+) -> Result<(reference::Mask, reference::ScoreMod), ExecError> {
     let mask = match &spec.mask {
         Mask::Builtin(m) => reference::Mask::builtin(m.tag(), &r.mask, &r.doc)?,
         Mask::Predicate(_) => {
@@ -735,8 +1079,7 @@ fn reference_resolved<T: Element>(
             reference::ScoreMod::function(move |s, b, h, i, j| f(s, b, h, i, j))
         }
     };
-    reference::serving_attention(&x.q, &x.cu_seqlens_q, &kv_layout(x), &mask, &score, &opts)
-        .map_err(serving_err)
+    Ok((mask, score))
 }
 
 /// LM-Infinite (its own scoring): each sequence's keys gathered into a one-batch dense
@@ -804,7 +1147,7 @@ pub fn check<T: Element + SimElem>(
     p: &RunParams,
     cfg: &SimConfig,
 ) -> Result<ServingReport, ExecError> {
-    let r = resolve(spec, x, p)?;
+    let r = resolve(spec, Some(tile), x, p)?;
     let want = reference_resolved(spec, x, p, &r, Precision::F64)?.to_attn_output();
     let naive = reference_resolved(spec, x, p, &r, Precision::Naive)?.to_attn_output();
     let run = simulate(spec, tile, x, p, cfg)?;

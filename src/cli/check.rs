@@ -49,11 +49,13 @@ Examples:
   attnforge check --all --backend cuda     # needs a GPU
   attnforge check --all --layout varlen    # packed sequences (variants.md section 13)
   attnforge check --all --layout paged     # a paged KV cache, page sizes 1 and 16
+  attnforge check --all --layout decode    # decoding on a paged cache, split-KV + merge
 
 --layout varlen|paged compiles each static variant for the serving layout and runs it on the
 simulator over one batch of sequences of different lengths (an empty one, lengths off the
 tile grid, Sq_b > Sk_b where defined; paged: a permuted page table with a page shared by
-every sequence) against the reference's serving function. Variants a layout cannot serve
+every sequence; decode: 1..16 tokens per sequence, GQA groups packed, splits 1, 2 and more
+than key tiles, merged) against the reference's serving function. Variants a layout cannot serve
 (data-dependent pipelines, explicit block-sparse lists, doc masks on a paged cache) are
 listed as SKIP with the reason.";
 
@@ -104,6 +106,11 @@ pub enum LayoutArg {
     Varlen,
     /// A paged KV cache with a block table.
     Paged,
+    /// Decoding (1..16 tokens per sequence) on a paged cache, split-KV.
+    Decode,
+    /// Decoding over packed keys (`cu_seqlens_k`), split-KV.
+    #[value(name = "decode_varlen")]
+    DecodeVarlen,
 }
 
 impl LayoutArg {
@@ -112,6 +119,8 @@ impl LayoutArg {
             LayoutArg::Dense => Layout::Dense,
             LayoutArg::Varlen => Layout::Varlen,
             LayoutArg::Paged => Layout::Paged,
+            LayoutArg::Decode => Layout::Decode,
+            LayoutArg::DecodeVarlen => Layout::DecodeVarlen,
         }
     }
 }

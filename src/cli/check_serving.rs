@@ -1,9 +1,11 @@
-//! `attnforge check --layout varlen|paged`: a static variant compiled for a serving layout
+//! `attnforge check --layout varlen|paged|decode`: a static variant compiled for a serving layout
 //! (variants.md section 13) and run on the simulator over packed sequences of different
 //! lengths (a zero-length one, lengths that are not tile multiples, `Sq_b > Sk_b` where the
 //! variant defines it), against the reference's serving function
 //! (`attnforge_runtime::exec_serving`). Paged runs use a permuted page table with a page
-//! shared by every sequence, at page sizes 1 and 16.
+//! shared by every sequence, at page sizes 1 and 16. Decode runs (1..16 query tokens per
+//! sequence, split-KV) the same cache at page size 1 without splits (with `Sq_b > Sk_b` where
+//! defined), then at page size 16 with 2 splits and with more splits than key tiles.
 
 use attnforge::codegen::spec::{DType, Layout};
 use attnforge::exec::{Backend, ExecError};
@@ -34,8 +36,22 @@ pub(super) fn unsupported(sf: &SpecFile, layout: Layout) -> Option<String> {
 /// Per-sequence `(Sq_b, Sk_b)` of the check: the variant's own problem, an empty sequence, a
 /// short one, lengths off the tile grid, and `Sq_b > Sk_b` (a sequence without keys
 /// included) where the variant defines it.
-fn lengths(sf: &SpecFile) -> Vec<(usize, usize)> {
+fn lengths(sf: &SpecFile, layout: Layout, splits: usize) -> Vec<(usize, usize)> {
     let p = sf.problem;
+    if layout.is_decode() {
+        // 1..16 tokens: one, a few, the most (16, with 70 keys: off the tile grid)
+        let mut v = vec![
+            (1, p.seq_k),
+            (0, 9),
+            (1, 1),
+            (3, 13 + p.seq_k / 3),
+            (16, 70),
+        ];
+        if splits == 1 && sf.spec.allows_sq_gt_sk() {
+            v.extend([(5, 2), (3, 0)]);
+        }
+        return v;
+    }
     let mut v = vec![
         (p.seq_q.min(p.seq_k), p.seq_k),
         (0, 9),
@@ -94,7 +110,7 @@ fn inputs<T: Element>(
     let tq: usize = lens.iter().map(|l| l.0).sum();
     let packed = |t, h, stream| Packed::from_vec(t, h, d, rand(t * h * d, stream)).expect("sized");
     let cu_q = cu(lens.iter().map(|l| l.0));
-    let keys = if layout == Layout::Paged {
+    let keys = if layout.is_paged() {
         // sequence b's page i is page 1 + (7 (b + i) mod n) for a permutation; page 0 is
         // every sequence's first page (a shared prefix)
         let pages: Vec<usize> = lens.iter().map(|l| l.1.div_ceil(page_size)).collect();
@@ -142,17 +158,18 @@ fn inputs<T: Element>(
 fn check_one<T: Element + SimElem>(
     sf: &SpecFile,
     layout: Layout,
-    page_size: usize,
+    (page_size, splits): (usize, usize),
     seed: u64,
 ) -> Result<Result<CloseReport, String>, CliError> {
     let spec = sf.spec.clone().with_layout(layout);
     let tile = sf.tile().map_err(CliError::input)?;
-    let lens = lengths(sf);
+    let lens = lengths(sf, layout, splits);
     let max_sk = lens.iter().map(|l| l.1).max().unwrap_or(1);
     let doc = spec.mask.reads_doc().then(|| doc_ids(&lens));
     let mut rp = sf.run_params(max_sk, doc).map_err(CliError::input)?;
     rp.block_lists = None; // built per sequence by exec_serving
     specfile::catalog_twins(sf, &mut rp);
+    rp.num_splits = Some(splits);
     let x = inputs::<T>(sf, layout, &lens, page_size, seed);
     let cfg = attnforge::sim::SimConfig::new(attnforge::sim::Schedule::Forward);
     match exec_serving::check(&spec, &tile, &x, &rp, &cfg) {
@@ -175,7 +192,7 @@ pub(super) fn check_serving(
 ) -> Result<Verdict, CliError> {
     if !matches!(backend, Backend::Sim(_)) {
         return Err(CliError::input(
-            "--layout varlen|paged runs on the simulator only (serving kernels have no GPU launch path yet)\n  fix: pass --backend sim",
+            "--layout varlen|paged|decode runs on the simulator only (serving kernels have no GPU launch path yet)\n  fix: pass --backend sim",
         ));
     }
     let tile = sf.tile().map_err(CliError::input)?;
@@ -183,18 +200,20 @@ pub(super) fn check_serving(
         &sf.spec.clone().with_layout(layout),
         &tile,
     );
-    let page_sizes: &[usize] = if layout == Layout::Paged {
-        &[1, 16]
-    } else {
-        &[1]
+    // (page size, key splits); decode: no split, 2, and more splits than key tiles (64)
+    let runs: &[(usize, usize)] = match layout {
+        Layout::Paged => &[(1, 1), (16, 1)],
+        Layout::Decode => &[(1, 1), (16, 2), (16, 64)],
+        Layout::DecodeVarlen => &[(1, 1), (1, 2), (1, 64)],
+        Layout::Dense | Layout::Varlen => &[(1, 1)],
     };
     let mut worst: Option<CloseReport> = None;
     let mut failures = Vec::new();
-    for &ps in page_sizes {
+    for &(ps, splits) in runs {
         let r = match sf.spec.dtype {
-            DType::F32 => check_one::<f32>(sf, layout, ps, seed),
-            DType::F16 => check_one::<f16>(sf, layout, ps, seed),
-            DType::Bf16 => check_one::<bf16>(sf, layout, ps, seed),
+            DType::F32 => check_one::<f32>(sf, layout, (ps, splits), seed),
+            DType::F16 => check_one::<f16>(sf, layout, (ps, splits), seed),
+            DType::Bf16 => check_one::<bf16>(sf, layout, (ps, splits), seed),
         }?;
         match r {
             Ok(c) => {
@@ -203,13 +222,13 @@ pub(super) fn check_serving(
                     _ => c,
                 })
             }
-            Err(d) => failures.push(format!("[page size {ps}] {d}")),
+            Err(d) => failures.push(format!("[page size {ps}, splits {splits}] {d}")),
         }
     }
     let mut v = match (&worst, failures.is_empty()) {
         (Some(w), true) => Verdict::passed(name, w, serde_json::Value::Null),
         _ => Verdict::failed(name, failures.join("; ")),
     };
-    v.problems = page_sizes.len();
+    v.problems = runs.len();
     Ok(v)
 }

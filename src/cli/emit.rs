@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use attnforge::codegen::emit::{emit, EmittedKernel};
+use attnforge::codegen::spec::KernelSpec;
 use attnforge::codegen::tile::Arch;
 use attnforge::npy::write_bytes_atomic;
 use clap::Args;
@@ -173,8 +174,45 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
         k.metadata.dynamic_smem_bytes,
         regs
     );
+    if sf.spec.layout.is_decode() {
+        emit_merge(&sf.spec, &a.out_dir)?;
+    }
     if backward {
         super::emit_backward::emit_files(&sf.spec, s, arch, &a.out_dir, &ptxas)?;
     }
+    Ok(())
+}
+
+/// A decode kernel's split-KV merge kernel: `.cu` and its launch metadata (arguments, grid),
+/// launched after the decode kernel when `num_splits > 1`.
+fn emit_merge(spec: &KernelSpec, out_dir: &Path) -> Result<(), CliError> {
+    use attnforge::codegen::emit::{emit_split_merge, MERGE_THREADS};
+    let m = emit_split_merge(spec.dtype, spec.head_dim);
+    let meta = serde_json::json!({
+        "kernel_name": m.name,
+        "signature": [
+            {"name": "o_part", "c_type": "const float*"},
+            {"name": "lse_part", "c_type": "const float*"},
+            {"name": "o", "c_type": format!("{}*", spec.dtype.cuda())},
+            {"name": "lse", "c_type": "float*"},
+            {"name": "num_splits", "c_type": "int"},
+            {"name": "tokens", "c_type": "int"},
+            {"name": "heads", "c_type": "int"},
+        ],
+        "grid": [format!("ceil(tokens * heads / {})", MERGE_THREADS / 32), "1", "1"],
+        "block_threads": MERGE_THREADS,
+        "dynamic_smem_bytes": 0,
+        "requirements": [
+            "after the decode kernel, when num_splits > 1: o_part [num_splits, Tq, Hq, D] and lse_part \
+             [num_splits, Hq, Tq] (f32) as it wrote them; o [Tq, Hq, D] and lse [Hq, Tq] contiguous; \
+             tokens = Tq, heads = Hq"
+        ],
+    });
+    let cu = out_dir.join(format!("{}.cu", m.name));
+    let js = out_dir.join(format!("{}.json", m.name));
+    let text = serde_json::to_string_pretty(&meta).map_err(CliError::failed)?;
+    write_bytes_atomic(&cu, m.source.as_bytes()).map_err(CliError::input)?;
+    write_bytes_atomic(&js, text.as_bytes()).map_err(CliError::input)?;
+    println!("{}  -> {} (split-KV merge)", m.name, cu.display());
     Ok(())
 }

@@ -57,10 +57,12 @@ Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes 
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
 Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).
 
-Serving layouts (a spec with layout = \"varlen\" | \"paged\", docs/serving.md; backends sim and
-reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1]; varlen k, v [Tk, Hkv, D] with
---cu-seqlens-k [B + 1]; paged k, v caches [num_pages, page_size, Hkv, D] with --block-table
-[B, max_pages] and --seqlens-k [B] (int32 .npy); --doc ids packed like the keys [Tk]. Writes
+Serving layouts (a spec with layout = \"varlen\" | \"paged\" | \"decode\" | \"decode_varlen\",
+docs/serving.md; backends sim and reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1];
+varlen k, v [Tk, Hkv, D] with --cu-seqlens-k [B + 1]; paged k, v caches [num_pages, page_size,
+Hkv, D] with --block-table [B, max_pages] and --seqlens-k [B] (int32 .npy); --doc ids packed
+like the keys [Tk]. Decode (1..16 tokens per sequence; decode: paged keys, decode_varlen:
+packed keys) takes --num-splits (default: chosen from the problem and the device). Writes
 out [Tq, Hq, D] and lse [Hq, Tq]. The layout arrays are checked before any launch.";
 
 /// Backend of `run`.
@@ -139,6 +141,10 @@ pub struct RunArgs {
     /// Paged: key lengths `[B]` (.npy, int32).
     #[arg(long)]
     pub(super) seqlens_k: Option<PathBuf>,
+    /// Decode: key splits per sequence (default: chosen from the problem and the device,
+    /// `attnforge_codegen::serving::decode_splits`).
+    #[arg(long)]
+    pub(super) num_splits: Option<usize>,
 }
 
 /// The one way `run` executes a variant of either kind: the f64 reference, or its

@@ -1,4 +1,5 @@
-//! `attnforge run` of a spec in a serving layout (`layout = "varlen" | "paged"`, docs/serving.md):
+//! `attnforge run` of a spec in a serving layout (`layout = "varlen" | "paged" | "decode"`,
+//! docs/serving.md; decode takes the paged arrays and `--num-splits`):
 //! packed q `[Tq, Hq, D]` with `--cu-seqlens-q`; varlen k, v `[Tk, Hkv, D]` with
 //! `--cu-seqlens-k`; paged k, v caches `[num_pages, page_size, Hkv, D]` with `--block-table`
 //! (`[B, max_pages]`) and `--seqlens-k` (`[B]`), all int32 `.npy`. Writes out `[Tq, Hq, D]`
@@ -76,6 +77,7 @@ fn go<T: Element + SimElem>(
     let mut rp = sf.run_params(geo_sk, doc).map_err(CliError::input)?;
     rp.block_lists = None;
     specfile::catalog_twins(sf, &mut rp);
+    rp.num_splits = a.num_splits;
     let tile = sf.tile().map_err(CliError::input)?;
     let res = match a.backend {
         RunBackend::Reference => exec_serving::reference(&sf.spec, &x, &rp, Precision::F64),
@@ -105,7 +107,7 @@ pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
         read_i32(need(&a.cu_seqlens_q, "--cu-seqlens-q", layout)?).map_err(CliError::input)?;
     let dtype = sf.spec.dtype;
     let q = read_packed(&a.q, dtype).map_err(CliError::input)?;
-    let (k, v, paged, cu_k) = if layout == Layout::Paged {
+    let (k, v, paged, cu_k) = if layout.is_paged() {
         let bt = need(&a.block_table, "--block-table", layout)?;
         let shape = read_shape(bt).map_err(CliError::input)?;
         let max_pages = if shape.len() == 2 {

@@ -810,6 +810,77 @@ __device__ __forceinline__ void af_element_bits(af_bits_t<NR * NC>& okb, af_bits
         }
     }
 }
+
+// ---- statistics policy (variants.md section 14, docs/statistics.md) ----
+// The main loops call stats.sweep<Tile>(a, blk, layout, schedule, hooks, sc) after their
+// epilogue. key_mass needs each row's final lse, which a one-pass online softmax only knows at
+// the end, so the statistics are a second sweep over the same key tiles once lse is written.
+//   af_no_stats:       nothing (the default: a kernel without statistics is unchanged)
+//   af_key_mass_stats: P = exp(s - lse) summed over the block's rows per key into
+//                      partial[b, h, blockIdx.x, :] (every key of the row written, 0 where the
+//                      block visits no tile); af_stats_reduce (af_stats.cuh) then sums the query
+//                      blocks in a fixed order (deterministic, no float atomics).
+struct af_no_stats {
+    template <class Tile, typename T, class Layout, class Schedule, class Hooks, class Scoring>
+    __device__ __forceinline__ void sweep(const af_fwd_args<T>&, const af_fwd_block<T>&, const Layout&, const Schedule&,
+                                          const Hooks&, const Scoring&) const {}
+};
+
+struct af_key_mass_stats {
+    float* partial;  // [B, Hq, gridDim.x, Sk]
+    // The scores are recomputed in f32 FMA from q and k in global memory (one code path for
+    // every main loop; the main loop's fragments are gone): the same masked, modified, scaled
+    // score the main loop used, up to rounding. Thread (row group g, key column c) sums rows
+    // g, g + RG, ..; the RG partial sums of a key are added in a fixed order.
+    template <class Tile, typename T, class Layout, class Schedule, class Hooks, class Scoring>
+    __device__ void sweep(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, const Layout& layout, const Schedule& schedule,
+                          const Hooks& hooks, const Scoring&) const {
+        constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+        constexpr int RG = NT >= BN ? NT / BN : 1;  // threads sharing a key column
+        static_assert(NT % BN == 0 || BN % NT == 0, "key columns spread evenly over the threads");
+        AF_DYNAMIC_SHARED(float, af_stats_smem);
+        AF_SHARED_VIEW(float, red, af_stats_smem, 0, RG * BN);
+        const int tid = threadIdx.x;
+        float* prow = partial + (((long long)blk.b * a.heads_q + blk.h) * gridDim.x + blockIdx.x) * blk.seq_k;
+        __syncthreads();  // every row's lse is written; the main loop's shared memory is free
+        for (long long j = tid; j < blk.seq_k; j += NT) prow[j] = 0.f;
+        const auto tiles = schedule.template tiles<BN>(blk, blk.seq_k);
+        long long cur = tiles.first, n0;
+        int kind;
+        while (tiles.next(cur, n0, kind)) {
+            const bool partial_tile = decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL;
+#pragma unroll 1
+            for (int idx = tid; idx < RG * BN; idx += NT) {
+                const int c = idx % BN, g = idx / BN;
+                const long long kv = n0 + c;
+                float sum = 0.f;
+                if (kv < blk.seq_k) {
+                    const T* kr = blk.kb + layout.kv_row(blk, kv) * a.k_stride_s;
+#pragma unroll 1
+                    for (long long r = g; r < blk.rows_valid; r += RG) {
+                        const long long row = blk.m0 + r, q_pos = row + blk.shift;
+                        const float lse = a.lse[layout.lse_at(a, blk, row)];
+                        // empty rows (lse = -inf) and masked elements carry no weight
+                        if (lse == -INFINITY || (partial_tile && !hooks.mask(q_pos, kv))) continue;
+                        const T* qr = blk.qb + row * a.q_stride_s;
+                        float dot = 0.f;
+#pragma unroll 8
+                        for (int d = 0; d < D; ++d) dot += af_to_float(qr[d]) * af_to_float(kr[d]);
+                        sum += exp2f((hooks.score(dot * a.scale, q_pos, kv) - lse) * AF_LOG2E);
+                    }
+                }
+                red[idx] = sum;
+            }
+            __syncthreads();
+            for (int c = tid; c < BN; c += NT) {
+                float s = 0.f;
+                for (int g = 0; g < RG; ++g) s += red[g * BN + c];
+                if (n0 + c < blk.seq_k) prow[n0 + c] = s;
+            }
+            __syncthreads();  // red is reused by the next tile
+        }
+    }
+};
 // ---- end af_fwd.cuh ----
 
 // ---- begin af_fwd_fma.cuh ----
@@ -932,9 +1003,10 @@ __device__ __forceinline__ void af_fma_qk(float (&s)[Tile::BM / Tile::NW][Tile::
     }
 }
 
-template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout>
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout,
+          class Stats = af_no_stats>
 __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
-                                           const Scoring& scoring, const Layout& layout = Layout{}) {
+                                           const Scoring& scoring, const Layout& layout = Layout{}, const Stats& stats = Stats{}) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D;
     constexpr int ROWS = BM / Tile::NW;  // query rows per warp
     constexpr int CPL = BN / 32;         // key columns per lane (S = Q K^T)
@@ -1055,6 +1127,7 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
             if (lane == 0 && a.lse != nullptr) a.lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
+    stats.template sweep<Tile>(a, blk, layout, schedule, hooks, sc);  // statistics policy (af_fwd.cuh)
 }
 // ---- end af_fwd_fma.cuh ----
 

@@ -261,10 +261,22 @@ fn kernel(o: &mut String, ir: &KernelIr) {
         Mainloop::TensorCore => "af_fwd_tc",
         Mainloop::Wgmma => "af_fwd_wg",
     };
-    let layout = layout(o, ir);
+    let mut layout = layout(o, ir);
+    let mut stats = "";
+    if ir.spec.stats.is_some() {
+        o.push_str(
+            "    // statistics: after the epilogue, P = exp(s - lse) summed per key over the block's rows\n    \
+             const af_key_mass_stats stats = {stats_partial};\n",
+        );
+        // the statistics policy follows the layout argument, which dense kernels otherwise omit
+        if layout.is_empty() {
+            layout = ", af_dense_layout{}";
+        }
+        stats = ", stats";
+    }
     let _ = writeln!(
         o,
-        "    {mainloop}<Tile>(args, schedule, block_hooks, {scoring}{layout});\n}}"
+        "    {mainloop}<Tile>(args, schedule, block_hooks, {scoring}{layout}{stats});\n}}"
     );
 }
 

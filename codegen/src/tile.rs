@@ -531,6 +531,15 @@ impl TileConfig {
 
     /// What a warpgroup-MMA tile needs beyond the common rules.
     fn wgmma_errors(&self, spec: &KernelSpec, arch: Arch, e: &mut Errors) {
+        if spec.stats.is_some() {
+            // the producer warpgroup leaves early: the statistics sweep's block barriers
+            // are only built into the mma.sync and FMA main loops
+            e.push(
+                "tile.wgmma",
+                "statistics outputs are produced by the mma.sync and FMA main loops, not the wgmma one",
+                "use a tile without wgmma for a spec with `stats`",
+            );
+        }
         if arch != Arch::Sm90 {
             e.push(
                 "tile.wgmma",

@@ -524,6 +524,14 @@ fn host_args<T: Element>(
                 exec::user_param_arg(spec, p, side, index, &a.name)?
             }
             ArgRole::Serving(s) => serving_arg(s, x),
+            ArgRole::Stats(_) => {
+                // validate_spec refuses statistics with a serving layout; never reached
+                return Err(exec::input_err(
+                    &a.name,
+                    "statistics outputs are built for the dense layout only",
+                    "remove `stats` from the spec, or use layout = \"dense\"",
+                ));
+            }
         };
         out.push(v);
     }
@@ -616,6 +624,8 @@ pub fn simulate<T: Element + SimElem>(
                 HostArg::I32(v) => SimArg::I32(*v),
                 HostArg::I64(v) => SimArg::I64(*v),
                 HostArg::F32(v) => SimArg::F32(*v),
+                // serving_host_args refuses statistics (dense layout only)
+                HostArg::StatsPartial => SimArg::Null,
             });
         }
         counters = kernel.launch(

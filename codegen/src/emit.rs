@@ -146,10 +146,16 @@ pub(crate) fn device_fns(o: &mut String, ir: &KernelIr) {
 fn header(o: &mut String, ir: &KernelIr) {
     let t = &ir.tile;
     let _ = writeln!(o, "// attnforge generated kernel: {}", ir.symbol);
+    // the statistics' reduce, pool and top_k are arguments of the follow-up kernel: the
+    // forward kernel's text (and its simulator / NVRTC cache key) does not depend on them
+    let mut spec = ir.spec.clone();
+    if spec.stats.is_some() {
+        spec.stats = Some(Default::default());
+    }
     let _ = writeln!(
         o,
         "// spec: {}",
-        serde_json::to_string(&ir.spec).unwrap_or_default()
+        serde_json::to_string(&spec).unwrap_or_default()
     );
     let _ = writeln!(
         o,

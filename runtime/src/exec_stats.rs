@@ -86,7 +86,9 @@ pub fn simulate_stats<T: Element + SimElem>(
     let args = host_args(spec, x, p, &r)?;
     let mut o = vec![T::from_f64(0.0); d.batch * d.heads_q * d.seq_q * spec.head_dim.get()];
     let mut lse = vec![0.0f32; d.batch * d.heads_q * d.seq_q];
-    let mut partial = vec![0.0f32; d.batch * d.heads_q * qblocks * d.seq_k];
+    // NaN: an entry the forward kernel fails to write poisons key_mass (the kernel zeroes
+    // the keys its block does not visit)
+    let mut partial = vec![f32::NAN; d.batch * d.heads_q * qblocks * d.seq_k];
     let geo = attnforge_codegen::args::LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
     let kernel = sim_kernel(spec, tile)?;
     let counters = {

@@ -88,12 +88,14 @@ fn spec(dtype: DType, mask: Mask, score: ScoreMod, st: StatsSpec) -> KernelSpec 
         .with_stats(st)
 }
 
-/// GQA ratios 1, 2, 4, Sq != Sk off the tile grid, causal Sq > Sk (empty rows), sum and max
+/// GQA ratios 1, 2, 4, several query blocks and key tiles, Sq != Sk off the tile grid, causal Sq > Sk (empty rows), sum and max
 /// over the group, pool widths 1, 3, 7, top_k larger than the keys; f32 (FMA main loop).
 #[test]
 fn causal_gqa_shapes_and_reductions_f32() {
     let cases = [
         (case(1, 2, 2, 37, 45), stats(StatReduce::Sum, None, 5)),
+        // three query blocks, three key tiles: blocks skip the tiles past their diagonal
+        (case(1, 2, 1, 150, 150), stats(StatReduce::Sum, Some(3), 10)),
         (case(2, 4, 2, 70, 33), stats(StatReduce::Max, Some(3), 7)),
         (case(1, 4, 1, 19, 83), stats(StatReduce::Sum, Some(7), 100)),
         // Sq > Sk: the first Sq - Sk rows are empty and must carry no weight

@@ -93,6 +93,10 @@ pub struct CheckArgs {
     /// KV cache); the serving layouts run on the simulator.
     #[arg(long, value_enum, default_value = "dense")]
     layout: LayoutArg,
+    /// Check the attention statistics outputs (key_mass, key_score, top_keys; variants.md
+    /// section 14) of each static variant on the simulator instead.
+    #[arg(long, conflicts_with_all = ["backward", "layout"])]
+    stats: bool,
 }
 
 /// `--layout` of `check`.
@@ -224,7 +228,7 @@ impl Verdict {
     }
 }
 
-fn inputs<T: Element>(sf: &SpecFile, seed: u64, magnitude: f32) -> Inputs<T> {
+pub(super) fn inputs<T: Element>(sf: &SpecFile, seed: u64, magnitude: f32) -> Inputs<T> {
     let p = sf.problem;
     let d = sf.spec.head_dim.get();
     let mk = |h, s, stream| {
@@ -399,7 +403,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
                 .into_iter()
                 .map(|s| AnySpecFile::Static(Box::new(specfile::from_catalog(s)))),
         );
-        if !a.backward {
+        if !a.backward && !a.stats {
             files.extend(
                 dynamic_catalog()
                     .into_iter()
@@ -419,6 +423,11 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
     }
     let backend = match a.backend {
         CheckBackend::Sim => Backend::sim(),
+        CheckBackend::Cuda if a.stats => {
+            return Err(CliError::input(
+                "--stats runs on the simulator only (the statistics are not read back from a GPU yet)\n  fix: use --backend sim",
+            ))
+        }
         CheckBackend::Cuda => Backend::Cuda(0),
     };
     // A spec file with `backward = true` is checked forward and backward.
@@ -445,7 +454,9 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             AnySpecFile::Static(sf) if a.layout == LayoutArg::Dense => sf.spec.layout,
             _ => a.layout.layout(),
         };
-        let res = if backward && !layout.is_dense() {
+        let res = if a.stats {
+            super::check_stats::check_stats_any(f, a.seed)
+        } else if backward && !layout.is_dense() {
             Ok(Err(
                 "the backward kernels read the dense layout only".to_string()
             ))
@@ -473,7 +484,11 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         if !v.ok {
             failed += 1;
         }
-        let line = result_line(&v, a.json, backward);
+        let line = if a.stats && v.ok && !a.json {
+            format!("PASS {:<56} {}", v.name, v.detail)
+        } else {
+            result_line(&v, a.json, backward)
+        };
         bar.suspend(|| println!("{line}"));
         bar.inc(1);
         if a.fail_fast && !v.ok {

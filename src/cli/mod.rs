@@ -5,6 +5,7 @@ mod check;
 mod check_backward;
 mod check_problems;
 mod check_serving;
+mod check_stats;
 mod common;
 mod dynamic;
 mod emit;

@@ -262,11 +262,15 @@ pub struct StatsReport {
     pub run: StatsRun,
 }
 
-/// The tolerance of the statistics: they are f32 sums of f32 weights whatever the input
-/// dtype (kernel and naive path read the same rounded inputs), so the f32 rule of
-/// variants.md section 0 applies: `rtol = 2`, `atol = 1e-5`.
-pub fn stats_tolerance() -> Tolerance {
-    Tolerance::for_dtype(reference::DType::F32)
+/// The tolerance of the statistics: the rule of variants.md section 0 with the dtype's
+/// documented figures (`rtol = 2`; `atol` f32 1e-5, f16 1e-3, bf16 8e-3), the rule `out` and
+/// `lse` are held to. Why the dtype's and not f32's although the sums are f32: every weight
+/// is `P = exp(s - lse)` with the forward kernel's lse, so the statistics inherit the lse's
+/// error (its score rounding differs from the sweep's f32 dot product by a few ulp of |s|),
+/// and lse is held to the dtype's rule. Measured (bf16, d128, |s| ~ 300): the key_mass error
+/// is 3.3x the naive path's, above `rtol = 2` with f32's `atol`; docs/statistics.md.
+pub fn stats_tolerance(dtype: attnforge_codegen::spec::DType) -> Tolerance {
+    Tolerance::for_dtype(reference_dtype(dtype))
 }
 
 /// `max |K - R| <= rtol max |N - R| + atol` over one statistic (`name` in the error).
@@ -394,7 +398,7 @@ pub fn check_stats<T: Element + SimElem>(
             "a kernel bug: the forward with statistics differs",
         )
     })?;
-    let st = stats_tolerance();
+    let st = stats_tolerance(spec.dtype);
     let key_mass = close_stat(
         "key_mass",
         &run.key_mass,

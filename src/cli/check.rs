@@ -509,8 +509,13 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
     }
     if !a.json {
         if skipped > 0 {
+            let why = if a.stats {
+                "no statistics outputs for them"
+            } else {
+                "the layout cannot serve them"
+            };
             println!(
-                "{} kernels passed, {skipped} skipped (the layout cannot serve them)",
+                "{} kernels passed, {skipped} skipped ({why})",
                 jobs.len() - skipped
             );
         } else {

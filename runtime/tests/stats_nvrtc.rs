@@ -1,0 +1,110 @@
+//! The statistics kernels (variants.md section 14, docs/statistics.md) compile with NVRTC for
+//! sm_80 and sm_90 without stack frame or spills (the forward kernels with the statistics
+//! policy and the follow-up kernel), the main loop is the one without statistics (same
+//! instructions per MMA), and the cost of the statistics sweep in instructions per MMA
+//! (printed: the figures of docs/statistics.md). Fails (never skips) without the toolchain
+//! of `cargo xtask setup`.
+
+use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
+use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
+use attnforge_runtime::codegen::spec::StatsSpec;
+use attnforge_runtime::codegen::stats::emit_stats_reduce;
+use attnforge_runtime::codegen::tile::{default_tile, Arch};
+use attnforge_runtime::{build_kernel, main_loops, sass, sass_loops, MainLoopHints, SassLoop};
+
+/// Compiles `source` for `arch`: (registers, SASS text); asserts no stack frame, no spills.
+fn compile(source: &str, name: &str, arch: Arch) -> (u32, String) {
+    let b = build_kernel(source, name, arch)
+        .unwrap_or_else(|e| panic!("compile {name} (run `cargo xtask setup`): {e}"));
+    let u = &b.resources;
+    assert_eq!(
+        (u.stack_frame_bytes, u.spill_store_bytes, u.spill_load_bytes),
+        (0, 0, 0),
+        "{name} {arch:?}: stack / spills ({} registers)",
+        u.registers
+    );
+    let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
+    (u.registers, text)
+}
+
+/// Instructions of the statistics sweep per (query row, key) element: the loop over a
+/// thread's rows (the smallest loop without MMA that holds FFMA and MUFU.EX2), with the
+/// dot-product loop inside it counted for its D / (FFMA per trip) trips.
+fn sweep_instr_per_element(loops: &[SassLoop], d: usize) -> f64 {
+    let no_mma = |l: &&SassLoop| l.count("HMMA") == 0;
+    let row = loops
+        .iter()
+        .filter(no_mma)
+        .filter(|l| l.count("FFMA") > 0 && l.count("MUFU") > 0)
+        .min_by_key(|l| l.instructions)
+        .expect("the statistics row loop");
+    let inner = loops
+        .iter()
+        .filter(|l| row.contains(l) && *l != row && l.count("FFMA") > 0)
+        .min_by_key(|l| l.instructions);
+    match inner {
+        Some(dot) => {
+            let trips = d as f64 / dot.count("FFMA") as f64;
+            row.instructions as f64 + (trips - 1.0) * dot.instructions as f64
+        }
+        None => row.instructions as f64,
+    }
+}
+
+#[test]
+fn stats_kernels_compile_and_cost() {
+    let mut rows = Vec::new();
+    for (dtype, d, mask) in [
+        (DType::Bf16, HeadDim::D64, Mask::Causal),
+        (DType::Bf16, HeadDim::D128, Mask::Causal),
+        (DType::F16, HeadDim::D64, Mask::Local),
+    ] {
+        let plain = KernelSpec::new(dtype, d, mask, ScoreMod::None).with_gqa();
+        let with = plain.clone().with_stats(StatsSpec::default());
+        for arch in [Arch::Sm80, Arch::Sm90] {
+            let tile = default_tile(&with, arch).expect("a default tile");
+            let hints = MainLoopHints::for_kernel(&plain, &tile);
+            let mut per_mma = Vec::new();
+            let mut regs = Vec::new();
+            let mut sweep = 0.0;
+            for s in [&plain, &with] {
+                let k = emit_with(s, &tile, arch, SymbolStyle::WithTile).expect("emits");
+                let (r, text) = compile(&k.source, &k.name, arch);
+                let m = main_loops(&text, &hints).expect("analysable");
+                per_mma.push(m.first().expect("a main loop").instr_per_mma());
+                regs.push(r);
+                if s.stats.is_some() {
+                    sweep = sweep_instr_per_element(&sass_loops(&text).expect("loops"), d.get());
+                }
+            }
+            assert_eq!(
+                per_mma[0], per_mma[1],
+                "{plain:?} {arch:?}: the main loop changed"
+            );
+            // per key tile and warp: the main loop issues mma_per_iteration MMAs, the sweep
+            // block_m block_n / threads elements per thread (= per warp instruction stream)
+            let mma = hints.mma_per_iteration.expect("set by hints()") as f64;
+            let elems = (tile.block_m * tile.block_n / tile.threads()) as f64;
+            let extra = elems * sweep / mma;
+            rows.push(format!(
+                "{} {} tile {}: registers {} -> {}, main loop {:.3} instr/MMA (unchanged), sweep {:.1} instr/element, +{:.1} instr/MMA",
+                plain.canonical_name(),
+                arch.sm_name(),
+                tile.suffix(),
+                regs[0],
+                regs[1],
+                per_mma[0],
+                sweep,
+                extra
+            ));
+        }
+    }
+    for arch in [Arch::Sm80, Arch::Sm90] {
+        let k = emit_stats_reduce();
+        let (r, _) = compile(&k.source, &k.name, arch);
+        rows.push(format!("{} {}: registers {r}", k.name, arch.sm_name()));
+    }
+    for r in &rows {
+        println!("{r}");
+    }
+}

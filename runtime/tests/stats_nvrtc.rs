@@ -9,7 +9,7 @@ use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
 use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
 use attnforge_runtime::codegen::spec::StatsSpec;
 use attnforge_runtime::codegen::stats::emit_stats_reduce;
-use attnforge_runtime::codegen::tile::{default_tile, Arch};
+use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
 use attnforge_runtime::{build_kernel, main_loops, sass, sass_loops, MainLoopHints, SassLoop};
 
 /// Compiles `source` for `arch`: (registers, SASS text); asserts no stack frame, no spills.
@@ -27,28 +27,43 @@ fn compile(source: &str, name: &str, arch: Arch) -> (u32, String) {
     (u.registers, text)
 }
 
-/// Instructions of the statistics sweep per (query row, key) element: the loop over a
-/// thread's rows (the smallest loop without MMA that holds FFMA and MUFU.EX2), with the
-/// dot-product loop inside it counted for its D / (FFMA per trip) trips.
-fn sweep_instr_per_element(loops: &[SassLoop], d: usize) -> f64 {
-    let no_mma = |l: &&SassLoop| l.count("HMMA") == 0;
-    let row = loops
+/// Instructions of the statistics sweep per key tile and thread (= per warp): the tile loop
+/// (the loop without MMA holding the most FFMA and a MUFU.EX2), each loop inside it counted
+/// for its trips, from the work it does per trip: the dot-product loop `D * RPT * CB` FFMA
+/// (RPT x CB scores per thread), the K staging loop `block_n * D / threads` STS, the
+/// row-group sum `RGN` LDS per key column (4 columns per thread, RGN = threads / (block_n / 4)).
+fn sweep_instr_per_tile(loops: &[SassLoop], d: usize, tile: &TileConfig) -> f64 {
+    let nt = tile.threads();
+    let rgn = nt / (tile.block_n / 4);
+    let scores = tile.block_m * tile.block_n / nt; // RPT x CB per thread
+    let outer = loops
         .iter()
-        .filter(no_mma)
-        .filter(|l| l.count("FFMA") > 0 && l.count("MUFU") > 0)
-        .min_by_key(|l| l.instructions)
-        .expect("the statistics row loop");
-    let inner = loops
+        .filter(|l| l.count("HMMA") == 0 && l.count("MUFU.EX2") > 0 && l.count("FFMA") > 0)
+        .max_by_key(|l| l.instructions)
+        .expect("the statistics tile loop");
+    let inner: Vec<&SassLoop> = loops
         .iter()
-        .filter(|l| row.contains(l) && *l != row && l.count("FFMA") > 0)
-        .min_by_key(|l| l.instructions);
-    match inner {
-        Some(dot) => {
-            let trips = d as f64 / dot.count("FFMA") as f64;
-            row.instructions as f64 + (trips - 1.0) * dot.instructions as f64
-        }
-        None => row.instructions as f64,
+        .filter(|l| outer.contains(l) && !std::ptr::eq(*l, outer))
+        .collect();
+    // loops directly inside the tile loop (not nested in another inner loop)
+    let direct = inner.iter().filter(|l| {
+        !inner
+            .iter()
+            .any(|o| !std::ptr::eq(*o, **l) && o.contains(l))
+    });
+    let mut total = outer.instructions as f64;
+    for l in direct {
+        let per_trip = |op: &str| l.count(op).max(1) as f64;
+        let trips = if l.count("FFMA") > 0 {
+            (d * scores) as f64 / per_trip("FFMA")
+        } else if l.count("STS") > 0 {
+            (tile.block_n * d / nt) as f64 / per_trip("STS")
+        } else {
+            rgn as f64 / per_trip("LDS")
+        };
+        total += (trips - 1.0).max(0.0) * l.instructions as f64;
     }
+    total
 }
 
 #[test]
@@ -74,7 +89,8 @@ fn stats_kernels_compile_and_cost() {
                 per_mma.push(m.first().expect("a main loop").instr_per_mma());
                 regs.push(r);
                 if s.stats.is_some() {
-                    sweep = sweep_instr_per_element(&sass_loops(&text).expect("loops"), d.get());
+                    sweep =
+                        sweep_instr_per_tile(&sass_loops(&text).expect("loops"), d.get(), &tile);
                 }
             }
             // the main loop is the same code; the compiler may schedule it a little
@@ -85,13 +101,11 @@ fn stats_kernels_compile_and_cost() {
                 per_mma[1],
                 per_mma[0]
             );
-            // per key tile and warp: the main loop issues mma_per_iteration MMAs, the sweep
-            // block_m block_n / threads elements per thread (= per warp instruction stream)
+            // per key tile and warp: the main loop issues mma_per_iteration MMAs
             let mma = hints.mma_per_iteration.expect("set by hints()") as f64;
-            let elems = (tile.block_m * tile.block_n / tile.threads()) as f64;
-            let extra = elems * sweep / mma;
+            let extra = sweep / mma;
             rows.push(format!(
-                "{} {} tile {}: registers {} -> {}, main loop {:.3} -> {:.3} instr/MMA, sweep {:.1} instr/element, +{:.1} instr/MMA",
+                "{} {} tile {}: registers {} -> {}, main loop {:.3} -> {:.3} instr/MMA, sweep {:.0} instr/tile, +{:.1} instr/MMA",
                 plain.canonical_name(),
                 arch.sm_name(),
                 tile.suffix(),

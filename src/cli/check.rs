@@ -49,6 +49,7 @@ Examples:
   attnforge check --all --backend cuda     # needs a GPU
   attnforge check --all --layout varlen    # packed sequences (variants.md section 13)
   attnforge check --all --layout paged     # a paged KV cache, page sizes 1 and 16
+  attnforge check --stats --all            # key_mass / key_score / top_keys (docs/statistics.md)
 
 --layout varlen|paged compiles each static variant for the serving layout and runs it on the
 simulator over one batch of sequences of different lengths (an empty one, lengths off the

@@ -1,0 +1,38 @@
+//! `attnforge check --stats`: the statistics outputs (variants.md section 14) of a catalog
+//! variant pass on the simulator; LM-Infinite is SKIP with the reason; the GPU backend is an
+//! input error naming the flag (docs/statistics.md).
+
+mod cli_common;
+
+use cli_common::*;
+
+#[test]
+fn check_stats_passes_skips_and_refuses_cuda() {
+    let o = run(&[
+        "check",
+        "--stats",
+        "flash_fwd_causal_d64_f16",
+        "flash_fwd_lm_infinite_d128_bf16",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("PASS flash_fwd_causal_d64_f16_stats") && t.contains("key_mass err"),
+        "{t}"
+    );
+    assert!(
+        t.contains("SKIP flash_fwd_lm_infinite_d128_bf16") && t.contains("stats"),
+        "{t}"
+    );
+    assert!(t.contains("no statistics outputs for them"), "{t}");
+    let o = run(&[
+        "check",
+        "--stats",
+        "flash_fwd_causal_d64_f16",
+        "--backend",
+        "cuda",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("--stats") && t.contains("--backend sim"), "{t}");
+}

@@ -935,6 +935,14 @@ pub(crate) fn simulate_raw<T: Element + SimElem>(
     r: &Resolved,
     cfg: &SimConfig,
 ) -> Result<(Vec<T>, Vec<f32>, SimCounters), ExecError> {
+    if spec.stats.is_some() {
+        // the statistics sweep writes a buffer this path does not bind
+        return Err(input_err(
+            "stats",
+            "a kernel with statistics outputs runs with its follow-up kernel",
+            "use attnforge_runtime::exec_stats::{simulate_stats, check_stats} (CLI: attnforge check --stats)",
+        ));
+    }
     let kernel = sim_kernel(spec, tile)?;
     let d = r.dims;
     let args = host_args(spec, x, p, r)?;

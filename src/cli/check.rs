@@ -455,7 +455,9 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             AnySpecFile::Static(sf) if a.layout == LayoutArg::Dense => sf.spec.layout,
             _ => a.layout.layout(),
         };
-        let res = if a.stats {
+        // a spec file with `stats = { .. }` is checked with its statistics
+        let stats = a.stats || matches!(f, AnySpecFile::Static(sf) if sf.spec.stats.is_some());
+        let res = if stats && !backward && layout.is_dense() {
             super::check_stats::check_stats_any(f, a.seed)
         } else if backward && !layout.is_dense() {
             Ok(Err(
@@ -485,7 +487,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         if !v.ok {
             failed += 1;
         }
-        let line = if a.stats && v.ok && !a.json {
+        let line = if stats && !backward && v.ok && !a.json {
             format!("PASS {:<56} {}", v.name, v.detail)
         } else {
             result_line(&v, a.json, backward)

@@ -10,6 +10,7 @@ mod common;
 mod dynamic;
 mod emit;
 mod emit_backward;
+mod emit_stats;
 mod list;
 mod plan_cp;
 mod run;

@@ -47,6 +47,10 @@ fn field_errors() {
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"full\"\n[tune]\ntile = { block_m = 40, block_n = 64, warps = 4, stages = 1 }\n", "tune.tile", "block_m"),
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"full\"\n[tune]\narch = \"sm_70\"\n", "tune.arch", "sm_70"),
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\n[params]\ndoc = [0, 1]\n", "params.doc", "does not use"),
+        ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nstats = { pool = 4 }\n", "stats.pool", "odd"),
+        ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nstats = { top_k = 0 }\n", "stats.top_k", "positive"),
+        ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nlayout = \"varlen\"\nstats = {}\n", "stats", "dense"),
+        ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nstats = { reduce = \"mean\" }\n", "stats", "expected `sum` or `max`"),
     ];
     for (text, field, msg) in cases {
         let e = err(text);
@@ -191,4 +195,14 @@ fn lm_infinite_with_a_score_is_refused_on_load() {
         );
     }
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
+}
+
+#[test]
+fn stats_table_parses() {
+    let t = "dtype = \"bf16\"\nhead_dim = 64\nmask = \"causal\"\nstats = { reduce = \"max\", pool = 7, top_k = 64 }\n";
+    let sf = SpecFile::parse(t, None).unwrap_or_else(|e| panic!("{e}"));
+    let st = sf.spec.stats.expect("stats");
+    assert_eq!((st.pool, st.top_k), (Some(7), Some(64)));
+    assert_eq!(st.reduce, attnforge::codegen::spec::StatReduce::Max);
+    assert!(sf.spec.canonical_name().ends_with("_stats"));
 }

@@ -757,3 +757,108 @@ __device__ __forceinline__ void af_split_merge(const float* o_part, const float*
     for (int c = 0; c < D / 32; ++c) af_store(o + row * D + lane + 32 * c, acc[c] * inv);
     if (lane == 0) lse[lrow] = m == -INFINITY ? -INFINITY : m + logf(z);
 }
+
+// ---- statistics policy (variants.md section 14, docs/statistics.md) ----
+// The main loops call stats.sweep<Tile>(a, blk, layout, schedule, hooks, sc) after their
+// epilogue. key_mass needs each row's final lse, which a one-pass online softmax only knows at
+// the end, so the statistics are a second sweep over the same key tiles once lse is written.
+//   af_no_stats:       nothing (the default: a kernel without statistics is unchanged)
+//   af_key_mass_stats: P = exp(s - lse) summed over the block's rows per key into
+//                      partial[b, h, blockIdx.x, :] (every key of the row written, 0 where the
+//                      block visits no tile); af_stats_reduce (af_stats.cuh) then sums the query
+//                      blocks in a fixed order (deterministic, no float atomics).
+struct af_no_stats {
+    template <class Tile, typename T, class Layout, class Schedule, class Hooks, class Scoring>
+    __device__ __forceinline__ void sweep(const af_fwd_args<T>&, const af_fwd_block<T>&, const Layout&, const Schedule&,
+                                          const Hooks&, const Scoring&) const {}
+};
+
+struct af_key_mass_stats {
+    float* partial;             // [B, Hq, gridDim.x, Sk]
+    static constexpr int CB = 4;  // key columns per thread (register block CB x rows per thread)
+    // The scores are recomputed in f32 from q and k staged in shared memory (one code path for
+    // every main loop; the main loop's fragments are gone): the same masked, modified, scaled
+    // score the main loop used, up to rounding. Thread (row group rg, column group cg) holds
+    // an RPT x CB block of scores (rows rg RPT.., keys cg CB..); the RGN row groups' column
+    // sums are added in a fixed order through shared memory. Shared memory (the main loop's,
+    // free after the epilogue): Q [D][BM] and K [D][BN] as T, then RGN x BN floats; the tile
+    // check keeps it within the main loop's (attnforge_codegen::tile, stats_sweep_smem_bytes).
+    template <class Tile, typename T, class Layout, class Schedule, class Hooks, class Scoring>
+    __device__ void sweep(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, const Layout& layout, const Schedule& schedule,
+                          const Hooks& hooks, const Scoring&) const {
+        constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+        constexpr int CG = BN / CB, RGN = NT / CG, RPT = BM / RGN;
+        static_assert(NT % CG == 0 && BM % RGN == 0 && RPT >= 1, "the tile splits into CB-column blocks");
+        AF_DYNAMIC_SHARED(T, af_stats_smem);
+        AF_SHARED_VIEW(T, sQ, af_stats_smem, 0, D * BM);
+        AF_SHARED_VIEW(T, sK, af_stats_smem, D * BM, D * BN);
+        AF_SHARED_VIEW(float, red, af_stats_smem, D * (BM + BN), RGN * BN);
+        const int tid = threadIdx.x, cg = tid % CG, rg = tid / CG;
+        float* prow = partial + (((long long)blk.b * a.heads_q + blk.h) * gridDim.x + blockIdx.x) * blk.seq_k;
+        __syncthreads();  // every row's lse is written; the main loop's shared memory is free
+        for (long long j = tid; j < blk.seq_k; j += NT) prow[j] = 0.f;
+        // Q -> shared, d-major; rows past seq_q copy the last row (their weight is dropped)
+        for (int idx = tid; idx < BM * D; idx += NT) {
+            const int r = idx / D, d = idx % D;
+            sQ[d * BM + r] = blk.qb[(blk.m0 + min((long long)r, blk.rows_valid - 1)) * a.q_stride_s + d];
+        }
+        float lse[RPT];  // -inf: an empty row or a row past seq_q, no weight
+#pragma unroll
+        for (int i = 0; i < RPT; ++i) {
+            const long long r = rg * RPT + i;
+            lse[i] = r < blk.rows_valid ? a.lse[layout.lse_at(a, blk, blk.m0 + r)] : -INFINITY;
+        }
+        const auto tiles = schedule.template tiles<BN>(blk, blk.seq_k);
+        long long cur = tiles.first, n0;
+        int kind;
+        while (tiles.next(cur, n0, kind)) {
+            const bool partial_tile = decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL;
+            __syncthreads();  // the previous tile's K and column sums are consumed
+            for (int idx = tid; idx < BN * D; idx += NT) {
+                const int c = idx / D, d = idx % D;
+                const long long kv = min(n0 + c, (long long)blk.seq_k - 1);  // past seq_k: dropped
+                sK[d * BN + c] = blk.kb[layout.kv_row(blk, kv) * a.k_stride_s + d];
+            }
+            __syncthreads();
+            float s[RPT][CB];
+#pragma unroll
+            for (int i = 0; i < RPT; ++i)
+#pragma unroll
+                for (int c = 0; c < CB; ++c) s[i][c] = 0.f;
+#pragma unroll 4
+            for (int d = 0; d < D; ++d) {
+                float qq[RPT], kk[CB];
+#pragma unroll
+                for (int i = 0; i < RPT; ++i) qq[i] = af_to_float(static_cast<T>(sQ[d * BM + rg * RPT + i]));
+#pragma unroll
+                for (int c = 0; c < CB; ++c) kk[c] = af_to_float(static_cast<T>(sK[d * BN + cg * CB + c]));
+#pragma unroll
+                for (int i = 0; i < RPT; ++i)
+#pragma unroll
+                    for (int c = 0; c < CB; ++c) s[i][c] += qq[i] * kk[c];
+            }
+            float col[CB];
+#pragma unroll
+            for (int c = 0; c < CB; ++c) col[c] = 0.f;
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) {
+                const long long q_pos = blk.m0 + rg * RPT + i + blk.shift;
+#pragma unroll
+                for (int c = 0; c < CB; ++c) {
+                    const long long kv = n0 + cg * CB + c;
+                    // empty rows, rows past seq_q, keys past seq_k, masked elements: no weight
+                    if (lse[i] == -INFINITY || kv >= blk.seq_k || (partial_tile && !hooks.mask(q_pos, kv))) continue;
+                    col[c] += exp2f((hooks.score(s[i][c] * a.scale, q_pos, kv) - lse[i]) * AF_LOG2E);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < CB; ++c) red[rg * BN + cg * CB + c] = col[c];
+            __syncthreads();
+            for (int c = tid; c < BN; c += NT) {
+                float t = 0.f;
+                for (int g = 0; g < RGN; ++g) t += red[g * BN + c];
+                if (n0 + c < blk.seq_k) prow[n0 + c] = t;
+            }
+        }
+    }
+};

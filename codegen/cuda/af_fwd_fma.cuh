@@ -117,9 +117,10 @@ __device__ __forceinline__ void af_fma_qk(float (&s)[Tile::BM / Tile::NW][Tile::
     }
 }
 
-template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout>
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout,
+          class Stats = af_no_stats>
 __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
-                                           const Scoring& scoring, const Layout& layout = Layout{}) {
+                                           const Scoring& scoring, const Layout& layout = Layout{}, const Stats& stats = Stats{}) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D;
     constexpr int ROWS = BM / Tile::NW;  // query rows per warp
     constexpr int CPL = BN / 32;         // key columns per lane (S = Q K^T)
@@ -247,4 +248,5 @@ __device__ __forceinline__ void af_fwd_fma(const af_fwd_args<T>& a, const Schedu
             if (lane == 0 && lse != nullptr) lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] + logf(l_i[r]);
         }
     }
+    stats.template sweep<Tile>(a, blk, layout, schedule, hooks, sc);  // statistics policy (af_fwd.cuh)
 }

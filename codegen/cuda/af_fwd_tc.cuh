@@ -286,9 +286,10 @@ __device__ __forceinline__ void af_tc_qk(float (&s)[SL * Tile::BN / 8][4], const
     }
 }
 
-template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout>
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout = af_dense_layout,
+          class Stats = af_no_stats>
 __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedule& schedule, const BlockHooks& block_hooks,
-                                          const Scoring& scoring, const Layout& layout = Layout{}) {
+                                          const Scoring& scoring, const Layout& layout = Layout{}, const Stats& stats = Stats{}) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, STAGES = Tile::STAGES;
     constexpr int WM = BM / Tile::NW;  // query rows per warp
     constexpr int SL = WM / 16;        // 16-row slabs per warp
@@ -561,4 +562,5 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
                 lse[layout.lse_at(a, blk, row)] = empty ? -INFINITY : m_i[r] * AF_LN2 + logf(l_i[r]);
         }
     }
+    stats.template sweep<Tile>(a, blk, layout, schedule, hooks, sc);  // statistics policy (af_fwd.cuh)
 }

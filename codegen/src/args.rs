@@ -21,6 +21,8 @@
 //! 6. score arguments: the score table's parameter ([`crate::scores::ScoreDef::param`]:
 //!    `softcap` (`float`) or `alibi_slopes` (`const float*`)) or the user score parameters
 //!    as `us_<name>`
+//! 7. with statistics outputs ([`crate::spec::StatsSpec`]): `stats_partial` (`float*`,
+//!    `[B, Hq, ceil(Sq / block_m), Sk]`), read by the follow-up kernel ([`stats_reduce_args`])
 //!
 //! ```
 //! use attnforge_codegen::{args::kernel_args, spec::*};
@@ -314,6 +316,33 @@ pub enum ServingArg {
     LsePartial,
 }
 
+/// An argument of the statistics outputs (variants.md section 14): the forward kernel's
+/// per-query-block key sums and the follow-up kernel's outputs and parameters
+/// ([`stats_reduce_args`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsArg {
+    /// `stats_partial: [B, Hq, ceil(Sq / block_m), Sk]` f32: written by the forward kernel,
+    /// read by the follow-up kernel.
+    Partial,
+    /// `key_mass: [B, Hq, Sk]` f32 output.
+    KeyMass,
+    /// `key_score: [B, Hkv, Sk]` f32 output.
+    KeyScore,
+    /// `key_score` before the max-pool, `[B, Hkv, Sk]` f32 scratch.
+    ScoreRaw,
+    /// `top_keys: [B, Hkv, top_k]` int32 output.
+    TopKeys,
+    /// Query blocks per (batch, head): `ceil(Sq / block_m)` of the forward kernel.
+    QBlocks,
+    /// 1: `key_score` is the max over the group, 0: the sum.
+    ReduceMax,
+    /// Odd max-pool width (1: none).
+    Pool,
+    /// Entries of `top_keys` per kv head (0: none).
+    TopK,
+}
+
 /// Which user function a user parameter belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -359,6 +388,8 @@ pub enum ArgRole {
     ScoreParam,
     /// An argument of the serving layout.
     Serving(ServingArg),
+    /// An argument of the statistics outputs.
+    Stats(StatsArg),
     /// Parameter `index` of a user function.
     UserParam {
         /// Mask or score function.
@@ -495,7 +526,50 @@ pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
             }
         }
     }
+    if spec.stats.is_some() {
+        // last, so every other argument keeps its place with and without statistics
+        push(
+            "stats_partial".into(),
+            F32_OUT,
+            ArgRole::Stats(StatsArg::Partial),
+        );
+    }
     v
+}
+
+const F32_OUT: ArgKind = ArgKind::Ptr {
+    elem: Elem::F32,
+    mutable: true,
+};
+
+/// The arguments of the statistics follow-up kernel (`cuda/af_stats.cuh`, the fields of
+/// `af_stats_args` in order).
+pub fn stats_reduce_args() -> Vec<TypedArg> {
+    let f32_out = F32_OUT;
+    let i32_out = ArgKind::Ptr {
+        elem: Elem::I32,
+        mutable: true,
+    };
+    let t = |name: &str, kind: ArgKind, role: ArgRole| TypedArg {
+        arg: arg(name, kind),
+        role,
+    };
+    use StatsArg as S;
+    vec![
+        t("partial", CFLOAT_PTR, ArgRole::Stats(S::Partial)),
+        t("key_mass", f32_out, ArgRole::Stats(S::KeyMass)),
+        t("key_score", f32_out, ArgRole::Stats(S::KeyScore)),
+        t("raw", f32_out, ArgRole::Stats(S::ScoreRaw)),
+        t("top_keys", i32_out, ArgRole::Stats(S::TopKeys)),
+        t("batch", INT, ArgRole::Size(SizeArg::Batch)),
+        t("heads_q", INT, ArgRole::Size(SizeArg::HeadsQ)),
+        t("heads_kv", INT, ArgRole::Size(SizeArg::HeadsKv)),
+        t("seq_k", INT, ArgRole::Size(SizeArg::SeqK)),
+        t("qblocks", INT, ArgRole::Stats(S::QBlocks)),
+        t("reduce_max", INT, ArgRole::Stats(S::ReduceMax)),
+        t("pool", INT, ArgRole::Stats(S::Pool)),
+        t("top_k", INT, ArgRole::Stats(S::TopK)),
+    ]
 }
 
 /// The serving arguments of a layout, in kernel order, with their names.

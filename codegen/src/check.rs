@@ -216,6 +216,46 @@ fn check_layout(errs: &mut Errors, spec: &KernelSpec) {
     }
 }
 
+/// The statistics outputs (variants.md section 14): their parameters and what they combine with.
+fn check_stats(errs: &mut Errors, spec: &KernelSpec) {
+    let Some(st) = &spec.stats else { return };
+    if let Some(kp) = st.pool {
+        if kp % 2 == 0 {
+            errs.push(
+                "stats.pool",
+                format!("the max-pool width must be odd (a window centred on the key): got {kp}"),
+                "use an odd width such as 7, or omit `pool` for no pooling",
+            );
+        }
+    }
+    if st.top_k == Some(0) {
+        errs.push(
+            "stats.top_k",
+            "top_k must be positive",
+            "give the number of keys to select per kv head (e.g. 64), or omit `top_k` for no top_keys",
+        );
+    }
+    if !spec.layout.is_dense() {
+        errs.push(
+            "stats",
+            format!(
+                "statistics outputs are built for the dense layout only, not `{}`",
+                spec.layout.tag()
+            ),
+            "use layout = \"dense\" or remove `stats`",
+        );
+    }
+    if spec.mask.lm_infinite_scoring() {
+        // the statistics sweep recomputes s = scale q.k; LM-Infinite's two rotated branches
+        // are not implemented there
+        errs.push(
+            "stats",
+            format!("statistics outputs are not built for mask `{}` (its RoPE scoring)", spec.mask.tag()),
+            "remove `stats`; the reference computes them through attnforge_reference::key_stats_from_weights on one_hot_values",
+        );
+    }
+}
+
 /// Validate a kernel spec. Returns every error found.
 pub fn validate_spec(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
     let mut errs = Errors::default();
@@ -240,6 +280,7 @@ pub fn validate_spec(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
         }
     }
     check_layout(&mut errs, spec);
+    check_stats(&mut errs, spec);
     if spec.mask.lm_infinite_scoring() {
         if let Some(score) = spec.score.short() {
             // The mask's own scoring (rotated scores with a distance limit) replaces the

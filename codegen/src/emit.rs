@@ -146,10 +146,16 @@ pub(crate) fn device_fns(o: &mut String, ir: &KernelIr) {
 fn header(o: &mut String, ir: &KernelIr) {
     let t = &ir.tile;
     let _ = writeln!(o, "// attnforge generated kernel: {}", ir.symbol);
+    // the statistics' reduce, pool and top_k are arguments of the follow-up kernel: the
+    // forward kernel's text (and its simulator / NVRTC cache key) does not depend on them
+    let mut spec = ir.spec.clone();
+    if spec.stats.is_some() {
+        spec.stats = Some(Default::default());
+    }
     let _ = writeln!(
         o,
         "// spec: {}",
-        serde_json::to_string(&ir.spec).unwrap_or_default()
+        serde_json::to_string(&spec).unwrap_or_default()
     );
     let _ = writeln!(
         o,
@@ -270,16 +276,28 @@ fn kernel(o: &mut String, ir: &KernelIr) {
         Mainloop::TensorCore => "af_fwd_tc",
         Mainloop::Wgmma => "af_fwd_wg",
     };
-    let layout = layout(o, ir);
+    let mut layout = layout(o, ir);
     let schedule = if ir.spec.layout.is_decode() {
         o.push_str("    // the block's key split of the schedule's tiles\n    const auto split_schedule = af_split(schedule);\n");
         "split_schedule"
     } else {
         "schedule"
     };
+    let mut stats = "";
+    if ir.spec.stats.is_some() {
+        o.push_str(
+            "    // statistics: after the epilogue, P = exp(s - lse) summed per key over the block's rows\n    \
+             const af_key_mass_stats stats = {stats_partial};\n",
+        );
+        // the statistics policy follows the layout argument, which dense kernels otherwise omit
+        if layout.is_empty() {
+            layout = ", af_dense_layout{}";
+        }
+        stats = ", stats";
+    }
     let _ = writeln!(
         o,
-        "    {mainloop}<Tile>(args, {schedule}, block_hooks, {scoring}{layout});\n}}"
+        "    {mainloop}<Tile>(args, {schedule}, block_hooks, {scoring}{layout}{stats});\n}}"
     );
 }
 

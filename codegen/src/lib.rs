@@ -30,6 +30,7 @@ pub mod scores;
 pub mod serving;
 pub mod shape;
 pub mod spec;
+pub mod stats;
 pub mod tile;
 
 pub use catalog::catalog;

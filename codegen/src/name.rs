@@ -12,7 +12,7 @@ use crate::tile::TileConfig;
 /// Kernel family prefix of every forward kernel of this crate.
 pub const FAMILY_FWD: &str = "flash_fwd";
 
-/// `<family>_<mask>[_<score>]_d<D>_<dtype>[_gqa][_varlen|_paged]`, lower-case ASCII.
+/// `<family>_<mask>[_<score>]_d<D>_<dtype>[_gqa][_varlen|_paged][_stats]`, lower-case ASCII.
 pub fn canonical_name(spec: &KernelSpec) -> String {
     let mut s = format!("{FAMILY_FWD}_{}", spec.mask.short());
     if let Some(score) = spec.score.short() {
@@ -26,6 +26,11 @@ pub fn canonical_name(spec: &KernelSpec) -> String {
     if !spec.layout.is_dense() {
         s.push('_');
         s.push_str(spec.layout.tag());
+    }
+    // the statistics sweep is compiled in; reduce, pool and top_k are arguments of the
+    // follow-up kernel, so they do not name a kernel
+    if spec.stats.is_some() {
+        s.push_str("_stats");
     }
     s
 }

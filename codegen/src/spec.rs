@@ -410,6 +410,40 @@ impl Layout {
     }
 }
 
+/// How `key_score` combines the `key_mass` of the query heads of one GQA group
+/// (variants.md section 14).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatReduce {
+    /// Sum over the group (H2O / LazyLLM style).
+    #[default]
+    Sum,
+    /// Maximum over the group (SnapKV / Recycled Attention style).
+    Max,
+}
+
+/// Attention statistics outputs of a forward kernel (variants.md section 14,
+/// docs/statistics.md): `key_mass` per query head, `key_score` per kv head and `top_keys`.
+/// The kernel computes them by a second sweep over its key tiles once lse is known, then a
+/// small follow-up kernel reduces the query blocks, the group, pools and selects. `pool` and
+/// `top_k` are the defaults the launch helpers pass (the follow-up kernel takes them as
+/// arguments, like the scale).
+///
+/// Spec files: `stats = { reduce = "max", pool = 7, top_k = 64 }` (every field optional).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSpec {
+    /// Sum or max of `key_mass` over the GQA group.
+    #[serde(default)]
+    pub reduce: StatReduce,
+    /// Odd max-pool width along the keys (`None`: no pooling, the same as 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<usize>,
+    /// Entries of `top_keys` per kv head (`None`: no `top_keys`; 0 is an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+}
+
 /// A complete forward-attention kernel specification.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -437,6 +471,10 @@ pub struct KernelSpec {
     /// Where the rows live: dense (default), packed varlen or a paged KV cache.
     #[serde(default, skip_serializing_if = "Layout::is_dense")]
     pub layout: Layout,
+    /// Attention statistics outputs (`None`: none; the kernel is then exactly the one
+    /// without the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsSpec>,
 }
 
 impl KernelSpec {
@@ -451,7 +489,14 @@ impl KernelSpec {
             scale: None,
             sparse_block: BlockSize::default(),
             layout: Layout::Dense,
+            stats: None,
         }
+    }
+
+    /// Builder: attention statistics outputs (variants.md section 14).
+    pub fn with_stats(mut self, stats: StatsSpec) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// Builder: the layout of the rows (variants.md section 13).

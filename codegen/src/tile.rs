@@ -158,6 +158,9 @@ impl Mainloop {
     }
 }
 
+/// Key columns per thread of the statistics sweep (`af_key_mass_stats::CB`, cuda/af_fwd.cuh).
+pub const STATS_COLS_PER_THREAD: usize = 4;
+
 /// Shared-memory layout of a kernel, in elements of `elem_bytes` bytes (f32 staging for the
 /// FMA mainloop, the 16-bit input type for the tensor-core mainloop). The emitter computes
 /// the offsets from this struct, so estimate and kernel cannot disagree.
@@ -529,8 +532,48 @@ impl TileConfig {
         e.finish()
     }
 
+    /// Shared memory of the statistics sweep (`af_key_mass_stats`, cuda/af_fwd.cuh): Q and a
+    /// K tile as the element type, then one float per (row group, key column), i.e.
+    /// `threads * 4` floats (4 key columns per thread).
+    pub fn stats_sweep_smem_bytes(&self, spec: &KernelSpec) -> usize {
+        (self.block_m + self.block_n) * spec.head_dim.get() * spec.dtype.bytes()
+            + self.threads() * STATS_COLS_PER_THREAD * 4
+    }
+
+    /// A spec with statistics: the sweep reuses the main loop's shared memory and splits the
+    /// tile into blocks of 4 key columns by block_m * block_n / (threads * 4) rows.
+    fn stats_errors(&self, spec: &KernelSpec, e: &mut Errors) {
+        if spec.stats.is_none() || self.wgmma {
+            return;
+        }
+        let (need, have) = (self.stats_sweep_smem_bytes(spec), self.smem_bytes(spec));
+        if need > have {
+            e.push(
+                "tile",
+                format!("the statistics sweep needs {need} bytes of shared memory, the main loop has {have}"),
+                "use more pipeline stages or a smaller block_m (default_tile picks a tile that fits)",
+            );
+        }
+        if self.block_m * self.block_n < self.threads() * STATS_COLS_PER_THREAD {
+            e.push(
+                "tile.warps",
+                "the statistics sweep gives each thread at least one row of 4 key columns",
+                "use fewer warps for this block_m x block_n",
+            );
+        }
+    }
+
     /// What a warpgroup-MMA tile needs beyond the common rules.
     fn wgmma_errors(&self, spec: &KernelSpec, arch: Arch, e: &mut Errors) {
+        if spec.stats.is_some() {
+            // the producer warpgroup leaves early: the statistics sweep's block barriers
+            // are only built into the mma.sync and FMA main loops
+            e.push(
+                "tile.wgmma",
+                "statistics outputs are produced by the mma.sync and FMA main loops, not the wgmma one",
+                "use a tile without wgmma for a spec with `stats`",
+            );
+        }
         if arch != Arch::Sm90 {
             e.push(
                 "tile.wgmma",
@@ -596,6 +639,7 @@ impl TileConfig {
     /// Shared memory and the register estimate against `arch`'s limits (for a tile whose
     /// shape is otherwise valid).
     fn resource_errors(&self, spec: &KernelSpec, arch: Arch, e: &mut Errors) {
+        self.stats_errors(spec, e);
         let smem = self.smem_bytes(spec);
         if smem > arch.max_dynamic_smem() {
             e.push(

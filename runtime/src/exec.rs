@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use attnforge_codegen::args::{
     typed_kernel_args, ArgKind as CgArgKind, ArgRole, BlockListPart, LaunchGeometry, Scalar,
-    SizeArg, StrideDim, TensorArg, TypedArg, UserFnSide,
+    SizeArg, StatsArg, StrideDim, TensorArg, TypedArg, UserFnSide,
 };
 use attnforge_codegen::blocks::{build_block_lists, validate_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem, SpecError};
@@ -690,6 +690,9 @@ pub(crate) enum HostArg {
     V,
     O,
     Lse,
+    /// The forward kernel's per-query-block key sums of the statistics outputs (a buffer
+    /// that exec_stats binds; null elsewhere).
+    StatsPartial,
     Ints(Vec<i32>),
     Floats(Vec<f32>),
     I32(i32),
@@ -785,6 +788,14 @@ pub(crate) fn host_args<T: Element>(
             ArgRole::BlockList(part) => block_list_arg(part, lists),
             ArgRole::ScoreParam => score_param_arg(spec, p, r, &a.name)?,
             ArgRole::UserParam { side, index } => user_param_arg(spec, p, side, index, &a.name)?,
+            ArgRole::Stats(StatsArg::Partial) => HostArg::StatsPartial,
+            ArgRole::Stats(_) => {
+                return Err(input_err(
+                    &a.name,
+                    "an argument of the statistics follow-up kernel in a forward kernel's list",
+                    "report this: the argument table and the kernel disagree",
+                ))
+            }
             ArgRole::Serving(_) => {
                 return Err(input_err(
                     &a.name,
@@ -868,7 +879,12 @@ fn check_arg_kind(a: &attnforge_codegen::args::KernelArg, v: &HostArg) -> Result
         (&a.kind, v),
         (
             CgArgKind::Ptr { .. },
-            HostArg::Q | HostArg::K | HostArg::V | HostArg::O | HostArg::Lse
+            HostArg::Q
+                | HostArg::K
+                | HostArg::V
+                | HostArg::O
+                | HostArg::Lse
+                | HostArg::StatsPartial
         ) | (CgArgKind::Ptr { .. }, HostArg::Ints(_) | HostArg::Floats(_))
             | (CgArgKind::Scalar(Scalar::I32), HostArg::I32(_))
             | (CgArgKind::Scalar(Scalar::I64), HostArg::I64(_))
@@ -928,6 +944,14 @@ pub(crate) fn simulate_raw<T: Element + SimElem>(
     r: &Resolved,
     cfg: &SimConfig,
 ) -> Result<(Vec<T>, Vec<f32>, SimCounters), ExecError> {
+    if spec.stats.is_some() {
+        // the statistics sweep writes a buffer this path does not bind
+        return Err(input_err(
+            "stats",
+            "a kernel with statistics outputs runs with its follow-up kernel",
+            "use attnforge_runtime::exec_stats::{simulate_stats, check_stats} (CLI: attnforge check --stats)",
+        ));
+    }
     let kernel = sim_kernel(spec, tile)?;
     let d = r.dims;
     let args = host_args(spec, x, p, r)?;
@@ -964,6 +988,8 @@ pub(crate) fn sim_args<'a, T: Element + SimElem>(
             HostArg::V => SimArg::input(&x.v.data),
             HostArg::O => o.take().expect("one o argument"),
             HostArg::Lse => lse.take().expect("one lse argument"),
+            // exec_stats binds the buffer in place of this null
+            HostArg::StatsPartial => SimArg::Null,
             HostArg::Ints(v) if v.is_empty() => SimArg::Null,
             HostArg::Ints(v) => SimArg::input(v.as_slice()),
             HostArg::Floats(v) if v.is_empty() => SimArg::Null,

@@ -171,6 +171,15 @@ pub(crate) fn prepare<T: Element>(
             HostArg::I32(v) => KernelArgValue::I32(*v),
             HostArg::I64(v) => KernelArgValue::I64(*v),
             HostArg::F32(v) => KernelArgValue::F32(*v),
+            HostArg::StatsPartial => {
+                // the statistics sweep's per-query-block key sums (the GPU path runs the
+                // forward with it, for timing; the statistics are read back on the simulator)
+                let n = d.batch * d.heads_q * d.seq_q.div_ceil(tile.block_m) * d.seq_k;
+                let s = up(&vec![0u8; n * 4])?;
+                let p = device_ptr(&gpu, &s);
+                keep.push(s);
+                KernelArgValue::DevPtr(p)
+            }
         });
     }
     keep.extend([q, kk, v]);

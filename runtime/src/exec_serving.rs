@@ -663,6 +663,14 @@ fn host_args<T: Element>(
                     continue;
                 }
             },
+            ArgRole::Stats(_) => {
+                // validate_spec refuses statistics with a serving layout; never reached
+                return Err(exec::input_err(
+                    &a.name,
+                    "statistics outputs are built for the dense layout only",
+                    "remove `stats` from the spec, or use layout = \"dense\"",
+                ));
+            }
         };
         out.push(LayoutArg::Host(v));
     }
@@ -801,6 +809,8 @@ fn simulate_resolved<T: Element + SimElem>(
                 LayoutArg::Host(HostArg::I32(v)) => SimArg::I32(*v),
                 LayoutArg::Host(HostArg::I64(v)) => SimArg::I64(*v),
                 LayoutArg::Host(HostArg::F32(v)) => SimArg::F32(*v),
+                // serving_host_args refuses statistics (dense layout only)
+                LayoutArg::Host(HostArg::StatsPartial) => SimArg::Null,
             });
         }
         counters = kernel.launch(

@@ -31,6 +31,7 @@ pub mod exec_backward;
 mod exec_cuda;
 pub mod exec_dynamic;
 pub mod exec_serving;
+pub mod exec_stats;
 mod kcache;
 mod launch;
 mod nvrtc;

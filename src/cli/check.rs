@@ -50,6 +50,7 @@ Examples:
   attnforge check --all --layout varlen    # packed sequences (variants.md section 13)
   attnforge check --all --layout paged     # a paged KV cache, page sizes 1 and 16
   attnforge check --all --layout decode    # decoding on a paged cache, split-KV + merge
+  attnforge check --stats --all            # key_mass / key_score / top_keys (docs/statistics.md)
 
 --layout varlen|paged compiles each static variant for the serving layout and runs it on the
 simulator over one batch of sequences of different lengths (an empty one, lengths off the
@@ -95,6 +96,10 @@ pub struct CheckArgs {
     /// KV cache); the serving layouts run on the simulator.
     #[arg(long, value_enum, default_value = "dense")]
     layout: LayoutArg,
+    /// Check the attention statistics outputs (key_mass, key_score, top_keys; variants.md
+    /// section 14) of each static variant on the simulator instead.
+    #[arg(long, conflicts_with_all = ["backward", "layout"])]
+    stats: bool,
 }
 
 /// `--layout` of `check`.
@@ -233,7 +238,7 @@ impl Verdict {
     }
 }
 
-fn inputs<T: Element>(sf: &SpecFile, seed: u64, magnitude: f32) -> Inputs<T> {
+pub(super) fn inputs<T: Element>(sf: &SpecFile, seed: u64, magnitude: f32) -> Inputs<T> {
     let p = sf.problem;
     let d = sf.spec.head_dim.get();
     let mk = |h, s, stream| {
@@ -408,7 +413,7 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
                 .into_iter()
                 .map(|s| AnySpecFile::Static(Box::new(specfile::from_catalog(s)))),
         );
-        if !a.backward {
+        if !a.backward && !a.stats {
             files.extend(
                 dynamic_catalog()
                     .into_iter()
@@ -428,6 +433,11 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
     }
     let backend = match a.backend {
         CheckBackend::Sim => Backend::sim(),
+        CheckBackend::Cuda if a.stats => {
+            return Err(CliError::input(
+                "--stats runs on the simulator only (the statistics are not read back from a GPU yet)\n  fix: use --backend sim",
+            ))
+        }
         CheckBackend::Cuda => Backend::Cuda(0),
     };
     // A spec file with `backward = true` is checked forward and backward.
@@ -454,7 +464,11 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             AnySpecFile::Static(sf) if a.layout == LayoutArg::Dense => sf.spec.layout,
             _ => a.layout.layout(),
         };
-        let res = if backward && !layout.is_dense() {
+        // a spec file with `stats = { .. }` is checked with its statistics
+        let stats = a.stats || matches!(f, AnySpecFile::Static(sf) if sf.spec.stats.is_some());
+        let res = if stats && !backward && layout.is_dense() {
+            super::check_stats::check_stats_any(f, a.seed)
+        } else if backward && !layout.is_dense() {
             Ok(Err(
                 "the backward kernels read the dense layout only".to_string()
             ))
@@ -482,7 +496,11 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         if !v.ok {
             failed += 1;
         }
-        let line = result_line(&v, a.json, backward);
+        let line = if stats && !backward && v.ok && !a.json {
+            format!("PASS {:<56} {}", v.name, v.detail)
+        } else {
+            result_line(&v, a.json, backward)
+        };
         bar.suspend(|| println!("{line}"));
         bar.inc(1);
         if a.fail_fast && !v.ok {
@@ -503,8 +521,13 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
     }
     if !a.json {
         if skipped > 0 {
+            let why = if a.stats {
+                "no statistics outputs for them"
+            } else {
+                "the layout cannot serve them"
+            };
             println!(
-                "{} kernels passed, {skipped} skipped (the layout cannot serve them)",
+                "{} kernels passed, {skipped} skipped ({why})",
                 jobs.len() - skipped
             );
         } else {

@@ -196,7 +196,7 @@ fn case(what: &str, mut file: SpecFile, tile: TileConfig, magnitude: f32) -> Che
 
 /// `base` with new sizes; the runtime parameters whose size depends on the shape (document
 /// ids, block lists, per-head tables) are regenerated for it.
-fn resized(base: &SpecFile, s: Shape) -> SpecFile {
+pub(super) fn resized(base: &SpecFile, s: Shape) -> SpecFile {
     let mut f = base.clone();
     f.problem.batch = s.batch;
     f.problem.heads_q = s.heads_q;

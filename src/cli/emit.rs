@@ -36,7 +36,11 @@ a .json with the argument order (the forward's arguments, then the gradient argu
 their roles: `grad_args`), grid, block threads, dynamic shared memory of the backward tile
 (32 x 32, 4 warps) and ptxas report. Launch order: delta, dkdv, dq. Variants the backward
 kernels do not cover (LM-Infinite, user score functions, the data-dependent families) are an
-error naming --backward (or the spec file's `backward` key); nothing is written for them.";
+error naming --backward (or the spec file's `backward` key); nothing is written for them.
+
+A spec with `stats = { .. }` (docs/statistics.md) also writes the statistics follow-up kernel
+attnforge_stats_reduce.cu + .json (arguments with roles, grid (heads_kv, batch), 256 threads,
+launch rule); the forward kernel's last argument is then stats_partial.";
 
 /// Options of `attnforge emit`.
 #[derive(Debug, Args)]
@@ -179,6 +183,9 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
     }
     if backward {
         super::emit_backward::emit_files(&sf.spec, s, arch, &a.out_dir, &ptxas)?;
+    }
+    if sf.spec.stats.is_some() {
+        super::emit_stats::emit_files(s, tile.block_m, arch, &a.out_dir, a.no_ptxas)?;
     }
     Ok(())
 }

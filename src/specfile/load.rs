@@ -55,6 +55,7 @@ impl SpecFile {
             scale: raw.scale,
             sparse_block: raw.sparse_block.unwrap_or_default(),
             layout: raw.layout,
+            stats: raw.stats,
         };
         validate(&spec).map_err(at)?;
         let (p, values) = split_params(raw.params).map_err(at)?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use attnforge_runtime::codegen::blocks::BlockLists;
-use attnforge_runtime::codegen::spec::{BlockSize, DType, Layout};
+use attnforge_runtime::codegen::spec::{BlockSize, DType, Layout, StatsSpec};
 use attnforge_runtime::codegen::tile::TileConfig;
 use serde::Deserialize;
 
@@ -30,6 +30,7 @@ pub(crate) struct Raw {
     pub(crate) tune: Option<TuneRaw>,
     #[serde(default)]
     pub(crate) backward: bool,
+    pub(crate) stats: Option<StatsSpec>,
 }
 
 #[derive(Deserialize)]

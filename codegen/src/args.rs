@@ -423,47 +423,7 @@ pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
             role,
         })
     };
-    let tensors = [
-        ("q", TensorArg::Q),
-        ("k", TensorArg::K),
-        ("v", TensorArg::V),
-        ("o", TensorArg::O),
-    ];
-    for (name, tensor) in tensors {
-        let kind = ArgKind::Ptr {
-            elem: t,
-            mutable: tensor == TensorArg::O,
-        };
-        push(name.into(), kind, ArgRole::Tensor(tensor));
-    }
-    let lse = ArgKind::Ptr {
-        elem: Elem::F32,
-        mutable: true,
-    };
-    push("lse".into(), lse, ArgRole::Tensor(TensorArg::Lse));
-    for (n, size) in [
-        ("batch", SizeArg::Batch),
-        ("heads_q", SizeArg::HeadsQ),
-        ("heads_kv", SizeArg::HeadsKv),
-        ("seq_q", SizeArg::SeqQ),
-        ("seq_k", SizeArg::SeqK),
-    ] {
-        push(n.into(), INT, ArgRole::Size(size));
-    }
-    for (name, tensor) in tensors {
-        for (s, dim) in [
-            ("b", StrideDim::Batch),
-            ("h", StrideDim::Head),
-            ("s", StrideDim::Seq),
-        ] {
-            push(
-                format!("{name}_stride_{s}"),
-                I64,
-                ArgRole::Stride { tensor, dim },
-            );
-        }
-    }
-    push("scale".into(), FLOAT, ArgRole::Scale);
+    core_args(t, &mut push);
     for &(name, a) in serving_args(spec.layout) {
         let kind = match a {
             ServingArg::MaxPages | ServingArg::PageSize | ServingArg::NumSplits => INT,
@@ -535,6 +495,52 @@ pub fn typed_kernel_args(spec: &KernelSpec) -> Vec<TypedArg> {
         );
     }
     v
+}
+
+/// The arguments every static kernel starts with: q, k, v, o, lse, the sizes, the strides of
+/// the four tensors and the softmax scale.
+fn core_args(t: Elem, push: &mut dyn FnMut(String, ArgKind, ArgRole)) {
+    let tensors = [
+        ("q", TensorArg::Q),
+        ("k", TensorArg::K),
+        ("v", TensorArg::V),
+        ("o", TensorArg::O),
+    ];
+    for (name, tensor) in tensors {
+        let kind = ArgKind::Ptr {
+            elem: t,
+            mutable: tensor == TensorArg::O,
+        };
+        push(name.into(), kind, ArgRole::Tensor(tensor));
+    }
+    let lse = ArgKind::Ptr {
+        elem: Elem::F32,
+        mutable: true,
+    };
+    push("lse".into(), lse, ArgRole::Tensor(TensorArg::Lse));
+    for (n, size) in [
+        ("batch", SizeArg::Batch),
+        ("heads_q", SizeArg::HeadsQ),
+        ("heads_kv", SizeArg::HeadsKv),
+        ("seq_q", SizeArg::SeqQ),
+        ("seq_k", SizeArg::SeqK),
+    ] {
+        push(n.into(), INT, ArgRole::Size(size));
+    }
+    for (name, tensor) in tensors {
+        for (s, dim) in [
+            ("b", StrideDim::Batch),
+            ("h", StrideDim::Head),
+            ("s", StrideDim::Seq),
+        ] {
+            push(
+                format!("{name}_stride_{s}"),
+                I64,
+                ArgRole::Stride { tensor, dim },
+            );
+        }
+    }
+    push("scale".into(), FLOAT, ArgRole::Scale);
 }
 
 const F32_OUT: ArgKind = ArgKind::Ptr {

@@ -65,6 +65,9 @@ fn variants_cover_the_catalog_at_every_dtype_and_head_dim() {
     assert!(families >= 18, "{families} distinct catalog variants");
 }
 
+/// One compile: the variant, its tile and the architecture.
+type Job = (KernelSpec, TileConfig, Arch);
+
 /// Whether the whole space is compiled (`ATTNFORGE_HEAVY=1`) or the per-tile sample.
 fn heavy() -> bool {
     std::env::var("ATTNFORGE_HEAVY").is_ok_and(|v| v == "1")
@@ -72,10 +75,9 @@ fn heavy() -> bool {
 
 /// Per (dtype, head dim, arch, tile), the job whose variant is closest to spilling: the
 /// highest register estimate, then the longest emitted source, then the first in catalog order.
-fn sample(jobs: Vec<(KernelSpec, TileConfig, Arch)>) -> Vec<(KernelSpec, TileConfig, Arch)> {
+fn sample(jobs: Vec<Job>) -> Vec<Job> {
     use std::collections::BTreeMap;
-    let mut best: BTreeMap<String, (usize, usize, (KernelSpec, TileConfig, Arch))> =
-        BTreeMap::new();
+    let mut best: BTreeMap<String, (usize, usize, Job)> = BTreeMap::new();
     for (s, t, a) in jobs {
         let key = format!(
             "{:?} {} {} {}",
@@ -101,7 +103,7 @@ fn sample(jobs: Vec<(KernelSpec, TileConfig, Arch)>) -> Vec<(KernelSpec, TileCon
 #[test]
 fn the_sample_reaches_every_tile_config_and_every_variant_kind() {
     let (jobs, _) = jobs();
-    let tiles = |js: &[(KernelSpec, TileConfig, Arch)]| {
+    let tiles = |js: &[Job]| {
         js.iter()
             .map(|(s, t, a)| {
                 format!(

@@ -62,6 +62,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Everything from this line on in docs/anchors.md is kept by a regeneration.
+const KEPT_MARKER: &str = "<!-- kept by cargo xtask anchors: figures of other kernels -->";
+
 fn run(dir: &Path, out: &Path) -> Result<(), String> {
     let tc = Toolchain::locate().map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
@@ -69,7 +72,16 @@ fn run(dir: &Path, out: &Path) -> Result<(), String> {
     rows.extend(triton_rows(dir, &tc));
     rows.extend(our_rows()?);
     let versions = std::fs::read_to_string(dir.join("versions.txt")).unwrap_or_default();
-    let md = markdown(&rows, &versions);
+    let mut md = markdown(&rows, &versions);
+    // the figures of kernels this tool does not compile (statistics, backward, decode) are
+    // written by their own tests below the marker and kept across regenerations
+    if let Some(tail) = std::fs::read_to_string(out)
+        .ok()
+        .and_then(|old| old.find(KEPT_MARKER).map(|i| old[i..].to_owned()))
+    {
+        md.push('\n');
+        md.push_str(&tail);
+    }
     std::fs::write(out, md).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     println!("anchors: wrote {}", out.display());
     Ok(())

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use attnforge_reference::{Element, Shape4, Tensor4};
+use attnforge_reference::{Element, Shape4};
 use attnforge_runtime::codegen::blocks::BlockLists;
 use attnforge_runtime::codegen::prelude::*;
 use attnforge_runtime::codegen::tile::Mainloop;
@@ -20,20 +20,8 @@ use attnforge_runtime::exec::{self, Backend, CheckReport, Inputs, RunParams, Use
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 use half::{bf16, f16};
 
-/// Deterministic N(0, sigma^2) samples (xorshift64 + Box-Muller), rounded to `T`.
-fn normal<T: Element>(shape: Shape4, sigma: f64, seed: u64) -> Tensor4<T> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    Tensor4::from_fn(shape, |_, _, _, _| {
-        let (u1, u2) = (uniform(), uniform());
-        T::from_f64(sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos())
-    })
-}
+mod inputs;
+use inputs::normal;
 
 /// Problem shape of one case.
 #[derive(Clone, Copy, Debug)]

@@ -494,7 +494,7 @@ pub const DEFAULT_SMS: usize = 132;
 /// of the longest sequence (`ceil(max_seqlen_k / block_n)`: a split without keys only
 /// costs a block and a merge term), at least 1. `row_blocks = ceil(Hq / Hkv * max_seqlen_q
 /// / block_m)` (the packed rows). A serving engine calls this once per step (it is cheap)
-/// or overrides it (`RunParams::num_splits`, the tuner's `num_splits` knob).
+/// or overrides it (`RunParams::num_splits`, `attnforge run --num-splits`; not a tuner knob yet).
 pub fn decode_splits(
     batch: usize,
     (heads_q, heads_kv): (usize, usize),

@@ -14,7 +14,7 @@ use attnforge_runtime::codegen::spec::Layout;
 use attnforge_runtime::exec::RunParams;
 use attnforge_runtime::exec::{self, ExecError};
 use attnforge_runtime::exec_serving::{self, ServingInputs, ServingKeys};
-use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
+use attnforge_runtime::sim::SimElem;
 use attnforge_runtime::{build_kernel, build_with_cache, Compiler, KernelCache, KernelSource};
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -26,32 +26,8 @@ fn cases() -> u64 {
         .unwrap_or(2)
 }
 
-fn cfg(seed: u64) -> SimConfig {
-    let mut c = SimConfig::new(match seed % 3 {
-        0 => Schedule::Forward,
-        1 => Schedule::Reverse,
-        _ => Schedule::Random(seed),
-    });
-    c.workers = 2;
-    c
-}
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() % 2001) as f32 / 1000.0 - 1.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+mod inputs;
+use inputs::{sim_cfg as cfg, Rng};
 
 fn cu(lens: &[usize]) -> Vec<i32> {
     let mut c = vec![0i32];

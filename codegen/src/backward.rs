@@ -398,10 +398,22 @@ pub enum ParamGradLayout {
     Learnable,
 }
 
-/// What the backward kernels cover: every static variant; a user score function needs its
-/// derivatives ([`crate::spec::UserFunction::grad`]).
+/// What the backward kernels cover: every static variant in the dense layout; a user score
+/// function needs its derivatives ([`crate::spec::UserFunction::grad`]).
 pub fn backward_supported(spec: &KernelSpec) -> Result<(), Vec<SpecError>> {
     let mut errs = crate::check::validate_spec(spec).err().unwrap_or_default();
+    if !spec.layout.is_dense() {
+        // The backward walks dense [B, H, S, D] tensors; a packed or paged one would be read
+        // with the wrong strides, so it is refused rather than emitted.
+        errs.push(SpecError::new(
+            "layout",
+            format!(
+                "the backward kernels are built for the dense layout only, not `{}`",
+                spec.layout.tag()
+            ),
+            "use layout = \"dense\" (pad the batch) for training",
+        ));
+    }
     if let ScoreMod::User(f) = &spec.score {
         if f.grad.is_none() {
             errs.push(SpecError::new(

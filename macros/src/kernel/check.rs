@@ -8,7 +8,7 @@ use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Prob
 use attnforge_codegen::masks::{BuiltinMask, Causality, ParamDef, ParamType, DEFAULT_MASK, MASKS};
 use attnforge_codegen::scores::ScoreParamKind;
 use attnforge_codegen::spec::{
-    BlockSize, DType, HeadDim, KernelSpec, Mask, ScoreMod, UserFunction, UserSource,
+    BlockSize, DType, HeadDim, KernelSpec, Layout, Mask, ScoreMod, UserFunction, UserSource,
 };
 use attnforge_codegen::tile::{default_search_space, Arch, TileConfig};
 use proc_macro2::{Span, TokenStream};
@@ -19,7 +19,7 @@ use super::parse::{Entry, KernelDecl, Value};
 
 /// Architecture the declaration is validated for (the smaller shared-memory limit).
 const ARCH: Arch = Arch::Sm80;
-const KEYS: &str = "mask, score, dtype, head_dim, gqa, causal, scale, sparse_block, tune, backward (or `family` for a dynamic family)";
+const KEYS: &str = "mask, score, dtype, head_dim, gqa, causal, scale, sparse_block, layout, tune, backward (or `family` for a dynamic family)";
 const TUNE_KEYS: [&str; 4] = ["block_m", "block_n", "warps", "stages"];
 const DEFAULT_GRID: [&[usize]; 4] = [&[16, 32, 64, 128], &[32, 64, 128], &[1, 2, 4, 8], &[1]];
 
@@ -395,6 +395,30 @@ pub(crate) fn check_dtype(cx: &mut Ctx<'_>, e: &Expr) -> Option<DType> {
     }
 }
 
+/// `layout: dense | varlen | paged | decode | decode_varlen` (variants.md section 13), the
+/// spelling of spec files and the CLI.
+fn check_layout(cx: &mut Ctx<'_>, e: &Expr) -> Option<Layout> {
+    let name = match e {
+        Expr::Path(p) => single_ident(&p.path),
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => Some(s.value()),
+        _ => None,
+    };
+    let found = name
+        .as_deref()
+        .and_then(|n| Layout::ALL.into_iter().find(|l| l.tag() == n));
+    if found.is_none() {
+        let all: Vec<_> = Layout::ALL.iter().map(|l| format!("`{}`", l.tag())).collect();
+        cx.err(
+            e,
+            format!("unknown layout: expected one of {}", all.join(", ")),
+        );
+    }
+    found
+}
+
 /// `head_dim: 64 | 128 | 256`.
 pub(crate) fn check_head_dim(cx: &mut Ctx<'_>, e: &Expr) -> Option<HeadDim> {
     match int_lit(e) {
@@ -538,6 +562,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
     let (mut dtype, mut head_dim, mut gqa, mut causal, mut scale, mut sparse) =
         (None, None, false, None, None, None);
     let mut backward = false;
+    let mut layout = Layout::Dense;
     let (mut mask, mut score, mut tune) = (None, None, None);
     let mut spans: BTreeMap<&str, TokenStream> = BTreeMap::new();
     let mut mask_failed = false;
@@ -569,6 +594,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
             "causal",
             "scale",
             "sparse_block",
+            "layout",
             "backward",
         ];
         let Some(k) = known.iter().find(|k| **k == key) else {
@@ -592,6 +618,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
                 score_failed |= score.is_none();
             }
             "dtype" => dtype = check_dtype(&mut cx, e),
+            "layout" => layout = check_layout(&mut cx, e).unwrap_or(layout),
             "head_dim" => head_dim = check_head_dim(&mut cx, e),
             "gqa" | "causal" | "backward" => match bool_lit(e) {
                 Some(b) if *k == "gqa" => gqa = b,
@@ -691,6 +718,7 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
     let mut spec = KernelSpec::new(dtype, head_dim, mask.mask.clone(), score.score.clone());
     spec.gqa = gqa;
     spec.scale = scale;
+    spec.layout = layout;
     if let Some(s) = sparse {
         spec.sparse_block = s;
     } else if seen.contains_key("sparse_block") {
@@ -721,6 +749,8 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Decl
             pick("scale")
         } else if path.starts_with("sparse_block") {
             pick("sparse_block")
+        } else if path.starts_with("layout") {
+            pick("layout")
         } else {
             name_tokens.clone()
         }

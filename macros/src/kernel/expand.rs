@@ -3,7 +3,7 @@
 
 use attnforge_codegen::check::MaskParams;
 use attnforge_codegen::dynamic::{DynamicSpec, LandmarkMode};
-use attnforge_codegen::spec::{DType, HeadDim, Mask, ScoreMod};
+use attnforge_codegen::spec::{DType, HeadDim, Layout, Mask, ScoreMod};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
@@ -172,11 +172,13 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
             let gqa = s.gqa;
             let scale = opt(s.scale);
             let (bq, bk) = (s.sparse_block.q, s.sparse_block.k);
+            let layout = layout_tokens(s.layout);
             let body = quote! {
                 let mut s = spec::KernelSpec::new(spec::DType::#dtype, spec::HeadDim::#hd, #mask, #score);
                 s.gqa = #gqa;
                 s.scale = #scale;
                 s.sparse_block = spec::BlockSize { q: #bq, k: #bk };
+                s.layout = spec::Layout::#layout;
                 s
             };
             let tune = match &dl.tune {
@@ -240,6 +242,10 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
     );
     let spec_ty = quote!(::attnforge::__private::rt::kernels::codegen::spec::KernelSpec);
     let backward = backward_methods(decl.is_some_and(|d| d.backward), &elem);
+    let run_methods = match decl.map(|d| d.spec.layout) {
+        Some(l) if !l.is_dense() => serving_methods(&elem),
+        _ => dense_methods(&elem),
+    };
     let methods = quote! {
             #backward
 
@@ -279,6 +285,20 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
                 p
             }
 
+            #run_methods
+    };
+    item(
+        d,
+        errors,
+        quote!(#(#asserts)*),
+        (spec_ty, spec_body),
+        methods,
+    )
+}
+
+/// Simulator, reference, check and GPU runs of a dense-layout kernel.
+fn dense_methods(elem: &TokenStream) -> TokenStream {
+    quote! {
             /// Runs the kernel on the CPU simulator (forward schedule).
             pub fn simulate(
                 tile: &::attnforge::__private::rt::kernels::codegen::tile::TileConfig,
@@ -328,14 +348,52 @@ pub(crate) fn expand(d: &KernelDecl, decl: Option<&Decl>, errors: &[syn::Error])
             ) -> ::core::result::Result<::attnforge::__private::rt::reference::AttnOutput, ::attnforge::__private::rt::kernels::exec::ExecError> {
                 ::attnforge::__private::rt::kernels::exec::run_cuda(&Self::spec(), tile, inputs, params, ordinal)
             }
-    };
-    item(
-        d,
-        errors,
-        quote!(#(#asserts)*),
-        (spec_ty, spec_body),
-        methods,
-    )
+    }
+}
+
+/// Simulator, reference and check runs of a serving-layout kernel (`layout:` varlen, paged,
+/// decode, decode_varlen; `attnforge_runtime::exec_serving`): packed queries, the keys packed
+/// or in a paged cache. No GPU launch: the serving kernels run on the simulator only so far.
+fn serving_methods(elem: &TokenStream) -> TokenStream {
+    let rt = quote!(::attnforge::__private::rt);
+    let tile = quote!(#rt::kernels::codegen::tile::TileConfig);
+    let inputs = quote!(#rt::kernels::exec_serving::ServingInputs<#elem>);
+    let params = quote!(#rt::kernels::exec::RunParams);
+    let err = quote!(#rt::kernels::exec::ExecError);
+    let cfg = quote!(#rt::kernels::sim::SimConfig);
+    quote! {
+        /// Runs the kernel on the CPU simulator (forward schedule): `out: [Tq, Hq, D]`,
+        /// `lse: [Hq, Tq]` packed like the queries; the layout arrays are checked first.
+        pub fn simulate(tile: &#tile, inputs: &#inputs, params: &#params) -> ::core::result::Result<#rt::kernels::exec_serving::ServingRun, #err> {
+            Self::simulate_with(tile, inputs, params, &#cfg::new(#rt::kernels::sim::Schedule::Forward))
+        }
+
+        /// Runs the kernel on the CPU simulator with a simulator config (schedule, workers).
+        pub fn simulate_with(tile: &#tile, inputs: &#inputs, params: &#params, cfg: &#cfg) -> ::core::result::Result<#rt::kernels::exec_serving::ServingRun, #err> {
+            #rt::kernels::exec_serving::simulate(&Self::spec(), tile, inputs, params, cfg)
+        }
+
+        /// The f64 reference: each sequence gathered and run through the dense reference.
+        pub fn reference(inputs: &#inputs, params: &#params) -> ::core::result::Result<#rt::reference::VarlenOutput, #err> {
+            #rt::kernels::exec_serving::reference(&Self::spec(), inputs, params, #rt::reference::Precision::F64)
+        }
+
+        /// Runs the kernel on the simulator and compares it with the reference (tolerance of
+        /// variants.md section 0 for the dtype).
+        pub fn check(tile: &#tile, inputs: &#inputs, params: &#params, cfg: &#cfg) -> ::core::result::Result<#rt::kernels::exec_serving::ServingReport, #err> {
+            #rt::kernels::exec_serving::check(&Self::spec(), tile, inputs, params, cfg)
+        }
+    }
+}
+
+fn layout_tokens(l: Layout) -> TokenStream {
+    match l {
+        Layout::Dense => quote!(Dense),
+        Layout::Varlen => quote!(Varlen),
+        Layout::Paged => quote!(Paged),
+        Layout::Decode => quote!(Decode),
+        Layout::DecodeVarlen => quote!(DecodeVarlen),
+    }
 }
 
 /// `backward: true`: the backward kernels' CUDA and their simulator, reference, check and

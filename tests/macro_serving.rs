@@ -61,7 +61,11 @@ fn paged<T: attnforge::reference::Element>(
             };
         }
     }
-    let mut cache = || PagedCache::from_fn(num_pages, page, hkv, d, |_, _, _, _| T::from_f64(unit(&mut s)));
+    let mut cache = || {
+        PagedCache::from_fn(num_pages, page, hkv, d, |_, _, _, _| {
+            T::from_f64(unit(&mut s))
+        })
+    };
     let (k_cache, v_cache) = (cache(), cache());
     let mut s = 0xC0FFEE_u64;
     ServingInputs {
@@ -87,7 +91,10 @@ fn the_layout_is_part_of_the_spec_and_the_kernel() {
         assert!(n.contains(tag), "{n} does not name its layout `{tag}`");
     }
     let k = PagedCausal::cuda(&PagedCausal::default_tile()).unwrap();
-    assert!(k.source.contains("block_table"), "the paged kernel reads no block table");
+    assert!(
+        k.source.contains("block_table"),
+        "the paged kernel reads no block table"
+    );
 }
 
 #[test]
@@ -121,7 +128,13 @@ fn varlen_item_checks_against_the_reference() {
         },
     };
     let cfg = SimConfig::new(Schedule::Forward);
-    VarlenWindow::check(&VarlenWindow::default_tile(), &x, &VarlenWindow::params(), &cfg).unwrap();
+    VarlenWindow::check(
+        &VarlenWindow::default_tile(),
+        &x,
+        &VarlenWindow::params(),
+        &cfg,
+    )
+    .unwrap();
 }
 
 #[test]

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use attnforge_codegen::catalog;
-use attnforge_codegen::spec::KernelSpec;
+use attnforge_codegen::serving::DECODE_MAX_SEQ_Q;
+use attnforge_codegen::spec::{KernelSpec, Layout};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cache::{self, Cache, Lookup, CACHE_ENV, DEFAULT_CACHE};
+use crate::decode::DecodeTunable;
 use crate::kernel::KernelTunable;
 use crate::measure::BenchConfig;
 use crate::report::{write_reports, ReportItem};
@@ -104,6 +106,24 @@ pub struct TuneArgs {
     /// Ignore the cache (re-tune everything; results are still stored).
     #[arg(long)]
     pub retune: bool,
+    /// Kernel layout to tune: `dense` (prefill on [B, H, S, D]) or `decode` (the split-KV
+    /// decode kernel on a paged cache: tile and number of splits, on `--batch` sequences of
+    /// `--decode-tokens` tokens over `--seq` cached keys).
+    #[arg(long, default_value = "dense", value_parser = parse_tune_layout)]
+    pub layout: Layout,
+    /// Query tokens per sequence of a decode step (`--layout decode`; 1..=16).
+    #[arg(long, default_value_t = 1)]
+    pub decode_tokens: usize,
+}
+
+fn parse_tune_layout(s: &str) -> Result<Layout, String> {
+    match s {
+        "dense" => Ok(Layout::Dense),
+        "decode" => Ok(Layout::Decode),
+        _ => Err(format!(
+            "the tuner tunes `dense` or `decode` kernels, not `{s}` (varlen and paged prefill use the dense tunings' tiles)"
+        )),
+    }
 }
 
 impl Default for TuneArgs {
@@ -122,6 +142,8 @@ impl Default for TuneArgs {
             gate_max_tries: 3,
             compile_top: 6,
             retune: false,
+            layout: Layout::Dense,
+            decode_tokens: 1,
         }
     }
 }
@@ -146,8 +168,16 @@ pub enum TuneError {
     /// Unknown variant name.
     #[error("--variant `{0}` is not in the catalog; fix: use a canonical name such as flash_fwd_causal_d128_bf16 (`attnforge list` lists them)")]
     UnknownVariant(String),
+    /// A variant without a decode kernel (`--layout decode`).
+    #[error("--variant `{variant}` has no decode kernel: {reason}; fix: pick a variant that `attnforge check --layout decode --all` lists as passing")]
+    NoDecodeKernel {
+        /// Canonical name.
+        variant: String,
+        /// The layout's rule it breaks.
+        reason: String,
+    },
     /// Bad shape argument.
-    #[error("--{field} must be at least 1: got {value}")]
+    #[error("--{field} must be at least 1 (--decode-tokens: 1..=16): got {value}")]
     BadShape {
         /// Flag name.
         field: &'static str,
@@ -294,12 +324,41 @@ pub fn run_tune(a: &TuneArgs) -> Result<TuneSummary, TuneError> {
         }
     }
     let specs = select(a)?;
+    if a.layout == Layout::Decode {
+        return run_tune_decode(a, &specs);
+    }
     let tunables: Vec<KernelTunable> = specs
         .into_iter()
         .map(|s| {
             KernelTunable::new(s, a.batch, a.heads, a.seq, a.gate_seq).with_wgmma(a.arch.wgmma)
         })
         .collect();
+    let dyns: Vec<&dyn Tunable> = tunables.iter().map(|t| t as &dyn Tunable).collect();
+    run_tune_with(a, &dyns)
+}
+
+/// `--layout decode`: the decode kernel of each selected variant; with `--catalog` the
+/// variants without one (the layout's rules) are left out, a named one is an error.
+fn run_tune_decode(a: &TuneArgs, specs: &[KernelSpec]) -> Result<TuneSummary, TuneError> {
+    if !(1..=DECODE_MAX_SEQ_Q).contains(&a.decode_tokens) {
+        return Err(TuneError::BadShape {
+            field: "decode-tokens",
+            value: a.decode_tokens,
+        });
+    }
+    let mut tunables = Vec::new();
+    for s in specs {
+        match DecodeTunable::new(s, a.batch, a.heads, (a.decode_tokens, a.seq), a.gate_seq) {
+            Ok(t) => tunables.push(t),
+            Err(_) if a.catalog => {}
+            Err(reason) => {
+                return Err(TuneError::NoDecodeKernel {
+                    variant: s.canonical_name(),
+                    reason,
+                })
+            }
+        }
+    }
     let dyns: Vec<&dyn Tunable> = tunables.iter().map(|t| t as &dyn Tunable).collect();
     run_tune_with(a, &dyns)
 }
@@ -458,7 +517,13 @@ fn tune_into_checked_out(
             .map(|(n, t)| format!("{n} {t:.1} s"))
             .collect();
         let outcome = match tuning.winner {
-            Some(w) => format!("winner {}", w.suffix()),
+            Some(w) => {
+                let splits = tuning
+                    .winner_result()
+                    .and_then(|c| c.predicted?.splits)
+                    .map_or(String::new(), |k| format!(" with {k} key splits"));
+                format!("winner {}{splits}", w.suffix())
+            }
             None => format!("NO WINNER ({}); not cached", tuning.rejections()),
         };
         let line = format!(

@@ -74,14 +74,14 @@ fn compile_environment_error(e: &CompileError) -> bool {
 
 /// Whether a gate error is the machine's fault: no usable C++ compiler, a file-system error
 /// in the simulator's build cache, or a library the loader refuses.
-fn gate_environment_error(e: &ExecError) -> bool {
+pub(crate) fn gate_environment_error(e: &ExecError) -> bool {
     matches!(
         e,
         ExecError::Sim(SimError::Toolchain { .. } | SimError::Io { .. } | SimError::Load { .. })
     )
 }
 
-fn elem_bytes(d: DType) -> usize {
+pub(crate) fn elem_bytes(d: DType) -> usize {
     match d {
         DType::F32 => 4,
         DType::F16 | DType::Bf16 => 2,
@@ -118,14 +118,7 @@ impl Tunable for KernelTunable {
     }
 
     fn estimate(&self, tile: &TileConfig, _arch: Arch) -> Option<Resources> {
-        Some(Resources {
-            registers: tile.estimated_registers(&self.spec) as u32,
-            smem_bytes: tile.smem_bytes(&self.spec) as u64,
-            stack_frame_bytes: 0,
-            spill_bytes: 0,
-            threads: tile.threads() as u32,
-            main_loop: None,
-        })
+        Some(estimate_resources(&self.spec, tile))
     }
 
     fn build(
@@ -133,52 +126,7 @@ impl Tunable for KernelTunable {
         tiles: &[TileConfig],
         arch: Arch,
     ) -> Result<Vec<Result<Resources, String>>, EnvironmentError> {
-        let emitted: Vec<Result<_, String>> = tiles
-            .iter()
-            .map(|t| emit(&self.spec, t, arch).map_err(|e| format!("emit: {e:?}")))
-            .collect();
-        let ok: Vec<usize> = (0..tiles.len()).filter(|&i| emitted[i].is_ok()).collect();
-        let sources: Vec<KernelSource<'_>> = ok
-            .iter()
-            .filter_map(|&i| emitted[i].as_ref().ok().map(|k| (k, &tiles[i])))
-            .map(|(k, t)| KernelSource {
-                source: &k.source,
-                name: &k.name,
-                options: CompileOptions::for_tile(arch, t),
-            })
-            .collect();
-        let mut out: Vec<Result<Resources, String>> = emitted
-            .iter()
-            .map(|e| match e {
-                Err(m) => Err(m.clone()),
-                Ok(_) => Err("not built".to_owned()),
-            })
-            .collect();
-        let env = |e: &dyn std::fmt::Display| EnvironmentError {
-            stage: "compile (NVRTC)",
-            message: e.to_string(),
-        };
-        let results = build_many_cached(&sources).map_err(|e| env(&e))?;
-        for (&i, r) in ok.iter().zip(results) {
-            out[i] = match r {
-                Err(BuildError::Compile(e)) if compile_environment_error(&e) => {
-                    return Err(env(&e))
-                }
-                Err(e) => Err(e.to_string()),
-                Ok(b) => Ok(Resources {
-                    registers: b.resources.registers,
-                    smem_bytes: b.resources.shared_bytes + tiles[i].smem_bytes(&self.spec) as u64,
-                    stack_frame_bytes: b.resources.stack_frame_bytes,
-                    spill_bytes: b.resources.spill_store_bytes + b.resources.spill_load_bytes,
-                    threads: tiles[i].threads() as u32,
-                    main_loop: match (self.spec.dtype, b.compiled.cubin.as_deref()) {
-                        (DType::F32, _) | (_, None) => None,
-                        (_, Some(cubin)) => loop_counts(&self.spec, &tiles[i], cubin).ok(),
-                    },
-                }),
-            };
-        }
-        Ok(out)
+        build_spec(&self.spec, tiles, arch)
     }
 
     fn predict(
@@ -287,4 +235,70 @@ impl Tunable for KernelTunable {
     fn shape(&self) -> (String, String) {
         (self.shape.to_string(), self.shape.bucket())
     }
+}
+
+/// Resources of `tile` estimated without compiling (registers and shared memory from the
+/// tile shape): the pre-ranking that decides which candidates are compiled.
+pub(crate) fn estimate_resources(spec: &KernelSpec, tile: &TileConfig) -> Resources {
+    Resources {
+        registers: tile.estimated_registers(spec) as u32,
+        smem_bytes: tile.smem_bytes(spec) as u64,
+        stack_frame_bytes: 0,
+        spill_bytes: 0,
+        threads: tile.threads() as u32,
+        main_loop: None,
+    }
+}
+
+/// Compile `spec` at every tile for `arch` (NVRTC + ptxas through the kernel cache) and read
+/// each candidate's resources and main-loop SASS counts (input order).
+pub(crate) fn build_spec(
+    spec: &KernelSpec,
+    tiles: &[TileConfig],
+    arch: Arch,
+) -> Result<Vec<Result<Resources, String>>, EnvironmentError> {
+    let emitted: Vec<Result<_, String>> = tiles
+        .iter()
+        .map(|t| emit(spec, t, arch).map_err(|e| format!("emit: {e:?}")))
+        .collect();
+    let ok: Vec<usize> = (0..tiles.len()).filter(|&i| emitted[i].is_ok()).collect();
+    let sources: Vec<KernelSource<'_>> = ok
+        .iter()
+        .filter_map(|&i| emitted[i].as_ref().ok().map(|k| (k, &tiles[i])))
+        .map(|(k, t)| KernelSource {
+            source: &k.source,
+            name: &k.name,
+            options: CompileOptions::for_tile(arch, t),
+        })
+        .collect();
+    let mut out: Vec<Result<Resources, String>> = emitted
+        .iter()
+        .map(|e| match e {
+            Err(m) => Err(m.clone()),
+            Ok(_) => Err("not built".to_owned()),
+        })
+        .collect();
+    let env = |e: &dyn std::fmt::Display| EnvironmentError {
+        stage: "compile (NVRTC)",
+        message: e.to_string(),
+    };
+    let results = build_many_cached(&sources).map_err(|e| env(&e))?;
+    for (&i, r) in ok.iter().zip(results) {
+        out[i] = match r {
+            Err(BuildError::Compile(e)) if compile_environment_error(&e) => return Err(env(&e)),
+            Err(e) => Err(e.to_string()),
+            Ok(b) => Ok(Resources {
+                registers: b.resources.registers,
+                smem_bytes: b.resources.shared_bytes + tiles[i].smem_bytes(spec) as u64,
+                stack_frame_bytes: b.resources.stack_frame_bytes,
+                spill_bytes: b.resources.spill_store_bytes + b.resources.spill_load_bytes,
+                threads: tiles[i].threads() as u32,
+                main_loop: match (spec.dtype, b.compiled.cubin.as_deref()) {
+                    (DType::F32, _) | (_, None) => None,
+                    (_, Some(cubin)) => loop_counts(spec, &tiles[i], cubin).ok(),
+                },
+            }),
+        };
+    }
+    Ok(out)
 }

@@ -19,6 +19,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod decode;
 pub mod kernel;
 pub mod measure;
 pub mod model;

@@ -45,6 +45,10 @@ pub struct Prediction {
     pub waves: usize,
     /// FMA-pipe efficiency assumed from the resident warps (0..=1).
     pub latency_hiding: f64,
+    /// Key splits per sequence the prediction assumes (decode kernels, [`crate::decode`]:
+    /// the tuned `num_splits`); `None` for kernels without splits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splits: Option<usize>,
 }
 
 /// Fixed launch overhead, microseconds.
@@ -90,6 +94,7 @@ pub fn predict(l: &ArchLimits, occ: &Occupancy, m: &ModelInput, s: &Shape) -> Pr
         dram_us: dram_s * 1e6,
         waves,
         latency_hiding: hiding,
+        splits: None,
     }
 }
 
@@ -228,6 +233,7 @@ pub fn predict_main_loop(
         dram_us: dram_s * 1e6,
         waves: (blocks / slots as f64).ceil() as usize,
         latency_hiding: w / (w + k.exposed_latency_warps),
+        splits: None,
     }
 }
 

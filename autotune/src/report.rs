@@ -192,7 +192,10 @@ pub fn markdown(t: &KernelTuning, from_cache: bool) -> String {
                 .as_ref()
                 .map_or("-".into(), |r| r.smem_bytes.to_string()),
             occ,
-            fmt_opt(c.predicted.map(|p| p.time_us)),
+            c.predicted.map_or("-".to_owned(), |p| match p.splits {
+                Some(k) => format!("{:.2} ({k} splits)", p.time_us),
+                None => format!("{:.2}", p.time_us),
+            }),
             measured,
             c.gate
                 .as_ref()

@@ -113,6 +113,45 @@ pub fn tile_profile(
     shape: &Shape,
     params: &RunParams,
 ) -> Vec<BlockTiles> {
+    tile_profile_in(spec, block_m, block_n, shape, params, 0..shape.seq_k)
+}
+
+/// The key tiles of each key split of a decode block ([`crate::decode`]): the query rows
+/// `0..Sq` of `shape` (one block: the decode kernel packs a GQA group's heads into its M
+/// tile, which does not change which keys a row sees), keys split as the kernel's
+/// `af_split_schedule` does: `chunk = ceil(ceil(Sk / splits) / block_n) * block_n` keys per
+/// split, the last ones shorter or empty.
+pub fn split_profile(
+    spec: &KernelSpec,
+    block_n: usize,
+    shape: &Shape,
+    params: &RunParams,
+    splits: usize,
+) -> Vec<BlockTiles> {
+    let sk = shape.seq_k;
+    let chunk = sk.div_ceil(splits.max(1)).div_ceil(block_n) * block_n;
+    (0..splits.max(1))
+        .map(|s| {
+            let lo = (s * chunk).min(sk);
+            let hi = (lo + chunk).min(sk);
+            let rows = shape.seq_q.max(1);
+            tile_profile_in(spec, rows, block_n, shape, params, lo..hi)
+                .into_iter()
+                .fold(BlockTiles::default(), BlockTiles::plus)
+        })
+        .collect()
+}
+
+/// [`tile_profile`] over the key tiles starting in `keys` (a multiple of `block_n` wide, or
+/// ending at `Sk`).
+fn tile_profile_in(
+    spec: &KernelSpec,
+    block_m: usize,
+    block_n: usize,
+    shape: &Shape,
+    params: &RunParams,
+    keys: std::ops::Range<usize>,
+) -> Vec<BlockTiles> {
     let (sq, sk) = (shape.seq_q, shape.seq_k);
     let tiles = Tiling {
         block_m,
@@ -133,9 +172,9 @@ pub fn tile_profile(
                 let r = m0 / bs.q.max(1);
                 let blocks = |idx: &[i32], partial: bool| {
                     idx.iter()
-                        .map(|&c| {
-                            tiles.split(m0, c as usize * bs.k, (c as usize + 1) * bs.k, partial)
-                        })
+                        .map(|&c| c as usize * bs.k)
+                        .filter(|k0| keys.contains(k0))
+                        .map(|k0| tiles.split(m0, k0, k0 + bs.k, partial))
                         .fold(BlockTiles::default(), BlockTiles::plus)
                 };
                 blocks(l.full(0, 0, r), false).plus(blocks(l.partial(0, 0, r), element_mask))
@@ -145,7 +184,7 @@ pub fn tile_profile(
     let dense = || -> Vec<BlockTiles> {
         (0..sq)
             .step_by(block_m)
-            .map(|m0| tiles.split(m0, 0, sk, element_mask))
+            .map(|m0| tiles.split(m0, keys.start, keys.end, element_mask))
             .collect()
     };
     let Some(def) = spec.mask.def() else {
@@ -186,6 +225,7 @@ pub fn tile_profile(
             };
             (0..sk)
                 .step_by(step)
+                .filter(|k0| keys.contains(k0))
                 .filter(|&k0| g.any(rs.clone(), k0..(k0 + step).min(sk)))
                 .map(|k0| {
                     let ks = k0..(k0 + step).min(sk);

@@ -115,6 +115,7 @@ impl Tunable for Fake {
             dram_us: 0.0,
             waves: 1,
             latency_hiding: 1.0,
+            splits: None,
         }
     }
     fn gate(&self, t: &TileConfig) -> Result<Gate, GateError> {

@@ -56,6 +56,7 @@ fn tuning(spec: &KernelSpec, arch: Arch, bucket: &str) -> KernelTuning {
                     dram_us: 17.0,
                     waves: 3,
                     latency_hiding: 0.75,
+                    splits: None,
                 }),
                 gate: None,
                 measured: None,

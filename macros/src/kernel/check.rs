@@ -410,7 +410,10 @@ fn check_layout(cx: &mut Ctx<'_>, e: &Expr) -> Option<Layout> {
         .as_deref()
         .and_then(|n| Layout::ALL.into_iter().find(|l| l.tag() == n));
     if found.is_none() {
-        let all: Vec<_> = Layout::ALL.iter().map(|l| format!("`{}`", l.tag())).collect();
+        let all: Vec<_> = Layout::ALL
+            .iter()
+            .map(|l| format!("`{}`", l.tag()))
+            .collect();
         cx.err(
             e,
             format!("unknown layout: expected one of {}", all.join(", ")),

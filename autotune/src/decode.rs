@@ -1,0 +1,329 @@
+//! Tuning the decode kernels ([`Layout::Decode`], variants.md section 13; docs/serving.md):
+//! the tile and the number of key splits, on a decode workload (`B` sequences of `Sq`
+//! tokens, 1 by default, over a cache of `Sk` keys).
+//!
+//! The candidates are tiles (the kernel's compile-time shape). The number of splits is a
+//! run-time argument, so it is not a separate candidate: each tile's prediction is the best
+//! over [`split_candidates`], and [`Prediction::splits`] records the count it assumes; the
+//! winner's is the tuned `num_splits`. Per split count the model list-schedules
+//! `B x Hkv x row_blocks x splits` blocks, each walking the key tiles of its split that the
+//! mask visits ([`split_profile`]), with the main-loop SASS counts of the dense model
+//! ([`predict_main_loop`]); more than one split adds the f32 partials' round trip and the
+//! merge launch. The gate runs the candidate on the simulator over a paged cache with three
+//! splits (the merge included) against the per-sequence reference. No GPU timing: the
+//! serving kernels have no GPU launch path yet, so the winner is always *predicted*.
+
+use std::path::Path;
+
+use attnforge_codegen::emit::emit;
+use attnforge_codegen::serving::{decode_splits, DECODE_MAX_SPLITS};
+use attnforge_codegen::spec::{DType, KernelSpec, Layout};
+use attnforge_codegen::tile::{default_search_space, TileConfig};
+use attnforge_reference::{Element, Packed, PagedCache};
+use attnforge_runtime::exec::ExecError;
+use attnforge_runtime::exec_serving::{self, ServingInputs, ServingKeys};
+use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
+use half::{bf16, f16};
+
+use crate::kernel::{build_spec, elem_bytes, estimate_resources, gate_environment_error};
+use crate::measure::{BenchConfig, Estimate};
+use crate::model::{
+    estimate_counts, predict_main_loop, MainLoopConstants, MainLoopInput, Prediction,
+};
+use crate::occupancy::{ArchLimits, Occupancy};
+use crate::tuner::{EnvironmentError, Gate, GateError, Resources, Status, Tunable};
+use crate::workload::{default_params, split_profile, Shape};
+use crate::Arch;
+
+/// Launch overhead of the merge kernel, microseconds (the main loop's model charges the
+/// same per launch).
+const MERGE_LAUNCH_US: f64 = 3.0;
+
+/// Splits the gate runs with: more than one (the merge kernel runs), and not a power of two
+/// (the last split is shorter than the others at the gate's lengths).
+const GATE_SPLITS: usize = 3;
+
+/// A decode kernel to tune at `shape` (`seq_q` tokens per sequence, `seq_k` cached keys),
+/// gated on the simulator at `gate_shape`.
+#[derive(Clone, Debug)]
+pub struct DecodeTunable {
+    /// The spec, in [`Layout::Decode`].
+    pub spec: KernelSpec,
+    /// Tuning workload.
+    pub shape: Shape,
+    /// Small workload of the simulator gate.
+    pub gate_shape: Shape,
+    /// Streaming multiprocessors of the target; `None`: the reference part of the
+    /// architecture ([`ArchLimits::sms`]: 108 for sm_80, 132 for sm_90, which is also
+    /// `decode_splits`' [`attnforge_codegen::serving::DEFAULT_SMS`]).
+    pub sms: Option<usize>,
+}
+
+impl DecodeTunable {
+    /// Tune `spec` in the decode layout for `batch` sequences of `tokens` query tokens over
+    /// `seq_k` cached keys with `heads` query heads (GQA specs: a quarter as kv heads, as the
+    /// dense tuner); gate at 2 sequences over `gate_seq` keys. `Err` names why the variant
+    /// has no decode kernel (the layout's rules, `validate_spec`).
+    pub fn new(
+        spec: &KernelSpec,
+        batch: usize,
+        heads: usize,
+        (tokens, seq_k): (usize, usize),
+        gate_seq: usize,
+    ) -> Result<Self, String> {
+        let spec = spec.clone().with_layout(Layout::Decode);
+        attnforge_codegen::check::validate_spec(&spec).map_err(|errs| {
+            errs.iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let mut shape = Shape::for_spec(&spec, batch, heads, seq_k);
+        shape.seq_q = tokens;
+        let mut gate_shape = Shape::for_spec(&spec, 2, if spec.gqa { 4 } else { 2 }, gate_seq);
+        gate_shape.seq_q = tokens.min(gate_seq);
+        Ok(DecodeTunable {
+            spec,
+            shape,
+            gate_shape,
+            sms: None,
+        })
+    }
+
+    /// The prediction of `tile` with `splits` key splits per sequence.
+    pub fn predict_splits(
+        &self,
+        tile: &TileConfig,
+        res: &Resources,
+        occ: &Occupancy,
+        arch: Arch,
+        splits: usize,
+    ) -> Prediction {
+        let s = &self.shape;
+        let d = self.spec.head_dim.get();
+        let params = default_params(&self.spec, s);
+        let tiles = split_profile(&self.spec, tile.block_n, s, &params, splits);
+        let group = s.heads_q / s.heads_kv.max(1);
+        let row_blocks = (group * s.seq_q).div_ceil(tile.block_m).max(1);
+        let profile: Vec<u32> = (0..row_blocks)
+            .flat_map(|_| tiles.iter().map(|t| t.visited))
+            .collect();
+        let partial: Vec<u32> = (0..row_blocks)
+            .flat_map(|_| tiles.iter().map(|t| t.partial))
+            .collect();
+        let warps = tile.compute_warps();
+        let m = MainLoopInput {
+            warps,
+            wgmma: tile.wgmma,
+            counts: res
+                .main_loop
+                .unwrap_or_else(|| estimate_counts(tile.block_m, tile.block_n, warps, d)),
+            profile: &profile,
+            partial: &partial,
+            heads_times_batch: s.batch * s.heads_kv,
+            elem_bytes: elem_bytes(self.spec.dtype),
+            block_n: tile.block_n,
+            head_dim: d,
+        };
+        let mut l = ArchLimits::of(arch);
+        l.sms = self.sms.unwrap_or(l.sms);
+        let mut p = predict_main_loop(&l, &MainLoopConstants::of(arch), occ, &m);
+        if splits > 1 {
+            // every query row's partials: written by the splits, read back by the merge
+            let rows = (s.batch * s.heads_q * s.seq_q) as f64;
+            let partials = rows * splits as f64 * ((d + 1) * 4) as f64;
+            let merged = rows * (d * elem_bytes(self.spec.dtype) + 4) as f64;
+            let extra_us = (2.0 * partials + merged) / (l.dram_gbps * 1e9) * 1e6;
+            p.time_us += extra_us + MERGE_LAUNCH_US;
+            p.dram_us += extra_us;
+        }
+        p.splits = Some(splits);
+        p
+    }
+}
+
+/// The split counts a tile's prediction tries: 1, the powers of two, and `decode_splits`'
+/// choice for the tile (what a serving engine gets without tuning), up to the key tiles of
+/// the sequence and [`DECODE_MAX_SPLITS`].
+pub fn split_candidates(shape: &Shape, tile: &TileConfig, sms: usize) -> Vec<usize> {
+    let tiles = shape
+        .seq_k
+        .div_ceil(tile.block_n)
+        .clamp(1, DECODE_MAX_SPLITS);
+    let mut v: Vec<usize> = std::iter::successors(Some(1usize), |x| Some(x * 2))
+        .take_while(|&x| x <= tiles)
+        .collect();
+    v.push(decode_splits(
+        shape.batch,
+        (shape.heads_q, shape.heads_kv),
+        (shape.seq_q, shape.seq_k),
+        (tile.block_m, tile.block_n),
+        sms,
+    ));
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The gate's problem: two sequences of `seq_q` tokens over `seq_k` and `seq_k / 3 + 5`
+/// keys, a paged cache of 16-key pages in permuted order (a page shared by both), values in
+/// [-1, 1).
+fn gate_inputs<T: Element>(shape: &Shape, d: usize) -> ServingInputs<T> {
+    let page = 16;
+    let lens = [shape.seq_k, shape.seq_k / 3 + 5];
+    let pages: Vec<usize> = lens.iter().map(|l| l.div_ceil(page)).collect();
+    let max_pages = pages.iter().copied().max().unwrap_or(1);
+    let num_pages = pages.iter().sum::<usize>() + 1;
+    let mut table = vec![-1i32; lens.len() * max_pages];
+    let mut next = num_pages;
+    for (b, &n) in pages.iter().enumerate() {
+        for i in 0..n {
+            // page 0 first for both (a shared prefix), the rest from the end of the pool
+            table[b * max_pages + i] = if i == 0 {
+                0
+            } else {
+                next -= 1;
+                next as i32
+            };
+        }
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut unit = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        T::from_f64((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+    };
+    let mut cache = || PagedCache::from_fn(num_pages, page, shape.heads_kv, d, |_, _, _, _| unit());
+    let (k_cache, v_cache) = (cache(), cache());
+    let tq = shape.seq_q * lens.len();
+    let q = Packed::from_fn(tq, shape.heads_q, d, |_, _, _| unit());
+    ServingInputs {
+        q,
+        cu_seqlens_q: (0..=lens.len()).map(|b| (b * shape.seq_q) as i32).collect(),
+        keys: ServingKeys::Paged {
+            k_cache,
+            v_cache,
+            block_table: table,
+            max_pages,
+            seqlens_k: lens.iter().map(|&l| l as i32).collect(),
+        },
+    }
+}
+
+impl DecodeTunable {
+    fn gate_as<T: Element + SimElem>(&self, tile: &TileConfig) -> Result<Gate, GateError> {
+        let s = &self.gate_shape;
+        let mut p = default_params(&self.spec, s);
+        p.block_lists = None; // built per sequence by exec_serving
+        p.num_splits = Some(GATE_SPLITS);
+        let x = gate_inputs::<T>(s, self.spec.head_dim.get());
+        let cfg = SimConfig::new(Schedule::Forward);
+        match exec_serving::check(&self.spec, tile, &x, &p, &cfg) {
+            Ok(rep) => Ok(Gate {
+                backend: "sim".to_owned(),
+                shape: format!("{s}, pages of 16, {GATE_SPLITS} splits"),
+                max_err: rep.close.out.max_err,
+            }),
+            Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string()).into()),
+            Err(e) if gate_environment_error(&e) => Err(GateError::Environment(EnvironmentError {
+                stage: "correctness gate (simulator)",
+                message: e.to_string(),
+            })),
+            Err(e) => Err(Status::GateFailed(e.to_string()).into()),
+        }
+    }
+}
+
+impl Tunable for DecodeTunable {
+    fn variant(&self) -> String {
+        self.spec.canonical_name()
+    }
+
+    /// The dense space (the serving layouts refuse warpgroup-MMA tiles) plus the small-M
+    /// tensor-core tiles a decode step wants: a GQA group of one token fills 16 or 32 rows.
+    fn space(&self, arch: Arch) -> Vec<TileConfig> {
+        let mut v = Vec::new();
+        if self.spec.dtype != DType::F32 {
+            for bm in [16, 32] {
+                for bn in [32, 64, 128] {
+                    for st in 1..=3 {
+                        v.push(TileConfig::new(bm, bn, bm / 16, st));
+                    }
+                }
+            }
+        }
+        v.extend(default_search_space(&self.spec, arch));
+        v.retain(|t| !t.wgmma);
+        v.dedup();
+        v
+    }
+
+    fn valid(&self, tile: &TileConfig, arch: Arch) -> Result<(), String> {
+        tile.valid(&self.spec, arch).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    fn fingerprint(&self, tile: &TileConfig, arch: Arch) -> String {
+        match emit(&self.spec, tile, arch) {
+            Ok(k) => k.source,
+            Err(e) => format!("emit error: {e:?}"),
+        }
+    }
+
+    fn estimate(&self, tile: &TileConfig, _arch: Arch) -> Option<Resources> {
+        Some(estimate_resources(&self.spec, tile))
+    }
+
+    fn build(
+        &self,
+        tiles: &[TileConfig],
+        arch: Arch,
+    ) -> Result<Vec<Result<Resources, String>>, EnvironmentError> {
+        build_spec(&self.spec, tiles, arch)
+    }
+
+    fn predict(
+        &self,
+        tile: &TileConfig,
+        res: &Resources,
+        occ: &Occupancy,
+        arch: Arch,
+    ) -> Prediction {
+        let sms = self.sms.unwrap_or(ArchLimits::of(arch).sms);
+        split_candidates(&self.shape, tile, sms)
+            .into_iter()
+            .map(|k| self.predict_splits(tile, res, occ, arch, k))
+            .min_by(|a, b| a.time_us.total_cmp(&b.time_us))
+            .unwrap_or_else(|| self.predict_splits(tile, res, occ, arch, 1))
+    }
+
+    fn gate(&self, tile: &TileConfig) -> Result<Gate, GateError> {
+        match self.spec.dtype {
+            DType::F32 => self.gate_as::<f32>(tile),
+            DType::F16 => self.gate_as::<f16>(tile),
+            DType::Bf16 => self.gate_as::<bf16>(tile),
+        }
+    }
+
+    fn can_measure(&self) -> bool {
+        false
+    }
+
+    fn measure(&self, _: &TileConfig, _: &BenchConfig, _: &Path) -> Result<Estimate, String> {
+        Err("the serving kernels have no GPU launch path yet: decode tunings are predicted".into())
+    }
+
+    fn device(&self) -> String {
+        "sim+model".to_owned()
+    }
+
+    fn shape(&self) -> (String, String) {
+        let s = &self.shape;
+        (format!("decode {s}"), format!("decode_{}", s.bucket()))
+    }
+}

@@ -6,12 +6,14 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use attnforge_codegen::backward::backward_supported;
 use attnforge_codegen::catalog;
 use attnforge_codegen::serving::DECODE_MAX_SEQ_Q;
 use attnforge_codegen::spec::{KernelSpec, Layout};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::backward::BackwardTunable;
 use crate::cache::{self, Cache, Lookup, CACHE_ENV, DEFAULT_CACHE};
 use crate::decode::DecodeTunable;
 use crate::kernel::KernelTunable;
@@ -114,6 +116,10 @@ pub struct TuneArgs {
     /// Query tokens per sequence of a decode step (`--layout decode`; 1..=16).
     #[arg(long, default_value_t = 1)]
     pub decode_tokens: usize,
+    /// Tune the backward kernels (dK/dV and dQ tile) instead of the forward, at the same
+    /// shape (dense layout).
+    #[arg(long, conflicts_with = "layout")]
+    pub backward: bool,
 }
 
 fn parse_tune_layout(s: &str) -> Result<Layout, String> {
@@ -144,6 +150,7 @@ impl Default for TuneArgs {
             retune: false,
             layout: Layout::Dense,
             decode_tokens: 1,
+            backward: false,
         }
     }
 }
@@ -174,6 +181,14 @@ pub enum TuneError {
         /// Canonical name.
         variant: String,
         /// The layout's rule it breaks.
+        reason: String,
+    },
+    /// A variant without backward kernels (`--backward`).
+    #[error("--variant `{variant}` has no backward kernels: {reason}")]
+    NoBackward {
+        /// Canonical name.
+        variant: String,
+        /// Why (`backward_supported`).
         reason: String,
     },
     /// Bad shape argument.
@@ -327,6 +342,9 @@ pub fn run_tune(a: &TuneArgs) -> Result<TuneSummary, TuneError> {
     if a.layout == Layout::Decode {
         return run_tune_decode(a, &specs);
     }
+    if a.backward {
+        return run_tune_backward(a, &specs);
+    }
     let tunables: Vec<KernelTunable> = specs
         .into_iter()
         .map(|s| {
@@ -355,6 +373,36 @@ fn run_tune_decode(a: &TuneArgs, specs: &[KernelSpec]) -> Result<TuneSummary, Tu
                 return Err(TuneError::NoDecodeKernel {
                     variant: s.canonical_name(),
                     reason,
+                })
+            }
+        }
+    }
+    let dyns: Vec<&dyn Tunable> = tunables.iter().map(|t| t as &dyn Tunable).collect();
+    run_tune_with(a, &dyns)
+}
+
+/// `--backward`: the backward kernels of each selected variant; with `--catalog` the
+/// variants without them are left out, a named one is an error.
+fn run_tune_backward(a: &TuneArgs, specs: &[KernelSpec]) -> Result<TuneSummary, TuneError> {
+    let mut tunables = Vec::new();
+    for s in specs {
+        match backward_supported(s) {
+            Ok(()) => tunables.push(BackwardTunable::new(
+                s.clone(),
+                a.batch,
+                a.heads,
+                a.seq,
+                a.gate_seq,
+            )),
+            Err(_) if a.catalog => {}
+            Err(errs) => {
+                return Err(TuneError::NoBackward {
+                    variant: s.canonical_name(),
+                    reason: errs
+                        .iter()
+                        .map(|e| format!("{}: {}", e.path, e.message))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                 })
             }
         }

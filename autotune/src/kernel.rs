@@ -62,7 +62,7 @@ impl KernelTunable {
 
 /// Whether a compile error is the toolchain's fault (missing, unloadable, an NVRTC call other
 /// than the compile failing) rather than the candidate's source.
-fn compile_environment_error(e: &CompileError) -> bool {
+pub(crate) fn compile_environment_error(e: &CompileError) -> bool {
     matches!(
         e,
         CompileError::Toolchain(_)

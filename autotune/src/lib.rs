@@ -17,6 +17,7 @@
 //! # Ok::<(), attnforge_autotune::TuneError>(())
 //! ```
 
+pub mod backward;
 pub mod cache;
 pub mod cli;
 pub mod decode;

@@ -187,20 +187,7 @@ fn tile_profile_in(
             .map(|m0| tiles.split(m0, keys.start, keys.end, element_mask))
             .collect()
     };
-    let Some(def) = spec.mask.def() else {
-        return dense();
-    };
-    let values: Vec<(&str, f64)> = def
-        .params
-        .iter()
-        .filter_map(|p| Some((p.name, params.mask.as_ref()?.get(p.name)?)))
-        .collect();
-    let doc: Vec<i32> = params
-        .doc
-        .as_ref()
-        .map(|d| d[..sk.min(d.len())].to_vec())
-        .unwrap_or_default();
-    let Ok(mask) = attnforge_reference::Mask::builtin(def.tag, &values, &doc) else {
+    let Some(mask) = reference_mask(spec, shape, params) else {
         return dense();
     };
     let Ok(g) = attnforge_reference::MaskGeometry::new(&mask, 1, 1, sq, sk) else {
@@ -234,6 +221,60 @@ fn tile_profile_in(
                     tiles.split(m0, k0, k0 + step, partial)
                 })
                 .fold(BlockTiles::default(), BlockTiles::plus)
+        })
+        .collect()
+}
+
+/// The reference's mask of `spec` at `shape` with `params` (its closed forms through
+/// [`attnforge_reference::MaskGeometry`]), or `None` for a mask without them (a user
+/// predicate, explicit block lists).
+fn reference_mask(
+    spec: &KernelSpec,
+    shape: &Shape,
+    params: &RunParams,
+) -> Option<attnforge_reference::Mask> {
+    let sk = shape.seq_k;
+    let def = spec.mask.def()?;
+    let values: Vec<(&str, f64)> = def
+        .params
+        .iter()
+        .filter_map(|p| Some((p.name, params.mask.as_ref()?.get(p.name)?)))
+        .collect();
+    let doc: Vec<i32> = params
+        .doc
+        .as_ref()
+        .map(|d| d[..sk.min(d.len())].to_vec())
+        .unwrap_or_default();
+    attnforge_reference::Mask::builtin(def.tag, &values, &doc).ok()
+}
+
+/// The backward's dK/dV work ([`crate::backward`]): for each `block_n` key tile of one
+/// (batch, kv head), the `block_m` query tiles of one query head that hold an allowed pair
+/// (the transposed schedule walks exactly those). Masks without closed forms count every
+/// query tile.
+pub fn key_tile_profile(
+    spec: &KernelSpec,
+    block_m: usize,
+    block_n: usize,
+    shape: &Shape,
+    params: &RunParams,
+) -> Vec<u32> {
+    let (sq, sk) = (shape.seq_q, shape.seq_k);
+    let mask = reference_mask(spec, shape, params);
+    let g = mask
+        .as_ref()
+        .and_then(|m| attnforge_reference::MaskGeometry::new(m, 1, 1, sq, sk).ok());
+    (0..sk)
+        .step_by(block_n.max(1))
+        .map(|k0| {
+            let ks = k0..(k0 + block_n).min(sk);
+            (0..sq)
+                .step_by(block_m.max(1))
+                .filter(|&m0| {
+                    g.as_ref()
+                        .is_none_or(|g| g.any(m0..(m0 + block_m).min(sq), ks.clone()))
+                })
+                .count() as u32
         })
         .collect()
 }

@@ -10,10 +10,13 @@
 //! mask visits ([`split_profile`]), with the main-loop SASS counts of the dense model
 //! ([`predict_main_loop`]); more than one split adds the f32 partials' round trip and the
 //! merge launch. The gate runs the candidate on the simulator over a paged cache with three
-//! splits (the merge included) against the per-sequence reference. No GPU timing: the
-//! serving kernels have no GPU launch path yet, so the winner is always *predicted*.
+//! splits (the merge included) against the per-sequence reference. On a GPU each candidate
+//! is timed with its predicted split count (`exec_serving::run_cuda`, not yet run on
+//! hardware); without one the winner is *predicted*.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use attnforge_codegen::emit::emit;
 use attnforge_codegen::serving::{decode_splits, DECODE_MAX_SPLITS};
@@ -45,7 +48,7 @@ const GATE_SPLITS: usize = 3;
 
 /// A decode kernel to tune at `shape` (`seq_q` tokens per sequence, `seq_k` cached keys),
 /// gated on the simulator at `gate_shape`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DecodeTunable {
     /// The spec, in [`Layout::Decode`].
     pub spec: KernelSpec,
@@ -57,6 +60,8 @@ pub struct DecodeTunable {
     /// architecture ([`ArchLimits::sms`]: 108 for sm_80, 132 for sm_90, which is also
     /// `decode_splits`' [`attnforge_codegen::serving::DEFAULT_SMS`]).
     pub sms: Option<usize>,
+    /// The split count of each predicted candidate (what a GPU measurement launches with).
+    splits: Mutex<HashMap<TileConfig, usize>>,
 }
 
 impl DecodeTunable {
@@ -87,6 +92,7 @@ impl DecodeTunable {
             shape,
             gate_shape,
             sms: None,
+            splits: Mutex::new(HashMap::new()),
         })
     }
 
@@ -165,12 +171,10 @@ pub fn split_candidates(shape: &Shape, tile: &TileConfig, sms: usize) -> Vec<usi
     v
 }
 
-/// The gate's problem: two sequences of `seq_q` tokens over `seq_k` and `seq_k / 3 + 5`
-/// keys, a paged cache of 16-key pages in permuted order (a page shared by both), values in
-/// [-1, 1).
-fn gate_inputs<T: Element>(shape: &Shape, d: usize) -> ServingInputs<T> {
+/// A decode problem: sequences of `seq_q` tokens over `lens` keys, a paged cache of 16-key
+/// pages in permuted order (page 0 shared by every sequence), values in [-1, 1).
+fn paged_inputs<T: Element>(shape: &Shape, d: usize, lens: &[usize]) -> ServingInputs<T> {
     let page = 16;
-    let lens = [shape.seq_k, shape.seq_k / 3 + 5];
     let pages: Vec<usize> = lens.iter().map(|l| l.div_ceil(page)).collect();
     let max_pages = pages.iter().copied().max().unwrap_or(1);
     let num_pages = pages.iter().sum::<usize>() + 1;
@@ -212,12 +216,34 @@ fn gate_inputs<T: Element>(shape: &Shape, d: usize) -> ServingInputs<T> {
 }
 
 impl DecodeTunable {
+    fn measure_as<T: Element>(&self, tile: &TileConfig, runs: usize) -> Result<Estimate, String> {
+        let s = &self.shape;
+        let mut p = default_params(&self.spec, s);
+        p.block_lists = None;
+        p.num_splits = self.splits.lock().ok().and_then(|m| m.get(tile).copied());
+        let x = paged_inputs::<T>(s, self.spec.head_dim.get(), &vec![s.seq_k; s.batch]);
+        let (_, secs) =
+            exec_serving::run_cuda(&self.spec, tile, &x, &p, runs, 0).map_err(|e| e.to_string())?;
+        let ns = secs * 1e9;
+        Ok(Estimate {
+            mean_ns: ns,
+            mean_lo_ns: ns,
+            mean_hi_ns: ns,
+            median_ns: ns,
+            std_dev_ns: 0.0,
+            source: format!(
+                "wall time of {runs} synchronized decode steps (no confidence interval)"
+            ),
+        })
+    }
+
     fn gate_as<T: Element + SimElem>(&self, tile: &TileConfig) -> Result<Gate, GateError> {
         let s = &self.gate_shape;
         let mut p = default_params(&self.spec, s);
         p.block_lists = None; // built per sequence by exec_serving
         p.num_splits = Some(GATE_SPLITS);
-        let x = gate_inputs::<T>(s, self.spec.head_dim.get());
+        // two sequences over Sk and Sk / 3 + 5 keys
+        let x = paged_inputs::<T>(s, self.spec.head_dim.get(), &[s.seq_k, s.seq_k / 3 + 5]);
         let cfg = SimConfig::new(Schedule::Forward);
         match exec_serving::check(&self.spec, tile, &x, &p, &cfg) {
             Ok(rep) => Ok(Gate {
@@ -295,11 +321,15 @@ impl Tunable for DecodeTunable {
         arch: Arch,
     ) -> Prediction {
         let sms = self.sms.unwrap_or(ArchLimits::of(arch).sms);
-        split_candidates(&self.shape, tile, sms)
+        let best = split_candidates(&self.shape, tile, sms)
             .into_iter()
             .map(|k| self.predict_splits(tile, res, occ, arch, k))
             .min_by(|a, b| a.time_us.total_cmp(&b.time_us))
-            .unwrap_or_else(|| self.predict_splits(tile, res, occ, arch, 1))
+            .unwrap_or_else(|| self.predict_splits(tile, res, occ, arch, 1));
+        if let (Ok(mut m), Some(k)) = (self.splits.lock(), best.splits) {
+            m.insert(*tile, k);
+        }
+        best
     }
 
     fn gate(&self, tile: &TileConfig) -> Result<Gate, GateError> {
@@ -311,15 +341,28 @@ impl Tunable for DecodeTunable {
     }
 
     fn can_measure(&self) -> bool {
-        false
+        attnforge_runtime::gpu_available()
     }
 
-    fn measure(&self, _: &TileConfig, _: &BenchConfig, _: &Path) -> Result<Estimate, String> {
-        Err("the serving kernels have no GPU launch path yet: decode tunings are predicted".into())
+    /// The wall time of synchronized steps (decode kernel and merge) at the
+    /// tuning workload, with the split count of the candidate's prediction.
+    fn measure(&self, tile: &TileConfig, cfg: &BenchConfig, _: &Path) -> Result<Estimate, String> {
+        let runs = cfg.samples.max(3);
+        match self.spec.dtype {
+            DType::F32 => self.measure_as::<f32>(tile, runs),
+            DType::F16 => self.measure_as::<f16>(tile, runs),
+            DType::Bf16 => self.measure_as::<bf16>(tile, runs),
+        }
     }
 
     fn device(&self) -> String {
-        "sim+model".to_owned()
+        match attnforge_runtime::Gpu::new(0) {
+            Ok(g) => {
+                let (major, minor) = g.compute_capability();
+                format!("cuda:sm_{major}{minor}")
+            }
+            Err(_) => "sim+model".to_owned(),
+        }
     }
 
     fn shape(&self) -> (String, String) {

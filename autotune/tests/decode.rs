@@ -172,9 +172,8 @@ fn causal_decode_tunes_end_to_end_on_the_simulator() {
     for c in t.candidates.iter().filter(|c| c.predicted.is_some()) {
         assert!(c.predicted.unwrap().splits.is_some(), "{}", c.name);
     }
-    // no GPU launch path for serving kernels: nothing is timed
+    // no GPU here: nothing is timed
     assert!(t.candidates.iter().all(|c| c.measured.is_none()));
-    assert!(!k.can_measure());
     assert!(t
         .candidates
         .iter()

@@ -16,11 +16,11 @@ use crate::{
 };
 use attnforge_codegen::shape::Shape;
 
-fn cuda_err(e: impl std::fmt::Display) -> ExecError {
+pub(crate) fn cuda_err(e: impl std::fmt::Display) -> ExecError {
     ExecError::Cuda(e.to_string())
 }
 
-fn bytes_of<T: Copy>(data: &[T]) -> &[u8] {
+pub(crate) fn bytes_of<T: Copy>(data: &[T]) -> &[u8] {
     // SAFETY: T is a plain numeric type (f32, f16, bf16, i32); reading its bytes is sound.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
 }
@@ -252,7 +252,7 @@ struct GradDevice {
 }
 
 /// Copy `b` to the device (never zero bytes: a valid, unused address for empty arrays).
-fn upload(gpu: &Gpu, b: &[u8]) -> Result<CudaSlice<u8>, ExecError> {
+pub(crate) fn upload(gpu: &Gpu, b: &[u8]) -> Result<CudaSlice<u8>, ExecError> {
     let mut v = b.to_vec();
     if v.is_empty() {
         v.push(0);
@@ -327,7 +327,11 @@ impl GradDevice {
 }
 
 /// Copy `n` elements of `T` back from `s`.
-fn download<T: Copy>(gpu: &Gpu, s: &CudaSlice<u8>, n: usize) -> Result<Vec<T>, ExecError> {
+pub(crate) fn download<T: Copy>(
+    gpu: &Gpu,
+    s: &CudaSlice<u8>,
+    n: usize,
+) -> Result<Vec<T>, ExecError> {
     let b = gpu.stream().clone_dtoh(s).map_err(cuda_err)?;
     Ok(b.chunks_exact(std::mem::size_of::<T>())
         .take(n)
@@ -337,7 +341,7 @@ fn download<T: Copy>(gpu: &Gpu, s: &CudaSlice<u8>, n: usize) -> Result<Vec<T>, E
 }
 
 /// Seconds per call of `f`, averaged over `n` synchronized calls (0 when `n` is 0).
-fn time_calls(
+pub(crate) fn time_calls(
     gpu: &Gpu,
     n: usize,
     f: &dyn Fn() -> Result<(), ExecError>,

@@ -64,6 +64,9 @@ use attnforge_sim::{SimArg, SimConfig, SimCounters, SimElem};
 use crate::exec::{self, input_err, ExecError, HostArg, RunParams};
 use crate::pipeline::{compare, Execution, Report};
 
+mod cuda;
+pub use cuda::{check_cuda, run_cuda};
+
 /// Where the keys of a serving run live.
 #[derive(Clone, Debug)]
 pub enum ServingKeys<T> {
@@ -754,6 +757,25 @@ pub fn simulate<T: Element + SimElem>(
     simulate_resolved(spec, tile, x, p, cfg, &r, true).map(|(run, _)| run)
 }
 
+/// The launch of a serving kernel: the decode grid (GQA groups x splits) or the packed one.
+fn launch_geometry(spec: &KernelSpec, tile: &TileConfig, r: &Resolved) -> LaunchGeometry {
+    if spec.layout.is_decode() {
+        let heads = (r.heads_q, r.heads_kv);
+        LaunchGeometry::decode(spec, tile, r.geo.batch, heads, r.geo.max_seqlen_q, r.splits)
+    } else {
+        LaunchGeometry::new(spec, tile, r.geo.batch, r.heads_q, r.geo.max_seqlen_q)
+    }
+}
+
+/// How many f32 partial results a run writes for the merge (a split decode), else 0.
+fn split_partials(spec: &KernelSpec, r: &Resolved) -> usize {
+    if spec.layout.is_decode() && r.splits > 1 {
+        r.splits
+    } else {
+        0
+    }
+}
+
 /// The f32 partials of a split decode run: `o_part [splits, Tq, Hq, D]`, `lse_part [splits,
 /// Hq, Tq]` (empty without splits).
 type Partials = (Vec<f32>, Vec<f32>);
@@ -775,16 +797,10 @@ fn simulate_resolved<T: Element + SimElem>(
     // NaN until written: a row the kernel misses fails the oracle
     let mut o = vec![T::from_f64(f64::NAN); tq * hq * d];
     let mut lse = vec![f32::NAN; hq * tq];
-    let decode = spec.layout.is_decode();
-    let geo = if decode {
-        let heads = (hq, r.heads_kv);
-        LaunchGeometry::decode(spec, tile, r.geo.batch, heads, r.geo.max_seqlen_q, r.splits)
-    } else {
-        LaunchGeometry::new(spec, tile, r.geo.batch, hq, r.geo.max_seqlen_q)
-    };
+    let geo = launch_geometry(spec, tile, r);
     let blocks = u64::from(geo.grid[0]) * u64::from(geo.grid[1]) * u64::from(geo.grid[2]);
     // the partials of a split decode (NaN until written, as o)
-    let parts = if decode && r.splits > 1 { r.splits } else { 0 };
+    let parts = split_partials(spec, r);
     let mut o_part = vec![f32::NAN; parts * tq * hq * d];
     let mut lse_part = vec![f32::NAN; parts * hq * tq];
     let mut counters = SimCounters::default();

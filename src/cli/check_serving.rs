@@ -159,6 +159,7 @@ fn check_one<T: Element + SimElem>(
     sf: &SpecFile,
     layout: Layout,
     (page_size, splits): (usize, usize),
+    backend: &Backend,
     seed: u64,
 ) -> Result<Result<CloseReport, String>, CliError> {
     let spec = sf.spec.clone().with_layout(layout);
@@ -171,8 +172,14 @@ fn check_one<T: Element + SimElem>(
     specfile::catalog_twins(sf, &mut rp);
     rp.num_splits = Some(splits);
     let x = inputs::<T>(sf, layout, &lens, page_size, seed);
-    let cfg = attnforge::sim::SimConfig::new(attnforge::sim::Schedule::Forward);
-    match exec_serving::check(&spec, &tile, &x, &rp, &cfg) {
+    let checked = match backend {
+        Backend::Cuda(ordinal) => exec_serving::check_cuda(&spec, &tile, &x, &rp, *ordinal),
+        _ => {
+            let cfg = attnforge::sim::SimConfig::new(attnforge::sim::Schedule::Forward);
+            exec_serving::check(&spec, &tile, &x, &rp, &cfg)
+        }
+    };
+    match checked {
         Ok(r) => Ok(Ok(r.close)),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
@@ -190,9 +197,9 @@ pub(super) fn check_serving(
     backend: &Backend,
     seed: u64,
 ) -> Result<Verdict, CliError> {
-    if !matches!(backend, Backend::Sim(_)) {
+    if matches!(backend, Backend::Reference) {
         return Err(CliError::input(
-            "--layout varlen|paged|decode runs on the simulator only (serving kernels have no GPU launch path yet)\n  fix: pass --backend sim",
+            "--layout varlen|paged|decode checks a kernel against the reference\n  fix: pass --backend sim or --backend cuda",
         ));
     }
     let tile = sf.tile().map_err(CliError::input)?;
@@ -211,9 +218,9 @@ pub(super) fn check_serving(
     let mut failures = Vec::new();
     for &(ps, splits) in runs {
         let r = match sf.spec.dtype {
-            DType::F32 => check_one::<f32>(sf, layout, (ps, splits), seed),
-            DType::F16 => check_one::<f16>(sf, layout, (ps, splits), seed),
-            DType::Bf16 => check_one::<bf16>(sf, layout, (ps, splits), seed),
+            DType::F32 => check_one::<f32>(sf, layout, (ps, splits), backend, seed),
+            DType::F16 => check_one::<f16>(sf, layout, (ps, splits), backend, seed),
+            DType::Bf16 => check_one::<bf16>(sf, layout, (ps, splits), backend, seed),
         }?;
         match r {
             Ok(c) => {

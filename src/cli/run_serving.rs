@@ -81,13 +81,11 @@ fn go<T: Element + SimElem>(
     let tile = sf.tile().map_err(CliError::input)?;
     let res = match a.backend {
         RunBackend::Reference => exec_serving::reference(&sf.spec, &x, &rp, Precision::F64),
-        RunBackend::Sim => exec_serving::simulate(&sf.spec, &tile, &x, &rp, &SimConfig::new(Schedule::Forward))
-            .map(|r| r.output),
-        RunBackend::Cuda => {
-            return Err(CliError::input(
-                "serving layouts have no GPU launch path yet\n  fix: pass --backend sim or --backend reference",
-            ))
+        RunBackend::Sim => {
+            exec_serving::simulate(&sf.spec, &tile, &x, &rp, &SimConfig::new(Schedule::Forward))
+                .map(|r| r.output)
         }
+        RunBackend::Cuda => exec_serving::run_cuda(&sf.spec, &tile, &x, &rp, 0, 0).map(|r| r.0),
     };
     res.map_err(|e| match e {
         ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_) => {

@@ -57,3 +57,124 @@ fn spec_file_with_stats_is_checked_with_them() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn read_i32(path: &std::path::Path) -> (Vec<u64>, Vec<i32>) {
+    let f = std::fs::File::open(path).expect("open output");
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(f)).expect("npy");
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec::<i32>().expect("i32 data"))
+}
+
+/// `run --key-mass/--key-score/--top-keys` writes the statistics next to out and lse: the
+/// simulator's equal the reference's, and key_mass sums to the query rows of each head
+/// (every row's weights sum to 1); flags without statistics in the spec, `--top-keys` without
+/// `top_k` and the GPU backend are input errors that write nothing.
+#[test]
+fn run_writes_statistics_outputs() {
+    let dir = std::env::temp_dir().join(format!("attnforge_run_stats_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let spec = dir.join("stats.toml");
+    std::fs::write(
+        &spec,
+        "dtype = \"f32\"\nhead_dim = 64\ngqa = true\nmask = \"causal\"\nstats = { reduce = \"max\", pool = 3, top_k = 5 }\n",
+    )
+    .expect("write");
+    let (b, hq, hkv, sq, sk, d) = (1u64, 4u64, 2u64, 50u64, 70u64, 64u64);
+    let big =
+        |n: u64, seed| -> Vec<f32> { values(n as usize, seed).iter().map(|v| v * 3.0).collect() };
+    let q = dir.join("q.npy");
+    let k = dir.join("k.npy");
+    let v = dir.join("v.npy");
+    write_npy(
+        &q,
+        &[b, hq, sq, d],
+        &big(b * hq * sq * d, 1),
+        npyz::Order::C,
+    );
+    write_npy(
+        &k,
+        &[b, hkv, sk, d],
+        &big(b * hkv * sk * d, 2),
+        npyz::Order::C,
+    );
+    write_npy(
+        &v,
+        &[b, hkv, sk, d],
+        &big(b * hkv * sk * d, 3),
+        npyz::Order::C,
+    );
+    let p = |n: &str| dir.join(n).to_str().expect("utf-8").to_owned();
+    let go = |backend: &str, tag: &str, spec: &std::path::Path| {
+        run(&[
+            "run",
+            spec.to_str().expect("utf-8"),
+            "--q",
+            &p("q.npy"),
+            "--k",
+            &p("k.npy"),
+            "--v",
+            &p("v.npy"),
+            "--out",
+            &p(&format!("o_{tag}.npy")),
+            "--key-mass",
+            &p(&format!("mass_{tag}.npy")),
+            "--key-score",
+            &p(&format!("score_{tag}.npy")),
+            "--top-keys",
+            &p(&format!("top_{tag}.npy")),
+            "--backend",
+            backend,
+        ])
+    };
+    for (backend, tag) in [("sim", "sim"), ("reference", "ref")] {
+        let o = go(backend, tag, &spec);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (shape, mass) = read_f32(&dir.join("mass_sim.npy"));
+    assert_eq!(shape, [b, hq, sk]);
+    let (_, mass_ref) = read_f32(&dir.join("mass_ref.npy"));
+    for h in 0..hq as usize {
+        let total: f64 = mass[h * sk as usize..(h + 1) * sk as usize]
+            .iter()
+            .map(|&x| f64::from(x))
+            .sum();
+        assert!(
+            (total - sq as f64).abs() < 1e-3,
+            "head {h}: key_mass sums to {total}, not {sq}"
+        );
+    }
+    for (a, r) in mass.iter().zip(&mass_ref) {
+        assert!((a - r).abs() <= 1e-4 * r.abs().max(1.0), "{a} vs {r}");
+    }
+    let (shape, score) = read_f32(&dir.join("score_sim.npy"));
+    assert_eq!(shape, [b, hkv, sk]);
+    let (_, score_ref) = read_f32(&dir.join("score_ref.npy"));
+    for (a, r) in score.iter().zip(&score_ref) {
+        assert!((a - r).abs() <= 1e-4 * r.abs().max(1.0), "{a} vs {r}");
+    }
+    let (shape, top) = read_i32(&dir.join("top_sim.npy"));
+    assert_eq!(shape, [b, hkv, 5]);
+    assert_eq!(top, read_i32(&dir.join("top_ref.npy")).1);
+    assert!(top.iter().all(|&i| (0..sk as i32).contains(&i)));
+    // errors: nothing written
+    let plain = dir.join("plain.toml");
+    std::fs::write(
+        &plain,
+        "dtype = \"f32\"\nhead_dim = 64\nmask = \"causal\"\n",
+    )
+    .expect("write");
+    let no_top = dir.join("no_top.toml");
+    std::fs::write(&no_top, "dtype = \"f32\"\nhead_dim = 64\ngqa = true\nmask = \"causal\"\nstats = { reduce = \"sum\" }\n").expect("write");
+    for (spec, backend, want) in [
+        (&plain, "sim", "asks for no statistics"),
+        (&no_top, "sim", "top_k"),
+        (&spec, "cuda", "--backend sim"),
+    ] {
+        let o = go(backend, "bad", spec);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(t.contains(want), "{t}");
+        assert!(!dir.join("o_bad.npy").exists() && !dir.join("mass_bad.npy").exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,7 @@ mod plan_cp;
 mod run;
 mod run_backward;
 mod run_serving;
+mod run_stats;
 mod variant;
 
 use clap::{Parser, Subcommand};

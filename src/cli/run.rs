@@ -145,6 +145,8 @@ pub struct RunArgs {
     /// `attnforge_codegen::serving::decode_splits`).
     #[arg(long)]
     pub(super) num_splits: Option<usize>,
+    #[command(flatten)]
+    pub(super) stats: super::run_stats::StatsArgs,
 }
 
 /// The one way `run` executes a variant of either kind: the f64 reference, or its
@@ -223,6 +225,15 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         if !sf.spec.layout.is_dense() {
             return super::run_serving::run(sf, &a);
         }
+        if a.stats.any() {
+            return super::run_stats::run(sf, &a);
+        }
+    }
+    if let Some((flag, _)) = a.stats.outputs().first() {
+        return Err(CliError::input(format!(
+            "{flag}: `{}` is a data-dependent pipeline; the statistics outputs belong to the static kernels\n  fix: drop {flag}",
+            a.spec
+        )));
     }
     let out = v.run(&a)?;
     write_outputs(&a, &v.name(), &out)
@@ -591,6 +602,9 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
         ("--dk", &a.grads.dk),
         ("--dv", &a.grads.dv),
         ("--dparams", &a.grads.dparams),
+        ("--key-mass", &a.stats.key_mass),
+        ("--key-score", &a.stats.key_score),
+        ("--top-keys", &a.stats.top_keys),
     ] {
         if let Some(p) = p {
             outputs.push((flag, p, output_id(flag, p)?));
@@ -667,7 +681,7 @@ fn non_finite_rows(out: &AttnOutput) -> (usize, Option<usize>) {
     (count, first)
 }
 
-fn write_outputs(a: &RunArgs, name: &str, out: &AttnOutput) -> Result<(), CliError> {
+pub(super) fn write_outputs(a: &RunArgs, name: &str, out: &AttnOutput) -> Result<(), CliError> {
     let (b, h, s, d) = (
         out.shape.batch as u64,
         out.shape.heads as u64,

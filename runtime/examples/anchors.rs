@@ -624,7 +624,7 @@ fn our_decode_rows() -> Result<Vec<Row>, String> {
                 .ok_or_else(|| format!("`{}` has no default tile", spec.canonical_name()))?;
             rows.push(Row {
                 kernel: format!(
-                    "attnforge {}_decode ({}x{}, {} warps, {} stages, paged)",
+                    "attnforge {} ({}x{}, {} warps, {} stages, paged)",
                     spec.canonical_name(),
                     tile.block_m,
                     tile.block_n,

@@ -1,18 +1,21 @@
-//! The side-by-side of `cargo xtask anchors`: attnforge's forward kernels next to
-//! FlashAttention-2's and Triton's, all analysed by one analyzer ([`main_loops`]), written to
-//! a Markdown file (docs/anchors.md).
+//! The side-by-side of `cargo xtask anchors`: attnforge's forward, backward and decode kernels
+//! next to FlashAttention-2's (forward, backward dQ/dK/dV, split-KV decode and combine) and
+//! Triton's forward, all analysed by one analyzer ([`main_loops`]), written to a Markdown
+//! file (docs/anchors.md).
 //!
 //! ```text
 //! cargo run -p attnforge-runtime --example anchors -- ARTIFACTS OUT.md
 //! ```
 //!
-//! `ARTIFACTS` is the folder `cargo xtask anchors` fills: `fa2_sm{80,90}.cubin` with the
-//! nvcc/ptxas `-v` logs `fa2_sm{80,90}.log`, `triton_d{64,128}_sm{80,90}.{cubin,json}`, and
-//! `versions.txt` (`key: value` lines printed under "Tools and flags"). Missing anchor files
+//! `ARTIFACTS` is the folder `cargo xtask anchors` fills: `{fa2,fa2_bwd,fa2_splitkv}_sm{80,90}.cubin`
+//! with the nvcc/ptxas `-v` logs `..._sm{80,90}.log`, `triton_d{64,128}_sm{80,90}.{cubin,json}`,
+//! and `versions.txt` (`key: value` lines printed under "Tools and flags"). Missing anchor files
 //! are reported as missing rows, not errors. attnforge's kernels are emitted and compiled
-//! here through the public API (catalog spec, default tile and 128x64 with 8 warps, NVRTC), so
-//! the rows follow whatever the generator emits today. Needs `ATTNFORGE_CUDA_HOME` (the
-//! toolchain of `cargo xtask setup`) for NVRTC and cuobjdump.
+//! here through the public API (catalog spec, default tile and 128x64 with 8 warps; the
+//! backward's default tile; the decode layout at the default tile; NVRTC), so the rows follow
+//! whatever the generator emits today. Needs `ATTNFORGE_CUDA_HOME` (the toolchain of
+//! `cargo xtask setup`) for NVRTC and cuobjdump. Everything below the kept marker of `OUT.md`
+//! is kept.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -676,7 +676,7 @@ fn measure_ours(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> Measured {
     if let Err(e) = tile.valid(spec, arch) {
         return missing(format!("tile not valid: {e:?}"));
     }
-    let k = match emit_with(spec, &tile, arch, SymbolStyle::WithTile) {
+    let k = match emit_with(spec, tile, arch, SymbolStyle::WithTile) {
         Ok(k) => k,
         Err(e) => return missing(format!("emit failed: {e:?}")),
     };

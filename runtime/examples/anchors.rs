@@ -963,7 +963,8 @@ fn backward_markdown(o: &mut String, rows: &[Grouped]) {
          FlashAttention-2 runs one backward kernel, `flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel`, \
          one block per (key tile, head, batch); its main loop walks the query tiles and does \
          five products per iteration (S = Q K^T, dP = dO V^T, dV += P^T dO, dK += dS^T Q, \
-         dQ = dS K), the last one added to an f32 dQ buffer in global memory with `atomicAdd`: \
+         dQ = dS K), the last one added to an f32 dQ buffer in global memory with `atomicAdd` \
+         (`RED.E.ADD.F32`, in its instruction count): \
          the order of the f32 adds is the order the blocks arrive, so dQ is not bit-reproducible \
          (`deterministic=True` gives each block column its own buffer, summed afterwards). \
          attnforge runs two kernels without atomics, bit-deterministic (docs/backward.md): dK/dV \
@@ -972,13 +973,24 @@ fn backward_markdown(o: &mut String, rows: &[Grouped]) {
          computed a second time). The pre-pass (FA2's dot(dO, O), our Delta) and FA2's dQ \
          conversion kernel are not counted. Same analysis and units as the forward table; \
          an iteration is one query tile (FA2, our dK/dV) or one key tile (our dQ).\n\n\
-         | kernel | MMA per iteration per warp | {LOOP_HEADER}\n\
-         |---|---|---|---|---|---|---|---|---|---|---|"
+         | kernel | MMA per iteration per warp | global atomics (RED/ATOM) per iteration per warp | {LOOP_HEADER}\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for g in rows {
         let r = &g.row;
         let mma = pair(&r.sm80, &r.sm90, |m| m.mma, f0);
-        let _ = writeln!(o, "| {} | {mma} | {} |", r.kernel, loop_columns(r));
+        let atomics = pair(
+            &r.sm80,
+            &r.sm90,
+            |m| opcode_count(m, &["RED", "REDG", "ATOM", "ATOMG"]),
+            f0,
+        );
+        let _ = writeln!(
+            o,
+            "| {} | {mma} | {atomics} | {} |",
+            r.kernel,
+            loop_columns(r)
+        );
     }
     let _ = writeln!(
         o,
@@ -1022,15 +1034,19 @@ fn backward_markdown(o: &mut String, rows: &[Grouped]) {
     }
 }
 
-/// Global loads (LDG, not the LDGSTS copies) per iteration per warp on the steady-state path.
-fn global_loads(m: &MainLoopReport) -> f64 {
+/// Instructions per iteration per warp on the steady-state path whose opcode (before the
+/// first `.`) is one of `ops`.
+fn opcode_count(m: &MainLoopReport, ops: &[&str]) -> f64 {
     m.by_opcode
         .iter()
-        .filter(|(op, _)| {
-            op.starts_with("LDG") && !op.starts_with("LDGSTS") && !op.starts_with("LDGDEPBAR")
-        })
-        .map(|(_, n)| n)
-        .sum()
+        .filter(|(op, _)| ops.contains(&op.split('.').next().unwrap_or("")))
+        // a fold from +0 (an empty `sum` of f64 is -0, printed "-0")
+        .fold(0.0, |a, (_, n)| a + n)
+}
+
+/// Global loads (LDG, not the LDGSTS copies) per iteration per warp on the steady-state path.
+fn global_loads(m: &MainLoopReport) -> f64 {
+    opcode_count(m, &["LDG"])
 }
 
 fn decode_markdown(o: &mut String, rows: &[Row], merges: &[Plain]) {

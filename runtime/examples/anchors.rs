@@ -1059,8 +1059,8 @@ fn decode_markdown(o: &mut String, rows: &[Row], merges: &[Plain]) {
          swapped into the seqlen_q dimension, so its 64-row tile holds the group's heads, as \
          our decode kernel packs them (`af_decode_layout`, docs/serving.md). Paged or not is a \
          runtime branch of the same FA2 kernel (`params.block_table`); the steady-state path \
-         (the most global bytes) is the paged one, which reads two block-table entries per \
-         tile (the LDG column). Ours: `layout = \"decode\"` (paged), GQA, the variant's default \
+         (the most global bytes) is the paged one, which reads two block-table entries for each K and each V \
+         tile (4 LDG: the LDG column). Ours: `layout = \"decode\"` (paged), GQA, the variant's default \
          tile. Both waste the tile rows past the group's heads (60 of 64 rows for one token of \
          a group of 4), so the per-MMA figures count MMAs nobody needs; the fair decode figure \
          is per key: the main-loop instructions of all warps of a block per key (instructions \

@@ -8,9 +8,11 @@
 //!      index's JSON API by a few lines of Python (`pip download` cannot: its setup.py imports
 //!      torch while generating metadata) and checked against the index's sha256;
 //!    - `triton-venv/`: a virtual environment with [`TRITON`].
-//! 2. Compiles, into `target/anchors/`: FA2's forward kernel through our translation unit
-//!    `xtask/anchors/fa2_fwd.cu` (ATen stubs in `xtask/anchors/stubs/`) for sm_80 and sm_90
-//!    with FA2's own nvcc flags ([`FA2_NVCC_FLAGS`]); Triton's fused-attention forward
+//! 2. Compiles, into `target/anchors/`: FA2's forward, backward and split-KV decode kernels
+//!    through our translation units ([`FA2_UNITS`]: `xtask/anchors/fa2_{fwd,bwd,splitkv}.cu`,
+//!    ATen stubs in `xtask/anchors/stubs/`) for sm_80 and sm_90 with FA2's own nvcc flags
+//!    ([`FA2_NVCC_FLAGS`]), one nvcc at a time, skipping a cubin whose command line and unit
+//!    are unchanged ([`compile_key`]); Triton's fused-attention forward
 //!    (`xtask/anchors/triton_fwd.py`) for `GPUTarget("cuda", 80|90, 32)`.
 //! 3. Runs `cargo run -p attnforge-runtime --example anchors`, which compiles our kernels
 //!    through NVRTC, analyses all SASS with `attnforge_runtime::main_loops` and writes
@@ -255,7 +257,7 @@ fn fix_exec_bits(_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The nvcc command line compiling FA2's forward kernel for `sm`.
+/// The nvcc command line compiling one of FA2's units ([`FA2_UNITS`]) for `sm`.
 pub fn fa2_nvcc_args(fa2: &Path, stubs: &Path, unit: &Path, sm: u32, out: &Path) -> Vec<String> {
     let csrc = fa2.join("csrc");
     let mut args: Vec<String> = FA2_NVCC_FLAGS.iter().map(|s| (*s).to_owned()).collect();
@@ -277,39 +279,77 @@ fn nvcc_path() -> PathBuf {
     anchors_dir().join("cuda13/nvidia/cu13/bin/nvcc")
 }
 
+/// FA2's translation units of ours: (output stem, unit in `xtask/anchors/`, what it holds).
+/// Each is compiled for every [`ARCHS`] into `<stem>_sm<arch>.cubin` with its ptxas log
+/// `<stem>_sm<arch>.log`.
+pub const FA2_UNITS: &[(&str, &str, &str)] = &[
+    ("fa2", "fa2_fwd.cu", "forward"),
+    (
+        "fa2_bwd",
+        "fa2_bwd.cu",
+        "backward dQ/dK/dV (the longest: minutes)",
+    ),
+    (
+        "fa2_splitkv",
+        "fa2_splitkv.cu",
+        "split-KV decode and combine",
+    ),
+];
+
+/// What a compiled unit depends on: the nvcc command line and the unit's text. A cubin whose
+/// `.key` file holds the same text is up to date (the FA2 sources are pinned by their stamp,
+/// the stubs change with the unit's commit).
+pub fn compile_key(args: &[String], unit_text: &str) -> String {
+    format!("{}\n{unit_text}", args.join(" "))
+}
+
 fn compile_fa2(out: &Path) -> Result<()> {
     let xt = workspace_root().join("xtask").join("anchors");
-    for &sm in ARCHS {
-        let cubin = out.join(format!("fa2_sm{sm}.cubin"));
-        let args = fa2_nvcc_args(
-            &fa2_source(),
-            &xt.join("stubs"),
-            &xt.join("fa2_fwd.cu"),
-            sm,
-            &cubin,
-        );
-        let start = Instant::now();
-        println!("xtask: nvcc FA2 forward for sm_{sm} (a few minutes, a few GB of memory)");
-        let o = Command::new(nvcc_path())
-            .args(&args)
-            .output()
-            .map_err(|e| TaskError(format!("cannot run {}: {e}", nvcc_path().display())))?;
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let log_path = out.join(format!("fa2_sm{sm}.log"));
-        fs::write(&log_path, &log)
-            .map_err(|e| TaskError(format!("cannot write {}: {e}", log_path.display())))?;
-        if !o.status.success() {
-            return err(format!(
-                "nvcc failed on FA2 for sm_{sm} ({}); log in {}",
-                o.status,
-                log_path.display()
-            ));
+    for &(stem, file, what) in FA2_UNITS {
+        let unit = xt.join(file);
+        let text = fs::read_to_string(&unit)
+            .map_err(|e| TaskError(format!("cannot read {}: {e}", unit.display())))?;
+        for &sm in ARCHS {
+            let cubin = out.join(format!("{stem}_sm{sm}.cubin"));
+            let log_path = out.join(format!("{stem}_sm{sm}.log"));
+            let key_path = out.join(format!("{stem}_sm{sm}.key"));
+            let args = fa2_nvcc_args(&fa2_source(), &xt.join("stubs"), &unit, sm, &cubin);
+            let key = compile_key(&args, &text);
+            if cubin.exists()
+                && log_path.exists()
+                && fs::read_to_string(&key_path).is_ok_and(|k| k == key)
+            {
+                println!(
+                    "xtask: FA2 {what} for sm_{sm} up to date ({})",
+                    cubin.display()
+                );
+                continue;
+            }
+            let _ = fs::remove_file(&key_path);
+            let start = Instant::now();
+            println!("xtask: nvcc FA2 {what} for sm_{sm} ({file}; a few GB of memory)");
+            let o = Command::new(nvcc_path())
+                .args(&args)
+                .output()
+                .map_err(|e| TaskError(format!("cannot run {}: {e}", nvcc_path().display())))?;
+            let log = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            fs::write(&log_path, &log)
+                .map_err(|e| TaskError(format!("cannot write {}: {e}", log_path.display())))?;
+            if !o.status.success() {
+                return err(format!(
+                    "nvcc failed on {file} for sm_{sm} ({}); log in {}",
+                    o.status,
+                    log_path.display()
+                ));
+            }
+            fs::write(&key_path, &key)
+                .map_err(|e| TaskError(format!("cannot write {}: {e}", key_path.display())))?;
+            println!("xtask:   sm_{sm}: {:.0} s", start.elapsed().as_secs_f64());
         }
-        println!("xtask:   sm_{sm}: {:.0} s", start.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -351,6 +391,15 @@ pub fn versions_text(date: &str, nvcc: &str, cuobjdump: &str, triton: &str) -> S
          xtask/anchors/fa2_fwd.cu with the traits FA2 picks for bf16 (d64: \
          Flash_fwd_kernel_traits<64,128,128,4>, d128: <128,128,64,4>), Is_even_MN/K, no \
          dropout/alibi/softcap/local\n\
+         FlashAttention-2 backward: flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel by \
+         xtask/anchors/fa2_bwd.cu with the traits FA2 picks for bf16 with >= 144 KB of shared \
+         memory (A100, H100; d64: Flash_bwd_kernel_traits<64,128,128,8,4,4,4,false,false>, \
+         d128: <128,64,128,8,2,4,2,false,false>), Is_even_MN/K, no dropout, non-causal and causal\n\
+         FlashAttention-2 decode: flash_fwd_splitkv_kernel and flash_fwd_splitkv_combine_kernel \
+         by xtask/anchors/fa2_splitkv.cu as flash_attn_with_kvcache launches them for one \
+         token with a block table (d64: Flash_fwd_kernel_traits<64,64,256,4>, d128: \
+         <128,64,128,4>; not causal, Split, not Is_even_MN, no Append_KV; combine kBlockM 8 / 4, \
+         up to 32 splits)\n\
          nvcc (FA2): {nvcc}; wheels {}\n\
          nvcc flags (FA2's setup.py): {} -gencode=arch=compute_{{80,90}},code=sm_{{80,90}}\n\
          Triton: {triton}, xtask/anchors/triton_fwd.py (tutorial 06 forward, plain pointers), \
@@ -456,6 +505,33 @@ mod tests {
     }
 
     #[test]
+    fn compile_key_changes_with_the_command_line_and_the_unit() {
+        let args = |sm| {
+            fa2_nvcc_args(
+                Path::new("/fa"),
+                Path::new("/s"),
+                Path::new("/u.cu"),
+                sm,
+                Path::new("/o"),
+            )
+        };
+        let k = compile_key(&args(80), "unit");
+        assert_eq!(k, compile_key(&args(80), "unit"));
+        assert_ne!(k, compile_key(&args(90), "unit"), "another arch recompiles");
+        assert_ne!(
+            k,
+            compile_key(&args(80), "unit 2"),
+            "an edited unit recompiles"
+        );
+        let stems: Vec<&str> = FA2_UNITS.iter().map(|u| u.0).collect();
+        assert_eq!(
+            stems,
+            ["fa2", "fa2_bwd", "fa2_splitkv"],
+            "the example reads these names"
+        );
+    }
+
+    #[test]
     fn stamp_must_match_pins_and_required_file() {
         let dir = std::env::temp_dir().join(format!("xtask-anchors-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -483,6 +559,8 @@ mod tests {
         let xt = workspace_root().join("xtask/anchors");
         for f in [
             "fa2_fwd.cu",
+            "fa2_bwd.cu",
+            "fa2_splitkv.cu",
             "triton_fwd.py",
             "stubs/ATen/cuda/CUDAGeneratorImpl.h",
             "stubs/ATen/cuda/detail/UnpackRaw.cuh",

@@ -133,9 +133,10 @@ fn print_usage() {
                       --timeout SECONDS (per step)\n  \
          fn-lengths   list the functions of codegen, runtime exec and src/specfile over 120\n               \
                       lines (exit 1 if any; `--max N` for another limit)\n  \
-         anchors      not in CI, downloads ~1 GB: compile FlashAttention-2 and Triton forward\n               \
-                      kernels next to ours for sm_80/sm_90 and write docs/anchors.md (SASS\n               \
-                      main loops side by side; tools in .toolchain/anchors)\n  \
+         anchors      not in CI, downloads ~1 GB: compile FlashAttention-2's forward, backward and\n               \
+                      split-KV kernels and Triton's forward next to ours for sm_80/sm_90 and\n               \
+                      write docs/anchors.md (SASS main loops side by side; tools in\n               \
+                      .toolchain/anchors)\n  \
          pytest [ARGS] the Python package's tests: venv .toolchain/pyenv (torch from PyPI),\n               \
                       maturin develop, pytest python/tests (ARGS go to pytest); also the last\n               \
                       step of `test` (whole workspace; ATTNFORGE_PYTEST=0 skips it)",

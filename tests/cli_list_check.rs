@@ -10,7 +10,11 @@ fn list_prints_every_catalog_name() {
     let o = run(&["list"]);
     assert!(o.status.success());
     let t = text(&o);
-    for s in attnforge::codegen::catalog() {
+    let statics: Vec<_> = attnforge::codegen::catalog()
+        .into_iter()
+        .chain(attnforge::codegen::catalog::serving_catalog())
+        .collect();
+    for s in &statics {
         assert!(
             t.contains(&s.canonical_name()),
             "{} missing",
@@ -38,7 +42,7 @@ fn list_prints_every_catalog_name() {
     assert!(
         t.contains(&format!(
             "{} kernels, {} dynamic pipelines",
-            attnforge::codegen::catalog().len(),
+            statics.len(),
             dynamic_catalog().len()
         )),
         "{t}"
@@ -52,7 +56,7 @@ fn list_prints_every_catalog_name() {
         .iter()
         .map(|e| e["name"].as_str().unwrap().to_string())
         .collect();
-    let want: Vec<String> = attnforge::codegen::catalog()
+    let want: Vec<String> = statics
         .iter()
         .map(|s| s.canonical_name())
         .chain(dynamic_catalog().iter().map(|s| s.canonical_name()))
@@ -67,6 +71,7 @@ fn list_prints_every_catalog_name() {
                     serde_json::from_value(e["spec"].clone()).unwrap();
                 assert_eq!(s.canonical_name(), name);
                 assert_eq!(e["family"], "flash_fwd");
+                assert_eq!(e["layout"], s.layout.tag());
             }
             "dynamic" => {
                 let s: attnforge::codegen::dynamic::DynamicSpec =

@@ -111,9 +111,42 @@ pub fn catalog() -> Vec<KernelSpec> {
     ]
 }
 
-/// The catalog entry with this canonical name.
+/// The serving entries (variants.md section 13, docs/serving.md): representative static
+/// variants in the serving layouts, named `<dense name>_<layout>`: causal GQA in every
+/// layout, a sliding window and a softcap on the paged cache and in decoding, the document
+/// mask over packed keys (its ids travel packed like the keys, so not paged). Every catalog
+/// variant runs in every layout it supports through `check --layout ... --all`; these are the
+/// ones `attnforge list`, `emit`, `run` and `tune` know by name.
+pub fn serving_catalog() -> Vec<KernelSpec> {
+    use crate::spec::Layout::*;
+    use DType::*;
+    use HeadDim::*;
+    let s = KernelSpec::new;
+    let causal_gqa = s(Bf16, D128, Mask::Causal, ScoreMod::None).with_gqa();
+    let mut v: Vec<KernelSpec> = [Varlen, Paged, Decode, DecodeVarlen]
+        .into_iter()
+        .map(|l| causal_gqa.clone().with_layout(l))
+        .collect();
+    for l in [Paged, Decode] {
+        v.push(s(Bf16, D128, Mask::Local, ScoreMod::None).with_layout(l));
+        v.push(
+            s(F16, D64, Mask::Causal, ScoreMod::Softcap)
+                .with_gqa()
+                .with_layout(l),
+        );
+    }
+    for l in [Varlen, DecodeVarlen] {
+        v.push(s(Bf16, D128, Mask::CausalDocument, ScoreMod::None).with_layout(l));
+    }
+    v
+}
+
+/// The catalog entry with this canonical name (the dense catalog, then the serving entries).
 pub fn find(name: &str) -> Option<KernelSpec> {
-    catalog().into_iter().find(|s| s.canonical_name() == name)
+    catalog()
+        .into_iter()
+        .chain(serving_catalog())
+        .find(|s| s.canonical_name() == name)
 }
 
 /// Every catalog variant (mask, score, GQA, block size) re-instantiated at each of `dtypes`
@@ -141,4 +174,33 @@ pub fn instantiate(dtypes: &[DType], head_dims: &[HeadDim]) -> Vec<KernelSpec> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Layout;
+
+    #[test]
+    fn serving_entries_are_valid_unique_and_found_by_name() {
+        let mut names: Vec<String> = catalog().iter().map(|s| s.canonical_name()).collect();
+        for s in serving_catalog() {
+            assert!(!s.layout.is_dense());
+            crate::check::validate_spec(&s).unwrap_or_else(|e| panic!("{e:?}"));
+            let n = s.canonical_name();
+            assert!(n.ends_with(s.layout.tag()), "{n}");
+            assert_eq!(find(&n).as_ref(), Some(&s));
+            names.push(n);
+        }
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        for l in [
+            Layout::Varlen,
+            Layout::Paged,
+            Layout::Decode,
+            Layout::DecodeVarlen,
+        ] {
+            assert!(serving_catalog().iter().any(|s| s.layout == l), "{l:?}");
+        }
+    }
 }

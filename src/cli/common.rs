@@ -26,6 +26,7 @@ pub fn resolve_any(arg: &str) -> Result<AnySpecFile, CliError> {
     }
     let names: Vec<String> = catalog()
         .iter()
+        .chain(&catalog::serving_catalog())
         .map(|s| s.canonical_name())
         .chain(dynamic_catalog().iter().map(|s| s.canonical_name()))
         .collect();

@@ -1,4 +1,5 @@
-//! `attnforge list`: the catalog (static kernels, then data-dependent pipelines).
+//! `attnforge list`: the catalog (static kernels, their serving-layout entries, then the
+//! data-dependent pipelines).
 
 use attnforge::codegen::catalog;
 use attnforge::codegen::dynamic::dynamic_catalog;
@@ -36,7 +37,11 @@ pub fn run(a: ListArgs) -> Result<(), CliError> {
     }
     let keep = |fam: &str| a.family.as_deref().is_none_or(|f| f == fam);
     let specs: Vec<_> = if keep(STATIC_FAMILY) {
-        catalog()
+        // the dense catalog, then its entries in the serving layouts (docs/serving.md)
+        catalog::catalog()
+            .into_iter()
+            .chain(catalog::serving_catalog())
+            .collect()
     } else {
         Vec::new()
     };
@@ -57,6 +62,7 @@ pub fn run(a: ListArgs) -> Result<(), CliError> {
                     "gqa": s.gqa,
                     "mask": s.mask.tag(),
                     "score": s.score.short().unwrap_or_else(|| "none".into()),
+                    "layout": s.layout.tag(),
                     "spec": s,
                 })
             })
@@ -100,13 +106,18 @@ pub fn run(a: ListArgs) -> Result<(), CliError> {
             "name", "family", "dtype", "D", "mask / mode"
         );
         for s in &specs {
+            let mask = if s.layout.is_dense() {
+                s.mask.tag().to_string()
+            } else {
+                format!("{} ({})", s.mask.tag(), s.layout.tag())
+            };
             println!(
                 "{:<44} {:<10} {:<6} {:>4} {:<22} {}",
                 s.canonical_name(),
                 STATIC_FAMILY,
                 s.dtype.short(),
                 s.head_dim.get(),
-                s.mask.tag(),
+                mask,
                 s.score.short().unwrap_or_else(|| "none".into())
             );
         }

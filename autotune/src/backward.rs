@@ -21,7 +21,7 @@ use attnforge_codegen::backward::{emit_backward, mainloop, BackwardTile};
 use attnforge_codegen::spec::{DType, KernelSpec};
 use attnforge_codegen::tile::{default_tile, Mainloop, TileConfig};
 use attnforge_reference::{Element, Shape4, Tensor4};
-use attnforge_runtime::exec::{Backend, ExecError};
+use attnforge_runtime::exec::Backend;
 use attnforge_runtime::exec_backward::{check_backward, run_backward_cuda, Upstream};
 use attnforge_runtime::sim::SimElem;
 use attnforge_runtime::{
@@ -30,7 +30,7 @@ use attnforge_runtime::{
 };
 use half::{bf16, f16};
 
-use crate::kernel::{elem_bytes, gate_environment_error};
+use crate::kernel::{device_label, elem_bytes, gate_verdict, mean_estimate};
 use crate::measure::{BenchConfig, Estimate};
 use crate::model::{predict_main_loop, MainLoopConstants, MainLoopInput, Prediction};
 use crate::occupancy::{ArchLimits, Occupancy};
@@ -119,19 +119,11 @@ impl BackwardTunable {
             Status::GateFailed("no forward tile for the spec's forward pass".into())
         })?;
         let b = Backend::sim();
-        match check_backward(&self.spec, &fwd, &backward_tile(tile), &x, up, &p, &b) {
-            Ok((_, checks)) => Ok(Gate {
-                backend: "sim".to_owned(),
-                shape: s.to_string(),
-                max_err: checks.iter().map(|c| c.max_err).fold(0.0, f64::max),
-            }),
-            Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string()).into()),
-            Err(e) if gate_environment_error(&e) => Err(GateError::Environment(EnvironmentError {
-                stage: "correctness gate (simulator)",
-                message: e.to_string(),
-            })),
-            Err(e) => Err(Status::GateFailed(e.to_string()).into()),
-        }
+        let r = check_backward(&self.spec, &fwd, &backward_tile(tile), &x, up, &p, &b);
+        gate_verdict(
+            r.map(|(_, checks)| checks.iter().map(|c| c.max_err).fold(0.0, f64::max)),
+            s.to_string(),
+        )
     }
 
     fn measure_as<T: Element>(&self, tile: &TileConfig, runs: usize) -> Result<Estimate, String> {
@@ -147,15 +139,7 @@ impl BackwardTunable {
         let bt = backward_tile(tile);
         let (_, (_, bwd_s)) = run_backward_cuda(&self.spec, &fwd, &bt, &x, up, &p, runs, 0)
             .map_err(|e| e.to_string())?;
-        let ns = bwd_s * 1e9;
-        Ok(Estimate {
-            mean_ns: ns,
-            mean_lo_ns: ns,
-            mean_hi_ns: ns,
-            median_ns: ns,
-            std_dev_ns: 0.0,
-            source: format!("cuda-events (mean of {runs} backward runs, no confidence interval)"),
-        })
+        Ok(mean_estimate(bwd_s, runs, "backward runs"))
     }
 }
 
@@ -427,13 +411,7 @@ impl Tunable for BackwardTunable {
     }
 
     fn device(&self) -> String {
-        match attnforge_runtime::Gpu::new(0) {
-            Ok(g) => {
-                let (major, minor) = g.compute_capability();
-                format!("cuda:sm_{major}{minor}")
-            }
-            Err(_) => "sim+model".to_owned(),
-        }
+        device_label()
     }
 
     fn shape(&self) -> (String, String) {

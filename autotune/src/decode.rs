@@ -18,23 +18,24 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use attnforge_codegen::emit::emit;
 use attnforge_codegen::serving::{decode_splits, DECODE_MAX_SPLITS};
 use attnforge_codegen::spec::{DType, KernelSpec, Layout};
 use attnforge_codegen::tile::{default_search_space, TileConfig};
 use attnforge_reference::{Element, Packed, PagedCache};
-use attnforge_runtime::exec::ExecError;
 use attnforge_runtime::exec_serving::{self, ServingInputs, ServingKeys};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 use half::{bf16, f16};
 
-use crate::kernel::{build_spec, elem_bytes, estimate_resources, gate_environment_error};
+use crate::kernel::{
+    build_spec, device_label, elem_bytes, emitted_source, estimate_resources, gate_verdict,
+    mean_estimate, tile_valid,
+};
 use crate::measure::{BenchConfig, Estimate};
 use crate::model::{
     estimate_counts, predict_main_loop, MainLoopConstants, MainLoopInput, Prediction,
 };
 use crate::occupancy::{ArchLimits, Occupancy};
-use crate::tuner::{EnvironmentError, Gate, GateError, Resources, Status, Tunable};
+use crate::tuner::{EnvironmentError, Gate, GateError, Resources, Tunable};
 use crate::workload::{default_params, split_profile, Shape};
 use crate::Arch;
 
@@ -224,17 +225,7 @@ impl DecodeTunable {
         let x = paged_inputs::<T>(s, self.spec.head_dim.get(), &vec![s.seq_k; s.batch]);
         let (_, secs) =
             exec_serving::run_cuda(&self.spec, tile, &x, &p, runs, 0).map_err(|e| e.to_string())?;
-        let ns = secs * 1e9;
-        Ok(Estimate {
-            mean_ns: ns,
-            mean_lo_ns: ns,
-            mean_hi_ns: ns,
-            median_ns: ns,
-            std_dev_ns: 0.0,
-            source: format!(
-                "wall time of {runs} synchronized decode steps (no confidence interval)"
-            ),
-        })
+        Ok(mean_estimate(secs, runs, "decode steps"))
     }
 
     fn gate_as<T: Element + SimElem>(&self, tile: &TileConfig) -> Result<Gate, GateError> {
@@ -245,19 +236,11 @@ impl DecodeTunable {
         // two sequences over Sk and Sk / 3 + 5 keys
         let x = paged_inputs::<T>(s, self.spec.head_dim.get(), &[s.seq_k, s.seq_k / 3 + 5]);
         let cfg = SimConfig::new(Schedule::Forward);
-        match exec_serving::check(&self.spec, tile, &x, &p, &cfg) {
-            Ok(rep) => Ok(Gate {
-                backend: "sim".to_owned(),
-                shape: format!("{s}, pages of 16, {GATE_SPLITS} splits"),
-                max_err: rep.close.out.max_err,
-            }),
-            Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string()).into()),
-            Err(e) if gate_environment_error(&e) => Err(GateError::Environment(EnvironmentError {
-                stage: "correctness gate (simulator)",
-                message: e.to_string(),
-            })),
-            Err(e) => Err(Status::GateFailed(e.to_string()).into()),
-        }
+        let r = exec_serving::check(&self.spec, tile, &x, &p, &cfg);
+        gate_verdict(
+            r.map(|rep| rep.close.out.max_err),
+            format!("{s}, pages of 16, {GATE_SPLITS} splits"),
+        )
     }
 }
 
@@ -286,19 +269,11 @@ impl Tunable for DecodeTunable {
     }
 
     fn valid(&self, tile: &TileConfig, arch: Arch) -> Result<(), String> {
-        tile.valid(&self.spec, arch).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        tile_valid(&self.spec, tile, arch)
     }
 
     fn fingerprint(&self, tile: &TileConfig, arch: Arch) -> String {
-        match emit(&self.spec, tile, arch) {
-            Ok(k) => k.source,
-            Err(e) => format!("emit error: {e:?}"),
-        }
+        emitted_source(&self.spec, tile, arch)
     }
 
     fn estimate(&self, tile: &TileConfig, _arch: Arch) -> Option<Resources> {
@@ -356,13 +331,7 @@ impl Tunable for DecodeTunable {
     }
 
     fn device(&self) -> String {
-        match attnforge_runtime::Gpu::new(0) {
-            Ok(g) => {
-                let (major, minor) = g.compute_capability();
-                format!("cuda:sm_{major}{minor}")
-            }
-            Err(_) => "sim+model".to_owned(),
-        }
+        device_label()
     }
 
     fn shape(&self) -> (String, String) {

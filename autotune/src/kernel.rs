@@ -102,19 +102,11 @@ impl Tunable for KernelTunable {
     }
 
     fn valid(&self, tile: &TileConfig, arch: Arch) -> Result<(), String> {
-        tile.valid(&self.spec, arch).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        tile_valid(&self.spec, tile, arch)
     }
 
     fn fingerprint(&self, tile: &TileConfig, arch: Arch) -> String {
-        match emit(&self.spec, tile, arch) {
-            Ok(k) => k.source,
-            Err(e) => format!("emit error: {e:?}"),
-        }
+        emitted_source(&self.spec, tile, arch)
     }
 
     fn estimate(&self, tile: &TileConfig, _arch: Arch) -> Option<Resources> {
@@ -183,19 +175,7 @@ impl Tunable for KernelTunable {
             DType::F16 => check(&self.spec, tile, &inputs::<f16>(&self.spec, s, 7), &p, &b),
             DType::Bf16 => check(&self.spec, tile, &inputs::<bf16>(&self.spec, s, 7), &p, &b),
         };
-        match r {
-            Ok(rep) => Ok(Gate {
-                backend: "sim".to_owned(),
-                shape: s.to_string(),
-                max_err: rep.close.out.max_err,
-            }),
-            Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string()).into()),
-            Err(e) if gate_environment_error(&e) => Err(GateError::Environment(EnvironmentError {
-                stage: "correctness gate (simulator)",
-                message: e.to_string(),
-            })),
-            Err(e) => Err(Status::GateFailed(e.to_string()).into()),
-        }
+        gate_verdict(r.map(|rep| rep.close.out.max_err), s.to_string())
     }
 
     fn can_measure(&self) -> bool {
@@ -223,13 +203,7 @@ impl Tunable for KernelTunable {
     }
 
     fn device(&self) -> String {
-        match attnforge_runtime::Gpu::new(0) {
-            Ok(g) => {
-                let (major, minor) = g.compute_capability();
-                format!("cuda:sm_{major}{minor}")
-            }
-            Err(_) => "sim+model".to_owned(),
-        }
+        device_label()
     }
 
     fn shape(&self) -> (String, String) {
@@ -301,4 +275,64 @@ pub(crate) fn build_spec(
         };
     }
     Ok(out)
+}
+
+/// `TileConfig::valid` of `spec` as the pipeline's one-line reason.
+pub(crate) fn tile_valid(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> Result<(), String> {
+    tile.valid(spec, arch).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// The emitted source of `spec` at `tile` (the candidate's fingerprint), or its emit error.
+pub(crate) fn emitted_source(spec: &KernelSpec, tile: &TileConfig, arch: Arch) -> String {
+    match emit(spec, tile, arch) {
+        Ok(k) => k.source,
+        Err(e) => format!("emit error: {e:?}"),
+    }
+}
+
+/// `cuda:sm_XY` of GPU 0, or `sim+model` without one (reports and the cache key).
+pub(crate) fn device_label() -> String {
+    match attnforge_runtime::Gpu::new(0) {
+        Ok(g) => {
+            let (major, minor) = g.compute_capability();
+            format!("cuda:sm_{major}{minor}")
+        }
+        Err(_) => "sim+model".to_owned(),
+    }
+}
+
+/// The gate's verdict on a simulator check that returned its largest error: a mismatch is a
+/// wrong result, a machine failure stops the kernel, anything else rejects the candidate.
+pub(crate) fn gate_verdict(r: Result<f64, ExecError>, shape: String) -> Result<Gate, GateError> {
+    match r {
+        Ok(max_err) => Ok(Gate {
+            backend: "sim".to_owned(),
+            shape,
+            max_err,
+        }),
+        Err(e @ ExecError::Mismatch { .. }) => Err(Status::WrongResult(e.to_string()).into()),
+        Err(e) if gate_environment_error(&e) => Err(GateError::Environment(EnvironmentError {
+            stage: "correctness gate (simulator)",
+            message: e.to_string(),
+        })),
+        Err(e) => Err(Status::GateFailed(e.to_string()).into()),
+    }
+}
+
+/// A GPU timing without a confidence interval: the mean of `runs` synchronized runs.
+pub(crate) fn mean_estimate(seconds: f64, runs: usize, what: &str) -> Estimate {
+    let ns = seconds * 1e9;
+    Estimate {
+        mean_ns: ns,
+        mean_lo_ns: ns,
+        mean_hi_ns: ns,
+        median_ns: ns,
+        std_dev_ns: 0.0,
+        source: format!("wall time, mean of {runs} synchronized {what} (no confidence interval)"),
+    }
 }

@@ -169,7 +169,10 @@ fn check_inputs<T: Element>(c: &RecycledConfig, x: &RecycledInputs<T>) -> Result
     if q.dim != d || k.dim != d || v.dim != d {
         return bad(
             "q.dim / k.dim / v.dim",
-            format!("{} / {} / {}; the spec's head_dim is {d}", q.dim, k.dim, v.dim),
+            format!(
+                "{} / {} / {}; the spec's head_dim is {d}",
+                q.dim, k.dim, v.dim
+            ),
             "pass tensors whose last dimension is the spec's head_dim (Dv = D)",
         );
     }
@@ -190,7 +193,10 @@ fn check_inputs<T: Element>(c: &RecycledConfig, x: &RecycledInputs<T>) -> Result
     if q.seq == 0 || q.seq > k.seq {
         return bad(
             "q.seq",
-            format!("T = {} decode steps over a cache of Sk = {} keys", q.seq, k.seq),
+            format!(
+                "T = {} decode steps over a cache of Sk = {} keys",
+                q.seq, k.seq
+            ),
             "give 1 <= T <= Sk steps: step t sits at position Sk - T + t",
         );
     }
@@ -201,7 +207,11 @@ fn check_inputs<T: Element>(c: &RecycledConfig, x: &RecycledInputs<T>) -> Result
         if dims.contains(&0) || last >= t.data.len() {
             return bad(
                 &format!("{f}.data"),
-                format!("{} elements for shape {sh:?} (strides {:?})", t.data.len(), t.strides),
+                format!(
+                    "{} elements for shape {sh:?} (strides {:?})",
+                    t.data.len(),
+                    t.strides
+                ),
                 "pass a non-empty tensor whose data covers its shape",
             );
         }
@@ -212,7 +222,9 @@ fn check_inputs<T: Element>(c: &RecycledConfig, x: &RecycledInputs<T>) -> Result
 /// `t[bs, :, seq, :]` as a contiguous tensor (`bs` the batch elements).
 fn select<T: Element>(t: &Tensor4<T>, bs: &[usize], seq: std::ops::Range<usize>) -> Tensor4<T> {
     let sh = Shape4::new(bs.len(), t.shape.heads, seq.len(), t.shape.dim);
-    Tensor4::from_fn(sh, |b, h, s, d| T::from_f64(t.get(bs[b], h, seq.start + s, d)))
+    Tensor4::from_fn(sh, |b, h, s, d| {
+        T::from_f64(t.get(bs[b], h, seq.start + s, d))
+    })
 }
 
 fn contiguous<T: Element>(t: &Tensor4<T>) -> Vec<T> {
@@ -253,7 +265,11 @@ impl<T: Element + SimElem> Driver<'_, T> {
         out: &mut AttnOutput,
         recycled: &mut [Vec<usize>],
     ) -> Result<SimCounters, ExecError> {
-        let (hq, hkv, d) = (self.x.q.shape.heads, self.x.k.shape.heads, self.c.head_dim.get());
+        let (hq, hkv, d) = (
+            self.x.q.shape.heads,
+            self.x.k.shape.heads,
+            self.c.head_dim.get(),
+        );
         let pos = self.x.k.shape.seq - self.x.q.shape.seq + t;
         let spec = self.c.full_step_spec(self.k_size);
         let tile = default_tile(&spec, Arch::Sm80).ok_or_else(|| {
@@ -334,9 +350,13 @@ impl<T: Element + SimElem> Driver<'_, T> {
         let kernel = crate::exec_dynamic::sim_stage(&k)?;
         let scale = self.x.scale.unwrap_or(1.0 / (d as f32).sqrt());
         let int = |v: usize, f: &str| -> Result<SimArg<'_>, ExecError> {
-            i32::try_from(v)
-                .map(SimArg::I32)
-                .map_err(|_| input_err(f, format!("{v} does not fit an i32"), "use a smaller problem"))
+            i32::try_from(v).map(SimArg::I32).map_err(|_| {
+                input_err(
+                    f,
+                    format!("{v} does not fit an i32"),
+                    "use a smaller problem",
+                )
+            })
         };
         let counters = {
             let (mut o_slot, mut lse_slot) = (Some(o.as_mut_slice()), Some(lse.as_mut_slice()));
@@ -372,12 +392,11 @@ impl<T: Element + SimElem> Driver<'_, T> {
                     }
                 });
             }
-            debug_assert!(k
-                .args
-                .iter()
-                .all(|a| !matches!(a.kind, CgArgKind::Ptr { mutable: true, .. })
-                    || a.name == "o"
-                    || a.name == "lse"));
+            debug_assert!(k.args.iter().all(|a| !matches!(
+                a.kind,
+                CgArgKind::Ptr { mutable: true, .. }
+            ) || a.name == "o"
+                || a.name == "lse"));
             kernel.launch(
                 (geo.grid[0], geo.grid[1], geo.grid[2]),
                 geo.block[0],
@@ -438,11 +457,16 @@ pub fn run_recycled<T: Element + SimElem>(
     for (t, kinds_t) in kinds.into_iter().enumerate() {
         let pos = first + t;
         let full: Vec<usize> = (0..bn).filter(|&b| kinds_t[b] == StepKind::Full).collect();
-        let partial: Vec<usize> = (0..bn).filter(|&b| kinds_t[b] == StepKind::Partial).collect();
+        let partial: Vec<usize> = (0..bn)
+            .filter(|&b| kinds_t[b] == StepKind::Partial)
+            .collect();
         let mut out = AttnOutput::empty(Shape4::new(bn, hq, 1, d));
         let mut counters = SimCounters::default();
         if !full.is_empty() {
-            add_counters(&mut counters, &drv.full_step(t, &full, &mut out, &mut recycled)?);
+            add_counters(
+                &mut counters,
+                &drv.full_step(t, &full, &mut out, &mut recycled)?,
+            );
         }
         let mut sets: Vec<Vec<usize>> = vec![Vec::new(); bn * hkv];
         for &b in &full {
@@ -464,7 +488,10 @@ pub fn run_recycled<T: Element + SimElem>(
             }
         }
         if !partial.is_empty() {
-            add_counters(&mut counters, &drv.partial_step(t, &sets, &partial, &mut out)?);
+            add_counters(
+                &mut counters,
+                &drv.partial_step(t, &sets, &partial, &mut out)?,
+            );
         }
         out_steps.push(RecycledStepRun {
             kinds: kinds_t,
@@ -540,10 +567,18 @@ pub fn check_recycled<T: Element + SimElem>(
             )
         };
         if got.kinds != r.kinds {
-            return Err(differ("kinds", format!("{:?}", got.kinds), format!("{:?}", r.kinds)));
+            return Err(differ(
+                "kinds",
+                format!("{:?}", got.kinds),
+                format!("{:?}", r.kinds),
+            ));
         }
         if got.keys != r.keys {
-            return Err(differ("keys", format!("{:?}", got.keys), format!("{:?}", r.keys)));
+            return Err(differ(
+                "keys",
+                format!("{:?}", got.keys),
+                format!("{:?}", r.keys),
+            ));
         }
         if got.recycled != r.recycled {
             let (g, w) = (format!("{:?}", got.recycled), format!("{:?}", r.recycled));

@@ -28,7 +28,12 @@ fn spec(dtype: DType, k: Option<usize>, stride: usize, pool: usize) -> DynamicSp
 
 /// Un-rotated queries whose head mean is `dir(b, t)` scaled by `1 + t` (the cosine sees only
 /// the direction): every head of (b, t) holds the same row.
-fn q_raw_of<T: Element>(b: usize, hq: usize, t: usize, dir: impl Fn(usize, usize) -> usize) -> Tensor4<T> {
+fn q_raw_of<T: Element>(
+    b: usize,
+    hq: usize,
+    t: usize,
+    dir: impl Fn(usize, usize) -> usize,
+) -> Tensor4<T> {
     Tensor4::from_fn(Shape4::new(b, hq, t, 64), |bb, _, tt, d| {
         let which = dir(bb, tt);
         let x = match which {
@@ -39,7 +44,14 @@ fn q_raw_of<T: Element>(b: usize, hq: usize, t: usize, dir: impl Fn(usize, usize
     })
 }
 
-fn inputs<T: Element>(b: usize, hq: usize, hkv: usize, t: usize, sk: usize, seed: u64) -> RecycledInputs<T> {
+fn inputs<T: Element>(
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    t: usize,
+    sk: usize,
+    seed: u64,
+) -> RecycledInputs<T> {
     RecycledInputs::new(
         ints(Shape4::new(b, hq, t, 64), seed, 1),
         ints(Shape4::new(b, hq, t, 64), seed + 1, 1),
@@ -62,9 +74,8 @@ fn check_dtype<T: Element + SimElem>(dtype: DType) {
     let s = spec(dtype, Some(6), 3, 7);
     let r = check_recycled(&s, &x, &Backend::sim()).unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
     let kinds: Vec<Vec<StepKind>> = r.run.steps.iter().map(|s| s.kinds.clone()).collect();
-    let full = |b: usize| -> Vec<usize> {
-        (0..12).filter(|&t| kinds[t][b] == StepKind::Full).collect()
-    };
+    let full =
+        |b: usize| -> Vec<usize> { (0..12).filter(|&t| kinds[t][b] == StepKind::Full).collect() };
     assert_eq!(full(0), [0, 6], "{dtype:?}");
     // b 1: the zero query of step 3 becomes q_full, so the check at 6 is undefined: full.
     assert_eq!(full(1), [0, 3, 6], "{dtype:?}");
@@ -114,14 +125,32 @@ fn bad_inputs_name_the_field() {
     let mut bad = x.clone();
     bad.q_raw = ints(Shape4::new(1, 2, 3, 64), 1, 1);
     let run = |s: &DynamicSpec, x: &RecycledInputs<half::f16>| run_recycled(s, x, &Backend::sim());
-    assert_eq!(field(run(&spec(DType::F16, None, 10, 7), &bad).unwrap_err()), "q_raw.shape");
+    assert_eq!(
+        field(run(&spec(DType::F16, None, 10, 7), &bad).unwrap_err()),
+        "q_raw.shape"
+    );
     let long = inputs::<half::f16>(1, 2, 1, 21, 20, 3);
-    assert_eq!(field(run(&spec(DType::F16, None, 10, 7), &long).unwrap_err()), "q.seq");
-    assert_eq!(field(run(&spec(DType::F16, Some(0), 10, 7), &x).unwrap_err()), "recycled.recycle_size");
-    assert_eq!(field(run(&spec(DType::F16, None, 0, 7), &x).unwrap_err()), "recycled.stride");
-    assert_eq!(field(run(&spec(DType::F16, None, 10, 6), &x).unwrap_err()), "recycled.pool");
+    assert_eq!(
+        field(run(&spec(DType::F16, None, 10, 7), &long).unwrap_err()),
+        "q.seq"
+    );
+    assert_eq!(
+        field(run(&spec(DType::F16, Some(0), 10, 7), &x).unwrap_err()),
+        "recycled.recycle_size"
+    );
+    assert_eq!(
+        field(run(&spec(DType::F16, None, 0, 7), &x).unwrap_err()),
+        "recycled.stride"
+    );
+    assert_eq!(
+        field(run(&spec(DType::F16, None, 10, 6), &x).unwrap_err()),
+        "recycled.pool"
+    );
     let gqa = inputs::<half::f16>(1, 3, 2, 4, 20, 3);
-    assert_eq!(field(run(&spec(DType::F16, None, 10, 7), &gqa).unwrap_err()), "q.heads");
+    assert_eq!(
+        field(run(&spec(DType::F16, None, 10, 7), &gqa).unwrap_err()),
+        "q.heads"
+    );
 }
 
 /// The done-when: 64 decode steps on a 4096-token cache (B 1, Hq 2, Hkv 1, D 64,
@@ -139,7 +168,11 @@ fn decode_64_steps_on_4096_keys() {
     assert_eq!(r.run.recycle_size, 504);
     let mut total = 0;
     for (t, st) in r.run.steps.iter().enumerate() {
-        let want = if t == 0 || t == 30 { StepKind::Full } else { StepKind::Partial };
+        let want = if t == 0 || t == 30 {
+            StepKind::Full
+        } else {
+            StepKind::Partial
+        };
         assert_eq!(st.kinds, [want], "step {t}");
         eprintln!("step {t:2}: {:?} keys read {}", st.kinds[0], st.keys_read);
         total += st.keys_read;

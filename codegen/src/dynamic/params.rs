@@ -469,6 +469,9 @@ mod tests {
             DynamicSpec::from_params(cca, Some("split"), DType::F16, HeadDim::D64, |_| 1),
             None
         );
-        assert_eq!(family_tags(), "landmark, hax, cca, topk, recycled, lse_merge");
+        assert_eq!(
+            family_tags(),
+            "landmark, hax, cca, topk, recycled, lse_merge"
+        );
     }
 }

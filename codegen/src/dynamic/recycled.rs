@@ -21,6 +21,7 @@
 //! assert_eq!(c.recycle_size_at(4096 - 64), (4096 - 64 + 1) / 8);
 //! let full = c.full_step_spec(504);
 //! assert_eq!(full.stats.unwrap().top_k, Some(504));
+//! assert_eq!(c.kernel_names(), ["flash_fwd_full_d64_f16_gqa_stats", "attnforge_stats_reduce", "topk_attn_d64_f16"]);
 //! ```
 
 use crate::spec::{DType, HeadDim, KernelSpec, Mask, ScoreMod, StatReduce, StatsSpec};
@@ -79,6 +80,22 @@ impl RecycledConfig {
     /// `max(1, (p_0 + 1) / 8)` (1/8 of the cache length at step 0).
     pub fn recycle_size_at(&self, p0: usize) -> usize {
         self.recycle_size.unwrap_or(((p0 + 1) / 8).max(1))
+    }
+
+    /// The kernels a run launches: the full steps' forward kernel (its name does not
+    /// depend on `K`: `top_k` is an argument of the follow-up kernel), the statistics
+    /// follow-up kernel and the partial steps' gather kernel.
+    pub fn kernel_names(&self) -> [String; 3] {
+        [
+            crate::name::canonical_name(&self.full_step_spec(1)),
+            crate::stats::STATS_REDUCE_KERNEL.to_string(),
+            format!(
+                "{}_d{}_{}",
+                super::Stage::TopkAttn.stem(),
+                self.head_dim.get(),
+                self.dtype.short()
+            ),
+        ]
     }
 
     /// The full steps' kernel: dense forward, `Mask::Full` over the key prefix

@@ -464,7 +464,10 @@ fn recycled_fns(rt: &TokenStream, elem: &TokenStream) -> TokenStream {
     let ex = quote!(#rt::kernels::exec_recycled);
     let inputs = quote!(#ex::RecycledInputs<#elem>);
     let res = |t: TokenStream| quote!(::core::result::Result<#t, #rt::kernels::exec::ExecError>);
-    let (run_t, check_t) = (res(quote!(#ex::RecycledRun)), res(quote!(#ex::RecycledCheck)));
+    let (run_t, check_t) = (
+        res(quote!(#ex::RecycledRun)),
+        res(quote!(#ex::RecycledCheck)),
+    );
     let steps_t = res(quote!(::std::vec::Vec<#rt::reference::RecycledStep>));
     let backend = quote!(#rt::kernels::exec::Backend);
     quote! {

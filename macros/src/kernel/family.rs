@@ -615,7 +615,10 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Dyna
                 let at = at.unwrap_or_else(|| d.name.to_token_stream());
                 cx.err(
                     &at,
-                    format!("`{}` = {v} is outside {}..={}: {}", p.name, p.min, p.max, p.range_fix),
+                    format!(
+                        "`{}` = {v} is outside {}..={}: {}",
+                        p.name, p.min, p.max, p.range_fix
+                    ),
                 );
             }
         }

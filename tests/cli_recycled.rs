@@ -13,6 +13,45 @@ use attnforge::specfile::DynSpecFile;
 use cli_common::*;
 use half::f16;
 
+attnforge::kernel! {
+    /// Recycled Attention with the default K (1/8 of the cache at step 0).
+    pub RecycledDefault { family: recycled(stride: 10, threshold_milli: 850, pool: 7), dtype: f16, head_dim: 64 }
+    /// With K = 6 and a stride of 3.
+    pub RecycledK6 {
+        family: recycled(recycle_size: 6, stride: 3, threshold_milli: 900, pool: 3),
+        dtype: f32,
+        head_dim: 64,
+    }
+}
+
+/// The `kernel!` declarations: spec, name, and the typed driver API on the simulator.
+#[test]
+fn kernel_macro_declares_the_family() {
+    use attnforge::codegen::dynamic::DynamicSpec;
+    use attnforge::codegen::spec::HeadDim;
+    assert_eq!(RecycledDefault::name(), "recycled_d64_f16");
+    assert_eq!(
+        RecycledK6::spec(),
+        DynamicSpec::Recycled {
+            dtype: DType::F32,
+            head_dim: HeadDim::D64,
+            recycle_size: Some(6),
+            stride: 3,
+            threshold_milli: 900,
+            pool: 3,
+        }
+    );
+    let t = |h, s, seed| {
+        Tensor4::<f32>::from_vec(Shape4::new(1, h, s, 64), ints(h * s * 64, seed)).unwrap()
+    };
+    let x = RecycledInputs::new(t(2, 7, 1), t(2, 7, 2), t(1, 40, 3), t(1, 40, 4));
+    let r = RecycledK6::check(&x, &attnforge::exec::Backend::sim()).unwrap();
+    assert_eq!(r.run.steps.len(), 7);
+    assert_eq!(r.run.recycle_size, 6);
+    assert_eq!(RecycledK6::reference(&x).unwrap().len(), 7);
+    assert_eq!(RecycledK6::simulate(&x).unwrap().steps[1].keys_read, 6);
+}
+
 const B: usize = 1;
 const HQ: usize = 4;
 const HKV: usize = 2;

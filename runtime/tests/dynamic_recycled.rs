@@ -194,3 +194,48 @@ fn decode_64_steps_on_4096_keys() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// Visited-key figures (docs/families/recycled.md) at 16k and 128k tokens, behind
+/// `ATTNFORGE_HEAVY=1` (minutes on the simulator): 64 decode steps, B 1, Hq 2, Hkv 1, D 64,
+/// default parameters, the query direction jumping at step 30. Every step is checked against
+/// the reference as in `decode_64_steps_on_4096_keys`; prints the keys read (counted on the
+/// host), the simulator's gathered keys of the partial steps and the key tiles the full
+/// steps' forward kernel visited.
+#[test]
+fn visited_key_figures_16k_128k() {
+    if !std::env::var("ATTNFORGE_HEAVY").is_ok_and(|v| v == "1") {
+        eprintln!("visited_key_figures_16k_128k: set ATTNFORGE_HEAVY=1 to run");
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("ATTNFORGE_RECYCLED_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![16384, 131072]);
+    for sk in sizes {
+        let t0 = Instant::now();
+        let mut x = inputs::<half::f16>(1, 2, 1, 64, sk, 31);
+        x.q_raw = q_raw_of(1, 2, 64, |_, t| if t < 30 { 2 } else { 3 });
+        let r = check_recycled(&spec(DType::F16, None, 10, 7), &x, &Backend::sim()).unwrap();
+        let kinds: Vec<StepKind> = r.run.steps.iter().map(|s| s.kinds[0]).collect();
+        let full: Vec<usize> = (0..64).filter(|&t| kinds[t] == StepKind::Full).collect();
+        assert_eq!(full, [0, 30], "Sk {sk}");
+        let read: usize = r.run.steps.iter().map(|s| s.keys_read).sum();
+        let dense: usize = (0..64).map(|t| sk - 64 + t + 1).sum();
+        let gathered: u64 = r.run.steps.iter().map(|s| s.counters.keys_gathered).sum();
+        let tiles: u64 = r
+            .run
+            .steps
+            .iter()
+            .map(|s| s.counters.tiles_full + s.counters.tiles_partial)
+            .sum();
+        eprintln!(
+            "Sk {sk}: K {}, full steps {full:?}, keys read {read} of {dense} dense ({:.4}); \
+             simulator: partial steps gathered {gathered} keys over 2 query heads \
+             ({} per kv head), full steps visited {tiles} key tiles; {:.0} s",
+            r.run.recycle_size,
+            read as f64 / dense as f64,
+            gathered / 2,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+}

@@ -22,8 +22,18 @@ fn families_text() -> String {
     FAMILIES
         .iter()
         .map(|f| {
-            let mut parts: Vec<String> =
-                f.params.iter().map(|p| format!("{}: N", p.name)).collect();
+            // An optional parameter (default below its range) in brackets.
+            let mut parts: Vec<String> = f
+                .params
+                .iter()
+                .map(|p| {
+                    if p.default < p.min {
+                        format!("[{}: N]", p.name)
+                    } else {
+                        format!("{}: N", p.name)
+                    }
+                })
+                .collect();
             if f.default_mode.is_none() && !f.modes.is_empty() {
                 let modes: Vec<String> = f.modes.iter().map(mode_syntax).collect();
                 parts.push(format!("mode: {}", modes.join(" | ")));

@@ -623,13 +623,10 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Dyna
             if *v < p.min {
                 let at = f.spans.get(p.name).cloned();
                 let at = at.unwrap_or_else(|| d.name.to_token_stream());
-                cx.err(
-                    &at,
-                    format!(
-                        "`{}` = {v} is outside {}..={}: {}",
-                        p.name, p.min, p.max, p.range_fix
-                    ),
-                );
+                let path = format!("{}.{}", f.family.tag, p.name);
+                let message = format!("{v} is outside {}..={}", p.min, p.max);
+                let e = attnforge_codegen::check::SpecError::new(&path, message, p.range_fix);
+                cx.err(&at, spec_msg(&e));
             }
         }
     }

@@ -239,3 +239,36 @@ fn visited_key_figures_16k_128k() {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 6, ..Default::default() })]
+    /// Random small problems (B 1-2, GQA groups 1-2, 1-9 steps, caches of T-40 keys, strides
+    /// 1-4, thresholds 0-1, K 1-8 or default, pool 1/3/7, f16): every step equals the
+    /// reference (kinds, key sets, recycled sets, out/lse by the oracle).
+    #[test]
+    fn random_problems_match_reference(
+        b in 1..=2usize,
+        hkv in 1..=2usize,
+        group in 1..=2usize,
+        steps in 1..=9usize,
+        extra in 0..=31usize,
+        stride in 1..=4usize,
+        threshold_milli in 0..=1000usize,
+        k in proptest::option::of(1..=8usize),
+        pool in proptest::sample::select(vec![1usize, 3, 7]),
+        seed in 0..1000u64,
+    ) {
+        let sk = steps + extra;
+        let x = inputs::<half::f16>(b, hkv * group, hkv, steps, sk, seed);
+        let s = DynamicSpec::Recycled {
+            dtype: DType::F16,
+            head_dim: HeadDim::D64,
+            recycle_size: k,
+            stride,
+            threshold_milli,
+            pool,
+        };
+        let r = check_recycled(&s, &x, &Backend::sim());
+        proptest::prop_assert!(r.is_ok(), "{:?}", r.err());
+    }
+}

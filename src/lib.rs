@@ -14,7 +14,9 @@ pub use attnforge_autotune as autotune;
 pub use attnforge_macros::{kernel, mask, score};
 pub use attnforge_reference as reference;
 pub use attnforge_runtime as kernels;
-pub use attnforge_runtime::{codegen, exec, exec_backward, exec_serving, exec_stats, sim};
+pub use attnforge_runtime::{
+    codegen, exec, exec_backward, exec_recycled, exec_serving, exec_stats, sim,
+};
 
 pub mod limits;
 pub mod npy;

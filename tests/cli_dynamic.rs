@@ -20,6 +20,9 @@ use half::{bf16, f16};
 
 /// Kernel launches of a pipeline, in order (the split top-k attention runs twice).
 fn launches(spec: &DynamicSpec) -> Vec<String> {
+    if let Some(c) = attnforge::codegen::dynamic::RecycledConfig::of(spec) {
+        return c.kernel_names().to_vec(); // the decode driver's three kernels
+    }
     let mut v = Vec::new();
     for s in spec.stages() {
         let n = format!(
@@ -64,6 +67,7 @@ fn every_dynamic_example_spec_checks_green_on_the_simulator() {
         "cca",
         "topk",
         "topk_split",
+        "recycled",
         "lse_merge",
     ] {
         assert!(kinds.contains(k), "no example spec for {k}: {kinds:?}");

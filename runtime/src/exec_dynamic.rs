@@ -206,6 +206,7 @@ pub fn reference_output<T: Element>(
             };
             reference::topk_attention(&x.q, &x.k, &x.v, &p, &opts)?
         }
+        DynamicSpec::Recycled { .. } => return Err(crate::exec_recycled::not_a_pipeline()),
         DynamicSpec::LseMerge { .. } => {
             return Err(input_err(
                 "spec",
@@ -598,6 +599,7 @@ fn family_buffers<T>(
                 DynBuffer::KeySelThreshold,
             ]
         }
+        DynamicSpec::Recycled { .. } => return Err(crate::exec_recycled::not_a_pipeline()),
         DynamicSpec::LseMerge { .. } => {
             return Err(input_err(
                 "spec",

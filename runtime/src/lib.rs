@@ -30,6 +30,7 @@ pub mod exec;
 pub mod exec_backward;
 mod exec_cuda;
 pub mod exec_dynamic;
+pub mod exec_recycled;
 pub mod exec_serving;
 pub mod exec_stats;
 mod kcache;

@@ -26,7 +26,7 @@ edges on tile edges, large magnitudes, non-default parameters, GQA and f32 twins
 simulator the visited-tile counters must equal a brute-force classification of every tile
 (docs/correctness.md).
 
-Data-dependent pipelines (landmark, hax, cca, topk, lse_merge) run every kernel of the
+Data-dependent pipelines (landmark, hax, cca, topk, recycled, lse_merge) run every kernel of the
 pipeline (attnforge_runtime::exec_dynamic) and compare the final out/lse the same way; their
 random inputs are exact (q, k in {-1, 0, 1} for the ranking families, values multiples of
 1/16, HAX hyperplanes redrawn until every hash sign is well-posed), so rankings have exact

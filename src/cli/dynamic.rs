@@ -318,6 +318,9 @@ pub fn check_with_extra(
 
 /// `attnforge check` of one dynamic spec on its own problem.
 pub fn check(df: &DynSpecFile, backend: &Backend, seed: u64) -> Result<Verdict, CliError> {
+    if super::recycled::is_recycled(&df.spec) {
+        return super::recycled::check(df, backend, seed);
+    }
     match df.spec.dtype() {
         DType::F32 => check_typed::<f32>(df, backend, seed),
         DType::F16 => check_typed::<f16>(df, backend, seed),

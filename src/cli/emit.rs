@@ -19,7 +19,7 @@ pub const AFTER_HELP: &str = "\
 Writes <kernel>.cu (self-contained CUDA, `extern \"C\" __global__`) and <kernel>.json (kernel
 name, argument order with C types, grid formula, block threads, dynamic shared memory, the
 ptxas resource report for --arch). Load them from Python with examples/python/run_cupy.py.
-A data-dependent pipeline (landmark, hax, cca, topk, lse_merge) writes one .cu + .json per
+A data-dependent pipeline (landmark, hax, cca, topk, recycled, lse_merge) writes one .cu + .json per
 kernel (its stages, each with args, signature, grid rule and ptxas report) and
 <pipeline>.pipeline.json (launch order, parameters).
 

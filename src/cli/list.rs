@@ -19,7 +19,7 @@ pub struct ListArgs {
     /// head_dim, params, kernels, spec}.
     #[arg(long)]
     json: bool,
-    /// Only this family: flash_fwd (the static kernels), landmark, hax, cca, topk, lse_merge.
+    /// Only this family: flash_fwd (the static kernels), landmark, hax, cca, topk, recycled, lse_merge.
     #[arg(long)]
     family: Option<String>,
 }

@@ -13,6 +13,7 @@ mod emit_backward;
 mod emit_stats;
 mod list;
 mod plan_cp;
+mod recycled;
 mod run;
 mod run_backward;
 mod run_serving;

@@ -56,6 +56,11 @@ Variants without backward kernels (LM-Infinite, user score functions, the pipeli
 Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes q2/k2/x as
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
 Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).
+recycled (Recycled Attention, decoding) takes q [B, Hq, T, D] (rotated queries of T decode
+steps), --q-raw (the same queries un-rotated, same shape), k, v [B, Hkv, Sk, D] (the cache);
+prints each step's kind per batch element and keys read, writes out [B, Hq, T, D] and
+lse [B, Hq, T] (backends sim and reference).
+  attnforge run examples/specs/recycled.toml --q q.npy --q-raw q_raw.npy --k k.npy --v v.npy --out o.npy
 
 Serving layouts (a spec with layout = \"varlen\" | \"paged\" | \"decode\" | \"decode_varlen\",
 docs/serving.md; backends sim and reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1];
@@ -110,6 +115,10 @@ pub struct RunArgs {
     /// Output file for `lse` (optional).
     #[arg(long)]
     pub(super) lse: Option<PathBuf>,
+    /// Recycled only: the un-rotated queries of the decode steps (.npy, q's shape
+    /// `[B, Hq, T, D]`), for the similarity schedule.
+    #[arg(long)]
+    pub(super) q_raw: Option<PathBuf>,
     /// HAX only: hyperplanes, f32 [1|B, H', N, hash_bits] (H' = 1, Hq or Hkv).
     #[arg(long)]
     pub(super) hyperplanes: Option<PathBuf>,
@@ -255,12 +264,24 @@ pub(super) fn run_dynamic(df: &DynSpecFile, a: &RunArgs) -> Result<AttnOutput, C
         hyperplanes: a.hyperplanes.as_deref(),
         ks: a.ks.as_deref(),
     };
+    let recycled = super::recycled::is_recycled(&df.spec);
+    if a.q_raw.is_some() && !recycled {
+        return Err(CliError::input(format!(
+            "{}: --q-raw is the recycled family's input; `{}` does not take it\n  fix: remove --q-raw",
+            a.spec,
+            df.spec.canonical_name()
+        )));
+    }
     let progress = Progress::start(format!(
         "{}: running on the {}",
         df.spec.canonical_name(),
         backend_name(a.backend)
     ));
-    let out = dynamic::run(df, &a.spec, &files, a.backend);
+    let out = if recycled {
+        super::recycled::run(df, &a.spec, &files, a.q_raw.as_deref(), a.backend)
+    } else {
+        dynamic::run(df, &a.spec, &files, a.backend)
+    };
     progress.finish(out.is_ok());
     out
 }

@@ -15,7 +15,7 @@ use super::load::problem_limits;
 use super::{default_seq, AnySpecFile, Problem, SpecFileError, SpecFileErrors};
 
 /// The dynamic family names of `family = ".."`.
-pub const DYNAMIC_FAMILIES: &str = "landmark, hax, cca, topk, lse_merge";
+pub const DYNAMIC_FAMILIES: &str = "landmark, hax, cca, topk, recycled, lse_merge";
 
 /// A parsed, validated spec file of a data-dependent family ([`DynamicSpec`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -397,6 +397,16 @@ fn params_of(h: &Head, v: Option<Typed<BTreeMap<String, Typed<i64>>>>, e: &mut E
         };
         let example = p.missing_fix().trim_start_matches("add ").to_string();
         match v {
+            // An optional parameter (default below its range: absent is the family's rule)
+            // given below its range would read as absent.
+            Typed::Ok(i) if p.default < p.min && i < p.min as i64 => {
+                out.bad.push(p.name);
+                e.push(
+                    &field,
+                    format!("{i} is outside {}..={}", p.min, p.max),
+                    p.range_fix,
+                );
+            }
             Typed::Ok(i) if i >= 0 => {
                 out.values
                     .insert(p.name, usize::try_from(i).unwrap_or(usize::MAX));
@@ -414,6 +424,9 @@ fn params_of(h: &Head, v: Option<Typed<BTreeMap<String, Typed<i64>>>>, e: &mut E
         }
     }
     for p in wanted {
+        if p.default < p.min {
+            continue; // optional: absent is the family's default rule
+        }
         if !out.values.contains_key(p.name) && !out.bad.contains(&p.name) {
             out.bad.push(p.name);
             let m = format!("family `{}` needs `{}`", f.tag, p.name);
@@ -640,7 +653,15 @@ fn spec_of(h: &Head, p: &Params, e: &mut Errs) -> Option<DynamicSpec> {
         h.mode.as_deref(),
         h.dtype.unwrap_or(DType::F16),
         h.head_dim.unwrap_or(HeadDim::D64),
-        |n| p.values.get(n).copied().unwrap_or(1),
+        // An absent optional parameter is passed as its table default (recycled's
+        // `recycle_size`: 0, the 1/8-of-the-cache rule).
+        |n| {
+            let default = f.params.iter().find(|q| q.name == n && q.default < q.min);
+            p.values
+                .get(n)
+                .copied()
+                .unwrap_or(default.map_or(1, |q| q.default))
+        },
     )?;
     if let Err(ves) = validate_dynamic(&spec) {
         for v in ves {
@@ -742,6 +763,8 @@ pub fn dyn_from_catalog(spec: DynamicSpec) -> DynSpecFile {
         DynamicSpec::Topk {
             sink, recent, k, ..
         } => (2, 1, 4, sink + recent + 2 * k + 16),
+        // 16 decode steps (a similarity check at 10) over 200 keys, GQA.
+        DynamicSpec::Recycled { .. } => (4, 2, 16, 200),
         DynamicSpec::LseMerge { .. } => (2, 2, 16, 64),
     };
     DynSpecFile {

@@ -25,10 +25,12 @@
 mod args;
 mod kernels;
 mod params;
+mod recycled;
 
 pub use args::{DynArgRole, DynBuffer, DynScalar, DynTypedArg};
 pub use kernels::{emit_dynamic, emit_stage, DynamicKernel, Stage};
 pub use params::{family, family_tags, Family, FamilyMode, FamilyParam, FAMILIES};
+pub use recycled::{RecycledConfig, MAX_RECYCLE_SIZE};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +108,27 @@ pub enum DynamicSpec {
         /// log-sum-exp merge kernel instead of one fused pass.
         split: bool,
     },
+    /// Recycled Attention for decoding (variants.md section 16): a host-side decode driver
+    /// alternating full steps (the dense forward kernel with statistics, then `top_keys`)
+    /// and partial steps (the top-k gather kernel over the recycled set plus the new keys).
+    /// See [`RecycledConfig`] and `attnforge_runtime::exec_recycled`.
+    Recycled {
+        /// Element type.
+        dtype: DType,
+        /// Head dimension.
+        head_dim: HeadDim,
+        /// `K`, recycled keys per kv head; `None`: `max(1, (p_0 + 1) / 8)`, 1/8 of the
+        /// cache at step 0.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recycle_size: Option<usize>,
+        /// `S`: every `S`-th step (`t > 0`) runs the similarity test (default 10).
+        stride: usize,
+        /// `s` in thousandths: a checked step stays partial when the cosine is strictly
+        /// above `threshold_milli / 1000` (default 850: `s = 0.85`).
+        threshold_milli: usize,
+        /// Max-pool width of the full steps' statistics (odd, default 7).
+        pool: usize,
+    },
     /// Log-sum-exp merge of two partial results `(o_a, lse_a)`, `(o_b, lse_b)` (f32) into
     /// one output of `dtype`.
     LseMerge {
@@ -131,6 +154,7 @@ impl DynamicSpec {
             | DynamicSpec::Hax { dtype, .. }
             | DynamicSpec::Cca { dtype, .. }
             | DynamicSpec::Topk { dtype, .. }
+            | DynamicSpec::Recycled { dtype, .. }
             | DynamicSpec::LseMerge { dtype, .. } => dtype,
         }
     }
@@ -142,6 +166,7 @@ impl DynamicSpec {
             | DynamicSpec::Hax { head_dim, .. }
             | DynamicSpec::Cca { head_dim, .. }
             | DynamicSpec::Topk { head_dim, .. }
+            | DynamicSpec::Recycled { head_dim, .. }
             | DynamicSpec::LseMerge { head_dim, .. } => head_dim,
         }
     }
@@ -158,6 +183,7 @@ impl DynamicSpec {
             DynamicSpec::Cca { .. } => "cca",
             DynamicSpec::Topk { split: false, .. } => "topk",
             DynamicSpec::Topk { split: true, .. } => "topk_split",
+            DynamicSpec::Recycled { .. } => "recycled",
             DynamicSpec::LseMerge { .. } => "lse_merge",
         }
     }
@@ -187,6 +213,10 @@ impl DynamicSpec {
             DynamicSpec::Topk { split: true, .. } => {
                 vec![Stage::TopkSelect, Stage::TopkAttnPart, Stage::LseMerge]
             }
+            // Partial steps: the top-k gather kernel with an empty static window over a
+            // host-built key list. Full steps run the dense forward kernel with statistics
+            // (`RecycledConfig::full_step_spec`), not a dynamic stage.
+            DynamicSpec::Recycled { .. } => vec![Stage::TopkAttn],
             DynamicSpec::LseMerge { .. } => vec![Stage::LseMerge],
         }
     }
@@ -200,7 +230,14 @@ pub fn validate_dynamic(spec: &DynamicSpec) -> Result<(), Vec<SpecError>> {
     let values = spec.param_values();
     let mut e: Vec<(usize, SpecError)> = Vec::new();
     for (i, (p, v)) in values.iter().enumerate() {
-        if *v < p.min || *v > p.max {
+        let absent_k = matches!(
+            spec,
+            DynamicSpec::Recycled {
+                recycle_size: None,
+                ..
+            }
+        ) && p.name == "recycle_size";
+        if !absent_k && (*v < p.min || *v > p.max) {
             let path = if table.params.iter().any(|q| q.name == p.name) {
                 format!("{}.{}", table.tag, p.name)
             } else {
@@ -227,6 +264,18 @@ pub fn validate_dynamic(spec: &DynamicSpec) -> Result<(), Vec<SpecError>> {
                 "at least one budget must be >= 1 (official default 32 + 32)",
             ),
         ));
+    }
+    if let DynamicSpec::Recycled { pool, .. } = spec {
+        if pool % 2 == 0 {
+            e.push((
+                3,
+                SpecError::new(
+                    "recycled.pool",
+                    format!("{pool} is even"),
+                    "the max-pool width must be odd (default 7)",
+                ),
+            ));
+        }
     }
     // Stable: a cross-parameter error follows the range errors of the parameter it names.
     e.sort_by_key(|(i, _)| *i);

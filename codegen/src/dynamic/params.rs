@@ -9,7 +9,7 @@
 //! let names: Vec<_> = hax.params_of(None).iter().map(|p| p.name).collect();
 //! assert_eq!(names, ["k_lsh", "k_ks", "hash_bits"]);
 //! assert_eq!(hax.params[2].missing_fix(), "add `hash_bits = 8` (hyperplanes, 1..=12; official default 8)");
-//! assert_eq!(FAMILIES.len(), 5);
+//! assert_eq!(FAMILIES.len(), 6);
 //! let spec = DynamicSpec::with_defaults(family("topk").unwrap(), Some("split"),
 //!     attnforge_codegen::spec::DType::F16, attnforge_codegen::spec::HeadDim::D64).unwrap();
 //! assert_eq!(spec.canonical_name(), "topk_split_d64_f16");
@@ -112,7 +112,7 @@ const fn param(
 }
 
 /// Every data-dependent family, in catalog order.
-pub const FAMILIES: [Family; 5] = [
+pub const FAMILIES: [Family; 6] = [
     Family {
         tag: "landmark",
         params: &[param(
@@ -231,6 +231,41 @@ pub const FAMILIES: [Family; 5] = [
         default_mode: Some("fused"),
     },
     Family {
+        tag: "recycled",
+        params: &[
+            param(
+                "recycle_size",
+                (1, super::MAX_RECYCLE_SIZE),
+                0,
+                "K, recycled keys per kv head; omit for 1/8 of the cache at step 0",
+                "recycle at least one key per kv head (K >= 1, at most 2^20), or omit it for 1/8 of the cache",
+            ),
+            param(
+                "stride",
+                (1, I32_MAX),
+                10,
+                "S, every S-th step checks the query similarity; default 10",
+                "the check stride S must be >= 1 (default 10)",
+            ),
+            param(
+                "threshold_milli",
+                (0, 1000),
+                850,
+                "s in thousandths: partial while cos > s; default 850 (s = 0.85)",
+                "give the similarity threshold in thousandths, 0..=1000 (default 850: s = 0.85)",
+            ),
+            param(
+                "pool",
+                (1, 1023),
+                7,
+                "odd max-pool width of the full steps' statistics; default 7",
+                "the max-pool width must be odd, 1..=1023 (default 7)",
+            ),
+        ],
+        modes: &[],
+        default_mode: None,
+    },
+    Family {
         tag: "lse_merge",
         params: &[],
         modes: &[],
@@ -243,7 +278,7 @@ pub fn family(tag: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.tag == tag)
 }
 
-/// `landmark, hax, cca, topk, lse_merge`.
+/// `landmark, hax, cca, topk, recycled, lse_merge`.
 pub fn family_tags() -> String {
     FAMILIES
         .iter()
@@ -260,6 +295,7 @@ impl DynamicSpec {
             DynamicSpec::Hax { .. } => "hax",
             DynamicSpec::Cca { .. } => "cca",
             DynamicSpec::Topk { .. } => "topk",
+            DynamicSpec::Recycled { .. } => "recycled",
             DynamicSpec::LseMerge { .. } => "lse_merge",
         };
         family(tag).expect("every DynamicSpec variant has a table entry")
@@ -301,6 +337,14 @@ impl DynamicSpec {
             DynamicSpec::Topk {
                 sink, recent, k, ..
             } => vec![sink, recent, k],
+            // An absent K (the default rule) is reported as 0, the table's default.
+            DynamicSpec::Recycled {
+                recycle_size,
+                stride,
+                threshold_milli,
+                pool,
+                ..
+            } => vec![recycle_size.unwrap_or(0), stride, threshold_milli, pool],
             DynamicSpec::LseMerge { .. } => vec![],
         };
         let params = self.family_table().params_of(self.mode_tag());
@@ -358,6 +402,15 @@ impl DynamicSpec {
                 k: value("k"),
                 split: mode == Some("split"),
             },
+            // `recycle_size` 0 (the table's default) stands for "absent": the default rule.
+            "recycled" => DynamicSpec::Recycled {
+                dtype,
+                head_dim,
+                recycle_size: Some(value("recycle_size")).filter(|&k| k != 0),
+                stride: value("stride"),
+                threshold_milli: value("threshold_milli"),
+                pool: value("pool"),
+            },
             _ => DynamicSpec::LseMerge { dtype, head_dim },
         })
     }
@@ -394,6 +447,9 @@ mod tests {
                 assert_eq!(s.mode_tag(), m);
                 for (p, v) in s.param_values() {
                     assert_eq!(v, p.default, "{}.{}", f.tag, p.name);
+                    if (f.tag, p.name) == ("recycled", "recycle_size") {
+                        continue; // default 0: absent, the 1/8-of-the-cache rule
+                    }
                     assert!((p.min..=p.max).contains(&v), "{}.{}", f.tag, p.name);
                 }
             }
@@ -413,6 +469,9 @@ mod tests {
             DynamicSpec::from_params(cca, Some("split"), DType::F16, HeadDim::D64, |_| 1),
             None
         );
-        assert_eq!(family_tags(), "landmark, hax, cca, topk, lse_merge");
+        assert_eq!(
+            family_tags(),
+            "landmark, hax, cca, topk, recycled, lse_merge"
+        );
     }
 }

@@ -496,7 +496,55 @@ fn dynamic_spec_tokens(s: &DynamicSpec) -> TokenStream {
         } => quote!(dynamic::DynamicSpec::Topk {
             #common, sink: #sink, recent: #recent, k: #k, split: #split
         }),
+        DynamicSpec::Recycled {
+            recycle_size,
+            stride,
+            threshold_milli,
+            pool,
+            ..
+        } => {
+            let k = match recycle_size {
+                Some(k) => quote!(::core::option::Option::Some(#k)),
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(dynamic::DynamicSpec::Recycled {
+                #common, recycle_size: #k, stride: #stride,
+                threshold_milli: #threshold_milli, pool: #pool
+            })
+        }
         DynamicSpec::LseMerge { .. } => quote!(dynamic::DynamicSpec::LseMerge { #common }),
+    }
+}
+
+/// The run API of a `recycled` declaration: the decode driver over `T` steps
+/// (`exec_recycled`), inputs `RecycledInputs<T>` (q, q_raw, k, v).
+fn recycled_fns(rt: &TokenStream, elem: &TokenStream) -> TokenStream {
+    let ex = quote!(#rt::kernels::exec_recycled);
+    let inputs = quote!(#ex::RecycledInputs<#elem>);
+    let res = |t: TokenStream| quote!(::core::result::Result<#t, #rt::kernels::exec::ExecError>);
+    let (run_t, check_t) = (
+        res(quote!(#ex::RecycledRun)),
+        res(quote!(#ex::RecycledCheck)),
+    );
+    let steps_t = res(quote!(::std::vec::Vec<#rt::reference::RecycledStep>));
+    let backend = quote!(#rt::kernels::exec::Backend);
+    quote! {
+        /// Runs the `T` decode steps on the CPU simulator (forward schedule): per step the
+        /// kinds, key sets, keys read, recycled sets, `out` and `lse`.
+        pub fn simulate(inputs: &#inputs) -> #run_t {
+            #ex::run_recycled(&Self::spec(), inputs, &#backend::sim())
+        }
+
+        /// The f64 reference steps (`attnforge_reference::recycled_attention`).
+        pub fn reference(inputs: &#inputs) -> #steps_t {
+            #ex::reference_recycled(&Self::spec(), inputs, #rt::reference::Precision::F64)
+        }
+
+        /// Runs on `backend` (the simulator) and compares every step with the reference:
+        /// kinds, key sets, recycled sets, out/lse (tolerance of variants.md section 0).
+        pub fn check(inputs: &#inputs, backend: &#backend) -> #check_t {
+            #ex::check_recycled(&Self::spec(), inputs, backend)
+        }
     }
 }
 
@@ -530,7 +578,15 @@ pub(crate) fn expand_dynamic(
     let sim_cfg = quote!(#rt::kernels::sim::SimConfig);
     let backend = quote!(#rt::kernels::exec::Backend);
     let forward = quote!(#sim_cfg::new(#rt::kernels::sim::Schedule::Forward));
-    let run_fns = if is_merge {
+    let is_recycled = match spec {
+        Some(s) => matches!(s, DynamicSpec::Recycled { .. }),
+        None => d.entries.iter().any(|e| {
+            e.key == "family" && matches!(&e.value, Value::Call(c) if c.name == "recycled")
+        }),
+    };
+    let run_fns = if is_recycled {
+        recycled_fns(&rt, &elem)
+    } else if is_merge {
         let part = quote!(#rt::reference::AttnOutput);
         quote! {
             /// Merges two partial results (`out`, `lse`; rounded to f32 as the partial

@@ -22,8 +22,18 @@ fn families_text() -> String {
     FAMILIES
         .iter()
         .map(|f| {
-            let mut parts: Vec<String> =
-                f.params.iter().map(|p| format!("{}: N", p.name)).collect();
+            // An optional parameter (default below its range) in brackets.
+            let mut parts: Vec<String> = f
+                .params
+                .iter()
+                .map(|p| {
+                    if p.default < p.min {
+                        format!("[{}: N]", p.name)
+                    } else {
+                        format!("{}: N", p.name)
+                    }
+                })
+                .collect();
             if f.default_mode.is_none() && !f.modes.is_empty() {
                 let modes: Vec<String> = f.modes.iter().map(mode_syntax).collect();
                 parts.push(format!("mode: {}", modes.join(" | ")));
@@ -120,14 +130,16 @@ struct Param {
     example: String,
 }
 
-/// The integer parameters of a family table or mode, all required.
+/// The integer parameters of a family table or mode, all required but those whose
+/// default lies below their range (absent: the family's default rule, e.g. recycled's
+/// `recycle_size`).
 fn int_params(ps: &[FamilyParam]) -> Vec<Param> {
     ps.iter()
         .map(|p| Param {
             name: p.name,
             kind: Kind::Int,
-            required: true,
-            example: p.default.to_string(),
+            required: p.default >= p.min,
+            example: if p.default >= p.min { p.default } else { p.min }.to_string(),
         })
         .collect()
 }
@@ -604,6 +616,20 @@ pub(crate) fn check(d: &KernelDecl, errors: &mut Vec<syn::Error>) -> Option<Dyna
     let (Some(f), Some(dtype), Some(head_dim)) = (family, dtype, head_dim) else {
         return None;
     };
+    // An optional parameter given below its range (recycled's `recycle_size: 0`) would read
+    // as absent: reject it here.
+    for p in f.family.params.iter().filter(|p| p.default < p.min) {
+        if let Some(Val::Int(v)) = f.vals.get(p.name) {
+            if *v < p.min {
+                let at = f.spans.get(p.name).cloned();
+                let at = at.unwrap_or_else(|| d.name.to_token_stream());
+                let path = format!("{}.{}", f.family.tag, p.name);
+                let message = format!("{v} is outside {}..={}", p.min, p.max);
+                let e = attnforge_codegen::check::SpecError::new(&path, message, p.range_fix);
+                cx.err(&at, spec_msg(&e));
+            }
+        }
+    }
     let spec = build(&f, dtype, head_dim);
     if let Err(es) = validate_dynamic(&spec) {
         for e in &es {

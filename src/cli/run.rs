@@ -56,6 +56,8 @@ Variants without backward kernels (LM-Infinite, user score functions, the pipeli
 Data-dependent pipelines: landmark, cca and topk take q/k/v as above; HAX takes q2/k2/x as
 --q/--k/--v plus --hyperplanes and --ks (f32; head extent 1 = shared, Hq = per query head,
 Hkv = per kv head). lse_merge is not supported by `run` yet (use `attnforge check`).
+LongHeads: a prefill (Sq == Sk) writes the chunk summaries with --r-out r.npy (f32
+[B, Hq, floor(Sk / chunk), D]); decoding rows (Sq < Sk) read them with --r r.npy.
 
 Serving layouts (a spec with layout = \"varlen\" | \"paged\" | \"decode\" | \"decode_varlen\",
 docs/serving.md; backends sim and reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1];
@@ -116,6 +118,12 @@ pub struct RunArgs {
     /// HAX only: key-selection scores, f32 [1|B, H', S, 1] (H' = 1, Hq or Hkv).
     #[arg(long)]
     pub(super) ks: Option<PathBuf>,
+    /// LongHeads decoding only: the chunk summaries r of a prefill, f32 [B, Hq, n_chunks, D].
+    #[arg(long)]
+    pub(super) r: Option<PathBuf>,
+    /// LongHeads prefill only: write the chunk summaries r here (f32 [B, Hq, floor(Sk / chunk), D]).
+    #[arg(long)]
+    pub(super) r_out: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "sim")]
     pub(super) backend: RunBackend,
@@ -243,6 +251,8 @@ pub(super) fn run_dynamic(df: &DynSpecFile, a: &RunArgs) -> Result<AttnOutput, C
         v: &a.v,
         hyperplanes: a.hyperplanes.as_deref(),
         ks: a.ks.as_deref(),
+        r: a.r.as_deref(),
+        r_out: a.r_out.as_deref(),
     };
     let progress = Progress::start(format!(
         "{}: running on the {}",
@@ -297,6 +307,13 @@ pub(super) fn static_inputs(
     if a.hyperplanes.is_some() || a.ks.is_some() {
         return Err(CliError::input(format!(
             "{}: --hyperplanes / --ks are HAX inputs; `{}` does not take them\n  fix: remove them",
+            a.spec,
+            sf.spec.canonical_name()
+        )));
+    }
+    if a.r.is_some() || a.r_out.is_some() {
+        return Err(CliError::input(format!(
+            "{}: --r / --r-out are LongHeads summaries; `{}` does not take them\n  fix: remove them",
             a.spec,
             sf.spec.canonical_name()
         )));
@@ -561,6 +578,7 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
         ("--doc", &a.doc),
         ("--hyperplanes", &a.hyperplanes),
         ("--ks", &a.ks),
+        ("--r", &a.r),
         ("--do", &a.grads.dout),
         ("--dlse", &a.grads.dlse),
     ] {
@@ -587,6 +605,7 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
     for (flag, p) in [
         ("--out", &a.out),
         ("--lse", &a.lse),
+        ("--r-out", &a.r_out),
         ("--dq", &a.grads.dq),
         ("--dk", &a.grads.dk),
         ("--dv", &a.grads.dv),

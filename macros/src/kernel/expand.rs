@@ -439,6 +439,16 @@ fn dynamic_spec_tokens(s: &DynamicSpec) -> TokenStream {
             #common, sink: #sink, recent: #recent, k: #k, split: #split
         }),
         DynamicSpec::LseMerge { .. } => quote!(dynamic::DynamicSpec::LseMerge { #common }),
+        DynamicSpec::Longheads {
+            chunk,
+            chunks_per_query,
+            begin,
+            theta,
+            ..
+        } => quote!(dynamic::DynamicSpec::Longheads {
+            #common, chunk: #chunk, chunks_per_query: #chunks_per_query, begin: #begin,
+            theta: #theta
+        }),
     }
 }
 

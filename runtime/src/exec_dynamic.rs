@@ -290,6 +290,19 @@ fn check_longheads<T>(spec: &DynamicSpec, x: &DynInputs<T>) -> Result<(), ExecEr
             "pass the chunk summaries r [B, Hq, n_chunks, D] of the prefill (DynInputs::r, --r), or give Sq == Sk for a prefill",
         ));
     }
+    if let Some(r) = &x.r {
+        let (q, rs) = (x.q.shape, r.shape);
+        if (rs.batch, rs.heads, rs.dim) != (q.batch, q.heads, q.dim) {
+            return Err(input_err(
+                "r.shape",
+                format!(
+                    "[{}, {}, {}, {}] does not fit q [{}, {}, {}, {}]",
+                    rs.batch, rs.heads, rs.seq, rs.dim, q.batch, q.heads, q.seq, q.dim
+                ),
+                "pass the summaries [B, Hq, n_chunks, D] of a prefill of the same batch and query heads",
+            ));
+        }
+    }
     Ok(())
 }
 

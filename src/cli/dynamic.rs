@@ -256,6 +256,9 @@ fn check_typed<T: Element + SimElem>(
     }
     let x =
         inputs::<T>(df, seed).map_err(|m| CliError::failed(format!("{}: {m}", df.location())))?;
+    if matches!(df.spec, DynamicSpec::Longheads { .. }) && x.r.is_none() {
+        return check_longheads_prefill(df, &x, backend);
+    }
     let r = (|| {
         let run = exec_dynamic::run(&df.spec, &x, backend)?;
         let want = pipeline::reference(&df.spec, &x, Precision::F64)?;
@@ -263,6 +266,50 @@ fn check_typed<T: Element + SimElem>(
         Ok((run.output.clone(), want, naive, run))
     })();
     verdict_of(name, r, df)
+}
+
+/// LongHeads prefill, stage by stage: the summary kernel's `r` against the reference's (the
+/// relative oracle on `r`), then selection and attention against the reference given that
+/// `r`. The selection ranks `q . r`, discontinuous in `r` (variants.md section 0): the
+/// kernel's f32 `r` and the f64 one may order a near-tie differently, so the end-to-end
+/// output is not compared with the f64 prefill.
+fn check_longheads_prefill<T: Element + SimElem>(
+    df: &DynSpecFile,
+    x: &DynInputs<T>,
+    backend: &Backend,
+) -> Result<Verdict, CliError> {
+    let name = df.spec.canonical_name();
+    let p = exec_dynamic::longheads_params(&df.spec);
+    let as_out = |t: &Tensor4<f64>| AttnOutput {
+        out: t.data.clone(),
+        lse: vec![0.0; t.shape.batch * t.shape.heads * t.shape.seq],
+        shape: t.shape,
+    };
+    let r = (|| {
+        let run = exec_dynamic::run(&df.spec, x, backend)?;
+        let r = run.summaries.as_ref().map_or_else(
+            || Tensor4::from_fn(Shape4::new(0, 0, 0, 0), |_, _, _, _| 0.0),
+            |r| Tensor4::<f64>::from_fn(r.shape, |b, h, i, e| r.get(b, h, i, e)),
+        );
+        let want = attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::F64)?;
+        let naive =
+            attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::Naive)?;
+        let tol = Tolerance::for_dtype(attnforge::exec::reference_dtype(df.spec.dtype()));
+        if let Err(e) = assert_close(&as_out(&r), &as_out(&want), &as_out(&naive), tol.rtol, tol.atol) {
+            return Ok(Err(format!("summaries r: {e}")));
+        }
+        let want = attnforge::reference::longheads_attention(
+            &x.q, &x.k, &x.v, &r, &p, &AttnOptions::reference(),
+        )?;
+        let naive =
+            attnforge::reference::longheads_attention(&x.q, &x.k, &x.v, &r, &p, &AttnOptions::naive())?;
+        Ok(Ok((run.output.clone(), want, naive, run)))
+    })();
+    match r {
+        Ok(Err(m)) => Ok(Verdict::failed(name, m)),
+        Ok(Ok(x)) => verdict_of(name, Ok(x), df),
+        Err(e) => verdict_of(name, Err(e), df),
+    }
 }
 
 /// lse_merge: two partial results over disjoint key sets (even keys; odd keys of the first
@@ -602,14 +649,8 @@ fn longheads_files(
     f: &RunFiles<'_>,
     same_lengths: bool,
 ) -> Result<Option<Tensor4<f32>>, CliError> {
-    let name = df.spec.canonical_name();
     if !matches!(df.spec, DynamicSpec::Longheads { .. }) {
-        if f.r.is_some() || f.r_out.is_some() {
-            return Err(CliError::input(format!(
-                "{label}: --r / --r-out are LongHeads summaries; `{name}` does not take them\n  fix: remove them"
-            )));
-        }
-        return Ok(None);
+        return Ok(None); // refused before reading anything (run)
     }
     let Some(rp) = f.r else {
         if !same_lengths {
@@ -645,6 +686,12 @@ pub fn run(
         )));
     }
     let is_hax = matches!(df.spec, DynamicSpec::Hax { .. });
+    let is_longheads = matches!(df.spec, DynamicSpec::Longheads { .. });
+    if !is_longheads && (f.r.is_some() || f.r_out.is_some()) {
+        return Err(CliError::input(format!(
+            "{label}: --r / --r-out are LongHeads summaries; `{name}` does not take them\n  fix: remove them"
+        )));
+    }
     if !is_hax && (f.hyperplanes.is_some() || f.ks.is_some()) {
         return Err(CliError::input(format!(
             "{label}: --hyperplanes / --ks are HAX inputs; `{name}` does not take them\n  fix: remove them"

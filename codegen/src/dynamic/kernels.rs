@@ -227,30 +227,8 @@ impl Stage {
                 sizes(&mut v, false);
                 scalars(&mut v, &[S::KKs, S::KeyScoreBatchStride, S::KeyScoreMode]);
             }
-            Stage::LongheadsSummary => {
-                v.extend([input(B::Q), input(B::K), input(B::V), f32_out(B::Summaries)]);
-                sizes(&mut v, false);
-                scalars(&mut v, &[S::Chunk, S::Theta]);
-            }
-            Stage::LongheadsSelect => {
-                v.extend([input(B::Q), f32_in(B::Summaries), i32_out(B::Sel)]);
-                sizes(&mut v, true);
-                scalars(
-                    &mut v,
-                    &[
-                        S::SummaryChunks,
-                        S::Chunk,
-                        S::ChunksPerQuery,
-                        S::Begin,
-                        S::SelWidth,
-                    ],
-                );
-            }
-            Stage::LongheadsAttn => {
-                v.extend([input(B::Q), input(B::K), input(B::V), i32_in(B::Sel)]);
-                v.extend([buffer(B::O, t, true), f32_out(B::Lse)]);
-                sizes(&mut v, true);
-                scalars(&mut v, &[S::Chunk, S::SelWidth, S::Theta, S::Scale]);
+            Stage::LongheadsSummary | Stage::LongheadsSelect | Stage::LongheadsAttn => {
+                v = longheads_args(self, t);
             }
             Stage::HaxAttn => {
                 v.extend([input(B::Q2), input(B::K2), input(B::X)]);
@@ -329,6 +307,45 @@ impl Stage {
                 dynamic_smem_bytes: 0,
             },
             _ => per_row(p.seq_q, 0),
+        }
+    }
+}
+
+/// The LongHeads stages' arguments (see [`Stage::typed_args`]).
+fn longheads_args(stage: Stage, t: Elem) -> Vec<DynTypedArg> {
+    use DynBuffer as B;
+    use DynScalar as S;
+    let input = |b| buffer(b, t, false);
+    let sizes = [S::Batch, S::HeadsQ, S::HeadsKv, S::SeqQ, S::SeqK].map(scalar);
+    match stage {
+        Stage::LongheadsSummary => {
+            let mut v = vec![input(B::Q), input(B::K), input(B::V)];
+            v.push(buffer(B::Summaries, Elem::F32, true));
+            v.extend([S::Batch, S::HeadsQ, S::HeadsKv, S::Seq].map(scalar));
+            v.extend([S::Chunk, S::Theta].map(scalar));
+            v
+        }
+        Stage::LongheadsSelect => {
+            let mut v = vec![input(B::Q), buffer(B::Summaries, Elem::F32, false)];
+            v.push(buffer(B::Sel, Elem::I32, true));
+            v.extend(sizes);
+            let params = [
+                S::SummaryChunks,
+                S::Chunk,
+                S::ChunksPerQuery,
+                S::Begin,
+                S::SelWidth,
+            ];
+            v.extend(params.map(scalar));
+            v
+        }
+        _ => {
+            let mut v = vec![input(B::Q), input(B::K), input(B::V)];
+            v.push(buffer(B::Sel, Elem::I32, false));
+            v.extend([buffer(B::O, t, true), buffer(B::Lse, Elem::F32, true)]);
+            v.extend(sizes);
+            v.extend([S::Chunk, S::SelWidth, S::Theta, S::Scale].map(scalar));
+            v
         }
     }
 }

@@ -570,9 +570,12 @@ fn scalar_value(s: DynScalar, c: &ScalarSource<'_>, part: i32) -> Result<Val, Ex
             Ok(Val::F32(1.0 / (head_dim.get() as f32).sqrt()))
         }
         (S::Chunk, DynamicSpec::Longheads { chunk, .. }) => i32v("chunk", chunk),
-        (S::ChunksPerQuery, DynamicSpec::Longheads {
-            chunks_per_query, ..
-        }) => i32v("chunks_per_query", chunks_per_query),
+        (
+            S::ChunksPerQuery,
+            DynamicSpec::Longheads {
+                chunks_per_query, ..
+            },
+        ) => i32v("chunks_per_query", chunks_per_query),
         (S::Begin, DynamicSpec::Longheads { begin, .. }) => i32v("begin", begin),
         (S::Theta, DynamicSpec::Longheads { theta, .. }) => Ok(Val::F32(theta as f32)),
         (S::SelWidth, DynamicSpec::Longheads { .. }) => {

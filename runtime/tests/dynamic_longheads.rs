@@ -138,30 +138,43 @@ fn qkv<T: Element>(b: usize, hq: usize, hkv: usize, s: usize, d: usize, seed: u6
     )
 }
 
-/// Prefill, GQA (Hq = 4, Hkv = 2), 117 tokens (7 chunks of 16 and 5 more), B = 32: rows
-/// below and above B, chunk selection among up to 5 candidates.
-fn prefill<T: Element + SimElem>(dtype: DType, head_dim: HeadDim, m: usize, seed: u64) {
-    let s = spec(dtype, head_dim, 16, m, 32);
+/// Prefill, GQA (Hq = 4, Hkv = 2), 117 tokens (7 chunks of 16 and 5 more), `B` = 32 or 64:
+/// rows below and above B, chunk selection among up to 5 candidates (with B = 64 the row at
+/// t = B has a real selection, so an off-by-one at B shows).
+fn prefill<T: Element + SimElem>(
+    dtype: DType,
+    head_dim: HeadDim,
+    m: usize,
+    begin: usize,
+    seed: u64,
+) {
+    let s = spec(dtype, head_dim, 16, m, begin);
     let x = qkv::<T>(1, 4, 2, 117, head_dim.get(), seed);
     let (_, lists) = check_stages(&s, &x, &Backend::sim());
     // both kinds of rows are there, and a real selection among them
-    assert_eq!(lists[31], (0..=1).collect::<Vec<_>>(), "t = 31 < B: every chunk");
-    assert!(lists.iter().any(|l| l.len() == m && *l.last().unwrap() == 7));
+    assert_eq!(
+        lists[31],
+        (0..=1).collect::<Vec<_>>(),
+        "t = 31 < B: every chunk"
+    );
+    assert!(lists
+        .iter()
+        .any(|l| l.len() == m && *l.last().unwrap() == 7));
 }
 
 #[test]
 fn prefill_f16_gqa() {
-    prefill::<half::f16>(DType::F16, HeadDim::D64, 4, 1);
+    prefill::<half::f16>(DType::F16, HeadDim::D64, 4, 32, 1);
 }
 
 #[test]
 fn prefill_bf16_gqa() {
-    prefill::<half::bf16>(DType::Bf16, HeadDim::D64, 5, 2);
+    prefill::<half::bf16>(DType::Bf16, HeadDim::D64, 5, 32, 2);
 }
 
 #[test]
 fn prefill_f32_gqa() {
-    prefill::<f32>(DType::F32, HeadDim::D64, 4, 3);
+    prefill::<f32>(DType::F32, HeadDim::D64, 4, 64, 3);
 }
 
 /// Prefill q of 133 tokens; decoding rows are its last 3 with the summaries of the reference
@@ -197,7 +210,11 @@ fn ties_and_m_beyond_the_candidates() {
     assert_eq!(lists, vec![vec![0, 1, 2, 7, 8]; 2], "ties: lower chunks");
     let s = spec(DType::Bf16, HeadDim::D64, 16, 16, 32);
     let (_, lists) = check_stages(&s, &x, &Backend::sim());
-    assert_eq!(lists, vec![(0..=8).collect::<Vec<_>>(); 2], "M > candidates");
+    assert_eq!(
+        lists,
+        vec![(0..=8).collect::<Vec<_>>(); 2],
+        "M > candidates"
+    );
 }
 
 fn err_of<T: Element + SimElem>(s: &DynamicSpec, x: &DynInputs<T>) -> String {
@@ -212,8 +229,14 @@ fn bad_inputs_name_their_field() {
     let ok = spec(DType::F32, HeadDim::D64, 16, 4, 32);
     let x = qkv::<f32>(1, 2, 1, 70, 64, 5);
     let has = |e: String, field: &str| assert!(e.contains(field), "`{field}` not in: {e}");
-    has(err_of(&spec(DType::F32, HeadDim::D64, 16, 2, 32), &x), "longheads.chunks_per_query");
-    has(err_of(&spec(DType::F32, HeadDim::D64, 16, 4, 40), &x), "longheads.begin");
+    has(
+        err_of(&spec(DType::F32, HeadDim::D64, 16, 2, 32), &x),
+        "longheads.chunks_per_query",
+    );
+    has(
+        err_of(&spec(DType::F32, HeadDim::D64, 16, 4, 40), &x),
+        "longheads.begin",
+    );
     let mut dv = x.clone();
     dv.v = fracs(Shape4::new(1, 1, 70, 128), 3);
     has(err_of(&ok, &dv), "v.dim");

@@ -295,14 +295,31 @@ fn check_longheads_prefill<T: Element + SimElem>(
         let naive =
             attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::Naive)?;
         let tol = Tolerance::for_dtype(attnforge::exec::reference_dtype(df.spec.dtype()));
-        if let Err(e) = assert_close(&as_out(&r), &as_out(&want), &as_out(&naive), tol.rtol, tol.atol) {
+        if let Err(e) = assert_close(
+            &as_out(&r),
+            &as_out(&want),
+            &as_out(&naive),
+            tol.rtol,
+            tol.atol,
+        ) {
             return Ok(Err(format!("summaries r: {e}")));
         }
         let want = attnforge::reference::longheads_attention(
-            &x.q, &x.k, &x.v, &r, &p, &AttnOptions::reference(),
+            &x.q,
+            &x.k,
+            &x.v,
+            &r,
+            &p,
+            &AttnOptions::reference(),
         )?;
-        let naive =
-            attnforge::reference::longheads_attention(&x.q, &x.k, &x.v, &r, &p, &AttnOptions::naive())?;
+        let naive = attnforge::reference::longheads_attention(
+            &x.q,
+            &x.k,
+            &x.v,
+            &r,
+            &p,
+            &AttnOptions::naive(),
+        )?;
         Ok(Ok((run.output.clone(), want, naive, run)))
     })();
     match r {
@@ -398,7 +415,10 @@ fn geometry_formula(stage: Stage) -> (&'static str, &'static str) {
         Stage::HaxKeySelect => ("(Hq, B, 1); skipped when k_ks = 0", "8 * k_ks"),
         Stage::LseMerge => ("(ceil(B * Hq * Sq / 4), 1, 1)", "0"),
         Stage::LongheadsSummary => ("(ceil(floor(Sk / chunk) / 4), Hq, B)", "0"),
-        Stage::LongheadsSelect => ("(ceil(Sq / 4), Hq, B)", "4 * 8 * max(chunks_per_query - 3, 1)"),
+        Stage::LongheadsSelect => (
+            "(ceil(Sq / 4), Hq, B)",
+            "4 * 8 * max(chunks_per_query - 3, 1)",
+        ),
         _ => ("(ceil(Sq / 4), Hq, B)", "0"),
     }
 }
@@ -631,7 +651,8 @@ fn go<T: Element + SimElem>(
         RunBackend::Reference => {
             let out = pipeline::reference(&df.spec, &x, Precision::F64)?;
             let p = exec_dynamic::longheads_params(&df.spec);
-            let r = attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::F64)?;
+            let r =
+                attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::F64)?;
             let r = Tensor4::from_fn(r.shape, |b, h, i, e| r.get(b, h, i, e) as f32);
             return Ok((out, Some(r)));
         }

@@ -255,7 +255,7 @@ pub fn validate_dynamic(spec: &DynamicSpec) -> Result<(), Vec<SpecError>> {
         ));
     }
     if let DynamicSpec::Longheads { chunk, begin, .. } = *spec {
-        if chunk >= 1 && begin >= 1 && !begin.is_multiple_of(chunk) {
+        if chunk >= 1 && begin >= 1 && begin % chunk != 0 {
             e.push((
                 2,
                 SpecError::new(

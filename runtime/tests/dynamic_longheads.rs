@@ -117,8 +117,13 @@ fn check_stages<T: Element + SimElem>(
     let lists = kernel_lists(&got, longheads_sel_width(s));
     let want_lists = longheads_chunks(&x.q, &r, sk, &p, Precision::F64).unwrap();
     assert_eq!(lists, want_lists, "{name}: selected chunks");
-    let want = longheads_attention(&x.q, &x.k, &x.v, &r, &p, &AttnOptions::reference()).unwrap();
-    let naive = longheads_attention(&x.q, &x.k, &x.v, &r, &p, &AttnOptions::naive()).unwrap();
+    let (mut exact, mut same) = (AttnOptions::reference(), AttnOptions::naive());
+    if let Some(sc) = x.scale {
+        exact = exact.with_scale(f64::from(sc));
+        same = same.with_scale(f64::from(sc));
+    }
+    let want = longheads_attention(&x.q, &x.k, &x.v, &r, &p, &exact).unwrap();
+    let naive = longheads_attention(&x.q, &x.k, &x.v, &r, &p, &same).unwrap();
     assert_close(&got.output, &want, &naive, t.rtol, t.atol)
         .unwrap_or_else(|e| panic!("{name}: out/lse: {e}"));
     let w = p.chunk;
@@ -178,7 +183,7 @@ fn prefill_f32_gqa() {
 }
 
 /// Prefill q of 133 tokens; decoding rows are its last 3 with the summaries of the reference
-/// (f32) as the input `r`: selection + attention only.
+/// (f32) as the input `r`: selection + attention only; then with a non-default scale.
 #[test]
 fn decoding_rows_take_the_summaries() {
     let s = spec(DType::F16, HeadDim::D64, 16, 5, 32);
@@ -190,8 +195,13 @@ fn decoding_rows_take_the_summaries() {
     });
     let mut x = DynInputs::new(q, full.k.clone(), full.v.clone());
     x.r = Some(r32);
-    let (_, lists) = check_stages(&s, &x, &Backend::sim());
+    let (plain, lists) = check_stages(&s, &x, &Backend::sim());
     assert!(lists.iter().all(|l| l.len() == 5 && l[3..] == [7, 8]));
+    // The variant's scale reaches the attention (not the selection).
+    x.scale = Some(0.3);
+    let (scaled, lists2) = check_stages(&s, &x, &Backend::sim());
+    assert_eq!(lists, lists2);
+    assert_ne!(plain.output.lse, scaled.output.lse);
 }
 
 /// All-equal summaries: every candidate scores the same and the lowest ones are picked;

@@ -252,16 +252,20 @@ pub fn longheads_params(spec: &DynamicSpec) -> reference::LongHeadsParams {
     }
 }
 
-/// LongHeads: the width of a row's selection list, `max(M, B / w)` (rows at `t < B`
-/// list every chunk `0..=c`, at most `B / w`).
-pub fn longheads_sel_width(spec: &DynamicSpec) -> usize {
+/// LongHeads: the width of a row's selection list for `seq_k` keys,
+/// `max(M, min(B / w, ceil(Sk / w)))` (a row at `t < B` lists every chunk `0..=c`: at most
+/// `B / w`, and at most the chunks there are).
+pub fn longheads_sel_width(spec: &DynamicSpec, seq_k: usize) -> usize {
     match *spec {
         DynamicSpec::Longheads {
             chunk,
             chunks_per_query,
             begin,
             ..
-        } => chunks_per_query.max(begin / chunk.max(1)),
+        } => {
+            let w = chunk.max(1);
+            chunks_per_query.max((begin / w).min(seq_k.div_ceil(w)))
+        }
         _ => 0,
     }
 }
@@ -579,7 +583,7 @@ fn scalar_value(s: DynScalar, c: &ScalarSource<'_>, part: i32) -> Result<Val, Ex
         (S::Begin, DynamicSpec::Longheads { begin, .. }) => i32v("begin", begin),
         (S::Theta, DynamicSpec::Longheads { theta, .. }) => Ok(Val::F32(theta as f32)),
         (S::SelWidth, DynamicSpec::Longheads { .. }) => {
-            i32v("sel width", longheads_sel_width(c.spec))
+            i32v("sel width", longheads_sel_width(c.spec, p.seq_k))
         }
         (S::SummaryChunks, DynamicSpec::Longheads { .. }) => i32v("r.seq", c.summary_chunks),
         (S::KLsh, DynamicSpec::Hax { k_lsh, .. }) => i32v("k_lsh", k_lsh),
@@ -714,7 +718,7 @@ fn family_buffers<T>(
             ]
         }
         DynamicSpec::Longheads { chunk, .. } => {
-            let width = longheads_sel_width(spec);
+            let width = longheads_sel_width(spec, p.seq_k);
             bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; rows * width]));
             let r = match &x.r {
                 Some(r) => contiguous(r),

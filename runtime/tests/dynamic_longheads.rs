@@ -114,7 +114,7 @@ fn check_stages<T: Element + SimElem>(
         }
     };
     let sk = x.k.shape.seq;
-    let lists = kernel_lists(&got, longheads_sel_width(s));
+    let lists = kernel_lists(&got, longheads_sel_width(s, sk));
     let want_lists = longheads_chunks(&x.q, &r, sk, &p, Precision::F64).unwrap();
     assert_eq!(lists, want_lists, "{name}: selected chunks");
     let (mut exact, mut same) = (AttnOptions::reference(), AttnOptions::naive());

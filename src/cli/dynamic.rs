@@ -438,7 +438,7 @@ fn launch_note(stage: Stage, spec: &DynamicSpec) -> &'static str {
         ) => "once: sel = NULL, sel_width = 0 (every earlier block)",
         (Stage::LandmarkAttn, _) => "once: reads sel [rows, top_k] of landmark_select, sel_width = top_k",
         (Stage::LongheadsSummary, _) => "prefill only (Sq == Sk): writes r [B, Hq, floor(Sk / chunk), D] (f32); decoding skips it and passes r as an input",
-        (Stage::LongheadsSelect, _) => "once: writes sel [rows, sel_width], sel_width = max(chunks_per_query, begin / chunk), -1 padded; n_chunks = r's third extent",
+        (Stage::LongheadsSelect, _) => "once: writes sel [rows, sel_width], sel_width = max(chunks_per_query, min(begin / chunk, ceil(Sk / chunk))), -1 padded; n_chunks = r's third extent",
         (Stage::LongheadsAttn, _) => "once: reads sel of longheads_select, sel_width as there",
         _ => "once",
     }

@@ -145,7 +145,7 @@ pub enum DynScalar {
     /// Landmark retrieval: blocks selected per row.
     TopK,
     /// Width of the selection list (landmark: `top_k`, 0 in training; LongHeads:
-    /// `max(M, B / w)`).
+    /// `max(M, min(B / w, ceil(Sk / w)))`).
     SelWidth,
     /// Top-k: sink keys of the static window (`sink`, kernel `s_start`).
     Sink,

@@ -53,7 +53,7 @@ pub enum Stage {
     LseMerge,
     /// LongHeads: the summary `r_c` of every complete chunk (prefill only) -> `r`.
     LongheadsSummary,
-    /// LongHeads: the selected chunks per row -> `sel [rows, max(M, B / w)]`.
+    /// LongHeads: the selected chunks per row -> `sel [rows, sel_width]`, `sel_width = max(M, min(B / w, ceil(Sk / w)))`.
     LongheadsSelect,
     /// LongHeads: attention over the selected chunks, RoPE at the compressed positions.
     LongheadsAttn,

@@ -65,6 +65,9 @@ pub struct DynInputs<T> {
     pub hax: Option<HaxExtra>,
     /// Score scale; `None`: `1/sqrt(D)` (HAX: 1).
     pub scale: Option<f32>,
+    /// LongHeads decoding: the chunk summaries `r [B, Hq, n_chunks, D]` (f32) of an earlier
+    /// prefill. `None`: prefill (`Sq == Sk`), the summary kernel computes them.
+    pub r: Option<Tensor4<f32>>,
 }
 
 impl<T> DynInputs<T> {
@@ -76,6 +79,7 @@ impl<T> DynInputs<T> {
             v,
             hax: None,
             scale: None,
+            r: None,
         }
     }
 }
@@ -92,6 +96,9 @@ pub struct DynRun {
     /// Integer buffers written by the selection stages (`sel`, `code_q`, `code_k`,
     /// `lsh_head`, `lsh_prev`, `ks_idx`, `ks_thr`), for inspection and tests.
     pub indices: BTreeMap<String, Vec<i32>>,
+    /// LongHeads prefill: the summaries `r [B, Hq, floor(Sk / w), D]` the summary kernel
+    /// wrote (`None` otherwise, and in the reports of [`check`] and [`compare`]).
+    pub summaries: Option<Tensor4<f32>>,
 }
 
 /// Verdict of [`check`].
@@ -207,6 +214,16 @@ pub fn reference_output<T: Element>(
             reference::topk_attention(&x.q, &x.k, &x.v, &p, &opts)?
         }
         DynamicSpec::Recycled { .. } => return Err(crate::exec_recycled::not_a_pipeline()),
+        DynamicSpec::Longheads { .. } => {
+            let p = longheads_params(spec);
+            match &x.r {
+                Some(r) => {
+                    let r = Tensor4::<f64>::from_fn(r.shape, |b, h, i, e| r.get(b, h, i, e));
+                    reference::longheads_attention(&x.q, &x.k, &x.v, &r, &p, &opts)?
+                }
+                None => reference::longheads_prefill(&x.q, &x.k, &x.v, &p, &opts)?,
+            }
+        }
         DynamicSpec::LseMerge { .. } => {
             return Err(input_err(
                 "spec",
@@ -215,6 +232,83 @@ pub fn reference_output<T: Element>(
             ))
         }
     })
+}
+
+/// The reference's parameters of a [`DynamicSpec::Longheads`] (defaults for any other).
+pub fn longheads_params(spec: &DynamicSpec) -> reference::LongHeadsParams {
+    match *spec {
+        DynamicSpec::Longheads {
+            chunk,
+            chunks_per_query,
+            begin,
+            theta,
+            ..
+        } => reference::LongHeadsParams {
+            chunk,
+            chunks_per_query,
+            begin,
+            theta: theta as f64,
+        },
+        _ => reference::LongHeadsParams::default(),
+    }
+}
+
+/// LongHeads: the width of a row's selection list for `seq_k` keys,
+/// `max(M, min(B / w, ceil(Sk / w)))` (a row at `t < B` lists every chunk `0..=c`: at most
+/// `B / w`, and at most the chunks there are).
+pub fn longheads_sel_width(spec: &DynamicSpec, seq_k: usize) -> usize {
+    match *spec {
+        DynamicSpec::Longheads {
+            chunk,
+            chunks_per_query,
+            begin,
+            ..
+        } => {
+            let w = chunk.max(1);
+            chunks_per_query.max((begin / w).min(seq_k.div_ceil(w)))
+        }
+        _ => 0,
+    }
+}
+
+/// LongHeads input checks the reference does not make: decoding rows need the summaries
+/// (`r`), and prefill (no `r`) needs `Dv == D` and `Sq == Sk`.
+fn check_longheads<T>(spec: &DynamicSpec, x: &DynInputs<T>) -> Result<(), ExecError> {
+    if !matches!(spec, DynamicSpec::Longheads { .. }) {
+        return if x.r.is_some() {
+            Err(input_err(
+                "r",
+                format!("`{}` takes no summaries", spec.canonical_name()),
+                "remove r (only longheads decoding takes the chunk summaries)",
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    if x.r.is_none() && x.q.shape.seq != x.k.shape.seq {
+        return Err(input_err(
+            "r",
+            format!(
+                "Sq = {} < Sk = {} (decoding rows) but no summaries were given",
+                x.q.shape.seq, x.k.shape.seq
+            ),
+            "pass the chunk summaries r [B, Hq, n_chunks, D] of the prefill (DynInputs::r, --r), or give Sq == Sk for a prefill",
+        ));
+    }
+    if let Some(r) = &x.r {
+        let (q, rs) = (x.q.shape, r.shape);
+        if (rs.batch, rs.heads, rs.dim) != (q.batch, q.heads, q.dim) {
+            return Err(input_err(
+                "r.shape",
+                format!(
+                    "[{}, {}, {}, {}] does not fit q [{}, {}, {}, {}]",
+                    rs.batch, rs.heads, rs.seq, rs.dim, q.batch, q.heads, q.seq, q.dim
+                ),
+                "pass the summaries [B, Hq, n_chunks, D] of a prefill of the same batch and query heads",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn hax_extra<T>(x: &DynInputs<T>) -> Result<&HaxExtra, ExecError> {
@@ -387,6 +481,8 @@ struct ScalarSource<'a> {
     rows: usize,
     scale: f32,
     hax: Option<&'a HaxExtra>,
+    /// LongHeads: chunks of the summaries (given `r`, or `floor(Sk / w)` in prefill).
+    summary_chunks: usize,
 }
 
 impl<'a> ScalarSource<'a> {
@@ -400,6 +496,11 @@ impl<'a> ScalarSource<'a> {
                 _ => 1.0 / (spec.head_dim().get() as f32).sqrt(),
             }),
             hax: x.hax.as_ref(),
+            summary_chunks: match (&x.r, spec) {
+                (Some(r), _) => r.shape.seq,
+                (None, DynamicSpec::Longheads { chunk, .. }) => p.seq_k / chunk.max(&1),
+                _ => 0,
+            },
         }
     }
 
@@ -473,6 +574,19 @@ fn scalar_value(s: DynScalar, c: &ScalarSource<'_>, part: i32) -> Result<Val, Ex
         (S::PoolScale, DynamicSpec::Cca { head_dim, .. }) => {
             Ok(Val::F32(1.0 / (head_dim.get() as f32).sqrt()))
         }
+        (S::Chunk, DynamicSpec::Longheads { chunk, .. }) => i32v("chunk", chunk),
+        (
+            S::ChunksPerQuery,
+            DynamicSpec::Longheads {
+                chunks_per_query, ..
+            },
+        ) => i32v("chunks_per_query", chunks_per_query),
+        (S::Begin, DynamicSpec::Longheads { begin, .. }) => i32v("begin", begin),
+        (S::Theta, DynamicSpec::Longheads { theta, .. }) => Ok(Val::F32(theta as f32)),
+        (S::SelWidth, DynamicSpec::Longheads { .. }) => {
+            i32v("sel width", longheads_sel_width(c.spec, p.seq_k))
+        }
+        (S::SummaryChunks, DynamicSpec::Longheads { .. }) => i32v("r.seq", c.summary_chunks),
         (S::KLsh, DynamicSpec::Hax { k_lsh, .. }) => i32v("k_lsh", k_lsh),
         (S::KKs, DynamicSpec::Hax { k_ks, .. }) => Ok(Val::I32(k_ks as i32)),
         (S::HashBits, DynamicSpec::Hax { .. }) => Ok(Val::I32(hax()?.hyperplanes.shape.dim as i32)),
@@ -501,7 +615,12 @@ fn scalar_value(s: DynScalar, c: &ScalarSource<'_>, part: i32) -> Result<Val, Ex
             | S::HyperplaneBatchStride
             | S::HyperplaneMode
             | S::KeyScoreBatchStride
-            | S::KeyScoreMode,
+            | S::KeyScoreMode
+            | S::Chunk
+            | S::ChunksPerQuery
+            | S::Begin
+            | S::Theta
+            | S::SummaryChunks,
             _,
         ) => Err(not_in_family()),
     }
@@ -600,6 +719,16 @@ fn family_buffers<T>(
             ]
         }
         DynamicSpec::Recycled { .. } => return Err(crate::exec_recycled::not_a_pipeline()),
+        DynamicSpec::Longheads { chunk, .. } => {
+            let width = longheads_sel_width(spec, p.seq_k);
+            bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; rows * width]));
+            let r = match &x.r {
+                Some(r) => contiguous(r),
+                None => vec![f32::NAN; p.batch * p.heads_q * (p.seq_k / chunk) * d],
+            };
+            bufs.insert(DynBuffer::Summaries, Buf::F32(r));
+            vec![DynBuffer::Sel]
+        }
         DynamicSpec::LseMerge { .. } => {
             return Err(input_err(
                 "spec",
@@ -615,8 +744,12 @@ fn launch_stages<T: Element + SimElem>(
     mach: &mut Machine<'_, T>,
     spec: &DynamicSpec,
     p: &Shape,
+    summaries_given: bool,
 ) -> Result<(), ExecError> {
     for stage in spec.stages() {
+        if stage == Stage::LongheadsSummary && summaries_given {
+            continue; // decoding: the summaries are an input
+        }
         let kern = emit_stage(spec, stage).map_err(ExecError::Spec)?;
         let geo = stage.geometry(spec, p);
         match stage {
@@ -639,6 +772,7 @@ pub fn run<T: Element + SimElem>(
 ) -> Result<DynRun, ExecError> {
     validate_dynamic(spec).map_err(ExecError::Spec)?;
     // The reference's input checks first (shapes, lengths, HAX extras): typed errors.
+    check_longheads(spec, x)?;
     let _ = reference_output(spec, x, Precision::Naive)?;
     let d = spec.head_dim().get();
     let p = shape_of(spec, x)?;
@@ -653,6 +787,7 @@ pub fn run<T: Element + SimElem>(
             counters: SimCounters::default(),
             stages: Vec::new(),
             indices,
+            summaries: None,
         });
     }
     let qkv = if matches!(spec, DynamicSpec::Hax { .. }) {
@@ -674,8 +809,15 @@ pub fn run<T: Element + SimElem>(
         stages: Vec::new(),
         total: SimCounters::default(),
     };
-    launch_stages(&mut mach, spec, &p)?;
+    launch_stages(&mut mach, spec, &p, x.r.is_some())?;
     let mut bufs = mach.bufs;
+    let summaries = match (spec, &x.r, bufs.remove(&DynBuffer::Summaries)) {
+        (DynamicSpec::Longheads { chunk, .. }, None, Some(Buf::F32(r))) => Some(
+            Tensor4::from_vec(Shape4::new(p.batch, p.heads_q, p.seq_k / chunk, d), r)
+                .map_err(ExecError::from)?,
+        ),
+        _ => None,
+    };
     for b in idx_bufs {
         if let Some(Buf::I32(v)) = bufs.remove(&b) {
             indices.insert(b.name().to_string(), v);
@@ -695,6 +837,7 @@ pub fn run<T: Element + SimElem>(
         counters: mach.total,
         stages: mach.stages,
         indices,
+        summaries,
     })
 }
 
@@ -714,6 +857,7 @@ pub fn check<T: Element + SimElem>(
             counters: r.run.counters.unwrap_or_default(),
             stages: r.run.stages,
             indices: r.run.indices,
+            summaries: None,
         },
     })
 }
@@ -745,6 +889,7 @@ pub fn compare(
             counters: r.run.counters.unwrap_or_default(),
             stages: r.run.stages,
             indices: r.run.indices,
+            summaries: None,
         },
     })
 }
@@ -797,6 +942,7 @@ pub fn merge<T: Element + SimElem>(
             rows,
             scale: 1.0,
             hax: None,
+            summary_chunks: 0,
         },
         backend,
         stages: Vec::new(),
@@ -819,6 +965,7 @@ pub fn merge<T: Element + SimElem>(
         counters: mach.total,
         stages: mach.stages,
         indices: BTreeMap::new(),
+        summaries: None,
     })
 }
 

@@ -34,6 +34,9 @@ pub const LARGE: f32 = 16.0;
 /// share of the softmax is too small for the oracle to see the pooling; a 64-key window
 /// with 8 pooled groups and GQA (`Hq = 4, Hkv = 2`, batch 2) makes the core tokens weigh.
 pub fn dynamic_extra(df: &DynSpecFile) -> Option<(String, DynSpecFile)> {
+    if let DynamicSpec::Longheads { .. } = df.spec {
+        return longheads_extra(df);
+    }
     let DynamicSpec::Cca { group, .. } = df.spec else {
         return None;
     };
@@ -53,6 +56,32 @@ pub fn dynamic_extra(df: &DynSpecFile) -> Option<(String, DynSpecFile)> {
     f.problem.seq_k = seq;
     let label = format!("window {window}, B2 Hq4 Hkv2 S{seq}");
     Some((label, f))
+}
+
+/// LongHeads: the catalog's own problem is decoding rows at the default sizes (w = 256,
+/// B = 4096), too long for the summary kernel on the simulator; the extra problem is a
+/// prefill (all three kernels) with w = 16, M = 4, B = 32, 117 tokens (rows below and above
+/// B, 5 candidate chunks), GQA (`Hq = 4, Hkv = 2`).
+fn longheads_extra(df: &DynSpecFile) -> Option<(String, DynSpecFile)> {
+    if df.path.is_some() {
+        return None;
+    }
+    let mut f = df.clone();
+    if let DynamicSpec::Longheads {
+        chunk,
+        chunks_per_query,
+        begin,
+        ..
+    } = &mut f.spec
+    {
+        (*chunk, *chunks_per_query, *begin) = (16, 4, 32);
+    }
+    f.problem.batch = 1;
+    f.problem.heads_q = 4;
+    f.problem.heads_kv = 2;
+    f.problem.seq_q = 117;
+    f.problem.seq_k = 117;
+    Some(("prefill w16 M4 B32, Hq4 Hkv2 S117".into(), f))
 }
 
 /// One problem of the suite: a full spec file (spec, runtime parameters, `[problem]` sizes

@@ -159,6 +159,17 @@ fn inputs<T: Element>(df: &DynSpecFile, seed: u64) -> Result<DynInputs<T>, Strin
         _ => DynInputs::new(fracs(qs, seed, 1), fracs(ks, seed, 2), fracs(ks, seed, 3)),
     };
     x.scale = df.scale;
+    if let DynamicSpec::Longheads { chunk, .. } = df.spec {
+        if p.seq_q < p.seq_k {
+            // Decoding rows: summaries of multiples of 1/16, so q . r is exact in f32 and
+            // the kernel and the reference rank the same exact scores.
+            x.r = Some(fracs(
+                Shape4::new(p.batch, p.heads_q, p.seq_k / chunk, d),
+                seed,
+                5,
+            ));
+        }
+    }
     if let DynamicSpec::Hax { hash_bits, .. } = df.spec {
         let hs = df.hyperplane_sharing;
         let hp_shape = Shape4::new(1, heads_of(hs, p.heads_q, p.heads_kv), d, hash_bits);
@@ -245,6 +256,9 @@ fn check_typed<T: Element + SimElem>(
     }
     let x =
         inputs::<T>(df, seed).map_err(|m| CliError::failed(format!("{}: {m}", df.location())))?;
+    if matches!(df.spec, DynamicSpec::Longheads { .. }) && x.r.is_none() {
+        return check_longheads_prefill(df, &x, backend);
+    }
     let r = (|| {
         let run = exec_dynamic::run(&df.spec, &x, backend)?;
         let want = pipeline::reference(&df.spec, &x, Precision::F64)?;
@@ -252,6 +266,67 @@ fn check_typed<T: Element + SimElem>(
         Ok((run.output.clone(), want, naive, run))
     })();
     verdict_of(name, r, df)
+}
+
+/// LongHeads prefill, stage by stage: the summary kernel's `r` against the reference's (the
+/// relative oracle on `r`), then selection and attention against the reference given that
+/// `r`. The selection ranks `q . r`, discontinuous in `r` (variants.md section 0): the
+/// kernel's f32 `r` and the f64 one may order a near-tie differently, so the end-to-end
+/// output is not compared with the f64 prefill.
+fn check_longheads_prefill<T: Element + SimElem>(
+    df: &DynSpecFile,
+    x: &DynInputs<T>,
+    backend: &Backend,
+) -> Result<Verdict, CliError> {
+    let name = df.spec.canonical_name();
+    let p = exec_dynamic::longheads_params(&df.spec);
+    let as_out = |t: &Tensor4<f64>| AttnOutput {
+        out: t.data.clone(),
+        lse: vec![0.0; t.shape.batch * t.shape.heads * t.shape.seq],
+        shape: t.shape,
+    };
+    let r = (|| {
+        let run = exec_dynamic::run(&df.spec, x, backend)?;
+        let r = run.summaries.as_ref().map_or_else(
+            || Tensor4::from_fn(Shape4::new(0, 0, 0, 0), |_, _, _, _| 0.0),
+            |r| Tensor4::<f64>::from_fn(r.shape, |b, h, i, e| r.get(b, h, i, e)),
+        );
+        let want = attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::F64)?;
+        let naive =
+            attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::Naive)?;
+        let tol = Tolerance::for_dtype(attnforge::exec::reference_dtype(df.spec.dtype()));
+        if let Err(e) = assert_close(
+            &as_out(&r),
+            &as_out(&want),
+            &as_out(&naive),
+            tol.rtol,
+            tol.atol,
+        ) {
+            return Ok(Err(format!("summaries r: {e}")));
+        }
+        let want = attnforge::reference::longheads_attention(
+            &x.q,
+            &x.k,
+            &x.v,
+            &r,
+            &p,
+            &AttnOptions::reference(),
+        )?;
+        let naive = attnforge::reference::longheads_attention(
+            &x.q,
+            &x.k,
+            &x.v,
+            &r,
+            &p,
+            &AttnOptions::naive(),
+        )?;
+        Ok(Ok((run.output.clone(), want, naive, run)))
+    })();
+    match r {
+        Ok(Err(m)) => Ok(Verdict::failed(name, m)),
+        Ok(Ok(x)) => verdict_of(name, Ok(x), df),
+        Err(e) => verdict_of(name, Err(e), df),
+    }
 }
 
 /// lse_merge: two partial results over disjoint key sets (even keys; odd keys of the first
@@ -342,6 +417,11 @@ fn geometry_formula(stage: Stage) -> (&'static str, &'static str) {
         Stage::HaxHash => ("(Hq, B, 1)", "4 * (4 * D + 2^hash_bits)"),
         Stage::HaxKeySelect => ("(Hq, B, 1); skipped when k_ks = 0", "8 * k_ks"),
         Stage::LseMerge => ("(ceil(B * Hq * Sq / 4), 1, 1)", "0"),
+        Stage::LongheadsSummary => ("(ceil(floor(Sk / chunk) / 4), Hq, B)", "0"),
+        Stage::LongheadsSelect => (
+            "(ceil(Sq / 4), Hq, B)",
+            "4 * 8 * max(chunks_per_query - 3, 1)",
+        ),
         _ => ("(ceil(Sq / 4), Hq, B)", "0"),
     }
 }
@@ -360,6 +440,9 @@ fn launch_note(stage: Stage, spec: &DynamicSpec) -> &'static str {
             },
         ) => "once: sel = NULL, sel_width = 0 (every earlier block)",
         (Stage::LandmarkAttn, _) => "once: reads sel [rows, top_k] of landmark_select, sel_width = top_k",
+        (Stage::LongheadsSummary, _) => "prefill only (Sq == Sk): writes r [B, Hq, floor(Sk / chunk), D] (f32); decoding skips it and passes r as an input",
+        (Stage::LongheadsSelect, _) => "once: writes sel [rows, sel_width], sel_width = max(chunks_per_query, min(begin / chunk, ceil(Sk / chunk))), -1 padded; n_chunks = r's third extent",
+        (Stage::LongheadsAttn, _) => "once: reads sel of longheads_select, sel_width as there",
         _ => "once",
     }
 }
@@ -516,6 +599,10 @@ pub struct RunFiles<'a> {
     pub v: &'a Path,
     pub hyperplanes: Option<&'a Path>,
     pub ks: Option<&'a Path>,
+    /// LongHeads decoding: the summaries r (f32 .npy).
+    pub r: Option<&'a Path>,
+    /// LongHeads prefill: where to write the summaries r.
+    pub r_out: Option<&'a Path>,
 }
 
 fn sharing_from_heads(
@@ -544,20 +631,68 @@ fn mk<T>(
     q: Tensor4<T>,
     k: Tensor4<T>,
     v: Tensor4<T>,
-    extra: Option<HaxExtra>,
+    (extra, r): (Option<HaxExtra>, Option<Tensor4<f32>>),
 ) -> DynInputs<T> {
     let mut x = DynInputs::new(q, k, v);
     x.scale = df.scale;
     x.hax = extra;
+    x.r = r;
     x
 }
 
+/// The output, and for a LongHeads prefill the summaries r (the kernel's, or the f64
+/// reference's rounded to f32 on the reference backend).
 fn go<T: Element + SimElem>(
     df: &DynSpecFile,
     x: DynInputs<T>,
     at: RunBackend,
-) -> Result<AttnOutput, ExecError> {
-    super::run::execute(&df.spec, &x, at)
+) -> Result<(AttnOutput, Option<Tensor4<f32>>), ExecError> {
+    if !matches!(df.spec, DynamicSpec::Longheads { .. }) || x.r.is_some() {
+        return Ok((super::run::execute(&df.spec, &x, at)?, None));
+    }
+    let backend = match at {
+        RunBackend::Reference => {
+            let out = pipeline::reference(&df.spec, &x, Precision::F64)?;
+            let p = exec_dynamic::longheads_params(&df.spec);
+            let r =
+                attnforge::reference::longheads_summaries(&x.q, &x.k, &x.v, &p, Precision::F64)?;
+            let r = Tensor4::from_fn(r.shape, |b, h, i, e| r.get(b, h, i, e) as f32);
+            return Ok((out, Some(r)));
+        }
+        RunBackend::Sim => Backend::sim(),
+        RunBackend::Cuda => Backend::Cuda(0),
+    };
+    let run = exec_dynamic::run(&df.spec, &x, &backend)?;
+    Ok((run.output, run.summaries))
+}
+
+/// LongHeads' `--r` (read, f32) and the `--r` / `--r-out` rules.
+fn longheads_files(
+    df: &DynSpecFile,
+    label: &str,
+    f: &RunFiles<'_>,
+    same_lengths: bool,
+) -> Result<Option<Tensor4<f32>>, CliError> {
+    if !matches!(df.spec, DynamicSpec::Longheads { .. }) {
+        return Ok(None); // refused before reading anything (run)
+    }
+    let Some(rp) = f.r else {
+        if !same_lengths {
+            return Err(CliError::input(format!(
+                "{label}: r: decoding rows (q shorter than k) need the chunk summaries of the prefill\n  fix: pass --r r.npy (f32 [B, Hq, n_chunks, D], written by a prefill run with --r-out)"
+            )));
+        }
+        return Ok(None);
+    };
+    if f.r_out.is_some() {
+        return Err(CliError::input(format!(
+            "{label}: --r-out with --r: a decoding run computes no summaries\n  fix: drop --r-out (or --r for a prefill, Sq == Sk)"
+        )));
+    }
+    let AnyTensor::F32(r) = read_tensor(rp, DType::F32).map_err(CliError::input)? else {
+        unreachable!("read_tensor returns f32")
+    };
+    Ok(Some(r))
 }
 
 /// `attnforge run` of a dynamic spec: the pipeline's output on q/k/v (HAX: q2/k2/x plus
@@ -575,6 +710,12 @@ pub fn run(
         )));
     }
     let is_hax = matches!(df.spec, DynamicSpec::Hax { .. });
+    let is_longheads = matches!(df.spec, DynamicSpec::Longheads { .. });
+    if !is_longheads && (f.r.is_some() || f.r_out.is_some()) {
+        return Err(CliError::input(format!(
+            "{label}: --r / --r-out are LongHeads summaries; `{name}` does not take them\n  fix: remove them"
+        )));
+    }
     if !is_hax && (f.hyperplanes.is_some() || f.ks.is_some()) {
         return Err(CliError::input(format!(
             "{label}: --hyperplanes / --ks are HAX inputs; `{name}` does not take them\n  fix: remove them"
@@ -594,6 +735,7 @@ pub fn run(
     );
     super::run::check_magnitudes(label, [(f.q, &q), (f.k, &k), (f.v, &v)], scale)?;
     let (hq, hkv) = (q.shape().heads, k.shape().heads);
+    let r = longheads_files(df, label, f, q.shape().seq == k.shape().seq)?;
     let extra = if is_hax {
         let (Some(hp), Some(ks)) = (f.hyperplanes, f.ks) else {
             return Err(CliError::input(format!(
@@ -615,6 +757,7 @@ pub fn run(
     } else {
         None
     };
+    let extra = (extra, r);
     let res = match (q, k, v) {
         (AnyTensor::F32(q), AnyTensor::F32(k), AnyTensor::F32(v)) => {
             go(df, mk(df, q, k, v, extra), at)
@@ -627,10 +770,26 @@ pub fn run(
         }
         _ => unreachable!("read_tensor returns the spec's dtype"),
     };
-    res.map_err(|e| match e {
+    let (out, summaries) = res.map_err(|e| match e {
         ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_) => {
             CliError::input(format!("{label}: {e}"))
         }
         e => CliError::failed(format!("{label}: {e}")),
-    })
+    })?;
+    if let (Some(path), Some(r)) = (f.r_out, summaries) {
+        let s = r.shape;
+        let shape = [s.batch, s.heads, s.seq, s.dim].map(|x| x as u64);
+        attnforge::npy::write_staged(path, &shape, &r.data)
+            .and_then(|st| st.commit())
+            .map_err(CliError::input)?;
+        println!(
+            "{name}: wrote {} [{}, {}, {}, {}] (chunk summaries)",
+            path.display(),
+            s.batch,
+            s.heads,
+            s.seq,
+            s.dim
+        );
+    }
+    Ok(out)
 }

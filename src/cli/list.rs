@@ -19,19 +19,18 @@ pub struct ListArgs {
     /// head_dim, params, kernels, spec}.
     #[arg(long)]
     json: bool,
-    /// Only this family: flash_fwd (the static kernels), landmark, hax, cca, topk, recycled, lse_merge.
+    /// Only this family: flash_fwd (the static kernels) or a data-dependent family (landmark,
+    /// hax, cca, topk, recycled, lse_merge, longheads: the dynamic family table).
     #[arg(long)]
     family: Option<String>,
 }
 
-const FAMILIES: [&str; 6] = [STATIC_FAMILY, "landmark", "hax", "cca", "topk", "lse_merge"];
-
 pub fn run(a: ListArgs) -> Result<(), CliError> {
     if let Some(f) = &a.family {
-        if !FAMILIES.contains(&f.as_str()) {
+        if f != STATIC_FAMILY && attnforge::codegen::dynamic::family(f).is_none() {
             return Err(CliError::input(format!(
-                "unknown family `{f}`\n  fix: use one of {}",
-                FAMILIES.join(", ")
+                "unknown family `{f}`\n  fix: use one of {STATIC_FAMILY}, {}",
+                attnforge::codegen::dynamic::family_tags()
             )));
         }
     }

@@ -61,9 +61,11 @@ steps), --q-raw (the same queries un-rotated, same shape), k, v [B, Hkv, Sk, D] 
 prints each step's kind per batch element and keys read, writes out [B, Hq, T, D] and
 lse [B, Hq, T] (backends sim and reference).
   attnforge run examples/specs/recycled.toml --q q.npy --q-raw q_raw.npy --k k.npy --v v.npy --out o.npy
+LongHeads: a prefill (Sq == Sk) writes the chunk summaries with --r-out r.npy (f32
+[B, Hq, floor(Sk / chunk), D]); decoding rows (Sq < Sk) read them with --r r.npy.
 
 Serving layouts (a spec with layout = \"varlen\" | \"paged\" | \"decode\" | \"decode_varlen\",
-docs/serving.md; backends sim and reference): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1];
+docs/serving.md; backends sim, reference and cuda): q packed [Tq, Hq, D] with --cu-seqlens-q [B + 1];
 varlen k, v [Tk, Hkv, D] with --cu-seqlens-k [B + 1]; paged k, v caches [num_pages, page_size,
 Hkv, D] with --block-table [B, max_pages] and --seqlens-k [B] (int32 .npy); --doc ids packed
 like the keys [Tk]. Decode (1..16 tokens per sequence; decode: paged keys, decode_varlen:
@@ -125,6 +127,12 @@ pub struct RunArgs {
     /// HAX only: key-selection scores, f32 [1|B, H', S, 1] (H' = 1, Hq or Hkv).
     #[arg(long)]
     pub(super) ks: Option<PathBuf>,
+    /// LongHeads decoding only: the chunk summaries r of a prefill, f32 [B, Hq, n_chunks, D].
+    #[arg(long)]
+    pub(super) r: Option<PathBuf>,
+    /// LongHeads prefill only: write the chunk summaries r here (f32 [B, Hq, floor(Sk / chunk), D]).
+    #[arg(long)]
+    pub(super) r_out: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "sim")]
     pub(super) backend: RunBackend,
@@ -263,6 +271,8 @@ pub(super) fn run_dynamic(df: &DynSpecFile, a: &RunArgs) -> Result<AttnOutput, C
         v: &a.v,
         hyperplanes: a.hyperplanes.as_deref(),
         ks: a.ks.as_deref(),
+        r: a.r.as_deref(),
+        r_out: a.r_out.as_deref(),
     };
     let recycled = super::recycled::is_recycled(&df.spec);
     if a.q_raw.is_some() && !recycled {
@@ -329,6 +339,13 @@ pub(super) fn static_inputs(
     if a.hyperplanes.is_some() || a.ks.is_some() {
         return Err(CliError::input(format!(
             "{}: --hyperplanes / --ks are HAX inputs; `{}` does not take them\n  fix: remove them",
+            a.spec,
+            sf.spec.canonical_name()
+        )));
+    }
+    if a.r.is_some() || a.r_out.is_some() {
+        return Err(CliError::input(format!(
+            "{}: --r / --r-out are LongHeads summaries; `{}` does not take them\n  fix: remove them",
             a.spec,
             sf.spec.canonical_name()
         )));
@@ -593,6 +610,7 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
         ("--doc", &a.doc),
         ("--hyperplanes", &a.hyperplanes),
         ("--ks", &a.ks),
+        ("--r", &a.r),
         ("--do", &a.grads.dout),
         ("--dlse", &a.grads.dlse),
     ] {
@@ -619,6 +637,7 @@ fn check_output_paths(a: &RunArgs, any: &AnySpecFile) -> Result<(), CliError> {
     for (flag, p) in [
         ("--out", &a.out),
         ("--lse", &a.lse),
+        ("--r-out", &a.r_out),
         ("--dq", &a.grads.dq),
         ("--dk", &a.grads.dk),
         ("--dv", &a.grads.dv),

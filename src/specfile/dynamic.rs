@@ -15,7 +15,7 @@ use super::load::problem_limits;
 use super::{default_seq, AnySpecFile, Problem, SpecFileError, SpecFileErrors};
 
 /// The dynamic family names of `family = ".."`.
-pub const DYNAMIC_FAMILIES: &str = "landmark, hax, cca, topk, recycled, lse_merge";
+pub const DYNAMIC_FAMILIES: &str = "landmark, hax, cca, topk, recycled, lse_merge, longheads";
 
 /// A parsed, validated spec file of a data-dependent family ([`DynamicSpec`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -585,7 +585,7 @@ fn check_problem(p: &mut Problem, h: &Head, e: &mut Errs) {
             ),
             "make seq_q equal to seq_k",
         ),
-        Some("landmark" | "topk") if p.seq_q > p.seq_k => e.push(
+        Some("landmark" | "topk" | "longheads") if p.seq_q > p.seq_k => e.push(
             "problem.seq_q",
             format!("seq_q = {} is larger than seq_k = {}", p.seq_q, p.seq_k),
             "use seq_q <= seq_k (queries are the last seq_q positions)",
@@ -766,6 +766,9 @@ pub fn dyn_from_catalog(spec: DynamicSpec) -> DynSpecFile {
         // 16 decode steps (a similarity check at 10) over 200 keys, GQA.
         DynamicSpec::Recycled { .. } => (4, 2, 16, 200),
         DynamicSpec::LseMerge { .. } => (2, 2, 16, 64),
+        // Decoding rows (random summaries r) past B with 3 candidate chunks and a partial
+        // own chunk; the prefill stages run in the extra problem (check_problems.rs).
+        DynamicSpec::Longheads { chunk, begin, .. } => (2, 1, 3, begin + 3 * chunk + chunk / 2),
     };
     DynSpecFile {
         path: None,

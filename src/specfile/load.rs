@@ -31,7 +31,7 @@ impl SpecFile {
         if is_dynamic_text(text) {
             return Err(at(field_err(
                 "family",
-                "`family` declares a data-dependent pipeline (landmark, hax, cca, topk, recycled, lse_merge), not a static kernel",
+                "`family` declares a data-dependent pipeline (landmark, hax, cca, topk, recycled, lse_merge, longheads), not a static kernel",
                 "load it with attnforge::specfile::AnySpecFile::load or DynSpecFile::load (the CLI accepts both kinds)",
             )));
         }

@@ -55,11 +55,14 @@ pub enum DynBuffer {
     KeySelIdx,
     /// HAX: per-query count threshold of the key selection.
     KeySelThreshold,
+    /// LongHeads: chunk summaries `r [B, Hq, n_chunks, D]` (f32; written by the summary
+    /// kernel in prefill, an input in decoding).
+    Summaries,
 }
 
 impl DynBuffer {
     /// Every buffer role (a test checks the names are distinct).
-    pub const ALL: [DynBuffer; 23] = [
+    pub const ALL: [DynBuffer; 24] = [
         DynBuffer::Q,
         DynBuffer::K,
         DynBuffer::V,
@@ -83,6 +86,7 @@ impl DynBuffer {
         DynBuffer::LshPrev,
         DynBuffer::KeySelIdx,
         DynBuffer::KeySelThreshold,
+        DynBuffer::Summaries,
     ];
 
     /// The C parameter name (launch metadata; [`crate::dynamic::DynamicKernel`] users see
@@ -112,6 +116,7 @@ impl DynBuffer {
             DynBuffer::LshPrev => "lsh_prev",
             DynBuffer::KeySelIdx => "ks_idx",
             DynBuffer::KeySelThreshold => "ks_thr",
+            DynBuffer::Summaries => "r",
         }
     }
 }
@@ -139,7 +144,8 @@ pub enum DynScalar {
     MemFreq,
     /// Landmark retrieval: blocks selected per row.
     TopK,
-    /// Landmark: width of the selection list (`top_k`, 0 in training).
+    /// Width of the selection list (landmark: `top_k`, 0 in training; LongHeads:
+    /// `max(M, min(B / w, ceil(Sk / w)))`).
     SelWidth,
     /// Top-k: sink keys of the static window (`sink`, kernel `s_start`).
     Sink,
@@ -171,11 +177,21 @@ pub enum DynScalar {
     KLsh,
     /// HAX: keys per query from the key selection.
     KKs,
+    /// LongHeads: chunk size `w`.
+    Chunk,
+    /// LongHeads: chunks per query `M`.
+    ChunksPerQuery,
+    /// LongHeads: begin length `B`.
+    Begin,
+    /// LongHeads: RoPE base theta.
+    Theta,
+    /// LongHeads: chunks of the summaries `r` (its third extent).
+    SummaryChunks,
 }
 
 impl DynScalar {
     /// Every scalar role (a test checks the names are distinct).
-    pub const ALL: [DynScalar; 26] = [
+    pub const ALL: [DynScalar; 31] = [
         DynScalar::Batch,
         DynScalar::HeadsQ,
         DynScalar::HeadsKv,
@@ -202,6 +218,11 @@ impl DynScalar {
         DynScalar::KeyScoreMode,
         DynScalar::KLsh,
         DynScalar::KKs,
+        DynScalar::Chunk,
+        DynScalar::ChunksPerQuery,
+        DynScalar::Begin,
+        DynScalar::Theta,
+        DynScalar::SummaryChunks,
     ];
 
     /// The C parameter name (launch metadata).
@@ -233,13 +254,18 @@ impl DynScalar {
             DynScalar::KeyScoreMode => "ks_mode",
             DynScalar::KLsh => "k_lsh",
             DynScalar::KKs => "k_ks",
+            DynScalar::Chunk => "chunk",
+            DynScalar::ChunksPerQuery => "m_chunks",
+            DynScalar::Begin => "begin",
+            DynScalar::Theta => "theta",
+            DynScalar::SummaryChunks => "n_chunks",
         }
     }
 
     /// The C type of the argument.
     pub fn scalar(self) -> Scalar {
         match self {
-            DynScalar::Scale | DynScalar::PoolScale => Scalar::F32,
+            DynScalar::Scale | DynScalar::PoolScale | DynScalar::Theta => Scalar::F32,
             DynScalar::HyperplaneBatchStride | DynScalar::KeyScoreBatchStride => Scalar::I64,
             DynScalar::Batch
             | DynScalar::HeadsQ
@@ -262,7 +288,11 @@ impl DynScalar {
             | DynScalar::HyperplaneMode
             | DynScalar::KeyScoreMode
             | DynScalar::KLsh
-            | DynScalar::KKs => Scalar::I32,
+            | DynScalar::KKs
+            | DynScalar::Chunk
+            | DynScalar::ChunksPerQuery
+            | DynScalar::Begin
+            | DynScalar::SummaryChunks => Scalar::I32,
         }
     }
 }
@@ -388,6 +418,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(stages.len(), 11, "the catalog misses a stage: {stages:?}");
+        assert_eq!(stages.len(), 14, "the catalog misses a stage: {stages:?}");
     }
 }

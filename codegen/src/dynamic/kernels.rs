@@ -20,6 +20,7 @@ const LANDMARK: &str = include_str!("../../cuda/af_landmark.cuh");
 const HAX: &str = include_str!("../../cuda/af_hax.cuh");
 const CCA: &str = include_str!("../../cuda/af_cca.cuh");
 const TOPK: &str = include_str!("../../cuda/af_topk.cuh");
+const LONGHEADS: &str = include_str!("../../cuda/af_longheads.cuh");
 
 /// Query rows (one warp each) per thread block of the per-row kernels (`AFD_WARPS`).
 pub const ROWS_PER_BLOCK: u32 = 4;
@@ -50,6 +51,12 @@ pub enum Stage {
     TopkAttnPart,
     /// Log-sum-exp merge of two f32 partial results.
     LseMerge,
+    /// LongHeads: the summary `r_c` of every complete chunk (prefill only) -> `r`.
+    LongheadsSummary,
+    /// LongHeads: the selected chunks per row -> `sel [rows, sel_width]`, `sel_width = max(M, min(B / w, ceil(Sk / w)))`.
+    LongheadsSelect,
+    /// LongHeads: attention over the selected chunks, RoPE at the compressed positions.
+    LongheadsAttn,
 }
 
 /// One emitted kernel.
@@ -91,6 +98,9 @@ impl Stage {
             Stage::TopkAttn => "topk_attn",
             Stage::TopkAttnPart => "topk_attn_part",
             Stage::LseMerge => "lse_merge",
+            Stage::LongheadsSummary => "longheads_summary",
+            Stage::LongheadsSelect => "longheads_select",
+            Stage::LongheadsAttn => "longheads_attn",
         }
     }
 
@@ -101,6 +111,9 @@ impl Stage {
             Stage::CcaPool | Stage::CcaAttn => ("af_cca.cuh", CCA),
             Stage::TopkSelect | Stage::TopkAttn | Stage::TopkAttnPart | Stage::LseMerge => {
                 ("af_topk.cuh", TOPK)
+            }
+            Stage::LongheadsSummary | Stage::LongheadsSelect | Stage::LongheadsAttn => {
+                ("af_longheads.cuh", LONGHEADS)
             }
         }
     }
@@ -214,6 +227,9 @@ impl Stage {
                 sizes(&mut v, false);
                 scalars(&mut v, &[S::KKs, S::KeyScoreBatchStride, S::KeyScoreMode]);
             }
+            Stage::LongheadsSummary | Stage::LongheadsSelect | Stage::LongheadsAttn => {
+                v = longheads_args(self, t);
+            }
             Stage::HaxAttn => {
                 v.extend([input(B::Q2), input(B::K2), input(B::X)]);
                 v.push(f32_in(B::KeyScores));
@@ -273,12 +289,63 @@ impl Stage {
                 block: [32, 1, 1],
                 dynamic_smem_bytes: (8 * k_ks) as u32,
             },
+            (Stage::LongheadsSummary, DynamicSpec::Longheads { chunk, .. }) => {
+                per_row(p.seq_k / chunk.max(1), 0)
+            }
+            (
+                Stage::LongheadsSelect,
+                DynamicSpec::Longheads {
+                    chunks_per_query, ..
+                },
+            ) => per_row(
+                p.seq_q,
+                ROWS_PER_BLOCK as usize * 8 * chunks_per_query.saturating_sub(3).max(1),
+            ),
             (Stage::LseMerge, _) => LaunchGeometry {
                 grid: [rows(p.batch * p.heads_q * p.seq_q), 1, 1],
                 block: [32 * ROWS_PER_BLOCK, 1, 1],
                 dynamic_smem_bytes: 0,
             },
             _ => per_row(p.seq_q, 0),
+        }
+    }
+}
+
+/// The LongHeads stages' arguments (see [`Stage::typed_args`]).
+fn longheads_args(stage: Stage, t: Elem) -> Vec<DynTypedArg> {
+    use DynBuffer as B;
+    use DynScalar as S;
+    let input = |b| buffer(b, t, false);
+    let sizes = [S::Batch, S::HeadsQ, S::HeadsKv, S::SeqQ, S::SeqK].map(scalar);
+    match stage {
+        Stage::LongheadsSummary => {
+            let mut v = vec![input(B::Q), input(B::K), input(B::V)];
+            v.push(buffer(B::Summaries, Elem::F32, true));
+            v.extend([S::Batch, S::HeadsQ, S::HeadsKv, S::Seq].map(scalar));
+            v.extend([S::Chunk, S::Theta].map(scalar));
+            v
+        }
+        Stage::LongheadsSelect => {
+            let mut v = vec![input(B::Q), buffer(B::Summaries, Elem::F32, false)];
+            v.push(buffer(B::Sel, Elem::I32, true));
+            v.extend(sizes);
+            let params = [
+                S::SummaryChunks,
+                S::Chunk,
+                S::ChunksPerQuery,
+                S::Begin,
+                S::SelWidth,
+            ];
+            v.extend(params.map(scalar));
+            v
+        }
+        _ => {
+            let mut v = vec![input(B::Q), input(B::K), input(B::V)];
+            v.push(buffer(B::Sel, Elem::I32, false));
+            v.extend([buffer(B::O, t, true), buffer(B::Lse, Elem::F32, true)]);
+            v.extend(sizes);
+            v.extend([S::Chunk, S::SelWidth, S::Theta, S::Scale].map(scalar));
+            v
         }
     }
 }
@@ -321,6 +388,13 @@ pub fn emit_stage(spec: &DynamicSpec, stage: Stage) -> Result<DynamicKernel, Vec
     );
     paste(&mut o, "af_prelude.cuh", PRELUDE);
     paste(&mut o, "af_dynamic.cuh", DYNAMIC);
+    if matches!(
+        stage,
+        Stage::LongheadsSummary | Stage::LongheadsSelect | Stage::LongheadsAttn
+    ) {
+        // af_rope_freq / af_rope_pair (af_longheads.cuh): the static kernels' RoPE.
+        paste(&mut o, "af_attn.cuh", crate::emit::ATTN_CUH);
+    }
     let (file, text) = stage.family_cuh();
     paste(&mut o, file, text);
     let block = match stage {

@@ -137,6 +137,24 @@ pub enum DynamicSpec {
         /// Row length.
         head_dim: HeadDim,
     },
+    /// LongHeads (variants.md section 15): chunk summaries with in-chunk RoPE, per-query
+    /// chunk selection (forced `0, c-1, c`) and gather attention with RoPE at the compressed
+    /// positions (summary kernel + selection kernel + attention kernel; prefill computes the
+    /// summaries, decoding takes them as an input).
+    Longheads {
+        /// Element type of q, k, v, o (the summaries `r` are f32).
+        dtype: DType,
+        /// Head dimension (`Dv == D`).
+        head_dim: HeadDim,
+        /// Chunk size `w` (default 256).
+        chunk: usize,
+        /// Chunks per query `M` (>= 3, default 16), the forced chunks included.
+        chunks_per_query: usize,
+        /// Begin length `B` (a positive multiple of `chunk`, default 4096).
+        begin: usize,
+        /// RoPE base theta (an integer here; default 10000).
+        theta: usize,
+    },
 }
 
 /// Largest `top_k` / `k` of the selection kernels (their list lives in shared memory).
@@ -155,7 +173,8 @@ impl DynamicSpec {
             | DynamicSpec::Cca { dtype, .. }
             | DynamicSpec::Topk { dtype, .. }
             | DynamicSpec::Recycled { dtype, .. }
-            | DynamicSpec::LseMerge { dtype, .. } => dtype,
+            | DynamicSpec::LseMerge { dtype, .. }
+            | DynamicSpec::Longheads { dtype, .. } => dtype,
         }
     }
 
@@ -167,7 +186,8 @@ impl DynamicSpec {
             | DynamicSpec::Cca { head_dim, .. }
             | DynamicSpec::Topk { head_dim, .. }
             | DynamicSpec::Recycled { head_dim, .. }
-            | DynamicSpec::LseMerge { head_dim, .. } => head_dim,
+            | DynamicSpec::LseMerge { head_dim, .. }
+            | DynamicSpec::Longheads { head_dim, .. } => head_dim,
         }
     }
 
@@ -185,6 +205,7 @@ impl DynamicSpec {
             DynamicSpec::Topk { split: true, .. } => "topk_split",
             DynamicSpec::Recycled { .. } => "recycled",
             DynamicSpec::LseMerge { .. } => "lse_merge",
+            DynamicSpec::Longheads { .. } => "longheads",
         }
     }
 
@@ -218,6 +239,11 @@ impl DynamicSpec {
             // (`RecycledConfig::full_step_spec`), not a dynamic stage.
             DynamicSpec::Recycled { .. } => vec![Stage::TopkAttn],
             DynamicSpec::LseMerge { .. } => vec![Stage::LseMerge],
+            DynamicSpec::Longheads { .. } => vec![
+                Stage::LongheadsSummary,
+                Stage::LongheadsSelect,
+                Stage::LongheadsAttn,
+            ],
         }
     }
 }
@@ -277,6 +303,18 @@ pub fn validate_dynamic(spec: &DynamicSpec) -> Result<(), Vec<SpecError>> {
             ));
         }
     }
+    if let DynamicSpec::Longheads { chunk, begin, .. } = *spec {
+        if chunk >= 1 && begin >= 1 && begin % chunk != 0 {
+            e.push((
+                2,
+                SpecError::new(
+                    "longheads.begin",
+                    format!("begin = {begin} is not a multiple of chunk = {chunk}"),
+                    "the begin length B must be a positive multiple of the chunk size w (default 4096 = 16 x 256)",
+                ),
+            ));
+        }
+    }
     // Stable: a cross-parameter error follows the range errors of the parameter it names.
     e.sort_by_key(|(i, _)| *i);
     if e.is_empty() {
@@ -320,6 +358,7 @@ mod tests {
         assert_eq!(names.len(), dynamic_catalog().len());
         assert!(names.contains("landmark_train_d64_f16"));
         assert!(names.contains("topk_split_d128_bf16"));
+        assert!(names.contains("longheads_d128_bf16"));
         for n in &names {
             assert!(n
                 .bytes()
@@ -358,6 +397,25 @@ mod tests {
             split: false,
         };
         assert_eq!(validate_dynamic(&bad).unwrap_err()[0].path, "topk.k");
+        let lh = |chunk, chunks_per_query, begin| DynamicSpec::Longheads {
+            dtype: DType::F16,
+            head_dim: HeadDim::D64,
+            chunk,
+            chunks_per_query,
+            begin,
+            theta: 10000,
+        };
+        let paths = |s| {
+            validate_dynamic(&s)
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.path)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(lh(16, 2, 32)), ["longheads.chunks_per_query"]);
+        assert_eq!(paths(lh(16, 3, 40)), ["longheads.begin"]);
+        assert_eq!(paths(lh(0, 3, 0)), ["longheads.chunk", "longheads.begin"]);
+        validate_dynamic(&lh(16, 3, 16)).unwrap();
         for s in dynamic_catalog() {
             validate_dynamic(&s).unwrap();
         }

@@ -9,7 +9,7 @@
 //! let names: Vec<_> = hax.params_of(None).iter().map(|p| p.name).collect();
 //! assert_eq!(names, ["k_lsh", "k_ks", "hash_bits"]);
 //! assert_eq!(hax.params[2].missing_fix(), "add `hash_bits = 8` (hyperplanes, 1..=12; official default 8)");
-//! assert_eq!(FAMILIES.len(), 6);
+//! assert_eq!(FAMILIES.len(), 7);
 //! let spec = DynamicSpec::with_defaults(family("topk").unwrap(), Some("split"),
 //!     attnforge_codegen::spec::DType::F16, attnforge_codegen::spec::HeadDim::D64).unwrap();
 //! assert_eq!(spec.canonical_name(), "topk_split_d64_f16");
@@ -112,7 +112,7 @@ const fn param(
 }
 
 /// Every data-dependent family, in catalog order.
-pub const FAMILIES: [Family; 6] = [
+pub const FAMILIES: [Family; 7] = [
     Family {
         tag: "landmark",
         params: &[param(
@@ -271,6 +271,41 @@ pub const FAMILIES: [Family; 6] = [
         modes: &[],
         default_mode: None,
     },
+    Family {
+        tag: "longheads",
+        params: &[
+            param(
+                "chunk",
+                (1, I32_MAX),
+                256,
+                "chunk size w; default 256",
+                "the chunk size w must be >= 1 (default 256)",
+            ),
+            param(
+                "chunks_per_query",
+                (3, MAX_SELECT_K),
+                16,
+                "chunks per query M, forced 0, c-1, c included; 3..=1024, default 16",
+                "M must be between 3 and 1024: chunks 0, c-1 and c are always selected (default 16)",
+            ),
+            param(
+                "begin",
+                (1, I32_MAX),
+                4096,
+                "begin length B, a positive multiple of chunk; default 4096",
+                "the begin length B must be a positive multiple of the chunk size w (default 4096)",
+            ),
+            param(
+                "theta",
+                (1, I32_MAX),
+                10000,
+                "RoPE base (an integer); default 10000",
+                "the RoPE base must be a positive integer (default 10000)",
+            ),
+        ],
+        modes: &[],
+        default_mode: None,
+    },
 ];
 
 /// The family tagged `tag`.
@@ -278,7 +313,7 @@ pub fn family(tag: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.tag == tag)
 }
 
-/// `landmark, hax, cca, topk, recycled, lse_merge`.
+/// `landmark, hax, cca, topk, recycled, lse_merge, longheads`.
 pub fn family_tags() -> String {
     FAMILIES
         .iter()
@@ -297,6 +332,7 @@ impl DynamicSpec {
             DynamicSpec::Topk { .. } => "topk",
             DynamicSpec::Recycled { .. } => "recycled",
             DynamicSpec::LseMerge { .. } => "lse_merge",
+            DynamicSpec::Longheads { .. } => "longheads",
         };
         family(tag).expect("every DynamicSpec variant has a table entry")
     }
@@ -346,6 +382,13 @@ impl DynamicSpec {
                 ..
             } => vec![recycle_size.unwrap_or(0), stride, threshold_milli, pool],
             DynamicSpec::LseMerge { .. } => vec![],
+            DynamicSpec::Longheads {
+                chunk,
+                chunks_per_query,
+                begin,
+                theta,
+                ..
+            } => vec![chunk, chunks_per_query, begin, theta],
         };
         let params = self.family_table().params_of(self.mode_tag());
         debug_assert_eq!(params.len(), values.len());
@@ -411,6 +454,14 @@ impl DynamicSpec {
                 threshold_milli: value("threshold_milli"),
                 pool: value("pool"),
             },
+            "longheads" => DynamicSpec::Longheads {
+                dtype,
+                head_dim,
+                chunk: value("chunk"),
+                chunks_per_query: value("chunks_per_query"),
+                begin: value("begin"),
+                theta: value("theta"),
+            },
             _ => DynamicSpec::LseMerge { dtype, head_dim },
         })
     }
@@ -471,7 +522,7 @@ mod tests {
         );
         assert_eq!(
             family_tags(),
-            "landmark, hax, cca, topk, recycled, lse_merge"
+            "landmark, hax, cca, topk, recycled, lse_merge, longheads"
         );
     }
 }

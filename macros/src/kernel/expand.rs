@@ -513,6 +513,16 @@ fn dynamic_spec_tokens(s: &DynamicSpec) -> TokenStream {
             })
         }
         DynamicSpec::LseMerge { .. } => quote!(dynamic::DynamicSpec::LseMerge { #common }),
+        DynamicSpec::Longheads {
+            chunk,
+            chunks_per_query,
+            begin,
+            theta,
+            ..
+        } => quote!(dynamic::DynamicSpec::Longheads {
+            #common, chunk: #chunk, chunks_per_query: #chunks_per_query, begin: #begin,
+            theta: #theta
+        }),
     }
 }
 

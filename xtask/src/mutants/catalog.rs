@@ -175,6 +175,7 @@ const CCA: &str = "codegen/cuda/af_cca.cuh";
 const LANDMARK: &str = "codegen/cuda/af_landmark.cuh";
 const HAX: &str = "codegen/cuda/af_hax.cuh";
 const TOPK: &str = "codegen/cuda/af_topk.cuh";
+const LONGHEADS: &str = "codegen/cuda/af_longheads.cuh";
 
 use Category::*;
 
@@ -633,4 +634,21 @@ pub const CATALOG: &[Mutant] = &[
       "for (int r = 0; r < D / 32; ++r) st.acc[r] *= c;",
       "/* acc not rescaled */",
       "dynamic softmax: accumulators not rescaled when the max grows"),
+    // ---- LongHeads ----
+    m("sel-longheads-forced-prev", Selection, LONGHEADS,
+      "if (c >= 2) out[w++] = c - 1;",
+      "/* chunk c - 1 not forced */",
+      "LongHeads: chunk c - 1 is not forced (the official code's decoding artefact)"),
+    m("sel-longheads-begin", Selection, LONGHEADS,
+      "if (t < begin) {",
+      "if (t <= begin) {",
+      "LongHeads: the row at t = B still attends every chunk"),
+    m("lh-longheads-query-position", LmInfiniteScoring, LONGHEADS,
+      "i, heads_q, seq_q, D), n - 1, f);",
+      "i, heads_q, seq_q, D), t, f);",
+      "LongHeads: the query is rotated at its true position, not at n - 1"),
+    m("pool-longheads-mean", Pooling, LONGHEADS,
+      "cbar[e] /= static_cast<float>(chunk);",
+      "cbar[e] /= static_cast<float>(chunk + 1);",
+      "LongHeads summaries: cbar is not the mean of the chunk's outputs"),
 ];

@@ -54,6 +54,8 @@ const DYN_HAX: Suite = suite("attnforge-runtime", "dynamic_hax");
 const DYN_LANDMARK_CCA: Suite = suite("attnforge-runtime", "dynamic_landmark_cca");
 const DYN_TOPK: Suite = suite("attnforge-runtime", "dynamic_topk");
 const CLI_DYNAMIC: Suite = suite("attnforge", "cli_dynamic");
+const DYN_LONGHEADS: Suite = suite("attnforge-runtime", "dynamic_longheads");
+const CLI_LONGHEADS: Suite = suite("attnforge", "cli_longheads");
 const CLASSIFIER_EDGES: Suite = suite("attnforge-runtime", "classifier_edges");
 const MASK_RANGES: Suite = suite("attnforge-codegen", "mask_ranges_sim");
 const NEW_MASKS_SIM: Suite = suite("attnforge-codegen", "new_masks_sim");
@@ -77,6 +79,7 @@ pub fn suites_for(m: &Mutant) -> Vec<Suite> {
     let file = m.file.rsplit('/').next().unwrap_or(m.file);
     match file {
         "af_hax.cuh" => vec![DYN_HAX, CLI_DYNAMIC],
+        "af_longheads.cuh" => vec![DYN_LONGHEADS, CLI_LONGHEADS, CLI_DYNAMIC],
         "af_topk.cuh" => vec![DYN_TOPK, CLI_DYNAMIC],
         "af_landmark.cuh" | "af_cca.cuh" => vec![DYN_LANDMARK_CCA, CLI_DYNAMIC],
         "af_dynamic.cuh" => vec![DYN_TOPK, DYN_LANDMARK_CCA, DYN_HAX, CLI_DYNAMIC],

@@ -165,6 +165,22 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         }
         return;
     }
+    if constexpr (!Layout::CONTIGUOUS_KV) {
+        // a paged tile within one page: one block-table entry, then the plan's passes from it
+        long long r0;
+        if (pl.fast && (unsigned)t0 + BN <= (unsigned)blk.seq_k && af_kv_tile_row<BN>(layout, blk, t0, r0)) {
+            const char* const kp = pl.k + r0 * pl.k_row;
+            const char* const vp = pl.v + r0 * pl.v_row;
+            const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
+            const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
+#pragma unroll
+            for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+                af_cp_async_16_at(dk + pl.off(p) * (int)sizeof(T), kp + (unsigned long long)pl.k_pass * p);
+                af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
+            }
+            return;
+        }
+    }
 #pragma unroll 1
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;

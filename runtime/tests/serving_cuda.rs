@@ -94,8 +94,10 @@ fn decode_and_paged_prefill_on_the_gpu_or_no_gpu() {
     for (spec, sq, splits) in runs {
         let tile = default_tile(&spec, Arch::Sm80).unwrap();
         let x = paged(&sq, 8, 2, 128);
-        let mut p = RunParams::default();
-        p.num_splits = splits;
+        let p = RunParams {
+            num_splits: splits,
+            ..RunParams::default()
+        };
         match exec_serving::check_cuda(&spec, &tile, &x, &p, 0) {
             Ok(r) => {
                 assert!(gpu_available());

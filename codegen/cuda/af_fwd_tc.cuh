@@ -330,8 +330,11 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require(a.scale > 0.f, "scale: must be a finite positive number");
     const float scale_log2 = a.scale * AF_LOG2E;
     const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(sc, a, blk, tid);
-    // no query row of the block past seq_q (opaque: one register, not recomputed per tile)
-    const bool rows_full = af_opaque(blk.rows_valid == BM) != 0;
+    // no query row of the block past seq_q (opaque: one register, not recomputed per tile). A
+    // packed (decode) block's rows past its group's tokens hold zero queries whose results are
+    // never written, so they do not make its tiles edge tiles: one token of a group of 4 fills
+    // 4 of 64 rows, and every tile in range would otherwise take the per-element path.
+    const bool rows_full = Layout::PACKED || af_opaque(blk.rows_valid == BM) != 0;
     // ldmatrix row addresses of this lane: Q (A operand) row WM warp + (lane & 15), chunk
     // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
     // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4

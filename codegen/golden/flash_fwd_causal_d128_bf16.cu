@@ -1434,11 +1434,13 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         return;
     }
     if constexpr (!Layout::CONTIGUOUS_KV) {
-        // a paged tile within one page: one block-table entry, then the plan's passes from it
+        // a paged tile within one page: one block-table entry, then the plan's passes from it.
+        // The slot is a 32-bit index: a cache of 2^32 slots (>= 128 bytes each) would not fit
+        // in a GPU's memory.
         long long r0;
         if (pl.fast && (unsigned)t0 + BN <= (unsigned)blk.seq_k && af_kv_tile_row<BN>(layout, blk, t0, r0)) {
-            const char* const kp = pl.k + r0 * pl.k_row;
-            const char* const vp = pl.v + r0 * pl.v_row;
+            const char* const kp = pl.k + (unsigned)r0 * pl.k_row;
+            const char* const vp = pl.v + (unsigned)r0 * pl.v_row;
             const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
             const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
 #pragma unroll

@@ -9,7 +9,7 @@ use attnforge_runtime::{
 
 fn main() {
     let only = std::env::args().nth(1).unwrap_or_default();
-    for layout in [Layout::Decode, Layout::DecodeVarlen] {
+    for layout in [Layout::Decode, Layout::DecodeVarlen, Layout::Paged] {
         for (dt, hd, mask) in [
             (DType::Bf16, HeadDim::D128, Mask::Causal),
             (DType::Bf16, HeadDim::D128, Mask::Full),
@@ -50,6 +50,9 @@ fn main() {
                     .into_iter()
                     .next()
                     .unwrap();
+                if std::env::var_os("OPCODES").is_some() {
+                    println!("{} {}: {:?}", k.name, arch.sm_name(), r.by_opcode);
+                }
                 let per_key = r.instructions * tile.warps as f64 / tile.block_n as f64;
                 let p = &r.partial;
                 line += &format!(

@@ -165,6 +165,24 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         }
         return;
     }
+    if constexpr (!Layout::CONTIGUOUS_KV) {
+        // a paged tile within one page: one block-table entry, then the plan's passes from it.
+        // The slot is a 32-bit index: a cache of 2^32 slots (>= 128 bytes each) would not fit
+        // in a GPU's memory.
+        long long r0;
+        if (pl.fast && (unsigned)t0 + BN <= (unsigned)blk.seq_k && af_kv_tile_row<BN>(layout, blk, t0, r0)) {
+            const char* const kp = pl.k + (unsigned)r0 * pl.k_row;
+            const char* const vp = pl.v + (unsigned)r0 * pl.v_row;
+            const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
+            const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
+#pragma unroll
+            for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+                af_cp_async_16_at(dk + pl.off(p) * (int)sizeof(T), kp + (unsigned long long)pl.k_pass * p);
+                af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
+            }
+            return;
+        }
+    }
 #pragma unroll 1
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
@@ -314,8 +332,11 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require(a.scale > 0.f, "scale: must be a finite positive number");
     const float scale_log2 = a.scale * AF_LOG2E;
     const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(sc, a, blk, tid);
-    // no query row of the block past seq_q (opaque: one register, not recomputed per tile)
-    const bool rows_full = af_opaque(blk.rows_valid == BM) != 0;
+    // no query row of the block past seq_q (opaque: one register, not recomputed per tile). A
+    // packed (decode) block's rows past its group's tokens hold zero queries whose results are
+    // never written, so they do not make its tiles edge tiles: one token of a group of 4 fills
+    // 4 of 64 rows, and every tile in range would otherwise take the per-element path.
+    const bool rows_full = Layout::PACKED || af_opaque(blk.rows_valid == BM) != 0;
     // ldmatrix row addresses of this lane: Q (A operand) row WM warp + (lane & 15), chunk
     // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
     // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4

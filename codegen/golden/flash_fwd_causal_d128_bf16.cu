@@ -603,11 +603,32 @@ struct af_paged_layout {
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
         return ((long long)blk.pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
     }
+    // the row of key t0 when keys t0 .. t0 + BN - 1 lie in one page (consecutive slots: one
+    // block-table entry per tile); false when the tile crosses a page boundary
+    template <int BN, typename T>
+    __device__ __forceinline__ bool tile_row(const af_fwd_block<T>& blk, long long t0, long long& row) const {
+        const int in = (int)t0 & ((1 << page_shift) - 1);
+        if (in + BN > (1 << page_shift)) return false;
+        row = ((long long)blk.pages[t0 >> page_shift] << page_shift) | in;
+        return true;
+    }
     template <typename T>
     __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
         return af_serving_lse_at(a, blk, row);
     }
 };
+
+// Whether the BN keys from t0 are consecutive rows of k and v, and the row of key t0: always
+// (row t0) for contiguous keys; under a paged cache when the tile lies in one page (`tile_row`).
+template <int BN, class Layout, typename T>
+__device__ __forceinline__ bool af_kv_tile_row(const Layout& l, const af_fwd_block<T>& blk, long long t0, long long& row) {
+    if constexpr (Layout::CONTIGUOUS_KV) {
+        row = t0;
+        return true;
+    } else {
+        return l.template tile_row<BN>(blk, t0, row);
+    }
+}
 
 // ---- schedules ----
 // Classifier of a mask whose in-range tiles are all full.
@@ -888,6 +909,10 @@ struct af_decode_layout {
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const { return keys.kv_row(blk, kv); }
+    template <int BN, typename T>
+    __device__ __forceinline__ bool tile_row(const af_fwd_block<T>& blk, long long t0, long long& row) const {
+        return keys.template tile_row<BN>(blk, t0, row);
+    }
     // element offsets of packed row `row` in q (from blk.qb) and o (from blk.ob), its position
     template <typename T>
     __device__ __forceinline__ long long q_off(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
@@ -1408,6 +1433,24 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         }
         return;
     }
+    if constexpr (!Layout::CONTIGUOUS_KV) {
+        // a paged tile within one page: one block-table entry, then the plan's passes from it.
+        // The slot is a 32-bit index: a cache of 2^32 slots (>= 128 bytes each) would not fit
+        // in a GPU's memory.
+        long long r0;
+        if (pl.fast && (unsigned)t0 + BN <= (unsigned)blk.seq_k && af_kv_tile_row<BN>(layout, blk, t0, r0)) {
+            const char* const kp = pl.k + (unsigned)r0 * pl.k_row;
+            const char* const vp = pl.v + (unsigned)r0 * pl.v_row;
+            const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
+            const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
+#pragma unroll
+            for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+                af_cp_async_16_at(dk + pl.off(p) * (int)sizeof(T), kp + (unsigned long long)pl.k_pass * p);
+                af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
+            }
+            return;
+        }
+    }
 #pragma unroll 1
     for (int idx = tid; idx < BN * (D / 8); idx += NT) {
         const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
@@ -1557,8 +1600,11 @@ __device__ __forceinline__ void af_fwd_tc(const af_fwd_args<T>& a, const Schedul
     af_require(a.scale > 0.f, "scale: must be a finite positive number");
     const float scale_log2 = a.scale * AF_LOG2E;
     const af_tc_kv_plan<Tile, T> kv_plan = af_tc_kv_plan_of<Tile>(sc, a, blk, tid);
-    // no query row of the block past seq_q (opaque: one register, not recomputed per tile)
-    const bool rows_full = af_opaque(blk.rows_valid == BM) != 0;
+    // no query row of the block past seq_q (opaque: one register, not recomputed per tile). A
+    // packed (decode) block's rows past its group's tokens hold zero queries whose results are
+    // never written, so they do not make its tiles edge tiles: one token of a group of 4 fills
+    // 4 of 64 rows, and every tile in range would otherwise take the per-element path.
+    const bool rows_full = Layout::PACKED || af_opaque(blk.rows_valid == BM) != 0;
     // ldmatrix row addresses of this lane: Q (A operand) row WM warp + (lane & 15), chunk
     // lane >> 4; K (B operand, key rows) row (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1;
     // V (B operand, transposed) row (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4

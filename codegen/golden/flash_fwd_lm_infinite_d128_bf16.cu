@@ -603,11 +603,32 @@ struct af_paged_layout {
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
         return ((long long)blk.pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
     }
+    // the row of key t0 when keys t0 .. t0 + BN - 1 lie in one page (consecutive slots: one
+    // block-table entry per tile); false when the tile crosses a page boundary
+    template <int BN, typename T>
+    __device__ __forceinline__ bool tile_row(const af_fwd_block<T>& blk, long long t0, long long& row) const {
+        const int in = (int)t0 & ((1 << page_shift) - 1);
+        if (in + BN > (1 << page_shift)) return false;
+        row = ((long long)blk.pages[t0 >> page_shift] << page_shift) | in;
+        return true;
+    }
     template <typename T>
     __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
         return af_serving_lse_at(a, blk, row);
     }
 };
+
+// Whether the BN keys from t0 are consecutive rows of k and v, and the row of key t0: always
+// (row t0) for contiguous keys; under a paged cache when the tile lies in one page (`tile_row`).
+template <int BN, class Layout, typename T>
+__device__ __forceinline__ bool af_kv_tile_row(const Layout& l, const af_fwd_block<T>& blk, long long t0, long long& row) {
+    if constexpr (Layout::CONTIGUOUS_KV) {
+        row = t0;
+        return true;
+    } else {
+        return l.template tile_row<BN>(blk, t0, row);
+    }
+}
 
 // ---- schedules ----
 // Classifier of a mask whose in-range tiles are all full.
@@ -888,6 +909,10 @@ struct af_decode_layout {
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const { return keys.kv_row(blk, kv); }
+    template <int BN, typename T>
+    __device__ __forceinline__ bool tile_row(const af_fwd_block<T>& blk, long long t0, long long& row) const {
+        return keys.template tile_row<BN>(blk, t0, row);
+    }
     // element offsets of packed row `row` in q (from blk.qb) and o (from blk.ob), its position
     template <typename T>
     __device__ __forceinline__ long long q_off(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {

@@ -48,7 +48,7 @@ Examples:
   attnforge check --all --backend sim
   attnforge check --all --backend cuda     # needs a GPU
   attnforge check --all --layout varlen    # packed sequences (variants.md section 13)
-  attnforge check --all --layout paged     # a paged KV cache, page sizes 1 and 16
+  attnforge check --all --layout paged     # a paged KV cache, page sizes 1, 16 and 128
   attnforge check --all --layout decode    # decoding on a paged cache, split-KV + merge
   attnforge check --stats --all            # key_mass / key_score / top_keys (docs/statistics.md)
 

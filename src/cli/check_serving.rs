@@ -3,9 +3,10 @@
 //! lengths (a zero-length one, lengths that are not tile multiples, `Sq_b > Sk_b` where the
 //! variant defines it), against the reference's serving function
 //! (`attnforge_runtime::exec_serving`). Paged runs use a permuted page table with a page
-//! shared by every sequence, at page sizes 1 and 16. Decode runs (1..16 query tokens per
+//! shared by every sequence, at page sizes 1, 16 and 128. Decode runs (1..16 query tokens per
 //! sequence, split-KV) the same cache at page size 1 without splits (with `Sq_b > Sk_b` where
-//! defined), then at page size 16 with 2 splits and with more splits than key tiles.
+//! defined), then at page size 16 with 2 splits and with more splits than key tiles, and at
+//! page size 128 (key tiles within one page) with 2 splits.
 
 use attnforge::codegen::spec::{DType, Layout};
 use attnforge::exec::{Backend, ExecError};
@@ -190,7 +191,7 @@ fn check_one<T: Element + SimElem>(
 }
 
 /// Check a static variant in a serving layout on the simulator (varlen: one batch of
-/// sequences; paged: the same at page sizes 1 and 16).
+/// sequences; paged: the same at page sizes 1, 16 and 128).
 pub(super) fn check_serving(
     sf: &SpecFile,
     layout: Layout,
@@ -209,8 +210,9 @@ pub(super) fn check_serving(
     );
     // (page size, key splits); decode: no split, 2, and more splits than key tiles (64)
     let runs: &[(usize, usize)] = match layout {
-        Layout::Paged => &[(1, 1), (16, 1)],
-        Layout::Decode => &[(1, 1), (16, 2), (16, 64)],
+        // page size 128: key tiles within one page take the one-lookup copy path
+        Layout::Paged => &[(1, 1), (16, 1), (128, 1)],
+        Layout::Decode => &[(1, 1), (16, 2), (16, 64), (128, 2)],
         Layout::DecodeVarlen => &[(1, 1), (1, 2), (1, 64)],
         Layout::Dense | Layout::Varlen => &[(1, 1)],
     };

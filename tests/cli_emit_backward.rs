@@ -46,10 +46,30 @@ fn assert_backward_files(dir: &Path, name: &str) {
             .map(|a| a["role"].as_str().unwrap())
             .collect();
         assert_eq!(
-            &roles[..7],
-            ["d_out", "d_lse", "delta", "d_q", "d_k", "d_v", "d_param"]
+            &roles[..8],
+            [
+                "d_out",
+                "d_lse",
+                "delta",
+                "d_q",
+                "d_k",
+                "d_v",
+                "d_param",
+                "d_q_accum"
+            ]
         );
-        assert!(sig.ends_with(&["dq".into(), "dk".into(), "dv".into(), "dparam".into()]));
+        // the atomic-dQ accumulator is an argument of every backward kernel (null unless the
+        // tile is atomic), after the gradients
+        assert!(
+            sig.ends_with(&[
+                "dq".into(),
+                "dk".into(),
+                "dv".into(),
+                "dparam".into(),
+                "dq_accum".into()
+            ]),
+            "{sig:?}"
+        );
         // tensor-core form: K, V, Q, dO tiles of 64 x 64 2-byte elements; dK/dV adds lse and
         // Delta of the query tile (2 x 64 f32), dQ the 4 warps' block sum (4 f32)
         let (smem, threads) = match part {

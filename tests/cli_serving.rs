@@ -181,6 +181,107 @@ fn run_takes_the_layout_arrays() {
     }
 }
 
+/// `run` of a decode spec without `--num-splits` launches with the decode tuner's model's
+/// split count for its tile and shape, says so, and still equals the reference; with
+/// `--num-splits` it says that instead.
+#[test]
+fn run_of_a_decode_spec_takes_the_models_split_count() {
+    use attnforge::autotune::decode::{model_splits, DecodeLaunch};
+    use attnforge::codegen::tile::{default_tile, Arch};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().to_string();
+    let c = npyz::Order::C;
+    // 2 sequences of 1 token over 700 and 2000 keys of 16-key pages, Hq 8 on Hkv 2
+    let (pages, hq, hkv) = (44 + 125u64, 8u64, 2u64);
+    let path = |n: &str| std::path::PathBuf::from(p(n));
+    write_npy(
+        &path("q.npy"),
+        &[2, hq, 64],
+        &vals(2 * hq as usize * 64, 1),
+        c,
+    );
+    for (n, seed) in [("kc.npy", 2), ("vc.npy", 3)] {
+        let len = (pages * 16 * hkv * 64) as usize;
+        write_npy(&path(n), &[pages, 16, hkv, 64], &vals(len, seed), c);
+    }
+    let mut table = vec![-1i32; 2 * 125];
+    (0..44).for_each(|i| table[i] = 168 - i as i32); // permuted pages
+    (0..125).for_each(|i| table[125 + i] = i as i32);
+    write_npy(&path("bt.npy"), &[2, 125], &table, c);
+    write_npy(&path("cq.npy"), &[3], &[0i32, 1, 2], c);
+    write_npy(&path("sk.npy"), &[2], &[700i32, 2000], c);
+    let toml =
+        "dtype = \"bf16\"\nhead_dim = 64\nlayout = \"decode\"\nmask = \"causal\"\ngqa = true\n";
+    std::fs::write(p("d.toml"), toml).unwrap();
+    let go = |backend: &str, extra: &[&str]| {
+        let (spec, q, kc, vc, cq) = (
+            p("d.toml"),
+            p("q.npy"),
+            p("kc.npy"),
+            p("vc.npy"),
+            p("cq.npy"),
+        );
+        let (bt, sk, o) = (p("bt.npy"), p("sk.npy"), p(&format!("o_{backend}.npy")));
+        let mut argv = vec![
+            "run",
+            &spec,
+            "--q",
+            &q,
+            "--k",
+            &kc,
+            "--v",
+            &vc,
+            "--cu-seqlens-q",
+            &cq,
+        ];
+        argv.extend([
+            "--block-table",
+            &bt,
+            "--seqlens-k",
+            &sk,
+            "--out",
+            &o,
+            "--backend",
+            backend,
+        ]);
+        argv.extend(extra);
+        let out = run(&argv);
+        assert!(out.status.success(), "{backend}: {}", text(&out));
+        (text(&out), read_f32(std::path::Path::new(&o)).1)
+    };
+    let spec = attnforge::specfile::SpecFile::load(&path("d.toml"))
+        .unwrap()
+        .spec;
+    let tile = default_tile(&spec, Arch::Sm90).unwrap();
+    let launch = DecodeLaunch {
+        batch: 2,
+        heads_q: 8,
+        heads_kv: 2,
+        max_seq_q: 1,
+        max_seq_k: 2000,
+    };
+    let k = model_splits(&spec, &tile, launch, Arch::Sm90)
+        .unwrap()
+        .splits
+        .unwrap();
+    assert!(k > 1, "2 sequences on 2 kv heads over 2000 keys split: {k}");
+    let (said, sim) = go("sim", &[]);
+    let want = format!(
+        "{k} key splits (the decode model's choice for {}",
+        tile.suffix()
+    );
+    assert!(said.contains(&want), "{said}");
+    let (_, reference) = go("reference", &[]);
+    let err = sim
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 2e-2, "sim at {k} splits vs reference: {err}");
+    let (said, _) = go("sim", &["--num-splits", "3"]);
+    assert!(said.contains("3 key splits (--num-splits)"), "{said}");
+}
+
 /// `emit` of a decode spec writes the decode kernel and its split-KV merge kernel, each with
 /// launch metadata (the decode grid over kv heads and splits).
 #[test]

@@ -1,6 +1,7 @@
 //! `attnforge check --stats`: the statistics outputs (variants.md section 14) of a catalog
-//! variant pass on the simulator; LM-Infinite is SKIP with the reason; the GPU backend is an
-//! input error naming the flag (docs/statistics.md).
+//! variant (LM-Infinite's two rotated scoring branches included) pass on the simulator; a
+//! data-dependent pipeline is SKIP with the reason; the GPU backend is an input error naming
+//! the flag (docs/statistics.md).
 
 mod cli_common;
 
@@ -13,6 +14,7 @@ fn check_stats_passes_skips_and_refuses_cuda() {
         "--stats",
         "flash_fwd_causal_d64_f16",
         "flash_fwd_lm_infinite_d128_bf16",
+        "hax_d64_f16",
     ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -21,7 +23,11 @@ fn check_stats_passes_skips_and_refuses_cuda() {
         "{t}"
     );
     assert!(
-        t.contains("SKIP flash_fwd_lm_infinite_d128_bf16") && t.contains("stats"),
+        t.contains("PASS flash_fwd_lm_infinite_d128_bf16_stats"),
+        "{t}"
+    );
+    assert!(
+        t.contains("SKIP hax_d64_f16") && t.contains("data-dependent"),
         "{t}"
     );
     assert!(t.contains("no statistics outputs for them"), "{t}");
@@ -177,4 +183,132 @@ fn run_writes_statistics_outputs() {
         assert!(!dir.join("o_bad.npy").exists() && !dir.join("mass_bad.npy").exists());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Serving layouts: `check --stats --layout varlen` passes with the statistics figures,
+/// `--layout decode` is SKIP naming `stats`; `run` of a paged spec with `stats` (GQA, page
+/// size 4, a final page not full, a shuffled table) writes key_mass `[B, Hq, R]` with `R =
+/// max_pages * page_size` (keys past `Sk_b` hold 0), equal on the simulator and the reference.
+#[test]
+fn serving_layouts_check_and_run_statistics() {
+    let o = run(&[
+        "check",
+        "--stats",
+        "--layout",
+        "varlen",
+        "flash_fwd_causal_d64_f16",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("PASS flash_fwd_causal_d64_f16_varlen_stats") && t.contains("key_mass err"),
+        "{t}"
+    );
+    let o = run(&[
+        "check",
+        "--stats",
+        "--layout",
+        "decode",
+        "flash_fwd_causal_d64_f16",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("SKIP") && t.contains("stats:") && t.contains("decode"),
+        "{t}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = |n: &str| dir.path().join(n).to_string_lossy().to_string();
+    let c = npyz::Order::C;
+    let (hq, hkv, d) = (4u64, 2u64, 64u64);
+    write_npy(
+        dir.path().join("q.npy").as_path(),
+        &[5, hq, d],
+        &values((5 * hq * d) as usize, 1),
+        c,
+    );
+    let cache = (4 * 4 * hkv * d) as usize;
+    write_npy(
+        dir.path().join("kc.npy").as_path(),
+        &[4, 4, hkv, d],
+        &values(cache, 2),
+        c,
+    );
+    write_npy(
+        dir.path().join("vc.npy").as_path(),
+        &[4, 4, hkv, d],
+        &values(cache, 3),
+        c,
+    );
+    write_npy(dir.path().join("cq.npy").as_path(), &[3], &[0i32, 2, 5], c);
+    write_npy(
+        dir.path().join("bt.npy").as_path(),
+        &[2, 3],
+        &[3i32, -1, -1, 1, 0, 2],
+        c,
+    );
+    write_npy(dir.path().join("sk.npy").as_path(), &[2], &[3i32, 9], c);
+    std::fs::write(
+        p("paged.toml"),
+        "dtype = \"f32\"\nhead_dim = 64\ngqa = true\nlayout = \"paged\"\nmask = \"causal\"\nstats = { reduce = \"sum\", pool = 3, top_k = 4 }\n",
+    )
+    .expect("write");
+    let mut got = Vec::new();
+    for backend in ["sim", "reference"] {
+        let f = |n: &str| p(&format!("{n}_{backend}.npy"));
+        let o = run(&[
+            "run",
+            &p("paged.toml"),
+            "--q",
+            &p("q.npy"),
+            "--k",
+            &p("kc.npy"),
+            "--v",
+            &p("vc.npy"),
+            "--cu-seqlens-q",
+            &p("cq.npy"),
+            "--block-table",
+            &p("bt.npy"),
+            "--seqlens-k",
+            &p("sk.npy"),
+            "--out",
+            &f("o"),
+            "--key-mass",
+            &f("mass"),
+            "--key-score",
+            &f("score"),
+            "--top-keys",
+            &f("top"),
+            "--backend",
+            backend,
+        ]);
+        assert!(o.status.success(), "{backend}: {}", text(&o));
+        let (shape, mass) = read_f32(std::path::Path::new(&f("mass")));
+        assert_eq!(shape, [2, hq, 12], "{backend}");
+        let (shape, _) = read_f32(std::path::Path::new(&f("score")));
+        assert_eq!(shape, [2, hkv, 12], "{backend}");
+        let (shape, top) = read_i32(std::path::Path::new(&f("top")));
+        assert_eq!(shape, [2, hkv, 4], "{backend}");
+        // sequence 0: 2 rows over 3 keys, sequence 1: 3 rows over 9 keys (causal, no empty row)
+        for (b, (rows, sk)) in [(2.0f32, 3usize), (3.0, 9)].into_iter().enumerate() {
+            for h in 0..hq as usize {
+                let m = &mass[(b * hq as usize + h) * 12..(b * hq as usize + h + 1) * 12];
+                let total: f32 = m.iter().sum();
+                assert!(
+                    (total - rows).abs() < 1e-4,
+                    "{backend} b {b} h {h}: {total}"
+                );
+                assert!(
+                    m[sk..].iter().all(|&v| v == 0.0),
+                    "{backend}: mass past Sk_b"
+                );
+            }
+        }
+        got.push((mass, top));
+    }
+    for (a, r) in got[0].0.iter().zip(&got[1].0) {
+        assert!((a - r).abs() <= 1e-5, "{a} vs {r}");
+    }
+    assert_eq!(got[0].1, got[1].1, "top_keys: simulator vs reference");
 }

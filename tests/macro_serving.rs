@@ -6,7 +6,7 @@
 use attnforge::codegen::spec::Layout;
 use attnforge::exec_serving::{ServingInputs, ServingKeys};
 use attnforge::prelude::*;
-use attnforge::reference::{Packed, PagedCache};
+use attnforge::reference::Packed;
 use half::bf16;
 
 attnforge::kernel! {
@@ -45,40 +45,10 @@ fn paged<T: attnforge::reference::Element>(
     sk: &[usize],
     (hq, hkv, d, page): (usize, usize, usize, usize),
 ) -> ServingInputs<T> {
-    let mut s = 0x5EED_u64;
-    let pages: Vec<usize> = sk.iter().map(|k| k.div_ceil(page)).collect();
-    let max_pages = pages.iter().copied().max().unwrap();
-    let num_pages = pages.iter().sum::<usize>() + 1;
-    let mut table = vec![-1i32; sk.len() * max_pages];
-    let mut next = num_pages;
-    for (b, &n) in pages.iter().enumerate() {
-        for i in 0..n {
-            table[b * max_pages + i] = if i == 0 {
-                0
-            } else {
-                next -= 1;
-                next as i32
-            };
-        }
-    }
-    let mut cache = || {
-        PagedCache::from_fn(num_pages, page, hkv, d, |_, _, _, _| {
-            T::from_f64(unit(&mut s))
-        })
-    };
-    let (k_cache, v_cache) = (cache(), cache());
     let mut s = 0xC0FFEE_u64;
-    ServingInputs {
-        q: Packed::from_fn(sq.iter().sum(), hq, d, |_, _, _| T::from_f64(unit(&mut s))),
-        cu_seqlens_q: cu(sq),
-        keys: ServingKeys::Paged {
-            k_cache,
-            v_cache,
-            block_table: table,
-            max_pages,
-            seqlens_k: sk.iter().map(|&k| k as i32).collect(),
-        },
-    }
+    let q = Packed::from_fn(sq.iter().sum(), hq, d, |_, _, _| T::from_f64(unit(&mut s)));
+    let mut s = 0x5EED_u64;
+    ServingInputs::shared_prefix_paged(q, cu(sq), sk, (page, hkv), || T::from_f64(unit(&mut s)))
 }
 
 #[test]

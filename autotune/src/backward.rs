@@ -45,26 +45,24 @@ const DELTA_LAUNCH_US: f64 = 3.0;
 /// The backward tile a pipeline candidate stands for.
 pub fn backward_tile(t: &TileConfig) -> BackwardTile {
     BackwardTile {
-        block_m: t.block_m,
-        block_n: t.block_n,
-        warps: t.warps,
+        atomic_dq: t.atomic_dq,
+        ..BackwardTile::new(t.block_m, t.block_n, t.warps)
     }
 }
 
-/// The pipeline candidate of a backward tile (one stage).
+/// The pipeline candidate of a backward tile (one stage; `m64n64w4s1a` with the atomic dQ).
 pub fn candidate(b: &BackwardTile) -> TileConfig {
-    TileConfig::new(b.block_m, b.block_n, b.warps, 1)
+    TileConfig {
+        atomic_dq: b.atomic_dq,
+        ..TileConfig::new(b.block_m, b.block_n, b.warps, 1)
+    }
 }
 
 /// The backward search space: the tensor-core tiles (16 rows and keys per warp: 32 x 32 with
 /// 2 warps, 64 x 64 with 4, 128 x 128 with 8) and FMA tiles of 32 to 64 rows and keys with 2
 /// to 8 warps; `valid` removes what the spec's template or the architecture refuses.
 pub fn backward_space() -> Vec<BackwardTile> {
-    let t = |block_m, block_n, warps| BackwardTile {
-        block_m,
-        block_n,
-        warps,
-    };
+    let t = BackwardTile::new;
     vec![
         t(32, 32, 2),
         t(64, 64, 4),
@@ -74,6 +72,40 @@ pub fn backward_space() -> Vec<BackwardTile> {
         t(64, 32, 4),
         t(64, 64, 8),
     ]
+}
+
+/// [`backward_space`] and, with `atomic_dq`, its tensor-core tiles again with
+/// FlashAttention-2's atomic dQ (`attnforge tune --backward --atomic-dq`; never the default, which is deterministic).
+pub fn backward_space_with(atomic_dq: bool) -> Vec<BackwardTile> {
+    let base = backward_space();
+    // the atomic dQ lives in the tensor-core dK/dV loop: 16 rows and keys per warp
+    let atomic = base
+        .iter()
+        .filter(|t| atomic_dq && t.block_m == 16 * t.warps && t.block_n == t.block_m)
+        .map(|t| t.atomic());
+    atomic.chain(base.iter().copied()).collect()
+}
+
+/// *Assumed* throughput of f32 reductions (`RED.E.ADD.F32`) resolved in L2, in the DRAM
+/// bandwidth's units: no measurement exists (no GPU run of the backward). FlashAttention-2's
+/// atomic dQ runs near its compute bound on A100 / H100, so reductions are taken to overlap the
+/// loop and to cost at least this much; 4 bytes per reduction at the DRAM bandwidth.
+fn atomic_us(reductions: f64, l: &ArchLimits) -> f64 {
+    reductions * 4.0 / (l.dram_gbps * 1e9) * 1e6
+}
+
+/// The atomic variant's dQ kernel: `bytes` of DRAM (read the f32 sums, write dQ) and a launch.
+fn convert_prediction(bytes: f64, l: &ArchLimits) -> Prediction {
+    let dram_us = bytes / (l.dram_gbps * 1e9) * 1e6;
+    Prediction {
+        time_us: dram_us + DELTA_LAUNCH_US,
+        compute_us: 0.0,
+        smem_us: 0.0,
+        dram_us,
+        waves: 1,
+        latency_hiding: 1.0,
+        splits: None,
+    }
 }
 
 /// Main-loop counts of the dK/dV and dQ kernels of one candidate.
@@ -90,6 +122,8 @@ pub struct BackwardTunable {
     pub gate_shape: Shape,
     /// The SASS counts of each compiled candidate's two main loops (filled by `build`).
     counts: Mutex<HashMap<BackwardTile, KernelCounts>>,
+    /// Whether the atomic-dQ tiles are candidates too ([`backward_space_with`]).
+    pub atomic_dq: bool,
 }
 
 impl BackwardTunable {
@@ -103,7 +137,13 @@ impl BackwardTunable {
             shape,
             gate_shape,
             counts: Mutex::new(HashMap::new()),
+            atomic_dq: false,
         }
+    }
+
+    /// Also tune the atomic-dQ tiles (cached under their own variant, `<name>_bwd_atomic_dq`).
+    pub fn with_atomic_dq(self, atomic_dq: bool) -> Self {
+        BackwardTunable { atomic_dq, ..self }
     }
 
     fn gate_as<T: Element + SimElem>(&self, tile: &TileConfig) -> Result<Gate, GateError> {
@@ -193,11 +233,15 @@ fn fma_counts(products: f64, t: &BackwardTile, d: usize) -> LoopCounts {
 
 impl Tunable for BackwardTunable {
     fn variant(&self) -> String {
-        format!("{}_bwd", self.spec.canonical_name())
+        let atomic = if self.atomic_dq { "_atomic_dq" } else { "" };
+        format!("{}_bwd{atomic}", self.spec.canonical_name())
     }
 
     fn space(&self, _arch: Arch) -> Vec<TileConfig> {
-        backward_space().iter().map(candidate).collect()
+        backward_space_with(self.atomic_dq)
+            .iter()
+            .map(candidate)
+            .collect()
     }
 
     fn valid(&self, tile: &TileConfig, arch: Arch) -> Result<(), String> {
@@ -267,17 +311,14 @@ impl Tunable for BackwardTunable {
             let (dkdv_smem, dq_smem) = bt.smem_bytes(&self.spec);
             let tc = mainloop(&self.spec, &bt) == Mainloop::TensorCore;
             // dK/dV walks query tiles of 32 rows at d 128 (its 64-row tile spills), as the
-            // template does; dQ walks key tiles of block_n
-            let qm = if d > 64 {
-                bt.block_m.min(32)
-            } else {
-                bt.block_m
-            };
+            // template does, with a fifth product (dS K) in the atomic variant; dQ walks key
+            // tiles of block_n (the atomic variant's dQ kernel has no main loop)
+            let qm = bt.dkdv_query_step(d);
             let counts = if tc {
                 (
                     counts_of(
                         ok[1].compiled.cubin.as_deref(),
-                        &hints(4.0, qm, d, bt.warps),
+                        &hints(bt.dkdv_products(), qm, d, bt.warps),
                     ),
                     counts_of(
                         ok[2].compiled.cubin.as_deref(),
@@ -357,21 +398,32 @@ impl Tunable for BackwardTunable {
             predict_main_loop(&l, &k, occ, &m)
         };
         // dK/dV: a step reads one query tile (q, dO); dQ: one key tile (k, v)
-        let dkdv = run(
+        let mut dkdv = run(
             &dkdv_profile,
             dkdv_counts.unwrap_or_else(|| fma_counts(4.0, &bt, d)),
             s.heads_kv,
             bt.block_m,
         );
-        let dq = run(
-            &dq_profile,
-            dq_counts.unwrap_or_else(|| fma_counts(3.0, &bt, d)),
-            s.heads_q,
-            bt.block_n,
-        );
-        // Delta: reads dO and O, writes one f32 per row
         let rows = (s.batch * s.heads_q * s.seq_q) as f64;
-        let delta_bytes = rows * (2 * d * elem_bytes(self.spec.dtype) + 4) as f64;
+        let dq = if bt.atomic_dq {
+            // its SASS counts carry the fifth product and the RED instructions' issue slots;
+            // the reductions themselves resolve in L2, overlapped with the loop
+            let visited: f64 = dkdv_profile.iter().map(|&t| f64::from(t)).sum();
+            let red_us = atomic_us(visited * (bt.block_m * d) as f64, &l);
+            dkdv.time_us = dkdv.time_us.max(red_us);
+            dkdv.dram_us += red_us;
+            convert_prediction(rows * (d * (4 + elem_bytes(self.spec.dtype))) as f64, &l)
+        } else {
+            run(
+                &dq_profile,
+                dq_counts.unwrap_or_else(|| fma_counts(3.0, &bt, d)),
+                s.heads_q,
+                bt.block_n,
+            )
+        };
+        // Delta: reads dO and O, writes one f32 per row (and zeroes the atomic dq_accum)
+        let zeroed = if bt.atomic_dq { 4 * d } else { 0 };
+        let delta_bytes = rows * (2 * d * elem_bytes(self.spec.dtype) + 4 + zeroed) as f64;
         let delta_us = delta_bytes / (l.dram_gbps * 1e9) * 1e6 + DELTA_LAUNCH_US;
         Prediction {
             time_us: dkdv.time_us + dq.time_us + delta_us,

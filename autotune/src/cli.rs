@@ -108,26 +108,33 @@ pub struct TuneArgs {
     /// Ignore the cache (re-tune everything; results are still stored).
     #[arg(long)]
     pub retune: bool,
-    /// Kernel layout to tune: `dense` (prefill on [B, H, S, D]) or `decode` (the split-KV
+    /// Kernel layout to tune: `dense` (prefill on [B, H, S, D]), `decode` (the split-KV
     /// decode kernel on a paged cache: tile and number of splits, on `--batch` sequences of
-    /// `--decode-tokens` tokens over `--seq` cached keys).
+    /// `--decode-tokens` tokens over `--seq` cached keys) or `decode_varlen` (the same over
+    /// packed keys).
     #[arg(long, default_value = "dense", value_parser = parse_tune_layout)]
     pub layout: Layout,
-    /// Query tokens per sequence of a decode step (`--layout decode`; 1..=16).
+    /// Query tokens per sequence of a decode step (`--layout decode | decode_varlen`; 1..=16).
     #[arg(long, default_value_t = 1)]
     pub decode_tokens: usize,
     /// Tune the backward kernels (dK/dV and dQ tile) instead of the forward, at the same
     /// shape (dense layout).
     #[arg(long, conflicts_with = "layout")]
     pub backward: bool,
+    /// With --backward: add FlashAttention-2's atomic dQ to the candidates (dQ then not
+    /// bit-reproducible; never the default). Cached as `<name>_bwd_atomic_dq`, apart from the
+    /// deterministic tuning.
+    #[arg(long, requires = "backward")]
+    pub atomic_dq: bool,
 }
 
 fn parse_tune_layout(s: &str) -> Result<Layout, String> {
     match s {
         "dense" => Ok(Layout::Dense),
         "decode" => Ok(Layout::Decode),
+        "decode_varlen" => Ok(Layout::DecodeVarlen),
         _ => Err(format!(
-            "the tuner tunes `dense` or `decode` kernels, not `{s}` (varlen and paged prefill use the dense tunings' tiles)"
+            "the tuner tunes `dense`, `decode` or `decode_varlen` kernels, not `{s}` (varlen and paged prefill use the dense tunings' tiles)"
         )),
     }
 }
@@ -151,6 +158,7 @@ impl Default for TuneArgs {
             layout: Layout::Dense,
             decode_tokens: 1,
             backward: false,
+            atomic_dq: false,
         }
     }
 }
@@ -339,7 +347,7 @@ pub fn run_tune(a: &TuneArgs) -> Result<TuneSummary, TuneError> {
         }
     }
     let specs = select(a)?;
-    if a.layout == Layout::Decode {
+    if a.layout.is_decode() {
         return run_tune_decode(a, &specs);
     }
     if a.backward {
@@ -355,7 +363,7 @@ pub fn run_tune(a: &TuneArgs) -> Result<TuneSummary, TuneError> {
     run_tune_with(a, &dyns)
 }
 
-/// `--layout decode`: the decode kernel of each selected variant; with `--catalog` the
+/// `--layout decode | decode_varlen`: the decode kernel of each selected variant; with `--catalog` the
 /// variants without one (the layout's rules) are left out, a named one is an error.
 fn run_tune_decode(a: &TuneArgs, specs: &[KernelSpec]) -> Result<TuneSummary, TuneError> {
     if !(1..=DECODE_MAX_SEQ_Q).contains(&a.decode_tokens) {
@@ -366,7 +374,8 @@ fn run_tune_decode(a: &TuneArgs, specs: &[KernelSpec]) -> Result<TuneSummary, Tu
     }
     let mut tunables = Vec::new();
     for s in specs {
-        match DecodeTunable::new(s, a.batch, a.heads, (a.decode_tokens, a.seq), a.gate_seq) {
+        let shape = ((a.batch, a.heads), (a.decode_tokens, a.seq));
+        match DecodeTunable::new_in(s, a.layout, shape.0, shape.1, a.gate_seq) {
             Ok(t) => tunables.push(t),
             Err(_) if a.catalog => {}
             Err(reason) => {
@@ -387,13 +396,10 @@ fn run_tune_backward(a: &TuneArgs, specs: &[KernelSpec]) -> Result<TuneSummary, 
     let mut tunables = Vec::new();
     for s in specs {
         match backward_supported(s) {
-            Ok(()) => tunables.push(BackwardTunable::new(
-                s.clone(),
-                a.batch,
-                a.heads,
-                a.seq,
-                a.gate_seq,
-            )),
+            Ok(()) => tunables.push(
+                BackwardTunable::new(s.clone(), a.batch, a.heads, a.seq, a.gate_seq)
+                    .with_atomic_dq(a.atomic_dq),
+            ),
             Err(_) if a.catalog => {}
             Err(errs) => {
                 return Err(TuneError::NoBackward {

@@ -34,7 +34,7 @@ use crate::measure::{BenchConfig, Estimate};
 use crate::model::{
     estimate_counts, predict_main_loop, MainLoopConstants, MainLoopInput, Prediction,
 };
-use crate::occupancy::{ArchLimits, Occupancy};
+use crate::occupancy::{occupancy, ArchLimits, Occupancy};
 use crate::tuner::{EnvironmentError, Gate, GateError, Resources, Tunable};
 use crate::workload::{default_params, split_profile, Shape};
 use crate::Arch;
@@ -77,7 +77,31 @@ impl DecodeTunable {
         (tokens, seq_k): (usize, usize),
         gate_seq: usize,
     ) -> Result<Self, String> {
-        let spec = spec.clone().with_layout(Layout::Decode);
+        Self::new_in(
+            spec,
+            Layout::Decode,
+            (batch, heads),
+            (tokens, seq_k),
+            gate_seq,
+        )
+    }
+
+    /// [`DecodeTunable::new`] in `layout`: [`Layout::Decode`] (a paged cache) or
+    /// [`Layout::DecodeVarlen`] (packed keys); `Err` for another layout.
+    pub fn new_in(
+        spec: &KernelSpec,
+        layout: Layout,
+        (batch, heads): (usize, usize),
+        (tokens, seq_k): (usize, usize),
+        gate_seq: usize,
+    ) -> Result<Self, String> {
+        if !layout.is_decode() {
+            return Err(format!(
+                "layout `{}` has no decode kernel (use decode or decode_varlen)",
+                layout.tag()
+            ));
+        }
+        let spec = spec.clone().with_layout(layout);
         attnforge_codegen::check::validate_spec(&spec).map_err(|errs| {
             errs.iter()
                 .map(|e| format!("{}: {}", e.path, e.message))
@@ -149,6 +173,80 @@ impl DecodeTunable {
     }
 }
 
+impl DecodeTunable {
+    /// The prediction of `tile` at the split count the model predicts fastest among
+    /// [`split_candidates`] ([`Prediction::splits`]): the tuner's prediction of the tile
+    /// and, through [`model_splits`], the split count `attnforge run` launches with.
+    pub fn best_split(
+        &self,
+        tile: &TileConfig,
+        res: &Resources,
+        occ: &Occupancy,
+        arch: Arch,
+    ) -> Prediction {
+        let sms = self.sms.unwrap_or(ArchLimits::of(arch).sms);
+        split_candidates(&self.shape, tile, sms)
+            .into_iter()
+            .map(|k| self.predict_splits(tile, res, occ, arch, k))
+            .min_by(|a, b| a.time_us.total_cmp(&b.time_us))
+            .unwrap_or_else(|| self.predict_splits(tile, res, occ, arch, 1))
+    }
+}
+
+/// A decode launch the run-time split choice is made for: `batch` sequences of at most
+/// `max_seq_q` tokens over at most `max_seq_k` keys (the model assumes every sequence at the
+/// maximum, as `decode_splits` does), `heads_q` query and `heads_kv` kv heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLaunch {
+    /// Sequences `B`.
+    pub batch: usize,
+    /// Query heads `Hq`.
+    pub heads_q: usize,
+    /// Key/value heads `Hkv`.
+    pub heads_kv: usize,
+    /// `max_b Sq_b`.
+    pub max_seq_q: usize,
+    /// `max_b Sk_b`.
+    pub max_seq_k: usize,
+}
+
+/// The number of key splits of a decode launch from the tuner's model: `tile` compiled by
+/// NVRTC (kernel cache) for its registers, shared memory and main-loop SASS counts, then
+/// [`DecodeTunable::best_split`] at the launch's shape on `arch`'s reference part (sm_90:
+/// 132 SMs, an H100 SXM / H200). The same function gives the tuner's `Prediction::splits`,
+/// so `attnforge run` launches with the split count `tune --layout decode` predicts for the
+/// tile. `Err` says why there is no prediction (no toolchain, a spec without a decode
+/// kernel); the caller falls back to `decode_splits`.
+pub fn model_splits(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    launch: DecodeLaunch,
+    arch: Arch,
+) -> Result<Prediction, String> {
+    let l = launch;
+    let mut t = DecodeTunable::new_in(
+        spec,
+        spec.layout,
+        (l.batch, l.heads_q),
+        (l.max_seq_q.max(1), l.max_seq_k.max(1)),
+        l.max_seq_k.max(1),
+    )?;
+    t.shape.heads_kv = l.heads_kv.max(1);
+    let res = t
+        .build(&[*tile], arch)
+        .map_err(|e| e.to_string())?
+        .pop()
+        .ok_or("no build result")??;
+    let limits = ArchLimits::of(arch);
+    let occ = occupancy(
+        &limits,
+        res.threads as usize,
+        res.registers as usize,
+        res.smem_bytes as usize,
+    );
+    Ok(t.best_split(tile, &res, &occ, arch))
+}
+
 /// The split counts a tile's prediction tries: 1, the powers of two, and `decode_splits`'
 /// choice for the tile (what a serving engine gets without tuning), up to the key tiles of
 /// the sequence and [`DECODE_MAX_SPLITS`].
@@ -172,6 +270,50 @@ pub fn split_candidates(shape: &Shape, tile: &TileConfig, sms: usize) -> Vec<usi
     v
 }
 
+/// Values in [-1, 1) from a fixed xorshift stream (the same inputs on every run).
+fn unit_values<T: Element>() -> impl FnMut() -> T {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        T::from_f64((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+    }
+}
+
+/// A decode problem in `layout`: sequences of `seq_q` tokens over `lens` keys, on a paged
+/// cache ([`paged_inputs`]) or packed keys (`decode_varlen`: `k, v: [sum lens, Hkv, D]`).
+fn decode_inputs<T: Element>(
+    layout: Layout,
+    shape: &Shape,
+    d: usize,
+    lens: &[usize],
+) -> ServingInputs<T> {
+    if layout != Layout::DecodeVarlen {
+        return paged_inputs(shape, d, lens);
+    }
+    let mut unit = unit_values::<T>();
+    let tk: usize = lens.iter().sum();
+    let k = Packed::from_fn(tk, shape.heads_kv, d, |_, _, _| unit());
+    let v = Packed::from_fn(tk, shape.heads_kv, d, |_, _, _| unit());
+    let q = Packed::from_fn(shape.seq_q * lens.len(), shape.heads_q, d, |_, _, _| unit());
+    let cu_k = std::iter::once(0)
+        .chain(lens.iter().scan(0i32, |acc, &l| {
+            *acc += l as i32;
+            Some(*acc)
+        }))
+        .collect();
+    ServingInputs {
+        q,
+        cu_seqlens_q: (0..=lens.len()).map(|b| (b * shape.seq_q) as i32).collect(),
+        keys: ServingKeys::Varlen {
+            k,
+            v,
+            cu_seqlens_k: cu_k,
+        },
+    }
+}
+
 /// A decode problem: sequences of `seq_q` tokens over `lens` keys, a paged cache of 16-key
 /// pages in permuted order (page 0 shared by every sequence), values in [-1, 1).
 fn paged_inputs<T: Element>(shape: &Shape, d: usize, lens: &[usize]) -> ServingInputs<T> {
@@ -192,13 +334,7 @@ fn paged_inputs<T: Element>(shape: &Shape, d: usize, lens: &[usize]) -> ServingI
             };
         }
     }
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut unit = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        T::from_f64((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
-    };
+    let mut unit = unit_values::<T>();
     let mut cache = || PagedCache::from_fn(num_pages, page, shape.heads_kv, d, |_, _, _, _| unit());
     let (k_cache, v_cache) = (cache(), cache());
     let tq = shape.seq_q * lens.len();
@@ -222,7 +358,8 @@ impl DecodeTunable {
         let mut p = default_params(&self.spec, s);
         p.block_lists = None;
         p.num_splits = self.splits.lock().ok().and_then(|m| m.get(tile).copied());
-        let x = paged_inputs::<T>(s, self.spec.head_dim.get(), &vec![s.seq_k; s.batch]);
+        let lens = vec![s.seq_k; s.batch];
+        let x = decode_inputs::<T>(self.spec.layout, s, self.spec.head_dim.get(), &lens);
         let (_, secs) =
             exec_serving::run_cuda(&self.spec, tile, &x, &p, runs, 0).map_err(|e| e.to_string())?;
         Ok(mean_estimate(secs, runs, "decode steps"))
@@ -234,12 +371,17 @@ impl DecodeTunable {
         p.block_lists = None; // built per sequence by exec_serving
         p.num_splits = Some(GATE_SPLITS);
         // two sequences over Sk and Sk / 3 + 5 keys
-        let x = paged_inputs::<T>(s, self.spec.head_dim.get(), &[s.seq_k, s.seq_k / 3 + 5]);
+        let lens = [s.seq_k, s.seq_k / 3 + 5];
+        let x = decode_inputs::<T>(self.spec.layout, s, self.spec.head_dim.get(), &lens);
         let cfg = SimConfig::new(Schedule::Forward);
         let r = exec_serving::check(&self.spec, tile, &x, &p, &cfg);
+        let keys = match self.spec.layout {
+            Layout::DecodeVarlen => "packed keys",
+            _ => "pages of 16",
+        };
         gate_verdict(
             r.map(|rep| rep.close.out.max_err),
-            format!("{s}, pages of 16, {GATE_SPLITS} splits"),
+            format!("{s}, {keys}, {GATE_SPLITS} splits"),
         )
     }
 }
@@ -288,6 +430,7 @@ impl Tunable for DecodeTunable {
         build_spec(&self.spec, tiles, arch)
     }
 
+    /// The best of [`split_candidates`] by the model ([`DecodeTunable::best_split`]).
     fn predict(
         &self,
         tile: &TileConfig,
@@ -295,12 +438,7 @@ impl Tunable for DecodeTunable {
         occ: &Occupancy,
         arch: Arch,
     ) -> Prediction {
-        let sms = self.sms.unwrap_or(ArchLimits::of(arch).sms);
-        let best = split_candidates(&self.shape, tile, sms)
-            .into_iter()
-            .map(|k| self.predict_splits(tile, res, occ, arch, k))
-            .min_by(|a, b| a.time_us.total_cmp(&b.time_us))
-            .unwrap_or_else(|| self.predict_splits(tile, res, occ, arch, 1));
+        let best = self.best_split(tile, res, occ, arch);
         if let (Ok(mut m), Some(k)) = (self.splits.lock(), best.splits) {
             m.insert(*tile, k);
         }
@@ -336,6 +474,7 @@ impl Tunable for DecodeTunable {
 
     fn shape(&self) -> (String, String) {
         let s = &self.shape;
-        (format!("decode {s}"), format!("decode_{}", s.bucket()))
+        let tag = self.spec.layout.tag();
+        (format!("{tag} {s}"), format!("{tag}_{}", s.bucket()))
     }
 }

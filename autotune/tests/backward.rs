@@ -4,7 +4,9 @@
 //! kernels per candidate, SASS counts, model, simulator gate of the gradients). Needs the
 //! toolchain and g++, as real_kernel.rs.
 
-use attnforge_autotune::backward::{backward_space, backward_tile, candidate, BackwardTunable};
+use attnforge_autotune::backward::{
+    backward_space, backward_space_with, backward_tile, candidate, BackwardTunable,
+};
 use attnforge_autotune::measure::BenchConfig;
 use attnforge_autotune::tuner::{tune, Status, Tunable, TuneOptions};
 use attnforge_autotune::workload::{default_params, key_tile_profile, Shape};
@@ -12,7 +14,7 @@ use attnforge_autotune::{Arch, Basis};
 use attnforge_codegen::backward::{mainloop, BackwardTile};
 use attnforge_codegen::catalog::find;
 use attnforge_codegen::check::MaskParams;
-use attnforge_codegen::tile::Mainloop;
+use attnforge_codegen::tile::{Mainloop, TileConfig};
 
 /// Query tiles with an allowed pair, per key tile; row `i` sits at position `i + sk - sq`
 /// (negative when `Sq > Sk`).
@@ -81,7 +83,11 @@ fn the_transposed_schedule_matches_a_walk_of_the_pairs() {
 
 #[test]
 fn candidates_are_backward_tiles_with_one_stage() {
-    for b in backward_space() {
+    assert!(
+        backward_space().iter().all(|b| !b.atomic_dq),
+        "never the default"
+    );
+    for b in backward_space_with(true) {
         let t = candidate(&b);
         assert_eq!((t.stages, t.wgmma), (1, false));
         assert_eq!(backward_tile(&t), b);
@@ -102,7 +108,7 @@ fn candidates_are_backward_tiles_with_one_stage() {
 fn causal_backward_tunes_end_to_end_on_the_simulator() {
     let mut spec = find("flash_fwd_causal_d64_f16").expect("catalog entry");
     spec.gqa = true;
-    let k = BackwardTunable::new(spec.clone(), 2, 16, 2048, 45);
+    let k = BackwardTunable::new(spec.clone(), 2, 16, 2048, 45).with_atomic_dq(true);
     let dir = tempfile::tempdir().unwrap();
     let o = TuneOptions {
         arch: Arch::Sm80,
@@ -114,7 +120,7 @@ fn causal_backward_tunes_end_to_end_on_the_simulator() {
     };
     let t = tune(&k, &o, &mut |_| {}).expect("toolchain and g++ available");
     assert_eq!(t.basis, Basis::Predicted);
-    assert!(t.variant.ends_with("_bwd") && t.bucket.starts_with("bwd_"));
+    assert!(t.variant.ends_with("_bwd_atomic_dq") && t.bucket.starts_with("bwd_"));
     let w = t.winner_result().expect("a winner");
     assert!(w.gate.as_ref().unwrap().max_err.is_finite());
     // the tensor-core tiles carry their dK/dV main loop's SASS counts and are predicted
@@ -150,4 +156,46 @@ fn causal_backward_tunes_end_to_end_on_the_simulator() {
         Mainloop::TensorCore
     );
     assert!(t.candidates.iter().all(|c| c.status != Status::NotCompiled));
+    // the atomic-dQ twins: dK/dV's loop has the fifth product (5/4 of the deterministic
+    // twin's MMAs per iteration, from their own SASS) and no second S / dP pass, so the model
+    // predicts them faster than their deterministic twins (a model property, no GPU)
+    let mut twins = 0;
+    for c in t.candidates.iter().filter(|c| c.tile.atomic_dq) {
+        let det = t
+            .candidates
+            .iter()
+            .find(|d| {
+                d.tile
+                    == TileConfig {
+                        atomic_dq: false,
+                        ..c.tile
+                    }
+            })
+            .expect("a deterministic twin");
+        let (Some(a), Some(b), Some(_), Some(_)) =
+            (&c.resources, &det.resources, c.predicted, det.predicted)
+        else {
+            eprintln!("{} not predicted: {:?} {:?}", c.name, c.status, c.resources);
+            continue;
+        };
+        let (a, b) = (a.main_loop.expect("SASS"), b.main_loop.expect("SASS"));
+        assert!(
+            (a.mma / b.mma - 1.25).abs() < 1e-9,
+            "{}: {} vs {}",
+            c.name,
+            a.mma,
+            b.mma
+        );
+        let (pa, pb) = (c.predicted.unwrap().time_us, det.predicted.unwrap().time_us);
+        assert!(pa < pb, "{}: {pa} vs {pb}", c.name);
+        eprintln!(
+            "{} predicted {pa:.0} us ({:.2} instr/MMA of dK/dV), {} {pb:.0} us ({:.2})",
+            c.name,
+            a.instructions / a.mma,
+            det.name,
+            b.instructions / b.mma
+        );
+        twins += 1;
+    }
+    assert!(twins >= 2, "atomic candidates compiled");
 }

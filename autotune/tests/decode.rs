@@ -180,6 +180,81 @@ fn causal_decode_tunes_end_to_end_on_the_simulator() {
         .all(|c| !c.status.rejected() || c.status != Status::NotCompiled));
 }
 
+/// `tune --layout decode_varlen`: the decode kernel over packed keys, gated on packed keys
+/// (three splits, the merge kernel), its cache entry named and bucketed by the layout.
+#[test]
+fn decode_varlen_tunes_end_to_end_on_the_simulator() {
+    let spec = find("flash_fwd_causal_d64_f16")
+        .expect("catalog entry")
+        .with_gqa();
+    let k = DecodeTunable::new_in(&spec, Layout::DecodeVarlen, (2, 16), (2, 8192), 45).unwrap();
+    assert_eq!(k.spec.layout, Layout::DecodeVarlen);
+    let wide = attnforge_codegen::tile::DECODE_WIDE_TILE;
+    assert_eq!(
+        attnforge_codegen::tile::default_tile(&k.spec, Arch::Sm80),
+        Some(wide)
+    );
+    assert!(
+        k.space(Arch::Sm80).contains(&wide),
+        "the 128-key decode tile is a candidate"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = TuneOptions {
+        arch: Arch::Sm80,
+        gate_top: 1,
+        gate_max_tries: 2,
+        compile_top: 2,
+        bench: BenchConfig::quick(),
+        criterion_dir: dir.path().to_path_buf(),
+    };
+    let t = tune(&k, &o, &mut |_| {}).expect("toolchain and g++ available");
+    assert_eq!(t.basis, Basis::Predicted);
+    assert!(t.variant.ends_with("_decode_varlen"), "{}", t.variant);
+    assert!(t.bucket.starts_with("decode_varlen_"), "{}", t.bucket);
+    let w = t.winner_result().expect("a winner");
+    let gate = w.gate.as_ref().unwrap();
+    assert!(
+        gate.shape.contains("packed keys, 3 splits"),
+        "{}",
+        gate.shape
+    );
+    let splits = w.predicted.unwrap().splits.expect("the tuned splits");
+    assert!(
+        splits > 1,
+        "2 x 4 kv heads over 8192 keys need splits: {splits}"
+    );
+    // the layout is a decode layout: a prefill layout is refused with the reason
+    let e = DecodeTunable::new_in(&spec, Layout::Paged, (2, 16), (1, 64), 45).unwrap_err();
+    assert!(e.contains("decode_varlen"), "{e}");
+}
+
+/// `tune --layout decode_varlen` is accepted by the CLI and refuses a variant the layout cannot
+/// serve; `--layout paged` is refused with the layouts the tuner takes.
+#[test]
+fn the_cli_takes_decode_varlen() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tune: TuneArgs,
+    }
+    use clap::Parser;
+    let parse = |l: &str| Cli::try_parse_from(["tune", "--layout", l]).map(|c| c.tune.layout);
+    assert_eq!(parse("decode_varlen").unwrap(), Layout::DecodeVarlen);
+    let e = parse("paged").unwrap_err().to_string();
+    assert!(e.contains("decode_varlen"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let args = TuneArgs {
+        variants: vec!["flash_fwd_causal_d128_bf16".to_owned()],
+        out: dir.path().join("reports"),
+        cache: Some(dir.path().join("cache.json")),
+        layout: Layout::DecodeVarlen,
+        decode_tokens: 17,
+        ..TuneArgs::default()
+    };
+    let e = run_tune(&args).unwrap_err();
+    assert!(e.to_string().contains("--decode-tokens"), "{e}");
+}
+
 #[test]
 fn a_variant_without_a_decode_kernel_is_an_input_error() {
     let dir = tempfile::tempdir().unwrap();

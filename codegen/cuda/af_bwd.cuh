@@ -42,6 +42,7 @@ struct af_bwd_args {
     T* dk;              // [B, Hkv, Sk, D], contiguous
     T* dv;              // [B, Hkv, Sk, D], contiguous
     float* dparam;      // [B, Hq, ceil(Sq / BM)] partial parameter gradients of af_bwd_dq, or null
+    float* dq_accum;    // [B, Hq, Sq, D] f32 dQ sums of the atomic-dQ variant (zeroed by af_bwd_delta), or null
 };
 
 // ---- grad hooks ----
@@ -236,6 +237,23 @@ __device__ __forceinline__ void af_bwd_delta(const af_fwd_args<T>& a, const af_b
     for (int d = lane; d < D; d += 32) s += af_to_float(o[d]) * af_to_float(dout[d]);
     s = af_warp_sum(s);
     if (lane == 0) g.delta[r] = s - (g.dlse != nullptr ? g.dlse[r] : 0.f);
+    // the atomic-dQ variant adds into dq_accum: zero it here, before the dK/dV kernel runs, so
+    // that no extra launch (or host memset) is needed and repeated runs start from 0
+    if (g.dq_accum != nullptr)
+        for (int d = lane; d < D; d += 32) g.dq_accum[r * D + d] = 0.f;
+}
+
+// The atomic-dQ variant's last kernel (in place of af_bwd_dq): dQ = scale * dq_accum in the
+// input dtype, one block per query tile of BM rows (the af_bwd_dq grid).
+template <class Tile, typename T>
+__device__ __forceinline__ void af_bwd_dq_convert(const af_fwd_args<T>& a, const af_bwd_args<T>& g) {
+    constexpr int BM = Tile::BM, D = Tile::D, NT = Tile::NT;
+    const long long m0 = (long long)blockIdx.x * BM;
+    const long long rbase = ((long long)blockIdx.z * a.heads_q + blockIdx.y) * a.seq_q;
+    for (int idx = threadIdx.x; idx < BM * D; idx += NT) {
+        const long long row = m0 + idx / D;
+        if (row < a.seq_q) af_store(g.dq + (rbase + row) * D + idx % D, a.scale * g.dq_accum[(rbase + row) * D + idx % D]);
+    }
 }
 
 // ---- loads and final rotations, per scoring policy ----

@@ -85,20 +85,85 @@ __device__ __forceinline__ void af_bwd_tc_store(T* dst, const float (&acc)[D / 8
     }
 }
 
+// ---- dQ policy of af_bwd_dkdv_tc ----
+// af_bwd_dq_separate (the default): dQ is af_bwd_dq_tc's (S and dP computed a second time,
+// every sum in a fixed order: bit-deterministic). af_bwd_dq_atomic (FlashAttention-2's form, a
+// tuner option): the dK/dV block also multiplies the query tile's dS (QM x BN, rounded to T,
+// staged in shared memory) by its K tile and atomicAdd's the QM x D partial into the f32 buffer
+// dq_accum; af_bwd_dq_convert scales and rounds it. No second S / dP, but the order of the
+// float additions depends on the blocks' timing, so dQ is not bit-reproducible.
+struct af_bwd_dq_separate {
+    static constexpr bool ATOMIC = false;
+};
+struct af_bwd_dq_atomic {
+    static constexpr bool ATOMIC = true;
+};
+
+// dq_acc[rows < rows_in] += dS K for one query tile: dS [QM][BN + 8] in sdS (row stride padded
+// so the A-fragment loads of 8 rows hit distinct banks), K the block's swizzled key tile sK
+// (ldmatrix .trans, the keys are k). Warp w takes the 16-row slab w % (QM / 16) and the
+// 16-column chunks dp = pw + WPS i (pw = w / (QM / 16), WPS warps per slab): their ldmatrix
+// addresses are computed per warp, so the code holds one chunk set, not every warp's; one pair
+// of n8 accumulators at a time keeps the registers of the dK/dV loop's.
+template <int QM, int BN, int D, int NW, typename T, class S, class SK>
+__device__ __forceinline__ void af_bwd_tc_dq_atomic(float* dq_acc, const S& sdS, const SK& sK, int rows_in, int warp,
+                                                    int lane) {
+    constexpr int SL = QM / 16, WPS = NW / SL, SS = BN + 8;
+    static_assert(NW % SL == 0, "the warps cover the query tile's 16-row slabs");
+    using TT = af_tc_type<T>;
+    constexpr int NCH = D / 16 / WPS;
+    static_assert(NCH >= 1, "a 16-column chunk per warp at least");
+    const int r0 = 16 * (warp % SL) + (lane >> 2), pw = warp / SL;
+    // ldmatrix .trans rows of this lane in sK: key (lane & 7) + 8 ((lane >> 3) & 1), chunk lane >> 4
+    unsigned kaddr[NCH];
+#pragma unroll
+    for (int i = 0; i < NCH; ++i)
+        kaddr[i] = af_smem_addr(&sK[af_swz<D>((lane & 7) + ((lane >> 3) & 1) * 8, 16 * (pw + WPS * i) + 8 * (lane >> 4))]);
+    unsigned pa[BN / 16][4];  // A fragments of dS (rows r0, r0 + 8; keys 16 kk + 2 (lane & 3) ..)
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            const int idx = (r0 + 8 * (f & 1)) * SS + 16 * kk + 8 * (f >> 1) + 2 * (lane & 3);
+            const T lo = sdS[idx], hi = sdS[idx + 1];
+            pa[kk][f] = TT::pack(af_to_float(lo), af_to_float(hi));
+        }
+#pragma unroll
+    for (int i = 0; i < NCH; ++i) {
+        const int dp = pw + WPS * i;
+        float acc[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            unsigned bf[4];
+            af_ldmatrix_x4_trans_at(bf, kaddr[i] + kk * 32 * D);
+            TT::mma(acc[0], pa[kk], bf, acc[0]);
+            TT::mma(acc[1], pa[kk], bf + 2, acc[1]);
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const int row = r0 + 8 * ((e & 3) >> 1), col = 16 * dp + 8 * (e >> 2) + 2 * (lane & 3) + (e & 1);
+            if (row < rows_in) atomicAdd(&dq_acc[(long long)row * D + col], acc[e >> 2][e & 3]);
+        }
+    }
+}
+
 // ---- dK, dV ----
 // Block: key tile [n0, n0 + BN) of kv head hkv (BN = 16 warps). Per warp: dK, dV of its 16 keys
 // as C fragments (D / 8 n8 tiles each); S^T and dP^T of a QM-query tile (QM / 8 n8 tiles).
-template <class Tile, typename T, class Queries, class BlockHooks, class GradHooks, class Scoring>
+template <class Tile, typename T, class Queries, class BlockHooks, class GradHooks, class Scoring,
+          class DQ = af_bwd_dq_separate>
 __device__ __forceinline__ void af_bwd_dkdv_tc(const af_fwd_args<T>& a, const af_bwd_args<T>& g, const Queries& queries,
-                                               const BlockHooks& block_hooks, const GradHooks& grad_hooks, const Scoring& sc) {
+                                               const BlockHooks& block_hooks, const GradHooks& grad_hooks, const Scoring& sc,
+                                               DQ = {}) {
     constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, NW = Tile::NW, NT = Tile::NT;
     // query rows per step of the transposed schedule: BM, or 32 at d > 64, where S^T and dP^T
     // of 64 queries (64 registers) next to the 2 D f32 accumulators of dK and dV spill; the
     // Q / dO buffers keep BM rows (a 32-row step uses the first half)
     constexpr int QM = D > 64 && BM > 32 ? 32 : BM, QT8 = QM / 8;
     static_assert(BN == 16 * NW && BM % QM == 0 && QM % 16 == 0 && Scoring::BRANCHES == 1, "one 16-key slab per warp, one branch");
-    // [BN][D] K, [BN][D] V, [BM][D] Q, [BM][D] dO (T, swizzled), then [BM] lse, [BM] Delta (f32)
-    constexpr int OV = BN * D, OQ = 2 * BN * D, OO = OQ + BM * D, OL = OO + BM * D;
+    // [BN][D] K, [BN][D] V, [BM][D] Q, [BM][D] dO (T, swizzled), then [BM] lse, [BM] Delta (f32),
+    // then for the atomic-dQ policy dS [QM][BN + 8] (T)
+    constexpr int OV = BN * D, OQ = 2 * BN * D, OO = OQ + BM * D, OL = OO + BM * D, OS = OL + 4 * BM;
     AF_DYNAMIC_SHARED(T, af_smem);
     AF_SHARED_VIEW(T, sK, af_smem, 0, BN * D);
     AF_SHARED_VIEW(T, sV, af_smem, OV, BN * D);
@@ -190,6 +255,19 @@ __device__ __forceinline__ void af_bwd_dkdv_tc(const af_fwd_args<T>& a, const af
                 af_bwd_tc_afrag<T>(sa, dpt, kk);
                 af_bwd_tc_acc<D, T>(dv, pa, ot_frag, kk);
                 af_bwd_tc_acc<D, T>(dk, sa, qt_frag, kk);
+            }
+            if constexpr (DQ::ATOMIC) {
+                // dS (rows: queries) into shared for the dQ partial; the next tile's first
+                // __syncthreads orders these reads before the next writes
+                AF_SHARED_VIEW(T, sdS, af_smem, OS, QM * (BN + 8));
+#pragma unroll
+                for (int j = 0; j < QT8; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        sdS[(8 * j + 2 * (lane & 3) + (e & 1)) * (BN + 8) + warp * 16 + (lane >> 2) + 8 * (e >> 1)] =
+                            af_tc_type<T>::from(dpt[j][e]);
+                __syncthreads();
+                af_bwd_tc_dq_atomic<QM, BN, D, NW, T>(g.dq_accum + (rbase + m0) * D, sdS, sK, rows_in, warp, lane);
             }
         }
     }

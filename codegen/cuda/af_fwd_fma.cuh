@@ -37,10 +37,8 @@ __device__ __forceinline__ void af_fma_load_q(const af_lminf_scoring& sc, const 
             x0 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m]);
             x1 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m + D / 2]);
         }
-        const float f = af_rope_freq(m, D, sc.log2_theta);
-        float y0 = x0, y1 = x1;
-        af_rope_pair(x0, x1, af_q_pos(layout, blk, row), f);
-        af_rope_pair(y0, y1, sc.d_eff, f);
+        float y0, y1;
+        sc.rotate_q(x0, x1, y0, y1, af_q_pos(layout, blk, row), m, D);
         sQ[r * D + m] = af_round_as(tag, x0);
         sQ[r * D + m + D / 2] = af_round_as(tag, x1);
         sQ[BM * D + r * D + m] = af_round_as(tag, y0);
@@ -87,7 +85,7 @@ __device__ __forceinline__ void af_fma_load_kv(const af_lminf_scoring& sc, const
         }
         sK[RAW + j * KS + m] = x0;
         sK[RAW + j * KS + m + D / 2] = x1;
-        af_rope_pair(x0, x1, kv, af_rope_freq(m, D, sc.log2_theta));
+        sc.rotate_k(x0, x1, kv, m, D);
         sK[j * KS + m] = af_round_as(tag, x0);
         sK[j * KS + m + D / 2] = af_round_as(tag, x1);
     }

@@ -60,10 +60,8 @@ __device__ __forceinline__ void af_tc_load_q(const af_lminf_scoring& sc, const S
             x0 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m]);
             x1 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m + D / 2]);
         }
-        const float f = af_rope_freq(m, D, sc.log2_theta);
-        float y0 = x0, y1 = x1;
-        af_rope_pair(x0, x1, af_q_pos(layout, blk, row), f);
-        af_rope_pair(y0, y1, sc.d_eff, f);
+        float y0, y1;
+        sc.rotate_q(x0, x1, y0, y1, af_q_pos(layout, blk, row), m, D);
         const int o0 = af_swz<D>(r, m), o1 = af_swz<D>(r, m + D / 2);
         sQ[o0] = TT::from(x0);
         sQ[o1] = TT::from(x1);
@@ -143,6 +141,24 @@ __device__ __forceinline__ bool af_tc_kv_interior(const af_fwd_block<T>& blk, co
     return Layout::CONTIGUOUS_KV && pl.fast && (unsigned)t0 + Tile::BN <= (unsigned)blk.seq_k;
 }
 
+// The plan's cp.async passes of one K, V tile whose BN key rows are contiguous from row r
+// (an interior tile, or a paged tile inside one page) into stage st: no bounds or alignment
+// tests, the plan vouched for them.
+template <class Tile, typename T, class SK, class SV>
+__device__ __forceinline__ void af_tc_copy_passes(const SK& sK, const SV& sV, const af_tc_kv_plan<Tile, T>& pl, unsigned r,
+                                                  int st) {
+    constexpr int BN = Tile::BN, D = Tile::D;
+    const char* const kp = pl.k + r * pl.k_row;
+    const char* const vp = pl.v + r * pl.v_row;
+    const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
+    const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
+#pragma unroll
+    for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
+        af_cp_async_16_at(dk + pl.off(p) * (int)sizeof(T), kp + (unsigned long long)pl.k_pass * p);
+        af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
+    }
+}
+
 // K, V tile t0 -> stage st with cp.async (16-byte chunks); rows past seq_k are zero.
 // Interior tiles: the plan's pointers, no bounds or alignment tests. Edge tiles (the last,
 // partial one) and unaligned tensors: per-chunk index math and guards, kept rolled.
@@ -154,15 +170,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
                                               long long t0, int st, const bool& vec_kv, const int& tid, const T& zero) {
     constexpr int BN = Tile::BN, D = Tile::D, NT = Tile::NT;
     if (af_tc_kv_interior<Tile>(blk, layout, pl, t0)) {
-        const char* const kp = pl.k + (unsigned)t0 * pl.k_row;
-        const char* const vp = pl.v + (unsigned)t0 * pl.v_row;
-        const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
-        const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
-#pragma unroll
-        for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
-            af_cp_async_16_at(dk + pl.off(p) * (int)sizeof(T), kp + (unsigned long long)pl.k_pass * p);
-            af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
-        }
+        af_tc_copy_passes<Tile, T>(sK, sV, pl, (unsigned)t0, st);
         return;
     }
     if constexpr (!Layout::CONTIGUOUS_KV) {
@@ -171,15 +179,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_dot_scoring&, const SK& s
         // in a GPU's memory.
         long long r0;
         if (pl.fast && (unsigned)t0 + BN <= (unsigned)blk.seq_k && af_kv_tile_row<BN>(layout, blk, t0, r0)) {
-            const char* const kp = pl.k + (unsigned)r0 * pl.k_row;
-            const char* const vp = pl.v + (unsigned)r0 * pl.v_row;
-            const unsigned dk = af_smem_addr(&sK[st * BN * D + pl.soff]);
-            const unsigned dv = af_smem_addr(&sV[st * BN * D + pl.soff]);
-#pragma unroll
-            for (int p = 0; p < af_tc_kv_plan<Tile, T>::PASSES; ++p) {
-                af_cp_async_16_at(dk + pl.off(p) * (int)sizeof(T), kp + (unsigned long long)pl.k_pass * p);
-                af_cp_async_16_at(dv + pl.off(p) * (int)sizeof(T), vp + (unsigned long long)pl.v_pass * p);
-            }
+            af_tc_copy_passes<Tile, T>(sK, sV, pl, (unsigned)r0, st);
             return;
         }
     }
@@ -224,7 +224,7 @@ __device__ __forceinline__ void af_tc_load_kv(const af_lminf_scoring& sc, const 
         const int o0 = st * BN * D + af_swz<D>(j, m), o1 = st * BN * D + af_swz<D>(j, m + D / 2);
         sK[RAW + o0] = TT::from(x0);
         sK[RAW + o1] = TT::from(x1);
-        af_rope_pair(x0, x1, kv, af_rope_freq(m, D, sc.log2_theta));
+        sc.rotate_k(x0, x1, kv, m, D);
         sK[o0] = TT::from(x0);
         sK[o1] = TT::from(x1);
     }

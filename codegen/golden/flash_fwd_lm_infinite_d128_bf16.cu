@@ -504,6 +504,9 @@ struct af_dense_layout {
     __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
         return ((long long)blk.b * a.heads_q + blk.h) * a.seq_q + row;
     }
+    // keys per row of the statistics partials [B, Hq, qblocks, stats_keys] (af_key_mass_stats)
+    template <typename T>
+    __device__ __forceinline__ long long stats_keys(const af_fwd_args<T>& a) const { return a.seq_k; }
 };
 
 // Element of query row `row` of a serving block in lse [Hq, Tq] (a.seq_q = Tq).
@@ -567,6 +570,9 @@ struct af_varlen_layout {
     __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
         return af_serving_lse_at(a, blk, row);
     }
+    // statistics row length: Tk key rows, a bound on every Sk_b (keys past Sk_b stay 0)
+    template <typename T>
+    __device__ __forceinline__ long long stats_keys(const af_fwd_args<T>& a) const { return a.seq_k; }
 };
 
 // A paged KV cache k, v: [num_pages, page_size, Hkv, D] (row stride k_stride_s = Hkv D is a
@@ -616,6 +622,9 @@ struct af_paged_layout {
     __device__ __forceinline__ long long lse_at(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
         return af_serving_lse_at(a, blk, row);
     }
+    // statistics row length: the block table's reach max_pages page_size, a bound on every Sk_b
+    template <typename T>
+    __device__ __forceinline__ long long stats_keys(const af_fwd_args<T>&) const { return (long long)max_pages << page_shift; }
 };
 
 // Whether the BN keys from t0 are consecutive rows of k and v, and the row of key t0: always
@@ -793,6 +802,21 @@ struct af_lminf_scoring {
         return af_lminf_branches(p_lo, p_hi, c0, c1, global_tokens, local_window);
     }
     __device__ __forceinline__ bool near(long long q_pos, long long kv_pos) const { return q_pos - kv_pos < local_window; }
+    // The one definition of the rotations every LM-Infinite kernel applies (forward main
+    // loops, statistics sweep), so their scores agree to the bit. Query pair (x0, x1) =
+    // (q_m, q_{m + D/2}): near branch at the query's position (in place), far branch at Deff
+    // into (y0, y1).
+    __device__ __forceinline__ void rotate_q(float& x0, float& x1, float& y0, float& y1, long long q_pos, int m, int d) const {
+        const float f = af_rope_freq(m, d, log2_theta);
+        y0 = x0;
+        y1 = x1;
+        af_rope_pair(x0, x1, q_pos, f);
+        af_rope_pair(y0, y1, d_eff, f);
+    }
+    // Key pair of the near branch, rotated at its position (the far branch reads k un-rotated).
+    __device__ __forceinline__ void rotate_k(float& x0, float& x1, long long kv, int m, int d) const {
+        af_rope_pair(x0, x1, kv, af_rope_freq(m, d, log2_theta));
+    }
 };
 
 // ---- decode: GQA groups packed into the M tile, keys split across blocks ----
@@ -1174,35 +1198,117 @@ struct af_no_stats {
                                           const Hooks&, const Scoring&) const {}
 };
 
+// The statistics sweep's staging, per scoring policy: Q of the block and K of tile n0 into
+// d-major tiles of T (Q [D][BM], K [D][BN]), the element values the main loop multiplies.
+// Q rows past seq_q copy the last row and keys past seq_k the last key (their weight is
+// dropped). LM-Infinite stages both branches (near, then far one tile further: the query
+// rotated at its position / at Deff, the key rotated / raw), rounded to T as the main loops
+// round them (af_lminf_scoring::rotate_q / rotate_k).
+template <int BM, int D, int NT, typename T, class S, class Layout>
+__device__ __forceinline__ void af_stats_stage_q(const af_dot_scoring&, const S& sQ, const af_fwd_args<T>& a,
+                                                 const af_fwd_block<T>& blk, const Layout&, int tid) {
+    for (int idx = tid; idx < BM * D; idx += NT) {
+        const int r = idx / D, d = idx % D;
+        sQ[d * BM + r] = blk.qb[(blk.m0 + min((long long)r, blk.rows_valid - 1)) * a.q_stride_s + d];
+    }
+}
+template <int BM, int D, int NT, typename T, class S, class Layout>
+__device__ __forceinline__ void af_stats_stage_q(const af_lminf_scoring& sc, const S& sQ, const af_fwd_args<T>& a,
+                                                 const af_fwd_block<T>& blk, const Layout& layout, int tid) {
+    const T* tag = nullptr;
+#pragma unroll 1
+    for (int idx = tid; idx < BM * (D / 2); idx += NT) {
+        const int r = idx / (D / 2), m = idx % (D / 2);
+        const long long row = blk.m0 + min((long long)r, blk.rows_valid - 1);
+        float x0 = af_to_float(blk.qb[row * a.q_stride_s + m]), x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
+        float y0, y1;
+        sc.rotate_q(x0, x1, y0, y1, af_q_pos(layout, blk, row), m, D);
+        sQ[m * BM + r] = static_cast<T>(af_round_as(tag, x0));
+        sQ[(m + D / 2) * BM + r] = static_cast<T>(af_round_as(tag, x1));
+        sQ[D * BM + m * BM + r] = static_cast<T>(af_round_as(tag, y0));
+        sQ[D * BM + (m + D / 2) * BM + r] = static_cast<T>(af_round_as(tag, y1));
+    }
+}
+template <int BN, int D, int NT, typename T, class S, class Layout>
+__device__ __forceinline__ void af_stats_stage_k(const af_dot_scoring&, const S& sK, const af_fwd_args<T>& a,
+                                                 const af_fwd_block<T>& blk, const Layout& layout, long long n0, int tid) {
+    for (int idx = tid; idx < BN * D; idx += NT) {
+        const int c = idx / D, d = idx % D;
+        const long long kv = min(n0 + c, (long long)blk.seq_k - 1);
+        sK[d * BN + c] = blk.kb[layout.kv_row(blk, kv) * a.k_stride_s + d];
+    }
+}
+template <int BN, int D, int NT, typename T, class S, class Layout>
+__device__ __forceinline__ void af_stats_stage_k(const af_lminf_scoring& sc, const S& sK, const af_fwd_args<T>& a,
+                                                 const af_fwd_block<T>& blk, const Layout& layout, long long n0, int tid) {
+    const T* tag = nullptr;
+#pragma unroll 1
+    for (int idx = tid; idx < BN * (D / 2); idx += NT) {
+        const int c = idx / (D / 2), m = idx % (D / 2);
+        const long long kv = min(n0 + c, (long long)blk.seq_k - 1), row = layout.kv_row(blk, kv);
+        const T k0 = blk.kb[row * a.k_stride_s + m], k1 = blk.kb[row * a.k_stride_s + m + D / 2];
+        sK[D * BN + m * BN + c] = k0;
+        sK[D * BN + (m + D / 2) * BN + c] = k1;
+        float x0 = af_to_float(k0), x1 = af_to_float(k1);
+        sc.rotate_k(x0, x1, kv, m, D);
+        sK[m * BN + c] = static_cast<T>(af_round_as(tag, x0));
+        sK[(m + D / 2) * BN + c] = static_cast<T>(af_round_as(tag, x1));
+    }
+}
+
+// s[b][i][c] = q(rg RPT + i) . k(cg CB + c) of scoring branch b in f32, from the staged tiles.
+template <int BM, int BN, int D, int NB, int RPT, int CB, typename T, class SQ, class SK>
+__device__ __forceinline__ void af_stats_scores(float (&s)[NB][RPT][CB], const SQ& sQ, const SK& sK, int rg, int cg) {
+#pragma unroll
+    for (int b = 0; b < NB; ++b)
+#pragma unroll
+        for (int i = 0; i < RPT; ++i)
+#pragma unroll
+            for (int c = 0; c < CB; ++c) s[b][i][c] = 0.f;
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) {
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            float qq[RPT], kk[CB];
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) qq[i] = af_to_float(static_cast<T>(sQ[b * D * BM + d * BM + rg * RPT + i]));
+#pragma unroll
+            for (int c = 0; c < CB; ++c) kk[c] = af_to_float(static_cast<T>(sK[b * D * BN + d * BN + cg * CB + c]));
+#pragma unroll
+            for (int i = 0; i < RPT; ++i)
+#pragma unroll
+                for (int c = 0; c < CB; ++c) s[b][i][c] += qq[i] * kk[c];
+        }
+    }
+}
+
 struct af_key_mass_stats {
-    float* partial;             // [B, Hq, gridDim.x, Sk]
+    float* partial;             // [B, Hq, gridDim.x, layout.stats_keys(a)]
     static constexpr int CB = 4;  // key columns per thread (register block CB x rows per thread)
     // The scores are recomputed in f32 from q and k staged in shared memory (one code path for
     // every main loop; the main loop's fragments are gone): the same masked, modified, scaled
     // score the main loop used, up to rounding. Thread (row group rg, column group cg) holds
-    // an RPT x CB block of scores (rows rg RPT.., keys cg CB..); the RGN row groups' column
-    // sums are added in a fixed order through shared memory. Shared memory (the main loop's,
-    // free after the epilogue): Q [D][BM] and K [D][BN] as T, then RGN x BN floats; the tile
-    // check keeps it within the main loop's (attnforge_codegen::tile, stats_sweep_smem_bytes).
+    // an RPT x CB block of scores per scoring branch (rows rg RPT.., keys cg CB..); the RGN row
+    // groups' column sums are added in a fixed order through shared memory. Shared memory (the
+    // main loop's, free after the epilogue): Q [NB][D][BM] and K [NB][D][BN] as T, then RGN x BN
+    // floats; the tile check keeps it within the main loop's (attnforge_codegen::tile,
+    // stats_sweep_smem_bytes).
     template <class Tile, typename T, class Layout, class Schedule, class Hooks, class Scoring>
     __device__ void sweep(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, const Layout& layout, const Schedule& schedule,
-                          const Hooks& hooks, const Scoring&) const {
-        constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, NT = Tile::NT;
+                          const Hooks& hooks, const Scoring& sc) const {
+        constexpr int BM = Tile::BM, BN = Tile::BN, D = Tile::D, NT = Tile::NT, NB = Scoring::BRANCHES;
         constexpr int CG = BN / CB, RGN = NT / CG, RPT = BM / RGN;
         static_assert(NT % CG == 0 && BM % RGN == 0 && RPT >= 1, "the tile splits into CB-column blocks");
         AF_DYNAMIC_SHARED(T, af_stats_smem);
-        AF_SHARED_VIEW(T, sQ, af_stats_smem, 0, D * BM);
-        AF_SHARED_VIEW(T, sK, af_stats_smem, D * BM, D * BN);
-        AF_SHARED_VIEW(float, red, af_stats_smem, D * (BM + BN), RGN * BN);
+        AF_SHARED_VIEW(T, sQ, af_stats_smem, 0, NB * D * BM);
+        AF_SHARED_VIEW(T, sK, af_stats_smem, NB * D * BM, NB * D * BN);
+        AF_SHARED_VIEW(float, red, af_stats_smem, NB * D * (BM + BN), RGN * BN);
         const int tid = threadIdx.x, cg = tid % CG, rg = tid / CG;
-        float* prow = partial + (((long long)blk.b * a.heads_q + blk.h) * gridDim.x + blockIdx.x) * blk.seq_k;
+        const long long row_keys = layout.stats_keys(a);  // >= blk.seq_k (serving layouts: padded)
+        float* prow = partial + (((long long)blk.b * a.heads_q + blk.h) * gridDim.x + blockIdx.x) * row_keys;
         __syncthreads();  // every row's lse is written; the main loop's shared memory is free
-        for (long long j = tid; j < blk.seq_k; j += NT) prow[j] = 0.f;
-        // Q -> shared, d-major; rows past seq_q copy the last row (their weight is dropped)
-        for (int idx = tid; idx < BM * D; idx += NT) {
-            const int r = idx / D, d = idx % D;
-            sQ[d * BM + r] = blk.qb[(blk.m0 + min((long long)r, blk.rows_valid - 1)) * a.q_stride_s + d];
-        }
+        for (long long j = tid; j < row_keys; j += NT) prow[j] = 0.f;
+        af_stats_stage_q<BM, D, NT>(sc, sQ, a, blk, layout, tid);
         float lse[RPT];  // -inf: an empty row or a row past seq_q, no weight
 #pragma unroll
         for (int i = 0; i < RPT; ++i) {
@@ -1215,29 +1321,10 @@ struct af_key_mass_stats {
         while (tiles.next(cur, n0, kind)) {
             const bool partial_tile = decltype(hooks.mask)::active && kind == AF_TILE_PARTIAL;
             __syncthreads();  // the previous tile's K and column sums are consumed
-            for (int idx = tid; idx < BN * D; idx += NT) {
-                const int c = idx / D, d = idx % D;
-                const long long kv = min(n0 + c, (long long)blk.seq_k - 1);  // past seq_k: dropped
-                sK[d * BN + c] = blk.kb[layout.kv_row(blk, kv) * a.k_stride_s + d];
-            }
+            af_stats_stage_k<BN, D, NT>(sc, sK, a, blk, layout, n0, tid);
             __syncthreads();
-            float s[RPT][CB];
-#pragma unroll
-            for (int i = 0; i < RPT; ++i)
-#pragma unroll
-                for (int c = 0; c < CB; ++c) s[i][c] = 0.f;
-#pragma unroll 4
-            for (int d = 0; d < D; ++d) {
-                float qq[RPT], kk[CB];
-#pragma unroll
-                for (int i = 0; i < RPT; ++i) qq[i] = af_to_float(static_cast<T>(sQ[d * BM + rg * RPT + i]));
-#pragma unroll
-                for (int c = 0; c < CB; ++c) kk[c] = af_to_float(static_cast<T>(sK[d * BN + cg * CB + c]));
-#pragma unroll
-                for (int i = 0; i < RPT; ++i)
-#pragma unroll
-                    for (int c = 0; c < CB; ++c) s[i][c] += qq[i] * kk[c];
-            }
+            float s[NB][RPT][CB];
+            af_stats_scores<BM, BN, D, NB, RPT, CB, T>(s, sQ, sK, rg, cg);
             float col[CB];
 #pragma unroll
             for (int c = 0; c < CB; ++c) col[c] = 0.f;
@@ -1249,7 +1336,9 @@ struct af_key_mass_stats {
                     const long long kv = n0 + cg * CB + c;
                     // empty rows, rows past seq_q, keys past seq_k, masked elements: no weight
                     if (lse[i] == -INFINITY || kv >= blk.seq_k || (partial_tile && !hooks.mask(q_pos, kv))) continue;
-                    col[c] += exp2f((hooks.score(s[i][c] * a.scale, q_pos, kv) - lse[i]) * AF_LOG2E);
+                    // the element's scoring branch, selected as the main loops select it
+                    const float x = NB > 1 && !sc.near(q_pos, kv) ? s[NB - 1][i][c] : s[0][i][c];
+                    col[c] += exp2f((hooks.score(x * a.scale, q_pos, kv) - lse[i]) * AF_LOG2E);
                 }
             }
 #pragma unroll
@@ -1305,10 +1394,8 @@ __device__ __forceinline__ void af_fma_load_q(const af_lminf_scoring& sc, const 
             x0 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m]);
             x1 = af_to_float(blk.qb[af_q_off(layout, a, blk, row) + m + D / 2]);
         }
-        const float f = af_rope_freq(m, D, sc.log2_theta);
-        float y0 = x0, y1 = x1;
-        af_rope_pair(x0, x1, af_q_pos(layout, blk, row), f);
-        af_rope_pair(y0, y1, sc.d_eff, f);
+        float y0, y1;
+        sc.rotate_q(x0, x1, y0, y1, af_q_pos(layout, blk, row), m, D);
         sQ[r * D + m] = af_round_as(tag, x0);
         sQ[r * D + m + D / 2] = af_round_as(tag, x1);
         sQ[BM * D + r * D + m] = af_round_as(tag, y0);
@@ -1355,7 +1442,7 @@ __device__ __forceinline__ void af_fma_load_kv(const af_lminf_scoring& sc, const
         }
         sK[RAW + j * KS + m] = x0;
         sK[RAW + j * KS + m + D / 2] = x1;
-        af_rope_pair(x0, x1, kv, af_rope_freq(m, D, sc.log2_theta));
+        sc.rotate_k(x0, x1, kv, m, D);
         sK[j * KS + m] = af_round_as(tag, x0);
         sK[j * KS + m + D / 2] = af_round_as(tag, x1);
     }

@@ -65,6 +65,9 @@ pub enum GradArg {
     ThetaOffsets,
     /// Elements of theta (`int`).
     ThetaLen,
+    /// `dq_accum`: `[B, Hq, Sq, D]` f32, the atomic-dQ variant's sums ([`BackwardTile::atomic_dq`];
+    /// zeroed by the delta kernel), or null.
+    DQAccum,
     /// A part of the transposed block lists ([`BlockLists::transposed`](crate::blocks::BlockLists::transposed);
     /// list-driven masks only), named `t` + the forward's name (`tblk_full_num`, ...).
     Transposed(BlockListPart),
@@ -72,7 +75,7 @@ pub enum GradArg {
 
 /// The [`GradArg`]s every backward kernel has, in kernel-argument order (the fields of
 /// `af_bwd_args`); list-driven masks append the eight [`GradArg::Transposed`] parts.
-pub const GRAD_ARGS: [GradArg; 7] = [
+pub const GRAD_ARGS: [GradArg; 8] = [
     GradArg::DOut,
     GradArg::DLse,
     GradArg::Delta,
@@ -80,6 +83,7 @@ pub const GRAD_ARGS: [GradArg; 7] = [
     GradArg::DK,
     GradArg::DV,
     GradArg::DParam,
+    GradArg::DQAccum,
 ];
 
 impl GradArg {
@@ -93,6 +97,7 @@ impl GradArg {
             GradArg::DK => "dk".into(),
             GradArg::DV => "dv".into(),
             GradArg::DParam => "dparam".into(),
+            GradArg::DQAccum => "dq_accum".into(),
             GradArg::ThetaOffsets => "theta_offsets".into(),
             GradArg::ThetaLen => "theta_len".into(),
             GradArg::Transposed(part) => format!("t{}", BLOCK_LIST_ARGS[part as usize]),
@@ -104,7 +109,7 @@ impl GradArg {
         let (elem, mutable) = match self {
             GradArg::DOut => (t, false),
             GradArg::DLse => (Elem::F32, false),
-            GradArg::Delta | GradArg::DParam => (Elem::F32, true),
+            GradArg::Delta | GradArg::DParam | GradArg::DQAccum => (Elem::F32, true),
             GradArg::DQ | GradArg::DK | GradArg::DV => (t, true),
             GradArg::ThetaOffsets => (Elem::I32, false),
             GradArg::Transposed(part) if part.is_count() => return ArgKind::Scalar(Scalar::I32),
@@ -158,16 +163,19 @@ pub struct BackwardTile {
     pub block_n: usize,
     /// Warps per block.
     pub warps: usize,
+    /// FlashAttention-2's atomic dQ (a tuner option, never the default): the dK/dV kernel also
+    /// adds each query tile's `dS K` into an f32 buffer with `atomicAdd` and the dQ kernel only
+    /// scales and rounds it, so S and dP are computed once instead of twice; dQ is then not
+    /// bit-reproducible. Tensor-core form only, without learnable score parameters
+    /// ([`BackwardTile::valid`]). Absent from serialized tiles when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub atomic_dq: bool,
 }
 
 impl Default for BackwardTile {
     /// 32 x 32 with 4 warps: every head dimension fits sm_80's shared memory.
     fn default() -> Self {
-        BackwardTile {
-            block_m: 32,
-            block_n: 32,
-            warps: 4,
-        }
+        BackwardTile::new(32, 32, 4)
     }
 }
 
@@ -196,6 +204,42 @@ pub fn mainloop(spec: &KernelSpec, tile: &BackwardTile) -> Mainloop {
 pub const DELTA_WARPS: usize = 4;
 
 impl BackwardTile {
+    /// The deterministic tile `block_m x block_n` with `warps` warps.
+    pub const fn new(block_m: usize, block_n: usize, warps: usize) -> Self {
+        BackwardTile {
+            block_m,
+            block_n,
+            warps,
+            atomic_dq: false,
+        }
+    }
+    /// This tile with the atomic-dQ variant.
+    pub const fn atomic(self) -> Self {
+        BackwardTile {
+            atomic_dq: true,
+            ..self
+        }
+    }
+    /// Query rows per step of the tensor-core dK/dV kernel's transposed schedule: `block_m`,
+    /// or 32 at head dim > 64 (its S^T and dP^T of 64 queries next to the dK and dV
+    /// accumulators spill; `QM` of `af_bwd_dkdv_tc`).
+    pub fn dkdv_query_step(&self, head_dim: usize) -> usize {
+        if head_dim > 64 && self.block_m > 32 {
+            32
+        } else {
+            self.block_m
+        }
+    }
+    /// m16n8k16 products of one tensor-core dK/dV iteration, in units of one `16 x QM x D`
+    /// product per warp: 4 (S^T, dP^T, dV, dK), 5 with the atomic dQ's dS K (a warp's share
+    /// of the query tile's `QM x D` partial is one such product).
+    pub fn dkdv_products(&self) -> f64 {
+        if self.atomic_dq {
+            5.0
+        } else {
+            4.0
+        }
+    }
     /// Threads per block.
     pub fn threads(&self) -> usize {
         self.warps * 32
@@ -213,12 +257,21 @@ impl BackwardTile {
     }
     /// Dynamic shared memory of the tensor-core dK/dV kernel (`cuda/af_bwd_tc.cuh`): K, V, Q,
     /// dO tiles of 16-bit elements, lse and Delta of the query tile in f32.
+    /// The atomic-dQ variant adds the query step's dS, `[QM][block_n + 8]` 16-bit elements.
     pub fn dkdv_smem_bytes_tc(&self, head_dim: usize) -> usize {
-        2 * (2 * self.block_n + 2 * self.block_m) * head_dim + 8 * self.block_m
+        let ds = if self.atomic_dq {
+            2 * self.dkdv_query_step(head_dim) * (self.block_n + 8)
+        } else {
+            0
+        };
+        2 * (2 * self.block_n + 2 * self.block_m) * head_dim + 8 * self.block_m + ds
     }
     /// Dynamic shared memory of the tensor-core dQ kernel: Q, dO, K, V tiles of 16-bit
-    /// elements, the warps' block sum in f32.
+    /// elements, the warps' block sum in f32 (the atomic variant's conversion kernel: none).
     pub fn dq_smem_bytes_tc(&self, head_dim: usize) -> usize {
+        if self.atomic_dq {
+            return 0;
+        }
         2 * (2 * self.block_m + 2 * self.block_n) * head_dim + 4 * self.warps
     }
     /// Dynamic shared memory of `spec`'s dK/dV and dQ kernels with this tile (the main loop
@@ -241,25 +294,15 @@ impl BackwardTile {
         let divides = |t: &BackwardTile| {
             !spec.mask.uses_block_lists() || (b.q % t.block_m == 0 && b.k % t.block_n == 0)
         };
-        let tc = [
-            BackwardTile {
-                block_m: 64,
-                block_n: 64,
-                warps: 4,
-            },
-            BackwardTile {
-                block_m: 32,
-                block_n: 32,
-                warps: 2,
-            },
-        ];
+        let tc = [BackwardTile::new(64, 64, 4), BackwardTile::new(32, 32, 2)];
         tc.into_iter()
             .find(|t| mainloop(spec, t) == Mainloop::TensorCore && divides(t))
             .unwrap_or_default()
     }
-    /// `_m<bm>n<bn>w<warps>` (a symbol suffix).
+    /// `m<bm>n<bn>w<warps>`, with `a` appended for the atomic-dQ variant.
     pub fn suffix(&self) -> String {
-        format!("m{}n{}w{}", self.block_m, self.block_n, self.warps)
+        let a = if self.atomic_dq { "a" } else { "" };
+        format!("m{}n{}w{}{a}", self.block_m, self.block_n, self.warps)
     }
     /// Checks against the template's assumptions and `arch`'s shared memory (of the main
     /// loop [`mainloop`] selects for `spec`).
@@ -289,6 +332,7 @@ impl BackwardTile {
                 fix,
             ));
         }
+        errs.extend(self.atomic_dq_errors(spec));
         let (dkdv, dq) = self.smem_bytes(spec);
         let smem = dkdv.max(dq);
         if errs.is_empty() && smem > arch.max_dynamic_smem() {
@@ -306,6 +350,55 @@ impl BackwardTile {
         } else {
             Err(errs)
         }
+    }
+}
+
+impl BackwardTile {
+    /// Why the atomic-dQ variant does not apply to `spec` with this tile (empty when it does
+    /// or is not asked for): it lives in the tensor-core dK/dV loop, and the score parameters'
+    /// gradient is summed by the deterministic dQ kernel, which it replaces.
+    fn atomic_dq_errors(&self, spec: &KernelSpec) -> Vec<SpecError> {
+        let mut errs = Vec::new();
+        if !self.atomic_dq {
+            return errs;
+        }
+        let fix = "use the deterministic dQ kernel (atomic_dq = false)";
+        if mainloop(spec, self) != Mainloop::TensorCore {
+            errs.push(SpecError::new(
+                "backward_tile.atomic_dq",
+                "the atomic dQ exists in the tensor-core form only (f16/bf16, head dim 64/128, \
+                 one scoring branch, block_m == block_n == 16 * warps)",
+                fix,
+            ));
+        }
+        if param_layout(spec).is_some() {
+            errs.push(SpecError::new(
+                "backward_tile.atomic_dq",
+                "the score modification has learnable parameters, whose gradient only the \
+                 deterministic dQ kernel sums",
+                fix,
+            ));
+        }
+        errs
+    }
+}
+
+/// How the score parameters' gradient is laid out, when the spec has one to learn.
+pub fn param_layout(spec: &KernelSpec) -> Option<ParamGradLayout> {
+    match &spec.score {
+        ScoreMod::User(f) => f
+            .params
+            .iter()
+            .any(|p| matches!(p.kind, UserParamKind::F32 | UserParamKind::ArrayF32))
+            .then_some(ParamGradLayout::Learnable),
+        s => s
+            .def()
+            .filter(|d| d.grad.is_some())
+            .and_then(|d| d.param)
+            .map(|p| match p.kind {
+                ScoreParamKind::Scalar => ParamGradLayout::Scalar,
+                ScoreParamKind::PerHead => ParamGradLayout::PerHead,
+            }),
     }
 }
 
@@ -461,21 +554,7 @@ pub fn emit_backward(
             name,
         }
     };
-    let param = match &spec.score {
-        ScoreMod::User(f) => f
-            .params
-            .iter()
-            .any(|p| matches!(p.kind, UserParamKind::F32 | UserParamKind::ArrayF32))
-            .then_some(ParamGradLayout::Learnable),
-        s => s
-            .def()
-            .filter(|d| d.grad.is_some())
-            .and_then(|d| d.param)
-            .map(|p| match p.kind {
-                ScoreParamKind::Scalar => ParamGradLayout::Scalar,
-                ScoreParamKind::PerHead => ParamGradLayout::PerHead,
-            }),
-    };
+    let param = param_layout(spec);
     Ok(BackwardKernels {
         delta: kernel(Part::Delta),
         dkdv: kernel(Part::DkDv),
@@ -516,10 +595,11 @@ fn source(ir: &KernelIr, tile: &BackwardTile, ml: Mainloop, part: Part, name: &s
     );
     let _ = writeln!(
         o,
-        "// backward tile: block_m={} block_n={} warps={} | {}\n// generated by attnforge-codegen; do not edit\n",
+        "// backward tile: block_m={} block_n={} warps={}{} | {}\n// generated by attnforge-codegen; do not edit\n",
         tile.block_m,
         tile.block_n,
         tile.warps,
+        if tile.atomic_dq { " atomic_dq" } else { "" },
         if tc {
             "mma.sync m16n8k16 (f32 accumulation)"
         } else {
@@ -581,10 +661,18 @@ fn source(ir: &KernelIr, tile: &BackwardTile, ml: Mainloop, part: Part, name: &s
             query_schedule(&mut o, ir);
             emit::block_hooks(&mut o, ir);
             grad_hooks(&mut o, ir);
+            let dq = if tile.atomic_dq {
+                ", af_bwd_dq_atomic{}"
+            } else {
+                ""
+            };
             o.push_str(&format!(
-                "    af_bwd_dkdv{sfx}<Tile>(args, grads, queries, block_hooks, grad_hooks, {});\n}}\n",
+                "    af_bwd_dkdv{sfx}<Tile>(args, grads, queries, block_hooks, grad_hooks, {}{dq});\n}}\n",
                 emit::scoring(ir)
             ));
+        }
+        Part::Dq if tile.atomic_dq => {
+            o.push_str("    af_bwd_dq_convert<Tile>(args, grads);\n}\n");
         }
         Part::Dq => {
             emit::schedule(&mut o, ir);

@@ -273,6 +273,16 @@ impl Mask {
         self.def().is_some_and(|d| d.lm_infinite_scoring)
     }
 
+    /// Score tiles per key tile (`BRANCHES` of the kernel's scoring policy): LM-Infinite
+    /// forms a near and a far branch, every other mask one.
+    pub fn scoring_branches(&self) -> usize {
+        if self.lm_infinite_scoring() {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Serde tag path segment used in error paths (`mask.local`, ...).
     pub fn tag(&self) -> &'static str {
         match self {

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Errors, SpecError};
-use crate::spec::{DType, HeadDim, KernelSpec, ScoreMod};
+use crate::spec::{DType, HeadDim, KernelSpec, Layout, ScoreMod};
 
 /// Target architecture: the one `Arch` of the workspace (tiles, NVRTC, ptxas, the tuner).
 /// Hopper's arch-specific features (`sm_90a`: `wgmma`, `setmaxnreg`) are a compile-target
@@ -113,6 +113,11 @@ pub struct TileConfig {
     /// 64 query rows. Absent from serialized configs when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wgmma: bool,
+    /// Backward tuning only: the candidate stands for a backward tile with the atomic dQ
+    /// (`backward::BackwardTile::atomic_dq`); the forward never sets it. Absent from
+    /// serialized configs when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub atomic_dq: bool,
 }
 
 /// How S = Q K^T and O += P V are computed (selected by [`Mainloop::select`]).
@@ -196,11 +201,7 @@ impl SmemLayout {
     /// Layout for a spec and tile.
     pub fn new(spec: &KernelSpec, t: &TileConfig) -> Self {
         let d = spec.head_dim.get();
-        let two = if spec.mask.lm_infinite_scoring() {
-            2
-        } else {
-            1
-        };
+        let two = spec.mask.scoring_branches();
         match Mainloop::select(spec, t) {
             Mainloop::Fma => {
                 let k_stride = d + 1;
@@ -274,6 +275,7 @@ impl TileConfig {
             warps,
             stages,
             wgmma: false,
+            atomic_dq: false,
         }
     }
 
@@ -286,6 +288,7 @@ impl TileConfig {
             warps: block_m / 16,
             stages,
             wgmma: true,
+            atomic_dq: false,
         }
     }
 
@@ -312,20 +315,26 @@ impl TileConfig {
         self.wgmma && self.warps == self.block_m / 16 + 4
     }
 
-    /// `m<bm>n<bn>w<warps>s<stages>`, with `wg` appended for a warpgroup-MMA tile.
+    /// `m<bm>n<bn>w<warps>s<stages>`, with `wg` appended for a warpgroup-MMA tile and `a` for
+    /// a backward candidate with the atomic dQ.
     pub fn suffix(&self) -> String {
         format!(
-            "m{}n{}w{}s{}{}",
+            "m{}n{}w{}s{}{}{}",
             self.block_m,
             self.block_n,
             self.warps,
             self.stages,
-            if self.wgmma { "wg" } else { "" }
+            if self.wgmma { "wg" } else { "" },
+            if self.atomic_dq { "a" } else { "" }
         )
     }
 
-    /// Parses [`TileConfig::suffix`]'s form (`m64n64w4s2`, `m128n128w8s2wg`).
+    /// Parses [`TileConfig::suffix`]'s form (`m64n64w4s2`, `m128n128w8s2wg`, `m64n64w4s1a`).
     pub fn parse_suffix(s: &str) -> Option<Self> {
+        let (s, atomic_dq) = match s.strip_suffix('a') {
+            Some(b) => (b, true),
+            None => (s, false),
+        };
         let (body, wgmma) = match s.strip_suffix("wg") {
             Some(b) => (b, true),
             None => (s, false),
@@ -340,6 +349,7 @@ impl TileConfig {
             warps: w.parse().ok()?,
             stages: st.parse().ok()?,
             wgmma,
+            atomic_dq,
         })
     }
 
@@ -361,11 +371,7 @@ impl TileConfig {
         let rows = (self.block_m / self.warps.max(1)).max(1);
         let dpl = spec.head_dim.get() / 32;
         let cpl = (self.block_n / 32).max(1);
-        let branches = if spec.mask.lm_infinite_scoring() {
-            2
-        } else {
-            1
-        };
+        let branches = spec.mask.scoring_branches();
         // A user score function runs per score element with its own temporaries (64-bit
         // positions, array loads) live across the unrolled row loop: count the score array
         // twice. Calibration (ptxas 12.9): the catalog's `headbias` score at 16 rows x 4
@@ -412,6 +418,19 @@ impl TileConfig {
 
     /// Check the config against the spec and the architecture. Returns every error.
     pub fn valid(&self, spec: &KernelSpec, arch: Arch) -> Result<(), Vec<SpecError>> {
+        if self.atomic_dq {
+            // only the backward tuner's candidates carry it (BackwardTile::atomic_dq)
+            return Err(vec![SpecError::new(
+                "tile.atomic_dq",
+                "atomic_dq is a backward option; the forward kernel has no dQ",
+                "remove atomic_dq from the forward tile",
+            )]);
+        }
+        self.valid_shape(spec, arch)
+    }
+
+    /// [`TileConfig::valid`] of a forward tile: the template's and the architecture's limits.
+    fn valid_shape(&self, spec: &KernelSpec, arch: Arch) -> Result<(), Vec<SpecError>> {
         let mut e = Errors::default();
         // 16..128: a block below 16 rows cannot feed the m16n8k16 tensor-core mainloop;
         // above 128 rows the accumulators of one warp no longer fit (rows x D/32 registers).
@@ -533,10 +552,12 @@ impl TileConfig {
     }
 
     /// Shared memory of the statistics sweep (`af_key_mass_stats`, cuda/af_fwd.cuh): Q and a
-    /// K tile as the element type, then one float per (row group, key column), i.e.
-    /// `threads * 4` floats (4 key columns per thread).
+    /// K tile as the element type per scoring branch (LM-Infinite has two: near and far),
+    /// then one float per (row group, key column), i.e. `threads * 4` floats (4 key columns
+    /// per thread).
     pub fn stats_sweep_smem_bytes(&self, spec: &KernelSpec) -> usize {
-        (self.block_m + self.block_n) * spec.head_dim.get() * spec.dtype.bytes()
+        let branches = spec.mask.scoring_branches();
+        branches * (self.block_m + self.block_n) * spec.head_dim.get() * spec.dtype.bytes()
             + self.threads() * STATS_COLS_PER_THREAD * 4
     }
 
@@ -769,13 +790,52 @@ pub fn exhaustive_search_space(spec: &KernelSpec, arch: Arch) -> Vec<TileConfig>
     v
 }
 
+/// The decode kernels' 128-key tile: 64 rows, 4 warps, 2 stages (FA2's split-KV tile at
+/// d 128). A decode block holds one GQA group's few tokens, so most of its 64 rows are
+/// padding and the per-tile costs (online-softmax rescale, row-max shuffles, the page
+/// lookup and copy bookkeeping) are paid per key tile: 128 keys halve them per key against
+/// 64 (static SASS, docs/serving.md "128-key decode tile").
+pub const DECODE_WIDE_TILE: TileConfig = TileConfig {
+    block_m: 64,
+    block_n: 128,
+    warps: 4,
+    stages: 2,
+    wgmma: false,
+    atomic_dq: false,
+};
+
+/// [`DECODE_WIDE_TILE`] for a decode spec where it fits: tensor cores (f16/bf16), one score
+/// tile (LM-Infinite holds two: 128 keys would double its scores' registers), head dim up to
+/// 128 on the paged cache and up to 64 over packed keys (`decode_varlen` keeps more
+/// addresses live in its contiguous copy path: at d 128 ALiBi and the sliding window spill
+/// 8-64 bytes), and `valid` (registers, shared memory, block-list block sizes). ptxas
+/// confirms no spill and no stack frame for every decode-capable catalog variant on sm_80
+/// and sm_90 (`ATTNFORGE_HEAVY=1 cargo test -p attnforge-runtime --test decode_tile`).
+/// `None` for every other spec.
+fn decode_wide_tile(spec: &KernelSpec, arch: Arch) -> Option<TileConfig> {
+    let max_d = match spec.layout {
+        Layout::Decode => 128,
+        Layout::DecodeVarlen => 64,
+        _ => 0,
+    };
+    let fits = spec.dtype != DType::F32
+        && spec.head_dim.get() <= max_d
+        && !spec.mask.lm_infinite_scoring();
+    Some(DECODE_WIDE_TILE).filter(|t| fits && t.valid(spec, arch).is_ok())
+}
+
 /// A sensible default config. f32: the first valid of 64x64x8, 64x64x4, 32x64x4, 16x32x2
 /// (one stage; 8 warps own 8 rows each, half the unrolled per-thread work of 4 warps, which
 /// halves the NVRTC + ptxas compile time of the FMA kernels). f16/bf16: the first valid of 64x64 (4 warps, 2 stages), 64x32 (2 stages),
 /// 32x32 (2 warps, 2 stages), 16x32 (1 warp, 1 stage), LM-Infinite from 64x32 on (it holds
 /// two score tiles): double buffering hides the
 /// global-load latency of the next K/V tile behind the two products of the current one.
+///
+/// The decode layouts ([`crate::spec::Layout::is_decode`]) try [`DECODE_WIDE_TILE`] first.
 pub fn default_tile(spec: &KernelSpec, arch: Arch) -> Option<TileConfig> {
+    if let Some(t) = decode_wide_tile(spec, arch) {
+        return Some(t);
+    }
     let cands: &[TileConfig] = if spec.dtype == DType::F32 {
         &[
             TileConfig::new(64, 64, 8, 1),

@@ -388,3 +388,47 @@ fn backward_kernels_compile_without_spills() {
     assert!(tc >= 19, "{tc} variants with the tensor-core form");
     check_all(kernels);
 }
+
+/// The atomic-dQ backward (`BackwardTile::atomic_dq`): its dK/dV kernel (the fifth product and
+/// the f32 reductions) and the conversion kernel compile for sm_80 and sm_90 without stack or
+/// spills at the default tensor-core tiles (64 x 64 / 4 warps, 32 x 32 / 2), causal f16 d 64
+/// and bf16 d 128; the ptxas figures are printed (`-- --nocapture`; static, no GPU).
+#[test]
+fn atomic_dq_backward_compiles_without_spills() {
+    use attnforge_codegen::backward::{emit_backward, BackwardTile};
+    let mut kernels = Vec::new();
+    for (dtype, d) in [(DType::F16, HeadDim::D64), (DType::Bf16, HeadDim::D128)] {
+        let spec = KernelSpec::new(dtype, d, Mask::Causal, ScoreMod::None);
+        for t in [BackwardTile::new(64, 64, 4), BackwardTile::new(32, 32, 2)] {
+            for arch in [Arch::Sm80, Arch::Sm90] {
+                let k = emit_backward(&spec, &t.atomic(), arch).unwrap();
+                assert!(k.dkdv.source.contains("atomicAdd"), "{}", k.dkdv.name);
+                kernels.push((k.dkdv, arch, t));
+                kernels.push((k.dq, arch, t));
+            }
+        }
+    }
+    let sources: Vec<KernelSource<'_>> = kernels
+        .iter()
+        .map(|(k, a, _)| KernelSource {
+            source: &k.source,
+            name: &k.name,
+            options: CompileOptions::new(*a),
+        })
+        .collect();
+    let results = build_many(&sources).unwrap_or_else(|e| panic!("NVRTC unavailable: {e}"));
+    for ((k, a, t), r) in kernels.iter().zip(results) {
+        let u = r.unwrap_or_else(|e| panic!("{}: {e}", k.name)).resources;
+        eprintln!(
+            "{} {} {}a: {} registers, stack {} B, spills {}/{} B",
+            k.name,
+            a.sm_name(),
+            t.suffix(),
+            u.registers,
+            u.stack_frame_bytes,
+            u.spill_store_bytes,
+            u.spill_load_bytes
+        );
+    }
+    check_all(kernels.into_iter().map(|(k, a, _)| (k, a)).collect());
+}

@@ -504,6 +504,7 @@ const T16: TileConfig = TileConfig {
     warps: 2,
     stages: 1,
     wgmma: false,
+    atomic_dq: false,
 };
 
 #[test]

@@ -4,8 +4,9 @@ The generated attention kernels of attnforge, run on CPU arrays through the SIMT
 (the exact generated CUDA) or the f64 reference, a PyTorch op (``attnforge.torch``) and a
 conformance suite for any attention implementation (``attnforge.conformance``).
 
-The generated backward kernels run on the simulator (``backward``); the serving entry points
-(varlen, paged KV cache) are not in this package yet.
+The generated backward kernels run on the simulator (``backward``); the serving layouts run
+through ``run_varlen`` (packed sequences) and ``run_paged`` (a paged KV cache, prefill or
+split-KV decoding), forward only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ __all__ = [
     "catalog",
     "mask_matrix",
     "run",
+    "run_paged",
+    "run_varlen",
     "tolerance",
 ]
 
@@ -107,3 +110,84 @@ def backward_reference(
     no score modification or softcap. Not a kernel: see ``backward`` for the generated one."""
     dl = None if dlse is None else np.ascontiguousarray(np.asarray(dlse, dtype=np.float64).reshape(-1))
     return _native.backward_reference(spec, _f32("q", q), _f32("k", k), _f32("v", v), _f32("dout", dout), dl, _doc(doc))
+
+
+def _packed(name: str, a: Any, ndim: int = 3) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != ndim:
+        want = "[tokens, heads, head_dim]" if ndim == 3 else "[num_pages, page_size, heads, head_dim]"
+        raise InputError(f"input `{name}`: {a.ndim} dimensions, shape {tuple(a.shape)}\n  fix: pass {name} as {want}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise InputError(f"input `{name}`: dtype {a.dtype}\n  fix: pass a floating-point array")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _i32(name: str, a: Any, ndim: int = 1) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != ndim or not np.issubdtype(a.dtype, np.integer):
+        want = "[B + 1] or [B]" if ndim == 1 else "[B, max_pages]"
+        raise InputError(
+            f"input `{name}`: dtype {a.dtype}, shape {tuple(a.shape)}\n  fix: pass integer {name} of shape {want}"
+        )
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def run_varlen(
+    spec: str,
+    q: Any,
+    k: Any,
+    v: Any,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any,
+    backend: str = "sim",
+    doc: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attention over packed sequences (``flash_attn_varlen_func``'s layout): q
+    ``[Tq, Hq, D]``, k, v ``[Tk, Hkv, D]``; sequence ``b`` owns q rows ``cu_seqlens_q[b] ..
+    cu_seqlens_q[b + 1]`` and the k, v rows of ``cu_seqlens_k``. A catalog name or dense spec
+    takes the varlen layout. Returns float64 ``(out [Tq, Hq, Dv], lse [Hq, Tq])``; empty rows
+    have out 0 and lse -inf. ``doc``: document ids packed like the keys."""
+    return _native.run_varlen(
+        spec,
+        _packed("q", q),
+        _packed("k", k),
+        _packed("v", v),
+        _i32("cu_seqlens_q", cu_seqlens_q),
+        _i32("cu_seqlens_k", cu_seqlens_k),
+        backend,
+        _doc(doc),
+    )
+
+
+def run_paged(
+    spec: str,
+    q: Any,
+    k_cache: Any,
+    v_cache: Any,
+    cu_seqlens_q: Any,
+    block_table: Any,
+    seqlens_k: Any,
+    backend: str = "sim",
+    decode: bool = False,
+    num_splits: Optional[int] = None,
+    doc: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attention over a paged KV cache (``flash_attn_with_kvcache``'s cache layout): q
+    ``[Tq, Hq, D]`` packed with ``cu_seqlens_q``; caches ``[num_pages, page_size, Hkv, D]``;
+    key ``j`` of sequence ``b`` is slot ``j % page_size`` of page ``block_table[b, j //
+    page_size]``; ``seqlens_k`` ``[B]``. ``decode=True``: the split-KV decode kernel (at
+    most 16 query tokens per sequence; ``num_splits`` fixes the splits, else the runtime's
+    rule). Returns float64 ``(out [Tq, Hq, Dv], lse [Hq, Tq])``."""
+    return _native.run_paged(
+        spec,
+        _packed("q", q),
+        _packed("k_cache", k_cache, 4),
+        _packed("v_cache", v_cache, 4),
+        _i32("cu_seqlens_q", cu_seqlens_q),
+        _i32("block_table", block_table, 2),
+        _i32("seqlens_k", seqlens_k),
+        backend,
+        decode,
+        num_splits,
+        _doc(doc),
+    )

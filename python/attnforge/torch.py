@@ -9,10 +9,12 @@ What runs where: CPU tensors run through the extension, on the CPU simulator (th
 generated CUDA, a correctness tool: slow), on the f64 reference, or with ``backend="cuda"``
 on GPU 0 through host copies (built, never run on a GPU yet). CUDA tensors raise an error:
 the zero-copy GPU path (kernel cache, launch on PyTorch's current stream with its pointers
-and strides) is not built in this package yet. Forward only: the generated backward kernels do
-not exist yet: with ``backend="reference"`` the op's backward is the f64 reference backward
-(variants.md section 12; built-in element masks, no score modification or softcap), with
-any other backend a backward raises.
+and strides) is not built in this package yet. Gradients: the generated backward kernels
+(``backend="sim"`` or ``"cuda"``) or the f64 reference backward (``backend="reference"``).
+
+The serving layouts, forward only: :func:`varlen_attention` and
+:func:`attention_with_kvcache` take FlashAttention's ``flash_attn_varlen_func`` and
+``flash_attn_with_kvcache`` arguments.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import numpy as np
 import torch
 
 from . import _native, backward as _backward_kernels, backward_reference as _backward_reference, run as _run
+from . import run_paged as _run_paged, run_varlen as _run_varlen
 from ._spec import build_spec
 
-__all__ = ["Attention", "attention", "spec_for"]
+__all__ = ["Attention", "attention", "attention_with_kvcache", "spec_for", "varlen_attention"]
 
 _DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
@@ -226,3 +229,172 @@ class Attention(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"mask={self.mask!r}, score={self.score!r}, backend={self.backend!r}"
+
+
+def _fa_spec(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    softmax_scale: Optional[float],
+    causal: bool,
+    window_size: tuple[int, int],
+    softcap: float,
+    alibi_slopes: Any,
+) -> str:
+    """Spec text for FlashAttention's arguments: ``window_size`` ``(left, right)`` with -1
+    for unbounded is the ``local`` mask's ``window_left`` / ``window_right`` (same
+    convention, bottom-right aligned), ``causal`` sets the right edge to 0."""
+    left, right = (int(window_size[0]), int(window_size[1]))
+    if causal:
+        right = 0
+    params: dict[str, Any] = {}
+    if left < 0 and right < 0:
+        mask = "full"
+    elif left < 0 and right == 0:
+        mask = "causal"
+    else:
+        mask, params = "local", {"window_left": left, "window_right": right}
+    score = None
+    if softcap and alibi_slopes is not None:
+        raise _native.InputError(
+            "softcap, alibi_slopes: both given; attnforge kernels take one score modification\n"
+            "  fix: pass one of them (or a spec= with a user score function)"
+        )
+    if softcap:
+        score, params["softcap"] = "softcap", float(softcap)
+    if alibi_slopes is not None:
+        score = "alibi"
+        params["alibi_slopes"] = torch.as_tensor(alibi_slopes, dtype=torch.float32).reshape(-1).tolist()
+    return build_spec(
+        _DTYPES.get(q.dtype, str(q.dtype)),
+        q.shape[-1],
+        mask=mask,
+        score=score,
+        gqa=q.shape[-2] != k.shape[-2],
+        scale=softmax_scale,
+        **params,
+    )
+
+
+def _check_serving(tensors: dict[str, torch.Tensor], ndims: dict[str, int]) -> torch.dtype:
+    dtype = None
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise _native.InputError(f"input `{name}`: a {type(t).__name__}\n  fix: pass a torch.Tensor")
+        if t.dim() != ndims[name]:
+            raise _native.InputError(
+                f"input `{name}`: shape {tuple(t.shape)}\n  fix: pass {name} with {ndims[name]} dimensions"
+                " (see the docstring)"
+            )
+        if t.device.type != "cpu":
+            raise _native.InputError(
+                f"input `{name}`: a {t.device.type} tensor; the serving entry points run CPU tensors only\n"
+                f"  fix: pass {name}.cpu()"
+            )
+        if t.dtype not in _DTYPES:
+            raise _native.InputError(f"input `{name}`: dtype {t.dtype}\n  fix: use float32, float16 or bfloat16")
+        if dtype is not None and t.dtype != dtype:
+            raise _native.InputError(f"input `{name}`: dtype {t.dtype}, q has {dtype}\n  fix: pass one dtype")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise _native.InputError(
+                f"input `{name}`: requires grad; the serving layouts are forward only "
+                "(the generated backward reads the dense layout)\n"
+                "  fix: use attnforge.torch.attention on [B, H, S, D] tensors for training, or wrap the call in torch.no_grad()"
+            )
+        dtype = dtype or t.dtype
+    return dtype
+
+
+def _ints(t: Any) -> np.ndarray:
+    return np.asarray(torch.as_tensor(t).detach().cpu().numpy())
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: Optional[int] = None,
+    max_seqlen_k: Optional[int] = None,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Any = None,
+    return_softmax_lse: bool = False,
+    *,
+    spec: Optional[str] = None,
+    backend: str = "sim",
+    doc: Any = None,
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``flash_attn_varlen_func``'s arguments on attnforge's varlen kernels: q
+    ``[total_q, Hq, D]``, k, v ``[total_k, Hkv, D]``, int32 ``cu_seqlens_q`` / ``cu_seqlens_k``
+    ``[B + 1]``. ``max_seqlen_q`` / ``max_seqlen_k`` are accepted for compatibility and
+    checked against the offsets. ``spec=`` (catalog name or spec-file text) replaces the
+    FlashAttention arguments. Returns out (q's dtype) and, when ``return_softmax_lse``, lse
+    ``[Hq, total_q]`` (float32). Forward only; CPU tensors (``backend`` ``"sim"``,
+    ``"reference"`` or ``"cuda"`` through host copies)."""
+    dtype = _check_serving({"q": q, "k": k, "v": v}, {"q": 3, "k": 3, "v": 3})
+    cq, ck = _ints(cu_seqlens_q), _ints(cu_seqlens_k)
+    for name, cu, given in (("max_seqlen_q", cq, max_seqlen_q), ("max_seqlen_k", ck, max_seqlen_k)):
+        longest = int(np.max(np.diff(cu))) if cu.size > 1 else 0
+        if given is not None and int(given) < longest:
+            raise _native.InputError(
+                f"input `{name}`: {given}, but a sequence has {longest} rows\n  fix: pass the longest length or None"
+            )
+    if spec is None:
+        spec = _fa_spec(q, k, softmax_scale, causal, window_size, softcap, alibi_slopes)
+    out, lse = _run_varlen(spec, _numpy(q), _numpy(k), _numpy(v), cq, ck, backend=backend, doc=doc)
+    out = torch.from_numpy(out).to(dtype)
+    return (out, torch.from_numpy(lse).to(torch.float32)) if return_softmax_lse else out
+
+
+def attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: Any,
+    block_table: torch.Tensor,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Any = None,
+    num_splits: int = 0,
+    return_softmax_lse: bool = False,
+    *,
+    spec: Optional[str] = None,
+    backend: str = "sim",
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``flash_attn_with_kvcache``'s arguments on attnforge's paged kernels: q
+    ``[B, Sq, Hq, D]``, caches ``[num_pages, page_size, Hkv, D]``, ``block_table`` ``[B,
+    max_pages]`` (int32), ``cache_seqlens`` (an int or ``[B]``). The cache already holds the
+    new tokens' keys (appending k/v and rotary embedding are not taken). Up to 16 query
+    tokens per sequence run the split-KV decode kernel (``num_splits`` 0: the runtime's
+    rule), more the paged prefill kernel. Returns out ``[B, Sq, Hq, D]`` and, when
+    ``return_softmax_lse``, lse ``[B, Hq, Sq]`` (float32). Forward only, CPU tensors."""
+    dtype = _check_serving(
+        {"q": q, "k_cache": k_cache, "v_cache": v_cache}, {"q": 4, "k_cache": 4, "v_cache": 4}
+    )
+    b, sq, hq, d = q.shape
+    seqlens = _ints(cache_seqlens)
+    if seqlens.ndim == 0:
+        seqlens = np.full(b, int(seqlens))
+    cu_q = np.arange(b + 1, dtype=np.int32) * sq
+    if spec is None:
+        spec = _fa_spec(q, k_cache, softmax_scale, causal, window_size, softcap, alibi_slopes)
+    out, lse = _run_paged(
+        spec,
+        _numpy(q).reshape(b * sq, hq, d),
+        _numpy(k_cache),
+        _numpy(v_cache),
+        cu_q,
+        _ints(block_table),
+        seqlens,
+        backend=backend,
+        decode=sq <= 16,
+        num_splits=num_splits or None,
+    )
+    out = torch.from_numpy(out.reshape(b, sq, hq, -1)).to(dtype)
+    lse = torch.from_numpy(lse.reshape(hq, b, sq).transpose(1, 0, 2).copy()).to(torch.float32)
+    return (out, lse) if return_softmax_lse else out

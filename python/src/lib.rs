@@ -9,6 +9,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod serving;
+
 use attnforge::codegen::catalog;
 use attnforge::codegen::spec::{DType, ScoreMod};
 use attnforge::exec::{Backend, ExecError, Inputs, RunParams};
@@ -602,6 +604,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InputError", m.py().get_type::<InputError>())?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(mask_matrix, m)?)?;
+    m.add_function(wrap_pyfunction!(serving::run_varlen, m)?)?;
+    m.add_function(wrap_pyfunction!(serving::run_paged, m)?)?;
     m.add_function(wrap_pyfunction!(backward_reference, m)?)?;
     m.add_function(wrap_pyfunction!(backward, m)?)?;
     m.add_function(wrap_pyfunction!(catalog_entries, m)?)?;

@@ -2,7 +2,7 @@
 use attnforge_runtime::codegen::emit::{emit_with, SymbolStyle};
 use attnforge_runtime::codegen::prelude::{DType, HeadDim, KernelSpec, Mask, ScoreMod};
 use attnforge_runtime::codegen::spec::Layout;
-use attnforge_runtime::codegen::tile::{default_tile, Arch};
+use attnforge_runtime::codegen::tile::{default_tile, Arch, TileConfig};
 use attnforge_runtime::{
     build_with, main_loops, sass, CompileOptions, Compiler, InstrClass, KernelSource, MainLoopHints,
 };
@@ -23,7 +23,15 @@ fn main() {
             if !only.is_empty() && !spec.canonical_name().contains(&only) {
                 continue;
             }
-            let tile = default_tile(&spec, Arch::Sm80).unwrap();
+            // TILE=m64n128w4s2 measures another tile (an invalid one is skipped)
+            let tile = match std::env::var("TILE")
+                .ok()
+                .and_then(|t| TileConfig::parse_suffix(&t))
+            {
+                Some(t) if t.valid(&spec, Arch::Sm80).is_ok() => t,
+                Some(_) => continue,
+                None => default_tile(&spec, Arch::Sm80).unwrap(),
+            };
             let mut line = format!("{:<48}", spec.canonical_name());
             for arch in [Arch::Sm80, Arch::Sm90] {
                 let k = emit_with(&spec, &tile, arch, SymbolStyle::WithTile).unwrap();

@@ -163,6 +163,7 @@ pub fn simulate_backward<T: Element + SimElem>(
         dk: vec![T::from_f64(0.0); kv_elems],
         dv: vec![T::from_f64(0.0); kv_elems],
         dparam: vec![0.0; pr.dparam_len],
+        dq_accum: vec![0.0; if bwd_tile.atomic_dq { q_elems } else { 0 }],
     };
     let grads = grad_args(spec);
     for l in pr.kernels.launches(&d, pr.theta_len) {
@@ -232,6 +233,8 @@ struct GradBuffers<T> {
     dk: Vec<T>,
     dv: Vec<T>,
     dparam: Vec<f32>,
+    /// The atomic-dQ variant's f32 sums (empty otherwise: a null argument).
+    dq_accum: Vec<f32>,
 }
 
 impl<T: SimElem> GradBuffers<T> {
@@ -249,11 +252,15 @@ impl<T: SimElem> GradBuffers<T> {
         let mut dq = Some(SimArg::output(self.dq.as_mut_slice()));
         let mut dk = Some(SimArg::output(self.dk.as_mut_slice()));
         let mut dv = Some(SimArg::output(self.dv.as_mut_slice()));
-        let mut dparam = if self.dparam.is_empty() {
-            Some(SimArg::Null)
-        } else {
-            Some(SimArg::output(self.dparam.as_mut_slice()))
+        let or_null = |v: &'a mut Vec<f32>| {
+            Some(if v.is_empty() {
+                SimArg::Null
+            } else {
+                SimArg::output(v.as_mut_slice())
+            })
         };
+        let mut dparam = or_null(&mut self.dparam);
+        let mut dq_accum = or_null(&mut self.dq_accum);
         for &(g, _) in grads {
             sargs.push(match g {
                 GradArg::DOut => SimArg::input(dout),
@@ -263,6 +270,7 @@ impl<T: SimElem> GradBuffers<T> {
                 GradArg::DK => dk.take().expect("one dk"),
                 GradArg::DV => dv.take().expect("one dv"),
                 GradArg::DParam => dparam.take().expect("one dparam"),
+                GradArg::DQAccum => dq_accum.take().expect("one dq_accum"),
                 GradArg::ThetaOffsets => SimArg::input(theta.0),
                 GradArg::ThetaLen => SimArg::I32(theta.1 as i32),
                 GradArg::Transposed(part) => transposed_arg(part, tlists),
@@ -590,6 +598,12 @@ pub fn run_backward_cuda<T: Element>(
         theta: &pr.theta,
         theta_len: pr.theta_len,
         dparam_len: pr.dparam_len,
+        dq_accum_len: if bwd_tile.atomic_dq {
+            let d = pr.r.dims;
+            d.batch * d.heads_q * d.seq_q * pr.kernels.head_dim
+        } else {
+            0
+        },
     };
     let g = crate::exec_cuda::backward(
         spec,

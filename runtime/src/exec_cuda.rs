@@ -236,6 +236,8 @@ pub(crate) struct GradHost<'a, T> {
     pub(crate) theta: &'a [i32],
     pub(crate) theta_len: usize,
     pub(crate) dparam_len: usize,
+    /// Elements of the atomic-dQ variant's f32 buffer (0: null).
+    pub(crate) dq_accum_len: usize,
 }
 
 /// Device buffers of the backward arguments.
@@ -247,6 +249,7 @@ struct GradDevice {
     dk: CudaSlice<u8>,
     dv: CudaSlice<u8>,
     dparam: CudaSlice<u8>,
+    dq_accum: CudaSlice<u8>,
     /// Argument arrays (theta offsets, transposed lists): kept alive while kernels may run.
     keep: Vec<CudaSlice<u8>>,
 }
@@ -277,6 +280,7 @@ impl GradDevice {
             dk: zeros(d.batch * d.heads_kv * d.seq_k * dim * t)?,
             dv: zeros(d.batch * d.heads_kv * d.seq_k * dim * t)?,
             dparam: zeros(h.dparam_len * 4)?,
+            dq_accum: zeros(h.dq_accum_len * 4)?,
             keep: Vec::new(),
         })
     }
@@ -302,6 +306,8 @@ impl GradDevice {
             G::DV => ptr(&self.dv),
             G::DParam if h.dparam_len == 0 => null,
             G::DParam => ptr(&self.dparam),
+            G::DQAccum if h.dq_accum_len == 0 => null,
+            G::DQAccum => ptr(&self.dq_accum),
             G::ThetaLen => int(h.theta_len),
             G::ThetaOffsets | G::Transposed(_) => {
                 let l = h.tlists;

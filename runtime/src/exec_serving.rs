@@ -42,7 +42,8 @@
 //! ```
 
 use attnforge_codegen::args::{
-    typed_kernel_args, ArgRole, LaunchGeometry, ServingArg, SizeArg, StrideDim, TensorArg, TypedArg,
+    typed_kernel_args, ArgRole, LaunchGeometry, ServingArg, SizeArg, StatsArg, StrideDim,
+    TensorArg, TypedArg,
 };
 use attnforge_codegen::blocks::{build_block_lists, BlockLists};
 use attnforge_codegen::check::{validate_problem, validate_spec, MaskParams, Problem};
@@ -66,6 +67,8 @@ use crate::pipeline::{compare, Execution, Report};
 
 mod cuda;
 pub use cuda::{check_cuda, run_cuda};
+mod stats;
+pub use stats::{check_stats, reference_stats, simulate_stats, stats_row_keys};
 
 /// Where the keys of a serving run live.
 #[derive(Clone, Debug)]
@@ -108,6 +111,52 @@ pub struct ServingInputs<T> {
 }
 
 impl<T> ServingInputs<T> {
+    /// Paged inputs whose cache lays pages out the way a serving engine's pool ends up:
+    /// page 0 is every sequence's first page (a shared prefix) and the others are taken from
+    /// the end of the pool backwards, so logical and physical order differ. `value` fills
+    /// the key cache, then the value cache (`[num_pages, page_size, Hkv, D]` order each).
+    pub fn shared_prefix_paged(
+        q: Packed<T>,
+        cu_seqlens_q: Vec<i32>,
+        seqlens_k: &[usize],
+        (page_size, heads_kv): (usize, usize),
+        mut value: impl FnMut() -> T,
+    ) -> Self
+    where
+        T: Element,
+    {
+        let pages: Vec<usize> = seqlens_k.iter().map(|k| k.div_ceil(page_size)).collect();
+        let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
+        let num_pages = pages.iter().sum::<usize>() + 1;
+        let mut block_table = vec![-1i32; seqlens_k.len() * max_pages];
+        let mut next = num_pages;
+        for (b, &n) in pages.iter().enumerate() {
+            for i in 0..n {
+                block_table[b * max_pages + i] = if i == 0 {
+                    0
+                } else {
+                    next -= 1;
+                    next as i32
+                };
+            }
+        }
+        let d = q.dim;
+        let mut cache =
+            || PagedCache::from_fn(num_pages, page_size, heads_kv, d, |_, _, _, _| value());
+        let (k_cache, v_cache) = (cache(), cache());
+        ServingInputs {
+            q,
+            cu_seqlens_q,
+            keys: ServingKeys::Paged {
+                k_cache,
+                v_cache,
+                block_table,
+                max_pages,
+                seqlens_k: seqlens_k.iter().map(|&k| k as i32).collect(),
+            },
+        }
+    }
+
     /// The layout these inputs are in.
     pub fn layout(&self) -> Layout {
         match self.keys {
@@ -666,12 +715,12 @@ fn host_args<T: Element>(
                     continue;
                 }
             },
+            ArgRole::Stats(StatsArg::Partial) => HostArg::StatsPartial,
             ArgRole::Stats(_) => {
-                // validate_spec refuses statistics with a serving layout; never reached
                 return Err(exec::input_err(
                     &a.name,
-                    "statistics outputs are built for the dense layout only",
-                    "remove `stats` from the spec, or use layout = \"dense\"",
+                    "an argument of the statistics follow-up kernel in a forward kernel's list",
+                    "report this: the argument table and the kernel disagree",
                 ));
             }
         };
@@ -754,7 +803,7 @@ pub fn simulate<T: Element + SimElem>(
     cfg: &SimConfig,
 ) -> Result<ServingRun, ExecError> {
     let r = resolve(spec, Some(tile), x, p)?;
-    simulate_resolved(spec, tile, x, p, cfg, &r, true).map(|(run, _)| run)
+    simulate_resolved(spec, tile, x, p, cfg, &r, true, &mut []).map(|(run, _)| run)
 }
 
 /// The launch of a serving kernel: the decode grid (GQA groups x splits) or the packed one.
@@ -781,7 +830,9 @@ fn split_partials(spec: &KernelSpec, r: &Resolved) -> usize {
 type Partials = (Vec<f32>, Vec<f32>);
 
 /// [`simulate`] of resolved inputs; without `merge` a split decode's partials are returned
-/// unmerged (out and lse then stay NaN).
+/// unmerged (out and lse then stay NaN). `stats_partial`: the statistics sweep's per-query-block
+/// key sums of a spec with `stats` (empty otherwise).
+#[allow(clippy::too_many_arguments)] // the run's inputs, resolved values and output buffers
 fn simulate_resolved<T: Element + SimElem>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -790,6 +841,7 @@ fn simulate_resolved<T: Element + SimElem>(
     cfg: &SimConfig,
     r: &Resolved,
     merge: bool,
+    stats_partial: &mut [f32],
 ) -> Result<(ServingRun, Partials), ExecError> {
     let kernel = exec::sim_kernel(spec, tile)?;
     let args = host_args(spec, x, p, r)?;
@@ -810,6 +862,7 @@ fn simulate_resolved<T: Element + SimElem>(
         let mut lse_arg = Some(SimArg::output(&mut lse));
         let mut o_part_arg = Some(out_or_null(&mut o_part));
         let mut lse_part_arg = Some(out_or_null(&mut lse_part));
+        let mut stats_arg = Some(out_or_null(stats_partial));
         let mut sim_args: Vec<SimArg<'_>> = Vec::with_capacity(args.len());
         for a in &args {
             sim_args.push(match a {
@@ -825,8 +878,9 @@ fn simulate_resolved<T: Element + SimElem>(
                 LayoutArg::Host(HostArg::I32(v)) => SimArg::I32(*v),
                 LayoutArg::Host(HostArg::I64(v)) => SimArg::I64(*v),
                 LayoutArg::Host(HostArg::F32(v)) => SimArg::F32(*v),
-                // serving_host_args refuses statistics (dense layout only)
-                LayoutArg::Host(HostArg::StatsPartial) => SimArg::Null,
+                LayoutArg::Host(HostArg::StatsPartial) => {
+                    stats_arg.take().expect("one stats_partial argument")
+                }
             });
         }
         counters = kernel.launch(
@@ -911,7 +965,7 @@ pub fn check_split_partials<T: Element + SimElem>(
             .map_err(serving_err)
     };
     let (want, naive) = (parts(Precision::F64)?, parts(Precision::Naive)?);
-    let (_, (o_part, lse_part)) = simulate_resolved(spec, tile, x, p, cfg, &r, false)?;
+    let (_, (o_part, lse_part)) = simulate_resolved(spec, tile, x, p, cfg, &r, false, &mut [])?;
     let (hq, d, tq) = (r.heads_q, spec.head_dim.get(), x.q.tokens);
     let name = attnforge_codegen::name::canonical_name_with_tile(spec, tile);
     let mut reports = Vec::with_capacity(r.splits);
@@ -1127,7 +1181,8 @@ fn lm_infinite_reference<T: Element>(
         }
     };
     let params = reference::LmInfiniteParams::from_values(&r.mask);
-    let (hq, d) = (x.q.heads, x.q.dim);
+    // the output rows have v's width (one-hot values of the statistics reference: Dv != D)
+    let (hq, d) = (x.q.heads, v.dim);
     let mut res = VarlenOutput::empty(x.q.tokens, hq, d);
     for b in 0..r.geo.batch {
         let (q0, q1) = (x.cu_seqlens_q[b] as usize, x.cu_seqlens_q[b + 1] as usize);

@@ -32,8 +32,7 @@ use attnforge_sim::{Schedule, SimArg, SimConfig, SimCounters, SimElem};
 
 use crate::exec::{
     cached_sim_kernel, host_args, input_err, reference_dtype, reference_lists, reference_mask,
-    reference_score, resolve, sim_args, sim_kernel, ExecError, HostArg, Inputs, Resolved,
-    RunParams,
+    reference_score, resolve, sim_args, sim_kernel, ExecError, HostArg, Inputs, RunParams,
 };
 
 /// The statistics parameters of a spec in the reference's terms (a spec without `stats`
@@ -115,7 +114,7 @@ pub fn simulate_stats<T: Element + SimElem>(
             cfg,
         )?
     };
-    let (key_mass, key_score, top_keys) = reduce_sim(&r, &params, qblocks, &partial, cfg)?;
+    let (key_mass, key_score, top_keys) = reduce_sim(d, &params, qblocks, &partial, cfg)?;
     let shape = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get());
     Ok(StatsRun {
         output: AttnOutput::from_kernel(shape, &o, &lse)?,
@@ -126,18 +125,19 @@ pub fn simulate_stats<T: Element + SimElem>(
     })
 }
 
-type ReducedStats = (Vec<f32>, Vec<f32>, Vec<i32>);
+/// `key_mass`, `key_score`, `top_keys`.
+pub(crate) type ReducedStats = (Vec<f32>, Vec<f32>, Vec<i32>);
 
-/// The follow-up kernel on the partial sums: arguments filled by an exhaustive match on
+/// The follow-up kernel on the partial sums `[B, Hq, qblocks, d.seq_k]` (a serving layout
+/// passes its padded row length as `seq_k`): arguments filled by an exhaustive match on
 /// their roles.
-fn reduce_sim(
-    r: &Resolved,
+pub(crate) fn reduce_sim(
+    d: attnforge_codegen::shape::Shape,
     params: &reference::StatsParams,
     qblocks: usize,
     partial: &[f32],
     cfg: &SimConfig,
 ) -> Result<ReducedStats, ExecError> {
-    let d = r.dims;
     let k = emit_stats_reduce();
     let kernel = cached_sim_kernel(&k.name, &k.source)?;
     let mut key_mass = vec![0.0f32; d.batch * d.heads_q * d.seq_k];
@@ -215,7 +215,8 @@ fn reduce_sim(
 
 /// The reference statistics at `precision` (f64, or the naive same-precision path): the
 /// attention and its statistics from [`reference::attention_stats`]; block-sparse lists
-/// through their weights ([`reference::one_hot_values`], [`reference::key_stats_from_weights`]).
+/// and LM-Infinite through their weights ([`reference::one_hot_values`],
+/// [`reference::key_stats_from_weights`]).
 pub fn reference_stats<T: Element>(
     spec: &KernelSpec,
     x: &Inputs<T>,
@@ -228,13 +229,26 @@ pub fn reference_stats<T: Element>(
         scale: Some(f64::from(r.scale)),
         precision,
     };
+    let d = r.dims;
+    if spec.mask.lm_infinite_scoring() {
+        // its own entry point (two rotated scoring branches): the weights are its output on
+        // one-hot values
+        let lm =
+            reference::LmInfiniteParams::from_values(&crate::exec::named_values(spec, &r.mask));
+        let out = reference::lm_infinite_attention(&x.q, &x.k, &x.v, &lm, &opts)?;
+        let one_hot = reference::one_hot_values::<T>(d.batch, d.heads_kv, d.seq_k);
+        let w = reference::lm_infinite_attention(&x.q, &x.k, &one_hot, &lm, &opts)?;
+        return Ok((
+            out,
+            reference::key_stats_from_weights(&w, d.heads_kv, &params)?,
+        ));
+    }
     let mask = reference_mask(spec, &r, p)?;
     let score = reference_score(spec, &r, p)?;
     if let attnforge_codegen::spec::Mask::BlockSparse { .. } = spec.mask {
         let l = r.lists.as_ref().expect("resolved lists");
         let rl = reference_lists(spec, l, r.dims)?;
         let out = reference::block_sparse_attention(&x.q, &x.k, &x.v, &rl, &mask, &score, &opts)?;
-        let d = r.dims;
         let one_hot = reference::one_hot_values::<T>(d.batch, d.heads_kv, d.seq_k);
         let w = reference::block_sparse_attention(&x.q, &x.k, &one_hot, &rl, &mask, &score, &opts)?;
         let st = reference::key_stats_from_weights(&w, d.heads_kv, &params)?;
@@ -391,8 +405,19 @@ pub fn check_stats<T: Element + SimElem>(
     p: &RunParams,
 ) -> Result<StatsReport, ExecError> {
     let run = simulate_stats(spec, tile, x, p, &SimConfig::new(Schedule::Forward))?;
-    let (r_out, r_st) = reference_stats(spec, x, p, Precision::F64)?;
-    let (n_out, n_st) = reference_stats(spec, x, p, Precision::Naive)?;
+    let want = reference_stats(spec, x, p, Precision::F64)?;
+    let naive = reference_stats(spec, x, p, Precision::Naive)?;
+    compare_stats(spec, run, want, naive)
+}
+
+/// The verdict of a run against the f64 reference and the naive path (`out`, `lse` and the
+/// statistics): the one comparison of every layout.
+pub(crate) fn compare_stats(
+    spec: &KernelSpec,
+    run: StatsRun,
+    (r_out, r_st): (AttnOutput, AttnStats),
+    (n_out, n_st): (AttnOutput, AttnStats),
+) -> Result<StatsReport, ExecError> {
     let tol = Tolerance::for_dtype(reference_dtype(spec.dtype));
     let close = assert_close(&run.output, &r_out, &n_out, tol.rtol, tol.atol).map_err(|e| {
         input_err(

@@ -104,3 +104,71 @@ fn tensor_core_backward_main_loops() {
         println!("{r}");
     }
 }
+
+/// The atomic-dQ variant's dK/dV loop (`BackwardTile::atomic_dq`, FlashAttention-2's form):
+/// five products per warp and iteration (the fifth, dS K, feeds the f32 reductions), no
+/// spills. Its instructions per MMA are the whole backward's per useful MMA (the dQ kernel
+/// only converts); printed next to the deterministic pair's figure from `COMMITTED`
+/// (the dK/dV and dQ loops' instructions over the five useful products: (4 a + 3 b) / 5),
+/// and ratcheted like it.
+#[test]
+fn atomic_dq_main_loop() {
+    const ATOMIC: [(usize, &str, f64); 4] = [
+        (64, "sm_80", 7.44),
+        (64, "sm_90", 7.76),
+        (128, "sm_80", 6.25),
+        (128, "sm_90", 6.56),
+    ];
+    for (d, arch_name, committed) in ATOMIC {
+        let head_dim = if d == 64 { HeadDim::D64 } else { HeadDim::D128 };
+        let arch = if arch_name == "sm_80" {
+            Arch::Sm80
+        } else {
+            Arch::Sm90
+        };
+        let spec = KernelSpec::new(DType::Bf16, head_dim, Mask::Causal, ScoreMod::None);
+        let t = BackwardTile::new(64, 64, 4).atomic();
+        let qm = t.dkdv_query_step(d);
+        let product = (16 * qm * d) as f64 / 2048.0;
+        let k = emit_backward(&spec, &t, arch).expect("emits");
+        let b = build_kernel(&k.dkdv.source, &k.dkdv.name, arch).expect("compiles");
+        let r = &b.resources;
+        assert_eq!(
+            (r.stack_frame_bytes, r.spill_store_bytes),
+            (0, 0),
+            "{}",
+            k.dkdv.name
+        );
+        let text = sass(b.compiled.cubin.as_deref().unwrap_or_default()).expect("SASS");
+        let products = t.dkdv_products();
+        let hints = MainLoopHints {
+            mma_per_iteration: Some(products * product),
+            cp_async_per_iteration: Some((2 * qm * d * 2) as f64 / (512.0 * t.warps as f64)),
+        };
+        let m = main_loops(&text, &hints).expect("analysable");
+        let m = m.first().expect("a main loop");
+        assert_eq!(m.mma, products * product, "{}: 5 products", k.dkdv.name);
+        let per_useful = m.instr_per_mma();
+        let det = |kernel: &str| {
+            let name = format!("{}_bwd_{kernel}", spec.canonical_name());
+            COMMITTED
+                .iter()
+                .find(|(n, a, _)| *n == name && *a == arch_name)
+                .expect("committed")
+                .2
+        };
+        println!(
+            "| {} atomic | {arch_name} | {} | {:.0} | {:.2} | deterministic whole backward {:.2} |",
+            k.dkdv.name,
+            r.registers,
+            m.mma,
+            per_useful,
+            (4.0 * det("dkdv") + 3.0 * det("dq")) / 5.0
+        );
+        assert!(
+            per_useful <= (committed + 0.005) * 1.02,
+            "{} {arch_name}: {per_useful:.3} instructions per useful MMA, committed {committed}",
+            k.dkdv.name,
+        );
+    }
+}

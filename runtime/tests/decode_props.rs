@@ -6,7 +6,7 @@
 //! Few cases (every one runs the exact generated CUDA on the CPU): small shapes whose packed
 //! rows and keys still cross tile boundaries. `ATTNFORGE_PROPTEST_CASES` sets the random cases.
 
-use attnforge_reference::{Element, Packed, PagedCache};
+use attnforge_reference::{Element, Packed};
 use attnforge_runtime::codegen::check::MaskParams;
 use attnforge_runtime::codegen::emit::{emit_split_merge, emit_with, SymbolStyle};
 use attnforge_runtime::codegen::prelude::*;
@@ -27,63 +27,7 @@ fn cases() -> u64 {
 }
 
 mod inputs;
-use inputs::{sim_cfg as cfg, Rng};
-
-fn cu(lens: &[usize]) -> Vec<i32> {
-    let mut c = vec![0i32];
-    for &l in lens {
-        c.push(c.last().unwrap() + l as i32);
-    }
-    c
-}
-
-/// Paged inputs for per-sequence (Sq_b, Sk_b): pages drawn from a shuffled pool, every
-/// sequence's first page shared (page 0, a common prefix), entries past a sequence's pages
-/// -1, partially filled last pages wherever Sk_b is not a page multiple.
-fn paged<T: Element>(
-    seed: u64,
-    lens: &[(usize, usize)],
-    (hq, hkv): (usize, usize),
-    d: usize,
-    page_size: usize,
-) -> ServingInputs<T> {
-    let mut rng = Rng(seed | 1);
-    let (sq, sk): (Vec<usize>, Vec<usize>) = lens.iter().copied().unzip();
-    let pages: Vec<usize> = sk.iter().map(|&k| k.div_ceil(page_size)).collect();
-    let max_pages = pages.iter().copied().max().unwrap_or(0) + 1;
-    let num_pages = pages.iter().sum::<usize>() + 2;
-    let mut pool: Vec<usize> = (1..num_pages).collect();
-    for i in (1..pool.len()).rev() {
-        pool.swap(i, rng.below(i + 1));
-    }
-    let mut table = vec![-1i32; lens.len() * max_pages];
-    let mut next = 0;
-    for (b, &n) in pages.iter().enumerate() {
-        for i in 0..n {
-            table[b * max_pages + i] = if i == 0 {
-                0
-            } else {
-                next += 1;
-                pool[next - 1] as i32
-            };
-        }
-    }
-    let val = |rng: &mut Rng| T::from_f64(f64::from(rng.unit()));
-    let k_cache = PagedCache::from_fn(num_pages, page_size, hkv, d, |_, _, _, _| val(&mut rng));
-    let v_cache = PagedCache::from_fn(num_pages, page_size, hkv, d, |_, _, _, _| val(&mut rng));
-    let tq = sq.iter().sum();
-    ServingInputs {
-        q: Packed::from_fn(tq, hq, d, |_, _, _| val(&mut rng)),
-        cu_seqlens_q: cu(&sq),
-        keys: ServingKeys::Paged {
-            k_cache,
-            v_cache,
-            block_table: table,
-            max_pages,
-            seqlens_k: sk.iter().map(|&k| k as i32).collect(),
-        },
-    }
-}
+use inputs::{cu, paged, sim_cfg as cfg, Rng};
 
 fn decode(dtype: DType, d: HeadDim, mask: Mask, score: ScoreMod) -> KernelSpec {
     let mut s = KernelSpec::new(dtype, d, mask, score).with_layout(Layout::Decode);
@@ -182,14 +126,14 @@ fn causal_gqa_splits() {
         check(&spec, &x, &RunParams::default(), splits, i as u64);
     }
     // the default count (decode_splits: 4 sequences x 2 kv heads x 1 row block = 8 blocks;
-    // 2 x 132 SMs want 33 splits, capped by the 4 key tiles of 200 keys)
+    // 2 x 132 SMs want 33 splits, capped by the 2 key tiles of 200 keys at the 128-key decode tile)
     let tile = default_tile(&spec, Arch::Sm80).expect("a tile");
     let run = exec_serving::check(&spec, &tile, &x, &RunParams::default(), &cfg(5));
     run.unwrap_or_else(|e| panic!("default splits: {e}"));
     let blocks = exec_serving::simulate(&spec, &tile, &x, &RunParams::default(), &cfg(5))
         .unwrap()
         .blocks;
-    assert_eq!(blocks, 4 * 2 * 4, "4 splits x 2 kv heads x 4 sequences");
+    assert_eq!(blocks, 2 * 2 * 4, "2 splits x 2 kv heads x 4 sequences");
 }
 
 /// Tensor cores (f16, bf16) and the f32 FMA loop, with masks whose tiles are partial, a

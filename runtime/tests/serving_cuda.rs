@@ -4,7 +4,7 @@
 //! `sv` of gpu/run.sh) a split decode with its merge, a decode without splits and a paged
 //! prefill are compared with the per-sequence reference.
 
-use attnforge_reference::{Packed, PagedCache};
+use attnforge_reference::Packed;
 use attnforge_runtime::codegen::prelude::*;
 use attnforge_runtime::codegen::spec::Layout;
 use attnforge_runtime::exec::{ExecError, RunParams};
@@ -19,46 +19,13 @@ use inputs::Rng;
 /// paged cache of 16-key pages, pages in reverse order with page 0 shared.
 fn paged(sq: &[usize; 3], hq: usize, hkv: usize, d: usize) -> ServingInputs<bf16> {
     let mut rng = Rng(0x5EED);
-    let sk = [300usize, 77, 16];
-    let page = 16;
-    let pages: Vec<usize> = sk.iter().map(|k| k.div_ceil(page)).collect();
-    let max_pages = pages.iter().copied().max().unwrap();
-    let num_pages = pages.iter().sum::<usize>() + 1;
-    let mut table = vec![-1i32; 3 * max_pages];
-    let mut next = num_pages;
-    for (b, &n) in pages.iter().enumerate() {
-        for i in 0..n {
-            table[b * max_pages + i] = if i == 0 {
-                0
-            } else {
-                next -= 1;
-                next as i32
-            };
-        }
-    }
-    let mut cache = || {
-        PagedCache::from_fn(num_pages, page, hkv, d, |_, _, _, _| {
-            bf16::from_f32(rng.unit() * 4.0 - 2.0)
-        })
-    };
-    let (k_cache, v_cache) = (cache(), cache());
-    let tq = sq.iter().sum();
-    let q = Packed::from_fn(tq, hq, d, |_, _, _| bf16::from_f32(rng.unit() * 4.0 - 2.0));
+    let mut value = || bf16::from_f32(rng.unit() * 4.0 - 2.0);
+    let q = Packed::from_fn(sq.iter().sum(), hq, d, |_, _, _| value());
     let mut cu = vec![0i32];
     for &s in sq {
         cu.push(cu.last().unwrap() + s as i32);
     }
-    ServingInputs {
-        q,
-        cu_seqlens_q: cu,
-        keys: ServingKeys::Paged {
-            k_cache,
-            v_cache,
-            block_table: table,
-            max_pages,
-            seqlens_k: sk.iter().map(|&k| k as i32).collect(),
-        },
-    }
+    ServingInputs::shared_prefix_paged(q, cu, &[300, 77, 16], (16, hkv), value)
 }
 
 fn causal(layout: Layout) -> KernelSpec {

@@ -127,3 +127,37 @@ fn stats_kernels_compile_and_cost() {
         println!("{r}");
     }
 }
+
+/// LM-Infinite (two scoring branches in the sweep: twice the score registers) and the varlen
+/// and paged layouts (padded partial rows, keys through the block table) compile for sm_80
+/// and sm_90 without stack frame or spills; registers printed without and with statistics.
+#[test]
+fn lm_infinite_and_serving_stats_compile() {
+    use attnforge_runtime::codegen::spec::Layout;
+    for (mask, layout) in [
+        (Mask::LmInfinite, Layout::Dense),
+        (Mask::Causal, Layout::Varlen),
+        (Mask::Causal, Layout::Paged),
+    ] {
+        let plain = KernelSpec::new(DType::Bf16, HeadDim::D128, mask, ScoreMod::None)
+            .with_gqa()
+            .with_layout(layout);
+        let with = plain.clone().with_stats(StatsSpec::default());
+        for arch in [Arch::Sm80, Arch::Sm90] {
+            let tile = default_tile(&with, arch).expect("a default tile");
+            let mut regs = Vec::new();
+            for s in [&plain, &with] {
+                let k = emit_with(s, &tile, arch, SymbolStyle::WithTile).expect("emits");
+                regs.push(compile(&k.source, &k.name, arch).0);
+            }
+            println!(
+                "{} {} tile {}: registers {} -> {}",
+                with.canonical_name(),
+                arch.sm_name(),
+                tile.suffix(),
+                regs[0],
+                regs[1]
+            );
+        }
+    }
+}

@@ -11,6 +11,7 @@ use attnforge_runtime::exec::{self, Inputs, RunParams, UserValue};
 use attnforge_runtime::exec_stats::{check_stats, simulate_stats, StatsReport};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 use half::{bf16, f16};
+use proptest::prelude::*;
 
 /// Deterministic values in [-amp, amp) (xorshift64), rounded to `T`.
 fn uniform<T: Element>(shape: Shape4, amp: f64, seed: u64) -> Tensor4<T> {
@@ -245,35 +246,50 @@ fn all_equal_scores_tie_rules() {
 /// Asking for statistics leaves `out` and `lse` bit-identical (tensor-core and FMA loops).
 #[test]
 fn out_and_lse_are_unchanged() {
-    for dtype in [DType::Bf16, DType::F32] {
-        let plain = KernelSpec::new(dtype, HeadDim::D64, Mask::Causal, ScoreMod::None).with_gqa();
+    for (dtype, mask) in [
+        (DType::Bf16, Mask::Causal),
+        (DType::F32, Mask::Causal),
+        (DType::Bf16, Mask::LmInfinite),
+        (DType::F32, Mask::LmInfinite),
+    ] {
+        let p = match mask {
+            Mask::LmInfinite => lm_params(3, 17, 40),
+            _ => RunParams::default(),
+        };
+        let plain = KernelSpec::new(dtype, HeadDim::D64, mask.clone(), ScoreMod::None).with_gqa();
         let with = plain.clone().with_stats(stats(StatReduce::Max, Some(3), 4));
         let tile = default_tile(&plain, Arch::Sm80).expect("tile");
         assert_eq!(tile, default_tile(&with, Arch::Sm80).expect("tile"));
-        let c = case(1, 4, 2, 70, 45);
+        // causal Sq > Sk (empty rows); LM-Infinite needs Sq <= Sk
+        let c = match mask {
+            Mask::LmInfinite => case(1, 4, 2, 45, 70),
+            _ => case(1, 4, 2, 70, 45),
+        };
         let cfg = SimConfig::new(Schedule::Forward);
         let (a, b) = match dtype {
             DType::Bf16 => {
                 let x = inputs::<bf16>(&plain, c, 7);
-                let a = exec::simulate(&plain, &tile, &x, &RunParams::default(), &cfg);
-                (
-                    a,
-                    simulate_stats(&with, &tile, &x, &RunParams::default(), &cfg),
-                )
+                let a = exec::simulate(&plain, &tile, &x, &p, &cfg);
+                (a, simulate_stats(&with, &tile, &x, &p, &cfg))
             }
             _ => {
                 let x = inputs::<f32>(&plain, c, 7);
-                let a = exec::simulate(&plain, &tile, &x, &RunParams::default(), &cfg);
-                (
-                    a,
-                    simulate_stats(&with, &tile, &x, &RunParams::default(), &cfg),
-                )
+                let a = exec::simulate(&plain, &tile, &x, &p, &cfg);
+                (a, simulate_stats(&with, &tile, &x, &p, &cfg))
             }
         };
         let (a, b) = (a.expect("plain"), b.expect("stats"));
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a.output.out), bits(&b.output.out), "{dtype:?} out");
-        assert_eq!(bits(&a.output.lse), bits(&b.output.lse), "{dtype:?} lse");
+        assert_eq!(
+            bits(&a.output.out),
+            bits(&b.output.out),
+            "{dtype:?} {mask:?} out"
+        );
+        assert_eq!(
+            bits(&a.output.lse),
+            bits(&b.output.lse),
+            "{dtype:?} {mask:?} lse"
+        );
         assert_eq!(
             a.counters, b.counters,
             "{dtype:?}: the main loop visits the same tiles"
@@ -301,12 +317,12 @@ fn invalid_stats_are_named_errors() {
     assert!(e.contains("stats.top_k") && e.contains("omit"), "{e}");
     let e = err(&base
         .clone()
-        .with_layout(Layout::Varlen)
+        .with_layout(Layout::DecodeVarlen)
         .with_stats(StatsSpec::default()));
-    assert!(e.contains("stats") && e.contains("dense"), "{e}");
+    assert!(e.contains("stats") && e.contains("decode_varlen"), "{e}");
+    // LM-Infinite's statistics are built (its two scoring branches are in the sweep)
     let lm = KernelSpec::new(DType::Bf16, HeadDim::D128, Mask::LmInfinite, ScoreMod::None);
-    let e = err(&lm.with_stats(StatsSpec::default()));
-    assert!(e.contains("stats") && e.contains("lm_infinite"), "{e}");
+    assert!(validate_spec(&lm.with_stats(StatsSpec::default())).is_ok());
     let mut t = TileConfig::new(64, 64, 4, 2);
     t.wgmma = true;
     let s = base.with_stats(StatsSpec::default());
@@ -321,4 +337,63 @@ fn invalid_stats_are_named_errors() {
     let tile = default_tile(&plain, Arch::Sm80).expect("tile");
     let e = check_stats(&plain, &tile, &x, &RunParams::default()).expect_err("no stats");
     assert!(e.to_string().contains("`stats`"), "{e}");
+}
+
+/// LM-Infinite parameters: `G` global tokens, window `L`, distance limit (Deff = min(it, Sk - 1)).
+fn lm_params(g: i64, l: i64, dist: i64) -> RunParams {
+    RunParams::default().with_mask(
+        MaskParams::new()
+            .with("global_tokens", g)
+            .with("local_window", l)
+            .with("dist_limit", dist)
+            .with("rope_theta", 500.0),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    /// LM-Infinite statistics (both rotated scoring branches: near, q and k rotated at their
+    /// positions; far, q at Deff and k raw) against the reference's one-hot route, every
+    /// dtype, GQA 1..4, Sq <= Sk off the tile grid, window and global tokens such that tiles
+    /// take one branch, the other, or both; each head's key_mass sums to its rows (LM-Infinite
+    /// has no empty rows: the diagonal key is always near).
+    #[test]
+    fn lm_infinite_statistics(
+        dt in 0usize..3,
+        group in prop::sample::select(vec![1usize, 2, 4]),
+        sq in 1usize..90,
+        extra in 0usize..80,
+        g in 0i64..5,
+        l in 1i64..40,
+        dist in 1i64..150,
+        pool in prop::sample::select(vec![1usize, 3, 5]),
+        seed in 0u64..1000,
+    ) {
+        let (dtype, d) = [(DType::F32, HeadDim::D64), (DType::F16, HeadDim::D64), (DType::Bf16, HeadDim::D128)][dt];
+        let s = KernelSpec::new(dtype, d, Mask::LmInfinite, ScoreMod::None)
+            .with_gqa()
+            .with_stats(stats(StatReduce::Sum, Some(pool), 9));
+        let c = case(1, 2 * group, 2, sq, sq + extra);
+        let r = check(&s, c, &lm_params(g, l, dist), seed);
+        for bh in 0..c.hq {
+            let m: f32 = r.run.key_mass[bh * c.sk..(bh + 1) * c.sk].iter().sum();
+            prop_assert!((m - c.sq as f32).abs() < 1e-3 * c.sq as f32, "{c:?}: mass {m}");
+        }
+    }
+}
+
+/// LM-Infinite with large magnitudes (inputs x8) and a far branch that carries weight: a few
+/// global tokens far behind every row (Sq 70, Sk 133, window 17, Deff 40).
+#[test]
+fn lm_infinite_large_magnitude() {
+    for dtype in [DType::F16, DType::Bf16] {
+        let s = KernelSpec::new(dtype, HeadDim::D64, Mask::LmInfinite, ScoreMod::None)
+            .with_gqa()
+            .with_stats(stats(StatReduce::Max, Some(3), 12));
+        let c = Case {
+            amp: 8.0,
+            ..case(2, 4, 2, 70, 133)
+        };
+        check(&s, c, &lm_params(3, 17, 40), 21);
+    }
 }

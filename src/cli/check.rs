@@ -97,9 +97,16 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "dense")]
     layout: LayoutArg,
     /// Check the attention statistics outputs (key_mass, key_score, top_keys; variants.md
-    /// section 14) of each static variant on the simulator instead.
-    #[arg(long, conflicts_with_all = ["backward", "layout"])]
+    /// section 14) of each static variant on the simulator instead (dense, or --layout
+    /// varlen|paged; the decode layouts are SKIP with the reason).
+    #[arg(long, conflicts_with = "backward")]
     stats: bool,
+    /// Run with the tile the tuner picked (`attnforge tune --out DIR`; default `reports`):
+    /// `<name>.json` (forward) or `<name>_bwd.json` (--backward) of that folder; a kernel it
+    /// does not hold keeps the default tile, with a notice.
+    #[arg(long, value_name = "REPORT_DIR", num_args = 0..=1, require_equals = true,
+          default_missing_value = super::tuned::DEFAULT_DIR)]
+    tuned: Option<std::path::PathBuf>,
 }
 
 /// `--layout` of `check`.
@@ -136,15 +143,20 @@ fn serving_verdict(
     layout: Layout,
     backend: &Backend,
     seed: Option<u64>,
+    stats: bool,
 ) -> Result<Result<Verdict, String>, CliError> {
     let AnySpecFile::Static(sf) = f else {
         return Ok(Err("data-dependent pipelines read dense inputs only".into()));
     };
-    if let Some(why) = super::check_serving::unsupported(sf, layout) {
+    let mut sf = sf.clone();
+    if stats {
+        sf.spec.stats = sf.spec.stats.or(Some(super::check_stats::serving_params()));
+    }
+    if let Some(why) = super::check_serving::unsupported(&sf, layout) {
         return Ok(Err(why));
     }
     let seed = seed.unwrap_or(sf.problem.seed);
-    super::check_serving::check_serving(sf, layout, backend, seed).map(Ok)
+    super::check_serving::check_serving(&sf, layout, backend, seed).map(Ok)
 }
 
 /// One kernel's (or pipeline's) result.
@@ -431,6 +443,13 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
             "nothing to check\n  fix: give catalog names or spec files, or --all",
         ));
     }
+    if let Some(dir) = &a.tuned {
+        // the same jobs as below: forward unless --backward, backward with it or `backward = true`
+        super::tuned::apply_all(dir, &mut files, |f| {
+            let file_bwd = matches!(f, AnySpecFile::Static(sf) if sf.backward);
+            (!a.backward, a.backward || file_bwd)
+        })?;
+    }
     let backend = match a.backend {
         CheckBackend::Sim => Backend::sim(),
         CheckBackend::Cuda if a.stats => {
@@ -455,57 +474,80 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Two or more kernels at a time on the simulator (each is single-threaded); the GPU
+    // backend keeps one, since kernels on one device would only queue behind each other.
+    let workers = match a.backend {
+        CheckBackend::Sim => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        CheckBackend::Cuda => 1,
+    }
+    .min(jobs.len());
     let mut failed = 0;
     let mut skipped = 0;
-    for &(f, backward) in &jobs {
-        bar.set_message(f.canonical_name());
-        // a spec file's own `layout` applies unless --layout names one
-        let layout = match f {
-            AnySpecFile::Static(sf) if a.layout == LayoutArg::Dense => sf.spec.layout,
-            _ => a.layout.layout(),
-        };
-        // a spec file with `stats = { .. }` is checked with its statistics
-        let stats = a.stats || matches!(f, AnySpecFile::Static(sf) if sf.spec.stats.is_some());
-        let res = if stats && !backward && layout.is_dense() {
-            super::check_stats::check_stats_any(f, a.seed)
-        } else if backward && !layout.is_dense() {
-            Ok(Err(
-                "the backward kernels read the dense layout only".to_string()
-            ))
-        } else if backward {
-            super::check_backward::check_backward_any(f, &backend, a.seed).map(Ok)
-        } else if layout.is_dense() {
-            variant(f).check(&backend, a.seed).map(Ok)
-        } else {
-            serving_verdict(f, layout, &backend, a.seed)
-        };
-        let v = match res {
-            Ok(Ok(v)) => v,
-            Ok(Err(why)) => {
-                skipped += 1;
-                let line = format!("SKIP {:<56} {why}", f.canonical_name());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outcome = std::thread::scope(|s| -> Result<(), CliError> {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (jobs, stop, next, backend, a) = (&jobs, &stop, &next, &backend, &a);
+            s.spawn(move || loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(f, backward)) = jobs.get(i) else {
+                    break;
+                };
+                if tx.send((i, check_job(f, backward, a, backend))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        // Results are printed in catalog order whatever order the workers finish in.
+        let mut done: Vec<Option<JobResult>> = (0..jobs.len()).map(|_| None).collect();
+        let mut printed = 0;
+        for (i, r) in rx.iter() {
+            done[i] = Some(r);
+            while let Some(r) = done.get_mut(printed).and_then(Option::take) {
+                let (f, backward) = jobs[printed];
+                printed += 1;
+                bar.set_message(f.canonical_name());
+                let v = match r {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(why)) => {
+                        skipped += 1;
+                        let line = format!("SKIP {:<56} {why}", f.canonical_name());
+                        bar.suspend(|| println!("{line}"));
+                        bar.inc(1);
+                        continue;
+                    }
+                    Err(e) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                };
+                if !v.ok {
+                    failed += 1;
+                }
+                let line = if wants_stats(&a, f) && !backward && v.ok && !a.json {
+                    format!("PASS {:<56} {}", v.name, v.detail)
+                } else {
+                    result_line(&v, a.json, backward)
+                };
                 bar.suspend(|| println!("{line}"));
                 bar.inc(1);
-                continue;
+                if a.fail_fast && !v.ok {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
             }
-            Err(e) => {
-                bar.finish_and_clear();
-                return Err(e);
-            }
-        };
-        if !v.ok {
-            failed += 1;
         }
-        let line = if stats && !backward && v.ok && !a.json {
-            format!("PASS {:<56} {}", v.name, v.detail)
-        } else {
-            result_line(&v, a.json, backward)
-        };
-        bar.suspend(|| println!("{line}"));
-        bar.inc(1);
-        if a.fail_fast && !v.ok {
-            break;
-        }
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        bar.finish_and_clear();
+        return Err(e);
     }
     bar.finish_and_clear();
     if failed > 0 {
@@ -521,8 +563,10 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
     }
     if !a.json {
         if skipped > 0 {
-            let why = if a.stats {
+            let why = if a.stats && a.layout == LayoutArg::Dense {
                 "no statistics outputs for them"
+            } else if a.stats {
+                "no statistics outputs for them, or the layout cannot serve them"
             } else {
                 "the layout cannot serve them"
             };
@@ -535,6 +579,36 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// One job's result: its verdict, the reason it was skipped, or an error that ends the run.
+type JobResult = Result<Result<Verdict, String>, CliError>;
+
+/// Checks one kernel (forward or backward) in the layout the options and the spec file ask for.
+fn check_job(f: &AnySpecFile, backward: bool, a: &CheckArgs, backend: &Backend) -> JobResult {
+    // a spec file's own `layout` applies unless --layout names one
+    let layout = match f {
+        AnySpecFile::Static(sf) if a.layout == LayoutArg::Dense => sf.spec.layout,
+        _ => a.layout.layout(),
+    };
+    if wants_stats(a, f) && !backward && layout.is_dense() {
+        super::check_stats::check_stats_any(f, a.seed)
+    } else if backward && !layout.is_dense() {
+        Ok(Err(
+            "the backward kernels read the dense layout only".to_string()
+        ))
+    } else if backward {
+        super::check_backward::check_backward_any(f, backend, a.seed).map(Ok)
+    } else if layout.is_dense() {
+        variant(f).check(backend, a.seed).map(Ok)
+    } else {
+        serving_verdict(f, layout, backend, a.seed, wants_stats(a, f))
+    }
+}
+
+/// `--stats`, or a spec file with `stats = { .. }`: checked with its statistics.
+fn wants_stats(a: &CheckArgs, f: &AnySpecFile) -> bool {
+    a.stats || matches!(f, AnySpecFile::Static(sf) if sf.spec.stats.is_some())
 }
 
 /// One kernel's result line: JSON, or PASS/FAIL with its figures.

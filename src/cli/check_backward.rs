@@ -9,7 +9,7 @@
 //! data-dependent families and the variants the backward kernels do not cover yet (LM-Infinite,
 //! user score functions) fail with the reason. Simulator or GPU.
 
-use attnforge::codegen::backward::{backward_supported, BackwardTile};
+use attnforge::codegen::backward::backward_supported;
 use attnforge::codegen::spec::DType;
 use attnforge::exec::{Backend, ExecError, Inputs};
 use attnforge::exec_backward::{check_backward, GradCheck, Upstream};
@@ -155,15 +155,7 @@ fn case<T: Element + SimElem>(
         dout: &dout,
         dlse: with_dlse.then_some(dlse.as_slice()),
     };
-    match check_backward(
-        &sf.spec,
-        &tile,
-        &BackwardTile::for_spec(&sf.spec),
-        &x,
-        up,
-        &rp,
-        backend,
-    ) {
+    match check_backward(&sf.spec, &tile, &sf.backward_tile(), &x, up, &rp, backend) {
         Ok((_, checks)) => Ok(Ok(checks)),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {

@@ -9,6 +9,7 @@
 //! page size 128 (key tiles within one page) with 2 splits.
 
 use attnforge::codegen::spec::{DType, Layout};
+use attnforge::codegen::tile::TileConfig;
 use attnforge::exec::{Backend, ExecError};
 use attnforge::exec_serving::{self, ServingInputs, ServingKeys};
 use attnforge::reference::{CloseReport, Element, Packed, PagedCache};
@@ -17,6 +18,7 @@ use attnforge::specfile::{self, SpecFile};
 use half::{bf16, f16};
 
 use super::check::Verdict;
+use super::check_stats::Worst;
 use super::common::random_values;
 use super::variant::Variant;
 use super::CliError;
@@ -156,15 +158,23 @@ fn inputs<T: Element>(
     }
 }
 
+/// The tile `sf` runs with in `layout`: its `[tune] tile`, else the default tile of the spec
+/// in that layout (the decode layouts' 128-key tile where it fits, not the dense one).
+fn layout_tile(sf: &SpecFile, layout: Layout) -> Result<TileConfig, CliError> {
+    let mut in_layout = sf.clone();
+    in_layout.spec = sf.spec.clone().with_layout(layout);
+    in_layout.tile().map_err(CliError::input)
+}
+
 fn check_one<T: Element + SimElem>(
     sf: &SpecFile,
     layout: Layout,
     (page_size, splits): (usize, usize),
     backend: &Backend,
     seed: u64,
-) -> Result<Result<CloseReport, String>, CliError> {
+) -> Result<Result<(CloseReport, Option<Worst>), String>, CliError> {
     let spec = sf.spec.clone().with_layout(layout);
-    let tile = sf.tile().map_err(CliError::input)?;
+    let tile = layout_tile(sf, layout)?;
     let lens = lengths(sf, layout, splits);
     let max_sk = lens.iter().map(|l| l.1).max().unwrap_or(1);
     let doc = spec.mask.reads_doc().then(|| doc_ids(&lens));
@@ -174,14 +184,20 @@ fn check_one<T: Element + SimElem>(
     rp.num_splits = Some(splits);
     let x = inputs::<T>(sf, layout, &lens, page_size, seed);
     let checked = match backend {
-        Backend::Cuda(ordinal) => exec_serving::check_cuda(&spec, &tile, &x, &rp, *ordinal),
+        Backend::Cuda(ordinal) => {
+            exec_serving::check_cuda(&spec, &tile, &x, &rp, *ordinal).map(|r| (r.close, None))
+        }
+        // statistics: the kernels on the simulator against the one-hot serving reference
+        _ if spec.stats.is_some() => {
+            exec_serving::check_stats(&spec, &tile, &x, &rp).map(|r| (r.close, Some(Worst::of(&r))))
+        }
         _ => {
             let cfg = attnforge::sim::SimConfig::new(attnforge::sim::Schedule::Forward);
-            exec_serving::check(&spec, &tile, &x, &rp, &cfg)
+            exec_serving::check(&spec, &tile, &x, &rp, &cfg).map(|r| (r.close, None))
         }
     };
     match checked {
-        Ok(r) => Ok(Ok(r.close)),
+        Ok(r) => Ok(Ok(r)),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
             Err(CliError::input(format!("{}: {e}", sf.location())))
@@ -203,7 +219,7 @@ pub(super) fn check_serving(
             "--layout varlen|paged|decode checks a kernel against the reference\n  fix: pass --backend sim or --backend cuda",
         ));
     }
-    let tile = sf.tile().map_err(CliError::input)?;
+    let tile = layout_tile(sf, layout)?;
     let name = attnforge::codegen::name::canonical_name_with_tile(
         &sf.spec.clone().with_layout(layout),
         &tile,
@@ -217,6 +233,7 @@ pub(super) fn check_serving(
         Layout::Dense | Layout::Varlen => &[(1, 1)],
     };
     let mut worst: Option<CloseReport> = None;
+    let mut worst_stats: Option<Worst> = None;
     let mut failures = Vec::new();
     for &(ps, splits) in runs {
         let r = match sf.spec.dtype {
@@ -225,7 +242,10 @@ pub(super) fn check_serving(
             DType::Bf16 => check_one::<bf16>(sf, layout, (ps, splits), backend, seed),
         }?;
         match r {
-            Ok(c) => {
+            Ok((c, st)) => {
+                if let Some(st) = st {
+                    worst_stats = Some(st.max(worst_stats));
+                }
                 worst = Some(match worst {
                     Some(w) if w.out.max_err >= c.out.max_err => w,
                     _ => c,
@@ -235,7 +255,14 @@ pub(super) fn check_serving(
         }
     }
     let mut v = match (&worst, failures.is_empty()) {
-        (Some(w), true) => Verdict::passed(name, w, serde_json::Value::Null),
+        (Some(w), true) => match &worst_stats {
+            Some(st) => {
+                let mut v = Verdict::passed(name, w, st.json());
+                v.detail = st.line();
+                v
+            }
+            None => Verdict::passed(name, w, serde_json::Value::Null),
+        },
         _ => Verdict::failed(name, failures.join("; ")),
     };
     v.problems = runs.len();

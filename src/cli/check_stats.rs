@@ -163,8 +163,14 @@ pub(super) fn check_stats_any(
     Ok(Ok(v))
 }
 
+/// The statistics parameters of a serving-layout check (`check --stats --layout
+/// varlen|paged`; a spec file's own `stats` wins).
+pub(super) fn serving_params() -> StatsSpec {
+    params("rectangular")
+}
+
 /// The worst figures over the problems of a variant.
-struct Worst {
+pub(super) struct Worst {
     close: attnforge::reference::CloseReport,
     mass: (f64, f64),
     score: (f64, f64),
@@ -173,7 +179,7 @@ struct Worst {
 }
 
 impl Worst {
-    fn of(r: &StatsReport) -> Self {
+    pub(super) fn of(r: &StatsReport) -> Self {
         Worst {
             close: r.close,
             mass: (r.key_mass.max_err, r.key_mass.ratio),
@@ -182,7 +188,7 @@ impl Worst {
             entries: r.top_entries,
         }
     }
-    fn max(mut self, o: Option<Worst>) -> Self {
+    pub(super) fn max(mut self, o: Option<Worst>) -> Self {
         let Some(o) = o else { return self };
         let m = |a: (f64, f64), b: (f64, f64)| (a.0.max(b.0), a.1.max(b.1));
         self.mass = m(self.mass, o.mass);
@@ -194,14 +200,14 @@ impl Worst {
         self.close.lse.max_err = self.close.lse.max_err.max(o.close.lse.max_err);
         self
     }
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "key_mass_max_err": self.mass.0, "key_mass_ratio_to_naive": self.mass.1,
             "key_score_max_err": self.score.0, "key_score_ratio_to_naive": self.score.1,
             "top_keys_near_ties": self.near, "top_keys_entries": self.entries,
         })
     }
-    fn line(&self) -> String {
+    pub(super) fn line(&self) -> String {
         format!(
             "key_mass err {:.2e} (x{:.2} naive)  key_score err {:.2e} (x{:.2} naive)  top_keys near-ties {}/{}  out err {:.2e}",
             self.mass.0, self.mass.1, self.score.0, self.score.1, self.near, self.entries, self.close.out.max_err

@@ -18,6 +18,7 @@ mod run;
 mod run_backward;
 mod run_serving;
 mod run_stats;
+mod tuned;
 mod variant;
 
 use clap::{Parser, Subcommand};

@@ -164,6 +164,12 @@ pub struct RunArgs {
     pub(super) num_splits: Option<usize>,
     #[command(flatten)]
     pub(super) stats: super::run_stats::StatsArgs,
+    /// Run with the tile the tuner picked (`attnforge tune --out DIR`; default `reports`):
+    /// `<name>.json` (forward) or `<name>_bwd.json` (--backward) of that folder; a kernel it
+    /// does not hold keeps the default tile, with a notice.
+    #[arg(long, value_name = "REPORT_DIR", num_args = 0..=1, require_equals = true,
+          default_missing_value = super::tuned::DEFAULT_DIR)]
+    pub(super) tuned: Option<PathBuf>,
 }
 
 /// The one way `run` executes a variant of either kind: the f64 reference, or its
@@ -221,7 +227,11 @@ fn want_dtype(a: &RunArgs, have: DType) -> Result<(), CliError> {
 /// `attnforge run`: one path for every spec file; the kind-specific part is
 /// `Variant::run` (`run_static` or `run_dynamic`).
 pub fn run(a: RunArgs) -> Result<(), CliError> {
-    let any = resolve_any(&a.spec)?;
+    let mut any = resolve_any(&a.spec)?;
+    if let Some(dir) = &a.tuned {
+        let files = std::slice::from_mut(&mut any);
+        super::tuned::apply_all(dir, files, |_| (!a.backward, a.backward))?;
+    }
     check_output_paths(&a, &any)?;
     check_input_sizes(&a)?;
     let v = variant(&any);

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use attnforge::codegen::backward::{backward_supported, BackwardTile};
+use attnforge::codegen::backward::backward_supported;
 use attnforge::codegen::scores::ScoreParamKind;
 use attnforge::codegen::spec::KernelSpec;
 use attnforge::exec::{Backend, ExecError, Inputs, RunParams};
@@ -226,7 +226,7 @@ fn go<T: Element + SimElem>(
         message: e.message.clone(),
         fix: e.fix.clone(),
     })?;
-    let bwd = BackwardTile::for_spec(&sf.spec);
+    let bwd = sf.backward_tile();
     let up = Upstream { dout, dlse };
     let k = match backend {
         RunBackend::Reference => {

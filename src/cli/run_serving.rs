@@ -3,15 +3,19 @@
 //! packed q `[Tq, Hq, D]` with `--cu-seqlens-q`; varlen k, v `[Tk, Hkv, D]` with
 //! `--cu-seqlens-k`; paged k, v caches `[num_pages, page_size, Hkv, D]` with `--block-table`
 //! (`[B, max_pages]`) and `--seqlens-k` (`[B]`), all int32 `.npy`. Writes out `[Tq, Hq, D]`
-//! and lse `[Hq, Tq]` (float32). The layout arrays are checked before any launch.
+//! and lse `[Hq, Tq]` (float32). The layout arrays are checked before any launch. A varlen or
+//! paged spec with `stats` also writes `--key-mass`, `--key-score`, `--top-keys` (rows of `R`
+//! keys: varlen `Tk`, paged `max_pages * page_size`; docs/statistics.md).
 
-use attnforge::codegen::spec::Layout;
-use attnforge::exec::ExecError;
+use attnforge::codegen::spec::{KernelSpec, Layout};
+use attnforge::codegen::tile::{Arch, TileConfig};
+use attnforge::exec::{ExecError, RunParams};
 use attnforge::exec_serving::{self, ServingInputs, ServingKeys};
 use attnforge::npy::{read_i32, read_packed, read_shape, read_tensor, write_staged, AnyTensor};
 use attnforge::reference::{Element, Packed, PagedCache, Precision, Tensor4, VarlenOutput};
 use attnforge::sim::{Schedule, SimConfig, SimElem};
-use attnforge::specfile::{self, SpecFile};
+use attnforge::specfile::{ServingBackend, SpecFile};
+use attnforge_autotune::decode::{model_splits, DecodeLaunch};
 
 use super::run::{RunArgs, RunBackend};
 
@@ -48,7 +52,7 @@ fn go<T: Element + SimElem>(
     a: &RunArgs,
     (q, k, v): (Tensor4<T>, Tensor4<T>, Tensor4<T>),
     layout_arrays: LayoutArrays,
-) -> Result<VarlenOutput, CliError> {
+) -> Result<(VarlenOutput, Option<ServingStats>), CliError> {
     let (cu_q, paged, cu_k) = layout_arrays;
     let keys = match paged {
         Some((block_table, max_pages, seqlens_k)) => ServingKeys::Paged {
@@ -73,19 +77,28 @@ fn go<T: Element + SimElem>(
         Some(p) => Some(read_i32(p).map_err(CliError::input)?),
         None => None,
     };
-    let geo_sk = x.q.tokens.max(1);
-    let mut rp = sf.run_params(geo_sk, doc).map_err(CliError::input)?;
-    rp.block_lists = None;
-    specfile::catalog_twins(sf, &mut rp);
-    rp.num_splits = a.num_splits;
     let tile = sf.tile().map_err(CliError::input)?;
+    let splits = match a.backend {
+        RunBackend::Reference => a.num_splits,
+        _ => decode_split_choice(sf, &tile, &x, a.num_splits),
+    };
+    let backend = match a.backend {
+        RunBackend::Reference => ServingBackend::Reference(Precision::F64),
+        RunBackend::Sim => ServingBackend::Sim,
+        RunBackend::Cuda => ServingBackend::Cuda(0),
+    };
     let res = match a.backend {
-        RunBackend::Reference => exec_serving::reference(&sf.spec, &x, &rp, Precision::F64),
-        RunBackend::Sim => {
-            exec_serving::simulate(&sf.spec, &tile, &x, &rp, &SimConfig::new(Schedule::Forward))
-                .map(|r| r.output)
-        }
-        RunBackend::Cuda => exec_serving::run_cuda(&sf.spec, &tile, &x, &rp, 0, 0).map(|r| r.0),
+        RunBackend::Cuda if a.stats.any() => Err(ExecError::Input {
+            field: "--backend".into(),
+            message:
+                "the statistics outputs are read back on the simulator only (not from a GPU yet)"
+                    .into(),
+            fix: "pass --backend sim (or --backend reference)".into(),
+        }),
+        b if a.stats.any() => sf
+            .serving_params(&x, doc, splits)
+            .and_then(|rp| with_stats(&sf.spec, &tile, &x, &rp, b)),
+        _ => sf.run_serving(&x, doc, splits, backend).map(|o| (o, None)),
     };
     res.map_err(|e| match e {
         ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_) => {
@@ -95,8 +108,115 @@ fn go<T: Element + SimElem>(
     })
 }
 
-/// Run `sf` (a serving layout) on the command's files and write out and lse.
+/// The key splits of a decode run, printed with where they come from: `--num-splits`; else
+/// the tuner's decode model for the tile at this launch (`model_splits`: the split count
+/// `tune --layout decode` predicts, sm_90 with 132 SMs); else `None`, the runtime's rule
+/// (unsplit when a sequence has `Sq_b > Sk_b`; `decode_splits` when the model has no
+/// prediction, e.g. without the NVRTC toolchain). Other layouts: `given`.
+fn decode_split_choice<T: Element>(
+    sf: &SpecFile,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    given: Option<usize>,
+) -> Option<usize> {
+    if !sf.spec.layout.is_decode() {
+        return given;
+    }
+    let name = sf.spec.canonical_name();
+    if let Some(k) = given {
+        println!("{name}: {k} key splits (--num-splits)");
+        return given;
+    }
+    let (sk, heads_kv): (Vec<i32>, usize) = match &x.keys {
+        ServingKeys::Paged {
+            seqlens_k, k_cache, ..
+        } => (seqlens_k.clone(), k_cache.heads),
+        ServingKeys::Varlen {
+            cu_seqlens_k, k, ..
+        } => (
+            cu_seqlens_k.windows(2).map(|w| w[1] - w[0]).collect(),
+            k.heads,
+        ),
+    };
+    let sq: Vec<i32> = x.cu_seqlens_q.windows(2).map(|w| w[1] - w[0]).collect();
+    if sq.iter().zip(&sk).any(|(q, k)| q > k) {
+        println!("{name}: 1 key split (a sequence has more queries than keys: unsplit)");
+        return None;
+    }
+    let launch = DecodeLaunch {
+        batch: sq.len(),
+        heads_q: x.q.heads,
+        heads_kv,
+        max_seq_q: sq.iter().copied().max().unwrap_or(0).max(0) as usize,
+        max_seq_k: sk.iter().copied().max().unwrap_or(0).max(0) as usize,
+    };
+    if launch.batch == 0 {
+        return None;
+    }
+    match model_splits(&sf.spec, tile, launch, Arch::Sm90) {
+        Ok(p) => {
+            let k = p.splits.unwrap_or(1);
+            println!(
+                "{name}: {k} key splits (the decode model's choice for {} on sm_90, 132 SMs: {:.1} us predicted; --num-splits overrides)",
+                tile.suffix(),
+                p.time_us
+            );
+            Some(k)
+        }
+        Err(e) => {
+            println!("{name}: key splits from decode_splits' rule (no model prediction: {e})");
+            None
+        }
+    }
+}
+
+/// The statistics of a serving run: `[B, Hq, Hkv, R, K]` (`R` = `stats_row_keys`: keys
+/// past a sequence's `Sk_b` hold 0) and `key_mass`, `key_score`, `top_keys`.
+type ServingStats = ([u64; 5], Vec<f32>, Vec<f32>, Vec<i32>);
+
+/// The forward with statistics (simulator, or the reference), `out`/`lse` packed.
+fn with_stats<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    rp: &RunParams,
+    backend: RunBackend,
+) -> Result<(VarlenOutput, Option<ServingStats>), ExecError> {
+    let hkv = match &x.keys {
+        ServingKeys::Varlen { k, .. } => k.heads,
+        ServingKeys::Paged { k_cache, .. } => k_cache.heads,
+    };
+    let top_k = spec.stats.and_then(|s| s.top_k).unwrap_or(0);
+    let b = x.cu_seqlens_q.len().saturating_sub(1);
+    let row = exec_serving::stats_row_keys(x);
+    let dims = [b, x.q.heads, hkv, row, top_k].map(|v| v as u64);
+    let (out, km, ks, tk) = if matches!(backend, RunBackend::Reference) {
+        let (out, st) = exec_serving::reference_stats(spec, x, rp, Precision::F64)?;
+        let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<_>>();
+        let tk = st.top_keys.iter().map(|&i| i as i32).collect();
+        (out, f(&st.key_mass), f(&st.key_score), tk)
+    } else {
+        let cfg = SimConfig::new(Schedule::Forward);
+        let r = exec_serving::simulate_stats(spec, tile, x, rp, &cfg)?;
+        (r.output, r.key_mass, r.key_score, r.top_keys)
+    };
+    // [1, Hq, Tq, D] -> packed [Tq, Hq, D]; lse [Hq, Tq] is the same order in both
+    let sh = out.shape;
+    let mut o = VarlenOutput::empty(sh.seq, sh.heads, sh.dim);
+    for (i, &v) in out.out.iter().enumerate() {
+        let (h, t, e) = (i / (sh.seq * sh.dim), i / sh.dim % sh.seq, i % sh.dim);
+        o.out[(t * sh.heads + h) * sh.dim + e] = v;
+    }
+    o.lse.copy_from_slice(&out.lse);
+    Ok((o, Some((dims, km, ks, tk))))
+}
+
+/// Run `sf` (a serving layout) on the command's files and write out and lse (and the
+/// statistics files of a spec with `stats`).
 pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
+    if a.stats.any() {
+        super::run_stats::check_flags(sf, a)?;
+    }
     let layout = sf.spec.layout;
     let out_path = a.out.as_deref().ok_or_else(|| {
         CliError::input("--out is required\n  fix: pass --out FILE.npy for the output")
@@ -126,7 +246,7 @@ pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
         (k, v, None, cu_k)
     };
     let arrays = (cu_q, paged, cu_k);
-    let out = match (q, k, v) {
+    let (out, stats) = match (q, k, v) {
         (AnyTensor::F32(q), AnyTensor::F32(k), AnyTensor::F32(v)) => go(sf, a, (q, k, v), arrays),
         (AnyTensor::F16(q), AnyTensor::F16(k), AnyTensor::F16(v)) => go(sf, a, (q, k, v), arrays),
         (AnyTensor::Bf16(q), AnyTensor::Bf16(k), AnyTensor::Bf16(v)) => {
@@ -137,6 +257,10 @@ pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
     let (t, h, d) = (out.tokens as u64, out.heads as u64, out.dim as u64);
     let o: Vec<f32> = out.out.iter().map(|&x| x as f32).collect();
     let l: Vec<f32> = out.lse.iter().map(|&x| x as f32).collect();
+    let staged = match &stats {
+        Some((dims, km, ks, tk)) => super::run_stats::stage(a, *dims, (km, ks, tk))?,
+        None => Vec::new(),
+    };
     let so = write_staged(out_path, &[t, h, d], &o).map_err(CliError::input)?;
     let sl = match &a.lse {
         Some(lp) => Some(write_staged(lp, &[h, t], &l).map_err(CliError::input)?),
@@ -155,5 +279,5 @@ pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
             p.display()
         ))
     );
-    Ok(())
+    super::run_stats::commit(a, staged)
 }

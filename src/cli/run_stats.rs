@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use attnforge::exec::{ExecError, Inputs, RunParams};
 use attnforge::exec_stats::{reference_stats, simulate_stats};
-use attnforge::npy::{write_staged, AnyTensor};
+use attnforge::npy::{write_staged, AnyTensor, Staged};
 use attnforge::reference::{AttnOutput, Element, Precision};
 use attnforge::sim::{Schedule, SimConfig, SimElem};
 use attnforge::specfile::SpecFile;
@@ -107,8 +107,9 @@ fn go<T: Element + SimElem>(
     }
 }
 
-/// Run `sf` with its statistics and write `--out`, `--lse` and the statistics files.
-pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
+/// The statistics flags against the spec: the spec must ask for statistics, and for
+/// `top_k` when `--top-keys` is given (input errors naming the flag).
+pub(super) fn check_flags(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
     if sf.spec.stats.is_none() {
         let (flag, _) = a.stats.outputs()[0];
         return Err(CliError::input(format!(
@@ -122,6 +123,12 @@ pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
             a.spec
         )));
     }
+    Ok(())
+}
+
+/// Run `sf` with its statistics and write `--out`, `--lse` and the statistics files.
+pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
+    check_flags(sf, a)?;
     let (q, k, v, rp) = static_inputs(sf, a)?;
     let res = match (q, k, v) {
         (AnyTensor::F32(q), AnyTensor::F32(k), AnyTensor::F32(v)) => {
@@ -145,13 +152,21 @@ pub(super) fn run(sf: &SpecFile, a: &RunArgs) -> Result<(), CliError> {
 }
 
 fn write(a: &RunArgs, name: &str, st: &Stats) -> Result<(), CliError> {
-    let [b, hq, hkv, sk, kk] = st.dims;
-    let nonfinite = st
-        .key_mass
-        .iter()
-        .chain(&st.key_score)
-        .any(|v| !v.is_finite());
-    if nonfinite {
+    let staged = stage(a, st.dims, (&st.key_mass, &st.key_score, &st.top_keys))?;
+    // out and lse last: write_outputs commits them, then the statistics are committed
+    super::run::write_outputs(a, name, &st.out)?;
+    commit(a, staged)
+}
+
+/// The statistics files staged (nothing in place yet): `key_mass [B, Hq, Sk]`, `key_score
+/// [B, Hkv, Sk]`, `top_keys [B, Hkv, K]` with `dims = [B, Hq, Hkv, Sk, K]`; NaN or Inf is an
+/// error that writes nothing.
+pub(super) fn stage(
+    a: &RunArgs,
+    [b, hq, hkv, sk, kk]: [u64; 5],
+    (key_mass, key_score, top_keys): (&[f32], &[f32], &[i32]),
+) -> Result<Vec<Staged>, CliError> {
+    if key_mass.iter().chain(key_score).any(|v| !v.is_finite()) {
         return Err(CliError::failed(format!(
             "{}: the statistics hold NaN or Inf; nothing was written",
             a.spec
@@ -160,20 +175,23 @@ fn write(a: &RunArgs, name: &str, st: &Stats) -> Result<(), CliError> {
     let mut staged = Vec::new();
     let s = &a.stats;
     if let Some(p) = &s.key_mass {
-        staged.push(write_staged(p, &[b, hq, sk], &st.key_mass).map_err(CliError::input)?);
+        staged.push(write_staged(p, &[b, hq, sk], key_mass).map_err(CliError::input)?);
     }
     if let Some(p) = &s.key_score {
-        staged.push(write_staged(p, &[b, hkv, sk], &st.key_score).map_err(CliError::input)?);
+        staged.push(write_staged(p, &[b, hkv, sk], key_score).map_err(CliError::input)?);
     }
     if let Some(p) = &s.top_keys {
-        staged.push(write_staged(p, &[b, hkv, kk], &st.top_keys).map_err(CliError::input)?);
+        staged.push(write_staged(p, &[b, hkv, kk], top_keys).map_err(CliError::input)?);
     }
-    // out and lse last: write_outputs commits them, then the statistics are committed
-    super::run::write_outputs(a, name, &st.out)?;
+    Ok(staged)
+}
+
+/// Move the staged statistics files into place (after `out` and `lse`).
+pub(super) fn commit(a: &RunArgs, staged: Vec<Staged>) -> Result<(), CliError> {
     for f in staged {
         f.commit().map_err(CliError::input)?;
     }
-    for (flag, p) in s.outputs() {
+    for (flag, p) in a.stats.outputs() {
         println!("{flag}: wrote {}", p.display());
     }
     Ok(())

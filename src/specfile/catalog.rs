@@ -71,6 +71,7 @@ pub fn from_catalog(spec: KernelSpec) -> SpecFile {
             arch: Arch::Sm80,
             tile: None,
             space: Vec::new(),
+            backward_tile: None,
         },
     }
 }

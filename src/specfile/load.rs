@@ -385,6 +385,7 @@ fn tune_of(raw: Option<TuneRaw>, spec: &KernelSpec) -> Result<Tune, FieldErr> {
             arch: Arch::Sm80,
             tile: None,
             space: Vec::new(),
+            backward_tile: None,
         },
         Some(t) => Tune {
             arch: match t.arch.as_deref() {
@@ -400,6 +401,7 @@ fn tune_of(raw: Option<TuneRaw>, spec: &KernelSpec) -> Result<Tune, FieldErr> {
             },
             tile: t.tile,
             space: t.space,
+            backward_tile: None,
         },
     };
     if let Some(t) = &tune.tile {

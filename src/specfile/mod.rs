@@ -31,6 +31,7 @@ mod load;
 mod params;
 mod raw;
 mod run_params;
+mod serving;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use std::sync::{Arc, OnceLock};
 
 use attnforge_dsl::eval::EvalFn;
 use attnforge_dsl::ParamKind;
+use attnforge_runtime::codegen::backward::BackwardTile;
 use attnforge_runtime::codegen::blocks::BlockLists;
 use attnforge_runtime::codegen::check::MaskParams;
 use attnforge_runtime::codegen::shape::Shape;
@@ -50,6 +52,7 @@ pub use any::AnySpecFile;
 pub use catalog::{catalog_twins, from_catalog};
 pub use dynamic::{dyn_from_catalog, DynSpecFile, DYNAMIC_FAMILIES};
 pub use error::{SpecFileError, SpecFileErrors};
+pub use serving::ServingBackend;
 
 /// Test problem used by `attnforge check` (random inputs of these sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -108,6 +111,9 @@ pub struct Tune {
     pub tile: Option<TileConfig>,
     /// Candidate tiles for tuning (empty: the default search space).
     pub space: Vec<TileConfig>,
+    /// Backward tile for check/run --backward (default: `BackwardTile::for_spec`); set by
+    /// `--tuned` from the tuner's reports, not read from the file.
+    pub backward_tile: Option<BackwardTile>,
 }
 
 /// Where the document ids of the document masks come from.
@@ -199,6 +205,13 @@ impl SpecFile {
                 )
             }),
         }
+    }
+
+    /// The backward tile of check/run --backward: `--tuned`'s, else the deterministic default.
+    pub fn backward_tile(&self) -> BackwardTile {
+        self.tune
+            .backward_tile
+            .unwrap_or_else(|| BackwardTile::for_spec(&self.spec))
     }
 
     /// An error about this file.

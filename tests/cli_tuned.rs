@@ -46,10 +46,9 @@ fn winner(dir: &Path, variant: &str, backward: bool) -> String {
 }
 
 #[test]
-fn check_and_run_use_the_tuned_tile() {
+fn check_and_run_use_the_tuned_forward_tile() {
     let dir = tempfile::tempdir().unwrap();
     tune(dir.path(), FWD, false, "512");
-    tune(dir.path(), BWD, true, "128");
     let tuned = format!("--tuned={}", dir.path().join("r").display());
 
     let fwd = winner(dir.path(), FWD, false);
@@ -67,6 +66,24 @@ fn check_and_run_use_the_tuned_tile() {
     // the verdict names the tile the kernel ran with
     assert!(t.contains(&format!("PASS {FWD}__{fwd}")), "{t}");
 
+    // not in the folder: the default tile, with one line saying so
+    let o = run(&["check", &tuned, "--backward", FWD]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains(&format!("tuned: {FWD}_bwd is not in"))
+            && t.contains("default backward tile m64n64w4"),
+        "{t}"
+    );
+    run_with_tuned(dir.path(), &tuned, &fwd);
+}
+
+/// The backward on its own (a test of its own: the two tunings then run side by side).
+#[test]
+fn check_uses_the_tuned_backward_tile() {
+    let dir = tempfile::tempdir().unwrap();
+    tune(dir.path(), BWD, true, "128");
+    let tuned = format!("--tuned={}", dir.path().join("r").display());
     let bwd = winner(dir.path(), &format!("{BWD}_bwd"), true);
     assert_ne!(
         bwd, "m32n32w4",
@@ -80,17 +97,6 @@ fn check_and_run_use_the_tuned_tile() {
         "{t}"
     );
     assert!(t.contains(&format!("PASS {BWD}_bwd")), "{t}");
-
-    // not in the folder: the default tile, with one line saying so
-    let o = run(&["check", &tuned, "--backward", FWD]);
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{t}");
-    assert!(
-        t.contains(&format!("tuned: {FWD}_bwd is not in"))
-            && t.contains("default backward tile m64n64w4"),
-        "{t}"
-    );
-    run_with_tuned(dir.path(), &tuned, &fwd);
 }
 
 /// `run --tuned` says which tile it used and its output agrees with the reference backend's.

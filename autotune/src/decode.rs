@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use attnforge_codegen::serving::{decode_splits, DECODE_MAX_SPLITS};
 use attnforge_codegen::spec::{DType, KernelSpec, Layout};
 use attnforge_codegen::tile::{default_search_space, TileConfig};
-use attnforge_reference::{Element, Packed, PagedCache};
+use attnforge_reference::{Element, Packed};
 use attnforge_runtime::exec_serving::{self, ServingInputs, ServingKeys};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
 use half::{bf16, f16};
@@ -317,39 +317,10 @@ fn decode_inputs<T: Element>(
 /// A decode problem: sequences of `seq_q` tokens over `lens` keys, a paged cache of 16-key
 /// pages in permuted order (page 0 shared by every sequence), values in [-1, 1).
 fn paged_inputs<T: Element>(shape: &Shape, d: usize, lens: &[usize]) -> ServingInputs<T> {
-    let page = 16;
-    let pages: Vec<usize> = lens.iter().map(|l| l.div_ceil(page)).collect();
-    let max_pages = pages.iter().copied().max().unwrap_or(1);
-    let num_pages = pages.iter().sum::<usize>() + 1;
-    let mut table = vec![-1i32; lens.len() * max_pages];
-    let mut next = num_pages;
-    for (b, &n) in pages.iter().enumerate() {
-        for i in 0..n {
-            // page 0 first for both (a shared prefix), the rest from the end of the pool
-            table[b * max_pages + i] = if i == 0 {
-                0
-            } else {
-                next -= 1;
-                next as i32
-            };
-        }
-    }
     let mut unit = unit_values::<T>();
-    let mut cache = || PagedCache::from_fn(num_pages, page, shape.heads_kv, d, |_, _, _, _| unit());
-    let (k_cache, v_cache) = (cache(), cache());
-    let tq = shape.seq_q * lens.len();
-    let q = Packed::from_fn(tq, shape.heads_q, d, |_, _, _| unit());
-    ServingInputs {
-        q,
-        cu_seqlens_q: (0..=lens.len()).map(|b| (b * shape.seq_q) as i32).collect(),
-        keys: ServingKeys::Paged {
-            k_cache,
-            v_cache,
-            block_table: table,
-            max_pages,
-            seqlens_k: lens.iter().map(|&l| l as i32).collect(),
-        },
-    }
+    let q = Packed::from_fn(shape.seq_q * lens.len(), shape.heads_q, d, |_, _, _| unit());
+    let cu_seqlens_q = (0..=lens.len()).map(|b| (b * shape.seq_q) as i32).collect();
+    ServingInputs::shared_prefix_paged(q, cu_seqlens_q, lens, (16, shape.heads_kv), unit)
 }
 
 impl DecodeTunable {

@@ -1,6 +1,6 @@
 //! trybuild UI tests: each `tests/ui/{mask,score,kernel}/*.rs` must fail with its pinned
-//! `.stderr`; each `tests/ui/{pass,kernel_pass}/*.rs` must build and run (it asserts on the
-//! function and its CUDA, or on the generated kernel item).
+//! `.stderr`. The cases that must build and run are ordinary tests (`tests/expansions.rs`):
+//! with only failing cases trybuild runs `cargo check`, not a full build of every dependency.
 
 #[test]
 fn ui() {
@@ -8,6 +8,4 @@ fn ui() {
     t.compile_fail("tests/ui/mask/*.rs");
     t.compile_fail("tests/ui/score/*.rs");
     t.compile_fail("tests/ui/kernel/*.rs");
-    t.pass("tests/ui/pass/*.rs");
-    t.pass("tests/ui/kernel_pass/*.rs");
 }

@@ -60,6 +60,36 @@ fn run<T: Element + SimElem>(
     .map_err(|e| format!("{} {c:?}: {e}", spec.canonical_name()))
 }
 
+/// `check(job)` for every job on one worker per core (the jobs are independent simulator
+/// runs; one worker would leave a core idle once this test's neighbours are done): the
+/// failures, in job order.
+fn on_every_core<J: Sync>(jobs: &[J], check: impl Fn(&J) -> Result<(), String> + Sync) -> Vec<String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut found: Vec<(usize, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(job) = jobs.get(i) else { break mine };
+                        if let Err(e) = check(job) {
+                            mine.push((i, e));
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a worker panicked"))
+            .collect()
+    });
+    found.sort_by_key(|(i, _)| *i);
+    found.into_iter().map(|(_, e)| e).collect()
+}
+
 #[test]
 fn causal_f32_smoke() {
     let spec = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Causal, ScoreMod::None).with_gqa();
@@ -230,8 +260,8 @@ fn run_any(spec: &KernelSpec, c: Case, p: &RunParams, seed: u64) -> Result<(), S
 /// does not cover are exactly the listed ones (a new variant cannot slip out silently).
 #[test]
 fn every_catalog_variant_backward() {
-    let mut failures = Vec::new();
     let mut unsupported = Vec::new();
+    let mut jobs = Vec::new();
     for (i, base) in catalog().into_iter().enumerate() {
         let mut spec = base.clone();
         spec.dtype = [DType::F32, DType::F16, DType::Bf16][i % 3];
@@ -243,6 +273,10 @@ fn every_catalog_variant_backward() {
             unsupported.push(base.canonical_name());
             continue;
         }
+        jobs.push((i, spec));
+    }
+    let failures = on_every_core(&jobs, |(i, spec)| {
+        let i = *i;
         let (hq, hkv) = if spec.gqa { (4, 2) } else { (2, 2) };
         let c = Case {
             batch: 1 + i % 2,
@@ -261,10 +295,8 @@ fn every_catalog_variant_backward() {
             sigma: if i % 3 == 2 { 3.0 } else { 1.0 },
             dlse: i % 2 == 0,
         };
-        if let Err(e) = run_any(&spec, c, &params(&spec, hq, c.sq, c.sk), i as u64 + 7) {
-            failures.push(e);
-        }
-    }
+        run_any(spec, c, &params(spec, hq, c.sq, c.sk), i as u64 + 7)
+    });
     assert!(
         unsupported.is_empty(),
         "catalog variants without backward kernels: {unsupported:?} (update docs/backward.md)"
@@ -284,8 +316,7 @@ fn every_catalog_variant_backward() {
 fn every_catalog_variant_tensor_core() {
     use attnforge_runtime::codegen::backward::mainloop;
     use attnforge_runtime::codegen::tile::Mainloop;
-    let mut failures = Vec::new();
-    let mut checked = 0;
+    let mut jobs = Vec::new();
     for (i, base) in catalog()
         .into_iter()
         .enumerate()
@@ -297,12 +328,15 @@ fn every_catalog_variant_tensor_core() {
             spec.sparse_block = BlockSize { q: 64, k: 64 };
         }
         let t = BackwardTile::for_spec(&spec);
-        if attnforge_runtime::codegen::backward::backward_supported(&spec).is_err()
-            || mainloop(&spec, &t) != Mainloop::TensorCore
+        if attnforge_runtime::codegen::backward::backward_supported(&spec).is_ok()
+            && mainloop(&spec, &t) == Mainloop::TensorCore
         {
-            continue;
+            jobs.push((i, spec));
         }
-        checked += 1;
+    }
+    let checked = jobs.len();
+    let failures = on_every_core(&jobs, |(i, spec)| {
+        let i = *i;
         let (hq, hkv) = if spec.gqa { (4, 2) } else { (2, 2) };
         let c = Case {
             batch: 1,
@@ -317,10 +351,8 @@ fn every_catalog_variant_tensor_core() {
             sigma: 1.0,
             dlse: i % 2 == 1,
         };
-        if let Err(e) = run_any(&spec, c, &params(&spec, hq, c.sq, c.sk), i as u64 + 101) {
-            failures.push(e);
-        }
-    }
+        run_any(spec, c, &params(spec, hq, c.sq, c.sk), i as u64 + 101)
+    });
     assert!(checked >= 8, "{checked} variants");
     assert!(
         failures.is_empty(),

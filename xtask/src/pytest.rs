@@ -62,6 +62,15 @@ fn ensure_venv() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The simulator cache `cargo test` fills (`sim::cache_dir` of the workspace): the one the
+/// tests use unless `ATTNFORGE_SIM_CACHE` names another.
+fn sim_cache_dir() -> PathBuf {
+    std::env::var_os("ATTNFORGE_SIM_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).map(|t| t.join("afsim-cache")))
+        .unwrap_or_else(|| workspace_root().join("target").join("afsim-cache"))
+}
+
 /// `cargo xtask pytest [PYTEST_ARGS..]`.
 pub fn run(args: &[String]) -> Result<()> {
     let python = ensure_venv()?;
@@ -100,6 +109,10 @@ pub fn run(args: &[String]) -> Result<()> {
         .args(args)
         .current_dir(&root)
         .env("ATTNFORGE_CUDA_HOME", toolchain_dir())
+        // the workspace tests' simulator cache: the extension's own default is under
+        // target/python, where every kernel and the shim's precompiled header would be
+        // built a second time
+        .env("ATTNFORGE_SIM_CACHE", sim_cache_dir())
         .status()
         .map_err(|e| TaskError(format!("cannot run pytest: {e}")))?;
     if !status.success() {

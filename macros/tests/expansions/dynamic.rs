@@ -22,7 +22,7 @@ attnforge::kernel! {
     pub Merge2 { dtype: f32, family: lse_merge(), head_dim: 128 }
 }
 
-fn main() {
+pub fn main() {
     assert_eq!(
         LmRetrieval::spec(),
         DynamicSpec::Landmark {

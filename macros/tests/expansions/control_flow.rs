@@ -21,7 +21,7 @@ fn bucketed(score: f32, q: u32, kv: u32, scale: f32) -> f32 {
     score - scale * bucket as f32
 }
 
-fn main() {
+pub fn main() {
     assert!(lambda_mask(10, 0, 2, 3));
     assert!(!lambda_mask(10, 5, 2, 3));
     assert!(lambda_mask(10, 8, 2, 3));

@@ -15,7 +15,7 @@ attnforge::kernel! {
     pub Small { family: longheads(chunk: 2, chunks_per_query: 3, begin: 4, theta: 100), dtype: f32, head_dim: 64 }
 }
 
-fn main() {
+pub fn main() {
     assert_eq!(
         LongHeads::spec(),
         DynamicSpec::Longheads {

@@ -4,7 +4,7 @@ fn softcap(score: f32, _q: u32, _kv: u32, cap: f32) -> f32 {
     cap * (score / cap).tanh()
 }
 
-fn main() {
+pub fn main() {
     let s = softcap(100.0, 0, 0, 30.0);
     assert!(s < 30.0 && s > 29.0);
     assert_eq!(softcap(0.0, 1, 0, 30.0), 0.0);

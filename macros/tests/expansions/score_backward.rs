@@ -16,7 +16,7 @@ fn close(a: f32, b: f32) -> bool {
     (a - b).abs() <= 1e-6 * (1.0 + b.abs())
 }
 
-fn main() {
+pub fn main() {
     let slope = [0.5f32, 0.25, 0.125];
     let p = capped::Params::new(&slope, 2.0);
     let (score, h, q, kv) = (1.5f32, 1u32, 7i64, 3i64);

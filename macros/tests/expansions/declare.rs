@@ -16,7 +16,7 @@ attnforge::kernel! {
     pub(crate) Plain { causal: true, dtype: f16, head_dim: 64 }
 }
 
-fn main() {
+pub fn main() {
     let spec = DocSoftcap::spec();
     assert!(spec.gqa);
     assert_eq!(DocSoftcap::name(), "flash_fwd_mask_doc_causal_softcap_d128_bf16_gqa");

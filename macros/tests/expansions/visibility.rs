@@ -27,7 +27,7 @@ mod variants {
     }
 }
 
-fn main() {
+pub fn main() {
     use variants::inner;
     assert!(inner::local(0, 0, 10, 8, 2, 0));
     assert!(!inner::local(0, 0, 10, 7, 2, 0));

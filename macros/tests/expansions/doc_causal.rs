@@ -6,7 +6,7 @@ fn doc_causal(q: u32, kv: u32, doc: &[u32]) -> bool {
     kv <= q && doc[q as usize] == doc[kv as usize]
 }
 
-fn main() {
+pub fn main() {
     let doc = [0u32, 0, 0, 1, 1, 2];
     assert!(doc_causal(2, 0, &doc));
     assert!(!doc_causal(0, 2, &doc));

@@ -161,3 +161,45 @@ fn lm_infinite_and_serving_stats_compile() {
         }
     }
 }
+
+/// The decode layouts' statistics sweep kernel (`emit_stats_sweep`: the third launch, after
+/// the decode kernel and its split merge) compiles for sm_80 and sm_90 without stack frame or
+/// spills, on a paged cache and over packed keys, with a mask and score modification per
+/// packed row and with LM-Infinite's two branches; printed: its registers and the sweep's
+/// instructions per key tile and warp (the analysis of the prefill sweep above).
+#[test]
+fn decode_stats_sweep_compiles() {
+    use attnforge_runtime::codegen::emit::emit_stats_sweep;
+    use attnforge_runtime::codegen::spec::Layout;
+    let cases = [
+        (DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None, Layout::Decode),
+        (DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Softcap, Layout::Decode),
+        (DType::Bf16, HeadDim::D64, Mask::Causal, ScoreMod::None, Layout::DecodeVarlen),
+        (DType::Bf16, HeadDim::D128, Mask::LmInfinite, ScoreMod::None, Layout::Decode),
+    ];
+    for (dtype, d, mask, score, layout) in cases {
+        let spec = KernelSpec::new(dtype, d, mask, score)
+            .with_gqa()
+            .with_layout(layout)
+            .with_stats(StatsSpec::default());
+        for arch in [Arch::Sm80, Arch::Sm90] {
+            let tile = default_tile(&spec, arch).expect("a default tile");
+            let k = emit_stats_sweep(&spec, &tile, arch, SymbolStyle::WithTile).expect("emits");
+            assert!(!k.source.contains("af_fwd_tc<") && !k.source.contains("af_fwd_fma<"));
+            let (r, text) = compile(&k.source, &k.name, arch);
+            let loops = sass_loops(&text).expect("loops");
+            let sweep = if spec.mask.lm_infinite_scoring() {
+                String::new()
+            } else {
+                let t = sweep_instr_per_tile(&loops, d.get(), &tile);
+                format!(", sweep {t:.0} instr/tile")
+            };
+            println!(
+                "{} {} tile {}: registers {r}{sweep}",
+                k.name,
+                arch.sm_name(),
+                tile.suffix()
+            );
+        }
+    }
+}

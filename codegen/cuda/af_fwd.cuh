@@ -903,15 +903,19 @@ __device__ __forceinline__ void af_stats_stage_k(const af_lminf_scoring& sc, con
     }
 }
 
-// s[b][i][c] = q(rg RPT + i) . k(cg CB + c) of scoring branch b in f32, from the staged tiles.
+// s[b][i][c] = q(rg RPT + i) . k(cg CB + c) of scoring branch b in f32, from the staged tiles;
+// 0 when the row group has no row in range (`live` false: a decode block holds a few rows of
+// its M tile, so most row groups, whole warps at block_n 128, skip the dot product).
 template <int BM, int BN, int D, int NB, int RPT, int CB, typename T, class SQ, class SK>
-__device__ __forceinline__ void af_stats_scores(float (&s)[NB][RPT][CB], const SQ& sQ, const SK& sK, int rg, int cg) {
+__device__ __forceinline__ void af_stats_scores(float (&s)[NB][RPT][CB], const SQ& sQ, const SK& sK, int rg, int cg,
+                                                bool live) {
 #pragma unroll
     for (int b = 0; b < NB; ++b)
 #pragma unroll
         for (int i = 0; i < RPT; ++i)
 #pragma unroll
             for (int c = 0; c < CB; ++c) s[b][i][c] = 0.f;
+    if (!live) return;
 #pragma unroll 4
     for (int d = 0; d < D; ++d) {
 #pragma unroll
@@ -981,7 +985,7 @@ struct af_key_mass_stats {
             af_stats_stage_k<BN, D, NT>(sc, sK, a, blk, layout, n0, tid);
             __syncthreads();
             float s[NB][RPT][CB];
-            af_stats_scores<BM, BN, D, NB, RPT, CB, T>(s, sQ, sK, rg, cg);
+            af_stats_scores<BM, BN, D, NB, RPT, CB, T>(s, sQ, sK, rg, cg, rg * RPT < blk.rows_valid);
             for (int g = 0; g < heads; ++g) {
                 if (g > 0) __syncthreads();  // the previous head's column sums are consumed
                 float col[CB];

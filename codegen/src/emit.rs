@@ -611,22 +611,34 @@ mod tests {
     #[test]
     fn decode_statistics_are_a_sweep_kernel_of_their_own() {
         use crate::spec::{DType, HeadDim, Layout, Mask, ScoreMod, StatsSpec};
-        let spec = crate::spec::KernelSpec::new(DType::Bf16, HeadDim::D64, Mask::Causal, ScoreMod::None)
-            .with_gqa()
-            .with_layout(Layout::Decode)
-            .with_stats(StatsSpec::default());
+        let spec =
+            crate::spec::KernelSpec::new(DType::Bf16, HeadDim::D64, Mask::Causal, ScoreMod::None)
+                .with_gqa()
+                .with_layout(Layout::Decode)
+                .with_stats(StatsSpec::default());
         let tile = TileConfig::new(64, 64, 4, 2);
         let fwd = emit(&spec, &tile, Arch::Sm80).expect("decode kernel");
         // the decode kernel itself has no statistics policy: out and lse as without stats
         assert!(!fwd.source.contains("af_key_mass_stats stats"));
-        assert_eq!(fwd.metadata.args.last().map(|a| a.name.as_str()), Some("stats_partial"));
+        assert_eq!(
+            fwd.metadata.args.last().map(|a| a.name.as_str()),
+            Some("stats_partial")
+        );
         let k = emit_stats_sweep(&spec, &tile, Arch::Sm80, SymbolStyle::Canonical).expect("sweep");
         assert_eq!(k.name, format!("{}{SWEEP_SUFFIX}", fwd.name));
-        assert_eq!(k.metadata.args, fwd.metadata.args, "the decode kernel's arguments");
-        assert!(k.source.contains("af_stats_sweep_only<Tile>(args, split_schedule"));
+        assert_eq!(
+            k.metadata.args, fwd.metadata.args,
+            "the decode kernel's arguments"
+        );
+        assert!(k
+            .source
+            .contains("af_stats_sweep_only<Tile>(args, split_schedule"));
         assert!(k.source.contains("page_size), 1, nullptr, nullptr};"));
         assert!(!k.source.contains("af_fwd_tc<Tile>("));
-        assert_eq!(k.metadata.dynamic_smem_bytes, tile.stats_sweep_smem_bytes(&spec));
+        assert_eq!(
+            k.metadata.dynamic_smem_bytes,
+            tile.stats_sweep_smem_bytes(&spec)
+        );
         let varlen = spec.clone().with_layout(Layout::Varlen);
         let e = emit_stats_sweep(&varlen, &tile, Arch::Sm80, SymbolStyle::Canonical)
             .expect_err("a prefill layout runs the sweep in its forward kernel");

@@ -98,12 +98,8 @@ fn stats_kernels_compile_and_cost() {
                 per_mma.push(m.first().expect("a main loop").instr_per_mma());
                 regs.push(r);
                 if s.stats.is_some() {
-                    sweep = sweep_instr_per_tile(
-                        &sass_loops(&text).expect("loops"),
-                        d.get(),
-                        &tile,
-                        1,
-                    );
+                    sweep =
+                        sweep_instr_per_tile(&sass_loops(&text).expect("loops"), d.get(), &tile, 1);
                 }
             }
             // the main loop is the same code; the compiler may schedule it a little
@@ -185,10 +181,34 @@ fn decode_stats_sweep_compiles() {
     use attnforge_runtime::codegen::emit::emit_stats_sweep;
     use attnforge_runtime::codegen::spec::Layout;
     let cases = [
-        (DType::Bf16, HeadDim::D128, Mask::Causal, ScoreMod::None, Layout::Decode),
-        (DType::F16, HeadDim::D64, Mask::Local, ScoreMod::Softcap, Layout::Decode),
-        (DType::Bf16, HeadDim::D64, Mask::Causal, ScoreMod::None, Layout::DecodeVarlen),
-        (DType::Bf16, HeadDim::D128, Mask::LmInfinite, ScoreMod::None, Layout::Decode),
+        (
+            DType::Bf16,
+            HeadDim::D128,
+            Mask::Causal,
+            ScoreMod::None,
+            Layout::Decode,
+        ),
+        (
+            DType::F16,
+            HeadDim::D64,
+            Mask::Local,
+            ScoreMod::Softcap,
+            Layout::Decode,
+        ),
+        (
+            DType::Bf16,
+            HeadDim::D64,
+            Mask::Causal,
+            ScoreMod::None,
+            Layout::DecodeVarlen,
+        ),
+        (
+            DType::Bf16,
+            HeadDim::D128,
+            Mask::LmInfinite,
+            ScoreMod::None,
+            Layout::Decode,
+        ),
     ];
     for (dtype, d, mask, score, layout) in cases {
         let spec = KernelSpec::new(dtype, d, mask, score)
@@ -198,7 +218,9 @@ fn decode_stats_sweep_compiles() {
         for arch in [Arch::Sm80, Arch::Sm90] {
             let tile = default_tile(&spec, arch).expect("a default tile");
             let k = emit_stats_sweep(&spec, &tile, arch, SymbolStyle::WithTile).expect("emits");
-            assert!(!k.source.contains("af_fwd_tc<Tile>(") && !k.source.contains("af_fwd_fma<Tile>("));
+            assert!(
+                !k.source.contains("af_fwd_tc<Tile>(") && !k.source.contains("af_fwd_fma<Tile>(")
+            );
             let (r, text) = compile(&k.source, &k.name, arch);
             let loops = sass_loops(&text).expect("loops");
             // per key tile and warp, one token of a group of 4 (one head per trip of the
@@ -207,7 +229,11 @@ fn decode_stats_sweep_compiles() {
                 String::new()
             } else {
                 let t = |h| sweep_instr_per_tile(&loops, d.get(), &tile, h) / tile.block_n as f64;
-                format!(", sweep {:.1} / {:.1} instr per key and live warp (1 / 4 heads per block)", t(1), t(4))
+                format!(
+                    ", sweep {:.1} / {:.1} instr per key and live warp (1 / 4 heads per block)",
+                    t(1),
+                    t(4)
+                )
             };
             println!(
                 "{} {} tile {}: registers {r}{sweep}",

@@ -239,7 +239,12 @@ fn decode_paged_every_dtype_and_split() {
     let seqs = [(1, 37), (5, 130), (0, 20), (3, 3)];
     let p = |n| RunParams::default().with_num_splits(n);
     check(&s(DType::Bf16), &paged::<bf16>(&seqs, 64, 16), &p(3), &seqs);
-    check(&s(DType::F16), &paged_amp::<f16>(&seqs, 64, 1, 8.0), &p(2), &seqs);
+    check(
+        &s(DType::F16),
+        &paged_amp::<f16>(&seqs, 64, 1, 8.0),
+        &p(2),
+        &seqs,
+    );
     let seqs = [(1, 37), (5, 130), (4, 2), (2, 0), (0, 20)];
     check(&s(DType::F32), &paged::<f32>(&seqs, 64, 16), &p(1), &seqs);
 }
@@ -260,13 +265,22 @@ fn decode_varlen_masks_and_split_heads() {
             top_k: Some(9),
         });
     let p = RunParams::default()
-        .with_mask(MaskParams::new().with("window_left", 20).with("window_right", 0))
+        .with_mask(
+            MaskParams::new()
+                .with("window_left", 20)
+                .with("window_right", 0),
+        )
         .with_softcap(5.0)
         .with_num_splits(3);
     let x = varlen_heads::<bf16>(&seqs, 64, 2.0, (8, 2));
     let tile = TileConfig::new(16, 64, 1, 2);
     check_tile(&s, &tile, &x, &p, &seqs);
-    let causal = spec(DType::Bf16, HeadDim::D64, Mask::Causal, Layout::DecodeVarlen);
+    let causal = spec(
+        DType::Bf16,
+        HeadDim::D64,
+        Mask::Causal,
+        Layout::DecodeVarlen,
+    );
     let p = RunParams::default().with_num_splits(2);
     check_tile(&causal, &tile, &x, &p, &seqs);
 }

@@ -114,7 +114,7 @@ fn decode_sweep<T: Element + SimElem>(
     let kernel = cached_sim_kernel(&k.name, &k.source)?;
     let heads = (r.heads_q, r.heads_kv);
     let geo = LaunchGeometry::decode(spec, tile, r.geo.batch, heads, r.geo.max_seqlen_q, 1);
-    if geo.grid.iter().any(|&g| g == 0) {
+    if geo.grid.contains(&0) {
         return Ok(());
     }
     let args = host_args(spec, x, p, r)?;

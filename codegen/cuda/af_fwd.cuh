@@ -831,8 +831,9 @@ __device__ __forceinline__ void af_split_merge(const float* o_part, const float*
 
 // ---- statistics policy (variants.md section 14, docs/statistics.md) ----
 // The main loops call stats.sweep<Tile>(a, blk, layout, schedule, hooks, sc) after their
-// epilogue. key_mass needs each row's final lse, which a one-pass online softmax only knows at
-// the end, so the statistics are a second sweep over the same key tiles once lse is written.
+// epilogue (a decode spec: af_stats_sweep_only, a kernel of its own after the split merge).
+// key_mass needs each row's final lse, which a one-pass online softmax only knows at the end,
+// so the statistics are a second sweep over the same key tiles once lse is written.
 //   af_no_stats:       nothing (the default: a kernel without statistics is unchanged)
 //   af_key_mass_stats: P = exp(s - lse) summed over the block's rows per key into
 //                      partial[b, h, blockIdx.x, :] (every key of the row written, 0 where the

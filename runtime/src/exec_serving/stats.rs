@@ -4,9 +4,10 @@
 //! `Sk_b`: the kernel's `layout.stats_keys`); a decode run's sweep is a third launch after the
 //! decode kernel and its split merge, on the packed row blocks of the decode grid without
 //! splits (`[B, Hq, ceil(Hq / Hkv * max Sq_b / block_m), R]`, each block writing the rows of
-//! the heads it holds). The follow-up kernel then runs unchanged on rows of `R` keys. Keys past a sequence's `Sk_b` carry 0: they add nothing to the group reduce,
-//! the max-pool (scores are >= 0) or `top_keys` (score > 0 is eligible), so `key_mass[b, h, j]`
-//! for `j < Sk_b` is sequence `b`'s own statistic and the rest is 0.
+//! the heads it holds). The follow-up kernel then runs unchanged on rows of `R` keys. Keys past a
+//! sequence's `Sk_b` carry 0: they add nothing to the group reduce, the max-pool (scores are >= 0)
+//! or `top_keys` (score > 0 is eligible), so `key_mass[b, h, j]` for `j < Sk_b` is sequence `b`'s
+//! own statistic and the rest is 0.
 //!
 //! Reference: each sequence's weights are the serving reference run on one-hot values (key `j`
 //! of every sequence has `v = e_j`, `Dv = R`), turned into statistics by

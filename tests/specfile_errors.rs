@@ -49,7 +49,6 @@ fn field_errors() {
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\n[params]\ndoc = [0, 1]\n", "params.doc", "does not use"),
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nstats = { pool = 4 }\n", "stats.pool", "odd"),
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nstats = { top_k = 0 }\n", "stats.top_k", "positive"),
-        ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nlayout = \"decode\"\nstats = {}\n", "stats", "decode"),
         ("dtype = \"f16\"\nhead_dim = 64\nmask = \"causal\"\nstats = { reduce = \"mean\" }\n", "stats", "expected `sum` or `max`"),
     ];
     for (text, field, msg) in cases {

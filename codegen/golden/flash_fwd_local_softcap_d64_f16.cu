@@ -964,6 +964,9 @@ struct af_decode_layout {
         const long long i = pos - blk.rows.shift;
         return ((long long)blk.split * a.heads_q + h) * a.seq_q + blk.q0 + i;
     }
+    // statistics row length: the keys' bound on every Sk_b (af_key_mass_stats)
+    template <typename T>
+    __device__ __forceinline__ long long stats_keys(const af_fwd_args<T>& a) const { return keys.stats_keys(a); }
     __device__ __forceinline__ bool partial() const { return num_splits > 1; }
     template <typename T>
     __device__ __forceinline__ float* o_part_row(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, long long row) const {
@@ -1007,6 +1010,25 @@ template <class Layout, class Scoring, typename T>
 __device__ __forceinline__ auto af_row_scoring(const Layout& l, const Scoring& sc, const af_fwd_block<T>& blk) {
     if constexpr (Layout::PACKED) return l.row_scoring(sc, blk);
     else return sc;
+}
+// The query heads of a block's rows, for the statistics partials: an unpacked block has one
+// (blk.h, every row); a packed decode block spans heads h0 + r0 / Sq_b .. of its group, and
+// row `row` belongs to the one af_row_head returns (counted from the first).
+template <class Layout, typename T>
+__device__ __forceinline__ int af_row_heads(const Layout&, const af_fwd_block<T>& blk, int& h_first) {
+    if constexpr (Layout::PACKED) {
+        const int g0 = blk.rows.r0 / blk.rows.seq_q, g1 = (blk.rows.r0 + (int)blk.rows_valid - 1) / blk.rows.seq_q;
+        h_first = blk.rows.h0 + g0;
+        return g1 - g0 + 1;
+    } else {
+        h_first = blk.h;
+        return 1;
+    }
+}
+template <class Layout, typename T>
+__device__ __forceinline__ int af_row_head(const Layout&, const af_fwd_block<T>& blk, long long row) {
+    if constexpr (Layout::PACKED) return (blk.rows.r0 + (int)row) / blk.rows.seq_q - blk.rows.r0 / blk.rows.seq_q;
+    else return 0;
 }
 // Whether the block writes f32 partials (a split decode) instead of o, lse.
 template <class Layout>
@@ -1185,8 +1207,9 @@ __device__ __forceinline__ void af_split_merge(const float* o_part, const float*
 
 // ---- statistics policy (variants.md section 14, docs/statistics.md) ----
 // The main loops call stats.sweep<Tile>(a, blk, layout, schedule, hooks, sc) after their
-// epilogue. key_mass needs each row's final lse, which a one-pass online softmax only knows at
-// the end, so the statistics are a second sweep over the same key tiles once lse is written.
+// epilogue (a decode spec: af_stats_sweep_only, a kernel of its own after the split merge).
+// key_mass needs each row's final lse, which a one-pass online softmax only knows at the end,
+// so the statistics are a second sweep over the same key tiles once lse is written.
 //   af_no_stats:       nothing (the default: a kernel without statistics is unchanged)
 //   af_key_mass_stats: P = exp(s - lse) summed over the block's rows per key into
 //                      partial[b, h, blockIdx.x, :] (every key of the row written, 0 where the
@@ -1206,10 +1229,10 @@ struct af_no_stats {
 // round them (af_lminf_scoring::rotate_q / rotate_k).
 template <int BM, int D, int NT, typename T, class S, class Layout>
 __device__ __forceinline__ void af_stats_stage_q(const af_dot_scoring&, const S& sQ, const af_fwd_args<T>& a,
-                                                 const af_fwd_block<T>& blk, const Layout&, int tid) {
+                                                 const af_fwd_block<T>& blk, const Layout& layout, int tid) {
     for (int idx = tid; idx < BM * D; idx += NT) {
         const int r = idx / D, d = idx % D;
-        sQ[d * BM + r] = blk.qb[(blk.m0 + min((long long)r, blk.rows_valid - 1)) * a.q_stride_s + d];
+        sQ[d * BM + r] = blk.qb[af_q_off(layout, a, blk, blk.m0 + min((long long)r, blk.rows_valid - 1)) + d];
     }
 }
 template <int BM, int D, int NT, typename T, class S, class Layout>
@@ -1220,7 +1243,8 @@ __device__ __forceinline__ void af_stats_stage_q(const af_lminf_scoring& sc, con
     for (int idx = tid; idx < BM * (D / 2); idx += NT) {
         const int r = idx / (D / 2), m = idx % (D / 2);
         const long long row = blk.m0 + min((long long)r, blk.rows_valid - 1);
-        float x0 = af_to_float(blk.qb[row * a.q_stride_s + m]), x1 = af_to_float(blk.qb[row * a.q_stride_s + m + D / 2]);
+        const long long off = af_q_off(layout, a, blk, row);
+        float x0 = af_to_float(blk.qb[off + m]), x1 = af_to_float(blk.qb[off + m + D / 2]);
         float y0, y1;
         sc.rotate_q(x0, x1, y0, y1, af_q_pos(layout, blk, row), m, D);
         sQ[m * BM + r] = static_cast<T>(af_round_as(tag, x0));
@@ -1256,15 +1280,19 @@ __device__ __forceinline__ void af_stats_stage_k(const af_lminf_scoring& sc, con
     }
 }
 
-// s[b][i][c] = q(rg RPT + i) . k(cg CB + c) of scoring branch b in f32, from the staged tiles.
+// s[b][i][c] = q(rg RPT + i) . k(cg CB + c) of scoring branch b in f32, from the staged tiles;
+// 0 when the row group has no row in range (`live` false: a decode block holds a few rows of
+// its M tile, so most row groups, whole warps at block_n 128, skip the dot product).
 template <int BM, int BN, int D, int NB, int RPT, int CB, typename T, class SQ, class SK>
-__device__ __forceinline__ void af_stats_scores(float (&s)[NB][RPT][CB], const SQ& sQ, const SK& sK, int rg, int cg) {
+__device__ __forceinline__ void af_stats_scores(float (&s)[NB][RPT][CB], const SQ& sQ, const SK& sK, int rg, int cg,
+                                                bool live) {
 #pragma unroll
     for (int b = 0; b < NB; ++b)
 #pragma unroll
         for (int i = 0; i < RPT; ++i)
 #pragma unroll
             for (int c = 0; c < CB; ++c) s[b][i][c] = 0.f;
+    if (!live) return;
 #pragma unroll 4
     for (int d = 0; d < D; ++d) {
 #pragma unroll
@@ -1289,10 +1317,11 @@ struct af_key_mass_stats {
     // every main loop; the main loop's fragments are gone): the same masked, modified, scaled
     // score the main loop used, up to rounding. Thread (row group rg, column group cg) holds
     // an RPT x CB block of scores per scoring branch (rows rg RPT.., keys cg CB..); the RGN row
-    // groups' column sums are added in a fixed order through shared memory. Shared memory (the
-    // main loop's, free after the epilogue): Q [NB][D][BM] and K [NB][D][BN] as T, then RGN x BN
-    // floats; the tile check keeps it within the main loop's (attnforge_codegen::tile,
-    // stats_sweep_smem_bytes).
+    // groups' column sums are added in a fixed order through shared memory, once per query
+    // head of the block's rows (one, except a packed decode block: af_row_heads). Shared
+    // memory (the main loop's, free after the epilogue): Q [NB][D][BM] and K [NB][D][BN] as
+    // T, then RGN x BN floats; the tile check keeps it within the main loop's
+    // (attnforge_codegen::tile, stats_sweep_smem_bytes).
     template <class Tile, typename T, class Layout, class Schedule, class Hooks, class Scoring>
     __device__ void sweep(const af_fwd_args<T>& a, const af_fwd_block<T>& blk, const Layout& layout, const Schedule& schedule,
                           const Hooks& hooks, const Scoring& sc) const {
@@ -1305,15 +1334,24 @@ struct af_key_mass_stats {
         AF_SHARED_VIEW(float, red, af_stats_smem, NB * D * (BM + BN), RGN * BN);
         const int tid = threadIdx.x, cg = tid % CG, rg = tid / CG;
         const long long row_keys = layout.stats_keys(a);  // >= blk.seq_k (serving layouts: padded)
-        float* prow = partial + (((long long)blk.b * a.heads_q + blk.h) * gridDim.x + blockIdx.x) * row_keys;
+        int h_first;
+        const int heads = af_row_heads(layout, blk, h_first);
+        // the partial row of the block's g-th head
+        const auto prow = [&](int g) {
+            return partial + (((long long)blk.b * a.heads_q + h_first + g) * gridDim.x + blockIdx.x) * row_keys;
+        };
+        const auto rsc = af_row_scoring(layout, sc, blk);  // branch choice at each row's position
         __syncthreads();  // every row's lse is written; the main loop's shared memory is free
-        for (long long j = tid; j < row_keys; j += NT) prow[j] = 0.f;
+        for (int g = 0; g < heads; ++g)
+            for (long long j = tid; j < row_keys; j += NT) prow(g)[j] = 0.f;
         af_stats_stage_q<BM, D, NT>(sc, sQ, a, blk, layout, tid);
         float lse[RPT];  // -inf: an empty row or a row past seq_q, no weight
+        int head[RPT];   // the row's head among the block's
 #pragma unroll
         for (int i = 0; i < RPT; ++i) {
             const long long r = rg * RPT + i;
             lse[i] = r < blk.rows_valid ? a.lse[layout.lse_at(a, blk, blk.m0 + r)] : -INFINITY;
+            head[i] = r < blk.rows_valid ? af_row_head(layout, blk, blk.m0 + r) : 0;
         }
         const auto tiles = schedule.template tiles<BN>(blk, blk.seq_k);
         long long cur = tiles.first, n0;
@@ -1324,34 +1362,54 @@ struct af_key_mass_stats {
             af_stats_stage_k<BN, D, NT>(sc, sK, a, blk, layout, n0, tid);
             __syncthreads();
             float s[NB][RPT][CB];
-            af_stats_scores<BM, BN, D, NB, RPT, CB, T>(s, sQ, sK, rg, cg);
-            float col[CB];
+            af_stats_scores<BM, BN, D, NB, RPT, CB, T>(s, sQ, sK, rg, cg, rg * RPT < blk.rows_valid);
+            for (int g = 0; g < heads; ++g) {
+                if (g > 0) __syncthreads();  // the previous head's column sums are consumed
+                float col[CB];
 #pragma unroll
-            for (int c = 0; c < CB; ++c) col[c] = 0.f;
+                for (int c = 0; c < CB; ++c) col[c] = 0.f;
 #pragma unroll
-            for (int i = 0; i < RPT; ++i) {
-                const long long q_pos = blk.m0 + rg * RPT + i + blk.shift;
+                for (int i = 0; i < RPT; ++i) {
+                    const long long q_pos = blk.m0 + rg * RPT + i + blk.shift;
 #pragma unroll
-                for (int c = 0; c < CB; ++c) {
-                    const long long kv = n0 + cg * CB + c;
-                    // empty rows, rows past seq_q, keys past seq_k, masked elements: no weight
-                    if (lse[i] == -INFINITY || kv >= blk.seq_k || (partial_tile && !hooks.mask(q_pos, kv))) continue;
-                    // the element's scoring branch, selected as the main loops select it
-                    const float x = NB > 1 && !sc.near(q_pos, kv) ? s[NB - 1][i][c] : s[0][i][c];
-                    col[c] += exp2f((hooks.score(x * a.scale, q_pos, kv) - lse[i]) * AF_LOG2E);
+                    for (int c = 0; c < CB; ++c) {
+                        const long long kv = n0 + cg * CB + c;
+                        // other heads' rows, empty rows, rows past seq_q, keys past seq_k,
+                        // masked elements: no weight
+                        if (head[i] != g || lse[i] == -INFINITY || kv >= blk.seq_k || (partial_tile && !hooks.mask(q_pos, kv)))
+                            continue;
+                        // the element's scoring branch, selected as the main loops select it
+                        const float x = NB > 1 && !rsc.near(q_pos, kv) ? s[NB - 1][i][c] : s[0][i][c];
+                        col[c] += exp2f((hooks.score(x * a.scale, q_pos, kv) - lse[i]) * AF_LOG2E);
+                    }
                 }
-            }
 #pragma unroll
-            for (int c = 0; c < CB; ++c) red[rg * BN + cg * CB + c] = col[c];
-            __syncthreads();
-            for (int c = tid; c < BN; c += NT) {
-                float t = 0.f;
-                for (int g = 0; g < RGN; ++g) t += red[g * BN + c];
-                if (n0 + c < blk.seq_k) prow[n0 + c] = t;
+                for (int c = 0; c < CB; ++c) red[rg * BN + cg * CB + c] = col[c];
+                __syncthreads();
+                for (int c = tid; c < BN; c += NT) {
+                    float t = 0.f;
+                    for (int r = 0; r < RGN; ++r) t += red[r * BN + c];
+                    if (n0 + c < blk.seq_k) prow(g)[n0 + c] = t;
+                }
             }
         }
     }
 };
+
+// The statistics sweep as a kernel of its own: a decode block's lse is final only after the
+// split-KV merge (a second launch), so a decode spec's sweep is a third launch over the merged
+// lse, on the decode grid without splits (the layout built with num_splits = 1). It sets up
+// the block as the main loops do and calls the same policy.
+template <class Tile, typename T, class Schedule, class BlockHooks, class Scoring, class Layout, class Stats>
+__device__ __forceinline__ void af_stats_sweep_only(const af_fwd_args<T>& a, const Schedule& schedule,
+                                                    const BlockHooks& block_hooks, const Scoring& scoring,
+                                                    const Layout& layout, const Stats& stats) {
+    af_fwd_block<T> blk;
+    if (!layout.template block<Tile::BM>(a, blk)) return;  // past its sequence's rows (whole block)
+    const Scoring sc = scoring.for_seq(blk.seq_k);
+    const auto hooks = af_layout_hooks(layout, block_hooks, blk);
+    stats.template sweep<Tile>(a, blk, layout, schedule, hooks, sc);
+}
 // ---- end af_fwd.cuh ----
 
 // ---- begin af_fwd_tc.cuh ----

@@ -857,32 +857,14 @@ fn simulate_resolved<T: Element + SimElem>(
     let mut lse_part = vec![f32::NAN; parts * hq * tq];
     let mut counters = SimCounters::default();
     if blocks > 0 {
-        let (kd, vd) = x.kv_data();
-        let mut o_arg = Some(SimArg::output(&mut o));
-        let mut lse_arg = Some(SimArg::output(&mut lse));
-        let mut o_part_arg = Some(out_or_null(&mut o_part));
-        let mut lse_part_arg = Some(out_or_null(&mut lse_part));
-        let mut stats_arg = Some(out_or_null(stats_partial));
-        let mut sim_args: Vec<SimArg<'_>> = Vec::with_capacity(args.len());
-        for a in &args {
-            sim_args.push(match a {
-                LayoutArg::OutPartial => o_part_arg.take().expect("one o_part argument"),
-                LayoutArg::LsePartial => lse_part_arg.take().expect("one lse_part argument"),
-                LayoutArg::Host(HostArg::Q) => buf(&x.q.data),
-                LayoutArg::Host(HostArg::K) => buf(kd),
-                LayoutArg::Host(HostArg::V) => buf(vd),
-                LayoutArg::Host(HostArg::O) => o_arg.take().expect("one o argument"),
-                LayoutArg::Host(HostArg::Lse) => lse_arg.take().expect("one lse argument"),
-                LayoutArg::Host(HostArg::Ints(v)) => buf(v),
-                LayoutArg::Host(HostArg::Floats(v)) => buf(v),
-                LayoutArg::Host(HostArg::I32(v)) => SimArg::I32(*v),
-                LayoutArg::Host(HostArg::I64(v)) => SimArg::I64(*v),
-                LayoutArg::Host(HostArg::F32(v)) => SimArg::F32(*v),
-                LayoutArg::Host(HostArg::StatsPartial) => {
-                    stats_arg.take().expect("one stats_partial argument")
-                }
-            });
-        }
+        let outs = Outs {
+            o: Some(SimArg::output(&mut o)),
+            lse: Some(SimArg::output(&mut lse)),
+            o_part: Some(out_or_null(&mut o_part)),
+            lse_part: Some(out_or_null(&mut lse_part)),
+            stats: Some(out_or_null(stats_partial)),
+        };
+        let mut sim_args = bind_args(&args, x, outs);
         counters = kernel.launch(
             (geo.grid[0], geo.grid[1], geo.grid[2]),
             geo.block[0],
@@ -916,6 +898,47 @@ fn simulate_resolved<T: Element + SimElem>(
         blocks,
     };
     Ok((run, (o_part, lse_part)))
+}
+
+/// The output buffers of a serving launch, each bound to its one argument.
+struct Outs<'a> {
+    o: Option<SimArg<'a>>,
+    lse: Option<SimArg<'a>>,
+    o_part: Option<SimArg<'a>>,
+    lse_part: Option<SimArg<'a>>,
+    stats: Option<SimArg<'a>>,
+}
+
+/// The simulator arguments of a serving launch: the host values of [`host_args`], the inputs'
+/// tensors and the output buffers.
+fn bind_args<'a, T: SimElem>(
+    args: &'a [LayoutArg],
+    x: &'a ServingInputs<T>,
+    mut outs: Outs<'a>,
+) -> Vec<SimArg<'a>> {
+    let (kd, vd) = x.kv_data();
+    // typed_kernel_args gives each output role once
+    let take = |a: &mut Option<SimArg<'a>>, name: &str| {
+        a.take()
+            .unwrap_or_else(|| panic!("a second {name} argument"))
+    };
+    args.iter()
+        .map(|a| match a {
+            LayoutArg::OutPartial => take(&mut outs.o_part, "o_part"),
+            LayoutArg::LsePartial => take(&mut outs.lse_part, "lse_part"),
+            LayoutArg::Host(HostArg::Q) => buf(&x.q.data),
+            LayoutArg::Host(HostArg::K) => buf(kd),
+            LayoutArg::Host(HostArg::V) => buf(vd),
+            LayoutArg::Host(HostArg::O) => take(&mut outs.o, "o"),
+            LayoutArg::Host(HostArg::Lse) => take(&mut outs.lse, "lse"),
+            LayoutArg::Host(HostArg::Ints(v)) => buf(v),
+            LayoutArg::Host(HostArg::Floats(v)) => buf(v),
+            LayoutArg::Host(HostArg::I32(v)) => SimArg::I32(*v),
+            LayoutArg::Host(HostArg::I64(v)) => SimArg::I64(*v),
+            LayoutArg::Host(HostArg::F32(v)) => SimArg::F32(*v),
+            LayoutArg::Host(HostArg::StatsPartial) => take(&mut outs.stats, "stats_partial"),
+        })
+        .collect()
 }
 
 /// A split decode's partials, kernel against the split-KV reference

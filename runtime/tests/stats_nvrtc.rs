@@ -31,37 +31,46 @@ fn compile(source: &str, name: &str, arch: Arch) -> (u32, String) {
 /// (the loop without MMA holding the most FFMA and a MUFU.EX2), each loop inside it counted
 /// for its trips, from the work it does per trip: the dot-product loop `D * RPT * CB` FFMA
 /// (RPT x CB scores per thread), the K staging loop `block_n * D / threads` STS, the
-/// row-group sum `RGN` LDS per key column (4 columns per thread, RGN = threads / (block_n / 4)).
-fn sweep_instr_per_tile(loops: &[SassLoop], d: usize, tile: &TileConfig) -> f64 {
-    let nt = tile.threads();
-    let rgn = nt / (tile.block_n / 4);
-    let scores = tile.block_m * tile.block_n / nt; // RPT x CB per thread
+/// row-group sum `RGN` LDS per key column (4 columns per thread, RGN = threads / (block_n / 4)),
+/// and a loop holding the exponentials (a packed decode block's loop over the query heads of
+/// its rows; the prefill kernels have none: one head) `heads` trips.
+fn sweep_instr_per_tile(loops: &[SassLoop], d: usize, tile: &TileConfig, heads: usize) -> f64 {
     let outer = loops
         .iter()
         .filter(|l| l.count("HMMA") == 0 && l.count("MUFU.EX2") > 0 && l.count("FFMA") > 0)
         .max_by_key(|l| l.instructions)
         .expect("the statistics tile loop");
+    one_trip(loops, outer, d, tile, heads)
+}
+
+/// Instructions one trip of `l` executes: its body, plus each loop directly inside it
+/// (not nested in another) executed for its trips instead of once.
+fn one_trip(loops: &[SassLoop], l: &SassLoop, d: usize, tile: &TileConfig, heads: usize) -> f64 {
+    let nt = tile.threads();
+    let rgn = nt / (tile.block_n / 4);
+    let scores = tile.block_m * tile.block_n / nt; // RPT x CB per thread
     let inner: Vec<&SassLoop> = loops
         .iter()
-        .filter(|l| outer.contains(l) && !std::ptr::eq(*l, outer))
+        .filter(|c| l.contains(c) && !std::ptr::eq(*c, l))
         .collect();
-    // loops directly inside the tile loop (not nested in another inner loop)
-    let direct = inner.iter().filter(|l| {
+    let direct = inner.iter().filter(|c| {
         !inner
             .iter()
-            .any(|o| !std::ptr::eq(*o, **l) && o.contains(l))
+            .any(|o| !std::ptr::eq(*o, **c) && o.contains(c))
     });
-    let mut total = outer.instructions as f64;
-    for l in direct {
-        let per_trip = |op: &str| l.count(op).max(1) as f64;
-        let trips = if l.count("FFMA") > 0 {
+    let mut total = l.instructions as f64;
+    for c in direct {
+        let per_trip = |op: &str| c.count(op).max(1) as f64;
+        let trips = if c.count("MUFU.EX2") > 0 {
+            heads as f64
+        } else if c.count("FFMA") > 0 {
             (d * scores) as f64 / per_trip("FFMA")
-        } else if l.count("STS") > 0 {
+        } else if c.count("STS") > 0 {
             (tile.block_n * d / nt) as f64 / per_trip("STS")
         } else {
             rgn as f64 / per_trip("LDS")
         };
-        total += (trips - 1.0).max(0.0) * l.instructions as f64;
+        total += trips * one_trip(loops, c, d, tile, heads) - c.instructions as f64;
     }
     total
 }
@@ -90,7 +99,7 @@ fn stats_kernels_compile_and_cost() {
                 regs.push(r);
                 if s.stats.is_some() {
                     sweep =
-                        sweep_instr_per_tile(&sass_loops(&text).expect("loops"), d.get(), &tile);
+                        sweep_instr_per_tile(&sass_loops(&text).expect("loops"), d.get(), &tile, 1);
                 }
             }
             // the main loop is the same code; the compiler may schedule it a little
@@ -157,6 +166,80 @@ fn lm_infinite_and_serving_stats_compile() {
                 tile.suffix(),
                 regs[0],
                 regs[1]
+            );
+        }
+    }
+}
+
+/// The decode layouts' statistics sweep kernel (`emit_stats_sweep`: the third launch, after
+/// the decode kernel and its split merge) compiles for sm_80 and sm_90 without stack frame or
+/// spills, on a paged cache and over packed keys, with a mask and score modification per
+/// packed row and with LM-Infinite's two branches; printed: its registers and the sweep's
+/// instructions per key tile and warp (the analysis of the prefill sweep above).
+#[test]
+fn decode_stats_sweep_compiles() {
+    use attnforge_runtime::codegen::emit::emit_stats_sweep;
+    use attnforge_runtime::codegen::spec::Layout;
+    let cases = [
+        (
+            DType::Bf16,
+            HeadDim::D128,
+            Mask::Causal,
+            ScoreMod::None,
+            Layout::Decode,
+        ),
+        (
+            DType::F16,
+            HeadDim::D64,
+            Mask::Local,
+            ScoreMod::Softcap,
+            Layout::Decode,
+        ),
+        (
+            DType::Bf16,
+            HeadDim::D64,
+            Mask::Causal,
+            ScoreMod::None,
+            Layout::DecodeVarlen,
+        ),
+        (
+            DType::Bf16,
+            HeadDim::D128,
+            Mask::LmInfinite,
+            ScoreMod::None,
+            Layout::Decode,
+        ),
+    ];
+    for (dtype, d, mask, score, layout) in cases {
+        let spec = KernelSpec::new(dtype, d, mask, score)
+            .with_gqa()
+            .with_layout(layout)
+            .with_stats(StatsSpec::default());
+        for arch in [Arch::Sm80, Arch::Sm90] {
+            let tile = default_tile(&spec, arch).expect("a default tile");
+            let k = emit_stats_sweep(&spec, &tile, arch, SymbolStyle::WithTile).expect("emits");
+            assert!(
+                !k.source.contains("af_fwd_tc<Tile>(") && !k.source.contains("af_fwd_fma<Tile>(")
+            );
+            let (r, text) = compile(&k.source, &k.name, arch);
+            let loops = sass_loops(&text).expect("loops");
+            // per key tile and warp, one token of a group of 4 (one head per trip of the
+            // head loop) and 16 tokens (a 64-row block holds 4 heads)
+            let sweep = if spec.mask.lm_infinite_scoring() {
+                String::new()
+            } else {
+                let t = |h| sweep_instr_per_tile(&loops, d.get(), &tile, h) / tile.block_n as f64;
+                format!(
+                    ", sweep {:.1} / {:.1} instr per key and live warp (1 / 4 heads per block)",
+                    t(1),
+                    t(4)
+                )
+            };
+            println!(
+                "{} {} tile {}: registers {r}{sweep}",
+                k.name,
+                arch.sm_name(),
+                tile.suffix()
             );
         }
     }

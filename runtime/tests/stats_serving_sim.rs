@@ -44,14 +44,23 @@ fn offsets(lens: &[usize]) -> Vec<i32> {
 
 /// Sequences `(Sq_b, Sk_b)` as packed varlen inputs.
 fn varlen<T: Element>(seqs: &[(usize, usize)], d: usize, amp: f64) -> ServingInputs<T> {
+    varlen_heads(seqs, d, amp, (HQ, HKV))
+}
+
+fn varlen_heads<T: Element>(
+    seqs: &[(usize, usize)],
+    d: usize,
+    amp: f64,
+    (hq, hkv): (usize, usize),
+) -> ServingInputs<T> {
     let (sq, sk): (Vec<usize>, Vec<usize>) = seqs.iter().copied().unzip();
     let (tq, tk) = (sq.iter().sum(), sk.iter().sum());
     ServingInputs {
-        q: packed(tq, HQ, d, 1, amp),
+        q: packed(tq, hq, d, 1, amp),
         cu_seqlens_q: offsets(&sq),
         keys: ServingKeys::Varlen {
-            k: packed(tk, HKV, d, 2, amp),
-            v: packed(tk, HKV, d, 3, 1.0),
+            k: packed(tk, hkv, d, 2, amp),
+            v: packed(tk, hkv, d, 3, 1.0),
             cu_seqlens_k: offsets(&sk),
         },
     }
@@ -60,6 +69,15 @@ fn varlen<T: Element>(seqs: &[(usize, usize)], d: usize, amp: f64) -> ServingInp
 /// Sequences `(Sq_b, Sk_b)` in a paged cache of `page_size`: every sequence gets its pages
 /// from a reversed pool (the table is not the identity), one spare page at the end.
 fn paged<T: Element>(seqs: &[(usize, usize)], d: usize, page_size: usize) -> ServingInputs<T> {
+    paged_amp(seqs, d, page_size, 1.0)
+}
+
+fn paged_amp<T: Element>(
+    seqs: &[(usize, usize)],
+    d: usize,
+    page_size: usize,
+    amp: f64,
+) -> ServingInputs<T> {
     let pages: Vec<usize> = seqs.iter().map(|s| s.1.div_ceil(page_size)).collect();
     let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
     let num_pages = pages.iter().sum::<usize>() + 1;
@@ -71,17 +89,17 @@ fn paged<T: Element>(seqs: &[(usize, usize)], d: usize, page_size: usize) -> Ser
             table[b * max_pages + p] = next as i32;
         }
     }
-    let cache = |seed| {
-        let mut g = gen(seed, 1.0);
+    let cache = |seed, amp| {
+        let mut g = gen(seed, amp);
         PagedCache::from_fn(num_pages, page_size, HKV, d, |_, _, _, _| T::from_f64(g()))
     };
     let sq: Vec<usize> = seqs.iter().map(|s| s.0).collect();
     ServingInputs {
-        q: packed(sq.iter().sum(), HQ, d, 1, 1.0),
+        q: packed(sq.iter().sum(), HQ, d, 1, amp),
         cu_seqlens_q: offsets(&sq),
         keys: ServingKeys::Paged {
-            k_cache: cache(2),
-            v_cache: cache(3),
+            k_cache: cache(2, amp),
+            v_cache: cache(3, 1.0),
             block_table: table,
             max_pages,
             seqlens_k: seqs.iter().map(|s| s.1 as i32).collect(),
@@ -107,14 +125,25 @@ fn check<T: Element + SimElem>(
     seqs: &[(usize, usize)],
 ) -> StatsReport {
     let tile = default_tile(s, Arch::Sm80).expect("a default tile");
-    let r = check_stats(s, &tile, x, p)
-        .unwrap_or_else(|e| panic!("{} {seqs:?}: {e}", s.canonical_name()));
+    check_tile(s, &tile, x, p, seqs)
+}
+
+fn check_tile<T: Element + SimElem>(
+    s: &KernelSpec,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    seqs: &[(usize, usize)],
+) -> StatsReport {
+    let hq = x.q.heads;
+    let r = check_stats(s, tile, x, p)
+        .unwrap_or_else(|e| panic!("{} {seqs:?} {p:?}: {e}", s.canonical_name()));
     // each head's key_mass sums to the sequence's non-empty rows (causal: min(Sq_b, Sk_b));
     // keys past Sk_b carry nothing
     let row = stats_row_keys(x);
     for (b, &(sq, sk)) in seqs.iter().enumerate() {
-        for h in 0..HQ {
-            let m = &r.run.key_mass[(b * HQ + h) * row..(b * HQ + h + 1) * row];
+        for h in 0..hq {
+            let m = &r.run.key_mass[(b * hq + h) * row..(b * hq + h + 1) * row];
             let total: f32 = m.iter().sum();
             let rows = sq.min(sk) as f32;
             assert!(
@@ -200,18 +229,85 @@ fn out_and_lse_are_unchanged() {
     }
 }
 
-/// Decode layouts are refused naming `stats` (the final lse is known after the split merge).
+/// Decode on a paged cache, every dtype: 1 and 5 tokens (rows of two heads share a block),
+/// splits 1, 2 and 3 (the sweep reads the merged lse), page sizes 16 and 1, key lengths off
+/// the tile and page grid, a sequence without tokens; without splits also Sq_b > Sk_b and a
+/// sequence without keys (empty rows); f16 at large magnitudes (inputs x8).
 #[test]
-fn decode_is_refused_naming_stats() {
-    use attnforge_runtime::codegen::check::validate_spec;
-    let s = spec(DType::Bf16, HeadDim::D128, Mask::Causal, Layout::Decode);
-    let e = validate_spec(&s).expect_err("decode refused");
-    let t: Vec<String> = e.iter().map(ToString::to_string).collect();
-    assert!(
-        t.iter()
-            .any(|m| m.contains("stats") && m.contains("decode")),
-        "{t:?}"
+fn decode_paged_every_dtype_and_split() {
+    let s = |dt| spec(dt, HeadDim::D64, Mask::Causal, Layout::Decode);
+    let seqs = [(1, 37), (5, 130), (0, 20), (3, 3)];
+    let p = |n| RunParams::default().with_num_splits(n);
+    check(&s(DType::Bf16), &paged::<bf16>(&seqs, 64, 16), &p(3), &seqs);
+    check(
+        &s(DType::F16),
+        &paged_amp::<f16>(&seqs, 64, 1, 8.0),
+        &p(2),
+        &seqs,
     );
+    let seqs = [(1, 37), (5, 130), (4, 2), (2, 0), (0, 20)];
+    check(&s(DType::F32), &paged::<f32>(&seqs, 64, 16), &p(1), &seqs);
+}
+
+/// Decode over packed keys (`decode_varlen`) with a local window and softcap: the element
+/// mask and the score modification run per packed row, at the row's own head and position;
+/// a GQA group of 4 with a 16-row tile, so one head's rows lie in two row blocks (5 tokens:
+/// head 3 is packed rows 15..19).
+#[test]
+fn decode_varlen_masks_and_split_heads() {
+    let seqs = [(5, 70), (1, 1), (16, 45), (0, 3)];
+    let s = KernelSpec::new(DType::Bf16, HeadDim::D64, Mask::Local, ScoreMod::Softcap)
+        .with_gqa()
+        .with_layout(Layout::DecodeVarlen)
+        .with_stats(StatsSpec {
+            reduce: StatReduce::Sum,
+            pool: Some(5),
+            top_k: Some(9),
+        });
+    let p = RunParams::default()
+        .with_mask(
+            MaskParams::new()
+                .with("window_left", 20)
+                .with("window_right", 0),
+        )
+        .with_softcap(5.0)
+        .with_num_splits(3);
+    let x = varlen_heads::<bf16>(&seqs, 64, 2.0, (8, 2));
+    let tile = TileConfig::new(16, 64, 1, 2);
+    check_tile(&s, &tile, &x, &p, &seqs);
+    let causal = spec(
+        DType::Bf16,
+        HeadDim::D64,
+        Mask::Causal,
+        Layout::DecodeVarlen,
+    );
+    let p = RunParams::default().with_num_splits(2);
+    check_tile(&causal, &tile, &x, &p, &seqs);
+}
+
+/// Asking for statistics leaves a decode run's `out` and `lse` bit-identical (merged from 3
+/// splits on a paged cache, and unsplit over packed keys).
+#[test]
+fn decode_out_and_lse_are_unchanged() {
+    let seqs = [(1, 37), (5, 130), (0, 9)];
+    for (layout, x, splits) in [
+        (Layout::Decode, paged::<bf16>(&seqs, 64, 16), 3),
+        (Layout::DecodeVarlen, varlen::<bf16>(&seqs, 64, 1.0), 1),
+    ] {
+        let with = spec(DType::Bf16, HeadDim::D64, Mask::Causal, layout);
+        let mut plain = with.clone();
+        plain.stats = None;
+        let tile = default_tile(&plain, Arch::Sm80).expect("tile");
+        assert_eq!(tile, default_tile(&with, Arch::Sm80).expect("tile"));
+        let cfg = SimConfig::new(Schedule::Forward);
+        let p = RunParams::default().with_num_splits(splits);
+        let a = exec_serving::simulate(&plain, &tile, &x, &p, &cfg).expect("plain");
+        let b = simulate_stats(&with, &tile, &x, &p, &cfg).expect("stats");
+        let a = a.output.to_attn_output();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.out), bits(&b.output.out), "{layout:?} out");
+        assert_eq!(bits(&a.lse), bits(&b.output.lse), "{layout:?} lse");
+    }
 }
 
 /// A batch without query rows: statistics all 0 and `top_keys` all -1 (no launch of the

@@ -51,6 +51,7 @@ Examples:
   attnforge check --all --layout paged     # a paged KV cache, page sizes 1, 16 and 128
   attnforge check --all --layout decode    # decoding on a paged cache, split-KV + merge
   attnforge check --stats --all            # key_mass / key_score / top_keys (docs/statistics.md)
+  attnforge check --stats --all --layout decode   # the same after a split decode and its merge
 
 --layout varlen|paged compiles each static variant for the serving layout and runs it on the
 simulator over one batch of sequences of different lengths (an empty one, lengths off the
@@ -97,8 +98,8 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "dense")]
     layout: LayoutArg,
     /// Check the attention statistics outputs (key_mass, key_score, top_keys; variants.md
-    /// section 14) of each static variant on the simulator instead (dense, or --layout
-    /// varlen|paged; the decode layouts are SKIP with the reason).
+    /// section 14) of each static variant on the simulator instead (dense, or any --layout;
+    /// decode: the sweep kernel after the split merge).
     #[arg(long, conflicts_with = "backward")]
     stats: bool,
     /// Run with the tile the tuner picked (`attnforge tune --out DIR`; default `reports`):

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use attnforge::codegen::emit::{emit, EmittedKernel};
+use attnforge::codegen::emit::{emit, emit_stats_sweep, EmittedKernel, SymbolStyle};
 use attnforge::codegen::spec::KernelSpec;
 use attnforge::codegen::tile::Arch;
 use attnforge::npy::write_bytes_atomic;
@@ -40,7 +40,9 @@ error naming --backward (or the spec file's `backward` key); nothing is written 
 
 A spec with `stats = { .. }` (docs/statistics.md) also writes the statistics follow-up kernel
 attnforge_stats_reduce.cu + .json (arguments with roles, grid (heads_kv, batch), 256 threads,
-launch rule); the forward kernel's last argument is then stats_partial.";
+launch rule); the forward kernel's last argument is then stats_partial. A decode spec with
+`stats` also writes its statistics sweep kernel (<decode kernel>_sweep.cu + .json), launched
+after the decode kernel and its split merge with the same arguments.";
 
 /// Options of `attnforge emit`.
 #[derive(Debug, Args)]
@@ -147,37 +149,47 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
         })?;
         serde_json::to_value(&b.resources).map_err(CliError::failed)
     };
-    let ptxas_k = ptxas(&k)?;
-    let mut meta = serde_json::to_value(&k.metadata).map_err(CliError::failed)?;
-    let signature: Vec<serde_json::Value> = k
-        .metadata
-        .args
-        .iter()
-        .map(|x| serde_json::json!({"name": x.name, "c_type": x.kind.c_type()}))
-        .collect();
-    if let serde_json::Value::Object(m) = &mut meta {
-        m.insert("signature".into(), signature.into());
-        m.insert("ptxas".into(), ptxas_k);
-        m.insert("arch_name".into(), sf.tune.arch.sm_name().into());
+    let write = |k: &EmittedKernel, what: &str| -> Result<(), CliError> {
+        let ptxas_k = ptxas(k)?;
+        let mut meta = serde_json::to_value(&k.metadata).map_err(CliError::failed)?;
+        let signature: Vec<serde_json::Value> = k
+            .metadata
+            .args
+            .iter()
+            .map(|x| serde_json::json!({"name": x.name, "c_type": x.kind.c_type()}))
+            .collect();
+        if let serde_json::Value::Object(m) = &mut meta {
+            m.insert("signature".into(), signature.into());
+            m.insert("ptxas".into(), ptxas_k);
+            m.insert("arch_name".into(), arch.sm_name().into());
+        }
+        let cu = a.out_dir.join(format!("{}.cu", k.name));
+        let js = a.out_dir.join(format!("{}.json", k.name));
+        let text = serde_json::to_string_pretty(&meta).map_err(CliError::failed)?;
+        write_bytes_atomic(&cu, k.source.as_bytes()).map_err(CliError::input)?;
+        write_bytes_atomic(&js, text.as_bytes()).map_err(CliError::input)?;
+        let regs = meta
+            .get("ptxas")
+            .and_then(|p| p.get("registers"))
+            .map_or("-".to_string(), |r| r.to_string());
+        println!(
+            "{}  -> {} ({} args, {} threads, {} B smem, {} registers{what})",
+            k.name,
+            cu.display(),
+            k.metadata.args.len(),
+            k.metadata.block_threads,
+            k.metadata.dynamic_smem_bytes,
+            regs
+        );
+        Ok(())
+    };
+    write(&k, "")?;
+    if sf.spec.layout.is_decode() && sf.spec.stats.is_some() {
+        // the statistics of a decode step: a third launch, after the split merge
+        let sweep = emit_stats_sweep(&sf.spec, &tile, arch, SymbolStyle::Canonical)
+            .map_err(|errs| CliError::input(format!("{s}: {}", errs[0])))?;
+        write(&sweep, "; statistics sweep after the merge")?;
     }
-    let cu = a.out_dir.join(format!("{}.cu", k.name));
-    let js = a.out_dir.join(format!("{}.json", k.name));
-    let text = serde_json::to_string_pretty(&meta).map_err(CliError::failed)?;
-    write_bytes_atomic(&cu, k.source.as_bytes()).map_err(CliError::input)?;
-    write_bytes_atomic(&js, text.as_bytes()).map_err(CliError::input)?;
-    let regs = meta
-        .get("ptxas")
-        .and_then(|p| p.get("registers"))
-        .map_or("-".to_string(), |r| r.to_string());
-    println!(
-        "{}  -> {} ({} args, {} threads, {} B smem, {} registers)",
-        k.name,
-        cu.display(),
-        k.metadata.args.len(),
-        k.metadata.block_threads,
-        k.metadata.dynamic_smem_bytes,
-        regs
-    );
     if sf.spec.layout.is_decode() {
         emit_merge(&sf.spec, &a.out_dir)?;
     }
@@ -185,7 +197,12 @@ pub(super) fn emit_static(sf: &SpecFile, s: &str, a: &EmitArgs) -> Result<(), Cl
         super::emit_backward::emit_files(&sf.spec, s, arch, &a.out_dir, &ptxas)?;
     }
     if sf.spec.stats.is_some() {
-        super::emit_stats::emit_files(s, tile.block_m, arch, &a.out_dir, a.no_ptxas)?;
+        let qblocks = if sf.spec.layout.is_decode() {
+            format!("ceil(heads_q / heads_kv * max_seqlen_q / {})", tile.block_m)
+        } else {
+            format!("ceil(seq_q / {})", tile.block_m)
+        };
+        super::emit_stats::emit_files(s, &qblocks, arch, &a.out_dir, a.no_ptxas)?;
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use super::CliError;
 /// shared memory, launch rule, ptxas report unless `no_ptxas`).
 pub(super) fn emit_files(
     s: &str,
-    block_m: usize,
+    qblocks: &str,
     arch: Arch,
     out_dir: &Path,
     no_ptxas: bool,
@@ -37,7 +37,7 @@ pub(super) fn emit_files(
         "grid": ["heads_kv", "batch", "1"],
         "block_threads": STATS_REDUCE_THREADS,
         "dynamic_smem_bytes": STATS_REDUCE_SMEM_BYTES,
-        "launch": format!("after the forward kernel, on its stats_partial [B, Hq, qblocks, Sk]; qblocks = ceil(seq_q / {block_m})"),
+        "launch": format!("after the forward kernel (decode: after the statistics sweep kernel), on its stats_partial [B, Hq, qblocks, Sk]; qblocks = {qblocks}"),
         "ptxas": ptxas,
         "arch_name": arch.sm_name(),
     });

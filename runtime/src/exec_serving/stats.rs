@@ -1,24 +1,33 @@
-//! Statistics outputs (variants.md section 14, docs/statistics.md) of the varlen and paged
-//! prefill kernels on the simulator. The forward kernel's sweep writes per-query-block key
-//! sums `[B, Hq, ceil(max Sq_b / block_m), R]` with `R` = [`stats_row_keys`] (a bound on every
-//! `Sk_b`: the kernel's `layout.stats_keys`); the follow-up kernel then runs unchanged on rows
-//! of `R` keys. Keys past a sequence's `Sk_b` carry 0: they add nothing to the group reduce,
-//! the max-pool (scores are >= 0) or `top_keys` (score > 0 is eligible), so `key_mass[b, h, j]`
-//! for `j < Sk_b` is sequence `b`'s own statistic and the rest is 0.
+//! Statistics outputs (variants.md section 14, docs/statistics.md) of the serving kernels on
+//! the simulator. The varlen / paged forward kernel's sweep writes per-query-block key sums
+//! `[B, Hq, ceil(max Sq_b / block_m), R]` with `R` = [`stats_row_keys`] (a bound on every
+//! `Sk_b`: the kernel's `layout.stats_keys`); a decode run's sweep is a third launch after the
+//! decode kernel and its split merge, on the packed row blocks of the decode grid without
+//! splits (`[B, Hq, ceil(Hq / Hkv * max Sq_b / block_m), R]`, each block writing the rows of
+//! the heads it holds). The follow-up kernel then runs unchanged on rows of `R` keys. Keys past a
+//! sequence's `Sk_b` carry 0: they add nothing to the group reduce, the max-pool (scores are >= 0)
+//! or `top_keys` (score > 0 is eligible), so `key_mass[b, h, j]` for `j < Sk_b` is sequence `b`'s
+//! own statistic and the rest is 0.
 //!
 //! Reference: each sequence's weights are the serving reference run on one-hot values (key `j`
 //! of every sequence has `v = e_j`, `Dv = R`), turned into statistics by
 //! [`reference::key_stats_from_weights`]: the oracle never sees the sweep.
 
+use attnforge_codegen::args::LaunchGeometry;
+use attnforge_codegen::emit::{emit_stats_sweep, SymbolStyle};
+use attnforge_codegen::prelude::Arch;
 use attnforge_codegen::shape::Shape;
 use attnforge_codegen::spec::KernelSpec;
 use attnforge_codegen::tile::TileConfig;
 use attnforge_reference as reference;
 use attnforge_reference::{AttnOutput, AttnStats, Element, Packed, PagedCache, Precision};
-use attnforge_sim::{Schedule, SimConfig, SimElem};
+use attnforge_sim::{Schedule, SimArg, SimConfig, SimElem};
 
-use super::{reference_resolved, resolve, simulate_resolved, ServingInputs, ServingKeys};
-use crate::exec::{input_err, ExecError, RunParams};
+use super::{
+    bind_args, host_args, reference_resolved, resolve, simulate_resolved, Outs, Resolved,
+    ServingInputs, ServingKeys,
+};
+use crate::exec::{cached_sim_kernel, input_err, ExecError, RunParams};
 use crate::exec_stats::{compare_stats, reduce_sim, stats_params, StatsReport, StatsRun};
 
 /// Keys per statistics row of a serving run (`R`): varlen `Tk` (the packed key rows), paged
@@ -32,9 +41,12 @@ pub fn stats_row_keys<T>(x: &ServingInputs<T>) -> usize {
     }
 }
 
-/// Run the spec's varlen / paged forward kernel with statistics and the follow-up kernel on the
-/// simulator. `out`/`lse` are `[B = 1, Hq, Tq, D]` packed rows (`VarlenOutput::to_attn_output`);
-/// `key_mass: [B, Hq, R]`, `key_score: [B, Hkv, R]`, `top_keys: [B, Hkv, K]`.
+/// Run the spec's serving kernel with statistics and the follow-up kernel on the simulator.
+/// Varlen / paged: the forward kernel's sweep writes the partials. Decode layouts: the decode
+/// kernel (and its split merge), then the sweep kernel on the merged lse
+/// ([`attnforge_codegen::emit::emit_stats_sweep`]). `out`/`lse` are `[B = 1, Hq, Tq, D]`
+/// packed rows (`VarlenOutput::to_attn_output`); `key_mass: [B, Hq, R]`, `key_score: [B, Hkv,
+/// R]`, `top_keys: [B, Hkv, K]`.
 pub fn simulate_stats<T: Element + SimElem>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -45,10 +57,17 @@ pub fn simulate_stats<T: Element + SimElem>(
     let params = stats_params(spec)?;
     let r = resolve(spec, Some(tile), x, p)?;
     let row = stats_row_keys(x);
-    let qblocks = r.geo.max_seqlen_q.div_ceil(tile.block_m);
-    // zeros, not NaN: a block past its sequence's rows exits before the sweep
+    let qblocks = stats_query_blocks(spec, tile, &r);
+    // zeros, not NaN: a block past its sequence's rows exits before the sweep, and a decode
+    // block writes the rows of the heads it holds only
     let mut partial = vec![0.0f32; r.geo.batch * r.heads_q * qblocks * row];
-    let (run, _) = simulate_resolved(spec, tile, x, p, cfg, &r, true, &mut partial)?;
+    let (run, _) = if spec.layout.is_decode() {
+        let run = simulate_resolved(spec, tile, x, p, cfg, &r, true, &mut [])?;
+        decode_sweep(spec, tile, x, p, cfg, &r, &run.0.output, &mut partial)?;
+        run
+    } else {
+        simulate_resolved(spec, tile, x, p, cfg, &r, true, &mut partial)?
+    };
     let dims = Shape {
         batch: r.geo.batch,
         heads_q: r.heads_q,
@@ -64,6 +83,61 @@ pub fn simulate_stats<T: Element + SimElem>(
         top_keys,
         counters: run.counters,
     })
+}
+
+/// Query blocks per (sequence, query head) of the partials: `ceil(max Sq_b / block_m)`, or for
+/// a decode kernel its packed row blocks, `ceil(Hq / Hkv * max Sq_b / block_m)` (a head's rows
+/// lie in one or two of them; the others stay 0).
+fn stats_query_blocks(spec: &KernelSpec, tile: &TileConfig, r: &Resolved) -> usize {
+    let rows = if spec.layout.is_decode() {
+        r.heads_q / r.heads_kv * r.geo.max_seqlen_q
+    } else {
+        r.geo.max_seqlen_q
+    };
+    rows.div_ceil(tile.block_m)
+}
+
+/// The statistics sweep of a decode run: its own kernel on the decode grid without splits,
+/// with the decode kernel's arguments, reading the merged lse of `merged`.
+#[allow(clippy::too_many_arguments)] // the run's inputs, resolved values and output buffers
+fn decode_sweep<T: Element + SimElem>(
+    spec: &KernelSpec,
+    tile: &TileConfig,
+    x: &ServingInputs<T>,
+    p: &RunParams,
+    cfg: &SimConfig,
+    r: &Resolved,
+    merged: &attnforge_reference::VarlenOutput,
+    partial: &mut [f32],
+) -> Result<(), ExecError> {
+    let k = emit_stats_sweep(spec, tile, Arch::Sm90, SymbolStyle::Canonical)
+        .map_err(ExecError::Spec)?;
+    let kernel = cached_sim_kernel(&k.name, &k.source)?;
+    let heads = (r.heads_q, r.heads_kv);
+    let geo = LaunchGeometry::decode(spec, tile, r.geo.batch, heads, r.geo.max_seqlen_q, 1);
+    if geo.grid.contains(&0) {
+        return Ok(());
+    }
+    let args = host_args(spec, x, p, r)?;
+    // f64 from f32: exact back
+    let mut lse: Vec<f32> = merged.lse.iter().map(|&v| v as f32).collect();
+    let mut o = vec![T::from_f64(0.0); merged.out.len()]; // not read
+    let outs = Outs {
+        o: Some(SimArg::output(&mut o)),
+        lse: Some(SimArg::output(&mut lse)),
+        o_part: Some(SimArg::Null),
+        lse_part: Some(SimArg::Null),
+        stats: Some(SimArg::output(partial)),
+    };
+    let mut sa = bind_args(&args, x, outs);
+    kernel.launch(
+        (geo.grid[0], geo.grid[1], geo.grid[2]),
+        geo.block[0],
+        tile.stats_sweep_smem_bytes(spec),
+        &mut sa,
+        cfg,
+    )?;
+    Ok(())
 }
 
 /// The reference `out`/`lse` (packed, as [`simulate_stats`]) and statistics at `precision`.

@@ -120,12 +120,20 @@ fn check_tensor(name: &str, t: &DeviceTensor, elem: usize) -> Result<[usize; 4],
 
 /// `out` must be the contiguous `[B, Hq, Sq, D]` of `dims`: one element per thread's write,
 /// no overlapping rows.
-fn check_out(out: &DeviceTensor, strides: [usize; 4], dims: Shape, d: usize) -> Result<(), ExecError> {
+fn check_out(
+    out: &DeviceTensor,
+    strides: [usize; 4],
+    dims: Shape,
+    d: usize,
+) -> Result<(), ExecError> {
     let want = [dims.batch, dims.heads_q, dims.seq_q, d];
     if out.shape != want {
         return Err(input_err(
             "out",
-            format!("shape {:?}, expected {want:?} ([B, Hq, Sq, D] of q)", out.shape),
+            format!(
+                "shape {:?}, expected {want:?} ([B, Hq, Sq, D] of q)",
+                out.shape
+            ),
             "allocate out like q (torch.empty_like(q))",
         ));
     }
@@ -142,7 +150,10 @@ fn check_out(out: &DeviceTensor, strides: [usize; 4], dims: Shape, d: usize) -> 
 
 /// The host-side checks of a launch: the problem shape and the element strides of q, k, v,
 /// out. Errors name the argument and the fix.
-pub fn validate(spec: &KernelSpec, l: &DeviceLaunch) -> Result<(Shape, [[usize; 4]; 4]), ExecError> {
+pub fn validate(
+    spec: &KernelSpec,
+    l: &DeviceLaunch,
+) -> Result<(Shape, [[usize; 4]; 4]), ExecError> {
     if l.dtype != spec.dtype {
         return Err(input_err(
             "q",
@@ -253,7 +264,11 @@ fn device_gpu(ordinal: usize) -> Result<Gpu, ExecError> {
             "pass tensors on an existing device",
         ));
     }
-    let gpu = if ordinal == 0 { first } else { Gpu::new(ordinal).map_err(cuda_err)? };
+    let gpu = if ordinal == 0 {
+        first
+    } else {
+        Gpu::new(ordinal).map_err(cuda_err)?
+    };
     gpus.lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(ordinal, gpu.clone());
@@ -262,13 +277,20 @@ fn device_gpu(ordinal: usize) -> Result<Gpu, ExecError> {
 
 /// The kernel of spec + tile compiled (through the kernel cache) and loaded on `gpu`, once
 /// per process and device: the module stays loaded while launches may be pending.
-fn loaded_kernel(gpu: &Gpu, ordinal: usize, spec: &KernelSpec, tile: &TileConfig) -> Result<GpuKernel, ExecError> {
+fn loaded_kernel(
+    gpu: &Gpu,
+    ordinal: usize,
+    spec: &KernelSpec,
+    tile: &TileConfig,
+) -> Result<GpuKernel, ExecError> {
     static KERNELS: OnceLock<Mutex<HashMap<(usize, String), GpuKernel>>> = OnceLock::new();
     let arch = Arch::for_capability(gpu.compute_capability().0);
     if tile.wgmma && gpu.compute_capability().0 != 9 {
         return Err(input_err(
             "tile.wgmma",
-            format!("a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} is not one"),
+            format!(
+                "a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} is not one"
+            ),
             "use a tile without wgmma on this device",
         ));
     }
@@ -336,4 +358,197 @@ pub fn launch_device(
         unsafe { dres::free_async(t, stream) }.map_err(cuda_err)?;
     }
     launched
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{host_args, resolve, Inputs};
+    use attnforge_codegen::args::kernel_args;
+    use attnforge_codegen::spec::{HeadDim, Mask, ScoreMod};
+    use attnforge_reference::Tensor4;
+
+    const B: usize = 2;
+    const HQ: usize = 4;
+    const HKV: usize = 2;
+    const SQ: usize = 5;
+    const SK: usize = 7;
+    const D: usize = 64;
+
+    fn spec() -> KernelSpec {
+        let mut s = KernelSpec::new(DType::F32, HeadDim::D64, Mask::Document, ScoreMod::None);
+        s.gqa = true;
+        s
+    }
+
+    fn params() -> RunParams {
+        RunParams::default().with_doc(vec![0, 0, 1, 1, 1, 2, 2])
+    }
+
+    /// q in a `[B, S, H, D]` buffer seen as `[B, H, S, D]` (torch's `transpose(1, 2)`).
+    const Q_STRIDES: [usize; 4] = [SQ * HQ * D, D, HQ * D, 1];
+
+    fn contiguous(s: [usize; 4]) -> [usize; 4] {
+        [s[1] * s[2] * s[3], s[2] * s[3], s[3], 1]
+    }
+
+    fn dev(ptr: u64, shape: [usize; 4], strides: [usize; 4]) -> DeviceTensor {
+        DeviceTensor {
+            ptr,
+            shape,
+            strides: strides.map(|s| s as i64),
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    fn launch() -> DeviceLaunch {
+        let (qs, kvs) = ([B, HQ, SQ, D], [B, HKV, SK, D]);
+        DeviceLaunch {
+            dtype: DType::F32,
+            q: dev(MIB, qs, Q_STRIDES),
+            k: dev(2 * MIB, kvs, contiguous(kvs)),
+            v: dev(3 * MIB, kvs, contiguous(kvs)),
+            out: dev(4 * MIB, qs, contiguous(qs)),
+            lse: Some(5 * MIB),
+            ordinal: 0,
+            stream: 0,
+        }
+    }
+
+    /// Hands out fake addresses for the argument arrays, recording their contents.
+    fn recorder(log: &mut Vec<Vec<u8>>) -> impl FnMut(&[u8]) -> Result<u64, ExecError> + '_ {
+        move |b| {
+            log.push(b.to_vec());
+            Ok(0xA000_0000 + log.len() as u64)
+        }
+    }
+
+    #[test]
+    fn device_values_are_the_staged_paths_with_the_callers_pointers() {
+        let t = |s: [usize; 4], strides| Tensor4::<f32> {
+            shape: Shape4::new(s[0], s[1], s[2], s[3]),
+            strides,
+            data: vec![0.5; s[0] * s[1] * s[2] * s[3]],
+        };
+        let l = launch();
+        let x = Inputs::new(
+            t(l.q.shape, Q_STRIDES),
+            t(l.k.shape, contiguous(l.k.shape)),
+            t(l.v.shape, contiguous(l.v.shape)),
+        );
+        let (spec, p) = (spec(), params());
+        let r = resolve(&spec, &x, &p).unwrap();
+        let staged_args = host_args(&spec, &x, &p, &r).unwrap();
+        let ptrs = TensorPtrs {
+            q: l.q.ptr,
+            k: l.k.ptr,
+            v: l.v.ptr,
+            o: l.out.ptr,
+            lse: 5 * MIB,
+            stats_partial_bytes: 0,
+        };
+        let (mut staged_log, mut dev_log) = (Vec::new(), Vec::new());
+        let staged = device_values(&staged_args, &ptrs, &mut recorder(&mut staged_log)).unwrap();
+        let (_, device) = launch_values(&spec, &p, &l, &mut recorder(&mut dev_log)).unwrap();
+        assert_eq!(device, staged);
+        assert_eq!(dev_log, staged_log);
+        // Independently of both: the values by name, as the CUDA signature orders them.
+        let names: Vec<String> = kernel_args(&spec).into_iter().map(|a| a.name).collect();
+        let by = |n: &str| device[names.iter().position(|m| m == n).unwrap()];
+        use KernelArgValue::{DevPtr, I32, I64};
+        assert_eq!(by("q"), DevPtr(MIB));
+        assert_eq!(by("o"), DevPtr(4 * MIB));
+        assert_eq!(by("lse"), DevPtr(5 * MIB));
+        assert_eq!(by("heads_kv"), I32(2));
+        assert_eq!(by("seq_k"), I32(7));
+        assert_eq!(by("q_stride_h"), I64(64));
+        assert_eq!(by("q_stride_s"), I64(4 * 64));
+        assert_eq!(by("k_stride_h"), I64(7 * 64));
+        assert_eq!(by("o_stride_b"), I64(4 * 5 * 64));
+        assert_eq!(by("doc"), DevPtr(0xA000_0001));
+        let ids: Vec<u8> = [0i32, 0, 1, 1, 1, 2, 2]
+            .iter()
+            .flat_map(|i| i.to_le_bytes())
+            .collect();
+        assert_eq!(dev_log[0], ids);
+    }
+
+    #[test]
+    fn without_lse_the_lse_argument_is_null() {
+        let mut l = launch();
+        l.lse = None;
+        let (_, v) = launch_values(&spec(), &params(), &l, &mut |_| Ok(1)).unwrap();
+        let i = kernel_args(&spec())
+            .iter()
+            .position(|a| a.name == "lse")
+            .unwrap();
+        assert_eq!(v[i], KernelArgValue::DevPtr(0));
+    }
+
+    /// The field an invalid launch is refused with (the message names it).
+    fn refused(l: &DeviceLaunch) -> String {
+        match launch_values(&spec(), &params(), l, &mut |_| Ok(1)) {
+            Err(ExecError::Input { field, fix, .. }) => {
+                assert!(!fix.is_empty());
+                field
+            }
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted: {l:?}"),
+        }
+    }
+
+    #[test]
+    fn each_host_check_names_its_argument() {
+        type Edit = fn(&mut DeviceLaunch);
+        let cases: [(Edit, &str); 14] = [
+            (|l| l.q.ptr = 0, "q"),
+            (|l| l.k.ptr += 2, "k"),
+            (|l| l.v.strides[1] = -448, "v.stride[1]"),
+            (|l| l.q.strides[3] = 2, "q.stride[3]"),
+            (|l| l.k.shape[0] = 3, "k"),
+            (|l| l.v.shape[2] = 6, "v"),
+            (|l| l.q.shape[3] = 128, "q"),
+            (|l| l.out.shape[2] = 4, "out"),
+            (|l| l.out.strides = [1280, 320, 1, 1], "out.stride"),
+            (|l| l.out.ptr = l.q.ptr + 256, "out"),
+            (|l| l.lse = Some(l.k.ptr + 8), "lse"),
+            (|l| l.lse = Some(l.out.ptr), "lse"),
+            (|l| l.lse = Some(0), "lse"),
+            (|l| l.dtype = DType::F16, "q"),
+        ];
+        for (edit, field) in cases {
+            let mut l = launch();
+            edit(&mut l);
+            assert_eq!(refused(&l), field, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_past_the_32_bit_limit_are_refused_by_name() {
+        let mut l = launch();
+        l.k.shape[2] = 1 << 31;
+        l.v.shape[2] = 1 << 31;
+        (l.k.ptr, l.v.ptr) = (1 << 44, 1 << 50);
+        let e = refused(&l);
+        assert!(e.contains("seq_k") && e.contains("2^31"), "{e}");
+    }
+
+    #[test]
+    fn a_valid_launch_without_a_gpu_reports_no_gpu() {
+        if crate::gpu_available() {
+            return; // the GPU script runs the launch against the reference
+        }
+        let tile = attnforge_codegen::tile::default_tile(&spec(), Arch::Sm80).unwrap();
+        let e = launch_device(&spec(), &tile, &params(), &launch()).unwrap_err();
+        assert!(e.to_string().contains("no GPU"), "{e}");
+        // a bad call is refused the same way with or without a GPU
+        let mut l = launch();
+        l.q.ptr = 0;
+        let e = launch_device(&spec(), &tile, &params(), &l).unwrap_err();
+        assert!(
+            matches!(e, ExecError::Input { ref field, .. } if field == "q"),
+            "{e}"
+        );
+    }
 }

@@ -9,6 +9,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod device;
 mod serving;
 
 use attnforge::codegen::catalog;
@@ -603,6 +604,7 @@ fn mask_param_names() -> Vec<&'static str> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InputError", m.py().get_type::<InputError>())?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(device::launch_cuda, m)?)?;
     m.add_function(wrap_pyfunction!(mask_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(serving::run_varlen, m)?)?;
     m.add_function(wrap_pyfunction!(serving::run_paged, m)?)?;

@@ -178,15 +178,18 @@ def test_cuda_launch_without_a_gpu_is_the_runtimes_no_gpu_error():
 
 
 def test_fake_implementation_gives_cuda_shapes_on_cuda_fake_tensors():
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-    q, k, v = qkv(sq=6, sk=9, dtype=torch.float16)
-    spec = at.spec_for(q, k, mask="causal")
-    with FakeTensorMode() as mode:
-        fq, fk, fv = (mode.from_tensor(t.to("meta")).to("meta") for t in (q, k, v))
-        out, lse = torch.ops.attnforge.attention(fq, fk, fv, spec, "cuda", None)
-    assert out.shape == (1, 4, 6, 64) and out.dtype == torch.float16
-    assert lse.shape == (1, 4, 6) and lse.dtype == torch.float32
+    mode = FakeTensorMode()
+    fake = lambda *shape: FakeTensor(
+        mode, torch.empty(shape, dtype=torch.float16, device="meta"), torch.device("cuda", 1)
+    )
+    q, k = fake(1, 4, 6, 64), fake(1, 2, 9, 64)
+    spec = at.spec_for(torch.zeros(1, 4, 6, 64, dtype=torch.float16), torch.zeros(1, 2, 9, 64), mask="causal")
+    with mode:
+        out, lse = torch.ops.attnforge.attention(q, k, k, spec, "cuda", None)
+    assert (out.device, out.shape, out.dtype) == (torch.device("cuda", 1), (1, 4, 6, 64), torch.float16)
+    assert (lse.device, lse.shape, lse.dtype) == (torch.device("cuda", 1), (1, 4, 6), torch.float32)
 
 
 def test_the_backward_on_cuda_tensors_says_what_to_do():

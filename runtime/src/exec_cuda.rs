@@ -152,6 +152,19 @@ pub(crate) fn device_values(
     Ok(values)
 }
 
+/// A warpgroup-MMA tile runs on compute capability 9.x only (sm_90a code is not forward
+/// compatible).
+pub(crate) fn check_wgmma(tile: &TileConfig, major: i32, ordinal: usize) -> Result<(), ExecError> {
+    if tile.wgmma && major != 9 {
+        return Err(crate::exec::input_err(
+            "tile.wgmma",
+            format!("a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} has compute capability {major}.x"),
+            "use a tile without wgmma on this device",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn prepare<T: Element>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -163,14 +176,7 @@ pub(crate) fn prepare<T: Element>(
     let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
     let (major, _minor) = gpu.compute_capability();
     let arch = Arch::for_capability(major);
-    if tile.wgmma && major != 9 {
-        // sm_90a code runs on compute capability 9.0 only (not forward compatible)
-        return Err(crate::exec::input_err(
-            "tile.wgmma",
-            format!("a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} has compute capability {major}.x"),
-            "use a tile without wgmma on this device",
-        ));
-    }
+    check_wgmma(tile, major, ordinal)?;
     let k = emit(spec, tile, arch).map_err(ExecError::Spec)?;
     // Through the persistent kernel cache: a kernel compiled before is not compiled again.
     let compiled = compile_with_cached(&k.source, &k.name, &CompileOptions::for_tile(arch, tile))

@@ -21,7 +21,7 @@ use attnforge_reference::Shape4;
 use cudarc::driver::{result as dres, sys as dsys};
 
 use crate::exec::{input_err, resolve_shape, role_args, ArgStrides, ExecError, RunParams};
-use crate::exec_cuda::{cuda_err, device_values, signature, TensorPtrs};
+use crate::exec_cuda::{check_wgmma, cuda_err, device_values, signature, TensorPtrs};
 use crate::{compile_with_cached, Arch, CompileOptions, Gpu, GpuKernel, KernelArgValue};
 
 /// One tensor in device memory: its address, logical shape `[B, H, S, D]` and strides in
@@ -85,7 +85,7 @@ fn check_tensor(name: &str, t: &DeviceTensor, elem: usize) -> Result<[usize; 4],
             format!("pass an allocated CUDA tensor as {name}"),
         ));
     }
-    if t.ptr % elem as u64 != 0 {
+    if !t.ptr.is_multiple_of(elem as u64) {
         return Err(input_err(
             name,
             format!(
@@ -209,7 +209,7 @@ fn check_lse_ptr(lse: Option<u64>) -> Result<(), ExecError> {
             "null data pointer",
             "pass an allocated float32 [B, Hq, Sq] tensor, or None to skip lse",
         )),
-        Some(p) if p % 4 != 0 => Err(input_err(
+        Some(p) if !p.is_multiple_of(4) => Err(input_err(
             "lse",
             format!("data pointer {p:#x} is not aligned to 4 bytes"),
             "pass a contiguous float32 tensor",
@@ -285,15 +285,7 @@ fn loaded_kernel(
 ) -> Result<GpuKernel, ExecError> {
     static KERNELS: OnceLock<Mutex<HashMap<(usize, String), GpuKernel>>> = OnceLock::new();
     let arch = Arch::for_capability(gpu.compute_capability().0);
-    if tile.wgmma && gpu.compute_capability().0 != 9 {
-        return Err(input_err(
-            "tile.wgmma",
-            format!(
-                "a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} is not one"
-            ),
-            "use a tile without wgmma on this device",
-        ));
-    }
+    check_wgmma(tile, gpu.compute_capability().0, ordinal)?;
     let k = emit(spec, tile, arch).map_err(ExecError::Spec)?;
     let key = (ordinal, format!("{}\n{}", k.name, k.source));
     let kernels = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));

@@ -2,11 +2,10 @@
 //! stream handed to `attnforge_runtime::exec_device`, which launches without copies.
 
 use attnforge::codegen::spec::DType;
-use attnforge::exec::ExecError;
 use attnforge::kernels::exec_device::{launch_device, DeviceLaunch, DeviceTensor};
 use pyo3::prelude::*;
 
-use crate::{exec_error, guarded, input_error, prepare};
+use crate::{exec_error, guarded, input_error, prepare, tile_of};
 
 /// One tensor as Python describes it: `(data_ptr, shape, stride)`.
 type PyTensor = (u64, Vec<usize>, Vec<i64>);
@@ -76,12 +75,7 @@ pub(crate) fn launch_cuda(
         };
         let p = prepare(spec, l.k.shape[2], doc)?;
         let name = p.sf.spec.canonical_name();
-        let tile = p.sf.tile().map_err(|e| ExecError::Input {
-            field: e.field.clone(),
-            message: e.message.clone(),
-            fix: e.fix.clone(),
-        });
-        let tile = tile.map_err(|e| exec_error(&name, e))?;
+        let tile = tile_of(&p.sf).map_err(|e| exec_error(&name, e))?;
         py.detach(|| launch_device(&p.sf.spec, &tile, &p.rp, &l))
             .map_err(|e| exec_error(&name, e))?;
         if let Some(e) = p.sf.user_fn_failure() {

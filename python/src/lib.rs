@@ -155,17 +155,22 @@ fn parse_mode(backend: &str) -> PyResult<Mode> {
     }
 }
 
+/// The spec file's tile (its own or the default), a bad one as an input error.
+fn tile_of(sf: &SpecFile) -> Result<attnforge::codegen::tile::TileConfig, ExecError> {
+    sf.tile().map_err(|e| ExecError::Input {
+        field: e.field.clone(),
+        message: e.message.clone(),
+        fix: e.fix.clone(),
+    })
+}
+
 fn execute<T: Element + SimElem>(
     sf: &SpecFile,
     x: Inputs<T>,
     rp: &RunParams,
     mode: Mode,
 ) -> Result<AttnOutput, ExecError> {
-    let tile = sf.tile().map_err(|e| ExecError::Input {
-        field: e.field.clone(),
-        message: e.message.clone(),
-        fix: e.fix.clone(),
-    })?;
+    let tile = tile_of(sf)?;
     let kernel = StaticKernel {
         spec: &sf.spec,
         tile: &tile,

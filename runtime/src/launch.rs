@@ -382,6 +382,20 @@ pub fn device_ptr<T>(gpu: &Gpu, slice: &CudaSlice<T>) -> u64 {
     ptr
 }
 
+/// One 8-byte slot per argument for `cuLaunchKernel`'s parameter array, the value in its
+/// low bytes: the driver reads as many bytes from the slot's address as the parameter's type
+/// has, so on a little-endian host a 4-byte `int` or `float` is the slot's low half.
+fn param_slots(args: &[KernelArgValue]) -> Vec<u64> {
+    args.iter()
+        .map(|a| match *a {
+            KernelArgValue::DevPtr(p) => p,
+            KernelArgValue::I32(v) => u64::from(v as u32),
+            KernelArgValue::I64(v) => v as u64,
+            KernelArgValue::F32(v) => u64::from(v.to_bits()),
+        })
+        .collect()
+}
+
 /// A kernel loaded on a GPU, with its declared signature.
 #[derive(Debug, Clone)]
 pub struct GpuKernel {
@@ -489,17 +503,7 @@ impl GpuKernel {
             .bind_to_thread()
             .map_err(|e| driver("cuCtxSetCurrent", e))?;
         self.opt_in_smem(cfg)?;
-        // One 8-byte slot per argument, the value in its low bytes (little-endian): the
-        // driver reads as many bytes as the parameter's type has.
-        let mut slots: Vec<u64> = args
-            .iter()
-            .map(|a| match *a {
-                KernelArgValue::DevPtr(p) => p,
-                KernelArgValue::I32(v) => u64::from(v as u32),
-                KernelArgValue::I64(v) => v as u64,
-                KernelArgValue::F32(v) => u64::from(v.to_bits()),
-            })
-            .collect();
+        let mut slots = param_slots(args);
         let mut params: Vec<*mut std::ffi::c_void> = slots
             .iter_mut()
             .map(|s| (s as *mut u64).cast::<std::ffi::c_void>())
@@ -604,6 +608,22 @@ impl GpuKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_slots_hold_each_value_in_the_bytes_the_driver_reads() {
+        let args = [
+            KernelArgValue::DevPtr(0x7f00_1234_5678),
+            KernelArgValue::I32(-2),
+            KernelArgValue::I64(-3),
+            KernelArgValue::F32(1.5),
+        ];
+        let slots = param_slots(&args);
+        let bytes = |i: usize| slots[i].to_ne_bytes();
+        assert_eq!(u64::from_ne_bytes(bytes(0)), 0x7f00_1234_5678);
+        assert_eq!(i32::from_ne_bytes(bytes(1)[..4].try_into().unwrap()), -2);
+        assert_eq!(i64::from_ne_bytes(bytes(2)), -3);
+        assert_eq!(f32::from_ne_bytes(bytes(3)[..4].try_into().unwrap()), 1.5);
+    }
 
     fn sig() -> Vec<ArgDecl> {
         vec![

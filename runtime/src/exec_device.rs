@@ -63,13 +63,15 @@ fn byte_range(t: &DeviceTensor, elem: usize) -> (u128, u128) {
     if t.shape.contains(&0) {
         return (t.ptr.into(), t.ptr.into());
     }
-    let last: u128 = t
+    // saturating: absurd sizes are refused by name later (validate_problem), not by a panic
+    let last = t
         .shape
         .iter()
         .zip(t.strides)
-        .map(|(&n, s)| (n as u128 - 1) * s.max(0) as u128)
-        .sum();
-    (t.ptr.into(), u128::from(t.ptr) + (last + 1) * elem as u128)
+        .map(|(&n, s)| (n as u128 - 1).saturating_mul(s.max(0) as u128))
+        .fold(0u128, u128::saturating_add);
+    let bytes = last.saturating_add(1).saturating_mul(elem as u128);
+    (t.ptr.into(), u128::from(t.ptr).saturating_add(bytes))
 }
 
 fn overlaps(a: (u128, u128), b: (u128, u128)) -> bool {
@@ -137,11 +139,13 @@ fn check_out(
             "allocate out like q (torch.empty_like(q))",
         ));
     }
-    let contiguous = Shape4::new(want[0], want[1], want[2], want[3]).contiguous_strides();
-    if strides != contiguous {
+    // checked: sizes past the limits are refused by name later (validate_problem)
+    let product = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
+    let contiguous = [product(&want[1..]), product(&want[2..]), Some(d), Some(1)];
+    if strides.iter().zip(contiguous).any(|(&s, c)| Some(s) != c) {
         return Err(input_err(
             "out.stride",
-            format!("strides {strides:?}, expected the contiguous {contiguous:?}"),
+            format!("strides {strides:?}, expected the contiguous ones of {want:?}"),
             "allocate out contiguous (torch.empty_like(q, memory_format=torch.contiguous_format))",
         ));
     }
@@ -176,8 +180,13 @@ pub fn validate(
     check_out(&l.out, strides[3], dims, spec.head_dim.get())?;
     let out = byte_range(&l.out, elem);
     let lse = l.lse.map(|p| {
-        let rows = (dims.batch * dims.heads_q * dims.seq_q) as u128;
-        (u128::from(p), u128::from(p) + rows * 4)
+        let rows = [dims.heads_q, dims.seq_q]
+            .iter()
+            .fold(dims.batch as u128, |a, &n| a.saturating_mul(n as u128));
+        (
+            u128::from(p),
+            u128::from(p).saturating_add(rows.saturating_mul(4)),
+        )
     });
     check_lse_ptr(l.lse)?;
     for (name, t) in &named[..3] {
@@ -524,6 +533,29 @@ mod tests {
         (l.k.ptr, l.v.ptr) = (1 << 44, 1 << 50);
         let e = refused(&l);
         assert!(e.contains("seq_k") && e.contains("2^31"), "{e}");
+    }
+
+    #[test]
+    fn absurd_sizes_and_strides_are_errors_not_overflows() {
+        let mut l = launch();
+        l.q.shape = [usize::MAX, usize::MAX, usize::MAX, D];
+        l.q.strides = [i64::MAX, i64::MAX, i64::MAX, 1];
+        (l.k.shape[0], l.v.shape[0]) = (usize::MAX, usize::MAX);
+        l.out.shape = l.q.shape;
+        assert_eq!(refused(&l), "out.stride");
+        // a batch of 2^40: every range fits, the size limit names the field
+        let mut l = launch();
+        let big = |t: &mut DeviceTensor, ptr: u64| {
+            t.shape[0] = 1 << 40;
+            t.ptr = ptr;
+        };
+        big(&mut l.q, 1 << 62);
+        big(&mut l.k, 1 << 60);
+        big(&mut l.v, 1 << 61);
+        big(&mut l.out, 1 << 59);
+        l.lse = Some(3 << 62);
+        let e = refused(&l);
+        assert!(e.contains("batch") && e.contains("2^31"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,10 @@ ATTNFORGE_EMIT_DIR="$out/kernels" cargo test --release -p attnforge-codegen --te
   sed -n '1,/^\/\/ TMA: thread 0 loads/p' sim/tests/cuda/hopper.cu | head -n -1
   sed -n '1,/^\/\/ Every non-wgmma helper/p' sim/tests/cuda/hopper_gpu.cu | head -n -1
 } > "$out/kernels/hopper_check.cu"
-cp gpu/run.sh gpu/bench.py gpu/hopper_check.py "$out/"
+# the Python package (abi3 wheel, release) for part (pt): attnforge.torch on CUDA tensors
+CARGO_TARGET_DIR="$root/target/python-release" .toolchain/pyenv/bin/maturin build --release --quiet \
+  -m python/Cargo.toml -o "$out/wheel"
+cp gpu/run.sh gpu/bench.py gpu/hopper_check.py gpu/torch_cuda_check.py "$out/"
 du -sh "$out"
 kib=$(du -sk "$out" | cut -f1)
 if [ "$kib" -gt $((60 * 1024)) ]; then

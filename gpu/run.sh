@@ -10,8 +10,10 @@
 # reference: `attnforge check --layout decode|paged --all --backend cuda` (on request).
 # (bw) the backward kernels against the reference and timed, (b3) `attnforge check --backward
 # --all --backend cuda`.
-# PARTS selects and orders the parts (default: "h b b2 c c2 d"; bw, b3, sv on request); each is
-# time-boxed (40 + 200 + 120 + 170 + 100 + 110 s; bw 90, b3 150, sv 120): pick a subset that fits the
+# (pt) attnforge.torch on CUDA tensors (in place, PyTorch's stream) against the CPU reference:
+# the wheel of gpu/out/wheel installed into a temporary folder (needs torch and numpy there).
+# PARTS selects and orders the parts (default: "h b b2 c c2 d"; bw, b3, sv, pt on request); each is
+# time-boxed (40 + 200 + 120 + 170 + 100 + 110 s; bw 90, b3 150, sv 120, pt 120): pick a subset that fits the
 # device tool's 10 minutes per command, e.g. PARTS="h b c2 d" (about 7.5 minutes at most).
 # Results: docs/gpu-results/<date>-<device>.md, copied to $OUT (the device tool brings $OUT
 # back) with the tuner's reports as one archive.
@@ -63,6 +65,12 @@ for p in $parts; do
     b3) part "(b3) attnforge check --backward --all --backend cuda" 150 "$out/bin/attnforge" check --backward --all --backend cuda ;;
     sv) part "(sv) serving kernels: attnforge check --layout decode / paged --all --backend cuda" 120 \
           sh -c "\"$out/bin/attnforge\" check --layout decode --all --backend cuda; \"$out/bin/attnforge\" check --layout paged --all --backend cuda" ;;
+    pt)
+      pt_dir="$(mktemp -d)"
+      python3 -m pip install -q --no-deps --target "$pt_dir" "$out"/wheel/*.whl >/dev/null
+      part "(pt) attnforge.torch on CUDA tensors vs the CPU reference" 120 \
+        env PYTHONPATH="$pt_dir" python3 "$out/torch_cuda_check.py"
+      ;;
     c) part "(a) mma layout and (c) TFLOP/s" 170 python3 "$out/bench.py" --kernels "$out/kernels" --budget-s 120 ;;
     c2) part "(c2) warpgroup-MMA (sm_90a) kernels" 100 python3 "$out/bench.py" --wgmma-only --kernels "$out/kernels" ;;
     d)
@@ -74,7 +82,7 @@ for p in $parts; do
       tar -czf "$back/tune-reports.tar.gz" -C "$tune_dir" . 2>/dev/null
       cp "$res" "$back/gpu-results.md"
       ;;
-    *) echo "unknown part $p (parts: h b b2 bw b3 sv c c2 d)" | tee -a "$res" ;;
+    *) echo "unknown part $p (parts: h b b2 bw b3 sv pt c c2 d)" | tee -a "$res" ;;
   esac
 done
 echo "results: $res (and $back/gpu-results.md)"

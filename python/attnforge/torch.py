@@ -7,10 +7,12 @@ implementation, so ``torch.compile`` traces it without running it) and has a mod
 
 What runs where: CPU tensors run through the extension, on the CPU simulator (the exact
 generated CUDA, a correctness tool: slow), on the f64 reference, or with ``backend="cuda"``
-on GPU 0 through host copies (built, never run on a GPU yet). CUDA tensors raise an error:
-the zero-copy GPU path (kernel cache, launch on PyTorch's current stream with its pointers
-and strides) is not built in this package yet. Gradients: the generated backward kernels
-(``backend="sim"`` or ``"cuda"``) or the f64 reference backward (``backend="reference"``).
+on GPU 0 through host copies (built, never run on a GPU yet). CUDA tensors run the kernel
+in place: compiled through the kernel cache, launched on PyTorch's current stream of their
+device with their pointers and strides, no copies (built, never run on a GPU yet). Gradients:
+the generated backward kernels (``backend="sim"`` or ``"cuda"`` on CPU tensors) or the f64
+reference backward (``backend="reference"``); none yet on CUDA tensors
+(``NotImplementedError``).
 
 The serving layouts, forward only: :func:`varlen_attention` and
 :func:`attention_with_kvcache` take FlashAttention's ``flash_attn_varlen_func`` and
@@ -45,12 +47,20 @@ def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             raise _native.InputError(
                 f"input `{name}`: dtype {t.dtype}\n  fix: use torch.float32, torch.float16 or torch.bfloat16"
             )
-        if t.device.type != "cpu":
+        if t.device.type not in ("cpu", "cuda"):
             raise _native.InputError(
-                f"input `{name}`: a {t.device.type} tensor; attnforge's Python op runs CPU tensors only "
-                f"(the GPU launch on PyTorch's stream is not built yet"
-                f"{'' if torch.cuda.is_available() else '; and no CUDA GPU/driver is present here'})\n"
-                f"  fix: pass {name}.cpu(), or emit the kernel with `attnforge emit` and launch it yourself"
+                f"input `{name}`: a {t.device.type} tensor; attnforge's op runs CPU and CUDA tensors\n"
+                f"  fix: pass {name}.cpu() or {name}.cuda()"
+            )
+        if t.device != q.device:
+            raise _native.InputError(
+                f"input `{name}`: on {t.device}, q on {q.device}\n  fix: pass q, k and v on one device"
+            )
+        if t.device.type == "cuda" and t.stride(-1) != 1 and t.shape[-1] > 1:
+            raise _native.InputError(
+                f"input `{name}`: stride {tuple(t.stride())}: the last (head) dimension is not contiguous; "
+                "the CUDA path reads the caller's memory in place and copies nothing\n"
+                f"  fix: pass {name}.contiguous()"
             )
     if not (q.dtype == k.dtype == v.dtype):
         raise _native.InputError(
@@ -86,6 +96,57 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().numpy()
 
 
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _current_stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _describe(t: torch.Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+
+
+def _forward_cuda(q, k, v, spec: str, backend: str, doc: Optional[torch.Tensor]):
+    """The kernel on CUDA tensors in place: PyTorch's pointers and strides, launched on its
+    current stream of q's device (kernel cache, no copies, no synchronization)."""
+    if backend != "cuda":
+        raise _native.InputError(
+            f"backend {backend!r}: runs on the CPU, but q, k, v are CUDA tensors\n"
+            "  fix: use backend=\"cuda\" (the default for CUDA tensors), or pass CPU tensors"
+        )
+    dev = q.device
+    b, hq, sq, _ = q.shape
+    out = _empty((b, hq, sq, v.shape[-1]), q.dtype, dev)
+    lse = _empty((b, hq, sq), torch.float32, dev)
+    _native.launch_cuda(
+        spec,
+        _DTYPES[q.dtype],
+        _describe(q),
+        _describe(k),
+        _describe(v),
+        _describe(out),
+        lse.data_ptr(),
+        dev.index if dev.index is not None else torch.cuda.current_device(),
+        _current_stream(dev),
+        doc=None if doc is None else [int(i) for i in doc.detach().cpu().reshape(-1).tolist()],
+    )
+    return out, lse
+
+
+def _forward(q, k, v, spec: str, backend: str, doc: Optional[torch.Tensor]):
+    _check_tensors(q, k, v)
+    if q.device.type == "cuda":
+        return _forward_cuda(q, k, v, spec, backend, doc)
+    d = None if doc is None else doc.detach().cpu().numpy()
+    out, lse = _run(spec, _numpy(q), _numpy(k), _numpy(v), backend=backend, doc=d)
+    return (
+        torch.from_numpy(out).to(q.dtype),
+        torch.from_numpy(lse).to(torch.float32),
+    )
+
+
 @torch.library.custom_op("attnforge::attention", mutates_args=())
 def _attention_op(
     q: torch.Tensor,
@@ -95,13 +156,7 @@ def _attention_op(
     backend: str,
     doc: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_tensors(q, k, v)
-    d = None if doc is None else doc.detach().cpu().numpy()
-    out, lse = _run(spec, _numpy(q), _numpy(k), _numpy(v), backend=backend, doc=d)
-    return (
-        torch.from_numpy(out).to(q.dtype),
-        torch.from_numpy(lse).to(torch.float32),
-    )
+    return _forward(q, k, v, spec, backend, doc)
 
 
 @_attention_op.register_fake
@@ -121,6 +176,13 @@ def _backward(ctx, grad_out, grad_lse):
             "reference backward; otherwise use the op under torch.no_grad()."
         )
     q, k, v, out = ctx.saved_tensors
+    if q.device.type == "cuda":
+        raise NotImplementedError(
+            "attnforge.torch.attention: the backward on CUDA tensors is not built yet (the "
+            "forward runs in place on PyTorch's stream). Fix: compute gradients on CPU tensors "
+            "(backend=\"sim\" runs the generated backward kernels, \"reference\" the f64 "
+            "reference), or run the CUDA forward under torch.no_grad()."
+        )
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dlse = None
@@ -161,7 +223,7 @@ def attention(
     score: Optional[str] = None,
     *,
     spec: Optional[str] = None,
-    backend: str = "sim",
+    backend: Optional[str] = None,
     return_lse: bool = False,
     scale: Optional[float] = None,
     doc: Union[torch.Tensor, Any, None] = None,
@@ -172,11 +234,15 @@ def attention(
 
     The variant is ``spec`` (a catalog name or spec-file text), or built from ``mask``,
     ``score``, ``scale`` and ``params`` for q's dtype and head dimension. ``doc``: document
-    ids (``[Sk]`` or ``[B, Sk]``) for the document masks. ``backend``: ``"sim"``,
-    ``"reference"`` or ``"cuda"`` (CPU tensors staged to GPU 0; untested on hardware). Returns ``out`` (q's dtype), and ``lse`` (float32, ``-inf`` on empty
-    rows) when ``return_lse``.
+    ids (``[Sk]`` or ``[B, Sk]``) for the document masks. ``backend``: for CPU tensors
+    ``"sim"`` (the default), ``"reference"`` or ``"cuda"`` (staged to GPU 0 through host
+    copies); CUDA tensors run ``"cuda"`` (the default for them): the kernel in place on
+    PyTorch's current stream, no copies (built, never run on a GPU yet). Returns ``out``
+    (q's dtype), and ``lse`` (float32, ``-inf`` on empty rows) when ``return_lse``.
     """
     _check_tensors(q, k, v)
+    if backend is None:
+        backend = "cuda" if q.device.type == "cuda" else "sim"
     if spec is None:
         spec = spec_for(q, k, mask=mask, score=score, scale=scale, **params)
     elif mask is not None or score is not None or params or scale is not None:
@@ -202,7 +268,7 @@ class Attention(torch.nn.Module):
         score: Optional[str] = None,
         *,
         spec: Optional[str] = None,
-        backend: str = "sim",
+        backend: Optional[str] = None,
         return_lse: bool = False,
         scale: Optional[float] = None,
         **params: Any,

@@ -9,6 +9,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod device;
 mod serving;
 
 use attnforge::codegen::catalog;
@@ -154,17 +155,22 @@ fn parse_mode(backend: &str) -> PyResult<Mode> {
     }
 }
 
+/// The spec file's tile (its own or the default), a bad one as an input error.
+fn tile_of(sf: &SpecFile) -> Result<attnforge::codegen::tile::TileConfig, ExecError> {
+    sf.tile().map_err(|e| ExecError::Input {
+        field: e.field.clone(),
+        message: e.message.clone(),
+        fix: e.fix.clone(),
+    })
+}
+
 fn execute<T: Element + SimElem>(
     sf: &SpecFile,
     x: Inputs<T>,
     rp: &RunParams,
     mode: Mode,
 ) -> Result<AttnOutput, ExecError> {
-    let tile = sf.tile().map_err(|e| ExecError::Input {
-        field: e.field.clone(),
-        message: e.message.clone(),
-        fix: e.fix.clone(),
-    })?;
+    let tile = tile_of(sf)?;
     let kernel = StaticKernel {
         spec: &sf.spec,
         tile: &tile,
@@ -603,6 +609,7 @@ fn mask_param_names() -> Vec<&'static str> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InputError", m.py().get_type::<InputError>())?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(device::launch_cuda, m)?)?;
     m.add_function(wrap_pyfunction!(mask_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(serving::run_varlen, m)?)?;
     m.add_function(wrap_pyfunction!(serving::run_paged, m)?)?;

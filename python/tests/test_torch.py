@@ -84,10 +84,121 @@ def test_fake_implementation_and_schema_pass_opcheck():
     )
 
 
-def test_non_cpu_tensors_are_a_clear_error():
+def test_tensors_on_other_devices_are_a_clear_error():
     q, k, v = qkv()
-    with pytest.raises(attnforge.InputError, match="CPU tensors only"):
+    with pytest.raises(attnforge.InputError, match="runs CPU and CUDA tensors"):
         at.attention(q.to("meta"), k.to("meta"), v.to("meta"), mask="causal")
+
+
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that reports a CUDA device: real pointers and strides for the CUDA
+    branch's call, without a GPU (none exists where these tests run)."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def device(self):
+        return torch.device("cuda", 1)
+
+
+def on_cuda(t):
+    return torch.Tensor._make_subclass(_OnCuda, t)
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Calls of the native CUDA launch, with the allocation and the stream faked."""
+    calls = []
+    made = []
+
+    def empty(shape, dtype, device):
+        assert device == torch.device("cuda", 1)
+        made.append(torch.full(shape, 7.0, dtype=dtype))
+        return made[-1]
+
+    monkeypatch.setattr(at, "_empty", empty)
+    monkeypatch.setattr(at, "_current_stream", lambda device: 0xC0FFEE + device.index)
+    monkeypatch.setattr(at._native, "launch_cuda", lambda *a, **kw: calls.append((a, kw)))
+    return calls, made
+
+
+def test_cuda_tensors_launch_in_place_with_their_pointers_strides_and_stream(captured):
+    calls, made = captured
+    q, k, v = qkv(b=2, hq=4, hkv=2, sq=5, sk=7, dtype=torch.bfloat16)
+    base = torch.randn(2, 5, 4, 64).to(torch.bfloat16)
+    q = base.transpose(1, 2)  # [B, S, H, D] storage seen as [B, H, S, D]: strides kept
+    qc, kc, vc = on_cuda(q), on_cuda(k), on_cuda(v)
+    spec = at.spec_for(q, k, mask="causal")
+    out, lse = at._forward(qc, kc, vc, spec, "cuda", torch.tensor([0, 0, 1, 1, 1, 2, 2]))
+    assert len(calls) == 1
+    (a_spec, dtype, dq, dk, dv, dout, lse_ptr, device, stream), kw = calls[0]
+    assert (a_spec, dtype, device, stream) == (spec, "bf16", 1, 0xC0FFEE + 1)
+    assert dq == (q.data_ptr(), (2, 4, 5, 64), (5 * 4 * 64, 64, 4 * 64, 1))
+    assert dk == (k.data_ptr(), (2, 2, 7, 64), (2 * 7 * 64, 7 * 64, 64, 1))
+    assert dv[0] == v.data_ptr()
+    assert out is made[0] and out.dtype == torch.bfloat16 and out.shape == (2, 4, 5, 64)
+    assert dout == (out.data_ptr(), (2, 4, 5, 64), (4 * 5 * 64, 5 * 64, 64, 1))
+    assert lse is made[1] and lse.dtype == torch.float32 and lse.shape == (2, 4, 5)
+    assert lse_ptr == lse.data_ptr()
+    assert kw == {"doc": [0, 0, 1, 1, 1, 2, 2]}
+    # nothing was copied: the kernel's outputs are the tensors handed to it, untouched here
+    assert bool((out == 7).all())
+
+
+def test_cpu_tensors_never_take_the_cuda_branch(captured, monkeypatch):
+    calls, _ = captured
+    q, k, v = qkv(sq=3, sk=3)
+    at.attention(q, k, v, mask="causal", backend="reference")
+    assert calls == []
+
+
+def test_cuda_tensors_need_a_contiguous_head_dimension_and_one_device(captured):
+    calls, _ = captured
+    q, k, v = qkv(sq=4, sk=4)
+    strided = torch.randn(1, 4, 4, 128)[..., ::2]
+    with pytest.raises(attnforge.InputError, match=r"\.contiguous\(\)"):
+        at._forward(on_cuda(strided), on_cuda(k), on_cuda(v), "s", "cuda", None)
+    with pytest.raises(attnforge.InputError, match="one device"):
+        at._forward(on_cuda(q), k, v, "s", "cuda", None)
+    with pytest.raises(attnforge.InputError, match='backend="cuda"'):
+        at._forward(on_cuda(q), on_cuda(k), on_cuda(v), "s", "sim", None)
+    assert calls == []
+
+
+def test_cuda_launch_without_a_gpu_is_the_runtimes_no_gpu_error():
+    q, k, v = qkv(sq=4, sk=4)
+    spec = at.spec_for(q, k, mask="causal")
+    d = lambda t: (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+    out, lse = torch.empty_like(q), torch.empty(1, 4, 4)
+    with pytest.raises(RuntimeError, match="no GPU"):
+        attnforge._native.launch_cuda(spec, "f32", d(q), d(k), d(v), d(out), lse.data_ptr(), 0, 0)
+    # the host checks come first, with or without a GPU
+    with pytest.raises(attnforge.InputError, match="out"):
+        attnforge._native.launch_cuda(spec, "f32", d(q), d(k), d(v), d(q), None, 0, 0)
+
+
+def test_fake_implementation_gives_cuda_shapes_on_cuda_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    mode = FakeTensorMode()
+    fake = lambda *shape: FakeTensor(
+        mode, torch.empty(shape, dtype=torch.float16, device="meta"), torch.device("cuda", 1)
+    )
+    q, k = fake(1, 4, 6, 64), fake(1, 2, 9, 64)
+    spec = at.spec_for(torch.zeros(1, 4, 6, 64, dtype=torch.float16), torch.zeros(1, 2, 9, 64), mask="causal")
+    with mode:
+        out, lse = torch.ops.attnforge.attention(q, k, k, spec, "cuda", None)
+    assert (out.device, out.shape, out.dtype) == (torch.device("cuda", 1), (1, 4, 6, 64), torch.float16)
+    assert (lse.device, lse.shape, lse.dtype) == (torch.device("cuda", 1), (1, 4, 6), torch.float32)
+
+
+def test_the_backward_on_cuda_tensors_says_what_to_do():
+    class Ctx:
+        saved_tensors = (on_cuda(torch.zeros(1, 1, 2, 64)),) * 4
+        backend = "cuda"
+
+    with pytest.raises(NotImplementedError, match="CPU tensors"):
+        at._backward(Ctx(), torch.zeros(1, 1, 2, 64), None)
 
 
 @pytest.mark.parametrize(

@@ -257,20 +257,6 @@ fn dims_of<T: Element>(spec: &KernelSpec, x: &Inputs<T>) -> Result<Shape, ExecEr
             "pass tensors of the spec's dtype",
         ));
     }
-    let (q, k, v) = (x.q.shape, x.k.shape, x.v.shape);
-    let d = spec.head_dim.get();
-    for (name, s) in [("q", q), ("k", k), ("v", v)] {
-        if s.dim != d {
-            return Err(input_err(
-                name,
-                format!(
-                    "head dimension {} but the kernel is compiled for {d}",
-                    s.dim
-                ),
-                "pass tensors with the spec's head_dim or choose another spec",
-            ));
-        }
-    }
     for (name, t) in [("q", &x.q), ("k", &x.k), ("v", &x.v)] {
         if t.strides[3] != 1 {
             return Err(input_err(
@@ -284,6 +270,30 @@ fn dims_of<T: Element>(spec: &KernelSpec, x: &Inputs<T>) -> Result<Shape, ExecEr
                 name,
                 "contains NaN or Inf",
                 "clean the input; attention of non-finite values is undefined",
+            ));
+        }
+    }
+    shape_of(spec, x.q.shape, x.k.shape, x.v.shape)
+}
+
+/// The problem shape of q, k, v of these shapes: head dimensions are the spec's, batches
+/// agree, k and v agree (shared by host inputs and caller-owned device tensors).
+pub(crate) fn shape_of(
+    spec: &KernelSpec,
+    q: Shape4,
+    k: Shape4,
+    v: Shape4,
+) -> Result<Shape, ExecError> {
+    let d = spec.head_dim.get();
+    for (name, s) in [("q", q), ("k", k), ("v", v)] {
+        if s.dim != d {
+            return Err(input_err(
+                name,
+                format!(
+                    "head dimension {} but the kernel is compiled for {d}",
+                    s.dim
+                ),
+                "pass tensors with the spec's head_dim or choose another spec",
             ));
         }
     }
@@ -426,8 +436,16 @@ pub(crate) fn resolve<T: Element>(
     x: &Inputs<T>,
     p: &RunParams,
 ) -> Result<Resolved, ExecError> {
+    resolve_shape(spec, dims_of(spec, x)?, p)
+}
+
+/// [`resolve`] for a problem of shape `dims` (the inputs already checked).
+pub(crate) fn resolve_shape(
+    spec: &KernelSpec,
+    dims: Shape,
+    p: &RunParams,
+) -> Result<Resolved, ExecError> {
     validate_spec(spec).map_err(ExecError::Spec)?;
-    let dims = dims_of(spec, x)?;
     validate_problem(spec, &problem(spec, &dims, p)).map_err(ExecError::Spec)?;
     let scale = p.scale.unwrap_or_else(|| spec.effective_scale());
     if !(scale.is_finite() && scale > 0.0) {
@@ -737,10 +755,37 @@ pub(crate) fn host_args<T: Element>(
     r: &Resolved,
 ) -> Result<Vec<HostArg>, ExecError> {
     let d = r.dims;
-    let lists = r.lists.as_ref();
     // o is written contiguous [B, Hq, Sq, D].
-    let o_strides =
-        Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get()).contiguous_strides();
+    let o = Shape4::new(d.batch, d.heads_q, d.seq_q, spec.head_dim.get()).contiguous_strides();
+    let strides = ArgStrides {
+        q: x.q.strides,
+        k: x.k.strides,
+        v: x.v.strides,
+        o,
+    };
+    role_args(spec, &strides, p, r)
+}
+
+/// Element strides `(batch, head, seq, dim)` of the four tensors of a forward launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ArgStrides {
+    pub(crate) q: [usize; 4],
+    pub(crate) k: [usize; 4],
+    pub(crate) v: [usize; 4],
+    pub(crate) o: [usize; 4],
+}
+
+/// The kernel's arguments in declaration order for tensors of these strides: the one
+/// mapping from [`ArgRole`] to value, shared by host inputs ([`host_args`]) and caller-owned
+/// device tensors ([`crate::exec_device`]).
+pub(crate) fn role_args(
+    spec: &KernelSpec,
+    strides: &ArgStrides,
+    p: &RunParams,
+    r: &Resolved,
+) -> Result<Vec<HostArg>, ExecError> {
+    let d = r.dims;
+    let lists = r.lists.as_ref();
     let mut out = Vec::new();
     for TypedArg { arg: a, role } in typed_kernel_args(spec) {
         let v = match role {
@@ -760,10 +805,10 @@ pub(crate) fn host_args<T: Element>(
             } as i32),
             ArgRole::Stride { tensor, dim } => {
                 let strides = match tensor {
-                    TensorArg::Q => x.q.strides,
-                    TensorArg::K => x.k.strides,
-                    TensorArg::V => x.v.strides,
-                    TensorArg::O | TensorArg::Lse => o_strides,
+                    TensorArg::Q => strides.q,
+                    TensorArg::K => strides.k,
+                    TensorArg::V => strides.v,
+                    TensorArg::O | TensorArg::Lse => strides.o,
                 };
                 HostArg::I64(match dim {
                     StrideDim::Batch => strides[0],

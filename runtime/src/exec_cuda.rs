@@ -107,6 +107,64 @@ impl CudaPrepared {
     }
 }
 
+/// Device addresses of the tensors of one forward launch, and the size of the statistics
+/// buffer when the kernel has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TensorPtrs {
+    pub(crate) q: u64,
+    pub(crate) k: u64,
+    pub(crate) v: u64,
+    pub(crate) o: u64,
+    /// 0: the kernel skips lse.
+    pub(crate) lse: u64,
+    pub(crate) stats_partial_bytes: usize,
+}
+
+/// The launch values of a forward argument list: tensors bound to `ptrs`, argument arrays
+/// (document ids, slopes, block lists, user arrays; zeros for the statistics buffer) placed
+/// in device memory by `place`, which returns their address. Empty arrays are null. Shared
+/// by the staged path and the caller-owned one ([`crate::exec_device`]).
+pub(crate) fn device_values(
+    args: &[HostArg],
+    ptrs: &TensorPtrs,
+    place: &mut dyn FnMut(&[u8]) -> Result<u64, ExecError>,
+) -> Result<Vec<KernelArgValue>, ExecError> {
+    let mut values = Vec::with_capacity(args.len());
+    for a in args {
+        values.push(match a {
+            HostArg::Q => KernelArgValue::DevPtr(ptrs.q),
+            HostArg::K => KernelArgValue::DevPtr(ptrs.k),
+            HostArg::V => KernelArgValue::DevPtr(ptrs.v),
+            HostArg::O => KernelArgValue::DevPtr(ptrs.o),
+            HostArg::Lse => KernelArgValue::DevPtr(ptrs.lse),
+            HostArg::Ints(a) if a.is_empty() => KernelArgValue::DevPtr(0),
+            HostArg::Floats(a) if a.is_empty() => KernelArgValue::DevPtr(0),
+            HostArg::Ints(a) => KernelArgValue::DevPtr(place(bytes_of(a))?),
+            HostArg::Floats(a) => KernelArgValue::DevPtr(place(bytes_of(a))?),
+            HostArg::StatsPartial => {
+                KernelArgValue::DevPtr(place(&vec![0u8; ptrs.stats_partial_bytes])?)
+            }
+            HostArg::I32(v) => KernelArgValue::I32(*v),
+            HostArg::I64(v) => KernelArgValue::I64(*v),
+            HostArg::F32(v) => KernelArgValue::F32(*v),
+        });
+    }
+    Ok(values)
+}
+
+/// A warpgroup-MMA tile runs on compute capability 9.x only (sm_90a code is not forward
+/// compatible).
+pub(crate) fn check_wgmma(tile: &TileConfig, major: i32, ordinal: usize) -> Result<(), ExecError> {
+    if tile.wgmma && major != 9 {
+        return Err(crate::exec::input_err(
+            "tile.wgmma",
+            format!("a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} has compute capability {major}.x"),
+            "use a tile without wgmma on this device",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn prepare<T: Element>(
     spec: &KernelSpec,
     tile: &TileConfig,
@@ -118,14 +176,7 @@ pub(crate) fn prepare<T: Element>(
     let gpu = Gpu::new(ordinal).map_err(cuda_err)?;
     let (major, _minor) = gpu.compute_capability();
     let arch = Arch::for_capability(major);
-    if tile.wgmma && major != 9 {
-        // sm_90a code runs on compute capability 9.0 only (not forward compatible)
-        return Err(crate::exec::input_err(
-            "tile.wgmma",
-            format!("a warpgroup-MMA (sm_90a) tile needs a Hopper GPU; device {ordinal} has compute capability {major}.x"),
-            "use a tile without wgmma on this device",
-        ));
-    }
+    check_wgmma(tile, major, ordinal)?;
     let k = emit(spec, tile, arch).map_err(ExecError::Spec)?;
     // Through the persistent kernel cache: a kernel compiled before is not compiled again.
     let compiled = compile_with_cached(&k.source, &k.name, &CompileOptions::for_tile(arch, tile))
@@ -148,40 +199,22 @@ pub(crate) fn prepare<T: Element>(
     let o = up(&vec![0u8; out_elems * std::mem::size_of::<T>()])?;
     let lse = up(&vec![0u8; rows * 4])?;
     let mut keep: Vec<CudaSlice<u8>> = Vec::new();
-    let mut values = Vec::with_capacity(args.len());
-    for a in args {
-        values.push(match a {
-            HostArg::Q => KernelArgValue::DevPtr(device_ptr(&gpu, &q)),
-            HostArg::K => KernelArgValue::DevPtr(device_ptr(&gpu, &kk)),
-            HostArg::V => KernelArgValue::DevPtr(device_ptr(&gpu, &v)),
-            HostArg::O => KernelArgValue::DevPtr(device_ptr(&gpu, &o)),
-            HostArg::Lse => KernelArgValue::DevPtr(device_ptr(&gpu, &lse)),
-            HostArg::Ints(a) => {
-                let s = up(bytes_of(a))?;
-                let p = device_ptr(&gpu, &s);
-                keep.push(s);
-                KernelArgValue::DevPtr(p)
-            }
-            HostArg::Floats(a) => {
-                let s = up(bytes_of(a))?;
-                let p = device_ptr(&gpu, &s);
-                keep.push(s);
-                KernelArgValue::DevPtr(p)
-            }
-            HostArg::I32(v) => KernelArgValue::I32(*v),
-            HostArg::I64(v) => KernelArgValue::I64(*v),
-            HostArg::F32(v) => KernelArgValue::F32(*v),
-            HostArg::StatsPartial => {
-                // the statistics sweep's per-query-block key sums (the GPU path runs the
-                // forward with it, for timing; the statistics are read back on the simulator)
-                let n = d.batch * d.heads_q * d.seq_q.div_ceil(tile.block_m) * d.seq_k;
-                let s = up(&vec![0u8; n * 4])?;
-                let p = device_ptr(&gpu, &s);
-                keep.push(s);
-                KernelArgValue::DevPtr(p)
-            }
-        });
-    }
+    let ptrs = TensorPtrs {
+        q: device_ptr(&gpu, &q),
+        k: device_ptr(&gpu, &kk),
+        v: device_ptr(&gpu, &v),
+        o: device_ptr(&gpu, &o),
+        lse: device_ptr(&gpu, &lse),
+        // the statistics sweep's per-query-block key sums (the GPU path runs the forward
+        // with it, for timing; the statistics are read back on the simulator)
+        stats_partial_bytes: d.batch * d.heads_q * d.seq_q.div_ceil(tile.block_m) * d.seq_k * 4,
+    };
+    let values = device_values(args, &ptrs, &mut |b: &[u8]| {
+        let s = up(b)?;
+        let p = device_ptr(&gpu, &s);
+        keep.push(s);
+        Ok(p)
+    })?;
     keep.extend([q, kk, v]);
     let geo = LaunchGeometry::new(spec, tile, d.batch, d.heads_q, d.seq_q);
     let cfg = LaunchConfig {

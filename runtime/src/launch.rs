@@ -382,6 +382,20 @@ pub fn device_ptr<T>(gpu: &Gpu, slice: &CudaSlice<T>) -> u64 {
     ptr
 }
 
+/// One 8-byte slot per argument for `cuLaunchKernel`'s parameter array, the value in its
+/// low bytes: the driver reads as many bytes from the slot's address as the parameter's type
+/// has, so on a little-endian host a 4-byte `int` or `float` is the slot's low half.
+fn param_slots(args: &[KernelArgValue]) -> Vec<u64> {
+    args.iter()
+        .map(|a| match *a {
+            KernelArgValue::DevPtr(p) => p,
+            KernelArgValue::I32(v) => u64::from(v as u32),
+            KernelArgValue::I64(v) => v as u64,
+            KernelArgValue::F32(v) => u64::from(v.to_bits()),
+        })
+        .collect()
+}
+
 /// A kernel loaded on a GPU, with its declared signature.
 #[derive(Debug, Clone)]
 pub struct GpuKernel {
@@ -440,6 +454,14 @@ impl GpuKernel {
     /// [`Gpu::synchronize`] to wait. Pointer arguments must address live device buffers large
     /// enough for the kernel; that part cannot be checked here.
     pub fn launch(&self, cfg: &LaunchConfig, args: &[KernelArgValue]) -> Result<(), LaunchError> {
+        self.check_launch(cfg, args)?;
+        // SAFETY: count and kinds match the declared signature; config validated.
+        unsafe { self.launch_unchecked(cfg, args) }
+    }
+
+    /// The checks of [`GpuKernel::launch`]: arguments against the signature, the config
+    /// against the device limits.
+    fn check_launch(&self, cfg: &LaunchConfig, args: &[KernelArgValue]) -> Result<(), LaunchError> {
         check_args(&self.name, &self.signature, args)?;
         cfg.validate()?;
         if cfg.dynamic_smem_bytes > self.gpu.max_dynamic_smem {
@@ -452,8 +474,72 @@ impl GpuKernel {
                 ),
             });
         }
-        // SAFETY: count and kinds match the declared signature; config validated.
-        unsafe { self.launch_unchecked(cfg, args) }
+        Ok(())
+    }
+
+    /// Checked launch (as [`GpuKernel::launch`]) on a foreign stream, such as PyTorch's
+    /// current stream, through the driver's `cuLaunchKernel`. The kernel's context is made
+    /// current on this thread first. Asynchronous; nothing is synchronized.
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this kernel's context (a primary-context stream of
+    /// the same device, or null for the legacy default stream), and every pointer argument
+    /// must address device memory valid for the kernel's accesses, kept alive and ordered on
+    /// `stream` until the kernel finishes.
+    pub unsafe fn launch_on_stream(
+        &self,
+        stream: dsys::CUstream,
+        cfg: &LaunchConfig,
+        args: &[KernelArgValue],
+    ) -> Result<(), LaunchError> {
+        self.check_launch(cfg, args)?;
+        let driver = |call, e: cudarc::driver::DriverError| LaunchError::Driver {
+            kernel: self.name.clone(),
+            call,
+            message: e.to_string(),
+        };
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| driver("cuCtxSetCurrent", e))?;
+        self.opt_in_smem(cfg)?;
+        let mut slots = param_slots(args);
+        let mut params: Vec<*mut std::ffi::c_void> = slots
+            .iter_mut()
+            .map(|s| (s as *mut u64).cast::<std::ffi::c_void>())
+            .collect();
+        // SAFETY: `params` has one pointer per declared parameter (checked above), each to a
+        // slot that outlives the call (the driver copies the values at launch); the stream
+        // and the pointed-to memory are the caller's contract.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                self.function.cu_function(),
+                (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+                (cfg.block[0], cfg.block[1], cfg.block[2]),
+                cfg.dynamic_smem_bytes,
+                stream,
+                &mut params,
+            )
+        }
+        .map_err(|e| driver("cuLaunchKernel", e))
+    }
+
+    /// Opt into dynamic shared memory above 48 KiB when the launch needs it.
+    fn opt_in_smem(&self, cfg: &LaunchConfig) -> Result<(), LaunchError> {
+        if cfg.dynamic_smem_bytes > DEFAULT_MAX_DYNAMIC_SMEM {
+            let bytes = i32::try_from(cfg.dynamic_smem_bytes).unwrap_or(i32::MAX);
+            self.function
+                .set_attribute(
+                    dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes,
+                )
+                .map_err(|e| LaunchError::Driver {
+                    kernel: self.name.clone(),
+                    call: "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)",
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     /// Launch without checking arguments or config.
@@ -472,15 +558,7 @@ impl GpuKernel {
             call,
             message: e.to_string(),
         };
-        if cfg.dynamic_smem_bytes > DEFAULT_MAX_DYNAMIC_SMEM {
-            let bytes = i32::try_from(cfg.dynamic_smem_bytes).unwrap_or(i32::MAX);
-            self.function
-                .set_attribute(
-                    dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes,
-                )
-                .map_err(|e| driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e))?;
-        }
+        self.opt_in_smem(cfg)?;
         // Values live in typed vectors that are fully built before references are taken.
         let mut ptrs = Vec::new();
         let mut i32s = Vec::new();
@@ -530,6 +608,22 @@ impl GpuKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_slots_hold_each_value_in_the_bytes_the_driver_reads() {
+        let args = [
+            KernelArgValue::DevPtr(0x7f00_1234_5678),
+            KernelArgValue::I32(-2),
+            KernelArgValue::I64(-3),
+            KernelArgValue::F32(1.5),
+        ];
+        let slots = param_slots(&args);
+        let bytes = |i: usize| slots[i].to_ne_bytes();
+        assert_eq!(u64::from_ne_bytes(bytes(0)), 0x7f00_1234_5678);
+        assert_eq!(i32::from_ne_bytes(bytes(1)[..4].try_into().unwrap()), -2);
+        assert_eq!(i64::from_ne_bytes(bytes(2)), -3);
+        assert_eq!(f32::from_ne_bytes(bytes(3)[..4].try_into().unwrap()), 1.5);
+    }
 
     fn sig() -> Vec<ArgDecl> {
         vec![

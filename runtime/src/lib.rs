@@ -29,6 +29,7 @@
 pub mod exec;
 pub mod exec_backward;
 mod exec_cuda;
+pub mod exec_device;
 pub mod exec_dynamic;
 pub mod exec_recycled;
 pub mod exec_serving;

@@ -643,8 +643,14 @@ fn result_line(v: &Verdict, json: bool, backward: bool) -> String {
                 v.name, v.detail
             )
         } else {
+            // a forward pass's detail: e.g. a decode check's split count and its source
+            let note = if v.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", v.detail)
+            };
             format!(
-                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}",
+                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}{note}",
                 v.name, v.out_err, v.out_ratio, v.lse_err
             )
         }

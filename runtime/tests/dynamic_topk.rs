@@ -7,7 +7,7 @@ mod dynamic_common;
 
 use attnforge_reference::{
     assert_close, attention_over_keys, topk_key_sets, AttnOptions, Element, Precision, Shape4,
-    Tolerance, TopkParams,
+    Tensor4, Tolerance, TopkParams,
 };
 use attnforge_runtime::codegen::dynamic::DynamicSpec;
 use attnforge_runtime::codegen::spec::{DType, HeadDim};
@@ -202,5 +202,190 @@ fn lse_merge_kernel_equals_attention_over_the_union() {
             f64::NEG_INFINITY,
             "both parts empty -> empty row"
         );
+    }
+}
+
+/// A batch of sequences on a paged cache: per sequence its dense `q [1, Hq, Sq_b, D]`,
+/// `k, v [1, Hkv, Sk_b, D]` and the same data laid out as serving inputs (packed q, pages
+/// in a shuffled pool with a garbage page, slots past a partial last page and block-table
+/// entries past the sequence's pages filled with garbage).
+struct PagedCase<T> {
+    seqs: Vec<(Tensor4<T>, Tensor4<T>, Tensor4<T>)>,
+    x: attnforge_runtime::exec_serving::ServingInputs<T>,
+}
+
+fn paged_case<T: Element>(
+    lens: &[(usize, usize)],
+    (hkv, hq): (usize, usize),
+    ps: usize,
+    seed: u64,
+) -> PagedCase<T> {
+    use attnforge_reference::{Packed, PagedCache};
+    use attnforge_runtime::exec_serving::{ServingInputs, ServingKeys};
+    let d = 64;
+    let seqs: Vec<_> = lens
+        .iter()
+        .enumerate()
+        .map(|(b, &(sq, sk))| {
+            let s = seed.wrapping_add(7 * b as u64);
+            (
+                ints::<T>(Shape4::new(1, hq, sq, d), s, 1),
+                ints::<T>(Shape4::new(1, hkv, sk, d), s ^ 1, 1),
+                fracs::<T>(Shape4::new(1, hkv, sk, d), s ^ 2),
+            )
+        })
+        .collect();
+    let pages: Vec<usize> = lens.iter().map(|l| l.1.div_ceil(ps)).collect();
+    let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
+    let num_pages = pages.iter().sum::<usize>() + 1;
+    // physical page of logical page i of the pool: a seed-dependent permutation
+    let mut order: Vec<usize> = (0..num_pages).collect();
+    let mut g = seed | 1;
+    for i in (1..num_pages).rev() {
+        g = g
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (g >> 33) as usize % (i + 1));
+    }
+    let garbage = T::from_f64(3.0);
+    let mut kc = vec![garbage; num_pages * ps * hkv * d];
+    let mut vc = kc.clone();
+    let mut table = vec![-1i32; lens.len() * max_pages];
+    let mut next = 0;
+    for (b, (_, k, v)) in seqs.iter().enumerate() {
+        for j in 0..lens[b].1 {
+            let page = order[next + j / ps];
+            table[b * max_pages + j / ps] = page as i32;
+            for h in 0..hkv {
+                for e in 0..d {
+                    let at = ((page * ps + j % ps) * hkv + h) * d + e;
+                    kc[at] = T::from_f64(k.get(0, h, j, e));
+                    vc[at] = T::from_f64(v.get(0, h, j, e));
+                }
+            }
+        }
+        next += pages[b];
+    }
+    let tq: usize = lens.iter().map(|l| l.0).sum();
+    let mut qd = Vec::with_capacity(tq * hq * d);
+    let mut cu = vec![0i32];
+    for (q, _, _) in &seqs {
+        for i in 0..q.shape.seq {
+            for h in 0..hq {
+                qd.extend((0..d).map(|e| T::from_f64(q.get(0, h, i, e))));
+            }
+        }
+        cu.push(cu.last().unwrap() + q.shape.seq as i32);
+    }
+    let x = ServingInputs {
+        q: Packed::from_vec(tq, hq, d, qd).unwrap(),
+        cu_seqlens_q: cu,
+        keys: ServingKeys::Paged {
+            k_cache: PagedCache::from_vec(num_pages, ps, hkv, d, kc).unwrap(),
+            v_cache: PagedCache::from_vec(num_pages, ps, hkv, d, vc).unwrap(),
+            block_table: table,
+            max_pages,
+            seqlens_k: lens.iter().map(|l| l.1 as i32).collect(),
+        },
+    };
+    PagedCase { seqs, x }
+}
+
+/// The fused top-k on a paged cache: each sequence's rows (out, lse, selected keys) equal
+/// the dense kernels' run on that sequence's gathered keys bit for bit, and the result
+/// passes the tolerance rule against the per-sequence f64 reference.
+fn paged_topk_case<T: Element + SimElem>(
+    lens: &[(usize, usize)],
+    heads: (usize, usize),
+    ps: usize,
+    p: (usize, usize, usize),
+    seed: u64,
+    dtype: DType,
+) {
+    use attnforge_runtime::exec_dynamic::{check_paged, run};
+    let (sink, recent, k) = p;
+    let spec = DynamicSpec::Topk {
+        dtype,
+        head_dim: HeadDim::D64,
+        sink,
+        recent,
+        k,
+        split: false,
+    };
+    let c = paged_case::<T>(lens, heads, ps, seed);
+    let sim = Backend::Sim(SimConfig::new(Schedule::Forward));
+    let (rep, sel) = check_paged(&spec, &c.x, &sim).unwrap();
+    let (out, hq, d, tq) = (&rep.run.output, heads.1, 64, c.x.q.tokens);
+    let mut q0 = 0;
+    for (b, (q, kk, v)) in c.seqs.iter().enumerate() {
+        let sq = q.shape.seq;
+        if sq == 0 {
+            continue;
+        }
+        let dense = run(
+            &spec,
+            &DynInputs::new(q.clone(), kk.clone(), v.clone()),
+            &sim,
+        )
+        .unwrap();
+        for h in 0..hq {
+            for i in 0..sq {
+                let (row, t) = (h * sq + i, q0 + i);
+                let got_o = &out.out[(h * tq + t) * d..(h * tq + t + 1) * d];
+                let want_o = &dense.output.out[row * d..(row + 1) * d];
+                assert_eq!(got_o, want_o, "seq {b} head {h} row {i}: out");
+                assert_eq!(
+                    out.lse[h * tq + t].to_bits(),
+                    dense.output.lse[row].to_bits(),
+                    "seq {b} head {h} row {i}: lse"
+                );
+                let got_sel = &sel[(h * tq + t) * k..(h * tq + t + 1) * k];
+                assert_eq!(
+                    got_sel,
+                    &dense.indices["sel"][row * k..(row + 1) * k],
+                    "seq {b} head {h} row {i}: sel"
+                );
+            }
+        }
+        q0 += sq;
+    }
+}
+
+fn paged_lens() -> impl Strategy<Value = Vec<(usize, usize)>> {
+    prop::collection::vec((0..=3usize, 0..=40usize), 1..=3)
+        .prop_map(|v| v.into_iter().map(|(sq, sk)| (sq.min(sk), sk)).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+    #[test]
+    fn paged_topk_equals_the_dense_run_on_gathered_keys(
+        lens in paged_lens(),
+        hkv in 1..=2usize,
+        group in 1..=2usize,
+        ps in prop::sample::select(vec![1usize, 16]),
+        (sink, recent, k) in (0..=4usize, 0..=6usize, 1..=12usize),
+        dt in 0..3usize,
+        seed in any::<u64>(),
+    ) {
+        let (h, p) = ((hkv, hkv * group), (sink, recent, k));
+        match dt {
+            0 => paged_topk_case::<f32>(&lens, h, ps, p, seed, DType::F32),
+            1 => paged_topk_case::<half::f16>(&lens, h, ps, p, seed, DType::F16),
+            _ => paged_topk_case::<half::bf16>(&lens, h, ps, p, seed, DType::Bf16),
+        }
+    }
+}
+
+/// Fixed hard cases: every dtype at page sizes 1 and 16, GQA 4:1 (the group reads one kv
+/// head through the table), a partial last page, an empty sequence, decoding rows.
+#[test]
+fn paged_topk_fixed_cases_every_dtype() {
+    let lens = [(1, 37), (0, 0), (3, 17), (2, 16)];
+    for ps in [1, 16] {
+        paged_topk_case::<f32>(&lens, (1, 4), ps, (2, 3, 5), 5, DType::F32);
+        paged_topk_case::<half::f16>(&lens, (2, 4), ps, (0, 4, 9), 6, DType::F16);
+        paged_topk_case::<half::bf16>(&lens, (1, 2), ps, (4, 0, 3), 7, DType::Bf16);
     }
 }

@@ -124,7 +124,11 @@ impl Stage {
         let t = dtype.cuda();
         if keys == DynKeys::Paged {
             // the fused attention's output type is the input's
-            let o = if self == Stage::TopkAttn { format!("{t}, ") } else { String::new() };
+            let o = if self == Stage::TopkAttn {
+                format!("{t}, ")
+            } else {
+                String::new()
+            };
             return format!("afd_{}_paged<{t}, {o}{d}>", self.stem());
         }
         match self {
@@ -282,7 +286,11 @@ impl Stage {
             v.extend([buffer(B::V, t, false), i32_in(B::Sel)]);
             v.extend([buffer(B::O, t, true), buffer(B::Lse, Elem::F32, true)]);
         }
-        v.extend([i32_in(B::CuSeqlensQ), i32_in(B::BlockTable), i32_in(B::SeqlensK)]);
+        v.extend([
+            i32_in(B::CuSeqlensQ),
+            i32_in(B::BlockTable),
+            i32_in(B::SeqlensK),
+        ]);
         let mut sc = vec![S::MaxPages, S::PageSize, S::HeadsQ, S::HeadsKv, S::TotalQ];
         sc.extend([S::Sink, S::Recent, S::TopkK]);
         if self == Stage::TopkAttn {

@@ -314,7 +314,7 @@ fn paged_topk_case<T: Element + SimElem>(
     };
     let c = paged_case::<T>(lens, heads, ps, seed);
     let sim = Backend::Sim(SimConfig::new(Schedule::Forward));
-    let (rep, sel) = check_paged(&spec, &c.x, &sim).unwrap();
+    let (rep, sel) = check_paged(&spec, &c.x, None, &sim).unwrap();
     let (out, hq, d, tq) = (&rep.run.output, heads.1, 64, c.x.q.tokens);
     let mut q0 = 0;
     for (b, (q, kk, v)) in c.seqs.iter().enumerate() {

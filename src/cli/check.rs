@@ -145,8 +145,17 @@ fn serving_verdict(
     seed: Option<u64>,
     stats: bool,
 ) -> Result<Result<Verdict, String>, CliError> {
-    let AnySpecFile::Static(sf) = f else {
-        return Ok(Err("data-dependent pipelines read dense inputs only".into()));
+    let sf = match f {
+        AnySpecFile::Static(sf) => sf,
+        AnySpecFile::Dynamic(df) if layout == Layout::Paged => {
+            let seed = seed.unwrap_or(df.problem.seed);
+            return super::dynamic::check_paged(df, backend, seed);
+        }
+        _ => {
+            return Ok(Err(
+                "data-dependent pipelines read dense inputs (the fused top-k also a paged cache: --layout paged)".into(),
+            ))
+        }
     };
     let mut sf = sf.clone();
     if stats {

@@ -74,25 +74,30 @@ fn check_spec(spec: &DynamicSpec) -> Result<(), ExecError> {
 }
 
 /// The reference on a paged cache in `precision`: each sequence gathered, then the dense
-/// reference of `spec` ([`reference_output`]). Also the input checks of [`run_paged`].
+/// reference of `spec` ([`reference_output`]; `scale` `None`: `1/sqrt(D)`). Also the input
+/// checks of [`run_paged`].
 pub fn reference_paged<T: Element>(
     spec: &DynamicSpec,
     x: &ServingInputs<T>,
+    scale: Option<f32>,
     precision: Precision,
 ) -> Result<VarlenOutput, ExecError> {
     let kv = KvLayout::Paged(paged_kv(x)?);
     serving_per_sequence(&x.q, &x.cu_seqlens_q, &kv, |_, q, k, v| {
-        let dense = DynInputs::new(q.clone(), k.clone(), v.clone());
+        let mut dense = DynInputs::new(q.clone(), k.clone(), v.clone());
+        dense.scale = scale;
         reference_output(spec, &dense, precision)
     })
 }
 
-/// Run the fused top-k pipeline of `spec` on a paged cache (simulator or GPU). Every input
+/// Run the fused top-k pipeline of `spec` on a paged cache (simulator or GPU; `scale`
+/// `None`: `1/sqrt(D)`). Every input
 /// is checked before any launch: the spec, the tensors, the layout arrays (errors name the
 /// array and index: `block_table[1][0]`, `seqlens_k[0]`, `cu_seqlens_q[2]`), `Sq_b <= Sk_b`.
 pub fn run_paged<T: Element + SimElem>(
     spec: &DynamicSpec,
     x: &ServingInputs<T>,
+    scale: Option<f32>,
     backend: &Backend,
 ) -> Result<DynPagedRun, ExecError> {
     check_spec(spec)?;
@@ -111,7 +116,7 @@ pub fn run_paged<T: Element + SimElem>(
     let d = spec.head_dim().get();
     check_kv_tensors(x, d)?;
     let geo = check_layout_arrays(x, false, None)?;
-    let _ = reference_paged(spec, x, Precision::Naive)?;
+    let _ = reference_paged(spec, x, scale, Precision::Naive)?;
     let (tq, hq) = (x.q.tokens, x.q.heads);
     let shape = Shape {
         batch: geo.batch,
@@ -124,7 +129,7 @@ pub fn run_paged<T: Element + SimElem>(
         spec,
         shape,
         rows: hq * tq,
-        scale: 1.0 / (d as f32).sqrt(),
+        scale: scale.unwrap_or(1.0 / (d as f32).sqrt()),
         hax: None,
         summary_chunks: 0,
         paged: Some([kv.max_pages, kv.k_cache.page_size, tq]),
@@ -183,11 +188,12 @@ pub fn run_paged<T: Element + SimElem>(
 pub fn check_paged<T: Element + SimElem>(
     spec: &DynamicSpec,
     x: &ServingInputs<T>,
+    scale: Option<f32>,
     backend: &Backend,
 ) -> Result<(crate::pipeline::Report, Vec<i32>), ExecError> {
-    let run = run_paged(spec, x, backend)?;
-    let want = reference_paged(spec, x, Precision::F64)?.to_attn_output();
-    let naive = reference_paged(spec, x, Precision::Naive)?.to_attn_output();
+    let run = run_paged(spec, x, scale, backend)?;
+    let want = reference_paged(spec, x, scale, Precision::F64)?.to_attn_output();
+    let naive = reference_paged(spec, x, scale, Precision::Naive)?.to_attn_output();
     let exec = Execution {
         output: run.output.to_attn_output(),
         counters: Some(run.counters),

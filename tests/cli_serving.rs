@@ -429,3 +429,25 @@ fn run_serving_takes_the_decode_models_split_count() {
         .fold(0f64, f64::max);
     assert!(err < 2e-2, "sim at {k} splits vs reference: {err}");
 }
+
+/// `check --layout paged` of the fused top-k spec runs it on a paged cache (page sizes 1,
+/// 16, 128) against the per-sequence reference; the families that read dense keys only are
+/// SKIP with the reason.
+#[test]
+fn check_runs_the_fused_topk_on_a_paged_cache() {
+    let o = run(&["check", "examples/specs/topk.toml", "--layout", "paged"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("PASS topk_d128_f16_paged"), "{t}");
+    assert!(t.contains("(3 problems)"), "{t}");
+    let o = run(&[
+        "check",
+        "examples/specs/landmark_train.toml",
+        "--layout",
+        "paged",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("SKIP landmark_train_d64"), "{t}");
+    assert!(t.contains("reads dense keys only"), "{t}");
+}

@@ -389,3 +389,70 @@ fn paged_topk_fixed_cases_every_dtype() {
         paged_topk_case::<half::bf16>(&lens, (1, 2), ps, (4, 0, 3), 7, DType::Bf16);
     }
 }
+
+/// Bad layout arrays are refused before any launch, naming the array, the index and the
+/// fix (the static paged layout's host checks); a split top-k or another family on a
+/// paged cache names the field to change.
+#[test]
+fn paged_topk_refuses_bad_layouts() {
+    use attnforge_runtime::exec::ExecError;
+    use attnforge_runtime::exec_dynamic::run_paged;
+    use attnforge_runtime::exec_serving::ServingKeys;
+    let spec = DynamicSpec::Topk {
+        dtype: DType::F32,
+        head_dim: HeadDim::D64,
+        sink: 1,
+        recent: 2,
+        k: 3,
+        split: false,
+    };
+    let sim = Backend::Sim(SimConfig::new(Schedule::Forward));
+    let base = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    let path_of = |e: ExecError| match e {
+        ExecError::Spec(v) => v
+            .into_iter()
+            .map(|e| format!("{} ({})", e.path, e.fix))
+            .collect::<Vec<_>>()
+            .join("; "),
+        ExecError::Input { field, fix, .. } => format!("{field} ({fix})"),
+        e => panic!("not an input error: {e}"),
+    };
+    let mut bad = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    if let ServingKeys::Paged {
+        block_table,
+        max_pages,
+        ..
+    } = &mut bad.keys
+    {
+        block_table[*max_pages] = 99; // sequence 1's first page, read
+    }
+    let e = path_of(run_paged(&spec, &bad, None, &sim).unwrap_err());
+    assert!(e.contains("block_table[1][0]"), "{e}");
+    let mut bad = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    bad.cu_seqlens_q[1] = 4; // above cu_seqlens_q[2]: decreasing
+    let e = path_of(run_paged(&spec, &bad, None, &sim).unwrap_err());
+    assert!(e.contains("cu_seqlens_q"), "{e}");
+    let mut bad = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    if let ServingKeys::Paged { seqlens_k, .. } = &mut bad.keys {
+        seqlens_k[1] = 40; // beyond the table's two pages
+    }
+    let e = path_of(run_paged(&spec, &bad, None, &sim).unwrap_err());
+    assert!(e.contains("seqlens_k[1]"), "{e}");
+    let split = DynamicSpec::Topk {
+        dtype: DType::F32,
+        head_dim: HeadDim::D64,
+        sink: 1,
+        recent: 2,
+        k: 3,
+        split: true,
+    };
+    assert!(path_of(run_paged(&split, &base, None, &sim).unwrap_err()).starts_with("mode"));
+    let landmark = DynamicSpec::Landmark {
+        dtype: DType::F32,
+        head_dim: HeadDim::D64,
+        mem_freq: 3,
+        mode: attnforge_runtime::codegen::dynamic::LandmarkMode::Train,
+    };
+    assert!(path_of(run_paged(&landmark, &base, None, &sim).unwrap_err()).starts_with("layout"));
+    assert!(run_paged(&spec, &base, None, &sim).is_ok());
+}

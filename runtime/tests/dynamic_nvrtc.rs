@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use attnforge_runtime::codegen::dynamic::{
-    dynamic_catalog, emit_dynamic, DynamicSpec, LandmarkMode,
+    dynamic_catalog, emit_dynamic, emit_stage_in, DynKeys, DynamicSpec, LandmarkMode,
 };
 use attnforge_runtime::codegen::spec::{DType, HeadDim};
 use attnforge_runtime::{build_many, Arch, CompileOptions, KernelSource};
@@ -45,7 +45,18 @@ fn dynamic_kernels_compile_without_spills_or_stack() {
         for k in emit_dynamic(s).unwrap() {
             kernels.insert(k.name.clone(), k);
         }
+        // the fused top-k also reads a paged cache
+        if let DynamicSpec::Topk { split: false, .. } = s {
+            for stage in s.stages() {
+                let k = emit_stage_in(s, stage, DynKeys::Paged).unwrap();
+                kernels.insert(k.name.clone(), k);
+            }
+        }
     }
+    assert!(
+        kernels.keys().any(|n| n.starts_with("topk_attn_paged_")),
+        "no paged top-k kernel in the catalog"
+    );
     assert!(kernels.len() >= 44, "{} kernels", kernels.len());
     let mut bad: Vec<String> = Vec::new();
     for arch in [Arch::Sm80, Arch::Sm90] {

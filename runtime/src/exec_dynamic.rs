@@ -996,7 +996,7 @@ fn add_counters(a: &SimCounters, b: &SimCounters) -> SimCounters {
 }
 
 mod paged;
-pub use paged::{check_paged, reference_paged, run_paged, DynPagedRun};
+pub use paged::{check_paged, reads_paged, reference_paged, run_paged, DynPagedRun};
 
 mod cuda {
     //! The GPU half: compile the stage with NVRTC for the device, upload the buffers the

@@ -14,7 +14,7 @@ use attnforge_runtime::codegen::spec::{DType, HeadDim};
 use attnforge_runtime::exec::Backend;
 use attnforge_runtime::exec_dynamic::{merge, DynInputs};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
-use dynamic_common::{check_all_schedules, fracs, ints};
+use dynamic_common::{check_all_schedules, fracs, ints, paged_case, paged_equals_dense};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -205,105 +205,16 @@ fn lse_merge_kernel_equals_attention_over_the_union() {
     }
 }
 
-/// A batch of sequences on a paged cache: per sequence its dense `q [1, Hq, Sq_b, D]`,
-/// `k, v [1, Hkv, Sk_b, D]` and the same data laid out as serving inputs (packed q, pages
-/// in a shuffled pool with a garbage page, slots past a partial last page and block-table
-/// entries past the sequence's pages filled with garbage).
-struct PagedCase<T> {
-    seqs: Vec<(Tensor4<T>, Tensor4<T>, Tensor4<T>)>,
-    x: attnforge_runtime::exec_serving::ServingInputs<T>,
-}
-
-fn paged_case<T: Element>(
-    lens: &[(usize, usize)],
-    (hkv, hq): (usize, usize),
-    ps: usize,
-    seed: u64,
-) -> PagedCase<T> {
-    use attnforge_reference::{Packed, PagedCache};
-    use attnforge_runtime::exec_serving::{ServingInputs, ServingKeys};
-    let d = 64;
-    let seqs: Vec<_> = lens
-        .iter()
-        .enumerate()
-        .map(|(b, &(sq, sk))| {
-            let s = seed.wrapping_add(7 * b as u64);
-            (
-                ints::<T>(Shape4::new(1, hq, sq, d), s, 1),
-                ints::<T>(Shape4::new(1, hkv, sk, d), s ^ 1, 1),
-                fracs::<T>(Shape4::new(1, hkv, sk, d), s ^ 2),
-            )
-        })
-        .collect();
-    let pages: Vec<usize> = lens.iter().map(|l| l.1.div_ceil(ps)).collect();
-    let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
-    let num_pages = pages.iter().sum::<usize>() + 1;
-    // physical page of logical page i of the pool: a seed-dependent permutation
-    let mut order: Vec<usize> = (0..num_pages).collect();
-    let mut g = seed | 1;
-    for i in (1..num_pages).rev() {
-        g = g
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        order.swap(i, (g >> 33) as usize % (i + 1));
-    }
-    let garbage = T::from_f64(3.0);
-    let mut kc = vec![garbage; num_pages * ps * hkv * d];
-    let mut vc = kc.clone();
-    let mut table = vec![-1i32; lens.len() * max_pages];
-    let mut next = 0;
-    for (b, (_, k, v)) in seqs.iter().enumerate() {
-        for j in 0..lens[b].1 {
-            let page = order[next + j / ps];
-            table[b * max_pages + j / ps] = page as i32;
-            for h in 0..hkv {
-                for e in 0..d {
-                    let at = ((page * ps + j % ps) * hkv + h) * d + e;
-                    kc[at] = T::from_f64(k.get(0, h, j, e));
-                    vc[at] = T::from_f64(v.get(0, h, j, e));
-                }
-            }
-        }
-        next += pages[b];
-    }
-    let tq: usize = lens.iter().map(|l| l.0).sum();
-    let mut qd = Vec::with_capacity(tq * hq * d);
-    let mut cu = vec![0i32];
-    for (q, _, _) in &seqs {
-        for i in 0..q.shape.seq {
-            for h in 0..hq {
-                qd.extend((0..d).map(|e| T::from_f64(q.get(0, h, i, e))));
-            }
-        }
-        cu.push(cu.last().unwrap() + q.shape.seq as i32);
-    }
-    let x = ServingInputs {
-        q: Packed::from_vec(tq, hq, d, qd).unwrap(),
-        cu_seqlens_q: cu,
-        keys: ServingKeys::Paged {
-            k_cache: PagedCache::from_vec(num_pages, ps, hkv, d, kc).unwrap(),
-            v_cache: PagedCache::from_vec(num_pages, ps, hkv, d, vc).unwrap(),
-            block_table: table,
-            max_pages,
-            seqlens_k: lens.iter().map(|l| l.1 as i32).collect(),
-        },
-    };
-    PagedCase { seqs, x }
-}
-
-/// The fused top-k on a paged cache: each sequence's rows (out, lse, selected keys) equal
-/// the dense kernels' run on that sequence's gathered keys bit for bit, and the result
-/// passes the tolerance rule against the per-sequence f64 reference.
+/// The fused top-k on a paged cache equals the dense kernels' run per sequence bit for bit
+/// (out, lse, selected keys) and passes the tolerance rule against the f64 reference.
 fn paged_topk_case<T: Element + SimElem>(
     lens: &[(usize, usize)],
     heads: (usize, usize),
     ps: usize,
-    p: (usize, usize, usize),
+    (sink, recent, k): (usize, usize, usize),
     seed: u64,
     dtype: DType,
 ) {
-    use attnforge_runtime::exec_dynamic::{check_paged, run};
-    let (sink, recent, k) = p;
     let spec = DynamicSpec::Topk {
         dtype,
         head_dim: HeadDim::D64,
@@ -312,43 +223,7 @@ fn paged_topk_case<T: Element + SimElem>(
         k,
         split: false,
     };
-    let c = paged_case::<T>(lens, heads, ps, seed);
-    let sim = Backend::Sim(SimConfig::new(Schedule::Forward));
-    let (rep, sel) = check_paged(&spec, &c.x, None, &sim).unwrap();
-    let (out, hq, d, tq) = (&rep.run.output, heads.1, 64, c.x.q.tokens);
-    let mut q0 = 0;
-    for (b, (q, kk, v)) in c.seqs.iter().enumerate() {
-        let sq = q.shape.seq;
-        if sq == 0 {
-            continue;
-        }
-        let dense = run(
-            &spec,
-            &DynInputs::new(q.clone(), kk.clone(), v.clone()),
-            &sim,
-        )
-        .unwrap();
-        for h in 0..hq {
-            for i in 0..sq {
-                let (row, t) = (h * sq + i, q0 + i);
-                let got_o = &out.out[(h * tq + t) * d..(h * tq + t + 1) * d];
-                let want_o = &dense.output.out[row * d..(row + 1) * d];
-                assert_eq!(got_o, want_o, "seq {b} head {h} row {i}: out");
-                assert_eq!(
-                    out.lse[h * tq + t].to_bits(),
-                    dense.output.lse[row].to_bits(),
-                    "seq {b} head {h} row {i}: lse"
-                );
-                let got_sel = &sel[(h * tq + t) * k..(h * tq + t + 1) * k];
-                assert_eq!(
-                    got_sel,
-                    &dense.indices["sel"][row * k..(row + 1) * k],
-                    "seq {b} head {h} row {i}: sel"
-                );
-            }
-        }
-        q0 += sq;
-    }
+    paged_equals_dense::<T>(&spec, lens, heads, ps, seed);
 }
 
 fn paged_lens() -> impl Strategy<Value = Vec<(usize, usize)>> {
@@ -391,8 +266,8 @@ fn paged_topk_fixed_cases_every_dtype() {
 }
 
 /// Bad layout arrays are refused before any launch, naming the array, the index and the
-/// fix (the static paged layout's host checks); a split top-k or another family on a
-/// paged cache names the field to change.
+/// fix (the static paged layout's host checks); a split top-k or a family that reads dense
+/// keys only (CCA) names the field to change.
 #[test]
 fn paged_topk_refuses_bad_layouts() {
     use attnforge_runtime::exec::ExecError;
@@ -447,12 +322,12 @@ fn paged_topk_refuses_bad_layouts() {
         split: true,
     };
     assert!(path_of(run_paged(&split, &base, None, &sim).unwrap_err()).starts_with("mode"));
-    let landmark = DynamicSpec::Landmark {
+    let cca = DynamicSpec::Cca {
         dtype: DType::F32,
         head_dim: HeadDim::D64,
-        mem_freq: 3,
-        mode: attnforge_runtime::codegen::dynamic::LandmarkMode::Train,
+        group: 4,
+        window: 8,
     };
-    assert!(path_of(run_paged(&landmark, &base, None, &sim).unwrap_err()).starts_with("layout"));
+    assert!(path_of(run_paged(&cca, &base, None, &sim).unwrap_err()).starts_with("layout"));
     assert!(run_paged(&spec, &base, None, &sim).is_ok());
 }

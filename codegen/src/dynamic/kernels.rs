@@ -266,21 +266,26 @@ impl Stage {
     /// The kernel's arguments over a paged cache (variants.md section 13): q packed
     /// `[Tq, Hq, D]`, `k, v` the caches `[num_pages, page_size, Hkv, D]`, `o` packed like q,
     /// `lse` and `sel` rows `[Hq, Tq]`, the sizes replaced by the layout arrays, `max_pages`,
-    /// `page_size`, the heads and `Tq`. Only the fused top-k stages read a paged cache.
+    /// `page_size`, the heads and `Tq`. The key-selecting decode families read a paged cache:
+    /// the fused top-k and landmark attention.
     pub fn typed_args_paged(self, dtype: DType) -> Result<Vec<DynTypedArg>, SpecError> {
         use DynBuffer as B;
         use DynScalar as S;
-        if !matches!(self, Stage::TopkSelect | Stage::TopkAttn) {
-            return Err(SpecError::new(
+        let params: &[DynScalar] = match self {
+            Stage::TopkSelect => &[S::Sink, S::Recent, S::TopkK],
+            Stage::TopkAttn => &[S::Sink, S::Recent, S::TopkK, S::Scale, S::Part],
+            Stage::LandmarkSelect => &[S::MemFreq, S::TopK, S::Scale],
+            Stage::LandmarkAttn => &[S::MemFreq, S::SelWidth, S::Scale],
+            _ => return Err(SpecError::new(
                 "layout",
                 format!("the {} kernel reads dense keys only", self.stem()),
-                "use layout = \"dense\", or the fused top-k (mode = \"fused\") on a paged cache",
-            ));
-        }
+                "use layout = \"dense\", or the fused top-k or landmark attention on a paged cache",
+            )),
+        };
         let t = elem(dtype);
         let i32_in = |b| buffer(b, Elem::I32, false);
         let mut v = vec![buffer(B::Q, t, false), buffer(B::K, t, false)];
-        if self == Stage::TopkSelect {
+        if matches!(self, Stage::TopkSelect | Stage::LandmarkSelect) {
             v.push(buffer(B::Sel, Elem::I32, true));
         } else {
             v.extend([buffer(B::V, t, false), i32_in(B::Sel)]);
@@ -291,12 +296,8 @@ impl Stage {
             i32_in(B::BlockTable),
             i32_in(B::SeqlensK),
         ]);
-        let mut sc = vec![S::MaxPages, S::PageSize, S::HeadsQ, S::HeadsKv, S::TotalQ];
-        sc.extend([S::Sink, S::Recent, S::TopkK]);
-        if self == Stage::TopkAttn {
-            sc.extend([S::Scale, S::Part]);
-        }
-        v.extend(sc.into_iter().map(scalar));
+        let sizes = [S::MaxPages, S::PageSize, S::HeadsQ, S::HeadsKv, S::TotalQ];
+        v.extend(sizes.into_iter().chain(params.iter().copied()).map(scalar));
         Ok(v)
     }
 
@@ -421,8 +422,8 @@ pub fn emit_stage(spec: &DynamicSpec, stage: Stage) -> Result<DynamicKernel, Vec
 }
 
 /// Emit one stage of `spec` reading keys from `keys` (`<stem>_paged_d<D>_<dtype>` for a
-/// paged cache). A paged cache takes the fused top-k only: other stages (and the split
-/// top-k's partial and merge kernels) are errors at `layout` / `mode`.
+/// paged cache). A paged cache takes the fused top-k and landmark attention: other stages
+/// (and the split top-k's partial and merge kernels) are errors at `layout` / `mode`.
 pub fn emit_stage_in(
     spec: &DynamicSpec,
     stage: Stage,

@@ -1,4 +1,4 @@
-//! The top-k retrieval pipeline over a paged KV cache (variants.md section 13): packed q
+//! The key-selecting decode pipelines (the fused top-k, landmark attention) over a paged KV cache (variants.md section 13): packed q
 //! `[Tq, Hq, D]` with `cu_seqlens_q`, `k_cache, v_cache [num_pages, page_size, Hkv, D]`,
 //! `block_table [B, max_pages]`, `seqlens_k [B]`; out `[Tq, Hq, D]`, lse `[Hq, Tq]`. The
 //! kernels address key rows through the block table (`af_page_row`, the static paged
@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use attnforge_codegen::dynamic::{emit_stage_in, validate_dynamic, DynKeys, DynamicSpec};
+use attnforge_codegen::dynamic::{
+    emit_stage_in, validate_dynamic, DynKeys, DynamicSpec, LandmarkMode,
+};
 use attnforge_reference::{
     serving_per_sequence, Element, KvLayout, PagedKv, Precision, VarlenOutput,
 };
@@ -27,7 +29,8 @@ pub struct DynPagedRun {
     pub counters: SimCounters,
     /// Per launch: kernel name and counters.
     pub stages: Vec<(String, SimCounters)>,
-    /// `sel [Hq, Tq, k]`: the selected keys of each row (-1 padded).
+    /// `sel [Hq, Tq, k]`: the selected keys (landmark: blocks) of each row, -1 padded
+    /// (empty without a selection stage).
     pub sel: Vec<i32>,
 }
 
@@ -55,11 +58,20 @@ fn paged_kv<T>(x: &ServingInputs<T>) -> Result<PagedKv<'_, T>, ExecError> {
     }
 }
 
-/// The fused top-k spec, or an error naming the field to change.
+/// Whether `spec` reads a paged cache: the key-selecting decode families (the fused top-k
+/// and landmark attention).
+pub fn reads_paged(spec: &DynamicSpec) -> bool {
+    matches!(
+        spec,
+        DynamicSpec::Topk { split: false, .. } | DynamicSpec::Landmark { .. }
+    )
+}
+
+/// A spec that reads a paged cache, or an error naming the field to change.
 fn check_spec(spec: &DynamicSpec) -> Result<(), ExecError> {
     validate_dynamic(spec).map_err(ExecError::Spec)?;
     match spec {
-        DynamicSpec::Topk { split: false, .. } => Ok(()),
+        s if reads_paged(s) => Ok(()),
         DynamicSpec::Topk { split: true, .. } => Err(input_err(
             "mode",
             "the split top-k reads dense keys only",
@@ -68,7 +80,7 @@ fn check_spec(spec: &DynamicSpec) -> Result<(), ExecError> {
         s => Err(input_err(
             "layout",
             format!("{} reads dense keys only", s.canonical_name()),
-            "use the top-k retrieval family (family = \"topk\") on a paged cache",
+            "use the top-k retrieval or landmark family on a paged cache",
         )),
     }
 }
@@ -134,8 +146,13 @@ pub fn run_paged<T: Element + SimElem>(
         summary_chunks: 0,
         paged: Some([kv.max_pages, kv.k_cache.page_size, tq]),
     };
+    // selected keys (blocks) per row; 0: no selection (landmark training mode, sel null)
     let k = match *spec {
         DynamicSpec::Topk { k, .. } => k,
+        DynamicSpec::Landmark {
+            mode: LandmarkMode::Retrieval { top_k },
+            ..
+        } => top_k,
         _ => 0,
     };
     let mut bufs = BTreeMap::new();
@@ -144,7 +161,9 @@ pub fn run_paged<T: Element + SimElem>(
     bufs.insert(DynBuffer::V, Buf::Elem(kv.v_cache.data.clone()));
     bufs.insert(DynBuffer::O, Buf::Elem(vec![T::from_f64(0.0); tq * hq * d]));
     bufs.insert(DynBuffer::Lse, Buf::F32(vec![0.0f32; tq * hq]));
-    bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; (tq * hq * k).max(1)]));
+    if k > 0 {
+        bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; (tq * hq * k).max(1)]));
+    }
     let i32s = |v: &[i32]| Buf::I32(v.to_vec());
     bufs.insert(DynBuffer::CuSeqlensQ, i32s(&x.cu_seqlens_q));
     bufs.insert(DynBuffer::BlockTable, i32s(kv.block_table));
@@ -161,11 +180,13 @@ pub fn run_paged<T: Element + SimElem>(
         mach.launch(&kern, stage.geometry(spec, &shape), &[], 0)?;
     }
     let mut bufs = mach.bufs;
-    let (Some(Buf::Elem(o)), Some(Buf::F32(lse)), Some(Buf::I32(sel))) = (
-        bufs.remove(&DynBuffer::O),
-        bufs.remove(&DynBuffer::Lse),
-        bufs.remove(&DynBuffer::Sel),
-    ) else {
+    let sel = match bufs.remove(&DynBuffer::Sel) {
+        Some(Buf::I32(sel)) => sel,
+        _ => Vec::new(),
+    };
+    let (Some(Buf::Elem(o)), Some(Buf::F32(lse))) =
+        (bufs.remove(&DynBuffer::O), bufs.remove(&DynBuffer::Lse))
+    else {
         return Err(input_err(
             "o",
             "output buffers lost",

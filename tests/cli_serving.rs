@@ -430,24 +430,24 @@ fn run_serving_takes_the_decode_models_split_count() {
     assert!(err < 2e-2, "sim at {k} splits vs reference: {err}");
 }
 
-/// `check --layout paged` of the fused top-k spec runs it on a paged cache (page sizes 1,
-/// 16, 128) against the per-sequence reference; the families that read dense keys only are
-/// SKIP with the reason.
+/// `check --layout paged` of the fused top-k and landmark specs runs them on a paged cache
+/// (page sizes 1, 16, 128) against the per-sequence reference; the families that read dense
+/// keys only are SKIP with the reason.
 #[test]
-fn check_runs_the_fused_topk_on_a_paged_cache() {
-    let o = run(&["check", "examples/specs/topk.toml", "--layout", "paged"]);
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    assert!(t.contains("PASS topk_d128_f16_paged"), "{t}");
-    assert!(t.contains("(3 problems)"), "{t}");
+fn check_runs_the_key_selecting_families_on_a_paged_cache() {
     let o = run(&[
         "check",
-        "examples/specs/landmark_train.toml",
+        "examples/specs/topk.toml",
+        "examples/specs/landmark_retrieval.toml",
+        "examples/specs/cca.toml",
         "--layout",
         "paged",
     ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("SKIP landmark_train_d64"), "{t}");
+    assert!(t.contains("PASS topk_d128_f16_paged"), "{t}");
+    assert!(t.contains("PASS landmark_retrieval_d64_bf16_paged"), "{t}");
+    assert!(t.contains("(3 problems)"), "{t}");
+    assert!(t.contains("SKIP cca_"), "{t}");
     assert!(t.contains("reads dense keys only"), "{t}");
 }

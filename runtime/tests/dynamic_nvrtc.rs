@@ -45,18 +45,24 @@ fn dynamic_kernels_compile_without_spills_or_stack() {
         for k in emit_dynamic(s).unwrap() {
             kernels.insert(k.name.clone(), k);
         }
-        // the fused top-k also reads a paged cache
-        if let DynamicSpec::Topk { split: false, .. } = s {
+        // the key-selecting decode families also read a paged cache
+        if attnforge_runtime::exec_dynamic::reads_paged(s) {
             for stage in s.stages() {
                 let k = emit_stage_in(s, stage, DynKeys::Paged).unwrap();
                 kernels.insert(k.name.clone(), k);
             }
         }
     }
-    assert!(
-        kernels.keys().any(|n| n.starts_with("topk_attn_paged_")),
-        "no paged top-k kernel in the catalog"
-    );
+    for stem in [
+        "topk_attn_paged_",
+        "landmark_select_paged_",
+        "landmark_attn_paged_",
+    ] {
+        assert!(
+            kernels.keys().any(|n| n.starts_with(stem)),
+            "no {stem} kernel in the catalog"
+        );
+    }
     assert!(kernels.len() >= 44, "{} kernels", kernels.len());
     let mut bad: Vec<String> = Vec::new();
     for arch in [Arch::Sm80, Arch::Sm90] {

@@ -153,7 +153,7 @@ fn serving_verdict(
         }
         _ => {
             return Ok(Err(
-                "data-dependent pipelines read dense inputs (the fused top-k also a paged cache: --layout paged)".into(),
+                "data-dependent pipelines read dense inputs (the fused top-k and landmark attention also a paged cache: --layout paged)".into(),
             ))
         }
     };

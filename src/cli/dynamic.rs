@@ -856,17 +856,19 @@ fn check_paged_typed<T: Element + SimElem>(
     Ok(v)
 }
 
-/// `attnforge check --layout paged` of a data-dependent spec: the fused top-k on a paged
-/// cache at page sizes 1, 16 and 128 against the per-sequence reference; other families
-/// are `Err(reason)` (they read dense keys only).
+/// `attnforge check --layout paged` of a data-dependent spec: the key-selecting decode
+/// families (the fused top-k, landmark attention) on a paged cache at page sizes 1, 16 and
+/// 128 against the per-sequence reference; other families are `Err(reason)` (they read
+/// dense keys only).
 pub fn check_paged(
     df: &DynSpecFile,
     backend: &Backend,
     seed: u64,
 ) -> Result<Result<Verdict, String>, CliError> {
-    if !matches!(df.spec, DynamicSpec::Topk { split: false, .. }) {
+    if !exec_dynamic::reads_paged(&df.spec) {
         return Ok(Err(
-            "reads dense keys only (on a paged cache: the fused top-k, family = \"topk\", mode = \"fused\")".into(),
+            "reads dense keys only (on a paged cache: the fused top-k and landmark attention)"
+                .into(),
         ));
     }
     match df.spec.dtype() {

@@ -7,7 +7,7 @@ mod dynamic_common;
 
 use attnforge_reference::{
     assert_close, attention_over_keys, topk_key_sets, AttnOptions, Element, Precision, Shape4,
-    Tensor4, Tolerance, TopkParams,
+    Tolerance, TopkParams,
 };
 use attnforge_runtime::codegen::dynamic::DynamicSpec;
 use attnforge_runtime::codegen::spec::{DType, HeadDim};

@@ -1,5 +1,6 @@
-//! The key-selecting decode pipelines (the fused top-k, landmark attention) over a paged KV cache (variants.md section 13): packed q
-//! `[Tq, Hq, D]` with `cu_seqlens_q`, `k_cache, v_cache [num_pages, page_size, Hkv, D]`,
+//! The key-selecting decode pipelines (the fused top-k, landmark attention) over a paged KV
+//! cache (variants.md section 13): packed q `[Tq, Hq, D]` with `cu_seqlens_q`,
+//! `k_cache, v_cache [num_pages, page_size, Hkv, D]`,
 //! `block_table [B, max_pages]`, `seqlens_k [B]`; out `[Tq, Hq, D]`, lse `[Hq, Tq]`. The
 //! kernels address key rows through the block table (`af_page_row`, the static paged
 //! layout's mapping); the layout arrays pass `validate_serving` before any launch; the
@@ -102,7 +103,40 @@ pub fn reference_paged<T: Element>(
     })
 }
 
-/// Run the fused top-k pipeline of `spec` on a paged cache (simulator or GPU; `scale`
+/// The buffers of a paged run: q, the caches, the layout arrays, the outputs and the
+/// selection lists (absent without a selection stage: landmark training reads `sel` null).
+fn paged_buffers<T: Element>(
+    spec: &DynamicSpec,
+    x: &ServingInputs<T>,
+    kv: &PagedKv<'_, T>,
+) -> BTreeMap<DynBuffer, Buf<T>> {
+    let (tq, hq, d) = (x.q.tokens, x.q.heads, x.q.dim);
+    // selected keys (blocks) per row; 0: no selection (landmark training mode, sel null)
+    let k = match *spec {
+        DynamicSpec::Topk { k, .. } => k,
+        DynamicSpec::Landmark {
+            mode: LandmarkMode::Retrieval { top_k },
+            ..
+        } => top_k,
+        _ => 0,
+    };
+    let mut bufs = BTreeMap::new();
+    bufs.insert(DynBuffer::Q, Buf::Elem(x.q.data.clone()));
+    bufs.insert(DynBuffer::K, Buf::Elem(kv.k_cache.data.clone()));
+    bufs.insert(DynBuffer::V, Buf::Elem(kv.v_cache.data.clone()));
+    bufs.insert(DynBuffer::O, Buf::Elem(vec![T::from_f64(0.0); tq * hq * d]));
+    bufs.insert(DynBuffer::Lse, Buf::F32(vec![0.0f32; tq * hq]));
+    if k > 0 {
+        bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; (tq * hq * k).max(1)]));
+    }
+    let i32s = |v: &[i32]| Buf::I32(v.to_vec());
+    bufs.insert(DynBuffer::CuSeqlensQ, i32s(&x.cu_seqlens_q));
+    bufs.insert(DynBuffer::BlockTable, i32s(kv.block_table));
+    bufs.insert(DynBuffer::SeqlensK, i32s(kv.seqlens_k));
+    bufs
+}
+
+/// Run the pipeline of `spec` (the fused top-k or landmark attention) on a paged cache (simulator or GPU; `scale`
 /// `None`: `1/sqrt(D)`). Every input
 /// is checked before any launch: the spec, the tensors, the layout arrays (errors name the
 /// array and index: `block_table[1][0]`, `seqlens_k[0]`, `cu_seqlens_q[2]`), `Sq_b <= Sk_b`.
@@ -146,28 +180,7 @@ pub fn run_paged<T: Element + SimElem>(
         summary_chunks: 0,
         paged: Some([kv.max_pages, kv.k_cache.page_size, tq]),
     };
-    // selected keys (blocks) per row; 0: no selection (landmark training mode, sel null)
-    let k = match *spec {
-        DynamicSpec::Topk { k, .. } => k,
-        DynamicSpec::Landmark {
-            mode: LandmarkMode::Retrieval { top_k },
-            ..
-        } => top_k,
-        _ => 0,
-    };
-    let mut bufs = BTreeMap::new();
-    bufs.insert(DynBuffer::Q, Buf::Elem(x.q.data.clone()));
-    bufs.insert(DynBuffer::K, Buf::Elem(kv.k_cache.data.clone()));
-    bufs.insert(DynBuffer::V, Buf::Elem(kv.v_cache.data.clone()));
-    bufs.insert(DynBuffer::O, Buf::Elem(vec![T::from_f64(0.0); tq * hq * d]));
-    bufs.insert(DynBuffer::Lse, Buf::F32(vec![0.0f32; tq * hq]));
-    if k > 0 {
-        bufs.insert(DynBuffer::Sel, Buf::I32(vec![-7; (tq * hq * k).max(1)]));
-    }
-    let i32s = |v: &[i32]| Buf::I32(v.to_vec());
-    bufs.insert(DynBuffer::CuSeqlensQ, i32s(&x.cu_seqlens_q));
-    bufs.insert(DynBuffer::BlockTable, i32s(kv.block_table));
-    bufs.insert(DynBuffer::SeqlensK, i32s(kv.seqlens_k));
+    let bufs = paged_buffers(spec, x, &kv);
     let mut mach = Machine {
         bufs,
         scalars,

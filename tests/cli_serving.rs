@@ -27,6 +27,11 @@ fn check_runs_catalog_variants_in_the_serving_layouts() {
             "{t}"
         );
         assert!(t.contains("2 kernels passed"), "{t}");
+        if layout.starts_with("decode") {
+            // the run at the decode model's split count says what it chose
+            assert!(t.contains("key split"), "{layout}: {t}");
+            assert!(t.contains("decode model's choice"), "{layout}: {t}");
+        }
     }
 }
 
@@ -319,4 +324,130 @@ fn emit_writes_the_decode_and_merge_kernels() {
     );
     assert!(out.join("af_split_merge_d64_bf16.cu").exists());
     assert!(out.join("af_split_merge_d64_bf16.json").exists());
+}
+
+/// The decode inputs of `SpecFile::run_serving`: one token per sequence over `sk` keys of a
+/// paged cache of 16-key pages (pages of the first sequence permuted), Hq 8 on Hkv 2, d 64.
+fn decode_inputs(sk: &[i32]) -> attnforge::exec_serving::ServingInputs<half::bf16> {
+    use attnforge::exec_serving::{ServingInputs, ServingKeys};
+    use attnforge::reference::{Packed, PagedCache};
+    let bf = |n: usize, seed: usize| -> Vec<half::bf16> {
+        vals(n, seed)
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect()
+    };
+    let per: Vec<usize> = sk.iter().map(|&k| (k as usize).div_ceil(16)).collect();
+    let (pages, max_pages) = (per.iter().sum::<usize>(), *per.iter().max().unwrap());
+    let mut table = vec![-1i32; sk.len() * max_pages];
+    let mut next = 0;
+    for (b, &n) in per.iter().enumerate() {
+        for i in 0..n {
+            let page = if b == 0 { n - 1 - i } else { next + i };
+            table[b * max_pages + i] = page as i32;
+        }
+        next += n;
+    }
+    let cache = |seed| PagedCache::from_vec(pages, 16, 2, 64, bf(pages * 16 * 2 * 64, seed));
+    let b = sk.len();
+    ServingInputs {
+        q: Packed::from_vec(b, 8, 64, bf(b * 8 * 64, 1)).unwrap(),
+        cu_seqlens_q: (0..=b as i32).collect(),
+        keys: ServingKeys::Paged {
+            k_cache: cache(2).unwrap(),
+            v_cache: cache(3).unwrap(),
+            block_table: table,
+            max_pages,
+            seqlens_k: sk.to_vec(),
+        },
+    }
+}
+
+/// `SpecFile::run_serving` (the library entry point Python uses) of a decode spec without a
+/// split count launches with the decode model's count (`decode_split_choice`, the function
+/// `run` and `check` print): more than one split over 700 and 2000 keys, one over 40 keys;
+/// the result equals the run at that count bit for bit and the reference within bf16's error.
+#[test]
+fn run_serving_takes_the_decode_models_split_count() {
+    use attnforge::autotune::decode::{model_splits, DecodeLaunch};
+    use attnforge::codegen::tile::Arch;
+    use attnforge::specfile::{decode_split_choice, ServingBackend, SpecFile};
+    let toml =
+        "dtype = \"bf16\"\nhead_dim = 64\nlayout = \"decode\"\nmask = \"causal\"\ngqa = true\n";
+    let sf = SpecFile::parse(toml, None).unwrap();
+    let tile = sf.tile().unwrap();
+    let model = |max_seq_k| {
+        let launch = DecodeLaunch {
+            batch: 2,
+            heads_q: 8,
+            heads_kv: 2,
+            max_seq_q: 1,
+            max_seq_k,
+        };
+        model_splits(&sf.spec, &tile, launch, Arch::Sm90)
+            .unwrap()
+            .splits
+            .unwrap()
+    };
+    let short = decode_inputs(&[40, 17]);
+    assert_eq!(
+        decode_split_choice(&sf.spec, &tile, &short, None).splits,
+        Some(1)
+    );
+    assert_eq!(model(40), 1);
+    let long = decode_inputs(&[700, 2000]);
+    let k = model(2000);
+    assert!(k > 1, "2 sequences on 2 kv heads over 2000 keys split: {k}");
+    let chosen = decode_split_choice(&sf.spec, &tile, &long, None);
+    assert_eq!(chosen.splits, Some(k), "{}", chosen.why);
+    let go = |splits, backend| sf.run_serving(&long, None, splits, backend).unwrap();
+    let default = go(None, ServingBackend::Sim);
+    let at_k = go(Some(k), ServingBackend::Sim);
+    let unsplit = go(Some(1), ServingBackend::Sim);
+    let bits = |o: &attnforge::reference::VarlenOutput| -> Vec<u64> {
+        o.out.iter().chain(&o.lse).map(|x| x.to_bits()).collect()
+    };
+    assert_eq!(
+        bits(&default),
+        bits(&at_k),
+        "not launched at the model's {k} splits"
+    );
+    assert_ne!(
+        bits(&default),
+        bits(&unsplit),
+        "the split run rounds differently"
+    );
+    let reference = go(
+        None,
+        ServingBackend::Reference(attnforge::reference::Precision::F64),
+    );
+    let err = default
+        .out
+        .iter()
+        .zip(&reference.out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    assert!(err < 2e-2, "sim at {k} splits vs reference: {err}");
+}
+
+/// `check --layout paged` of the fused top-k and landmark specs runs them on a paged cache
+/// (page sizes 1, 16, 128) against the per-sequence reference; the families that read dense
+/// keys only are SKIP with the reason.
+#[test]
+fn check_runs_the_key_selecting_families_on_a_paged_cache() {
+    let o = run(&[
+        "check",
+        "examples/specs/topk.toml",
+        "examples/specs/landmark_retrieval.toml",
+        "examples/specs/cca.toml",
+        "--layout",
+        "paged",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("PASS topk_d128_f16_paged"), "{t}");
+    assert!(t.contains("PASS landmark_retrieval_d64_bf16_paged"), "{t}");
+    assert!(t.contains("(3 problems)"), "{t}");
+    assert!(t.contains("SKIP cca_"), "{t}");
+    assert!(t.contains("reads dense keys only"), "{t}");
 }

@@ -146,3 +146,68 @@ __device__ __forceinline__ int afd_topk_insert(S best_s, J best_j, int n, int ca
 __device__ __forceinline__ long long afd_row(int b, int h, long long s, int heads, long long seq, int d) {
     return ((static_cast<long long>(b) * heads + h) * seq + s) * d;
 }
+
+// Where the query row i of (sequence b, head h) and its keys live, for the per-row kernels
+// of the decode families. `at` fills seq_q, seq_k (the row's sequence), q_row (its row of
+// D elements in q and o), out_row (its element of lse, row of sel) and returns false for
+// a row past the sequence; `key(j)` is the row of key j of kv head kh in k and v.
+// Dense q, o [B, Hq, Sq, D], k, v [B, Hkv, Sk, D], lse [B, Hq, Sq].
+struct afd_dense_rows {
+    int heads_q, heads_kv, seq_q, seq_k;
+    long long q_row, out_row, k0;
+    __device__ __forceinline__ bool at(int b, int h, int kh, int i) {
+        q_row = (static_cast<long long>(b) * heads_q + h) * seq_q + i;
+        out_row = q_row;
+        k0 = (static_cast<long long>(b) * heads_kv + kh) * seq_k;
+        return i < seq_q;
+    }
+    __device__ __forceinline__ long long key(long long j) const { return k0 + j; }
+};
+
+__device__ __forceinline__ afd_dense_rows afd_dense_rows_of(int heads_q, int heads_kv, int seq_q, int seq_k) {
+    afd_dense_rows r;
+    r.heads_q = heads_q;
+    r.heads_kv = heads_kv;
+    r.seq_q = seq_q;
+    r.seq_k = seq_k;
+    return r;
+}
+
+// A paged KV cache (variants.md section 13): q, o packed [Tq, Hq, D] by cu_q, lse [Hq, Tq],
+// k, v [num_pages, page_size, Hkv, D] through the block table (af_page_row).
+struct afd_paged_rows {
+    const int* cu_q;
+    const int* block_table;  // [B, max_pages]
+    const int* seqlens_k;    // [B]
+    int max_pages, page_shift, heads_q, heads_kv, total_q, seq_q, seq_k, kh;
+    const int* pages;
+    long long q_row, out_row;
+    __device__ __forceinline__ bool at(int b, int h, int kh_, int i) {
+        const int q0 = cu_q[b];
+        seq_q = cu_q[b + 1] - q0;
+        seq_k = seqlens_k[b];
+        kh = kh_;
+        pages = block_table + static_cast<long long>(b) * max_pages;
+        q_row = (static_cast<long long>(q0) + i) * heads_q + h;
+        out_row = static_cast<long long>(h) * total_q + q0 + i;
+        return i < seq_q;
+    }
+    __device__ __forceinline__ long long key(long long j) const {
+        return af_page_row(pages, page_shift, j) * heads_kv + kh;
+    }
+};
+
+__device__ __forceinline__ afd_paged_rows afd_paged_rows_of(const int* cu_q, const int* block_table,
+                                                            const int* seqlens_k, int max_pages, int page_size,
+                                                            int heads_q, int heads_kv, int total_q) {
+    afd_paged_rows r;
+    r.cu_q = cu_q;
+    r.block_table = block_table;
+    r.seqlens_k = seqlens_k;
+    r.max_pages = max_pages;
+    r.page_shift = af_page_shift(page_size);
+    r.heads_q = heads_q;
+    r.heads_kv = heads_kv;
+    r.total_q = total_q;
+    return r;
+}

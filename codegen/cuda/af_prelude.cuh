@@ -133,3 +133,16 @@ __device__ __forceinline__ int af_opaque(int x) {
 #else
 __device__ __forceinline__ int af_opaque(int x) { return x; }
 #endif  // ATTNFORGE_SIM
+
+// ---- paged KV cache (variants.md section 13) ----
+// log2 of a page size (a power of two in 1..1024, checked on the host).
+__device__ __forceinline__ int af_page_shift(int page_size) {
+    int s = 0;
+    while ((1 << s) < page_size) ++s;
+    return s;
+}
+// The cache row of key kv of a sequence whose block-table row is `pages`: slot
+// kv % page_size of page pages[kv / page_size].
+__device__ __forceinline__ long long af_page_row(const int* pages, int page_shift, long long kv) {
+    return ((long long)pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
+}

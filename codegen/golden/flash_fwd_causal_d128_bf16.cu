@@ -141,6 +141,19 @@ __device__ __forceinline__ int af_opaque(int x) {
 #else
 __device__ __forceinline__ int af_opaque(int x) { return x; }
 #endif  // ATTNFORGE_SIM
+
+// ---- paged KV cache (variants.md section 13) ----
+// log2 of a page size (a power of two in 1..1024, checked on the host).
+__device__ __forceinline__ int af_page_shift(int page_size) {
+    int s = 0;
+    while ((1 << s) < page_size) ++s;
+    return s;
+}
+// The cache row of key kv of a sequence whose block-table row is `pages`: slot
+// kv % page_size of page pages[kv / page_size].
+__device__ __forceinline__ long long af_page_row(const int* pages, int page_shift, long long kv) {
+    return ((long long)pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
+}
 // ---- end af_prelude.cuh ----
 
 // ---- begin af_attn.cuh ----
@@ -586,9 +599,7 @@ struct af_paged_layout {
     const int* seqlens_k;    // [B]
     int max_pages, page_shift;
     __device__ __forceinline__ af_paged_layout(const int* cq, const int* bt, const int* sk, int mp, int page_size)
-        : cu_q(cq), block_table(bt), seqlens_k(sk), max_pages(mp), page_shift(0) {
-        while ((1 << page_shift) < page_size) ++page_shift;
-    }
+        : cu_q(cq), block_table(bt), seqlens_k(sk), max_pages(mp), page_shift(af_page_shift(page_size)) {}
     template <int BM, typename T>
     __device__ __forceinline__ bool block(const af_fwd_args<T>& a, af_fwd_block<T>& blk) const {
         const int b = blockIdx.z, q0 = cu_q[b];
@@ -607,7 +618,7 @@ struct af_paged_layout {
     }
     template <typename T>
     __device__ __forceinline__ long long kv_row(const af_fwd_block<T>& blk, long long kv) const {
-        return ((long long)blk.pages[kv >> page_shift] << page_shift) | (kv & ((1 << page_shift) - 1));
+        return af_page_row(blk.pages, page_shift, kv);
     }
     // the row of key t0 when keys t0 .. t0 + BN - 1 lie in one page (consecutive slots: one
     // block-table entry per tile); false when the tile crosses a page boundary

@@ -176,8 +176,8 @@ def run_paged(
     ``[Tq, Hq, D]`` packed with ``cu_seqlens_q``; caches ``[num_pages, page_size, Hkv, D]``;
     key ``j`` of sequence ``b`` is slot ``j % page_size`` of page ``block_table[b, j //
     page_size]``; ``seqlens_k`` ``[B]``. ``decode=True``: the split-KV decode kernel (at
-    most 16 query tokens per sequence; ``num_splits`` fixes the splits, else the runtime's
-    rule). Returns float64 ``(out [Tq, Hq, Dv], lse [Hq, Tq])``."""
+    most 16 query tokens per sequence; ``num_splits`` fixes the splits, else the decode
+    model's count, as ``attnforge run``). Returns float64 ``(out [Tq, Hq, Dv], lse [Hq, Tq])``."""
     return _native.run_paged(
         spec,
         _packed("q", q),

@@ -436,8 +436,8 @@ def attention_with_kvcache(
     ``[B, Sq, Hq, D]``, caches ``[num_pages, page_size, Hkv, D]``, ``block_table`` ``[B,
     max_pages]`` (int32), ``cache_seqlens`` (an int or ``[B]``). The cache already holds the
     new tokens' keys (appending k/v and rotary embedding are not taken). Up to 16 query
-    tokens per sequence run the split-KV decode kernel (``num_splits`` 0: the runtime's
-    rule), more the paged prefill kernel. Returns out ``[B, Sq, Hq, D]`` and, when
+    tokens per sequence run the split-KV decode kernel (``num_splits`` 0: the decode
+    model's count, as ``attnforge run``), more the paged prefill kernel. Returns out ``[B, Sq, Hq, D]`` and, when
     ``return_softmax_lse``, lse ``[B, Hq, Sq]`` (float32). Forward only, CPU tensors."""
     dtype = _check_serving(
         {"q": q, "k_cache": k_cache, "v_cache": v_cache}, {"q": 4, "k_cache": 4, "v_cache": 4}

@@ -101,8 +101,9 @@ pub use crate::recycled::{
 };
 pub use crate::serving::{
     gather_paged_kv, merge_partials, pack_dense, paged_attention, serving_attention,
-    split_kv_attention, split_kv_partials, split_kv_ranges, varlen_attention, KvLayout, Packed,
-    PagedCache, PagedKv, ServingError, SplitKv, VarlenKeys, VarlenKv, VarlenOutput,
+    serving_per_sequence, split_kv_attention, split_kv_partials, split_kv_ranges, varlen_attention,
+    KvLayout, Packed, PagedCache, PagedKv, ServingError, SplitKv, VarlenKeys, VarlenKv,
+    VarlenOutput,
 };
 pub use crate::stats::{
     attention_stats, key_stats_from_weights, max_pool_1d, one_hot_values, top_keys, AttnStats,

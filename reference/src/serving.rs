@@ -562,6 +562,37 @@ pub fn serving_attention<T: Element>(
     Ok(res)
 }
 
+/// A per-row variant over a serving layout (section 13): each sequence `b` with queries
+/// gathered into a one-batch dense problem, `q [1, Hq, Sq_b, D]`, `k, v [1, Hkv, Sk_b, D]`,
+/// handed to `dense` (the variant's dense reference), the results packed like q. The
+/// reference of the data-dependent families on a paged cache or packed keys. A sequence
+/// with queries but no keys is an error at `cu_seqlens_q[b + 1]`.
+pub fn serving_per_sequence<T: Element, E: From<ServingError>>(
+    q: &Packed<T>,
+    cu_seqlens_q: &[i32],
+    kv: &KvLayout<'_, T>,
+    mut dense: impl FnMut(usize, &Tensor4<T>, &Tensor4<T>, &Tensor4<T>) -> Result<AttnOutput, E>,
+) -> Result<VarlenOutput, E> {
+    let layout = Layout::check(q, cu_seqlens_q, kv)?;
+    let mut res = VarlenOutput::empty(q.tokens, q.heads, layout.dv);
+    for b in 0..layout.batch {
+        let seq = layout.sequence(q, kv, b, &Mask::Full, &ScoreMod::None)?;
+        if seq.sq == 0 {
+            continue;
+        }
+        let (Some(k), Some(v)) = (&seq.k, &seq.v) else {
+            return Err(ServingError::input(
+                format!("cu_seqlens_q[{}]", b + 1),
+                format!("sequence {b} has {} queries and no keys", seq.sq),
+                "the data-dependent families need Sq_b <= Sk_b: write the tokens' keys first",
+            )
+            .into());
+        };
+        res.paste(layout.q_rows(b).start, &dense(b, &seq.q, k, v)?);
+    }
+    Ok(res)
+}
+
 /// The per-split partial results of split-KV decoding: element `s` holds, for every
 /// sequence, the attention of its queries over key range `s` of [`split_kv_ranges`] (same
 /// positions, mask and score modification as the unsplit call; an empty range gives empty

@@ -483,6 +483,8 @@ struct ScalarSource<'a> {
     hax: Option<&'a HaxExtra>,
     /// LongHeads: chunks of the summaries (given `r`, or `floor(Sk / w)` in prefill).
     summary_chunks: usize,
+    /// A paged cache: `max_pages`, `page_size`, `Tq` (`paged::run`).
+    paged: Option<[usize; 3]>,
 }
 
 impl<'a> ScalarSource<'a> {
@@ -501,6 +503,7 @@ impl<'a> ScalarSource<'a> {
                 (None, DynamicSpec::Longheads { chunk, .. }) => p.seq_k / chunk.max(&1),
                 _ => 0,
             },
+            paged: None,
         }
     }
 
@@ -549,7 +552,14 @@ fn scalar_value(s: DynScalar, c: &ScalarSource<'_>, part: i32) -> Result<Val, Ex
     };
     let i32v = |field: &str, v: usize| i32_of(field, v).map(Val::I32);
     let hax = || c.hax.ok_or_else(not_in_family);
+    let paged = |i: usize, field: &str| match c.paged {
+        Some(v) => i32v(field, v[i]),
+        None => Err(not_in_family()),
+    };
     match (s, *c.spec) {
+        (S::MaxPages, _) => paged(0, "max_pages"),
+        (S::PageSize, _) => paged(1, "k_cache.page_size"),
+        (S::TotalQ, _) => paged(2, "q.tokens"),
         (S::Batch, _) => i32v("q.batch", p.batch),
         (S::HeadsQ, _) => i32v("q.heads", p.heads_q),
         (S::HeadsKv, _) => i32v("k.heads", p.heads_kv),
@@ -943,6 +953,7 @@ pub fn merge<T: Element + SimElem>(
             scale: 1.0,
             hax: None,
             summary_chunks: 0,
+            paged: None,
         },
         backend,
         stages: Vec::new(),
@@ -983,6 +994,9 @@ fn add_counters(a: &SimCounters, b: &SimCounters) -> SimCounters {
         raw,
     }
 }
+
+mod paged;
+pub use paged::{check_paged, reads_paged, reference_paged, run_paged, DynPagedRun};
 
 mod cuda {
     //! The GPU half: compile the stage with NVRTC for the device, upload the buffers the

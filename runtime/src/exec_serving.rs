@@ -250,7 +250,14 @@ fn check_tensors<T: Element>(spec: &KernelSpec, x: &ServingInputs<T>) -> Result<
             "pass tensors of the spec's dtype",
         ));
     }
-    let d = spec.head_dim.get();
+    check_kv_tensors(x, spec.head_dim.get())
+}
+
+/// The tensors' head dimensions (`d`), kv heads, finite values and cache pages agree.
+pub(crate) fn check_kv_tensors<T: Element>(
+    x: &ServingInputs<T>,
+    d: usize,
+) -> Result<(), ExecError> {
     let [k, v] = x.kv_heads_dims();
     for (name, dim) in [("q", x.q.dim), (k.0, k.2), (v.0, v.2)] {
         if dim != d {
@@ -302,6 +309,18 @@ fn check_layout<T: Element>(
     x: &ServingInputs<T>,
     doc: Option<&[i32]>,
 ) -> Result<ServingGeometry, ExecError> {
+    let rule = spec.mask.def().map_or(DocRule::Any, |d| d.doc_rule);
+    let doc = doc.map(|ids| DocIds { ids, rule });
+    check_layout_arrays(x, spec.allows_sq_gt_sk(), doc)
+}
+
+/// The layout arrays of `x` through `validate_serving` (errors name the array, the index
+/// and the fix); `sq_gt_sk_allowed`: whether `Sq_b > Sk_b` is defined.
+pub(crate) fn check_layout_arrays<T: Element>(
+    x: &ServingInputs<T>,
+    sq_gt_sk_allowed: bool,
+    doc: Option<DocIds<'_>>,
+) -> Result<ServingGeometry, ExecError> {
     let [k, _] = x.kv_heads_dims();
     let keys = match &x.keys {
         ServingKeys::Varlen {
@@ -324,7 +343,6 @@ fn check_layout<T: Element>(
             seqlens_k,
         },
     };
-    let rule = spec.mask.def().map_or(DocRule::Any, |d| d.doc_rule);
     let problem = attnforge_codegen::serving::ServingProblem {
         heads_q: x.q.heads,
         heads_kv: k.1,
@@ -333,8 +351,8 @@ fn check_layout<T: Element>(
         total_q: x.q.tokens,
         cu_seqlens_q: &x.cu_seqlens_q,
         keys,
-        sq_gt_sk_allowed: spec.allows_sq_gt_sk(),
-        doc: doc.map(|ids| DocIds { ids, rule }),
+        sq_gt_sk_allowed,
+        doc,
     };
     validate_serving(&problem).map_err(ExecError::Spec)
 }
@@ -1106,6 +1124,12 @@ fn kv_layout<T>(x: &ServingInputs<T>) -> KvLayout<'_, T> {
             max_pages: *max_pages,
             seqlens_k,
         }),
+    }
+}
+
+impl From<reference::ServingError> for ExecError {
+    fn from(e: reference::ServingError) -> Self {
+        serving_err(e)
     }
 }
 

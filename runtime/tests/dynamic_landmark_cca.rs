@@ -9,7 +9,7 @@ use attnforge_runtime::codegen::dynamic::{DynamicSpec, LandmarkMode};
 use attnforge_runtime::codegen::spec::{DType, HeadDim};
 use attnforge_runtime::exec_dynamic::DynInputs;
 use attnforge_runtime::sim::SimElem;
-use dynamic_common::{check_all_schedules, fracs, ints};
+use dynamic_common::{check_all_schedules, fracs, ints, paged_equals_dense};
 use proptest::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
@@ -144,4 +144,68 @@ fn cca_f16_bf16_edges() {
     cca_case::<half::f16>(DType::F16, 2, 1, 2, 37, 4, 9, 3); // S - w not a multiple of g
     cca_case::<half::bf16>(DType::Bf16, 1, 2, 1, 20, 3, 0, 4); // window 0
     cca_case::<half::f16>(DType::F16, 1, 1, 1, 10, 16, 4, 5); // no pooled group
+}
+
+/// Landmark attention (retrieval and training) on a paged cache: each sequence's rows (out,
+/// lse, the selected blocks) equal the dense kernels' run on its gathered keys bit for bit
+/// and pass the tolerance rule against the per-sequence f64 reference.
+fn paged_landmark_case<T: Element + SimElem>(
+    lens: &[(usize, usize)],
+    heads: (usize, usize),
+    ps: usize,
+    (mem_freq, top_k): (usize, usize),
+    seed: u64,
+    dtype: DType,
+) {
+    let mode = if top_k == 0 {
+        LandmarkMode::Train
+    } else {
+        LandmarkMode::Retrieval { top_k }
+    };
+    let spec = DynamicSpec::Landmark {
+        dtype,
+        head_dim: HeadDim::D64,
+        mem_freq,
+        mode,
+    };
+    paged_equals_dense::<T>(&spec, lens, heads, ps, seed);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn paged_landmark_equals_the_dense_run_on_gathered_keys(
+        lens in prop::collection::vec((0..=3usize, 0..=40usize), 1..=3)
+            .prop_map(|v| v.into_iter().map(|(sq, sk)| (sq.min(sk), sk)).collect::<Vec<_>>()),
+        hkv in 1..=2usize,
+        group in 1..=2usize,
+        ps in prop::sample::select(vec![1usize, 16]),
+        dt in 0..3usize,
+        seed in any::<u64>(),
+    ) {
+        // the fixed cases' parameters per dtype: the kernels' source names the spec, so
+        // the simulator compiles each (dtype, parameters) pair once for both tests
+        let (h, p) = ((hkv, hkv * group), LANDMARK_PARAMS[dt]);
+        match dt {
+            0 => paged_landmark_case::<f32>(&lens, h, ps, p, seed, DType::F32),
+            1 => paged_landmark_case::<half::f16>(&lens, h, ps, p, seed, DType::F16),
+            _ => paged_landmark_case::<half::bf16>(&lens, h, ps, p, seed, DType::Bf16),
+        }
+    }
+}
+
+/// (mem_freq, top_k) of the paged cases per dtype (f32, f16, bf16; top_k 0: training).
+const LANDMARK_PARAMS: [(usize, usize); 3] = [(3, 2), (4, 100), (2, 0)];
+
+/// Fixed hard cases: every dtype at page sizes 1 and 16, GQA, a partial last page, an
+/// empty sequence, decoding and chunked-prefill rows, top_k beyond the blocks, training.
+#[test]
+fn paged_landmark_fixed_cases_every_dtype() {
+    let lens = [(1, 37), (0, 0), (3, 17), (2, 16)];
+    for ps in [1, 16] {
+        paged_landmark_case::<f32>(&lens, (1, 4), ps, LANDMARK_PARAMS[0], 5, DType::F32);
+        paged_landmark_case::<half::f16>(&lens, (2, 4), ps, LANDMARK_PARAMS[1], 6, DType::F16);
+        paged_landmark_case::<half::bf16>(&lens, (1, 2), ps, LANDMARK_PARAMS[2], 7, DType::Bf16);
+    }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use attnforge_runtime::codegen::dynamic::{
-    dynamic_catalog, emit_dynamic, DynamicSpec, LandmarkMode,
+    dynamic_catalog, emit_dynamic, emit_stage_in, DynKeys, DynamicSpec, LandmarkMode,
 };
 use attnforge_runtime::codegen::spec::{DType, HeadDim};
 use attnforge_runtime::{build_many, Arch, CompileOptions, KernelSource};
@@ -45,6 +45,23 @@ fn dynamic_kernels_compile_without_spills_or_stack() {
         for k in emit_dynamic(s).unwrap() {
             kernels.insert(k.name.clone(), k);
         }
+        // the key-selecting decode families also read a paged cache
+        if attnforge_runtime::exec_dynamic::reads_paged(s) {
+            for stage in s.stages() {
+                let k = emit_stage_in(s, stage, DynKeys::Paged).unwrap();
+                kernels.insert(k.name.clone(), k);
+            }
+        }
+    }
+    for stem in [
+        "topk_attn_paged_",
+        "landmark_select_paged_",
+        "landmark_attn_paged_",
+    ] {
+        assert!(
+            kernels.keys().any(|n| n.starts_with(stem)),
+            "no {stem} kernel in the catalog"
+        );
     }
     assert!(kernels.len() >= 44, "{} kernels", kernels.len());
     let mut bad: Vec<String> = Vec::new();

@@ -14,7 +14,7 @@ use attnforge_runtime::codegen::spec::{DType, HeadDim};
 use attnforge_runtime::exec::Backend;
 use attnforge_runtime::exec_dynamic::{merge, DynInputs};
 use attnforge_runtime::sim::{Schedule, SimConfig, SimElem};
-use dynamic_common::{check_all_schedules, fracs, ints};
+use dynamic_common::{check_all_schedules, fracs, ints, paged_case, paged_equals_dense};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -203,4 +203,135 @@ fn lse_merge_kernel_equals_attention_over_the_union() {
             "both parts empty -> empty row"
         );
     }
+}
+
+/// The fused top-k on a paged cache equals the dense kernels' run per sequence bit for bit
+/// (out, lse, selected keys) and passes the tolerance rule against the f64 reference.
+fn paged_topk_case<T: Element + SimElem>(
+    lens: &[(usize, usize)],
+    heads: (usize, usize),
+    ps: usize,
+    (sink, recent, k): (usize, usize, usize),
+    seed: u64,
+    dtype: DType,
+) {
+    let spec = DynamicSpec::Topk {
+        dtype,
+        head_dim: HeadDim::D64,
+        sink,
+        recent,
+        k,
+        split: false,
+    };
+    paged_equals_dense::<T>(&spec, lens, heads, ps, seed);
+}
+
+fn paged_lens() -> impl Strategy<Value = Vec<(usize, usize)>> {
+    prop::collection::vec((0..=3usize, 0..=40usize), 1..=3)
+        .prop_map(|v| v.into_iter().map(|(sq, sk)| (sq.min(sk), sk)).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn paged_topk_equals_the_dense_run_on_gathered_keys(
+        lens in paged_lens(),
+        hkv in 1..=2usize,
+        group in 1..=2usize,
+        ps in prop::sample::select(vec![1usize, 16]),
+        dt in 0..3usize,
+        seed in any::<u64>(),
+    ) {
+        // the fixed cases' parameters per dtype: the kernels' source names the spec, so
+        // the simulator compiles each (dtype, parameters) pair once for both tests
+        let (h, p) = ((hkv, hkv * group), TOPK_PARAMS[dt]);
+        match dt {
+            0 => paged_topk_case::<f32>(&lens, h, ps, p, seed, DType::F32),
+            1 => paged_topk_case::<half::f16>(&lens, h, ps, p, seed, DType::F16),
+            _ => paged_topk_case::<half::bf16>(&lens, h, ps, p, seed, DType::Bf16),
+        }
+    }
+}
+
+/// (sink, recent, k) of the paged cases per dtype (f32, f16, bf16).
+const TOPK_PARAMS: [(usize, usize, usize); 3] = [(2, 3, 5), (0, 4, 9), (4, 0, 3)];
+
+/// Fixed hard cases: every dtype at page sizes 1 and 16, GQA 4:1 (the group reads one kv
+/// head through the table), a partial last page, an empty sequence, decoding rows.
+#[test]
+fn paged_topk_fixed_cases_every_dtype() {
+    let lens = [(1, 37), (0, 0), (3, 17), (2, 16)];
+    for ps in [1, 16] {
+        paged_topk_case::<f32>(&lens, (1, 4), ps, TOPK_PARAMS[0], 5, DType::F32);
+        paged_topk_case::<half::f16>(&lens, (2, 4), ps, TOPK_PARAMS[1], 6, DType::F16);
+        paged_topk_case::<half::bf16>(&lens, (1, 2), ps, TOPK_PARAMS[2], 7, DType::Bf16);
+    }
+}
+
+/// Bad layout arrays are refused before any launch, naming the array, the index and the
+/// fix (the static paged layout's host checks); a split top-k or a family that reads dense
+/// keys only (CCA) names the field to change.
+#[test]
+fn paged_topk_refuses_bad_layouts() {
+    use attnforge_runtime::exec::ExecError;
+    use attnforge_runtime::exec_dynamic::run_paged;
+    use attnforge_runtime::exec_serving::ServingKeys;
+    let spec = DynamicSpec::Topk {
+        dtype: DType::F32,
+        head_dim: HeadDim::D64,
+        sink: 1,
+        recent: 2,
+        k: 3,
+        split: false,
+    };
+    let sim = Backend::Sim(SimConfig::new(Schedule::Forward));
+    let base = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    let path_of = |e: ExecError| match e {
+        ExecError::Spec(v) => v
+            .into_iter()
+            .map(|e| format!("{} ({})", e.path, e.fix))
+            .collect::<Vec<_>>()
+            .join("; "),
+        ExecError::Input { field, fix, .. } => format!("{field} ({fix})"),
+        e => panic!("not an input error: {e}"),
+    };
+    let mut bad = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    if let ServingKeys::Paged {
+        block_table,
+        max_pages,
+        ..
+    } = &mut bad.keys
+    {
+        block_table[*max_pages] = 99; // sequence 1's first page, read
+    }
+    let e = path_of(run_paged(&spec, &bad, None, &sim).unwrap_err());
+    assert!(e.contains("block_table[1][0]"), "{e}");
+    let mut bad = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    bad.cu_seqlens_q[1] = 4; // above cu_seqlens_q[2]: decreasing
+    let e = path_of(run_paged(&spec, &bad, None, &sim).unwrap_err());
+    assert!(e.contains("cu_seqlens_q"), "{e}");
+    let mut bad = paged_case::<f32>(&[(1, 20), (2, 9)], (1, 2), 16, 3).x;
+    if let ServingKeys::Paged { seqlens_k, .. } = &mut bad.keys {
+        seqlens_k[1] = 40; // beyond the table's two pages
+    }
+    let e = path_of(run_paged(&spec, &bad, None, &sim).unwrap_err());
+    assert!(e.contains("seqlens_k[1]"), "{e}");
+    let split = DynamicSpec::Topk {
+        dtype: DType::F32,
+        head_dim: HeadDim::D64,
+        sink: 1,
+        recent: 2,
+        k: 3,
+        split: true,
+    };
+    assert!(path_of(run_paged(&split, &base, None, &sim).unwrap_err()).starts_with("mode"));
+    let cca = DynamicSpec::Cca {
+        dtype: DType::F32,
+        head_dim: HeadDim::D64,
+        group: 4,
+        window: 8,
+    };
+    assert!(path_of(run_paged(&cca, &base, None, &sim).unwrap_err()).starts_with("layout"));
+    assert!(run_paged(&spec, &base, None, &sim).is_ok());
 }

@@ -146,8 +146,17 @@ fn serving_verdict(
     seed: Option<u64>,
     stats: bool,
 ) -> Result<Result<Verdict, String>, CliError> {
-    let AnySpecFile::Static(sf) = f else {
-        return Ok(Err("data-dependent pipelines read dense inputs only".into()));
+    let sf = match f {
+        AnySpecFile::Static(sf) => sf,
+        AnySpecFile::Dynamic(df) if layout == Layout::Paged => {
+            let seed = seed.unwrap_or(df.problem.seed);
+            return super::dynamic::check_paged(df, backend, seed);
+        }
+        _ => {
+            return Ok(Err(
+                "data-dependent pipelines read dense inputs (the fused top-k and landmark attention also a paged cache: --layout paged)".into(),
+            ))
+        }
     };
     let mut sf = sf.clone();
     if stats {
@@ -644,8 +653,14 @@ fn result_line(v: &Verdict, json: bool, backward: bool) -> String {
                 v.name, v.detail
             )
         } else {
+            // a forward pass's detail: e.g. a decode check's split count and its source
+            let note = if v.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", v.detail)
+            };
             format!(
-                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}",
+                "PASS {:<56} out max err {:.3e} (x{:.2} naive)  lse max err {:.3e}{work}{problems}{note}",
                 v.name, v.out_err, v.out_ratio, v.lse_err
             )
         }

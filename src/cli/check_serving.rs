@@ -166,23 +166,30 @@ fn layout_tile(sf: &SpecFile, layout: Layout) -> Result<TileConfig, CliError> {
     in_layout.tile().map_err(CliError::input)
 }
 
+/// One checked run: the closeness report, the statistics' worst case, and the split choice
+/// when the decode model made it.
+type OneRun = (CloseReport, Option<Worst>, Option<String>);
+
 fn check_one<T: Element + SimElem>(
     sf: &SpecFile,
     layout: Layout,
-    (page_size, splits): (usize, usize),
+    (page_size, splits): (usize, Option<usize>),
     backend: &Backend,
     seed: u64,
-) -> Result<Result<(CloseReport, Option<Worst>), String>, CliError> {
+) -> Result<Result<OneRun, String>, CliError> {
     let spec = sf.spec.clone().with_layout(layout);
     let tile = layout_tile(sf, layout)?;
-    let lens = lengths(sf, layout, splits);
+    // the model's choice may split: no sequence with more queries than keys
+    let lens = lengths(sf, layout, splits.unwrap_or(2));
     let max_sk = lens.iter().map(|l| l.1).max().unwrap_or(1);
     let doc = spec.mask.reads_doc().then(|| doc_ids(&lens));
     let mut rp = sf.run_params(max_sk, doc).map_err(CliError::input)?;
     rp.block_lists = None; // built per sequence by exec_serving
     specfile::catalog_twins(sf, &mut rp);
-    rp.num_splits = Some(splits);
     let x = inputs::<T>(sf, layout, &lens, page_size, seed);
+    let choice = specfile::decode_split_choice(&spec, &tile, &x, splits);
+    rp.num_splits = choice.splits;
+    let said = splits.is_none().then_some(choice.why);
     let checked = match backend {
         Backend::Cuda(ordinal) => {
             exec_serving::check_cuda(&spec, &tile, &x, &rp, *ordinal).map(|r| (r.close, None))
@@ -197,7 +204,7 @@ fn check_one<T: Element + SimElem>(
         }
     };
     match checked {
-        Ok(r) => Ok(Ok(r)),
+        Ok((c, w)) => Ok(Ok((c, w, said))),
         Err(ExecError::Mismatch { detail, .. }) => Ok(Err(detail)),
         Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
             Err(CliError::input(format!("{}: {e}", sf.location())))
@@ -224,25 +231,35 @@ pub(super) fn check_serving(
         &sf.spec.clone().with_layout(layout),
         &tile,
     );
-    // (page size, key splits); decode: no split, 2, and more splits than key tiles (64)
-    let runs: &[(usize, usize)] = match layout {
+    // (page size, key splits); decode: no split, 2, more splits than key tiles (64), and the
+    // decode model's choice (None, what `run` and `SpecFile::run_serving` launch with)
+    let runs: &[(usize, Option<usize>)] = match layout {
         // page size 128: key tiles within one page take the one-lookup copy path
-        Layout::Paged => &[(1, 1), (16, 1), (128, 1)],
-        Layout::Decode => &[(1, 1), (16, 2), (16, 64), (128, 2)],
-        Layout::DecodeVarlen => &[(1, 1), (1, 2), (1, 64)],
-        Layout::Dense | Layout::Varlen => &[(1, 1)],
+        Layout::Paged => &[(1, Some(1)), (16, Some(1)), (128, Some(1))],
+        Layout::Decode => &[
+            (1, Some(1)),
+            (16, Some(2)),
+            (16, Some(64)),
+            (128, Some(2)),
+            (16, None),
+        ],
+        Layout::DecodeVarlen => &[(1, Some(1)), (1, Some(2)), (1, Some(64)), (1, None)],
+        Layout::Dense | Layout::Varlen => &[(1, Some(1))],
     };
     let mut worst: Option<CloseReport> = None;
     let mut worst_stats: Option<Worst> = None;
     let mut failures = Vec::new();
+    let mut split_said = None;
     for &(ps, splits) in runs {
         let r = match sf.spec.dtype {
             DType::F32 => check_one::<f32>(sf, layout, (ps, splits), backend, seed),
             DType::F16 => check_one::<f16>(sf, layout, (ps, splits), backend, seed),
             DType::Bf16 => check_one::<bf16>(sf, layout, (ps, splits), backend, seed),
         }?;
+        let splits = splits.map_or("the model's".into(), |k| k.to_string());
         match r {
-            Ok((c, st)) => {
+            Ok((c, st, said)) => {
+                split_said = said.or(split_said);
                 if let Some(st) = st {
                     worst_stats = Some(st.max(worst_stats));
                 }
@@ -265,6 +282,10 @@ pub(super) fn check_serving(
         },
         _ => Verdict::failed(name, failures.join("; ")),
     };
+    if let Some(said) = split_said {
+        let sep = if v.detail.is_empty() { "" } else { "; " };
+        v.detail = format!("{}{sep}{said}", v.detail);
+    }
     v.problems = runs.len();
     Ok(v)
 }

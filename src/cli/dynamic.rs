@@ -9,11 +9,12 @@ use attnforge::codegen::shape::Shape;
 use attnforge::codegen::spec::DType;
 use attnforge::codegen::tile::Arch;
 use attnforge::exec::{Backend, ExecError};
+use attnforge::exec_serving::ServingInputs;
 use attnforge::kernels::exec_dynamic::{self, DynInputs, HaxExtra};
 use attnforge::kernels::pipeline;
 use attnforge::npy::{read_tensor, write_bytes_atomic, AnyTensor};
 use attnforge::reference::{
-    assert_close, attention_over_keys, AttnOptions, AttnOutput, Element, Precision, Shape4,
+    assert_close, attention_over_keys, AttnOptions, AttnOutput, Element, Packed, Precision, Shape4,
     Sharing, Tensor4, Tolerance,
 };
 use attnforge::sim::SimElem;
@@ -792,4 +793,88 @@ pub fn run(
         );
     }
     Ok(out)
+}
+
+// ---- check on a paged cache ----------------------------------------------------------------
+
+/// The serving test batch of a data-dependent spec on a paged cache at `page_size`: its
+/// problem's sequence, an empty one, one token on one key, a few tokens off the page grid;
+/// page 0 is every sequence's first page (a shared prefix), the rest in reverse pool order.
+/// q and k in {-1, 0, 1} (exact ranking ties, no near-ties), v multiples of 1/16.
+fn paged_inputs<T: Element>(df: &DynSpecFile, page_size: usize, seed: u64) -> ServingInputs<T> {
+    let p = &df.problem;
+    let (sq, sk) = (p.seq_q.min(p.seq_k), p.seq_k);
+    let lens = [(sq, sk), (0, 0), (1, 1), (3, 13 + sk / 3)];
+    let (hq, hkv, d) = (p.heads_q, p.heads_kv, df.spec.head_dim().get());
+    let tq: usize = lens.iter().map(|l| l.0).sum();
+    let q = ints::<T>(Shape4::new(1, 1, tq * hq, d), seed, 1).data;
+    let pages: usize = lens.iter().map(|l| l.1.div_ceil(page_size)).sum::<usize>() + 1;
+    let n = pages * page_size * hkv * d;
+    let (k, v) = (
+        ints::<T>(Shape4::new(1, 1, n, 1), seed, 2),
+        fracs::<T>(Shape4::new(1, 1, n, 1), seed, 3),
+    );
+    let mut cache = k.data.into_iter().chain(v.data);
+    let sk_lens: Vec<usize> = lens.iter().map(|l| l.1).collect();
+    let mut cu = vec![0i32];
+    cu.extend(lens.iter().scan(0, |t, l| {
+        *t += l.0 as i32;
+        Some(*t)
+    }));
+    let q = Packed::from_vec(tq, hq, d, q).expect("sized");
+    ServingInputs::shared_prefix_paged(q, cu, &sk_lens, (page_size, hkv), || {
+        cache.next().expect("sized")
+    })
+}
+
+fn check_paged_typed<T: Element + SimElem>(
+    df: &DynSpecFile,
+    backend: &Backend,
+    seed: u64,
+) -> Result<Verdict, CliError> {
+    let name = format!("{}_paged", df.spec.canonical_name());
+    let mut worst: Option<Verdict> = None;
+    for page_size in [1, 16, 128] {
+        let x = paged_inputs::<T>(df, page_size, seed);
+        let v = match exec_dynamic::check_paged(&df.spec, &x, df.scale, backend) {
+            Ok((r, _)) => Verdict::passed(name.clone(), &r.close, serde_json::Value::Null),
+            Err(e @ (ExecError::Spec(_) | ExecError::Input { .. } | ExecError::Reference(_))) => {
+                return Err(input_error(df, e))
+            }
+            Err(e) => Verdict::failed(name.clone(), format!("[page size {page_size}] {e}")),
+        };
+        if !v.ok {
+            return Ok(v);
+        }
+        worst = Some(match worst {
+            Some(w) if w.out_err >= v.out_err => w,
+            _ => v,
+        });
+    }
+    let mut v = worst.expect("three page sizes");
+    v.problems = 3;
+    Ok(v)
+}
+
+/// `attnforge check --layout paged` of a data-dependent spec: the key-selecting decode
+/// families (the fused top-k, landmark attention) on a paged cache at page sizes 1, 16 and
+/// 128 against the per-sequence reference; other families are `Err(reason)` (they read
+/// dense keys only).
+pub fn check_paged(
+    df: &DynSpecFile,
+    backend: &Backend,
+    seed: u64,
+) -> Result<Result<Verdict, String>, CliError> {
+    if !exec_dynamic::reads_paged(&df.spec) {
+        return Ok(Err(
+            "reads dense keys only (on a paged cache: the fused top-k and landmark attention)"
+                .into(),
+        ));
+    }
+    match df.spec.dtype() {
+        DType::F32 => check_paged_typed::<f32>(df, backend, seed),
+        DType::F16 => check_paged_typed::<f16>(df, backend, seed),
+        DType::Bf16 => check_paged_typed::<bf16>(df, backend, seed),
+    }
+    .map(Ok)
 }

@@ -8,14 +8,13 @@
 //! keys: varlen `Tk`, paged `max_pages * page_size`; docs/statistics.md).
 
 use attnforge::codegen::spec::{KernelSpec, Layout};
-use attnforge::codegen::tile::{Arch, TileConfig};
+use attnforge::codegen::tile::TileConfig;
 use attnforge::exec::{ExecError, RunParams};
 use attnforge::exec_serving::{self, ServingInputs, ServingKeys};
 use attnforge::npy::{read_i32, read_packed, read_shape, read_tensor, write_staged, AnyTensor};
 use attnforge::reference::{Element, Packed, PagedCache, Precision, Tensor4, VarlenOutput};
 use attnforge::sim::{Schedule, SimConfig, SimElem};
-use attnforge::specfile::{ServingBackend, SpecFile};
-use attnforge_autotune::decode::{model_splits, DecodeLaunch};
+use attnforge::specfile::{decode_split_choice, ServingBackend, SpecFile};
 
 use super::run::{RunArgs, RunBackend};
 
@@ -80,7 +79,7 @@ fn go<T: Element + SimElem>(
     let tile = sf.tile().map_err(CliError::input)?;
     let splits = match a.backend {
         RunBackend::Reference => a.num_splits,
-        _ => decode_split_choice(sf, &tile, &x, a.num_splits),
+        _ => decode_split_choice_printed(sf, &tile, &x, a.num_splits),
     };
     let backend = match a.backend {
         RunBackend::Reference => ServingBackend::Reference(Precision::F64),
@@ -108,12 +107,9 @@ fn go<T: Element + SimElem>(
     })
 }
 
-/// The key splits of a decode run, printed with where they come from: `--num-splits`; else
-/// the tuner's decode model for the tile at this launch (`model_splits`: the split count
-/// `tune --layout decode` predicts, sm_90 with 132 SMs); else `None`, the runtime's rule
-/// (unsplit when a sequence has `Sq_b > Sk_b`; `decode_splits` when the model has no
-/// prediction, e.g. without the NVRTC toolchain). Other layouts: `given`.
-fn decode_split_choice<T: Element>(
+/// The key splits of a decode run ([`decode_split_choice`]: `--num-splits`, else the decode
+/// model's count), printed with where they come from. Other layouts: `given`.
+fn decode_split_choice_printed<T>(
     sf: &SpecFile,
     tile: &TileConfig,
     x: &ServingInputs<T>,
@@ -127,47 +123,9 @@ fn decode_split_choice<T: Element>(
         println!("{name}: {k} key splits (--num-splits)");
         return given;
     }
-    let (sk, heads_kv): (Vec<i32>, usize) = match &x.keys {
-        ServingKeys::Paged {
-            seqlens_k, k_cache, ..
-        } => (seqlens_k.clone(), k_cache.heads),
-        ServingKeys::Varlen {
-            cu_seqlens_k, k, ..
-        } => (
-            cu_seqlens_k.windows(2).map(|w| w[1] - w[0]).collect(),
-            k.heads,
-        ),
-    };
-    let sq: Vec<i32> = x.cu_seqlens_q.windows(2).map(|w| w[1] - w[0]).collect();
-    if sq.iter().zip(&sk).any(|(q, k)| q > k) {
-        println!("{name}: 1 key split (a sequence has more queries than keys: unsplit)");
-        return None;
-    }
-    let launch = DecodeLaunch {
-        batch: sq.len(),
-        heads_q: x.q.heads,
-        heads_kv,
-        max_seq_q: sq.iter().copied().max().unwrap_or(0).max(0) as usize,
-        max_seq_k: sk.iter().copied().max().unwrap_or(0).max(0) as usize,
-    };
-    if launch.batch == 0 {
-        return None;
-    }
-    match model_splits(&sf.spec, tile, launch, Arch::Sm90) {
-        Ok(p) => {
-            let k = p.splits.unwrap_or(1);
-            println!(
-                "{name}: {k} key splits (the decode model's choice for {} on sm_90, 132 SMs: {:.1} us predicted; --num-splits overrides)",
-                tile.suffix(),
-                p.time_us
-            );
-            Some(k)
-        }
-        Err(e) => {
-            println!("{name}: key splits from decode_splits' rule (no model prediction: {e})");
-            None
-        }
-    }
+    let c = decode_split_choice(&sf.spec, tile, x, None);
+    println!("{name}: {} (--num-splits overrides)", c.why);
+    c.splits
 }
 
 /// The statistics of a serving run: `[B, Hq, Hkv, R, K]` (`R` = `stats_row_keys`: keys

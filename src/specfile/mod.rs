@@ -52,7 +52,7 @@ pub use any::AnySpecFile;
 pub use catalog::{catalog_twins, from_catalog};
 pub use dynamic::{dyn_from_catalog, DynSpecFile, DYNAMIC_FAMILIES};
 pub use error::{SpecFileError, SpecFileErrors};
-pub use serving::ServingBackend;
+pub use serving::{decode_split_choice, ServingBackend, SplitChoice};
 
 /// Test problem used by `attnforge check` (random inputs of these sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -58,11 +58,17 @@ pub enum DynBuffer {
     /// LongHeads: chunk summaries `r [B, Hq, n_chunks, D]` (f32; written by the summary
     /// kernel in prefill, an input in decoding).
     Summaries,
+    /// Paged cache: `cu_seqlens_q [B + 1]` of the packed queries (int32).
+    CuSeqlensQ,
+    /// Paged cache: `block_table [B, max_pages]` (int32).
+    BlockTable,
+    /// Paged cache: `seqlens_k [B]` (int32).
+    SeqlensK,
 }
 
 impl DynBuffer {
     /// Every buffer role (a test checks the names are distinct).
-    pub const ALL: [DynBuffer; 24] = [
+    pub const ALL: [DynBuffer; 27] = [
         DynBuffer::Q,
         DynBuffer::K,
         DynBuffer::V,
@@ -87,6 +93,9 @@ impl DynBuffer {
         DynBuffer::KeySelIdx,
         DynBuffer::KeySelThreshold,
         DynBuffer::Summaries,
+        DynBuffer::CuSeqlensQ,
+        DynBuffer::BlockTable,
+        DynBuffer::SeqlensK,
     ];
 
     /// The C parameter name (launch metadata; [`crate::dynamic::DynamicKernel`] users see
@@ -117,6 +126,9 @@ impl DynBuffer {
             DynBuffer::KeySelIdx => "ks_idx",
             DynBuffer::KeySelThreshold => "ks_thr",
             DynBuffer::Summaries => "r",
+            DynBuffer::CuSeqlensQ => "cu_seqlens_q",
+            DynBuffer::BlockTable => "block_table",
+            DynBuffer::SeqlensK => "seqlens_k",
         }
     }
 }
@@ -187,11 +199,17 @@ pub enum DynScalar {
     Theta,
     /// LongHeads: chunks of the summaries `r` (its third extent).
     SummaryChunks,
+    /// Paged cache: entries per block-table row.
+    MaxPages,
+    /// Paged cache: keys per page (a power of two, 1..=1024).
+    PageSize,
+    /// Paged cache: packed query rows `Tq`.
+    TotalQ,
 }
 
 impl DynScalar {
     /// Every scalar role (a test checks the names are distinct).
-    pub const ALL: [DynScalar; 31] = [
+    pub const ALL: [DynScalar; 34] = [
         DynScalar::Batch,
         DynScalar::HeadsQ,
         DynScalar::HeadsKv,
@@ -223,6 +241,9 @@ impl DynScalar {
         DynScalar::Begin,
         DynScalar::Theta,
         DynScalar::SummaryChunks,
+        DynScalar::MaxPages,
+        DynScalar::PageSize,
+        DynScalar::TotalQ,
     ];
 
     /// The C parameter name (launch metadata).
@@ -259,6 +280,9 @@ impl DynScalar {
             DynScalar::Begin => "begin",
             DynScalar::Theta => "theta",
             DynScalar::SummaryChunks => "n_chunks",
+            DynScalar::MaxPages => "max_pages",
+            DynScalar::PageSize => "page_size",
+            DynScalar::TotalQ => "total_q",
         }
     }
 
@@ -292,7 +316,10 @@ impl DynScalar {
             | DynScalar::Chunk
             | DynScalar::ChunksPerQuery
             | DynScalar::Begin
-            | DynScalar::SummaryChunks => Scalar::I32,
+            | DynScalar::SummaryChunks
+            | DynScalar::MaxPages
+            | DynScalar::PageSize
+            | DynScalar::TotalQ => Scalar::I32,
         }
     }
 }

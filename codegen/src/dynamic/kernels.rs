@@ -118,9 +118,19 @@ impl Stage {
         }
     }
 
-    /// The device template call `afd_<stem><T, D>` this kernel wraps.
-    fn template(self, dtype: DType, d: usize) -> String {
+    /// The device template call `afd_<stem><T, D>` this kernel wraps (`_paged`: the
+    /// template reading a paged cache).
+    fn template(self, dtype: DType, d: usize, keys: DynKeys) -> String {
         let t = dtype.cuda();
+        if keys == DynKeys::Paged {
+            // the fused attention's output type is the input's
+            let o = if self == Stage::TopkAttn {
+                format!("{t}, ")
+            } else {
+                String::new()
+            };
+            return format!("afd_{}_paged<{t}, {o}{d}>", self.stem());
+        }
         match self {
             Stage::TopkAttn => format!("afd_topk_attn<{t}, {t}, {d}>"),
             Stage::TopkAttnPart => format!("afd_topk_attn<{t}, float, {d}>"),
@@ -253,6 +263,44 @@ impl Stage {
         v
     }
 
+    /// The kernel's arguments over a paged cache (variants.md section 13): q packed
+    /// `[Tq, Hq, D]`, `k, v` the caches `[num_pages, page_size, Hkv, D]`, `o` packed like q,
+    /// `lse` and `sel` rows `[Hq, Tq]`, the sizes replaced by the layout arrays, `max_pages`,
+    /// `page_size`, the heads and `Tq`. The key-selecting decode families read a paged cache:
+    /// the fused top-k and landmark attention.
+    pub fn typed_args_paged(self, dtype: DType) -> Result<Vec<DynTypedArg>, SpecError> {
+        use DynBuffer as B;
+        use DynScalar as S;
+        let params: &[DynScalar] = match self {
+            Stage::TopkSelect => &[S::Sink, S::Recent, S::TopkK],
+            Stage::TopkAttn => &[S::Sink, S::Recent, S::TopkK, S::Scale, S::Part],
+            Stage::LandmarkSelect => &[S::MemFreq, S::TopK, S::Scale],
+            Stage::LandmarkAttn => &[S::MemFreq, S::SelWidth, S::Scale],
+            _ => return Err(SpecError::new(
+                "layout",
+                format!("the {} kernel reads dense keys only", self.stem()),
+                "use layout = \"dense\", or the fused top-k or landmark attention on a paged cache",
+            )),
+        };
+        let t = elem(dtype);
+        let i32_in = |b| buffer(b, Elem::I32, false);
+        let mut v = vec![buffer(B::Q, t, false), buffer(B::K, t, false)];
+        if matches!(self, Stage::TopkSelect | Stage::LandmarkSelect) {
+            v.push(buffer(B::Sel, Elem::I32, true));
+        } else {
+            v.extend([buffer(B::V, t, false), i32_in(B::Sel)]);
+            v.extend([buffer(B::O, t, true), buffer(B::Lse, Elem::F32, true)]);
+        }
+        v.extend([
+            i32_in(B::CuSeqlensQ),
+            i32_in(B::BlockTable),
+            i32_in(B::SeqlensK),
+        ]);
+        let sizes = [S::MaxPages, S::PageSize, S::HeadsQ, S::HeadsKv, S::TotalQ];
+        v.extend(sizes.into_iter().chain(params.iter().copied()).map(scalar));
+        Ok(v)
+    }
+
     /// Grid, block and dynamic shared memory for `spec` on problem `p`. Per-row kernels:
     /// grid `(ceil(rows / 4), Hq, B)`, 128 threads (one warp per row); per-head kernels
     /// (HAX hash / key selection): grid `(Hq, B)`. Zero-sized grids mean "skip the launch".
@@ -359,16 +407,47 @@ fn paste(o: &mut String, name: &str, text: &str) {
     let _ = writeln!(o, "// ---- end {name} ----\n");
 }
 
+/// Where a dynamic kernel reads its keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DynKeys {
+    /// `k, v [B, Hkv, Sk, D]`, q and o `[B, Hq, Sq, D]`.
+    Dense,
+    /// A paged cache with packed queries (variants.md section 13; [`Stage::typed_args_paged`]).
+    Paged,
+}
+
 /// Emit one stage of `spec` (validated first).
 pub fn emit_stage(spec: &DynamicSpec, stage: Stage) -> Result<DynamicKernel, Vec<SpecError>> {
+    emit_stage_in(spec, stage, DynKeys::Dense)
+}
+
+/// Emit one stage of `spec` reading keys from `keys` (`<stem>_paged_d<D>_<dtype>` for a
+/// paged cache). A paged cache takes the fused top-k and landmark attention: other stages
+/// (and the split top-k's partial and merge kernels) are errors at `layout` / `mode`.
+pub fn emit_stage_in(
+    spec: &DynamicSpec,
+    stage: Stage,
+    keys: DynKeys,
+) -> Result<DynamicKernel, Vec<SpecError>> {
     validate_dynamic(spec)?;
     let (dtype, d) = (spec.dtype(), spec.head_dim().get());
-    let name = format!("{}_d{d}_{}", stage.stem(), dtype.short());
-    let (args, roles): (Vec<KernelArg>, Vec<DynArgRole>) = stage
-        .typed_args(dtype)
-        .into_iter()
-        .map(|a| (a.arg, a.role))
-        .unzip();
+    let typed = match keys {
+        DynKeys::Dense => stage.typed_args(dtype),
+        DynKeys::Paged => {
+            if let DynamicSpec::Topk { split: true, .. } = spec {
+                return Err(vec![SpecError::new(
+                    "mode",
+                    "the split top-k (two partial passes and a merge) reads dense keys only",
+                    "use mode = \"fused\" on a paged cache",
+                )]);
+            }
+            stage.typed_args_paged(dtype).map_err(|e| vec![e])?
+        }
+    };
+    let layout = if keys == DynKeys::Paged { "_paged" } else { "" };
+    let name = format!("{}{layout}_d{d}_{}", stage.stem(), dtype.short());
+    let (args, roles): (Vec<KernelArg>, Vec<DynArgRole>) =
+        typed.into_iter().map(|a| (a.arg, a.role)).unzip();
     let mut o = String::new();
     let _ = writeln!(o, "// attnforge generated kernel: {name}");
     let _ = writeln!(
@@ -411,7 +490,12 @@ pub fn emit_stage(spec: &DynamicSpec, stage: Stage) -> Result<DynamicKernel, Vec
         "extern \"C\" __global__ void __launch_bounds__({block}, 1) {name}({}) {{",
         params.join(", ")
     );
-    let _ = writeln!(o, "    {}({});", stage.template(dtype, d), call.join(", "));
+    let _ = writeln!(
+        o,
+        "    {}({});",
+        stage.template(dtype, d, keys),
+        call.join(", ")
+    );
     o.push_str("}\n");
     Ok(DynamicKernel {
         stage,

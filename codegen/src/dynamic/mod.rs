@@ -28,7 +28,7 @@ mod params;
 mod recycled;
 
 pub use args::{DynArgRole, DynBuffer, DynScalar, DynTypedArg};
-pub use kernels::{emit_dynamic, emit_stage, DynamicKernel, Stage};
+pub use kernels::{emit_dynamic, emit_stage, emit_stage_in, DynKeys, DynamicKernel, Stage};
 pub use params::{family, family_tags, Family, FamilyMode, FamilyParam, FAMILIES};
 pub use recycled::{RecycledConfig, MAX_RECYCLE_SIZE};
 

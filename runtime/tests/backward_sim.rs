@@ -63,7 +63,10 @@ fn run<T: Element + SimElem>(
 /// `check(job)` for every job on one worker per core (the jobs are independent simulator
 /// runs; one worker would leave a core idle once this test's neighbours are done): the
 /// failures, in job order.
-fn on_every_core<J: Sync>(jobs: &[J], check: impl Fn(&J) -> Result<(), String> + Sync) -> Vec<String> {
+fn on_every_core<J: Sync>(
+    jobs: &[J],
+    check: impl Fn(&J) -> Result<(), String> + Sync,
+) -> Vec<String> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut found: Vec<(usize, String)> = std::thread::scope(|s| {

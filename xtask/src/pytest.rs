@@ -67,7 +67,11 @@ fn ensure_venv() -> Result<PathBuf> {
 fn sim_cache_dir() -> PathBuf {
     std::env::var_os("ATTNFORGE_SIM_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).map(|t| t.join("afsim-cache")))
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|t| t.join("afsim-cache"))
+        })
         .unwrap_or_else(|| workspace_root().join("target").join("afsim-cache"))
 }
 

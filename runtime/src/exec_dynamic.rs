@@ -833,15 +833,7 @@ pub fn run<T: Element + SimElem>(
             indices.insert(b.name().to_string(), v);
         }
     }
-    let (Some(Buf::Elem(o)), Some(Buf::F32(lse))) =
-        (bufs.remove(&DynBuffer::O), bufs.remove(&DynBuffer::Lse))
-    else {
-        return Err(input_err(
-            "o",
-            "output buffers lost",
-            "report this: exec_dynamic bug",
-        ));
-    };
+    let (o, lse) = take_outputs(&mut bufs)?;
     Ok(DynRun {
         output: AttnOutput::from_kernel(Shape4::new(p.batch, p.heads_q, p.seq_q, d), &o, &lse)?,
         counters: mach.total,
@@ -902,6 +894,20 @@ pub fn compare(
             summaries: None,
         },
     })
+}
+
+/// The attention kernel's `o` and `lse` out of a finished pipeline's buffers.
+fn take_outputs<T>(
+    bufs: &mut BTreeMap<DynBuffer, Buf<T>>,
+) -> Result<(Vec<T>, Vec<f32>), ExecError> {
+    match (bufs.remove(&DynBuffer::O), bufs.remove(&DynBuffer::Lse)) {
+        (Some(Buf::Elem(o)), Some(Buf::F32(lse))) => Ok((o, lse)),
+        _ => Err(input_err(
+            "o",
+            "output buffers lost",
+            "report this: exec_dynamic bug",
+        )),
+    }
 }
 
 /// Run the log-sum-exp merge kernel of `spec` (a [`DynamicSpec::LseMerge`]) on two partial

@@ -16,7 +16,10 @@ use attnforge_reference::{
 };
 use attnforge_sim::{SimCounters, SimElem};
 
-use super::{input_err, reference_output, Buf, DynBuffer, DynInputs, Machine, ScalarSource, Shape};
+use super::{
+    input_err, reference_output, take_outputs, Buf, DynBuffer, DynInputs, Machine, ScalarSource,
+    Shape,
+};
 use crate::exec::{Backend, ExecError};
 use crate::exec_serving::{check_kv_tensors, check_layout_arrays, ServingInputs, ServingKeys};
 use crate::pipeline::Execution;
@@ -197,15 +200,7 @@ pub fn run_paged<T: Element + SimElem>(
         Some(Buf::I32(sel)) => sel,
         _ => Vec::new(),
     };
-    let (Some(Buf::Elem(o)), Some(Buf::F32(lse))) =
-        (bufs.remove(&DynBuffer::O), bufs.remove(&DynBuffer::Lse))
-    else {
-        return Err(input_err(
-            "o",
-            "output buffers lost",
-            "report this: exec_dynamic bug",
-        ));
-    };
+    let (o, lse) = take_outputs(&mut bufs)?;
     let mut output = VarlenOutput::empty(tq, hq, d);
     output.out = o.iter().map(|e| e.to_f64()).collect();
     output.lse = lse.iter().map(|&e| f64::from(e)).collect();

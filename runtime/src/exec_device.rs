@@ -5,7 +5,7 @@
 //! Everything that can be checked on the host is checked before the device is touched
 //! ([`validate`]): pointers, alignment, strides, shapes, aliasing of the outputs with the
 //! inputs. The argument values come from the same role mapping as the staged path
-//! ([`crate::exec::role_args`], then [`crate::exec_cuda::device_values`]). Small argument
+//! (`exec::role_args`, then `exec_cuda::device_values`). Small argument
 //! arrays (document ids, ALiBi slopes, block lists, user arrays) are copied to stream-ordered
 //! allocations on the caller's stream and freed on it after the kernel.
 

@@ -1106,7 +1106,8 @@ pub fn reference<T: Element>(
     reference_resolved(spec, x, p, &r, precision)
 }
 
-fn kv_layout<T>(x: &ServingInputs<T>) -> KvLayout<'_, T> {
+/// The keys of `x` as the reference's layout view (borrowed).
+pub(crate) fn kv_layout<T>(x: &ServingInputs<T>) -> KvLayout<'_, T> {
     match &x.keys {
         ServingKeys::Varlen { k, v, cu_seqlens_k } => {
             KvLayout::Varlen(VarlenKv { k, v, cu_seqlens_k })

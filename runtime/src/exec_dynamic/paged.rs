@@ -21,7 +21,7 @@ use super::{
     Shape,
 };
 use crate::exec::{Backend, ExecError};
-use crate::exec_serving::{check_kv_tensors, check_layout_arrays, ServingInputs, ServingKeys};
+use crate::exec_serving::{check_kv_tensors, check_layout_arrays, kv_layout, ServingInputs};
 use crate::pipeline::Execution;
 
 /// One run over a paged cache.
@@ -40,21 +40,9 @@ pub struct DynPagedRun {
 
 /// The paged pieces of `x`, or an error naming `layout` for packed keys.
 fn paged_kv<T>(x: &ServingInputs<T>) -> Result<PagedKv<'_, T>, ExecError> {
-    match &x.keys {
-        ServingKeys::Paged {
-            k_cache,
-            v_cache,
-            block_table,
-            max_pages,
-            seqlens_k,
-        } => Ok(PagedKv {
-            k_cache,
-            v_cache,
-            block_table,
-            max_pages: *max_pages,
-            seqlens_k,
-        }),
-        ServingKeys::Varlen { .. } => Err(input_err(
+    match kv_layout(x) {
+        KvLayout::Paged(kv) => Ok(kv),
+        KvLayout::Varlen(_) => Err(input_err(
             "layout",
             "the data-dependent families read a paged cache or dense keys, not packed keys",
             "pass ServingKeys::Paged (or dense tensors to exec_dynamic::run)",
